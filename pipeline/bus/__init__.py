@@ -1,0 +1,1 @@
+"""The bus: topics, consumer groups, state and transactions (embedded SQLite or Apache Kafka)."""

@@ -1,0 +1,247 @@
+"""The Bus protocol every implementation (SQLite, Kafka) honours; the contract suite tests it.
+
+Semantics, stated once:
+
+* A topic has one or more partitions; a record's partition is chosen from its key
+  (record key = workspace id), so one workspace's records stay ordered.
+* Offsets increase within a partition but need not be contiguous (Kafka transaction
+  markers take offsets). Consumers read ``offset >= position``.
+* Each record carries a timestamp in epoch milliseconds; within a partition timestamps
+  never decrease (the bus clamps them), so a time seek is exact.
+* ``transaction()`` is atomic: the records it sends, the state it writes and the consumer
+  offsets it commits become visible together, or not at all (a failure inside the
+  ``async with`` aborts everything).
+* State is a key → bytes map (``instantly.state.v1``; compacted on Kafka). ``None`` deletes.
+* A consumer with a ``group`` starts at the group's committed offsets (else at the policy
+  given by ``start``); without a group it is an independent reader (replay) that never
+  commits and never moves any group's offsets.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
+
+EVENTS_TOPIC = "instantly.events.v1"
+ALERTS_TOPIC = "instantly.alerts.v1"
+STATE_TOPIC = "instantly.state.v1"
+DEADLETTER_TOPIC = "instantly.deadletter.v1"
+DATA_TOPICS = (EVENTS_TOPIC, ALERTS_TOPIC, DEADLETTER_TOPIC)
+
+Header = tuple[str, bytes]
+StartPolicy = Literal["committed", "earliest", "latest"]
+
+
+class TopicPartition(NamedTuple):
+    """A topic and one of its partitions."""
+
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A record read from the bus."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes
+    headers: tuple[Header, ...] = ()
+
+    @property
+    def tp(self) -> TopicPartition:
+        """The record's topic-partition."""
+        return TopicPartition(self.topic, self.partition)
+
+    def header(self, name: str) -> bytes | None:
+        """The first header value with this name, or None."""
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class OutRecord:
+    """A record to publish."""
+
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    headers: tuple[Header, ...] = ()
+    timestamp_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """How to create a topic."""
+
+    name: str
+    partitions: int = 1
+    compacted: bool = False
+    retention_ms: int | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+def partition_for(key: bytes | None, partitions: int) -> int:
+    """The partition of a key on the embedded bus (CRC-32; Kafka uses its own murmur2)."""
+    if partitions <= 1 or key is None:
+        return 0
+    return zlib.crc32(key) % partitions
+
+
+class Transaction(Protocol):
+    """Collects writes that commit together. Methods only buffer; the commit happens on exit."""
+
+    def send(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[Header] = (),
+        timestamp_ms: int | None = None,
+    ) -> None:
+        """Buffer one record."""
+        ...
+
+    def put_state(self, key: str, value: bytes | None) -> None:
+        """Buffer a state write (None deletes the key)."""
+        ...
+
+    def commit_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        """Buffer a consumer-group commit: ``offsets`` are the next offsets to read."""
+        ...
+
+
+@runtime_checkable
+class Consumer(Protocol):
+    """Reads records from topics; see the module docstring for group semantics."""
+
+    async def __aenter__(self) -> Consumer: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this consumer reads."""
+        ...
+
+    async def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
+        """Return up to ``max_records`` records in partition order; [] after ``timeout_s`` if none."""
+        ...
+
+    def positions(self) -> dict[TopicPartition, int]:
+        """The next offset this consumer will read, per partition."""
+        ...
+
+    async def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+        """Commit the group's offsets (default: current positions).
+
+        Raises:
+            BusError: the consumer has no group, or the commit failed.
+        """
+        ...
+
+    async def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Continue reading ``tp`` at ``offset``."""
+        ...
+
+    async def seek_to_time(self, timestamp_ms: int) -> None:
+        """Move every assigned partition to the first record with timestamp >= ``timestamp_ms``."""
+        ...
+
+    async def seek_to_beginning(self) -> None:
+        """Move every assigned partition to its earliest retained record."""
+        ...
+
+    async def end_offsets(self) -> dict[TopicPartition, int]:
+        """The offset after the last visible record, per assigned partition."""
+        ...
+
+
+@runtime_checkable
+class Bus(Protocol):
+    """The bus. Use as ``async with`` to open and close it."""
+
+    name: str
+
+    async def __aenter__(self) -> Bus: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def ensure_topics(self, specs: Sequence[TopicSpec]) -> None:
+        """Create the topics that do not exist yet (idempotent)."""
+        ...
+
+    async def partitions(self, topic: str) -> int:
+        """Number of partitions of a topic.
+
+        Raises:
+            BusError: the topic does not exist.
+        """
+        ...
+
+    def transaction(self, txn_id: str) -> AbstractAsyncContextManager[Transaction]:
+        """An atomic unit of work; ``txn_id`` identifies the writer (Kafka fences zombies by it)."""
+        ...
+
+    async def publish(self, records: Sequence[OutRecord]) -> None:
+        """Publish records atomically in one transaction of the bus's default writer."""
+        ...
+
+    async def get_state(self, key: str) -> bytes | None:
+        """The current value of a state key."""
+        ...
+
+    async def state_items(self, prefix: str = "") -> dict[str, bytes]:
+        """All state keys starting with ``prefix``."""
+        ...
+
+    def consumer(
+        self,
+        topics: Sequence[str],
+        *,
+        group: str | None = None,
+        start: StartPolicy = "committed",
+    ) -> Consumer:
+        """A consumer over ``topics``; see the module docstring."""
+        ...
+
+    async def committed(self, group: str, topic: str) -> dict[TopicPartition, int]:
+        """A group's committed offsets for a topic (partitions without a commit are absent)."""
+        ...
+
+    async def enforce_retention(self) -> int:
+        """Apply retention now; return how many records were removed (Kafka: 0, the broker does it)."""
+        ...
+
+
+async def iter_records(
+    consumer: Consumer, *, until: Mapping[TopicPartition, int] | None = None, batch: int = 1000
+) -> AsyncIterator[list[Record]]:
+    """Yield batches until every assigned partition reached ``until`` (default: the end offsets now)."""
+    stop = dict(until) if until is not None else await consumer.end_offsets()
+    while True:
+        pos = consumer.positions()
+        if all(pos.get(tp, 0) >= end for tp, end in stop.items()):
+            return
+        recs = await consumer.poll(batch, timeout_s=0.5)
+        recs = [r for r in recs if r.offset < stop.get(r.tp, 0)]
+        if recs:
+            yield recs
+
+
+def default_topics(partitions: int = 1, events_retention_ms: int | None = None) -> list[TopicSpec]:
+    """The four pipeline topics with their configs."""
+    return [
+        TopicSpec(EVENTS_TOPIC, partitions, retention_ms=events_retention_ms),
+        TopicSpec(ALERTS_TOPIC, partitions, retention_ms=events_retention_ms),
+        TopicSpec(DEADLETTER_TOPIC, partitions, retention_ms=events_retention_ms),
+        TopicSpec(STATE_TOPIC, 1, compacted=True),
+    ]

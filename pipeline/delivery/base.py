@@ -1,0 +1,109 @@
+"""The Sink protocol and the options every sink shares.
+
+A sink receives batches of :class:`Delivery` (an event or alert read from the bus, already
+decoded) and answers with a :class:`SendResult` listing the deliveries that failed; every
+delivery not listed is confirmed by the destination, and only then does the runner commit
+the consumer offsets. A failure marked ``retriable`` is retried with backoff; a
+non-retriable one (a poison record) goes to ``instantly.deadletter.v1`` with the error and
+the sink name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+
+from pydantic import Field
+
+from pipeline.bus.base import Record
+from pipeline.config import Model
+
+Kind = Literal["event", "alert"]
+
+
+class SinkConfig(Model):
+    """Options shared by every sink; each sink's ``Config`` extends this model."""
+
+    type: str
+    topics: list[Literal["events", "alerts"]] = Field(default_factory=lambda: ["events", "alerts"])
+    types: list[str] = Field(default_factory=list, description="event/alert type globs to keep (empty = all)")
+    min_severity: Literal["info", "low", "medium", "high", "critical"] | None = None
+    batch_max_records: int = Field(500, ge=1, le=100_000)
+    batch_max_bytes: int = Field(4_000_000, ge=1024)
+    batch_max_wait_secs: float = Field(1.0, ge=0)
+    max_in_flight_bytes: int = Field(32_000_000, ge=1024)
+    retry_initial_secs: float = Field(0.5, gt=0)
+    retry_max_secs: float = Field(60.0, gt=0)
+    circuit_failures: int = Field(5, ge=1, description="consecutive failed batches before the circuit opens")
+    circuit_open_secs: float = Field(30.0, gt=0)
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One record to deliver: where it came from, what it is, and its decoded body."""
+
+    record: Record
+    kind: Kind
+    id: str
+    type: str
+    body: dict[str, Any]
+    raw: bytes = b""
+
+    @property
+    def severity(self) -> str | None:
+        """The alert's severity (None for events)."""
+        rule = self.body.get("rule")
+        return rule.get("severity") if isinstance(rule, dict) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A delivery the destination did not accept."""
+
+    delivery: Delivery
+    error: str
+    retriable: bool
+    retry_after: float | None = None
+
+
+@dataclass(slots=True)
+class SendResult:
+    """The outcome of one batch: the failures (everything else was confirmed)."""
+
+    failures: list[Failure] = field(default_factory=list)
+    duplicates: int = 0  # confirmed as already delivered (e.g. Elasticsearch 409)
+
+    @property
+    def ok(self) -> bool:
+        """True when the whole batch was confirmed."""
+        return not self.failures
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """A destination. Constructed as ``cls(sink_id, config)``, used with ``async with``."""
+
+    Config: ClassVar[type[SinkConfig]]
+    sink_id: str
+
+    async def __aenter__(self) -> Sink: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def send(self, batch: Sequence[Delivery]) -> SendResult:
+        """Deliver a batch; return what failed.
+
+        Raises:
+            SinkError: the whole batch failed (retriable tells whether to retry it).
+        """
+        ...
+
+    async def healthcheck(self) -> None:
+        """Check the destination is reachable and the credentials work.
+
+        Raises:
+            SinkError: with a message saying what is wrong.
+        """
+        ...

@@ -1,0 +1,136 @@
+"""Structured logging: JSON lines in production, readable coloured lines in a terminal.
+
+Every line carries ``component`` and, when known, ``workspace``. A redaction filter
+removes secrets (registered values, bearer tokens, ``Authorization`` headers, key=value
+pairs with secret-looking names) from messages, arguments and attached fields.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+from typing import Any
+
+import orjson
+
+_SECRETS: set[str] = set()
+_LOCK = threading.Lock()
+_PATTERNS = [
+    re.compile(r"(?i)(bearer|basic|splunk|apikey)\s+[A-Za-z0-9._~+/=-]{6,}"),
+    re.compile(r"(?i)(authorization|x-api-key|api[_-]?key|token|secret|password)([\"']?\s*[:=]\s*[\"']?)[^\s\"',}]{4,}"),
+    re.compile(r"whsec_[A-Za-z0-9+/=]{8,}"),
+]
+_STD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
+
+
+def register_secret(value: str) -> None:
+    """Remember a secret value so the filter removes it from every log line."""
+    if value and len(value) >= 4:
+        with _LOCK:
+            _SECRETS.add(value)
+
+
+def redact_text(text: str) -> str:
+    """Remove registered secrets and secret-looking tokens from ``text``."""
+    with _LOCK:
+        secrets = sorted(_SECRETS, key=len, reverse=True)
+    for s in secrets:
+        if s in text:
+            text = text.replace(s, "<redacted>")
+    text = _PATTERNS[0].sub(lambda m: f"{m.group(1)} <redacted>", text)
+    text = _PATTERNS[1].sub(lambda m: f"{m.group(1)}{m.group(2)}<redacted>", text)
+    return _PATTERNS[2].sub("<redacted>", text)
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrite each record so no secret leaves the process through logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact the message (with its args applied) and string extras."""
+        try:
+            msg = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string must not hide the log line
+            msg = str(record.msg)
+        record.msg = redact_text(msg)
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        for k, v in list(record.__dict__.items()):
+            if k not in _STD and isinstance(v, str):
+                setattr(record, k, redact_text(v))
+        return True
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _STD and not k.startswith("_")}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render the record."""
+        out: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "component": getattr(record, "component", record.name.removeprefix("instantly_audit.")),
+            "msg": record.getMessage(),
+        }
+        out.update(_extras(record))
+        if record.exc_text:
+            out["exc"] = record.exc_text
+        return orjson.dumps(out, default=str).decode()
+
+
+class ConsoleFormatter(logging.Formatter):
+    """Readable lines for a terminal, coloured by level."""
+
+    COLORS = {"DEBUG": "\x1b[2m", "INFO": "\x1b[36m", "WARNING": "\x1b[33m", "ERROR": "\x1b[31m", "CRITICAL": "\x1b[1;31m"}
+
+    def __init__(self, color: bool):
+        super().__init__()
+        self.color = color
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render the record."""
+        comp = getattr(record, "component", record.name.removeprefix("instantly_audit."))
+        fields = " ".join(f"{k}={v}" for k, v in _extras(record).items() if k != "component")
+        level = record.levelname.lower()
+        if self.color:
+            level = f"{self.COLORS.get(record.levelname, '')}{level:<7}\x1b[0m"
+        else:
+            level = f"{level:<7}"
+        line = f"{self.formatTime(record, '%H:%M:%S')} {level} {comp}: {record.getMessage()}"
+        if fields:
+            line += f"  {fields}"
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        return line
+
+
+def setup_logging(fmt: str = "auto", level: str = "INFO", stream: Any = None) -> None:
+    """Configure the ``instantly_audit`` loggers (idempotent)."""
+    stream = stream or sys.stderr
+    tty = hasattr(stream, "isatty") and stream.isatty()
+    handler = logging.StreamHandler(stream)
+    use_json = fmt == "json" or (fmt == "auto" and not tty)
+    handler.setFormatter(JsonFormatter() if use_json else ConsoleFormatter(color=tty))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger("instantly_audit")
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+    for name in ("aiohttp.access", "aiohttp.client", "aiokafka"):
+        lg = logging.getLogger(name)
+        lg.addFilter(RedactingFilter())
+        lg.setLevel(logging.WARNING)
+
+
+def get_logger(component: str) -> logging.LoggerAdapter[logging.Logger]:
+    """A logger whose lines carry ``component``."""
+    return logging.LoggerAdapter(logging.getLogger(f"instantly_audit.{component}"), {"component": component})

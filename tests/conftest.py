@@ -1,0 +1,89 @@
+"""Shared fixtures: bus implementations for the contract suite, Kafka availability, canaries.
+
+The Kafka leg runs when ``KAFKA_BOOTSTRAP`` is set (``make test`` starts a local broker
+and sets it). Under ``CI=true`` a Kafka test that would skip fails instead, and the
+session prints how many Kafka tests ran.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.bus.base import Bus
+from pipeline.bus.factory import open_bus
+from pipeline.config import KafkaBusConfig, SqliteBusConfig
+
+_kafka_ran: list[str] = []
+
+
+def kafka_bootstrap() -> str:
+    """The broker to test against, or skip (fail under CI=true)."""
+    boot = os.environ.get("KAFKA_BOOTSTRAP", "")
+    if not boot:
+        if os.environ.get("CI") == "true":
+            pytest.fail("KAFKA_BOOTSTRAP is not set under CI=true: Kafka tests must run, not skip")
+        pytest.skip("KAFKA_BOOTSTRAP not set (make test starts a local broker)")
+    return boot
+
+
+def bus_config(kind: str, tmp_path: Path) -> dict[str, Any]:
+    """A bus config block for ``kind`` (sqlite file under tmp_path, or the test broker)."""
+    if kind == "sqlite":
+        return {"type": "sqlite", "path": str(tmp_path / "bus.db")}
+    return {
+        "type": "kafka",
+        "bootstrap_servers": [kafka_bootstrap()],
+        "partitions": 2,
+        "transactional_id_prefix": f"test-{uuid.uuid4().hex[:8]}",
+    }
+
+
+def make_bus(cfg: dict[str, Any]) -> Bus:
+    """Build a bus from a config block."""
+    model = SqliteBusConfig.model_validate(cfg) if cfg["type"] == "sqlite" else KafkaBusConfig.model_validate(cfg)
+    return open_bus(model)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("kafka", marks=pytest.mark.kafka)])
+def bus_kind(request: pytest.FixtureRequest) -> str:
+    """Each contract test runs once per bus implementation."""
+    if request.param == "kafka":
+        kafka_bootstrap()
+        _kafka_ran.append(request.node.nodeid)
+    return str(request.param)
+
+
+@pytest.fixture
+def bus_cfg(bus_kind: str, tmp_path: Path) -> dict[str, Any]:
+    """The config block of the bus under test."""
+    return bus_config(bus_kind, tmp_path)
+
+
+@pytest.fixture
+async def bus(bus_cfg: dict[str, Any]) -> AsyncIterator[Bus]:
+    """An open bus of the implementation under test."""
+    async with make_bus(bus_cfg) as b:
+        yield b
+
+
+@pytest.fixture
+def bus_factory(bus_cfg: dict[str, Any]) -> Callable[[], Bus]:
+    """Build further (unopened) buses on the same storage, e.g. to simulate a restart."""
+    return lambda: make_bus(bus_cfg)
+
+
+@pytest.fixture
+def unique() -> str:
+    """A unique suffix for topic, group and state names."""
+    return uuid.uuid4().hex[:10]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say how many Kafka tests ran, so a silent skip cannot hide."""
+    terminalreporter.write_line(f"Kafka tests run against a real broker: {len(_kafka_ran)}")

@@ -1,0 +1,1 @@
+"""Contract suites: one set of behaviours, run against every implementation."""

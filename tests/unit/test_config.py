@@ -1,0 +1,129 @@
+"""Config: YAML → frozen models; env/file secrets; every bad input is one clear line naming the key path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from pipeline.config import PipelineConfig, SqliteBusConfig, load_config, parse_config
+from pipeline.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {"INSTANTLY_API_KEY": "canary-key-0000"}
+
+
+def _err(text: str, env: dict[str, str] | None = None, base: Path | None = None) -> str:
+    with pytest.raises(ConfigError) as ei:
+        parse_config(text, env=ENV if env is None else env, base_dir=base)
+    return str(ei.value)
+
+
+def test_defaults_are_the_embedded_bus() -> None:
+    """An empty file is valid and selects the embedded SQLite bus."""
+    cfg = parse_config("", env={})
+    assert isinstance(cfg.bus, SqliteBusConfig)
+    assert cfg.workspaces == {}
+
+
+def test_env_secret_resolved_and_hidden() -> None:
+    """A ${ENV} secret is resolved and never shown by repr/str."""
+    cfg = parse_config("workspaces:\n  acme:\n    api_key: ${INSTANTLY_API_KEY}\n", env=ENV)
+    key = cfg.workspaces["acme"].api_key
+    assert key.get_secret_value() == "canary-key-0000"
+    assert "canary" not in repr(cfg) and "canary" not in str(cfg)
+
+
+def test_file_secret(tmp_path: Path) -> None:
+    """A <field>_file path is read (trailing newline stripped), relative to the config file."""
+    (tmp_path / "key").write_text("file-key-1234\n")
+    (tmp_path / "c.yaml").write_text("workspaces:\n  acme:\n    api_key_file: key\n")
+    cfg = load_config(tmp_path / "c.yaml", env={})
+    assert cfg.workspaces["acme"].api_key.get_secret_value() == "file-key-1234"
+
+
+def test_literal_secret_refused() -> None:
+    """A secret written literally in the file is refused, and the error does not echo it."""
+    msg = _err("workspaces:\n  acme:\n    api_key: live_abcdef123456\n")
+    assert "workspaces.acme.api_key" in msg and "literal secret" in msg
+    assert "live_abcdef123456" not in msg
+
+
+def test_missing_env_var() -> None:
+    """A missing environment variable names the key path and the variable."""
+    msg = _err("workspaces:\n  acme:\n    api_key: ${NOPE_KEY}\n", env={})
+    assert msg == "workspaces.acme.api_key: environment variable NOPE_KEY is not set"
+
+
+def test_env_default_and_escape() -> None:
+    """${VAR:-default} falls back, and $${ stays literal."""
+    cfg = parse_config(
+        "bus:\n  type: sqlite\n  path: ${DIR:-/tmp/x}/bus.db\nworkspaces:\n  a:\n    api_key: ${K}\n    name: $${NAME}\n",
+        env={"K": "abcd1234"},
+    )
+    assert str(cfg.bus.path) == "/tmp/x/bus.db"
+    assert cfg.workspaces["a"].name == "${NAME}"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("bus:\n  type: sqlite\n  pathh: x\n", "bus.pathh: unknown key (did you mean 'path'?)"),
+        ("workspaces:\n  acme:\n    api_key: ${INSTANTLY_API_KEY}\n    poll_interval_secs: soon\n",
+         "workspaces.acme.poll_interval_secs: Input should be a valid number"),
+        ("workspaces:\n  acme:\n    name: x\n", "workspaces.acme.api_key: required key is missing"),
+        ("bus:\n  type: rabbit\n", "bus"),
+        ("nonsense: 1\n", "nonsense: unknown key"),
+        ("workspaces:\n  acme:\n    api_key: ${INSTANTLY_API_KEY}\n    budget:\n      requests_per_second: 500\n",
+         "workspaces.acme.budget.requests_per_second: Input should be less than or equal to 100"),
+        ("sinks:\n  s1:\n    path: x\n", "sink 's1' needs a 'type'"),
+    ],
+)
+def test_bad_values_name_the_path(text: str, expected: str) -> None:
+    """Unknown keys, wrong types, missing keys and out-of-range values name the key path."""
+    assert expected in _err(text)
+
+
+def test_malformed_yaml_one_line() -> None:
+    """Malformed YAML gives one line with the position."""
+    msg = _err("bus: [unclosed\n")
+    assert msg.startswith("config is not valid YAML at line") and "\n" not in msg
+
+
+def test_unreadable_and_missing_secret_files(tmp_path: Path) -> None:
+    """Missing, unreadable, empty and directory secret files each get a clear error."""
+    assert "does not exist" in _err("workspaces:\n  a:\n    api_key_file: nope\n", base=tmp_path)
+    (tmp_path / "empty").write_text("\n")
+    assert "is empty" in _err("workspaces:\n  a:\n    api_key_file: empty\n", base=tmp_path)
+    assert "is a directory" in _err(f"workspaces:\n  a:\n    api_key_file: {tmp_path}\n", base=tmp_path)
+    locked = tmp_path / "locked"
+    locked.write_text("k")
+    locked.chmod(0)
+    if os.geteuid() != 0:  # root reads anything
+        assert "not readable" in _err("workspaces:\n  a:\n    api_key_file: locked\n", base=tmp_path)
+
+
+def test_both_value_and_file_refused(tmp_path: Path) -> None:
+    """Giving both a secret and its _file is an error."""
+    msg = _err("workspaces:\n  a:\n    api_key: ${INSTANTLY_API_KEY}\n    api_key_file: k\n", base=tmp_path)
+    assert "either api_key or api_key_file" in msg
+
+
+def test_models_are_frozen() -> None:
+    """Validated config cannot be mutated at run time."""
+    cfg = parse_config("", env={})
+    with pytest.raises(ValidationError):
+        cfg.service.port = 1  # type: ignore[misc]
+
+
+def test_example_config_is_valid(tmp_path: Path) -> None:
+    """deploy/config/example.yaml validates (its secret file is provided)."""
+    text = (ROOT / "deploy/config/example.yaml").read_text()
+    secret = tmp_path / "client_b"
+    secret.write_text("kkkk-2222\n")
+    text = text.replace("/run/secrets/instantly_client_b", str(secret))
+    cfg = parse_config(text, env=ENV)
+    assert isinstance(cfg, PipelineConfig)
+    assert set(cfg.workspaces) == {"acme", "client-b"}
