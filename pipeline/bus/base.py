@@ -11,6 +11,8 @@ Semantics, stated once:
 * ``transaction()`` is atomic: the records it sends, the state it writes and the consumer
   offsets it commits become visible together, or not at all (a failure inside the
   ``async with`` aborts everything).
+* A writer calls ``fence(txn_id)`` once at start, before it reads its state, then uses
+  ``transaction(txn_id)`` with the same id; a second process with that id fences the first.
 * State is a key → bytes map (``instantly.state.v1``; compacted on Kafka). ``None`` deletes.
 * A consumer with a ``group`` starts at the group's committed offsets (else at the policy
   given by ``start``); without a group it is an independent reader (replay) that never
@@ -185,6 +187,12 @@ class Bus(Protocol):
         Raises:
             BusError: the topic does not exist.
         """
+        ...
+
+    async def fence(self, txn_id: str) -> None:
+        """Claim the writer id ``txn_id`` before reading state: on Kafka this fences a previous
+        holder (a zombie) and aborts the transaction it left open, so state reads are not
+        blocked behind it; on the embedded bus it is a no-op."""
         ...
 
     def transaction(self, txn_id: str) -> AbstractAsyncContextManager[Transaction]:

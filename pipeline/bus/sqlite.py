@@ -15,6 +15,7 @@ at all, and a killed process leaves the last committed transaction intact.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import struct
 import time
@@ -277,9 +278,7 @@ class SqliteBus:
                 )
                 tid, parts = db.execute("SELECT id, partitions FROM topics WHERE name=?", (spec.name,)).fetchone()
                 for p in range(parts):
-                    db.execute(
-                        "INSERT OR IGNORE INTO tp_meta VALUES (?, 0, 0, 0, 0)", ((tid << _PART_BITS) | p,)
-                    )
+                    db.execute("INSERT OR IGNORE INTO tp_meta VALUES (?, 0, 0, 0, 0)", ((tid << _PART_BITS) | p,))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -307,6 +306,10 @@ class SqliteBus:
         return (await self._run(self._topic, topic)).partitions
 
     # ---- writes -----------------------------------------------------------------------
+    async def fence(self, txn_id: str) -> None:
+        """No-op: SQLite's write lock already serialises writers."""
+        return None
+
     @asynccontextmanager
     async def transaction(self, txn_id: str) -> AsyncIterator[_Txn]:
         """Buffer writes; commit them atomically when the block exits without an error."""
@@ -391,9 +394,11 @@ class SqliteBus:
         """All state entries whose key starts with ``prefix``."""
 
         def q() -> dict[str, bytes]:
-            rows = self._conn().execute(
-                "SELECT k, v FROM state WHERE substr(k, 1, ?) = ?", (len(prefix), prefix)
-            ).fetchall()
+            rows = (
+                self._conn()
+                .execute("SELECT k, v FROM state WHERE substr(k, 1, ?) = ?", (len(prefix), prefix))
+                .fetchall()
+            )
             return {k: bytes(v) for k, v in rows}
 
         return await self._run(q)
@@ -404,9 +409,11 @@ class SqliteBus:
         def q() -> dict[TopicPartition, int]:
             t = self._topic(topic)
             lo, hi = t.id << _PART_BITS, (t.id + 1) << _PART_BITS
-            rows = self._conn().execute(
-                "SELECT tp, off FROM group_offsets WHERE grp=? AND tp>=? AND tp<?", (group, lo, hi)
-            ).fetchall()
+            rows = (
+                self._conn()
+                .execute("SELECT tp, off FROM group_offsets WHERE grp=? AND tp>=? AND tp<?", (group, lo, hi))
+                .fetchall()
+            )
             return {TopicPartition(topic, tp & ((1 << _PART_BITS) - 1)): off for tp, off in rows}
 
         return await self._run(q)
@@ -425,10 +432,14 @@ class SqliteBus:
     def _fetch(self, tp_id: int, topic: str, partition: int, offset: int, limit: int) -> list[Record]:
         lo = _rowid(tp_id, offset)
         hi = _rowid(tp_id + 1, 0)
-        rows = self._conn().execute(
-            "SELECT id, ts, key, value, headers FROM records WHERE id>=? AND id<? ORDER BY id LIMIT ?",
-            (lo, hi, limit),
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT id, ts, key, value, headers FROM records WHERE id>=? AND id<? ORDER BY id LIMIT ?",
+                (lo, hi, limit),
+            )
+            .fetchall()
+        )
         mask = (1 << _OFFSET_BITS) - 1
         return [
             Record(topic, partition, rid & mask, ts, key, value, decode_headers(hdr) if hdr else ())
@@ -480,9 +491,7 @@ class SqliteBus:
                         (_rowid(tp_id, start), _rowid(tp_id, cut)),
                     ).fetchone()
                     db.execute("DELETE FROM records WHERE id>=? AND id<?", (_rowid(tp_id, start), _rowid(tp_id, cut)))
-                    db.execute(
-                        "UPDATE tp_meta SET log_start=?, bytes=bytes-? WHERE tp=?", (cut, gone[0], tp_id)
-                    )
+                    db.execute("UPDATE tp_meta SET log_start=?, bytes=bytes-? WHERE tp=?", (cut, gone[0], tp_id))
                     db.execute("COMMIT")
                 except BaseException:
                     db.execute("ROLLBACK")
@@ -568,10 +577,8 @@ class SqliteConsumer:
             if remaining <= 0:
                 return []
             # Wake at once on a commit in this process; re-check often for other writers.
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), timeout=min(remaining, 0.05))
-            except TimeoutError:
-                pass
 
     def _fetch_some(self, max_records: int) -> list[Record]:
         tps = list(self._pos)

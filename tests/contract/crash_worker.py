@@ -25,6 +25,7 @@ async def main(cfg: dict[str, object], mode: str, arg: str, src: str, dst: str, 
     rnd = random.Random()
     async with open_bus(model) as bus:
         await bus.ensure_topics([TopicSpec(src, 2), TopicSpec(dst, 2)])
+        await bus.fence(f"crash-{key}")
         if mode == "produce":
             total = int(arg)
             while True:

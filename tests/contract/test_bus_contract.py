@@ -222,9 +222,7 @@ def _run_until_done(cfg: dict[str, Any], args: list[str], kills: int, seed: int)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     killed = 0
     for _ in range(kills + 50):
-        proc = subprocess.Popen(  # noqa: S603 - our own worker script
-            [sys.executable, str(WORKER), json.dumps(cfg), *args], env=env, cwd=ROOT
-        )
+        proc = subprocess.Popen([sys.executable, str(WORKER), json.dumps(cfg), *args], env=env, cwd=ROOT)
         if killed < kills:
             try:
                 proc.wait(timeout=rnd.uniform(0.3, 1.5))
@@ -243,9 +241,7 @@ def _run_until_done(cfg: dict[str, Any], args: list[str], kills: int, seed: int)
 
 
 @pytest.mark.slow
-async def test_killed_producer_loses_and_duplicates_nothing(
-    bus: Bus, bus_cfg: dict[str, Any], unique: str
-) -> None:
+async def test_killed_producer_loses_and_duplicates_nothing(bus: Bus, bus_cfg: dict[str, Any], unique: str) -> None:
     """kill -9 of a publishing process at random points, restarted each time: each record exactly once."""
     total = 400
     src, dst = f"t-crash-{unique}", f"t-crashdst-{unique}"
@@ -279,9 +275,10 @@ def test_second_process_reads_while_writing(bus_cfg: dict[str, Any], unique: str
     """A reader in another process sees a consistent prefix while a writer process publishes."""
     src = f"t-live-{unique}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    writer = subprocess.Popen(  # noqa: S603
+    writer = subprocess.Popen(
         [sys.executable, str(WORKER), json.dumps(bus_cfg), "produce", "300", src, src + "-x", f"c-{unique}"],
-        env=env, cwd=ROOT,
+        env=env,
+        cwd=ROOT,
     )
     reader_code = (
         "import asyncio,json,sys\n"
@@ -302,9 +299,13 @@ def test_second_process_reads_while_writing(bus_cfg: dict[str, Any], unique: str
         "  print(json.dumps(seen))\n"
         "asyncio.run(m())\n"
     )
-    reader = subprocess.run(  # noqa: S603
-        [sys.executable, "-c", reader_code, json.dumps(bus_cfg)], env=env, cwd=ROOT,
-        capture_output=True, text=True, timeout=180,
+    reader = subprocess.run(
+        [sys.executable, "-c", reader_code, json.dumps(bus_cfg)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert writer.wait(timeout=120) == 0
     assert reader.returncode == 0, reader.stderr[-2000:]

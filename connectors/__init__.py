@@ -1,0 +1,1 @@
+"""Connectors: one package or module per outside system, the edges of the pipeline."""

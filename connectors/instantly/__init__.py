@@ -1,0 +1,1 @@
+"""Instantly.ai API v2: client, streams, normalizers and the local simulator."""

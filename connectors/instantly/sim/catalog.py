@@ -1,0 +1,112 @@
+"""Enumerations of the Instantly API v2 (Aug 2026 spec), used to validate request bodies.
+
+Sources: API reference §3.3 (audit activity types), §4.2 (scopes), §5 (roles, permissions),
+§7.2 (webhook event types). The simulator validates what it accepts against these lists;
+it may emit values outside them (e.g. unknown activity types) because clients must treat
+every enum as open.
+"""
+
+from __future__ import annotations
+
+_ACTIONS = ("all", "create", "read", "update", "delete")
+_RESOURCES = (
+    "all", "ai_agents", "api_keys", "audit_logs", "custom_prompt_templates",
+    "account_campaign_mappings", "campaigns", "inbox_placement_tests", "inbox_placement_analytics",
+    "inbox_placement_reports", "lead_lists", "leads", "background-jobs", "custom_tags",
+    "custom_tag_mappings", "crm_actions", "accounts", "block_list_entries", "lead-labels",
+    "email_verifications", "emails", "email_templates", "workspaces", "workspace_billing",
+    "workspace_group_members", "workspace_members", "subsequences", "ai_sdr", "ai_sdr_replies",
+    "ai_inbox_manager_analytics", "sales_flows", "webhooks", "webhook_events", "security_tokens",
+    "dfy_email_account_orders", "auth",
+)  # fmt: skip
+
+SCOPES: tuple[str, ...] = tuple(
+    f"{resource}:{action}"
+    for resource in _RESOURCES
+    for action in _ACTIONS
+    if resource != "email_verifications" or action in ("all", "create", "read")
+)
+"""The 178 creatable scopes, in the spec's order."""
+
+POLLER_SCOPES: tuple[str, ...] = (
+    "audit_logs:read",
+    "api_keys:read",
+    "workspace_members:read",
+    "workspaces:read",
+    "workspace_group_members:read",
+    "webhooks:read",
+    "webhook_events:read",
+    "block_list_entries:read",
+    "accounts:read",
+)
+"""The minimum read scopes of a security poller (API reference §4)."""
+
+ACTIVITY_TYPES: dict[int, str] = {
+    1: "User login",
+    2: "Lead deletion",
+    3: "Campaign deletion",
+    4: "Campaign launch",
+    5: "Campaign pause",
+    6: "Account addition",
+    7: "Account deletion",
+    8: "Lead moved",
+    9: "Lead added",
+    10: "Lead merged",
+    11: "Campaign update",
+    12: "Subsequence update",
+    18: "Webhook created",
+    19: "Webhook updated",
+    20: "Webhook marked as error",
+    21: "Webhook resumed",
+    22: "TOTP enrollment started",
+    23: "TOTP enabled",
+    24: "TOTP replacement started",
+    25: "TOTP replaced",
+    26: "TOTP disabled",
+    27: "MFA recovery codes generated",
+    28: "MFA recovery code used",
+    29: "MFA login challenge failed",
+    30: "MFA login challenge failed too many times",
+    31: "MFA login succeeded",
+    32: "Subscriber import started",
+    33: "Subscriber import cancelled",
+    34: "Lead exported",
+    35: "SuperSearch enrichment created",
+    36: "Account update",
+    37: "API key created",
+    38: "API key deleted",
+}
+
+AUDIT_USER_LOGIN = 1
+AUDIT_WEBHOOK_CREATED = 18
+AUDIT_WEBHOOK_UPDATED = 19
+AUDIT_WEBHOOK_ERROR = 20
+AUDIT_WEBHOOK_RESUMED = 21
+AUDIT_LEAD_EXPORTED = 34
+AUDIT_API_KEY_CREATED = 37
+AUDIT_API_KEY_DELETED = 38
+
+ROLES: tuple[str, ...] = ("owner", "admin", "editor", "view", "client")
+ASSIGNABLE_ROLES: tuple[str, ...] = ("admin", "editor", "view")
+"""``owner`` is only the creator (or via change-owner); ``client`` is not available in the API."""
+
+PERMISSIONS: tuple[str, ...] = (
+    "dashboard.view", "campaigns.view", "campaigns.create", "campaigns.edit", "campaigns.delete",
+    "organization.manage", "organization.integrations", "organization.billing",
+    "organization.users.manage", "leadFinder.view", "customLeadLabels.create", "customLeadLabels.edit",
+    "customLeadLabels.delete", "unibox.all", "analytics.view", "websiteChat.view", "websiteChat.manage",
+    "agency.manage", "accounts.view", "accounts.manage", "leadManagement.view", "leads.move", "crm.view",
+    "websiteVisitors.view", "blocklist.manage", "preferences.manage", "inboxPlacement.view",
+    "aiAgents.manage", "workspaceGroupMembers.invite", "workspaceGroupMembers.remove",
+    "workspaceGroupMembers.leave",
+)  # fmt: skip
+
+WEBHOOK_EVENT_TYPES: tuple[str, ...] = (
+    "all_events", "email_sent", "email_opened", "email_link_clicked", "reply_received", "email_bounced",
+    "lead_unsubscribed", "campaign_completed", "account_error", "lead_neutral", "lead_interested",
+    "lead_not_interested", "lead_meeting_booked", "lead_meeting_completed", "lead_closed",
+    "lead_out_of_office", "lead_wrong_person", "lead_no_show", "supersearch_enrichment_completed",
+)  # fmt: skip
+"""Subscribable event types (19); the list filter accepts only the first 17."""
+
+WEBHOOK_LIST_FILTER_TYPES: tuple[str, ...] = WEBHOOK_EVENT_TYPES[:17]

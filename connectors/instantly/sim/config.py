@@ -1,0 +1,35 @@
+"""Behaviour switches of the simulator for points the Instantly docs leave open."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .models import KeyValueMode
+
+
+@dataclass
+class SimConfig:
+    """Mutable at run time (tests flip switches between requests).
+
+    Attributes:
+        trailing_cursor: the last non-empty page still carries ``next_starting_after``
+            (then an empty page follows), as the starter kit warns may happen.
+        key_value_mode: what ``GET /api-keys`` and ``DELETE /api-keys/{id}`` put in ``key``:
+            ``full`` (the schema and example show a value), ``masked`` or ``absent``.
+            ``POST /api-keys`` always returns the full secret once.
+        enforce_unlisted_scopes: require ``webhooks:read`` for ``GET /webhooks`` and
+            ``workspace_group_members:read`` for ``GET /workspace-group-members/admin``,
+            which list no scope in the spec.
+        empty_json_body_error: like Fastify, refuse an empty body sent with
+            ``Content-Type: application/json`` (400).
+        default_limit: page size when ``limit`` is absent (undocumented).
+        rate_limit_per_second / rate_limit_per_minute: per-workspace limits (None disables).
+    """
+
+    trailing_cursor: bool = True
+    key_value_mode: KeyValueMode = "full"
+    enforce_unlisted_scopes: bool = True
+    empty_json_body_error: bool = True
+    default_limit: int = 100
+    rate_limit_per_second: int | None = 100
+    rate_limit_per_minute: int | None = 6000

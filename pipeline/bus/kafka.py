@@ -1,0 +1,575 @@
+"""The Apache Kafka bus (aiokafka): the same contract as the embedded bus, on a real cluster.
+
+* Writers are transactional producers, one per writer id (``<prefix>-<txn_id>``): events,
+  the writer's state records (compacted ``instantly.state.v1``, key = state key, ``None``
+  = tombstone) and consumer offsets (``send_offsets_to_transaction``) commit together.
+  Idempotence and ``acks=all`` are on. A second process using the same writer id fences
+  the first (``ProducerFenced`` → a non-retriable :class:`BusError`).
+* Consumers are ``read_committed`` with auto-commit off. A consumer with a group joins it
+  (partitions are shared among the group's members, so rules and sinks scale out by
+  partitions); one without a group is assigned every partition and never commits.
+* State is read from the compacted state topic into memory at open (up to the last
+  stable offset) and updated on each own commit.
+* aiokafka issue #1004: Kafka's error code 13 (NETWORK_EXCEPTION, retriable) is read by
+  aiokafka as ``StaleLeaderEpochCodeError`` and fails ``TxnOffsetCommit``; a small shim
+  retries it, and the transaction loop aborts and retries any retriable failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import TopicPartition as KTP
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    KafkaError,
+    ProducerFenced,
+    StaleLeaderEpochCodeError,
+)
+from aiokafka.helpers import create_ssl_context
+from aiokafka.structs import OffsetAndMetadata
+
+from pipeline.bus.base import (
+    STATE_TOPIC,
+    Record,
+    StartPolicy,
+    TopicPartition,
+    TopicSpec,
+    default_topics,
+)
+from pipeline.bus.sqlite import _Txn
+from pipeline.config import KafkaBusConfig
+from pipeline.errors import BusError
+
+log = logging.getLogger("instantly_audit.bus.kafka")
+T = TypeVar("T")
+DAY_MS = 86_400_000
+TOPIC_EXISTS = 36
+
+
+def _install_issue_1004_shim() -> None:
+    """Treat error code 13 in TxnOffsetCommit responses as retriable (aiokafka#1004)."""
+    from aiokafka.producer import sender
+
+    handler = sender.TxnOffsetCommitHandler
+    original = handler.handle_response
+    if getattr(original, "_instantly_audit_shim", False):
+        return
+
+    def handle_response(self: Any, resp: Any) -> Any:
+        codes = [code for _topic, parts in resp.errors for _p, code in parts]
+        if 13 in codes:
+            log.warning("TxnOffsetCommit got error 13 (NETWORK_EXCEPTION, retriable); retrying (aiokafka#1004)")
+            return self._default_backoff
+        return original(self, resp)
+
+    handle_response._instantly_audit_shim = True  # type: ignore[attr-defined]
+    handler.handle_response = handle_response
+
+
+_install_issue_1004_shim()
+
+
+def _wrap(err: BaseException, what: str) -> BusError:
+    retriable = bool(getattr(err, "retriable", False)) or isinstance(
+        err, StaleLeaderEpochCodeError | TimeoutError | ConnectionError
+    )
+    return BusError(f"kafka {what} failed: {type(err).__name__}: {err}", retriable=retriable)
+
+
+async def _retrying(call: Callable[[], Awaitable[T]], what: str, attempts: int = 40) -> T:
+    """Run an admin call, retrying retriable errors (e.g. a coordinator still being created)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await call()
+        except KafkaError as err:
+            if not getattr(err, "retriable", False) or attempt == attempts:
+                raise _wrap(err, what) from None
+            await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+    raise BusError(f"kafka {what} failed")  # pragma: no cover - loop always returns or raises
+
+
+class KafkaBus:
+    """The Kafka bus (see module docstring)."""
+
+    name = "kafka"
+
+    def __init__(
+        self,
+        bootstrap_servers: Sequence[str],
+        *,
+        client_args: Mapping[str, Any] | None = None,
+        transactional_id_prefix: str = "instantly-audit",
+        partitions: int = 3,
+        replication_factor: int = 1,
+        retention_ms: int | None = 30 * DAY_MS,
+        request_timeout_ms: int = 30_000,
+        max_txn_attempts: int = 5,
+        create_topics: bool = True,
+    ):
+        self.bootstrap = list(bootstrap_servers)
+        self.client_args = dict(client_args or {})
+        self.prefix = transactional_id_prefix
+        self.default_partitions = partitions
+        self.replication_factor = replication_factor
+        self.retention_ms = retention_ms
+        self.request_timeout_ms = request_timeout_ms
+        self.max_txn_attempts = max_txn_attempts
+        self._create_topics = create_topics
+        self._admin: AIOKafkaAdminClient | None = None
+        self._producers: dict[str, AIOKafkaProducer] = {}
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._state: dict[str, bytes] = {}
+        self._state_loaded = False
+        self._partitions: dict[str, int] = {}
+
+    @classmethod
+    def from_config(cls, cfg: KafkaBusConfig) -> KafkaBus:
+        """Build from the validated config."""
+        sec = cfg.security
+        args: dict[str, Any] = {"client_id": cfg.client_id, "security_protocol": sec.protocol}
+        if sec.protocol in ("SSL", "SASL_SSL"):
+            ctx = create_ssl_context(
+                cafile=str(sec.ssl_cafile) if sec.ssl_cafile else None,
+                certfile=str(sec.ssl_certfile) if sec.ssl_certfile else None,
+                keyfile=str(sec.ssl_keyfile) if sec.ssl_keyfile else None,
+            )
+            ctx.check_hostname = sec.ssl_check_hostname
+            if not sec.ssl_check_hostname:
+                ctx.verify_mode = ssl.CERT_REQUIRED
+            args["ssl_context"] = ctx
+        if sec.protocol.startswith("SASL"):
+            args["sasl_mechanism"] = sec.sasl_mechanism or "SCRAM-SHA-512"
+            args["sasl_plain_username"] = sec.username
+            args["sasl_plain_password"] = sec.password.get_secret_value() if sec.password else None
+        return cls(
+            cfg.bootstrap_servers,
+            client_args=args,
+            transactional_id_prefix=cfg.transactional_id_prefix,
+            partitions=cfg.partitions,
+            replication_factor=cfg.replication_factor,
+            retention_ms=int(cfg.retention_days * DAY_MS),
+            request_timeout_ms=int(cfg.request_timeout_secs * 1000),
+        )
+
+    # ---- lifecycle -------------------------------------------------------------------
+    async def __aenter__(self) -> KafkaBus:
+        self._admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap, request_timeout_ms=self.request_timeout_ms, **self.client_args
+        )
+        try:
+            await self._admin.start()
+            if self._create_topics:
+                await self.ensure_topics(default_topics(self.default_partitions, self.retention_ms))
+        except KafkaError as err:
+            await self.__aexit__(None, None, None)
+            raise _wrap(err, f"connecting to {','.join(self.bootstrap)}") from None
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for p in list(self._producers.values()):
+            with contextlib.suppress(Exception):
+                await p.stop()
+        self._producers.clear()
+        if self._admin is not None:
+            with contextlib.suppress(Exception):
+                await self._admin.close()
+            self._admin = None
+
+    def _admin_client(self) -> AIOKafkaAdminClient:
+        if self._admin is None:
+            raise BusError("the Kafka bus is not open (use 'async with')")
+        return self._admin
+
+    # ---- topics ---------------------------------------------------------------------
+    async def ensure_topics(self, specs: Sequence[TopicSpec]) -> None:
+        """Create missing topics with their configs (compaction, retention)."""
+        admin = self._admin_client()
+        existing = set(await admin.list_topics())
+        new = []
+        for s in specs:
+            if s.name in existing:
+                continue
+            configs: dict[str, str] = dict(s.extra)
+            if s.compacted:
+                configs["cleanup.policy"] = "compact"
+            elif s.retention_ms is not None:
+                configs["retention.ms"] = str(s.retention_ms)
+            new.append(NewTopic(s.name, s.partitions, self.replication_factor, topic_configs=configs))
+        if new:
+            try:
+                resp = await admin.create_topics(new, timeout_ms=self.request_timeout_ms)
+            except KafkaError as err:
+                raise _wrap(err, "creating topics") from None
+            for item in getattr(resp, "topic_errors", []):
+                name, code = item[0], item[1]
+                if code not in (0, TOPIC_EXISTS):
+                    raise BusError(f"kafka could not create topic {name}: error code {code}")
+            await self._wait_topics([s.name for s in new])
+        for s in specs:
+            self._partitions.pop(s.name, None)
+
+    async def _wait_topics(self, names: list[str], limit_s: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit_s
+        while True:
+            try:
+                desc = await self._admin_client().describe_topics(names)
+                ok = all(
+                    t.get("error_code", 0) == 0
+                    and t.get("partitions")
+                    and all(p.get("leader", -1) >= 0 for p in t["partitions"])
+                    for t in desc
+                )
+            except KafkaError:
+                ok = False
+            if ok:
+                return
+            if loop.time() > deadline:
+                raise BusError(f"kafka topics {names} did not get leaders within {limit_s:.0f}s", retriable=True)
+            await asyncio.sleep(0.1)
+
+    async def partitions(self, topic: str) -> int:
+        """Number of partitions of ``topic``."""
+        if topic not in self._partitions:
+            try:
+                desc = await self._admin_client().describe_topics([topic])
+            except KafkaError as err:
+                raise _wrap(err, f"describing {topic}") from None
+            if not desc or desc[0].get("error_code", 0) != 0 or not desc[0].get("partitions"):
+                raise BusError(f"topic {topic!r} does not exist on the Kafka cluster")
+            self._partitions[topic] = len(desc[0]["partitions"])
+        return self._partitions[topic]
+
+    # ---- writers --------------------------------------------------------------------
+    async def _producer(self, txn_id: str) -> AIOKafkaProducer:
+        p = self._producers.get(txn_id)
+        if p is None:
+            p = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                transactional_id=f"{self.prefix}-{txn_id}",
+                enable_idempotence=True,
+                acks="all",
+                request_timeout_ms=self.request_timeout_ms,
+                **self.client_args,
+            )
+            try:
+                await p.start()  # InitProducerId: fences a zombie and aborts its open transaction
+            except KafkaError as err:
+                with contextlib.suppress(Exception):
+                    await p.stop()
+                raise _wrap(err, f"starting the transactional producer {txn_id}") from None
+            self._producers[txn_id] = p
+        return p
+
+    async def fence(self, txn_id: str) -> None:
+        """Claim ``txn_id`` (fencing any zombie) so state reads are not blocked by its open transaction."""
+        async with self._locks[txn_id]:
+            await self._producer(txn_id)
+
+    @asynccontextmanager
+    async def transaction(self, txn_id: str) -> AsyncIterator[_Txn]:
+        """Buffer writes; commit them in one Kafka transaction when the block exits cleanly."""
+        txn = _Txn()
+        yield txn
+        if txn.records or txn.state or txn.offsets:
+            await self._commit(txn_id, txn)
+
+    async def publish(self, records: Sequence[Any]) -> None:
+        """Publish records in one transaction of the default writer."""
+        await self._commit("default", _Txn(records=list(records)))
+
+    async def _commit(self, txn_id: str, txn: _Txn) -> None:
+        async with self._locks[txn_id]:
+            for attempt in range(1, self.max_txn_attempts + 1):
+                p = await self._producer(txn_id)
+                try:
+                    await self._send_txn(p, txn)
+                    break
+                except ProducerFenced:
+                    await self._drop_producer(txn_id)
+                    raise BusError(
+                        f"writer {txn_id} was fenced: another process now uses the same transactional id",
+                        retriable=False,
+                    ) from None
+                except (TimeoutError, KafkaError) as err:
+                    wrapped = _wrap(err, f"transaction of {txn_id}")
+                    log.warning(
+                        "Kafka transaction failed; aborted",
+                        extra={"writer": txn_id, "attempt": attempt, "error": type(err).__name__},
+                    )
+                    await self._abort_or_reset(txn_id, p)
+                    if not wrapped.retriable or attempt == self.max_txn_attempts:
+                        raise wrapped from None
+                    await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+        for k, v in txn.state.items():
+            if v is None:
+                self._state.pop(k, None)
+            else:
+                self._state[k] = v
+
+    async def _send_txn(self, p: AIOKafkaProducer, txn: _Txn) -> None:
+        await p.begin_transaction()
+        futures = []
+        for r in txn.records:
+            futures.append(
+                await p.send(r.topic, r.value, key=r.key, headers=list(r.headers) or None, timestamp_ms=r.timestamp_ms)
+            )
+        for k, v in txn.state.items():
+            futures.append(await p.send(STATE_TOPIC, v, key=k.encode()))
+        by_group: dict[str, dict[KTP, OffsetAndMetadata]] = defaultdict(dict)
+        for (group, tp), off in txn.offsets.items():
+            by_group[group][KTP(tp.topic, tp.partition)] = OffsetAndMetadata(off, "")
+        for group, offsets in by_group.items():
+            await p.send_offsets_to_transaction(offsets, group)
+        await asyncio.gather(*futures)
+        await p.commit_transaction()
+
+    async def _abort_or_reset(self, txn_id: str, p: AIOKafkaProducer) -> None:
+        try:
+            await p.abort_transaction()
+        except Exception:  # noqa: BLE001 - a producer in a fatal state is replaced below
+            await self._drop_producer(txn_id)
+
+    async def _drop_producer(self, txn_id: str) -> None:
+        p = self._producers.pop(txn_id, None)
+        if p is not None:
+            with contextlib.suppress(Exception):
+                await p.stop()
+
+    # ---- state ----------------------------------------------------------------------
+    async def _load_state(self) -> None:
+        if self._state_loaded:
+            return
+        c = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            request_timeout_ms=self.request_timeout_ms,
+            **self.client_args,
+        )
+        tp = KTP(STATE_TOPIC, 0)
+        try:
+            await c.start()
+            c.assign([tp])
+            await c.seek_to_beginning(tp)
+            end = (await c.end_offsets([tp]))[tp]
+            state: dict[str, bytes] = {}
+            while await c.position(tp) < end:
+                batch = await c.getmany(tp, timeout_ms=1000, max_records=5000)
+                for rec in batch.get(tp, []):
+                    if rec.key is None:
+                        continue
+                    if rec.value is None:
+                        state.pop(rec.key.decode(), None)
+                    else:
+                        state[rec.key.decode()] = rec.value
+        except KafkaError as err:
+            raise _wrap(err, "loading state") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await c.stop()
+        # Own commits made while loading are newer than what was read.
+        state.update(self._state)
+        self._state = state
+        self._state_loaded = True
+
+    async def get_state(self, key: str) -> bytes | None:
+        """Current value of a state key."""
+        await self._load_state()
+        return self._state.get(key)
+
+    async def state_items(self, prefix: str = "") -> dict[str, bytes]:
+        """State entries whose key starts with ``prefix``."""
+        await self._load_state()
+        return {k: v for k, v in self._state.items() if k.startswith(prefix)}
+
+    async def committed(self, group: str, topic: str) -> dict[TopicPartition, int]:
+        """A group's committed offsets on ``topic``."""
+        admin = self._admin_client()
+        offsets = await _retrying(lambda: admin.list_consumer_group_offsets(group), f"reading offsets of group {group}")
+        return {
+            TopicPartition(tp.topic, tp.partition): meta.offset
+            for tp, meta in offsets.items()
+            if tp.topic == topic and meta.offset >= 0
+        }
+
+    async def enforce_retention(self) -> int:
+        """The broker applies retention itself."""
+        return 0
+
+    # ---- readers --------------------------------------------------------------------
+    def consumer(
+        self, topics: Sequence[str], *, group: str | None = None, start: StartPolicy = "committed"
+    ) -> KafkaConsumer:
+        """A read_committed consumer over ``topics``."""
+        return KafkaConsumer(self, list(topics), group, start)
+
+
+class KafkaConsumer:
+    """A consumer of the Kafka bus (see :mod:`pipeline.bus.base` for semantics)."""
+
+    def __init__(self, bus: KafkaBus, topics: list[str], group: str | None, start: StartPolicy):
+        self._bus = bus
+        self._topics = topics
+        self.group = group
+        self._start = start
+        self._c: AIOKafkaConsumer | None = None
+        self._pos: dict[TopicPartition, int] = {}
+
+    async def __aenter__(self) -> KafkaConsumer:
+        reset = "latest" if self._start == "latest" else "earliest"
+        self._c = AIOKafkaConsumer(
+            bootstrap_servers=self._bus.bootstrap,
+            group_id=self.group,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset=reset,
+            request_timeout_ms=self._bus.request_timeout_ms,
+            max_poll_records=5000,
+            **self._bus.client_args,
+        )
+        try:
+            await self._c.start()
+            if self.group is None:
+                tps = []
+                for t in self._topics:
+                    n = await self._bus.partitions(t)
+                    tps += [KTP(t, p) for p in range(n)]
+                self._c.assign(tps)
+                if self._start == "latest":
+                    await self._c.seek_to_end(*tps)
+                else:
+                    await self._c.seek_to_beginning(*tps)
+            else:
+                self._c.subscribe(self._topics)
+                await self._wait_assignment()
+                tps = list(self._c.assignment())
+                if self._start == "earliest":
+                    await self._c.seek_to_beginning(*tps)
+                elif self._start == "latest":
+                    await self._c.seek_to_end(*tps)
+            await self._refresh_positions()
+        except KafkaError as err:
+            await self.__aexit__()
+            raise _wrap(err, "starting a consumer") from None
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def _wait_assignment(self, limit_s: float = 60.0) -> None:
+        c = self._client()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit_s
+        while not c.assignment():
+            if loop.time() > deadline:
+                raise BusError(f"consumer group {self.group} got no partitions within {limit_s:.0f}s", retriable=True)
+            await asyncio.sleep(0.05)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._c is not None:
+            with contextlib.suppress(Exception):
+                await self._c.stop()
+            self._c = None
+
+    def _client(self) -> AIOKafkaConsumer:
+        if self._c is None:
+            raise BusError("the Kafka consumer is not open (use 'async with')")
+        return self._c
+
+    async def _refresh_positions(self) -> None:
+        c = self._client()
+        pos: dict[TopicPartition, int] = {}
+        for tp in c.assignment():
+            pos[TopicPartition(tp.topic, tp.partition)] = await c.position(tp)
+        self._pos = pos
+
+    def assignment(self) -> set[TopicPartition]:
+        """Partitions currently assigned."""
+        return {TopicPartition(t.topic, t.partition) for t in self._client().assignment()}
+
+    def positions(self) -> dict[TopicPartition, int]:
+        """Next offset to read per partition (past transaction markers)."""
+        return dict(self._pos)
+
+    async def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
+        """Up to ``max_records`` committed records."""
+        c = self._client()
+        try:
+            batch = await c.getmany(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+            await self._refresh_positions()
+        except KafkaError as err:
+            raise _wrap(err, "polling") from None
+        out: list[Record] = []
+        for tp in sorted(batch, key=lambda t: (t.topic, t.partition)):
+            for m in batch[tp]:
+                out.append(
+                    Record(
+                        m.topic,
+                        m.partition,
+                        m.offset,
+                        m.timestamp,
+                        m.key,
+                        m.value if m.value is not None else b"",
+                        tuple((k, v) for k, v in (m.headers or ())),
+                    )
+                )
+        return out
+
+    async def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+        """Commit the group's offsets (default: current positions)."""
+        if self.group is None:
+            raise BusError("this consumer has no group; it cannot commit offsets")
+        offs = offsets if offsets is not None else self._pos
+        try:
+            await self._client().commit({KTP(tp.topic, tp.partition): off for tp, off in offs.items()})
+        except KafkaError as err:
+            raise _wrap(err, f"committing offsets of {self.group}") from None
+
+    async def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Read ``tp`` from ``offset`` next."""
+        self._client().seek(KTP(tp.topic, tp.partition), offset)
+        self._pos[tp] = offset
+
+    async def seek_to_time(self, timestamp_ms: int) -> None:
+        """Move each partition to its first record at or after ``timestamp_ms``."""
+        c = self._client()
+        tps = list(c.assignment())
+        try:
+            found = await c.offsets_for_times({tp: timestamp_ms for tp in tps})
+            ends = await c.end_offsets(tps)
+        except KafkaError as err:
+            raise _wrap(err, "seeking by time") from None
+        for tp in tps:
+            hit = found.get(tp)
+            c.seek(tp, hit.offset if hit is not None else ends[tp])
+        await self._refresh_positions()
+
+    async def seek_to_beginning(self) -> None:
+        """Move each partition to its earliest retained record."""
+        c = self._client()
+        await c.seek_to_beginning(*c.assignment())
+        await self._refresh_positions()
+
+    async def end_offsets(self) -> dict[TopicPartition, int]:
+        """The last stable offset per partition (read_committed)."""
+        c = self._client()
+        tps = list(c.assignment())
+        try:
+            ends = await c.end_offsets(tps)
+        except KafkaError as err:
+            raise _wrap(err, "reading end offsets") from None
+        return {TopicPartition(tp.topic, tp.partition): off for tp, off in ends.items()}
