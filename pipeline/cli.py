@@ -47,17 +47,15 @@ def _cmd_config_validate(args: argparse.Namespace) -> int:
         for p in problems:
             print(f"config error: {p}", file=sys.stderr)
         return EXIT_USAGE
-    print(
-        f"{args.file}: ok — bus {cfg.bus.type}, {len(cfg.workspaces)} workspace(s), "
-        f"{len(cfg.sinks)} sink(s)"
-    )
+    print(f"{args.file}: ok — bus {cfg.bus.type}, {len(cfg.workspaces)} workspace(s), {len(cfg.sinks)} sink(s)")
     return EXIT_OK
 
 
 async def _check_sinks(cfg: object) -> list[str]:
     from pipeline.topology import check_sinks
 
-    return await check_sinks(cfg)  # type: ignore[arg-type]
+    problems: list[str] = await check_sinks(cfg)
+    return problems
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -65,13 +63,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline.topology import run_pipeline
 
     cfg = load_config(args.config)
-    return asyncio.run(run_pipeline(cfg, once=args.once, roles=set(args.role or ["all"])))
+    code: int = asyncio.run(run_pipeline(cfg, once=args.once, roles=set(args.role or ["all"])))
+    return code
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
-    return asyncio.run(run_demo(speed=args.speed, workdir=Path(args.workdir) if args.workdir else None))
+    code: int = asyncio.run(run_demo(speed=args.speed, workdir=Path(args.workdir) if args.workdir else None))
+    return code
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--version", action="version", version=f"instantly-audit {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub: argparse._SubParsersAction[argparse.ArgumentParser] = p.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=_Parser
+    )
 
     run = sub.add_parser(
         "run",

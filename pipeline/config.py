@@ -126,8 +126,20 @@ BusConfig = Annotated[SqliteBusConfig | KafkaBusConfig, Field(discriminator="typ
 
 
 # ---------------------------------------------------------------------------------- sources
-STREAMS = ("audit_logs", "api_keys", "members", "webhooks", "workspace", "group_members", "block_list")
 StreamName = Literal["audit_logs", "api_keys", "members", "webhooks", "workspace", "group_members", "block_list"]
+STREAMS: tuple[StreamName, ...] = (
+    "audit_logs",
+    "api_keys",
+    "members",
+    "webhooks",
+    "workspace",
+    "group_members",
+    "block_list",
+)
+
+
+def _all_streams() -> list[StreamName]:
+    return list(STREAMS)
 
 
 class BudgetConfig(Model):
@@ -145,7 +157,7 @@ class WorkspaceConfig(Model):
     base_url: str = "https://api.instantly.ai"
     as_workspace: str | None = Field(None, description="x-as-workspace: act on an agency sub-workspace")
     poll_interval_secs: float = Field(60.0, ge=1)
-    streams: list[StreamName] = Field(default_factory=lambda: list(STREAMS))
+    streams: list[StreamName] = Field(default_factory=_all_streams)
     audit_overlap_secs: float = Field(3600.0, ge=0)
     audit_page_size: int = Field(1000, ge=1, le=1000)
     request_timeout_secs: float = Field(30.0, gt=0)
@@ -191,7 +203,7 @@ class PipelineConfig(Model):
     @classmethod
     def _sink_blocks(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for sid, block in v.items():
-            if not isinstance(block, dict) or "type" not in block:
+            if "type" not in block:
                 raise ValueError(f"sink {sid!r} needs a 'type'")
         return v
 
@@ -323,9 +335,13 @@ def _tagged_model(annotation: Any, tag: Any) -> Any:
     """The member of a discriminated union whose ``type`` literal equals ``tag``."""
     for a in getattr(annotation, "__args__", ()):
         for m in (a, *getattr(a, "__args__", ())):
-            if isinstance(m, type) and issubclass(m, BaseModel) and "type" in m.model_fields:
-                if m.model_fields["type"].default == tag:
-                    return m
+            if (
+                isinstance(m, type)
+                and issubclass(m, BaseModel)
+                and "type" in m.model_fields
+                and m.model_fields["type"].default == tag
+            ):
+                return m
     return None
 
 

@@ -10,9 +10,9 @@ PipelineError                          retriable = False
 ├── SourceError                        something upstream (the Instantly API) failed
 │   ├── UpstreamError(status)          retriable on 5xx / timeouts / connection errors
 │   ├── RateLimitedError               retriable after retry_after
-│   ├── AuthError                      401 – the key is missing, invalid or revoked
-│   ├── PaymentRequiredError           402 – the workspace lost its paid plan
-│   ├── ScopeError                     403 – the key lacks a scope
+│   ├── AuthError                      401 - the key is missing, invalid or revoked
+│   ├── PaymentRequiredError           402 - the workspace lost its paid plan
+│   ├── ScopeError                     403 - the key lacks a scope
 │   └── NotFoundError                  404
 ├── NormalizeError                     a record could not be normalized → dead letters
 ├── BusError                           the bus failed; retriable copies the cause

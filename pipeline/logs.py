@@ -19,7 +19,9 @@ _SECRETS: set[str] = set()
 _LOCK = threading.Lock()
 _PATTERNS = [
     re.compile(r"(?i)(bearer|basic|splunk|apikey)\s+[A-Za-z0-9._~+/=-]{6,}"),
-    re.compile(r"(?i)(authorization|x-api-key|api[_-]?key|token|secret|password)([\"']?\s*[:=]\s*[\"']?)[^\s\"',}]{4,}"),
+    re.compile(
+        r"(?i)(authorization|x-api-key|api[_-]?key|token|secret|password)([\"']?\s*[:=]\s*[\"']?)[^\s\"',}]{4,}"
+    ),
     re.compile(r"whsec_[A-Za-z0-9+/=]{8,}"),
 ]
 _STD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
@@ -88,7 +90,13 @@ class JsonFormatter(logging.Formatter):
 class ConsoleFormatter(logging.Formatter):
     """Readable lines for a terminal, coloured by level."""
 
-    COLORS = {"DEBUG": "\x1b[2m", "INFO": "\x1b[36m", "WARNING": "\x1b[33m", "ERROR": "\x1b[31m", "CRITICAL": "\x1b[1;31m"}
+    COLORS = {
+        "DEBUG": "\x1b[2m",
+        "INFO": "\x1b[36m",
+        "WARNING": "\x1b[33m",
+        "ERROR": "\x1b[31m",
+        "CRITICAL": "\x1b[1;31m",
+    }
 
     def __init__(self, color: bool):
         super().__init__()
@@ -99,10 +107,7 @@ class ConsoleFormatter(logging.Formatter):
         comp = getattr(record, "component", record.name.removeprefix("instantly_audit."))
         fields = " ".join(f"{k}={v}" for k, v in _extras(record).items() if k != "component")
         level = record.levelname.lower()
-        if self.color:
-            level = f"{self.COLORS.get(record.levelname, '')}{level:<7}\x1b[0m"
-        else:
-            level = f"{level:<7}"
+        level = f"{self.COLORS.get(record.levelname, '')}{level:<7}\x1b[0m" if self.color else f"{level:<7}"
         line = f"{self.formatTime(record, '%H:%M:%S')} {level} {comp}: {record.getMessage()}"
         if fields:
             line += f"  {fields}"

@@ -6,7 +6,7 @@ retries never page twice; ``id`` hashes the dedup key and the first event that r
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
@@ -26,7 +26,7 @@ def severity_rank(severity: str) -> int:
         nothing; an unknown severity ranks -1.
     """
     try:
-        return SEVERITIES.index(severity)  # type: ignore[arg-type]
+        return list(SEVERITIES).index(severity)  # type: ignore[arg-type]
     except ValueError:
         return -1
 
@@ -110,18 +110,35 @@ class Alert:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        d = asdict(self)
-        ordered: dict[str, Any] = {"schema": d.pop("schema")}
-        ordered.update(d)
-        ordered["event_ids"] = list(self.event_ids)
-        ordered["entities"] = [asdict(e) for e in self.entities]
-        ordered["rule"]["attack"] = list(self.rule.attack)
-        return ordered
+        """JSON-ready dict (nested dicts are shared, not copied)."""
+        r = self.rule
+        return {
+            "schema": self.schema,
+            "id": self.id,
+            "status": self.status,
+            "rule": {
+                "id": r.id,
+                "version": r.version,
+                "title": r.title,
+                "severity": r.severity,
+                "runbook": r.runbook,
+                "attack": list(r.attack),
+                "basic": r.basic,
+            },
+            "workspace": {"id": self.workspace.id, "name": self.workspace.name},
+            "summary": self.summary,
+            "dedup_key": self.dedup_key,
+            "event_ids": list(self.event_ids),
+            "entities": [{"kind": e.kind, "id": e.id, "name": e.name} for e in self.entities],
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "count": self.count,
+            "attributes": self.attributes,
+        }
 
     def to_json(self) -> bytes:
-        """Serialise with orjson."""
-        return orjson.dumps(self.to_dict())
+        """Serialise with orjson (native dataclass support)."""
+        return orjson.dumps(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Alert:
@@ -135,8 +152,13 @@ class Alert:
             id=d["id"],
             status=d["status"],
             rule=RuleRef(
-                id=r["id"], version=r["version"], title=r["title"], severity=r["severity"],
-                runbook=r.get("runbook", ""), attack=tuple(r.get("attack", ())), basic=r.get("basic", ""),
+                id=r["id"],
+                version=r["version"],
+                title=r["title"],
+                severity=r["severity"],
+                runbook=r.get("runbook", ""),
+                attack=tuple(r.get("attack", ())),
+                basic=r.get("basic", ""),
             ),
             workspace=WorkspaceRef(**d["workspace"]),
             summary=d["summary"],

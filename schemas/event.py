@@ -7,7 +7,7 @@ deterministic id from the natural key, so callers never invent ids.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
@@ -98,7 +98,7 @@ class Event:
     def build(
         cls,
         *,
-        type: str,  # noqa: A002 - the contract's field name
+        type: str,
         time: str,
         observed_at: str,
         workspace: WorkspaceRef,
@@ -133,17 +133,35 @@ class Event:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready dict, in the field order of the schema."""
-        d = asdict(self)
-        ordered = {"schema": d.pop("schema")}
-        ordered.update(d)
-        if self.change is not None:
-            ordered["change"]["fields"] = list(self.change.fields)
-        return ordered
+        """The JSON-ready dict (nested dicts are shared, not copied: do not mutate them)."""
+        a, t, c = self.actor, self.target, self.change
+        return {
+            "schema": self.schema,
+            "id": self.id,
+            "type": self.type,
+            "time": self.time,
+            "observed_at": self.observed_at,
+            "workspace": {"id": self.workspace.id, "name": self.workspace.name},
+            "source": {"kind": self.source.kind, "stream": self.source.stream, "record_id": self.source.record_id},
+            "actor": None
+            if a is None
+            else {
+                "user_id": a.user_id,
+                "user_name": a.user_name,
+                "api_key_id": a.api_key_id,
+                "ip": a.ip,
+                "user_agent": a.user_agent,
+                "via_api": a.via_api,
+            },
+            "target": None if t is None else {"kind": t.kind, "id": t.id, "name": t.name},
+            "change": None if c is None else {"before": c.before, "after": c.after, "fields": list(c.fields)},
+            "attributes": self.attributes,
+            "raw": self.raw,
+        }
 
     def to_json(self) -> bytes:
-        """Serialise with orjson (UTF-8 bytes)."""
-        return orjson.dumps(self.to_dict())
+        """Serialise with orjson (UTF-8 bytes); orjson walks the dataclasses natively."""
+        return orjson.dumps(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Event:

@@ -35,10 +35,12 @@ from aiokafka.errors import (
     StaleLeaderEpochCodeError,
 )
 from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import OffsetAndMetadata
 
 from pipeline.bus.base import (
     STATE_TOPIC,
+    Header,
     Record,
     StartPolicy,
     TopicPartition,
@@ -53,6 +55,8 @@ log = logging.getLogger("instantly_audit.bus.kafka")
 T = TypeVar("T")
 DAY_MS = 86_400_000
 TOPIC_EXISTS = 36
+PRODUCER_BATCH_BYTES = 512 * 1024  # aiokafka's 16 KiB default caps a batch at ~20 events
+FETCH_PARTITION_BYTES = 8 * 1024 * 1024
 
 
 def _install_issue_1004_shim() -> None:
@@ -130,6 +134,8 @@ class KafkaBus:
         self._state: dict[str, bytes] = {}
         self._state_loaded = False
         self._partitions: dict[str, int] = {}
+        self._default_partitioner = DefaultPartitioner()
+        self._partition_cache: dict[tuple[bytes, int], int] = {}
 
     @classmethod
     def from_config(cls, cfg: KafkaBusConfig) -> KafkaBus:
@@ -262,6 +268,8 @@ class KafkaBus:
                 enable_idempotence=True,
                 acks="all",
                 request_timeout_ms=self.request_timeout_ms,
+                max_batch_size=PRODUCER_BATCH_BYTES,
+                linger_ms=0,
                 **self.client_args,
             )
             try:
@@ -272,6 +280,22 @@ class KafkaBus:
                 raise _wrap(err, f"starting the transactional producer {txn_id}") from None
             self._producers[txn_id] = p
         return p
+
+    async def _all_partitions(self, topic: str) -> list[int]:
+        n = await self.partitions(topic)
+        return list(range(n))
+
+    def _partitioner(self, key: bytes | None, partitions: list[int]) -> int:
+        if key is None:
+            return int(self._default_partitioner(key, partitions, partitions))
+        # Keys are workspace ids, so a handful of values: cache aiokafka's pure-Python murmur2.
+        hit = self._partition_cache.get((key, len(partitions)))
+        if hit is None:
+            hit = int(self._default_partitioner(key, partitions, partitions))
+            if len(self._partition_cache) > 10_000:
+                self._partition_cache.clear()
+            self._partition_cache[(key, len(partitions))] = hit
+        return hit
 
     async def fence(self, txn_id: str) -> None:
         """Claim ``txn_id`` (fencing any zombie) so state reads are not blocked by its open transaction."""
@@ -320,14 +344,25 @@ class KafkaBus:
                 self._state[k] = v
 
     async def _send_txn(self, p: AIOKafkaProducer, txn: _Txn) -> None:
+        # Group by partition (Kafka's murmur2 default partitioner) and hand aiokafka whole
+        # record batches: per-message send() costs ~30 µs in Python, a batch append ~3 µs.
+        groups: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, int | None, list[Header]]]] = {}
+        for r in txn.records:
+            part = self._partitioner(r.key, await self._all_partitions(r.topic))
+            groups.setdefault((r.topic, part), []).append((r.key, r.value, r.timestamp_ms, list(r.headers)))
+        for k, v in txn.state.items():
+            groups.setdefault((STATE_TOPIC, 0), []).append((k.encode(), v, None, []))
         await p.begin_transaction()
         futures = []
-        for r in txn.records:
-            futures.append(
-                await p.send(r.topic, r.value, key=r.key, headers=list(r.headers) or None, timestamp_ms=r.timestamp_ms)
-            )
-        for k, v in txn.state.items():
-            futures.append(await p.send(STATE_TOPIC, v, key=k.encode()))
+        for (topic, part), items in groups.items():
+            batch = p.create_batch()
+            for key, value, ts, headers in items:
+                if batch.append(key=key, value=value, timestamp=ts, headers=headers) is None:
+                    futures.append(await p.send_batch(batch, topic, partition=part))
+                    batch = p.create_batch()
+                    if batch.append(key=key, value=value, timestamp=ts, headers=headers) is None:
+                        raise BusError(f"a record of {len(value or b'')} bytes does not fit in a Kafka batch")
+            futures.append(await p.send_batch(batch, topic, partition=part))
         by_group: dict[str, dict[KTP, OffsetAndMetadata]] = defaultdict(dict)
         for (group, tp), off in txn.offsets.items():
             by_group[group][KTP(tp.topic, tp.partition)] = OffsetAndMetadata(off, "")
@@ -439,6 +474,7 @@ class KafkaConsumer:
             auto_offset_reset=reset,
             request_timeout_ms=self._bus.request_timeout_ms,
             max_poll_records=5000,
+            max_partition_fetch_bytes=FETCH_PARTITION_BYTES,
             **self._bus.client_args,
         )
         try:

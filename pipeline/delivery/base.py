@@ -20,13 +20,18 @@ from pipeline.bus.base import Record
 from pipeline.config import Model
 
 Kind = Literal["event", "alert"]
+TopicName = Literal["events", "alerts"]
+
+
+def _both() -> list[TopicName]:
+    return ["events", "alerts"]
 
 
 class SinkConfig(Model):
     """Options shared by every sink; each sink's ``Config`` extends this model."""
 
     type: str
-    topics: list[Literal["events", "alerts"]] = Field(default_factory=lambda: ["events", "alerts"])
+    topics: list[TopicName] = Field(default_factory=_both)
     types: list[str] = Field(default_factory=list, description="event/alert type globs to keep (empty = all)")
     min_severity: Literal["info", "low", "medium", "high", "critical"] | None = None
     batch_max_records: int = Field(500, ge=1, le=100_000)

@@ -60,9 +60,11 @@ def test_missing_env_var() -> None:
 def test_env_default_and_escape() -> None:
     """${VAR:-default} falls back, and $${ stays literal."""
     cfg = parse_config(
-        "bus:\n  type: sqlite\n  path: ${DIR:-/tmp/x}/bus.db\nworkspaces:\n  a:\n    api_key: ${K}\n    name: $${NAME}\n",
+        "bus:\n  type: sqlite\n  path: ${DIR:-/tmp/x}/bus.db\n"
+        "workspaces:\n  a:\n    api_key: ${K}\n    name: $${NAME}\n",
         env={"K": "abcd1234"},
     )
+    assert isinstance(cfg.bus, SqliteBusConfig)
     assert str(cfg.bus.path) == "/tmp/x/bus.db"
     assert cfg.workspaces["a"].name == "${NAME}"
 
@@ -71,13 +73,17 @@ def test_env_default_and_escape() -> None:
     ("text", "expected"),
     [
         ("bus:\n  type: sqlite\n  pathh: x\n", "bus.pathh: unknown key (did you mean 'path'?)"),
-        ("workspaces:\n  acme:\n    api_key: ${INSTANTLY_API_KEY}\n    poll_interval_secs: soon\n",
-         "workspaces.acme.poll_interval_secs: Input should be a valid number"),
+        (
+            "workspaces:\n  acme:\n    api_key: ${INSTANTLY_API_KEY}\n    poll_interval_secs: soon\n",
+            "workspaces.acme.poll_interval_secs: Input should be a valid number",
+        ),
         ("workspaces:\n  acme:\n    name: x\n", "workspaces.acme.api_key: required key is missing"),
         ("bus:\n  type: rabbit\n", "bus"),
         ("nonsense: 1\n", "nonsense: unknown key"),
-        ("workspaces:\n  acme:\n    api_key: ${INSTANTLY_API_KEY}\n    budget:\n      requests_per_second: 500\n",
-         "workspaces.acme.budget.requests_per_second: Input should be less than or equal to 100"),
+        (
+            "workspaces:\n  acme:\n    api_key: ${INSTANTLY_API_KEY}\n    budget:\n      requests_per_second: 500\n",
+            "workspaces.acme.budget.requests_per_second: Input should be less than or equal to 100",
+        ),
         ("sinks:\n  s1:\n    path: x\n", "sink 's1' needs a 'type'"),
     ],
 )

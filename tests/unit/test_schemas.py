@@ -41,7 +41,9 @@ def _event(**over: Any) -> Event:
 
 def _alert() -> Alert:
     return Alert.build(
-        rule=RuleRef("api_key.all_scope", 1, "API key with all:all", "critical", "Delete it.", ("T1098",), "No all:all"),
+        rule=RuleRef(
+            "api_key.all_scope", 1, "API key with all:all", "critical", "Delete it.", ("T1098",), "No all:all"
+        ),
         workspace=WS,
         summary="Key CRM sync holds all:all",
         dedup_key="api_key.all_scope:ws:k1",
@@ -60,8 +62,12 @@ def test_event_validates() -> None:
 def test_minimal_event_validates() -> None:
     """An event with only the required parts (nulls elsewhere) validates."""
     e = Event.build(
-        type="audit.activity_99", time="2026-01-01T00:00:00Z", observed_at="2026-01-01T00:00:00Z",
-        workspace=WorkspaceRef("w"), source=Source("audit_log", "audit_logs", "r1"), natural_key=("r1",),
+        type="audit.activity_99",
+        time="2026-01-01T00:00:00Z",
+        observed_at="2026-01-01T00:00:00Z",
+        workspace=WorkspaceRef("w"),
+        source=Source("audit_log", "audit_logs", "r1"),
+        natural_key=("r1",),
     )
     assert schema_errors("event", e.to_dict()) == []
 
@@ -136,7 +142,11 @@ def test_ids_stable_across_processes() -> None:
     )
     outs = {
         subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True,
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
             env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"},
         ).stdout.strip()
         for seed in ("1", "2", "3")

@@ -1,0 +1,148 @@
+"""Kafka bus throughput against raw aiokafka on the same broker, in the same run.
+
+Publish: the pipeline's path — normalize Instantly audit records into Event v1 and publish
+them with the cursor state in transactions of 500 (``KafkaBus``) — beside a raw aiokafka
+producer (idempotent, ``acks=all``, no transactions, the same batch size) sending the same
+bytes. Target ≥ 70%.
+Replay read: records/s through the bus's group-less read_committed consumer beside a raw
+``AIOKafkaConsumer.getmany`` loop over the same records. Target ≥ 100k events/s.
+
+Needs KAFKA_BOOTSTRAP (``make kafka-up`` then ``source deploy/kafka/.cache/run/env``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import time
+import uuid
+
+import aiokafka
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from connectors.instantly.normalize import normalize_audit_record
+from pipeline.bus.base import TopicSpec, iter_records
+from pipeline.bus.kafka import FETCH_PARTITION_BYTES, PRODUCER_BATCH_BYTES, KafkaBus
+from schemas import WorkspaceRef
+
+WS = WorkspaceRef("019cc043-e2f1-7def-8b07-0aab88328dad", "Acme Outreach")
+
+
+def audit_records(n: int) -> list[dict[str, object]]:
+    """Audit-log records shaped like the API's."""
+    return [
+        {
+            "id": f"019cc043-{i:04x}-7def-8b07-{i:012x}",
+            "timestamp": "2026-03-05T23:09:47.337Z",
+            "organization_id": WS.id,
+            "activity_type": 1 + i % 12,
+            "ip_address": "203.0.113.9",
+            "from_api": False,
+            "user_agent": "Mozilla/5.0 (X11; Linux x86_64)",
+            "user_id": f"019cc043-0000-7000-8000-{i % 500:012x}",
+            "user_name": "Jane Doe",
+            "affected_count": 1,
+            "audit_metadata": {},
+        }
+        for i in range(n)
+    ]
+
+
+async def pipeline_publish(boot: str, topic: str, records: list[dict[str, object]], batch: int) -> float:
+    async with KafkaBus([boot], transactional_id_prefix=f"bench-{uuid.uuid4().hex[:6]}", partitions=2) as bus:
+        await bus.ensure_topics([TopicSpec(topic, 2)])
+        await bus.fence("bench")
+        t0 = time.perf_counter()
+        for i in range(0, len(records), batch):
+            async with bus.transaction("bench") as tx:
+                for r in records[i : i + batch]:
+                    e = normalize_audit_record(r, WS, "2026-03-05T23:10:00.000Z")
+                    tx.send(topic, e.to_json(), key=WS.id.encode(), headers=[("event_type", e.type.encode())])
+                tx.put_state("cursor/bench/audit_logs", str(i).encode())
+        return len(records) / (time.perf_counter() - t0)
+
+
+async def raw_publish(boot: str, topic: str, payloads: list[bytes]) -> float:
+    p = AIOKafkaProducer(
+        bootstrap_servers=boot, enable_idempotence=True, acks="all", max_batch_size=PRODUCER_BATCH_BYTES, linger_ms=0
+    )
+    await p.start()
+    try:
+        key = WS.id.encode()
+        t0 = time.perf_counter()
+        futs = [await p.send(topic, v, key=key, headers=[("event_type", b"audit.user_login")]) for v in payloads]
+        await asyncio.gather(*futs)
+        return len(payloads) / (time.perf_counter() - t0)
+    finally:
+        await p.stop()
+
+
+async def bus_read(boot: str, topic: str) -> tuple[float, int]:
+    async with KafkaBus([boot], create_topics=False) as bus:
+        n = 0
+        async with bus.consumer([topic], start="earliest") as c:
+            t0 = time.perf_counter()
+            async for recs in iter_records(c, batch=5000):
+                n += len(recs)
+            return n / (time.perf_counter() - t0), n
+
+
+async def raw_read(boot: str, topic: str, expected: int) -> float:
+    c = AIOKafkaConsumer(
+        bootstrap_servers=boot,
+        isolation_level="read_committed",
+        max_poll_records=5000,
+        max_partition_fetch_bytes=FETCH_PARTITION_BYTES,
+    )
+    await c.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in (c.partitions_for_topic(topic) or {0, 1})]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        n = 0
+        t0 = time.perf_counter()
+        while n < expected:
+            got = await c.getmany(timeout_ms=1000, max_records=5000)
+            n += sum(len(v) for v in got.values())
+        return n / (time.perf_counter() - t0)
+    finally:
+        await c.stop()
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--batch", type=int, default=500)
+    args = ap.parse_args()
+    boot = os.environ.get("KAFKA_BOOTSTRAP")
+    if not boot:
+        sys.exit("KAFKA_BOOTSTRAP is not set: run `make kafka-up` and source the env file it prints")
+    records = audit_records(args.events)
+    payloads = [normalize_audit_record(r, WS, "2026-03-05T23:10:00.000Z").to_json() for r in records]
+    run = uuid.uuid4().hex[:8]
+    t_pipe, t_raw = f"bench-pipe-{run}", f"bench-raw-{run}"
+    async with KafkaBus([boot], create_topics=False) as admin_bus:
+        await admin_bus.ensure_topics([TopicSpec(t_pipe, 2), TopicSpec(t_raw, 2)])
+    raw_rate = await raw_publish(boot, t_raw, payloads)
+    pipe_rate = await pipeline_publish(boot, t_pipe, records, args.batch)
+    read_rate, n = await bus_read(boot, t_pipe)
+    raw_r = await raw_read(boot, t_raw, args.events)
+    assert n == args.events, (n, args.events)
+    print(
+        f"Kafka {os.environ.get('KAFKA_VERSION', '?')}, aiokafka {aiokafka.__version__}, "
+        f"Python {platform.python_version()}, {os.cpu_count()} cores; {args.events} events"
+    )
+    print(f"{'measure':<34}{'pipeline':>12}{'raw aiokafka':>14}{'ratio':>8}")
+    print(
+        f"{'publish (events/s)':<34}{pipe_rate:>12,.0f}{raw_rate:>14,.0f}{pipe_rate / raw_rate:>8.0%}   target >= 70%"
+    )
+    print(
+        f"{'replay read (events/s)':<34}{read_rate:>12,.0f}{raw_r:>14,.0f}{read_rate / raw_r:>8.0%}   target >= 100,000/s"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

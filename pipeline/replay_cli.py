@@ -1,0 +1,238 @@
+"""``instantly-audit replay``: select a range of a topic and look at it, re-deliver it, or re-run the rules."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from typing import IO, Any
+
+import orjson
+
+from pipeline.bus.base import Record
+from pipeline.clock import SYSTEM_CLOCK
+from pipeline.errors import ConfigError
+from pipeline.replay import TOPICS, ReplayStats, Selection, parse_offsets, parse_when, scan, sort_timeline
+
+SEV_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan", "info": "dim"}
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``replay`` command."""
+    p = sub.add_parser(
+        "replay",
+        help="replay a range of a topic: look at it, re-deliver it to a sink, or re-run the rules",
+        description=(
+            "Replay what the bus holds. Never moves the running pipeline's consumer offsets. "
+            "Time filters use the event time; --since also accepts 7d, 12h, 30m."
+        ),
+    )
+    p.add_argument("--config", "-c", required=True, help="the pipeline's YAML config (for the bus and sinks)")
+    p.add_argument("--topic", choices=sorted(TOPICS), default="events")
+    p.add_argument("--since", help="start time: 2026-11-01T00:00Z, 2026-11-01, or relative 7d/12h/30m")
+    p.add_argument("--until", help="end time (exclusive), same forms as --since")
+    p.add_argument("--from-offset", help="OFFSET or PARTITION:OFFSET[,...] to start at")
+    p.add_argument("--to-offset", help="OFFSET or PARTITION:OFFSET[,...] to stop at (inclusive)")
+    p.add_argument("--workspace", action="append", default=[], help="workspace id (repeatable)")
+    p.add_argument("--type", action="append", default=[], help="event type or rule id glob, e.g. 'api_key.*'")
+    p.add_argument("--actor", help="actor user id, user name, IP or API key id")
+    p.add_argument("--target", help="target id (or alert entity id)")
+    p.add_argument("--severity", choices=["info", "low", "medium", "high", "critical"], help="minimum alert severity")
+    p.add_argument(
+        "--timeline", metavar="ENTITY", help="everything that touched a user, key, member, IP or email, in order"
+    )
+    p.add_argument("--limit", type=int, help="stop after N matching records")
+    p.add_argument("--format", choices=["auto", "table", "jsonl"], default="auto", help="auto = table on a terminal")
+    p.add_argument("--output", "-o", help="write JSON Lines to this file instead of stdout")
+    p.add_argument("--to", dest="to_sink", metavar="SINK", help="re-deliver the range into this configured sink")
+    p.add_argument("--rules", action="store_true", help="re-run the rules over the range (isolated; pages nobody)")
+    p.add_argument("--rules-file", help="with --rules: a pinned rules config (YAML) instead of the config's")
+    p.add_argument("--deliver", action="store_true", help="with --rules: also send the alerts to the alert sinks")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def selection_from_args(args: argparse.Namespace) -> Selection:
+    """Build the selection from the command line.
+
+    Raises:
+        ConfigError: a bad time or offset.
+    """
+    topic = TOPICS[args.topic]
+    since = parse_when(args.since, SYSTEM_CLOCK) if args.since else None
+    until = parse_when(args.until, SYSTEM_CLOCK) if args.until else None
+    if since is not None and until is not None and until <= since:
+        raise ConfigError("--until must be after --since")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError("--limit must be at least 1")
+    return Selection(
+        topic=topic,
+        since=since,
+        until=until,
+        from_offsets=parse_offsets(args.from_offset, topic) if args.from_offset else {},
+        to_offsets=parse_offsets(args.to_offset, topic) if args.to_offset else {},
+        workspaces=tuple(args.workspace),
+        types=tuple(args.type),
+        actor=args.actor,
+        target=args.target,
+        min_severity=args.severity,
+        entity=args.timeline,
+        limit=args.limit,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of the command."""
+    from pipeline.config import load_config
+
+    cfg = load_config(args.config)
+    sel = selection_from_args(args)
+    if args.deliver and not args.rules:
+        raise ConfigError("--deliver only applies with --rules")
+    if args.to_sink and args.to_sink not in cfg.sinks:
+        known = ", ".join(sorted(cfg.sinks)) or "none configured"
+        raise ConfigError(f"--to {args.to_sink}: no such sink (known: {known})")
+    return asyncio.run(_run(args, cfg, sel))
+
+
+async def _run(args: argparse.Namespace, cfg: Any, sel: Selection) -> int:
+    from pipeline.bus.factory import open_bus
+
+    stats = ReplayStats()
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGINT, lambda: task.cancel() if task else None)
+    out: IO[bytes] = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115, ASYNC230 - opened once before the loop
+    table = args.format == "table" or (args.format == "auto" and not args.output and sys.stdout.isatty())
+    progress = _Progress(enabled=not args.no_progress and sys.stderr.isatty())
+    collected: list[tuple[Record, dict[str, Any]]] = []
+    try:
+        async with open_bus(cfg.bus, read_only=True) as bus:
+            if args.rules:
+                from pipeline.replay_rules import replay_rules
+
+                return await replay_rules(bus, cfg, sel, stats, args, progress.update)
+            if args.to_sink:
+                from pipeline.replay_deliver import redeliver
+
+                return await redeliver(bus, cfg, sel, stats, args.to_sink, progress.update)
+            async for batch in scan(bus, sel, stats, progress=progress.update):
+                if table or args.timeline:
+                    collected.extend(batch)
+                else:
+                    out.write(b"".join(r.value.rstrip(b"\n") + b"\n" for r, _ in batch))
+            if args.timeline:
+                collected = sort_timeline(collected)
+            if table:
+                print_table(collected, sel.topic)
+            elif collected:
+                out.write(b"".join(orjson.dumps(b) + b"\n" for _, b in collected))
+    except asyncio.CancelledError:
+        stats.interrupted = True
+    finally:
+        progress.close()
+        if args.output:
+            out.close()
+        else:
+            sys.stdout.flush()
+    _summary(stats)
+    return 130 if stats.interrupted else 0
+
+
+def _summary(stats: ReplayStats) -> None:
+    word = "interrupted" if stats.interrupted else "done"
+    extra = f", {stats.undecodable} undecodable" if stats.undecodable else ""
+    print(
+        f"replay {word}: {stats.matched} matched of {stats.scanned} scanned ({stats.rate:,.0f} records/s){extra}",
+        file=sys.stderr,
+    )
+
+
+class _Progress:
+    """A rich progress bar on stderr with rate and ETA (only on a terminal)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._bar: Any = None
+        self._task: Any = None
+        self._t0 = 0.0
+
+    def update(self, done: int, total: int) -> None:
+        if not self.enabled or total < 5000:
+            return
+        if self._bar is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("replay"),
+                BarColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.completed:,} records {task.description}"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("", total=total)
+            self._t0 = time.monotonic()
+        rate = done / max(time.monotonic() - self._t0, 1e-9)
+        self._bar.update(self._task, completed=done, description=f"{rate:,.0f}/s")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _actor(body: dict[str, Any]) -> str:
+    a = body.get("actor") or {}
+    return str(a.get("user_name") or a.get("user_id") or a.get("api_key_id") or a.get("ip") or "")
+
+
+def _target(body: dict[str, Any]) -> str:
+    t = body.get("target") or {}
+    if t:
+        return f"{t.get('kind')}:{t.get('name') or t.get('id') or ''}"
+    ents = body.get("entities") or []
+    return ", ".join(f"{e.get('kind')}:{e.get('name') or e.get('id')}" for e in ents[:2])
+
+
+def describe(body: dict[str, Any]) -> str:
+    """A one-line summary of an event or alert."""
+    if "summary" in body:
+        return str(body["summary"])
+    attrs = body.get("attributes") or {}
+    bits = []
+    for k in ("activity_label", "email", "role", "scopes", "target_hook_url", "value", "affected_count"):
+        if k in attrs and attrs[k] not in (None, [], ""):
+            v = attrs[k]
+            bits.append(f"{k}={','.join(v) if isinstance(v, list) else v}")
+    ch = body.get("change") or {}
+    if ch.get("fields"):
+        bits.append("changed=" + ",".join(ch["fields"]))
+    return " ".join(bits)
+
+
+def print_table(items: list[tuple[Record, dict[str, Any]]], topic: str, file: IO[str] | None = None) -> None:
+    """Render records as a coloured table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=file) if file is not None else Console()
+    t = Table(show_lines=False, header_style="bold")
+    t.add_column("time", no_wrap=True)
+    t.add_column("type" if "alerts" not in topic else "rule", no_wrap=True)
+    t.add_column("actor")
+    t.add_column("target")
+    t.add_column("summary")
+    for _, b in items:
+        when = str(b.get("time") or b.get("last_seen") or "")[:19].replace("T", " ")
+        rule = b.get("rule") or {}
+        kind = b.get("type") or rule.get("id") or "?"
+        style = SEV_STYLE.get(rule.get("severity", ""), "")
+        t.add_row(when, f"[{style}]{kind}[/]" if style else str(kind), _actor(b), _target(b), describe(b))
+    console.print(t)

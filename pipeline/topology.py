@@ -1,0 +1,276 @@
+"""Wires the stages in flow order — the first file to read.
+
+    pollers (one per workspace) ─┐
+    webhook receiver ────────────┴─► bus: instantly.events.v1 ─► rules ─► instantly.alerts.v1
+                                                       │                         │
+                                                       └──────► sinks (one consumer group each) ◄┘
+
+``run_pipeline`` opens the bus, builds each role's components from the validated config
+and either runs everything once (``--once``: poll every stream, evaluate the rules,
+deliver every sink, exit) or supervises long-running tasks until SIGTERM/SIGINT, then
+stops them cleanly (each finishes its batch; sinks commit only what was confirmed).
+The supervisor is the only place that catches bare ``Exception``: a crashed task is
+logged and restarted with backoff, so one failing workspace or sink never stops the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import random
+import signal
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from importlib.metadata import entry_points
+from typing import Any
+
+from pipeline.bus.base import Bus
+from pipeline.bus.factory import open_bus
+from pipeline.clock import SYSTEM_CLOCK, Clock
+from pipeline.config import PipelineConfig
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.logs import get_logger, register_secret, setup_logging
+
+log = get_logger("topology")
+ROLES = ("pollers", "rules", "sinks", "webhook")
+
+
+def source_class(name: str = "instantly") -> Any:
+    """The source class registered under ``name`` (entry point group ``instantly_audit.sources``).
+
+    Raises:
+        ConfigError: no such source is installed.
+    """
+    for ep in entry_points(group="instantly_audit.sources"):
+        if ep.name == name:
+            return ep.load()
+    raise ConfigError(f"source type {name!r} is not installed")
+
+
+def register_config_secrets(cfg: PipelineConfig) -> None:
+    """Teach the log redaction filter every secret in the config."""
+    for ws in cfg.workspaces.values():
+        register_secret(ws.api_key.get_secret_value())
+    sec = getattr(cfg.bus, "security", None)
+    if sec is not None and sec.password is not None:
+        register_secret(sec.password.get_secret_value())
+
+
+def _walk_secrets(node: Any) -> list[str]:
+    from pydantic import BaseModel, SecretStr
+
+    out: list[str] = []
+    if isinstance(node, SecretStr):
+        out.append(node.get_secret_value())
+    elif isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            out += _walk_secrets(getattr(node, name))
+    elif isinstance(node, dict):
+        for v in node.values():
+            out += _walk_secrets(v)
+    elif isinstance(node, list | tuple):
+        for v in node:
+            out += _walk_secrets(v)
+    return out
+
+
+def validate_components(cfg: PipelineConfig) -> list[str]:
+    """Validate the component sections (sinks, rules, webhook) with their own models; return problems."""
+    problems: list[str] = []
+    from pipeline.delivery.registry import validate_sink
+
+    for sid, block in cfg.sinks.items():
+        try:
+            validate_sink(sid, block)
+        except ConfigError as err:
+            problems += str(err).splitlines()
+    try:
+        _rules_config(cfg)
+    except ConfigError as err:
+        problems += str(err).splitlines()
+    if cfg.webhook is not None:
+        try:
+            _webhook_config(cfg)
+        except ConfigError as err:
+            problems += str(err).splitlines()
+    return problems
+
+
+def _rules_config(cfg: PipelineConfig) -> Any:
+    from pipeline.rules.config import parse_rules_config
+
+    return parse_rules_config(cfg.rules)
+
+
+def _webhook_config(cfg: PipelineConfig) -> Any:
+    from pipeline.sources.webhook_config import parse_webhook_config
+
+    return parse_webhook_config(cfg.webhook or {})
+
+
+async def check_sinks(cfg: PipelineConfig) -> list[str]:
+    """Run each sink's health check; return one line per unreachable sink."""
+    from pipeline.delivery.registry import build_sink
+
+    problems: list[str] = []
+    for sid, block in cfg.sinks.items():
+        try:
+            sink = build_sink(sid, block)
+            async with sink:
+                await sink.healthcheck()
+        except ConfigError as err:
+            problems += str(err).splitlines()
+        except PipelineError as err:
+            problems.append(f"sinks.{sid}: health check failed: {err}")
+    return problems
+
+
+class Pipeline:
+    """The components of the selected roles, built from config on an open bus."""
+
+    def __init__(self, cfg: PipelineConfig, bus: Bus, roles: set[str], clock: Clock = SYSTEM_CLOCK):
+        self.cfg = cfg
+        self.bus = bus
+        self.roles = set(ROLES) if "all" in roles else roles
+        self.clock = clock
+        self.pollers: list[Any] = []
+        self.rules: Any = None
+        self.runners: list[Any] = []
+        self.receiver: Any = None
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> Pipeline:
+        try:
+            await self._build()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def _build(self) -> None:
+        cfg, bus, clock = self.cfg, self.bus, self.clock
+        if "pollers" in self.roles and cfg.workspaces:
+            cls = source_class("instantly")
+            for sid, wcfg in cfg.workspaces.items():
+                self.pollers.append(await self._stack.enter_async_context(cls(sid, wcfg, bus, clock=clock)))
+        if "rules" in self.roles:
+            from pipeline.rules.engine import RulesWorker
+
+            self.rules = RulesWorker(bus, cfg.rules, clock=clock)
+        if "sinks" in self.roles:
+            from pipeline.delivery.registry import build_sink, validate_sink
+            from pipeline.delivery.runner import SinkRunner
+
+            for sid, block in cfg.sinks.items():
+                _, scfg = validate_sink(sid, block)
+                if not scfg.enabled:
+                    continue
+                for secret in _walk_secrets(scfg):
+                    register_secret(secret)
+                runner = SinkRunner(bus, build_sink(sid, block), scfg, clock=clock)
+                self.runners.append(await self._stack.enter_async_context(runner))
+        if "webhook" in self.roles and cfg.webhook is not None:
+            from pipeline.sources.webhook_server import WebhookReceiver
+
+            wcfg = _webhook_config(cfg)
+            for secret in _walk_secrets(wcfg):
+                register_secret(secret)
+            self.receiver = WebhookReceiver(wcfg, bus, clock=clock)
+            await self.receiver.start()
+            self._stack.push_async_callback(self.receiver.stop)
+
+    async def run_once(self) -> dict[str, Any]:
+        """Poll every stream once, evaluate the rules, deliver every sink; return counts."""
+        summary: dict[str, Any] = {"published": {}, "alerts": 0, "delivered": {}}
+        for p in self.pollers:
+            try:
+                summary["published"][p.source_id] = await p.poll_once()
+            except PipelineError as err:
+                log.error("Poll failed", extra={"workspace": p.source_id, "error": str(err)})
+                summary["published"][p.source_id] = {"error": str(err)}
+        if self.rules is not None:
+            summary["alerts"] = await self.rules.run_once()
+        for r in self.runners:
+            stats = await r.run_once()
+            summary["delivered"][r.sink_id] = getattr(stats, "delivered", stats)
+        return summary
+
+    def tasks(self, stop: asyncio.Event) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+        """The long-running loops of the selected roles."""
+        out: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        for p in self.pollers:
+            out.append((f"poller:{p.source_id}", functools.partial(p.run, stop)))
+        if self.rules is not None:
+            out.append(("rules", functools.partial(self.rules.run, stop)))
+        for r in self.runners:
+            out.append((f"sink:{r.sink_id}", functools.partial(r.run, stop)))
+        return out
+
+
+async def supervise(name: str, body: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
+    """Run ``body`` until ``stop``; restart it with backoff when it crashes."""
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            await body()
+            if stop.is_set():
+                return
+            delay = 1.0
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the supervisor is the one place that catches everything
+            retriable = getattr(err, "retriable", True)
+            log.error(
+                "Task crashed; restarting",
+                extra={"task": name, "error": f"{type(err).__name__}: {err}", "retry_in_secs": round(delay, 1)},
+            )
+            if not retriable and isinstance(err, ConfigError):
+                raise
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay * (0.5 + random.random()))  # noqa: S311
+        delay = min(delay * 2, 60.0)
+
+
+async def run_pipeline(
+    cfg: PipelineConfig,
+    *,
+    once: bool = False,
+    roles: set[str] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    stop: asyncio.Event | None = None,
+    configure_logging: bool = True,
+) -> int:
+    """Run the pipeline; return the process exit code."""
+    if configure_logging:
+        setup_logging(cfg.logging.format, cfg.logging.level)
+    register_config_secrets(cfg)
+    problems = validate_components(cfg)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    roles = roles or {"all"}
+    async with open_bus(cfg.bus) as bus, Pipeline(cfg, bus, roles, clock) as pipe:
+        if once:
+            summary = await pipe.run_once()
+            log.info("Run complete", extra={"summary": summary})
+            return 0
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        tasks = [asyncio.create_task(supervise(n, b, stop), name=n) for n, b in pipe.tasks(stop)]
+        log.info("Pipeline running", extra={"roles": sorted(pipe.roles), "tasks": len(tasks)})
+        await stop.wait()
+        log.info("Stopping: finishing in-flight batches")
+        done, pending = await asyncio.wait(tasks, timeout=30)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for t in done:
+            if not t.cancelled() and t.exception() is not None:
+                log.error("Task ended with an error", extra={"task": t.get_name(), "error": str(t.exception())})
+        return 0
