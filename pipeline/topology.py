@@ -222,7 +222,7 @@ async def supervise(name: str, body: Callable[[], Awaitable[None]], stop: asynci
             delay = 1.0
         except asyncio.CancelledError:
             raise
-        except Exception as err:  # noqa: BLE001 - the supervisor is the one place that catches everything
+        except Exception as err:
             retriable = getattr(err, "retriable", True)
             log.error(
                 "Task crashed; restarting",
