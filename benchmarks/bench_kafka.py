@@ -140,7 +140,8 @@ async def main() -> None:
         f"{'publish (events/s)':<34}{pipe_rate:>12,.0f}{raw_rate:>14,.0f}{pipe_rate / raw_rate:>8.0%}   target >= 70%"
     )
     print(
-        f"{'replay read (events/s)':<34}{read_rate:>12,.0f}{raw_r:>14,.0f}{read_rate / raw_r:>8.0%}   target >= 100,000/s"
+        f"{'replay read (events/s)':<34}{read_rate:>12,.0f}{raw_r:>14,.0f}{read_rate / raw_r:>8.0%}"
+        "   target >= 100,000/s"
     )
 
 
