@@ -1,0 +1,284 @@
+"""The one aiohttp client for Instantly API v2 (one ``ClientSession`` per workspace).
+
+* Headers: ``Authorization: Bearer <key>``, ``Accept: application/json``, an explicit
+  ``User-Agent: instantly-audit/<version>`` (Cloudflare may refuse requests without one) and
+  ``x-as-workspace`` when acting on an agency sub-workspace.
+* Errors map onto :mod:`pipeline.errors`: 401 :class:`AuthError`, 402
+  :class:`PaymentRequiredError`, 403 :class:`ScopeError`, 404 :class:`NotFoundError`, 429
+  :class:`RateLimitedError`, 5xx / timeouts / connection errors / malformed bodies
+  :class:`UpstreamError`. Messages carry the method, path, status and the server's
+  ``{statusCode, error, message}`` text — never a header or the key. aiohttp exceptions are
+  converted outside their ``except`` block, so they are neither chained nor kept as context
+  (aiohttp puts request headers, including ``Authorization``, into some of its errors).
+* Reads retry 429, 5xx, timeouts and malformed bodies with exponential backoff and full
+  jitter (``uniform(0, min(cap, base * 2**attempt))``, at least ``Retry-After`` when sent) up
+  to ``max_retries``; 401/402/403/404 are never retried. Writes are not idempotent on
+  Instantly, so they are retried only after a 429 (the request was refused, not processed).
+* Every attempt first takes a token from the workspace's :class:`RequestBudget`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import aclosing
+from typing import Any
+
+import aiohttp
+import orjson
+
+from connectors.instantly.budget import RequestBudget
+from connectors.instantly.responses import (
+    ClientRequestError,
+    decode_body,
+    error_for,
+    parse_retry_after,
+    require_items,
+    require_object,
+)
+from pipeline import __version__
+from pipeline.config import WorkspaceConfig
+from pipeline.errors import RateLimitedError, SourceError, UpstreamError
+from pipeline.logs import get_logger
+
+__all__ = ["USER_AGENT", "ClientRequestError", "InstantlyClient", "SessionFactory"]
+
+log = get_logger("instantly.client")
+
+USER_AGENT = f"instantly-audit/{__version__}"
+SessionFactory = Callable[[], aiohttp.ClientSession]
+Sleep = Callable[[float], Awaitable[None]]
+JSONDict = dict[str, Any]
+
+
+def _query(params: Mapping[str, Any] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in (params or {}).items():
+        if v is None:
+            continue
+        out[k] = ("true" if v else "false") if isinstance(v, bool) else str(v)
+    return out
+
+
+class InstantlyClient:
+    """Async client for one workspace; use as ``async with InstantlyClient(cfg) as client``."""
+
+    def __init__(
+        self,
+        cfg: WorkspaceConfig,
+        *,
+        budget: RequestBudget | None = None,
+        session_factory: SessionFactory | None = None,
+        rng: random.Random | None = None,
+        sleep: Sleep = asyncio.sleep,
+        backoff_base_secs: float = 0.5,
+        backoff_max_secs: float = 60.0,
+        max_pages: int = 10_000,
+    ):
+        self._api_key = cfg.api_key
+        self._as_workspace = cfg.as_workspace
+        self.base_url = cfg.base_url.rstrip("/")
+        self.max_retries = cfg.max_retries
+        self._timeout = aiohttp.ClientTimeout(total=cfg.request_timeout_secs)
+        self.budget = budget or RequestBudget.from_config(cfg.budget)
+        self._session_factory = session_factory
+        self._session: aiohttp.ClientSession | None = None
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._sleep = sleep
+        self.backoff_base_secs = backoff_base_secs
+        self.backoff_max_secs = backoff_max_secs
+        self.max_pages = max_pages
+        self.requests = 0
+        """Requests sent (every attempt counts)."""
+        self.retries = 0
+        """Attempts that were retried."""
+
+    def __repr__(self) -> str:
+        return f"InstantlyClient(base_url={self.base_url!r})"
+
+    async def __aenter__(self) -> InstantlyClient:
+        if self._session is None:
+            if self._session_factory is not None:
+                self._session = self._session_factory()
+            else:
+                self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the session (idempotent)."""
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    # ---- reads ----------------------------------------------------------------------------
+    async def get(self, path: str, params: Mapping[str, Any] | None = None) -> JSONDict:
+        """GET ``path`` and return its JSON object, retrying transient failures.
+
+        Raises:
+            AuthError, PaymentRequiredError, ScopeError, NotFoundError: 401/402/403/404.
+            RateLimitedError: still 429 after ``max_retries`` retries.
+            UpstreamError: 5xx, timeout, connection error or a body that is not a JSON object.
+            ClientRequestError: another 4xx.
+        """
+        value = await self._call("GET", path, params=params, validate=require_object, retry_writes=False)
+        assert isinstance(value, dict)
+        return value
+
+    async def paginate(
+        self, path: str, params: Mapping[str, Any] | None = None, limit: int = 100
+    ) -> AsyncGenerator[list[JSONDict], None]:
+        """Yield the ``items`` of each page, following ``next_starting_after`` as ``starting_after``.
+
+        Stops after an empty page or when the cursor is absent or empty (the last page may
+        still carry one; the next page is then empty).
+
+        Raises:
+            UpstreamError: a page has no ``items`` list, a cursor repeats, or more than
+                ``max_pages`` pages were read; plus everything :meth:`get` raises.
+        """
+        query = dict(params or {})
+        query["limit"] = limit
+        seen: set[str] = set()
+        for _ in range(self.max_pages):
+            page = await self._call("GET", path, params=query, validate=require_items, retry_writes=False)
+            assert isinstance(page, dict)
+            items: list[JSONDict] = page["items"]
+            if not items:
+                return
+            yield items
+            cursor = page.get("next_starting_after")
+            if not isinstance(cursor, str) or not cursor:
+                return
+            if cursor in seen:
+                raise UpstreamError(f"GET {path}: pagination cursor repeated; refusing to loop")
+            seen.add(cursor)
+            query["starting_after"] = cursor
+        raise UpstreamError(f"GET {path}: more than {self.max_pages} pages; listing abandoned")
+
+    async def get_all(self, path: str, params: Mapping[str, Any] | None = None, limit: int = 100) -> list[JSONDict]:
+        """Every item of a paginated listing (all pages or an error — never a partial list).
+
+        Raises:
+            SourceError: as :meth:`paginate`.
+        """
+        out: list[JSONDict] = []
+        async with aclosing(self.paginate(path, params, limit)) as pages:
+            async for items in pages:
+                out.extend(items)
+        return out
+
+    # ---- writes (key rotation) --------------------------------------------------------------
+    async def post(self, path: str, json: Any = None) -> Any:
+        """POST a JSON body (or none); return the decoded response (``None`` when empty).
+
+        Raises:
+            SourceError: as :meth:`get`; only 429 is retried.
+        """
+        return await self._call("POST", path, json=json, retry_writes=True)
+
+    async def patch(self, path: str, json: Mapping[str, Any]) -> Any:
+        """PATCH with a JSON body; return the decoded response.
+
+        Raises:
+            SourceError: as :meth:`get`; only 429 is retried.
+        """
+        return await self._call("PATCH", path, json=dict(json), retry_writes=True)
+
+    async def delete(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        """DELETE (no body); Instantly answers 200 with the deleted object.
+
+        Raises:
+            SourceError: as :meth:`get`; only 429 is retried.
+        """
+        return await self._call("DELETE", path, params=params, retry_writes=True)
+
+    # ---- internals --------------------------------------------------------------------------
+    def _headers(self, with_body: bool) -> dict[str, str]:
+        headers = {
+            "Authorization": f"Bearer {self._api_key.get_secret_value()}",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        if self._as_workspace:
+            headers["x-as-workspace"] = self._as_workspace
+        if with_body:
+            headers["Content-Type"] = "application/json"
+        return headers
+
+    def backoff_delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Full-jitter delay before retry number ``attempt + 1`` (at least ``Retry-After`` if given)."""
+        cap = min(self.backoff_max_secs, self.backoff_base_secs * (2**attempt))
+        delay = self._rng.uniform(0.0, cap)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.backoff_max_secs))
+        return delay
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        validate: Callable[[str, Any], None] | None = None,
+        retry_writes: bool,
+    ) -> Any:
+        attempt = 0
+        while True:
+            await self.budget.acquire()
+            try:
+                status, raw, retry_after = await self._send(method, path, params, json)
+                if status >= 300:
+                    raise error_for(method, path, status, raw, retry_after, secrets=[self._api_key.get_secret_value()])
+                value = decode_body(method, path, status, raw)
+                if validate is not None:
+                    validate(f"{method} {path}", value)
+                return value
+            except SourceError as err:
+                retriable = isinstance(err, RateLimitedError) if retry_writes else err.retriable
+                if not retriable or attempt >= self.max_retries:
+                    raise
+                delay = self.backoff_delay(attempt, err.retry_after)
+                log.warning(
+                    "Instantly request failed; retrying.",
+                    extra={
+                        "method": method,
+                        "path": path,
+                        "error": type(err).__name__,
+                        "attempt": attempt + 1,
+                        "delay_secs": round(delay, 3),
+                    },
+                )
+            self.retries += 1
+            attempt += 1
+            await self._sleep(delay)
+
+    async def _send(
+        self, method: str, path: str, params: Mapping[str, Any] | None, json: Any
+    ) -> tuple[int, bytes, float | None]:
+        if self._session is None:
+            raise RuntimeError("InstantlyClient is not open; use 'async with'")
+        body = None if json is None else orjson.dumps(json)
+        failure: UpstreamError | None = None
+        self.requests += 1
+        try:
+            async with self._session.request(
+                method,
+                self.base_url + path,
+                params=_query(params),
+                data=body,
+                headers=self._headers(body is not None),
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                raw = await resp.read()
+                return resp.status, raw, parse_retry_after(resp.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError) as err:
+            kind = "timed out" if isinstance(err, TimeoutError) else "failed"
+            failure = UpstreamError(f"{method} {path}: request {kind} ({type(err).__name__})")
+        # Raised outside the except block: the aiohttp error is neither the cause nor the context.
+        raise failure

@@ -1,0 +1,299 @@
+"""Pure functions that turn Instantly records into Event v1 (no I/O, no clock reads).
+
+* :func:`normalize_audit_record` — one audit-log record → one ``audit.*`` event whose id hashes
+  (workspace, ``audit_logs``, record id), so a re-read record gets the same id.
+* :func:`snapshot_event` and the ``*_attributes`` / ``*_target`` helpers — the building blocks
+  :mod:`connectors.instantly.snapshots` uses for snapshot-diff events.
+* :func:`pipeline_event` — facts about the poller itself (``pipeline.poller_unauthorized``, ...).
+
+Every input is redacted before it is copied into ``raw``, ``change`` or ``attributes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from connectors.instantly.audit_codes import describe_activity
+from connectors.instantly.redact import header_names, redact_record
+from pipeline.clock import format_time, parse_time
+from pipeline.errors import NormalizeError
+from schemas.event import Actor, Change, Event, Source, Target, WorkspaceRef
+
+AUDIT_STREAM = "audit_logs"
+JSONDict = dict[str, Any]
+
+
+def iso_time(value: Any) -> str | None:
+    """Render an Instantly timestamp as RFC 3339 UTC with milliseconds; ``None`` if absent or invalid."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        return format_time(parse_time(value))
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _str(value: Any) -> str | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, str | int | float):
+        return str(value)
+    return None
+
+
+def _record_id(record: Mapping[str, Any], what: str) -> str:
+    rid = _str(record.get("id"))
+    if not rid:
+        raise NormalizeError(f"{what} record has no usable 'id'")
+    return rid
+
+
+# ---------------------------------------------------------------------------------- audit log
+_TARGET_FIELDS = (
+    ("webhook_id", "webhook"),
+    ("subsequence_id", "subsequence"),
+    ("campaign_id", "campaign"),
+    ("list_id", "lead_list"),
+)
+_PREFERRED_TARGET = {"webhook": "webhook_id", "campaign": "campaign_id", "lead": "list_id", "export": "list_id"}
+_USER_TARGET = {"authentication", "mfa"}
+
+
+def _audit_target(record: Mapping[str, Any], category: str) -> Target | None:
+    if category in _USER_TARGET and _str(record.get("user_id")):
+        return Target("user", _str(record.get("user_id")), _str(record.get("user_name")))
+    preferred = _PREFERRED_TARGET.get(category)
+    if preferred and _str(record.get(preferred)):
+        kind = dict(_TARGET_FIELDS)[preferred]
+        return Target(kind, _str(record.get(preferred)))
+    for field, kind in _TARGET_FIELDS:
+        if _str(record.get(field)):
+            return Target(kind, _str(record.get(field)))
+    return None
+
+
+def normalize_audit_record(record: Mapping[str, Any], workspace: WorkspaceRef, observed_at: str) -> Event:
+    """Normalize one audit-log record; ``time`` is the record's timestamp (``observed_at`` if missing).
+
+    Raises:
+        NormalizeError: the record is not an object or has no ``id``.
+    """
+    if not isinstance(record, Mapping):
+        raise NormalizeError("audit-log record is not a JSON object")
+    rid = _record_id(record, "audit-log")
+    code = describe_activity(record.get("activity_type"))
+    when = iso_time(record.get("timestamp"))
+    from_api = record.get("from_api")
+    actor = Actor(
+        user_id=_str(record.get("user_id")),
+        user_name=_str(record.get("user_name")),
+        api_key_id=_str(record.get("api_key_id")),
+        ip=_str(record.get("ip_address")),
+        user_agent=_str(record.get("user_agent")),
+        via_api=from_api if isinstance(from_api, bool) else None,
+    )
+    affected = record.get("affected_count")
+    metadata = record.get("audit_metadata")
+    attributes: JSONDict = {
+        "activity_code": code.code if code.code is not None else _str(record.get("activity_type")),
+        "activity_label": code.label,
+        "activity_category": code.category,
+        "activity_known": code.known,
+        "affected_count": affected if isinstance(affected, int | float) and not isinstance(affected, bool) else None,
+        "organization_id": _str(record.get("organization_id")),
+        "campaign_id": _str(record.get("campaign_id")),
+        "webhook_id": _str(record.get("webhook_id")),
+        "subsequence_id": _str(record.get("subsequence_id")),
+        "list_id": _str(record.get("list_id")),
+        "audit_metadata": redact_record(metadata) if isinstance(metadata, Mapping) else None,
+    }
+    if when is None:
+        attributes["time_source"] = "observed_at"
+    return Event.build(
+        type=code.type,
+        time=when or observed_at,
+        observed_at=observed_at,
+        workspace=workspace,
+        source=Source("audit_log", AUDIT_STREAM, rid),
+        natural_key=(rid,),
+        actor=actor,
+        target=_audit_target(record, code.category),
+        attributes=attributes,
+        raw=redact_record(record),
+    )
+
+
+# ---------------------------------------------------------------------------------- snapshots
+def snapshot_event(
+    *,
+    type: str,
+    stream: str,
+    change_kind: str,
+    resource_id: str,
+    before: JSONDict | None,
+    after: JSONDict | None,
+    fields: tuple[str, ...],
+    attributes: JSONDict,
+    target: Target | None,
+    workspace: WorkspaceRef,
+    observed_at: str,
+    time: str | None = None,
+    actor: Actor | None = None,
+) -> Event:
+    """Build a snapshot-diff event; the id hashes (resource id, change kind, redacted after-state, observed_at).
+
+    ``observed_at`` is part of the natural key so that a change that repeats an earlier one
+    (editor → admin → editor → admin) is a new fact with a new id, not a duplicate that
+    sinks would drop. Exactly-once into the bus comes from the transaction that writes the
+    events with the new snapshot, so a retried poll never publishes a change twice; a
+    replay or re-delivery reads the same record and so the same id.
+
+    ``before``/``after`` must already be redacted (snapshots store only redacted records);
+    they are redacted again defensively (redaction is idempotent).
+    """
+    b = redact_record(before) if before is not None else None
+    a = redact_record(after) if after is not None else None
+    return Event.build(
+        type=type,
+        time=time or observed_at,
+        observed_at=observed_at,
+        workspace=workspace,
+        source=Source("snapshot", stream, resource_id),
+        natural_key=(resource_id, change_kind, a, observed_at),
+        actor=actor,
+        target=target,
+        change=Change(b, a, tuple(sorted(set(fields)))),
+        attributes=redact_record(attributes),
+        raw=a if a is not None else b,
+    )
+
+
+def api_key_attributes(r: Mapping[str, Any]) -> JSONDict:
+    """What rules need about an API key (``key_fingerprint`` is the redacted ``key``)."""
+    scopes = r.get("scopes")
+    return {
+        "name": _str(r.get("name")),
+        "scopes": [str(s) for s in scopes] if isinstance(scopes, list) else [],
+        "created_at": iso_time(r.get("timestamp_created")),
+        "key_fingerprint": _str(r.get("key")),
+    }
+
+
+def member_attributes(r: Mapping[str, Any]) -> JSONDict:
+    """What rules need about a workspace member."""
+    perms = r.get("permissions")
+    return {
+        "email": _str(r.get("email")),
+        "role": _str(r.get("role")),
+        "accepted": r.get("accepted") if isinstance(r.get("accepted"), bool) else None,
+        "permissions": [str(p) for p in perms] if isinstance(perms, list) else None,
+        "user_id": _str(r.get("user_id")),
+        "user_email": _str(r.get("user_email")),
+        "issuer_id": _str(r.get("issuer_id")),
+        "created_at": iso_time(r.get("timestamp_created")),
+    }
+
+
+def webhook_attributes(r: Mapping[str, Any]) -> JSONDict:
+    """What rules need about a webhook (header names only — values are secrets)."""
+    url = _str(r.get("target_hook_url"))
+    scheme = None
+    if url:
+        try:
+            scheme = urlsplit(url).scheme.lower() or None
+        except ValueError:
+            scheme = None
+    names = header_names(r.get("headers"))
+    return {
+        "name": _str(r.get("name")),
+        "target_hook_url": url,
+        "url_scheme": scheme,
+        "header_names": names,
+        "has_auth_header": bool(names),
+        "status": r.get("status") if isinstance(r.get("status"), int | float) else None,
+        "event_type": _str(r.get("event_type")),
+        "campaign": _str(r.get("campaign")),
+        "timestamp_error": iso_time(r.get("timestamp_error")),
+    }
+
+
+def workspace_attributes(r: Mapping[str, Any]) -> JSONDict:
+    """What rules need about the workspace itself."""
+    return {
+        "name": _str(r.get("name")),
+        "owner": _str(r.get("owner")),
+        "plan_id": _str(r.get("plan_id")),
+        "plan_id_bundle": _str(r.get("plan_id_bundle")),
+        "scheduled_for_removal_at": iso_time(r.get("scheduled_for_removal_at")),
+        "org_client_domain": _str(r.get("org_client_domain")),
+    }
+
+
+def group_member_attributes(r: Mapping[str, Any], workspace_id: str) -> JSONDict:
+    """An agency link; ``relation`` says whether the other side is our sub-workspace or our admin."""
+    admin, sub = _str(r.get("admin_workspace_id")), _str(r.get("sub_workspace_id"))
+    relation = "sub_workspace" if admin == workspace_id else ("admin_workspace" if sub == workspace_id else "unknown")
+    return {
+        "admin_workspace_id": admin,
+        "admin_workspace_name": _str(r.get("admin_workspace_name")),
+        "sub_workspace_id": sub,
+        "sub_workspace_name": _str(r.get("sub_workspace_name")),
+        "status": _str(r.get("status")),
+        "relation": relation,
+    }
+
+
+def block_list_attributes(r: Mapping[str, Any]) -> JSONDict:
+    """A block-list entry: the blocked value and whether it is a domain."""
+    value = _str(r.get("bl_value"))
+    is_domain = r.get("is_domain")
+    return {
+        "value": value,
+        "is_domain": is_domain if isinstance(is_domain, bool) else (None if value is None else "@" not in value),
+    }
+
+
+def target_for(stream: str, r: Mapping[str, Any], resource_id: str) -> Target:
+    """The event target of a snapshot record of ``stream``."""
+    name_field = {
+        "api_keys": "name",
+        "members": "email",
+        "webhooks": "name",
+        "workspace": "name",
+        "group_members": "sub_workspace_name",
+        "block_list": "bl_value",
+    }.get(stream, "name")
+    kind = {
+        "api_keys": "api_key",
+        "members": "member",
+        "webhooks": "webhook",
+        "workspace": "workspace",
+        "group_members": "workspace_group_member",
+        "block_list": "block_list_entry",
+    }.get(stream, stream)
+    return Target(kind, resource_id, _str(r.get(name_field)))
+
+
+# ----------------------------------------------------------------------------------- pipeline
+def pipeline_event(
+    *,
+    type: str,
+    workspace: WorkspaceRef,
+    observed_at: str,
+    stream: str,
+    natural_key: tuple[Any, ...],
+    attributes: JSONDict,
+) -> Event:
+    """A fact about the poller itself (source kind ``pipeline``, stream ``poller``)."""
+    return Event.build(
+        type=type,
+        time=observed_at,
+        observed_at=observed_at,
+        workspace=workspace,
+        source=Source("pipeline", "poller", None),
+        natural_key=(stream, *natural_key),
+        target=Target("stream", stream, None),
+        attributes=redact_record(attributes),
+    )

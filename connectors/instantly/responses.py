@@ -1,0 +1,122 @@
+"""Instantly HTTP answers → values or typed errors (pure; used by :mod:`connectors.instantly.client`).
+
+Error bodies are ``{statusCode, error, message}`` (API reference §1.4). The server's text is
+kept in the message (trimmed, with known secrets and ``Bearer`` values scrubbed); headers never are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from connectors.instantly.redact import scrub_text
+from pipeline.errors import (
+    AuthError,
+    NotFoundError,
+    PaymentRequiredError,
+    RateLimitedError,
+    ScopeError,
+    SourceError,
+    UpstreamError,
+)
+
+MAX_MESSAGE = 300
+
+
+class ClientRequestError(SourceError):
+    """Another 4xx (400 validation, 409 conflict, 413, ...): the request itself is wrong; not retried."""
+
+    def __init__(self, message: str, *, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds; an HTTP-date or garbage counts as absent (Instantly documents none)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def server_message(raw: bytes, secrets: Iterable[str] = ()) -> str:
+    """``"<error>: <message>"`` from an error body, scrubbed and trimmed; ``""`` if it is not one."""
+    try:
+        body = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    parts = [str(body[k]) for k in ("error", "message") if isinstance(body.get(k), str | int)]
+    return scrub_text(": ".join(parts), secrets)[:MAX_MESSAGE]
+
+
+def error_for(
+    method: str, path: str, status: int, raw: bytes, retry_after: float | None, *, secrets: Iterable[str] = ()
+) -> SourceError:
+    """The typed error for a non-2xx answer (see the client module docstring for the mapping)."""
+    text = f"{method} {path}: HTTP {status}"
+    detail = server_message(raw, secrets)
+    if detail:
+        text = f"{text} ({detail})"
+    if status == 401:
+        return AuthError(text)
+    if status == 402:
+        return PaymentRequiredError(text)
+    if status == 403:
+        return ScopeError(text)
+    if status == 404:
+        return NotFoundError(text)
+    if status == 429:
+        return RateLimitedError(text, status=429, retry_after=retry_after)
+    if status >= 500:
+        return UpstreamError(text, status=status, retry_after=retry_after)
+    if 300 <= status < 400:
+        return UpstreamError(f"{text}: unexpected redirect", status=status)
+    return ClientRequestError(text, status=status)
+
+
+def decode_body(method: str, path: str, status: int, raw: bytes) -> Any:
+    """Decode a 2xx JSON body (``None`` for an empty write answer).
+
+    Raises:
+        UpstreamError: the body is not JSON, or a GET answered with an empty body (retriable).
+    """
+    if not raw.strip():
+        if method == "GET":
+            raise UpstreamError(f"{method} {path}: HTTP {status} with an empty body", status=status)
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    raise UpstreamError(f"{method} {path}: HTTP {status} body is not valid JSON", status=status)
+
+
+def require_object(where: str, value: Any) -> None:
+    """Check that a response is a JSON object.
+
+    Raises:
+        UpstreamError: it is not (retriable).
+    """
+    if not isinstance(value, dict):
+        raise UpstreamError(f"{where}: expected a JSON object, got {type(value).__name__}")
+
+
+def require_items(where: str, value: Any) -> None:
+    """Check the list envelope ``{items: [object, ...], ...}``.
+
+    Raises:
+        UpstreamError: ``items`` is missing, not a list, or holds a non-object (retriable).
+    """
+    require_object(where, value)
+    items = value.get("items")
+    if not isinstance(items, list):
+        raise UpstreamError(f"{where}: malformed page, 'items' is missing or not a list")
+    if not all(isinstance(i, dict) for i in items):
+        raise UpstreamError(f"{where}: malformed page, 'items' holds a non-object")

@@ -1,0 +1,291 @@
+"""Snapshot diffing: what changed in API keys, members, webhooks, the workspace, agency links and the block list.
+
+Instantly's audit log has no member, scope or block-list events, so these resources are listed
+in full on every poll and compared with the last published snapshot (a dict id → redacted
+record). The first snapshot of a workspace yields one ``*.baseline`` event per resource so
+rules can judge what already exists; later ones yield ``created``/``deleted`` and specific
+change events. Pure functions: no I/O, no clock.
+
+Change detection ignores ``timestamp_updated`` (at any depth) and the order of ``scopes`` and
+``permissions``. Webhook header *values* are redacted before they are stored, so only changes
+of header *names* are visible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from connectors.instantly import normalize as n
+from connectors.instantly.redact import header_names, redact_api_key, redact_record, redact_webhook
+from schemas.event import Actor, Event, WorkspaceRef
+
+JSONDict = dict[str, Any]
+Snapshot = dict[str, JSONDict]
+ChangeSpec = tuple[str, tuple[str, ...], JSONDict]
+"""One classified change: (type suffix = change kind, changed fields, extra attributes)."""
+SNAPSHOT_VERSION = 1
+_VOLATILE = "timestamp_updated"
+_SET_FIELDS = frozenset({"scopes", "permissions"})
+
+
+@dataclass(frozen=True)
+class ResourceKind:
+    """How one snapshot stream is redacted, described and diffed."""
+
+    stream: str
+    prefix: str
+    redact: Callable[[Mapping[str, Any]], JSONDict]
+    attributes: Callable[[Mapping[str, Any], str], JSONDict]
+    classify: Callable[[JSONDict, JSONDict, frozenset[str]], list[ChangeSpec]]
+    added: str = "created"
+    removed: str = "deleted"
+    baseline: str = "baseline"
+
+
+def _comparable(value: Any, field: str = "") -> Any:
+    if isinstance(value, Mapping):
+        return {k: _comparable(v, k) for k, v in value.items() if k != _VOLATILE}
+    if isinstance(value, list):
+        items = [_comparable(v) for v in value]
+        if field in _SET_FIELDS:
+            return sorted(items, key=lambda v: orjson.dumps(v, option=orjson.OPT_SORT_KEYS))
+        return items
+    return value
+
+
+def changed_fields(before: Mapping[str, Any], after: Mapping[str, Any]) -> frozenset[str]:
+    """Top-level fields whose values differ (ignoring volatile fields and set-like list order)."""
+    keys = (set(before) | set(after)) - {_VOLATILE}
+    return frozenset(k for k in keys if _comparable(before.get(k), k) != _comparable(after.get(k), k))
+
+
+def _as_set(value: Any) -> set[str]:
+    return {str(v) for v in value} if isinstance(value, list) else set()
+
+
+def _rest(fields: frozenset[str], used: Iterable[str], suffix: str = "updated") -> list[ChangeSpec]:
+    rest = tuple(sorted(fields - set(used)))
+    return [(suffix, rest, {})] if rest else []
+
+
+# ---------------------------------------------------------------------------------- classifiers
+def _delta(name: str, old: set[str], new: set[str]) -> JSONDict:
+    """``previous_<name>``, ``<name>_added`` and ``<name>_removed`` (sorted) for a set-valued field."""
+    return {f"previous_{name}": sorted(old), f"{name}_added": sorted(new - old), f"{name}_removed": sorted(old - new)}
+
+
+def _api_key_changes(b: JSONDict, a: JSONDict, fields: frozenset[str]) -> list[ChangeSpec]:
+    out: list[ChangeSpec] = []
+    if "scopes" in fields:
+        out.append(
+            ("scopes_changed", ("scopes",), _delta("scopes", _as_set(b.get("scopes")), _as_set(a.get("scopes"))))
+        )
+    if "name" in fields:
+        out.append(("renamed", ("name",), {"previous_name": b.get("name")}))
+    return out + _rest(fields, ("scopes", "name"))
+
+
+def _member_changes(b: JSONDict, a: JSONDict, fields: frozenset[str]) -> list[ChangeSpec]:
+    out: list[ChangeSpec] = []
+    used = {"role", "permissions"}
+    if "accepted" in fields and a.get("accepted") is True:
+        out.append(("accepted", ("accepted",), {}))
+        used.add("accepted")
+    if "role" in fields:
+        out.append(("role_changed", ("role",), {"previous_role": b.get("role")}))
+    if "permissions" in fields:
+        delta = _delta("permissions", _as_set(b.get("permissions")), _as_set(a.get("permissions")))
+        out.append(("permissions_changed", ("permissions",), delta))
+    return out + _rest(fields, used)
+
+
+def _webhook_changes(b: JSONDict, a: JSONDict, fields: frozenset[str]) -> list[ChangeSpec]:
+    out: list[ChangeSpec] = []
+    used = {"headers"}
+    if "status" in fields:
+        old, new = b.get("status"), a.get("status")
+        kind = "error" if new == -1 else ("resumed" if old == -1 else "changed")
+        status_fields = tuple(sorted({"status", "timestamp_error"} & fields))
+        out.append(("status_changed", status_fields, {"previous_status": old, "status_change": kind}))
+        used |= set(status_fields)
+    old_names, new_names = set(header_names(b.get("headers"))), set(header_names(a.get("headers")))
+    if old_names != new_names:
+        out.append(("headers_changed", ("headers",), _delta("header_names", old_names, new_names)))
+    return out + _rest(fields, used)
+
+
+def _workspace_changes(b: JSONDict, a: JSONDict, fields: frozenset[str]) -> list[ChangeSpec]:
+    out: list[ChangeSpec] = []
+    if "owner" in fields:
+        out.append(("owner_changed", ("owner",), {"previous_owner": b.get("owner")}))
+    plan = tuple(sorted(f for f in fields if f.startswith("plan_id")))
+    if plan:
+        previous = {"previous_plan_id": b.get("plan_id"), "previous_plan_id_bundle": b.get("plan_id_bundle")}
+        out.append(("plan_changed", plan, previous))
+    if "scheduled_for_removal_at" in fields:
+        kind = "removal_cancelled" if a.get("scheduled_for_removal_at") is None else "removal_scheduled"
+        previous = {"previous_scheduled_for_removal_at": n.iso_time(b.get("scheduled_for_removal_at"))}
+        out.append((kind, ("scheduled_for_removal_at",), previous))
+    if "org_client_domain" in fields:
+        previous = {"previous_org_client_domain": b.get("org_client_domain")}
+        out.append(("whitelabel_domain_changed", ("org_client_domain",), previous))
+    return out + _rest(fields, {"owner", "scheduled_for_removal_at", "org_client_domain", *plan})
+
+
+def _group_member_changes(b: JSONDict, a: JSONDict, fields: frozenset[str]) -> list[ChangeSpec]:
+    out: list[ChangeSpec] = []
+    if "status" in fields:
+        out.append(("member_status_changed", ("status",), {"previous_status": b.get("status")}))
+    return out + _rest(fields, ("status",), "member_updated")
+
+
+def _block_list_changes(b: JSONDict, a: JSONDict, fields: frozenset[str]) -> list[ChangeSpec]:
+    return _rest(fields, (), "entry_updated")
+
+
+def _ignore_ws(fn: Callable[[Mapping[str, Any]], JSONDict]) -> Callable[[Mapping[str, Any], str], JSONDict]:
+    return lambda r, _ws: fn(r)
+
+
+KINDS: dict[str, ResourceKind] = {
+    k.stream: k
+    for k in (
+        ResourceKind("api_keys", "api_key", redact_api_key, _ignore_ws(n.api_key_attributes), _api_key_changes),
+        ResourceKind(
+            "members",
+            "member",
+            redact_record,
+            _ignore_ws(n.member_attributes),
+            _member_changes,
+            added="invited",
+            removed="removed",
+        ),
+        ResourceKind("webhooks", "webhook", redact_webhook, _ignore_ws(n.webhook_attributes), _webhook_changes),
+        ResourceKind("workspace", "workspace", redact_record, _ignore_ws(n.workspace_attributes), _workspace_changes),
+        ResourceKind(
+            "group_members",
+            "workspace_group",
+            redact_record,
+            n.group_member_attributes,
+            _group_member_changes,
+            added="member_added",
+            removed="member_removed",
+            baseline="member_baseline",
+        ),
+        ResourceKind(
+            "block_list",
+            "block_list",
+            redact_record,
+            _ignore_ws(n.block_list_attributes),
+            _block_list_changes,
+            added="entry_added",
+            removed="entry_removed",
+            baseline="entry_baseline",
+        ),
+    )
+}
+"""Snapshot kinds by stream name (the ``streams`` names of the workspace config)."""
+
+
+# ------------------------------------------------------------------------------------- public
+def build_snapshot(stream: str, records: Iterable[Mapping[str, Any]]) -> tuple[Snapshot, int]:
+    """Redact ``records`` and key them by id; return (snapshot, number of records without an id)."""
+    kind = KINDS[stream]
+    snap: Snapshot = {}
+    skipped = 0
+    for record in records:
+        rid = record.get("id")
+        if not isinstance(rid, str | int) or isinstance(rid, bool) or rid == "":
+            skipped += 1
+            continue
+        snap[str(rid)] = kind.redact(record)
+    return snap, skipped
+
+
+def encode_snapshot(snapshot: Snapshot) -> bytes:
+    """The state value stored for a snapshot (redacted records only)."""
+    return orjson.dumps({"v": SNAPSHOT_VERSION, "records": snapshot}, option=orjson.OPT_SORT_KEYS)
+
+
+def decode_snapshot(data: bytes | None) -> Snapshot | None:
+    """Inverse of :func:`encode_snapshot`; ``None`` when absent or unreadable (a new baseline follows)."""
+    if not data:
+        return None
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict) or doc.get("v") != SNAPSHOT_VERSION or not isinstance(doc.get("records"), dict):
+        return None
+    return {str(k): v for k, v in doc["records"].items() if isinstance(v, dict)}
+
+
+def diff_snapshots(
+    stream: str,
+    previous: Snapshot | None,
+    current: Snapshot,
+    *,
+    workspace: WorkspaceRef,
+    observed_at: str,
+) -> list[Event]:
+    """Events that turn ``previous`` into ``current`` (baselines when ``previous`` is None), in a stable order."""
+    kind = KINDS[stream]
+    events: list[Event] = []
+
+    def emit(
+        suffix: str,
+        rid: str,
+        b: JSONDict | None,
+        a: JSONDict | None,
+        fields: tuple[str, ...],
+        extra: JSONDict,
+        time: str | None,
+        actor: Actor | None = None,
+    ) -> None:
+        rec = a if a is not None else b
+        assert rec is not None
+        attrs = {**kind.attributes(rec, workspace.id), **extra}
+        events.append(
+            n.snapshot_event(
+                type=f"{kind.prefix}.{suffix}",
+                stream=stream,
+                change_kind=suffix,
+                resource_id=rid,
+                before=b,
+                after=a,
+                fields=fields,
+                attributes=attrs,
+                target=n.target_for(stream, rec, rid),
+                workspace=workspace,
+                observed_at=observed_at,
+                time=time,
+                actor=actor,
+            )
+        )
+
+    if previous is None:
+        for rid in sorted(current):
+            emit(kind.baseline, rid, None, current[rid], (), {}, None)
+        return events
+    for rid in sorted(current.keys() - previous.keys()):
+        a = current[rid]
+        actor = Actor(user_id=a["issuer_id"]) if stream == "members" and isinstance(a.get("issuer_id"), str) else None
+        emit(kind.added, rid, None, a, (), {}, n.iso_time(a.get("timestamp_created")), actor)
+        if stream == "members" and a.get("accepted") is True:
+            emit("accepted", rid, None, a, ("accepted",), {}, None)
+    for rid in sorted(previous.keys() - current.keys()):
+        emit(kind.removed, rid, previous[rid], None, (), {}, None)
+    for rid in sorted(current.keys() & previous.keys()):
+        b, a = previous[rid], current[rid]
+        fields = changed_fields(b, a)
+        if not fields:
+            continue
+        updated = n.iso_time(a.get(_VOLATILE))
+        when = updated if updated and updated != n.iso_time(b.get(_VOLATILE)) else None
+        for suffix, changed, extra in kind.classify(b, a, fields):
+            emit(suffix, rid, b, a, changed, extra, when)
+    return events

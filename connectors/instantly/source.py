@@ -1,0 +1,260 @@
+"""The poller of one Instantly workspace: streams → Event v1 → bus, exactly once.
+
+Each poll first reads ``GET /workspaces/current`` (the workspace id and name, and a health
+check), then runs every configured stream once:
+
+* snapshot streams list everything first and publish only if the whole listing succeeded (a
+  failed page must not read as "everything was deleted"); their events and the new snapshot
+  are written in one bus transaction;
+* the audit log publishes page by page, events and cursor together (:mod:`connectors.instantly.streams`).
+
+All writes use ``txn_id = f"poller-{source_id}"``; events go to ``instantly.events.v1`` with
+key = workspace id and header ``event_type``. A 401 publishes ``pipeline.poller_unauthorized``
+and ends this poll; 402/403/404 on a stream publish ``pipeline.audit_log_unavailable`` (audit
+log) or ``pipeline.stream_unavailable`` and the other streams go on. These pipeline events have
+ids that include the hour, and a state marker keeps each from being published again within it.
+Transient failures (5xx, timeouts, 429 after retries) are logged and retried next poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from typing import Any
+
+import orjson
+
+from connectors.instantly.budget import RequestBudget
+from connectors.instantly.client import InstantlyClient, SessionFactory
+from connectors.instantly.normalize import pipeline_event
+from connectors.instantly.streams import (
+    SNAPSHOT_PAGE_SIZE,
+    SNAPSHOT_PATHS,
+    WORKSPACE_PATH,
+    AuditWindow,
+    Publisher,
+    publish_audit_log,
+    publish_snapshot,
+)
+from pipeline.bus.base import Bus
+from pipeline.clock import Clock, format_time
+from pipeline.config import WorkspaceConfig
+from pipeline.errors import AuthError, BusError, NotFoundError, PaymentRequiredError, ScopeError, SourceError
+from pipeline.logs import get_logger
+from schemas.event import WorkspaceRef
+
+log = get_logger("instantly.poller")
+
+Sleep = Callable[[float], Awaitable[None]]
+POLL_JITTER = 0.1
+"""Each wait between polls is ``poll_interval_secs`` * uniform(0.9, 1.1)."""
+
+
+def identity_key(source_id: str) -> str:
+    """State key of the last known workspace id and name: ``identity/{source_id}``."""
+    return f"identity/{source_id}"
+
+
+def marker_key(source_id: str, event_type: str, stream: str) -> str:
+    """State key remembering the last pipeline event of a kind: ``pipeline/{source_id}/{type}/{stream}``."""
+    return f"pipeline/{source_id}/{event_type}/{stream}"
+
+
+class InstantlyWorkspacePoller:
+    """Polls one workspace; use ``async with`` (or call :meth:`aclose`) to release the HTTP session."""
+
+    def __init__(
+        self,
+        source_id: str,
+        cfg: WorkspaceConfig,
+        bus: Bus,
+        *,
+        clock: Clock,
+        session_factory: SessionFactory | None = None,
+        budget: RequestBudget | None = None,
+        rng: random.Random | None = None,
+        sleep: Sleep = asyncio.sleep,
+        audit_backfill_secs: float | None = None,
+    ):
+        self.source_id = source_id
+        self.cfg = cfg
+        self.bus = bus
+        self.clock = clock
+        self.txn_id = f"poller-{source_id}"
+        self.streams: tuple[str, ...] = tuple(dict.fromkeys(cfg.streams))
+        self.audit_backfill_secs = audit_backfill_secs
+        """First poll only: how far back to read the audit log (``None`` = all the API returns)."""
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._client = InstantlyClient(cfg, budget=budget, session_factory=session_factory, rng=self._rng, sleep=sleep)
+        self._opened = False
+        self.workspace = WorkspaceRef(cfg.as_workspace or source_id, cfg.name)
+        self._identity_loaded = False
+
+    async def __aenter__(self) -> InstantlyWorkspacePoller:
+        await self._open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _open(self) -> None:
+        if not self._opened:
+            await self.bus.fence(self.txn_id)
+            await self._client.__aenter__()
+            self._opened = True
+
+    async def aclose(self) -> None:
+        """Close the HTTP session."""
+        self._opened = False
+        await self._client.aclose()
+
+    # ---- the loop -----------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll every ``poll_interval_secs`` (with jitter) until ``stop`` is set.
+
+        Raises:
+            BusError: the bus failed in a way that retrying cannot fix.
+        """
+        try:
+            while not stop.is_set():
+                try:
+                    await self.poll_once()
+                except BusError as err:
+                    if not err.retriable:
+                        raise
+                    log.warning(
+                        "Bus busy; the poll is retried next interval.",
+                        extra={"source": self.source_id, "workspace": self.workspace.id},
+                    )
+                delay = self.cfg.poll_interval_secs * self._rng.uniform(1 - POLL_JITTER, 1 + POLL_JITTER)
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+        finally:
+            await self.aclose()
+
+    async def poll_once(self) -> dict[str, int]:
+        """Run each configured stream once; return the events published per stream (+ ``pipeline``).
+
+        Raises:
+            BusError: writing to the bus failed (nothing of the failed stream was committed).
+        """
+        await self._open()
+        counts = {s: 0 for s in self.streams}
+        counts["pipeline"] = 0
+        await self._load_identity()
+        ws_record: dict[str, Any] | None = None
+        ws_error: SourceError | None = None
+        try:
+            ws_record = await self._client.get(WORKSPACE_PATH)
+            await self._remember_identity(ws_record)
+        except AuthError as err:
+            counts["pipeline"] += await self._pipeline_event("pipeline.poller_unauthorized", "workspace", err)
+            return counts
+        except SourceError as err:
+            ws_error = err
+        for stream in self.streams:
+            pub = Publisher(self.bus, self.txn_id, self.source_id, self.workspace)
+            now = self.clock.now()
+            try:
+                if stream == "audit_logs":
+                    window = AuditWindow(
+                        now=now,
+                        observed_at=format_time(now),
+                        overlap_secs=self.cfg.audit_overlap_secs,
+                        page_size=self.cfg.audit_page_size,
+                        backfill_secs=self.audit_backfill_secs,
+                    )
+                    await publish_audit_log(pub, self._client, window, counts)
+                elif stream == "workspace":
+                    if ws_record is None:
+                        assert ws_error is not None
+                        raise ws_error
+                    counts[stream] += await publish_snapshot(pub, stream, [ws_record], observed_at=format_time(now))
+                else:
+                    items = await self._client.get_all(SNAPSHOT_PATHS[stream], limit=SNAPSHOT_PAGE_SIZE)
+                    counts[stream] += await publish_snapshot(pub, stream, items, observed_at=format_time(now))
+            except AuthError as err:
+                counts["pipeline"] += await self._pipeline_event("pipeline.poller_unauthorized", stream, err)
+                break
+            except (PaymentRequiredError, ScopeError, NotFoundError) as err:
+                kind = "pipeline.audit_log_unavailable" if stream == "audit_logs" else "pipeline.stream_unavailable"
+                counts["pipeline"] += await self._pipeline_event(kind, stream, err)
+            except SourceError as err:
+                log.warning(
+                    "Instantly stream failed; it is retried next poll.",
+                    extra={
+                        "source": self.source_id,
+                        "stream": stream,
+                        "error": type(err).__name__,
+                        "status": getattr(err, "status", None),
+                    },
+                )
+        log.info(
+            "Poll finished.",
+            extra={"source": self.source_id, "workspace": self.workspace.id, "published": dict(counts)},
+        )
+        return counts
+
+    # ---- identity ---------------------------------------------------------------------------
+    async def _load_identity(self) -> None:
+        if self._identity_loaded:
+            return
+        self._identity_loaded = True
+        raw = await self.bus.get_state(identity_key(self.source_id))
+        try:
+            doc = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            doc = None
+        if isinstance(doc, dict) and isinstance(doc.get("id"), str) and doc["id"]:
+            name = doc.get("name")
+            self.workspace = WorkspaceRef(doc["id"], name if isinstance(name, str) else self.cfg.name)
+
+    async def _remember_identity(self, record: dict[str, Any]) -> None:
+        wid, name = record.get("id"), record.get("name")
+        if not isinstance(wid, str) or not wid:
+            return
+        ref = WorkspaceRef(wid, name if isinstance(name, str) else self.cfg.name)
+        if ref != self.workspace:
+            self.workspace = ref
+            async with self.bus.transaction(self.txn_id) as tx:
+                tx.put_state(identity_key(self.source_id), orjson.dumps({"id": ref.id, "name": ref.name}))
+
+    # ---- pipeline events --------------------------------------------------------------------
+    async def _pipeline_event(self, event_type: str, stream: str, err: SourceError) -> int:
+        now = self.clock.now()
+        hour = int(now // 3600) * 3600
+        status = getattr(err, "status", None)
+        event = pipeline_event(
+            type=event_type,
+            workspace=self.workspace,
+            observed_at=format_time(now),
+            stream=stream,
+            natural_key=(event_type, status, hour),
+            attributes={
+                "stream": stream,
+                "status": status,
+                "error": type(err).__name__,
+                "message": err.message,
+                "hour": format_time(hour),
+            },
+        )
+        key = marker_key(self.source_id, event_type, stream)
+        log.warning(
+            "Instantly refused a stream.",
+            extra={
+                "source": self.source_id,
+                "workspace": self.workspace.id,
+                "stream": stream,
+                "status": status,
+                "event_type": event_type,
+            },
+        )
+        if await self.bus.get_state(key) == event.id.encode():
+            return 0
+        pub = Publisher(self.bus, self.txn_id, self.source_id, self.workspace)
+        async with self.bus.transaction(self.txn_id) as tx:
+            pub.send(tx, event)
+            tx.put_state(key, event.id.encode())
+        return 1

@@ -1,0 +1,161 @@
+"""The streams a workspace poller runs, each writing its events and its state in one bus transaction.
+
+* Snapshot streams (``api_keys``, ``members``, ``webhooks``, ``group_members``, ``block_list``,
+  and ``workspace`` = the single ``GET /workspaces/current`` object) are listed in full by the
+  caller first, so a failed page never reads as "everything was deleted"; then
+  :func:`publish_snapshot` writes the diff events and the new snapshot together.
+* The audit log (:func:`publish_audit_log`) commits page by page: each transaction holds the
+  page's new events and the cursor with their ids; the high-water mark moves in a last
+  transaction once every page was read (see :mod:`connectors.instantly.audit_cursor`).
+
+State keys: ``cursor/{source_id}/audit_logs`` and ``snapshot/{source_id}/{stream}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from connectors.instantly.audit_cursor import AuditCursor
+from connectors.instantly.client import InstantlyClient
+from connectors.instantly.normalize import normalize_audit_record
+from connectors.instantly.redact import redact_record
+from connectors.instantly.snapshots import build_snapshot, decode_snapshot, diff_snapshots, encode_snapshot
+from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC, Bus, Transaction
+from pipeline.errors import NormalizeError
+from pipeline.logs import get_logger
+from schemas.event import Event, WorkspaceRef
+
+log = get_logger("instantly.streams")
+
+AUDIT_LOGS_PATH = "/api/v2/audit-logs"
+WORKSPACE_PATH = "/api/v2/workspaces/current"
+SNAPSHOT_PATHS: dict[str, str] = {
+    "api_keys": "/api/v2/api-keys",
+    "members": "/api/v2/workspace-members",
+    "webhooks": "/api/v2/webhooks",
+    "group_members": "/api/v2/workspace-group-members",
+    "block_list": "/api/v2/block-lists-entries",
+}
+"""Paginated snapshot streams → list endpoint (``limit`` 1-100)."""
+SNAPSHOT_PAGE_SIZE = 100
+
+
+def cursor_key(source_id: str) -> str:
+    """State key of the audit-log cursor: ``cursor/{source_id}/audit_logs``."""
+    return f"cursor/{source_id}/audit_logs"
+
+
+def snapshot_key(source_id: str, stream: str) -> str:
+    """State key of a stream's last published snapshot: ``snapshot/{source_id}/{stream}``."""
+    return f"snapshot/{source_id}/{stream}"
+
+
+@dataclass(frozen=True)
+class Publisher:
+    """Where a stream writes: the bus, the writer id, the source and the workspace of the events."""
+
+    bus: Bus
+    txn_id: str
+    source_id: str
+    workspace: WorkspaceRef
+
+    def send(self, tx: Transaction, event: Event) -> None:
+        """Buffer one event: topic ``instantly.events.v1``, key = workspace id, header ``event_type``."""
+        tx.send(
+            EVENTS_TOPIC, event.to_json(), key=self.workspace.id.encode(), headers=[("event_type", event.type.encode())]
+        )
+
+
+async def publish_snapshot(pub: Publisher, stream: str, records: Sequence[dict[str, Any]], *, observed_at: str) -> int:
+    """Diff a complete listing against the stored snapshot; write the events and the new snapshot atomically.
+
+    Returns the number of events published (nothing is written when nothing changed).
+
+    Raises:
+        BusError: the transaction failed (neither the events nor the snapshot were written).
+    """
+    current, skipped = build_snapshot(stream, records)
+    if skipped:
+        log.warning("Records without an id were skipped.", extra={"stream": stream, "count": skipped})
+    key = snapshot_key(pub.source_id, stream)
+    previous_raw = await pub.bus.get_state(key)
+    previous = decode_snapshot(previous_raw)
+    events = diff_snapshots(stream, previous, current, workspace=pub.workspace, observed_at=observed_at)
+    new_raw = encode_snapshot(current)
+    if not events and new_raw == previous_raw:
+        return 0
+    async with pub.bus.transaction(pub.txn_id) as tx:
+        for event in events:
+            pub.send(tx, event)
+        tx.put_state(key, new_raw)
+    return len(events)
+
+
+@dataclass(frozen=True)
+class AuditWindow:
+    """The audit-log settings of one poll."""
+
+    now: float
+    observed_at: str
+    overlap_secs: float
+    page_size: int
+    backfill_secs: float | None = None
+
+
+async def publish_audit_log(
+    pub: Publisher, client: InstantlyClient, window: AuditWindow, counts: dict[str, int]
+) -> None:
+    """Publish new audit records page by page; ``counts['audit_logs']`` grows as each page commits.
+
+    Raises:
+        SourceError: a page could not be read (the pages before it stay published).
+        BusError: a transaction failed.
+    """
+    key = cursor_key(pub.source_id)
+    floor = window.now - window.backfill_secs if window.backfill_secs is not None else None
+    cursor = AuditCursor.from_bytes(await pub.bus.get_state(key), floor=floor)
+    newest: float | None = None
+    pages = client.paginate(AUDIT_LOGS_PATH, cursor.query(window.overlap_secs), limit=window.page_size)
+    async with aclosing(pages):
+        async for page in pages:
+            count, page_newest = await _publish_audit_page(pub, cursor, page, window)
+            counts["audit_logs"] = counts.get("audit_logs", 0) + count
+            if page_newest is not None:
+                newest = page_newest if newest is None else max(newest, page_newest)
+    cursor.advance(newest, now=window.now, overlap_secs=window.overlap_secs)
+    final = cursor.to_bytes()
+    if final != await pub.bus.get_state(key):
+        async with pub.bus.transaction(pub.txn_id) as tx:
+            tx.put_state(key, final)
+
+
+async def _publish_audit_page(
+    pub: Publisher, cursor: AuditCursor, page: list[dict[str, Any]], window: AuditWindow
+) -> tuple[int, float | None]:
+    """Publish one page's new records and the cursor holding their ids in one transaction."""
+    selection = cursor.select(page, overlap_secs=window.overlap_secs, now=window.now)
+    if selection.no_id:
+        log.warning("Audit records without an id were skipped.", extra={"count": len(selection.no_id)})
+    if not selection.new:
+        return 0, None
+    events: list[Event] = []
+    dead: list[bytes] = []
+    for record, _ts in selection.new:
+        try:
+            events.append(normalize_audit_record(record, pub.workspace, window.observed_at))
+        except NormalizeError as err:
+            letter = {"error": err.message, "stream": "audit_logs", "source": pub.source_id}
+            dead.append(orjson.dumps({**letter, "record": redact_record(record)}))
+    cursor.mark((str(r["id"]), ts) for r, ts in selection.new)
+    async with pub.bus.transaction(pub.txn_id) as tx:
+        for event in events:
+            pub.send(tx, event)
+        for value in dead:
+            tx.send(DEADLETTER_TOPIC, value, key=pub.workspace.id.encode(), headers=[("error", b"normalize")])
+        tx.put_state(cursor_key(pub.source_id), cursor.to_bytes())
+    return len(events), max(ts for _r, ts in selection.new)

@@ -1,0 +1,182 @@
+"""The workspace poller against the Instantly simulator (``connectors.instantly.sim``) into a SqliteBus."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from connectors.instantly.budget import RequestBudget
+from connectors.instantly.source import InstantlyWorkspacePoller
+from pipeline.bus.base import DATA_TOPICS, EVENTS_TOPIC, iter_records
+from pipeline.bus.sqlite import SqliteBus
+from pipeline.clock import FakeClock
+from pipeline.config import BudgetConfig, WorkspaceConfig
+from schemas.validate import schema_errors
+
+sim_server = pytest.importorskip("connectors.instantly.sim.server")
+sim_seed = pytest.importorskip("connectors.instantly.sim.seed")
+InstantlySimulator = sim_server.InstantlySimulator
+
+
+@dataclass
+class Env:
+    sim: Any
+    world: Any
+    bus: SqliteBus
+    clock: FakeClock
+    poller: InstantlyWorkspacePoller
+
+
+async def no_sleep(_delay: float) -> None:
+    return None
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    clock = FakeClock()
+    async with InstantlySimulator(seed=1, clock=clock.now) as sim, SqliteBus(tmp_path / "bus.db") as bus:
+        world = sim_seed.demo_world(sim.state)
+        cfg = WorkspaceConfig(
+            api_key=SecretStr(world.poller_key.key),
+            base_url=sim.url,
+            budget=BudgetConfig(requests_per_second=100, requests_per_minute=6000),
+            max_retries=3,
+        )
+        fast = RequestBudget(1000, 60_000)  # the budget has its own tests; keep the fault runs quick
+        poller = InstantlyWorkspacePoller(
+            "acme", cfg, bus, clock=clock, budget=fast, sleep=no_sleep, rng=random.Random(5)
+        )
+        async with poller:
+            yield Env(sim, world, bus, clock, poller)
+
+
+async def bus_events(bus: SqliteBus) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    async with bus.consumer([EVENTS_TOPIC], start="earliest") as consumer:
+        async for batch in iter_records(consumer):
+            out.extend(orjson.loads(r.value) for r in batch)
+    return out
+
+
+def secrets_of(env: Env) -> list[str]:
+    keys = [k.key for k in env.sim.state.api_keys.values()]
+    headers = [v for h in env.sim.state.webhooks.values() for v in (h.headers or {}).values()]
+    return keys + headers
+
+
+async def test_demo_world_first_poll_and_quiet_second_poll(env: Env) -> None:
+    """The demo world yields baselines + its audit history, all valid; a second poll adds nothing."""
+    counts = await env.poller.poll_once()
+    assert counts["audit_logs"] == len(env.sim.state.audit_of(env.world.workspace.id)) == 10
+    assert counts["api_keys"] == 2 and counts["members"] == 3 and counts["webhooks"] == 1
+    assert counts["workspace"] == 1 and counts["block_list"] == 2 and counts["pipeline"] == 0
+    evs = await bus_events(env.bus)
+    assert all(schema_errors("event", e) == [] for e in evs)
+    assert {e["workspace"]["id"] for e in evs} == {env.world.workspace.id}
+    legacy = next(e for e in evs if e["type"] == "api_key.baseline" and e["attributes"]["name"] == "Zapier (legacy)")
+    assert legacy["attributes"]["scopes"] == ["all:all"]
+    assert legacy["attributes"]["key_fingerprint"].startswith("sha256:")
+    env.clock.advance(60)
+    assert set((await env.poller.poll_once()).values()) == {0}
+
+
+async def test_changes_reach_the_bus_once(env: Env) -> None:
+    """Key created via the API, a member invited and a webhook failing show up as snapshot + audit events."""
+    await env.poller.poll_once()
+    state, ws = env.sim.state, env.world.workspace.id
+    env.clock.advance(120)
+    rogue = state.create_api_key(ws, "backdoor", ["all:all"], actor=state.actor_for_user("sam", "203.0.113.9"))
+    state.invite_member(ws, "mallory@evil.example", "admin", issuer_id=state.user("sam").id)
+    state.mark_webhook_error(env.world.webhook.id)
+    env.clock.advance(60)
+    await env.poller.poll_once()
+    env.clock.advance(60)
+    await env.poller.poll_once()
+    evs = await bus_events(env.bus)
+    assert len({e["id"] for e in evs}) == len(evs)
+    types = Counter(e["type"] for e in evs if not e["type"].endswith("baseline"))
+    assert types["api_key.created"] == 1 and types["member.invited"] == 1 and types["webhook.status_changed"] == 1
+    assert types["audit.api_key_created"] == 2  # the demo history's one + the new one
+    assert types["audit.webhook_marked_error"] == 1
+    created = next(e for e in evs if e["type"] == "api_key.created")
+    assert created["target"]["id"] == rogue.id and created["attributes"]["scopes"] == ["all:all"]
+
+
+async def test_late_audit_record_is_published_once(env: Env) -> None:
+    """A record that arrives late with an old timestamp (inside the overlap) is published exactly once."""
+    await env.poller.poll_once()
+    env.clock.advance(600)
+    late = env.sim.state.insert_audit(env.world.workspace.id, 1, timestamp=env.clock.now() - 900)
+    for _ in range(3):
+        await env.poller.poll_once()
+        env.clock.advance(60)
+    evs = [e for e in await bus_events(env.bus) if e["source"]["record_id"] == late.id]
+    assert len(evs) == 1
+
+
+async def test_faults_lose_nothing_and_duplicate_nothing(env: Env) -> None:
+    """Under 5xx, 429 bursts and malformed pages, every audit record and key reaches the bus exactly once."""
+    env.sim.config.rate_limit_per_second = env.sim.config.rate_limit_per_minute = None
+    env.sim.config.trailing_cursor = True
+    faults = env.sim.faults
+    faults.error_rate, faults.burst_rate, faults.malformed_rate = 0.25, 0.05, 0.1
+    state, ws = env.sim.state, env.world.workspace.id
+    for i in range(40):
+        state.insert_audit(ws, 1 + i % 3, timestamp=env.clock.now() - 30 * i)
+        if i % 10 == 0:
+            state.create_api_key(ws, f"k{i}", ["leads:read"])
+        await env.poller.poll_once()
+        env.clock.advance(30)
+    faults.clear()
+    await env.poller.poll_once()
+    evs = await bus_events(env.bus)
+    assert len({e["id"] for e in evs}) == len(evs), "duplicates on the bus"
+    published = {e["source"]["record_id"] for e in evs if e["source"]["kind"] == "audit_log"}
+    assert published == {r.id for r in state.audit_of(ws)}, "audit records lost"
+    keys = {e["target"]["id"] for e in evs if e["type"] in ("api_key.baseline", "api_key.created")}
+    assert keys == set(state.api_keys)  # every key, once
+    assert env.sim.count_calls(status=500) + env.sim.count_calls(status=502) + env.sim.count_calls(status=503) > 0
+
+
+async def test_revoked_poller_key_and_lost_plan(env: Env) -> None:
+    """A deleted poller key yields pipeline.poller_unauthorized; nothing else is published."""
+    await env.poller.poll_once()
+    before = len(await bus_events(env.bus))
+    env.sim.state.delete_api_key(env.world.poller_key.id)
+    counts = await env.poller.poll_once()
+    assert counts["pipeline"] == 1 and sum(counts.values()) == 1
+    evs = (await bus_events(env.bus))[before:]
+    assert [e["type"] for e in evs] == ["pipeline.poller_unauthorized"]
+    assert evs[0]["workspace"]["id"] == env.world.workspace.id  # identity remembered from earlier polls
+
+
+async def test_lost_paid_plan_is_reported_per_stream(env: Env) -> None:
+    """402 everywhere: audit_log_unavailable for the audit log, stream_unavailable for the others, once."""
+    await env.poller.poll_once()
+    env.sim.state.set_paid_plan(env.world.workspace.id, False)
+    counts = await env.poller.poll_once()
+    assert counts["pipeline"] == len(env.poller.streams)
+    assert (await env.poller.poll_once())["pipeline"] == 0
+    evs = [e for e in await bus_events(env.bus) if e["type"].startswith("pipeline.")]
+    assert {e["attributes"]["status"] for e in evs} == {402}
+    assert sum(e["type"] == "pipeline.audit_log_unavailable" for e in evs) == 1
+
+
+async def test_simulator_secrets_never_reach_the_bus(env: Env) -> None:
+    """Key secrets and webhook header values served by the simulator are in no record or state value."""
+    await env.poller.poll_once()
+    blobs: list[bytes] = []
+    async with env.bus.consumer(list(DATA_TOPICS), start="earliest") as consumer:
+        async for batch in iter_records(consumer):
+            blobs.extend(r.value for r in batch)
+    blobs.extend((await env.bus.state_items()).values())
+    secrets = secrets_of(env)
+    assert secrets and all(s.encode() not in b for s in secrets for b in blobs)

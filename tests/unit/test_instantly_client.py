@@ -1,0 +1,269 @@
+"""InstantlyClient against a real aiohttp server on 127.0.0.1: headers, paging, retries, typed errors."""
+
+from __future__ import annotations
+
+import random
+import socket
+import traceback
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from pydantic import SecretStr
+
+from connectors.instantly.budget import RequestBudget
+from connectors.instantly.client import USER_AGENT, ClientRequestError, InstantlyClient
+from pipeline.config import WorkspaceConfig
+from pipeline.errors import (
+    AuthError,
+    NotFoundError,
+    PaymentRequiredError,
+    RateLimitedError,
+    ScopeError,
+    SourceError,
+    UpstreamError,
+)
+from tests.unit.test_instantly_fake_api import FakeInstantly, load_fixture, serve
+
+CANARY = "CANARY-bearer-7f3c1d9e5a2b4c6d8e0f"
+
+
+class Sleeps:
+    """Records the delays the client asks for instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+
+
+def make_cfg(url: str, key: str, **kw: Any) -> WorkspaceConfig:
+    return WorkspaceConfig(api_key=SecretStr(key), base_url=url, **kw)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeInstantly]:
+    async with serve(FakeInstantly(api_key=CANARY)) as f:
+        yield f
+
+
+def client_for(fake: FakeInstantly, sleeps: Sleeps | None = None, seed: int = 7, **kw: Any) -> InstantlyClient:
+    cfg = make_cfg(fake.url, fake.api_key, **kw)
+    return InstantlyClient(cfg, budget=RequestBudget(1000, 6000), rng=random.Random(seed), sleep=sleeps or Sleeps())
+
+
+def expected_delays(seed: int, n: int, base: float = 0.5, cap: float = 60.0) -> list[float]:
+    rng = random.Random(seed)
+    return [rng.uniform(0.0, min(cap, base * 2**i)) for i in range(n)]
+
+
+async def test_sends_bearer_accept_user_agent_and_as_workspace(fake: FakeInstantly) -> None:
+    """Every request carries Bearer auth, Accept JSON, the explicit User-Agent and x-as-workspace."""
+    async with client_for(fake, as_workspace="sub-123") as client:
+        ws = await client.get("/api/v2/workspaces/current")
+    assert ws["id"] == "019cc043-af79-73db-a904-19add8ce4af2"
+    headers = fake.calls[0].headers
+    assert headers["Authorization"] == f"Bearer {CANARY}"
+    assert headers["Accept"] == "application/json"
+    assert headers["User-Agent"] == USER_AGENT == "instantly-audit/0.1.0"
+    assert headers["x-as-workspace"] == "sub-123"
+    assert "Content-Type" not in headers
+
+
+async def test_no_as_workspace_header_by_default(fake: FakeInstantly) -> None:
+    """Without ``as_workspace`` the client acts on the key's own workspace (no header)."""
+    async with client_for(fake) as client:
+        await client.get("/api/v2/workspaces/current")
+    assert "x-as-workspace" not in fake.calls[0].headers
+
+
+@pytest.mark.parametrize("trailing", [True, False])
+async def test_paginates_many_pages(fake: FakeInstantly, trailing: bool) -> None:
+    """1,050 items over 11 pages arrive once each, in order, with or without a cursor on the last page."""
+    fake.trailing_cursor = trailing
+    fake.collections["api-keys"] = [{"id": f"key-{i:05d}"} for i in range(1050)]
+    async with client_for(fake) as client:
+        pages = [page async for page in client.paginate("/api/v2/api-keys", {"search": "x y"}, limit=100)]
+    assert [len(p) for p in pages] == [100] * 10 + [50]
+    assert [i["id"] for p in pages for i in p] == [f"key-{i:05d}" for i in range(1050)]
+    calls = fake.calls_to("/api-keys")
+    assert len(calls) == (12 if trailing else 11)
+    assert "starting_after" not in calls[0].query
+    assert calls[1].query["starting_after"] == "key-00099"
+    assert all(c.query["limit"] == "100" and c.query["search"] == "x y" for c in calls)
+
+
+async def test_empty_listing_is_one_request(fake: FakeInstantly) -> None:
+    """An empty first page ends the listing without yielding a page."""
+    async with client_for(fake) as client:
+        assert await client.get_all("/api/v2/webhooks") == []
+    assert len(fake.calls) == 1
+
+
+async def test_repeated_cursor_is_an_error(fake: FakeInstantly) -> None:
+    """A server that repeats its cursor cannot make the client loop forever."""
+
+    def stuck(records: list[dict[str, Any]], query: Any) -> web.Response:
+        return web.json_response({"items": [{"id": "w1"}], "next_starting_after": "w1"})
+
+    fake._page = stuck  # type: ignore[method-assign]
+    async with client_for(fake) as client:
+        with pytest.raises(UpstreamError, match="cursor repeated"):
+            await client.get_all("/api/v2/webhooks")
+
+
+async def test_429_storm_exhausts_retries_with_full_jitter(fake: FakeInstantly) -> None:
+    """A 429 storm costs exactly 1 + max_retries attempts with full-jitter exponential delays."""
+    fake.fail("/api-keys", 429, times=100)
+    sleeps = Sleeps()
+    async with client_for(fake, sleeps, seed=11, max_retries=6) as client:
+        with pytest.raises(RateLimitedError) as info:
+            await client.get_all("/api/v2/api-keys")
+    assert len(fake.calls) == 7
+    assert sleeps.delays == pytest.approx(expected_delays(11, 6))
+    assert all(0 <= d <= min(60.0, 0.5 * 2**i) for i, d in enumerate(sleeps.delays))
+    assert "Rate limit exceeded" in str(info.value)
+    assert info.value.retriable
+
+
+async def test_429_then_success(fake: FakeInstantly) -> None:
+    """Three 429s then a page: four attempts, three delays, and the data arrives."""
+    fake.collections["api-keys"] = load_fixture("api_keys.list.json")["items"]
+    fake.fail("/api-keys", 429, times=3)
+    sleeps = Sleeps()
+    async with client_for(fake, sleeps, seed=3) as client:
+        items = await client.get_all("/api/v2/api-keys")
+    assert [i["name"] for i in items] == ["My API Key"]
+    assert len(fake.calls_to("/api-keys")) == 5  # 3 x 429, the page, the trailing empty page
+    assert sleeps.delays == pytest.approx(expected_delays(3, 3))
+    assert client.retries == 3
+
+
+async def test_retry_after_is_a_floor(fake: FakeInstantly) -> None:
+    """A Retry-After header (seconds) is honoured as the minimum delay."""
+    fake.fail("/workspaces/current", 429, times=1, headers={"Retry-After": "5"})
+    sleeps = Sleeps()
+    async with client_for(fake, sleeps) as client:
+        await client.get("/api/v2/workspaces/current")
+    assert sleeps.delays[0] >= 5.0
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(401, AuthError), (402, PaymentRequiredError), (403, ScopeError), (404, NotFoundError)],
+)
+async def test_typed_errors_are_not_retried(fake: FakeInstantly, status: int, error: type[SourceError]) -> None:
+    """401/402/403/404 raise their typed error after exactly one attempt, with the server message."""
+    body = load_fixture("errors.json")[str(status)]
+    fake.fail("/audit-logs", status, times=10, message=body["message"])
+    sleeps = Sleeps()
+    async with client_for(fake, sleeps) as client:
+        with pytest.raises(error) as info:
+            await client.get_all("/api/v2/audit-logs")
+    assert len(fake.calls) == 1 and sleeps.delays == []
+    assert f"HTTP {status}" in str(info.value) and body["message"] in str(info.value)
+    assert not info.value.retriable
+
+
+async def test_other_4xx_is_a_client_request_error(fake: FakeInstantly) -> None:
+    """A 400 is the caller's fault: ClientRequestError with the status, never retried."""
+    fake.fail("/api-keys", 400, times=5, message="body must have required property 'name'")
+    async with client_for(fake) as client:
+        with pytest.raises(ClientRequestError) as info:
+            await client.post("/api/v2/api-keys", {"scopes": []})
+    assert info.value.status == 400 and len(fake.calls) == 1
+
+
+async def test_5xx_is_retried_then_raised(fake: FakeInstantly) -> None:
+    """5xx is retried up to max_retries and then raised as UpstreamError with the status."""
+    fake.fail("/webhooks", 503, times=50)
+    async with client_for(fake, max_retries=2) as client:
+        with pytest.raises(UpstreamError) as info:
+            await client.get_all("/api/v2/webhooks")
+    assert info.value.status == 503 and len(fake.calls) == 3
+
+
+@pytest.mark.parametrize(("kind", "text"), [("malformed_json", "not valid JSON"), ("no_items", "'items' is missing")])
+async def test_malformed_pages_are_retriable_upstream_errors(fake: FakeInstantly, kind: str, text: str) -> None:
+    """A body that is not JSON, or a page without ``items``, is retried and then reported clearly."""
+    fake.fail("/webhooks", kind=kind, times=50)
+    async with client_for(fake, max_retries=1) as client:
+        with pytest.raises(UpstreamError, match=text) as info:
+            await client.get_all("/api/v2/webhooks")
+    assert info.value.retriable and len(fake.calls) == 2
+
+
+async def test_malformed_once_then_ok(fake: FakeInstantly) -> None:
+    """One malformed answer is absorbed by a retry."""
+    fake.collections["webhooks"] = load_fixture("webhooks.list.json")["items"]
+    fake.fail("/webhooks", kind="malformed_json", times=1)
+    async with client_for(fake) as client:
+        assert len(await client.get_all("/api/v2/webhooks")) == 1
+
+
+async def test_timeout_becomes_upstream_error(fake: FakeInstantly) -> None:
+    """A request slower than request_timeout_secs is an UpstreamError naming only the error type."""
+    fake.fail("/workspaces/current", kind="slow", times=5)
+    async with client_for(fake, request_timeout_secs=0.2, max_retries=1) as client:
+        with pytest.raises(UpstreamError, match="timed out") as info:
+            await client.get("/api/v2/workspaces/current")
+    assert len(fake.calls) == 2
+    assert info.value.__cause__ is None and info.value.__context__ is None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_connection_error_hides_the_key() -> None:
+    """A refused connection raises UpstreamError whose text, repr and traceback never hold the key."""
+    cfg = make_cfg(f"http://127.0.0.1:{free_port()}", CANARY, max_retries=1)
+    async with InstantlyClient(cfg, budget=RequestBudget(1000, 6000), sleep=Sleeps()) as client:
+        with pytest.raises(UpstreamError) as info:
+            await client.get("/api/v2/workspaces/current")
+    err = info.value
+    rendered = str(err) + repr(err) + "".join(traceback.format_exception(err))
+    assert "ClientConnectorError" in str(err)
+    assert CANARY not in rendered and "Bearer" not in rendered
+    assert err.__cause__ is None and err.__context__ is None
+
+
+async def test_server_echo_of_the_key_is_scrubbed(fake: FakeInstantly) -> None:
+    """A server message that echoes the bearer value does not carry it into the exception."""
+    fake.fail("/api-keys", 401, times=1, message=f"Invalid authorization header Bearer {CANARY}")
+    async with client_for(fake) as client:
+        with pytest.raises(AuthError) as info:
+            await client.get_all("/api/v2/api-keys")
+    rendered = str(info.value) + repr(info.value) + "".join(traceback.format_exception(info.value))
+    assert CANARY not in rendered and "<redacted>" in str(info.value)
+
+
+async def test_writes_send_json_and_retry_only_on_429(fake: FakeInstantly) -> None:
+    """POST sends a JSON body; a 500 on a write is not retried (not idempotent), a 429 is."""
+    async with client_for(fake) as client:
+        created = await client.post("/api/v2/api-keys", {"name": "rotation", "scopes": ["audit_logs:read"]})
+        assert created["name"] == "rotation"
+        post = fake.calls[-1]
+        assert post.method == "POST" and post.headers["Content-Type"] == "application/json"
+        assert b'"scopes":["audit_logs:read"]' in post.body
+        fake.fail("/api-keys", 500, times=1)
+        with pytest.raises(UpstreamError):
+            await client.post("/api/v2/api-keys", {"name": "x", "scopes": []})
+        fake.fail("/api-keys/k1", 429, times=1)
+        assert await client.delete("/api/v2/api-keys/k1") == {"id": "k1"}
+        delete = fake.calls[-1]
+        assert delete.method == "DELETE" and "Content-Type" not in delete.headers and delete.body == b""
+        with pytest.raises(NotFoundError):
+            await client.patch("/api/v2/api-keys/k1", {"name": "y"})
+
+
+async def test_closed_client_refuses_requests() -> None:
+    """Using the client outside ``async with`` is a programming error, reported clearly."""
+    client = InstantlyClient(make_cfg("http://127.0.0.1:1", CANARY), budget=RequestBudget(1000, 6000))
+    with pytest.raises(RuntimeError, match="not open"):
+        await client.get("/api/v2/workspaces/current")
+    assert CANARY not in repr(client)

@@ -1,0 +1,102 @@
+"""Redaction: key → fingerprint, header values → <redacted>, secret-looking fields at any depth."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from connectors.instantly.redact import (
+    REDACTED,
+    header_names,
+    redact_api_key,
+    redact_record,
+    redact_url,
+    redact_webhook,
+    scrub_text,
+)
+from schemas.event import Event, Source, WorkspaceRef
+from schemas.ids import fingerprint_secret
+from schemas.validate import schema_errors
+from tests.unit.test_instantly_fake_api import load_fixture
+
+
+def event_with_raw(raw: dict[str, Any]) -> dict[str, Any]:
+    ev = Event.build(
+        type="test.redaction",
+        time="2026-03-05T23:09:47.337Z",
+        observed_at="2026-03-05T23:09:47.337Z",
+        workspace=WorkspaceRef("ws"),
+        source=Source("snapshot", "test"),
+        natural_key=("x",),
+        raw=raw,
+        attributes=raw,
+    )
+    return ev.to_dict()
+
+
+def test_api_key_secret_becomes_fingerprint() -> None:
+    """The documented APIKey's ``key`` becomes ``sha256:<8 hex>``; the clear value is gone."""
+    record = load_fixture("api_keys.list.json")["items"][0]
+    out = redact_api_key(record)
+    assert out["key"] == fingerprint_secret("a1b2c3d4e5f6g7h8i9j0")
+    assert out["key"].startswith("sha256:") and len(out["key"]) == 15
+    assert b"a1b2c3d4e5f6g7h8i9j0" not in orjson.dumps(out)
+    assert redact_api_key(out) == out  # idempotent: a fingerprint is not hashed again
+    assert schema_errors("event", event_with_raw(out)) == []
+
+
+def test_unredacted_record_fails_the_schema() -> None:
+    """The Event v1 schema itself rejects the raw APIKey and raw Webhook (the guard works)."""
+    assert schema_errors("event", event_with_raw(load_fixture("api_keys.list.json")["items"][0]))
+    assert schema_errors("event", event_with_raw(load_fixture("webhooks.list.json")["items"][0]))
+
+
+def test_webhook_headers_keep_names_only() -> None:
+    """Webhook header values become ``<redacted>``; names are kept for rules."""
+    record = load_fixture("webhooks.list.json")["items"][0]
+    out = redact_webhook(record)
+    assert out["headers"] == {"Authorization": REDACTED}
+    assert header_names(out["headers"]) == ["Authorization"]
+    assert b"dXNlcm5hbWU6cGFzc3dvcmQ=" not in orjson.dumps(out)
+    assert schema_errors("event", event_with_raw(out)) == []
+
+
+def test_secret_fields_at_any_depth() -> None:
+    """password, token, sec, *_secret, cookie ... are redacted in nested objects and lists."""
+    record = {
+        "id": "1",
+        "password": "p",
+        "meta": {"access_token": "t", "sec": "s", "list": [{"client_secret": "c", "keep": "ok"}], "Cookie": "x"},
+        "headers": None,
+        "api_key_id": "not-a-secret",
+        "token": None,
+        "Authorization": 12345,
+    }
+    out = redact_record(record)
+    assert out["password"] == REDACTED and out["token"] is None and out["Authorization"] == REDACTED
+    assert out["meta"]["access_token"] == out["meta"]["sec"] == out["meta"]["Cookie"] == REDACTED
+    assert out["meta"]["list"] == [{"client_secret": REDACTED, "keep": "ok"}]
+    assert out["api_key_id"] == "not-a-secret"
+    assert record["password"] == "p"  # the input is not mutated
+    assert schema_errors("event", event_with_raw(out)) == []
+
+
+def test_non_object_headers_become_null() -> None:
+    """A headers field that is not an object cannot carry names; it becomes null."""
+    assert redact_record({"headers": "Authorization: Bearer x"})["headers"] is None
+
+
+def test_urls_lose_credentials() -> None:
+    """User-info passwords and secret-looking query values are removed from URLs."""
+    assert redact_url("https://user:pw@example.com/hook?token=abc&campaign=1") == (
+        "https://user:<redacted>@example.com/hook?token=<redacted>&campaign=1"
+    )
+    assert redact_url("https://webhook.site/unique-url") == "https://webhook.site/unique-url"
+    assert redact_url(None) is None
+
+
+def test_scrub_text_removes_known_secrets_and_bearer_values() -> None:
+    """Known secret values and any ``Bearer <token>`` are replaced in free text."""
+    text = scrub_text("bad key SECRET-123 in Bearer abc.def", ["SECRET-123"])
+    assert "SECRET-123" not in text and "abc.def" not in text

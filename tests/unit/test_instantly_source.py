@@ -1,0 +1,360 @@
+"""InstantlyWorkspacePoller end to end: fake Instantly API on 127.0.0.1 → poller → SqliteBus."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import random
+import traceback
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from connectors.instantly.client import InstantlyClient
+from connectors.instantly.source import InstantlyWorkspacePoller
+from pipeline.bus.base import DATA_TOPICS, EVENTS_TOPIC, Record, iter_records
+from pipeline.bus.sqlite import SqliteBus
+from pipeline.clock import FakeClock, format_time
+from pipeline.config import BudgetConfig, WorkspaceConfig
+from pipeline.errors import SourceError
+from schemas.validate import schema_errors
+from tests.unit.test_instantly_fake_api import FakeInstantly, load_fixture, serve
+
+WS_ID = "019cc043-af79-73db-a904-19add8ce4af2"
+CANARY_KEY = "CANARY-config-key-4b1d9c7e2f"
+CANARY_API_KEY_SECRET = "CANARY-listed-key-secret-8e3a5f"
+CANARY_HEADER = "CANARY-webhook-header-value-1c6b0d"
+
+
+async def no_sleep(_delay: float) -> None:
+    await asyncio.sleep(0)
+
+
+def seed(fake: FakeInstantly) -> None:
+    fake.collections["api-keys"] = load_fixture("api_keys.list.json")["items"]
+    fake.collections["workspace-members"] = load_fixture("workspace_members.list.json")["items"]
+    fake.collections["webhooks"] = load_fixture("webhooks.list.json")["items"]
+    fake.collections["workspace-group-members"] = load_fixture("workspace_group_members.list.json")["items"]
+    fake.collections["block-lists-entries"] = load_fixture("block_list_entries.list.json")["items"]
+
+
+def audit_record(rid: str, ts: float, code: int = 1) -> dict[str, Any]:
+    base = load_fixture("audit_logs.list.json")["items"][0]
+    return {**base, "id": rid, "timestamp": format_time(ts), "activity_type": code}
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[tuple[FakeInstantly, SqliteBus]]:
+    fake = FakeInstantly(api_key=CANARY_KEY)
+    seed(fake)
+    async with serve(fake), SqliteBus(tmp_path / "bus.db") as bus:
+        yield fake, bus
+
+
+def make_poller(
+    fake: FakeInstantly, bus: SqliteBus, clock: FakeClock, source_id: str = "acme", **kw: Any
+) -> InstantlyWorkspacePoller:
+    cfg = WorkspaceConfig(
+        api_key=SecretStr(fake.api_key),
+        base_url=fake.url,
+        budget=BudgetConfig(requests_per_second=100, requests_per_minute=6000),
+        max_retries=kw.pop("max_retries", 1),
+        **kw,
+    )
+    return InstantlyWorkspacePoller(source_id, cfg, bus, clock=clock, sleep=no_sleep, rng=random.Random(1))
+
+
+async def records(bus: SqliteBus, topics: tuple[str, ...] = (EVENTS_TOPIC,)) -> list[Record]:
+    out: list[Record] = []
+    async with bus.consumer(list(topics), start="earliest") as consumer:
+        async for batch in iter_records(consumer):
+            out.extend(batch)
+    return out
+
+
+async def events(bus: SqliteBus) -> list[dict[str, Any]]:
+    return [orjson.loads(r.value) for r in await records(bus)]
+
+
+def assert_once(evs: list[dict[str, Any]]) -> None:
+    ids = [e["id"] for e in evs]
+    assert len(ids) == len(set(ids)), "duplicate event ids on the bus"
+
+
+async def test_first_poll_publishes_baselines_and_audit(env: tuple[FakeInstantly, SqliteBus]) -> None:
+    """First poll: a baseline per resource and every audit record, keyed by workspace id, with state."""
+    fake, bus = env
+    clock = FakeClock()
+    fake.audit = [audit_record("a1", clock.now() - 300), audit_record("a2", clock.now() - 100, 37)]
+    async with make_poller(fake, bus, clock) as poller:
+        counts = await poller.poll_once()
+    assert counts == {
+        "audit_logs": 2,
+        "api_keys": 1,
+        "members": 1,
+        "webhooks": 1,
+        "workspace": 1,
+        "group_members": 1,
+        "block_list": 2,
+        "pipeline": 0,
+    }
+    recs = await records(bus)
+    assert len(recs) == 9
+    for rec in recs:
+        event = orjson.loads(rec.value)
+        assert schema_errors("event", event) == []
+        assert rec.key == WS_ID.encode() and rec.headers == (("event_type", event["type"].encode()),)
+        assert event["workspace"] == {"id": WS_ID, "name": "My Workspace"}
+    assert sorted(orjson.loads(r.value)["type"] for r in recs) == sorted(
+        [
+            "audit.user_login",
+            "audit.api_key_created",
+            "api_key.baseline",
+            "member.baseline",
+            "webhook.baseline",
+            "workspace.baseline",
+            "workspace_group.member_baseline",
+            "block_list.entry_baseline",
+            "block_list.entry_baseline",
+        ]
+    )
+    state = await bus.state_items()
+    assert {
+        "cursor/acme/audit_logs",
+        "snapshot/acme/api_keys",
+        "snapshot/acme/members",
+        "snapshot/acme/webhooks",
+        "snapshot/acme/workspace",
+        "snapshot/acme/group_members",
+        "snapshot/acme/block_list",
+        "identity/acme",
+    } <= set(state)
+    cursor = orjson.loads(state["cursor/acme/audit_logs"])
+    assert cursor["high_water"] == pytest.approx(clock.now() - 100) and set(cursor["seen"]) == {"a1", "a2"}
+    assert fake.calls_to("/audit-logs")[0].query["limit"] == "1000"
+    assert "start_date" not in fake.calls_to("/audit-logs")[0].query
+
+
+async def test_second_poll_without_changes_publishes_nothing(env: tuple[FakeInstantly, SqliteBus]) -> None:
+    """With nothing changed upstream, the next poll publishes nothing and writes no state."""
+    fake, bus = env
+    clock = FakeClock()
+    fake.audit = [audit_record("a1", clock.now() - 60)]
+    async with make_poller(fake, bus, clock) as poller:
+        await poller.poll_once()
+        before_recs, before_state = await records(bus), await bus.state_items()
+        clock.advance(60)
+        counts = await poller.poll_once()
+    assert set(counts.values()) == {0}
+    assert len(await records(bus)) == len(before_recs)
+    assert await bus.state_items() == before_state
+
+
+async def test_changes_between_polls(env: tuple[FakeInstantly, SqliteBus]) -> None:
+    """Upstream changes between polls become change events, each published once."""
+    fake, bus = env
+    clock = FakeClock()
+    async with make_poller(fake, bus, clock) as poller:
+        await poller.poll_once()
+        fake.collections["api-keys"].append({**fake.collections["api-keys"][0], "id": "k2", "scopes": ["all:all"]})
+        fake.collections["workspace-members"] = []
+        fake.collections["webhooks"][0] = {**fake.collections["webhooks"][0], "status": -1}
+        fake.workspace = {**fake.workspace, "owner": "someone-else"}
+        clock.advance(60)
+        counts = await poller.poll_once()
+        assert set((await poller.poll_once()).values()) == {0}
+    assert counts["api_keys"] == counts["members"] == counts["webhooks"] == counts["workspace"] == 1
+    evs = await events(bus)
+    assert_once(evs)
+    new_types = {e["type"] for e in evs} - {e["type"] for e in evs if e["type"].endswith("baseline")}
+    assert new_types == {"api_key.created", "member.removed", "webhook.status_changed", "workspace.owner_changed"}
+
+
+async def test_backdated_record_behind_cursor_is_published_once(env: tuple[FakeInstantly, SqliteBus]) -> None:
+    """A record inserted late with a timestamp behind the high-water mark is published exactly once."""
+    fake, bus = env
+    clock = FakeClock()
+    t0 = clock.now()
+    fake.audit = [audit_record("a1", t0 - 300), audit_record("a2", t0 - 100)]
+    async with make_poller(fake, bus, clock, streams=["audit_logs"]) as poller:
+        assert (await poller.poll_once())["audit_logs"] == 2
+        clock.advance(60)
+        fake.audit.append(audit_record("late", t0 - 200, 34))  # behind high_water = t0 - 100
+        assert (await poller.poll_once())["audit_logs"] == 1
+        assert (await poller.poll_once())["audit_logs"] == 0
+        fake.audit.append(audit_record("too-old", t0 - 100 - 3600 - 10))  # older than the overlap window
+        assert (await poller.poll_once())["audit_logs"] == 0
+    evs = await events(bus)
+    assert_once(evs)
+    assert [e["source"]["record_id"] for e in evs] == ["a2", "a1", "late"]
+    late = evs[-1]
+    assert late["type"] == "audit.lead_exported" and late["time"] == format_time(t0 - 200)
+    expected_start = format_time(t0 - 100 - 3600 - 86_400)[:10]
+    assert fake.calls_to("/audit-logs")[-1].query["start_date"] == expected_start
+
+
+async def test_failed_audit_page_keeps_committed_pages(env: tuple[FakeInstantly, SqliteBus]) -> None:
+    """When page 2 of the audit log fails, page 1 stays published and the next poll adds only the rest."""
+    fake, bus = env
+    clock = FakeClock()
+    fake.audit = [audit_record(f"r{i}", clock.now() - 10 * i) for i in range(5)]
+    fake.fail("/audit-logs", 500, times=2, only_with_cursor=True)
+    async with make_poller(fake, bus, clock, streams=["audit_logs"], audit_page_size=2) as poller:
+        assert (await poller.poll_once())["audit_logs"] == 2
+        cursor = orjson.loads((await bus.get_state("cursor/acme/audit_logs")) or b"{}")
+        assert cursor["high_water"] is None and len(cursor["seen"]) == 2
+        assert (await poller.poll_once())["audit_logs"] == 3
+    evs = await events(bus)
+    assert_once(evs)
+    assert len(evs) == 5
+
+
+@pytest.mark.parametrize("kind", ["status", "no_items"])
+async def test_failed_snapshot_page_publishes_nothing(env: tuple[FakeInstantly, SqliteBus], kind: str) -> None:
+    """A failed page of a snapshot listing publishes nothing and keeps the old snapshot."""
+    fake, bus = env
+    clock = FakeClock()
+    fake.collections["api-keys"] = [
+        {**load_fixture("api_keys.list.json")["items"][0], "id": f"k{i:03d}"} for i in range(150)
+    ]
+    async with make_poller(fake, bus, clock, streams=["api_keys"]) as poller:
+        assert (await poller.poll_once())["api_keys"] == 150
+        snapshot = await bus.get_state("snapshot/acme/api_keys")
+        fake.collections["api-keys"] = fake.collections["api-keys"][:100]
+        fake.fail("/api-keys", 500, times=2, only_with_cursor=True, kind=kind)
+        assert (await poller.poll_once())["api_keys"] == 0
+        assert await bus.get_state("snapshot/acme/api_keys") == snapshot
+        assert len(await records(bus)) == 150
+        assert (await poller.poll_once())["api_keys"] == 50  # fault gone: the 50 deletions, once
+    assert sum(e["type"] == "api_key.deleted" for e in await events(bus)) == 50
+
+
+async def test_unauthorized_once_per_hour_and_other_workspaces_go_on(tmp_path: Path) -> None:
+    """A revoked key publishes pipeline.poller_unauthorized once per hour; another workspace keeps polling."""
+    clock = FakeClock()
+    bad, good = FakeInstantly(api_key=CANARY_KEY), FakeInstantly(api_key="good-key-123456")
+    seed(good)
+    bad.revoked = True
+    async with serve(bad), serve(good), SqliteBus(tmp_path / "bus.db") as bus:
+        p_bad, p_good = make_poller(bad, bus, clock, "bad"), make_poller(good, bus, clock, "good")
+        async with p_bad, p_good:
+            c_bad, c_good = await asyncio.gather(p_bad.poll_once(), p_good.poll_once())
+            assert c_bad["pipeline"] == 1 and sum(c_bad.values()) == 1
+            assert c_good["api_keys"] == 1
+            assert (await p_bad.poll_once())["pipeline"] == 0  # same hour: not again
+            clock.advance(3600)
+            assert (await p_bad.poll_once())["pipeline"] == 1
+        evs = [e for e in await events(bus) if e["type"] == "pipeline.poller_unauthorized"]
+    assert len(evs) == 2 and evs[0]["id"] != evs[1]["id"]
+    assert evs[0]["source"]["kind"] == "pipeline" and evs[0]["attributes"]["status"] == 401
+    assert evs[0]["workspace"]["id"] == "bad"  # identity never learned: falls back to the source id
+    assert all(schema_errors("event", e) == [] for e in evs)
+
+
+@pytest.mark.parametrize("status", [402, 403])
+async def test_audit_log_unavailable(env: tuple[FakeInstantly, SqliteBus], status: int) -> None:
+    """402/403 on the audit log publish pipeline.audit_log_unavailable once; other streams still publish."""
+    fake, bus = env
+    clock = FakeClock()
+    fake.fail("/audit-logs", status, times=100)
+    async with make_poller(fake, bus, clock) as poller:
+        counts = await poller.poll_once()
+        assert (await poller.poll_once())["pipeline"] == 0
+    assert counts["pipeline"] == 1 and counts["api_keys"] == 1 and counts["audit_logs"] == 0
+    [event] = [e for e in await events(bus) if e["type"].startswith("pipeline.")]
+    assert event["type"] == "pipeline.audit_log_unavailable" and event["attributes"]["status"] == status
+    assert event["workspace"]["id"] == WS_ID and schema_errors("event", event) == []
+
+
+async def test_snapshot_stream_forbidden(env: tuple[FakeInstantly, SqliteBus]) -> None:
+    """A 403 on a snapshot stream publishes pipeline.stream_unavailable and no deletions."""
+    fake, bus = env
+    clock = FakeClock()
+    async with make_poller(fake, bus, clock, streams=["members"]) as poller:
+        await poller.poll_once()
+        fake.fail("/workspace-members", 403, times=100)
+        counts = await poller.poll_once()
+    assert counts == {"members": 0, "pipeline": 1}
+    assert [e["type"] for e in await events(bus)] == ["member.baseline", "pipeline.stream_unavailable"]
+
+
+def leaks(text: str | bytes) -> list[str]:
+    blob = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    found = []
+    for canary in (CANARY_KEY, CANARY_API_KEY_SECRET, CANARY_HEADER):
+        forms = {canary, base64.b64encode(canary.encode()).decode(), quote(canary), quote(f"Bearer {canary}")}
+        found += [f for f in forms if f in blob]
+    return found
+
+
+async def test_canary_secrets_never_leak(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Seeded key/secret/header canaries appear in no bus record, state value, log record or exception."""
+    caplog.set_level(logging.DEBUG)
+    clock = FakeClock()
+    fake = FakeInstantly(api_key=CANARY_KEY)
+    seed(fake)
+    fake.collections["api-keys"][0] = {**fake.collections["api-keys"][0], "key": CANARY_API_KEY_SECRET}
+    fake.collections["webhooks"][0] = {
+        **fake.collections["webhooks"][0],
+        "headers": {"X-Instantly-Secret": CANARY_HEADER},
+    }
+    fake.audit = [{**audit_record("a1", clock.now() - 5), "audit_metadata": {"token": CANARY_HEADER}}]
+    errors: list[BaseException] = []
+    async with serve(fake), SqliteBus(tmp_path / "bus.db") as bus:
+        async with make_poller(fake, bus, clock) as poller:
+            await poller.poll_once()
+            fake.collections["webhooks"][0]["headers"]["Authorization"] = f"Bearer {CANARY_KEY}"
+            fake.fail("/api-keys", 500, times=5)  # retries + a logged stream failure
+            clock.advance(60)
+            await poller.poll_once()
+            fake.fail("/audit-logs", 401, message=f"Invalid authorization header Bearer {CANARY_KEY}")
+            clock.advance(60)
+            assert (await poller.poll_once())["pipeline"] == 1
+        cfg = WorkspaceConfig(api_key=SecretStr(CANARY_KEY), base_url=fake.url, max_retries=0)
+        fake.fail("/workspaces/current", 401, message=f"bad key {CANARY_KEY}")
+        async with InstantlyClient(cfg) as client:
+            for path in ("/api/v2/workspaces/current", "/api/v2/nope"):
+                try:
+                    await client.get(path)
+                except SourceError as err:
+                    errors.append(err)
+        dead = WorkspaceConfig(api_key=SecretStr(CANARY_KEY), base_url="http://127.0.0.1:9", max_retries=0)
+        async with InstantlyClient(dead) as client:
+            try:
+                await client.get("/api/v2/workspaces/current")
+            except SourceError as refused:
+                errors.append(refused)
+        recs = await records(bus, DATA_TOPICS)
+        state = await bus.state_items()
+    assert len(errors) == 3
+    assert any(r["type"] == "webhook.headers_changed" for r in (orjson.loads(x.value) for x in recs))
+    for rec in recs:
+        assert not leaks(rec.value + (rec.key or b"") + b"".join(v for _k, v in rec.headers)), rec.value
+    for key, value in state.items():
+        assert not leaks(key.encode() + value), key
+    for log_record in caplog.records:
+        assert not leaks(log_record.getMessage() + repr(log_record.__dict__)), log_record.getMessage()
+    for error in errors:
+        assert not leaks(str(error) + repr(error) + "".join(traceback.format_exception(error)))
+
+
+async def test_run_polls_until_stopped(env: tuple[FakeInstantly, SqliteBus]) -> None:
+    """run() polls immediately, waits between polls and returns promptly once stop is set."""
+    fake, bus = env
+    stop = asyncio.Event()
+    poller = make_poller(fake, bus, FakeClock(), streams=["api_keys"], poll_interval_secs=30)
+    task = asyncio.create_task(poller.run(stop))
+    for _ in range(200):
+        if fake.calls_to("/api-keys"):
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(task, timeout=5)
+    assert len(fake.calls_to("/workspaces/current")) == 1
+    assert [e["type"] for e in await events(bus)] == ["api_key.baseline"]
