@@ -68,9 +68,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.demo import run_demo
-
-    code: int = asyncio.run(run_demo(speed=args.speed, workdir=Path(args.workdir) if args.workdir else None))
+    # The demo is Instantly-specific; the CLI is the composition root that may name it.
+    demo = importlib.import_module("connectors.instantly.demo")
+    if args.speed <= 0:
+        raise ConfigError("--speed must be positive")
+    code: int = asyncio.run(demo.run_demo(speed=args.speed, workdir=Path(args.workdir) if args.workdir else None))
     return code
 
 
