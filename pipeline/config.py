@@ -110,6 +110,7 @@ class KafkaBusConfig(Model):
     bootstrap_servers: list[str] = Field(min_length=1)
     client_id: str = "instantly-audit"
     transactional_id_prefix: str = "instantly-audit"
+    topic_prefix: str = Field("", pattern=r"^[A-Za-z0-9._-]*$", description="prepended to every topic name")
     partitions: int = Field(3, ge=1)
     replication_factor: int = Field(1, ge=1)
     retention_days: float = Field(30.0, gt=0)

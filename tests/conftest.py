@@ -41,6 +41,7 @@ def bus_config(kind: str, tmp_path: Path) -> dict[str, Any]:
         "bootstrap_servers": [kafka_bootstrap()],
         "partitions": 2,
         "transactional_id_prefix": f"test-{uuid.uuid4().hex[:8]}",
+        "topic_prefix": f"t{uuid.uuid4().hex[:8]}.",
     }
 
 

@@ -118,6 +118,7 @@ class KafkaBus:
         request_timeout_ms: int = 30_000,
         max_txn_attempts: int = 5,
         create_topics: bool = True,
+        topic_prefix: str = "",
     ):
         self.bootstrap = list(bootstrap_servers)
         self.client_args = dict(client_args or {})
@@ -128,6 +129,7 @@ class KafkaBus:
         self.request_timeout_ms = request_timeout_ms
         self.max_txn_attempts = max_txn_attempts
         self._create_topics = create_topics
+        self.topic_prefix = topic_prefix
         self._admin: AIOKafkaAdminClient | None = None
         self._producers: dict[str, AIOKafkaProducer] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -136,6 +138,14 @@ class KafkaBus:
         self._partitions: dict[str, int] = {}
         self._default_partitioner = DefaultPartitioner()
         self._partition_cache: dict[tuple[bytes, int], int] = {}
+
+    def phys(self, topic: str) -> str:
+        """The cluster's name for a logical topic (``topic_prefix`` + name)."""
+        return self.topic_prefix + topic
+
+    def logical(self, topic: str) -> str:
+        """The logical name of a cluster topic."""
+        return topic[len(self.topic_prefix) :] if self.topic_prefix and topic.startswith(self.topic_prefix) else topic
 
     @classmethod
     def from_config(cls, cfg: KafkaBusConfig) -> KafkaBus:
@@ -164,6 +174,7 @@ class KafkaBus:
             replication_factor=cfg.replication_factor,
             retention_ms=int(cfg.retention_days * DAY_MS),
             request_timeout_ms=int(cfg.request_timeout_secs * 1000),
+            topic_prefix=cfg.topic_prefix,
         )
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -205,14 +216,14 @@ class KafkaBus:
         existing = set(await admin.list_topics())
         new = []
         for s in specs:
-            if s.name in existing:
+            if self.phys(s.name) in existing:
                 continue
             configs: dict[str, str] = dict(s.extra)
             if s.compacted:
                 configs["cleanup.policy"] = "compact"
             elif s.retention_ms is not None:
                 configs["retention.ms"] = str(s.retention_ms)
-            new.append(NewTopic(s.name, s.partitions, self.replication_factor, topic_configs=configs))
+            new.append(NewTopic(self.phys(s.name), s.partitions, self.replication_factor, topic_configs=configs))
         if new:
             try:
                 resp = await admin.create_topics(new, timeout_ms=self.request_timeout_ms)
@@ -222,7 +233,7 @@ class KafkaBus:
                 name, code = item[0], item[1]
                 if code not in (0, TOPIC_EXISTS):
                     raise BusError(f"kafka could not create topic {name}: error code {code}")
-            await self._wait_topics([s.name for s in new])
+            await self._wait_topics([t.name for t in new])
         for s in specs:
             self._partitions.pop(s.name, None)
 
@@ -250,7 +261,7 @@ class KafkaBus:
         """Number of partitions of ``topic``."""
         if topic not in self._partitions:
             try:
-                desc = await self._admin_client().describe_topics([topic])
+                desc = await self._admin_client().describe_topics([self.phys(topic)])
             except KafkaError as err:
                 raise _wrap(err, f"describing {topic}") from None
             if not desc or desc[0].get("error_code", 0) != 0 or not desc[0].get("partitions"):
@@ -349,9 +360,9 @@ class KafkaBus:
         groups: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, int | None, list[Header]]]] = {}
         for r in txn.records:
             part = self._partitioner(r.key, await self._all_partitions(r.topic))
-            groups.setdefault((r.topic, part), []).append((r.key, r.value, r.timestamp_ms, list(r.headers)))
+            groups.setdefault((self.phys(r.topic), part), []).append((r.key, r.value, r.timestamp_ms, list(r.headers)))
         for k, v in txn.state.items():
-            groups.setdefault((STATE_TOPIC, 0), []).append((k.encode(), v, None, []))
+            groups.setdefault((self.phys(STATE_TOPIC), 0), []).append((k.encode(), v, None, []))
         await p.begin_transaction()
         futures = []
         for (topic, part), items in groups.items():
@@ -365,7 +376,7 @@ class KafkaBus:
             futures.append(await p.send_batch(batch, topic, partition=part))
         by_group: dict[str, dict[KTP, OffsetAndMetadata]] = defaultdict(dict)
         for (group, tp), off in txn.offsets.items():
-            by_group[group][KTP(tp.topic, tp.partition)] = OffsetAndMetadata(off, "")
+            by_group[group][KTP(self.phys(tp.topic), tp.partition)] = OffsetAndMetadata(off, "")
         for group, offsets in by_group.items():
             await p.send_offsets_to_transaction(offsets, group)
         await asyncio.gather(*futures)
@@ -395,7 +406,7 @@ class KafkaBus:
             request_timeout_ms=self.request_timeout_ms,
             **self.client_args,
         )
-        tp = KTP(STATE_TOPIC, 0)
+        tp = KTP(self.phys(STATE_TOPIC), 0)
         try:
             await c.start()
             c.assign([tp])
@@ -436,9 +447,9 @@ class KafkaBus:
         admin = self._admin_client()
         offsets = await _retrying(lambda: admin.list_consumer_group_offsets(group), f"reading offsets of group {group}")
         return {
-            TopicPartition(tp.topic, tp.partition): meta.offset
+            TopicPartition(topic, tp.partition): meta.offset
             for tp, meta in offsets.items()
-            if tp.topic == topic and meta.offset >= 0
+            if tp.topic == self.phys(topic) and meta.offset >= 0
         }
 
     async def enforce_retention(self) -> int:
@@ -483,14 +494,14 @@ class KafkaConsumer:
                 tps = []
                 for t in self._topics:
                     n = await self._bus.partitions(t)
-                    tps += [KTP(t, p) for p in range(n)]
+                    tps += [KTP(self._bus.phys(t), p) for p in range(n)]
                 self._c.assign(tps)
                 if self._start == "latest":
                     await self._c.seek_to_end(*tps)
                 else:
                     await self._c.seek_to_beginning(*tps)
             else:
-                self._c.subscribe(self._topics)
+                self._c.subscribe([self._bus.phys(t) for t in self._topics])
                 await self._wait_assignment()
                 tps = list(self._c.assignment())
                 if self._start == "earliest":
@@ -521,6 +532,9 @@ class KafkaConsumer:
                 await self._c.stop()
             self._c = None
 
+    def _ktp(self, tp: TopicPartition) -> KTP:
+        return KTP(self._bus.phys(tp.topic), tp.partition)
+
     def _client(self) -> AIOKafkaConsumer:
         if self._c is None:
             raise BusError("the Kafka consumer is not open (use 'async with')")
@@ -530,12 +544,12 @@ class KafkaConsumer:
         c = self._client()
         pos: dict[TopicPartition, int] = {}
         for tp in c.assignment():
-            pos[TopicPartition(tp.topic, tp.partition)] = await c.position(tp)
+            pos[TopicPartition(self._bus.logical(tp.topic), tp.partition)] = await c.position(tp)
         self._pos = pos
 
     def assignment(self) -> set[TopicPartition]:
         """Partitions currently assigned."""
-        return {TopicPartition(t.topic, t.partition) for t in self._client().assignment()}
+        return {TopicPartition(self._bus.logical(t.topic), t.partition) for t in self._client().assignment()}
 
     def positions(self) -> dict[TopicPartition, int]:
         """Next offset to read per partition (past transaction markers)."""
@@ -554,7 +568,7 @@ class KafkaConsumer:
             for m in batch[tp]:
                 out.append(
                     Record(
-                        m.topic,
+                        self._bus.logical(m.topic),
                         m.partition,
                         m.offset,
                         m.timestamp,
@@ -571,13 +585,13 @@ class KafkaConsumer:
             raise BusError("this consumer has no group; it cannot commit offsets")
         offs = offsets if offsets is not None else self._pos
         try:
-            await self._client().commit({KTP(tp.topic, tp.partition): off for tp, off in offs.items()})
+            await self._client().commit({self._ktp(tp): off for tp, off in offs.items()})
         except KafkaError as err:
             raise _wrap(err, f"committing offsets of {self.group}") from None
 
     async def seek(self, tp: TopicPartition, offset: int) -> None:
         """Read ``tp`` from ``offset`` next."""
-        self._client().seek(KTP(tp.topic, tp.partition), offset)
+        self._client().seek(self._ktp(tp), offset)
         self._pos[tp] = offset
 
     async def seek_to_time(self, timestamp_ms: int) -> None:
@@ -608,4 +622,4 @@ class KafkaConsumer:
             ends = await c.end_offsets(tps)
         except KafkaError as err:
             raise _wrap(err, "reading end offsets") from None
-        return {TopicPartition(tp.topic, tp.partition): off for tp, off in ends.items()}
+        return {TopicPartition(self._bus.logical(tp.topic), tp.partition): off for tp, off in ends.items()}
