@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from pipeline.errors import ConfigError
+from pipeline.telemetry_config import TelemetryConfig
 
 
 class EnvValue(str):
@@ -199,6 +200,7 @@ class PipelineConfig(Model):
     webhook: dict[str, Any] | None = None
     service: ServiceConfig = ServiceConfig()
     logging: LoggingConfig = LoggingConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @field_validator("sinks")
     @classmethod

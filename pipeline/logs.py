@@ -11,7 +11,10 @@ import logging
 import re
 import sys
 import threading
+import time
+from collections.abc import Mapping, MutableMapping
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -25,6 +28,10 @@ _PATTERNS = [
     re.compile(r"whsec_[A-Za-z0-9+/=]{8,}"),
 ]
 _STD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
+# An attached field with one of these names is a secret whatever its value looks like.
+_SECRET_FIELD = re.compile(
+    r"(?i)^(authorization|x-api-key|api[_-]?key|token|secret|password|.*[_-](secret|token|password))$"
+)
 
 
 def register_secret(value: str) -> None:
@@ -32,6 +39,7 @@ def register_secret(value: str) -> None:
     if value and len(value) >= 4:
         with _LOCK:
             _SECRETS.add(value)
+            _SECRETS.add(quote(value, safe=""))  # as it appears in a URL or a form body
 
 
 def redact_text(text: str) -> str:
@@ -60,10 +68,29 @@ class RedactingFilter(logging.Filter):
         if record.exc_info and record.exc_info[1] is not None:
             record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
         for k, v in list(record.__dict__.items()):
-            if k not in _STD and isinstance(v, str):
-                setattr(record, k, redact_text(v))
+            if k not in _STD:
+                setattr(record, k, _redact_field(k, v))
         return True
+
+
+def _redact_field(name: str, value: Any) -> Any:
+    """Redact an attached field: by its name, inside containers, and in the text of other objects."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if _SECRET_FIELD.match(name):
+        return "<redacted>"
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {str(k): _redact_field(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redact_field("", v) for v in value]
+    return redact_text(str(value))  # exceptions, bytes, objects: their text may carry a secret
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -72,6 +99,8 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line."""
+
+    converter = staticmethod(time.gmtime)  # the timestamp ends in Z: render it in UTC
 
     def format(self, record: logging.LogRecord) -> str:
         """Render the record."""
@@ -136,6 +165,14 @@ def setup_logging(fmt: str = "auto", level: str = "INFO", stream: Any = None) ->
         lg.setLevel(logging.WARNING)
 
 
+class _ComponentAdapter(logging.LoggerAdapter[logging.Logger]):
+    """Adds ``component`` and keeps the caller's ``extra=`` fields (the stock adapter drops them)."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
+        return msg, kwargs
+
+
 def get_logger(component: str) -> logging.LoggerAdapter[logging.Logger]:
-    """A logger whose lines carry ``component``."""
-    return logging.LoggerAdapter(logging.getLogger(f"instantly_audit.{component}"), {"component": component})
+    """A logger whose lines carry ``component`` (and any ``extra=`` fields, e.g. ``workspace``)."""
+    return _ComponentAdapter(logging.getLogger(f"instantly_audit.{component}"), {"component": component})

@@ -129,10 +129,14 @@ async def check_sinks(cfg: PipelineConfig) -> list[str]:
 class Pipeline:
     """The components of the selected roles, built from config on an open bus."""
 
-    def __init__(self, cfg: PipelineConfig, bus: Bus, roles: set[str], clock: Clock = SYSTEM_CLOCK):
+    def __init__(
+        self, cfg: PipelineConfig, bus: Bus, roles: set[str], clock: Clock = SYSTEM_CLOCK, *, once: bool = False
+    ):
         self.cfg = cfg
         self.bus = bus
-        self.roles = set(ROLES) if "all" in roles else roles
+        self.roles = set(ROLES) if "all" in roles else set(roles)
+        if once:
+            self.roles.discard("webhook")  # a receiver has nothing to do in a one-shot run
         self.clock = clock
         self.pollers: list[Any] = []
         self.rules: Any = None
@@ -252,25 +256,50 @@ async def run_pipeline(
     if problems:
         raise ConfigError("\n".join(problems))
     roles = roles or {"all"}
-    async with open_bus(cfg.bus) as bus, Pipeline(cfg, bus, roles, clock) as pipe:
-        if once:
-            summary = await pipe.run_once()
-            log.info("Run complete", extra={"summary": summary})
-            return 0
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-        tasks = [asyncio.create_task(supervise(n, b, stop), name=n) for n, b in pipe.tasks(stop)]
-        log.info("Pipeline running", extra={"roles": sorted(pipe.roles), "tasks": len(tasks)})
-        await stop.wait()
-        log.info("Stopping: finishing in-flight batches")
-        done, pending = await asyncio.wait(tasks, timeout=30)
-        for t in pending:
-            t.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        for t in done:
-            if not t.cancelled() and t.exception() is not None:
-                log.error("Task ended with an error", extra={"task": t.get_name(), "error": str(t.exception())})
-        return 0
+    from pipeline.health import get_health
+    from pipeline.service import ServiceServer
+    from pipeline.telemetry import get_telemetry, set_telemetry, setup_telemetry
+
+    role_name = "all" if "all" in roles else "+".join(sorted(roles))
+    telemetry = setup_telemetry(cfg.telemetry, role=role_name, clock=clock)
+    health = get_health()
+    health.expect_bus()
+    service: ServiceServer | None = None
+    try:
+        async with open_bus(cfg.bus) as bus, Pipeline(cfg, bus, roles, clock, once=once) as pipe:
+            health.bus_ok()
+            if once:
+                summary = await pipe.run_once()
+                log.info("Run complete", extra={"summary": summary})
+                return 0
+            if cfg.service.enabled:
+                service = ServiceServer(get_telemetry(), health, cfg.service.host, cfg.service.port, clock=clock)
+                await service.start()
+                log.info("Service port open", extra={"url": f"http://{cfg.service.host}:{service.port}/metrics"})
+            return await _run_forever(pipe, stop)
+    finally:
+        if service is not None:
+            await service.stop()
+        telemetry.shutdown()
+        set_telemetry(None)
+
+
+async def _run_forever(pipe: Pipeline, stop: asyncio.Event | None) -> int:
+    """Supervise the pipeline's loops until ``stop`` (or SIGTERM/SIGINT), then stop them cleanly."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(supervise(n, b, stop), name=n) for n, b in pipe.tasks(stop)]
+    log.info("Pipeline running", extra={"roles": sorted(pipe.roles), "tasks": len(tasks)})
+    await stop.wait()
+    log.info("Stopping: finishing in-flight batches")
+    done, pending = await asyncio.wait(tasks, timeout=30)
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for t in done:
+        if not t.cancelled() and t.exception() is not None:
+            log.error("Task ended with an error", extra={"task": t.get_name(), "error": str(t.exception())})
+    return 0

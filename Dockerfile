@@ -1,0 +1,47 @@
+# syntax=docker/dockerfile:1
+# instantly-audit — one image for every role (pollers, rules, sinks, webhook).
+#   docker build -t instantly-audit:0.1.0 .
+#   docker run --rm -v $PWD/config.yaml:/etc/instantly-audit/config.yaml:ro instantly-audit:0.1.0 \
+#       run --config /etc/instantly-audit/config.yaml --role pollers
+# The service port (/metrics, /healthz, /readyz) must listen on 0.0.0.0 inside a container:
+# set `service: {host: 0.0.0.0, port: 9464}` in the config.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+# ---------------------------------------------------------------------------- build stage
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/instantly-audit
+WORKDIR /src
+# Only what the wheel needs (see .dockerignore): the metadata first, then the packages.
+COPY pyproject.toml README.md ./
+COPY schemas/ schemas/
+COPY pipeline/ pipeline/
+COPY connectors/ connectors/
+RUN /opt/instantly-audit/bin/pip install --upgrade pip \
+ && /opt/instantly-audit/bin/pip install . \
+ && /opt/instantly-audit/bin/python -m compileall -q /opt/instantly-audit/lib \
+ && /opt/instantly-audit/bin/instantly-audit --version
+
+# -------------------------------------------------------------------------- runtime stage
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="instantly-audit" \
+      org.opencontainers.image.description="Security audit pipeline for Instantly.ai workspaces" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PATH=/opt/instantly-audit/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    SERVICE_PORT=9464
+RUN groupadd --system --gid 10001 audit \
+ && useradd --system --uid 10001 --gid audit --home-dir /var/lib/instantly-audit --shell /usr/sbin/nologin audit \
+ && install -d -o audit -g audit -m 0750 /var/lib/instantly-audit /etc/instantly-audit
+COPY --from=build /opt/instantly-audit /opt/instantly-audit
+USER 10001:10001
+WORKDIR /var/lib/instantly-audit
+# 9464: /metrics /healthz /readyz.  8080: the webhook receiver (webhook role only).
+EXPOSE 9464 8080
+# The image has no curl: ask Python. Liveness only; readiness is for the orchestrator (/readyz).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["python", "-c", "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('SERVICE_PORT', '9464'), timeout=4)"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["instantly-audit"]
+CMD ["run", "--config", "/etc/instantly-audit/config.yaml"]

@@ -1,0 +1,622 @@
+"""OpenTelemetry in one place: metrics, spans and the ``traceparent`` bus header.
+
+Every component records through the same typed helpers, so names and attributes stay
+consistent (``component.kind``, ``component.type``, ``component.id``, ``workspace``)::
+
+    t = get_telemetry()
+    with t.span("poll.page", {"component.kind": "source", "workspace": ws}):
+        t.records_received("source", "instantly_audit_logs", "acme", ws, len(page))
+        headers = (("event_type", b"audit.user_login"), *t.trace_headers())
+
+Exporters come from :class:`~pipeline.telemetry_config.TelemetryConfig`: Prometheus text
+(rendered by :meth:`Telemetry.render_prometheus` for the service port's ``/metrics``),
+OTLP/HTTP to a collector, and the console (the demo). A disabled instance (the default
+returned by :func:`get_telemetry` until :func:`set_telemetry`/:func:`setup_telemetry`) makes
+every helper return at once.
+
+:data:`METRICS` lists every metric with its OTel name and the series name Prometheus shows
+(dashboards and alert rules are tested against it).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Final, Literal
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
+from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import INVALID_SPAN, Link, NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags
+from opentelemetry.util.types import AttributeValue
+
+from pipeline import __version__
+from pipeline.clock import SYSTEM_CLOCK, Clock
+from pipeline.telemetry_config import OtlpConfig, TelemetryConfig
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import MetricExporter
+    from prometheus_client import CollectorRegistry
+
+Header = tuple[str, bytes]
+TRACEPARENT: Final = "traceparent"
+
+# Attribute keys, one spelling everywhere (Prometheus shows dots as underscores).
+KIND: Final = "component.kind"  # source | bus | rules | sink | webhook
+TYPE: Final = "component.type"  # the config `type`, e.g. instantly_audit_logs, splunk_hec
+ID: Final = "component.id"  # the user's id for the component, e.g. the workspace key or sink id
+WORKSPACE: Final = "workspace"
+REASON: Final = "reason"
+RULE: Final = "rule.id"
+SEVERITY: Final = "severity"
+STATUS: Final = "http.response.status_code"
+SINK: Final = "sink"
+ERROR_TYPE: Final = "error.type"
+GROUP: Final = "consumer.group"
+TOPIC: Final = "topic"
+PARTITION: Final = "partition"
+STREAM: Final = "stream"
+SOURCE: Final = "source"
+OPERATION: Final = "operation"
+CHECK: Final = "check"
+
+Instrument = Literal["counter", "gauge", "observable_gauge"]
+_UNIT_SUFFIX = {"s": "seconds", "ms": "milliseconds", "By": "bytes"}
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One metric: its OTel name, instrument, unit, meaning and attribute keys."""
+
+    name: str
+    instrument: Instrument
+    unit: str
+    description: str
+    attributes: tuple[str, ...]
+
+    @property
+    def family(self) -> str:
+        """The Prometheus metric family name (dots become underscores, a unit suffix is added)."""
+        base = self.name.replace(".", "_")
+        suffix = _UNIT_SUFFIX.get(self.unit)
+        return f"{base}_{suffix}" if suffix and not base.endswith(f"_{suffix}") else base
+
+    @property
+    def series(self) -> str:
+        """The sample name a PromQL query uses (counters end in ``_total``)."""
+        return f"{self.family}_total" if self.instrument == "counter" else self.family
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The attribute keys as Prometheus label names."""
+        return tuple(a.replace(".", "_") for a in self.attributes)
+
+
+_C = (KIND, TYPE, ID, WORKSPACE)
+RECORDS_RECEIVED = MetricSpec(
+    "pipeline.component.events.received",
+    "counter",
+    "{event}",
+    "Records a component took in (polled, consumed, accepted).",
+    _C,
+)
+RECORDS_SENT = MetricSpec(
+    "pipeline.component.events.sent", "counter", "{event}", "Records a component published to the bus or delivered.", _C
+)
+RECORDS_DROPPED = MetricSpec(
+    "pipeline.component.events.dropped", "counter", "{event}", "Records deliberately dropped, by reason.", (*_C, REASON)
+)
+COMPONENT_ERRORS = MetricSpec(
+    "pipeline.component.errors", "counter", "{error}", "Errors a component met, by error type.", (*_C, ERROR_TYPE)
+)
+ALERTS_RAISED = MetricSpec(
+    "pipeline.alerts.raised", "counter", "{alert}", "Alerts raised by the rules.", (RULE, SEVERITY, WORKSPACE)
+)
+API_REQUESTS = MetricSpec(
+    "pipeline.instantly.api.requests",
+    "counter",
+    "{request}",
+    "Instantly API responses, by status.",
+    (WORKSPACE, STATUS),
+)
+API_RATE_LIMITED = MetricSpec(
+    "pipeline.instantly.api.rate_limited", "counter", "{response}", "Instantly API 429 answers.", (WORKSPACE,)
+)
+RETRIES = MetricSpec("pipeline.retries", "counter", "{retry}", "Retried operations, by reason.", (KIND, ID, REASON))
+SINK_DELIVERIES = MetricSpec(
+    "pipeline.sink.deliveries", "counter", "{record}", "Records a destination confirmed.", (SINK,)
+)
+SINK_ERRORS = MetricSpec("pipeline.sink.errors", "counter", "{error}", "Failed sink requests.", (SINK, ERROR_TYPE))
+SINK_CIRCUIT_OPEN = MetricSpec(
+    "pipeline.sink.circuit.open", "gauge", "1", "1 while a sink's circuit is open (delivery paused).", (SINK,)
+)
+CONSUMER_LAG = MetricSpec(
+    "pipeline.bus.consumer.lag",
+    "gauge",
+    "{record}",
+    "Records behind the end of the partition.",
+    (GROUP, TOPIC, PARTITION),
+)
+CURSOR_AGE = MetricSpec(
+    "pipeline.source.cursor.age",
+    "observable_gauge",
+    "s",
+    "Seconds since the time up to which a stream is known complete.",
+    (WORKSPACE, STREAM),
+)
+WEBHOOK_REJECTIONS = MetricSpec(
+    "pipeline.webhook.rejections", "counter", "{request}", "Webhook requests refused, by reason.", (SOURCE, REASON)
+)
+BUS_ERRORS = MetricSpec("pipeline.bus.errors", "counter", "{error}", "Failed bus operations.", (OPERATION, ERROR_TYPE))
+READINESS = MetricSpec("pipeline.readiness", "gauge", "1", "1 when a readiness check passes, else 0.", (CHECK,))
+
+METRICS: Final[tuple[MetricSpec, ...]] = (
+    RECORDS_RECEIVED,
+    RECORDS_SENT,
+    RECORDS_DROPPED,
+    COMPONENT_ERRORS,
+    ALERTS_RAISED,
+    API_REQUESTS,
+    API_RATE_LIMITED,
+    RETRIES,
+    SINK_DELIVERIES,
+    SINK_ERRORS,
+    SINK_CIRCUIT_OPEN,
+    CONSUMER_LAG,
+    CURSOR_AGE,
+    WEBHOOK_REJECTIONS,
+    BUS_ERRORS,
+    READINESS,
+)
+
+
+def prometheus_series() -> frozenset[str]:
+    """Every sample name ``/metrics`` can show (what PromQL and dashboards may reference)."""
+    return frozenset(m.series for m in METRICS) | {"target_info"}
+
+
+class _NoopSpan:
+    """The context manager of a disabled instance: no span, no allocation."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> Span:
+        return INVALID_SPAN
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NOOP_SPAN: Final = _NoopSpan()
+_EMPTY_CONTEXT: Final = Context()
+
+
+Key = tuple[AttributeValue, ...]
+
+
+class _Series:
+    """One metric's values by attribute tuple, kept in process and observed at collection.
+
+    Recording is a dict update under a lock (well under a microsecond); the SDK sees the
+    values only when a reader collects (a scrape, an OTLP export), through an observable
+    counter or gauge. Empty attribute values are left out of the exported attributes.
+    """
+
+    __slots__ = ("_lock", "keys", "values")
+
+    def __init__(self, spec: MetricSpec, lock: threading.Lock) -> None:
+        self.keys = spec.attributes
+        self.values: dict[Key, float] = {}
+        self._lock = lock
+
+    def add(self, key: Key, n: float) -> None:
+        with self._lock:
+            self.values[key] = self.values.get(key, 0) + n
+
+    def set(self, key: Key, v: float) -> None:
+        with self._lock:
+            self.values[key] = v
+
+    def observe(self, options: CallbackOptions) -> Iterator[Observation]:
+        with self._lock:
+            items = list(self.values.items())
+        for key, v in items:
+            yield Observation(v, {k: a for k, a in zip(self.keys, key, strict=True) if a != ""})
+
+
+class Telemetry:
+    """Metrics and spans for one process; see the module docstring.
+
+    Args:
+        config: what to export; ``None`` means the defaults (Prometheus on, nothing else).
+        role: the pipeline role(s) this process runs, added to the resource as ``pipeline.role``.
+        clock: the clock for ages (cursor age is computed at each collection).
+        span_exporters: extra span exporters (tests use ``InMemorySpanExporter``).
+        metric_readers: extra metric readers (tests use ``InMemoryMetricReader``).
+        console_stream: where the console exporters write (default stderr).
+    """
+
+    def __init__(
+        self,
+        config: TelemetryConfig | None = None,
+        *,
+        role: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        span_exporters: Sequence[SpanExporter] = (),
+        metric_readers: Sequence[MetricReader] = (),
+        console_stream: IO[str] | None = None,
+    ) -> None:
+        self.config = config if config is not None else TelemetryConfig()
+        self.enabled = self.config.enabled
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cursors: dict[tuple[str, str], float] = {}
+        self._closed = False
+        self._registry: CollectorRegistry | None = None
+        self._meter_provider: MeterProvider | None = None
+        self._tracer_provider: TracerProvider | None = None
+        self._tracer: trace.Tracer = trace.NoOpTracer()
+        if self.enabled:
+            self._build(role, span_exporters, metric_readers, console_stream or sys.stderr)
+
+    @classmethod
+    def disabled(cls) -> Telemetry:
+        """An instance whose helpers do nothing (near-zero cost)."""
+        return cls(TelemetryConfig(enabled=False))
+
+    # ------------------------------------------------------------------------------ setup
+    def _build(
+        self,
+        role: str | None,
+        span_exporters: Sequence[SpanExporter],
+        metric_readers: Sequence[MetricReader],
+        console: IO[str],
+    ) -> None:
+        cfg = self.config
+        attrs: dict[str, AttributeValue] = {
+            "service.name": cfg.service_name,
+            "service.version": __version__,
+            "service.instance.id": uuid.uuid4().hex,
+            "telemetry.sdk.language": "python",
+            "telemetry.sdk.name": "opentelemetry",
+        }
+        if role:
+            attrs["pipeline.role"] = role
+        attrs.update(cfg.resource_attributes)
+        resource = Resource(attrs)  # no detectors: only pipeline/config.py reads the environment
+
+        readers: list[MetricReader] = list(metric_readers)
+        if cfg.prometheus:
+            from opentelemetry.exporter.prometheus import PrometheusMetricReader
+            from prometheus_client import CollectorRegistry
+
+            self._registry = CollectorRegistry(auto_describe=False)
+            readers.append(PrometheusMetricReader(scope_info_enabled=False, registry=self._registry))
+        if cfg.otlp is not None and cfg.otlp.metrics:
+            readers.append(
+                PeriodicExportingMetricReader(
+                    _otlp_metric_exporter(cfg.otlp), export_interval_millis=cfg.otlp.export_interval_secs * 1000
+                )
+            )
+        if cfg.console:
+            readers.append(
+                PeriodicExportingMetricReader(
+                    ConsoleMetricExporter(out=console), export_interval_millis=cfg.console_interval_secs * 1000
+                )
+            )
+        # No exemplars: the Prometheus text format does not carry them.
+        self._meter_provider = MeterProvider(
+            metric_readers=readers, resource=resource, exemplar_filter=AlwaysOffExemplarFilter()
+        )
+        meter = self._meter_provider.get_meter("instantly_audit", __version__)
+        series = {spec.name: _Series(spec, self._lock) for spec in METRICS if spec is not CURSOR_AGE}
+        for name, ser in series.items():
+            spec = next(m for m in METRICS if m.name == name)
+            create = meter.create_observable_counter if spec.instrument == "counter" else meter.create_observable_gauge
+            create(spec.name, callbacks=[ser.observe], unit=spec.unit, description=spec.description)
+        meter.create_observable_gauge(
+            CURSOR_AGE.name, callbacks=[self._observe_cursors], unit=CURSOR_AGE.unit, description=CURSOR_AGE.description
+        )
+        self._received = series[RECORDS_RECEIVED.name]
+        self._sent = series[RECORDS_SENT.name]
+        self._dropped = series[RECORDS_DROPPED.name]
+        self._errors = series[COMPONENT_ERRORS.name]
+        self._alerts = series[ALERTS_RAISED.name]
+        self._api = series[API_REQUESTS.name]
+        self._rate_limited = series[API_RATE_LIMITED.name]
+        self._retries = series[RETRIES.name]
+        self._deliveries = series[SINK_DELIVERIES.name]
+        self._sink_errors = series[SINK_ERRORS.name]
+        self._webhook_rejections = series[WEBHOOK_REJECTIONS.name]
+        self._bus_errors = series[BUS_ERRORS.name]
+        self._circuit = series[SINK_CIRCUIT_OPEN.name]
+        self._lag = series[CONSUMER_LAG.name]
+        self._ready = series[READINESS.name]
+
+        self._tracer_provider = TracerProvider(
+            resource=resource, sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio))
+        )
+        for exporter in span_exporters:
+            self._tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+        if cfg.otlp is not None and cfg.otlp.traces:
+            self._tracer_provider.add_span_processor(BatchSpanProcessor(_otlp_span_exporter(cfg.otlp)))
+        if cfg.console:
+            self._tracer_provider.add_span_processor(
+                BatchSpanProcessor(ConsoleSpanExporter(service_name=cfg.service_name, out=console))
+            )
+        self._tracer = self._tracer_provider.get_tracer("instantly_audit", __version__)
+
+    def shutdown(self) -> None:
+        """Flush and stop the exporters (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._tracer_provider is not None:
+            self._tracer_provider.shutdown()
+        if self._meter_provider is not None:
+            self._meter_provider.shutdown()
+
+    def force_flush(self, timeout_millis: int = 10_000) -> None:
+        """Export what is buffered now (spans and metrics)."""
+        if self._tracer_provider is not None:
+            self._tracer_provider.force_flush(timeout_millis)
+        if self._meter_provider is not None:
+            self._meter_provider.force_flush(timeout_millis)
+
+    # --------------------------------------------------------------------------- Prometheus
+    def render_prometheus(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The current metrics in the Prometheus (or OpenMetrics, per ``accept``) text format.
+
+        Returns:
+            The body and its content type; an empty body when Prometheus export is off.
+        """
+        from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
+
+        if self._registry is None or self._closed:
+            return b"", CONTENT_TYPE_PLAIN_0_0_4
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self._registry), content_type
+
+    # ----------------------------------------------------------------------------- counters
+    def records_received(self, kind: str, type: str, id: str, workspace: str = "", n: int = 1) -> None:
+        """Count records a component took in (a poll page, a consumed batch, a webhook)."""
+        if self.enabled:
+            self._received.add((kind, type, id, workspace), n)
+
+    def records_published(self, kind: str, type: str, id: str, workspace: str = "", n: int = 1) -> None:
+        """Count records a component published to the bus (or a sink delivered)."""
+        if self.enabled:
+            self._sent.add((kind, type, id, workspace), n)
+
+    def records_dropped(self, kind: str, type: str, id: str, workspace: str = "", n: int = 1, *, reason: str) -> None:
+        """Count records deliberately dropped (duplicate, filtered, unparseable → dead letter)."""
+        if self.enabled:
+            self._dropped.add((kind, type, id, workspace, reason), n)
+
+    def component_errors(self, kind: str, type: str, id: str, error_type: str, workspace: str = "") -> None:
+        """Count one error met by a component (``error_type``: the exception class name or a code)."""
+        if self.enabled:
+            self._errors.add((kind, type, id, workspace, error_type), 1)
+
+    def alerts_raised(self, rule: str, severity: str, workspace: str = "", n: int = 1) -> None:
+        """Count alerts a rule raised."""
+        if self.enabled:
+            self._alerts.add((rule, severity, workspace), n)
+
+    def api_requests(self, workspace: str, status: int) -> None:
+        """Count one Instantly API response by HTTP status (0 for a transport failure)."""
+        if self.enabled:
+            self._api.add((workspace, status), 1)
+
+    def api_rate_limited(self, workspace: str) -> None:
+        """Count one 429 from Instantly."""
+        if self.enabled:
+            self._rate_limited.add((workspace,), 1)
+
+    def retries(self, component: str, reason: str, *, kind: str = "") -> None:
+        """Count one retry of ``component`` (its id) for ``reason`` (e.g. ``http_503``, ``timeout``)."""
+        if self.enabled:
+            self._retries.add((kind, component, reason), 1)
+
+    def sink_deliveries(self, sink: str, n: int) -> None:
+        """Count records a destination confirmed."""
+        if self.enabled:
+            self._deliveries.add((sink,), n)
+
+    def sink_errors(self, sink: str, kind: str) -> None:
+        """Count one failed sink request (``kind``: e.g. ``http_503``, ``timeout``, ``rejected``)."""
+        if self.enabled:
+            self._sink_errors.add((sink, kind), 1)
+
+    def webhook_rejections(self, source: str, reason: str) -> None:
+        """Count one refused webhook request (``reason``: ``bad_secret``, ``too_large``, ...)."""
+        if self.enabled:
+            self._webhook_rejections.add((source, reason), 1)
+
+    def bus_errors(self, operation: str, error_type: str) -> None:
+        """Count one failed bus operation (``operation``: publish, poll, commit, state, ...)."""
+        if self.enabled:
+            self._bus_errors.add((operation, error_type), 1)
+
+    # ------------------------------------------------------------------------------- gauges
+    def consumer_lag(self, group: str, topic: str, partition: int, lag: int) -> None:
+        """Set how many records a consumer group is behind on one partition."""
+        if self.enabled:
+            self._lag.set((group, topic, partition), lag)
+
+    def cursor_age_seconds(self, workspace: str, stream: str, complete_until: float) -> None:
+        """Report the epoch time up to which ``stream`` is known complete (the last good poll).
+
+        The exported gauge is ``now - complete_until``, computed at every collection, so it
+        keeps growing when a poller stalls.
+        """
+        if self.enabled:
+            with self._lock:
+                self._cursors[(workspace, stream)] = complete_until
+
+    def sink_circuit(self, sink: str, is_open: bool) -> None:
+        """Set whether a sink's circuit is open."""
+        if self.enabled:
+            self._circuit.set((sink,), 1 if is_open else 0)
+
+    def readiness(self, check: str, ok: bool) -> None:
+        """Set one readiness check's state (the service mirrors ``/readyz`` here at each scrape)."""
+        if self.enabled:
+            self._ready.set((check,), 1 if ok else 0)
+
+    def _observe_cursors(self, options: CallbackOptions) -> Iterator[Observation]:
+        now = self._clock.now()
+        with self._lock:
+            items = list(self._cursors.items())
+        for (workspace, stream), at in items:
+            yield Observation(max(0.0, now - at), {WORKSPACE: workspace, STREAM: stream})
+
+    # -------------------------------------------------------------------------------- spans
+    def span(
+        self,
+        name: str,
+        attributes: Mapping[str, AttributeValue] | None = None,
+        *,
+        context: Context | None = None,
+        links: Sequence[Link] = (),
+        kind: SpanKind = SpanKind.INTERNAL,
+    ) -> AbstractContextManager[Span]:
+        """A span around a unit of work (``poll.page``, ``bus.publish``, ``rules.batch``, ``sink.batch``).
+
+        Made current for its duration (so :meth:`inject_traceparent` inside it names it);
+        ``context`` (from :meth:`extract`) makes it a child of a remote span. An exception
+        leaving the block is recorded and marks the span as an error.
+        """
+        if not self.enabled:
+            return _NOOP_SPAN
+        return self._tracer.start_as_current_span(
+            name, context=context, kind=kind, attributes=attributes, links=links or None
+        )
+
+    def inject_traceparent(self) -> bytes | None:
+        """The W3C ``traceparent`` of the current span, or None when there is none."""
+        if not self.enabled:
+            return None
+        sc = trace.get_current_span().get_span_context()
+        if not sc.is_valid:
+            return None
+        return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}".encode("ascii")
+
+    def trace_headers(self) -> tuple[Header, ...]:
+        """``(("traceparent", ...),)`` for the current span, or ``()``: splat into a record's headers."""
+        tp = self.inject_traceparent()
+        return ((TRACEPARENT, tp),) if tp is not None else ()
+
+    def extract(self, headers: Iterable[Header]) -> Context:
+        """The trace context carried by a record's ``traceparent`` header (empty if none or invalid)."""
+        if not self.enabled:
+            return _EMPTY_CONTEXT
+        for name, value in headers:
+            if name == TRACEPARENT:
+                sc = parse_traceparent(value)
+                return trace.set_span_in_context(NonRecordingSpan(sc)) if sc is not None else _EMPTY_CONTEXT
+        return _EMPTY_CONTEXT
+
+    def links(self, headers_of_records: Iterable[Iterable[Header]], limit: int = 64) -> list[Link]:
+        """Links to the traces of a batch's records (one per distinct trace, at most ``limit``).
+
+        A sink or rules batch spans many events; linking its span to each event's trace lets
+        one event be followed from the Instantly request to the SIEM request. Records of one
+        poll page share a traceparent, so each distinct header value is parsed once.
+        """
+        if not self.enabled:
+            return []
+        distinct = {v: None for headers in headers_of_records for k, v in headers if k == TRACEPARENT}
+        out: list[Link] = []
+        seen: set[int] = set()
+        for value in distinct:
+            sc = parse_traceparent(value)
+            if sc is not None and sc.trace_id not in seen:
+                seen.add(sc.trace_id)
+                out.append(Link(sc))
+                if len(out) >= limit:
+                    break
+        return out
+
+
+def parse_traceparent(value: bytes) -> SpanContext | None:
+    """A remote span context from a W3C ``traceparent`` value, or None if it is malformed."""
+    if len(value) < 55 or value[2:3] != b"-" or value[35:36] != b"-" or value[52:53] != b"-":
+        return None
+    version = value[0:2]
+    if version == b"ff" or (version == b"00" and len(value) != 55) or (len(value) > 55 and value[55:56] != b"-"):
+        return None
+    try:
+        if not value[:55].isascii() or value[:55].lower() != value[:55]:
+            return None
+        int(version, 16)
+        trace_id = int(value[3:35], 16)
+        span_id = int(value[36:52], 16)
+        flags = int(value[53:55], 16)
+    except ValueError:
+        return None
+    if trace_id == 0 or span_id == 0:
+        return None
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 0xFF))
+
+
+def _otlp_headers(cfg: OtlpConfig) -> dict[str, str]:
+    return {k: v.get_secret_value() for k, v in cfg.headers.items()}
+
+
+def _otlp_span_exporter(cfg: OtlpConfig) -> SpanExporter:
+    from opentelemetry.exporter.otlp.proto.http import Compression
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter(
+        endpoint=cfg.signal_url("traces"),
+        headers=_otlp_headers(cfg),
+        timeout=cfg.timeout_secs,
+        compression=Compression.Gzip if cfg.compression == "gzip" else Compression.NoCompression,
+    )
+
+
+def _otlp_metric_exporter(cfg: OtlpConfig) -> MetricExporter:
+    from opentelemetry.exporter.otlp.proto.http import Compression
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+    return OTLPMetricExporter(
+        endpoint=cfg.signal_url("metrics"),
+        headers=_otlp_headers(cfg),
+        timeout=cfg.timeout_secs,
+        compression=Compression.Gzip if cfg.compression == "gzip" else Compression.NoCompression,
+    )
+
+
+# ---------------------------------------------------------------------------- accessors
+_current: Telemetry = Telemetry.disabled()
+
+
+def get_telemetry() -> Telemetry:
+    """The process's telemetry (a disabled, safe instance until one is set)."""
+    return _current
+
+
+def set_telemetry(telemetry: Telemetry | None) -> Telemetry:
+    """Make ``telemetry`` the process's instance (``None``: a disabled one); return the previous."""
+    global _current
+    previous = _current
+    _current = telemetry if telemetry is not None else Telemetry.disabled()
+    return previous
+
+
+def setup_telemetry(config: TelemetryConfig, *, role: str | None = None, clock: Clock = SYSTEM_CLOCK) -> Telemetry:
+    """Build a :class:`Telemetry` from config and make it the process's instance."""
+    t = Telemetry(config, role=role, clock=clock)
+    set_telemetry(t)
+    return t
