@@ -286,7 +286,7 @@ def _read_secret_file(value: Any, where: tuple[Any, ...], base: Path) -> FileVal
     return FileValue(text)
 
 
-_SECRETISH = re.compile(r"(?i)(key|secret|password|token|authorization)")
+_SECRETISH = re.compile(r"(?i)(key|secret|password|token|authorization|url|webhook|routing|dsn|header)")
 
 
 def _describe(err: Mapping[str, Any], model: type[BaseModel]) -> str:
@@ -307,8 +307,10 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel]) -> str:
     msg = str(err.get("msg", "invalid value"))
     inp = err.get("input")
     shown = ""
-    if isinstance(inp, int | float | bool) or (
-        isinstance(inp, str) and not isinstance(inp, EnvValue | FileValue) and not _SECRETISH.search(where)
+    refused_secret = "secret" in msg.lower()
+    if not refused_secret and (
+        isinstance(inp, int | float | bool)
+        or (isinstance(inp, str) and not isinstance(inp, EnvValue | FileValue) and not _SECRETISH.search(where))
     ):
         shown = f" (got {inp!r})" if len(repr(inp)) < 80 else ""
     return f"{where}: {msg}{shown}"

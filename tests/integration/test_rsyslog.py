@@ -38,7 +38,7 @@ def deliveries() -> list[Delivery]:
         )  # fmt: skip
         records.append((EVENTS_TOPIC, ev.to_json()))
     for sev in ("info", "low", "medium", "high", "critical"):
-        alert = sample_alert(summary=f"{sev}: " + "|=\\\n]\"ü" * 3, dedup_key=f"k-{sev}")
+        alert = sample_alert(summary=f"{sev}: " + '|=\\\n]"ü' * 3, dedup_key=f"k-{sev}")
         records.append((ALERTS_TOPIC, alert.to_json()))
     out = []
     for offset, (topic, value) in enumerate(records):
@@ -126,11 +126,13 @@ async def test_tls_ocsf_json(rsyslog: Rsyslog) -> None:
     assert {doc["metadata"]["uid"] for doc in docs} == {d.id for d in items}
 
 
-async def test_reconnects_after_receiver_restart(rsyslog: Rsyslog) -> None:
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+async def test_reconnects_after_receiver_restart(rsyslog: Rsyslog, transport: str) -> None:
     """A collector restarted while the sink is idle: the sink notices, reconnects, and nothing is lost."""
     items = deliveries()
     first, second = items[:10], items[10:20]
-    async with SyslogSink("siem", tls_config(rsyslog)) as sink:
+    cfg = tls_config(rsyslog) if transport == "tls" else tcp_config(rsyslog)
+    async with SyslogSink("siem", cfg) as sink:
         await _send_all(sink, first)
         await rsyslog.wait_for(len(first))
         rsyslog.restart()
@@ -142,9 +144,7 @@ async def test_reconnects_after_receiver_restart(rsyslog: Rsyslog) -> None:
 
 async def test_tls_with_unknown_ca_is_refused(rsyslog: Rsyslog, tmp_path: Path) -> None:
     """A server certificate from a CA the sink does not trust fails the health check and the send."""
-    cfg = SyslogSinkConfig.model_validate(
-        {"type": "syslog", "host": "127.0.0.1", "port": rsyslog.tls_port, "tls": {}}
-    )
+    cfg = SyslogSinkConfig.model_validate({"type": "syslog", "host": "127.0.0.1", "port": rsyslog.tls_port, "tls": {}})
     async with SyslogSink("siem", cfg) as sink:
         with pytest.raises(SinkError, match="certificate verification failed") as err:
             await sink.healthcheck()

@@ -1,0 +1,234 @@
+"""Event v1 / Alert v1 → Elastic Common Schema (ECS 8.17) documents for Elastic Security.
+
+Events: ``@timestamp``, ``event.kind=event``, ``event.category/type`` from the allowed ECS
+values per family (login → ``authentication``/``start``; API keys → ``iam``+``configuration``;
+members → ``iam`` with ``user``+``creation|deletion|change``; webhooks → ``configuration``),
+``event.action`` (``api-key-created``), ``event.id`` (the stable event id, also the ES ``_id``),
+``event.outcome``, ``user.*`` (the actor), ``user.target.*`` (a member acted upon, old role in
+``user.target.roles``, new role in ``user.changes.roles`` as in the ECS user-usage guide),
+``source.ip``, ``user_agent.original``, ``organization.*`` (the workspace), ``related.*``
+and ``labels``. Alerts: ``event.kind=alert``, ``rule.*``, ``threat.technique.*``.
+
+Whatever ECS has no field for is kept under the custom ``instantly.*`` namespace at its
+original path (API key details under ``instantly.api_key.*``), so nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from typing import Any
+
+from pipeline.formats._common import Activity, Picker, as_dict, classify, record_kind, role_change
+
+ECS_VERSION = "8.17.0"
+
+_CATEGORY: dict[str, list[str]] = {
+    "auth": ["authentication"],
+    "mfa": ["iam"],
+    "api_key": ["iam", "configuration"],
+    "webhook": ["configuration"],
+    "member": ["iam"],
+    "workspace_group": ["iam"],
+    "block_list": ["configuration"],
+    "workspace": ["configuration"],
+    "audit": ["configuration"],
+    "webhook_delivery": ["email"],
+}
+_CHANGE_TYPE = {"create": "creation", "delete": "deletion", "read": "access"}
+_SEVERITY = {"info": 1, "low": 3, "medium": 5, "high": 8, "critical": 10}
+_RISK = {"info": 0.0, "low": 21.0, "medium": 47.0, "high": 73.0, "critical": 99.0}
+
+
+def to_ecs(record: Any) -> dict[str, Any]:
+    """Map an Event or Alert (object or dict form) to one ECS document.
+
+    Raises:
+        TypeError: ``record`` is neither an Event/Alert nor a mapping.
+    """
+    body = as_dict(record)
+    return _alert(body) if record_kind(body) == "alert" else _event(body)
+
+
+def _types(act: Activity, event_type: str) -> tuple[list[str], list[str]]:
+    """(event.category, event.type) — only combinations ECS allows."""
+    category = _CATEGORY.get(act.family, ["configuration"])
+    if act.family == "auth":
+        return category, ["start"] if act.verb == "login" else ["info"]
+    if act.family == "webhook_delivery":
+        return category, ["info"]
+    if act.family in ("pipeline", "other"):
+        return ["configuration"], ["info"]
+    change = _CHANGE_TYPE.get(act.verb, "change" if act.verb != "other" else "info")
+    if act.family in ("member", "mfa") or event_type == "workspace.owner_changed":
+        return ["iam"], ["user", change if change != "access" else "info"]
+    if act.family == "workspace_group":
+        return category, ["group", change if change != "access" else "info"]
+    if act.family == "api_key" and change in ("access", "info"):
+        change = "change"
+    return category, [change]
+
+
+def _action(event_type: str) -> str:
+    prefix, _, action = event_type.partition(".")
+    name = action if prefix == "audit" else event_type
+    return name.replace(".", "-").replace("_", "-")
+
+
+def _ip(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    return value
+
+
+def _put(doc: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``doc[a][b][c] = value`` for ``path='a.b.c'`` unless value is None/empty."""
+    if value is None or value == [] or value == "":
+        return
+    *parents, leaf = path.split(".")
+    node = doc
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def _common(p: Picker, doc: dict[str, Any]) -> None:
+    _put(doc, "organization.id", p.take_str("workspace.id"))
+    _put(doc, "organization.name", p.take_str("workspace.name"))
+    _put(doc, "labels.schema", p.take_str("schema"))
+
+
+def _event(body: dict[str, Any]) -> dict[str, Any]:
+    act = classify(body)
+    p = Picker(body)
+    event_type = p.take_str("type") or "unknown.unknown"
+    category, types = _types(act, event_type)
+    doc: dict[str, Any] = {"@timestamp": p.take("time"), "ecs": {"version": ECS_VERSION}, "message": act.label}
+    event: dict[str, Any] = {
+        "kind": "event",
+        "category": category,
+        "type": types,
+        "action": _action(event_type),
+        "id": p.take("id"),
+        "outcome": act.outcome,
+        "created": p.take("observed_at"),
+        "module": "instantly",
+        "provider": "instantly",
+        "dataset": f"instantly.{p.get('source.stream') or 'events'}",
+    }
+    if act.code is not None:
+        event["code"] = str(act.code)
+    doc["event"] = event
+    _common(p, doc)
+    _put(doc, "labels.event_type", event_type)
+    _put(doc, "labels.source_kind", p.take_str("source.kind"))
+    _put(doc, "labels.source_stream", p.take_str("source.stream"))
+    _put(doc, "labels.source_record_id", p.take_str("source.record_id"))
+
+    related_users: list[str] = []
+    uid, uname = p.take_str("actor.user_id"), p.take_str("actor.user_name")
+    _put(doc, "user.id", uid)
+    _put(doc, "user.name", uname)
+    related_users += [u for u in (uname, uid) if u]
+    ip = _ip(p.get("actor.ip"))
+    if ip:
+        p.take("actor.ip")
+        _put(doc, "source.ip", ip)
+        _put(doc, "related.ip", [ip])
+    _put(doc, "user_agent.original", p.take_str("actor.user_agent"))
+
+    kind = p.get("target.kind")
+    if kind in ("member", "user") or event_type == "workspace.owner_changed":
+        tid, tname = p.take_str("target.id"), p.take_str("target.name")
+        _put(doc, "user.target.id", tid)
+        _put(doc, "user.target.name", tname)
+        if tname and "@" in tname:
+            _put(doc, "user.target.email", tname)
+        related_users += [u for u in (tname, tid) if u]
+        old, new = role_change(body)
+        if event_type == "workspace.owner_changed":
+            old, new = None, "owner"
+        if old is not None and new is not None and old != new:
+            _put(doc, "user.target.roles", [old])
+            _put(doc, "user.changes.roles", [new])
+        elif new is not None or old is not None:
+            _put(doc, "user.target.roles", [new or old])
+    elif kind == "api_key":
+        _put(doc, "instantly.api_key.id", p.take_str("target.id"))
+        _put(doc, "instantly.api_key.name", p.take_str("target.name"))
+        scopes = p.get("attributes.scopes")
+        if isinstance(scopes, list):
+            p.take("attributes.scopes")
+            _put(doc, "instantly.api_key.scopes", scopes)
+        _put(doc, "instantly.api_key.fingerprint", p.take_str("attributes.key_fingerprint"))
+    if related_users:
+        _put(doc, "related.user", list(dict.fromkeys(related_users)))
+    return _finish(p, doc)
+
+
+def _finish(p: Picker, doc: dict[str, Any]) -> dict[str, Any]:
+    rest = p.rest()
+    if rest:
+        instantly = doc.setdefault("instantly", {})
+        for key, value in rest.items():
+            if isinstance(value, dict) and isinstance(instantly.get(key), dict):
+                instantly[key] = {**value, **instantly[key]}
+            else:
+                instantly.setdefault(key, value)
+    return doc
+
+
+def _alert(body: dict[str, Any]) -> dict[str, Any]:
+    p = Picker(body)
+    severity = str(p.take("rule.severity") or "info")
+    status = p.take_str("status") or "open"
+    first, last = p.take("first_seen"), p.take("last_seen")
+    doc: dict[str, Any] = {"@timestamp": last or first, "ecs": {"version": ECS_VERSION}}
+    _put(doc, "message", p.take_str("summary"))
+    doc["event"] = {
+        "kind": "alert",
+        "category": ["intrusion_detection"],
+        "type": ["info"],
+        "action": f"alert-{status}",
+        "id": p.take("id"),
+        "start": first,
+        "end": last,
+        "severity": _SEVERITY.get(severity, 0),
+        "risk_score": _RISK.get(severity, 0.0),
+        "module": "instantly",
+        "provider": "instantly-audit",
+        "dataset": "instantly.alerts",
+    }
+    _common(p, doc)
+    _put(doc, "labels.severity", severity)
+    _put(doc, "labels.status", status)
+    _put(doc, "rule.id", p.take_str("rule.id"))
+    _put(doc, "rule.name", p.take_str("rule.title"))
+    version = p.take("rule.version")
+    _put(doc, "rule.version", str(version) if version is not None else None)
+    _put(doc, "rule.description", p.take_str("rule.basic"))
+    runbook = p.get("rule.runbook")
+    if isinstance(runbook, str) and runbook.startswith(("https://", "http://")):
+        p.take("rule.runbook")
+        _put(doc, "rule.reference", runbook)
+        _put(doc, "event.reference", runbook)
+    _put(doc, "rule.ruleset", "instantly-audit")
+    attack = [str(a) for a in p.take("rule.attack") or []]
+    if attack:
+        doc["threat"] = {"framework": "MITRE ATT&CK", "technique": {"id": sorted({a[:5] for a in attack})}}
+        subs = [a for a in attack if "." in a]
+        if subs:
+            doc["threat"]["technique"]["subtechnique"] = {"id": subs}
+    users = [
+        str(e.get("name") or e.get("id"))
+        for e in body.get("entities") or []
+        if isinstance(e, Mapping) and e.get("kind") in ("user", "member") and (e.get("name") or e.get("id"))
+    ]
+    ips = [str(e["id"]) for e in body.get("entities") or [] if isinstance(e, Mapping) and _ip(e.get("id"))]
+    _put(doc, "related.user", users)
+    _put(doc, "related.ip", ips)
+    return _finish(p, doc)

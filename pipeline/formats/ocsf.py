@@ -1,0 +1,465 @@
+"""Event v1 / Alert v1 → OCSF 1.8.0 (Open Cybersecurity Schema Framework).
+
+Class per event family (``type_uid = class_uid * 100 + activity_id``):
+
+=====================================================  =====================================
+audit ``user_login`` and MFA/TOTP codes 1, 22-31        3002 Authentication (1 Logon / 99 Other)
+audit webhook 18-21, API key 37/38; ``api_key.*``,      3004 Entity Management (1 Create,
+``webhook.*``, ``block_list.*``, other ``workspace.*``   3 Update, 4 Delete, 9 Disable, 13 Resume)
+``member.invited/accepted/removed``                     3006 Group Management (group = workspace)
+``workspace_group.*``                                   3006 Group Management (7/8 Add/Remove Subgroup)
+``member.role_changed/permissions_changed``,            3005 User Access Management (1 Assign /
+``workspace.owner_changed``                             2 Revoke Privileges)
+every other audit record (``audit.*``)                  6003 API Activity (Create/Read/Update/Delete)
+anything else (``pipeline.*``, ``webhook_delivery.*``)  0 Base Event
+alerts                                                  2004 Detection Finding
+=====================================================  =====================================
+
+Nothing is dropped: every field of the source record that no OCSF attribute carries is
+kept under ``unmapped`` at its original path, and the redacted source record travels in
+``raw_data`` (JSON text). Validated in the tests against the OCSF 1.8.0 JSON Schema.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pipeline.formats._common import (
+    PRODUCT_NAME,
+    ROLE_RANK,
+    Activity,
+    Picker,
+    as_dict,
+    classify,
+    epoch_ms,
+    product_version,
+    record_kind,
+    role_change,
+)
+from pipeline.formats.native import dumps
+
+OCSF_VERSION = "1.8.0"
+
+_CATEGORY = {0: "Uncategorized", 2: "Findings", 3: "Identity & Access Management", 6: "Application Activity"}
+_CLASSES: dict[int, tuple[str, int, dict[int, str]]] = {
+    0: ("Base Event", 0, {0: "Unknown", 99: "Other"}),
+    2004: ("Detection Finding", 2, {0: "Unknown", 1: "Create", 2: "Update", 3: "Close", 99: "Other"}),
+    3002: ("Authentication", 3, {0: "Unknown", 1: "Logon", 2: "Logoff", 99: "Other"}),
+    3004: (
+        "Entity Management",
+        3,
+        {
+            0: "Unknown",
+            1: "Create",
+            2: "Read",
+            3: "Update",
+            4: "Delete",
+            8: "Enable",
+            9: "Disable",
+            13: "Resume",
+            99: "Other",
+        },
+    ),
+    3005: ("User Access Management", 3, {0: "Unknown", 1: "Assign Privileges", 2: "Revoke Privileges", 99: "Other"}),
+    3006: (
+        "Group Management",
+        3,
+        {
+            0: "Unknown",
+            1: "Assign Privileges",
+            2: "Revoke Privileges",
+            3: "Add User",
+            4: "Remove User",
+            5: "Delete",
+            6: "Create",
+            7: "Add Subgroup",
+            8: "Remove Subgroup",
+            99: "Other",
+        },
+    ),
+    6003: ("API Activity", 6, {0: "Unknown", 1: "Create", 2: "Read", 3: "Update", 4: "Delete", 99: "Other"}),
+}
+_SEVERITY = {0: "Unknown", 1: "Informational", 2: "Low", 3: "Medium", 4: "High", 5: "Critical"}
+_STATUS = {0: "Unknown", 1: "Success", 2: "Failure"}
+_ALERT_SEVERITY = {"info": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
+_RISK_LEVEL = {
+    "info": (0, "Info"),
+    "low": (1, "Low"),
+    "medium": (2, "Medium"),
+    "high": (3, "High"),
+    "critical": (4, "Critical"),
+}
+_VERB_ACTIVITY = {"create": 1, "read": 2, "update": 3, "delete": 4}
+_ENTITY_ACTIVITY = {"create": 1, "read": 2, "update": 3, "delete": 4, "enable": 13, "disable": 9}
+# The OCSF schema's own email pattern: only addresses that match go to email_addr.
+_EMAIL = re.compile(r"^[a-zA-Z0-9!#$%&'*+\-/=?^_`{|}~.]+@[a-zA-Z0-9-]+\.[a-zA-Z0-9-.]+$")
+_ATTACK_ID = re.compile(r"^(T\d{4})(?:\.(\d{3}))?$")
+
+
+def to_ocsf(record: Any) -> dict[str, Any]:
+    """Map an Event or Alert (object or dict form) to one OCSF 1.8.0 event.
+
+    Raises:
+        TypeError: ``record`` is neither an Event/Alert nor a mapping.
+    """
+    body = as_dict(record)
+    return _finding(body) if record_kind(body) == "alert" else _event(body)
+
+
+# ------------------------------------------------------------------------------ shared parts
+def _head(class_uid: int, activity_id: int, activity_name: str | None = None) -> dict[str, Any]:
+    class_name, category_uid, activities = _CLASSES[class_uid]
+    name = activity_name or activities.get(activity_id, "Other")
+    return {
+        "class_uid": class_uid,
+        "class_name": class_name,
+        "category_uid": category_uid,
+        "category_name": _CATEGORY[category_uid],
+        "activity_id": activity_id,
+        "activity_name": name,
+        "type_uid": class_uid * 100 + activity_id,
+        "type_name": f"{class_name}: {name}",
+    }
+
+
+def _metadata(p: Picker, *, product: dict[str, Any]) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "version": OCSF_VERSION,
+        "product": product,
+        "log_provider": PRODUCT_NAME,
+    }
+    optional = {
+        "uid": p.take_str("id"),
+        "event_code": p.take_str("type"),
+        "tenant_uid": p.take_str("workspace.id"),
+        "original_event_uid": p.take_str("source.record_id"),
+        "log_name": p.take_str("source.stream"),
+        "log_source": p.take_str("source.kind"),
+        "log_version": p.take_str("schema"),
+        "logged_time": epoch_ms(p.get("observed_at")),
+    }
+    if optional["logged_time"] is not None:
+        p.take("observed_at")
+    meta.update({k: v for k, v in optional.items() if v is not None})
+    return meta
+
+
+def _valid_ip(value: Any) -> str | None:
+    if not isinstance(value, str) or len(value) > 40:
+        return None
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    return value
+
+
+def _actor_user(p: Picker) -> dict[str, Any] | None:
+    user: dict[str, Any] = {}
+    if uid := p.take_str("actor.user_id"):
+        user["uid"] = uid
+    if name := p.take_str("actor.user_name"):
+        user["name"] = name
+    if key_id := p.take_str("actor.api_key_id"):
+        user["programmatic_credentials"] = [{"uid": key_id, "type": "api_key"}]
+        if "uid" not in user and "name" not in user:
+            user["uid"] = key_id  # an API key acting alone: the key is the principal
+    return user or None
+
+
+def _endpoint_parts(p: Picker, out: dict[str, Any]) -> None:
+    """src_endpoint.ip and http_request.user_agent from the actor."""
+    ip = _valid_ip(p.get("actor.ip"))
+    if ip is not None:
+        p.take("actor.ip")
+        out["src_endpoint"] = {"ip": ip}
+    if ua := p.take_str("actor.user_agent"):
+        out["http_request"] = {"user_agent": ua}
+
+
+def _finish(p: Picker, out: dict[str, Any]) -> dict[str, Any]:
+    raw = p.take("raw")
+    if raw is not None:
+        out["raw_data"] = dumps(raw).decode("utf-8")
+    rest = p.rest()
+    if rest:
+        out["unmapped"] = rest
+    return out
+
+
+def _status(act: Activity) -> dict[str, Any]:
+    status_id = {"success": 1, "failure": 2}.get(act.outcome, 0)
+    return {"status_id": status_id, "status": _STATUS[status_id]}
+
+
+def _target_user(p: Picker) -> dict[str, Any]:
+    """The member a membership event is about, as an OCSF user (needs uid or name)."""
+    user: dict[str, Any] = {}
+    if uid := p.take_str("target.id"):
+        user["uid"] = uid
+    if name := p.take_str("target.name"):
+        user["name"] = name
+        if _EMAIL.match(name):
+            user["email_addr"] = name
+    return user or {"name": "unknown"}
+
+
+def _workspace_org(p: Picker) -> dict[str, Any]:
+    group: dict[str, Any] = {"uid": p.take_str("workspace.id") or "unknown", "type": "workspace"}
+    if name := p.take_str("workspace.name"):
+        group["name"] = name
+    return group
+
+
+# ------------------------------------------------------------------------------ events
+def _event(body: dict[str, Any]) -> dict[str, Any]:
+    act = classify(body)
+    etype = str(body.get("type", ""))
+    p = Picker(body)
+    if act.family in ("auth", "mfa"):
+        out = _authentication(p, act)
+    elif etype in ("member.role_changed", "member.permissions_changed", "workspace.owner_changed"):
+        out = _user_access(p, act, body)
+    elif act.family in ("api_key", "webhook", "block_list", "workspace"):
+        out = _entity_management(p, act)
+    elif act.family in ("member", "workspace_group"):
+        out = _group_management(p, act, body)
+    elif act.family == "audit":
+        out = _api_activity(p, act)
+    else:  # pipeline.*, webhook_delivery.*, unknown families: everything else stays unmapped
+        out = _head(0, 99, act.label)
+    out.update(_status(act))
+    out["severity_id"] = 1
+    out["severity"] = _SEVERITY[1]
+    time_ms = epoch_ms(p.get("time"))
+    if time_ms is not None:
+        p.take("time")
+    else:  # an unparseable time stays in unmapped; OCSF needs one, so use when we saw it
+        time_ms = epoch_ms(body.get("observed_at")) or 0
+    out["time"] = time_ms
+    out["message"] = act.label
+    out["metadata"] = _metadata(p, product={"name": "Instantly", "vendor_name": "Instantly.ai"})
+    if out["class_uid"] != 0:
+        if "actor" not in out and (user := _actor_user(p)) is not None:
+            out["actor"] = {"user": user}
+        if "src_endpoint" not in out and "http_request" not in out:
+            _endpoint_parts(p, out)
+    return _finish(p, out)
+
+
+def _authentication(p: Picker, act: Activity) -> dict[str, Any]:
+    activity_id = 1 if act.verb == "login" else 99
+    out = _head(3002, activity_id, None if activity_id == 1 else act.label)
+    user = _actor_user(p)
+    out["user"] = user or {"name": "unknown"}
+    out["service"] = {"name": "Instantly"}
+    if act.mfa and act.verb == "login":
+        out["is_mfa"] = True
+    if act.code is not None and 22 <= act.code <= 26:
+        out["auth_factors"] = [{"factor_type_id": 7, "factor_type": "OTP", "is_totp": True}]
+    _endpoint_parts(p, out)
+    return out
+
+
+def _entity(p: Picker, entity_type: str, data: Any) -> dict[str, Any]:
+    entity: dict[str, Any] = {"type": entity_type, "type_id": 4 if entity_type == "workspace" else 99}
+    if uid := p.take_str("target.id"):
+        entity["uid"] = uid
+    if name := p.take_str("target.name"):
+        entity["name"] = name
+    if "uid" not in entity and "name" not in entity:
+        entity["name"] = "unknown"
+    if isinstance(data, Mapping) and data:
+        entity["data"] = dict(data)
+    return entity
+
+
+def _entity_management(p: Picker, act: Activity) -> dict[str, Any]:
+    out = _head(3004, _ENTITY_ACTIVITY.get(act.verb, 99), None if act.verb in _ENTITY_ACTIVITY else act.label)
+    kind = p.take_str("target.kind") or ("block_list_entry" if act.family == "block_list" else act.family)
+    before, after = p.get("change.before"), p.get("change.after")
+    if act.verb == "create":
+        out["entity"] = _entity(p, kind, after)
+        p.take("change.after")
+    else:
+        out["entity"] = _entity(p, kind, before)
+        p.take("change.before")
+        if isinstance(after, Mapping) and after:
+            result = {k: v for k, v in out["entity"].items() if k != "data"}
+            out["entity_result"] = {**result, "data": dict(after)}
+            p.take("change.after")
+    return out
+
+
+def _privileges(body: Mapping[str, Any]) -> tuple[int, list[str]]:
+    """(activity_id, privileges) for a role, permission or owner change."""
+    if body.get("type") == "workspace.owner_changed":
+        return 1, ["owner"]
+    old, new = role_change(body)
+    if old is not None or new is not None:
+        if old in ROLE_RANK and new in ROLE_RANK and ROLE_RANK[new] < ROLE_RANK[old]:
+            return 2, [old]
+        return (1, [new]) if new else (2, [str(old)])
+    change = body.get("change") or {}
+    before = set((change.get("before") or {}).get("permissions") or [])
+    after = set((change.get("after") or {}).get("permissions") or [])
+    added, removed = sorted(after - before), sorted(before - after)
+    if added and not removed:
+        return 1, added
+    if removed and not added:
+        return 2, removed
+    return 99, sorted(after) or sorted(before) or ["unknown"]
+
+
+def _user_access(p: Picker, act: Activity, body: Mapping[str, Any]) -> dict[str, Any]:
+    activity_id, privileges = _privileges(body)
+    out = _head(3005, activity_id, None if activity_id != 99 else act.label)
+    out["user"] = _target_user(p)
+    out["privileges"] = privileges
+    out["resource"] = {"type": "workspace", **{k: v for k, v in _workspace_org(p).items() if k != "type"}}
+    return out
+
+
+def _group_management(p: Picker, act: Activity, body: Mapping[str, Any]) -> dict[str, Any]:
+    if act.family == "workspace_group":
+        activity_id = {"create": 7, "delete": 8}.get(act.verb, 99)
+        out = _head(3006, activity_id, None if activity_id != 99 else act.label)
+        sub: dict[str, Any] = {"type": p.take_str("target.kind") or "workspace"}
+        if uid := p.take_str("target.id"):
+            sub["uid"] = uid
+        if name := p.take_str("target.name"):
+            sub["name"] = name
+        if "uid" in sub or "name" in sub:
+            out["subgroup"] = sub
+        out["group"] = {**_workspace_org(p), "type": "workspace_group"}
+        return out
+    activity_id = {"create": 3, "delete": 4}.get(act.verb, 99)
+    out = _head(3006, activity_id, None if activity_id != 99 else act.label)
+    out["user"] = _target_user(p)
+    out["group"] = _workspace_org(p)
+    _old, new = role_change(body)
+    if new and activity_id != 4:
+        out["privileges"] = [new]
+    return out
+
+
+def _api_activity(p: Picker, act: Activity) -> dict[str, Any]:
+    out = _head(6003, _VERB_ACTIVITY.get(act.verb, 99), None if act.verb in _VERB_ACTIVITY else act.label)
+    user = _actor_user(p)
+    out["actor"] = {"user": user} if user else {"app_name": "Instantly"}
+    out["api"] = {"operation": act.label, "service": {"name": "Instantly"}}
+    _endpoint_parts(p, out)
+    out.setdefault("src_endpoint", {"name": "unknown"})
+    kind = p.get("target.kind")
+    if isinstance(kind, str) and (p.get("target.id") or p.get("target.name")):
+        p.take("target.kind")
+        resource: dict[str, Any] = {"type": kind}
+        if uid := p.take_str("target.id"):
+            resource["uid"] = uid
+        if name := p.take_str("target.name"):
+            resource["name"] = name
+        out["resources"] = [resource]
+    return out
+
+
+# ------------------------------------------------------------------------------ alerts
+def _attacks(ids: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for ident in ids if isinstance(ids, list) else []:
+        m = _ATTACK_ID.match(str(ident))
+        if m is None:
+            continue
+        attack: dict[str, Any] = {"technique": {"uid": m.group(1)}}
+        if m.group(2):
+            attack["sub_technique"] = {"uid": str(ident)}
+        out.append(attack)
+    return out
+
+
+def _finding(body: dict[str, Any]) -> dict[str, Any]:
+    p = Picker(body)
+    severity = str(p.take("rule.severity") or "info")
+    status = str(p.get("status") or "open")  # stays in unmapped too: OCSF's status names differ
+    count = p.take("count")
+    if status == "resolved":
+        activity_id, status_id, status_name = 3, 4, "Resolved"
+    else:
+        activity_id = 2 if isinstance(count, int) and count > 1 else 1
+        status_id, status_name = 1, "New"
+    out = _head(2004, activity_id)
+    sev_id = _ALERT_SEVERITY.get(severity, 0)
+    risk_id, risk_name = _RISK_LEVEL.get(severity, (0, "Info"))
+    out.update(
+        severity_id=sev_id,
+        severity=_SEVERITY[sev_id],
+        status_id=status_id,
+        status=status_name,
+        risk_level_id=risk_id,
+        risk_level=risk_name,
+        is_alert=True,
+    )
+    first = epoch_ms(p.take("first_seen"))
+    last = epoch_ms(p.take("last_seen"))
+    out["time"] = last or first or 0
+    if first is not None:
+        out["start_time"] = first
+    if last is not None:
+        out["end_time"] = last
+    if isinstance(count, int):
+        out["count"] = count
+    if summary := p.take_str("summary"):
+        out["message"] = summary
+    info: dict[str, Any] = {"uid": p.take_str("dedup_key") or str(body.get("id", "unknown"))}
+    if title := p.take_str("rule.title"):
+        info["title"] = title
+    if summary:
+        info["desc"] = summary
+    analytic: dict[str, Any] = {"type_id": 1, "type": "Rule", "uid": p.take_str("rule.id") or "unknown"}
+    if title:
+        analytic["name"] = title
+    version = p.get("rule.version")
+    if isinstance(version, int):
+        p.take("rule.version")
+        analytic["version"] = str(version)
+    info["analytic"] = analytic
+    attacks = _attacks(p.get("rule.attack"))
+    if attacks:
+        p.take("rule.attack")
+        info["attacks"] = attacks
+    if first is not None:
+        info["first_seen_time"] = first
+    if last is not None:
+        info["last_seen_time"] = last
+    event_ids = p.take("event_ids") or []
+    if event_ids:
+        info["related_events"] = [{"uid": str(e)} for e in event_ids]
+        info["related_events_count"] = len(event_ids)
+    out["finding_info"] = info
+    runbook = p.take_str("rule.runbook")
+    basic = p.take_str("rule.basic")
+    if runbook or basic:
+        remediation: dict[str, Any] = {"desc": basic or runbook or ""}
+        if runbook and runbook.startswith(("https://", "http://")):
+            remediation["references"] = [runbook]
+        elif runbook and basic:
+            remediation["desc"] = f"{basic}\n\n{runbook}"
+        out["remediation"] = remediation
+    resources = []
+    for ent in p.get("entities") or []:
+        if isinstance(ent, Mapping) and (ent.get("id") or ent.get("name")):
+            res: dict[str, Any] = {"type": str(ent.get("kind") or "unknown")}
+            if ent.get("id"):
+                res["uid"] = str(ent["id"])
+            if ent.get("name"):
+                res["name"] = str(ent["name"])
+            resources.append(res)
+    if resources and len(resources) == len(p.get("entities") or []):
+        p.take("entities")
+        out["resources"] = resources
+    out["metadata"] = _metadata(
+        p, product={"name": PRODUCT_NAME, "vendor_name": PRODUCT_NAME, "version": product_version()}
+    )
+    return _finish(p, out)

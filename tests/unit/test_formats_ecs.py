@@ -1,0 +1,121 @@
+"""ECS: documents have the Elastic shape, only allowed event.kind/category/type values, and drop nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pipeline.formats import to_ecs
+from tests.unit.test_formats_native import SEEN, T0, WS, normalizer_events, sample_alert, sample_events
+from tests.unit.test_formats_ocsf import dropped
+
+# ECS 8.x allowed values: event.category → the event.type values it may be paired with.
+ALLOWED_TYPES: dict[str, set[str]] = {
+    "authentication": {"start", "end", "info"},
+    "configuration": {"access", "change", "creation", "deletion", "info"},
+    "email": {"info"},
+    "iam": {"admin", "change", "creation", "deletion", "group", "info", "user"},
+    "intrusion_detection": {"allowed", "denied", "info"},
+    "session": {"start", "end", "info"},
+    "web": {"access", "error", "info"},
+}
+KINDS = {"alert", "asset", "enrichment", "event", "metric", "state", "pipeline_error", "signal"}
+TOP_LEVEL = {"@timestamp", "ecs", "message", "event", "user", "source", "user_agent", "organization", "related",
+             "labels", "rule", "threat", "instantly"}  # fmt: skip
+
+
+def _check_shape(doc: dict[str, Any]) -> None:
+    assert set(doc) <= TOP_LEVEL, set(doc) - TOP_LEVEL
+    event = doc["event"]
+    assert event["kind"] in KINDS
+    for category in event["category"]:
+        assert set(event["type"]) <= ALLOWED_TYPES[category], (category, event["type"])
+    assert event.get("outcome", "unknown") in ("success", "failure", "unknown")
+    assert all(isinstance(v, str) for v in doc.get("labels", {}).values()), "ECS labels are keywords"
+    assert doc["ecs"]["version"].startswith("8.")
+
+
+@pytest.mark.parametrize("name", sorted(sample_events()))
+def test_event_shape(name: str) -> None:
+    """Every sample event becomes an ECS document with allowed category/type pairs and its id."""
+    event = sample_events()[name]
+    doc = to_ecs(event)
+    _check_shape(doc)
+    assert doc["@timestamp"] == T0
+    assert doc["event"]["created"] == SEEN
+    assert doc["event"]["id"] == event.id
+    assert doc["organization"] == {"id": WS.id, "name": WS.name}
+    assert dropped(event.to_dict(), doc, "instantly", mixed=True) == []
+
+
+def test_login_fields() -> None:
+    """A login is authentication/start with user, source.ip, user_agent.original and the audit code."""
+    doc = to_ecs(sample_events()["login"])
+    assert doc["event"]["category"] == ["authentication"]
+    assert doc["event"]["type"] == ["start"]
+    assert doc["event"]["action"] == "user-login"
+    assert doc["event"]["code"] == "1"
+    assert doc["event"]["outcome"] == "success"
+    assert doc["user"] == {"id": "8c1f3a52-6f1e-4d7a-9d55-0b1c2d3e4f50", "name": "Jane Doe"}
+    assert doc["source"] == {"ip": "203.0.113.9"}
+    assert doc["user_agent"] == {"original": "Mozilla/5.0 (X11; Linux x86_64)"}
+    assert doc["related"]["ip"] == ["203.0.113.9"]
+    assert to_ecs(sample_events()["mfa_failed"])["event"]["outcome"] == "failure"
+
+
+def test_api_key_fields() -> None:
+    """API key creation is iam+configuration/creation with key details under instantly.api_key."""
+    doc = to_ecs(sample_events()["key_created"])
+    assert doc["event"]["category"] == ["iam", "configuration"]
+    assert doc["event"]["type"] == ["creation"]
+    assert doc["event"]["action"] == "api-key-created"
+    assert doc["instantly"]["api_key"] == {
+        "id": "3f9e0c1a-2b4d-4e6f-8a0b-1c2d3e4f5a6b",
+        "name": "CRM sync",
+        "scopes": ["all:all"],
+        "fingerprint": "sha256:0123abcd",
+    }
+    assert to_ecs(sample_events()["key_deleted"])["event"]["type"] == ["deletion"]
+
+
+def test_member_role_change_fields() -> None:
+    """A role change names the member in user.target with old role in target.roles and new in changes.roles."""
+    doc = to_ecs(sample_events()["role_up"])
+    assert doc["event"]["category"] == ["iam"]
+    assert doc["event"]["type"] == ["user", "change"]
+    assert doc["user"]["target"]["email"] == "mallory@example.com"
+    assert doc["user"]["target"]["roles"] == ["view"]
+    assert doc["user"]["changes"]["roles"] == ["admin"]
+    assert "mallory@example.com" in doc["related"]["user"]
+    invited = to_ecs(sample_events()["member_invited"])
+    assert invited["event"]["type"] == ["user", "creation"]
+    assert invited["user"]["target"]["roles"] == ["admin"]
+
+
+def test_alert_fields() -> None:
+    """An alert is event.kind=alert with rule.*, threat.technique.* and a risk score."""
+    alert = sample_alert()
+    doc = to_ecs(alert)
+    _check_shape(doc)
+    assert doc["event"]["kind"] == "alert"
+    assert doc["@timestamp"] == alert.last_seen
+    assert doc["rule"]["id"] == "api_key.all_scope"
+    assert doc["rule"]["name"] == alert.rule.title
+    assert doc["rule"]["version"] == "2"
+    assert doc["rule"]["reference"] == alert.rule.runbook
+    assert doc["threat"]["technique"]["id"] == ["T1098"]
+    assert doc["threat"]["technique"]["subtechnique"]["id"] == ["T1098.001"]
+    assert doc["event"]["risk_score"] == 99.0
+    assert doc["message"] == alert.summary
+    assert doc["instantly"]["dedup_key"] == alert.dedup_key
+    assert "Jane Doe" in doc["related"]["user"]
+    assert dropped(alert.to_dict(), doc, "instantly", mixed=True) == []
+
+
+def test_real_normalizer_events() -> None:
+    """Every event the Instantly normalizer makes gets a valid ECS shape and loses nothing."""
+    for event in normalizer_events():
+        doc = to_ecs(event)
+        _check_shape(doc)
+        assert dropped(event.to_dict(), doc, "instantly", mixed=True) == [], event.type

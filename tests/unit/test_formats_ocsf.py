@@ -1,0 +1,307 @@
+"""OCSF 1.8.0: each event family maps to its class, validates against the OCSF schema, and drops nothing."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+from ocsf_json_schema import OcsfJsonSchemaEmbedded, get_ocsf_schema  # type: ignore[import-untyped]
+
+from pipeline.formats import OCSF_VERSION, to_ocsf
+from pipeline.formats._common import epoch_ms
+from schemas import Actor, Change, Event, Source, Target
+from tests.unit.test_formats_native import SEEN, T0, WS, normalizer_events, sample_alert, sample_events
+
+EXPECTED: dict[str, tuple[int, int]] = {
+    "login": (3002, 1),
+    "mfa_failed": (3002, 1),
+    "totp_enabled": (3002, 99),
+    "recovery_codes": (3002, 99),
+    "audit_webhook_created": (3004, 1),
+    "audit_webhook_error": (3004, 9),
+    "audit_key_created": (3004, 1),
+    "audit_key_deleted": (3004, 4),
+    "campaign_deleted": (6003, 4),
+    "lead_exported": (6003, 2),
+    "audit_unknown": (6003, 99),
+    "key_created": (3004, 1),
+    "key_deleted": (3004, 4),
+    "key_scopes": (3004, 3),
+    "webhook_created": (3004, 1),
+    "webhook_updated": (3004, 3),
+    "webhook_deleted": (3004, 4),
+    "workspace_renamed": (3004, 3),
+    "block_removed": (3004, 4),
+    "member_invited": (3006, 3),
+    "member_accepted": (3006, 99),
+    "member_removed": (3006, 4),
+    "group_added": (3006, 7),
+    "group_removed": (3006, 8),
+    "role_up": (3005, 1),
+    "role_down": (3005, 2),
+    "permissions": (3005, 1),
+    "owner_changed": (3005, 1),
+    "reply": (0, 99),
+    "poller_unauthorized": (0, 99),
+}
+_TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
+
+
+@functools.cache
+def _raw() -> dict[str, Any]:
+    return dict(get_ocsf_schema(version=OCSF_VERSION))
+
+
+@functools.cache
+def _schema() -> OcsfJsonSchemaEmbedded:
+    return OcsfJsonSchemaEmbedded(get_ocsf_schema(version=OCSF_VERSION))
+
+
+@functools.cache
+def _validator(class_uid: int) -> Draft202012Validator:
+    schema = _schema().get_class_schema(_schema().lookup_class_name_from_uid(class_uid))
+    return Draft202012Validator(schema)
+
+
+def ocsf_errors(doc: dict[str, Any]) -> list[str]:
+    """Schema errors plus the sibling rules the JSON Schema cannot express (type_uid, captions)."""
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in _validator(doc["class_uid"]).iter_errors(doc)
+    ]
+    cls = _raw()["classes"][_schema().lookup_class_name_from_uid(doc["class_uid"])]
+    if doc["type_uid"] != doc["class_uid"] * 100 + doc["activity_id"]:
+        errors.append("type_uid != class_uid * 100 + activity_id")
+    if doc.get("class_name") != cls["caption"]:
+        errors.append(f"class_name {doc.get('class_name')!r} != {cls['caption']!r}")
+    if doc["category_uid"] != cls.get("category_uid", 0):
+        errors.append("category_uid does not match the class")
+    caption = cls["attributes"]["activity_id"]["enum"][str(doc["activity_id"])]["caption"]
+    if doc["activity_id"] != 99 and doc.get("activity_name") != caption:
+        errors.append(f"activity_name {doc.get('activity_name')!r} != {caption!r}")
+    if doc["metadata"]["version"] != OCSF_VERSION:
+        errors.append("metadata.version is not the pinned OCSF version")
+    return errors
+
+
+def _leaves(node: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    if isinstance(node, dict):
+        return [leaf for k, v in node.items() for leaf in _leaves(v, (*path, k))]
+    if node is None or node == []:
+        return []
+    return [(path, node)]
+
+
+def _at(node: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _values(node: Any) -> list[Any]:
+    """Every scalar and every list found anywhere in ``node`` (strings also lower-cased)."""
+    if isinstance(node, dict):
+        return [x for v in node.values() for x in _values(v)]
+    if isinstance(node, list):
+        return [node, *(x for v in node for x in _values(v))]
+    return [node, node.lower()] if isinstance(node, str) else [node]
+
+
+def _present(value: Any, values: list[Any]) -> bool:
+    if isinstance(value, dict):
+        return all(_present(v, values) for v in value.values() if v is not None)
+    if isinstance(value, list):
+        return value in values or all(_present(v, values) for v in value)
+    if isinstance(value, str) and _TS.match(value) and epoch_ms(value) in values:
+        return True
+    return value in values or str(value) in values or (isinstance(value, str) and value.lower() in values)
+
+
+def dropped(native: dict[str, Any], out: dict[str, Any], unmapped_key: str, *, mixed: bool = False) -> list[str]:
+    """Native leaves found neither under ``out[unmapped_key]`` (same path) nor as a value anywhere in ``out``.
+
+    ``mixed``: the unmapped namespace also holds mapped fields (ECS ``instantly.api_key``), so
+    its values count as mapped too.
+    """
+    values = _values({k: v for k, v in out.items() if mixed or k != unmapped_key})
+    unmapped = out.get(unmapped_key) or {}
+    missing = []
+    for path, value in _leaves(native):
+        if path[0] == "raw" and "raw_data" in out:
+            continue
+        if _at(unmapped, path) == value or _present(value, values):
+            continue
+        missing.append(".".join(path))
+    return missing
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_event_family_maps_to_class_and_validates(name: str) -> None:
+    """Each event family lands in its OCSF class/activity and validates against the OCSF 1.8.0 schema."""
+    event = sample_events()[name]
+    doc = to_ocsf(event)
+    assert (doc["class_uid"], doc["activity_id"]) == EXPECTED[name]
+    assert ocsf_errors(doc) == []
+    assert doc["metadata"]["uid"] == event.id
+    assert doc["metadata"]["tenant_uid"] == WS.id
+    assert doc["time"] == epoch_ms(T0)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_nothing_is_dropped(name: str) -> None:
+    """Every field of the event is either mapped or kept under unmapped; raw travels in raw_data."""
+    event = sample_events()[name]
+    doc = to_ocsf(event)
+    assert dropped(event.to_dict(), doc, "unmapped") == []
+    if event.raw is not None:
+        assert json.loads(doc["raw_data"]) == event.raw
+
+
+def test_every_sample_is_classified() -> None:
+    """The expectation table covers every sample event."""
+    assert set(EXPECTED) == set(sample_events())
+
+
+def _expected_class(event_type: str, code: int | None) -> int:
+    prefix = event_type.split(".")[0]
+    if prefix == "audit":
+        if code == 1 or (code is not None and 22 <= code <= 31):
+            return 3002
+        return 3004 if code in (18, 19, 20, 21, 37, 38) else 6003
+    if event_type in ("member.role_changed", "member.permissions_changed", "workspace.owner_changed"):
+        return 3005
+    return {"member": 3006, "workspace_group": 3006}.get(prefix, 3004)
+
+
+def test_real_normalizer_events_map_validate_and_drop_nothing() -> None:
+    """Events made by the Instantly normalizer (all audit codes, every snapshot change) map, validate, keep all."""
+    for event in normalizer_events():
+        doc = to_ocsf(event)
+        code = event.attributes.get("activity_code")
+        assert doc["class_uid"] == _expected_class(event.type, code if isinstance(code, int) else None), event.type
+        assert ocsf_errors(doc) == [], event.type
+        assert dropped(event.to_dict(), doc, "unmapped") == [], event.type
+        assert "sk_live_canary" not in json.dumps(doc)
+
+
+def test_login_and_mfa_details() -> None:
+    """Logins carry the user, source IP, user agent and MFA flag; failed MFA challenges are failures."""
+    events = sample_events()
+    login = to_ocsf(events["login"])
+    assert login["user"]["name"] == "Jane Doe"
+    assert login["src_endpoint"] == {"ip": "203.0.113.9"}
+    assert login["http_request"]["user_agent"].startswith("Mozilla")
+    failed = to_ocsf(events["mfa_failed"])
+    assert (failed["status_id"], failed["is_mfa"]) == (2, True)
+    totp = to_ocsf(events["totp_enabled"])
+    assert totp["activity_name"] == "TOTP enabled"
+    assert totp["auth_factors"][0]["is_totp"] is True
+
+
+def test_api_key_entity_and_programmatic_credential() -> None:
+    """API keys are managed entities; an API key acting is a programmatic credential of the actor."""
+    doc = to_ocsf(sample_events()["audit_key_created"])
+    assert doc["entity"]["type"] == "api_key"
+    assert doc["actor"]["user"]["programmatic_credentials"] == [
+        {"uid": "3f9e0c1a-2b4d-4e6f-8a0b-1c2d3e4f5a6b", "type": "api_key"}
+    ]
+    created = to_ocsf(sample_events()["key_created"])
+    assert created["entity"]["data"]["scopes"] == ["all:all"]
+    assert created["unmapped"]["attributes"]["key_fingerprint"] == "sha256:0123abcd"
+    changed = to_ocsf(sample_events()["key_scopes"])
+    assert changed["entity"]["data"]["scopes"] == ["all:all"]
+    assert changed["entity_result"]["data"]["scopes"] == ["leads:read"]
+
+
+def test_role_changes_assign_or_revoke() -> None:
+    """A promotion assigns the new role; a demotion revokes the old one; added permissions are assigned."""
+    events = sample_events()
+    assert to_ocsf(events["role_up"])["privileges"] == ["admin"]
+    assert to_ocsf(events["role_down"])["privileges"] == ["owner"]
+    assert to_ocsf(events["permissions"])["privileges"] == ["organization.billing"]
+    invited = to_ocsf(events["member_invited"])
+    assert invited["group"]["uid"] == WS.id
+    assert invited["user"]["email_addr"] == "mallory@example.com"
+
+
+@pytest.mark.parametrize(
+    ("over", "activity", "status"),
+    [({}, 1, 1), ({"count": 3}, 2, 1), ({"status": "resolved"}, 3, 4)],
+)
+def test_alert_is_detection_finding(over: dict[str, Any], activity: int, status: int) -> None:
+    """Alerts are Detection Findings: new → Create, repeated → Update, resolved → Close/Resolved."""
+    alert = sample_alert(**over)
+    doc = to_ocsf(alert)
+    assert (doc["class_uid"], doc["activity_id"], doc["status_id"]) == (2004, activity, status)
+    assert ocsf_errors(doc) == []
+    assert doc["finding_info"]["uid"] == alert.dedup_key
+    assert doc["finding_info"]["analytic"]["uid"] == "api_key.all_scope"
+    assert doc["finding_info"]["related_events"] == [{"uid": alert.event_ids[0]}]
+    assert {a["technique"]["uid"] for a in doc["finding_info"]["attacks"]} == {"T1098"}
+    assert (doc["severity_id"], doc["risk_level_id"]) == (5, 4)
+    assert doc["remediation"]["references"] == [alert.rule.runbook]
+    assert dropped(alert.to_dict(), doc, "unmapped") == []
+
+
+@pytest.mark.parametrize(("severity", "sev_id"), [("info", 1), ("low", 2), ("medium", 3), ("high", 4)])
+def test_alert_severity_mapping(severity: str, sev_id: int) -> None:
+    """Alert severities map onto OCSF severity_id 1-5."""
+    from schemas import RuleRef
+
+    rule = RuleRef("member.admin_added", 1, "Admin added", severity, "Check the invite.")  # type: ignore[arg-type]
+    doc = to_ocsf(sample_alert(rule=rule))
+    assert doc["severity_id"] == sev_id
+    assert ocsf_errors(doc) == []
+    assert doc["remediation"]["desc"] == "Check the invite."
+
+
+_TEXT = st.text(min_size=1, max_size=80)
+_TYPES = st.sampled_from(
+    ["audit.user_login", "audit.activity_77", "api_key.created", "api_key.deleted", "webhook.updated",
+     "member.invited", "member.role_changed", "member.removed", "workspace_group.member_added",
+     "block_list.entry_removed", "pipeline.poller_unauthorized", "webhook_delivery.lead_interested"]
+)  # fmt: skip
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.from_regex(r"^[a-z]{1,8}$", fullmatch=True), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    etype=_TYPES,
+    name=_TEXT,
+    user=st.none() | _TEXT,
+    ip=st.sampled_from([None, "198.51.100.7", "2001:db8::1", "not-an-ip", "999.1.1.1"]),
+    attrs=st.dictionaries(st.from_regex(r"^[a-z]{1,10}$", fullmatch=True), _JSON, max_size=4),
+    before=st.none() | st.dictionaries(st.sampled_from(["role", "name", "note"]), _TEXT, max_size=3),
+    after=st.none() | st.dictionaries(st.sampled_from(["role", "name", "note"]), _TEXT, max_size=3),
+)
+def test_generated_events_validate_and_drop_nothing(
+    etype: str,
+    name: str,
+    user: str | None,
+    ip: str | None,
+    attrs: dict[str, Any],
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+) -> None:
+    """Hypothesis: any event (hostile names, odd IPs, arbitrary attributes) validates and loses no field."""
+    event = Event.build(
+        type=etype, time=T0, observed_at=SEEN, workspace=WS, source=Source("snapshot", "members", "r1"),
+        natural_key=(name,), actor=Actor(user_name=user, ip=ip), target=Target("member", "m1", name),
+        change=Change(before, after, ()), attributes=attrs, raw={"name": name},
+    )  # fmt: skip
+    doc = to_ocsf(event)
+    assert ocsf_errors(doc) == []
+    assert dropped(event.to_dict(), doc, "unmapped") == []
