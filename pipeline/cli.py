@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline import __version__
+from pipeline.config import PipelineConfig
 from pipeline.errors import BusError, ConfigError, PipelineError
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
@@ -40,7 +41,7 @@ def _cmd_config_validate(args: argparse.Namespace) -> int:
     from pipeline.topology import validate_components
 
     cfg = load_config(args.file)
-    problems = validate_components(cfg)
+    problems = validate_components(cfg, Path(args.file).resolve().parent)
     if args.check_sinks:
         problems += asyncio.run(_check_sinks(cfg))
     if problems:
@@ -51,7 +52,7 @@ def _cmd_config_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _check_sinks(cfg: object) -> list[str]:
+async def _check_sinks(cfg: PipelineConfig) -> list[str]:
     from pipeline.topology import check_sinks
 
     problems: list[str] = await check_sinks(cfg)
@@ -63,7 +64,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline.topology import run_pipeline
 
     cfg = load_config(args.config)
-    code: int = asyncio.run(run_pipeline(cfg, once=args.once, roles=set(args.role or ["all"])))
+    code: int = asyncio.run(
+        run_pipeline(
+            cfg, once=args.once, roles=set(args.role or ["all"]), config_dir=Path(args.config).resolve().parent
+        )
+    )
     return code
 
 

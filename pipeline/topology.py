@@ -23,6 +23,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from pipeline.bus.base import Bus
@@ -75,7 +76,7 @@ def _walk_secrets(node: Any) -> list[str]:
     return out
 
 
-def validate_components(cfg: PipelineConfig) -> list[str]:
+def validate_components(cfg: PipelineConfig, config_dir: Path | None = None) -> list[str]:
     """Validate the component sections (sinks, rules, webhook) with their own models; return problems."""
     problems: list[str] = []
     from pipeline.delivery.registry import validate_sink
@@ -86,7 +87,7 @@ def validate_components(cfg: PipelineConfig) -> list[str]:
         except ConfigError as err:
             problems += str(err).splitlines()
     try:
-        _rules_config(cfg)
+        _rules_config(cfg, config_dir)
     except ConfigError as err:
         problems += str(err).splitlines()
     if cfg.webhook is not None:
@@ -97,10 +98,10 @@ def validate_components(cfg: PipelineConfig) -> list[str]:
     return problems
 
 
-def _rules_config(cfg: PipelineConfig) -> Any:
+def _rules_config(cfg: PipelineConfig, config_dir: Path | None = None) -> Any:
     from pipeline.rules.config import parse_rules_config
 
-    return parse_rules_config(cfg.rules)
+    return parse_rules_config(cfg.rules, base_dir=config_dir)
 
 
 def _webhook_config(cfg: PipelineConfig) -> Any:
@@ -130,9 +131,17 @@ class Pipeline:
     """The components of the selected roles, built from config on an open bus."""
 
     def __init__(
-        self, cfg: PipelineConfig, bus: Bus, roles: set[str], clock: Clock = SYSTEM_CLOCK, *, once: bool = False
+        self,
+        cfg: PipelineConfig,
+        bus: Bus,
+        roles: set[str],
+        clock: Clock = SYSTEM_CLOCK,
+        *,
+        once: bool = False,
+        config_dir: Path | None = None,
     ):
         self.cfg = cfg
+        self.config_dir = config_dir
         self.bus = bus
         self.roles = set(ROLES) if "all" in roles else set(roles)
         if once:
@@ -164,7 +173,7 @@ class Pipeline:
         if "rules" in self.roles:
             from pipeline.rules.engine import RulesWorker
 
-            self.rules = RulesWorker(bus, cfg.rules, clock=clock)
+            self.rules = RulesWorker(bus, cfg.rules, clock=clock, base_dir=self.config_dir)
         if "sinks" in self.roles:
             from pipeline.delivery.registry import build_sink, validate_sink
             from pipeline.delivery.runner import SinkRunner
@@ -247,12 +256,13 @@ async def run_pipeline(
     clock: Clock = SYSTEM_CLOCK,
     stop: asyncio.Event | None = None,
     configure_logging: bool = True,
+    config_dir: Path | None = None,
 ) -> int:
     """Run the pipeline; return the process exit code."""
     if configure_logging:
         setup_logging(cfg.logging.format, cfg.logging.level)
     register_config_secrets(cfg)
-    problems = validate_components(cfg)
+    problems = validate_components(cfg, config_dir)
     if problems:
         raise ConfigError("\n".join(problems))
     roles = roles or {"all"}
@@ -266,7 +276,7 @@ async def run_pipeline(
     health.expect_bus()
     service: ServiceServer | None = None
     try:
-        async with open_bus(cfg.bus) as bus, Pipeline(cfg, bus, roles, clock, once=once) as pipe:
+        async with open_bus(cfg.bus) as bus, Pipeline(cfg, bus, roles, clock, once=once, config_dir=config_dir) as pipe:
             health.bus_ok()
             if once:
                 summary = await pipe.run_once()

@@ -1,0 +1,207 @@
+"""Rules throughput and rule-state size (standalone: ``python benchmarks/bench_rules.py [--events N]``).
+
+Generates a deterministic mix of Event v1 records shaped like a busy audit log: 60 % logins over
+``--users`` users (0.2 % from a new IP), 32 % lead/campaign activity, MFA challenges, exports,
+deletions, and 0.5 % API-key / webhook / member / block-list snapshot changes. Then, chunk by
+chunk in the same run:
+
+* baseline — iterate the serialized events and ``orjson.loads`` each one;
+* rules — decode each into an Event v1, evaluate every built-in rule in batches of ``--batch``
+  (including encoding the changed rule state, as the worker commits it).
+
+It prints events/s for both, their ratio, the alerts raised, and the size of the rule state at the
+end (keys and bytes, as stored in ``instantly.state.v1``). With ``--worker`` it also runs the
+RulesWorker over an embedded SQLite bus (one transaction per batch) on ``--worker-events`` events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import platform
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.bus.base import EVENTS_TOPIC, OutRecord
+from pipeline.bus.sqlite import SqliteBus
+from pipeline.clock import FakeClock, parse_time
+from pipeline.rules import RulesEngine, RulesWorker, decode_event
+from pipeline.rules.state import state_size
+from pipeline.rules.testing import make_event
+from schemas.event import Event, WorkspaceRef
+
+T0 = parse_time("2026-01-01T00:00:00Z")
+SPAN = 30 * 86_400.0
+CONFIG = {
+    "allowlists": {"member_domains": ["acme.com"], "webhook_hosts": ["hooks.acme.com"]},
+    "protected_domains": ["acme.com", "rival.io"],
+}
+
+
+def generate(n: int, users: int, workspaces: int, seed: int) -> Iterator[bytes]:
+    """Yield ``n`` serialized events, deterministic for a seed."""
+    rnd = random.Random(seed)
+    wss = [WorkspaceRef(f"ws-{w:03d}", f"Workspace {w}") for w in range(workspaces)]
+    homes = [[f"10.{u % 250}.{(u // 250) % 250}.{k}" for k in range(1 + u % 3)] for u in range(users)]
+    for i in range(n):
+        t = T0 + SPAN * i / n
+        u = rnd.randrange(users)
+        ws = wss[u % workspaces]
+        actor = {"user_id": f"u{u}", "user_name": f"User {u}", "ip": rnd.choice(homes[u]), "via_api": False}
+        r = rnd.random()
+        ev: Event
+        if r < 0.60:
+            if rnd.random() < 0.002:
+                actor["ip"] = f"203.0.{rnd.randrange(256)}.{rnd.randrange(256)}"
+            ev = make_event("audit.user_login", time=t, workspace=ws, actor=actor)
+        elif r < 0.92:  # lead / campaign activity: most of a real audit log, read by few rules
+            code = rnd.choice([4, 5, 8, 9, 10, 11, 12, 32])
+            ev = make_event(f"audit.activity_{code}", time=t, workspace=ws, actor=actor,
+                            attributes={"affected_count": rnd.randrange(1, 50)})  # fmt: skip
+        elif r < 0.95:
+            ev = make_event(rnd.choice(["audit.mfa_challenge_failed", "audit.mfa_login_succeeded"]), time=t,
+                            workspace=ws, actor=actor)  # fmt: skip
+        elif r < 0.97:
+            ev = make_event("audit.lead_exported", time=t, workspace=ws, actor=actor,
+                            attributes={"affected_count": rnd.randrange(1, 300)})  # fmt: skip
+        elif r < 0.995:
+            ev = make_event("audit.lead_deleted", time=t, workspace=ws, actor=actor, attributes={"affected_count": 1})
+        elif r < 0.9965:
+            kid = f"k{rnd.randrange(50)}"
+            kind = rnd.choice(["created", "deleted", "baseline", "scopes_changed"])
+            scopes = rnd.choice([["leads:read"], ["campaigns:all", "leads:all"], ["all:read"], ["all:all"]])
+            attrs: dict[str, Any] = {"scopes": scopes, "name": kid, "created_at": "2025-10-01T00:00:00Z"}
+            ev = make_event(
+                f"api_key.{kind}", time=t, workspace=ws, target={"kind": "api_key", "id": kid}, attributes=attrs
+            )
+        elif r < 0.998:
+            hid = f"h{rnd.randrange(20)}"
+            url = rnd.choice(["https://hooks.acme.com/x", "http://crm.example/in", "https://other.example/y"])
+            attrs = {"target_hook_url": url, "url_scheme": url.split(":")[0], "has_auth_header": rnd.random() < 0.7,
+                     "status": rnd.choice([1, 1, -1])}  # fmt: skip
+            ev = make_event(
+                "webhook.updated", time=t, workspace=ws, target={"kind": "webhook", "id": hid}, attributes=attrs
+            )
+        elif r < 0.999:
+            mid = f"m{rnd.randrange(200)}"
+            ev = make_event("member.role_changed", time=t, workspace=ws, target={"kind": "member", "id": mid},
+                            attributes={"email": f"{mid}@{rnd.choice(['acme.com', 'gmail.com'])}", "role": "admin"},
+                            change={"before": {"role": "editor"}, "after": {"role": "admin"}})  # fmt: skip
+        else:
+            v = rnd.choice(["acme.com", "rival.io", "spam.biz", "x@acme.com"])
+            ev = make_event(rnd.choice(["block_list.entry_added", "block_list.entry_removed"]), time=t, workspace=ws,
+                            attributes={"value": v, "is_domain": "@" not in v})  # fmt: skip
+        yield ev.to_json()
+
+
+def chunks(it: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
+    """Group an iterator into lists of ``size``."""
+    buf: list[bytes] = []
+    for x in it:
+        buf.append(x)
+        if len(buf) == size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def bench_engine(args: argparse.Namespace) -> dict[str, float]:
+    """Baseline and rules over the same chunks; returns the measurements."""
+    engine = RulesEngine.from_config(CONFIG, clock=FakeClock(T0))
+    base_s = rules_s = 0.0
+    alerts = failures = 0
+    tick_every = max(1, args.events // 720)  # a tick per simulated hour
+    seen = 0
+    for chunk in chunks(generate(args.events, args.users, args.workspaces, args.seed), 100_000):
+        gc.collect()
+        t = time.perf_counter()
+        for raw in chunk:
+            orjson.loads(raw)
+        base_s += time.perf_counter() - t
+        t = time.perf_counter()
+        for i in range(0, len(chunk), args.batch):
+            batch = [decode_event(raw) for raw in chunk[i : i + args.batch]]
+            result = engine.evaluate(batch)
+            alerts += len(result.alerts)
+            failures += len(result.failures)
+            seen += len(batch)
+            if seen // tick_every != (seen - len(batch)) // tick_every:
+                alerts += len(engine.tick(T0 + SPAN * seen / args.events).alerts)
+        rules_s += time.perf_counter() - t
+    keys, size = state_size(engine.state_items().items())
+    return {"base": args.events / base_s, "rules": args.events / rules_s, "alerts": alerts,
+            "failures": failures, "keys": keys, "bytes": size, "rules_n": len(engine.ruleset.enabled)}  # fmt: skip
+
+
+async def bench_worker(args: argparse.Namespace) -> float:
+    """RulesWorker over an embedded SQLite bus: events/s including one transaction per batch."""
+    n = int(min(args.worker_events, args.events))
+    with tempfile.TemporaryDirectory() as d:
+        async with SqliteBus(Path(d) / "bus.db", synchronous="normal") as bus:
+            for chunk in chunks(generate(n, args.users, args.workspaces, args.seed), 10_000):
+                await bus.publish([OutRecord(EVENTS_TOPIC, raw, key=orjson.loads(raw)["workspace"]["id"].encode())
+                                   for raw in chunk])  # fmt: skip
+            worker = RulesWorker(bus, CONFIG, clock=FakeClock(T0), batch_size=args.batch)
+            t = time.perf_counter()
+            await worker.run_once()
+            return n / (time.perf_counter() - t)
+
+
+def cpu() -> str:
+    """The CPU model, when Linux says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    """Run and print the table."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--events", type=int, default=1_000_000)
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--workspaces", type=int, default=10)
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--worker", action="store_true", help="also measure the RulesWorker on a SQLite bus")
+    p.add_argument("--worker-events", type=int, default=100_000)
+    args = p.parse_args()
+    r = bench_engine(args)
+    rows = [
+        ("baseline: iterate + orjson.loads", f"{r['base']:,.0f} events/s"),
+        (f"rules: decode + {r['rules_n']:.0f} rules + state", f"{r['rules']:,.0f} events/s"),
+        ("ratio rules / baseline", f"{r['rules'] / r['base']:.3f}  (1 : {r['base'] / r['rules']:.1f})"),
+        ("alerts raised", f"{r['alerts']:,.0f}"),
+        ("rule failures", f"{r['failures']:,.0f}"),
+        ("rule state keys", f"{r['keys']:,.0f}"),
+        ("rule state size", f"{r['bytes'] / 1_048_576:.2f} MiB ({r['bytes']:,.0f} bytes)"),
+    ]
+    if args.worker:
+        rows.append((f"worker on SQLite bus ({min(args.worker_events, args.events):,} ev)",
+                     f"{asyncio.run(bench_worker(args)):,.0f} events/s"))  # fmt: skip
+    print(f"instantly-audit rules benchmark: {args.events:,} events, {args.users:,} users, "
+          f"{args.workspaces} workspaces, batch {args.batch}")  # fmt: skip
+    print(f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, {cpu()}\n")
+    w = max(len(a) for a, _ in rows)
+    v = max(len(b) for _, b in rows)
+    print(f"| {'measurement':<{w}} | {'value':<{v}} |\n|{'-' * (w + 2)}|{'-' * (v + 2)}|")
+    for a, b in rows:
+        print(f"| {a:<{w}} | {b:<{v}} |")
+
+
+if __name__ == "__main__":
+    main()

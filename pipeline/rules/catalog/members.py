@@ -1,0 +1,139 @@
+"""Member rules: members outside the allowlist, new privileges, owner changes.
+
+Snapshot events ``member.baseline|invited|accepted|removed|role_changed|permissions_changed``
+carry ``email``, ``role``, ``accepted``, ``permissions``; role and permission changes also
+``change.before`` / ``change.after``. ``workspace.owner_changed`` carries the owner's user id
+in ``change.before.owner`` / ``change.after.owner``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import Field
+
+from pipeline.rules.base import (
+    DAY,
+    Basic,
+    CatalogRule,
+    Finding,
+    RuleContext,
+    RuleMeta,
+    RuleParams,
+    actor_entities,
+    attr,
+    register,
+    resolved,
+    target_id,
+)
+from schemas.alert import Entity
+from schemas.event import Event
+
+PRIVILEGED_PERMISSIONS = ("organization.manage", "organization.users.manage", "organization.billing",
+                          "organization.integrations", "agency.manage", "workspaceGroupMembers.invite")  # fmt: skip
+
+
+def member_ref(event: Event) -> tuple[str | None, str | None]:
+    """(membership id, email) of the member an event is about."""
+    email = attr(event, "email")
+    email = email.strip().lower() if isinstance(email, str) and email.strip() else None
+    return target_id(event) or email, email
+
+
+def _side(event: Event, side: str, name: str) -> Any:
+    if event.change is None:
+        return None
+    doc = event.change.before if side == "before" else event.change.after
+    return doc.get(name) if isinstance(doc, dict) else None
+
+
+@register
+class UnexpectedMemberRule(CatalogRule[RuleParams]):
+    """``member.unexpected``: a member whose email and domain are not allowed (only with an allowlist)."""
+
+    meta = RuleMeta(
+        id="member.unexpected", title="Workspace member outside the allowlist", severity="high",
+        attack=("T1136.003", "T1098"), basic=Basic.MEMBER_ROLES, event_types=("member.*",), suppress_secs=DAY,
+        runbook=(
+            "1. Ask the workspace owner whether this person should have access.\n"
+            "2. If not: DELETE /api/v2/workspace-members/{id}, then review the audit log for what they did.\n"
+            "3. If yes: add the email or domain to rules.allowlists.member_emails / member_domains."
+        ),
+    )  # fmt: skip
+
+    def on_event(self, ctx: RuleContext, event: Event) -> Iterable[Finding]:
+        """Open for a member not on the allowlist; resolve on removal or once allowed."""
+        if not self.lists.has_member_allowlist:
+            return ()
+        mid, email = member_ref(event)
+        if not mid:
+            return ()
+        key = f"member:{mid}"
+        if event.type == "member.removed" or (email is not None and self.lists.member_allowed(email)):
+            if ctx.is_open(key):
+                return (resolved(key, f"Member {email or mid} was removed or is now allowed", event_id=event.id),)
+            return ()
+        if email is None:
+            return ()
+        role = attr(event, "role")
+        summary = f"{email} is a member of the workspace (role {role or 'unknown'}) but is not on the allowlist"
+        return (Finding(key, summary, (Entity("member", mid, email),), event.id, resolvable=True,
+                        attributes={"role": role, "accepted": attr(event, "accepted")}),)  # fmt: skip
+
+
+class PrivilegedParams(RuleParams):
+    """Options of ``member.privileged``."""
+
+    privileged_roles: list[str] = Field(default_factory=lambda: ["owner", "admin"], min_length=1)
+    privileged_permissions: list[str] = Field(default_factory=lambda: list(PRIVILEGED_PERMISSIONS))
+
+
+@register
+class PrivilegedMemberRule(CatalogRule[PrivilegedParams]):
+    """``member.privileged``: someone was invited as or made admin, gained admin permissions, or the owner changed."""
+
+    Params = PrivilegedParams
+    meta = RuleMeta(
+        id="member.privileged", title="Workspace member gained privileges", severity="high",
+        attack=("T1098.003",), basic=Basic.MEMBER_ROLES,
+        event_types=("member.invited", "member.role_changed", "member.permissions_changed", "workspace.owner_changed"),
+        runbook=(
+            "1. Confirm with the workspace owner that the change was intended (who made it: see actor).\n"
+            "2. Members should hold the least role that works (view/editor); admin only for managers.\n"
+            "3. An unexpected owner change is critical: contact Instantly support and rotate every API key."
+        ),
+    )  # fmt: skip
+
+    def on_event(self, ctx: RuleContext, event: Event) -> Iterable[Finding]:
+        """Report the privilege the event grants, if any."""
+        if event.type == "workspace.owner_changed":
+            before = _side(event, "before", "owner") or attr(event, "previous_owner")
+            after = _side(event, "after", "owner") or attr(event, "owner")
+            ents = tuple(Entity("user", u, None) for u in (after, before) if isinstance(u, str)) + actor_entities(event)
+            summary = f"The workspace owner changed from {before or 'unknown'} to {after or 'unknown'}"
+            return (Finding(f"owner:{after}", summary, ents, event.id, severity="critical",
+                            attributes={"previous_owner": before, "new_owner": after}),)  # fmt: skip
+        mid, email = member_ref(event)
+        if not mid:
+            return ()
+        who = email or mid
+        ents = (Entity("member", mid, email), *actor_entities(event))
+        roles = self.params.privileged_roles
+        if event.type in ("member.invited", "member.role_changed"):
+            after = _side(event, "after", "role") or attr(event, "role")
+            before = _side(event, "before", "role") if event.type == "member.role_changed" else None
+            if after in roles and before not in roles:
+                verb = "was invited as" if event.type == "member.invited" else f"was changed from {before} to"
+                return (Finding(f"member:{mid}:role:{after}", f"{who} {verb} {after}", ents, event.id,
+                                attributes={"role": after, "previous_role": before}),)  # fmt: skip
+            return ()
+        before_p = _side(event, "before", "permissions")
+        after_p = _side(event, "after", "permissions") or attr(event, "permissions")
+        gained = sorted((set(after_p or []) - set(before_p or [])) & set(self.params.privileged_permissions))
+        if not gained:
+            return ()
+        summary = f"{who} gained privileged permissions: {', '.join(gained)}"
+        return (
+            Finding(f"member:{mid}:perm:{','.join(gained)}", summary, ents, event.id, attributes={"gained": gained}),
+        )

@@ -1,0 +1,309 @@
+"""The ``rules`` config section: validated once into frozen models and compiled rules.
+
+Shape (every key optional; a key with a dot is a rule id)::
+
+    rules:
+      defaults: {enabled: true, suppress_secs: 3600}
+      tick_interval_secs: 60
+      allowlists:
+        member_emails: [ops@partner.io]
+        member_domains: [acme.com]          # "*.acme.com" for subdomains
+        webhook_hosts: [hooks.acme.com, "*.zapier.com"]
+        ip_networks: [203.0.113.0/24]       # trusted for auth.login_new_ip
+      protected_domains: [acme.com, rival.io]   # must stay on the block list
+      files: [rules/]                       # YAML rule files or directories (relative to the config)
+      custom: []                            # YAML rules inline
+      api_key.stale: {key_max_age_days: 60, suppress_secs: 604800}
+      auth.login_new_ip: {enabled: false}
+
+Every problem becomes one line of a :class:`~pipeline.errors.ConfigError` naming its key path,
+e.g. ``rules.api_key.stale.key_max_age_days: Input should be greater than 0 (got -1)``.
+Loading reads YAML rule files; nothing else here does I/O.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, IPvAnyNetwork, ValidationError, field_validator
+
+from pipeline.config import Model, validation_error_lines
+from pipeline.errors import ConfigError
+from pipeline.rules.base import DAY, Rule, RuleParams, registered_rules
+from pipeline.rules.matcher import MatchRuleSpec, RuleSyntaxError, compile_rule
+
+BUILTIN_YAML_DIR = Path(__file__).resolve().parent / "catalog"
+
+
+def _norm_list(v: Any, *, strip_at: bool = False) -> Any:
+    if not isinstance(v, list):
+        return v
+    out = []
+    for item in v:
+        if not isinstance(item, str) or not item.strip():
+            raise ValueError("entries must be non-empty strings")
+        s = item.strip().lower().rstrip(".")
+        out.append(s.lstrip("@") if strip_at else s)
+    return out
+
+
+class Defaults(Model):
+    """Defaults for every rule."""
+
+    enabled: bool = Field(True, description="built-in rules run unless disabled one by one")
+    suppress_secs: float = Field(3600.0, ge=0, le=90 * DAY)
+
+
+class AllowLists(Model):
+    """What is expected: members, webhook targets and trusted networks."""
+
+    member_emails: list[str] = Field(default_factory=list)
+    member_domains: list[str] = Field(default_factory=list)
+    webhook_hosts: list[str] = Field(default_factory=list)
+    ip_networks: list[IPvAnyNetwork] = Field(default_factory=list)
+
+    @field_validator("member_emails", "webhook_hosts", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return _norm_list(v)
+
+    @field_validator("member_domains", mode="before")
+    @classmethod
+    def _domains(cls, v: Any) -> Any:
+        return _norm_list(v, strip_at=True)
+
+    @field_validator("member_emails")
+    @classmethod
+    def _emails(cls, v: list[str]) -> list[str]:
+        for e in v:
+            if e.count("@") != 1 or e.startswith("@") or e.endswith("@"):
+                raise ValueError(f"{e!r} is not an email address")
+        return v
+
+
+class RulesSettings(Model):
+    """The reserved (non-rule) keys of the section."""
+
+    defaults: Defaults = Defaults()
+    tick_interval_secs: float = Field(60.0, gt=0, le=DAY)
+    allowlists: AllowLists = AllowLists()
+    protected_domains: list[str] = Field(default_factory=list)
+    files: list[str] = Field(default_factory=list)
+    custom: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("protected_domains", mode="before")
+    @classmethod
+    def _domains(cls, v: Any) -> Any:
+        return _norm_list(v, strip_at=True)
+
+
+RESERVED = tuple(RulesSettings.model_fields)
+
+
+def _host_match(host: str, patterns: tuple[str, ...]) -> bool:
+    for p in patterns:
+        if p.startswith("*."):
+            if host.endswith(p[1:]):
+                return True
+        elif host == p:
+            return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class SharedLists:
+    """Allowlists and protected domains, shaped for fast checks by the catalog rules."""
+
+    member_emails: frozenset[str] = frozenset()
+    member_domains: tuple[str, ...] = ()
+    webhook_hosts: tuple[str, ...] = ()
+    ip_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    protected_domains: tuple[str, ...] = ()
+
+    @classmethod
+    def from_settings(cls, s: RulesSettings) -> SharedLists:
+        """Build from validated settings."""
+        a = s.allowlists
+        return cls(frozenset(a.member_emails), tuple(a.member_domains), tuple(a.webhook_hosts),
+                   tuple(a.ip_networks), tuple(dict.fromkeys(s.protected_domains)))  # fmt: skip
+
+    @property
+    def has_member_allowlist(self) -> bool:
+        """Whether any member email or domain is configured."""
+        return bool(self.member_emails or self.member_domains)
+
+    def member_allowed(self, email: str) -> bool:
+        """Whether ``email`` is on the member allowlist (by address or by domain)."""
+        e = email.strip().lower()
+        if e in self.member_emails:
+            return True
+        domain = e.rpartition("@")[2]
+        return bool(domain) and _host_match(domain, self.member_domains)
+
+    def host_allowed(self, host: str) -> bool:
+        """Whether a webhook target host is on the allowlist."""
+        return _host_match(host.lower().rstrip("."), self.webhook_hosts)
+
+    def ip_trusted(self, ip: str) -> bool:
+        """Whether ``ip`` is inside a trusted network (False for text that is not an IP)."""
+        if not self.ip_networks:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in n for n in self.ip_networks)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """Every known rule (``rules``, enabled or not) with the shared settings."""
+
+    rules: tuple[Rule, ...]
+    settings: RulesSettings
+    lists: SharedLists
+
+    @property
+    def enabled(self) -> tuple[Rule, ...]:
+        """The rules that run."""
+        return tuple(r for r in self.rules if r.params.enabled)
+
+    def get(self, rule_id: str) -> Rule | None:
+        """A rule by id."""
+        return next((r for r in self.rules if r.meta.id == rule_id), None)
+
+
+# ---- YAML rule files -------------------------------------------------------------------------
+def _docs_in(path: Path) -> list[tuple[str, Any]]:
+    """(where, raw rule) for every rule in a YAML file.
+
+    Raises:
+        ConfigError: the file cannot be read or parsed.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the rule file ({err.strerror or type(err).__name__})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML ({type(err).__name__}: {err})") from None
+    out: list[tuple[str, Any]] = []
+    for d in docs:
+        items = d.get("rules") if isinstance(d, dict) and set(d) == {"rules"} else d
+        if isinstance(items, list):
+            out.extend((f"{path}: rules[{len(out) + i}]", r) for i, r in enumerate(items))
+        else:
+            out.append((f"{path}: rules[{len(out)}]", items))
+    return out
+
+
+def _rule_files(entry: str, base_dir: Path) -> list[Path]:
+    p = Path(entry)
+    p = p if p.is_absolute() else base_dir / p
+    if p.is_dir():
+        return sorted(x for x in p.rglob("*") if x.suffix in (".yaml", ".yml") and x.is_file())
+    if not p.exists():
+        raise ConfigError(f"rule file {p} does not exist")
+    return [p]
+
+
+def _spec(raw: Any, where: str, errors: list[str]) -> MatchRuleSpec | None:
+    if not isinstance(raw, dict):
+        errors.append(f"{where}: a rule must be a mapping")
+        return None
+    try:
+        return MatchRuleSpec.model_validate(raw)
+    except ValidationError as err:
+        rid = raw.get("id")
+        label = f"{where} ({rid})" if isinstance(rid, str) else where
+        errors.extend(f"{label}.{line}" for line in validation_error_lines(err, MatchRuleSpec))
+        return None
+
+
+# ---- loading ---------------------------------------------------------------------------------
+def parse_rules_config(raw: Mapping[str, Any] | None, *, base_dir: Path | None = None) -> RuleSet:
+    """Validate the ``rules`` section and compile every rule (built-in, catalog YAML, user YAML).
+
+    Raises:
+        ConfigError: one line per problem, each naming its key path.
+    """
+    raw = dict(raw or {})
+    errors: list[str] = []
+    reserved = {k: v for k, v in raw.items() if k in RESERVED}
+    blocks = {k: v for k, v in raw.items() if k not in RESERVED}
+    try:
+        settings = RulesSettings.model_validate(reserved)
+    except ValidationError as err:
+        errors.extend(f"rules.{line}" for line in validation_error_lines(err, RulesSettings))
+        settings = RulesSettings()  # go on with defaults to report the rule blocks' problems too
+    settings_ok = not errors
+
+    # YAML rules: the shipped catalog, then files, then inline.
+    specs: list[tuple[MatchRuleSpec, str, bool]] = []
+    sources: list[tuple[str, Any, bool]] = []
+    for f in sorted(BUILTIN_YAML_DIR.glob("*.yaml")):
+        sources.extend((w, r, True) for w, r in _docs_in(f))
+    for i, entry in enumerate(settings.files):
+        try:
+            for f in _rule_files(entry, base_dir or Path.cwd()):
+                sources.extend((f"rules.files.{i}: {w}", r, False) for w, r in _docs_in(f))
+        except ConfigError as err:
+            errors.append(f"rules.files.{i}: {err.message}")
+    sources.extend((f"rules.custom.{i}", r, False) for i, r in enumerate(settings.custom))
+    for where, rule_raw, builtin in sources:
+        spec = _spec(rule_raw, where, errors)
+        if spec is not None:
+            specs.append((spec, where, builtin))
+
+    python = registered_rules()
+    known: dict[str, str] = {rid: "built-in" for rid in python}
+    for spec, where, _ in specs:
+        if spec.id in known:
+            errors.append(f"{where}.id: rule id {spec.id!r} is already used by {known[spec.id]}")
+        else:
+            known[spec.id] = where
+
+    for key, block in blocks.items():
+        if key not in known and settings_ok:  # (custom rules are unknown when files/custom failed)
+            hint = difflib.get_close_matches(key, [*known, *RESERVED], n=1)
+            what = "unknown rule" if "." in key else "unknown key"
+            tip = f" (did you mean '{hint[0]}'?)" if hint else f" (keys: {', '.join(RESERVED)}, or a rule id)"
+            errors.append(f"rules.{key}: {what}{tip}")
+        elif block is not None and not isinstance(block, dict):
+            errors.append(f"rules.{key}: must be a mapping of options (enabled, severity, suppress_secs, ...)")
+
+    def params(model: type[RuleParams], rid: str, enabled: bool) -> RuleParams | None:
+        block = blocks.get(rid) or {}
+        if not isinstance(block, dict):
+            return None
+        try:
+            return model.model_validate({"enabled": enabled, **block})
+        except ValidationError as err:
+            errors.extend(f"rules.{rid}.{line}" for line in validation_error_lines(err, model))
+            return None
+
+    rules: list[Rule] = []
+    lists = SharedLists.from_settings(settings)
+    for rid, cls in python.items():
+        p = params(cls.Params, rid, settings.defaults.enabled)
+        if p is not None:
+            rules.append(cls(p, lists))
+    for spec, where, builtin in specs:
+        if known.get(spec.id) != where:
+            continue
+        p = params(RuleParams, spec.id, spec.enabled and (settings.defaults.enabled or not builtin))
+        if p is None:
+            continue
+        try:
+            rules.append(compile_rule(spec, p))
+        except RuleSyntaxError as err:
+            errors.append(f"{where} ({spec.id}).{err}")
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return RuleSet(tuple(sorted(rules, key=lambda r: r.meta.id)), settings, lists)

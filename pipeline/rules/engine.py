@@ -1,0 +1,368 @@
+"""The pure rules engine: events (or a tick) + rule state in, Alert v1 records + state changes out.
+
+No I/O and no wall clock: time comes from each event's ``time`` and from the ``now`` given to
+:meth:`RulesEngine.tick` (the injected clock when omitted). The worker
+(:mod:`pipeline.rules.worker`) wraps it with the bus; replay reuses it as is.
+
+Alert semantics, owned here so every rule gets them alike:
+
+* **dedup key** ``<rule>:<workspace>:<finding key>`` (hashed when longer than 255 characters),
+  stable for one condition, so PagerDuty folds repeats and resolves by it;
+* **suppression**: a condition alerts once per window (``suppress_secs``); matches inside the
+  window only raise ``count`` and ``last_seen``. Several matches in one batch make one alert.
+  A higher severity than the last alert (e.g. a webhook target going from unknown host to
+  ``http://``) alerts at once;
+* **count / first_seen / last_seen** cover the condition since it opened;
+* **resolution**: a resolvable condition stays tracked until the rule reports it cleared, then
+  a ``resolved`` alert with the same dedup key goes out; other conditions are forgotten after
+  a quiet window;
+* **alert ids** hash (dedup key, status, open time, n-th alert), so a retried or replayed batch
+  builds the same ids.
+
+A rule that raises is reported in :attr:`Evaluation.failures`; the other rules still run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+
+from pipeline.clock import Clock, format_time, parse_time
+from pipeline.rules.base import AlertTrack, Finding, Rule, RuleContext, RuleState
+from pipeline.rules.config import RuleSet, parse_rules_config
+from pipeline.rules.matcher import type_matches
+from pipeline.rules.state import StateProblem, StateStore
+from schemas.alert import Alert, RuleRef, Severity, severity_rank
+from schemas.event import SCHEMA as EVENT_SCHEMA
+from schemas.event import Event
+from schemas.ids import deterministic_id
+
+MAX_TRACKS = 10_000
+"""Alert conditions remembered per rule and workspace (least recently updated dropped first)."""
+MAX_EVENT_IDS = 50
+"""Event ids carried by one alert."""
+MAX_SUMMARY = 1024
+"""PagerDuty's summary limit."""
+_ROUTE_CACHE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class RuleFailure:
+    """A rule raised on an event (or the event itself was unusable when ``rule_id`` is None)."""
+
+    rule_id: str | None
+    event_id: str | None
+    workspace_id: str | None
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """What one :meth:`RulesEngine.evaluate` or :meth:`RulesEngine.tick` produced."""
+
+    alerts: tuple[Alert, ...] = ()
+    state: Mapping[str, bytes | None] = field(default_factory=dict)
+    failures: tuple[RuleFailure, ...] = ()
+    suppressed: int = 0
+    events: int = 0
+
+
+def decode_event(data: bytes) -> Event:
+    """Parse one record value into an Event v1.
+
+    Raises:
+        ValueError: not JSON, not an object, another schema, or fields missing or mistyped.
+    """
+    try:
+        d = orjson.loads(data)
+    except orjson.JSONDecodeError as err:
+        raise ValueError(f"not JSON: {err}") from None
+    if not isinstance(d, dict):
+        raise ValueError("not a JSON object")
+    if d.get("schema", EVENT_SCHEMA) != EVENT_SCHEMA:
+        raise ValueError(f"unsupported schema {d.get('schema')!r}")
+    if not all(isinstance(d.get(k), str) for k in ("id", "type", "time")):
+        raise ValueError("not an Event v1 (id, type and time must be strings)")
+    ws, attrs = d.get("workspace"), d.get("attributes")
+    if not isinstance(ws, dict) or not isinstance(ws.get("id"), str) or not isinstance(attrs, dict | None):
+        raise ValueError("not an Event v1 (workspace.id must be a string, attributes an object)")
+    try:
+        return Event.from_dict(d)
+    except (KeyError, TypeError, IndexError, AttributeError) as err:
+        raise ValueError(f"not an Event v1 ({type(err).__name__}: {err})") from None
+
+
+def dedup_key(rule_id: str, workspace_id: str, key: str) -> str:
+    """``<rule>:<workspace>:<key>``, hashed down when it would exceed PagerDuty's 255 characters."""
+    dk = f"{rule_id}:{workspace_id}:{key}"
+    if len(dk) <= 255:
+        return dk
+    dk = f"{rule_id}:{workspace_id}:h:{deterministic_id(key)}"
+    return dk if len(dk) <= 255 else f"{rule_id}:h:{deterministic_id(workspace_id, key)}"
+
+
+class _Bound:
+    """A rule with its effective options."""
+
+    __slots__ = ("codes", "id", "refs", "rule", "severity", "suppress", "ticks", "types")
+
+    def __init__(self, rule: Rule, default_suppress: float):
+        m, p = rule.meta, rule.params
+        self.rule = rule
+        self.id = m.id
+        self.types = m.event_types or ("*",)
+        self.codes = m.activity_codes
+        self.ticks = m.ticks
+        self.severity: Severity | None = p.severity
+        self.suppress = next(s for s in (p.suppress_secs, m.suppress_secs, default_suppress) if s is not None)
+        self.refs: dict[str, RuleRef] = {}
+
+    def ref(self, severity: Severity) -> RuleRef:
+        r = self.refs.get(severity)
+        if r is None:
+            m = self.rule.meta
+            r = self.refs[severity] = RuleRef(m.id, m.version, m.title, severity, m.runbook, m.attack, m.basic)
+        return r
+
+
+class _Pending:
+    """An open alert being assembled during one batch."""
+
+    __slots__ = ("attributes", "bound", "emission", "entities", "event_ids", "key", "severity", "state",
+                 "summary", "track")  # fmt: skip
+
+    def __init__(self, b: _Bound, st: RuleState, f: Finding, tr: AlertTrack, severity: Severity):
+        self.bound, self.state, self.key, self.track = b, st, f.key, tr
+        self.summary = f.summary
+        self.entities = f.entities
+        self.attributes = dict(f.attributes)
+        self.severity = severity
+        self.emission = tr.emissions
+        self.event_ids: list[str] = []
+        self.add(f)
+
+    def add(self, f: Finding) -> None:
+        """Fold a match of the same emission into this alert (its event id)."""
+        if f.event_id and len(self.event_ids) < MAX_EVENT_IDS and f.event_id not in self.event_ids:
+            self.event_ids.append(f.event_id)
+
+    def build(self) -> Alert:
+        tr, st = self.track, self.state
+        return Alert.build(
+            rule=self.bound.ref(self.severity), workspace=st.workspace, summary=self.summary[:MAX_SUMMARY],
+            dedup_key=dedup_key(self.bound.id, st.workspace.id, self.key), event_ids=tuple(self.event_ids),
+            entities=self.entities, first_seen=format_time(tr.first), last_seen=format_time(tr.last),
+            count=tr.count, attributes=self.attributes, occurrence=f"{round(tr.opened * 1000)}:{self.emission}",
+        )  # fmt: skip
+
+
+@dataclass(slots=True)
+class _Batch:
+    items: list[_Pending | Alert] = field(default_factory=list)
+    open: dict[tuple[str, str, str], _Pending] = field(default_factory=dict)
+    failures: list[RuleFailure] = field(default_factory=list)
+    suppressed: int = 0
+
+
+def _expire(st: RuleState, window: float, now: float) -> None:
+    """Forget non-resolvable conditions quiet for a whole window (tracks are oldest-first)."""
+    dead = []
+    for k, tr in st.tracks.items():
+        if tr.resolvable:
+            continue
+        if now - tr.last < window:
+            break
+        dead.append(k)
+    for k in dead:
+        del st.tracks[k]
+    if dead:
+        st.tracks_dirty = True
+
+
+class RulesEngine:
+    """Evaluate rules over events and ticks (see the module docstring)."""
+
+    def __init__(self, ruleset: RuleSet, *, clock: Clock, state: Mapping[str, bytes] | None = None):
+        self.ruleset = ruleset
+        self._clock = clock
+        default = ruleset.settings.defaults.suppress_secs
+        self._bound = tuple(_Bound(r, default) for r in ruleset.enabled)
+        self._by_id = {b.id: b for b in self._bound}
+        self._store = StateStore({b.id: b.rule.meta.version for b in self._bound})
+        self._ctxs: dict[str, dict[str, RuleContext]] = {}  # workspace id -> rule id -> context
+        self._routes: dict[tuple[str, int | None], tuple[_Bound, ...]] = {}
+        self.state_problems: list[StateProblem] = []
+        if state:
+            self.load_state(state)
+
+    @classmethod
+    def from_config(
+        cls, rules_config: Mapping[str, Any] | None, *, clock: Clock, base_dir: Path | None = None
+    ) -> RulesEngine:
+        """Build from the raw ``rules`` config section.
+
+        Raises:
+            ConfigError: the section is invalid (the message names the key path).
+        """
+        return cls(parse_rules_config(rules_config, base_dir=base_dir), clock=clock)
+
+    # ---- state ---------------------------------------------------------------------------
+    def load_state(self, items: Mapping[str, bytes]) -> list[StateProblem]:
+        """Replace the in-memory rule state with ``items`` (``bus.state_items("rules/")``)."""
+        self._ctxs.clear()
+        self.state_problems = self._store.load(items)
+        return self.state_problems
+
+    def state_items(self) -> dict[str, bytes]:
+        """The whole rule state as it would be stored (keys and values)."""
+        return self._store.encode_all()
+
+    # ---- evaluation ----------------------------------------------------------------------
+    def evaluate(self, events: Iterable[Event]) -> Evaluation:
+        """Run every enabled rule over ``events`` in order; return alerts and changed state."""
+        batch = _Batch()
+        n = 0
+        touched = self._store.touched
+        for ev in events:
+            n += 1
+            try:
+                t = parse_time(ev.time)
+            except (ValueError, TypeError, AttributeError) as err:
+                batch.failures.append(RuleFailure(None, ev.id, ev.workspace.id, f"invalid time {ev.time!r}: {err}"))
+                continue
+            code: int | None = None
+            if ev.source.kind == "audit_log":
+                c = ev.attributes.get("activity_code")
+                code = c if isinstance(c, int) and not isinstance(c, bool) else -1
+            routed = self._route(ev.type, code)
+            if not routed:
+                continue
+            ws = ev.workspace
+            ctxs = self._ctxs.get(ws.id)
+            if ctxs is None:
+                ctxs = self._ctxs[ws.id] = {}
+            for b in routed:
+                ctx = ctxs.get(b.id)
+                if ctx is None:
+                    ctx = ctxs[b.id] = RuleContext(self._store.get(b.id, ws), self._clock, suppress_secs=b.suppress)
+                else:
+                    st = ctx.state
+                    if ws.name is not None and ws.name != st.workspace.name:
+                        st.workspace = ws
+                        st.data_touched = True
+                    touched.add(st)
+                ctx.now = t
+                try:
+                    for f in b.rule.on_event(ctx, ev):
+                        self._apply(b, ctx, f, batch)
+                except Exception as err:  # noqa: BLE001 - one faulty rule must not stop the others
+                    batch.failures.append(RuleFailure(b.id, ev.id, ev.workspace.id, f"{type(err).__name__}: {err}"))
+        return self._finish(batch, n)
+
+    def tick(self, now: float | None = None) -> Evaluation:
+        """Evaluate time-based conditions at ``now`` (default: the injected clock) for every workspace."""
+        t = self._clock.now() if now is None else now
+        batch = _Batch()
+        for st in list(self._store.states.values()):
+            b = self._by_id.get(st.rule_id)
+            if b is None:
+                continue
+            before = len(st.tracks)
+            _expire(st, b.suppress, t)
+            if len(st.tracks) != before:
+                self._store.touched.add(st)
+            if not b.ticks:
+                continue
+            ctxs = self._ctxs.setdefault(st.workspace.id, {})
+            ctx = ctxs.get(b.id)
+            if ctx is None:
+                ctx = ctxs[b.id] = RuleContext(st, self._clock, suppress_secs=b.suppress)
+            ctx.now = t
+            self._store.touched.add(st)
+            try:
+                for f in b.rule.on_tick(ctx):
+                    self._apply(b, ctx, f, batch)
+            except Exception as err:  # noqa: BLE001 - one faulty rule must not stop the others
+                batch.failures.append(RuleFailure(b.id, None, st.workspace.id, f"{type(err).__name__}: {err}"))
+        return self._finish(batch, 0)
+
+    # ---- internals -----------------------------------------------------------------------
+    def _route(self, etype: str, code: int | None) -> tuple[_Bound, ...]:
+        key = (etype, code)
+        r = self._routes.get(key)
+        if r is None:
+            r = tuple(
+                b for b in self._bound
+                if type_matches(b.types, etype) and (code is None or b.codes is None or code in b.codes)
+            )  # fmt: skip
+            if len(self._routes) < _ROUTE_CACHE:
+                self._routes[key] = r
+        return r
+
+    def _apply(self, b: _Bound, ctx: RuleContext, f: Finding, batch: _Batch) -> None:
+        st = ctx.state
+        t = ctx.now if f.time is None else f.time
+        bkey = (b.id, st.workspace.id, f.key)
+        tr = st.tracks.get(f.key)
+        if f.status == "resolved":
+            if tr is None:
+                return
+            del st.tracks[f.key]
+            st.tracks_dirty = True
+            batch.open.pop(bkey, None)
+            tr.last = max(tr.last, t)
+            sev = cast(Severity, tr.severity) if severity_rank(tr.severity) >= 0 else b.rule.meta.severity
+            eids = (f.event_id,) if f.event_id else ()
+            batch.items.append(Alert.build(
+                rule=b.ref(sev), workspace=st.workspace, summary=f.summary[:MAX_SUMMARY],
+                dedup_key=dedup_key(b.id, st.workspace.id, f.key), event_ids=eids,
+                entities=f.entities, first_seen=format_time(tr.first), last_seen=format_time(t), count=tr.count,
+                status="resolved", attributes=dict(f.attributes), occurrence=f"{round(tr.opened * 1000)}",
+            ))  # fmt: skip
+            return
+        severity: Severity = b.severity or f.severity or b.rule.meta.severity
+        if tr is None:
+            _expire(st, b.suppress, t)
+            while len(st.tracks) >= MAX_TRACKS:
+                del st.tracks[next(iter(st.tracks))]
+            tr = AlertTrack(opened=t, first=t, last=t, resolvable=f.resolvable)
+        else:
+            del st.tracks[f.key]  # re-inserted below: most recently updated last
+        st.tracks[f.key] = tr
+        st.tracks_dirty = True
+        tr.count = max(1, tr.count + f.count)
+        tr.last = max(tr.last, t)
+        tr.resolvable = tr.resolvable or f.resolvable
+        # Alert when the window has passed or the severity rose; otherwise fold the match into this
+        # batch's alert for the condition (same emission), or count it as suppressed.
+        if tr.emitted is None or t - tr.emitted >= b.suppress or severity_rank(severity) > severity_rank(tr.severity):
+            tr.emitted = t
+            tr.emissions += 1
+            tr.severity = severity
+            pending = batch.open[bkey] = _Pending(b, st, f, tr, severity)
+            batch.items.append(pending)
+            return
+        folded = batch.open.get(bkey)
+        if folded is not None and folded.emission == tr.emissions:
+            folded.add(f)
+        else:
+            batch.suppressed += 1
+
+    def _finish(self, batch: _Batch, n: int) -> Evaluation:
+        changes, enc_failures = self._store.flush()
+        batch.failures.extend(RuleFailure(rid, None, None, msg) for rid, msg in enc_failures)
+        alerts = tuple(x.build() if isinstance(x, _Pending) else x for x in batch.items)
+        return Evaluation(alerts, changes, tuple(batch.failures), batch.suppressed, n)
+
+
+def __getattr__(name: str) -> Any:
+    """Re-export :class:`~pipeline.rules.worker.RulesWorker` lazily (the worker does I/O; this module does not)."""
+    if name == "RulesWorker":
+        from pipeline.rules.worker import RulesWorker
+
+        return RulesWorker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

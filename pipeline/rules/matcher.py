@@ -1,0 +1,486 @@
+"""YAML matching rules in the spirit of Sigma, compiled once into plain Python closures.
+
+A rule file holds one rule, a list of rules, or ``{rules: [...]}``::
+
+    id: custom.login_outside_office       # dotted, unique
+    title: Login from outside the office network
+    severity: medium                      # info | low | medium | high | critical
+    attack: [T1078]
+    basic: Audit logs reviewed periodically
+    types: [audit.*]                      # event types routed to the rule (globs allowed)
+    activity_codes: [1]                   # optional: audit activity codes
+    detection:
+      selection:
+        actor.ip|cidr: [0.0.0.0/0]
+      office:
+        actor.ip|cidr: [203.0.113.0/24]
+      condition: selection and not office
+    resolve: {...}                        # optional: same shape; a match clears the open condition
+    resolve_types: [audit.*]              # optional: types only the resolve block needs (default: types)
+    group_by: [actor.user_id]             # the condition key (dedup); empty: one per workspace
+    summary: "{actor.user_name|actor.user_id} logged in from {actor.ip}"
+    entities: [{kind: user, id: "{actor.user_id}", name: "{actor.user_name}"}]
+    fields: [actor.ip, actor.user_agent]  # copied into the alert's attributes
+    suppress_secs: 3600
+
+Detection semantics (as in Sigma): a selection is a mapping (all fields must match) or a list
+of mappings (any). A list of values means any of them (``|all``: every one). Strings compare
+case-insensitively unless ``|cased``. A field that holds a list matches when any element does.
+``null`` matches a missing field. Field paths start at an Event v1 field: ``type``, ``time``,
+``workspace.id``, ``source.kind``, ``actor.ip``, ``target.id``, ``change.after.role``,
+``attributes.<name>``, ``raw.<name>``. Modifiers: ``contains startswith endswith re cidr
+gt gte lt lte exists in all cased`` (``re`` also takes ``i``, ``m``, ``s``). Conditions use
+``and``, ``or``, ``not``, parentheses, ``1 of <pattern>``, ``all of <pattern>`` and ``them``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Annotated, Any
+
+from pydantic import Field, StringConstraints
+
+from pipeline.config import Model
+from pipeline.rules.base import ATTACK_PATTERN, RULE_ID_PATTERN, Finding, RuleContext, RuleMeta, RuleParams, resolved
+from schemas.alert import Entity, Severity
+from schemas.event import Event
+
+Pred = Callable[[Event], bool]
+Getter = Callable[[Event], Any]
+
+_SUBFIELDS: dict[str, frozenset[str] | None] = {
+    "id": frozenset(), "type": frozenset(), "time": frozenset(), "observed_at": frozenset(), "schema": frozenset(),
+    "workspace": frozenset({"id", "name"}),
+    "source": frozenset({"kind", "stream", "record_id"}),
+    "actor": frozenset({"user_id", "user_name", "api_key_id", "ip", "user_agent", "via_api"}),
+    "target": frozenset({"kind", "id", "name"}),
+    "change": frozenset({"before", "after", "fields"}),
+    "attributes": None, "raw": None,
+}  # fmt: skip
+_MODIFIERS = frozenset({"contains", "startswith", "endswith", "re", "cidr", "gt", "gte", "lt", "lte", "exists",
+                        "in", "all", "cased", "eq", "i", "m", "s"})  # fmt: skip
+_KINDS = ("contains", "startswith", "endswith", "re", "cidr", "gt", "gte", "lt", "lte", "exists", "eq")
+
+
+class RuleSyntaxError(ValueError):
+    """A YAML rule does not compile; ``where`` is the path inside the rule."""
+
+    def __init__(self, where: str, message: str):
+        super().__init__(f"{where}: {message}")
+        self.where = where
+
+
+# ---- field access ----------------------------------------------------------------------------
+def getter(path: str, where: str = "field") -> Getter:
+    """Compile a dotted Event v1 path into a function returning the value (None when absent).
+
+    Raises:
+        RuleSyntaxError: the path does not start at an Event v1 field.
+    """
+    segs = path.split(".")
+    head, rest = segs[0], segs[1:]
+    if head not in _SUBFIELDS or any(not s for s in segs):
+        raise RuleSyntaxError(where, f"unknown field {path!r} (starts with one of: {', '.join(_SUBFIELDS)})")
+    allowed = _SUBFIELDS[head]
+    if allowed is not None and rest and rest[0] not in allowed:
+        raise RuleSyntaxError(where, f"unknown field {path!r} ({head} has: {', '.join(sorted(allowed))})")
+    if not rest:
+        return lambda ev: getattr(ev, head)
+    if len(rest) == 1 and head not in ("attributes", "raw"):
+        sub = rest[0]
+        return lambda ev: getattr(getattr(ev, head), sub, None)  # None-safe: getattr(None, x, None)
+
+    def get(ev: Event) -> Any:
+        v: Any = getattr(ev, head)
+        for s in rest:
+            if v is None:
+                return None
+            v = v.get(s) if isinstance(v, dict) else getattr(v, s, None)
+        return v
+
+    return get
+
+
+# ---- value predicates ------------------------------------------------------------------------
+def _num(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _text(v: Any, cased: bool) -> str | None:
+    if isinstance(v, str):
+        return v if cased else v.lower()
+    if _num(v):
+        return str(v)
+    return None
+
+
+def _value_pred(kind: str, expected: Any, mods: set[str], where: str) -> Callable[[Any], bool]:
+    cased = "cased" in mods
+    if kind in ("gt", "gte", "lt", "lte"):
+        if not _num(expected):
+            raise RuleSyntaxError(where, f"|{kind} needs a number, got {expected!r}")
+        e = float(expected)
+        cmp = {"gt": float.__gt__, "gte": float.__ge__, "lt": float.__lt__, "lte": float.__le__}[kind]
+        return lambda v: _num(v) and cmp(float(v), e)
+    if kind == "cidr":
+        try:
+            net = ipaddress.ip_network(str(expected), strict=False)
+        except ValueError as err:
+            raise RuleSyntaxError(where, f"|cidr: {err}") from None
+
+        def in_net(v: Any) -> bool:
+            try:
+                return isinstance(v, str) and ipaddress.ip_address(v) in net
+            except ValueError:
+                return False
+
+        return in_net
+    if kind == "re":
+        if not isinstance(expected, str):
+            raise RuleSyntaxError(where, "|re needs a string pattern")
+        flags = (re.IGNORECASE if "i" in mods else 0) | (re.MULTILINE if "m" in mods else 0)
+        flags |= re.DOTALL if "s" in mods else 0
+        try:
+            rx = re.compile(expected, flags)
+        except re.error as err:
+            raise RuleSyntaxError(where, f"|re: invalid pattern: {err}") from None
+        return lambda v: isinstance(v, str) and rx.search(v) is not None
+    if expected is None:
+        if kind != "eq":
+            raise RuleSyntaxError(where, f"|{kind} cannot compare with null")
+        return lambda v: v is None
+    if isinstance(expected, bool):
+        if kind != "eq":
+            raise RuleSyntaxError(where, f"|{kind} cannot compare with a boolean")
+        return lambda v: v is expected
+    if not isinstance(expected, str | int | float):
+        raise RuleSyntaxError(where, f"values must be strings, numbers, booleans or null, got {expected!r}")
+    if kind == "eq" and _num(expected):
+        num = float(expected)
+        return lambda v: (_num(v) and float(v) == num) or (isinstance(v, str) and v == str(expected))
+    e_text = str(expected) if cased else str(expected).lower()
+    if kind == "eq":
+        return lambda v: _text(v, cased) == e_text
+    if kind == "contains":
+        return lambda v: (t := _text(v, cased)) is not None and e_text in t
+    if kind == "startswith":
+        return lambda v: (t := _text(v, cased)) is not None and t.startswith(e_text)
+    return lambda v: (t := _text(v, cased)) is not None and t.endswith(e_text)  # endswith
+
+
+def _field_pred(spec: str, expected: Any, where: str) -> Pred:
+    path, *mod_list = spec.split("|")
+    mods = set(mod_list)
+    unknown = mods - _MODIFIERS
+    if unknown:
+        raise RuleSyntaxError(
+            where, f"unknown modifier {sorted(unknown)[0]!r} (known: {', '.join(sorted(_MODIFIERS))})"
+        )
+    kinds = [m for m in mod_list if m in _KINDS]
+    if len(kinds) > 1:
+        raise RuleSyntaxError(where, f"modifiers {kinds} cannot be combined")
+    kind = kinds[0] if kinds else "eq"
+    get = getter(path, where)
+    if kind == "exists":
+        if not isinstance(expected, bool):
+            raise RuleSyntaxError(where, "|exists needs true or false")
+        return lambda ev: (get(ev) is not None) is expected
+    values = list(expected) if isinstance(expected, list) else [expected]
+    if "in" in mods and not isinstance(expected, list):
+        raise RuleSyntaxError(where, "|in needs a list of values")
+    if not values:
+        raise RuleSyntaxError(where, "the list of values is empty")
+    preds = [_value_pred(kind, v, mods, where) for v in values]
+
+    def one(v: Any, p: Callable[[Any], bool]) -> bool:
+        if isinstance(v, list | tuple):
+            return any(p(x) for x in v)
+        return p(v)
+
+    if "all" in mods:
+        return lambda ev: all(one(get(ev), p) for p in preds)
+    if len(preds) == 1:
+        p0 = preds[0]
+        return lambda ev: one(get(ev), p0)
+    return lambda ev: any(one(v, p) for v in (get(ev),) for p in preds)
+
+
+def _selection(body: Any, where: str) -> Pred:
+    if isinstance(body, Mapping):
+        if not body:
+            raise RuleSyntaxError(where, "a selection needs at least one field")
+        preds = [_field_pred(str(k), v, f"{where}.{k}") for k, v in body.items()]
+        if len(preds) == 1:
+            return preds[0]
+        return lambda ev: all(p(ev) for p in preds)
+    if isinstance(body, list) and body and all(isinstance(b, Mapping) for b in body):
+        alts = [_selection(b, f"{where}.{i}") for i, b in enumerate(body)]
+        return lambda ev: any(p(ev) for p in alts)
+    raise RuleSyntaxError(where, "a selection is a mapping of field: value, or a list of such mappings")
+
+
+# ---- conditions ------------------------------------------------------------------------------
+_TOKEN = re.compile(r"\s*(\(|\)|[A-Za-z0-9_*]+)")
+
+
+class _Parser:
+    def __init__(self, text: str, selections: Mapping[str, Pred], where: str):
+        self.where = where
+        self.sel = selections
+        self.toks: list[str] = []
+        pos = 0
+        while pos < len(text):
+            m = _TOKEN.match(text, pos)
+            if m is None:
+                if text[pos:].strip():
+                    raise RuleSyntaxError(where, f"unexpected character {text[pos:].strip()[0]!r}")
+                break
+            self.toks.append(m.group(1))
+            pos = m.end()
+        self.i = 0
+
+    def peek(self) -> str | None:
+        return self.toks[self.i] if self.i < len(self.toks) else None
+
+    def take(self) -> str:
+        tok = self.peek()
+        if tok is None:
+            raise RuleSyntaxError(self.where, "the condition ends too early")
+        self.i += 1
+        return tok
+
+    def parse(self) -> Pred:
+        p = self.or_()
+        if self.peek() is not None:
+            raise RuleSyntaxError(self.where, f"unexpected {self.peek()!r}")
+        return p
+
+    def or_(self) -> Pred:
+        parts = [self.and_()]
+        while self.peek() == "or":
+            self.take()
+            parts.append(self.and_())
+        return parts[0] if len(parts) == 1 else (lambda ev: any(p(ev) for p in parts))
+
+    def and_(self) -> Pred:
+        parts = [self.not_()]
+        while self.peek() == "and":
+            self.take()
+            parts.append(self.not_())
+        return parts[0] if len(parts) == 1 else (lambda ev: all(p(ev) for p in parts))
+
+    def not_(self) -> Pred:
+        if self.peek() == "not":
+            self.take()
+            inner = self.not_()
+            return lambda ev: not inner(ev)
+        return self.atom()
+
+    def atom(self) -> Pred:
+        tok = self.take()
+        if tok == "(":
+            p = self.or_()
+            if self.take() != ")":
+                raise RuleSyntaxError(self.where, "missing ')'")
+            return p
+        if tok in ("1", "any", "all") and self.peek() == "of":
+            self.take()
+            pattern = self.take()
+            names = list(self.sel) if pattern == "them" else fnmatch.filter(self.sel, pattern)
+            if not names:
+                raise RuleSyntaxError(self.where, f"no selection matches {pattern!r}")
+            preds = [self.sel[n] for n in names]
+            if tok == "all":
+                return lambda ev: all(p(ev) for p in preds)
+            return lambda ev: any(p(ev) for p in preds)
+        if tok in ("and", "or", "of", ")") or tok not in self.sel:
+            known = ", ".join(self.sel) or "none"
+            raise RuleSyntaxError(self.where, f"unknown selection {tok!r} (defined: {known})")
+        return self.sel[tok]
+
+
+def compile_detection(detection: Mapping[str, Any], where: str = "detection") -> Pred:
+    """Compile a ``detection`` block (named selections + ``condition``) into a predicate.
+
+    Raises:
+        RuleSyntaxError: a selection, modifier, value or the condition is invalid.
+    """
+    if not isinstance(detection, Mapping):
+        raise RuleSyntaxError(where, "must be a mapping of selections and a condition")
+    cond = detection.get("condition")
+    sels = {str(k): _selection(v, f"{where}.{k}") for k, v in detection.items() if k != "condition"}
+    if not sels:
+        raise RuleSyntaxError(where, "needs at least one selection")
+    if cond is None:
+        if len(sels) != 1:
+            raise RuleSyntaxError(f"{where}.condition", "required when there is more than one selection")
+        return next(iter(sels.values()))
+    if not isinstance(cond, str) or not cond.strip():
+        raise RuleSyntaxError(f"{where}.condition", "must be a non-empty string")
+    return _Parser(cond, sels, f"{where}.condition").parse()
+
+
+# ---- templates -------------------------------------------------------------------------------
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+
+
+def compile_template(text: str, where: str) -> Callable[[Event], tuple[str, bool]]:
+    """Compile ``"{actor.user_name|actor.user_id} from {actor.ip}"``; returns (text, all fields found).
+
+    Raises:
+        RuleSyntaxError: a placeholder names an unknown field.
+    """
+    parts: list[str | list[Getter]] = []
+    pos = 0
+    for m in _PLACEHOLDER.finditer(text):
+        parts.append(text[pos : m.start()])
+        if m.group(0) in ("{{", "}}"):
+            parts.append(m.group(0)[0])
+        else:
+            alts = [a.strip() for a in (m.group(1) or "").split("|")]
+            parts.append([getter(a, where) for a in alts])
+        pos = m.end()
+    parts.append(text[pos:])
+
+    def render(ev: Event) -> tuple[str, bool]:
+        out: list[str] = []
+        found = True
+        for part in parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            v = next((x for x in (g(ev) for g in part) if x not in (None, "")), None)
+            found = found and v is not None
+            out.append("unknown" if v is None else str(v))
+        return "".join(out), found
+
+    return render
+
+
+# ---- the rule --------------------------------------------------------------------------------
+AttackId = Annotated[str, StringConstraints(pattern=ATTACK_PATTERN)]
+"""An ATT&CK technique id such as ``T1098`` or ``T1556.006``."""
+
+
+class EntitySpec(Model):
+    """An entity template of a YAML rule."""
+
+    kind: str = Field(min_length=1)
+    id: str | None = None
+    name: str | None = None
+
+
+class MatchRuleSpec(Model):
+    """A YAML rule as written by a user (see the module docstring)."""
+
+    id: str = Field(pattern=RULE_ID_PATTERN, max_length=100)
+    title: str = Field(min_length=1)
+    severity: Severity
+    version: int = Field(1, ge=1)
+    description: str = ""
+    runbook: str = ""
+    attack: list[AttackId] = Field(default_factory=list)
+    basic: str = ""
+    types: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    activity_codes: list[int] | None = None
+    detection: dict[str, Any]
+    resolve: dict[str, Any] | None = None
+    resolve_types: list[str] | None = None
+    group_by: list[str] = Field(default_factory=list)
+    summary: str = ""
+    entities: list[EntitySpec] = Field(default_factory=list)
+    fields: list[str] = Field(default_factory=list)
+    enabled: bool = True
+    suppress_secs: float | None = Field(None, ge=0)
+
+
+class MatchRule:
+    """A compiled YAML rule; implements :class:`pipeline.rules.base.Rule`."""
+
+    def __init__(self, spec: MatchRuleSpec, params: RuleParams):
+        self.spec = spec
+        self.params = params
+        self.meta = RuleMeta(
+            id=spec.id, title=spec.title, severity=spec.severity, version=spec.version, runbook=spec.runbook,
+            attack=tuple(spec.attack), basic=spec.basic, description=spec.description,
+            event_types=tuple(dict.fromkeys([*spec.types, *(spec.resolve_types or ())])),
+            activity_codes=frozenset(spec.activity_codes) if spec.activity_codes is not None else None,
+            suppress_secs=spec.suppress_secs, kind="yaml",
+        )  # fmt: skip
+        self._detect = compile_detection(spec.detection, "detection")
+        self._resolve = compile_detection(spec.resolve, "resolve") if spec.resolve is not None else None
+        self._group = [getter(g, f"group_by.{i}") for i, g in enumerate(spec.group_by)]
+        self._summary = compile_template(spec.summary or spec.title, "summary")
+        self._entities = [
+            (e.kind, compile_template(e.id, f"entities.{i}.id") if e.id else None,
+             compile_template(e.name, f"entities.{i}.name") if e.name else None)
+            for i, e in enumerate(spec.entities)
+        ]  # fmt: skip
+        self._fields = [(f, getter(f, f"fields.{i}")) for i, f in enumerate(spec.fields)]
+        self._resolve_types = tuple(spec.resolve_types or spec.types)
+        self._routes: dict[str, tuple[bool, bool]] = {}  # event type -> (detect?, resolve?)
+
+    def key(self, ev: Event) -> str:
+        """The condition key: the ``group_by`` values joined by ``|`` (``all`` without group_by)."""
+        if not self._group:
+            return "all"
+        return "|".join("-" if (v := g(ev)) is None else str(v) for g in self._group)
+
+    def _entities_for(self, ev: Event) -> tuple[Entity, ...]:
+        out: list[Entity] = []
+        for kind, id_t, name_t in self._entities:
+            eid = id_t(ev) if id_t else ("", False)
+            name = name_t(ev) if name_t else ("", False)
+            if eid[1] or name[1]:
+                out.append(Entity(kind, eid[0] if eid[1] else None, name[0] if name[1] else None))
+        return tuple(out)
+
+    def _route(self, event_type: str) -> tuple[bool, bool]:
+        r = self._routes.get(event_type)
+        if r is None:
+            r = (type_matches(self.spec.types, event_type), type_matches(self._resolve_types, event_type))
+            if len(self._routes) < 1024:
+                self._routes[event_type] = r
+        return r
+
+    def on_event(self, ctx: RuleContext, event: Event) -> Iterable[Finding]:
+        """Match the detection (open) or, when something is open, the resolve block."""
+        detect, resolve = self._route(event.type)
+        if detect and self._detect(event):
+            attrs = {}
+            for name, get in self._fields:
+                v = get(event)
+                if isinstance(v, str | int | float | bool) or v is None or isinstance(v, list):
+                    attrs[name] = v
+            return (
+                Finding(
+                    key=self.key(event), summary=self._summary(event)[0], entities=self._entities_for(event),
+                    event_id=event.id, attributes=attrs, resolvable=self._resolve is not None,
+                ),
+            )  # fmt: skip
+        if resolve and self._resolve is not None and ctx.state.tracks and self._resolve(event):
+            key = self.key(event)
+            if ctx.is_open(key):
+                return (resolved(key, f"Cleared: {self.meta.title}", event_id=event.id),)
+        return ()
+
+    def on_tick(self, ctx: RuleContext) -> Iterable[Finding]:
+        """YAML rules have no time-based conditions."""
+        return ()
+
+
+def compile_rule(spec: MatchRuleSpec, params: RuleParams) -> MatchRule:
+    """Compile a validated spec.
+
+    Raises:
+        RuleSyntaxError: the detection, a template or a field path is invalid.
+    """
+    return MatchRule(spec, params)
+
+
+def type_matches(patterns: Sequence[str], event_type: str) -> bool:
+    """Whether ``event_type`` matches any of the glob ``patterns``."""
+    return any(p == event_type or fnmatch.fnmatchcase(event_type, p) for p in patterns)

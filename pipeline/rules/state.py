@@ -1,0 +1,251 @@
+"""Rule state on the bus: key layout, encoding and change detection (pure; no I/O).
+
+Keys (in ``instantly.state.v1``; workspace ids and entity names are percent-encoded)::
+
+    rules/<rule_id>/<workspace>                {"v":1, "rv":<rule version>, "wn":<workspace name>, "d":{...}}
+    rules/<rule_id>/<workspace>/alerts         {"v":1, "a":{<condition key>: [track...]}}
+    rules/<rule_id>/<workspace>/s/<entity>     {"t":<last used>, "d":{...}}
+
+Keys starting with ``rules/_`` belong to the worker (its commit marker), not to a rule.
+A rule whose version changed starts with empty ``data``/``subs`` (its open alert conditions are
+kept so they can still resolve). A blob that cannot be decoded is skipped and reported.
+
+:class:`StateStore` holds every :class:`RuleState` in memory, remembers a hash of what it
+last wrote per key, and :meth:`StateStore.flush` returns only the keys whose bytes changed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, unquote
+
+import orjson
+
+from pipeline.rules.base import AlertTrack, RuleState
+from schemas.event import WorkspaceRef
+
+PREFIX = "rules/"
+FORMAT = 1
+SUB_TIME_STEP = 3600.0
+"""Stored last-use times of entity documents are rounded down to the hour, so an entity used
+again within the hour is not rewritten (the order in memory stays exact)."""
+
+
+def _coarse(t: float) -> float:
+    return t - t % SUB_TIME_STEP
+
+
+@functools.lru_cache(maxsize=65_536)
+def _q(s: str) -> str:
+    return quote(s, safe="")
+
+
+@functools.lru_cache(maxsize=16_384)
+def main_key(rule_id: str, workspace_id: str) -> str:
+    """The key of a rule's main document for a workspace."""
+    return f"{PREFIX}{rule_id}/{_q(workspace_id)}"
+
+
+def tracks_key(rule_id: str, workspace_id: str) -> str:
+    """The key of a rule's alert bookkeeping for a workspace."""
+    return f"{main_key(rule_id, workspace_id)}/alerts"
+
+
+def sub_key(rule_id: str, workspace_id: str, name: str) -> str:
+    """The key of one per-entity document."""
+    return f"{main_key(rule_id, workspace_id)}/s/{_q(name)}"
+
+
+@dataclass(frozen=True, slots=True)
+class StateProblem:
+    """A state entry that could not be loaded (it is left on the bus untouched)."""
+
+    key: str
+    error: str
+
+
+@dataclass(slots=True)
+class StateStore:
+    """All rule states in memory, plus what was last persisted (see the module docstring)."""
+
+    versions: Mapping[str, int]
+    states: dict[tuple[str, str], RuleState] = field(default_factory=dict)
+    hashes: dict[str, int] = field(default_factory=dict)
+    touched: set[RuleState] = field(default_factory=set)
+
+    def get(self, rule_id: str, workspace: WorkspaceRef) -> RuleState:
+        """The state of ``rule_id`` for ``workspace`` (created empty on first use)."""
+        k = (rule_id, workspace.id)
+        st = self.states.get(k)
+        if st is None:
+            st = self.states[k] = RuleState(rule_id, workspace)
+            st.data_touched = True  # persist the workspace name with the first write
+        elif workspace.name is not None and workspace.name != st.workspace.name:
+            st.workspace = workspace
+            st.data_touched = True
+        self.touched.add(st)
+        return st
+
+    def for_rule(self, rule_id: str) -> list[RuleState]:
+        """Every workspace state of one rule."""
+        return [st for (rid, _), st in self.states.items() if rid == rule_id]
+
+    # ---- loading --------------------------------------------------------------------------
+    def load(self, items: Mapping[str, bytes]) -> list[StateProblem]:
+        """Replace the in-memory state with ``items`` (from ``bus.state_items("rules/")``).
+
+        Entries of rules not in ``versions`` (disabled or removed) are ignored and left alone.
+        """
+        self.states.clear()
+        self.hashes.clear()
+        self.touched.clear()
+        problems: list[StateProblem] = []
+        stale: set[RuleState] = set()
+        subs: list[tuple[str, RuleState, str, dict[str, Any], float]] = []
+        tracks: list[tuple[str, RuleState, bytes]] = []
+        # Main documents first: they carry the workspace name and the rule version.
+        for key in sorted(items, key=lambda k: k.count("/")):
+            if not key.startswith(PREFIX) or key.startswith(PREFIX + "_"):
+                continue
+            parts = key[len(PREFIX) :].split("/")
+            rule_id = parts[0]
+            if rule_id not in self.versions:
+                continue
+            value = items[key]
+            try:
+                ws_id = unquote(parts[1])
+                if len(parts) == 2:
+                    if not self._load_main(rule_id, ws_id, value):
+                        stale.add(self.states[(rule_id, ws_id)])
+                else:
+                    st = self.states.get((rule_id, ws_id)) or self._new(rule_id, ws_id, None)
+                    if len(parts) == 3 and parts[2] == "alerts":
+                        tracks.append((key, st, value))
+                    elif len(parts) == 4 and parts[2] == "s":
+                        doc = orjson.loads(value)
+                        if not isinstance(doc.get("d"), dict):
+                            raise ValueError("entity document is not an object")
+                        subs.append((key, st, unquote(parts[3]), doc["d"], float(doc["t"])))
+                    else:
+                        raise ValueError("unknown key layout")
+            except (ValueError, KeyError, TypeError, IndexError) as err:
+                problems.append(StateProblem(key, f"{type(err).__name__}: {err}"))
+                continue
+            self.hashes[key] = hash(value)
+        for key, st, value in tracks:
+            try:
+                doc = orjson.loads(value)
+                st.tracks = {k: AlertTrack.from_list(v) for k, v in doc["a"].items()}
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                problems.append(StateProblem(key, f"{type(err).__name__}: {err}"))
+                self.hashes.pop(key, None)
+        for _key, st, name, doc, t in sorted(subs, key=lambda s: s[4]):  # oldest first = LRU order
+            if st in stale:
+                st.subs_removed.add(name)  # deleted on the next flush
+                continue
+            st.subs[name] = doc
+            st.sub_time[name] = t
+        for st in stale:
+            st.data_touched = True
+            self.touched.add(st)
+        return problems
+
+    def _new(self, rule_id: str, ws_id: str, ws_name: str | None) -> RuleState:
+        st = self.states[(rule_id, ws_id)] = RuleState(rule_id, WorkspaceRef(ws_id, ws_name))
+        return st
+
+    def _load_main(self, rule_id: str, ws_id: str, value: bytes) -> bool:
+        """Load a main document; False when it was written by another version of the rule."""
+        doc = orjson.loads(value)
+        if not isinstance(doc, dict) or not isinstance(doc.get("d"), dict):
+            raise ValueError("main document must be an object with 'd'")
+        st = self._new(rule_id, ws_id, doc.get("wn"))
+        if doc.get("rv") != self.versions[rule_id]:
+            return False  # the rule's format changed: start its data and entities over
+        st.data = doc["d"]
+        return True
+
+    # ---- flushing -------------------------------------------------------------------------
+    def flush(self) -> tuple[dict[str, bytes | None], list[tuple[str, str]]]:
+        """Encode what was touched since the last flush; return (changed keys, encoding failures).
+
+        A failure (a rule stored something that is not JSON) keeps the previous value on the bus.
+        """
+        changes: dict[str, bytes | None] = {}
+        failures: list[tuple[str, str]] = []
+        for st in self.touched:
+            if not st.dirty:
+                continue
+            rid, ws = st.rule_id, st.workspace.id
+            if st.data_touched:
+                doc = {"v": FORMAT, "rv": self.versions.get(rid, 1), "wn": st.workspace.name, "d": st.data}
+                self._put(changes, failures, rid, main_key(rid, ws), doc)
+            if st.tracks_dirty:
+                key = tracks_key(rid, ws)
+                if st.tracks:
+                    doc = {"v": FORMAT, "a": {k: tr.to_list() for k, tr in st.tracks.items()}}
+                    self._put(changes, failures, rid, key, doc)
+                elif key in self.hashes:
+                    changes[key] = None
+                    del self.hashes[key]
+            for name in st.subs_touched:
+                sdoc = st.subs.get(name)
+                if sdoc is not None:
+                    self._put(
+                        changes, failures, rid, sub_key(rid, ws, name), {"t": _coarse(st.sub_time[name]), "d": sdoc}
+                    )
+            for name in st.subs_removed:
+                key = sub_key(rid, ws, name)
+                if key in self.hashes:
+                    changes[key] = None
+                    del self.hashes[key]
+            st.data_touched = st.tracks_dirty = False
+            st.subs_touched.clear()
+            st.subs_removed.clear()
+        self.touched.clear()
+        return changes, failures
+
+    def _put(
+        self,
+        changes: dict[str, bytes | None],
+        failures: list[tuple[str, str]],
+        rule_id: str,
+        key: str,
+        doc: dict[str, Any],
+    ) -> None:
+        try:
+            blob = orjson.dumps(doc)
+        except TypeError as err:
+            failures.append((rule_id, f"state of {key} is not JSON: {err}"))
+            return
+        h = hash(blob)
+        if self.hashes.get(key) != h:
+            self.hashes[key] = h
+            changes[key] = blob
+
+    def encode_all(self) -> dict[str, bytes]:
+        """Every key and value the current state would occupy on the bus (for sizing and tests)."""
+        out: dict[str, bytes] = {}
+        for (rid, ws), st in self.states.items():
+            out[main_key(rid, ws)] = orjson.dumps(
+                {"v": FORMAT, "rv": self.versions.get(rid, 1), "wn": st.workspace.name, "d": st.data}
+            )
+            if st.tracks:
+                out[tracks_key(rid, ws)] = orjson.dumps(
+                    {"v": FORMAT, "a": {k: tr.to_list() for k, tr in st.tracks.items()}}
+                )
+            for name, sdoc in st.subs.items():
+                out[sub_key(rid, ws, name)] = orjson.dumps({"t": _coarse(st.sub_time[name]), "d": sdoc})
+        return out
+
+
+def state_size(items: Iterable[tuple[str, bytes]]) -> tuple[int, int]:
+    """(number of keys, total bytes of keys and values)."""
+    n = size = 0
+    for k, v in items:
+        n += 1
+        size += len(k.encode()) + len(v)
+    return n, size

@@ -1,0 +1,284 @@
+"""The rules worker: consume events, run the pure engine, publish alerts — exactly once.
+
+For each batch read from ``instantly.events.v1`` (from the consumer group's committed offsets)
+one ``bus.transaction`` carries everything the batch produced:
+
+* the Alert v1 records on ``instantly.alerts.v1`` (key = workspace id, headers
+  ``alert_rule`` and ``severity``);
+* records that are not Event v1, and events a rule failed on, on ``instantly.deadletter.v1``
+  (the original bytes, with ``dlq.*`` headers naming the error);
+* the changed rule state (``rules/...`` keys) and a commit marker;
+* the group's next offsets.
+
+A failure anywhere before the commit leaves the bus as it was; the worker then drops its
+in-memory state and consumer and reloads both from the bus on the next call, so the batch is
+evaluated again from the same state and yields the same alerts (same ids) once.
+
+The commit marker (``rules/_workers/<group>``) tells a worker that another one committed since
+it loaded (a restart elsewhere, a second worker taking over): it then reloads before going on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.bus.base import (
+    ALERTS_TOPIC,
+    DEADLETTER_TOPIC,
+    EVENTS_TOPIC,
+    Bus,
+    Consumer,
+    Header,
+    Record,
+    TopicPartition,
+    iter_records,
+)
+from pipeline.clock import Clock
+from pipeline.errors import PipelineError
+from pipeline.rules.engine import Evaluation, RulesEngine, decode_event
+from pipeline.rules.state import PREFIX
+from schemas.event import Event
+
+log = logging.getLogger(__name__)
+COMPONENT = "rules"
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Counters since the worker started (exported as metrics by the caller)."""
+
+    events: int = 0
+    alerts: int = 0
+    suppressed: int = 0
+    undecodable: int = 0
+    rule_failures: int = 0
+    batches: int = 0
+    ticks: int = 0
+    reloads: int = 0
+
+
+def deadletter_headers(rec: Record, reason: str, error: str, rule_id: str | None = None) -> list[Header]:
+    """Headers of a dead letter: where the record came from and why it failed."""
+    hs: list[Header] = [
+        ("dlq.reason", reason.encode()),
+        ("dlq.error", error[:1000].encode()),
+        ("dlq.component", COMPONENT.encode()),
+        ("dlq.topic", rec.topic.encode()),
+        ("dlq.partition", str(rec.partition).encode()),
+        ("dlq.offset", str(rec.offset).encode()),
+    ]
+    if rule_id:
+        hs.append(("dlq.rule", rule_id.encode()))
+    return hs
+
+
+class RulesWorker:
+    """Runs the rules over the events topic (see the module docstring)."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        rules_config: Mapping[str, Any] | None,
+        *,
+        clock: Clock,
+        group: str = "rules",
+        txn_id: str = "rules",
+        batch_size: int = 500,
+        idle_secs: float = 1.0,
+        base_dir: Path | None = None,
+    ):
+        """Validate the config and build the engine; nothing touches the bus yet.
+
+        Raises:
+            ConfigError: the rules config is invalid (the message names the key path).
+        """
+        self.bus = bus
+        self.group = group
+        self.txn_id = txn_id
+        self.batch_size = batch_size
+        self.idle_secs = idle_secs
+        self.engine = RulesEngine.from_config(rules_config, clock=clock, base_dir=base_dir)
+        self.tick_interval_secs = self.engine.ruleset.settings.tick_interval_secs
+        self.stats = WorkerStats()
+        self._clock = clock
+        self._consumer: Consumer | None = None
+        self._loaded = False
+        self._marker_key = f"{PREFIX}_workers/{group}"
+        self._marker: bytes | None = None
+        self._token = secrets.token_hex(8)
+        self._seq = 0
+        self._last_tick: float | None = None
+        self.last_consumed = 0
+
+    async def __aenter__(self) -> RulesWorker:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the consumer (the worker can be used again; it reopens lazily)."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.__aexit__(None, None, None)
+
+    # ---- public steps -----------------------------------------------------------------------
+    async def run_once(self) -> int:
+        """Process every event committed so far; return how many alerts were published.
+
+        ``last_consumed`` then holds how many records were read (``stats`` keeps the totals).
+
+        Raises:
+            BusError: the bus failed (nothing of the failed batch was committed).
+        """
+        consumer = await self._prepare(need_consumer=True)
+        assert consumer is not None
+        self.last_consumed = 0
+        alerts_before = self.stats.alerts
+        try:
+            async for batch in iter_records(consumer, batch=self.batch_size):
+                await self._process(batch)
+                self.last_consumed += len(batch)
+        except BaseException:
+            await self._reset()
+            raise
+        return self.stats.alerts - alerts_before
+
+    async def tick(self, now: float | None = None) -> int:
+        """Evaluate time-based rules at ``now`` (default: the clock) and commit; return the alert count.
+
+        Raises:
+            BusError: the bus failed (nothing was committed).
+        """
+        await self._prepare(need_consumer=False)
+        t = self._clock.now() if now is None else now
+        try:
+            result = self.engine.tick(t)
+            if result.alerts or result.state:
+                await self._commit(result, [], {})
+        except BaseException:
+            await self._reset()
+            raise
+        self._last_tick = t
+        self.stats.ticks += 1
+        self._count(result)
+        return len(result.alerts)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set: catch up, tick every ``tick_interval_secs``, idle briefly.
+
+        Retriable bus errors are retried with a capped backoff; anything else propagates.
+        """
+        backoff = 0.5
+        try:
+            while not stop.is_set():
+                try:
+                    await self.run_once()
+                    now = self._clock.now()
+                    if self._last_tick is None or now - self._last_tick >= self.tick_interval_secs:
+                        await self.tick(now)
+                    backoff = 0.5
+                except PipelineError as err:
+                    if not err.retriable:
+                        raise
+                    log.warning("Rules batch failed, retrying.", extra={"error": err.message, "delay_s": backoff})
+                    await _wait(stop, err.retry_after or backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+                if self.last_consumed == 0:
+                    await _wait(stop, self.idle_secs)
+        finally:
+            await self.close()
+
+    # ---- internals ------------------------------------------------------------------------
+    async def _prepare(self, *, need_consumer: bool) -> Consumer | None:
+        if self._loaded and await self.bus.get_state(self._marker_key) != self._marker:
+            log.info("Another rules worker committed; reloading rule state.", extra={"group": self.group})
+            await self._reset()
+        if not self._loaded:
+            items = await self.bus.state_items(PREFIX)
+            problems = self.engine.load_state(items)
+            for p in problems:
+                log.warning("Rule state entry skipped.", extra={"key": p.key, "error": p.error})
+            self._marker = items.get(self._marker_key)
+            self._loaded = True
+            self.stats.reloads += 1
+        if need_consumer and self._consumer is None:
+            c = self.bus.consumer([EVENTS_TOPIC], group=self.group, start="committed")
+            self._consumer = await c.__aenter__()
+        return self._consumer
+
+    async def _reset(self) -> None:
+        self._loaded = False
+        await self.close()
+
+    async def _process(self, batch: Sequence[Record]) -> None:
+        events: list[Event] = []
+        by_id: dict[str, Record] = {}
+        dead: list[tuple[Record, list[Header]]] = []
+        for rec in batch:
+            try:
+                ev = decode_event(rec.value)
+            except ValueError as err:
+                dead.append((rec, deadletter_headers(rec, "undecodable", str(err))))
+                continue
+            events.append(ev)
+            by_id[ev.id] = rec
+        result = self.engine.evaluate(events)
+        for f in result.failures:
+            failed = by_id.get(f.event_id or "")
+            if failed is not None:
+                reason = "invalid_event" if f.rule_id is None else "rule_error"
+                dead.append((failed, deadletter_headers(failed, reason, f.error, f.rule_id)))
+            else:
+                log.error("Rule failed.", extra={"rule": f.rule_id, "error": f.error})
+        offsets: dict[TopicPartition, int] = {}
+        for rec in batch:
+            offsets[rec.tp] = max(offsets.get(rec.tp, 0), rec.offset + 1)
+        undecodable = len(batch) - len(events)
+        await self._commit(result, dead, offsets)
+        self.stats.batches += 1
+        self.stats.undecodable += undecodable
+        self._count(result)
+
+    async def _commit(
+        self,
+        result: Evaluation,
+        dead: Sequence[tuple[Record, list[Header]]],
+        offsets: Mapping[TopicPartition, int],
+    ) -> None:
+        self._seq += 1
+        marker = f"{self._token}:{self._seq}".encode()
+        async with self.bus.transaction(self.txn_id) as txn:
+            for alert in result.alerts:
+                txn.send(
+                    ALERTS_TOPIC, alert.to_json(), key=alert.workspace.id.encode(),
+                    headers=[("alert_rule", alert.rule.id.encode()), ("severity", alert.rule.severity.encode())],
+                )  # fmt: skip
+            for rec, headers in dead:
+                txn.send(DEADLETTER_TOPIC, rec.value, key=rec.key, headers=headers)
+            for key, value in result.state.items():
+                txn.put_state(key, value)
+            txn.put_state(self._marker_key, marker)
+            if offsets:
+                txn.commit_offsets(self.group, offsets)
+        self._marker = marker
+
+    def _count(self, result: Evaluation) -> None:
+        self.stats.events += result.events
+        self.stats.alerts += len(result.alerts)
+        self.stats.suppressed += result.suppressed
+        self.stats.rule_failures += sum(1 for f in result.failures if f.rule_id is not None)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep up to ``seconds``, waking early when ``stop`` is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

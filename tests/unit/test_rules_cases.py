@@ -1,0 +1,102 @@
+"""Rules as data: shipped cases pass, each rule has positive and negative cases, the runner and CLI fail right."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.rules import cli, parse_rules_config
+from pipeline.rules.testing import load_case_file, run_case, run_cases
+
+CASES = Path(cli.__file__).resolve().parent / "cases"
+SHIPPED = [(f, c) for f in sorted(CASES.glob("*.yaml")) for c in load_case_file(f).cases]
+
+
+@pytest.mark.parametrize(("path", "case"), SHIPPED, ids=[f"{p.stem}::{c.name}" for p, c in SHIPPED])
+def test_shipped_case(path: Path, case: object) -> None:
+    """Each shipped case of a built-in rule produces exactly its expected alerts (valid Alert v1)."""
+    cf = load_case_file(path)
+    result = run_case(cf, case, {}, file=str(path))  # type: ignore[arg-type]
+    assert result.passed, "\n".join(result.problems)
+
+
+def test_every_built_in_rule_has_positive_and_negative_cases() -> None:
+    """Every built-in rule ships a case expecting an alert and a case expecting none."""
+    seen: dict[str, set[bool]] = {}
+    for path, case in SHIPPED:
+        seen.setdefault(load_case_file(path).rule, set()).add(bool(case.expect))
+    assert {r.meta.id for r in parse_rules_config(None).rules} == set(seen)
+    assert all(v == {True, False} for v in seen.values()), {k: v for k, v in seen.items() if v != {True, False}}
+
+
+def _run(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="instantly-audit")
+    cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+def test_cli_passes_the_shipped_cases(capsys: pytest.CaptureFixture[str]) -> None:
+    """`rules test pipeline/rules/cases` exits 0 and reports per rule."""
+    assert _run("rules", "test", str(CASES)) == 0
+    out = capsys.readouterr().out
+    assert "api_key.all_scope" in out and "0 failed" in out
+
+
+def test_cli_fails_on_a_wrong_expectation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A case whose expectation is wrong makes `rules test` exit 1 and explain the mismatch."""
+    doc = yaml.safe_load((CASES / "api_key.all_scope.yaml").read_text())
+    doc["cases"][0]["expect"][0]["severity"] = "low"
+    (tmp_path / "wrong.yaml").write_text(yaml.safe_dump(doc))
+    assert _run("rules", "test", str(tmp_path)) == 1
+    out = capsys.readouterr().out
+    assert "FAIL api_key.all_scope" in out and "severity 'critical' != 'low'" in out
+
+
+def test_runner_reports_unexpected_alerts(tmp_path: Path) -> None:
+    """An alert no expectation asked for fails the case."""
+    doc = yaml.safe_load((CASES / "webhook.failing.yaml").read_text())
+    doc["cases"] = [dict(doc["cases"][0], expect=[])]
+    (tmp_path / "extra.yaml").write_text(yaml.safe_dump(doc))
+    [res] = run_cases(tmp_path).results
+    assert not res.passed and res.problems[0].startswith("unexpected alert: webhook.failing medium open")
+
+
+def test_runner_uses_the_rules_file(tmp_path: Path) -> None:
+    """--rules FILE tunes the rules under test (here: a threshold that silences the positive case)."""
+    (tmp_path / "rules.yaml").write_text("rules:\n  data.lead_export: {threshold: 100000}\n")
+    assert _run("rules", "test", str(CASES / "data.lead_export.yaml"), "--rules", str(tmp_path / "rules.yaml")) == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [("rules",), ("rules", "test", "/does/not/exist")],
+)
+def test_cli_usage_errors_exit_2(argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing subcommand or directory exits 2."""
+    assert _run(*argv) == 2
+
+
+def test_cli_bad_rules_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An invalid --rules file exits 2 naming the key path."""
+    (tmp_path / "bad.yaml").write_text("api_key.stale: {key_max_age_days: -1}\n")
+    assert _run("rules", "test", str(CASES), "--rules", str(tmp_path / "bad.yaml")) == 2
+    assert "rules.api_key.stale.key_max_age_days" in capsys.readouterr().err
+
+
+def test_a_malformed_case_file_is_a_failure(tmp_path: Path) -> None:
+    """A case file that is not valid counts as a failed case naming the problem."""
+    (tmp_path / "bad.yaml").write_text("rule: api_key.stale\ncases: [{name: x, events: [], expect: []}]\n")
+    [res] = run_cases(tmp_path).results
+    assert not res.passed and "cases.0.events" in res.problems[0]
+
+
+def test_cli_lists_the_rules(capsys: pytest.CaptureFixture[str]) -> None:
+    """`rules list` prints every rule with severity, kind and state."""
+    assert _run("rules", "list") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["RULE", "SEVERITY", "KIND", "ENABLED"] and len(lines) == 23

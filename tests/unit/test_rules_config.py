@@ -1,0 +1,119 @@
+"""The rules config section: validation errors name the key path; YAML rule files and inline rules load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.rules import parse_rules_config
+from pipeline.rules.catalog.api_keys import StaleParams
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (
+            {"api_key.stale": {"key_max_age_days": -1}},
+            "rules.api_key.stale.key_max_age_days: Input should be greater than 0",
+        ),
+        ({"api_key.stale": {"max_age": 30}}, "rules.api_key.stale.max_age: unknown key"),
+        ({"api_key.stal": {}}, "rules.api_key.stal: unknown rule (did you mean 'api_key.stale'?)"),
+        ({"allowlist": {}}, "rules.allowlist: unknown key (did you mean 'allowlists'?)"),
+        ({"auth.mfa_attack": {"severity": "urgent"}}, "rules.auth.mfa_attack.severity: Input should be"),
+        ({"auth.mfa_attack": {"failures_threshold": 0}}, "rules.auth.mfa_attack.failures_threshold"),
+        ({"auth.mfa_attack": "off"}, "rules.auth.mfa_attack: must be a mapping"),
+        ({"allowlists": {"member_emails": ["not-an-email"]}}, "rules.allowlists.member_emails: Value error"),
+        ({"allowlists": {"ip_networks": ["10.0.0.0/33"]}}, "rules.allowlists.ip_networks.0"),
+        ({"defaults": {"suppress_secs": -5}}, "rules.defaults.suppress_secs"),
+        ({"tick_interval_secs": 0}, "rules.tick_interval_secs"),
+        (
+            {"custom": [{"id": "nodot", "title": "x", "severity": "low", "detection": {"s": {"type": "x"}}}]},
+            "rules.custom.0 (nodot).id: String should match pattern",
+        ),
+        (
+            {"custom": [{"id": "c.x", "title": "x", "severity": "low", "detection": {"s": {"actor.ip|nope": 1}}}]},
+            "rules.custom.0 (c.x).detection.s.actor.ip|nope: unknown modifier 'nope'",
+        ),
+        (
+            {
+                "custom": [
+                    {
+                        "id": "c.x",
+                        "title": "x",
+                        "severity": "low",
+                        "attack": ["1098"],
+                        "detection": {"s": {"type": "x"}},
+                    }
+                ]
+            },
+            "rules.custom.0 (c.x).attack.0: String should match pattern",
+        ),
+        (
+            {"custom": [{"id": "api_key.stale", "title": "x", "severity": "low", "detection": {"s": {"type": "x"}}}]},
+            "rules.custom.0.id: rule id 'api_key.stale' is already used by built-in",
+        ),
+        ({"files": ["does/not/exist.yaml"]}, "rules.files.0: rule file"),
+    ],
+)
+def test_bad_config_names_the_key_path(cfg: dict[str, Any], message: str, tmp_path: Path) -> None:
+    """Every invalid value or unknown key raises ConfigError naming its path under 'rules.'."""
+    with pytest.raises(ConfigError) as info:
+        parse_rules_config(cfg, base_dir=tmp_path)
+    assert message in str(info.value)
+
+
+def test_all_problems_are_reported_together() -> None:
+    """Several problems give one ConfigError with one line each."""
+    with pytest.raises(ConfigError) as info:
+        parse_rules_config({"allowlists": {"member_emails": ["x"]}, "api_key.stale": {"key_max_age_days": 0}})
+    assert len(str(info.value).splitlines()) == 2
+
+
+def test_empty_config_enables_every_built_in_rule() -> None:
+    """No config: the 22 built-in rules (Python and YAML) run with their defaults."""
+    rs = parse_rules_config(None)
+    assert len(rs.enabled) == 22 and {r.meta.kind for r in rs.rules} == {"python", "yaml"}
+    stale = rs.get("api_key.stale")
+    assert stale is not None and isinstance(stale.params, StaleParams) and stale.params.key_max_age_days == 90
+
+
+def test_thresholds_and_overrides_apply() -> None:
+    """Rule blocks set thresholds, severity and suppression; allowlists are normalised."""
+    rs = parse_rules_config({
+        "api_key.stale": {"key_max_age_days": 30, "severity": "high", "suppress_secs": 60},
+        "allowlists": {"member_domains": ["@ACME.com."], "webhook_hosts": ["Hooks.Example.com"]},
+        "protected_domains": ["Rival.IO"],
+    })  # fmt: skip
+    stale = rs.get("api_key.stale")
+    assert stale is not None and stale.params.severity == "high" and stale.params.suppress_secs == 60
+    assert rs.lists.member_domains == ("acme.com",) and rs.lists.webhook_hosts == ("hooks.example.com",)
+    assert rs.lists.protected_domains == ("rival.io",) and rs.lists.member_allowed("Bob@acme.com")
+    assert not rs.lists.member_allowed("bob@acme.com.evil.io")
+
+
+def test_rule_files_and_directories_load(tmp_path: Path) -> None:
+    """files: accepts YAML files (one rule, a list, or {rules: [...]}) and directories, relative to base_dir."""
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "one.yaml").write_text("id: c.one\ntitle: One\nseverity: low\ndetection: {s: {type: audit.user_login}}\n")
+    (d / "two.yml").write_text(
+        "rules:\n  - {id: c.two, title: Two, severity: low, enabled: false, detection: {s: {type: x.y}}}\n"
+    )
+    rs = parse_rules_config({"files": ["rules"], "c.two": {"enabled": True}}, base_dir=tmp_path)
+    assert {"c.one", "c.two"} <= {r.meta.id for r in rs.enabled}
+
+
+def test_a_broken_rule_file_names_the_file(tmp_path: Path) -> None:
+    """A YAML syntax error in a rule file is reported with the file's path."""
+    (tmp_path / "bad.yaml").write_text("id: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):
+        parse_rules_config({"files": ["bad.yaml"]}, base_dir=tmp_path)
+
+
+def test_custom_rules_can_be_disabled_and_built_ins_enabled_one_by_one() -> None:
+    """defaults.enabled: false leaves only the rules enabled explicitly."""
+    rs = parse_rules_config({"defaults": {"enabled": False}, "auth.mfa_disabled": {"enabled": True}})
+    assert [r.meta.id for r in rs.enabled] == ["auth.mfa_disabled"]

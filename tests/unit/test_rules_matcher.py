@@ -1,0 +1,174 @@
+"""The Sigma-like YAML matcher: field paths, modifiers, conditions, templates and compiled rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pipeline.clock import FakeClock, parse_time
+from pipeline.rules import RulesEngine
+from pipeline.rules.matcher import RuleSyntaxError, compile_detection, compile_template
+from pipeline.rules.testing import make_event
+from schemas.event import Event
+from schemas.validate import schema_errors
+
+T0 = parse_time("2026-03-01T00:00:00Z")
+
+
+def ev(**kw: Any) -> Event:
+    base: dict[str, Any] = {
+        "actor": {"user_id": "u1", "user_name": "Ann Lee", "ip": "203.0.113.7", "via_api": False},
+        "attributes": {"scopes": ["leads:read", "all:read"], "affected_count": 1500, "label": "Lead Exported"},
+    }
+    base.update(kw)
+    return make_event(kw.pop("type", "audit.lead_exported"), time=T0, **{k: v for k, v in base.items() if k != "type"})
+
+
+def match(detection: dict[str, Any], event: Event | None = None) -> bool:
+    return compile_detection(detection)(event or ev())
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("type", "audit.lead_exported", True),
+        ("type", "AUDIT.LEAD_EXPORTED", True),
+        ("type|cased", "AUDIT.LEAD_EXPORTED", False),
+        ("actor.user_name|contains", "ann", True),
+        ("actor.user_name|startswith", "Ann", True),
+        ("actor.user_name|endswith", "lee", True),
+        ("actor.ip|cidr", "203.0.113.0/24", True),
+        ("actor.ip|cidr", "10.0.0.0/8", False),
+        ("actor.ip|re", r"^203\.0\.113\.\d+$", True),
+        ("attributes.label|re|i", "^lead exported$", True),
+        ("attributes.label|re", "^lead exported$", False),
+        ("attributes.affected_count|gte", 1500, True),
+        ("attributes.affected_count|gt", 1500, False),
+        ("attributes.affected_count|lt", 2000, True),
+        ("attributes.affected_count|lte", 1499, False),
+        ("attributes.affected_count", 1500, True),
+        ("attributes.scopes", "all:read", True),
+        ("attributes.scopes|all", ["all:read", "leads:read"], True),
+        ("attributes.scopes|all", ["all:read", "all:all"], False),
+        ("attributes.scopes|in", ["all:all", "all:read"], True),
+        ("actor.via_api", False, True),
+        ("actor.api_key_id", None, True),
+        ("attributes.missing|exists", False, True),
+        ("actor.ip|exists", True, True),
+        ("source.kind", "audit_log", True),
+        ("workspace.id", ["ws-9", "ws-1"], True),
+    ],
+)
+def test_field_modifiers(field: str, value: Any, expected: bool) -> None:
+    """Each modifier compares as in Sigma (case-insensitive strings, any element of a list field)."""
+    assert match({"sel": {field: value}}) is expected
+
+
+@pytest.mark.parametrize(
+    ("condition", "expected"),
+    [
+        ("a and b", True),
+        ("a and not b", False),
+        ("a and (not b or c)", False),
+        ("not c", True),
+        ("1 of x*", True),
+        ("all of x*", False),
+        ("all of them", False),
+        ("1 of them and not c", True),
+        ("c or a and b", True),
+    ],
+)
+def test_conditions(condition: str, expected: bool) -> None:
+    """Conditions combine selections with and/or/not, parentheses and 'N of' quantifiers."""
+    det = {
+        "a": {"type": "audit.lead_exported"},
+        "b": {"actor.user_id": "u1"},
+        "c": {"actor.user_id": "someone-else"},
+        "x1": {"attributes.affected_count|gte": 1000},
+        "x2": {"attributes.affected_count|gte": 5000},
+        "condition": condition,
+    }
+    assert match(det) is expected
+
+
+def test_a_list_of_mappings_is_an_or() -> None:
+    """A selection written as a list of mappings matches when any mapping matches."""
+    assert match({"s": [{"actor.user_id": "nope"}, {"actor.ip|startswith": "203."}]})
+    assert not match({"s": [{"actor.user_id": "nope"}, {"actor.ip|startswith": "10."}]})
+
+
+@pytest.mark.parametrize(
+    ("detection", "message"),
+    [
+        ({"s": {"actor.ip|fuzzy": "x"}}, "unknown modifier 'fuzzy'"),
+        ({"s": {"actr.ip": "x"}}, "unknown field 'actr.ip'"),
+        ({"s": {"actor.email": "x"}}, "unknown field 'actor.email'"),
+        ({"s": {"type": "x"}, "condition": "s and t"}, "unknown selection 't'"),
+        ({"s": {"type": "x"}, "t": {"type": "y"}}, "required when there is more than one selection"),
+        ({"s": {"type": "x"}, "condition": "(s"}, "the condition ends too early"),
+        ({"s": {"n|gte": "ten"}}, "unknown field"),
+        ({"s": {"attributes.n|gte": "ten"}}, "|gte needs a number"),
+        ({"s": {"attributes.n|re": "("}}, "invalid pattern"),
+        ({"s": {"actor.ip|cidr": "nonsense"}}, "|cidr"),
+        ({"s": {"type|contains|startswith": "x"}}, "cannot be combined"),
+        ({"s": "keyword"}, "a selection is a mapping"),
+        ({"s": {"type": []}}, "empty"),
+        ({"s": {"type": "x"}, "condition": "s $ s"}, "unexpected character"),
+    ],
+)
+def test_invalid_detections_name_the_problem(detection: dict[str, Any], message: str) -> None:
+    """A detection that cannot compile raises RuleSyntaxError naming where and why."""
+    with pytest.raises(RuleSyntaxError, match=message.replace("(", r"\(").replace("|", r"\|")):
+        compile_detection(detection)
+
+
+def test_templates_fall_back_and_escape() -> None:
+    """Placeholders take the first non-empty alternative; missing ones render 'unknown'; {{ }} are literal."""
+    render = compile_template("{actor.api_key_id|actor.user_name} from {actor.ip} {{x}} {attributes.nope}", "summary")
+    assert render(ev()) == ("Ann Lee from 203.0.113.7 {x} unknown", False)
+
+
+CUSTOM = {
+    "id": "custom.export_via_api",
+    "title": "Lead export through the API",
+    "severity": "high",
+    "attack": ["T1567"],
+    "types": ["audit.*"],
+    "activity_codes": [34],
+    "detection": {"api": {"actor.via_api": True}, "small": {"attributes.affected_count|lt": 100},
+                  "condition": "api and not small"},
+    "resolve": {"done": {"attributes.label": "revoked"}},
+    "group_by": ["actor.api_key_id"],
+    "summary": "Key {actor.api_key_id} exported {attributes.affected_count} leads",
+    "entities": [{"kind": "api_key", "id": "{actor.api_key_id}"}],
+    "fields": ["attributes.affected_count", "actor.ip"],
+}  # fmt: skip
+
+
+def test_a_yaml_rule_alerts_end_to_end() -> None:
+    """An inline custom rule routes, matches, groups, renders and resolves like a built-in one."""
+    e = RulesEngine.from_config({"custom": [CUSTOM]}, clock=FakeClock(T0))
+    api = {"user_id": None, "api_key_id": "key-7", "ip": "198.51.100.2", "via_api": True}
+    hit = make_event("audit.lead_exported", time=T0, actor=api, attributes={"affected_count": 900})
+    small = make_event("audit.lead_exported", time=T0 + 1, actor=api, attributes={"affected_count": 5})
+    other = make_event("audit.user_login", time=T0 + 2, actor=api)
+    clear = make_event(
+        "audit.lead_exported", time=T0 + 3, actor=api, attributes={"affected_count": 5, "label": "Revoked"}
+    )
+    result = e.evaluate([hit, small, other, clear])
+    mine = [a for a in result.alerts if a.rule.id == "custom.export_via_api"]
+    assert [a.status for a in mine] == ["open", "resolved"]
+    a = mine[0]
+    assert a.dedup_key == "custom.export_via_api:ws-1:key-7" and a.summary == "Key key-7 exported 900 leads"
+    assert a.attributes == {"attributes.affected_count": 900, "actor.ip": "198.51.100.2"}
+    assert [(x.kind, x.id) for x in a.entities] == [("api_key", "key-7")] and a.rule.attack == ("T1567",)
+    assert all(schema_errors("alert", x.to_dict()) == [] for x in result.alerts)
+
+
+def test_yaml_rule_types_restrict_routing() -> None:
+    """A YAML rule only sees the event types it lists."""
+    rule = {**CUSTOM, "types": ["api_key.*"], "activity_codes": None, "resolve": None}
+    e = RulesEngine.from_config({"custom": [rule]}, clock=FakeClock(T0))
+    hit = make_event("audit.lead_exported", time=T0, actor={"via_api": True}, attributes={"affected_count": 900})
+    assert [a for a in e.evaluate([hit]).alerts if a.rule.id == "custom.export_via_api"] == []
