@@ -25,6 +25,8 @@ COMMAND_MODULES = (
     "pipeline.rules.cli",
     "pipeline.replay_cli",
     "pipeline.check_cli",
+    "connectors.instantly.webhooks_cli",
+    "connectors.instantly.keys_cli",
 )
 
 

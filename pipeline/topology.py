@@ -305,6 +305,8 @@ async def _run_forever(pipe: Pipeline, stop: asyncio.Event | None) -> int:
     log.info("Pipeline running", extra={"roles": sorted(pipe.roles), "tasks": len(tasks)})
     await stop.wait()
     log.info("Stopping: finishing in-flight batches")
+    if not tasks:  # e.g. --role webhook: the receiver is closed with the pipeline's stack
+        return 0
     done, pending = await asyncio.wait(tasks, timeout=30)
     for t in pending:
         t.cancel()

@@ -12,7 +12,7 @@ from pipeline.config import PipelineConfig, SqliteBusConfig, load_config, parse_
 from pipeline.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {"INSTANTLY_API_KEY": "canary-key-0000"}
+ENV = {"INSTANTLY_API_KEY": "canary-key-0000", "HOOK_SECRET_A": "hook-secret-canary-0123456789"}
 
 
 def _err(text: str, env: dict[str, str] | None = None, base: Path | None = None) -> str:
@@ -133,3 +133,6 @@ def test_example_config_is_valid(tmp_path: Path) -> None:
     cfg = parse_config(text, env=ENV)
     assert isinstance(cfg, PipelineConfig)
     assert set(cfg.workspaces) == {"acme", "client-b"}
+    from pipeline.topology import validate_components
+
+    assert validate_components(cfg) == []

@@ -1,0 +1,270 @@
+"""The ``webhook:`` config section: the receiver, its sources and their secrets.
+
+```yaml
+webhook:
+  host: 0.0.0.0
+  port: 8088
+  max_body_bytes: 1048576          # default 1 MiB; larger deliveries get 413
+  allow_ips: [203.0.113.0/24]      # optional; defence in depth only (Instantly publishes no IPs)
+  trusted_proxies: [10.0.0.0/8]    # X-Forwarded-For is honoured only from these peers
+  sources:
+    crm:
+      path: /hooks/crm             # default /hooks/<name>
+      workspace_id: 019cc043-e2f1-7def-8b07-0aab88328dad
+      header_name: X-Webhook-Secret
+      secrets: [${HOOK_SECRET_A}, ${HOOK_SECRET_B}]   # 1 or 2; both valid during rotation
+      keep_lead_fields: [company_name]                # custom lead variables to keep
+      drop_fields: [lead_email]                       # default fields to drop
+```
+
+Secrets follow :data:`pipeline.config.Secret`: only ``${ENV}`` references or a ``secrets_file``
+path (one secret) are accepted. Every problem names its path, e.g.
+``webhook.sources.crm.header_name: ...``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, SecretStr, field_validator
+
+from pipeline.config import Model, Secret, validate_block
+from pipeline.errors import ConfigError
+
+MIB = 1 << 20
+DEFAULT_HEADER = "X-Webhook-Secret"
+MIN_SECRET_CHARS = 16
+MAX_SECRET_CHARS = 1024
+
+DEFAULT_KEPT_FIELDS: tuple[str, ...] = (
+    "event_type",
+    "timestamp",
+    "workspace",
+    "campaign_id",
+    "campaign_name",
+    "lead_email",
+    "email_account",
+    "step",
+    "variant",
+    "is_first",
+    "email_id",
+)
+"""Payload fields kept by default: ids and event facts."""
+
+BODY_FIELDS: frozenset[str] = frozenset({"email_text", "email_html", "reply_text", "reply_html", "reply_text_snippet"})
+"""Message bodies: never kept (``keep_lead_fields`` refuses them)."""
+
+SUBJECT_FIELDS: frozenset[str] = frozenset({"email_subject", "reply_subject"})
+"""Subject lines: dropped by default, keepable through ``keep_lead_fields``."""
+
+REQUIRED_FIELDS: frozenset[str] = frozenset({"event_type", "timestamp", "workspace"})
+"""Fields every delivery must carry; they cannot be dropped."""
+
+RESERVED_PATHS = frozenset({"/healthz", "/readyz"})
+_SOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+_TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
+_PATH = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
+_FORBIDDEN_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "transfer-encoding",
+        "host",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "expect",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-real-ip",
+        "forwarded",
+        "cookie",
+        "user-agent",
+    }
+)
+
+
+def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if not isinstance(value, str):
+        raise ValueError("expected a CIDR string such as 203.0.113.0/24")
+    try:
+        return ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError as err:
+        raise ValueError(f"not a network in CIDR form ({err})") from None
+
+
+Cidr = Annotated[str, BeforeValidator(lambda v: str(_network(v)))]
+"""A network in CIDR form (host bits must be zero), normalised."""
+
+
+class SourceConfig(Model):
+    """One Instantly webhook pointed at this receiver."""
+
+    path: str = Field("", description="URL path; default /hooks/<name>")
+    workspace_id: str = Field(min_length=1, max_length=128)
+    workspace_name: str | None = None
+    header_name: str = DEFAULT_HEADER
+    secrets: list[Secret] = Field(min_length=1, max_length=2)
+    keep_lead_fields: list[str] = Field(default_factory=list)
+    drop_fields: list[str] = Field(default_factory=list)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if v and (not _PATH.match(v) or v in RESERVED_PATHS):
+            raise ValueError(
+                "must be an absolute path like /hooks/crm (letters, digits, . _ ~ -), not /healthz, /readyz"
+            )
+        return v
+
+    @field_validator("header_name")
+    @classmethod
+    def _header(cls, v: str) -> str:
+        if not _TOKEN.match(v):
+            raise ValueError("must be an HTTP header name (letters, digits and !#$%&'*+.^_`|~-)")
+        if v.lower() in _FORBIDDEN_HEADERS or v.lower().startswith("proxy-"):
+            raise ValueError("this header belongs to HTTP or to proxies; pick a custom one such as X-Webhook-Secret")
+        return v
+
+    @field_validator("secrets", mode="before")
+    @classmethod
+    def _one_or_list(cls, v: Any) -> Any:
+        # ``secrets_file: path`` yields one string: accept it as a one-element list.
+        return [v] if isinstance(v, str | SecretStr) else v
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_quality(cls, v: list[SecretStr]) -> list[SecretStr]:
+        values = [s.get_secret_value() for s in v]
+        for i, s in enumerate(values):
+            if len(s) < MIN_SECRET_CHARS:
+                raise ValueError(
+                    f"secret {i + 1} is shorter than {MIN_SECRET_CHARS} characters; "
+                    "generate one with python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                )
+            if len(s) > MAX_SECRET_CHARS:
+                raise ValueError(f"secret {i + 1} is longer than {MAX_SECRET_CHARS} characters")
+            if any(not (0x20 <= ord(c) <= 0x7E) for c in s) or s != s.strip():
+                raise ValueError(
+                    f"secret {i + 1} must be printable ASCII without leading or trailing spaces (an HTTP header value)"
+                )
+        if len(set(values)) != len(values):
+            raise ValueError("the two secrets are identical")
+        return v
+
+    @field_validator("keep_lead_fields", "drop_fields")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not name or len(name) > 128:
+                raise ValueError("field names must be 1..128 characters")
+        if len(set(v)) != len(v):
+            raise ValueError("a field is listed twice")
+        return v
+
+    @field_validator("keep_lead_fields")
+    @classmethod
+    def _no_bodies(cls, v: list[str]) -> list[str]:
+        bodies = sorted(set(v) & BODY_FIELDS)
+        if bodies:
+            raise ValueError(f"message bodies never enter events: remove {', '.join(bodies)}")
+        return v
+
+    @field_validator("drop_fields")
+    @classmethod
+    def _not_required(cls, v: list[str]) -> list[str]:
+        required = sorted(set(v) & REQUIRED_FIELDS)
+        if required:
+            raise ValueError(f"{', '.join(required)} cannot be dropped (every event needs them)")
+        return v
+
+    def kept_fields(self) -> frozenset[str]:
+        """The payload fields this source keeps."""
+        return (frozenset(DEFAULT_KEPT_FIELDS) | frozenset(self.keep_lead_fields)) - frozenset(self.drop_fields)
+
+
+class DedupConfig(Model):
+    """The duplicate-delivery window (per source, persisted in bus state with each event)."""
+
+    window_hours: float = Field(72.0, gt=0, le=24 * 90)
+    max_entries: int = Field(65_536, ge=1_024, le=10_000_000)
+
+
+class TlsConfig(Model):
+    """Serve HTTPS directly (else terminate TLS at a proxy listed in ``trusted_proxies``)."""
+
+    certfile: Path
+    keyfile: Path
+
+
+class WebhookConfig(Model):
+    """The ``webhook:`` section."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8088, ge=0, le=65535)
+    max_body_bytes: int = Field(MIB, ge=1024, le=64 * MIB)
+    sources: dict[str, SourceConfig] = Field(min_length=1)
+    allow_ips: list[Cidr] | None = None
+    trusted_proxies: list[Cidr] = Field(default_factory=list)
+    ack_timeout_secs: float = Field(10.0, gt=0, le=120, description="answer 503 if the bus has not confirmed by then")
+    retry_after_secs: int = Field(5, ge=1, le=3600)
+    max_batch: int = Field(256, ge=1, le=10_000, description="deliveries per bus transaction (group commit)")
+    max_pending: int = Field(4096, ge=1, le=1_000_000, description="queued deliveries before answering 503")
+    body_timeout_secs: float = Field(30.0, gt=0, le=600, description="time to receive an authenticated body")
+    writer_id: str = Field("webhook", pattern=r"^[A-Za-z0-9._-]{1,64}$", description="bus writer id of this receiver")
+    dedup: DedupConfig = DedupConfig()
+    tls: TlsConfig | None = None
+    shutdown_timeout_secs: float = Field(10.0, ge=0, le=300)
+
+    def source_path(self, name: str) -> str:
+        """The URL path of source ``name``."""
+        return self.sources[name].path or f"/hooks/{name}"
+
+    def networks(self, which: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:
+        """``allow_ips`` or ``trusted_proxies`` as networks (``None``: no allowlist)."""
+        items: list[str] | None = getattr(self, which)
+        return None if items is None else tuple(ipaddress.ip_network(i) for i in items)
+
+
+def parse_webhook_config(block: Mapping[str, Any], where: str = "webhook") -> WebhookConfig:
+    """Validate the ``webhook:`` block (already env-resolved by :func:`pipeline.config.parse_config`).
+
+    Raises:
+        ConfigError: one line per problem, each naming its path (``webhook.sources.crm.header_name: ...``).
+    """
+    if not isinstance(block, Mapping):
+        raise ConfigError(f"{where}: expected a mapping")
+    cfg = validate_block(WebhookConfig, block, where)
+    assert isinstance(cfg, WebhookConfig)
+    problems: list[str] = []
+    paths: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    for name, src in cfg.sources.items():
+        if not _SOURCE_NAME.match(name):
+            problems.append(f"{where}.sources.{name}: source names must be lower_snake_case (a-z, 0-9, _), max 48")
+        path = cfg.source_path(name)
+        if path in paths:
+            problems.append(f"{where}.sources.{name}.path: {path} is already used by source {paths[path]!r}")
+        paths[path] = name
+        both = sorted(set(src.keep_lead_fields) & set(src.drop_fields))
+        if both:
+            problems.append(f"{where}.sources.{name}.drop_fields: {', '.join(both)} also in keep_lead_fields")
+        for i, s in enumerate(src.secrets):
+            value = s.get_secret_value()
+            if value in owner and owner[value] != name:
+                problems.append(
+                    f"{where}.sources.{name}.secrets.{i}: the same secret is used by source {owner[value]!r}; "
+                    "use one secret per webhook"
+                )
+            owner[value] = name
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return cfg

@@ -1,0 +1,96 @@
+"""The receiver on each bus (SQLite and a real Kafka broker): exactly-once publish, dedup across restarts,
+rejections leave nothing, bus failures answer 503 and acknowledge nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import orjson
+from multidict import CIMultiDict
+
+from pipeline.bus.base import Bus
+from pipeline.sources.webhook_server import WebhookReceiver
+from tests.unit.test_webhook_support import (
+    JSON,
+    SECRET_A,
+    FlakyBus,
+    delivery,
+    events_of,
+    hdrs,
+    make_config,
+    serve,
+    unique_names,
+)
+
+
+async def test_publish_dedup_and_restart(bus: Bus, bus_factory: Callable[[], Bus]) -> None:
+    """Concurrent deliveries are published once each; redeliveries, even after a restart, are not republished."""
+    source, ws = unique_names()
+    path = f"/hooks/{source}"
+    cfg = make_config(source=source, workspace=ws)
+    r = WebhookReceiver(cfg, bus)
+    async with serve(r) as c:
+        resps = await asyncio.gather(*(c.post(path, data=delivery(n, workspace=ws), headers=hdrs()) for n in range(60)))
+        assert [x.status for x in resps] == [200] * 60
+        again = await c.post(path, data=delivery(3, workspace=ws), headers=hdrs())
+        assert (await again.json())["status"] == "duplicate"
+    async with bus_factory() as bus2:
+        r2 = WebhookReceiver(cfg, bus2)
+        async with serve(r2) as c:
+            resps = await asyncio.gather(
+                *(c.post(path, data=delivery(n, workspace=ws), headers=hdrs()) for n in range(60))
+            )
+            assert {(await x.json())["status"] for x in resps} == {"duplicate"}
+            assert (await c.post(path, data=delivery(60, workspace=ws), headers=hdrs())).status == 200
+        assert (r2.accepted, r2.duplicates) == (1, 60)
+        recs = await events_of(bus2, ws)
+    seqs = sorted(orjson.loads(x.value)["raw"]["email_id"] for x in recs)
+    assert len(seqs) == len(set(seqs)) == 61
+    assert r.committer.transactions < 61
+
+
+async def test_rejections_leave_nothing_in_the_bus(bus: Bus) -> None:
+    """Every kind of bad request is refused and writes neither events nor dedup state."""
+    source, ws = unique_names()
+    path = f"/hooks/{source}"
+    r = WebhookReceiver(make_config(source=source, workspace=ws, max_body_bytes=2048), bus)
+    dup: CIMultiDict[str] = CIMultiDict(JSON)
+    dup.add("X-Webhook-Secret", SECRET_A)
+    dup.add("X-Webhook-Secret", SECRET_A)
+    cases: list[tuple[str, object, bytes, int]] = [
+        (path, dict(JSON), delivery(1, workspace=ws), 401),
+        (path, hdrs("wrong-wrong-wrong-wrong"), delivery(1, workspace=ws), 401),
+        (path, hdrs(SECRET_A[:-1]), delivery(1, workspace=ws), 401),
+        (path, dup, delivery(1, workspace=ws), 401),
+        (f"{path}?secret={SECRET_A}", dict(JSON), delivery(1, workspace=ws), 401),
+        (path, {"Content-Type": "text/plain", "X-Webhook-Secret": SECRET_A}, delivery(1, workspace=ws), 415),
+        (path, hdrs(), delivery(1, workspace=ws, pad="x" * 4096), 413),
+        (path, hdrs(), b"{nope", 400),
+        (path, hdrs(), delivery(1), 400),  # another workspace
+    ]
+    async with serve(r) as c:
+        for p, headers, body, status in cases:
+            assert (await c.post(p, data=body, headers=headers)).status == status  # type: ignore[arg-type]
+    assert await events_of(bus, ws) == []
+    assert await bus.state_items(f"webhook/seen/{source}/") == {}
+    assert sum(r.rejections.values()) == len(cases) and r.accepted == 0
+
+
+async def test_bus_failure_answers_503_and_acknowledges_nothing(bus: Bus) -> None:
+    """While commits fail: 503 with Retry-After and nothing on the bus; after recovery each delivery once."""
+    source, ws = unique_names()
+    path = f"/hooks/{source}"
+    flaky = FlakyBus(bus)
+    r = WebhookReceiver(make_config(source=source, workspace=ws), flaky)  # type: ignore[arg-type]
+    async with serve(r) as c:
+        flaky.down = True
+        resps = await asyncio.gather(*(c.post(path, data=delivery(n, workspace=ws), headers=hdrs()) for n in range(10)))
+        assert {x.status for x in resps} == {503} and all(x.headers.get("Retry-After") for x in resps)
+        assert (await c.get("/readyz")).status == 503
+        assert await events_of(bus, ws) == []
+        flaky.down = False
+        resps = await asyncio.gather(*(c.post(path, data=delivery(n, workspace=ws), headers=hdrs()) for n in range(10)))
+        assert {x.status for x in resps} == {200}
+        assert (await c.get("/readyz")).status == 200
+    assert len(await events_of(bus, ws)) == 10

@@ -1,0 +1,146 @@
+"""The ``webhook:`` config section: defaults, validation errors naming their path, secret rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pipeline.config import EnvValue, parse_config
+from pipeline.errors import ConfigError
+from pipeline.sources.webhook_config import DEFAULT_KEPT_FIELDS, parse_webhook_config
+from tests.unit.test_webhook_support import SECRET_A, SECRET_B, WS
+
+
+def block(**source: Any) -> dict[str, Any]:
+    src: dict[str, Any] = {"workspace_id": WS, "secrets": [EnvValue(SECRET_A)]}
+    src.update(source)
+    return {"sources": {"crm": src}}
+
+
+def error_of(b: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_webhook_config(b)
+    return str(info.value)
+
+
+def test_defaults() -> None:
+    """Defaults: 127.0.0.1:8088, 1 MiB, /hooks/<name>, X-Webhook-Secret, the documented kept fields."""
+    cfg = parse_webhook_config(block())
+    assert (cfg.host, cfg.port, cfg.max_body_bytes) == ("127.0.0.1", 8088, 1 << 20)
+    assert cfg.source_path("crm") == "/hooks/crm"
+    src = cfg.sources["crm"]
+    assert src.header_name == "X-Webhook-Secret"
+    assert src.kept_fields() == frozenset(DEFAULT_KEPT_FIELDS)
+    assert cfg.allow_ips is None and cfg.trusted_proxies == []
+
+
+def test_from_yaml_with_env_references() -> None:
+    """A YAML file with ${ENV} secrets parses; the PipelineConfig keeps the block for this module."""
+    text = """
+webhook:
+  port: 9000
+  allow_ips: [203.0.113.0/24]
+  trusted_proxies: ["10.0.0.0/8"]
+  sources:
+    crm:
+      path: /hooks/instantly-crm
+      workspace_id: ws-1
+      secrets: ["${HOOK_A}", "${HOOK_B}"]
+      keep_lead_fields: [company_name, email_subject]
+      drop_fields: [lead_email]
+"""
+    cfg = parse_config(text, env={"HOOK_A": SECRET_A, "HOOK_B": SECRET_B})
+    assert cfg.webhook is not None
+    w = parse_webhook_config(cfg.webhook)
+    src = w.sources["crm"]
+    assert [s.get_secret_value() for s in src.secrets] == [SECRET_A, SECRET_B]
+    assert "company_name" in src.kept_fields() and "email_subject" in src.kept_fields()
+    assert "lead_email" not in src.kept_fields()
+    assert w.source_path("crm") == "/hooks/instantly-crm"
+
+
+def test_secrets_file_gives_one_secret(tmp_path: Any) -> None:
+    """``secrets_file`` (a Kubernetes secret) yields a one-secret list."""
+    (tmp_path / "hook").write_text(SECRET_A + "\n")
+    text = "webhook:\n  sources:\n    crm:\n      workspace_id: ws-1\n      secrets_file: hook\n"
+    cfg = parse_config(text, env={}, base_dir=tmp_path)
+    assert cfg.webhook is not None
+    w = parse_webhook_config(cfg.webhook)
+    assert [s.get_secret_value() for s in w.sources["crm"].secrets] == [SECRET_A]
+
+
+def test_literal_secret_refused_without_echo() -> None:
+    """A secret written literally in the file is refused, and the message does not repeat it."""
+    msg = error_of(block(secrets=[SECRET_A]))
+    assert "webhook.sources.crm.secrets.0" in msg and "literal secret" in msg
+    assert SECRET_A not in msg
+
+
+@pytest.mark.parametrize(
+    ("source", "expect"),
+    [
+        ({"header_name": "Content-Type"}, "webhook.sources.crm.header_name:"),
+        ({"header_name": "bad header"}, "webhook.sources.crm.header_name:"),
+        ({"secrets": []}, "webhook.sources.crm.secrets:"),
+        (
+            {"secrets": [EnvValue(SECRET_A), EnvValue(SECRET_B), EnvValue(SECRET_A + "x")]},
+            "webhook.sources.crm.secrets",
+        ),
+        ({"secrets": [EnvValue("short")]}, "shorter than 16"),
+        ({"secrets": [EnvValue(SECRET_A), EnvValue(SECRET_A)]}, "identical"),
+        ({"secrets": [EnvValue(SECRET_A + "\u00e9")]}, "printable ASCII"),
+        ({"keep_lead_fields": ["email_html"]}, "webhook.sources.crm.keep_lead_fields:"),
+        ({"drop_fields": ["event_type"]}, "webhook.sources.crm.drop_fields:"),
+        ({"path": "/healthz"}, "webhook.sources.crm.path:"),
+        ({"path": "hooks"}, "webhook.sources.crm.path:"),
+        ({"workspace_id": ""}, "webhook.sources.crm.workspace_id:"),
+        ({"colour": "blue"}, "webhook.sources.crm.colour: unknown key"),
+        ({"keep_lead_fields": ["company"], "drop_fields": ["company"]}, "webhook.sources.crm.drop_fields:"),
+    ],
+)
+def test_source_errors_name_their_path(source: dict[str, Any], expect: str) -> None:
+    """Each invalid source option is an error naming webhook.sources.<name>.<key>."""
+    msg = error_of(block(**source))
+    assert expect in msg
+    assert SECRET_A not in msg and SECRET_B not in msg
+
+
+@pytest.mark.parametrize(
+    ("top", "expect"),
+    [
+        ({"allow_ips": ["10.0.0.1/8"]}, "webhook.allow_ips.0:"),
+        ({"trusted_proxies": ["not-an-ip"]}, "webhook.trusted_proxies.0:"),
+        ({"max_body_bytes": 10}, "webhook.max_body_bytes:"),
+        ({"port": 70000}, "webhook.port:"),
+        ({"sources": {}}, "webhook.sources:"),
+        ({"hots": "0.0.0.0"}, "webhook.hots: unknown key (did you mean 'host'?)"),
+    ],
+)
+def test_receiver_errors_name_their_path(top: dict[str, Any], expect: str) -> None:
+    """Receiver-level errors name webhook.<key>."""
+    b = block()
+    b.update(top)
+    assert expect in error_of(b)
+
+
+def test_cross_source_checks() -> None:
+    """Two sources may not share a path or a secret; names must be lower_snake_case."""
+    b = {
+        "sources": {
+            "crm": {"workspace_id": WS, "secrets": [EnvValue(SECRET_A)], "path": "/hooks/x"},
+            "ops": {"workspace_id": WS, "secrets": [EnvValue(SECRET_A)], "path": "/hooks/x"},
+            "Bad-Name": {"workspace_id": WS, "secrets": [EnvValue(SECRET_B)]},
+        }
+    }
+    msg = error_of(b)
+    assert "webhook.sources.ops.path: /hooks/x is already used by source 'crm'" in msg
+    assert "webhook.sources.ops.secrets.0: the same secret is used by source 'crm'" in msg
+    assert "webhook.sources.Bad-Name: source names must be lower_snake_case" in msg
+    assert SECRET_A not in msg
+
+
+def test_not_a_mapping() -> None:
+    """A webhook block that is not a mapping is refused."""
+    with pytest.raises(ConfigError, match="webhook: expected a mapping"):
+        parse_webhook_config(["x"])  # type: ignore[arg-type]
