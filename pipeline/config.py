@@ -5,8 +5,9 @@
   ``$${`` writes a literal ``${``. A missing variable is an error naming the path.
 * Secrets (API keys, tokens, passwords) are never taken literally from the file: a secret
   field accepts only a whole ``${VAR}`` reference or a sibling ``<field>_file`` path whose
-  content is read at start (Docker/Kubernetes secrets). Every key ending in ``_file`` is
-  such a secret file reference.
+  content is read at start (Docker/Kubernetes secrets), or a sibling ``<field>_vault``
+  reference read from HashiCorp Vault (``secret_managers.vault``). Every key ending in
+  ``_file`` is such a secret file reference.
 * Component blocks (``sinks``) are validated by the component's own ``Config`` model
   through :mod:`pipeline.registry`.
 
@@ -198,6 +199,9 @@ class PipelineConfig(Model):
     rules: dict[str, Any] = Field(default_factory=dict)
     sinks: dict[str, dict[str, Any]] = Field(default_factory=dict)
     webhook: dict[str, Any] | None = None
+    check: dict[str, Any] = Field(default_factory=dict)  # validated by connectors.instantly.posture
+    rotation: dict[str, Any] = Field(default_factory=dict)  # validated by connectors.instantly.rotation
+    secret_managers: dict[str, Any] = Field(default_factory=dict)  # validated by pipeline.secrets
     service: ServiceConfig = ServiceConfig()
     logging: LoggingConfig = LoggingConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
@@ -386,6 +390,9 @@ def parse_config(text: str, *, env: Mapping[str, str] | None = None, base_dir: P
     if not isinstance(data, dict):
         raise ConfigError(f"config must be a mapping of sections, got {type(data).__name__}")
     resolved = _resolve(data, (), os.environ if env is None else env, base_dir or Path.cwd())
+    from pipeline.secrets import resolve_managed_secrets  # here: pipeline.secrets imports this module
+
+    resolved = resolve_managed_secrets(resolved)
     try:
         return PipelineConfig.model_validate(resolved)
     except ValidationError as err:

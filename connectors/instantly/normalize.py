@@ -196,6 +196,30 @@ def member_attributes(r: Mapping[str, Any]) -> JSONDict:
     }
 
 
+# Headers that carry no secret: a webhook whose only custom headers are these is unauthenticated.
+NON_AUTH_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "cache-control",
+        "content-encoding",
+        "content-language",
+        "content-type",
+        "user-agent",
+        "x-request-id",
+        "x-correlation-id",
+        "x-source",
+        "x-event-type",
+    }
+)
+
+
+def has_auth_header(names: list[str]) -> bool:
+    """True when at least one custom header could carry a secret (anything but well-known plain headers)."""
+    return any(n.strip().lower() not in NON_AUTH_HEADERS for n in names)
+
+
 def webhook_attributes(r: Mapping[str, Any]) -> JSONDict:
     """What rules need about a webhook (header names only — values are secrets)."""
     url = _str(r.get("target_hook_url"))
@@ -211,7 +235,7 @@ def webhook_attributes(r: Mapping[str, Any]) -> JSONDict:
         "target_hook_url": url,
         "url_scheme": scheme,
         "header_names": names,
-        "has_auth_header": bool(names),
+        "has_auth_header": has_auth_header(names),
         "status": r.get("status") if isinstance(r.get("status"), int | float) else None,
         "event_type": _str(r.get("event_type")),
         "campaign": _str(r.get("campaign")),

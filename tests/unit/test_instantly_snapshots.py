@@ -269,3 +269,18 @@ def test_snapshot_state_roundtrip() -> None:
     assert decode_snapshot(data) == snap
     assert decode_snapshot(b"not json") is None and decode_snapshot(None) is None
     assert set(KINDS) == {"api_keys", "members", "webhooks", "workspace", "group_members", "block_list"}
+
+
+def test_plain_headers_do_not_count_as_authentication() -> None:
+    """A webhook whose only custom headers are plain ones (Content-Type) is unauthenticated; a secret header counts."""
+    from connectors.instantly.normalize import webhook_attributes
+
+    plain = webhook_attributes(
+        {"target_hook_url": "https://x.example", "headers": {"Content-Type": "application/json"}}
+    )
+    assert plain["has_auth_header"] is False
+    secret = webhook_attributes(
+        {"target_hook_url": "https://x.example", "headers": {"X-Webhook-Secret": "s3cr3t-value"}}
+    )
+    assert secret["has_auth_header"] is True
+    assert webhook_attributes({"target_hook_url": "https://x.example", "headers": None})["has_auth_header"] is False
