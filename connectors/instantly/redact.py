@@ -103,7 +103,8 @@ def redact_record(record: Mapping[str, Any]) -> dict[str, Any]:
     """Deep-copy ``record`` with every secret-looking field redacted (headers keep their names)."""
     out: dict[str, Any] = {}
     for name, value in record.items():
-        key = name if isinstance(name, str) else str(name)
+        raw_name: Any = name  # JSON keys are str, but a YAML fixture may carry ints
+        key = raw_name if isinstance(raw_name, str) else str(raw_name)
         kind = _field_kind(key)
         if kind == 1:
             out[key] = redact_headers(value)
