@@ -67,9 +67,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     code: int = asyncio.run(
-        run_pipeline(
-            cfg, once=args.once, roles=set(args.role or ["all"]), config_dir=Path(args.config).resolve().parent
-        )
+        run_pipeline(cfg, once=args.once, roles=set(args.role or ["all"]), config_path=Path(args.config))
     )
     return code
 

@@ -257,8 +257,11 @@ async def run_pipeline(
     stop: asyncio.Event | None = None,
     configure_logging: bool = True,
     config_dir: Path | None = None,
+    config_path: Path | None = None,
 ) -> int:
     """Run the pipeline; return the process exit code."""
+    if config_path is not None and config_dir is None:
+        config_dir = config_path.resolve().parent
     if configure_logging:
         setup_logging(cfg.logging.format, cfg.logging.level)
     register_config_secrets(cfg)
@@ -286,7 +289,7 @@ async def run_pipeline(
                 service = ServiceServer(get_telemetry(), health, cfg.service.host, cfg.service.port, clock=clock)
                 await service.start()
                 log.info("Service port open", extra={"url": f"http://{cfg.service.host}:{service.port}/metrics"})
-            return await _run_forever(pipe, stop)
+            return await _run_forever(pipe, stop, config_path)
     finally:
         if service is not None:
             await service.stop()
@@ -294,13 +297,48 @@ async def run_pipeline(
         set_telemetry(None)
 
 
-async def _run_forever(pipe: Pipeline, stop: asyncio.Event | None) -> int:
+def reload_webhook_secrets(pipe: Pipeline, config_path: Path) -> int:
+    """Re-read the config file and swap each webhook source's live secrets (SIGHUP); return sources updated.
+
+    Only secrets change: a rotation adds the new secret as the second entry, reloads, changes the
+    header value in Instantly, then removes the old one and reloads again — no restart, no
+    rejected delivery. Anything else that changed in the file needs a restart.
+    """
+    from pipeline.config import load_config
+
+    if pipe.receiver is None:
+        return 0
+    fresh = load_config(config_path)
+    wcfg = _webhook_config(fresh)
+    n = 0
+    for name, src in wcfg.sources.items():
+        try:
+            pipe.receiver.rotate(name, list(src.secrets))
+            n += 1
+        except KeyError:
+            log.warning("Webhook source added in the file needs a restart", extra={"source": name})
+    return n
+
+
+async def _run_forever(pipe: Pipeline, stop: asyncio.Event | None, config_path: Path | None = None) -> int:
     """Supervise the pipeline's loops until ``stop`` (or SIGTERM/SIGINT), then stop them cleanly."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+
+    def on_hup() -> None:
+        if config_path is None:
+            return
+        try:
+            n = reload_webhook_secrets(pipe, config_path)
+            log.info("Reloaded webhook secrets", extra={"sources": n})
+        except (ConfigError, ValueError) as err:
+            log.error("Reload refused; keeping the current secrets", extra={"error": str(err)})
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
     tasks = [asyncio.create_task(supervise(n, b, stop), name=n) for n, b in pipe.tasks(stop)]
     log.info("Pipeline running", extra={"roles": sorted(pipe.roles), "tasks": len(tasks)})
     await stop.wait()

@@ -18,7 +18,7 @@ webhook:
 ```
 
 Secrets follow :data:`pipeline.config.Secret`: only ``${ENV}`` references or a ``secrets_file``
-path (one secret) are accepted. Every problem names its path, e.g.
+path (one secret per line, two during a rotation; re-read on SIGHUP) are accepted. Every problem names its path, e.g.
 ``webhook.sources.crm.header_name: ...``.
 """
 
@@ -137,7 +137,12 @@ class SourceConfig(Model):
     @field_validator("secrets", mode="before")
     @classmethod
     def _one_or_list(cls, v: Any) -> Any:
-        # ``secrets_file: path`` yields one string: accept it as a one-element list.
+        # ``secrets_file: path`` yields one string: one secret per line (two during a rotation),
+        # so a mounted Kubernetes Secret can be rotated in place and picked up on SIGHUP.
+        from pipeline.config import FileValue
+
+        if isinstance(v, FileValue):
+            return [FileValue(line.strip()) for line in str(v).splitlines() if line.strip()]
         return [v] if isinstance(v, str | SecretStr) else v
 
     @field_validator("secrets")
