@@ -260,8 +260,6 @@ async def run_pipeline(
     config_path: Path | None = None,
 ) -> int:
     """Run the pipeline; return the process exit code."""
-    if config_path is not None and config_dir is None:
-        config_dir = config_path.resolve().parent
     if configure_logging:
         setup_logging(cfg.logging.format, cfg.logging.level)
     register_config_secrets(cfg)

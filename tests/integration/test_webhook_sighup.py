@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -29,11 +30,14 @@ async def _post(port: int, secret: str, n: int) -> int:
     body = orjson.dumps(
         {"event_type": "reply_received", "timestamp": "2026-11-27T10:00:00.000Z", "workspace": "ws-1", "n": n}
     )
-    async with aiohttp.ClientSession() as s, s.post(
-        f"http://127.0.0.1:{port}/hooks/crm",
-        data=body,
-        headers={"Content-Type": "application/json", "X-Webhook-Secret": secret},
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"http://127.0.0.1:{port}/hooks/crm",
+            data=body,
+            headers={"Content-Type": "application/json", "X-Webhook-Secret": secret},
+        ) as r,
+    ):
         return r.status
 
 
@@ -47,7 +51,7 @@ async def _wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
                     return
         except aiohttp.ClientError:
             pass
-        time.sleep(0.2)
+        await asyncio.sleep(0.2)
     raise AssertionError("receiver not ready")
 
 
@@ -81,12 +85,12 @@ async def test_sighup_rotates_secrets_without_restart(tmp_path: Path) -> None:
         assert await _post(port, NEW, 2) == 401
         secrets.write_text(f"{OLD}\n{NEW}\n")
         proc.send_signal(signal.SIGHUP)
-        time.sleep(1.0)
+        await asyncio.sleep(1.0)
         assert await _post(port, OLD, 3) == 200
         assert await _post(port, NEW, 4) == 200
         secrets.write_text(NEW + "\n")
         proc.send_signal(signal.SIGHUP)
-        time.sleep(1.0)
+        await asyncio.sleep(1.0)
         assert await _post(port, NEW, 5) == 200
         assert await _post(port, OLD, 6) == 401
     finally:
