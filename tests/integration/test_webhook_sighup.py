@@ -72,7 +72,7 @@ async def test_sighup_rotates_secrets_without_restart(tmp_path: Path) -> None:
     }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: ASYNC220 - the process under test
         [sys.executable, "-m", "pipeline.cli", "run", "--config", str(path), "--role", "webhook"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
