@@ -60,10 +60,24 @@ CREATE TABLE IF NOT EXISTS state (k TEXT PRIMARY KEY, v BLOB NOT NULL, ts INTEGE
 """
 
 
+_ENCODE_CACHE: dict[tuple[Header, ...], bytes] = {}
+
+
 def encode_headers(headers: Sequence[Header]) -> bytes | None:
-    """Pack headers as (u16 name length, name, u32 value length, value)*."""
+    """Pack headers as (u16 name length, name, u32 value length, value)* (cached per header set)."""
     if not headers:
         return None
+    key = headers if type(headers) is tuple else tuple(headers)
+    hit = _ENCODE_CACHE.get(key)
+    if hit is None:
+        hit = _encode_headers(key)
+        if len(_ENCODE_CACHE) >= 4096:
+            _ENCODE_CACHE.clear()
+        _ENCODE_CACHE[key] = hit
+    return hit
+
+
+def _encode_headers(headers: tuple[Header, ...]) -> bytes:
     out = bytearray()
     for name, value in headers:
         n = name.encode()
@@ -71,10 +85,24 @@ def encode_headers(headers: Sequence[Header]) -> bytes | None:
     return bytes(out)
 
 
+_HEADER_CACHE: dict[bytes, tuple[Header, ...]] = {}
+
+
 def decode_headers(blob: bytes | None) -> tuple[Header, ...]:
-    """Inverse of :func:`encode_headers`."""
+    """Inverse of :func:`encode_headers` (cached: a topic carries few distinct header sets)."""
     if not blob:
         return ()
+    hit = _HEADER_CACHE.get(blob)
+    if hit is not None:
+        return hit
+    out = _decode_headers(blob)
+    if len(_HEADER_CACHE) >= 4096:
+        _HEADER_CACHE.clear()
+    _HEADER_CACHE[bytes(blob)] = out
+    return out
+
+
+def _decode_headers(blob: bytes) -> tuple[Header, ...]:
     out: list[Header] = []
     i = 0
     while i < len(blob):
@@ -110,7 +138,9 @@ class _Txn:
         headers: Sequence[Header] = (),
         timestamp_ms: int | None = None,
     ) -> None:
-        self.records.append(OutRecord(topic, value, key, tuple(headers), timestamp_ms))
+        self.records.append(
+            OutRecord(topic, value, key, headers if type(headers) is tuple else tuple(headers), timestamp_ms)
+        )
 
     def put_state(self, key: str, value: bytes | None) -> None:
         self.state[key] = value
@@ -361,21 +391,30 @@ class SqliteBus:
 
     def _write_records(self, db: sqlite3.Connection, records: list[OutRecord], now_ms: int) -> None:
         by_tp: dict[int, list[OutRecord]] = {}
+        topics: dict[str, _Topic] = {}
+        tps: dict[tuple[str, bytes | None], int] = {}
         for r in records:
-            t = self._topic(r.topic)
-            tp = (t.id << _PART_BITS) | partition_for(r.key, t.partitions)
+            tp = tps.get((r.topic, r.key))
+            if tp is None:
+                t = topics.get(r.topic) or topics.setdefault(r.topic, self._topic(r.topic))
+                tp = tps[(r.topic, r.key)] = (t.id << _PART_BITS) | partition_for(r.key, t.partitions)
             by_tp.setdefault(tp, []).append(r)
         rows: list[tuple[int, int, bytes | None, bytes, bytes | None]] = []
         for tp, recs in by_tp.items():
             next_off, last_ts, size = db.execute(
                 "SELECT next_off, last_ts, bytes FROM tp_meta WHERE tp=?", (tp,)
             ).fetchone()
+            base = tp << _OFFSET_BITS
+            append = rows.append
             for r in recs:
-                ts = r.timestamp_ms if r.timestamp_ms is not None else now_ms
-                last_ts = max(last_ts, ts)
-                hdr = encode_headers(r.headers)
-                rows.append((_rowid(tp, next_off), last_ts, r.key, r.value, hdr))
-                size += len(r.value) + len(r.key or b"") + len(hdr or b"")
+                ts = r.timestamp_ms
+                if ts is not None and ts > last_ts:
+                    last_ts = ts
+                elif ts is None and now_ms > last_ts:
+                    last_ts = now_ms
+                hdr = encode_headers(r.headers) if r.headers else None
+                append((base | next_off, last_ts, r.key, r.value, hdr))
+                size += len(r.value) + (len(r.key) if r.key else 0) + (len(hdr) if hdr else 0)
                 next_off += 1
             db.execute("UPDATE tp_meta SET next_off=?, last_ts=?, bytes=? WHERE tp=?", (next_off, last_ts, size, tp))
         db.executemany("INSERT INTO records VALUES (?,?,?,?,?)", rows)

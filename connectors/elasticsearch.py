@@ -1,0 +1,276 @@
+"""Elasticsearch / OpenSearch sink (type ``elasticsearch``): ``_bulk`` with ``create`` and ``_id`` = id.
+
+* One ``POST /_bulk`` (``application/x-ndjson``) per batch: ``{"create": {"_index", "_id"}}``
+  then the document (the native event/alert JSON plus ``@timestamp``). ``create`` with the
+  event's deterministic id makes delivery idempotent: a replayed event answers 409
+  ``version_conflict_engine_exception``, counted as a duplicate (already delivered), so the
+  index never holds a record twice. ``create`` is also what data streams require.
+* ``index`` (events) and ``alert_index`` (alerts; default ``index``) are a data stream or
+  index name, or a pattern with date parts from the record's time: ``audit-{yyyy.MM.dd}``
+  (tokens ``yyyy``, ``yy``, ``MM``, ``dd``, ``HH``; UTC).
+* A 200 answer may still carry per-item failures (``"errors": true``): items with 429 or 5xx
+  are retried (Elastic's guidance, as elasticsearch-py's ``streaming_bulk``); 400/404 items
+  (``mapper_parsing_exception``, ``document_parsing_exception``, a missing index...) are
+  dead-lettered (Logstash's classification); a 401/403 item means missing privileges and
+  fails the batch without retry (circuit), except ``cluster_block_exception`` (disk
+  watermark), which is retried. A whole-request 429 raises :class:`BackpressureError`;
+  413 halves the request (a lone document too large is dead-lettered); another 4xx on the
+  whole request (bad credentials, wrong URL, malformed request) is not retried soon and opens
+  the runner's circuit, since it is about the setup, not one record.
+* Auth: ``api_key`` (``Authorization: ApiKey <encoded key>``) or ``username`` + ``password``
+  (HTTP Basic). ``healthcheck()`` is ``GET /``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+import orjson
+from pydantic import Field, field_validator, model_validator
+
+from pipeline.clock import format_time
+from pipeline.config import Secret
+from pipeline.delivery.base import Delivery, Failure, SendResult, SinkConfig
+from pipeline.delivery.http import HttpClient, HttpResponse, HttpSinkConfig, record_time, status_error
+from pipeline.errors import SinkError
+from pipeline.logs import register_secret
+
+_PART = re.compile(r"\{([^{}]*)\}")
+_TOKENS = (("yyyy", "%Y"), ("yy", "%y"), ("MM", "%m"), ("dd", "%d"), ("HH", "%H"))
+_BAD_INDEX_CHARS = re.compile(r'[\\/*?"<>|,# :A-Z{}]')
+_COMPRESS_IN_THREAD_BYTES = 2 * 1024 * 1024  # below this, a thread hop costs more than gzip -3
+
+
+def index_namer(pattern: str) -> Callable[[float], str]:
+    """A function from epoch seconds to the index name ``pattern`` gives (``{yyyy.MM.dd}`` parts).
+
+    Raises:
+        ValueError: the pattern has an unknown date token or characters an index name cannot hold.
+    """
+    pieces: list[str] = []
+    last = 0
+    for m in _PART.finditer(pattern):
+        pieces.append(pattern[last : m.start()].replace("%", "%%"))
+        fmt = m.group(1)
+        if not fmt:
+            raise ValueError(f"empty date part '{{}}' in index pattern {pattern!r}")
+        for token, code in _TOKENS:
+            fmt = fmt.replace(token, code)
+        if re.search(r"[A-Za-z]", re.sub(r"%[YymdH]", "", fmt)):
+            raise ValueError(f"index pattern {pattern!r}: date part {{{m.group(1)}}} may use only yyyy yy MM dd HH")
+        pieces.append(fmt)
+        last = m.end()
+    pieces.append(pattern[last:].replace("%", "%%"))
+    static = _PART.sub("", pattern)
+    if not pattern or _BAD_INDEX_CHARS.search(static) or pattern[0] in "-_+" or pattern in (".", ".."):
+        raise ValueError(f"{pattern!r} is not a valid index name (lowercase, no spaces or \\/*?\"<>|,#:)")
+    fmt = "".join(pieces)
+    if fmt == pattern.replace("%", "%%") and "{" not in pattern:
+        return lambda _t: pattern
+    cache: dict[int, str] = {}
+
+    def name(t: float) -> str:
+        hour = int(t // 3600)
+        got = cache.get(hour)
+        if got is None:
+            if len(cache) > 1024:
+                cache.clear()
+            got = cache[hour] = datetime.fromtimestamp(hour * 3600, tz=UTC).strftime(fmt)
+        return got
+
+    return name
+
+
+class ElasticsearchConfig(HttpSinkConfig):
+    """Options of the Elasticsearch / OpenSearch sink."""
+
+    type: Literal["elasticsearch"] = "elasticsearch"
+    index: str = Field("logs-instantly.audit-default", description="data stream, index, or pattern with {yyyy.MM.dd}")
+    alert_index: str | None = Field(None, description="for alerts; default: index")
+    api_key: Secret | None = None
+    username: str | None = None
+    password: Secret | None = None
+    pipeline: str | None = Field(None, description="ingest pipeline to run")
+    compression: Literal["gzip", "none"] = "none"
+
+    @field_validator("index", "alert_index")
+    @classmethod
+    def _pattern(cls, v: str | None) -> str | None:
+        if v is not None:
+            index_namer(v)
+        return v
+
+    @model_validator(mode="after")
+    def _auth(self) -> ElasticsearchConfig:
+        if self.api_key is not None and (self.username is not None or self.password is not None):
+            raise ValueError("give either api_key or username + password, not both")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        return self
+
+
+@dataclass(slots=True)
+class _Outcome:
+    failures: list[Failure] = field(default_factory=list)
+    duplicates: int = 0
+    fatal: SinkError | None = None
+
+
+class ElasticsearchSink:
+    """Index events and alerts with the bulk API, idempotently."""
+
+    Config: ClassVar[type[SinkConfig]] = ElasticsearchConfig
+
+    def __init__(self, sink_id: str, config: ElasticsearchConfig) -> None:
+        self.sink_id = sink_id
+        self.config = config
+        headers = {"Content-Type": "application/x-ndjson", "Accept": "application/json"}
+        if config.api_key is not None:
+            key = config.api_key.get_secret_value()
+            register_secret(key)
+            headers["Authorization"] = f"ApiKey {key}"
+        elif config.username is not None and config.password is not None:
+            password = config.password.get_secret_value()
+            register_secret(password)
+            basic = base64.b64encode(f"{config.username}:{password}".encode()).decode("ascii")
+            register_secret(basic)
+            headers["Authorization"] = f"Basic {basic}"
+        self._post_headers = {"Content-Encoding": "gzip"} if config.compression == "gzip" else {}
+        self._http = HttpClient(config, name=f"elasticsearch {sink_id}", headers=headers)
+        self._event_index = index_namer(config.index)
+        self._alert_index = index_namer(config.alert_index or config.index)
+        self._params = {"pipeline": config.pipeline} if config.pipeline else None
+
+    async def __aenter__(self) -> ElasticsearchSink:
+        await self._http.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._http.__aexit__(None, None, None)
+
+    # ---- encoding -----------------------------------------------------------------------
+    def encode(self, d: Delivery) -> bytes:
+        """The action line and the document line of one record."""
+        t, text = record_time(d)
+        index = (self._event_index if d.kind == "event" else self._alert_index)(t)
+        action = orjson.dumps({"create": {"_index": index, "_id": d.id}})
+        stamp = text if text is not None and text.endswith("Z") else format_time(t)
+        raw = d.raw
+        if raw[:1] == b"{" and raw[1:2] != b"}" and b"\n" not in raw and b'"@timestamp"' not in raw:
+            doc = b'{"@timestamp":"' + stamp.encode() + b'",' + raw[1:]
+        else:
+            doc = orjson.dumps({"@timestamp": stamp, **d.body})
+        return action + b"\n" + doc + b"\n"
+
+    async def _body(self, lines: list[bytes]) -> bytes:
+        data = b"".join(lines)
+        if self.config.compression != "gzip":
+            return data
+        if len(data) >= _COMPRESS_IN_THREAD_BYTES:
+            return await asyncio.to_thread(gzip.compress, data, 3, mtime=0)
+        return gzip.compress(data, 3, mtime=0)
+
+    # ---- sending ------------------------------------------------------------------------
+    async def send(self, batch: Sequence[Delivery]) -> SendResult:
+        """Bulk-create the batch; 409 items count as duplicates.
+
+        Raises:
+            SinkError: the whole request failed (429 → BackpressureError; 5xx/transport
+                retriable; 401/403/404/redirect not retriable).
+        """
+        if not batch:
+            return SendResult()
+        items = list(batch)
+        out = await self._bulk(items, [self.encode(d) for d in items])
+        if out.fatal is not None:
+            raise out.fatal
+        return SendResult(failures=out.failures, duplicates=out.duplicates)
+
+    async def _bulk(self, items: list[Delivery], lines: list[bytes]) -> _Outcome:
+        resp = await self._http.request(
+            "POST", "/_bulk", data=await self._body(lines), headers=self._post_headers, params=self._params
+        )
+        if resp.status == 200:
+            return self._items(items, resp)
+        if resp.status == 413:
+            return await self._split(items, lines, resp)
+        err = status_error(f"elasticsearch {self.sink_id}", "POST /_bulk", resp, self._reason(resp))
+        if err.retriable:
+            raise err
+        return _Outcome(fatal=err)
+
+    async def _split(self, items: list[Delivery], lines: list[bytes], resp: HttpResponse) -> _Outcome:
+        """Halve a request that is too large; a single document that is too large is dead-lettered."""
+        why = f"POST /_bulk: HTTP {resp.status} ({self._reason(resp)})"
+        if len(items) == 1:
+            return _Outcome(failures=[Failure(items[0], f"elasticsearch: {why}", retriable=False)])
+        half = len(items) // 2
+        merged = _Outcome()
+        for sub in (await self._bulk(items[:half], lines[:half]), await self._bulk(items[half:], lines[half:])):
+            merged.failures += sub.failures
+            merged.duplicates += sub.duplicates
+            merged.fatal = merged.fatal or sub.fatal
+        return merged
+
+    def _items(self, items: list[Delivery], resp: HttpResponse) -> _Outcome:
+        body = resp.json(f"elasticsearch {self.sink_id}: POST /_bulk")
+        if not isinstance(body, dict):
+            raise SinkError(f"elasticsearch {self.sink_id}: POST /_bulk: unexpected answer", retriable=True)
+        if body.get("errors") is False:
+            return _Outcome()
+        results = body.get("items")
+        if not isinstance(results, list) or len(results) != len(items):
+            raise SinkError(
+                f"elasticsearch {self.sink_id}: POST /_bulk: {len(results) if isinstance(results, list) else 'no'} "
+                f"items answered for {len(items)} sent", retriable=True,
+            )  # fmt: skip
+        out = _Outcome()
+        for d, item in zip(items, results, strict=True):
+            result: Any = next(iter(item.values()), {}) if isinstance(item, dict) and item else {}
+            status = result.get("status", 0) if isinstance(result, dict) else 0
+            if 200 <= status < 300:
+                continue
+            error = result.get("error") if isinstance(result, dict) else None
+            etype = error.get("type", "") if isinstance(error, dict) else str(error or "")
+            reason = error.get("reason", "") if isinstance(error, dict) else ""
+            text = f"elasticsearch: item {status} {etype}: {str(reason)[:300]}".rstrip(": ")
+            if status == 409:
+                out.duplicates += 1
+            elif status in (401, 403) and etype != "cluster_block_exception":
+                out.fatal = out.fatal or SinkError(f"elasticsearch {self.sink_id}: {text}", retriable=False)
+            elif status in (400, 404):
+                out.failures.append(Failure(d, text, retriable=False))
+            else:
+                out.failures.append(Failure(d, text, retriable=True, retry_after=resp.retry_after))
+        return out
+
+    @staticmethod
+    def _reason(resp: HttpResponse) -> str:
+        try:
+            body: Any = orjson.loads(resp.body)
+        except orjson.JSONDecodeError:
+            return resp.text(120)
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):
+            return f"{error.get('type', '')}: {str(error.get('reason', ''))[:200]}"
+        return str(error)[:200] if error else ""
+
+    async def healthcheck(self) -> None:
+        """Check the cluster answers ``GET /`` with these credentials.
+
+        Raises:
+            SinkError: unreachable, or the credentials are refused.
+        """
+        resp = await self._http.request("GET", "/")
+        if resp.status != 200:
+            raise status_error(f"elasticsearch {self.sink_id}", "GET /", resp, self._reason(resp))
+        info = resp.json(f"elasticsearch {self.sink_id}: GET /")
+        if not isinstance(info, dict) or "version" not in info:
+            raise SinkError(f"elasticsearch {self.sink_id}: GET / did not answer like Elasticsearch/OpenSearch")

@@ -1,0 +1,272 @@
+"""The HTTP plumbing every HTTP sink shares: options, one aiohttp session, errors without secrets.
+
+* :class:`HttpSinkConfig` adds ``url``, timeouts and TLS options to :class:`SinkConfig`.
+  A URL with credentials (``https://user:pass@host``) or a query string is refused: secrets
+  belong in ``Secret`` fields, where they are masked.
+* :class:`HttpClient` owns one ``ClientSession`` (connection pooling, timeouts, TLS) and
+  turns every transport failure into a retriable :class:`SinkError` whose message holds
+  the method, the redacted URL and the exception's class name — never a header, a query
+  string or the exception's text. aiohttp errors are converted *outside* their ``except``
+  block, so they are neither the cause nor the context of what we raise (aiohttp puts
+  request headers, ``Authorization`` included, into some of its errors).
+* :func:`parse_retry_after` reads ``Retry-After`` as delta-seconds or an HTTP date.
+* :func:`record_time` gives a record's own time (an event's ``time``, an alert's
+  ``last_seen``) in epoch seconds, quickly, for destinations that index by time.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import orjson
+from multidict import CIMultiDict
+from pydantic import Field, field_validator
+
+from pipeline import __version__
+from pipeline.clock import SYSTEM_CLOCK, Clock, parse_time
+from pipeline.delivery.backoff import MAX_RETRY_AFTER_SECS
+from pipeline.delivery.base import Delivery, SinkConfig
+from pipeline.errors import BackpressureError, SinkError
+
+USER_AGENT = f"instantly-audit/{__version__}"
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+
+class HttpSinkConfig(SinkConfig):
+    """Options shared by the HTTP sinks."""
+
+    url: str = Field(description="base URL of the destination, e.g. https://splunk.example.com:8088")
+    request_timeout_secs: float = Field(30.0, gt=0)
+    connect_timeout_secs: float = Field(10.0, gt=0)
+    tls_verify: bool = True
+    ca_file: Path | None = None
+    max_connections: int = Field(8, ge=1, le=256)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        parts = urlsplit(v.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as https://host:port")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not carry credentials; use the sink's secret fields")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query string or fragment")
+        return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP date), or None.
+
+    A date in the past gives 0; garbage gives None; anything is clamped to one hour.
+    """
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # RFC 9110 dates are GMT
+            return None
+        seconds = when.timestamp() - now
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECS)
+
+
+_MINUTES: dict[str, float] = {}
+
+
+def epoch_seconds(text: str) -> float:
+    """RFC 3339 text to epoch seconds; ``YYYY-MM-DDTHH:MM:SS[.fff]Z`` (what the pipeline writes) is fast.
+
+    Raises:
+        ValueError: not a timestamp.
+    """
+    if len(text) >= 20 and text[-1] == "Z" and text[16] == ":":
+        minute = _MINUTES.get(text[:16])
+        if minute is None and text[4] == text[7] == "-" and text[10] == "T" and text[13] == ":":
+            try:
+                minute = datetime.strptime(text[:16], "%Y-%m-%dT%H:%M").replace(tzinfo=UTC).timestamp()
+            except ValueError:
+                minute = None
+            else:
+                if len(_MINUTES) > 65_536:
+                    _MINUTES.clear()
+                _MINUTES[text[:16]] = minute
+        secs = text[17:-1]
+        if minute is not None and secs[:2].isdigit() and secs[:2] < "61":
+            frac = secs[2:]
+            if not frac or (frac[0] == "." and frac[1:].isdigit()):
+                return minute + float(secs)
+    return parse_time(text)
+
+
+def record_time(d: Delivery) -> tuple[float, str | None]:
+    """Epoch seconds of an event's ``time`` / an alert's ``last_seen``, and that text if it was valid.
+
+    Falls back to the bus timestamp (and None) when the field is missing or not a timestamp.
+    """
+    value = d.body.get("time" if d.kind == "event" else "last_seen")
+    if isinstance(value, str):
+        try:
+            return epoch_seconds(value), value
+        except ValueError:
+            pass
+    return d.record.timestamp_ms / 1000.0, None
+
+
+def redact_url(url: str) -> str:
+    """``url`` without credentials, query string or fragment (safe for messages and logs)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{host}:{parts.port}" if parts.port else host
+    except ValueError:
+        return "<invalid url>"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """A fully read response."""
+
+    status: int
+    headers: Mapping[str, str]  # case-insensitive
+    body: bytes
+    retry_after: float | None = None
+
+    def json(self, what: str) -> Any:
+        """The body parsed as JSON.
+
+        Raises:
+            SinkError: (retriable) the body is not JSON.
+        """
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            raise SinkError(f"{what}: HTTP {self.status} with a body that is not JSON", retriable=True) from None
+
+    def text(self, limit: int = 300) -> str:
+        """The start of the body as text, for error messages."""
+        snippet = self.body[:limit].decode("utf-8", "replace").strip()
+        return snippet + ("…" if len(self.body) > limit else "")
+
+
+def ssl_context(cfg: HttpSinkConfig) -> ssl.SSLContext | bool:
+    """The TLS setting for ``cfg``: False (no verification), a context with ``ca_file``, or True."""
+    if not cfg.tls_verify:
+        return False
+    if cfg.ca_file is not None:
+        return ssl.create_default_context(cafile=str(cfg.ca_file))
+    return True
+
+
+class HttpClient:
+    """One pooled session to one destination; use as ``async with``."""
+
+    def __init__(
+        self,
+        cfg: HttpSinkConfig,
+        *,
+        name: str,
+        headers: Mapping[str, str] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.cfg = cfg
+        self.name = name
+        self.base_url = cfg.url
+        self._headers = {"User-Agent": USER_AGENT, **(headers or {})}
+        self._clock = clock
+        self._session: aiohttp.ClientSession | None = None
+        self.requests = 0
+
+    async def __aenter__(self) -> HttpClient:
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(
+                total=self.cfg.request_timeout_secs, sock_connect=self.cfg.connect_timeout_secs
+            )
+            connector = aiohttp.TCPConnector(ssl=ssl_context(self.cfg), limit=self.cfg.max_connections)
+            self._session = aiohttp.ClientSession(
+                headers=self._headers, timeout=timeout, connector=connector, trust_env=False
+            )
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    @property
+    def is_open(self) -> bool:
+        """True between ``__aenter__`` and ``__aexit__``."""
+        return self._session is not None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> HttpResponse:
+        """Send one request to ``base_url + path`` and read the whole response (any status).
+
+        Raises:
+            SinkError: (retriable) the request timed out or the connection failed; or
+                (not retriable) the client is not open.
+        """
+        if self._session is None:
+            raise SinkError(f"{self.name}: the HTTP client is not open (use 'async with')")
+        url = self.base_url + path
+        failure: SinkError | None = None
+        self.requests += 1
+        try:
+            async with self._session.request(
+                method, url, data=data, headers=headers, params=params, allow_redirects=False
+            ) as resp:
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(256 * 1024):
+                    body += chunk
+                    if len(body) > max_response_bytes:
+                        break
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock.now())
+                return HttpResponse(resp.status, CIMultiDict(resp.headers), bytes(body), retry_after)
+        except TimeoutError:
+            failure = SinkError(
+                f"{self.name}: {method} {redact_url(url)} timed out after {self.cfg.request_timeout_secs:g}s",
+                retriable=True,
+            )
+        except (aiohttp.ClientError, OSError) as err:
+            what = f"{self.name}: {method} {redact_url(url)}"
+            failure = SinkError(f"{what} failed ({type(err).__name__})", retriable=True)
+        # Raised outside the except block: the aiohttp error is neither the cause nor the context.
+        raise failure
+
+
+def status_error(name: str, what: str, resp: HttpResponse, detail: str = "") -> SinkError:
+    """The :class:`SinkError` for an unexpected status: 429/5xx/408 retriable, others not."""
+    retriable = resp.status in (408, 425, 429) or resp.status >= 500
+    text = f"{name}: {what}: HTTP {resp.status}" + (f" ({detail})" if detail else "")
+    if resp.status in (429, 503):
+        return BackpressureError(text, retry_after=resp.retry_after)
+    return SinkError(text, retriable=retriable, retry_after=resp.retry_after)

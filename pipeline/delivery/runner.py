@@ -1,0 +1,532 @@
+"""The sink runner: one consumer group per sink, batches, retries, a circuit, dead letters.
+
+Guarantee: **at least once, de-duplicated by id where the destination can.** A batch's
+consumer offsets (the offset after its last record, per partition) are committed only after
+the sink confirmed every record of the batch, or the record was filtered out, or it went to
+``instantly.deadletter.v1``; the dead letters and the offset commit are one bus transaction.
+A crash replays what was not yet committed (the batch in flight and, at most, the batches
+confirmed during the last commit); destinations de-duplicate by id where they can.
+
+How a batch moves:
+
+1. **Read.** Records are read up to ``batch_max_records`` / ``batch_max_bytes``, waiting at
+   most ``batch_max_wait_secs`` after the first one. The next batch is read while one is
+   delivered, so two batches are in memory at most (each capped at half of
+   ``max_in_flight_bytes``): memory stays bounded however long the destination is down,
+   and the lag grows on the bus instead. Undecodable records become dead letters; records
+   whose type does not match ``types`` (globs) or whose alert severity is below
+   ``min_severity`` are filtered out (events have no severity and pass that filter).
+2. **Send.** ``sink.send()`` returns the failed deliveries. Retriable ones are re-sent
+   after ``Backoff`` (exponential, full jitter, at least ``Retry-After``); non-retriable
+   ones (poison) are dead-lettered. A ``SinkError`` raised by ``send()`` fails the whole
+   attempt: retriable → back off and retry; not retriable (bad credentials, unknown index)
+   → the circuit opens at once. Such errors describe the destination, not the records,
+   so they never dead-letter anything.
+3. **Circuit.** ``circuit_failures`` consecutive attempts without progress open it: the
+   runner stops reading for ``circuit_open_secs``, then sends the pending batch once
+   (half-open); progress closes it, a failure opens it again. Nothing is dropped.
+4. **Commit** the dead letters and the offsets in one bus transaction, in the background
+   while the next batch is sent; batches confirmed during a commit share the next one (a
+   group commit), so a slow fsync never holds delivery back. Commits stay in order.
+
+Each runner is its own task with its own consumer, so a slow or dead sink never delays another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass, field, fields
+from fnmatch import fnmatchcase
+from types import TracebackType
+
+import orjson
+
+from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Bus, Consumer, Record, TopicPartition
+from pipeline.clock import SYSTEM_CLOCK, Clock, format_time
+from pipeline.delivery.backoff import Backoff, Circuit, CircuitState
+from pipeline.delivery.base import Delivery, Kind, Sink, SinkConfig
+from pipeline.delivery.deadletter import deadletter_record
+from pipeline.errors import BusError, SinkError
+from pipeline.logs import get_logger
+from schemas.alert import severity_rank
+
+log = get_logger("delivery")
+
+__all__ = ["KINDS", "TOPICS", "CircuitState", "RunStats", "RunnerHealth", "SinkRunner", "decode"]
+
+TOPICS: dict[str, str] = {"events": EVENTS_TOPIC, "alerts": ALERTS_TOPIC}
+KINDS: dict[str, Kind] = {EVENTS_TOPIC: "event", ALERTS_TOPIC: "alert"}
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class RunStats:
+    """What a run did. ``delivered`` excludes ``duplicates`` (confirmed as already present)."""
+
+    delivered: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    filtered: int = 0
+    retries: int = 0
+    batches: int = 0
+    committed: int = 0
+
+    def add(self, other: RunStats) -> None:
+        """Add ``other``'s counts to these."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerHealth:
+    """A runner's state for ``/readyz`` and ``status``."""
+
+    sink: str
+    group: str
+    circuit: CircuitState
+    consecutive_failures: int
+    reopens_in_secs: float | None
+    last_error: str | None
+    totals: RunStats
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Records read together; committed together once every one is resolved."""
+
+    records: list[Record] = field(default_factory=list)
+    ends: dict[TopicPartition, int] = field(default_factory=dict)  # offset after the last record, per partition
+    pending: list[Delivery] = field(default_factory=list)
+    dead: list[tuple[Record, str, Delivery | None]] = field(default_factory=list)
+    filtered: int = 0
+    nbytes: int = 0
+    attempt: int = 0
+
+
+@dataclass(slots=True)
+class _Commit:
+    """Confirmed batches waiting for their (shared) offset-commit transaction."""
+
+    stats: RunStats
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    dead: list[tuple[Record, str, Delivery | None]] = field(default_factory=list)
+    filtered: int = 0
+    batches: int = 0
+    records: int = 0
+
+    def add(self, batch: _Batch) -> None:
+        self.offsets.update(batch.ends)  # batches are confirmed in order: later offsets are larger
+        self.dead += batch.dead
+        self.filtered += batch.filtered
+        self.batches += 1
+        self.records += len(batch.records)
+
+
+def decode(record: Record) -> Delivery | str:
+    """The delivery for a bus record, or why it cannot be decoded.
+
+    Only what delivery needs is checked (a JSON object with a string ``id`` and ``type``, or
+    ``rule.id`` for an alert): the schema was enforced when the record was published.
+    """
+    kind = KINDS.get(record.topic)
+    if kind is None:
+        return f"undecodable record: topic {record.topic} is not an event or alert topic"
+    try:
+        body = orjson.loads(record.value)
+    except orjson.JSONDecodeError as err:
+        return f"undecodable {kind}: not JSON ({err})"
+    if not isinstance(body, dict):
+        return f"undecodable {kind}: not a JSON object"
+    rid = body.get("id")
+    if kind == "event":
+        rtype, field_name = body.get("type"), "type"
+    else:
+        rule = body.get("rule")
+        rtype, field_name = (rule.get("id") if isinstance(rule, dict) else None), "rule.id"
+    if not (isinstance(rid, str) and rid and isinstance(rtype, str) and rtype):
+        return f"undecodable {kind}: 'id' and '{field_name}' must be non-empty strings"
+    return Delivery(record, kind, rid, rtype, body, record.value)
+
+
+class SinkRunner:
+    """Moves one sink's records from the bus to the destination (see the module docstring).
+
+    The runner opens and closes the sink and its consumer: use ``async with runner`` to keep
+    them open across :meth:`run_once` calls; :meth:`run` and :meth:`run_once` open them for
+    the call when the runner is not open.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        sink: Sink,
+        config: SinkConfig,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        group: str | None = None,
+        sleep: Sleep = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+        poll_timeout_secs: float = 1.0,
+    ) -> None:
+        self.bus = bus
+        self.sink = sink
+        self.config = config
+        self.sink_id = sink.sink_id
+        self.group = group or f"sink-{sink.sink_id}"
+        self.topics = [TOPICS[t] for t in dict.fromkeys(config.topics)]
+        self._clock = clock
+        self._sleep = sleep
+        self._poll_timeout = poll_timeout_secs
+        self._backoff = Backoff(config.retry_initial_secs, config.retry_max_secs, rng=rng)
+        self._circuit = Circuit(config.circuit_failures, config.circuit_open_secs, clock, self.sink_id)
+        # In memory at once: the batch being delivered and the next one, read ahead.
+        self._max_bytes = min(config.batch_max_bytes, config.max_in_flight_bytes // 2)
+        self._globs = list(config.types)
+        self._min_rank = severity_rank(config.min_severity) if config.min_severity else None
+        self._stack: AsyncExitStack | None = None
+        self._consumer: Consumer | None = None
+        self._carry: list[Record] = []
+        self._batch: _Batch | None = None
+        self._next: asyncio.Task[_Batch | None] | None = None  # the batch being read ahead
+        self._committing: asyncio.Task[None] | None = None
+        self._queued: _Commit | None = None  # confirmed batches not yet committed
+        self._stop: asyncio.Event | None = None
+        self.totals = RunStats()
+
+    # ---- lifecycle -------------------------------------------------------------------
+    async def __aenter__(self) -> SinkRunner:
+        if self._stack is not None:
+            return self
+        stack = AsyncExitStack()
+        try:
+            await stack.enter_async_context(self.sink)
+            self._consumer = await stack.enter_async_context(self.bus.consumer(self.topics, group=self.group))
+        except BaseException:
+            self._consumer = None
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        stack, self._stack = self._stack, None
+        reading, self._next = self._next, None
+        if reading is not None:
+            reading.cancel()
+            with suppress(asyncio.CancelledError, BusError):
+                await reading
+        try:
+            await self._settle_commit()
+        except BusError as err:  # only reachable after a cancellation; the commit is atomic anyway
+            log.warning("Offset commit failed while closing.", extra={"sink": self.sink_id, "error": err.message})
+        finally:
+            # What was read but not committed is forgotten: a new consumer starts at the commit.
+            self._consumer, self._batch, self._carry, self._queued = None, None, [], None
+            if stack is not None:
+                await stack.aclose()
+
+    def health(self) -> RunnerHealth:
+        """The circuit state and running totals."""
+        state = self._circuit.state
+        return RunnerHealth(
+            sink=self.sink_id,
+            group=self.group,
+            circuit=state,
+            consecutive_failures=self._circuit.failures,
+            reopens_in_secs=self._circuit.remaining() if state is CircuitState.OPEN else None,
+            last_error=self._circuit.last_error,
+            totals=RunStats(**{f.name: getattr(self.totals, f.name) for f in fields(RunStats)}),
+        )
+
+    # ---- driving -------------------------------------------------------------------------
+    async def run_once(self) -> RunStats:
+        """Deliver everything up to the current end of the topics, commit, and return the counts.
+
+        Returns early, leaving the rest for the next call, while the circuit is open.
+
+        Raises:
+            BusError: the bus failed in a way that retrying cannot fix.
+        """
+        if self._stack is None:
+            async with self:
+                return await self.run_once()
+        consumer = self._require_consumer()
+        stats = RunStats()
+        end = await consumer.end_offsets()
+        try:
+            while self._circuit.state is not CircuitState.OPEN:
+                batch = self._batch or await self._take(end)
+                if batch is None:
+                    break
+                self._batch = batch
+                self._read_ahead(end)
+                if not await self._process(batch, stats):
+                    break
+                self._batch = None
+                await self._commit_soon(batch, stats)
+            await self._settle_commit()
+        finally:
+            self.totals.add(stats)
+        return stats
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver continuously until ``stop`` is set (an in-flight send is allowed to finish).
+
+        Raises:
+            BusError: the bus failed in a way that retrying cannot fix.
+        """
+        if self._stack is None:
+            async with self:
+                await self.run(stop)
+            return
+        self._stop = stop
+        try:
+            while not stop.is_set():
+                if self._circuit.state is CircuitState.OPEN:
+                    await self._pause(self._circuit.remaining())
+                    self._circuit.half_open()
+                    continue
+                batch = self._batch or await self._take(None)
+                if batch is None:
+                    continue
+                self._batch = batch
+                self._read_ahead(None)
+                if await self._process(batch, self.totals):
+                    self._batch = None
+                    await self._commit_soon(batch, self.totals)
+            await self._settle_commit()
+        finally:
+            self._stop = None
+
+    # ---- reading ---------------------------------------------------------------------------
+    def _require_consumer(self) -> Consumer:
+        if self._consumer is None:
+            raise RuntimeError("SinkRunner is not open")
+        return self._consumer
+
+    def _stopping(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
+
+    async def _take(self, end: dict[TopicPartition, int] | None) -> _Batch | None:
+        """The batch read ahead, else a freshly read one (None: nothing to read now)."""
+        task, self._next = self._next, None
+        if task is not None:
+            batch = await task
+            if batch is not None or end is None:
+                return batch
+        return await self._fill(end=end)
+
+    def _read_ahead(self, end: dict[TopicPartition, int] | None) -> None:
+        """Start reading the next batch while this one is delivered (never cancelled mid-read)."""
+        if self._next is None and not self._stopping():
+            self._next = asyncio.create_task(self._fill(end=end))
+
+    async def _fill(self, *, end: dict[TopicPartition, int] | None) -> _Batch | None:
+        """Read the next batch; ``end`` set: up to those offsets without lingering (run_once)."""
+        consumer = self._require_consumer()
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        batch = _Batch()
+        deadline: float | None = None
+        empty_polls = 0
+        while len(batch.records) < cfg.batch_max_records and batch.nbytes < self._max_bytes:
+            if self._carry:
+                recs, self._carry = self._carry, []
+            else:
+                if self._stopping():
+                    break
+                if end is not None:
+                    pos = consumer.positions()
+                    if all(pos.get(tp, 0) >= off for tp, off in end.items()) or empty_polls >= 5:
+                        break
+                    timeout = min(self._poll_timeout, 0.2)
+                elif deadline is None:
+                    timeout = self._poll_timeout
+                else:
+                    timeout = deadline - loop.time()
+                    if timeout <= 0:
+                        break
+                recs = await consumer.poll(cfg.batch_max_records - len(batch.records), timeout_s=timeout)
+                if not recs:
+                    empty_polls += 1
+                    if end is None and deadline is None:
+                        return None  # idle: let the caller look at stop and the circuit
+                    continue
+                empty_polls = 0
+            for i, rec in enumerate(recs):
+                if batch.records and (
+                    len(batch.records) >= cfg.batch_max_records or batch.nbytes + len(rec.value) > self._max_bytes
+                ):
+                    self._carry = recs[i:]
+                    break
+                self._add(batch, rec)
+            if deadline is None:
+                deadline = loop.time() + cfg.batch_max_wait_secs
+            if self._carry:
+                break
+        return batch if batch.records else None
+
+    def _add(self, batch: _Batch, rec: Record) -> None:
+        batch.records.append(rec)
+        batch.ends[TopicPartition(rec.topic, rec.partition)] = rec.offset + 1  # offsets grow within a partition
+        batch.nbytes += len(rec.value)
+        d = decode(rec)
+        if isinstance(d, str):
+            batch.dead.append((rec, d, None))
+        elif self._keep(d):
+            batch.pending.append(d)
+        else:
+            batch.filtered += 1
+
+    def _keep(self, d: Delivery) -> bool:
+        if self._globs and not any(fnmatchcase(d.type, g) for g in self._globs):
+            return False
+        if self._min_rank is None or d.kind != "alert":
+            return True
+        return severity_rank(d.severity or "") >= self._min_rank
+
+    # ---- delivering ------------------------------------------------------------------------
+    async def _process(self, batch: _Batch, stats: RunStats) -> bool:
+        """Deliver ``batch``; False if paused (circuit open or stopping) before every record is settled."""
+        while batch.pending:
+            if self._stopping() or self._circuit.state is CircuitState.OPEN:
+                return False
+            if batch.attempt > 0:
+                stats.retries += 1
+            before = len(batch.pending)
+            error, fatal, retry_after = await self._attempt(batch, stats)
+            if not batch.pending:
+                self._circuit.success()
+                break
+            if error is None:  # only some records failed: the destination works
+                self._circuit.success()
+            elif self._circuit.failure(error, fatal=fatal):
+                return False
+            log.warning(
+                "Sink batch not fully delivered; retrying.",
+                extra={"sink": self.sink_id, "pending": len(batch.pending),
+                       "of": before, "attempt": batch.attempt + 1, "error": error or "partial failure"},
+            )  # fmt: skip
+            await self._pause(self._backoff.delay(batch.attempt, retry_after))
+            batch.attempt += 1
+        return True
+
+    async def _attempt(self, batch: _Batch, stats: RunStats) -> tuple[str | None, bool, float | None]:
+        """Send the pending deliveries once; return (error if no progress, fatal, retry_after)."""
+        pending = batch.pending
+        try:
+            result = await self.sink.send(pending)
+        except SinkError as err:
+            return err.message, not err.retriable, err.retry_after
+        except Exception as err:  # noqa: BLE001 - a sink bug must pause this sink, not kill the process
+            log.error(
+                "Sink raised an unexpected error.",
+                extra={"sink": self.sink_id, "error": type(err).__name__},
+            )
+            return f"{self.sink_id}: send() raised {type(err).__name__}", False, None
+        confirmed = len(pending) - len(result.failures)
+        duplicates = min(max(result.duplicates, 0), max(confirmed, 0))
+        stats.delivered += max(confirmed, 0) - duplicates
+        stats.duplicates += duplicates
+        retry = []
+        for f in result.failures:
+            if f.retriable:
+                retry.append(f)
+            else:
+                batch.dead.append((f.delivery.record, f.error, f.delivery))
+        batch.pending = [f.delivery for f in retry]
+        after = [f.retry_after for f in retry if f.retry_after is not None]
+        retry_after = max(after) if after else None
+        if retry and len(retry) == len(pending):
+            return retry[0].error, False, retry_after
+        return None, False, retry_after
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep ``delay`` seconds (the injected sleep), cut short when ``stop`` is set."""
+        if delay <= 0:
+            return
+        stop = self._stop
+        if stop is None:
+            await self._sleep(delay)
+            return
+        if stop.is_set():
+            return
+        sleeper = asyncio.ensure_future(self._sleep(delay))
+        waiter = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (sleeper, waiter):
+                if not t.done():
+                    t.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await t
+
+    async def _commit_soon(self, batch: _Batch, stats: RunStats) -> None:
+        """Queue ``batch``'s commit; a background task commits while the next batch is sent.
+
+        Batches confirmed while a commit is in progress are merged into the next transaction
+        (a group commit), so a slow fsync never holds delivery back.
+        """
+        if self._committing is not None and self._committing.done():
+            task, self._committing = self._committing, None
+            await task  # raises the error of a failed commit
+        if self._queued is not None and self._queued.stats is not stats:
+            await self._settle_commit()
+        if self._queued is None:
+            self._queued = _Commit(stats)
+        self._queued.add(batch)
+        if self._committing is None:
+            self._committing = asyncio.create_task(self._commit_queued())
+
+    async def _commit_queued(self) -> None:
+        while self._queued is not None:
+            pending, self._queued = self._queued, None
+            await self._commit(pending)
+
+    async def _settle_commit(self) -> None:
+        """Wait until everything queued is committed; a commit error is raised here."""
+        task, self._committing = self._committing, None
+        if task is not None:
+            await task
+        if self._queued is not None:  # queued after the task had finished
+            await self._commit_queued()
+
+    async def _commit(self, pending: _Commit) -> None:
+        """Write the dead letters and commit the offsets in one bus transaction."""
+        failed_at = format_time(self._clock.now())
+        sink_type = self.config.type
+        attempt = 0
+        while True:
+            try:
+                async with self.bus.transaction(self.group) as txn:
+                    for rec, error, delivery in pending.dead:
+                        out = deadletter_record(
+                            sink_id=self.sink_id, sink_type=sink_type, record=rec, error=error,
+                            failed_at=failed_at, delivery=delivery,
+                        )  # fmt: skip
+                        txn.send(out.topic, out.value, key=out.key, headers=out.headers)
+                    txn.commit_offsets(self.group, pending.offsets)
+                break
+            except BusError as err:
+                if not err.retriable:
+                    raise
+                log.warning("Offset commit failed; retrying.", extra={"sink": self.sink_id, "error": err.message})
+                await self._sleep(self._backoff.delay(attempt))
+                attempt += 1
+        for rec, error, _ in pending.dead:
+            log.warning(
+                "Record dead-lettered.",
+                extra={"sink": self.sink_id, "topic": rec.topic,
+                       "partition": rec.partition, "offset": rec.offset, "error": error},
+            )  # fmt: skip
+        stats = pending.stats
+        stats.dead_lettered += len(pending.dead)
+        stats.filtered += pending.filtered
+        stats.batches += pending.batches
+        stats.committed += pending.records

@@ -1,0 +1,171 @@
+"""Elasticsearch sink against the fake cluster: bulk create by id, per-item errors, 429, index names, auth."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from connectors.elasticsearch import ElasticsearchConfig, ElasticsearchSink, index_namer
+from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Record
+from pipeline.clock import format_time
+from pipeline.config import EnvValue
+from pipeline.delivery.base import Delivery
+from pipeline.delivery.runner import decode
+from pipeline.errors import BackpressureError, SinkError
+from tests.fakes import BASE_TIME, Faults, make_alert, make_event
+from tests.fakes.elasticsearch import FakeElasticsearch
+
+API_KEY = "ZXMta2V5LWlkOmVzLWtleS1zZWNyZXQ="
+
+
+def ev(i: int, **kw: Any) -> Delivery:
+    d = decode(Record(EVENTS_TOPIC, 0, i, 0, b"ws-1", make_event(i, **kw).to_json()))
+    assert not isinstance(d, str)
+    return d
+
+
+def al(i: int) -> Delivery:
+    d = decode(Record(ALERTS_TOPIC, 0, i, 0, b"ws-1", make_alert(i).to_json()))
+    assert not isinstance(d, str)
+    return d
+
+
+def es_cfg(url: str, **kw: Any) -> ElasticsearchConfig:
+    block: dict[str, Any] = {"type": "elasticsearch", "url": url, "api_key": EnvValue(API_KEY), **kw}
+    return ElasticsearchConfig.model_validate(block)
+
+
+@pytest.fixture
+async def es() -> AsyncIterator[FakeElasticsearch]:
+    async with FakeElasticsearch(api_key=API_KEY) as server:
+        yield server
+
+
+async def test_bulk_create_with_id_into_data_stream(es: FakeElasticsearch) -> None:
+    """Documents are created with _id = event id and an @timestamp from the event time (data stream ready)."""
+    async with ElasticsearchSink("es", es_cfg(es.url)) as s:
+        assert (await s.send([ev(1), al(2)])).ok
+    docs = es.docs["logs-instantly.audit-default"]
+    assert set(docs) == {make_event(1).id, make_alert(2).id}
+    doc = docs[make_event(1).id]
+    assert doc["@timestamp"] == format_time(BASE_TIME + 1)
+    assert {k: v for k, v in doc.items() if k != "@timestamp"} == make_event(1).to_dict()
+
+
+async def test_replay_counts_duplicates_not_failures(es: FakeElasticsearch) -> None:
+    """Sending the same events again answers 409 per item: counted as duplicates, nothing stored twice."""
+    batch = [ev(i) for i in range(5)]
+    async with ElasticsearchSink("es", es_cfg(es.url)) as s:
+        await s.send(batch[:3])
+        result = await s.send(batch)
+    assert result.ok and result.duplicates == 3
+    assert len(es.ids) == 5 and max(es.created.values()) == 1
+
+
+async def test_item_errors_are_classified(es: FakeElasticsearch) -> None:
+    """Mapping errors are poison; rejected (429) and unavailable (503) items are retried."""
+    es.reject = lambda doc: doc["attributes"]["n"] == 1
+    es.item_fault_rate = 0.0
+    async with ElasticsearchSink("es", es_cfg(es.url)) as s:
+        result = await s.send([ev(0), ev(1), ev(2)])
+        assert [(f.delivery.id, f.retriable) for f in result.failures] == [(make_event(1).id, False)]
+        assert "document_parsing_exception" in result.failures[0].error
+        es.reject, es.item_fault_rate = None, 1.0
+        result = await s.send([ev(3), ev(4)])
+    assert len(result.failures) == 2 and all(f.retriable for f in result.failures)
+    assert all(("429" in f.error) or ("503" in f.error) for f in result.failures)
+
+
+async def test_whole_request_429_is_backpressure(es: FakeElasticsearch) -> None:
+    """A 429 on the whole bulk raises BackpressureError with Retry-After."""
+    es.overload_rate, es.faults = 1.0, Faults(retry_after=4)
+    async with ElasticsearchSink("es", es_cfg(es.url)) as s:
+        with pytest.raises(BackpressureError) as info:
+            await s.send([ev(1)])
+    assert info.value.retry_after == 4 and "es_rejected_execution_exception" in str(info.value)
+
+
+async def test_5xx_is_retriable(es: FakeElasticsearch) -> None:
+    """A 503 on the whole request is a retriable SinkError."""
+    es.faults = Faults(down=True)
+    async with ElasticsearchSink("es", es_cfg(es.url)) as s:
+        with pytest.raises(SinkError) as info:
+            await s.send([ev(1)])
+    assert info.value.retriable
+
+
+async def test_bad_api_key_is_fatal_and_secret_free(es: FakeElasticsearch) -> None:
+    """401 is not retriable and the message never holds the key."""
+    async with ElasticsearchSink("es", es_cfg(es.url, api_key=EnvValue("d3JvbmctaWQ6d3Jvbmcta2V5"))) as s:
+        with pytest.raises(SinkError) as info:
+            await s.send([ev(1)])
+    assert not info.value.retriable and "security_exception" in str(info.value)
+    assert "d3JvbmctaWQ6d3Jvbmcta2V5" not in repr(info.value)
+
+
+async def test_basic_auth() -> None:
+    """username + password authenticate with HTTP Basic."""
+    async with FakeElasticsearch(basic=("elastic", "pw-123")) as es:
+        cfg = ElasticsearchConfig.model_validate({"type": "elasticsearch", "url": es.url, "username": "elastic",
+                                                  "password": EnvValue("pw-123")})  # fmt: skip
+        async with ElasticsearchSink("es", cfg) as s:
+            assert (await s.send([ev(1)])).ok
+            await s.healthcheck()
+
+
+async def test_daily_index_pattern_and_alert_index(es: FakeElasticsearch) -> None:
+    """{yyyy.MM.dd} takes the date from the record's time; alerts can go to their own index."""
+    cfg = es_cfg(es.url, index="instantly-audit-{yyyy.MM.dd}", alert_index="instantly-alerts")
+    async with ElasticsearchSink("es", cfg) as s:
+        assert (await s.send([ev(1), ev(86_400), al(3)])).ok
+    assert set(es.docs) == {"instantly-audit-2026.05.28", "instantly-audit-2026.05.29", "instantly-alerts"}
+
+
+def test_index_namer_tokens() -> None:
+    """Date tokens render in UTC; a plain name is returned as is."""
+    assert index_namer("a-{yyyy.MM.dd}")(0) == "a-1970.01.01"
+    assert index_namer("a-{yy}-{MM}-{HH}")(3600 * 25) == "a-70-01-01"
+    assert index_namer("logs-x-default")(123) == "logs-x-default"
+
+
+async def test_action_line_is_create_with_id(es: FakeElasticsearch) -> None:
+    """Each document is preceded by a create action naming the index and the record id."""
+    async with ElasticsearchSink("es", es_cfg(es.url)) as s:
+        line = s.encode(ev(1))
+    assert line.startswith(b'{"create":{"_index":"logs-instantly.audit-default","_id":"')
+
+
+async def test_oversized_bulk_is_split() -> None:
+    """413 halves the request until the documents fit; a lone giant document is dead-lettered."""
+
+    class Small(FakeElasticsearch):
+        async def bulk(self, request: web.Request) -> web.Response:
+            if (request.content_length or 0) > 3000:
+                return web.Response(status=413)
+            return await super().bulk(request)
+
+    async with Small(api_key=API_KEY) as es:
+        batch = [ev(i) for i in range(8)] + [ev(99, pad=4000)]
+        async with ElasticsearchSink("es", es_cfg(es.url)) as s:
+            result = await s.send(batch)
+    assert [f.delivery.id for f in result.failures] == [batch[-1].id] and not result.failures[0].retriable
+    assert sorted(es.ids) == sorted(d.id for d in batch[:-1])
+
+
+async def test_healthcheck(es: FakeElasticsearch) -> None:
+    """GET / with the credentials must answer like a cluster."""
+    async with ElasticsearchSink("es", es_cfg(es.url)) as s:
+        await s.healthcheck()
+    async with ElasticsearchSink("es", es_cfg(es.url, api_key=EnvValue("bm9wZQ=="))) as s:
+        with pytest.raises(SinkError, match="HTTP 401"):
+            await s.healthcheck()
+
+
+async def test_gzip_request_bodies(es: FakeElasticsearch) -> None:
+    """compression: gzip sends Content-Encoding gzip bodies the cluster accepts."""
+    async with ElasticsearchSink("es", es_cfg(es.url, compression="gzip")) as s:
+        assert (await s.send([ev(i) for i in range(50)])).ok
+    assert len(es.ids) == 50

@@ -1,0 +1,111 @@
+"""JSONL sink: native JSON lines to a file or stdout, rotation by size, no half lines after a failed write."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline.bus.base import EVENTS_TOPIC, Record
+from pipeline.bus.sqlite import SqliteBus
+from pipeline.delivery.base import Delivery
+from pipeline.delivery.jsonl import JsonlConfig, JsonlSink
+from pipeline.delivery.runner import SinkRunner, decode
+from pipeline.errors import SinkError
+from tests.fakes import make_event, publish
+
+
+def delivery(i: int, **kw: Any) -> Delivery:
+    d = decode(Record(EVENTS_TOPIC, 0, i, 0, b"ws-1", make_event(i, **kw).to_json()))
+    assert not isinstance(d, str)
+    return d
+
+
+def file_sizes(directory: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in directory.iterdir()}
+
+
+def sink(path: str, **kw: Any) -> JsonlSink:
+    return JsonlSink("file", JsonlConfig.model_validate({"type": "jsonl", "path": path, **kw}))
+
+
+async def test_writes_native_json_lines(tmp_path: Path) -> None:
+    """Each delivery becomes one line holding the event's native JSON; the file is private (0600)."""
+    path = tmp_path / "audit.jsonl"
+    async with sink(str(path)) as s:
+        assert (await s.send([delivery(0), delivery(1)])).ok
+        await s.send([delivery(2)])
+    lines = path.read_bytes().splitlines()
+    assert [orjson.loads(x) for x in lines] == [make_event(i).to_dict() for i in range(3)]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+async def test_stdout_mode_writes_to_the_stream() -> None:
+    """path '-' writes to standard output (an injected stream here)."""
+    buf = io.BytesIO()
+    s = JsonlSink("out", JsonlConfig(path="-"), stream=buf)
+    async with s:
+        await s.send([delivery(0)])
+    assert orjson.loads(buf.getvalue()) == make_event(0).to_dict()
+
+
+async def test_rotation_keeps_the_configured_number_of_files(tmp_path: Path) -> None:
+    """Past rotate_bytes the file rotates to .1, .2 …; only 'keep' rotated files remain; nothing is lost."""
+    path = tmp_path / "audit.jsonl"
+    async with sink(str(path), rotate_bytes=2048, keep=2) as s:
+        for i in range(40):
+            await s.send([delivery(i)])
+    sizes = file_sizes(tmp_path)
+    assert sorted(sizes) == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]
+    assert max(sizes.values()) <= 2048
+    kept = [orjson.loads(x)["attributes"]["n"] for p in ("audit.jsonl.2", "audit.jsonl.1", "audit.jsonl")
+            for x in (tmp_path / p).read_bytes().splitlines()]  # fmt: skip
+    assert kept == list(range(40 - len(kept), 40))
+
+
+async def test_failed_write_leaves_no_half_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails midway is cut back and reported retriable; the retry writes whole lines."""
+    path = tmp_path / "audit.jsonl"
+    real_write = os.write
+    calls = {"n": 0}
+
+    def flaky(fd: int, data: Any) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            real_write(fd, bytes(data[:10]))
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    async with sink(str(path)) as s:
+        await s.send([delivery(0)])
+        monkeypatch.setattr(os, "write", flaky)
+        with pytest.raises(SinkError) as info:
+            await s.send([delivery(1)])
+        assert info.value.retriable and "No space left" in str(info.value)
+        await s.send([delivery(1)])
+    ns = [orjson.loads(x)["attributes"]["n"] for x in path.read_bytes().splitlines()]
+    assert ns == [0, 1]
+
+
+async def test_healthcheck_reports_missing_directory(tmp_path: Path) -> None:
+    """The health check fails when the directory does not exist."""
+    with pytest.raises(SinkError, match="does not exist"):
+        await sink(str(tmp_path / "nope" / "a.jsonl")).healthcheck()
+    await sink(str(tmp_path / "a.jsonl")).healthcheck()
+
+
+async def test_through_the_runner(tmp_path: Path) -> None:
+    """The runner delivers every bus record to the file once, with fsync on."""
+    path = tmp_path / "out" / "audit.jsonl"
+    path.parent.mkdir()
+    async with SqliteBus(tmp_path / "bus.db") as bus:
+        ids = await publish(bus, [make_event(i) for i in range(50)])
+        s = sink(str(path), fsync=True, batch_max_records=20)
+        stats = await SinkRunner(bus, s, s.config).run_once()
+    assert stats.delivered == 50 and stats.batches == 3
+    assert [orjson.loads(x)["id"] for x in path.read_bytes().splitlines()] == ids
