@@ -1,8 +1,8 @@
 """Embedded bus throughput against raw sqlite3 in the same run.
 
 Publish: events/s through ``SqliteBus`` transactions of 500 records (same synchronous
-setting and WAL mode as the baseline) vs raw ``executemany`` inserts of the same bytes (key,
-value and the encoded headers) in transactions of the same size. Replay read: records/s through a group-less consumer vs a
+setting and WAL mode as the baseline) vs raw ``executemany`` inserts of the same bytes
+(key, value and the encoded headers) in transactions of the same size. Replay read: records/s through a group-less consumer vs a
 raw ``SELECT`` of the same rows. Targets: publish ≥ 70% of raw; replay ≥ 100k records/s.
 """
 
@@ -106,7 +106,7 @@ def main() -> None:
     payloads = make_payloads(args.events)
     # Interleave rounds and keep medians: fsync time on a shared machine swings a lot.
     pubs, raws, reads, raw_reads = [], [], [], []
-    for i in range(args.rounds):
+    for _ in range(args.rounds):
         with tempfile.TemporaryDirectory() as d:
             raws.append(raw_publish(Path(d) / "raw.db", payloads, args.batch, args.sync))
             pubs.append(asyncio.run(bus_publish(Path(d) / "bus.db", payloads, args.batch, args.sync)))
