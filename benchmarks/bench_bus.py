@@ -3,7 +3,8 @@
 Publish: events/s through ``SqliteBus`` transactions of 500 records (same synchronous
 setting and WAL mode as the baseline) vs raw ``executemany`` inserts of the same bytes
 (key, value and the encoded headers) in transactions of the same size. Replay read: records/s
-through a group-less consumer vs a raw ``SELECT`` of the same rows. Targets: publish ≥ 70% of raw; replay ≥ 100k records/s.
+through a group-less consumer vs a raw ``SELECT`` of the same rows.
+Targets: publish ≥ 70% of raw; replay ≥ 100k records/s.
 """
 
 from __future__ import annotations
