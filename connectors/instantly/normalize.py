@@ -11,7 +11,9 @@ Every input is redacted before it is copied into ``raw``, ``change`` or ``attrib
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,10 +27,19 @@ AUDIT_STREAM = "audit_logs"
 JSONDict = dict[str, Any]
 
 
+_CANONICAL = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+
+
 def iso_time(value: Any) -> str | None:
     """Render an Instantly timestamp as RFC 3339 UTC with milliseconds; ``None`` if absent or invalid."""
     if not isinstance(value, str) or not value.strip():
         return None
+    if _CANONICAL.match(value):
+        try:  # already canonical (Instantly's own format): only check it is a real date
+            datetime.strptime(value[:19], "%Y-%m-%dT%H:%M:%S")  # noqa: DTZ007 - validity check only
+            return value
+        except ValueError:
+            return None
     try:
         return format_time(parse_time(value))
     except (ValueError, OverflowError, OSError):
@@ -36,7 +47,10 @@ def iso_time(value: Any) -> str | None:
 
 
 def _str(value: Any) -> str | None:
-    if value is None or isinstance(value, bool):
+    t = type(value)
+    if t is str:
+        return value  # type: ignore[no-any-return]
+    if value is None or t is bool:
         return None
     if isinstance(value, str | int | float):
         return str(value)
@@ -80,7 +94,7 @@ def normalize_audit_record(record: Mapping[str, Any], workspace: WorkspaceRef, o
     Raises:
         NormalizeError: the record is not an object or has no ``id``.
     """
-    if not isinstance(record, Mapping):
+    if type(record) is not dict and not isinstance(record, Mapping):
         raise NormalizeError("audit-log record is not a JSON object")
     rid = _record_id(record, "audit-log")
     code = describe_activity(record.get("activity_type"))

@@ -91,10 +91,16 @@ def _field_kind(name: str) -> int:
     return 2 if SECRET_FIELD.match(name) else 0
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
 def _redact_value(value: Any) -> Any:
-    if isinstance(value, Mapping):
+    t = type(value)
+    if t in _SCALARS:  # the common case, without the slow ABC check below
+        return value
+    if t is dict or isinstance(value, Mapping):
         return redact_record(value)
-    if isinstance(value, list | tuple):
+    if t is list or isinstance(value, list | tuple):
         return [_redact_value(v) for v in value]
     return value
 
@@ -110,10 +116,10 @@ def redact_record(record: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = redact_headers(value)
         elif kind == 2:
             out[key] = None if value is None else (value if is_redacted(value) else REDACTED)
-        elif isinstance(value, Mapping | list | tuple):
-            out[key] = _redact_value(value)
-        else:
+        elif type(value) in _SCALARS:
             out[key] = value
+        else:
+            out[key] = _redact_value(value)
     return out
 
 
