@@ -26,15 +26,17 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from pipeline.bus.base import Bus
+from pipeline.bus.base import EVENTS_TOPIC, Bus, Consumer
 from pipeline.bus.factory import open_bus
 from pipeline.clock import SYSTEM_CLOCK, Clock
 from pipeline.config import PipelineConfig
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import BusError, ConfigError, PipelineError
 from pipeline.logs import get_logger, register_secret, setup_logging
 
 log = get_logger("topology")
 ROLES = ("pollers", "rules", "sinks", "webhook")
+LAG_INTERVAL_SECS = 15.0
+"""How often the long-running process measures consumer lag and checks the bus."""
 
 
 def source_class(name: str = "instantly") -> Any:
@@ -212,6 +214,14 @@ class Pipeline:
             summary["delivered"][r.sink_id] = getattr(stats, "delivered", stats)
         return summary
 
+    def consumer_groups(self) -> list[tuple[str, list[str]]]:
+        """The consumer groups of this process and the topics each reads (for the lag gauge)."""
+        out: list[tuple[str, list[str]]] = []
+        if self.rules is not None:
+            out.append((self.rules.group, [EVENTS_TOPIC]))
+        out += [(r.group, list(r.topics)) for r in self.runners]
+        return out
+
     def tasks(self, stop: asyncio.Event) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         """The long-running loops of the selected roles."""
         out: list[tuple[str, Callable[[], Awaitable[None]]]] = []
@@ -248,6 +258,51 @@ async def supervise(name: str, body: Callable[[], Awaitable[None]], stop: asynci
         delay = min(delay * 2, 60.0)
 
 
+async def monitor_bus(
+    bus: Bus, groups: list[tuple[str, list[str]]], stop: asyncio.Event, interval_secs: float = LAG_INTERVAL_SECS
+) -> None:
+    """Every ``interval_secs`` until ``stop``: set each group's consumer lag per partition (end offset -
+    committed offset) and report the bus reachable or not to the health registry.
+
+    One group-less consumer stays open for the end offsets (it never reads and never commits);
+    it is reopened after a bus error.
+    """
+    from pipeline.health import get_health
+    from pipeline.telemetry import get_telemetry
+
+    topics = sorted({t for _, ts in groups for t in ts}) or [EVENTS_TOPIC]
+    consumer: Consumer | None = None
+    try:
+        while not stop.is_set():
+            tel, health = get_telemetry(), get_health()
+            operation = "consumer"
+            try:
+                if consumer is None:
+                    consumer = await bus.consumer(topics, start="latest").__aenter__()
+                operation = "end_offsets"
+                ends = await consumer.end_offsets()
+                operation = "committed"
+                for group, group_topics in groups:
+                    for topic in group_topics:
+                        committed = await bus.committed(group, topic)
+                        for tp, end in ends.items():
+                            if tp.topic == topic:
+                                tel.consumer_lag(group, topic, tp.partition, max(0, end - committed.get(tp, 0)))
+                health.bus_ok()
+            except BusError as err:
+                tel.bus_errors(operation, type(err).__name__)
+                health.bus_error(err)
+                log.warning("Bus check failed", extra={"operation": operation, "error": err.message})
+                if consumer is not None:
+                    stale, consumer = consumer, None
+                    await stale.__aexit__(None, None, None)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval_secs)
+    finally:
+        if consumer is not None:
+            await consumer.__aexit__(None, None, None)
+
+
 async def run_pipeline(
     cfg: PipelineConfig,
     *,
@@ -267,13 +322,14 @@ async def run_pipeline(
     if problems:
         raise ConfigError("\n".join(problems))
     roles = roles or {"all"}
-    from pipeline.health import get_health
+    from pipeline.health import HealthRegistry, set_health
     from pipeline.service import ServiceServer
     from pipeline.telemetry import get_telemetry, set_telemetry, setup_telemetry
 
     role_name = "all" if "all" in roles else "+".join(sorted(roles))
     telemetry = setup_telemetry(cfg.telemetry, role=role_name, clock=clock)
-    health = get_health()
+    health = HealthRegistry(clock)
+    previous_health = set_health(health)
     health.expect_bus()
     service: ServiceServer | None = None
     try:
@@ -293,6 +349,7 @@ async def run_pipeline(
             await service.stop()
         telemetry.shutdown()
         set_telemetry(None)
+        set_health(previous_health)
 
 
 def reload_webhook_secrets(pipe: Pipeline, config_path: Path) -> int:
@@ -338,9 +395,13 @@ async def _run_forever(pipe: Pipeline, stop: asyncio.Event | None, config_path: 
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, on_hup)
     tasks = [asyncio.create_task(supervise(n, b, stop), name=n) for n, b in pipe.tasks(stop)]
+    monitor = functools.partial(monitor_bus, pipe.bus, pipe.consumer_groups(), stop)
+    monitor_task = asyncio.create_task(supervise("bus-monitor", monitor, stop), name="bus-monitor")
     log.info("Pipeline running", extra={"roles": sorted(pipe.roles), "tasks": len(tasks)})
     await stop.wait()
     log.info("Stopping: finishing in-flight batches")
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(monitor_task, timeout=5)
     if not tasks:  # e.g. --role webhook: the receiver is closed with the pipeline's stack
         return 0
     done, pending = await asyncio.wait(tasks, timeout=30)

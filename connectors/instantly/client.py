@@ -41,6 +41,7 @@ from pipeline import __version__
 from pipeline.config import WorkspaceConfig
 from pipeline.errors import RateLimitedError, SourceError, UpstreamError
 from pipeline.logs import get_logger
+from pipeline.telemetry import get_telemetry
 
 __all__ = ["USER_AGENT", "ClientRequestError", "InstantlyClient", "SessionFactory"]
 
@@ -75,6 +76,7 @@ class InstantlyClient:
         backoff_base_secs: float = 0.5,
         backoff_max_secs: float = 60.0,
         max_pages: int = 10_000,
+        source_id: str = "",
     ):
         self._api_key = cfg.api_key
         self._as_workspace = cfg.as_workspace
@@ -93,6 +95,10 @@ class InstantlyClient:
         """Requests sent (every attempt counts)."""
         self.retries = 0
         """Attempts that were retried."""
+        self.source_id = source_id
+        """The config key of the workspace (``component.id`` of the retry metric)."""
+        self.workspace_label = cfg.as_workspace or source_id
+        """The ``workspace`` label of the request metrics (the poller sets the workspace id once known)."""
 
     def __repr__(self) -> str:
         return f"InstantlyClient(base_url={self.base_url!r})"
@@ -230,6 +236,7 @@ class InstantlyClient:
         attempt = 0
         while True:
             await self.budget.acquire()
+            status: int | None = None
             try:
                 status, raw, retry_after = await self._send(method, path, params, json)
                 if status >= 300:
@@ -253,6 +260,7 @@ class InstantlyClient:
                         "delay_secs": round(delay, 3),
                     },
                 )
+                get_telemetry().retries(self.source_id, _retry_reason(status, err), kind="source")
             self.retries += 1
             attempt += 1
             await self._sleep(delay)
@@ -276,9 +284,24 @@ class InstantlyClient:
                 allow_redirects=False,
             ) as resp:
                 raw = await resp.read()
-                return resp.status, raw, parse_retry_after(resp.headers.get("Retry-After"))
+                status = resp.status
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as err:
             kind = "timed out" if isinstance(err, TimeoutError) else "failed"
             failure = UpstreamError(f"{method} {path}: request {kind} ({type(err).__name__})")
+        tel = get_telemetry()
+        if failure is None:
+            tel.api_requests(self.workspace_label, status)
+            if status == 429:
+                tel.api_rate_limited(self.workspace_label)
+            return status, raw, retry_after
+        tel.api_requests(self.workspace_label, 0)
         # Raised outside the except block: the aiohttp error is neither the cause nor the context.
         raise failure
+
+
+def _retry_reason(status: int | None, err: SourceError) -> str:
+    """The ``reason`` label of a retry: ``http_<status>``, ``timeout``, ``connection`` or ``malformed``."""
+    if status is None:
+        return "timeout" if "timed out" in err.message else "connection"
+    return f"http_{status}" if status >= 300 else "malformed"

@@ -25,6 +25,7 @@ from contextlib import suppress
 from typing import Any
 
 import orjson
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from connectors.instantly.budget import RequestBudget
 from connectors.instantly.client import InstantlyClient, SessionFactory
@@ -42,7 +43,9 @@ from pipeline.bus.base import Bus
 from pipeline.clock import Clock, format_time
 from pipeline.config import WorkspaceConfig
 from pipeline.errors import AuthError, BusError, NotFoundError, PaymentRequiredError, ScopeError, SourceError
+from pipeline.health import get_health
 from pipeline.logs import get_logger
+from pipeline.telemetry import ID, KIND, STREAM, TYPE, WORKSPACE, get_telemetry
 from schemas.event import WorkspaceRef
 
 log = get_logger("instantly.poller")
@@ -87,7 +90,9 @@ class InstantlyWorkspacePoller:
         self.audit_backfill_secs = audit_backfill_secs
         """First poll only: how far back to read the audit log (``None`` = all the API returns)."""
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
-        self._client = InstantlyClient(cfg, budget=budget, session_factory=session_factory, rng=self._rng, sleep=sleep)
+        self._client = InstantlyClient(
+            cfg, budget=budget, session_factory=session_factory, rng=self._rng, sleep=sleep, source_id=source_id
+        )
         self._opened = False
         self.workspace = WorkspaceRef(cfg.as_workspace or source_id, cfg.name)
         self._identity_loaded = False
@@ -104,6 +109,9 @@ class InstantlyWorkspacePoller:
             await self.bus.fence(self.txn_id)
             await self._client.__aenter__()
             self._opened = True
+            stale_after = max(3 * self.cfg.poll_interval_secs, 300.0)
+            for stream in self.streams:
+                get_health().watch_stream(self.source_id, stream, stale_after_secs=stale_after)
 
     async def aclose(self) -> None:
         """Close the HTTP session."""
@@ -122,6 +130,7 @@ class InstantlyWorkspacePoller:
                 try:
                     await self.poll_once()
                 except BusError as err:
+                    get_telemetry().bus_errors("publish", type(err).__name__)
                     if not err.retriable:
                         raise
                     log.warning(
@@ -144,12 +153,15 @@ class InstantlyWorkspacePoller:
         counts = {s: 0 for s in self.streams}
         counts["pipeline"] = 0
         await self._load_identity()
+        tel, health = get_telemetry(), get_health()
         ws_record: dict[str, Any] | None = None
         ws_error: SourceError | None = None
         try:
             ws_record = await self._client.get(WORKSPACE_PATH)
             await self._remember_identity(ws_record)
         except AuthError as err:
+            for stream in self.streams:
+                health.stream_error(self.source_id, stream, err)
             counts["pipeline"] += await self._pipeline_event("pipeline.poller_unauthorized", "workspace", err)
             return counts
         except SourceError as err:
@@ -157,40 +169,55 @@ class InstantlyWorkspacePoller:
         for stream in self.streams:
             pub = Publisher(self.bus, self.txn_id, self.source_id, self.workspace)
             now = self.clock.now()
-            try:
-                if stream == "audit_logs":
-                    window = AuditWindow(
-                        now=now,
-                        observed_at=format_time(now),
-                        overlap_secs=self.cfg.audit_overlap_secs,
-                        page_size=self.cfg.audit_page_size,
-                        backfill_secs=self.audit_backfill_secs,
+            attrs = {KIND: "source", TYPE: f"instantly_{stream}", ID: self.source_id, WORKSPACE: self.workspace.id}
+            with tel.span("poll.stream", {**attrs, STREAM: stream}, kind=SpanKind.CLIENT) as span:
+                try:
+                    if stream == "audit_logs":
+                        window = AuditWindow(
+                            now=now,
+                            observed_at=format_time(now),
+                            overlap_secs=self.cfg.audit_overlap_secs,
+                            page_size=self.cfg.audit_page_size,
+                            backfill_secs=self.audit_backfill_secs,
+                        )
+                        await publish_audit_log(pub, self._client, window, counts)
+                    elif stream == "workspace":
+                        if ws_record is None:
+                            assert ws_error is not None
+                            raise ws_error
+                        counts[stream] += await publish_snapshot(pub, stream, [ws_record], observed_at=format_time(now))
+                    else:
+                        items = await self._client.get_all(SNAPSHOT_PATHS[stream], limit=SNAPSHOT_PAGE_SIZE)
+                        counts[stream] += await publish_snapshot(pub, stream, items, observed_at=format_time(now))
+                except AuthError as err:
+                    _failed(span, err)
+                    for rest in self.streams[self.streams.index(stream) :]:
+                        health.stream_error(self.source_id, rest, err)
+                    counts["pipeline"] += await self._pipeline_event("pipeline.poller_unauthorized", stream, err)
+                    break
+                except (PaymentRequiredError, ScopeError, NotFoundError) as err:
+                    _failed(span, err)
+                    health.stream_error(self.source_id, stream, err)
+                    kind = "pipeline.audit_log_unavailable" if stream == "audit_logs" else "pipeline.stream_unavailable"
+                    counts["pipeline"] += await self._pipeline_event(kind, stream, err)
+                except SourceError as err:
+                    _failed(span, err)
+                    health.stream_error(self.source_id, stream, err)
+                    log.warning(
+                        "Instantly stream failed; it is retried next poll.",
+                        extra={
+                            "source": self.source_id,
+                            "stream": stream,
+                            "error": type(err).__name__,
+                            "status": getattr(err, "status", None),
+                        },
                     )
-                    await publish_audit_log(pub, self._client, window, counts)
-                elif stream == "workspace":
-                    if ws_record is None:
-                        assert ws_error is not None
-                        raise ws_error
-                    counts[stream] += await publish_snapshot(pub, stream, [ws_record], observed_at=format_time(now))
+                except BusError as err:
+                    health.stream_error(self.source_id, stream, err)
+                    raise
                 else:
-                    items = await self._client.get_all(SNAPSHOT_PATHS[stream], limit=SNAPSHOT_PAGE_SIZE)
-                    counts[stream] += await publish_snapshot(pub, stream, items, observed_at=format_time(now))
-            except AuthError as err:
-                counts["pipeline"] += await self._pipeline_event("pipeline.poller_unauthorized", stream, err)
-                break
-            except (PaymentRequiredError, ScopeError, NotFoundError) as err:
-                kind = "pipeline.audit_log_unavailable" if stream == "audit_logs" else "pipeline.stream_unavailable"
-                counts["pipeline"] += await self._pipeline_event(kind, stream, err)
-            except SourceError as err:
-                log.warning(
-                    "Instantly stream failed; it is retried next poll.",
-                    extra={
-                        "source": self.source_id,
-                        "stream": stream,
-                        "error": type(err).__name__,
-                        "status": getattr(err, "status", None),
-                    },
-                )
+                    health.stream_ok(self.source_id, stream)
+                    tel.cursor_age_seconds(self.source_id, stream, now)
         log.info(
             "Poll finished.",
             extra={"source": self.source_id, "workspace": self.workspace.id, "published": dict(counts)},
@@ -210,6 +237,7 @@ class InstantlyWorkspacePoller:
         if isinstance(doc, dict) and isinstance(doc.get("id"), str) and doc["id"]:
             name = doc.get("name")
             self.workspace = WorkspaceRef(doc["id"], name if isinstance(name, str) else self.cfg.name)
+            self._client.workspace_label = self.workspace.id
 
     async def _remember_identity(self, record: dict[str, Any]) -> None:
         wid, name = record.get("id"), record.get("name")
@@ -218,6 +246,7 @@ class InstantlyWorkspacePoller:
         ref = WorkspaceRef(wid, name if isinstance(name, str) else self.cfg.name)
         if ref != self.workspace:
             self.workspace = ref
+            self._client.workspace_label = ref.id
             async with self.bus.transaction(self.txn_id) as tx:
                 tx.put_state(identity_key(self.source_id), orjson.dumps({"id": ref.id, "name": ref.name}))
 
@@ -254,7 +283,14 @@ class InstantlyWorkspacePoller:
         if await self.bus.get_state(key) == event.id.encode():
             return 0
         pub = Publisher(self.bus, self.txn_id, self.source_id, self.workspace)
-        async with self.bus.transaction(self.txn_id) as tx:
-            pub.send(tx, event)
-            tx.put_state(key, event.id.encode())
+        with get_telemetry().span("bus.publish", {KIND: "source", ID: self.source_id, STREAM: stream}):
+            async with self.bus.transaction(self.txn_id) as tx:
+                pub.send(tx, event)
+                tx.put_state(key, event.id.encode())
+        pub.count(stream, 0, 1, {})
         return 1
+
+
+def _failed(span: Span, err: SourceError) -> None:
+    """Mark a stream's span as failed (the error is handled: the poll goes on)."""
+    span.set_status(Status(StatusCode.ERROR, type(err).__name__))

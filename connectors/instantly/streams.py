@@ -13,7 +13,7 @@ State keys: ``cursor/{source_id}/audit_logs`` and ``snapshot/{source_id}/{stream
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -25,9 +25,10 @@ from connectors.instantly.client import InstantlyClient
 from connectors.instantly.normalize import normalize_audit_record
 from connectors.instantly.redact import redact_record
 from connectors.instantly.snapshots import build_snapshot, decode_snapshot, diff_snapshots, encode_snapshot
-from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC, Bus, Transaction
+from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC, Bus, Header, Transaction
 from pipeline.errors import NormalizeError
 from pipeline.logs import get_logger
+from pipeline.telemetry import ID, KIND, STREAM, TYPE, WORKSPACE, get_telemetry
 from schemas.event import Event, WorkspaceRef
 
 log = get_logger("instantly.streams")
@@ -64,11 +65,33 @@ class Publisher:
     source_id: str
     workspace: WorkspaceRef
 
-    def send(self, tx: Transaction, event: Event) -> None:
-        """Buffer one event: topic ``instantly.events.v1``, key = workspace id, header ``event_type``."""
+    def send(self, tx: Transaction, event: Event, trace: Sequence[Header] | None = None) -> None:
+        """Buffer one event: topic ``instantly.events.v1``, key = workspace id, headers ``event_type``
+        and ``traceparent``.
+
+        ``trace``: the trace headers to attach, computed once per transaction by the caller
+        (default: those of the current span).
+        """
+        if trace is None:
+            trace = get_telemetry().trace_headers()
         tx.send(
-            EVENTS_TOPIC, event.to_json(), key=self.workspace.id.encode(), headers=[("event_type", event.type.encode())]
+            EVENTS_TOPIC,
+            event.to_json(),
+            key=self.workspace.id.encode(),
+            headers=[("event_type", event.type.encode()), *trace],
         )
+
+    def count(self, stream: str, received: int, published: int, dropped: Mapping[str, int]) -> None:
+        """Report one batch of ``stream`` (once per page or snapshot, after its transaction committed)."""
+        tel = get_telemetry()
+        labels = ("source", f"instantly_{stream}", self.source_id, self.workspace.id)
+        if received:
+            tel.records_received(*labels, received)
+        if published:
+            tel.records_published(*labels, published)
+        for reason, n in dropped.items():
+            if n:
+                tel.records_dropped(*labels, n, reason=reason)
 
 
 async def publish_snapshot(pub: Publisher, stream: str, records: Sequence[dict[str, Any]], *, observed_at: str) -> int:
@@ -87,12 +110,13 @@ async def publish_snapshot(pub: Publisher, stream: str, records: Sequence[dict[s
     previous = decode_snapshot(previous_raw)
     events = diff_snapshots(stream, previous, current, workspace=pub.workspace, observed_at=observed_at)
     new_raw = encode_snapshot(current)
-    if not events and new_raw == previous_raw:
-        return 0
-    async with pub.bus.transaction(pub.txn_id) as tx:
-        for event in events:
-            pub.send(tx, event)
-        tx.put_state(key, new_raw)
+    if events or new_raw != previous_raw:
+        trace = get_telemetry().trace_headers()
+        async with pub.bus.transaction(pub.txn_id) as tx:
+            for event in events:
+                pub.send(tx, event, trace)
+            tx.put_state(key, new_raw)
+    pub.count(stream, len(records), len(events), {"no_id": skipped})
     return len(events)
 
 
@@ -121,9 +145,12 @@ async def publish_audit_log(
     cursor = AuditCursor.from_bytes(await pub.bus.get_state(key), floor=floor)
     newest: float | None = None
     pages = client.paginate(AUDIT_LOGS_PATH, cursor.query(window.overlap_secs), limit=window.page_size)
+    tel = get_telemetry()
+    attrs = {KIND: "source", TYPE: "instantly_audit_logs", ID: pub.source_id, WORKSPACE: pub.workspace.id}
     async with aclosing(pages):
         async for page in pages:
-            count, page_newest = await _publish_audit_page(pub, cursor, page, window)
+            with tel.span("poll.page", {**attrs, STREAM: "audit_logs", "page.size": len(page)}):
+                count, page_newest = await _publish_audit_page(pub, cursor, page, window)
             counts["audit_logs"] = counts.get("audit_logs", 0) + count
             if page_newest is not None:
                 newest = page_newest if newest is None else max(newest, page_newest)
@@ -141,7 +168,9 @@ async def _publish_audit_page(
     selection = cursor.select(page, overlap_secs=window.overlap_secs, now=window.now)
     if selection.no_id:
         log.warning("Audit records without an id were skipped.", extra={"count": len(selection.no_id)})
+    dropped = {"no_id": len(selection.no_id), "duplicate": selection.already_seen, "too_old": selection.too_old}
     if not selection.new:
+        pub.count("audit_logs", len(page), 0, dropped)
         return 0, None
     events: list[Event] = []
     dead: list[bytes] = []
@@ -152,10 +181,12 @@ async def _publish_audit_page(
             letter = {"error": err.message, "stream": "audit_logs", "source": pub.source_id}
             dead.append(orjson.dumps({**letter, "record": redact_record(record)}))
     cursor.mark((str(r["id"]), ts) for r, ts in selection.new)
+    trace = get_telemetry().trace_headers()
     async with pub.bus.transaction(pub.txn_id) as tx:
         for event in events:
-            pub.send(tx, event)
+            pub.send(tx, event, trace)
         for value in dead:
-            tx.send(DEADLETTER_TOPIC, value, key=pub.workspace.id.encode(), headers=[("error", b"normalize")])
+            tx.send(DEADLETTER_TOPIC, value, key=pub.workspace.id.encode(), headers=[("error", b"normalize"), *trace])
         tx.put_state(cursor_key(pub.source_id), cursor.to_bytes())
+    pub.count("audit_logs", len(page), len(events), {**dropped, "dead_letter": len(dead)})
     return len(events), max(ts for _r, ts in selection.new)

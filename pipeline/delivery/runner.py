@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field, fields
@@ -43,6 +44,8 @@ from fnmatch import fnmatchcase
 from types import TracebackType
 
 import orjson
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Bus, Consumer, Record, TopicPartition
 from pipeline.clock import SYSTEM_CLOCK, Clock, format_time
@@ -50,7 +53,9 @@ from pipeline.delivery.backoff import Backoff, Circuit, CircuitState
 from pipeline.delivery.base import Delivery, Kind, Sink, SinkConfig
 from pipeline.delivery.deadletter import deadletter_record
 from pipeline.errors import BusError, SinkError
+from pipeline.health import get_health
 from pipeline.logs import get_logger
+from pipeline.telemetry import SINK, TYPE, get_telemetry
 from schemas.alert import severity_rank
 
 log = get_logger("delivery")
@@ -104,6 +109,8 @@ class _Batch:
     filtered: int = 0
     nbytes: int = 0
     attempt: int = 0
+    error_kind: str = ""  # why the last attempt failed (the retry metric's reason)
+    links: list[Link] | None = None  # to the records' traces, computed at the first attempt
 
 
 @dataclass(slots=True)
@@ -194,6 +201,7 @@ class SinkRunner:
         self._committing: asyncio.Task[None] | None = None
         self._queued: _Commit | None = None  # confirmed batches not yet committed
         self._stop: asyncio.Event | None = None
+        self._reported: CircuitState | None = None  # the circuit state last reported to health
         self.totals = RunStats()
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -209,6 +217,7 @@ class SinkRunner:
             await stack.aclose()
             raise
         self._stack = stack
+        self._report_circuit()
         return self
 
     async def __aexit__(
@@ -229,6 +238,14 @@ class SinkRunner:
             self._consumer, self._batch, self._carry, self._queued = None, None, [], None
             if stack is not None:
                 await stack.aclose()
+
+    def _report_circuit(self) -> None:
+        """Tell the health registry (and the ``sink.circuit.open`` gauge) when the circuit changed state."""
+        state = self._circuit.state
+        if state is not self._reported:
+            self._reported = state
+            why = self._circuit.last_error if state is CircuitState.OPEN else None
+            get_health().circuit(self.sink_id, state, reason=why)
 
     def health(self) -> RunnerHealth:
         """The circuit state and running totals."""
@@ -290,6 +307,7 @@ class SinkRunner:
                 if self._circuit.state is CircuitState.OPEN:
                     await self._pause(self._circuit.remaining())
                     self._circuit.half_open()
+                    self._report_circuit()
                     continue
                 batch = self._batch or await self._take(None)
                 if batch is None:
@@ -369,7 +387,10 @@ class SinkRunner:
                 deadline = loop.time() + cfg.batch_max_wait_secs
             if self._carry:
                 break
-        return batch if batch.records else None
+        if not batch.records:
+            return None
+        get_telemetry().records_received("sink", cfg.type, self.sink_id, "", len(batch.records))
+        return batch
 
     def _add(self, batch: _Batch, rec: Record) -> None:
         batch.records.append(rec)
@@ -394,18 +415,23 @@ class SinkRunner:
     async def _process(self, batch: _Batch, stats: RunStats) -> bool:
         """Deliver ``batch``; False if paused (circuit open or stopping) before every record is settled."""
         while batch.pending:
+            self._report_circuit()
             if self._stopping() or self._circuit.state is CircuitState.OPEN:
                 return False
             if batch.attempt > 0:
                 stats.retries += 1
+                get_telemetry().retries(self.sink_id, batch.error_kind or "error", kind="sink")
             before = len(batch.pending)
             error, fatal, retry_after = await self._attempt(batch, stats)
             if not batch.pending:
                 self._circuit.success()
+                self._report_circuit()
                 break
             if error is None:  # only some records failed: the destination works
                 self._circuit.success()
+                self._report_circuit()
             elif self._circuit.failure(error, fatal=fatal):
+                self._report_circuit()
                 return False
             log.warning(
                 "Sink batch not fully delivered; retrying.",
@@ -419,20 +445,47 @@ class SinkRunner:
     async def _attempt(self, batch: _Batch, stats: RunStats) -> tuple[str | None, bool, float | None]:
         """Send the pending deliveries once; return (error if no progress, fatal, retry_after)."""
         pending = batch.pending
-        try:
-            result = await self.sink.send(pending)
-        except SinkError as err:
-            return err.message, not err.retriable, err.retry_after
-        except Exception as err:  # noqa: BLE001 - a sink bug must pause this sink, not kill the process
-            log.error(
-                "Sink raised an unexpected error.",
-                extra={"sink": self.sink_id, "error": type(err).__name__},
-            )
-            return f"{self.sink_id}: send() raised {type(err).__name__}", False, None
+        tel = get_telemetry()
+        if batch.links is None:
+            batch.links = tel.links(rec.headers for rec in batch.records)
+        attrs: dict[str, AttributeValue] = {
+            SINK: self.sink_id,
+            TYPE: self.config.type,
+            "batch.size": len(pending),
+            "attempt": batch.attempt,
+        }
+        with tel.span("sink.batch", attrs, links=batch.links, kind=SpanKind.CLIENT) as span:
+            try:
+                result = await self.sink.send(pending)
+            except SinkError as err:
+                batch.error_kind = _error_kind(err.message, "error" if err.retriable else "fatal")
+                tel.sink_errors(self.sink_id, batch.error_kind)
+                span.set_status(Status(StatusCode.ERROR, batch.error_kind))
+                return err.message, not err.retriable, err.retry_after
+            except Exception as err:  # noqa: BLE001 - a sink bug must pause this sink, not kill the process
+                log.error(
+                    "Sink raised an unexpected error.",
+                    extra={"sink": self.sink_id, "error": type(err).__name__},
+                )
+                batch.error_kind = "exception"
+                tel.sink_errors(self.sink_id, batch.error_kind)
+                tel.component_errors("sink", self.config.type, self.sink_id, type(err).__name__)
+                span.set_status(Status(StatusCode.ERROR, type(err).__name__))
+                return f"{self.sink_id}: send() raised {type(err).__name__}", False, None
         confirmed = len(pending) - len(result.failures)
         duplicates = min(max(result.duplicates, 0), max(confirmed, 0))
         stats.delivered += max(confirmed, 0) - duplicates
         stats.duplicates += duplicates
+        if confirmed > 0:
+            tel.sink_deliveries(self.sink_id, confirmed)
+            if confirmed > duplicates:
+                tel.records_published("sink", self.config.type, self.sink_id, "", confirmed - duplicates)
+        if result.failures:
+            distinct = dict.fromkeys((f.error, f.retriable) for f in result.failures)
+            kinds = dict.fromkeys(_error_kind(e, "failed" if retriable else "rejected") for e, retriable in distinct)
+            for kind in kinds:
+                tel.sink_errors(self.sink_id, kind)
+            batch.error_kind = next(iter(kinds))
         retry = []
         for f in result.failures:
             if f.retriable:
@@ -514,6 +567,7 @@ class SinkRunner:
                     txn.commit_offsets(self.group, pending.offsets)
                 break
             except BusError as err:
+                get_telemetry().bus_errors("commit", type(err).__name__)
                 if not err.retriable:
                     raise
                 log.warning("Offset commit failed; retrying.", extra={"sink": self.sink_id, "error": err.message})
@@ -525,8 +579,25 @@ class SinkRunner:
                 extra={"sink": self.sink_id, "topic": rec.topic,
                        "partition": rec.partition, "offset": rec.offset, "error": error},
             )  # fmt: skip
+        tel = get_telemetry()
+        if pending.dead:
+            tel.records_dropped("sink", sink_type, self.sink_id, "", len(pending.dead), reason="dead_letter")
+        if pending.filtered:
+            tel.records_dropped("sink", sink_type, self.sink_id, "", pending.filtered, reason="filtered")
         stats = pending.stats
         stats.dead_lettered += len(pending.dead)
         stats.filtered += pending.filtered
         stats.batches += pending.batches
         stats.committed += pending.records
+
+
+_HTTP_STATUS = re.compile(r"\bHTTP (\d{3})\b")
+
+
+def _error_kind(message: str, default: str) -> str:
+    """The ``error.type`` label of a failed send: ``http_<status>``, ``timeout``, else ``default``."""
+    m = _HTTP_STATUS.search(message)
+    if m is not None:
+        return f"http_{m.group(1)}"
+    low = message.lower()
+    return "timeout" if "timed out" in low or "timeout" in low else default

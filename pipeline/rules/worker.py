@@ -24,10 +24,13 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from opentelemetry.util.types import AttributeValue
 
 from pipeline.bus.base import (
     ALERTS_TOPIC,
@@ -41,9 +44,10 @@ from pipeline.bus.base import (
     iter_records,
 )
 from pipeline.clock import Clock
-from pipeline.errors import PipelineError
+from pipeline.errors import BusError, PipelineError
 from pipeline.rules.engine import Evaluation, RulesEngine, decode_event
 from pipeline.rules.state import PREFIX
+from pipeline.telemetry import ID, KIND, TYPE, get_telemetry
 from schemas.event import Event
 
 log = logging.getLogger(__name__)
@@ -186,6 +190,10 @@ class RulesWorker:
                         await self.tick(now)
                     backoff = 0.5
                 except PipelineError as err:
+                    tel = get_telemetry()
+                    tel.component_errors(COMPONENT, COMPONENT, self.group, type(err).__name__)
+                    if isinstance(err, BusError):
+                        tel.bus_errors("transaction", type(err).__name__)
                     if not err.retriable:
                         raise
                     log.warning("Rules batch failed, retrying.", extra={"error": err.message, "delay_s": backoff})
@@ -220,6 +228,13 @@ class RulesWorker:
         await self.close()
 
     async def _process(self, batch: Sequence[Record]) -> None:
+        tel = get_telemetry()
+        attrs: dict[str, AttributeValue] = {KIND: COMPONENT, TYPE: COMPONENT, ID: self.group, "batch.size": len(batch)}
+        with tel.span("rules.batch", attrs, links=tel.links(rec.headers for rec in batch)):
+            await self._evaluate(batch)
+        tel.records_received(COMPONENT, COMPONENT, self.group, "", len(batch))
+
+    async def _evaluate(self, batch: Sequence[Record]) -> None:
         events: list[Event] = []
         by_id: dict[str, Record] = {}
         dead: list[tuple[Record, list[Header]]] = []
@@ -247,6 +262,11 @@ class RulesWorker:
         self.stats.batches += 1
         self.stats.undecodable += undecodable
         self._count(result)
+        if dead:
+            reasons = Counter(_reason(headers) for _rec, headers in dead)
+            tel = get_telemetry()
+            for reason, n in reasons.items():
+                tel.records_dropped(COMPONENT, COMPONENT, self.group, "", n, reason=reason)
 
     async def _commit(
         self,
@@ -256,11 +276,13 @@ class RulesWorker:
     ) -> None:
         self._seq += 1
         marker = f"{self._token}:{self._seq}".encode()
+        trace = get_telemetry().trace_headers() if result.alerts else ()
         async with self.bus.transaction(self.txn_id) as txn:
             for alert in result.alerts:
                 txn.send(
                     ALERTS_TOPIC, alert.to_json(), key=alert.workspace.id.encode(),
-                    headers=[("alert_rule", alert.rule.id.encode()), ("severity", alert.rule.severity.encode())],
+                    headers=[("alert_rule", alert.rule.id.encode()), ("severity", alert.rule.severity.encode()),
+                             *trace],
                 )  # fmt: skip
             for rec, headers in dead:
                 txn.send(DEADLETTER_TOPIC, rec.value, key=rec.key, headers=headers)
@@ -276,6 +298,18 @@ class RulesWorker:
         self.stats.alerts += len(result.alerts)
         self.stats.suppressed += result.suppressed
         self.stats.rule_failures += sum(1 for f in result.failures if f.rule_id is not None)
+        if result.alerts:
+            tel = get_telemetry()
+            raised = Counter((a.rule.id, a.rule.severity, a.workspace.id) for a in result.alerts if a.status == "open")
+            for (rule, severity, workspace), n in raised.items():
+                tel.alerts_raised(rule, severity, workspace, n)
+            for workspace, n in Counter(a.workspace.id for a in result.alerts).items():
+                tel.records_published(COMPONENT, COMPONENT, self.group, workspace, n)
+
+
+def _reason(headers: Sequence[Header]) -> str:
+    """The ``dlq.reason`` of a dead letter (``undecodable``, ``invalid_event``, ``rule_error``)."""
+    return next((v.decode() for k, v in headers if k == "dlq.reason"), "dead_letter")
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

@@ -53,11 +53,13 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from opentelemetry.trace import SpanKind
 from pydantic import SecretStr
 
 from pipeline.bus.base import EVENTS_TOPIC, Bus
 from pipeline.clock import SYSTEM_CLOCK, Clock, format_time
 from pipeline.errors import BusError, PipelineError, WebhookRejected
+from pipeline.health import get_health
 from pipeline.logs import get_logger, register_secret
 from pipeline.sources.webhook_config import SourceConfig, WebhookConfig
 from pipeline.sources.webhook_normalize import (
@@ -66,9 +68,11 @@ from pipeline.sources.webhook_normalize import (
     normalize_delivery,
     parse_delivery,
 )
+from pipeline.telemetry import ID, KIND, SOURCE, TYPE, WORKSPACE, get_telemetry
 from schemas.event import WorkspaceRef
 
 log = get_logger("webhook")
+COMPONENT_TYPE = "instantly_webhook"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -383,16 +387,19 @@ class GroupCommitter:
                 publish.append(p)
         if not publish:
             return
+        tel = get_telemetry()
+        links = tel.links(p.headers for p in publish)
         added: dict[tuple[str, int], list[bytes]] = collections.defaultdict(list)
         for p in publish:
             added[(p.source, SeenWindow.slot_of(p.digest))].append(p.digest)
         staged = {k: self.windows[k[0]].staged(k[1], hs, now) for k, hs in added.items()}
         try:
-            async with self.bus.transaction(self.writer_id) as tx:
-                for p in publish:
-                    tx.send(EVENTS_TOPIC, p.value, key=p.key, headers=p.headers)
-                for (src, slot), content in staged.items():
-                    tx.put_state(self.windows[src].key(slot), SeenWindow.encode(content))
+            with tel.span("bus.publish", {KIND: "webhook", "batch.size": len(publish)}, links=links):
+                async with self.bus.transaction(self.writer_id) as tx:
+                    for p in publish:
+                        tx.send(EVENTS_TOPIC, p.value, key=p.key, headers=p.headers)
+                    for (src, slot), content in staged.items():
+                        tx.put_state(self.windows[src].key(slot), SeenWindow.encode(content))
         except asyncio.CancelledError:
             err = BusError("the webhook receiver stopped during a commit", retriable=True)
             for p in (*publish, *followers):
@@ -400,6 +407,7 @@ class GroupCommitter:
             raise
         except Exception as exc:  # noqa: BLE001 - any bus failure must become a 503, never a lost 200
             err = exc if isinstance(exc, BusError) else BusError(f"commit failed: {type(exc).__name__}", retriable=True)
+            tel.bus_errors("publish", type(exc).__name__)
             self.last_failure = self.clock.monotonic()
             log.error(
                 "Webhook batch not committed; answering 503",
@@ -417,6 +425,8 @@ class GroupCommitter:
             _resolve(p.future, True)
         for p in followers:
             _resolve(p.future, False)
+        for (source, key), n in collections.Counter((p.source, p.key) for p in publish).items():
+            tel.records_published("webhook", COMPONENT_TYPE, source, key.decode(), n)
 
 
 def _consume_exception(fut: asyncio.Future[bool]) -> None:
@@ -560,6 +570,7 @@ class WebhookReceiver:
             raise PipelineError(f"webhook receiver cannot listen on {where}: {err.strerror}", retriable=True) from None
         addrs = self._runner.addresses
         self.port = int(addrs[0][1]) if addrs else self.config.port
+        get_health().set_check("webhook", True, f"listening on {self.config.host}:{self.port}")
         log.info(
             "Webhook receiver listening",
             extra={
@@ -572,6 +583,7 @@ class WebhookReceiver:
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests, commit what is queued."""
         if self._runner is not None:
+            get_health().remove_check("webhook")
             await self._runner.cleanup()
             self._runner = None
         await self.close()
@@ -657,6 +669,7 @@ class WebhookReceiver:
         except Exception as err:  # noqa: BLE001 - never leak a traceback (it could quote the request)
             log.error("Webhook handler failed", extra={"source": src.name, "error": type(err).__name__})
             self.rejections["internal_error"] += 1
+            get_telemetry().webhook_rejections(src.name, "internal_error")
             return _response(500, force_close=True)
 
     async def _handle(self, request: web.Request, src: _Source, started: float) -> web.StreamResponse:
@@ -699,24 +712,30 @@ class WebhookReceiver:
             value = event.to_json()
         except (TypeError, ValueError) as err:
             raise WebhookRejected(400, "bad_shape", f"cannot normalize the payload ({type(err).__name__})") from None
-        fut = self.committer.submit(
-            src.name,
-            bytes.fromhex(digest)[:16],
-            value,
-            src.workspace.id.encode(),
-            (("event_type", event.type.encode()), ("event_id", event.id.encode())),
-        )
-        try:
-            published = await asyncio.wait_for(asyncio.shield(fut), self.config.ack_timeout_secs)
-        except TimeoutError:
-            raise WebhookRejected(503, "bus_timeout", "the bus did not confirm in time") from None
-        except BusError:
-            raise WebhookRejected(503, "bus_unavailable", "the bus refused the delivery") from None
+        tel = get_telemetry()
+        labels = ("webhook", COMPONENT_TYPE, src.name, src.workspace.id)
+        attrs = {KIND: "webhook", TYPE: COMPONENT_TYPE, ID: src.name, SOURCE: src.name, WORKSPACE: src.workspace.id}
+        with tel.span("webhook.delivery", attrs, kind=SpanKind.SERVER):
+            fut = self.committer.submit(
+                src.name,
+                bytes.fromhex(digest)[:16],
+                value,
+                src.workspace.id.encode(),
+                (("event_type", event.type.encode()), ("event_id", event.id.encode()), *tel.trace_headers()),
+            )
+            try:
+                published = await asyncio.wait_for(asyncio.shield(fut), self.config.ack_timeout_secs)
+            except TimeoutError:
+                raise WebhookRejected(503, "bus_timeout", "the bus did not confirm in time") from None
+            except BusError:
+                raise WebhookRejected(503, "bus_unavailable", "the bus refused the delivery") from None
         src.matches[slot] += 1
+        tel.records_received(*labels)
         if published:
             self.accepted += 1
         else:
             self.duplicates += 1
+            tel.records_dropped(*labels, reason="duplicate")
         log.debug(
             "Webhook delivery acknowledged",
             extra={
@@ -756,6 +775,7 @@ class WebhookReceiver:
 
     def _reject(self, request: web.Request, src: _Source | None, rej: WebhookRejected) -> web.StreamResponse:
         self.rejections[rej.reason] += 1
+        get_telemetry().webhook_rejections(src.name if src else "", rej.reason)
         if self._may_log(rej.reason):
             ip = self._client(request)
             log.warning(
