@@ -159,10 +159,41 @@ def setup_logging(fmt: str = "auto", level: str = "INFO", stream: Any = None) ->
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False
-    for name in ("aiohttp.access", "aiohttp.client", "aiokafka"):
+    # Third-party loggers go through the same handler (JSON, redaction) rather than Python's
+    # last-resort handler: logger filters do not apply to child loggers (aiokafka.conn), handler
+    # filters do. A repeat of the same line is dropped for 30 s (a broker outage repeats a lot).
+    lib = logging.StreamHandler(stream)
+    lib.setFormatter(handler.formatter)
+    lib.addFilter(RedactingFilter())
+    lib.addFilter(RepeatFilter(30.0))
+    for name in ("aiohttp.access", "aiohttp.client", "aiohttp.server", "aiokafka", "kafka"):
         lg = logging.getLogger(name)
-        lg.addFilter(RedactingFilter())
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+        lg.addHandler(lib)
         lg.setLevel(logging.WARNING)
+        lg.propagate = False
+
+
+class RepeatFilter(logging.Filter):
+    """Drop a line identical (logger, level, message template) to one emitted less than ``window`` s ago."""
+
+    def __init__(self, window: float):
+        super().__init__()
+        self.window = window
+        self._last: dict[tuple[str, int, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep the first of a burst of repeats."""
+        key = (record.name, record.levelno, str(record.msg))
+        now = record.created
+        last = self._last.get(key)
+        if last is not None and now - last < self.window:
+            return False
+        if len(self._last) > 10_000:
+            self._last.clear()
+        self._last[key] = now
+        return True
 
 
 class _ComponentAdapter(logging.LoggerAdapter[logging.Logger]):

@@ -88,6 +88,20 @@ class Selection:
     entity: str | None = None
     limit: int | None = None
 
+    @property
+    def filters_content(self) -> bool:
+        """True when records must be decoded to apply the selection (any content or time filter)."""
+        return bool(
+            self.since is not None
+            or self.until is not None
+            or self.workspaces
+            or self.types
+            or self.actor is not None
+            or self.target is not None
+            or self.min_severity is not None
+            or self.entity is not None
+        )
+
     def matches(self, body: dict[str, Any]) -> bool:
         """Apply the content filters (they compose with AND)."""
         if self.workspaces and (body.get("workspace") or {}).get("id") not in self.workspaces:
@@ -168,9 +182,15 @@ async def scan(
     *,
     progress: Callable[[int, int], None] | None = None,
     batch: int = 2000,
+    decode: bool = True,
 ) -> AsyncIterator[list[tuple[Record, dict[str, Any]]]]:
-    """Yield batches of (record, decoded body) in the selection, in offset order per partition."""
-    needs_decode = True
+    """Yield batches of (record, decoded body) in the selection, in offset order per partition.
+
+    With ``decode=False`` and no content filter, records are passed through undecoded (body
+    ``{}``): the fast path for JSON Lines output, which writes the record bytes as they are.
+    """
+    needs_decode = decode or sel.filters_content
+    empty: dict[str, Any] = {}
     async with bus.consumer([sel.topic], start="earliest") as c:
         if sel.since is not None:
             await c.seek_to_time(int(sel.since * 1000))
@@ -192,10 +212,14 @@ async def scan(
                 return
             recs = await c.poll(batch, timeout_s=0.5)
             out: list[tuple[Record, dict[str, Any]]] = []
+            part, end = -1, 0
             for r in recs:
-                if r.offset >= ends.get(r.tp, 0):
+                if r.partition != part:  # one topic: the partition identifies the end offset
+                    part, end = r.partition, ends.get(TopicPartition(r.topic, r.partition), 0)
+                if r.offset >= end:
                     continue
                 stats.scanned += 1
+                body = empty
                 if needs_decode:
                     try:
                         body = orjson.loads(r.value)
@@ -205,7 +229,7 @@ async def scan(
                     if not isinstance(body, dict):
                         stats.undecodable += 1
                         continue
-                if sel.matches(body):
+                if not needs_decode or sel.matches(body):
                     stats.matched += 1
                     out.append((r, body))
                     if sel.limit is not None and stats.matched >= sel.limit:

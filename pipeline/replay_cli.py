@@ -120,7 +120,8 @@ async def _run(args: argparse.Namespace, cfg: Any, sel: Selection) -> int:
                 from pipeline.replay_deliver import redeliver
 
                 return await redeliver(bus, cfg, sel, stats, args.to_sink, progress.update)
-            async for batch in scan(bus, sel, stats, progress=progress.update):
+            raw_lines = not (table or args.timeline)
+            async for batch in scan(bus, sel, stats, progress=progress.update, decode=not raw_lines):
                 if table or args.timeline:
                     collected.extend(batch)
                 else:

@@ -35,6 +35,7 @@ from pipeline.logs import get_logger, register_secret, setup_logging
 
 log = get_logger("topology")
 ROLES = ("pollers", "rules", "sinks", "webhook")
+HEALTHY_RUN_SECS = 60.0  # a task that ran this long before crashing restarts after 1 s again
 LAG_INTERVAL_SECS = 15.0
 """How often the long-running process measures consumer lag and checks the bus."""
 
@@ -237,7 +238,9 @@ class Pipeline:
 async def supervise(name: str, body: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
     """Run ``body`` until ``stop``; restart it with backoff when it crashes."""
     delay = 1.0
+    loop = asyncio.get_running_loop()
     while not stop.is_set():
+        started = loop.time()
         try:
             await body()
             if stop.is_set():
@@ -246,6 +249,8 @@ async def supervise(name: str, body: Callable[[], Awaitable[None]], stop: asynci
         except asyncio.CancelledError:
             raise
         except Exception as err:
+            if loop.time() - started >= HEALTHY_RUN_SECS:
+                delay = 1.0  # it ran fine for a while: this is a new incident, not a crash loop
             retriable = getattr(err, "retriable", True)
             log.error(
                 "Task crashed; restarting",
@@ -272,6 +277,8 @@ async def monitor_bus(
 
     topics = sorted({t for _, ts in groups for t in ts}) or [EVENTS_TOPIC]
     consumer: Consumer | None = None
+    failing_since: float | None = None
+    loop = asyncio.get_running_loop()
     try:
         while not stop.is_set():
             tel, health = get_telemetry(), get_health()
@@ -289,18 +296,32 @@ async def monitor_bus(
                             if tp.topic == topic:
                                 tel.consumer_lag(group, topic, tp.partition, max(0, end - committed.get(tp, 0)))
                 health.bus_ok()
+                if failing_since is not None:
+                    log.info(
+                        "Bus reachable again; resumed",
+                        extra={"outage_secs": round(loop.time() - failing_since, 1)},
+                    )
+                    failing_since = None
             except BusError as err:
                 tel.bus_errors(operation, type(err).__name__)
                 health.bus_error(err)
+                if failing_since is None:
+                    failing_since = loop.time()
                 log.warning("Bus check failed", extra={"operation": operation, "error": err.message})
                 if consumer is not None:
                     stale, consumer = consumer, None
-                    await stale.__aexit__(None, None, None)
+                    await _close_quietly(stale)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval_secs)
     finally:
         if consumer is not None:
-            await consumer.__aexit__(None, None, None)
+            await _close_quietly(consumer)
+
+
+async def _close_quietly(consumer: Consumer, limit_s: float = 5.0) -> None:
+    """Close a consumer without hanging on a dead broker (aiokafka's fetcher can block on close)."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(consumer.__aexit__(None, None, None), timeout=limit_s)
 
 
 async def run_pipeline(
@@ -400,7 +421,7 @@ async def _run_forever(pipe: Pipeline, stop: asyncio.Event | None, config_path: 
     log.info("Pipeline running", extra={"roles": sorted(pipe.roles), "tasks": len(tasks)})
     await stop.wait()
     log.info("Stopping: finishing in-flight batches")
-    with contextlib.suppress(TimeoutError):
+    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
         await asyncio.wait_for(monitor_task, timeout=5)
     if not tasks:  # e.g. --role webhook: the receiver is closed with the pipeline's stack
         return 0

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -31,6 +32,7 @@ from aiokafka import TopicPartition as KTP
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     KafkaError,
+    OutOfOrderSequenceNumber,
     ProducerFenced,
     StaleLeaderEpochCodeError,
 )
@@ -84,7 +86,7 @@ _install_issue_1004_shim()
 
 def _wrap(err: BaseException, what: str) -> BusError:
     retriable = bool(getattr(err, "retriable", False)) or isinstance(
-        err, StaleLeaderEpochCodeError | TimeoutError | ConnectionError
+        err, StaleLeaderEpochCodeError | OutOfOrderSequenceNumber | TimeoutError | ConnectionError
     )
     return BusError(f"kafka {what} failed: {type(err).__name__}: {err}", retriable=retriable)
 
@@ -137,6 +139,8 @@ class KafkaBus:
         self._state_loaded = False
         self._partitions: dict[str, int] = {}
         self._default_partitioner = DefaultPartitioner()
+        self._outage_since: float | None = None
+        self._failed_attempts = 0
         self._partition_cache: dict[tuple[bytes, int], int] = {}
 
     def phys(self, topic: str) -> str:
@@ -328,9 +332,10 @@ class KafkaBus:
     async def _commit(self, txn_id: str, txn: _Txn) -> None:
         async with self._locks[txn_id]:
             for attempt in range(1, self.max_txn_attempts + 1):
-                p = await self._producer(txn_id)
                 try:
+                    p = await self._producer(txn_id)
                     await self._send_txn(p, txn)
+                    self._recovered(txn_id)
                     break
                 except ProducerFenced:
                     await self._drop_producer(txn_id)
@@ -338,13 +343,20 @@ class KafkaBus:
                         f"writer {txn_id} was fenced: another process now uses the same transactional id",
                         retriable=False,
                     ) from None
+                except BusError as err:  # starting the producer failed (broker unreachable)
+                    self._failed(txn_id, err)
+                    if not err.retriable or attempt == self.max_txn_attempts:
+                        raise
+                    await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+                    continue
                 except (TimeoutError, KafkaError) as err:
                     wrapped = _wrap(err, f"transaction of {txn_id}")
+                    self._failed(txn_id, err)
                     log.warning(
                         "Kafka transaction failed; aborted",
                         extra={"writer": txn_id, "attempt": attempt, "error": type(err).__name__},
                     )
-                    await self._abort_or_reset(txn_id, p)
+                    await self._abort_and_replace(txn_id, p)
                     if not wrapped.retriable or attempt == self.max_txn_attempts:
                         raise wrapped from None
                     await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
@@ -382,11 +394,44 @@ class KafkaBus:
         await asyncio.gather(*futures)
         await p.commit_transaction()
 
-    async def _abort_or_reset(self, txn_id: str, p: AIOKafkaProducer) -> None:
-        try:
-            await p.abort_transaction()
-        except Exception:  # noqa: BLE001 - a producer in a fatal state is replaced below
-            await self._drop_producer(txn_id)
+    def _failed(self, txn_id: str, err: BaseException) -> None:
+        """Count a failed transaction; say once per outage that publishing is paused."""
+        from pipeline.telemetry import get_telemetry
+
+        self._failed_attempts += 1
+        get_telemetry().bus_errors("transaction", type(err).__name__)
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            log.warning(
+                "Kafka broker unreachable; publishing paused",
+                extra={"writer": txn_id, "bootstrap": ",".join(self.bootstrap), "error": type(err).__name__},
+            )
+
+    def _recovered(self, txn_id: str) -> None:
+        if self._outage_since is not None:
+            log.info(
+                "Kafka broker reachable again; publishing resumed",
+                extra={
+                    "writer": txn_id,
+                    "outage_secs": round(time.monotonic() - self._outage_since, 1),
+                    "failed_attempts": self._failed_attempts,
+                },
+            )
+            self._outage_since = None
+            self._failed_attempts = 0
+
+    async def _abort_and_replace(self, txn_id: str, p: AIOKafkaProducer) -> None:
+        """Abort, then always drop the producer (the next transaction starts a new one).
+
+        aiokafka advances a partition's sequence number for a batch that expires unsent (no leader
+        for longer than the request timeout, e.g. a broker in controlled shutdown); that producer
+        then fails every later batch to the partition with OutOfOrderSequenceNumber, and an abort
+        does not reset it. A new producer's InitProducerId bumps the epoch, resets the sequences
+        and aborts whatever this one left open, so the transaction can be retried safely.
+        """
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(p.abort_transaction(), self.request_timeout_ms / 1000)
+        await self._drop_producer(txn_id)
 
     async def _drop_producer(self, txn_id: str) -> None:
         p = self._producers.pop(txn_id, None)

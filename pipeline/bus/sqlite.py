@@ -569,13 +569,23 @@ class SqliteConsumer:
         self._pos: dict[TopicPartition, int] = {}
         self._ids: dict[TopicPartition, int] = {}
         self._rr = 0
+        # Read-ahead: the next batch is fetched on the bus thread while the caller works on this one.
+        self._ahead: asyncio.Future[tuple[list[Record], dict[TopicPartition, int], int]] | None = None
+        self._ahead_max = 0
 
     async def __aenter__(self) -> SqliteConsumer:
         await self._bus._run(self._assign)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        return None
+        await self._drop_ahead()
+
+    async def _drop_ahead(self) -> None:
+        """Forget a read-ahead (after a seek or on close); its result is discarded."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            with contextlib.suppress(Exception):
+                await ahead
 
     def _assign(self) -> None:
         db = self._bus._conn()
@@ -609,8 +619,26 @@ class SqliteConsumer:
         deadline = time.monotonic() + timeout_s
         while True:
             changed = self._bus._changed
-            recs = await self._bus._run(self._fetch_some, max_records)
-            if recs or timeout_s <= 0:
+            ahead, self._ahead = self._ahead, None
+            if ahead is not None and self._ahead_max == max_records:
+                recs, pos, rr = await ahead
+            else:
+                if ahead is not None:
+                    with contextlib.suppress(Exception):
+                        await ahead
+                recs, pos, rr = await self._bus._run(self._fetch_some, dict(self._pos), self._rr, max_records)
+            if recs:
+                self._pos.update(pos)
+                self._rr = rr
+                if len(recs) >= max_records:  # likely more to read: fetch it while the caller works
+                    loop = asyncio.get_running_loop()
+                    self._ahead_max = max_records
+                    self._ahead = asyncio.ensure_future(
+                        loop.run_in_executor(self._bus._ex, self._fetch_some, dict(self._pos), self._rr, max_records)
+                    )
+                return recs
+            self._rr = rr
+            if timeout_s <= 0:
                 return recs
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -619,24 +647,26 @@ class SqliteConsumer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), timeout=min(remaining, 0.05))
 
-    def _fetch_some(self, max_records: int) -> list[Record]:
-        tps = list(self._pos)
+    def _fetch_some(
+        self, pos: dict[TopicPartition, int], rr: int, max_records: int
+    ) -> tuple[list[Record], dict[TopicPartition, int], int]:
+        """Read from ``pos`` (a copy): return the records, the positions after them and the next round-robin start."""
+        tps = list(pos)
         out: list[Record] = []
         n = len(tps)
         for i in range(n):
-            tp = tps[(self._rr + i) % n]
+            tp = tps[(rr + i) % n]
             tp_id = self._ids[tp]
             start, _ = self._bus._bounds(tp_id)
-            if self._pos[tp] < start:
-                self._pos[tp] = start  # retention removed what we had not read
-            recs = self._bus._fetch(tp_id, tp.topic, tp.partition, self._pos[tp], max_records - len(out))
+            if pos[tp] < start:
+                pos[tp] = start  # retention removed what we had not read
+            recs = self._bus._fetch(tp_id, tp.topic, tp.partition, pos[tp], max_records - len(out))
             if recs:
-                self._pos[tp] = recs[-1].offset + 1
+                pos[tp] = recs[-1].offset + 1
                 out.extend(recs)
             if len(out) >= max_records:
                 break
-        self._rr = (self._rr + 1) % max(n, 1)
-        return out
+        return out, pos, (rr + 1) % max(n, 1)
 
     async def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
         """Commit the group's offsets (default: current positions)."""
@@ -650,6 +680,7 @@ class SqliteConsumer:
         """Read ``tp`` from ``offset`` next."""
         if tp not in self._pos:
             raise BusError(f"{tp.topic}[{tp.partition}] is not assigned to this consumer")
+        await self._drop_ahead()
         self._pos[tp] = offset
 
     async def seek_to_time(self, timestamp_ms: int) -> None:
@@ -659,6 +690,7 @@ class SqliteConsumer:
             for tp, tp_id in self._ids.items():
                 self._pos[tp] = self._bus._offset_for_time(tp_id, timestamp_ms)
 
+        await self._drop_ahead()
         await self._bus._run(q)
 
     async def seek_to_beginning(self) -> None:
@@ -668,6 +700,7 @@ class SqliteConsumer:
             for tp, tp_id in self._ids.items():
                 self._pos[tp] = self._bus._bounds(tp_id)[0]
 
+        await self._drop_ahead()
         await self._bus._run(q)
 
     async def end_offsets(self) -> dict[TopicPartition, int]:
