@@ -1,25 +1,56 @@
-"""The audit-log cursor: a high-water mark plus the ids seen within the overlap window.
+"""The audit-log cursor: read position, high-water mark and the ids seen within the overlap window.
 
 The audit log is incremental. Its order and the meaning of ``start_date`` (date only;
-timezone and inclusivity undocumented) are unknown, so the cursor keeps
+timezone and inclusivity undocumented) are not documented, so the cursor keeps
 
+* ``last_id`` — the id of the last record listed by a read whose pages came back in ascending
+  id order (``None``: no such read yet, or the last read was not ascending);
 * ``high_water`` — the newest record timestamp published (capped at the poll time, so a
-  future-dated record cannot push the window ahead of real time), and
-* ``seen`` — the ids published whose timestamp is within the overlap window.
+  future-dated record cannot push the window ahead of real time);
+* ``last_full_read`` / ``full_mark`` — when the last full overlap re-read finished (epoch
+  seconds, poll time) and the ``high_water`` it left;
+* ``seen`` — the ids published whose timestamp is at or after the *threshold*
+  ``min(high_water, full_mark) - overlap``.
 
-Each poll lists from ``start_date = date(high_water - overlap - 1 day)`` (the extra day absorbs
-the coarse, timezone-unknown date filter) and keeps a record when its id is not in ``seen``
-and its timestamp is at or after ``high_water - overlap``. A record that shows up late with
-an older timestamp inside the overlap is therefore published exactly once; one later than
-the overlap is counted as ``too_old`` and not published (it may have been published before
-its id left ``seen``).
+**Order assumption.** The simulator lists audit logs ascending by id, and ids are UUIDv7 (time
+ordered), so "everything after ``last_id``" is "everything new". The real API's order is
+undocumented, so each page is checked (:func:`page_is_ascending`): ids must increase within the
+page and from one page to the next (the first id after ``starting_after=last_id`` must be greater
+than ``last_id``; ids compared as strings, which orders UUIDv7 and 24-hex ids by time), and a page
+of three or more records must not have strictly decreasing timestamps. A page that fails the
+check makes that poll fall back to the windowed read below, and ``last_id`` is cleared until a
+windowed read confirms ascending order again.
+
+**Two reads.**
+
+* *Incremental* (steady state): ``starting_after=last_id``, no date filter: only the new pages
+  (with ``limit=1000``: one request per 1,000 new records plus the final empty page).
+* *Full overlap re-read*: from ``start_date = date(threshold - 1 day)`` (the extra day absorbs the
+  coarse, timezone-unknown date filter), as every poll did before. It runs when no ``last_id`` is
+  known, when ``overlap`` seconds have passed since ``last_full_read``, on the first poll of a
+  poller process (``last_full_read`` older than the process start — records may have been
+  inserted behind the cursor while nothing was polling), and whenever the order check fails.
+
+Both keep a record when its id is not in ``seen`` and its timestamp is at or after the threshold.
+Because the threshold uses the ``high_water`` left by the last full re-read, a record inserted
+behind the cursor (back-dated id) whose timestamp was within ``overlap`` of the high-water mark
+when it appeared is still inside the window at the next full re-read, and the ``seen`` set makes
+it published exactly once. A record with a new id and an older timestamp comes after ``last_id``
+and is published by the next incremental read. One older than the threshold is counted as
+``too_old`` and not published (it may have been published before its id left ``seen``).
+``seen`` therefore holds at most ``overlap`` plus the time since the last full re-read (at most
+about ``2 * overlap``) of ids.
+
+State written by older versions (no ``last_id`` / ``last_full_read``) still loads; it makes the
+next poll a full re-read. The format version stays 1 so an older poller can still read it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Any
 
 import orjson
@@ -52,6 +83,39 @@ class Selection:
     no_id: list[JSONDict] = field(default_factory=list)
 
 
+def record_id(record: Mapping[str, Any]) -> str | None:
+    """The record's id as a string, or ``None`` when absent, empty or not a string/int."""
+    rid = record.get("id")
+    if not isinstance(rid, str | int) or isinstance(rid, bool) or rid == "":
+        return None
+    return str(rid)
+
+
+def page_is_ascending(page: Sequence[Mapping[str, Any]], after: str | None) -> bool:
+    """Whether ``page`` is consistent with a listing ascending by id that continues after ``after``.
+
+    Ids (records without one are ignored) must strictly increase, starting above ``after``;
+    a page of three or more records whose timestamps strictly decrease is not ascending either.
+    """
+    ids = [rid for rid in map(record_id, page) if rid is not None]
+    previous = after
+    for rid in ids:
+        if previous is not None and rid <= previous:
+            return False
+        previous = rid
+    times = [t for t in map(record_time, page) if t is not None]
+    return not (len(times) >= 3 and all(a > b for a, b in pairwise(times)))
+
+
+def last_page_id(page: Sequence[Mapping[str, Any]]) -> str | None:
+    """The id of the last record of ``page`` that has one."""
+    for record in reversed(page):
+        rid = record_id(record)
+        if rid is not None:
+            return rid
+    return None
+
+
 @dataclass
 class AuditCursor:
     """The audit-log position (see the module docstring)."""
@@ -60,21 +124,55 @@ class AuditCursor:
     seen: dict[str, float] = field(default_factory=dict)
     floor: float | None = None
     """Lower bound of the very first poll (``None`` = everything the API still returns)."""
+    last_id: str | None = None
+    """Where the next incremental read continues (``starting_after``); ``None``: read the window."""
+    last_full_read: float | None = None
+    """Poll time (epoch seconds) of the last completed full overlap re-read."""
+    full_mark: float | None = None
+    """``high_water`` when the last full re-read completed (lower end of the threshold)."""
 
     # ---- window -------------------------------------------------------------------------
     def threshold(self, overlap_secs: float) -> float | None:
         """Records older than this are not published (``None``: no lower bound yet)."""
         if self.high_water is None:
             return self.floor
-        return self.high_water - overlap_secs
+        mark = self.high_water if self.full_mark is None else min(self.high_water, self.full_mark)
+        return mark - overlap_secs
 
     def query(self, overlap_secs: float) -> dict[str, str]:
-        """The ``start_date`` filter for this poll (empty on a first full backfill)."""
+        """The ``start_date`` filter of a full re-read (empty on a first full backfill)."""
         t = self.threshold(overlap_secs)
         if t is None:
             return {}
         day = datetime.fromtimestamp(max(0.0, t - DATE_SLACK_SECS), tz=UTC).date()
         return {"start_date": day.isoformat()}
+
+    def full_read_due(self, *, now: float, overlap_secs: float, started_at: float | None = None) -> bool:
+        """Whether this poll must re-read the whole window instead of continuing after ``last_id``.
+
+        Due when no ``last_id`` is known, when no full re-read is recorded (state of an older
+        version), when ``overlap_secs`` have passed since the last one, or when the last one
+        happened before ``started_at`` (the poller process started since).
+        """
+        if self.last_id is None or self.last_full_read is None:
+            return True
+        if now - self.last_full_read >= overlap_secs:
+            return True
+        return started_at is not None and self.last_full_read < started_at
+
+    def finish_full_read(self, *, now: float, last_id: str | None, overlap_secs: float) -> None:
+        """Record a completed full re-read (after :meth:`advance`): its time, mark and end position.
+
+        ``last_id``: the last id listed when every page was ascending, else ``None`` (the next
+        poll reads the window again, so the time is not recorded either: a quiet workspace
+        whose order cannot be confirmed writes no state). Ids below the new threshold are
+        forgotten.
+        """
+        if last_id is not None:
+            self.last_full_read = now
+        self.full_mark = self.high_water
+        self.last_id = last_id
+        self._prune(overlap_secs)
 
     # ---- selection ------------------------------------------------------------------------
     def select(self, records: Iterable[JSONDict], *, overlap_secs: float, now: float) -> Selection:
@@ -87,11 +185,10 @@ class AuditCursor:
         out = Selection()
         batch: set[str] = set()
         for record in records:
-            rid = record.get("id")
-            if not isinstance(rid, str | int) or isinstance(rid, bool) or rid == "":
+            key = record_id(record)
+            if key is None:
                 out.no_id.append(record)
                 continue
-            key = str(rid)
             if key in self.seen or key in batch:
                 out.already_seen += 1
                 continue
@@ -114,6 +211,9 @@ class AuditCursor:
         if newest is not None:
             capped = min(newest, now)
             self.high_water = capped if self.high_water is None else max(self.high_water, capped)
+        self._prune(overlap_secs)
+
+    def _prune(self, overlap_secs: float) -> None:
         t = self.threshold(overlap_secs)
         if t is not None:
             self.seen = {rid: ts for rid, ts in self.seen.items() if ts >= t}
@@ -124,15 +224,23 @@ class AuditCursor:
         doc = {
             "v": CURSOR_VERSION,
             "high_water": self.high_water,
-            "high_water_iso": format_time(self.high_water) if self.high_water is not None else None,
+            "high_water_iso": _iso(self.high_water),
             "floor": self.floor,
             "seen": self.seen,
+            "last_id": self.last_id,
+            "last_full_read": self.last_full_read,
+            "last_full_read_iso": _iso(self.last_full_read),
+            "full_mark": self.full_mark,
         }
         return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
     @classmethod
     def from_bytes(cls, data: bytes | None, *, floor: float | None = None) -> AuditCursor:
-        """Load a cursor; an absent or unreadable value starts a new one at ``floor``."""
+        """Load a cursor; an absent or unreadable value starts a new one at ``floor``.
+
+        State without ``last_id`` / ``last_full_read`` (older versions) loads with both ``None``:
+        the next poll is a full re-read.
+        """
         if not data:
             return cls(floor=floor)
         try:
@@ -141,12 +249,23 @@ class AuditCursor:
             return cls(floor=floor)
         if not isinstance(doc, dict) or doc.get("v") != CURSOR_VERSION:
             return cls(floor=floor)
-        hw = doc.get("high_water")
-        fl = doc.get("floor")
+        fl = _num(doc.get("floor"))
         seen = doc.get("seen")
         seen = seen if isinstance(seen, dict) else {}
+        last_id = doc.get("last_id")
         return cls(
-            high_water=float(hw) if isinstance(hw, int | float) else None,
+            high_water=_num(doc.get("high_water")),
             seen={str(k): float(v) for k, v in seen.items() if isinstance(v, int | float)},
-            floor=float(fl) if isinstance(fl, int | float) else floor,
+            floor=fl if fl is not None else floor,
+            last_id=last_id if isinstance(last_id, str) and last_id else None,
+            last_full_read=_num(doc.get("last_full_read")),
+            full_mark=_num(doc.get("full_mark")),
         )
+
+
+def _num(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _iso(value: float | None) -> str | None:
+    return format_time(value) if value is not None else None

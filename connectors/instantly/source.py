@@ -96,6 +96,8 @@ class InstantlyWorkspacePoller:
         self._opened = False
         self.workspace = WorkspaceRef(cfg.as_workspace or source_id, cfg.name)
         self._identity_loaded = False
+        self._started_at = clock.now()
+        """Process start, for the audit log: its first poll here repeats an older full re-read."""
 
     async def __aenter__(self) -> InstantlyWorkspacePoller:
         await self._open()
@@ -179,6 +181,7 @@ class InstantlyWorkspacePoller:
                             overlap_secs=self.cfg.audit_overlap_secs,
                             page_size=self.cfg.audit_page_size,
                             backfill_secs=self.audit_backfill_secs,
+                            started_at=self._started_at,
                         )
                         await publish_audit_log(pub, self._client, window, counts)
                     elif stream == "workspace":

@@ -5,7 +5,8 @@
   caller first, so a failed page never reads as "everything was deleted"; then
   :func:`publish_snapshot` writes the diff events and the new snapshot together.
 * The audit log (:func:`publish_audit_log`) commits page by page: each transaction holds the
-  page's new events and the cursor with their ids; the high-water mark moves in a last
+  page's new events and the cursor with their ids (and, when reading incrementally, the id the
+  next read continues after); the high-water mark and the full re-read time move in a last
   transaction once every page was read (see :mod:`connectors.instantly.audit_cursor`).
 
 State keys: ``cursor/{source_id}/audit_logs`` and ``snapshot/{source_id}/{stream}``.
@@ -20,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from connectors.instantly.audit_cursor import AuditCursor
+from connectors.instantly.audit_cursor import AuditCursor, last_page_id, page_is_ascending, record_id
 from connectors.instantly.client import InstantlyClient
 from connectors.instantly.normalize import normalize_audit_record
 from connectors.instantly.redact import redact_record
@@ -129,12 +130,28 @@ class AuditWindow:
     overlap_secs: float
     page_size: int
     backfill_secs: float | None = None
+    started_at: float | None = None
+    """When the poller process started: a full re-read older than this is repeated."""
+
+
+@dataclass
+class _AuditRead:
+    """What one listing of the audit log found."""
+
+    ascending: bool = True
+    newest: float | None = None
+    last_id: str | None = None
+    ids: int = 0
 
 
 async def publish_audit_log(
     pub: Publisher, client: InstantlyClient, window: AuditWindow, counts: dict[str, int]
 ) -> None:
     """Publish new audit records page by page; ``counts['audit_logs']`` grows as each page commits.
+
+    Steady state continues after the cursor's ``last_id``; a full overlap re-read of the
+    ``start_date`` window runs when due or when a page is not in ascending id order (see
+    :mod:`connectors.instantly.audit_cursor`).
 
     Raises:
         SourceError: a page could not be read (the pages before it stay published).
@@ -144,21 +161,77 @@ async def publish_audit_log(
     floor = window.now - window.backfill_secs if window.backfill_secs is not None else None
     cursor = AuditCursor.from_bytes(await pub.bus.get_state(key), floor=floor)
     newest: float | None = None
-    pages = client.paginate(AUDIT_LOGS_PATH, cursor.query(window.overlap_secs), limit=window.page_size)
-    tel = get_telemetry()
-    attrs = {KIND: "source", TYPE: "instantly_audit_logs", ID: pub.source_id, WORKSPACE: pub.workspace.id}
-    async with aclosing(pages):
-        async for page in pages:
-            with tel.span("poll.page", {**attrs, STREAM: "audit_logs", "page.size": len(page)}):
-                count, page_newest = await _publish_audit_page(pub, cursor, page, window)
-            counts["audit_logs"] = counts.get("audit_logs", 0) + count
-            if page_newest is not None:
-                newest = page_newest if newest is None else max(newest, page_newest)
+    full = cursor.full_read_due(now=window.now, overlap_secs=window.overlap_secs, started_at=window.started_at)
+    if not full and cursor.last_id is not None:
+        read = await _read_audit(pub, client, cursor, window, counts, incremental=True)
+        newest = read.newest
+        if not read.ascending:
+            log.debug(
+                "Audit log page not in ascending id order; falling back to the windowed read for this poll.",
+                extra={"source": pub.source_id, "workspace": pub.workspace.id, "after": cursor.last_id},
+            )
+            full = True
+    if full:
+        read = await _read_audit(pub, client, cursor, window, counts, incremental=False)
+        if read.newest is not None:
+            newest = read.newest if newest is None else max(newest, read.newest)
+        if not read.ascending:
+            log.debug(
+                "Audit log not listed in ascending id order; the next poll reads the window again.",
+                extra={"source": pub.source_id, "workspace": pub.workspace.id},
+            )
     cursor.advance(newest, now=window.now, overlap_secs=window.overlap_secs)
+    if full:
+        confirmed = read.ascending and read.ids >= 2
+        cursor.finish_full_read(
+            now=window.now, last_id=read.last_id if confirmed else None, overlap_secs=window.overlap_secs
+        )
     final = cursor.to_bytes()
     if final != await pub.bus.get_state(key):
         async with pub.bus.transaction(pub.txn_id) as tx:
             tx.put_state(key, final)
+
+
+async def _read_audit(
+    pub: Publisher,
+    client: InstantlyClient,
+    cursor: AuditCursor,
+    window: AuditWindow,
+    counts: dict[str, int],
+    *,
+    incremental: bool,
+) -> _AuditRead:
+    """List and publish the audit log: after ``cursor.last_id`` (incremental) or the whole window.
+
+    An incremental read stops, before publishing anything of it, at the first page that is not
+    in ascending id order; it moves ``cursor.last_id`` with each page (committed with the page's
+    events). A full read publishes every page and only reports whether all were ascending.
+    """
+    out = _AuditRead()
+    after = cursor.last_id if incremental else None
+    params = {"starting_after": after} if incremental and after else cursor.query(window.overlap_secs)
+    pages = client.paginate(AUDIT_LOGS_PATH, params, limit=window.page_size)
+    tel = get_telemetry()
+    attrs = {KIND: "source", TYPE: "instantly_audit_logs", ID: pub.source_id, WORKSPACE: pub.workspace.id}
+    mode = "incremental" if incremental else "full"
+    async with aclosing(pages):
+        async for page in pages:
+            if out.ascending and not page_is_ascending(page, after):
+                out.ascending = False
+                if incremental:
+                    return out
+            page_last = last_page_id(page)
+            if page_last is not None:
+                after = out.last_id = page_last
+            out.ids += sum(1 for r in page if record_id(r) is not None)
+            if incremental and page_last is not None:
+                cursor.last_id = page_last
+            with tel.span("poll.page", {**attrs, STREAM: "audit_logs", "page.size": len(page), "read": mode}):
+                count, page_newest = await _publish_audit_page(pub, cursor, page, window)
+            counts["audit_logs"] = counts.get("audit_logs", 0) + count
+            if page_newest is not None:
+                out.newest = page_newest if out.newest is None else max(out.newest, page_newest)
+    return out
 
 
 async def _publish_audit_page(

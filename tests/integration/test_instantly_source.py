@@ -7,8 +7,10 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from pydantic import SecretStr
@@ -26,6 +28,28 @@ sim_seed = pytest.importorskip("connectors.instantly.sim.seed")
 InstantlySimulator = sim_server.InstantlySimulator
 
 
+AUDIT_PATH = "/api/v2/audit-logs"
+
+
+class Requests:
+    """Path and query of every request the pollers send (an aiohttp client trace)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, str]]] = []
+
+    def session_factory(self) -> aiohttp.ClientSession:
+        async def on_start(_s: aiohttp.ClientSession, _ctx: SimpleNamespace, params: Any) -> None:
+            self.sent.append((params.url.path, dict(params.url.query)))
+
+        trace = aiohttp.TraceConfig()
+        trace.on_request_start.append(on_start)
+        return aiohttp.ClientSession(trace_configs=[trace])
+
+    def audit(self) -> list[dict[str, str]]:
+        """The queries of the audit-log requests, in order."""
+        return [q for p, q in self.sent if p == AUDIT_PATH]
+
+
 @dataclass
 class Env:
     sim: Any
@@ -33,6 +57,26 @@ class Env:
     bus: SqliteBus
     clock: FakeClock
     poller: InstantlyWorkspacePoller
+    requests: Requests
+    cfg: WorkspaceConfig
+
+    def new_poller(self) -> InstantlyWorkspacePoller:
+        """Another poller on the same bus and source (a restarted process)."""
+        return make_poller(self.cfg, self.bus, self.clock, self.requests)
+
+
+def make_poller(cfg: WorkspaceConfig, bus: SqliteBus, clock: FakeClock, requests: Requests) -> InstantlyWorkspacePoller:
+    fast = RequestBudget(1000, 60_000)  # the budget has its own tests; keep the fault runs quick
+    return InstantlyWorkspacePoller(
+        "acme",
+        cfg,
+        bus,
+        clock=clock,
+        budget=fast,
+        sleep=no_sleep,
+        rng=random.Random(5),
+        session_factory=requests.session_factory,
+    )
 
 
 async def no_sleep(_delay: float) -> None:
@@ -50,12 +94,9 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
             budget=BudgetConfig(requests_per_second=100, requests_per_minute=6000),
             max_retries=3,
         )
-        fast = RequestBudget(1000, 60_000)  # the budget has its own tests; keep the fault runs quick
-        poller = InstantlyWorkspacePoller(
-            "acme", cfg, bus, clock=clock, budget=fast, sleep=no_sleep, rng=random.Random(5)
-        )
-        async with poller:
-            yield Env(sim, world, bus, clock, poller)
+        requests = Requests()
+        async with make_poller(cfg, bus, clock, requests) as poller:
+            yield Env(sim, world, bus, clock, poller, requests, cfg)
 
 
 async def bus_events(bus: SqliteBus) -> list[dict[str, Any]]:
@@ -180,3 +221,108 @@ async def test_simulator_secrets_never_reach_the_bus(env: Env) -> None:
     blobs.extend((await env.bus.state_items()).values())
     secrets = secrets_of(env)
     assert secrets and all(s.encode() not in b for s in secrets for b in blobs)
+
+
+# ---- incremental audit log -------------------------------------------------------------------
+def audit_counts(evs: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(e["source"]["record_id"] for e in evs if e["source"]["kind"] == "audit_log")
+
+
+async def test_steady_state_reads_only_new_pages(env: Env) -> None:
+    """After the first poll, each poll continues with starting_after: <= 2 requests per 1,000 new records."""
+    state, ws = env.sim.state, env.world.workspace.id
+    await env.poller.poll_once()
+    for _ in range(3):
+        env.clock.advance(60)
+        last = state.audit_of(ws)[-1].id
+        for i in range(1000):
+            state.insert_audit(ws, 1 + i % 3)
+        before = env.sim.count_calls(path=AUDIT_PATH)
+        sent = len(env.requests.audit())
+        counts = await env.poller.poll_once()
+        assert counts["audit_logs"] == 1000
+        assert env.sim.count_calls(path=AUDIT_PATH) - before <= 2
+        queries = env.requests.audit()[sent:]
+        assert queries[0]["starting_after"] == last and "start_date" not in queries[0]
+    env.clock.advance(60)
+    before = env.sim.count_calls(path=AUDIT_PATH)
+    assert (await env.poller.poll_once())["audit_logs"] == 0
+    assert env.sim.count_calls(path=AUDIT_PATH) - before == 1  # nothing new: one empty page
+    counts_by_id = audit_counts(await bus_events(env.bus))
+    assert set(counts_by_id) == {r.id for r in state.audit_of(ws)} and set(counts_by_id.values()) == {1}
+    cursor = orjson.loads((await env.bus.get_state("cursor/acme/audit_logs")) or b"{}")
+    assert cursor["last_id"] == state.audit_of(ws)[-1].id and cursor["last_full_read"] is not None
+
+
+async def test_backdated_records_published_once_after_full_reread(env: Env) -> None:
+    """A new id with an old timestamp comes with the next poll; an id minted in the past (behind the
+    cursor) comes with the next full overlap re-read; each exactly once."""
+    state, ws = env.sim.state, env.world.workspace.id
+    await env.poller.poll_once()
+    overlap = env.cfg.audit_overlap_secs
+    env.clock.advance(600)
+    read = state.insert_audit(ws, 1)
+    assert (await env.poller.poll_once())["audit_logs"] == 1
+    env.clock.advance(600)
+    late = state.insert_audit(ws, 1, timestamp=env.clock.now() - 900)
+    behind = state.insert_audit_backdated(ws, 34, timestamp=env.clock.now() - 1200)
+    assert behind.id < read.id  # sorts before the last record already read
+    assert (await env.poller.poll_once())["audit_logs"] == 1  # incremental: only the late one
+    assert "starting_after" in env.requests.audit()[-1]
+    published, full_reads = 0, 0
+    for _ in range(int(overlap // 300)):  # the full re-read is due `overlap` after the first poll's
+        env.clock.advance(300)
+        sent = len(env.requests.audit())
+        published += (await env.poller.poll_once())["audit_logs"]
+        full_reads += any("start_date" in q for q in env.requests.audit()[sent:])
+    assert published == 1 and full_reads == 1
+    for _ in range(3):
+        env.clock.advance(60)
+        assert (await env.poller.poll_once())["audit_logs"] == 0
+    counts_by_id = audit_counts(await bus_events(env.bus))
+    assert counts_by_id[late.id] == 1 and counts_by_id[behind.id] == 1
+    assert set(counts_by_id.values()) == {1}
+
+
+async def test_restart_rereads_window_and_continues_without_duplicates(env: Env) -> None:
+    """A new poller on the same bus (a restart) re-reads the window once, then continues incrementally."""
+    state, ws = env.sim.state, env.world.workspace.id
+    await env.poller.poll_once()
+    env.clock.advance(60)
+    state.insert_audit(ws, 1)
+    await env.poller.poll_once()
+    await env.poller.aclose()  # "killed"
+    env.clock.advance(30)
+    behind = state.insert_audit_backdated(ws, 1, timestamp=env.clock.now() - 600)  # while nothing polled
+    fresh = state.insert_audit(ws, 37)
+    async with env.new_poller() as again:
+        env.clock.advance(30)
+        sent = len(env.requests.audit())
+        assert (await again.poll_once())["audit_logs"] == 2
+        assert "start_date" in env.requests.audit()[sent]
+        env.clock.advance(60)
+        state.insert_audit(ws, 9)
+        sent = len(env.requests.audit())
+        assert (await again.poll_once())["audit_logs"] == 1
+        assert "starting_after" in env.requests.audit()[sent]
+    counts_by_id = audit_counts(await bus_events(env.bus))
+    assert set(counts_by_id) == {r.id for r in state.audit_of(ws)} and set(counts_by_id.values()) == {1}
+    assert counts_by_id[behind.id] == counts_by_id[fresh.id] == 1
+
+
+async def test_state_without_new_fields_triggers_full_reread(env: Env) -> None:
+    """Cursor state written before last_id / last_full_read existed still loads; the next poll re-reads."""
+    state, ws = env.sim.state, env.world.workspace.id
+    await env.poller.poll_once()
+    key = "cursor/acme/audit_logs"
+    doc = orjson.loads((await env.bus.get_state(key)) or b"{}")
+    old = {k: doc[k] for k in ("v", "high_water", "high_water_iso", "floor", "seen")}
+    async with env.bus.transaction("poller-acme") as tx:
+        tx.put_state(key, orjson.dumps(old))
+    env.clock.advance(60)
+    state.insert_audit(ws, 1)
+    sent = len(env.requests.audit())
+    assert (await env.poller.poll_once())["audit_logs"] == 1
+    assert "start_date" in env.requests.audit()[sent]
+    doc = orjson.loads((await env.bus.get_state(key)) or b"{}")
+    assert doc["last_id"] == state.audit_of(ws)[-1].id and doc["last_full_read"] == env.clock.now()

@@ -79,6 +79,8 @@ class FakeInstantly:
         self.workspace: dict[str, Any] = load_fixture("workspace.current.json")
         self.collections: dict[str, list[dict[str, Any]]] = {name: [] for name in COLLECTIONS}
         self.audit: list[dict[str, Any]] = []
+        self.audit_order = "desc"
+        """``desc``: newest timestamp first; ``asc``: ascending by id (the simulator's order)."""
         self.trailing_cursor = True
         self.faults: list[Fault] = []
         self.calls: list[Call] = []
@@ -144,6 +146,8 @@ class FakeInstantly:
         start = query.get("start_date")
         if start:
             records = [r for r in records if r["timestamp"][:10] >= start]
+        if self.audit_order == "asc":
+            return sorted(records, key=lambda r: str(r["id"]))
         return sorted(records, key=lambda r: (r["timestamp"], r["id"]), reverse=True)  # newest first
 
     def _page(self, records: list[dict[str, Any]], query: Any) -> web.Response:

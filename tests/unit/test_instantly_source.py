@@ -215,6 +215,46 @@ async def test_failed_audit_page_keeps_committed_pages(env: tuple[FakeInstantly,
     assert len(evs) == 5
 
 
+async def test_descending_page_falls_back_to_windowed_read(
+    env: tuple[FakeInstantly, SqliteBus], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Listed ascending, the poller continues after last_id; when a page comes back descending it
+    re-reads the window for that poll (debug log), publishes the new records once and forgets last_id."""
+    fake, bus = env
+    clock = FakeClock()
+    t0 = clock.now()
+    fake.audit_order = "asc"
+    fake.audit = [audit_record(f"r{i:02d}", t0 - 100 + i) for i in range(3)]
+    async with make_poller(fake, bus, clock, streams=["audit_logs"]) as poller:
+        assert (await poller.poll_once())["audit_logs"] == 3
+        cursor = orjson.loads((await bus.get_state("cursor/acme/audit_logs")) or b"{}")
+        assert cursor["last_id"] == "r02" and cursor["last_full_read"] == t0
+        clock.advance(60)
+        fake.audit.append(audit_record("r03", clock.now() - 5))
+        assert (await poller.poll_once())["audit_logs"] == 1
+        assert fake.calls_to("/audit-logs")[-2].query["starting_after"] == "r02"
+        assert "start_date" not in fake.calls_to("/audit-logs")[-2].query
+        fake.audit_order = "desc"  # the API changes its order
+        clock.advance(60)
+        fake.audit += [audit_record("r04", clock.now() - 2), audit_record("r05", clock.now() - 1)]
+        sent = len(fake.calls_to("/audit-logs"))
+        with caplog.at_level(logging.DEBUG, logger="instantly_audit.instantly.streams"):
+            assert (await poller.poll_once())["audit_logs"] == 2
+        queries = [c.query for c in fake.calls_to("/audit-logs")[sent:]]
+        assert queries[0].get("starting_after") == "r03"  # incremental attempt: older records came back
+        assert "start_date" in queries[1] and "starting_after" not in queries[1]  # the windowed read
+        assert any("falling back to the windowed read" in r.getMessage() for r in caplog.records)
+        cursor = orjson.loads((await bus.get_state("cursor/acme/audit_logs")) or b"{}")
+        assert cursor["last_id"] is None
+        clock.advance(60)
+        sent = len(fake.calls_to("/audit-logs"))
+        assert (await poller.poll_once())["audit_logs"] == 0
+        assert all("starting_after" not in c.query for c in fake.calls_to("/audit-logs")[sent:][:1])
+    evs = await events(bus)
+    assert_once(evs)
+    assert sorted(e["source"]["record_id"] for e in evs) == [f"r{i:02d}" for i in range(6)]
+
+
 @pytest.mark.parametrize("kind", ["status", "no_items"])
 async def test_failed_snapshot_page_publishes_nothing(env: tuple[FakeInstantly, SqliteBus], kind: str) -> None:
     """A failed page of a snapshot listing publishes nothing and keeps the old snapshot."""
