@@ -57,6 +57,7 @@ log = logging.getLogger("instantly_audit.bus.kafka")
 T = TypeVar("T")
 DAY_MS = 86_400_000
 TOPIC_EXISTS = 36
+STALL_SECS = 5.0  # a transaction slower than this means the broker is unreachable or struggling
 PRODUCER_BATCH_BYTES = 512 * 1024  # aiokafka's 16 KiB default caps a batch at ~20 events
 FETCH_PARTITION_BYTES = 8 * 1024 * 1024
 
@@ -334,7 +335,7 @@ class KafkaBus:
             for attempt in range(1, self.max_txn_attempts + 1):
                 try:
                     p = await self._producer(txn_id)
-                    await self._send_txn(p, txn)
+                    await self._watched(txn_id, self._send_txn(p, txn))
                     self._recovered(txn_id)
                     break
                 except ProducerFenced:
@@ -393,6 +394,21 @@ class KafkaBus:
             await p.send_offsets_to_transaction(offsets, group)
         await asyncio.gather(*futures)
         await p.commit_transaction()
+
+    async def _watched(self, txn_id: str, work: Awaitable[None]) -> None:
+        """Run a transaction; if it has not finished after ``STALL_SECS`` (aiokafka retries a dead
+        broker internally, silently), say once that publishing is stalled — the recovery is then
+        logged when it completes."""
+
+        async def watchdog() -> None:
+            await asyncio.sleep(STALL_SECS)
+            self._failed(txn_id, TimeoutError(f"transaction not confirmed after {STALL_SECS:.0f}s"))
+
+        dog = asyncio.create_task(watchdog())
+        try:
+            await work
+        finally:
+            dog.cancel()
 
     def _failed(self, txn_id: str, err: BaseException) -> None:
         """Count a failed transaction; say once per outage that publishing is paused."""
