@@ -241,6 +241,51 @@ async def scan(
                 yield out
 
 
+async def scan_values(
+    bus: Bus,
+    sel: Selection,
+    stats: ReplayStats,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    batch: int = 5000,
+) -> AsyncIterator[list[bytes]]:
+    """Yield record values of an unfiltered selection (offset/topic range only): replay's JSON Lines path.
+
+    Falls back to :func:`scan` when the selection filters content or the consumer has no
+    values-only read.
+    """
+    async with bus.consumer([sel.topic], start="earliest") as c:
+        poll_values = getattr(c, "poll_values", None)
+        if sel.filters_content or sel.limit is not None or poll_values is None:
+            fallback = True
+        else:
+            fallback = False
+            await c.seek_to_beginning()
+            for tp, off in sel.from_offsets.items():
+                for t in c.assignment() if tp.partition == -1 else {tp}:
+                    await c.seek(t, off)
+            ends = await c.end_offsets()
+            for tp, off in sel.to_offsets.items():
+                for t in c.assignment() if tp.partition == -1 else {tp}:
+                    ends[t] = min(ends.get(t, 0), off + 1)
+            starts = c.positions()
+            total = sum(max(0, ends[tp] - starts.get(tp, 0)) for tp in ends)
+            while True:
+                pos = c.positions()
+                if all(pos.get(tp, 0) >= end for tp, end in ends.items()):
+                    break
+                values = await poll_values(batch, ends)
+                stats.scanned += len(values)
+                stats.matched += len(values)
+                if progress is not None:
+                    progress(stats.scanned, total)
+                if values:
+                    yield values
+    if fallback:
+        async for items in scan(bus, sel, stats, progress=progress, decode=False):
+            yield [r.value for r, _ in items]
+
+
 def sort_timeline(items: Sequence[tuple[Record, dict[str, Any]]]) -> list[tuple[Record, dict[str, Any]]]:
     """Order by event time, then publish order — the investigator's first view."""
     return sorted(items, key=lambda it: (event_time(it[1]) or 0.0, it[0].timestamp_ms, it[0].partition, it[0].offset))

@@ -15,7 +15,16 @@ import orjson
 from pipeline.bus.base import Record
 from pipeline.clock import SYSTEM_CLOCK
 from pipeline.errors import ConfigError
-from pipeline.replay import TOPICS, ReplayStats, Selection, parse_offsets, parse_when, scan, sort_timeline
+from pipeline.replay import (
+    TOPICS,
+    ReplayStats,
+    Selection,
+    parse_offsets,
+    parse_when,
+    scan,
+    scan_values,
+    sort_timeline,
+)
 
 SEV_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan", "info": "dim"}
 
@@ -120,12 +129,12 @@ async def _run(args: argparse.Namespace, cfg: Any, sel: Selection) -> int:
                 from pipeline.replay_deliver import redeliver
 
                 return await redeliver(bus, cfg, sel, stats, args.to_sink, progress.update)
-            raw_lines = not (table or args.timeline)
-            async for batch in scan(bus, sel, stats, progress=progress.update, decode=not raw_lines):
-                if table or args.timeline:
+            if not (table or args.timeline):
+                async for values in scan_values(bus, sel, stats, progress=progress.update):
+                    out.write(b"\n".join(values) + b"\n")
+            else:
+                async for batch in scan(bus, sel, stats, progress=progress.update):
                     collected.extend(batch)
-                else:
-                    out.write(b"".join(r.value.rstrip(b"\n") + b"\n" for r, _ in batch))
             if args.timeline:
                 collected = sort_timeline(collected)
             if table:

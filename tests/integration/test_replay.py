@@ -257,3 +257,16 @@ def test_table_output_is_readable(tmp_path: Path, capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     assert "api_key.created" in out and "User 1" in out and "scopes=" in out
     json.dumps(out)
+
+
+def test_unfiltered_jsonl_is_every_record_once(
+    bus_cfg: dict[str, Any], tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """An unfiltered JSON Lines replay (the values-only fast path) writes every record once, per-key order kept."""
+    events = _events()
+    asyncio.run(_publish(bus_cfg, events))
+    cfg = _config(tmp_path, bus_cfg)
+    got = _replay(capsysbinary, "-c", str(cfg))
+    assert sorted(g["id"] for g in got) == sorted(e.id for e in events)
+    for ws in ("ws-a", "ws-b"):
+        assert [g["id"] for g in got if g["workspace"]["id"] == ws] == [e.id for e in events if e.workspace.id == ws]
