@@ -371,8 +371,12 @@ class KafkaBus:
         # Group by partition (Kafka's murmur2 default partitioner) and hand aiokafka whole
         # record batches: per-message send() costs ~30 µs in Python, a batch append ~3 µs.
         groups: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, int | None, list[Header]]]] = {}
+        parts_of: dict[str, list[int]] = {}
         for r in txn.records:
-            part = self._partitioner(r.key, await self._all_partitions(r.topic))
+            parts = parts_of.get(r.topic)
+            if parts is None:
+                parts = parts_of[r.topic] = await self._all_partitions(r.topic)
+            part = self._partitioner(r.key, parts)
             groups.setdefault((self.phys(r.topic), part), []).append((r.key, r.value, r.timestamp_ms, list(r.headers)))
         for k, v in txn.state.items():
             groups.setdefault((self.phys(STATE_TOPIC), 0), []).append((k.encode(), v, None, []))
