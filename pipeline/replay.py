@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.bus.base import ALERTS_TOPIC, DEADLETTER_TOPIC, EVENTS_TOPIC, Bus, Record, TopicPartition
+from pipeline.bus.base import ALERTS_TOPIC, DEADLETTER_TOPIC, EVENTS_TOPIC, Bus, Consumer, Record, TopicPartition
 from pipeline.clock import Clock, parse_time
 from pipeline.errors import ConfigError
 from schemas.alert import severity_rank
@@ -175,6 +175,23 @@ class ReplayStats:
         return self.scanned / max(time.monotonic() - self.started, 1e-9)
 
 
+async def _position(c: Consumer, sel: Selection) -> tuple[dict[TopicPartition, int], int]:
+    """Seek ``c`` to the selection's start; return the end offsets (fixed now) and the record count."""
+    if sel.since is not None:
+        await c.seek_to_time(int(sel.since * 1000))
+    else:
+        await c.seek_to_beginning()
+    for tp, off in sel.from_offsets.items():
+        for t in c.assignment() if tp.partition == -1 else {tp}:
+            await c.seek(t, off)
+    ends = await c.end_offsets()
+    for tp, off in sel.to_offsets.items():
+        for t in c.assignment() if tp.partition == -1 else {tp}:
+            ends[t] = min(ends.get(t, 0), off + 1)
+    starts = c.positions()
+    return ends, sum(max(0, ends[tp] - starts.get(tp, 0)) for tp in ends)
+
+
 async def scan(
     bus: Bus,
     sel: Selection,
@@ -192,20 +209,7 @@ async def scan(
     needs_decode = decode or sel.filters_content
     empty: dict[str, Any] = {}
     async with bus.consumer([sel.topic], start="earliest") as c:
-        if sel.since is not None:
-            await c.seek_to_time(int(sel.since * 1000))
-        else:
-            await c.seek_to_beginning()
-        for tp, off in sel.from_offsets.items():
-            targets = c.assignment() if tp.partition == -1 else {tp}
-            for t in targets:
-                await c.seek(t, off)
-        ends = await c.end_offsets()
-        for tp, off in sel.to_offsets.items():
-            for t in c.assignment() if tp.partition == -1 else {tp}:
-                ends[t] = min(ends.get(t, 0), off + 1)
-        starts = c.positions()
-        total = sum(max(0, ends[tp] - starts.get(tp, 0)) for tp in ends)
+        ends, total = await _position(c, sel)
         while True:
             pos = c.positions()
             if all(pos.get(tp, 0) >= end for tp, end in ends.items()):
@@ -260,16 +264,7 @@ async def scan_values(
             fallback = True
         else:
             fallback = False
-            await c.seek_to_beginning()
-            for tp, off in sel.from_offsets.items():
-                for t in c.assignment() if tp.partition == -1 else {tp}:
-                    await c.seek(t, off)
-            ends = await c.end_offsets()
-            for tp, off in sel.to_offsets.items():
-                for t in c.assignment() if tp.partition == -1 else {tp}:
-                    ends[t] = min(ends.get(t, 0), off + 1)
-            starts = c.positions()
-            total = sum(max(0, ends[tp] - starts.get(tp, 0)) for tp in ends)
+            ends, total = await _position(c, sel)
             while True:
                 pos = c.positions()
                 if all(pos.get(tp, 0) >= end for tp, end in ends.items()):
