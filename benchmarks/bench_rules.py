@@ -3,15 +3,25 @@
 Generates a deterministic mix of Event v1 records shaped like a busy audit log: 60 % logins over
 ``--users`` users (0.2 % from a new IP), 32 % lead/campaign activity, MFA challenges, exports,
 deletions, and 0.5 % API-key / webhook / member / block-list snapshot changes. Then, chunk by
-chunk in the same run:
+chunk in the same run, over the same serialized events:
 
-* baseline — iterate the serialized events and ``orjson.loads`` each one;
-* rules — decode each into an Event v1, evaluate every built-in rule in batches of ``--batch``
-  (including encoding the changed rule state, as the worker commits it).
+* baseline "orjson.loads" — iterate the serialized events and ``orjson.loads`` each one;
+* baseline "decode to Event" — decode each into an Event v1 (``decode_event``: ``orjson.loads``
+  plus building the Event) in batches of ``--batch``, exactly as the rules leg decodes them;
+* rules — decode the same way, then evaluate every built-in rule on each batch (including
+  encoding the changed rule state, as the worker commits it, and a tick per simulated hour).
 
-It prints events/s for both, their ratio, the alerts raised, and the size of the rule state at the
-end (keys and bytes, as stored in ``instantly.state.v1``). With ``--worker`` it also runs the
-RulesWorker over an embedded SQLite bus (one transaction per batch) on ``--worker-events`` events.
+**The target (rules ≥ 50 % of the baseline) applies to the decode-to-Event baseline**: the rules
+consume Event v1 objects, so every consumer of the bus pays ``orjson.loads`` plus building the
+Event before any work of its own, and measuring that decode the way the rules leg does isolates
+what evaluating the rules adds. The ratio against bare ``orjson.loads`` is printed for reference.
+
+Times are CPU seconds of this process (``time.process_time``: load from other processes on a
+shared machine hits every leg alike); the whole measurement runs ``--repeat`` times on fresh
+engines and every figure printed is the median over the repeats. It also prints the alerts
+raised and the size of the rule state at the end (keys and bytes, as stored in
+``instantly.state.v1``). With ``--worker`` it also runs the RulesWorker over an embedded SQLite
+bus (one transaction per batch, wall time) on ``--worker-events`` events.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import asyncio
 import gc
 import platform
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -117,19 +128,28 @@ def chunks(it: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
 
 
 def bench_engine(args: argparse.Namespace) -> dict[str, float]:
-    """Baseline and rules over the same chunks; returns the measurements."""
+    """Both baselines and the rules over the same chunks; returns the measurements (CPU time)."""
     engine = RulesEngine.from_config(CONFIG, clock=FakeClock(T0))
-    base_s = rules_s = 0.0
+    clock = time.process_time
+    loads_s = decode_s = rules_s = 0.0
+    batch: list[Event] = []
     alerts = failures = 0
     tick_every = max(1, args.events // 720)  # a tick per simulated hour
     seen = 0
     for chunk in chunks(generate(args.events, args.users, args.workspaces, args.seed), 100_000):
         gc.collect()
-        t = time.perf_counter()
+        t = clock()
         for raw in chunk:
             orjson.loads(raw)
-        base_s += time.perf_counter() - t
-        t = time.perf_counter()
+        loads_s += clock() - t
+        gc.collect()
+        t = clock()
+        for i in range(0, len(chunk), args.batch):
+            batch = [decode_event(raw) for raw in chunk[i : i + args.batch]]
+        decode_s += clock() - t
+        batch = []
+        gc.collect()
+        t = clock()
         for i in range(0, len(chunk), args.batch):
             batch = [decode_event(raw) for raw in chunk[i : i + args.batch]]
             result = engine.evaluate(batch)
@@ -138,10 +158,19 @@ def bench_engine(args: argparse.Namespace) -> dict[str, float]:
             seen += len(batch)
             if seen // tick_every != (seen - len(batch)) // tick_every:
                 alerts += len(engine.tick(T0 + SPAN * seen / args.events).alerts)
-        rules_s += time.perf_counter() - t
+        rules_s += clock() - t
     keys, size = state_size(engine.state_items().items())
-    return {"base": args.events / base_s, "rules": args.events / rules_s, "alerts": alerts,
-            "failures": failures, "keys": keys, "bytes": size, "rules_n": len(engine.ruleset.enabled)}  # fmt: skip
+    return {"loads": args.events / loads_s, "decode": args.events / decode_s, "rules": args.events / rules_s,
+            "alerts": alerts, "failures": failures, "keys": keys, "bytes": size,
+            "rules_n": len(engine.ruleset.enabled)}  # fmt: skip
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Per measurement, the median over the repeats (ratios are taken per run first)."""
+    for r in runs:
+        r["ratio_decode"] = r["rules"] / r["decode"]
+        r["ratio_loads"] = r["rules"] / r["loads"]
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
 async def bench_worker(args: argparse.Namespace) -> float:
@@ -177,24 +206,29 @@ def main() -> None:
     p.add_argument("--workspaces", type=int, default=10)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--repeat", type=int, default=3, help="full measurements on fresh engines (medians printed)")
     p.add_argument("--worker", action="store_true", help="also measure the RulesWorker on a SQLite bus")
     p.add_argument("--worker-events", type=int, default=100_000)
     args = p.parse_args()
-    r = bench_engine(args)
+    r = median_of([bench_engine(args) for _ in range(max(1, args.repeat))])
     rows = [
-        ("baseline: iterate + orjson.loads", f"{r['base']:,.0f} events/s"),
+        ("baseline: iterate + orjson.loads", f"{r['loads']:,.0f} events/s"),
+        (f"baseline: decode to Event v1 (batches of {args.batch})", f"{r['decode']:,.0f} events/s"),
         (f"rules: decode + {r['rules_n']:.0f} rules + state", f"{r['rules']:,.0f} events/s"),
-        ("ratio rules / baseline", f"{r['rules'] / r['base']:.3f}  (1 : {r['base'] / r['rules']:.1f})"),
+        ("ratio rules / decode-to-Event (target >= 0.50)",
+         f"{r['ratio_decode']:.3f}  (1 : {1 / r['ratio_decode']:.1f})"),
+        ("ratio rules / orjson.loads", f"{r['ratio_loads']:.3f}  (1 : {1 / r['ratio_loads']:.1f})"),
         ("alerts raised", f"{r['alerts']:,.0f}"),
         ("rule failures", f"{r['failures']:,.0f}"),
         ("rule state keys", f"{r['keys']:,.0f}"),
         ("rule state size", f"{r['bytes'] / 1_048_576:.2f} MiB ({r['bytes']:,.0f} bytes)"),
-    ]
+    ]  # fmt: skip
     if args.worker:
         rows.append((f"worker on SQLite bus ({min(args.worker_events, args.events):,} ev)",
                      f"{asyncio.run(bench_worker(args)):,.0f} events/s"))  # fmt: skip
     print(f"instantly-audit rules benchmark: {args.events:,} events, {args.users:,} users, "
-          f"{args.workspaces} workspaces, batch {args.batch}")  # fmt: skip
+          f"{args.workspaces} workspaces, batch {args.batch}, "
+          f"median of {max(1, args.repeat)} runs (CPU time)")  # fmt: skip
     print(f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, {cpu()}\n")
     w = max(len(a) for a, _ in rows)
     v = max(len(b) for _, b in rows)

@@ -2,7 +2,9 @@
 
 The loop is what a sink runner does per batch: decode each event's JSON and render it
 (here: pick fields and re-encode, a stand-in for a format), then per batch one span linked
-to the records' traces, counters for received / sent / deliveries and the lag gauge. The
+to the records' traces (``link_headers``: the first ``MAX_BATCH_LINKS`` distinct traces and a
+``batch.traces`` count, read only when the span is recorded), counters for received / sent /
+deliveries and the lag gauge. The
 "on" leg has the Prometheus reader and records every span, exporting it synchronously to a
 null exporter (an upper bound: production exports in a background thread). The "off" leg
 uses the disabled instance every component gets by default. Both legs process the same
@@ -66,7 +68,7 @@ def make_records(n: int, tel: Telemetry) -> list[tuple[bytes, tuple[Header, ...]
 
 def process_batch(tel: Telemetry, chunk: list[tuple[bytes, tuple[Header, ...]]], lag: int) -> int:
     """One sink batch: decode and render every event, with the telemetry a sink runner records."""
-    with tel.span("sink.batch", {"sink": "soc", "batch.size": len(chunk)}, links=tel.links(h for _, h in chunk)):
+    with tel.span("sink.batch", {"sink": "soc", "batch.size": len(chunk)}, link_headers=(h for _, h in chunk)):
         tel.records_received("sink", "splunk_hec", "soc", n=len(chunk))
         out = []
         for value, _ in chunk:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Final, Literal
 
 from opentelemetry import trace
-from opentelemetry.context import Context
+from opentelemetry.context import Context, attach, detach
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricReader, PeriodicExportingMetricReader
@@ -37,7 +37,18 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import INVALID_SPAN, Link, NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    set_span_in_context,
+)
 from opentelemetry.util.types import AttributeValue
 
 from pipeline import __version__
@@ -199,6 +210,69 @@ class _NoopSpan:
 
 _NOOP_SPAN: Final = _NoopSpan()
 _EMPTY_CONTEXT: Final = Context()
+MAX_BATCH_LINKS: Final = 8
+"""Links a batch span carries at most (the first distinct traces of its records); the span's
+``batch.traces`` attribute says how many distinct traces the batch held."""
+_TRACEPARENTS: dict[bytes, SpanContext | None] = {}
+"""Parsed ``traceparent`` values: the records of one poll page share one, batch after batch."""
+_MAX_TRACEPARENTS = 4096
+
+
+class _SpanScope:
+    """The current-span context manager of an enabled instance, without the generator machinery.
+
+    Does what ``Tracer.start_as_current_span`` does (start, make current, record an escaping
+    ``Exception`` and set the ERROR status when recording, end), in one small object, and links
+    the span to ``link_headers`` (a batch's records' headers) only when it records.
+    """
+
+    __slots__ = ("_attributes", "_context", "_kind", "_link_headers", "_links", "_name", "_span", "_token", "_tracer")
+
+    def __init__(
+        self,
+        tracer: trace.Tracer,
+        name: str,
+        attributes: Mapping[str, AttributeValue] | None,
+        context: Context | None,
+        links: Sequence[Link],
+        kind: SpanKind,
+        link_headers: Iterable[Iterable[Header]] | None,
+    ) -> None:
+        self._tracer = tracer
+        self._name = name
+        self._attributes = attributes
+        self._context = context
+        self._links = links
+        self._kind = kind
+        self._link_headers = link_headers
+        self._span: Span = INVALID_SPAN
+        self._token: object = None
+
+    def __enter__(self) -> Span:
+        span = self._span = self._tracer.start_span(
+            self._name, context=self._context, kind=self._kind, attributes=self._attributes, links=self._links
+        )
+        if self._link_headers is not None and span.is_recording():
+            try:
+                contexts, count = batch_trace_contexts(self._link_headers, MAX_BATCH_LINKS)
+            except BaseException:
+                span.end()
+                raise
+            for sc in contexts:
+                span.add_link(sc)
+            span.set_attribute("batch.traces", count)
+        self._token = attach(set_span_in_context(span))
+        return span
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        span = self._span
+        try:
+            if isinstance(exc, Exception) and span.is_recording():
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        finally:
+            detach(self._token)  # type: ignore[arg-type]
+            span.end()
 
 
 Key = tuple[AttributeValue, ...]
@@ -489,6 +563,7 @@ class Telemetry:
         *,
         context: Context | None = None,
         links: Sequence[Link] = (),
+        link_headers: Iterable[Iterable[Header]] | None = None,
         kind: SpanKind = SpanKind.INTERNAL,
     ) -> AbstractContextManager[Span]:
         """A span around a unit of work (``poll.page``, ``bus.publish``, ``rules.batch``, ``sink.batch``).
@@ -496,12 +571,14 @@ class Telemetry:
         Made current for its duration (so :meth:`inject_traceparent` inside it names it);
         ``context`` (from :meth:`extract`) makes it a child of a remote span. An exception
         leaving the block is recorded and marks the span as an error.
+
+        ``link_headers`` — the headers of a batch's records — links the span to their traces
+        (the first :data:`MAX_BATCH_LINKS` distinct ones; ``batch.traces`` tells how many there
+        were), only when the span is recorded: an unsampled batch does not even read them.
         """
         if not self.enabled:
             return _NOOP_SPAN
-        return self._tracer.start_as_current_span(
-            name, context=context, kind=kind, attributes=attributes, links=links or None
-        )
+        return _SpanScope(self._tracer, name, attributes, context, links, kind, link_headers)
 
     def inject_traceparent(self) -> bytes | None:
         """The W3C ``traceparent`` of the current span, or None when there is none."""
@@ -523,30 +600,68 @@ class Telemetry:
             return _EMPTY_CONTEXT
         for name, value in headers:
             if name == TRACEPARENT:
-                sc = parse_traceparent(value)
-                return trace.set_span_in_context(NonRecordingSpan(sc)) if sc is not None else _EMPTY_CONTEXT
+                sc = cached_traceparent(value)
+                return set_span_in_context(NonRecordingSpan(sc)) if sc is not None else _EMPTY_CONTEXT
         return _EMPTY_CONTEXT
 
     def links(self, headers_of_records: Iterable[Iterable[Header]], limit: int = 64) -> list[Link]:
         """Links to the traces of a batch's records (one per distinct trace, at most ``limit``).
 
         A sink or rules batch spans many events; linking its span to each event's trace lets
-        one event be followed from the Instantly request to the SIEM request. Records of one
-        poll page share a traceparent, so each distinct header value is parsed once.
+        one event be followed from the Instantly request to the SIEM request. Prefer
+        ``span(..., link_headers=...)``, which reads the headers only for a recorded span.
         """
         if not self.enabled:
             return []
-        distinct = {v: None for headers in headers_of_records for k, v in headers if k == TRACEPARENT}
-        out: list[Link] = []
-        seen: set[int] = set()
-        for value in distinct:
-            sc = parse_traceparent(value)
-            if sc is not None and sc.trace_id not in seen:
-                seen.add(sc.trace_id)
-                out.append(Link(sc))
-                if len(out) >= limit:
-                    break
-        return out
+        return [Link(sc) for sc in batch_trace_contexts(headers_of_records, limit)[0]]
+
+
+def batch_trace_contexts(headers_of_records: Iterable[Iterable[Header]], limit: int) -> tuple[list[SpanContext], int]:
+    """The span contexts of the first ``limit`` distinct traces in a batch's records, and how many there are.
+
+    Records of one poll page share a traceparent (often the very same headers tuple), so
+    repeats are skipped before any parsing, and each distinct value is parsed once per process
+    (:func:`cached_traceparent`).
+    """
+    out: list[SpanContext] = []
+    traces: set[int] = set()
+    values: set[bytes] = set()
+    prev_headers: object = None
+    prev_value: bytes | None = None
+    for headers in headers_of_records:
+        if headers is prev_headers:
+            continue
+        prev_headers = headers
+        for name, value in headers:
+            if name != TRACEPARENT or value == prev_value:
+                continue
+            prev_value = value
+            try:
+                if value in values:
+                    continue
+                values.add(value)
+            except TypeError:  # an unhashable value (a bytearray): no short cut
+                pass
+            sc = cached_traceparent(value)
+            if sc is not None and sc.trace_id not in traces:
+                traces.add(sc.trace_id)
+                if len(out) < limit:
+                    out.append(sc)
+    return out, len(traces)
+
+
+def cached_traceparent(value: bytes) -> SpanContext | None:
+    """:func:`parse_traceparent`, remembered for the last few thousand distinct values."""
+    try:
+        return _TRACEPARENTS[value]
+    except KeyError:
+        pass
+    except TypeError:  # not hashable (a bytearray): parse it every time
+        return parse_traceparent(value)
+    if len(_TRACEPARENTS) >= _MAX_TRACEPARENTS:
+        _TRACEPARENTS.clear()
+    sc = _TRACEPARENTS[value] = parse_traceparent(value)
+    return sc
 
 
 def parse_traceparent(value: bytes) -> SpanContext | None:

@@ -158,6 +158,7 @@ class RuleState:
         "data_touched",
         "rule_id",
         "sub_time",
+        "sub_written",
         "subs",
         "subs_removed",
         "subs_touched",
@@ -172,6 +173,7 @@ class RuleState:
         self.data: dict[str, Any] = {}
         self.subs: dict[str, dict[str, Any]] = {}
         self.sub_time: dict[str, float] = {}
+        self.sub_written: dict[str, tuple[str, int]] = {}  # the store's: bus key and hash of the stored bytes
         self.tracks: dict[str, AlertTrack] = {}
         self.data_touched = False
         self.subs_touched: set[str] = set()

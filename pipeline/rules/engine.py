@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,7 +39,7 @@ from pipeline.rules.matcher import type_matches
 from pipeline.rules.state import StateProblem, StateStore
 from schemas.alert import Alert, RuleRef, Severity, severity_rank
 from schemas.event import SCHEMA as EVENT_SCHEMA
-from schemas.event import Event
+from schemas.event import Event, WorkspaceRef
 from schemas.ids import deterministic_id
 
 MAX_TRACKS = 10_000
@@ -48,6 +49,28 @@ MAX_EVENT_IDS = 50
 MAX_SUMMARY = 1024
 """PagerDuty's summary limit."""
 _ROUTE_CACHE = 4096
+_PLAN_CACHE = 16_384
+_EMPTY: tuple[()] = ()
+_fromisoformat = datetime.fromisoformat
+
+
+def event_time(text: str) -> float:
+    """:func:`~pipeline.clock.parse_time` with a fast path for the RFC 3339 times events carry.
+
+    ``datetime.fromisoformat`` reads ``2026-03-05T23:09:47.337Z`` directly (Python 3.11+); any
+    text it refuses or reads as a naive time goes through ``parse_time`` itself, so results and
+    errors are the same.
+
+    Raises:
+        ValueError, TypeError, AttributeError: as ``parse_time``.
+    """
+    try:
+        dt = _fromisoformat(text)
+    except (ValueError, TypeError):
+        return parse_time(text)
+    if dt.tzinfo is None:
+        return parse_time(text)
+    return dt.timestamp()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +108,10 @@ def decode_event(data: bytes) -> Event:
         raise ValueError("not a JSON object")
     if d.get("schema", EVENT_SCHEMA) != EVENT_SCHEMA:
         raise ValueError(f"unsupported schema {d.get('schema')!r}")
-    if not all(isinstance(d.get(k), str) for k in ("id", "type", "time")):
+    if not (isinstance(d.get("id"), str) and isinstance(d.get("type"), str) and isinstance(d.get("time"), str)):
         raise ValueError("not an Event v1 (id, type and time must be strings)")
     ws, attrs = d.get("workspace"), d.get("attributes")
-    if not isinstance(ws, dict) or not isinstance(ws.get("id"), str) or not isinstance(attrs, dict | None):
+    if not isinstance(ws, dict) or not isinstance(ws.get("id"), str) or not (attrs is None or isinstance(attrs, dict)):
         raise ValueError("not an Event v1 (workspace.id must be a string, attributes an object)")
     try:
         return Event.from_dict(d)
@@ -127,6 +150,29 @@ class _Bound:
             m = self.rule.meta
             r = self.refs[severity] = RuleRef(m.id, m.version, m.title, severity, m.runbook, m.attack, m.basic)
         return r
+
+
+_Step = tuple[_Bound, RuleContext, Rule, bool]
+
+
+class _Plan:
+    """What one (workspace, event type, activity code) runs: the routed rules with their contexts.
+
+    Each step is (bound rule, context, rule, open-only): an open-only rule can only clear
+    an open condition for this event type (a YAML rule's resolve block), so it is skipped while
+    its state tracks nothing. ``name``/``name_gen`` remember that every state here carried the
+    workspace name ``name`` at the engine's rename generation ``name_gen``; ``serial`` is the
+    last evaluation whose touched set received ``states``.
+    """
+
+    __slots__ = ("name", "name_gen", "serial", "states", "steps")
+
+    def __init__(self, steps: tuple[_Step, ...]):
+        self.steps = steps
+        self.states = tuple(ctx.state for _, ctx, _, _ in steps)
+        self.name: str | None = None
+        self.name_gen = -1
+        self.serial = -1
 
 
 class _Pending:
@@ -195,6 +241,9 @@ class RulesEngine:
         self._store = StateStore({b.id: b.rule.meta.version for b in self._bound})
         self._ctxs: dict[str, dict[str, RuleContext]] = {}  # workspace id -> rule id -> context
         self._routes: dict[tuple[str, int | None], tuple[_Bound, ...]] = {}
+        self._plans: dict[tuple[str, str, int | None], _Plan] = {}  # (workspace id, type, code) -> plan
+        self._serial = 0  # evaluations so far
+        self._name_gen = 0  # bumped whenever a rule state's workspace (name) is replaced
         self.state_problems: list[StateProblem] = []
         if state:
             self.load_state(state)
@@ -214,6 +263,7 @@ class RulesEngine:
     def load_state(self, items: Mapping[str, bytes]) -> list[StateProblem]:
         """Replace the in-memory rule state with ``items`` (``bus.state_items("rules/")``)."""
         self._ctxs.clear()
+        self._plans.clear()
         self.state_problems = self._store.load(items)
         return self.state_problems
 
@@ -223,44 +273,60 @@ class RulesEngine:
 
     # ---- evaluation ----------------------------------------------------------------------
     def evaluate(self, events: Iterable[Event]) -> Evaluation:
-        """Run every enabled rule over ``events`` in order; return alerts and changed state."""
+        """Run every enabled rule over ``events`` in order; return alerts and changed state.
+
+        Each event runs the rules its (workspace, type, activity code) routes to, in rule order,
+        through a cached :class:`_Plan`; ``tests/unit/test_rules_equivalence.py`` checks that this
+        gives exactly what the plain loop (route, look up the context, call) gives.
+        """
         batch = _Batch()
-        n = 0
+        failures = batch.failures
+        apply = self._apply
+        plans = self._plans
         touched = self._store.touched
+        self._serial += 1
+        serial = self._serial
+        n = 0
+        fromiso = _fromisoformat
         for ev in events:
             n += 1
-            try:
-                t = parse_time(ev.time)
-            except (ValueError, TypeError, AttributeError) as err:
-                batch.failures.append(RuleFailure(None, ev.id, ev.workspace.id, f"invalid time {ev.time!r}: {err}"))
-                continue
+            try:  # event_time(ev.time), inlined
+                dt = fromiso(ev.time)
+                if dt.tzinfo is None:
+                    raise ValueError("naive")  # parse_time decides
+                t = dt.timestamp()
+            except (ValueError, TypeError):
+                try:
+                    t = parse_time(ev.time)
+                except (ValueError, TypeError, AttributeError) as err:
+                    failures.append(RuleFailure(None, ev.id, ev.workspace.id, f"invalid time {ev.time!r}: {err}"))
+                    continue
+            ws = ev.workspace
             code: int | None = None
             if ev.source.kind == "audit_log":
                 c = ev.attributes.get("activity_code")
                 code = c if isinstance(c, int) and not isinstance(c, bool) else -1
-            routed = self._route(ev.type, code)
-            if not routed:
+            plan = plans.get((ws.id, ev.type, code))
+            if plan is None:
+                plan = self._plan(ws, ev.type, code)
+            if not plan.steps:
                 continue
-            ws = ev.workspace
-            ctxs = self._ctxs.get(ws.id)
-            if ctxs is None:
-                ctxs = self._ctxs[ws.id] = {}
-            for b in routed:
-                ctx = ctxs.get(b.id)
-                if ctx is None:
-                    ctx = ctxs[b.id] = RuleContext(self._store.get(b.id, ws), self._clock, suppress_secs=b.suppress)
-                else:
-                    st = ctx.state
-                    if ws.name is not None and ws.name != st.workspace.name:
-                        st.workspace = ws
-                        st.data_touched = True
-                    touched.add(st)
+            if plan.serial != serial:
+                plan.serial = serial
+                touched.update(plan.states)
+            if ws.name is not None and (ws.name != plan.name or plan.name_gen != self._name_gen):
+                self._rename(plan, ws)
+            for b, ctx, rule, open_only in plan.steps:
+                if open_only and not ctx.state.tracks:
+                    continue
                 ctx.now = t
                 try:
-                    for f in b.rule.on_event(ctx, ev):
-                        self._apply(b, ctx, f, batch)
+                    found = rule.on_event(ctx, ev)
+                    if found is not _EMPTY:
+                        for f in found:
+                            apply(b, ctx, f, batch)
                 except Exception as err:  # noqa: BLE001 - one faulty rule must not stop the others
-                    batch.failures.append(RuleFailure(b.id, ev.id, ev.workspace.id, f"{type(err).__name__}: {err}"))
+                    failures.append(RuleFailure(b.id, ev.id, ev.workspace.id, f"{type(err).__name__}: {err}"))
         return self._finish(batch, n)
 
     def tick(self, now: float | None = None) -> Evaluation:
@@ -291,6 +357,40 @@ class RulesEngine:
         return self._finish(batch, 0)
 
     # ---- internals -----------------------------------------------------------------------
+    def _plan(self, ws: WorkspaceRef, etype: str, code: int | None) -> _Plan:
+        """Build (and cache) the plan of a (workspace, type, code), creating the rules' contexts."""
+        ctxs = self._ctxs.get(ws.id)
+        if ctxs is None:
+            ctxs = self._ctxs[ws.id] = {}
+        steps: list[_Step] = []
+        for b in self._route(etype, code):
+            ctx = ctxs.get(b.id)
+            if ctx is None:
+                ctx = ctxs[b.id] = RuleContext(self._store.get(b.id, ws), self._clock, suppress_secs=b.suppress)
+            only_resolves = getattr(b.rule, "only_resolves", None)
+            open_only = bool(only_resolves(etype)) if callable(only_resolves) else False
+            steps.append((b, ctx, b.rule, open_only))
+        plan = _Plan(tuple(steps))
+        self._name_gen += 1  # StateStore.get may have renamed a state: every plan re-checks once
+        if len(self._plans) >= _PLAN_CACHE:
+            self._plans.clear()
+        self._plans[(ws.id, etype, code)] = plan
+        return plan
+
+    def _rename(self, plan: _Plan, ws: WorkspaceRef) -> None:
+        """Give the plan's states the event's workspace when its name differs (persisted with the state)."""
+        name = ws.name
+        renamed = False
+        for st in plan.states:
+            if name != st.workspace.name:
+                st.workspace = ws
+                st.data_touched = True
+                renamed = True
+        if renamed:
+            self._name_gen += 1
+        plan.name = name
+        plan.name_gen = self._name_gen
+
     def _route(self, etype: str, code: int | None) -> tuple[_Bound, ...]:
         key = (etype, code)
         r = self._routes.get(key)

@@ -446,6 +446,14 @@ class MatchRule:
                 self._routes[event_type] = r
         return r
 
+    def only_resolves(self, event_type: str) -> bool:
+        """Whether, for this event type, the rule can only clear an open condition (detection does not apply).
+
+        :meth:`on_event` then returns nothing while ``ctx.state.tracks`` is empty, so the engine
+        skips the call (``pipeline.poller_unauthorized`` sees every audit record this way).
+        """
+        return not self._route(event_type)[0]
+
     def on_event(self, ctx: RuleContext, event: Event) -> Iterable[Finding]:
         """Match the detection (open) or, when something is open, the resolve block."""
         detect, resolve = self._route(event.type)

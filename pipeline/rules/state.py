@@ -11,7 +11,9 @@ A rule whose version changed starts with empty ``data``/``subs`` (its open alert
 kept so they can still resolve). A blob that cannot be decoded is skipped and reported.
 
 :class:`StateStore` holds every :class:`RuleState` in memory, remembers a hash of what it
-last wrote per key, and :meth:`StateStore.flush` returns only the keys whose bytes changed.
+last wrote per key (for entity documents, in their state's ``sub_written`` with the key, so a
+rewrite looks up one small table), and :meth:`StateStore.flush` returns only the keys whose
+bytes changed.
 """
 
 from __future__ import annotations
@@ -128,7 +130,11 @@ class StateStore:
                         doc = orjson.loads(value)
                         if not isinstance(doc.get("d"), dict):
                             raise ValueError("entity document is not an object")
-                        subs.append((key, st, unquote(parts[3]), doc["d"], float(doc["t"])))
+                        name = unquote(parts[3])
+                        subs.append((key, st, name, doc["d"], float(doc["t"])))
+                        if sub_key(rule_id, ws_id, name) == key:  # entity hashes live with their state
+                            st.sub_written[name] = (key, hash(value))
+                            continue
                     else:
                         raise ValueError("unknown key layout")
             except (ValueError, KeyError, TypeError, IndexError) as err:
@@ -176,6 +182,8 @@ class StateStore:
         """
         changes: dict[str, bytes | None] = {}
         failures: list[tuple[str, str]] = []
+        hashes = self.hashes
+        dumps = orjson.dumps
         for st in self.touched:
             if not st.dirty:
                 continue
@@ -188,23 +196,39 @@ class StateStore:
                 if st.tracks:
                     doc = {"v": FORMAT, "a": {k: tr.to_list() for k, tr in st.tracks.items()}}
                     self._put(changes, failures, rid, key, doc)
-                elif key in self.hashes:
+                elif key in hashes:
                     changes[key] = None
-                    del self.hashes[key]
-            for name in st.subs_touched:
-                sdoc = st.subs.get(name)
-                if sdoc is not None:
-                    self._put(
-                        changes, failures, rid, sub_key(rid, ws, name), {"t": _coarse(st.sub_time[name]), "d": sdoc}
-                    )
-            for name in st.subs_removed:
-                key = sub_key(rid, ws, name)
-                if key in self.hashes:
-                    changes[key] = None
-                    del self.hashes[key]
+                    del hashes[key]
+            if st.subs_touched:  # (the loop body is _put for entity documents, unrolled: it is the hot one)
+                subs, sub_time, written = st.subs, st.sub_time, st.sub_written
+                for name in st.subs_touched:
+                    sdoc = subs.get(name)
+                    if sdoc is None:
+                        continue
+                    t = sub_time[name]
+                    w = written.get(name)
+                    try:
+                        blob = dumps({"t": t - t % SUB_TIME_STEP, "d": sdoc})  # _coarse(t)
+                    except TypeError as err:
+                        key = sub_key(rid, ws, name) if w is None else w[0]
+                        failures.append((rid, f"state of {key} is not JSON: {err}"))
+                        continue
+                    h = hash(blob)
+                    if w is None:
+                        key = sub_key(rid, ws, name)
+                        written[name] = (key, h)
+                        changes[key] = blob
+                    elif w[1] != h:
+                        written[name] = (w[0], h)
+                        changes[w[0]] = blob
+                st.subs_touched.clear()
+            if st.subs_removed:
+                for name in st.subs_removed:
+                    w = st.sub_written.pop(name, None)
+                    if w is not None:
+                        changes[w[0]] = None
+                st.subs_removed.clear()
             st.data_touched = st.tracks_dirty = False
-            st.subs_touched.clear()
-            st.subs_removed.clear()
         self.touched.clear()
         return changes, failures
 

@@ -221,7 +221,13 @@ class StaleKeyRule(CatalogRule[StaleParams]):
     def on_tick(self, ctx: RuleContext) -> Iterable[Finding]:
         """Re-check every known key."""
         out: list[Finding] = []
+        now, limit, tracks, window = ctx.now, self.params.key_max_age_days, ctx.state.tracks, ctx.suppress_secs
         for kid, (created, name) in ctx.state.data.get("keys", {}).items():
+            if (now - created) / DAY < limit:
+                continue  # (what _check decides first, without the call)
+            tr = tracks.get(f"key:{kid}")
+            if tr is not None and tr.emitted is not None and not now - tr.emitted >= window:
+                continue  # not ctx.due(key): a reminder went out within the window
             out.extend(self._check(ctx, kid, created, name, None))
         return out
 
@@ -304,13 +310,17 @@ class RotationIncompleteRule(CatalogRule[RotationParams]):
         out = []
         grace = self.params.grace_period_days * DAY
         reported: set[str] = set()
+        now, tracks, window = ctx.now, ctx.state.tracks, ctx.suppress_secs
         for new_id, r in ctx.state.data.get("rot", {}).items():
             if ctx.now - r["t"] < grace:
                 continue
             new_name = keys.get(new_id, [None, None, None])[2]
             for o in r["old"]:
-                if o not in keys or o in reported or not ctx.due(f"old:{o}"):
+                if o not in keys or o in reported:
                     continue
+                tr = tracks.get(f"old:{o}")
+                if tr is not None and tr.emitted is not None and not now - tr.emitted >= window:
+                    continue  # not ctx.due(f"old:{o}")
                 reported.add(o)
                 old_name = keys[o][2]
                 days = (ctx.now - r["t"]) / DAY

@@ -116,16 +116,26 @@ class LoginNewIpRule(CatalogRule[LoginNewIpParams]):
         a = event.actor
         if a is None or not a.ip:
             return ()
+        ip = a.ip
         user = a.user_id or a.user_name
-        if not user or self.lists.ip_trusted(a.ip):
+        lists = self.lists
+        if not user or (lists.ip_networks and lists.ip_trusted(ip)):
             return ()
-        p = self.params
         now = ctx.now
+        sub = ctx.sub(user)
+        if sub is not None:
+            ips: dict[str, Any] = sub.get("ips") or sub.setdefault("ips", {})  # no new {} per login
+            last = ips.get(ip)
+            if last is not None:  # the usual case: a known IP
+                if now - last >= 3600:  # refresh hourly: fewer state writes, LRU order still right
+                    del ips[ip]
+                    ips[ip] = int(now)
+                return ()
+        p = self.params
         learning_secs = p.learning_days * DAY
         ip_time = int(now)
-        sub = ctx.sub(user)
         if sub is None:
-            ctx.new_sub(user).update(since=ip_time, ips={a.ip: ip_time})
+            ctx.new_sub(user).update(since=ip_time, ips={ip: ip_time})
             ctx.trim_subs(p.max_users)
             if not p.alert_on_new_user:
                 return ()
@@ -134,20 +144,13 @@ class LoginNewIpRule(CatalogRule[LoginNewIpParams]):
                 ws_since = ctx.data["since"] = now
             if now - ws_since < learning_secs:
                 return ()
-            return (self._finding(event, user, a.ip, 0, new_user=True),)
-        ips: dict[str, Any] = sub.setdefault("ips", {})
-        last = ips.get(a.ip)
-        if last is not None:
-            if now - last >= 3600:  # refresh hourly: fewer state writes, LRU order still right
-                del ips[a.ip]
-                ips[a.ip] = ip_time
-            return ()
-        ips[a.ip] = ip_time
+            return (self._finding(event, user, ip, 0, new_user=True),)
+        ips[ip] = ip_time
         while len(ips) > p.max_ips_per_user:
             del ips[next(iter(ips))]
         if now - sub.get("since", 0) < learning_secs:  # this user's IPs are still being learned
             return ()
-        return (self._finding(event, user, a.ip, len(ips) - 1, new_user=False),)
+        return (self._finding(event, user, ip, len(ips) - 1, new_user=False),)
 
     def _finding(self, event: Event, user: str, ip: str, known: int, *, new_user: bool) -> Finding:
         a = event.actor

@@ -71,10 +71,11 @@ class SourceSilentRule(CatalogRule[SilentParams]):
             d.update(last=t, n=0, gap=0.0)
         elif t > last:
             gap = t - last
-            d["gap"] = gap if d["n"] == 0 else (1 - _EWMA) * d["gap"] + _EWMA * gap
-            d["n"] += 1
+            n = d["n"]
+            d["gap"] = gap if n == 0 else (1 - _EWMA) * d["gap"] + _EWMA * gap
+            d["n"] = n + 1
             d["last"] = t
-        if ctx.is_open("audit_log"):
+        if "audit_log" in ctx.state.tracks:  # ctx.is_open("audit_log")
             return (resolved("audit_log", "Audit records are arriving again", event_id=event.id),)
         return ()
 
@@ -129,13 +130,15 @@ class UntrackedChangeRule(CatalogRule[UntrackedParams]):
         """Pair snapshot key changes with audit records; judge the old unpaired ones."""
         d = ctx.data
         w = self.params.window_secs
-        code = event.attributes.get("activity_code") if event.source.kind == "audit_log" else None
+        code = None
         if event.source.kind == "audit_log":
-            if ctx.now > d.get("wm", 0.0):
-                d["wm"] = ctx.now
+            code = event.attributes.get("activity_code")
+            now = ctx.now
+            if now > d.get("wm", 0.0):
+                d["wm"] = now
             if d.get("off"):
                 d["off"] = False
-            if code not in (API_KEY_CREATED, API_KEY_DELETED):  # most audit records: only the watermark moved
+            if code != API_KEY_CREATED and code != API_KEY_DELETED:  # most audit records: only the watermark moved
                 return self._judge(ctx, d, tick=False) if d.get("pending") else ()
         audit: dict[str, list[float]] = d.setdefault("audit", {"created": [], "deleted": []})
         pending: list[list[Any]] = d.setdefault("pending", [])
