@@ -210,7 +210,7 @@ class _NoopSpan:
 
 _NOOP_SPAN: Final = _NoopSpan()
 _EMPTY_CONTEXT: Final = Context()
-MAX_BATCH_LINKS: Final = 8
+MAX_BATCH_LINKS: Final = 5
 """Links a batch span carries at most (the first distinct traces of its records); the span's
 ``batch.traces`` attribute says how many distinct traces the batch held."""
 _TRACEPARENTS: dict[bytes, SpanContext | None] = {}
