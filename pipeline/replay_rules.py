@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import yaml
 
-from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Bus, OutRecord, Record
+from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Bus, Record
 from pipeline.clock import parse_time
 from pipeline.errors import ConfigError
 from pipeline.replay import ReplayStats, Selection, scan
@@ -188,4 +188,4 @@ async def _deliver(cfg: Any, alerts: list[Alert]) -> None:
         print(f"replay --rules --deliver: {sid}: {len(deliveries) - len(result.failures)} delivered", file=sys.stderr)
 
 
-__all__ = ["OutRecord", "diff", "recorded_alerts", "replay_rules", "rerun"]
+__all__ = ["diff", "recorded_alerts", "replay_rules", "rerun"]

@@ -256,7 +256,6 @@ def test_table_output_is_readable(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["replay", "-c", str(cfg), "--format", "table", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "api_key.created" in out and "User 1" in out and "scopes=" in out
-    json.dumps(out)
 
 
 def test_unfiltered_jsonl_is_every_record_once(
