@@ -11,7 +11,9 @@ State a rule keeps lives in a :class:`RuleState`, one per rule and workspace:
 * ``subs`` — optional per-entity documents (one per user for ``auth.login_new_ip``), stored as
   separate state keys so a batch rewrites only the entities it touched; the engine keeps them
   in least-recently-used order and :meth:`RuleContext.trim_subs` bounds their number;
-* ``tracks`` — the engine's bookkeeping of open alert conditions (not for rules to edit).
+* ``tracks`` — the engine's bookkeeping of open alert conditions (not for rules to edit);
+* ``cache`` — whatever a rule derives from the above to go faster (never persisted, empty after
+  a reload, so it must be rebuildable from the state).
 
 Built-in stateful rules subclass :class:`CatalogRule` and register with :func:`register`;
 YAML rules (:mod:`pipeline.rules.matcher`) implement the same :class:`Rule` protocol.
@@ -154,6 +156,7 @@ class RuleState:
     """Everything one rule keeps about one workspace (see the module docstring)."""
 
     __slots__ = (
+        "cache",
         "data",
         "data_touched",
         "rule_id",
@@ -179,6 +182,8 @@ class RuleState:
         self.subs_touched: set[str] = set()
         self.subs_removed: set[str] = set()
         self.tracks_dirty = False
+        self.cache: dict[Any, Any] = {}
+        """Whatever the rule derives from its state to go faster: never persisted, empty after a reload."""
 
     @property
     def dirty(self) -> bool:
@@ -212,8 +217,15 @@ class RuleContext:
         self.state.data_touched = True
         return self.state.data
 
+    def peek_sub(self, name: str) -> dict[str, Any] | None:
+        """A per-entity document (None when absent) to read only: not marked used or changed.
+
+        A rule that then changes the document must call :meth:`sub` (which marks it) first.
+        """
+        return self.state.subs.get(name)
+
     def sub(self, name: str) -> dict[str, Any] | None:
-        """A per-entity document (None when absent); marks it recently used."""
+        """A per-entity document (None when absent); marks it recently used (and to be persisted)."""
         st = self.state
         doc = st.subs.pop(name, None)
         if doc is None:
@@ -246,14 +258,14 @@ class RuleContext:
         """Names of the per-entity documents, least recently used first."""
         return list(self.state.subs)
 
-    def trim_subs(self, max_subs: int) -> list[str]:
-        """Drop the least recently used documents beyond ``max_subs``; return their names."""
+    def trim_subs(self, max_subs: int) -> list[tuple[str, dict[str, Any]]]:
+        """Drop the least recently used documents beyond ``max_subs``; return them (name, document)."""
         st = self.state
         extra = len(st.subs) - max_subs
         if extra <= 0:
             return []
-        victims = [name for name, _ in zip(st.subs, range(extra), strict=False)]
-        for name in victims:
+        victims = [(name, doc) for (name, doc), _ in zip(st.subs.items(), range(extra), strict=False)]
+        for name, _ in victims:
             self.drop_sub(name)
         return victims
 

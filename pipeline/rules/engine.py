@@ -305,7 +305,7 @@ class RulesEngine:
             code: int | None = None
             if ev.source.kind == "audit_log":
                 c = ev.attributes.get("activity_code")
-                code = c if isinstance(c, int) and not isinstance(c, bool) else -1
+                code = c if type(c) is int else -1  # (JSON ints only: not bool, not float)
             plan = plans.get((ws.id, ev.type, code))
             if plan is None:
                 plan = self._plan(ws, ev.type, code)

@@ -6,6 +6,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.clock import FakeClock, parse_time
 from pipeline.rules import RulesEngine
@@ -283,3 +285,59 @@ def test_workspaces_are_independent() -> None:
     ]
     alerts = valid(engine().evaluate(evs))
     assert sorted(a.dedup_key for a in alerts) == ["auth.recovery_code_used:a:u1", "auth.recovery_code_used:b:u1"]
+
+
+def test_a_known_ip_is_refreshed_at_most_weekly() -> None:
+    """Logins from an IP seen within the week write no state; a week later the user's document is rewritten."""
+    e = engine({"auth.login_new_ip": {"learning_days": 0}})
+    key = "rules/auth.login_new_ip/ws-1/s/u1"
+    assert key in valid_state(e.evaluate([login(T0)]))
+    for t in (T0 + HOUR, T0 + 3 * 24 * HOUR, T0 + 7 * 24 * HOUR - 1):
+        result = e.evaluate([login(t)])
+        assert key not in result.state and of(valid(result), "auth.login_new_ip") == []
+    result = e.evaluate([login(T0 + 7 * 24 * HOUR)])
+    assert orjson.loads(result.state[key])["d"]["ips"] == {"192.0.2.1": int(T0 + 7 * 24 * HOUR)}
+
+
+def valid_state(result: Evaluation) -> dict[str, bytes | None]:
+    """The state changes of a result whose alerts are valid."""
+    valid(result)
+    return dict(result.state)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abcde"), st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3", "::1"]),
+                  st.floats(0, 10 * 24 * HOUR), st.booleans()),  # fmt: skip
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_login_fast_path_agrees_with_the_stored_state(steps: list[tuple[str, str, float, bool]]) -> None:
+    """auth.login_new_ip's in-memory shortcut never changes what it reports or stores.
+
+    Engine ``a`` keeps its cache across batches; ``b`` reloads its state from the bus form before
+    every batch (so it never has one). Same alerts and state changes; and every cached
+    (user, IP) time equals the stored one.
+    """
+    cfg = {"auth.login_new_ip": {"learning_days": 1, "max_users": 3, "max_ips_per_user": 2}}
+    a, b = engine(cfg), engine(cfg)
+    t = T0
+    batch: list[Event] = []
+    for user, ip, gap, flush in steps:
+        t += gap
+        batch.append(login(t, user=user, ip=ip))
+        if not flush:
+            continue
+        ra = a.evaluate(batch)
+        b.load_state(b.state_items())
+        rb = b.evaluate(batch)
+        batch = []
+        assert [x.to_json() for x in ra.alerts] == [x.to_json() for x in rb.alerts]
+        assert dict(ra.state) == dict(rb.state)
+        items = a.state_items()
+        for st_ in a._store.states.values():
+            for (user_, ip_), seen in st_.cache.items():
+                doc = orjson.loads(items[f"rules/auth.login_new_ip/ws-1/s/{user_}"])
+                assert doc["d"]["ips"][ip_] == seen

@@ -32,6 +32,11 @@ MFA_FAILED_TOO_MANY = 30
 USER_LOGIN = 1
 MAX_TRACKED_USERS = 1000
 """Users with recent MFA failures remembered per workspace."""
+REFRESH_SECS = 7 * DAY
+"""How stale a known IP's stored last-seen time may get. That time only orders eviction (the
+least recently seen IPs of a user, and users, go first), so it is refreshed at most weekly: a
+login from an IP seen within the week changes no state, and the state topic gets one write per
+user and IP per week instead of one per login."""
 
 
 class MfaAttackParams(RuleParams):
@@ -122,21 +127,34 @@ class LoginNewIpRule(CatalogRule[LoginNewIpParams]):
         if not user or (lists.ip_networks and lists.ip_trusted(ip)):
             return ()
         now = ctx.now
-        sub = ctx.sub(user)
+        # Fast path: ``cache`` mirrors the stored last-seen time of every (user, IP) it holds.
+        known = ctx.state.cache
+        pair = (user, ip)
+        last = known.get(pair)
+        if last is not None and now - last < REFRESH_SECS:
+            return ()
+        sub = ctx.peek_sub(user)
+        ips: dict[str, Any]
         if sub is not None:
-            ips: dict[str, Any] = sub.get("ips") or sub.setdefault("ips", {})  # no new {} per login
+            ips = sub.get("ips") or sub.setdefault("ips", {})  # no new {} per login
             last = ips.get(ip)
-            if last is not None:  # the usual case: a known IP
-                if now - last >= 3600:  # refresh hourly: fewer state writes, LRU order still right
+            if last is not None:  # a known IP
+                if now - last >= REFRESH_SECS:
+                    ctx.sub(user)  # mark the user used (LRU order) and its document changed
                     del ips[ip]
-                    ips[ip] = int(now)
+                    last = ips[ip] = int(now)
+                known[pair] = last
                 return ()
+            ctx.sub(user)
         p = self.params
         learning_secs = p.learning_days * DAY
         ip_time = int(now)
         if sub is None:
             ctx.new_sub(user).update(since=ip_time, ips={ip: ip_time})
-            ctx.trim_subs(p.max_users)
+            known[pair] = ip_time
+            for name, doc in ctx.trim_subs(p.max_users):
+                for old in doc.get("ips") or ():
+                    known.pop((name, old), None)
             if not p.alert_on_new_user:
                 return ()
             ws_since = ctx.state.data.get("since")
@@ -146,7 +164,9 @@ class LoginNewIpRule(CatalogRule[LoginNewIpParams]):
                 return ()
             return (self._finding(event, user, ip, 0, new_user=True),)
         ips[ip] = ip_time
+        known[pair] = ip_time
         while len(ips) > p.max_ips_per_user:
+            known.pop((user, next(iter(ips))), None)
             del ips[next(iter(ips))]
         if now - sub.get("since", 0) < learning_secs:  # this user's IPs are still being learned
             return ()

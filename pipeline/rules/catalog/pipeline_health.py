@@ -64,18 +64,21 @@ class SourceSilentRule(CatalogRule[SilentParams]):
 
     def on_event(self, ctx: RuleContext, event: Event) -> Iterable[Finding]:
         """Update the last record time and the usual gap; resolve an open silence."""
-        d = ctx.data
-        last = d.get("last")
+        st = ctx.state  # (ctx.data, unrolled: this runs for every audit record)
+        d = st.data
         t = ctx.now
+        last = d.get("last")
         if last is None:
             d.update(last=t, n=0, gap=0.0)
+            st.data_touched = True
         elif t > last:
             gap = t - last
             n = d["n"]
             d["gap"] = gap if n == 0 else (1 - _EWMA) * d["gap"] + _EWMA * gap
             d["n"] = n + 1
             d["last"] = t
-        if "audit_log" in ctx.state.tracks:  # ctx.is_open("audit_log")
+            st.data_touched = True
+        if "audit_log" in st.tracks:  # ctx.is_open("audit_log")
             return (resolved("audit_log", "Audit records are arriving again", event_id=event.id),)
         return ()
 
@@ -128,18 +131,22 @@ class UntrackedChangeRule(CatalogRule[UntrackedParams]):
 
     def on_event(self, ctx: RuleContext, event: Event) -> Iterable[Finding]:
         """Pair snapshot key changes with audit records; judge the old unpaired ones."""
-        d = ctx.data
-        w = self.params.window_secs
+        st = ctx.state  # (ctx.data, unrolled: this runs for every audit record)
+        d = st.data
         code = None
         if event.source.kind == "audit_log":
             code = event.attributes.get("activity_code")
             now = ctx.now
             if now > d.get("wm", 0.0):
                 d["wm"] = now
+                st.data_touched = True
             if d.get("off"):
                 d["off"] = False
+                st.data_touched = True
             if code != API_KEY_CREATED and code != API_KEY_DELETED:  # most audit records: only the watermark moved
                 return self._judge(ctx, d, tick=False) if d.get("pending") else ()
+        st.data_touched = True
+        w = self.params.window_secs
         audit: dict[str, list[float]] = d.setdefault("audit", {"created": [], "deleted": []})
         pending: list[list[Any]] = d.setdefault("pending", [])
         if code is not None:  # an audit record of a key change: pair it with a pending snapshot change
