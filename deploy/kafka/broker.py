@@ -935,7 +935,9 @@ def start(
             (state / "data").mkdir()
             ports = dict(zip(LISTENERS, _free_ports(len(LISTENERS)), strict=True))
             cafile = _make_tls(state / "tls")
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            cluster_id = "-"
+            while cluster_id.startswith("-"):  # as Kafka's Uuid.randomUuid: "-..." reads as an option
+                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
             password = secrets.token_hex(16)
             (state / "server.properties").write_text(_server_properties(state, ports, flush_every_message))
             (state / "log4j2.properties").write_text(_log4j2_properties())

@@ -295,8 +295,8 @@ def test_a_known_ip_is_refreshed_at_most_weekly() -> None:
     for t in (T0 + HOUR, T0 + 3 * 24 * HOUR, T0 + 7 * 24 * HOUR - 1):
         result = e.evaluate([login(t)])
         assert key not in result.state and of(valid(result), "auth.login_new_ip") == []
-    result = e.evaluate([login(T0 + 7 * 24 * HOUR)])
-    assert orjson.loads(result.state[key])["d"]["ips"] == {"192.0.2.1": int(T0 + 7 * 24 * HOUR)}
+    blob = e.evaluate([login(T0 + 7 * 24 * HOUR)]).state[key]
+    assert blob is not None and orjson.loads(blob)["d"]["ips"] == {"192.0.2.1": int(T0 + 7 * 24 * HOUR)}
 
 
 def valid_state(result: Evaluation) -> dict[str, bytes | None]:
@@ -308,8 +308,12 @@ def valid_state(result: Evaluation) -> dict[str, bytes | None]:
 @settings(max_examples=150, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.sampled_from("abcde"), st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3", "::1"]),
-                  st.floats(0, 10 * 24 * HOUR), st.booleans()),  # fmt: skip
+        st.tuples(
+            st.sampled_from("abcde"),
+            st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3", "::1"]),
+            st.floats(0, 10 * 24 * HOUR),
+            st.booleans(),
+        ),
         min_size=1,
         max_size=60,
     )
