@@ -1,9 +1,11 @@
 """Kafka bus throughput against raw aiokafka on the same broker, in the same run.
 
 Publish: the pipeline's path — normalize Instantly audit records into Event v1 and publish
-them with the cursor state in transactions of 500 (``KafkaBus``) — beside a raw aiokafka
-producer (idempotent, ``acks=all``, no transactions, the same batch size) sending the same
-bytes. Target ≥ 70%.
+them with the cursor state in transactions of 500 (``KafkaBus``), through the audit poller's
+own helpers (:func:`~connectors.instantly.streams.prepare_audit_batch` and the pipelined
+:class:`~connectors.instantly.txn_pipeline.TxnPipeline`: batch N+1 is normalized while batch N
+commits) — beside a raw aiokafka producer (idempotent, ``acks=all``, no transactions, the same
+batch size) sending the same bytes. Target ≥ 70%.
 Replay read: records/s through the bus's group-less read_committed consumer beside a raw
 ``AIOKafkaConsumer.getmany`` loop over the same records. Target ≥ 100k events/s.
 
@@ -25,11 +27,14 @@ import aiokafka
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from connectors.instantly.normalize import normalize_audit_record
-from pipeline.bus.base import TopicSpec, iter_records
+from connectors.instantly.streams import Publisher, cursor_key, prepare_audit_batch
+from connectors.instantly.txn_pipeline import TxnPipeline, TxnWrite
+from pipeline.bus.base import EVENTS_TOPIC, TopicSpec, default_topics, iter_records
 from pipeline.bus.kafka import FETCH_PARTITION_BYTES, PRODUCER_BATCH_BYTES, KafkaBus
 from schemas import WorkspaceRef
 
 WS = WorkspaceRef("019cc043-e2f1-7def-8b07-0aab88328dad", "Acme Outreach")
+OBSERVED_AT = "2026-03-05T23:10:00.000Z"
 
 
 def audit_records(n: int) -> list[dict[str, object]]:
@@ -52,17 +57,18 @@ def audit_records(n: int) -> list[dict[str, object]]:
     ]
 
 
-async def pipeline_publish(boot: str, topic: str, records: list[dict[str, object]], batch: int) -> float:
-    async with KafkaBus([boot], transactional_id_prefix=f"bench-{uuid.uuid4().hex[:6]}", partitions=2) as bus:
-        await bus.ensure_topics([TopicSpec(topic, 2)])
-        await bus.fence("bench")
+async def pipeline_publish(boot: str, prefix: str, records: list[dict[str, object]], batch: int) -> float:
+    """The audit poller's publish path into ``{prefix}instantly.events.v1`` (and its own state topic)."""
+    txn_prefix = f"bench-{uuid.uuid4().hex[:6]}"
+    async with KafkaBus([boot], transactional_id_prefix=txn_prefix, partitions=2, topic_prefix=prefix) as bus:
+        pub = Publisher(bus, "bench", "bench", WS)
+        await bus.fence(pub.txn_id)
         t0 = time.perf_counter()
-        for i in range(0, len(records), batch):
-            async with bus.transaction("bench") as tx:
-                for r in records[i : i + batch]:
-                    e = normalize_audit_record(r, WS, "2026-03-05T23:10:00.000Z")
-                    tx.send(topic, e.to_json(), key=WS.id.encode(), headers=[("event_type", e.type.encode())])
-                tx.put_state("cursor/bench/audit_logs", str(i).encode())
+        async with TxnPipeline(bus, pub.txn_id) as line:
+            for i in range(0, len(records), batch):
+                prepared = await prepare_audit_batch(pub, records[i : i + batch], OBSERVED_AT, line)
+                await line.submit(TxnWrite(prepared.records, {cursor_key(pub.source_id): str(i).encode()}))
+            await line.drain()
         return len(records) / (time.perf_counter() - t0)
 
 
@@ -81,10 +87,10 @@ async def raw_publish(boot: str, topic: str, payloads: list[bytes]) -> float:
         await p.stop()
 
 
-async def bus_read(boot: str, topic: str) -> tuple[float, int]:
-    async with KafkaBus([boot], create_topics=False) as bus:
+async def bus_read(boot: str, prefix: str) -> tuple[float, int]:
+    async with KafkaBus([boot], create_topics=False, topic_prefix=prefix) as bus:
         n = 0
-        async with bus.consumer([topic], start="earliest") as c:
+        async with bus.consumer([EVENTS_TOPIC], start="earliest") as c:
             t0 = time.perf_counter()
             async for recs in iter_records(c, batch=5000):
                 n += len(recs)
@@ -123,16 +129,18 @@ async def main() -> None:
     if not boot:
         sys.exit("KAFKA_BOOTSTRAP is not set: run `make kafka-up` and source the env file it prints")
     records = audit_records(args.events)
-    payloads = [normalize_audit_record(r, WS, "2026-03-05T23:10:00.000Z").to_json() for r in records]
+    payloads = [normalize_audit_record(r, WS, OBSERVED_AT).to_json() for r in records]
     pub, raw_pub, rd, raw_rd = [], [], [], []
     for _ in range(args.rounds):  # paired rounds, medians: the broker shares the machine's 2 cores
         run = uuid.uuid4().hex[:8]
-        t_pipe, t_raw = f"bench-pipe-{run}", f"bench-raw-{run}"
+        p_pipe, t_raw = f"bench-pipe-{run}.", f"bench-raw-{run}"
         async with KafkaBus([boot], create_topics=False) as admin_bus:
-            await admin_bus.ensure_topics([TopicSpec(t_pipe, 2), TopicSpec(t_raw, 2)])
+            await admin_bus.ensure_topics([TopicSpec(t_raw, 2)])
+        async with KafkaBus([boot], create_topics=False, topic_prefix=p_pipe) as admin_bus:
+            await admin_bus.ensure_topics(default_topics(2))
         raw_pub.append(await raw_publish(boot, t_raw, payloads))
-        pub.append(await pipeline_publish(boot, t_pipe, records, args.batch))
-        r, n = await bus_read(boot, t_pipe)
+        pub.append(await pipeline_publish(boot, p_pipe, records, args.batch))
+        r, n = await bus_read(boot, p_pipe)
         assert n == args.events, (n, args.events)
         rd.append(r)
         raw_rd.append(await raw_read(boot, t_raw, args.events))

@@ -21,7 +21,21 @@ from connectors.instantly.audit_codes import describe_activity
 from connectors.instantly.redact import header_names, redact_record
 from pipeline.clock import format_time, parse_time
 from pipeline.errors import NormalizeError
-from schemas.event import Actor, Change, Event, Source, Target, WorkspaceRef
+from schemas.event import (
+    SCHEMA,
+    TYPE_PATTERN,
+    Actor,
+    Change,
+    Event,
+    Source,
+    Target,
+    WorkspaceRef,
+    _new_actor,  # the decoder's fast constructors (same objects as the dataclasses' own)
+    _new_event,
+    _new_source,
+    _new_target,
+)
+from schemas.ids import deterministic_id
 
 AUDIT_STREAM = "audit_logs"
 JSONDict = dict[str, Any]
@@ -35,8 +49,13 @@ def iso_time(value: Any) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return None
     if _CANONICAL.match(value):
-        try:  # already canonical (Instantly's own format): only check it is a real date
-            datetime.strptime(value[:19], "%Y-%m-%dT%H:%M:%S")  # noqa: DTZ007 - validity check only
+        # Already canonical (Instantly's own format): only check it is a real date and time, as
+        # strptime("%Y-%m-%dT%H:%M:%S") would (a fifth of the audit normalization when it did).
+        try:
+            datetime(  # noqa: DTZ001 - validity check only
+                int(value[0:4]), int(value[5:7]), int(value[8:10]),
+                int(value[11:13]), int(value[14:16]), int(value[17:19]),
+            )  # fmt: skip
             return value
         except ValueError:
             return None
@@ -71,21 +90,40 @@ _TARGET_FIELDS = (
     ("campaign_id", "campaign"),
     ("list_id", "lead_list"),
 )
+_TARGET_KIND = dict(_TARGET_FIELDS)
 _PREFERRED_TARGET = {"webhook": "webhook_id", "campaign": "campaign_id", "lead": "list_id", "export": "list_id"}
 _USER_TARGET = {"authentication", "mfa"}
 
 
 def _audit_target(record: Mapping[str, Any], category: str) -> Target | None:
-    if category in _USER_TARGET and _str(record.get("user_id")):
-        return Target("user", _str(record.get("user_id")), _str(record.get("user_name")))
+    if category in _USER_TARGET:
+        user_id = _str(record.get("user_id"))
+        if user_id:
+            return _new_target("user", user_id, _str(record.get("user_name")))
     preferred = _PREFERRED_TARGET.get(category)
-    if preferred and _str(record.get(preferred)):
-        kind = dict(_TARGET_FIELDS)[preferred]
-        return Target(kind, _str(record.get(preferred)))
+    if preferred:
+        value = _str(record.get(preferred))
+        if value:
+            return _new_target(_TARGET_KIND[preferred], value, None)
     for field, kind in _TARGET_FIELDS:
-        if _str(record.get(field)):
-            return Target(kind, _str(record.get(field)))
+        value = _str(record.get(field))
+        if value:
+            return _new_target(kind, value, None)
     return None
+
+
+_CHECKED_TYPES: set[str] = set()
+"""Event types already checked against ``TYPE_PATTERN`` (the audit codes' types, a bounded few)."""
+
+
+def _checked_type(type_: str) -> str:
+    """``type_`` if it is a valid event type (the check ``Event.build`` makes, cached)."""
+    if type_ not in _CHECKED_TYPES:
+        if not TYPE_PATTERN.match(type_):
+            raise ValueError(f"event type {type_!r} is not dotted lower_snake (e.g. 'api_key.created')")
+        if len(_CHECKED_TYPES) < 4096:
+            _CHECKED_TYPES.add(type_)
+    return type_
 
 
 def normalize_audit_record(record: Mapping[str, Any], workspace: WorkspaceRef, observed_at: str) -> Event:
@@ -100,13 +138,13 @@ def normalize_audit_record(record: Mapping[str, Any], workspace: WorkspaceRef, o
     code = describe_activity(record.get("activity_type"))
     when = iso_time(record.get("timestamp"))
     from_api = record.get("from_api")
-    actor = Actor(
-        user_id=_str(record.get("user_id")),
-        user_name=_str(record.get("user_name")),
-        api_key_id=_str(record.get("api_key_id")),
-        ip=_str(record.get("ip_address")),
-        user_agent=_str(record.get("user_agent")),
-        via_api=from_api if isinstance(from_api, bool) else None,
+    actor: Actor = _new_actor(
+        _str(record.get("user_id")),
+        _str(record.get("user_name")),
+        _str(record.get("api_key_id")),
+        _str(record.get("ip_address")),
+        _str(record.get("user_agent")),
+        from_api if isinstance(from_api, bool) else None,
     )
     affected = record.get("affected_count")
     metadata = record.get("audit_metadata")
@@ -125,17 +163,21 @@ def normalize_audit_record(record: Mapping[str, Any], workspace: WorkspaceRef, o
     }
     if when is None:
         attributes["time_source"] = "observed_at"
-    return Event.build(
-        type=code.type,
-        time=when or observed_at,
-        observed_at=observed_at,
-        workspace=workspace,
-        source=Source("audit_log", AUDIT_STREAM, rid),
-        natural_key=(rid,),
-        actor=actor,
-        target=_audit_target(record, code.category),
-        attributes=attributes,
-        raw=redact_record(record),
+    # What Event.build(type=code.type, source=Source("audit_log", AUDIT_STREAM, rid), natural_key=(rid,),
+    # ...) returns, built with the decoder's constructors: the hottest path of an audit poll.
+    return _new_event(
+        deterministic_id(workspace.id, AUDIT_STREAM, rid),
+        _checked_type(code.type),
+        when or observed_at,
+        observed_at,
+        workspace,
+        _new_source("audit_log", AUDIT_STREAM, rid),
+        actor,
+        _audit_target(record, code.category),
+        None,
+        attributes,
+        redact_record(record),
+        SCHEMA,
     )
 
 

@@ -11,7 +11,6 @@ Redaction is idempotent: a value that is already ``<redacted>`` or a fingerprint
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -83,15 +82,21 @@ def redact_url(url: Any) -> Any:
         return REDACTED
 
 
-@functools.lru_cache(maxsize=4096)
+_KINDS: dict[str, int] = {}
+"""Field name → 0 plain, 1 headers, 2 secret: records repeat the same few field names."""
+_MAX_KINDS = 4096
+
+
 def _field_kind(name: str) -> int:
-    """0 plain, 1 headers, 2 secret — cached: records repeat the same few field names."""
-    if HEADERS_FIELD.match(name):
-        return 1
-    return 2 if SECRET_FIELD.match(name) else 0
+    """0 plain, 1 headers, 2 secret (cached in ``_KINDS``)."""
+    kind = 1 if HEADERS_FIELD.match(name) else (2 if SECRET_FIELD.match(name) else 0)
+    if len(_KINDS) >= _MAX_KINDS:
+        _KINDS.clear()
+    _KINDS[name] = kind
+    return kind
 
 
-_SCALARS = (str, int, float, bool, type(None))
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _redact_value(value: Any) -> Any:
@@ -108,18 +113,19 @@ def _redact_value(value: Any) -> Any:
 def redact_record(record: Mapping[str, Any]) -> dict[str, Any]:
     """Deep-copy ``record`` with every secret-looking field redacted (headers keep their names)."""
     out: dict[str, Any] = {}
+    kinds, scalars = _KINDS, _SCALARS
     for name, value in record.items():
-        raw_name: Any = name  # JSON keys are str, but a YAML fixture may carry ints
-        key = raw_name if isinstance(raw_name, str) else str(raw_name)
-        kind = _field_kind(key)
-        if kind == 1:
-            out[key] = redact_headers(value)
-        elif kind == 2:
-            out[key] = None if value is None else (value if is_redacted(value) else REDACTED)
-        elif type(value) in _SCALARS:
-            out[key] = value
+        kind = kinds.get(name)
+        if kind is None:
+            raw_name: Any = name  # JSON keys are str, but a YAML fixture may carry ints
+            name = raw_name if isinstance(raw_name, str) else str(raw_name)
+            kind = _field_kind(name)
+        if kind == 0:
+            out[name] = value if type(value) in scalars else _redact_value(value)
+        elif kind == 1:
+            out[name] = redact_headers(value)
         else:
-            out[key] = _redact_value(value)
+            out[name] = None if value is None else (value if is_redacted(value) else REDACTED)
     return out
 
 

@@ -7,14 +7,17 @@
 * The audit log (:func:`publish_audit_log`) commits page by page: each transaction holds the
   page's new events and the cursor with their ids (and, when reading incrementally, the id the
   next read continues after); the high-water mark and the full re-read time move in a last
-  transaction once every page was read (see :mod:`connectors.instantly.audit_cursor`).
+  transaction once every page was read (see :mod:`connectors.instantly.audit_cursor`). Pages are
+  pipelined (:mod:`connectors.instantly.txn_pipeline`): the next page is fetched and normalized
+  while the previous page's transaction commits; transactions still commit one after another, in
+  page order, and the first failure stops the read.
 
 State keys: ``cursor/{source_id}/audit_logs`` and ``snapshot/{source_id}/{stream}``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +29,7 @@ from connectors.instantly.client import InstantlyClient
 from connectors.instantly.normalize import normalize_audit_record
 from connectors.instantly.redact import redact_record
 from connectors.instantly.snapshots import build_snapshot, decode_snapshot, diff_snapshots, encode_snapshot
+from connectors.instantly.txn_pipeline import YIELD_EVERY, TxnPipeline, TxnWrite
 from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC, Bus, Header, Transaction
 from pipeline.errors import NormalizeError
 from pipeline.logs import get_logger
@@ -214,7 +218,7 @@ async def _read_audit(
     tel = get_telemetry()
     attrs = {KIND: "source", TYPE: "instantly_audit_logs", ID: pub.source_id, WORKSPACE: pub.workspace.id}
     mode = "incremental" if incremental else "full"
-    async with aclosing(pages):
+    async with aclosing(pages), TxnPipeline(pub.bus, pub.txn_id) as line:
         async for page in pages:
             if out.ascending and not page_is_ascending(page, after):
                 out.ascending = False
@@ -227,39 +231,76 @@ async def _read_audit(
             if incremental and page_last is not None:
                 cursor.last_id = page_last
             with tel.span("poll.page", {**attrs, STREAM: "audit_logs", "page.size": len(page), "read": mode}):
-                count, page_newest = await _publish_audit_page(pub, cursor, page, window)
-            counts["audit_logs"] = counts.get("audit_logs", 0) + count
+                page_newest = await _publish_audit_page(pub, cursor, page, window, counts, line)
             if page_newest is not None:
                 out.newest = page_newest if out.newest is None else max(out.newest, page_newest)
     return out
 
 
+@dataclass
+class AuditBatch:
+    """One page's records ready for its transaction: ``(topic, value, key, headers)`` of events and dead letters."""
+
+    records: list[tuple[str, bytes, bytes | None, tuple[Header, ...]]]
+    events: int
+    dead_letters: int
+
+
+async def prepare_audit_batch(
+    pub: Publisher, records: Iterable[Mapping[str, Any]], observed_at: str, line: TxnPipeline
+) -> AuditBatch:
+    """Normalize and serialise audit records as :meth:`Publisher.send` would send them; a record that
+    cannot be normalized becomes a dead letter (redacted). Pauses every :data:`YIELD_EVERY` records
+    so the transaction ``line`` has in flight keeps committing meanwhile.
+    """
+    trace = tuple(get_telemetry().trace_headers())
+    key = pub.workspace.id.encode()
+    out: list[tuple[str, bytes, bytes | None, tuple[Header, ...]]] = []
+    dead: list[tuple[str, bytes, bytes | None, tuple[Header, ...]]] = []
+    workspace, n = pub.workspace, 0
+    for n, record in enumerate(records, 1):
+        try:
+            event = normalize_audit_record(record, workspace, observed_at)
+        except NormalizeError as err:
+            letter = {"error": err.message, "stream": "audit_logs", "source": pub.source_id}
+            value = orjson.dumps({**letter, "record": redact_record(record)})
+            dead.append((DEADLETTER_TOPIC, value, key, (("error", b"normalize"), *trace)))
+        else:
+            out.append((EVENTS_TOPIC, event.to_json(), key, (("event_type", event.type.encode()), *trace)))
+        if n % YIELD_EVERY == 0:
+            await line.pause()
+    events = len(out)
+    out += dead
+    return AuditBatch(out, events, len(dead))
+
+
 async def _publish_audit_page(
-    pub: Publisher, cursor: AuditCursor, page: list[dict[str, Any]], window: AuditWindow
-) -> tuple[int, float | None]:
-    """Publish one page's new records and the cursor holding their ids in one transaction."""
+    pub: Publisher,
+    cursor: AuditCursor,
+    page: list[dict[str, Any]],
+    window: AuditWindow,
+    counts: dict[str, int],
+    line: TxnPipeline,
+) -> float | None:
+    """Submit one page's new records and the cursor holding their ids as one transaction to ``line``.
+
+    Returns the newest timestamp among the page's new records. ``counts['audit_logs']`` and the
+    telemetry counts move when the transaction has committed.
+    """
     selection = cursor.select(page, overlap_secs=window.overlap_secs, now=window.now)
     if selection.no_id:
         log.warning("Audit records without an id were skipped.", extra={"count": len(selection.no_id)})
     dropped = {"no_id": len(selection.no_id), "duplicate": selection.already_seen, "too_old": selection.too_old}
     if not selection.new:
         pub.count("audit_logs", len(page), 0, dropped)
-        return 0, None
-    events: list[Event] = []
-    dead: list[bytes] = []
-    for record, _ts in selection.new:
-        try:
-            events.append(normalize_audit_record(record, pub.workspace, window.observed_at))
-        except NormalizeError as err:
-            letter = {"error": err.message, "stream": "audit_logs", "source": pub.source_id}
-            dead.append(orjson.dumps({**letter, "record": redact_record(record)}))
+        return None
+    batch = await prepare_audit_batch(pub, (r for r, _ts in selection.new), window.observed_at, line)
     cursor.mark((str(r["id"]), ts) for r, ts in selection.new)
-    trace = get_telemetry().trace_headers()
-    async with pub.bus.transaction(pub.txn_id) as tx:
-        for event in events:
-            pub.send(tx, event, trace)
-        for value in dead:
-            tx.send(DEADLETTER_TOPIC, value, key=pub.workspace.id.encode(), headers=[("error", b"normalize"), *trace])
-        tx.put_state(cursor_key(pub.source_id), cursor.to_bytes())
-    pub.count("audit_logs", len(page), len(events), {**dropped, "dead_letter": len(dead)})
-    return len(events), max(ts for _r, ts in selection.new)
+    state: dict[str, bytes | None] = {cursor_key(pub.source_id): cursor.to_bytes()}  # only pages up to this one
+
+    def committed() -> None:
+        pub.count("audit_logs", len(page), batch.events, {**dropped, "dead_letter": batch.dead_letters})
+        counts["audit_logs"] = counts.get("audit_logs", 0) + batch.events
+
+    await line.submit(TxnWrite(batch.records, state, committed))
+    return max(ts for _r, ts in selection.new)

@@ -380,17 +380,25 @@ class KafkaBus:
             groups.setdefault((self.phys(r.topic), part), []).append((r.key, r.value, r.timestamp_ms, list(r.headers)))
         for k, v in txn.state.items():
             groups.setdefault((self.phys(STATE_TOPIC), 0), []).append((k.encode(), v, None, []))
-        await p.begin_transaction()
-        futures = []
+        batches: list[tuple[str, int, list[Any]]] = []
         for (topic, part), items in groups.items():
-            batch = p.create_batch()
+            built = [p.create_batch()]
             for key, value, ts, headers in items:
-                if batch.append(key=key, value=value, timestamp=ts, headers=headers) is None:
-                    futures.append(await p.send_batch(batch, topic, partition=part))
-                    batch = p.create_batch()
-                    if batch.append(key=key, value=value, timestamp=ts, headers=headers) is None:
+                if built[-1].append(key=key, value=value, timestamp=ts, headers=headers) is None:
+                    built.append(p.create_batch())
+                    if built[-1].append(key=key, value=value, timestamp=ts, headers=headers) is None:
                         raise BusError(f"a record of {len(value or b'')} bytes does not fit in a Kafka batch")
-            futures.append(await p.send_batch(batch, topic, partition=part))
+            batches.append((topic, part, built))
+        await p.begin_transaction()
+        # The first batch of every partition goes in before any second one: aiokafka queues one
+        # batch per partition, so a second batch waits until the first is sent, and meanwhile the
+        # sender adds only the partitions queued so far to the transaction — each later partition
+        # (the state record's) then cost another AddPartitionsToTxn round trip.
+        futures = []
+        for depth in range(max((len(built) for _t, _p, built in batches), default=0)):  # none: offsets only
+            for topic, part, built in batches:
+                if depth < len(built):
+                    futures.append(await p.send_batch(built[depth], topic, partition=part))
         by_group: dict[str, dict[KTP, OffsetAndMetadata]] = defaultdict(dict)
         for (group, tp), off in txn.offsets.items():
             by_group[group][KTP(self.phys(tp.topic), tp.partition)] = OffsetAndMetadata(off, "")
@@ -630,10 +638,11 @@ class KafkaConsumer:
             raise _wrap(err, "polling") from None
         out: list[Record] = []
         for tp in sorted(batch, key=lambda t: (t.topic, t.partition)):
+            topic = self._bus.logical(tp.topic)  # once per partition, not per record
             for m in batch[tp]:
                 out.append(
                     Record(
-                        self._bus.logical(m.topic),
+                        topic,
                         m.partition,
                         m.offset,
                         m.timestamp,

@@ -185,3 +185,48 @@ def test_pipeline_event_is_valid() -> None:
     d = valid(make(OBSERVED))
     assert d["source"] == {"kind": "pipeline", "stream": "poller", "record_id": None}
     assert make(OBSERVED).id == make("2030-01-01T00:00:00.000Z").id
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2026-03-05T23:09:47.337Z", "2026-03-05T23:09:47.337Z"),
+        ("2024-02-29T12:00:00.000Z", "2024-02-29T12:00:00.000Z"),
+        ("2023-02-29T12:00:00.000Z", None),  # canonical shape, no such day
+        ("2026-02-30T00:00:00.000Z", None),
+        ("2026-13-01T00:00:00.000Z", None),
+        ("2026-00-10T00:00:00.000Z", None),
+        ("2026-01-00T00:00:00.000Z", None),
+        ("0000-01-01T00:00:00.000Z", None),
+        ("2026-03-05T24:00:00.000Z", None),
+        ("2026-03-05T23:60:00.000Z", None),
+        ("2026-03-05T23:59:60.000Z", None),  # strptime's %S takes 60 and 61; datetime does not
+        ("2026-03-05T23:09:47Z", "2026-03-05T23:09:47.000Z"),
+        ("garbage", None),
+        ("", None),
+        (5, None),
+    ],
+)
+def test_iso_time_checks_canonical_values_like_strptime(value: Any, expected: str | None) -> None:
+    assert iso_time(value) == expected
+
+
+@pytest.mark.parametrize("fixture", AUDIT_FIXTURES)
+def test_audit_events_equal_event_build(fixture: str) -> None:
+    """The fast construction builds exactly what Event.build would (same id, fields and JSON bytes)."""
+    for record in load_fixture(fixture)["items"]:
+        event = normalize_audit_record(record, WS, OBSERVED)
+        built = Event.build(
+            type=event.type,
+            time=event.time,
+            observed_at=event.observed_at,
+            workspace=event.workspace,
+            source=event.source,
+            natural_key=(record["id"],),
+            actor=event.actor,
+            target=event.target,
+            attributes=event.attributes,
+            raw=event.raw,
+        )
+        assert event == built and type(event) is Event
+        assert event.to_json() == built.to_json()

@@ -100,3 +100,15 @@ def test_scrub_text_removes_known_secrets_and_bearer_values() -> None:
     """Known secret values and any ``Bearer <token>`` are replaced in free text."""
     text = scrub_text("bad key SECRET-123 in Bearer abc.def", ["SECRET-123"])
     assert "SECRET-123" not in text and "abc.def" not in text
+
+
+def test_non_string_keys_and_repeated_names() -> None:
+    """Non-string keys (YAML fixtures) become strings; the field-name cache gives the same answer every time."""
+    record: dict[Any, Any] = {1: "one", "token": "t", "Headers": {"X-Key": "v"}, "nested": [{"Secret": "s"}, 2]}
+    for _ in range(3):
+        assert redact_record(record) == {
+            "1": "one",
+            "token": REDACTED,
+            "Headers": {"X-Key": REDACTED},
+            "nested": [{"Secret": REDACTED}, 2],
+        }
