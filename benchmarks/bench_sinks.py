@@ -353,7 +353,7 @@ async def main(args: argparse.Namespace) -> None:
             print("  runner = SinkRunner.run_once(): bus read, decode, filter, encode, POST, confirm, commit per batch")
             print(f"  {'sink':<14}{'events':>7}{'replay':>9}{'plain':>9}{'runner':>9}"
                   f"{'runner/plain':>14}{'(median)':>9}{'runner/replay':>15}")  # fmt: skip
-            for kind in SINKS:
+            for kind in args.sinks:
                 count = args.webhook_events if kind == "webhook" else args.events
                 r = await throughput(kind, Path(tmp), count, args.rounds)
                 print(f"  {kind:<14}{count:>7}{r['replay']:>9.0f}{r['plain']:>9.0f}{r['runner']:>9.0f}"
@@ -369,6 +369,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--events", type=int, default=20_000, help="events per HEC/Elasticsearch run")
     p.add_argument("--webhook-events", type=int, default=5_000, help="events per webhook run (one POST each)")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--sinks", nargs="+", choices=SINKS, default=list(SINKS), help="throughput of these sinks only")
     p.add_argument("--outage-secs", type=float, default=60.0)
     p.add_argument("--rate", type=int, default=500, help="events/s published during the outage")
     return p.parse_args(argv)

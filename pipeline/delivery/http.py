@@ -129,6 +129,36 @@ def record_time(d: Delivery) -> tuple[float, str | None]:
     return d.record.timestamp_ms / 1000.0, None
 
 
+_MINUTE_INTS: dict[str, int] = {}
+
+
+def millis_time(value: object) -> tuple[int, str] | None:
+    """For the pipeline's own ``YYYY-MM-DDTHH:MM:SS.fffZ`` (ASCII, from 1970 on): whole epoch seconds and ``fff``.
+
+    What :func:`epoch_seconds` reads from that text (it returns ``secs + int(fff) / 1000``),
+    without floats; None for any other text, which callers give to :func:`record_time`.
+    """
+    if type(value) is not str or len(value) != 24 or value[19] != "." or value[23] != "Z" or not value.isascii():
+        return None
+    minute = _MINUTE_INTS.get(value[:17])
+    if minute is None:
+        minute = -1
+        if value[4] == value[7] == "-" and value[10] == "T" and value[13] == value[16] == ":":
+            try:
+                t = datetime.strptime(value[:16], "%Y-%m-%dT%H:%M").replace(tzinfo=UTC).timestamp()
+            except ValueError:
+                pass
+            else:
+                minute = int(t) if t >= 0 and t == int(t) else -1
+        if len(_MINUTE_INTS) > 65_536:
+            _MINUTE_INTS.clear()
+        _MINUTE_INTS[value[:17]] = minute
+    secs, frac = value[17:19], value[20:23]
+    if minute < 0 or not secs.isdigit() or secs >= "60" or not frac.isdigit():
+        return None
+    return minute + int(secs), frac
+
+
 def redact_url(url: str) -> str:
     """``url`` without credentials, query string or fragment (safe for messages and logs)."""
     try:

@@ -9,14 +9,16 @@ confirmed during the last commit); destinations de-duplicate by id where they ca
 
 How a batch moves:
 
-1. **Read.** Records are read up to ``batch_max_records`` / ``batch_max_bytes``, waiting at
-   most ``batch_max_wait_secs`` after the first one. The next batch is read while one is
-   delivered, so two batches are in memory at most (each capped at half of
-   ``max_in_flight_bytes``): memory stays bounded however long the destination is down,
-   and the lag grows on the bus instead. Undecodable records become dead letters; records
-   whose type does not match ``types`` (globs) or whose alert severity is below
-   ``min_severity`` are filtered out (events have no severity and pass that filter).
-2. **Send.** ``sink.send()`` returns the failed deliveries. Retriable ones are re-sent
+1. **Read** (:mod:`pipeline.delivery.batches`). Records are read up to ``batch_max_records``
+   / ``batch_max_bytes``, waiting at most ``batch_max_wait_secs`` after the first one. The
+   next batch is read (and, for a sink that can, encoded) while one is delivered, so two
+   batches are in memory at most (each capped at half of ``max_in_flight_bytes``): memory
+   stays bounded however long the destination is down, and the lag grows on the bus
+   instead. Undecodable records become dead letters; records whose type does not match
+   ``types`` (globs) or whose alert severity is below ``min_severity`` are filtered out
+   (events have no severity and pass that filter).
+2. **Send.** ``sink.send()`` (or ``send_prepared()`` with the bodies encoded ahead, at the
+   first attempt) returns the failed deliveries. Retriable ones are re-sent
    after ``Backoff`` (exponential, full jitter, at least ``Retry-After``); non-retriable
    ones (poison) are dead-lettered. A ``SinkError`` raised by ``send()`` fails the whole
    attempt: retriable → back off and retry; not retriable (bad credentials, unknown index)
@@ -40,30 +42,26 @@ import re
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field, fields
-from fnmatch import fnmatchcase
 from types import TracebackType
 
-import orjson
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Bus, Consumer, Record, TopicPartition
+from pipeline.bus.base import Bus, Consumer, Record, TopicPartition
 from pipeline.clock import SYSTEM_CLOCK, Clock, format_time
 from pipeline.delivery.backoff import Backoff, Circuit, CircuitState
-from pipeline.delivery.base import Delivery, Kind, Sink, SinkConfig
+from pipeline.delivery.base import Delivery, PreparingSink, Sink, SinkConfig
+from pipeline.delivery.batches import KINDS, TOPICS, Batch, BatchReader, decode
 from pipeline.delivery.deadletter import deadletter_record
 from pipeline.errors import BusError, SinkError
 from pipeline.health import get_health
 from pipeline.logs import get_logger
 from pipeline.telemetry import SINK, TYPE, get_telemetry
-from schemas.alert import severity_rank
 
 log = get_logger("delivery")
 
 __all__ = ["KINDS", "TOPICS", "CircuitState", "RunStats", "RunnerHealth", "SinkRunner", "decode"]
 
-TOPICS: dict[str, str] = {"events": EVENTS_TOPIC, "alerts": ALERTS_TOPIC}
-KINDS: dict[str, Kind] = {EVENTS_TOPIC: "event", ALERTS_TOPIC: "alert"}
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -99,21 +97,6 @@ class RunnerHealth:
 
 
 @dataclass(slots=True)
-class _Batch:
-    """Records read together; committed together once every one is resolved."""
-
-    records: list[Record] = field(default_factory=list)
-    ends: dict[TopicPartition, int] = field(default_factory=dict)  # offset after the last record, per partition
-    pending: list[Delivery] = field(default_factory=list)
-    dead: list[tuple[Record, str, Delivery | None]] = field(default_factory=list)
-    filtered: int = 0
-    nbytes: int = 0
-    attempt: int = 0
-    error_kind: str = ""  # why the last attempt failed (the retry metric's reason)
-    links: list[Link] | None = None  # to the records' traces, computed at the first attempt
-
-
-@dataclass(slots=True)
 class _Commit:
     """Confirmed batches waiting for their (shared) offset-commit transaction."""
 
@@ -124,38 +107,12 @@ class _Commit:
     batches: int = 0
     records: int = 0
 
-    def add(self, batch: _Batch) -> None:
+    def add(self, batch: Batch) -> None:
         self.offsets.update(batch.ends)  # batches are confirmed in order: later offsets are larger
         self.dead += batch.dead
         self.filtered += batch.filtered
         self.batches += 1
         self.records += len(batch.records)
-
-
-def decode(record: Record) -> Delivery | str:
-    """The delivery for a bus record, or why it cannot be decoded.
-
-    Only what delivery needs is checked (a JSON object with a string ``id`` and ``type``, or
-    ``rule.id`` for an alert): the schema was enforced when the record was published.
-    """
-    kind = KINDS.get(record.topic)
-    if kind is None:
-        return f"undecodable record: topic {record.topic} is not an event or alert topic"
-    try:
-        body = orjson.loads(record.value)
-    except orjson.JSONDecodeError as err:
-        return f"undecodable {kind}: not JSON ({err})"
-    if not isinstance(body, dict):
-        return f"undecodable {kind}: not a JSON object"
-    rid = body.get("id")
-    if kind == "event":
-        rtype, field_name = body.get("type"), "type"
-    else:
-        rule = body.get("rule")
-        rtype, field_name = (rule.get("id") if isinstance(rule, dict) else None), "rule.id"
-    if not (isinstance(rid, str) and rid and isinstance(rtype, str) and rtype):
-        return f"undecodable {kind}: 'id' and '{field_name}' must be non-empty strings"
-    return Delivery(record, kind, rid, rtype, body, record.value)
 
 
 class SinkRunner:
@@ -186,18 +143,13 @@ class SinkRunner:
         self.topics = [TOPICS[t] for t in dict.fromkeys(config.topics)]
         self._clock = clock
         self._sleep = sleep
-        self._poll_timeout = poll_timeout_secs
         self._backoff = Backoff(config.retry_initial_secs, config.retry_max_secs, rng=rng)
         self._circuit = Circuit(config.circuit_failures, config.circuit_open_secs, clock, self.sink_id)
-        # In memory at once: the batch being delivered and the next one, read ahead.
-        self._max_bytes = min(config.batch_max_bytes, config.max_in_flight_bytes // 2)
-        self._globs = list(config.types)
-        self._min_rank = severity_rank(config.min_severity) if config.min_severity else None
+        self._reader = BatchReader(sink, config, stopping=self._stopping, poll_timeout_secs=poll_timeout_secs)
+        self._preparer = sink if isinstance(sink, PreparingSink) else None
         self._stack: AsyncExitStack | None = None
         self._consumer: Consumer | None = None
-        self._carry: list[Record] = []
-        self._batch: _Batch | None = None
-        self._next: asyncio.Task[_Batch | None] | None = None  # the batch being read ahead
+        self._batch: Batch | None = None
         self._committing: asyncio.Task[None] | None = None
         self._queued: _Commit | None = None  # confirmed batches not yet committed
         self._stop: asyncio.Event | None = None
@@ -212,6 +164,7 @@ class SinkRunner:
         try:
             await stack.enter_async_context(self.sink)
             self._consumer = await stack.enter_async_context(self.bus.consumer(self.topics, group=self.group))
+            self._reader.consumer = self._consumer
         except BaseException:
             self._consumer = None
             await stack.aclose()
@@ -224,18 +177,14 @@ class SinkRunner:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         stack, self._stack = self._stack, None
-        reading, self._next = self._next, None
-        if reading is not None:
-            reading.cancel()
-            with suppress(asyncio.CancelledError, BusError):
-                await reading
+        await self._reader.close()
         try:
             await self._settle_commit()
         except BusError as err:  # only reachable after a cancellation; the commit is atomic anyway
             log.warning("Offset commit failed while closing.", extra={"sink": self.sink_id, "error": err.message})
         finally:
             # What was read but not committed is forgotten: a new consumer starts at the commit.
-            self._consumer, self._batch, self._carry, self._queued = None, None, [], None
+            self._consumer, self._batch, self._queued = None, None, None
             if stack is not None:
                 await stack.aclose()
 
@@ -277,17 +226,19 @@ class SinkRunner:
         end = await consumer.end_offsets()
         try:
             while self._circuit.state is not CircuitState.OPEN:
-                batch = self._batch or await self._take(end)
+                batch = self._batch or await self._reader.take(end)
                 if batch is None:
                     break
                 self._batch = batch
-                self._read_ahead(end)
+                self._reader.read_ahead(end)
                 if not await self._process(batch, stats):
                     break
                 self._batch = None
                 await self._commit_soon(batch, stats)
+                self._reader.release_later(batch)
             await self._settle_commit()
         finally:
+            self._reader.release_now()
             self.totals.add(stats)
         return stats
 
@@ -309,16 +260,19 @@ class SinkRunner:
                     self._circuit.half_open()
                     self._report_circuit()
                     continue
-                batch = self._batch or await self._take(None)
+                batch = self._batch or await self._reader.take(None)
                 if batch is None:
+                    self._reader.release_now()  # idle
                     continue
                 self._batch = batch
-                self._read_ahead(None)
+                self._reader.read_ahead(None)
                 if await self._process(batch, self.totals):
                     self._batch = None
                     await self._commit_soon(batch, self.totals)
+                    self._reader.release_later(batch)
             await self._settle_commit()
         finally:
+            self._reader.release_now()
             self._stop = None
 
     # ---- reading ---------------------------------------------------------------------------
@@ -330,89 +284,8 @@ class SinkRunner:
     def _stopping(self) -> bool:
         return self._stop is not None and self._stop.is_set()
 
-    async def _take(self, end: dict[TopicPartition, int] | None) -> _Batch | None:
-        """The batch read ahead, else a freshly read one (None: nothing to read now)."""
-        task, self._next = self._next, None
-        if task is not None:
-            batch = await task
-            if batch is not None or end is None:
-                return batch
-        return await self._fill(end=end)
-
-    def _read_ahead(self, end: dict[TopicPartition, int] | None) -> None:
-        """Start reading the next batch while this one is delivered (never cancelled mid-read)."""
-        if self._next is None and not self._stopping():
-            self._next = asyncio.create_task(self._fill(end=end))
-
-    async def _fill(self, *, end: dict[TopicPartition, int] | None) -> _Batch | None:
-        """Read the next batch; ``end`` set: up to those offsets without lingering (run_once)."""
-        consumer = self._require_consumer()
-        cfg = self.config
-        loop = asyncio.get_running_loop()
-        batch = _Batch()
-        deadline: float | None = None
-        empty_polls = 0
-        while len(batch.records) < cfg.batch_max_records and batch.nbytes < self._max_bytes:
-            if self._carry:
-                recs, self._carry = self._carry, []
-            else:
-                if self._stopping():
-                    break
-                if end is not None:
-                    pos = consumer.positions()
-                    if all(pos.get(tp, 0) >= off for tp, off in end.items()) or empty_polls >= 5:
-                        break
-                    timeout = min(self._poll_timeout, 0.2)
-                elif deadline is None:
-                    timeout = self._poll_timeout
-                else:
-                    timeout = deadline - loop.time()
-                    if timeout <= 0:
-                        break
-                recs = await consumer.poll(cfg.batch_max_records - len(batch.records), timeout_s=timeout)
-                if not recs:
-                    empty_polls += 1
-                    if end is None and deadline is None:
-                        return None  # idle: let the caller look at stop and the circuit
-                    continue
-                empty_polls = 0
-            for i, rec in enumerate(recs):
-                if batch.records and (
-                    len(batch.records) >= cfg.batch_max_records or batch.nbytes + len(rec.value) > self._max_bytes
-                ):
-                    self._carry = recs[i:]
-                    break
-                self._add(batch, rec)
-            if deadline is None:
-                deadline = loop.time() + cfg.batch_max_wait_secs
-            if self._carry:
-                break
-        if not batch.records:
-            return None
-        get_telemetry().records_received("sink", cfg.type, self.sink_id, "", len(batch.records))
-        return batch
-
-    def _add(self, batch: _Batch, rec: Record) -> None:
-        batch.records.append(rec)
-        batch.ends[TopicPartition(rec.topic, rec.partition)] = rec.offset + 1  # offsets grow within a partition
-        batch.nbytes += len(rec.value)
-        d = decode(rec)
-        if isinstance(d, str):
-            batch.dead.append((rec, d, None))
-        elif self._keep(d):
-            batch.pending.append(d)
-        else:
-            batch.filtered += 1
-
-    def _keep(self, d: Delivery) -> bool:
-        if self._globs and not any(fnmatchcase(d.type, g) for g in self._globs):
-            return False
-        if self._min_rank is None or d.kind != "alert":
-            return True
-        return severity_rank(d.severity or "") >= self._min_rank
-
     # ---- delivering ------------------------------------------------------------------------
-    async def _process(self, batch: _Batch, stats: RunStats) -> bool:
+    async def _process(self, batch: Batch, stats: RunStats) -> bool:
         """Deliver ``batch``; False if paused (circuit open or stopping) before every record is settled."""
         while batch.pending:
             self._report_circuit()
@@ -442,7 +315,7 @@ class SinkRunner:
             batch.attempt += 1
         return True
 
-    async def _attempt(self, batch: _Batch, stats: RunStats) -> tuple[str | None, bool, float | None]:
+    async def _attempt(self, batch: Batch, stats: RunStats) -> tuple[str | None, bool, float | None]:
         """Send the pending deliveries once; return (error if no progress, fatal, retry_after)."""
         pending = batch.pending
         tel = get_telemetry()
@@ -456,7 +329,11 @@ class SinkRunner:
         }
         with tel.span("sink.batch", attrs, links=batch.links, kind=SpanKind.CLIENT) as span:
             try:
-                result = await self.sink.send(pending)
+                prepared = batch.take_prepared()
+                if prepared is not None and self._preparer is not None:
+                    result = await self._preparer.send_prepared(prepared)
+                else:
+                    result = await self.sink.send(pending)
             except SinkError as err:
                 batch.error_kind = _error_kind(err.message, "error" if err.retriable else "fatal")
                 tel.sink_errors(self.sink_id, batch.error_kind)
@@ -493,6 +370,8 @@ class SinkRunner:
             else:
                 batch.dead.append((f.delivery.record, f.error, f.delivery))
         batch.pending = [f.delivery for f in retry]
+        if not retry:  # all settled: free the deliveries while the next request is in flight
+            self._reader.release_later(pending, prepared)
         after = [f.retry_after for f in retry if f.retry_after is not None]
         retry_after = max(after) if after else None
         if retry and len(retry) == len(pending):
@@ -520,7 +399,7 @@ class SinkRunner:
                     with suppress(asyncio.CancelledError):
                         await t
 
-    async def _commit_soon(self, batch: _Batch, stats: RunStats) -> None:
+    async def _commit_soon(self, batch: Batch, stats: RunStats) -> None:
         """Queue ``batch``'s commit; a background task commits while the next batch is sent.
 
         Batches confirmed while a commit is in progress are merged into the next transaction
