@@ -239,7 +239,8 @@ async def iter_records(
         if all(pos.get(tp, 0) >= end for tp, end in stop.items()):
             return
         recs = await consumer.poll(batch, timeout_s=0.5)
-        recs = [r for r in recs if r.offset < stop.get(r.tp, 0)]
+        if any(off > stop.get(tp, 0) for tp, off in consumer.positions().items()):  # else all are below
+            recs = [r for r in recs if r.offset < stop.get(r.tp, 0)]
         if recs:
             yield recs
 

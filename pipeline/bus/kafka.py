@@ -648,7 +648,7 @@ class KafkaConsumer:
                         m.timestamp,
                         m.key,
                         m.value if m.value is not None else b"",
-                        tuple((k, v) for k, v in (m.headers or ())),
+                        m.headers if type(m.headers) is tuple else tuple(m.headers or ()),  # aiokafka: tuple
                     )
                 )
         return out

@@ -258,7 +258,7 @@ async def test_killed_producer_loses_and_duplicates_nothing(bus: Bus, bus_cfg: d
 @pytest.mark.slow
 async def test_killed_transformer_is_exactly_once(bus: Bus, bus_cfg: dict[str, Any], unique: str) -> None:
     """kill -9 during consume-transform-produce: every input yields exactly one output."""
-    total = 300
+    total = 1000  # several seconds of work even on an idle machine, so the kills land mid-run
     src, dst = f"t-tsrc-{unique}", f"t-tdst-{unique}"
     await bus.ensure_topics([TopicSpec(src, 2), TopicSpec(dst, 2)])
     async with bus.transaction(f"seed-{unique}") as tx:
