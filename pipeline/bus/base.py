@@ -79,6 +79,15 @@ class OutRecord:
     timestamp_ms: int | None = None
 
 
+STATE_MAX_BYTES = 4 * 1024 * 1024
+"""The largest state value a transaction may write (both buses, so what works on the embedded
+bus works on Kafka). The busiest value is the audit cursor's ids seen within the overlap window:
+~56 bytes an id, so 4 MiB holds ~75,000 ids (10 audit records/s for two hours)."""
+STATE_TOPIC_MESSAGE_BYTES = STATE_MAX_BYTES + 1024 * 1024
+"""``max.message.bytes`` of the Kafka state topic: the largest value plus batch overhead
+(Kafka's default, 1 MB, would refuse a cursor of ~18,000 ids)."""
+
+
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
     """How to create a topic."""
@@ -251,5 +260,5 @@ def default_topics(partitions: int = 1, events_retention_ms: int | None = None) 
         TopicSpec(EVENTS_TOPIC, partitions, retention_ms=events_retention_ms),
         TopicSpec(ALERTS_TOPIC, partitions, retention_ms=events_retention_ms),
         TopicSpec(DEADLETTER_TOPIC, partitions, retention_ms=events_retention_ms),
-        TopicSpec(STATE_TOPIC, 1, compacted=True),
+        TopicSpec(STATE_TOPIC, 1, compacted=True, extra={"max.message.bytes": str(STATE_TOPIC_MESSAGE_BYTES)}),
     ]

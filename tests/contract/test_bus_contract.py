@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.bus.base import Bus, Record, TopicPartition, TopicSpec, iter_records
+from pipeline.bus.base import STATE_MAX_BYTES, Bus, Record, TopicPartition, TopicSpec, iter_records
+from pipeline.errors import BusError
 
 WORKER = Path(__file__).with_name("crash_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -214,6 +215,24 @@ async def test_state_survives_reopen(bus_factory: Callable[[], Bus], unique: str
         assert [r.value for r in await _read_all(b2, topic)] == [b"x"]
         assert await b2.get_state(f"s-{unique}") == b"v"
         assert (await b2.committed(f"g-{unique}", topic))[TopicPartition(topic, 0)] == 1
+
+
+async def test_large_state_values_up_to_the_limit(bus_factory: Callable[[], Bus], unique: str) -> None:
+    """A state value of 3 MiB (a busy audit cursor) commits and reloads; one over the limit is refused whole."""
+    big = os.urandom(3 * 1024 * 1024)
+    async with bus_factory() as b1:
+        topic = await _topic(b1, f"t-bigstate-{unique}", 1)
+        async with b1.transaction(f"w-{unique}") as tx:
+            tx.send(topic, b"x", key=b"k")
+            tx.put_state(f"big-{unique}", big)
+        with pytest.raises(BusError, match=rf"state value of 'over-{unique}' is [\d,]+ bytes, over the limit"):
+            async with b1.transaction(f"w-{unique}") as tx:
+                tx.send(topic, b"y", key=b"k")
+                tx.put_state(f"over-{unique}", b"\0" * (STATE_MAX_BYTES + 1))
+    async with bus_factory() as b2:
+        assert await b2.get_state(f"big-{unique}") == big
+        assert await b2.get_state(f"over-{unique}") is None
+        assert [r.value for r in await _read_all(b2, topic)] == [b"x"]
 
 
 def _run_until_done(cfg: dict[str, Any], args: list[str], kills: int, seed: int) -> int:
