@@ -41,6 +41,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import OffsetAndMetadata
 
 from pipeline.bus.base import (
+    STATE_MAX_BYTES,
     STATE_TOPIC,
     Header,
     Record,
@@ -379,6 +380,11 @@ class KafkaBus:
             part = self._partitioner(r.key, parts)
             groups.setdefault((self.phys(r.topic), part), []).append((r.key, r.value, r.timestamp_ms, list(r.headers)))
         for k, v in txn.state.items():
+            if v is not None and len(v) > STATE_MAX_BYTES:  # the broker would refuse the whole transaction
+                raise BusError(
+                    f"state value of {k!r} is {len(v):,} bytes, over the Kafka state limit of {STATE_MAX_BYTES:,}"
+                    " (the transaction is not committed)"
+                )
             groups.setdefault((self.phys(STATE_TOPIC), 0), []).append((k.encode(), v, None, []))
         batches: list[tuple[str, int, list[Any]]] = []
         for (topic, part), items in groups.items():

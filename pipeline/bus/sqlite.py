@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pipeline.bus.base import (
-    STATE_MAX_BYTES,
     Header,
     OutRecord,
     Record,
@@ -144,11 +143,6 @@ class _Txn:
         )
 
     def put_state(self, key: str, value: bytes | None) -> None:
-        if value is not None and len(value) > STATE_MAX_BYTES:
-            raise BusError(
-                f"state value of {key!r} is {len(value):,} bytes, over the limit of {STATE_MAX_BYTES:,}"
-                " (the transaction is not committed)"
-            )
         self.state[key] = value
 
     def commit_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
