@@ -14,8 +14,8 @@ OTLP/HTTP to a collector, and the console (the demo). A disabled instance (the d
 returned by :func:`get_telemetry` until :func:`set_telemetry`/:func:`setup_telemetry`) makes
 every helper return at once.
 
-:data:`METRICS` lists every metric with its OTel name and the series name Prometheus shows
-(dashboards and alert rules are tested against it).
+The metric catalog (attribute keys, :data:`~pipeline.telemetry_metrics.METRICS`) lives in
+:mod:`pipeline.telemetry_metrics`; parsing the ``traceparent`` header in :mod:`pipeline.telemetry_trace`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Final, Literal
+from typing import IO, TYPE_CHECKING, Final
 
 from opentelemetry import trace
 from opentelemetry.context import Context, attach, detach
@@ -42,11 +41,9 @@ from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
     Span,
-    SpanContext,
     SpanKind,
     Status,
     StatusCode,
-    TraceFlags,
     set_span_in_context,
 )
 from opentelemetry.util.types import AttributeValue
@@ -54,146 +51,38 @@ from opentelemetry.util.types import AttributeValue
 from pipeline import __version__
 from pipeline.clock import SYSTEM_CLOCK, Clock
 from pipeline.telemetry_config import OtlpConfig, TelemetryConfig
+from pipeline.telemetry_metrics import (
+    ALERTS_RAISED,
+    API_RATE_LIMITED,
+    API_REQUESTS,
+    BUS_ERRORS,
+    COMPONENT_ERRORS,
+    CONSUMER_LAG,
+    CURSOR_AGE,
+    METRICS,
+    READINESS,
+    RECORDS_DROPPED,
+    RECORDS_RECEIVED,
+    RECORDS_SENT,
+    RETRIES,
+    SINK_CIRCUIT_OPEN,
+    SINK_DELIVERIES,
+    SINK_ERRORS,
+    STREAM,
+    WEBHOOK_REJECTIONS,
+    WORKSPACE,
+    MetricSpec,
+)
+from pipeline.telemetry_trace import (
+    TRACEPARENT,
+    Header,
+    batch_trace_contexts,
+    cached_traceparent,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricExporter
     from prometheus_client import CollectorRegistry
-
-Header = tuple[str, bytes]
-TRACEPARENT: Final = "traceparent"
-
-# Attribute keys, one spelling everywhere (Prometheus shows dots as underscores).
-KIND: Final = "component.kind"  # source | bus | rules | sink | webhook
-TYPE: Final = "component.type"  # the config `type`, e.g. instantly_audit_logs, splunk_hec
-ID: Final = "component.id"  # the user's id for the component, e.g. the workspace key or sink id
-WORKSPACE: Final = "workspace"
-REASON: Final = "reason"
-RULE: Final = "rule.id"
-SEVERITY: Final = "severity"
-STATUS: Final = "http.response.status_code"
-SINK: Final = "sink"
-ERROR_TYPE: Final = "error.type"
-GROUP: Final = "consumer.group"
-TOPIC: Final = "topic"
-PARTITION: Final = "partition"
-STREAM: Final = "stream"
-SOURCE: Final = "source"
-OPERATION: Final = "operation"
-CHECK: Final = "check"
-
-Instrument = Literal["counter", "gauge", "observable_gauge"]
-_UNIT_SUFFIX = {"s": "seconds", "ms": "milliseconds", "By": "bytes"}
-
-
-@dataclass(frozen=True, slots=True)
-class MetricSpec:
-    """One metric: its OTel name, instrument, unit, meaning and attribute keys."""
-
-    name: str
-    instrument: Instrument
-    unit: str
-    description: str
-    attributes: tuple[str, ...]
-
-    @property
-    def family(self) -> str:
-        """The Prometheus metric family name (dots become underscores, a unit suffix is added)."""
-        base = self.name.replace(".", "_")
-        suffix = _UNIT_SUFFIX.get(self.unit)
-        return f"{base}_{suffix}" if suffix and not base.endswith(f"_{suffix}") else base
-
-    @property
-    def series(self) -> str:
-        """The sample name a PromQL query uses (counters end in ``_total``)."""
-        return f"{self.family}_total" if self.instrument == "counter" else self.family
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        """The attribute keys as Prometheus label names."""
-        return tuple(a.replace(".", "_") for a in self.attributes)
-
-
-_C = (KIND, TYPE, ID, WORKSPACE)
-RECORDS_RECEIVED = MetricSpec(
-    "pipeline.component.events.received",
-    "counter",
-    "{event}",
-    "Records a component took in (polled, consumed, accepted).",
-    _C,
-)
-RECORDS_SENT = MetricSpec(
-    "pipeline.component.events.sent", "counter", "{event}", "Records a component published to the bus or delivered.", _C
-)
-RECORDS_DROPPED = MetricSpec(
-    "pipeline.component.events.dropped", "counter", "{event}", "Records deliberately dropped, by reason.", (*_C, REASON)
-)
-COMPONENT_ERRORS = MetricSpec(
-    "pipeline.component.errors", "counter", "{error}", "Errors a component met, by error type.", (*_C, ERROR_TYPE)
-)
-ALERTS_RAISED = MetricSpec(
-    "pipeline.alerts.raised", "counter", "{alert}", "Alerts raised by the rules.", (RULE, SEVERITY, WORKSPACE)
-)
-API_REQUESTS = MetricSpec(
-    "pipeline.instantly.api.requests",
-    "counter",
-    "{request}",
-    "Instantly API responses, by status.",
-    (WORKSPACE, STATUS),
-)
-API_RATE_LIMITED = MetricSpec(
-    "pipeline.instantly.api.rate_limited", "counter", "{response}", "Instantly API 429 answers.", (WORKSPACE,)
-)
-RETRIES = MetricSpec("pipeline.retries", "counter", "{retry}", "Retried operations, by reason.", (KIND, ID, REASON))
-SINK_DELIVERIES = MetricSpec(
-    "pipeline.sink.deliveries", "counter", "{record}", "Records a destination confirmed.", (SINK,)
-)
-SINK_ERRORS = MetricSpec("pipeline.sink.errors", "counter", "{error}", "Failed sink requests.", (SINK, ERROR_TYPE))
-SINK_CIRCUIT_OPEN = MetricSpec(
-    "pipeline.sink.circuit.open", "gauge", "1", "1 while a sink's circuit is open (delivery paused).", (SINK,)
-)
-CONSUMER_LAG = MetricSpec(
-    "pipeline.bus.consumer.lag",
-    "gauge",
-    "{record}",
-    "Records behind the end of the partition.",
-    (GROUP, TOPIC, PARTITION),
-)
-CURSOR_AGE = MetricSpec(
-    "pipeline.source.cursor.age",
-    "observable_gauge",
-    "s",
-    "Seconds since the time up to which a stream is known complete.",
-    (WORKSPACE, STREAM),
-)
-WEBHOOK_REJECTIONS = MetricSpec(
-    "pipeline.webhook.rejections", "counter", "{request}", "Webhook requests refused, by reason.", (SOURCE, REASON)
-)
-BUS_ERRORS = MetricSpec("pipeline.bus.errors", "counter", "{error}", "Failed bus operations.", (OPERATION, ERROR_TYPE))
-READINESS = MetricSpec("pipeline.readiness", "gauge", "1", "1 when a readiness check passes, else 0.", (CHECK,))
-
-METRICS: Final[tuple[MetricSpec, ...]] = (
-    RECORDS_RECEIVED,
-    RECORDS_SENT,
-    RECORDS_DROPPED,
-    COMPONENT_ERRORS,
-    ALERTS_RAISED,
-    API_REQUESTS,
-    API_RATE_LIMITED,
-    RETRIES,
-    SINK_DELIVERIES,
-    SINK_ERRORS,
-    SINK_CIRCUIT_OPEN,
-    CONSUMER_LAG,
-    CURSOR_AGE,
-    WEBHOOK_REJECTIONS,
-    BUS_ERRORS,
-    READINESS,
-)
-
-
-def prometheus_series() -> frozenset[str]:
-    """Every sample name ``/metrics`` can show (what PromQL and dashboards may reference)."""
-    return frozenset(m.series for m in METRICS) | {"target_info"}
 
 
 class _NoopSpan:
@@ -213,9 +102,6 @@ _EMPTY_CONTEXT: Final = Context()
 MAX_BATCH_LINKS: Final = 5
 """Links a batch span carries at most (the first distinct traces of its records); the span's
 ``batch.traces`` attribute says how many distinct traces the batch held."""
-_TRACEPARENTS: dict[bytes, SpanContext | None] = {}
-"""Parsed ``traceparent`` values: the records of one poll page share one, batch after batch."""
-_MAX_TRACEPARENTS = 4096
 
 
 class _SpanScope:
@@ -614,75 +500,6 @@ class Telemetry:
         if not self.enabled:
             return []
         return [Link(sc) for sc in batch_trace_contexts(headers_of_records, limit)[0]]
-
-
-def batch_trace_contexts(headers_of_records: Iterable[Iterable[Header]], limit: int) -> tuple[list[SpanContext], int]:
-    """The span contexts of the first ``limit`` distinct traces in a batch's records, and how many there are.
-
-    Records of one poll page share a traceparent (often the very same headers tuple), so
-    repeats are skipped before any parsing, and each distinct value is parsed once per process
-    (:func:`cached_traceparent`).
-    """
-    out: list[SpanContext] = []
-    traces: set[int] = set()
-    values: set[bytes] = set()
-    prev_headers: object = None
-    prev_value: bytes | None = None
-    for headers in headers_of_records:
-        if headers is prev_headers:
-            continue
-        prev_headers = headers
-        for name, value in headers:
-            if name != TRACEPARENT or value == prev_value:
-                continue
-            prev_value = value
-            try:
-                if value in values:
-                    continue
-                values.add(value)
-            except TypeError:  # an unhashable value (a bytearray): no short cut
-                pass
-            sc = cached_traceparent(value)
-            if sc is not None and sc.trace_id not in traces:
-                traces.add(sc.trace_id)
-                if len(out) < limit:
-                    out.append(sc)
-    return out, len(traces)
-
-
-def cached_traceparent(value: bytes) -> SpanContext | None:
-    """:func:`parse_traceparent`, remembered for the last few thousand distinct values."""
-    try:
-        return _TRACEPARENTS[value]
-    except KeyError:
-        pass
-    except TypeError:  # not hashable (a bytearray): parse it every time
-        return parse_traceparent(value)
-    if len(_TRACEPARENTS) >= _MAX_TRACEPARENTS:
-        _TRACEPARENTS.clear()
-    sc = _TRACEPARENTS[value] = parse_traceparent(value)
-    return sc
-
-
-def parse_traceparent(value: bytes) -> SpanContext | None:
-    """A remote span context from a W3C ``traceparent`` value, or None if it is malformed."""
-    if len(value) < 55 or value[2:3] != b"-" or value[35:36] != b"-" or value[52:53] != b"-":
-        return None
-    version = value[0:2]
-    if version == b"ff" or (version == b"00" and len(value) != 55) or (len(value) > 55 and value[55:56] != b"-"):
-        return None
-    try:
-        if not value[:55].isascii() or value[:55].lower() != value[:55]:
-            return None
-        int(version, 16)
-        trace_id = int(value[3:35], 16)
-        span_id = int(value[36:52], 16)
-        flags = int(value[53:55], 16)
-    except ValueError:
-        return None
-    if trace_id == 0 or span_id == 0:
-        return None
-    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 0xFF))
 
 
 def _otlp_headers(cfg: OtlpConfig) -> dict[str, str]:

@@ -45,7 +45,8 @@ from pipeline.config import WorkspaceConfig
 from pipeline.errors import AuthError, BusError, NotFoundError, PaymentRequiredError, ScopeError, SourceError
 from pipeline.health import get_health
 from pipeline.logs import get_logger
-from pipeline.telemetry import ID, KIND, STREAM, TYPE, WORKSPACE, get_telemetry
+from pipeline.telemetry import get_telemetry
+from pipeline.telemetry_metrics import ID, KIND, STREAM, TYPE, WORKSPACE
 from schemas.event import WorkspaceRef
 
 log = get_logger("instantly.poller")

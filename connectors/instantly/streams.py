@@ -33,7 +33,8 @@ from connectors.instantly.txn_pipeline import YIELD_EVERY, TxnPipeline, TxnWrite
 from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC, Bus, Header, Transaction
 from pipeline.errors import NormalizeError
 from pipeline.logs import get_logger
-from pipeline.telemetry import ID, KIND, STREAM, TYPE, WORKSPACE, get_telemetry
+from pipeline.telemetry import get_telemetry
+from pipeline.telemetry_metrics import ID, KIND, STREAM, TYPE, WORKSPACE
 from schemas.event import Event, WorkspaceRef
 
 log = get_logger("instantly.streams")

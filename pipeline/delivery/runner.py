@@ -56,7 +56,8 @@ from pipeline.delivery.deadletter import deadletter_record
 from pipeline.errors import BusError, SinkError
 from pipeline.health import get_health
 from pipeline.logs import get_logger
-from pipeline.telemetry import SINK, TYPE, get_telemetry
+from pipeline.telemetry import get_telemetry
+from pipeline.telemetry_metrics import SINK, TYPE
 
 log = get_logger("delivery")
 

@@ -47,7 +47,8 @@ from pipeline.clock import Clock
 from pipeline.errors import BusError, PipelineError
 from pipeline.rules.engine import Evaluation, RulesEngine, decode_event
 from pipeline.rules.state import PREFIX
-from pipeline.telemetry import ID, KIND, TYPE, get_telemetry
+from pipeline.telemetry import get_telemetry
+from pipeline.telemetry_metrics import ID, KIND, TYPE
 from schemas.event import Event
 
 log = logging.getLogger(__name__)

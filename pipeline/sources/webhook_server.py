@@ -68,7 +68,8 @@ from pipeline.sources.webhook_normalize import (
     normalize_delivery,
     parse_delivery,
 )
-from pipeline.telemetry import ID, KIND, SOURCE, TYPE, WORKSPACE, get_telemetry
+from pipeline.telemetry import get_telemetry
+from pipeline.telemetry_metrics import ID, KIND, SOURCE, TYPE, WORKSPACE
 from schemas.event import WorkspaceRef
 
 log = get_logger("webhook")

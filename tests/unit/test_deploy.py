@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from pipeline.config import PipelineConfig, parse_config
-from pipeline.telemetry import METRICS, prometheus_series
 from pipeline.telemetry_config import TelemetryConfig
+from pipeline.telemetry_metrics import METRICS, prometheus_series
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

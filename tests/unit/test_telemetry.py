@@ -18,16 +18,10 @@ from pipeline.clock import FakeClock
 from pipeline.config import EnvValue, PipelineConfig, parse_config
 from pipeline.health import HealthRegistry
 from pipeline.service import ServiceServer
-from pipeline.telemetry import (
-    METRICS,
-    TRACEPARENT,
-    Telemetry,
-    get_telemetry,
-    prometheus_series,
-    set_telemetry,
-    setup_telemetry,
-)
+from pipeline.telemetry import Telemetry, get_telemetry, set_telemetry, setup_telemetry
 from pipeline.telemetry_config import TelemetryConfig
+from pipeline.telemetry_metrics import METRICS, prometheus_series
+from pipeline.telemetry_trace import TRACEPARENT
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -11,16 +11,9 @@ from hypothesis import strategies as st
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, StatusCode
 
-from pipeline.telemetry import (
-    MAX_BATCH_LINKS,
-    TRACEPARENT,
-    Header,
-    Telemetry,
-    batch_trace_contexts,
-    cached_traceparent,
-    parse_traceparent,
-)
+from pipeline.telemetry import MAX_BATCH_LINKS, Telemetry
 from pipeline.telemetry_config import TelemetryConfig
+from pipeline.telemetry_trace import TRACEPARENT, Header, batch_trace_contexts, cached_traceparent, parse_traceparent
 
 
 @pytest.fixture

@@ -35,8 +35,9 @@ from pipeline.errors import SinkError
 from pipeline.health import HealthRegistry, set_health
 from pipeline.rules.worker import RulesWorker
 from pipeline.sources.webhook_server import WebhookReceiver
-from pipeline.telemetry import TRACEPARENT, Telemetry, parse_traceparent, set_telemetry
+from pipeline.telemetry import Telemetry, set_telemetry
 from pipeline.telemetry_config import TelemetryConfig
+from pipeline.telemetry_trace import TRACEPARENT, parse_traceparent
 from tests.fakes import make_event, publish
 from tests.unit.test_webhook_support import delivery, hdrs, make_config, serve
 

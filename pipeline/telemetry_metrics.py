@@ -1,0 +1,143 @@
+"""The metric catalog: attribute keys, every metric's OTel name, kind, unit and labels.
+
+:data:`METRICS` lists every metric with its OTel name and the series name Prometheus shows
+(dashboards and alert rules are tested against it); :mod:`pipeline.telemetry` records them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+# Attribute keys, one spelling everywhere (Prometheus shows dots as underscores).
+KIND: Final = "component.kind"  # source | bus | rules | sink | webhook
+TYPE: Final = "component.type"  # the config `type`, e.g. instantly_audit_logs, splunk_hec
+ID: Final = "component.id"  # the user's id for the component, e.g. the workspace key or sink id
+WORKSPACE: Final = "workspace"
+REASON: Final = "reason"
+RULE: Final = "rule.id"
+SEVERITY: Final = "severity"
+STATUS: Final = "http.response.status_code"
+SINK: Final = "sink"
+ERROR_TYPE: Final = "error.type"
+GROUP: Final = "consumer.group"
+TOPIC: Final = "topic"
+PARTITION: Final = "partition"
+STREAM: Final = "stream"
+SOURCE: Final = "source"
+OPERATION: Final = "operation"
+CHECK: Final = "check"
+
+Instrument = Literal["counter", "gauge", "observable_gauge"]
+_UNIT_SUFFIX = {"s": "seconds", "ms": "milliseconds", "By": "bytes"}
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One metric: its OTel name, instrument, unit, meaning and attribute keys."""
+
+    name: str
+    instrument: Instrument
+    unit: str
+    description: str
+    attributes: tuple[str, ...]
+
+    @property
+    def family(self) -> str:
+        """The Prometheus metric family name (dots become underscores, a unit suffix is added)."""
+        base = self.name.replace(".", "_")
+        suffix = _UNIT_SUFFIX.get(self.unit)
+        return f"{base}_{suffix}" if suffix and not base.endswith(f"_{suffix}") else base
+
+    @property
+    def series(self) -> str:
+        """The sample name a PromQL query uses (counters end in ``_total``)."""
+        return f"{self.family}_total" if self.instrument == "counter" else self.family
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The attribute keys as Prometheus label names."""
+        return tuple(a.replace(".", "_") for a in self.attributes)
+
+
+_C = (KIND, TYPE, ID, WORKSPACE)
+RECORDS_RECEIVED = MetricSpec(
+    "pipeline.component.events.received",
+    "counter",
+    "{event}",
+    "Records a component took in (polled, consumed, accepted).",
+    _C,
+)
+RECORDS_SENT = MetricSpec(
+    "pipeline.component.events.sent", "counter", "{event}", "Records a component published to the bus or delivered.", _C
+)
+RECORDS_DROPPED = MetricSpec(
+    "pipeline.component.events.dropped", "counter", "{event}", "Records deliberately dropped, by reason.", (*_C, REASON)
+)
+COMPONENT_ERRORS = MetricSpec(
+    "pipeline.component.errors", "counter", "{error}", "Errors a component met, by error type.", (*_C, ERROR_TYPE)
+)
+ALERTS_RAISED = MetricSpec(
+    "pipeline.alerts.raised", "counter", "{alert}", "Alerts raised by the rules.", (RULE, SEVERITY, WORKSPACE)
+)
+API_REQUESTS = MetricSpec(
+    "pipeline.instantly.api.requests",
+    "counter",
+    "{request}",
+    "Instantly API responses, by status.",
+    (WORKSPACE, STATUS),
+)
+API_RATE_LIMITED = MetricSpec(
+    "pipeline.instantly.api.rate_limited", "counter", "{response}", "Instantly API 429 answers.", (WORKSPACE,)
+)
+RETRIES = MetricSpec("pipeline.retries", "counter", "{retry}", "Retried operations, by reason.", (KIND, ID, REASON))
+SINK_DELIVERIES = MetricSpec(
+    "pipeline.sink.deliveries", "counter", "{record}", "Records a destination confirmed.", (SINK,)
+)
+SINK_ERRORS = MetricSpec("pipeline.sink.errors", "counter", "{error}", "Failed sink requests.", (SINK, ERROR_TYPE))
+SINK_CIRCUIT_OPEN = MetricSpec(
+    "pipeline.sink.circuit.open", "gauge", "1", "1 while a sink's circuit is open (delivery paused).", (SINK,)
+)
+CONSUMER_LAG = MetricSpec(
+    "pipeline.bus.consumer.lag",
+    "gauge",
+    "{record}",
+    "Records behind the end of the partition.",
+    (GROUP, TOPIC, PARTITION),
+)
+CURSOR_AGE = MetricSpec(
+    "pipeline.source.cursor.age",
+    "observable_gauge",
+    "s",
+    "Seconds since the time up to which a stream is known complete.",
+    (WORKSPACE, STREAM),
+)
+WEBHOOK_REJECTIONS = MetricSpec(
+    "pipeline.webhook.rejections", "counter", "{request}", "Webhook requests refused, by reason.", (SOURCE, REASON)
+)
+BUS_ERRORS = MetricSpec("pipeline.bus.errors", "counter", "{error}", "Failed bus operations.", (OPERATION, ERROR_TYPE))
+READINESS = MetricSpec("pipeline.readiness", "gauge", "1", "1 when a readiness check passes, else 0.", (CHECK,))
+
+METRICS: Final[tuple[MetricSpec, ...]] = (
+    RECORDS_RECEIVED,
+    RECORDS_SENT,
+    RECORDS_DROPPED,
+    COMPONENT_ERRORS,
+    ALERTS_RAISED,
+    API_REQUESTS,
+    API_RATE_LIMITED,
+    RETRIES,
+    SINK_DELIVERIES,
+    SINK_ERRORS,
+    SINK_CIRCUIT_OPEN,
+    CONSUMER_LAG,
+    CURSOR_AGE,
+    WEBHOOK_REJECTIONS,
+    BUS_ERRORS,
+    READINESS,
+)
+
+
+def prometheus_series() -> frozenset[str]:
+    """Every sample name ``/metrics`` can show (what PromQL and dashboards may reference)."""
+    return frozenset(m.series for m in METRICS) | {"target_info"}
