@@ -18,6 +18,9 @@ from schemas.ids import deterministic_id
 SCHEMA = "instantly.event.v1"
 SourceKind = Literal["audit_log", "snapshot", "webhook", "pipeline"]
 TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+_VALID_TYPES: set[str] = set()
+"""Event types ``Event.build`` already checked against ``TYPE_PATTERN`` (a bounded few in practice)."""
+_MAX_VALID_TYPES = 4096
 _SLUG = re.compile(r"[^a-z0-9_]+")
 
 
@@ -116,21 +119,15 @@ class Event:
         Raises:
             ValueError: ``type`` does not match the dotted type format.
         """
-        if not TYPE_PATTERN.match(type):
-            raise ValueError(f"event type {type!r} is not dotted lower_snake (e.g. 'api_key.created')")
+        if type not in _VALID_TYPES:
+            if not TYPE_PATTERN.match(type):
+                raise ValueError(f"event type {type!r} is not dotted lower_snake (e.g. 'api_key.created')")
+            if len(_VALID_TYPES) < _MAX_VALID_TYPES:
+                _VALID_TYPES.add(type)
         event_id = deterministic_id(workspace.id, source.stream, *natural_key)
-        return cls(
-            id=event_id,
-            type=type,
-            time=time,
-            observed_at=observed_at,
-            workspace=workspace,
-            source=source,
-            actor=actor,
-            target=target,
-            change=change,
-            attributes=attributes or {},
-            raw=raw,
+        make = new_event if cls is Event else cls
+        return make(
+            event_id, type, time, observed_at, workspace, source, actor, target, change, attributes or {}, raw, SCHEMA
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -208,12 +205,13 @@ class Event:
         return cls.from_dict(orjson.loads(data))
 
 
-# ---- decoding fast path ----------------------------------------------------------------------
+# ---- construction fast path ------------------------------------------------------------------
 # Every consumer of the bus rebuilds an Event per record, so decoding is on the hot path of the
-# rules, the sinks and replay. A frozen dataclass's ``__init__`` assigns each field through
-# ``object.__setattr__`` (about 0.1 us a field); the constructors below build the very same
-# objects several times faster, and ``from_dict`` uses them for the exact shape ``to_json``
-# writes (every key present), leaving any other shape to the general path and its errors.
+# rules, the sinks and replay (and building one is on the poller's). A frozen dataclass's
+# ``__init__`` assigns each field through ``object.__setattr__`` (about 0.1 us a field); the
+# constructors below build the very same objects several times faster. ``from_dict`` uses them
+# for the exact shape ``to_json`` writes (every key present), leaving any other shape to the
+# general path and its errors; ``Event.build`` uses ``new_event``.
 
 _D = TypeVar("_D")
 
@@ -243,11 +241,13 @@ def _fast_constructor(cls: type[_D]) -> Callable[..., _D]:
     return make if type(built) is cls and built == cls(*probe) else cls
 
 
-_new_event = _fast_constructor(Event)
-_new_source = _fast_constructor(Source)
-_new_actor = _fast_constructor(Actor)
-_new_target = _fast_constructor(Target)
-_new_change = _fast_constructor(Change)
+# Positional constructors, equal to calling the class (fields in declaration order), for hot
+# paths: decoding here, and normalizing audit records (``connectors.instantly.normalize``).
+new_event = _fast_constructor(Event)
+new_source = _fast_constructor(Source)
+new_actor = _fast_constructor(Actor)
+new_target = _fast_constructor(Target)
+new_change = _fast_constructor(Change)
 _WORKSPACES: dict[str, WorkspaceRef] = {}
 """Decoded workspace refs by id: a handful of workspaces, shared by every event (they are immutable)."""
 _MAX_WORKSPACES = 4096
@@ -280,17 +280,17 @@ def _from_full_dict(d: dict[str, Any]) -> Event | None:
     if a:
         if type(a) is not dict or len(a) != 6:
             return None
-        actor: Actor | None = _new_actor(a["user_id"], a["user_name"], a["api_key_id"], a["ip"], a["user_agent"],
+        actor: Actor | None = new_actor(a["user_id"], a["user_name"], a["api_key_id"], a["ip"], a["user_agent"],
                                          a["via_api"])  # fmt: skip
     else:
         actor = None
     if t:
         if type(t) is not dict or len(t) != 3:
             return None
-        target: Target | None = _new_target(t["kind"], t["id"], t["name"])
+        target: Target | None = new_target(t["kind"], t["id"], t["name"])
     else:
         target = None
-    change = _new_change(c["before"], c["after"], tuple(c["fields"])) if c else None
-    source = _new_source(s["kind"], s["stream"], s["record_id"])
-    return _new_event(d["id"], d["type"], d["time"], d["observed_at"], ws, source, actor, target, change,
+    change = new_change(c["before"], c["after"], tuple(c["fields"])) if c else None
+    source = new_source(s["kind"], s["stream"], s["record_id"])
+    return new_event(d["id"], d["type"], d["time"], d["observed_at"], ws, source, actor, target, change,
                       d.get("attributes") or {}, d.get("raw"), d.get("schema", SCHEMA))  # fmt: skip
