@@ -78,14 +78,12 @@ class Publisher:
         ``trace``: the trace headers to attach, computed once per transaction by the caller
         (default: those of the current span).
         """
-        if trace is None:
-            trace = get_telemetry().trace_headers()
-        tx.send(
-            EVENTS_TOPIC,
-            event.to_json(),
-            key=self.workspace.id.encode(),
-            headers=[("event_type", event.type.encode()), *trace],
-        )
+        topic, value, key, headers = self.record(event, get_telemetry().trace_headers() if trace is None else trace)
+        tx.send(topic, value, key=key, headers=headers)
+
+    def record(self, event: Event, trace: Sequence[Header]) -> tuple[str, bytes, bytes, tuple[Header, ...]]:
+        """What :meth:`send` buffers for ``event``: (topic, value, key, headers)."""
+        return EVENTS_TOPIC, event.to_json(), self.workspace.id.encode(), (("event_type", event.type.encode()), *trace)
 
     def count(self, stream: str, received: int, published: int, dropped: Mapping[str, int]) -> None:
         """Report one batch of ``stream`` (once per page or snapshot, after its transaction committed)."""
@@ -250,7 +248,7 @@ class AuditBatch:
 async def prepare_audit_batch(
     pub: Publisher, records: Iterable[Mapping[str, Any]], observed_at: str, line: TxnPipeline
 ) -> AuditBatch:
-    """Normalize and serialise audit records as :meth:`Publisher.send` would send them; a record that
+    """Normalize and serialise audit records as :meth:`Publisher.record` does; a record that
     cannot be normalized becomes a dead letter (redacted). Pauses every :data:`YIELD_EVERY` records
     so the transaction ``line`` has in flight keeps committing meanwhile.
     """
@@ -267,7 +265,7 @@ async def prepare_audit_batch(
             value = orjson.dumps({**letter, "record": redact_record(record)})
             dead.append((DEADLETTER_TOPIC, value, key, (("error", b"normalize"), *trace)))
         else:
-            out.append((EVENTS_TOPIC, event.to_json(), key, (("event_type", event.type.encode()), *trace)))
+            out.append(pub.record(event, trace))
         if n % YIELD_EVERY == 0:
             await line.pause()
     events = len(out)
