@@ -23,9 +23,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import gzip
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +42,7 @@ from pipeline.delivery.http import (
     HttpSinkConfig,
     millis_time,
     record_time,
+    request_body,
     status_error,
 )
 from pipeline.errors import SinkError
@@ -52,7 +51,6 @@ from pipeline.logs import register_secret
 _PART = re.compile(r"\{([^{}]*)\}")
 _TOKENS = (("yyyy", "%Y"), ("yy", "%y"), ("MM", "%m"), ("dd", "%d"), ("HH", "%H"))
 _BAD_INDEX_CHARS = re.compile(r'[\\/*?"<>|,# :A-Z{}]')
-_COMPRESS_IN_THREAD_BYTES = 2 * 1024 * 1024  # below this, a thread hop costs more than gzip -3
 # How Elasticsearch and OpenSearch begin a bulk answer in which every item succeeded.
 _ALL_CREATED = re.compile(rb'\{\s*"took"\s*:\s*\d+\s*,\s*(?:"ingest_took"\s*:\s*\d+\s*,\s*)?"errors"\s*:\s*false\s*,')
 
@@ -190,12 +188,7 @@ class ElasticsearchSink:
         return b"".join((action, orjson.dumps(d.id), b"}}\n", doc, b"\n"))
 
     async def _body(self, lines: list[bytes]) -> bytes:
-        data = b"".join(lines)
-        if self.config.compression != "gzip":
-            return data
-        if len(data) >= _COMPRESS_IN_THREAD_BYTES:
-            return await asyncio.to_thread(gzip.compress, data, 3, mtime=0)
-        return gzip.compress(data, 3, mtime=0)
+        return await request_body(lines, gzip_level=3 if self.config.compression == "gzip" else None)
 
     async def prepare(self, batch: Sequence[Delivery]) -> PreparedBatch:
         """Encode (and compress) ``batch`` into its ``_bulk`` request, ready for :meth:`send_prepared`."""

@@ -31,7 +31,6 @@ indexer acknowledgment"):
 from __future__ import annotations
 
 import asyncio
-import gzip
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from pydantic import Field, field_validator
 from pipeline.clock import SYSTEM_CLOCK, Clock
 from pipeline.config import Secret
 from pipeline.delivery.base import Delivery, Failure, PreparedBatch, SendResult, SinkConfig
-from pipeline.delivery.http import HttpClient, HttpResponse, HttpSinkConfig, millis_time, record_time
+from pipeline.delivery.http import HttpClient, HttpResponse, HttpSinkConfig, millis_time, record_time, request_body
 from pipeline.errors import SinkError
 from pipeline.logs import register_secret
 
@@ -53,7 +52,6 @@ HEALTH_PATH = "/services/collector/health"
 CHANNEL_HEADER = "X-Splunk-Request-Channel"
 INVALID_EVENT_CODES = frozenset({6, 12, 13, 15})
 CONFIG_CODES = frozenset({1, 2, 3, 4, 7, 10, 11, 14, 16})
-COMPRESS_IN_THREAD_BYTES = 2 * 1024 * 1024  # below this, a thread hop (GIL hand-over) costs more than gzip -3
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -167,13 +165,8 @@ class SplunkHecSink:
         return out
 
     async def _body(self, parts: list[bytes]) -> bytes:
-        data = b"".join(parts)
-        if self.config.compression != "gzip":
-            return data
-        level = self.config.gzip_level
-        if len(data) >= COMPRESS_IN_THREAD_BYTES:  # keep the event loop (other sinks) responsive
-            return await asyncio.to_thread(gzip.compress, data, level, mtime=0)
-        return gzip.compress(data, level, mtime=0)
+        cfg = self.config
+        return await request_body(parts, gzip_level=cfg.gzip_level if cfg.compression == "gzip" else None)
 
     async def prepare(self, batch: Sequence[Delivery]) -> PreparedBatch:
         """Encode (and compress) ``batch`` into its requests, ready for :meth:`send_prepared`."""

@@ -10,14 +10,17 @@
   block, so they are neither the cause nor the context of what we raise (aiohttp puts
   request headers, ``Authorization`` included, into some of its errors).
 * :func:`parse_retry_after` reads ``Retry-After`` as delta-seconds or an HTTP date.
+* :func:`request_body` joins (and gzips) a request body, in a thread when it is large.
 * :func:`record_time` gives a record's own time (an event's ``time``, an alert's
   ``last_seen``) in epoch seconds, quickly, for destinations that index by time.
 """
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -157,6 +160,21 @@ def millis_time(value: object) -> tuple[int, str] | None:
     if minute < 0 or not secs.isdigit() or secs >= "60" or not frac.isdigit():
         return None
     return minute + int(secs), frac
+
+
+COMPRESS_IN_THREAD_BYTES = 2 * 1024 * 1024
+"""Bodies this large are gzipped in a thread (keeping the event loop, other sinks, responsive);
+below it a thread hop (GIL hand-over) costs more than gzip -3."""
+
+
+async def request_body(parts: Sequence[bytes], *, gzip_level: int | None) -> bytes:
+    """``parts`` joined, gzipped at ``gzip_level`` unless it is None (``mtime=0``: same bytes for a retry)."""
+    data = b"".join(parts)
+    if gzip_level is None:
+        return data
+    if len(data) >= COMPRESS_IN_THREAD_BYTES:
+        return await asyncio.to_thread(gzip.compress, data, gzip_level, mtime=0)
+    return gzip.compress(data, gzip_level, mtime=0)
 
 
 def redact_url(url: str) -> str:
