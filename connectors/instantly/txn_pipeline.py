@@ -58,7 +58,7 @@ class TxnPipeline:
 
     async def pause(self) -> None:
         """Let the transaction in flight make progress (one event-loop pass); no-op when idle."""
-        if self._task is not None and not self._task.done():
+        if self.busy:
             await asyncio.sleep(0)
 
     async def submit(self, write: TxnWrite) -> None:

@@ -166,8 +166,9 @@ class LoginNewIpRule(CatalogRule[LoginNewIpParams]):
         ips[ip] = ip_time
         known[pair] = ip_time
         while len(ips) > p.max_ips_per_user:
-            known.pop((user, next(iter(ips))), None)
-            del ips[next(iter(ips))]
+            oldest = next(iter(ips))
+            del ips[oldest]
+            known.pop((user, oldest), None)
         if now - sub.get("since", 0) < learning_secs:  # this user's IPs are still being learned
             return ()
         return (self._finding(event, user, ip, len(ips) - 1, new_user=False),)
