@@ -42,13 +42,13 @@ import orjson
 from pydantic import SecretStr
 
 from connectors.instantly.budget import RequestBudget
+from connectors.instantly.config import BudgetConfig, WorkspaceConfig
 from connectors.instantly.normalize import normalize_audit_record
 from connectors.instantly.sim import InstantlySimulator, SimConfig, demo_world
 from connectors.instantly.sim.models import Actor
 from connectors.instantly.source import InstantlyWorkspacePoller
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.clock import SYSTEM_CLOCK
-from pipeline.config import BudgetConfig, WorkspaceConfig
 from schemas import WorkspaceRef
 
 AUDIT_PATH = "/api/v2/audit-logs"

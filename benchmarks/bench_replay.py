@@ -27,7 +27,7 @@ from benchmarks.bench_bus import make_payloads
 from pipeline.bus.base import EVENTS_TOPIC, Bus
 from pipeline.bus.kafka import FETCH_PARTITION_BYTES, KafkaBus
 from pipeline.bus.sqlite import SqliteBus
-from pipeline.replay import ReplayStats, Selection, scan, scan_values
+from pipeline.replay.scan import ReplayStats, Selection, scan, scan_values
 
 KEY = b"019cc043-e2f1-7def-8b07-0aab88328dad"
 

@@ -49,9 +49,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.bus.base import EVENTS_TOPIC, OutRecord
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.clock import FakeClock, parse_time
-from pipeline.rules import RulesEngine, RulesWorker, decode_event
+from pipeline.rules.engine import RulesEngine, decode_event
 from pipeline.rules.state import state_size
 from pipeline.rules.testing import make_event
+from pipeline.rules.worker import RulesWorker
 from schemas.event import Event, WorkspaceRef
 
 T0 = parse_time("2026-01-01T00:00:00Z")

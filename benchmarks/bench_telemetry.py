@@ -27,9 +27,9 @@ import orjson
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from pipeline.telemetry import Telemetry
-from pipeline.telemetry_config import TelemetryConfig
-from pipeline.telemetry_trace import Header
+from pipeline.observability.telemetry import Telemetry
+from pipeline.observability.telemetry_config import TelemetryConfig
+from pipeline.observability.trace import Header
 from schemas import Actor, Event, Source, Target, WorkspaceRef
 
 

@@ -111,7 +111,8 @@ async def serve(target: str, port: int, workdir: str) -> None:
         return
 
     from pipeline.bus.factory import open_bus
-    from pipeline.config import EnvValue, KafkaBusConfig, SqliteBusConfig
+    from pipeline.config.base import EnvValue
+    from pipeline.config.model import KafkaBusConfig, SqliteBusConfig
     from pipeline.sources.webhook_config import parse_webhook_config
     from pipeline.sources.webhook_server import WebhookReceiver
 

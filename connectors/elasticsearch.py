@@ -34,7 +34,7 @@ import orjson
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.clock import format_time
-from pipeline.config import Secret
+from pipeline.config.base import Secret
 from pipeline.delivery.base import Delivery, Failure, PreparedBatch, SendResult, SinkConfig
 from pipeline.delivery.http import (
     HttpClient,
@@ -46,7 +46,7 @@ from pipeline.delivery.http import (
     status_error,
 )
 from pipeline.errors import SinkError
-from pipeline.logs import register_secret
+from pipeline.observability.logs import register_secret
 
 _PART = re.compile(r"\{([^{}]*)\}")
 _TOKENS = (("yyyy", "%Y"), ("yy", "%y"), ("MM", "%m"), ("dd", "%d"), ("HH", "%H"))
@@ -77,7 +77,7 @@ def index_namer(pattern: str) -> Callable[[float], str]:
     pieces.append(pattern[last:].replace("%", "%%"))
     static = _PART.sub("", pattern)
     if not pattern or _BAD_INDEX_CHARS.search(static) or pattern[0] in "-_+" or pattern in (".", ".."):
-        raise ValueError(f"{pattern!r} is not a valid index name (lowercase, no spaces or \\/*?\"<>|,#:)")
+        raise ValueError(f'{pattern!r} is not a valid index name (lowercase, no spaces or \\/*?"<>|,#:)')
     fmt = "".join(pieces)
     if fmt == pattern.replace("%", "%%") and "{" not in pattern:
         return lambda _t: pattern

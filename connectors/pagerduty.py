@@ -33,11 +33,11 @@ import orjson
 from pydantic import Field, field_validator
 
 from pipeline.clock import SYSTEM_CLOCK, Clock
-from pipeline.config import Secret
+from pipeline.config.base import Secret
 from pipeline.delivery.base import Delivery, Failure, SendResult, SinkConfig
 from pipeline.delivery.http import HttpClient, HttpResponse, HttpSinkConfig, status_error
 from pipeline.errors import SinkError
-from pipeline.logs import redact_text, register_secret
+from pipeline.observability.logs import redact_text, register_secret
 
 ENQUEUE_PATH = "/v2/enqueue"
 SEVERITY = {"critical": "critical", "high": "error", "medium": "warning", "low": "info", "info": "info"}

@@ -32,12 +32,12 @@ import orjson
 from pydantic import Field, SecretStr, field_validator
 
 from pipeline.clock import SYSTEM_CLOCK, Clock
-from pipeline.config import Secret
+from pipeline.config.base import Secret
 from pipeline.delivery.base import Delivery, Failure, SendResult, SinkConfig
 from pipeline.delivery.http import USER_AGENT, parse_retry_after
 from pipeline.errors import BackpressureError, SinkError
 from pipeline.formats import classify
-from pipeline.logs import redact_text, register_secret
+from pipeline.observability.logs import redact_text, register_secret
 
 Sleep = Callable[[float], Awaitable[None]]
 

@@ -40,11 +40,11 @@ import orjson
 from pydantic import Field, field_validator
 
 from pipeline.clock import SYSTEM_CLOCK, Clock
-from pipeline.config import Secret
+from pipeline.config.base import Secret
 from pipeline.delivery.base import Delivery, Failure, PreparedBatch, SendResult, SinkConfig
 from pipeline.delivery.http import HttpClient, HttpResponse, HttpSinkConfig, millis_time, record_time, request_body
 from pipeline.errors import SinkError
-from pipeline.logs import register_secret
+from pipeline.observability.logs import register_secret
 
 EVENT_PATH = "/services/collector/event"
 ACK_PATH = "/services/collector/ack"

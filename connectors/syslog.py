@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.config import Model
+from pipeline.config.base import Model
 from pipeline.delivery.base import Delivery, Failure, SendResult, SinkConfig
 from pipeline.errors import ConfigError, SinkError
 from pipeline.formats import classify, render_bytes, to_cef

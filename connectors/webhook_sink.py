@@ -28,11 +28,11 @@ import orjson
 from pydantic import Field, SecretStr, field_validator
 
 from pipeline.clock import SYSTEM_CLOCK, Clock
-from pipeline.config import Secret
+from pipeline.config.base import Secret
 from pipeline.delivery.base import Delivery, Failure, SendResult, SinkConfig
 from pipeline.delivery.http import HttpClient, HttpSinkConfig
 from pipeline.errors import SinkError, WebhookRejected
-from pipeline.logs import register_secret
+from pipeline.observability.logs import register_secret
 from schemas.ids import deterministic_id
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format prefix, not a secret

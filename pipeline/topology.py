@@ -22,16 +22,16 @@ import random
 import signal
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from pipeline.bus.base import EVENTS_TOPIC, Bus, Consumer
 from pipeline.bus.factory import open_bus
 from pipeline.clock import SYSTEM_CLOCK, Clock
-from pipeline.config import PipelineConfig
+from pipeline.config.model import PipelineConfig
 from pipeline.errors import BusError, ConfigError, PipelineError
-from pipeline.logs import get_logger, register_secret, setup_logging
+from pipeline.observability.logs import get_logger, register_secret, setup_logging
+from pipeline.sources.base import source_plugins
 
 log = get_logger("topology")
 ROLES = ("pollers", "rules", "sinks", "webhook")
@@ -40,25 +40,10 @@ LAG_INTERVAL_SECS = 15.0
 """How often the long-running process measures consumer lag and checks the bus."""
 
 
-def source_class(name: str = "instantly") -> Any:
-    """The source class registered under ``name`` (entry point group ``instantly_audit.sources``).
-
-    Raises:
-        ConfigError: no such source is installed.
-    """
-    for ep in entry_points(group="instantly_audit.sources"):
-        if ep.name == name:
-            return ep.load()
-    raise ConfigError(f"source type {name!r} is not installed")
-
-
 def register_config_secrets(cfg: PipelineConfig) -> None:
-    """Teach the log redaction filter every secret in the config."""
-    for ws in cfg.workspaces.values():
-        register_secret(ws.api_key.get_secret_value())
-    sec = getattr(cfg.bus, "security", None)
-    if sec is not None and sec.password is not None:
-        register_secret(sec.password.get_secret_value())
+    """Teach the log redaction filter every secret in the config (every section, every connector)."""
+    for secret in _walk_secrets(cfg):
+        register_secret(secret)
 
 
 def _walk_secrets(node: Any) -> list[str]:
@@ -169,12 +154,12 @@ class Pipeline:
 
     async def _build(self) -> None:
         cfg, bus, clock = self.cfg, self.bus, self.clock
-        if "pollers" in self.roles and cfg.workspaces:
-            cls = source_class("instantly")
-            for sid, wcfg in cfg.workspaces.items():
-                self.pollers.append(await self._stack.enter_async_context(cls(sid, wcfg, bus, clock=clock)))
+        if "pollers" in self.roles:
+            for plugin in source_plugins().values():
+                for source in plugin.build(cfg, bus, clock):
+                    self.pollers.append(await self._stack.enter_async_context(source))
         if "rules" in self.roles:
-            from pipeline.rules.engine import RulesWorker
+            from pipeline.rules.worker import RulesWorker
 
             self.rules = RulesWorker(bus, cfg.rules, clock=clock, base_dir=self.config_dir)
         if "sinks" in self.roles:
@@ -272,8 +257,8 @@ async def monitor_bus(
     One group-less consumer stays open for the end offsets (it never reads and never commits);
     it is reopened after a bus error.
     """
-    from pipeline.health import get_health
-    from pipeline.telemetry import get_telemetry
+    from pipeline.observability.health import get_health
+    from pipeline.observability.telemetry import get_telemetry
 
     topics = sorted({t for _, ts in groups for t in ts}) or [EVENTS_TOPIC]
     consumer: Consumer | None = None
@@ -343,9 +328,9 @@ async def run_pipeline(
     if problems:
         raise ConfigError("\n".join(problems))
     roles = roles or {"all"}
-    from pipeline.health import HealthRegistry, set_health
-    from pipeline.service import ServiceServer
-    from pipeline.telemetry import get_telemetry, set_telemetry, setup_telemetry
+    from pipeline.observability.health import HealthRegistry, set_health
+    from pipeline.observability.service import ServiceServer
+    from pipeline.observability.telemetry import get_telemetry, set_telemetry, setup_telemetry
 
     role_name = "all" if "all" in roles else "+".join(sorted(roles))
     telemetry = setup_telemetry(cfg.telemetry, role=role_name, clock=clock)
@@ -380,7 +365,7 @@ def reload_webhook_secrets(pipe: Pipeline, config_path: Path) -> int:
     header value in Instantly, then removes the old one and reloads again — no restart, no
     rejected delivery. Anything else that changed in the file needs a restart.
     """
-    from pipeline.config import load_config
+    from pipeline.config.loader import load_config
 
     if pipe.receiver is None:
         return 0

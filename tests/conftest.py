@@ -17,7 +17,7 @@ import pytest
 
 from pipeline.bus.base import Bus
 from pipeline.bus.factory import open_bus
-from pipeline.config import KafkaBusConfig, SqliteBusConfig
+from pipeline.config.model import KafkaBusConfig, SqliteBusConfig
 
 _kafka_ran: list[str] = []
 

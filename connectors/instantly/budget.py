@@ -13,8 +13,8 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from connectors.instantly.config import BudgetConfig
 from pipeline.clock import SYSTEM_CLOCK, Clock
-from pipeline.config import BudgetConfig
 
 Sleep = Callable[[float], Awaitable[None]]
 WINDOW_SECS = 60.0

@@ -29,6 +29,7 @@ import aiohttp
 import orjson
 
 from connectors.instantly.budget import RequestBudget
+from connectors.instantly.config import WorkspaceConfig
 from connectors.instantly.responses import (
     ClientRequestError,
     decode_body,
@@ -38,10 +39,9 @@ from connectors.instantly.responses import (
     require_object,
 )
 from pipeline import __version__
-from pipeline.config import WorkspaceConfig
 from pipeline.errors import RateLimitedError, SourceError, UpstreamError
-from pipeline.logs import get_logger
-from pipeline.telemetry import get_telemetry
+from pipeline.observability.logs import get_logger
+from pipeline.observability.telemetry import get_telemetry
 
 __all__ = ["USER_AGENT", "ClientRequestError", "InstantlyClient", "SessionFactory"]
 

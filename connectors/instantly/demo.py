@@ -22,11 +22,12 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from connectors.instantly.config import BudgetConfig, WorkspaceConfig
 from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Consumer
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.clock import SYSTEM_CLOCK
-from pipeline.config import BudgetConfig, EnvValue, WorkspaceConfig
-from pipeline.logs import register_secret, setup_logging
+from pipeline.config.base import EnvValue
+from pipeline.observability.logs import register_secret, setup_logging
 
 SEV_STYLE = {"critical": "bold white on red", "high": "bold red", "medium": "yellow", "low": "cyan", "info": "dim"}
 DEMO_RULES: dict[str, Any] = {

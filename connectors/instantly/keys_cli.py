@@ -31,10 +31,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 
+from connectors.instantly.config import workspaces
 from pipeline.clock import SYSTEM_CLOCK, Clock
-from pipeline.config import PipelineConfig, validation_error_lines
+from pipeline.config.model import PipelineConfig
 from pipeline.errors import ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_PENDING = 0, 1, 2, 3
@@ -64,21 +65,18 @@ def build_rotation(
         ConfigError: the rotation settings, the workspace, the admin key or the destination are missing or invalid.
     """
     from connectors.instantly.rotation import KeyRotation, RotationSettings, journal_path, parse_destination
-    from pipeline.secrets import vault_settings
+    from pipeline.config.vault import vault_settings
 
-    section = dict(getattr(cfg, "rotation", None) or {})
-    try:
-        settings = RotationSettings.model_validate(section)
-    except ValidationError as err:
-        raise ConfigError("\n".join(f"rotation.{x}" for x in validation_error_lines(err, RotationSettings))) from None
+    settings = cfg.section("rotation", RotationSettings)
+    known = workspaces(cfg)
     key_cfg = settings.keys.get(args.name)
     workspace = args.workspace or (key_cfg.workspace if key_cfg else None)
     if workspace is None:
-        if len(cfg.workspaces) != 1:
-            raise ConfigError(f"--workspace: which workspace holds '{args.name}'? (known: {', '.join(cfg.workspaces)})")
-        workspace = next(iter(cfg.workspaces))
-    if workspace not in cfg.workspaces:
-        raise ConfigError(f"--workspace {workspace}: not in the config (known: {', '.join(cfg.workspaces)})")
+        if len(known) != 1:
+            raise ConfigError(f"--workspace: which workspace holds '{args.name}'? (known: {', '.join(known)})")
+        workspace = next(iter(known))
+    if workspace not in known:
+        raise ConfigError(f"--workspace {workspace}: not in the config (known: {', '.join(known)})")
     admin_key = (_read_key_file(args.admin_key_file) if args.admin_key_file else None) or (
         key_cfg.admin_api_key if key_cfg else None) or settings.admin_api_key  # fmt: skip
     if admin_key is None:
@@ -95,7 +93,7 @@ def build_rotation(
         key_cfg.scopes if key_cfg else None)  # fmt: skip
     jdir = settings.journal_dir if settings.journal_dir.is_absolute() else base_dir / settings.journal_dir
     journal = Path(args.journal) if args.journal else journal_path(jdir, workspace, args.name)
-    ws_cfg = cfg.workspaces[workspace]
+    ws_cfg = known[workspace]
     return KeyRotation(
         name=args.name,
         source_id=workspace,
@@ -109,7 +107,7 @@ def build_rotation(
         wait=not args.no_wait,
         verify_attempts=settings.verify_attempts,
         verify_delay_secs=settings.verify_delay_secs,
-        forbidden_secrets=[w.api_key.get_secret_value() for w in cfg.workspaces.values()],
+        forbidden_secrets=[w.api_key.get_secret_value() for w in known.values()],
         out=lambda line: print(line, flush=True),
         **kw,
     )
@@ -117,7 +115,7 @@ def build_rotation(
 
 def cmd_rotate(args: argparse.Namespace) -> int:
     """Run (or plan) the rotation; return the exit code."""
-    from pipeline.config import load_config
+    from pipeline.config.loader import load_config
 
     cfg = load_config(args.config)
     rotation = build_rotation(args, cfg, base_dir=Path(args.config).resolve().parent)

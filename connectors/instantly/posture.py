@@ -33,14 +33,17 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 
+from connectors.instantly.checklist import Basic
 from connectors.instantly.client import InstantlyClient, SessionFactory
+from connectors.instantly.config import WorkspaceConfig, workspaces
 from connectors.instantly.normalize import pipeline_event
 from connectors.instantly.repo_scan import RepoSettings
 from connectors.instantly.snapshots import Snapshot, build_snapshot, diff_snapshots
 from connectors.instantly.streams import AUDIT_LOGS_PATH, SNAPSHOT_PATHS, WORKSPACE_PATH
-from pipeline.check_cli import OTHER, CheckResult, FailOn, Resource, Status
+from pipeline.checks.report import OTHER, CheckResult, FailOn, Resource, Status
 from pipeline.clock import Clock, format_time, parse_time
-from pipeline.config import Model, PipelineConfig, WorkspaceConfig, validation_error_lines
+from pipeline.config.base import Model, validation_error_lines
+from pipeline.config.model import PipelineConfig
 from pipeline.errors import (
     AuthError,
     ConfigError,
@@ -50,8 +53,7 @@ from pipeline.errors import (
     SourceError,
     UpstreamError,
 )
-from pipeline.logs import get_logger
-from pipeline.rules.base import Basic
+from pipeline.observability.logs import get_logger
 from pipeline.rules.config import RuleSet, parse_rules_config
 from schemas.alert import Alert, Severity
 from schemas.event import Event, WorkspaceRef
@@ -169,13 +171,15 @@ class PostureSettings(Model):
         return out
 
 
-def settings_from(section: Mapping[str, Any], args: argparse.Namespace | None = None) -> PostureSettings:
+def settings_from(
+    section: PostureSettings | Mapping[str, Any], args: argparse.Namespace | None = None
+) -> PostureSettings:
     """Validate the ``check`` section with the command-line overrides applied.
 
     Raises:
         ConfigError: one line per problem, each naming ``check.<key>`` (or the flag).
     """
-    data: dict[str, Any] = dict(section)
+    data: dict[str, Any] = section.model_dump() if isinstance(section, PostureSettings) else dict(section)
     if args is not None:
         overrides = {
             "fail_on": getattr(args, "fail_on", None),
@@ -685,12 +689,13 @@ async def check_workspaces(
     Raises:
         ConfigError: the rules section is invalid or ``only`` names an unknown workspace.
     """
-    unknown = [w for w in only or () if w not in cfg.workspaces]
+    configured = workspaces(cfg)
+    unknown = [w for w in only or () if w not in configured]
     if unknown:
-        raise ConfigError(f"--workspace {', '.join(unknown)}: not in the config (known: {', '.join(cfg.workspaces)})")
+        raise ConfigError(f"--workspace {', '.join(unknown)}: not in the config (known: {', '.join(configured)})")
     ruleset = build_ruleset(cfg.rules, settings, base_dir)
     out = WorkspaceCheck([], {})
-    for source_id, wcfg in cfg.workspaces.items():
+    for source_id, wcfg in configured.items():
         if only and source_id not in only:
             continue
         snap = await fetch_workspace(source_id, wcfg, settings, clock=clock, session_factory=session_factory,

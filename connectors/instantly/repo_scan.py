@@ -45,9 +45,9 @@ from detect_secrets.plugins.base import BasePlugin
 from detect_secrets.settings import transient_settings
 from pydantic import Field
 
-from pipeline.check_cli import CheckResult, Location, Resource, Status
-from pipeline.config import Model
-from pipeline.rules.base import Basic
+from connectors.instantly.checklist import Basic
+from pipeline.checks.report import CheckResult, Location, Resource, Status
+from pipeline.config.base import Model
 from schemas.alert import Severity
 from schemas.ids import fingerprint_secret
 

@@ -45,12 +45,13 @@ import orjson
 from pydantic import Field, SecretStr
 
 from connectors.instantly.client import InstantlyClient, SessionFactory
+from connectors.instantly.config import WorkspaceConfig
 from connectors.instantly.streams import SNAPSHOT_PATHS, WORKSPACE_PATH
 from pipeline.clock import Clock, format_time, parse_time
-from pipeline.config import Model, Secret, WorkspaceConfig
+from pipeline.config.base import Model, Secret
+from pipeline.config.vault import SecretSourceError, VaultKV, VaultRef, VaultSettings, parse_vault_ref
 from pipeline.errors import AuthError, ConfigError, NotFoundError, PipelineError, SourceError, UpstreamError
-from pipeline.logs import get_logger, register_secret
-from pipeline.secrets import SecretSourceError, VaultKV, VaultRef, VaultSettings, parse_vault_ref
+from pipeline.observability.logs import get_logger, register_secret
 from schemas.ids import fingerprint_secret
 
 log = get_logger("instantly.rotation")

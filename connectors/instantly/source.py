@@ -29,6 +29,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from connectors.instantly.budget import RequestBudget
 from connectors.instantly.client import InstantlyClient, SessionFactory
+from connectors.instantly.config import WorkspaceConfig
 from connectors.instantly.normalize import pipeline_event
 from connectors.instantly.streams import (
     SNAPSHOT_PAGE_SIZE,
@@ -41,12 +42,11 @@ from connectors.instantly.streams import (
 )
 from pipeline.bus.base import Bus
 from pipeline.clock import Clock, format_time
-from pipeline.config import WorkspaceConfig
 from pipeline.errors import AuthError, BusError, NotFoundError, PaymentRequiredError, ScopeError, SourceError
-from pipeline.health import get_health
-from pipeline.logs import get_logger
-from pipeline.telemetry import get_telemetry
-from pipeline.telemetry_metrics import ID, KIND, STREAM, TYPE, WORKSPACE
+from pipeline.observability.health import get_health
+from pipeline.observability.logs import get_logger
+from pipeline.observability.metrics import ID, KIND, STREAM, TYPE, WORKSPACE
+from pipeline.observability.telemetry import get_telemetry
 from schemas.event import WorkspaceRef
 
 log = get_logger("instantly.poller")

@@ -32,9 +32,9 @@ from connectors.instantly.snapshots import build_snapshot, decode_snapshot, diff
 from connectors.instantly.txn_pipeline import YIELD_EVERY, TxnPipeline, TxnWrite
 from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC, Bus, Header, Transaction
 from pipeline.errors import NormalizeError
-from pipeline.logs import get_logger
-from pipeline.telemetry import get_telemetry
-from pipeline.telemetry_metrics import ID, KIND, STREAM, TYPE, WORKSPACE
+from pipeline.observability.logs import get_logger
+from pipeline.observability.metrics import ID, KIND, STREAM, TYPE, WORKSPACE
+from pipeline.observability.telemetry import get_telemetry
 from schemas.event import Event, WorkspaceRef
 
 log = get_logger("instantly.streams")

@@ -25,11 +25,13 @@ from urllib.parse import urlsplit
 import orjson
 
 from connectors.instantly.client import InstantlyClient
+from connectors.instantly.config import WorkspaceConfig, workspaces
 from connectors.instantly.normalize import webhook_attributes
 from connectors.instantly.redact import redact_url
-from pipeline.config import PipelineConfig, WorkspaceConfig, load_config
+from pipeline.config.loader import load_config
+from pipeline.config.model import PipelineConfig
 from pipeline.errors import ConfigError, SourceError
-from pipeline.logs import register_secret
+from pipeline.observability.logs import register_secret
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_FINDINGS = 0, 1, 2, 3
 WEBHOOKS_PATH = "/api/v2/webhooks"
@@ -85,12 +87,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run_check(args: argparse.Namespace) -> int:
     """The ``webhooks check`` command."""
     cfg = load_config(args.config)
-    for ws in cfg.workspaces.values():
+    for ws in workspaces(cfg).values():
         register_secret(ws.api_key.get_secret_value())
-    selected = list(args.workspace) or list(cfg.workspaces)
-    unknown = [w for w in selected if w not in cfg.workspaces]
+    selected = list(args.workspace) or list(workspaces(cfg))
+    unknown = [w for w in selected if w not in workspaces(cfg)]
     if unknown:
-        known = ", ".join(sorted(cfg.workspaces)) or "none"
+        known = ", ".join(sorted(workspaces(cfg))) or "none"
         raise ConfigError(f"--workspace {unknown[0]!r} is not in the config's workspaces (known: {known})")
     if not selected:
         raise ConfigError("the config has no workspaces to check")
@@ -108,7 +110,7 @@ def run_check(args: argparse.Namespace) -> int:
 async def check_workspaces(cfg: PipelineConfig, names: list[str]) -> list[WorkspaceReport]:
     """List and judge the webhooks of each named workspace (one failing workspace does not stop the rest)."""
     expected = _receiver_sources(cfg)
-    return [await check_workspace(name, cfg.workspaces[name], expected) for name in names]
+    return [await check_workspace(name, workspaces(cfg)[name], expected) for name in names]
 
 
 async def check_workspace(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.bus.base import Bus
-from pipeline.config import BusConfig, KafkaBusConfig, SqliteBusConfig
+from pipeline.config.model import BusConfig, KafkaBusConfig, SqliteBusConfig
 
 DAY_MS = 86_400_000
 

@@ -51,7 +51,7 @@ from pipeline.bus.base import (
     default_topics,
 )
 from pipeline.bus.sqlite import _Txn
-from pipeline.config import KafkaBusConfig
+from pipeline.config.model import KafkaBusConfig
 from pipeline.errors import BusError
 
 log = logging.getLogger("instantly_audit.bus.kafka")
@@ -430,7 +430,7 @@ class KafkaBus:
 
     def _failed(self, txn_id: str, err: BaseException) -> None:
         """Count a failed transaction; say once per outage that publishing is paused."""
-        from pipeline.telemetry import get_telemetry
+        from pipeline.observability.telemetry import get_telemetry
 
         self._failed_attempts += 1
         get_telemetry().bus_errors("transaction", type(err).__name__)

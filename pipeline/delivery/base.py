@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal, NamedTuple, Protocol, runtime_checkab
 from pydantic import Field
 
 from pipeline.bus.base import Record
-from pipeline.config import Model
+from pipeline.config.base import Model
 
 Kind = Literal["event", "alert"]
 TopicName = Literal["events", "alerts"]

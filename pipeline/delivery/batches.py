@@ -24,8 +24,8 @@ from opentelemetry.trace import Link
 from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Consumer, Record, TopicPartition
 from pipeline.delivery.base import Delivery, Kind, PreparedBatch, PreparingSink, Sink, SinkConfig
 from pipeline.errors import BusError
-from pipeline.logs import get_logger
-from pipeline.telemetry import get_telemetry
+from pipeline.observability.logs import get_logger
+from pipeline.observability.telemetry import get_telemetry
 from schemas.alert import severity_rank
 
 log = get_logger("delivery")

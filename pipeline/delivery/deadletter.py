@@ -23,7 +23,7 @@ import orjson
 
 from pipeline.bus.base import DEADLETTER_TOPIC, OutRecord, Record
 from pipeline.delivery.base import Delivery
-from pipeline.logs import redact_text
+from pipeline.observability.logs import redact_text
 
 SCHEMA = "instantly.deadletter.v1"
 MAX_ERROR_CHARS = 2000

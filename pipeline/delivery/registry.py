@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any, cast
 
-from pipeline.config import validate_block
+from pipeline.config.base import validate_block
 from pipeline.delivery.base import Sink, SinkConfig
 from pipeline.errors import ConfigError
 

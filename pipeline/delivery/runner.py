@@ -54,10 +54,10 @@ from pipeline.delivery.base import Delivery, PreparingSink, Sink, SinkConfig
 from pipeline.delivery.batches import KINDS, TOPICS, Batch, BatchReader, decode
 from pipeline.delivery.deadletter import deadletter_record
 from pipeline.errors import BusError, SinkError
-from pipeline.health import get_health
-from pipeline.logs import get_logger
-from pipeline.telemetry import get_telemetry
-from pipeline.telemetry_metrics import SINK, TYPE
+from pipeline.observability.health import get_health
+from pipeline.observability.logs import get_logger
+from pipeline.observability.metrics import SINK, TYPE
+from pipeline.observability.telemetry import get_telemetry
 
 log = get_logger("delivery")
 

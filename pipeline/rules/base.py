@@ -23,35 +23,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar, cast, runtime_checkable
+from pathlib import Path
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 from pydantic import Field
 
 from pipeline.clock import Clock
-from pipeline.config import Model
+from pipeline.config.base import Model
+from pipeline.rules.lists import SharedLists
 from schemas.alert import Entity, Severity
 from schemas.event import Event, WorkspaceRef
-
-if TYPE_CHECKING:
-    from pipeline.rules.config import SharedLists
 
 Status = Literal["open", "resolved"]
 RULE_ID_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
 ATTACK_PATTERN = r"^T\d{4}(\.\d{3})?$"
 DAY = 86_400.0
-
-
-class Basic:
-    """The checklist items of the security basics (``reference/seed-security-basics.md``)."""
-
-    SECRETS = "API keys stored in environment variables or secret manager"
-    SCOPED_KEYS = "Each integration has its own scoped API key"
-    NO_ALL_ALL = "No all:all keys in production"
-    WEBHOOK_AUTH = "Webhook endpoints validate authentication"
-    ROTATION = "API key rotation schedule (quarterly recommended)"
-    AUDIT_LOGS = "Audit logs reviewed periodically"
-    MEMBER_ROLES = "Workspace members have minimum necessary roles"
-    BLOCK_LIST = "Block list entries for competitor/internal domains"
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,28 +327,15 @@ class CatalogRule(Generic[P]):
         return ()
 
 
-C = TypeVar("C", bound=CatalogRule[Any])
-_REGISTRY: dict[str, type[CatalogRule[Any]]] = {}
+@dataclass(frozen=True, slots=True)
+class RulePack:
+    """A connector's rules: its Python rule classes (an explicit tuple), its YAML rule files and its
+    test cases. Registered through the ``instantly_audit.rule_packs`` entry point group."""
 
-
-def register(cls: type[C]) -> type[C]:
-    """Class decorator: make a built-in rule known by its ``meta.id``.
-
-    Raises:
-        ValueError: another rule already uses the id.
-    """
-    rid = cls.meta.id
-    if rid in _REGISTRY and _REGISTRY[rid] is not cls:
-        raise ValueError(f"rule id {rid!r} is registered twice")
-    _REGISTRY[rid] = cls
-    return cls
-
-
-def registered_rules() -> Mapping[str, type[CatalogRule[Any]]]:
-    """Every built-in Python rule by id (importing the catalog registers them)."""
-    import pipeline.rules.catalog  # noqa: F401 - registers the built-in rules
-
-    return dict(_REGISTRY)
+    name: str
+    rules: tuple[type[CatalogRule[Any]], ...] = ()
+    yaml_files: tuple[Path, ...] = ()
+    cases_dir: Path | None = None
 
 
 # ---- small helpers shared by the catalog ---------------------------------------------------

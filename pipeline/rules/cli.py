@@ -16,9 +16,9 @@ import yaml
 
 from pipeline.errors import ConfigError
 from pipeline.rules.config import parse_rules_config
+from pipeline.rules.packs import rule_packs
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-BUILTIN_CASES = Path(__file__).resolve().parent / "cases"
 
 
 def read_rules_file(path: str | None) -> tuple[dict[str, Any], Path | None]:
@@ -53,12 +53,15 @@ def cmd_test(args: argparse.Namespace) -> int:
     try:
         section, base = read_rules_file(args.rules)
         parse_rules_config(section, base_dir=base)  # fail fast, with exit 2, on a bad config
-        report = run_cases(Path(args.dir), rules_config=section, base_dir=base)
+        dirs = [Path(args.dir)] if args.dir else [p.cases_dir for p in rule_packs() if p.cases_dir is not None]
+        report = run_cases(dirs[0], rules_config=section, base_dir=base)
+        for more in dirs[1:]:
+            report = report.merge(run_cases(more, rules_config=section, base_dir=base))
     except ConfigError as err:
         print(f"rules test: {err}", file=sys.stderr)
         return EXIT_USAGE
     if not report.results:
-        print(f"rules test: no case files under {args.dir}", file=sys.stderr)
+        print(f"rules test: no case files under {args.dir or 'the installed rule packs'}", file=sys.stderr)
         return EXIT_USAGE
     print(report.format())
     return EXIT_FAIL if report.failed else EXIT_OK
@@ -102,9 +105,9 @@ def register(subparsers: Any) -> None:
     sub = p.add_subparsers(dest="rules_command", metavar="SUBCOMMAND")
     t = sub.add_parser(
         "test", help="run YAML test cases and report per rule",
-        description=f"Run every case file under DIR. The built-in rules' cases are in {BUILTIN_CASES}.",
+        description="Run every case file under DIR (default: the cases every installed rule pack ships).",
     )  # fmt: skip
-    t.add_argument("dir", metavar="DIR", help="a case file or a directory of case files")
+    t.add_argument("dir", metavar="DIR", nargs="?", help="a case file or a directory of case files")
     t.add_argument("--rules", metavar="FILE", help="rules config (a config file or its rules section)")
     t.set_defaults(func=cmd_test)
     ls = sub.add_parser("list", help="list the rules, their severity and whether they run")

@@ -24,7 +24,6 @@ Loading reads YAML rule files; nothing else here does I/O.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +32,12 @@ from typing import Any
 import yaml
 from pydantic import Field, IPvAnyNetwork, ValidationError, field_validator
 
-from pipeline.config import Model, validation_error_lines
+from pipeline.config.base import Model, validation_error_lines
 from pipeline.errors import ConfigError
-from pipeline.rules.base import DAY, Rule, RuleParams, registered_rules
+from pipeline.rules.base import DAY, CatalogRule, Rule, RulePack, RuleParams
+from pipeline.rules.lists import SharedLists
 from pipeline.rules.matcher import MatchRuleSpec, RuleSyntaxError, compile_rule
-
-BUILTIN_YAML_DIR = Path(__file__).resolve().parent / "catalog"
+from pipeline.rules.packs import rule_packs
 
 
 def _norm_list(v: Any, *, strip_at: bool = False) -> Any:
@@ -106,59 +105,11 @@ class RulesSettings(Model):
 RESERVED = tuple(RulesSettings.model_fields)
 
 
-def _host_match(host: str, patterns: tuple[str, ...]) -> bool:
-    for p in patterns:
-        if p.startswith("*."):
-            if host.endswith(p[1:]):
-                return True
-        elif host == p:
-            return True
-    return False
-
-
-@dataclass(frozen=True, slots=True)
-class SharedLists:
-    """Allowlists and protected domains, shaped for fast checks by the catalog rules."""
-
-    member_emails: frozenset[str] = frozenset()
-    member_domains: tuple[str, ...] = ()
-    webhook_hosts: tuple[str, ...] = ()
-    ip_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    protected_domains: tuple[str, ...] = ()
-
-    @classmethod
-    def from_settings(cls, s: RulesSettings) -> SharedLists:
-        """Build from validated settings."""
-        a = s.allowlists
-        return cls(frozenset(a.member_emails), tuple(a.member_domains), tuple(a.webhook_hosts),
-                   tuple(a.ip_networks), tuple(dict.fromkeys(s.protected_domains)))  # fmt: skip
-
-    @property
-    def has_member_allowlist(self) -> bool:
-        """Whether any member email or domain is configured."""
-        return bool(self.member_emails or self.member_domains)
-
-    def member_allowed(self, email: str) -> bool:
-        """Whether ``email`` is on the member allowlist (by address or by domain)."""
-        e = email.strip().lower()
-        if e in self.member_emails:
-            return True
-        domain = e.rpartition("@")[2]
-        return bool(domain) and _host_match(domain, self.member_domains)
-
-    def host_allowed(self, host: str) -> bool:
-        """Whether a webhook target host is on the allowlist."""
-        return _host_match(host.lower().rstrip("."), self.webhook_hosts)
-
-    def ip_trusted(self, ip: str) -> bool:
-        """Whether ``ip`` is inside a trusted network (False for text that is not an IP)."""
-        if not self.ip_networks:
-            return False
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in n for n in self.ip_networks)
+def shared_lists(s: RulesSettings) -> SharedLists:
+    """The allowlists of validated settings, shaped for the rules."""
+    a = s.allowlists
+    return SharedLists(frozenset(a.member_emails), tuple(a.member_domains), tuple(a.webhook_hosts),
+                       tuple(a.ip_networks), tuple(dict.fromkeys(s.protected_domains)))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,8 +178,11 @@ def _spec(raw: Any, where: str, errors: list[str]) -> MatchRuleSpec | None:
 
 
 # ---- loading ---------------------------------------------------------------------------------
-def parse_rules_config(raw: Mapping[str, Any] | None, *, base_dir: Path | None = None) -> RuleSet:
-    """Validate the ``rules`` section and compile every rule (built-in, catalog YAML, user YAML).
+def parse_rules_config(
+    raw: Mapping[str, Any] | None, *, base_dir: Path | None = None, packs: tuple[RulePack, ...] | None = None
+) -> RuleSet:
+    """Validate the ``rules`` section and compile every rule: the installed rule packs' Python and
+    YAML rules (``packs``, default: every registered pack), then the user's files and inline rules.
 
     Raises:
         ConfigError: one line per problem, each naming its key path.
@@ -247,8 +201,10 @@ def parse_rules_config(raw: Mapping[str, Any] | None, *, base_dir: Path | None =
     # YAML rules: the shipped catalog, then files, then inline.
     specs: list[tuple[MatchRuleSpec, str, bool]] = []
     sources: list[tuple[str, Any, bool]] = []
-    for f in sorted(BUILTIN_YAML_DIR.glob("*.yaml")):
-        sources.extend((w, r, True) for w, r in _docs_in(f))
+    packs = rule_packs() if packs is None else packs
+    for pack in packs:
+        for f in pack.yaml_files:
+            sources.extend((w, r, True) for w, r in _docs_in(f))
     for i, entry in enumerate(settings.files):
         try:
             for f in _rule_files(entry, base_dir or Path.cwd()):
@@ -261,7 +217,12 @@ def parse_rules_config(raw: Mapping[str, Any] | None, *, base_dir: Path | None =
         if spec is not None:
             specs.append((spec, where, builtin))
 
-    python = registered_rules()
+    python: dict[str, type[CatalogRule[Any]]] = {}
+    for pack in packs:
+        for cls in pack.rules:
+            if cls.meta.id in python and python[cls.meta.id] is not cls:
+                errors.append(f"rule packs: rule id {cls.meta.id!r} is defined twice (pack {pack.name!r})")
+            python[cls.meta.id] = cls
     known: dict[str, str] = {rid: "built-in" for rid in python}
     for spec, where, _ in specs:
         if spec.id in known:
@@ -289,7 +250,7 @@ def parse_rules_config(raw: Mapping[str, Any] | None, *, base_dir: Path | None =
             return None
 
     rules: list[Rule] = []
-    lists = SharedLists.from_settings(settings)
+    lists = shared_lists(settings)
     for rid, cls in python.items():
         p = params(cls.Params, rid, settings.defaults.enabled)
         if p is not None:

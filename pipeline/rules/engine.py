@@ -457,12 +457,3 @@ class RulesEngine:
         batch.failures.extend(RuleFailure(rid, None, None, msg) for rid, msg in enc_failures)
         alerts = tuple(x.build() if isinstance(x, _Pending) else x for x in batch.items)
         return Evaluation(alerts, changes, tuple(batch.failures), batch.suppressed, n)
-
-
-def __getattr__(name: str) -> Any:
-    """Re-export :class:`~pipeline.rules.worker.RulesWorker` lazily (the worker does I/O; this module does not)."""
-    if name == "RulesWorker":
-        from pipeline.rules.worker import RulesWorker
-
-        return RulesWorker
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

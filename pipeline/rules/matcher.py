@@ -43,7 +43,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints
 
-from pipeline.config import Model
+from pipeline.config.base import Model
 from pipeline.rules.base import ATTACK_PATTERN, RULE_ID_PATTERN, Finding, RuleContext, RuleMeta, RuleParams, resolved
 from schemas.alert import Entity, Severity
 from schemas.event import Event

@@ -36,7 +36,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from pipeline.clock import FakeClock, format_time, parse_time
-from pipeline.config import Model, validation_error_lines
+from pipeline.config.base import Model, validation_error_lines
 from pipeline.errors import ConfigError
 from pipeline.rules.base import RULE_ID_PATTERN
 from pipeline.rules.engine import RulesEngine
@@ -198,6 +198,10 @@ class TestReport:
 
     __test__ = False  # not a pytest class
     results: list[CaseResult] = field(default_factory=list)
+
+    def merge(self, other: TestReport) -> TestReport:
+        """Both reports' results, in order."""
+        return TestReport([*self.results, *other.results])
 
     @property
     def failed(self) -> list[CaseResult]:

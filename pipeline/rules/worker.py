@@ -45,10 +45,10 @@ from pipeline.bus.base import (
 )
 from pipeline.clock import Clock
 from pipeline.errors import BusError, PipelineError
+from pipeline.observability.metrics import ID, KIND, TYPE
+from pipeline.observability.telemetry import get_telemetry
 from pipeline.rules.engine import Evaluation, RulesEngine, decode_event
 from pipeline.rules.state import PREFIX
-from pipeline.telemetry import get_telemetry
-from pipeline.telemetry_metrics import ID, KIND, TYPE
 from schemas.event import Event
 
 log = logging.getLogger(__name__)

@@ -32,37 +32,14 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, SecretStr, field_validator
 
-from pipeline.config import Model, Secret, validate_block
+from pipeline.config.base import Model, Secret, validate_block
 from pipeline.errors import ConfigError
+from pipeline.sources.webhook_kind import default_kind, webhook_kind
 
 MIB = 1 << 20
 DEFAULT_HEADER = "X-Webhook-Secret"
 MIN_SECRET_CHARS = 16
 MAX_SECRET_CHARS = 1024
-
-DEFAULT_KEPT_FIELDS: tuple[str, ...] = (
-    "event_type",
-    "timestamp",
-    "workspace",
-    "campaign_id",
-    "campaign_name",
-    "lead_email",
-    "email_account",
-    "step",
-    "variant",
-    "is_first",
-    "email_id",
-)
-"""Payload fields kept by default: ids and event facts."""
-
-BODY_FIELDS: frozenset[str] = frozenset({"email_text", "email_html", "reply_text", "reply_html", "reply_text_snippet"})
-"""Message bodies: never kept (``keep_lead_fields`` refuses them)."""
-
-SUBJECT_FIELDS: frozenset[str] = frozenset({"email_subject", "reply_subject"})
-"""Subject lines: dropped by default, keepable through ``keep_lead_fields``."""
-
-REQUIRED_FIELDS: frozenset[str] = frozenset({"event_type", "timestamp", "workspace"})
-"""Fields every delivery must carry; they cannot be dropped."""
 
 RESERVED_PATHS = frozenset({"/healthz", "/readyz"})
 _SOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
@@ -113,8 +90,11 @@ class SourceConfig(Model):
     workspace_name: str | None = None
     header_name: str = DEFAULT_HEADER
     secrets: list[Secret] = Field(min_length=1, max_length=2)
-    keep_lead_fields: list[str] = Field(default_factory=list)
-    drop_fields: list[str] = Field(default_factory=list)
+    kind: str = Field(
+        "", pattern=r"^([a-z][a-z0-9_]{0,47})?$", description="the webhook kind (default: the one installed)"
+    )
+    options: Any = None
+    """The kind's own options (every other key of the source block), validated by ``kind.Options``."""
 
     @field_validator("path")
     @classmethod
@@ -139,7 +119,7 @@ class SourceConfig(Model):
     def _one_or_list(cls, v: Any) -> Any:
         # ``secrets_file: path`` yields one string: one secret per line (two during a rotation),
         # so a mounted Kubernetes Secret can be rotated in place and picked up on SIGHUP.
-        from pipeline.config import FileValue
+        from pipeline.config.base import FileValue
 
         if isinstance(v, FileValue):
             return [FileValue(line.strip()) for line in str(v).splitlines() if line.strip()]
@@ -164,36 +144,6 @@ class SourceConfig(Model):
         if len(set(values)) != len(values):
             raise ValueError("the two secrets are identical")
         return v
-
-    @field_validator("keep_lead_fields", "drop_fields")
-    @classmethod
-    def _names(cls, v: list[str]) -> list[str]:
-        for name in v:
-            if not name or len(name) > 128:
-                raise ValueError("field names must be 1..128 characters")
-        if len(set(v)) != len(v):
-            raise ValueError("a field is listed twice")
-        return v
-
-    @field_validator("keep_lead_fields")
-    @classmethod
-    def _no_bodies(cls, v: list[str]) -> list[str]:
-        bodies = sorted(set(v) & BODY_FIELDS)
-        if bodies:
-            raise ValueError(f"message bodies never enter events: remove {', '.join(bodies)}")
-        return v
-
-    @field_validator("drop_fields")
-    @classmethod
-    def _not_required(cls, v: list[str]) -> list[str]:
-        required = sorted(set(v) & REQUIRED_FIELDS)
-        if required:
-            raise ValueError(f"{', '.join(required)} cannot be dropped (every event needs them)")
-        return v
-
-    def kept_fields(self) -> frozenset[str]:
-        """The payload fields this source keeps."""
-        return (frozenset(DEFAULT_KEPT_FIELDS) | frozenset(self.keep_lead_fields)) - frozenset(self.drop_fields)
 
 
 class DedupConfig(Model):
@@ -239,6 +189,35 @@ class WebhookConfig(Model):
         return None if items is None else tuple(ipaddress.ip_network(i) for i in items)
 
 
+_GENERIC = frozenset(SourceConfig.model_fields) - {"options"}
+
+
+def _split_kind_options(block: Mapping[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:
+    """Move every non-generic key of each source into ``options``, validated by the source kind's model."""
+    out = dict(block)
+    sources = block.get("sources")
+    problems: list[str] = []
+    if not isinstance(sources, Mapping):
+        return out, problems
+    fixed: dict[str, Any] = {}
+    for name, src in sources.items():
+        if not isinstance(src, Mapping):
+            fixed[name] = src
+            continue
+        generic = {k: v for k, v in src.items() if k in _GENERIC}
+        extra = {k: v for k, v in src.items() if k not in _GENERIC}
+        try:
+            kind_name = generic.get("kind") or default_kind()
+            generic["kind"] = kind_name
+            kind = webhook_kind(str(kind_name))
+            generic["options"] = validate_block(kind.Options, extra, f"{where}.sources.{name}")
+        except ConfigError as err:
+            problems += str(err).splitlines()
+        fixed[name] = generic
+    out["sources"] = fixed
+    return out, problems
+
+
 def parse_webhook_config(block: Mapping[str, Any], where: str = "webhook") -> WebhookConfig:
     """Validate the ``webhook:`` block (already env-resolved by :func:`pipeline.config.parse_config`).
 
@@ -247,9 +226,12 @@ def parse_webhook_config(block: Mapping[str, Any], where: str = "webhook") -> We
     """
     if not isinstance(block, Mapping):
         raise ConfigError(f"{where}: expected a mapping")
-    cfg = validate_block(WebhookConfig, block, where)
+    block, problems = _split_kind_options(block, where)
+    try:
+        cfg = validate_block(WebhookConfig, block, where)
+    except ConfigError as err:
+        raise ConfigError("\n".join([*problems, *str(err).splitlines()])) from None
     assert isinstance(cfg, WebhookConfig)
-    problems: list[str] = []
     paths: dict[str, str] = {}
     owner: dict[str, str] = {}
     for name, src in cfg.sources.items():
@@ -259,9 +241,6 @@ def parse_webhook_config(block: Mapping[str, Any], where: str = "webhook") -> We
         if path in paths:
             problems.append(f"{where}.sources.{name}.path: {path} is already used by source {paths[path]!r}")
         paths[path] = name
-        both = sorted(set(src.keep_lead_fields) & set(src.drop_fields))
-        if both:
-            problems.append(f"{where}.sources.{name}.drop_fields: {', '.join(both)} also in keep_lead_fields")
         for i, s in enumerate(src.secrets):
             value = s.get_secret_value()
             if value in owner and owner[value] != name:

@@ -59,21 +59,15 @@ from pydantic import SecretStr
 from pipeline.bus.base import EVENTS_TOPIC, Bus
 from pipeline.clock import SYSTEM_CLOCK, Clock, format_time
 from pipeline.errors import BusError, PipelineError, WebhookRejected
-from pipeline.health import get_health
-from pipeline.logs import get_logger, register_secret
+from pipeline.observability.health import get_health
+from pipeline.observability.logs import get_logger, register_secret
+from pipeline.observability.metrics import ID, KIND, SOURCE, TYPE, WORKSPACE
+from pipeline.observability.telemetry import get_telemetry
 from pipeline.sources.webhook_config import SourceConfig, WebhookConfig
-from pipeline.sources.webhook_normalize import (
-    FieldPolicy,
-    body_digest,
-    normalize_delivery,
-    parse_delivery,
-)
-from pipeline.telemetry import get_telemetry
-from pipeline.telemetry_metrics import ID, KIND, SOURCE, TYPE, WORKSPACE
+from pipeline.sources.webhook_kind import WebhookKind, webhook_kind
 from schemas.event import WorkspaceRef
 
 log = get_logger("webhook")
-COMPONENT_TYPE = "instantly_webhook"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -296,8 +290,10 @@ class GroupCommitter:
         clock: Clock,
         max_batch: int,
         max_batch_bytes: int = MAX_BATCH_BYTES,
+        component_types: Mapping[str, str] | None = None,
     ):
         self.bus = bus
+        self.component_types = dict(component_types or {})
         self.writer_id = writer_id
         self.windows = windows
         self.clock = clock
@@ -427,7 +423,7 @@ class GroupCommitter:
         for p in followers:
             _resolve(p.future, False)
         for (source, key), n in collections.Counter((p.source, p.key) for p in publish).items():
-            tel.records_published("webhook", COMPONENT_TYPE, source, key.decode(), n)
+            tel.records_published("webhook", self.component_types.get(source, "webhook"), source, key.decode(), n)
 
 
 def _consume_exception(fut: asyncio.Future[bool]) -> None:
@@ -452,7 +448,8 @@ class _Source:
     path: str
     cfg: SourceConfig
     checker: SecretChecker
-    policy: FieldPolicy
+    kind: WebhookKind
+    policy: Any
     workspace: WorkspaceRef
     matches: list[int]
 
@@ -486,7 +483,8 @@ class WebhookReceiver:
                 path,
                 src,
                 SecretChecker(src.secrets),
-                FieldPolicy(src.kept_fields()),
+                kind := webhook_kind(src.kind),
+                kind.policy(src.options),
                 WorkspaceRef(src.workspace_id, src.workspace_name),
                 [0] * len(src.secrets),
             )
@@ -496,7 +494,10 @@ class WebhookReceiver:
             name: SeenWindow(name, config.dedup.window_hours * 3600.0, config.dedup.max_entries)
             for name in config.sources
         }
-        self.committer = GroupCommitter(bus, config.writer_id, self.windows, clock=clock, max_batch=config.max_batch)
+        types = {s.name: s.kind.component_type for s in self._sources.values()}
+        self.committer = GroupCommitter(
+            bus, config.writer_id, self.windows, clock=clock, max_batch=config.max_batch, component_types=types
+        )
         self._runner: web.AppRunner | None = None
         self._opened = False
         self._probe: asyncio.Task[bool] | None = None
@@ -696,26 +697,25 @@ class WebhookReceiver:
             raise WebhookRejected(408, "body_timeout", "the body did not arrive in time") from None
         if self.committer.pending >= self.config.max_pending:
             raise WebhookRejected(503, "overloaded", "too many deliveries waiting for the bus")
-        payload = parse_delivery(body)
-        if str(payload["workspace"]).strip().lower() != src.cfg.workspace_id.strip().lower():
-            raise WebhookRejected(400, "workspace_mismatch", "the payload's workspace is not this source's workspace")
-        digest = body_digest(body)
-        try:
-            event = normalize_delivery(
-                payload,
-                source_name=src.name,
-                workspace=src.workspace,
-                digest=digest,
-                body_bytes=len(body),
-                observed_at=format_time(self.clock.now()),
-                policy=src.policy,
-            )
-            value = event.to_json()
-        except (TypeError, ValueError) as err:
-            raise WebhookRejected(400, "bad_shape", f"cannot normalize the payload ({type(err).__name__})") from None
+        digest = hashlib.sha256(body).hexdigest()
+        event = src.kind.normalize(
+            body,
+            source_name=src.name,
+            workspace=src.workspace,
+            digest=digest,
+            observed_at=format_time(self.clock.now()),
+            policy=src.policy,
+        )
+        value = event.to_json()
         tel = get_telemetry()
-        labels = ("webhook", COMPONENT_TYPE, src.name, src.workspace.id)
-        attrs = {KIND: "webhook", TYPE: COMPONENT_TYPE, ID: src.name, SOURCE: src.name, WORKSPACE: src.workspace.id}
+        labels = ("webhook", src.kind.component_type, src.name, src.workspace.id)
+        attrs = {
+            KIND: "webhook",
+            TYPE: src.kind.component_type,
+            ID: src.name,
+            SOURCE: src.name,
+            WORKSPACE: src.workspace.id,
+        }
         with tel.span("webhook.delivery", attrs, kind=SpanKind.SERVER):
             fut = self.committer.submit(
                 src.name,

@@ -17,7 +17,7 @@ import sys
 
 from pipeline.bus.base import TopicSpec
 from pipeline.bus.factory import open_bus
-from pipeline.config import KafkaBusConfig, SqliteBusConfig
+from pipeline.config.model import KafkaBusConfig, SqliteBusConfig
 
 
 async def main(cfg: dict[str, object], mode: str, arg: str, src: str, dst: str, key: str) -> int:

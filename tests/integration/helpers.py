@@ -39,7 +39,7 @@ import yaml
 
 from pipeline.bus.base import ALERTS_TOPIC, DEADLETTER_TOPIC, EVENTS_TOPIC, STATE_TOPIC, iter_records
 from pipeline.bus.factory import open_bus
-from pipeline.config import SqliteBusConfig
+from pipeline.config.model import SqliteBusConfig
 
 REPO = Path(__file__).resolve().parents[2]
 KEY_ENV = "INSTANTLY_FAULT_TEST_KEY"
@@ -173,7 +173,7 @@ def write_config(
 def cli_command() -> list[str]:
     """``instantly-audit`` from the running interpreter's environment."""
     script = Path(sys.executable).parent / "instantly-audit"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "pipeline.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pipeline.cli.main"]
 
 
 @dataclass

@@ -16,11 +16,11 @@ import pytest
 from pydantic import SecretStr
 
 from connectors.instantly.budget import RequestBudget
+from connectors.instantly.config import BudgetConfig, WorkspaceConfig
 from connectors.instantly.source import InstantlyWorkspacePoller
 from pipeline.bus.base import DATA_TOPICS, EVENTS_TOPIC, iter_records
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.clock import FakeClock
-from pipeline.config import BudgetConfig, WorkspaceConfig
 from schemas.validate import schema_errors
 
 sim_server = pytest.importorskip("connectors.instantly.sim.server")

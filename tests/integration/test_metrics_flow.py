@@ -24,9 +24,9 @@ import orjson
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from connectors.instantly.config import STREAMS
 from connectors.instantly.sim import Actor, InstantlySimulator
 from connectors.instantly.sim.seed import demo_world
-from pipeline.config import STREAMS
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_ENV = "INSTANTLY_API_KEY"
@@ -109,7 +109,7 @@ async def test_metrics_move_as_events_flow(tmp_path: Path) -> None:
         cfg = _config(tmp_path, sim.url, port)
         env = {**os.environ, "PYTHONPATH": str(ROOT), KEY_ENV: world.poller_key.key}
         proc = subprocess.Popen(  # noqa: ASYNC220 - the process under test
-            [sys.executable, "-m", "pipeline.cli", "run", "--config", str(cfg)],
+            [sys.executable, "-m", "pipeline.cli.main", "run", "--config", str(cfg)],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, TopicPartition
-from pipeline.cli import main
+from pipeline.cli.main import main
 from pipeline.clock import format_time
 from pipeline.rules.worker import RulesWorker
 from schemas import Actor, Event, Source, Target, WorkspaceRef
@@ -72,9 +72,7 @@ def _config(tmp_path: Path, bus_cfg: dict[str, Any], extra: dict[str, Any] | Non
 async def _publish(bus_cfg: dict[str, Any], events: list[Event]) -> None:
     async with make_bus(bus_cfg) as bus, bus.transaction("replay-test") as tx:
         for e in events:
-            tx.send(
-                EVENTS_TOPIC, e.to_json(), key=e.workspace.id.encode(), headers=[("event_type", e.type.encode())]
-            )
+            tx.send(EVENTS_TOPIC, e.to_json(), key=e.workspace.id.encode(), headers=[("event_type", e.type.encode())])
 
 
 def _replay(capsysbinary: pytest.CaptureFixture[bytes], *args: str) -> list[dict[str, Any]]:
@@ -181,9 +179,9 @@ async def test_redelivery_to_a_sink_is_idempotent(
     bus_cfg: dict[str, Any], tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
 ) -> None:
     """replay --to SINK twice leaves each event exactly once in Elasticsearch (create with _id = event id)."""
-    from pipeline.cli import build_parser
-    from pipeline.config import load_config
-    from pipeline.replay_cli import _run, selection_from_args
+    from pipeline.cli.main import build_parser
+    from pipeline.config.loader import load_config
+    from pipeline.replay.cli import _run, selection_from_args
     from tests.fakes.elasticsearch import FakeElasticsearch
 
     events = _events()
@@ -218,7 +216,7 @@ def test_replay_while_writing_reads_a_consistent_prefix(bus_cfg: dict[str, Any],
 
             w = asyncio.create_task(writer())
             await asyncio.sleep(0.1)
-            from pipeline.replay import ReplayStats, Selection, scan
+            from pipeline.replay.scan import ReplayStats, Selection, scan
 
             seen: list[str] = []
             async with make_bus(bus_cfg) as reader:

@@ -31,7 +31,8 @@ if str(ROOT) not in sys.path:  # when run as a script (--serve)
 
 from pipeline.bus.base import Bus  # noqa: E402
 from pipeline.bus.factory import open_bus  # noqa: E402
-from pipeline.config import EnvValue, KafkaBusConfig, SqliteBusConfig  # noqa: E402
+from pipeline.config.base import EnvValue  # noqa: E402
+from pipeline.config.model import KafkaBusConfig, SqliteBusConfig  # noqa: E402
 from pipeline.sources.webhook_config import parse_webhook_config  # noqa: E402
 from pipeline.sources.webhook_server import WebhookReceiver  # noqa: E402
 

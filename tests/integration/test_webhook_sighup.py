@@ -73,7 +73,7 @@ async def test_sighup_rotates_secrets_without_restart(tmp_path: Path) -> None:
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = subprocess.Popen(  # noqa: ASYNC220 - the process under test
-        [sys.executable, "-m", "pipeline.cli", "run", "--config", str(path), "--role", "webhook"],
+        [sys.executable, "-m", "pipeline.cli.main", "run", "--config", str(path), "--role", "webhook"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,

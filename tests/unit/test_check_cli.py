@@ -14,9 +14,10 @@ import jsonschema
 import pytest
 import yaml
 
+from connectors.instantly.checklist import CHECKLIST
 from connectors.instantly.sim import InstantlySimulator, SimConfig
-from pipeline.check_cli import (
-    CHECKLIST,
+from pipeline.checks.render import format_json, format_sarif, format_table
+from pipeline.checks.report import (
     EXIT_FAIL,
     EXIT_INCOMPLETE,
     EXIT_OK,
@@ -25,11 +26,8 @@ from pipeline.check_cli import (
     Location,
     Resource,
     exit_code,
-    format_json,
-    format_sarif,
-    format_table,
 )
-from pipeline.cli import main
+from pipeline.cli.main import main
 from tests.unit.test_check_posture import SPEC, build_workspace, variant
 
 SARIF_SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "sarif-2.1.0.json").read_text())

@@ -25,9 +25,10 @@ from connectors.instantly.posture import (
 )
 from connectors.instantly.sim import InstantlySimulator, SimConfig
 from connectors.instantly.sim.models import Actor
-from pipeline.check_cli import CheckResult
+from pipeline.checks.report import CheckResult
 from pipeline.clock import FakeClock
-from pipeline.config import PipelineConfig, parse_config
+from pipeline.config.loader import parse_config
+from pipeline.config.model import PipelineConfig
 from pipeline.errors import ConfigError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "check" / "workspaces.yaml"

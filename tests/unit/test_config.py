@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pipeline.config import PipelineConfig, SqliteBusConfig, load_config, parse_config
+from connectors.instantly.config import workspaces
+from pipeline.config.loader import load_config, parse_config
+from pipeline.config.model import PipelineConfig, SqliteBusConfig
 from pipeline.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,13 +27,13 @@ def test_defaults_are_the_embedded_bus() -> None:
     """An empty file is valid and selects the embedded SQLite bus."""
     cfg = parse_config("", env={})
     assert isinstance(cfg.bus, SqliteBusConfig)
-    assert cfg.workspaces == {}
+    assert workspaces(cfg) == {}
 
 
 def test_env_secret_resolved_and_hidden() -> None:
     """A ${ENV} secret is resolved and never shown by repr/str."""
     cfg = parse_config("workspaces:\n  acme:\n    api_key: ${INSTANTLY_API_KEY}\n", env=ENV)
-    key = cfg.workspaces["acme"].api_key
+    key = workspaces(cfg)["acme"].api_key
     assert key.get_secret_value() == "canary-key-0000"
     assert "canary" not in repr(cfg) and "canary" not in str(cfg)
 
@@ -41,7 +43,7 @@ def test_file_secret(tmp_path: Path) -> None:
     (tmp_path / "key").write_text("file-key-1234\n")
     (tmp_path / "c.yaml").write_text("workspaces:\n  acme:\n    api_key_file: key\n")
     cfg = load_config(tmp_path / "c.yaml", env={})
-    assert cfg.workspaces["acme"].api_key.get_secret_value() == "file-key-1234"
+    assert workspaces(cfg)["acme"].api_key.get_secret_value() == "file-key-1234"
 
 
 def test_literal_secret_refused() -> None:
@@ -66,7 +68,7 @@ def test_env_default_and_escape() -> None:
     )
     assert isinstance(cfg.bus, SqliteBusConfig)
     assert str(cfg.bus.path) == "/tmp/x/bus.db"
-    assert cfg.workspaces["a"].name == "${NAME}"
+    assert workspaces(cfg)["a"].name == "${NAME}"
 
 
 @pytest.mark.parametrize(
@@ -132,7 +134,7 @@ def test_example_config_is_valid(tmp_path: Path) -> None:
     text = text.replace("/run/secrets/instantly_client_b", str(secret))
     cfg = parse_config(text, env=ENV)
     assert isinstance(cfg, PipelineConfig)
-    assert set(cfg.workspaces) == {"acme", "client-b"}
+    assert set(workspaces(cfg)) == {"acme", "client-b"}
     from pipeline.topology import validate_components
 
     assert validate_components(cfg) == []

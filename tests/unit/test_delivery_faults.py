@@ -20,7 +20,7 @@ from connectors.webhook_sink import SignedWebhookConfig, SignedWebhookSink
 from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.clock import FakeClock
-from pipeline.config import EnvValue
+from pipeline.config.base import EnvValue
 from pipeline.delivery.base import Sink, SinkConfig
 from pipeline.delivery.runner import CircuitState, SinkRunner
 from tests.fakes import FakeServer, FakeSleep, Faults, Ledger, eventually, make_alert, make_event, publish

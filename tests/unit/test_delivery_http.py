@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from pipeline.clock import parse_time
-from pipeline.config import validate_block
+from pipeline.config.base import validate_block
 from pipeline.delivery.backoff import MAX_RETRY_AFTER_SECS, Backoff
 from pipeline.delivery.http import (
     HttpClient,

@@ -183,7 +183,7 @@ async def test_batches_respect_byte_cap_within_one_poll(bus: SqliteBus) -> None:
 async def test_hec_prepared_requests_match_send() -> None:
     from connectors.splunk_hec import SplunkHecConfig, SplunkHecSink
     from pipeline.bus.base import Record
-    from pipeline.config import EnvValue
+    from pipeline.config.base import EnvValue
     from pipeline.delivery.runner import decode
     from tests.fakes.hec import FakeHec
 
@@ -203,7 +203,7 @@ async def test_hec_prepared_requests_match_send() -> None:
 async def test_elasticsearch_prepared_requests_match_send() -> None:
     from connectors.elasticsearch import ElasticsearchConfig, ElasticsearchSink
     from pipeline.bus.base import Record
-    from pipeline.config import EnvValue
+    from pipeline.config.base import EnvValue
     from pipeline.delivery.runner import decode
     from tests.fakes.elasticsearch import FakeElasticsearch
 

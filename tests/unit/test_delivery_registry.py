@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 
 from connectors.elasticsearch import ElasticsearchSink
+from connectors.jsonl import JsonlSink
 from connectors.splunk_hec import SplunkHecSink
 from connectors.webhook_sink import SignedWebhookSink
-from pipeline.config import EnvValue, parse_config
+from pipeline.config.base import EnvValue
+from pipeline.config.loader import parse_config
 from pipeline.delivery import registry
 from pipeline.delivery.base import Sink, SinkConfig
-from pipeline.delivery.jsonl import JsonlSink
 from pipeline.errors import ConfigError
 
 CONNECTORS: dict[str, type[Any]] = {

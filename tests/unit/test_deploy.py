@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.config import PipelineConfig, parse_config
-from pipeline.telemetry_config import TelemetryConfig
-from pipeline.telemetry_metrics import METRICS, prometheus_series
+from pipeline.config.loader import parse_config
+from pipeline.config.model import PipelineConfig
+from pipeline.observability.metrics import METRICS, prometheus_series
+from pipeline.observability.telemetry_config import TelemetryConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

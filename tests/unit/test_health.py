@@ -10,9 +10,9 @@ import aiohttp
 import pytest
 
 from pipeline.clock import FakeClock
-from pipeline.health import HealthRegistry, get_health, set_health
-from pipeline.service import ServiceServer
-from pipeline.telemetry import Telemetry, set_telemetry
+from pipeline.observability.health import HealthRegistry, get_health, set_health
+from pipeline.observability.service import ServiceServer
+from pipeline.observability.telemetry import Telemetry, set_telemetry
 
 
 @pytest.fixture

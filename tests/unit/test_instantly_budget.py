@@ -8,8 +8,8 @@ import bisect
 import pytest
 
 from connectors.instantly.budget import RequestBudget
+from connectors.instantly.config import BudgetConfig
 from pipeline.clock import FakeClock
-from pipeline.config import BudgetConfig
 
 
 def fake_budget(rps: float, rpm: int, clock: FakeClock) -> RequestBudget:

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from connectors.instantly.budget import RequestBudget
 from connectors.instantly.client import USER_AGENT, ClientRequestError, InstantlyClient
-from pipeline.config import WorkspaceConfig
+from connectors.instantly.config import WorkspaceConfig
 from pipeline.errors import (
     AuthError,
     NotFoundError,

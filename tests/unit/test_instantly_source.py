@@ -17,11 +17,11 @@ import pytest
 from pydantic import SecretStr
 
 from connectors.instantly.client import InstantlyClient
+from connectors.instantly.config import BudgetConfig, WorkspaceConfig
 from connectors.instantly.source import InstantlyWorkspacePoller
 from pipeline.bus.base import DATA_TOPICS, EVENTS_TOPIC, Record, iter_records
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.clock import FakeClock, format_time
-from pipeline.config import BudgetConfig, WorkspaceConfig
 from pipeline.errors import SourceError
 from schemas.validate import schema_errors
 from tests.unit.test_instantly_fake_api import FakeInstantly, load_fixture, serve

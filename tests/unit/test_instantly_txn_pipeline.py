@@ -15,13 +15,13 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
+from connectors.instantly.config import BudgetConfig, WorkspaceConfig
 from connectors.instantly.source import InstantlyWorkspacePoller
 from connectors.instantly.streams import Publisher, prepare_audit_batch
 from connectors.instantly.txn_pipeline import TxnPipeline, TxnWrite
 from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC
 from pipeline.bus.sqlite import SqliteBus, _Txn
 from pipeline.clock import FakeClock
-from pipeline.config import BudgetConfig, WorkspaceConfig
 from pipeline.errors import BusError, SourceError
 from schemas.event import WorkspaceRef
 from tests.unit.test_instantly_fake_api import FakeInstantly, serve

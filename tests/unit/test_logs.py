@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.logs import get_logger, redact_text, register_secret, setup_logging
+from pipeline.observability.logs import get_logger, redact_text, register_secret, setup_logging
 
 CANARY = "canary-9f8e7d6c5b4a-SECRET"
 BEARER = "zyx987canarytoken654"
@@ -72,7 +72,7 @@ def test_timestamp_is_utc(out: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> 
         record = logging.LogRecord("instantly_audit.x", logging.INFO, __file__, 1, "m", None, None)
         record.created = 1_780_000_000.0  # 2026-05-28T20:26:40Z
         record.msecs = 0
-        from pipeline.logs import JsonFormatter
+        from pipeline.observability.logs import JsonFormatter
 
         assert orjson.loads(JsonFormatter().format(record))["ts"] == "2026-05-28T20:26:40.000Z"
     finally:

@@ -22,8 +22,8 @@ from connectors.instantly.repo_scan import (
     is_secret_file,
     literal_secret,
 )
-from pipeline.check_cli import CheckResult, Resource
-from pipeline.cli import main
+from pipeline.checks.report import CheckResult, Resource
+from pipeline.cli.main import main
 from schemas.ids import fingerprint_secret
 
 SARIF_SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "sarif-2.1.0.json").read_text())

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from connectors.instantly.config import BudgetConfig, WorkspaceConfig
 from connectors.instantly.rotation import (
     HOOK_POINTS,
     Destination,
@@ -30,11 +31,10 @@ from connectors.instantly.sim import InstantlySimulator, SimConfig
 from connectors.instantly.sim.catalog import POLLER_SCOPES
 from connectors.instantly.snapshots import Snapshot, build_snapshot, diff_snapshots
 from pipeline.clock import FakeClock, format_time
-from pipeline.config import BudgetConfig, WorkspaceConfig
+from pipeline.config.vault import VaultKV, VaultSettings, parse_vault_ref
 from pipeline.errors import ConfigError
 from pipeline.rules.config import parse_rules_config
 from pipeline.rules.engine import RulesEngine
-from pipeline.secrets import VaultKV, VaultSettings, parse_vault_ref
 from schemas.event import Event, WorkspaceRef
 from tests.fakes.vault import FakeVault
 
@@ -124,7 +124,7 @@ def _file_dest(w: World, tmp_path: Path) -> Destination:
 
 def _vault_dest(w: World, vault: FakeVault) -> Destination:
     vault.put("secret", "instantly/zapier", {"api_key": w.old_secret, "owner": "sales-ops"})
-    from pipeline.config import EnvValue
+    from pipeline.config.base import EnvValue
 
     kv = VaultKV(VaultSettings.model_validate({"url": vault.url, "token": EnvValue(vault.token)}))
     return VaultDestination(kv, parse_vault_ref("secret/instantly/zapier#api_key"))

@@ -8,7 +8,6 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,8 +16,9 @@ import yaml
 from connectors.instantly import keys_cli
 from connectors.instantly.rotation import FileDestination, VaultDestination
 from connectors.instantly.sim import InstantlySimulator
-from pipeline import cli
-from pipeline.config import EnvValue, parse_config
+from pipeline.cli import main as cli
+from pipeline.config.base import EnvValue
+from pipeline.config.loader import parse_config
 from pipeline.errors import ConfigError
 from tests.fakes.vault import FakeVault
 from tests.unit.test_check_cli import ThreadedSim
@@ -29,8 +29,6 @@ NAME = "zapier"
 @pytest.fixture
 def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """A simulator workspace with pipeline, admin and zapier keys; a config file; keys_cli registered."""
-    if "connectors.instantly.keys_cli" not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "connectors.instantly.keys_cli"))
     with ThreadedSim() as sim:
         ws = sim.add_workspace("Acme")
         pipeline = sim.add_api_key(ws.id, ["api_keys:read", "workspaces:read"], name="security-poller")
@@ -111,7 +109,6 @@ def _args(**kw: Any) -> argparse.Namespace:
 
 def test_rotation_section_with_vault_admin_key_and_destination(setup: dict[str, Any]) -> None:
     """The `rotation` section (admin key and destination from Vault) drives a rotation that stores into Vault."""
-    from pipeline.secrets import resolve_managed_secrets
 
     sim: InstantlySimulator = setup["sim"]
     admin_secret = setup["secrets"][1]
@@ -126,12 +123,10 @@ def test_rotation_section_with_vault_admin_key_and_destination(setup: dict[str, 
                 "keys": {NAME: {"workspace": "acme", "destination": "vault:secret/instantly/zapier#api_key"}},
             },
         }
-        resolved = resolve_managed_secrets(tree)
-        base = parse_config(yaml.safe_dump({"workspaces": {"acme": {"api_key": "${K}", "base_url": sim.url}}}),
-                            env={"K": setup["secrets"][0]})  # fmt: skip
-        cfg = SimpleNamespace(workspaces=base.workspaces, rotation=resolved["rotation"],
-                              secret_managers=resolved["secret_managers"])  # fmt: skip
-        rot = keys_cli.build_rotation(_args(), cfg, base_dir=setup["dir"])  # type: ignore[arg-type]
+        tree["secret_managers"] = {"vault": {"url": vault.url, "token": "${VT}"}}
+        tree["workspaces"] = {"acme": {"api_key": "${K}", "base_url": sim.url}}
+        cfg = parse_config(yaml.safe_dump(tree), env={"K": setup["secrets"][0], "VT": vault.token})
+        rot = keys_cli.build_rotation(_args(), cfg, base_dir=setup["dir"])
         assert isinstance(rot.destination, VaultDestination)
         outcome = asyncio.run(rot.run())
         assert outcome.status == "done"
@@ -142,13 +137,13 @@ def test_rotation_section_with_vault_admin_key_and_destination(setup: dict[str, 
 
 def test_rotation_section_errors(setup: dict[str, Any]) -> None:
     """Invalid rotation settings name rotation.<key>; a vault destination needs secret_managers.vault."""
-    base = parse_config(yaml.safe_dump({"workspaces": {"acme": {"api_key": "${K}"}}}), env={"K": "k"})
-    bad = SimpleNamespace(workspaces=base.workspaces, rotation={"grace_period_secs": -5})
+    ws = {"acme": {"api_key": "${K}"}}
     with pytest.raises(ConfigError, match=r"rotation\.grace_period_secs"):
-        keys_cli.build_rotation(_args(), bad, base_dir=setup["dir"])  # type: ignore[arg-type]
-    no_vault = SimpleNamespace(workspaces=base.workspaces, rotation={"admin_api_key": EnvValue("admin-secret-1")})
+        parse_config(yaml.safe_dump({"workspaces": ws, "rotation": {"grace_period_secs": -5}}), env={"K": "k"})
+    no_vault = parse_config(
+        yaml.safe_dump({"workspaces": ws, "rotation": {"admin_api_key": "${A}"}}), env={"K": "k", "A": "admin-secret-1"}
+    )
     with pytest.raises(ConfigError, match=r"secret_managers\.vault"):
-        keys_cli.build_rotation(_args(destination="vault:secret/a#b"), no_vault,  # type: ignore[arg-type]
-                                base_dir=setup["dir"])  # fmt: skip
-    rot = keys_cli.build_rotation(_args(destination="file:rel/key"), no_vault, base_dir=setup["dir"])  # type: ignore[arg-type]
+        keys_cli.build_rotation(_args(destination="vault:secret/a#b"), no_vault, base_dir=setup["dir"])
+    rot = keys_cli.build_rotation(_args(destination="file:rel/key"), no_vault, base_dir=setup["dir"])
     assert isinstance(rot.destination, FileDestination) and rot.destination.path == setup["dir"] / "rel" / "key"

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.rules import cli, parse_rules_config
+from connectors.instantly.rules import PACK
+from pipeline.rules import cli
+from pipeline.rules.config import parse_rules_config
 from pipeline.rules.testing import load_case_file, run_case, run_cases
 
-CASES = Path(cli.__file__).resolve().parent / "cases"
+CASES = PACK.cases_dir
 SHIPPED = [(f, c) for f in sorted(CASES.glob("*.yaml")) for c in load_case_file(f).cases]
 
 

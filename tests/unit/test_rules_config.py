@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from connectors.instantly.rules.api_keys import StaleParams
 from pipeline.errors import ConfigError
-from pipeline.rules import parse_rules_config
-from pipeline.rules.catalog.api_keys import StaleParams
+from pipeline.rules.config import parse_rules_config
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from pipeline.clock import FakeClock, format_time, parse_time
-from pipeline.rules import RulesEngine
+from pipeline.rules.engine import RulesEngine
 from schemas.alert import Alert
 from schemas.event import Event, WorkspaceRef
 from schemas.validate import schema_errors

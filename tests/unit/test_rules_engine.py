@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.clock import FakeClock, parse_time
-from pipeline.rules import RulesEngine
-from pipeline.rules.engine import MAX_EVENT_IDS, Evaluation, dedup_key
+from pipeline.rules.engine import MAX_EVENT_IDS, Evaluation, RulesEngine, dedup_key
 from pipeline.rules.state import main_key, tracks_key
 from pipeline.rules.testing import make_event
 from schemas.alert import Alert

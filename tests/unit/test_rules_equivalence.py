@@ -31,10 +31,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.clock import FakeClock, format_time, parse_time
-from pipeline.rules import Finding, RuleContext, RuleMeta, RuleParams, RulesEngine, parse_rules_config
-from pipeline.rules.base import AlertTrack, RuleState
-from pipeline.rules.config import RuleSet
-from pipeline.rules.engine import Evaluation, RuleFailure, _Batch, decode_event, event_time
+from pipeline.rules.base import AlertTrack, Finding, RuleContext, RuleMeta, RuleParams, RuleState
+from pipeline.rules.config import RuleSet, parse_rules_config
+from pipeline.rules.engine import Evaluation, RuleFailure, RulesEngine, _Batch, decode_event, event_time
 from pipeline.rules.matcher import type_matches
 from pipeline.rules.state import FORMAT, PREFIX, StateProblem, StateStore, main_key, sub_key, tracks_key
 from pipeline.rules.testing import make_event

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from pipeline.clock import FakeClock, parse_time
-from pipeline.rules import RulesEngine
+from pipeline.rules.engine import RulesEngine
 from pipeline.rules.matcher import RuleSyntaxError, compile_detection, compile_template
 from pipeline.rules.testing import make_event
 from schemas.event import Event

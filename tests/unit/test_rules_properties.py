@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.clock import FakeClock, parse_time
-from pipeline.rules import RulesEngine, parse_rules_config
+from pipeline.rules.config import parse_rules_config
+from pipeline.rules.engine import RulesEngine
 from pipeline.rules.testing import make_event
 from schemas.event import Event
 

@@ -15,8 +15,8 @@ from pipeline.bus.base import ALERTS_TOPIC, DEADLETTER_TOPIC, EVENTS_TOPIC, OutR
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.clock import FakeClock, parse_time
 from pipeline.errors import BusError
-from pipeline.rules import RulesWorker
 from pipeline.rules.testing import make_event
+from pipeline.rules.worker import RulesWorker
 from schemas.alert import Alert
 from schemas.event import Event
 from schemas.validate import schema_errors

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline import config as config_module
-from pipeline.config import EnvValue, FileValue, WorkspaceConfig, parse_config
-from pipeline.errors import ConfigError
-from pipeline.secrets import (
+from connectors.instantly.config import WorkspaceConfig, workspaces
+from pipeline.config import loader as config_module
+from pipeline.config.base import EnvValue, FileValue
+from pipeline.config.loader import parse_config
+from pipeline.config.vault import (
     ManagedValue,
     SecretSourceError,
     VaultKV,
@@ -22,6 +23,7 @@ from pipeline.secrets import (
     parse_vault_ref,
     resolve_managed_secrets,
 )
+from pipeline.errors import ConfigError
 from tests.fakes.vault import FakeVault
 
 pytest.importorskip("hvac")
@@ -184,4 +186,4 @@ secret_managers: {{vault: {{url: "{vault.url}", token: "${{VAULT_TOKEN}}"}}}}
 workspaces: {{acme: {{api_key_vault: "secret/instantly/acme#api_key"}}}}
 """
     cfg = parse_config(text, env={"VAULT_TOKEN": vault.token})
-    assert cfg.workspaces["acme"].api_key.get_secret_value() == API_KEY
+    assert workspaces(cfg)["acme"].api_key.get_secret_value() == API_KEY

@@ -11,7 +11,7 @@ from aiohttp import web
 from connectors.elasticsearch import ElasticsearchConfig, ElasticsearchSink, index_namer
 from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Record
 from pipeline.clock import format_time
-from pipeline.config import EnvValue
+from pipeline.config.base import EnvValue
 from pipeline.delivery.base import Delivery
 from pipeline.delivery.runner import decode
 from pipeline.errors import BackpressureError, SinkError

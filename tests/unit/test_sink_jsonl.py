@@ -11,10 +11,10 @@ from typing import Any
 import orjson
 import pytest
 
+from connectors.jsonl import JsonlConfig, JsonlSink
 from pipeline.bus.base import EVENTS_TOPIC, Record
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.delivery.base import Delivery
-from pipeline.delivery.jsonl import JsonlConfig, JsonlSink
 from pipeline.delivery.runner import SinkRunner, decode
 from pipeline.errors import SinkError
 from tests.fakes import make_event, publish

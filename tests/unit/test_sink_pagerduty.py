@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from connectors.pagerduty import PagerDutySink, PagerDutySinkConfig, dedup_key
 from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Record
 from pipeline.bus.sqlite import SqliteBus
-from pipeline.config import EnvValue, parse_config
+from pipeline.config.base import EnvValue
+from pipeline.config.loader import parse_config
 from pipeline.delivery.base import Delivery, Sink
 from pipeline.delivery.registry import register_sink, unregister_sink, validate_sink
 from pipeline.delivery.runner import SinkRunner, decode

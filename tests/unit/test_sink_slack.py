@@ -14,7 +14,8 @@ import pytest
 from connectors.slack import SlackSink, SlackSinkConfig, alert_message
 from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Record
 from pipeline.bus.sqlite import SqliteBus
-from pipeline.config import EnvValue, parse_config, validate_block
+from pipeline.config.base import EnvValue, validate_block
+from pipeline.config.loader import parse_config
 from pipeline.delivery.base import Delivery, Sink
 from pipeline.delivery.registry import register_sink, unregister_sink, validate_sink
 from pipeline.delivery.runner import SinkRunner, decode

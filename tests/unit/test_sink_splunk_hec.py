@@ -11,7 +11,7 @@ import pytest
 from connectors.splunk_hec import SplunkHecConfig, SplunkHecSink
 from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Record
 from pipeline.clock import FakeClock, parse_time
-from pipeline.config import EnvValue
+from pipeline.config.base import EnvValue
 from pipeline.delivery.base import Delivery
 from pipeline.delivery.runner import decode
 from pipeline.errors import SinkError

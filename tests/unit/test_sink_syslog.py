@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from connectors.syslog import SyslogSink, SyslogSinkConfig
 from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Record
-from pipeline.config import parse_config
+from pipeline.config.loader import parse_config
 from pipeline.delivery.base import Delivery, Sink
 from pipeline.delivery.registry import register_sink, unregister_sink, validate_sink
 from pipeline.delivery.runner import decode

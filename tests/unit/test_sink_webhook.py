@@ -14,7 +14,7 @@ import pytest
 from connectors.webhook_sink import SignedWebhookConfig, SignedWebhookSink, sign, verify_standard_webhook
 from pipeline.bus.base import EVENTS_TOPIC, Record
 from pipeline.clock import FakeClock
-from pipeline.config import EnvValue
+from pipeline.config.base import EnvValue
 from pipeline.delivery.base import Delivery
 from pipeline.delivery.runner import decode
 from pipeline.errors import SinkError, WebhookRejected

@@ -15,13 +15,15 @@ from pydantic import ValidationError
 
 from pipeline.bus.base import Record
 from pipeline.clock import FakeClock
-from pipeline.config import EnvValue, PipelineConfig, parse_config
-from pipeline.health import HealthRegistry
-from pipeline.service import ServiceServer
-from pipeline.telemetry import Telemetry, get_telemetry, set_telemetry, setup_telemetry
-from pipeline.telemetry_config import TelemetryConfig
-from pipeline.telemetry_metrics import METRICS, prometheus_series
-from pipeline.telemetry_trace import TRACEPARENT
+from pipeline.config.base import EnvValue
+from pipeline.config.loader import parse_config
+from pipeline.config.model import PipelineConfig
+from pipeline.observability.health import HealthRegistry
+from pipeline.observability.metrics import METRICS, prometheus_series
+from pipeline.observability.service import ServiceServer
+from pipeline.observability.telemetry import Telemetry, get_telemetry, set_telemetry, setup_telemetry
+from pipeline.observability.telemetry_config import TelemetryConfig
+from pipeline.observability.trace import TRACEPARENT
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -11,9 +11,15 @@ from hypothesis import strategies as st
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, StatusCode
 
-from pipeline.telemetry import MAX_BATCH_LINKS, Telemetry
-from pipeline.telemetry_config import TelemetryConfig
-from pipeline.telemetry_trace import TRACEPARENT, Header, batch_trace_contexts, cached_traceparent, parse_traceparent
+from pipeline.observability.telemetry import MAX_BATCH_LINKS, Telemetry
+from pipeline.observability.telemetry_config import TelemetryConfig
+from pipeline.observability.trace import (
+    TRACEPARENT,
+    Header,
+    batch_trace_contexts,
+    cached_traceparent,
+    parse_traceparent,
+)
 
 
 @pytest.fixture

@@ -21,23 +21,23 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from connectors.instantly.budget import RequestBudget
+from connectors.instantly.config import WorkspaceConfig
 from connectors.instantly.sim import InstantlySimulator
 from connectors.instantly.sim.seed import DemoWorld, demo_world
 from connectors.instantly.source import InstantlyWorkspacePoller
 from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Record, iter_records
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.clock import SYSTEM_CLOCK
-from pipeline.config import WorkspaceConfig
 from pipeline.delivery.base import Delivery, SendResult, SinkConfig
 from pipeline.delivery.registry import build_sink, validate_sink
 from pipeline.delivery.runner import SinkRunner
 from pipeline.errors import SinkError
-from pipeline.health import HealthRegistry, set_health
+from pipeline.observability.health import HealthRegistry, set_health
+from pipeline.observability.telemetry import Telemetry, set_telemetry
+from pipeline.observability.telemetry_config import TelemetryConfig
+from pipeline.observability.trace import TRACEPARENT, parse_traceparent
 from pipeline.rules.worker import RulesWorker
 from pipeline.sources.webhook_server import WebhookReceiver
-from pipeline.telemetry import Telemetry, set_telemetry
-from pipeline.telemetry_config import TelemetryConfig
-from pipeline.telemetry_trace import TRACEPARENT, parse_traceparent
 from tests.fakes import make_event, publish
 from tests.unit.test_webhook_support import delivery, hdrs, make_config, serve
 

@@ -6,9 +6,11 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import EnvValue, parse_config
+from connectors.instantly.webhook_normalize import DEFAULT_KEPT_FIELDS
+from pipeline.config.base import EnvValue
+from pipeline.config.loader import parse_config
 from pipeline.errors import ConfigError
-from pipeline.sources.webhook_config import DEFAULT_KEPT_FIELDS, parse_webhook_config
+from pipeline.sources.webhook_config import parse_webhook_config
 from tests.unit.test_webhook_support import SECRET_A, SECRET_B, WS
 
 
@@ -31,7 +33,7 @@ def test_defaults() -> None:
     assert cfg.source_path("crm") == "/hooks/crm"
     src = cfg.sources["crm"]
     assert src.header_name == "X-Webhook-Secret"
-    assert src.kept_fields() == frozenset(DEFAULT_KEPT_FIELDS)
+    assert src.options.kept_fields() == frozenset(DEFAULT_KEPT_FIELDS)
     assert cfg.allow_ips is None and cfg.trusted_proxies == []
 
 
@@ -55,8 +57,8 @@ webhook:
     w = parse_webhook_config(cfg.webhook)
     src = w.sources["crm"]
     assert [s.get_secret_value() for s in src.secrets] == [SECRET_A, SECRET_B]
-    assert "company_name" in src.kept_fields() and "email_subject" in src.kept_fields()
-    assert "lead_email" not in src.kept_fields()
+    assert "company_name" in src.options.kept_fields() and "email_subject" in src.options.kept_fields()
+    assert "lead_email" not in src.options.kept_fields()
     assert w.source_path("crm") == "/hooks/instantly-crm"
 
 

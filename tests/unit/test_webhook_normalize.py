@@ -7,9 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.errors import WebhookRejected
-from pipeline.sources.webhook_config import DEFAULT_KEPT_FIELDS
-from pipeline.sources.webhook_normalize import (
+from connectors.instantly.webhook_normalize import (
+    DEFAULT_KEPT_FIELDS,
     MAX_EVENT_BYTES,
     FieldPolicy,
     body_digest,
@@ -18,6 +17,7 @@ from pipeline.sources.webhook_normalize import (
     normalize_delivery,
     parse_delivery,
 )
+from pipeline.errors import WebhookRejected
 from schemas.event import WorkspaceRef
 from schemas.validate import schema_errors
 from tests.unit.test_webhook_support import WS, delivery, make_config
@@ -82,7 +82,7 @@ def test_configured_policy_keeps_and_drops() -> None:
     cfg = make_config(
         source_extra={"keep_lead_fields": ["company_name", "email_subject"], "drop_fields": ["lead_email"]}
     )
-    e = norm(delivery(1, company_name="Initech"), FieldPolicy(cfg.sources["crm"].kept_fields()))
+    e = norm(delivery(1, company_name="Initech"), FieldPolicy(cfg.sources["crm"].options.kept_fields()))
     assert e.raw["company_name"] == "Initech" and e.raw["email_subject"] == "Quick question"
     assert "lead_email" not in e.raw and "lead_email" not in e.attributes
     assert "email_text" not in e.raw

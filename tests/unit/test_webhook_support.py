@@ -12,7 +12,7 @@ import orjson
 from aiohttp.test_utils import TestClient, TestServer
 
 from pipeline.bus.base import EVENTS_TOPIC, Bus, Record, iter_records
-from pipeline.config import EnvValue
+from pipeline.config.base import EnvValue
 from pipeline.errors import BusError
 from pipeline.sources.webhook_config import WebhookConfig, parse_webhook_config
 from pipeline.sources.webhook_server import WebhookReceiver

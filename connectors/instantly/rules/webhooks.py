@@ -11,16 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+from connectors.instantly.checklist import Basic
 from pipeline.rules.base import (
     DAY,
-    Basic,
     CatalogRule,
     Finding,
     RuleContext,
     RuleMeta,
     RuleParams,
     attr,
-    register,
     resolved,
     target_id,
     target_name,
@@ -59,7 +58,6 @@ def hook_label(event: Event, hid: str) -> str:
     return f"{base} → {host}" if host else base
 
 
-@register
 class UnauthenticatedWebhookRule(CatalogRule[RuleParams]):
     """``webhook.unauthenticated``: deliveries carry no secret header, so the receiver cannot tell forgeries."""
 
@@ -93,7 +91,6 @@ class UnauthenticatedWebhookRule(CatalogRule[RuleParams]):
         return ()
 
 
-@register
 class InsecureWebhookTargetRule(CatalogRule[RuleParams]):
     """``webhook.insecure_target``: plain ``http://`` (high) or a host not on ``allowlists.webhook_hosts`` (medium)."""
 
@@ -138,7 +135,6 @@ class InsecureWebhookTargetRule(CatalogRule[RuleParams]):
         return ()
 
 
-@register
 class FailingWebhookRule(CatalogRule[RuleParams]):
     """``webhook.failing``: Instantly disabled the webhook after delivery errors (status -1 or audit 20)."""
 

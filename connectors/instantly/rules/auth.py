@@ -10,9 +10,9 @@ from typing import Any
 
 from pydantic import Field
 
+from connectors.instantly.checklist import Basic
 from pipeline.rules.base import (
     DAY,
-    Basic,
     CatalogRule,
     Finding,
     RuleContext,
@@ -22,7 +22,6 @@ from pipeline.rules.base import (
     actor_key,
     actor_label,
     forget_quiet,
-    register,
 )
 from schemas.alert import Entity
 from schemas.event import Event
@@ -46,7 +45,6 @@ class MfaAttackParams(RuleParams):
     window_secs: float = Field(600.0, gt=0, le=DAY)
 
 
-@register
 class MfaAttackRule(CatalogRule[MfaAttackParams]):
     """``auth.mfa_attack``: ``failures_threshold`` failed MFA challenges (29) within ``window_secs``, or code 30."""
 
@@ -93,7 +91,6 @@ class LoginNewIpParams(RuleParams):
     alert_on_new_user: bool = False
 
 
-@register
 class LoginNewIpRule(CatalogRule[LoginNewIpParams]):
     """``auth.login_new_ip``: a user logs in from an IP not seen for them, after a learning period.
 

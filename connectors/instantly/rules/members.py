@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import Field
 
+from connectors.instantly.checklist import Basic
 from pipeline.rules.base import (
     DAY,
-    Basic,
     CatalogRule,
     Finding,
     RuleContext,
@@ -23,7 +23,6 @@ from pipeline.rules.base import (
     RuleParams,
     actor_entities,
     attr,
-    register,
     resolved,
     target_id,
 )
@@ -48,7 +47,6 @@ def _side(event: Event, side: str, name: str) -> Any:
     return doc.get(name) if isinstance(doc, dict) else None
 
 
-@register
 class UnexpectedMemberRule(CatalogRule[RuleParams]):
     """``member.unexpected``: a member whose email and domain are not allowed (only with an allowlist)."""
 
@@ -89,7 +87,6 @@ class PrivilegedParams(RuleParams):
     privileged_permissions: list[str] = Field(default_factory=lambda: list(PRIVILEGED_PERMISSIONS))
 
 
-@register
 class PrivilegedMemberRule(CatalogRule[PrivilegedParams]):
     """``member.privileged``: someone was invited as or made admin, gained admin permissions, or the owner changed."""
 

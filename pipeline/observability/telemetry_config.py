@@ -27,38 +27,18 @@ telemetry:
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 
-
-def _header_secret(v: Any) -> Any:
-    # Imported here: pipeline.config imports this module to wire the section in.
-    from pipeline.config import EnvValue, FileValue
-
-    if isinstance(v, SecretStr):
-        return v
-    if isinstance(v, EnvValue | FileValue):
-        if not str(v):
-            raise ValueError("the secret is empty")
-        return SecretStr(str(v))
-    raise ValueError(
-        "a literal secret in the config file is refused; use a ${ENV_VAR} reference or a <field>_file path"
-    )
+from pipeline.config.base import Model, Secret
 
 
-HeaderSecret = Annotated[SecretStr, BeforeValidator(_header_secret)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class OtlpConfig(_Model):
+class OtlpConfig(Model):
     """Export spans and metrics to an OpenTelemetry collector over OTLP/HTTP (protobuf)."""
 
     endpoint: str = Field(description="base URL of the collector's OTLP/HTTP receiver, e.g. http://collector:4318")
-    headers: dict[str, HeaderSecret] = Field(default_factory=dict)
+    headers: dict[str, Secret] = Field(default_factory=dict)
     traces: bool = True
     metrics: bool = True
     export_interval_secs: float = Field(15.0, ge=1, le=3600)
@@ -77,7 +57,7 @@ class OtlpConfig(_Model):
         return f"{self.endpoint}/v1/{signal}"
 
 
-class TelemetryConfig(_Model):
+class TelemetryConfig(Model):
     """OpenTelemetry: where metrics and spans go."""
 
     enabled: bool = True

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationError, field_validator
 
-from pipeline.config import FileValue, Model, Secret, validation_error_lines
+from pipeline.config.base import FileValue, Model, Secret, validation_error_lines
 from pipeline.errors import ConfigError, PipelineError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; hvac is an optional extra

@@ -18,7 +18,7 @@ from pipeline.delivery.base import Delivery
 from pipeline.delivery.registry import build_sink, validate_sink
 from pipeline.delivery.runner import decode
 from pipeline.errors import PipelineError
-from pipeline.replay import ReplayStats, Selection, scan
+from pipeline.replay.scan import ReplayStats, Selection, scan
 
 
 async def redeliver(

@@ -26,7 +26,7 @@ import yaml
 from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Bus, Record
 from pipeline.clock import parse_time
 from pipeline.errors import ConfigError
-from pipeline.replay import ReplayStats, Selection, scan
+from pipeline.replay.scan import ReplayStats, Selection, scan
 from pipeline.rules.engine import RulesEngine, decode_event
 from schemas.alert import Alert
 
@@ -148,7 +148,7 @@ async def replay_rules(
             for a in d[kind]:
                 sys.stdout.buffer.write(orjson.dumps({"diff": kind, "alert": a}) + b"\n")
     else:
-        from pipeline.replay_cli import print_table
+        from pipeline.replay.table import print_table
 
         for kind, title in (
             ("same", "raised now and then"),

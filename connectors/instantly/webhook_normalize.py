@@ -26,6 +26,30 @@ from pipeline.clock import format_time, parse_time
 from pipeline.errors import WebhookRejected
 from schemas.event import Event, Source, Target, WorkspaceRef, slug
 
+DEFAULT_KEPT_FIELDS: tuple[str, ...] = (
+    "event_type",
+    "timestamp",
+    "workspace",
+    "campaign_id",
+    "campaign_name",
+    "lead_email",
+    "email_account",
+    "step",
+    "variant",
+    "is_first",
+    "email_id",
+)
+"""Payload fields kept by default: ids and event facts."""
+
+BODY_FIELDS: frozenset[str] = frozenset({"email_text", "email_html", "reply_text", "reply_html", "reply_text_snippet"})
+"""Message bodies: never kept (``keep_lead_fields`` refuses them)."""
+
+SUBJECT_FIELDS: frozenset[str] = frozenset({"email_subject", "reply_subject"})
+"""Subject lines: dropped by default, keepable through ``keep_lead_fields``."""
+
+REQUIRED_FIELDS: frozenset[str] = frozenset({"event_type", "timestamp", "workspace"})
+"""Fields every delivery must carry; they cannot be dropped."""
+
 TYPE_PREFIX = "webhook_delivery"
 REDACTED = "<redacted>"
 MAX_EVENT_TYPE_CHARS = 256

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from pipeline.clock import SYSTEM_CLOCK, Clock
-from pipeline.telemetry import get_telemetry
+from pipeline.observability.telemetry import get_telemetry
 
 CircuitStateName = Literal["closed", "open", "half_open"]
 

@@ -50,8 +50,7 @@ from opentelemetry.util.types import AttributeValue
 
 from pipeline import __version__
 from pipeline.clock import SYSTEM_CLOCK, Clock
-from pipeline.telemetry_config import OtlpConfig, TelemetryConfig
-from pipeline.telemetry_metrics import (
+from pipeline.observability.metrics import (
     ALERTS_RAISED,
     API_RATE_LIMITED,
     API_REQUESTS,
@@ -73,12 +72,8 @@ from pipeline.telemetry_metrics import (
     WORKSPACE,
     MetricSpec,
 )
-from pipeline.telemetry_trace import (
-    TRACEPARENT,
-    Header,
-    batch_trace_contexts,
-    cached_traceparent,
-)
+from pipeline.observability.telemetry_config import OtlpConfig, TelemetryConfig
+from pipeline.observability.trace import TRACEPARENT, Header, batch_trace_contexts, cached_traceparent
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricExporter

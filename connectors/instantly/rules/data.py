@@ -10,8 +10,8 @@ from collections.abc import Iterable
 
 from pydantic import Field
 
+from connectors.instantly.checklist import Basic
 from pipeline.rules.base import (
-    Basic,
     CatalogRule,
     Finding,
     RuleContext,
@@ -21,7 +21,6 @@ from pipeline.rules.base import (
     actor_key,
     actor_label,
     forget_quiet,
-    register,
 )
 from schemas.event import Event
 
@@ -60,7 +59,6 @@ class ExportParams(RuleParams):
     window_secs: float = Field(3600.0, ge=0, le=7 * 86_400, description="0: judge each export alone")
 
 
-@register
 class LeadExportRule(CatalogRule[ExportParams]):
     """``data.lead_export``: one actor exported at least ``threshold`` leads within ``window_secs``."""
 
@@ -99,7 +97,6 @@ class DeletionParams(RuleParams):
     window_secs: float = Field(3600.0, ge=0, le=7 * 86_400)
 
 
-@register
 class MassDeletionRule(CatalogRule[DeletionParams]):
     """``data.mass_deletion``: one actor deleted many leads (2) or campaigns (3) within ``window_secs``."""
 

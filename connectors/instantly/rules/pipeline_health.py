@@ -11,20 +11,19 @@ from typing import Any
 
 from pydantic import Field
 
+from connectors.instantly.checklist import Basic
+from connectors.instantly.rules.api_keys import created_at, key_entity, key_label
 from pipeline.clock import format_time
 from pipeline.rules.base import (
-    Basic,
     CatalogRule,
     Finding,
     RuleContext,
     RuleMeta,
     RuleParams,
-    register,
     resolved,
     target_id,
     target_name,
 )
-from pipeline.rules.catalog.api_keys import created_at, key_entity, key_label
 from schemas.alert import Entity
 from schemas.event import Event
 
@@ -43,7 +42,6 @@ class SilentParams(RuleParams):
     min_samples: int = Field(20, ge=1, description="gaps to observe before judging")
 
 
-@register
 class SourceSilentRule(CatalogRule[SilentParams]):
     """``pipeline.source_silent``: no audit record for ``multiplier`` x the usual interval (judged on ticks).
 
@@ -105,7 +103,6 @@ class UntrackedParams(RuleParams):
     window_secs: float = Field(3600.0, gt=0, le=7 * 86_400, description="how far apart snapshot and audit may be")
 
 
-@register
 class UntrackedChangeRule(CatalogRule[UntrackedParams]):
     """``pipeline.untracked_change``: an API key appeared or vanished with no audit record 37/38 near it.
 

@@ -11,17 +11,16 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
+from connectors.instantly.checklist import Basic
 from pipeline.clock import format_time, parse_time
 from pipeline.rules.base import (
     DAY,
-    Basic,
     CatalogRule,
     Finding,
     RuleContext,
     RuleMeta,
     RuleParams,
     attr,
-    register,
     resolved,
     target_id,
     target_name,
@@ -112,7 +111,6 @@ class _ScopeRule(CatalogRule[KeyAllowParams]):
         return ()
 
 
-@register
 class AllScopeKeyRule(_ScopeRule):
     """``api_key.all_scope``: a key with ``all:all`` (also on the baseline)."""
 
@@ -134,7 +132,6 @@ class AllScopeKeyRule(_ScopeRule):
         return ["all:all"] if "all:all" in scopes else []
 
 
-@register
 class BroadScopeKeyRule(_ScopeRule):
     """``api_key.broad_scope``: wildcard actions, ``:all`` on sensitive resources, or key minting.
 
@@ -184,7 +181,6 @@ class StaleParams(RuleParams):
     key_max_age_days: float = Field(90.0, gt=0, le=3650)
 
 
-@register
 class StaleKeyRule(CatalogRule[StaleParams]):
     """``api_key.stale``: a key older than ``key_max_age_days``; one reminder per suppression window."""
 
@@ -249,7 +245,6 @@ class RotationParams(RuleParams):
     grace_period_days: float = Field(7.0, gt=0, le=365)
 
 
-@register
 class RotationIncompleteRule(CatalogRule[RotationParams]):
     """``api_key.rotation_incomplete``: a new key repeats an old key's scopes, the old one outlives the grace period."""
 

@@ -12,18 +12,8 @@ from typing import Any
 
 from pydantic import Field
 
-from pipeline.rules.base import (
-    Basic,
-    CatalogRule,
-    Finding,
-    RuleContext,
-    RuleMeta,
-    RuleParams,
-    actor_entities,
-    attr,
-    register,
-    resolved,
-)
+from connectors.instantly.checklist import Basic
+from pipeline.rules.base import CatalogRule, Finding, RuleContext, RuleMeta, RuleParams, actor_entities, attr, resolved
 from schemas.alert import Entity
 from schemas.event import Event
 
@@ -45,7 +35,6 @@ def entry_domain(event: Event) -> str | None:
     return v.lstrip("@")
 
 
-@register
 class ProtectedDomainRemovedRule(CatalogRule[RuleParams]):
     """``block_list.protected_domain_removed``: a protected domain was taken off the block list."""
 
@@ -70,7 +59,6 @@ class MissingParams(RuleParams):
     settle_secs: float = Field(3600.0, ge=0, le=7 * 86_400, description="wait after the first block-list event")
 
 
-@register
 class InternalDomainMissingRule(CatalogRule[MissingParams]):
     """``block_list.internal_domain_missing``: a protected domain is absent from the block list.
 

@@ -9,25 +9,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline import __version__
-from pipeline.config import PipelineConfig
+from pipeline.cli.base import command_plugins, describe_section
+from pipeline.config.model import PipelineConfig
 from pipeline.errors import BusError, ConfigError, PipelineError
+from pipeline.replay import cli as replay_cli
+from pipeline.rules import cli as rules_cli
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
-# Modules that add commands: each has register(subparsers) and sets func=handler(args) -> int.
-COMMAND_MODULES = (
-    "pipeline.rules.cli",
-    "pipeline.replay_cli",
-    "pipeline.check_cli",
-    "connectors.instantly.webhooks_cli",
-    "connectors.instantly.keys_cli",
-)
+# The runtime's own command modules; connectors add theirs through the ``instantly_audit.commands``
+# registry. Each has register(subparsers) and sets func=handler(args) -> int.
+RUNTIME_COMMANDS = (rules_cli, replay_cli)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_config_validate(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
+    from pipeline.config.loader import load_config
     from pipeline.topology import validate_components
 
     cfg = load_config(args.file)
@@ -50,7 +47,8 @@ def _cmd_config_validate(args: argparse.Namespace) -> int:
         for p in problems:
             print(f"config error: {p}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"{args.file}: ok — bus {cfg.bus.type}, {len(cfg.workspaces)} workspace(s), {len(cfg.sinks)} sink(s)")
+    parts = [f"bus {cfg.bus.type}", *(describe_section(k, v) for k, v in sorted(cfg.sections.items()))]
+    print(f"{args.file}: ok — {', '.join(p for p in parts if p)}, {len(cfg.sinks)} sink(s)")
     return EXIT_OK
 
 
@@ -62,7 +60,7 @@ async def _check_sinks(cfg: PipelineConfig) -> list[str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
+    from pipeline.config.loader import load_config
     from pipeline.topology import run_pipeline
 
     cfg = load_config(args.config)
@@ -70,30 +68,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         run_pipeline(cfg, once=args.once, roles=set(args.role or ["all"]), config_path=Path(args.config))
     )
     return code
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    # The demo is Instantly-specific; the CLI is the composition root that may name it.
-    demo = importlib.import_module("connectors.instantly.demo")
-    if args.speed <= 0:
-        raise ConfigError("--speed must be positive")
-    code: int = asyncio.run(demo.run_demo(speed=args.speed, workdir=Path(args.workdir) if args.workdir else None))
-    return code
-
-
-def _cmd_simulate(args: argparse.Namespace) -> int:
-    try:
-        server = importlib.import_module("connectors.instantly.sim.server")
-    except ImportError as err:  # pragma: no cover - the simulator ships with the package
-        raise PipelineError(f"the Instantly simulator is not installed: {err}") from err
-    scenario = Path(args.scenario) if args.scenario else None
-    if scenario is not None and not scenario.exists():
-        raise ConfigError(f"scenario file {scenario} does not exist")
-    try:
-        asyncio.run(server.serve(args.host, args.port, scenario, args.seed))
-    except KeyboardInterrupt:
-        return EXIT_OK
-    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,27 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_cmd_run)
 
-    demo = sub.add_parser(
-        "demo",
-        help="no configuration needed: simulate a scripted incident and watch events and alerts",
-        description="Starts the Instantly simulator with a scripted incident, runs the pipeline on the embedded "
-        "bus, and shows events and alerts as they happen. Exits 0 within a minute.",
-    )
-    demo.add_argument("--speed", type=float, default=1.0, help="scenario speed factor (2 = twice as fast)")
-    demo.add_argument("--workdir", help="keep the demo bus in this directory (default: a temporary one)")
-    demo.set_defaults(func=_cmd_demo)
-
-    sim = sub.add_parser(
-        "simulate",
-        help="serve the Instantly API v2 simulator (for rehearsals and tests)",
-        description="Serve a faithful local Instantly API v2 (keys, members, webhooks, audit logs, rate limits).",
-    )
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8787)
-    sim.add_argument("--scenario", help="YAML scenario to play (timed actions)")
-    sim.add_argument("--seed", type=int, default=1)
-    sim.set_defaults(func=_cmd_simulate)
-
     cfg = sub.add_parser("config", help="configuration tools", description="Configuration tools.")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="SUBCOMMAND", parser_class=_Parser, required=True)
     val = cfg_sub.add_parser(
@@ -159,15 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--check-sinks", action="store_true", help="also run each sink's health check")
     val.set_defaults(func=_cmd_config_validate)
 
-    for mod_name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(mod_name)
-        except ModuleNotFoundError as err:
-            if err.name == mod_name:
-                continue
-            raise
-        register: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] = mod.register
-        register(sub)
+    for mod in (*RUNTIME_COMMANDS, *command_plugins().values()):
+        mod.register(sub)
     return p
 
 

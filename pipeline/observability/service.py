@@ -21,9 +21,9 @@ from aiohttp import web
 
 from pipeline import __version__
 from pipeline.clock import SYSTEM_CLOCK, Clock
-from pipeline.health import HealthRegistry
-from pipeline.logs import get_logger
-from pipeline.telemetry import Telemetry
+from pipeline.observability.health import HealthRegistry
+from pipeline.observability.logs import get_logger
+from pipeline.observability.telemetry import Telemetry
 
 log = get_logger("service")
 _JSON = "application/json"

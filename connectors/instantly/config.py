@@ -1,0 +1,84 @@
+"""The Instantly connector's config section ``workspaces``: one entry per workspace to watch.
+
+```yaml
+workspaces:
+  acme:
+    api_key: ${INSTANTLY_API_KEY}     # read-only scopes are enough
+    name: Acme Outreach
+    poll_interval_secs: 60
+```
+
+Registered as the ``workspaces`` section (entry point group ``instantly_audit.sections``), so the
+loader validates it with the rest of the file.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, RootModel, field_validator
+
+from pipeline.config.base import Model, Secret
+from pipeline.config.model import PipelineConfig
+
+# ---------------------------------------------------------------------------------- sources
+StreamName = Literal["audit_logs", "api_keys", "members", "webhooks", "workspace", "group_members", "block_list"]
+STREAMS: tuple[StreamName, ...] = (
+    "audit_logs",
+    "api_keys",
+    "members",
+    "webhooks",
+    "workspace",
+    "group_members",
+    "block_list",
+)
+
+
+def _all_streams() -> list[StreamName]:
+    return list(STREAMS)
+
+
+class BudgetConfig(Model):
+    """The local request budget per workspace (Instantly allows 100/s and 6,000/min, shared)."""
+
+    requests_per_second: float = Field(5.0, gt=0, le=100)
+    requests_per_minute: int = Field(300, gt=0, le=6000)
+
+
+class WorkspaceConfig(Model):
+    """One Instantly workspace to watch."""
+
+    api_key: Secret
+    name: str | None = None
+    base_url: str = "https://api.instantly.ai"
+    as_workspace: str | None = Field(None, description="x-as-workspace: act on an agency sub-workspace")
+    poll_interval_secs: float = Field(60.0, ge=1)
+    streams: list[StreamName] = Field(default_factory=_all_streams)
+    audit_overlap_secs: float = Field(3600.0, ge=0)
+    audit_page_size: int = Field(1000, ge=1, le=1000)
+    request_timeout_secs: float = Field(30.0, gt=0)
+    max_retries: int = Field(6, ge=0, le=20)
+    budget: BudgetConfig = BudgetConfig()
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("must be an http(s) URL such as https://api.instantly.ai")
+        return v.rstrip("/")
+
+
+class WorkspacesSection(RootModel[dict[str, WorkspaceConfig]]):
+    """The ``workspaces`` section: workspace alias → its config."""
+
+    model_config = {"frozen": True}
+
+
+def workspaces(cfg: PipelineConfig) -> dict[str, WorkspaceConfig]:
+    """The configured workspaces by alias (empty when the file has none).
+
+    Raises:
+        ConfigError: the Instantly connector's section is not registered (a broken installation).
+    """
+    return cfg.section("workspaces", WorkspacesSection).root

@@ -1,0 +1,46 @@
+"""The Instantly rule pack: the built-in Python rules (an explicit tuple), the YAML rules in
+``builtin.yaml`` and the shipped test cases in ``cases/``.
+
+Registered as the ``instantly`` entry of the ``instantly_audit.rule_packs`` group.
+"""
+
+from pathlib import Path
+
+from connectors.instantly.rules.api_keys import AllScopeKeyRule, BroadScopeKeyRule, RotationIncompleteRule, StaleKeyRule
+from connectors.instantly.rules.auth import LoginNewIpRule, MfaAttackRule
+from connectors.instantly.rules.block_list import InternalDomainMissingRule, ProtectedDomainRemovedRule
+from connectors.instantly.rules.data import LeadExportRule, MassDeletionRule
+from connectors.instantly.rules.members import PrivilegedMemberRule, UnexpectedMemberRule
+from connectors.instantly.rules.pipeline_health import SourceSilentRule, UntrackedChangeRule
+from connectors.instantly.rules.webhooks import (
+    FailingWebhookRule,
+    InsecureWebhookTargetRule,
+    UnauthenticatedWebhookRule,
+)
+from pipeline.rules.base import RulePack
+
+HERE = Path(__file__).resolve().parent
+
+RULES = (
+    AllScopeKeyRule,
+    BroadScopeKeyRule,
+    StaleKeyRule,
+    RotationIncompleteRule,
+    MfaAttackRule,
+    LoginNewIpRule,
+    ProtectedDomainRemovedRule,
+    InternalDomainMissingRule,
+    LeadExportRule,
+    MassDeletionRule,
+    UnexpectedMemberRule,
+    PrivilegedMemberRule,
+    SourceSilentRule,
+    UntrackedChangeRule,
+    UnauthenticatedWebhookRule,
+    InsecureWebhookTargetRule,
+    FailingWebhookRule,
+)
+"""Every built-in Python rule of the pack, in catalog order."""
+
+PACK = RulePack(name="instantly", rules=RULES, yaml_files=(HERE / "builtin.yaml",), cases_dir=HERE / "cases")
+"""The pack the runtime loads (entry point ``instantly_audit.rule_packs: instantly``)."""

@@ -1,0 +1,1 @@
+"""The ``instantly-audit`` command line: the composition root that finds commands in registries."""

@@ -1,0 +1,43 @@
+"""How connectors add commands to the CLI: a :class:`CommandPlugin` in the
+``instantly_audit.commands`` entry point group (a module with ``register(subparsers)`` will do).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Protocol, runtime_checkable
+
+from pipeline.errors import ConfigError
+from pipeline.registry import COMMANDS, load_group
+
+SubParsers = argparse._SubParsersAction  # argparse's own type for ``add_subparsers()``
+
+
+@runtime_checkable
+class CommandPlugin(Protocol):
+    """Adds one or more sub-commands; each sets ``func=handler(args) -> int`` (the exit code)."""
+
+    def register(self, subparsers: Any) -> None:
+        """Add the sub-commands to ``subparsers``."""
+
+
+def command_plugins() -> dict[str, CommandPlugin]:
+    """Every installed command plugin by entry point name.
+
+    Raises:
+        ConfigError: an entry does not provide ``register``.
+    """
+    out: dict[str, CommandPlugin] = {}
+    for name, plugin in load_group(COMMANDS).items():
+        if not isinstance(plugin, CommandPlugin):
+            raise ConfigError(f"command plugin {name!r} has no register(subparsers)")
+        out[name] = plugin
+    return out
+
+
+def describe_section(key: str, value: Any) -> str:
+    """``3 workspaces`` for a mapping-like section, ``check`` for any other (for ``config validate``)."""
+    root = getattr(value, "root", None)
+    if isinstance(root, dict):
+        return f"{len(root)} {key}" if len(root) != 1 else f"1 {key.rstrip('s')}"
+    return ""

@@ -1,0 +1,164 @@
+"""The config toolkit every component's model builds on: the frozen base model, secret fields,
+and error messages that name the key path.
+
+* :class:`Model` — frozen, unknown keys forbidden; every config model derives from it.
+* :data:`Secret` — a field that accepts only a whole ``${ENV}`` reference, a ``<field>_file``
+  path or a ``<field>_vault`` reference (the loader marks such values), never a literal.
+* :func:`validation_error_lines` — one line per problem, each naming the key path, with
+  "did you mean" for unknown keys; values are echoed only when they cannot be secrets.
+
+A leaf module: it imports nothing of the pipeline but :mod:`pipeline.errors`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationError
+
+from pipeline.errors import ConfigError
+
+
+class EnvValue(str):
+    """A string that came whole from an environment variable (allowed for secrets)."""
+
+    __slots__ = ()
+
+
+class FileValue(str):
+    """A string read from a ``*_file`` path (allowed for secrets)."""
+
+    __slots__ = ()
+
+
+def _secret(v: Any) -> Any:
+    if isinstance(v, SecretStr):
+        return v
+    if isinstance(v, EnvValue | FileValue):
+        if not str(v):
+            raise ValueError("the secret is empty")
+        return SecretStr(str(v))
+    if isinstance(v, str):
+        raise ValueError(
+            "a literal secret in the config file is refused; use a ${ENV_VAR} reference or a <field>_file path"
+        )
+    raise ValueError("expected a secret (a ${ENV_VAR} reference or a <field>_file path)")
+
+
+Secret = Annotated[SecretStr, BeforeValidator(_secret)]
+"""A secret field: only from ``${ENV}`` or ``<field>_file``."""
+
+
+class Model(BaseModel):
+    """Base of every config model: frozen, unknown keys forbidden."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _path(parts: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in parts) or "<root>"
+
+
+_SECRETISH = re.compile(r"(?i)(key|secret|password|token|authorization|url|webhook|routing|dsn|header)")
+
+
+def _describe(err: Mapping[str, Any], model: type[BaseModel], extra_keys: tuple[str, ...] = ()) -> str:
+    full = tuple(err.get("loc", ()))
+    loc = full
+    # Drop pydantic's discriminator tags (e.g. 'sqlite') from the path shown.
+    if len(loc) >= 2 and loc[0] == "bus" and loc[1] in ("sqlite", "kafka"):
+        loc = (loc[0], *loc[2:])
+    where = _path(loc)
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        known = _known_keys(model, full[:-1])
+        if len(full) == 1:
+            known = sorted({*known, *extra_keys} - {"sections"})
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        tip = f" (did you mean '{hint[0]}'?)" if hint else (f" (allowed: {', '.join(known)})" if known else "")
+        return f"{where}: unknown key{tip}"
+    if kind == "missing":
+        return f"{where}: required key is missing"
+    msg = str(err.get("msg", "invalid value"))
+    inp = err.get("input")
+    shown = ""
+    refused_secret = "secret" in msg.lower()
+    if not refused_secret and (
+        isinstance(inp, int | float | bool)
+        or (isinstance(inp, str) and not isinstance(inp, EnvValue | FileValue) and not _SECRETISH.search(where))
+    ):
+        shown = f" (got {inp!r})" if len(repr(inp)) < 80 else ""
+    return f"{where}: {msg}{shown}"
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        tagged = _tagged_model(current, part)
+        if tagged is not None:
+            current = tagged
+        elif isinstance(current, type) and issubclass(current, BaseModel):
+            f = current.model_fields.get(str(part))
+            if f is None:
+                return []
+            current = f.annotation if _tagged_model(f.annotation, "sqlite") else _inner_model(f.annotation)
+        elif isinstance(current, dict):
+            current = current.get("value")
+        else:
+            current = _inner_model(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return []
+
+
+def _tagged_model(annotation: Any, tag: Any) -> Any:
+    """The member of a discriminated union whose ``type`` literal equals ``tag``."""
+    for a in getattr(annotation, "__args__", ()):
+        for m in (a, *getattr(a, "__args__", ())):
+            if (
+                isinstance(m, type)
+                and issubclass(m, BaseModel)
+                and "type" in m.model_fields
+                and m.model_fields["type"].default == tag
+            ):
+                return m
+    return None
+
+
+def _inner_model(annotation: Any) -> Any:
+    """Find the model type inside Optional[...] / dict[str, Model] / Annotated[...] annotations."""
+    args = getattr(annotation, "__args__", ())
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for a in reversed(args):
+        found = _inner_model(a)
+        if found is not None:
+            return found
+    return None
+
+
+def validation_error_lines(
+    err: ValidationError, model: type[BaseModel], *, extra_keys: tuple[str, ...] = ()
+) -> list[str]:
+    """One line per problem, each naming the key path.
+
+    ``extra_keys`` are further top-level keys that are valid elsewhere (connector sections): they
+    are offered in "did you mean" for an unknown top-level key.
+    """
+    return [_describe(e, model, extra_keys) for e in err.errors()]
+
+
+def validate_block(model: type[Model], block: Mapping[str, Any], where: str) -> Model:
+    """Validate a component block (e.g. a sink) with its own model; errors name ``where``.
+
+    Raises:
+        ConfigError: the block is invalid.
+    """
+    try:
+        return model.model_validate(dict(block))
+    except ValidationError as err:
+        lines = [f"{where}.{line}" for line in validation_error_lines(err, model)]
+        raise ConfigError("\n".join(lines)) from None

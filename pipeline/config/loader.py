@@ -1,0 +1,139 @@
+"""Loading the config file: YAML, ``${ENV}`` interpolation, secret files and Vault references,
+then validation into the composed :class:`~pipeline.config.model.PipelineConfig`.
+
+* ``${VAR}`` (or ``${VAR:-default}``) in any string is replaced from the environment;
+  ``$${`` writes a literal ``${``. A missing variable is an error naming the path.
+* Secrets (API keys, tokens, passwords) are never taken literally from the file: a secret
+  field accepts only a whole ``${VAR}`` reference or a sibling ``<field>_file`` path whose
+  content is read at start (Docker/Kubernetes secrets), or a sibling ``<field>_vault``
+  reference read from HashiCorp Vault (``secret_managers.vault``). Every key ending in
+  ``_file`` is such a secret file reference.
+
+This module is the only one that reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.config.base import EnvValue, FileValue, _path
+from pipeline.config.model import PipelineConfig, compose
+from pipeline.config.vault import resolve_managed_secrets
+from pipeline.errors import ConfigError
+
+_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_WHOLE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}$")
+
+
+def _interpolate(value: str, where: tuple[Any, ...], env: Mapping[str, str]) -> str:
+    whole = _WHOLE.match(value)
+    if whole:
+        name, default = whole.group(1), whole.group(2)
+        if name in env:
+            return EnvValue(env[name])
+        if default is not None:
+            return EnvValue(default)
+        raise ConfigError(f"{_path(where)}: environment variable {name} is not set")
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$${":
+            return "${"
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{_path(where)}: environment variable {name} is not set")
+
+    return _REF.sub(sub, value)
+
+
+def _resolve(node: Any, where: tuple[Any, ...], env: Mapping[str, str], base: Path) -> Any:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"{_path((*where, k))}: keys must be strings")
+            if k.endswith("_file") and len(k) > 5:
+                field = k[: -len("_file")]
+                if field in node:
+                    raise ConfigError(f"{_path((*where, k))}: give either {field} or {k}, not both")
+                out[field] = _read_secret_file(_resolve(v, (*where, k), env, base), (*where, k), base)
+            else:
+                out[k] = _resolve(v, (*where, k), env, base)
+        return out
+    if isinstance(node, list):
+        return [_resolve(v, (*where, i), env, base) for i, v in enumerate(node)]
+    if isinstance(node, str):
+        return _interpolate(node, where, env)
+    return node
+
+
+def _read_secret_file(value: Any, where: tuple[Any, ...], base: Path) -> FileValue:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{_path(where)}: expected a file path")
+    p = Path(value)
+    if not p.is_absolute():
+        p = base / p
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{_path(where)}: secret file {p} does not exist") from None
+    except PermissionError:
+        raise ConfigError(f"{_path(where)}: secret file {p} is not readable (permission denied)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{_path(where)}: secret file {p} is a directory") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{_path(where)}: secret file {p} cannot be read ({type(err).__name__})") from None
+    text = text.rstrip("\r\n")
+    if not text:
+        raise ConfigError(f"{_path(where)}: secret file {p} is empty")
+    return FileValue(text)
+
+
+def parse_config(text: str, *, env: Mapping[str, str] | None = None, base_dir: Path | None = None) -> PipelineConfig:
+    """Parse YAML text into a :class:`PipelineConfig`.
+
+    Raises:
+        ConfigError: the text is not valid YAML, or a key/value is invalid (the message
+            names the key path; one line per problem).
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "malformed YAML"
+        raise ConfigError(f"config is not valid YAML{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a mapping of sections, got {type(data).__name__}")
+    resolved = _resolve(data, (), os.environ if env is None else env, base_dir or Path.cwd())
+    return compose(resolve_managed_secrets(resolved))
+
+
+def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> PipelineConfig:
+    """Read and validate a config file (secret ``*_file`` paths are relative to the file).
+
+    Raises:
+        ConfigError: the file cannot be read or is invalid.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    except PermissionError:
+        raise ConfigError(f"config file {p} is not readable (permission denied)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {p} is a directory") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not UTF-8 text") from None
+    return parse_config(text, env=env, base_dir=p.resolve().parent)

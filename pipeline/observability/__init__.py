@@ -1,0 +1,1 @@
+"""Observability: telemetry (OpenTelemetry metrics and spans), health, logs and the service port."""

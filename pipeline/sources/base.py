@@ -1,0 +1,62 @@
+"""What the runtime needs from a polling source, and how connectors provide sources.
+
+A connector registers one :class:`SourcePlugin` in the ``instantly_audit.sources`` entry point
+group; the topology asks each installed plugin for the sources the config describes (for the
+Instantly connector: one poller per configured workspace) and supervises them. A source writes
+its events and its cursor in one bus transaction (exactly once into the bus) and never raises
+for an expected upstream condition: it reports it as a pipeline event and keeps polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+
+from pipeline.bus.base import Bus
+from pipeline.clock import Clock
+from pipeline.config.model import PipelineConfig
+from pipeline.errors import ConfigError
+from pipeline.registry import SOURCES, load_group
+
+
+@runtime_checkable
+class Source(Protocol):
+    """One polling source (an async context manager)."""
+
+    source_id: str
+
+    async def __aenter__(self) -> Self:
+        """Open sessions and fence the source's bus writer."""
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Close everything."""
+
+    async def poll_once(self) -> dict[str, Any]:
+        """Poll every stream once; return counts per stream (or an ``error``)."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll on the configured schedule until ``stop`` is set."""
+
+
+@runtime_checkable
+class SourcePlugin(Protocol):
+    """A connector's sources, built from the config."""
+
+    name: ClassVar[str]
+
+    def build(self, cfg: PipelineConfig, bus: Bus, clock: Clock) -> list[Source]:
+        """The sources ``cfg`` asks for (not yet entered)."""
+
+
+def source_plugins() -> dict[str, SourcePlugin]:
+    """Every installed source plugin by name.
+
+    Raises:
+        ConfigError: an entry is not a :class:`SourcePlugin`.
+    """
+    out: dict[str, SourcePlugin] = {}
+    for name, plugin in load_group(SOURCES).items():
+        if not isinstance(plugin, SourcePlugin):
+            raise ConfigError(f"source plugin {name!r} does not provide the SourcePlugin interface")
+        out[name] = plugin
+    return out
