@@ -1,7 +1,7 @@
 """Sink registry: config ``type`` → sink class, from the ``instantly_audit.sinks`` entry points.
 
 ``pipeline`` never imports a connector by name: a package declares
-``[project.entry-points."instantly_audit.sinks"] splunk_hec = "connectors.splunk_hec:SplunkHecSink"``
+``[project.entry-points."instantly_audit.sinks"] my_sink = "my_package.my_sink:MySink"``
 and the registry loads the class the first time a config names it. Tests (and embedding
 programs) add classes with :func:`register_sink`; those take precedence over entry points.
 """
