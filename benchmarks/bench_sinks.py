@@ -310,8 +310,10 @@ async def outage(bus: SqliteBus, secs: float, rate: int) -> None:
         print(f"  outage {secs:.0f} s at {rate} events/s: {i - first} events queued on the bus, "
               f"{sum(r.health().totals.delivered for r in runners.values())} delivered")  # fmt: skip
         quarters = [samples[min(len(samples) - 1, len(samples) * q // 4)] / 1024 for q in (1, 2, 3, 4)]
-        print(f"  RSS: start {base_rss / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB (+{(peak - base_rss) / 1024:.1f}); "
-              f"at 25/50/75/100% of the outage: {' / '.join(f'{q:.1f}' for q in quarters)} MiB")
+        print(
+            f"  RSS: start {base_rss / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB (+{(peak - base_rss) / 1024:.1f}); "
+            f"at 25/50/75/100% of the outage: {' / '.join(f'{q:.1f}' for q in quarters)} MiB"
+        )
         print(f"  Python heap (tracemalloc) peak +{(heap_peak - base_heap) / 2**20:.1f} MiB over the start")
         for k, r in runners.items():
             h = r.health()
@@ -378,4 +380,3 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 if __name__ == "__main__":
     asyncio.run(main(parse(sys.argv[1:])))
-

@@ -77,7 +77,7 @@ def index_namer(pattern: str) -> Callable[[float], str]:
     pieces.append(pattern[last:].replace("%", "%%"))
     static = _PART.sub("", pattern)
     if not pattern or _BAD_INDEX_CHARS.search(static) or pattern[0] in "-_+" or pattern in (".", ".."):
-        raise ValueError(f"{pattern!r} is not a valid index name (lowercase, no spaces or \\/*?\"<>|,#:)")
+        raise ValueError(f'{pattern!r} is not a valid index name (lowercase, no spaces or \\/*?"<>|,#:)')
     fmt = "".join(pieces)
     if fmt == pattern.replace("%", "%%") and "{" not in pattern:
         return lambda _t: pattern

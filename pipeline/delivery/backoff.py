@@ -27,9 +27,7 @@ MAX_RETRY_AFTER_SECS = 3600.0
 class Backoff:
     """Delays for consecutive retries of one operation."""
 
-    def __init__(
-        self, initial_secs: float, max_secs: float, *, rng: Callable[[], float] = random.random
-    ) -> None:
+    def __init__(self, initial_secs: float, max_secs: float, *, rng: Callable[[], float] = random.random) -> None:
         if initial_secs <= 0 or max_secs <= 0:
             raise ValueError("backoff delays must be positive")
         self.initial_secs = initial_secs

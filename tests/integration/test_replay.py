@@ -72,9 +72,7 @@ def _config(tmp_path: Path, bus_cfg: dict[str, Any], extra: dict[str, Any] | Non
 async def _publish(bus_cfg: dict[str, Any], events: list[Event]) -> None:
     async with make_bus(bus_cfg) as bus, bus.transaction("replay-test") as tx:
         for e in events:
-            tx.send(
-                EVENTS_TOPIC, e.to_json(), key=e.workspace.id.encode(), headers=[("event_type", e.type.encode())]
-            )
+            tx.send(EVENTS_TOPIC, e.to_json(), key=e.workspace.id.encode(), headers=[("event_type", e.type.encode())])
 
 
 def _replay(capsysbinary: pytest.CaptureFixture[bytes], *args: str) -> list[dict[str, Any]]:
