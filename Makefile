@@ -24,7 +24,7 @@ $(VENV)/.installed: $(DEV_LOCK) pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/instantly-audit demo
 
-## test: create .venv with dev extras, install system deps, start Kafka, run lint + the whole suite
+## test: create .venv from the dev lock, install system deps, start Kafka, run lint + the whole suite
 test: $(VENV)/.installed system-deps
 	VENV=$(VENV) bash deploy/dev/run-tests.sh
 

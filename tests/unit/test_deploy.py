@@ -41,7 +41,7 @@ def need(module: str, package: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError:
-        pytest.fail(f"{package} is not installed: add it to the dev extras (pip install {package})")
+        pytest.fail(f"{package} is not installed: add it to the dev dependency group and run make lock")
 
 
 def yaml_files() -> list[Path]:
