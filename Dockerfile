@@ -12,13 +12,18 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/instantly-audit
 WORKDIR /src
-# Only what the wheel needs (see .dockerignore): the metadata first, then the packages.
-COPY pyproject.toml README.md ./
+# Dependencies from the runtime lock first (exact versions, every file checked against its hash;
+# a layer that only changes when the lock does), then the project itself without resolving again.
+COPY requirements/runtime.lock requirements/runtime.lock
+RUN /opt/instantly-audit/bin/pip install --upgrade pip \
+ && /opt/instantly-audit/bin/pip install --require-hashes --only-binary :all: -r requirements/runtime.lock
+# Only what the wheel needs (see .dockerignore): the metadata, the license, then the packages.
+COPY pyproject.toml README.md LICENSE ./
 COPY schemas/ schemas/
 COPY pipeline/ pipeline/
 COPY connectors/ connectors/
-RUN /opt/instantly-audit/bin/pip install --upgrade pip \
- && /opt/instantly-audit/bin/pip install . \
+RUN /opt/instantly-audit/bin/pip install --no-deps . \
+ && /opt/instantly-audit/bin/pip check \
  && /opt/instantly-audit/bin/python -m compileall -q /opt/instantly-audit/lib \
  && /opt/instantly-audit/bin/instantly-audit --version
 

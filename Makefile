@@ -1,33 +1,58 @@
 # instantly-audit — the two commands a newcomer needs are `make demo` and `make test`.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
+# What gets installed is the lock (exact versions + hashes), never a fresh resolution.
+DEV_LOCK := requirements/dev.lock
+RUNTIME_LOCK := requirements/runtime.lock
+# uv only writes the locks (`make lock`); installing from them needs nothing but pip.
+UV_VERSION := 0.13.9
+LOCK_FLAGS ?=
+UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command 'make lock' --quiet $(LOCK_FLAGS)
 
-.PHONY: demo test lint fmt bench kafka-up kafka-down clean system-deps
+.PHONY: demo test check lock lint fmt bench kafka-up kafka-down clean system-deps
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: $(DEV_LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --require-hashes -r $(DEV_LOCK)
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 ## demo: create .venv, install, run the scripted-incident demo (no configuration needed)
 demo: $(VENV)/.installed
 	$(VENV)/bin/instantly-audit demo
 
-## test: create .venv with dev extras, install system deps, start Kafka, run lint + the whole suite
+## test: create .venv from the dev lock, install system deps, start Kafka, run lint + the whole suite
 test: $(VENV)/.installed system-deps
-	bash deploy/dev/run-tests.sh
+	VENV=$(VENV) bash deploy/dev/run-tests.sh
+
+## check: the quick gate before a commit: lint, format, types, unit + contract tests on the
+## embedded bus (no Kafka, no rsyslog, no system packages, no root)
+check: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(PY) -m pytest -q tests/unit tests/contract -m "not kafka and not rsyslog and not slow"
+
+## lock: re-resolve requirements/*.lock from pyproject.toml (LOCK_FLAGS=--upgrade to move every pin)
+lock: $(VENV)/.installed
+	$(PY) -m pip install -q 'uv==$(UV_VERSION)'
+	$(UV_COMPILE) --group dev --extra vault -o $(DEV_LOCK)
+	$(UV_COMPILE) --extra vault -o $(RUNTIME_LOCK)
 
 system-deps:
 	bash deploy/dev/system-deps.sh
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 fmt: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 ## bench: run every benchmark (results go in README with the machine)
 bench: $(VENV)/.installed

@@ -3,11 +3,13 @@
 # stopped afterwards whatever happens). Called by `make test`, which CI runs.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-PY=.venv/bin/python
+VENV=${VENV:-.venv}
+PY=$VENV/bin/python
 STATE=.kafka-test
 
-echo "== ruff"; .venv/bin/ruff check . || exit 1
-echo "== mypy --strict"; .venv/bin/mypy || exit 1
+echo "== ruff"; "$VENV/bin/ruff" check . || exit 1
+echo "== ruff format"; "$VENV/bin/ruff" format --check . || exit 1
+echo "== mypy --strict"; "$VENV/bin/mypy" || exit 1
 
 echo "== kafka broker"
 $PY deploy/kafka/broker.py fetch || exit 1

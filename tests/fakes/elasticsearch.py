@@ -131,7 +131,7 @@ class FakeElasticsearch(FakeServer):
                 source = json.loads(s)
             except json.JSONDecodeError:
                 return _err(400, "x_content_parse_exception", "failed to parse")
-            (op, meta), = action.items()
+            ((op, meta),) = action.items()
             items.append({op: self._item(op, meta, source, default_index)})
         errors = any(v["status"] >= 300 for item in items for v in item.values())
         if fate == "after":
@@ -149,8 +149,11 @@ class FakeElasticsearch(FakeServer):
 
         is_stream = any(fnmatch.fnmatchcase(index, p) for p in self.data_streams)
         if is_stream and op != "create":
-            return fail(400, "illegal_argument_exception",
-                        f"only write ops with an op_type of create are allowed in data streams [{index}]")
+            return fail(
+                400,
+                "illegal_argument_exception",
+                f"only write ops with an op_type of create are allowed in data streams [{index}]",
+            )
         if is_stream and "@timestamp" not in source:
             return fail(400, "document_parsing_exception", "data stream timestamp field [@timestamp] is missing")
         if self.faults.rng.random() < self.item_fault_rate:
@@ -163,8 +166,11 @@ class FakeElasticsearch(FakeServer):
         docs = self.docs.setdefault(index, {})
         if op == "create" and doc_id in docs:
             self.conflicts += 1
-            return fail(409, "version_conflict_engine_exception",
-                        f"[{doc_id}]: version conflict, document already exists (current version [1])")
+            return fail(
+                409,
+                "version_conflict_engine_exception",
+                f"[{doc_id}]: version conflict, document already exists (current version [1])",
+            )
         docs[str(doc_id)] = source
         self.created[str(doc_id)] += 1
         return {**base, "_version": 1, "result": "created", "status": 201, "_seq_no": len(docs), "_primary_term": 1}

@@ -42,7 +42,7 @@ def need(module: str, package: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError:
-        pytest.fail(f"{package} is not installed: add it to the dev extras (pip install {package})")
+        pytest.fail(f"{package} is not installed: add it to the dev dependency group and run make lock")
 
 
 def yaml_files() -> list[Path]:
@@ -422,13 +422,19 @@ def dockerfile() -> list[tuple[str, str]]:
 
 
 def test_dockerfile_is_slim_pinned_multistage_and_non_root() -> None:
-    """Pinned python:3.11.x-slim-bookworm, two stages, pip install ., non-root USER, HEALTHCHECK on /healthz."""
+    """Pinned python:3.11.x-slim-bookworm, two stages, deps from the hashed runtime lock, the project
+    itself with --no-deps, non-root USER, HEALTHCHECK on /healthz."""
     ins = dockerfile()
     args = {rest.split("=", 1)[0]: rest.split("=", 1)[1] for op, rest in ins if op == "ARG" and "=" in rest}
     assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", args["PYTHON_IMAGE"])
     froms = [rest for op, rest in ins if op == "FROM"]
     assert len(froms) >= 2 and all(f.startswith("${PYTHON_IMAGE}") for f in froms)
-    assert any(op == "RUN" and "pip install ." in rest for op, rest in ins)
+    runs = [rest for op, rest in ins if op == "RUN"]
+    assert any("pip install --require-hashes" in r and "-r requirements/runtime.lock" in r for r in runs)
+    assert any("pip install --no-deps ." in r for r in runs)
+    installs = [c.strip() for r in runs for c in r.split("&&") if "pip install" in c]
+    unlocked = [c for c in installs if not ("--require-hashes" in c or "--no-deps" in c or c.endswith("--upgrade pip"))]
+    assert unlocked == [], "every dependency comes from the hashed lock"
     users = [rest for op, rest in ins if op == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")
     (health,) = [rest for op, rest in ins if op == "HEALTHCHECK"]
@@ -442,11 +448,19 @@ def test_dockerfile_is_slim_pinned_multistage_and_non_root() -> None:
 
 
 def test_dockerignore_keeps_the_context_small() -> None:
-    """The build context excludes everything but the packages and the project metadata."""
+    """The build context excludes everything but the packages, the project metadata and the runtime lock."""
     lines = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
     assert lines[0] == "**"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "schemas", "pipeline", "connectors"}
+    assert allowed == {
+        "pyproject.toml",
+        "README.md",
+        "LICENSE",
+        "requirements/runtime.lock",
+        "schemas",
+        "pipeline",
+        "connectors",
+    }
 
 
 def test_check_expr_rejects_unknown_metrics_and_labels() -> None:
