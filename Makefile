@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint fmt bench kafka-up kafka-down clean system-deps
+.PHONY: demo test lint fmt bench kafka-up kafka-down opensearch-up opensearch-down clean system-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/instantly-audit demo
 
-## test: create .venv with dev extras, install system deps, start Kafka, run lint + the whole suite
+## test: create .venv with dev extras, install system deps, start Kafka and OpenSearch, run lint + the whole suite
 test: $(VENV)/.installed system-deps
 	bash deploy/dev/run-tests.sh
 
@@ -41,5 +41,13 @@ kafka-up: $(VENV)/.installed
 kafka-down:
 	$(PYTHON) deploy/kafka/broker.py down
 
+opensearch-up:
+	$(PYTHON) deploy/opensearch/node.py fetch
+	$(PYTHON) deploy/opensearch/node.py up
+	@echo "source deploy/opensearch/.cache/run/env  # exports OPENSEARCH_URL"
+
+opensearch-down:
+	$(PYTHON) deploy/opensearch/node.py down
+
 clean:
-	rm -rf $(VENV) .kafka-test data .bench
+	rm -rf $(VENV) .kafka-test .opensearch-test data .bench
