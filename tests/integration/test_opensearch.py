@@ -112,10 +112,11 @@ async def index(opensearch_url: str) -> AsyncIterator[str]:
         assert resp.status in (200, 404)
 
 
-async def test_batch_of_real_events_is_indexed_by_id(opensearch_url: str, index: str) -> None:
-    """One bulk request creates every event under its own id, searchable, with a date-mapped @timestamp."""
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+async def test_batch_of_real_events_is_indexed_by_id(opensearch_url: str, index: str, compression: str) -> None:
+    """One bulk request (plain or gzip) creates every event under its id, searchable, with a date-mapped @timestamp."""
     events = real_events(120)
-    async with ElasticsearchSink("opensearch", sink_config(opensearch_url, index)) as sink:
+    async with ElasticsearchSink("opensearch", sink_config(opensearch_url, index, compression=compression)) as sink:
         await sink.healthcheck()
         result = await sink.send(deliveries(events))
     assert result.ok and result.duplicates == 0, result.failures[:3]
