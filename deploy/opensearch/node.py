@@ -21,10 +21,8 @@ launches ``org.opensearch.bootstrap.OpenSearch`` detached (own session, output a
 (``export OPENSEARCH_URL=http://127.0.0.1:<port>`` and more) and ``<state>/node.json``,
 which records the boot time and the resident memory when ready.
 
-JNA: OpenSearch refuses to run as root when JNA works, and CI runs as root. The ``jna`` jar
-stays on the class path (the bootstrap links against its classes) but its native library is
-not loaded (``jna.nosys``, ``jna.noclasspath``, ``jna.nounpack``), so the node skips its native
-extras (root check, ``mlockall``, seccomp) with a warning, as on a platform without JNA.
+The java command line and process helpers are in ``node_process.py`` (including why JNA's
+native part is kept off: the node then runs as root, as CI does).
 
 Environment: ``OPENSEARCH_NODE_CACHE`` (jar cache), ``OPENSEARCH_NODE_STATE_DIR`` (default
 state dir), ``OPENSEARCH_NODE_HEAP`` (default ``512m``), ``OPENSEARCH_NODE_LOG_LEVEL`` (root
@@ -41,31 +39,24 @@ import os
 import shlex
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import node_home  # the sibling module, found whether run as a script or loaded by path
+import node_home  # the sibling modules, found whether run as a script or loaded by path
+import node_process
+from node_process import NodeError
 
-HOST: Final = "127.0.0.1"
+HOST: Final = node_process.HOST
 CACHE: Final = Path(os.environ.get("OPENSEARCH_NODE_CACHE") or node_home.DEFAULT_CACHE)
 DEFAULT_STATE_DIR: Final = Path(os.environ.get("OPENSEARCH_NODE_STATE_DIR") or CACHE / "run")
 STATE_MARKER: Final = ".opensearch-node-state"
 LOCK_NAME: Final = ".lock"
-MAIN_CLASS: Final = "org.opensearch.bootstrap.OpenSearch"
 DEFAULT_START_TIMEOUT: Final = 180.0
 DEFAULT_STOP_TIMEOUT: Final = 30.0
-
-
-class NodeError(RuntimeError):
-    """The node could not be started, found or stopped."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,106 +110,12 @@ def _write_facts(info: NodeInfo) -> None:
     (state / "env.tmp").replace(state / "env")
 
 
-# --------------------------------------------------------------------------- processes
-
-
-def _conf_flag(state: Path) -> str:
-    return f"-Dopensearch.path.conf={state / 'config'}"
-
-
-def _pid_is_node(pid: int, state: Path) -> bool:
-    """True if ``pid`` is alive (not a zombie) and is the java of this state dir."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X") and _conf_flag(state).encode() in cmdline
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of ``pid`` in MiB (0 if it is gone)."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
+# --------------------------------------------------------------------------- start / stop
 
 
 def is_running(info: NodeInfo) -> bool:
     """Whether the node of ``info`` is running."""
-    return _pid_is_node(info.pid, Path(info.state_dir))
-
-
-def _free_ports(count: int) -> list[int]:
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind((HOST, 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _log_tail(path: Path, start: int = 0, limit: int = 6000) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(start)
-            return fh.read()[-limit:].decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _command(java: str, home: Path, state: Path) -> list[str]:
-    heap = os.environ.get("OPENSEARCH_NODE_HEAP", "512m")
-    return [
-        java, f"-Xms{heap}", f"-Xmx{heap}", "-Xss1m", "-XX:+UseG1GC", "-XX:+ExitOnOutOfMemoryError",
-        "-XX:-OmitStackTraceInFastThrow", "-Djava.awt.headless=true", "-Dfile.encoding=UTF-8",
-        "-Djava.locale.providers=SPI,COMPAT", f"-Djava.io.tmpdir={state / 'tmp'}",
-        # as the distribution's jvm.options
-        "-Dio.netty.noUnsafe=true", "-Dio.netty.noKeySetOptimization=true",
-        "-Dio.netty.recycler.maxCapacityPerThread=0", "-Dlog4j.shutdownHookEnabled=false",
-        "-Dlog4j2.disable.jmx=true",
-        # JNA classes without its native library: see the module docstring
-        "-Djna.nosys=true", "-Djna.noclasspath=true", "-Djna.nounpack=true",
-        f"-Dopensearch.path.home={home}", _conf_flag(state),
-        "-Dopensearch.distribution.type=tar", "-Dopensearch.bundled_jdk=false",
-        "-cp", str(home / "lib" / "*"), MAIN_CLASS,
-    ]  # fmt: skip
-
-
-def _launch(cmd: list[str], state: Path, log_file: Path) -> tuple[int, int, int]:
-    """Start the node detached; return (pid, pgid, log offset at launch)."""
-    offset = log_file.stat().st_size if log_file.exists() else 0
-    # sh starts java in the background inside the new session and exits at once, so java is
-    # re-parented (no zombie in a long-lived caller such as pytest).
-    script = 'log="$1"; shift; "$@" >>"$log" 2>&1 </dev/null & echo $!'
-    proc = subprocess.run(  # noqa: S603 - argv built here
-        ["/bin/sh", "-c", script, "opensearch-node-launch", str(log_file), *cmd],
-        cwd=state, stdin=subprocess.DEVNULL, capture_output=True, text=True, start_new_session=True, check=False,
-    )  # fmt: skip
-    if proc.returncode != 0 or not proc.stdout.strip().isdigit():
-        raise NodeError(f"could not launch the node: {proc.stdout}{proc.stderr}")
-    pid = int(proc.stdout.strip())
-    (state / "node.pid").write_text(f"{pid}\n")
-    with contextlib.suppress(OSError):
-        return pid, os.getpgid(pid), offset
-    return pid, pid, offset
-
-
-def health(url: str, timeout: float = 5.0) -> dict[str, Any]:
-    """``GET /_cluster/health?wait_for_status=yellow`` of the node at ``url``.
-
-    Raises:
-        OSError: the node does not answer, or answers an error or a red/timed-out status.
-    """
-    query = f"{url}/_cluster/health?wait_for_status=yellow&timeout={max(1, int(timeout) - 1)}s"
-    with urllib.request.urlopen(query, timeout=timeout) as resp:  # noqa: S310 - loopback URL built here
-        body: dict[str, Any] = json.loads(resp.read())
-    if body.get("timed_out") or body.get("status") not in ("yellow", "green"):
-        raise OSError(f"cluster health {body.get('status')!r}")
-    return body
+    return node_process.pid_is_node(info.pid, Path(info.state_dir))
 
 
 def _wait_ready(info: NodeInfo, offset: int, deadline: float) -> None:
@@ -227,15 +124,15 @@ def _wait_ready(info: NodeInfo, offset: int, deadline: float) -> None:
     while True:
         if not is_running(info):
             raise NodeError(f"node {info.pid} exited before it was ready; log tail ({log_file}):\n"
-                            f"{_log_tail(log_file, offset)}")  # fmt: skip
+                            f"{node_process.log_tail(log_file, offset)}")  # fmt: skip
         try:
-            health(info.url)
+            node_process.health(info.url)
             return
         except (OSError, ValueError) as exc:
             last = f"{type(exc).__name__}: {exc}"
         if time.monotonic() > deadline:
             raise NodeError(f"node {info.pid} not ready in time (last probe: {last}); log tail ({log_file}):\n"
-                            f"{_log_tail(log_file, offset)}")  # fmt: skip
+                            f"{node_process.log_tail(log_file, offset)}")  # fmt: skip
         time.sleep(0.25)
 
 
@@ -251,9 +148,6 @@ def _prepare(state: Path) -> None:
     for sub in ("config", "data", "logs", "tmp"):
         (state / sub).mkdir(parents=True)
     (state / STATE_MARKER).write_text("state dir of deploy/opensearch/node.py; wiped on `up`\n")
-
-
-# --------------------------------------------------------------------------- start / stop
 
 
 def start(state_dir: str | os.PathLike[str] | None = None, *, timeout: float = DEFAULT_START_TIMEOUT) -> NodeInfo:
@@ -276,12 +170,12 @@ def start(state_dir: str | os.PathLike[str] | None = None, *, timeout: float = D
         deadline = time.monotonic() + timeout
         for attempt in range(3):
             _prepare(state)
-            http_port, transport_port = _free_ports(2)
+            http_port, transport_port = node_process.free_ports(2)
             for name, text in node_home.config_files(state, http_port, transport_port).items():
                 (state / "config" / name).write_text(text)
             log_file = state / "node.log"
             launched = time.monotonic()
-            pid, pgid, offset = _launch(_command(java, home, state), state, log_file)
+            pid, pgid, offset = node_process.launch(node_process.jvm_command(java, home, state), state, log_file)
             info = NodeInfo(
                 state_dir=str(state), pid=pid, pgid=pgid, opensearch_version=node_home.installed_version(home),
                 java=java, java_version=java_version, home=str(home), http_port=http_port,
@@ -293,12 +187,12 @@ def start(state_dir: str | os.PathLike[str] | None = None, *, timeout: float = D
                 _wait_ready(info, offset, deadline)
             except NodeError:
                 stop(info, signal.SIGKILL)
-                tail = _log_tail(log_file, offset, 200_000)
+                tail = node_process.log_tail(log_file, offset, 200_000)
                 if attempt < 2 and "BindException" in tail and time.monotonic() < deadline:
                     continue
                 raise
             ready = round(time.monotonic() - launched, 3)
-            info = dataclasses.replace(info, ready_seconds=ready, rss_mib_at_ready=rss_mib(pid))
+            info = dataclasses.replace(info, ready_seconds=ready, rss_mib_at_ready=node_process.rss_mib(pid))
             _write_facts(info)
             return info
     raise NodeError("unreachable")  # pragma: no cover
@@ -384,7 +278,7 @@ def _cli(argv: Sequence[str] | None = None) -> int:
                 print(f"not running (state dir {state})")
                 return 3
             print(f"running pid {found.pid}, OpenSearch {found.opensearch_version}, {found.url}, "
-                  f"RSS {rss_mib(found.pid):.0f} MiB (at ready {found.rss_mib_at_ready:.0f}), "
+                  f"RSS {node_process.rss_mib(found.pid):.0f} MiB (at ready {found.rss_mib_at_ready:.0f}), "
                   f"booted in {found.ready_seconds:.1f}s")  # fmt: skip
             return 0
         sys.stdout.write((state / "env").read_text())
