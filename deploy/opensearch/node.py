@@ -25,8 +25,9 @@ The java command line and process helpers are in ``node_process.py`` (including 
 native part is kept off: the node then runs as root, as CI does).
 
 Environment: ``OPENSEARCH_NODE_CACHE`` (jar cache), ``OPENSEARCH_NODE_STATE_DIR`` (default
-state dir), ``OPENSEARCH_NODE_HEAP`` (default ``512m``), ``OPENSEARCH_NODE_LOG_LEVEL`` (root
-level, default WARN), ``OPENSEARCH_NODE_MVN`` (Maven executable).
+state dir), ``OPENSEARCH_NODE_HEAP`` (default ``512m``), ``OPENSEARCH_NODE_JAVA_OPTS`` (extra
+JVM flags), ``OPENSEARCH_NODE_LOG_LEVEL`` (root level, default WARN), ``OPENSEARCH_NODE_MVN``
+(Maven executable).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import socket
 import subprocess
 import urllib.request
@@ -76,7 +77,10 @@ def log_tail(path: Path, start: int = 0, limit: int = 6000) -> str:
 
 
 def jvm_command(java: str, home: Path, state: Path) -> list[str]:
-    """The java command line of a node with the given home and state dir (heap: ``OPENSEARCH_NODE_HEAP``)."""
+    """The java command line of a node with the given home and state dir.
+
+    ``OPENSEARCH_NODE_HEAP`` sets the heap (default 512m); ``OPENSEARCH_NODE_JAVA_OPTS`` adds flags.
+    """
     heap = os.environ.get("OPENSEARCH_NODE_HEAP", "512m")
     return [
         java, f"-Xms{heap}", f"-Xmx{heap}", "-Xss1m", "-XX:+UseG1GC", "-XX:+ExitOnOutOfMemoryError",
@@ -90,6 +94,7 @@ def jvm_command(java: str, home: Path, state: Path) -> list[str]:
         "-Djna.nosys=true", "-Djna.noclasspath=true", "-Djna.nounpack=true",
         f"-Dopensearch.path.home={home}", conf_flag(state),
         "-Dopensearch.distribution.type=tar", "-Dopensearch.bundled_jdk=false",
+        *shlex.split(os.environ.get("OPENSEARCH_NODE_JAVA_OPTS", "")),
         "-cp", str(home / "lib" / "*"), MAIN_CLASS,
     ]  # fmt: skip
 
