@@ -11,7 +11,7 @@ LOCK_FLAGS ?=
 UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
 	--custom-compile-command 'make lock' --quiet $(LOCK_FLAGS)
 
-.PHONY: demo test check lock lint fmt bench kafka-up kafka-down clean system-deps
+.PHONY: demo test check lock lint fmt bench kafka-up kafka-down opensearch-up opensearch-down clean system-deps
 
 $(VENV)/.installed: $(DEV_LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ $(VENV)/.installed: $(DEV_LOCK) pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/instantly-audit demo
 
-## test: create .venv from the dev lock, install system deps, start Kafka, run lint + the whole suite
+## test: create .venv from the dev lock, install system deps, start Kafka and OpenSearch, run lint + the whole suite
 test: $(VENV)/.installed system-deps
 	VENV=$(VENV) bash deploy/dev/run-tests.sh
 
@@ -66,5 +66,13 @@ kafka-up: $(VENV)/.installed
 kafka-down:
 	$(PYTHON) deploy/kafka/broker.py down
 
+opensearch-up:
+	$(PYTHON) deploy/opensearch/node.py fetch
+	$(PYTHON) deploy/opensearch/node.py up
+	@echo "source deploy/opensearch/.cache/run/env  # exports OPENSEARCH_URL"
+
+opensearch-down:
+	$(PYTHON) deploy/opensearch/node.py down
+
 clean:
-	rm -rf $(VENV) .kafka-test data .bench
+	rm -rf $(VENV) .kafka-test .opensearch-test data .bench

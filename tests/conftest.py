@@ -1,8 +1,9 @@
-"""Shared fixtures: bus implementations for the contract suite, Kafka availability, canaries.
+"""Shared fixtures: bus implementations for the contract suite, Kafka and OpenSearch availability, canaries.
 
 The Kafka leg runs when ``KAFKA_BOOTSTRAP`` is set (``make test`` starts a local broker
-and sets it). Under ``CI=true`` a Kafka test that would skip fails instead, and the
-session prints how many Kafka tests ran.
+and sets it); the OpenSearch tests when ``OPENSEARCH_URL`` is set (``make test`` starts a
+local node). Under ``CI=true`` a Kafka or OpenSearch test that would skip fails instead, and
+the session prints how many of each ran.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pipeline.bus.factory import open_bus
 from pipeline.config.model import KafkaBusConfig, SqliteBusConfig
 
 _kafka_ran: list[str] = []
+_opensearch_ran: list[str] = []
 
 
 def kafka_bootstrap() -> str:
@@ -30,6 +32,24 @@ def kafka_bootstrap() -> str:
             pytest.fail("KAFKA_BOOTSTRAP is not set under CI=true: Kafka tests must run, not skip")
         pytest.skip("KAFKA_BOOTSTRAP not set (make test starts a local broker)")
     return boot
+
+
+def opensearch_base_url() -> str:
+    """The OpenSearch node to test against, or skip (fail under CI=true)."""
+    url = os.environ.get("OPENSEARCH_URL", "")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("OPENSEARCH_URL is not set under CI=true: OpenSearch tests must run, not skip")
+        pytest.skip("OPENSEARCH_URL not set (make test starts a local node; make opensearch-up for one by hand)")
+    return url.rstrip("/")
+
+
+@pytest.fixture
+def opensearch_url(request: pytest.FixtureRequest) -> str:
+    """Base URL of the real OpenSearch node (``OPENSEARCH_URL``); counted in the session summary."""
+    url = opensearch_base_url()
+    _opensearch_ran.append(request.node.nodeid)
+    return url
 
 
 def bus_config(kind: str, tmp_path: Path) -> dict[str, Any]:
@@ -86,5 +106,6 @@ def unique() -> str:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Say how many Kafka tests ran, so a silent skip cannot hide."""
+    """Say how many Kafka and OpenSearch tests ran, so a silent skip cannot hide."""
     terminalreporter.write_line(f"Kafka tests run against a real broker: {len(_kafka_ran)}")
+    terminalreporter.write_line(f"OpenSearch tests run against a real node: {len(_opensearch_ran)}")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite uses, if missing: rsyslog (+ TLS driver) for the
 # syslog sink tests, kcat as an independent Kafka consumer for fault tests, openssl for test
-# certificates, and Maven + a JDK for the local Kafka broker. Needs root (or sudo).
+# certificates, and Maven + a JDK for the local Kafka broker and OpenSearch node. Needs root (or sudo).
 set -euo pipefail
 need=()
 command -v rsyslogd >/dev/null 2>&1 || need+=(rsyslog)
