@@ -13,6 +13,7 @@ from pipeline.rules import cli
 from pipeline.rules.config import parse_rules_config
 from pipeline.rules.testing import load_case_file, run_case, run_cases
 
+assert PACK.cases_dir is not None
 CASES = PACK.cases_dir
 SHIPPED = [(f, c) for f in sorted(CASES.glob("*.yaml")) for c in load_case_file(f).cases]
 
