@@ -1,6 +1,8 @@
-"""The contracts: Event v1 and Alert v1 (JSON Schema files beside this module) and their Python models."""
+"""The contracts: Event v1, Alert v1, DeadLetter v1 (JSON Schemas beside this module), their models, the codec."""
 
 from schemas.alert import Alert, Entity, RuleRef, Severity
+from schemas.deadletter import DeadLetter
+from schemas.errors import RecordError
 from schemas.event import Actor, Change, Event, Source, SourceKind, Target, WorkspaceRef
 from schemas.ids import deterministic_id, fingerprint_secret
 
@@ -8,8 +10,10 @@ __all__ = [
     "Actor",
     "Alert",
     "Change",
+    "DeadLetter",
     "Entity",
     "Event",
+    "RecordError",
     "RuleRef",
     "Severity",
     "Source",

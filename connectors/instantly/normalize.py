@@ -21,7 +21,7 @@ from connectors.instantly.audit_codes import describe_activity
 from connectors.instantly.redact import header_names, redact_record
 from pipeline.clock import format_time, parse_time
 from pipeline.errors import NormalizeError
-from schemas.event import Actor, Change, Event, Source, Target, WorkspaceRef, new_actor, new_source, new_target
+from schemas.event import Actor, Change, Event, Source, Target, WorkspaceRef
 
 AUDIT_STREAM = "audit_logs"
 JSONDict = dict[str, Any]
@@ -85,16 +85,16 @@ def _audit_target(record: Mapping[str, Any], category: str) -> Target | None:
     if category in _USER_TARGET:
         user_id = _str(record.get("user_id"))
         if user_id:
-            return new_target("user", user_id, _str(record.get("user_name")))
+            return Target("user", user_id, _str(record.get("user_name")))
     preferred = _PREFERRED_TARGET.get(category)
     if preferred:
         value = _str(record.get(preferred))
         if value:
-            return new_target(_TARGET_KIND[preferred], value, None)
+            return Target(_TARGET_KIND[preferred], value, None)
     for field, kind in _TARGET_FIELDS:
         value = _str(record.get(field))
         if value:
-            return new_target(kind, value, None)
+            return Target(kind, value, None)
     return None
 
 
@@ -110,7 +110,7 @@ def normalize_audit_record(record: Mapping[str, Any], workspace: WorkspaceRef, o
     code = describe_activity(record.get("activity_type"))
     when = iso_time(record.get("timestamp"))
     from_api = record.get("from_api")
-    actor: Actor = new_actor(
+    actor: Actor = Actor(
         _str(record.get("user_id")),
         _str(record.get("user_name")),
         _str(record.get("api_key_id")),
@@ -140,7 +140,7 @@ def normalize_audit_record(record: Mapping[str, Any], workspace: WorkspaceRef, o
         time=when or observed_at,
         observed_at=observed_at,
         workspace=workspace,
-        source=new_source("audit_log", AUDIT_STREAM, rid),
+        source=Source("audit_log", AUDIT_STREAM, rid),
         natural_key=(rid,),
         actor=actor,
         target=_audit_target(record, code.category),

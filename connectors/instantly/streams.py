@@ -32,9 +32,10 @@ from connectors.instantly.snapshots import build_snapshot, decode_snapshot, diff
 from connectors.instantly.txn_pipeline import YIELD_EVERY, TxnPipeline, TxnWrite
 from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC, Bus, Header, Transaction
 from pipeline.errors import NormalizeError
-from pipeline.observability.logs import get_logger
+from pipeline.observability.logs import get_logger, redact_text
 from pipeline.observability.metrics import ID, KIND, STREAM, TYPE, WORKSPACE
 from pipeline.observability.telemetry import get_telemetry
+from schemas import deadletter
 from schemas.event import Event, WorkspaceRef
 
 log = get_logger("instantly.streams")
@@ -261,9 +262,12 @@ async def prepare_audit_batch(
         try:
             event = normalize_audit_record(record, workspace, observed_at)
         except NormalizeError as err:
-            letter = {"error": err.message, "stream": "audit_logs", "source": pub.source_id}
-            value = orjson.dumps({**letter, "record": redact_record(record)})
-            dead.append((DEADLETTER_TOPIC, value, key, (("error", b"normalize"), *trace)))
+            letter = deadletter.build(
+                stage="source", component=pub.source_id, component_type="instantly", reason="normalize",
+                error=redact_text(err.message), failed_at=observed_at, value=orjson.dumps(redact_record(record)),
+                stream="audit_logs", key=key,
+            )  # fmt: skip
+            dead.append((DEADLETTER_TOPIC, letter.to_json(), key, (("error", b"normalize"), *trace)))
         else:
             out.append(pub.record(event, trace))
         if n % YIELD_EVERY == 0:

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import cast
 
-import orjson
 from opentelemetry.trace import Link
 
 from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Consumer, Record, TopicPartition
@@ -26,7 +25,11 @@ from pipeline.delivery.base import Delivery, Kind, PreparedBatch, PreparingSink,
 from pipeline.errors import BusError
 from pipeline.observability.logs import get_logger
 from pipeline.observability.telemetry import get_telemetry
+from schemas.alert import SCHEMA as ALERT_SCHEMA
 from schemas.alert import severity_rank
+from schemas.codec import decode_document
+from schemas.errors import RecordError
+from schemas.event import SCHEMA as EVENT_SCHEMA
 
 log = get_logger("delivery")
 
@@ -34,6 +37,7 @@ __all__ = ["KINDS", "TOPICS", "Batch", "BatchReader", "decode"]
 
 TOPICS: dict[str, str] = {"events": EVENTS_TOPIC, "alerts": ALERTS_TOPIC}
 KINDS: dict[str, Kind] = {EVENTS_TOPIC: "event", ALERTS_TOPIC: "alert"}
+_SCHEMAS: dict[Kind, str] = {"event": EVENT_SCHEMA, "alert": ALERT_SCHEMA}
 
 
 @dataclass(slots=True)
@@ -62,25 +66,24 @@ class Batch:
 def decode(record: Record) -> Delivery | str:
     """The delivery for a bus record, or why it cannot be decoded.
 
-    Only what delivery needs is checked (a JSON object with a string ``id`` and ``type``, or
-    ``rule.id`` for an alert): the schema was enforced when the record was published.
+    The record codec (:func:`schemas.codec.decode_document`) checks it is an object of the
+    topic's schema with an ``id``; delivery also needs the ``type`` (or ``rule.id`` of an
+    alert). Field types are not re-checked: the schema was enforced when it was published.
     """
     kind = KINDS.get(record.topic)
     if kind is None:
         return f"undecodable record: topic {record.topic} is not an event or alert topic"
     try:
-        body = orjson.loads(record.value)
-    except orjson.JSONDecodeError as err:
-        return f"undecodable {kind}: not JSON ({err})"
-    if not isinstance(body, dict):
-        return f"undecodable {kind}: not a JSON object"
-    rid = body.get("id")
+        body = decode_document(record.value, _SCHEMAS[kind])
+    except RecordError as err:
+        return f"undecodable {kind}: {err}"
+    rid = body["id"]
     if kind == "event":
         rtype, field_name = body.get("type"), "type"
     else:
         rule = body.get("rule")
         rtype, field_name = (rule.get("id") if isinstance(rule, dict) else None), "rule.id"
-    if not (isinstance(rid, str) and rid and isinstance(rtype, str) and rtype):
+    if not (isinstance(rtype, str) and rtype):
         return f"undecodable {kind}: 'id' and '{field_name}' must be non-empty strings"
     return Delivery(record, kind, rid, rtype, body, record.value)
 

@@ -86,7 +86,7 @@ async def rerun(
     alerts: list[Alert] = []
     ids: set[str] = set()
     failures = 0
-    async for batch in scan(bus, sel, stats, progress=progress):
+    async for batch in scan(bus, sel, stats, progress=progress, decode=False):  # decode_event below decodes
         events = []
         for rec, _body in batch:
             try:

@@ -19,12 +19,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from pipeline.bus.base import ALERTS_TOPIC, DEADLETTER_TOPIC, EVENTS_TOPIC, Bus, Consumer, Record, TopicPartition
 from pipeline.clock import Clock, parse_time
 from pipeline.errors import ConfigError
 from schemas.alert import severity_rank
+from schemas.codec import decode_document
+from schemas.errors import RecordError
 
 TOPICS = {"events": EVENTS_TOPIC, "alerts": ALERTS_TOPIC, "deadletter": DEADLETTER_TOPIC}
 _REL = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
@@ -226,11 +226,8 @@ async def scan(
                 body = empty
                 if needs_decode:
                     try:
-                        body = orjson.loads(r.value)
-                    except orjson.JSONDecodeError:
-                        stats.undecodable += 1
-                        continue
-                    if not isinstance(body, dict):
+                        body = decode_document(r.value)
+                    except RecordError:
                         stats.undecodable += 1
                         continue
                 if not needs_decode or sel.matches(body):

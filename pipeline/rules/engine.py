@@ -30,15 +30,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
-import orjson
-
 from pipeline.clock import Clock, format_time, parse_time
 from pipeline.rules.base import AlertTrack, Finding, Rule, RuleContext, RuleState
 from pipeline.rules.config import RuleSet, parse_rules_config
 from pipeline.rules.matcher import type_matches
 from pipeline.rules.state import StateProblem, StateStore
 from schemas.alert import Alert, RuleRef, Severity, severity_rank
-from schemas.event import SCHEMA as EVENT_SCHEMA
+from schemas.codec import decode_event as decode_event  # re-exported: the rules decode with the codec
 from schemas.event import Event, WorkspaceRef
 from schemas.ids import deterministic_id
 
@@ -92,31 +90,6 @@ class Evaluation:
     failures: tuple[RuleFailure, ...] = ()
     suppressed: int = 0
     events: int = 0
-
-
-def decode_event(data: bytes) -> Event:
-    """Parse one record value into an Event v1.
-
-    Raises:
-        ValueError: not JSON, not an object, another schema, or fields missing or mistyped.
-    """
-    try:
-        d = orjson.loads(data)
-    except orjson.JSONDecodeError as err:
-        raise ValueError(f"not JSON: {err}") from None
-    if not isinstance(d, dict):
-        raise ValueError("not a JSON object")
-    if d.get("schema", EVENT_SCHEMA) != EVENT_SCHEMA:
-        raise ValueError(f"unsupported schema {d.get('schema')!r}")
-    if not (isinstance(d.get("id"), str) and isinstance(d.get("type"), str) and isinstance(d.get("time"), str)):
-        raise ValueError("not an Event v1 (id, type and time must be strings)")
-    ws, attrs = d.get("workspace"), d.get("attributes")
-    if not isinstance(ws, dict) or not isinstance(ws.get("id"), str) or not (attrs is None or isinstance(attrs, dict)):
-        raise ValueError("not an Event v1 (workspace.id must be a string, attributes an object)")
-    try:
-        return Event.from_dict(d)
-    except (KeyError, TypeError, IndexError, AttributeError) as err:
-        raise ValueError(f"not an Event v1 ({type(err).__name__}: {err})") from None
 
 
 def dedup_key(rule_id: str, workspace_id: str, key: str) -> str:

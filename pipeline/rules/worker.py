@@ -6,7 +6,7 @@ one ``bus.transaction`` carries everything the batch produced:
 * the Alert v1 records on ``instantly.alerts.v1`` (key = workspace id, headers
   ``alert_rule`` and ``severity``);
 * records that are not Event v1, and events a rule failed on, on ``instantly.deadletter.v1``
-  (the original bytes, with ``dlq.*`` headers naming the error);
+  (a DeadLetter v1 holding the original bytes, with ``dlq.*`` headers naming the error);
 * the changed rule state (``rules/...`` keys) and a commit marker;
 * the group's next offsets.
 
@@ -43,12 +43,14 @@ from pipeline.bus.base import (
     TopicPartition,
     iter_records,
 )
-from pipeline.clock import Clock
+from pipeline.clock import Clock, format_time
 from pipeline.errors import BusError, PipelineError
+from pipeline.observability.logs import redact_text
 from pipeline.observability.metrics import ID, KIND, TYPE
 from pipeline.observability.telemetry import get_telemetry
 from pipeline.rules.engine import Evaluation, RulesEngine, decode_event
 from pipeline.rules.state import PREFIX
+from schemas import deadletter
 from schemas.event import Event
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ def deadletter_headers(rec: Record, reason: str, error: str, rule_id: str | None
     """Headers of a dead letter: where the record came from and why it failed."""
     hs: list[Header] = [
         ("dlq.reason", reason.encode()),
-        ("dlq.error", error[:1000].encode()),
+        ("dlq.error", redact_text(error)[:1000].encode()),
         ("dlq.component", COMPONENT.encode()),
         ("dlq.topic", rec.topic.encode()),
         ("dlq.partition", str(rec.partition).encode()),
@@ -82,6 +84,32 @@ def deadletter_headers(rec: Record, reason: str, error: str, rule_id: str | None
     if rule_id:
         hs.append(("dlq.rule", rule_id.encode()))
     return hs
+
+
+def deadletter_value(rec: Record, headers: Sequence[Header], failed_at: str) -> bytes:
+    """The DeadLetter v1 (``stage: rules``) for ``rec``, its reason, error and rule read from ``headers``.
+
+    Raises:
+        ValueError: the ``dlq.reason`` header is not a lower_snake code.
+    """
+    h = {k: v.decode("utf-8", errors="replace") for k, v in headers if k.startswith("dlq.")}
+    letter = deadletter.build(
+        stage="rules",
+        component=COMPONENT,
+        component_type=COMPONENT,
+        reason=h.get("dlq.reason", "dead_letter"),
+        error=h.get("dlq.error", ""),
+        failed_at=failed_at,
+        value=rec.value,
+        topic=rec.topic,
+        partition=rec.partition,
+        offset=rec.offset,
+        timestamp_ms=rec.timestamp_ms,
+        key=rec.key,
+        headers=rec.headers,
+        rule=h.get("dlq.rule"),
+    )
+    return letter.to_json()
 
 
 class RulesWorker:
@@ -278,8 +306,9 @@ class RulesWorker:
                     headers=[("alert_rule", alert.rule.id.encode()), ("severity", alert.rule.severity.encode()),
                              *trace],
                 )  # fmt: skip
+            failed_at = format_time(self._clock.now()) if dead else ""
             for rec, headers in dead:
-                txn.send(DEADLETTER_TOPIC, rec.value, key=rec.key, headers=headers)
+                txn.send(DEADLETTER_TOPIC, deadletter_value(rec, headers, failed_at), key=rec.key, headers=headers)
             for key, value in result.state.items():
                 txn.put_state(key, value)
             txn.put_state(self._marker_key, marker)

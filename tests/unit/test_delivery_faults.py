@@ -201,8 +201,8 @@ async def test_poison_record_goes_to_dead_letter_and_offsets_move_on(bus: Sqlite
     async with bus.consumer([DEADLETTER_TOPIC], start="earliest") as c:
         (rec,) = await c.poll(10, timeout_s=0)
     dl = orjson.loads(rec.value)
-    assert dl["sink"] == sink.sink_id and dl["id"] == make_event(5).id and dl["error"]
-    assert dl["topic"] == EVENTS_TOPIC and dl["body"]["attributes"]["n"] == 5
+    assert dl["component"] == sink.sink_id and dl["record_id"] == make_event(5).id and dl["error"]
+    assert dl["original"]["topic"] == EVENTS_TOPIC and dl["original"]["value"] == make_event(5).to_json().decode()
     assert rec.key == b"ws-1"
 
 

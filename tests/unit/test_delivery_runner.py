@@ -18,6 +18,7 @@ from pipeline.delivery.deadletter import original_value
 from pipeline.delivery.runner import CircuitState, SinkRunner, decode
 from pipeline.errors import BackpressureError, SinkError
 from schemas.alert import Alert
+from schemas.codec import validate
 from schemas.event import Event
 from tests.fakes import FakeSleep, make_alert, make_event, publish
 
@@ -198,10 +199,11 @@ async def test_poison_goes_to_dead_letter_with_error_and_sink(bus: SqliteBus) ->
     stats = await runner(bus, ScriptedSink(script=script), cfg()).run_once()
     assert (stats.delivered, stats.dead_lettered, stats.committed) == (2, 1, 3)
     (dl,) = await dead_letters(bus)
-    assert dl["sink"] == "s1" and dl["sink_type"] == "scripted"
-    assert dl["error"] == "item 400 mapper_parsing_exception"
-    assert dl["id"] == items[1].id and dl["topic"] == EVENTS_TOPIC and dl["body"]["id"] == items[1].id
-    assert orjson.loads(original_value(orjson.dumps(dl))) == items[1].to_dict()
+    assert validate(dl) == [] and dl["schema"] == "instantly.deadletter.v1"
+    assert (dl["stage"], dl["component"], dl["component_type"], dl["reason"]) == ("sink", "s1", "scripted", "rejected")
+    assert dl["error"] == "item 400 mapper_parsing_exception" and dl["record_id"] == items[1].id
+    assert dl["original"]["topic"] == EVENTS_TOPIC and dl["original"]["encoding"] == "utf-8"
+    assert original_value(orjson.dumps(dl)) == items[1].to_json()
     assert await committed(bus) == 3
 
 
@@ -214,8 +216,12 @@ async def test_undecodable_record_goes_to_dead_letter(bus: SqliteBus) -> None:
     stats = await runner(bus, sink, cfg()).run_once()
     assert stats.dead_lettered == 2 and stats.delivered == 1
     dls = await dead_letters(bus)
-    assert {d["record_value_b64"] for d in dls} >= {"/yBub3QganNvbg=="}
-    assert all("undecodable event" in d["error"] for d in dls)
+    assert all(validate(d) == [] and d["reason"] == "undecodable" for d in dls)
+    assert {(d["original"]["encoding"], d["original"]["value"]) for d in dls} == {
+        ("base64", "/yBub3QganNvbg=="),
+        ("utf-8", '{"id": "x"}'),
+    }
+    assert all("undecodable event" in d["error"] and d["record_id"] is None for d in dls)
     assert original_value(orjson.dumps(dls[0])) in (b"\xff not json", b'{"id": "x"}')
 
 
@@ -402,7 +408,10 @@ def test_decode_classifies_records() -> None:
     assert not isinstance(a, str) and (a.kind, a.type, a.severity) == ("alert", "all_scope_key", "high")
     assert "not a JSON object" in str(decode(Record(EVENTS_TOPIC, 0, 0, 0, None, b"[1]")))
     bad_id = orjson.dumps({**ev.to_dict(), "id": 5})
-    assert "non-empty strings" in str(decode(Record(EVENTS_TOPIC, 0, 0, 0, None, bad_id)))
+    assert "'id' must be a non-empty string" in str(decode(Record(EVENTS_TOPIC, 0, 0, 0, None, bad_id)))
+    no_type = orjson.dumps({**ev.to_dict(), "type": ""})
+    assert "non-empty strings" in str(decode(Record(EVENTS_TOPIC, 0, 0, 0, None, no_type)))
+    assert "not instantly.event.v1" in str(decode(Record(EVENTS_TOPIC, 0, 0, 0, None, al.to_json())))
     assert "not an event or alert topic" in str(decode(Record("other", 0, 0, 0, None, ev.to_json())))
 
 

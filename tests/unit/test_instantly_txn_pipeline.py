@@ -23,6 +23,7 @@ from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC
 from pipeline.bus.sqlite import SqliteBus, _Txn
 from pipeline.clock import FakeClock
 from pipeline.errors import BusError, SourceError
+from schemas.codec import decode_deadletter, validate
 from schemas.event import WorkspaceRef
 from tests.unit.test_instantly_fake_api import FakeInstantly, serve
 from tests.unit.test_instantly_source import CANARY_KEY, audit_record, events, no_sleep, records
@@ -186,7 +187,15 @@ async def test_prepare_matches_publisher_send_and_dead_letters(tmp_path: Path) -
         assert (topic, key, headers) == (EVENTS_TOPIC, ws.id.encode(), (("event_type", b"audit.user_login"),))
         topic, value, _key, headers = batch.records[-1]
         assert topic == DEADLETTER_TOPIC and headers == (("error", b"normalize"),)
-        assert b"CANARY" not in value and orjson.loads(value)["record"]["token"] == "<redacted>"
+        letter = decode_deadletter(value)
+        assert b"CANARY" not in value and validate(letter) == []
+        assert (letter.stage, letter.component, letter.reason, letter.original.stream) == (
+            "source",
+            "acme",
+            "normalize",
+            "audit_logs",
+        )
+        assert orjson.loads(letter.original_bytes() or b"")["token"] == "<redacted>"
 
 
 # ---- through the poller ---------------------------------------------------------------------------

@@ -9,14 +9,13 @@ call it — run on a second engine over the same batches, ticks and restarts. Th
 keeps its state in :class:`ReferenceStore`, the state store's loading and flushing as they were
 before entity hashes moved into each state (``sub_written``) and the flush loop was unrolled.
 Alerts, state changes, failures and suppression counts must be identical, and so must the whole
-state. Decoding (``Event.from_dict`` fast path) and ``event_time`` are checked against their
+state. Decoding (the record codec) and ``event_time`` are checked against their
 general paths too.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 import pickle
 from collections import Counter
@@ -25,6 +24,7 @@ from datetime import timedelta, timezone
 from typing import Any
 from urllib.parse import unquote
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -37,6 +37,7 @@ from pipeline.rules.engine import Evaluation, RuleFailure, RulesEngine, _Batch, 
 from pipeline.rules.matcher import type_matches
 from pipeline.rules.state import FORMAT, PREFIX, StateProblem, StateStore, main_key, sub_key, tracks_key
 from pipeline.rules.testing import make_event
+from schemas.errors import RecordError
 from schemas.event import SCHEMA, Actor, Change, Event, Source, Target, WorkspaceRef
 
 T0 = parse_time("2026-03-01T00:00:00Z")
@@ -183,16 +184,16 @@ def one_event(draw: st.DrawFn, t: float) -> Event:
     ev = make_event("audit.user_login", time=t, workspace=ws, actor=actor)
     odd = draw(st.sampled_from(["bool code", "text code", "no code", "bad time", "naive time", "offset time"]))
     if odd == "bool code":
-        return dataclasses.replace(ev, attributes={"activity_code": True})
+        return msgspec.structs.replace(ev, attributes={"activity_code": True})
     if odd == "text code":
-        return dataclasses.replace(ev, attributes={"activity_code": "1"})
+        return msgspec.structs.replace(ev, attributes={"activity_code": "1"})
     if odd == "no code":
-        return dataclasses.replace(ev, attributes={})
+        return msgspec.structs.replace(ev, attributes={})
     if odd == "bad time":
-        return dataclasses.replace(ev, time="yesterday")
+        return msgspec.structs.replace(ev, time="yesterday")
     if odd == "naive time":
-        return dataclasses.replace(ev, time=ev.time.removesuffix("Z"))
-    return dataclasses.replace(ev, time=ev.time.replace("Z", "+02:00"))
+        return msgspec.structs.replace(ev, time=ev.time.removesuffix("Z"))
+    return msgspec.structs.replace(ev, time=ev.time.replace("Z", "+02:00"))
 
 
 @st.composite
@@ -605,7 +606,7 @@ def test_event_time_edge_cases(text: Any) -> None:
 
 # ---- decoding ------------------------------------------------------------------------------
 def general_from_dict(d: Mapping[str, Any]) -> Event:
-    """``Event.from_dict`` without its fast path (the code it had before)."""
+    """``Event.from_dict`` as it was before the codec (plain constructors, no type checks)."""
     actor, target, change = d.get("actor"), d.get("target"), d.get("change")
     return Event(
         id=d["id"],
@@ -665,23 +666,77 @@ def event_dicts(draw: st.DrawFn) -> dict[str, Any]:
     return d
 
 
-def _outcome(build: Any, d: dict[str, Any]) -> Any:
-    try:
-        ev = build(d)
-    except Exception as err:
-        return (type(err), str(err))
-    return (type(ev), ev, orjson.dumps(ev), [type(getattr(ev, f.name)) for f in dataclasses.fields(ev)])
+TEXT = st.text(max_size=6)
+OPT_TEXT = st.none() | TEXT
+OBJECT = st.dictionaries(TEXT, JSONISH, max_size=3)
+ACTOR_KEYS = ["user_id", "user_name", "api_key_id", "ip", "user_agent"]
+
+
+@st.composite
+def typed_event_dicts(draw: st.DrawFn) -> dict[str, Any]:
+    """Event dicts whose every field has its declared type (optional ones sometimes left out)."""
+    actor = st.fixed_dictionaries({**{k: OPT_TEXT for k in ACTOR_KEYS}, "via_api": st.none() | st.booleans()})
+    d: dict[str, Any] = {
+        "id": draw(TEXT),
+        "type": draw(TEXT),
+        "time": draw(TEXT),
+        "observed_at": draw(TEXT),
+        "workspace": {"id": draw(TEXT), "name": draw(OPT_TEXT)},
+        "source": {
+            "kind": draw(st.sampled_from(["audit_log", "snapshot", "webhook", "pipeline"])),
+            "stream": draw(TEXT),
+            "record_id": draw(OPT_TEXT),
+        },
+        "actor": draw(st.none() | actor),
+        "target": draw(st.none() | st.fixed_dictionaries({"kind": TEXT, "id": OPT_TEXT, "name": OPT_TEXT})),
+        "change": draw(
+            st.none()
+            | st.fixed_dictionaries(
+                {"before": st.none() | OBJECT, "after": st.none() | OBJECT, "fields": st.lists(TEXT, max_size=3)}
+            )
+        ),
+        "attributes": draw(OBJECT),
+        "raw": draw(st.none() | OBJECT),
+        "schema": SCHEMA,
+    }
+    for k in draw(st.sets(st.sampled_from(["actor", "target", "change", "attributes", "raw", "schema"]), max_size=2)):
+        del d[k]
+    return d
+
+
+@settings(max_examples=300, deadline=None)
+@given(d=typed_event_dicts())
+def test_well_typed_events_decode_as_the_old_decoder_built_them(d: dict[str, Any]) -> None:
+    """Every well-typed event decodes, equal (and byte-identical) to what the pre-codec decoder built."""
+    ev = decode_event(orjson.dumps(d))
+    assert type(ev) is Event and ev == general_from_dict(d) and ev.to_json() == general_from_dict(d).to_json()
+    assert Event.from_dict(d) == ev
 
 
 @settings(max_examples=500, deadline=None)
 @given(d=event_dicts())
-def test_from_dict_fast_path_matches_the_general_path(d: dict[str, Any]) -> None:
-    """Same Event (equal, same types, same JSON) or the same exception with the same message."""
-    assert _outcome(Event.from_dict, d) == _outcome(general_from_dict, d)
+def test_decoding_accepts_well_typed_events_and_rejects_the_rest(d: dict[str, Any]) -> None:
+    """The codec gives a RecordError (never another exception) or an Event the old decoder agreed on.
+
+    Whatever it accepts, the pre-codec decoder accepted too and built the same event (but for an
+    empty ``actor`` object, which it read as no actor), and it re-encodes to bytes that decode to it.
+    """
+    data = orjson.dumps(d)
+    try:
+        ev = decode_event(data)
+    except RecordError as err:
+        assert str(err).startswith(("not an Event v1: ", "not JSON ("))
+        return
+    assert type(ev) is Event
+    old = general_from_dict(d)
+    if d.get("actor") == {}:
+        old = msgspec.structs.replace(old, actor=Actor())
+    assert ev == old and ev.to_json() == old.to_json()
+    assert decode_event(ev.to_json()) == ev
 
 
 def test_decoded_events_are_ordinary_frozen_events() -> None:
-    """What the fast path builds is an Event in every respect: immutable, hashable, copyable, JSON-equal."""
+    """What the codec decodes is an Event in every respect: immutable, hashable, copyable, JSON-equal."""
     ev = make_event(
         "audit.user_login",
         time=T0,
@@ -694,9 +749,10 @@ def test_decoded_events_are_ordinary_frozen_events() -> None:
     assert type(got) is Event and type(got.actor) is Actor and type(got.target) is Target
     assert type(got.change) is Change and type(got.source) is Source and type(got.workspace) is WorkspaceRef
     assert got == ev and got.to_json() == ev.to_json() and hash(got.actor) == hash(ev.actor)
-    assert dataclasses.replace(got, id="x").id == "x" and dataclasses.asdict(got) == dataclasses.asdict(ev)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    assert msgspec.structs.replace(got, id="x").id == "x"
+    assert msgspec.structs.asdict(got) == msgspec.structs.asdict(ev)
+    with pytest.raises(AttributeError):
         got.id = "x"  # type: ignore[misc]
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         got.actor.ip = "x"  # type: ignore[misc]
     assert pickle.loads(pickle.dumps(got)) == got and copy.deepcopy(got) == got

@@ -18,6 +18,7 @@ from pipeline.errors import BusError
 from pipeline.rules.testing import make_event
 from pipeline.rules.worker import RulesWorker
 from schemas.alert import Alert
+from schemas.codec import decode_deadletter, validate
 from schemas.event import Event
 from schemas.validate import schema_errors
 
@@ -164,7 +165,13 @@ async def test_undecodable_records_go_to_the_dead_letter_topic(bus: SqliteBus) -
     w = worker(bus)
     await w.run_once()
     dead = await read(bus, DEADLETTER_TOPIC)
-    assert dead[0].value == b"{not json" and len(dead) == 2
+    letters = [decode_deadletter(d.value) for d in dead]
+    assert letters[0].original_bytes() == b"{not json" and len(dead) == 2
+    assert [(x.stage, x.reason, x.original.offset) for x in letters] == [
+        ("rules", "undecodable", 0),
+        ("rules", "undecodable", 1),
+    ]
+    assert all(validate(x) == [] for x in letters) and "not JSON" in letters[0].error
     assert {d.header("dlq.reason") for d in dead} == {b"undecodable"}
     assert dead[0].header("dlq.topic") == EVENTS_TOPIC.encode() and dead[0].header("dlq.offset") == b"0"
     assert b"not JSON" in (dead[0].header("dlq.error") or b"")
@@ -185,6 +192,9 @@ async def test_a_rule_failure_dead_letters_the_event(bus: SqliteBus, monkeypatch
     await w.run_once()
     [dead] = await read(bus, DEADLETTER_TOPIC)
     assert dead.header("dlq.reason") == b"rule_error" and dead.header("dlq.rule") == b"api_key.broad_scope"
+    letter = decode_deadletter(dead.value)
+    assert (letter.reason, letter.rule, letter.error) == ("rule_error", "api_key.broad_scope", "ValueError: bug")
+    assert letter.original_bytes() == key_event("baseline", T0).to_json() and validate(letter) == []
     assert w.stats.rule_failures == 1 and any(a.rule.id == "api_key.all_scope" for a in await alerts(bus))
 
 

@@ -1,0 +1,167 @@
+"""DeadLetter v1: a record some stage gave up on, kept with the reason (see ``deadletter.v1.json``).
+
+Every producer writes this one shape to ``instantly.deadletter.v1`` through :func:`build`:
+
+* ``source`` — an API record a connector could not normalize (``original.stream``, the record
+  redacted before it gets here);
+* ``rules`` — a bus record that is not an Event v1, or an event a rule raised on;
+* ``sink`` — a record a sink could not deliver and must not retry.
+
+``original`` keeps the record's bytes (as text when UTF-8, else base64) with where it came from,
+so a fix can re-publish it unchanged (:meth:`DeadLetter.original_bytes`). The id hashes the stage,
+component, reason, rule, position and the bytes: a retried or replayed failure gets the same id.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import msgspec
+import orjson
+
+from schemas.errors import RecordError, decode_error
+from schemas.ids import deterministic_id
+
+SCHEMA: Literal["instantly.deadletter.v1"] = "instantly.deadletter.v1"
+Stage = Literal["source", "rules", "sink"]
+STAGES: tuple[Stage, ...] = ("source", "rules", "sink")
+MAX_ERROR_CHARS = 2000
+"""Longer error messages are cut (with ``…``)."""
+REASON_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+_SECRET_HEADER = re.compile(
+    r"^(?i:(api_?key|key|secret|.*_secret|password|passwd|.*_password|token|.*_token|authorization|cookie|set-cookie|sec))$"
+)
+"""Header names whose values are never kept (the secret field names of the Event v1 schema)."""
+REDACTED = "<redacted>"
+
+
+class Original(msgspec.Struct, frozen=True, gc=False):
+    """The record that failed and where it came from (bus position, or the source stream)."""
+
+    topic: str | None
+    partition: int | None
+    offset: int | None
+    timestamp_ms: int | None
+    stream: str | None
+    key: str | None
+    headers: dict[str, str]
+    encoding: Literal["utf-8", "base64"] | None
+    value: str | None
+
+
+class DeadLetter(msgspec.Struct, frozen=True, gc=False):
+    """One dead letter. Build with :func:`build` so the id is deterministic and the value encoded."""
+
+    id: str
+    stage: Stage
+    component: str
+    component_type: str
+    reason: str
+    error: str
+    rule: str | None
+    record_id: str | None
+    failed_at: str
+    original: Original
+    schema: Literal["instantly.deadletter.v1"] = SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready dict (``original.headers`` is shared, not copied)."""
+        d = msgspec.structs.asdict(self)
+        d["original"] = msgspec.structs.asdict(self.original)
+        return {"schema": d.pop("schema"), **d}
+
+    def to_json(self) -> bytes:
+        """Serialise to the bus bytes: orjson, fields in declaration order (``schema`` last)."""
+        return orjson.dumps(self, default=msgspec.structs.asdict)
+
+    def original_bytes(self) -> bytes | None:
+        """The failed record's bytes, exactly as they were; None when they were not kept.
+
+        Raises:
+            RecordError: ``original.value`` is not valid for its ``encoding``.
+        """
+        o = self.original
+        if o.value is None or o.encoding is None:
+            return None
+        if o.encoding == "utf-8":
+            return o.value.encode("utf-8")
+        try:
+            return base64.b64decode(o.value, validate=True)
+        except binascii.Error as err:
+            raise RecordError(f"not a DeadLetter v1: original.value is not base64 ({err})") from None
+
+    @classmethod
+    def from_json(cls, data: bytes) -> DeadLetter:
+        """Parse bytes from the dead-letter topic (decoded and type-checked in C).
+
+        Raises:
+            RecordError: not JSON, or not a DeadLetter v1 (the message names the field).
+        """
+        try:
+            return DEADLETTER_DECODER.decode(data)
+        except msgspec.DecodeError as err:
+            raise decode_error("a DeadLetter v1", err) from None
+
+
+DEADLETTER_DECODER = msgspec.json.Decoder(DeadLetter)
+
+
+def _text(data: bytes | None) -> str | None:
+    return None if data is None else data.decode("utf-8", errors="replace")
+
+
+def _headers(headers: Iterable[tuple[str, bytes]]) -> dict[str, str]:
+    """Header names to their text (the last value of a repeated name); secret-named ones redacted."""
+    return {k: REDACTED if _SECRET_HEADER.match(k) else v.decode("utf-8", errors="replace") for k, v in headers}
+
+
+def build(
+    *,
+    stage: Stage,
+    component: str,
+    component_type: str,
+    reason: str,
+    error: str,
+    failed_at: str,
+    value: bytes | None,
+    topic: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+    timestamp_ms: int | None = None,
+    stream: str | None = None,
+    key: bytes | None = None,
+    headers: Iterable[tuple[str, bytes]] = (),
+    rule: str | None = None,
+    record_id: str | None = None,
+) -> DeadLetter:
+    """Build the dead letter for one failed record.
+
+    ``error`` must already be free of secrets (producers pass it through their redaction); it
+    is cut to :data:`MAX_ERROR_CHARS`. ``value`` is the failed record's bytes (None: not kept);
+    ``key`` is kept as text (the dead letter's own bus key keeps the exact bytes).
+
+    Raises:
+        ValueError: ``stage`` is unknown or ``reason`` is not a lower_snake code.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown dead-letter stage {stage!r}")
+    if not REASON_PATTERN.match(reason):
+        raise ValueError(f"dead-letter reason {reason!r} is not a lower_snake code")
+    if len(error) > MAX_ERROR_CHARS:
+        error = error[: MAX_ERROR_CHARS - 1] + "…"
+    encoding: Literal["utf-8", "base64"] | None = None
+    text: str | None = None
+    if value is not None:
+        try:
+            text, encoding = value.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(value).decode("ascii"), "base64"
+    digest = None if value is None else hashlib.sha256(value).hexdigest()
+    did = deterministic_id("deadletter", stage, component, reason, rule, topic, partition, offset, stream, digest)
+    original = Original(topic, partition, offset, timestamp_ms, stream, _text(key), _headers(headers), encoding, text)
+    return DeadLetter(did, stage, component, component_type, reason, error, rule, record_id, failed_at, original)
