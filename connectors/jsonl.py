@@ -31,6 +31,7 @@ from pipeline.errors import SinkError
 class JsonlConfig(SinkConfig):
     """Options of the JSONL sink."""
 
+    path_fields: ClassVar[tuple[str, ...]] = ("path",)
     type: Literal["jsonl"] = "jsonl"
     path: str = Field("-", min_length=1, description='a file path, or "-" for standard output')
     rotate_bytes: int | None = Field(None, ge=1024)

@@ -20,6 +20,7 @@ import contextlib
 import functools
 import random
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -64,48 +65,14 @@ def _walk_secrets(node: Any) -> list[str]:
     return out
 
 
-def validate_components(cfg: PipelineConfig, config_dir: Path | None = None) -> list[str]:
-    """Validate the component sections (sinks, rules, webhook) with their own models; return problems."""
-    problems: list[str] = []
-    from pipeline.delivery.registry import validate_sink
-
-    for sid, block in cfg.sinks.items():
-        try:
-            validate_sink(sid, block)
-        except ConfigError as err:
-            problems += str(err).splitlines()
-    try:
-        _rules_config(cfg, config_dir)
-    except ConfigError as err:
-        problems += str(err).splitlines()
-    if cfg.webhook is not None:
-        try:
-            _webhook_config(cfg)
-        except ConfigError as err:
-            problems += str(err).splitlines()
-    return problems
-
-
-def _rules_config(cfg: PipelineConfig, config_dir: Path | None = None) -> Any:
-    from pipeline.rules.config import parse_rules_config
-
-    return parse_rules_config(cfg.rules, base_dir=config_dir)
-
-
-def _webhook_config(cfg: PipelineConfig) -> Any:
-    from pipeline.sources.webhook_config import parse_webhook_config
-
-    return parse_webhook_config(cfg.webhook or {})
-
-
 async def check_sinks(cfg: PipelineConfig) -> list[str]:
     """Run each sink's health check; return one line per unreachable sink."""
     from pipeline.delivery.registry import build_sink
 
     problems: list[str] = []
-    for sid, block in cfg.sinks.items():
+    for sid, scfg in cfg.sinks.items():
         try:
-            sink = build_sink(sid, block)
+            sink = build_sink(sid, scfg)
             async with sink:
                 await sink.healthcheck()
         except ConfigError as err:
@@ -161,23 +128,22 @@ class Pipeline:
         if "rules" in self.roles:
             from pipeline.rules.worker import RulesWorker
 
-            self.rules = RulesWorker(bus, cfg.rules, clock=clock, base_dir=self.config_dir)
+            self.rules = RulesWorker(bus, cfg.rules, clock=clock, base_dir=self.config_dir or cfg.config_dir)
         if "sinks" in self.roles:
-            from pipeline.delivery.registry import build_sink, validate_sink
+            from pipeline.delivery.registry import build_sink
             from pipeline.delivery.runner import SinkRunner
 
-            for sid, block in cfg.sinks.items():
-                _, scfg = validate_sink(sid, block)
+            for sid, scfg in cfg.sinks.items():
                 if not scfg.enabled:
                     continue
                 for secret in _walk_secrets(scfg):
                     register_secret(secret)
-                runner = SinkRunner(bus, build_sink(sid, block), scfg, clock=clock)
+                runner = SinkRunner(bus, build_sink(sid, scfg), scfg, clock=clock)
                 self.runners.append(await self._stack.enter_async_context(runner))
         if "webhook" in self.roles and cfg.webhook is not None:
             from pipeline.sources.webhook_server import WebhookReceiver
 
-            wcfg = _webhook_config(cfg)
+            wcfg = cfg.webhook
             for secret in _walk_secrets(wcfg):
                 register_secret(secret)
             self.receiver = WebhookReceiver(wcfg, bus, clock=clock)
@@ -185,19 +151,29 @@ class Pipeline:
             self._stack.push_async_callback(self.receiver.stop)
 
     async def run_once(self) -> dict[str, Any]:
-        """Poll every stream once, evaluate the rules, deliver every sink; return counts."""
-        summary: dict[str, Any] = {"published": {}, "alerts": 0, "delivered": {}}
+        """Poll every stream once, evaluate the rules, deliver every sink; return counts.
+
+        ``summary["problems"]`` lists, one line each, every workspace stream that was refused or
+        failed and every sink that did not confirm everything: ``run --once`` exits 1 on any.
+        """
+        summary: dict[str, Any] = {"published": {}, "alerts": 0, "delivered": {}, "problems": []}
+        problems: list[str] = summary["problems"]
         for p in self.pollers:
             try:
                 summary["published"][p.source_id] = await p.poll_once()
             except PipelineError as err:
                 log.error("Poll failed", extra={"workspace": p.source_id, "error": str(err)})
                 summary["published"][p.source_id] = {"error": str(err)}
+                problems.append(f"workspace {p.source_id}: poll failed: {err}")
+            for stream, reason in sorted(getattr(p, "last_failures", {}).items()):
+                problems.append(f"workspace {p.source_id}: {stream} {reason}")
         if self.rules is not None:
             summary["alerts"] = await self.rules.run_once()
         for r in self.runners:
             stats = await r.run_once()
             summary["delivered"][r.sink_id] = getattr(stats, "delivered", stats)
+            if not r.confirmed_all():
+                problems.append(f"sink {r.sink_id}: not everything was confirmed (destination failing; see the log)")
         return summary
 
     def consumer_groups(self) -> list[tuple[str, list[str]]]:
@@ -324,9 +300,6 @@ async def run_pipeline(
     if configure_logging:
         setup_logging(cfg.logging.format, cfg.logging.level)
     register_config_secrets(cfg)
-    problems = validate_components(cfg, config_dir)
-    if problems:
-        raise ConfigError("\n".join(problems))
     roles = roles or {"all"}
     from pipeline.observability.health import HealthRegistry, set_health
     from pipeline.observability.service import ServiceServer
@@ -344,7 +317,9 @@ async def run_pipeline(
             if once:
                 summary = await pipe.run_once()
                 log.info("Run complete", extra={"summary": summary})
-                return 0
+                for line in summary["problems"]:
+                    print(f"run --once: {line}", file=sys.stderr)
+                return 1 if summary["problems"] else 0
             if cfg.service.enabled:
                 service = ServiceServer(get_telemetry(), health, cfg.service.host, cfg.service.port, clock=clock)
                 await service.start()
@@ -370,7 +345,9 @@ def reload_webhook_secrets(pipe: Pipeline, config_path: Path) -> int:
     if pipe.receiver is None:
         return 0
     fresh = load_config(config_path)
-    wcfg = _webhook_config(fresh)
+    if fresh.webhook is None:
+        return 0
+    wcfg = fresh.webhook
     n = 0
     for name, src in wcfg.sources.items():
         try:

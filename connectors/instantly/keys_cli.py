@@ -34,11 +34,13 @@ from typing import Any
 from pydantic import SecretStr
 
 from connectors.instantly.config import workspaces
+from pipeline.cli.base import CONFIG_HELP, config_path
+from pipeline.cli.exit_codes import Exit
 from pipeline.clock import SYSTEM_CLOCK, Clock
 from pipeline.config.model import PipelineConfig
 from pipeline.errors import ConfigError
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_PENDING = 0, 1, 2, 3
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_PENDING = Exit.OK, Exit.FINDINGS, Exit.USAGE, Exit.INCOMPLETE
 
 
 def _read_key_file(path: str) -> SecretStr:
@@ -117,8 +119,9 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     """Run (or plan) the rotation; return the exit code."""
     from pipeline.config.loader import load_config
 
-    cfg = load_config(args.config)
-    rotation = build_rotation(args, cfg, base_dir=Path(args.config).resolve().parent)
+    path = config_path(args.config)
+    cfg = load_config(path)
+    rotation = build_rotation(args, cfg, base_dir=path.resolve().parent)
     outcome = asyncio.run(rotation.plan() if args.dry_run else rotation.run())
     return EXIT_PENDING if outcome.status == "pending" else EXIT_OK
 
@@ -146,7 +149,7 @@ def register(subparsers: Any) -> None:
         "confirmation, 1 failed, 2 usage/config error.",
     )
     r.add_argument("name", metavar="NAME", help="the key's name in Instantly (exactly one live key may have it)")
-    r.add_argument("--config", "-c", required=True, help="pipeline config file (workspaces, rotation settings)")
+    r.add_argument("--config", "-c", help=f"pipeline config file (workspaces, rotation settings); {CONFIG_HELP}")
     r.add_argument("--workspace", metavar="ID", help="the configured workspace holding the key")
     r.add_argument("--scopes", metavar="S1,S2", help="narrow the new key to these scopes (comma-separated)")
     r.add_argument("--destination", metavar="SPEC", help="file:PATH or vault:<mount>/<path>#<field>")

@@ -56,6 +56,13 @@ POLL_JITTER = 0.1
 """Each wait between polls is ``poll_interval_secs`` * uniform(0.9, 1.1)."""
 
 
+def _reason(err: SourceError) -> str:
+    """A short, secret-free reason: ``refused: HTTP 401 (AuthError)``."""
+    status = getattr(err, "status", None)
+    refused = isinstance(err, AuthError | PaymentRequiredError | ScopeError | NotFoundError)
+    return f"{'refused' if refused else 'failed'}: {f'HTTP {status} ' if status else ''}({type(err).__name__})"
+
+
 def identity_key(source_id: str) -> str:
     """State key of the last known workspace id and name: ``identity/{source_id}``."""
     return f"identity/{source_id}"
@@ -83,6 +90,8 @@ class InstantlyWorkspacePoller:
         audit_backfill_secs: float | None = None,
     ):
         self.source_id = source_id
+        self.last_failures: dict[str, str] = {}
+        """Streams the last poll could not read, with a short reason (read by ``run --once``)."""
         self.cfg = cfg
         self.bus = bus
         self.clock = clock
@@ -153,6 +162,7 @@ class InstantlyWorkspacePoller:
             BusError: writing to the bus failed (nothing of the failed stream was committed).
         """
         await self._open()
+        self.last_failures = {}
         counts = {s: 0 for s in self.streams}
         counts["pipeline"] = 0
         await self._load_identity()
@@ -165,6 +175,7 @@ class InstantlyWorkspacePoller:
         except AuthError as err:
             for stream in self.streams:
                 health.stream_error(self.source_id, stream, err)
+                self.last_failures[stream] = _reason(err)
             counts["pipeline"] += await self._pipeline_event("pipeline.poller_unauthorized", "workspace", err)
             return counts
         except SourceError as err:
@@ -197,16 +208,19 @@ class InstantlyWorkspacePoller:
                     _failed(span, err)
                     for rest in self.streams[self.streams.index(stream) :]:
                         health.stream_error(self.source_id, rest, err)
+                        self.last_failures[rest] = _reason(err)
                     counts["pipeline"] += await self._pipeline_event("pipeline.poller_unauthorized", stream, err)
                     break
                 except (PaymentRequiredError, ScopeError, NotFoundError) as err:
                     _failed(span, err)
                     health.stream_error(self.source_id, stream, err)
+                    self.last_failures[stream] = _reason(err)
                     kind = "pipeline.audit_log_unavailable" if stream == "audit_logs" else "pipeline.stream_unavailable"
                     counts["pipeline"] += await self._pipeline_event(kind, stream, err)
                 except SourceError as err:
                     _failed(span, err)
                     health.stream_error(self.source_id, stream, err)
+                    self.last_failures[stream] = _reason(err)
                     log.warning(
                         "Instantly stream failed; it is retried next poll.",
                         extra={

@@ -28,12 +28,15 @@ from connectors.instantly.client import InstantlyClient
 from connectors.instantly.config import WorkspaceConfig, workspaces
 from connectors.instantly.normalize import webhook_attributes
 from connectors.instantly.redact import redact_url
+from pipeline.cli.base import CONFIG_HELP, config_path
+from pipeline.cli.exit_codes import Exit
 from pipeline.config.loader import load_config
 from pipeline.config.model import PipelineConfig
 from pipeline.errors import ConfigError, SourceError
 from pipeline.observability.logs import register_secret
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_FINDINGS = 0, 1, 2, 3
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_FAILED = Exit.OK, Exit.FINDINGS, Exit.USAGE, Exit.INCOMPLETE
+"""Findings 1; a workspace whose webhooks could not be listed 3 (the shared contract, pipeline/cli/exit_codes.py)."""
 WEBHOOKS_PATH = "/api/v2/webhooks"
 
 
@@ -78,7 +81,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "Exit 0: no findings; 3: findings; 2: configuration error; 1: API failure."
         ),
     )
-    chk.add_argument("--config", "-c", required=True, help="the pipeline's YAML config (workspaces and keys)")
+    chk.add_argument("--config", "-c", help=f"the pipeline's YAML config (workspaces and keys); {CONFIG_HELP}")
     chk.add_argument("--workspace", action="append", default=[], help="a configured workspace id (repeatable)")
     chk.add_argument("--format", choices=["table", "json"], default="table")
     chk.set_defaults(func=run_check)
@@ -86,7 +89,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     """The ``webhooks check`` command."""
-    cfg = load_config(args.config)
+    cfg = load_config(config_path(args.config))
     for ws in workspaces(cfg).values():
         register_secret(ws.api_key.get_secret_value())
     selected = list(args.workspace) or list(workspaces(cfg))
@@ -167,13 +170,8 @@ def _path(url: str | None) -> str | None:
 
 def _receiver_sources(cfg: PipelineConfig) -> dict[tuple[str, str], str]:
     """(workspace id, path) → header name of each receiver source, if the config has a valid ``webhook:``."""
-    if cfg.webhook is None:
-        return {}
-    from pipeline.sources.webhook_config import parse_webhook_config
-
-    try:
-        wcfg = parse_webhook_config(cfg.webhook)
-    except ConfigError:
+    wcfg = cfg.webhook
+    if wcfg is None:
         return {}
     return {(src.workspace_id.lower(), wcfg.source_path(name)): src.header_name for name, src in wcfg.sources.items()}
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from schemas.alert import SEVERITIES, Severity, severity_rank
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3  # = pipeline.cli.exit_codes.Exit
 Status = Literal["pass", "fail", "warn", "skip", "error"]
 STATUSES: tuple[Status, ...] = ("fail", "error", "warn", "pass", "skip")
 FailOn = Literal["info", "low", "medium", "high", "critical", "none"]

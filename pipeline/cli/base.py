@@ -5,12 +5,33 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from pipeline.errors import ConfigError
 from pipeline.registry import COMMANDS, load_group
 
 SubParsers = argparse._SubParsersAction  # argparse's own type for ``add_subparsers()``
+CONFIG_ENV = "INSTANTLY_AUDIT_CONFIG"
+DEFAULT_CONFIG = Path("instantly-audit.yaml")
+CONFIG_HELP = f"YAML config file (default: ${CONFIG_ENV}, else ./{DEFAULT_CONFIG})"
+
+
+def config_path(given: str | None) -> Path:
+    """The config file: ``--config``, else ``$INSTANTLY_AUDIT_CONFIG``, else ``./instantly-audit.yaml``.
+
+    Raises:
+        ConfigError: none of them names a file.
+    """
+    if given:
+        return Path(given)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    if DEFAULT_CONFIG.exists():
+        return DEFAULT_CONFIG
+    raise ConfigError(f"no config file: give --config FILE, set {CONFIG_ENV}, or create ./{DEFAULT_CONFIG}")
 
 
 @runtime_checkable

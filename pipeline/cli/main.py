@@ -1,8 +1,9 @@
-"""The ``instantly-audit`` command line.
+"""The ``instantly-audit`` command line: the runtime's commands plus those connectors register.
 
-Exit codes: 0 ok, 2 usage or configuration error, 1 runtime failure. Expected conditions
-(a bad config, an unreadable secret file, a corrupt bus file) print one line naming the
-problem, never a traceback.
+Exit codes follow one contract (:mod:`pipeline.cli.exit_codes`): 0 ok, 1 findings or a failed
+run, 2 usage or configuration error, 3 could not run to the end, 130 interrupted. Expected
+conditions (a bad config, an unreadable secret file, a corrupt or locked bus file, a busy port)
+print one line naming the problem, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,16 +12,20 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+
+import orjson
 
 from pipeline import __version__
-from pipeline.cli.base import command_plugins, describe_section
+from pipeline.cli.base import CONFIG_HELP, command_plugins, config_path, describe_section
+from pipeline.cli.exit_codes import Exit
 from pipeline.config.model import PipelineConfig
 from pipeline.errors import BusError, ConfigError, PipelineError
+from pipeline.observability.logs import setup_logging
 from pipeline.replay import cli as replay_cli
 from pipeline.rules import cli as rules_cli
 
-EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = Exit.OK, Exit.FINDINGS, Exit.USAGE
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 # The runtime's own command modules; connectors add theirs through the ``instantly_audit.commands``
 # registry. Each has register(subparsers) and sets func=handler(args) -> int.
@@ -36,20 +41,40 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_config_validate(args: argparse.Namespace) -> int:
-    from pipeline.config.loader import load_config
-    from pipeline.topology import validate_components
+    from pipeline.config.loader import load_config, resolve_nothing
 
-    cfg = load_config(args.file)
-    problems = validate_components(cfg, Path(args.file).resolve().parent)
+    path = config_path(args.file)
+    cfg = load_config(path, resolve=resolve_nothing if args.no_environment else None)
+    warnings = (
+        []
+        if (cfg.sections or cfg.sinks or cfg.webhook) and any_source(cfg)
+        else ["the config polls no workspace and has no webhook receiver: nothing will reach the bus"]
+    )
+    if not cfg.sinks:
+        warnings.append("no sinks: events and alerts stay on the bus (replay can still read them)")
+    problems: list[str] = []
     if args.check_sinks:
         problems += asyncio.run(_check_sinks(cfg))
-    if problems:
-        for p in problems:
-            print(f"config error: {p}", file=sys.stderr)
-        return EXIT_USAGE
     parts = [f"bus {cfg.bus.type}", *(describe_section(k, v) for k, v in sorted(cfg.sections.items()))]
-    print(f"{args.file}: ok — {', '.join(p for p in parts if p)}, {len(cfg.sinks)} sink(s)")
-    return EXIT_OK
+    summary = f"{', '.join(p for p in parts if p)}, {len(cfg.sinks)} sink(s)"
+    if args.format == "json":
+        doc = {"file": str(path), "valid": True, "environment": not args.no_environment, "summary": summary,
+               "warnings": warnings, "sink_checks": problems}  # fmt: skip
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    else:
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        for problem in problems:
+            print(f"sink check failed: {problem}", file=sys.stderr)
+        print(f"{path}: ok{' (structure only: no secret read)' if args.no_environment else ''} — {summary}")
+    return Exit.FINDINGS if problems else Exit.OK
+
+
+def any_source(cfg: PipelineConfig) -> bool:
+    """Whether anything feeds the bus: a connector section with entries, or the webhook receiver."""
+    if cfg.webhook is not None:
+        return True
+    return any(bool(getattr(v, "root", None)) for v in cfg.sections.values())
 
 
 async def _check_sinks(cfg: PipelineConfig) -> list[str]:
@@ -63,11 +88,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config.loader import load_config
     from pipeline.topology import run_pipeline
 
-    cfg = load_config(args.config)
-    code: int = asyncio.run(
-        run_pipeline(cfg, once=args.once, roles=set(args.role or ["all"]), config_path=Path(args.config))
-    )
+    path = config_path(args.config)
+    cfg = load_config(path)
+    if args.log_level:
+        cfg = cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"level": args.log_level})})
+    code: int = asyncio.run(run_pipeline(cfg, once=args.once, roles=set(args.role or ["all"]), config_path=path))
     return code
+
+
+def _cmd_completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return Exit.OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--version", action="version", version=f"instantly-audit {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v: INFO, -vv: DEBUG)")
+    p.add_argument("--log-level", choices=LEVELS, type=str.upper, help="log level (overrides the config's)")
     sub: argparse._SubParsersAction[argparse.ArgumentParser] = p.add_subparsers(
         dest="command", metavar="COMMAND", parser_class=_Parser
     )
@@ -90,8 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the pipeline (pollers, rules, sinks, webhook receiver) from a config file",
         description="Run the pipeline until SIGTERM/SIGINT (then flush and stop), or once with --once.",
     )
-    run.add_argument("--config", "-c", required=True, help="YAML config file")
-    run.add_argument("--once", action="store_true", help="poll every stream once, process and deliver, then exit 0")
+    run.add_argument("--config", "-c", help=CONFIG_HELP)
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="poll every stream once, process and deliver, then exit (1 if a workspace was refused or a sink failed)",
+    )
     run.add_argument(
         "--role",
         action="append",
@@ -105,12 +144,26 @@ def build_parser() -> argparse.ArgumentParser:
     val = cfg_sub.add_parser(
         "validate",
         help="validate a config file (and optionally reach each sink)",
-        description="Validate a config file: YAML, types, unknown keys, secrets (env/file) and each sink's "
-        "options. Exit 0 when valid, 2 otherwise.",
+        description="Validate a config file with the same models every command uses: YAML, types, unknown keys, "
+        "secrets (env/file/vault), every sink, the webhook receiver, the rules, the connectors' sections. Exit 0 "
+        "when valid, 2 otherwise, 1 when --check-sinks could not reach a sink.",
     )
-    val.add_argument("file")
+    val.add_argument("file", nargs="?", help=CONFIG_HELP)
     val.add_argument("--check-sinks", action="store_true", help="also run each sink's health check")
+    val.add_argument(
+        "--no-environment",
+        action="store_true",
+        help="check the structure without reading any environment variable, secret file or Vault (for CI linting)",
+    )
+    val.add_argument("--format", choices=["text", "json"], default="text")
     val.set_defaults(func=_cmd_config_validate)
+
+    comp = sub.add_parser(
+        "completion", help="print a shell completion script", description="Print a completion script: "
+        "eval \"$(instantly-audit completion bash)\" (or zsh / tcsh).",
+    )  # fmt: skip
+    comp.add_argument("shell", choices=["bash", "zsh", "tcsh"])
+    comp.set_defaults(func=_cmd_completion)
 
     for mod in (*RUNTIME_COMMANDS, *command_plugins().values()):
         mod.register(sub)
@@ -124,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    if args.verbose and not args.log_level:
+        args.log_level = "DEBUG" if args.verbose > 1 else "INFO"
+    if args.log_level and args.command != "run":  # run configures logging from the config (overridden)
+        setup_logging("auto", args.log_level)
     try:
         code: int = args.func(args)
         return code
@@ -137,9 +194,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_RUNTIME
+    except OSError as err:  # an expected OS error: a busy port, an unreadable file — one line, no traceback
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"error: {err.strerror or type(err).__name__}{where}", file=sys.stderr)
+        return EXIT_RUNTIME
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return Exit.INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

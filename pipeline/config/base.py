@@ -28,6 +28,14 @@ class EnvValue(str):
     __slots__ = ()
 
 
+class Unresolved(EnvValue):
+    """A reference the loader was told not to read (``config validate --no-environment``, or a
+    secret the running command does not use): it passes secret checks, and a validation error
+    about it is not reported."""
+
+    __slots__ = ()
+
+
 class FileValue(str):
     """A string read from a ``*_file`` path (allowed for secrets)."""
 
@@ -148,7 +156,15 @@ def validation_error_lines(
     ``extra_keys`` are further top-level keys that are valid elsewhere (connector sections): they
     are offered in "did you mean" for an unknown top-level key.
     """
-    return [_describe(e, model, extra_keys) for e in err.errors()]
+    return [_describe(e, model, extra_keys) for e in err.errors() if not _about_placeholder(e.get("input"))]
+
+
+def _about_placeholder(value: Any) -> bool:
+    if isinstance(value, Unresolved):
+        return True
+    if isinstance(value, list | tuple):
+        return any(isinstance(v, Unresolved) for v in value)
+    return False
 
 
 def validate_block(model: type[Model], block: Mapping[str, Any], where: str) -> Model:

@@ -9,20 +9,26 @@ then validation into the composed :class:`~pipeline.config.model.PipelineConfig`
   reference read from HashiCorp Vault (``secret_managers.vault``). Every key ending in
   ``_file`` is such a secret file reference.
 
+Commands resolve only the secrets they use: ``resolve`` (a predicate on the key path) says
+which references to read; every other ``${VAR}``, ``*_file`` and ``*_vault`` value becomes an
+:class:`Unresolved` placeholder that passes the secret checks, and validation errors caused by a
+placeholder are not reported (``config validate --no-environment`` reads none at all).
+
 This module is the only one that reads the environment.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipeline.config.base import EnvValue, FileValue, _path
+from pipeline.config.base import EnvValue, FileValue, Unresolved, _path
 from pipeline.config.model import PipelineConfig, compose
 from pipeline.config.vault import resolve_managed_secrets
 from pipeline.errors import ConfigError
@@ -31,7 +37,19 @@ _REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _WHOLE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}$")
 
 
-def _interpolate(value: str, where: tuple[Any, ...], env: Mapping[str, str]) -> str:
+Resolve = Callable[[tuple[Any, ...]], bool]
+"""Which key paths' references to read (``None``: all of them)."""
+
+
+def placeholder(name: str) -> Unresolved:
+    """A stand-in for an unread reference: printable, 32+ characters, unique per name."""
+    return Unresolved(f"unresolved-{hashlib.sha256(name.encode()).hexdigest()[:24]}")
+
+
+def _interpolate(value: str, where: tuple[Any, ...], env: Mapping[str, str], resolve: Resolve | None = None) -> str:
+    if resolve is not None and not resolve(where) and "${" in value:
+        whole = _WHOLE.match(value)
+        return placeholder(whole.group(1) if whole else value)
     whole = _WHOLE.match(value)
     if whole:
         name, default = whole.group(1), whole.group(2)
@@ -54,24 +72,33 @@ def _interpolate(value: str, where: tuple[Any, ...], env: Mapping[str, str]) -> 
     return _REF.sub(sub, value)
 
 
-def _resolve(node: Any, where: tuple[Any, ...], env: Mapping[str, str], base: Path) -> Any:
+def _resolve(
+    node: Any, where: tuple[Any, ...], env: Mapping[str, str], base: Path, resolve: Resolve | None = None
+) -> Any:
     if isinstance(node, dict):
         out: dict[str, Any] = {}
         for k, v in node.items():
             if not isinstance(k, str):
                 raise ConfigError(f"{_path((*where, k))}: keys must be strings")
-            if k.endswith("_file") and len(k) > 5:
-                field = k[: -len("_file")]
+            here = (*where, k)
+            if k.endswith(("_file", "_vault")) and len(k) > 6:
+                field = k[: k.rindex("_")]
+                if k.endswith("_vault") and (field in node or resolve is None or resolve(here)):
+                    out[k] = _resolve(v, here, env, base, resolve)  # pipeline.config.vault reads it
+                    continue
                 if field in node:
-                    raise ConfigError(f"{_path((*where, k))}: give either {field} or {k}, not both")
-                out[field] = _read_secret_file(_resolve(v, (*where, k), env, base), (*where, k), base)
+                    raise ConfigError(f"{_path(here)}: give either {field} or {k}, not both")
+                if resolve is not None and not resolve(here):
+                    out[field] = placeholder(_path(here))
+                else:
+                    out[field] = _read_secret_file(_resolve(v, here, env, base, resolve), here, base)
             else:
-                out[k] = _resolve(v, (*where, k), env, base)
+                out[k] = _resolve(v, here, env, base, resolve)
         return out
     if isinstance(node, list):
-        return [_resolve(v, (*where, i), env, base) for i, v in enumerate(node)]
+        return [_resolve(v, (*where, i), env, base, resolve) for i, v in enumerate(node)]
     if isinstance(node, str):
-        return _interpolate(node, where, env)
+        return _interpolate(node, where, env, resolve)
     return node
 
 
@@ -97,8 +124,16 @@ def _read_secret_file(value: Any, where: tuple[Any, ...], base: Path) -> FileVal
     return FileValue(text)
 
 
-def parse_config(text: str, *, env: Mapping[str, str] | None = None, base_dir: Path | None = None) -> PipelineConfig:
+def parse_config(
+    text: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+    resolve: Resolve | None = None,
+) -> PipelineConfig:
     """Parse YAML text into a :class:`PipelineConfig`.
+
+    ``resolve`` limits which references are read (see the module docstring); ``None`` reads all.
 
     Raises:
         ConfigError: the text is not valid YAML, or a key/value is invalid (the message
@@ -115,11 +150,13 @@ def parse_config(text: str, *, env: Mapping[str, str] | None = None, base_dir: P
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config must be a mapping of sections, got {type(data).__name__}")
-    resolved = _resolve(data, (), os.environ if env is None else env, base_dir or Path.cwd())
-    return compose(resolve_managed_secrets(resolved))
+    resolved = _resolve(data, (), os.environ if env is None else env, base_dir or Path.cwd(), resolve)
+    return compose(resolve_managed_secrets(resolved), base_dir=base_dir)
 
 
-def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> PipelineConfig:
+def load_config(
+    path: str | Path, *, env: Mapping[str, str] | None = None, resolve: Resolve | None = None
+) -> PipelineConfig:
     """Read and validate a config file (secret ``*_file`` paths are relative to the file).
 
     Raises:
@@ -136,4 +173,14 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Pi
         raise ConfigError(f"config file {p} is a directory") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {p} is not UTF-8 text") from None
-    return parse_config(text, env=env, base_dir=p.resolve().parent)
+    return parse_config(text, env=env, base_dir=p.resolve().parent, resolve=resolve)
+
+
+def resolve_nothing(where: tuple[Any, ...]) -> bool:
+    """A ``resolve`` predicate that reads no reference (structure-only validation)."""
+    return False
+
+
+def resolve_under(*prefixes: tuple[str, ...]) -> Resolve:
+    """A ``resolve`` predicate that reads only the references below one of ``prefixes``."""
+    return lambda where: any(tuple(where[: len(p)]) == p for p in prefixes)

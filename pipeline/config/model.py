@@ -17,9 +17,14 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from pipeline.config.base import Model, Secret, validation_error_lines
+from pipeline.config.paths import anchor_paths
+from pipeline.delivery.base import SinkConfig
+from pipeline.delivery.registry import validate_sink
 from pipeline.errors import ConfigError
 from pipeline.observability.telemetry_config import TelemetryConfig
 from pipeline.registry import config_sections
+from pipeline.rules.config import parse_rules_config
+from pipeline.sources.webhook_config import WebhookConfig, parse_webhook_config
 
 
 # ---------------------------------------------------------------------------------------- bus
@@ -93,29 +98,32 @@ class LoggingConfig(Model):
 
 
 M = TypeVar("M", bound=BaseModel)
+INTERNAL_KEYS = frozenset({"sections", "config_dir"})
+"""Fields filled by the loader, never by the file."""
 
 
 class PipelineConfig(Model):
-    """The whole configuration file, typed: the runtime's sections and the connectors' sections."""
+    """The whole configuration file, typed: the runtime's sections and the connectors' sections.
+
+    Build it with :func:`compose` (the loader does): every section is validated by the model of
+    the component that owns it — sinks by their sink type's ``Config``, ``webhook`` by the
+    receiver's, ``rules`` by compiling every rule, connector sections by the connector's model —
+    so a file that loads is a file every command accepts.
+    """
 
     bus: BusConfig = SqliteBusConfig()
-    rules: dict[str, Any] = Field(default_factory=dict)  # compiled by pipeline.rules.config at load
-    sinks: dict[str, dict[str, Any]] = Field(default_factory=dict)  # each checked by its sink's model at load
-    webhook: dict[str, Any] | None = None  # checked by pipeline.sources.webhook.config at load
+    rules: dict[str, Any] = Field(default_factory=dict)
+    """The ``rules`` section as written; compiled (and so checked) by :func:`compose`."""
+    sinks: dict[str, SinkConfig] = Field(default_factory=dict)
+    webhook: WebhookConfig | None = None
     secret_managers: dict[str, Any] = Field(default_factory=dict)  # resolved by pipeline.config.vault
     service: ServiceConfig = ServiceConfig()
     logging: LoggingConfig = LoggingConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     sections: dict[str, Any] = Field(default_factory=dict)
     """Validated sections owned by connectors, by top-level key (see :func:`compose`)."""
-
-    @field_validator("sinks")
-    @classmethod
-    def _sink_blocks(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for sid, block in v.items():
-            if not isinstance(block, Mapping) or "type" not in block:
-                raise ValueError(f"sink {sid!r} needs a 'type'")
-        return v
+    config_dir: Path | None = None
+    """The directory of the config file: relative paths in the file are relative to it."""
 
     def section(self, key: str, kind: type[M]) -> M:
         """The validated connector section ``key`` (its default when the file leaves it out).
@@ -134,12 +142,46 @@ class PipelineConfig(Model):
         return value
 
 
-RUNTIME_KEYS = frozenset(PipelineConfig.model_fields) - {"sections"}
+RUNTIME_KEYS = frozenset(PipelineConfig.model_fields) - INTERNAL_KEYS
 
 
-def compose(data: Mapping[str, Any]) -> PipelineConfig:
-    """Validate a resolved config mapping: the runtime's keys by :class:`PipelineConfig`, every other
-    top-level key by the connector model registered for it; all problems at once.
+def _lines(err: ConfigError) -> list[str]:
+    return str(err).splitlines()
+
+
+def _typed_components(core: dict[str, Any], base_dir: Path | None, problems: list[str]) -> None:
+    """Replace the sinks and webhook blocks with their validated models; compile the rules."""
+    sinks = core.get("sinks")
+    if isinstance(sinks, Mapping):
+        typed: dict[str, Any] = {}
+        for sid, block in sinks.items():
+            if not isinstance(block, Mapping):
+                problems.append(f"sinks.{sid}: expected a mapping with a 'type'")
+                continue
+            try:
+                typed[sid] = validate_sink(str(sid), block)[1]
+            except ConfigError as err:
+                problems += _lines(err)
+        core["sinks"] = typed
+    webhook = core.get("webhook")
+    if webhook is not None:
+        try:
+            core["webhook"] = parse_webhook_config(webhook)
+        except ConfigError as err:
+            problems += _lines(err)
+            del core["webhook"]
+    rules = core.get("rules")
+    if rules is None or isinstance(rules, Mapping):
+        try:
+            parse_rules_config(rules or {}, base_dir=base_dir)
+        except ConfigError as err:
+            problems += _lines(err)
+
+
+def compose(data: Mapping[str, Any], *, base_dir: Path | None = None) -> PipelineConfig:
+    """Validate a resolved config mapping: the runtime's keys by their components' models, every
+    other top-level key by the connector model registered for it; all problems at once. Relative
+    paths are anchored at ``base_dir`` (the config file's directory).
 
     Raises:
         ConfigError: one line per problem, each naming its key path; an unknown top-level key
@@ -149,25 +191,26 @@ def compose(data: Mapping[str, Any]) -> PipelineConfig:
     problems: list[str] = []
     parts: dict[str, Any] = {}
     core = {k: v for k, v in data.items() if k not in owned}
-    if "sections" in core:
-        problems.append("sections: unknown key")
-        del core["sections"]
+    for key in INTERNAL_KEYS & set(core):
+        problems.append(f"{key}: unknown key")
+        del core[key]
     for key, model in owned.items():
         if key in RUNTIME_KEYS:
             problems.append(f"{key}: a connector claims a runtime section; reinstall the package")
             continue
         block = data.get(key)
         try:
-            parts[key] = model.model_validate({} if block is None else block)
+            parts[key] = anchor_paths(model.model_validate({} if block is None else block), base_dir)
         except ValidationError as err:
             problems += [f"{key}.{line}" if not line.startswith("<root>") else f"{key}{line[6:]}"
                          for line in validation_error_lines(err, model)]  # fmt: skip
+    _typed_components(core, base_dir, problems)
     try:
         cfg = PipelineConfig.model_validate(core)
     except ValidationError as err:
         lines = validation_error_lines(err, PipelineConfig, extra_keys=tuple(owned))
-        problems = [*lines, *problems]
-        raise ConfigError("\n".join(problems)) from None
+        raise ConfigError("\n".join([*lines, *problems])) from None
     if problems:
         raise ConfigError("\n".join(problems))
-    return cfg.model_copy(update={"sections": parts})
+    cfg = anchor_paths(cfg, base_dir)
+    return cfg.model_copy(update={"sections": parts, "config_dir": base_dir})

@@ -15,18 +15,17 @@ import asyncio
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import cast
 
 from opentelemetry.trace import Link
 
 from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Consumer, Record, TopicPartition
 from pipeline.delivery.base import Delivery, Kind, PreparedBatch, PreparingSink, Sink, SinkConfig
+from pipeline.delivery.filters import SinkFilter
 from pipeline.errors import BusError
 from pipeline.observability.logs import get_logger
 from pipeline.observability.telemetry import get_telemetry
 from schemas.alert import SCHEMA as ALERT_SCHEMA
-from schemas.alert import severity_rank
 from schemas.codec import decode_document
 from schemas.errors import RecordError
 from schemas.event import SCHEMA as EVENT_SCHEMA
@@ -107,8 +106,7 @@ class BatchReader:
         self._poll_timeout = poll_timeout_secs
         # In memory at once: the batch being delivered and the next one, read ahead.
         self._max_bytes = min(config.batch_max_bytes, config.max_in_flight_bytes // 2)
-        self._globs = list(config.types)
-        self._min_rank = severity_rank(config.min_severity) if config.min_severity else None
+        self.filter = SinkFilter(config)
         self._carry: list[Record] = []
         self._next: asyncio.Task[Batch | None] | None = None  # the batch being read ahead
         self._released: list[object] = []  # freed when the next read ahead starts
@@ -222,11 +220,11 @@ class BatchReader:
         for (topic, partition), offset in last.items():
             batch.ends[TopicPartition(topic, partition)] = offset + 1
         decoded = [decode(rec) for rec in recs]
-        if str in set(map(type, decoded)) or self._globs or self._min_rank is not None:
+        if str in set(map(type, decoded)) or self.filter.filters:
             for rec, d in zip(recs, decoded, strict=True):
                 if isinstance(d, str):
                     batch.dead.append((rec, d, None))
-                elif self._keep(d):
+                elif self.filter.keep(d):
                     batch.pending.append(d)
                 else:
                     batch.filtered += 1
@@ -245,10 +243,3 @@ class BatchReader:
                 return i, size
             size += n
         return len(recs), size
-
-    def _keep(self, d: Delivery) -> bool:
-        if self._globs and not any(fnmatchcase(d.type, g) for g in self._globs):
-            return False
-        if self._min_rank is None or d.kind != "alert":
-            return True
-        return severity_rank(d.severity or "") >= self._min_rank

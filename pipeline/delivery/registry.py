@@ -81,13 +81,16 @@ def validate_sink(sink_id: str, block: Mapping[str, Any]) -> tuple[type[Any], Si
     return cls, config
 
 
-def build_sink(sink_id: str, block: Mapping[str, Any]) -> Sink:
-    """Build (not yet open) the sink ``sink_id`` from its config block; ``sink.config`` holds the model.
+def build_sink(sink_id: str, block: SinkConfig | Mapping[str, Any]) -> Sink:
+    """Build (not yet open) the sink ``sink_id`` from its validated config (or a raw block).
 
     Raises:
         ConfigError: see :func:`validate_sink`.
     """
-    cls, config = validate_sink(sink_id, block)
+    if isinstance(block, SinkConfig):
+        cls, config = sink_class(block.type, f"sinks.{sink_id}"), block
+    else:
+        cls, config = validate_sink(sink_id, block)
     sink = cls(sink_id, config)
     return cast(Sink, sink)
 

@@ -211,6 +211,10 @@ class SinkRunner:
         )
 
     # ---- driving -------------------------------------------------------------------------
+    def confirmed_all(self) -> bool:
+        """Whether the last :meth:`run_once` left nothing unconfirmed (no pending batch, circuit closed)."""
+        return self._batch is None and self._circuit.state is not CircuitState.OPEN
+
     async def run_once(self) -> RunStats:
         """Deliver everything up to the current end of the topics, commit, and return the counts.
 

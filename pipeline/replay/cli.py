@@ -8,13 +8,16 @@ import contextlib
 import signal
 import sys
 import time
+from dataclasses import replace
 from typing import IO, Any
 
 import orjson
 
-from pipeline.bus.base import Record
+from pipeline.bus.base import EVENTS_TOPIC, Record
+from pipeline.cli.base import CONFIG_HELP, config_path
 from pipeline.clock import SYSTEM_CLOCK
 from pipeline.errors import ConfigError
+from pipeline.replay.identity import IdentityIndex
 from pipeline.replay.scan import (
     TOPICS,
     ReplayStats,
@@ -38,7 +41,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "Time filters use the event time; --since also accepts 7d, 12h, 30m."
         ),
     )
-    p.add_argument("--config", "-c", required=True, help="the pipeline's YAML config (for the bus and sinks)")
+    p.add_argument("--config", "-c", help=f"the pipeline's YAML config (for the bus and sinks); {CONFIG_HELP}")
     p.add_argument("--topic", choices=sorted(TOPICS), default="events")
     p.add_argument("--since", help="start time: 2026-11-01T00:00Z, 2026-11-01, or relative 7d/12h/30m")
     p.add_argument("--until", help="end time (exclusive), same forms as --since")
@@ -94,9 +97,15 @@ def selection_from_args(args: argparse.Namespace) -> Selection:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of the command."""
-    from pipeline.config.loader import load_config
+    from pipeline.config.loader import load_config, resolve_under
 
-    cfg = load_config(args.config)
+    # Replay reads the bus and, with --to or --rules --deliver, sinks: it reads no other secret.
+    wanted: list[tuple[str, ...]] = [("bus",)]
+    if args.to_sink:
+        wanted.append(("sinks", args.to_sink))
+    if args.deliver:
+        wanted.append(("sinks",))
+    cfg = load_config(config_path(args.config), resolve=resolve_under(*wanted))
     sel = selection_from_args(args)
     if args.deliver and not args.rules:
         raise ConfigError("--deliver only applies with --rules")
@@ -128,6 +137,8 @@ async def _run(args: argparse.Namespace, cfg: Any, sel: Selection) -> int:
                 from pipeline.replay.deliver import redeliver
 
                 return await redeliver(bus, cfg, sel, stats, args.to_sink, progress.update)
+            if args.timeline:
+                sel = replace(sel, aliases=await identity_aliases(bus, args.timeline))
             if not (table or args.timeline):
                 async for values in scan_values(bus, sel, stats, progress=progress.update):
                     out.write(b"\n".join(values) + b"\n")
@@ -150,6 +161,15 @@ async def _run(args: argparse.Namespace, cfg: Any, sel: Selection) -> int:
             sys.stdout.flush()
     _summary(stats)
     return 130 if stats.interrupted else 0
+
+
+async def identity_aliases(bus: Any, entity: str) -> frozenset[str]:
+    """Every identifier the events link to ``entity`` (one pass over the events topic)."""
+    index = IdentityIndex()
+    async for batch in scan(bus, Selection(topic=EVENTS_TOPIC), ReplayStats()):
+        for _, body in batch:
+            index.learn(body)
+    return index.aliases(entity)
 
 
 def _summary(stats: ReplayStats) -> None:

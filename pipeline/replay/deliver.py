@@ -15,7 +15,8 @@ from typing import Any
 
 from pipeline.bus.base import Bus
 from pipeline.delivery.base import Delivery
-from pipeline.delivery.registry import build_sink, validate_sink
+from pipeline.delivery.filters import SinkFilter
+from pipeline.delivery.registry import build_sink
 from pipeline.delivery.runner import decode
 from pipeline.errors import PipelineError
 from pipeline.replay.scan import ReplayStats, Selection, scan
@@ -32,16 +33,24 @@ async def redeliver(
     attempts: int = 5,
 ) -> int:
     """Send the selected records to ``sink_id``; return the exit code (1 if anything was not delivered)."""
-    _, scfg = validate_sink(sink_id, cfg.sinks[sink_id])
-    sink = build_sink(sink_id, cfg.sinks[sink_id])
-    delivered = duplicates = failed = 0
+    scfg = cfg.sinks[sink_id]
+    subscription = SinkFilter(scfg)
+    if not subscription.reads(sel.topic):
+        print(f"replay --to {sink_id}: the sink does not read {sel.topic} (topics: {sorted(scfg.topics)}); "
+              "nothing to deliver", file=sys.stderr)  # fmt: skip
+        return 0
+    sink = build_sink(sink_id, scfg)
+    delivered = duplicates = failed = filtered = 0
     async with sink:
         async for batch in scan(bus, sel, stats, progress=progress, batch=scfg.batch_max_records):
             pending: list[Delivery] = []
             for rec, _ in batch:
                 d = decode(rec)
                 if isinstance(d, Delivery):
-                    pending.append(d)
+                    if subscription.keep(d):
+                        pending.append(d)
+                    else:
+                        filtered += 1
             for attempt in range(attempts):
                 if not pending:
                     break
@@ -68,7 +77,8 @@ async def redeliver(
                     await asyncio.sleep(0.5 * 2**attempt)
             failed += len(pending)
     print(
-        f"replay --to {sink_id}: delivered {delivered} (of which {duplicates} already present), failed {failed}",
+        f"replay --to {sink_id}: delivered {delivered} (of which {duplicates} already present), failed {failed}, "
+        f"filtered out by the sink's types/min_severity {filtered}",
         file=sys.stderr,
     )
     return 1 if failed else 0

@@ -171,11 +171,10 @@ async def replay_rules(
 async def _deliver(cfg: Any, alerts: list[Alert]) -> None:
     """Send re-run alerts to the sinks that subscribe to alerts (only with --deliver)."""
     from pipeline.delivery.base import Delivery
-    from pipeline.delivery.registry import build_sink, validate_sink
+    from pipeline.delivery.registry import build_sink
     from pipeline.delivery.runner import decode
 
-    for sid, block in cfg.sinks.items():
-        _, scfg = validate_sink(sid, block)
+    for sid, scfg in cfg.sinks.items():
         if "alerts" not in scfg.topics or not scfg.enabled:
             continue
         deliveries = []
@@ -183,7 +182,7 @@ async def _deliver(cfg: Any, alerts: list[Alert]) -> None:
             d = decode(Record(ALERTS_TOPIC, 0, 0, 0, a.workspace.id.encode(), a.to_json()))
             if isinstance(d, Delivery):
                 deliveries.append(d)
-        async with build_sink(sid, block) as sink:
+        async with build_sink(sid, scfg) as sink:
             result = await sink.send(deliveries)
         print(f"replay --rules --deliver: {sid}: {len(deliveries) - len(result.failures)} delivered", file=sys.stderr)
 

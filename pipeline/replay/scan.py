@@ -86,6 +86,8 @@ class Selection:
     target: str | None = None
     min_severity: str | None = None
     entity: str | None = None
+    aliases: frozenset[str] = frozenset()
+    """The entity's other identifiers (``--timeline``: see :mod:`pipeline.replay.identity`)."""
     limit: int | None = None
 
     @property
@@ -127,7 +129,7 @@ class Selection:
             sev = (body.get("rule") or {}).get("severity")
             if sev is None or severity_rank(sev) < severity_rank(self.min_severity):
                 return False
-        return self.entity is None or touches(body, self.entity)
+        return self.entity is None or touches(body, self.entity, self.aliases)
 
 
 def event_time(body: dict[str, Any]) -> float | None:
@@ -144,9 +146,10 @@ def event_time(body: dict[str, Any]) -> float | None:
 _ENTITY_FIELDS = ("email", "key_fingerprint", "user_email", "value", "sub_workspace_id", "target_hook_url", "name")
 
 
-def touches(body: dict[str, Any], entity: str) -> bool:
-    """True when ``entity`` (a user, key, member, IP, email, fingerprint…) appears in the event's who/what."""
-    e = entity.lower()
+def touches(body: dict[str, Any], entity: str, aliases: frozenset[str] = frozenset()) -> bool:
+    """True when ``entity`` (a user, key, member, IP, email, fingerprint…) or one of its ``aliases``
+    (lower-cased) appears in the event's who/what."""
+    names = aliases | {entity.lower()}
     a = body.get("actor") or {}
     t = body.get("target") or {}
     candidates: list[Any] = [a.get("user_id"), a.get("user_name"), a.get("api_key_id"), a.get("ip")]
@@ -156,7 +159,7 @@ def touches(body: dict[str, Any], entity: str) -> bool:
     candidates += [x.get("id") for x in body.get("entities") or []] + [
         x.get("name") for x in body.get("entities") or []
     ]
-    return any(isinstance(c, str) and c.lower() == e for c in candidates)
+    return any(isinstance(c, str) and c.lower() in names for c in candidates)
 
 
 @dataclass

@@ -14,11 +14,12 @@ from typing import Any
 
 import yaml
 
+from pipeline.cli.exit_codes import Exit
 from pipeline.errors import ConfigError
 from pipeline.rules.config import parse_rules_config
 from pipeline.rules.packs import rule_packs
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = Exit.OK, Exit.FINDINGS, Exit.USAGE
 
 
 def read_rules_file(path: str | None) -> tuple[dict[str, Any], Path | None]:

@@ -24,6 +24,8 @@ class Source(Protocol):
     """One polling source (an async context manager)."""
 
     source_id: str
+    last_failures: dict[str, str]
+    """Streams the last ``poll_once`` could not read → a short reason without secrets."""
 
     async def __aenter__(self) -> Self:
         """Open sessions and fence the source's bus writer."""

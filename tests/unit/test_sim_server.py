@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from connectors.instantly.sim import DEMO_INCIDENT, InstantlySimulator, serve
+from connectors.instantly.sim.server import Rehearsal
 from pipeline.clock import FakeClock
 
 pytestmark = pytest.mark.asyncio
@@ -51,20 +52,19 @@ async def test_stop_frees_the_port() -> None:
                 pass
 
 
-async def test_serve_runs_the_demo_until_cancelled(caplog: pytest.LogCaptureFixture) -> None:
-    """serve() starts the demo world and scenario, answers the logged poller key, and stops on cancel."""
-    caplog.set_level("INFO", logger="connectors.instantly.sim.server")
-    task = asyncio.create_task(serve("127.0.0.1", 0, DEMO_INCIDENT, 1))
+async def test_serve_runs_the_demo_until_cancelled() -> None:
+    """serve() starts the demo world and scenario, hands over the URL and keys, answers them, and stops on cancel."""
+    ready: list[Rehearsal] = []
+    task = asyncio.create_task(serve("127.0.0.1", 0, DEMO_INCIDENT, 1, on_ready=ready.append))
     for _ in range(200):
-        if len(caplog.records) >= 2:
+        if ready:
             break
         await asyncio.sleep(0.01)
-    url = re.search(r"http://\S+", caplog.records[0].getMessage())
-    secret = caplog.records[1].getMessage().rsplit(" ", 1)[-1]
-    assert url is not None
+    url, secret = ready[0].base_url + "/api/v2", ready[0].world.poller_key.key
+    assert ready[0].admin_key.key != secret and "api_keys:all" in ready[0].admin_key.scopes
     async with (
         aiohttp.ClientSession() as session,
-        session.get(url.group(0) + "/workspaces/current", headers={"Authorization": f"Bearer {secret}"}) as resp,
+        session.get(url + "/workspaces/current", headers={"Authorization": f"Bearer {secret}"}) as resp,
     ):
         assert (await resp.json())["name"] == "Acme Outreach"
     task.cancel()

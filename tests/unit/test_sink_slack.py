@@ -17,7 +17,7 @@ from pipeline.bus.sqlite import SqliteBus
 from pipeline.config.base import EnvValue, validate_block
 from pipeline.config.loader import parse_config
 from pipeline.delivery.base import Delivery, Sink
-from pipeline.delivery.registry import register_sink, unregister_sink, validate_sink
+from pipeline.delivery.registry import register_sink, sink_class, unregister_sink
 from pipeline.delivery.runner import SinkRunner, decode
 from pipeline.errors import BackpressureError, ConfigError, SinkError
 from schemas import Entity
@@ -244,7 +244,8 @@ sinks:
     config = parse_config(text, env={}, base_dir=tmp_path)
     register_sink("slack", SlackSink)
     try:
-        cls, sink_cfg = validate_sink("secops-slack", config.sinks["secops-slack"])
+        sink_cfg = config.sinks["secops-slack"]
+        cls = sink_class(sink_cfg.type)
     finally:
         unregister_sink("slack")
     assert cls is SlackSink

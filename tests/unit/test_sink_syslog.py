@@ -16,7 +16,7 @@ from connectors.syslog import SyslogSink, SyslogSinkConfig
 from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Record
 from pipeline.config.loader import parse_config
 from pipeline.delivery.base import Delivery, Sink
-from pipeline.delivery.registry import register_sink, unregister_sink, validate_sink
+from pipeline.delivery.registry import register_sink, sink_class, unregister_sink
 from pipeline.delivery.runner import decode
 from pipeline.errors import ConfigError, SinkError
 from tests.unit.test_formats_native import WS, sample_alert, sample_events
@@ -226,7 +226,8 @@ sinks:
     config = parse_config(text, env={})
     register_sink("syslog", SyslogSink)
     try:
-        cls, sink_cfg = validate_sink("qradar", config.sinks["qradar"])
+        sink_cfg = config.sinks["qradar"]
+        cls = sink_class(sink_cfg.type)
     finally:
         unregister_sink("syslog")
     assert cls is SyslogSink

@@ -54,7 +54,7 @@ webhook:
 """
     cfg = parse_config(text, env={"HOOK_A": SECRET_A, "HOOK_B": SECRET_B})
     assert cfg.webhook is not None
-    w = parse_webhook_config(cfg.webhook)
+    w = cfg.webhook
     src = w.sources["crm"]
     assert [s.get_secret_value() for s in src.secrets] == [SECRET_A, SECRET_B]
     assert "company_name" in src.options.kept_fields() and "email_subject" in src.options.kept_fields()
@@ -68,7 +68,7 @@ def test_secrets_file_gives_one_secret(tmp_path: Any) -> None:
     text = "webhook:\n  sources:\n    crm:\n      workspace_id: ws-1\n      secrets_file: hook\n"
     cfg = parse_config(text, env={}, base_dir=tmp_path)
     assert cfg.webhook is not None
-    w = parse_webhook_config(cfg.webhook)
+    w = cfg.webhook
     assert [s.get_secret_value() for s in w.sources["crm"].secrets] == [SECRET_A]
 
 

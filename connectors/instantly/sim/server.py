@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -27,7 +29,7 @@ from .faults import Faults
 from .models import ApiKey, Workspace
 from .ratelimit import RateLimiter
 from .scenario import Scenario, ScenarioRunner
-from .seed import demo_world
+from .seed import DemoWorld, demo_world
 from .state import SimState
 
 log = logging.getLogger(__name__)
@@ -158,14 +160,42 @@ class InstantlySimulator:
         )
 
 
+ADMIN_SCOPES = ("api_keys:all", "workspaces:read", "workspace_members:read")
+"""Scopes of the simulator's admin key: enough to rehearse ``keys rotate``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rehearsal:
+    """What ``simulate`` tells a newcomer: where the API is and the (fake) keys to use."""
+
+    base_url: str
+    """What a workspace's ``base_url`` should be (the API paths start with ``/api/v2`` below it)."""
+    world: DemoWorld
+    admin_key: ApiKey
+
+
 async def serve(
-    host: str = "127.0.0.1", port: int = 8787, scenario_path: str | Path | None = None, seed: int = 0
+    host: str = "127.0.0.1",
+    port: int = 8787,
+    scenario_path: str | Path | None = None,
+    seed: int = 0,
+    on_ready: Callable[[Rehearsal], None] | None = None,
 ) -> None:
-    """Run the simulator with the demo world (and an optional scenario) until cancelled."""
+    """Run the simulator with the demo world (and an optional scenario) until cancelled.
+
+    ``on_ready`` is called once the port is open, with the URL and the keys (fake secrets).
+
+    Raises:
+        OSError: the port cannot be bound (e.g. already in use).
+    """
     async with InstantlySimulator(host, port, seed=seed) as sim:
         world = demo_world(sim.state)
+        admin = sim.state.create_api_key(
+            world.workspace.id, "key-admin (simulator)", list(ADMIN_SCOPES), alias="admin-key"
+        )
         if scenario_path is not None:
             sim.start_scenario(scenario_path)
         log.info("Instantly simulator listening on %s (workspace %s)", sim.api_url, world.workspace.id)
-        log.info("Simulated poller key (fake secret): %s", world.poller_key.key)
+        if on_ready is not None:
+            on_ready(Rehearsal(sim.url, world, admin))
         await asyncio.Event().wait()

@@ -1,0 +1,131 @@
+"""The CLI's promises: one exit-code contract, configs checked without secrets, relative paths
+anchored at the config file, a default config path, JSON output and shell completion."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from connectors.instantly.config import workspaces
+from pipeline.cli.exit_codes import Exit
+from pipeline.cli.main import main
+from pipeline.config.loader import load_config, resolve_nothing, resolve_under
+from pipeline.config.model import SqliteBusConfig
+
+CONFIG = """\
+bus: {type: sqlite, path: data/bus.db}
+workspaces:
+  acme:
+    api_key: ${INSTANTLY_KEY}
+sinks:
+  archive: {type: jsonl, path: out/events.jsonl}
+  siem: {type: splunk_hec, url: "https://splunk.example:8088", token: "${HEC_TOKEN}"}
+"""
+
+
+@pytest.fixture
+def cfg_file(tmp_path: Path) -> Path:
+    path = tmp_path / "conf" / "pipeline.yaml"
+    path.parent.mkdir()
+    path.write_text(CONFIG)
+    return path
+
+
+def test_exit_codes_are_one_contract() -> None:
+    """0 ok, 1 findings/failed run, 2 usage, 3 could not run to the end, 130 interrupted."""
+    assert [int(e) for e in Exit] == [0, 1, 2, 3, 130]
+
+
+def test_no_environment_checks_structure_without_secrets(
+    cfg_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``config validate --no-environment`` passes with no variable set; without it, the missing one is named."""
+    monkeypatch.delenv("INSTANTLY_KEY", raising=False)
+    monkeypatch.delenv("HEC_TOKEN", raising=False)
+    assert main(["config", "validate", str(cfg_file), "--no-environment"]) == Exit.OK
+    assert "structure only" in capsys.readouterr().out
+    assert main(["config", "validate", str(cfg_file)]) == Exit.USAGE
+    assert "environment variable INSTANTLY_KEY is not set" in capsys.readouterr().err
+
+
+def test_no_environment_still_reports_structural_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A typo in a nested key fails even when no secret is read, with a did-you-mean."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(CONFIG.replace("path: out/events.jsonl", "pathh: out/events.jsonl"))
+    assert main(["config", "validate", str(bad), "--no-environment"]) == Exit.USAGE
+    assert "sinks.archive.pathh: unknown key (did you mean 'path'?)" in capsys.readouterr().err
+
+
+def test_config_validate_json(cfg_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--format json`` prints one JSON document with the verdict and warnings."""
+    assert main(["config", "validate", str(cfg_file), "--no-environment", "--format", "json"]) == Exit.OK
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["valid"] is True and doc["environment"] is False and "1 workspace" in doc["summary"]
+
+
+def test_empty_config_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty file validates (all defaults) but says nothing will be polled or delivered."""
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert main(["config", "validate", str(empty)]) == Exit.OK
+    err = capsys.readouterr().err
+    assert "nothing will reach the bus" in err and "no sinks" in err
+
+
+def test_relative_paths_are_relative_to_the_config_file(cfg_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bus.path and sink paths resolve against the config's directory, wherever the command runs."""
+    monkeypatch.chdir(cfg_file.parent.parent)
+    cfg = load_config(cfg_file, resolve=resolve_nothing)
+    assert isinstance(cfg.bus, SqliteBusConfig)
+    assert cfg.bus.path == cfg_file.parent.resolve() / "data" / "bus.db"
+    assert cfg.sinks["archive"].path == str(cfg_file.parent.resolve() / "out" / "events.jsonl")  # type: ignore[attr-defined]
+    assert cfg.config_dir == cfg_file.parent.resolve()
+
+
+def test_commands_read_only_the_secrets_they_use(cfg_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading only ``sinks.siem``'s references needs HEC_TOKEN, not the Instantly key."""
+    monkeypatch.delenv("INSTANTLY_KEY", raising=False)
+    monkeypatch.setenv("HEC_TOKEN", "hec-token-value-000000000000")
+    cfg = load_config(cfg_file, resolve=resolve_under(("bus",), ("sinks", "siem")))
+    assert cfg.sinks["siem"].token.get_secret_value() == "hec-token-value-000000000000"  # type: ignore[attr-defined]
+    assert workspaces(cfg)["acme"].api_key.get_secret_value().startswith("unresolved-")
+
+
+def test_default_config_path(
+    cfg_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$INSTANTLY_AUDIT_CONFIG, then ./instantly-audit.yaml; neither: one line naming both."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("INSTANTLY_AUDIT_CONFIG", raising=False)
+    assert main(["config", "validate", "--no-environment"]) == Exit.USAGE
+    assert "INSTANTLY_AUDIT_CONFIG" in capsys.readouterr().err
+    monkeypatch.setenv("INSTANTLY_AUDIT_CONFIG", str(cfg_file))
+    assert main(["config", "validate", "--no-environment"]) == Exit.OK
+    monkeypatch.delenv("INSTANTLY_AUDIT_CONFIG")
+    (tmp_path / "instantly-audit.yaml").write_text("bus: {type: sqlite}\n")
+    assert main(["config", "validate"]) == Exit.OK
+    assert "instantly-audit.yaml: ok" in capsys.readouterr().out
+
+
+def test_check_sinks_failure_is_a_failed_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unreachable sink under ``--check-sinks`` exits 1 (a failed check), not 2 (a config error)."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text('sinks:\n  es: {type: elasticsearch, url: "http://127.0.0.1:9"}\n')
+    assert main(["config", "validate", str(cfg), "--check-sinks"]) == Exit.FINDINGS
+    err = capsys.readouterr().err
+    assert "sink check failed: sinks.es" in err and "config error" not in err
+
+
+def test_shell_completion(capsys: pytest.CaptureFixture[str]) -> None:
+    """``completion bash`` prints a script that knows the sub-commands."""
+    assert main(["completion", "bash"]) == Exit.OK
+    out = capsys.readouterr().out
+    assert "instantly-audit" in out and "replay" in out and "config" in out
+
+
+def test_log_level_flag_is_accepted(cfg_file: Path) -> None:
+    """``-v`` and ``--log-level`` are global flags."""
+    assert main(["-v", "config", "validate", str(cfg_file), "--no-environment"]) == Exit.OK
+    assert main(["--log-level", "warning", "config", "validate", str(cfg_file), "--no-environment"]) == Exit.OK
