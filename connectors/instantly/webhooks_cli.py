@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from connectors.instantly.api import WEBHOOKS, page_limit
 from connectors.instantly.client import InstantlyClient
 from connectors.instantly.config import WorkspaceConfig, workspaces
 from connectors.instantly.normalize import webhook_attributes
@@ -34,7 +35,6 @@ from pipeline.errors import ConfigError, SourceError
 from pipeline.observability.logs import register_secret
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_FINDINGS = 0, 1, 2, 3
-WEBHOOKS_PATH = "/api/v2/webhooks"
 
 
 @dataclass
@@ -120,7 +120,7 @@ async def check_workspace(
     report = WorkspaceReport(name)
     try:
         async with InstantlyClient(wcfg) as client:
-            hooks = await client.get_all(WEBHOOKS_PATH)
+            hooks = await client.get_all(WEBHOOKS.path, limit=page_limit(WEBHOOKS))
     except SourceError as err:
         report.error = f"{type(err).__name__}: {err}"
         return report

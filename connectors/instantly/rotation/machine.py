@@ -1,65 +1,36 @@
-"""Rotate one Instantly API key without downtime, resumably: ``instantly-audit keys rotate NAME``.
+"""The rotation of one key, step by step: :class:`KeyRotation` (the steps are in the package docstring).
 
-Steps, each recorded in a journal before the next begins::
-
-    planned → created(new key id, fingerprint) → verified → stored → confirmed → done (old key deleted)
-
-1. **planned** — the one live key called NAME is found with the *admin* key (never the
-   pipeline's read-only key); the new scopes are its scopes, or ``--scopes`` if they only narrow them.
-2. **created** — ``POST /api/v2/api-keys`` with the same name; the secret is shown once and
-   lives only in memory until it is stored.
-3. **verified** — a read call authenticates with the new key (401 → retried, then the new key is
-   deleted and the rotation aborted; 402/403 still prove the key is live).
-4. **stored** — written to the destination: a file (atomic replace, mode 0600) or a Vault KV v2
-   field (check-and-set), then read back and compared by fingerprint.
-5. **confirmed** — ``--confirm`` (an operator saw the consumers switch) or the grace period elapsed.
-6. **done** — the new key is verified once more from the destination, then the old key is deleted.
-
-Resuming (run the same command again) continues from the last completed step. A new key whose
-secret was lost in an interruption (after *created*, before *stored*) is recovered from the
-destination when it got there, otherwise deleted and created again, so a rotation never ends
-with two live keys named NAME or with none, and the destination always holds a live key.
-Before creating, keys named NAME that an interrupted create left behind are deleted.
-
-The journal (JSON, mode 0600, atomically replaced, with a lock file so two runs cannot
-interleave) holds ids, fingerprints and times — never a key. The poller sees the rotation as
-``api_key.created`` / ``api_key.deleted`` snapshot events (and audit records 37/38), which
-resolve ``api_key.stale`` and ``api_key.rotation_incomplete`` for the old key.
+Each step is recorded in the journal before the next begins, so running the same command again
+resumes where an interruption stopped; ``hook`` is called at :data:`HOOK_POINTS` (tests interrupt
+there) and ``out`` receives human-readable progress lines.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import hashlib
-import os
-import re
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-import orjson
-from pydantic import Field, SecretStr
+from pydantic import SecretStr
 
+from connectors.instantly.api import WORKSPACE
 from connectors.instantly.client import InstantlyClient, SessionFactory
 from connectors.instantly.config import WorkspaceConfig
-from connectors.instantly.streams import SNAPSHOT_PATHS, WORKSPACE_PATH
+from connectors.instantly.rotation.destinations import Destination
+from connectors.instantly.rotation.errors import RotationError
+from connectors.instantly.rotation.journal import JOURNAL_VERSION, STEPS, Journal, journal_lock
+from connectors.instantly.rotation.lookup import KEYS_PATH, keys_named, plan_document
 from pipeline.clock import Clock, format_time, parse_time
-from pipeline.config.base import Model, Secret
-from pipeline.config.vault import SecretSourceError, VaultKV, VaultRef, VaultSettings, parse_vault_ref
-from pipeline.errors import AuthError, ConfigError, NotFoundError, PipelineError, SourceError, UpstreamError
+from pipeline.errors import AuthError, ConfigError, NotFoundError, SourceError, UpstreamError
 from pipeline.observability.logs import get_logger, register_secret
 from schemas.ids import fingerprint_secret
 
 log = get_logger("instantly.rotation")
 
-KEYS_PATH = SNAPSHOT_PATHS["api_keys"]
-STEPS = ("planned", "created", "verified", "stored", "confirmed", "done")
-State = Literal["planned", "created", "verified", "stored", "confirmed", "done", "aborted"]
-JOURNAL_VERSION = 1
 ORPHAN_SKEW_SECS = 300.0
 """A key named NAME created this long before the plan (clock skew) still counts as our orphan."""
 Hook = Callable[[str], None]
@@ -69,270 +40,6 @@ HOOK_POINTS = ("planned", "create:sent", "created", "verified", "store:written",
 """Where :class:`KeyRotation` calls its hook (tests interrupt there)."""
 
 
-class RotationError(PipelineError):
-    """The rotation cannot go on safely; the message says what to do."""
-
-
-# ---------------------------------------------------------------------------------- destinations
-class Destination(Protocol):
-    """Where the new key is written (and read back from)."""
-
-    def describe(self) -> str:
-        """A label without any secret (``file:/run/secrets/x``)."""
-        ...
-
-    async def write(self, secret: str) -> None:
-        """Store ``secret`` (replacing the previous key)."""
-        ...
-
-    async def read(self) -> str | None:
-        """The stored key, or None when there is none."""
-        ...
-
-
-class FileDestination:
-    """A file holding only the key (Docker secrets, a ``*_file`` the pipeline reads): 0600, replaced atomically."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def describe(self) -> str:
-        """``file:<path>``."""
-        return f"file:{self.path}"
-
-    async def write(self, secret: str) -> None:
-        """Write to a temporary 0600 file in the same directory, fsync, rename over the target, fsync the directory.
-
-        Raises:
-            RotationError: the file cannot be written.
-        """
-        try:
-            await asyncio.to_thread(_atomic_write, self.path, secret.encode("utf-8") + b"\n")
-        except OSError as err:
-            raise RotationError(f"cannot write {self.describe()}: {err.strerror or type(err).__name__}") from None
-
-    async def read(self) -> str | None:
-        """The key in the file (trailing newline stripped), or None.
-
-        Raises:
-            RotationError: the file exists but cannot be read.
-        """
-        try:
-            text = await asyncio.to_thread(self.path.read_text, "utf-8")
-        except FileNotFoundError:
-            return None
-        except (OSError, UnicodeDecodeError) as err:
-            raise RotationError(f"cannot read {self.describe()}: {type(err).__name__}") from None
-        return text.rstrip("\r\n") or None
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)  # explicit, whatever the umask
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-class VaultDestination:
-    """One field of a Vault KV v2 secret (other fields kept; check-and-set write)."""
-
-    def __init__(self, kv: VaultKV, ref: VaultRef):
-        self.kv = kv
-        self.ref = ref
-
-    def describe(self) -> str:
-        """``vault:<mount>/<path>#<field>``."""
-        return f"vault:{self.ref}"
-
-    async def write(self, secret: str) -> None:
-        """Write the field.
-
-        Raises:
-            RotationError: Vault refused or is unreachable.
-        """
-        try:
-            await asyncio.to_thread(self.kv.write, self.ref, secret)
-        except SecretSourceError as err:
-            raise RotationError(f"cannot store the key: {err.message}") from None
-
-    async def read(self) -> str | None:
-        """The field's value, or None when the secret or field does not exist.
-
-        Raises:
-            RotationError: Vault refused or is unreachable.
-        """
-        try:
-            data, _ = await asyncio.to_thread(self.kv.read_data, self.ref)
-        except SecretSourceError as err:
-            if err.status == 404:
-                return None
-            raise RotationError(f"cannot read the stored key: {err.message}") from None
-        value = data.get(self.ref.field)
-        return value if isinstance(value, str) and value else None
-
-
-def parse_destination(spec: Any, *, vault: Callable[[], VaultSettings] | None, base_dir: Path) -> Destination:
-    """``file:PATH`` / ``{type: file, path}`` or ``vault:<mount>/<path>#<field>`` / ``{type: vault, ref}``.
-
-    Raises:
-        ConfigError: the destination is malformed, or Vault is used without ``secret_managers.vault``.
-    """
-    kind, target = None, None
-    if isinstance(spec, str):
-        kind, _, target = spec.partition(":")
-    elif isinstance(spec, Mapping):
-        kind = spec.get("type")
-        target = spec.get("path") if kind == "file" else spec.get("ref")
-    if kind == "file" and isinstance(target, str) and target:
-        p = Path(target)
-        return FileDestination(p if p.is_absolute() else base_dir / p)
-    if kind == "vault" and target is not None:
-        if vault is None:
-            raise ConfigError("a vault: destination needs secret_managers.vault (url and token)")
-        try:
-            ref = parse_vault_ref(target)
-        except ValueError as err:
-            raise ConfigError(f"destination: {err}") from None
-        return VaultDestination(VaultKV(vault()), ref)
-    raise ConfigError("destination must be file:PATH or vault:<mount>/<path>#<field> (or {type: file|vault, ...})")
-
-
-# -------------------------------------------------------------------------------------- settings
-class KeyRotationConfig(Model):
-    """``rotation.keys.<NAME>``: where one key lives."""
-
-    workspace: str | None = None
-    destination: str | dict[str, Any]
-    scopes: list[str] | None = None
-    admin_api_key: Secret | None = None
-
-
-class RotationSettings(Model):
-    """The ``rotation`` config section."""
-
-    admin_api_key: Secret | None = None
-    journal_dir: Path = Path("data/rotation")
-    grace_period_secs: float = Field(900.0, ge=0, le=30 * 86_400)
-    verify_attempts: int = Field(5, ge=1, le=50)
-    verify_delay_secs: float = Field(2.0, ge=0, le=300)
-    keys: dict[str, KeyRotationConfig] = Field(default_factory=dict)
-
-
-def covers(old: Sequence[str], scope: str) -> bool:
-    """Whether ``old`` scopes already grant everything ``scope`` grants (``all`` is a wildcard on either side)."""
-    resource, _, action = scope.partition(":")
-    if scope in old or "all:all" in old:
-        return True
-    if resource == "all":
-        return False  # all:<action> is covered only by itself or all:all
-    if action == "all":
-        return f"{resource}:all" in old
-    return f"{resource}:all" in old or f"all:{action}" in old
-
-
-_SCOPE = re.compile(r"^[a-z_-]+:(all|create|read|update|delete)$")
-
-
-def check_scopes(requested: Sequence[str], old: Sequence[str]) -> list[str]:
-    """Validate ``--scopes``: well-formed and only narrowing the old key's scopes.
-
-    Raises:
-        ConfigError: a scope is malformed or widens the key.
-    """
-    bad = [s for s in requested if not _SCOPE.match(s)]
-    if bad:
-        raise ConfigError(f"--scopes: not a scope: {', '.join(bad)} (form <resource>:<all|create|read|update|delete>)")
-    wider = [s for s in requested if not covers(old, s)]
-    if wider:
-        raise ConfigError(f"--scopes may only narrow the key; the old key does not grant {', '.join(wider)}")
-    if not requested:
-        raise ConfigError("--scopes: give at least one scope")
-    return sorted(set(requested))
-
-
-# --------------------------------------------------------------------------------------- journal
-def journal_path(journal_dir: Path, workspace: str, name: str) -> Path:
-    """``<dir>/<workspace>--<name>-<hash>.json`` (the name made file-safe; the hash keeps names distinct)."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60]
-    digest = hashlib.sha256(f"{workspace}\0{name}".encode()).hexdigest()[:8]
-    return journal_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', workspace)}--{safe}-{digest}.json"
-
-
-class Journal:
-    """The rotation's persistent state (no secrets); every :meth:`record` is an atomic 0600 replace."""
-
-    def __init__(self, path: Path, doc: dict[str, Any]):
-        self.path = path
-        self.doc = doc
-
-    @property
-    def state(self) -> State:
-        """The last completed step (or ``aborted``)."""
-        state: State = self.doc["state"]
-        return state
-
-    @classmethod
-    def load(cls, path: Path) -> Journal | None:
-        """The journal at ``path``, or None.
-
-        Raises:
-            RotationError: it exists but is not a journal of this version.
-        """
-        try:
-            doc = orjson.loads(path.read_bytes())
-        except FileNotFoundError:
-            return None
-        except (OSError, orjson.JSONDecodeError) as err:
-            raise RotationError(f"rotation journal {path} is unreadable ({type(err).__name__}); inspect it") from None
-        if not isinstance(doc, dict) or doc.get("v") != JOURNAL_VERSION or doc.get("state") not in (*STEPS, "aborted"):
-            raise RotationError(f"{path} is not a rotation journal (version {JOURNAL_VERSION})")
-        return cls(path, doc)
-
-    def record(self, state: State, now: float, **fields: Any) -> None:
-        """Complete a step: set ``state`` and ``fields``, append to ``steps``, write atomically."""
-        self.doc.update(fields)
-        self.doc["state"] = state
-        self.doc.setdefault("steps", []).append({"step": state, "at": format_time(now), **fields})
-        _atomic_write(self.path, orjson.dumps(self.doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-        log.info("Rotation step completed.", extra={"step": state, "key_name": self.doc.get("key_name"),
-                                                    "workspace": self.doc.get("workspace"), **fields})  # fmt: skip
-
-
-@contextlib.contextmanager
-def journal_lock(path: Path) -> Iterator[None]:
-    """An exclusive, non-blocking lock next to the journal.
-
-    Raises:
-        RotationError: another rotation of the same key holds it.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.with_suffix(path.suffix + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RotationError(f"another rotation holds {path}.lock; wait for it to finish") from None
-        yield
-    finally:
-        os.close(fd)
-
-
-# -------------------------------------------------------------------------------------- rotation
 @dataclass(frozen=True)
 class Outcome:
     """How a run ended: ``done``, ``pending`` (waiting for confirmation) or ``planned`` (dry run)."""
@@ -342,8 +49,7 @@ class Outcome:
     journal: Path
 
 
-def _fp(secret: str) -> str:
-    return fingerprint_secret(secret)
+_fp = fingerprint_secret
 
 
 class KeyRotation:
@@ -416,7 +122,7 @@ class KeyRotation:
             f"Rotation plan for API key '{self.name}' in workspace {self.source_id} ({doc['workspace_id']}):",
             f"  1. create a new key '{self.name}' with scopes: {', '.join(doc['scopes'])}"
             + ("" if doc["scopes"] == doc["old_scopes"] else f" (old: {', '.join(doc['old_scopes'])})"),
-            f"  2. verify it with a read call (GET {WORKSPACE_PATH})",
+            f"  2. verify it with a read call (GET {WORKSPACE.path})",
             f"  3. store it in {self.destination.describe()}",
             "  4. wait for --confirm" + (f" or the grace period ({self.grace_secs:g} s)" if not self.confirm else ""),
             f"  5. delete the old key {doc['old_key_id']}",
@@ -481,33 +187,12 @@ class KeyRotation:
                                 f"{self.destination.describe()}; finish it with the same --destination")  # fmt: skip
 
     async def _named(self, client: InstantlyClient) -> list[dict[str, Any]]:
-        return [k for k in await client.get_all(KEYS_PATH, limit=100) if k.get("name") == self.name]
+        return await keys_named(client, self.name)
 
     async def _find(self, client: InstantlyClient) -> dict[str, Any]:
-        ws = await client.get(WORKSPACE_PATH)
-        keys = await self._named(client)
-        if not keys:
-            raise RotationError(f"no API key named '{self.name}' in workspace {self.source_id}")
-        if len(keys) > 1:
-            ids = ", ".join(str(k.get("id")) for k in keys)
-            raise RotationError(f"{len(keys)} API keys are named '{self.name}' ({ids}); rename or delete the "
-                                "extra ones first (rotation finds the key by name)")  # fmt: skip
-        old = keys[0]
-        old_value = old.get("key")
-        if isinstance(old_value, str) and old_value == self.admin.api_key.get_secret_value():
-            raise RotationError(f"'{self.name}' is the admin key itself; rotate the admin key by hand")
-        old_scopes = sorted({str(s) for s in old.get("scopes") or []})
-        scopes = check_scopes(self.scopes, old_scopes) if self.scopes is not None else old_scopes
-        return {
-            "workspace": self.source_id,
-            "workspace_id": ws.get("id"),
-            "key_name": self.name,
-            "old_key_id": str(old["id"]),
-            "old_key_fingerprint": _fp(old_value) if isinstance(old_value, str) and "*" not in old_value else None,
-            "old_scopes": old_scopes,
-            "scopes": scopes,
-            "destination": self.destination.describe(),
-        }
+        return await plan_document(client, name=self.name, source_id=self.source_id,
+                                   admin_secret=self.admin.api_key.get_secret_value(), scopes=self.scopes,
+                                   destination=self.destination.describe())  # fmt: skip
 
     async def _create(self, client: InstantlyClient, j: Journal) -> None:
         await self._delete_orphans(client, j)
@@ -581,7 +266,7 @@ class KeyRotation:
         for attempt in range(self.verify_attempts):
             try:
                 async with self._client(secret, retries=2) as probe:
-                    await probe.get(WORKSPACE_PATH)
+                    await probe.get(WORKSPACE.path)
                 return True
             except AuthError:
                 if attempt + 1 < self.verify_attempts:
