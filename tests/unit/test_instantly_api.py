@@ -140,6 +140,17 @@ async def test_exactly_the_table_scopes_read_every_stream() -> None:
                 await _read(short, s)
 
 
+def test_the_connector_doc_shows_the_table() -> None:
+    """``docs/instantly-connector.md`` has one row per stream with the table's path and scope."""
+    doc = (ROOT / "docs" / "instantly-connector.md").read_text(encoding="utf-8")
+    for s in api.STREAMS:
+        row = f"| `{s.name}` | `{s.path}` | `{s.scope}` |"
+        assert row in doc, row
+    assert " ".join(sorted(api.read_scopes(NAMES))) == " ".join(
+        sorted(re.findall(r"\b[a-z_]+:read\b", doc.split("```")[1]))
+    )
+
+
 # ------------------------------------------------------------------------- no copies elsewhere
 def _client_modules() -> list[Path]:
     return [
