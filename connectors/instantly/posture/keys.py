@@ -1,5 +1,4 @@
-"""The one-shot checks of API keys: the pipeline's own key holds exactly the read scopes it needs, and no key
-is shared by several integrations.
+"""The one-shot checks of API keys: the pipeline's key holds exactly the scopes it needs; no key is shared.
 
 ``api_key.pipeline_scopes`` compares the pipeline's key (recognised by
 :func:`~connectors.instantly.posture.snapshot.identify_own_key`) with the read scopes of its
