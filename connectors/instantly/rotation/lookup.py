@@ -1,14 +1,20 @@
-"""The key a rotation replaces, found by name with the admin key, and the plan recorded before the first step."""
+"""What a rotation reads from Instantly: the key it replaces, the plan, and whether a key authenticates.
+
+The key is found by name with the admin key; the plan (:func:`plan_document`) is the journal's
+first record, and :func:`plan_lines` describes it for ``--dry-run``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from connectors.instantly.api import API_KEYS, WORKSPACE, page_limit
 from connectors.instantly.client import InstantlyClient
 from connectors.instantly.rotation.errors import RotationError
 from connectors.instantly.rotation.scopes import check_scopes
+from pipeline.errors import AuthError, SourceError, UpstreamError
 from schemas.ids import fingerprint_secret
 
 KEYS_PATH = API_KEYS.path
@@ -65,3 +71,41 @@ async def plan_document(
         "scopes": new_scopes,
         "destination": destination,
     }
+
+
+def plan_lines(doc: dict[str, Any], *, destination: str, grace_secs: float, confirm: bool, journal: Path) -> list[str]:
+    """The steps a rotation planned as ``doc`` will take, for ``--dry-run``."""
+    scopes, old = doc["scopes"], doc["old_scopes"]
+    return [
+        f"Rotation plan for API key '{doc['key_name']}' in workspace {doc['workspace']} ({doc['workspace_id']}):",
+        f"  1. create a new key '{doc['key_name']}' with scopes: {', '.join(scopes)}"
+        + ("" if scopes == old else f" (old: {', '.join(old)})"),
+        f"  2. verify it with a read call (GET {WORKSPACE.path})",
+        f"  3. store it in {destination}",
+        "  4. wait for --confirm" + (f" or the grace period ({grace_secs:g} s)" if not confirm else ""),
+        f"  5. delete the old key {doc['old_key_id']}",
+        f"Journal: {journal}",
+    ]
+
+
+async def authenticates(
+    probe: Callable[[], InstantlyClient], *, attempts: int, delay_secs: float, sleep: Callable[[float], Awaitable[None]]
+) -> bool:
+    """A read call through ``probe()``: True unless Instantly keeps answering 401 (402/403/404 prove the key).
+
+    Raises:
+        UpstreamError: Instantly failed in a way retries did not fix.
+    """
+    for attempt in range(attempts):
+        try:
+            async with probe() as client:
+                await client.get(WORKSPACE.path)
+            return True
+        except AuthError:
+            if attempt + 1 < attempts:
+                await sleep(delay_secs)
+        except UpstreamError:
+            raise
+        except SourceError:
+            return True
+    return False

@@ -17,15 +17,14 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
-from connectors.instantly.api import WORKSPACE
 from connectors.instantly.client import InstantlyClient, SessionFactory
 from connectors.instantly.config import WorkspaceConfig
 from connectors.instantly.rotation.destinations import Destination
 from connectors.instantly.rotation.errors import RotationError
 from connectors.instantly.rotation.journal import JOURNAL_VERSION, STEPS, Journal, journal_lock
-from connectors.instantly.rotation.lookup import KEYS_PATH, keys_named, plan_document
+from connectors.instantly.rotation.lookup import KEYS_PATH, authenticates, keys_named, plan_document, plan_lines
 from pipeline.clock import Clock, format_time, parse_time
-from pipeline.errors import AuthError, ConfigError, NotFoundError, SourceError, UpstreamError
+from pipeline.errors import ConfigError, NotFoundError
 from pipeline.observability.logs import get_logger, register_secret
 from schemas.ids import fingerprint_secret
 
@@ -118,16 +117,8 @@ class KeyRotation:
                 self._say(msg)
                 return Outcome("planned", msg, self.journal_file)
             doc = await self._find(client)
-        lines = [
-            f"Rotation plan for API key '{self.name}' in workspace {self.source_id} ({doc['workspace_id']}):",
-            f"  1. create a new key '{self.name}' with scopes: {', '.join(doc['scopes'])}"
-            + ("" if doc["scopes"] == doc["old_scopes"] else f" (old: {', '.join(doc['old_scopes'])})"),
-            f"  2. verify it with a read call (GET {WORKSPACE.path})",
-            f"  3. store it in {self.destination.describe()}",
-            "  4. wait for --confirm" + (f" or the grace period ({self.grace_secs:g} s)" if not self.confirm else ""),
-            f"  5. delete the old key {doc['old_key_id']}",
-            f"Journal: {self.journal_file}",
-        ]
+        lines = plan_lines(doc, destination=self.destination.describe(), grace_secs=self.grace_secs,
+                           confirm=self.confirm, journal=self.journal_file)  # fmt: skip
         for line in lines:
             self._say(line)
         return Outcome("planned", "\n".join(lines), self.journal_file)
@@ -262,20 +253,8 @@ class KeyRotation:
         self._hook("verified")
 
     async def _authenticates(self, secret: str) -> bool:
-        """A read call with ``secret``: True unless Instantly keeps answering 401 (403/402/404 prove the key)."""
-        for attempt in range(self.verify_attempts):
-            try:
-                async with self._client(secret, retries=2) as probe:
-                    await probe.get(WORKSPACE.path)
-                return True
-            except AuthError:
-                if attempt + 1 < self.verify_attempts:
-                    await self._sleep(self.verify_delay_secs)
-            except UpstreamError:
-                raise
-            except SourceError:
-                return True
-        return False
+        return await authenticates(lambda: self._client(secret, retries=2), attempts=self.verify_attempts,
+                                   delay_secs=self.verify_delay_secs, sleep=self._sleep)  # fmt: skip
 
     async def _store(self, j: Journal) -> None:
         assert self._secret is not None
