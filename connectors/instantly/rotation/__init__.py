@@ -26,11 +26,11 @@ interleave) holds ids, fingerprints and times — never a key. The poller sees t
 ``api_key.created`` / ``api_key.deleted`` snapshot events (and audit records 37/38), which
 resolve ``api_key.stale`` and ``api_key.rotation_incomplete`` for the old key.
 
-Modules: :mod:`.machine` (the steps, :class:`~.machine.KeyRotation`), :mod:`.lookup` (what it reads:
-the key, the plan, the verify probe), :mod:`.journal` (the
-journal and its lock), :mod:`.destinations` (file and Vault), :mod:`.scopes` (``--scopes``
-narrowing), :mod:`.settings` (the ``rotation`` config section). The package exports only
-:class:`RotationSettings` (the section's entry point); import the rest from its modules.
+Modules: :mod:`.machine` (the steps, :class:`~.machine.KeyRotation`), :mod:`.lookup` (what it
+reads: the key, the plan, the verify probe), :mod:`.journal` (the journal and its lock),
+:mod:`.destinations` (file and Vault), :mod:`.scopes` (``--scopes`` narrowing), :mod:`.settings`
+(the ``rotation`` config section). The package exports only :class:`RotationSettings` (the
+section's entry point); import the rest from its modules.
 """
 
 from __future__ import annotations
