@@ -41,9 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from connectors.instantly import posture, repo_scan
+from connectors.instantly import repo_scan
 from connectors.instantly.checklist import CHECKLIST
 from connectors.instantly.config import workspaces
+from connectors.instantly.posture.cross_reference import cross_reference
+from connectors.instantly.posture.run import check_workspaces
+from connectors.instantly.posture.settings import PostureSettings, settings_from
 from pipeline.checks.render import format_json, format_sarif, format_table
 from pipeline.checks.report import EXIT_USAGE, CheckResult, FailOn, exit_code
 from pipeline.clock import SYSTEM_CLOCK, Clock
@@ -78,28 +81,28 @@ class CheckRun:
     fail_on: FailOn
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, posture.PostureSettings | None]:
+def _load(args: argparse.Namespace) -> tuple[Any, PostureSettings | None]:
     """The config (or None) and its ``check`` section."""
     if not args.config:
         return None, None
     cfg = load_config(args.config)
-    return cfg, cfg.section("check", posture.PostureSettings)
+    return cfg, cfg.section("check", PostureSettings)
 
 
 async def run_check(args: argparse.Namespace, *, clock: Clock = SYSTEM_CLOCK, cfg: Any = None,
-                    section: posture.PostureSettings | Mapping[str, Any] | None = None) -> CheckRun:  # fmt: skip
+                    section: PostureSettings | Mapping[str, Any] | None = None) -> CheckRun:  # fmt: skip
     """Run the halves asked for: the configured workspaces (``cfg``) and/or ``args.repo``.
 
     Raises:
         ConfigError: the check settings, the rules section or the repository path is invalid.
     """
-    settings = posture.settings_from(section or {}, args)
+    settings = settings_from(section or {}, args)
     results: list[CheckResult] = []
     targets: list[str] = []
     live: dict[str, Any] = {}
     if cfg is not None:
         base_dir = Path(os.path.abspath(args.config)).parent if args.config else None  # noqa: ASYNC240 - no I/O
-        checked = await posture.check_workspaces(cfg, settings, clock=clock, only=args.workspace, base_dir=base_dir)
+        checked = await check_workspaces(cfg, settings, clock=clock, only=args.workspace, base_dir=base_dir)
         results += checked.results
         live = checked.live_keys
         targets += [f"workspace {w}" for w in workspaces(cfg) if not args.workspace or w in args.workspace]
@@ -109,7 +112,7 @@ async def run_check(args: argparse.Namespace, *, clock: Clock = SYSTEM_CLOCK, cf
             raise ConfigError(f"--repo {repo}: not a directory")
         results += await asyncio.to_thread(repo_scan.check_repository, repo, settings.repo)
         targets.append(f"repo {repo}")
-        results = posture.cross_reference(results, live)
+        results = cross_reference(results, live)
     return CheckRun(results, targets, settings.fail_on)
 
 

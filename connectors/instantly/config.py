@@ -15,24 +15,18 @@ loader validates it with the rest of the file.
 from __future__ import annotations
 
 import re
-from typing import Literal
 
 from pydantic import Field, RootModel, field_validator
 
+from connectors.instantly.api import AUDIT_LOGS, StreamName, page_limit
+from connectors.instantly.api import STREAMS as _TABLE
 from pipeline.config.base import Model, Secret
 from pipeline.config.model import PipelineConfig
 
 # ---------------------------------------------------------------------------------- sources
-StreamName = Literal["audit_logs", "api_keys", "members", "webhooks", "workspace", "group_members", "block_list"]
-STREAMS: tuple[StreamName, ...] = (
-    "audit_logs",
-    "api_keys",
-    "members",
-    "webhooks",
-    "workspace",
-    "group_members",
-    "block_list",
-)
+STREAMS: tuple[StreamName, ...] = tuple(s.name for s in _TABLE)
+"""Every stream name, in poll order (from :data:`connectors.instantly.api.STREAMS`)."""
+_AUDIT_PAGE_MAX = page_limit(AUDIT_LOGS)
 
 
 def _all_streams() -> list[StreamName]:
@@ -56,7 +50,7 @@ class WorkspaceConfig(Model):
     poll_interval_secs: float = Field(60.0, ge=1)
     streams: list[StreamName] = Field(default_factory=_all_streams)
     audit_overlap_secs: float = Field(3600.0, ge=0)
-    audit_page_size: int = Field(1000, ge=1, le=1000)
+    audit_page_size: int = Field(_AUDIT_PAGE_MAX, ge=1, le=_AUDIT_PAGE_MAX)
     request_timeout_secs: float = Field(30.0, gt=0)
     max_retries: int = Field(6, ge=0, le=20)
     budget: BudgetConfig = BudgetConfig()

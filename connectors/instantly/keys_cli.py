@@ -61,12 +61,15 @@ def _read_key_file(path: str) -> SecretStr:
 def build_rotation(
     args: argparse.Namespace, cfg: PipelineConfig, *, base_dir: Path, clock: Clock = SYSTEM_CLOCK, **kw: Any
 ) -> Any:
-    """A :class:`~connectors.instantly.rotation.KeyRotation` from the config and the flags.
+    """A :class:`~connectors.instantly.rotation.machine.KeyRotation` from the config and the flags.
 
     Raises:
         ConfigError: the rotation settings, the workspace, the admin key or the destination are missing or invalid.
     """
-    from connectors.instantly.rotation import KeyRotation, RotationSettings, journal_path, parse_destination
+    from connectors.instantly.rotation.destinations import parse_destination
+    from connectors.instantly.rotation.journal import journal_path
+    from connectors.instantly.rotation.machine import KeyRotation
+    from connectors.instantly.rotation.settings import RotationSettings
     from pipeline.config.vault import vault_settings
 
     settings = cfg.section("rotation", RotationSettings)

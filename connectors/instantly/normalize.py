@@ -17,13 +17,14 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from connectors.instantly.api import AUDIT_LOGS
 from connectors.instantly.audit_codes import describe_activity
 from connectors.instantly.redact import header_names, redact_record
 from pipeline.clock import format_time, parse_time
 from pipeline.errors import NormalizeError
 from schemas.event import Actor, Change, Event, Source, Target, WorkspaceRef
 
-AUDIT_STREAM = "audit_logs"
+AUDIT_STREAM = AUDIT_LOGS.name
 JSONDict = dict[str, Any]
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from connectors.instantly import api
 from connectors.instantly import normalize as n
 from connectors.instantly.redact import header_names, redact_api_key, redact_record, redact_webhook
 from schemas.event import Actor, Event, WorkspaceRef
@@ -151,24 +152,36 @@ def _ignore_ws(fn: Callable[[Mapping[str, Any]], JSONDict]) -> Callable[[Mapping
     return lambda r, _ws: fn(r)
 
 
+def _kind(
+    stream: str,
+    redact: Callable[[Mapping[str, Any]], JSONDict],
+    attributes: Callable[[Mapping[str, Any], str], JSONDict],
+    classify: Callable[[JSONDict, JSONDict, frozenset[str]], list[ChangeSpec]],
+    **suffixes: str,
+) -> ResourceKind:
+    """A snapshot stream's diff behaviour; its name and event prefix come from the stream table."""
+    spec = api.stream(stream)
+    if spec.kind != "snapshot":
+        raise ValueError(f"{stream} is not a snapshot stream")
+    return ResourceKind(spec.name, spec.resource, redact, attributes, classify, **suffixes)
+
+
 KINDS: dict[str, ResourceKind] = {
     k.stream: k
     for k in (
-        ResourceKind("api_keys", "api_key", redact_api_key, _ignore_ws(n.api_key_attributes), _api_key_changes),
-        ResourceKind(
+        _kind("api_keys", redact_api_key, _ignore_ws(n.api_key_attributes), _api_key_changes),
+        _kind(
             "members",
-            "member",
             redact_record,
             _ignore_ws(n.member_attributes),
             _member_changes,
             added="invited",
             removed="removed",
         ),
-        ResourceKind("webhooks", "webhook", redact_webhook, _ignore_ws(n.webhook_attributes), _webhook_changes),
-        ResourceKind("workspace", "workspace", redact_record, _ignore_ws(n.workspace_attributes), _workspace_changes),
-        ResourceKind(
+        _kind("webhooks", redact_webhook, _ignore_ws(n.webhook_attributes), _webhook_changes),
+        _kind("workspace", redact_record, _ignore_ws(n.workspace_attributes), _workspace_changes),
+        _kind(
             "group_members",
-            "workspace_group",
             redact_record,
             n.group_member_attributes,
             _group_member_changes,
@@ -176,8 +189,7 @@ KINDS: dict[str, ResourceKind] = {
             removed="member_removed",
             baseline="member_baseline",
         ),
-        ResourceKind(
-            "block_list",
+        _kind(
             "block_list",
             redact_record,
             _ignore_ws(n.block_list_attributes),

@@ -27,14 +27,13 @@ from typing import Any
 import orjson
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from connectors.instantly.api import AUDIT_LOGS, BY_NAME, page_limit
+from connectors.instantly.api import WORKSPACE as WORKSPACE_STREAM
 from connectors.instantly.budget import RequestBudget
 from connectors.instantly.client import InstantlyClient, SessionFactory
 from connectors.instantly.config import WorkspaceConfig
 from connectors.instantly.normalize import pipeline_event
 from connectors.instantly.streams import (
-    SNAPSHOT_PAGE_SIZE,
-    SNAPSHOT_PATHS,
-    WORKSPACE_PATH,
     AuditWindow,
     Publisher,
     publish_audit_log,
@@ -170,23 +169,24 @@ class InstantlyWorkspacePoller:
         ws_record: dict[str, Any] | None = None
         ws_error: SourceError | None = None
         try:
-            ws_record = await self._client.get(WORKSPACE_PATH)
+            ws_record = await self._client.get(WORKSPACE_STREAM.path)
             await self._remember_identity(ws_record)
         except AuthError as err:
             for stream in self.streams:
                 health.stream_error(self.source_id, stream, err)
                 self.last_failures[stream] = _reason(err)
-            counts["pipeline"] += await self._pipeline_event("pipeline.poller_unauthorized", "workspace", err)
+            counts["pipeline"] += await self._pipeline_event("pipeline.poller_unauthorized", WORKSPACE_STREAM.name, err)
             return counts
         except SourceError as err:
             ws_error = err
         for stream in self.streams:
+            spec = BY_NAME[stream]
             pub = Publisher(self.bus, self.txn_id, self.source_id, self.workspace)
             now = self.clock.now()
             attrs = {KIND: "source", TYPE: f"instantly_{stream}", ID: self.source_id, WORKSPACE: self.workspace.id}
             with tel.span("poll.stream", {**attrs, STREAM: stream}, kind=SpanKind.CLIENT) as span:
                 try:
-                    if stream == "audit_logs":
+                    if spec.kind == "audit":
                         window = AuditWindow(
                             now=now,
                             observed_at=format_time(now),
@@ -196,13 +196,13 @@ class InstantlyWorkspacePoller:
                             started_at=self._started_at,
                         )
                         await publish_audit_log(pub, self._client, window, counts)
-                    elif stream == "workspace":
+                    elif spec is WORKSPACE_STREAM:
                         if ws_record is None:
                             assert ws_error is not None
                             raise ws_error
                         counts[stream] += await publish_snapshot(pub, stream, [ws_record], observed_at=format_time(now))
                     else:
-                        items = await self._client.get_all(SNAPSHOT_PATHS[stream], limit=SNAPSHOT_PAGE_SIZE)
+                        items = await self._client.get_all(spec.path, limit=page_limit(spec))
                         counts[stream] += await publish_snapshot(pub, stream, items, observed_at=format_time(now))
                 except AuthError as err:
                     _failed(span, err)
@@ -215,7 +215,7 @@ class InstantlyWorkspacePoller:
                     _failed(span, err)
                     health.stream_error(self.source_id, stream, err)
                     self.last_failures[stream] = _reason(err)
-                    kind = "pipeline.audit_log_unavailable" if stream == "audit_logs" else "pipeline.stream_unavailable"
+                    kind = "pipeline.audit_log_unavailable" if spec is AUDIT_LOGS else "pipeline.stream_unavailable"
                     counts["pipeline"] += await self._pipeline_event(kind, stream, err)
                 except SourceError as err:
                     _failed(span, err)

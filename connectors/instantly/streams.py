@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from connectors.instantly.api import AUDIT_LOGS
 from connectors.instantly.audit_cursor import AuditCursor, last_page_id, page_is_ascending, record_id
 from connectors.instantly.client import InstantlyClient
 from connectors.instantly.normalize import normalize_audit_record
@@ -40,22 +41,10 @@ from schemas.event import Event, WorkspaceRef
 
 log = get_logger("instantly.streams")
 
-AUDIT_LOGS_PATH = "/api/v2/audit-logs"
-WORKSPACE_PATH = "/api/v2/workspaces/current"
-SNAPSHOT_PATHS: dict[str, str] = {
-    "api_keys": "/api/v2/api-keys",
-    "members": "/api/v2/workspace-members",
-    "webhooks": "/api/v2/webhooks",
-    "group_members": "/api/v2/workspace-group-members",
-    "block_list": "/api/v2/block-lists-entries",
-}
-"""Paginated snapshot streams → list endpoint (``limit`` 1-100)."""
-SNAPSHOT_PAGE_SIZE = 100
-
 
 def cursor_key(source_id: str) -> str:
     """State key of the audit-log cursor: ``cursor/{source_id}/audit_logs``."""
-    return f"cursor/{source_id}/audit_logs"
+    return f"cursor/{source_id}/{AUDIT_LOGS.name}"
 
 
 def snapshot_key(source_id: str, stream: str) -> str:
@@ -214,9 +203,9 @@ async def _read_audit(
     out = _AuditRead()
     after = cursor.last_id if incremental else None
     params = {"starting_after": after} if incremental and after else cursor.query(window.overlap_secs)
-    pages = client.paginate(AUDIT_LOGS_PATH, params, limit=window.page_size)
+    pages = client.paginate(AUDIT_LOGS.path, params, limit=window.page_size)
     tel = get_telemetry()
-    attrs = {KIND: "source", TYPE: "instantly_audit_logs", ID: pub.source_id, WORKSPACE: pub.workspace.id}
+    attrs = {KIND: "source", TYPE: f"instantly_{AUDIT_LOGS.name}", ID: pub.source_id, WORKSPACE: pub.workspace.id}
     mode = "incremental" if incremental else "full"
     async with aclosing(pages), TxnPipeline(pub.bus, pub.txn_id) as line:
         async for page in pages:
@@ -230,7 +219,7 @@ async def _read_audit(
             out.ids += sum(1 for r in page if record_id(r) is not None)
             if incremental and page_last is not None:
                 cursor.last_id = page_last
-            with tel.span("poll.page", {**attrs, STREAM: "audit_logs", "page.size": len(page), "read": mode}):
+            with tel.span("poll.page", {**attrs, STREAM: AUDIT_LOGS.name, "page.size": len(page), "read": mode}):
                 page_newest = await _publish_audit_page(pub, cursor, page, window, counts, line)
             if page_newest is not None:
                 out.newest = page_newest if out.newest is None else max(out.newest, page_newest)
@@ -265,7 +254,7 @@ async def prepare_audit_batch(
             letter = deadletter.build(
                 stage="source", component=pub.source_id, component_type="instantly", reason="normalize",
                 error=redact_text(err.message), failed_at=observed_at, value=orjson.dumps(redact_record(record)),
-                stream="audit_logs", key=key,
+                stream=AUDIT_LOGS.name, key=key,
             )  # fmt: skip
             dead.append((DEADLETTER_TOPIC, letter.to_json(), key, (("error", b"normalize"), *trace)))
         else:
@@ -295,15 +284,15 @@ async def _publish_audit_page(
         log.warning("Audit records without an id were skipped.", extra={"count": len(selection.no_id)})
     dropped = {"no_id": len(selection.no_id), "duplicate": selection.already_seen, "too_old": selection.too_old}
     if not selection.new:
-        pub.count("audit_logs", len(page), 0, dropped)
+        pub.count(AUDIT_LOGS.name, len(page), 0, dropped)
         return None
     batch = await prepare_audit_batch(pub, (r for r, _ts in selection.new), window.observed_at, line)
     cursor.mark((str(r["id"]), ts) for r, ts in selection.new)
     state: dict[str, bytes | None] = {cursor_key(pub.source_id): cursor.to_bytes()}  # only pages up to this one
 
     def committed() -> None:
-        pub.count("audit_logs", len(page), batch.events, {**dropped, "dead_letter": batch.dead_letters})
-        counts["audit_logs"] = counts.get("audit_logs", 0) + batch.events
+        pub.count(AUDIT_LOGS.name, len(page), batch.events, {**dropped, "dead_letter": batch.dead_letters})
+        counts[AUDIT_LOGS.name] = counts.get(AUDIT_LOGS.name, 0) + batch.events
 
     await line.submit(TxnWrite(batch.records, state, committed))
     return max(ts for _r, ts in selection.new)

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from connectors.instantly.api import WEBHOOKS, page_limit
 from connectors.instantly.client import InstantlyClient
 from connectors.instantly.config import WorkspaceConfig, workspaces
 from connectors.instantly.normalize import webhook_attributes
@@ -37,7 +38,6 @@ from pipeline.observability.logs import register_secret
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_FAILED = Exit.OK, Exit.FINDINGS, Exit.USAGE, Exit.INCOMPLETE
 """Findings 1; a workspace whose webhooks could not be listed 3 (the shared contract, pipeline/cli/exit_codes.py)."""
-WEBHOOKS_PATH = "/api/v2/webhooks"
 
 
 @dataclass
@@ -123,7 +123,7 @@ async def check_workspace(
     report = WorkspaceReport(name)
     try:
         async with InstantlyClient(wcfg) as client:
-            hooks = await client.get_all(WEBHOOKS_PATH)
+            hooks = await client.get_all(WEBHOOKS.path, limit=page_limit(WEBHOOKS))
     except SourceError as err:
         report.error = f"{type(err).__name__}: {err}"
         return report

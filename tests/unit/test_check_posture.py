@@ -12,17 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
-from connectors.instantly.posture import (
-    OWN_CHECKS,
-    STREAM_CHECKS,
-    PostureSettings,
-    check_workspaces,
-    client_product,
-    identify_own_key,
-    name_evidence,
-    needed_scopes,
-    settings_from,
-)
+from connectors.instantly.posture import PostureSettings
+from connectors.instantly.posture.catalog import OWN_CHECKS, STREAM_CHECKS
+from connectors.instantly.posture.keys import name_evidence, needed_scopes
+from connectors.instantly.posture.run import check_workspaces
+from connectors.instantly.posture.settings import settings_from
+from connectors.instantly.posture.snapshot import client_product, identify_own_key
 from connectors.instantly.sim import InstantlySimulator, SimConfig
 from connectors.instantly.sim.models import Actor
 from pipeline.checks.report import CheckResult

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 
 from connectors.instantly import repo_scan
-from connectors.instantly.posture import cross_reference
+from connectors.instantly.posture.cross_reference import cross_reference
 from connectors.instantly.repo_scan import (
     InstantlyKeyAssignmentDetector,
     RepoSettings,

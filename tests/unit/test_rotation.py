@@ -14,19 +14,13 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from connectors.instantly.api import covers
 from connectors.instantly.config import BudgetConfig, WorkspaceConfig
-from connectors.instantly.rotation import (
-    HOOK_POINTS,
-    Destination,
-    FileDestination,
-    Journal,
-    KeyRotation,
-    RotationError,
-    VaultDestination,
-    check_scopes,
-    covers,
-    journal_lock,
-)
+from connectors.instantly.rotation.destinations import Destination, FileDestination, VaultDestination
+from connectors.instantly.rotation.errors import RotationError
+from connectors.instantly.rotation.journal import Journal, journal_lock
+from connectors.instantly.rotation.machine import HOOK_POINTS, KeyRotation
+from connectors.instantly.rotation.scopes import check_scopes
 from connectors.instantly.sim import InstantlySimulator, SimConfig
 from connectors.instantly.sim.catalog import POLLER_SCOPES
 from connectors.instantly.snapshots import Snapshot, build_snapshot, diff_snapshots

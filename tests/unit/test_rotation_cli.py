@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from connectors.instantly import keys_cli
-from connectors.instantly.rotation import FileDestination, VaultDestination
+from connectors.instantly.rotation.destinations import FileDestination, VaultDestination
 from connectors.instantly.sim import InstantlySimulator
 from pipeline.cli import main as cli
 from pipeline.config.base import EnvValue
