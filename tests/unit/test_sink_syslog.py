@@ -130,21 +130,6 @@ async def test_write_failure_is_retriable_then_recovers(listener: SyslogListener
     assert ids >= {d.id for d in items}
 
 
-async def test_oversized_record_is_poison(listener: SyslogListener) -> None:
-    """A record over max_message_bytes is a non-retriable failure; the rest of the batch is sent."""
-    big = sample_events()["reply"].to_dict()
-    big["raw"] = {"text": "x" * 5000}
-    d_big = decode(Record(EVENTS_TOPIC, 0, 1, 0, b"", orjson.dumps(big)))
-    assert not isinstance(d_big, str)
-    small = delivery(sample_alert(), 2)
-    async with SyslogSink("siem", cfg(listener.port, max_message_bytes=4096)) as sink:
-        result = await sink.send([d_big, small])
-    assert [f.delivery.id for f in result.failures] == [d_big.id]
-    assert not result.failures[0].retriable
-    assert "max_message_bytes" in result.failures[0].error
-    assert len(await listener.wait_frames(1)) == 1
-
-
 def test_config_validation(tmp_path: Path) -> None:
     """Facility names map to numbers; bad app names, SD-IDs, facilities and TLS key-only configs are refused."""
     assert cfg(514, facility="auth").facility == 4
