@@ -128,3 +128,25 @@ async def test_a_dangling_symlink_is_not_followed_to_create_a_file(tmp_path: Pat
         async with SqliteBus(tmp_path / "bus.db"):
             pass
     assert not (tmp_path / "created-through-link").exists()
+
+
+def test_a_second_run_says_who_holds_the_bus_in_one_line(tmp_path: Path, holder: subprocess.Popen[str]) -> None:
+    """``instantly-audit run`` on a bus another process writes: one line naming the holder's pid, rc 1."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"bus: {{type: sqlite, path: {tmp_path / 'data' / 'bus.db'}}}\n"
+        "workspaces:\n  acme: {api_key: '${BUS_LOCK_TEST_KEY}', name: Acme, base_url: 'http://127.0.0.1:9'}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BUS_LOCK_TEST_KEY": "k" * 36}
+    run = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.main", "run", "-c", str(config), "--once"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1
+    assert run.stderr.splitlines() == [
+        f"bus error: bus {tmp_path / 'data' / 'bus.db'} is in use by pid {holder.pid} (another `instantly-audit run`?)"
+    ]
