@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from pipeline.bus.base import EVENTS_TOPIC, iter_records
-from pipeline.bus.sqlite import SqliteBus, encode_headers
+from pipeline.bus.sqlite import SqliteBus
+from pipeline.bus.sqlite_format import encode_headers
 from schemas import Actor, Event, Source, Target, WorkspaceRef
 
 

@@ -30,7 +30,8 @@ from connectors.instantly.normalize import normalize_audit_record
 from connectors.instantly.streams import Publisher, cursor_key, prepare_audit_batch
 from connectors.instantly.txn_pipeline import TxnPipeline, TxnWrite
 from pipeline.bus.base import EVENTS_TOPIC, TopicSpec, default_topics, iter_records
-from pipeline.bus.kafka import FETCH_PARTITION_BYTES, PRODUCER_BATCH_BYTES, KafkaBus
+from pipeline.bus.kafka import KafkaBus
+from pipeline.bus.kafka_client import FETCH_PARTITION_BYTES, PRODUCER_BATCH_BYTES
 from schemas import WorkspaceRef
 
 WS = WorkspaceRef("019cc043-e2f1-7def-8b07-0aab88328dad", "Acme Outreach")

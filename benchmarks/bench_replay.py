@@ -25,7 +25,8 @@ from aiokafka import TopicPartition as KTP
 
 from benchmarks.bench_bus import make_payloads
 from pipeline.bus.base import EVENTS_TOPIC, Bus
-from pipeline.bus.kafka import FETCH_PARTITION_BYTES, KafkaBus
+from pipeline.bus.kafka import KafkaBus
+from pipeline.bus.kafka_client import FETCH_PARTITION_BYTES
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.replay.scan import ReplayStats, Selection, scan, scan_values
 

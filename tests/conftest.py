@@ -65,10 +65,10 @@ def bus_config(kind: str, tmp_path: Path) -> dict[str, Any]:
     }
 
 
-def make_bus(cfg: dict[str, Any]) -> Bus:
-    """Build a bus from a config block."""
+def make_bus(cfg: dict[str, Any], *, read_only: bool = False) -> Bus:
+    """Build a bus from a config block (``read_only``: a reader that takes no writer lock)."""
     model = SqliteBusConfig.model_validate(cfg) if cfg["type"] == "sqlite" else KafkaBusConfig.model_validate(cfg)
-    return open_bus(model)
+    return open_bus(model, read_only=read_only)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("kafka", marks=pytest.mark.kafka)])

@@ -18,6 +18,7 @@ import pytest
 
 from pipeline.bus.base import STATE_MAX_BYTES, Bus, Record, TopicPartition, TopicSpec, iter_records
 from pipeline.errors import BusError
+from tests.conftest import make_bus
 
 WORKER = Path(__file__).with_name("crash_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -265,32 +266,43 @@ def _run_until_done(cfg: dict[str, Any], args: list[str], kills: int, seed: int)
 
 
 @pytest.mark.slow
-async def test_killed_producer_loses_and_duplicates_nothing(bus: Bus, bus_cfg: dict[str, Any], unique: str) -> None:
-    """kill -9 of a publishing process at random points, restarted each time: each record exactly once."""
+async def test_killed_producer_loses_and_duplicates_nothing(
+    bus_factory: Callable[[], Bus], bus_cfg: dict[str, Any], unique: str
+) -> None:
+    """kill -9 of a publishing process at random points, restarted each time: each record exactly once.
+
+    The test's own bus is closed while the worker writes: the embedded bus has one writer process.
+    """
     total = 400
     src, dst = f"t-crash-{unique}", f"t-crashdst-{unique}"
-    await bus.ensure_topics([TopicSpec(src, 2), TopicSpec(dst, 2)])
+    async with bus_factory() as bus:
+        await bus.ensure_topics([TopicSpec(src, 2), TopicSpec(dst, 2)])
     killed = await asyncio.to_thread(
         _run_until_done, bus_cfg, ["produce", str(total), src, dst, f"cursor-{unique}"], 6, 1
     )
     assert killed >= 1
-    values = [r.value.decode() for r in await _read_all(bus, src)]
+    async with bus_factory() as bus:
+        values = [r.value.decode() for r in await _read_all(bus, src)]
     assert len(values) == total, f"expected {total}, got {len(values)} (killed {killed} times)"
     assert sorted(values) == sorted(f"rec-{i}" for i in range(total))
 
 
 @pytest.mark.slow
-async def test_killed_transformer_is_exactly_once(bus: Bus, bus_cfg: dict[str, Any], unique: str) -> None:
+async def test_killed_transformer_is_exactly_once(
+    bus_factory: Callable[[], Bus], bus_cfg: dict[str, Any], unique: str
+) -> None:
     """kill -9 during consume-transform-produce: every input yields exactly one output."""
     total = 1000  # several seconds of work even on an idle machine, so the kills land mid-run
     src, dst = f"t-tsrc-{unique}", f"t-tdst-{unique}"
-    await bus.ensure_topics([TopicSpec(src, 2), TopicSpec(dst, 2)])
-    async with bus.transaction(f"seed-{unique}") as tx:
-        for i in range(total):
-            tx.send(src, f"{i}".encode(), key=f"k{i % 4}".encode())
+    async with bus_factory() as bus:
+        await bus.ensure_topics([TopicSpec(src, 2), TopicSpec(dst, 2)])
+        async with bus.transaction(f"seed-{unique}") as tx:
+            for i in range(total):
+                tx.send(src, f"{i}".encode(), key=f"k{i % 4}".encode())
     killed = await asyncio.to_thread(_run_until_done, bus_cfg, ["transform", "0", src, dst, unique], 6, 2)
     assert killed >= 1
-    out = [r.value.decode() for r in await _read_all(bus, dst)]
+    async with bus_factory() as bus:
+        out = [r.value.decode() for r in await _read_all(bus, dst)]
     assert sorted(out) == sorted(f"out-{i}" for i in range(total)), f"killed {killed} times"
 
 
@@ -299,6 +311,12 @@ def test_second_process_reads_while_writing(bus_cfg: dict[str, Any], unique: str
     """A reader in another process sees a consistent prefix while a writer process publishes."""
     src = f"t-live-{unique}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    async def create() -> None:
+        async with make_bus(bus_cfg) as b:
+            await b.ensure_topics([TopicSpec(src, 2), TopicSpec(src + "-x", 2)])
+
+    asyncio.run(create())  # the reader opens read-only: it may not create the file or the topic
     writer = subprocess.Popen(
         [sys.executable, str(WORKER), json.dumps(bus_cfg), "produce", "300", src, src + "-x", f"c-{unique}"],
         env=env,
@@ -307,11 +325,10 @@ def test_second_process_reads_while_writing(bus_cfg: dict[str, Any], unique: str
     reader_code = (
         "import asyncio,json,sys\n"
         "from tests.conftest import make_bus\n"
-        "from pipeline.bus.base import TopicSpec,iter_records\n"
+        "from pipeline.bus.base import iter_records\n"
         "async def m():\n"
         "  seen=[]\n"
-        "  async with make_bus(json.loads(sys.argv[1])) as b:\n"
-        f"    await b.ensure_topics([TopicSpec('{src}',2)])\n"
+        "  async with make_bus(json.loads(sys.argv[1]), read_only=True) as b:\n"
         "    for _ in range(40):\n"
         "      vals=[]\n"
         f"      async with b.consumer(['{src}'],start='earliest') as c:\n"

@@ -17,16 +17,13 @@ from pydantic import SecretStr
 
 from connectors.instantly.budget import RequestBudget
 from connectors.instantly.config import BudgetConfig, WorkspaceConfig
+from connectors.instantly.sim import seed as sim_seed
+from connectors.instantly.sim.server import InstantlySimulator
 from connectors.instantly.source import InstantlyWorkspacePoller
 from pipeline.bus.base import DATA_TOPICS, EVENTS_TOPIC, iter_records
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.clock import FakeClock
 from schemas.validate import schema_errors
-
-sim_server = pytest.importorskip("connectors.instantly.sim.server")
-sim_seed = pytest.importorskip("connectors.instantly.sim.seed")
-InstantlySimulator = sim_server.InstantlySimulator
-
 
 AUDIT_PATH = "/api/v2/audit-logs"
 

@@ -308,7 +308,7 @@ async def test_bus_recovers_after_a_producer_sequence_gap(unique: str) -> None:
                 return str(err)[:100]
 
         assert await publish(0) == "ok"
-        producer = bus._producers["w"]
+        producer = bus._writers.producers["w"]
         # what aiokafka's RecordAccumulator._pop_batch does for a batch that then expires unsent:
         producer._txn_manager.increment_sequence_number(KafkaTP(bus.phys(EVENTS_TOPIC), 0), 1)
         outcomes = [await publish(i) for i in range(1, 6)]

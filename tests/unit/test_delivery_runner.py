@@ -247,7 +247,7 @@ async def test_dead_letters_and_commit_are_one_transaction(bus: SqliteBus, monke
         return Wrapped()
 
     monkeypatch.setattr(bus, "transaction", spy)
-    monkeypatch.setattr(bus, "_write", lambda txn: (_ for _ in ()).throw(RuntimeError("disk on fire")))
+    monkeypatch.setattr(bus._store, "_write", lambda txn: (_ for _ in ()).throw(RuntimeError("disk on fire")))
     with pytest.raises(RuntimeError):
         await runner(bus, sink, cfg()).run_once()
     (txn,) = seen
@@ -431,7 +431,7 @@ async def test_retriable_commit_failure_is_retried(bus: SqliteBus, monkeypatch: 
     from pipeline.errors import BusError
 
     await publish(bus, [make_event(i) for i in range(3)])
-    real_write = bus._write
+    real_write = bus._store._write
     calls = {"n": 0}
 
     def flaky(txn: Any) -> None:
@@ -440,7 +440,7 @@ async def test_retriable_commit_failure_is_retried(bus: SqliteBus, monkeypatch: 
             raise BusError("database is locked", retriable=True)
         real_write(txn)
 
-    monkeypatch.setattr(bus, "_write", flaky)
+    monkeypatch.setattr(bus._store, "_write", flaky)
     sleep = FakeSleep()
     stats = await SinkRunner(bus, ScriptedSink(), cfg(), sleep=sleep, rng=lambda: 0.5).run_once()
     assert stats.committed == 3 and await committed(bus) == 3 and sleep.calls == [0.5]

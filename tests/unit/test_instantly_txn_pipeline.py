@@ -20,7 +20,8 @@ from connectors.instantly.source import InstantlyWorkspacePoller
 from connectors.instantly.streams import Publisher, prepare_audit_batch
 from connectors.instantly.txn_pipeline import TxnPipeline, TxnWrite
 from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC
-from pipeline.bus.sqlite import SqliteBus, _Txn
+from pipeline.bus.sqlite import SqliteBus
+from pipeline.bus.txn import BufferedTxn
 from pipeline.clock import FakeClock
 from pipeline.errors import BusError, SourceError
 from schemas.codec import decode_deadletter, validate
@@ -54,7 +55,7 @@ class FlakyBus(SqliteBus):
             self.calls_at.append((n, what, len(self.fake.calls_to("/audit-logs"))))
 
     @asynccontextmanager
-    async def transaction(self, txn_id: str) -> AsyncIterator[_Txn]:
+    async def transaction(self, txn_id: str) -> AsyncIterator[BufferedTxn]:
         async with super().transaction(txn_id) as tx:
             yield tx
             if CURSOR not in tx.state:

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
+from connectors.instantly import normalize, snapshots
 from pipeline.clock import FakeClock, format_time, parse_time
 from pipeline.rules.engine import RulesEngine
 from schemas.alert import Alert
 from schemas.event import Event, WorkspaceRef
 from schemas.validate import schema_errors
-
-snapshots = pytest.importorskip("connectors.instantly.snapshots")
-normalize = pytest.importorskip("connectors.instantly.normalize")
 
 WS = WorkspaceRef("ws-1", "Acme")
 T0 = parse_time("2026-03-01T00:00:00Z")

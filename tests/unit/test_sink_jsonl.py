@@ -13,11 +13,10 @@ import pytest
 
 from connectors.jsonl import JsonlConfig, JsonlSink
 from pipeline.bus.base import EVENTS_TOPIC, Record
-from pipeline.bus.sqlite import SqliteBus
 from pipeline.delivery.base import Delivery
-from pipeline.delivery.runner import SinkRunner, decode
+from pipeline.delivery.runner import decode
 from pipeline.errors import SinkError
-from tests.fakes import make_event, publish
+from tests.fakes import make_event
 
 
 def delivery(i: int, **kw: Any) -> Delivery:
@@ -90,22 +89,3 @@ async def test_failed_write_leaves_no_half_line(tmp_path: Path, monkeypatch: pyt
         await s.send([delivery(1)])
     ns = [orjson.loads(x)["attributes"]["n"] for x in path.read_bytes().splitlines()]
     assert ns == [0, 1]
-
-
-async def test_healthcheck_reports_missing_directory(tmp_path: Path) -> None:
-    """The health check fails when the directory does not exist."""
-    with pytest.raises(SinkError, match="does not exist"):
-        await sink(str(tmp_path / "nope" / "a.jsonl")).healthcheck()
-    await sink(str(tmp_path / "a.jsonl")).healthcheck()
-
-
-async def test_through_the_runner(tmp_path: Path) -> None:
-    """The runner delivers every bus record to the file once, with fsync on."""
-    path = tmp_path / "out" / "audit.jsonl"
-    path.parent.mkdir()
-    async with SqliteBus(tmp_path / "bus.db") as bus:
-        ids = await publish(bus, [make_event(i) for i in range(50)])
-        s = sink(str(path), fsync=True, batch_max_records=20)
-        stats = await SinkRunner(bus, s, s.config).run_once()
-    assert stats.delivered == 50 and stats.batches == 3
-    assert [orjson.loads(x)["id"] for x in path.read_bytes().splitlines()] == ids

@@ -116,17 +116,6 @@ async def test_resolve_closes_and_batch_keeps_last_state(pd: FakePagerDuty) -> N
     assert not pd.open and pd.pages == 1
 
 
-async def test_400_is_poison_and_others_continue(pd: FakePagerDuty) -> None:
-    """A 400 dead-letters that alert only; the next alerts of the batch are still sent."""
-    pd.script = [(400, {"status": "invalid event", "message": "Event object is invalid", "errors": ["bad"]})]
-    a, b = alert_delivery(0, dedup_key="a"), alert_delivery(1, dedup_key="b")
-    async with PagerDutySink("pd", pd_cfg(pd.url)) as sink:
-        result = await sink.send([a, b])
-    assert [(f.delivery.id, f.retriable) for f in result.failures] == [(a.id, False)]
-    assert "Event object is invalid; bad" in result.failures[0].error
-    assert [x["dedup_key"] for x in pd.accepted] == ["b"]
-
-
 async def test_429_and_5xx_are_retriable_with_backoff(pd: FakePagerDuty) -> None:
     """429 (Retry-After, else 30 s) and 5xx make the rest of the batch retriable; accepted alerts stay accepted."""
     items = [alert_delivery(i, dedup_key=f"k{i}") for i in range(4)]

@@ -19,8 +19,9 @@ from pipeline.delivery.base import Delivery, Sink
 from pipeline.delivery.registry import register_sink, sink_class, unregister_sink
 from pipeline.delivery.runner import decode
 from pipeline.errors import ConfigError, SinkError
+from tests.fakes.syslog_tcp import SyslogListener
 from tests.unit.test_formats_native import WS, sample_alert, sample_events
-from tests.unit.test_formats_syslog5424 import parse_5424, unframe
+from tests.unit.test_formats_syslog5424 import parse_5424
 
 
 def delivery(item: Any, offset: int = 0) -> Delivery:
@@ -30,52 +31,9 @@ def delivery(item: Any, offset: int = 0) -> Delivery:
     return d
 
 
-class Listener:
-    """A TCP server that records every byte per connection and can drop or stop."""
-
-    def __init__(self) -> None:
-        self.connections: list[bytearray] = []
-        self.writers: list[asyncio.StreamWriter] = []
-        self.server: asyncio.Server | None = None
-        self.port = 0
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        buf = bytearray()
-        self.connections.append(buf)
-        self.writers.append(writer)
-        while chunk := await reader.read(65536):
-            buf += chunk
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for w in self.writers:
-            w.close()
-        await self.server.wait_closed()
-
-    async def drop_connections(self) -> None:
-        for w in self.writers:
-            w.close()
-        await asyncio.sleep(0.05)
-
-    def frames(self) -> list[bytes]:
-        return [f for c in self.connections for f in unframe(bytes(c))]
-
-    async def wait_frames(self, n: int) -> list[bytes]:
-        for _ in range(200):
-            if len(self.frames()) >= n:
-                break
-            await asyncio.sleep(0.01)
-        return self.frames()
-
-
 @pytest.fixture
-async def listener() -> AsyncIterator[Listener]:
-    server = Listener()
+async def listener() -> AsyncIterator[SyslogListener]:
+    server = SyslogListener()
     await server.start()
     yield server
     await server.stop()
@@ -92,7 +50,7 @@ def test_is_a_sink() -> None:
     assert SyslogSink.Config is SyslogSinkConfig
 
 
-async def test_frames_carry_rfc5424_messages(listener: Listener) -> None:
+async def test_frames_carry_rfc5424_messages(listener: SyslogListener) -> None:
     """Each record becomes one octet-counted RFC 5424 frame with PRI, app, msgid and an SD id."""
     items = [delivery(e, i) for i, e in enumerate(sample_events().values())] + [delivery(sample_alert(), 99)]
     async with SyslogSink("siem", cfg(listener.port, hostname="pipeline-1", facility="local4")) as sink:
@@ -114,7 +72,7 @@ async def test_frames_carry_rfc5424_messages(listener: Listener) -> None:
     assert parse_5424(frames[0]).pri % 8 == 6
 
 
-async def test_cef_body_and_bom(listener: Listener) -> None:
+async def test_cef_body_and_bom(listener: SyslogListener) -> None:
     """format: cef puts the CEF line in MSG; utf8_bom prefixes the BOM."""
     d = delivery(sample_events()["login"])
     async with SyslogSink("siem", cfg(listener.port, format="cef", utf8_bom=True)) as sink:
@@ -123,7 +81,7 @@ async def test_cef_body_and_bom(listener: Listener) -> None:
     assert parse_5424(frame).msg.startswith(b"\xef\xbb\xbfCEF:0|Instantly-Audit|instantly-audit|")
 
 
-async def test_one_connection_for_many_batches(listener: Listener) -> None:
+async def test_one_connection_for_many_batches(listener: SyslogListener) -> None:
     """Batches share one persistent connection."""
     async with SyslogSink("siem", cfg(listener.port)) as sink:
         for i in range(5):
@@ -133,7 +91,7 @@ async def test_one_connection_for_many_batches(listener: Listener) -> None:
     assert len(listener.connections) == 1
 
 
-async def test_reconnects_when_receiver_drops_the_connection(listener: Listener) -> None:
+async def test_reconnects_when_receiver_drops_the_connection(listener: SyslogListener) -> None:
     """When the receiver closes an idle connection, the next batch opens a new one and arrives."""
     async with SyslogSink("siem", cfg(listener.port)) as sink:
         await sink.send([delivery(sample_alert(dedup_key="a"), 1)])
@@ -154,7 +112,7 @@ async def test_unreachable_is_retriable_and_names_the_destination() -> None:
             await sink.healthcheck()
 
 
-async def test_write_failure_is_retriable_then_recovers(listener: Listener) -> None:
+async def test_write_failure_is_retriable_then_recovers(listener: SyslogListener) -> None:
     """A receiver gone mid-stream fails the batch (retriable); after it returns the resend arrives."""
     items = [delivery(sample_alert(dedup_key=f"k{i}"), i) for i in range(3)]
     async with SyslogSink("siem", cfg(listener.port)) as sink:
@@ -170,21 +128,6 @@ async def test_write_failure_is_retriable_then_recovers(listener: Listener) -> N
         assert (await sink.send(items[1:])).ok
     ids = {dict(parse_5424(f).sd[0][1])["id"] for f in await listener.wait_frames(3)}
     assert ids >= {d.id for d in items}
-
-
-async def test_oversized_record_is_poison(listener: Listener) -> None:
-    """A record over max_message_bytes is a non-retriable failure; the rest of the batch is sent."""
-    big = sample_events()["reply"].to_dict()
-    big["raw"] = {"text": "x" * 5000}
-    d_big = decode(Record(EVENTS_TOPIC, 0, 1, 0, b"", orjson.dumps(big)))
-    assert not isinstance(d_big, str)
-    small = delivery(sample_alert(), 2)
-    async with SyslogSink("siem", cfg(listener.port, max_message_bytes=4096)) as sink:
-        result = await sink.send([d_big, small])
-    assert [f.delivery.id for f in result.failures] == [d_big.id]
-    assert not result.failures[0].retriable
-    assert "max_message_bytes" in result.failures[0].error
-    assert len(await listener.wait_frames(1)) == 1
 
 
 def test_config_validation(tmp_path: Path) -> None:

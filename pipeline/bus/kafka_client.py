@@ -1,0 +1,90 @@
+"""What every part of the Kafka bus shares: the connection settings, topic naming, error wrapping.
+
+:class:`KafkaConnection` carries the bootstrap servers, the client arguments (TLS, SASL)
+built once from the config, the request timeout and the topic prefix that maps logical
+topic names to the cluster's. :func:`wrap_error` turns an aiokafka error into a
+:class:`BusError` that says whether a retry can help.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber, StaleLeaderEpochCodeError
+from aiokafka.helpers import create_ssl_context
+
+from pipeline.config.model import KafkaBusConfig
+from pipeline.errors import BusError
+
+T = TypeVar("T")
+DAY_MS = 86_400_000
+PRODUCER_BATCH_BYTES = 512 * 1024  # aiokafka's 16 KiB default caps a batch at ~20 events
+FETCH_PARTITION_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class KafkaConnection:
+    """How to reach the cluster, shared by the admin client, the producers and the consumers."""
+
+    bootstrap: list[str]
+    client_args: dict[str, Any] = field(default_factory=dict)
+    request_timeout_ms: int = 30_000
+    topic_prefix: str = ""
+
+    def phys(self, topic: str) -> str:
+        """The cluster's name for a logical topic (``topic_prefix`` + name)."""
+        return self.topic_prefix + topic
+
+    def logical(self, topic: str) -> str:
+        """The logical name of a cluster topic."""
+        p = self.topic_prefix
+        return topic[len(p) :] if p and topic.startswith(p) else topic
+
+
+def client_args_from_config(cfg: KafkaBusConfig) -> dict[str, Any]:
+    """aiokafka client arguments (client id, TLS context, SASL) for a validated config."""
+    sec = cfg.security
+    args: dict[str, Any] = {"client_id": cfg.client_id, "security_protocol": sec.protocol}
+    if sec.protocol in ("SSL", "SASL_SSL"):
+        ctx = create_ssl_context(
+            cafile=str(sec.ssl_cafile) if sec.ssl_cafile else None,
+            certfile=str(sec.ssl_certfile) if sec.ssl_certfile else None,
+            keyfile=str(sec.ssl_keyfile) if sec.ssl_keyfile else None,
+        )
+        ctx.check_hostname = sec.ssl_check_hostname
+        if not sec.ssl_check_hostname:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        args["ssl_context"] = ctx
+    if sec.protocol.startswith("SASL"):
+        args["sasl_mechanism"] = sec.sasl_mechanism or "SCRAM-SHA-512"
+        args["sasl_plain_username"] = sec.username
+        args["sasl_plain_password"] = sec.password.get_secret_value() if sec.password else None
+    return args
+
+
+def wrap_error(err: BaseException, what: str) -> BusError:
+    """A :class:`BusError` for an aiokafka (or network) failure while doing ``what``."""
+    retriable = bool(getattr(err, "retriable", False)) or isinstance(
+        err, StaleLeaderEpochCodeError | OutOfOrderSequenceNumber | TimeoutError | ConnectionError
+    )
+    return BusError(f"kafka {what} failed: {type(err).__name__}: {err}", retriable=retriable)
+
+
+async def retrying(call: Callable[[], Awaitable[T]], what: str, attempts: int = 40) -> T:
+    """Run an admin call, retrying retriable errors (e.g. a coordinator still being created).
+
+    Raises:
+        BusError: a non-retriable error, or the last attempt failed.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return await call()
+        except KafkaError as err:
+            if not getattr(err, "retriable", False) or attempt == attempts:
+                raise wrap_error(err, what) from None
+            await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+    raise BusError(f"kafka {what} failed")  # pragma: no cover - loop always returns or raises

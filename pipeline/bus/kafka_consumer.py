@@ -1,0 +1,203 @@
+"""A consumer of the Kafka bus: ``read_committed``, auto-commit off, groups or plain assignment.
+
+A consumer with a group joins it (partitions are shared among the group's members, so
+rules and sinks scale out by partitions); one without a group is assigned every partition
+and never commits. See :mod:`pipeline.bus.base` for the semantics every consumer honours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka import TopicPartition as KTP
+from aiokafka.errors import KafkaError
+
+from pipeline.bus.base import Record, StartPolicy, TopicPartition
+from pipeline.bus.kafka_admin import KafkaTopics
+from pipeline.bus.kafka_client import FETCH_PARTITION_BYTES, KafkaConnection, wrap_error
+from pipeline.errors import BusError
+
+
+class KafkaConsumer:
+    """A consumer of the Kafka bus (see :mod:`pipeline.bus.base` for semantics)."""
+
+    def __init__(
+        self, conn: KafkaConnection, topics_admin: KafkaTopics, topics: list[str], group: str | None, start: StartPolicy
+    ):
+        self._conn = conn
+        self._admin = topics_admin
+        self._topics = topics
+        self.group = group
+        self._start = start
+        self._c: AIOKafkaConsumer | None = None
+        self._pos: dict[TopicPartition, int] = {}
+
+    async def __aenter__(self) -> KafkaConsumer:
+        reset = "latest" if self._start == "latest" else "earliest"
+        self._c = AIOKafkaConsumer(
+            bootstrap_servers=self._conn.bootstrap,
+            group_id=self.group,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset=reset,
+            request_timeout_ms=self._conn.request_timeout_ms,
+            max_poll_records=5000,
+            max_partition_fetch_bytes=FETCH_PARTITION_BYTES,
+            **self._conn.client_args,
+        )
+        try:
+            await self._c.start()
+            if self.group is None:
+                tps = []
+                for t in self._topics:
+                    n = await self._admin.partitions(t)
+                    tps += [KTP(self._conn.phys(t), p) for p in range(n)]
+                self._c.assign(tps)
+                if self._start == "latest":
+                    await self._c.seek_to_end(*tps)
+                else:
+                    await self._c.seek_to_beginning(*tps)
+            else:
+                self._c.subscribe([self._conn.phys(t) for t in self._topics])
+                await self._wait_assignment()
+                tps = list(self._c.assignment())
+                if self._start == "earliest":
+                    await self._c.seek_to_beginning(*tps)
+                elif self._start == "latest":
+                    await self._c.seek_to_end(*tps)
+            await self._refresh_positions()
+        except KafkaError as err:
+            await self.__aexit__()
+            raise wrap_error(err, "starting a consumer") from None
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def _wait_assignment(self, limit_s: float = 60.0) -> None:
+        c = self._client()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit_s
+        while not c.assignment():
+            if loop.time() > deadline:
+                raise BusError(f"consumer group {self.group} got no partitions within {limit_s:.0f}s", retriable=True)
+            await asyncio.sleep(0.05)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._c is not None:
+            with contextlib.suppress(Exception):
+                await self._c.stop()
+            self._c = None
+
+    def _ktp(self, tp: TopicPartition) -> KTP:
+        return KTP(self._conn.phys(tp.topic), tp.partition)
+
+    def _client(self) -> AIOKafkaConsumer:
+        if self._c is None:
+            raise BusError("the Kafka consumer is not open (use 'async with')")
+        return self._c
+
+    async def _refresh_positions(self) -> None:
+        c = self._client()
+        pos: dict[TopicPartition, int] = {}
+        for tp in c.assignment():
+            pos[TopicPartition(self._conn.logical(tp.topic), tp.partition)] = await c.position(tp)
+        self._pos = pos
+
+    def assignment(self) -> set[TopicPartition]:
+        """Partitions currently assigned."""
+        return {TopicPartition(self._conn.logical(t.topic), t.partition) for t in self._client().assignment()}
+
+    def positions(self) -> dict[TopicPartition, int]:
+        """Next offset to read per partition (past transaction markers)."""
+        return dict(self._pos)
+
+    async def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
+        """Up to ``max_records`` committed records."""
+        c = self._client()
+        try:
+            batch = await c.getmany(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+            await self._refresh_positions()
+        except KafkaError as err:
+            raise wrap_error(err, "polling") from None
+        out: list[Record] = []
+        for tp in sorted(batch, key=lambda t: (t.topic, t.partition)):
+            topic = self._conn.logical(tp.topic)  # once per partition, not per record
+            for m in batch[tp]:
+                out.append(
+                    Record(
+                        topic,
+                        m.partition,
+                        m.offset,
+                        m.timestamp,
+                        m.key,
+                        m.value if m.value is not None else b"",
+                        m.headers if type(m.headers) is tuple else tuple(m.headers or ()),  # aiokafka: tuple
+                    )
+                )
+        return out
+
+    async def poll_values(self, max_records: int, until: Mapping[TopicPartition, int]) -> list[bytes]:
+        """Record values only, below ``until`` per partition — replay's fast path to JSON Lines."""
+        c = self._client()
+        try:
+            batch = await c.getmany(timeout_ms=500, max_records=max_records)
+            await self._refresh_positions()
+        except KafkaError as err:
+            raise wrap_error(err, "polling") from None
+        out: list[bytes] = []
+        for ktp, msgs in batch.items():
+            end = until.get(TopicPartition(self._conn.logical(ktp.topic), ktp.partition), 0)
+            if msgs and msgs[-1].offset < end:
+                out.extend(m.value for m in msgs if m.value is not None)
+            else:
+                out.extend(m.value for m in msgs if m.offset < end and m.value is not None)
+        return out
+
+    async def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+        """Commit the group's offsets (default: current positions)."""
+        if self.group is None:
+            raise BusError("this consumer has no group; it cannot commit offsets")
+        offs = offsets if offsets is not None else self._pos
+        try:
+            await self._client().commit({self._ktp(tp): off for tp, off in offs.items()})
+        except KafkaError as err:
+            raise wrap_error(err, f"committing offsets of {self.group}") from None
+
+    async def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Read ``tp`` from ``offset`` next."""
+        self._client().seek(self._ktp(tp), offset)
+        self._pos[tp] = offset
+
+    async def seek_to_time(self, timestamp_ms: int) -> None:
+        """Move each partition to its first record at or after ``timestamp_ms``."""
+        c = self._client()
+        tps = list(c.assignment())
+        try:
+            found = await c.offsets_for_times({tp: timestamp_ms for tp in tps})
+            ends = await c.end_offsets(tps)
+        except KafkaError as err:
+            raise wrap_error(err, "seeking by time") from None
+        for tp in tps:
+            hit = found.get(tp)
+            c.seek(tp, hit.offset if hit is not None else ends[tp])
+        await self._refresh_positions()
+
+    async def seek_to_beginning(self) -> None:
+        """Move each partition to its earliest retained record."""
+        c = self._client()
+        await c.seek_to_beginning(*c.assignment())
+        await self._refresh_positions()
+
+    async def end_offsets(self) -> dict[TopicPartition, int]:
+        """The last stable offset per partition (read_committed)."""
+        c = self._client()
+        tps = list(c.assignment())
+        try:
+            ends = await c.end_offsets(tps)
+        except KafkaError as err:
+            raise wrap_error(err, "reading end offsets") from None
+        return {TopicPartition(self._conn.logical(tp.topic), tp.partition): off for tp, off in ends.items()}

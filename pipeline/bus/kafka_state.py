@@ -1,0 +1,90 @@
+"""Writer state on Kafka: the compacted ``instantly.state.v1`` topic, read into memory once.
+
+At first use the topic is read from the beginning up to its last stable offset
+(``read_committed``), tombstones deleting keys; afterwards the bus applies each of its
+own committed state writes, so reads are served from memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka import TopicPartition as KTP
+from aiokafka.errors import KafkaError
+
+from pipeline.bus.base import STATE_TOPIC
+from pipeline.bus.kafka_client import KafkaConnection, wrap_error
+
+
+class KafkaState:
+    """The state map, loaded from the compacted state topic and kept current by own commits."""
+
+    def __init__(self, conn: KafkaConnection):
+        self.conn = conn
+        self._state: dict[str, bytes] = {}
+        self._loaded = False
+
+    async def _load(self) -> None:
+        if self._loaded:
+            return
+        c = AIOKafkaConsumer(
+            bootstrap_servers=self.conn.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            request_timeout_ms=self.conn.request_timeout_ms,
+            **self.conn.client_args,
+        )
+        tp = KTP(self.conn.phys(STATE_TOPIC), 0)
+        try:
+            await c.start()
+            c.assign([tp])
+            await c.seek_to_beginning(tp)
+            end = (await c.end_offsets([tp]))[tp]
+            state: dict[str, bytes] = {}
+            while await c.position(tp) < end:
+                batch = await c.getmany(tp, timeout_ms=1000, max_records=5000)
+                for rec in batch.get(tp, []):
+                    if rec.key is None:
+                        continue
+                    if rec.value is None:
+                        state.pop(rec.key.decode(), None)
+                    else:
+                        state[rec.key.decode()] = rec.value
+        except KafkaError as err:
+            raise wrap_error(err, "loading state") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await c.stop()
+        # Own commits made while loading are newer than what was read.
+        state.update(self._state)
+        self._state = state
+        self._loaded = True
+
+    async def get(self, key: str) -> bytes | None:
+        """Current value of a state key.
+
+        Raises:
+            BusError: the state topic cannot be read.
+        """
+        await self._load()
+        return self._state.get(key)
+
+    async def items(self, prefix: str = "") -> dict[str, bytes]:
+        """State entries whose key starts with ``prefix``.
+
+        Raises:
+            BusError: the state topic cannot be read.
+        """
+        await self._load()
+        return {k: v for k, v in self._state.items() if k.startswith(prefix)}
+
+    def apply(self, changes: Mapping[str, bytes | None]) -> None:
+        """Record state writes that were just committed (``None`` deletes)."""
+        for k, v in changes.items():
+            if v is None:
+                self._state.pop(k, None)
+            else:
+                self._state[k] = v

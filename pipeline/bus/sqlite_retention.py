@@ -1,0 +1,72 @@
+"""Retention of the embedded bus: drop records past a topic's age or beyond the partition size cap.
+
+Compacted topics (state) are never trimmed. Each partition is trimmed from its start in one
+transaction, and ``tp_meta.log_start`` moves past the removed records, so consumers that
+had not read them resume at the first retained record.
+"""
+
+from __future__ import annotations
+
+from pipeline.bus.sqlite_format import rowid
+from pipeline.bus.sqlite_store import SqliteStore
+
+
+def enforce_retention(store: SqliteStore, retention_ms: int | None, max_bytes: int | None) -> int:
+    """Delete expired or over-cap records on every non-compacted topic; return how many (store thread only).
+
+    ``retention_ms`` applies to topics without their own retention.
+    """
+    db = store.conn()
+    now_ms = int(store.clock() * 1000)
+    removed = 0
+    for t in list(store.topics.values()):
+        if t.compacted:
+            continue
+        age = t.retention_ms if t.retention_ms is not None else retention_ms
+        for p in range(t.partitions):
+            tp_id = t.tp_id(p)
+            start, end = store.bounds(tp_id)
+            cut = start
+            if age is not None:
+                cut = max(cut, store.offset_for_time(tp_id, now_ms - age))
+            if max_bytes is not None:
+                cut = max(cut, _size_cut(store, tp_id, start=cut, end=end, cap=max_bytes))
+            cut = min(cut, end)
+            if cut <= start:
+                continue
+            lo, hi = rowid(tp_id, start), rowid(tp_id, cut)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                gone = db.execute(
+                    "SELECT COALESCE(SUM(length(value)+COALESCE(length(key),0)+COALESCE(length(headers),0)),0),"
+                    " COUNT(*) FROM records WHERE id>=? AND id<?",
+                    (lo, hi),
+                ).fetchone()
+                db.execute("DELETE FROM records WHERE id>=? AND id<?", (lo, hi))
+                db.execute("UPDATE tp_meta SET log_start=?, bytes=bytes-? WHERE tp=?", (cut, gone[0], tp_id))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            removed += int(gone[1])
+    return removed
+
+
+def _size_cut(store: SqliteStore, tp_id: int, *, start: int, end: int, cap: int) -> int:
+    """The first offset to keep so that the partition fits in ``cap`` bytes."""
+    db = store.conn()
+    (size,) = db.execute("SELECT bytes FROM tp_meta WHERE tp=?", (tp_id,)).fetchone()
+    if size <= cap:
+        return start
+    excess = size - cap
+    cut = start
+    for (length,) in db.execute(
+        "SELECT length(value)+COALESCE(length(key),0)+COALESCE(length(headers),0) FROM records"
+        " WHERE id>=? AND id<? ORDER BY id",
+        (rowid(tp_id, start), rowid(tp_id, end)),
+    ):
+        if excess <= 0:
+            break
+        excess -= length
+        cut += 1
+    return cut
