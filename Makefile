@@ -54,7 +54,7 @@ fmt: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-## bench: run every benchmark (results go in README with the machine)
+## bench: run every benchmark (results go in docs/benchmarks.md with the machine)
 bench: $(VENV)/.installed
 	bash benchmarks/run_all.sh
 

@@ -2,7 +2,7 @@
 # Run every benchmarks/bench_*.py in turn with modest defaults and print each result (`make bench`).
 #
 #   bash benchmarks/run_all.sh              # modest sizes (a few minutes on 2 cores)
-#   BENCH_FULL=1 bash benchmarks/run_all.sh # each script's own defaults (the README numbers)
+#   BENCH_FULL=1 bash benchmarks/run_all.sh # each script's own defaults (the numbers in docs/benchmarks.md)
 #   bash benchmarks/run_all.sh bus kafka    # only these (names without bench_ / .py)
 #
 # Scripts that read KAFKA_BOOTSTRAP get a broker: the one in the environment if set, else a
