@@ -8,6 +8,7 @@ from pathlib import Path
 
 from connectors.instantly.rules.api_keys import AllScopeKeyRule, BroadScopeKeyRule, RotationIncompleteRule, StaleKeyRule
 from connectors.instantly.rules.auth import LoginNewIpRule, MfaAttackRule
+from connectors.instantly.rules.blast_radius import UnauditedReachRule
 from connectors.instantly.rules.block_list import InternalDomainMissingRule, ProtectedDomainRemovedRule
 from connectors.instantly.rules.data import LeadExportRule, MassDeletionRule
 from connectors.instantly.rules.members import PrivilegedMemberRule, UnexpectedMemberRule
@@ -25,6 +26,7 @@ RULES = (
     AllScopeKeyRule,
     BroadScopeKeyRule,
     StaleKeyRule,
+    UnauditedReachRule,
     RotationIncompleteRule,
     MfaAttackRule,
     LoginNewIpRule,
