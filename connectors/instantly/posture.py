@@ -33,6 +33,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 
+from connectors.instantly.blast.check import KeyUsage, blast_radius_results
 from connectors.instantly.checklist import Basic
 from connectors.instantly.client import InstantlyClient, SessionFactory
 from connectors.instantly.config import WorkspaceConfig, workspaces
@@ -237,6 +238,7 @@ class WorkspaceSnapshot:
     usage: dict[str, dict[str, int]] = field(default_factory=dict)
     audit_refusal: SourceError | None = None
     audit_records: int = 0
+    key_activity: dict[str, dict[int, int]] = field(default_factory=dict)
 
 
 def _describe(err: SourceError) -> str:
@@ -337,6 +339,9 @@ async def _read_usage(client: InstantlyClient, snap: WorkspaceSnapshot, settings
                     snap.audit_records += 1
                     kid = rec.get("api_key_id")
                     product = client_product(rec.get("user_agent"))
+                    if isinstance(kid, str) and kid and isinstance(code := rec.get("activity_type"), int):
+                        per_code = snap.key_activity.setdefault(kid, {})
+                        per_code[code] = per_code.get(code, 0) + 1
                     if isinstance(kid, str) and kid and product:
                         per = snap.usage.setdefault(kid, {})
                         per[product] = per.get(product, 0) + 1
@@ -412,6 +417,10 @@ def evaluate_workspace(snap: WorkspaceSnapshot, ruleset: RuleSet, settings: Post
     results += check_shared_keys(snap)
     results += check_admins(snap, ruleset, settings)
     results += check_invitations(snap, ruleset, settings)
+    usage = KeyUsage(snap.audit_refusal is None and "audit_logs" not in snap.errors, settings.shared_key_window_days,
+                     snap.audit_records < MAX_AUDIT_RECORDS, snap.key_activity)  # fmt: skip
+    results += blast_radius_results(_label(snap), snap.snapshots.get("api_keys"), usage, snap.observed_at,
+                                    snap.errors.get("api_keys"))  # fmt: skip
     return results
 
 
