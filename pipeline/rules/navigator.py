@@ -7,8 +7,10 @@ pipeline and fails when the rule does not fire. A rule pack lists its scenario d
 ``emulation: {technique, rule}`` block, never the scenario itself.
 
 A technique enters the layer only when an enabled rule claims it *and* an emulation of that
-technique names one of those rules. Its score is the number of such rules; the comment names
-the rules and the emulations. Claimed techniques without one are returned as ``unproven``.
+technique names one of those rules. Its score is the number of claiming rules with an
+emulation; the comment names the emulated rules and their scenarios (and the claiming rules
+without an emulation).
+Claimed techniques without any emulation are returned as ``unproven``.
 """
 
 from __future__ import annotations
@@ -86,16 +88,19 @@ def build_layer(rules: Iterable[Rule], emulations: Iterable[Emulation], name: st
         if not emus:
             cov.unproven[tech] = claims[tech]
             continue
-        cov.proven[tech] = claims[tech]
-        comment = f"rules: {', '.join(claims[tech])}; emulated by: {', '.join(sorted({e.scenario for e in emus}))}"
-        techniques.append({"techniqueID": tech, "score": len(claims[tech]), "comment": comment, "enabled": True})
+        proven = sorted({e.rule for e in emus})
+        cov.proven[tech] = proven
+        comment = f"emulated: {', '.join(proven)} (by {', '.join(sorted({e.scenario for e in emus}))})"
+        if rest := [r for r in claims[tech] if r not in proven]:
+            comment += f"; also claimed, not emulated: {', '.join(rest)}"
+        techniques.append({"techniqueID": tech, "score": len(proven), "comment": comment, "enabled": True})
     top = max((len(r) for r in cov.proven.values()), default=1)
     cov.layer = {
         "name": f"{name} detections (emulated)",
         "versions": dict(LAYER_VERSIONS),
         "domain": "enterprise-attack",
         "description": "Techniques detected by instantly-audit rules, each proven by an emulated attack played "
-        "through the pipeline in CI. Score = rules detecting the technique.",
+        "through the pipeline in CI. Score = rules whose emulation of the technique passes.",
         "sorting": 3,
         "hideDisabled": False,
         "techniques": techniques,
