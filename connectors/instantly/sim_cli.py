@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from connectors.instantly import api
 from connectors.instantly.demo import run_demo
 from connectors.instantly.sim.server import Rehearsal, serve
 from pipeline.errors import ConfigError, PipelineError
@@ -79,7 +80,7 @@ def banner(r: Rehearsal, written: Path | None) -> str:
     """What ``simulate`` prints once it listens."""
     ws = r.world.workspace
     lines = [
-        f"Instantly API v2 simulator listening on {r.base_url}/api/v2",
+        f"Instantly API v2 simulator listening on {r.base_url}{api.API_PREFIX}",
         f"  workspace  {ws.id}  {ws.name!r} (alias acme in the written config)",
         f"  poller key {r.world.poller_key.key}   read-only scopes — FAKE secret, simulator only",
         f"  admin key  {r.admin_key.key}   api_keys:all — FAKE secret, to rehearse `keys rotate`",

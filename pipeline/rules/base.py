@@ -329,13 +329,15 @@ class CatalogRule(Generic[P]):
 
 @dataclass(frozen=True, slots=True)
 class RulePack:
-    """A connector's rules: its Python rule classes (an explicit tuple), its YAML rule files and its
-    test cases. Registered through the ``instantly_audit.rule_packs`` entry point group."""
+    """A connector's rules: its Python rule classes (an explicit tuple), its YAML rule files, its
+    test cases and its emulations (scenario files with an ``emulation:`` block, see
+    :mod:`pipeline.rules.navigator`). Registered through the ``instantly_audit.rule_packs`` entry point group."""
 
     name: str
     rules: tuple[type[CatalogRule[Any]], ...] = ()
     yaml_files: tuple[Path, ...] = ()
     cases_dir: Path | None = None
+    emulations_dir: Path | None = None
 
 
 # ---- small helpers shared by the catalog ---------------------------------------------------

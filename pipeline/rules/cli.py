@@ -1,4 +1,5 @@
-"""``instantly-audit rules``: ``rules test DIR [--rules FILE]`` and ``rules list [--rules FILE]``.
+"""``instantly-audit rules``: ``rules test DIR [--rules FILE]`` and ``rules list [--rules FILE]``
+(``export``, ``import`` and ``coverage``: :mod:`pipeline.rules.cli_interop`).
 
 ``--rules FILE`` is a YAML file holding either a whole pipeline config (its ``rules`` section
 is used) or just the rules section. Custom rule ``files`` in it are relative to the file.
@@ -12,39 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pipeline.cli.exit_codes import Exit
 from pipeline.errors import ConfigError
+from pipeline.rules.cli_interop import register_interop
 from pipeline.rules.config import parse_rules_config
 from pipeline.rules.packs import rule_packs
+from pipeline.rules.rules_file import EXIT_FAIL, EXIT_OK, EXIT_USAGE, read_rules_file
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = Exit.OK, Exit.FINDINGS, Exit.USAGE
-
-
-def read_rules_file(path: str | None) -> tuple[dict[str, Any], Path | None]:
-    """The rules section from ``--rules FILE`` and the directory to resolve its paths against.
-
-    Raises:
-        ConfigError: the file is unreadable, not YAML, or not a mapping.
-    """
-    if path is None:
-        return {}, None
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ConfigError(f"--rules {p}: cannot read ({err.strerror or type(err).__name__})") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"--rules {p}: not valid YAML ({type(err).__name__})") from None
-    data = data or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"--rules {p}: must be a mapping (a config file or its rules section)")
-    # A rules section never has a "rules" key (its keys are settings and dotted rule ids).
-    section = (data["rules"] or {}) if "rules" in data else data
-    if not isinstance(section, dict):
-        raise ConfigError(f"--rules {p}: the rules section must be a mapping")
-    return section, p.resolve().parent
+__all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "read_rules_file", "register"]
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -91,7 +66,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def _usage(parser: argparse.ArgumentParser) -> Any:
     def show(args: argparse.Namespace) -> int:
         parser.print_usage(sys.stderr)
-        print(f"{parser.prog}: error: choose a subcommand: test or list", file=sys.stderr)
+        print(f"{parser.prog}: error: choose a subcommand: test, list, export, import or coverage", file=sys.stderr)
         return EXIT_USAGE
 
     return show
@@ -114,4 +89,5 @@ def register(subparsers: Any) -> None:
     ls = sub.add_parser("list", help="list the rules, their severity and whether they run")
     ls.add_argument("--rules", metavar="FILE", help="rules config (a config file or its rules section)")
     ls.set_defaults(func=cmd_list)
+    register_interop(sub)
     p.set_defaults(func=_usage(p))

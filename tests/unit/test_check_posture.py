@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from connectors.instantly.blast.check import BLAST_CHECKS
 from connectors.instantly.posture import PostureSettings
 from connectors.instantly.posture.catalog import OWN_CHECKS, STREAM_CHECKS
 from connectors.instantly.posture.keys import name_evidence, needed_scopes
@@ -32,7 +33,7 @@ DAY = 86_400.0
 T0 = 1_790_000_000.0
 PIPELINE_KEY = "security-poller"
 NEEDED = needed_scopes(("audit_logs", "api_keys", "members", "webhooks", "workspace", "group_members", "block_list"))
-ALL_CHECKS = (*STREAM_CHECKS, *OWN_CHECKS)
+ALL_CHECKS = (*STREAM_CHECKS, *OWN_CHECKS, *BLAST_CHECKS)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from connectors.instantly import api
+from connectors.instantly.blast.check import KeyUsage, blast_radius_results
 from connectors.instantly.checklist import Basic
 from connectors.instantly.client import SessionFactory
 from connectors.instantly.config import workspaces
@@ -22,7 +23,7 @@ from connectors.instantly.posture.catalog import label as snap_label
 from connectors.instantly.posture.keys import check_pipeline_scopes, check_shared_keys
 from connectors.instantly.posture.members import check_admins, check_invitations
 from connectors.instantly.posture.settings import PostureSettings, build_ruleset
-from connectors.instantly.posture.snapshot import Sleep, WorkspaceSnapshot, fetch_workspace
+from connectors.instantly.posture.snapshot import MAX_AUDIT_RECORDS, Sleep, WorkspaceSnapshot, fetch_workspace
 from pipeline.checks.report import CheckResult, Resource
 from pipeline.clock import Clock
 from pipeline.config.model import PipelineConfig
@@ -45,6 +46,10 @@ def evaluate_workspace(snap: WorkspaceSnapshot, ruleset: RuleSet, settings: Post
     results += check_shared_keys(snap)
     results += check_admins(snap, ruleset, settings)
     results += check_invitations(snap, ruleset, settings)
+    usage = KeyUsage(snap.audit_refusal is None and "audit_logs" not in snap.errors, settings.shared_key_window_days,
+                     snap.audit_records < MAX_AUDIT_RECORDS, snap.key_activity)  # fmt: skip
+    results += blast_radius_results(label, snap.snapshots.get("api_keys"), usage, snap.observed_at,
+                                    snap.errors.get("api_keys"))  # fmt: skip
     return results
 
 

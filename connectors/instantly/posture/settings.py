@@ -82,6 +82,9 @@ def build_ruleset(rules_section: Mapping[str, Any], settings: PostureSettings, b
             section[rule_id] = {**(block or {}), **values}
 
     override("block_list.internal_domain_missing", settle_secs=0)
+    # Reported by the check's own findings (member.admin_not_allowed, blast radius), not twice.
+    override("member.privileged", enabled=False)
+    override("api_key.unaudited_reach", enabled=False)
     if settings.rotation_days is not None:
         override("api_key.stale", key_max_age_days=settings.rotation_days)
     return parse_rules_config(section, base_dir=base_dir)

@@ -56,6 +56,8 @@ class WorkspaceSnapshot:
     usage: dict[str, dict[str, int]] = field(default_factory=dict)
     audit_refusal: SourceError | None = None
     audit_records: int = 0
+    key_activity: dict[str, dict[int, int]] = field(default_factory=dict)
+    """Audit records per API key id and activity type (least-privilege: scopes never used)."""
 
 
 def describe(err: SourceError) -> str:
@@ -161,6 +163,9 @@ async def _read_usage(client: InstantlyClient, snap: WorkspaceSnapshot, settings
                     snap.audit_records += 1
                     kid = rec.get("api_key_id")
                     product = client_product(rec.get("user_agent"))
+                    if isinstance(kid, str) and kid and isinstance(code := rec.get("activity_type"), int):
+                        per_code = snap.key_activity.setdefault(kid, {})
+                        per_code[code] = per_code.get(code, 0) + 1
                     if isinstance(kid, str) and kid and product:
                         per = snap.usage.setdefault(kid, {})
                         per[product] = per.get(product, 0) + 1

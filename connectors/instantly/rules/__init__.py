@@ -1,5 +1,6 @@
 """The Instantly rule pack: the built-in Python rules (an explicit tuple), the YAML rules in
-``builtin.yaml`` and the shipped test cases in ``cases/``.
+``builtin.yaml``, the shipped test cases in ``cases/`` and the ATT&CK emulations in
+``sim/scenarios/emulation/`` (see :mod:`connectors.instantly.emulation`).
 
 Registered as the ``instantly`` entry of the ``instantly_audit.rule_packs`` group.
 """
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from connectors.instantly.rules.api_keys import AllScopeKeyRule, BroadScopeKeyRule, RotationIncompleteRule, StaleKeyRule
 from connectors.instantly.rules.auth import LoginNewIpRule, MfaAttackRule
+from connectors.instantly.rules.blast_radius import UnauditedReachRule
 from connectors.instantly.rules.block_list import InternalDomainMissingRule, ProtectedDomainRemovedRule
 from connectors.instantly.rules.data import LeadExportRule, MassDeletionRule
 from connectors.instantly.rules.members import PrivilegedMemberRule, UnexpectedMemberRule
@@ -25,6 +27,7 @@ RULES = (
     AllScopeKeyRule,
     BroadScopeKeyRule,
     StaleKeyRule,
+    UnauditedReachRule,
     RotationIncompleteRule,
     MfaAttackRule,
     LoginNewIpRule,
@@ -42,5 +45,8 @@ RULES = (
 )
 """Every built-in Python rule of the pack, in catalog order."""
 
-PACK = RulePack(name="instantly", rules=RULES, yaml_files=(HERE / "builtin.yaml",), cases_dir=HERE / "cases")
+PACK = RulePack(
+    name="instantly", rules=RULES, yaml_files=(HERE / "builtin.yaml",), cases_dir=HERE / "cases",
+    emulations_dir=HERE.parent / "sim" / "scenarios" / "emulation",
+)  # fmt: skip
 """The pack the runtime loads (entry point ``instantly_audit.rule_packs: instantly``)."""

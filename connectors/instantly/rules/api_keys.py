@@ -126,6 +126,12 @@ class AllScopeKeyRule(_ScopeRule):
     )  # fmt: skip
 
     what = "unrestricted access"
+    sigma_detection: ClassVar[dict[str, Any]] = {
+        "all_scope": {"attributes.scopes": "all:all"},
+        "deleted": {"type": "api_key.deleted"},
+        "condition": "all_scope and not deleted",
+    }
+    """The open condition as a single-event detection (``rules export --format sigma``)."""
 
     def risky(self, scopes: list[str]) -> list[str]:
         """``all:all`` only."""

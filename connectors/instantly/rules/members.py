@@ -1,4 +1,4 @@
-"""Member rules: members outside the allowlist, new privileges, owner changes.
+"""Member rules: members outside the allowlist, privileges (new or present at first sight), owner changes.
 
 Snapshot events ``member.baseline|invited|accepted|removed|role_changed|permissions_changed``
 carry ``email``, ``role``, ``accepted``, ``permissions``; role and permission changes also
@@ -26,7 +26,7 @@ from pipeline.rules.base import (
     resolved,
     target_id,
 )
-from schemas.alert import Entity
+from schemas.alert import Entity, Severity
 from schemas.event import Event
 
 PRIVILEGED_PERMISSIONS = ("organization.manage", "organization.users.manage", "organization.billing",
@@ -88,13 +88,21 @@ class PrivilegedParams(RuleParams):
 
 
 class PrivilegedMemberRule(CatalogRule[PrivilegedParams]):
-    """``member.privileged``: someone was invited as or made admin, gained admin permissions, or the owner changed."""
+    """``member.privileged``: someone was invited as or made admin, gained admin permissions, or the owner changed.
+
+    The first snapshot counts too: a member who already holds a privileged role or permission
+    (``member.baseline``) alerts once — high, or low when the member allowlist names them — and
+    the owner at first sight (``workspace.baseline``) alerts once at low, so the inventory of
+    who holds power starts in the alert stream. Keys match the change alerts', so a later
+    grant of the same privilege folds into the same alert within the suppression window.
+    """
 
     Params = PrivilegedParams
     meta = RuleMeta(
         id="member.privileged", title="Workspace member gained privileges", severity="high",
         attack=("T1098.003",), basic=Basic.MEMBER_ROLES,
-        event_types=("member.invited", "member.role_changed", "member.permissions_changed", "workspace.owner_changed"),
+        event_types=("member.invited", "member.role_changed", "member.permissions_changed", "workspace.owner_changed",
+                     "member.baseline", "workspace.baseline"),
         runbook=(
             "1. Confirm with the workspace owner that the change was intended (who made it: see actor).\n"
             "2. Members should hold the least role that works (view/editor); admin only for managers.\n"
@@ -103,7 +111,9 @@ class PrivilegedMemberRule(CatalogRule[PrivilegedParams]):
     )  # fmt: skip
 
     def on_event(self, ctx: RuleContext, event: Event) -> Iterable[Finding]:
-        """Report the privilege the event grants, if any."""
+        """Report the privilege the event grants (or, on a baseline, holds), if any."""
+        if event.type.endswith(".baseline"):
+            return self._baseline(event)
         if event.type == "workspace.owner_changed":
             before = _side(event, "before", "owner") or attr(event, "previous_owner")
             after = _side(event, "after", "owner") or attr(event, "owner")
@@ -134,3 +144,32 @@ class PrivilegedMemberRule(CatalogRule[PrivilegedParams]):
         return (
             Finding(f"member:{mid}:perm:{','.join(gained)}", summary, ents, event.id, attributes={"gained": gained}),
         )
+
+    def _baseline(self, event: Event) -> tuple[Finding, ...]:
+        if event.type == "workspace.baseline":
+            owner = attr(event, "owner")
+            if not isinstance(owner, str) or not owner:
+                return ()
+            return (Finding(f"owner:{owner}", f"The workspace owner at first sight is {owner}",
+                            (Entity("user", owner, None),), event.id, severity="low",
+                            attributes={"new_owner": owner, "baseline": True}),)  # fmt: skip
+        mid, email = member_ref(event)
+        if not mid:
+            return ()
+        role = attr(event, "role")
+        perms = attr(event, "permissions")
+        held = sorted(set(perms if isinstance(perms, list) else []) & set(self.params.privileged_permissions))
+        allowed = email is not None and self.lists.has_member_allowlist and self.lists.member_allowed(email)
+        sev: Severity = "low" if allowed else "high"
+        ents = (Entity("member", mid, email),)
+        who = email or mid
+        note = " (on the member allowlist)" if allowed else ""
+        attrs = {"role": role, "baseline": True, "allowlisted": allowed}
+        if role in self.params.privileged_roles:
+            return (Finding(f"member:{mid}:role:{role}", f"{who} holds the {role} role at first sight{note}", ents,
+                            event.id, severity=sev, attributes=attrs),)  # fmt: skip
+        if held:
+            return (Finding(f"member:{mid}:perm:{','.join(held)}",
+                            f"{who} holds privileged permissions at first sight: {', '.join(held)}{note}", ents,
+                            event.id, severity=sev, attributes={**attrs, "gained": held}),)  # fmt: skip
+        return ()

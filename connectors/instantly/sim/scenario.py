@@ -1,7 +1,8 @@
 """Scripted scenarios: timed steps (YAML) that the simulator plays against its own state.
 
 A scenario file is either a list of steps or a mapping ``{name, workspace, steps}``; the
-top-level ``workspace`` is the default for steps that omit it. Each step has ``at``
+top-level ``workspace`` is the default for steps that omit it (an ``emulation`` block, read by
+:mod:`connectors.instantly.emulation`, is allowed and ignored here). Each step has ``at``
 (seconds after the start, by the simulator's clock), ``action`` and the action's
 parameters; unknown actions or parameters are rejected at load time. Example::
 
@@ -96,7 +97,7 @@ class Scenario:
         """
         default_ws = None
         if isinstance(data, dict):
-            unknown = set(data) - {"name", "description", "workspace", "steps"}
+            unknown = set(data) - {"name", "description", "workspace", "steps", "emulation"}
             if unknown:
                 raise ScenarioError(f"{name}: unknown top-level keys {sorted(unknown)}")
             name, default_ws, data = str(data.get("name", name)), data.get("workspace"), data.get("steps")

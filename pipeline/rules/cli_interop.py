@@ -1,0 +1,146 @@
+"""``instantly-audit rules export|import|coverage``: Sigma out and in, ATT&CK Navigator layer.
+
+* ``rules export --format sigma --output DIR [--rules FILE]`` — one ``<rule id>.yml`` per
+  expressible rule, plus ``README.md`` (field mapping, skipped rules and why);
+* ``rules import FILE... [--output FILE] [--prefix P]`` — Sigma rules → our YAML rules (stdout
+  or FILE); each rejected rule is named on stderr with the reason;
+* ``rules coverage --navigator FILE [--rules FILE] [--emulations DIR]`` — the layer of the
+  techniques with a passing emulation (:mod:`pipeline.rules.navigator`).
+
+``--rules FILE`` is read exactly as ``rules test|list`` read it. Exit codes: 0 done, 1 some
+rule rejected (import), 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import ConfigError
+from pipeline.rules.config import parse_rules_config
+from pipeline.rules.navigator import build_layer, read_emulations
+from pipeline.rules.packs import rule_packs
+from pipeline.rules.rules_file import EXIT_FAIL, EXIT_OK, EXIT_USAGE, read_rules_file
+from pipeline.rules.sigma import FIELD_NOTE, SigmaImportError, export_rule, import_rule
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write every expressible rule as a Sigma rule file under ``args.output``."""
+    try:
+        section, base = read_rules_file(args.rules)
+        ruleset = parse_rules_config(section, base_dir=base)
+    except ConfigError as err:
+        print(f"rules export: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.output)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"rules export: cannot create {out} ({err.strerror})", file=sys.stderr)
+        return EXIT_USAGE
+    written, skipped = [], []
+    for rule in ruleset.rules:
+        ex = export_rule(rule)
+        if ex.document is None:
+            skipped.append((ex.rule_id, ex.skipped))
+            continue
+        header = f"# instantly-audit rule {ex.rule_id}, exported as Sigma.\n" + "".join(
+            f"# {line}\n" for line in textwrap.wrap(FIELD_NOTE, 98)
+        )
+        text = yaml.safe_dump(ex.document, sort_keys=False, width=100, allow_unicode=True)
+        (out / f"{ex.rule_id}.yml").write_text(header + text, encoding="utf-8")
+        written.append(ex.rule_id)
+    lines = ["# instantly-audit rules as Sigma", "", FIELD_NOTE, "", f"Exported: {len(written)} rules.", ""]
+    if skipped:
+        lines += ["Skipped (not expressible as a single-event Sigma rule):", ""]
+        lines += [f"- `{rid}`: {why}" for rid, why in skipped]
+    (out / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"rules export: {len(written)} Sigma rules written to {out}; {len(skipped)} skipped (see README.md)")
+    for rid, why in skipped:
+        print(f"  skipped {rid}: {why}")
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Convert Sigma rule files to our YAML rules; reject, with the reason, what does not map."""
+    accepted: list[dict[str, Any]] = []
+    rejected = 0
+    for name in args.files:
+        try:
+            docs = list(yaml.safe_load_all(Path(name).read_text(encoding="utf-8")))
+        except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
+            print(f"rules import: {name}: cannot read ({type(err).__name__})", file=sys.stderr)
+            return EXIT_USAGE
+        for i, doc in enumerate(d for d in docs if d is not None):
+            where = name if len(docs) == 1 else f"{name}#{i}"
+            try:
+                rule = import_rule(doc, prefix=args.prefix)
+            except SigmaImportError as err:
+                print(f"rules import: {where}: rejected: {err}", file=sys.stderr)
+                rejected += 1
+                continue
+            accepted.append(rule)
+            print(f"rules import: {where}: imported as {rule['id']}", file=sys.stderr)
+    text = yaml.safe_dump({"rules": accepted}, sort_keys=False, width=100, allow_unicode=True)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return EXIT_FAIL if rejected else EXIT_OK
+
+
+def cmd_coverage(args: argparse.Namespace) -> int:
+    """Write the Navigator layer; list the claimed techniques left out for lack of an emulation."""
+    try:
+        section, base = read_rules_file(args.rules)
+        ruleset = parse_rules_config(section, base_dir=base)
+        dirs = [Path(d) for d in args.emulations] if args.emulations else [
+            p.emulations_dir for p in rule_packs() if p.emulations_dir is not None]  # fmt: skip
+        cov = build_layer(ruleset.rules, read_emulations(dirs))
+    except ConfigError as err:
+        print(f"rules coverage: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        Path(args.navigator).write_text(json.dumps(cov.layer, indent=2) + "\n", encoding="utf-8")
+    except OSError as err:
+        print(f"rules coverage: cannot write {args.navigator} ({err.strerror})", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"rules coverage: {len(cov.proven)} techniques in the layer {args.navigator}")
+    for tech, rules in sorted(cov.unproven.items()):
+        print(f"  not in the layer (no passing emulation): {tech} ({', '.join(rules)})")
+    return EXIT_OK
+
+
+def register_interop(sub: Any) -> None:
+    """Add ``export``, ``import`` and ``coverage`` to the ``rules`` subcommands."""
+    rules_help = "rules config (a config file or its rules section)"
+    ex = sub.add_parser(
+        "export", help="export the rules as Sigma rules, one file each",
+        description="Write every rule expressible in Sigma to DIR (README.md lists the rest).",
+    )  # fmt: skip
+    ex.add_argument("--format", choices=["sigma"], required=True, help="output format")
+    ex.add_argument("--output", metavar="DIR", required=True, help="directory to write the rule files to")
+    ex.add_argument("--rules", metavar="FILE", help=rules_help)
+    ex.set_defaults(func=cmd_export)
+    im = sub.add_parser(
+        "import", help="convert Sigma rules whose fields are Event v1 paths",
+        description="Convert Sigma rule files to instantly-audit YAML rules; reject the rest.",
+    )  # fmt: skip
+    im.add_argument("files", metavar="FILE", nargs="+", help="Sigma rule files (YAML, one or more documents)")
+    im.add_argument("--output", metavar="FILE", help="write the rules file here (default: stdout)")
+    im.add_argument("--prefix", default="sigma", help="rule id prefix (default: sigma)")
+    im.set_defaults(func=cmd_import)
+    cov = sub.add_parser("coverage", help="write an ATT&CK Navigator layer of the emulated techniques",
+                         description="Write a Navigator layer (format 4.5) of the techniques whose rules have a "
+                                     "passing emulation.")  # fmt: skip
+    cov.add_argument("--navigator", metavar="FILE", required=True, help="the layer file to write (JSON)")
+    cov.add_argument("--rules", metavar="FILE", help=rules_help)
+    cov.add_argument("--emulations", metavar="DIR", action="append",
+                     help="emulation scenario directory (default: the installed rule packs')")  # fmt: skip
+    cov.set_defaults(func=cmd_coverage)

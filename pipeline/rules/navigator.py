@@ -1,0 +1,110 @@
+"""ATT&CK Navigator layer (format 4.5) from the rules' technique ids — only techniques proven by emulation.
+
+An *emulation* is a scenario file that scripts one attack for one technique and names the
+rule that must fire; the emulation suite (CI) plays every such file through the real
+pipeline and fails when the rule does not fire. A rule pack lists its scenario directory
+(:attr:`pipeline.rules.base.RulePack.emulations_dir`); this module reads only each file's
+``emulation: {technique, rule}`` block, never the scenario itself.
+
+A technique enters the layer only when an enabled rule claims it *and* an emulation of that
+technique names one of those rules. Its score is the number of claiming rules with an
+emulation; the comment names the emulated rules and their scenarios (and the claiming rules
+without an emulation).
+Claimed techniques without any emulation are returned as ``unproven``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import ConfigError
+from pipeline.rules.base import ATTACK_PATTERN, Rule
+
+LAYER_VERSIONS = {"attack": "17", "navigator": "5.1.0", "layer": "4.5"}
+SCHEMA_PATH = Path(__file__).resolve().parent / "navigator_layer.schema.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Emulation:
+    """One scenario's claim: playing ``scenario`` makes ``rule`` fire, which detects ``technique``."""
+
+    technique: str
+    rule: str
+    scenario: str
+
+
+def read_emulations(dirs: Iterable[Path]) -> list[Emulation]:
+    """The ``emulation:`` blocks of every ``*.yaml`` file under ``dirs``.
+
+    Raises:
+        ConfigError: a file is unreadable or its block is malformed.
+    """
+    out: list[Emulation] = []
+    for d in dirs:
+        for path in sorted(Path(d).glob("*.yaml")):
+            try:
+                doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
+                raise ConfigError(f"{path}: cannot read the emulation ({type(err).__name__})") from None
+            block = doc.get("emulation") if isinstance(doc, dict) else None
+            if block is None:
+                continue
+            tech, rule = (block.get("technique"), block.get("rule")) if isinstance(block, dict) else (None, None)
+            if not isinstance(tech, str) or not re.fullmatch(ATTACK_PATTERN, tech) or not isinstance(rule, str):
+                raise ConfigError(f"{path}: emulation needs technique: T#### and rule: <rule id>")
+            out.append(Emulation(tech, rule, path.stem))
+    return out
+
+
+@dataclass
+class Coverage:
+    """What the layer shows and what it leaves out."""
+
+    layer: dict[str, Any]
+    proven: dict[str, list[str]] = field(default_factory=dict)
+    unproven: dict[str, list[str]] = field(default_factory=dict)
+
+
+def build_layer(rules: Iterable[Rule], emulations: Iterable[Emulation], name: str = "instantly-audit") -> Coverage:
+    """The Navigator layer of the enabled ``rules``' techniques that have an emulation of a claiming rule."""
+    claims: dict[str, list[str]] = {}
+    for r in rules:
+        if r.params.enabled:
+            for t in r.meta.attack:
+                claims.setdefault(t, []).append(r.meta.id)
+    by_tech: dict[str, list[Emulation]] = {}
+    for e in emulations:
+        by_tech.setdefault(e.technique, []).append(e)
+    cov = Coverage(layer={})
+    techniques: list[dict[str, Any]] = []
+    for tech in sorted(claims):
+        emus = [e for e in by_tech.get(tech, []) if e.rule in claims[tech]]
+        if not emus:
+            cov.unproven[tech] = claims[tech]
+            continue
+        proven = sorted({e.rule for e in emus})
+        cov.proven[tech] = proven
+        comment = f"emulated: {', '.join(proven)} (by {', '.join(sorted({e.scenario for e in emus}))})"
+        if rest := [r for r in claims[tech] if r not in proven]:
+            comment += f"; also claimed, not emulated: {', '.join(rest)}"
+        techniques.append({"techniqueID": tech, "score": len(proven), "comment": comment, "enabled": True})
+    top = max((len(r) for r in cov.proven.values()), default=1)
+    cov.layer = {
+        "name": f"{name} detections (emulated)",
+        "versions": dict(LAYER_VERSIONS),
+        "domain": "enterprise-attack",
+        "description": "Techniques detected by instantly-audit rules, each proven by an emulated attack played "
+        "through the pipeline in CI. Score = rules whose emulation of the technique passes.",
+        "sorting": 3,
+        "hideDisabled": False,
+        "techniques": techniques,
+        "gradient": {"colors": ["#c6dbef", "#08519c"], "minValue": 0, "maxValue": max(top, 1)},
+        "legendItems": [],
+    }
+    return cov

@@ -1,0 +1,38 @@
+"""Reading ``--rules FILE`` the same way for every ``rules`` subcommand, and their exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.cli.exit_codes import Exit
+from pipeline.errors import ConfigError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = Exit.OK, Exit.FINDINGS, Exit.USAGE
+
+
+def read_rules_file(path: str | None) -> tuple[dict[str, Any], Path | None]:
+    """The rules section from ``--rules FILE`` and the directory to resolve its paths against.
+
+    Raises:
+        ConfigError: the file is unreadable, not YAML, or not a mapping.
+    """
+    if path is None:
+        return {}, None
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"--rules {p}: cannot read ({err.strerror or type(err).__name__})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--rules {p}: not valid YAML ({type(err).__name__})") from None
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--rules {p}: must be a mapping (a config file or its rules section)")
+    # A rules section never has a "rules" key (its keys are settings and dotted rule ids).
+    section = (data["rules"] or {}) if "rules" in data else data
+    if not isinstance(section, dict):
+        raise ConfigError(f"--rules {p}: the rules section must be a mapping")
+    return section, p.resolve().parent

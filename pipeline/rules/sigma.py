@@ -1,0 +1,274 @@
+"""Sigma interop: export our rules as Sigma rules, import Sigma rules whose fields are Event v1 paths.
+
+**Export** (:func:`export_rule`). A YAML rule becomes one Sigma rule: its detection keeps its
+selections (field names are Event v1 paths such as ``actor.ip`` or ``attributes.activity_code``),
+its ``types`` and ``activity_codes`` become two more selections ANDed to the condition, its
+severity the ``level`` and its ATT&CK ids the ``attack.tNNNN`` tags. The ``id`` is a UUIDv5 of
+the rule id, so it is stable across exports. A ``resolve`` block has no Sigma equivalent and is
+only mentioned in the description. A Python rule is exported only when it declares an
+equivalent single-event detection (``sigma_detection``); the others are stateful (thresholds,
+windows, inventories, ticks) and are reported as skipped with that reason.
+
+**Import** (:func:`import_rule`). A Sigma rule is accepted when its ``logsource.product`` is
+``instantly`` (or absent), it is not a correlation or filter, every field maps to an Event v1 path,
+every modifier is one the matcher knows and values are plain. Wildcards become the matching
+modifier (``a*`` → ``startswith``; anything else → ``re``). Anything else is rejected with the reason.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.rules.base import Rule
+from pipeline.rules.matcher import RuleSyntaxError, compile_detection, getter
+
+NAMESPACE = uuid.UUID("5b0ce7a2-6f5e-4c39-9d5b-2f1f8d0b9a41")
+"""UUIDv5 namespace of exported rule ids (never change it: ids must stay stable)."""
+PRODUCT, SERVICE = "instantly", "audit"
+LEVELS = {"info": "informational", "low": "low", "medium": "medium", "high": "high", "critical": "critical"}
+SEVERITIES = {v: k for k, v in LEVELS.items()}
+SIGMA_STATUSES = ("stable", "test", "experimental", "deprecated", "unsupported")
+FIELD_NOTE = (
+    "Field names are instantly-audit Event v1 paths (schemas/event.v1.json): type, time, workspace.id, "
+    "source.kind, actor.user_id, actor.ip, actor.api_key_id, target.id, change.after.<field>, "
+    "attributes.<name>, raw.<name>. Map them to your SIEM's field names with a pySigma processing pipeline."
+)
+_SIGMA_MODS = frozenset({"contains", "startswith", "endswith", "re", "cidr", "gt", "gte", "lt", "lte", "exists",
+                         "all", "cased", "i", "m", "s"})  # fmt: skip
+_DROP_ON_EXPORT = frozenset({"in", "eq"})  # a list is already "any of"; eq is the default
+_WILDCARD = re.compile(r"(?<!\\)[*?]")
+
+
+def sigma_id(rule_id: str) -> str:
+    """The stable Sigma ``id`` of one of our rules."""
+    return str(uuid.uuid5(NAMESPACE, rule_id))
+
+
+def attack_tags(attack: tuple[str, ...] | list[str]) -> list[str]:
+    """``T1098.001`` → ``attack.t1098.001``."""
+    return [f"attack.{t.lower()}" for t in attack]
+
+
+# ---- export ----------------------------------------------------------------------------------
+def _escape(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\\", "\\\\").replace("*", "\\*").replace("?", "\\?")
+    return value
+
+
+def _export_selection(body: Any) -> Any:
+    if isinstance(body, list):
+        return [_export_selection(b) for b in body]
+    out: dict[str, Any] = {}
+    for key, value in body.items():
+        path, *mods = str(key).split("|")
+        kept = [m for m in mods if m not in _DROP_ON_EXPORT]
+        literal = not ({"re", "cidr"} & set(kept))
+        v = ([_escape(x) for x in value] if isinstance(value, list) else _escape(value)) if literal else value
+        out["|".join([path, *kept])] = v
+    return out
+
+
+def _types_selection(types: list[str]) -> Any:
+    """Event type globs as Sigma: ``audit.*`` → ``type|startswith: audit.``, other globs stay wildcards."""
+    prefixes = [t[:-1] for t in types if t.endswith("*") and not _WILDCARD.search(t[:-1])]
+    others = [t for t in types if not (t.endswith("*") and not _WILDCARD.search(t[:-1]))]
+    alts: list[dict[str, Any]] = []
+    if others:
+        alts.append({"type": others[0] if len(others) == 1 else others})
+    if prefixes:
+        alts.append({"type|startswith": prefixes[0] if len(prefixes) == 1 else prefixes})
+    return alts[0] if len(alts) == 1 else alts
+
+
+def _export_detection(detection: Mapping[str, Any], types: list[str], codes: list[int] | None) -> dict[str, Any]:
+    sels = {str(k): _export_selection(v) for k, v in detection.items() if k != "condition"}
+    cond = detection.get("condition")
+    if cond is None:
+        cond = next(iter(sels))
+    cond = re.sub(r"\bany of\b", "1 of", str(cond))
+    extra = []
+    if "*" not in types:
+        sels["rule_types"] = _types_selection(types)
+        extra.append("rule_types")
+    if codes is not None:
+        sels["rule_activity_codes"] = {"attributes.activity_code": codes[0] if len(codes) == 1 else list(codes)}
+        extra.append("rule_activity_codes")
+    if extra:
+        cond = f"({cond}) and " + " and ".join(extra)
+    return {**sels, "condition": cond}
+
+
+@dataclass(frozen=True, slots=True)
+class Exported:
+    """One export outcome: the Sigma document, or why the rule was skipped."""
+
+    rule_id: str
+    document: dict[str, Any] | None
+    skipped: str = ""
+
+
+def export_rule(rule: Rule) -> Exported:
+    """Our rule as a Sigma rule document, or skipped with the reason."""
+    meta = rule.meta
+    spec = getattr(rule, "spec", None)
+    resolve_note = ""
+    if spec is not None:
+        types, codes = list(spec.types), (list(spec.activity_codes) if spec.activity_codes is not None else None)
+        detection = _export_detection(spec.detection, types, codes)
+        if spec.resolve is not None:
+            resolve_note = " Resolution (a later event that clears the alert) is not expressed in Sigma."
+    else:
+        native = getattr(rule, "sigma_detection", None)
+        if not isinstance(native, Mapping):
+            return Exported(meta.id, None, "stateful Python rule (state, thresholds, windows or ticks): "
+                                           "no single-event Sigma detection expresses it")  # fmt: skip
+        types = [t for t in meta.event_types] or ["*"]
+        codes = sorted(meta.activity_codes) if meta.activity_codes is not None else None
+        detection = _export_detection(native, types, codes)
+    status = getattr(meta, "status", None)
+    fps = list(getattr(meta, "falsepositives", None) or ()) or ["Intended administrative changes (see the runbook)"]
+    description = (meta.description or meta.title).strip().rstrip(".") + "."
+    if meta.basic:
+        description += f" Security basic: {meta.basic}."
+    doc: dict[str, Any] = {
+        "title": meta.title,
+        "id": sigma_id(meta.id),
+        "status": status if status in SIGMA_STATUSES else "experimental",
+        "description": f"{description}{resolve_note} instantly-audit rule {meta.id} v{meta.version}. {FIELD_NOTE}",
+        "author": "instantly-audit",
+        "logsource": {"product": PRODUCT, "service": SERVICE},
+        "detection": detection,
+        "falsepositives": fps,
+        "level": LEVELS[str(rule.params.severity or meta.severity)],
+    }
+    if meta.attack:
+        doc["tags"] = attack_tags(meta.attack)
+    return Exported(meta.id, doc)
+
+
+# ---- import ----------------------------------------------------------------------------------
+class SigmaImportError(ValueError):
+    """A Sigma rule cannot become one of our rules; the message says why."""
+
+
+def _glob_to_value(path: str, mods: list[str], value: Any, where: str) -> tuple[str, Any]:
+    if not isinstance(value, str) or not _WILDCARD.search(value) or {"re", "cidr"} & set(mods):
+        return "|".join([path, *mods]), _unescape(value)
+    if any(m in ("contains", "startswith", "endswith") for m in mods):
+        raise SigmaImportError(f"{where}: wildcards combined with |{mods[0]} are not supported")
+    inner = value
+    core = inner.strip("*")
+    if not _WILDCARD.search(core):
+        plain = _unescape(core)
+        if inner.startswith("*") and inner.endswith("*") and len(inner) > 1:
+            return "|".join([path, "contains", *mods]), plain
+        if inner.endswith("*"):
+            return "|".join([path, "startswith", *mods]), plain
+        if inner.startswith("*"):
+            return "|".join([path, "endswith", *mods]), plain
+    parts = re.split(r"((?<!\\)[*?])", inner)
+    rx = "".join(".*" if p == "*" else "." if p == "?" else re.escape(_unescape(p)) for p in parts)
+    flags = [] if "cased" in mods else ["i"]
+    return "|".join([path, "re", *[m for m in mods if m != "cased"], *flags]), f"^{rx}$"
+
+
+def _unescape(value: Any) -> Any:
+    if isinstance(value, str):
+        return re.sub(r"\\([*?\\])", r"\1", value)
+    return value
+
+
+def _import_selection(body: Any, where: str) -> Any:
+    if isinstance(body, list) and body and all(isinstance(b, Mapping) for b in body):
+        return [_import_selection(b, f"{where}.{i}") for i, b in enumerate(body)]
+    if not isinstance(body, Mapping):
+        raise SigmaImportError(f"{where}: keyword (field-less) searches have no Event v1 field")
+    out: dict[str, Any] = {}
+    for key, value in body.items():
+        path, *mods = str(key).split("|")
+        bad = [m for m in mods if m not in _SIGMA_MODS]
+        if bad:
+            raise SigmaImportError(f"{where}.{key}: modifier |{bad[0]} has no equivalent in the rule language")
+        try:
+            getter(path, f"{where}.{key}")
+        except RuleSyntaxError as err:
+            raise SigmaImportError(f"{err} — the field does not map to Event v1") from None
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, Mapping | list) for v in values):
+            raise SigmaImportError(f"{where}.{key}: values must be plain (strings, numbers, booleans, null)")
+        converted = [_glob_to_value(path, mods, v, f"{where}.{key}") for v in values]
+        keys = {k for k, _ in converted}
+        if len(keys) == 1:
+            k = keys.pop()
+            vals = [v for _, v in converted]
+            out[k] = vals if isinstance(value, list) else vals[0]
+        else:  # mixed wildcards in one list: split into alternatives is not expressible in one mapping
+            raise SigmaImportError(f"{where}.{key}: a list mixing different wildcard shapes is not supported")
+    return out
+
+
+def rule_id_for(doc: Mapping[str, Any], prefix: str = "sigma") -> str:
+    """Our rule id for an imported Sigma rule: ``<prefix>.<title as snake case>``."""
+    slug = re.sub(r"[^a-z0-9]+", "_", str(doc.get("title", "")).lower()).strip("_") or "rule"
+    if slug[0].isdigit():
+        slug = f"r_{slug}"
+    return f"{prefix}.{slug}"[:100].rstrip("_")
+
+
+def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
+    """One Sigma rule document as one of our YAML rules (a mapping ready to dump).
+
+    Raises:
+        SigmaImportError: the rule cannot be expressed; the message says why.
+    """
+    if not isinstance(doc, Mapping):
+        raise SigmaImportError("not a Sigma rule (expected a mapping)")
+    if "correlation" in doc or "filter" in doc or "action" in doc:
+        raise SigmaImportError("correlation, filter and collection documents are not imported")
+    for need in ("title", "logsource", "detection"):
+        if need not in doc:
+            raise SigmaImportError(f"missing {need!r}")
+    ls = doc["logsource"] if isinstance(doc["logsource"], Mapping) else {}
+    product = ls.get("product")
+    if product not in (None, PRODUCT) or ls.get("category") is not None:
+        raise SigmaImportError(f"logsource {dict(ls)} is not instantly-audit's (product: {PRODUCT})")
+    det = doc["detection"]
+    if not isinstance(det, Mapping):
+        raise SigmaImportError("detection must be a mapping")
+    cond = det.get("condition")
+    if isinstance(cond, list):
+        if len(cond) != 1:
+            raise SigmaImportError("several conditions in one rule are not supported")
+        cond = cond[0]
+    if isinstance(cond, str) and ("|" in cond or re.search(r"\bnear\b", cond)):
+        raise SigmaImportError("aggregations (| count() ...) and near are not supported; use correlation rules")
+    if "timeframe" in det:
+        raise SigmaImportError("timeframe belongs to correlations; single-event rules have none")
+    detection = {str(k): _import_selection(v, f"detection.{k}") for k, v in det.items() if k != "condition"}
+    if cond is not None:
+        detection["condition"] = str(cond)
+    try:
+        compile_detection(detection)
+    except RuleSyntaxError as err:
+        raise SigmaImportError(str(err)) from None
+    level = str(doc.get("level", "medium"))
+    if level not in SEVERITIES:
+        raise SigmaImportError(f"unknown level {level!r}")
+    tags = [str(t) for t in doc.get("tags") or []]
+    attack = [t.split(".", 1)[1].upper() for t in tags if re.fullmatch(r"attack\.t\d{4}(\.\d{3})?", t.lower())]
+    desc = " ".join(str(doc.get("description") or "").replace(FIELD_NOTE, "").split())
+    origin = f"Imported from Sigma rule {doc.get('id', '(no id)')}."
+    return {
+        "id": rule_id_for(doc, prefix),
+        "title": str(doc["title"]),
+        "severity": SEVERITIES[level],
+        "description": f"{desc} {origin}".strip(),
+        "attack": attack,
+        "types": ["*"],
+        "detection": detection,
+    }
