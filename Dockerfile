@@ -34,19 +34,20 @@ LABEL org.opencontainers.image.title="instantly-audit" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV PATH=/opt/instantly-audit/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    SERVICE_PORT=9464
+    PYTHONUNBUFFERED=1
 RUN groupadd --system --gid 10001 audit \
  && useradd --system --uid 10001 --gid audit --home-dir /var/lib/instantly-audit --shell /usr/sbin/nologin audit \
  && install -d -o audit -g audit -m 0750 /var/lib/instantly-audit /etc/instantly-audit
 COPY --from=build /opt/instantly-audit /opt/instantly-audit
 USER 10001:10001
 WORKDIR /var/lib/instantly-audit
-# 9464: /metrics /healthz /readyz.  8080: the webhook receiver (webhook role only).
-EXPOSE 9464 8080
-# The image has no curl: ask Python. Liveness only; readiness is for the orchestrator (/readyz).
+# The defaults: 9464 service port (/metrics /healthz /readyz, `service.port`), 8088 webhook
+# receiver (`webhook.port`, webhook role only). A config that changes them documents its own.
+EXPOSE 9464 8088
+# Liveness only (readiness is for the orchestrator: /readyz). `instantly-audit health` reads the
+# service host and port from the same config file the process runs with.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-  CMD ["python", "-c", "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('SERVICE_PORT', '9464'), timeout=4)"]
+  CMD ["instantly-audit", "health", "--config", "/etc/instantly-audit/config.yaml"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["instantly-audit"]
 CMD ["run", "--config", "/etc/instantly-audit/config.yaml"]

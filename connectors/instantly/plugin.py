@@ -20,6 +20,7 @@ class InstantlySources:
     """Builds the workspace pollers of the ``workspaces`` section."""
 
     name: ClassVar[str] = "instantly"
+    sections: ClassVar[tuple[str, ...]] = ("workspaces",)
 
     def build(self, cfg: PipelineConfig, bus: Bus, clock: Clock) -> list[Source]:
         """One :class:`InstantlyWorkspacePoller` per configured workspace."""

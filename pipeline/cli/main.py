@@ -23,6 +23,7 @@ from pipeline.errors import BusError, ConfigError, PipelineError
 from pipeline.observability.logs import setup_logging
 from pipeline.replay import cli as replay_cli
 from pipeline.rules import cli as rules_cli
+from pipeline.sources.base import source_plugins
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = Exit.OK, Exit.FINDINGS, Exit.USAGE
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -85,15 +86,50 @@ async def _check_sinks(cfg: PipelineConfig) -> list[str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.config.loader import load_config
+    from pipeline.config.loader import load_config, resolve_under
     from pipeline.topology import run_pipeline
 
     path = config_path(args.config)
-    cfg = load_config(path)
+    roles = set(args.role or ["all"])
+    cfg = load_config(path, resolve=None if "all" in roles else resolve_under(*role_sections(roles)))
     if args.log_level:
         cfg = cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"level": args.log_level})})
-    code: int = asyncio.run(run_pipeline(cfg, once=args.once, roles=set(args.role or ["all"]), config_path=path))
+    code: int = asyncio.run(run_pipeline(cfg, once=args.once, roles=roles, config_path=path))
     return code
+
+
+SHARED_SECTIONS: tuple[tuple[str, ...], ...] = (("bus",), ("secret_managers",), ("telemetry",), ("service",))
+"""What every role reads: the bus (a Kafka password), Vault, telemetry (OTLP headers), the service port."""
+
+
+def role_sections(roles: set[str]) -> list[tuple[str, ...]]:
+    """The config sections whose secrets the given roles use: a webhook pod never reads the Instantly
+    key, a poller never reads a sink token (each role's Kubernetes pod mounts only its own Secret)."""
+    out = list(SHARED_SECTIONS)
+    if "pollers" in roles:
+        out += [(s,) for plugin in source_plugins().values() for s in plugin.sections]
+    out += [(r,) for r in ("rules", "sinks", "webhook") if r in roles]
+    return out
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    """GET /healthz on the service port the config names (the container health check)."""
+    import urllib.error
+    import urllib.request
+
+    from pipeline.config.loader import load_config, resolve_nothing
+
+    cfg = load_config(config_path(args.config), resolve=resolve_nothing)
+    host = "127.0.0.1" if cfg.service.host in ("0.0.0.0", "::", "") else cfg.service.host  # noqa: S104 - matched, not bound
+    url = f"http://{host}:{cfg.service.port}/{args.check}"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as resp:
+            ok = resp.status == 200
+    except (urllib.error.URLError, OSError) as err:
+        print(f"health: {url}: {getattr(err, 'reason', err)}", file=sys.stderr)
+        return Exit.FINDINGS
+    print(f"health: {url}: {'ok' if ok else 'not ok'}")
+    return Exit.OK if ok else Exit.FINDINGS
 
 
 def _cmd_completion(args: argparse.Namespace) -> int:
@@ -157,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     val.add_argument("--format", choices=["text", "json"], default="text")
     val.set_defaults(func=_cmd_config_validate)
+
+    health = sub.add_parser(
+        "health", help="check the running process's /healthz (or /readyz) on the port its config names",
+        description="Exit 0 when the service port answers 200 (the container HEALTHCHECK), 1 otherwise.",
+    )  # fmt: skip
+    health.add_argument("--config", "-c", help=CONFIG_HELP)
+    health.add_argument("--check", choices=["healthz", "readyz"], default="healthz")
+    health.add_argument("--timeout", type=float, default=4.0)
+    health.set_defaults(func=_cmd_health)
 
     comp = sub.add_parser(
         "completion", help="print a shell completion script", description="Print a completion script: "

@@ -45,6 +45,8 @@ class SourcePlugin(Protocol):
     """A connector's sources, built from the config."""
 
     name: ClassVar[str]
+    sections: ClassVar[tuple[str, ...]]
+    """The top-level config keys the plugin's sources read (``run --role pollers`` resolves only their secrets)."""
 
     def build(self, cfg: PipelineConfig, bus: Bus, clock: Clock) -> list[Source]:
         """The sources ``cfg`` asks for (not yet entered)."""

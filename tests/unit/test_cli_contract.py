@@ -129,3 +129,19 @@ def test_log_level_flag_is_accepted(cfg_file: Path) -> None:
     """``-v`` and ``--log-level`` are global flags."""
     assert main(["-v", "config", "validate", str(cfg_file), "--no-environment"]) == Exit.OK
     assert main(["--log-level", "warning", "config", "validate", str(cfg_file), "--no-environment"]) == Exit.OK
+
+
+def test_each_role_reads_only_its_own_secrets(cfg_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run --role sinks`` needs the sink token but not the Instantly key; pollers the reverse."""
+    from pipeline.cli.main import role_sections
+
+    monkeypatch.delenv("INSTANTLY_KEY", raising=False)
+    monkeypatch.setenv("HEC_TOKEN", "hec-token-value-000000000000")
+    sinks = load_config(cfg_file, resolve=resolve_under(*role_sections({"sinks"})))
+    assert workspaces(sinks)["acme"].api_key.get_secret_value().startswith("unresolved-")
+    assert ("workspaces",) in role_sections({"pollers"}) and ("workspaces",) not in role_sections({"webhook"})
+    monkeypatch.setenv("INSTANTLY_KEY", "instantly-key-0000000000000000")
+    monkeypatch.delenv("HEC_TOKEN")
+    pollers = load_config(cfg_file, resolve=resolve_under(*role_sections({"pollers"})))
+    assert workspaces(pollers)["acme"].api_key.get_secret_value() == "instantly-key-0000000000000000"
+    assert pollers.sinks["siem"].token.get_secret_value().startswith("unresolved-")  # type: ignore[attr-defined]

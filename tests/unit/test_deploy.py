@@ -236,7 +236,8 @@ def test_one_deployment_per_role_hardened_and_probed() -> None:
             c["resources"]["limits"]
         )
         mounts = {m["mountPath"] for m in c["volumeMounts"]}
-        assert {"/etc/instantly-audit", "/run/secrets/instantly-audit", "/tmp"} <= mounts
+        assert {"/etc/instantly-audit", "/tmp"} <= mounts
+        assert ("/run/secrets/instantly-audit" in mounts) == (role != "rules"), role  # the rules read no secret
     assert deps["pollers"]["spec"]["replicas"] == 1 and deps["pollers"]["spec"]["strategy"]["type"] == "Recreate"
     assert {p["name"] for p in deps["webhook"]["spec"]["template"]["spec"]["containers"][0]["ports"]} == {
         "service",
@@ -264,20 +265,51 @@ def test_network_policy_limits_traffic() -> None:
 
 
 def test_k8s_config_is_valid(tmp_path: Path) -> None:
-    """The ConfigMap's config.yaml validates; the Secret holds every file and required env key the pods use."""
+    """The ConfigMap's config.yaml validates; every secret file it names is mounted in the role that reads it."""
     (cm,) = [o for _, o in k8s_objects() if o["kind"] == "ConfigMap"]
     text = cm["data"]["config.yaml"]
     validate_pipeline_config(text, tmp_path)
-    (secret,) = [o for _, o in k8s_objects() if o["kind"] == "Secret"]
-    keys = set(secret["stringData"])
     live = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     files = set(re.findall(r"/run/secrets/instantly-audit/([a-z-]+)", live))
-    assert files <= keys, files - keys
-    for role, dep in deployments().items():
-        for env in dep["spec"]["template"]["spec"]["containers"][0].get("env", []):
-            ref = env["valueFrom"]["secretKeyRef"]
-            assert ref["key"] in keys or ref.get("optional") is True, f"{role}: {ref['key']}"
-        assert {e["name"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]} >= {"WEBHOOK_SECRET"}
+    mounted = {key for role in ROLES for key in secret_items(role)}
+    assert files <= mounted, files - mounted
+
+
+def secret_items(role: str) -> set[str]:
+    """The Secret keys a role's pod mounts (only those listed under ``items``)."""
+    pod = deployments()[role]["spec"]["template"]["spec"]
+    keys: set[str] = set()
+    for vol in pod.get("volumes", []):
+        if "secret" in vol:
+            items = vol["secret"].get("items")
+            assert items, f"{role}: a Secret volume without items: would mount every key"
+            keys |= {i["key"] for i in items}
+    for env in pod["containers"][0].get("env", []):
+        if "secretKeyRef" in env.get("valueFrom", {}):
+            keys.add(env["valueFrom"]["secretKeyRef"]["key"])
+    return keys
+
+
+def test_each_role_mounts_only_its_own_secrets() -> None:
+    """The internet-facing webhook pods hold no Instantly key and no sink token; the pollers no webhook secret."""
+    assert secret_items("webhook") == {"webhook-secrets"}
+    assert secret_items("pollers") == {"instantly-api-key"}
+    assert "instantly-api-key" not in secret_items("sinks") and not secret_items("rules")
+    names = {
+        vol["secret"]["secretName"]
+        for role in ROLES
+        for vol in deployments()[role]["spec"]["template"]["spec"].get("volumes", [])
+        if "secret" in vol
+    }
+    assert len(names) == 3, names  # one Secret per role that reads one
+
+
+def test_kustomization_ships_no_secret() -> None:
+    """``kubectl apply -k deploy/k8s`` never creates or overwrites a Secret (they are created with kubectl)."""
+    (kust,) = docs(K8S / "kustomization.yaml")
+    kinds = {docs(K8S / r)[0]["kind"] for r in kust["resources"]}
+    assert "Secret" not in kinds
+    assert not kust.get("secretGenerator")
 
 
 # ---------------------------------------------------------------------- PromQL references
@@ -436,7 +468,10 @@ def test_dockerfile_is_slim_pinned_multistage_and_non_root() -> None:
     users = [rest for op, rest in ins if op == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")
     (health,) = [rest for op, rest in ins if op == "HEALTHCHECK"]
-    assert "/healthz" in health
+    assert '"instantly-audit", "health", "--config", "/etc/instantly-audit/config.yaml"' in health
+    assert not any("SERVICE_PORT" in rest for _, rest in ins), "the app reads its port from the config, not env"
+    exposed = {int(p) for op, rest in ins if op == "EXPOSE" for p in rest.split()}
+    assert exposed == {9464, 8088}  # service.port and webhook.port defaults
     assert ("ENTRYPOINT", '["instantly-audit"]') in ins
     assert not any(op == "ADD" for op, _ in ins), "use COPY"
     for op, rest in ins:
