@@ -93,7 +93,7 @@ def _rules_config(cfg: PipelineConfig, config_dir: Path | None = None) -> Any:
 
 
 def _webhook_config(cfg: PipelineConfig) -> Any:
-    from pipeline.sources.webhook_config import parse_webhook_config
+    from pipeline.sources.webhook.config import parse_webhook_config
 
     return parse_webhook_config(cfg.webhook or {})
 
@@ -175,7 +175,7 @@ class Pipeline:
                 runner = SinkRunner(bus, build_sink(sid, block), scfg, clock=clock)
                 self.runners.append(await self._stack.enter_async_context(runner))
         if "webhook" in self.roles and cfg.webhook is not None:
-            from pipeline.sources.webhook_server import WebhookReceiver
+            from pipeline.sources.webhook.receiver import WebhookReceiver
 
             wcfg = _webhook_config(cfg)
             for secret in _walk_secrets(wcfg):

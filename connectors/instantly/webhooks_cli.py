@@ -169,7 +169,7 @@ def _receiver_sources(cfg: PipelineConfig) -> dict[tuple[str, str], str]:
     """(workspace id, path) → header name of each receiver source, if the config has a valid ``webhook:``."""
     if cfg.webhook is None:
         return {}
-    from pipeline.sources.webhook_config import parse_webhook_config
+    from pipeline.sources.webhook.config import parse_webhook_config
 
     try:
         wcfg = parse_webhook_config(cfg.webhook)

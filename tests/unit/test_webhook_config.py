@@ -10,7 +10,7 @@ from connectors.instantly.webhook_normalize import DEFAULT_KEPT_FIELDS
 from pipeline.config.base import EnvValue
 from pipeline.config.loader import parse_config
 from pipeline.errors import ConfigError
-from pipeline.sources.webhook_config import parse_webhook_config
+from pipeline.sources.webhook.config import parse_webhook_config
 from tests.unit.test_webhook_support import SECRET_A, SECRET_B, WS
 
 

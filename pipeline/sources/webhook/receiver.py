@@ -39,16 +39,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-import hmac
-import ipaddress
-import logging
-import re
-import secrets
 import ssl
-import struct
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -56,389 +50,34 @@ from aiohttp import web
 from opentelemetry.trace import SpanKind
 from pydantic import SecretStr
 
-from pipeline.bus.base import EVENTS_TOPIC, Bus
+from pipeline.bus.base import Bus
 from pipeline.clock import SYSTEM_CLOCK, Clock, format_time
 from pipeline.errors import BusError, PipelineError, WebhookRejected
 from pipeline.observability.health import get_health
 from pipeline.observability.logs import get_logger, register_secret
 from pipeline.observability.metrics import ID, KIND, SOURCE, TYPE, WORKSPACE
 from pipeline.observability.telemetry import get_telemetry
-from pipeline.sources.webhook_config import SourceConfig, WebhookConfig
-from pipeline.sources.webhook_kind import WebhookKind, webhook_kind
+from pipeline.sources.webhook.access_log import install_access_log_filter
+from pipeline.sources.webhook.admission import (
+    Address,
+    SecretChecker,
+    authenticate,
+    client_address,
+    in_any,
+    read_capped,
+    response,
+)
+from pipeline.sources.webhook.config import SourceConfig, WebhookConfig
+from pipeline.sources.webhook.dedup import SeenWindow
+from pipeline.sources.webhook.group_commit import GroupCommitter
+from pipeline.sources.webhook.kind import WebhookKind, webhook_kind
 from schemas.event import WorkspaceRef
 
 log = get_logger("webhook")
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-SEEN_PREFIX = "webhook/seen/"
 HEARTBEAT_PREFIX = "webhook/heartbeat/"
-SEEN_SLOTS = 2048
-"""Hash shards of a source's dedup window; a commit rewrites only the shards it touches."""
-_SEEN_VERSION = 1
-_ENTRY = struct.Struct(">16sI")
-MAX_SECRET_HEADER_BYTES = 4096
-MAX_BATCH_BYTES = 4 * 1024 * 1024
 READY_FRESH_SECS = 5.0
 READY_PROBE_TIMEOUT_SECS = 2.0
-
-_BODIES = {
-    400: b'{"error":"bad request"}',
-    408: b'{"error":"request timeout"}',
-    401: b'{"error":"unauthorized"}',
-    403: b'{"error":"forbidden"}',
-    404: b'{"error":"not found"}',
-    405: b'{"error":"method not allowed"}',
-    413: b'{"error":"payload too large"}',
-    415: b'{"error":"unsupported media type"}',
-    500: b'{"error":"internal error"}',
-    503: b'{"error":"unavailable, retry later"}',
-}
-
-
-# ----------------------------------------------------------------------------------- logging
-_QUERY = re.compile(r"(\"?[A-Z]+ [^\s?\"]*)\?[^\s\"]*")
-
-
-class QueryRedactingFilter(logging.Filter):
-    """Strip query strings from aiohttp access-log lines (a secret put in a URL must not reach logs)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Rewrite the message and the ``first_request_line`` field."""
-        try:
-            msg = record.getMessage()
-        except Exception:  # noqa: BLE001 - a bad format string must not hide the line
-            msg = str(record.msg)
-        record.msg = _QUERY.sub(r"\1?<redacted>", msg)
-        record.args = None
-        line = getattr(record, "first_request_line", None)
-        if isinstance(line, str):
-            record.first_request_line = _QUERY.sub(r"\1?<redacted>", line)
-        return True
-
-
-_ACCESS_FILTER = QueryRedactingFilter()
-
-
-def install_access_log_filter() -> None:
-    """Add :class:`QueryRedactingFilter` to the ``aiohttp.access`` logger (idempotent)."""
-    logger = logging.getLogger("aiohttp.access")
-    if _ACCESS_FILTER not in logger.filters:
-        logger.addFilter(_ACCESS_FILTER)
-
-
-# ------------------------------------------------------------------------------- client address
-def _parse_ip(text: str) -> Address | None:
-    text = text.strip()
-    if text.startswith("[") and "]" in text:  # "[v6]" or "[v6]:port"
-        text = text[1 : text.index("]")]
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def _in_any(ip: Address, nets: Iterable[Network]) -> bool:
-    return any(ip.version == n.version and ip in n for n in nets)
-
-
-def client_address(peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[Network]) -> Address | None:
-    """The client's address: the TCP peer, or — only when the peer is a trusted proxy — the
-    right-most ``X-Forwarded-For`` hop that is not itself a trusted proxy. ``None`` if unknown
-    or malformed (an allowlist then refuses the request)."""
-    addr = _parse_ip(peer) if peer else None
-    if addr is None or not trusted or not _in_any(addr, trusted):
-        return addr
-    hops = [h for value in forwarded_for for h in value.split(",")]
-    for hop in reversed(hops):
-        ip = _parse_ip(hop)
-        if ip is None:
-            return None
-        if not _in_any(ip, trusted):
-            return ip
-        addr = ip
-    return addr
-
-
-# ------------------------------------------------------------------------------------ secrets
-class SecretChecker:
-    """Constant-time check of a header value against a source's live secrets (1 or 2).
-
-    Both sides are reduced to HMAC-SHA256 digests under a random per-process key before
-    :func:`hmac.compare_digest`, so neither content nor length leaks through timing, and every
-    live secret is compared (no early exit).
-    """
-
-    def __init__(self, values: Sequence[SecretStr]):
-        self._key = secrets.token_bytes(32)
-        self._digests = [self._mac(s.get_secret_value().encode()) for s in values]
-
-    def _mac(self, data: bytes) -> bytes:
-        return hmac.new(self._key, data, hashlib.sha256).digest()
-
-    def match(self, received: bytes) -> int | None:
-        """The index of the matching secret, or ``None``."""
-        mac = self._mac(received)
-        found: int | None = None
-        for i, digest in enumerate(self._digests):
-            if hmac.compare_digest(mac, digest) and found is None:
-                found = i
-        return found
-
-
-# --------------------------------------------------------------------------------- dedup window
-class SeenWindow:
-    """The recently published body hashes of one source (bounded by age and count).
-
-    Stored as :data:`SEEN_SLOTS` state keys ``webhook/seen/<source>/<slot>``; each holds up to
-    ``ceil(max_entries / SEEN_SLOTS)`` entries of (16-byte hash prefix, epoch seconds), oldest first.
-    """
-
-    def __init__(self, source: str, window_secs: float, max_entries: int):
-        self.source = source
-        self.window_secs = window_secs
-        self.slot_cap = max(1, -(-max_entries // SEEN_SLOTS))
-        self.slots: dict[int, dict[bytes, int]] = {}
-
-    @property
-    def prefix(self) -> str:
-        """The state key prefix of this source."""
-        return f"{SEEN_PREFIX}{self.source}/"
-
-    def key(self, slot: int) -> str:
-        """The state key of ``slot``."""
-        return f"{self.prefix}{slot:03x}"
-
-    @staticmethod
-    def slot_of(h: bytes) -> int:
-        """The shard a hash belongs to."""
-        return int.from_bytes(h[:4], "big") % SEEN_SLOTS
-
-    def __len__(self) -> int:
-        return sum(len(s) for s in self.slots.values())
-
-    def contains(self, h: bytes, now: int) -> bool:
-        """Whether ``h`` was published within the window."""
-        ts = self.slots.get(self.slot_of(h), {}).get(h)
-        return ts is not None and now - ts < self.window_secs
-
-    def staged(
-        self, slot: int, added: Iterable[bytes], now: int, base: Mapping[bytes, int] | None = None
-    ) -> dict[bytes, int]:
-        """The new content of ``slot`` with ``added`` (evicting expired, then the oldest over the cap)."""
-        d = {
-            h: ts
-            for h, ts in (base if base is not None else self.slots.get(slot, {})).items()
-            if now - ts < self.window_secs
-        }
-        for h in added:
-            d.pop(h, None)
-            d[h] = now
-        while len(d) > self.slot_cap:
-            d.pop(next(iter(d)))
-        return d
-
-    @staticmethod
-    def encode(content: Mapping[bytes, int]) -> bytes:
-        """The state value of a slot."""
-        return bytes([_SEEN_VERSION]) + b"".join(_ENTRY.pack(h, ts & 0xFFFFFFFF) for h, ts in content.items())
-
-    @staticmethod
-    def decode(data: bytes) -> dict[bytes, int]:
-        """Inverse of :meth:`encode`; unreadable values decode as empty."""
-        if not data or data[0] != _SEEN_VERSION or (len(data) - 1) % _ENTRY.size:
-            return {}
-        return dict(_ENTRY.iter_unpack(data[1:]))
-
-    def load(self, items: Mapping[str, bytes]) -> None:
-        """Fill from state entries (any slot layout: entries are re-sharded by hash)."""
-        self.slots = {}
-        for value in items.values():
-            for h, ts in self.decode(value).items():
-                self.slots.setdefault(self.slot_of(h), {})[h] = ts
-
-
-# -------------------------------------------------------------------------------- group commit
-@dataclass(eq=False)
-class _Pending:
-    source: str
-    digest: bytes
-    value: bytes
-    key: bytes
-    headers: tuple[tuple[str, bytes], ...]
-    future: asyncio.Future[bool] = field(repr=False)
-
-
-class GroupCommitter:
-    """Batches concurrent deliveries into one bus transaction each, de-duplicating by body hash.
-
-    ``submit`` returns a future that resolves to True (published), False (duplicate: already
-    published, or identical to another delivery of the same batch) or raises :class:`BusError`.
-    Batches run one at a time, so the dedup window is always current when a batch is formed.
-    """
-
-    def __init__(
-        self,
-        bus: Bus,
-        writer_id: str,
-        windows: Mapping[str, SeenWindow],
-        *,
-        clock: Clock,
-        max_batch: int,
-        max_batch_bytes: int = MAX_BATCH_BYTES,
-        component_types: Mapping[str, str] | None = None,
-    ):
-        self.bus = bus
-        self.component_types = dict(component_types or {})
-        self.writer_id = writer_id
-        self.windows = windows
-        self.clock = clock
-        self.max_batch = max_batch
-        self.max_batch_bytes = max_batch_bytes
-        self._queue: collections.deque[_Pending] = collections.deque()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self.transactions = 0
-        """Committed bus transactions."""
-        self.largest_batch = 0
-        self.last_success: float | None = None
-        """Monotonic time of the last committed transaction."""
-        self.last_failure: float | None = None
-
-    @property
-    def pending(self) -> int:
-        """Deliveries queued for the next transactions."""
-        return len(self._queue)
-
-    @property
-    def running(self) -> bool:
-        """Whether the commit loop is alive."""
-        return self._task is not None and not self._task.done()
-
-    def start(self) -> None:
-        """Start the commit loop."""
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"webhook-commit:{self.writer_id}")
-
-    async def close(self) -> None:
-        """Commit what is queued, then stop."""
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        err = BusError("the webhook receiver is shutting down", retriable=True)
-        while self._queue:
-            p = self._queue.popleft()
-            if not p.future.done():
-                p.future.set_exception(err)
-
-    def submit(
-        self, source: str, digest: bytes, value: bytes, key: bytes, headers: tuple[tuple[str, bytes], ...]
-    ) -> asyncio.Future[bool]:
-        """Queue one delivery."""
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        fut.add_done_callback(_consume_exception)
-        if self._closing or not self.running:
-            fut.set_exception(BusError("the webhook receiver is not accepting deliveries", retriable=True))
-            return fut
-        self._queue.append(_Pending(source, digest, value, key, headers, fut))
-        self._wake.set()
-        return fut
-
-    async def _run(self) -> None:
-        while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            batch: list[_Pending] = []
-            size = 0
-            while self._queue and len(batch) < self.max_batch:
-                nxt = self._queue[0]
-                if batch and size + len(nxt.value) > self.max_batch_bytes:
-                    break
-                batch.append(self._queue.popleft())
-                size += len(nxt.value)
-            await self._commit(batch)
-
-    async def _commit(self, batch: list[_Pending]) -> None:
-        now = int(self.clock.now())
-        publish: list[_Pending] = []
-        followers: list[_Pending] = []
-        first: set[tuple[str, bytes]] = set()
-        for p in batch:
-            k = (p.source, p.digest)
-            if k in first:
-                followers.append(p)
-            elif self.windows[p.source].contains(p.digest, now):
-                _resolve(p.future, False)
-            else:
-                first.add(k)
-                publish.append(p)
-        if not publish:
-            return
-        tel = get_telemetry()
-        links = tel.links(p.headers for p in publish)
-        added: dict[tuple[str, int], list[bytes]] = collections.defaultdict(list)
-        for p in publish:
-            added[(p.source, SeenWindow.slot_of(p.digest))].append(p.digest)
-        staged = {k: self.windows[k[0]].staged(k[1], hs, now) for k, hs in added.items()}
-        try:
-            with tel.span("bus.publish", {KIND: "webhook", "batch.size": len(publish)}, links=links):
-                async with self.bus.transaction(self.writer_id) as tx:
-                    for p in publish:
-                        tx.send(EVENTS_TOPIC, p.value, key=p.key, headers=p.headers)
-                    for (src, slot), content in staged.items():
-                        tx.put_state(self.windows[src].key(slot), SeenWindow.encode(content))
-        except asyncio.CancelledError:
-            err = BusError("the webhook receiver stopped during a commit", retriable=True)
-            for p in (*publish, *followers):
-                _fail(p.future, err)
-            raise
-        except Exception as exc:  # noqa: BLE001 - any bus failure must become a 503, never a lost 200
-            err = exc if isinstance(exc, BusError) else BusError(f"commit failed: {type(exc).__name__}", retriable=True)
-            tel.bus_errors("publish", type(exc).__name__)
-            self.last_failure = self.clock.monotonic()
-            log.error(
-                "Webhook batch not committed; answering 503",
-                extra={"deliveries": len(publish), "error": f"{type(exc).__name__}: {exc}"},
-            )
-            for p in (*publish, *followers):
-                _fail(p.future, err)
-            return
-        for (src, slot), content in staged.items():
-            self.windows[src].slots[slot] = content
-        self.transactions += 1
-        self.largest_batch = max(self.largest_batch, len(publish))
-        self.last_success = self.clock.monotonic()
-        for p in publish:
-            _resolve(p.future, True)
-        for p in followers:
-            _resolve(p.future, False)
-        for (source, key), n in collections.Counter((p.source, p.key) for p in publish).items():
-            tel.records_published("webhook", self.component_types.get(source, "webhook"), source, key.decode(), n)
-
-
-def _consume_exception(fut: asyncio.Future[bool]) -> None:
-    if not fut.cancelled():
-        fut.exception()
-
-
-def _resolve(fut: asyncio.Future[bool], value: bool) -> None:
-    if not fut.done():
-        fut.set_result(value)
-
-
-def _fail(fut: asyncio.Future[bool], err: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(err)
 
 
 # ------------------------------------------------------------------------------------ receiver
@@ -672,7 +311,7 @@ class WebhookReceiver:
             log.error("Webhook handler failed", extra={"source": src.name, "error": type(err).__name__})
             self.rejections["internal_error"] += 1
             get_telemetry().webhook_rejections(src.name, "internal_error")
-            return _response(500, force_close=True)
+            return response(500, force_close=True)
 
     async def _handle(self, request: web.Request, src: _Source, started: float) -> web.StreamResponse:
         if request.method != "POST":
@@ -687,12 +326,12 @@ class WebhookReceiver:
             raise WebhookRejected(413, "body_too_large", "declared Content-Length above the limit")
         if self._allow is not None:
             ip = self._client(request)
-            if ip is None or not _in_any(ip, self._allow):
+            if ip is None or not in_any(ip, self._allow):
                 raise WebhookRejected(403, "ip_not_allowed", "client address not in allow_ips")
-        slot = self._authenticate(request, src)
+        slot = authenticate(request.headers.getall(src.cfg.header_name, []), src.checker)
         try:
             async with asyncio.timeout(self.config.body_timeout_secs):
-                body = await _read_capped(request, limit)
+                body = await read_capped(request, limit)
         except TimeoutError:
             raise WebhookRejected(408, "body_timeout", "the body did not arrive in time") from None
         if self.committer.pending >= self.config.max_pending:
@@ -757,23 +396,6 @@ class WebhookReceiver:
         xff = request.headers.getall("X-Forwarded-For", []) if self._trusted else []
         return client_address(host, xff, self._trusted)
 
-    def _authenticate(self, request: web.Request, src: _Source) -> int:
-        values = request.headers.getall(src.cfg.header_name, [])
-        if not values:
-            raise WebhookRejected(401, "missing_secret", "no secret header")
-        if len(values) > 1:
-            raise WebhookRejected(401, "duplicate_secret_header", "the secret header was sent more than once")
-        try:
-            received = values[0].encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:
-            raise WebhookRejected(401, "wrong_secret", "undecodable secret header") from None
-        if len(received) > MAX_SECRET_HEADER_BYTES:
-            raise WebhookRejected(401, "wrong_secret", "over-long secret header")
-        slot = src.checker.match(received)
-        if slot is None:
-            raise WebhookRejected(401, "wrong_secret", "the secret header does not match")
-        return slot
-
     def _reject(self, request: web.Request, src: _Source | None, rej: WebhookRejected) -> web.StreamResponse:
         self.rejections[rej.reason] += 1
         get_telemetry().webhook_rejections(src.name if src else "", rej.reason)
@@ -795,7 +417,7 @@ class WebhookReceiver:
         headers = {"Retry-After": str(self.config.retry_after_secs)} if rej.status == 503 else None
         if rej.status == 405:
             headers = {"Allow": "GET, HEAD" if src is None else "POST"}
-        return _response(rej.status, headers=headers, force_close=rej.status != 503)
+        return response(rej.status, headers=headers, force_close=rej.status != 503)
 
     def _may_log(self, reason: str, per_window: int = 20, window_secs: float = 10.0) -> bool:
         """At most ``per_window`` log lines per reason per window (a public endpoint can be flooded)."""
@@ -805,29 +427,6 @@ class WebhookReceiver:
             start, n = now, 0
         self._log_budget[reason] = (start, n + 1)
         return n < per_window
-
-
-def _response(status: int, *, headers: Mapping[str, str] | None = None, force_close: bool = False) -> web.Response:
-    body = _BODIES.get(status, b"{}")
-    resp = web.Response(status=status, body=body, content_type="application/json", headers=headers)
-    if force_close:
-        resp.force_close()
-    return resp
-
-
-async def _read_capped(request: web.Request, limit: int) -> bytes:
-    """Read the body, refusing (413) as soon as more than ``limit`` bytes arrived."""
-    chunks: list[bytes] = []
-    total = 0
-    while True:
-        chunk = await request.content.readany()
-        if not chunk:
-            break
-        total += len(chunk)
-        if total > limit:
-            raise WebhookRejected(413, "body_too_large", "the body exceeded the limit while streaming")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def summary(receiver: WebhookReceiver) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from pydantic import BeforeValidator, Field, SecretStr, field_validator
 
 from pipeline.config.base import Model, Secret, validate_block
 from pipeline.errors import ConfigError
-from pipeline.sources.webhook_kind import default_kind, webhook_kind
+from pipeline.sources.webhook.kind import default_kind, webhook_kind
 
 MIB = 1 << 20
 DEFAULT_HEADER = "X-Webhook-Secret"
