@@ -68,6 +68,7 @@ from pipeline.sources.webhook.admission import (
     response,
 )
 from pipeline.sources.webhook.config import SourceConfig, WebhookConfig
+from pipeline.sources.webhook.connections import ConnectionGuard, GuardedSite
 from pipeline.sources.webhook.dedup import SeenWindow
 from pipeline.sources.webhook.group_commit import GroupCommitter
 from pipeline.sources.webhook.kind import WebhookKind, webhook_kind
@@ -78,6 +79,8 @@ log = get_logger("webhook")
 HEARTBEAT_PREFIX = "webhook/heartbeat/"
 READY_FRESH_SECS = 5.0
 READY_PROBE_TIMEOUT_SECS = 2.0
+MAX_HEADER_LINE_BYTES = 8190
+MAX_HEADERS = 64
 
 
 # ------------------------------------------------------------------------------------ receiver
@@ -142,6 +145,8 @@ class WebhookReceiver:
         self._probe: asyncio.Task[bool] | None = None
         self._log_budget: dict[str, tuple[float, int]] = {}
         self.port: int | None = None
+        self.guard: ConnectionGuard | None = None
+        """The connection guard of the listener (after :meth:`start`)."""
 
     # ---- lifecycle --------------------------------------------------------------------------
     def make_app(self) -> web.Application:
@@ -192,25 +197,41 @@ class WebhookReceiver:
     async def start(self) -> None:
         """Bind ``host:port`` and serve (TLS when configured)."""
         app = self.make_app()
+        cfg = self.config
         self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=self.config.shutdown_timeout_secs
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=cfg.shutdown_timeout_secs,
+            keepalive_timeout=cfg.idle_timeout_secs,
+            max_line_size=MAX_HEADER_LINE_BYTES,
+            max_field_size=MAX_HEADER_LINE_BYTES,
+            max_headers=MAX_HEADERS,
         )
         await self._runner.setup()
         ctx: ssl.SSLContext | None = None
-        if self.config.tls is not None:
+        if cfg.tls is not None:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            ctx.load_cert_chain(str(self.config.tls.certfile), str(self.config.tls.keyfile))
-        site = web.TCPSite(self._runner, self.config.host, self.config.port, ssl_context=ctx, backlog=1024)
+            ctx.load_cert_chain(str(cfg.tls.certfile), str(cfg.tls.keyfile))
+        site = GuardedSite(
+            self._runner,
+            cfg.host,
+            cfg.port,
+            max_connections=cfg.max_connections,
+            header_timeout_secs=cfg.header_timeout_secs,
+            backlog=cfg.backlog,
+            ssl_context=ctx,
+        )
         try:
             await site.start()
         except OSError as err:
             await self._runner.cleanup()
             self._runner = None
-            where = f"{self.config.host}:{self.config.port}"
+            where = f"{cfg.host}:{cfg.port}"
             raise PipelineError(f"webhook receiver cannot listen on {where}: {err.strerror}", retriable=True) from None
-        addrs = self._runner.addresses
-        self.port = int(addrs[0][1]) if addrs else self.config.port
+        self.guard = site.guard
+        self.port = site.port
         get_health().set_check("webhook", True, f"listening on {self.config.host}:{self.port}")
         log.info(
             "Webhook receiver listening",
@@ -337,14 +358,17 @@ class WebhookReceiver:
         if self.committer.pending >= self.config.max_pending:
             raise WebhookRejected(503, "overloaded", "too many deliveries waiting for the bus")
         digest = hashlib.sha256(body).hexdigest()
-        event = src.kind.normalize(
-            body,
-            source_name=src.name,
-            workspace=src.workspace,
-            digest=digest,
-            observed_at=format_time(self.clock.now()),
-            policy=src.policy,
-        )
+        try:
+            event = src.kind.normalize(
+                body,
+                source_name=src.name,
+                workspace=src.workspace,
+                digest=digest,
+                observed_at=format_time(self.clock.now()),
+                policy=src.policy,
+            )
+        except (RecursionError, orjson.JSONDecodeError):
+            raise WebhookRejected(400, "bad_json", "the body is not JSON the receiver can read (nesting?)") from None
         value = event.to_json()
         tel = get_telemetry()
         labels = ("webhook", src.kind.component_type, src.name, src.workspace.id)
