@@ -138,7 +138,7 @@ class GuardedProtocol(asyncio.Protocol):
     def expire(self, reason: str) -> None:
         """Close the connection now (header deadline passed, or evicted to make room)."""
         self._timer = None
-        self.guard.waiting.pop(self, None)
+        self.guard.forget(self)  # at once: connection_lost comes a loop turn later
         if self.transport is not None and not self.transport.is_closing():
             self.guard.count(reason)
             self.transport.abort()

@@ -1,8 +1,11 @@
 """The Instantly webhook receiver: check, normalize, commit to the bus, and only then answer 200.
 
 Instantly does not sign deliveries; the only authentication is a secret custom header set on
-the webhook (``reference/instantly-api.md`` §7). Each request goes through these checks, in
-order, and the first failure answers (``receiver.rejections[reason]`` counts it; the log line
+the webhook (``reference/instantly-api.md`` §7). Before aiohttp reads a byte, the connection
+guard (:mod:`pipeline.sources.webhook.connections`) caps open connections and closes one whose
+request line and headers do not arrive within ``header_timeout_secs``; aiohttp closes a
+keep-alive connection idle for ``idle_timeout_secs``. Each request then goes through these
+checks, in order, and the first failure answers (``receiver.rejections[reason]`` counts it; the log line
 names the reason, the path and the peer, never a header value, the query or the body):
 
 1. method and path → 405 / 404
@@ -14,7 +17,8 @@ names the reason, the path and the peer, never a header value, the query or the 
    early exit → 401; missing, duplicated, wrong or over-long all get the same 401 body. A secret
    in the query string is never looked at.
 6. body read with a streaming cap (chunked bodies) → 413, within ``body_timeout_secs`` → 408;
-   JSON object with ``event_type``, ``timestamp``, ``workspace`` (this source's workspace) → 400
+   JSON object with ``event_type``, ``timestamp``, ``workspace`` (this source's workspace) → 400;
+   nesting deeper than the JSON parser, encoder or stack allows → 400 (``too_deep``)
 7. normalize to Event v1 and hand it to the group committer → 200 once the bus transaction that
    holds it committed; 503 with ``Retry-After`` if the bus failed or did not confirm within
    ``ack_timeout_secs`` (Instantly retries; the retry is de-duplicated if the commit landed late),
@@ -54,7 +58,7 @@ from pipeline.bus.base import Bus
 from pipeline.clock import SYSTEM_CLOCK, Clock, format_time
 from pipeline.errors import BusError, PipelineError, WebhookRejected
 from pipeline.observability.health import get_health
-from pipeline.observability.logs import get_logger, register_secret
+from pipeline.observability.logs import get_logger, redact_text, register_secret
 from pipeline.observability.metrics import ID, KIND, SOURCE, TYPE, WORKSPACE
 from pipeline.observability.telemetry import get_telemetry
 from pipeline.sources.webhook.access_log import install_access_log_filter
@@ -367,9 +371,10 @@ class WebhookReceiver:
                 observed_at=format_time(self.clock.now()),
                 policy=src.policy,
             )
-        except (RecursionError, orjson.JSONDecodeError):
-            raise WebhookRejected(400, "bad_json", "the body is not JSON the receiver can read (nesting?)") from None
-        value = event.to_json()
+            value = event.to_json()
+        except (RecursionError, orjson.JSONDecodeError, orjson.JSONEncodeError):
+            # nesting deeper than the parser (1024), the encoder (255) or Python's stack allows
+            raise WebhookRejected(400, "too_deep", "the body is nested too deeply") from None
         tel = get_telemetry()
         labels = ("webhook", src.kind.component_type, src.name, src.workspace.id)
         attrs = {
@@ -433,7 +438,7 @@ class WebhookReceiver:
                     "reason": rej.reason,
                     "detail": rej.message,
                     "method": request.method,
-                    "path": request.path[:200],
+                    "path": redact_text(request.path)[:200],  # redact first: a cut secret is not found
                     "remote": str(ip) if ip else None,
                     "count": self.rejections[rej.reason],
                 },
