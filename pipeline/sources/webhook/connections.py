@@ -13,6 +13,10 @@ protocol factory handed to :meth:`asyncio.loop.create_server`; each connection g
 * closes a connection whose request line and headers (up to the blank line) did not arrive within
   ``header_timeout_secs`` of the accept.
 
+The cap is also kept ``backlog`` + :data:`FD_RESERVE` below the process's file-descriptor
+limit (``RLIMIT_NOFILE``), so the accept loop itself never runs out of descriptors (where asyncio
+would log a traceback per attempt and real deliveries would time out).
+
 Closing is an abort (RST): nothing is read or answered, and nothing per connection is logged —
 one summary line per interval counts what the guard closed.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import resource
 import time
 from collections.abc import Callable
 from ssl import SSLContext
@@ -34,6 +39,20 @@ log = get_logger("webhook")
 
 HEADER_END = b"\r\n\r\n"
 LOG_INTERVAL_SECS = 10.0
+FD_RESERVE = 64
+"""Descriptors kept free below ``RLIMIT_NOFILE`` for the bus, the listener, logs and TLS files."""
+
+
+def effective_cap(max_connections: int, backlog: int) -> int:
+    """``max_connections``, lowered to fit the file-descriptor limit (never below 1).
+
+    asyncio accepts up to ``backlog`` connections in one go before any of them reaches the
+    guard, so that many descriptors must be free on top of the open connections and the reserve.
+    """
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return max_connections
+    return max(1, min(max_connections, soft - FD_RESERVE - backlog))
 
 
 class ConnectionGuard:
@@ -203,7 +222,17 @@ class GuardedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
-        cap, header_timeout = self._limits
+        wanted, header_timeout = self._limits
+        cap = effective_cap(wanted, self._backlog)
+        if cap < wanted:
+            log.warning(
+                "Webhook max_connections lowered to fit the file-descriptor limit",
+                extra={
+                    "max_connections": wanted,
+                    "effective": cap,
+                    "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                },
+            )
         self.guard = ConnectionGuard(server, max_connections=cap, header_timeout_secs=header_timeout)
         extra: dict[str, Any] = {}
         if self._ssl_context is not None:

@@ -252,6 +252,11 @@ class WebhookReceiver:
             get_health().remove_check("webhook")
             await self._runner.cleanup()
             self._runner = None
+            if self.guard is not None and self.guard.closed:
+                log.info(
+                    "Webhook connection guard totals",
+                    extra={"closed": dict(self.guard.closed), "peak_connections": self.guard.peak},
+                )
         await self.close()
 
     def rotate(self, source: str, values: Sequence[SecretStr]) -> None:
