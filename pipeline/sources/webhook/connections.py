@@ -13,9 +13,8 @@ protocol factory handed to :meth:`asyncio.loop.create_server`; each connection g
 * closes a connection whose request line and headers (up to the blank line) did not arrive within
   ``header_timeout_secs`` of the accept.
 
-The cap is also kept ``backlog`` + :data:`FD_RESERVE` below the process's file-descriptor
-limit (``RLIMIT_NOFILE``), so the accept loop itself never runs out of descriptors (where asyncio
-would log a traceback per attempt and real deliveries would time out).
+:mod:`.listener` binds the socket with this factory and keeps the cap below the process's
+file-descriptor limit.
 
 Closing is an abort (RST): nothing is read or answered, and nothing per connection is logged —
 one summary line per interval counts what the guard closed.
@@ -25,13 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import resource
 import time
 from collections.abc import Callable
-from ssl import SSLContext
-from typing import Any
-
-from aiohttp import web
 
 from pipeline.observability.logs import get_logger
 
@@ -39,20 +33,6 @@ log = get_logger("webhook")
 
 HEADER_END = b"\r\n\r\n"
 LOG_INTERVAL_SECS = 10.0
-FD_RESERVE = 64
-"""Descriptors kept free below ``RLIMIT_NOFILE`` for the bus, the listener, logs and TLS files."""
-
-
-def effective_cap(max_connections: int, backlog: int) -> int:
-    """``max_connections``, lowered to fit the file-descriptor limit (never below 1).
-
-    asyncio accepts up to ``backlog`` connections in one go before any of them reaches the
-    guard, so that many descriptors must be free on top of the open connections and the reserve.
-    """
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return max_connections
-    return max(1, min(max_connections, soft - FD_RESERVE - backlog))
 
 
 class ConnectionGuard:
@@ -185,61 +165,3 @@ class GuardedProtocol(asyncio.Protocol):
         if self.inner is not None:
             inner, self.inner = self.inner, None
             inner.connection_lost(exc)
-
-
-class GuardedSite(web.BaseSite):
-    """A TCP site whose connections pass through a :class:`ConnectionGuard` (else like ``web.TCPSite``)."""
-
-    def __init__(
-        self,
-        runner: web.BaseRunner,
-        host: str,
-        port: int,
-        *,
-        max_connections: int,
-        header_timeout_secs: float,
-        backlog: int,
-        ssl_context: SSLContext | None = None,
-    ) -> None:
-        super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
-        self._host = host
-        self._port = port
-        self._limits = (max_connections, header_timeout_secs)
-        self.guard: ConnectionGuard | None = None
-        self.port = port
-
-    @property
-    def name(self) -> str:
-        """``http(s)://host:port``."""
-        return f"{'https' if self._ssl_context else 'http'}://{self._host}:{self.port}"
-
-    async def start(self) -> None:
-        """Listen; each accepted connection goes through the guard.
-
-        Raises:
-            OSError: the address cannot be bound.
-        """
-        await super().start()
-        server = self._runner.server
-        assert server is not None
-        wanted, header_timeout = self._limits
-        cap = effective_cap(wanted, self._backlog)
-        if cap < wanted:
-            log.warning(
-                "Webhook max_connections lowered to fit the file-descriptor limit",
-                extra={
-                    "max_connections": wanted,
-                    "effective": cap,
-                    "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-                },
-            )
-        self.guard = ConnectionGuard(server, max_connections=cap, header_timeout_secs=header_timeout)
-        extra: dict[str, Any] = {}
-        if self._ssl_context is not None:
-            extra["ssl_handshake_timeout"] = header_timeout  # the handshake comes before any header
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self.guard, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog, **extra
-        )
-        if self._server.sockets:
-            self.port = int(self._server.sockets[0].getsockname()[1])

@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ from pydantic import SecretStr
 
 from pipeline.bus.base import Bus
 from pipeline.clock import SYSTEM_CLOCK, Clock, format_time
-from pipeline.errors import BusError, PipelineError, WebhookRejected
+from pipeline.errors import BusError, WebhookRejected
 from pipeline.observability.health import get_health
 from pipeline.observability.logs import get_logger, redact_text, register_secret
 from pipeline.observability.metrics import ID, KIND, SOURCE, TYPE, WORKSPACE
@@ -72,19 +71,15 @@ from pipeline.sources.webhook.admission import (
     response,
 )
 from pipeline.sources.webhook.config import SourceConfig, WebhookConfig
-from pipeline.sources.webhook.connections import ConnectionGuard, GuardedSite
+from pipeline.sources.webhook.connections import ConnectionGuard
 from pipeline.sources.webhook.dedup import SeenWindow
 from pipeline.sources.webhook.group_commit import GroupCommitter
 from pipeline.sources.webhook.kind import WebhookKind, webhook_kind
+from pipeline.sources.webhook.listener import listen
+from pipeline.sources.webhook.readiness import Readiness
 from schemas.event import WorkspaceRef
 
 log = get_logger("webhook")
-
-HEARTBEAT_PREFIX = "webhook/heartbeat/"
-READY_FRESH_SECS = 5.0
-READY_PROBE_TIMEOUT_SECS = 2.0
-MAX_HEADER_LINE_BYTES = 8190
-MAX_HEADERS = 64
 
 
 # ------------------------------------------------------------------------------------ receiver
@@ -146,7 +141,7 @@ class WebhookReceiver:
         )
         self._runner: web.AppRunner | None = None
         self._opened = False
-        self._probe: asyncio.Task[bool] | None = None
+        self.readiness = Readiness(bus, self.committer, config.writer_id, clock)
         self._log_budget: dict[str, tuple[float, int]] = {}
         self.port: int | None = None
         self.guard: ConnectionGuard | None = None
@@ -190,50 +185,14 @@ class WebhookReceiver:
 
     async def close(self) -> None:
         """Commit queued deliveries and stop the committer."""
-        if self._probe is not None:
-            self._probe.cancel()
-            await asyncio.gather(self._probe, return_exceptions=True)
-            self._probe = None
+        await self.readiness.close()
         if self._opened:
             await self.committer.close()
             self._opened = False
 
     async def start(self) -> None:
         """Bind ``host:port`` and serve (TLS when configured)."""
-        app = self.make_app()
-        cfg = self.config
-        self._runner = web.AppRunner(
-            app,
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=cfg.shutdown_timeout_secs,
-            keepalive_timeout=cfg.idle_timeout_secs,
-            max_line_size=MAX_HEADER_LINE_BYTES,
-            max_field_size=MAX_HEADER_LINE_BYTES,
-            max_headers=MAX_HEADERS,
-        )
-        await self._runner.setup()
-        ctx: ssl.SSLContext | None = None
-        if cfg.tls is not None:
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            ctx.load_cert_chain(str(cfg.tls.certfile), str(cfg.tls.keyfile))
-        site = GuardedSite(
-            self._runner,
-            cfg.host,
-            cfg.port,
-            max_connections=cfg.max_connections,
-            header_timeout_secs=cfg.header_timeout_secs,
-            backlog=cfg.backlog,
-            ssl_context=ctx,
-        )
-        try:
-            await site.start()
-        except OSError as err:
-            await self._runner.cleanup()
-            self._runner = None
-            where = f"{cfg.host}:{cfg.port}"
-            raise PipelineError(f"webhook receiver cannot listen on {where}: {err.strerror}", retriable=True) from None
+        self._runner, site = await listen(self.make_app(), self.config)
         self.guard = site.guard
         self.port = site.port
         get_health().set_check("webhook", True, f"listening on {self.config.host}:{self.port}")
@@ -299,33 +258,7 @@ class WebhookReceiver:
 
     async def ready(self) -> bool:
         """True when the bus took a commit within the last seconds, or a heartbeat write succeeds now."""
-        if not self._opened or not self.committer.running:
-            return False
-        c = self.committer
-        now = self.clock.monotonic()
-        if (
-            c.last_success is not None
-            and now - c.last_success < READY_FRESH_SECS
-            and (c.last_failure is None or c.last_failure < c.last_success)
-        ):
-            return True
-        if self._probe is None or self._probe.done():
-            self._probe = asyncio.get_running_loop().create_task(self._heartbeat())
-        try:
-            return await asyncio.wait_for(asyncio.shield(self._probe), READY_PROBE_TIMEOUT_SECS)
-        except TimeoutError:
-            return False
-
-    async def _heartbeat(self) -> bool:
-        try:
-            async with self.bus.transaction(self.config.writer_id) as tx:
-                tx.put_state(f"{HEARTBEAT_PREFIX}{self.config.writer_id}", format_time(self.clock.now()).encode())
-        except Exception as err:  # noqa: BLE001 - readiness reports any bus failure as "not ready"
-            self.committer.last_failure = self.clock.monotonic()
-            log.warning("Webhook readiness probe failed", extra={"error": type(err).__name__})
-            return False
-        self.committer.last_success = self.clock.monotonic()
-        return True
+        return self._opened and await self.readiness.check()
 
     # ---- deliveries -------------------------------------------------------------------------
     async def _not_found(self, request: web.Request) -> web.StreamResponse:
