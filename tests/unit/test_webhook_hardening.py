@@ -169,3 +169,22 @@ async def test_logged_path_never_holds_a_fragment_of_the_secret(tmp_path: Path) 
     assert "Webhook delivery rejected" in out
     assert not any(SECRET_A[i : i + 8] in out for i in range(len(SECRET_A) - 8))
     assert orjson.loads(out.splitlines()[-1])["reason"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "".join(f"X-H{i}: v\r\n" for i in range(70)),  # more than 64 headers
+        f"X-Long: {'a' * 9000}\r\n",  # a header line above 8190 bytes
+    ],
+    ids=["70_headers", "9000_byte_header"],
+)
+async def test_oversized_header_sections_are_400(tmp_path: Path, extra: str) -> None:
+    """Too many or too long headers are refused by the parser with 400, before any handler runs."""
+    async with listening(tmp_path) as rx:
+        reader, writer = await asyncio.open_connection("127.0.0.1", rx.port)
+        writer.write(f"POST {PATH} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
+        status = await asyncio.wait_for(reader.readline(), 5)
+        await shut(writer)
+        assert status.split(b" ")[1] == b"400", status
+        assert rx.accepted == 0 and sum(rx.rejections.values()) == 0
