@@ -120,6 +120,23 @@ async def test_at_the_cap_the_oldest_waiting_connection_makes_room(tmp_path: Pat
             await shut(w)
 
 
+async def test_at_the_cap_an_idle_keepalive_connection_makes_room(tmp_path: Path) -> None:
+    """Connections parked idle after a request (keep-alive) do not lock real deliveries out."""
+    async with listening(tmp_path, header_timeout_secs=30, idle_timeout_secs=30, max_connections=4) as rx:
+        parked = []
+        for _ in range(4):
+            r, w = await asyncio.open_connection("127.0.0.1", rx.port)
+            w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 2)).startswith(b"HTTP/1.1 200")
+            parked.append((r, w))
+        assert rx.guard is not None and not rx.guard.waiting and len(rx.guard.open) == 4
+        assert await post(rx, delivery(1)) == 200
+        assert await closed_after(parked[0][0], 2) < 2
+        assert rx.guard.closed["evicted"] >= 1
+        for _, w in parked:
+            await shut(w)
+
+
 async def test_over_the_cap_with_every_request_in_flight_the_new_one_is_refused(tmp_path: Path) -> None:
     """When no open connection is still waiting for headers, the new one is closed at once."""
     async with listening(tmp_path, header_timeout_secs=30, max_connections=2, body_timeout_secs=30) as rx:

@@ -8,8 +8,9 @@ protocol factory handed to :meth:`asyncio.loop.create_server`; each connection g
 :class:`GuardedProtocol` that forwards to an aiohttp ``RequestHandler`` and:
 
 * at accept, when ``max_connections`` are open, closes the oldest connection that has not yet
-  sent its headers (a slow or idle client) to make room; when every open connection is past its
-  headers (real requests in flight) the new one is closed at once instead;
+  sent its headers (a slow or idle client) to make room, else the oldest one idle between
+  keep-alive requests; when every open connection has a request in flight, the new one is
+  closed at once instead;
 * closes a connection whose request line and headers (up to the blank line) did not arrive within
   ``header_timeout_secs`` of the accept.
 
@@ -64,7 +65,7 @@ class ConnectionGuard:
     def admit(self, conn: GuardedProtocol) -> bool:
         """Make room for ``conn`` if the cap is reached; False when it must be refused."""
         if len(self.open) >= self.max_connections:
-            victim = next(iter(self.waiting), None)
+            victim = next(iter(self.waiting), None) or next((c for c in self.open if c.idle), None)
             if victim is None:
                 self.count("over_capacity")
                 return False
@@ -114,6 +115,16 @@ class GuardedProtocol(asyncio.Protocol):
         self._timer = loop.call_later(self.guard.header_timeout_secs, self.expire, "header_timeout")
         self.inner = self.guard.factory()
         self.inner.connection_made(transport)
+
+    @property
+    def idle(self) -> bool:
+        """Whether aiohttp's handler waits for the next request of a keep-alive connection.
+
+        aiohttp keeps no public flag; its own keep-alive timer tests the same ``_waiter`` future.
+        Without it (another aiohttp), no connection counts as idle: the new one is refused instead.
+        """
+        waiter = getattr(self.inner, "_waiter", None)
+        return isinstance(waiter, asyncio.Future) and not waiter.done()
 
     def data_received(self, data: bytes) -> None:
         """Watch for the end of the first header section, then pass the bytes on."""
