@@ -101,7 +101,11 @@ def body(n: int) -> bytes:
 
 
 async def wait_closed(reader: asyncio.StreamReader, limit: float, t0: float) -> float:
-    """Seconds from ``t0`` (just before connecting) until the server closed (EOF or reset)."""
+    """Seconds from ``t0`` (connection established) until the server closed (EOF or reset).
+
+    Taken after the connect: a SYN the kernel dropped while 1,000 clients connect at once is
+    retried a second later, before the receiver ever saw the connection.
+    """
     with contextlib.suppress(ConnectionError, TimeoutError):
         await asyncio.wait_for(reader.read(), limit)
     return time.monotonic() - t0
@@ -109,16 +113,16 @@ async def wait_closed(reader: asyncio.StreamReader, limit: float, t0: float) -> 
 
 async def idle_client(port: int, closes: list[float]) -> None:
     """Connect and say nothing."""
-    t0 = time.monotonic()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    t0 = time.monotonic()
     closes.append(await wait_closed(reader, HEADER_TIMEOUT * 5, t0))
     writer.close()
 
 
 async def trickle_client(port: int, i: int, closes: list[float]) -> None:
     """Send a request line and headers (holding the secret) one byte every 100 ms, never finishing."""
-    t0 = time.monotonic()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    t0 = time.monotonic()
     head = f"POST /hooks/crm?token={SECRET}&n={i} HTTP/1.1\r\nHost: x\r\nX-Webhook-Secret: {SECRET}\r\n".encode()
 
     async def drip() -> None:
@@ -208,8 +212,11 @@ async def test_slowloris(tmp_path: Path, fd_limit: int) -> None:
     )
     assert len(idle) == IDLE and len(trickle) == TRICKLE
     assert max(idle) <= HEADER_TIMEOUT + SLACK and max(trickle) <= HEADER_TIMEOUT + SLACK
-    if not fd_limit:
-        assert min(idle) >= HEADER_TIMEOUT - 0.05  # closed by the deadline, not by a cap or an error
+    guard = orjson.loads(out.decode().split("GUARD ", 1)[1].split(" peak=")[0])
+    if not fd_limit:  # every one closed by the deadline (not by the cap, not by an error)
+        assert guard == {"header_timeout": IDLE + TRICKLE}
+    else:
+        assert sum(guard.values()) == IDLE + TRICKLE
     assert statuses == [200] * len(statuses) and max(latencies) < 1.0
     assert len(lines) < 100
     assert all(orjson.loads(x) for x in lines)  # JSON only: no plain-text traceback
