@@ -192,8 +192,8 @@ def setup_logging(fmt: str = "auto", level: str = "INFO", stream: Any = None) ->
     # file-descriptor limit logs a traceback per attempt).
     lib = logging.StreamHandler(stream)
     lib.setFormatter(handler.formatter)
+    lib.addFilter(RepeatFilter(30.0, burst=LIBRARY_BURST))  # first: a dropped line costs no redaction
     lib.addFilter(RedactingFilter())
-    lib.addFilter(RepeatFilter(30.0, burst=LIBRARY_BURST))
     for name in LIBRARY_LOGGERS:
         lg = logging.getLogger(name)
         for h in list(lg.handlers):

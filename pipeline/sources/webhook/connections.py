@@ -147,7 +147,9 @@ class GuardedProtocol(asyncio.Protocol):
 
     def expire(self, reason: str) -> None:
         """Close the connection now (header deadline passed, or evicted to make room)."""
-        self._timer = None
+        if self._timer is not None:
+            self._timer.cancel()  # a no-op when it is the timer calling
+            self._timer = None
         self.guard.forget(self)  # at once: connection_lost comes a loop turn later
         if self.transport is not None and not self.transport.is_closing():
             self.guard.count(reason)
