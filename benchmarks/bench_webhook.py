@@ -113,8 +113,8 @@ async def serve(target: str, port: int, workdir: str) -> None:
     from pipeline.bus.factory import open_bus
     from pipeline.config.base import EnvValue
     from pipeline.config.model import KafkaBusConfig, SqliteBusConfig
-    from pipeline.sources.webhook_config import parse_webhook_config
-    from pipeline.sources.webhook_server import WebhookReceiver
+    from pipeline.sources.webhook.config import parse_webhook_config
+    from pipeline.sources.webhook.receiver import WebhookReceiver
 
     bus_cfg: SqliteBusConfig | KafkaBusConfig
     if target.startswith("sqlite"):

@@ -10,7 +10,7 @@ group                              an entry is …
 ``instantly_audit.sinks``          a :class:`pipeline.delivery.base.Sink` class
 ``instantly_audit.rule_packs``     a :class:`pipeline.rules.base.RulePack`
 ``instantly_audit.commands``       a :class:`pipeline.cli.base.CommandPlugin`
-``instantly_audit.webhook_kinds``  a :class:`pipeline.sources.webhook.base.WebhookNormalizer`
+``instantly_audit.webhook_kinds``  a :class:`pipeline.sources.webhook.kind.WebhookKind`
 =================================  ===========================================================
 
 The runtime never names a connector module, by import or by string: it asks this module.

@@ -141,7 +141,7 @@ class Pipeline:
                 runner = SinkRunner(bus, build_sink(sid, scfg), scfg, clock=clock)
                 self.runners.append(await self._stack.enter_async_context(runner))
         if "webhook" in self.roles and cfg.webhook is not None:
-            from pipeline.sources.webhook_server import WebhookReceiver
+            from pipeline.sources.webhook.receiver import WebhookReceiver
 
             wcfg = cfg.webhook
             for secret in _walk_secrets(wcfg):

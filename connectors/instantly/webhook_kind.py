@@ -1,5 +1,5 @@
 """Instantly as a webhook kind: the options of an Instantly webhook source and how its deliveries
-become events (the receiver itself is generic: :mod:`pipeline.sources.webhook_server`).
+become events (the receiver itself is generic: :mod:`pipeline.sources.webhook.receiver`).
 
 ```yaml
 webhook:

@@ -24,7 +24,7 @@ from pipeline.errors import ConfigError
 from pipeline.observability.telemetry_config import TelemetryConfig
 from pipeline.registry import config_sections
 from pipeline.rules.config import parse_rules_config
-from pipeline.sources.webhook_config import WebhookConfig, parse_webhook_config
+from pipeline.sources.webhook.config import WebhookConfig, parse_webhook_config
 
 
 # ---------------------------------------------------------------------------------------- bus

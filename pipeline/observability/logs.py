@@ -2,7 +2,11 @@
 
 Every line carries ``component`` and, when known, ``workspace``. A redaction filter
 removes secrets (registered values, bearer tokens, ``Authorization`` headers, key=value
-pairs with secret-looking names) from messages, arguments and attached fields.
+pairs with secret-looking names) from messages, arguments and attached fields. Both formats
+escape control characters (C0 including CR/LF/ESC, DEL, C1, Unicode line separators and bidi
+overrides) wherever a value came from, so a client cannot forge a line or drive a terminal
+through a URL or a header. Library loggers (``asyncio``, ``aiohttp``, ``aiokafka``,
+``opentelemetry``) go through the same handler, with a repeat and rate limit.
 """
 
 from __future__ import annotations
@@ -93,6 +97,24 @@ def _redact_field(name: str, value: Any) -> Any:
     return redact_text(str(value))  # exceptions, bytes, objects: their text may carry a secret
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_one(m: re.Match[str]) -> str:
+    c = m.group()
+    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as a visible escape (``\\n``, ``\\x1b``, ``\\u2028``)."""
+    return _CONTROL.sub(_escape_one, text)
+
+
+def _json_escape(m: re.Match[str]) -> str:
+    return f"\\u{ord(m.group()):04x}"
+
+
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k not in _STD and not k.startswith("_")}
 
@@ -113,7 +135,9 @@ class JsonFormatter(logging.Formatter):
         out.update(_extras(record))
         if record.exc_text:
             out["exc"] = record.exc_text
-        return orjson.dumps(out, default=str).decode()
+        # orjson escapes C0; DEL, C1, line separators and bidi overrides are valid JSON string
+        # characters, so they are escaped here (only strings can hold them: JSON syntax is ASCII).
+        return _CONTROL.sub(_json_escape, orjson.dumps(out, default=str).decode())
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -133,15 +157,17 @@ class ConsoleFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """Render the record."""
-        comp = getattr(record, "component", record.name.removeprefix("instantly_audit."))
-        fields = " ".join(f"{k}={v}" for k, v in _extras(record).items() if k != "component")
+        comp = escape_controls(str(getattr(record, "component", record.name.removeprefix("instantly_audit."))))
+        fields = " ".join(
+            f"{escape_controls(k)}={escape_controls(str(v))}" for k, v in _extras(record).items() if k != "component"
+        )
         level = record.levelname.lower()
         level = f"{self.COLORS.get(record.levelname, '')}{level:<7}\x1b[0m" if self.color else f"{level:<7}"
-        line = f"{self.formatTime(record, '%H:%M:%S')} {level} {comp}: {record.getMessage()}"
+        line = f"{self.formatTime(record, '%H:%M:%S')} {level} {comp}: {escape_controls(record.getMessage())}"
         if fields:
             line += f"  {fields}"
-        if record.exc_text:
-            line += "\n" + record.exc_text
+        if record.exc_text:  # a traceback keeps its lines, indented so none can pass for a log line
+            line += "".join(f"\n    {escape_controls(t)}" for t in record.exc_text.splitlines())
         return line
 
 
@@ -161,12 +187,14 @@ def setup_logging(fmt: str = "auto", level: str = "INFO", stream: Any = None) ->
     root.propagate = False
     # Third-party loggers go through the same handler (JSON, redaction) rather than Python's
     # last-resort handler: logger filters do not apply to child loggers (aiokafka.conn), handler
-    # filters do. A repeat of the same line is dropped for 30 s (a broker outage repeats a lot).
+    # filters do. A repeat of the same line is dropped for 30 s (a broker outage repeats a lot),
+    # and each library logger gets at most 20 lines per 30 s (asyncio's accept loop under a
+    # file-descriptor limit logs a traceback per attempt).
     lib = logging.StreamHandler(stream)
     lib.setFormatter(handler.formatter)
+    lib.addFilter(RepeatFilter(30.0, burst=LIBRARY_BURST))  # first: a dropped line costs no redaction
     lib.addFilter(RedactingFilter())
-    lib.addFilter(RepeatFilter(30.0))
-    for name in ("aiohttp.access", "aiohttp.client", "aiohttp.server", "aiokafka", "kafka"):
+    for name in LIBRARY_LOGGERS:
         lg = logging.getLogger(name)
         for h in list(lg.handlers):
             lg.removeHandler(h)
@@ -175,21 +203,41 @@ def setup_logging(fmt: str = "auto", level: str = "INFO", stream: Any = None) ->
         lg.propagate = False
 
 
-class RepeatFilter(logging.Filter):
-    """Drop a line identical (logger, level, message template) to one emitted less than ``window`` s ago."""
+LIBRARY_LOGGERS = ("asyncio", "aiohttp", "aiokafka", "kafka", "opentelemetry")
+"""Third-party loggers routed through the JSON/redaction handler (children such as
+``aiohttp.access`` or ``opentelemetry.sdk.trace`` propagate to them)."""
+LIBRARY_BURST = 20
 
-    def __init__(self, window: float):
+
+class RepeatFilter(logging.Filter):
+    """Drop a line identical (logger, level, message template) to one emitted less than ``window`` s ago.
+
+    With ``burst``, also keep at most ``burst`` lines per top-level logger name (``asyncio``,
+    ``aiohttp``, ...) per ``window``, however much each line differs (object ids, addresses).
+    """
+
+    def __init__(self, window: float, *, burst: int | None = None):
         super().__init__()
         self.window = window
+        self.burst = burst
         self._last: dict[tuple[str, int, str], float] = {}
+        self._budget: dict[str, tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Keep the first of a burst of repeats."""
+        """Keep the first of a burst of repeats (and at most ``burst`` lines per logger per window)."""
         key = (record.name, record.levelno, str(record.msg))
         now = record.created
         last = self._last.get(key)
         if last is not None and now - last < self.window:
             return False
+        if self.burst is not None:
+            top = record.name.split(".", 1)[0]
+            start, n = self._budget.get(top, (now, 0))
+            if now - start >= self.window:
+                start, n = now, 0
+            self._budget[top] = (start, n + 1)
+            if n >= self.burst:
+                return False
         if len(self._last) > 10_000:
             self._last.clear()
         self._last[key] = now

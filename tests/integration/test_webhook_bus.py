@@ -10,7 +10,7 @@ import orjson
 from multidict import CIMultiDict
 
 from pipeline.bus.base import Bus
-from pipeline.sources.webhook_server import WebhookReceiver
+from pipeline.sources.webhook.receiver import WebhookReceiver
 from tests.unit.test_webhook_support import (
     JSON,
     SECRET_A,

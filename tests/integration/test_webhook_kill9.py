@@ -33,8 +33,8 @@ from pipeline.bus.base import Bus  # noqa: E402
 from pipeline.bus.factory import open_bus  # noqa: E402
 from pipeline.config.base import EnvValue  # noqa: E402
 from pipeline.config.model import KafkaBusConfig, SqliteBusConfig  # noqa: E402
-from pipeline.sources.webhook_config import parse_webhook_config  # noqa: E402
-from pipeline.sources.webhook_server import WebhookReceiver  # noqa: E402
+from pipeline.sources.webhook.config import parse_webhook_config  # noqa: E402
+from pipeline.sources.webhook.receiver import WebhookReceiver  # noqa: E402
 
 SECRET = "iaw_kill9_secret_4c8e1f0a9b2d7e6c3a5f"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from pipeline.bus.sqlite import SqliteBus
-from pipeline.sources.webhook_server import WebhookReceiver
+from pipeline.sources.webhook.receiver import WebhookReceiver
 from tests.unit.test_webhook_support import SECRET_A, SECRET_B, delivery, events_of, hdrs, make_config, serve
 
 PATH = "/hooks/crm"

@@ -37,7 +37,7 @@ from pipeline.observability.telemetry import Telemetry, set_telemetry
 from pipeline.observability.telemetry_config import TelemetryConfig
 from pipeline.observability.trace import TRACEPARENT, parse_traceparent
 from pipeline.rules.worker import RulesWorker
-from pipeline.sources.webhook_server import WebhookReceiver
+from pipeline.sources.webhook.receiver import WebhookReceiver
 from tests.fakes import make_event, publish
 from tests.unit.test_webhook_support import delivery, hdrs, make_config, serve
 

@@ -14,8 +14,8 @@ from pipeline.bus.sqlite import SqliteBus
 from pipeline.config.base import EnvValue
 from pipeline.errors import ConfigError, WebhookRejected
 from pipeline.observability.logs import JsonFormatter
-from pipeline.sources.webhook_config import parse_webhook_config
-from pipeline.sources.webhook_server import WebhookReceiver
+from pipeline.sources.webhook.config import parse_webhook_config
+from pipeline.sources.webhook.receiver import WebhookReceiver
 from tests.unit.test_webhook_support import JSON, SECRET_A, SECRET_B, WS, FlakyBus, delivery, hdrs, make_config, serve
 
 PATH = "/hooks/crm"

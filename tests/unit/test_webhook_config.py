@@ -10,7 +10,7 @@ from connectors.instantly.webhook_normalize import DEFAULT_KEPT_FIELDS
 from pipeline.config.base import EnvValue
 from pipeline.config.loader import parse_config
 from pipeline.errors import ConfigError
-from pipeline.sources.webhook_config import parse_webhook_config
+from pipeline.sources.webhook.config import parse_webhook_config
 from tests.unit.test_webhook_support import SECRET_A, SECRET_B, WS
 
 
@@ -89,7 +89,8 @@ def test_literal_secret_refused_without_echo() -> None:
             {"secrets": [EnvValue(SECRET_A), EnvValue(SECRET_B), EnvValue(SECRET_A + "x")]},
             "webhook.sources.crm.secrets",
         ),
-        ({"secrets": [EnvValue("short")]}, "shorter than 16"),
+        ({"secrets": [EnvValue("short")]}, "shorter than 24"),
+        ({"secrets": [EnvValue("x" * 23)]}, "shorter than 24"),
         ({"secrets": [EnvValue(SECRET_A), EnvValue(SECRET_A)]}, "identical"),
         ({"secrets": [EnvValue(SECRET_A + "\u00e9")]}, "printable ASCII"),
         ({"keep_lead_fields": ["email_html"]}, "webhook.sources.crm.keep_lead_fields:"),
@@ -146,3 +147,27 @@ def test_not_a_mapping() -> None:
     """A webhook block that is not a mapping is refused."""
     with pytest.raises(ConfigError, match="webhook: expected a mapping"):
         parse_webhook_config(["x"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "placeholder",
+    [
+        "REPLACE_ME_WITH_32_RANDOM_CHARACTERS",  # what deploy/k8s/secret.yaml shipped
+        "replace_me_with_a_real_secret_value",
+        "changeme-changeme-changeme-123",
+        "ExampleWebhookSecretValue0123",
+        "secret-secret-secret-secret-1",
+        "Password1234567890123456789",
+    ],
+)
+def test_placeholder_secret_is_refused(placeholder: str) -> None:
+    """A secret that is a known placeholder is refused, and the message does not quote it."""
+    msg = error_of(block(secrets=[EnvValue(placeholder)]))
+    assert "webhook.sources.crm.secrets" in msg and "placeholder" in msg
+    assert placeholder not in msg and placeholder[:12] not in msg
+
+
+def test_secret_of_24_characters_is_accepted() -> None:
+    """The minimum length is 24: a random 24-character secret passes."""
+    cfg = parse_webhook_config(block(secrets=[EnvValue("k3Q9v_T2mZ8xW1pL6nR4sB0y")]))
+    assert len(cfg.sources["crm"].secrets[0].get_secret_value()) == 24

@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 from pydantic import SecretStr
 
 from pipeline.bus.sqlite import SqliteBus
-from pipeline.sources.webhook_server import WebhookReceiver
+from pipeline.sources.webhook.receiver import WebhookReceiver
 from tests.unit.test_webhook_support import JSON, SECRET_A, SECRET_B, WS, delivery, events_of, hdrs, make_config
 
 T = TypeVar("T")

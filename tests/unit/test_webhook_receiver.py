@@ -14,13 +14,9 @@ import pytest
 from pydantic import SecretStr
 
 from pipeline.bus.sqlite import SqliteBus
-from pipeline.sources.webhook_server import (
-    SEEN_SLOTS,
-    SecretChecker,
-    SeenWindow,
-    WebhookReceiver,
-    client_address,
-)
+from pipeline.sources.webhook.admission import SecretChecker, client_address
+from pipeline.sources.webhook.dedup import SEEN_SLOTS, SeenWindow
+from pipeline.sources.webhook.receiver import WebhookReceiver
 from schemas.validate import schema_errors
 from tests.unit.test_webhook_support import (
     JSON,

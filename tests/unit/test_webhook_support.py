@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from pipeline.bus.base import EVENTS_TOPIC, Bus, Record, iter_records
 from pipeline.config.base import EnvValue
 from pipeline.errors import BusError
-from pipeline.sources.webhook_config import WebhookConfig, parse_webhook_config
-from pipeline.sources.webhook_server import WebhookReceiver
+from pipeline.sources.webhook.config import WebhookConfig, parse_webhook_config
+from pipeline.sources.webhook.receiver import WebhookReceiver
 
 SECRET_A = "iaw_canary_A_7f3c9d2e4b1a6058c3d7e9f1a2b4c6d8"
 SECRET_B = "iaw_canary_B_0a1b2c3d4e5f60718293a4b5c6d7e8f9"

@@ -7,6 +7,12 @@ webhook:
   max_body_bytes: 1048576          # default 1 MiB; larger deliveries get 413
   allow_ips: [203.0.113.0/24]      # optional; defence in depth only (Instantly publishes no IPs)
   trusted_proxies: [10.0.0.0/8]    # X-Forwarded-For is honoured only from these peers
+  header_timeout_secs: 10          # request line + headers must arrive within this of the accept
+  idle_timeout_secs: 30            # a keep-alive connection idle this long is closed
+  max_connections: 256             # open connections; at the cap the oldest one still sending
+                                   # its headers is closed to make room (else the new one is)
+  backlog: 128                     # listen backlog
+  body_timeout_secs: 30            # an authenticated body must arrive within this
   sources:
     crm:
       path: /hooks/crm             # default /hooks/<name>
@@ -18,8 +24,10 @@ webhook:
 ```
 
 Secrets follow :data:`pipeline.config.Secret`: only ``${ENV}`` references or a ``secrets_file``
-path (one secret per line, two during a rotation; re-read on SIGHUP) are accepted. Every problem names its path, e.g.
-``webhook.sources.crm.header_name: ...``.
+path (one secret per line, two during a rotation; re-read on SIGHUP) are accepted. A secret must
+have at least 24 printable ASCII characters and must not be a placeholder (anything starting
+with ``REPLACE_ME``, ``changeme``, ``example``, ``secret`` or ``password``, any case). Every
+problem names its path, e.g. ``webhook.sources.crm.header_name: ...``.
 """
 
 from __future__ import annotations
@@ -34,12 +42,24 @@ from pydantic import BeforeValidator, Field, SecretStr, field_validator
 
 from pipeline.config.base import Model, Secret, validate_block
 from pipeline.errors import ConfigError
-from pipeline.sources.webhook_kind import default_kind, webhook_kind
+from pipeline.sources.webhook.kind import default_kind, webhook_kind
 
 MIB = 1 << 20
 DEFAULT_HEADER = "X-Webhook-Secret"
-MIN_SECRET_CHARS = 16
+MIN_SECRET_CHARS = 24
 MAX_SECRET_CHARS = 1024
+PLACEHOLDER_PREFIXES = (
+    "replace_me",
+    "replace-me",
+    "replaceme",
+    "changeme",
+    "change_me",
+    "example",
+    "secret",
+    "password",
+)
+"""A secret starting with one of these (any case) is a placeholder, e.g. ``REPLACE_ME_WITH_32_RANDOM_CHARACTERS``
+as shipped in ``deploy/k8s/secret.yaml``; the receiver refuses it."""
 
 RESERVED_PATHS = frozenset({"/healthz", "/readyz"})
 _SOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
@@ -135,6 +155,11 @@ class SourceConfig(Model):
                     f"secret {i + 1} is shorter than {MIN_SECRET_CHARS} characters; "
                     "generate one with python -c 'import secrets; print(secrets.token_urlsafe(32))'"
                 )
+            if s.lower().startswith(PLACEHOLDER_PREFIXES):
+                raise ValueError(
+                    f"secret {i + 1} is a placeholder (starts with REPLACE_ME, changeme, example, secret or password); "
+                    "generate one with python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                )
             if len(s) > MAX_SECRET_CHARS:
                 raise ValueError(f"secret {i + 1} is longer than {MAX_SECRET_CHARS} characters")
             if any(not (0x20 <= ord(c) <= 0x7E) for c in s) or s != s.strip():
@@ -178,6 +203,12 @@ class WebhookConfig(Model):
     dedup: DedupConfig = DedupConfig()
     tls: TlsConfig | None = None
     shutdown_timeout_secs: float = Field(10.0, ge=0, le=300)
+    header_timeout_secs: float = Field(
+        10.0, gt=0, le=300, description="close a connection whose request line and headers have not arrived by then"
+    )
+    idle_timeout_secs: float = Field(30.0, gt=0, le=3600, description="close a keep-alive connection idle this long")
+    max_connections: int = Field(256, ge=1, le=65_536, description="open connections; the oldest slow one makes room")
+    backlog: int = Field(128, ge=1, le=65_535, description="listen backlog (connections not yet accepted)")
 
     def source_path(self, name: str) -> str:
         """The URL path of source ``name``."""

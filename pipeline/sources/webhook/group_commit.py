@@ -1,0 +1,201 @@
+"""Group commit: concurrent deliveries batched into one bus transaction each, de-duplicated by
+body hash against the source's :class:`~pipeline.sources.webhook.dedup.SeenWindow`; each
+delivery is answered only after the transaction holding it committed."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pipeline.bus.base import EVENTS_TOPIC, Bus
+from pipeline.clock import Clock
+from pipeline.errors import BusError
+from pipeline.observability.logs import get_logger
+from pipeline.observability.metrics import KIND
+from pipeline.observability.telemetry import get_telemetry
+from pipeline.sources.webhook.dedup import SeenWindow
+
+log = get_logger("webhook")
+
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+
+
+# -------------------------------------------------------------------------------- group commit
+@dataclass(eq=False)
+class _Pending:
+    source: str
+    digest: bytes
+    value: bytes
+    key: bytes
+    headers: tuple[tuple[str, bytes], ...]
+    future: asyncio.Future[bool] = field(repr=False)
+
+
+class GroupCommitter:
+    """Batches concurrent deliveries into one bus transaction each, de-duplicating by body hash.
+
+    ``submit`` returns a future that resolves to True (published), False (duplicate: already
+    published, or identical to another delivery of the same batch) or raises :class:`BusError`.
+    Batches run one at a time, so the dedup window is always current when a batch is formed.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        writer_id: str,
+        windows: Mapping[str, SeenWindow],
+        *,
+        clock: Clock,
+        max_batch: int,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+        component_types: Mapping[str, str] | None = None,
+    ):
+        self.bus = bus
+        self.component_types = dict(component_types or {})
+        self.writer_id = writer_id
+        self.windows = windows
+        self.clock = clock
+        self.max_batch = max_batch
+        self.max_batch_bytes = max_batch_bytes
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.transactions = 0
+        """Committed bus transactions."""
+        self.largest_batch = 0
+        self.last_success: float | None = None
+        """Monotonic time of the last committed transaction."""
+        self.last_failure: float | None = None
+
+    @property
+    def pending(self) -> int:
+        """Deliveries queued for the next transactions."""
+        return len(self._queue)
+
+    @property
+    def running(self) -> bool:
+        """Whether the commit loop is alive."""
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Start the commit loop."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"webhook-commit:{self.writer_id}")
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        err = BusError("the webhook receiver is shutting down", retriable=True)
+        while self._queue:
+            p = self._queue.popleft()
+            if not p.future.done():
+                p.future.set_exception(err)
+
+    def submit(
+        self, source: str, digest: bytes, value: bytes, key: bytes, headers: tuple[tuple[str, bytes], ...]
+    ) -> asyncio.Future[bool]:
+        """Queue one delivery."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(_consume_exception)
+        if self._closing or not self.running:
+            fut.set_exception(BusError("the webhook receiver is not accepting deliveries", retriable=True))
+            return fut
+        self._queue.append(_Pending(source, digest, value, key, headers, fut))
+        self._wake.set()
+        return fut
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch: list[_Pending] = []
+            size = 0
+            while self._queue and len(batch) < self.max_batch:
+                nxt = self._queue[0]
+                if batch and size + len(nxt.value) > self.max_batch_bytes:
+                    break
+                batch.append(self._queue.popleft())
+                size += len(nxt.value)
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        now = int(self.clock.now())
+        publish: list[_Pending] = []
+        followers: list[_Pending] = []
+        first: set[tuple[str, bytes]] = set()
+        for p in batch:
+            k = (p.source, p.digest)
+            if k in first:
+                followers.append(p)
+            elif self.windows[p.source].contains(p.digest, now):
+                _resolve(p.future, False)
+            else:
+                first.add(k)
+                publish.append(p)
+        if not publish:
+            return
+        tel = get_telemetry()
+        links = tel.links(p.headers for p in publish)
+        added: dict[tuple[str, int], list[bytes]] = collections.defaultdict(list)
+        for p in publish:
+            added[(p.source, SeenWindow.slot_of(p.digest))].append(p.digest)
+        staged = {k: self.windows[k[0]].staged(k[1], hs, now) for k, hs in added.items()}
+        try:
+            with tel.span("bus.publish", {KIND: "webhook", "batch.size": len(publish)}, links=links):
+                async with self.bus.transaction(self.writer_id) as tx:
+                    for p in publish:
+                        tx.send(EVENTS_TOPIC, p.value, key=p.key, headers=p.headers)
+                    for (src, slot), content in staged.items():
+                        tx.put_state(self.windows[src].key(slot), SeenWindow.encode(content))
+        except asyncio.CancelledError:
+            err = BusError("the webhook receiver stopped during a commit", retriable=True)
+            for p in (*publish, *followers):
+                _fail(p.future, err)
+            raise
+        except Exception as exc:  # noqa: BLE001 - any bus failure must become a 503, never a lost 200
+            err = exc if isinstance(exc, BusError) else BusError(f"commit failed: {type(exc).__name__}", retriable=True)
+            tel.bus_errors("publish", type(exc).__name__)
+            self.last_failure = self.clock.monotonic()
+            log.error(
+                "Webhook batch not committed; answering 503",
+                extra={"deliveries": len(publish), "error": f"{type(exc).__name__}: {exc}"},
+            )
+            for p in (*publish, *followers):
+                _fail(p.future, err)
+            return
+        for (src, slot), content in staged.items():
+            self.windows[src].slots[slot] = content
+        self.transactions += 1
+        self.largest_batch = max(self.largest_batch, len(publish))
+        self.last_success = self.clock.monotonic()
+        for p in publish:
+            _resolve(p.future, True)
+        for p in followers:
+            _resolve(p.future, False)
+        for (source, key), n in collections.Counter((p.source, p.key) for p in publish).items():
+            tel.records_published("webhook", self.component_types.get(source, "webhook"), source, key.decode(), n)
+
+
+def _consume_exception(fut: asyncio.Future[bool]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _resolve(fut: asyncio.Future[bool], value: bool) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _fail(fut: asyncio.Future[bool], err: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(err)

@@ -1,0 +1,138 @@
+"""Binding the receiver: aiohttp's runner with its header limits and idle keep-alive timeout, a
+TCP site whose connections pass through the :class:`~.connections.ConnectionGuard`, and TLS.
+
+The connection cap is kept ``backlog`` + :data:`FD_RESERVE` below the process's file-descriptor
+limit (``RLIMIT_NOFILE``), so the accept loop itself never runs out of descriptors (asyncio
+would then log a traceback per attempt and real deliveries would time out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import ssl
+from typing import Any
+
+from aiohttp import web
+
+from pipeline.errors import PipelineError
+from pipeline.observability.logs import get_logger
+from pipeline.sources.webhook.config import WebhookConfig
+from pipeline.sources.webhook.connections import ConnectionGuard
+
+log = get_logger("webhook")
+
+MAX_HEADER_LINE_BYTES = 8190
+MAX_HEADERS = 64
+FD_RESERVE = 64
+"""Descriptors kept free below ``RLIMIT_NOFILE`` for the bus, the listener, logs and TLS files."""
+
+
+def effective_cap(max_connections: int, backlog: int) -> int:
+    """``max_connections``, lowered to fit the file-descriptor limit (never below 1).
+
+    asyncio accepts up to ``backlog`` connections in one go before any of them reaches the
+    guard, so that many descriptors must be free on top of the open connections and the reserve.
+    """
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return max_connections
+    return max(1, min(max_connections, soft - FD_RESERVE - backlog))
+
+
+class GuardedSite(web.BaseSite):
+    """A TCP site whose connections pass through a :class:`ConnectionGuard` (else like ``web.TCPSite``)."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        max_connections: int,
+        header_timeout_secs: float,
+        backlog: int,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+        self._host = host
+        self._port = port
+        self._limits = (max_connections, header_timeout_secs)
+        self.guard: ConnectionGuard | None = None
+        self.port = port
+
+    @property
+    def name(self) -> str:
+        """``http(s)://host:port``."""
+        return f"{'https' if self._ssl_context else 'http'}://{self._host}:{self.port}"
+
+    async def start(self) -> None:
+        """Listen; each accepted connection goes through the guard.
+
+        Raises:
+            OSError: the address cannot be bound.
+        """
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        wanted, header_timeout = self._limits
+        cap = effective_cap(wanted, self._backlog)
+        if cap < wanted:
+            log.warning(
+                "Webhook max_connections lowered to fit the file-descriptor limit",
+                extra={
+                    "max_connections": wanted,
+                    "effective": cap,
+                    "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                },
+            )
+        self.guard = ConnectionGuard(server, max_connections=cap, header_timeout_secs=header_timeout)
+        extra: dict[str, Any] = {}
+        if self._ssl_context is not None:
+            extra["ssl_handshake_timeout"] = header_timeout  # the handshake comes before any header
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self.guard, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog, **extra
+        )
+        if self._server.sockets:
+            self.port = int(self._server.sockets[0].getsockname()[1])
+
+
+async def listen(app: web.Application, cfg: WebhookConfig) -> tuple[web.AppRunner, GuardedSite]:
+    """Set up ``app`` and listen on ``cfg.host:cfg.port`` (TLS when configured) behind the guard.
+
+    Raises:
+        PipelineError: the address cannot be bound (retriable).
+    """
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=cfg.shutdown_timeout_secs,
+        keepalive_timeout=cfg.idle_timeout_secs,
+        max_line_size=MAX_HEADER_LINE_BYTES,
+        max_field_size=MAX_HEADER_LINE_BYTES,
+        max_headers=MAX_HEADERS,
+    )
+    await runner.setup()
+    ctx: ssl.SSLContext | None = None
+    if cfg.tls is not None:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(cfg.tls.certfile), str(cfg.tls.keyfile))
+    site = GuardedSite(
+        runner,
+        cfg.host,
+        cfg.port,
+        max_connections=cfg.max_connections,
+        header_timeout_secs=cfg.header_timeout_secs,
+        backlog=cfg.backlog,
+        ssl_context=ctx,
+    )
+    try:
+        await site.start()
+    except OSError as err:
+        await runner.cleanup()
+        where = f"{cfg.host}:{cfg.port}"
+        raise PipelineError(f"webhook receiver cannot listen on {where}: {err.strerror}", retriable=True) from None
+    return runner, site

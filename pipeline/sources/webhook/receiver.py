@@ -1,0 +1,407 @@
+"""The Instantly webhook receiver: check, normalize, commit to the bus, and only then answer 200.
+
+Instantly does not sign deliveries; the only authentication is a secret custom header set on
+the webhook (``reference/instantly-api.md`` §7). Before aiohttp reads a byte, the connection
+guard (:mod:`pipeline.sources.webhook.connections`) caps open connections and closes one whose
+request line and headers do not arrive within ``header_timeout_secs``; aiohttp closes a
+keep-alive connection idle for ``idle_timeout_secs``. Each request then goes through these
+checks, in order, and the first failure answers (``receiver.rejections[reason]`` counts it; the log line
+names the reason, the path and the peer, never a header value, the query or the body):
+
+1. method and path → 405 / 404
+2. ``Content-Type: application/json`` (charset utf-8 if given) → 415
+3. declared ``Content-Length`` above ``max_body_bytes`` → 413 before any byte of the body is read
+4. IP allowlist (``X-Forwarded-For`` honoured only from ``trusted_proxies``) → 403
+5. exactly one secret header, compared in constant time (HMAC-SHA256 of both sides with a
+   per-process key, then :func:`hmac.compare_digest`) against every live secret without an
+   early exit → 401; missing, duplicated, wrong or over-long all get the same 401 body. A secret
+   in the query string is never looked at.
+6. body read with a streaming cap (chunked bodies) → 413, within ``body_timeout_secs`` → 408;
+   JSON object with ``event_type``, ``timestamp``, ``workspace`` (this source's workspace) → 400;
+   nesting deeper than the JSON parser, encoder or stack allows → 400 (``too_deep``)
+7. normalize to Event v1 and hand it to the group committer → 200 once the bus transaction that
+   holds it committed; 503 with ``Retry-After`` if the bus failed or did not confirm within
+   ``ack_timeout_secs`` (Instantly retries; the retry is de-duplicated if the commit landed late),
+   or at once when ``max_pending`` deliveries already wait for the bus.
+
+Duplicates: the body's SHA-256 is the idempotency key. Each source keeps a window of seen keys
+in bus state (``webhook/seen/<source>/<slot>``, hash-sharded so a commit rewrites only the
+slots it touches) written in the *same* transaction as the events, so a crash can neither lose
+an acknowledged delivery nor publish a retried one twice; the event id is also derived from
+the body hash, so sinks de-duplicate whatever the window forgot.
+
+Group commit: concurrent deliveries are batched into one bus transaction (up to
+``max_batch``); each request is answered only after its batch committed. One receiver process
+per ``writer_id`` (Kafka fences a second one).
+
+``/healthz`` answers 200 while the server and its committer run; ``/readyz`` 200 when the bus
+committed recently or a heartbeat state write succeeds now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from opentelemetry.trace import SpanKind
+from pydantic import SecretStr
+
+from pipeline.bus.base import Bus
+from pipeline.clock import SYSTEM_CLOCK, Clock, format_time
+from pipeline.errors import BusError, WebhookRejected
+from pipeline.observability.health import get_health
+from pipeline.observability.logs import get_logger, redact_text, register_secret
+from pipeline.observability.metrics import ID, KIND, SOURCE, TYPE, WORKSPACE
+from pipeline.observability.telemetry import get_telemetry
+from pipeline.sources.webhook.access_log import install_access_log_filter
+from pipeline.sources.webhook.admission import (
+    Address,
+    SecretChecker,
+    authenticate,
+    client_address,
+    in_any,
+    read_capped,
+    response,
+)
+from pipeline.sources.webhook.config import SourceConfig, WebhookConfig
+from pipeline.sources.webhook.connections import ConnectionGuard
+from pipeline.sources.webhook.dedup import SeenWindow
+from pipeline.sources.webhook.group_commit import GroupCommitter
+from pipeline.sources.webhook.kind import WebhookKind, webhook_kind
+from pipeline.sources.webhook.listener import listen
+from pipeline.sources.webhook.readiness import Readiness
+from schemas.event import WorkspaceRef
+
+log = get_logger("webhook")
+
+
+# ------------------------------------------------------------------------------------ receiver
+@dataclass
+class _Source:
+    name: str
+    path: str
+    cfg: SourceConfig
+    checker: SecretChecker
+    kind: WebhookKind
+    policy: Any
+    workspace: WorkspaceRef
+    matches: list[int]
+
+
+class WebhookReceiver:
+    """The webhook HTTP server (see the module docstring).
+
+    Use ``await start()`` / ``await stop()`` for a real listener, or :meth:`make_app` with
+    aiohttp's test utilities (the app's startup/cleanup open and close the bus side).
+
+    Attributes:
+        rejections: refused requests by reason (``missing_secret``, ``wrong_secret``, ...).
+        accepted: deliveries published; ``duplicates``: deliveries recognised as already published.
+    """
+
+    def __init__(self, config: WebhookConfig, bus: Bus, *, clock: Clock = SYSTEM_CLOCK):
+        self.config = config
+        self.bus = bus
+        self.clock = clock
+        install_access_log_filter()
+        self.rejections: collections.Counter[str] = collections.Counter()
+        self.accepted = 0
+        self.duplicates = 0
+        self._sources: dict[str, _Source] = {}
+        for name, src in config.sources.items():
+            for s in src.secrets:
+                register_secret(s.get_secret_value())
+            path = config.source_path(name)
+            self._sources[path] = _Source(
+                name,
+                path,
+                src,
+                SecretChecker(src.secrets),
+                kind := webhook_kind(src.kind),
+                kind.policy(src.options),
+                WorkspaceRef(src.workspace_id, src.workspace_name),
+                [0] * len(src.secrets),
+            )
+        self._allow = config.networks("allow_ips")
+        self._trusted = config.networks("trusted_proxies") or ()
+        self.windows = {
+            name: SeenWindow(name, config.dedup.window_hours * 3600.0, config.dedup.max_entries)
+            for name in config.sources
+        }
+        types = {s.name: s.kind.component_type for s in self._sources.values()}
+        self.committer = GroupCommitter(
+            bus, config.writer_id, self.windows, clock=clock, max_batch=config.max_batch, component_types=types
+        )
+        self._runner: web.AppRunner | None = None
+        self._opened = False
+        self.readiness = Readiness(bus, self.committer, config.writer_id, clock)
+        self._log_budget: dict[str, tuple[float, int]] = {}
+        self.port: int | None = None
+        self.guard: ConnectionGuard | None = None
+        """The connection guard of the listener (after :meth:`start`)."""
+
+    # ---- lifecycle --------------------------------------------------------------------------
+    def make_app(self) -> web.Application:
+        """The aiohttp application (routes + bus open/close on startup/cleanup)."""
+        app = web.Application(client_max_size=self.config.max_body_bytes)
+        app.router.add_route("*", "/healthz", self._healthz)
+        app.router.add_route("*", "/readyz", self._readyz)
+        for src in self._sources.values():
+            app.router.add_route("*", src.path, self._handler_for(src))
+        app.router.add_route("*", "/{tail:.*}", self._not_found)
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)  # after in-flight requests finished
+        return app
+
+    def _handler_for(self, src: _Source) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self._delivery(request, src)
+
+        return handler
+
+    async def _on_startup(self, _app: web.Application) -> None:
+        await self.open()
+
+    async def _on_cleanup(self, _app: web.Application) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Claim the writer id, load the dedup windows from bus state and start the committer."""
+        if self._opened:
+            return
+        await self.bus.fence(self.config.writer_id)
+        for name, window in self.windows.items():
+            window.load(await self.bus.state_items(window.prefix))
+            log.info("Webhook dedup window loaded", extra={"source": name, "entries": len(window)})
+        self.committer.start()
+        self._opened = True
+
+    async def close(self) -> None:
+        """Commit queued deliveries and stop the committer."""
+        await self.readiness.close()
+        if self._opened:
+            await self.committer.close()
+            self._opened = False
+
+    async def start(self) -> None:
+        """Bind ``host:port`` and serve (TLS when configured)."""
+        self._runner, site = await listen(self.make_app(), self.config)
+        self.guard = site.guard
+        self.port = site.port
+        get_health().set_check("webhook", True, f"listening on {self.config.host}:{self.port}")
+        log.info(
+            "Webhook receiver listening",
+            extra={
+                "host": self.config.host,
+                "port": self.port,
+                "sources": sorted(s.name for s in self._sources.values()),
+            },
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting, finish in-flight requests, commit what is queued."""
+        if self._runner is not None:
+            get_health().remove_check("webhook")
+            await self._runner.cleanup()
+            self._runner = None
+            if self.guard is not None and self.guard.closed:
+                log.info(
+                    "Webhook connection guard totals",
+                    extra={"closed": dict(self.guard.closed), "peak_connections": self.guard.peak},
+                )
+        await self.close()
+
+    def rotate(self, source: str, values: Sequence[SecretStr]) -> None:
+        """Replace a source's live secrets (1 or 2) at once: add the new one, then retire the old.
+
+        Raises:
+            KeyError: no such source.
+            ValueError: not 1 or 2 distinct secrets.
+        """
+        src = next((s for s in self._sources.values() if s.name == source), None)
+        if src is None:
+            raise KeyError(source)
+        raw = [v.get_secret_value() for v in values]
+        if not 1 <= len(raw) <= 2 or len(set(raw)) != len(raw) or not all(raw):
+            raise ValueError("a source needs 1 or 2 distinct, non-empty secrets")
+        for v in raw:
+            register_secret(v)
+        src.checker = SecretChecker(values)
+        src.matches = [0] * len(values)
+        log.info("Webhook secrets replaced", extra={"source": source, "live_secrets": len(values)})
+
+    def secret_matches(self, source: str) -> list[int]:
+        """Accepted requests per live secret slot of ``source`` since the last rotation."""
+        return next(list(s.matches) for s in self._sources.values() if s.name == source)
+
+    # ---- health -----------------------------------------------------------------------------
+    async def _healthz(self, request: web.Request) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            return self._reject(request, None, WebhookRejected(405, "method_not_allowed", "use GET"))
+        if self._opened and not self.committer.running:
+            return web.Response(status=500, body=b'{"status":"committer stopped"}', content_type="application/json")
+        return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
+    async def _readyz(self, request: web.Request) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            return self._reject(request, None, WebhookRejected(405, "method_not_allowed", "use GET"))
+        ok = await self.ready()
+        body = b'{"status":"ready"}' if ok else b'{"status":"bus unavailable"}'
+        return web.Response(status=200 if ok else 503, body=body, content_type="application/json")
+
+    async def ready(self) -> bool:
+        """True when the bus took a commit within the last seconds, or a heartbeat write succeeds now."""
+        return self._opened and await self.readiness.check()
+
+    # ---- deliveries -------------------------------------------------------------------------
+    async def _not_found(self, request: web.Request) -> web.StreamResponse:
+        return self._reject(request, None, WebhookRejected(404, "not_found", "no such path"))
+
+    async def _delivery(self, request: web.Request, src: _Source) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            return await self._handle(request, src, started)
+        except WebhookRejected as rej:
+            return self._reject(request, src, rej)
+        except Exception as err:  # noqa: BLE001 - never leak a traceback (it could quote the request)
+            log.error("Webhook handler failed", extra={"source": src.name, "error": type(err).__name__})
+            self.rejections["internal_error"] += 1
+            get_telemetry().webhook_rejections(src.name, "internal_error")
+            return response(500, force_close=True)
+
+    async def _handle(self, request: web.Request, src: _Source, started: float) -> web.StreamResponse:
+        if request.method != "POST":
+            raise WebhookRejected(405, "method_not_allowed", "only POST is accepted")
+        if request.content_type != "application/json" or (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
+            raise WebhookRejected(415, "unsupported_media_type", "Content-Type must be application/json")
+        if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+            raise WebhookRejected(415, "unsupported_media_type", "compressed bodies are not accepted")
+        limit = self.config.max_body_bytes
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            raise WebhookRejected(413, "body_too_large", "declared Content-Length above the limit")
+        if self._allow is not None:
+            ip = self._client(request)
+            if ip is None or not in_any(ip, self._allow):
+                raise WebhookRejected(403, "ip_not_allowed", "client address not in allow_ips")
+        slot = authenticate(request.headers.getall(src.cfg.header_name, []), src.checker)
+        try:
+            async with asyncio.timeout(self.config.body_timeout_secs):
+                body = await read_capped(request, limit)
+        except TimeoutError:
+            raise WebhookRejected(408, "body_timeout", "the body did not arrive in time") from None
+        if self.committer.pending >= self.config.max_pending:
+            raise WebhookRejected(503, "overloaded", "too many deliveries waiting for the bus")
+        digest = hashlib.sha256(body).hexdigest()
+        try:
+            event = src.kind.normalize(
+                body,
+                source_name=src.name,
+                workspace=src.workspace,
+                digest=digest,
+                observed_at=format_time(self.clock.now()),
+                policy=src.policy,
+            )
+            value = event.to_json()
+        except (RecursionError, orjson.JSONDecodeError, orjson.JSONEncodeError):
+            # nesting deeper than the parser (1024), the encoder (255) or Python's stack allows
+            raise WebhookRejected(400, "too_deep", "the body is nested too deeply") from None
+        tel = get_telemetry()
+        labels = ("webhook", src.kind.component_type, src.name, src.workspace.id)
+        attrs = {
+            KIND: "webhook",
+            TYPE: src.kind.component_type,
+            ID: src.name,
+            SOURCE: src.name,
+            WORKSPACE: src.workspace.id,
+        }
+        with tel.span("webhook.delivery", attrs, kind=SpanKind.SERVER):
+            fut = self.committer.submit(
+                src.name,
+                bytes.fromhex(digest)[:16],
+                value,
+                src.workspace.id.encode(),
+                (("event_type", event.type.encode()), ("event_id", event.id.encode()), *tel.trace_headers()),
+            )
+            try:
+                published = await asyncio.wait_for(asyncio.shield(fut), self.config.ack_timeout_secs)
+            except TimeoutError:
+                raise WebhookRejected(503, "bus_timeout", "the bus did not confirm in time") from None
+            except BusError:
+                raise WebhookRejected(503, "bus_unavailable", "the bus refused the delivery") from None
+        src.matches[slot] += 1
+        tel.records_received(*labels)
+        if published:
+            self.accepted += 1
+        else:
+            self.duplicates += 1
+            tel.records_dropped(*labels, reason="duplicate")
+        log.debug(
+            "Webhook delivery acknowledged",
+            extra={
+                "source": src.name,
+                "event_type": event.type,
+                "event_id": event.id,
+                "duplicate": not published,
+                "secret_slot": slot,
+                "ms": round((time.perf_counter() - started) * 1000, 1),
+            },
+        )
+        body_out = orjson.dumps({"status": "accepted" if published else "duplicate", "id": event.id})
+        return web.Response(body=body_out, content_type="application/json")
+
+    def _client(self, request: web.Request) -> Address | None:
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        host = peer[0] if isinstance(peer, tuple | list) and peer else None
+        xff = request.headers.getall("X-Forwarded-For", []) if self._trusted else []
+        return client_address(host, xff, self._trusted)
+
+    def _reject(self, request: web.Request, src: _Source | None, rej: WebhookRejected) -> web.StreamResponse:
+        self.rejections[rej.reason] += 1
+        get_telemetry().webhook_rejections(src.name if src else "", rej.reason)
+        if self._may_log(rej.reason):
+            ip = self._client(request)
+            log.warning(
+                "Webhook delivery rejected",
+                extra={
+                    "source": src.name if src else None,
+                    "status": rej.status,
+                    "reason": rej.reason,
+                    "detail": rej.message,
+                    "method": request.method,
+                    "path": redact_text(request.path)[:200],  # redact first: a cut secret is not found
+                    "remote": str(ip) if ip else None,
+                    "count": self.rejections[rej.reason],
+                },
+            )
+        headers = {"Retry-After": str(self.config.retry_after_secs)} if rej.status == 503 else None
+        if rej.status == 405:
+            headers = {"Allow": "GET, HEAD" if src is None else "POST"}
+        return response(rej.status, headers=headers, force_close=rej.status != 503)
+
+    def _may_log(self, reason: str, per_window: int = 20, window_secs: float = 10.0) -> bool:
+        """At most ``per_window`` log lines per reason per window (a public endpoint can be flooded)."""
+        now = self.clock.monotonic()
+        start, n = self._log_budget.get(reason, (now, 0))
+        if now - start >= window_secs:
+            start, n = now, 0
+        self._log_budget[reason] = (start, n + 1)
+        return n < per_window
+
+
+def summary(receiver: WebhookReceiver) -> dict[str, Any]:
+    """Counters for logs and tests."""
+    return {
+        "accepted": receiver.accepted,
+        "duplicates": receiver.duplicates,
+        "rejections": dict(receiver.rejections),
+        "transactions": receiver.committer.transactions,
+        "largest_batch": receiver.committer.largest_batch,
+    }
