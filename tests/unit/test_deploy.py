@@ -124,7 +124,7 @@ def _with_dummy_secret_files(node: Any, tmp: Path) -> Any:
         for k, v in node.items():
             if isinstance(k, str) and k.endswith("_file"):
                 f = tmp / f"secret-{len(list(tmp.iterdir()))}"
-                f.write_text("dummy-secret-value\n")
+                f.write_text("dummy-value-for-validation-only-00000\n")
                 out[k] = str(f)
             else:
                 out[k] = _with_dummy_secret_files(v, tmp)
