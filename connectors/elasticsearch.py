@@ -1,7 +1,10 @@
 """Elasticsearch / OpenSearch sink (type ``elasticsearch``): ``_bulk`` with ``create`` and ``_id`` = id.
 
 * One ``POST /_bulk`` (``application/x-ndjson``) per batch: ``{"create": {"_index", "_id"}}``
-  then the document (the native event/alert JSON plus ``@timestamp``). ``create`` with the
+  then the document in ``format`` (default ``ecs``; ``native``, ``ocsf``, ``splunk``) with
+  ``@timestamp``. Events go to the ``logs-instantly.audit-default`` data stream, alerts to
+  ``logs-instantly.alerts-default``; ``sinks setup`` installs their templates and lifecycle
+  policies (:mod:`connectors.es_setup`) and the sink refuses to start without them. ``create`` with the
   event's deterministic id makes delivery idempotent: a replayed event answers 409
   ``version_conflict_engine_exception``, counted as a duplicate (already delivered), so the
   index never holds a record twice. ``create`` is also what data streams require.
@@ -46,6 +49,7 @@ from pipeline.delivery.http import (
     status_error,
 )
 from pipeline.errors import SinkError
+from pipeline.formats import dumps, get_format
 from pipeline.observability.logs import register_secret
 
 _PART = re.compile(r"\{([^{}]*)\}")
@@ -99,8 +103,12 @@ class ElasticsearchConfig(HttpSinkConfig):
     """Options of the Elasticsearch / OpenSearch sink."""
 
     type: Literal["elasticsearch"] = "elasticsearch"
+    DEFAULT_FORMAT: ClassVar[str] = "ecs"
+
     index: str = Field("logs-instantly.audit-default", description="data stream, index, or pattern with {yyyy.MM.dd}")
-    alert_index: str | None = Field(None, description="for alerts; default: index")
+    alert_index: str | None = Field(
+        "logs-instantly.alerts-default", description="for alerts (null: the events index)"
+    )
     api_key: Secret | None = None
     username: str | None = None
     password: Secret | None = None
@@ -155,6 +163,8 @@ class ElasticsearchSink:
         self._alert_index = index_namer(config.alert_index or config.index)
         self._actions: dict[str, bytes] = {}
         self._params = {"pipeline": config.pipeline} if config.pipeline else None
+        fmt = config.record_format
+        self._render = None if fmt == "native" else get_format(fmt).render
 
     async def __aenter__(self) -> ElasticsearchSink:
         await self._http.__aenter__()
@@ -181,7 +191,12 @@ class ElasticsearchSink:
             action = self._actions[index] = b'{"create":{"_index":' + orjson.dumps(index) + b',"_id":'
         stamp = text if text is not None and text.endswith("Z") else format_time(t)
         raw = d.raw
-        if raw[:1] == b"{" and raw[1:2] != b"}" and b"\n" not in raw and b'"@timestamp"' not in raw:
+        if self._render is not None:
+            rendered = self._render(d.body)
+            assert isinstance(rendered, dict)
+            rendered["@timestamp"] = stamp
+            doc = dumps(rendered)
+        elif raw[:1] == b"{" and raw[1:2] != b"}" and b"\n" not in raw and b'"@timestamp"' not in raw:
             doc = b'{"@timestamp":"' + stamp.encode() + b'",' + raw[1:]
         else:
             doc = orjson.dumps({"@timestamp": stamp, **d.body})

@@ -131,11 +131,14 @@ def dropped(native: dict[str, Any], out: dict[str, Any], unmapped_key: str, *, m
     its values count as mapped too.
     """
     values = _values({k: v for k, v in out.items() if mixed or k != unmapped_key})
+    original = (out.get("event") or {}).get("original")
+    if isinstance(original, str):  # ECS: the raw record (and change.after when it is that record)
+        values += _values(json.loads(original))
     unmapped = out.get(unmapped_key) or {}
     missing = []
     for path, value in _leaves(native):
-        if path[0] == "raw" and "raw_data" in out:
-            continue
+        if path[0] == "raw" and ("raw_data" in out or "original" in (out.get("event") or {})):
+            continue  # the raw record travels whole, as a JSON string (OCSF raw_data, ECS event.original)
         if _at(unmapped, path) == value or _present(value, values):
             continue
         missing.append(".".join(path))
