@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline import __version__
+from pipeline.cli import sinks_cli
 from pipeline.cli.base import command_plugins, describe_section
 from pipeline.config.model import PipelineConfig
 from pipeline.errors import BusError, ConfigError, PipelineError
@@ -24,7 +25,7 @@ EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
 # The runtime's own command modules; connectors add theirs through the ``instantly_audit.commands``
 # registry. Each has register(subparsers) and sets func=handler(args) -> int.
-RUNTIME_COMMANDS = (rules_cli, replay_cli)
+RUNTIME_COMMANDS = (rules_cli, replay_cli, sinks_cli)
 
 
 class _Parser(argparse.ArgumentParser):

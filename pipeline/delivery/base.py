@@ -156,6 +156,19 @@ class Sink(Protocol):
 
 
 @runtime_checkable
+class SettingUpSink(Protocol):
+    """A sink whose destination needs a one-off setup (``instantly-audit sinks setup NAME``)."""
+
+    async def setup(self) -> list[str]:
+        """Install what the destination needs, idempotently; one line per item saying what was done.
+
+        Raises:
+            SinkError: the destination refused.
+        """
+        ...
+
+
+@runtime_checkable
 class PreparingSink(Protocol):
     """A sink that can encode a batch ahead of sending it (see the module docstring)."""
 

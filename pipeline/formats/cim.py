@@ -87,7 +87,9 @@ def _event(body: dict[str, Any], doc: dict[str, Any]) -> None:
     _change(body, act, doc, who, target)
 
 
-def _change(body: dict[str, Any], act: Activity, doc: dict[str, Any], who: str | None, target: Mapping[str, Any]) -> None:
+def _change(
+    body: dict[str, Any], act: Activity, doc: dict[str, Any], who: str | None, target: Mapping[str, Any]
+) -> None:
     doc["action"] = _CHANGE_ACTION.get(act.verb, "modified")
     doc["status"] = "failure" if act.outcome == "failure" else "success"
     category = _OBJECT_CATEGORY.get(act.family) or act.label.split(" ", 1)[0].lower()
