@@ -45,7 +45,6 @@ class FakeElasticsearch(FakeServer):
         overload_rate: float = 0.0,
         reject: Reject | None = None,
         data_streams: tuple[str, ...] = ("logs-*-*",),
-        templates_installed: bool = True,
     ) -> None:
         super().__init__(faults)
         self.api_key = api_key
@@ -55,10 +54,8 @@ class FakeElasticsearch(FakeServer):
         self.reject = reject
         self.data_streams = data_streams
         # API path (``_index_template/NAME``, ``_ilm/policy/NAME``...) → body PUT; the shipped
-        # index templates count as installed unless ``templates_installed=False``.
-        self.setup: dict[str, Any] = {}
-        if templates_installed:
-            self.setup.update({f"_index_template/logs-instantly.{n}": {} for n in ("audit", "alerts")})
+        # index templates count as installed (clear ``setup`` for a fresh cluster).
+        self.setup: dict[str, Any] = {f"_index_template/logs-instantly.{n}": {} for n in ("audit", "alerts")}
         self.setup_puts = 0
         self.docs: dict[str, dict[str, dict[str, Any]]] = {}
         self.created: Counter[str] = Counter()

@@ -67,29 +67,29 @@ async def test_native_format_sends_the_bus_json(es: FakeElasticsearch) -> None:
     assert doc == {"@timestamp": format_time(BASE_TIME + 1), **make_event(1).to_dict()}
 
 
-async def test_setup_installs_templates_and_policies_idempotently() -> None:
+async def test_setup_installs_templates_and_policies_idempotently(es: FakeElasticsearch) -> None:
     """setup() PUTs the component template, both index templates and ILM policies; again changes nothing;
     the health check refuses to start while the templates are missing and passes once they are there."""
-    async with FakeElasticsearch(api_key=API_KEY, templates_installed=False) as es:
-        async with ElasticsearchSink("es", es_cfg(es.url)) as s:
-            with pytest.raises(SinkError, match="logs-instantly.audit, logs-instantly.alerts is not installed") as info:
-                await s.healthcheck()
-            assert "sinks setup es" in str(info.value) and not info.value.retriable
-            first = await s.setup()
-            installed = dict(es.setup)
-            second = await s.setup()
+    es.setup.clear()
+    async with ElasticsearchSink("es", es_cfg(es.url)) as s:
+        with pytest.raises(SinkError, match=r"logs-instantly\.audit, logs-instantly\.alerts is not installed") as info:
             await s.healthcheck()
+        assert "sinks setup es" in str(info.value) and not info.value.retriable
+        first = await s.setup()
+        installed = dict(es.setup)
+        second = await s.setup()
+        await s.healthcheck()
     assert len(first) == len(second) == 5 and es.setup == installed
     assert installed == {k: v for k, v in assets("elasticsearch").items()}
     template = installed["_index_template/logs-instantly.alerts"]
     assert template["index_patterns"] == ["logs-instantly.alerts-*"] and template["data_stream"] == {}
 
 
-async def test_custom_index_needs_no_templates() -> None:
+async def test_custom_index_needs_no_templates(es: FakeElasticsearch) -> None:
     """An index outside logs-instantly.* is not checked for the shipped templates."""
-    async with FakeElasticsearch(api_key=API_KEY, templates_installed=False) as es:
-        async with ElasticsearchSink("es", es_cfg(es.url, index="audit-{yyyy.MM}", alert_index=None)) as s:
-            await s.healthcheck()
+    es.setup.clear()
+    async with ElasticsearchSink("es", es_cfg(es.url, index="audit-{yyyy.MM}", alert_index=None)) as s:
+        await s.healthcheck()
 
 
 async def test_replay_counts_duplicates_not_failures(es: FakeElasticsearch) -> None:
