@@ -10,10 +10,14 @@ so nothing is lost and ``deploy/splunk/`` (eventtypes + tags) only has to tag th
   ``action`` (created|deleted|modified|read), ``change_type``, ``object``, ``object_id``,
   ``object_category``, ``object_attrs``, ``status``, ``user`` (the account changed, or the
   actor when no account is), ``src_user`` (the actor), ``src``.
+* Snapshot baselines (what exists at the first poll) carry ``object*`` but no ``action`` and
+  no data model: they are inventory, not changes.
 * Alerts: ``type=alert``, ``severity``, ``signature``, ``signature_id``, ``description``,
   ``mitre_technique_id``, ``user``/``src`` from the entities.
 
-Every CIM field is a string (lists for ``object_attrs``/``mitre_technique_id``).
+``cim_model`` (``Authentication`` | ``Change``) names the data model a record belongs to; the
+add-on's eventtypes key on it. Every CIM field is a string (lists for ``object_attrs`` and
+``mitre_technique_id``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.formats._common import Activity, as_dict, classify, record_kind
+from pipeline.formats._common import AUDIT_ACTIVITIES, Activity, as_dict, classify, record_kind
 
 APP = "instantly"
 VENDOR_PRODUCT = "Instantly"
@@ -76,6 +80,7 @@ def _event(body: dict[str, Any], doc: dict[str, Any]) -> None:
     _put(doc, "signature_id", str(act.code) if act.code is not None else _str(body.get("type")))
     _put(doc, "id", _str(body.get("id")))
     if act.family == "auth":
+        doc["cim_model"] = "Authentication"
         doc["action"] = "failure" if act.outcome == "failure" else "success"
         _put(doc, "user", who)
         if act.mfa:
@@ -90,9 +95,12 @@ def _event(body: dict[str, Any], doc: dict[str, Any]) -> None:
 def _change(
     body: dict[str, Any], act: Activity, doc: dict[str, Any], who: str | None, target: Mapping[str, Any]
 ) -> None:
-    doc["action"] = _CHANGE_ACTION.get(act.verb, "modified")
+    if not str(body.get("type", "")).endswith("baseline"):  # a baseline states what exists: no change
+        doc["cim_model"] = "Change"
+        doc["action"] = _CHANGE_ACTION.get(act.verb, "modified")
     doc["status"] = "failure" if act.outcome == "failure" else "success"
-    category = _OBJECT_CATEGORY.get(act.family) or act.label.split(" ", 1)[0].lower()
+    known = AUDIT_ACTIVITIES.get(act.code) if act.code is not None else None
+    category = _OBJECT_CATEGORY.get(act.family) or (known[0].split(" ", 1)[0].lower() if known else "audit")
     doc["object_category"] = category
     doc["change_type"] = "AAA" if category in ("user", "group", "api_key") else "application"
     name, tid = _str(target.get("name")), _str(target.get("id"))
@@ -104,8 +112,8 @@ def _change(
         if isinstance(fields, list):
             _put(doc, "object_attrs", [str(f) for f in fields])
     account = name or tid if category == "user" else None
-    _put(doc, "user", account or who)
-    _put(doc, "src_user", who)
+    doc["user"] = account or who or "unknown"  # CIM: "unknown" when it cannot be known (a snapshot diff)
+    doc["src_user"] = who or "unknown"
 
 
 def _alert(body: dict[str, Any], doc: dict[str, Any]) -> None:
