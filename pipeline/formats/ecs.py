@@ -21,6 +21,7 @@ clash); API key details have explicit fields under ``instantly.api_key.*``. Noth
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 from typing import Any
@@ -85,13 +86,16 @@ def _action(event_type: str) -> str:
 
 
 def _ip(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return None
+    return value if isinstance(value, str) and _is_ip(value) else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value)
     except ValueError:
-        return None
-    return value
+        return False
+    return True
 
 
 def _put(doc: dict[str, Any], path: str, value: Any) -> None:
