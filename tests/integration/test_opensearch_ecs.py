@@ -136,3 +136,33 @@ async def test_scripted_incident_and_every_event_type_in_ecs(
     alert_docs = await search(opensearch_url, streams[1], {"term": {"event.kind": "alert"}})
     assert len(alert_docs) == len(alerts) and all(d["rule"]["id"] for d in alert_docs)
     assert await count(opensearch_url, streams[0], {"term": {"event.kind": "state"}}) >= 1  # baselines
+
+
+async def test_replay_to_opensearch_is_idempotent(
+    opensearch_url: str, streams: tuple[str, str], tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """``instantly-audit replay --to`` re-delivers the incident's events and alerts into their ECS data streams;
+    a second replay of the same range stores nothing twice."""
+    import yaml
+
+    from pipeline.cli.main import build_parser
+    from pipeline.config.loader import load_config
+    from pipeline.replay.cli import _run, selection_from_args
+
+    bus_path = await run_incident(tmp_path / "incident")
+    sink = {"type": "elasticsearch", "url": opensearch_url, "index": streams[0], "alert_index": streams[1]}
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump({"bus": {"type": "sqlite", "path": str(bus_path)}, "sinks": {"os": sink}}))
+    async with ElasticsearchSink("os", ecs_config(opensearch_url, streams)) as es:
+        await es.setup()
+    events, alerts = await read_topic(bus_path, EVENTS_TOPIC), await read_topic(bus_path, ALERTS_TOPIC)
+    for _ in range(2):
+        for topic in ("events", "alerts"):
+            args = build_parser().parse_args(
+                ["replay", "-c", str(cfg_path), "--topic", topic, "--to", "os", "--no-progress"]
+            )
+            assert await _run(args, load_config(cfg_path), selection_from_args(args)) == 0
+            capsysbinary.readouterr()
+    assert await count(opensearch_url, streams[0]) == len({orjson.loads(v)["id"] for v in events})
+    assert await count(opensearch_url, streams[1]) == len({orjson.loads(v)["id"] for v in alerts})
+    assert await read_topic(bus_path, DEADLETTER_TOPIC) == []

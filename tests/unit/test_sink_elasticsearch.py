@@ -206,3 +206,18 @@ async def test_gzip_request_bodies(es: FakeElasticsearch) -> None:
     async with ElasticsearchSink("es", es_cfg(es.url, compression="gzip")) as s:
         assert (await s.send([ev(i) for i in range(50)])).ok
     assert len(es.ids) == 50
+
+
+def test_shipped_json_is_what_setup_installs() -> None:
+    """deploy/elasticsearch/ holds exactly the bodies setup() PUTs (regenerate with
+    ``python -m connectors.elasticsearch_setup deploy/elasticsearch``)."""
+    import json
+    from pathlib import Path
+
+    from connectors.elasticsearch_setup import asset_files
+
+    root = Path(__file__).resolve().parents[2] / "deploy" / "elasticsearch"
+    expected = asset_files(root)
+    assert sorted(root.rglob("*.json")) == sorted(expected)
+    for path, body in expected.items():
+        assert json.loads(path.read_text()) == body, path
