@@ -85,7 +85,7 @@ def deliveries(events: list[Event]) -> list[Delivery]:
 
 
 def sink_config(url: str, index: str, **kw: Any) -> ElasticsearchConfig:
-    block = {"type": "elasticsearch", "url": url, "index": index, "format": "native", **kw}
+    block = {"type": "elasticsearch", "url": url, "index": index, "alert_index": None, "format": "native", **kw}
     return ElasticsearchConfig.model_validate(block)
 
 
