@@ -1,7 +1,9 @@
 """Sink delivery benchmark: runner throughput against a plain aiohttp loop, and memory during an outage.
 
-Part 1 — throughput. For each HTTP sink (Splunk HEC, Elasticsearch, signed webhook), the
-fake destination runs in its own process. In the same run we measure
+Part 1 — throughput. For each HTTP sink (Splunk HEC, Elasticsearch, signed webhook; all with
+``format: native``) and the Elasticsearch sink with ``format: ecs`` (its default; the plain loop
+then builds the same ECS documents with :func:`pipeline.formats.to_ecs`), the fake destination
+runs in its own process. In the same run we measure
 
 * **runner**: ``SinkRunner.run_once()`` delivering N events from the embedded SQLite bus
   (read, decode, filter, encode, gzip, POST, confirm, commit offsets per batch), and
@@ -53,12 +55,18 @@ from pipeline.bus.sqlite import SqliteBus
 from pipeline.config.base import EnvValue
 from pipeline.delivery.base import Delivery, SinkConfig
 from pipeline.delivery.runner import SinkRunner, decode
+from pipeline.formats import to_ecs
 from tests.fakes import make_event, publish
 
 TOKEN = "bench-hec-token"
 API_KEY = "YmVuY2g6a2V5"
 SECRET = "whsec_" + base64.b64encode(b"bench-secret-0123456789abcdef").decode()
-SINKS = ("splunk_hec", "elasticsearch", "webhook")
+SINKS = ("splunk_hec", "elasticsearch", "elasticsearch-ecs", "webhook")
+# The sink type behind each benchmark row, and the record format it sends.
+SINK_TYPE = {"splunk_hec": "splunk_hec", "elasticsearch": "elasticsearch", "elasticsearch-ecs": "elasticsearch",
+             "webhook": "webhook"}  # fmt: skip
+OUTAGE_SINKS = ("splunk_hec", "elasticsearch", "webhook")
+FORMAT = {"splunk_hec": "native", "elasticsearch": "native", "elasticsearch-ecs": "ecs", "webhook": "native"}
 SYNC: Any = os.environ.get("BENCH_SYNC", "full")
 
 
@@ -75,7 +83,7 @@ async def _serve_async(kind: str, conn: Connection) -> None:
     server: Any
     if kind == "splunk_hec":
         server = FakeHec(TOKEN)
-    elif kind == "elasticsearch":
+    elif kind.startswith("elasticsearch"):
         server = FakeElasticsearch(api_key=API_KEY)
     else:
         server = FakeReceiver(SECRET)
@@ -125,11 +133,13 @@ class Destination:
 
 # ------------------------------------------------------------------------------ the sinks
 def build(kind: str, url: str, **extra: Any) -> tuple[Any, SinkConfig]:
+    extra = {"format": FORMAT.get(kind, "native"), **extra}
     if kind == "splunk_hec":
         hec = SplunkHecConfig.model_validate({"type": kind, "url": url, "token": EnvValue(TOKEN), **extra})
         return SplunkHecSink("bench-hec", hec), hec
-    if kind == "elasticsearch":
-        es = ElasticsearchConfig.model_validate({"type": kind, "url": url, "api_key": EnvValue(API_KEY), **extra})
+    if kind.startswith("elasticsearch"):
+        block = {"type": "elasticsearch", "url": url, "api_key": EnvValue(API_KEY), **extra}
+        es = ElasticsearchConfig.model_validate(block)
         return ElasticsearchSink("bench-es", es), es
     wh = SignedWebhookConfig.model_validate({"type": kind, "url": url + "/hooks", "secret": EnvValue(SECRET), **extra})
     return SignedWebhookSink("bench-webhook", wh), wh
@@ -142,7 +152,7 @@ async def encoded_requests(kind: str, sink: Any, batches: list[list[Delivery]]) 
         if kind == "splunk_hec":
             body = await sink._body([sink.encode(d) for d in batch])
             out.append((body, HEADERS[kind]))
-        elif kind == "elasticsearch":
+        elif kind.startswith("elasticsearch"):
             out.append((b"".join(sink.encode(d) for d in batch), HEADERS[kind]))
         else:
             for d in batch:
@@ -153,9 +163,12 @@ async def encoded_requests(kind: str, sink: Any, batches: list[list[Delivery]]) 
 HEADERS = {
     "splunk_hec": {"Authorization": f"Splunk {TOKEN}", "Content-Encoding": "gzip", "Content-Type": "application/json"},
     "elasticsearch": {"Authorization": f"ApiKey {API_KEY}", "Content-Type": "application/x-ndjson"},
+    "elasticsearch-ecs": {"Authorization": f"ApiKey {API_KEY}", "Content-Type": "application/x-ndjson"},
     "webhook": {"Content-Type": "application/json"},
 }
-PATHS = {"splunk_hec": "/services/collector/event", "elasticsearch": "/_bulk", "webhook": "/hooks"}
+PATHS = {"splunk_hec": "/services/collector/event", "elasticsearch": "/_bulk", "elasticsearch-ecs": "/_bulk",
+         "webhook": "/hooks"}  # fmt: skip
+DATA_STREAM = {"type": "logs", "dataset": "instantly.audit", "namespace": "default"}
 
 
 def plain_requests(kind: str, raws: list[bytes], key: bytes) -> list[tuple[bytes, dict[str, str]]]:
@@ -173,6 +186,15 @@ def plain_requests(kind: str, raws: list[bytes], key: bytes) -> list[tuple[bytes
             ev = orjson.loads(raw)
             lines.append(orjson.dumps({"create": {"_index": "logs-instantly.audit-default", "_id": ev["id"]}}))
             lines.append(b'{"@timestamp":"' + ev["time"].encode() + b'",' + raw[1:])
+        return [(b"\n".join(lines) + b"\n", HEADERS[kind])]
+    if kind == "elasticsearch-ecs":  # the same ECS documents, made with the library's formatter
+        lines = []
+        for raw in raws:
+            ev = orjson.loads(raw)
+            doc = to_ecs(ev)
+            doc["@timestamp"], doc["data_stream"] = ev["time"], DATA_STREAM
+            lines.append(orjson.dumps({"create": {"_index": "logs-instantly.audit-default", "_id": ev["id"]}}))
+            lines.append(orjson.dumps(doc))
         return [(b"\n".join(lines) + b"\n", HEADERS[kind])]
     out = []
     for raw in raws:
@@ -279,7 +301,7 @@ def rss_kib() -> int:
 
 async def outage(bus: SqliteBus, secs: float, rate: int) -> None:
     """All three destinations down while events arrive at ``rate``/s: peak memory, then recovery."""
-    dests = {k: Destination(k) for k in SINKS}
+    dests = {k: Destination(k) for k in OUTAGE_SINKS}
     try:
         for d in dests.values():
             d.call("down")
@@ -323,7 +345,7 @@ async def outage(bus: SqliteBus, secs: float, rate: int) -> None:
             d.call("up")
         t0 = time.monotonic()
         want = {make_event(j, workspace=f"ws-{j % 5}").id for j in range(first, i)}
-        pending = set(SINKS)
+        pending = set(OUTAGE_SINKS)
         drained: dict[str, float] = {}
         while pending and time.monotonic() - t0 < 120:
             await asyncio.sleep(0.5)

@@ -1,7 +1,10 @@
 """Elasticsearch / OpenSearch sink (type ``elasticsearch``): ``_bulk`` with ``create`` and ``_id`` = id.
 
 * One ``POST /_bulk`` (``application/x-ndjson``) per batch: ``{"create": {"_index", "_id"}}``
-  then the document (the native event/alert JSON plus ``@timestamp``). ``create`` with the
+  then the document in ``format`` (default ``ecs``; ``native``, ``ocsf``, ``splunk``) with
+  ``@timestamp``. Events go to the ``logs-instantly.audit-default`` data stream, alerts to
+  ``logs-instantly.alerts-default``; ``sinks setup`` installs their templates and lifecycle
+  policies (:mod:`connectors.es_setup`) and the sink refuses to start without them. ``create`` with the
   event's deterministic id makes delivery idempotent: a replayed event answers 409
   ``version_conflict_engine_exception``, counted as a duplicate (already delivered), so the
   index never holds a record twice. ``create`` is also what data streams require.
@@ -33,6 +36,7 @@ from typing import Any, ClassVar, Literal
 import orjson
 from pydantic import Field, field_validator, model_validator
 
+from connectors.elasticsearch_setup import install, missing_templates, required_templates
 from pipeline.clock import format_time
 from pipeline.config.base import Secret
 from pipeline.delivery.base import Delivery, Failure, PreparedBatch, SendResult, SinkConfig
@@ -46,10 +50,12 @@ from pipeline.delivery.http import (
     status_error,
 )
 from pipeline.errors import SinkError
+from pipeline.formats import dumps, get_format
 from pipeline.observability.logs import register_secret
 
 _PART = re.compile(r"\{([^{}]*)\}")
 _TOKENS = (("yyyy", "%Y"), ("yy", "%y"), ("MM", "%m"), ("dd", "%d"), ("HH", "%H"))
+_DATA_STREAM = re.compile(r"^(logs|metrics|traces)-([^-]+)-([^-]+)$")
 _BAD_INDEX_CHARS = re.compile(r'[\\/*?"<>|,# :A-Z{}]')
 # How Elasticsearch and OpenSearch begin a bulk answer in which every item succeeded.
 _ALL_CREATED = re.compile(rb'\{\s*"took"\s*:\s*\d+\s*,\s*(?:"ingest_took"\s*:\s*\d+\s*,\s*)?"errors"\s*:\s*false\s*,')
@@ -99,13 +105,18 @@ class ElasticsearchConfig(HttpSinkConfig):
     """Options of the Elasticsearch / OpenSearch sink."""
 
     type: Literal["elasticsearch"] = "elasticsearch"
+    DEFAULT_FORMAT: ClassVar[str] = "ecs"
+
     index: str = Field("logs-instantly.audit-default", description="data stream, index, or pattern with {yyyy.MM.dd}")
-    alert_index: str | None = Field(None, description="for alerts; default: index")
+    alert_index: str | None = Field("logs-instantly.alerts-default", description="for alerts (null: the events index)")
     api_key: Secret | None = None
     username: str | None = None
     password: Secret | None = None
     pipeline: str | None = Field(None, description="ingest pipeline to run")
     compression: Literal["gzip", "none"] = "none"
+    check_setup: bool = Field(
+        True, description="at start, refuse to run when the shipped templates of logs-instantly.* are missing"
+    )
 
     @field_validator("index", "alert_index")
     @classmethod
@@ -155,6 +166,8 @@ class ElasticsearchSink:
         self._alert_index = index_namer(config.alert_index or config.index)
         self._actions: dict[str, bytes] = {}
         self._params = {"pipeline": config.pipeline} if config.pipeline else None
+        fmt = config.record_format
+        self._render = None if fmt == "native" else get_format(fmt).render
 
     async def __aenter__(self) -> ElasticsearchSink:
         await self._http.__aenter__()
@@ -181,7 +194,15 @@ class ElasticsearchSink:
             action = self._actions[index] = b'{"create":{"_index":' + orjson.dumps(index) + b',"_id":'
         stamp = text if text is not None and text.endswith("Z") else format_time(t)
         raw = d.raw
-        if raw[:1] == b"{" and raw[1:2] != b"}" and b"\n" not in raw and b'"@timestamp"' not in raw:
+        if self._render is not None:
+            rendered = self._render(d.body)
+            assert isinstance(rendered, dict)
+            rendered["@timestamp"] = stamp
+            stream = _DATA_STREAM.match(index)
+            if stream is not None:
+                rendered["data_stream"] = {"type": stream[1], "dataset": stream[2], "namespace": stream[3]}
+            doc = dumps(rendered)
+        elif raw[:1] == b"{" and raw[1:2] != b"}" and b"\n" not in raw and b'"@timestamp"' not in raw:
             doc = b'{"@timestamp":"' + stamp.encode() + b'",' + raw[1:]
         else:
             doc = orjson.dumps({"@timestamp": stamp, **d.body})
@@ -292,11 +313,20 @@ class ElasticsearchSink:
             return f"{error.get('type', '')}: {str(error.get('reason', ''))[:200]}"
         return str(error)[:200] if error else ""
 
-    async def healthcheck(self) -> None:
-        """Check the cluster answers ``GET /`` with these credentials.
+    async def setup(self) -> list[str]:
+        """Install the shipped index templates and lifecycle policies (idempotent); what was done.
 
         Raises:
-            SinkError: unreachable, or the credentials are refused.
+            SinkError: the cluster refused one of them (missing privileges, bad body).
+        """
+        return await install(self._http, f"elasticsearch {self.sink_id}")
+
+    async def healthcheck(self) -> None:
+        """Check the cluster answers ``GET /`` with these credentials and the templates are installed.
+
+        Raises:
+            SinkError: unreachable, the credentials are refused, or a shipped index template the
+                configured data streams need is missing (run ``instantly-audit sinks setup``).
         """
         resp = await self._http.request("GET", "/")
         if resp.status != 200:
@@ -304,3 +334,13 @@ class ElasticsearchSink:
         info = resp.json(f"elasticsearch {self.sink_id}: GET /")
         if not isinstance(info, dict) or "version" not in info:
             raise SinkError(f"elasticsearch {self.sink_id}: GET / did not answer like Elasticsearch/OpenSearch")
+        if self.config.check_setup:
+            who = f"elasticsearch {self.sink_id}"
+            needed = required_templates(self.config.index, self.config.alert_index)
+            missing = await missing_templates(self._http, needed, who)
+            if missing:
+                raise SinkError(
+                    f"{who}: index template {', '.join(missing)} is not installed; run "
+                    f"'instantly-audit sinks setup {self.sink_id} --config FILE' (or set check_setup: false)",
+                    retriable=False,
+                )

@@ -1,4 +1,7 @@
-"""The JSONL sink (type ``jsonl``): one native JSON event or alert per line, to a file or stdout.
+"""The JSONL sink (type ``jsonl``): one event or alert per line, to a file or stdout.
+
+* ``format``: ``native`` (default, the bus JSON), ``ecs``, ``ocsf``, ``splunk`` (one JSON
+  document per line) or ``cef`` (one CEF line per record).
 
 * ``path: "-"`` writes to standard output; any other value is a file opened in append
   mode with permissions 0600 (audit data is sensitive).
@@ -26,10 +29,13 @@ from pydantic import Field
 
 from pipeline.delivery.base import Delivery, SendResult, SinkConfig
 from pipeline.errors import SinkError
+from pipeline.formats import render_bytes
 
 
 class JsonlConfig(SinkConfig):
     """Options of the JSONL sink."""
+
+    FORMATS: ClassVar[tuple[str, ...]] = ("native", "ecs", "ocsf", "splunk", "cef")
 
     path_fields: ClassVar[tuple[str, ...]] = ("path",)
     type: Literal["jsonl"] = "jsonl"
@@ -87,7 +93,11 @@ class JsonlSink:
         """
         if not batch:
             return SendResult()
-        data = b"".join(orjson.dumps(d.body) + b"\n" for d in batch)
+        fmt = self.config.record_format
+        if fmt == "native":
+            data = b"".join(orjson.dumps(d.body) + b"\n" for d in batch)
+        else:
+            data = b"".join(render_bytes(d.body, fmt) + b"\n" for d in batch)
         if self.path is None:
             await asyncio.to_thread(self._write_stream, data)
         else:

@@ -11,7 +11,8 @@
 * Severity: critical → critical, high → error, medium → warning, low/info → info. The
   payload carries ``summary`` (≤ 1024 characters), ``source`` (the workspace), ``component``
   (the first entity), ``group``, ``class`` (the rule id), ``timestamp`` and
-  ``custom_details`` (the whole alert), plus the runbook as a link; bodies over PagerDuty's
+  ``custom_details`` (the whole alert; with ``format: ecs|ocsf|splunk`` the alert rendered
+  in that format), plus the runbook as a link; bodies over PagerDuty's
   512 KB are trimmed (event ids, attributes) or dead-lettered.
 * Answers: 202 accepted (final); 400 → that record is poison (dead letter); 413 → poison;
   429 and 5xx/timeouts → that record and the rest of the batch are retriable failures
@@ -37,6 +38,7 @@ from pipeline.config.base import Secret
 from pipeline.delivery.base import Delivery, Failure, SendResult, SinkConfig
 from pipeline.delivery.http import HttpClient, HttpResponse, HttpSinkConfig, status_error
 from pipeline.errors import SinkError
+from pipeline.formats import render
 from pipeline.observability.logs import redact_text, register_secret
 
 ENQUEUE_PATH = "/v2/enqueue"
@@ -132,18 +134,7 @@ class PagerDutySink:
             "component": _cut(component, 255) if component else None,
             "group": f"instantly:{ws.get('id')}",
             "class": rule.get("id"),
-            "custom_details": {
-                "alert_id": alert.get("id"),
-                "summary": alert.get("summary"),
-                "rule": rule,
-                "workspace": ws,
-                "entities": entities,
-                "event_ids": alert.get("event_ids") or [],
-                "first_seen": alert.get("first_seen"),
-                "last_seen": alert.get("last_seen"),
-                "count": alert.get("count"),
-                "attributes": alert.get("attributes") or {},
-            },
+            "custom_details": self._details(alert, rule, ws, entities),
         }
         body: dict[str, Any] = {
             "routing_key": self._key,
@@ -159,6 +150,27 @@ class PagerDutySink:
             body["links"] = [{"href": runbook, "text": "Runbook"}]
         return body
 
+    def _details(
+        self, alert: Mapping[str, Any], rule: Any, ws: Any, entities: list[Mapping[str, Any]]
+    ) -> dict[str, Any]:
+        """``custom_details``: the alert's fields (native) or the alert in the configured format."""
+        fmt = self.config.record_format
+        if fmt != "native":
+            rendered = render(dict(alert), fmt)
+            return rendered if isinstance(rendered, dict) else {"record": rendered}
+        return {
+            "alert_id": alert.get("id"),
+            "summary": alert.get("summary"),
+            "rule": rule,
+            "workspace": ws,
+            "entities": entities,
+            "event_ids": alert.get("event_ids") or [],
+            "first_seen": alert.get("first_seen"),
+            "last_seen": alert.get("last_seen"),
+            "count": alert.get("count"),
+            "attributes": alert.get("attributes") or {},
+        }
+
     def encode(self, alert: Mapping[str, Any]) -> bytes:
         """The request body; trimmed to PagerDuty's 512 KB.
 
@@ -167,7 +179,7 @@ class PagerDutySink:
         """
         body = self.event(alert)
         data = orjson.dumps(body)
-        if len(data) > MAX_BODY_BYTES and "payload" in body:
+        if len(data) > MAX_BODY_BYTES and "payload" in body and "event_ids" in body["payload"]["custom_details"]:
             details = body["payload"]["custom_details"]
             ids = details["event_ids"]
             details["event_ids"] = ids[:100]

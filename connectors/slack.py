@@ -2,6 +2,7 @@
 
 * The webhook URL is a secret (its path is the token): it is a ``Secret`` field, registered
   with the log redactor, and never part of an error message (errors name ``slack <sink id>``).
+* ``format``: ``native`` only — the message is built from the native record.
 * One Block Kit message per record: severity emoji and title, the summary, workspace,
   severity, rule, counts, the entities, and the runbook (a link when it is an http(s) URL).
   Text from Instantly (names, summaries) is escaped for mrkdwn (``&``, ``<``, ``>``), so a
@@ -53,6 +54,8 @@ def _default_topics() -> list[Literal["events", "alerts"]]:
 
 class SlackSinkConfig(SinkConfig):
     """Options of the Slack sink."""
+
+    FORMATS: ClassVar[tuple[str, ...]] = ("native",)  # a Block Kit message built from the native record
 
     type: Literal["slack"] = "slack"
     webhook_url: Secret = Field(description="incoming webhook URL (a secret: ${ENV} or webhook_url_file)")

@@ -8,6 +8,9 @@ indexer acknowledgment"):
   "index", "event"}``, gzip-compressed here (``Content-Encoding: gzip``). A batch is split
   into requests of at most ``max_request_bytes`` (uncompressed; HEC's
   ``max_content_length``) and the requests run concurrently.
+* ``event`` is the record in ``format``: ``splunk`` (default: CIM fields at the top, the
+  native record under ``instantly``; ``deploy/splunk/`` tags it for the Authentication and
+  Change data models), ``native``, ``ecs`` or ``ocsf``.
 * ``time`` is the event's ``time`` (an alert's ``last_seen``) in epoch seconds; the
   sourcetype is ``instantly:audit:event`` or ``instantly:audit:alert``. Every event keeps
   its ``id``, so a search can ``dedup id`` whatever HEC accepted twice.
@@ -44,6 +47,7 @@ from pipeline.config.base import Secret
 from pipeline.delivery.base import Delivery, Failure, PreparedBatch, SendResult, SinkConfig
 from pipeline.delivery.http import HttpClient, HttpResponse, HttpSinkConfig, millis_time, record_time, request_body
 from pipeline.errors import SinkError
+from pipeline.formats import dumps, get_format
 from pipeline.observability.logs import register_secret
 
 EVENT_PATH = "/services/collector/event"
@@ -58,6 +62,8 @@ Sleep = Callable[[float], Awaitable[None]]
 
 class SplunkHecConfig(HttpSinkConfig):
     """Options of the Splunk HEC sink."""
+
+    DEFAULT_FORMAT: ClassVar[str] = "splunk"
 
     type: Literal["splunk_hec"] = "splunk_hec"
     token: Secret
@@ -112,6 +118,8 @@ class SplunkHecSink:
         self._clock = clock
         self._sleep = sleep
         self._prefix = {kind: self._envelope_prefix(kind) for kind in ("event", "alert")}
+        fmt = config.record_format
+        self._render = None if fmt == "native" else get_format(fmt).render
 
     def _envelope_prefix(self, kind: str) -> bytes:
         meta: dict[str, Any] = {
@@ -132,7 +140,10 @@ class SplunkHecSink:
     # ---- encoding -----------------------------------------------------------------------
     def encode(self, d: Delivery) -> bytes:
         """One HEC event object."""
-        raw = d.raw if d.raw[:1] == b"{" else orjson.dumps(d.body)
+        if self._render is not None:
+            raw = dumps(self._render(d.body))
+        else:
+            raw = d.raw if d.raw[:1] == b"{" else orjson.dumps(d.body)
         fast = millis_time(d.body.get("time" if d.kind == "event" else "last_seen"))
         if fast is not None:  # the digits repr(round(t, 3)) prints, without the float round trip
             stamp = f"{fast[0]}.{fast[1].rstrip('0') or '0'}".encode()

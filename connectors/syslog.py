@@ -2,9 +2,10 @@
 
 * Transport: TCP with RFC 6587 octet counting, or TLS per RFC 5425 (``tls:`` block; server
   certificate verified against ``cafile`` or the system store, optional client certificate).
-* Body: the record as JSON (``format: json``; ``json_format: native|ocsf|ecs``) or as a CEF
-  line (``format: cef``); an SD element ``[instantly@32473 id=… type=… workspace=… kind=…]``
-  carries the stable record id, so a collector can de-duplicate replays.
+* Body: the record as JSON (``format: native|ecs|ocsf|splunk``, or ``format: json`` with
+  ``json_format``, the older spelling) or as a CEF line (``format: cef``); an SD element
+  ``[instantly@32473 id=… type=… workspace=… kind=…]`` carries the stable record id, so a
+  collector can de-duplicate replays.
 * One persistent connection per sink, opened on first use; a task watches it for EOF/reset,
   so a receiver restart while idle is noticed and the next batch reconnects first.
 
@@ -69,8 +70,10 @@ class SyslogSinkConfig(SinkConfig):
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535, description="6514 is the RFC 5425 TLS port")
     tls: SyslogTlsConfig | None = None
-    format: Literal["json", "cef"] = "json"
-    json_format: Literal["native", "ocsf", "ecs"] = "native"
+    FORMATS: ClassVar[tuple[str, ...]] = ("json", "cef", "native", "ecs", "ocsf", "splunk")
+    DEFAULT_FORMAT: ClassVar[str] = "json"
+
+    json_format: Literal["native", "ocsf", "ecs", "splunk"] = Field("native", description="with format: json")
     facility: int = Field(FACILITIES["log_audit"], description="0-23 or a name such as log_audit, auth, local4")
     app_name: str = "instantly-audit"
     hostname: str | None = Field(None, description="HOSTNAME field (default: this machine's name)")
@@ -203,12 +206,13 @@ class SyslogSink:
         """
         body = delivery.body
         cfg = self.config
-        if cfg.format == "cef":
+        fmt = cfg.json_format if cfg.record_format == "json" else cfg.record_format
+        if fmt == "cef":
             msg: bytes = to_cef(body).encode("utf-8")
-        elif cfg.json_format == "native" and delivery.raw[:1] == b"{":
+        elif fmt == "native" and delivery.raw[:1] == b"{":
             msg = delivery.raw  # the record exactly as it is on the bus
         else:
-            msg = render_bytes(body, cfg.json_format)
+            msg = render_bytes(body, fmt)
         if delivery.kind == "alert":
             severity = _ALERT_SEVERITY.get(str(delivery.severity), SEVERITIES["informational"])
             when, msgid, type_ = body.get("last_seen"), "alert", str((body.get("rule") or {}).get("id", ""))

@@ -1,6 +1,7 @@
 """Signed webhook sink (type ``webhook``): POST events/alerts signed per Standard Webhooks 1.0.
 
-* Each record is POSTed as its native JSON (or, with ``batch_as_array: true``, a batch as
+* Each record is POSTed as JSON in ``format`` (default ``native``; ``ecs``, ``ocsf``,
+  ``splunk``) (or, with ``batch_as_array: true``, a batch as
   one JSON array) with the headers ``webhook-id`` (the event/alert id; for an array
   ``batch_`` + a hash of the ids), ``webhook-timestamp`` (integer epoch seconds) and
   ``webhook-signature: v1,<base64 HMAC-SHA256(secret, "{id}.{timestamp}.{body}")>``. The
@@ -32,6 +33,7 @@ from pipeline.config.base import Secret
 from pipeline.delivery.base import Delivery, Failure, SendResult, SinkConfig
 from pipeline.delivery.http import HttpClient, HttpSinkConfig
 from pipeline.errors import SinkError, WebhookRejected
+from pipeline.formats import render_bytes
 from pipeline.observability.logs import register_secret
 from schemas.ids import deterministic_id
 
@@ -141,8 +143,10 @@ class SignedWebhookSink:
     async def __aexit__(self, *exc: object) -> None:
         await self._http.__aexit__(None, None, None)
 
-    @staticmethod
-    def _json(d: Delivery) -> bytes:
+    def _json(self, d: Delivery) -> bytes:
+        fmt = self.config.record_format
+        if fmt != "native":
+            return render_bytes(d.body, fmt)
         return d.raw if d.raw[:1] == b"{" else orjson.dumps(d.body)
 
     def signed_headers(self, msg_id: str, body: bytes) -> dict[str, str]:

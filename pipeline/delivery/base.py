@@ -7,6 +7,9 @@ the consumer offsets. A failure marked ``retriable`` is retried with backoff; a
 non-retriable one (a poison record) goes to ``instantly.deadletter.v1`` with the error and
 the sink name.
 
+``format`` names the record format (:mod:`pipeline.formats.registry`); each sink's ``Config``
+lists the formats it can carry in ``FORMATS`` and its default in ``DEFAULT_FORMAT``.
+
 A sink may also implement :class:`PreparingSink`: ``prepare()`` encodes a batch into its
 request bodies (pure CPU, no I/O) and ``send_prepared()`` sends them. The runner then
 encodes the next batch while the previous request is in flight; ``send(batch)`` must stay
@@ -19,10 +22,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, NamedTuple, Protocol, runtime_checkable
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline.bus.base import Record
 from pipeline.config.base import Model
+from pipeline.formats.registry import format_names
 
 Kind = Literal["event", "alert"]
 TopicName = Literal["events", "alerts"]
@@ -48,6 +52,27 @@ class SinkConfig(Model):
     circuit_failures: int = Field(5, ge=1, description="consecutive failed batches before the circuit opens")
     circuit_open_secs: float = Field(30.0, gt=0)
     enabled: bool = True
+    format: str | None = Field(
+        None, validate_default=True, description="record format (native, ecs, ocsf, splunk, cef); default per sink"
+    )
+
+    # The formats a sink can carry and the one it uses when ``format`` is not given.
+    FORMATS: ClassVar[tuple[str, ...]] = ("native", "ecs", "ocsf", "splunk")
+    DEFAULT_FORMAT: ClassVar[str] = "native"
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: str | None) -> str:
+        if v is None:
+            return cls.DEFAULT_FORMAT
+        if v not in cls.FORMATS or (v not in format_names() and v != "json"):
+            raise ValueError(f"unknown format {v!r} for this sink (known: {', '.join(cls.FORMATS)})")
+        return v
+
+    @property
+    def record_format(self) -> str:
+        """The format records are rendered in (``format`` after defaults)."""
+        return self.format or self.DEFAULT_FORMAT
 
 
 class Delivery(NamedTuple):
@@ -126,6 +151,19 @@ class Sink(Protocol):
 
         Raises:
             SinkError: with a message saying what is wrong.
+        """
+        ...
+
+
+@runtime_checkable
+class SettingUpSink(Protocol):
+    """A sink whose destination needs a one-off setup (``instantly-audit sinks setup NAME``)."""
+
+    async def setup(self) -> list[str]:
+        """Install what the destination needs, idempotently; one line per item saying what was done.
+
+        Raises:
+            SinkError: the destination refused.
         """
         ...
 

@@ -8,6 +8,7 @@ the Instantly API reference (§3.3); every enum is open, unknown codes become ``
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -70,6 +71,12 @@ def epoch_ms(timestamp: Any) -> int | None:
 
 
 # ------------------------------------------------------------------------------ picker
+@functools.lru_cache(maxsize=2048)
+def _parts(path: str) -> tuple[str, ...]:
+    """``'a.b.c'`` → ``('a', 'b', 'c')`` (formats use a few dozen fixed paths: cached)."""
+    return tuple(path.split("."))
+
+
 class Picker:
     """Reads fields of a nested dict by dotted path and remembers which were used.
 
@@ -87,22 +94,22 @@ class Picker:
     def get(self, path: str) -> Any:
         """The value at ``path`` (None when any part is missing); does not mark it used."""
         node: Any = self._doc
-        for part in path.split("."):
-            if not isinstance(node, Mapping):
+        for part in _parts(path):
+            if node.__class__ is not dict and not isinstance(node, Mapping):  # dict first: abc checks are slow
                 return None
             node = node.get(part)
         return node
 
     def take(self, path: str) -> Any:
         """The value at ``path``, marked as mapped (a dict path marks its whole subtree)."""
-        self._taken.add(tuple(path.split(".")))
+        self._taken.add(_parts(path))
         return self.get(path)
 
     def take_str(self, path: str) -> str | None:
         """Like :meth:`take` but only a non-empty string is returned (other values stay unmapped)."""
         value = self.get(path)
-        if isinstance(value, str) and value:
-            self._taken.add(tuple(path.split(".")))
+        if value.__class__ is str and value:
+            self._taken.add(_parts(path))
             return value
         return None
 
@@ -114,7 +121,7 @@ class Picker:
     def _rest(self, node: Any, where: tuple[str, ...]) -> Any:
         if where in self._taken:
             return None
-        if isinstance(node, Mapping):
+        if node.__class__ is dict or isinstance(node, Mapping):
             kept: dict[str, Any] = {}
             for k, v in node.items():
                 sub = self._rest(v, (*where, str(k)))

@@ -25,6 +25,7 @@ import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from pipeline.formats._common import (
     PRODUCT_NAME,
@@ -39,7 +40,7 @@ from pipeline.formats._common import (
 
 # key → maximum length in characters (0: a number or a timestamp, never cut)
 EXTENSION_KEYS: dict[str, int] = {
-    "act": 63, "cat": 1023, "cnt": 0, "deviceFacility": 1023, "duid": 1023, "duser": 1023,
+    "act": 63, "cat": 1023, "cnt": 0, "deviceFacility": 1023, "dhost": 1023, "duid": 1023, "duser": 1023,
     "end": 0, "externalId": 40, "msg": 1023, "outcome": 63, "reason": 1023,
     "requestClientApplication": 1023, "rt": 0, "src": 0, "start": 0, "suid": 1023, "suser": 1023,
     "c6a2": 0, "c6a2Label": 1023,
@@ -136,6 +137,21 @@ def _address(ip: Any) -> list[tuple[str, Any]]:
     return [("c6a2Label", "Source IPv6 Address"), ("c6a2", ip)]
 
 
+def webhook_host(body: Mapping[str, Any]) -> str | None:
+    """The host a webhook delivers to (never the path or query, which may hold a token)."""
+    attrs = body.get("attributes") or {}
+    change = body.get("change") or {}
+    candidates = [attrs.get("url_host"), attrs.get("target_host")]
+    for where in (attrs, change.get("after") or {}, change.get("before") or {}, body.get("raw") or {}):
+        url = where.get("target_hook_url") if isinstance(where, Mapping) else None
+        if isinstance(url, str) and url:
+            try:
+                candidates.append(urlsplit(url).hostname)
+            except ValueError:
+                continue
+    return next((c for c in candidates if isinstance(c, str) and c), None)
+
+
 def _event(body: Mapping[str, Any]) -> str:
     act = classify(body)
     etype = str(body.get("type", "unknown.unknown"))
@@ -176,6 +192,7 @@ def _event(body: Mapping[str, Any]) -> str:
         *_labelled("cs4", "keyFingerprint", fingerprint if isinstance(fingerprint, str) else None),
         *_labelled("cs5", "oldRole", old),
         *_labelled("cs6", "newRole", new),
+        ("dhost", webhook_host(body) if kind == "webhook" or act.family == "webhook" else None),
         ("duid", target.get("id") if person else None),
         ("duser", target.get("name") if person else None),
         *_labelled("flexString2", "target", f"{kind}:{target.get('id') or ''}" if target and not person else None),

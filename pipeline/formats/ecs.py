@@ -9,19 +9,29 @@ members → ``iam`` with ``user``+``creation|deletion|change``; webhooks → ``c
 ``source.ip``, ``user_agent.original``, ``organization.*`` (the workspace), ``related.*``
 and ``labels``. Alerts: ``event.kind=alert``, ``rule.*``, ``threat.technique.*``.
 
-Whatever ECS has no field for is kept under the custom ``instantly.*`` namespace at its
-original path (API key details under ``instantly.api_key.*``), so nothing is dropped.
+Snapshot baselines (``*.baseline``) describe what exists, not a change: ``event.kind=state``,
+``event.type=info``. The raw Instantly record travels as a JSON string in ``event.original``
+(not again as ``change.after`` when that is the same record). ``event.provider`` is
+``instantly-audit`` for events and alerts alike.
+
+Whatever ECS has no field for is kept under ``instantly.details`` at its original path (mapped
+``flattened``/``flat_object`` by the shipped index templates, so stream-specific shapes never
+clash); API key details have explicit fields under ``instantly.api_key.*``. Nothing is dropped.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from pipeline.formats._common import Activity, Picker, as_dict, classify, record_kind, role_change
 
 ECS_VERSION = "8.17.0"
+PROVIDER = "instantly-audit"
 
 _CATEGORY: dict[str, list[str]] = {
     "auth": ["authentication"],
@@ -76,13 +86,16 @@ def _action(event_type: str) -> str:
 
 
 def _ip(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return None
+    return value if isinstance(value, str) and _is_ip(value) else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value)
     except ValueError:
-        return None
-    return value
+        return False
+    return True
 
 
 def _put(doc: dict[str, Any], path: str, value: Any) -> None:
@@ -108,8 +121,11 @@ def _event(body: dict[str, Any]) -> dict[str, Any]:
     event_type = p.take_str("type") or "unknown.unknown"
     category, types = _types(act, event_type)
     doc: dict[str, Any] = {"@timestamp": p.take("time"), "ecs": {"version": ECS_VERSION}, "message": act.label}
+    baseline = event_type.endswith("baseline")
+    if baseline:
+        types = ["info"]
     event: dict[str, Any] = {
-        "kind": "event",
+        "kind": "state" if baseline else "event",
         "category": category,
         "type": types,
         "action": _action(event_type),
@@ -117,11 +133,17 @@ def _event(body: dict[str, Any]) -> dict[str, Any]:
         "outcome": act.outcome,
         "created": p.take("observed_at"),
         "module": "instantly",
-        "provider": "instantly",
+        "provider": PROVIDER,
         "dataset": f"instantly.{p.get('source.stream') or 'events'}",
     }
     if act.code is not None:
         event["code"] = str(act.code)
+    raw = p.get("raw")
+    if raw is not None:
+        p.take("raw")
+        event["original"] = orjson.dumps(raw).decode()
+        if raw == p.get("change.after"):
+            p.take("change.after")
     doc["event"] = event
     _common(p, doc)
     _put(doc, "labels.event_type", event_type)
@@ -173,12 +195,7 @@ def _event(body: dict[str, Any]) -> dict[str, Any]:
 def _finish(p: Picker, doc: dict[str, Any]) -> dict[str, Any]:
     rest = p.rest()
     if rest:
-        instantly = doc.setdefault("instantly", {})
-        for key, value in rest.items():
-            if isinstance(value, dict) and isinstance(instantly.get(key), dict):
-                instantly[key] = {**value, **instantly[key]}
-            else:
-                instantly.setdefault(key, value)
+        doc.setdefault("instantly", {})["details"] = rest
     return doc
 
 
@@ -200,7 +217,7 @@ def _alert(body: dict[str, Any]) -> dict[str, Any]:
         "severity": _SEVERITY.get(severity, 0),
         "risk_score": _RISK.get(severity, 0.0),
         "module": "instantly",
-        "provider": "instantly-audit",
+        "provider": PROVIDER,
         "dataset": "instantly.alerts",
     }
     _common(p, doc)

@@ -1,23 +1,29 @@
-"""Event v1 / Alert v1 → OCSF 1.8.0 (Open Cybersecurity Schema Framework).
+"""Event v1 / Alert v1 → OCSF 1.9.0 (Open Cybersecurity Schema Framework).
 
 Class per event family (``type_uid = class_uid * 100 + activity_id``):
 
 =====================================================  =====================================
-audit ``user_login`` and MFA/TOTP codes 1, 22-31        3002 Authentication (1 Logon / 99 Other)
-audit webhook 18-21, API key 37/38; ``api_key.*``,      3004 Entity Management (1 Create,
+audit ``user_login``, MFA challenges 1, 28-31          3002 Authentication (1 Logon)
+MFA settings (TOTP 22-26, recovery codes 27)            3007 User Management (12/13 Enable/Disable
+                                                        MFA Factors, 2 Update, 99 Other)
+API key created/deleted (audit 37/38, snapshots)        3007 User Management (18/19 Add/Remove
+                                                        Programmatic Credentials; user = workspace)
+audit webhook 18-21; other ``api_key.*``,               3004 Entity Management (1 Create,
 ``webhook.*``, ``block_list.*``, other ``workspace.*``   3 Update, 4 Delete, 9 Disable, 13 Resume)
 ``member.invited/accepted/removed``                     3006 Group Management (group = workspace)
 ``workspace_group.*``                                   3006 Group Management (7/8 Add/Remove Subgroup)
 ``member.role_changed/permissions_changed``,            3005 User Access Management (1 Assign /
 ``workspace.owner_changed``                             2 Revoke Privileges)
-every other audit record (``audit.*``)                  6003 API Activity (Create/Read/Update/Delete)
+every other audit record (``audit.*``)                  6003 API Activity (Create/Read/Update/Delete;
+                                                        an API key caller in ``api.token``)
 anything else (``pipeline.*``, ``webhook_delivery.*``)  0 Base Event
 alerts                                                  2004 Detection Finding
 =====================================================  =====================================
 
 Nothing is dropped: every field of the source record that no OCSF attribute carries is
 kept under ``unmapped`` at its original path, and the redacted source record travels in
-``raw_data`` (JSON text). Validated in the tests against the OCSF 1.8.0 JSON Schema.
+``raw_data`` (JSON text). Validated in the tests against the OCSF 1.9.0 schema
+(``tests/fixtures/ocsf-1.9.0``; Account Change is deprecated there for User Management).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from pipeline.formats._common import (
 )
 from pipeline.formats.native import dumps
 
-OCSF_VERSION = "1.8.0"
+OCSF_VERSION = "1.9.0"
 
 _CATEGORY = {0: "Uncategorized", 2: "Findings", 3: "Identity & Access Management", 6: "Application Activity"}
 _CLASSES: dict[int, tuple[str, int, dict[int, str]]] = {
@@ -80,6 +86,33 @@ _CLASSES: dict[int, tuple[str, int, dict[int, str]]] = {
             99: "Other",
         },
     ),
+    3007: (
+        "User Management",
+        3,
+        {
+            0: "Unknown",
+            1: "Create",
+            2: "Update",
+            3: "Delete",
+            4: "Enable",
+            5: "Disable",
+            6: "Lock",
+            7: "Unlock",
+            8: "Password Change",
+            9: "Password Reset",
+            10: "Attach Policies",
+            11: "Detach Policies",
+            12: "Enable MFA Factors",
+            13: "Disable MFA Factors",
+            14: "Assign Privileges",
+            15: "Remove Privileges",
+            16: "Assign Roles",
+            17: "Remove Roles",
+            18: "Add Programmatic Credentials",
+            19: "Remove Programmatic Credentials",
+            99: "Other",
+        },
+    ),
     6003: ("API Activity", 6, {0: "Unknown", 1: "Create", 2: "Read", 3: "Update", 4: "Delete", 99: "Other"}),
 }
 _SEVERITY = {0: "Unknown", 1: "Informational", 2: "Low", 3: "Medium", 4: "High", 5: "Critical"}
@@ -100,7 +133,7 @@ _ATTACK_ID = re.compile(r"^(T\d{4})(?:\.(\d{3}))?$")
 
 
 def to_ocsf(record: Any) -> dict[str, Any]:
-    """Map an Event or Alert (object or dict form) to one OCSF 1.8.0 event.
+    """Map an Event or Alert (object or dict form) to one OCSF 1.9.0 event.
 
     Raises:
         TypeError: ``record`` is neither an Event/Alert nor a mapping.
@@ -219,8 +252,12 @@ def _event(body: dict[str, Any]) -> dict[str, Any]:
     act = classify(body)
     etype = str(body.get("type", ""))
     p = Picker(body)
-    if act.family in ("auth", "mfa"):
+    if act.family == "mfa":
+        out = _user_management_mfa(p, act)
+    elif act.family == "auth":
         out = _authentication(p, act)
+    elif act.family == "api_key" and act.verb in ("create", "delete"):
+        out = _user_management_key(p, act)
     elif etype in ("member.role_changed", "member.permissions_changed", "workspace.owner_changed"):
         out = _user_access(p, act, body)
     elif act.family in ("api_key", "webhook", "block_list", "workspace"):
@@ -261,6 +298,45 @@ def _authentication(p: Picker, act: Activity) -> dict[str, Any]:
     if act.code is not None and 22 <= act.code <= 26:
         out["auth_factors"] = [{"factor_type_id": 7, "factor_type": "OTP", "is_totp": True}]
     _endpoint_parts(p, out)
+    return out
+
+
+_MFA_ACTIVITY = {"enable": 12, "disable": 13, "update": 2}
+_TOTP = {"factor_type_id": 7, "factor_type": "OTP", "is_totp": True}
+
+
+def _user_management_mfa(p: Picker, act: Activity) -> dict[str, Any]:
+    """A user's own MFA settings changed (TOTP enabled/disabled/replaced, recovery codes)."""
+    activity_id = _MFA_ACTIVITY.get(act.verb, 99)
+    out = _head(3007, activity_id, None if activity_id != 99 else act.label)
+    user = _actor_user(p)
+    out["user"] = user or {"name": "unknown"}
+    recovery = act.code == 27 or "recovery" in act.label.lower()
+    out["auth_factors"] = [{"factor_type_id": 99, "factor_type": "Recovery Code"} if recovery else dict(_TOTP)]
+    _endpoint_parts(p, out)
+    return out
+
+
+def _user_management_key(p: Picker, act: Activity) -> dict[str, Any]:
+    """An API key (a programmatic credential of the workspace) was created or deleted."""
+    out = _head(3007, 18 if act.verb == "create" else 19)
+    workspace = {"uid": p.get("workspace.id") or "unknown", "type_id": 99, "type": "Workspace"}
+    if isinstance(name := p.get("workspace.name"), str) and name:
+        workspace["name"] = name
+    key_id = p.get("target.id") if p.get("target.kind") == "api_key" else None
+    if isinstance(key_id, str) and key_id:
+        p.take("target.id")
+        p.take("target.kind")
+        workspace["programmatic_credentials"] = [{"uid": key_id, "type": "API Key"}]
+        resource: dict[str, Any] = {"uid": key_id, "type": "api_key"}
+        if key_name := p.take_str("target.name"):
+            resource["name"] = key_name
+        data = p.get("change.after" if act.verb == "create" else "change.before")
+        if isinstance(data, Mapping) and data:
+            p.take("change.after" if act.verb == "create" else "change.before")
+            resource["data"] = dict(data)
+        out["resources"] = [resource]
+    out["user"] = workspace
     return out
 
 
@@ -351,6 +427,9 @@ def _api_activity(p: Picker, act: Activity) -> dict[str, Any]:
     user = _actor_user(p)
     out["actor"] = {"user": user} if user else {"app_name": "Instantly"}
     out["api"] = {"operation": act.label, "service": {"name": "Instantly"}}
+    key_id = p.get("actor.api_key_id")
+    if isinstance(key_id, str) and key_id:  # the API key the call authenticated with (OCSF 1.9 token)
+        out["api"]["token"] = {"uid": key_id, "type_id": 7, "type": "API Token"}
     _endpoint_parts(p, out)
     out.setdefault("src_endpoint", {"name": "unknown"})
     kind = p.get("target.kind")

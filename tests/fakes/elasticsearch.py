@@ -53,6 +53,10 @@ class FakeElasticsearch(FakeServer):
         self.overload_rate = overload_rate
         self.reject = reject
         self.data_streams = data_streams
+        # API path (``_index_template/NAME``, ``_ilm/policy/NAME``...) → body PUT; the shipped
+        # index templates count as installed (clear ``setup`` for a fresh cluster).
+        self.setup: dict[str, Any] = {f"_index_template/logs-instantly.{n}": {} for n in ("audit", "alerts")}
+        self.setup_puts = 0
         self.docs: dict[str, dict[str, dict[str, Any]]] = {}
         self.created: Counter[str] = Counter()
         self.conflicts = 0
@@ -70,6 +74,9 @@ class FakeElasticsearch(FakeServer):
         app.router.add_get("/", self.banner)
         app.router.add_post("/_bulk", self.bulk)
         app.router.add_post("/{index}/_bulk", self.bulk)
+        for prefix in ("_index_template", "_component_template", "_ilm/policy"):
+            app.router.add_get(f"/{prefix}/{{name}}", self.get_setup)
+            app.router.add_put(f"/{prefix}/{{name}}", self.put_setup)
         return app
 
     def _auth(self, request: web.Request) -> web.Response | None:
@@ -90,6 +97,25 @@ class FakeElasticsearch(FakeServer):
             reason = f"missing authentication credentials for REST request [{request.path}]"
             return _err(401, "security_exception", reason)
         return _err(401, "security_exception", "unable to authenticate with provided credentials")
+
+    async def get_setup(self, request: web.Request) -> web.Response:
+        """``GET /_index_template/NAME`` (and component templates, ILM policies): 404 when absent."""
+        denied = self._auth(request)
+        if denied is not None:
+            return denied
+        key = request.path.lstrip("/")
+        if key not in self.setup:
+            return _err(404, "resource_not_found_exception", f"{key} not found")
+        return json_error(200, {"found": self.setup[key]})
+
+    async def put_setup(self, request: web.Request) -> web.Response:
+        """``PUT /_index_template/NAME`` (and component templates, ILM policies): stores the body."""
+        denied = self._auth(request)
+        if denied is not None:
+            return denied
+        self.setup_puts += 1
+        self.setup[request.path.lstrip("/")] = json.loads(await request.read())
+        return json_error(200, {"acknowledged": True})
 
     async def banner(self, request: web.Request) -> web.Response:
         """``GET /``."""

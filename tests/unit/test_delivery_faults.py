@@ -179,8 +179,8 @@ async def test_five_percent_failures_lose_nothing_and_duplicates_are_counted(bus
 
 
 REJECT: dict[str, Callable[[dict[str, Any]], bool]] = {
-    "hec": lambda obj: obj["event"].get("attributes", {}).get("n") == 5,
-    "es": lambda doc: doc.get("attributes", {}).get("n") == 5,
+    "hec": lambda obj: obj["event"].get("id") == make_event(5).id,  # CIM JSON: the record id at the top
+    "es": lambda doc: doc.get("event", {}).get("id") == make_event(5).id,  # ECS: event.id
     "webhook": lambda rec: rec.get("attributes", {}).get("n") == 5,
 }
 

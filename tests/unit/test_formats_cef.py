@@ -286,3 +286,11 @@ def test_pycef_reads_ordinary_records() -> None:
         assert parsed["workspaceId"] == ours["cs1"]
         assert parsed["externalId"] == ours["externalId"]
         assert _unescape(parsed["msg"], {"\\": "\\", "=": "=", "n": "\n", "r": "\r"}) == ours["msg"]
+
+
+def test_webhook_created_carries_the_target_host() -> None:
+    """webhook.created names the host it delivers to in dhost (not the path or query, which may hold a token)."""
+    from tests.unit.test_formats_native import sample_events
+
+    line = to_cef(sample_events()["webhook_created"])
+    assert "dhost=hooks.example.com " in line and "/x" not in line.split("dhost=")[1].split(" ")[0]

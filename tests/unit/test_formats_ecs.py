@@ -108,7 +108,7 @@ def test_alert_fields() -> None:
     assert doc["threat"]["technique"]["subtechnique"]["id"] == ["T1098.001"]
     assert doc["event"]["risk_score"] == 99.0
     assert doc["message"] == alert.summary
-    assert doc["instantly"]["dedup_key"] == alert.dedup_key
+    assert doc["instantly"]["details"]["dedup_key"] == alert.dedup_key
     assert "Jane Doe" in doc["related"]["user"]
     assert dropped(alert.to_dict(), doc, "instantly", mixed=True) == []
 
@@ -119,3 +119,23 @@ def test_real_normalizer_events() -> None:
         doc = to_ecs(event)
         _check_shape(doc)
         assert dropped(event.to_dict(), doc, "instantly", mixed=True) == [], event.type
+
+
+def test_baselines_are_state_and_raw_is_event_original() -> None:
+    """A snapshot baseline is event.kind=state/type=info; the raw record is event.original, a JSON string."""
+    import json
+
+    events = [e for e in normalizer_events() if e.type.endswith("baseline")]
+    assert events
+    for event in events:
+        doc = to_ecs(event)
+        assert doc["event"]["kind"] == "state" and doc["event"]["type"] == ["info"], event.type
+        if event.raw is not None:
+            assert json.loads(doc["event"]["original"]) == event.raw
+            assert "raw" not in doc.get("instantly", {}).get("details", {})
+
+
+def test_events_and_alerts_share_one_provider() -> None:
+    """event.provider is the same for events and alerts."""
+    providers = {to_ecs(e)["event"]["provider"] for e in sample_events().values()}
+    assert providers | {to_ecs(sample_alert())["event"]["provider"]} == {"instantly-audit"}

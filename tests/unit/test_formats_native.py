@@ -246,4 +246,4 @@ def test_native_has_no_raw_control_characters() -> None:
 def test_render_rejects_unknown_format() -> None:
     """Asking for a format that does not exist is a ValueError naming the known ones."""
     with pytest.raises(ValueError, match="native"):
-        render(sample_alert().to_dict(), "xml")  # type: ignore[arg-type]
+        render(sample_alert().to_dict(), "xml")

@@ -1,12 +1,18 @@
-"""OCSF 1.8.0: each event family maps to its class, validates against the OCSF schema, and drops nothing."""
+"""OCSF 1.9.0: each event family maps to its class, validates against the OCSF schema, and drops nothing.
+
+The 1.9.0 schema is not in ``ocsf-json-schema`` (it stops at 1.8.0): ``tests/fixtures/ocsf-1.9.0``
+holds it, compiled from the OCSF schema source (see its README), in the same export shape.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
 import re
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,17 +27,17 @@ from tests.unit.test_formats_native import SEEN, T0, WS, normalizer_events, samp
 EXPECTED: dict[str, tuple[int, int]] = {
     "login": (3002, 1),
     "mfa_failed": (3002, 1),
-    "totp_enabled": (3002, 99),
-    "recovery_codes": (3002, 99),
+    "totp_enabled": (3007, 12),
+    "recovery_codes": (3007, 99),
     "audit_webhook_created": (3004, 1),
     "audit_webhook_error": (3004, 9),
-    "audit_key_created": (3004, 1),
-    "audit_key_deleted": (3004, 4),
+    "audit_key_created": (3007, 18),
+    "audit_key_deleted": (3007, 19),
     "campaign_deleted": (6003, 4),
     "lead_exported": (6003, 2),
     "audit_unknown": (6003, 99),
-    "key_created": (3004, 1),
-    "key_deleted": (3004, 4),
+    "key_created": (3007, 18),
+    "key_deleted": (3007, 19),
     "key_scopes": (3004, 3),
     "webhook_created": (3004, 1),
     "webhook_updated": (3004, 3),
@@ -53,14 +59,19 @@ EXPECTED: dict[str, tuple[int, int]] = {
 _TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 
 
+OCSF_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / f"ocsf-{OCSF_VERSION}" / "schema.json"
+
+
 @functools.cache
 def _raw() -> dict[str, Any]:
+    if OCSF_FIXTURE.is_file():
+        return dict(json.loads(OCSF_FIXTURE.read_text()))
     return dict(get_ocsf_schema(version=OCSF_VERSION))
 
 
 @functools.cache
 def _schema() -> OcsfJsonSchemaEmbedded:
-    return OcsfJsonSchemaEmbedded(get_ocsf_schema(version=OCSF_VERSION))
+    return OcsfJsonSchemaEmbedded(_raw())
 
 
 @functools.cache
@@ -131,11 +142,14 @@ def dropped(native: dict[str, Any], out: dict[str, Any], unmapped_key: str, *, m
     its values count as mapped too.
     """
     values = _values({k: v for k, v in out.items() if mixed or k != unmapped_key})
+    original = (out.get("event") or {}).get("original")
+    if isinstance(original, str):  # ECS: the raw record (and change.after when it is that record)
+        values += _values(json.loads(original))
     unmapped = out.get(unmapped_key) or {}
     missing = []
     for path, value in _leaves(native):
-        if path[0] == "raw" and "raw_data" in out:
-            continue
+        if path[0] == "raw" and ("raw_data" in out or "original" in (out.get("event") or {})):
+            continue  # the raw record travels whole, as a JSON string (OCSF raw_data, ECS event.original)
         if _at(unmapped, path) == value or _present(value, values):
             continue
         missing.append(".".join(path))
@@ -172,9 +186,13 @@ def test_every_sample_is_classified() -> None:
 def _expected_class(event_type: str, code: int | None) -> int:
     prefix = event_type.split(".")[0]
     if prefix == "audit":
-        if code == 1 or (code is not None and 22 <= code <= 31):
+        if code == 1 or (code is not None and 28 <= code <= 31):
             return 3002
-        return 3004 if code in (18, 19, 20, 21, 37, 38) else 6003
+        if code in (37, 38) or (code is not None and 22 <= code <= 27):
+            return 3007  # User Management: API keys (programmatic credentials), MFA settings
+        return 3004 if code in (18, 19, 20, 21) else 6003
+    if event_type in ("api_key.created", "api_key.deleted"):
+        return 3007
     if event_type in ("member.role_changed", "member.permissions_changed", "workspace.owner_changed"):
         return 3005
     return {"member": 3006, "workspace_group": 3006}.get(prefix, 3004)
@@ -201,20 +219,48 @@ def test_login_and_mfa_details() -> None:
     failed = to_ocsf(events["mfa_failed"])
     assert (failed["status_id"], failed["is_mfa"]) == (2, True)
     totp = to_ocsf(events["totp_enabled"])
-    assert totp["activity_name"] == "TOTP enabled"
-    assert totp["auth_factors"][0]["is_totp"] is True
+    assert (totp["class_name"], totp["activity_name"]) == ("User Management", "Enable MFA Factors")
+    assert totp["auth_factors"][0]["is_totp"] is True and totp["user"]["name"] == "Jane Doe"
+    codes = to_ocsf(events["recovery_codes"])
+    assert (codes["activity_id"], codes["auth_factors"][0]["factor_type"]) == (99, "Recovery Code")
+
+
+def test_mfa_disable_is_user_management() -> None:
+    """TOTP disabled (activity 26) is User Management / Disable MFA Factors (not Authentication / Other)."""
+    event = sample_events()["totp_enabled"]
+    disabled = msgspec.structs.replace(event, type="audit.mfa_totp_disabled",
+                                       attributes={**event.attributes, "activity_type": 26})  # fmt: skip
+    doc = to_ocsf(disabled)
+    assert (doc["class_uid"], doc["activity_id"], doc["type_uid"]) == (3007, 13, 300713)
+    assert ocsf_errors(doc) == []
+
+
+def test_api_call_with_a_key_names_the_token() -> None:
+    """An audit record made through an API key carries it as api.token (OCSF 1.9 token object, API Token)."""
+    for event in normalizer_events():
+        doc = to_ocsf(event)
+        if doc["class_uid"] == 6003 and event.actor is not None and event.actor.api_key_id:
+            assert doc["api"]["token"] == {"uid": event.actor.api_key_id, "type_id": 7, "type": "API Token"}
+            break
+    else:
+        pytest.fail("no API activity made with a key among the normalizer events")
 
 
 def test_api_key_entity_and_programmatic_credential() -> None:
-    """API keys are managed entities; an API key acting is a programmatic credential of the actor."""
+    """API key creation/deletion is User Management / Add|Remove Programmatic Credentials of the workspace;
+    an API key acting is a programmatic credential of the actor; scope changes stay entity updates."""
     doc = to_ocsf(sample_events()["audit_key_created"])
-    assert doc["entity"]["type"] == "api_key"
+    assert (doc["class_uid"], doc["activity_name"]) == (3007, "Add Programmatic Credentials")
+    assert doc["user"]["type"] == "Workspace" and doc["user"]["uid"] == doc["metadata"]["tenant_uid"]
     assert doc["actor"]["user"]["programmatic_credentials"] == [
         {"uid": "3f9e0c1a-2b4d-4e6f-8a0b-1c2d3e4f5a6b", "type": "api_key"}
     ]
     created = to_ocsf(sample_events()["key_created"])
-    assert created["entity"]["data"]["scopes"] == ["all:all"]
+    (resource,) = created["resources"]
+    assert created["user"]["programmatic_credentials"] == [{"uid": resource["uid"], "type": "API Key"}]
+    assert resource["data"]["scopes"] == ["all:all"]
     assert created["unmapped"]["attributes"]["key_fingerprint"] == "sha256:0123abcd"
+    assert to_ocsf(sample_events()["key_deleted"])["activity_id"] == 19
     changed = to_ocsf(sample_events()["key_scopes"])
     assert changed["entity"]["data"]["scopes"] == ["all:all"]
     assert changed["entity_result"]["data"]["scopes"] == ["leads:read"]
@@ -305,3 +351,15 @@ def test_generated_events_validate_and_drop_nothing(
     doc = to_ocsf(event)
     assert ocsf_errors(doc) == []
     assert dropped(event.to_dict(), doc, "unmapped") == []
+
+
+def test_every_record_the_pipeline_produces_is_valid_ocsf() -> None:
+    """Every event type and alert (fixtures, webhook receiver, the scripted incident) validates against 1.9.0."""
+    from tests.unit.test_formats_mapping import corpus
+
+    classes: set[int] = set()
+    for record in corpus():
+        doc = to_ocsf(record)
+        classes.add(doc["class_uid"])
+        assert ocsf_errors(doc) == [], (record.get("type"), ocsf_errors(doc)[:3])
+    assert {2004, 3002, 3004, 3005, 3006, 3007, 6003} <= classes

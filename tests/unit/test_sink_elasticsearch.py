@@ -9,12 +9,14 @@ import pytest
 from aiohttp import web
 
 from connectors.elasticsearch import ElasticsearchConfig, ElasticsearchSink, index_namer
+from connectors.elasticsearch_setup import assets
 from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Record
 from pipeline.clock import format_time
 from pipeline.config.base import EnvValue
 from pipeline.delivery.base import Delivery
 from pipeline.delivery.runner import decode
 from pipeline.errors import BackpressureError, SinkError
+from pipeline.formats import to_ecs
 from tests.fakes import BASE_TIME, Faults, make_alert, make_event
 from tests.fakes.elasticsearch import FakeElasticsearch
 
@@ -45,14 +47,49 @@ async def es() -> AsyncIterator[FakeElasticsearch]:
 
 
 async def test_bulk_create_with_id_into_data_stream(es: FakeElasticsearch) -> None:
-    """Documents are created with _id = event id and an @timestamp from the event time (data stream ready)."""
+    """By default events go to logs-instantly.audit-default and alerts to logs-instantly.alerts-default, as
+    ECS documents with _id = the record id, @timestamp from its time and the data_stream fields."""
     async with ElasticsearchSink("es", es_cfg(es.url)) as s:
         assert (await s.send([ev(1), al(2)])).ok
-    docs = es.docs["logs-instantly.audit-default"]
-    assert set(docs) == {make_event(1).id, make_alert(2).id}
-    doc = docs[make_event(1).id]
-    assert doc["@timestamp"] == format_time(BASE_TIME + 1)
-    assert {k: v for k, v in doc.items() if k != "@timestamp"} == make_event(1).to_dict()
+    events, alerts = es.docs["logs-instantly.audit-default"], es.docs["logs-instantly.alerts-default"]
+    assert set(events) == {make_event(1).id} and set(alerts) == {make_alert(2).id}
+    doc = events[make_event(1).id]
+    assert doc == {**to_ecs(make_event(1)), "@timestamp": format_time(BASE_TIME + 1),
+                   "data_stream": {"type": "logs", "dataset": "instantly.audit", "namespace": "default"}}  # fmt: skip
+    assert alerts[make_alert(2).id]["event"]["kind"] == "alert"
+
+
+async def test_native_format_sends_the_bus_json(es: FakeElasticsearch) -> None:
+    """format: native sends the record exactly as on the bus, plus @timestamp."""
+    async with ElasticsearchSink("es", es_cfg(es.url, format="native")) as s:
+        assert (await s.send([ev(1)])).ok
+    doc = es.docs["logs-instantly.audit-default"][make_event(1).id]
+    assert doc == {"@timestamp": format_time(BASE_TIME + 1), **make_event(1).to_dict()}
+
+
+async def test_setup_installs_templates_and_policies_idempotently(es: FakeElasticsearch) -> None:
+    """setup() PUTs the component template, both index templates and ILM policies; again changes nothing;
+    the health check refuses to start while the templates are missing and passes once they are there."""
+    es.setup.clear()
+    async with ElasticsearchSink("es", es_cfg(es.url)) as s:
+        with pytest.raises(SinkError, match=r"logs-instantly\.audit, logs-instantly\.alerts is not installed") as info:
+            await s.healthcheck()
+        assert "sinks setup es" in str(info.value) and not info.value.retriable
+        first = await s.setup()
+        installed = dict(es.setup)
+        second = await s.setup()
+        await s.healthcheck()
+    assert len(first) == len(second) == 5 and es.setup == installed
+    assert installed == {k: v for k, v in assets("elasticsearch").items()}
+    template = installed["_index_template/logs-instantly.alerts"]
+    assert template["index_patterns"] == ["logs-instantly.alerts-*"] and template["data_stream"] == {}
+
+
+async def test_custom_index_needs_no_templates(es: FakeElasticsearch) -> None:
+    """An index outside logs-instantly.* is not checked for the shipped templates."""
+    es.setup.clear()
+    async with ElasticsearchSink("es", es_cfg(es.url, index="audit-{yyyy.MM}", alert_index=None)) as s:
+        await s.healthcheck()
 
 
 async def test_replay_counts_duplicates_not_failures(es: FakeElasticsearch) -> None:
@@ -69,7 +106,7 @@ async def test_item_errors_are_classified(es: FakeElasticsearch) -> None:
     """Mapping errors are poison; rejected (429) and unavailable (503) items are retried."""
     es.reject = lambda doc: doc["attributes"]["n"] == 1
     es.item_fault_rate = 0.0
-    async with ElasticsearchSink("es", es_cfg(es.url)) as s:
+    async with ElasticsearchSink("es", es_cfg(es.url, format="native")) as s:
         result = await s.send([ev(0), ev(1), ev(2)])
         assert [(f.delivery.id, f.retriable) for f in result.failures] == [(make_event(1).id, False)]
         assert "document_parsing_exception" in result.failures[0].error
@@ -158,3 +195,18 @@ async def test_gzip_request_bodies(es: FakeElasticsearch) -> None:
     async with ElasticsearchSink("es", es_cfg(es.url, compression="gzip")) as s:
         assert (await s.send([ev(i) for i in range(50)])).ok
     assert len(es.ids) == 50
+
+
+def test_shipped_json_is_what_setup_installs() -> None:
+    """deploy/elasticsearch/ holds exactly the bodies setup() PUTs (regenerate with
+    ``python -m connectors.elasticsearch_setup deploy/elasticsearch``)."""
+    import json
+    from pathlib import Path
+
+    from connectors.elasticsearch_setup import asset_files
+
+    root = Path(__file__).resolve().parents[2] / "deploy" / "elasticsearch"
+    expected = asset_files(root)
+    assert sorted(root.rglob("*.json")) == sorted(expected)
+    for path, body in expected.items():
+        assert json.loads(path.read_text()) == body, path

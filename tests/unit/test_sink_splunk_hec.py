@@ -15,6 +15,7 @@ from pipeline.config.base import EnvValue
 from pipeline.delivery.base import Delivery
 from pipeline.delivery.runner import decode
 from pipeline.errors import SinkError
+from pipeline.formats import to_splunk
 from tests.fakes import BASE_TIME, FakeSleep, Faults, make_alert, make_event
 from tests.fakes.hec import FakeHec
 
@@ -52,7 +53,15 @@ async def test_envelope_sourcetype_time_index_host(hec: FakeHec) -> None:
     assert e["sourcetype"] == "instantly:audit:event" and a["sourcetype"] == "instantly:audit:alert"
     assert e["time"] == pytest.approx(BASE_TIME + 1) and a["time"] == pytest.approx(BASE_TIME + 2)
     assert (e["index"], e["host"], e["source"]) == ("audit", "pipeline-1", "instantly-audit")
-    assert e["event"] == make_event(1).to_dict() and a["event"] == make_alert(2).to_dict()
+    assert e["event"] == to_splunk(make_event(1)) and a["event"] == to_splunk(make_alert(2))
+    assert e["event"]["instantly"] == make_event(1).to_dict()
+
+
+async def test_native_format_sends_the_bus_json(hec: FakeHec) -> None:
+    """format: native puts the record as on the bus into the HEC event."""
+    async with SplunkHecSink("splunk", hec_cfg(hec.url, format="native")) as s:
+        assert (await s.send([ev(1)])).ok
+    assert hec.events[0]["event"] == make_event(1).to_dict()
 
 
 async def test_time_keeps_milliseconds() -> None:
@@ -92,7 +101,7 @@ async def test_busy_is_retriable_with_retry_after(hec: FakeHec) -> None:
 
 async def test_invalid_event_is_poison_others_retried(hec: FakeHec) -> None:
     """400 code 6 names the bad event: it is poison, the ones after it are retried, the ones before accepted."""
-    hec.reject = lambda obj: obj["event"]["attributes"]["n"] == 2
+    hec.reject = lambda obj: obj["event"]["instantly"]["attributes"]["n"] == 2
     batch = [ev(i) for i in range(5)]
     async with SplunkHecSink("s", hec_cfg(hec.url)) as s:
         result = await s.send(batch)
