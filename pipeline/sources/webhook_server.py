@@ -63,6 +63,7 @@ from pipeline.observability.health import get_health
 from pipeline.observability.logs import get_logger, register_secret
 from pipeline.observability.metrics import ID, KIND, SOURCE, TYPE, WORKSPACE
 from pipeline.observability.telemetry import get_telemetry
+from pipeline.redaction.gate import gated_event_bytes
 from pipeline.sources.webhook_config import SourceConfig, WebhookConfig
 from pipeline.sources.webhook_kind import WebhookKind, webhook_kind
 from schemas.event import WorkspaceRef
@@ -706,7 +707,7 @@ class WebhookReceiver:
             observed_at=format_time(self.clock.now()),
             policy=src.policy,
         )
-        value = event.to_json()
+        value = gated_event_bytes(event)
         tel = get_telemetry()
         labels = ("webhook", src.kind.component_type, src.name, src.workspace.id)
         attrs = {
