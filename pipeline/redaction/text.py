@@ -80,16 +80,6 @@ def _shape_sub(shape: registry.Shape, m: re.Match[str]) -> str:
     return fingerprint_secret(found) if shape.check is None or shape.check(found) else found
 
 
-def _shape_sub(shape: registry.Shape, m: re.Match[str]) -> str:
-    found = m.group(0)
-    return fingerprint_secret(found) if shape.check is None or shape.check(found) else found
-
-
-def registry_fingerprint(value: str) -> str:
-    """The ``sha256:`` fingerprint of a secret found by its shape (the same as a registered one's)."""
-    return fingerprint_secret(value)
-
-
 def redact_text(text: str, *, fingerprint: bool = False) -> str:
     """Registered values, shapes and URL credentials removed from ``text``.
 
