@@ -98,6 +98,8 @@ def index_namer(pattern: str) -> Callable[[float], str]:
 class ElasticsearchConfig(HttpSinkConfig):
     """Options of the Elasticsearch / OpenSearch sink."""
 
+    CREDENTIAL_FIELDS: ClassVar[tuple[str, ...]] = ("api_key", "password")
+
     type: Literal["elasticsearch"] = "elasticsearch"
     index: str = Field("logs-instantly.audit-default", description="data stream, index, or pattern with {yyyy.MM.dd}")
     alert_index: str | None = Field(None, description="for alerts; default: index")

@@ -59,6 +59,8 @@ Sleep = Callable[[float], Awaitable[None]]
 class SplunkHecConfig(HttpSinkConfig):
     """Options of the Splunk HEC sink."""
 
+    CREDENTIAL_FIELDS: ClassVar[tuple[str, ...]] = ("token",)
+
     type: Literal["splunk_hec"] = "splunk_hec"
     token: Secret
     index: str | None = None

@@ -13,6 +13,7 @@ from importlib.metadata import entry_points
 from typing import Any, cast
 
 from pipeline.config.base import validate_block
+from pipeline.config.transport import warn_insecure
 from pipeline.delivery.base import Sink, SinkConfig
 from pipeline.errors import ConfigError
 
@@ -88,6 +89,9 @@ def build_sink(sink_id: str, block: Mapping[str, Any]) -> Sink:
         ConfigError: see :func:`validate_sink`.
     """
     cls, config = validate_sink(sink_id, block)
+    insecure = getattr(config, "insecure_transport", None)
+    if callable(insecure):
+        warn_insecure(f"sinks.{sink_id}", insecure())
     sink = cls(sink_id, config)
     return cast(Sink, sink)
 
