@@ -29,6 +29,9 @@ from pipeline.config.base import DefaultedEnvValue, EnvValue, FileValue, _path
 from pipeline.config.model import PipelineConfig, compose
 from pipeline.config.vault import resolve_managed_secrets
 from pipeline.errors import ConfigError
+from pipeline.redaction.config import secret_values
+from pipeline.redaction.registry import register_secret
+from pipeline.redaction.urls import set_url_path_hosts
 
 PATH_FIELDS = frozenset({"ca_file", "client_cert_file", "client_key_file"})
 """Keys ending in ``_file`` that are paths (TLS material read by the TLS library), not secret files."""
@@ -180,8 +183,28 @@ def parse_config(text: str, *, env: Mapping[str, str] | None = None, base_dir: P
     return compose(resolve_managed_secrets(resolved))
 
 
+def teach_redaction(cfg: PipelineConfig) -> None:
+    """Register every secret of ``cfg`` (sinks' too) with the redaction and apply ``redaction.url_path_hosts``.
+
+    An invalid sink block is skipped here (``config validate`` and the start report it).
+    """
+    from pipeline.delivery.registry import validate_sink
+
+    for value in secret_values(cfg):
+        register_secret(value)
+    for sid, block in cfg.sinks.items():
+        try:
+            _, scfg = validate_sink(sid, block)
+        except ConfigError:
+            continue
+        for value in secret_values(scfg):
+            register_secret(value)
+    set_url_path_hosts(cfg.redaction.url_path_hosts)
+
+
 def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> PipelineConfig:
-    """Read and validate a config file (secret ``*_file`` paths are relative to the file).
+    """Read and validate a config file (secret ``*_file`` paths are relative to the file), and teach the
+    redaction its secrets and URL allowlist (:func:`teach_redaction`).
 
     Raises:
         ConfigError: the file cannot be read or is invalid.
@@ -197,4 +220,6 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Pi
         raise ConfigError(f"config file {p} is a directory") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {p} is not UTF-8 text") from None
-    return parse_config(text, env=env, base_dir=p.resolve().parent)
+    cfg = parse_config(text, env=env, base_dir=p.resolve().parent)
+    teach_redaction(cfg)
+    return cfg

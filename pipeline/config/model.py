@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from pipeline.config.base import Model, Secret, validation_error_lines
 from pipeline.errors import ConfigError
 from pipeline.observability.telemetry_config import TelemetryConfig
+from pipeline.redaction.config import RedactionConfig
 from pipeline.registry import config_sections
 
 
@@ -106,6 +107,7 @@ class PipelineConfig(Model):
     service: ServiceConfig = ServiceConfig()
     logging: LoggingConfig = LoggingConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    redaction: RedactionConfig = RedactionConfig()
     sections: dict[str, Any] = Field(default_factory=dict)
     """Validated sections owned by connectors, by top-level key (see :func:`compose`)."""
 
