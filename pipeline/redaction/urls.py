@@ -21,6 +21,7 @@ from schemas.ids import fingerprint_secret
 REDACTED = "<redacted>"
 _HOST = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 _URL_IN_TEXT = re.compile(r"(?i)\b[a-z][a-z0-9+.-]{1,15}://[^\s\"'<>]+")
+_FINGERPRINT_PATH = re.compile(r"^/sha256:[0-9a-f]{8,64}$")
 _STATE: dict[str, frozenset[str]] = {"hosts": frozenset()}
 
 
@@ -90,7 +91,7 @@ def redact_url(url: str) -> str:
         rest = path[len(tail) :] + (f"?{query}" if query else "")
         return base + tail + (f"/{fingerprint_secret(rest)}" if rest else "")
     secret_part = path + (f"?{query}" if query else "")
-    if secret_part in ("", "/"):
+    if secret_part in ("", "/") or _FINGERPRINT_PATH.match(secret_part):  # nothing left, or already redacted
         return base + secret_part
     return f"{base}/{fingerprint_secret(secret_part)}"
 
