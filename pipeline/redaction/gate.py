@@ -117,6 +117,21 @@ def _map(value: dict[Any, Any], depth: int) -> dict[Any, Any]:
     if depth > MAX_DEPTH:
         raise GateRejected("too_deep", f"depth {depth}")
     memo, names, exact, cc = _memo, _names, registry.exact_forms(), _CLEAN_CHARS
+    if names.issuperset(value):  # every key seen before and clean: check the values only
+        for v in value.values():
+            tv = type(v)
+            if tv is str:
+                if v in memo or (not v.strip(cc) and v not in exact):
+                    continue
+                break
+            if tv is dict:
+                if not v or _map(v, depth + 1) is v:
+                    continue
+                break
+            if tv is list or tv is tuple:
+                break
+        else:
+            return value
     out: dict[str, Any] | None = None
     for k, v in value.items():
         if k in names:  # a key already seen and not secret-named
@@ -203,20 +218,25 @@ def gate_event(event: Event) -> Event:
         ("id", event.id), ("type", event.type), ("time", event.time), ("observed_at", event.observed_at),
         ("workspace.id", event.workspace.id), ("source.stream", src.stream), ("source.record_id", src.record_id),
     )  # fmt: skip
+    memo, exact, cc = _memo, registry.exact_forms(), _CLEAN_CHARS
     for field, ident in identity:
-        if ident is not None and ident not in _memo and _clean_text(ident) != ident:
+        if ident is None or ident in memo:
+            continue
+        if not ident.strip(cc):  # an id or a time: only a whole registered value can hide in it
+            if ident in exact:
+                raise GateRejected("secret_in_identity", field)
+            continue
+        if _clean_text(ident) != ident:
             raise GateRejected("secret_in_identity", field)
     changes: dict[str, Any] = {}
     if event.workspace.name is not None:
         name = _clean_text(event.workspace.name)
         if name is not event.workspace.name:
             changes["workspace"] = _replace(event.workspace, name=name)
-    memo = _memo
-    if a is not None and not (
-        (a.user_id is None or a.user_id in memo) and (a.user_name is None or a.user_name in memo)
-        and (a.api_key_id is None or a.api_key_id in memo) and (a.ip is None or a.ip in memo)
-        and (a.user_agent is None or a.user_agent in memo)
-    ):  # fmt: skip
+    if a is not None and not all(
+        v is None or v in memo or (not v.strip(cc) and v not in exact)
+        for v in (a.user_id, a.user_name, a.api_key_id, a.ip, a.user_agent)
+    ):
         na = Actor(
             _text(a.user_id), _text(a.user_name), _text(a.api_key_id), _text(a.ip), _text(a.user_agent), a.via_api
         )
