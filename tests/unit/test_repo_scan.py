@@ -17,11 +17,11 @@ from connectors.instantly.repo_scan import (
     InstantlyKeyAssignmentDetector,
     RepoSettings,
     check_repository,
-    instantly_key_shape,
     is_ci_file,
     is_secret_file,
     literal_secret,
 )
+from connectors.instantly.key_shape import instantly_key_shape
 from pipeline.checks.report import CheckResult, Resource
 from pipeline.cli.main import main
 from schemas.ids import fingerprint_secret
