@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 
 from connectors.instantly import repo_scan
+from connectors.instantly.key_shape import instantly_key_shape
 from connectors.instantly.posture import cross_reference
 from connectors.instantly.repo_scan import (
     InstantlyKeyAssignmentDetector,
@@ -21,7 +22,6 @@ from connectors.instantly.repo_scan import (
     is_secret_file,
     literal_secret,
 )
-from connectors.instantly.key_shape import instantly_key_shape
 from pipeline.checks.report import CheckResult, Resource
 from pipeline.cli.main import main
 from schemas.ids import fingerprint_secret
