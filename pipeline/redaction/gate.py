@@ -202,6 +202,26 @@ def leaked_secret(data: bytes) -> bool:
     return False
 
 
+def _all_clean(values: tuple[str | None, ...], memo: set[str], exact: dict[str, str]) -> bool:
+    """Whether every value is None, known clean, or an id/time/address that is no registered value."""
+    cc = _CLEAN_CHARS
+    for v in values:
+        if v is None or v in memo or (not v.strip(cc) and v not in exact):
+            continue
+        return False
+    return True
+
+
+def _identity_field(event: Event, value: str) -> str:
+    """The name of the identity field holding ``value`` (for the refusal; the value is never reported)."""
+    src = event.source
+    named = {
+        "type": event.type, "time": event.time, "observed_at": event.observed_at, "workspace.id": event.workspace.id,
+        "source.stream": src.stream, "source.record_id": src.record_id,
+    }  # fmt: skip
+    return next((k for k, v in named.items() if v == value), "identity")
+
+
 def gate_event(event: Event) -> Event:
     """``event`` with every pass applied (the same object when nothing needed redacting).
 
@@ -214,29 +234,19 @@ def gate_event(event: Event) -> Event:
         _memo_gen[0] = registry.generation()
     a, t, c = event.actor, event.target, event.change
     src = event.source
-    identity = (
-        ("id", event.id), ("type", event.type), ("time", event.time), ("observed_at", event.observed_at),
-        ("workspace.id", event.workspace.id), ("source.stream", src.stream), ("source.record_id", src.record_id),
-    )  # fmt: skip
     memo, exact, cc = _memo, registry.exact_forms(), _CLEAN_CHARS
-    for field, ident in identity:
-        if ident is None or ident in memo:
-            continue
-        if not ident.strip(cc):  # an id or a time: only a whole registered value can hide in it
-            if ident in exact:
-                raise GateRejected("secret_in_identity", field)
+    # event.id is a hash the model computed: nothing of the source can be in it
+    for ident in (event.type, event.time, event.observed_at, event.workspace.id, src.stream, src.record_id):
+        if ident is None or ident in memo or (not ident.strip(cc) and ident not in exact):
             continue
         if _clean_text(ident) != ident:
-            raise GateRejected("secret_in_identity", field)
+            raise GateRejected("secret_in_identity", _identity_field(event, ident))
     changes: dict[str, Any] = {}
     if event.workspace.name is not None:
         name = _clean_text(event.workspace.name)
         if name is not event.workspace.name:
             changes["workspace"] = _replace(event.workspace, name=name)
-    if a is not None and not all(
-        v is None or v in memo or (not v.strip(cc) and v not in exact)
-        for v in (a.user_id, a.user_name, a.api_key_id, a.ip, a.user_agent)
-    ):
+    if a is not None and not _all_clean((a.user_id, a.user_name, a.api_key_id, a.ip, a.user_agent), memo, exact):
         na = Actor(
             _text(a.user_id), _text(a.user_name), _text(a.api_key_id), _text(a.ip), _text(a.user_agent), a.via_api
         )
