@@ -9,12 +9,12 @@
 * the **value**, **shape** and **URL** passes (:func:`pipeline.redaction.text.redact_text`) on every
   other string, map keys included, with registered secrets replaced by their fingerprint;
 
-then run the secret check on the result: no registered secret left anywhere in the bytes (the
-identity fields — ids, type, times — are not rewritten, so a secret there is caught here), and,
-when anything was rewritten, every secret-named field redacted (what the JSON Schema's
-``redacted_object`` demands). A record the check still rejects raises :class:`GateRejected`; the
-publisher turns it into a dead letter (:func:`rejected_letter`) that carries the reason and the
-path, never the value.
+then the secret check (:mod:`pipeline.redaction.check`): the identity fields (type, times,
+workspace id, source) are never rewritten, so a registered value or a shape there refuses the
+record; when a pass rewrote anything, the result is checked again — no registered value left in
+the bytes, every secret-named field redacted (what the JSON Schema's ``redacted_object``
+demands). A record the check refuses raises :class:`GateRejected`; the publisher turns it into a
+dead letter (:func:`rejected_letter`) that carries the reason and the path, never the value.
 
 Strings found clean are remembered (bounded), so the repeated values of a stream (labels, user
 agents, names) cost one set lookup.
@@ -28,32 +28,20 @@ import msgspec
 
 from pipeline.errors import WebhookRejected
 from pipeline.redaction import registry
+from pipeline.redaction.check import MAX_DEPTH, GateRejected, leaked_secret, rejected_letter, secret_problems
 from pipeline.redaction.text import CLEAN_CHARS as _CLEAN_CHARS
 from pipeline.redaction.text import REDACTED, is_redacted, looks_clean, redact_text
-from schemas import deadletter
 from schemas.alert import Alert, Entity
-from schemas.deadletter import DeadLetter
 from schemas.event import Actor, Change, Event, Target
 from schemas.ids import fingerprint_secret
 from schemas.secret_names import HEADERS_NAME, is_secret_name
 
-MAX_DEPTH = 64
-"""Deeper maps are refused (a record is data, not a parser bomb)."""
 _MEMO_MAX = 65_536
 _memo: set[str] = set()
 _names: set[str] = set()
 """Map keys already found clean and not secret-named (a key never changes meaning)."""
 _memo_gen = [-1]
 _replace = msgspec.structs.replace
-
-
-class GateRejected(Exception):
-    """The secret check still failed after redaction; ``path`` names the field, never the value."""
-
-    def __init__(self, reason: str, path: str):
-        super().__init__(f"{reason} at {path}")
-        self.reason = reason
-        self.path = path
 
 
 def _clean_text(s: str) -> str:
@@ -168,38 +156,6 @@ def _map(value: dict[Any, Any], depth: int) -> dict[Any, Any]:
 
 def _text(s: str | None) -> str | None:
     return s if s is None or s in _memo else _clean_text(s)
-
-
-def secret_problems(value: Any, path: str = "", depth: int = 0) -> list[str]:
-    """The secret check: paths of secret-named fields holding a value, and of header maps with values."""
-    problems: list[str] = []
-    if isinstance(value, dict):
-        if depth > MAX_DEPTH:
-            return [f"{path or '<root>'}: nested too deep"]
-        for k, v in value.items():
-            p = f"{path}/{k}" if path else str(k)
-            if is_secret_name(str(k)):
-                if not (v is None or is_redacted(v)):
-                    problems.append(f"{p}: a secret-named field holds a value")
-            elif HEADERS_NAME.match(str(k)) and isinstance(v, dict):
-                problems += [f"{p}/{h}: a header value" for h, x in v.items() if not (x is None or is_redacted(x))]
-            else:
-                problems += secret_problems(v, p, depth + 1)
-    elif isinstance(value, list | tuple):
-        for i, v in enumerate(value):
-            problems += secret_problems(v, f"{path}/{i}", depth + 1)
-    return problems
-
-
-def leaked_secret(data: bytes) -> bool:
-    """Whether a registered secret (any of its encoded forms) is in ``data``."""
-    for secret in registry.known_secrets():
-        if secret.needle and secret.needle not in data:
-            continue
-        for form in secret.encoded:
-            if form in data:
-                return True
-    return False
 
 
 def _all_clean(values: tuple[str | None, ...], memo: set[str], exact: dict[str, str]) -> bool:
@@ -343,24 +299,16 @@ def encode_alert(alert: Alert) -> bytes:
     return _checked(data, {"attributes": gated.attributes})  # alerts are few: always the full check
 
 
-def rejected_letter(
-    err: GateRejected,
-    *,
-    stage: deadletter.Stage,
-    component: str,
-    component_type: str,
-    failed_at: str,
-    record_id: str | None = None,
-    stream: str | None = None,
-    key: bytes | None = None,
-) -> DeadLetter:
-    """The dead letter of a record the gate refused: the reason and the path, not the value.
-
-    Raises:
-        ValueError: ``stage`` is unknown.
-    """
-    return deadletter.build(
-        stage=stage, component=component, component_type=component_type, reason="secret_rejected",
-        error=f"the redaction gate refused the record: {err.reason} at {err.path}", failed_at=failed_at,
-        value=None, stream=stream, key=key, record_id=record_id,
-    )  # fmt: skip
+__all__ = [
+    "MAX_DEPTH",
+    "GateRejected",
+    "encode_alert",
+    "encode_event",
+    "gate_alert",
+    "gate_event",
+    "gated_event_bytes",
+    "leaked_secret",
+    "redact_tree",
+    "rejected_letter",
+    "secret_problems",
+]
