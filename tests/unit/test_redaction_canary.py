@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -31,7 +32,7 @@ from hypothesis import strategies as st
 from connectors.instantly.snapshots import build_snapshot, diff_snapshots
 from connectors.instantly.streams import Publisher, prepare_audit_batch
 from connectors.instantly.txn_pipeline import TxnPipeline
-from pipeline.bus.base import EVENTS_TOPIC, Record
+from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Record
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.cli.main import main
 from pipeline.config.base import EnvValue
@@ -40,8 +41,10 @@ from pipeline.delivery.batches import decode
 from pipeline.errors import ConfigError
 from pipeline.formats import FORMATS, render_bytes
 from pipeline.observability.logs import ConsoleFormatter, JsonFormatter, RedactingFilter
-from pipeline.redaction import register_secret
+from pipeline.redaction import encode_alert, register_secret
+from schemas.alert import Alert, Entity
 from schemas.event import WorkspaceRef
+from tests.fakes import make_alert
 
 WS = WorkspaceRef("019a41ff-4c08-7280-ba65-d965cf873b40", "Acme")
 OBSERVED = "2026-11-27T12:00:00.000Z"
@@ -261,26 +264,79 @@ def published(tmp_path: Path) -> Iterator[tuple[dict[str, Any], Path]]:
 
 
 async def test_no_canary_in_sink_payloads(published: tuple[dict[str, Any], Path]) -> None:
-    """The Splunk HEC fake and the JSONL file receive the gated records without a canary."""
+    """Every sink's fake (HEC, Elasticsearch, signed webhook, PagerDuty, Slack) and the JSONL file
+    receive the gated records — events, and an alert quoting the canaries — without a canary."""
+    from connectors.elasticsearch import ElasticsearchConfig, ElasticsearchSink
     from connectors.jsonl import JsonlConfig, JsonlSink
+    from connectors.pagerduty import PagerDutySink, PagerDutySinkConfig
+    from connectors.slack import SlackSink, SlackSinkConfig
     from connectors.splunk_hec import SplunkHecConfig, SplunkHecSink
+    from connectors.webhook_sink import SignedWebhookConfig, SignedWebhookSink
+    from tests.fakes.elasticsearch import FakeElasticsearch
     from tests.fakes.hec import FakeHec
+    from tests.fakes.pagerduty import FakePagerDuty
+    from tests.fakes.receiver import FakeReceiver
+    from tests.fakes.slack import FakeSlack
 
     p, d = published
-    deliveries = [x for x in (decode(Record(EVENTS_TOPIC, 0, i, 0, b"k", v)) for i, v in enumerate(_values(d)))
-                  if not isinstance(x, str)]  # fmt: skip
-    assert len(deliveries) >= 2
+    events = [x for x in (decode(Record(EVENTS_TOPIC, 0, i, 0, b"k", v)) for i, v in enumerate(_values(d)))
+              if not isinstance(x, str)]  # fmt: skip
+    assert len(events) >= 2
+    alert = decode(Record(ALERTS_TOPIC, 0, 0, 0, b"k", encode_alert(planted_alert(p))))
+    assert not isinstance(alert, str)
+    everything = [*events, alert]
+    hook_secret = "whsec_" + base64.b64encode(b"sink-signing-key-0123456789abcd").decode()
+    payloads: list[str | bytes] = []
     async with FakeHec("hec-token-0000") as hec:
         cfg = SplunkHecConfig.model_validate(
             {"type": "splunk_hec", "url": hec.url, "token": EnvValue("hec-token-0000")}
         )
         async with SplunkHecSink("hec", cfg) as sink:
-            assert (await sink.send(deliveries)).ok
-        payloads = [orjson.dumps(e) for e in hec.events]
+            assert (await sink.send(everything)).ok
+        payloads += [orjson.dumps(e) for e in hec.events]
+    async with FakeElasticsearch(api_key="es-key-0000") as es:
+        ecfg = ElasticsearchConfig.model_validate(
+            {"type": "elasticsearch", "url": es.url, "api_key": EnvValue("es-key-0000")}
+        )
+        async with ElasticsearchSink("es", ecfg) as esink:
+            assert (await esink.send(everything)).ok
+        payloads.append(orjson.dumps(es.docs))
+    async with FakeReceiver(hook_secret) as receiver:
+        wcfg = SignedWebhookConfig.model_validate(
+            {"type": "webhook", "url": receiver.hook_url, "secret": EnvValue(hook_secret)}
+        )
+        async with SignedWebhookSink("hook", wcfg) as wsink:
+            assert (await wsink.send(everything)).ok
+        payloads.append(orjson.dumps(receiver.records))
+    async with FakePagerDuty("pd-routing-key-00000000000000000") as pd:
+        pcfg = PagerDutySinkConfig.model_validate(
+            {"type": "pagerduty", "url": pd.url, "routing_key": EnvValue("pd-routing-key-00000000000000000")}
+        )
+        async with PagerDutySink("pd", pcfg) as psink:
+            await psink.send([alert])
+        payloads.append(orjson.dumps([body for _status, body in pd.received]))
+    async with FakeSlack() as slack:
+        scfg = SlackSinkConfig.model_validate({"type": "slack", "webhook_url": EnvValue(slack.hook_url)})
+        async with SlackSink("slack", scfg) as ssink:
+            await ssink.send([alert])
+        payloads.append(orjson.dumps([r.json for r in slack.received]))
     jcfg = JsonlConfig.model_validate({"type": "jsonl", "path": str(d / "out" / "events.jsonl")})
     async with JsonlSink("file", jcfg) as jsink:
-        await jsink.send(deliveries)
-    assert_clean([*payloads, (d / "out" / "events.jsonl").read_bytes()], canaries(p))
+        await jsink.send(everything)
+    payloads.append((d / "out" / "events.jsonl").read_bytes())
+    assert all(len(x) > 20 for x in payloads)
+    assert_clean(payloads, canaries(p))
+
+
+def planted_alert(p: dict[str, Any]) -> Alert:
+    """An alert whose summary, entity and attributes quote the canaries (as a careless rule might)."""
+    base = make_alert(1)
+    return msgspec.structs.replace(
+        base,
+        summary=f"key {p['own_key']} used from {hook_url(p)} with Bearer {p['bearer'][2]}",
+        entities=(Entity("webhook", "h-1", hook_url(p)),),
+        attributes={"target_hook_url": hook_url(p), p["camel"][0]: p["camel"][1], "note": f"echo {p['hook_secret']}"},
+    )
 
 
 def _values(d: Path) -> list[bytes]:
