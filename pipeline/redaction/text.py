@@ -35,6 +35,7 @@ _ASSIGNED = re.compile(
 )
 _NEAR_WORD = re.compile(
     r"(?i)\b(key|token|secret|password|passphrase|credentials?|apikey)(\s+(?:is\s+|was\s+)?)"
+    r"(?![0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b)"  # a key *id* (uuid) stays readable
     r"(?=[A-Za-z0-9+/=_-]*[0-9])(?=[A-Za-z0-9+/=_-]*[A-Za-z])([A-Za-z0-9+/=_-]{16,})"
 )
 _PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(-----END [A-Z ]*PRIVATE KEY-----|$)")

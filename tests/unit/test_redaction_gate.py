@@ -100,6 +100,12 @@ def test_shapes_are_removed_from_free_text(text: str, gone: str) -> None:
     assert gone not in out and "<redacted>" in out
 
 
+def test_key_ids_in_free_text_stay_readable() -> None:
+    """A uuid after "key" is an id, not a secret: descriptions keep naming the key."""
+    text = "API key 019a41ff-4c08-7280-ba65-d965cf873b40 was created"
+    assert redact_text(text) == text
+
+
 def test_the_connector_contributes_the_instantly_key_shape() -> None:
     """An Instantly-shaped key nobody registered still becomes its fingerprint (the shape came from the connector)."""
     key = base64.b64encode(b"019a41ff-4c08-7280-ba65-d965cf873b40:unregisteredToken42").decode()
