@@ -24,7 +24,7 @@ from schemas.ids import fingerprint_secret
 REDACTED = "<redacted>"
 _ALREADY = re.compile(r"^(<redacted>|sha256:[0-9a-f]{8,64})$")
 _SCHEME = re.compile(
-    r"(?i)\b(bearer|basic|token|splunk|apikey|digest|negotiate)(\s+|%20|\+)"
+    r"(?i)\b(bearer|basic|token|apikey|digest|negotiate)(\s+|%20|\+)"
     r"(?!<redacted>)((?=[A-Za-z0-9._~+/=-]*[0-9=+/_~.-])[A-Za-z0-9._~+/=-]{6,}|[A-Za-z0-9._~+/=-]{16,})"
 )
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
