@@ -104,6 +104,8 @@ def index_namer(pattern: str) -> Callable[[float], str]:
 class ElasticsearchConfig(HttpSinkConfig):
     """Options of the Elasticsearch / OpenSearch sink."""
 
+    CREDENTIAL_FIELDS: ClassVar[tuple[str, ...]] = ("api_key", "password")
+
     type: Literal["elasticsearch"] = "elasticsearch"
     DEFAULT_FORMAT: ClassVar[str] = "ecs"
 

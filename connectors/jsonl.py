@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -139,8 +141,32 @@ class JsonlSink:
                             retriable=True) from None  # fmt: skip
 
     def _open(self, path: Path) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._size = os.fstat(self._fd).st_size
+        """Open ``path`` for appending: created 0600 (its directory 0700), never through a symlink.
+
+        Raises:
+            SinkError: ``path`` is a symbolic link or not a regular file.
+            OSError: the file cannot be opened.
+        """
+        if not path.parent.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as err:
+            if err.errno == errno.ELOOP or path.is_symlink():
+                raise SinkError(
+                    f"{self.sink_id}: {path} is a symbolic link; the sink does not follow links (remove it)",
+                    retriable=True,
+                ) from None
+            raise
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise SinkError(f"{self.sink_id}: {path} is not a regular file", retriable=True)
+        if st.st_mode & 0o077:
+            os.fchmod(fd, 0o600)  # a file left by an older version or another tool: owner only
+        self._fd = fd
+        self._size = st.st_size
 
     def _rotate(self, path: Path) -> None:
         self._close_quietly()

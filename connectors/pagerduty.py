@@ -56,6 +56,8 @@ def _default_topics() -> list[Literal["events", "alerts"]]:
 class PagerDutySinkConfig(HttpSinkConfig):
     """Options of the PagerDuty sink."""
 
+    CREDENTIAL_FIELDS: ClassVar[tuple[str, ...]] = ("routing_key",)
+
     type: Literal["pagerduty"] = "pagerduty"
     url: str = Field("https://events.pagerduty.com", description="Events API base URL (tests point it at a fake)")
     routing_key: Secret = Field(description="integration key (a secret: ${ENV} or routing_key_file)")

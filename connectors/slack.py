@@ -30,10 +30,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from pipeline.clock import SYSTEM_CLOCK, Clock
 from pipeline.config.base import Secret
+from pipeline.config.transport import plaintext_url, refuse_unless_allowed
 from pipeline.delivery.base import Delivery, Failure, SendResult, SinkConfig
 from pipeline.delivery.http import USER_AGENT, parse_retry_after
 from pipeline.errors import BackpressureError, SinkError
@@ -65,6 +66,19 @@ class SlackSinkConfig(SinkConfig):
     request_timeout_secs: float = Field(10.0, gt=0)
     max_entities: int = Field(10, ge=1, le=40, description="entities listed in a message")
     sent_ledger_size: int = Field(10_000, ge=0, description="record ids remembered to skip re-posts on retry")
+
+    allow_insecure: bool = Field(False, description="accept an http:// webhook URL (the URL is the credential)")
+
+    def insecure_transport(self) -> list[str]:
+        """What is insecure about this destination (empty: nothing)."""
+        if plaintext_url(self.webhook_url.get_secret_value()):
+            return ["the webhook URL (a credential) would travel over plain http://"]
+        return []
+
+    @model_validator(mode="after")
+    def _transport(self) -> SlackSinkConfig:
+        refuse_unless_allowed(self.insecure_transport(), self.allow_insecure)
+        return self
 
     @field_validator("webhook_url")
     @classmethod

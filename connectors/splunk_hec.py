@@ -64,6 +64,7 @@ class SplunkHecConfig(HttpSinkConfig):
     """Options of the Splunk HEC sink."""
 
     DEFAULT_FORMAT: ClassVar[str] = "splunk"
+    CREDENTIAL_FIELDS: ClassVar[tuple[str, ...]] = ("token",)
 
     type: Literal["splunk_hec"] = "splunk_hec"
     token: Secret

@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.config.base import Model
+from pipeline.config.transport import is_loopback, refuse_unless_allowed
 from pipeline.delivery.base import Delivery, Failure, SendResult, SinkConfig
 from pipeline.errors import ConfigError, SinkError
 from pipeline.formats import classify, render_bytes, to_cef
@@ -82,6 +83,20 @@ class SyslogSinkConfig(SinkConfig):
     max_message_bytes: int = Field(8192, ge=480, le=16 * 1024 * 1024, description="larger records go to dead letters")
     connect_timeout_secs: float = Field(10.0, gt=0)
     write_timeout_secs: float = Field(30.0, gt=0)
+    allow_insecure: bool = Field(False, description="accept syslog without tls: (plaintext) or tls.verify: false")
+
+    def insecure_transport(self) -> list[str]:
+        """What is insecure about this destination (empty: nothing)."""
+        if is_loopback(self.host):
+            return []
+        if self.tls is None:
+            return ["syslog without tls: sends every record in plaintext"]
+        return [] if self.tls.verify else ["tls.verify: false turns certificate verification off"]
+
+    @model_validator(mode="after")
+    def _transport(self) -> SyslogSinkConfig:
+        refuse_unless_allowed(self.insecure_transport(), self.allow_insecure)
+        return self
 
     @field_validator("facility", mode="before")
     @classmethod

@@ -110,6 +110,8 @@ def verify_standard_webhook(
 class SignedWebhookConfig(HttpSinkConfig):
     """Options of the signed webhook sink (``url`` is the full endpoint URL)."""
 
+    CREDENTIAL_FIELDS: ClassVar[tuple[str, ...]] = ("secret",)
+
     type: Literal["webhook"] = "webhook"
     secret: Secret
     batch_as_array: bool = False

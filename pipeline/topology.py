@@ -32,6 +32,7 @@ from pipeline.clock import SYSTEM_CLOCK, Clock
 from pipeline.config.model import PipelineConfig
 from pipeline.errors import BusError, ConfigError, PipelineError
 from pipeline.observability.logs import get_logger, register_secret, setup_logging
+from pipeline.redaction.urls import set_url_path_hosts
 from pipeline.sources.base import source_plugins
 
 log = get_logger("topology")
@@ -42,9 +43,10 @@ LAG_INTERVAL_SECS = 15.0
 
 
 def register_config_secrets(cfg: PipelineConfig) -> None:
-    """Teach the log redaction filter every secret in the config (every section, every connector)."""
+    """Teach the redaction every secret in the config (every section, every connector) and its URL allowlist."""
     for secret in _walk_secrets(cfg):
         register_secret(secret)
+    set_url_path_hosts(cfg.redaction.url_path_hosts)
 
 
 def _walk_secrets(node: Any) -> list[str]:

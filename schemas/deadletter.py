@@ -26,6 +26,7 @@ import orjson
 
 from schemas.errors import RecordError, decode_error
 from schemas.ids import deterministic_id
+from schemas.secret_names import is_secret_name
 
 SCHEMA: Literal["instantly.deadletter.v1"] = "instantly.deadletter.v1"
 Stage = Literal["source", "rules", "sink"]
@@ -33,10 +34,6 @@ STAGES: tuple[Stage, ...] = ("source", "rules", "sink")
 MAX_ERROR_CHARS = 2000
 """Longer error messages are cut (with ``…``)."""
 REASON_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
-_SECRET_HEADER = re.compile(
-    r"^(?i:(api_?key|key|secret|.*_secret|password|passwd|.*_password|token|.*_token|authorization|cookie|set-cookie|sec))$"
-)
-"""Header names whose values are never kept (the secret field names of the Event v1 schema)."""
 REDACTED = "<redacted>"
 
 
@@ -117,7 +114,7 @@ def _text(data: bytes | None) -> str | None:
 
 def _headers(headers: Iterable[tuple[str, bytes]]) -> dict[str, str]:
     """Header names to their text (the last value of a repeated name); secret-named ones redacted."""
-    return {k: REDACTED if _SECRET_HEADER.match(k) else v.decode("utf-8", errors="replace") for k, v in headers}
+    return {k: REDACTED if is_secret_name(k) else v.decode("utf-8", errors="replace") for k, v in headers}
 
 
 def build(

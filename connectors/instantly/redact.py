@@ -2,9 +2,10 @@
 
 * An API key's ``key`` becomes its fingerprint ``sha256:<8 hex>`` (:func:`schemas.ids.fingerprint_secret`).
 * Webhook ``headers`` keep their names; every value becomes ``"<redacted>"``.
-* Any field whose name looks secret (``password``, ``token``, ``sec``, ``*_secret``, ...) becomes
-  ``"<redacted>"`` at any depth — the same name pattern the Event v1 JSON Schema rejects.
-* URLs lose user-info passwords and the values of secret-looking query parameters.
+* Any field whose name looks secret (:mod:`schemas.secret_names`: ``password``, ``accessToken``,
+  ``x-api-key``, ``*_key``, ...) becomes ``"<redacted>"`` at any depth — the rule the JSON Schemas
+  and the publish gate (:mod:`pipeline.redaction.gate`) apply.
+* URLs keep scheme, host and port; path and query become a fingerprint (:mod:`pipeline.redaction.urls`).
 
 Redaction is idempotent: a value that is already ``<redacted>`` or a fingerprint stays as it is.
 """
@@ -14,24 +15,19 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from connectors.instantly import key_shape as _key_shape  # noqa: F401 - registers the key shape with the gate
+from pipeline.redaction.urls import redact_url as _redact_url
 from schemas.ids import fingerprint_secret
+from schemas.secret_names import HEADERS_NAME, SECRET_NAME, is_secret_name
 
 REDACTED = "<redacted>"
 
-SECRET_FIELD = re.compile(
-    r"^(api_?key|key|secret|.*_secret|password|passwd|.*_password|token|.*_token|authorization"
-    r"|cookie|set-cookie|sec)$",
-    re.IGNORECASE,
-)
-"""Field names whose values are secrets (mirrors ``event.v1.json`` ``redacted_object``)."""
+SECRET_FIELD = SECRET_NAME
+"""Field names whose values are secrets: the one name rule (:mod:`schemas.secret_names`)."""
 
-HEADERS_FIELD = re.compile(r"^headers$", re.IGNORECASE)
+HEADERS_FIELD = HEADERS_NAME
 _ALREADY = re.compile(r"^(<redacted>|sha256:[0-9a-f]{8,64})$")
-_SECRET_QUERY = re.compile(
-    r"(?i)^(.*key|.*token|.*secret|sig|signature|password|passwd|pwd|auth|authorization|code|sec)$"
-)
 
 
 def is_redacted(value: Any) -> bool:
@@ -63,23 +59,11 @@ def header_names(headers: Any) -> list[str]:
 
 
 def redact_url(url: Any) -> Any:
-    """Drop a user-info password and secret-looking query values from a URL; other values pass."""
+    """A URL reduced to scheme, host and port plus a fingerprint of its path and query
+    (:func:`pipeline.redaction.urls.redact_url`); other values pass."""
     if not isinstance(url, str) or "://" not in url:
         return url
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, host = netloc.rsplit("@", 1)
-            user = userinfo.split(":", 1)[0]
-            netloc = f"{user}:{REDACTED}@{host}" if ":" in userinfo else f"{user}@{host}"
-        query = parts.query
-        if query:
-            pairs = parse_qsl(query, keep_blank_values=True)
-            query = urlencode([(k, REDACTED if _SECRET_QUERY.match(k) else v) for k, v in pairs], safe="<>")
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return REDACTED
+    return _redact_url(url)
 
 
 _KINDS: dict[str, int] = {}
@@ -89,7 +73,7 @@ _MAX_KINDS = 4096
 
 def _field_kind(name: str) -> int:
     """0 plain, 1 headers, 2 secret (cached in ``_KINDS``)."""
-    kind = 1 if HEADERS_FIELD.match(name) else (2 if SECRET_FIELD.match(name) else 0)
+    kind = 1 if HEADERS_FIELD.match(name) else (2 if is_secret_name(name) else 0)
     if len(_KINDS) >= _MAX_KINDS:
         _KINDS.clear()
     _KINDS[name] = kind

@@ -26,8 +26,6 @@ with ``core.fsmonitor`` off so scanning an untrusted repository runs none of its
 
 from __future__ import annotations
 
-import base64
-import binascii
 import fnmatch
 import os
 import re
@@ -46,6 +44,7 @@ from detect_secrets.settings import transient_settings
 from pydantic import Field
 
 from connectors.instantly.checklist import Basic
+from connectors.instantly.key_shape import B64_RUN, instantly_key_shape
 from pipeline.checks.report import CheckResult, Location, Resource, Status
 from pipeline.config.base import Model
 from schemas.alert import Severity
@@ -66,8 +65,7 @@ class RepoSettings(Model):
 
 
 # ------------------------------------------------------------------------------------ detectors
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_B64 = re.compile(r"(?<![A-Za-z0-9+/=_-])([A-Za-z0-9+/]{40,}={0,2}|[A-Za-z0-9_-]{40,}={0,2})(?![A-Za-z0-9+/=_-])")
+_B64 = re.compile(f"({B64_RUN})")
 _ASSIGNMENT = re.compile(
     r"""(?ix)
     (?<![a-z0-9_.-])
@@ -81,19 +79,6 @@ _REFERENCE = re.compile(r"^[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)+$")
 _PLACEHOLDER = re.compile(
     r"(?i)(your|example|placeholder|changeme|change_me|dummy|redacted|xxxx|\*\*\*|replace|insert)"
 )
-
-
-def instantly_key_shape(candidate: str) -> bool:
-    """Whether ``candidate`` is base64 of ``<uuid>:<token>`` — the shape of Instantly keys in public examples."""
-    text = candidate.strip()
-    try:
-        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_" if ("-" in text or "_" in text) else None,
-                               validate=True)  # fmt: skip
-        decoded = raw.decode("ascii")
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        return False
-    uid, sep, token = decoded.partition(":")
-    return bool(sep) and bool(_UUID.match(uid.lower())) and 6 <= len(token) <= 128 and token.isalnum()
 
 
 def literal_secret(value: str) -> bool:

@@ -36,6 +36,7 @@ from pipeline.errors import NormalizeError
 from pipeline.observability.logs import get_logger, redact_text
 from pipeline.observability.metrics import ID, KIND, STREAM, TYPE, WORKSPACE
 from pipeline.observability.telemetry import get_telemetry
+from pipeline.redaction.gate import GateRejected, encode_event, redact_tree, rejected_letter
 from schemas import deadletter
 from schemas.event import Event, WorkspaceRef
 
@@ -72,8 +73,24 @@ class Publisher:
         tx.send(topic, value, key=key, headers=headers)
 
     def record(self, event: Event, trace: Sequence[Header]) -> tuple[str, bytes, bytes, tuple[Header, ...]]:
-        """What :meth:`send` buffers for ``event``: (topic, value, key, headers)."""
-        return EVENTS_TOPIC, event.to_json(), self.workspace.id.encode(), (("event_type", event.type.encode()), *trace)
+        """What :meth:`send` buffers for ``event``: (topic, value, key, headers), after the redaction gate.
+
+        An event the gate refuses becomes its dead letter (the reason, never the value).
+        """
+        key = self.workspace.id.encode()
+        try:
+            value = encode_event(event)
+        except GateRejected as err:
+            letter = rejected_letter(
+                err, stage="source", component=self.source_id, component_type="instantly",
+                failed_at=event.observed_at, record_id=event.id, stream=event.source.stream, key=key,
+            )  # fmt: skip
+            log.error(
+                "The redaction gate refused an event; it went to the dead letters.",
+                extra={"reason": err.reason, "event_type": event.type, "stream": event.source.stream},
+            )
+            return DEADLETTER_TOPIC, letter.to_json(), key, (("error", b"secret_rejected"), *trace)
+        return EVENTS_TOPIC, value, key, (("event_type", event.type.encode()), *trace)
 
     def count(self, stream: str, received: int, published: int, dropped: Mapping[str, int]) -> None:
         """Report one batch of ``stream`` (once per page or snapshot, after its transaction committed)."""
@@ -235,6 +252,14 @@ class AuditBatch:
     dead_letters: int
 
 
+def _safe_record(record: Mapping[str, Any]) -> Any:
+    """A record for a dead letter: connector redaction, then the gate's passes (a refusal keeps nothing)."""
+    try:
+        return redact_tree(redact_record(record))
+    except GateRejected:
+        return None
+
+
 async def prepare_audit_batch(
     pub: Publisher, records: Iterable[Mapping[str, Any]], observed_at: str, line: TxnPipeline
 ) -> AuditBatch:
@@ -253,12 +278,13 @@ async def prepare_audit_batch(
         except NormalizeError as err:
             letter = deadletter.build(
                 stage="source", component=pub.source_id, component_type="instantly", reason="normalize",
-                error=redact_text(err.message), failed_at=observed_at, value=orjson.dumps(redact_record(record)),
+                error=redact_text(err.message), failed_at=observed_at, value=orjson.dumps(_safe_record(record)),
                 stream=AUDIT_LOGS.name, key=key,
             )  # fmt: skip
             dead.append((DEADLETTER_TOPIC, letter.to_json(), key, (("error", b"normalize"), *trace)))
         else:
-            out.append(pub.record(event, trace))
+            rec = pub.record(event, trace)
+            (out if rec[0] == EVENTS_TOPIC else dead).append(rec)
         if n % YIELD_EVERY == 0:
             await line.pause()
     events = len(out)

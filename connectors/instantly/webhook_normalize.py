@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ import orjson
 from pipeline.clock import format_time, parse_time
 from pipeline.errors import WebhookRejected
 from schemas.event import Event, Source, Target, WorkspaceRef, slug
+from schemas.secret_names import HEADERS_NAME, is_secret_name
 
 DEFAULT_KEPT_FIELDS: tuple[str, ...] = (
     "event_type",
@@ -93,12 +93,6 @@ _STANDARD_ATTRS = (
     "is_first",
     "email_id",
 )
-_SECRET_FIELD = re.compile(
-    r"^(api_?key|key|secret|.*_secret|password|passwd|.*_password|token|.*_token|authorization"
-    r"|cookie|set-cookie|sec)$",
-    re.IGNORECASE,
-)
-_HEADERS_FIELD = re.compile(r"^headers$", re.IGNORECASE)
 _SLIM_FIELDS = frozenset({"event_type", "timestamp", "workspace", "campaign_id", "email_id", "step", "variant"})
 _META = frozenset({"event_label", "custom_label", "body_sha256", "body_bytes", "dropped_fields", "dropped_field_count"})
 _MAX_NAME = 128
@@ -170,7 +164,7 @@ def event_type_for(label: str) -> str:
 @functools.lru_cache(maxsize=4096)
 def _name_kind(name: str) -> int:
     """0 ordinary, 1 a header map, 2 a secret-looking key."""
-    return 1 if _HEADERS_FIELD.match(name) else 2 if _SECRET_FIELD.match(name) else 0
+    return 1 if HEADERS_NAME.match(name) else 2 if is_secret_name(name) else 0
 
 
 def redact_value(value: Any, name: str = "") -> Any:

@@ -36,6 +36,12 @@ class Unresolved(EnvValue):
     __slots__ = ()
 
 
+class DefaultedEnvValue(EnvValue):
+    """A whole ``${VAR:-default}`` reference: never accepted for a secret (the default is a literal)."""
+
+    __slots__ = ()
+
+
 class FileValue(str):
     """A string read from a ``*_file`` path (allowed for secrets)."""
 
@@ -45,6 +51,11 @@ class FileValue(str):
 def _secret(v: Any) -> Any:
     if isinstance(v, SecretStr):
         return v
+    if isinstance(v, DefaultedEnvValue):
+        raise ValueError(
+            "a secret cannot have a default value (${VAR:-...}): the default is a literal in the file; "
+            "use ${VAR} or a <field>_file path"
+        )
     if isinstance(v, EnvValue | FileValue):
         if not str(v):
             raise ValueError("the secret is empty")

@@ -4,15 +4,19 @@ then validation into the composed :class:`~pipeline.config.model.PipelineConfig`
 * ``${VAR}`` (or ``${VAR:-default}``) in any string is replaced from the environment;
   ``$${`` writes a literal ``${``. A missing variable is an error naming the path.
 * Secrets (API keys, tokens, passwords) are never taken literally from the file: a secret
-  field accepts only a whole ``${VAR}`` reference or a sibling ``<field>_file`` path whose
-  content is read at start (Docker/Kubernetes secrets), or a sibling ``<field>_vault``
-  reference read from HashiCorp Vault (``secret_managers.vault``). Every key ending in
-  ``_file`` is such a secret file reference.
+  field accepts only a whole ``${VAR}`` reference (no ``:-default``: a default is a literal) or
+  a sibling ``<field>_file`` path whose content is read at start (Docker/Kubernetes secrets),
+  or a sibling ``<field>_vault`` reference read from HashiCorp Vault (``secret_managers.vault``).
+  Every key ending in ``_file`` is such a secret file reference, except the TLS path fields
+  :data:`PATH_FIELDS` (``ca_file``, ``client_cert_file``, ``client_key_file``), which stay paths.
+* YAML aliases are expanded with a bound (:data:`MAX_NODES`): a few hundred bytes of nested
+  aliases ("billion laughs") fail fast with a ConfigError instead of taking minutes and gigabytes.
 
 Commands resolve only the secrets they use: ``resolve`` (a predicate on the key path) says
 which references to read; every other ``${VAR}``, ``*_file`` and ``*_vault`` value becomes an
-:class:`Unresolved` placeholder that passes the secret checks, and validation errors caused by a
-placeholder are not reported (``config validate --no-environment`` reads none at all).
+:class:`~pipeline.config.base.Unresolved` placeholder that passes the secret checks, and
+validation errors caused by a placeholder are not reported (``config validate --no-environment``
+reads none at all).
 
 This module is the only one that reads the environment.
 """
@@ -28,10 +32,18 @@ from typing import Any
 
 import yaml
 
-from pipeline.config.base import EnvValue, FileValue, Unresolved, _path
+from pipeline.config.base import DefaultedEnvValue, EnvValue, FileValue, Unresolved, _path
 from pipeline.config.model import PipelineConfig, compose
 from pipeline.config.vault import resolve_managed_secrets
 from pipeline.errors import ConfigError
+from pipeline.redaction.config import secret_values
+from pipeline.redaction.registry import register_secret
+from pipeline.redaction.urls import set_url_path_hosts
+
+PATH_FIELDS = frozenset({"ca_file", "client_cert_file", "client_key_file"})
+"""Keys ending in ``_file`` that are paths (TLS material read by the TLS library), not secret files."""
+MAX_NODES = 100_000
+"""The most YAML nodes a config may expand to (aliases counted each time they are used)."""
 
 _REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _WHOLE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}$")
@@ -53,10 +65,10 @@ def _interpolate(value: str, where: tuple[Any, ...], env: Mapping[str, str], res
     whole = _WHOLE.match(value)
     if whole:
         name, default = whole.group(1), whole.group(2)
+        if default is not None:
+            return DefaultedEnvValue(env.get(name, default))
         if name in env:
             return EnvValue(env[name])
-        if default is not None:
-            return EnvValue(default)
         raise ConfigError(f"{_path(where)}: environment variable {name} is not set")
 
     def sub(m: re.Match[str]) -> str:
@@ -81,7 +93,7 @@ def _resolve(
             if not isinstance(k, str):
                 raise ConfigError(f"{_path((*where, k))}: keys must be strings")
             here = (*where, k)
-            if k.endswith(("_file", "_vault")) and len(k) > 6:
+            if k.endswith(("_file", "_vault")) and len(k) > 6 and k not in PATH_FIELDS:
                 field = k[: k.rindex("_")]
                 if k.endswith("_vault") and (field in node or resolve is None or resolve(here)):
                     out[k] = _resolve(v, here, env, base, resolve)  # pipeline.config.vault reads it
@@ -124,6 +136,60 @@ def _read_secret_file(value: Any, where: tuple[Any, ...], base: Path) -> FileVal
     return FileValue(text)
 
 
+def _expanded_size(root: yaml.Node) -> int:
+    """How many nodes ``root`` expands to, each alias counted at every use (memoised: linear time).
+
+    Raises:
+        ConfigError: the expansion exceeds :data:`MAX_NODES`, or an alias refers to itself.
+    """
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if key in sizes and not done:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        if not done:
+            if key in active:
+                raise ConfigError("config YAML has an alias that refers to itself")
+            active.add(key)
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+            continue
+        active.discard(key)
+        total = 1 + sum(sizes.get(id(c), 1) for c in children)
+        if total > MAX_NODES:
+            raise ConfigError(
+                f"config YAML expands to more than {MAX_NODES:,} nodes (nested aliases?); refusing to load it"
+            )
+        sizes[key] = total
+    return sizes.get(id(root), 1)
+
+
+def _safe_load_bounded(text: str) -> Any:
+    """``yaml.safe_load`` with the alias expansion checked (:func:`_expanded_size`) before construction.
+
+    Raises:
+        yaml.YAMLError: the text is not valid YAML.
+        ConfigError: the document expands past :data:`MAX_NODES` nodes.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def parse_config(
     text: str,
     *,
@@ -140,7 +206,7 @@ def parse_config(
             names the key path; one line per problem).
     """
     try:
-        data = yaml.safe_load(text)
+        data = _safe_load_bounded(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -154,10 +220,21 @@ def parse_config(
     return compose(resolve_managed_secrets(resolved), base_dir=base_dir)
 
 
+def teach_redaction(cfg: PipelineConfig) -> None:
+    """Register every secret of ``cfg`` (sinks' too) with the redaction and apply ``redaction.url_path_hosts``.
+
+    Sinks are typed by then (validated at load), so their secrets are walked with the rest.
+    """
+    for value in secret_values(cfg):
+        register_secret(value)
+    set_url_path_hosts(cfg.redaction.url_path_hosts)
+
+
 def load_config(
     path: str | Path, *, env: Mapping[str, str] | None = None, resolve: Resolve | None = None
 ) -> PipelineConfig:
-    """Read and validate a config file (secret ``*_file`` paths are relative to the file).
+    """Read and validate a config file (secret ``*_file`` paths are relative to the file), and teach the
+    redaction its secrets and URL allowlist (:func:`teach_redaction`).
 
     Raises:
         ConfigError: the file cannot be read or is invalid.
@@ -173,7 +250,9 @@ def load_config(
         raise ConfigError(f"config file {p} is a directory") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {p} is not UTF-8 text") from None
-    return parse_config(text, env=env, base_dir=p.resolve().parent, resolve=resolve)
+    cfg = parse_config(text, env=env, base_dir=p.resolve().parent, resolve=resolve)
+    teach_redaction(cfg)
+    return cfg
 
 
 def resolve_nothing(where: tuple[Any, ...]) -> bool:

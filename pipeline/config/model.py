@@ -22,6 +22,7 @@ from pipeline.delivery.base import SinkConfig
 from pipeline.delivery.registry import validate_sink
 from pipeline.errors import ConfigError
 from pipeline.observability.telemetry_config import TelemetryConfig
+from pipeline.redaction.config import RedactionConfig
 from pipeline.registry import config_sections
 from pipeline.rules.config import parse_rules_config
 from pipeline.sources.webhook.config import WebhookConfig, parse_webhook_config
@@ -120,6 +121,7 @@ class PipelineConfig(Model):
     service: ServiceConfig = ServiceConfig()
     logging: LoggingConfig = LoggingConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    redaction: RedactionConfig = RedactionConfig()
     sections: dict[str, Any] = Field(default_factory=dict)
     """Validated sections owned by connectors, by top-level key (see :func:`compose`)."""
     config_dir: Path | None = None

@@ -9,7 +9,7 @@ Vault's KV version 2 engine through its official client, ``hvac``::
         url: https://vault.internal:8200
         token_file: /run/secrets/vault-token        # or token: ${VAULT_TOKEN}
         namespace: team-a                           # Vault Enterprise namespaces (optional)
-        ca_file: /etc/ssl/vault-ca.pem              # optional; TLS is always verified
+        ca_file: /etc/ssl/vault-ca.pem              # optional, a path (client_cert_file, client_key_file too)
         timeout_secs: 10
     workspaces:
       acme:
@@ -37,9 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.config.base import FileValue, Model, Secret, validation_error_lines
+from pipeline.config.transport import plaintext_url, refuse_unless_allowed, warn_insecure
 from pipeline.errors import ConfigError, PipelineError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; hvac is an optional extra
@@ -143,6 +144,7 @@ class VaultSettings(Model):
     client_cert_file: Path | None = None
     client_key_file: Path | None = None
     timeout_secs: float = Field(10.0, gt=0, le=300)
+    allow_insecure: bool = Field(False, description="accept an http:// Vault (the token would travel in plaintext)")
 
     @field_validator("url")
     @classmethod
@@ -150,6 +152,17 @@ class VaultSettings(Model):
         if not re.match(r"^https?://[^\s/]+", v):
             raise ValueError("must be an http(s) URL such as https://vault.internal:8200")
         return v.rstrip("/")
+
+    def insecure_transport(self) -> list[str]:
+        """What is insecure about this Vault address (empty: nothing)."""
+        return ["the Vault token would travel over plain http://"] if plaintext_url(self.url) else []
+
+    @model_validator(mode="after")
+    def _transport(self) -> VaultSettings:
+        if self.client_key_file is not None and self.client_cert_file is None:
+            raise ValueError("client_key_file needs client_cert_file")
+        refuse_unless_allowed(self.insecure_transport(), self.allow_insecure)
+        return self
 
 
 def vault_settings(section: Mapping[str, Any] | None, where: str = "secret_managers") -> VaultSettings:
@@ -162,10 +175,12 @@ def vault_settings(section: Mapping[str, Any] | None, where: str = "secret_manag
     if not isinstance(block, Mapping):
         raise ConfigError(f"{where}.vault: required to resolve *_vault secrets (url and token)")
     try:
-        return VaultSettings.model_validate(dict(block))
+        settings = VaultSettings.model_validate(dict(block))
     except ValidationError as err:
         lines = validation_error_lines(err, VaultSettings)
         raise ConfigError("\n".join(f"{where}.vault.{line}" for line in lines)) from None
+    warn_insecure(f"{where}.vault", settings.insecure_transport())
+    return settings
 
 
 # --------------------------------------------------------------------------------------- client

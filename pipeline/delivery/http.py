@@ -1,8 +1,10 @@
 """The HTTP plumbing every HTTP sink shares: options, one aiohttp session, errors without secrets.
 
-* :class:`HttpSinkConfig` adds ``url``, timeouts and TLS options to :class:`SinkConfig`.
+* :class:`HttpSinkConfig` adds ``url``, timeouts and TLS options (``ca_file``,
+  ``client_cert_file``, ``client_key_file``: paths, not secret files) to :class:`SinkConfig`.
   A URL with credentials (``https://user:pass@host``) or a query string is refused: secrets
-  belong in ``Secret`` fields, where they are masked.
+  belong in ``Secret`` fields, where they are masked. ``tls_verify: false`` and a credential
+  over ``http://`` are refused unless ``allow_insecure: true`` (:mod:`pipeline.config.transport`).
 * :class:`HttpClient` owns one ``ClientSession`` (connection pooling, timeouts, TLS) and
   turns every transport failure into a retriable :class:`SinkError` whose message holds
   the method, the redacted URL and the exception's class name — never a header, a query
@@ -26,19 +28,20 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
 from multidict import CIMultiDict
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline import __version__
 from pipeline.clock import SYSTEM_CLOCK, Clock, parse_time
+from pipeline.config.transport import plaintext_url, refuse_unless_allowed
 from pipeline.delivery.backoff import MAX_RETRY_AFTER_SECS
 from pipeline.delivery.base import Delivery, SinkConfig
-from pipeline.errors import BackpressureError, SinkError
+from pipeline.errors import BackpressureError, ConfigError, SinkError
 
 USER_AGENT = f"instantly-audit/{__version__}"
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
@@ -51,8 +54,30 @@ class HttpSinkConfig(SinkConfig):
     request_timeout_secs: float = Field(30.0, gt=0)
     connect_timeout_secs: float = Field(10.0, gt=0)
     tls_verify: bool = True
-    ca_file: Path | None = None
+    ca_file: Path | None = Field(None, description="CA bundle (PEM) for the server certificate (default: system CAs)")
+    client_cert_file: Path | None = Field(None, description="client certificate (PEM) for mutual TLS")
+    client_key_file: Path | None = Field(None, description="client private key (PEM); default: in client_cert_file")
+    allow_insecure: bool = Field(False, description="accept tls_verify: false or a credential over http://")
     max_connections: int = Field(8, ge=1, le=256)
+
+    CREDENTIAL_FIELDS: ClassVar[tuple[str, ...]] = ()
+    """The sink's fields whose value travels with each request (a token, a key, a signing secret)."""
+
+    def insecure_transport(self) -> list[str]:
+        """What is insecure about this destination (empty: nothing)."""
+        out = []
+        if not self.tls_verify:
+            out.append("tls_verify: false turns certificate verification off")
+        if plaintext_url(self.url) and any(getattr(self, f, None) is not None for f in self.CREDENTIAL_FIELDS):
+            out.append(f"{'/'.join(self.CREDENTIAL_FIELDS)} would travel over plain http://")
+        return out
+
+    @model_validator(mode="after")
+    def _transport(self) -> HttpSinkConfig:
+        if self.client_key_file is not None and self.client_cert_file is None:
+            raise ValueError("client_key_file needs client_cert_file")
+        refuse_unless_allowed(self.insecure_transport(), self.allow_insecure)
+        return self
 
     @field_validator("url")
     @classmethod
@@ -217,12 +242,27 @@ class HttpResponse:
 
 
 def ssl_context(cfg: HttpSinkConfig) -> ssl.SSLContext | bool:
-    """The TLS setting for ``cfg``: False (no verification), a context with ``ca_file``, or True."""
-    if not cfg.tls_verify:
+    """The TLS setting for ``cfg``: False (no verification), a context with ``ca_file`` and the
+    client certificate, or True (system CAs).
+
+    Raises:
+        ConfigError: a CA or certificate file cannot be loaded (the message names the field).
+    """
+    if not cfg.tls_verify and cfg.client_cert_file is None:
         return False
-    if cfg.ca_file is not None:
-        return ssl.create_default_context(cafile=str(cfg.ca_file))
-    return True
+    if cfg.ca_file is None and cfg.client_cert_file is None:
+        return True
+    try:
+        ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file is not None else None)
+        if not cfg.tls_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if cfg.client_cert_file is not None:
+            key = cfg.client_key_file
+            ctx.load_cert_chain(str(cfg.client_cert_file), str(key) if key is not None else None)
+    except (OSError, ssl.SSLError) as err:
+        raise ConfigError(f"TLS files cannot be loaded (ca_file/client_cert_file/client_key_file): {err}") from None
+    return ctx
 
 
 class HttpClient:

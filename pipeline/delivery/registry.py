@@ -13,6 +13,7 @@ from importlib.metadata import entry_points
 from typing import Any, cast
 
 from pipeline.config.base import validate_block
+from pipeline.config.transport import warn_insecure
 from pipeline.delivery.base import Sink, SinkConfig
 from pipeline.errors import ConfigError
 
@@ -91,6 +92,9 @@ def build_sink(sink_id: str, block: SinkConfig | Mapping[str, Any]) -> Sink:
         cls, config = sink_class(block.type, f"sinks.{sink_id}"), block
     else:
         cls, config = validate_sink(sink_id, block)
+    insecure = getattr(config, "insecure_transport", None)
+    if callable(insecure):
+        warn_insecure(f"sinks.{sink_id}", insecure())
     sink = cls(sink_id, config)
     return cast(Sink, sink)
 

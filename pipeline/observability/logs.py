@@ -14,16 +14,18 @@ from __future__ import annotations
 import logging
 import re
 import sys
-import threading
 import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 
-_SECRETS: set[str] = set()
-_LOCK = threading.Lock()
+from pipeline.redaction import text as _text
+from pipeline.redaction.registry import register_secret
+from schemas.secret_names import is_secret_name
+
+__all__ = ["get_logger", "redact_text", "register_secret", "setup_logging"]
+
 _PATTERNS = [
     re.compile(r"(?i)(bearer|basic|splunk|apikey)\s+[A-Za-z0-9._~+/=-]{6,}"),
     re.compile(
@@ -32,27 +34,11 @@ _PATTERNS = [
     re.compile(r"whsec_[A-Za-z0-9+/=]{8,}"),
 ]
 _STD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
-# An attached field with one of these names is a secret whatever its value looks like.
-_SECRET_FIELD = re.compile(
-    r"(?i)^(authorization|x-api-key|api[_-]?key|token|secret|password|.*[_-](secret|token|password))$"
-)
-
-
-def register_secret(value: str) -> None:
-    """Remember a secret value so the filter removes it from every log line."""
-    if value and len(value) >= 4:
-        with _LOCK:
-            _SECRETS.add(value)
-            _SECRETS.add(quote(value, safe=""))  # as it appears in a URL or a form body
 
 
 def redact_text(text: str) -> str:
-    """Remove registered secrets and secret-looking tokens from ``text``."""
-    with _LOCK:
-        secrets = sorted(_SECRETS, key=len, reverse=True)
-    for s in secrets:
-        if s in text:
-            text = text.replace(s, "<redacted>")
+    """Remove registered secrets, credential shapes, URL credentials and secret-looking tokens from ``text``."""
+    text = _text.redact_text(text)
     text = _PATTERNS[0].sub(lambda m: f"{m.group(1)} <redacted>", text)
     text = _PATTERNS[1].sub(lambda m: f"{m.group(1)}{m.group(2)}<redacted>", text)
     return _PATTERNS[2].sub("<redacted>", text)
@@ -86,7 +72,7 @@ def _redact_field(name: str, value: Any) -> Any:
     """Redact an attached field: by its name, inside containers, and in the text of other objects."""
     if value is None or isinstance(value, bool | int | float):
         return value
-    if _SECRET_FIELD.match(name):
+    if name and is_secret_name(name):
         return "<redacted>"
     if isinstance(value, str):
         return redact_text(value)

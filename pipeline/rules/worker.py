@@ -48,6 +48,7 @@ from pipeline.errors import BusError, PipelineError
 from pipeline.observability.logs import redact_text
 from pipeline.observability.metrics import ID, KIND, TYPE
 from pipeline.observability.telemetry import get_telemetry
+from pipeline.redaction.gate import GateRejected, encode_alert, rejected_letter
 from pipeline.rules.engine import Evaluation, RulesEngine, decode_event
 from pipeline.rules.state import PREFIX
 from schemas import deadletter
@@ -300,13 +301,22 @@ class RulesWorker:
         marker = f"{self._token}:{self._seq}".encode()
         trace = get_telemetry().trace_headers() if result.alerts else ()
         async with self.bus.transaction(self.txn_id) as txn:
+            failed_at = format_time(self._clock.now())
             for alert in result.alerts:
+                alert_key = alert.workspace.id.encode()
+                try:
+                    alert_value = encode_alert(alert)
+                except GateRejected as err:
+                    letter = rejected_letter(err, stage="rules", component=COMPONENT, component_type=COMPONENT,
+                                             failed_at=failed_at, record_id=alert.id, key=alert_key)  # fmt: skip
+                    txn.send(DEADLETTER_TOPIC, letter.to_json(), key=alert_key,
+                             headers=[("dlq.reason", b"secret_rejected")])  # fmt: skip
+                    continue
                 txn.send(
-                    ALERTS_TOPIC, alert.to_json(), key=alert.workspace.id.encode(),
+                    ALERTS_TOPIC, alert_value, key=alert_key,
                     headers=[("alert_rule", alert.rule.id.encode()), ("severity", alert.rule.severity.encode()),
                              *trace],
                 )  # fmt: skip
-            failed_at = format_time(self._clock.now()) if dead else ""
             for rec, headers in dead:
                 txn.send(DEADLETTER_TOPIC, deadletter_value(rec, headers, failed_at), key=rec.key, headers=headers)
             for key, value in result.state.items():

@@ -201,8 +201,23 @@ def test_kustomization_lists_every_manifest() -> None:
     """kustomization.yaml includes every manifest file, and only existing ones."""
     (kust,) = docs(K8S / "kustomization.yaml")
     listed = set(kust["resources"])
-    present = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    present = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"} - {p.name for p in examples()}
     assert listed == present
+
+
+def examples() -> list[Path]:
+    """Manifests shipped as examples, never applied (``*.example.yaml``)."""
+    return sorted(K8S.glob("*.example.yaml"))
+
+
+def test_kustomization_deploys_no_secret() -> None:
+    """``kubectl apply -k`` ships no placeholder secret: no listed manifest is a Secret; the example is unlisted."""
+    (kust,) = docs(K8S / "kustomization.yaml")
+    kinds = {d["kind"] for name in kust["resources"] for d in docs(K8S / name)}
+    assert "Secret" not in kinds
+    assert [p.name for p in examples()] == ["secret.example.yaml"]
+    assert {d["kind"] for d in docs(K8S / "secret.example.yaml")} == {"Secret"}
+    assert "kubectl -n instantly-audit create secret" in (K8S / "secret.example.yaml").read_text()
 
 
 def deployments() -> dict[str, dict[str, Any]]:

@@ -88,11 +88,11 @@ def test_non_object_headers_become_null() -> None:
 
 
 def test_urls_lose_credentials() -> None:
-    """User-info passwords and secret-looking query values are removed from URLs."""
-    assert redact_url("https://user:pw@example.com/hook?token=abc&campaign=1") == (
-        "https://user:<redacted>@example.com/hook?token=<redacted>&campaign=1"
-    )
-    assert redact_url("https://webhook.site/unique-url") == "https://webhook.site/unique-url"
+    """User-info and fragment are dropped; path and query become one fingerprint; scheme, host and port stay."""
+    out = redact_url("https://user:pw@example.com:8443/hook;p=1?token=abc&campaign=1#frag")
+    assert out == "https://example.com:8443/" + fingerprint_secret("/hook;p=1?token=abc&campaign=1")
+    assert redact_url("https://webhook.site/unique-url") == "https://webhook.site/" + fingerprint_secret("/unique-url")
+    assert redact_url("https://example.com/") == "https://example.com/"
     assert redact_url(None) is None
 
 

@@ -17,6 +17,7 @@ from connectors.instantly.snapshots import (
     encode_snapshot,
 )
 from schemas.event import Event, WorkspaceRef
+from schemas.ids import fingerprint_secret
 from schemas.validate import schema_errors
 from tests.unit.test_instantly_fake_api import load_fixture
 
@@ -129,7 +130,7 @@ def test_webhook_created_updated_deleted() -> None:
     """Webhook created, URL/event type updated (with change.fields) and deleted."""
     h = items("webhooks.list.json")[0]
     created = one(diff("webhooks", [], [h]), "webhook.created")
-    assert created.attributes["target_hook_url"] == "https://webhook.site/unique-url"
+    assert created.attributes["target_hook_url"] == "https://webhook.site/" + fingerprint_secret("/unique-url")
     moved = {**h, "target_hook_url": "http://attacker.example/x", "event_type": "all_events"}
     updated = one(diff("webhooks", [h], [moved]), "webhook.updated")
     assert updated.change is not None and updated.change.fields == ("event_type", "target_hook_url")

@@ -12,12 +12,12 @@ import jsonschema
 import pytest
 
 from connectors.instantly import repo_scan
+from connectors.instantly.key_shape import instantly_key_shape
 from connectors.instantly.posture.cross_reference import cross_reference
 from connectors.instantly.repo_scan import (
     InstantlyKeyAssignmentDetector,
     RepoSettings,
     check_repository,
-    instantly_key_shape,
     is_ci_file,
     is_secret_file,
     literal_secret,

@@ -60,6 +60,7 @@ from pipeline.observability.health import get_health
 from pipeline.observability.logs import get_logger, redact_text, register_secret
 from pipeline.observability.metrics import ID, KIND, SOURCE, TYPE, WORKSPACE
 from pipeline.observability.telemetry import get_telemetry
+from pipeline.redaction.gate import gated_event_bytes
 from pipeline.sources.webhook.access_log import install_access_log_filter
 from pipeline.sources.webhook.admission import (
     Address,
@@ -309,7 +310,7 @@ class WebhookReceiver:
                 observed_at=format_time(self.clock.now()),
                 policy=src.policy,
             )
-            value = event.to_json()
+            value = gated_event_bytes(event)
         except (RecursionError, orjson.JSONDecodeError, orjson.JSONEncodeError):
             # nesting deeper than the parser (1024), the encoder (255) or Python's stack allows
             raise WebhookRejected(400, "too_deep", "the body is nested too deeply") from None

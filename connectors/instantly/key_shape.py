@@ -1,0 +1,35 @@
+"""The shape of an Instantly API key, registered with the redaction gate at import.
+
+Instantly keys in public examples are base64 of ``<uuid>:<token>`` (the real format is
+undocumented). :func:`instantly_key_shape` confirms a base64 run decodes to that; the runtime's
+gate (:mod:`pipeline.redaction`) gets the pattern and the check through
+:func:`pipeline.redaction.register_shape`, so ``pipeline/`` hard-codes no vendor format.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+from pipeline.redaction.registry import register_shape
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+B64_RUN = r"(?<![A-Za-z0-9+/=_-])(?:[A-Za-z0-9+/]{40,}={0,2}|[A-Za-z0-9_-]{40,}={0,2})(?![A-Za-z0-9+/=_-])"
+"""A base64 (or URL-safe base64) run of 40+ characters: the candidates :func:`instantly_key_shape` checks."""
+
+
+def instantly_key_shape(candidate: str) -> bool:
+    """Whether ``candidate`` is base64 of ``<uuid>:<token>`` — the shape of Instantly keys in public examples."""
+    text = candidate.strip()
+    try:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_" if ("-" in text or "_" in text) else None,
+                               validate=True)  # fmt: skip
+        decoded = raw.decode("ascii")
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return False
+    uid, sep, token = decoded.partition(":")
+    return bool(sep) and bool(_UUID.match(uid.lower())) and 6 <= len(token) <= 128 and token.isalnum()
+
+
+register_shape("instantly_api_key", B64_RUN, instantly_key_shape)

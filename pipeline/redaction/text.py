@@ -1,0 +1,95 @@
+"""Free text: registered values, credential shapes and URLs removed from a string.
+
+:func:`redact_text` is the value + shape pass the logs and the gate share:
+
+1. every registered secret (raw or URL-encoded) becomes ``<redacted>`` or its fingerprint;
+2. ``Bearer|Basic|Token <value>`` keeps the scheme word, the value becomes ``<redacted>``;
+3. JWTs (``eyJ….….…``) and connector-registered shapes (the Instantly key) are replaced;
+4. a value after a secret-ish word (``token=…``, ``"api_key": "…"``, ``secret …`` when long and
+   mixed) becomes ``<redacted>``;
+5. URLs lose userinfo, fragment, and their path/query become a fingerprint (:mod:`.urls`).
+
+:func:`looks_clean` is the fast path: ids, timestamps and addresses cannot hold any of these.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+from pipeline.redaction import registry
+from pipeline.redaction.urls import redact_urls_in
+from schemas.ids import fingerprint_secret
+
+REDACTED = "<redacted>"
+_ALREADY = re.compile(r"^(<redacted>|sha256:[0-9a-f]{8,64})$")
+_SCHEME = re.compile(
+    r"(?i)\b(bearer|basic|token|apikey|digest|negotiate)(\s+|%20|\+)"
+    r"(?!<redacted>)((?=[A-Za-z0-9._~+/=-]*[0-9=+/_~.-])[A-Za-z0-9._~+/=-]{6,}|[A-Za-z0-9._~+/=-]{16,})"
+)
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+_ASSIGNED = re.compile(
+    r"(?i)((?:api[-_ ]?key|x-api-key|access[-_ ]?key|secret[-_ ]?key|private[-_ ]?key|key|token|secret|password"
+    r"|passwd|pwd|passphrase|credentials?|authorization|cookie|sig|signature)[\"']?\s*[:=]\s*[\"']?)"
+    r"(?!<redacted>|sha256:)([^\s\"',;&}]{4,})"
+)
+_NEAR_WORD = re.compile(
+    r"(?i)\b(key|token|secret|password|passphrase|credentials?|apikey)(\s+(?:is\s+|was\s+)?)"
+    r"(?![0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b)"  # a key *id* (uuid) stays readable
+    r"(?=[A-Za-z0-9+/=_-]*[0-9])(?=[A-Za-z0-9+/=_-]*[A-Za-z])([A-Za-z0-9+/=_-]{16,})"
+)
+_PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(-----END [A-Z ]*PRIVATE KEY-----|$)")
+CLEAN_CHARS = "0123456789abcdefABCDEF-:.TZ+ "
+"""Ids, uuids, timestamps and IP addresses are made of these alone (no shape can hide in them)."""
+_SHORT = 6
+
+
+def is_redacted(value: object) -> bool:
+    """True for ``<redacted>`` and ``sha256:`` fingerprints."""
+    return isinstance(value, str) and bool(_ALREADY.match(value))
+
+
+def looks_clean(text: str) -> bool:
+    """Cheap: short strings and hex/uuid/timestamp/address strings hold no shape (registered values aside)."""
+    return len(text) < _SHORT or not text.strip(CLEAN_CHARS)
+
+
+def replace_registered(text: str, *, fingerprint: bool = True) -> str:
+    """Replace every registered secret in ``text`` (by its fingerprint, or ``<redacted>``)."""
+    for secret in registry.known_secrets():
+        for form in secret.forms:
+            if form in text:
+                text = text.replace(form, secret.fingerprint if fingerprint else REDACTED)
+    return text
+
+
+def replace_shapes(text: str) -> str:
+    """Replace credential shapes (scheme tokens, JWTs, connector shapes, assigned and nearby secrets)."""
+    if "-----BEGIN" in text:
+        text = _PRIVATE_KEY.sub(REDACTED, text)
+    text = _SCHEME.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    if "eyJ" in text:
+        text = _JWT.sub(REDACTED, text)
+    for shape in registry.shapes():
+        text = shape.pattern.sub(functools.partial(_shape_sub, shape), text)
+    text = _ASSIGNED.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
+    return _NEAR_WORD.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+
+
+def _shape_sub(shape: registry.Shape, m: re.Match[str]) -> str:
+    found = m.group(0)
+    return fingerprint_secret(found) if shape.check is None or shape.check(found) else found
+
+
+def redact_text(text: str, *, fingerprint: bool = False) -> str:
+    """Registered values, shapes and URL credentials removed from ``text``.
+
+    ``fingerprint``: registered values become their ``sha256:`` fingerprint (records) instead of
+    ``<redacted>`` (logs, error messages).
+    """
+    text = replace_registered(text, fingerprint=fingerprint)
+    if looks_clean(text):
+        return text
+    if "://" in text:
+        text = redact_urls_in(text)
+    return replace_shapes(text)

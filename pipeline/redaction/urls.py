@@ -1,0 +1,103 @@
+"""URLs without their credentials: scheme, host and port kept; the rest fingerprinted or dropped.
+
+* userinfo (``https://TOKEN@host``, ``user:pass@``) and the ``#fragment`` are dropped;
+* path, ``;params`` and query become ``/sha256:<8 hex>`` of path + params + query — a Slack,
+  Zapier, Make or n8n hook URL *is* its credential, and a signature can hide under any query
+  name — unless the host is on the operator's allowlist (``redaction.url_path_hosts``): there
+  the path stays and only the query is fingerprinted.
+
+Rules that read the scheme and the host (``webhook.insecure_target``) see them unchanged, and the
+same URL always gets the same fingerprint, so a rule can still say "the same target".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+from schemas.ids import fingerprint_secret
+
+REDACTED = "<redacted>"
+_HOST = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+_URL_IN_TEXT = re.compile(r"(?i)\b[a-z][a-z0-9+.-]{1,15}://[^\s\"'<>]+")
+_FINGERPRINT_PATH = re.compile(r"^/sha256:[0-9a-f]{8,64}$")
+_STATE: dict[str, frozenset[str]] = {"hosts": frozenset()}
+
+
+def validate_hosts(hosts: Iterable[str]) -> list[str]:
+    """Lower-cased host names (``example.com`` or ``*.example.com``) for :func:`set_url_path_hosts`.
+
+    Raises:
+        ValueError: an entry is not a bare host name (no scheme, port, path or userinfo).
+    """
+    out = []
+    for host in hosts:
+        h = str(host).strip().lower()
+        if not _HOST.match(h):
+            raise ValueError(f"{host!r} is not a bare host name (e.g. 'api.example.com' or '*.example.com')")
+        out.append(h)
+    return out
+
+
+def set_url_path_hosts(hosts: Iterable[str]) -> None:
+    """Hosts whose URL paths are not secret: their paths stay readable in records.
+
+    Raises:
+        ValueError: an entry is not a bare host name.
+    """
+    _STATE["hosts"] = frozenset(validate_hosts(hosts))
+
+
+def url_path_hosts() -> frozenset[str]:
+    """The current allowlist."""
+    return _STATE["hosts"]
+
+
+def _path_allowed(host: str) -> bool:
+    hosts = _STATE["hosts"]
+    if not hosts:
+        return False
+    if host in hosts:
+        return True
+    parts = host.split(".")
+    return any("*." + ".".join(parts[i:]) in hosts for i in range(1, len(parts)))
+
+
+def redact_url(url: str) -> str:
+    """``url`` with userinfo and fragment dropped and path + query fingerprinted (see the module doc).
+
+    Text that is not a ``scheme://`` URL is returned unchanged; a URL that cannot be parsed
+    becomes ``<redacted>``.
+    """
+    if "://" not in url:
+        return url
+    try:
+        parts = urlsplit(url.strip())
+        host = (parts.hostname or "").lower()
+        port = parts.port
+    except ValueError:
+        return REDACTED
+    if not parts.scheme or not host:
+        return REDACTED
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc += f":{port}"
+    # urlsplit leaves ``;params`` in the path; the fragment is dropped whatever it holds
+    path, query = parts.path, parts.query
+    base = f"{parts.scheme.lower()}://{netloc}"
+    if _path_allowed(host):
+        tail = path.split(";", 1)[0]
+        rest = path[len(tail) :] + (f"?{query}" if query else "")
+        return base + tail + (f"/{fingerprint_secret(rest)}" if rest else "")
+    secret_part = path + (f"?{query}" if query else "")
+    if secret_part in ("", "/") or _FINGERPRINT_PATH.match(secret_part):  # nothing left, or already redacted
+        return base + secret_part
+    return f"{base}/{fingerprint_secret(secret_part)}"
+
+
+def redact_urls_in(text: str) -> str:
+    """Every ``scheme://…`` URL inside free text passed through :func:`redact_url`."""
+    if text.startswith(("http://", "https://")) and not any(c.isspace() for c in text):
+        return redact_url(text)
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
