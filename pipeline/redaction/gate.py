@@ -285,6 +285,8 @@ def gated_event_bytes(event: Event) -> bytes:
     try:
         return encode_event(event)
     except GateRejected as err:
+        if err.reason == "too_deep":  # a shape problem of the body, like the parser's own depth limit
+            raise WebhookRejected(400, "too_deep", "the body is nested too deeply") from None
         raise WebhookRejected(422, "secret_rejected", f"the redaction gate refused the event ({err.reason})") from None
 
 

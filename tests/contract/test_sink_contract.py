@@ -109,13 +109,15 @@ async def jsonl(tmp_path: Path) -> Target:
     def ids() -> list[str]:
         return [json.loads(line)["id"] for line in path.read_text().splitlines()] if path.exists() else []
 
-    async def down() -> None:
+    async def down() -> None:  # a file where the directory should be: the sink cannot create it
         if path.exists():
             path.unlink()
         directory.rmdir()
+        directory.write_text("not a directory")
 
     async def up() -> None:
-        directory.mkdir(exist_ok=True)
+        directory.unlink()
+        directory.mkdir()
 
     # A file accepts any line: the only record it refuses is one the runner cannot decode.
     return Target("archive", build, ids, down, up, refuse=lambda alert: None, poison=lambda alert: b"{not json")
@@ -146,7 +148,7 @@ async def elasticsearch(tmp_path: Path) -> Target:
         return ElasticsearchSink("elastic", cfg), cfg
 
     def refuse(alert: Alert) -> None:
-        es.reject = lambda doc: doc.get("id") == alert.id
+        es.reject = lambda doc: alert.id in (doc.get("id"), (doc.get("event") or {}).get("id"))  # native or ECS
 
     return await _start(es, Target("elastic", build, lambda: es.ids, *_http_faults(es), refuse=refuse))
 
