@@ -83,16 +83,7 @@ KNOWN_EVENT_TYPES: frozenset[str] = frozenset(
 )
 """Payload ``event_type`` values documented by Instantly (anything else is a custom label)."""
 
-_STANDARD_ATTRS = (
-    "campaign_id",
-    "campaign_name",
-    "lead_email",
-    "email_account",
-    "step",
-    "variant",
-    "is_first",
-    "email_id",
-)
+_STANDARD_ATTRS = tuple(f for f in DEFAULT_KEPT_FIELDS if f not in ("event_type", "timestamp", "workspace"))
 _SLIM_FIELDS = frozenset({"event_type", "timestamp", "workspace", "campaign_id", "email_id", "step", "variant"})
 _META = frozenset({"event_label", "custom_label", "body_sha256", "body_bytes", "dropped_fields", "dropped_field_count"})
 _MAX_NAME = 128

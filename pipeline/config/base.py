@@ -101,7 +101,7 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel], extra_keys: tuple[
         return f"{where}: unknown key{tip}"
     if kind == "missing":
         return f"{where}: required key is missing"
-    msg = str(err.get("msg", "invalid value"))
+    msg = _our_words(err)
     inp = err.get("input")
     shown = ""
     refused_secret = "secret" in msg.lower()
@@ -111,6 +111,23 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel], extra_keys: tuple[
     ):
         shown = f" (got {inp!r})" if len(repr(inp)) < 80 else ""
     return f"{where}: {msg}{shown}"
+
+
+def _our_words(err: Mapping[str, Any]) -> str:
+    """pydantic's message without its own vocabulary (``Value error, ``; union tags)."""
+    msg = str(err.get("msg", "invalid value"))
+    kind = err.get("type", "")
+    ctx = err.get("ctx") or {}
+    if kind == "union_tag_invalid":
+        return (
+            f"unknown type {ctx.get('tag')!r} (known types: {str(ctx.get('expected_tags', '')).replace(chr(39), '')})"
+        )
+    if kind == "union_tag_not_found":
+        return "needs a 'type'"
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    return msg
 
 
 def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -145,3 +145,24 @@ def test_each_role_reads_only_its_own_secrets(cfg_file: Path, monkeypatch: pytes
     pollers = load_config(cfg_file, resolve=resolve_under(*role_sections({"pollers"})))
     assert workspaces(pollers)["acme"].api_key.get_secret_value() == "instantly-key-0000000000000000"
     assert pollers.sinks["siem"].token.get_secret_value().startswith("unresolved-")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("bus: {type: rabbit}\n", "bus: unknown type 'rabbit' (known types: sqlite, kafka)"),
+        (
+            "workspaces:\n  a:\n    api_key: ${K}\n    base_url: ftp://x\n",
+            "workspaces.a.base_url: must be an http(s) URL",
+        ),
+    ],
+)
+def test_messages_are_in_our_words(text: str, expected: str) -> None:
+    """No pydantic vocabulary ('Value error, ', 'Input tag … found using') in config errors."""
+    from pipeline.config.loader import parse_config
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, env={"K": "k" * 20})
+    assert expected in str(info.value)
+    assert "Value error" not in str(info.value) and "Input tag" not in str(info.value)
