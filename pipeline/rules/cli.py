@@ -16,7 +16,6 @@ import yaml
 
 from pipeline.errors import ConfigError
 from pipeline.rules.config import parse_rules_config
-from pipeline.rules.packs import rule_packs
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -48,15 +47,12 @@ def read_rules_file(path: str | None) -> tuple[dict[str, Any], Path | None]:
 
 def cmd_test(args: argparse.Namespace) -> int:
     """Run the YAML cases under ``args.dir`` and print a report per rule."""
-    from pipeline.rules.testing import run_cases
+    from pipeline.rules.suite import run_suite
 
     try:
         section, base = read_rules_file(args.rules)
-        parse_rules_config(section, base_dir=base)  # fail fast, with exit 2, on a bad config
-        dirs = [Path(args.dir)] if args.dir else [p.cases_dir for p in rule_packs() if p.cases_dir is not None]
-        report = run_cases(dirs[0], rules_config=section, base_dir=base)
-        for more in dirs[1:]:
-            report = report.merge(run_cases(more, rules_config=section, base_dir=base))
+        ruleset = parse_rules_config(section, base_dir=base)  # fail fast, with exit 2, on a bad config
+        report = run_suite(ruleset, section, base, Path(args.dir) if args.dir else None)
     except ConfigError as err:
         print(f"rules test: {err}", file=sys.stderr)
         return EXIT_USAGE

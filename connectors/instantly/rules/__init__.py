@@ -1,5 +1,5 @@
 """The Instantly rule pack: the built-in Python rules (an explicit tuple), the YAML rules in
-``builtin.yaml`` and the shipped test cases in ``cases/``.
+``builtin.yaml``, the correlation rules in ``correlations.yaml`` and the shipped test cases in ``cases/``.
 
 Registered as the ``instantly`` entry of the ``instantly_audit.rule_packs`` group.
 """
@@ -42,5 +42,11 @@ RULES = (
 )
 """Every built-in Python rule of the pack, in catalog order."""
 
-PACK = RulePack(name="instantly", rules=RULES, yaml_files=(HERE / "builtin.yaml",), cases_dir=HERE / "cases")
+PACK = RulePack(
+    name="instantly",
+    rules=RULES,
+    yaml_files=(HERE / "builtin.yaml", HERE / "correlations.yaml"),
+    cases_dir=HERE / "cases",
+    lock_file=HERE / "rules.lock.json",
+)
 """The pack the runtime loads (entry point ``instantly_audit.rule_packs: instantly``)."""
