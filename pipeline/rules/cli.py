@@ -1,4 +1,5 @@
-"""``instantly-audit rules``: ``rules test DIR [--rules FILE]`` and ``rules list [--rules FILE]``.
+"""``instantly-audit rules``: ``rules test [DIR] [--rules FILE]``, ``rules list [--rules FILE]`` and
+``rules lock`` (:mod:`pipeline.rules.lock_cli`).
 
 ``--rules FILE`` is a YAML file holding either a whole pipeline config (its ``rules`` section
 is used) or just the rules section. Custom rule ``files`` in it are relative to the file.
@@ -16,6 +17,7 @@ import yaml
 
 from pipeline.errors import ConfigError
 from pipeline.rules.config import parse_rules_config
+from pipeline.rules.lock_cli import add_lock_parser
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -73,10 +75,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     rows = [
         (r.meta.id, r.params.severity or r.meta.severity, r.meta.kind, "on" if r.params.enabled else "off",
-         ",".join(r.meta.attack), r.meta.basic)
+         ",".join(r.meta.attack), r.meta.basic, r.meta.status)
         for r in ruleset.rules
     ]  # fmt: skip
-    head = ("RULE", "SEVERITY", "KIND", "ENABLED", "ATT&CK", "SECURITY BASIC")
+    head = ("RULE", "SEVERITY", "KIND", "ENABLED", "ATT&CK", "SECURITY BASIC", "STATUS")
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
     for row in (head, *rows):
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -86,14 +88,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 def _usage(parser: argparse.ArgumentParser) -> Any:
     def show(args: argparse.Namespace) -> int:
         parser.print_usage(sys.stderr)
-        print(f"{parser.prog}: error: choose a subcommand: test or list", file=sys.stderr)
+        print(f"{parser.prog}: error: choose a subcommand: test, list or lock", file=sys.stderr)
         return EXIT_USAGE
 
     return show
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``rules`` command (``test`` and ``list``) to the CLI's subparsers."""
+    """Add the ``rules`` command (``test``, ``list`` and ``lock``) to the CLI's subparsers."""
     p = subparsers.add_parser(
         "rules", help="test and list detection rules",
         description="Run rule test cases (YAML: events in, expected alerts out) or list the rules.",
@@ -109,4 +111,5 @@ def register(subparsers: Any) -> None:
     ls = sub.add_parser("list", help="list the rules, their severity and whether they run")
     ls.add_argument("--rules", metavar="FILE", help="rules config (a config file or its rules section)")
     ls.set_defaults(func=cmd_list)
+    add_lock_parser(sub, read_rules_file)
     p.set_defaults(func=_usage(p))
