@@ -116,11 +116,11 @@ class CorrelationSpec(LifecycleSpec):
 class _Entry:
     """One compiled entry: routing, predicate, group key, optional new-terms field."""
 
-    __slots__ = ("codes", "detect", "group", "name", "nt_field", "types")
+    __slots__ = ("codes", "detect", "group", "index", "name", "nt_field", "types")
 
-    def __init__(self, name: str, types: tuple[str, ...], codes: frozenset[int] | None, detect: Pred,
+    def __init__(self, index: int, name: str, types: tuple[str, ...], codes: frozenset[int] | None, detect: Pred,
                  group: list[Getter], nt_field: Getter | None):  # fmt: skip
-        self.name, self.types, self.codes, self.detect = name, types, codes, detect
+        self.index, self.name, self.types, self.codes, self.detect = index, name, types, codes, detect
         self.group, self.nt_field = group, nt_field
 
     def key(self, ev: Event) -> str | None:
@@ -132,13 +132,6 @@ class _Entry:
                 return None
             vals.append(str(v))
         return "g:" + "|".join(vals)
-
-    def routed(self, ev: Event) -> bool:
-        if not type_matches(self.types, ev.type):
-            return False
-        if self.codes is None or ev.source.kind != "audit_log":
-            return True
-        return ev.attributes.get("activity_code") in self.codes
 
 
 def _entry(raw: str | EntrySpec, i: int, body: CorrelationBody, refs: Mapping[str, MatchRuleSpec]) -> _Entry:
@@ -159,7 +152,7 @@ def _entry(raw: str | EntrySpec, i: int, body: CorrelationBody, refs: Mapping[st
     group_paths = spec.group_by if spec.group_by is not None else body.group_by
     group = [getter(g, f"{where}.group-by.{j}") for j, g in enumerate(group_paths)]
     nt = getter(spec.new_terms, f"{where}.new_terms") if spec.new_terms else None
-    return _Entry(name, types, frozenset(codes) if codes is not None else None, detect, group, nt)
+    return _Entry(i, name, types, frozenset(codes) if codes is not None else None, detect, group, nt)
 
 
 class CorrelationRule:
@@ -188,6 +181,7 @@ class CorrelationRule:
             raise RuleSyntaxError("correlation.field", f"{body.type} needs the field whose values count")
         self.field = getter(body.field, "correlation.field") if body.field else None
         self.max_groups = body.max_groups
+        self._routes: dict[str, tuple[_Entry, ...]] = {}
         self._summary = compile_template(spec.summary or spec.title, "summary")
         self._entities = [
             (e.kind, compile_template(e.id, f"entities.{i}.id") if e.id else None,
@@ -255,22 +249,34 @@ class CorrelationRule:
         return all(op(n, v) for op, v in self.condition)
 
     # ---- evaluation ------------------------------------------------------------------------
+    def _routed(self, event: Event) -> tuple[_Entry, ...]:
+        """The entries (last first) an event's type routes to; cached per type."""
+        r = self._routes.get(event.type)
+        if r is None:
+            r = tuple(e for e in reversed(self.entries) if type_matches(e.types, event.type))
+            if len(self._routes) < 1024:
+                self._routes[event.type] = r
+        return r
+
     def on_event(self, ctx: RuleContext, event: Event) -> Iterable[Finding]:
         """Feed the event to every entry it matches (last entry first, so it advances a sequence once)."""
+        routed = self._routed(event)
+        if not routed:
+            return ()
         out: list[Finding] = []
-        for i in range(len(self.entries) - 1, -1, -1):
-            e = self.entries[i]
-            if not e.routed(event) or not e.detect(event):
+        code = event.attributes.get("activity_code") if event.source.kind == "audit_log" else None
+        for e in routed:
+            if (code is not None and e.codes is not None and code not in e.codes) or not e.detect(event):
                 continue
-            if e.nt_field is not None and not self._is_new_term(ctx, i, e.nt_field(event)):
+            if e.nt_field is not None and not self._is_new_term(ctx, e.index, e.nt_field(event)):
                 continue
             key = e.key(event)
             if key is None:
                 continue
-            f = self._step(ctx, i, key, event)
+            f = self._step(ctx, e.index, key, event)
             if f is not None:
                 out.append(f)
-        return out
+        return out or ()
 
     def _step(self, ctx: RuleContext, i: int, key: str, ev: Event) -> Finding | None:
         t, k = ctx.now, self.kind
