@@ -67,6 +67,8 @@ CorrelationType = Literal["event_count", "value_count", "temporal", "temporal_or
 _OPS = {"gt": float.__gt__, "gte": float.__ge__, "lt": float.__lt__, "lte": float.__le__, "eq": float.__eq__}
 MAX_TERMS = 5000
 """Terms remembered per new-terms history (the least recently seen are forgotten first)."""
+MAX_ENTRIES = 1000
+"""Matches remembered per event_count / value_count group (the oldest are forgotten first)."""
 
 
 class EntrySpec(Model):
@@ -245,6 +247,18 @@ class CorrelationRule:
             del terms[next(iter(terms))]
         return last is None or ctx.now - last > self.history
 
+    def _window_count(self, entries: list[list[Any]], t: float, distinct: bool) -> int:
+        """The largest count (of distinct values) in a ``timespan`` window holding the event at ``t``.
+
+        In order, that is the window ending at ``t``; a late event may complete a window that ends
+        at a later event already seen, so each of those is tried as the window's end.
+        """
+        best = 0
+        for end in {x[0] for x in entries if x[0] >= t}:
+            inside = [x for x in entries if end - self.timespan <= x[0] <= end]
+            best = max(best, len({x[1] for x in inside}) if distinct else len(inside))
+        return best
+
     def _holds(self, n: float) -> bool:
         return all(op(n, v) for op, v in self.condition)
 
@@ -308,24 +322,26 @@ class CorrelationRule:
             return None
         doc = self._group(ctx, key)
         if k in ("event_count", "value_count"):
-            entries: list[list[Any]] = doc.setdefault("e", [])
             v = None
             if k == "value_count":
                 assert self.field is not None
                 v = self.field(ev)
                 if v is None or v == "":
                     return None
+            entries: list[list[Any]] = doc.setdefault("e", [])
             entries.append([t, None if v is None else str(v)])
-            entries[:] = [x for x in entries if t - span <= x[0] <= t + self.grace]
-            n = len(entries) if k == "event_count" else len({x[1] for x in entries if x[0] <= t})
+            latest = max(x[0] for x in entries)
+            entries[:] = sorted(x for x in entries if latest - x[0] <= span + self.grace)[-MAX_ENTRIES:]
+            n = self._window_count(entries, t, k == "value_count")
             if self._holds(float(n)):
                 doc["e"] = []
                 return self._finding(key, ev, count=n)
             return None
         seen: dict[str, float] = doc.setdefault("s", {})
         if k == "temporal":
-            seen[str(i)] = t
-            for name in [n for n, ts in seen.items() if t - ts > span]:
+            seen[str(i)] = max(t, seen.get(str(i), t))
+            latest = max(seen.values())
+            for name in [n for n, ts in seen.items() if latest - ts > span]:
                 del seen[name]
             if len(seen) == len(self.entries):
                 doc["s"] = {}

@@ -110,3 +110,14 @@ def test_temporal_and_new_terms() -> None:
     ips = ["198.51.100.1", "198.51.100.1", "198.51.100.2", "198.51.100.1"]
     res = e.evaluate([_login("u1", T0 + i, ip=ip) for i, ip in enumerate(ips)])
     assert [a.attributes.get("term") for a in res.alerts] == ["198.51.100.1", "198.51.100.2"]
+
+
+def test_late_events_complete_a_window_by_their_own_time() -> None:
+    """A match arriving late (after a later one) still counts in the window its time falls in,
+    and temporal entries far apart in event time never complete, whatever the arrival order."""
+    e = _engine(_rule(COUNT))
+    assert e.evaluate([_login("u1", T0 + 300), _login("u1", T0 + 500)]).alerts == ()
+    assert len(e.evaluate([_login("u1", T0 + 100)]).alerts) == 1  # late, but within 10 min of both
+    assert e.evaluate([_login("u2", T0 + 900), _login("u2", T0 + 1000), _login("u2", T0)]).alerts == ()
+    t = _engine(_rule(dict(ABSENCE, type="temporal")))
+    assert t.evaluate([_login("u1", T0 + 7200, code=23), _login("u1", T0, code=26)]).alerts == ()
