@@ -24,10 +24,16 @@ RULE: dict[str, object] = {
     "types": ["audit.*"],
     "detection": {"sel": {"actor.ip": "203.0.113.9"}},
 }
-POS: dict[str, object] = {"name": "watched IP alerts", "events": [{"type": "audit.user_login", "actor": {"ip": "203.0.113.9"}}],
-       "expect": [{"severity": "medium"}]}  # fmt: skip
-NEG: dict[str, object] = {"name": "other IP is quiet", "events": [{"type": "audit.user_login", "actor": {"ip": "198.51.100.1"}}],
-       "expect": []}  # fmt: skip
+POS: dict[str, object] = {
+    "name": "watched IP alerts",
+    "events": [{"type": "audit.user_login", "actor": {"ip": "203.0.113.9"}}],
+    "expect": [{"severity": "medium"}],
+}
+NEG: dict[str, object] = {
+    "name": "other IP is quiet",
+    "events": [{"type": "audit.user_login", "actor": {"ip": "198.51.100.1"}}],
+    "expect": [],
+}
 
 
 def _run(*argv: str) -> int:
@@ -56,8 +62,12 @@ def test_yaml_rules_carry_lifecycle_metadata(tmp_path: Path) -> None:
     assert m is not None
     meta = m.meta
     assert (meta.status, meta.author, meta.references, meta.falsepositives, meta.related) == (
-        "test", "sec team", ("https://example.org/runbook",), ("VPN exits",), ("auth.login_new_ip",)
-    )  # fmt: skip
+        "test",
+        "sec team",
+        ("https://example.org/runbook",),
+        ("VPN exits",),
+        ("auth.login_new_ip",),
+    )
 
 
 def test_an_unknown_status_names_its_path() -> None:
