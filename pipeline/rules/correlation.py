@@ -71,6 +71,10 @@ MAX_ENTRIES = 1000
 """Matches remembered per event_count / value_count group (the oldest are forgotten first)."""
 
 
+def _time(entry: list[Any]) -> float:
+    return float(entry[0])
+
+
 class EntrySpec(Model):
     """An inline selection of a correlation (or a reference: ``{rule: <id>}``)."""
 
@@ -254,7 +258,7 @@ class CorrelationRule:
         at a later event already seen, so each of those is tried as the window's end.
         """
         best = 0
-        for end in {x[0] for x in entries if x[0] >= t}:
+        for end in {x[0] for x in entries if t <= x[0] <= t + self.timespan}:
             inside = [x for x in entries if end - self.timespan <= x[0] <= end]
             best = max(best, len({x[1] for x in inside}) if distinct else len(inside))
         return best
@@ -331,7 +335,7 @@ class CorrelationRule:
             entries: list[list[Any]] = doc.setdefault("e", [])
             entries.append([t, None if v is None else str(v)])
             latest = max(x[0] for x in entries)
-            entries[:] = sorted(x for x in entries if latest - x[0] <= span + self.grace)[-MAX_ENTRIES:]
+            entries[:] = sorted((x for x in entries if latest - x[0] <= span + self.grace), key=_time)[-MAX_ENTRIES:]
             n = self._window_count(entries, t, k == "value_count")
             if self._holds(float(n)):
                 doc["e"] = []

@@ -121,3 +121,9 @@ def test_late_events_complete_a_window_by_their_own_time() -> None:
     assert e.evaluate([_login("u2", T0 + 900), _login("u2", T0 + 1000), _login("u2", T0)]).alerts == ()
     t = _engine(_rule(dict(ABSENCE, type="temporal")))
     assert t.evaluate([_login("u1", T0 + 7200, code=23), _login("u1", T0, code=26)]).alerts == ()
+
+
+def test_simultaneous_matches_count() -> None:
+    """Matches with the same event time all count (event_count keeps no value to compare)."""
+    e = _engine(_rule(COUNT))
+    assert len(e.evaluate([_login("u1", T0), _login("u1", T0), _login("u1", T0)]).alerts) == 1
