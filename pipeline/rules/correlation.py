@@ -75,6 +75,13 @@ def _time(entry: list[Any]) -> float:
     return float(entry[0])
 
 
+def _last_match(doc: Mapping[str, Any], default: float) -> float:
+    """The latest match time a group document holds (its stored last-use time is rounded to the hour)."""
+    times = [float(x[0]) for x in doc.get("e") or ()]
+    times += [float(v) for key in ("s", "h") for v in (doc.get(key) or {}).values()]
+    return max(times, default=default)
+
+
 class EntrySpec(Model):
     """An inline selection of a correlation (or a reference: ``{rule: <id>}``)."""
 
@@ -380,7 +387,7 @@ class CorrelationRule:
                     out.append(self._stored_finding(name, opened[2], opened[3], opened[1], end, {"window_end": end}))
                     ctx.drop_sub(name)
                 continue
-            if now - st.sub_time.get(name, now) > keep:
+            if now - _last_match(doc, st.sub_time.get(name, now)) > keep:
                 ctx.drop_sub(name)
         return out
 

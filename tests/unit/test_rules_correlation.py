@@ -127,3 +127,13 @@ def test_simultaneous_matches_count() -> None:
     """Matches with the same event time all count (event_count keeps no value to compare)."""
     e = _engine(_rule(COUNT))
     assert len(e.evaluate([_login("u1", T0), _login("u1", T0), _login("u1", T0)]).alerts) == 1
+
+
+def test_a_restart_keeps_a_window_in_progress_across_ticks() -> None:
+    """After a reload (stored last-use times are coarse), a tick keeps a group whose matches are recent."""
+    first = _engine(_rule(COUNT))
+    first.evaluate([_login("u1", T0 + 3000), _login("u1", T0 + 3100)])
+    second = _engine(_rule(COUNT))
+    second.load_state(first.state_items())
+    second.tick(T0 + 3500)
+    assert [a.dedup_key for a in second.evaluate([_login("u1", T0 + 3550)]).alerts] == ["custom.corr:ws-1:u1"]
