@@ -2,14 +2,17 @@
 
 Generates a deterministic mix of Event v1 records shaped like a busy audit log: 60 % logins over
 ``--users`` users (0.2 % from a new IP), 32 % lead/campaign activity, MFA challenges, exports,
-deletions, and 0.5 % API-key / webhook / member / block-list snapshot changes. Then, chunk by
+deletions, and 0.5 % API-key / webhook / member / block-list snapshot changes; 5 % of the lead
+activity comes from integration API keys, MFA events include TOTP disable/enable, exports name
+their list, role changes their actor (so every shipped correlation rule has work to do). Then, chunk by
 chunk in the same run, over the same serialized events:
 
 * baseline "orjson.loads" — iterate the serialized events and ``orjson.loads`` each one;
 * baseline "decode to Event" — decode each into an Event v1 (``decode_event``, the record codec:
   msgspec decodes and type-checks straight into the Event structs) in batches of ``--batch``,
   exactly as the rules leg decodes them;
-* rules — decode the same way and evaluate every built-in rule on each batch (including
+* rules — decode the same way and evaluate every built-in rule, the shipped correlation rules
+  included (``--correlations off`` leaves them out), on each batch (including
   encoding the changed rule state, as the worker commits it, and a tick per simulated hour),
   the way ``RulesWorker`` does it: each record is decoded just before the engine evaluates it,
   while its Event is still in the CPU cache;
@@ -84,21 +87,24 @@ def generate(n: int, users: int, workspaces: int, seed: int) -> Iterator[bytes]:
             ev = make_event("audit.user_login", time=t, workspace=ws, actor=actor)
         elif r < 0.92:  # lead / campaign activity: most of a real audit log, read by few rules
             code = rnd.choice([4, 5, 8, 9, 10, 11, 12, 32])
+            if rnd.random() < 0.05:  # an integration's API key (corr.new_key_new_ip learns their IPs)
+                actor = {"api_key_id": f"k{rnd.randrange(50)}", "ip": f"192.0.2.{rnd.randrange(100)}", "via_api": True}
             ev = make_event(f"audit.activity_{code}", time=t, workspace=ws, actor=actor,
                             attributes={"affected_count": rnd.randrange(1, 50)})  # fmt: skip
         elif r < 0.95:
-            ev = make_event(rnd.choice(["audit.mfa_challenge_failed", "audit.mfa_login_succeeded"]), time=t,
+            ev = make_event(rnd.choice(["audit.mfa_challenge_failed", "audit.mfa_login_succeeded",
+                                        "audit.mfa_totp_disabled", "audit.mfa_totp_enabled"]), time=t,
                             workspace=ws, actor=actor)  # fmt: skip
         elif r < 0.97:
-            ev = make_event("audit.lead_exported", time=t, workspace=ws, actor=actor,
-                            attributes={"affected_count": rnd.randrange(1, 300)})  # fmt: skip
+            attrs: dict[str, Any] = {"affected_count": rnd.randrange(1, 300), "list_id": f"l{rnd.randrange(20)}"}
+            ev = make_event("audit.lead_exported", time=t, workspace=ws, actor=actor, attributes=attrs)
         elif r < 0.995:
             ev = make_event("audit.lead_deleted", time=t, workspace=ws, actor=actor, attributes={"affected_count": 1})
         elif r < 0.9965:
             kid = f"k{rnd.randrange(50)}"
             kind = rnd.choice(["created", "deleted", "baseline", "scopes_changed"])
             scopes = rnd.choice([["leads:read"], ["campaigns:all", "leads:all"], ["all:read"], ["all:all"]])
-            attrs: dict[str, Any] = {"scopes": scopes, "name": kid, "created_at": "2025-10-01T00:00:00Z"}
+            attrs = {"scopes": scopes, "name": kid, "created_at": "2025-10-01T00:00:00Z"}
             ev = make_event(
                 f"api_key.{kind}", time=t, workspace=ws, target={"kind": "api_key", "id": kid}, attributes=attrs
             )
@@ -112,7 +118,8 @@ def generate(n: int, users: int, workspaces: int, seed: int) -> Iterator[bytes]:
             )
         elif r < 0.999:
             mid = f"m{rnd.randrange(200)}"
-            ev = make_event("member.role_changed", time=t, workspace=ws, target={"kind": "member", "id": mid},
+            ev = make_event("member.role_changed", time=t, workspace=ws, actor=actor,
+                            target={"kind": "member", "id": mid},
                             attributes={"email": f"{mid}@{rnd.choice(['acme.com', 'gmail.com'])}", "role": "admin"},
                             change={"before": {"role": "editor"}, "after": {"role": "admin"}})  # fmt: skip
         else:
@@ -134,10 +141,18 @@ def chunks(it: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
         yield buf
 
 
+def rules_config(args: argparse.Namespace) -> dict[str, Any]:
+    """CONFIG, with the shipped correlation rules (``corr.*``) off when ``--correlations off``."""
+    if args.correlations == "on":
+        return CONFIG
+    ids = [r.meta.id for r in RulesEngine.from_config(CONFIG, clock=FakeClock(T0)).ruleset.rules]
+    return {**CONFIG, **{rid: {"enabled": False} for rid in ids if rid.startswith("corr.")}}
+
+
 def bench_engine(args: argparse.Namespace) -> dict[str, float]:
     """Both baselines and the rules over the same chunks; returns the measurements (CPU time)."""
-    engine = RulesEngine.from_config(CONFIG, clock=FakeClock(T0))
-    ref = RulesEngine.from_config(CONFIG, clock=FakeClock(T0))
+    engine = RulesEngine.from_config(rules_config(args), clock=FakeClock(T0))
+    ref = RulesEngine.from_config(rules_config(args), clock=FakeClock(T0))
     clock = time.process_time
     loads_s = decode_s = rules_s = listed_s = 0.0
     ref_seen = ref_alerts = 0
@@ -180,8 +195,11 @@ def bench_engine(args: argparse.Namespace) -> dict[str, float]:
         batch = []
     if ref_alerts != alerts:  # both legs did the same work
         raise SystemExit(f"the reference leg raised {ref_alerts} alerts, the rules leg {alerts}")
-    keys, size = state_size(engine.state_items().items())
-    return {"loads": args.events / loads_s, "decode": args.events / decode_s, "rules": args.events / rules_s,
+    items = engine.state_items()
+    keys, size = state_size(items.items())
+    ckeys, csize = state_size((k, v) for k, v in items.items() if k.startswith("rules/corr."))
+    return {"corr_keys": ckeys, "corr_bytes": csize,
+            "loads": args.events / loads_s, "decode": args.events / decode_s, "rules": args.events / rules_s,
             "listed": args.events / listed_s, "alerts": alerts, "failures": failures, "keys": keys, "bytes": size,
             "rules_n": len(engine.ruleset.enabled)}  # fmt: skip
 
@@ -202,7 +220,7 @@ async def bench_worker(args: argparse.Namespace) -> float:
             for chunk in chunks(generate(n, args.users, args.workspaces, args.seed), 10_000):
                 await bus.publish([OutRecord(EVENTS_TOPIC, raw, key=orjson.loads(raw)["workspace"]["id"].encode())
                                    for raw in chunk])  # fmt: skip
-            worker = RulesWorker(bus, CONFIG, clock=FakeClock(T0), batch_size=args.batch)
+            worker = RulesWorker(bus, rules_config(args), clock=FakeClock(T0), batch_size=args.batch)
             t = time.perf_counter()
             await worker.run_once()
             return n / (time.perf_counter() - t)
@@ -230,6 +248,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3, help="full measurements on fresh engines (medians printed)")
     p.add_argument("--worker", action="store_true", help="also measure the RulesWorker on a SQLite bus")
     p.add_argument("--worker-events", type=int, default=100_000)
+    p.add_argument("--correlations", choices=("on", "off"), default="on", help="the shipped corr.* rules")
     args = p.parse_args()
     r = median_of([bench_engine(args) for _ in range(max(1, args.repeat))])
     rows = [
@@ -245,12 +264,13 @@ def main() -> None:
         ("rule failures", f"{r['failures']:,.0f}"),
         ("rule state keys", f"{r['keys']:,.0f}"),
         ("rule state size", f"{r['bytes'] / 1_048_576:.2f} MiB ({r['bytes']:,.0f} bytes)"),
+        ("  of which correlation rules (corr.*)", f"{r['corr_keys']:,.0f} keys, {r['corr_bytes']:,.0f} bytes"),
     ]  # fmt: skip
     if args.worker:
         rows.append((f"worker on SQLite bus ({min(args.worker_events, args.events):,} ev)",
                      f"{asyncio.run(bench_worker(args)):,.0f} events/s"))  # fmt: skip
     print(f"instantly-audit rules benchmark: {args.events:,} events, {args.users:,} users, "
-          f"{args.workspaces} workspaces, batch {args.batch}, "
+          f"{args.workspaces} workspaces, batch {args.batch}, correlations {args.correlations}, "
           f"median of {max(1, args.repeat)} runs (CPU time)")  # fmt: skip
     print(f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, {cpu()}\n")
     w = max(len(a) for a, _ in rows)

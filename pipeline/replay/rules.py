@@ -2,9 +2,12 @@
 
 The rules run in a fresh, isolated engine (empty state, no consumer group, nothing written
 to the bus). Its clock follows the replayed events (the latest event time seen), so time
-windows behave as they did live. Nothing is paged: alert sinks receive the alerts only
-with ``--deliver``. The report lists the alerts that would be raised and the difference
-from the alerts recorded on ``instantly.alerts.v1`` for the same events:
+windows behave as they did live; after each batch the engine ticks at that time, so absence
+correlations and other time-based rules fire once the replayed events pass their deadline (a
+window still open at the end of the range is not reported: live, a later tick closed it).
+Nothing is paged: alert sinks receive the alerts only with ``--deliver``. The report lists
+the alerts that would be raised and the difference from the alerts recorded on
+``instantly.alerts.v1`` for the same events:
 
 * ``same``    — raised now and recorded then (matched by rule, dedup key and status);
 * ``new``     — raised now, not recorded (a new or changed rule would have caught it);
@@ -100,6 +103,10 @@ async def rerun(
         result = engine.evaluate(events)
         alerts.extend(result.alerts)
         failures += len(result.failures)
+        if clock.t:  # time-based rules (absence windows, stale keys) at the replayed event time
+            ticked = engine.tick(clock.t)
+            alerts.extend(ticked.alerts)
+            failures += len(ticked.failures)
     return alerts, ids, failures
 
 

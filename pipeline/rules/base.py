@@ -48,7 +48,9 @@ class RuleMeta:
     set, narrows audit-log events to those codes (matched on ``attributes.activity_code``,
     so it works whether the connector named the code or emitted ``audit.activity_<n>``).
     ``ticks`` asks for :meth:`Rule.on_tick` calls; ``suppress_secs`` is the rule's default
-    suppression window (``None``: the config's ``defaults.suppress_secs``).
+    suppression window (``None``: the config's ``defaults.suppress_secs``). ``status``,
+    ``author``, ``references``, ``falsepositives`` and ``related`` (rule ids) are the rule's
+    lifecycle (as in Sigma; see :mod:`pipeline.rules.lifecycle`).
     """
 
     id: str
@@ -64,6 +66,11 @@ class RuleMeta:
     ticks: bool = False
     suppress_secs: float | None = None
     kind: Literal["python", "yaml"] = "python"
+    status: Literal["experimental", "test", "stable", "deprecated"] = "experimental"
+    author: str = ""
+    references: tuple[str, ...] = ()
+    falsepositives: tuple[str, ...] = ()
+    related: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +345,8 @@ class RulePack:
     yaml_files: tuple[Path, ...] = ()
     cases_dir: Path | None = None
     emulations_dir: Path | None = None
+    lock_file: Path | None = None
+    """Where ``instantly-audit rules lock`` records the content hash and version of each rule."""
 
 
 # ---- small helpers shared by the catalog ---------------------------------------------------

@@ -1,5 +1,6 @@
-"""``instantly-audit rules``: ``rules test DIR [--rules FILE]`` and ``rules list [--rules FILE]``
-(``export``, ``import`` and ``coverage``: :mod:`pipeline.rules.cli_interop`).
+"""``instantly-audit rules``: ``rules test [DIR] [--rules FILE]``, ``rules list [--rules FILE]``,
+``rules lock`` (:mod:`pipeline.rules.lock_cli`); ``export``, ``import`` and ``coverage``
+(:mod:`pipeline.rules.cli_interop`).
 
 ``--rules FILE`` is a YAML file holding either a whole pipeline config (its ``rules`` section
 is used) or just the rules section. Custom rule ``files`` in it are relative to the file.
@@ -16,7 +17,7 @@ from typing import Any
 from pipeline.errors import ConfigError
 from pipeline.rules.cli_interop import register_interop
 from pipeline.rules.config import parse_rules_config
-from pipeline.rules.packs import rule_packs
+from pipeline.rules.lock_cli import add_lock_parser
 from pipeline.rules.rules_file import EXIT_FAIL, EXIT_OK, EXIT_USAGE, read_rules_file
 
 __all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "read_rules_file", "register"]
@@ -24,15 +25,12 @@ __all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "read_rules_file", "register"]
 
 def cmd_test(args: argparse.Namespace) -> int:
     """Run the YAML cases under ``args.dir`` and print a report per rule."""
-    from pipeline.rules.testing import run_cases
+    from pipeline.rules.suite import run_suite
 
     try:
         section, base = read_rules_file(args.rules)
-        parse_rules_config(section, base_dir=base)  # fail fast, with exit 2, on a bad config
-        dirs = [Path(args.dir)] if args.dir else [p.cases_dir for p in rule_packs() if p.cases_dir is not None]
-        report = run_cases(dirs[0], rules_config=section, base_dir=base)
-        for more in dirs[1:]:
-            report = report.merge(run_cases(more, rules_config=section, base_dir=base))
+        ruleset = parse_rules_config(section, base_dir=base)  # fail fast, with exit 2, on a bad config
+        report = run_suite(ruleset, section, base, Path(args.dir) if args.dir else None)
     except ConfigError as err:
         print(f"rules test: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -53,10 +51,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     rows = [
         (r.meta.id, r.params.severity or r.meta.severity, r.meta.kind, "on" if r.params.enabled else "off",
-         ",".join(r.meta.attack), r.meta.basic)
+         ",".join(r.meta.attack), r.meta.basic, r.meta.status)
         for r in ruleset.rules
     ]  # fmt: skip
-    head = ("RULE", "SEVERITY", "KIND", "ENABLED", "ATT&CK", "SECURITY BASIC")
+    head = ("RULE", "SEVERITY", "KIND", "ENABLED", "ATT&CK", "SECURITY BASIC", "STATUS")
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
     for row in (head, *rows):
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -66,14 +64,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 def _usage(parser: argparse.ArgumentParser) -> Any:
     def show(args: argparse.Namespace) -> int:
         parser.print_usage(sys.stderr)
-        print(f"{parser.prog}: error: choose a subcommand: test, list, export, import or coverage", file=sys.stderr)
+        print(
+            f"{parser.prog}: error: choose a subcommand: test, list, lock, export, import or coverage", file=sys.stderr
+        )
         return EXIT_USAGE
 
     return show
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``rules`` command (``test`` and ``list``) to the CLI's subparsers."""
+    """Add the ``rules`` command (``test``, ``list`` and ``lock``) to the CLI's subparsers."""
     p = subparsers.add_parser(
         "rules", help="test and list detection rules",
         description="Run rule test cases (YAML: events in, expected alerts out) or list the rules.",
@@ -90,4 +90,5 @@ def register(subparsers: Any) -> None:
     ls.add_argument("--rules", metavar="FILE", help="rules config (a config file or its rules section)")
     ls.set_defaults(func=cmd_list)
     register_interop(sub)
+    add_lock_parser(sub, read_rules_file)
     p.set_defaults(func=_usage(p))

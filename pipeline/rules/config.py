@@ -35,6 +35,7 @@ from pydantic import Field, IPvAnyNetwork, ValidationError, field_validator
 from pipeline.config.base import Model, validation_error_lines
 from pipeline.errors import ConfigError
 from pipeline.rules.base import DAY, CatalogRule, Rule, RulePack, RuleParams
+from pipeline.rules.correlation import CorrelationSpec, compile_correlation
 from pipeline.rules.lists import SharedLists
 from pipeline.rules.matcher import MatchRuleSpec, RuleSyntaxError, compile_rule
 from pipeline.rules.packs import rule_packs
@@ -119,6 +120,8 @@ class RuleSet:
     rules: tuple[Rule, ...]
     settings: RulesSettings
     lists: SharedLists
+    builtin: frozenset[str] = frozenset()
+    """The ids of the rules that come from installed rule packs (the rest are the user's)."""
 
     @property
     def enabled(self) -> tuple[Rule, ...]:
@@ -146,12 +149,19 @@ def _docs_in(path: Path) -> list[tuple[str, Any]]:
         raise ConfigError(f"{path}: not valid YAML ({type(err).__name__}: {err})") from None
     out: list[tuple[str, Any]] = []
     for d in docs:
+        if is_case_file(d):
+            continue  # test cases beside the rules (pipeline.rules.testing), not a rule
         items = d.get("rules") if isinstance(d, dict) and set(d) == {"rules"} else d
         if isinstance(items, list):
             out.extend((f"{path}: rules[{len(out) + i}]", r) for i, r in enumerate(items))
         else:
             out.append((f"{path}: rules[{len(out)}]", items))
     return out
+
+
+def is_case_file(doc: Any) -> bool:
+    """Whether a YAML document is a test case file (``rule:`` + ``cases:``), not a rule."""
+    return isinstance(doc, dict) and "cases" in doc and "rule" in doc and "id" not in doc
 
 
 def _rule_files(entry: str, base_dir: Path) -> list[Path]:
@@ -164,16 +174,20 @@ def _rule_files(entry: str, base_dir: Path) -> list[Path]:
     return [p]
 
 
-def _spec(raw: Any, where: str, errors: list[str]) -> MatchRuleSpec | None:
+AnySpec = MatchRuleSpec | CorrelationSpec
+
+
+def _spec(raw: Any, where: str, errors: list[str]) -> AnySpec | None:
     if not isinstance(raw, dict):
         errors.append(f"{where}: a rule must be a mapping")
         return None
+    model: type[AnySpec] = CorrelationSpec if "correlation" in raw else MatchRuleSpec
     try:
-        return MatchRuleSpec.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as err:
         rid = raw.get("id")
         label = f"{where} ({rid})" if isinstance(rid, str) else where
-        errors.extend(f"{label}.{line}" for line in validation_error_lines(err, MatchRuleSpec))
+        errors.extend(f"{label}.{line}" for line in validation_error_lines(err, model))
         return None
 
 
@@ -199,7 +213,7 @@ def parse_rules_config(
     settings_ok = not errors
 
     # YAML rules: the shipped catalog, then files, then inline.
-    specs: list[tuple[MatchRuleSpec, str, bool]] = []
+    specs: list[tuple[AnySpec, str, bool]] = []
     sources: list[tuple[str, Any, bool]] = []
     packs = rule_packs() if packs is None else packs
     for pack in packs:
@@ -251,6 +265,7 @@ def parse_rules_config(
 
     rules: list[Rule] = []
     lists = shared_lists(settings)
+    refs = {s.id: s for s, where, _ in specs if isinstance(s, MatchRuleSpec) and known.get(s.id) == where}
     for rid, cls in python.items():
         p = params(cls.Params, rid, settings.defaults.enabled)
         if p is not None:
@@ -262,9 +277,13 @@ def parse_rules_config(
         if p is None:
             continue
         try:
-            rules.append(compile_rule(spec, p))
+            if isinstance(spec, CorrelationSpec):
+                rules.append(compile_correlation(spec, p, refs))
+            else:
+                rules.append(compile_rule(spec, p))
         except RuleSyntaxError as err:
             errors.append(f"{where} ({spec.id}).{err}")
     if errors:
         raise ConfigError("\n".join(errors))
-    return RuleSet(tuple(sorted(rules, key=lambda r: r.meta.id)), settings, lists)
+    pack_ids = frozenset([*python, *(s.id for s, where, b in specs if b and known.get(s.id) == where)])
+    return RuleSet(tuple(sorted(rules, key=lambda r: r.meta.id)), settings, lists, pack_ids)

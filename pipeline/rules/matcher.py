@@ -45,6 +45,7 @@ from pydantic import Field, StringConstraints
 
 from pipeline.config.base import Model
 from pipeline.rules.base import ATTACK_PATTERN, RULE_ID_PATTERN, Finding, RuleContext, RuleMeta, RuleParams, resolved
+from pipeline.rules.lifecycle import LifecycleSpec
 from schemas.alert import Entity, Severity
 from schemas.event import Event
 
@@ -373,7 +374,7 @@ class EntitySpec(Model):
     name: str | None = None
 
 
-class MatchRuleSpec(Model):
+class MatchRuleSpec(LifecycleSpec):
     """A YAML rule as written by a user (see the module docstring)."""
 
     id: str = Field(pattern=RULE_ID_PATTERN, max_length=100)
@@ -408,7 +409,9 @@ class MatchRule:
             attack=tuple(spec.attack), basic=spec.basic, description=spec.description,
             event_types=tuple(dict.fromkeys([*spec.types, *(spec.resolve_types or ())])),
             activity_codes=frozenset(spec.activity_codes) if spec.activity_codes is not None else None,
-            suppress_secs=spec.suppress_secs, kind="yaml",
+            suppress_secs=spec.suppress_secs, kind="yaml", status=spec.status, author=spec.author,
+            references=tuple(spec.references), falsepositives=tuple(spec.falsepositives),
+            related=tuple(r.id for r in spec.related),
         )  # fmt: skip
         self._detect = compile_detection(spec.detection, "detection")
         self._resolve = compile_detection(spec.resolve, "resolve") if spec.resolve is not None else None

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.rules.base import Rule
-from pipeline.rules.matcher import RuleSyntaxError, compile_detection, getter
+from pipeline.rules.matcher import MatchRuleSpec, RuleSyntaxError, compile_detection, getter
 
 NAMESPACE = uuid.UUID("5b0ce7a2-6f5e-4c39-9d5b-2f1f8d0b9a41")
 """UUIDv5 namespace of exported rule ids (never change it: ids must stay stable)."""
@@ -117,6 +117,9 @@ def export_rule(rule: Rule) -> Exported:
     meta = rule.meta
     spec = getattr(rule, "spec", None)
     resolve_note = ""
+    if spec is not None and not isinstance(spec, MatchRuleSpec):
+        return Exported(meta.id, None, "correlation rule: exported as a single-event Sigma rule it would "
+                                       "change meaning (Sigma correlation export is not implemented)")  # fmt: skip
     if spec is not None:
         types, codes = list(spec.types), (list(spec.activity_codes) if spec.activity_codes is not None else None)
         detection = _export_detection(spec.detection, types, codes)

@@ -185,6 +185,8 @@ class CaseResult:
     rule: str
     name: str
     problems: list[str] = field(default_factory=list)
+    kind: str = ""
+    """``positive`` (expects an alert of the rule), ``negative`` (``expect: []``) or empty."""
 
     @property
     def passed(self) -> bool:
@@ -261,6 +263,10 @@ def run_case(
 ) -> CaseResult:
     """Run one case on a fresh engine and compare its alerts with the expectations."""
     res = CaseResult(file, cf.rule, case.name)
+    if not case.expect:
+        res.kind = "negative"
+    elif any(e.rule in (None, cf.rule) for e in case.expect):
+        res.kind = "positive"
     try:
         engine = RulesEngine.from_config(merge(merge(base_config, cf.config), case.config),
                                          clock=FakeClock(parse_time(cf.start)), base_dir=base_dir)  # fmt: skip

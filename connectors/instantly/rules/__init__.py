@@ -1,6 +1,6 @@
 """The Instantly rule pack: the built-in Python rules (an explicit tuple), the YAML rules in
-``builtin.yaml``, the shipped test cases in ``cases/`` and the ATT&CK emulations in
-``sim/scenarios/emulation/`` (see :mod:`connectors.instantly.emulation`).
+``builtin.yaml``, the correlation rules in ``correlations.yaml``, the shipped test cases in ``cases/``
+and the ATT&CK emulations in ``sim/scenarios/emulation/`` (see :mod:`connectors.instantly.emulation`).
 
 Registered as the ``instantly`` entry of the ``instantly_audit.rule_packs`` group.
 """
@@ -46,7 +46,11 @@ RULES = (
 """Every built-in Python rule of the pack, in catalog order."""
 
 PACK = RulePack(
-    name="instantly", rules=RULES, yaml_files=(HERE / "builtin.yaml",), cases_dir=HERE / "cases",
+    name="instantly",
+    rules=RULES,
+    yaml_files=(HERE / "builtin.yaml", HERE / "correlations.yaml"),
+    cases_dir=HERE / "cases",
+    lock_file=HERE / "rules.lock.json",
     emulations_dir=HERE.parent / "sim" / "scenarios" / "emulation",
-)  # fmt: skip
+)
 """The pack the runtime loads (entry point ``instantly_audit.rule_packs: instantly``)."""

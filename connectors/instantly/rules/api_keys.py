@@ -115,7 +115,7 @@ class AllScopeKeyRule(_ScopeRule):
     """``api_key.all_scope``: a key with ``all:all`` (also on the baseline)."""
 
     meta = RuleMeta(
-        id="api_key.all_scope", title="API key with all:all scope", severity="critical",
+        id="api_key.all_scope", title="API key with all:all scope", severity="critical", version=2,
         attack=("T1098.001", "T1078.004"), basic=Basic.NO_ALL_ALL, event_types=("api_key.*",), suppress_secs=DAY,
         runbook=(
             "1. Find who owns the key (name, creation time, audit log 'API key created').\n"

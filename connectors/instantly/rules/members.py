@@ -99,7 +99,7 @@ class PrivilegedMemberRule(CatalogRule[PrivilegedParams]):
 
     Params = PrivilegedParams
     meta = RuleMeta(
-        id="member.privileged", title="Workspace member gained privileges", severity="high",
+        id="member.privileged", title="Workspace member gained privileges", severity="high", version=2,
         attack=("T1098.003",), basic=Basic.MEMBER_ROLES,
         event_types=("member.invited", "member.role_changed", "member.permissions_changed", "workspace.owner_changed",
                      "member.baseline", "workspace.baseline"),
