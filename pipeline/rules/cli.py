@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from pipeline.errors import ConfigError
 from pipeline.rules.cli_interop import register_interop
 from pipeline.rules.config import parse_rules_config
@@ -37,7 +39,25 @@ def cmd_test(args: argparse.Namespace) -> int:
     if not report.results:
         print(f"rules test: no case files under {args.dir or 'the installed rule packs'}", file=sys.stderr)
         return EXIT_USAGE
-    print(report.format())
+    if args.format == "json":
+        doc = {
+            "passed": not report.failed,
+            "rules": {rid: {"passed": ok, "failed": bad} for rid, (ok, bad) in report.by_rule().items()},
+            "cases": [
+                {
+                    "rule": r.rule,
+                    "name": r.name,
+                    "file": r.file,
+                    "kind": r.kind,
+                    "passed": r.passed,
+                    "problems": r.problems,
+                }
+                for r in report.results
+            ],
+        }
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(report.format())
     return EXIT_FAIL if report.failed else EXIT_OK
 
 
@@ -54,6 +74,12 @@ def cmd_list(args: argparse.Namespace) -> int:
          ",".join(r.meta.attack), r.meta.basic, r.meta.status)
         for r in ruleset.rules
     ]  # fmt: skip
+    if args.format == "json":
+        keys = ("id", "severity", "kind", "enabled", "attack", "basic", "status")
+        docs = [dict(zip(keys, (*row[:3], row[3] == "on", row[4].split(",") if row[4] else [], *row[5:]), strict=True))
+                for row in rows]  # fmt: skip
+        print(orjson.dumps(docs, option=orjson.OPT_INDENT_2).decode())
+        return EXIT_OK
     head = ("RULE", "SEVERITY", "KIND", "ENABLED", "ATT&CK", "SECURITY BASIC", "STATUS")
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
     for row in (head, *rows):
@@ -85,9 +111,11 @@ def register(subparsers: Any) -> None:
     )  # fmt: skip
     t.add_argument("dir", metavar="DIR", nargs="?", help="a case file or a directory of case files")
     t.add_argument("--rules", metavar="FILE", help="rules config (a config file or its rules section)")
+    t.add_argument("--format", choices=["text", "json"], default="text")
     t.set_defaults(func=cmd_test)
     ls = sub.add_parser("list", help="list the rules, their severity and whether they run")
     ls.add_argument("--rules", metavar="FILE", help="rules config (a config file or its rules section)")
+    ls.add_argument("--format", choices=["text", "json"], default="text")
     ls.set_defaults(func=cmd_list)
     register_interop(sub)
     add_lock_parser(sub, read_rules_file)

@@ -166,3 +166,14 @@ def test_messages_are_in_our_words(text: str, expected: str) -> None:
         parse_config(text, env={"K": "k" * 20})
     assert expected in str(info.value)
     assert "Value error" not in str(info.value) and "Input tag" not in str(info.value)
+
+
+def test_rules_commands_speak_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """``rules list --format json`` and ``rules test --format json`` print one JSON document each."""
+    assert main(["rules", "list", "--format", "json"]) == Exit.OK
+    rules = json.loads(capsys.readouterr().out)
+    assert {"id", "severity", "enabled", "attack", "status"} <= set(rules[0]) and len(rules) >= 23
+    assert main(["rules", "test", "--format", "json"]) == Exit.OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] is True and set(report["rules"]) == {r["id"] for r in rules}
+    assert all(c["passed"] for c in report["cases"])
