@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -34,8 +34,8 @@ from connectors.instantly.txn_pipeline import YIELD_EVERY, TxnPipeline, TxnWrite
 from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC, Bus, Header, Transaction
 from pipeline.errors import NormalizeError
 from pipeline.observability.logs import get_logger, redact_text
-from pipeline.observability.metrics import ID, KIND, STREAM, TYPE, WORKSPACE
-from pipeline.observability.telemetry import get_telemetry
+from pipeline.observability.metrics import ID, KIND, STREAM, TYPE, WORKSPACE, WORKSPACE_ID
+from pipeline.observability.telemetry import Telemetry, get_telemetry
 from pipeline.redaction.gate import GateRejected, encode_event, redact_tree, rejected_letter
 from schemas import deadletter
 from schemas.event import Event, WorkspaceRef
@@ -55,12 +55,14 @@ def snapshot_key(source_id: str, stream: str) -> str:
 
 @dataclass(frozen=True)
 class Publisher:
-    """Where a stream writes: the bus, the writer id, the source and the workspace of the events."""
+    """Where a stream writes: the bus, the writer id, the source and the workspace of the events,
+    and the telemetry its counts and trace headers come from (the poller passes its own)."""
 
     bus: Bus
     txn_id: str
     source_id: str
     workspace: WorkspaceRef
+    telemetry: Telemetry = field(default_factory=get_telemetry)
 
     def send(self, tx: Transaction, event: Event, trace: Sequence[Header] | None = None) -> None:
         """Buffer one event: topic ``instantly.events.v1``, key = workspace id, headers ``event_type``
@@ -69,7 +71,7 @@ class Publisher:
         ``trace``: the trace headers to attach, computed once per transaction by the caller
         (default: those of the current span).
         """
-        topic, value, key, headers = self.record(event, get_telemetry().trace_headers() if trace is None else trace)
+        topic, value, key, headers = self.record(event, self.telemetry.trace_headers() if trace is None else trace)
         tx.send(topic, value, key=key, headers=headers)
 
     def record(self, event: Event, trace: Sequence[Header]) -> tuple[str, bytes, bytes, tuple[Header, ...]]:
@@ -94,15 +96,15 @@ class Publisher:
 
     def count(self, stream: str, received: int, published: int, dropped: Mapping[str, int]) -> None:
         """Report one batch of ``stream`` (once per page or snapshot, after its transaction committed)."""
-        tel = get_telemetry()
+        tel, alias = self.telemetry, self.source_id
         labels = ("source", f"instantly_{stream}", self.source_id, self.workspace.id)
         if received:
-            tel.records_received(*labels, received)
+            tel.records_received(*labels, received, workspace=alias)
         if published:
-            tel.records_published(*labels, published)
+            tel.records_published(*labels, published, workspace=alias)
         for reason, n in dropped.items():
             if n:
-                tel.records_dropped(*labels, n, reason=reason)
+                tel.records_dropped(*labels, n, reason=reason, workspace=alias)
 
 
 async def publish_snapshot(pub: Publisher, stream: str, records: Sequence[dict[str, Any]], *, observed_at: str) -> int:
@@ -122,7 +124,7 @@ async def publish_snapshot(pub: Publisher, stream: str, records: Sequence[dict[s
     events = diff_snapshots(stream, previous, current, workspace=pub.workspace, observed_at=observed_at)
     new_raw = encode_snapshot(current)
     if events or new_raw != previous_raw:
-        trace = get_telemetry().trace_headers()
+        trace = pub.telemetry.trace_headers()
         async with pub.bus.transaction(pub.txn_id) as tx:
             for event in events:
                 pub.send(tx, event, trace)
@@ -221,8 +223,14 @@ async def _read_audit(
     after = cursor.last_id if incremental else None
     params = {"starting_after": after} if incremental and after else cursor.query(window.overlap_secs)
     pages = client.paginate(AUDIT_LOGS.path, params, limit=window.page_size)
-    tel = get_telemetry()
-    attrs = {KIND: "source", TYPE: f"instantly_{AUDIT_LOGS.name}", ID: pub.source_id, WORKSPACE: pub.workspace.id}
+    tel = pub.telemetry
+    attrs = {
+        KIND: "source",
+        TYPE: f"instantly_{AUDIT_LOGS.name}",
+        ID: pub.source_id,
+        WORKSPACE_ID: pub.workspace.id,
+        WORKSPACE: pub.source_id,
+    }
     mode = "incremental" if incremental else "full"
     async with aclosing(pages), TxnPipeline(pub.bus, pub.txn_id) as line:
         async for page in pages:
@@ -267,7 +275,7 @@ async def prepare_audit_batch(
     cannot be normalized becomes a dead letter (redacted). Pauses every :data:`YIELD_EVERY` records
     so the transaction ``line`` has in flight keeps committing meanwhile.
     """
-    trace = tuple(get_telemetry().trace_headers())
+    trace = tuple(pub.telemetry.trace_headers())
     key = pub.workspace.id.encode()
     out: list[tuple[str, bytes, bytes | None, tuple[Header, ...]]] = []
     dead: list[tuple[str, bytes, bytes | None, tuple[Header, ...]]] = []
