@@ -84,3 +84,15 @@ def source_plugins() -> dict[str, SourcePlugin]:
             raise ConfigError(f"source plugin {name!r} does not provide the SourcePlugin interface")
         out[name] = plugin
     return out
+
+
+async def configured_workspace_ids(cfg: PipelineConfig, bus: Bus) -> dict[str, str]:
+    """Every workspace alias of every installed source plugin → its vendor id, as far as the bus knows.
+
+    Raises:
+        ConfigError: a plugin is broken (see :func:`source_plugins`).
+    """
+    out: dict[str, str] = {}
+    for plugin in source_plugins().values():
+        out.update(await plugin.workspace_ids(cfg, bus))
+    return out
