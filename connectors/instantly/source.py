@@ -215,6 +215,7 @@ class InstantlyWorkspacePoller:
                             page_size=self.cfg.audit_page_size,
                             backfill_secs=self.audit_backfill_secs,
                             started_at=self._started_at,
+                            clock=self.clock,
                         )
                         await publish_audit_log(pub, self._client, window, counts)
                     elif spec is WORKSPACE_STREAM:
@@ -224,7 +225,8 @@ class InstantlyWorkspacePoller:
                         counts[stream] += await publish_snapshot(pub, stream, [ws_record], observed_at=format_time(now))
                     else:
                         items = await self._client.get_all(spec.path, limit=page_limit(spec))
-                        counts[stream] += await publish_snapshot(pub, stream, items, observed_at=format_time(now))
+                        listed = format_time(self.clock.now())  # after the listing: nothing in it is newer
+                        counts[stream] += await publish_snapshot(pub, stream, items, observed_at=listed)
                 except AuthError as err:
                     _failed(span, err)
                     for rest in self.streams[self.streams.index(stream) :]:

@@ -32,6 +32,7 @@ from connectors.instantly.redact import redact_record
 from connectors.instantly.snapshots import build_snapshot, decode_snapshot, diff_snapshots, encode_snapshot
 from connectors.instantly.txn_pipeline import YIELD_EVERY, TxnPipeline, TxnWrite
 from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC, Bus, Header, Transaction
+from pipeline.clock import Clock, format_time
 from pipeline.errors import NormalizeError
 from pipeline.observability.logs import get_logger, redact_text
 from pipeline.observability.metrics import ID, KIND, STREAM, TYPE, WORKSPACE, WORKSPACE_ID
@@ -144,6 +145,9 @@ class AuditWindow:
     backfill_secs: float | None = None
     started_at: float | None = None
     """When the poller process started: a full re-read older than this is repeated."""
+    clock: Clock | None = None
+    """When given, each page's events are stamped ``observed_at`` = when the page arrived (a record
+    written during the poll is never observed before it happened); else :attr:`observed_at`."""
 
 
 @dataclass
@@ -244,8 +248,9 @@ async def _read_audit(
             out.ids += sum(1 for r in page if record_id(r) is not None)
             if incremental and page_last is not None:
                 cursor.last_id = page_last
+            observed = format_time(window.clock.now()) if window.clock is not None else window.observed_at
             with tel.span("poll.page", {**attrs, STREAM: AUDIT_LOGS.name, "page.size": len(page), "read": mode}):
-                page_newest = await _publish_audit_page(pub, cursor, page, window, counts, line)
+                page_newest = await _publish_audit_page(pub, cursor, page, window, counts, line, observed)
             if page_newest is not None:
                 out.newest = page_newest if out.newest is None else max(out.newest, page_newest)
     return out
@@ -307,6 +312,7 @@ async def _publish_audit_page(
     window: AuditWindow,
     counts: dict[str, int],
     line: TxnPipeline,
+    observed_at: str,
 ) -> float | None:
     """Submit one page's new records and the cursor holding their ids as one transaction to ``line``.
 
@@ -320,7 +326,7 @@ async def _publish_audit_page(
     if not selection.new:
         pub.count(AUDIT_LOGS.name, len(page), 0, dropped)
         return None
-    batch = await prepare_audit_batch(pub, (r for r, _ts in selection.new), window.observed_at, line)
+    batch = await prepare_audit_batch(pub, (r for r, _ts in selection.new), observed_at, line)
     cursor.mark((str(r["id"]), ts) for r, ts in selection.new)
     state: dict[str, bytes | None] = {cursor_key(pub.source_id): cursor.to_bytes()}  # only pages up to this one
 
