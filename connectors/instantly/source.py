@@ -196,7 +196,7 @@ class InstantlyWorkspacePoller:
             ws_error = err
         for stream in self.streams:
             spec = BY_NAME[stream]
-            pub = Publisher(self.bus, self.txn_id, self.source_id, self.workspace, tel)
+            pub = Publisher(self.bus, self.txn_id, self.source_id, self.workspace, tel, self._client.workspace_id)
             now = self.clock.now()
             attrs = {
                 KIND: "source",
@@ -258,7 +258,7 @@ class InstantlyWorkspacePoller:
                     raise
                 else:
                     health.stream_ok(self.source_id, stream)
-                    tel.cursor_age_seconds(self.workspace.id, stream, now, workspace=self.source_id)
+                    tel.cursor_age_seconds(self._client.workspace_id, stream, now, workspace=self.source_id)
         log.info(
             "Poll finished.",
             extra={"source": self.source_id, "workspace": self.workspace.id, "published": dict(counts)},
@@ -328,7 +328,9 @@ class InstantlyWorkspacePoller:
         )
         if await self.bus.get_state(key) == event.id.encode():
             return 0
-        pub = Publisher(self.bus, self.txn_id, self.source_id, self.workspace, self.telemetry)
+        pub = Publisher(
+            self.bus, self.txn_id, self.source_id, self.workspace, self.telemetry, self._client.workspace_id
+        )
         with self.telemetry.span("bus.publish", {KIND: "source", ID: self.source_id, STREAM: stream}):
             async with self.bus.transaction(self.txn_id) as tx:
                 pub.send(tx, event)

@@ -64,6 +64,9 @@ class Publisher:
     source_id: str
     workspace: WorkspaceRef
     telemetry: Telemetry = field(default_factory=get_telemetry)
+    metric_workspace_id: str | None = None
+    """The ``workspace_id`` label of the counts (None: ``workspace.id``); the poller gives ``""``
+    until it has read the workspace's id, so its counts never carry the alias as an id."""
 
     def send(self, tx: Transaction, event: Event, trace: Sequence[Header] | None = None) -> None:
         """Buffer one event: topic ``instantly.events.v1``, key = workspace id, headers ``event_type``
@@ -98,7 +101,8 @@ class Publisher:
     def count(self, stream: str, received: int, published: int, dropped: Mapping[str, int]) -> None:
         """Report one batch of ``stream`` (once per page or snapshot, after its transaction committed)."""
         tel, alias = self.telemetry, self.source_id
-        labels = ("source", f"instantly_{stream}", self.source_id, self.workspace.id)
+        wid = self.workspace.id if self.metric_workspace_id is None else self.metric_workspace_id
+        labels = ("source", f"instantly_{stream}", self.source_id, wid)
         if received:
             tel.records_received(*labels, received, workspace=alias)
         if published:
