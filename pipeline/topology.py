@@ -31,7 +31,9 @@ from pipeline.bus.factory import open_bus
 from pipeline.clock import SYSTEM_CLOCK, Clock
 from pipeline.config.model import PipelineConfig
 from pipeline.errors import BusError, ConfigError, PipelineError
+from pipeline.observability.health import HealthRegistry, get_health, set_health
 from pipeline.observability.logs import get_logger, register_secret, setup_logging
+from pipeline.observability.telemetry import Telemetry, get_telemetry, set_telemetry, setup_telemetry
 from pipeline.redaction.urls import set_url_path_hosts
 from pipeline.sources.base import source_plugins
 
@@ -85,7 +87,11 @@ async def check_sinks(cfg: PipelineConfig) -> list[str]:
 
 
 class Pipeline:
-    """The components of the selected roles, built from config on an open bus."""
+    """The components of the selected roles, built from config on an open bus.
+
+    Every component gets ``telemetry`` and ``health`` at construction (default: the process's
+    current ones, read once here).
+    """
 
     def __init__(
         self,
@@ -96,8 +102,12 @@ class Pipeline:
         *,
         once: bool = False,
         config_dir: Path | None = None,
+        telemetry: Telemetry | None = None,
+        health: HealthRegistry | None = None,
     ):
         self.cfg = cfg
+        self.telemetry = telemetry if telemetry is not None else get_telemetry()
+        self.health = health if health is not None else get_health()
         self.config_dir = config_dir
         self.bus = bus
         self.roles = set(ROLES) if "all" in roles else set(roles)
@@ -122,15 +132,17 @@ class Pipeline:
         await self._stack.aclose()
 
     async def _build(self) -> None:
-        cfg, bus, clock = self.cfg, self.bus, self.clock
+        cfg, bus, clock, tel, health = self.cfg, self.bus, self.clock, self.telemetry, self.health
+        await self.name_workspaces()
         if "pollers" in self.roles:
             for plugin in source_plugins().values():
-                for source in plugin.build(cfg, bus, clock):
+                for source in plugin.build(cfg, bus, clock, telemetry=tel, health=health):
                     self.pollers.append(await self._stack.enter_async_context(source))
         if "rules" in self.roles:
             from pipeline.rules.worker import RulesWorker
 
-            self.rules = RulesWorker(bus, cfg.rules, clock=clock, base_dir=self.config_dir or cfg.config_dir)
+            base_dir = self.config_dir or cfg.config_dir
+            self.rules = RulesWorker(bus, cfg.rules, clock=clock, base_dir=base_dir, telemetry=tel)
         if "sinks" in self.roles:
             from pipeline.delivery.registry import build_sink
             from pipeline.delivery.runner import SinkRunner
@@ -140,7 +152,7 @@ class Pipeline:
                     continue
                 for secret in _walk_secrets(scfg):
                     register_secret(secret)
-                runner = SinkRunner(bus, build_sink(sid, scfg), scfg, clock=clock)
+                runner = SinkRunner(bus, build_sink(sid, scfg), scfg, clock=clock, telemetry=tel, health=health)
                 self.runners.append(await self._stack.enter_async_context(runner))
         if "webhook" in self.roles and cfg.webhook is not None:
             from pipeline.sources.webhook.receiver import WebhookReceiver
@@ -148,9 +160,20 @@ class Pipeline:
             wcfg = cfg.webhook
             for secret in _walk_secrets(wcfg):
                 register_secret(secret)
-            self.receiver = WebhookReceiver(wcfg, bus, clock=clock)
+            self.receiver = WebhookReceiver(wcfg, bus, clock=clock, telemetry=tel, health=health)
             await self.receiver.start()
             self._stack.push_async_callback(self.receiver.stop)
+
+    async def name_workspaces(self) -> None:
+        """Teach the telemetry each configured workspace's alias (from what the sources keep on the
+        bus), so metrics recorded with the workspace id alone carry the ``workspace`` alias too."""
+        for plugin in source_plugins().values():
+            try:
+                ids = await plugin.workspace_ids(self.cfg, self.bus)
+            except ConfigError:
+                continue  # a section this process does not use (its secrets are not resolved)
+            for alias, workspace_id in ids.items():
+                self.telemetry.name_workspace(workspace_id, alias)
 
     async def run_once(self) -> dict[str, Any]:
         """Poll every stream once, evaluate the rules, deliver every sink; return counts.
@@ -227,24 +250,31 @@ async def supervise(name: str, body: Callable[[], Awaitable[None]], stop: asynci
 
 
 async def monitor_bus(
-    bus: Bus, groups: list[tuple[str, list[str]]], stop: asyncio.Event, interval_secs: float = LAG_INTERVAL_SECS
+    bus: Bus,
+    groups: list[tuple[str, list[str]]],
+    stop: asyncio.Event,
+    interval_secs: float = LAG_INTERVAL_SECS,
+    *,
+    telemetry: Telemetry | None = None,
+    health: HealthRegistry | None = None,
+    refresh: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Every ``interval_secs`` until ``stop``: set each group's consumer lag per partition (end offset -
-    committed offset) and report the bus reachable or not to the health registry.
+    committed offset), report the bus reachable or not to the health registry, and call ``refresh``
+    (the topology re-reads the workspace aliases there).
 
     One group-less consumer stays open for the end offsets (it never reads and never commits);
-    it is reopened after a bus error.
+    it is reopened after a bus error. ``telemetry`` and ``health`` default to the process's current
+    ones, read once at the start.
     """
-    from pipeline.observability.health import get_health
-    from pipeline.observability.telemetry import get_telemetry
-
+    tel = telemetry if telemetry is not None else get_telemetry()
+    health = health if health is not None else get_health()
     topics = sorted({t for _, ts in groups for t in ts}) or [EVENTS_TOPIC]
     consumer: Consumer | None = None
     failing_since: float | None = None
     loop = asyncio.get_running_loop()
     try:
         while not stop.is_set():
-            tel, health = get_telemetry(), get_health()
             operation = "consumer"
             try:
                 if consumer is None:
@@ -258,6 +288,9 @@ async def monitor_bus(
                         for tp, end in ends.items():
                             if tp.topic == topic:
                                 tel.consumer_lag(group, topic, tp.partition, max(0, end - committed.get(tp, 0)))
+                if refresh is not None:
+                    operation = "state"
+                    await refresh()
                 health.bus_ok()
                 if failing_since is not None:
                     log.info(
@@ -303,18 +336,21 @@ async def run_pipeline(
         setup_logging(cfg.logging.format, cfg.logging.level)
     register_config_secrets(cfg)
     roles = roles or {"all"}
-    from pipeline.observability.health import HealthRegistry, set_health
     from pipeline.observability.service import ServiceServer
-    from pipeline.observability.telemetry import get_telemetry, set_telemetry, setup_telemetry
 
     role_name = "all" if "all" in roles else "+".join(sorted(roles))
     telemetry = setup_telemetry(cfg.telemetry, role=role_name, clock=clock)
-    health = HealthRegistry(clock)
+    health = HealthRegistry(clock, telemetry=telemetry)
     previous_health = set_health(health)
     health.expect_bus()
     service: ServiceServer | None = None
     try:
-        async with open_bus(cfg.bus) as bus, Pipeline(cfg, bus, roles, clock, once=once, config_dir=config_dir) as pipe:
+        async with (
+            open_bus(cfg.bus) as bus,
+            Pipeline(
+                cfg, bus, roles, clock, once=once, config_dir=config_dir, telemetry=telemetry, health=health
+            ) as pipe,
+        ):
             health.bus_ok()
             if once:
                 summary = await pipe.run_once()
@@ -323,7 +359,7 @@ async def run_pipeline(
                     print(f"run --once: {line}", file=sys.stderr)
                 return 1 if summary["problems"] else 0
             if cfg.service.enabled:
-                service = ServiceServer(get_telemetry(), health, cfg.service.host, cfg.service.port, clock=clock)
+                service = ServiceServer(telemetry, health, cfg.service.host, cfg.service.port, clock=clock)
                 await service.start()
                 log.info("Service port open", extra={"url": f"http://{cfg.service.host}:{service.port}/metrics"})
             return await _run_forever(pipe, stop, config_path)
@@ -380,7 +416,15 @@ async def _run_forever(pipe: Pipeline, stop: asyncio.Event | None, config_path: 
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, on_hup)
     tasks = [asyncio.create_task(supervise(n, b, stop), name=n) for n, b in pipe.tasks(stop)]
-    monitor = functools.partial(monitor_bus, pipe.bus, pipe.consumer_groups(), stop)
+    monitor = functools.partial(
+        monitor_bus,
+        pipe.bus,
+        pipe.consumer_groups(),
+        stop,
+        telemetry=pipe.telemetry,
+        health=pipe.health,
+        refresh=pipe.name_workspaces,
+    )
     monitor_task = asyncio.create_task(supervise("bus-monitor", monitor, stop), name="bus-monitor")
     log.info("Pipeline running", extra={"roles": sorted(pipe.roles), "tasks": len(tasks)})
     await stop.wait()

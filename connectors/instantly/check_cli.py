@@ -43,7 +43,6 @@ from typing import Any
 
 from connectors.instantly import repo_scan
 from connectors.instantly.checklist import CHECKLIST
-from connectors.instantly.config import workspaces
 from connectors.instantly.posture.cross_reference import cross_reference
 from connectors.instantly.posture.run import check_workspaces
 from connectors.instantly.posture.settings import PostureSettings, settings_from
@@ -105,7 +104,7 @@ async def run_check(args: argparse.Namespace, *, clock: Clock = SYSTEM_CLOCK, cf
         checked = await check_workspaces(cfg, settings, clock=clock, only=args.workspace, base_dir=base_dir)
         results += checked.results
         live = checked.live_keys
-        targets += [f"workspace {w}" for w in workspaces(cfg) if not args.workspace or w in args.workspace]
+        targets += [f"workspace {w}" for w in checked.checked]
     if args.repo:
         repo = Path(args.repo)
         if not await asyncio.to_thread(repo.is_dir):
@@ -156,7 +155,12 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--config", "-c", help="pipeline config file (workspaces, rules, check settings)")
     p.add_argument("--repo", metavar="PATH", help="also check this repository (files and git history)")
-    p.add_argument("--workspace", action="append", metavar="ID", help="only this configured workspace (repeatable)")
+    p.add_argument(
+        "--workspace",
+        action="append",
+        metavar="ALIAS|ID",
+        help="only this workspace: its alias in the config or its Instantly id (repeatable)",
+    )
     p.add_argument("--format", choices=["table", "json", "sarif"], default="table")
     p.add_argument("--output", "-o", metavar="FILE", help="write the report here (the table still goes to stdout)")
     p.add_argument("--fail-on", type=_fail_on, default=None, metavar="SEVERITY",

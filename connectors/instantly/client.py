@@ -41,7 +41,7 @@ from connectors.instantly.responses import (
 from pipeline import __version__
 from pipeline.errors import RateLimitedError, SourceError, UpstreamError
 from pipeline.observability.logs import get_logger
-from pipeline.observability.telemetry import get_telemetry
+from pipeline.observability.telemetry import Telemetry, get_telemetry
 
 __all__ = ["USER_AGENT", "ClientRequestError", "InstantlyClient", "SessionFactory"]
 
@@ -77,6 +77,7 @@ class InstantlyClient:
         backoff_max_secs: float = 60.0,
         max_pages: int = 10_000,
         source_id: str = "",
+        telemetry: Telemetry | None = None,
     ):
         self._api_key = cfg.api_key
         self._as_workspace = cfg.as_workspace
@@ -97,8 +98,11 @@ class InstantlyClient:
         """Attempts that were retried."""
         self.source_id = source_id
         """The config key of the workspace (``component.id`` of the retry metric)."""
-        self.workspace_label = cfg.as_workspace or source_id
-        """The ``workspace`` label of the request metrics (the poller sets the workspace id once known)."""
+        self.workspace_id = cfg.as_workspace or ""
+        """The ``workspace_id`` label of the request metrics (the poller sets it once the id is known);
+        the ``workspace`` label is ``source_id``, the config alias."""
+        self.telemetry = telemetry if telemetry is not None else get_telemetry()
+        """Where the request and retry metrics go (default: the process's telemetry when built)."""
 
     def __repr__(self) -> str:
         return f"InstantlyClient(base_url={self.base_url!r})"
@@ -260,7 +264,7 @@ class InstantlyClient:
                         "delay_secs": round(delay, 3),
                     },
                 )
-                get_telemetry().retries(self.source_id, _retry_reason(status, err), kind="source")
+                self.telemetry.retries(self.source_id, _retry_reason(status, err), kind="source")
             self.retries += 1
             attempt += 1
             await self._sleep(delay)
@@ -289,13 +293,13 @@ class InstantlyClient:
         except (aiohttp.ClientError, TimeoutError) as err:
             kind = "timed out" if isinstance(err, TimeoutError) else "failed"
             failure = UpstreamError(f"{method} {path}: request {kind} ({type(err).__name__})")
-        tel = get_telemetry()
+        tel, wid, alias = self.telemetry, self.workspace_id, self.source_id
         if failure is None:
-            tel.api_requests(self.workspace_label, status)
+            tel.api_requests(wid, status, workspace=alias)
             if status == 429:
-                tel.api_rate_limited(self.workspace_label)
+                tel.api_rate_limited(wid, workspace=alias)
             return status, raw, retry_after
-        tel.api_requests(self.workspace_label, 0)
+        tel.api_requests(wid, 0, workspace=alias)
         # Raised outside the except block: the aiohttp error is neither the cause nor the context.
         raise failure
 

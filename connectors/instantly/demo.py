@@ -25,7 +25,7 @@ from rich.table import Table
 from connectors.instantly.config import BudgetConfig, WorkspaceConfig
 from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Consumer
 from pipeline.bus.sqlite import SqliteBus
-from pipeline.clock import SYSTEM_CLOCK
+from pipeline.clock import SYSTEM_CLOCK, Clock
 from pipeline.config.base import EnvValue
 from pipeline.observability.logs import register_secret, setup_logging
 
@@ -95,7 +95,10 @@ async def run_demo(speed: float = 1.0, workdir: Path | None = None, console: Con
     events: list[dict[str, Any]] = []
     alerts: list[dict[str, Any]] = []
     try:
-        sim = InstantlySimulator(seed=7, clock=ScaledClock(speed)) if speed != 1.0 else InstantlySimulator(seed=7)
+        # One clock for the simulator and its watchers: at speed 4 the simulator's time runs ahead of
+        # the wall clock, and a poller on the wall clock would observe events before they happened.
+        clock: Clock = ScaledClock(speed) if speed != 1.0 else SYSTEM_CLOCK
+        sim = InstantlySimulator(seed=7, clock=clock.now) if speed != 1.0 else InstantlySimulator(seed=7)
         world = demo_world(sim.state)
         register_secret(world.poller_key.key)
         async with sim, SqliteBus(workdir / "bus.db") as bus:
@@ -111,8 +114,8 @@ async def run_demo(speed: float = 1.0, workdir: Path | None = None, console: Con
                 f"Simulator: {sim.url} (workspace [bold]Acme Outreach[/]); bus: {workdir / 'bus.db'}\n"
                 "First poll: baseline of what already exists, then the scripted incident plays out.\n"
             )
-            rules = RulesWorker(bus, DEMO_RULES, clock=SYSTEM_CLOCK)
-            async with InstantlyWorkspacePoller("acme", cfg, bus, clock=SYSTEM_CLOCK, audit_backfill_secs=0) as poller:
+            rules = RulesWorker(bus, DEMO_RULES, clock=clock)
+            async with InstantlyWorkspacePoller("acme", cfg, bus, clock=clock, audit_backfill_secs=0) as poller:
                 ev_c = bus.consumer([EVENTS_TOPIC], start="earliest")
                 al_c = bus.consumer([ALERTS_TOPIC], start="earliest")
                 async with ev_c, al_c:

@@ -42,10 +42,10 @@ from connectors.instantly.streams import (
 from pipeline.bus.base import Bus
 from pipeline.clock import Clock, format_time
 from pipeline.errors import AuthError, BusError, NotFoundError, PaymentRequiredError, ScopeError, SourceError
-from pipeline.observability.health import get_health
+from pipeline.observability.health import HealthRegistry, get_health
 from pipeline.observability.logs import get_logger
-from pipeline.observability.metrics import ID, KIND, STREAM, TYPE, WORKSPACE
-from pipeline.observability.telemetry import get_telemetry
+from pipeline.observability.metrics import ID, KIND, STREAM, TYPE, WORKSPACE, WORKSPACE_ID
+from pipeline.observability.telemetry import Telemetry, get_telemetry
 from schemas.event import WorkspaceRef
 
 log = get_logger("instantly.poller")
@@ -73,7 +73,10 @@ def marker_key(source_id: str, event_type: str, stream: str) -> str:
 
 
 class InstantlyWorkspacePoller:
-    """Polls one workspace; use ``async with`` (or call :meth:`aclose`) to release the HTTP session."""
+    """Polls one workspace; use ``async with`` (or call :meth:`aclose`) to release the HTTP session.
+
+    ``telemetry`` and ``health`` default to the process's current ones, read once here.
+    """
 
     def __init__(
         self,
@@ -87,6 +90,8 @@ class InstantlyWorkspacePoller:
         rng: random.Random | None = None,
         sleep: Sleep = asyncio.sleep,
         audit_backfill_secs: float | None = None,
+        telemetry: Telemetry | None = None,
+        health: HealthRegistry | None = None,
     ):
         self.source_id = source_id
         self.last_failures: dict[str, str] = {}
@@ -98,12 +103,22 @@ class InstantlyWorkspacePoller:
         self.streams: tuple[str, ...] = tuple(dict.fromkeys(cfg.streams))
         self.audit_backfill_secs = audit_backfill_secs
         """First poll only: how far back to read the audit log (``None`` = all the API returns)."""
+        self.telemetry = telemetry if telemetry is not None else get_telemetry()
+        self.health = health if health is not None else get_health()
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._client = InstantlyClient(
-            cfg, budget=budget, session_factory=session_factory, rng=self._rng, sleep=sleep, source_id=source_id
+            cfg,
+            budget=budget,
+            session_factory=session_factory,
+            rng=self._rng,
+            sleep=sleep,
+            source_id=source_id,
+            telemetry=self.telemetry,
         )
         self._opened = False
         self.workspace = WorkspaceRef(cfg.as_workspace or source_id, cfg.name)
+        if cfg.as_workspace:
+            self.telemetry.name_workspace(cfg.as_workspace, source_id)
         self._identity_loaded = False
         self._started_at = clock.now()
         """Process start, for the audit log: its first poll here repeats an older full re-read."""
@@ -122,7 +137,7 @@ class InstantlyWorkspacePoller:
             self._opened = True
             stale_after = max(3 * self.cfg.poll_interval_secs, 300.0)
             for stream in self.streams:
-                get_health().watch_stream(self.source_id, stream, stale_after_secs=stale_after)
+                self.health.watch_stream(self.source_id, stream, stale_after_secs=stale_after)
 
     async def aclose(self) -> None:
         """Close the HTTP session."""
@@ -141,7 +156,7 @@ class InstantlyWorkspacePoller:
                 try:
                     await self.poll_once()
                 except BusError as err:
-                    get_telemetry().bus_errors("publish", type(err).__name__)
+                    self.telemetry.bus_errors("publish", type(err).__name__)
                     if not err.retriable:
                         raise
                     log.warning(
@@ -165,7 +180,7 @@ class InstantlyWorkspacePoller:
         counts = {s: 0 for s in self.streams}
         counts["pipeline"] = 0
         await self._load_identity()
-        tel, health = get_telemetry(), get_health()
+        tel, health = self.telemetry, self.health
         ws_record: dict[str, Any] | None = None
         ws_error: SourceError | None = None
         try:
@@ -181,9 +196,15 @@ class InstantlyWorkspacePoller:
             ws_error = err
         for stream in self.streams:
             spec = BY_NAME[stream]
-            pub = Publisher(self.bus, self.txn_id, self.source_id, self.workspace)
+            pub = Publisher(self.bus, self.txn_id, self.source_id, self.workspace, tel, self._client.workspace_id)
             now = self.clock.now()
-            attrs = {KIND: "source", TYPE: f"instantly_{stream}", ID: self.source_id, WORKSPACE: self.workspace.id}
+            attrs = {
+                KIND: "source",
+                TYPE: f"instantly_{stream}",
+                ID: self.source_id,
+                WORKSPACE_ID: self.workspace.id,
+                WORKSPACE: self.source_id,
+            }
             with tel.span("poll.stream", {**attrs, STREAM: stream}, kind=SpanKind.CLIENT) as span:
                 try:
                     if spec.kind == "audit":
@@ -194,6 +215,7 @@ class InstantlyWorkspacePoller:
                             page_size=self.cfg.audit_page_size,
                             backfill_secs=self.audit_backfill_secs,
                             started_at=self._started_at,
+                            clock=self.clock,
                         )
                         await publish_audit_log(pub, self._client, window, counts)
                     elif spec is WORKSPACE_STREAM:
@@ -203,7 +225,8 @@ class InstantlyWorkspacePoller:
                         counts[stream] += await publish_snapshot(pub, stream, [ws_record], observed_at=format_time(now))
                     else:
                         items = await self._client.get_all(spec.path, limit=page_limit(spec))
-                        counts[stream] += await publish_snapshot(pub, stream, items, observed_at=format_time(now))
+                        listed = format_time(self.clock.now())  # after the listing: nothing in it is newer
+                        counts[stream] += await publish_snapshot(pub, stream, items, observed_at=listed)
                 except AuthError as err:
                     _failed(span, err)
                     for rest in self.streams[self.streams.index(stream) :]:
@@ -235,7 +258,7 @@ class InstantlyWorkspacePoller:
                     raise
                 else:
                     health.stream_ok(self.source_id, stream)
-                    tel.cursor_age_seconds(self.source_id, stream, now)
+                    tel.cursor_age_seconds(self._client.workspace_id, stream, now, workspace=self.source_id)
         log.info(
             "Poll finished.",
             extra={"source": self.source_id, "workspace": self.workspace.id, "published": dict(counts)},
@@ -255,7 +278,7 @@ class InstantlyWorkspacePoller:
         if isinstance(doc, dict) and isinstance(doc.get("id"), str) and doc["id"]:
             name = doc.get("name")
             self.workspace = WorkspaceRef(doc["id"], name if isinstance(name, str) else self.cfg.name)
-            self._client.workspace_label = self.workspace.id
+            self._learned(self.workspace.id)
 
     async def _remember_identity(self, record: dict[str, Any]) -> None:
         wid, name = record.get("id"), record.get("name")
@@ -264,9 +287,14 @@ class InstantlyWorkspacePoller:
         ref = WorkspaceRef(wid, name if isinstance(name, str) else self.cfg.name)
         if ref != self.workspace:
             self.workspace = ref
-            self._client.workspace_label = ref.id
+            self._learned(ref.id)
             async with self.bus.transaction(self.txn_id) as tx:
                 tx.put_state(identity_key(self.source_id), orjson.dumps({"id": ref.id, "name": ref.name}))
+
+    def _learned(self, workspace_id: str) -> None:
+        """The workspace id is known: label the request metrics with it and teach the telemetry the alias."""
+        self._client.workspace_id = workspace_id
+        self.telemetry.name_workspace(workspace_id, self.source_id)
 
     # ---- pipeline events --------------------------------------------------------------------
     async def _pipeline_event(self, event_type: str, stream: str, err: SourceError) -> int:
@@ -300,8 +328,10 @@ class InstantlyWorkspacePoller:
         )
         if await self.bus.get_state(key) == event.id.encode():
             return 0
-        pub = Publisher(self.bus, self.txn_id, self.source_id, self.workspace)
-        with get_telemetry().span("bus.publish", {KIND: "source", ID: self.source_id, STREAM: stream}):
+        pub = Publisher(
+            self.bus, self.txn_id, self.source_id, self.workspace, self.telemetry, self._client.workspace_id
+        )
+        with self.telemetry.span("bus.publish", {KIND: "source", ID: self.source_id, STREAM: stream}):
             async with self.bus.transaction(self.txn_id) as tx:
                 pub.send(tx, event)
                 tx.put_state(key, event.id.encode())

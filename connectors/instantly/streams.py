@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -32,10 +32,11 @@ from connectors.instantly.redact import redact_record
 from connectors.instantly.snapshots import build_snapshot, decode_snapshot, diff_snapshots, encode_snapshot
 from connectors.instantly.txn_pipeline import YIELD_EVERY, TxnPipeline, TxnWrite
 from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC, Bus, Header, Transaction
+from pipeline.clock import Clock, format_time
 from pipeline.errors import NormalizeError
 from pipeline.observability.logs import get_logger, redact_text
-from pipeline.observability.metrics import ID, KIND, STREAM, TYPE, WORKSPACE
-from pipeline.observability.telemetry import get_telemetry
+from pipeline.observability.metrics import ID, KIND, STREAM, TYPE, WORKSPACE, WORKSPACE_ID
+from pipeline.observability.telemetry import Telemetry, get_telemetry
 from pipeline.redaction.gate import GateRejected, encode_event, redact_tree, rejected_letter
 from schemas import deadletter
 from schemas.event import Event, WorkspaceRef
@@ -55,12 +56,17 @@ def snapshot_key(source_id: str, stream: str) -> str:
 
 @dataclass(frozen=True)
 class Publisher:
-    """Where a stream writes: the bus, the writer id, the source and the workspace of the events."""
+    """Where a stream writes: the bus, the writer id, the source and the workspace of the events,
+    and the telemetry its counts and trace headers come from (the poller passes its own)."""
 
     bus: Bus
     txn_id: str
     source_id: str
     workspace: WorkspaceRef
+    telemetry: Telemetry = field(default_factory=get_telemetry)
+    metric_workspace_id: str | None = None
+    """The ``workspace_id`` label of the counts (None: ``workspace.id``); the poller gives ``""``
+    until it has read the workspace's id, so its counts never carry the alias as an id."""
 
     def send(self, tx: Transaction, event: Event, trace: Sequence[Header] | None = None) -> None:
         """Buffer one event: topic ``instantly.events.v1``, key = workspace id, headers ``event_type``
@@ -69,7 +75,7 @@ class Publisher:
         ``trace``: the trace headers to attach, computed once per transaction by the caller
         (default: those of the current span).
         """
-        topic, value, key, headers = self.record(event, get_telemetry().trace_headers() if trace is None else trace)
+        topic, value, key, headers = self.record(event, self.telemetry.trace_headers() if trace is None else trace)
         tx.send(topic, value, key=key, headers=headers)
 
     def record(self, event: Event, trace: Sequence[Header]) -> tuple[str, bytes, bytes, tuple[Header, ...]]:
@@ -94,15 +100,16 @@ class Publisher:
 
     def count(self, stream: str, received: int, published: int, dropped: Mapping[str, int]) -> None:
         """Report one batch of ``stream`` (once per page or snapshot, after its transaction committed)."""
-        tel = get_telemetry()
-        labels = ("source", f"instantly_{stream}", self.source_id, self.workspace.id)
+        tel, alias = self.telemetry, self.source_id
+        wid = self.workspace.id if self.metric_workspace_id is None else self.metric_workspace_id
+        labels = ("source", f"instantly_{stream}", self.source_id, wid)
         if received:
-            tel.records_received(*labels, received)
+            tel.records_received(*labels, received, workspace=alias)
         if published:
-            tel.records_published(*labels, published)
+            tel.records_published(*labels, published, workspace=alias)
         for reason, n in dropped.items():
             if n:
-                tel.records_dropped(*labels, n, reason=reason)
+                tel.records_dropped(*labels, n, reason=reason, workspace=alias)
 
 
 async def publish_snapshot(pub: Publisher, stream: str, records: Sequence[dict[str, Any]], *, observed_at: str) -> int:
@@ -122,7 +129,7 @@ async def publish_snapshot(pub: Publisher, stream: str, records: Sequence[dict[s
     events = diff_snapshots(stream, previous, current, workspace=pub.workspace, observed_at=observed_at)
     new_raw = encode_snapshot(current)
     if events or new_raw != previous_raw:
-        trace = get_telemetry().trace_headers()
+        trace = pub.telemetry.trace_headers()
         async with pub.bus.transaction(pub.txn_id) as tx:
             for event in events:
                 pub.send(tx, event, trace)
@@ -142,6 +149,9 @@ class AuditWindow:
     backfill_secs: float | None = None
     started_at: float | None = None
     """When the poller process started: a full re-read older than this is repeated."""
+    clock: Clock | None = None
+    """When given, each page's events are stamped ``observed_at`` = when the page arrived (a record
+    written during the poll is never observed before it happened); else :attr:`observed_at`."""
 
 
 @dataclass
@@ -221,8 +231,14 @@ async def _read_audit(
     after = cursor.last_id if incremental else None
     params = {"starting_after": after} if incremental and after else cursor.query(window.overlap_secs)
     pages = client.paginate(AUDIT_LOGS.path, params, limit=window.page_size)
-    tel = get_telemetry()
-    attrs = {KIND: "source", TYPE: f"instantly_{AUDIT_LOGS.name}", ID: pub.source_id, WORKSPACE: pub.workspace.id}
+    tel = pub.telemetry
+    attrs = {
+        KIND: "source",
+        TYPE: f"instantly_{AUDIT_LOGS.name}",
+        ID: pub.source_id,
+        WORKSPACE_ID: pub.workspace.id,
+        WORKSPACE: pub.source_id,
+    }
     mode = "incremental" if incremental else "full"
     async with aclosing(pages), TxnPipeline(pub.bus, pub.txn_id) as line:
         async for page in pages:
@@ -236,8 +252,9 @@ async def _read_audit(
             out.ids += sum(1 for r in page if record_id(r) is not None)
             if incremental and page_last is not None:
                 cursor.last_id = page_last
+            observed = format_time(window.clock.now()) if window.clock is not None else window.observed_at
             with tel.span("poll.page", {**attrs, STREAM: AUDIT_LOGS.name, "page.size": len(page), "read": mode}):
-                page_newest = await _publish_audit_page(pub, cursor, page, window, counts, line)
+                page_newest = await _publish_audit_page(pub, cursor, page, window, counts, line, observed)
             if page_newest is not None:
                 out.newest = page_newest if out.newest is None else max(out.newest, page_newest)
     return out
@@ -267,7 +284,7 @@ async def prepare_audit_batch(
     cannot be normalized becomes a dead letter (redacted). Pauses every :data:`YIELD_EVERY` records
     so the transaction ``line`` has in flight keeps committing meanwhile.
     """
-    trace = tuple(get_telemetry().trace_headers())
+    trace = tuple(pub.telemetry.trace_headers())
     key = pub.workspace.id.encode()
     out: list[tuple[str, bytes, bytes | None, tuple[Header, ...]]] = []
     dead: list[tuple[str, bytes, bytes | None, tuple[Header, ...]]] = []
@@ -299,6 +316,7 @@ async def _publish_audit_page(
     window: AuditWindow,
     counts: dict[str, int],
     line: TxnPipeline,
+    observed_at: str,
 ) -> float | None:
     """Submit one page's new records and the cursor holding their ids as one transaction to ``line``.
 
@@ -312,7 +330,7 @@ async def _publish_audit_page(
     if not selection.new:
         pub.count(AUDIT_LOGS.name, len(page), 0, dropped)
         return None
-    batch = await prepare_audit_batch(pub, (r for r, _ts in selection.new), window.observed_at, line)
+    batch = await prepare_audit_batch(pub, (r for r, _ts in selection.new), observed_at, line)
     cursor.mark((str(r["id"]), ts) for r, ts in selection.new)
     state: dict[str, bytes | None] = {cursor_key(pub.source_id): cursor.to_bytes()}  # only pages up to this one
 

@@ -33,6 +33,7 @@ from pipeline.bus.kafka_admin import KafkaTopics
 from pipeline.bus.kafka_client import PRODUCER_BATCH_BYTES, KafkaConnection, wrap_error
 from pipeline.bus.txn import BufferedTxn
 from pipeline.errors import BusError
+from pipeline.observability.telemetry import get_telemetry
 
 log = logging.getLogger("instantly_audit.bus.kafka")
 STALL_SECS = 5.0  # a transaction slower than this means the broker is unreachable or struggling
@@ -75,6 +76,7 @@ class KafkaWriters:
         self._partition_cache: dict[tuple[bytes, int], int] = {}
         self._outage_since: float | None = None
         self._failed_attempts = 0
+        self._telemetry = get_telemetry()  # read once: the composition root sets it before opening the bus
 
     async def close(self) -> None:
         """Stop every producer (errors while stopping are ignored)."""
@@ -226,10 +228,8 @@ class KafkaWriters:
 
     def _failed(self, txn_id: str, err: BaseException) -> None:
         """Count a failed transaction; say once per outage that publishing is paused."""
-        from pipeline.observability.telemetry import get_telemetry
-
         self._failed_attempts += 1
-        get_telemetry().bus_errors("transaction", type(err).__name__)
+        self._telemetry.bus_errors("transaction", type(err).__name__)
         if self._outage_since is None:
             self._outage_since = time.monotonic()
             log.warning(

@@ -24,7 +24,7 @@ from pipeline.delivery.base import Delivery, Kind, PreparedBatch, PreparingSink,
 from pipeline.delivery.filters import SinkFilter
 from pipeline.errors import BusError
 from pipeline.observability.logs import get_logger
-from pipeline.observability.telemetry import get_telemetry
+from pipeline.observability.telemetry import Telemetry, get_telemetry
 from schemas.alert import SCHEMA as ALERT_SCHEMA
 from schemas.codec import decode_document
 from schemas.errors import RecordError
@@ -97,8 +97,10 @@ class BatchReader:
         *,
         stopping: Callable[[], bool],
         poll_timeout_secs: float = 1.0,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.sink_id = sink.sink_id
+        self.telemetry = telemetry if telemetry is not None else get_telemetry()
         self.config = config
         self.consumer: Consumer | None = None
         self._preparer = sink if isinstance(sink, PreparingSink) else None
@@ -200,7 +202,7 @@ class BatchReader:
                 break
         if not batch.records:
             return None
-        get_telemetry().records_received("sink", cfg.type, self.sink_id, "", len(batch.records))
+        self.telemetry.records_received("sink", cfg.type, self.sink_id, "", len(batch.records))
         return batch
 
     def _add(self, batch: Batch, recs: list[Record]) -> list[Record]:

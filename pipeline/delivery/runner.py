@@ -54,10 +54,10 @@ from pipeline.delivery.base import Delivery, PreparingSink, Sink, SinkConfig
 from pipeline.delivery.batches import KINDS, TOPICS, Batch, BatchReader, decode
 from pipeline.delivery.deadletter import deadletter_record
 from pipeline.errors import BusError, SinkError
-from pipeline.observability.health import get_health
+from pipeline.observability.health import HealthRegistry, get_health
 from pipeline.observability.logs import get_logger
 from pipeline.observability.metrics import SINK, TYPE
-from pipeline.observability.telemetry import get_telemetry
+from pipeline.observability.telemetry import Telemetry, get_telemetry
 
 log = get_logger("delivery")
 
@@ -121,7 +121,8 @@ class SinkRunner:
 
     The runner opens and closes the sink and its consumer: use ``async with runner`` to keep
     them open across :meth:`run_once` calls; :meth:`run` and :meth:`run_once` open them for
-    the call when the runner is not open.
+    the call when the runner is not open. ``telemetry`` and ``health`` default to the process's
+    current ones, read once here.
     """
 
     def __init__(
@@ -135,8 +136,12 @@ class SinkRunner:
         sleep: Sleep = asyncio.sleep,
         rng: Callable[[], float] = random.random,
         poll_timeout_secs: float = 1.0,
+        telemetry: Telemetry | None = None,
+        health: HealthRegistry | None = None,
     ) -> None:
         self.bus = bus
+        self.telemetry = telemetry if telemetry is not None else get_telemetry()
+        self.health_registry = health if health is not None else get_health()
         self.sink = sink
         self.config = config
         self.sink_id = sink.sink_id
@@ -146,7 +151,9 @@ class SinkRunner:
         self._sleep = sleep
         self._backoff = Backoff(config.retry_initial_secs, config.retry_max_secs, rng=rng)
         self._circuit = Circuit(config.circuit_failures, config.circuit_open_secs, clock, self.sink_id)
-        self._reader = BatchReader(sink, config, stopping=self._stopping, poll_timeout_secs=poll_timeout_secs)
+        self._reader = BatchReader(
+            sink, config, stopping=self._stopping, poll_timeout_secs=poll_timeout_secs, telemetry=self.telemetry
+        )
         self._preparer = sink if isinstance(sink, PreparingSink) else None
         self._stack: AsyncExitStack | None = None
         self._consumer: Consumer | None = None
@@ -195,7 +202,7 @@ class SinkRunner:
         if state is not self._reported:
             self._reported = state
             why = self._circuit.last_error if state is CircuitState.OPEN else None
-            get_health().circuit(self.sink_id, state, reason=why)
+            self.health_registry.circuit(self.sink_id, state, reason=why)
 
     def health(self) -> RunnerHealth:
         """The circuit state and running totals."""
@@ -298,7 +305,7 @@ class SinkRunner:
                 return False
             if batch.attempt > 0:
                 stats.retries += 1
-                get_telemetry().retries(self.sink_id, batch.error_kind or "error", kind="sink")
+                self.telemetry.retries(self.sink_id, batch.error_kind or "error", kind="sink")
             before = len(batch.pending)
             error, fatal, retry_after = await self._attempt(batch, stats)
             if not batch.pending:
@@ -323,7 +330,7 @@ class SinkRunner:
     async def _attempt(self, batch: Batch, stats: RunStats) -> tuple[str | None, bool, float | None]:
         """Send the pending deliveries once; return (error if no progress, fatal, retry_after)."""
         pending = batch.pending
-        tel = get_telemetry()
+        tel = self.telemetry
         if batch.links is None:
             batch.links = tel.links(rec.headers for rec in batch.records)
         attrs: dict[str, AttributeValue] = {
@@ -451,7 +458,7 @@ class SinkRunner:
                     txn.commit_offsets(self.group, pending.offsets)
                 break
             except BusError as err:
-                get_telemetry().bus_errors("commit", type(err).__name__)
+                self.telemetry.bus_errors("commit", type(err).__name__)
                 if not err.retriable:
                     raise
                 log.warning("Offset commit failed; retrying.", extra={"sink": self.sink_id, "error": err.message})
@@ -463,7 +470,7 @@ class SinkRunner:
                 extra={"sink": self.sink_id, "topic": rec.topic,
                        "partition": rec.partition, "offset": rec.offset, "error": error},
             )  # fmt: skip
-        tel = get_telemetry()
+        tel = self.telemetry
         if pending.dead:
             tel.records_dropped("sink", sink_type, self.sink_id, "", len(pending.dead), reason="dead_letter")
         if pending.filtered:

@@ -11,7 +11,11 @@ stream that stops succeeding becomes stale without anyone reporting the absence:
 * any named check set with :meth:`HealthRegistry.set_check` (e.g. the webhook listener).
 
 ``/healthz`` does not consult the registry: a process that answers is alive. Circuit
-changes are mirrored to the ``pipeline.sink.circuit.open`` gauge of the current telemetry.
+changes are mirrored to the ``pipeline.sink.circuit.open`` gauge of the registry's telemetry
+(given at construction; default: the process's current one).
+
+Components take the registry at construction (``health=``, default: :func:`get_health` read
+once) and keep it; :func:`set_health` is for the composition root and tests.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from pipeline.clock import SYSTEM_CLOCK, Clock
-from pipeline.observability.telemetry import get_telemetry
+from pipeline.observability.telemetry import Telemetry, get_telemetry
 
 CircuitStateName = Literal["closed", "open", "half_open"]
 
@@ -82,8 +86,9 @@ def _error_text(error: str | BaseException) -> str:
 class HealthRegistry:
     """Where components report readiness facts; thread-safe, cheap to call on every operation."""
 
-    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK, *, telemetry: Telemetry | None = None) -> None:
         self._clock = clock
+        self.telemetry = telemetry if telemetry is not None else get_telemetry()
         self._lock = threading.Lock()
         self._bus_expected = False
         self._bus_ok: float | None = None
@@ -158,7 +163,7 @@ class HealthRegistry:
             raise ValueError(f"unknown circuit state {name!r}")
         with self._lock:
             self._circuits[sink] = (cast(CircuitStateName, name), reason)
-        get_telemetry().sink_circuit(sink, name == "open")
+        self.telemetry.sink_circuit(sink, name == "open")
 
     def forget_sink(self, sink: str) -> None:
         """Stop reporting a sink."""

@@ -12,6 +12,7 @@ through a URL or a header. Library loggers (``asyncio``, ``aiohttp``, ``aiokafka
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
@@ -126,8 +127,13 @@ class JsonFormatter(logging.Formatter):
         return _CONTROL.sub(_json_escape, orjson.dumps(out, default=str).decode())
 
 
+def no_color() -> bool:
+    """Whether ``NO_COLOR`` asks for no colour (set to anything but the empty string; no-color.org)."""
+    return os.environ.get("NO_COLOR", "") != ""
+
+
 class ConsoleFormatter(logging.Formatter):
-    """Readable lines for a terminal, coloured by level."""
+    """Readable lines for a terminal, coloured by level unless ``NO_COLOR`` is set."""
 
     COLORS = {
         "DEBUG": "\x1b[2m",
@@ -139,7 +145,7 @@ class ConsoleFormatter(logging.Formatter):
 
     def __init__(self, color: bool):
         super().__init__()
-        self.color = color
+        self.color = color and not no_color()
 
     def format(self, record: logging.LogRecord) -> str:
         """Render the record."""

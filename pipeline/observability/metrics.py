@@ -2,6 +2,10 @@
 
 :data:`METRICS` lists every metric with its OTel name and the series name Prometheus shows
 (dashboards and alert rules are tested against it); :mod:`pipeline.telemetry` records them.
+
+Every metric with a workspace dimension carries both ``workspace_id`` (the workspace's id at the
+vendor, e.g. the Instantly UUID) and ``workspace`` (the alias the config gives it, e.g. ``acme``),
+always together (:data:`WORKSPACE_LABELS`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from typing import Final, Literal
 KIND: Final = "component.kind"  # source | bus | rules | sink | webhook
 TYPE: Final = "component.type"  # the config `type`, e.g. instantly_audit_logs, splunk_hec
 ID: Final = "component.id"  # the user's id for the component, e.g. the workspace key or sink id
-WORKSPACE: Final = "workspace"
+WORKSPACE_ID: Final = "workspace_id"  # the workspace's id at the vendor (the Instantly UUID)
+WORKSPACE: Final = "workspace"  # the config alias of the workspace (empty when the config names none)
 REASON: Final = "reason"
 RULE: Final = "rule.id"
 SEVERITY: Final = "severity"
@@ -27,6 +32,9 @@ STREAM: Final = "stream"
 SOURCE: Final = "source"
 OPERATION: Final = "operation"
 CHECK: Final = "check"
+
+WORKSPACE_LABELS: Final = (WORKSPACE_ID, WORKSPACE)
+"""The two workspace attributes, in the order every metric lists them."""
 
 Instrument = Literal["counter", "gauge", "observable_gauge"]
 _UNIT_SUFFIX = {"s": "seconds", "ms": "milliseconds", "By": "bytes"}
@@ -60,7 +68,7 @@ class MetricSpec:
         return tuple(a.replace(".", "_") for a in self.attributes)
 
 
-_C = (KIND, TYPE, ID, WORKSPACE)
+_C = (KIND, TYPE, ID, WORKSPACE_ID, WORKSPACE)
 RECORDS_RECEIVED = MetricSpec(
     "pipeline.component.events.received",
     "counter",
@@ -78,17 +86,25 @@ COMPONENT_ERRORS = MetricSpec(
     "pipeline.component.errors", "counter", "{error}", "Errors a component met, by error type.", (*_C, ERROR_TYPE)
 )
 ALERTS_RAISED = MetricSpec(
-    "pipeline.alerts.raised", "counter", "{alert}", "Alerts raised by the rules.", (RULE, SEVERITY, WORKSPACE)
+    "pipeline.alerts.raised",
+    "counter",
+    "{alert}",
+    "Alerts raised by the rules.",
+    (RULE, SEVERITY, WORKSPACE_ID, WORKSPACE),
 )
 API_REQUESTS = MetricSpec(
     "pipeline.instantly.api.requests",
     "counter",
     "{request}",
     "Instantly API responses, by status.",
-    (WORKSPACE, STATUS),
+    (WORKSPACE_ID, WORKSPACE, STATUS),
 )
 API_RATE_LIMITED = MetricSpec(
-    "pipeline.instantly.api.rate_limited", "counter", "{response}", "Instantly API 429 answers.", (WORKSPACE,)
+    "pipeline.instantly.api.rate_limited",
+    "counter",
+    "{response}",
+    "Instantly API 429 answers.",
+    (WORKSPACE_ID, WORKSPACE),
 )
 RETRIES = MetricSpec("pipeline.retries", "counter", "{retry}", "Retried operations, by reason.", (KIND, ID, REASON))
 SINK_DELIVERIES = MetricSpec(
@@ -110,7 +126,7 @@ CURSOR_AGE = MetricSpec(
     "observable_gauge",
     "s",
     "Seconds since the time up to which a stream is known complete.",
-    (WORKSPACE, STREAM),
+    (WORKSPACE_ID, WORKSPACE, STREAM),
 )
 WEBHOOK_REJECTIONS = MetricSpec(
     "pipeline.webhook.rejections", "counter", "{request}", "Webhook requests refused, by reason.", (SOURCE, REASON)

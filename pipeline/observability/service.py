@@ -8,7 +8,7 @@
 
 Usage::
 
-    server = ServiceServer(get_telemetry(), get_health(), cfg.service.host, cfg.service.port)
+    server = ServiceServer(telemetry, health, cfg.service.host, cfg.service.port)
     await server.start()      # server.port is the bound port (useful with port 0)
     ...
     await server.stop()

@@ -1,12 +1,22 @@
 """OpenTelemetry in one place: metrics, spans and the ``traceparent`` bus header.
 
 Every component records through the same typed helpers, so names and attributes stay
-consistent (``component.kind``, ``component.type``, ``component.id``, ``workspace``)::
+consistent (``component.kind``, ``component.type``, ``component.id``, ``workspace_id``,
+``workspace``)::
 
-    t = get_telemetry()
-    with t.span("poll.page", {"component.kind": "source", "workspace": ws}):
-        t.records_received("source", "instantly_audit_logs", "acme", ws, len(page))
+    t = telemetry  # handed to the component at construction
+    with t.span("poll.page", {"component.kind": "source", "workspace_id": ws_id, "workspace": "acme"}):
+        t.records_received("source", "instantly_audit_logs", "acme", ws_id, len(page), workspace="acme")
         headers = (("event_type", b"audit.user_login"), *t.trace_headers())
+
+Components take the instance at construction (``telemetry=``, default: the process's current
+one, read once) and keep it; only the composition root (:mod:`pipeline.topology`) and tests call
+:func:`set_telemetry`/:func:`setup_telemetry`.
+
+Workspace labels: every metric with a workspace dimension carries ``workspace_id`` (the vendor's
+id) and ``workspace`` (the config alias). An emitter that knows only the id (the rules, the
+webhook receiver) leaves the alias empty; it is filled at collection from the aliases the
+pollers (or the topology, from the bus) taught with :meth:`Telemetry.name_workspace`.
 
 Exporters come from :class:`~pipeline.telemetry_config.TelemetryConfig`: Prometheus text
 (rendered by :meth:`Telemetry.render_prometheus` for the service port's ``/metrics``),
@@ -70,6 +80,7 @@ from pipeline.observability.metrics import (
     STREAM,
     WEBHOOK_REJECTIONS,
     WORKSPACE,
+    WORKSPACE_ID,
     MetricSpec,
 )
 from pipeline.observability.telemetry_config import OtlpConfig, TelemetryConfig
@@ -167,12 +178,15 @@ class _Series:
     counter or gauge. Empty attribute values are left out of the exported attributes.
     """
 
-    __slots__ = ("_lock", "keys", "values")
+    __slots__ = ("_aliases", "_lock", "_ws", "keys", "values")
 
-    def __init__(self, spec: MetricSpec, lock: threading.Lock) -> None:
+    def __init__(self, spec: MetricSpec, lock: threading.Lock, aliases: Mapping[str, str]) -> None:
         self.keys = spec.attributes
         self.values: dict[Key, float] = {}
         self._lock = lock
+        self._aliases = aliases
+        # (index of workspace_id, index of workspace) when the metric has a workspace dimension
+        self._ws = (self.keys.index(WORKSPACE_ID), self.keys.index(WORKSPACE)) if WORKSPACE_ID in self.keys else None
 
     def add(self, key: Key, n: float) -> None:
         with self._lock:
@@ -185,8 +199,14 @@ class _Series:
     def observe(self, options: CallbackOptions) -> Iterator[Observation]:
         with self._lock:
             items = list(self.values.items())
+        ws = self._ws
         for key, v in items:
-            yield Observation(v, {k: a for k, a in zip(self.keys, key, strict=True) if a != ""})
+            attrs = {k: a for k, a in zip(self.keys, key, strict=True) if a != ""}
+            if ws is not None and key[ws[1]] == "" and key[ws[0]] != "":
+                alias = self._aliases.get(str(key[ws[0]]), "")
+                if alias:
+                    attrs[WORKSPACE] = alias
+            yield Observation(v, attrs)
 
 
 class Telemetry:
@@ -215,7 +235,8 @@ class Telemetry:
         self.enabled = self.config.enabled
         self._clock = clock
         self._lock = threading.Lock()
-        self._cursors: dict[tuple[str, str], float] = {}
+        self._cursors: dict[tuple[str, str, str], float] = {}
+        self._aliases: dict[str, str] = {}
         self._closed = False
         self._registry: CollectorRegistry | None = None
         self._meter_provider: MeterProvider | None = None
@@ -274,7 +295,7 @@ class Telemetry:
             metric_readers=readers, resource=resource, exemplar_filter=AlwaysOffExemplarFilter()
         )
         meter = self._meter_provider.get_meter("instantly_audit", __version__)
-        series = {spec.name: _Series(spec, self._lock) for spec in METRICS if spec is not CURSOR_AGE}
+        series = {spec.name: _Series(spec, self._lock, self._aliases) for spec in METRICS if spec is not CURSOR_AGE}
         for name, ser in series.items():
             spec = next(m for m in METRICS if m.name == name)
             create = meter.create_observable_counter if spec.instrument == "counter" else meter.create_observable_gauge
@@ -343,40 +364,63 @@ class Telemetry:
         return encoder(self._registry), content_type
 
     # ----------------------------------------------------------------------------- counters
-    def records_received(self, kind: str, type: str, id: str, workspace: str = "", n: int = 1) -> None:
+    # ``workspace_id`` is the vendor's id of the workspace, ``workspace`` its config alias (see the
+    # module docstring: an empty alias is filled at collection from :meth:`name_workspace`).
+    def name_workspace(self, workspace_id: str, alias: str) -> None:
+        """Teach the alias of a workspace id: metrics recorded with the id alone get ``workspace=alias``."""
+        if self.enabled and workspace_id and alias:
+            with self._lock:
+                self._aliases[workspace_id] = alias
+
+    def workspace_alias(self, workspace_id: str) -> str:
+        """The alias taught for ``workspace_id`` (empty when none was)."""
+        with self._lock:
+            return self._aliases.get(workspace_id, "")
+
+    def records_received(
+        self, kind: str, type: str, id: str, workspace_id: str = "", n: int = 1, *, workspace: str = ""
+    ) -> None:
         """Count records a component took in (a poll page, a consumed batch, a webhook)."""
         if self.enabled:
-            self._received.add((kind, type, id, workspace), n)
+            self._received.add((kind, type, id, workspace_id, workspace), n)
 
-    def records_published(self, kind: str, type: str, id: str, workspace: str = "", n: int = 1) -> None:
+    def records_published(
+        self, kind: str, type: str, id: str, workspace_id: str = "", n: int = 1, *, workspace: str = ""
+    ) -> None:
         """Count records a component published to the bus (or a sink delivered)."""
         if self.enabled:
-            self._sent.add((kind, type, id, workspace), n)
+            self._sent.add((kind, type, id, workspace_id, workspace), n)
 
-    def records_dropped(self, kind: str, type: str, id: str, workspace: str = "", n: int = 1, *, reason: str) -> None:
+    def records_dropped(
+        self, kind: str, type: str, id: str, workspace_id: str = "", n: int = 1, *, reason: str, workspace: str = ""
+    ) -> None:
         """Count records deliberately dropped (duplicate, filtered, unparseable → dead letter)."""
         if self.enabled:
-            self._dropped.add((kind, type, id, workspace, reason), n)
+            self._dropped.add((kind, type, id, workspace_id, workspace, reason), n)
 
-    def component_errors(self, kind: str, type: str, id: str, error_type: str, workspace: str = "") -> None:
+    def component_errors(
+        self, kind: str, type: str, id: str, error_type: str, workspace_id: str = "", *, workspace: str = ""
+    ) -> None:
         """Count one error met by a component (``error_type``: the exception class name or a code)."""
         if self.enabled:
-            self._errors.add((kind, type, id, workspace, error_type), 1)
+            self._errors.add((kind, type, id, workspace_id, workspace, error_type), 1)
 
-    def alerts_raised(self, rule: str, severity: str, workspace: str = "", n: int = 1) -> None:
+    def alerts_raised(
+        self, rule: str, severity: str, workspace_id: str = "", n: int = 1, *, workspace: str = ""
+    ) -> None:
         """Count alerts a rule raised."""
         if self.enabled:
-            self._alerts.add((rule, severity, workspace), n)
+            self._alerts.add((rule, severity, workspace_id, workspace), n)
 
-    def api_requests(self, workspace: str, status: int) -> None:
+    def api_requests(self, workspace_id: str, status: int, *, workspace: str = "") -> None:
         """Count one Instantly API response by HTTP status (0 for a transport failure)."""
         if self.enabled:
-            self._api.add((workspace, status), 1)
+            self._api.add((workspace_id, workspace, status), 1)
 
-    def api_rate_limited(self, workspace: str) -> None:
+    def api_rate_limited(self, workspace_id: str, *, workspace: str = "") -> None:
         """Count one 429 from Instantly."""
         if self.enabled:
-            self._rate_limited.add((workspace,), 1)
+            self._rate_limited.add((workspace_id, workspace), 1)
 
     def retries(self, component: str, reason: str, *, kind: str = "") -> None:
         """Count one retry of ``component`` (its id) for ``reason`` (e.g. ``http_503``, ``timeout``)."""
@@ -409,7 +453,7 @@ class Telemetry:
         if self.enabled:
             self._lag.set((group, topic, partition), lag)
 
-    def cursor_age_seconds(self, workspace: str, stream: str, complete_until: float) -> None:
+    def cursor_age_seconds(self, workspace_id: str, stream: str, complete_until: float, *, workspace: str = "") -> None:
         """Report the epoch time up to which ``stream`` is known complete (the last good poll).
 
         The exported gauge is ``now - complete_until``, computed at every collection, so it
@@ -417,7 +461,9 @@ class Telemetry:
         """
         if self.enabled:
             with self._lock:
-                self._cursors[(workspace, stream)] = complete_until
+                self._cursors[(workspace_id, workspace, stream)] = complete_until
+                if workspace_id and workspace:  # the id is known now: drop the series kept under the alias alone
+                    self._cursors.pop(("", workspace, stream), None)
 
     def sink_circuit(self, sink: str, is_open: bool) -> None:
         """Set whether a sink's circuit is open."""
@@ -433,8 +479,10 @@ class Telemetry:
         now = self._clock.now()
         with self._lock:
             items = list(self._cursors.items())
-        for (workspace, stream), at in items:
-            yield Observation(max(0.0, now - at), {WORKSPACE: workspace, STREAM: stream})
+            aliases = dict(self._aliases)
+        for (workspace_id, workspace, stream), at in items:
+            attrs = {WORKSPACE_ID: workspace_id, WORKSPACE: workspace or aliases.get(workspace_id, ""), STREAM: stream}
+            yield Observation(max(0.0, now - at), {k: v for k, v in attrs.items() if v})
 
     # -------------------------------------------------------------------------------- spans
     def span(

@@ -29,6 +29,7 @@ from pipeline.replay.scan import (
     sort_timeline,
 )
 from pipeline.replay.table import print_table
+from pipeline.sources.base import configured_workspace_ids
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -47,7 +48,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--until", help="end time (exclusive), same forms as --since")
     p.add_argument("--from-offset", help="OFFSET or PARTITION:OFFSET[,...] to start at")
     p.add_argument("--to-offset", help="OFFSET or PARTITION:OFFSET[,...] to stop at (inclusive)")
-    p.add_argument("--workspace", action="append", default=[], help="workspace id (repeatable)")
+    p.add_argument(
+        "--workspace", action="append", default=[], metavar="ALIAS|ID",
+        help="workspace: its alias in the config or its id (repeatable)",
+    )  # fmt: skip
     p.add_argument("--type", action="append", default=[], help="event type or rule id glob, e.g. 'api_key.*'")
     p.add_argument("--actor", help="actor user id, user name, IP or API key id")
     p.add_argument("--target", help="target id (or alert entity id)")
@@ -129,6 +133,10 @@ async def _run(args: argparse.Namespace, cfg: Any, sel: Selection) -> int:
     collected: list[tuple[Record, dict[str, Any]]] = []
     try:
         async with open_bus(cfg.bus, read_only=True) as bus:
+            if sel.workspaces:
+                sel = replace(
+                    sel, workspaces=resolve_workspaces(sel.workspaces, await configured_workspace_ids(cfg, bus))
+                )
             if args.rules:
                 from pipeline.replay.rules import replay_rules
 
@@ -161,6 +169,16 @@ async def _run(args: argparse.Namespace, cfg: Any, sel: Selection) -> int:
             sys.stdout.flush()
     _summary(stats)
     return 130 if stats.interrupted else 0
+
+
+def resolve_workspaces(names: tuple[str, ...], ids: dict[str, str]) -> tuple[str, ...]:
+    """The workspace ids ``--workspace`` names: an alias becomes its id (``ids``: alias → id, from the
+    bus) and stays as given too (a poller that had not read its workspace's id yet filed events under
+    the alias); anything else is taken as an id."""
+    out: list[str] = []
+    for name in names:
+        out += [ids[name], name] if name in ids else [name]
+    return tuple(dict.fromkeys(out))
 
 
 async def identity_aliases(bus: Any, entity: str) -> frozenset[str]:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+from rich.box import HEAVY_HEAD
+from rich.markup import escape
 
 from pipeline.bus.base import Record
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 SEV_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan", "info": "dim"}
 
@@ -31,29 +37,67 @@ def describe(body: dict[str, Any]) -> str:
     for k in ("activity_label", "email", "role", "scopes", "target_hook_url", "value", "affected_count"):
         if k in attrs and attrs[k] not in (None, [], ""):
             v = attrs[k]
-            bits.append(f"{k}={','.join(v) if isinstance(v, list) else v}")
+            bits.append(f"{k}={', '.join(map(str, v)) if isinstance(v, list) else v}")  # spaces: wraps whole
     ch = body.get("change") or {}
     if ch.get("fields"):
         bits.append("changed=" + ",".join(ch["fields"]))
     return " ".join(bits)
 
 
-def print_table(items: list[tuple[Record, dict[str, Any]]], topic: str, file: IO[str] | None = None) -> None:
-    """Render records as a coloured table."""
+NARROW = 100
+"""Below this console width the table drops its low-value columns (and wraps the rest)."""
+
+
+def _when(body: dict[str, Any], narrow: bool) -> str:
+    when = str(body.get("time") or body.get("last_seen") or "")[:19].replace("T", " ")
+    return when[:16] if narrow else when  # narrow: no seconds
+
+
+def print_table(
+    items: list[tuple[Record, dict[str, Any]]],
+    topic: str,
+    file: IO[str] | None = None,
+    *,
+    console: Console | None = None,
+) -> None:
+    """Render records as a coloured table that fits the console's width.
+
+    Alerts show their severity and status (a resolved alert must not look new). Long cells wrap
+    instead of being cut; below :data:`NARROW` columns the borders go, the time is shortened to
+    ``YYYY-MM-DD HH:MM`` and an alert table drops its target column (the summary names it). Colour
+    follows the console: none off a terminal or with ``NO_COLOR`` set.
+    """
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=file) if file is not None else Console()
-    t = Table(show_lines=False, header_style="bold")
+    console = console or (Console(file=file) if file is not None else Console())
+    narrow = console.width < NARROW
+    alerts = "alerts" in topic
+    t = Table(header_style="bold", pad_edge=not narrow, box=None if narrow else HEAVY_HEAD)
     t.add_column("time", no_wrap=True)
-    t.add_column("type" if "alerts" not in topic else "rule", no_wrap=True)
-    t.add_column("actor")
-    t.add_column("target")
-    t.add_column("summary")
+    if alerts:
+        t.add_column("severity", no_wrap=True)
+        t.add_column("status", no_wrap=True)
+        t.add_column("rule", overflow="fold")
+    else:
+        t.add_column("type", overflow="fold")
+        t.add_column("actor", overflow="fold")
+    if not (alerts and narrow):
+        t.add_column("target", overflow="fold")
+    t.add_column("summary", overflow="fold", ratio=1)
     for _, b in items:
-        when = str(b.get("time") or b.get("last_seen") or "")[:19].replace("T", " ")
         rule = b.get("rule") or {}
-        kind = b.get("type") or rule.get("id") or "?"
-        style = SEV_STYLE.get(rule.get("severity", ""), "")
-        t.add_row(when, f"[{style}]{kind}[/]" if style else str(kind), _actor(b), _target(b), describe(b))
+        row: list[str] = [_when(b, narrow)]
+        if alerts:
+            sev = str(rule.get("severity") or "")
+            style = SEV_STYLE.get(sev, "")
+            status = str(b.get("status") or "")
+            row += [f"[{style}]{sev}[/]" if style else sev, f"[dim]{status}[/]" if status == "resolved" else status]
+            row.append(escape(str(rule.get("id") or "?")))
+        else:
+            row += [escape(str(b.get("type") or "?")), escape(_actor(b))]
+        if not (alerts and narrow):
+            row.append(escape(_target(b)))
+        row.append(escape(describe(b)))
+        t.add_row(*row)
     console.print(t)

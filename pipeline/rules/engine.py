@@ -149,10 +149,15 @@ class _Plan:
 
 
 class _Pending:
-    """An open alert being assembled during one batch."""
+    """An open alert being assembled during one batch.
 
-    __slots__ = ("attributes", "bound", "emission", "entities", "event_ids", "key", "severity", "state",
-                 "summary", "track")  # fmt: skip
+    ``count``/``first``/``last`` are a snapshot of the track taken when a match was folded in, so a
+    later emission of the same condition in the batch (a severity rise) or its resolution does not
+    rewrite this alert's figures: alerts built in one batch are independent.
+    """
+
+    __slots__ = ("attributes", "bound", "count", "emission", "entities", "event_ids", "first", "key", "last",
+                 "severity", "state", "summary", "track")  # fmt: skip
 
     def __init__(self, b: _Bound, st: RuleState, f: Finding, tr: AlertTrack, severity: Severity):
         self.bound, self.state, self.key, self.track = b, st, f.key, tr
@@ -165,17 +170,19 @@ class _Pending:
         self.add(f)
 
     def add(self, f: Finding) -> None:
-        """Fold a match of the same emission into this alert (its event id)."""
+        """Fold a match of the same emission into this alert (its event id, the track's figures now)."""
         if f.event_id and len(self.event_ids) < MAX_EVENT_IDS and f.event_id not in self.event_ids:
             self.event_ids.append(f.event_id)
+        tr = self.track
+        self.count, self.first, self.last = tr.count, tr.first, tr.last
 
     def build(self) -> Alert:
         tr, st = self.track, self.state
         return Alert.build(
             rule=self.bound.ref(self.severity), workspace=st.workspace, summary=self.summary[:MAX_SUMMARY],
             dedup_key=dedup_key(self.bound.id, st.workspace.id, self.key), event_ids=tuple(self.event_ids),
-            entities=self.entities, first_seen=format_time(tr.first), last_seen=format_time(tr.last),
-            count=tr.count, attributes=self.attributes, occurrence=f"{round(tr.opened * 1000)}:{self.emission}",
+            entities=self.entities, first_seen=format_time(self.first), last_seen=format_time(self.last),
+            count=self.count, attributes=self.attributes, occurrence=f"{round(tr.opened * 1000)}:{self.emission}",
         )  # fmt: skip
 
 

@@ -47,7 +47,7 @@ from pipeline.clock import Clock, format_time
 from pipeline.errors import BusError, PipelineError
 from pipeline.observability.logs import redact_text
 from pipeline.observability.metrics import ID, KIND, TYPE
-from pipeline.observability.telemetry import get_telemetry
+from pipeline.observability.telemetry import Telemetry, get_telemetry
 from pipeline.redaction.gate import GateRejected, encode_alert, rejected_letter
 from pipeline.rules.engine import Evaluation, RulesEngine, decode_event
 from pipeline.rules.state import PREFIX
@@ -114,7 +114,10 @@ def deadletter_value(rec: Record, headers: Sequence[Header], failed_at: str) -> 
 
 
 class RulesWorker:
-    """Runs the rules over the events topic (see the module docstring)."""
+    """Runs the rules over the events topic (see the module docstring).
+
+    ``telemetry`` defaults to the process's current one, read once here.
+    """
 
     def __init__(
         self,
@@ -127,6 +130,7 @@ class RulesWorker:
         batch_size: int = 500,
         idle_secs: float = 1.0,
         base_dir: Path | None = None,
+        telemetry: Telemetry | None = None,
     ):
         """Validate the config and build the engine; nothing touches the bus yet.
 
@@ -141,6 +145,7 @@ class RulesWorker:
         self.engine = RulesEngine.from_config(rules_config, clock=clock, base_dir=base_dir)
         self.tick_interval_secs = self.engine.ruleset.settings.tick_interval_secs
         self.stats = WorkerStats()
+        self.telemetry = telemetry if telemetry is not None else get_telemetry()
         self._clock = clock
         self._consumer: Consumer | None = None
         self._loaded = False
@@ -220,7 +225,7 @@ class RulesWorker:
                         await self.tick(now)
                     backoff = 0.5
                 except PipelineError as err:
-                    tel = get_telemetry()
+                    tel = self.telemetry
                     tel.component_errors(COMPONENT, COMPONENT, self.group, type(err).__name__)
                     if isinstance(err, BusError):
                         tel.bus_errors("transaction", type(err).__name__)
@@ -258,7 +263,7 @@ class RulesWorker:
         await self.close()
 
     async def _process(self, batch: Sequence[Record]) -> None:
-        tel = get_telemetry()
+        tel = self.telemetry
         attrs: dict[str, AttributeValue] = {KIND: COMPONENT, TYPE: COMPONENT, ID: self.group, "batch.size": len(batch)}
         with tel.span("rules.batch", attrs, links=tel.links(rec.headers for rec in batch)):
             await self._evaluate(batch)
@@ -287,7 +292,7 @@ class RulesWorker:
         self._count(result)
         if dead:
             reasons = Counter(_reason(headers) for _rec, headers in dead)
-            tel = get_telemetry()
+            tel = self.telemetry
             for reason, n in reasons.items():
                 tel.records_dropped(COMPONENT, COMPONENT, self.group, "", n, reason=reason)
 
@@ -299,7 +304,7 @@ class RulesWorker:
     ) -> None:
         self._seq += 1
         marker = f"{self._token}:{self._seq}".encode()
-        trace = get_telemetry().trace_headers() if result.alerts else ()
+        trace = self.telemetry.trace_headers() if result.alerts else ()
         async with self.bus.transaction(self.txn_id) as txn:
             failed_at = format_time(self._clock.now())
             for alert in result.alerts:
@@ -332,7 +337,7 @@ class RulesWorker:
         self.stats.suppressed += result.suppressed
         self.stats.rule_failures += sum(1 for f in result.failures if f.rule_id is not None)
         if result.alerts:
-            tel = get_telemetry()
+            tel = self.telemetry
             raised = Counter((a.rule.id, a.rule.severity, a.workspace.id) for a in result.alerts if a.status == "open")
             for (rule, severity, workspace), n in raised.items():
                 tel.alerts_raised(rule, severity, workspace, n)

@@ -10,13 +10,17 @@ for an expected upstream condition: it reports it as a pipeline event and keeps 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 
 from pipeline.bus.base import Bus
 from pipeline.clock import Clock
 from pipeline.config.model import PipelineConfig
 from pipeline.errors import ConfigError
 from pipeline.registry import SOURCES, load_group
+
+if TYPE_CHECKING:
+    from pipeline.observability.health import HealthRegistry
+    from pipeline.observability.telemetry import Telemetry
 
 
 @runtime_checkable
@@ -48,8 +52,24 @@ class SourcePlugin(Protocol):
     sections: ClassVar[tuple[str, ...]]
     """The top-level config keys the plugin's sources read (``run --role pollers`` resolves only their secrets)."""
 
-    def build(self, cfg: PipelineConfig, bus: Bus, clock: Clock) -> list[Source]:
-        """The sources ``cfg`` asks for (not yet entered)."""
+    def build(
+        self,
+        cfg: PipelineConfig,
+        bus: Bus,
+        clock: Clock,
+        *,
+        telemetry: Telemetry | None = None,
+        health: HealthRegistry | None = None,
+    ) -> list[Source]:
+        """The sources ``cfg`` asks for (not yet entered), reporting to ``telemetry`` and ``health``
+        (default: the process's current ones)."""
+
+    async def workspace_ids(self, cfg: PipelineConfig, bus: Bus) -> dict[str, str]:
+        """The workspaces ``cfg`` configures, alias → the vendor's workspace id, as far as known.
+
+        Read from what the sources keep on the bus (a workspace never polled yet is left out), so
+        ``replay --workspace ALIAS`` and the ``workspace`` metric label work in any process.
+        """
 
 
 def source_plugins() -> dict[str, SourcePlugin]:
@@ -63,4 +83,16 @@ def source_plugins() -> dict[str, SourcePlugin]:
         if not isinstance(plugin, SourcePlugin):
             raise ConfigError(f"source plugin {name!r} does not provide the SourcePlugin interface")
         out[name] = plugin
+    return out
+
+
+async def configured_workspace_ids(cfg: PipelineConfig, bus: Bus) -> dict[str, str]:
+    """Every workspace alias of every installed source plugin → its vendor id, as far as the bus knows.
+
+    Raises:
+        ConfigError: a plugin is broken (see :func:`source_plugins`).
+    """
+    out: dict[str, str] = {}
+    for plugin in source_plugins().values():
+        out.update(await plugin.workspace_ids(cfg, bus))
     return out

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
 
+import orjson
 from rich.console import Console
 
 from connectors.instantly.demo import run_demo
+from pipeline.bus.base import EVENTS_TOPIC, iter_records
+from pipeline.bus.sqlite import SqliteBus
+from pipeline.clock import parse_time
 
 
 async def test_demo_shows_the_incident_and_exits_zero() -> None:
@@ -28,3 +33,18 @@ async def test_demo_shows_the_incident_and_exits_zero() -> None:
     assert "api_key.created backup-sync" in out
     m = re.search(r"(\d+) alerts from (\d+) events", out)
     assert m and int(m.group(1)) >= 6
+
+
+async def test_demo_at_speed_never_observes_an_event_before_it_happened(tmp_path: Path) -> None:
+    """`demo --speed 4`: every event's ``time`` is at or before its ``observed_at`` (the poller and the
+    simulator share the scaled clock)."""
+    code = await run_demo(speed=4.0, workdir=tmp_path, console=Console(file=io.StringIO(), width=200))
+    assert code == 0
+    async with SqliteBus(tmp_path / "bus.db") as bus, bus.consumer([EVENTS_TOPIC], start="earliest") as consumer:
+        events = [orjson.loads(r.value) for batch in [b async for b in iter_records(consumer)] for r in batch]
+    timed = [e for e in events if e.get("time")]
+    assert len(timed) > 5
+    late = [
+        (e["type"], e["time"], e["observed_at"]) for e in timed if parse_time(e["time"]) > parse_time(e["observed_at"])
+    ]
+    assert late == []

@@ -123,13 +123,18 @@ async def test_metrics_move_as_events_flow(tmp_path: Path) -> None:
                     total(s, "pipeline_sink_deliveries_total", sink="archive") > 0
                     and total(s, "pipeline_alerts_raised_total") > 0
                     and bool(present(s, "pipeline_bus_consumer_lag"))
-                    and len(present(s, "pipeline_source_cursor_age_seconds", workspace="acme")) == len(STREAMS)
+                    and len(present(s, "pipeline_source_cursor_age_seconds", workspace="acme", workspace_id=ws_id))
+                    == len(STREAMS)
                 ),
                 "the first poll of every stream to reach the sink",
             )
             # Instantly API requests, by status.
             assert total(first, "pipeline_instantly_api_requests_total", http_response_status_code="200") > 0
-            assert total(first, "pipeline_instantly_api_requests_total", workspace=ws_id) > 0
+            # Every workspace metric carries both the Instantly id and the config alias.
+            both = {"workspace_id": ws_id, "workspace": "acme"}
+            assert total(first, "pipeline_instantly_api_requests_total", **both) > 0
+            for name in ("pipeline_component_events_sent_total", "pipeline_alerts_raised_total"):
+                assert total(first, name, **both) > 0, name
             # Records the poller published, per stream (component type instantly_<stream>).
             audit = {"component_kind": "source", "component_type": "instantly_audit_logs", "component_id": "acme"}
             published_before = total(first, "pipeline_component_events_sent_total", **audit)
@@ -137,14 +142,14 @@ async def test_metrics_move_as_events_flow(tmp_path: Path) -> None:
             assert total(first, "pipeline_component_events_sent_total", component_type="instantly_api_keys") > 0
             assert total(first, "pipeline_component_events_received_total", component_kind="source") > 0
             # The demo world's old all:all key alerts on the first snapshot.
-            all_scope = {"rule_id": "api_key.all_scope", "severity": "critical", "workspace": ws_id}
+            all_scope = {"rule_id": "api_key.all_scope", "severity": "critical", **both}
             assert total(first, "pipeline_alerts_raised_total", **all_scope) >= 1
             assert total(first, "pipeline_component_events_received_total", component_kind="rules") > 0
             # The JSONL sink confirmed records; its circuit is closed.
             assert total(first, "pipeline_sink_deliveries_total", sink="archive") > 0
             assert present(first, "pipeline_sink_circuit_open", sink="archive") == [0.0]
             # Cursor age: present for every stream and small (polled every second).
-            ages = present(first, "pipeline_source_cursor_age_seconds", workspace="acme", stream="audit_logs")
+            ages = present(first, "pipeline_source_cursor_age_seconds", **both, stream="audit_logs")
             assert len(ages) == 1 and 0 <= ages[0] < 30
             assert all(0 <= a < 30 for a in present(first, "pipeline_source_cursor_age_seconds", workspace="acme"))
             # Consumer lag: the rules group and the sink's group, per topic and partition.
@@ -169,7 +174,7 @@ async def test_metrics_move_as_events_flow(tmp_path: Path) -> None:
             assert total(second, "pipeline_instantly_api_requests_total", http_response_status_code="200") > total(
                 first, "pipeline_instantly_api_requests_total", http_response_status_code="200"
             )
-            ages = present(second, "pipeline_source_cursor_age_seconds", workspace="acme", stream="audit_logs")
+            ages = present(second, "pipeline_source_cursor_age_seconds", **both, stream="audit_logs")
             assert len(ages) == 1 and 0 <= ages[0] < 30
 
             # Readiness: 200, every check listed and passing.

@@ -10,6 +10,7 @@ import orjson
 import pytest
 import yaml
 
+from connectors.instantly.source import identity_key
 from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, TopicPartition
 from pipeline.cli.main import main
 from pipeline.clock import format_time
@@ -80,6 +81,27 @@ def _replay(capsysbinary: pytest.CaptureFixture[bytes], *args: str) -> list[dict
     out = capsysbinary.readouterr().out
     assert code == 0, out
     return [orjson.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_workspace_filter_takes_the_config_alias_or_the_id(
+    bus_cfg: dict[str, Any], tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """``--workspace alpha`` (the config alias) matches the events of the id the poller recorded for it,
+    exactly as ``--workspace ws-a`` does; replay needs no Instantly key for that."""
+    events = _events()
+    asyncio.run(_publish(bus_cfg, events))
+
+    async def remember_identity() -> None:
+        async with make_bus(bus_cfg) as bus, bus.transaction("poller-alpha") as tx:
+            tx.put_state(identity_key("alpha"), orjson.dumps({"id": "ws-a", "name": "Alpha"}))
+
+    asyncio.run(remember_identity())
+    workspaces = {"alpha": {"api_key": "${REPLAY_TEST_UNSET_KEY}"}, "beta": {"api_key": "${REPLAY_TEST_UNSET_KEY}"}}
+    cfg = _config(tmp_path, bus_cfg, {"workspaces": workspaces})
+    want = sorted(e.id for e in events if e.workspace.id == "ws-a")
+    assert sorted(g["id"] for g in _replay(capsysbinary, "-c", str(cfg), "--workspace", "alpha")) == want
+    assert sorted(g["id"] for g in _replay(capsysbinary, "-c", str(cfg), "--workspace", "ws-a")) == want
+    assert _replay(capsysbinary, "-c", str(cfg), "--workspace", "beta") == []  # never polled: no id known yet
 
 
 def test_replay_known_range_exact_and_in_order(

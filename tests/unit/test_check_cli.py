@@ -76,7 +76,8 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
         }
         (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(doc))
         yield {"sim": sim, "dir": tmp_path, "config": str(tmp_path / "pipeline.yaml"),
-               "secrets": [clean.pipeline_secret, bad.pipeline_secret, legacy_secret]}  # fmt: skip
+               "secrets": [clean.pipeline_secret, bad.pipeline_secret, legacy_secret],
+               "ids": {"clean": clean.workspace_id, "bad": bad.workspace_id}}  # fmt: skip
 
 
 ADMINS = ["--allowed-admin", "owner@acme.example"]
@@ -116,6 +117,18 @@ def test_workspace_filter_and_fail_on_none(world: dict[str, Any], capsys: pytest
     assert code == EXIT_OK and "[bad]" not in out
     code, _, _ = run_cli(["check", "--config", world["config"], "--fail-on", "none", *ADMINS], capsys)
     assert code == EXIT_OK
+
+
+def test_workspace_filter_takes_the_instantly_id(world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """--workspace accepts the workspace's Instantly id as well as its alias; an unknown name is a usage error."""
+    code, out, _ = run_cli(["check", "--config", world["config"], "--workspace", world["ids"]["bad"], *ADMINS], capsys)
+    assert code == EXIT_FAIL and "[bad]" in out and "[clean]" not in out
+    code, out, _ = run_cli(
+        ["check", "--config", world["config"], "--workspace", world["ids"]["clean"], *ADMINS], capsys
+    )
+    assert code == EXIT_OK and "[bad]" not in out
+    code, _, err = run_cli(["check", "--config", world["config"], "--workspace", "nope", *ADMINS], capsys)
+    assert code == EXIT_USAGE and "nope" in err and "clean" in err
 
 
 def test_fail_on_thresholds(world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:

@@ -408,6 +408,20 @@ def test_alerts_cover_the_pipeline_failures() -> None:
     assert 'http_response_status_code="401"' in by_name["InstantlyAuditPollerUnauthorized"]
 
 
+def test_alerts_name_workspaces_by_alias_and_id() -> None:
+    """An alert on a workspace metric keeps both workspace labels and its summary shows both."""
+    workspace_series = {m.series for m in METRICS if "workspace" in m.labels}
+    for rule in alert_rules():
+        names, labels = references(rule["expr"])
+        if not names & workspace_series:
+            continue
+        if "workspace" in labels:
+            assert "workspace_id" in labels, rule["alert"]
+        summary = rule["annotations"]["summary"]
+        if "$labels.workspace " in summary:
+            assert "$labels.workspace_id" in summary, rule["alert"]
+
+
 # ---------------------------------------------------------------------------- dashboard
 GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
 
@@ -439,6 +453,25 @@ def test_dashboard_uses_only_defined_metrics() -> None:
         used |= check_expr(expr, f"panel {title!r}")
     missing = {m.series for m in METRICS} - used
     assert not missing, f"metrics without a panel: {sorted(missing)}"
+
+
+def test_dashboard_workspace_variable_is_the_alias_every_filtered_metric_carries() -> None:
+    """The workspace variable lists the ``workspace`` label (the config alias); every panel filtered
+    by it filters that label, on a metric that carries both ``workspace`` and ``workspace_id``."""
+    dash = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    (var,) = [v for v in dash["templating"]["list"] if v["name"] == "workspace"]
+    assert var["definition"].endswith(", workspace)")
+    by_series = {m.series: set(m.labels) for m in METRICS}
+    filtered = 0
+    for panel in dash["panels"]:
+        for target in panel.get("targets", []):
+            for metric, label in re.findall(r'(\w+)\{(\w+)=~"\$workspace"', target["expr"]):
+                assert label == "workspace", panel["title"]
+                assert {"workspace", "workspace_id"} <= by_series[metric], (panel["title"], metric)
+                filtered += 1
+    assert filtered >= 5
+    cursor = [t["expr"] for p in dash["panels"] if p["title"] == "Cursor age" for t in p["targets"]]
+    assert cursor and all('workspace=~"$workspace"' in e for e in cursor)
 
 
 def test_dashboard_is_well_formed() -> None:

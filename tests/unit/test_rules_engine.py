@@ -75,6 +75,27 @@ def test_matches_in_one_batch_make_one_alert() -> None:
     assert alert.first_seen == "2026-03-01T00:00:00.000Z" and alert.last_seen == "2026-03-01T00:00:02.000Z"
 
 
+def test_alerts_of_one_condition_built_in_one_batch_are_independent_snapshots() -> None:
+    """Two alerts with one dedup key in one batch (the severity rose) each keep the figures they had
+    when built: the first is not rewritten with the later count and last_seen."""
+    e = engine({"allowlists": {"webhook_hosts": ["crm.acme.com"]}})
+    hook = {"kind": "webhook", "id": "h1"}
+    batch = [
+        make_event("webhook.created", time=T0, target=hook,
+                   attributes={"target_hook_url": "https://x.example/h", "url_scheme": "https"}),
+        make_event("webhook.updated", time=T0 + 60, target=hook,
+                   attributes={"target_hook_url": "http://x.example/h", "url_scheme": "http"}),
+    ]  # fmt: skip
+    alerts = [a for a in valid(e.evaluate(batch)) if a.entities and a.dedup_key.endswith("h1")]
+    by_key: dict[str, list[Alert]] = {}
+    for a in alerts:
+        by_key.setdefault(a.dedup_key, []).append(a)
+    [(first, second)] = [pair for pair in by_key.values() if len(pair) == 2]
+    assert (first.count, first.last_seen) == (1, "2026-03-01T00:00:00.000Z")
+    assert (second.count, second.last_seen) == (2, "2026-03-01T00:01:00.000Z")
+    assert first.first_seen == second.first_seen and first.id != second.id
+
+
 def test_event_ids_per_alert_are_capped() -> None:
     """An alert carries at most MAX_EVENT_IDS event ids however many events folded into it."""
     evs = [make_event("audit.mfa_recovery_code_used", time=T0 + i, actor={"user_id": "u1"}) for i in range(80)]

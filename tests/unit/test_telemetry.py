@@ -19,7 +19,7 @@ from pipeline.config.base import EnvValue
 from pipeline.config.loader import parse_config
 from pipeline.config.model import PipelineConfig
 from pipeline.observability.health import HealthRegistry
-from pipeline.observability.metrics import METRICS, prometheus_series
+from pipeline.observability.metrics import METRICS, WORKSPACE, WORKSPACE_ID, prometheus_series
 from pipeline.observability.service import ServiceServer
 from pipeline.observability.telemetry import Telemetry, get_telemetry, set_telemetry, setup_telemetry
 from pipeline.observability.telemetry_config import TelemetryConfig
@@ -91,8 +91,8 @@ async def test_scrape_counters_grow_by_the_amount_recorded(tel: Telemetry, serve
     after = await scrape(server)
     labels = {"component_kind": "source", "component_type": "instantly_audit_logs", "component_id": "acme"}
     name = "pipeline_component_events_sent_total"
-    assert value(before, name, workspace="ws-1", **labels) == 7
-    assert value(after, name, workspace="ws-1", **labels) == 12
+    assert value(before, name, workspace_id="ws-1", **labels) == 7
+    assert value(after, name, workspace_id="ws-1", **labels) == 12
     assert value(after, "pipeline_component_events_received_total", **labels) == 12
 
 
@@ -119,14 +119,14 @@ async def test_scrape_every_helper_shows_its_series(tel: Telemetry, server: Serv
     assert value(got, "pipeline_component_errors_total", component_id="soc", error_type="SinkError") == 1
     assert value(got, "pipeline_alerts_raised_total", rule_id="all_scope_key", severity="high") == 1
     assert value(got, "pipeline_instantly_api_requests_total", http_response_status_code="401") == 1
-    assert value(got, "pipeline_instantly_api_rate_limited_total", workspace="ws-1") == 1
+    assert value(got, "pipeline_instantly_api_rate_limited_total", workspace_id="ws-1") == 1
     assert value(got, "pipeline_retries_total", component_id="acme", reason="http_503", component_kind="source") == 1
     assert value(got, "pipeline_sink_deliveries_total", sink="soc") == 40
     assert value(got, "pipeline_sink_errors_total", sink="soc", error_type="timeout") == 1
     assert value(got, "pipeline_sink_circuit_open", sink="soc") == 1
     lag = {"consumer_group": "sink-soc", "topic": "instantly.events.v1", "partition": "0"}
     assert value(got, "pipeline_bus_consumer_lag", **lag) == 1200
-    assert value(got, "pipeline_source_cursor_age_seconds", workspace="ws-1", stream="audit_logs") == 90
+    assert value(got, "pipeline_source_cursor_age_seconds", workspace_id="ws-1", stream="audit_logs") == 90
     assert value(got, "pipeline_webhook_rejections_total", source="instantly", reason="bad_secret") == 1
     assert value(got, "pipeline_bus_errors_total", operation="publish", error_type="KafkaTimeoutError") == 1
     names = {n for n, _ in got}
@@ -222,6 +222,39 @@ def test_span_records_exceptions(tel: Telemetry, spans: InMemorySpanExporter) ->
     (s,) = spans.get_finished_spans()
     assert s.status.status_code is StatusCode.ERROR
     assert s.events[0].name == "exception"
+
+
+async def test_workspace_labels_id_and_alias_on_every_workspace_metric(
+    tel: Telemetry, server: ServiceServer, clock: FakeClock
+) -> None:
+    """Every metric with a workspace dimension shows workspace_id and the alias, whether the emitter
+    gave the alias (a poller) or only the id (the rules): the alias taught later fills it in."""
+    tel.records_received("source", "instantly_audit_logs", "acme", "ws-1", 3, workspace="acme")
+    tel.alerts_raised("all_scope_key", "high", "ws-1")  # the rules know only the id
+    tel.records_published("webhook", "instantly", "hooks", "ws-2", 1)  # a workspace with no alias
+    tel.api_requests("ws-1", 200, workspace="acme")
+    tel.api_rate_limited("ws-1", workspace="acme")
+    tel.cursor_age_seconds("", "audit_logs", clock.now(), workspace="acme")  # id not known yet
+    before = await scrape(server)
+    assert value(before, "pipeline_alerts_raised_total", workspace_id="ws-1") == 1
+    assert value(before, "pipeline_alerts_raised_total", workspace="acme") == 0
+    tel.name_workspace("ws-1", "acme")
+    tel.cursor_age_seconds("ws-1", "audit_logs", clock.now(), workspace="acme")
+    got = await scrape(server)
+    both = {"workspace_id": "ws-1", "workspace": "acme"}
+    for name in (
+        "pipeline_component_events_received_total",
+        "pipeline_alerts_raised_total",
+        "pipeline_instantly_api_requests_total",
+        "pipeline_instantly_api_rate_limited_total",
+        "pipeline_source_cursor_age_seconds",
+    ):
+        series = [dict(ls) for n, ls in got if n == name]
+        assert series and all(both.items() <= labels.items() for labels in series), (name, series)
+    assert value(got, "pipeline_component_events_sent_total", workspace_id="ws-2") == 1
+    assert value(got, "pipeline_component_events_sent_total", workspace="acme") == 0
+    for spec in METRICS:
+        assert (WORKSPACE in spec.attributes) == (WORKSPACE_ID in spec.attributes), spec.name
 
 
 def test_disabled_is_safe_and_silent() -> None:

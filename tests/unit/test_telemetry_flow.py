@@ -164,12 +164,13 @@ async def test_trace_context_travels_from_poll_to_sink(
 
     got = scrape(tel)
     ws = world.workspace.id
-    assert total(got, "pipeline_component_events_sent_total", component_kind="source", workspace=ws) == len(events)
+    both = {"workspace_id": ws, "workspace": "acme"}
+    assert total(got, "pipeline_component_events_sent_total", component_kind="source", **both) == len(events)
     assert total(got, "pipeline_component_events_received_total", component_kind="rules") == len(events)
-    assert total(got, "pipeline_alerts_raised_total", rule_id="api_key.all_scope", workspace=ws) >= 1
+    assert total(got, "pipeline_alerts_raised_total", rule_id="api_key.all_scope", **both) >= 1
     assert total(got, "pipeline_instantly_api_requests_total", http_response_status_code="200") > 0
     assert total(got, "pipeline_sink_deliveries_total", sink="archive") == len(events) + len(alerts)
-    assert total(got, "pipeline_source_cursor_age_seconds", workspace="acme", stream="audit_logs") < 60
+    assert total(got, "pipeline_source_cursor_age_seconds", **both, stream="audit_logs") < 60
     report = {c.name: c for c in health.report().checks}
     assert report["stream:acme/audit_logs"].ok and report["sink:archive"].ok
 
@@ -186,7 +187,8 @@ async def test_api_statuses_rate_limits_and_retries_are_counted(
     ws = world.workspace.id
     for status in ("429", "503", "403"):
         assert total(got, "pipeline_instantly_api_requests_total", http_response_status_code=status) == 1
-    assert total(got, "pipeline_instantly_api_requests_total", workspace=ws, http_response_status_code="200") > 5
+    ok = {"workspace_id": ws, "workspace": "acme", "http_response_status_code": "200"}
+    assert total(got, "pipeline_instantly_api_requests_total", **ok) > 5
     assert total(got, "pipeline_instantly_api_rate_limited_total") == 1
     assert total(got, "pipeline_retries_total", component_id="acme", reason="http_429", component_kind="source") == 1
     assert total(got, "pipeline_retries_total", component_id="acme", reason="http_503") == 1

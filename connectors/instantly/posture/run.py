@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from connectors.instantly import api
 from connectors.instantly.blast.check import KeyUsage, blast_radius_results
 from connectors.instantly.checklist import Basic
-from connectors.instantly.client import SessionFactory
-from connectors.instantly.config import workspaces
+from connectors.instantly.client import InstantlyClient, SessionFactory
+from connectors.instantly.config import WorkspaceConfig, workspaces
 from connectors.instantly.posture.baseline import stream_results
 from connectors.instantly.posture.catalog import WORKSPACE_CHECK
 from connectors.instantly.posture.catalog import label as snap_label
@@ -27,7 +27,7 @@ from connectors.instantly.posture.snapshot import MAX_AUDIT_RECORDS, Sleep, Work
 from pipeline.checks.report import CheckResult, Resource
 from pipeline.clock import Clock
 from pipeline.config.model import PipelineConfig
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, SourceError
 from pipeline.observability.logs import get_logger
 from pipeline.rules.config import RuleSet
 
@@ -59,6 +59,52 @@ class WorkspaceCheck:
 
     results: list[CheckResult]
     live_keys: dict[str, tuple[str, Resource]]
+    checked: list[str] = field(default_factory=list)
+    """The aliases of the workspaces checked."""
+
+
+async def select_workspaces(
+    configured: dict[str, WorkspaceConfig],
+    only: Sequence[str] | None,
+    *,
+    session_factory: SessionFactory | None = None,
+    sleep: Sleep = asyncio.sleep,
+) -> list[str]:
+    """The aliases ``only`` names (each an alias, or an Instantly workspace id), in config order.
+
+    An id is matched against ``as_workspace``, then against the id each remaining workspace's key
+    reports (``GET /workspaces/current``, asked only when an id is not found otherwise).
+
+    Raises:
+        ConfigError: a name is neither a configured alias nor the id of a configured workspace.
+    """
+    if not only:
+        return list(configured)
+    wanted = set(only)
+    chosen = {a for a in configured if a in wanted}
+    ids = {wcfg.as_workspace: a for a, wcfg in configured.items() if wcfg.as_workspace}
+    rest = wanted - chosen - {i for i in wanted if i in ids}
+    chosen |= {ids[i] for i in wanted if i in ids}
+    for alias, wcfg in configured.items():
+        if not rest:
+            break
+        if alias in chosen or wcfg.as_workspace:
+            continue
+        async with InstantlyClient(wcfg, session_factory=session_factory, sleep=sleep) as client:
+            try:
+                ws = await client.get(api.WORKSPACE.path)
+            except SourceError:
+                continue
+        if ws.get("id") in rest:
+            rest.discard(ws["id"])
+            chosen.add(alias)
+    if rest:
+        known = ", ".join(configured) or "none"
+        raise ConfigError(
+            f"--workspace {', '.join(sorted(rest))}: neither an alias in the config nor the id of a configured "
+            f"workspace (known aliases: {known})"
+        )
+    return [a for a in configured if a in chosen]
 
 
 async def check_workspaces(
@@ -71,20 +117,17 @@ async def check_workspaces(
     session_factory: SessionFactory | None = None,
     sleep: Sleep = asyncio.sleep,
 ) -> WorkspaceCheck:
-    """Check every configured workspace (or ``only`` these ids).
+    """Check every configured workspace (or ``only`` these, by alias or Instantly id).
 
     Raises:
         ConfigError: the rules section is invalid or ``only`` names an unknown workspace.
     """
     configured = workspaces(cfg)
-    unknown = [w for w in only or () if w not in configured]
-    if unknown:
-        raise ConfigError(f"--workspace {', '.join(unknown)}: not in the config (known: {', '.join(configured)})")
     ruleset = build_ruleset(cfg.rules, settings, base_dir)
-    out = WorkspaceCheck([], {})
-    for source_id, wcfg in configured.items():
-        if only and source_id not in only:
-            continue
+    selected = await select_workspaces(configured, only, session_factory=session_factory, sleep=sleep)
+    out = WorkspaceCheck([], {}, selected)
+    for source_id in selected:
+        wcfg = configured[source_id]
         snap = await fetch_workspace(source_id, wcfg, settings, clock=clock, session_factory=session_factory,
                                      sleep=sleep)  # fmt: skip
         out.results += evaluate_workspace(snap, ruleset, settings)

@@ -14,7 +14,7 @@ from pipeline.clock import Clock
 from pipeline.errors import BusError
 from pipeline.observability.logs import get_logger
 from pipeline.observability.metrics import KIND
-from pipeline.observability.telemetry import get_telemetry
+from pipeline.observability.telemetry import Telemetry, get_telemetry
 from pipeline.sources.webhook.dedup import SeenWindow
 
 log = get_logger("webhook")
@@ -39,6 +39,7 @@ class GroupCommitter:
     ``submit`` returns a future that resolves to True (published), False (duplicate: already
     published, or identical to another delivery of the same batch) or raises :class:`BusError`.
     Batches run one at a time, so the dedup window is always current when a batch is formed.
+    ``telemetry`` defaults to the process's current one, read once here.
     """
 
     def __init__(
@@ -51,8 +52,10 @@ class GroupCommitter:
         max_batch: int,
         max_batch_bytes: int = MAX_BATCH_BYTES,
         component_types: Mapping[str, str] | None = None,
+        telemetry: Telemetry | None = None,
     ):
         self.bus = bus
+        self.telemetry = telemetry if telemetry is not None else get_telemetry()
         self.component_types = dict(component_types or {})
         self.writer_id = writer_id
         self.windows = windows
@@ -144,7 +147,7 @@ class GroupCommitter:
                 publish.append(p)
         if not publish:
             return
-        tel = get_telemetry()
+        tel = self.telemetry
         links = tel.links(p.headers for p in publish)
         added: dict[tuple[str, int], list[bytes]] = collections.defaultdict(list)
         for p in publish:

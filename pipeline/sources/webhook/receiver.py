@@ -56,10 +56,10 @@ from pydantic import SecretStr
 from pipeline.bus.base import Bus
 from pipeline.clock import SYSTEM_CLOCK, Clock, format_time
 from pipeline.errors import BusError, WebhookRejected
-from pipeline.observability.health import get_health
+from pipeline.observability.health import HealthRegistry, get_health
 from pipeline.observability.logs import get_logger, redact_text, register_secret
-from pipeline.observability.metrics import ID, KIND, SOURCE, TYPE, WORKSPACE
-from pipeline.observability.telemetry import get_telemetry
+from pipeline.observability.metrics import ID, KIND, SOURCE, TYPE, WORKSPACE_ID
+from pipeline.observability.telemetry import Telemetry, get_telemetry
 from pipeline.redaction.gate import gated_event_bytes
 from pipeline.sources.webhook.access_log import install_access_log_filter
 from pipeline.sources.webhook.admission import (
@@ -107,8 +107,18 @@ class WebhookReceiver:
         accepted: deliveries published; ``duplicates``: deliveries recognised as already published.
     """
 
-    def __init__(self, config: WebhookConfig, bus: Bus, *, clock: Clock = SYSTEM_CLOCK):
+    def __init__(
+        self,
+        config: WebhookConfig,
+        bus: Bus,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        telemetry: Telemetry | None = None,
+        health: HealthRegistry | None = None,
+    ):
         self.config = config
+        self.telemetry = telemetry if telemetry is not None else get_telemetry()
+        self.health = health if health is not None else get_health()
         self.bus = bus
         self.clock = clock
         install_access_log_filter()
@@ -138,7 +148,13 @@ class WebhookReceiver:
         }
         types = {s.name: s.kind.component_type for s in self._sources.values()}
         self.committer = GroupCommitter(
-            bus, config.writer_id, self.windows, clock=clock, max_batch=config.max_batch, component_types=types
+            bus,
+            config.writer_id,
+            self.windows,
+            clock=clock,
+            max_batch=config.max_batch,
+            component_types=types,
+            telemetry=self.telemetry,
         )
         self._runner: web.AppRunner | None = None
         self._opened = False
@@ -196,7 +212,7 @@ class WebhookReceiver:
         self._runner, site = await listen(self.make_app(), self.config)
         self.guard = site.guard
         self.port = site.port
-        get_health().set_check("webhook", True, f"listening on {self.config.host}:{self.port}")
+        self.health.set_check("webhook", True, f"listening on {self.config.host}:{self.port}")
         log.info(
             "Webhook receiver listening",
             extra={
@@ -209,7 +225,7 @@ class WebhookReceiver:
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests, commit what is queued."""
         if self._runner is not None:
-            get_health().remove_check("webhook")
+            self.health.remove_check("webhook")
             await self._runner.cleanup()
             self._runner = None
             if self.guard is not None and self.guard.closed:
@@ -274,7 +290,7 @@ class WebhookReceiver:
         except Exception as err:  # noqa: BLE001 - never leak a traceback (it could quote the request)
             log.error("Webhook handler failed", extra={"source": src.name, "error": type(err).__name__})
             self.rejections["internal_error"] += 1
-            get_telemetry().webhook_rejections(src.name, "internal_error")
+            self.telemetry.webhook_rejections(src.name, "internal_error")
             return response(500, force_close=True)
 
     async def _handle(self, request: web.Request, src: _Source, started: float) -> web.StreamResponse:
@@ -314,14 +330,14 @@ class WebhookReceiver:
         except (RecursionError, orjson.JSONDecodeError, orjson.JSONEncodeError):
             # nesting deeper than the parser (1024), the encoder (255) or Python's stack allows
             raise WebhookRejected(400, "too_deep", "the body is nested too deeply") from None
-        tel = get_telemetry()
+        tel = self.telemetry
         labels = ("webhook", src.kind.component_type, src.name, src.workspace.id)
         attrs = {
             KIND: "webhook",
             TYPE: src.kind.component_type,
             ID: src.name,
             SOURCE: src.name,
-            WORKSPACE: src.workspace.id,
+            WORKSPACE_ID: src.workspace.id,
         }
         with tel.span("webhook.delivery", attrs, kind=SpanKind.SERVER):
             fut = self.committer.submit(
@@ -366,7 +382,7 @@ class WebhookReceiver:
 
     def _reject(self, request: web.Request, src: _Source | None, rej: WebhookRejected) -> web.StreamResponse:
         self.rejections[rej.reason] += 1
-        get_telemetry().webhook_rejections(src.name if src else "", rej.reason)
+        self.telemetry.webhook_rejections(src.name if src else "", rej.reason)
         if self._may_log(rej.reason):
             ip = self._client(request)
             log.warning(
