@@ -355,7 +355,7 @@ async def outage(bus: SqliteBus, secs: float, rate: int) -> None:
                     pending.discard(k)
         stop.set()
         await asyncio.gather(*tasks)
-        for k in SINKS:
+        for k in OUTAGE_SINKS:
             lost = len(want - set(dests[k].call("ids")))
             when = f"{drained[k]:.1f} s" if k in drained else "not within 120 s"
             print(f"  {k:<14} back up: caught up in {when} (includes the rest of circuit_open_secs=30), lost {lost}")
