@@ -52,6 +52,7 @@ from connectors.instantly.source import InstantlyWorkspacePoller
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.clock import SYSTEM_CLOCK
 from pipeline.redaction import encode_event, register_secret
+from pipeline.redaction.memo import reset as reset_memo
 from schemas import WorkspaceRef
 
 AUDIT_PATH = "/api/v2/audit-logs"
@@ -203,6 +204,7 @@ def normalization(pages: list[bytes], ws: WorkspaceRef, rounds: int) -> tuple[fl
                 normalize_audit_record(rec, ws, observed).to_json()
 
     def gated() -> None:
+        reset_memo()  # a stream's ids are new to the gate: no round profits from the memo of the last
         for p in pages:
             for rec in orjson.loads(p)["items"]:
                 encode_event(normalize_audit_record(rec, ws, observed))
