@@ -123,12 +123,33 @@ def _values_ok(values: Iterable[Any], depth: int) -> bool:
     return True
 
 
-def _fresh(s: Any) -> bool:
-    """A value new to the memo that is an id, a time or an address and no registered value (then remembered)."""
-    if type(s) is str and not s.strip(CLEAN_CHARS) and s not in registry.exact_forms():
-        remember(s)
-        return True
-    return False
+def _common_case(strings: tuple[Any, ...], time: Any, rid: Any, attrs: dict[Any, Any], raw: Any) -> bool:
+    """An event without ``change`` whose every string, key and truthy value is already known, in C.
+
+    A stream's fresh time and record id (``raw`` repeats them) are checked first — an id, a time
+    and no registered value — and known for this event only, so the memo keeps the stream's
+    repeated values (small, fast) rather than every id it ever saw.
+    """
+    memo = MEMO
+    fresh: list[str] = []
+    try:
+        for s in (time, rid):
+            if s not in memo:
+                if type(s) is not str or s.strip(CLEAN_CHARS) or s in registry.exact_forms():
+                    return False
+                fresh.append(s)
+        memo.update(fresh)
+        if raw is None:
+            return NAMES.issuperset(attrs) and memo.issuperset(filter(None, _chain(strings, attrs.values())))
+        return (
+            NAMES.issuperset(attrs)
+            and NAMES.issuperset(raw)
+            and memo.issuperset(filter(None, _chain(strings, attrs.values(), raw.values())))
+        )
+    except TypeError:  # a non-empty list or map among the values: the walk decides
+        return False
+    finally:
+        memo.difference_update(fresh)
 
 
 def event_unchanged(event: Event) -> bool:
@@ -137,7 +158,6 @@ def event_unchanged(event: Event) -> bool:
     Conservative: ``False`` means "run the full gate", which may still change nothing.
     """
     sync()
-    memo = MEMO
     ws, src, a, t, c = event.workspace, event.source, event.actor, event.target, event.change
     attrs, raw = event.attributes, event.raw
     if type(attrs) is not dict or (raw is not None and type(raw) is not dict):
@@ -147,23 +167,8 @@ def event_unchanged(event: Event) -> bool:
         strings += (a.user_id, a.user_name, a.api_key_id, a.ip, a.user_agent)
     if t is not None:
         strings += (t.kind, t.id, t.name)
-    if c is None:
-        # The common case in two C-level set tests: a stream's fresh time and record id learnt first
-        # (raw repeats them), then every string, key and truthy value of the event already known.
-        time, rid = event.time, src.record_id
-        if (time in memo or _fresh(time)) and (rid in memo or _fresh(rid)):
-            try:
-                if raw is None:
-                    if NAMES.issuperset(attrs) and memo.issuperset(filter(None, _chain(strings, attrs.values()))):
-                        return True
-                elif (
-                    NAMES.issuperset(attrs)
-                    and NAMES.issuperset(raw)
-                    and memo.issuperset(filter(None, _chain(strings, attrs.values(), raw.values())))
-                ):
-                    return True
-            except TypeError:  # a non-empty list or map among the values: the walk below
-                pass
+    if c is None and _common_case(strings, event.time, src.record_id, attrs, raw):
+        return True
     if not _strings_ok(strings):
         return False
     if c is not None:
