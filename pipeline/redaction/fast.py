@@ -25,6 +25,7 @@ from pipeline.redaction import registry
 from pipeline.redaction.check import MAX_DEPTH
 from pipeline.redaction.memo import (
     CLEAN_CHARS,
+    CLEAN_FORMS,
     MEMO,
     MEMO_MAX,
     MEMO_STR_MAX,
@@ -135,7 +136,7 @@ def _common_case(strings: tuple[Any, ...], time: Any, rid: Any, attrs: dict[Any,
     try:
         for s in (time, rid):
             if s not in memo:
-                if type(s) is not str or s.strip(CLEAN_CHARS) or s in registry.exact_forms():
+                if type(s) is not str or s.strip(CLEAN_CHARS) or s in CLEAN_FORMS:
                     return False
                 fresh.append(s)
         memo.update(fresh)

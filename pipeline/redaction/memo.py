@@ -22,6 +22,8 @@ MEMO_STR_MAX = 1024
 """Longer strings are checked every time (not remembered)."""
 MEMO: set[object] = {None, True}
 NAMES: set[str] = set()
+CLEAN_FORMS: set[str] = set()
+"""Registered forms made of :data:`CLEAN_CHARS` alone (usually none): the only secrets an id-shaped string can be."""
 _GEN = [-1]
 
 
@@ -30,6 +32,8 @@ def sync() -> None:
     if _GEN[0] != registry.generation():
         reset()
         _GEN[0] = registry.generation()
+        CLEAN_FORMS.clear()
+        CLEAN_FORMS.update(f for f in registry.exact_forms() if not f.strip(CLEAN_CHARS))
 
 
 def reset() -> None:
@@ -71,4 +75,15 @@ def clean_text(s: str) -> str:
     return out
 
 
-__all__ = ["CLEAN_CHARS", "MEMO", "MEMO_MAX", "NAMES", "clean_text", "remember", "remember_name", "reset", "sync"]
+__all__ = [
+    "CLEAN_CHARS",
+    "CLEAN_FORMS",
+    "MEMO",
+    "MEMO_MAX",
+    "NAMES",
+    "clean_text",
+    "remember",
+    "remember_name",
+    "reset",
+    "sync",
+]
