@@ -223,3 +223,21 @@ def test_lists_past_the_depth_limit_are_refused_like_maps() -> None:
         node = node[0]
     with pytest.raises(GateRejected, match="too_deep"):
         encode_event(clean_event(attributes={"deep": deep}))
+
+
+def test_a_value_registered_after_it_was_found_clean_is_redacted_from_then_on() -> None:
+    """Registering a secret forgets the memo: a string the fast path knew as clean is checked again."""
+    value = "later-registered-0123456789"
+    ev = clean_event(attributes={"note": f"uses {value}"})
+    assert encode_event(ev) == ev.to_json()
+    register_secret(value)
+    assert value.encode() not in encode_event(ev)
+
+
+def test_an_id_shaped_registered_value_in_a_fresh_record_id_is_refused() -> None:
+    """The fresh-id check of the fast path knows id-shaped registered values (here ``deadbeef00112233``)."""
+    reset()
+    ev = clean_event(source=Source("audit_log", "audit_logs", REGISTERED[1]))
+    assert not event_unchanged(ev)
+    with pytest.raises(GateRejected, match="secret_in_identity"):
+        encode_event(ev)
