@@ -6,8 +6,12 @@ one they leave unchanged now (:func:`.memo.clean_text` returns the same object; 
 remembered); every map key must be a known clean, non-secret, non-``headers`` name
 (:data:`.memo.NAMES`), or a secret-named key whose value is already ``null`` or redacted; every
 other value a plain ``None``/``bool``/``int``/``float`` or a plain ``dict``/``list``/``tuple`` no
-deeper than :data:`.check.MAX_DEPTH`. Anything else — a ``headers`` map, a subclass, a non-string
-key, a string the passes would change — answers ``False`` and the full gate runs.
+deeper than :data:`.check.MAX_DEPTH`. Anything else — a ``headers`` map, a non-string key, a
+string the passes would change — answers ``False`` and the full gate runs.
+
+Keys and values are matched by their hash and equality (in C, a whole map at a time), as the full
+walk already matches keys: a ``str`` subclass overriding ``__eq__``/``__hash__`` could pass for a
+known clean string. JSON decoding and the normalizers produce plain types only.
 
 When it answers ``True``, ``gate_event(event) is event`` holds, so ``event.to_json()`` *is* the
 gated bytes (byte for byte; ``tests/unit/test_redaction_fastpath.py`` checks the two paths agree
