@@ -27,36 +27,21 @@ from typing import Any
 import msgspec
 
 from pipeline.errors import WebhookRejected
+from pipeline.redaction import memo as _state
 from pipeline.redaction import registry
 from pipeline.redaction.check import MAX_DEPTH, GateRejected, leaked_secret, rejected_letter, secret_problems
+from pipeline.redaction.fast import event_unchanged
 from pipeline.redaction.text import CLEAN_CHARS as _CLEAN_CHARS
-from pipeline.redaction.text import REDACTED, is_redacted, looks_clean, redact_text
+from pipeline.redaction.text import REDACTED, is_redacted
 from schemas.alert import Alert, Entity
 from schemas.event import Actor, Change, Event, Target
 from schemas.ids import fingerprint_secret
 from schemas.secret_names import HEADERS_NAME, is_secret_name
 
-_MEMO_MAX = 65_536
-_memo: set[str] = set()
-_names: set[str] = set()
-"""Map keys already found clean and not secret-named (a key never changes meaning)."""
-_memo_gen = [-1]
 _replace = msgspec.structs.replace
-
-
-def _clean_text(s: str) -> str:
-    if s in _memo:
-        return s
-    if looks_clean(s):  # ids, timestamps, addresses: only a whole registered value can hide here
-        return registry.exact_forms().get(s, s)
-    out = redact_text(s, fingerprint=True)
-    if out is s or out == s:
-        if len(_memo) >= _MEMO_MAX:
-            _memo.clear()
-        if len(s) <= 1024:
-            _memo.add(s)
-        return s
-    return out
+_memo = _state.MEMO
+_names = _state.NAMES
+_clean_text = _state.clean_text
 
 
 def _secret_value(value: Any) -> Any:
@@ -79,10 +64,7 @@ def redact_tree(value: Any, depth: int = 0) -> Any:
     Raises:
         GateRejected: nested deeper than :data:`MAX_DEPTH`.
     """
-    if _memo_gen[0] != registry.generation():
-        _memo.clear()
-        _names.clear()
-        _memo_gen[0] = registry.generation()
+    _state.sync()
     return _tree(value, depth)
 
 
@@ -93,11 +75,27 @@ def _tree(value: Any, depth: int) -> Any:
     if t is dict:
         return _map(value, depth)
     if t is list or t is tuple:
+        if depth > MAX_DEPTH:
+            raise GateRejected("too_deep", f"depth {depth}")
         items = [_tree(v, depth + 1) for v in value]
         if all(a is b for a, b in zip(items, value, strict=True)):
             return value
         return items if t is list else tuple(items)
-    return value
+    # subclasses (an OrderedDict, a str enum) are serialized like their base: walk a plain copy, keep
+    # the original when the passes changed nothing
+    out: Any
+    if isinstance(value, str):
+        plain: Any = str.__str__(value)
+        out = _clean_text(plain)
+    elif isinstance(value, dict):
+        plain = dict(value)
+        out = _map(plain, depth)
+    elif isinstance(value, list | tuple):
+        plain = list(value)
+        out = _tree(plain, depth)
+    else:
+        return value
+    return value if out is plain else out
 
 
 def _map(value: dict[Any, Any], depth: int) -> dict[Any, Any]:
@@ -116,8 +114,8 @@ def _map(value: dict[Any, Any], depth: int) -> dict[Any, Any]:
                 if not v or _map(v, depth + 1) is v:
                     continue
                 break
-            if tv is list or tv is tuple:
-                break
+            if v is not None and tv is not int and tv is not bool and tv is not float:
+                break  # a list, or a subclass to walk as its base
         else:
             return value
     out: dict[str, Any] | None = None
@@ -140,8 +138,8 @@ def _map(value: dict[Any, Any], depth: int) -> dict[Any, Any]:
             elif HEADERS_NAME.match(key) and isinstance(v, dict):
                 nv = {_clean_text(str(h)): (x if x is None or is_redacted(x) else REDACTED) for h, x in v.items()}
             else:
-                if key is k and len(names) < _MEMO_MAX:
-                    names.add(k)
+                if key is k and not HEADERS_NAME.match(key):  # "headers": a map of it is never a known name
+                    _state.remember_name(k)
                 nv = _tree(v, depth + 1)
         if out is None and (nv is not v or key is not k):
             out = {}
@@ -158,7 +156,7 @@ def _text(s: str | None) -> str | None:
     return s if s is None or s in _memo else _clean_text(s)
 
 
-def _all_clean(values: tuple[str | None, ...], memo: set[str], exact: dict[str, str]) -> bool:
+def _all_clean(values: tuple[str | None, ...], memo: set[object], exact: dict[str, str]) -> bool:
     """Whether every value is None, known clean, or an id/time/address that is no registered value."""
     cc = _CLEAN_CHARS
     for v in values:
@@ -184,10 +182,7 @@ def gate_event(event: Event) -> Event:
     Raises:
         GateRejected: nested too deep.
     """
-    if _memo_gen[0] != registry.generation():
-        _memo.clear()
-        _names.clear()
-        _memo_gen[0] = registry.generation()
+    _state.sync()
     a, t, c = event.actor, event.target, event.change
     src = event.source
     memo, exact, cc = _memo, registry.exact_forms(), _CLEAN_CHARS
@@ -232,10 +227,7 @@ def gate_alert(alert: Alert) -> Alert:
     Raises:
         GateRejected: nested too deep.
     """
-    if _memo_gen[0] != registry.generation():
-        _memo.clear()
-        _names.clear()
-        _memo_gen[0] = registry.generation()
+    _state.sync()
     changes: dict[str, Any] = {}
     summary = _clean_text(alert.summary)
     if summary is not alert.summary:
@@ -265,6 +257,21 @@ def _checked(data: bytes, doc: dict[str, Any] | None) -> bytes:
 
 def encode_event(event: Event) -> bytes:
     """The bus bytes of ``event`` after the gate and the secret check.
+
+    The fast path first (:func:`pipeline.redaction.fast.event_unchanged`): when it proves the
+    passes would change nothing, the plain encoding is the gated encoding; otherwise the full walk
+    (:func:`encode_event_full`) runs.
+
+    Raises:
+        GateRejected: the check still fails; publish :func:`rejected_letter` instead.
+    """
+    if event_unchanged(event):
+        return event.to_json()
+    return encode_event_full(event)
+
+
+def encode_event_full(event: Event) -> bytes:
+    """:func:`encode_event` without the fast path: every pass, then the check (tests compare the two).
 
     Raises:
         GateRejected: the check still fails; publish :func:`rejected_letter` instead.
@@ -306,6 +313,7 @@ __all__ = [
     "GateRejected",
     "encode_alert",
     "encode_event",
+    "encode_event_full",
     "gate_alert",
     "gate_event",
     "gated_event_bytes",

@@ -5,7 +5,8 @@
 * :func:`register_shape` — a connector teaches the runtime what its credentials look like (the
   Instantly connector registers its API-key shape), so ``pipeline/`` hard-codes no vendor format.
 
-Registering clears the memo of strings already found clean (:func:`generation`).
+Registering (and changing the URL host allowlist, :func:`bump`) clears the memo of strings already
+found clean (:func:`generation`).
 """
 
 from __future__ import annotations
@@ -113,6 +114,12 @@ def shapes() -> list[Shape]:
 def generation() -> int:
     """A number that changes whenever a secret or a shape is registered (memos key on it)."""
     return _STATE["generation"]
+
+
+def bump() -> None:
+    """Move the generation: something the passes depend on changed (the URL host allowlist)."""
+    with _LOCK:
+        _STATE["generation"] += 1
 
 
 def forget_secrets() -> None:

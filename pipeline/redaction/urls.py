@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+from pipeline.redaction import registry
 from schemas.ids import fingerprint_secret
 
 REDACTED = "<redacted>"
@@ -46,7 +47,10 @@ def set_url_path_hosts(hosts: Iterable[str]) -> None:
     Raises:
         ValueError: an entry is not a bare host name.
     """
-    _STATE["hosts"] = frozenset(validate_hosts(hosts))
+    new = frozenset(validate_hosts(hosts))
+    if new != _STATE["hosts"]:
+        _STATE["hosts"] = new
+        registry.bump()  # strings found clean under the old list may not be clean under the new one
 
 
 def url_path_hosts() -> frozenset[str]:

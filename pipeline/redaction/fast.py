@@ -1,0 +1,185 @@
+"""The gate's fast path: proving, without rewriting anything, that the passes would leave an event as it is.
+
+:func:`event_unchanged` walks an event the way :func:`pipeline.redaction.gate.gate_event` does, but
+only *checks*: every string must be one the passes already left unchanged (:data:`.memo.MEMO`) or
+one they leave unchanged now (:func:`.memo.clean_text` returns the same object; it is then
+remembered); every map key must be a known clean, non-secret, non-``headers`` name
+(:data:`.memo.NAMES`), or a secret-named key whose value is already ``null`` or redacted; every
+other value a plain ``None``/``bool``/``int``/``float`` or a plain ``dict``/``list``/``tuple`` no
+deeper than :data:`.check.MAX_DEPTH`. Anything else — a ``headers`` map, a non-string key, a
+string the passes would change — answers ``False`` and the full gate runs.
+
+Keys and values are matched by their hash and equality (in C, a whole map at a time), as the full
+walk already matches keys: a ``str`` subclass overriding ``__eq__``/``__hash__`` could pass for a
+known clean string. JSON decoding and the normalizers produce plain types only.
+
+When it answers ``True``, ``gate_event(event) is event`` holds, so ``event.to_json()`` *is* the
+gated bytes (byte for byte; ``tests/unit/test_redaction_fastpath.py`` checks the two paths agree
+on generated events with planted secrets). It touches each value once, with no rebuilding and
+no rewrite bookkeeping: the cost of a set lookup per value.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+from pipeline.redaction import registry
+from pipeline.redaction.check import MAX_DEPTH
+from pipeline.redaction.memo import (
+    CLEAN_CHARS,
+    CLEAN_FORMS,
+    MEMO,
+    MEMO_MAX,
+    MEMO_STR_MAX,
+    NAMES,
+    clean_text,
+    remember,
+    remember_name,
+    reset,
+    sync,
+)
+from pipeline.redaction.text import is_redacted
+from schemas.event import Event
+from schemas.secret_names import HEADERS_NAME, is_secret_name
+
+_NUMBERS = (int, bool, float)
+_chain = itertools.chain
+
+
+def _new_string(s: Any) -> bool:
+    """Whether ``s``, not yet known, is a plain string the passes leave as is (then remembered)."""
+    if type(s) is not str:
+        return False
+    if not s.strip(CLEAN_CHARS) and s not in registry.exact_forms():  # an id, a time, an address
+        remember(s)
+        return True
+    return clean_text(s) is s
+
+
+def _strings_ok(strings: tuple[Any, ...]) -> bool:
+    """Every one ``None``, known, or a plain string the passes leave as is (the new ones are remembered).
+
+    In C for the common case: the unknown ones are a stream's fresh ids, times and addresses,
+    made of :data:`CLEAN_CHARS` alone and no registered value: one join, one strip, one lookup.
+    """
+    missing = {*strings}.difference(MEMO)
+    if not missing:
+        return True
+    try:
+        joined = "".join(missing)
+    except TypeError:  # not all plain strings: let the full gate decide
+        return False
+    if not joined.strip(CLEAN_CHARS) and registry.exact_forms().keys().isdisjoint(missing):
+        if len(MEMO) + len(missing) > MEMO_MAX:
+            reset()
+        MEMO.update(missing if len(joined) <= MEMO_STR_MAX else (s for s in missing if len(s) <= MEMO_STR_MAX))
+        return True
+    return all(map(_new_string, missing))
+
+
+def _key_ok(k: Any, v: Any) -> bool:
+    """A key not yet known: clean and plain (then remembered), or secret-named with a redacted value."""
+    if type(k) is not str or clean_text(k) is not k or HEADERS_NAME.match(k):
+        return False  # a rewritten key, or a header map (its values are always rebuilt)
+    if is_secret_name(k):
+        return v is None or is_redacted(v)
+    remember_name(k)
+    return True
+
+
+def _map_ok(d: dict[Any, Any], depth: int) -> bool:
+    """Whether the passes leave the map ``d`` (at ``depth``) as it is."""
+    if depth < MAX_DEPTH:
+        try:  # in C: every key known, every truthy value known (falsy ones are empty or zero: nothing to redact)
+            if NAMES.issuperset(d) and MEMO.issuperset(filter(None, d.values())):
+                return True
+        except TypeError:  # a non-empty list or map among the values: walk it below
+            pass
+    elif depth > MAX_DEPTH:
+        return False
+    if not NAMES.issuperset(d):
+        for k, v in d.items():
+            if k not in NAMES and not _key_ok(k, v):
+                return False
+    return _values_ok(d.values(), depth)
+
+
+def _values_ok(values: Iterable[Any], depth: int) -> bool:
+    """Whether the passes leave every value (of a map or a list at ``depth``) as it is; numbers are remembered."""
+    memo = MEMO
+    for v in values:
+        tv = type(v)
+        if tv is str:
+            if v in memo or _new_string(v):
+                continue
+            return False
+        if v is None or tv in _NUMBERS:
+            remember(v)
+            continue
+        if tv is dict:
+            if _map_ok(v, depth + 1):
+                continue
+            return False
+        if (tv is list or tv is tuple) and depth < MAX_DEPTH and _values_ok(v, depth + 1):
+            continue
+        return False
+    return True
+
+
+def _common_case(strings: tuple[Any, ...], time: Any, rid: Any, attrs: dict[Any, Any], raw: Any) -> bool:
+    """An event without ``change`` whose every string, key and truthy value is already known, in C.
+
+    A stream's fresh time and record id (``raw`` repeats them) are checked first — an id, a time
+    and no registered value — and known for this event only, so the memo keeps the stream's
+    repeated values (small, fast) rather than every id it ever saw.
+    """
+    memo = MEMO
+    fresh: list[str] = []
+    try:
+        for s in (time, rid):
+            if s not in memo:
+                if type(s) is not str or s.strip(CLEAN_CHARS) or s in CLEAN_FORMS:
+                    return False
+                fresh.append(s)
+        memo.update(fresh)
+        if raw is None:
+            return NAMES.issuperset(attrs) and memo.issuperset(filter(None, _chain(strings, attrs.values())))
+        return (
+            NAMES.issuperset(attrs)
+            and NAMES.issuperset(raw)
+            and memo.issuperset(filter(None, _chain(strings, attrs.values(), raw.values())))
+        )
+    except TypeError:  # a non-empty list or map among the values: the walk decides
+        return False
+    finally:
+        memo.difference_update(fresh)
+
+
+def event_unchanged(event: Event) -> bool:
+    """True only when the gate would return ``event`` itself: nothing to redact, nothing to refuse.
+
+    Conservative: ``False`` means "run the full gate", which may still change nothing.
+    """
+    sync()
+    ws, src, a, t, c = event.workspace, event.source, event.actor, event.target, event.change
+    attrs, raw = event.attributes, event.raw
+    if type(attrs) is not dict or (raw is not None and type(raw) is not dict):
+        return False
+    strings: tuple[Any, ...] = (event.type, event.time, event.observed_at, ws.id, ws.name, src.stream, src.record_id)
+    if a is not None:
+        strings += (a.user_id, a.user_name, a.api_key_id, a.ip, a.user_agent)
+    if t is not None:
+        strings += (t.kind, t.id, t.name)
+    if c is None and _common_case(strings, event.time, src.record_id, attrs, raw):
+        return True
+    if not _strings_ok(strings):
+        return False
+    if c is not None:
+        if type(c.fields) is not tuple or None in c.fields or not _strings_ok(c.fields):
+            return False
+        for side in (c.before, c.after):
+            if side is not None and (type(side) is not dict or not _map_ok(side, 0)):
+                return False
+    return _map_ok(attrs, 0) and (raw is None or _map_ok(raw, 0))
