@@ -27,6 +27,11 @@ from pipeline.bus.kafka_client import KafkaConnection, wrap_error
 SESSION_TIMEOUT_MS = 10_000
 """A replica that sent no heartbeat for this long is dead: its partitions go to the others."""
 HEARTBEAT_INTERVAL_MS = 3_000
+REBALANCE_TIMEOUT_MS = 25_000
+"""How long the coordinator waits for every member to rejoin a rebalance — it includes the revoke
+callback, which lets pollers finish their poll (aiokafka's default is the session timeout, 10 s:
+a member still stopping its pollers would be dropped and its workspaces handed on too early). Kept
+below the request timeout (30 s): aiokafka sends JoinGroup with the ordinary request timeout."""
 Callback = Callable[[set[int]], Awaitable[None]]
 
 
@@ -82,6 +87,7 @@ class KafkaMembership:
             auto_offset_reset="latest",
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,
+            rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
             request_timeout_ms=self.conn.request_timeout_ms,
             **self.conn.client_args,
         )

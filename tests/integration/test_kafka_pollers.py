@@ -12,6 +12,7 @@ once (lost 0, duplicated 0).
 from __future__ import annotations
 
 import random
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from tests.integration.helpers import (
     kcat_available,
     log_time,
     simulator,
+    uncommitted_count,
     wait_for,
 )
 
@@ -132,12 +134,12 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Sim, dict[str, Any], list[Replica]
 
 
 def _covering(replicas: list[Replica], timeout: float) -> bool:
-    """Wait until the live replicas poll every workspace, each exactly one (a settled assignment)."""
+    """Wait until every live replica polls some workspaces and each workspace is polled by exactly one."""
 
     def settled() -> bool:
         owned = [r.owned()[1] for r in replicas if r.alive()]
         union = set().union(*owned) if owned else set()
-        return len(union) == WORKSPACES and sum(len(o) for o in owned) == WORKSPACES
+        return all(owned) and len(union) == WORKSPACES and sum(len(o) for o in owned) == WORKSPACES
 
     return wait_for(settled, timeout, step=0.5)
 
@@ -163,6 +165,7 @@ def _finish_and_count(sim: Sim, bus: dict[str, Any], replicas: list[Replica], on
             assert r.stop() == 0, r.last_log()
     assert once.run_once() == 0, once.last_log()
     events = bus_events(bus)
+    aborted = uncommitted_count(bus["bootstrap_servers"][0], bus["topic_prefix"] + "instantly.events.v1") - len(events)
     total = lost = dup = 0
     for ws in sim_workspaces(sim):
         expected = [str(i) for i in sim.call("GET", f"/audit/ids?workspace={ws['id']}")]
@@ -171,7 +174,10 @@ def _finish_and_count(sim: Sim, bus: dict[str, Any], replicas: list[Replica], on
         lost += len(count.lost)
         dup += len(count.duplicated) + len(count.duplicate_event_ids)
         assert not count.unexpected, count.line()
-    print(f"\n[pollers] generated {generated['audit_generated']}, records {total}, lost {lost}, duplicated {dup}")
+    print(
+        f"\n[pollers] generated {generated['audit_generated']}, records {total}, lost {lost}, duplicated {dup}, "
+        f"records of aborted transactions {aborted}"
+    )
     assert total > 300
     assert lost == 0
     assert dup == 0
@@ -245,3 +251,34 @@ def _first_poll_of(replicas: list[Replica], sources: set[str], since: float, tim
     if found is None:
         pytest.fail(f"no survivor polled {sorted(sources)} within {timeout}s")
     return found
+
+
+def test_stalled_replica_is_fenced_when_it_wakes(
+    cluster: tuple[Sim, dict[str, Any], list[Replica], Replica],
+) -> None:
+    """SIGSTOP a replica (a zombie: alive, silent) past the session timeout, then SIGCONT it.
+
+    The survivors take its workspaces and fence its writers (``poller-<id>``); when it wakes, its
+    next transaction is refused (ProducerFenced), its pollers stop, and it rejoins the group. No
+    record is published twice.
+    """
+    sim, bus, replicas, once = cluster
+    for r in replicas:
+        r.start()
+    assert _covering(replicas, 90), "\n".join(r.last_log(1500) for r in replicas)
+    zombie = replicas[0]
+    stalled = zombie.owned()[1]
+    assert zombie.proc is not None
+    zombie.proc.send_signal(signal.SIGSTOP)
+    stopped = time.time()
+    try:
+        took = _first_poll_of(replicas[1:], stalled, stopped, TAKEOVER_LIMIT_SECS + 20)
+    finally:
+        zombie.proc.send_signal(signal.SIGCONT)
+    assert _covering(replicas, 60), "\n".join(r.last_log(1500) for r in replicas)
+    time.sleep(POLL_SECS * 2)
+    fenced = [
+        r for r in zombie.log_records() if r.get("msg") == "Poller stopped: another replica owns the workspace now"
+    ]
+    print(f"\n[pollers] zombie: taken over after {took - stopped:.1f} s, fenced pollers {len(fenced)}")
+    _finish_and_count(sim, bus, replicas, once)
