@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import random
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 
@@ -29,6 +31,7 @@ from tests.integration.helpers import (
     PipelineRunner,
     Sim,
     bus_events,
+    cli_command,
     exactly_once,
     kcat_available,
     log_time,
@@ -204,7 +207,28 @@ def test_three_replicas_share_24_workspaces(
     )
     assert all(shares), f"a replica got no workspace: {shares}"
     assert three <= 1.2 * one, f"three replicas made {three} requests, one made {one}"
+    _status_names_the_owners(replicas, once)
     _finish_and_count(sim, bus, replicas, once)
+
+
+def _status_names_the_owners(replicas: list[Replica], once: Replica) -> None:
+    """``instantly-audit status --format json`` (reads the bus) names the replica each workspace's poller runs in."""
+    done = subprocess.run(
+        [*cli_command(), "status", "--config", str(once.config), "--format", "json"],
+        capture_output=True,
+        timeout=60,
+        env=once.env(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    doc = orjson.loads(done.stdout)
+    owner = {w["source_id"]: w["owner"] for w in doc["workspaces"]}
+    for r in replicas:
+        assert r.proc is not None
+        for sid in r.owned()[1]:
+            assert owner[sid].endswith(f":{r.proc.pid}"), (sid, owner[sid], r.proc.pid)
+    assert all(w["cursor_age_secs"] is not None and w["cursor_age_secs"] < 30 for w in doc["workspaces"]), doc
+    assert {g["group"] for g in doc["groups"]} == {"rules"}
 
 
 def test_sigkill_replica_mid_page_survivors_take_over(
