@@ -116,7 +116,10 @@ class InstantlyWorkspacePoller:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        """Close the session and stop watching the streams' health (the workspace may have moved to another replica)."""
         await self.aclose()
+        for stream in self.streams:
+            get_health().forget_stream(self.source_id, stream)
 
     async def _open(self) -> None:
         if not self._opened:
