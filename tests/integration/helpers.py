@@ -419,9 +419,21 @@ def own_broker(state_dir: Path, *, flush_every_message: bool = True) -> Iterator
         b.mod.stop(b.info, signal.SIGKILL, purge=True)
 
 
-def kafka_bus(bootstrap: str, prefix: str) -> dict[str, Any]:
-    """A Kafka bus config block for the pipeline under test."""
-    return {"type": "kafka", "bootstrap_servers": [bootstrap], "partitions": 2, "transactional_id_prefix": prefix}
+def kafka_bus(bootstrap: str, prefix: str, *, share_pollers: bool = False) -> dict[str, Any]:
+    """A Kafka bus config block for the pipeline under test.
+
+    ``share_pollers`` is off: these tests kill and restart one process and aim the kills at its page
+    transactions; with sharing on, a restarted process waits for the killed one's group session to
+    expire (10 s) before it polls, so most kills would land before anything is published. Sharing
+    among replicas is tested in ``test_kafka_pollers.py``.
+    """
+    return {
+        "type": "kafka",
+        "bootstrap_servers": [bootstrap],
+        "partitions": 2,
+        "transactional_id_prefix": prefix,
+        "share_pollers": share_pollers,
+    }
 
 
 def segment_bytes(state_dir: Path) -> dict[str, bytes]:
