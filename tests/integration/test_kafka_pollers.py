@@ -189,7 +189,7 @@ def _finish_and_count(sim: Sim, bus: dict[str, Any], replicas: list[Replica], on
 def test_three_replicas_share_24_workspaces(
     cluster: tuple[Sim, dict[str, Any], list[Replica], Replica],
 ) -> None:
-    """One replica polls all 24; three share them: about the same API requests, every record once."""
+    """One replica polls all 24; three share them with about the same API requests; back to one; every record once."""
     sim, bus, replicas, once = cluster
     replicas[0].start()
     assert _covering(replicas[:1], 60), replicas[0].last_log()
@@ -208,6 +208,10 @@ def test_three_replicas_share_24_workspaces(
     assert all(shares), f"a replica got no workspace: {shares}"
     assert three <= 1.2 * one, f"three replicas made {three} requests, one made {one}"
     _status_names_the_owners(replicas, once)
+    for r in replicas[1:]:  # scale back to one replica while polling (SIGTERM: they leave the group)
+        assert r.stop() == 0, r.last_log()
+    assert _covering(replicas[:1], 60), replicas[0].last_log()
+    time.sleep(POLL_SECS * 2)
     _finish_and_count(sim, bus, replicas, once)
 
 
