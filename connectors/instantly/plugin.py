@@ -1,4 +1,4 @@
-"""The Instantly connector's source plugin: one poller per configured workspace.
+"""The Instantly connector's source plugin: one poller per configured workspace (agencies: plus their subs).
 
 Registered as ``instantly_audit.sources: instantly``; the runtime finds it there and never
 imports this package by name.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from connectors.instantly.config import workspaces
+from connectors.instantly.discovery import AgencyPoller
 from connectors.instantly.source import InstantlyWorkspacePoller
 from pipeline.bus.base import Bus
 from pipeline.clock import Clock
@@ -23,8 +24,13 @@ class InstantlySources:
     sections: ClassVar[tuple[str, ...]] = ("workspaces",)
 
     def build(self, cfg: PipelineConfig, bus: Bus, clock: Clock) -> list[Source]:
-        """One :class:`InstantlyWorkspacePoller` per configured workspace."""
-        return [InstantlyWorkspacePoller(sid, wcfg, bus, clock=clock) for sid, wcfg in workspaces(cfg).items()]
+        """One poller per configured workspace (an :class:`AgencyPoller` where ``discover_subworkspaces`` is on)."""
+        return [
+            AgencyPoller(sid, wcfg, bus, clock=clock)
+            if wcfg.discover_subworkspaces
+            else InstantlyWorkspacePoller(sid, wcfg, bus, clock=clock)
+            for sid, wcfg in workspaces(cfg).items()
+        ]
 
 
 SOURCE = InstantlySources()

@@ -277,6 +277,16 @@ class InstantlyWorkspacePoller:
                 raise
             log.warning("Could not record the poll status", extra={"source": self.source_id, "error": str(err)})
 
+    async def list_group_members(self) -> list[dict[str, Any]]:
+        """The workspace group links this key sees (``/api/v2/workspace-group-members``, every page).
+
+        Raises:
+            SourceError: the listing failed (nothing partial is returned).
+        """
+        await self._open()
+        spec = BY_NAME["group_members"]
+        return await self._client.get_all(spec.path, limit=page_limit(spec))
+
     # ---- identity ---------------------------------------------------------------------------
     async def _load_identity(self) -> None:
         if self._identity_loaded:
