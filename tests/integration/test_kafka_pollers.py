@@ -85,7 +85,7 @@ def _config(path: Path, sim: Sim, bus: dict[str, Any]) -> tuple[Path, dict[str, 
             "api_key": "${" + var + "}",
             "base_url": sim.url,
             "poll_interval_secs": POLL_SECS,
-            "audit_page_size": 10,
+            "audit_page_size": 2,
             "streams": ["audit_logs"],
             "max_retries": 3,
             "budget": {"requests_per_second": 100, "requests_per_minute": 6000},
@@ -109,7 +109,7 @@ def sim_workspaces(sim: Sim) -> list[JSON]:
 def cluster(tmp_path: Path) -> Iterator[tuple[Sim, dict[str, Any], list[Replica], Replica]]:
     """The simulator (24 workspaces), a bus config, three replica runners (not started), a ``--once`` runner."""
     logs = tmp_path / "logs"
-    with simulator(logs, seed=random.randrange(1, 1 << 30), rate=24.0, changes_every=0, workspaces=WORKSPACES) as sim:
+    with simulator(logs, seed=random.randrange(1, 1 << 30), rate=36.0, changes_every=0, workspaces=WORKSPACES) as sim:
         tag = uuid.uuid4().hex[:6]
         bus = {
             "type": "kafka",
