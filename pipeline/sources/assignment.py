@@ -117,6 +117,8 @@ class WorkspaceAssignment:
         self.running: dict[str, _Running] = {}
         self._known = [s.source_id for s in build()]
         self._closing = False
+        self._broken: BusError | None = None
+        self._inner = asyncio.Event()
 
     def partition(self, source_id: str) -> int:
         """The control partition of a workspace."""
@@ -139,13 +141,20 @@ class WorkspaceAssignment:
             BusError: the bus failed.
         """
         self._closing = False
+        self._broken = None
         await self.announce()
         member = self.bus.membership(CONTROL_TOPIC, CONTROL_GROUP, assigned=self.assigned, revoked=self.revoked)
+        inner = asyncio.Event()  # set on ``stop``, or when a takeover failed (then leave and rejoin)
+        self._inner = inner
+        relay = asyncio.create_task(_relay(stop, inner))
         try:
-            await member.run(stop)
+            await member.run(inner)
         finally:
+            relay.cancel()
             self._closing = True
             await self.revoked(set(range(self.partitions)))
+        if self._broken is not None:
+            raise self._broken
 
     async def assigned(self, partitions: set[int]) -> None:
         """Enter the pollers of ``partitions`` (fencing their previous owners), reload state, start them."""
@@ -161,7 +170,16 @@ class WorkspaceAssignment:
             except BusError as err:
                 log.error("Could not take over a workspace", extra={"source": src.source_id, "error": str(err)})
         if entered:
-            await self.bus.refresh_state()  # after fencing: the cursors the previous owners committed last
+            try:
+                await self.bus.refresh_state()  # after fencing: the cursors the previous owners committed last
+            except BusError as err:
+                # Never poll on a stale cursor: give the workspaces back and let the supervisor rejoin.
+                log.error("State could not be re-read after a takeover; leaving the group", extra={"error": str(err)})
+                for src in entered:
+                    await self._close(src)
+                self._broken = err
+                self._inner.set()
+                return
         for src in entered:
             txn_id = getattr(src, "txn_id", None)
             if isinstance(txn_id, str):
@@ -197,16 +215,20 @@ class WorkspaceAssignment:
             await asyncio.gather(*pending, return_exceptions=True)
         for r in gone:
             self.running.pop(r.source.source_id, None)
-            with contextlib.suppress(Exception):
-                await r.source.__aexit__(None, None, None)
-            txn_id = getattr(r.source, "txn_id", None)
-            if isinstance(txn_id, str):
-                with contextlib.suppress(BusError):
-                    await self.bus.release(txn_id)
+            await self._close(r.source)
         log.info(
             "Workspaces revoked",
             extra={"replica": self.replica, "workspaces": sorted(r.source.source_id for r in gone)},
         )
+
+    async def _close(self, src: Source) -> None:
+        """Exit a poller and stop its writer (the next owner fences a new one)."""
+        with contextlib.suppress(Exception):
+            await src.__aexit__(None, None, None)
+        txn_id = getattr(src, "txn_id", None)
+        if isinstance(txn_id, str):
+            with contextlib.suppress(BusError):
+                await self.bus.release(txn_id)
 
     async def _poll(self, run: _Running) -> None:
         """Run one poller until revoked; restart it after a crash, never after its writer was fenced."""
@@ -225,3 +247,9 @@ class WorkspaceAssignment:
                 log.error("Poller crashed; restarting", extra={"source": sid, "error": f"{type(err).__name__}: {err}"})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(run.stop.wait(), timeout=RESTART_DELAY_SECS)
+
+
+async def _relay(outer: asyncio.Event, inner: asyncio.Event) -> None:
+    """Set ``inner`` when ``outer`` is set."""
+    await outer.wait()
+    inner.set()
