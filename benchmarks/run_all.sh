@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 STATE=.bench/kafka
-KNOWN=(bus kafka connector rules sinks webhook telemetry replay)
+KNOWN=(bus kafka connector rules sinks webhook telemetry replay agency)
 
 modest_args() {  # the modest defaults, per benchmark
   [ "${BENCH_FULL:-0}" = 1 ] && return
@@ -21,6 +21,7 @@ modest_args() {  # the modest defaults, per benchmark
     bus) echo "--events 50000" ;;
     kafka) echo "--events 20000" ;;
     connector) echo "--window-records 20000 --polls 3 --norm-pages 10" ;;
+    agency) echo "--sizes 50,500 --rounds 2" ;;
     rules) echo "--events 200000 --users 2000" ;;
     sinks) echo "--events 5000 --webhook-events 1000 --rounds 1 --outage-secs 10" ;;
     telemetry) echo "--events 10000 --rounds 5" ;;

@@ -111,10 +111,13 @@ class Pipeline:
         self.config_dir = config_dir
         self.bus = bus
         self.roles = set(ROLES) if "all" in roles else set(roles)
+        self.once = once
         if once:
             self.roles.discard("webhook")  # a receiver has nothing to do in a one-shot run
         self.clock = clock
         self.pollers: list[Any] = []
+        self.assignment: Any = None
+        """Kafka with ``share_pollers``: the workspaces this replica polls come from the control group."""
         self.rules: Any = None
         self.runners: list[Any] = []
         self.receiver: Any = None
@@ -134,7 +137,15 @@ class Pipeline:
     async def _build(self) -> None:
         cfg, bus, clock, tel, health = self.cfg, self.bus, self.clock, self.telemetry, self.health
         await self.name_workspaces()
-        if "pollers" in self.roles:
+        if "pollers" in self.roles and not self.once and _shares_pollers(cfg, bus):
+            from pipeline.sources.assignment import WorkspaceAssignment
+
+            plugins = list(source_plugins().values())
+            self.assignment = WorkspaceAssignment(
+                bus,  # type: ignore[arg-type]  # _shares_pollers checked the extra methods
+                lambda: [s for p in plugins for s in p.build(cfg, bus, clock, telemetry=tel, health=health)],
+            )
+        elif "pollers" in self.roles:
             for plugin in source_plugins().values():
                 for source in plugin.build(cfg, bus, clock, telemetry=tel, health=health):
                     self.pollers.append(await self._stack.enter_async_context(source))
@@ -214,11 +225,20 @@ class Pipeline:
         out: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         for p in self.pollers:
             out.append((f"poller:{p.source_id}", functools.partial(p.run, stop)))
+        if self.assignment is not None:
+            out.append(("pollers:assignment", functools.partial(self.assignment.run, stop)))
         if self.rules is not None:
             out.append(("rules", functools.partial(self.rules.run, stop)))
         for r in self.runners:
             out.append((f"sink:{r.sink_id}", functools.partial(r.run, stop)))
         return out
+
+
+def _shares_pollers(cfg: PipelineConfig, bus: Bus) -> bool:
+    """Kafka replicas of ``--role pollers`` share the workspaces (unless ``bus.share_pollers: false``)."""
+    from pipeline.sources.assignment import can_share
+
+    return bool(getattr(cfg.bus, "share_pollers", False)) and can_share(bus)
 
 
 async def supervise(name: str, body: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:

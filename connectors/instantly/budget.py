@@ -68,6 +68,11 @@ class RequestBudget:
         while self._window and self._window[0] <= now - WINDOW_SECS + _EPS:
             self._window.popleft()
 
+    def used_last_minute(self) -> int:
+        """Requests taken in the last 60 s (``instantly-audit status`` shows it)."""
+        now = self._clock.monotonic()
+        return sum(1 for t in self._window if t > now - WINDOW_SECS + _EPS)
+
     def _wait_needed(self, now: float) -> float:
         wait = 0.0
         if self._tokens < 1.0 - _EPS:

@@ -54,6 +54,10 @@ class WorkspaceConfig(Model):
     request_timeout_secs: float = Field(30.0, gt=0)
     max_retries: int = Field(6, ge=0, le=20)
     budget: BudgetConfig = BudgetConfig()
+    discover_subworkspaces: bool = Field(
+        False, description="agency key: also poll every accepted sub-workspace of its group (x-as-workspace)"
+    )
+    discovery_interval_secs: float = Field(300.0, ge=0, description="how often the group's members are listed")
 
     @field_validator("base_url")
     @classmethod

@@ -1,4 +1,4 @@
-"""The Instantly connector's source plugin: one poller per configured workspace.
+"""The Instantly connector's source plugin: one poller per configured workspace (agencies: plus their subs).
 
 Registered as ``instantly_audit.sources: instantly``; the runtime finds it there and never
 imports this package by name.
@@ -11,6 +11,7 @@ from typing import ClassVar
 import orjson
 
 from connectors.instantly.config import workspaces
+from connectors.instantly.discovery import AgencyPoller
 from connectors.instantly.source import InstantlyWorkspacePoller, identity_key
 from pipeline.bus.base import Bus
 from pipeline.clock import Clock
@@ -35,9 +36,11 @@ class InstantlySources:
         telemetry: Telemetry | None = None,
         health: HealthRegistry | None = None,
     ) -> list[Source]:
-        """One :class:`InstantlyWorkspacePoller` per configured workspace."""
+        """One poller per configured workspace (an :class:`AgencyPoller` where ``discover_subworkspaces`` is on)."""
         return [
-            InstantlyWorkspacePoller(sid, wcfg, bus, clock=clock, telemetry=telemetry, health=health)
+            AgencyPoller(sid, wcfg, bus, clock=clock, telemetry=telemetry, health=health)
+            if wcfg.discover_subworkspaces
+            else InstantlyWorkspacePoller(sid, wcfg, bus, clock=clock, telemetry=telemetry, health=health)
             for sid, wcfg in workspaces(cfg).items()
         ]
 

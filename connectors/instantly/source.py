@@ -46,6 +46,7 @@ from pipeline.observability.health import HealthRegistry, get_health
 from pipeline.observability.logs import get_logger
 from pipeline.observability.metrics import ID, KIND, STREAM, TYPE, WORKSPACE, WORKSPACE_ID
 from pipeline.observability.telemetry import Telemetry, get_telemetry
+from pipeline.sources.base import status_key
 from schemas.event import WorkspaceRef
 
 log = get_logger("instantly.poller")
@@ -121,6 +122,8 @@ class InstantlyWorkspacePoller:
             self.telemetry.name_workspace(cfg.as_workspace, source_id)
         self._identity_loaded = False
         self._started_at = clock.now()
+        self._cursor_at: float | None = None
+        """When the audit log was last read to the end (for ``status``); loaded from state once."""
         """Process start, for the audit log: its first poll here repeats an older full re-read."""
 
     async def __aenter__(self) -> InstantlyWorkspacePoller:
@@ -128,7 +131,10 @@ class InstantlyWorkspacePoller:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        """Close the session and stop watching the streams' health (the workspace may have moved to another replica)."""
         await self.aclose()
+        for stream in self.streams:
+            get_health().forget_stream(self.source_id, stream)
 
     async def _open(self) -> None:
         if not self._opened:
@@ -263,7 +269,46 @@ class InstantlyWorkspacePoller:
             "Poll finished.",
             extra={"source": self.source_id, "workspace": self.workspace.id, "published": dict(counts)},
         )
+        await self._write_status(counts)
         return counts
+
+    async def _write_status(self, counts: dict[str, int]) -> None:
+        """Record this poll's outcome in state (``status/<source id>``) for ``instantly-audit status``.
+
+        Raises:
+            BusError: this writer was fenced (another replica owns the workspace now).
+        """
+        now = self.clock.now()
+        if self._cursor_at is None:
+            with suppress(orjson.JSONDecodeError, TypeError, AttributeError):
+                raw = await self.bus.get_state(status_key(self.source_id))
+                self._cursor_at = orjson.loads(raw).get("cursor_at") if raw else None
+        if AUDIT_LOGS.name in self.streams and AUDIT_LOGS.name not in self.last_failures:
+            self._cursor_at = now
+        doc = {
+            "at": now,
+            "published": counts,
+            "failures": self.last_failures,
+            "cursor_at": self._cursor_at,
+            "requests_last_minute": self._client.budget.used_last_minute(),
+        }
+        try:
+            async with self.bus.transaction(self.txn_id) as tx:
+                tx.put_state(status_key(self.source_id), orjson.dumps(doc))
+        except BusError as err:
+            if not err.retriable:
+                raise
+            log.warning("Could not record the poll status", extra={"source": self.source_id, "error": str(err)})
+
+    async def list_group_members(self) -> list[dict[str, Any]]:
+        """The workspace group links this key sees (``/api/v2/workspace-group-members``, every page).
+
+        Raises:
+            SourceError: the listing failed (nothing partial is returned).
+        """
+        await self._open()
+        spec = BY_NAME["group_members"]
+        return await self._client.get_all(spec.path, limit=page_limit(spec))
 
     # ---- identity ---------------------------------------------------------------------------
     async def _load_identity(self) -> None:

@@ -32,6 +32,12 @@ ALERTS_TOPIC = "instantly.alerts.v1"
 STATE_TOPIC = "instantly.state.v1"
 DEADLETTER_TOPIC = "instantly.deadletter.v1"
 DATA_TOPICS = (EVENTS_TOPIC, ALERTS_TOPIC, DEADLETTER_TOPIC)
+CONTROL_TOPIC = "instantly.workspaces.v1"
+"""Kafka only: the compacted registry of polled workspaces (key = source id); poller replicas share
+its partitions through one consumer group (:mod:`pipeline.sources.assignment`)."""
+CONTROL_PARTITIONS = 12
+"""Partitions of the control topic: the most poller replicas that can share work. Fixed at creation
+(a workspace's partition, and so its owner, is its key's hash modulo this number)."""
 
 Header = tuple[str, bytes]
 StartPolicy = Literal["committed", "earliest", "latest"]
@@ -262,3 +268,8 @@ def default_topics(partitions: int = 1, events_retention_ms: int | None = None) 
         TopicSpec(DEADLETTER_TOPIC, partitions, retention_ms=events_retention_ms),
         TopicSpec(STATE_TOPIC, 1, compacted=True, extra={"max.message.bytes": str(STATE_TOPIC_MESSAGE_BYTES)}),
     ]
+
+
+def control_topics() -> list[TopicSpec]:
+    """The topics only a Kafka bus has: the compacted workspace registry that poller replicas share."""
+    return [TopicSpec(CONTROL_TOPIC, CONTROL_PARTITIONS, compacted=True)]

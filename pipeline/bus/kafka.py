@@ -17,10 +17,11 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from pipeline.bus.base import OutRecord, StartPolicy, TopicPartition, TopicSpec, default_topics
+from pipeline.bus.base import OutRecord, StartPolicy, TopicPartition, TopicSpec, control_topics, default_topics
 from pipeline.bus.kafka_admin import KafkaTopics
 from pipeline.bus.kafka_client import DAY_MS, KafkaConnection, client_args_from_config, wrap_error
 from pipeline.bus.kafka_consumer import KafkaConsumer
+from pipeline.bus.kafka_membership import Callback, KafkaMembership
 from pipeline.bus.kafka_state import KafkaState
 from pipeline.bus.kafka_writer import KafkaWriters
 from pipeline.bus.txn import BufferedTxn
@@ -91,7 +92,7 @@ class KafkaBus:
         try:
             await self._topics.start()
             if self._create_topics:
-                await self.ensure_topics(default_topics(self.default_partitions, self.retention_ms))
+                await self.ensure_topics(default_topics(self.default_partitions, self.retention_ms) + control_topics())
         except KafkaError as err:
             await self.__aexit__(None, None, None)
             raise wrap_error(err, f"connecting to {','.join(self.bootstrap)}") from None
@@ -133,6 +134,26 @@ class KafkaBus:
     async def _commit(self, txn_id: str, txn: BufferedTxn) -> None:
         await self._writers.commit(txn_id, txn)
         self._state.apply(txn.state)
+
+    async def release(self, txn_id: str) -> None:
+        """Stop the writer ``txn_id`` (its workspace moved to another replica)."""
+        await self._writers.release(txn_id)
+
+    def partition_of(self, key: bytes, partitions: int) -> int:
+        """The partition Kafka's default partitioner (murmur2) gives ``key`` — where its records land."""
+        return self._writers.partition_of(key, partitions)
+
+    def membership(self, topic: str, group: str, *, assigned: Callback, revoked: Callback) -> KafkaMembership:
+        """A member of ``group`` sharing the partitions of ``topic`` (see :mod:`~pipeline.bus.kafka_membership`)."""
+        return KafkaMembership(self.conn, topic, self.conn.phys(group), assigned=assigned, revoked=revoked)
+
+    async def describe_group(self, group: str) -> dict[str, list[tuple[str, int]]]:
+        """Each member of ``group`` (client id and host) → the partitions it owns, per topic."""
+        return await self._topics.describe_group(self.conn.phys(group))
+
+    async def refresh_state(self) -> None:
+        """Read the state topic again (other processes wrote since this one loaded it)."""
+        await self._state.refresh()
 
     # ---- state and offsets ----------------------------------------------------------
     async def get_state(self, key: str) -> bytes | None:

@@ -139,3 +139,27 @@ class KafkaTopics:
             for tp, meta in offsets.items()
             if tp.topic == self.conn.phys(topic) and meta.offset >= 0
         }
+
+    async def describe_group(self, group: str) -> dict[str, list[tuple[str, int]]]:
+        """Each member of ``group`` (``client_id@host member_id``) → its assigned (topic, partition) pairs.
+
+        Raises:
+            BusError: the group cannot be described.
+        """
+        from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+
+        admin = self.client()
+        responses = await retrying(lambda: admin.describe_consumer_groups([group]), f"describing group {group}")
+        out: dict[str, list[tuple[str, int]]] = {}
+        for resp in responses:
+            for g in resp.to_object().get("groups", []):
+                for m in g.get("members", []):
+                    name = f"{m.get('client_id', '')}@{m.get('client_host', '').lstrip('/')} {m.get('member_id', '')}"
+                    owned: list[tuple[str, int]] = []
+                    raw = m.get("member_assignment") or b""
+                    if raw:
+                        decoded = ConsumerProtocolMemberAssignment.decode(raw)
+                        for topic, parts in decoded.assignment:
+                            owned += [(self.conn.logical(topic), int(p)) for p in parts]
+                    out[name] = sorted(owned)
+        return out

@@ -1,12 +1,16 @@
 """Writer state on Kafka: the compacted ``instantly.state.v1`` topic, read into memory once.
 
-At first use the topic is read from the beginning up to its last stable offset
-(``read_committed``), tombstones deleting keys; afterwards the bus applies each of its
-own committed state writes, so reads are served from memory.
+At first use the topic is read from the beginning (``read_committed``), tombstones deleting
+keys, up to the high watermark seen when the read began — not only to the last stable offset:
+a transaction another process holds open would otherwise hide every commit after its start.
+Afterwards the bus applies each of its own committed state writes, so reads are served from
+memory. :meth:`KafkaState.refresh` reads the topic again: a poller replica does so after it was
+assigned workspaces (and fenced their previous owners), whose cursors other replicas moved.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Mapping
 
@@ -16,6 +20,10 @@ from aiokafka.errors import KafkaError
 
 from pipeline.bus.base import STATE_TOPIC
 from pipeline.bus.kafka_client import KafkaConnection, wrap_error
+from pipeline.errors import BusError
+
+OPEN_TXN_WAIT_SECS = 90.0
+"""How long a state read waits for transactions open when it began (aiokafka's transaction timeout is 60 s)."""
 
 
 class KafkaState:
@@ -42,9 +50,12 @@ class KafkaState:
             await c.start()
             c.assign([tp])
             await c.seek_to_beginning(tp)
-            end = (await c.end_offsets([tp]))[tp]
+            end = await self._high_watermark(tp)
             state: dict[str, bytes] = {}
+            deadline = asyncio.get_running_loop().time() + OPEN_TXN_WAIT_SECS
             while await c.position(tp) < end:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise BusError("the state topic stayed behind an open transaction", retriable=True)
                 batch = await c.getmany(tp, timeout_ms=1000, max_records=5000)
                 for rec in batch.get(tp, []):
                     if rec.key is None:
@@ -62,6 +73,33 @@ class KafkaState:
         state.update(self._state)
         self._state = state
         self._loaded = True
+
+    async def _high_watermark(self, tp: KTP) -> int:
+        """The end of the state partition including open transactions (read_uncommitted)."""
+        c = AIOKafkaConsumer(
+            bootstrap_servers=self.conn.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_uncommitted",
+            request_timeout_ms=self.conn.request_timeout_ms,
+            **self.conn.client_args,
+        )
+        try:
+            await c.start()
+            return int((await c.end_offsets([tp]))[tp])
+        finally:
+            with contextlib.suppress(Exception):
+                await c.stop()
+
+    async def refresh(self) -> None:
+        """Read the whole state topic again (others wrote since): call with no writer of this process busy.
+
+        Raises:
+            BusError: the state topic cannot be read.
+        """
+        self._state = {}
+        self._loaded = False
+        await self._load()
 
     async def get(self, key: str) -> bytes | None:
         """Current value of a state key.

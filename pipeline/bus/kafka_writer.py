@@ -107,6 +107,10 @@ class KafkaWriters:
             self.producers[txn_id] = p
         return p
 
+    def partition_of(self, key: bytes, partitions: int) -> int:
+        """The partition of ``key`` among ``partitions`` (murmur2, as every Kafka client)."""
+        return self._partitioner(key, list(range(partitions)))
+
     def _partitioner(self, key: bytes | None, partitions: list[int]) -> int:
         if key is None:
             return int(self._default_partitioner(key, partitions, partitions))
@@ -127,6 +131,12 @@ class KafkaWriters:
         """
         async with self._locks[txn_id]:
             await self._producer(txn_id)
+
+    async def release(self, txn_id: str) -> None:
+        """Stop the producer of ``txn_id`` (the workspace moved to another replica); a later
+        :meth:`fence` starts a new one, fencing whoever holds the id then."""
+        async with self._locks[txn_id]:
+            await self._drop_producer(txn_id)
 
     async def commit(self, txn_id: str, txn: BufferedTxn) -> None:
         """Commit ``txn`` as one Kafka transaction of writer ``txn_id``, retrying retriable failures.

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import orjson
 
 from pipeline import __version__
-from pipeline.cli import sinks_cli
+from pipeline.cli import sinks_cli, status_cli
 from pipeline.cli.base import CONFIG_HELP, command_plugins, config_path, describe_section
 from pipeline.cli.exit_codes import Exit
 from pipeline.config.model import PipelineConfig
@@ -31,7 +31,7 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 # The runtime's own command modules; connectors add theirs through the ``instantly_audit.commands``
 # registry. Each has register(subparsers) and sets func=handler(args) -> int.
-RUNTIME_COMMANDS = (rules_cli, replay_cli, sinks_cli)
+RUNTIME_COMMANDS = (rules_cli, replay_cli, sinks_cli, status_cli)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -71,6 +71,9 @@ class KafkaBusConfig(Model):
     replication_factor: int = Field(1, ge=1)
     retention_days: float = Field(30.0, gt=0)
     request_timeout_secs: float = Field(30.0, gt=0)
+    share_pollers: bool = Field(
+        True, description="poller replicas share the workspaces through a consumer group (each polled by one)"
+    )
     security: KafkaSecurityConfig = KafkaSecurityConfig()
 
     @field_validator("bootstrap_servers", mode="before")

@@ -72,6 +72,16 @@ class SourcePlugin(Protocol):
         """
 
 
+def status_key(source_id: str) -> str:
+    """State key of a source's last poll (``status/{source_id}``), which ``instantly-audit status`` reads.
+
+    The value is JSON: ``at`` (epoch seconds the poll ended), ``published`` (counts per stream),
+    ``failures`` (stream → short reason), ``cursor_at`` (the last poll whose incremental stream
+    succeeded), ``requests_last_minute``.
+    """
+    return f"status/{source_id}"
+
+
 def source_plugins() -> dict[str, SourcePlugin]:
     """Every installed source plugin by name.
 

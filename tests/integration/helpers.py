@@ -57,6 +57,8 @@ class Sim:
     control_url: str
     key: str
     workspace_id: str
+    workspaces: list[JSON] = field(default_factory=list)
+    """Every workspace served (``--workspaces``): ``{id, key}``, the demo workspace first."""
 
     def call(self, method: str, path: str) -> Any:
         req = urllib.request.Request(self.control_url + path, method=method)
@@ -93,7 +95,13 @@ class Sim:
 
 @contextlib.contextmanager
 def simulator(
-    logdir: Path, *, seed: int, rate: float = 20.0, changes_every: float = 2.0, paused: bool = False
+    logdir: Path,
+    *,
+    seed: int,
+    rate: float = 20.0,
+    changes_every: float = 2.0,
+    paused: bool = False,
+    workspaces: int = 1,
 ) -> Iterator[Sim]:
     """Start the simulator process; stop it on exit."""
     logdir.mkdir(parents=True, exist_ok=True)
@@ -110,6 +118,8 @@ def simulator(
     ]
     if paused:
         cmd.append("--paused")
+    if workspaces > 1:
+        cmd += ["--workspaces", str(workspaces)]
     with open(logdir / "sim.err", "wb") as err:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err)
         try:
@@ -119,7 +129,7 @@ def simulator(
                 proc.wait(5)
                 raise RuntimeError(f"simulator did not start: {(logdir / 'sim.err').read_text()[-2000:]}")
             info = orjson.loads(line)
-            yield Sim(proc, info["url"], info["control_url"], info["key"], info["workspace_id"])
+            yield Sim(proc, info["url"], info["control_url"], info["key"], info["workspace_id"], info["workspaces"])
         finally:
             proc.terminate()
             try:
@@ -409,9 +419,21 @@ def own_broker(state_dir: Path, *, flush_every_message: bool = True) -> Iterator
         b.mod.stop(b.info, signal.SIGKILL, purge=True)
 
 
-def kafka_bus(bootstrap: str, prefix: str) -> dict[str, Any]:
-    """A Kafka bus config block for the pipeline under test."""
-    return {"type": "kafka", "bootstrap_servers": [bootstrap], "partitions": 2, "transactional_id_prefix": prefix}
+def kafka_bus(bootstrap: str, prefix: str, *, share_pollers: bool = False) -> dict[str, Any]:
+    """A Kafka bus config block for the pipeline under test.
+
+    ``share_pollers`` is off: these tests kill and restart one process and aim the kills at its page
+    transactions; with sharing on, a restarted process waits for the killed one's group session to
+    expire (10 s) before it polls, so most kills would land before anything is published. Sharing
+    among replicas is tested in ``test_kafka_pollers.py``.
+    """
+    return {
+        "type": "kafka",
+        "bootstrap_servers": [bootstrap],
+        "partitions": 2,
+        "transactional_id_prefix": prefix,
+        "share_pollers": share_pollers,
+    }
 
 
 def segment_bytes(state_dir: Path) -> dict[str, bytes]:

@@ -7,19 +7,22 @@ polls it, through the same :class:`~connectors.instantly.sim.state.SimState` met
 the scenarios use:
 
 * ``--rate`` audit records per second (assorted activity types, one unknown code);
-* every ``--changes-every`` seconds one change, in turn: an API key is created (audit 37, a new
+* ``--workspaces N`` serves N - 1 more workspaces ("Client 01"...), each with its own poller key and
+  a little audit history; the generator then spreads its audit records over all of them;
+* every ``--changes-every`` seconds one change (in the demo workspace), in turn: an API key is created (audit 37, a new
   secret), a generated key is deleted (audit 38), a member is invited, the CRM webhook gets a
   new secret header (audit 19; header names change, so the webhook snapshot changes too).
 
 On start it prints one JSON line to stdout: ``url``, ``control_url``, ``key`` (the poller's
-fake secret), ``workspace_id``. A second HTTP server on ``control_url`` lets the test steer it:
+fake secret), ``workspace_id`` and ``workspaces`` (``[{id, key}]``, the demo workspace first).
+A second HTTP server on ``control_url`` lets the test steer it:
 
 ===========================  ====================================================================
 ``GET  /status``             generator counters
 ``POST /generator/stop``     stop generating (returns the counters); ``/generator/start`` resumes
 ``POST /audit/late?age=S``   one record dated ``S`` s ago (``kind=backdated`` mints its id then too,
                              so it sorts among older ids; ``kind=late`` mints the id now)
-``GET  /audit/ids``          every audit record id of the demo workspace
+``GET  /audit/ids``          every audit record id of the demo workspace (``?workspace=ID``: of that one)
 ``GET  /secrets``            every key secret and webhook header value the simulator ever held
 ``GET  /changes``            ids of generated keys (created, deleted) and invited members
 ``GET  /calls``              requests answered: total, per path prefix, per status
@@ -39,7 +42,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from connectors.instantly.sim import InstantlySimulator, SimConfig, demo_world
+from connectors.instantly.sim import InstantlySimulator, SimConfig, catalog, demo_world
 from connectors.instantly.sim.models import Actor
 from connectors.instantly.sim.seed import DemoWorld
 
@@ -63,6 +66,8 @@ class Generator:
         self.members_invited: list[str] = []
         self.webhook_updates = 0
         self.secrets: set[str] = set()
+        self.workspaces: list[str] = [world.workspace.id]
+        """Where audit records go (round robin); :func:`add_clients` appends the client workspaces."""
         self.remember_secrets()
 
     def remember_secrets(self) -> None:
@@ -103,7 +108,8 @@ class Generator:
             extra["campaign_id"] = "019a7d3e-5b21-7c44-9e1a-3f0d2c8b6a11"
         if code == 9:
             extra["affected_count"] = self.rng.randint(1, 500)
-        self.sim.state.insert_audit(self.world.workspace.id, code, actor=self.actor(), **extra)
+        ws = self.workspaces[self.audit % len(self.workspaces)]
+        self.sim.state.insert_audit(ws, code, actor=self.actor(), **extra)
         self.audit += 1
 
     def change(self) -> None:
@@ -165,8 +171,8 @@ def control_app(sim: InstantlySimulator, world: DemoWorld, gen: Generator) -> we
             rec = sim.state.insert_audit(ws, 1, timestamp=at, actor=gen.actor())
         return reply({"id": rec.id, "timestamp": rec.timestamp})
 
-    async def ids(_r: web.Request) -> web.Response:
-        return reply([r.id for r in sim.state.audit_of(ws)])
+    async def ids(r: web.Request) -> web.Response:
+        return reply([rec.id for rec in sim.state.audit_of(r.query.get("workspace", ws))])
 
     async def secrets(_r: web.Request) -> web.Response:
         gen.remember_secrets()
@@ -200,6 +206,21 @@ def control_app(sim: InstantlySimulator, world: DemoWorld, gen: Generator) -> we
     return app
 
 
+def add_clients(sim: InstantlySimulator, gen: Generator, n: int) -> list[dict[str, str]]:
+    """``n`` client workspaces with a poller key and three audit records each; the generator spreads over them."""
+    state = sim.state
+    out = []
+    for i in range(1, n + 1):
+        ws = state.add_workspace(f"Client {i:02d}", owner_email=f"owner@client{i:02d}.example.org")
+        key = state.create_api_key(ws.id, "security-poller", list(catalog.POLLER_SCOPES), user_id=ws.owner)
+        for code in (1, 4, 22):
+            state.insert_audit(ws.id, code, actor=gen.actor())
+        gen.workspaces.append(ws.id)
+        out.append({"id": ws.id, "key": key.key})
+    gen.remember_secrets()
+    return out
+
+
 async def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
@@ -209,6 +230,7 @@ async def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", type=float, default=20.0, help="audit records per second")
     p.add_argument("--changes-every", type=float, default=2.0, help="seconds between world changes (0 = none)")
     p.add_argument("--paused", action="store_true", help="start with the generator stopped")
+    p.add_argument("--workspaces", type=int, default=1, help="workspaces served (the demo one plus clients)")
     args = p.parse_args(argv)
     config = SimConfig(rate_limit_per_second=100, rate_limit_per_minute=6000)
     async with InstantlySimulator(args.host, args.port, seed=args.seed, config=config) as sim:
@@ -216,6 +238,7 @@ async def main(argv: list[str] | None = None) -> None:
         gen = Generator(sim, world, args.rate, args.changes_every, args.seed)
         if args.paused:
             gen.running.clear()
+        clients = add_clients(sim, gen, max(0, args.workspaces - 1))
         runner = web.AppRunner(control_app(sim, world, gen), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, args.host, args.control_port)
@@ -226,6 +249,7 @@ async def main(argv: list[str] | None = None) -> None:
             "control_url": f"http://{args.host}:{control_port}",
             "key": world.poller_key.key,
             "workspace_id": world.workspace.id,
+            "workspaces": [{"id": world.workspace.id, "key": world.poller_key.key}, *clients],
         }
         sys.stdout.write(orjson.dumps(info).decode() + "\n")
         sys.stdout.flush()

@@ -23,6 +23,7 @@ from pipeline.bus.base import DATA_TOPICS, EVENTS_TOPIC, Record, iter_records
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.clock import FakeClock, format_time
 from pipeline.errors import SourceError
+from pipeline.sources.base import status_key
 from schemas.validate import schema_errors
 from tests.unit.test_instantly_fake_api import FakeInstantly, load_fixture, serve
 
@@ -142,7 +143,7 @@ async def test_first_poll_publishes_baselines_and_audit(env: tuple[FakeInstantly
 
 
 async def test_second_poll_without_changes_publishes_nothing(env: tuple[FakeInstantly, SqliteBus]) -> None:
-    """With nothing changed upstream, the next poll publishes nothing and writes no state."""
+    """With nothing changed upstream, the next poll publishes nothing and writes no state but its status."""
     fake, bus = env
     clock = FakeClock()
     fake.audit = [audit_record("a1", clock.now() - 60)]
@@ -153,7 +154,29 @@ async def test_second_poll_without_changes_publishes_nothing(env: tuple[FakeInst
         counts = await poller.poll_once()
     assert set(counts.values()) == {0}
     assert len(await records(bus)) == len(before_recs)
-    assert await bus.state_items() == before_state
+    after = await bus.state_items()
+    status = orjson.loads(after.pop(status_key("acme")))
+    assert after == {k: v for k, v in before_state.items() if k != status_key("acme")}
+    assert status["at"] == status["cursor_at"] == clock.now()
+    assert status["failures"] == {} and set(status["published"].values()) == {0}
+    assert status["requests_last_minute"] > 0
+
+
+async def test_status_keeps_the_cursor_time_of_the_last_good_audit_read(env: tuple[FakeInstantly, SqliteBus]) -> None:
+    """A poll whose audit log failed records its failure and keeps the previous cursor time."""
+    fake, bus = env
+    clock = FakeClock()
+    fake.audit = [audit_record("a1", clock.now() - 60)]
+    async with make_poller(fake, bus, clock) as poller:
+        await poller.poll_once()
+        good = clock.now()
+        clock.advance(60)
+        fake.fail("/api/v2/audit-logs", 403)
+        await poller.poll_once()
+    status = orjson.loads((await bus.state_items())[status_key("acme")])
+    assert status["at"] == good + 60
+    assert status["cursor_at"] == good
+    assert status["failures"]["audit_logs"].startswith("refused: HTTP 403")
 
 
 async def test_changes_between_polls(env: tuple[FakeInstantly, SqliteBus]) -> None:

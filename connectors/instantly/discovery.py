@@ -1,0 +1,158 @@
+"""An agency workspace whose accepted sub-workspaces are found and polled without configuring them.
+
+A workspace entry with ``discover_subworkspaces: true`` (its key must be the agency's, with
+``workspace_group_members:read``) becomes an :class:`AgencyPoller`: it polls the agency workspace
+as any other, then — every ``discovery_interval_secs`` — lists ``/api/v2/workspace-group-members``
+and keeps one child poller per *accepted* sub-workspace whose admin is this workspace. A child
+polls with ``x-as-workspace: <sub id>`` under the source id ``<agency source id>--<sub id>`` (its
+own cursor, snapshots and transactional id); a sub-workspace that left the group, or whose link
+is no longer accepted, is dropped. The agency's own ``group_members`` snapshot stream publishes
+the joins and departures (``workspace_group.member_added`` / ``member_removed`` /
+``member_status_changed``) and the built-in rules alert on them.
+
+The agency and its sub-workspaces are one unit: on Kafka the replica that owns the agency's
+source id polls all of them (discovered sub-workspaces are not spread over replicas).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import suppress
+from typing import Any
+
+from connectors.instantly.config import WorkspaceConfig
+from connectors.instantly.source import InstantlyWorkspacePoller
+from pipeline.bus.base import Bus
+from pipeline.clock import Clock
+from pipeline.errors import BusError, SourceError
+from pipeline.observability.health import HealthRegistry
+from pipeline.observability.logs import get_logger
+from pipeline.observability.telemetry import Telemetry
+
+log = get_logger("instantly.discovery")
+
+
+def child_id(agency_id: str, sub_workspace_id: str) -> str:
+    """The source id of a discovered sub-workspace: ``<agency source id>--<sub id>``."""
+    return f"{agency_id}--{sub_workspace_id}"
+
+
+class AgencyPoller:
+    """Polls an agency workspace and every accepted sub-workspace of its group (see module docstring)."""
+
+    def __init__(
+        self,
+        source_id: str,
+        cfg: WorkspaceConfig,
+        bus: Bus,
+        *,
+        clock: Clock,
+        telemetry: Telemetry | None = None,
+        health: HealthRegistry | None = None,
+    ):
+        self.source_id = source_id
+        self.cfg = cfg
+        self.bus = bus
+        self.clock = clock
+        self.telemetry, self.health = telemetry, health
+        self.agency = InstantlyWorkspacePoller(source_id, cfg, bus, clock=clock, telemetry=telemetry, health=health)
+        self.txn_id = self.agency.txn_id
+        self.children: dict[str, InstantlyWorkspacePoller] = {}
+        """Sub-workspace id → its poller."""
+        self.last_failures: dict[str, str] = {}
+        self._listed_at: float | None = None
+
+    async def __aenter__(self) -> AgencyPoller:
+        await self.agency.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for sub in list(self.children):
+            await self._drop(sub)
+        await self.agency.__aexit__(*exc)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll the agency and its sub-workspaces every ``poll_interval_secs`` until ``stop``.
+
+        Raises:
+            BusError: the bus failed in a way that retrying cannot fix.
+        """
+        try:
+            while not stop.is_set():
+                try:
+                    await self.poll_once()
+                except BusError as err:
+                    if not err.retriable:
+                        raise
+                    log.warning("Bus busy; the poll is retried next interval.", extra={"source": self.source_id})
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.cfg.poll_interval_secs)
+        finally:
+            for child in self.children.values():
+                await child.aclose()
+            await self.agency.aclose()
+
+    async def poll_once(self) -> dict[str, Any]:
+        """Poll the agency, refresh the sub-workspaces when due, poll each; counts per source id.
+
+        Raises:
+            BusError: writing to the bus failed.
+        """
+        out: dict[str, Any] = {self.source_id: await self.agency.poll_once()}
+        self.last_failures = dict(self.agency.last_failures)
+        await self._discover()
+        for sub, child in sorted(self.children.items()):
+            out[child.source_id] = await child.poll_once()
+            self.last_failures.update({f"{sub} {k}": v for k, v in child.last_failures.items()})
+        return out
+
+    async def _discover(self) -> None:
+        now = self.clock.now()
+        if self._listed_at is not None and now - self._listed_at < self.cfg.discovery_interval_secs:
+            return
+        try:
+            links = await self.agency.list_group_members()
+        except SourceError as err:
+            self.last_failures["discovery"] = f"failed: {type(err).__name__}"
+            log.warning(
+                "Listing the workspace group failed; sub-workspaces unchanged", extra={"source": self.source_id}
+            )
+            return
+        self._listed_at = now
+        me = self.agency.workspace.id
+        accepted = {
+            str(r["sub_workspace_id"]): r
+            for r in links
+            if r.get("admin_workspace_id") == me and r.get("status") == "accepted" and r.get("sub_workspace_id")
+        }
+        for sub in sorted(set(self.children) - set(accepted)):
+            await self._drop(sub)
+            log.warning("Sub-workspace left the group; no longer polled", extra={"source": self.source_id, "sub": sub})
+        for sub in sorted(set(accepted) - set(self.children)):
+            name = accepted[sub].get("sub_workspace_name")
+            cfg = self.cfg.model_copy(
+                update={
+                    "as_workspace": sub,
+                    "discover_subworkspaces": False,
+                    "name": name if isinstance(name, str) else None,
+                }
+            )
+            child = InstantlyWorkspacePoller(
+                child_id(self.source_id, sub),
+                cfg,
+                self.bus,
+                clock=self.clock,
+                telemetry=self.telemetry,
+                health=self.health,
+            )
+            await child.__aenter__()
+            self.children[sub] = child
+            log.info("Sub-workspace enrolled", extra={"source": self.source_id, "sub": sub, "child": child.source_id})
+
+    async def _drop(self, sub: str) -> None:
+        child = self.children.pop(sub)
+        await child.__aexit__(None, None, None)
+        release = getattr(self.bus, "release", None)
+        if release is not None:
+            with suppress(BusError):
+                await release(child.txn_id)

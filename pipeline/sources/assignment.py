@@ -1,0 +1,255 @@
+"""Poller replicas that share workspaces through the bus (Kafka): each workspace is polled by one.
+
+Every replica announces the workspaces of its config on the compacted control topic
+(``instantly.workspaces.v1``, key = source id — an idempotent upsert) and joins one consumer
+group on it. A workspace belongs to the partition its key hashes to (Kafka's partitioner, so its
+control record lives there), and a replica polls exactly the workspaces of the partitions the
+group coordinator gave it:
+
+* **revoked** (another replica joined, or this one stops): each of those pollers is asked to stop
+  after its current poll, given :data:`REVOKE_GRACE_SECS`, then cancelled (an open transaction is
+  left to the next owner's fence, which aborts it); its writer is released. Only then does the
+  listener return, so the next owner never overlaps with this one.
+* **assigned**: fresh pollers are built and entered — each fences its transactional id
+  (``poller-<source id>``), which aborts whatever a dead or stalled previous owner left open —
+  then the state topic is read again, so each cursor is the last one committed by anybody, and
+  an owner record (``owner/<source id>``) is written with the new writer before polling starts.
+
+A poller whose writer was fenced (a newer owner exists) stops and is not restarted here; the
+rebalance that follows revokes it. The embedded bus never uses this module: one process polls
+every workspace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import orjson
+
+from pipeline.bus.base import CONTROL_PARTITIONS, CONTROL_TOPIC, Bus
+from pipeline.errors import BusError
+from pipeline.observability.logs import get_logger
+from pipeline.sources.base import Source
+
+log = get_logger("assignment")
+CONTROL_GROUP = "pollers"
+REVOKE_GRACE_SECS = 10.0
+"""How long a revoked poller may take to finish its current poll before it is cancelled."""
+RESTART_DELAY_SECS = 1.0
+
+
+def owner_key(source_id: str) -> str:
+    """State key naming the replica that polls a workspace: ``owner/{source_id}``."""
+    return f"owner/{source_id}"
+
+
+def replica_name() -> str:
+    """This process, as status shows it: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+Callback = Callable[[set[int]], Awaitable[None]]
+
+
+class Membership(Protocol):
+    """A member of a consumer group (see :mod:`pipeline.bus.kafka_membership`)."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stay in the group until ``stop``; the callbacks run inside each rebalance."""
+
+
+class SharedBus(Bus, Protocol):
+    """What a bus offers for sharing pollers (the Kafka bus)."""
+
+    def membership(self, topic: str, group: str, *, assigned: Callback, revoked: Callback) -> Membership:
+        """A member of ``group`` over ``topic``'s partitions."""
+        ...
+
+    def partition_of(self, key: bytes, partitions: int) -> int:
+        """The partition the bus gives ``key``."""
+        ...
+
+    async def release(self, txn_id: str) -> None:
+        """Stop the writer ``txn_id``."""
+        ...
+
+    async def refresh_state(self) -> None:
+        """Read the state again."""
+        ...
+
+
+def can_share(bus: Bus) -> bool:
+    """Whether ``bus`` supports sharing workspaces among replicas."""
+    return all(hasattr(bus, m) for m in ("membership", "partition_of", "release", "refresh_state"))
+
+
+@dataclass
+class _Running:
+    source: Source
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class WorkspaceAssignment:
+    """Runs the pollers of the workspaces this replica was assigned (see the module docstring)."""
+
+    def __init__(
+        self,
+        bus: SharedBus,
+        build: Callable[[], list[Source]],
+        *,
+        replica: str | None = None,
+        partitions: int = CONTROL_PARTITIONS,
+        grace_secs: float = REVOKE_GRACE_SECS,
+    ):
+        self.bus = bus
+        self._build = build
+        self.replica = replica or replica_name()
+        self.partitions = partitions
+        self.grace_secs = grace_secs
+        self.running: dict[str, _Running] = {}
+        self._known = [s.source_id for s in build()]
+        self._closing = False
+        self._broken: BusError | None = None
+        self._inner = asyncio.Event()
+
+    def partition(self, source_id: str) -> int:
+        """The control partition of a workspace."""
+        return self.bus.partition_of(source_id.encode(), self.partitions)
+
+    async def announce(self) -> None:
+        """Upsert this config's workspaces on the control topic (same key, same value: idempotent).
+
+        Raises:
+            BusError: the bus refused the write.
+        """
+        async with self.bus.transaction(f"control-{self.replica}") as tx:
+            for sid in self._known:
+                tx.send(CONTROL_TOPIC, orjson.dumps({"source_id": sid}), key=sid.encode())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Announce, join the group and poll what it assigns until ``stop``; then stop every poller.
+
+        Raises:
+            BusError: the bus failed.
+        """
+        self._closing = False
+        self._broken = None
+        await self.announce()
+        member = self.bus.membership(CONTROL_TOPIC, CONTROL_GROUP, assigned=self.assigned, revoked=self.revoked)
+        inner = asyncio.Event()  # set on ``stop``, or when a takeover failed (then leave and rejoin)
+        self._inner = inner
+        relay = asyncio.create_task(_relay(stop, inner))
+        try:
+            await member.run(inner)
+        finally:
+            relay.cancel()
+            self._closing = True
+            await self.revoked(set(range(self.partitions)))
+        if self._broken is not None:
+            raise self._broken
+
+    async def assigned(self, partitions: set[int]) -> None:
+        """Enter the pollers of ``partitions`` (fencing their previous owners), reload state, start them."""
+        if self._closing:
+            return
+        fresh = [s for s in self._build() if s.source_id not in self.running]
+        mine = [s for s in fresh if self.partition(s.source_id) in partitions]
+        t0 = time.monotonic()
+        entered: list[Source] = []
+        for src in mine:
+            try:
+                entered.append(await src.__aenter__())  # fences ``poller-<id>``: a zombie's transaction is aborted
+            except BusError as err:
+                log.error("Could not take over a workspace", extra={"source": src.source_id, "error": str(err)})
+        if entered:
+            try:
+                await self.bus.refresh_state()  # after fencing: the cursors the previous owners committed last
+            except BusError as err:
+                # Never poll on a stale cursor: give the workspaces back and let the supervisor rejoin.
+                log.error("State could not be re-read after a takeover; leaving the group", extra={"error": str(err)})
+                for src in entered:
+                    await self._close(src)
+                self._broken = err
+                self._inner.set()
+                return
+        for src in entered:
+            txn_id = getattr(src, "txn_id", None)
+            if isinstance(txn_id, str):
+                doc = {"replica": self.replica, "since": time.time()}
+                with contextlib.suppress(BusError):
+                    async with self.bus.transaction(txn_id) as tx:
+                        tx.put_state(owner_key(src.source_id), orjson.dumps(doc))
+            run = _Running(src)
+            run.task = asyncio.create_task(self._poll(run), name=f"poller:{src.source_id}")
+            self.running[src.source_id] = run
+        log.info(
+            "Workspaces assigned",
+            extra={
+                "replica": self.replica,
+                "partitions": sorted(partitions),
+                "workspaces": sorted(s.source_id for s in entered),
+                "takeover_ms": round((time.monotonic() - t0) * 1000),
+            },
+        )
+
+    async def revoked(self, partitions: set[int]) -> None:
+        """Stop the pollers of ``partitions`` (finish the poll, else cancel) and release their writers."""
+        gone = [r for sid, r in self.running.items() if self.partition(sid) in partitions]
+        if not gone:
+            return
+        for r in gone:
+            r.stop.set()
+        tasks = [r.task for r in gone if r.task is not None]
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=self.grace_secs)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for r in gone:
+            self.running.pop(r.source.source_id, None)
+            await self._close(r.source)
+        log.info(
+            "Workspaces revoked",
+            extra={"replica": self.replica, "workspaces": sorted(r.source.source_id for r in gone)},
+        )
+
+    async def _close(self, src: Source) -> None:
+        """Exit a poller and stop its writer (the next owner fences a new one)."""
+        with contextlib.suppress(Exception):
+            await src.__aexit__(None, None, None)
+        txn_id = getattr(src, "txn_id", None)
+        if isinstance(txn_id, str):
+            with contextlib.suppress(BusError):
+                await self.bus.release(txn_id)
+
+    async def _poll(self, run: _Running) -> None:
+        """Run one poller until revoked; restart it after a crash, never after its writer was fenced."""
+        sid = run.source.source_id
+        while not run.stop.is_set():
+            try:
+                await run.source.run(run.stop)
+            except asyncio.CancelledError:
+                raise
+            except BusError as err:
+                if not err.retriable:
+                    log.warning("Poller stopped: another replica owns the workspace now", extra={"source": sid})
+                    return
+                log.error("Poller crashed; restarting", extra={"source": sid, "error": str(err)})
+            except Exception as err:  # noqa: BLE001 - one workspace's crash must not stop the replica
+                log.error("Poller crashed; restarting", extra={"source": sid, "error": f"{type(err).__name__}: {err}"})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(run.stop.wait(), timeout=RESTART_DELAY_SECS)
+
+
+async def _relay(outer: asyncio.Event, inner: asyncio.Event) -> None:
+    """Set ``inner`` when ``outer`` is set."""
+    await outer.wait()
+    inner.set()

@@ -1,0 +1,101 @@
+"""Sub-workspace discovery against the simulator: an agency key finds, polls and drops its sub-workspaces."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from connectors.instantly.config import BudgetConfig, WorkspaceConfig
+from connectors.instantly.discovery import AgencyPoller, child_id
+from connectors.instantly.sim import seed as sim_seed
+from connectors.instantly.sim.models import Actor
+from connectors.instantly.sim.server import InstantlySimulator
+from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, iter_records
+from pipeline.bus.sqlite import SqliteBus
+from pipeline.clock import FakeClock
+from pipeline.rules.worker import RulesWorker
+
+ACTOR = Actor("019a7d3e-0000-7000-8000-000000000001", "Sam Ortiz", None, "203.0.113.9", "Mozilla/5.0", False)
+
+
+async def events(bus: SqliteBus, topic: str = EVENTS_TOPIC) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    async with bus.consumer([topic], start="earliest") as consumer:
+        async for batch in iter_records(consumer):
+            out.extend(orjson.loads(r.value) for r in batch)
+    return out
+
+
+@pytest.fixture
+async def agency(tmp_path: Path) -> AsyncIterator[tuple[Any, Any, SqliteBus, FakeClock, AgencyPoller]]:
+    clock = FakeClock()
+    async with InstantlySimulator(seed=2, clock=clock.now) as sim, SqliteBus(tmp_path / "bus.db") as bus:
+        world = sim_seed.demo_world(sim.state)
+        cfg = WorkspaceConfig(
+            api_key=SecretStr(world.poller_key.key),
+            base_url=sim.url,
+            budget=BudgetConfig(requests_per_second=100, requests_per_minute=6000),
+            streams=["audit_logs", "group_members"],
+            discover_subworkspaces=True,
+            discovery_interval_secs=60,
+            max_retries=1,
+        )
+        async with AgencyPoller("agency", cfg, bus, clock=clock) as poller:
+            yield sim, world, bus, clock, poller
+
+
+def sub_workspace(sim: Any, admin: str, name: str, *, status: str = "accepted") -> tuple[str, str]:
+    """A workspace with one audit record, linked into ``admin``'s group; (workspace id, link id)."""
+    ws = sim.state.add_workspace(name, owner_email=f"owner@{name.lower().replace(' ', '-')}.example.org")
+    sim.state.insert_audit(ws.id, 1, actor=ACTOR)
+    link = sim.state.add_group_member(admin, ws.id, status=status)
+    return ws.id, link.id
+
+
+async def test_subworkspaces_found_polled_and_dropped(
+    agency: tuple[Any, Any, SqliteBus, FakeClock, AgencyPoller],
+) -> None:
+    """Accepted subs are polled as themselves within one discovery interval; a pending one is not;
+    one that leaves is dropped and its departure published; nothing is configured by hand."""
+    sim, world, bus, clock, poller = agency
+    admin = world.workspace.id
+    first, first_link = sub_workspace(sim, admin, "Client One")
+    pending, _ = sub_workspace(sim, admin, "Client Pending", status="pending")
+    counts = await poller.poll_once()
+    assert set(poller.children) == {first}
+    assert counts[child_id("agency", first)]["audit_logs"] == 1
+
+    second, _ = sub_workspace(sim, admin, "Client Two")
+    clock.advance(30)  # within the discovery interval: not listed yet
+    await poller.poll_once()
+    assert set(poller.children) == {first}
+    clock.advance(31)
+    counts = await poller.poll_once()
+    assert set(poller.children) == {first, second}
+    assert counts[child_id("agency", second)]["audit_logs"] == 1
+
+    sim.state.delete_group_member(first_link)
+    clock.advance(61)
+    await poller.poll_once()
+    assert set(poller.children) == {second}
+
+    evs = await events(bus)
+    audit_ws = {e["workspace"]["id"] for e in evs if (e.get("source") or {}).get("kind") == "audit_log"}
+    assert {admin, first, second} <= audit_ws and pending not in audit_ws
+    types = [e["type"] for e in evs]
+    assert "workspace_group.member_removed" in types
+    assert types.count("workspace_group.member_added") >= 1
+    await RulesWorker(bus, {}, clock=clock).run_once()
+    alerts = await events(bus, ALERTS_TOPIC)
+    removed = [
+        a
+        for a in alerts
+        if a.get("rule", {}).get("id") == "workspace_group.change" and first in orjson.dumps(a).decode()
+    ]
+    assert removed, [a.get("rule") for a in alerts]
+    print(orjson.dumps(removed[-1]).decode()[:1500])

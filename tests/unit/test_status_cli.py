@@ -1,0 +1,73 @@
+"""``instantly-audit status`` on the embedded bus: workspaces from config and state, lag per consumer group."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from pipeline.bus.base import EVENTS_TOPIC, OutRecord, TopicPartition
+from pipeline.bus.sqlite import SqliteBus
+from pipeline.cli.main import main
+from pipeline.sources.base import status_key
+
+
+def write_config(tmp_path: Path) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"bus:\n  type: sqlite\n  path: {tmp_path}/bus.db\n"
+        "workspaces:\n"
+        "  acme:\n    api_key: ${STATUS_TEST_KEY_NEVER_SET}\n"
+        "  beta:\n    api_key: ${STATUS_TEST_KEY_NEVER_SET}\n"
+        f"sinks:\n  file:\n    type: jsonl\n    path: {tmp_path}/out.jsonl\n"
+    )
+    return path
+
+
+async def _seed(db: Path, now: float) -> None:
+    doc = {
+        "at": now - 30,
+        "published": {"audit_logs": 4, "pipeline": 0},
+        "failures": {"members": "refused: HTTP 403 (ScopeError)"},
+        "cursor_at": now - 90,
+        "requests_last_minute": 7,
+    }
+    async with SqliteBus(db, partitions=1) as bus:
+        async with bus.transaction("poller-acme") as tx:
+            tx.put_state(status_key("acme"), orjson.dumps(doc))
+        await bus.publish([OutRecord(EVENTS_TOPIC, b"{}", key=b"ws") for _ in range(3)])
+        async with bus.transaction("rules") as tx:
+            tx.commit_offsets("rules", {TopicPartition(EVENTS_TOPIC, 0): 1})
+
+
+def test_status_json_reads_the_bus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each configured workspace appears (one never polled); ages come from the poll status; lag per group."""
+    cfg = write_config(tmp_path)
+    now = time.time()
+    asyncio.run(_seed(tmp_path / "bus.db", now))
+    assert main(["status", "--config", str(cfg), "--format", "json"]) == 0
+    doc = orjson.loads(capsys.readouterr().out)
+    by = {w["source_id"]: w for w in doc["workspaces"]}
+    assert set(by) == {"acme", "beta"}
+    acme, beta = by["acme"], by["beta"]
+    assert 89 <= acme["cursor_age_secs"] <= 120 and 29 <= acme["last_poll_age_secs"] <= 60
+    assert acme["last_poll"] == "failed: members refused: HTTP 403 (ScopeError)"
+    assert acme["published"] == 4 and acme["requests_last_minute"] == 7
+    assert acme["owner"].startswith("this process")
+    assert beta["last_poll"] == "never" and beta["cursor_age_secs"] is None
+    lags = {g["group"]: g for g in doc["groups"]}
+    assert lags["rules"]["lag"] == 2
+    assert lags["sink-file"]["topics"][EVENTS_TOPIC] == 3
+
+
+def test_status_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The table names every workspace and group."""
+    cfg = write_config(tmp_path)
+    asyncio.run(_seed(tmp_path / "bus.db", time.time()))
+    assert main(["status", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "WORKSPACE" in out and "acme" in out and "beta" in out and "never" in out
+    assert "sink-file  3" in out and "rules  2" in out
