@@ -35,6 +35,7 @@ from connectors.instantly.config import WorkspaceConfig
 from connectors.instantly.normalize import pipeline_event
 from connectors.instantly.streams import (
     AuditWindow,
+    CursorCache,
     Publisher,
     publish_audit_log,
     publish_snapshot,
@@ -105,6 +106,8 @@ class InstantlyWorkspacePoller:
         self._opened = False
         self.workspace = WorkspaceRef(cfg.as_workspace or source_id, cfg.name)
         self._identity_loaded = False
+        self._audit_cache = CursorCache()
+        """The audit cursor between polls (reloaded from the bus after a failed poll)."""
         self._started_at = clock.now()
         """Process start, for the audit log: its first poll here repeats an older full re-read."""
 
@@ -195,7 +198,7 @@ class InstantlyWorkspacePoller:
                             backfill_secs=self.audit_backfill_secs,
                             started_at=self._started_at,
                         )
-                        await publish_audit_log(pub, self._client, window, counts)
+                        await publish_audit_log(pub, self._client, window, counts, self._audit_cache)
                     elif spec is WORKSPACE_STREAM:
                         if ws_record is None:
                             assert ws_error is not None

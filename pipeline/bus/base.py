@@ -80,9 +80,10 @@ class OutRecord:
 
 
 STATE_MAX_BYTES = 4 * 1024 * 1024
-"""The largest state value a Kafka transaction may write (the embedded bus has no limit). The
-busiest values are the audit cursor's ids seen within the overlap window (~56 bytes an id, so
-4 MiB holds ~75,000 ids: 10 audit records/s for two hours) and the block-list snapshot."""
+"""The largest state value a Kafka transaction may write (the embedded bus has no limit); a
+transaction writing a larger value fails with an error naming the key. Writers keep their
+values bounded instead of growing with their input: sources split large state into many keys
+(chunks, shards) and delete the ones they no longer need (``None``: a tombstone on Kafka)."""
 STATE_TOPIC_MESSAGE_BYTES = STATE_MAX_BYTES + 1024 * 1024
 """``max.message.bytes`` of the Kafka state topic: the largest value plus batch overhead
 (Kafka's default, 1 MB, would refuse a cursor of ~18,000 ids)."""
