@@ -6,8 +6,8 @@ the window (past ~75,000 ids it passed Kafka's 4 MiB state limit and the stream 
 they are kept in chunks:
 
 * an id goes to the *hour bucket* of its record timestamp (``floor(ts / 3600)``);
-* a bucket holds chunks of at most :data:`CHUNK_IDS` ids; new ids are appended to the bucket's
-  newest chunk while it has room, else they start the next chunk;
+* a bucket holds chunks of at most :data:`CHUNK_IDS` ids; a page's new ids are appended to the
+  bucket's newest chunk when they all fit, else they start new chunks;
 * a chunk is the state key ``{prefix}seen/{YYYYMMDDTHH}Z/{n:05d}`` with value
   ``{"v": 1, "ids": {id: ts}}`` (≤ ~64 KiB at :data:`CHUNK_IDS` = 1,000);
 * a page's transaction writes only the chunks that page changed (the open chunk of each bucket it
@@ -95,19 +95,21 @@ class SeenChunks:
 
     # ---- changes ------------------------------------------------------------------------------
     def add(self, published: Iterable[tuple[str, float]]) -> None:
-        """Record published ids in their buckets' open chunks (a full chunk starts the next one)."""
-        by_bucket: dict[int, list[tuple[str, float]]] = {}
+        """Record published ids in their buckets: appended to the newest chunk when they all fit,
+        else in new chunks (so a page's write holds that page's ids, not a half-full older chunk)."""
+        by_bucket: dict[int, dict[str, float]] = {}
         for rid, ts in published:
-            by_bucket.setdefault(int(ts // BUCKET_SECS), []).append((rid, ts))
+            by_bucket.setdefault(int(ts // BUCKET_SECS), {})[rid] = ts
         for bucket, items in by_bucket.items():
             numbers = [n for b, n in self.chunks if b == bucket]
             n = max(numbers) if numbers else 0
             ids = self.chunks.setdefault((bucket, n), {})
-            for rid, ts in items:
-                if rid in ids:
-                    ids[rid] = ts
-                    continue
-                if len(ids) >= CHUNK_IDS:
+            fresh = {rid: ts for rid, ts in items.items() if rid not in ids}
+            if ids and len(ids) + len(fresh) > CHUNK_IDS:
+                n += 1
+                ids = self.chunks.setdefault((bucket, n), {})
+            for rid, ts in items.items():
+                if rid not in ids and len(ids) >= CHUNK_IDS:
                     n += 1
                     ids = self.chunks.setdefault((bucket, n), {})
                 ids[rid] = ts
