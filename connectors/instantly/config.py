@@ -49,6 +49,15 @@ class WorkspaceConfig(Model):
     as_workspace: str | None = Field(None, description="x-as-workspace: act on an agency sub-workspace")
     poll_interval_secs: float = Field(60.0, ge=1)
     streams: list[StreamName] = Field(default_factory=_all_streams)
+    snapshot_interval_secs: float | None = Field(
+        None,
+        ge=1,
+        description="list snapshot streams at most this often (default: every poll); an audit record "
+        "saying a key or webhook changed lists that stream in the same poll anyway",
+    )
+    audit_triggers_snapshots: bool = Field(
+        True, description="list a snapshot stream in the same poll when an audit record says it changed"
+    )
     audit_overlap_secs: float = Field(3600.0, ge=0)
     audit_page_size: int = Field(_AUDIT_PAGE_MAX, ge=1, le=_AUDIT_PAGE_MAX)
     request_timeout_secs: float = Field(30.0, gt=0)

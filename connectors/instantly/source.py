@@ -8,6 +8,13 @@ check), then runs every configured stream once:
   are written in one bus transaction;
 * the audit log publishes page by page, events and cursor together (:mod:`connectors.instantly.streams`).
 
+The audit log runs first. Snapshot streams run every poll, or at most every
+``snapshot_interval_secs`` when set — except that an audit record committed in this poll that
+says a resource changed (API key created/deleted, webhook created/updated/…; see
+:data:`connectors.instantly.audit_codes.SNAPSHOT_TRIGGERS`) makes its stream run in this same
+poll (``audit_triggers_snapshots``), so ``api_key.created`` follows audit code 37 within the
+poll, through the same request budget.
+
 All writes use ``txn_id = f"poller-{source_id}"``; events go to ``instantly.events.v1`` with
 key = workspace id and header ``event_type``. A 401 publishes ``pipeline.poller_unauthorized``
 and ends this poll; 402/403/404 on a stream publish ``pipeline.audit_log_unavailable`` (audit
@@ -106,6 +113,10 @@ class InstantlyWorkspacePoller:
         self._opened = False
         self.workspace = WorkspaceRef(cfg.as_workspace or source_id, cfg.name)
         self._identity_loaded = False
+        self._snapshot_ok: dict[str, float] = {}
+        """When each snapshot stream last completed (for ``snapshot_interval_secs``)."""
+        self.last_triggered: set[str] = set()
+        """Snapshot streams the last poll listed because an audit record said they changed."""
         self._audit_cache = CursorCache()
         """The audit cursor between polls (reloaded from the bus after a failed poll)."""
         self._started_at = clock.now()
@@ -182,10 +193,15 @@ class InstantlyWorkspacePoller:
             return counts
         except SourceError as err:
             ws_error = err
-        for stream in self.streams:
+        triggered: set[str] = set()
+        self.last_triggered = set()
+        ordered = sorted(self.streams, key=lambda s: BY_NAME[s].kind != "audit")
+        for stream in ordered:
             spec = BY_NAME[stream]
             pub = Publisher(self.bus, self.txn_id, self.source_id, self.workspace)
             now = self.clock.now()
+            if spec.kind == "snapshot" and not self._snapshot_due(stream, now, triggered):
+                continue
             attrs = {KIND: "source", TYPE: f"instantly_{stream}", ID: self.source_id, WORKSPACE: self.workspace.id}
             with tel.span("poll.stream", {**attrs, STREAM: stream}, kind=SpanKind.CLIENT) as span:
                 try:
@@ -198,7 +214,10 @@ class InstantlyWorkspacePoller:
                             backfill_secs=self.audit_backfill_secs,
                             started_at=self._started_at,
                         )
-                        await publish_audit_log(pub, self._client, window, counts, self._audit_cache)
+                        try:
+                            await publish_audit_log(pub, self._client, window, counts, self._audit_cache)
+                        finally:
+                            triggered |= window.triggered  # what committed, even when a later page failed
                     elif spec is WORKSPACE_STREAM:
                         if ws_record is None:
                             assert ws_error is not None
@@ -209,7 +228,7 @@ class InstantlyWorkspacePoller:
                         counts[stream] += await publish_snapshot(pub, stream, items, observed_at=format_time(now))
                 except AuthError as err:
                     _failed(span, err)
-                    for rest in self.streams[self.streams.index(stream) :]:
+                    for rest in ordered[ordered.index(stream) :]:
                         health.stream_error(self.source_id, rest, err)
                         self.last_failures[rest] = _reason(err)
                     counts["pipeline"] += await self._pipeline_event("pipeline.poller_unauthorized", stream, err)
@@ -239,11 +258,25 @@ class InstantlyWorkspacePoller:
                 else:
                     health.stream_ok(self.source_id, stream)
                     tel.cursor_age_seconds(self.source_id, stream, now)
+                    if spec.kind == "snapshot":
+                        self._snapshot_ok[stream] = now
         log.info(
             "Poll finished.",
             extra={"source": self.source_id, "workspace": self.workspace.id, "published": dict(counts)},
         )
         return counts
+
+    def _snapshot_due(self, stream: str, now: float, triggered: set[str]) -> bool:
+        """Whether a snapshot stream runs in this poll: its interval passed, or the audit log said it changed."""
+        if self.cfg.audit_triggers_snapshots and stream in triggered:
+            self.last_triggered.add(stream)
+            log.debug(
+                "An audit record says this resource changed; listing it now.",
+                extra={"source": self.source_id, "workspace": self.workspace.id, "stream": stream},
+            )
+            return True
+        last, interval = self._snapshot_ok.get(stream), self.cfg.snapshot_interval_secs
+        return interval is None or last is None or now - last >= interval
 
     # ---- identity ---------------------------------------------------------------------------
     async def _load_identity(self) -> None:

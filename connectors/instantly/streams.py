@@ -24,12 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from connectors.instantly.api import AUDIT_LOGS
+from connectors.instantly.audit_codes import triggered_stream
 from connectors.instantly.audit_cursor import AuditCursor, last_page_id, page_is_ascending, record_id
 from connectors.instantly.client import InstantlyClient
 from connectors.instantly.normalize import normalize_audit_record
@@ -180,6 +181,9 @@ class AuditWindow:
     backfill_secs: float | None = None
     started_at: float | None = None
     """When the poller process started: a full re-read older than this is repeated."""
+    triggered: set[str] = field(default_factory=set)
+    """Filled by the read: snapshot streams that committed audit records say changed (see
+    :func:`connectors.instantly.audit_codes.triggered_stream`)."""
 
 
 @dataclass
@@ -370,11 +374,13 @@ async def _publish_audit_page(
         return None
     batch = await prepare_audit_batch(pub, (r for r, _ts in selection.new), window.observed_at, line)
     cursor.mark((str(r["id"]), ts) for r, ts in selection.new)
+    triggers = {triggered_stream(r.get("activity_type")) for r, _ts in selection.new}
     state = cursor.state_writes()  # what pages up to this one changed: head, touched chunks, deleted buckets
 
     def committed() -> None:
         pub.count(AUDIT_LOGS.name, len(page), batch.events, {**dropped, "dead_letter": batch.dead_letters})
         counts[AUDIT_LOGS.name] = counts.get(AUDIT_LOGS.name, 0) + batch.events
+        window.triggered.update(t for t in triggers if t is not None)
 
     await line.submit(TxnWrite(batch.records, state, committed))
     return max(ts for _r, ts in selection.new)

@@ -344,3 +344,41 @@ async def test_single_value_cursor_is_migrated_and_rereads(env: Env) -> None:
     assert state.audit_of(ws)[-1].id in doc["seen"]
     counts_by_id = audit_counts(await bus_events(env.bus))
     assert set(counts_by_id.values()) == {1} and len(counts_by_id) == len(state.audit_of(ws))
+
+
+async def test_audit_record_triggers_snapshot_in_the_same_poll(env: Env) -> None:
+    """With snapshots listed only hourly, audit 37 (key created) lists api_keys in the poll that read it:
+    api_key.created is on the bus after that one poll; a login record triggers nothing."""
+    state, ws = env.sim.state, env.world.workspace.id
+    cfg = env.cfg.model_copy(update={"snapshot_interval_secs": 3600.0})
+    async with make_poller(cfg, env.bus, env.clock, env.requests) as poller:
+        await poller.poll_once()  # baselines
+        env.clock.advance(10)
+        state.insert_audit(ws, 1)  # a login: no snapshot
+        sent = len(env.requests.sent)
+        counts = await poller.poll_once()
+        assert counts["audit_logs"] == 1 and counts["api_keys"] == 0 and poller.last_triggered == set()
+        assert not any(p.endswith("/api-keys") for p, _q in env.requests.sent[sent:])
+        env.clock.advance(10)
+        rogue = state.create_api_key(ws, "backdoor", ["all:all"], actor=state.actor_for_user("sam", "203.0.113.9"))
+        counts = await poller.poll_once()
+        assert counts["audit_logs"] == 1 and counts["api_keys"] == 1 and poller.last_triggered == {"api_keys"}
+        assert counts["webhooks"] == 0 and counts["members"] == 0  # not triggered, not due
+    evs = await bus_events(env.bus)
+    created = [e for e in evs if e["type"] == "api_key.created"]
+    assert [e["source"]["record_id"] for e in created] == [rogue.id]
+    audit_37 = state.audit_of(ws)[-1].id
+    assert [e["type"] for e in evs if e["source"]["record_id"] == audit_37] == ["audit.api_key_created"]
+
+
+async def test_triggers_can_be_turned_off(env: Env) -> None:
+    """audit_triggers_snapshots=false: the key shows up only when the snapshot interval comes round."""
+    state, ws = env.sim.state, env.world.workspace.id
+    cfg = env.cfg.model_copy(update={"snapshot_interval_secs": 3600.0, "audit_triggers_snapshots": False})
+    async with make_poller(cfg, env.bus, env.clock, env.requests) as poller:
+        await poller.poll_once()
+        env.clock.advance(10)
+        state.create_api_key(ws, "backdoor", ["all:all"], actor=state.actor_for_user("sam", "203.0.113.9"))
+        assert (await poller.poll_once())["api_keys"] == 0
+        env.clock.advance(3600)
+        assert (await poller.poll_once())["api_keys"] == 1
