@@ -213,6 +213,7 @@ class InstantlyWorkspacePoller:
                             page_size=self.cfg.audit_page_size,
                             backfill_secs=self.audit_backfill_secs,
                             started_at=self._started_at,
+                            clock=self.clock,
                         )
                         try:
                             await publish_audit_log(pub, self._client, window, counts, self._audit_cache)
@@ -222,10 +223,14 @@ class InstantlyWorkspacePoller:
                         if ws_record is None:
                             assert ws_error is not None
                             raise ws_error
-                        counts[stream] += await publish_snapshot(pub, stream, [ws_record], observed_at=format_time(now))
+                        counts[stream] += await publish_snapshot(
+                            pub, stream, [ws_record], observed_at=format_time(now), clock=self.clock
+                        )
                     else:
                         items = await self._client.get_all(spec.path, limit=page_limit(spec))
-                        counts[stream] += await publish_snapshot(pub, stream, items, observed_at=format_time(now))
+                        counts[stream] += await publish_snapshot(
+                            pub, stream, items, observed_at=format_time(now), clock=self.clock
+                        )
                 except AuthError as err:
                     _failed(span, err)
                     for rest in ordered[ordered.index(stream) :]:

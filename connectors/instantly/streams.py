@@ -39,7 +39,9 @@ from connectors.instantly.snapshot_state import StoredSnapshot
 from connectors.instantly.snapshots import build_snapshot, diff_snapshots
 from connectors.instantly.txn_pipeline import YIELD_EVERY, TxnPipeline, TxnWrite
 from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC, Bus, Header, Transaction
+from pipeline.clock import SYSTEM_CLOCK, Clock, parse_time
 from pipeline.errors import NormalizeError
+from pipeline.observability.latency import sampled, source_time_header
 from pipeline.observability.logs import get_logger, redact_text
 from pipeline.observability.metrics import ID, KIND, STREAM, TYPE, WORKSPACE
 from pipeline.observability.telemetry import get_telemetry
@@ -130,7 +132,11 @@ class Publisher:
                 extra={"reason": err.reason, "event_type": event.type, "stream": event.source.stream},
             )
             return DEADLETTER_TOPIC, letter.to_json(), key, (("error", b"secret_rejected"), *trace)
-        return EVENTS_TOPIC, value, key, (("event_type", event.type.encode()), *trace)
+        try:
+            stamp: tuple[Header, ...] = (source_time_header(parse_time(event.time)),)
+        except (ValueError, OverflowError):
+            stamp = ()
+        return EVENTS_TOPIC, value, key, (("event_type", event.type.encode()), *stamp, *trace)
 
     def count(self, stream: str, received: int, published: int, dropped: Mapping[str, int]) -> None:
         """Report one batch of ``stream`` (once per page or snapshot, after its transaction committed)."""
@@ -145,7 +151,14 @@ class Publisher:
                 tel.records_dropped(*labels, n, reason=reason)
 
 
-async def publish_snapshot(pub: Publisher, stream: str, records: Sequence[dict[str, Any]], *, observed_at: str) -> int:
+async def publish_snapshot(
+    pub: Publisher,
+    stream: str,
+    records: Sequence[dict[str, Any]],
+    *,
+    observed_at: str,
+    clock: Clock = SYSTEM_CLOCK,
+) -> int:
     """Diff a complete listing against the stored snapshot; write the events and the new snapshot atomically.
 
     Returns the number of events published (nothing is written when nothing changed).
@@ -166,8 +179,24 @@ async def publish_snapshot(pub: Publisher, stream: str, records: Sequence[dict[s
                 pub.send(tx, event, trace)
             for k, v in writes.items():
                 tx.put_state(k, v)
+        _record_ages(pub, clock, [e.time for e in events if e.time != observed_at])
     pub.count(stream, len(records), len(events), {"no_id": skipped})
     return len(events)
+
+
+def _record_ages(pub: Publisher, clock: Clock, times: Sequence[str | float]) -> None:
+    """Record ``source_to_bus`` for events just committed (source times as ISO text or epoch seconds)."""
+    tel = get_telemetry()
+    if not tel.enabled or not times:
+        return
+    now = clock.now()
+    ages = []
+    for t in sampled(times):
+        try:
+            ages.append(now - (t if isinstance(t, float) else parse_time(t)))
+        except (ValueError, OverflowError):
+            continue
+    tel.latency("source_to_bus", pub.source_id, ages)
 
 
 @dataclass(frozen=True)
@@ -181,6 +210,8 @@ class AuditWindow:
     backfill_secs: float | None = None
     started_at: float | None = None
     """When the poller process started: a full re-read older than this is repeated."""
+    clock: Clock = SYSTEM_CLOCK
+    """The clock the ``source_to_bus`` latency is read from (the poller's)."""
     triggered: set[str] = field(default_factory=set)
     """Filled by the read: snapshot streams that committed audit records say changed (see
     :func:`connectors.instantly.audit_codes.triggered_stream`)."""
@@ -381,6 +412,7 @@ async def _publish_audit_page(
         pub.count(AUDIT_LOGS.name, len(page), batch.events, {**dropped, "dead_letter": batch.dead_letters})
         counts[AUDIT_LOGS.name] = counts.get(AUDIT_LOGS.name, 0) + batch.events
         window.triggered.update(t for t in triggers if t is not None)
+        _record_ages(pub, window.clock, [ts for _r, ts in selection.new])
 
     await line.submit(TxnWrite(batch.records, state, committed))
     return max(ts for _r, ts in selection.new)

@@ -22,7 +22,7 @@ from connectors.instantly.source import InstantlyWorkspacePoller
 from connectors.instantly.streams import load_cursor
 from pipeline.bus.base import DATA_TOPICS, EVENTS_TOPIC, Record, iter_records
 from pipeline.bus.sqlite import SqliteBus
-from pipeline.clock import FakeClock, format_time
+from pipeline.clock import FakeClock, format_time, parse_time
 from pipeline.errors import SourceError
 from schemas.validate import schema_errors
 from tests.unit.test_instantly_fake_api import FakeInstantly, load_fixture, serve
@@ -122,7 +122,9 @@ async def test_first_poll_publishes_baselines_and_audit(env: tuple[FakeInstantly
     for rec in recs:
         event = orjson.loads(rec.value)
         assert schema_errors("event", event) == []
-        assert rec.key == WS_ID.encode() and rec.headers == (("event_type", event["type"].encode()),)
+        source_ms = str(int(parse_time(event["time"]) * 1000)).encode()
+        assert rec.key == WS_ID.encode()
+        assert rec.headers == (("event_type", event["type"].encode()), ("source_ms", source_ms))
         assert event["workspace"] == {"id": WS_ID, "name": "My Workspace"}
     assert sorted(orjson.loads(r.value)["type"] for r in recs) == sorted(
         [
