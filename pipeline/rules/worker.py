@@ -221,6 +221,8 @@ class RulesWorker:
                     now = self._clock.now()
                     if self._last_tick is None or now - self._last_tick >= self.tick_interval_secs:
                         await self.tick(now)
+                    if self.last_consumed == 0:
+                        await self._await_events()
                     backoff = 0.5
                 except PipelineError as err:
                     tel = get_telemetry()
@@ -232,13 +234,28 @@ class RulesWorker:
                     log.warning("Rules batch failed, retrying.", extra={"error": err.message, "delay_s": backoff})
                     await _wait(stop, err.retry_after or backoff)
                     backoff = min(backoff * 2, 30.0)
-                    continue
-                if self.last_consumed == 0:
-                    await _wait(stop, self.idle_secs)
         finally:
             await self.close()
 
     # ---- internals ------------------------------------------------------------------------
+    async def _await_events(self) -> None:
+        """Idle until an event arrives (at most ``idle_secs``) and process what came.
+
+        Waiting inside the consumer's poll instead of sleeping: an event committed meanwhile is
+        evaluated as soon as the bus shows it (at once on the embedded bus in this process,
+        within its 50 ms re-check from another one; at the fetch on Kafka), not after the sleep.
+        """
+        consumer = await self._prepare(need_consumer=True)
+        assert consumer is not None
+        try:
+            batch = await consumer.poll(self.batch_size, timeout_s=self.idle_secs)
+            if batch:
+                await self._process(batch)
+                self.last_consumed += len(batch)
+        except BaseException:
+            await self._reset()
+            raise
+
     async def _prepare(self, *, need_consumer: bool) -> Consumer | None:
         if self._loaded and await self.bus.get_state(self._marker_key) != self._marker:
             log.info("Another rules worker committed; reloading rule state.", extra={"group": self.group})
