@@ -116,6 +116,7 @@ class InstantlyWorkspacePoller:
         self._snapshot_ok: dict[str, float] = {}
         """When each snapshot stream last completed (for ``snapshot_interval_secs``)."""
         self.last_triggered: set[str] = set()
+        self._workspace_read = False
         """Snapshot streams the last poll listed because an audit record said they changed."""
         self._audit_cache = CursorCache()
         """The audit cursor between polls (reloaded from the bus after a failed poll)."""
@@ -183,8 +184,10 @@ class InstantlyWorkspacePoller:
         ws_record: dict[str, Any] | None = None
         ws_error: SourceError | None = None
         try:
-            ws_record = await self._client.get(WORKSPACE_STREAM.path)
-            await self._remember_identity(ws_record)
+            if self._workspace_due():
+                ws_record = await self._client.get(WORKSPACE_STREAM.path)
+                self._workspace_read = True
+                await self._remember_identity(ws_record)
         except AuthError as err:
             for stream in self.streams:
                 health.stream_error(self.source_id, stream, err)
@@ -220,9 +223,10 @@ class InstantlyWorkspacePoller:
                         finally:
                             triggered |= window.triggered  # what committed, even when a later page failed
                     elif spec is WORKSPACE_STREAM:
-                        if ws_record is None:
-                            assert ws_error is not None
+                        if ws_error is not None:
                             raise ws_error
+                        if ws_record is None:  # became due since the start of this poll
+                            ws_record = await self._client.get(WORKSPACE_STREAM.path)
                         counts[stream] += await publish_snapshot(
                             pub, stream, [ws_record], observed_at=format_time(now), clock=self.clock
                         )
@@ -270,6 +274,19 @@ class InstantlyWorkspacePoller:
             extra={"source": self.source_id, "workspace": self.workspace.id, "published": dict(counts)},
         )
         return counts
+
+    def _workspace_due(self) -> bool:
+        """Whether this poll reads ``GET /workspaces/current`` first (identity and health check).
+
+        Every poll by default; with ``snapshot_interval_secs``, only when the ``workspace`` stream
+        is due or the workspace was never read by this process, so a poll of a quiet audit log
+        costs one request (a 401 then surfaces on the audit read).
+        """
+        if self.cfg.snapshot_interval_secs is None or not self._workspace_read:
+            return True
+        return WORKSPACE_STREAM.name in self.streams and self._snapshot_due(
+            WORKSPACE_STREAM.name, self.clock.now(), set()
+        )
 
     def _snapshot_due(self, stream: str, now: float, triggered: set[str]) -> bool:
         """Whether a snapshot stream runs in this poll: its interval passed, or the audit log said it changed."""

@@ -382,3 +382,22 @@ async def test_triggers_can_be_turned_off(env: Env) -> None:
         assert (await poller.poll_once())["api_keys"] == 0
         env.clock.advance(3600)
         assert (await poller.poll_once())["api_keys"] == 1
+
+
+async def test_adaptive_polling_quiet_poll_costs_one_request(env: Env) -> None:
+    """With snapshot_interval_secs, a poll of a quiet audit log sends one request (the empty page after
+    last_id); snapshots and the workspace come back when their interval has passed."""
+    cfg = env.cfg.model_copy(update={"snapshot_interval_secs": 300.0})
+    async with make_poller(cfg, env.bus, env.clock, env.requests) as poller:
+        await poller.poll_once()  # first poll: workspace, full audit read, every snapshot
+        for _ in range(3):
+            env.clock.advance(5)
+            sent = len(env.requests.sent)
+            counts = await poller.poll_once()
+            assert [p for p, _q in env.requests.sent[sent:]] == [AUDIT_PATH]
+            assert sum(counts.values()) == 0
+        env.clock.advance(300)
+        sent = len(env.requests.sent)
+        await poller.poll_once()
+        paths = {p for p, _q in env.requests.sent[sent:]}
+        assert {"/api/v2/workspaces/current", "/api/v2/api-keys", AUDIT_PATH} <= paths
