@@ -45,7 +45,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.instantly.sim import InstantlySimulator
 from connectors.instantly.sim.seed import demo_world
-from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, iter_records
+from pipeline.bus.base import ALERTS_TOPIC, DEADLETTER_TOPIC, EVENTS_TOPIC, iter_records
 from pipeline.bus.factory import open_bus
 from pipeline.config.model import KafkaBusConfig, SqliteBusConfig
 
@@ -264,7 +264,7 @@ async def main() -> None:
                 await asyncio.sleep(args.duration)
                 stop.set()
                 await asyncio.gather(*load)
-                await asyncio.sleep(args.poll + 5)  # the last key's poll and delivery
+                await asyncio.sleep(2 * args.poll + 5)  # the last key's poll and delivery
                 async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{service}/metrics") as r:
                     metrics = await r.text()
             finally:
@@ -274,11 +274,21 @@ async def main() -> None:
                 await tail_task
         appended: dict[str, tuple[float, dict[str, Any]]] = {}
         bus_cfg = KafkaBusConfig(**bus) if args.bus == "kafka" else SqliteBusConfig(**bus)
-        async with open_bus(bus_cfg) as b, b.consumer([EVENTS_TOPIC, ALERTS_TOPIC], start="earliest") as c:
+        dead: dict[str, int] = {}
+        async with (
+            open_bus(bus_cfg) as b,
+            b.consumer([EVENTS_TOPIC, ALERTS_TOPIC, DEADLETTER_TOPIC], start="earliest") as c,
+        ):
             async for recs in iter_records(c):
                 for rec in recs:
+                    if rec.topic == DEADLETTER_TOPIC:
+                        reason = (rec.header("dlq.reason") or rec.header("error") or b"?").decode()
+                        dead[reason] = dead.get(reason, 0) + 1
+                        continue
                     doc = orjson.loads(rec.value)
                     appended[doc["id"]] = (rec.timestamp_ms / 1000, doc)
+        if dead:
+            print(f"# dead letters: {dead}")
     report(created, sent, acks, appended, tail, metrics)
 
 
@@ -300,18 +310,23 @@ def report(
             for eid in doc.get("event_ids", []):
                 event_alert.setdefault(eid, aid)
     legs: dict[str, list[float]] = {k: [] for k in ("src", "alert", "sink", "e2e")}
-    missing = 0
+    missing = {"no event": 0, "no alert": 0, "alert not in sink": 0}
     for key, t0 in created.items():
         found = key_event.get(key)
         alert = event_alert.get(found) if found is not None else None
         if found is None or alert is None or alert not in tail.seen:
-            missing += 1
+            why = "no event" if found is None else "no alert" if alert is None else "alert not in sink"
+            missing[why] += 1
+            if why == "no alert":
+                about = [d["rule"]["id"] for _t, d in appended.values() if key in str(d.get("summary", ""))]
+                print(f"# {key}: no api_key.all_scope alert with its event; alerts naming it: {about}")
             continue
         legs["src"].append(appended[found][0] - t0)
         legs["alert"].append(appended[alert][0] - appended[found][0])
         legs["sink"].append(tail.seen[alert] - appended[alert][0])
         legs["e2e"].append(tail.seen[alert] - t0)
-    print(f"\nkey created → alert in the sink ({len(created)} keys, {missing} not matched)")
+    unmatched = ", ".join(f"{n} {why}" for why, n in missing.items() if n) or "all matched"
+    print(f"\nkey created → alert in the sink ({len(created)} keys; {unmatched})")
     print(f"  key created → api_key.created on the bus   {quantiles(legs['src'])}")
     print(f"  event on the bus → alert on the bus        {quantiles(legs['alert'])}")
     print(f"  alert on the bus → alert in the sink       {quantiles(legs['sink'])}")
