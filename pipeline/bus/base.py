@@ -242,7 +242,12 @@ class Bus(Protocol):
 async def iter_records(
     consumer: Consumer, *, until: Mapping[TopicPartition, int] | None = None, batch: int = 1000
 ) -> AsyncIterator[list[Record]]:
-    """Yield batches until every assigned partition reached ``until`` (default: the end offsets now)."""
+    """Yield batches until every assigned partition reached ``until`` (default: the end offsets now).
+
+    Records a poll returned beyond ``until`` are not yielded, and the consumer is moved back to
+    the first of them, so its next read returns them (a live consumer loses nothing that was
+    committed while it caught up).
+    """
     stop = dict(until) if until is not None else await consumer.end_offsets()
     while True:
         pos = consumer.positions()
@@ -250,7 +255,16 @@ async def iter_records(
             return
         recs = await consumer.poll(batch, timeout_s=0.5)
         if any(off > stop.get(tp, 0) for tp, off in consumer.positions().items()):  # else all are below
-            recs = [r for r in recs if r.offset < stop.get(r.tp, 0)]
+            kept: list[Record] = []
+            beyond: dict[TopicPartition, int] = {}
+            for r in recs:
+                if r.offset < stop.get(r.tp, 0):
+                    kept.append(r)
+                elif r.tp not in beyond:
+                    beyond[r.tp] = r.offset
+            for tp, offset in beyond.items():
+                await consumer.seek(tp, offset)
+            recs = kept
         if recs:
             yield recs
 
