@@ -185,7 +185,8 @@ async def test_prepare_matches_publisher_send_and_dead_letters(tmp_path: Path) -
             f"r{i}" for i in range(120)
         ]
         topic, value, key, headers = batch.records[0]
-        assert (topic, key, headers) == (EVENTS_TOPIC, ws.id.encode(), (("event_type", b"audit.user_login"),))
+        source_ms = ("source_ms", b"1772000000000")  # the record's timestamp, for the latency legs
+        assert (topic, key, headers) == (EVENTS_TOPIC, ws.id.encode(), (("event_type", b"audit.user_login"), source_ms))
         topic, value, _key, headers = batch.records[-1]
         assert topic == DEADLETTER_TOPIC and headers == (("error", b"normalize"),)
         letter = decode_deadletter(value)
