@@ -65,7 +65,8 @@ from typing import Any
 
 import orjson
 
-from connectors.instantly.cursor_state import SeenChunks
+from connectors.instantly.cursor_state import BUCKET_SECS, SeenChunks
+from connectors.instantly.ledger import HourLedgers
 from pipeline.clock import format_time, parse_time
 
 DATE_SLACK_SECS = 86_400.0
@@ -144,6 +145,12 @@ class AuditCursor:
     """Poll time (epoch seconds) of the last completed full overlap re-read."""
     full_mark: float | None = None
     """``high_water`` when the last full re-read completed (lower end of the threshold)."""
+    covered_from: float | None = None
+    """Ledgers (late-record sweep) hold every id published with a timestamp at or after this."""
+    last_sweep: float | None = None
+    """Poll time of the last completed late-record sweep."""
+    ledgers: HourLedgers | None = field(default=None, compare=False, repr=False)
+    """Per-hour ledgers of the ids published (only when the sweep is on)."""
     chunks: SeenChunks | None = field(default=None, compare=False, repr=False)
     """Where ``seen`` is stored (split layout); ``None`` for a cursor not bound to state keys."""
     _head: bytes | None = field(default=None, compare=False, repr=False)
@@ -226,6 +233,8 @@ class AuditCursor:
             self.seen[rid] = ts
         if self.chunks is not None:
             self.chunks.add(items)
+        if self.ledgers is not None:
+            self.ledgers.add(items)
 
     def advance(self, newest: float | None, *, now: float, overlap_secs: float) -> None:
         """Move ``high_water`` to ``min(newest, now)`` (never back) and forget ids below the new window."""
@@ -258,7 +267,25 @@ class AuditCursor:
             "last_full_read_iso": _iso(self.last_full_read),
             "full_mark": self.full_mark,
         }
+        if self.covered_from is not None or self.last_sweep is not None:
+            doc |= {"covered_from": self.covered_from, "last_sweep": self.last_sweep}
         return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+
+    def enable_ledgers(self, *, overlap_secs: float) -> None:
+        """Keep per-hour ledgers from now on; the first time, seed them with the ids seen.
+
+        Coverage starts at the first whole hour after the current threshold (every id published
+        since is either in ``seen`` or in a ledger). Raises nothing.
+        """
+        if self.chunks is None:
+            return
+        if self.ledgers is None:
+            self.ledgers = HourLedgers(self.chunks.prefix)
+        if self.covered_from is None:
+            t = self.threshold(overlap_secs)
+            start = -1.0 if t is None else t
+            self.covered_from = (int(start // BUCKET_SECS) + 1) * BUCKET_SECS if t is not None else 0.0
+            self.ledgers.add(self.seen.items())
 
     @classmethod
     def load_state(
@@ -291,10 +318,15 @@ class AuditCursor:
             last_id=last_id if isinstance(last_id, str) and last_id else None,
             last_full_read=_num(doc.get("last_full_read")),
             full_mark=_num(doc.get("full_mark")),
+            covered_from=_num(doc.get("covered_from")),
+            last_sweep=_num(doc.get("last_sweep")),
             chunks=chunks,
             _head=head,
             _legacy_key=legacy_key if legacy is not None else None,
         )
+        if cur.covered_from is not None:
+            cur.ledgers = HourLedgers(prefix)
+            cur.ledgers.load(dict(items))
         return cur
 
     def state_writes(self) -> dict[str, bytes | None]:
@@ -305,6 +337,8 @@ class AuditCursor:
         if self.chunks is None:
             return {}
         out = self.chunks.writes()
+        if self.ledgers is not None:
+            out |= self.ledgers.writes()
         head = self.head_bytes()
         if head != self._head:
             out[f"{self.chunks.prefix}head"] = head

@@ -40,7 +40,8 @@ def bucket_label(bucket: int) -> str:
     return datetime.fromtimestamp(bucket * BUCKET_SECS, tz=UTC).strftime(_BUCKET_FORMAT)
 
 
-def _parse_bucket(label: str) -> int | None:
+def parse_bucket(label: str) -> int | None:
+    """Inverse of :func:`bucket_label`; ``None`` for another shape."""
     try:
         when = datetime.strptime(label, _BUCKET_FORMAT).replace(tzinfo=UTC)
     except ValueError:
@@ -70,7 +71,7 @@ class SeenChunks:
         parts = key[len(self.prefix) + len("seen/") :].split("/")
         if len(parts) != 2 or not parts[1].isdigit():
             return None
-        bucket = _parse_bucket(parts[0])
+        bucket = parse_bucket(parts[0])
         return None if bucket is None else (bucket, int(parts[1]))
 
     # ---- load ---------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from connectors.instantly.streams import (
     publish_audit_log,
     publish_snapshot,
 )
+from connectors.instantly.sweep import SweepSettings
 from pipeline.bus.base import Bus
 from pipeline.clock import Clock, format_time
 from pipeline.errors import AuthError, BusError, NotFoundError, PaymentRequiredError, ScopeError, SourceError
@@ -117,6 +118,11 @@ class InstantlyWorkspacePoller:
         """When each snapshot stream last completed (for ``snapshot_interval_secs``)."""
         self.last_triggered: set[str] = set()
         self._workspace_read = False
+        self._sweep = (
+            SweepSettings(cfg.audit_sweep_interval_secs, cfg.audit_sweep_days, cfg.audit_sweep_max_requests)
+            if cfg.audit_sweep_interval_secs is not None
+            else None
+        )
         """Snapshot streams the last poll listed because an audit record said they changed."""
         self._audit_cache = CursorCache()
         """The audit cursor between polls (reloaded from the bus after a failed poll)."""
@@ -217,6 +223,7 @@ class InstantlyWorkspacePoller:
                             backfill_secs=self.audit_backfill_secs,
                             started_at=self._started_at,
                             clock=self.clock,
+                            sweep=self._sweep,
                         )
                         try:
                             await publish_audit_log(pub, self._client, window, counts, self._audit_cache)

@@ -37,6 +37,7 @@ from connectors.instantly.normalize import normalize_audit_record
 from connectors.instantly.redact import redact_record
 from connectors.instantly.snapshot_state import StoredSnapshot
 from connectors.instantly.snapshots import build_snapshot, diff_snapshots
+from connectors.instantly.sweep import SweepSettings, find_late, publish_late
 from connectors.instantly.txn_pipeline import YIELD_EVERY, TxnPipeline, TxnWrite
 from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC, Bus, Header, Transaction
 from pipeline.clock import SYSTEM_CLOCK, Clock, parse_time
@@ -212,6 +213,8 @@ class AuditWindow:
     """When the poller process started: a full re-read older than this is repeated."""
     clock: Clock = SYSTEM_CLOCK
     """The clock the ``source_to_bus`` latency is read from (the poller's)."""
+    sweep: SweepSettings | None = None
+    """The late-record sweep (``None``: off; see :mod:`connectors.instantly.sweep`)."""
     triggered: set[str] = field(default_factory=set)
     """Filled by the read: snapshot streams that committed audit records say changed (see
     :func:`connectors.instantly.audit_codes.triggered_stream`)."""
@@ -252,9 +255,31 @@ async def publish_audit_log(
     if cursor is None:
         cursor = await load_cursor(pub.bus, pub.source_id, floor=floor)
         cursor.forget_old(window.overlap_secs)
+    if window.sweep is not None:
+        cursor.enable_ledgers(overlap_secs=window.overlap_secs)
     await _read_and_publish(pub, client, window, counts, cursor)
+    if window.sweep is not None and window.sweep.due(cursor, window.now):
+        await _sweep(pub, client, window, window.sweep, counts, cursor)
     if cache is not None:
         cache.cursor = cursor
+
+
+async def _sweep(
+    pub: Publisher,
+    client: InstantlyClient,
+    window: AuditWindow,
+    settings: SweepSettings,
+    counts: dict[str, int],
+    cursor: AuditCursor,
+) -> None:
+    """Run the late-record sweep and publish what it found (see :mod:`connectors.instantly.sweep`)."""
+    result = await find_late(client, cursor, settings, now=window.now, page_size=window.page_size)
+    batch = await prepare_audit_batch(
+        pub, (r for r, _ts in result.records), window.observed_at, TxnPipeline(pub.bus, pub.txn_id)
+    )
+    published, events = await publish_late(pub, cursor, result, settings, batch, now=window.now, clock=window.clock)
+    counts[AUDIT_LOGS.name] = counts.get(AUDIT_LOGS.name, 0) + published
+    counts["pipeline"] = counts.get("pipeline", 0) + events
 
 
 async def _read_and_publish(

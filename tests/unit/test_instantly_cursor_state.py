@@ -111,7 +111,25 @@ def test_any_arrival_order_and_restarts_lose_and_duplicate_nothing(order: str, s
         asyncio.run(_scenario(Path(tmp), order, steps))
 
 
-async def _scenario(tmp: Path, order: str, steps: list[Step]) -> None:
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    order=st.sampled_from(["asc", "desc"]),
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["arrive", "backdate", "very_late", "poll", "restart", "fail"]), st.integers(0, 1_000_000)
+        ),
+        min_size=3,
+        max_size=14,
+    ),
+)
+def test_with_the_sweep_even_very_late_records_arrive_once(order: str, steps: list[Step]) -> None:
+    """The same with the late-record sweep on and records up to 6 h behind (the window is 1 h):
+    after the last sweep every record is on the bus exactly once."""
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(_scenario(Path(tmp), order, steps, sweep=True))
+
+
+async def _scenario(tmp: Path, order: str, steps: list[Step], *, sweep: bool = False) -> None:
     fake = FakeInstantly(api_key="k" * 24)
     seed(fake)
     fake.audit_order = order
@@ -119,17 +137,21 @@ async def _scenario(tmp: Path, order: str, steps: list[Step]) -> None:
     mp = pytest.MonkeyPatch()
     mp.setattr(cursor_state, "CHUNK_IDS", 3)  # chunks roll over within a page
     seq = 1000
+    opts: dict[str, Any] = {"streams": ["audit_logs"], "audit_page_size": 2}
+    if sweep:
+        opts |= {"audit_sweep_interval_secs": 60.0, "audit_sweep_max_requests": 1000}
     try:
         async with serve(fake), SqliteBus(tmp / "bus.db") as bus:
-            poller: Any = make_poller(fake, bus, clock, streams=["audit_logs"], audit_page_size=2)
+            poller: Any = make_poller(fake, bus, clock, **opts)
             await poller.__aenter__()
             for what, arg in steps:
                 rng = random.Random(arg)
-                if what in ("arrive", "backdate"):
+                if what in ("arrive", "backdate", "very_late"):
                     for _ in range(rng.randint(1, 4)):
                         seq += 1
-                        rid = f"{seq:06d}" if what == "arrive" else f"{rng.randint(0, 999):06d}-{seq}"
-                        fake.audit.append(audit_record(rid, clock.now() - rng.uniform(0, 1800)))
+                        rid = f"{seq:06d}" if what != "backdate" else f"{rng.randint(0, 999):06d}-{seq}"
+                        behind = rng.uniform(7200, 21600) if what == "very_late" else rng.uniform(0, 1800)
+                        fake.audit.append(audit_record(rid, clock.now() - behind))
                 elif what == "poll":
                     await poller.poll_once()
                 elif what == "fail":
@@ -138,20 +160,20 @@ async def _scenario(tmp: Path, order: str, steps: list[Step]) -> None:
                     fake.faults.clear()
                 else:
                     await poller.aclose()
-                    poller = make_poller(fake, bus, clock, streams=["audit_logs"], audit_page_size=2)
+                    poller = make_poller(fake, bus, clock, **opts)
                     await poller.__aenter__()
                 clock.advance(40)
             await poller.aclose()
-            async with make_poller(fake, bus, clock, streams=["audit_logs"], audit_page_size=2) as last:
+            async with make_poller(fake, bus, clock, **opts) as last:
                 await last.poll_once()  # a restart re-reads the window: what is behind the cursor comes now
-                await last.poll_once()
-            published = [e["source"]["record_id"] for e in await events(bus)]
+                clock.advance(61)
+                await last.poll_once()  # (and sweeps, when on)
+            published = [e["source"]["record_id"] for e in await events(bus) if e["type"].startswith("audit.")]
             assert sorted(published) == sorted(r["id"] for r in fake.audit), "lost or duplicated"
             cursor = await load_cursor(bus, "acme")
-            assert {r["id"] for r in fake.audit} <= set(cursor.seen)
-            for key, value in (await bus.state_items("cursor/acme/")).items():
-                doc = orjson.loads(value)
-                assert key.endswith("/head") or len(doc["ids"]) <= 3
+            assert sweep or {r["id"] for r in fake.audit} <= set(cursor.seen)  # the sweep's are below the window
+            for key, value in (await bus.state_items("cursor/acme/audit_logs/seen/")).items():
+                assert len(orjson.loads(value)["ids"]) <= 3
             assert await bus.get_state("cursor/acme/audit_logs") is None
             assert (await load_snapshot(bus, "acme", "api_keys")).snapshot is None
     finally:
