@@ -172,7 +172,7 @@ async def _scenario(tmp: Path, order: str, steps: list[Step], *, sweep: bool = F
             assert sorted(published) == sorted(r["id"] for r in fake.audit), "lost or duplicated"
             cursor = await load_cursor(bus, "acme")
             assert sweep or {r["id"] for r in fake.audit} <= set(cursor.seen)  # the sweep's are below the window
-            for key, value in (await bus.state_items("cursor/acme/audit_logs/seen/")).items():
+            for value in (await bus.state_items("cursor/acme/audit_logs/seen/")).values():
                 assert len(orjson.loads(value)["ids"]) <= 3
             assert await bus.get_state("cursor/acme/audit_logs") is None
             assert (await load_snapshot(bus, "acme", "api_keys")).snapshot is None
