@@ -68,6 +68,30 @@ AUDIT_CODES: dict[int, AuditCode] = {
 """Every documented code (Aug 2026 spec)."""
 
 
+SNAPSHOT_TRIGGERS: dict[str, str] = {
+    "api_key": "api_keys",
+    "webhook": "webhooks",
+    "member": "members",
+    "block_list": "block_list",
+}
+"""Audit category → the snapshot stream whose resources such a record says changed.
+
+A record of one of these categories makes the poller list that stream in the same poll
+(:func:`triggered_stream`), so the snapshot's diff event (e.g. ``api_key.created`` after code 37)
+follows within seconds instead of at the next snapshot interval. The Aug 2026 spec has codes
+for API keys (37, 38) and webhooks (18-21) only; ``member`` and ``block_list`` are here for the
+codes a later spec may add (no documented code has those categories yet)."""
+
+
+def triggered_stream(activity_type: Any) -> str | None:
+    """The snapshot stream an audit record of ``activity_type`` says changed, or ``None``.
+
+    ``37`` (API key created) → ``"api_keys"``; ``18`` (webhook created) → ``"webhooks"``;
+    ``1`` (login) → ``None``.
+    """
+    return SNAPSHOT_TRIGGERS.get(describe_activity(activity_type).category)
+
+
 def _as_int(value: Any) -> int | None:
     if isinstance(value, bool):
         return None

@@ -41,8 +41,18 @@ and is published by the next incremental read. One older than the threshold is c
 ``seen`` therefore holds at most ``overlap`` plus the time since the last full re-read (at most
 about ``2 * overlap``) of ids.
 
-State written by older versions (no ``last_id`` / ``last_full_read``) still loads; it makes the
-next poll a full re-read. The format version stays 1 so an older poller can still read it.
+**State layout** (format 2). The cursor is several bounded state keys under the prefix
+``cursor/{source_id}/audit_logs/``: ``head`` holds everything but the ids
+(:meth:`AuditCursor.head_bytes`), and the ids seen are chunks per hour bucket
+(:mod:`connectors.instantly.cursor_state`). :meth:`AuditCursor.state_writes` hands out only what
+changed since the last call, so a page's transaction writes the head and the chunks of the
+buckets it touched, and buckets that left the window are deleted.
+
+**Migration.** The single value of format 1 (key ``cursor/{source_id}/audit_logs``, with the
+ids under ``seen``) is read by :meth:`AuditCursor.load_state` when no head exists yet; the first
+transaction writes the new layout and deletes the old key. State written by still older versions
+(no ``last_id`` / ``last_full_read``) loads too and makes the next poll a full re-read. A poller
+of a version before format 2 does not read the new layout (it would start a new cursor).
 """
 
 from __future__ import annotations
@@ -55,10 +65,15 @@ from typing import Any
 
 import orjson
 
+from connectors.instantly.cursor_state import BUCKET_SECS, SeenChunks
+from connectors.instantly.ledger import HourLedgers
 from pipeline.clock import format_time, parse_time
 
 DATE_SLACK_SECS = 86_400.0
 CURSOR_VERSION = 1
+"""Format of the single-value cursor (``seen`` inside); read for migration, written by :meth:`AuditCursor.to_bytes`."""
+HEAD_VERSION = 2
+"""Format of the split layout's ``head`` value."""
 JSONDict = dict[str, Any]
 
 
@@ -130,6 +145,16 @@ class AuditCursor:
     """Poll time (epoch seconds) of the last completed full overlap re-read."""
     full_mark: float | None = None
     """``high_water`` when the last full re-read completed (lower end of the threshold)."""
+    covered_from: float | None = None
+    """Ledgers (late-record sweep) hold every id published with a timestamp at or after this."""
+    last_sweep: float | None = None
+    """Poll time of the last completed late-record sweep."""
+    ledgers: HourLedgers | None = field(default=None, compare=False, repr=False)
+    """Per-hour ledgers of the ids published (only when the sweep is on)."""
+    chunks: SeenChunks | None = field(default=None, compare=False, repr=False)
+    """Where ``seen`` is stored (split layout); ``None`` for a cursor not bound to state keys."""
+    _head: bytes | None = field(default=None, compare=False, repr=False)
+    _legacy_key: str | None = field(default=None, compare=False, repr=False)
 
     # ---- window -------------------------------------------------------------------------
     def threshold(self, overlap_secs: float) -> float | None:
@@ -203,8 +228,13 @@ class AuditCursor:
 
     def mark(self, published: Iterable[tuple[str, float]]) -> None:
         """Remember published ids (called with the ids of the batch being committed)."""
-        for rid, ts in published:
+        items = list(published)
+        for rid, ts in items:
             self.seen[rid] = ts
+        if self.chunks is not None:
+            self.chunks.add(items)
+        if self.ledgers is not None:
+            self.ledgers.add(items)
 
     def advance(self, newest: float | None, *, now: float, overlap_secs: float) -> None:
         """Move ``high_water`` to ``min(newest, now)`` (never back) and forget ids below the new window."""
@@ -213,12 +243,112 @@ class AuditCursor:
             self.high_water = capped if self.high_water is None else max(self.high_water, capped)
         self._prune(overlap_secs)
 
+    def forget_old(self, overlap_secs: float) -> None:
+        """Forget ids below the threshold (and delete their whole hour buckets from state)."""
+        self._prune(overlap_secs)
+
     def _prune(self, overlap_secs: float) -> None:
         t = self.threshold(overlap_secs)
         if t is not None:
             self.seen = {rid: ts for rid, ts in self.seen.items() if ts >= t}
+            if self.chunks is not None:
+                self.chunks.prune(t)
 
-    # ---- state ------------------------------------------------------------------------------
+    # ---- state: split layout -----------------------------------------------------------------
+    def head_bytes(self) -> bytes:
+        """The ``head`` value: the cursor without its ids (epoch seconds; ``*_iso`` only for humans)."""
+        doc = {
+            "v": HEAD_VERSION,
+            "high_water": self.high_water,
+            "high_water_iso": _iso(self.high_water),
+            "floor": self.floor,
+            "last_id": self.last_id,
+            "last_full_read": self.last_full_read,
+            "last_full_read_iso": _iso(self.last_full_read),
+            "full_mark": self.full_mark,
+        }
+        if self.covered_from is not None or self.last_sweep is not None:
+            doc |= {"covered_from": self.covered_from, "last_sweep": self.last_sweep}
+        return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+
+    def enable_ledgers(self, *, overlap_secs: float) -> None:
+        """Keep per-hour ledgers from now on; the first time, seed them with the ids seen.
+
+        Coverage starts at the first whole hour after the current threshold (every id published
+        since is either in ``seen`` or in a ledger). Raises nothing.
+        """
+        if self.chunks is None:
+            return
+        if self.ledgers is None:
+            self.ledgers = HourLedgers(self.chunks.prefix)
+        if self.covered_from is None:
+            t = self.threshold(overlap_secs)
+            start = -1.0 if t is None else t
+            self.covered_from = (int(start // BUCKET_SECS) + 1) * BUCKET_SECS if t is not None else 0.0
+            self.ledgers.add(self.seen.items())
+
+    @classmethod
+    def load_state(
+        cls, prefix: str, items: Mapping[str, bytes], *, legacy: bytes | None = None, floor: float | None = None
+    ) -> AuditCursor:
+        """Load the split layout under ``prefix`` (``…/audit_logs/``) from ``items`` (its state entries).
+
+        Without a head, the single-value cursor ``legacy`` (format 1, stored at ``prefix``
+        without the slash) is migrated: every id goes to a chunk and the next
+        :meth:`state_writes` writes them all, the head, and deletes the old key.
+        """
+        chunks = SeenChunks(prefix)
+        legacy_key = prefix.rstrip("/")
+        head = items.get(f"{prefix}head")
+        doc = _loads(head)
+        if doc is None or doc.get("v") != HEAD_VERSION:
+            cur = cls.from_bytes(legacy, floor=floor)
+            cur.chunks = chunks
+            cur.seen = {**chunks.load(items), **cur.seen}  # chunks without a head: kept, rewritten
+            chunks.add(cur.seen.items())
+            chunks.mark_all_dirty()
+            cur._legacy_key = legacy_key if legacy is not None else None
+            return cur
+        fl = _num(doc.get("floor"))
+        last_id = doc.get("last_id")
+        cur = cls(
+            high_water=_num(doc.get("high_water")),
+            seen=chunks.load(items),
+            floor=fl if fl is not None else floor,
+            last_id=last_id if isinstance(last_id, str) and last_id else None,
+            last_full_read=_num(doc.get("last_full_read")),
+            full_mark=_num(doc.get("full_mark")),
+            covered_from=_num(doc.get("covered_from")),
+            last_sweep=_num(doc.get("last_sweep")),
+            chunks=chunks,
+            _head=head,
+            _legacy_key=legacy_key if legacy is not None else None,
+        )
+        if cur.covered_from is not None:
+            cur.ledgers = HourLedgers(prefix)
+            cur.ledgers.load(dict(items))
+        return cur
+
+    def state_writes(self) -> dict[str, bytes | None]:
+        """What changed since the last call, as state writes: the head, chunks, deletions.
+
+        Empty when nothing changed. Raises nothing; a cursor without ``chunks`` returns ``{}``.
+        """
+        if self.chunks is None:
+            return {}
+        out = self.chunks.writes()
+        if self.ledgers is not None:
+            out |= self.ledgers.writes()
+        head = self.head_bytes()
+        if head != self._head:
+            out[f"{self.chunks.prefix}head"] = head
+            self._head = head
+        if self._legacy_key is not None:
+            out[self._legacy_key] = None
+            self._legacy_key = None
+        return out
+
+    # ---- state: single value (format 1) --------------------------------------------------------
     def to_bytes(self) -> bytes:
         """Serialise for the state store (ids and epoch seconds; ``*_iso`` only for humans)."""
         doc = {
@@ -261,6 +391,16 @@ class AuditCursor:
             last_full_read=_num(doc.get("last_full_read")),
             full_mark=_num(doc.get("full_mark")),
         )
+
+
+def _loads(data: bytes | None) -> dict[str, Any] | None:
+    if not data:
+        return None
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _num(value: object) -> float | None:

@@ -49,7 +49,21 @@ class WorkspaceConfig(Model):
     as_workspace: str | None = Field(None, description="x-as-workspace: act on an agency sub-workspace")
     poll_interval_secs: float = Field(60.0, ge=1)
     streams: list[StreamName] = Field(default_factory=_all_streams)
+    snapshot_interval_secs: float | None = Field(
+        None,
+        ge=1,
+        description="list snapshot streams at most this often (default: every poll); an audit record "
+        "saying a key or webhook changed lists that stream in the same poll anyway",
+    )
+    audit_triggers_snapshots: bool = Field(
+        True, description="list a snapshot stream in the same poll when an audit record says it changed"
+    )
     audit_overlap_secs: float = Field(3600.0, ge=0)
+    audit_sweep_interval_secs: float | None = Field(
+        None, ge=60, description="re-read the audit log this often to publish late records (default: off)"
+    )
+    audit_sweep_days: float = Field(7.0, gt=0, le=90, description="how far back the sweep reads")
+    audit_sweep_max_requests: int = Field(100, ge=1, description="pages one sweep may read at most")
     audit_page_size: int = Field(_AUDIT_PAGE_MAX, ge=1, le=_AUDIT_PAGE_MAX)
     request_timeout_secs: float = Field(30.0, gt=0)
     max_retries: int = Field(6, ge=0, le=20)

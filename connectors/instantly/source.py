@@ -8,6 +8,13 @@ check), then runs every configured stream once:
   are written in one bus transaction;
 * the audit log publishes page by page, events and cursor together (:mod:`connectors.instantly.streams`).
 
+The audit log runs first. Snapshot streams run every poll, or at most every
+``snapshot_interval_secs`` when set — except that an audit record committed in this poll that
+says a resource changed (API key created/deleted, webhook created/updated/…; see
+:data:`connectors.instantly.audit_codes.SNAPSHOT_TRIGGERS`) makes its stream run in this same
+poll (``audit_triggers_snapshots``), so ``api_key.created`` follows audit code 37 within the
+poll, through the same request budget.
+
 All writes use ``txn_id = f"poller-{source_id}"``; events go to ``instantly.events.v1`` with
 key = workspace id and header ``event_type``. A 401 publishes ``pipeline.poller_unauthorized``
 and ends this poll; 402/403/404 on a stream publish ``pipeline.audit_log_unavailable`` (audit
@@ -35,10 +42,12 @@ from connectors.instantly.config import WorkspaceConfig
 from connectors.instantly.normalize import pipeline_event
 from connectors.instantly.streams import (
     AuditWindow,
+    CursorCache,
     Publisher,
     publish_audit_log,
     publish_snapshot,
 )
+from connectors.instantly.sweep import SweepSettings
 from pipeline.bus.base import Bus
 from pipeline.clock import Clock, format_time
 from pipeline.errors import AuthError, BusError, NotFoundError, PaymentRequiredError, ScopeError, SourceError
@@ -121,6 +130,18 @@ class InstantlyWorkspacePoller:
         if cfg.as_workspace:
             self.telemetry.name_workspace(cfg.as_workspace, source_id)
         self._identity_loaded = False
+        self._snapshot_ok: dict[str, float] = {}
+        """When each snapshot stream last completed (for ``snapshot_interval_secs``)."""
+        self.last_triggered: set[str] = set()
+        self._workspace_read = False
+        self._sweep = (
+            SweepSettings(cfg.audit_sweep_interval_secs, cfg.audit_sweep_days, cfg.audit_sweep_max_requests)
+            if cfg.audit_sweep_interval_secs is not None
+            else None
+        )
+        """Snapshot streams the last poll listed because an audit record said they changed."""
+        self._audit_cache = CursorCache()
+        """The audit cursor between polls (reloaded from the bus after a failed poll)."""
         self._started_at = clock.now()
         self._cursor_at: float | None = None
         """When the audit log was last read to the end (for ``status``); loaded from state once."""
@@ -134,7 +155,7 @@ class InstantlyWorkspacePoller:
         """Close the session and stop watching the streams' health (the workspace may have moved to another replica)."""
         await self.aclose()
         for stream in self.streams:
-            get_health().forget_stream(self.source_id, stream)
+            self.health.forget_stream(self.source_id, stream)
 
     async def _open(self) -> None:
         if not self._opened:
@@ -190,8 +211,10 @@ class InstantlyWorkspacePoller:
         ws_record: dict[str, Any] | None = None
         ws_error: SourceError | None = None
         try:
-            ws_record = await self._client.get(WORKSPACE_STREAM.path)
-            await self._remember_identity(ws_record)
+            if self._workspace_due():
+                ws_record = await self._client.get(WORKSPACE_STREAM.path)
+                self._workspace_read = True
+                await self._remember_identity(ws_record)
         except AuthError as err:
             for stream in self.streams:
                 health.stream_error(self.source_id, stream, err)
@@ -200,10 +223,15 @@ class InstantlyWorkspacePoller:
             return counts
         except SourceError as err:
             ws_error = err
-        for stream in self.streams:
+        triggered: set[str] = set()
+        self.last_triggered = set()
+        ordered = sorted(self.streams, key=lambda s: BY_NAME[s].kind != "audit")
+        for stream in ordered:
             spec = BY_NAME[stream]
             pub = Publisher(self.bus, self.txn_id, self.source_id, self.workspace, tel, self._client.workspace_id)
             now = self.clock.now()
+            if spec.kind == "snapshot" and not self._snapshot_due(stream, now, triggered):
+                continue
             attrs = {
                 KIND: "source",
                 TYPE: f"instantly_{stream}",
@@ -222,20 +250,29 @@ class InstantlyWorkspacePoller:
                             backfill_secs=self.audit_backfill_secs,
                             started_at=self._started_at,
                             clock=self.clock,
+                            sweep=self._sweep,
                         )
-                        await publish_audit_log(pub, self._client, window, counts)
+                        try:
+                            await publish_audit_log(pub, self._client, window, counts, self._audit_cache)
+                        finally:
+                            triggered |= window.triggered  # what committed, even when a later page failed
                     elif spec is WORKSPACE_STREAM:
-                        if ws_record is None:
-                            assert ws_error is not None
+                        if ws_error is not None:
                             raise ws_error
-                        counts[stream] += await publish_snapshot(pub, stream, [ws_record], observed_at=format_time(now))
+                        if ws_record is None:  # became due since the start of this poll
+                            ws_record = await self._client.get(WORKSPACE_STREAM.path)
+                        counts[stream] += await publish_snapshot(
+                            pub, stream, [ws_record], observed_at=format_time(now), clock=self.clock
+                        )
                     else:
                         items = await self._client.get_all(spec.path, limit=page_limit(spec))
                         listed = format_time(self.clock.now())  # after the listing: nothing in it is newer
-                        counts[stream] += await publish_snapshot(pub, stream, items, observed_at=listed)
+                        counts[stream] += await publish_snapshot(
+                            pub, stream, items, observed_at=listed, clock=self.clock
+                        )
                 except AuthError as err:
                     _failed(span, err)
-                    for rest in self.streams[self.streams.index(stream) :]:
+                    for rest in ordered[ordered.index(stream) :]:
                         health.stream_error(self.source_id, rest, err)
                         self.last_failures[rest] = _reason(err)
                     counts["pipeline"] += await self._pipeline_event("pipeline.poller_unauthorized", stream, err)
@@ -265,12 +302,39 @@ class InstantlyWorkspacePoller:
                 else:
                     health.stream_ok(self.source_id, stream)
                     tel.cursor_age_seconds(self._client.workspace_id, stream, now, workspace=self.source_id)
+                    if spec.kind == "snapshot":
+                        self._snapshot_ok[stream] = now
         log.info(
             "Poll finished.",
             extra={"source": self.source_id, "workspace": self.workspace.id, "published": dict(counts)},
         )
         await self._write_status(counts)
         return counts
+
+    def _workspace_due(self) -> bool:
+        """Whether this poll reads ``GET /workspaces/current`` first (identity and health check).
+
+        Every poll by default; with ``snapshot_interval_secs``, only when the ``workspace`` stream
+        is due or the workspace was never read by this process, so a poll of a quiet audit log
+        costs one request (a 401 then surfaces on the audit read).
+        """
+        if self.cfg.snapshot_interval_secs is None or not self._workspace_read:
+            return True
+        return WORKSPACE_STREAM.name in self.streams and self._snapshot_due(
+            WORKSPACE_STREAM.name, self.clock.now(), set()
+        )
+
+    def _snapshot_due(self, stream: str, now: float, triggered: set[str]) -> bool:
+        """Whether a snapshot stream runs in this poll: its interval passed, or the audit log said it changed."""
+        if self.cfg.audit_triggers_snapshots and stream in triggered:
+            self.last_triggered.add(stream)
+            log.debug(
+                "An audit record says this resource changed; listing it now.",
+                extra={"source": self.source_id, "workspace": self.workspace.id, "stream": stream},
+            )
+            return True
+        last, interval = self._snapshot_ok.get(stream), self.cfg.snapshot_interval_secs
+        return interval is None or last is None or now - last >= interval
 
     async def _write_status(self, counts: dict[str, int]) -> None:
         """Record this poll's outcome in state (``status/<source id>``) for ``instantly-audit status``.

@@ -12,7 +12,12 @@
   while the previous page's transaction commits; transactions still commit one after another, in
   page order, and the first failure stops the read.
 
-State keys: ``cursor/{source_id}/audit_logs`` and ``snapshot/{source_id}/{stream}``.
+State keys (each bounded; see :mod:`connectors.instantly.cursor_state` and
+:mod:`connectors.instantly.snapshot_state`): ``cursor/{source_id}/audit_logs/head`` and
+``cursor/{source_id}/audit_logs/seen/{hour}/{n}``; ``snapshot/{source_id}/{stream}/meta`` and
+``snapshot/{source_id}/{stream}/shard/{i}``. The single values of older versions
+(``cursor/{source_id}/audit_logs``, ``snapshot/{source_id}/{stream}``) are migrated by the first
+write and deleted.
 """
 
 from __future__ import annotations
@@ -25,15 +30,19 @@ from typing import Any
 import orjson
 
 from connectors.instantly.api import AUDIT_LOGS
+from connectors.instantly.audit_codes import triggered_stream
 from connectors.instantly.audit_cursor import AuditCursor, last_page_id, page_is_ascending, record_id
 from connectors.instantly.client import InstantlyClient
 from connectors.instantly.normalize import normalize_audit_record
 from connectors.instantly.redact import redact_record
-from connectors.instantly.snapshots import build_snapshot, decode_snapshot, diff_snapshots, encode_snapshot
+from connectors.instantly.snapshot_state import StoredSnapshot
+from connectors.instantly.snapshots import build_snapshot, diff_snapshots
+from connectors.instantly.sweep import SweepSettings, find_late, publish_late
 from connectors.instantly.txn_pipeline import YIELD_EVERY, TxnPipeline, TxnWrite
 from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC, Bus, Header, Transaction
-from pipeline.clock import Clock, format_time
+from pipeline.clock import SYSTEM_CLOCK, Clock, format_time, parse_time
 from pipeline.errors import NormalizeError
+from pipeline.observability.latency import sampled, source_time_header
 from pipeline.observability.logs import get_logger, redact_text
 from pipeline.observability.metrics import ID, KIND, STREAM, TYPE, WORKSPACE, WORKSPACE_ID
 from pipeline.observability.telemetry import Telemetry, get_telemetry
@@ -45,13 +54,46 @@ log = get_logger("instantly.streams")
 
 
 def cursor_key(source_id: str) -> str:
-    """State key of the audit-log cursor: ``cursor/{source_id}/audit_logs``."""
+    """State key of the single-value audit cursor of older versions: ``cursor/{source_id}/audit_logs``
+    (the split layout lives under this key plus ``/``)."""
     return f"cursor/{source_id}/{AUDIT_LOGS.name}"
 
 
 def snapshot_key(source_id: str, stream: str) -> str:
-    """State key of a stream's last published snapshot: ``snapshot/{source_id}/{stream}``."""
+    """State key of a stream's single-value snapshot of older versions: ``snapshot/{source_id}/{stream}``
+    (the sharded layout lives under this key plus ``/``)."""
     return f"snapshot/{source_id}/{stream}"
+
+
+async def load_cursor(bus: Bus, source_id: str, *, floor: float | None = None) -> AuditCursor:
+    """The audit cursor of ``source_id`` as stored (split layout, else the older single value).
+
+    Raises:
+        BusError: the state could not be read.
+    """
+    legacy = cursor_key(source_id)
+    prefix = f"{legacy}/"
+    return AuditCursor.load_state(
+        prefix, await bus.state_items(prefix), legacy=await bus.get_state(legacy), floor=floor
+    )
+
+
+async def load_snapshot(bus: Bus, source_id: str, stream: str) -> StoredSnapshot:
+    """A stream's stored snapshot (sharded layout, else the older single value).
+
+    Raises:
+        BusError: the state could not be read.
+    """
+    legacy = snapshot_key(source_id, stream)
+    prefix = f"{legacy}/"
+    return StoredSnapshot.load(prefix, await bus.state_items(prefix), await bus.get_state(legacy))
+
+
+@dataclass
+class CursorCache:
+    """The audit cursor kept in memory between polls (a failed poll drops it: the next one reloads)."""
+
+    cursor: AuditCursor | None = None
 
 
 @dataclass(frozen=True)
@@ -96,7 +138,11 @@ class Publisher:
                 extra={"reason": err.reason, "event_type": event.type, "stream": event.source.stream},
             )
             return DEADLETTER_TOPIC, letter.to_json(), key, (("error", b"secret_rejected"), *trace)
-        return EVENTS_TOPIC, value, key, (("event_type", event.type.encode()), *trace)
+        try:
+            stamp: tuple[Header, ...] = (source_time_header(parse_time(event.time)),)
+        except (ValueError, OverflowError):
+            stamp = ()
+        return EVENTS_TOPIC, value, key, (("event_type", event.type.encode()), *stamp, *trace)
 
     def count(self, stream: str, received: int, published: int, dropped: Mapping[str, int]) -> None:
         """Report one batch of ``stream`` (once per page or snapshot, after its transaction committed)."""
@@ -112,7 +158,14 @@ class Publisher:
                 tel.records_dropped(*labels, n, reason=reason, workspace=alias)
 
 
-async def publish_snapshot(pub: Publisher, stream: str, records: Sequence[dict[str, Any]], *, observed_at: str) -> int:
+async def publish_snapshot(
+    pub: Publisher,
+    stream: str,
+    records: Sequence[dict[str, Any]],
+    *,
+    observed_at: str,
+    clock: Clock = SYSTEM_CLOCK,
+) -> int:
     """Diff a complete listing against the stored snapshot; write the events and the new snapshot atomically.
 
     Returns the number of events published (nothing is written when nothing changed).
@@ -123,19 +176,34 @@ async def publish_snapshot(pub: Publisher, stream: str, records: Sequence[dict[s
     current, skipped = build_snapshot(stream, records)
     if skipped:
         log.warning("Records without an id were skipped.", extra={"stream": stream, "count": skipped})
-    key = snapshot_key(pub.source_id, stream)
-    previous_raw = await pub.bus.get_state(key)
-    previous = decode_snapshot(previous_raw)
-    events = diff_snapshots(stream, previous, current, workspace=pub.workspace, observed_at=observed_at)
-    new_raw = encode_snapshot(current)
-    if events or new_raw != previous_raw:
+    stored = await load_snapshot(pub.bus, pub.source_id, stream)
+    events = diff_snapshots(stream, stored.snapshot, current, workspace=pub.workspace, observed_at=observed_at)
+    writes = stored.writes(current)
+    if events or writes:
         trace = pub.telemetry.trace_headers()
         async with pub.bus.transaction(pub.txn_id) as tx:
             for event in events:
                 pub.send(tx, event, trace)
-            tx.put_state(key, new_raw)
+            for k, v in writes.items():
+                tx.put_state(k, v)
+        _record_ages(pub, clock, [e.time for e in events if e.time != observed_at])
     pub.count(stream, len(records), len(events), {"no_id": skipped})
     return len(events)
+
+
+def _record_ages(pub: Publisher, clock: Clock, times: Sequence[str | float]) -> None:
+    """Record ``source_to_bus`` for events just committed (source times as ISO text or epoch seconds)."""
+    tel = pub.telemetry
+    if not tel.enabled or not times:
+        return
+    now = clock.now()
+    ages = []
+    for t in sampled(times):
+        try:
+            ages.append(now - (t if isinstance(t, float) else parse_time(t)))
+        except (ValueError, OverflowError):
+            continue
+    tel.latency("source_to_bus", pub.source_id, ages)
 
 
 @dataclass(frozen=True)
@@ -151,7 +219,13 @@ class AuditWindow:
     """When the poller process started: a full re-read older than this is repeated."""
     clock: Clock | None = None
     """When given, each page's events are stamped ``observed_at`` = when the page arrived (a record
-    written during the poll is never observed before it happened); else :attr:`observed_at`."""
+    written during the poll is never observed before it happened), else :attr:`observed_at`; also the
+    clock the ``source_to_bus`` latency is read from (the system clock when not given)."""
+    sweep: SweepSettings | None = None
+    """The late-record sweep (``None``: off; see :mod:`connectors.instantly.sweep`)."""
+    triggered: set[str] = field(default_factory=set)
+    """Filled by the read: snapshot streams that committed audit records say changed (see
+    :func:`connectors.instantly.audit_codes.triggered_stream`)."""
 
 
 @dataclass
@@ -165,21 +239,62 @@ class _AuditRead:
 
 
 async def publish_audit_log(
-    pub: Publisher, client: InstantlyClient, window: AuditWindow, counts: dict[str, int]
+    pub: Publisher,
+    client: InstantlyClient,
+    window: AuditWindow,
+    counts: dict[str, int],
+    cache: CursorCache | None = None,
 ) -> None:
     """Publish new audit records page by page; ``counts['audit_logs']`` grows as each page commits.
 
     Steady state continues after the cursor's ``last_id``; a full overlap re-read of the
     ``start_date`` window runs when due or when a page is not in ascending id order (see
-    :mod:`connectors.instantly.audit_cursor`).
+    :mod:`connectors.instantly.audit_cursor`). ``cache``: the cursor left by the last successful
+    call is reused instead of reading it from the bus again (dropped when this call fails).
 
     Raises:
         SourceError: a page could not be read (the pages before it stay published).
         BusError: a transaction failed.
     """
-    key = cursor_key(pub.source_id)
     floor = window.now - window.backfill_secs if window.backfill_secs is not None else None
-    cursor = AuditCursor.from_bytes(await pub.bus.get_state(key), floor=floor)
+    cursor = cache.cursor if cache is not None and cache.cursor is not None else None
+    if cache is not None:
+        cache.cursor = None
+    if cursor is None:
+        cursor = await load_cursor(pub.bus, pub.source_id, floor=floor)
+        cursor.forget_old(window.overlap_secs)
+    if window.sweep is not None:
+        cursor.enable_ledgers(overlap_secs=window.overlap_secs)
+    await _read_and_publish(pub, client, window, counts, cursor)
+    if window.sweep is not None and window.sweep.due(cursor, window.now):
+        await _sweep(pub, client, window, window.sweep, counts, cursor)
+    if cache is not None:
+        cache.cursor = cursor
+
+
+async def _sweep(
+    pub: Publisher,
+    client: InstantlyClient,
+    window: AuditWindow,
+    settings: SweepSettings,
+    counts: dict[str, int],
+    cursor: AuditCursor,
+) -> None:
+    """Run the late-record sweep and publish what it found (see :mod:`connectors.instantly.sweep`)."""
+    result = await find_late(client, cursor, settings, now=window.now, page_size=window.page_size)
+    batch = await prepare_audit_batch(
+        pub, (r for r, _ts in result.records), window.observed_at, TxnPipeline(pub.bus, pub.txn_id)
+    )
+    published, events = await publish_late(
+        pub, cursor, result, settings, batch, now=window.now, clock=window.clock or SYSTEM_CLOCK
+    )
+    counts[AUDIT_LOGS.name] = counts.get(AUDIT_LOGS.name, 0) + published
+    counts["pipeline"] = counts.get("pipeline", 0) + events
+
+
+async def _read_and_publish(
+    pub: Publisher, client: InstantlyClient, window: AuditWindow, counts: dict[str, int], cursor: AuditCursor
+) -> None:
     newest: float | None = None
     full = cursor.full_read_due(now=window.now, overlap_secs=window.overlap_secs, started_at=window.started_at)
     if not full and cursor.last_id is not None:
@@ -206,10 +321,11 @@ async def publish_audit_log(
         cursor.finish_full_read(
             now=window.now, last_id=read.last_id if confirmed else None, overlap_secs=window.overlap_secs
         )
-    final = cursor.to_bytes()
-    if final != await pub.bus.get_state(key):
+    final = cursor.state_writes()
+    if final:
         async with pub.bus.transaction(pub.txn_id) as tx:
-            tx.put_state(key, final)
+            for k, v in final.items():
+                tx.put_state(k, v)
 
 
 async def _read_audit(
@@ -332,11 +448,14 @@ async def _publish_audit_page(
         return None
     batch = await prepare_audit_batch(pub, (r for r, _ts in selection.new), observed_at, line)
     cursor.mark((str(r["id"]), ts) for r, ts in selection.new)
-    state: dict[str, bytes | None] = {cursor_key(pub.source_id): cursor.to_bytes()}  # only pages up to this one
+    triggers = {triggered_stream(r.get("activity_type")) for r, _ts in selection.new}
+    state = cursor.state_writes()  # what pages up to this one changed: head, touched chunks, deleted buckets
 
     def committed() -> None:
         pub.count(AUDIT_LOGS.name, len(page), batch.events, {**dropped, "dead_letter": batch.dead_letters})
         counts[AUDIT_LOGS.name] = counts.get(AUDIT_LOGS.name, 0) + batch.events
+        window.triggered.update(t for t in triggers if t is not None)
+        _record_ages(pub, window.clock or SYSTEM_CLOCK, [ts for _r, ts in selection.new])
 
     await line.submit(TxnWrite(batch.records, state, committed))
     return max(ts for _r, ts in selection.new)

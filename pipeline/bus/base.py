@@ -86,9 +86,10 @@ class OutRecord:
 
 
 STATE_MAX_BYTES = 4 * 1024 * 1024
-"""The largest state value a Kafka transaction may write (the embedded bus has no limit). The
-busiest values are the audit cursor's ids seen within the overlap window (~56 bytes an id, so
-4 MiB holds ~75,000 ids: 10 audit records/s for two hours) and the block-list snapshot."""
+"""The largest state value a Kafka transaction may write (the embedded bus has no limit); a
+transaction writing a larger value fails with an error naming the key. Writers keep their
+values bounded instead of growing with their input: sources split large state into many keys
+(chunks, shards) and delete the ones they no longer need (``None``: a tombstone on Kafka)."""
 STATE_TOPIC_MESSAGE_BYTES = STATE_MAX_BYTES + 1024 * 1024
 """``max.message.bytes`` of the Kafka state topic: the largest value plus batch overhead
 (Kafka's default, 1 MB, would refuse a cursor of ~18,000 ids)."""
@@ -247,7 +248,12 @@ class Bus(Protocol):
 async def iter_records(
     consumer: Consumer, *, until: Mapping[TopicPartition, int] | None = None, batch: int = 1000
 ) -> AsyncIterator[list[Record]]:
-    """Yield batches until every assigned partition reached ``until`` (default: the end offsets now)."""
+    """Yield batches until every assigned partition reached ``until`` (default: the end offsets now).
+
+    Records a poll returned beyond ``until`` are not yielded, and the consumer is moved back to
+    the first of them, so its next read returns them (a live consumer loses nothing that was
+    committed while it caught up).
+    """
     stop = dict(until) if until is not None else await consumer.end_offsets()
     while True:
         pos = consumer.positions()
@@ -255,7 +261,16 @@ async def iter_records(
             return
         recs = await consumer.poll(batch, timeout_s=0.5)
         if any(off > stop.get(tp, 0) for tp, off in consumer.positions().items()):  # else all are below
-            recs = [r for r in recs if r.offset < stop.get(r.tp, 0)]
+            kept: list[Record] = []
+            beyond: dict[TopicPartition, int] = {}
+            for r in recs:
+                if r.offset < stop.get(r.tp, 0):
+                    kept.append(r)
+                elif r.tp not in beyond:
+                    beyond[r.tp] = r.offset
+            for tp, offset in beyond.items():
+                await consumer.seek(tp, offset)
+            recs = kept
         if recs:
             yield recs
 

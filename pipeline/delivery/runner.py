@@ -39,7 +39,8 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field, fields
 from types import TracebackType
@@ -55,6 +56,7 @@ from pipeline.delivery.batches import KINDS, TOPICS, Batch, BatchReader, decode
 from pipeline.delivery.deadletter import deadletter_record
 from pipeline.errors import BusError, SinkError
 from pipeline.observability.health import HealthRegistry, get_health
+from pipeline.observability.latency import SOURCE_TIME, header_secs, sampled
 from pipeline.observability.logs import get_logger
 from pipeline.observability.metrics import SINK, TYPE
 from pipeline.observability.telemetry import Telemetry, get_telemetry
@@ -369,6 +371,9 @@ class SinkRunner:
             tel.sink_deliveries(self.sink_id, confirmed)
             if confirmed > duplicates:
                 tel.records_published("sink", self.config.type, self.sink_id, "", confirmed - duplicates)
+            if tel.enabled:
+                failed = {id(f.delivery) for f in result.failures}
+                self._record_latency([d.record for d in pending if id(d) not in failed])
         if result.failures:
             distinct = dict.fromkeys((f.error, f.retriable) for f in result.failures)
             kinds = dict.fromkeys(_error_kind(e, "failed" if retriable else "rejected") for e, retriable in distinct)
@@ -389,6 +394,14 @@ class SinkRunner:
         if retry and len(retry) == len(pending):
             return retry[0].error, False, retry_after
         return None, False, retry_after
+
+    def _record_latency(self, records: Sequence[Record]) -> None:
+        """``bus_to_destination`` and ``end_to_end`` for records the destination just acknowledged."""
+        now, tel = time.time(), self.telemetry
+        some = sampled(records)
+        tel.latency("bus_to_destination", self.sink_id, [now - r.timestamp_ms / 1000 for r in some])
+        sources = [header_secs(r.header(SOURCE_TIME)) for r in some]
+        tel.latency("end_to_end", self.sink_id, [now - t for t in sources if t is not None])
 
     async def _pause(self, delay: float) -> None:
         """Sleep ``delay`` seconds (the injected sleep), cut short when ``stop`` is set."""

@@ -32,11 +32,12 @@ STREAM: Final = "stream"
 SOURCE: Final = "source"
 OPERATION: Final = "operation"
 CHECK: Final = "check"
+LEG: Final = "leg"  # a latency leg: source_to_bus | bus_to_alert | bus_to_destination | end_to_end
 
 WORKSPACE_LABELS: Final = (WORKSPACE_ID, WORKSPACE)
 """The two workspace attributes, in the order every metric lists them."""
 
-Instrument = Literal["counter", "gauge", "observable_gauge"]
+Instrument = Literal["counter", "gauge", "observable_gauge", "histogram"]
 _UNIT_SUFFIX = {"s": "seconds", "ms": "milliseconds", "By": "bytes"}
 
 
@@ -59,13 +60,23 @@ class MetricSpec:
 
     @property
     def series(self) -> str:
-        """The sample name a PromQL query uses (counters end in ``_total``)."""
+        """The sample name a PromQL query uses (counters end in ``_total``, histograms are read by ``_bucket``)."""
+        if self.instrument == "histogram":
+            return f"{self.family}_bucket"
         return f"{self.family}_total" if self.instrument == "counter" else self.family
 
     @property
+    def samples(self) -> tuple[str, ...]:
+        """Every sample name the metric shows (a histogram: ``_bucket``, ``_count`` and ``_sum``)."""
+        if self.instrument == "histogram":
+            return (f"{self.family}_bucket", f"{self.family}_count", f"{self.family}_sum")
+        return (self.series,)
+
+    @property
     def labels(self) -> tuple[str, ...]:
-        """The attribute keys as Prometheus label names."""
-        return tuple(a.replace(".", "_") for a in self.attributes)
+        """The attribute keys as Prometheus label names (a histogram's buckets add ``le``)."""
+        names = tuple(a.replace(".", "_") for a in self.attributes)
+        return (*names, "le") if self.instrument == "histogram" else names
 
 
 _C = (KIND, TYPE, ID, WORKSPACE_ID, WORKSPACE)
@@ -132,6 +143,18 @@ WEBHOOK_REJECTIONS = MetricSpec(
     "pipeline.webhook.rejections", "counter", "{request}", "Webhook requests refused, by reason.", (SOURCE, REASON)
 )
 BUS_ERRORS = MetricSpec("pipeline.bus.errors", "counter", "{error}", "Failed bus operations.", (OPERATION, ERROR_TYPE))
+LATENCY = MetricSpec(
+    "pipeline.latency",
+    "histogram",
+    "s",
+    "Seconds a record took over one leg: source_to_bus (record time at the source, or the webhook "
+    "request's arrival, to committed on the bus), bus_to_alert (event appended to alert committed), "
+    "bus_to_destination (appended to acknowledged by a sink), end_to_end (source time to acknowledged).",
+    (LEG, ID),
+)
+LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0,
+                          30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)  # fmt: skip
+"""Histogram boundaries of :data:`LATENCY` (fine around a few seconds: poll intervals)."""
 READINESS = MetricSpec("pipeline.readiness", "gauge", "1", "1 when a readiness check passes, else 0.", (CHECK,))
 
 METRICS: Final[tuple[MetricSpec, ...]] = (
@@ -151,9 +174,10 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     WEBHOOK_REJECTIONS,
     BUS_ERRORS,
     READINESS,
+    LATENCY,
 )
 
 
 def prometheus_series() -> frozenset[str]:
     """Every sample name ``/metrics`` can show (what PromQL and dashboards may reference)."""
-    return frozenset(m.series for m in METRICS) | {"target_info"}
+    return frozenset(s for m in METRICS for s in m.samples) | {"target_info"}

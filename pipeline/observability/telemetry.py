@@ -68,6 +68,10 @@ from pipeline.observability.metrics import (
     COMPONENT_ERRORS,
     CONSUMER_LAG,
     CURSOR_AGE,
+    ID,
+    LATENCY,
+    LATENCY_BUCKETS,
+    LEG,
     METRICS,
     READINESS,
     RECORDS_DROPPED,
@@ -295,13 +299,23 @@ class Telemetry:
             metric_readers=readers, resource=resource, exemplar_filter=AlwaysOffExemplarFilter()
         )
         meter = self._meter_provider.get_meter("instantly_audit", __version__)
-        series = {spec.name: _Series(spec, self._lock, self._aliases) for spec in METRICS if spec is not CURSOR_AGE}
+        series = {
+            spec.name: _Series(spec, self._lock, self._aliases)
+            for spec in METRICS
+            if spec is not CURSOR_AGE and spec is not LATENCY
+        }
         for name, ser in series.items():
             spec = next(m for m in METRICS if m.name == name)
             create = meter.create_observable_counter if spec.instrument == "counter" else meter.create_observable_gauge
             create(spec.name, callbacks=[ser.observe], unit=spec.unit, description=spec.description)
         meter.create_observable_gauge(
             CURSOR_AGE.name, callbacks=[self._observe_cursors], unit=CURSOR_AGE.unit, description=CURSOR_AGE.description
+        )
+        self._latency = meter.create_histogram(
+            LATENCY.name,
+            unit=LATENCY.unit,
+            description=LATENCY.description,
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
         )
         self._received = series[RECORDS_RECEIVED.name]
         self._sent = series[RECORDS_SENT.name]
@@ -446,6 +460,18 @@ class Telemetry:
         """Count one failed bus operation (``operation``: publish, poll, commit, state, ...)."""
         if self.enabled:
             self._bus_errors.add((operation, error_type), 1)
+
+    # ---------------------------------------------------------------------------- histograms
+    def latency(self, leg: str, component: str, seconds: Iterable[float]) -> None:
+        """Record how long records took over ``leg`` (see :data:`~pipeline.observability.metrics.LATENCY`).
+
+        ``component``: the source, ``rules`` or the sink id. Negative values (clock skew between
+        the source and this host) are recorded as 0.
+        """
+        if self.enabled:
+            attrs = {LEG: leg, ID: component}
+            for s in seconds:
+                self._latency.record(s if s > 0 else 0.0, attrs)
 
     # ------------------------------------------------------------------------------- gauges
     def consumer_lag(self, group: str, topic: str, partition: int, lag: int) -> None:

@@ -24,8 +24,9 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from pipeline.bus.base import (
 )
 from pipeline.clock import Clock, format_time
 from pipeline.errors import BusError, PipelineError
+from pipeline.observability.latency import SOURCE_TIME, header_secs, source_time_header
 from pipeline.observability.logs import redact_text
 from pipeline.observability.metrics import ID, KIND, TYPE
 from pipeline.observability.telemetry import Telemetry, get_telemetry
@@ -52,6 +54,7 @@ from pipeline.redaction.gate import GateRejected, encode_alert, rejected_letter
 from pipeline.rules.engine import Evaluation, RulesEngine, decode_event
 from pipeline.rules.state import PREFIX
 from schemas import deadletter
+from schemas.alert import Alert
 from schemas.event import Event
 
 log = logging.getLogger(__name__)
@@ -223,6 +226,8 @@ class RulesWorker:
                     now = self._clock.now()
                     if self._last_tick is None or now - self._last_tick >= self.tick_interval_secs:
                         await self.tick(now)
+                    if self.last_consumed == 0:
+                        await self._await_events()
                     backoff = 0.5
                 except PipelineError as err:
                     tel = self.telemetry
@@ -234,13 +239,28 @@ class RulesWorker:
                     log.warning("Rules batch failed, retrying.", extra={"error": err.message, "delay_s": backoff})
                     await _wait(stop, err.retry_after or backoff)
                     backoff = min(backoff * 2, 30.0)
-                    continue
-                if self.last_consumed == 0:
-                    await _wait(stop, self.idle_secs)
         finally:
             await self.close()
 
     # ---- internals ------------------------------------------------------------------------
+    async def _await_events(self) -> None:
+        """Idle until an event arrives (at most ``idle_secs``) and process what came.
+
+        Waiting inside the consumer's poll instead of sleeping: an event committed meanwhile is
+        evaluated as soon as the bus shows it (at once on the embedded bus in this process,
+        within its 50 ms re-check from another one; at the fetch on Kafka), not after the sleep.
+        """
+        consumer = await self._prepare(need_consumer=True)
+        assert consumer is not None
+        try:
+            batch = await consumer.poll(self.batch_size, timeout_s=self.idle_secs)
+            if batch:
+                await self._process(batch)
+                self.last_consumed += len(batch)
+        except BaseException:
+            await self._reset()
+            raise
+
     async def _prepare(self, *, need_consumer: bool) -> Consumer | None:
         if self._loaded and await self.bus.get_state(self._marker_key) != self._marker:
             log.info("Another rules worker committed; reloading rule state.", extra={"group": self.group})
@@ -286,7 +306,9 @@ class RulesWorker:
         for rec in batch:
             offsets[rec.tp] = max(offsets.get(rec.tp, 0), rec.offset + 1)
         undecodable = len(batch) - result.events
-        await self._commit(result, dead, offsets)
+        origins = _origins(result.alerts, by_id)
+        await self._commit(result, dead, offsets, origins)
+        _record_latency(self.telemetry, self.group, origins.values())
         self.stats.batches += 1
         self.stats.undecodable += undecodable
         self._count(result)
@@ -301,7 +323,16 @@ class RulesWorker:
         result: Evaluation,
         dead: Sequence[tuple[Record, list[Header]]],
         offsets: Mapping[TopicPartition, int],
+        origins: Mapping[str, tuple[float, float | None]] | None = None,
     ) -> None:
+        """Write the batch's alerts, dead letters, rule state and offsets in one transaction.
+
+        ``origins``: per alert id, (append time of its newest event on the bus, that event's
+        source time): the alert carries the source time as ``source_ms``.
+
+        Raises:
+            BusError: the transaction failed.
+        """
         self._seq += 1
         marker = f"{self._token}:{self._seq}".encode()
         trace = self.telemetry.trace_headers() if result.alerts else ()
@@ -317,10 +348,12 @@ class RulesWorker:
                     txn.send(DEADLETTER_TOPIC, letter.to_json(), key=alert_key,
                              headers=[("dlq.reason", b"secret_rejected")])  # fmt: skip
                     continue
+                origin = (origins or {}).get(alert.id)
+                stamp = [source_time_header(origin[1])] if origin is not None and origin[1] is not None else []
                 txn.send(
                     ALERTS_TOPIC, alert_value, key=alert_key,
                     headers=[("alert_rule", alert.rule.id.encode()), ("severity", alert.rule.severity.encode()),
-                             *trace],
+                             *stamp, *trace],
                 )  # fmt: skip
             for rec, headers in dead:
                 txn.send(DEADLETTER_TOPIC, deadletter_value(rec, headers, failed_at), key=rec.key, headers=headers)
@@ -343,6 +376,24 @@ class RulesWorker:
                 tel.alerts_raised(rule, severity, workspace, n)
             for workspace, n in Counter(a.workspace.id for a in result.alerts).items():
                 tel.records_published(COMPONENT, COMPONENT, self.group, workspace, n)
+
+
+def _origins(alerts: Sequence[Alert], by_id: Mapping[str, Record]) -> dict[str, tuple[float, float | None]]:
+    """Per alert: the bus append time (epoch seconds) and source time of its newest event in this batch."""
+    out: dict[str, tuple[float, float | None]] = {}
+    for alert in alerts:
+        recs = [r for r in (by_id.get(eid) for eid in alert.event_ids) if r is not None]
+        if recs:
+            newest = max(recs, key=lambda r: r.timestamp_ms)
+            out[alert.id] = (newest.timestamp_ms / 1000, header_secs(newest.header(SOURCE_TIME)))
+    return out
+
+
+def _record_latency(tel: Telemetry, group: str, origins: Iterable[tuple[float, float | None]]) -> None:
+    """``bus_to_alert`` for alerts just committed (from their newest event's append time)."""
+    if tel.enabled:
+        now = time.time()
+        tel.latency("bus_to_alert", group, [now - appended for appended, _src in origins])
 
 
 def _reason(headers: Sequence[Header]) -> str:

@@ -20,6 +20,7 @@ from connectors.instantly.config import BudgetConfig, WorkspaceConfig
 from connectors.instantly.sim import seed as sim_seed
 from connectors.instantly.sim.server import InstantlySimulator
 from connectors.instantly.source import InstantlyWorkspacePoller
+from connectors.instantly.streams import load_cursor
 from pipeline.bus.base import DATA_TOPICS, EVENTS_TOPIC, iter_records
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.clock import FakeClock
@@ -74,6 +75,18 @@ def make_poller(cfg: WorkspaceConfig, bus: SqliteBus, clock: FakeClock, requests
         rng=random.Random(5),
         session_factory=requests.session_factory,
     )
+
+
+async def cursor_doc(bus: Any, source: str = "acme") -> dict[str, Any]:
+    """The stored audit cursor (split layout) as a dict of its fields."""
+    cur = await load_cursor(bus, source)
+    return {
+        "high_water": cur.high_water,
+        "seen": cur.seen,
+        "last_id": cur.last_id,
+        "last_full_read": cur.last_full_read,
+        "full_mark": cur.full_mark,
+    }
 
 
 async def no_sleep(_delay: float) -> None:
@@ -247,7 +260,7 @@ async def test_steady_state_reads_only_new_pages(env: Env) -> None:
     assert env.sim.count_calls(path=AUDIT_PATH) - before == 1  # nothing new: one empty page
     counts_by_id = audit_counts(await bus_events(env.bus))
     assert set(counts_by_id) == {r.id for r in state.audit_of(ws)} and set(counts_by_id.values()) == {1}
-    cursor = orjson.loads((await env.bus.get_state("cursor/acme/audit_logs")) or b"{}")
+    cursor = await cursor_doc(env.bus)
     assert cursor["last_id"] == state.audit_of(ws)[-1].id and cursor["last_full_read"] is not None
 
 
@@ -307,19 +320,84 @@ async def test_restart_rereads_window_and_continues_without_duplicates(env: Env)
     assert counts_by_id[behind.id] == counts_by_id[fresh.id] == 1
 
 
-async def test_state_without_new_fields_triggers_full_reread(env: Env) -> None:
-    """Cursor state written before last_id / last_full_read existed still loads; the next poll re-reads."""
+async def test_single_value_cursor_is_migrated_and_rereads(env: Env) -> None:
+    """A single-value cursor of an older version (no last_id / last_full_read) loads: the next poll
+    re-reads the window, publishes only the new record, writes the split layout and deletes the old key."""
     state, ws = env.sim.state, env.world.workspace.id
     await env.poller.poll_once()
     key = "cursor/acme/audit_logs"
-    doc = orjson.loads((await env.bus.get_state(key)) or b"{}")
-    old = {k: doc[k] for k in ("v", "high_water", "high_water_iso", "floor", "seen")}
+    cur = await load_cursor(env.bus, "acme")
+    old = {"v": 1, "high_water": cur.high_water, "floor": cur.floor, "seen": cur.seen}
     async with env.bus.transaction("poller-acme") as tx:
+        for k in await env.bus.state_items(f"{key}/"):
+            tx.put_state(k, None)
         tx.put_state(key, orjson.dumps(old))
     env.clock.advance(60)
     state.insert_audit(ws, 1)
     sent = len(env.requests.audit())
-    assert (await env.poller.poll_once())["audit_logs"] == 1
+    async with env.new_poller() as restarted:
+        assert (await restarted.poll_once())["audit_logs"] == 1
     assert "start_date" in env.requests.audit()[sent]
-    doc = orjson.loads((await env.bus.get_state(key)) or b"{}")
+    assert await env.bus.get_state(key) is None
+    doc = await cursor_doc(env.bus)
     assert doc["last_id"] == state.audit_of(ws)[-1].id and doc["last_full_read"] == env.clock.now()
+    assert state.audit_of(ws)[-1].id in doc["seen"]
+    counts_by_id = audit_counts(await bus_events(env.bus))
+    assert set(counts_by_id.values()) == {1} and len(counts_by_id) == len(state.audit_of(ws))
+
+
+async def test_audit_record_triggers_snapshot_in_the_same_poll(env: Env) -> None:
+    """With snapshots listed only hourly, audit 37 (key created) lists api_keys in the poll that read it:
+    api_key.created is on the bus after that one poll; a login record triggers nothing."""
+    state, ws = env.sim.state, env.world.workspace.id
+    cfg = env.cfg.model_copy(update={"snapshot_interval_secs": 3600.0})
+    async with make_poller(cfg, env.bus, env.clock, env.requests) as poller:
+        await poller.poll_once()  # baselines
+        env.clock.advance(10)
+        state.insert_audit(ws, 1)  # a login: no snapshot
+        sent = len(env.requests.sent)
+        counts = await poller.poll_once()
+        assert counts["audit_logs"] == 1 and counts["api_keys"] == 0 and poller.last_triggered == set()
+        assert not any(p.endswith("/api-keys") for p, _q in env.requests.sent[sent:])
+        env.clock.advance(10)
+        rogue = state.create_api_key(ws, "backdoor", ["all:all"], actor=state.actor_for_user("sam", "203.0.113.9"))
+        counts = await poller.poll_once()
+        assert counts["audit_logs"] == 1 and counts["api_keys"] == 1 and poller.last_triggered == {"api_keys"}
+        assert counts["webhooks"] == 0 and counts["members"] == 0  # not triggered, not due
+    evs = await bus_events(env.bus)
+    created = [e for e in evs if e["type"] == "api_key.created"]
+    assert [e["source"]["record_id"] for e in created] == [rogue.id]
+    audit_37 = state.audit_of(ws)[-1].id
+    assert [e["type"] for e in evs if e["source"]["record_id"] == audit_37] == ["audit.api_key_created"]
+
+
+async def test_triggers_can_be_turned_off(env: Env) -> None:
+    """audit_triggers_snapshots=false: the key shows up only when the snapshot interval comes round."""
+    state, ws = env.sim.state, env.world.workspace.id
+    cfg = env.cfg.model_copy(update={"snapshot_interval_secs": 3600.0, "audit_triggers_snapshots": False})
+    async with make_poller(cfg, env.bus, env.clock, env.requests) as poller:
+        await poller.poll_once()
+        env.clock.advance(10)
+        state.create_api_key(ws, "backdoor", ["all:all"], actor=state.actor_for_user("sam", "203.0.113.9"))
+        assert (await poller.poll_once())["api_keys"] == 0
+        env.clock.advance(3600)
+        assert (await poller.poll_once())["api_keys"] == 1
+
+
+async def test_adaptive_polling_quiet_poll_costs_one_request(env: Env) -> None:
+    """With snapshot_interval_secs, a poll of a quiet audit log sends one request (the empty page after
+    last_id); snapshots and the workspace come back when their interval has passed."""
+    cfg = env.cfg.model_copy(update={"snapshot_interval_secs": 300.0})
+    async with make_poller(cfg, env.bus, env.clock, env.requests) as poller:
+        await poller.poll_once()  # first poll: workspace, full audit read, every snapshot
+        for _ in range(3):
+            env.clock.advance(5)
+            sent = len(env.requests.sent)
+            counts = await poller.poll_once()
+            assert [p for p, _q in env.requests.sent[sent:]] == [AUDIT_PATH]
+            assert sum(counts.values()) == 0
+        env.clock.advance(300)
+        sent = len(env.requests.sent)
+        await poller.poll_once()
+        paths = {p for p, _q in env.requests.sent[sent:]}
+        assert {"/api/v2/workspaces/current", "/api/v2/api-keys", AUDIT_PATH} <= paths

@@ -176,6 +176,25 @@ async def test_metrics_move_as_events_flow(tmp_path: Path) -> None:
             )
             ages = present(second, "pipeline_source_cursor_age_seconds", **both, stream="audit_logs")
             assert len(ages) == 1 and 0 <= ages[0] < 30
+            # Latency per leg: each stage recorded its leg (the new records: within seconds).
+            legs = {
+                "source_to_bus": "acme",
+                "bus_to_alert": "rules",
+                "bus_to_destination": "archive",
+                "end_to_end": "archive",
+            }
+            for leg, component in legs.items():
+                count = total(second, "pipeline_latency_seconds_count", leg=leg, component_id=component)
+                assert count > 0, leg
+            e2e = {"leg": "end_to_end", "component_id": "archive"}
+            assert total(second, "pipeline_latency_seconds_count", **e2e) > total(
+                first, "pipeline_latency_seconds_count", **e2e
+            )
+            assert (
+                total(second, "pipeline_latency_seconds_bucket", le="30.0", **e2e)
+                - total(first, "pipeline_latency_seconds_bucket", le="30.0", **e2e)
+                >= 5
+            ), "the new audit records took over 30 s end to end"
 
             # Readiness: 200, every check listed and passing.
             status, body = await _get(port, "/readyz")

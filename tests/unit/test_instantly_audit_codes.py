@@ -57,3 +57,12 @@ def test_malformed_codes_still_get_a_type(value: Any) -> None:
     """A value that is not a non-negative integer becomes ``audit.activity_unknown``."""
     entry = describe_activity(value)
     assert entry.type == "audit.activity_unknown" and not entry.known
+
+
+def test_snapshot_triggers() -> None:
+    """Key and webhook codes name the snapshot stream they change; other codes trigger nothing."""
+    from connectors.instantly.audit_codes import triggered_stream
+
+    assert triggered_stream(37) == triggered_stream("38") == "api_keys"
+    assert {triggered_stream(c) for c in (18, 19, 20, 21)} == {"webhooks"}
+    assert triggered_stream(1) is None and triggered_stream(99) is None and triggered_stream(None) is None

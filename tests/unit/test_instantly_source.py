@@ -19,9 +19,10 @@ from pydantic import SecretStr
 from connectors.instantly.client import InstantlyClient
 from connectors.instantly.config import BudgetConfig, WorkspaceConfig
 from connectors.instantly.source import InstantlyWorkspacePoller
+from connectors.instantly.streams import load_cursor
 from pipeline.bus.base import DATA_TOPICS, EVENTS_TOPIC, Record, iter_records
 from pipeline.bus.sqlite import SqliteBus
-from pipeline.clock import FakeClock, format_time
+from pipeline.clock import FakeClock, format_time, parse_time
 from pipeline.errors import SourceError
 from pipeline.sources.base import status_key
 from schemas.validate import schema_errors
@@ -31,6 +32,18 @@ WS_ID = "019cc043-af79-73db-a904-19add8ce4af2"
 CANARY_KEY = "CANARY-config-key-4b1d9c7e2f"
 CANARY_API_KEY_SECRET = "CANARY-listed-key-secret-8e3a5f"
 CANARY_HEADER = "CANARY-webhook-header-value-1c6b0d"
+
+
+async def cursor_doc(bus: Any, source: str = "acme") -> dict[str, Any]:
+    """The stored audit cursor (split layout) as a dict of its fields."""
+    cur = await load_cursor(bus, source)
+    return {
+        "high_water": cur.high_water,
+        "seen": cur.seen,
+        "last_id": cur.last_id,
+        "last_full_read": cur.last_full_read,
+        "full_mark": cur.full_mark,
+    }
 
 
 async def no_sleep(_delay: float) -> None:
@@ -110,7 +123,9 @@ async def test_first_poll_publishes_baselines_and_audit(env: tuple[FakeInstantly
     for rec in recs:
         event = orjson.loads(rec.value)
         assert schema_errors("event", event) == []
-        assert rec.key == WS_ID.encode() and rec.headers == (("event_type", event["type"].encode()),)
+        source_ms = str(int(parse_time(event["time"]) * 1000)).encode()
+        assert rec.key == WS_ID.encode()
+        assert rec.headers == (("event_type", event["type"].encode()), ("source_ms", source_ms))
         assert event["workspace"] == {"id": WS_ID, "name": "My Workspace"}
     assert sorted(orjson.loads(r.value)["type"] for r in recs) == sorted(
         [
@@ -127,16 +142,17 @@ async def test_first_poll_publishes_baselines_and_audit(env: tuple[FakeInstantly
     )
     state = await bus.state_items()
     assert {
-        "cursor/acme/audit_logs",
-        "snapshot/acme/api_keys",
-        "snapshot/acme/members",
-        "snapshot/acme/webhooks",
-        "snapshot/acme/workspace",
-        "snapshot/acme/group_members",
-        "snapshot/acme/block_list",
+        "cursor/acme/audit_logs/head",
+        "snapshot/acme/api_keys/meta",
+        "snapshot/acme/members/meta",
+        "snapshot/acme/webhooks/meta",
+        "snapshot/acme/workspace/meta",
+        "snapshot/acme/group_members/meta",
+        "snapshot/acme/block_list/meta",
         "identity/acme",
     } <= set(state)
-    cursor = orjson.loads(state["cursor/acme/audit_logs"])
+    assert not {"cursor/acme/audit_logs", "snapshot/acme/api_keys"} & set(state)  # no single values
+    cursor = await cursor_doc(bus)
     assert cursor["high_water"] == pytest.approx(clock.now() - 100) and set(cursor["seen"]) == {"a1", "a2"}
     assert fake.calls_to("/audit-logs")[0].query["limit"] == "1000"
     assert "start_date" not in fake.calls_to("/audit-logs")[0].query
@@ -230,7 +246,7 @@ async def test_failed_audit_page_keeps_committed_pages(env: tuple[FakeInstantly,
     fake.fail("/audit-logs", 500, times=2, only_with_cursor=True)
     async with make_poller(fake, bus, clock, streams=["audit_logs"], audit_page_size=2) as poller:
         assert (await poller.poll_once())["audit_logs"] == 2
-        cursor = orjson.loads((await bus.get_state("cursor/acme/audit_logs")) or b"{}")
+        cursor = await cursor_doc(bus)
         assert cursor["high_water"] is None and len(cursor["seen"]) == 2
         assert (await poller.poll_once())["audit_logs"] == 3
     evs = await events(bus)
@@ -250,7 +266,7 @@ async def test_descending_page_falls_back_to_windowed_read(
     fake.audit = [audit_record(f"r{i:02d}", t0 - 100 + i) for i in range(3)]
     async with make_poller(fake, bus, clock, streams=["audit_logs"]) as poller:
         assert (await poller.poll_once())["audit_logs"] == 3
-        cursor = orjson.loads((await bus.get_state("cursor/acme/audit_logs")) or b"{}")
+        cursor = await cursor_doc(bus)
         assert cursor["last_id"] == "r02" and cursor["last_full_read"] == t0
         clock.advance(60)
         fake.audit.append(audit_record("r03", clock.now() - 5))
@@ -267,7 +283,7 @@ async def test_descending_page_falls_back_to_windowed_read(
         assert queries[0].get("starting_after") == "r03"  # incremental attempt: older records came back
         assert "start_date" in queries[1] and "starting_after" not in queries[1]  # the windowed read
         assert any("falling back to the windowed read" in r.getMessage() for r in caplog.records)
-        cursor = orjson.loads((await bus.get_state("cursor/acme/audit_logs")) or b"{}")
+        cursor = await cursor_doc(bus)
         assert cursor["last_id"] is None
         clock.advance(60)
         sent = len(fake.calls_to("/audit-logs"))
@@ -288,11 +304,11 @@ async def test_failed_snapshot_page_publishes_nothing(env: tuple[FakeInstantly, 
     ]
     async with make_poller(fake, bus, clock, streams=["api_keys"]) as poller:
         assert (await poller.poll_once())["api_keys"] == 150
-        snapshot = await bus.get_state("snapshot/acme/api_keys")
+        snapshot = await bus.state_items("snapshot/acme/api_keys/")
         fake.collections["api-keys"] = fake.collections["api-keys"][:100]
         fake.fail("/api-keys", 500, times=2, only_with_cursor=True, kind=kind)
         assert (await poller.poll_once())["api_keys"] == 0
-        assert await bus.get_state("snapshot/acme/api_keys") == snapshot
+        assert await bus.state_items("snapshot/acme/api_keys/") == snapshot
         assert len(await records(bus)) == 150
         assert (await poller.poll_once())["api_keys"] == 50  # fault gone: the 50 deletions, once
     assert sum(e["type"] == "api_key.deleted" for e in await events(bus)) == 50

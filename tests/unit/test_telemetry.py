@@ -114,6 +114,7 @@ async def test_scrape_every_helper_shows_its_series(tel: Telemetry, server: Serv
     tel.cursor_age_seconds("ws-1", "audit_logs", clock.now() - 90)
     tel.webhook_rejections("instantly", "bad_secret")
     tel.bus_errors("publish", "KafkaTimeoutError")
+    tel.latency("end_to_end", "soc", [0.2, 3.5, -1.0])
     got = await scrape(server)
     assert value(got, "pipeline_component_events_dropped_total", reason="duplicate") == 2
     assert value(got, "pipeline_component_errors_total", component_id="soc", error_type="SinkError") == 1
@@ -129,6 +130,10 @@ async def test_scrape_every_helper_shows_its_series(tel: Telemetry, server: Serv
     assert value(got, "pipeline_source_cursor_age_seconds", workspace_id="ws-1", stream="audit_logs") == 90
     assert value(got, "pipeline_webhook_rejections_total", source="instantly", reason="bad_secret") == 1
     assert value(got, "pipeline_bus_errors_total", operation="publish", error_type="KafkaTimeoutError") == 1
+    e2e = {"leg": "end_to_end", "component_id": "soc"}
+    assert value(got, "pipeline_latency_seconds_count", **e2e) == 3
+    assert value(got, "pipeline_latency_seconds_sum", **e2e) == pytest.approx(3.7)  # a negative age counts as 0
+    assert value(got, "pipeline_latency_seconds_bucket", le="0.25", **e2e) == 2
     names = {n for n, _ in got}
     assert names - {"target_info"} <= prometheus_series(), "a series is not in METRICS"
     assert {m.series for m in METRICS} - {"pipeline_readiness"} <= names, "a METRICS entry did not appear"

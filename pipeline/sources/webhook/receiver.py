@@ -57,6 +57,7 @@ from pipeline.bus.base import Bus
 from pipeline.clock import SYSTEM_CLOCK, Clock, format_time
 from pipeline.errors import BusError, WebhookRejected
 from pipeline.observability.health import HealthRegistry, get_health
+from pipeline.observability.latency import source_time_header
 from pipeline.observability.logs import get_logger, redact_text, register_secret
 from pipeline.observability.metrics import ID, KIND, SOURCE, TYPE, WORKSPACE_ID
 from pipeline.observability.telemetry import Telemetry, get_telemetry
@@ -339,13 +340,19 @@ class WebhookReceiver:
             SOURCE: src.name,
             WORKSPACE_ID: src.workspace.id,
         }
+        arrived = self.clock.now() - (time.perf_counter() - started)
         with tel.span("webhook.delivery", attrs, kind=SpanKind.SERVER):
             fut = self.committer.submit(
                 src.name,
                 bytes.fromhex(digest)[:16],
                 value,
                 src.workspace.id.encode(),
-                (("event_type", event.type.encode()), ("event_id", event.id.encode()), *tel.trace_headers()),
+                (
+                    ("event_type", event.type.encode()),
+                    ("event_id", event.id.encode()),
+                    source_time_header(arrived),
+                    *tel.trace_headers(),
+                ),
             )
             try:
                 published = await asyncio.wait_for(asyncio.shield(fut), self.config.ack_timeout_secs)
@@ -357,6 +364,7 @@ class WebhookReceiver:
         tel.records_received(*labels)
         if published:
             self.accepted += 1
+            tel.latency("source_to_bus", src.name, (time.perf_counter() - started,))
         else:
             self.duplicates += 1
             tel.records_dropped(*labels, reason="duplicate")

@@ -1,0 +1,74 @@
+"""The late-record sweep: per-hour ledgers name what was never published; published once, reported."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from connectors.instantly.ledger import Sketch, id_hash
+from pipeline.bus.sqlite import SqliteBus
+from pipeline.clock import FakeClock
+from tests.unit.test_instantly_fake_api import FakeInstantly, serve
+from tests.unit.test_instantly_source import audit_record, events, make_poller, seed
+
+HOUR, DAY = 3600.0, 86_400.0
+
+
+def test_sketch_names_the_difference_and_says_when_it_cannot() -> None:
+    """Up to a few dozen ids apart the difference decodes exactly; far beyond, decode says so."""
+    rng = random.Random(3)
+    published = [f"id-{i}" for i in range(5000)]
+    ledger = Sketch()
+    ledger.add_ids(published)
+    for extra in (1, 5, 15):
+        late = [f"late-{extra}-{i}" for i in range(extra)]
+        gone = rng.sample(published, 3)
+        listing = Sketch()
+        listing.add_ids([p for p in published if p not in gone] + late)
+        decoded = listing.minus(ledger).decode()
+        assert decoded is not None
+        assert decoded == ({id_hash(x) for x in late}, {id_hash(x) for x in gone})
+    listing = Sketch()
+    listing.add_ids(published + [f"many-{i}" for i in range(200)])
+    assert listing.minus(ledger).decode() is None
+    assert Sketch.from_bytes(ledger.to_bytes()) is not None
+    assert Sketch.from_bytes(b"junk") is None and len(ledger.to_bytes()) < 6000
+
+
+async def test_late_record_published_once_after_the_sweep(tmp_path: Path) -> None:
+    """A record hours older than the overlap window, listed after that window was read, is not
+    published by the normal reads (too old); the next sweep publishes it exactly once with one
+    pipeline.late_records event saying how late it was; later sweeps and a restart add nothing."""
+    fake = FakeInstantly(api_key="k" * 24)
+    seed(fake)
+    clock = FakeClock()
+    t0 = clock.now()
+    fake.audit = [audit_record(f"r{i}", t0 - 100 + i) for i in range(3)]
+    opts: dict[str, Any] = {"streams": ["audit_logs"], "audit_sweep_interval_secs": DAY}
+    async with serve(fake), SqliteBus(tmp_path / "bus.db") as bus:
+        async with make_poller(fake, bus, clock, **opts) as poller:
+            assert (await poller.poll_once())["audit_logs"] == 3  # the first poll sweeps too: nothing late
+            clock.advance(3 * HOUR)
+            fake.audit.append(audit_record("r3", clock.now() - 10))
+            assert (await poller.poll_once())["audit_logs"] == 1
+            clock.advance(60)
+            fake.audit.append(audit_record("late", t0 + HOUR))  # ~2 h behind, window is 1 h
+            counts = await poller.poll_once()
+            assert counts["audit_logs"] == 0 and counts["pipeline"] == 0
+            clock.advance(DAY)
+            counts = await poller.poll_once()
+            assert counts["audit_logs"] == 1 and counts["pipeline"] == 1
+            clock.advance(DAY)
+            assert (await poller.poll_once())["audit_logs"] == 0
+        async with make_poller(fake, bus, clock, **opts) as restarted:
+            clock.advance(DAY)
+            assert (await restarted.poll_once())["audit_logs"] == 0
+        evs = await events(bus)
+    ids = [e["source"]["record_id"] for e in evs if e["type"].startswith("audit.")]
+    assert sorted(ids) == ["late", "r0", "r1", "r2", "r3"]
+    late = [e for e in evs if e["type"] == "pipeline.late_records"]
+    assert len(late) == 1
+    attrs = late[0]["attributes"]
+    assert attrs["count"] == 1 and attrs["undecodable_hours"] == [] and attrs["truncated"] is False
+    assert attrs["max_late_secs"] > DAY and attrs["max_behind_high_water_secs"] > HOUR
