@@ -35,10 +35,10 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import IO, TYPE_CHECKING, Final
+from typing import IO, TYPE_CHECKING
 
 from opentelemetry import trace
-from opentelemetry.context import Context, attach, detach
+from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricReader, PeriodicExportingMetricReader
@@ -47,13 +47,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import (
-    INVALID_SPAN,
     Link,
     NonRecordingSpan,
     Span,
     SpanKind,
-    Status,
-    StatusCode,
     set_span_in_context,
 )
 from opentelemetry.util.types import AttributeValue
@@ -87,88 +84,13 @@ from pipeline.observability.metrics import (
     WORKSPACE_ID,
     MetricSpec,
 )
+from pipeline.observability.spans import EMPTY_CONTEXT, NOOP_SPAN, SpanScope
 from pipeline.observability.telemetry_config import OtlpConfig, TelemetryConfig
 from pipeline.observability.trace import TRACEPARENT, Header, batch_trace_contexts, cached_traceparent
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricExporter
     from prometheus_client import CollectorRegistry
-
-
-class _NoopSpan:
-    """The context manager of a disabled instance: no span, no allocation."""
-
-    __slots__ = ()
-
-    def __enter__(self) -> Span:
-        return INVALID_SPAN
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_NOOP_SPAN: Final = _NoopSpan()
-_EMPTY_CONTEXT: Final = Context()
-MAX_BATCH_LINKS: Final = 5
-"""Links a batch span carries at most (the first distinct traces of its records); the span's
-``batch.traces`` attribute says how many distinct traces the batch held."""
-
-
-class _SpanScope:
-    """The current-span context manager of an enabled instance, without the generator machinery.
-
-    Does what ``Tracer.start_as_current_span`` does (start, make current, record an escaping
-    ``Exception`` and set the ERROR status when recording, end), in one small object, and links
-    the span to ``link_headers`` (a batch's records' headers) only when it records.
-    """
-
-    __slots__ = ("_attributes", "_context", "_kind", "_link_headers", "_links", "_name", "_span", "_token", "_tracer")
-
-    def __init__(
-        self,
-        tracer: trace.Tracer,
-        name: str,
-        attributes: Mapping[str, AttributeValue] | None,
-        context: Context | None,
-        links: Sequence[Link],
-        kind: SpanKind,
-        link_headers: Iterable[Iterable[Header]] | None,
-    ) -> None:
-        self._tracer = tracer
-        self._name = name
-        self._attributes = attributes
-        self._context = context
-        self._links = links
-        self._kind = kind
-        self._link_headers = link_headers
-        self._span: Span = INVALID_SPAN
-        self._token: object = None
-
-    def __enter__(self) -> Span:
-        span = self._span = self._tracer.start_span(
-            self._name, context=self._context, kind=self._kind, attributes=self._attributes, links=self._links
-        )
-        if self._link_headers is not None and span.is_recording():
-            try:
-                contexts, count = batch_trace_contexts(self._link_headers, MAX_BATCH_LINKS)
-            except BaseException:
-                span.end()
-                raise
-            for sc in contexts:
-                span.add_link(sc)
-            span.set_attribute("batch.traces", count)
-        self._token = attach(set_span_in_context(span))
-        return span
-
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        span = self._span
-        try:
-            if isinstance(exc, Exception) and span.is_recording():
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-        finally:
-            detach(self._token)  # type: ignore[arg-type]
-            span.end()
 
 
 Key = tuple[AttributeValue, ...]
@@ -532,8 +454,8 @@ class Telemetry:
         were), only when the span is recorded: an unsampled batch does not even read them.
         """
         if not self.enabled:
-            return _NOOP_SPAN
-        return _SpanScope(self._tracer, name, attributes, context, links, kind, link_headers)
+            return NOOP_SPAN
+        return SpanScope(self._tracer, name, attributes, context, links, kind, link_headers)
 
     def inject_traceparent(self) -> bytes | None:
         """The W3C ``traceparent`` of the current span, or None when there is none."""
@@ -552,12 +474,12 @@ class Telemetry:
     def extract(self, headers: Iterable[Header]) -> Context:
         """The trace context carried by a record's ``traceparent`` header (empty if none or invalid)."""
         if not self.enabled:
-            return _EMPTY_CONTEXT
+            return EMPTY_CONTEXT
         for name, value in headers:
             if name == TRACEPARENT:
                 sc = cached_traceparent(value)
-                return set_span_in_context(NonRecordingSpan(sc)) if sc is not None else _EMPTY_CONTEXT
-        return _EMPTY_CONTEXT
+                return set_span_in_context(NonRecordingSpan(sc)) if sc is not None else EMPTY_CONTEXT
+        return EMPTY_CONTEXT
 
     def links(self, headers_of_records: Iterable[Iterable[Header]], limit: int = 64) -> list[Link]:
         """Links to the traces of a batch's records (one per distinct trace, at most ``limit``).

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, StatusCode
 
-from pipeline.observability.telemetry import MAX_BATCH_LINKS, Telemetry
+from pipeline.observability.spans import MAX_BATCH_LINKS
+from pipeline.observability.telemetry import Telemetry
 from pipeline.observability.telemetry_config import TelemetryConfig
 from pipeline.observability.trace import (
     TRACEPARENT,
