@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import statistics
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 
 import aiokafka
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from connectors.instantly import streams
 from connectors.instantly.normalize import normalize_audit_record
 from connectors.instantly.streams import Publisher, cursor_key, prepare_audit_batch
 from connectors.instantly.txn_pipeline import TxnPipeline, TxnWrite
@@ -58,8 +61,17 @@ def audit_records(n: int) -> list[dict[str, object]]:
     ]
 
 
-async def pipeline_publish(boot: str, prefix: str, records: list[dict[str, object]], batch: int) -> float:
-    """The audit poller's publish path into ``{prefix}instantly.events.v1`` (and its own state topic)."""
+async def pipeline_publish(
+    boot: str, prefix: str, records: list[dict[str, object]], batch: int, *, gate: bool = True
+) -> float:
+    """The audit poller's publish path into ``{prefix}instantly.events.v1`` (and its own state topic).
+
+    ``gate=False`` swaps the redaction gate's encoder for the plain one (benchmark only: it separates
+    the gate's cost, an issue-15 feature, from the rest of the path; production always gates).
+    """
+    if not gate:
+        with patched_encoder():
+            return await pipeline_publish(boot, prefix, records, batch)
     txn_prefix = f"bench-{uuid.uuid4().hex[:6]}"
     async with KafkaBus([boot], transactional_id_prefix=txn_prefix, partitions=2, topic_prefix=prefix) as bus:
         pub = Publisher(bus, "bench", "bench", WS)
@@ -71,6 +83,17 @@ async def pipeline_publish(boot: str, prefix: str, records: list[dict[str, objec
                 await line.submit(TxnWrite(prepared.records, {cursor_key(pub.source_id): str(i).encode()}))
             await line.drain()
         return len(records) / (time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def patched_encoder() -> Iterator[None]:
+    """The poller's encoder without the gate, for the duration of one benchmark leg."""
+    original = streams.encode_event  # type: ignore[attr-defined]  # the module's imported name, patched
+    streams.encode_event = lambda event: event.to_json()  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        streams.encode_event = original  # type: ignore[attr-defined]
 
 
 async def raw_publish(boot: str, topic: str, payloads: list[bytes]) -> float:
@@ -131,7 +154,7 @@ async def main() -> None:
         sys.exit("KAFKA_BOOTSTRAP is not set: run `make kafka-up` and source the env file it prints")
     records = audit_records(args.events)
     payloads = [normalize_audit_record(r, WS, OBSERVED_AT).to_json() for r in records]
-    pub, raw_pub, rd, raw_rd = [], [], [], []
+    pub, nogate, raw_pub, rd, raw_rd = [], [], [], [], []
     for _ in range(args.rounds):  # paired rounds, medians: the broker shares the machine's 2 cores
         run = uuid.uuid4().hex[:8]
         p_pipe, t_raw = f"bench-pipe-{run}.", f"bench-raw-{run}"
@@ -141,6 +164,9 @@ async def main() -> None:
             await admin_bus.ensure_topics(default_topics(2))
         raw_pub.append(await raw_publish(boot, t_raw, payloads))
         pub.append(await pipeline_publish(boot, p_pipe, records, args.batch))
+        async with KafkaBus([boot], create_topics=False, topic_prefix=f"{p_pipe}ng.") as admin_bus:
+            await admin_bus.ensure_topics(default_topics(2))
+        nogate.append(await pipeline_publish(boot, f"{p_pipe}ng.", records, args.batch, gate=False))
         r, n = await bus_read(boot, p_pipe)
         assert n == args.events, (n, args.events)
         rd.append(r)
@@ -148,6 +174,7 @@ async def main() -> None:
     pipe_rate, raw_rate = statistics.median(pub), statistics.median(raw_pub)
     read_rate, raw_r = statistics.median(rd), statistics.median(raw_rd)
     pub_ratio = statistics.median(a / b for a, b in zip(pub, raw_pub, strict=True))
+    nogate_ratio = statistics.median(a / b for a, b in zip(nogate, raw_pub, strict=True))
     read_ratio = statistics.median(a / b for a, b in zip(rd, raw_rd, strict=True))
     print(
         f"Kafka {os.environ.get('KAFKA_VERSION', '?')}, aiokafka {aiokafka.__version__}, "
@@ -156,6 +183,9 @@ async def main() -> None:
     )
     print(f"{'measure':<34}{'pipeline':>12}{'raw aiokafka':>14}{'ratio':>8}")
     print(f"{'publish (events/s)':<34}{pipe_rate:>12,.0f}{raw_rate:>14,.0f}{pub_ratio:>8.0%}   target >= 70%")
+    nogate_rate = statistics.median(nogate)
+    label = "  same path, redaction gate off"
+    print(f"{label:<34}{nogate_rate:>12,.0f}{raw_rate:>14,.0f}{nogate_ratio:>8.0%}   (shows the gate's share)")
     print(f"{'replay read (events/s)':<34}{read_rate:>12,.0f}{raw_r:>14,.0f}{read_ratio:>8.0%}   target >= 100,000/s")
 
 
