@@ -351,7 +351,14 @@ async def run_pipeline(
     config_dir: Path | None = None,
     config_path: Path | None = None,
 ) -> int:
-    """Run the pipeline; return the process exit code."""
+    """Run the pipeline; return the process exit code.
+
+    SIGTERM/SIGINT are caught from the first moment (not only once every component is built): a stop
+    asked for while the pipeline starts lets it finish starting, then stop cleanly with exit 0.
+    """
+    stop = stop or asyncio.Event()
+    if not once:
+        _catch_stop_signals(stop)
     if configure_logging:
         setup_logging(cfg.logging.format, cfg.logging.level)
     register_config_secrets(cfg)
@@ -416,13 +423,19 @@ def reload_webhook_secrets(pipe: Pipeline, config_path: Path) -> int:
     return n
 
 
-async def _run_forever(pipe: Pipeline, stop: asyncio.Event | None, config_path: Path | None = None) -> int:
-    """Supervise the pipeline's loops until ``stop`` (or SIGTERM/SIGINT), then stop them cleanly."""
-    stop = stop or asyncio.Event()
+def _catch_stop_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stop`` (on the running loop)."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+
+
+async def _run_forever(pipe: Pipeline, stop: asyncio.Event | None, config_path: Path | None = None) -> int:
+    """Supervise the pipeline's loops until ``stop`` (or SIGTERM/SIGINT), then stop them cleanly."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    _catch_stop_signals(stop)
 
     def on_hup() -> None:
         if config_path is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -86,8 +87,16 @@ async def _check_sinks(cfg: PipelineConfig) -> list[str]:
     return problems
 
 
+def _stopped_before_start(signum: int, frame: object) -> None:
+    """SIGTERM while the config loads (before the event loop catches it): nothing started, exit 0."""
+    raise SystemExit(0)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config.loader import load_config, resolve_under
+
+    if not args.once:
+        signal.signal(signal.SIGTERM, _stopped_before_start)  # replaced by the loop's handler in run_pipeline
     from pipeline.topology import run_pipeline
 
     path = config_path(args.config)

@@ -183,7 +183,7 @@ def write_config(
 def cli_command() -> list[str]:
     """``instantly-audit`` from the running interpreter's environment."""
     script = Path(sys.executable).parent / "instantly-audit"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "pipeline.cli.main"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pipeline.cli"]
 
 
 @dataclass

@@ -177,3 +177,30 @@ def test_rules_commands_speak_json(capsys: pytest.CaptureFixture[str]) -> None:
     report = json.loads(capsys.readouterr().out)
     assert report["passed"] is True and set(report["rules"]) == {r["id"] for r in rules}
     assert all(c["passed"] for c in report["cases"])
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.4, 1.5])
+def test_sigterm_while_starting_is_a_clean_stop(tmp_path: Path, delay: float) -> None:
+    """SIGTERM at any moment of ``run``'s start (config load, bus open, components) exits 0, no traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("service: {enabled: false}\nsinks:\n  a: {type: jsonl, path: out.jsonl}\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", "-c", str(cfg)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert "Traceback" not in err

@@ -1,0 +1,27 @@
+"""The console script's first step: catch SIGTERM before anything heavy is imported.
+
+``instantly-audit run`` may be stopped by an orchestrator at any moment, even while it is still
+importing its modules or loading the config. Until the event loop takes over signal handling
+(:func:`pipeline.topology.run_pipeline`), a SIGTERM ends a long-running ``run`` with exit 0 and
+no traceback: nothing had started, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Sequence
+
+
+def _stopped_before_start(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Install the early SIGTERM handler for ``run`` (not ``--once``), then run the CLI."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "run" in args and "--once" not in args:
+        signal.signal(signal.SIGTERM, _stopped_before_start)
+    from pipeline.cli.main import main as cli_main  # imported after the handler is in place
+
+    return cli_main(args)
