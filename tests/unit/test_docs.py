@@ -20,18 +20,6 @@ DOCS = sorted((ROOT / "docs").glob("*.md"))
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
 README_MAX_LINES = 150
 
-# Pages other branches of the current wave write (rules20: the rule language; formats: every
-# sink's options; webhook: the receiver). README and docs/ link to them already. An entry only
-# excuses a missing file: once the page is merged its entry does nothing and can be removed.
-PENDING_PAGES = frozenset({"docs/rules.md", "docs/sinks.md", "docs/webhook-receiver.md"})
-
-# Packages being split out of single modules by other branches of the current wave; the
-# architecture page already names the package. An entry only excuses a missing path: once the
-# split is merged it does nothing and can be removed.
-PENDING_PATHS = frozenset(
-    {"pipeline/sources/webhook/", "connectors/instantly/posture/", "connectors/instantly/rotation/"}
-)
-
 _LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 _FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 _CODE = re.compile(r"`([^`\n]+)`")
@@ -123,8 +111,7 @@ def test_relative_links_resolve(page: Path) -> None:
         dest = (page.parent / target).resolve() if target else page.resolve()
         rel = dest.relative_to(ROOT).as_posix() if dest.is_relative_to(ROOT) else str(dest)
         if not dest.exists():
-            if rel not in PENDING_PAGES:
-                broken.append(f"{link} (no {rel})")
+            broken.append(f"{link} (no {rel})")
             continue
         if anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
             broken.append(f"{link} (no heading #{anchor} in {rel})")
@@ -135,7 +122,7 @@ def test_architecture_names_only_paths_that_exist() -> None:
     """Each module path in docs/architecture.md exists, so a newcomer finds every stage in one step."""
     paths = _repo_paths(ARCHITECTURE)
     assert len(paths) >= 30, "the architecture page should name the module of every stage"
-    missing = sorted({p for p in paths if not _exists(p) and p not in PENDING_PATHS})
+    missing = sorted({p for p in paths if not _exists(p)})
     assert not missing, f"docs/architecture.md names paths that do not exist: {missing}"
 
 
