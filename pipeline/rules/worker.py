@@ -97,20 +97,14 @@ def deadletter_value(rec: Record, headers: Sequence[Header], failed_at: str) -> 
         ValueError: the ``dlq.reason`` header is not a lower_snake code.
     """
     h = {k: v.decode("utf-8", errors="replace") for k, v in headers if k.startswith("dlq.")}
-    letter = deadletter.build(
+    letter = deadletter.build_for(
+        rec,
         stage="rules",
         component=COMPONENT,
         component_type=COMPONENT,
         reason=h.get("dlq.reason", "dead_letter"),
         error=h.get("dlq.error", ""),
         failed_at=failed_at,
-        value=rec.value,
-        topic=rec.topic,
-        partition=rec.partition,
-        offset=rec.offset,
-        timestamp_ms=rec.timestamp_ms,
-        key=rec.key,
-        headers=rec.headers,
         rule=h.get("dlq.rule"),
     )
     return letter.to_json()
