@@ -8,13 +8,16 @@ no traceback: nothing had started, so nothing is lost.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Sequence
 
 
 def _stopped_before_start(signum: int, frame: object) -> None:
-    raise SystemExit(0)
+    # Nothing has started yet (no bus, no transaction, no output): leave at once. Raising
+    # SystemExit here could land inside asyncio's start-up and wait on its executor threads.
+    os._exit(0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -89,7 +90,7 @@ async def _check_sinks(cfg: PipelineConfig) -> list[str]:
 
 def _stopped_before_start(signum: int, frame: object) -> None:
     """SIGTERM while the config loads (before the event loop catches it): nothing started, exit 0."""
-    raise SystemExit(0)
+    os._exit(0)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
