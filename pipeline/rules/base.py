@@ -124,6 +124,9 @@ class AlertTrack:
     emissions: int = 0
     resolvable: bool = False
     severity: str = ""
+    enc: bytes | None = field(default=None, compare=False, repr=False)
+    """The engine's cache of this track's encoded ``"<key>":[...]`` member of the tracks document
+    (:meth:`pipeline.rules.state.StateStore.flush`); the engine clears it whenever it changes the track."""
 
     def to_list(self) -> list[Any]:
         """Compact JSON form."""
@@ -152,6 +155,7 @@ class RuleState:
         "cache",
         "data",
         "data_touched",
+        "expire_block",
         "rule_id",
         "sub_time",
         "sub_written",
@@ -175,6 +179,9 @@ class RuleState:
         self.subs_touched: set[str] = set()
         self.subs_removed: set[str] = set()
         self.tracks_dirty = False
+        self.expire_block: float | None = None
+        """The engine's: ``last`` of the condition that stopped its last expiry scan (inf: none was
+        left to expire; None: unknown). Cleared whenever the engine changes the tracks."""
         self.cache: dict[Any, Any] = {}
         """Whatever the rule derives from its state to go faster: never persisted, empty after a reload."""
 

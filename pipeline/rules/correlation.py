@@ -40,7 +40,7 @@ is saved with the alerts and offsets, and a restarted or second worker continues
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import Field
@@ -69,6 +69,13 @@ MAX_TERMS = 5000
 """Terms remembered per new-terms history (the least recently seen are forgotten first)."""
 MAX_ENTRIES = 1000
 """Matches remembered per event_count / value_count group (the oldest are forgotten first)."""
+
+
+Handler = Callable[[RuleContext, Event], Iterable[Finding]]
+
+
+def _nothing(ctx: RuleContext, event: Event) -> Iterable[Finding]:
+    return ()
 
 
 def _time(entry: list[Any]) -> float:
@@ -288,20 +295,56 @@ class CorrelationRule:
         routed = self._routed(event)
         if not routed:
             return ()
+        return self._feed(ctx, event, routed, True)
+
+    def handler_for(self, event_type: str, code: int | None) -> Handler:
+        """:meth:`on_event` for events of one (type, engine activity code), the entries chosen once.
+
+        ``code`` is the engine's: None off the audit log, the ``activity_code`` when it is a JSON
+        int, else -1 (also a literal -1), so only then is each entry's code list checked per event.
+        An entry whose types or codes exclude the pair is left out; with a single entry left and
+        no code check, the handler tests its selection before anything else.
+        """
+        routed = tuple(e for e in reversed(self.entries) if type_matches(e.types, event_type))
+        check = code == -1
+        if code is not None and not check:
+            routed = tuple(e for e in routed if e.codes is None or code in e.codes)
+        if not routed:
+            return _nothing
+        if len(routed) == 1 and not check:
+            entry = routed[0]
+            detect, matched = entry.detect, self._matched
+
+            def one(ctx: RuleContext, event: Event) -> Iterable[Finding]:
+                if not detect(event):
+                    return ()
+                f = matched(ctx, event, entry)
+                return () if f is None else [f]
+
+            return one
+        feed = self._feed
+        return lambda ctx, event: feed(ctx, event, routed, check)
+
+    def _feed(self, ctx: RuleContext, event: Event, routed: tuple[_Entry, ...], check: bool) -> Iterable[Finding]:
+        """The entries ``routed`` (last first) that match, advanced; ``check``: test entries' activity codes."""
         out: list[Finding] = []
-        code = event.attributes.get("activity_code") if event.source.kind == "audit_log" else None
+        code = event.attributes.get("activity_code") if check and event.source.kind == "audit_log" else None
         for e in routed:
             if (code is not None and e.codes is not None and code not in e.codes) or not e.detect(event):
                 continue
-            if e.nt_field is not None and not self._is_new_term(ctx, e.index, e.nt_field(event)):
-                continue
-            key = e.key(event)
-            if key is None:
-                continue
-            f = self._step(ctx, e.index, key, event)
+            f = self._matched(ctx, event, e)
             if f is not None:
                 out.append(f)
         return out or ()
+
+    def _matched(self, ctx: RuleContext, event: Event, e: _Entry) -> Finding | None:
+        """Advance the correlation with an event entry ``e``'s selection matched."""
+        if e.nt_field is not None and not self._is_new_term(ctx, e.index, e.nt_field(event)):
+            return None
+        key = e.key(event)
+        if key is None:
+            return None
+        return self._step(ctx, e.index, key, event)
 
     def _step(self, ctx: RuleContext, i: int, key: str, ev: Event) -> Finding | None:
         t, k = ctx.now, self.kind

@@ -24,7 +24,7 @@ A rule that raises is reported in :attr:`Evaluation.failures`; the other rules s
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -49,6 +49,7 @@ MAX_SUMMARY = 1024
 _ROUTE_CACHE = 4096
 _PLAN_CACHE = 16_384
 _EMPTY: tuple[()] = ()
+_NEVER = float("inf")
 _fromisoformat = datetime.fromisoformat
 
 
@@ -125,17 +126,22 @@ class _Bound:
         return r
 
 
-_Step = tuple[_Bound, RuleContext, Rule, bool]
+Handler = Callable[[RuleContext, Event], Iterable[Finding]]
+"""What a step calls for an event: the rule's ``on_event``, or what its ``handler_for(type, code)`` gave."""
+_Step = tuple[_Bound, RuleContext, Handler, bool]
 
 
 class _Plan:
     """What one (workspace, event type, activity code) runs: the routed rules with their contexts.
 
-    Each step is (bound rule, context, rule, open-only): an open-only rule can only clear
-    an open condition for this event type (a YAML rule's resolve block), so it is skipped while
-    its state tracks nothing. ``name``/``name_gen`` remember that every state here carried the
-    workspace name ``name`` at the engine's rename generation ``name_gen``; ``serial`` is the
-    last evaluation whose touched set received ``states``.
+    Each step is (bound rule, context, handler, open-only). The handler is the rule's
+    ``on_event``, or, for a rule with ``handler_for(type, code)`` (correlation rules), the
+    handler it built for this pair: the dispatch index, chosen once per plan, so an event only
+    reaches the parts of a rule (a correlation's entries) that its type and code can match. An
+    open-only rule can only clear an open condition for this event type (a YAML rule's resolve
+    block), so it is skipped while its state tracks nothing. ``name``/``name_gen`` remember that
+    every state here carried the workspace name ``name`` at the engine's rename generation
+    ``name_gen``; ``serial`` is the last evaluation whose touched set received ``states``.
     """
 
     __slots__ = ("name", "name_gen", "serial", "states", "steps")
@@ -195,18 +201,31 @@ class _Batch:
 
 
 def _expire(st: RuleState, window: float, now: float) -> None:
-    """Forget non-resolvable conditions quiet for a whole window (tracks are oldest-first)."""
+    """Forget non-resolvable conditions quiet for a whole window (tracks are oldest-first).
+
+    The scan stops at the first non-resolvable condition still inside its window and remembers
+    its ``last`` in ``expire_block``. Until the tracks change (``_apply`` clears it), every earlier
+    non-resolvable condition is gone, so a later call would stop at the same one, removing
+    nothing, while it is still inside the window: that call returns at once (the same test, so
+    the same answer).
+    """
+    block = st.expire_block
+    if block is not None and now - block < window:
+        return
     dead = []
+    block = _NEVER
     for k, tr in st.tracks.items():
         if tr.resolvable:
             continue
         if now - tr.last < window:
+            block = tr.last
             break
         dead.append(k)
     for k in dead:
         del st.tracks[k]
     if dead:
         st.tracks_dirty = True
+    st.expire_block = block
 
 
 class RulesEngine:
@@ -296,12 +315,12 @@ class RulesEngine:
                 touched.update(plan.states)
             if ws.name is not None and (ws.name != plan.name or plan.name_gen != self._name_gen):
                 self._rename(plan, ws)
-            for b, ctx, rule, open_only in plan.steps:
+            for b, ctx, handler, open_only in plan.steps:
                 if open_only and not ctx.state.tracks:
                     continue
                 ctx.now = t
                 try:
-                    found = rule.on_event(ctx, ev)
+                    found = handler(ctx, ev)
                     if found is not _EMPTY:
                         for f in found:
                             apply(b, ctx, f, batch)
@@ -349,7 +368,9 @@ class RulesEngine:
                 ctx = ctxs[b.id] = RuleContext(self._store.get(b.id, ws), self._clock, suppress_secs=b.suppress)
             only_resolves = getattr(b.rule, "only_resolves", None)
             open_only = bool(only_resolves(etype)) if callable(only_resolves) else False
-            steps.append((b, ctx, b.rule, open_only))
+            handler_for = getattr(b.rule, "handler_for", None)
+            handler = handler_for(etype, code) if callable(handler_for) else b.rule.on_event
+            steps.append((b, ctx, handler, open_only))
         plan = _Plan(tuple(steps))
         self._name_gen += 1  # StateStore.get may have renamed a state: every plan re-checks once
         if len(self._plans) >= _PLAN_CACHE:
@@ -393,6 +414,7 @@ class RulesEngine:
                 return
             del st.tracks[f.key]
             st.tracks_dirty = True
+            st.expire_block = None
             batch.open.pop(bkey, None)
             tr.last = max(tr.last, t)
             sev = cast(Severity, tr.severity) if severity_rank(tr.severity) >= 0 else b.rule.meta.severity
@@ -414,6 +436,8 @@ class RulesEngine:
             del st.tracks[f.key]  # re-inserted below: most recently updated last
         st.tracks[f.key] = tr
         st.tracks_dirty = True
+        st.expire_block = None
+        tr.enc = None  # changed below: encode it again on the next flush
         tr.count = max(1, tr.count + f.count)
         tr.last = max(tr.last, t)
         tr.resolvable = tr.resolvable or f.resolvable

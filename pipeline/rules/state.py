@@ -61,6 +61,26 @@ def sub_key(rule_id: str, workspace_id: str, name: str) -> str:
     return f"{main_key(rule_id, workspace_id)}/s/{_q(name)}"
 
 
+_TRACKS_HEAD = b'{"v":%d,"a":{' % FORMAT
+
+
+def tracks_blob(tracks: Mapping[str, AlertTrack]) -> bytes:
+    """The stored tracks document, ``orjson.dumps({"v": FORMAT, "a": {key: track.to_list()}})`` byte for byte.
+
+    Each track's ``"<key>":[...]`` member is encoded once and kept in :attr:`AlertTrack.enc` until
+    the engine changes the track, so a rule holding many open conditions (one per user for
+    ``auth.mfa_disabled``) re-encodes only the ones a batch touched.
+    """
+    parts = []
+    dumps = orjson.dumps
+    for k, tr in tracks.items():
+        e = tr.enc
+        if e is None:
+            e = tr.enc = dumps(k) + b":" + dumps(tr.to_list())
+        parts.append(e)
+    return _TRACKS_HEAD + b",".join(parts) + b"}}"
+
+
 @dataclass(frozen=True, slots=True)
 class StateProblem:
     """A state entry that could not be loaded (it is left on the bus untouched)."""
@@ -194,8 +214,11 @@ class StateStore:
             if st.tracks_dirty:
                 key = tracks_key(rid, ws)
                 if st.tracks:
-                    doc = {"v": FORMAT, "a": {k: tr.to_list() for k, tr in st.tracks.items()}}
-                    self._put(changes, failures, rid, key, doc)
+                    blob = tracks_blob(st.tracks)
+                    h = hash(blob)
+                    if hashes.get(key) != h:
+                        hashes[key] = h
+                        changes[key] = blob
                 elif key in hashes:
                     changes[key] = None
                     del hashes[key]
@@ -258,9 +281,7 @@ class StateStore:
                 {"v": FORMAT, "rv": self.versions.get(rid, 1), "wn": st.workspace.name, "d": st.data}
             )
             if st.tracks:
-                out[tracks_key(rid, ws)] = orjson.dumps(
-                    {"v": FORMAT, "a": {k: tr.to_list() for k, tr in st.tracks.items()}}
-                )
+                out[tracks_key(rid, ws)] = tracks_blob(st.tracks)
             for name, sdoc in st.subs.items():
                 out[sub_key(rid, ws, name)] = orjson.dumps({"t": _coarse(st.sub_time[name]), "d": sdoc})
         return out

@@ -1,0 +1,174 @@
+"""The engine's dispatch index gives exactly what calling every routed rule gives.
+
+``RulesEngine`` asks a rule with ``handler_for(type, code)`` (the correlation rules) for the
+handler of each (event type, activity code) once per plan, so an event only reaches the entries
+its type and code can match; it encodes each alert track once until it changes
+(:func:`pipeline.rules.state.tracks_blob`) and skips an expiry scan that cannot remove anything.
+:func:`tests.unit.test_rules_equivalence.reference_evaluate` is the plain loop — every routed
+rule's ``on_event``, the stored documents encoded whole — and the engines must agree batch by
+batch (alerts, state changes, failures, suppression) over the shipped rule pack's own test
+cases, every kind of record the normalizers emit and the benchmark's simulated audit log.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections import Counter
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from benchmarks.bench_rules import CONFIG, generate
+from connectors.instantly.rules import PACK
+from pipeline.clock import parse_time
+from pipeline.rules.base import AlertTrack, RuleState
+from pipeline.rules.config import parse_rules_config
+from pipeline.rules.correlation import CorrelationRule
+from pipeline.rules.engine import _expire, decode_event
+from pipeline.rules.state import FORMAT, tracks_blob
+from pipeline.rules.testing import _event, case_files, load_case_file, merge
+from schemas.event import Event, WorkspaceRef
+from tests.event_corpus import fixture_events, webhook_events
+from tests.unit.test_rules_equivalence import (
+    _summary,
+    fast_engine,
+    reference_engine,
+    reference_evaluate,
+    run_both,
+)
+
+assert PACK.cases_dir is not None
+CASE_FILES = case_files(PACK.cases_dir)
+_ruleset = functools.lru_cache(maxsize=None)(lambda cfg: parse_rules_config(orjson.loads(cfg)))
+"""The rule set of a case's config (JSON text): parsing the pack once per config keeps this quick."""
+
+
+def _script(path: Any) -> list[tuple[str, list[Event | float]]]:
+    """Each case of a shipped case file as (config, events and ticks), as ``rules test`` plays it."""
+    cf = load_case_file(path)
+    w = cf.workspace
+    ws = WorkspaceRef(w) if isinstance(w, str) else WorkspaceRef(w.id, w.name)
+    out = []
+    for case in cf.cases:
+        t = parse_time(cf.start) - 1.0
+        script: list[Event | float] = []
+        for i, raw in enumerate(case.events):
+            if set(raw) == {"tick"}:
+                t = parse_time(str(raw["tick"]))
+                script.append(t)
+            else:
+                t = parse_time(str(raw["time"])) if "time" in raw else t + 1.0
+                script.append(_event(raw, ws, t, f"events.{i}"))
+        out.append((orjson.dumps(merge(cf.config, case.config)).decode(), script))
+    return out
+
+
+@pytest.mark.parametrize("path", CASE_FILES, ids=lambda p: p.stem)
+def test_shipped_cases_alert_alike(path: Any) -> None:
+    """Every shipped case, one event per batch (as ``rules test`` runs it): the same results step by step."""
+    for cfg, script in _script(path):
+        run_both(_ruleset(cfg), script, set(range(len(script))), set())
+
+
+def test_the_shipped_cases_reach_every_correlation() -> None:
+    """The cases above are not vacuous for the dispatch index: every correlation rule alerts in them."""
+    alerted: Counter[str] = Counter()
+    for path in CASE_FILES:
+        for cfg, script in _script(path):
+            engine = fast_engine(_ruleset(cfg))
+            for item in script:
+                got = engine.tick(item) if isinstance(item, float) else engine.evaluate([item])
+                alerted.update(a.rule.id for a in got.alerts)
+    corr = [r.meta.id for r in parse_rules_config({}).enabled if isinstance(r, CorrelationRule)]
+    assert len(corr) >= 5 and all(alerted[rid] for rid in corr), alerted
+
+
+def test_every_normalized_record_alerts_alike() -> None:
+    """Every audit code, snapshot stream and webhook kind the normalizers emit, with restarts between batches."""
+    events: list[Event | float] = [*fixture_events(), *webhook_events()]
+    seen = run_both(parse_rules_config(CONFIG), events, set(range(0, len(events), 7)), {14, 70})
+    assert seen["alerts"] > 0, seen
+
+
+def test_the_simulated_audit_log_alerts_alike() -> None:
+    """The benchmark's stream (few users, so correlations fire), in batches, with hourly ticks."""
+    ruleset = parse_rules_config(CONFIG)
+    fast, ref = fast_engine(ruleset), reference_engine(ruleset)
+    raws = list(generate(6000, 40, 2, 3))
+    alerted: Counter[str] = Counter()
+    for i in range(0, len(raws), 250):
+        events = [decode_event(r) for r in raws[i : i + 250]]
+        got, want = fast.evaluate(events), reference_evaluate(ref, events)
+        assert _summary(got) == _summary(want)
+        alerted.update(a.rule.id for a in got.alerts)
+        now = parse_time(events[-1].time) + 3600
+        got = fast.tick(now)
+        assert _summary(got) == _summary(ref.tick(now))
+        alerted.update(a.rule.id for a in got.alerts)
+    assert fast.state_items() == ref.state_items()
+    assert sum(n for rid, n in alerted.items() if rid.startswith("corr.")) > 0, alerted
+
+
+def test_tracks_blob_is_what_orjson_writes() -> None:
+    """Cached members, odd keys, a changed track: the document is orjson's encoding byte for byte."""
+    tracks = {
+        "user:u1": AlertTrack(1.5, 1.5, 9.25, 3, 9.0, 2, True, "high"),
+        'k"é\\/\n': AlertTrack(0.0, 0.0, 0.0),
+        "all": AlertTrack(1e12, 1e12, 1e12 + 0.001, 1, None, 0, False, ""),
+    }
+
+    def want() -> bytes:
+        return orjson.dumps({"v": FORMAT, "a": {k: tr.to_list() for k, tr in tracks.items()}})
+
+    assert tracks_blob(tracks) == want()
+    tr = tracks["user:u1"]
+    tr.count, tr.enc = 4, None  # as the engine changes a track
+    assert tracks_blob(tracks) == want()
+
+
+def _plain_expire(st: RuleState, window: float, now: float) -> None:
+    """``_expire`` without its shortcut (the engine's before it)."""
+    dead = []
+    for k, tr in st.tracks.items():
+        if tr.resolvable:
+            continue
+        if now - tr.last < window:
+            break
+        dead.append(k)
+    for k in dead:
+        del st.tracks[k]
+    if dead:
+        st.tracks_dirty = True
+
+
+TRACK = st.tuples(st.sampled_from(["a", "b", "c", "d", "e"]), st.floats(0, 500), st.booleans())
+STEP = st.one_of(st.tuples(st.just("expire"), st.floats(0, 1000)), st.tuples(st.just("touch"), TRACK))
+
+
+@settings(max_examples=300, deadline=None)
+@given(tracks=st.lists(TRACK, max_size=6), steps=st.lists(STEP, max_size=20), window=st.sampled_from([0.0, 60.0]))
+def test_expiry_shortcut_removes_what_the_scan_removes(
+    tracks: list[tuple[str, float, bool]], steps: list[tuple[str, Any]], window: float
+) -> None:
+    """Expiry at any times (also going back), with tracks changed between as ``_apply`` changes them."""
+    fast = RuleState("r.x", WorkspaceRef("ws"))
+    for key, last, res in tracks:
+        fast.tracks[key] = AlertTrack(last, last, last, resolvable=res)
+    plain = copy.deepcopy(fast)
+    for what, arg in steps:
+        if what == "expire":
+            _expire(fast, window, arg)
+            _plain_expire(plain, window, arg)
+        else:
+            key, last, res = arg
+            for state in (fast, plain):
+                tr = state.tracks.pop(key, None) or AlertTrack(last, last, last)
+                tr.last, tr.resolvable = max(tr.last, last), tr.resolvable or res
+                state.tracks[key] = tr
+                state.expire_block = None  # what _apply does when it changes the tracks
+        assert list(fast.tracks) == list(plain.tracks)
+        assert fast.tracks_dirty == plain.tracks_dirty
