@@ -188,6 +188,11 @@ def _field_pred(spec: str, expected: Any, where: str) -> Pred:
     if kind == "exists":
         if not isinstance(expected, bool):
             raise RuleSyntaxError(where, "|exists needs true or false")
+        head, _, sub = path.partition(".")
+        if sub and "." not in sub and head not in ("attributes", "raw"):  # getter's two-step form, inlined
+            if expected:
+                return lambda ev: getattr(getattr(ev, head), sub, None) is not None
+            return lambda ev: getattr(getattr(ev, head), sub, None) is None
         return lambda ev: (get(ev) is not None) is expected
     values = list(expected) if isinstance(expected, list) else [expected]
     if "in" in mods and not isinstance(expected, list):

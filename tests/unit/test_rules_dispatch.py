@@ -29,8 +29,9 @@ from pipeline.rules.base import AlertTrack, RuleState
 from pipeline.rules.config import parse_rules_config
 from pipeline.rules.correlation import CorrelationRule
 from pipeline.rules.engine import _expire, decode_event
+from pipeline.rules.matcher import _SUBFIELDS, compile_detection, getter
 from pipeline.rules.state import FORMAT, tracks_blob
-from pipeline.rules.testing import _event, case_files, load_case_file, merge
+from pipeline.rules.testing import _event, case_files, load_case_file, make_event, merge
 from schemas.event import Event, WorkspaceRef
 from tests.event_corpus import fixture_events, webhook_events
 from tests.unit.test_rules_equivalence import (
@@ -172,3 +173,14 @@ def test_expiry_shortcut_removes_what_the_scan_removes(
                 state.expire_block = None  # what _apply does when it changes the tracks
         assert list(fast.tracks) == list(plain.tracks)
         assert fast.tracks_dirty == plain.tracks_dirty
+
+
+@pytest.mark.parametrize("expected", [True, False])
+def test_exists_on_struct_fields_matches_the_getter(expected: bool) -> None:
+    """``<struct>.<field>|exists`` (inlined) says what the general getter says, also for a missing struct."""
+    paths = [f"{h}.{f}" for h, fs in _SUBFIELDS.items() if fs for f in sorted(fs)]
+    events = [*fixture_events(), *webhook_events(), make_event("audit.user_login", time=0.0)]
+    assert any(ev.actor is None for ev in events) and any(ev.actor is not None for ev in events)
+    for path in paths:
+        pred, get = compile_detection({"sel": {f"{path}|exists": expected}}), getter(path)
+        assert [pred(ev) for ev in events] == [(get(ev) is not None) is expected for ev in events], path
