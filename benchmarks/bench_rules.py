@@ -16,7 +16,9 @@ chunk in the same run, over the same serialized events:
   encoding the changed rule state, as the worker commits it, and a tick per simulated hour),
   the way ``RulesWorker`` does it: each record is decoded just before the engine evaluates it,
   while its Event is still in the CPU cache;
-* for reference, rules with the whole batch decoded first (the worker before 2026-11-27).
+* for reference, rules with the whole batch decoded first (the worker before 2026-11-27);
+* the floor: decode the same way into an engine with every rule disabled (time parse, dispatch,
+  flush only), the most any rule set can reach against the decode baseline.
 
 **The target (rules ≥ 50 % of the baseline) applies to the decode-to-Event baseline**: the rules
 consume Event v1 objects, so every consumer of the bus pays decoding the Event before any work
@@ -149,12 +151,19 @@ def rules_config(args: argparse.Namespace) -> dict[str, Any]:
     return {**CONFIG, **{rid: {"enabled": False} for rid in ids if rid.startswith("corr.")}}
 
 
+def no_rules_config() -> dict[str, Any]:
+    """CONFIG with every rule disabled: the engine's own cost (time parse, dispatch, flush) only."""
+    ids = [r.meta.id for r in RulesEngine.from_config(CONFIG, clock=FakeClock(T0)).ruleset.rules]
+    return {**CONFIG, **{rid: {"enabled": False} for rid in ids}}
+
+
 def bench_engine(args: argparse.Namespace) -> dict[str, float]:
     """Both baselines and the rules over the same chunks; returns the measurements (CPU time)."""
     engine = RulesEngine.from_config(rules_config(args), clock=FakeClock(T0))
     ref = RulesEngine.from_config(rules_config(args), clock=FakeClock(T0))
+    floor = RulesEngine.from_config(no_rules_config(), clock=FakeClock(T0))
     clock = time.process_time
-    loads_s = decode_s = rules_s = listed_s = 0.0
+    loads_s = decode_s = rules_s = listed_s = floor_s = 0.0
     ref_seen = ref_alerts = 0
     batch: list[Event] = []
     alerts = failures = 0
@@ -186,6 +195,11 @@ def bench_engine(args: argparse.Namespace) -> dict[str, float]:
         gc.collect()
         t = clock()
         for i in range(0, len(chunk), args.batch):
+            floor.evaluate(decode_event(raw) for raw in chunk[i : i + args.batch])
+        floor_s += clock() - t
+        gc.collect()
+        t = clock()
+        for i in range(0, len(chunk), args.batch):
             batch = [decode_event(raw) for raw in chunk[i : i + args.batch]]
             ref_alerts += len(ref.evaluate(batch).alerts)
             ref_seen += len(batch)
@@ -200,8 +214,8 @@ def bench_engine(args: argparse.Namespace) -> dict[str, float]:
     ckeys, csize = state_size((k, v) for k, v in items.items() if k.startswith("rules/corr."))
     return {"corr_keys": ckeys, "corr_bytes": csize,
             "loads": args.events / loads_s, "decode": args.events / decode_s, "rules": args.events / rules_s,
-            "listed": args.events / listed_s, "alerts": alerts, "failures": failures, "keys": keys, "bytes": size,
-            "rules_n": len(engine.ruleset.enabled)}  # fmt: skip
+            "listed": args.events / listed_s, "floor": args.events / floor_s, "alerts": alerts, "failures": failures,
+            "keys": keys, "bytes": size, "rules_n": len(engine.ruleset.enabled)}  # fmt: skip
 
 
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -258,6 +272,8 @@ def main() -> None:
         ("ratio rules / decode-to-Event (target >= 0.50)",
          f"{r['ratio_decode']:.3f}  (1 : {1 / r['ratio_decode']:.1f})"),
         ("ratio rules / orjson.loads", f"{r['ratio_loads']:.3f}  (1 : {1 / r['ratio_loads']:.1f})"),
+        ("floor: decode + the engine with no rule enabled",
+         f"{r['floor']:,.0f} events/s ({r['floor'] / r['decode']:.3f} of decode)"),
         ("reference: rules, whole batch decoded first",
          f"{r['listed']:,.0f} events/s ({r['listed'] / r['decode']:.3f} of decode)"),
         ("alerts raised", f"{r['alerts']:,.0f}"),
