@@ -332,14 +332,16 @@ class RulesEngine:
         """Evaluate time-based conditions at ``now`` (default: the injected clock) for every workspace."""
         t = self._clock.now() if now is None else now
         batch = _Batch()
+        by_id, touched = self._by_id, self._store.touched
         for st in list(self._store.states.values()):
-            b = self._by_id.get(st.rule_id)
+            b = by_id.get(st.rule_id)
             if b is None:
                 continue
-            before = len(st.tracks)
-            _expire(st, b.suppress, t)
-            if len(st.tracks) != before:
-                self._store.touched.add(st)
+            if st.tracks:
+                before = len(st.tracks)
+                _expire(st, b.suppress, t)
+                if len(st.tracks) != before:
+                    touched.add(st)
             if not b.ticks:
                 continue
             ctxs = self._ctxs.setdefault(st.workspace.id, {})
@@ -347,7 +349,7 @@ class RulesEngine:
             if ctx is None:
                 ctx = ctxs[b.id] = RuleContext(st, self._clock, suppress_secs=b.suppress)
             ctx.now = t
-            self._store.touched.add(st)
+            touched.add(st)
             try:
                 for f in b.rule.on_tick(ctx):
                     self._apply(b, ctx, f, batch)

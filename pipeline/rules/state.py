@@ -205,7 +205,7 @@ class StateStore:
         hashes = self.hashes
         dumps = orjson.dumps
         for st in self.touched:
-            if not st.dirty:
+            if not (st.data_touched or st.tracks_dirty or st.subs_touched or st.subs_removed):  # st.dirty, inlined
                 continue
             rid, ws = st.rule_id, st.workspace.id
             if st.data_touched:
