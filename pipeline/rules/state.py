@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, unquote
 
 import orjson
@@ -71,14 +71,17 @@ def tracks_blob(tracks: Mapping[str, AlertTrack]) -> bytes:
     the engine changes the track, so a rule holding many open conditions (one per user for
     ``auth.mfa_disabled``) re-encodes only the ones a batch touched.
     """
-    parts = []
-    dumps = orjson.dumps
-    for k, tr in tracks.items():
-        e = tr.enc
-        if e is None:
-            e = tr.enc = dumps(k) + b":" + dumps(tr.to_list())
-        parts.append(e)
+    cached = [tr.enc for tr in tracks.values()]
+    if None not in cached:
+        return _TRACKS_HEAD + b",".join(cast(list[bytes], cached)) + b"}}"
+    parts = [tr.enc or _track_member(k, tr) for k, tr in tracks.items()]
     return _TRACKS_HEAD + b",".join(parts) + b"}}"
+
+
+def _track_member(key: str, tr: AlertTrack) -> bytes:
+    """Encode (and cache) one track's ``"<key>":[...]`` member."""
+    e = tr.enc = orjson.dumps(key) + b":" + orjson.dumps(tr.to_list())
+    return e
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,10 +125,11 @@ def test_tracks_blob_is_what_orjson_writes() -> None:
     def want() -> bytes:
         return orjson.dumps({"v": FORMAT, "a": {k: tr.to_list() for k, tr in tracks.items()}})
 
-    assert tracks_blob(tracks) == want()
+    assert tracks_blob(tracks) == want()  # every member encoded
+    assert tracks_blob(tracks) == want() and all(tr.enc for tr in tracks.values())  # every member cached
     tr = tracks["user:u1"]
     tr.count, tr.enc = 4, None  # as the engine changes a track
-    assert tracks_blob(tracks) == want()
+    assert tracks_blob(tracks) == want()  # one member encoded again
 
 
 def _plain_expire(st: RuleState, window: float, now: float) -> None:
