@@ -17,6 +17,7 @@ import functools
 from collections import Counter
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -185,3 +186,54 @@ def test_exists_on_struct_fields_matches_the_getter(expected: bool) -> None:
     for path in paths:
         pred, get = compile_detection({"sel": {f"{path}|exists": expected}}), getter(path)
         assert [pred(ev) for ev in events] == [(get(ev) is not None) is expected for ev in events], path
+
+
+MIXED = [  # entries whose types and codes overlap only in part: handlers for one, several or none
+    {"type": "temporal_ordered", "group-by": ["actor.user_id"], "timespan": "1h",
+     "rules": [{"types": ["api_key.created"], "detection": {"s": {"type": "api_key.created"}},
+                "group-by": ["target.id"]},
+               {"types": ["audit.*"], "activity_codes": [26], "detection": {"s": {"actor.ip|exists": True}},
+                "group-by": ["actor.api_key_id"], "new_terms": "actor.ip"}]},
+    {"type": "event_count", "group-by": ["actor.user_id"], "timespan": "10m", "condition": {"gte": 2},
+     "rules": [{"types": ["audit.*"], "activity_codes": [1, -1], "detection": {"s": {"actor.ip|exists": True}}},
+               {"types": ["audit.activity_*", "member.*"], "detection": {"s": {"actor.user_id|exists": True}}}]},
+]  # fmt: skip
+CODED = st.sampled_from([1, 26, -1, 0, True, "1", None, 1.0])
+
+
+@st.composite
+def coded_events(draw: st.DrawFn) -> list[Event | float]:
+    """Audit records with any activity code value (also bool, text, float, -1, missing), keys, members, ticks."""
+    out: list[Event | float] = []
+    t = 1_770_000_000.0
+    for _ in range(draw(st.integers(1, 40))):
+        t += draw(st.sampled_from([0, 60, 900, 7200]))
+        kind = draw(st.sampled_from(["audit", "audit", "key", "member", "tick"]))
+        ws = draw(st.sampled_from([WorkspaceRef("ws-1", "A"), WorkspaceRef("ws-2", None)]))
+        actor = draw(st.sampled_from([{"user_id": "u1", "ip": "192.0.2.1"}, {"api_key_id": "k1", "ip": "192.0.2.9"},
+                                      {"user_id": "u2"}]))  # fmt: skip
+        if kind == "tick":
+            out.append(t)
+        elif kind == "key":
+            out.append(make_event("api_key.created", time=t, workspace=ws, target={"kind": "api_key", "id": "k1"}))
+        elif kind == "member":
+            out.append(make_event("member.invited", time=t, workspace=ws, actor=actor))
+        else:
+            ev = make_event("audit.activity_1", time=t, workspace=ws, actor=actor)
+            code = draw(CODED)
+            attrs = {} if code is None else {"activity_code": code}
+            out.append(msgspec.structs.replace(ev, attributes=attrs))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(script=coded_events(), cuts=st.sets(st.integers(0, 40)))
+def test_correlation_handlers_give_what_on_event_gives(script: list[Event | float], cuts: set[int]) -> None:
+    """Entries routed per (type, code) plan, with odd activity codes: as calling each correlation's on_event."""
+    rules = [{"id": f"custom.c{i}", "title": "c", "severity": "low", "correlation": c} for i, c in enumerate(MIXED)]
+    run_both(_CUSTOM(orjson.dumps(rules).decode()), script, cuts, set())
+
+
+_CUSTOM = functools.lru_cache(maxsize=None)(
+    lambda rules: parse_rules_config({"defaults": {"enabled": False}, "custom": orjson.loads(rules)})
+)
