@@ -138,7 +138,10 @@ async def serve(target: str, port: int, workdir: str) -> None:
         receiver = WebhookReceiver(cfg, bus)
         await receiver.start()
         print("READY", flush=True)
-        await asyncio.Event().wait()
+        while True:  # the committer's counters, for a profile of batch sizes (stderr: not parsed)
+            await asyncio.sleep(1.0)
+            c = receiver.committer
+            print(f"STATS transactions={c.transactions} accepted={receiver.accepted}", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------- load
