@@ -84,6 +84,8 @@ class GroupCommitter:
         self.transactions = 0
         """Committed bus transactions."""
         self.largest_batch = 0
+        self.lingers = 0
+        """Batches that waited for more deliveries before committing."""
         self.last_success: float | None = None
         """Monotonic time of the last committed transaction."""
         self.last_failure: float | None = None
@@ -168,6 +170,7 @@ class GroupCommitter:
         if self._closing or wait <= 0 or len(self._queue) >= want:
             return
         self._want = want
+        self.lingers += 1
         self._enough.clear()
         try:
             async with asyncio.timeout(wait):
