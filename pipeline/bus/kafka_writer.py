@@ -316,5 +316,21 @@ class KafkaWriters:
     async def _drop_producer(self, txn_id: str) -> None:
         p = self.producers.pop(txn_id, None)
         if p is not None:
+            _consume_failures(p)
             with contextlib.suppress(Exception):
                 await p.stop()
+
+
+def _consume_failures(p: AIOKafkaProducer) -> None:
+    """Mark the exceptions aiokafka leaves on a failed producer's internal futures (the
+    transaction waiter, each unsent batch's drain waiter) as retrieved. Unretrieved, each is
+    logged as "Future exception was never retrieved" when collected — and on CPython 3.11 a
+    collection that runs such a finalizer inside ``ast.parse`` fails the parse with
+    "AST constructor recursion depth mismatch" (seen when pytest rewrote a module after a fenced
+    writer was dropped)."""
+    futures: list[Any] = [getattr(getattr(p, "_txn_manager", None), "_transaction_waiter", None)]
+    for batches in getattr(getattr(p, "_message_accumulator", None), "_batches", {}).values():
+        futures.extend(getattr(b, "_drain_waiter", None) for b in batches)
+    for fut in futures:
+        if isinstance(fut, asyncio.Future) and fut.done() and not fut.cancelled():
+            fut.exception()
