@@ -60,7 +60,10 @@ class WorkspaceConfig(Model):
     )
     audit_overlap_secs: float = Field(3600.0, ge=0)
     audit_sweep_interval_secs: float | None = Field(
-        None, ge=60, description="re-read the audit log this often to publish late records (default: off)"
+        86400.0,
+        ge=60,
+        description="re-read the last audit_sweep_days of the audit log this often to publish late records "
+        "(default: daily; null turns the sweep off)",
     )
     audit_sweep_days: float = Field(7.0, gt=0, le=90, description="how far back the sweep reads")
     audit_sweep_max_requests: int = Field(100, ge=1, description="pages one sweep may read at most")

@@ -269,6 +269,10 @@ async def publish_audit_log(
         cursor.forget_old(window.overlap_secs)
     if window.sweep is not None:
         cursor.enable_ledgers(overlap_secs=window.overlap_secs)
+        if cursor.last_sweep is None:
+            # The sweep's clock starts with its ledgers: this poll's reads cover the same records,
+            # so the first sweep comes one interval later instead of repeating their requests now.
+            cursor.last_sweep = window.now
     if window.receipts is not None and cursor.receipts is not None:
         rs = window.receipts
         cursor.receipts.close(cursor.threshold(window.overlap_secs), now=window.now, retention_secs=rs.retention_secs)
