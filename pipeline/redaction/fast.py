@@ -34,6 +34,7 @@ from pipeline.redaction.memo import (
     MEMO_MAX,
     MEMO_STR_MAX,
     NAMES,
+    SYNCED,
     clean_text,
     remember,
     remember_name,
@@ -45,6 +46,7 @@ from schemas.event import Event
 from schemas.secret_names import HEADERS_NAME, is_secret_name
 
 _NUMBERS = (int, bool, float)
+_REGISTRY_STATE = registry.STATE
 _ID_TABLE = bytes(0 if chr(b) in CLEAN_CHARS else 1 for b in range(256))
 """Bytes → 0 for :data:`CLEAN_CHARS`, 1 for any other (UTF-8 of a non-ASCII character included)."""
 _DIRTY = 1
@@ -183,7 +185,8 @@ def event_unchanged(event: Event) -> bool:
 
     Conservative: ``False`` means "run the full gate", which may still change nothing.
     """
-    sync()
+    if SYNCED[0] != _REGISTRY_STATE["generation"]:  # sync() without two calls per event
+        sync()
     attrs, raw, c = event.attributes, event.raw, event.change
     if type(attrs) is not dict or (raw is not None and type(raw) is not dict):
         return False

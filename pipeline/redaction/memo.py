@@ -24,14 +24,15 @@ MEMO: set[object] = {None, True}
 NAMES: set[str] = set()
 CLEAN_FORMS: set[str] = set()
 """Registered forms made of :data:`CLEAN_CHARS` alone (usually none): the only secrets an id-shaped string can be."""
-_GEN = [-1]
+SYNCED = [-1]
+"""The registry generation the memo was last checked against (:func:`sync`)."""
 
 
 def sync() -> None:
     """Forget everything when the registry moved since the last call."""
-    if _GEN[0] != registry.generation():
+    if SYNCED[0] != registry.generation():
         reset()
-        _GEN[0] = registry.generation()
+        SYNCED[0] = registry.generation()
         CLEAN_FORMS.clear()
         CLEAN_FORMS.update(f for f in registry.exact_forms() if not f.strip(CLEAN_CHARS))
 
@@ -81,6 +82,7 @@ __all__ = [
     "MEMO",
     "MEMO_MAX",
     "NAMES",
+    "SYNCED",
     "clean_text",
     "remember",
     "remember_name",
