@@ -150,7 +150,10 @@ def _common_case(event: Event, attrs: dict[Any, Any], raw: dict[Any, Any] | None
     new_time, new_rid = time not in memo, rid not in memo
     if new_time or new_rid:
         fresh = (time if new_time else "") + (rid if new_rid else "")
-        if _DIRTY in fresh.encode().translate(_ID_TABLE) or (CLEAN_FORMS and not CLEAN_FORMS.isdisjoint((time, rid))):
+        # surrogatepass: a lone surrogate is marked like any non-ASCII character, not an encode error
+        if _DIRTY in fresh.encode("utf-8", "surrogatepass").translate(_ID_TABLE):
+            return False
+        if CLEAN_FORMS and not CLEAN_FORMS.isdisjoint((time, rid)):
             return False
     strings: tuple[str | None, ...] = (event.type, event.observed_at, ws.id, ws.name, src.stream)
     if a is not None:
