@@ -29,13 +29,14 @@ from pipeline.redaction import registry
 from pipeline.redaction.check import MAX_DEPTH
 from pipeline.redaction.memo import (
     CLEAN_CHARS,
-    CLEAN_FORMS,
     MEMO,
     MEMO_MAX,
     MEMO_STR_MAX,
     NAMES,
+    RISKY_FORMS,
     SYNCED,
     clean_text,
+    id_clean,
     remember,
     remember_name,
     reset,
@@ -57,7 +58,7 @@ def _new_string(s: Any) -> bool:
     """Whether ``s``, not yet known, is a plain string the passes leave as is (then remembered)."""
     if type(s) is not str:
         return False
-    if not s.strip(CLEAN_CHARS) and s not in registry.exact_forms():  # an id, a time, an address
+    if not s.strip(CLEAN_CHARS) and (not RISKY_FORMS or id_clean(s)):  # an id, a time, an address
         remember(s)
         return True
     return clean_text(s) is s
@@ -76,7 +77,7 @@ def _strings_ok(strings: tuple[Any, ...]) -> bool:
         joined = "".join(missing)
     except TypeError:  # not all plain strings: let the full gate decide
         return False
-    if not joined.strip(CLEAN_CHARS) and registry.exact_forms().keys().isdisjoint(missing):
+    if not joined.strip(CLEAN_CHARS) and (not RISKY_FORMS or id_clean(joined)):  # none inside any of them
         if len(MEMO) + len(missing) > MEMO_MAX:
             reset()
         MEMO.update(missing if len(joined) <= MEMO_STR_MAX else (s for s in missing if len(s) <= MEMO_STR_MAX))
@@ -153,7 +154,7 @@ def _common_case(event: Event, attrs: dict[Any, Any], raw: dict[Any, Any] | None
         # surrogatepass: a lone surrogate is marked like any non-ASCII character, not an encode error
         if _DIRTY in fresh.encode("utf-8", "surrogatepass").translate(_ID_TABLE):
             return False
-        if CLEAN_FORMS and not CLEAN_FORMS.isdisjoint((time, rid)):
+        if RISKY_FORMS and not (id_clean(time) and id_clean(rid)):  # a registered value inside either
             return False
     strings: tuple[str | None, ...] = (event.type, event.observed_at, ws.id, ws.name, src.stream)
     if a is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
 import connectors.instantly.redact  # noqa: F401 - registers the Instantly key shape, as the connector does
@@ -110,3 +111,34 @@ def test_an_id_repeated_in_raw_under_a_secret_name_is_still_refused_or_redacted(
     ev = audit_event(rid, "2026-11-27T11:59:59.999Z", {"api_key": rid})
     assert not event_unchanged(ev)
     assert outcome(encode_event, ev) == outcome(encode_event_full, ev)
+
+
+SHORT_SECRET = "q9z!"  # a planted value shorter than 6 characters
+register_secret(SHORT_SECRET)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        {"attributes": {"activity_code": 1, "ref": f"aa-{HEX_SECRET}-01", "audit_metadata": {}}},
+        {"raw_extra": {"ref": f"{HEX_SECRET} 2026-11-27T11:00:00.000Z"}},
+        {"actor": Actor(f"{HEX_SECRET}-0001", "Sam Ortiz", None, "203.0.113.19", "Mozilla/5.0")},
+        {"attributes": {"activity_code": 1, "short": f"x{SHORT_SECRET}", "audit_metadata": {}}},
+    ],
+)
+def test_a_registered_value_inside_an_id_shaped_or_short_string_is_fingerprinted(where: dict[str, Any]) -> None:
+    """An id-shaped string (hex, digits, ``-:.TZ+``) can hold a registered value made of the same characters."""
+    warm()
+    ev = audit_event("01a24e00-5276-7c01-89f1-4cd57804fe37", "2026-11-27T11:59:59.999Z", where.get("raw_extra"))
+    ev = msgspec.structs.replace(ev, **{k: v for k, v in where.items() if k != "raw_extra"})
+    assert not event_unchanged(ev)
+    data = encode_event(ev)
+    assert data == encode_event_full(ev)
+    assert HEX_SECRET.encode() not in data and SHORT_SECRET.encode() not in data
+
+
+def test_a_registered_value_inside_an_id_shaped_identity_is_refused() -> None:
+    warm()
+    ev = audit_event(f"01a24e00-{HEX_SECRET}", "2026-11-27T11:59:59.999Z")
+    assert not event_unchanged(ev)
+    assert outcome(encode_event, ev) == outcome(encode_event_full, ev) == "secret_in_identity"
