@@ -141,9 +141,18 @@ class Pipeline:
             from pipeline.sources.assignment import WorkspaceAssignment
 
             plugins = list(source_plugins().values())
+
+            def build_discovered(record: dict[str, object]) -> Any:
+                for p in plugins:
+                    build = getattr(p, "build_discovered", None)
+                    if build is not None and record.get("plugin") == p.name:
+                        return build(cfg, bus, clock, record, telemetry=tel, health=health)
+                return None
+
             self.assignment = WorkspaceAssignment(
                 bus,  # type: ignore[arg-type]  # _shares_pollers checked the extra methods
                 lambda: [s for p in plugins for s in p.build(cfg, bus, clock, telemetry=tel, health=health)],
+                build_discovered=build_discovered,
             )
         elif "pollers" in self.roles:
             for plugin in source_plugins().values():

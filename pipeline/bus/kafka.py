@@ -21,7 +21,7 @@ from pipeline.bus.base import OutRecord, StartPolicy, TopicPartition, TopicSpec,
 from pipeline.bus.kafka_admin import KafkaTopics
 from pipeline.bus.kafka_client import DAY_MS, KafkaConnection, client_args_from_config, wrap_error
 from pipeline.bus.kafka_consumer import KafkaConsumer
-from pipeline.bus.kafka_membership import Callback, KafkaMembership
+from pipeline.bus.kafka_membership import Callback, KafkaMembership, RecordsCallback
 from pipeline.bus.kafka_state import KafkaState
 from pipeline.bus.kafka_writer import KafkaWriters
 from pipeline.bus.txn import BufferedTxn
@@ -143,9 +143,19 @@ class KafkaBus:
         """The partition Kafka's default partitioner (murmur2) gives ``key`` — where its records land."""
         return self._writers.partition_of(key, partitions)
 
-    def membership(self, topic: str, group: str, *, assigned: Callback, revoked: Callback) -> KafkaMembership:
+    def membership(
+        self,
+        topic: str,
+        group: str,
+        *,
+        assigned: Callback,
+        revoked: Callback,
+        records: RecordsCallback | None = None,
+    ) -> KafkaMembership:
         """A member of ``group`` sharing the partitions of ``topic`` (see :mod:`~pipeline.bus.kafka_membership`)."""
-        return KafkaMembership(self.conn, topic, self.conn.phys(group), assigned=assigned, revoked=revoked)
+        return KafkaMembership(
+            self.conn, topic, self.conn.phys(group), assigned=assigned, revoked=revoked, records=records
+        )
 
     async def describe_group(self, group: str) -> dict[str, list[tuple[str, int]]]:
         """Each member of ``group`` (client id and host) → the partitions it owns, per topic."""

@@ -15,6 +15,15 @@ group coordinator gave it:
   then the state topic is read again, so each cursor is the last one committed by anybody, and
   an owner record (``owner/<source id>``) is written with the new writer before polling starts.
 
+**Discovered workspaces** (an agency's sub-workspaces) are shared the same way. The replica that
+polls the agency announces each one it finds on the control topic (key = the sub-workspace's
+source id, value = :func:`~pipeline.sources.base.discovered_record`; a departed one gets a
+tombstone), in the agency's own transaction. Every replica reads its assigned control partitions
+from the beginning at each assignment: an announced workspace in a partition it owns is built by
+its plugin (``build_discovered``: credentials come from the parent's config, never from the
+topic) and taken over exactly like a configured one (fence, re-read state, owner record); a
+tombstone stops it and clears its ``owner``/``status`` rows.
+
 A poller whose writer was fenced (a newer owner exists) stops and is not restarted here; the
 rebalance that follows revokes it. The embedded bus never uses this module: one process polls
 every workspace.
@@ -36,7 +45,7 @@ import orjson
 from pipeline.bus.base import CONTROL_PARTITIONS, CONTROL_TOPIC, Bus
 from pipeline.errors import BusError
 from pipeline.observability.logs import get_logger
-from pipeline.sources.base import Source
+from pipeline.sources.base import Discoverer, Source, status_key
 
 log = get_logger("assignment")
 CONTROL_GROUP = "pollers"
@@ -56,6 +65,8 @@ def replica_name() -> str:
 
 
 Callback = Callable[[set[int]], Awaitable[None]]
+RecordsCallback = Callable[[list[tuple[int, bytes | None, bytes | None]]], Awaitable[None]]
+BuildDiscovered = Callable[[dict[str, object]], Source | None]
 
 
 class Membership(Protocol):
@@ -68,8 +79,16 @@ class Membership(Protocol):
 class SharedBus(Bus, Protocol):
     """What a bus offers for sharing pollers (the Kafka bus)."""
 
-    def membership(self, topic: str, group: str, *, assigned: Callback, revoked: Callback) -> Membership:
-        """A member of ``group`` over ``topic``'s partitions."""
+    def membership(
+        self,
+        topic: str,
+        group: str,
+        *,
+        assigned: Callback,
+        revoked: Callback,
+        records: RecordsCallback | None = None,
+    ) -> Membership:
+        """A member of ``group`` over ``topic``'s partitions; ``records`` gets what it reads of them."""
         ...
 
     def partition_of(self, key: bytes, partitions: int) -> int:
@@ -105,12 +124,14 @@ class WorkspaceAssignment:
         bus: SharedBus,
         build: Callable[[], list[Source]],
         *,
+        build_discovered: BuildDiscovered | None = None,
         replica: str | None = None,
         partitions: int = CONTROL_PARTITIONS,
         grace_secs: float = REVOKE_GRACE_SECS,
     ):
         self.bus = bus
         self._build = build
+        self._build_discovered = build_discovered
         self.replica = replica or replica_name()
         self.partitions = partitions
         self.grace_secs = grace_secs
@@ -119,6 +140,12 @@ class WorkspaceAssignment:
         self._closing = False
         self._broken: BusError | None = None
         self._inner = asyncio.Event()
+        self.owned: set[int] = set()
+        """Control partitions assigned to this replica now."""
+        self.discovered: dict[str, dict[str, object]] = {}
+        """Announced discovered workspaces seen in the owned partitions: source id → record."""
+        self._lock = asyncio.Lock()
+        """Rebalance callbacks and control records take turns (each may await the bus)."""
 
     def partition(self, source_id: str) -> int:
         """The control partition of a workspace."""
@@ -143,7 +170,9 @@ class WorkspaceAssignment:
         self._closing = False
         self._broken = None
         await self.announce()
-        member = self.bus.membership(CONTROL_TOPIC, CONTROL_GROUP, assigned=self.assigned, revoked=self.revoked)
+        member = self.bus.membership(
+            CONTROL_TOPIC, CONTROL_GROUP, assigned=self.assigned, revoked=self.revoked, records=self.records
+        )
         inner = asyncio.Event()  # set on ``stop``, or when a takeover failed (then leave and rejoin)
         self._inner = inner
         relay = asyncio.create_task(_relay(stop, inner))
@@ -158,13 +187,64 @@ class WorkspaceAssignment:
 
     async def assigned(self, partitions: set[int]) -> None:
         """Enter the pollers of ``partitions`` (fencing their previous owners), reload state, start them."""
-        if self._closing:
-            return
-        fresh = [s for s in self._build() if s.source_id not in self.running]
-        mine = [s for s in fresh if self.partition(s.source_id) in partitions]
+        async with self._lock:
+            if self._closing:
+                return
+            self.owned |= partitions
+            fresh = [s for s in self._build() if s.source_id not in self.running]
+            mine = [s for s in fresh if self.partition(s.source_id) in partitions]
+            mine += [s for s in self._discovered_sources() if s.source_id not in self.running]
+            started = await self._start(mine)
+            log.info(
+                "Workspaces assigned",
+                extra={"replica": self.replica, "partitions": sorted(partitions), **started},
+            )
+
+    async def records(self, records: list[tuple[int, bytes | None, bytes | None]]) -> None:
+        """Control records of the owned partitions: start announced discovered workspaces, stop tombstoned ones."""
+        latest: dict[str, bytes | None] = {}
+        for _part, key, value in records:
+            if key is not None:
+                latest[key.decode(errors="replace")] = value  # the last record of a key wins, as compaction keeps
+        async with self._lock:
+            if self._closing:
+                return
+            gone: list[str] = []
+            for sid, value in latest.items():
+                doc = _control_doc(value)
+                if doc is None:
+                    if self.discovered.pop(sid, None) is not None:
+                        gone.append(sid)
+                elif "parent" in doc:
+                    self.discovered[sid] = doc
+            if gone:
+                await self._stop([r for sid, r in self.running.items() if sid in gone], forget=True)
+                log.info("Discovered workspaces left", extra={"replica": self.replica, "workspaces": sorted(gone)})
+            new = [s for s in self._discovered_sources() if s.source_id not in self.running]
+            if new:
+                started = await self._start(new)
+                log.info("Discovered workspaces assigned", extra={"replica": self.replica, **started})
+
+    def _discovered_sources(self) -> list[Source]:
+        """Sources for the announced discovered workspaces in owned partitions (not yet entered)."""
+        if self._build_discovered is None:
+            return []
+        out: list[Source] = []
+        for sid, doc in sorted(self.discovered.items()):
+            if self.partition(sid) not in self.owned or sid in self.running:
+                continue
+            src = self._build_discovered(doc)
+            if src is not None and src.source_id == sid:
+                out.append(src)
+        return out
+
+    async def _start(self, sources: list[Source]) -> dict[str, object]:
+        """Enter ``sources`` (fencing previous owners), re-read state, write owner records, start polling."""
         t0 = time.monotonic()
         entered: list[Source] = []
-        for src in mine:
+        for src in sources:
+            if isinstance(src, Discoverer):
+                src.share_discovered()  # its finds go to the control topic, shared like configured ones
             try:
                 entered.append(await src.__aenter__())  # fences ``poller-<id>``: a zombie's transaction is aborted
             except BusError as err:
@@ -179,7 +259,7 @@ class WorkspaceAssignment:
                     await self._close(src)
                 self._broken = err
                 self._inner.set()
-                return
+                return {"workspaces": []}
         for src in entered:
             txn_id = getattr(src, "txn_id", None)
             if isinstance(txn_id, str):
@@ -190,21 +270,29 @@ class WorkspaceAssignment:
             run = _Running(src)
             run.task = asyncio.create_task(self._poll(run), name=f"poller:{src.source_id}")
             self.running[src.source_id] = run
-        log.info(
-            "Workspaces assigned",
-            extra={
-                "replica": self.replica,
-                "partitions": sorted(partitions),
-                "workspaces": sorted(s.source_id for s in entered),
-                "takeover_ms": round((time.monotonic() - t0) * 1000),
-            },
-        )
+        return {
+            "workspaces": sorted(s.source_id for s in entered),
+            "takeover_ms": round((time.monotonic() - t0) * 1000),
+        }
 
     async def revoked(self, partitions: set[int]) -> None:
         """Stop the pollers of ``partitions`` (finish the poll, else cancel) and release their writers."""
-        gone = [r for sid, r in self.running.items() if self.partition(sid) in partitions]
-        if not gone:
-            return
+        async with self._lock:
+            self.owned -= partitions
+            # Forget what was read of them: the next owner re-reads them (a tombstone may be compacted away).
+            self.discovered = {k: v for k, v in self.discovered.items() if self.partition(k) not in partitions}
+            gone = [r for sid, r in self.running.items() if self.partition(sid) in partitions]
+            if not gone:
+                return
+            await self._stop(gone)
+            log.info(
+                "Workspaces revoked",
+                extra={"replica": self.replica, "workspaces": sorted(r.source.source_id for r in gone)},
+            )
+
+    async def _stop(self, gone: list[_Running], *, forget: bool = False) -> None:
+        """Stop pollers (finish the poll, else cancel) and release their writers; ``forget``: the
+        workspace left for good, so its ``owner`` and ``status`` rows are deleted too."""
         for r in gone:
             r.stop.set()
         tasks = [r.task for r in gone if r.task is not None]
@@ -215,11 +303,13 @@ class WorkspaceAssignment:
             await asyncio.gather(*pending, return_exceptions=True)
         for r in gone:
             self.running.pop(r.source.source_id, None)
+            txn_id = getattr(r.source, "txn_id", None)
+            if forget and isinstance(txn_id, str):
+                with contextlib.suppress(BusError):
+                    async with self.bus.transaction(txn_id) as tx:
+                        tx.put_state(owner_key(r.source.source_id), None)
+                        tx.put_state(status_key(r.source.source_id), None)
             await self._close(r.source)
-        log.info(
-            "Workspaces revoked",
-            extra={"replica": self.replica, "workspaces": sorted(r.source.source_id for r in gone)},
-        )
 
     async def _close(self, src: Source) -> None:
         """Exit a poller and stop its writer (the next owner fences a new one)."""
@@ -247,6 +337,17 @@ class WorkspaceAssignment:
                 log.error("Poller crashed; restarting", extra={"source": sid, "error": f"{type(err).__name__}: {err}"})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(run.stop.wait(), timeout=RESTART_DELAY_SECS)
+
+
+def _control_doc(value: bytes | None) -> dict[str, object] | None:
+    """A control record's JSON object; None for a tombstone (or a value that is not one)."""
+    if not value:
+        return None
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 async def _relay(outer: asyncio.Event, inner: asyncio.Event) -> None:

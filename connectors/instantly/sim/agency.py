@@ -38,7 +38,10 @@ def agency_world(state: SimState, admin_workspace_id: str, n: int, *, actor: Act
     for i in range(1, n + 1):
         ws = state.add_workspace(f"Sub {i:02d}", owner_email=f"owner@sub{i:02d}.example.org", alias=sub_alias(i))
         for code in AUDIT_CODES:
-            state.insert_audit(ws.id, code, **({"actor": actor} if actor is not None else {}))
+            if actor is None:
+                state.insert_audit(ws.id, code)
+            else:
+                state.insert_audit(ws.id, code, actor=actor)
         state.add_group_member(admin_workspace_id, ws.id, status="accepted", alias=f"link-{sub_alias(i)}")
         out.append(ws)
     return out
