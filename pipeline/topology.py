@@ -35,7 +35,7 @@ from pipeline.observability.health import HealthRegistry, get_health, set_health
 from pipeline.observability.logs import get_logger, register_secret, setup_logging
 from pipeline.observability.telemetry import Telemetry, get_telemetry, set_telemetry, setup_telemetry
 from pipeline.redaction.urls import set_url_path_hosts
-from pipeline.sources.base import source_plugins
+from pipeline.sources.base import Pausable, source_plugins
 
 log = get_logger("topology")
 ROLES = ("pollers", "rules", "sinks", "webhook")
@@ -118,6 +118,8 @@ class Pipeline:
         self.pollers: list[Any] = []
         self.assignment: Any = None
         """Kafka with ``share_pollers``: the workspaces this replica polls come from the control group."""
+        self.backpressure: Any = None
+        """With ``bus.max_consumer_lag``: the gate the pollers wait at (:mod:`pipeline.sources.backpressure`)."""
         self.rules: Any = None
         self.runners: list[Any] = []
         self.receiver: Any = None
@@ -137,6 +139,12 @@ class Pipeline:
     async def _build(self) -> None:
         cfg, bus, clock, tel, health = self.cfg, self.bus, self.clock, self.telemetry, self.health
         await self.name_workspaces()
+        bound = getattr(cfg.bus, "max_consumer_lag", None)
+        if "pollers" in self.roles and not self.once and bound is not None:
+            from pipeline.sources.backpressure import Backpressure, watched_groups
+
+            interval = float(getattr(cfg.bus, "backpressure_check_secs", 5.0))
+            self.backpressure = Backpressure(bus, watched_groups(cfg), bound, interval_secs=interval, telemetry=tel)
         if "pollers" in self.roles and not self.once and _shares_pollers(cfg, bus):
             from pipeline.sources.assignment import WorkspaceAssignment
 
@@ -153,10 +161,13 @@ class Pipeline:
                 bus,  # type: ignore[arg-type]  # _shares_pollers checked the extra methods
                 lambda: [s for p in plugins for s in p.build(cfg, bus, clock, telemetry=tel, health=health)],
                 build_discovered=build_discovered,
+                backpressure=self.backpressure,
             )
         elif "pollers" in self.roles:
             for plugin in source_plugins().values():
                 for source in plugin.build(cfg, bus, clock, telemetry=tel, health=health):
+                    if self.backpressure is not None and isinstance(source, Pausable):
+                        source.backpressure = self.backpressure
                     self.pollers.append(await self._stack.enter_async_context(source))
         if "rules" in self.roles:
             from pipeline.rules.worker import RulesWorker
@@ -236,6 +247,8 @@ class Pipeline:
             out.append((f"poller:{p.source_id}", functools.partial(p.run, stop)))
         if self.assignment is not None:
             out.append(("pollers:assignment", functools.partial(self.assignment.run, stop)))
+        if self.backpressure is not None:
+            out.append(("pollers:backpressure", functools.partial(self.backpressure.run, stop)))
         if self.rules is not None:
             out.append(("rules", functools.partial(self.rules.run, stop)))
         for r in self.runners:

@@ -35,6 +35,7 @@ from pipeline.errors import BusError, SourceError
 from pipeline.observability.health import HealthRegistry
 from pipeline.observability.logs import get_logger
 from pipeline.observability.telemetry import Telemetry
+from pipeline.sources.backpressure import Backpressure
 from pipeline.sources.base import discovered_key, discovered_record
 
 log = get_logger("instantly.discovery")
@@ -77,6 +78,8 @@ class AgencyPoller:
         health: HealthRegistry | None = None,
     ):
         self.source_id = source_id
+        self.backpressure: Backpressure | None = None
+        """Set by the runtime with ``bus.max_consumer_lag``: wait there before each poll."""
         self.cfg = cfg
         self.bus = bus
         self.clock = clock
@@ -113,6 +116,10 @@ class AgencyPoller:
         """
         try:
             while not stop.is_set():
+                if self.backpressure is not None:
+                    await self.backpressure.wait(stop)  # the rules or a sink are too far behind
+                    if stop.is_set():
+                        break
                 try:
                     await self.poll_once()
                 except BusError as err:

@@ -45,7 +45,8 @@ import orjson
 from pipeline.bus.base import CONTROL_PARTITIONS, CONTROL_TOPIC, Bus
 from pipeline.errors import BusError
 from pipeline.observability.logs import get_logger
-from pipeline.sources.base import Discoverer, Source, status_key
+from pipeline.sources.backpressure import Backpressure
+from pipeline.sources.base import Discoverer, Pausable, Source, status_key
 
 log = get_logger("assignment")
 CONTROL_GROUP = "pollers"
@@ -125,6 +126,7 @@ class WorkspaceAssignment:
         build: Callable[[], list[Source]],
         *,
         build_discovered: BuildDiscovered | None = None,
+        backpressure: Backpressure | None = None,
         replica: str | None = None,
         partitions: int = CONTROL_PARTITIONS,
         grace_secs: float = REVOKE_GRACE_SECS,
@@ -132,6 +134,7 @@ class WorkspaceAssignment:
         self.bus = bus
         self._build = build
         self._build_discovered = build_discovered
+        self.backpressure = backpressure
         self.replica = replica or replica_name()
         self.partitions = partitions
         self.grace_secs = grace_secs
@@ -243,6 +246,8 @@ class WorkspaceAssignment:
         t0 = time.monotonic()
         entered: list[Source] = []
         for src in sources:
+            if self.backpressure is not None and isinstance(src, Pausable):
+                src.backpressure = self.backpressure
             if isinstance(src, Discoverer):
                 src.share_discovered()  # its finds go to the control topic, shared like configured ones
             try:

@@ -23,6 +23,7 @@ from pipeline.registry import SOURCES, load_group
 if TYPE_CHECKING:
     from pipeline.observability.health import HealthRegistry
     from pipeline.observability.telemetry import Telemetry
+    from pipeline.sources.backpressure import Backpressure
 
 
 @runtime_checkable
@@ -132,3 +133,11 @@ class Discoverer(Protocol):
     def share_discovered(self) -> None:
         """Announce what is found on the control topic (:func:`discovered_record`, tombstones for
         departures) instead of polling it here: poller replicas then share it like a configured one."""
+
+
+@runtime_checkable
+class Pausable(Protocol):
+    """A source that waits at a backpressure gate before each poll (:mod:`pipeline.sources.backpressure`)."""
+
+    backpressure: Backpressure | None
+    """Set by the runtime when ``bus.max_consumer_lag`` is configured; None: never wait."""
