@@ -1,6 +1,7 @@
 """Backpressure on the embedded bus: a poller stops publishing while a sink lags past the bound, then resumes.
 
-One workspace on the simulator, one JSONL sink, ``max_consumer_lag`` 20. With the sink stopped
+One workspace on the simulator, one JSONL sink, ``max_consumer_lag`` 20; on the embedded bus and
+on the real Kafka broker. With the sink stopped
 the poller's first poll pushes the sink's lag past the bound, the gate closes and the poller
 waits before its next poll: new audit records in Instantly are not read, the events topic does
 not grow. When the sink runs again its lag falls, polling resumes from the cursor, and at the end
@@ -10,24 +11,28 @@ the bus and the sink's file hold every audit record exactly once.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from pydantic import SecretStr
 
 from connectors.instantly.config import BudgetConfig, WorkspaceConfig
 from connectors.instantly.sim import seed as sim_seed
 from connectors.instantly.sim.server import InstantlySimulator
 from connectors.instantly.source import InstantlyWorkspacePoller
-from pipeline.bus.base import EVENTS_TOPIC, iter_records
-from pipeline.bus.sqlite import SqliteBus
+from pipeline.bus.base import EVENTS_TOPIC, Bus, iter_records
+from pipeline.bus.factory import open_bus
 from pipeline.clock import SYSTEM_CLOCK
+from pipeline.config.model import BusConfig, KafkaBusConfig, SqliteBusConfig
 from pipeline.delivery.registry import build_sink, validate_sink
 from pipeline.delivery.runner import SinkRunner
 from pipeline.sources.backpressure import Backpressure
+from tests.conftest import kafka_bootstrap
 
 BOUND = 20
 
@@ -43,7 +48,7 @@ async def eventually(done: Callable[[], bool], limit_secs: float = 60.0) -> bool
     return done()
 
 
-async def audit_ids_on_bus(bus: SqliteBus, workspace_id: str) -> Counter[str]:
+async def audit_ids_on_bus(bus: Bus, workspace_id: str) -> Counter[str]:
     out: Counter[str] = Counter()
     async with bus.consumer([EVENTS_TOPIC], start="earliest") as consumer:
         async for batch in iter_records(consumer):
@@ -55,15 +60,28 @@ async def audit_ids_on_bus(bus: SqliteBus, workspace_id: str) -> Counter[str]:
     return out
 
 
-async def end_offset(bus: SqliteBus) -> int:
+async def end_offset(bus: Bus) -> int:
     async with bus.consumer([EVENTS_TOPIC], start="latest") as consumer:
         return sum((await consumer.end_offsets()).values())
 
 
-async def test_poller_pauses_at_the_lag_bound_and_resumes_without_loss(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", pytest.param("kafka", marks=pytest.mark.kafka)])
+def bus_config(request: pytest.FixtureRequest, tmp_path: Path) -> BusConfig:
+    if request.param == "sqlite":
+        return SqliteBusConfig(path=tmp_path / "bus.db")
+    tag = uuid.uuid4().hex[:6]
+    return KafkaBusConfig(
+        type="kafka",
+        bootstrap_servers=[kafka_bootstrap()],
+        topic_prefix=f"bp-{tag}.",
+        transactional_id_prefix=f"bp-{tag}",
+    )
+
+
+async def test_poller_pauses_at_the_lag_bound_and_resumes_without_loss(tmp_path: Path, bus_config: BusConfig) -> None:
     """Sink stopped: lag reaches the bound, publishing stops; sink back: polling resumes; every record once."""
     out = tmp_path / "archive.jsonl"
-    async with InstantlySimulator(seed=5) as sim, SqliteBus(tmp_path / "bus.db") as bus:
+    async with InstantlySimulator(seed=5) as sim, open_bus(bus_config) as bus:
         world = sim_seed.demo_world(sim.state)
         ws = world.workspace.id
         for _ in range(BOUND + 5):
