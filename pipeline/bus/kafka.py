@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 
 from pipeline.bus.base import OutRecord, StartPolicy, TopicPartition, TopicSpec, control_topics, default_topics
 from pipeline.bus.kafka_admin import KafkaTopics
+from pipeline.bus.kafka_assignor import Weights
 from pipeline.bus.kafka_client import DAY_MS, KafkaConnection, client_args_from_config, wrap_error
 from pipeline.bus.kafka_consumer import KafkaConsumer
 from pipeline.bus.kafka_membership import Callback, KafkaMembership, RecordsCallback
@@ -151,10 +152,17 @@ class KafkaBus:
         assigned: Callback,
         revoked: Callback,
         records: RecordsCallback | None = None,
+        weights: Weights | None = None,
     ) -> KafkaMembership:
         """A member of ``group`` sharing the partitions of ``topic`` (see :mod:`~pipeline.bus.kafka_membership`)."""
         return KafkaMembership(
-            self.conn, topic, self.conn.phys(group), assigned=assigned, revoked=revoked, records=records
+            self.conn,
+            topic,
+            self.conn.phys(group),
+            assigned=assigned,
+            revoked=revoked,
+            records=records,
+            weights=weights,
         )
 
     async def describe_group(self, group: str) -> dict[str, list[tuple[str, int]]]:

@@ -10,6 +10,8 @@ member is asked to give up *all* its partitions (``on_partitions_revoked``) befo
 gets its new set (``on_partitions_assigned``). It has neither the cooperative-sticky assignor
 (KIP-429) nor the new consumer protocol (KIP-848), so a rebalance briefly pauses every poller;
 the listener waits for the callbacks, so a partition is never owned by two replicas at once.
+With ``weights`` the group prefers :class:`~pipeline.bus.kafka_assignor.WorkspaceBalancedAssignor`
+(balances workspaces per member rather than partitions), falling back to round-robin.
 
 The member reads its partitions from the beginning at every assignment (it never commits an
 offset) and hands their records to ``records``: on the compacted control topic that is every
@@ -24,8 +26,10 @@ from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka import TopicPartition as KTP
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError
 
+from pipeline.bus.kafka_assignor import Weights, WorkspaceBalancedAssignor
 from pipeline.bus.kafka_client import KafkaConnection, wrap_error
 
 SESSION_TIMEOUT_MS = 10_000
@@ -66,6 +70,7 @@ class KafkaMembership:
         assigned: Callback,
         revoked: Callback,
         records: RecordsCallback | None = None,
+        weights: Weights | None = None,
         session_timeout_ms: int = SESSION_TIMEOUT_MS,
         heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS,
     ):
@@ -75,6 +80,7 @@ class KafkaMembership:
         self._assigned = assigned
         self._revoked = revoked
         self._records = records
+        self._weights = weights
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
 
@@ -96,6 +102,11 @@ class KafkaMembership:
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,
             rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
+            partition_assignment_strategy=(
+                (WorkspaceBalancedAssignor(self._weights), RoundRobinPartitionAssignor)
+                if self._weights is not None
+                else (RoundRobinPartitionAssignor,)
+            ),
             request_timeout_ms=self.conn.request_timeout_ms,
             **self.conn.client_args,
         )

@@ -36,7 +36,8 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -88,8 +89,10 @@ class SharedBus(Bus, Protocol):
         assigned: Callback,
         revoked: Callback,
         records: RecordsCallback | None = None,
+        weights: Callable[[], Mapping[int, int]] | None = None,
     ) -> Membership:
-        """A member of ``group`` over ``topic``'s partitions; ``records`` gets what it reads of them."""
+        """A member of ``group`` over ``topic``'s partitions; ``records`` gets what it reads of them;
+        ``weights`` (workspaces per partition) lets the group balance workspaces rather than partitions."""
         ...
 
     def partition_of(self, key: bytes, partitions: int) -> int:
@@ -148,7 +151,13 @@ class WorkspaceAssignment:
         self.discovered: dict[str, dict[str, object]] = {}
         """Announced discovered workspaces seen in the owned partitions: source id → record."""
         self._lock = asyncio.Lock()
+        self._heard: set[str] = set()
+        """Every discovered workspace this replica has read announced (kept over rebalances: for :meth:`weights`)."""
         """Rebalance callbacks and control records take turns (each may await the bus)."""
+
+    def weights(self) -> dict[int, int]:
+        """Workspaces this replica knows per control partition (configured, and discovered ones it read)."""
+        return dict(Counter(self.partition(sid) for sid in [*self._known, *self._heard]))
 
     def partition(self, source_id: str) -> int:
         """The control partition of a workspace."""
@@ -174,7 +183,12 @@ class WorkspaceAssignment:
         self._broken = None
         await self.announce()
         member = self.bus.membership(
-            CONTROL_TOPIC, CONTROL_GROUP, assigned=self.assigned, revoked=self.revoked, records=self.records
+            CONTROL_TOPIC,
+            CONTROL_GROUP,
+            assigned=self.assigned,
+            revoked=self.revoked,
+            records=self.records,
+            weights=self.weights,
         )
         inner = asyncio.Event()  # set on ``stop``, or when a takeover failed (then leave and rejoin)
         self._inner = inner
@@ -216,10 +230,12 @@ class WorkspaceAssignment:
             for sid, value in latest.items():
                 doc = _control_doc(value)
                 if doc is None:
+                    self._heard.discard(sid)
                     if self.discovered.pop(sid, None) is not None:
                         gone.append(sid)
                 elif "parent" in doc:
                     self.discovered[sid] = doc
+                    self._heard.add(sid)
             if gone:
                 await self._stop([r for sid, r in self.running.items() if sid in gone], forget=True)
                 log.info("Discovered workspaces left", extra={"replica": self.replica, "workspaces": sorted(gone)})

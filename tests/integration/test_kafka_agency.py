@@ -37,7 +37,7 @@ from tests.integration.helpers import (
     log_time,
     wait_for,
 )
-from tests.integration.test_kafka_pollers import TAKEOVER_LIMIT_SECS
+from tests.integration.test_kafka_pollers import SETTLE_LIMIT_SECS
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -189,8 +189,8 @@ def test_discovered_subworkspaces_are_shared_over_replicas(agency_sim: Sim, tmp_
         victim.kill()
         killed = time.time()
         survivors = [r for r in replicas if r is not victim]
-        assert _settled(survivors, expected, TAKEOVER_LIMIT_SECS + 30), "\n".join(r.last_log(1500) for r in survivors)
-        took = _first_poll(survivors, lost_ws, killed, TAKEOVER_LIMIT_SECS + 30)
+        assert _settled(survivors, expected, SETTLE_LIMIT_SECS + 20), "\n".join(r.last_log(1500) for r in survivors)
+        took = _first_poll(survivors, lost_ws, killed, SETTLE_LIMIT_SECS + 20)
         assert took is not None, f"no survivor polled {sorted(lost_ws)}"
         print(
             f"[agency] SIGKILL of a replica with {len(lost_ws)} workspaces: "
