@@ -69,10 +69,10 @@ class Replica(PipelineRunner):
                 owned -= ws
         return owned if self.alive() else set()
 
-    def partitions(self) -> int:
-        """How many control partitions the last rebalance gave this replica."""
+    def partitions(self) -> list[int]:
+        """The control partitions the last rebalance gave this replica."""
         last = [r for r in self.log_records() if r.get("msg") == "Workspaces assigned"]
-        return len(last[-1].get("partitions") or []) if last else 0
+        return list(last[-1].get("partitions") or []) if last else []
 
 
 @pytest.fixture
@@ -119,12 +119,13 @@ def _child(sub_id: str) -> str:
 
 
 def _settled(replicas: list[Replica], expected: set[str], timeout: float) -> bool:
-    """Wait until the live replicas share the control partitions evenly and poll exactly ``expected``,
-    each workspace on one replica."""
+    """Wait until every live replica holds control partitions (together each exactly once) and they poll
+    exactly ``expected``, each workspace on one replica."""
 
     def ok() -> bool:
         live = [r for r in replicas if r.alive()]
-        if any(r.partitions() != CONTROL_PARTITIONS // len(live) for r in live):
+        parts = [r.partitions() for r in live]
+        if not all(parts) or sorted(p for ps in parts for p in ps) != list(range(CONTROL_PARTITIONS)):
             return False
         owned = [r.owned() for r in live]
         return set().union(*owned) == expected and sum(len(o) for o in owned) == len(expected)
