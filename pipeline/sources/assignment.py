@@ -204,6 +204,8 @@ class WorkspaceAssignment:
 
     async def assigned(self, partitions: set[int]) -> None:
         """Enter the pollers of ``partitions`` (fencing their previous owners), reload state, start them."""
+        # Logged before the takeover too: a takeover that hangs (fence, state reload) shows where it stopped.
+        log.info("Partitions assigned; taking over", extra={"replica": self.replica, "partitions": sorted(partitions)})
         async with self._lock:
             if self._closing:
                 return
