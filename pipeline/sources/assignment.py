@@ -151,9 +151,9 @@ class WorkspaceAssignment:
         self.discovered: dict[str, dict[str, object]] = {}
         """Announced discovered workspaces seen in the owned partitions: source id → record."""
         self._lock = asyncio.Lock()
+        """Rebalance callbacks and control records take turns (each may await the bus)."""
         self._heard: set[str] = set()
         """Every discovered workspace this replica has read announced (kept over rebalances: for :meth:`weights`)."""
-        """Rebalance callbacks and control records take turns (each may await the bus)."""
 
     def weights(self) -> dict[int, int]:
         """Workspaces this replica knows per control partition (configured, and discovered ones it read)."""
@@ -274,7 +274,10 @@ class WorkspaceAssignment:
                 log.error("Could not take over a workspace", extra={"source": src.source_id, "error": str(err)})
         if entered:
             try:
-                await self.bus.refresh_state()  # after fencing: the cursors the previous owners committed last
+                # After fencing: the cursors the previous owners committed last. For a discovered
+                # workspace other pollers here are still running; the reload keeps their own commits
+                # (applied while it reads) and they own their keys, so what they read stays theirs.
+                await self.bus.refresh_state()
             except BusError as err:
                 # Never poll on a stale cursor: give the workspaces back and let the supervisor rejoin.
                 log.error("State could not be re-read after a takeover; leaving the group", extra={"error": str(err)})
