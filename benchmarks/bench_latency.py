@@ -200,11 +200,14 @@ async def main() -> None:
     ap.add_argument("--poll", type=float, default=5.0, help="audit poll interval (s)")
     ap.add_argument("--key-every", type=float, default=3.0)
     ap.add_argument("--rate", type=float, default=200.0, help="webhook deliveries per second")
-    ap.add_argument("--batch-wait", type=float, default=0.05, help="the sink's batch_max_wait_secs")
+    ap.add_argument(
+        "--batch-wait", type=float, default=None, help="the sink's batch_max_wait_secs (default: the sink default)"
+    )
     args = ap.parse_args()
     print(f"# bench_latency bus={args.bus} poll={args.poll}s key every {args.key_every}s webhooks {args.rate}/s")
     machine = f"python {sys.version.split()[0]} {platform.machine()} {os.cpu_count()} CPUs"
-    print(f"# {machine}; sink batch wait {args.batch_wait}s")
+    wait = "the sink default" if args.batch_wait is None else f"{args.batch_wait}s"
+    print(f"# {machine}; sink batch wait {wait}; load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmpdir:
         tmp = Path(tmpdir)
         async with InstantlySimulator(seed=1) as sim:
@@ -229,7 +232,8 @@ async def main() -> None:
                     "sources": {"bench": {"workspace_id": ws, "secrets": ["${" + HOOK_ENV + "}"]}},
                 },
                 "sinks": {
-                    "archive": {"type": "jsonl", "path": str(tmp / "out.jsonl"), "batch_max_wait_secs": args.batch_wait}
+                    "archive": {"type": "jsonl", "path": str(tmp / "out.jsonl")}
+                    | ({} if args.batch_wait is None else {"batch_max_wait_secs": args.batch_wait})
                 },
                 "service": {"host": "127.0.0.1", "port": service},
                 "logging": {"format": "json", "level": "WARNING"},

@@ -12,7 +12,10 @@ Targets:
   kafka           the receiver on Kafka (transactions, acks=all) — when KAFKA_BOOTSTRAP is set
 
 For each target it prints rate and latency per load level, the ratio to the baseline at the same
-level, and the highest measured rate whose p99 stays under 100 ms.
+level, the target process's CPU per request (and the broker's, when ``KAFKA_BROKER_PID`` names
+the local broker), deliveries per bus transaction, and the highest measured rate whose p99 stays
+under 100 ms. CPU per request is the figure to compare on a busy shared machine: the rates move
+with whatever else runs, the CPU a request costs much less.
 
     .venv/bin/python benchmarks/bench_webhook.py [--duration 5] [--connections 1,4,16,64]
 """
@@ -138,7 +141,12 @@ async def serve(target: str, port: int, workdir: str) -> None:
         receiver = WebhookReceiver(cfg, bus)
         await receiver.start()
         print("READY", flush=True)
-        await asyncio.Event().wait()
+        stats = Path(workdir) / "stats.json"
+        while True:  # the committer's counters, read by main() around each load level
+            stats.write_text(
+                json.dumps({"transactions": receiver.committer.transactions, "accepted": receiver.accepted})
+            )
+            await asyncio.sleep(0.25)
 
 
 # ------------------------------------------------------------------------------------- load
@@ -214,6 +222,24 @@ def aiohttp_load(url: str, connections: int, duration: float, run: str) -> dict[
 
 
 # ------------------------------------------------------------------------------------- main
+def cpu_secs(pid: int | None) -> float:
+    """User + system CPU seconds of ``pid`` so far (Linux ``/proc``; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def counters(workdir: str) -> dict[str, int]:
+    """The receiver's committed transactions and accepted deliveries (empty for the baseline)."""
+    try:
+        data: dict[str, int] = json.loads((Path(workdir) / "stats.json").read_text())
+        return data
+    except (OSError, ValueError):
+        return {}
+
+
 def start_target(target: str, workdir: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     proc = subprocess.Popen(
@@ -241,6 +267,9 @@ def main() -> int:
     load = wrk_load if tool == "wrk" else aiohttp_load
     targets = [t for t in args.targets.split(",") if t != "kafka" or os.environ.get("KAFKA_BOOTSTRAP")]
     print(f"load generator: {tool}; {args.duration:.0f}s per level; cpus={os.cpu_count()}")
+    load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"load average before: {load_avg:.2f}")
+    broker = int(os.environ["KAFKA_BROKER_PID"]) if os.environ.get("KAFKA_BROKER_PID", "").isdigit() else None
     results: dict[str, list[dict[str, Any]]] = {}
     for target in targets:
         workdir = tempfile.mkdtemp(prefix="bench-webhook-")
@@ -250,7 +279,17 @@ def main() -> int:
             load(url, 2, 1.0, f"warm-{uuid.uuid4().hex[:6]}")
             results[target] = []
             for c in levels:
+                time.sleep(0.3)  # let the counters file catch up
+                before = (cpu_secs(proc.pid), cpu_secs(broker), counters(workdir))
                 r = load(url, c, args.duration, f"{target}-{c}-{uuid.uuid4().hex[:6]}")
+                time.sleep(0.3)
+                after = (cpu_secs(proc.pid), cpu_secs(broker), counters(workdir))
+                n = max(1, after[2].get("accepted", 0) - before[2].get("accepted", 0))
+                txns = after[2].get("transactions", 0) - before[2].get("transactions", 0)
+                served = max(1.0, r["rps"] * args.duration)
+                r["cpu_ms"] = (after[0] - before[0]) * 1000 / served
+                r["broker_ms"] = (after[1] - before[1]) * 1000 / served if target == "kafka" else float("nan")
+                r["per_txn"] = n / txns if txns else float("nan")
                 r["connections"] = c
                 results[target].append(r)
         finally:
@@ -258,13 +297,16 @@ def main() -> int:
             proc.wait()
             shutil.rmtree(workdir, ignore_errors=True)
     base = {r["connections"]: r["rps"] for r in results.get("baseline", [])}
-    print(f"\n{'target':<15}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'vs base':>9}")
+    print(
+        f"\n{'target':<15}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'vs base':>9}"
+        f"{'cpu ms/req':>11}{'broker ms/req':>14}{'per txn':>8}"
+    )
     for target, rows in results.items():
         for r in rows:
             ratio = r["rps"] / base[r["connections"]] if base.get(r["connections"]) else float("nan")
             print(
                 f"{target:<15}{r['connections']:>6}{r['rps']:>10.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
-                f"{r['errors']:>8}{ratio:>9.2f}"
+                f"{r['errors']:>8}{ratio:>9.2f}{r['cpu_ms']:>11.3f}{r['broker_ms']:>14.3f}{r['per_txn']:>8.1f}"
             )
     print("\nhighest measured rate with p99 < 100 ms:")
     for target, rows in results.items():

@@ -138,7 +138,11 @@ class Pipeline:
 
     async def _build(self) -> None:
         cfg, bus, clock, tel, health = self.cfg, self.bus, self.clock, self.telemetry, self.health
-        await self.name_workspaces()
+        # Writers claim their ids (fencing what a killed predecessor left open) before anything
+        # here reads state: on Kafka a state read waits for every transaction open when it began,
+        # and a zombie's is aborted only when its id is claimed again (or after the transaction
+        # timeout, 60 s). So the pollers enter first, the rules worker claims its id, and the
+        # workspace names are read last.
         bound = getattr(cfg.bus, "max_consumer_lag", None)
         if "pollers" in self.roles and not self.once and bound is not None:
             from pipeline.sources.backpressure import Backpressure, watched_groups
@@ -174,6 +178,7 @@ class Pipeline:
 
             base_dir = self.config_dir or cfg.config_dir
             self.rules = RulesWorker(bus, cfg.rules, clock=clock, base_dir=base_dir, telemetry=tel)
+            await bus.fence(self.rules.txn_id)
         if "sinks" in self.roles:
             from pipeline.delivery.registry import build_sink
             from pipeline.delivery.runner import SinkRunner
@@ -194,6 +199,7 @@ class Pipeline:
             self.receiver = WebhookReceiver(wcfg, bus, clock=clock, telemetry=tel, health=health)
             await self.receiver.start()
             self._stack.push_async_callback(self.receiver.stop)
+        await self.name_workspaces()
 
     async def name_workspaces(self) -> None:
         """Teach the telemetry each configured workspace's alias (from what the sources keep on the
@@ -375,8 +381,11 @@ async def run_pipeline(
 ) -> int:
     """Run the pipeline; return the process exit code.
 
-    SIGTERM/SIGINT are caught from the first moment (not only once every component is built): a stop
-    asked for while the pipeline starts lets it finish starting, then stop cleanly with exit 0.
+    SIGTERM/SIGINT are caught from the first moment (not only once every component is built). A
+    stop asked for while the pipeline is still starting (connecting to the bus, claiming writer
+    ids, reading state) cancels the start-up and exits 0: nothing was polling, evaluating or
+    delivering yet, so nothing is lost, and a start-up stuck on an unreachable bus never holds a
+    SIGTERM hostage. A stop after start-up finishes in-flight work first.
     """
     stop = stop or asyncio.Event()
     if not once:
@@ -385,13 +394,39 @@ async def run_pipeline(
         setup_logging(cfg.logging.format, cfg.logging.level)
     register_config_secrets(cfg)
     roles = roles or {"all"}
-    from pipeline.observability.service import ServiceServer
-
     role_name = "all" if "all" in roles else "+".join(sorted(roles))
     telemetry = setup_telemetry(cfg.telemetry, role=role_name, clock=clock)
     health = HealthRegistry(clock, telemetry=telemetry)
     previous_health = set_health(health)
     health.expect_bus()
+    started = asyncio.Event()
+    body = _serve(
+        cfg, roles, clock, telemetry, health, stop, started, once=once, config_dir=config_dir, config_path=config_path
+    )
+    try:
+        return await _unless_stopped_while_starting(body, stop, started)
+    finally:
+        telemetry.shutdown()
+        set_telemetry(None)
+        set_health(previous_health)
+
+
+async def _serve(
+    cfg: PipelineConfig,
+    roles: set[str],
+    clock: Clock,
+    telemetry: Telemetry,
+    health: HealthRegistry,
+    stop: asyncio.Event,
+    started: asyncio.Event,
+    *,
+    once: bool,
+    config_dir: Path | None,
+    config_path: Path | None,
+) -> int:
+    """Open the bus, build the pipeline (then set ``started``), and run it once or until ``stop``."""
+    from pipeline.observability.service import ServiceServer
+
     service: ServiceServer | None = None
     try:
         async with (
@@ -400,6 +435,7 @@ async def run_pipeline(
                 cfg, bus, roles, clock, once=once, config_dir=config_dir, telemetry=telemetry, health=health
             ) as pipe,
         ):
+            started.set()
             health.bus_ok()
             if once:
                 summary = await pipe.run_once()
@@ -415,9 +451,30 @@ async def run_pipeline(
     finally:
         if service is not None:
             await service.stop()
-        telemetry.shutdown()
-        set_telemetry(None)
-        set_health(previous_health)
+
+
+STARTUP_CANCEL_SECS = 10.0
+"""How long a start-up cancelled by a stop may take to close what it had opened."""
+
+
+async def _unless_stopped_while_starting(body: Awaitable[int], stop: asyncio.Event, started: asyncio.Event) -> int:
+    """Await ``body``; if ``stop`` is set before ``started``, cancel it and return 0 instead."""
+    task: asyncio.Task[int] = asyncio.ensure_future(body)
+    stopping = asyncio.ensure_future(stop.wait())
+    ready = asyncio.ensure_future(started.wait())
+    try:
+        await asyncio.wait({task, stopping, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done() or started.is_set():
+            return await task
+        log.info("Stopped while starting; nothing had started yet")
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=STARTUP_CANCEL_SECS)
+        if task in done and not task.cancelled() and task.exception() is not None:
+            log.warning("Start-up ended with an error while stopping", extra={"error": str(task.exception())})
+        return 0
+    finally:
+        stopping.cancel()
+        ready.cancel()
 
 
 def reload_webhook_secrets(pipe: Pipeline, config_path: Path) -> int:

@@ -18,7 +18,9 @@ def _validators() -> dict[str, Any]:
     from jsonschema import Draft202012Validator
     from referencing import Registry, Resource
 
-    docs = {name: json.loads((HERE / f"{name}.v1.json").read_text()) for name in ("event", "alert", "deadletter")}
+    docs = {
+        name: json.loads((HERE / f"{name}.v1.json").read_text()) for name in ("event", "alert", "deadletter", "receipt")
+    }
     registry: Registry[Any] = Registry().with_resources(
         [(f"https://instantly-audit.dev/schemas/{n}.v1.json", Resource.from_contents(d)) for n, d in docs.items()]
     )
@@ -29,6 +31,6 @@ def _validators() -> dict[str, Any]:
 
 
 def schema_errors(kind: str, instance: dict[str, Any]) -> list[str]:
-    """Return the errors of ``instance`` against ``kind`` ('event', 'alert' or 'deadletter'); [] when valid."""
+    """The errors of ``instance`` against ``kind`` (event, alert, deadletter or receipt); [] when valid."""
     v = _validators()[kind]
     return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in v.iter_errors(instance)]

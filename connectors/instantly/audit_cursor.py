@@ -67,6 +67,7 @@ import orjson
 
 from connectors.instantly.cursor_state import BUCKET_SECS, SeenChunks
 from connectors.instantly.ledger import HourLedgers
+from connectors.instantly.receipts import HourReceipts
 from pipeline.clock import format_time, parse_time
 
 DATE_SLACK_SECS = 86_400.0
@@ -96,6 +97,8 @@ class Selection:
     already_seen: int = 0
     too_old: int = 0
     no_id: list[JSONDict] = field(default_factory=list)
+    old: list[tuple[str, float]] = field(default_factory=list)
+    """The ids (and timestamps) of the too-old records."""
 
 
 def record_id(record: Mapping[str, Any]) -> str | None:
@@ -151,6 +154,9 @@ class AuditCursor:
     """Poll time of the last completed late-record sweep."""
     ledgers: HourLedgers | None = field(default=None, compare=False, repr=False)
     """Per-hour ledgers of the ids published (only when the sweep is on)."""
+    receipts: HourReceipts | None = field(default=None, compare=False, repr=False)
+    """Per-hour completeness ledgers (:mod:`connectors.instantly.receipts`), loaded with the state;
+    the streams write them only when receipts are on."""
     chunks: SeenChunks | None = field(default=None, compare=False, repr=False)
     """Where ``seen`` is stored (split layout); ``None`` for a cursor not bound to state keys."""
     _head: bytes | None = field(default=None, compare=False, repr=False)
@@ -221,6 +227,7 @@ class AuditCursor:
             ts = now if ts is None else ts
             if threshold is not None and ts < threshold:
                 out.too_old += 1
+                out.old.append((key, ts))
                 continue
             batch.add(key)
             out.new.append((record, ts))
@@ -308,6 +315,8 @@ class AuditCursor:
             chunks.add(cur.seen.items())
             chunks.mark_all_dirty()
             cur._legacy_key = legacy_key if legacy is not None else None
+            cur.receipts = HourReceipts(prefix)
+            cur.receipts.load(items)
             return cur
         fl = _num(doc.get("floor"))
         last_id = doc.get("last_id")
@@ -327,6 +336,8 @@ class AuditCursor:
         if cur.covered_from is not None:
             cur.ledgers = HourLedgers(prefix)
             cur.ledgers.load(dict(items))
+        cur.receipts = HourReceipts(prefix)
+        cur.receipts.load(items)
         return cur
 
     def state_writes(self) -> dict[str, bytes | None]:

@@ -60,10 +60,18 @@ class WorkspaceConfig(Model):
     )
     audit_overlap_secs: float = Field(3600.0, ge=0)
     audit_sweep_interval_secs: float | None = Field(
-        None, ge=60, description="re-read the audit log this often to publish late records (default: off)"
+        86400.0,
+        ge=60,
+        description="re-read the last audit_sweep_days of the audit log this often to publish late records "
+        "(default: daily; null turns the sweep off)",
     )
     audit_sweep_days: float = Field(7.0, gt=0, le=90, description="how far back the sweep reads")
     audit_sweep_max_requests: int = Field(100, ge=1, description="pages one sweep may read at most")
+    audit_receipts: bool = Field(
+        True,
+        description="publish per-hour completeness receipts of the audit log to instantly.receipts.v1 "
+        "(read by instantly-audit gaps)",
+    )
     audit_page_size: int = Field(_AUDIT_PAGE_MAX, ge=1, le=_AUDIT_PAGE_MAX)
     request_timeout_secs: float = Field(30.0, gt=0)
     max_retries: int = Field(6, ge=0, le=20)

@@ -40,6 +40,7 @@ from connectors.instantly.budget import RequestBudget
 from connectors.instantly.client import InstantlyClient, SessionFactory
 from connectors.instantly.config import WorkspaceConfig
 from connectors.instantly.normalize import pipeline_event
+from connectors.instantly.receipts import ReceiptSettings
 from connectors.instantly.streams import (
     AuditWindow,
     CursorCache,
@@ -143,6 +144,15 @@ class InstantlyWorkspacePoller:
             else None
         )
         """Snapshot streams the last poll listed because an audit record said they changed."""
+        self._receipts = (
+            ReceiptSettings(
+                interruption_secs=2 * cfg.poll_interval_secs + cfg.audit_overlap_secs,
+                retention_secs=max(8.0, cfg.audit_sweep_days + 1) * 86_400,
+            )
+            if cfg.audit_receipts
+            else None
+        )
+        """Completeness receipts: a gap between polls beyond ``2 * poll interval + overlap`` is an interruption."""
         self._audit_cache = CursorCache()
         """The audit cursor between polls (reloaded from the bus after a failed poll)."""
         self._started_at = clock.now()
@@ -258,6 +268,7 @@ class InstantlyWorkspacePoller:
                             started_at=self._started_at,
                             clock=self.clock,
                             sweep=self._sweep,
+                            receipts=self._receipts,
                         )
                         try:
                             await publish_audit_log(pub, self._client, window, counts, self._audit_cache)

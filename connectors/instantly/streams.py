@@ -34,6 +34,8 @@ from connectors.instantly.audit_codes import triggered_stream
 from connectors.instantly.audit_cursor import AuditCursor, last_page_id, page_is_ascending, record_id
 from connectors.instantly.client import InstantlyClient
 from connectors.instantly.normalize import normalize_audit_record
+from connectors.instantly.receipt_publish import receipt_writes
+from connectors.instantly.receipts import HourReceipts, ReceiptSettings
 from connectors.instantly.redact import redact_record
 from connectors.instantly.snapshot_state import StoredSnapshot
 from connectors.instantly.snapshots import build_snapshot, diff_snapshots
@@ -223,6 +225,8 @@ class AuditWindow:
     clock the ``source_to_bus`` latency is read from (the system clock when not given)."""
     sweep: SweepSettings | None = None
     """The late-record sweep (``None``: off; see :mod:`connectors.instantly.sweep`)."""
+    receipts: ReceiptSettings | None = None
+    """Completeness receipts (``None``: off; see :mod:`connectors.instantly.receipts`)."""
     triggered: set[str] = field(default_factory=set)
     """Filled by the read: snapshot streams that committed audit records say changed (see
     :func:`connectors.instantly.audit_codes.triggered_stream`)."""
@@ -265,6 +269,19 @@ async def publish_audit_log(
         cursor.forget_old(window.overlap_secs)
     if window.sweep is not None:
         cursor.enable_ledgers(overlap_secs=window.overlap_secs)
+        if cursor.last_sweep is None:
+            # The sweep's clock starts with its ledgers: this poll's reads cover the same records,
+            # so the first sweep comes one interval later instead of repeating their requests now.
+            cursor.last_sweep = window.now
+    if window.receipts is not None and cursor.receipts is not None:
+        rs = window.receipts
+        cursor.receipts.close(cursor.threshold(window.overlap_secs), now=window.now, retention_secs=rs.retention_secs)
+        hours = cursor.receipts.check_interruption(now=window.now, bound=rs.interruption_secs)
+        if hours:
+            log.warning(
+                "The audit log was not polled for longer than the bound; its hours are marked interrupted.",
+                extra={"source": pub.source_id, "workspace": pub.workspace.id, "hours": len(hours)},
+            )
     await _read_and_publish(pub, client, window, counts, cursor)
     if window.sweep is not None and window.sweep.due(cursor, window.now):
         await _sweep(pub, client, window, window.sweep, counts, cursor)
@@ -285,9 +302,17 @@ async def _sweep(
     batch = await prepare_audit_batch(
         pub, (r for r, _ts in result.records), window.observed_at, TxnPipeline(pub.bus, pub.txn_id)
     )
+    receipts = _receipts(window, cursor)
+    if receipts is not None:
+        receipts.record(
+            ((str(r["id"]), ts, str(r["id"]) in batch.dead_ids) for r, ts in result.records), now=window.now
+        )
+    extra = receipt_writes(pub, receipts, now=window.now)
     published, events = await publish_late(
-        pub, cursor, result, settings, batch, now=window.now, clock=window.clock or SYSTEM_CLOCK
-    )
+        pub, cursor, result, settings, batch, now=window.now, clock=window.clock or SYSTEM_CLOCK,
+        extra_records=extra.records, extra_state=extra.state,
+    )  # fmt: skip
+    extra.committed()
     counts[AUDIT_LOGS.name] = counts.get(AUDIT_LOGS.name, 0) + published
     counts["pipeline"] = counts.get("pipeline", 0) + events
 
@@ -322,10 +347,24 @@ async def _read_and_publish(
             now=window.now, last_id=read.last_id if confirmed else None, overlap_secs=window.overlap_secs
         )
     final = cursor.state_writes()
-    if final:
+    receipts = _receipts(window, cursor)
+    if receipts is not None and window.receipts is not None:
+        rs = window.receipts
+        receipts.close(cursor.threshold(window.overlap_secs), now=window.now, retention_secs=rs.retention_secs)
+        receipts.polled(window.now, persist_every=rs.interruption_secs / 4)
+    extra = receipt_writes(pub, receipts, now=window.now)
+    if final or extra.records or extra.state:
         async with pub.bus.transaction(pub.txn_id) as tx:
-            for k, v in final.items():
+            for topic, value, key, headers in extra.records:
+                tx.send(topic, value, key=key, headers=headers)
+            for k, v in (final | extra.state).items():
                 tx.put_state(k, v)
+        extra.committed()
+
+
+def _receipts(window: AuditWindow, cursor: AuditCursor) -> HourReceipts | None:
+    """The cursor's hour ledgers when receipts are on, else ``None``."""
+    return cursor.receipts if window.receipts is not None else None
 
 
 async def _read_audit(
@@ -370,7 +409,9 @@ async def _read_audit(
                 cursor.last_id = page_last
             observed = format_time(window.clock.now()) if window.clock is not None else window.observed_at
             with tel.span("poll.page", {**attrs, STREAM: AUDIT_LOGS.name, "page.size": len(page), "read": mode}):
-                page_newest = await _publish_audit_page(pub, cursor, page, window, counts, line, observed)
+                page_newest = await _publish_audit_page(
+                    pub, cursor, page, window, counts, line, observed, incremental=incremental
+                )
             if page_newest is not None:
                 out.newest = page_newest if out.newest is None else max(out.newest, page_newest)
     return out
@@ -383,6 +424,8 @@ class AuditBatch:
     records: list[tuple[str, bytes, bytes | None, tuple[Header, ...]]]
     events: int
     dead_letters: int
+    dead_ids: set[str] = field(default_factory=set)
+    """Ids of the input records that became dead letters."""
 
 
 def _safe_record(record: Mapping[str, Any]) -> Any:
@@ -404,6 +447,7 @@ async def prepare_audit_batch(
     key = pub.workspace.id.encode()
     out: list[tuple[str, bytes, bytes | None, tuple[Header, ...]]] = []
     dead: list[tuple[str, bytes, bytes | None, tuple[Header, ...]]] = []
+    dead_ids: set[str] = set()
     workspace, n = pub.workspace, 0
     for n, record in enumerate(records, 1):
         try:
@@ -415,14 +459,17 @@ async def prepare_audit_batch(
                 stream=AUDIT_LOGS.name, key=key,
             )  # fmt: skip
             dead.append((DEADLETTER_TOPIC, letter.to_json(), key, (("error", b"normalize"), *trace)))
+            dead_ids.add(str(record.get("id")))
         else:
             rec = pub.record(event, trace)
             (out if rec[0] == EVENTS_TOPIC else dead).append(rec)
+            if rec[0] != EVENTS_TOPIC:
+                dead_ids.add(str(record.get("id")))
         if n % YIELD_EVERY == 0:
             await line.pause()
     events = len(out)
     out += dead
-    return AuditBatch(out, events, len(dead))
+    return AuditBatch(out, events, len(dead), dead_ids)
 
 
 async def _publish_audit_page(
@@ -433,29 +480,40 @@ async def _publish_audit_page(
     counts: dict[str, int],
     line: TxnPipeline,
     observed_at: str,
+    *,
+    incremental: bool = False,
 ) -> float | None:
     """Submit one page's new records and the cursor holding their ids as one transaction to ``line``.
 
     Returns the newest timestamp among the page's new records. ``counts['audit_logs']`` and the
-    telemetry counts move when the transaction has committed.
+    telemetry counts move when the transaction has committed. With receipts on, the hour ledgers
+    the page changed are published in the same transaction; an incremental read also counts its
+    too-old records as ``late`` (their ids are new: they were listed after the cursor passed them).
     """
     selection = cursor.select(page, overlap_secs=window.overlap_secs, now=window.now)
     if selection.no_id:
         log.warning("Audit records without an id were skipped.", extra={"count": len(selection.no_id)})
     dropped = {"no_id": len(selection.no_id), "duplicate": selection.already_seen, "too_old": selection.too_old}
-    if not selection.new:
+    receipts = _receipts(window, cursor)
+    if receipts is not None and incremental and selection.old:
+        receipts.late(selection.old, now=window.now)
+    elif not selection.new:
         pub.count(AUDIT_LOGS.name, len(page), 0, dropped)
         return None
     batch = await prepare_audit_batch(pub, (r for r, _ts in selection.new), observed_at, line)
     cursor.mark((str(r["id"]), ts) for r, ts in selection.new)
+    if receipts is not None:
+        receipts.record(((str(r["id"]), ts, str(r["id"]) in batch.dead_ids) for r, ts in selection.new), now=window.now)
     triggers = {triggered_stream(r.get("activity_type")) for r, _ts in selection.new}
     state = cursor.state_writes()  # what pages up to this one changed: head, touched chunks, deleted buckets
+    extra = receipt_writes(pub, receipts, now=window.now)
 
     def committed() -> None:
         pub.count(AUDIT_LOGS.name, len(page), batch.events, {**dropped, "dead_letter": batch.dead_letters})
         counts[AUDIT_LOGS.name] = counts.get(AUDIT_LOGS.name, 0) + batch.events
         window.triggered.update(t for t in triggers if t is not None)
         _record_ages(pub, window.clock or SYSTEM_CLOCK, [ts for _r, ts in selection.new])
+        extra.committed()
 
-    await line.submit(TxnWrite(batch.records, state, committed))
-    return max(ts for _r, ts in selection.new)
+    await line.submit(TxnWrite([*batch.records, *extra.records], state | extra.state, committed))
+    return max((ts for _r, ts in selection.new), default=None)

@@ -18,7 +18,7 @@ retention) is reported in the event's ``undecodable_hours`` and not published fr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -111,10 +111,14 @@ async def publish_late(
     *,
     now: float,
     clock: Clock = SYSTEM_CLOCK,
+    extra_records: Sequence[tuple[str, bytes, bytes | None, tuple[tuple[str, bytes], ...]]] = (),
+    extra_state: Mapping[str, bytes | None] | None = None,
 ) -> tuple[int, int]:
     """Publish the records a sweep found (``batch``: them prepared by
     :func:`~connectors.instantly.streams.prepare_audit_batch`), the ``pipeline.late_records``
     event and the cursor in one transaction; return (records published, pipeline events published).
+    ``extra_records`` / ``extra_state`` (the completeness receipts the sweep changed) join the
+    same transaction.
 
     Raises:
         BusError: the transaction failed (nothing was written; the next poll sweeps again).
@@ -128,11 +132,11 @@ async def publish_late(
     if result.records or result.undecodable:
         event = _event(pub, result, now=clock.now(), observed_at=observed_at, high_water=cursor.high_water)
     async with pub.bus.transaction(pub.txn_id) as tx:
-        for topic, value, key, headers in batch.records:
+        for topic, value, key, headers in [*batch.records, *extra_records]:
             tx.send(topic, value, key=key, headers=headers)
         if event is not None:
             pub.send(tx, event)
-        for k, v in cursor.state_writes().items():
+        for k, v in (cursor.state_writes() | dict(extra_state or {})).items():
             tx.put_state(k, v)
     if result.records:
         log.warning(

@@ -32,6 +32,8 @@ ALERTS_TOPIC = "instantly.alerts.v1"
 STATE_TOPIC = "instantly.state.v1"
 DEADLETTER_TOPIC = "instantly.deadletter.v1"
 DATA_TOPICS = (EVENTS_TOPIC, ALERTS_TOPIC, DEADLETTER_TOPIC)
+RECEIPTS_TOPIC = "instantly.receipts.v1"
+"""Completeness receipts (Receipt v1, key ``<workspace id>/<hour>``; compacted on Kafka): see ``schemas/receipt.py``."""
 CONTROL_TOPIC = "instantly.workspaces.v1"
 """Kafka only: the compacted registry of polled workspaces (key = source id); poller replicas share
 its partitions through one consumer group (:mod:`pipeline.sources.assignment`)."""
@@ -277,12 +279,13 @@ async def iter_records(
 
 
 def default_topics(partitions: int = 1, events_retention_ms: int | None = None) -> list[TopicSpec]:
-    """The four pipeline topics with their configs."""
+    """The pipeline topics with their configs (events, alerts, dead letters, state, receipts)."""
     return [
         TopicSpec(EVENTS_TOPIC, partitions, retention_ms=events_retention_ms),
         TopicSpec(ALERTS_TOPIC, partitions, retention_ms=events_retention_ms),
         TopicSpec(DEADLETTER_TOPIC, partitions, retention_ms=events_retention_ms),
         TopicSpec(STATE_TOPIC, 1, compacted=True, extra={"max.message.bytes": str(STATE_TOPIC_MESSAGE_BYTES)}),
+        TopicSpec(RECEIPTS_TOPIC, partitions, compacted=True),
     ]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Mapping
 
 from aiokafka import AIOKafkaConsumer
@@ -24,6 +25,10 @@ from pipeline.errors import BusError
 
 OPEN_TXN_WAIT_SECS = 90.0
 """How long a state read waits for transactions open when it began (aiokafka's transaction timeout is 60 s)."""
+SLOW_READ_SECS = 5.0
+"""After this long behind an open transaction, a state read says so in the log (once)."""
+
+log = logging.getLogger("instantly_audit.bus.kafka")
 
 
 class KafkaState:
@@ -52,10 +57,19 @@ class KafkaState:
             await c.seek_to_beginning(tp)
             end = await self._high_watermark(tp)
             state: dict[str, bytes] = {}
-            deadline = asyncio.get_running_loop().time() + OPEN_TXN_WAIT_SECS
+            began = asyncio.get_running_loop().time()
+            said = False
             while await c.position(tp) < end:
-                if asyncio.get_running_loop().time() > deadline:
+                waited = asyncio.get_running_loop().time() - began
+                if waited > OPEN_TXN_WAIT_SECS:
                     raise BusError("the state topic stayed behind an open transaction", retriable=True)
+                if waited > SLOW_READ_SECS and not said:
+                    said = True
+                    log.warning(
+                        "State read is waiting behind an open transaction (a writer stopped mid-transaction "
+                        "and was not fenced yet; Kafka aborts it within its transaction timeout)",
+                        extra={"waited_secs": round(waited, 1)},
+                    )
                 batch = await c.getmany(tp, timeout_ms=1000, max_records=5000)
                 for rec in batch.get(tp, []):
                     if rec.key is None:

@@ -25,6 +25,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if "run" in args and "--once" not in args:
         signal.signal(signal.SIGTERM, _stopped_before_start)
+        # A supervisor may exec us with SIGTERM blocked (the mask is inherited): a stop sent
+        # before this point is then pending, and is handled here rather than never.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     from pipeline.cli.main import main as cli_main  # imported after the handler is in place
 
     return cli_main(args)

@@ -21,6 +21,7 @@ from pipeline import __version__
 from pipeline.cli import sinks_cli, status_cli
 from pipeline.cli.base import CONFIG_HELP, command_plugins, config_path, describe_section
 from pipeline.cli.exit_codes import Exit
+from pipeline.completeness import cli as gaps_cli
 from pipeline.config.model import PipelineConfig
 from pipeline.errors import BusError, ConfigError, PipelineError
 from pipeline.observability.logs import setup_logging
@@ -33,7 +34,7 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 # The runtime's own command modules; connectors add theirs through the ``instantly_audit.commands``
 # registry. Each has register(subparsers) and sets func=handler(args) -> int.
-RUNTIME_COMMANDS = (rules_cli, replay_cli, sinks_cli, status_cli)
+RUNTIME_COMMANDS = (rules_cli, replay_cli, sinks_cli, status_cli, gaps_cli)
 
 
 class _Parser(argparse.ArgumentParser):

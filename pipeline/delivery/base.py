@@ -45,7 +45,9 @@ class SinkConfig(Model):
     min_severity: Literal["info", "low", "medium", "high", "critical"] | None = None
     batch_max_records: int = Field(500, ge=1, le=100_000)
     batch_max_bytes: int = Field(4_000_000, ge=1024)
-    batch_max_wait_secs: float = Field(1.0, ge=0)
+    batch_max_wait_secs: float = Field(
+        0.2, ge=0, description="longest wait to fill a batch after its first record (adds up to this much latency)"
+    )
     max_in_flight_bytes: int = Field(32_000_000, ge=1024)
     retry_initial_secs: float = Field(0.5, gt=0)
     retry_max_secs: float = Field(60.0, gt=0)

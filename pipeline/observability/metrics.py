@@ -162,6 +162,21 @@ LATENCY = MetricSpec(
 LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0,
                           30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)  # fmt: skip
 """Histogram boundaries of :data:`LATENCY` (fine around a few seconds: poll intervals)."""
+RECEIPTS = MetricSpec(
+    "pipeline.completeness.receipts",
+    "counter",
+    "{receipt}",
+    "Completeness receipts a source published (one per hour ledger a transaction changed).",
+    (ID, WORKSPACE_ID, WORKSPACE),
+)
+GAP_HOURS = MetricSpec(
+    "pipeline.completeness.gap_hours",
+    "counter",
+    "{hour}",
+    "Hours found with a gap, by reason: changed_after_close (the ledger changed after the hour closed), "
+    "interrupted (the source did not poll during part of it).",
+    (ID, WORKSPACE_ID, WORKSPACE, REASON),
+)
 READINESS = MetricSpec("pipeline.readiness", "gauge", "1", "1 when a readiness check passes, else 0.", (CHECK,))
 
 METRICS: Final[tuple[MetricSpec, ...]] = (
@@ -183,6 +198,8 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     BUS_ERRORS,
     READINESS,
     LATENCY,
+    RECEIPTS,
+    GAP_HOURS,
 )
 
 

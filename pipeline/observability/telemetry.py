@@ -65,12 +65,14 @@ from pipeline.observability.metrics import (
     COMPONENT_ERRORS,
     CONSUMER_LAG,
     CURSOR_AGE,
+    GAP_HOURS,
     ID,
     LATENCY,
     LATENCY_BUCKETS,
     LEG,
     METRICS,
     READINESS,
+    RECEIPTS,
     RECORDS_DROPPED,
     RECORDS_RECEIVED,
     RECORDS_SENT,
@@ -256,6 +258,8 @@ class Telemetry:
         self._lag = series[CONSUMER_LAG.name]
         self._paused = series[SOURCE_PAUSED.name]
         self._ready = series[READINESS.name]
+        self._receipts = series[RECEIPTS.name]
+        self._gap_hours = series[GAP_HOURS.name]
 
         self._tracer_provider = TracerProvider(
             resource=resource, sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio))
@@ -384,6 +388,16 @@ class Telemetry:
         """Count one failed bus operation (``operation``: publish, poll, commit, state, ...)."""
         if self.enabled:
             self._bus_errors.add((operation, error_type), 1)
+
+    def receipts_published(self, source: str, workspace_id: str, n: int, *, workspace: str = "") -> None:
+        """Count completeness receipts ``source`` published."""
+        if self.enabled:
+            self._receipts.add((source, workspace_id, workspace), n)
+
+    def gap_hours(self, source: str, workspace_id: str, reason: str, n: int = 1, *, workspace: str = "") -> None:
+        """Count hours found with a gap (``reason``: changed_after_close or interrupted)."""
+        if self.enabled:
+            self._gap_hours.add((source, workspace_id, workspace, reason), n)
 
     # ---------------------------------------------------------------------------- histograms
     def latency(self, leg: str, component: str, seconds: Iterable[float]) -> None:

@@ -29,12 +29,14 @@ from pipeline.redaction import registry
 from pipeline.redaction.check import MAX_DEPTH
 from pipeline.redaction.memo import (
     CLEAN_CHARS,
-    CLEAN_FORMS,
     MEMO,
     MEMO_MAX,
     MEMO_STR_MAX,
     NAMES,
+    RISKY_FORMS,
+    SYNCED,
     clean_text,
+    id_clean,
     remember,
     remember_name,
     reset,
@@ -45,6 +47,10 @@ from schemas.event import Event
 from schemas.secret_names import HEADERS_NAME, is_secret_name
 
 _NUMBERS = (int, bool, float)
+_REGISTRY_STATE = registry.STATE
+_ID_TABLE = bytes(0 if chr(b) in CLEAN_CHARS else 1 for b in range(256))
+"""Bytes → 0 for :data:`CLEAN_CHARS`, 1 for any other (UTF-8 of a non-ASCII character included)."""
+_DIRTY = 1
 _chain = itertools.chain
 
 
@@ -52,7 +58,7 @@ def _new_string(s: Any) -> bool:
     """Whether ``s``, not yet known, is a plain string the passes leave as is (then remembered)."""
     if type(s) is not str:
         return False
-    if not s.strip(CLEAN_CHARS) and s not in registry.exact_forms():  # an id, a time, an address
+    if not s.strip(CLEAN_CHARS) and (not RISKY_FORMS or id_clean(s)):  # an id, a time, an address
         remember(s)
         return True
     return clean_text(s) is s
@@ -71,7 +77,7 @@ def _strings_ok(strings: tuple[Any, ...]) -> bool:
         joined = "".join(missing)
     except TypeError:  # not all plain strings: let the full gate decide
         return False
-    if not joined.strip(CLEAN_CHARS) and registry.exact_forms().keys().isdisjoint(missing):
+    if not joined.strip(CLEAN_CHARS) and (not RISKY_FORMS or id_clean(joined)):  # none inside any of them
         if len(MEMO) + len(missing) > MEMO_MAX:
             reset()
         MEMO.update(missing if len(joined) <= MEMO_STR_MAX else (s for s in missing if len(s) <= MEMO_STR_MAX))
@@ -128,33 +134,54 @@ def _values_ok(values: Iterable[Any], depth: int) -> bool:
     return True
 
 
-def _common_case(strings: tuple[Any, ...], time: Any, rid: Any, attrs: dict[Any, Any], raw: Any) -> bool:
+def _common_case(event: Event, attrs: dict[Any, Any], raw: dict[Any, Any] | None) -> bool:
     """An event without ``change`` whose every string, key and truthy value is already known, in C.
 
-    A stream's fresh time and record id (``raw`` repeats them) are checked first — an id, a time
-    and no registered value — and known for this event only, so the memo keeps the stream's
-    repeated values (small, fast) rather than every id it ever saw.
+    A stream's fresh time and record id (``raw`` repeats them) are checked first — made of
+    :data:`CLEAN_CHARS` alone (one ``translate`` of both, one ``memchr``) and no registered value —
+    and known for this event only, so the memo keeps the stream's repeated values (small, fast)
+    rather than every id it ever saw. Then three ``issuperset`` over the keys, three over the
+    strings and the truthy map values (~60 lookups, no Python loop).
     """
     memo = MEMO
-    fresh: list[str] = []
+    src, a, t, ws = event.source, event.actor, event.target, event.workspace
+    time, rid = event.time, src.record_id
+    if type(time) is not str or type(rid) is not str:
+        return False
+    new_time, new_rid = time not in memo, rid not in memo
+    if new_time or new_rid:
+        fresh = (time if new_time else "") + (rid if new_rid else "")
+        # surrogatepass: a lone surrogate is marked like any non-ASCII character, not an encode error
+        if _DIRTY in fresh.encode("utf-8", "surrogatepass").translate(_ID_TABLE):
+            return False
+        if RISKY_FORMS and not (id_clean(time) and id_clean(rid)):  # a registered value inside either
+            return False
+    strings: tuple[str | None, ...] = (event.type, event.observed_at, ws.id, ws.name, src.stream)
+    if a is not None:
+        strings += (a.user_id, a.user_name, a.api_key_id, a.ip, a.user_agent)
+    if t is not None:
+        strings += (t.kind, t.id, t.name)
     try:
-        for s in (time, rid):
-            if s not in memo:
-                if type(s) is not str or s.strip(CLEAN_CHARS) or s in CLEAN_FORMS:
-                    return False
-                fresh.append(s)
-        memo.update(fresh)
+        if not (memo.issuperset(strings) and NAMES.issuperset(attrs) and memo.issuperset(filter(None, attrs.values()))):
+            return False
         if raw is None:
-            return NAMES.issuperset(attrs) and memo.issuperset(filter(None, _chain(strings, attrs.values())))
-        return (
-            NAMES.issuperset(attrs)
-            and NAMES.issuperset(raw)
-            and memo.issuperset(filter(None, _chain(strings, attrs.values(), raw.values())))
-        )
+            return True
+        if not NAMES.issuperset(raw):
+            return False
+        # raw holds the time and the record id again: known for this one test
+        if new_time:
+            memo.add(time)
+        if new_rid:
+            memo.add(rid)
+        try:
+            return memo.issuperset(filter(None, raw.values()))
+        finally:
+            if new_time:
+                memo.discard(time)
+            if new_rid:
+                memo.discard(rid)
     except TypeError:  # a non-empty list or map among the values: the walk decides
         return False
-    finally:
-        memo.difference_update(fresh)
 
 
 def event_unchanged(event: Event) -> bool:
@@ -162,18 +189,19 @@ def event_unchanged(event: Event) -> bool:
 
     Conservative: ``False`` means "run the full gate", which may still change nothing.
     """
-    sync()
-    ws, src, a, t, c = event.workspace, event.source, event.actor, event.target, event.change
-    attrs, raw = event.attributes, event.raw
+    if SYNCED[0] != _REGISTRY_STATE["generation"]:  # sync() without two calls per event
+        sync()
+    attrs, raw, c = event.attributes, event.raw, event.change
     if type(attrs) is not dict or (raw is not None and type(raw) is not dict):
         return False
+    if c is None and _common_case(event, attrs, raw):
+        return True
+    ws, src, a, t = event.workspace, event.source, event.actor, event.target
     strings: tuple[Any, ...] = (event.type, event.time, event.observed_at, ws.id, ws.name, src.stream, src.record_id)
     if a is not None:
         strings += (a.user_id, a.user_name, a.api_key_id, a.ip, a.user_agent)
     if t is not None:
         strings += (t.kind, t.id, t.name)
-    if c is None and _common_case(strings, event.time, src.record_id, attrs, raw):
-        return True
     if not _strings_ok(strings):
         return False
     if c is not None:

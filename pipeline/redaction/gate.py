@@ -42,6 +42,7 @@ _replace = msgspec.structs.replace
 _memo = _state.MEMO
 _names = _state.NAMES
 _clean_text = _state.clean_text
+_id_clean = _state.id_clean
 
 
 def _secret_value(value: Any) -> Any:
@@ -102,12 +103,12 @@ def _map(value: dict[Any, Any], depth: int) -> dict[Any, Any]:
     """The hot loop: a known-clean key with a scalar or known-clean string value costs two lookups."""
     if depth > MAX_DEPTH:
         raise GateRejected("too_deep", f"depth {depth}")
-    memo, names, exact, cc = _memo, _names, registry.exact_forms(), _CLEAN_CHARS
+    memo, names, risky, cc = _memo, _names, _state.RISKY_FORMS, _CLEAN_CHARS
     if names.issuperset(value):  # every key seen before and clean: check the values only
         for v in value.values():
             tv = type(v)
             if tv is str:
-                if v in memo or (not v.strip(cc) and v not in exact):
+                if v in memo or (not v.strip(cc) and (not risky or _id_clean(v))):
                     continue
                 break
             if tv is dict:
@@ -124,7 +125,7 @@ def _map(value: dict[Any, Any], depth: int) -> dict[Any, Any]:
             tv = type(v)
             if (
                 v is None or tv is int or tv is bool or tv is float
-                or (tv is str and (v in memo or ((len(v) < 6 or not v.strip(cc)) and v not in exact)))
+                or (tv is str and (v in memo or ((len(v) < 6 or not v.strip(cc)) and (not risky or _id_clean(v)))))
             ):  # fmt: skip
                 if out is not None:
                     out[k] = v
@@ -156,11 +157,11 @@ def _text(s: str | None) -> str | None:
     return s if s is None or s in _memo else _clean_text(s)
 
 
-def _all_clean(values: tuple[str | None, ...], memo: set[object], exact: dict[str, str]) -> bool:
-    """Whether every value is None, known clean, or an id/time/address that is no registered value."""
+def _all_clean(values: tuple[str | None, ...], memo: set[object], risky: list[str]) -> bool:
+    """Whether every value is None, known clean, or an id/time/address that holds no registered value."""
     cc = _CLEAN_CHARS
     for v in values:
-        if v is None or v in memo or (not v.strip(cc) and v not in exact):
+        if v is None or v in memo or (not v.strip(cc) and (not risky or _id_clean(v))):
             continue
         return False
     return True
@@ -185,10 +186,10 @@ def gate_event(event: Event) -> Event:
     _state.sync()
     a, t, c = event.actor, event.target, event.change
     src = event.source
-    memo, exact, cc = _memo, registry.exact_forms(), _CLEAN_CHARS
+    memo, risky, cc = _memo, _state.RISKY_FORMS, _CLEAN_CHARS
     # event.id is a hash the model computed: nothing of the source can be in it
     for ident in (event.type, event.time, event.observed_at, event.workspace.id, src.stream, src.record_id):
-        if ident is None or ident in memo or (not ident.strip(cc) and ident not in exact):
+        if ident is None or ident in memo or (not ident.strip(cc) and (not risky or _id_clean(ident))):
             continue
         if _clean_text(ident) != ident:
             raise GateRejected("secret_in_identity", _identity_field(event, ident))
@@ -197,7 +198,7 @@ def gate_event(event: Event) -> Event:
         name = _clean_text(event.workspace.name)
         if name is not event.workspace.name:
             changes["workspace"] = _replace(event.workspace, name=name)
-    if a is not None and not _all_clean((a.user_id, a.user_name, a.api_key_id, a.ip, a.user_agent), memo, exact):
+    if a is not None and not _all_clean((a.user_id, a.user_name, a.api_key_id, a.ip, a.user_agent), memo, risky):
         na = Actor(
             _text(a.user_id), _text(a.user_name), _text(a.api_key_id), _text(a.ip), _text(a.user_agent), a.via_api
         )

@@ -24,16 +24,21 @@ MEMO: set[object] = {None, True}
 NAMES: set[str] = set()
 CLEAN_FORMS: set[str] = set()
 """Registered forms made of :data:`CLEAN_CHARS` alone (usually none): the only secrets an id-shaped string can be."""
-_GEN = [-1]
+RISKY_FORMS: list[str] = []
+"""Registered forms an id-shaped or short (< 6 characters) string can hold: :data:`CLEAN_FORMS` and
+forms shorter than 6 (usually none). Such a string is clean when none of them is *inside* it."""
+SYNCED = [-1]
+"""The registry generation the memo was last checked against (:func:`sync`)."""
 
 
 def sync() -> None:
     """Forget everything when the registry moved since the last call."""
-    if _GEN[0] != registry.generation():
+    if SYNCED[0] != registry.generation():
         reset()
-        _GEN[0] = registry.generation()
+        SYNCED[0] = registry.generation()
         CLEAN_FORMS.clear()
         CLEAN_FORMS.update(f for f in registry.exact_forms() if not f.strip(CLEAN_CHARS))
+        RISKY_FORMS[:] = sorted(CLEAN_FORMS | {f for f in registry.exact_forms() if len(f) < 6})
 
 
 def reset() -> None:
@@ -59,15 +64,18 @@ def remember_name(k: str) -> None:
     NAMES.add(k)
 
 
+def id_clean(s: str) -> bool:
+    """Whether an id-shaped or short string ``s`` holds no registered value (no :data:`RISKY_FORMS` inside it)."""
+    return all(form not in s for form in RISKY_FORMS)
+
+
 def clean_text(s: str) -> str:
     """``s`` after the value, shape and URL passes (``s`` itself, the same object, when they change nothing)."""
     if s in MEMO:
         return s
-    if looks_clean(s):  # ids, timestamps, addresses: only a whole registered value can hide here
-        out = registry.exact_forms().get(s, s)
-        if out is s:
-            remember(s)
-        return out
+    if looks_clean(s) and id_clean(s):  # ids, timestamps, addresses: only a registered value can hide here
+        remember(s)
+        return s
     out = redact_text(s, fingerprint=True)
     if out is s or out == s:
         remember(s)
@@ -81,7 +89,10 @@ __all__ = [
     "MEMO",
     "MEMO_MAX",
     "NAMES",
+    "RISKY_FORMS",
+    "SYNCED",
     "clean_text",
+    "id_clean",
     "remember",
     "remember_name",
     "reset",

@@ -50,6 +50,8 @@ _LOCK = threading.Lock()
 _SECRETS: dict[str, KnownSecret] = {}
 _SHAPES: dict[str, Shape] = {}
 _STATE = {"generation": 0}
+STATE = _STATE
+"""Read only: ``STATE["generation"]`` is :func:`generation` without a call (the gate's fast path)."""
 _SORTED: list[list[KnownSecret]] = [[]]
 _EXACT: list[dict[str, str]] = [{}]
 

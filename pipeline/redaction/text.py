@@ -63,8 +63,44 @@ def replace_registered(text: str, *, fingerprint: bool = True) -> str:
     return text
 
 
+_TRIGGERS = (
+    "key", "token", "secret", "pass", "pwd", "credential", "authoriz", "cookie", "sig",
+    "bearer", "basic", "digest", "negotiate",
+)  # fmt: skip
+"""Lower-case words one of which every match of ``_SCHEME``, ``_ASSIGNED`` and ``_NEAR_WORD`` contains
+(``pass`` covers password/passwd/passphrase, ``key`` apikey and every ``*key``, ``sig`` signature)."""
+
+
+def _no_trigger(text: str) -> bool:
+    """Whether no fixed pass can match ``text``: ASCII, no JWT or PEM start, none of :data:`_TRIGGERS`.
+
+    The case-insensitive patterns match an ASCII text only where its lower-case form holds the
+    word (outside ASCII, ``(?i)`` also folds the long s onto ``s``: such text takes every pass).
+    """
+    if not text.isascii() or "eyJ" in text or "-----BEGIN" in text:
+        return False
+    low = text.lower()
+    return not any(word in low for word in _TRIGGERS)
+
+
 def replace_shapes(text: str) -> str:
-    """Replace credential shapes (scheme tokens, JWTs, connector shapes, assigned and nearby secrets)."""
+    """Replace credential shapes (scheme tokens, JWTs, connector shapes, assigned and nearby secrets).
+
+    Text that holds no trigger word (:func:`_no_trigger`) only meets the connector shapes; when
+    none of them matches either, no pattern can (the result is ``text`` itself). Any match runs
+    every pass in order, as for any other text.
+    """
+    if _no_trigger(text):
+        out = text
+        for shape in registry.shapes():
+            out = shape.pattern.sub(functools.partial(_shape_sub, shape), out)
+        if out == text:
+            return text
+    return _all_shapes(text)
+
+
+def _all_shapes(text: str) -> str:
+    """Every shape pass, in order (:func:`replace_shapes` without the trigger-word shortcut)."""
     if "-----BEGIN" in text:
         text = _PRIVATE_KEY.sub(REDACTED, text)
     text = _SCHEME.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)

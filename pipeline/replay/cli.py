@@ -66,6 +66,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--rules", action="store_true", help="re-run the rules over the range (isolated; pages nobody)")
     p.add_argument("--rules-file", help="with --rules: a pinned rules config (YAML) instead of the config's")
     p.add_argument("--deliver", action="store_true", help="with --rules: also send the alerts to the alert sinks")
+    p.add_argument(
+        "--gaps", action="store_true",
+        help="only the events of the hours 'instantly-audit gaps' lists (within --since/--until, --workspace)",
+    )  # fmt: skip
+    p.add_argument("--hours", metavar="FILE", help="only the events of the hours in this 'gaps --format json' output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -113,6 +118,15 @@ def run(args: argparse.Namespace) -> int:
     sel = selection_from_args(args)
     if args.deliver and not args.rules:
         raise ConfigError("--deliver only applies with --rules")
+    if args.gaps and args.hours:
+        raise ConfigError("--gaps and --hours are alternatives: give one")
+    if (args.gaps or args.hours) and sel.topic != EVENTS_TOPIC:
+        raise ConfigError("--gaps / --hours select events: use them with --topic events")
+    if args.hours:
+        from pipeline.completeness.gaps import hours_from_json
+
+        with open(args.hours, "rb") if args.hours != "-" else contextlib.nullcontext(sys.stdin.buffer) as f:
+            sel = narrow_to_hours(sel, hours_from_json(f.read()))
     if args.to_sink and args.to_sink not in cfg.sinks:
         known = ", ".join(sorted(cfg.sinks)) or "none configured"
         raise ConfigError(f"--to {args.to_sink}: no such sink (known: {known})")
@@ -137,6 +151,13 @@ async def _run(args: argparse.Namespace, cfg: Any, sel: Selection) -> int:
                 sel = replace(
                     sel, workspaces=resolve_workspaces(sel.workspaces, await configured_workspace_ids(cfg, bus))
                 )
+            if args.gaps:
+                from pipeline.completeness.gaps import find_gaps, hour_keys, read_receipts
+
+                since = sel.since // 3600 * 3600 if sel.since is not None else None  # the hour holding it
+                found = await read_receipts(bus, since=since, until=sel.until, workspaces=sel.workspaces)
+                sel = narrow_to_hours(sel, hour_keys(find_gaps(found.receipts)))
+                print(f"replay --gaps: {len(sel.hours or ())} hour(s) with gaps", file=sys.stderr)
             if args.rules:
                 from pipeline.replay.rules import replay_rules
 
@@ -169,6 +190,15 @@ async def _run(args: argparse.Namespace, cfg: Any, sel: Selection) -> int:
             sys.stdout.flush()
     _summary(stats)
     return 130 if stats.interrupted else 0
+
+
+def narrow_to_hours(sel: Selection, hours: frozenset[tuple[str, str, int]]) -> Selection:
+    """Select only the events of ``hours`` (and start the scan at the first of them)."""
+    since = sel.since
+    if hours:
+        first = min(h for _w, _s, h in hours) * 3600.0
+        since = first if since is None else max(since, first)
+    return replace(sel, hours=hours, since=since)
 
 
 def resolve_workspaces(names: tuple[str, ...], ids: dict[str, str]) -> tuple[str, ...]:

@@ -89,6 +89,9 @@ class Selection:
     aliases: frozenset[str] = frozenset()
     """The entity's other identifiers (``--timeline``: see :mod:`pipeline.replay.identity`)."""
     limit: int | None = None
+    hours: frozenset[tuple[str, str, int]] | None = None
+    """``--gaps`` / ``--hours``: only events whose (workspace id, source stream, event time // 3600)
+    is one of these (see :mod:`pipeline.completeness.gaps`)."""
 
     @property
     def filters_content(self) -> bool:
@@ -102,6 +105,7 @@ class Selection:
             or self.target is not None
             or self.min_severity is not None
             or self.entity is not None
+            or self.hours is not None
         )
 
     def matches(self, body: dict[str, Any]) -> bool:
@@ -112,6 +116,10 @@ class Selection:
         if self.types and not any(fnmatch.fnmatchcase(kind, g) for g in self.types):
             return False
         when = event_time(body)
+        if self.hours is not None:
+            ws, stream = (body.get("workspace") or {}).get("id"), (body.get("source") or {}).get("stream")
+            if when is None or (ws, stream, int(when // 3600)) not in self.hours:
+                return False
         if self.since is not None and (when is None or when < self.since):
             return False
         if self.until is not None and (when is None or when >= self.until):

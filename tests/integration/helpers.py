@@ -252,9 +252,12 @@ class PipelineRunner:
             pytest.fail(f"instantly-audit run --once did not finish within {timeout}s:\n{self.last_log()}")
 
     def last_log(self, chars: int = 4000) -> str:
+        """The last run's stderr tail (its log), and its stdout tail when there is one."""
         if not self.outputs:
             return ""
-        return self.outputs[-1].read_text(errors="replace")[-chars:]
+        err = self.outputs[-1].read_text(errors="replace")[-chars:]
+        out = self.outputs[-2].read_text(errors="replace")[-chars:] if len(self.outputs) > 1 else ""
+        return f"{err}\n--- stdout ---\n{out}" if out else (err or "(the run wrote nothing to stderr or stdout)")
 
     def output(self) -> bytes:
         """Everything every run wrote to stdout and stderr."""

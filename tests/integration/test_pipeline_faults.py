@@ -35,6 +35,7 @@ from tests.integration.helpers import (
     simulator,
     snapshot_problems,
     tally,
+    wait_for,
     write_config,
 )
 
@@ -63,6 +64,10 @@ def test_sigkilled_pipeline_loses_and_duplicates_nothing(
         runner.kill_restart(KILLS[bus_kind], rng, min_secs=0.5, max_secs=3.5, after_kill=behind_the_cursor)
         runner.start()
         time.sleep(3.0)
+        # The generator makes one change every 2 s in turn (key created, key deleted, member
+        # invited, webhook rotated): run until each kind happened at least once, however fast
+        # the kills went on a loaded machine.
+        assert wait_for(lambda: sim.status()["changes"] >= 4, 60.0), sim.status()
         generated = sim.stop_generator()
         assert runner.stop() == 0, runner.last_log()
         assert runner.run_once() == 0, runner.last_log()

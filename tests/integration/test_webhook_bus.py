@@ -1,12 +1,16 @@
 """The receiver on each bus (SQLite and a real Kafka broker): exactly-once publish, dedup across restarts,
-rejections leave nothing, bus failures answer 503 and acknowledge nothing."""
+rejections leave nothing, bus failures answer 503 and acknowledge nothing; on Kafka, a commit the
+broker refuses fails its whole group and leaves nothing visible."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
+from collections import Counter
 from collections.abc import Callable
 
 import orjson
+import pytest
 from multidict import CIMultiDict
 
 from pipeline.bus.base import Bus
@@ -94,3 +98,41 @@ async def test_bus_failure_answers_503_and_acknowledges_nothing(bus: Bus) -> Non
         assert {x.status for x in resps} == {200}
         assert (await c.get("/readyz")).status == 200
     assert len(await events_of(bus, ws)) == 10
+
+
+@pytest.mark.parametrize("bus_kind", [pytest.param("kafka", marks=pytest.mark.kafka)], indirect=True)
+async def test_kafka_commit_failure_fails_the_whole_group(
+    bus: Bus, bus_factory: Callable[[], Bus], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real broker refusal (another process took the writer id, fencing this one) fails every
+    delivery of the group being committed with 503, and none of them is visible read_committed;
+    every 200 is in the bus once, and the senders' retries are each published once. The dropped
+    producer leaves no unretrieved future exception behind."""
+    source, ws = unique_names()
+    path = f"/hooks/{source}"
+    cfg = make_config(source=source, workspace=ws)
+    r = WebhookReceiver(cfg, bus)
+    async with serve(r) as c:
+        assert (await c.post(path, data=delivery(0, workspace=ws), headers=hdrs())).status == 200
+        async with bus_factory() as other:
+            await other.fence(cfg.writer_id)  # bumps the producer epoch: this receiver's next commit is refused
+            resps = await asyncio.gather(
+                *(c.post(path, data=delivery(n, workspace=ws), headers=hdrs()) for n in range(1, 25))
+            )
+        status = {n: x.status for n, x in zip(range(1, 25), resps, strict=True)}
+        refused = sorted(n for n, s in status.items() if s == 503)
+        assert refused and set(status.values()) <= {200, 503}
+        assert r.committer.last_failure is not None
+        gc.collect()  # an unretrieved exception on the dropped producer's futures would be logged now
+        assert not [rec for rec in caplog.records if "never retrieved" in rec.getMessage()]
+        seen = await numbers_in_bus(bus, ws)
+        assert seen == Counter([0, *(n for n, s in status.items() if s == 200)])
+        retries = await asyncio.gather(*(c.post(path, data=delivery(n, workspace=ws), headers=hdrs()) for n in refused))
+        assert {x.status for x in retries} == {200}
+        assert {(await x.json())["status"] for x in retries} == {"accepted"}
+    assert await numbers_in_bus(bus, ws) == Counter(range(25))
+
+
+async def numbers_in_bus(bus: Bus, ws: str) -> Counter[int]:
+    """How often each delivery number is in the bus (read_committed on Kafka)."""
+    return Counter(int(orjson.loads(x.value)["raw"]["email_id"][-12:]) for x in await events_of(bus, ws))

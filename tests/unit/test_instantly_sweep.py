@@ -48,7 +48,7 @@ async def test_late_record_published_once_after_the_sweep(tmp_path: Path) -> Non
     opts: dict[str, Any] = {"streams": ["audit_logs"], "audit_sweep_interval_secs": DAY}
     async with serve(fake), SqliteBus(tmp_path / "bus.db") as bus:
         async with make_poller(fake, bus, clock, **opts) as poller:
-            assert (await poller.poll_once())["audit_logs"] == 3  # the first poll sweeps too: nothing late
+            assert (await poller.poll_once())["audit_logs"] == 3  # the sweep's clock starts here
             clock.advance(3 * HOUR)
             fake.audit.append(audit_record("r3", clock.now() - 10))
             assert (await poller.poll_once())["audit_logs"] == 1
@@ -72,3 +72,38 @@ async def test_late_record_published_once_after_the_sweep(tmp_path: Path) -> Non
     attrs = late[0]["attributes"]
     assert attrs["count"] == 1 and attrs["undecodable_hours"] == [] and attrs["truncated"] is False
     assert attrs["max_late_secs"] > DAY and attrs["max_behind_high_water_secs"] > HOUR
+
+
+async def test_sweep_is_on_by_default_daily_and_never_repeats_the_first_read(tmp_path: Path) -> None:
+    """Without any sweep option: the first poll lists the audit log once (no sweep on top of it);
+    a record that arrives hours late is published by the sweep a day later, exactly once."""
+    fake = FakeInstantly(api_key="k" * 24)
+    seed(fake)
+    clock = FakeClock()
+    t0 = clock.now()
+    fake.audit = [audit_record(f"r{i}", t0 - 100 + i) for i in range(3)]
+    async with serve(fake), SqliteBus(tmp_path / "bus.db") as bus:
+        async with make_poller(fake, bus, clock, streams=["audit_logs"]) as poller:
+            assert poller.cfg.audit_sweep_interval_secs == DAY
+            assert (await poller.poll_once())["audit_logs"] == 3
+            swept = [c.query for c in fake.calls_to("/audit-logs") if "start_date" in c.query]
+            assert swept == [], swept  # the sweep lists by start_date; the first poll's own read sufficed
+            clock.advance(3 * HOUR)
+            fake.audit.append(audit_record("r3", clock.now() - 10))
+            assert (await poller.poll_once())["audit_logs"] == 1
+            clock.advance(60)
+            fake.audit.append(audit_record("late", t0 + HOUR))  # ~2 h behind the newest, window is 1 h
+            counts = await poller.poll_once()
+            assert counts["audit_logs"] == 0 and counts["pipeline"] == 0
+            clock.advance(DAY)
+            counts = await poller.poll_once()
+            assert counts["audit_logs"] == 1 and counts["pipeline"] == 1
+            assert [c for c in fake.calls_to("/audit-logs") if "start_date" in c.query]
+        evs = await events(bus)
+    assert sorted(e["source"]["record_id"] for e in evs if e["type"].startswith("audit.")) == [
+        "late",
+        "r0",
+        "r1",
+        "r2",
+        "r3",
+    ]

@@ -116,6 +116,8 @@ async def test_scrape_every_helper_shows_its_series(tel: Telemetry, server: Serv
     tel.webhook_rejections("instantly", "bad_secret")
     tel.bus_errors("publish", "KafkaTimeoutError")
     tel.latency("end_to_end", "soc", [0.2, 3.5, -1.0])
+    tel.receipts_published("acme", "ws-1", 3)
+    tel.gap_hours("acme", "ws-1", "interrupted", 2)
     got = await scrape(server)
     assert value(got, "pipeline_component_events_dropped_total", reason="duplicate") == 2
     assert value(got, "pipeline_component_errors_total", component_id="soc", error_type="SinkError") == 1
@@ -132,6 +134,8 @@ async def test_scrape_every_helper_shows_its_series(tel: Telemetry, server: Serv
     assert value(got, "pipeline_source_cursor_age_seconds", workspace_id="ws-1", stream="audit_logs") == 90
     assert value(got, "pipeline_webhook_rejections_total", source="instantly", reason="bad_secret") == 1
     assert value(got, "pipeline_bus_errors_total", operation="publish", error_type="KafkaTimeoutError") == 1
+    assert value(got, "pipeline_completeness_receipts_total", component_id="acme", workspace_id="ws-1") == 3
+    assert value(got, "pipeline_completeness_gap_hours_total", reason="interrupted", workspace_id="ws-1") == 2
     e2e = {"leg": "end_to_end", "component_id": "soc"}
     assert value(got, "pipeline_latency_seconds_count", **e2e) == 3
     assert value(got, "pipeline_latency_seconds_sum", **e2e) == pytest.approx(3.7)  # a negative age counts as 0
@@ -283,6 +287,8 @@ def test_disabled_is_safe_and_silent() -> None:
     t.webhook_rejections("s", "r")
     t.bus_errors("op", "E")
     t.readiness("bus", False)
+    t.receipts_published("s", "ws", 1)
+    t.gap_hours("s", "ws", "interrupted")
     with t.span("x", {"a": 1}) as s:
         assert not s.get_span_context().is_valid
         assert t.inject_traceparent() is None

@@ -197,6 +197,9 @@ class WebhookConfig(Model):
     ack_timeout_secs: float = Field(10.0, gt=0, le=120, description="answer 503 if the bus has not confirmed by then")
     retry_after_secs: int = Field(5, ge=1, le=3600)
     max_batch: int = Field(256, ge=1, le=10_000, description="deliveries per bus transaction (group commit)")
+    max_linger_secs: float = Field(
+        0.01, ge=0, le=1, description="group commit: longest wait for concurrent senders to fill a transaction"
+    )
     max_pending: int = Field(4096, ge=1, le=1_000_000, description="queued deliveries before answering 503")
     body_timeout_secs: float = Field(30.0, gt=0, le=600, description="time to receive an authenticated body")
     writer_id: str = Field("webhook", pattern=r"^[A-Za-z0-9._-]{1,64}$", description="bus writer id of this receiver")

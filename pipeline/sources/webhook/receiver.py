@@ -154,6 +154,7 @@ class WebhookReceiver:
             self.windows,
             clock=clock,
             max_batch=config.max_batch,
+            max_linger_secs=config.max_linger_secs,
             component_types=types,
             telemetry=self.telemetry,
         )

@@ -1,0 +1,1 @@
+"""Completeness: reading the sources' per-hour receipts and finding the hours with gaps."""
