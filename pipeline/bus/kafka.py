@@ -23,7 +23,7 @@ from pipeline.bus.kafka_assignor import Weights
 from pipeline.bus.kafka_client import DAY_MS, KafkaConnection, client_args_from_config, wrap_error
 from pipeline.bus.kafka_consumer import KafkaConsumer
 from pipeline.bus.kafka_membership import Callback, KafkaMembership, RecordsCallback
-from pipeline.bus.kafka_state import KafkaState
+from pipeline.bus.kafka_state import OPEN_TXN_WAIT_SECS, KafkaState
 from pipeline.bus.kafka_writer import KafkaWriters
 from pipeline.bus.txn import BufferedTxn
 from pipeline.config.model import KafkaBusConfig
@@ -169,9 +169,14 @@ class KafkaBus:
         """Each member of ``group`` (client id and host) → the partitions it owns, per topic."""
         return await self._topics.describe_group(self.conn.phys(group))
 
-    async def refresh_state(self) -> None:
-        """Read the state topic again (other processes wrote since this one loaded it)."""
-        await self._state.refresh()
+    async def refresh_state(self, max_wait_secs: float = OPEN_TXN_WAIT_SECS) -> None:
+        """Read the state topic again (other processes wrote since this one loaded it), waiting at
+        most ``max_wait_secs`` behind transactions open when the read began.
+
+        Raises:
+            BusError: the state topic cannot be read, or stayed behind an open transaction.
+        """
+        await self._state.refresh(max_wait_secs)
 
     # ---- state and offsets ----------------------------------------------------------
     async def get_state(self, key: str) -> bytes | None:

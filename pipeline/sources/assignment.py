@@ -71,6 +71,15 @@ RecordsCallback = Callable[[list[tuple[int, bytes | None, bytes | None]]], Await
 BuildDiscovered = Callable[[dict[str, object]], Source | None]
 
 
+TAKEOVER_STATE_WAIT_SECS = 20.0
+"""How long a takeover's state reload waits behind transactions open when it began. The new
+owners fence the previous owners' writers first, so only a writer nobody has claimed yet — a
+killed replica still counted in the group until its session expires — holds it longer; waiting
+for Kafka's 60 s transaction timeout there (inside the rebalance, holding the assignment) stalled
+the group. Past this bound the replica leaves the group and rejoins, by when the dead member is
+gone and its writers are fenced by their new owners."""
+
+
 class Membership(Protocol):
     """A member of a consumer group (see :mod:`pipeline.bus.kafka_membership`)."""
 
@@ -103,8 +112,8 @@ class SharedBus(Bus, Protocol):
         """Stop the writer ``txn_id``."""
         ...
 
-    async def refresh_state(self) -> None:
-        """Read the state again."""
+    async def refresh_state(self, max_wait_secs: float = ...) -> None:
+        """Read the state again, waiting at most ``max_wait_secs`` behind open transactions."""
         ...
 
 
@@ -277,7 +286,7 @@ class WorkspaceAssignment:
                 # After fencing: the cursors the previous owners committed last. For a discovered
                 # workspace other pollers here are still running; the reload keeps their own commits
                 # (applied while it reads) and they own their keys, so what they read stays theirs.
-                await self.bus.refresh_state()
+                await self.bus.refresh_state(max_wait_secs=TAKEOVER_STATE_WAIT_SECS)
             except BusError as err:
                 # Never poll on a stale cursor: give the workspaces back and let the supervisor rejoin.
                 log.error("State could not be re-read after a takeover; leaving the group", extra={"error": str(err)})
