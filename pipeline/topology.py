@@ -510,6 +510,16 @@ def _catch_stop_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
+def _log_task_stacks() -> None:
+    """SIGUSR1: log where every asyncio task of this process is waiting (for a stuck process)."""
+    for task in asyncio.all_tasks():
+        frames = task.get_stack(limit=12)
+        where = " <- ".join(
+            f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno})" for f in reversed(frames)
+        )
+        log.warning("Task stack", extra={"task": task.get_name(), "stack": where or repr(task)})
+
+
 async def _run_forever(pipe: Pipeline, stop: asyncio.Event | None, config_path: Path | None = None) -> int:
     """Supervise the pipeline's loops until ``stop`` (or SIGTERM/SIGINT), then stop them cleanly."""
     stop = stop or asyncio.Event()
@@ -527,6 +537,7 @@ async def _run_forever(pipe: Pipeline, stop: asyncio.Event | None, config_path: 
 
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+        loop.add_signal_handler(signal.SIGUSR1, _log_task_stacks)
     tasks = [asyncio.create_task(supervise(n, b, stop), name=n) for n, b in pipe.tasks(stop)]
     monitor = functools.partial(
         monitor_bus,

@@ -71,6 +71,13 @@ RecordsCallback = Callable[[list[tuple[int, bytes | None, bytes | None]]], Await
 BuildDiscovered = Callable[[dict[str, object]], Source | None]
 
 
+JOIN_DEADLINE_SECS = 45.0
+"""A replica that has no assignment this long after it started joining (announce, JoinGroup,
+SyncGroup, the assigned callback) leaves and rejoins. A join normally completes in seconds and at
+worst waits out a dead member: the rebalance timeout (25 s). Seen twice in ~26 loaded runs of the
+agency test: a replica started, logged nothing more and was never given its partitions while the
+others rebalanced around it; the watchdog turns that into a logged rejoin instead of an unwatched
+workspace."""
 TAKEOVER_STATE_WAIT_SECS = 20.0
 """How long a takeover's state reload waits behind transactions open when it began. The new
 owners fence the previous owners' writers first, so only a writer nobody has claimed yet — a
@@ -155,6 +162,7 @@ class WorkspaceAssignment:
         self._closing = False
         self._broken: BusError | None = None
         self._inner = asyncio.Event()
+        self._joined = asyncio.Event()
         self.owned: set[int] = set()
         """Control partitions assigned to this replica now."""
         self.discovered: dict[str, dict[str, object]] = {}
@@ -190,7 +198,11 @@ class WorkspaceAssignment:
         """
         self._closing = False
         self._broken = None
-        await self.announce()
+        self._joined = asyncio.Event()
+        try:
+            await asyncio.wait_for(self.announce(), JOIN_DEADLINE_SECS)
+        except TimeoutError:
+            raise BusError(f"announcing the workspaces took over {JOIN_DEADLINE_SECS:.0f} s", retriable=True) from None
         member = self.bus.membership(
             CONTROL_TOPIC,
             CONTROL_GROUP,
@@ -202,19 +214,41 @@ class WorkspaceAssignment:
         inner = asyncio.Event()  # set on ``stop``, or when a takeover failed (then leave and rejoin)
         self._inner = inner
         relay = asyncio.create_task(_relay(stop, inner))
+        membership = asyncio.create_task(member.run(inner), name="poller-group-membership")
+        watchdog = asyncio.create_task(self._watch_join(membership))
         try:
-            await member.run(inner)
+            await membership
+        except asyncio.CancelledError:
+            if stop.is_set() or not watchdog.done():  # cancelled from outside, not by the watchdog
+                raise
         finally:
             relay.cancel()
+            watchdog.cancel()
+            membership.cancel()
             self._closing = True
             await self.revoked(set(range(self.partitions)))
         if self._broken is not None:
             raise self._broken
 
+    async def _watch_join(self, membership: asyncio.Task[None]) -> None:
+        """Leave and rejoin when no assignment came within :data:`JOIN_DEADLINE_SECS` of joining."""
+        try:
+            await asyncio.wait_for(self._joined.wait(), JOIN_DEADLINE_SECS)
+        except TimeoutError:
+            log.error(
+                "No assignment from the poller group in time; leaving and rejoining",
+                extra={"replica": self.replica, "waited_secs": JOIN_DEADLINE_SECS},
+            )
+            self._broken = BusError(
+                f"no assignment from the poller group within {JOIN_DEADLINE_SECS:.0f} s", retriable=True
+            )
+            membership.cancel()
+
     async def assigned(self, partitions: set[int]) -> None:
         """Enter the pollers of ``partitions`` (fencing their previous owners), reload state, start them."""
         # Logged before the takeover too: a takeover that hangs (fence, state reload) shows where it stopped.
         log.info("Partitions assigned; taking over", extra={"replica": self.replica, "partitions": sorted(partitions)})
+        self._joined.set()
         async with self._lock:
             if self._closing:
                 return
