@@ -35,7 +35,7 @@ from pipeline.observability.health import HealthRegistry, get_health, set_health
 from pipeline.observability.logs import get_logger, register_secret, setup_logging
 from pipeline.observability.telemetry import Telemetry, get_telemetry, set_telemetry, setup_telemetry
 from pipeline.redaction.urls import set_url_path_hosts
-from pipeline.sources.base import source_plugins
+from pipeline.sources.base import Pausable, source_plugins
 
 log = get_logger("topology")
 ROLES = ("pollers", "rules", "sinks", "webhook")
@@ -118,6 +118,8 @@ class Pipeline:
         self.pollers: list[Any] = []
         self.assignment: Any = None
         """Kafka with ``share_pollers``: the workspaces this replica polls come from the control group."""
+        self.backpressure: Any = None
+        """With ``bus.max_consumer_lag``: the gate the pollers wait at (:mod:`pipeline.sources.backpressure`)."""
         self.rules: Any = None
         self.runners: list[Any] = []
         self.receiver: Any = None
@@ -141,17 +143,35 @@ class Pipeline:
         # and a zombie's is aborted only when its id is claimed again (or after the transaction
         # timeout, 60 s). So the pollers enter first, the rules worker claims its id, and the
         # workspace names are read last.
+        bound = getattr(cfg.bus, "max_consumer_lag", None)
+        if "pollers" in self.roles and not self.once and bound is not None:
+            from pipeline.sources.backpressure import Backpressure, watched_groups
+
+            interval = float(getattr(cfg.bus, "backpressure_check_secs", 5.0))
+            self.backpressure = Backpressure(bus, watched_groups(cfg), bound, interval_secs=interval, telemetry=tel)
         if "pollers" in self.roles and not self.once and _shares_pollers(cfg, bus):
             from pipeline.sources.assignment import WorkspaceAssignment
 
             plugins = list(source_plugins().values())
+
+            def build_discovered(record: dict[str, object]) -> Any:
+                for p in plugins:
+                    build = getattr(p, "build_discovered", None)
+                    if build is not None and record.get("plugin") == p.name:
+                        return build(cfg, bus, clock, record, telemetry=tel, health=health)
+                return None
+
             self.assignment = WorkspaceAssignment(
                 bus,  # type: ignore[arg-type]  # _shares_pollers checked the extra methods
                 lambda: [s for p in plugins for s in p.build(cfg, bus, clock, telemetry=tel, health=health)],
+                build_discovered=build_discovered,
+                backpressure=self.backpressure,
             )
         elif "pollers" in self.roles:
             for plugin in source_plugins().values():
                 for source in plugin.build(cfg, bus, clock, telemetry=tel, health=health):
+                    if self.backpressure is not None and isinstance(source, Pausable):
+                        source.backpressure = self.backpressure
                     self.pollers.append(await self._stack.enter_async_context(source))
         if "rules" in self.roles:
             from pipeline.rules.worker import RulesWorker
@@ -233,6 +253,8 @@ class Pipeline:
             out.append((f"poller:{p.source_id}", functools.partial(p.run, stop)))
         if self.assignment is not None:
             out.append(("pollers:assignment", functools.partial(self.assignment.run, stop)))
+        if self.backpressure is not None:
+            out.append(("pollers:backpressure", functools.partial(self.backpressure.run, stop)))
         if self.rules is not None:
             out.append(("rules", functools.partial(self.rules.run, stop)))
         for r in self.runners:
@@ -488,6 +510,16 @@ def _catch_stop_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
+def _log_task_stacks() -> None:
+    """SIGUSR1: log where every asyncio task of this process is waiting (for a stuck process)."""
+    for task in asyncio.all_tasks():
+        frames = task.get_stack(limit=12)
+        where = " <- ".join(
+            f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno})" for f in reversed(frames)
+        )
+        log.warning("Task stack", extra={"task": task.get_name(), "stack": where or repr(task)})
+
+
 async def _run_forever(pipe: Pipeline, stop: asyncio.Event | None, config_path: Path | None = None) -> int:
     """Supervise the pipeline's loops until ``stop`` (or SIGTERM/SIGINT), then stop them cleanly."""
     stop = stop or asyncio.Event()
@@ -505,6 +537,7 @@ async def _run_forever(pipe: Pipeline, stop: asyncio.Event | None, config_path: 
 
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+        loop.add_signal_handler(signal.SIGUSR1, _log_task_stacks)
     tasks = [asyncio.create_task(supervise(n, b, stop), name=n) for n, b in pipe.tasks(stop)]
     monitor = functools.partial(
         monitor_bus,

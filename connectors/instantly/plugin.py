@@ -11,7 +11,7 @@ from typing import ClassVar
 import orjson
 
 from connectors.instantly.config import workspaces
-from connectors.instantly.discovery import AgencyPoller
+from connectors.instantly.discovery import AgencyPoller, child_poller
 from connectors.instantly.source import InstantlyWorkspacePoller, identity_key
 from pipeline.bus.base import Bus
 from pipeline.clock import Clock
@@ -43,6 +43,39 @@ class InstantlySources:
             else InstantlyWorkspacePoller(sid, wcfg, bus, clock=clock, telemetry=telemetry, health=health)
             for sid, wcfg in workspaces(cfg).items()
         ]
+
+    def build_discovered(
+        self,
+        cfg: PipelineConfig,
+        bus: Bus,
+        clock: Clock,
+        record: dict[str, object],
+        *,
+        telemetry: Telemetry | None = None,
+        health: HealthRegistry | None = None,
+    ) -> Source | None:
+        """The poller of a sub-workspace an agency announced on the control topic (shared replicas).
+
+        None when the record's agency is not configured here with ``discover_subworkspaces`` (its
+        key comes from that entry), or the record is not one :class:`AgencyPoller` writes.
+        """
+        parent, spec = record.get("parent"), record.get("spec")
+        wcfg = workspaces(cfg).get(parent) if isinstance(parent, str) else None
+        if wcfg is None or not wcfg.discover_subworkspaces or not isinstance(spec, dict):
+            return None
+        sub, name = spec.get("as_workspace"), spec.get("name")
+        if not isinstance(sub, str) or not sub:
+            return None
+        return child_poller(
+            str(parent),
+            wcfg,
+            sub,
+            name if isinstance(name, str) else None,
+            bus,
+            clock=clock,
+            telemetry=telemetry,
+            health=health,
+        )
 
     async def workspace_ids(self, cfg: PipelineConfig, bus: Bus) -> dict[str, str]:
         """Alias → Instantly workspace id: ``as_workspace`` when configured, else the id the poller

@@ -106,7 +106,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         print(banner(r, target), flush=True)
 
     try:
-        asyncio.run(serve(args.host, args.port, scenario, args.seed, on_ready=ready))
+        asyncio.run(serve(args.host, args.port, scenario, args.seed, on_ready=ready, agency=args.agency))
     except KeyboardInterrupt:
         return 0
     except OSError as err:
@@ -140,6 +140,13 @@ def register(sub: Any) -> None:
     sim.add_argument("--port", type=int, default=8787)
     sim.add_argument("--scenario", help="YAML scenario to play (timed actions)")
     sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument(
+        "--agency",
+        type=int,
+        default=0,
+        metavar="N",
+        help="serve an agency: N sub-workspaces in the workspace's group (a --scenario adds and removes more)",
+    )
     sim.add_argument("--write-config", metavar="PATH", help="write a config for this simulator (and its key files)")
     sim.set_defaults(func=_cmd_simulate)
 

@@ -56,6 +56,7 @@ from pipeline.observability.health import HealthRegistry, get_health
 from pipeline.observability.logs import get_logger
 from pipeline.observability.metrics import ID, KIND, STREAM, TYPE, WORKSPACE, WORKSPACE_ID
 from pipeline.observability.telemetry import Telemetry, get_telemetry
+from pipeline.sources.backpressure import Backpressure
 from pipeline.sources.base import status_key
 from schemas.event import WorkspaceRef
 
@@ -105,6 +106,8 @@ class InstantlyWorkspacePoller:
         health: HealthRegistry | None = None,
     ):
         self.source_id = source_id
+        self.backpressure: Backpressure | None = None
+        """Set by the runtime with ``bus.max_consumer_lag``: wait there before each poll."""
         self.last_failures: dict[str, str] = {}
         """Streams the last poll could not read, with a short reason (read by ``run --once``)."""
         self.cfg = cfg
@@ -190,6 +193,10 @@ class InstantlyWorkspacePoller:
         """
         try:
             while not stop.is_set():
+                if self.backpressure is not None:
+                    await self.backpressure.wait(stop)  # the rules or a sink are too far behind
+                    if stop.is_set():
+                        break
                 try:
                     await self.poll_once()
                 except BusError as err:

@@ -81,7 +81,8 @@ class OutRecord:
     """A record to publish."""
 
     topic: str
-    value: bytes
+    value: bytes | None
+    """``None`` is a tombstone: on a compacted topic it removes the key."""
     key: bytes | None = None
     headers: tuple[Header, ...] = ()
     timestamp_ms: int | None = None
@@ -121,13 +122,13 @@ class Transaction(Protocol):
     def send(
         self,
         topic: str,
-        value: bytes,
+        value: bytes | None,
         *,
         key: bytes | None = None,
         headers: Sequence[Header] = (),
         timestamp_ms: int | None = None,
     ) -> None:
-        """Buffer one record."""
+        """Buffer one record (``value=None``: a tombstone, which removes ``key`` from a compacted topic)."""
         ...
 
     def put_state(self, key: str, value: bytes | None) -> None:

@@ -19,10 +19,11 @@ from aiokafka.errors import KafkaError
 
 from pipeline.bus.base import OutRecord, StartPolicy, TopicPartition, TopicSpec, control_topics, default_topics
 from pipeline.bus.kafka_admin import KafkaTopics
+from pipeline.bus.kafka_assignor import Weights
 from pipeline.bus.kafka_client import DAY_MS, KafkaConnection, client_args_from_config, wrap_error
 from pipeline.bus.kafka_consumer import KafkaConsumer
-from pipeline.bus.kafka_membership import Callback, KafkaMembership
-from pipeline.bus.kafka_state import KafkaState
+from pipeline.bus.kafka_membership import Callback, KafkaMembership, RecordsCallback
+from pipeline.bus.kafka_state import OPEN_TXN_WAIT_SECS, KafkaState
 from pipeline.bus.kafka_writer import KafkaWriters
 from pipeline.bus.txn import BufferedTxn
 from pipeline.config.model import KafkaBusConfig
@@ -143,17 +144,39 @@ class KafkaBus:
         """The partition Kafka's default partitioner (murmur2) gives ``key`` — where its records land."""
         return self._writers.partition_of(key, partitions)
 
-    def membership(self, topic: str, group: str, *, assigned: Callback, revoked: Callback) -> KafkaMembership:
+    def membership(
+        self,
+        topic: str,
+        group: str,
+        *,
+        assigned: Callback,
+        revoked: Callback,
+        records: RecordsCallback | None = None,
+        weights: Weights | None = None,
+    ) -> KafkaMembership:
         """A member of ``group`` sharing the partitions of ``topic`` (see :mod:`~pipeline.bus.kafka_membership`)."""
-        return KafkaMembership(self.conn, topic, self.conn.phys(group), assigned=assigned, revoked=revoked)
+        return KafkaMembership(
+            self.conn,
+            topic,
+            self.conn.phys(group),
+            assigned=assigned,
+            revoked=revoked,
+            records=records,
+            weights=weights,
+        )
 
     async def describe_group(self, group: str) -> dict[str, list[tuple[str, int]]]:
         """Each member of ``group`` (client id and host) → the partitions it owns, per topic."""
         return await self._topics.describe_group(self.conn.phys(group))
 
-    async def refresh_state(self) -> None:
-        """Read the state topic again (other processes wrote since this one loaded it)."""
-        await self._state.refresh()
+    async def refresh_state(self, max_wait_secs: float = OPEN_TXN_WAIT_SECS) -> None:
+        """Read the state topic again (other processes wrote since this one loaded it), waiting at
+        most ``max_wait_secs`` behind transactions open when the read began.
+
+        Raises:
+            BusError: the state topic cannot be read, or stayed behind an open transaction.
+        """
+        await self._state.refresh(max_wait_secs)
 
     # ---- state and offsets ----------------------------------------------------------
     async def get_state(self, key: str) -> bytes | None:

@@ -10,6 +10,12 @@ member is asked to give up *all* its partitions (``on_partitions_revoked``) befo
 gets its new set (``on_partitions_assigned``). It has neither the cooperative-sticky assignor
 (KIP-429) nor the new consumer protocol (KIP-848), so a rebalance briefly pauses every poller;
 the listener waits for the callbacks, so a partition is never owned by two replicas at once.
+With ``weights`` the group prefers :class:`~pipeline.bus.kafka_assignor.WorkspaceBalancedAssignor`
+(balances workspaces per member rather than partitions), falling back to round-robin.
+
+The member reads its partitions from the beginning at every assignment (it never commits an
+offset) and hands their records to ``records``: on the compacted control topic that is every
+workspace announced there — configured and discovered — and each tombstone of one that left.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka import TopicPartition as KTP
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError
 
+from pipeline.bus.kafka_assignor import Weights, WorkspaceBalancedAssignor
 from pipeline.bus.kafka_client import KafkaConnection, wrap_error
 
 SESSION_TIMEOUT_MS = 10_000
@@ -33,6 +41,8 @@ callback, which lets pollers finish their poll (aiokafka's default is the sessio
 a member still stopping its pollers would be dropped and its workspaces handed on too early). Kept
 below the request timeout (30 s): aiokafka sends JoinGroup with the ordinary request timeout."""
 Callback = Callable[[set[int]], Awaitable[None]]
+RecordsCallback = Callable[[list[tuple[int, bytes | None, bytes | None]]], Awaitable[None]]
+"""Receives ``(partition, key, value)`` of records read from the owned partitions, in offset order."""
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -59,6 +69,8 @@ class KafkaMembership:
         *,
         assigned: Callback,
         revoked: Callback,
+        records: RecordsCallback | None = None,
+        weights: Weights | None = None,
         session_timeout_ms: int = SESSION_TIMEOUT_MS,
         heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS,
     ):
@@ -67,6 +79,8 @@ class KafkaMembership:
         self.group = group
         self._assigned = assigned
         self._revoked = revoked
+        self._records = records
+        self._weights = weights
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
 
@@ -84,10 +98,15 @@ class KafkaMembership:
             group_id=self.group,
             enable_auto_commit=False,
             isolation_level="read_committed",
-            auto_offset_reset="latest",
+            auto_offset_reset="earliest",  # no offset is ever committed: each assignment reads it all
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,
             rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
+            partition_assignment_strategy=(
+                (WorkspaceBalancedAssignor(self._weights), RoundRobinPartitionAssignor)
+                if self._weights is not None
+                else (RoundRobinPartitionAssignor,)
+            ),
             request_timeout_ms=self.conn.request_timeout_ms,
             **self.conn.client_args,
         )
@@ -107,7 +126,10 @@ class KafkaMembership:
             while not stop.is_set():
                 # Heartbeats run in aiokafka's background task; polling keeps this member inside
                 # max_poll_interval_ms and lets rebalances (and their callbacks) proceed.
-                await c.getmany(timeout_ms=1000, max_records=100)
+                batch = await c.getmany(timeout_ms=1000, max_records=500)
+                if self._records is not None and batch:
+                    got = [(tp.partition, r.key, r.value) for tp, recs in batch.items() for r in recs]
+                    await self._records(got)
         except KafkaError as err:
             raise wrap_error(err, f"membership of group {self.group}") from None
         finally:

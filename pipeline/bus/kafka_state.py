@@ -39,7 +39,7 @@ class KafkaState:
         self._state: dict[str, bytes] = {}
         self._loaded = False
 
-    async def _load(self) -> None:
+    async def _load(self, max_wait_secs: float = OPEN_TXN_WAIT_SECS) -> None:
         if self._loaded:
             return
         c = AIOKafkaConsumer(
@@ -61,7 +61,7 @@ class KafkaState:
             said = False
             while await c.position(tp) < end:
                 waited = asyncio.get_running_loop().time() - began
-                if waited > OPEN_TXN_WAIT_SECS:
+                if waited > max_wait_secs:
                     raise BusError("the state topic stayed behind an open transaction", retriable=True)
                 if waited > SLOW_READ_SECS and not said:
                     said = True
@@ -105,15 +105,18 @@ class KafkaState:
             with contextlib.suppress(Exception):
                 await c.stop()
 
-    async def refresh(self) -> None:
+    async def refresh(self, max_wait_secs: float = OPEN_TXN_WAIT_SECS) -> None:
         """Read the whole state topic again (others wrote since): call with no writer of this process busy.
+
+        ``max_wait_secs`` bounds the wait behind transactions open when the read began (then
+        :class:`BusError`, retriable).
 
         Raises:
             BusError: the state topic cannot be read.
         """
         self._state = {}
         self._loaded = False
-        await self._load()
+        await self._load(max_wait_secs)
 
     async def get(self, key: str) -> bytes | None:
         """Current value of a state key.

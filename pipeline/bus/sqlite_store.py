@@ -285,8 +285,9 @@ class SqliteStore:
                 elif ts is None and now_ms > last_ts:
                     last_ts = now_ms
                 hdr = encode_headers(r.headers) if r.headers else None
-                append((base | next_off, last_ts, r.key, r.value, hdr))
-                size += len(r.value) + (len(r.key) if r.key else 0) + (len(hdr) if hdr else 0)
+                value = r.value if r.value is not None else b""  # a tombstone: no compaction here
+                append((base | next_off, last_ts, r.key, value, hdr))
+                size += len(value) + (len(r.key) if r.key else 0) + (len(hdr) if hdr else 0)
                 next_off += 1
             db.execute("UPDATE tp_meta SET next_off=?, last_ts=?, bytes=? WHERE tp=?", (next_off, last_ts, size, tp))
         db.executemany("INSERT INTO records VALUES (?,?,?,?,?)", rows)

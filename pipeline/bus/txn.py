@@ -23,7 +23,7 @@ class BufferedTxn:
     def send(
         self,
         topic: str,
-        value: bytes,
+        value: bytes | None,
         *,
         key: bytes | None = None,
         headers: Sequence[Header] = (),

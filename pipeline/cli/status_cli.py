@@ -4,8 +4,10 @@ It reads the bus, never the processes: the poll status every poller writes to st
 (``status/<source id>``, :func:`pipeline.sources.base.status_key`), the owner record a Kafka
 replica writes when it takes a workspace over (``owner/<source id>``), the control group's current
 assignment (Kafka: the admin client's ``DescribeGroups``), and the committed offsets of the rules
-and sink consumer groups against the topics' end offsets. One shot by default; ``--watch [SECS]``
-redraws until interrupted; ``--format json`` prints one JSON document per refresh.
+and sink consumer groups against the topics' end offsets — and, with ``bus.max_consumer_lag``,
+whether polling is paused by backpressure (:mod:`pipeline.sources.backpressure`: same lags, same
+bound). One shot by default; ``--watch [SECS]`` redraws until interrupted; ``--format json``
+prints one JSON document per refresh.
 
 Open sink circuits are not recorded on the bus, so they are not shown (the sink's
 ``/health`` endpoint reports them).
@@ -21,11 +23,12 @@ from typing import Any
 
 import orjson
 
-from pipeline.bus.base import CONTROL_PARTITIONS, CONTROL_TOPIC, DATA_TOPICS, EVENTS_TOPIC, Bus
+from pipeline.bus.base import CONTROL_PARTITIONS, CONTROL_TOPIC, Bus
 from pipeline.bus.factory import open_bus
 from pipeline.cli.base import CONFIG_HELP, config_path
 from pipeline.clock import SYSTEM_CLOCK
 from pipeline.config.model import PipelineConfig
+from pipeline.sources.backpressure import measure_lags, over_bound, watched_groups
 from pipeline.sources.base import source_plugins, status_key
 
 JSON = dict[str, Any]
@@ -80,8 +83,11 @@ async def collect(cfg: PipelineConfig, now: float | None = None) -> JSON:
         ids = _source_ids(cfg, bus) | {k.split("/", 1)[1] for k in state if k.startswith("status/")}
         members = await _control_members(bus)
         workspaces = [_workspace(sid, state, members, bus, now) for sid in sorted(ids)]
-        groups = await _lags(cfg, bus)
-    return {"at": now, "bus": bus.name, "workspaces": workspaces, "groups": groups}
+        groups = await measure_lags(bus, watched_groups(cfg))
+    bound = getattr(cfg.bus, "max_consumer_lag", None)
+    over = over_bound(groups, bound)
+    backpressure = {"max_consumer_lag": bound, "paused": bool(over), "groups_over": over}
+    return {"at": now, "bus": bus.name, "workspaces": workspaces, "groups": groups, "backpressure": backpressure}
 
 
 def _source_ids(cfg: PipelineConfig, bus: Bus) -> set[str]:
@@ -139,26 +145,6 @@ def _doc(raw: bytes | None) -> JSON:
     return doc if isinstance(doc, dict) else {}
 
 
-async def _lags(cfg: PipelineConfig, bus: Bus) -> list[JSON]:
-    """Lag (end offset - committed, summed over partitions) of the rules group and each enabled sink's group."""
-    from pipeline.delivery.batches import TOPICS
-
-    groups: list[tuple[str, list[str]]] = [("rules", [EVENTS_TOPIC])]
-    groups += [
-        (f"sink-{sid}", [TOPICS[t] for t in dict.fromkeys(s.topics)]) for sid, s in cfg.sinks.items() if s.enabled
-    ]
-    async with bus.consumer(list(DATA_TOPICS), start="latest") as consumer:
-        ends = await consumer.end_offsets()
-    out: list[JSON] = []
-    for group, topics in groups:
-        per_topic: JSON = {}
-        for topic in topics:
-            committed = await bus.committed(group, topic)
-            per_topic[topic] = sum(max(0, end - committed.get(tp, 0)) for tp, end in ends.items() if tp.topic == topic)
-        out.append({"group": group, "lag": sum(per_topic.values()), "topics": per_topic})
-    return out
-
-
 def _json(doc: JSON) -> str:
     return orjson.dumps(doc).decode()
 
@@ -185,4 +171,8 @@ def _text(doc: JSON) -> str:
     lines += ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in [head, *rows]]
     lines += ["", "GROUP  LAG"]
     lines += [f"{g['group']}  {g['lag']}" for g in doc["groups"]]
+    bp = doc.get("backpressure") or {}
+    if bp.get("max_consumer_lag") is not None:
+        state = f"polling paused ({', '.join(bp['groups_over'])} at or over)" if bp["paused"] else "polling runs"
+        lines += ["", f"backpressure: max_consumer_lag {bp['max_consumer_lag']}: {state}"]
     return "\n".join(lines)

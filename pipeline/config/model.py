@@ -44,6 +44,13 @@ class SqliteBusConfig(Model):
     partitions: int = Field(1, ge=1, le=1024)
     retention: RetentionConfig = RetentionConfig()
     synchronous: Literal["full", "normal"] = "full"
+    max_consumer_lag: int | None = Field(
+        None,
+        ge=1,
+        description="backpressure: pollers pause while the rules' or a sink's consumer lag is at least this many "
+        "records, and resume below it (default: off)",
+    )
+    backpressure_check_secs: float = Field(5.0, gt=0, description="how often the lag is measured for backpressure")
 
 
 class KafkaSecurityConfig(Model):
@@ -75,6 +82,13 @@ class KafkaBusConfig(Model):
         True, description="poller replicas share the workspaces through a consumer group (each polled by one)"
     )
     security: KafkaSecurityConfig = KafkaSecurityConfig()
+    max_consumer_lag: int | None = Field(
+        None,
+        ge=1,
+        description="backpressure: pollers pause while the rules' or a sink's consumer lag is at least this many "
+        "records, and resume below it (default: off)",
+    )
+    backpressure_check_secs: float = Field(5.0, gt=0, description="how often the lag is measured for backpressure")
 
     @field_validator("bootstrap_servers", mode="before")
     @classmethod

@@ -132,6 +132,13 @@ CONSUMER_LAG = MetricSpec(
     "Records behind the end of the partition.",
     (GROUP, TOPIC, PARTITION),
 )
+SOURCE_PAUSED = MetricSpec(
+    "pipeline.source.paused",
+    "gauge",
+    "1",
+    "1 while polling is paused because this consumer group's lag passed bus.max_consumer_lag.",
+    (GROUP,),
+)
 CURSOR_AGE = MetricSpec(
     "pipeline.source.cursor.age",
     "observable_gauge",
@@ -185,6 +192,7 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     SINK_ERRORS,
     SINK_CIRCUIT_OPEN,
     CONSUMER_LAG,
+    SOURCE_PAUSED,
     CURSOR_AGE,
     WEBHOOK_REJECTIONS,
     BUS_ERRORS,

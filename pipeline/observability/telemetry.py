@@ -80,6 +80,7 @@ from pipeline.observability.metrics import (
     SINK_CIRCUIT_OPEN,
     SINK_DELIVERIES,
     SINK_ERRORS,
+    SOURCE_PAUSED,
     STREAM,
     WEBHOOK_REJECTIONS,
     WORKSPACE,
@@ -255,6 +256,7 @@ class Telemetry:
         self._bus_errors = series[BUS_ERRORS.name]
         self._circuit = series[SINK_CIRCUIT_OPEN.name]
         self._lag = series[CONSUMER_LAG.name]
+        self._paused = series[SOURCE_PAUSED.name]
         self._ready = series[READINESS.name]
         self._receipts = series[RECEIPTS.name]
         self._gap_hours = series[GAP_HOURS.name]
@@ -414,6 +416,11 @@ class Telemetry:
         """Set how many records a consumer group is behind on one partition."""
         if self.enabled:
             self._lag.set((group, topic, partition), lag)
+
+    def source_paused(self, group: str, paused: bool) -> None:
+        """Set whether polling is paused because ``group``'s lag passed the bound (backpressure)."""
+        if self.enabled:
+            self._paused.set((group,), 1 if paused else 0)
 
     def cursor_age_seconds(self, workspace_id: str, stream: str, complete_until: float, *, workspace: str = "") -> None:
         """Report the epoch time up to which ``stream`` is known complete (the last good poll).

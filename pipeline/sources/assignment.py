@@ -15,6 +15,15 @@ group coordinator gave it:
   then the state topic is read again, so each cursor is the last one committed by anybody, and
   an owner record (``owner/<source id>``) is written with the new writer before polling starts.
 
+**Discovered workspaces** (an agency's sub-workspaces) are shared the same way. The replica that
+polls the agency announces each one it finds on the control topic (key = the sub-workspace's
+source id, value = :func:`~pipeline.sources.base.discovered_record`; a departed one gets a
+tombstone), in the agency's own transaction. Every replica reads its assigned control partitions
+from the beginning at each assignment: an announced workspace in a partition it owns is built by
+its plugin (``build_discovered``: credentials come from the parent's config, never from the
+topic) and taken over exactly like a configured one (fence, re-read state, owner record); a
+tombstone stops it and clears its ``owner``/``status`` rows.
+
 A poller whose writer was fenced (a newer owner exists) stops and is not restarted here; the
 rebalance that follows revokes it. The embedded bus never uses this module: one process polls
 every workspace.
@@ -27,7 +36,8 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -36,7 +46,8 @@ import orjson
 from pipeline.bus.base import CONTROL_PARTITIONS, CONTROL_TOPIC, Bus
 from pipeline.errors import BusError
 from pipeline.observability.logs import get_logger
-from pipeline.sources.base import Source
+from pipeline.sources.backpressure import Backpressure
+from pipeline.sources.base import Discoverer, Pausable, Source, status_key
 
 log = get_logger("assignment")
 CONTROL_GROUP = "pollers"
@@ -56,6 +67,24 @@ def replica_name() -> str:
 
 
 Callback = Callable[[set[int]], Awaitable[None]]
+RecordsCallback = Callable[[list[tuple[int, bytes | None, bytes | None]]], Awaitable[None]]
+BuildDiscovered = Callable[[dict[str, object]], Source | None]
+
+
+JOIN_DEADLINE_SECS = 45.0
+"""A replica that has no assignment this long after it started joining (announce, JoinGroup,
+SyncGroup, the assigned callback) leaves and rejoins. A join normally completes in seconds and at
+worst waits out a dead member: the rebalance timeout (25 s). Seen twice in ~26 loaded runs of the
+agency test: a replica started, logged nothing more and was never given its partitions while the
+others rebalanced around it; the watchdog turns that into a logged rejoin instead of an unwatched
+workspace."""
+TAKEOVER_STATE_WAIT_SECS = 20.0
+"""How long a takeover's state reload waits behind transactions open when it began. The new
+owners fence the previous owners' writers first, so only a writer nobody has claimed yet — a
+killed replica still counted in the group until its session expires — holds it longer; waiting
+for Kafka's 60 s transaction timeout there (inside the rebalance, holding the assignment) stalled
+the group. Past this bound the replica leaves the group and rejoins, by when the dead member is
+gone and its writers are fenced by their new owners."""
 
 
 class Membership(Protocol):
@@ -68,8 +97,18 @@ class Membership(Protocol):
 class SharedBus(Bus, Protocol):
     """What a bus offers for sharing pollers (the Kafka bus)."""
 
-    def membership(self, topic: str, group: str, *, assigned: Callback, revoked: Callback) -> Membership:
-        """A member of ``group`` over ``topic``'s partitions."""
+    def membership(
+        self,
+        topic: str,
+        group: str,
+        *,
+        assigned: Callback,
+        revoked: Callback,
+        records: RecordsCallback | None = None,
+        weights: Callable[[], Mapping[int, int]] | None = None,
+    ) -> Membership:
+        """A member of ``group`` over ``topic``'s partitions; ``records`` gets what it reads of them;
+        ``weights`` (workspaces per partition) lets the group balance workspaces rather than partitions."""
         ...
 
     def partition_of(self, key: bytes, partitions: int) -> int:
@@ -80,8 +119,8 @@ class SharedBus(Bus, Protocol):
         """Stop the writer ``txn_id``."""
         ...
 
-    async def refresh_state(self) -> None:
-        """Read the state again."""
+    async def refresh_state(self, max_wait_secs: float = ...) -> None:
+        """Read the state again, waiting at most ``max_wait_secs`` behind open transactions."""
         ...
 
 
@@ -105,12 +144,16 @@ class WorkspaceAssignment:
         bus: SharedBus,
         build: Callable[[], list[Source]],
         *,
+        build_discovered: BuildDiscovered | None = None,
+        backpressure: Backpressure | None = None,
         replica: str | None = None,
         partitions: int = CONTROL_PARTITIONS,
         grace_secs: float = REVOKE_GRACE_SECS,
     ):
         self.bus = bus
         self._build = build
+        self._build_discovered = build_discovered
+        self.backpressure = backpressure
         self.replica = replica or replica_name()
         self.partitions = partitions
         self.grace_secs = grace_secs
@@ -119,6 +162,19 @@ class WorkspaceAssignment:
         self._closing = False
         self._broken: BusError | None = None
         self._inner = asyncio.Event()
+        self._joined = asyncio.Event()
+        self.owned: set[int] = set()
+        """Control partitions assigned to this replica now."""
+        self.discovered: dict[str, dict[str, object]] = {}
+        """Announced discovered workspaces seen in the owned partitions: source id → record."""
+        self._lock = asyncio.Lock()
+        """Rebalance callbacks and control records take turns (each may await the bus)."""
+        self._heard: set[str] = set()
+        """Every discovered workspace this replica has read announced (kept over rebalances: for :meth:`weights`)."""
+
+    def weights(self) -> dict[int, int]:
+        """Workspaces this replica knows per control partition (configured, and discovered ones it read)."""
+        return dict(Counter(self.partition(sid) for sid in [*self._known, *self._heard]))
 
     def partition(self, source_id: str) -> int:
         """The control partition of a workspace."""
@@ -142,36 +198,129 @@ class WorkspaceAssignment:
         """
         self._closing = False
         self._broken = None
-        await self.announce()
-        member = self.bus.membership(CONTROL_TOPIC, CONTROL_GROUP, assigned=self.assigned, revoked=self.revoked)
+        self._joined = asyncio.Event()
+        try:
+            await asyncio.wait_for(self.announce(), JOIN_DEADLINE_SECS)
+        except TimeoutError:
+            raise BusError(f"announcing the workspaces took over {JOIN_DEADLINE_SECS:.0f} s", retriable=True) from None
+        member = self.bus.membership(
+            CONTROL_TOPIC,
+            CONTROL_GROUP,
+            assigned=self.assigned,
+            revoked=self.revoked,
+            records=self.records,
+            weights=self.weights,
+        )
         inner = asyncio.Event()  # set on ``stop``, or when a takeover failed (then leave and rejoin)
         self._inner = inner
         relay = asyncio.create_task(_relay(stop, inner))
+        membership = asyncio.create_task(member.run(inner), name="poller-group-membership")
+        watchdog = asyncio.create_task(self._watch_join(membership))
         try:
-            await member.run(inner)
+            await membership
+        except asyncio.CancelledError:
+            if stop.is_set() or not watchdog.done():  # cancelled from outside, not by the watchdog
+                raise
         finally:
             relay.cancel()
+            watchdog.cancel()
+            membership.cancel()
             self._closing = True
             await self.revoked(set(range(self.partitions)))
         if self._broken is not None:
             raise self._broken
 
+    async def _watch_join(self, membership: asyncio.Task[None]) -> None:
+        """Leave and rejoin when no assignment came within :data:`JOIN_DEADLINE_SECS` of joining."""
+        try:
+            await asyncio.wait_for(self._joined.wait(), JOIN_DEADLINE_SECS)
+        except TimeoutError:
+            log.error(
+                "No assignment from the poller group in time; leaving and rejoining",
+                extra={"replica": self.replica, "waited_secs": JOIN_DEADLINE_SECS},
+            )
+            self._broken = BusError(
+                f"no assignment from the poller group within {JOIN_DEADLINE_SECS:.0f} s", retriable=True
+            )
+            membership.cancel()
+
     async def assigned(self, partitions: set[int]) -> None:
         """Enter the pollers of ``partitions`` (fencing their previous owners), reload state, start them."""
-        if self._closing:
-            return
-        fresh = [s for s in self._build() if s.source_id not in self.running]
-        mine = [s for s in fresh if self.partition(s.source_id) in partitions]
+        # Logged before the takeover too: a takeover that hangs (fence, state reload) shows where it stopped.
+        log.info("Partitions assigned; taking over", extra={"replica": self.replica, "partitions": sorted(partitions)})
+        self._joined.set()
+        async with self._lock:
+            if self._closing:
+                return
+            self.owned |= partitions
+            fresh = [s for s in self._build() if s.source_id not in self.running]
+            mine = [s for s in fresh if self.partition(s.source_id) in partitions]
+            mine += [s for s in self._discovered_sources() if s.source_id not in self.running]
+            started = await self._start(mine)
+            log.info(
+                "Workspaces assigned",
+                extra={"replica": self.replica, "partitions": sorted(partitions), **started},
+            )
+
+    async def records(self, records: list[tuple[int, bytes | None, bytes | None]]) -> None:
+        """Control records of the owned partitions: start announced discovered workspaces, stop tombstoned ones."""
+        latest: dict[str, bytes | None] = {}
+        for _part, key, value in records:
+            if key is not None:
+                latest[key.decode(errors="replace")] = value  # the last record of a key wins, as compaction keeps
+        async with self._lock:
+            if self._closing:
+                return
+            gone: list[str] = []
+            for sid, value in latest.items():
+                doc = _control_doc(value)
+                if doc is None:
+                    self._heard.discard(sid)
+                    if self.discovered.pop(sid, None) is not None:
+                        gone.append(sid)
+                elif "parent" in doc:
+                    self.discovered[sid] = doc
+                    self._heard.add(sid)
+            if gone:
+                await self._stop([r for sid, r in self.running.items() if sid in gone], forget=True)
+                log.info("Discovered workspaces left", extra={"replica": self.replica, "workspaces": sorted(gone)})
+            new = [s for s in self._discovered_sources() if s.source_id not in self.running]
+            if new:
+                started = await self._start(new)
+                log.info("Discovered workspaces assigned", extra={"replica": self.replica, **started})
+
+    def _discovered_sources(self) -> list[Source]:
+        """Sources for the announced discovered workspaces in owned partitions (not yet entered)."""
+        if self._build_discovered is None:
+            return []
+        out: list[Source] = []
+        for sid, doc in sorted(self.discovered.items()):
+            if self.partition(sid) not in self.owned or sid in self.running:
+                continue
+            src = self._build_discovered(doc)
+            if src is not None and src.source_id == sid:
+                out.append(src)
+        return out
+
+    async def _start(self, sources: list[Source]) -> dict[str, object]:
+        """Enter ``sources`` (fencing previous owners), re-read state, write owner records, start polling."""
         t0 = time.monotonic()
         entered: list[Source] = []
-        for src in mine:
+        for src in sources:
+            if self.backpressure is not None and isinstance(src, Pausable):
+                src.backpressure = self.backpressure
+            if isinstance(src, Discoverer):
+                src.share_discovered()  # its finds go to the control topic, shared like configured ones
             try:
                 entered.append(await src.__aenter__())  # fences ``poller-<id>``: a zombie's transaction is aborted
             except BusError as err:
                 log.error("Could not take over a workspace", extra={"source": src.source_id, "error": str(err)})
         if entered:
             try:
-                await self.bus.refresh_state()  # after fencing: the cursors the previous owners committed last
+                # After fencing: the cursors the previous owners committed last. For a discovered
+                # workspace other pollers here are still running; the reload keeps their own commits
+                # (applied while it reads) and they own their keys, so what they read stays theirs.
+                await self.bus.refresh_state(max_wait_secs=TAKEOVER_STATE_WAIT_SECS)
             except BusError as err:
                 # Never poll on a stale cursor: give the workspaces back and let the supervisor rejoin.
                 log.error("State could not be re-read after a takeover; leaving the group", extra={"error": str(err)})
@@ -179,7 +328,7 @@ class WorkspaceAssignment:
                     await self._close(src)
                 self._broken = err
                 self._inner.set()
-                return
+                return {"workspaces": []}
         for src in entered:
             txn_id = getattr(src, "txn_id", None)
             if isinstance(txn_id, str):
@@ -190,21 +339,29 @@ class WorkspaceAssignment:
             run = _Running(src)
             run.task = asyncio.create_task(self._poll(run), name=f"poller:{src.source_id}")
             self.running[src.source_id] = run
-        log.info(
-            "Workspaces assigned",
-            extra={
-                "replica": self.replica,
-                "partitions": sorted(partitions),
-                "workspaces": sorted(s.source_id for s in entered),
-                "takeover_ms": round((time.monotonic() - t0) * 1000),
-            },
-        )
+        return {
+            "workspaces": sorted(s.source_id for s in entered),
+            "takeover_ms": round((time.monotonic() - t0) * 1000),
+        }
 
     async def revoked(self, partitions: set[int]) -> None:
         """Stop the pollers of ``partitions`` (finish the poll, else cancel) and release their writers."""
-        gone = [r for sid, r in self.running.items() if self.partition(sid) in partitions]
-        if not gone:
-            return
+        async with self._lock:
+            self.owned -= partitions
+            # Forget what was read of them: the next owner re-reads them (a tombstone may be compacted away).
+            self.discovered = {k: v for k, v in self.discovered.items() if self.partition(k) not in partitions}
+            gone = [r for sid, r in self.running.items() if self.partition(sid) in partitions]
+            if not gone:
+                return
+            await self._stop(gone)
+            log.info(
+                "Workspaces revoked",
+                extra={"replica": self.replica, "workspaces": sorted(r.source.source_id for r in gone)},
+            )
+
+    async def _stop(self, gone: list[_Running], *, forget: bool = False) -> None:
+        """Stop pollers (finish the poll, else cancel) and release their writers; ``forget``: the
+        workspace left for good, so its ``owner`` and ``status`` rows are deleted too."""
         for r in gone:
             r.stop.set()
         tasks = [r.task for r in gone if r.task is not None]
@@ -215,11 +372,13 @@ class WorkspaceAssignment:
             await asyncio.gather(*pending, return_exceptions=True)
         for r in gone:
             self.running.pop(r.source.source_id, None)
+            txn_id = getattr(r.source, "txn_id", None)
+            if forget and isinstance(txn_id, str):
+                with contextlib.suppress(BusError):
+                    async with self.bus.transaction(txn_id) as tx:
+                        tx.put_state(owner_key(r.source.source_id), None)
+                        tx.put_state(status_key(r.source.source_id), None)
             await self._close(r.source)
-        log.info(
-            "Workspaces revoked",
-            extra={"replica": self.replica, "workspaces": sorted(r.source.source_id for r in gone)},
-        )
 
     async def _close(self, src: Source) -> None:
         """Exit a poller and stop its writer (the next owner fences a new one)."""
@@ -247,6 +406,17 @@ class WorkspaceAssignment:
                 log.error("Poller crashed; restarting", extra={"source": sid, "error": f"{type(err).__name__}: {err}"})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(run.stop.wait(), timeout=RESTART_DELAY_SECS)
+
+
+def _control_doc(value: bytes | None) -> dict[str, object] | None:
+    """A control record's JSON object; None for a tombstone (or a value that is not one)."""
+    if not value:
+        return None
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 async def _relay(outer: asyncio.Event, inner: asyncio.Event) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 
+import orjson
+
 from pipeline.bus.base import Bus
 from pipeline.clock import Clock
 from pipeline.config.model import PipelineConfig
@@ -21,6 +23,7 @@ from pipeline.registry import SOURCES, load_group
 if TYPE_CHECKING:
     from pipeline.observability.health import HealthRegistry
     from pipeline.observability.telemetry import Telemetry
+    from pipeline.sources.backpressure import Backpressure
 
 
 @runtime_checkable
@@ -106,3 +109,35 @@ async def configured_workspace_ids(cfg: PipelineConfig, bus: Bus) -> dict[str, s
     for plugin in source_plugins().values():
         out.update(await plugin.workspace_ids(cfg, bus))
     return out
+
+
+def discovered_key(parent_id: str) -> str:
+    """State key listing what a source discovered and announced (``discovered/{parent_id}``)."""
+    return f"discovered/{parent_id}"
+
+
+def discovered_record(source_id: str, *, plugin: str, parent: str, spec: dict[str, Any]) -> bytes:
+    """The control-topic value announcing a discovered source (key = ``source_id``).
+
+    ``plugin`` names the source plugin that builds it (``build_discovered``), ``parent`` the
+    configured source that found it (its config supplies the credentials: no secret is written),
+    ``spec`` what the plugin needs besides (for Instantly: the sub-workspace id and name).
+    """
+    return orjson.dumps({"source_id": source_id, "plugin": plugin, "parent": parent, "spec": spec})
+
+
+@runtime_checkable
+class Discoverer(Protocol):
+    """A source that finds more sources (an agency finds its sub-workspaces)."""
+
+    def share_discovered(self) -> None:
+        """Announce what is found on the control topic (:func:`discovered_record`, tombstones for
+        departures) instead of polling it here: poller replicas then share it like a configured one."""
+
+
+@runtime_checkable
+class Pausable(Protocol):
+    """A source that waits at a backpressure gate before each poll (:mod:`pipeline.sources.backpressure`)."""
+
+    backpressure: Backpressure | None
+    """Set by the runtime when ``bus.max_consumer_lag`` is configured; None: never wait."""

@@ -9,6 +9,9 @@ the scenarios use:
 * ``--rate`` audit records per second (assorted activity types, one unknown code);
 * ``--workspaces N`` serves N - 1 more workspaces ("Client 01"...), each with its own poller key and
   a little audit history; the generator then spreads its audit records over all of them;
+* ``--agency N`` links N sub-workspaces (``sub-01``...) into the demo workspace's group
+  (:func:`connectors.instantly.sim.agency.agency_world`); the demo key lists them and acts on them
+  with ``x-as-workspace``; the generator spreads over them too;
 * every ``--changes-every`` seconds one change (in the demo workspace), in turn: an API key is created (audit 37, a new
   secret), a generated key is deleted (audit 38), a member is invited, the CRM webhook gets a
   new secret header (audit 19; header names change, so the webhook snapshot changes too).
@@ -26,6 +29,8 @@ A second HTTP server on ``control_url`` lets the test steer it:
 ``GET  /secrets``            every key secret and webhook header value the simulator ever held
 ``GET  /changes``            ids of generated keys (created, deleted) and invited members
 ``GET  /calls``              requests answered: total, per path prefix, per status
+``POST /agency/leave?sub=A``  ``--agency``: sub-workspace ``A`` (alias ``sub-01``...) leaves the group
+``POST /agency/join?sub=A``   a new sub-workspace ``A`` (one audit record) joins the group, accepted
 ===========================  ====================================================================
 """
 
@@ -43,6 +48,7 @@ import orjson
 from aiohttp import web
 
 from connectors.instantly.sim import InstantlySimulator, SimConfig, catalog, demo_world
+from connectors.instantly.sim.agency import agency_world, sub_alias
 from connectors.instantly.sim.models import Actor
 from connectors.instantly.sim.seed import DemoWorld
 
@@ -202,7 +208,25 @@ def control_app(sim: InstantlySimulator, world: DemoWorld, gen: Generator) -> we
     app.router.add_get("/audit/ids", ids)
     app.router.add_get("/secrets", secrets)
     app.router.add_get("/changes", changes)
+
+    async def agency_leave(r: web.Request) -> web.Response:
+        sub = sim.state.workspace(r.query["sub"])
+        sim.state.delete_group_member(sim.state.group_member(f"link-{r.query['sub']}").id)
+        if sub.id in gen.workspaces:
+            gen.workspaces.remove(sub.id)
+        return reply({"id": sub.id})
+
+    async def agency_join(r: web.Request) -> web.Response:
+        alias = r.query["sub"]
+        sub = sim.state.add_workspace(alias, owner_email=f"owner@{alias}.example.org", alias=alias)
+        sim.state.insert_audit(sub.id, 1, actor=gen.actor())
+        sim.state.add_group_member(ws, sub.id, status="accepted", alias=f"link-{alias}")
+        gen.workspaces.append(sub.id)
+        return reply({"id": sub.id})
+
     app.router.add_get("/calls", calls)
+    app.router.add_post("/agency/leave", agency_leave)
+    app.router.add_post("/agency/join", agency_join)
     return app
 
 
@@ -231,6 +255,7 @@ async def main(argv: list[str] | None = None) -> None:
     p.add_argument("--changes-every", type=float, default=2.0, help="seconds between world changes (0 = none)")
     p.add_argument("--paused", action="store_true", help="start with the generator stopped")
     p.add_argument("--workspaces", type=int, default=1, help="workspaces served (the demo one plus clients)")
+    p.add_argument("--agency", type=int, default=0, help="sub-workspaces in the demo workspace's group")
     args = p.parse_args(argv)
     config = SimConfig(rate_limit_per_second=100, rate_limit_per_minute=6000)
     async with InstantlySimulator(args.host, args.port, seed=args.seed, config=config) as sim:
@@ -239,6 +264,8 @@ async def main(argv: list[str] | None = None) -> None:
         if args.paused:
             gen.running.clear()
         clients = add_clients(sim, gen, max(0, args.workspaces - 1))
+        subs = agency_world(sim.state, world.workspace.id, args.agency, actor=gen.actor())
+        gen.workspaces += [w.id for w in subs]
         runner = web.AppRunner(control_app(sim, world, gen), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, args.host, args.control_port)
@@ -250,6 +277,7 @@ async def main(argv: list[str] | None = None) -> None:
             "key": world.poller_key.key,
             "workspace_id": world.workspace.id,
             "workspaces": [{"id": world.workspace.id, "key": world.poller_key.key}, *clients],
+            "agency": [{"id": w.id, "alias": sub_alias(i)} for i, w in enumerate(subs, 1)],
         }
         sys.stdout.write(orjson.dumps(info).decode() + "\n")
         sys.stdout.flush()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,9 @@ from pydantic import SecretStr
 from connectors.instantly.config import BudgetConfig, WorkspaceConfig
 from connectors.instantly.discovery import AgencyPoller, child_id
 from connectors.instantly.sim import seed as sim_seed
+from connectors.instantly.sim.agency import agency_world
 from connectors.instantly.sim.models import Actor
+from connectors.instantly.sim.scenario import Scenario, ScenarioRunner
 from connectors.instantly.sim.server import InstantlySimulator
 from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, iter_records
 from pipeline.bus.sqlite import SqliteBus
@@ -99,3 +101,71 @@ async def test_subworkspaces_found_polled_and_dropped(
     ]
     assert removed, [a.get("rule") for a in alerts]
     print(orjson.dumps(removed[-1]).decode()[:1500])
+
+
+AGENCY_SCRIPT = """
+workspace: acme
+steps:
+  - {at: 90, action: create_workspace, name: Sub New, owner_email: owner@sub-new.example.org, ref: sub-new}
+  - {at: 90, action: audit, workspace: sub-new, activity_type: 1}
+  - {at: 90, action: add_group_member, sub_workspace: sub-new}
+  - {at: 200, action: remove_group_member, sub_workspace: sub-02}
+"""
+
+
+async def _poll_until(poller: AgencyPoller, clock: FakeClock, done: Callable[[], bool], step: float) -> float:
+    """Poll every ``step`` simulated seconds until ``done``; the simulated seconds it took."""
+    waited = 0.0
+    while not done():
+        assert waited <= 600, "never happened"
+        clock.advance(step)
+        waited += step
+        await poller.poll_once()
+    return waited
+
+
+async def test_agency_script_join_and_leave(tmp_path: Path) -> None:
+    """The simulator's agency (3 subs under one admin key) changes on a script: a sub that joins is
+    polled within one discovery interval, one that leaves is dropped and raises its alert."""
+    clock = FakeClock()
+    async with InstantlySimulator(seed=3, clock=clock.now) as sim, SqliteBus(tmp_path / "bus.db") as bus:
+        world = sim_seed.demo_world(sim.state)
+        subs = agency_world(sim.state, world.workspace.id, 3)
+        script = ScenarioRunner(Scenario.from_yaml(AGENCY_SCRIPT, "agency"), sim.state, clock.now)
+        cfg = WorkspaceConfig(
+            api_key=SecretStr(world.poller_key.key),
+            base_url=sim.url,
+            budget=BudgetConfig(requests_per_second=100, requests_per_minute=6000),
+            streams=["audit_logs", "group_members"],
+            discover_subworkspaces=True,
+            discovery_interval_secs=60,
+            max_retries=1,
+        )
+        async with AgencyPoller("agency", cfg, bus, clock=clock) as poller:
+            await poller.poll_once()
+            assert set(poller.children) == {ws.id for ws in subs}
+
+            clock.advance(90)
+            assert [s.action for s in script.apply_due()] == ["create_workspace", "audit", "add_group_member"]
+            new = sim.state.workspace("sub-new").id
+            took = await _poll_until(poller, clock, lambda: new in poller.children, step=10)
+            assert took <= cfg.discovery_interval_secs
+
+            clock.advance(110)  # t = 200: sub-02 leaves
+            assert [s.action for s in script.apply_due()] == ["remove_group_member"]
+            gone = sim.state.workspace("sub-02").id
+            took = await _poll_until(poller, clock, lambda: gone not in poller.children, step=10)
+            assert took <= cfg.discovery_interval_secs
+            assert script.done and not script.errors
+
+        evs = await events(bus)
+        audit_ws = {e["workspace"]["id"] for e in evs if (e.get("source") or {}).get("kind") == "audit_log"}
+        assert new in audit_ws
+        await RulesWorker(bus, {}, clock=clock).run_once()
+        alerts = await events(bus, ALERTS_TOPIC)
+        removed = [
+            a
+            for a in alerts
+            if a.get("rule", {}).get("id") == "workspace_group.change" and gone in orjson.dumps(a).decode()
+        ]
+        assert removed, [a.get("rule") for a in alerts]

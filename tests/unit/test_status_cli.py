@@ -71,3 +71,23 @@ def test_status_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     assert "WORKSPACE" in out and "acme" in out and "beta" in out and "never" in out
     assert "sink-file  3" in out and "rules  2" in out
+
+
+@pytest.mark.parametrize(("bound", "paused", "over"), [(3, True, ["sink-file"]), (4, False, []), (None, False, [])])
+def test_status_shows_backpressure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bound: int | None, paused: bool, over: list[str]
+) -> None:
+    """With ``bus.max_consumer_lag`` status says whether polling is paused and by which group (lag >= bound)."""
+    cfg = write_config(tmp_path)
+    if bound is not None:
+        cfg.write_text(cfg.read_text().replace("  type: sqlite\n", f"  type: sqlite\n  max_consumer_lag: {bound}\n"))
+    asyncio.run(_seed(tmp_path / "bus.db", time.time()))
+    assert main(["status", "--config", str(cfg), "--format", "json"]) == 0
+    doc = orjson.loads(capsys.readouterr().out)
+    assert doc["backpressure"] == {"max_consumer_lag": bound, "paused": paused, "groups_over": over}
+    assert main(["status", "--config", str(cfg)]) == 0
+    text = capsys.readouterr().out
+    if bound is None:
+        assert "backpressure" not in text
+    else:
+        assert ("polling paused (sink-file at or over)" in text) is paused

@@ -111,6 +111,7 @@ async def test_scrape_every_helper_shows_its_series(tel: Telemetry, server: Serv
     tel.sink_errors("soc", "timeout")
     tel.sink_circuit("soc", True)
     tel.consumer_lag("sink-soc", "instantly.events.v1", 0, 1200)
+    tel.source_paused("sink-soc", True)
     tel.cursor_age_seconds("ws-1", "audit_logs", clock.now() - 90)
     tel.webhook_rejections("instantly", "bad_secret")
     tel.bus_errors("publish", "KafkaTimeoutError")
@@ -129,6 +130,7 @@ async def test_scrape_every_helper_shows_its_series(tel: Telemetry, server: Serv
     assert value(got, "pipeline_sink_circuit_open", sink="soc") == 1
     lag = {"consumer_group": "sink-soc", "topic": "instantly.events.v1", "partition": "0"}
     assert value(got, "pipeline_bus_consumer_lag", **lag) == 1200
+    assert value(got, "pipeline_source_paused", consumer_group="sink-soc") == 1
     assert value(got, "pipeline_source_cursor_age_seconds", workspace_id="ws-1", stream="audit_logs") == 90
     assert value(got, "pipeline_webhook_rejections_total", source="instantly", reason="bad_secret") == 1
     assert value(got, "pipeline_bus_errors_total", operation="publish", error_type="KafkaTimeoutError") == 1

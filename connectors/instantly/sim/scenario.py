@@ -13,7 +13,8 @@ Objects are named by alias (``ref:`` registers one), id, or email/value where na
 ``user: <email or alias>`` makes it a web-app action by that user; otherwise the
 workspace owner acts in the web app. ``ip`` and ``user_agent`` set the audit fields.
 ``add_group_member`` links an already *accepted* sub-workspace unless ``status`` says
-otherwise; ``audit`` with ``late_by: <secs>`` records a late-arriving entry.
+otherwise, and ``remove_group_member`` takes it out of the group (it leaves); ``audit`` with
+``late_by: <secs>`` records a late-arriving entry.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ _PARAMS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "delete_block_list_entry": (frozenset({"entry"}), frozenset()),
     "add_group_member": (frozenset({"sub_workspace"}), frozenset({"status", "ref"})),
     "set_group_member_status": (frozenset({"link", "status"}), frozenset()),
+    "remove_group_member": (frozenset({"sub_workspace"}), frozenset()),
     "audit": (
         frozenset({"activity_type"}),
         _ACTOR | {"affected_count", "campaign_id", "list_id", "metadata", "late_by", "from_api"},
@@ -229,6 +231,16 @@ def apply_step(state: SimState, step: Step) -> None:
     _HANDLERS[step.action](state, state.workspace(p["workspace"]).id, p)
 
 
+def _leave_group(state: SimState, ws: str, p: Mapping[str, Any]) -> None:
+    sub = state.workspace(p["sub_workspace"]).id
+    link = next(
+        (g for g in state.group_members.values() if g.admin_workspace_id == ws and g.sub_workspace_id == sub), None
+    )
+    if link is None:
+        raise ApiError(404, f"{p['sub_workspace']} is not in the group of {ws}")
+    state.delete_group_member(link.id)
+
+
 def _actor(state: SimState, ws: str, p: Mapping[str, Any]) -> Actor:
     ip, agent = p.get("ip", "127.0.0.1"), p.get("user_agent")
     if "as" in p:
@@ -307,6 +319,7 @@ _HANDLERS: dict[str, _Handler] = {
         ws, s.workspace(p["sub_workspace"]).id, status=p.get("status", "accepted"), alias=p.get("ref")
     ),
     "set_group_member_status": lambda s, ws, p: s.set_group_member_status(p["link"], p["status"]),
+    "remove_group_member": lambda s, ws, p: _leave_group(s, ws, p),
     "audit": _audit,
     "login": lambda s, ws, p: s.insert_audit(ws, 1, actor=_actor(s, ws, p)),
     "change_owner": lambda s, ws, p: s.change_owner(ws, p["email"]),

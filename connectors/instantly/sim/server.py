@@ -22,6 +22,7 @@ from types import TracebackType
 
 from aiohttp import web
 
+from .agency import agency_world
 from .app import API_PREFIX, Call, SimApp
 from .clock import Clock, system_clock
 from .config import SimConfig
@@ -180,8 +181,12 @@ async def serve(
     scenario_path: str | Path | None = None,
     seed: int = 0,
     on_ready: Callable[[Rehearsal], None] | None = None,
+    agency: int = 0,
 ) -> None:
     """Run the simulator with the demo world (and an optional scenario) until cancelled.
+
+    ``agency``: that many sub-workspaces in the demo workspace's group (:mod:`.agency`); the
+    scenario can add and remove more (an agency script).
 
     ``on_ready`` is called once the port is open, with the URL and the keys (fake secrets).
 
@@ -190,6 +195,7 @@ async def serve(
     """
     async with InstantlySimulator(host, port, seed=seed) as sim:
         world = demo_world(sim.state)
+        agency_world(sim.state, world.workspace.id, agency)
         admin = sim.state.create_api_key(
             world.workspace.id, "key-admin (simulator)", list(ADMIN_SCOPES), alias="admin-key"
         )
