@@ -13,11 +13,13 @@ prefixes (the session broker is shared with other tests).
 
 from __future__ import annotations
 
+import contextlib
 import random
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,17 @@ def _first_run(runner: PipelineRunner) -> None:
     assert runner.run_once() == 0, runner.last_log()
 
 
+@contextlib.contextmanager
+def _started(runner: PipelineRunner) -> Iterator[None]:
+    """``runner`` started; SIGKILLed on the way out if a failed assert left it running."""
+    runner.start()
+    try:
+        yield
+    finally:
+        if runner.alive():
+            runner.kill()
+
+
 def _logged(runner: PipelineRunner, msg: str) -> bool:
     return any(r.get("msg") == msg for r in runner.log_records())
 
@@ -89,13 +102,13 @@ def test_restart_claims_its_writer_ids_before_reading_state(tmp_path: Path) -> N
             bootstrap, f"{bus['transactional_id_prefix']}-rules", f"{bus['topic_prefix']}instantly.state.v1"
         )
         t0 = time.monotonic()
-        runner.start()
-        running = wait_for(lambda: _logged(runner, "Pipeline running"), TXN_TIMEOUT_SECS - 15.0)
-        took = time.monotonic() - t0
-        print(f"\n[zombie rules writer] running after {took:.1f} s (the zombie would hold state for 60 s)")
-        assert running, f"not running {took:.0f} s after start (held behind the zombie?):\n{runner.last_log()}"
-        assert not [r for r in runner.log_records() if WAITING in str(r.get("msg"))]
-        assert runner.stop() == 0, runner.last_log()
+        with _started(runner):
+            running = wait_for(lambda: _logged(runner, "Pipeline running"), TXN_TIMEOUT_SECS - 15.0)
+            took = time.monotonic() - t0
+            print(f"\n[zombie rules writer] running after {took:.1f} s (the zombie would hold state for 60 s)")
+            assert running, f"not running {took:.0f} s after start (held behind the zombie?):\n{runner.last_log()}"
+            assert not [r for r in runner.log_records() if WAITING in str(r.get("msg"))]
+            assert runner.stop() == 0, runner.last_log()
 
 
 def test_sigterm_while_startup_waits_behind_a_zombie_exits_0(tmp_path: Path) -> None:
@@ -110,12 +123,12 @@ def test_sigterm_while_startup_waits_behind_a_zombie_exits_0(tmp_path: Path) -> 
         _leave_transaction_open(
             bootstrap, f"{bus['transactional_id_prefix']}-elsewhere", f"{bus['topic_prefix']}instantly.state.v1"
         )
-        runner.start()
-        waiting = wait_for(lambda: any(WAITING in str(r.get("msg")) for r in runner.log_records()), 40.0)
-        assert waiting, f"start-up did not wait behind the zombie:\n{runner.last_log()}"
-        assert not _logged(runner, "Pipeline running")
-        t0 = time.monotonic()
-        rc = runner.stop(timeout=30.0)
+        with _started(runner):
+            waiting = wait_for(lambda: any(WAITING in str(r.get("msg")) for r in runner.log_records()), 40.0)
+            assert waiting, f"start-up did not wait behind the zombie:\n{runner.last_log()}"
+            assert not _logged(runner, "Pipeline running")
+            t0 = time.monotonic()
+            rc = runner.stop(timeout=30.0)
         print(f"\n[zombie elsewhere] SIGTERM during start-up: exit {rc} after {time.monotonic() - t0:.1f} s")
         assert rc == 0, runner.last_log()
         assert _logged(runner, "Stopped while starting; nothing had started yet")
