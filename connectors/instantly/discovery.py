@@ -37,6 +37,7 @@ from pipeline.observability.logs import get_logger
 from pipeline.observability.telemetry import Telemetry
 from pipeline.sources.backpressure import Backpressure
 from pipeline.sources.base import discovered_key, discovered_record
+from pipeline.sources.poll_loop import poll_until_stopped
 
 log = get_logger("instantly.discovery")
 
@@ -115,19 +116,14 @@ class AgencyPoller:
             BusError: the bus failed in a way that retrying cannot fix.
         """
         try:
-            while not stop.is_set():
-                if self.backpressure is not None:
-                    await self.backpressure.wait(stop)  # the rules or a sink are too far behind
-                    if stop.is_set():
-                        break
-                try:
-                    await self.poll_once()
-                except BusError as err:
-                    if not err.retriable:
-                        raise
-                    log.warning("Bus busy; the poll is retried next interval.", extra={"source": self.source_id})
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.cfg.poll_interval_secs)
+            await poll_until_stopped(
+                self.poll_once,
+                stop,
+                interval_secs=lambda: self.cfg.poll_interval_secs,
+                backpressure=self.backpressure,
+                log=log,
+                log_extra={"source": self.source_id},
+            )
         finally:
             for child in self.children.values():
                 await child.aclose()

@@ -58,6 +58,7 @@ from pipeline.observability.metrics import ID, KIND, STREAM, TYPE, WORKSPACE, WO
 from pipeline.observability.telemetry import Telemetry, get_telemetry
 from pipeline.sources.backpressure import Backpressure
 from pipeline.sources.base import status_key
+from pipeline.sources.poll_loop import poll_until_stopped
 from schemas.event import WorkspaceRef
 
 log = get_logger("instantly.poller")
@@ -192,24 +193,15 @@ class InstantlyWorkspacePoller:
             BusError: the bus failed in a way that retrying cannot fix.
         """
         try:
-            while not stop.is_set():
-                if self.backpressure is not None:
-                    await self.backpressure.wait(stop)  # the rules or a sink are too far behind
-                    if stop.is_set():
-                        break
-                try:
-                    await self.poll_once()
-                except BusError as err:
-                    self.telemetry.bus_errors("publish", type(err).__name__)
-                    if not err.retriable:
-                        raise
-                    log.warning(
-                        "Bus busy; the poll is retried next interval.",
-                        extra={"source": self.source_id, "workspace": self.workspace.id},
-                    )
-                delay = self.cfg.poll_interval_secs * self._rng.uniform(1 - POLL_JITTER, 1 + POLL_JITTER)
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
+            await poll_until_stopped(
+                self.poll_once,
+                stop,
+                interval_secs=lambda: self.cfg.poll_interval_secs * self._rng.uniform(1 - POLL_JITTER, 1 + POLL_JITTER),
+                backpressure=self.backpressure,
+                log=log,
+                log_extra={"source": self.source_id, "workspace": self.workspace.id},
+                on_bus_error=lambda err: self.telemetry.bus_errors("publish", type(err).__name__),
+            )
         finally:
             await self.aclose()
 
