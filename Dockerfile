@@ -17,15 +17,21 @@ WORKDIR /src
 COPY requirements/runtime.lock requirements/runtime.lock
 RUN /opt/instantly-audit/bin/pip install --upgrade pip \
  && /opt/instantly-audit/bin/pip install --require-hashes --only-binary :all: -r requirements/runtime.lock
-# Only what the wheel needs (see .dockerignore): the metadata, the license, then the packages.
-COPY pyproject.toml README.md LICENSE ./
+# A C compiler for the redaction gate's accelerator (hatch_build.py compiles it into the wheel);
+# build stage only: the runtime stage gets the compiled module, not the compiler.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+# Only what the wheel needs (see .dockerignore): the metadata, the build hook, the license, the packages.
+COPY pyproject.toml hatch_build.py README.md LICENSE ./
 COPY schemas/ schemas/
 COPY pipeline/ pipeline/
 COPY connectors/ connectors/
 RUN /opt/instantly-audit/bin/pip install --no-deps . \
  && /opt/instantly-audit/bin/pip check \
  && /opt/instantly-audit/bin/python -m compileall -q /opt/instantly-audit/lib \
- && /opt/instantly-audit/bin/instantly-audit --version
+ && /opt/instantly-audit/bin/instantly-audit --version \
+ && /opt/instantly-audit/bin/python -c "from pipeline.redaction import fast; assert fast.native_common_case, 'no accelerator'"
 
 # -------------------------------------------------------------------------- runtime stage
 FROM ${PYTHON_IMAGE} AS runtime

@@ -13,7 +13,8 @@ UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --universal --python-vers
 
 .PHONY: demo test check lock lint fmt bench kafka-up kafka-down opensearch-up opensearch-down clean system-deps
 
-$(VENV)/.installed: $(DEV_LOCK) pyproject.toml
+# hatch_build.py compiles the redaction gate's C accelerator at install: a change to it reinstalls
+$(VENV)/.installed: $(DEV_LOCK) pyproject.toml hatch_build.py pipeline/redaction/_fastgate.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --require-hashes -r $(DEV_LOCK)
@@ -25,7 +26,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/instantly-audit demo
 
 ## test: create .venv from the dev lock, install system deps, start Kafka and OpenSearch, run lint + the whole suite
-test: $(VENV)/.installed system-deps
+test: system-deps $(VENV)/.installed
 	VENV=$(VENV) bash deploy/dev/run-tests.sh
 
 ## check: the quick gate before a commit: lint, format, types, unit + contract tests on the

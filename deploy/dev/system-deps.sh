@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Install the Debian packages the test suite uses, if missing: rsyslog (+ TLS driver) for the
+# Install the Debian packages the test suite uses, if missing: a C compiler (the redaction gate's
+# accelerator, compiled at install by hatch_build.py), rsyslog (+ TLS driver) for the
 # syslog sink tests, kcat as an independent Kafka consumer for fault tests, openssl for test
 # certificates, and Maven + a JDK for the local Kafka broker and OpenSearch node. Needs root (or sudo).
 set -euo pipefail
 need=()
+command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v rsyslogd >/dev/null 2>&1 || need+=(rsyslog)
 [ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] || ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || need+=(rsyslog-gnutls)
 command -v kcat >/dev/null 2>&1 || need+=(kcat)

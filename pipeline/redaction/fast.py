@@ -13,6 +13,13 @@ Keys and values are matched by their hash and equality (in C, a whole map at a t
 walk already matches keys: a ``str`` subclass overriding ``__eq__``/``__hash__`` could pass for a
 known clean string. JSON decoding and the normalizers produce plain types only.
 
+The common case (an event without ``change`` whose every string, key and value is plainly clean
+or known) also has a C version, :data:`native_common_case` (``_fastgate.c``, compiled at install
+by ``hatch_build.py`` when a C compiler is there; ``INSTANTLY_AUDIT_PURE_PYTHON=1`` leaves it out):
+it reads the structs' slots directly and judges a fresh id, time or address by its characters
+instead of hashing it, at about a third of the Python cost. Without it, :func:`_common_case`
+decides.
+
 When it answers ``True``, ``gate_event(event) is event`` holds, so ``event.to_json()`` *is* the
 gated bytes (byte for byte; ``tests/unit/test_redaction_fastpath.py`` checks the two paths agree
 on generated events with planted secrets). It touches each value once, with no rebuilding and
@@ -22,7 +29,8 @@ no rewrite bookkeeping: the cost of a set lookup per value.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pipeline.redaction import registry
@@ -33,6 +41,7 @@ from pipeline.redaction.memo import (
     MEMO_MAX,
     MEMO_STR_MAX,
     NAMES,
+    NAMES_EPOCH,
     RISKY_FORMS,
     SYNCED,
     clean_text,
@@ -43,11 +52,45 @@ from pipeline.redaction.memo import (
     sync,
 )
 from pipeline.redaction.text import is_redacted
-from schemas.event import Event
+from schemas.event import Actor, Event, Source, Target, WorkspaceRef
 from schemas.secret_names import HEADERS_NAME, is_secret_name
 
-_NUMBERS = (int, bool, float)
 _REGISTRY_STATE = registry.STATE
+PURE_PYTHON_ENV = "INSTANTLY_AUDIT_PURE_PYTHON"
+"""Set (not ``0``) to leave the C accelerator out: at install (``hatch_build.py``) and at import here."""
+
+
+def _load_native() -> Callable[[Event], bool] | None:
+    """``_fastgate.common_case`` configured with this module's memo, or None (not built, or switched off)."""
+    if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0"):
+        return None
+    try:  # built at install when a C compiler is there (hatch_build.py)
+        from pipeline.redaction import _fastgate
+    except ImportError:
+        return None
+    _fastgate.configure(
+        Event,
+        Source,
+        WorkspaceRef,
+        Actor,
+        Target,
+        MEMO,
+        NAMES,
+        NAMES_EPOCH,
+        SYNCED,
+        _REGISTRY_STATE,
+        RISKY_FORMS,
+        CLEAN_CHARS,
+    )
+    return _fastgate.common_case
+
+
+native_common_case = _load_native()
+"""The common case in C (``_fastgate.c``; None without it): True only when the memo is synced to the
+registry, no registered value can hide in an id-shaped string, the event has no ``change``, and its
+every field, key and value is plainly clean or known clean, so the gate would return it as is."""
+
+_NUMBERS = (int, bool, float)
 _ID_TABLE = bytes(0 if chr(b) in CLEAN_CHARS else 1 for b in range(256))
 """Bytes → 0 for :data:`CLEAN_CHARS`, 1 for any other (UTF-8 of a non-ASCII character included)."""
 _DIRTY = 1
@@ -189,12 +232,23 @@ def event_unchanged(event: Event) -> bool:
 
     Conservative: ``False`` means "run the full gate", which may still change nothing.
     """
+    native = native_common_case
+    if native is not None:
+        if native(event):
+            return True
+        if SYNCED[0] == _REGISTRY_STATE["generation"] and not RISKY_FORMS:  # it decided: the walk remains
+            return _walk(event, tried_common=True)
     if SYNCED[0] != _REGISTRY_STATE["generation"]:  # sync() without two calls per event
         sync()
+    return _walk(event, tried_common=False)
+
+
+def _walk(event: Event, *, tried_common: bool) -> bool:
+    """:func:`event_unchanged` after the registry check: the common case, then every string and map."""
     attrs, raw, c = event.attributes, event.raw, event.change
     if type(attrs) is not dict or (raw is not None and type(raw) is not dict):
         return False
-    if c is None and _common_case(event, attrs, raw):
+    if not tried_common and c is None and _common_case(event, attrs, raw):
         return True
     ws, src, a, t = event.workspace, event.source, event.actor, event.target
     strings: tuple[Any, ...] = (event.type, event.time, event.observed_at, ws.id, ws.name, src.stream, src.record_id)

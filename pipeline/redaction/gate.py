@@ -30,7 +30,7 @@ from pipeline.errors import WebhookRejected
 from pipeline.redaction import memo as _state
 from pipeline.redaction import registry
 from pipeline.redaction.check import MAX_DEPTH, GateRejected, leaked_secret, rejected_letter, secret_problems
-from pipeline.redaction.fast import event_unchanged
+from pipeline.redaction.fast import event_unchanged, native_common_case
 from pipeline.redaction.text import CLEAN_CHARS as _CLEAN_CHARS
 from pipeline.redaction.text import REDACTED, is_redacted
 from schemas.alert import Alert, Entity
@@ -266,7 +266,7 @@ def encode_event(event: Event) -> bytes:
     Raises:
         GateRejected: the check still fails; publish :func:`rejected_letter` instead.
     """
-    if event_unchanged(event):
+    if (native_common_case is not None and native_common_case(event)) or event_unchanged(event):
         return event.to_json()
     return encode_event_full(event)
 

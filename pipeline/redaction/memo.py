@@ -22,6 +22,9 @@ MEMO_STR_MAX = 1024
 """Longer strings are checked every time (not remembered)."""
 MEMO: set[object] = {None, True}
 NAMES: set[str] = set()
+NAMES_EPOCH = [0]
+"""Moves whenever names leave :data:`NAMES` (it only grows in between): the C accelerator keeps
+the key layouts of maps it found all known for one epoch."""
 CLEAN_FORMS: set[str] = set()
 """Registered forms made of :data:`CLEAN_CHARS` alone (usually none): the only secrets an id-shaped string can be."""
 RISKY_FORMS: list[str] = []
@@ -46,6 +49,7 @@ def reset() -> None:
     MEMO.clear()
     MEMO.update((None, True))
     NAMES.clear()
+    NAMES_EPOCH[0] += 1
 
 
 def remember(s: str | float | None) -> None:
@@ -61,6 +65,7 @@ def remember_name(k: str) -> None:
     """Add a clean, not secret-named, not ``headers`` map key."""
     if len(NAMES) >= MEMO_MAX:
         NAMES.clear()
+        NAMES_EPOCH[0] += 1
     NAMES.add(k)
 
 
@@ -89,6 +94,7 @@ __all__ = [
     "MEMO",
     "MEMO_MAX",
     "NAMES",
+    "NAMES_EPOCH",
     "RISKY_FORMS",
     "SYNCED",
     "clean_text",

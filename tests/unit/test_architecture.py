@@ -22,6 +22,9 @@ def _modules() -> dict[str, Path]:
             parts = path.relative_to(ROOT).with_suffix("").parts
             name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
             out[name] = path
+        # a compiled module (pipeline/redaction/_fastgate.c) is known by its type stub
+        for path in sorted((ROOT / pkg).rglob("*.pyi")):
+            out.setdefault(".".join(path.relative_to(ROOT).with_suffix("").parts), path)
     return out
 
 

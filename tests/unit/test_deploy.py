@@ -535,6 +535,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     assert allowed == {
         "pyproject.toml",
+        "hatch_build.py",
         "README.md",
         "LICENSE",
         "requirements/runtime.lock",

@@ -8,7 +8,9 @@ into a temporary directory: no network, about a second.
 from __future__ import annotations
 
 import ast
+import os
 import re
+import sysconfig
 import tomllib
 import zipfile
 from pathlib import Path
@@ -121,6 +123,31 @@ def test_wheel_carries_every_data_file_license_and_version(wheel: zipfile.ZipFil
     assert f"\nVersion: {version}\n" in metadata
     assert "\nLicense-Expression: Apache-2.0\n" in metadata
     assert not any(n.startswith("tests/") for n in names)
+
+
+def test_wheel_carries_the_compiled_gate_accelerator_and_a_platform_tag(wheel: zipfile.ZipFile) -> None:
+    """hatch_build.py compiles pipeline/redaction/_fastgate.c into the wheel (a C compiler is there in CI)."""
+    if os.environ.get("INSTANTLY_AUDIT_PURE_PYTHON", "") not in ("", "0"):
+        pytest.skip("INSTANTLY_AUDIT_PURE_PYTHON builds the pure-Python wheel")
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    assert f"pipeline/redaction/_fastgate{suffix}" in wheel.namelist()
+    assert "pipeline/redaction/_fastgate.pyi" in wheel.namelist()
+    (wheel_file,) = [n for n in wheel.namelist() if n.endswith(".dist-info/WHEEL")]
+    tags = [line for line in wheel.read(wheel_file).decode().splitlines() if line.startswith("Tag: ")]
+    assert tags and not any(t.endswith("-none-any") for t in tags), tags
+    assert (ROOT / "hatch_build.py").is_file()
+    assert _pyproject()["tool"]["hatch"]["build"]["hooks"]["custom"] == {}
+
+
+def test_without_a_compiler_the_hook_builds_pure_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No C compiler (CC names a program that is not there): the hook says why and builds no module."""
+    import hatch_build  # the hook module at the repository root (imported here: only this test needs it)
+
+    monkeypatch.setattr(sysconfig, "get_config_var", lambda name: "no-such-cc-4f1e" if name == "CC" else None)
+    module, why = hatch_build.compile_accelerator(ROOT)
+    assert module is None and "no C compiler (no-such-cc-4f1e)" in why
+    monkeypatch.setenv("INSTANTLY_AUDIT_PURE_PYTHON", "1")
+    assert hatch_build.compile_accelerator(ROOT) == (None, "INSTANTLY_AUDIT_PURE_PYTHON is set")
 
 
 def test_every_dependency_has_a_floor_and_a_ceiling() -> None:
