@@ -210,3 +210,43 @@ def test_shipped_json_is_what_setup_installs() -> None:
     assert sorted(root.rglob("*.json")) == sorted(expected)
     for path, body in expected.items():
         assert json.loads(path.read_text()) == body, path
+
+
+# The ECS 8.17 type of every ECS field the formatter emits (elastic/ecs generated/ecs/ecs_flat.yml).
+ECS_TYPES = {
+    "date": ("@timestamp", "event.created", "event.start", "event.end"),
+    "match_only_text": ("message",),
+    "long": ("event.severity",),
+    "float": ("event.risk_score",),
+    "ip": ("source.ip", "related.ip"),
+    "constant_keyword": ("data_stream.type", "data_stream.dataset", "data_stream.namespace"),
+    "keyword": (
+        "ecs.version", "event.kind", "event.category", "event.type", "event.action", "event.id", "event.outcome",
+        "event.module", "event.provider", "event.dataset", "event.code", "event.reference", "event.original",
+        "organization.id", "organization.name", "user.id", "user.name", "user.target.id", "user.target.name",
+        "user.target.email", "user.target.roles", "user.changes.roles", "related.user", "user_agent.original",
+        "rule.id", "rule.name", "rule.version", "rule.description", "rule.reference", "rule.ruleset",
+        "threat.framework", "threat.technique.id", "threat.technique.subtechnique.id",
+    ),
+}  # fmt: skip
+# OpenSearch has neither match_only_text nor (before 2.14) constant_keyword: the nearest types there.
+OPENSEARCH_TYPE = {"match_only_text": "text", "constant_keyword": "keyword"}
+
+
+@pytest.mark.parametrize("flavor", ["elasticsearch", "opensearch"])
+def test_template_maps_ecs_fields_with_their_ecs_types(flavor: str) -> None:
+    """Every ECS field of the component template has the type ecs_flat.yml gives it (rule.description: keyword)."""
+    from connectors.elasticsearch_setup import component_template
+
+    props = component_template(flavor)["template"]["mappings"]["properties"]  # type: ignore[arg-type]
+
+    def mapped(path: str) -> str:
+        node = props
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node[part]["properties"]
+        return str(node[leaf]["type"])
+
+    for ecs_type, paths in ECS_TYPES.items():
+        want = OPENSEARCH_TYPE.get(ecs_type, ecs_type) if flavor == "opensearch" else ecs_type
+        assert {p: mapped(p) for p in paths} == dict.fromkeys(paths, want)
