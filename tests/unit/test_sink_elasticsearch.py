@@ -48,15 +48,19 @@ async def es() -> AsyncIterator[FakeElasticsearch]:
 
 async def test_bulk_create_with_id_into_data_stream(es: FakeElasticsearch) -> None:
     """By default events go to logs-instantly.audit-default and alerts to logs-instantly.alerts-default, as
-    ECS documents with _id = the record id, @timestamp from its time and the data_stream fields."""
+    ECS documents with _id = the record id, @timestamp from its time and the data_stream fields; ECS wants
+    event.dataset equal to data_stream.dataset."""
     async with ElasticsearchSink("es", es_cfg(es.url)) as s:
         assert (await s.send([ev(1), al(2)])).ok
     events, alerts = es.docs["logs-instantly.audit-default"], es.docs["logs-instantly.alerts-default"]
     assert set(events) == {make_event(1).id} and set(alerts) == {make_alert(2).id}
     doc = events[make_event(1).id]
-    assert doc == {**to_ecs(make_event(1)), "@timestamp": format_time(BASE_TIME + 1),
+    ecs = to_ecs(make_event(1))
+    assert doc == {**ecs, "event": {**ecs["event"], "dataset": "instantly.audit"},
+                   "@timestamp": format_time(BASE_TIME + 1),
                    "data_stream": {"type": "logs", "dataset": "instantly.audit", "namespace": "default"}}  # fmt: skip
     assert alerts[make_alert(2).id]["event"]["kind"] == "alert"
+    assert alerts[make_alert(2).id]["event"]["dataset"] == alerts[make_alert(2).id]["data_stream"]["dataset"]
 
 
 async def test_native_format_sends_the_bus_json(es: FakeElasticsearch) -> None:
