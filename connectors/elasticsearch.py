@@ -170,6 +170,7 @@ class ElasticsearchSink:
         self._params = {"pipeline": config.pipeline} if config.pipeline else None
         fmt = config.record_format
         self._render = None if fmt == "native" else get_format(fmt).render
+        self._ecs = fmt == "ecs"
 
     async def __aenter__(self) -> ElasticsearchSink:
         await self._http.__aenter__()
@@ -203,6 +204,9 @@ class ElasticsearchSink:
             stream = _DATA_STREAM.match(index)
             if stream is not None:
                 rendered["data_stream"] = {"type": stream[1], "dataset": stream[2], "namespace": stream[3]}
+                event = rendered.get("event")
+                if self._ecs and isinstance(event, dict):  # ECS: event.dataset equals data_stream.dataset
+                    event["dataset"] = stream[2]  # (the Instantly stream stays in labels.source_stream)
             doc = dumps(rendered)
         elif raw[:1] == b"{" and raw[1:2] != b"}" and b"\n" not in raw and b'"@timestamp"' not in raw:
             doc = b'{"@timestamp":"' + stamp.encode() + b'",' + raw[1:]

@@ -39,7 +39,8 @@ TEMPLATES = {
 _K = {"type": "keyword", "ignore_above": 1024}
 _DATE = {"type": "date"}
 
-# Every field path the ECS formatter emits (outside instantly.details), with its type.
+# Every field path the ECS formatter emits (outside instantly.details), with its ECS type
+# (generated/ecs/ecs_flat.yml: rule.description is a keyword, message match_only_text).
 ECS_FIELDS: dict[str, dict[str, Any]] = {
     "@timestamp": _DATE,
     "message": {"type": "text"},
@@ -56,7 +57,7 @@ ECS_FIELDS: dict[str, dict[str, Any]] = {
     "user.target.roles": _K, "user.changes.roles": _K,
     "source.ip": {"type": "ip"}, "related.ip": {"type": "ip"}, "related.user": _K,
     "user_agent.original": _K,
-    "rule.id": _K, "rule.name": _K, "rule.version": _K, "rule.description": {"type": "text"},
+    "rule.id": _K, "rule.name": _K, "rule.version": _K, "rule.description": _K,
     "rule.reference": _K, "rule.ruleset": _K,
     "threat.framework": _K, "threat.technique.id": _K, "threat.technique.subtechnique.id": _K,
     "instantly.api_key.id": _K, "instantly.api_key.name": _K, "instantly.api_key.scopes": _K,
@@ -81,7 +82,8 @@ def component_template(flavor: Flavor) -> dict[str, Any]:
     """The shared mappings (component template body) for ``flavor``."""
     fields = dict(ECS_FIELDS)
     fields[OPAQUE] = {"type": "flattened"} if flavor == "elasticsearch" else {"type": "flat_object"}
-    if flavor == "elasticsearch":
+    if flavor == "elasticsearch":  # ECS maps message as match_only_text, which OpenSearch lacks (text there)
+        fields["message"] = {"type": "match_only_text"}
         for name in ("type", "dataset", "namespace"):
             fields[f"data_stream.{name}"] = {"type": "constant_keyword"}
     return {"template": {"mappings": {"dynamic": False, "properties": _nest(fields)}},

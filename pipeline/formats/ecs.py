@@ -4,10 +4,11 @@ Events: ``@timestamp``, ``event.kind=event``, ``event.category/type`` from the a
 values per family (login → ``authentication``/``start``; API keys → ``iam``+``configuration``;
 members → ``iam`` with ``user``+``creation|deletion|change``; webhooks → ``configuration``),
 ``event.action`` (``api-key-created``), ``event.id`` (the stable event id, also the ES ``_id``),
-``event.outcome``, ``user.*`` (the actor), ``user.target.*`` (a member acted upon, old role in
-``user.target.roles``, new role in ``user.changes.roles`` as in the ECS user-usage guide),
-``source.ip``, ``user_agent.original``, ``organization.*`` (the workspace), ``related.*``
-and ``labels``. Alerts: ``event.kind=alert``, ``rule.*``, ``threat.technique.*``.
+``event.outcome`` (success/failure; absent where ECS says not to populate it: ``event.type``
+``info`` that succeeded, outcomes nobody knows), ``user.*`` (the actor), ``user.target.*``
+(a member acted upon, old role in ``user.target.roles``, new role in ``user.changes.roles``
+as in the ECS user-usage guide), ``source.ip``, ``user_agent.original``, ``organization.*``
+(the workspace), ``related.*`` and ``labels``. Alerts: ``event.kind=alert``, ``rule.*``, ``threat.technique.*``.
 
 Snapshot baselines (``*.baseline``) describe what exists, not a change: ``event.kind=state``,
 ``event.type=info``. The raw Instantly record travels as a JSON string in ``event.original``
@@ -130,12 +131,15 @@ def _event(body: dict[str, Any]) -> dict[str, Any]:
         "type": types,
         "action": _action(event_type),
         "id": p.take("id"),
-        "outcome": act.outcome,
         "created": p.take("observed_at"),
         "module": "instantly",
         "provider": PROVIDER,
         "dataset": f"instantly.{p.get('source.stream') or 'events'}",
     }
+    if act.outcome == "failure" or (act.outcome == "success" and types != ["info"]):
+        # ECS: not populated for type info or where an outcome makes no sense; "unknown" is only for
+        # an attempt whose result the producer cannot see, which no Instantly record is.
+        event["outcome"] = act.outcome
     if act.code is not None:
         event["code"] = str(act.code)
     raw = p.get("raw")

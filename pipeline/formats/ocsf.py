@@ -10,10 +10,11 @@ API key created/deleted (audit 37/38, snapshots)        3007 User Management (18
                                                         Programmatic Credentials; user = workspace)
 audit webhook 18-21; other ``api_key.*``,               3004 Entity Management (1 Create,
 ``webhook.*``, ``block_list.*``, other ``workspace.*``   3 Update, 4 Delete, 9 Disable, 13 Resume)
-``member.invited/accepted/removed``                     3006 Group Management (group = workspace)
+``member.invited/accepted/removed``                     3006 Group Management (group = workspace,
+                                                        the member in ``users``)
 ``workspace_group.*``                                   3006 Group Management (7/8 Add/Remove Subgroup)
-``member.role_changed/permissions_changed``,            3005 User Access Management (1 Assign /
-``workspace.owner_changed``                             2 Revoke Privileges)
+``member.role_changed/permissions_changed``,            3007 User Management (14 Assign / 15 Remove
+``workspace.owner_changed``                             Privileges; the workspace in ``resources``)
 every other audit record (``audit.*``)                  6003 API Activity (Create/Read/Update/Delete;
                                                         an API key caller in ``api.token``)
 anything else (``pipeline.*``, ``webhook_delivery.*``)  0 Base Event
@@ -23,7 +24,11 @@ alerts                                                  2004 Detection Finding
 Nothing is dropped: every field of the source record that no OCSF attribute carries is
 kept under ``unmapped`` at its original path, and the redacted source record travels in
 ``raw_data`` (JSON text). Validated in the tests against the OCSF 1.9.0 schema
-(``tests/fixtures/ocsf-1.9.0``; Account Change is deprecated there for User Management).
+(``tests/fixtures/ocsf-1.9.0``). Nothing deprecated in 1.9.0 is emitted: not Account Change or
+User Access Management (User Management instead), nor ``entity_result`` (``updated_entity``),
+Group Management ``user`` (``users``) or ``resource`` (``resources``). ``type_name`` is always
+the caption of ``type_uid`` (``<class>: Other`` for activity 99, whose own label is in
+``activity_name``), and every ``type``/``status``/``severity`` sibling is its id's caption.
 """
 
 from __future__ import annotations
@@ -69,7 +74,6 @@ _CLASSES: dict[int, tuple[str, int, dict[int, str]]] = {
             99: "Other",
         },
     ),
-    3005: ("User Access Management", 3, {0: "Unknown", 1: "Assign Privileges", 2: "Revoke Privileges", 99: "Other"}),
     3006: (
         "Group Management",
         3,
@@ -145,7 +149,8 @@ def to_ocsf(record: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ shared parts
 def _head(class_uid: int, activity_id: int, activity_name: str | None = None) -> dict[str, Any]:
     class_name, category_uid, activities = _CLASSES[class_uid]
-    name = activity_name or activities.get(activity_id, "Other")
+    caption = activities.get(activity_id, "Other")
+    name = activity_name or caption
     return {
         "class_uid": class_uid,
         "class_name": class_name,
@@ -154,7 +159,9 @@ def _head(class_uid: int, activity_id: int, activity_name: str | None = None) ->
         "activity_id": activity_id,
         "activity_name": name,
         "type_uid": class_uid * 100 + activity_id,
-        "type_name": f"{class_name}: {name}",
+        # the type_uid caption (a 99's own label is in activity_name); but the Base Event's type_uid
+        # is 99 itself, where the validator flags the caption "Base Event: Other" as suspicious
+        "type_name": f"{class_name}: {name if class_uid == 0 else caption}",
     }
 
 
@@ -259,7 +266,7 @@ def _event(body: dict[str, Any]) -> dict[str, Any]:
     elif act.family == "api_key" and act.verb in ("create", "delete"):
         out = _user_management_key(p, act)
     elif etype in ("member.role_changed", "member.permissions_changed", "workspace.owner_changed"):
-        out = _user_access(p, act, body)
+        out = _user_privileges(p, act, body)
     elif act.family in ("api_key", "webhook", "block_list", "workspace"):
         out = _entity_management(p, act)
     elif act.family in ("member", "workspace_group"):
@@ -341,7 +348,10 @@ def _user_management_key(p: Picker, act: Activity) -> dict[str, Any]:
 
 
 def _entity(p: Picker, entity_type: str, data: Any) -> dict[str, Any]:
-    entity: dict[str, Any] = {"type": entity_type, "type_id": 4 if entity_type == "workspace" else 99}
+    # managed_entity.type is the type_id caption unless type_id is 99 (Other): a workspace is 4 Organization.
+    entity: dict[str, Any] = {"type": entity_type, "type_id": 99}
+    if entity_type == "workspace":
+        entity.update(type="Organization", type_id=4)
     if uid := p.take_str("target.id"):
         entity["uid"] = uid
     if name := p.take_str("target.name"):
@@ -355,7 +365,9 @@ def _entity(p: Picker, entity_type: str, data: Any) -> dict[str, Any]:
 
 def _entity_management(p: Picker, act: Activity) -> dict[str, Any]:
     out = _head(3004, _ENTITY_ACTIVITY.get(act.verb, 99), None if act.verb in _ENTITY_ACTIVITY else act.label)
-    kind = p.take_str("target.kind") or ("block_list_entry" if act.family == "block_list" else act.family)
+    kind = p.get("target.kind")
+    if not isinstance(kind, str) or not kind:
+        kind = "block_list_entry" if act.family == "block_list" else act.family
     before, after = p.get("change.before"), p.get("change.after")
     if act.verb == "create":
         out["entity"] = _entity(p, kind, after)
@@ -365,37 +377,42 @@ def _entity_management(p: Picker, act: Activity) -> dict[str, Any]:
         p.take("change.before")
         if isinstance(after, Mapping) and after:
             result = {k: v for k, v in out["entity"].items() if k != "data"}
-            out["entity_result"] = {**result, "data": dict(after)}
+            out["updated_entity"] = {**result, "data": dict(after)}  # entity_result is deprecated since 1.9.0
             p.take("change.after")
+    if out["entity"]["type"] == kind:  # a workspace is typed by the caption "Organization": kind stays unmapped
+        p.take("target.kind")
     return out
 
 
 def _privileges(body: Mapping[str, Any]) -> tuple[int, list[str]]:
-    """(activity_id, privileges) for a role, permission or owner change."""
+    """(User Management activity_id: 14 Assign / 15 Remove Privileges, privileges) for a role,
+    permission or owner change."""
     if body.get("type") == "workspace.owner_changed":
-        return 1, ["owner"]
+        return 14, ["owner"]
     old, new = role_change(body)
     if old is not None or new is not None:
         if old in ROLE_RANK and new in ROLE_RANK and ROLE_RANK[new] < ROLE_RANK[old]:
-            return 2, [old]
-        return (1, [new]) if new else (2, [str(old)])
+            return 15, [old]
+        return (14, [new]) if new else (15, [str(old)])
     change = body.get("change") or {}
     before = set((change.get("before") or {}).get("permissions") or [])
     after = set((change.get("after") or {}).get("permissions") or [])
     added, removed = sorted(after - before), sorted(before - after)
     if added and not removed:
-        return 1, added
+        return 14, added
     if removed and not added:
-        return 2, removed
+        return 15, removed
     return 99, sorted(after) or sorted(before) or ["unknown"]
 
 
-def _user_access(p: Picker, act: Activity, body: Mapping[str, Any]) -> dict[str, Any]:
+def _user_privileges(p: Picker, act: Activity, body: Mapping[str, Any]) -> dict[str, Any]:
+    """A member's role or permissions changed: User Management (User Access Management, 3005, is
+    deprecated since OCSF 1.9.0 for it), the workspace in ``resources``."""
     activity_id, privileges = _privileges(body)
-    out = _head(3005, activity_id, None if activity_id != 99 else act.label)
+    out = _head(3007, activity_id, None if activity_id != 99 else act.label)
     out["user"] = _target_user(p)
     out["privileges"] = privileges
-    out["resource"] = {"type": "workspace", **{k: v for k, v in _workspace_org(p).items() if k != "type"}}
+    out["resources"] = [{"type": "workspace", **{k: v for k, v in _workspace_org(p).items() if k != "type"}}]
     return out
 
 
@@ -414,7 +431,7 @@ def _group_management(p: Picker, act: Activity, body: Mapping[str, Any]) -> dict
         return out
     activity_id = {"create": 3, "delete": 4}.get(act.verb, 99)
     out = _head(3006, activity_id, None if activity_id != 99 else act.label)
-    out["user"] = _target_user(p)
+    out["users"] = [_target_user(p)]  # group_management.user is deprecated since 1.9.0
     out["group"] = _workspace_org(p)
     _old, new = role_change(body)
     if new and activity_id != 4:

@@ -121,7 +121,7 @@ async def test_scripted_incident_and_every_event_type_in_ecs(
     assert await count(opensearch_url, streams[0]) == len(event_ids)
 
     def audit(action: str) -> dict[str, Any]:  # the incident's audit-log record of this action
-        terms = {"event.action": action, "organization.name": "Acme Outreach", "event.dataset": "instantly.audit_logs"}
+        terms = {"event.action": action, "organization.name": "Acme Outreach", "event.dataset": "instantly.audit"}
         return {"bool": {"filter": [{"term": {k: v}} for k, v in terms.items()]}}
 
     login = await search(opensearch_url, streams[0], audit("user-login"))

@@ -139,3 +139,20 @@ def test_events_and_alerts_share_one_provider() -> None:
     """event.provider is the same for events and alerts."""
     providers = {to_ecs(e)["event"]["provider"] for e in sample_events().values()}
     assert providers | {to_ecs(sample_alert())["event"]["provider"]} == {"instantly-audit"}
+
+
+def test_outcome_only_where_ecs_populates_it() -> None:
+    """ECS event.outcome: never "unknown" for a record whose result is no attempt's (webhook deliveries,
+    unknown audit codes), not populated for a successful event.type info (baselines); failures kept."""
+    from tests.unit.test_formats_mapping import corpus
+
+    outcomes: set[str | None] = set()
+    for record in corpus():
+        event = to_ecs(record)["event"]
+        outcomes.add(event.get("outcome"))
+        assert event.get("outcome") != "unknown", record.get("type")
+        if event["type"] == ["info"] or event["kind"] != "event":
+            assert event.get("outcome") in (None, "failure"), record.get("type")
+    assert {"success", "failure", None} <= outcomes
+    assert "outcome" not in to_ecs(sample_events()["reply"])["event"]
+    assert to_ecs(sample_events()["poller_unauthorized"])["event"]["outcome"] == "failure"

@@ -48,15 +48,19 @@ async def es() -> AsyncIterator[FakeElasticsearch]:
 
 async def test_bulk_create_with_id_into_data_stream(es: FakeElasticsearch) -> None:
     """By default events go to logs-instantly.audit-default and alerts to logs-instantly.alerts-default, as
-    ECS documents with _id = the record id, @timestamp from its time and the data_stream fields."""
+    ECS documents with _id = the record id, @timestamp from its time and the data_stream fields; ECS wants
+    event.dataset equal to data_stream.dataset."""
     async with ElasticsearchSink("es", es_cfg(es.url)) as s:
         assert (await s.send([ev(1), al(2)])).ok
     events, alerts = es.docs["logs-instantly.audit-default"], es.docs["logs-instantly.alerts-default"]
     assert set(events) == {make_event(1).id} and set(alerts) == {make_alert(2).id}
     doc = events[make_event(1).id]
-    assert doc == {**to_ecs(make_event(1)), "@timestamp": format_time(BASE_TIME + 1),
+    ecs = to_ecs(make_event(1))
+    assert doc == {**ecs, "event": {**ecs["event"], "dataset": "instantly.audit"},
+                   "@timestamp": format_time(BASE_TIME + 1),
                    "data_stream": {"type": "logs", "dataset": "instantly.audit", "namespace": "default"}}  # fmt: skip
     assert alerts[make_alert(2).id]["event"]["kind"] == "alert"
+    assert alerts[make_alert(2).id]["event"]["dataset"] == alerts[make_alert(2).id]["data_stream"]["dataset"]
 
 
 async def test_native_format_sends_the_bus_json(es: FakeElasticsearch) -> None:
@@ -210,3 +214,43 @@ def test_shipped_json_is_what_setup_installs() -> None:
     assert sorted(root.rglob("*.json")) == sorted(expected)
     for path, body in expected.items():
         assert json.loads(path.read_text()) == body, path
+
+
+# The ECS 8.17 type of every ECS field the formatter emits (elastic/ecs generated/ecs/ecs_flat.yml).
+ECS_TYPES = {
+    "date": ("@timestamp", "event.created", "event.start", "event.end"),
+    "match_only_text": ("message",),
+    "long": ("event.severity",),
+    "float": ("event.risk_score",),
+    "ip": ("source.ip", "related.ip"),
+    "constant_keyword": ("data_stream.type", "data_stream.dataset", "data_stream.namespace"),
+    "keyword": (
+        "ecs.version", "event.kind", "event.category", "event.type", "event.action", "event.id", "event.outcome",
+        "event.module", "event.provider", "event.dataset", "event.code", "event.reference", "event.original",
+        "organization.id", "organization.name", "user.id", "user.name", "user.target.id", "user.target.name",
+        "user.target.email", "user.target.roles", "user.changes.roles", "related.user", "user_agent.original",
+        "rule.id", "rule.name", "rule.version", "rule.description", "rule.reference", "rule.ruleset",
+        "threat.framework", "threat.technique.id", "threat.technique.subtechnique.id",
+    ),
+}  # fmt: skip
+# OpenSearch has neither match_only_text nor (before 2.14) constant_keyword: the nearest types there.
+OPENSEARCH_TYPE = {"match_only_text": "text", "constant_keyword": "keyword"}
+
+
+@pytest.mark.parametrize("flavor", ["elasticsearch", "opensearch"])
+def test_template_maps_ecs_fields_with_their_ecs_types(flavor: str) -> None:
+    """Every ECS field of the component template has the type ecs_flat.yml gives it (rule.description: keyword)."""
+    from connectors.elasticsearch_setup import component_template
+
+    props = component_template(flavor)["template"]["mappings"]["properties"]  # type: ignore[arg-type]
+
+    def mapped(path: str) -> str:
+        node = props
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node[part]["properties"]
+        return str(node[leaf]["type"])
+
+    for ecs_type, paths in ECS_TYPES.items():
+        want = OPENSEARCH_TYPE.get(ecs_type, ecs_type) if flavor == "opensearch" else ecs_type
+        assert {p: mapped(p) for p in paths} == dict.fromkeys(paths, want)
