@@ -163,3 +163,40 @@ async def test_audit_log_with_a_timestamp_cursor_is_not_wedged(fake: FakeInstant
                 assert poller.last_failures == {}
         refused = [c for c in fake.calls_to("/audit-logs") if c.query.get("starting_after", "").startswith("019")]
         assert len(refused) == 1, "the refused continuation is tried once per process, not on every poll"
+
+
+# ------------------------------------------------------------------------------ list envelope
+@pytest.mark.parametrize(
+    "pages",
+    [
+        # ``next_starting_after`` is optional and typed string; a server may still send null.
+        [
+            {"items": [{"id": "a"}, {"id": "b"}], "next_starting_after": "b"},
+            {"items": [{"id": "c"}], "next_starting_after": None},
+        ],
+        # A short page with a cursor is followed; the empty page after it ends the listing.
+        [
+            {"items": [{"id": "a"}], "next_starting_after": "a"},
+            {"items": [{"id": "b"}], "next_starting_after": "b"},
+            {"items": []},
+        ],
+        # An empty cursor string ends it too.
+        [{"items": [{"id": "a"}, {"id": "b"}, {"id": "c"}], "next_starting_after": ""}],
+    ],
+)
+async def test_listing_ends_on_a_null_empty_or_absent_cursor(fake: FakeInstantly, pages: list[dict[str, Any]]) -> None:
+    """Every documented way a listing ends yields each item once and no request after the end."""
+    served = iter(pages)
+
+    def page(_records: list[dict[str, Any]], _query: Any) -> web.Response:
+        return web.json_response(next(served))
+
+    fake._page = page  # type: ignore[method-assign]
+    async with client(fake.url) as c:
+        items = await c.get_all("/api/v2/api-keys", limit=2)
+    assert [i["id"] for i in items] == [i["id"] for p in pages for i in p["items"]]
+    assert len(fake.calls) == len(pages)
+    assert [call.query.get("starting_after") for call in fake.calls] == [
+        None,
+        *[p.get("next_starting_after") for p in pages[:-1]],
+    ]
