@@ -188,7 +188,7 @@ async def test_listing_ends_on_a_null_empty_or_absent_cursor(fake: FakeInstantly
     """Every documented way a listing ends yields each item once and no request after the end."""
     served = iter(pages)
 
-    def page(_records: list[dict[str, Any]], _query: Any) -> web.Response:
+    def page(records: list[dict[str, Any]], query: Any) -> web.Response:
         return web.json_response(next(served))
 
     fake._page = page  # type: ignore[method-assign]
