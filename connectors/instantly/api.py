@@ -72,7 +72,7 @@ def api_root(base_url: str) -> str:
 
     Instantly's OpenAPI document names the server ``https://api.instantly.ai`` with every path
     under ``/api/v2``, while most integrations configure ``https://api.instantly.ai/api/v2`` as
-    the base URL; both spellings (with or without a trailing slash) give ``https://api.instantly.ai``, so a
+    the base URL. Both spellings (with or without a trailing slash) give the host, so a
     configured ``…/api/v2`` never yields ``/api/v2/api/v2/…``.
     """
     root = base_url.rstrip("/")
