@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -156,8 +157,8 @@ def test_request_check_can_fail() -> None:
 
 
 async def test_every_poll_request_is_documented(tmp_path: Path) -> None:
-    """Full reads, incremental reads and snapshot listings send only documented paths and parameters,
-    with the bearer key and no request body."""
+    """Full reads, incremental reads, the late-record sweep and snapshot listings send only documented
+    paths and parameters, with the bearer key and no request body."""
     sent: list[tuple[str, str, dict[str, str], Mapping[str, str]]] = []
 
     def session() -> aiohttp.ClientSession:
@@ -177,7 +178,7 @@ async def test_every_poll_request_is_documented(tmp_path: Path) -> None:
         world = sim_seed.demo_world(sim.state)
         cfg = WorkspaceConfig(
             api_key=SecretStr(world.poller_key.key), base_url=sim.url, max_retries=1,
-            budget=BudgetConfig(requests_per_second=100, requests_per_minute=6000),
+            budget=BudgetConfig(requests_per_second=100, requests_per_minute=6000), audit_sweep_interval_secs=60,
         )  # fmt: skip
         poller = InstantlyWorkspacePoller(
             "acme", cfg, bus, clock=clock, budget=RequestBudget(1000, 60_000), sleep=no_sleep,
@@ -192,6 +193,8 @@ async def test_every_poll_request_is_documented(tmp_path: Path) -> None:
                 clock.advance(60)
     audit = [q for _m, p, q, _h in sent if p == "/api/v2/audit-logs"]
     assert any("starting_after" in q for q in audit) and any("start_date" in q for q in audit)
+    week_ago = datetime.fromtimestamp(clock.now() - 6 * 86_400, tz=UTC).date().isoformat()
+    assert any(q.get("start_date", "9") < week_ago for q in audit), "the late-record sweep did not run"
     assert {p for _m, p, _q, _h in sent} == set(SPEC["paths"]) - {"/api/v2/webhook-events"}
     for method, path, query, headers in sent:
         assert method == "GET"
