@@ -67,6 +67,18 @@ LISTED_STREAMS: tuple[Stream, ...] = tuple(s for s in SNAPSHOT_STREAMS if s.page
 """The snapshot streams read as paginated listings (all but the workspace object)."""
 
 
+def api_root(base_url: str) -> str:
+    """The server root the :data:`STREAMS` paths are appended to.
+
+    Instantly's OpenAPI document names the server ``https://api.instantly.ai`` with every path
+    under ``/api/v2``, while most integrations configure ``https://api.instantly.ai/api/v2`` as
+    the base URL. Both spellings (with or without a trailing slash) give the host, so a
+    configured ``…/api/v2`` never yields ``/api/v2/api/v2/…``.
+    """
+    root = base_url.rstrip("/")
+    return root.removesuffix(API_PREFIX) if root.endswith(API_PREFIX) else root
+
+
 def stream(name: str) -> Stream:
     """The stream called ``name``.
 

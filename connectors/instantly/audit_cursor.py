@@ -29,7 +29,10 @@ windowed read confirms ascending order again.
   coarse, timezone-unknown date filter), as every poll did before. It runs when no ``last_id`` is
   known, when ``overlap`` seconds have passed since ``last_full_read``, on the first poll of a
   poller process (``last_full_read`` older than the process start — records may have been
-  inserted behind the cursor while nothing was polling), and whenever the order check fails.
+  inserted behind the cursor while nothing was polling), whenever the order check fails, and —
+  for the rest of the process — once the API refused ``starting_after=last_id`` with a 400 or
+  404 (the reference documents the cursor as "the ID of the last item", but also shows
+  timestamp cursors; a server that accepts only its own must not wedge the audit log).
 
 Both keep a record when its id is not in ``seen`` and its timestamp is at or after the threshold.
 Because the threshold uses the ``high_water`` left by the last full re-read, a record inserted
@@ -157,6 +160,9 @@ class AuditCursor:
     receipts: HourReceipts | None = field(default=None, compare=False, repr=False)
     """Per-hour completeness ledgers (:mod:`connectors.instantly.receipts`), loaded with the state;
     the streams write them only when receipts are on."""
+    continuation_refused: bool = field(default=False, compare=False)
+    """The API refused ``starting_after=last_id`` (400/404): this process reads the window on every
+    poll instead (not stored: a restarted poller tries the continuation once more)."""
     chunks: SeenChunks | None = field(default=None, compare=False, repr=False)
     """Where ``seen`` is stored (split layout); ``None`` for a cursor not bound to state keys."""
     _head: bytes | None = field(default=None, compare=False, repr=False)

@@ -10,8 +10,12 @@
   ``{statusCode, error, message}`` text — never a header or the key. aiohttp exceptions are
   converted outside their ``except`` block, so they are neither chained nor kept as context
   (aiohttp puts request headers, including ``Authorization``, into some of its errors).
+* ``base_url`` is the server root; a configured ``https://api.instantly.ai/api/v2`` (how most
+  integrations spell the base URL) works too (:func:`~connectors.instantly.api.api_root`).
 * Reads retry 429, 5xx, timeouts and malformed bodies with exponential backoff and full
-  jitter (``uniform(0, min(cap, base * 2**attempt))``, at least ``Retry-After`` when sent) up
+  jitter (``uniform(0, min(cap, base * 2**attempt))``, at least the wait the answer asks for:
+  ``Retry-After`` in seconds or as an HTTP-date, else a ``RateLimit-Reset`` /
+  ``X-RateLimit-Reset`` header — Instantly documents none, so none is needed) up
   to ``max_retries``; 401/402/403/404 are never retried. Writes are not idempotent on
   Instantly, so they are retried only after a 429 (the request was refused, not processed).
 * Every attempt first takes a token from the workspace's :class:`RequestBudget`.
@@ -28,15 +32,16 @@ from typing import Any
 import aiohttp
 import orjson
 
+from connectors.instantly.api import api_root
 from connectors.instantly.budget import RequestBudget
 from connectors.instantly.config import WorkspaceConfig
 from connectors.instantly.responses import (
     ClientRequestError,
     decode_body,
     error_for,
-    parse_retry_after,
     require_items,
     require_object,
+    retry_after_from,
 )
 from pipeline import __version__
 from pipeline.errors import RateLimitedError, SourceError, UpstreamError
@@ -81,7 +86,8 @@ class InstantlyClient:
     ):
         self._api_key = cfg.api_key
         self._as_workspace = cfg.as_workspace
-        self.base_url = cfg.base_url.rstrip("/")
+        self.base_url = api_root(cfg.base_url)
+        """The server root (a configured ``…/api/v2`` suffix removed: every path carries it)."""
         self.max_retries = cfg.max_retries
         self._timeout = aiohttp.ClientTimeout(total=cfg.request_timeout_secs)
         self.budget = budget or RequestBudget.from_config(cfg.budget)
@@ -289,7 +295,7 @@ class InstantlyClient:
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                retry_after = retry_after_from(resp.headers)
         except (aiohttp.ClientError, TimeoutError) as err:
             kind = "timed out" if isinstance(err, TimeoutError) else "failed"
             failure = UpstreamError(f"{method} {path}: request {kind} ({type(err).__name__})")

@@ -6,12 +6,15 @@ kept in the message (trimmed, with known secrets and ``Bearer`` values scrubbed)
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
 
 from connectors.instantly.redact import scrub_text
+from pipeline.delivery.backoff import MAX_RETRY_AFTER_SECS as MAX_WAIT_SECS
+from pipeline.delivery.http import parse_retry_after as parse_http_retry_after
 from pipeline.errors import (
     AuthError,
     NotFoundError,
@@ -23,6 +26,8 @@ from pipeline.errors import (
 )
 
 MAX_MESSAGE = 300
+EPOCH_RESET_FLOOR = 1e9
+"""A reset value above this (2001-09-09 as epoch seconds) is a date, not a delay."""
 
 
 class ClientRequestError(SourceError):
@@ -33,15 +38,45 @@ class ClientRequestError(SourceError):
         self.status = status
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` as seconds; an HTTP-date or garbage counts as absent (Instantly documents none)."""
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP-date (RFC 9110 §10.2.3), ``None`` if absent or garbage.
+
+    ``now`` (epoch seconds; default the wall clock) dates an HTTP-date; one in the past gives 0.
+    """
+    return parse_http_retry_after(value, time.time() if now is None else now)
+
+
+def _reset_secs(value: str | None, now: float) -> float | None:
+    """A rate-limit reset header as seconds to wait: delta seconds, or epoch seconds when it is a date."""
     if not value:
         return None
     try:
-        seconds = float(value.strip())
+        seconds = float(value.strip().split(",")[0])
     except ValueError:
         return None
-    return seconds if seconds >= 0 else None
+    if seconds != seconds or seconds < 0:  # NaN or negative
+        return None
+    if seconds > EPOCH_RESET_FLOOR:  # GitHub-style X-RateLimit-Reset: the epoch second the window resets
+        seconds -= now
+    return min(max(seconds, 0.0), MAX_WAIT_SECS)
+
+
+def retry_after_from(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """How long a 429/5xx answer asks the client to wait, in seconds, or ``None`` when it does not say.
+
+    Instantly documents no such header (API reference §2), so none is required: ``Retry-After``
+    (seconds or HTTP-date) is read first, then the reset of the common rate-limit header families,
+    ``RateLimit-Reset`` (IETF draft: delta seconds) and ``X-RateLimit-Reset`` (delta or epoch seconds).
+    """
+    at = time.time() if now is None else now
+    retry_after = parse_retry_after(headers.get("Retry-After"), at)
+    if retry_after is not None:
+        return retry_after
+    for name in ("RateLimit-Reset", "X-RateLimit-Reset"):
+        reset = _reset_secs(headers.get(name), at)
+        if reset is not None:
+            return reset
+    return None
 
 
 def server_message(raw: bytes, secrets: Iterable[str] = ()) -> str:

@@ -32,7 +32,7 @@ import orjson
 from connectors.instantly.api import AUDIT_LOGS
 from connectors.instantly.audit_codes import triggered_stream
 from connectors.instantly.audit_cursor import AuditCursor, last_page_id, page_is_ascending, record_id
-from connectors.instantly.client import InstantlyClient
+from connectors.instantly.client import ClientRequestError, InstantlyClient
 from connectors.instantly.normalize import normalize_audit_record
 from connectors.instantly.receipt_publish import receipt_writes
 from connectors.instantly.receipts import HourReceipts, ReceiptSettings
@@ -43,7 +43,7 @@ from connectors.instantly.sweep import SweepSettings, find_late, publish_late
 from connectors.instantly.txn_pipeline import YIELD_EVERY, TxnPipeline, TxnWrite
 from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC, Bus, Header, Transaction
 from pipeline.clock import SYSTEM_CLOCK, Clock, format_time, parse_time
-from pipeline.errors import NormalizeError
+from pipeline.errors import NormalizeError, NotFoundError
 from pipeline.observability.latency import sampled, source_time_header
 from pipeline.observability.logs import get_logger, redact_text
 from pipeline.observability.metrics import ID, KIND, STREAM, TYPE, WORKSPACE, WORKSPACE_ID
@@ -321,11 +321,24 @@ async def _read_and_publish(
     pub: Publisher, client: InstantlyClient, window: AuditWindow, counts: dict[str, int], cursor: AuditCursor
 ) -> None:
     newest: float | None = None
-    full = cursor.full_read_due(now=window.now, overlap_secs=window.overlap_secs, started_at=window.started_at)
+    full = cursor.continuation_refused or cursor.full_read_due(
+        now=window.now, overlap_secs=window.overlap_secs, started_at=window.started_at
+    )
     if not full and cursor.last_id is not None:
-        read = await _read_audit(pub, client, cursor, window, counts, incremental=True)
+        try:
+            read = await _read_audit(pub, client, cursor, window, counts, incremental=True)
+        except (ClientRequestError, NotFoundError) as err:
+            # The documented cursor is "the ID of the last item" (or the last next_starting_after);
+            # an API that refuses ours (400/404) must not wedge the audit log: read the window.
+            log.warning(
+                "The audit log refused the continuation cursor; reading the window instead.",
+                extra={"source": pub.source_id, "workspace": pub.workspace.id, "status": getattr(err, "status", None)},
+            )
+            cursor.last_id = None
+            cursor.continuation_refused = full = True
+            read = _AuditRead(ascending=False)
         newest = read.newest
-        if not read.ascending:
+        if not read.ascending and not full:
             log.debug(
                 "Audit log page not in ascending id order; falling back to the windowed read for this poll.",
                 extra={"source": pub.source_id, "workspace": pub.workspace.id, "after": cursor.last_id},

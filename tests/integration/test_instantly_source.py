@@ -401,3 +401,24 @@ async def test_adaptive_polling_quiet_poll_costs_one_request(env: Env) -> None:
         await poller.poll_once()
         paths = {p for p, _q in env.requests.sent[sent:]}
         assert {"/api/v2/workspaces/current", "/api/v2/api-keys", AUDIT_PATH} <= paths
+
+
+async def test_newest_first_audit_log_is_published_once(env: Env) -> None:
+    """Against a simulator that lists the audit log newest first (the order is undocumented), every
+    record is published exactly once, and polls read the start_date window instead of continuing."""
+    env.sim.config.audit_order = "desc"
+    state, ws = env.sim.state, env.world.workspace.id
+    backfill = 0
+    for i in range(6):
+        for j in range(3):
+            state.insert_audit(ws, 1 + (i + j) % 3, timestamp=env.clock.now() - j)
+        await env.poller.poll_once()
+        backfill = backfill or len(env.requests.audit())
+        env.clock.advance(60)
+    evs = await bus_events(env.bus)
+    published = [e["source"]["record_id"] for e in evs if e["source"]["kind"] == "audit_log"]
+    assert sorted(published) == sorted(r.id for r in state.audit_of(ws))
+    later = env.requests.audit()[backfill:]
+    assert len([q for q in later if "starting_after" not in q]) == 5  # one windowed read per later poll
+    assert all("start_date" in q for q in later)  # never a continuation after the last id
+    assert (await cursor_doc(env.bus))["last_id"] is None

@@ -183,3 +183,17 @@ async def test_accounts_cursor_is_timestamp_and_email(sim: InstantlySimulator, s
     cursor = quote(first["next_starting_after"], safe="")
     _, rest = await get(session, sim, key, f"/accounts?limit=2&starting_after={cursor}")
     assert [a["email"] for a in rest["items"]] == ["c@mail.example"]
+
+
+@pytest.mark.parametrize("trailing", [True, False])
+async def test_audit_newest_first(sim: InstantlySimulator, session: aiohttp.ClientSession, trailing: bool) -> None:
+    """``audit_order: desc`` lists the audit log newest first; the cursor continues with older records
+    and the filters still apply."""
+    sim.config.audit_order = "desc"
+    sim.config.trailing_cursor = trailing
+    key, ids = seed_audit(sim, 7)
+    pages = await walk(session, sim, key, "/audit-logs", 3)
+    assert [r["id"] for p in pages for r in p["items"]] == ids[::-1]
+    assert [len(p["items"]) for p in pages] == ([3, 3, 1, 0] if trailing else [3, 3, 1])
+    _, logins = await get(session, sim, key, f"/audit-logs?activity_type=1&limit=2&starting_after={ids[5]}")
+    assert [r["id"] for r in logins["items"]] == [ids[3], ids[0]]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from .models import KeyValueMode
+
+AuditOrder = Literal["asc", "desc"]
 
 
 @dataclass
@@ -23,6 +26,8 @@ class SimConfig:
         empty_json_body_error: like Fastify, refuse an empty body sent with
             ``Content-Type: application/json`` (400).
         default_limit: page size when ``limit`` is absent (undocumented).
+        audit_order: ``GET /audit-logs`` lists ``asc`` (oldest first, by UUIDv7 id) or ``desc``
+            (newest first); the reference documents no order, so a client must handle both.
         rate_limit_per_second / rate_limit_per_minute: per-workspace limits (None disables).
     """
 
@@ -31,5 +36,6 @@ class SimConfig:
     enforce_unlisted_scopes: bool = True
     empty_json_body_error: bool = True
     default_limit: int = 100
+    audit_order: AuditOrder = "asc"
     rate_limit_per_second: int | None = 100
     rate_limit_per_minute: int | None = 6000

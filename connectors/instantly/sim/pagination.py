@@ -1,15 +1,16 @@
 """Cursor pagination: ``{items, next_starting_after}``, cursor = sort key of the last item.
 
 Lists are sorted ascending by their cursor key (the UUIDv7 id, i.e. creation time; the
-accounts list uses ``timestamp_created&email``). A page holds the items strictly after
-``starting_after``. With ``trailing_cursor`` the last non-empty page still carries a
-cursor and the next call returns ``items: []`` without one, as the starter kit warns.
+accounts list uses ``timestamp_created&email``), or descending with ``descending`` (newest
+first). A page holds the items strictly after ``starting_after`` in that order. With
+``trailing_cursor`` the last non-empty page still carries a cursor and the next call returns
+``items: []`` without one, as the starter kit warns.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -23,11 +24,19 @@ def paginate(
     *,
     trailing_cursor: bool,
     keep: Callable[[T], bool] | None = None,
+    descending: bool = False,
 ) -> tuple[list[T], str | None]:
-    """One page of ``items`` (sorted by ``cursor_of``) and the next cursor, if any."""
-    start = 0 if not starting_after else bisect.bisect_right(items, starting_after, key=cursor_of)
+    """One page of ``items`` (sorted ascending by ``cursor_of``; listed in reverse when
+    ``descending``) and the next cursor, if any."""
+    if descending:  # newest first: the items after the cursor are those with a smaller key
+        end = bisect.bisect_left(items, starting_after, key=cursor_of) if starting_after else len(items)
+        order: Iterable[int] = range(end - 1, -1, -1)
+    else:
+        start = bisect.bisect_right(items, starting_after, key=cursor_of) if starting_after else 0
+        order = range(start, len(items))
     found: list[T] = []
-    for item in items[start:]:
+    for i in order:
+        item = items[i]
         if keep is None or keep(item):
             found.append(item)
             if len(found) > limit:

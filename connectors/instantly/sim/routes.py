@@ -120,7 +120,8 @@ BLOCK_LIST_CREATE = Schema({"bl_value": _S}, ("bl_value",))
 
 
 def list_audit_logs(ctx: Ctx) -> JSON:
-    """``GET /audit-logs``: ascending by id; filters on ``timestamp``, type and text."""
+    """``GET /audit-logs``: by id, ascending or newest first (:attr:`SimConfig.audit_order`); filters on
+    ``timestamp``, type and text."""
     q = ctx.query
     activity = q.get("activity_type")
     if activity is not None and not activity.lstrip("-").isdigit():
@@ -136,7 +137,8 @@ def list_audit_logs(ctx: Ctx) -> JSON:
             return False
         return not needle or needle in _audit_text(r)
 
-    return ctx.page(ctx.state.audit_of(ctx.ws), AuditRecord.to_json, maximum=1000, keep=keep)
+    descending = ctx.config.audit_order == "desc"
+    return ctx.page(ctx.state.audit_of(ctx.ws), AuditRecord.to_json, maximum=1000, keep=keep, descending=descending)
 
 
 def _audit_text(r: AuditRecord) -> str:
