@@ -11,8 +11,6 @@ from connectors.instantly.blast import (
     used_scopes,
 )
 from connectors.instantly.blast.check import KeyUsage, check_unaudited_reach, check_unused_scopes
-from pipeline.clock import FakeClock
-from pipeline.rules.engine import RulesEngine
 
 UNAUDITED = {
     "POST /api/v2/emails/forward", "POST /api/v2/accounts/move", "POST /api/v2/campaigns/{id}/share",
@@ -72,11 +70,3 @@ def test_check_findings() -> None:
         ("warn", "k2", ["webhooks:update"]),
     ]
     assert [r.status for r in check_unused_scopes("ws", keys, KeyUsage(False, 30.0), now)] == ["skip"]
-
-
-def test_the_rule_loads_the_table_when_it_is_built_not_on_the_first_key_event() -> None:
-    """Parsing the 173-operation table takes ~0.2 s: at start-up, not in the middle of a stream."""
-    operations.cache_clear()
-    engine = RulesEngine.from_config({}, clock=FakeClock(0.0))
-    assert "api_key.unaudited_reach" in {r.meta.id for r in engine.ruleset.enabled}
-    assert operations.cache_info().currsize == 1

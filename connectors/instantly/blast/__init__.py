@@ -53,6 +53,12 @@ class Operation:
         return f"{self.method} {self.path}"
 
 
+def _load_table() -> Any:
+    """The shipped table, parsed with libyaml when PyYAML has it (~15 ms instead of ~150 ms in Python)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(TABLE_PATH.read_text(encoding="utf-8"), Loader=loader)  # noqa: S506 - a safe loader
+
+
 @cache
 def operations() -> tuple[Operation, ...]:
     """Every operation of the shipped table.
@@ -60,7 +66,7 @@ def operations() -> tuple[Operation, ...]:
     Raises:
         ValueError: the shipped table is malformed.
     """
-    data = yaml.safe_load(TABLE_PATH.read_text(encoding="utf-8"))
+    data = _load_table()
     rows = data.get("operations") if isinstance(data, dict) else None
     if not isinstance(rows, list):
         raise ValueError(f"{TABLE_PATH.name}: no operations list")
@@ -75,7 +81,7 @@ def operations() -> tuple[Operation, ...]:
 
 def table_source() -> Mapping[str, Any]:
     """Where the table came from (repository, path, commit, API version)."""
-    data = yaml.safe_load(TABLE_PATH.read_text(encoding="utf-8"))
+    data = _load_table()
     src = data.get("source") if isinstance(data, dict) else None
     return src if isinstance(src, dict) else {}
 

@@ -19,11 +19,10 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from connectors.instantly.blast import is_read_only, operations, unaudited_reach
+from connectors.instantly.blast import is_read_only, unaudited_reach
 from connectors.instantly.checklist import Basic
 from connectors.instantly.rules.api_keys import KeyAllowParams, _ScopeRule
-from pipeline.rules.base import DAY, Finding, RuleContext, RuleMeta, RuleParams
-from pipeline.rules.lists import SharedLists
+from pipeline.rules.base import DAY, Finding, RuleContext, RuleMeta
 from schemas.event import Event
 
 
@@ -53,15 +52,6 @@ class UnauditedReachRule(_ScopeRule):
     )  # fmt: skip
 
     what: ClassVar[str] = "scopes reaching unaudited operations"
-
-    def __init__(self, params: RuleParams, lists: SharedLists):
-        """Load the shipped operations table now (a malformed table fails at start, not on the first key event).
-
-        Raises:
-            ValueError: the shipped table is malformed.
-        """
-        super().__init__(params, lists)
-        operations()
 
     def risky(self, scopes: list[str]) -> list[str]:
         """The scopes that reach at least one unaudited high-impact operation (none for all:all keys)."""
