@@ -1,7 +1,8 @@
 """``instantly-audit rules export|import|coverage``: Sigma out and in, ATT&CK Navigator layer.
 
-* ``rules export --format sigma --output DIR [--rules FILE]`` — one ``<rule id>.yml`` per
-  expressible rule, plus ``README.md`` (field mapping, skipped rules and why);
+* ``rules export --format sigma --output DIR [--rules FILE]`` — one ``<rule_id>.yml`` per
+  expressible rule (:func:`~pipeline.rules.sigma.sigma_filename`), plus ``README.md`` (field
+  mapping, file → rule id, skipped rules and why);
 * ``rules import FILE... [--output FILE] [--prefix P]`` — Sigma rules → our YAML rules (stdout
   or FILE); each rejected rule is named on stderr with the reason;
 * ``rules coverage --navigator FILE [--rules FILE] [--emulations DIR]`` — the layer of the
@@ -27,7 +28,7 @@ from pipeline.rules.config import parse_rules_config
 from pipeline.rules.navigator import build_layer, read_emulations
 from pipeline.rules.packs import rule_packs
 from pipeline.rules.rules_file import EXIT_FAIL, EXIT_OK, EXIT_USAGE, read_rules_file
-from pipeline.rules.sigma import FIELD_NOTE, SigmaImportError, export_rule, import_rule
+from pipeline.rules.sigma import FIELD_NOTE, SigmaImportError, export_rule, import_rule, sigma_filename
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -45,6 +46,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"rules export: cannot create {out} ({err.strerror})", file=sys.stderr)
         return EXIT_USAGE
     written, skipped = [], []
+    written_files: dict[str, str] = {}
     for rule in ruleset.rules:
         ex = export_rule(rule)
         if ex.document is None:
@@ -54,9 +56,15 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"# {line}\n" for line in textwrap.wrap(FIELD_NOTE, 98)
         )
         text = yaml.safe_dump(ex.document, sort_keys=False, width=100, allow_unicode=True)
-        (out / f"{ex.rule_id}.yml").write_text(header + text, encoding="utf-8")
+        name = sigma_filename(ex.rule_id)
+        if name in written_files:
+            print(f"rules export: {ex.rule_id} and {written_files[name]} both map to {name}", file=sys.stderr)
+            return EXIT_USAGE
+        (out / name).write_text(header + text, encoding="utf-8")
         written.append(ex.rule_id)
+        written_files[name] = ex.rule_id
     lines = ["# instantly-audit rules as Sigma", "", FIELD_NOTE, "", f"Exported: {len(written)} rules.", ""]
+    lines += [f"- `{name}`: `{rid}`" for name, rid in written_files.items()] + [""]
     if skipped:
         lines += ["Skipped (not expressible as a single-event Sigma rule):", ""]
         lines += [f"- `{rid}`: {why}" for rid, why in skipped]

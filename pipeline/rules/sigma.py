@@ -17,9 +17,10 @@ modifier (``a*`` → ``startswith``; anything else → ``re``). Anything else is
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,8 @@ NAMESPACE = uuid.UUID("5b0ce7a2-6f5e-4c39-9d5b-2f1f8d0b9a41")
 PRODUCT, SERVICE = "instantly", "audit"
 LEVELS = {"info": "informational", "low": "low", "medium": "medium", "high": "high", "critical": "critical"}
 SEVERITIES = {v: k for k, v in LEVELS.items()}
-SIGMA_STATUSES = ("stable", "test", "experimental", "deprecated", "unsupported")
+SIGMA_STATUSES = ("stable", "test", "experimental", "deprecated")
+"""Sigma statuses our rules share (Sigma's fifth, ``unsupported``, is never exported and is rejected on import)."""
 FIELD_NOTE = (
     "Field names are instantly-audit Event v1 paths (schemas/event.v1.json): type, time, workspace.id, "
     "source.kind, actor.user_id, actor.ip, actor.api_key_id, target.id, change.after.<field>, "
@@ -46,6 +48,21 @@ _WILDCARD = re.compile(r"(?<!\\)[*?]")
 def sigma_id(rule_id: str) -> str:
     """The stable Sigma ``id`` of one of our rules."""
     return str(uuid.uuid5(NAMESPACE, rule_id))
+
+
+def sigma_filename(rule_id: str) -> str:
+    """The exported file name: lower-case letters, digits and ``_``, 10 to 70 characters, ``.yml``.
+
+    sigma-rules-specification.md ("Yaml File") asks for that shape; ``api_key.all_scope`` →
+    ``api_key_all_scope.yml``, a short id gets an ``instantly_`` prefix, a long one is cut and
+    ends with 8 hex digits of its Sigma id so it stays unique.
+    """
+    stem = re.sub(r"[^a-z0-9]+", "_", rule_id.lower()).strip("_")
+    if len(stem) < 6:
+        stem = f"instantly_{stem}"
+    if len(stem) > 66:
+        stem = f"{stem[:57].rstrip('_')}_{sigma_id(rule_id)[:8]}"
+    return f"{stem}.yml"
 
 
 def attack_tags(attack: tuple[str, ...] | list[str]) -> list[str]:
@@ -91,13 +108,15 @@ def _export_detection(detection: Mapping[str, Any], types: list[str], codes: lis
     if cond is None:
         cond = next(iter(sels))
     cond = re.sub(r"\bany of\b", "1 of", str(cond))
-    extra = []
+    extra = [n for n, need in (("rule_types", "*" not in types), ("rule_activity_codes", codes is not None)) if need]
+    names = list(sels)
+    # Our "them" covers every selection, Sigma's leaves out _-prefixed ones; neither may reach the added ones.
+    cond = _expand_of(cond, names, lambda p: (p == "them" and (bool(extra) or any(n.startswith("_") for n in names)))
+                      or any(fnmatch.fnmatch(e, p) for e in extra), sigma_them=False)  # fmt: skip
     if "*" not in types:
         sels["rule_types"] = _types_selection(types)
-        extra.append("rule_types")
     if codes is not None:
         sels["rule_activity_codes"] = {"attributes.activity_code": codes[0] if len(codes) == 1 else list(codes)}
-        extra.append("rule_activity_codes")
     if extra:
         cond = f"({cond}) and " + " and ".join(extra)
     return {**sels, "condition": cond}
@@ -143,15 +162,27 @@ def export_rule(rule: Rule) -> Exported:
         "id": sigma_id(meta.id),
         "status": status if status in SIGMA_STATUSES else "experimental",
         "description": f"{description}{resolve_note} instantly-audit rule {meta.id} v{meta.version}. {FIELD_NOTE}",
-        "author": "instantly-audit",
+        "author": getattr(meta, "author", "") or "instantly-audit",
         "logsource": {"product": PRODUCT, "service": SERVICE},
         "detection": detection,
         "falsepositives": fps,
         "level": LEVELS[str(rule.params.severity or meta.severity)],
     }
+    if refs := list(dict.fromkeys(getattr(meta, "references", None) or ())):
+        doc["references"] = refs
+    if related := _related(rule):
+        doc["related"] = related
     if meta.attack:
         doc["tags"] = attack_tags(meta.attack)
     return Exported(meta.id, doc)
+
+
+def _related(rule: Rule) -> list[dict[str, str]]:
+    """Sigma ``related`` entries: the related rule's exported id and the relation (``similar`` if unstated)."""
+    spec = getattr(rule, "spec", None)
+    typed = [(r.id, r.type) for r in getattr(spec, "related", None) or ()]
+    pairs = typed or [(rid, "similar") for rid in getattr(rule.meta, "related", None) or ()]
+    return [{"id": sigma_id(rid), "type": kind} for rid, kind in pairs]
 
 
 # ---- import ----------------------------------------------------------------------------------
@@ -159,37 +190,57 @@ class SigmaImportError(ValueError):
     """A Sigma rule cannot become one of our rules; the message says why."""
 
 
-def _glob_to_value(path: str, mods: list[str], value: Any, where: str) -> tuple[str, Any]:
-    if not isinstance(value, str) or not _WILDCARD.search(value) or {"re", "cidr"} & set(mods):
-        return "|".join([path, *mods]), _unescape(value)
-    if any(m in ("contains", "startswith", "endswith") for m in mods):
-        raise SigmaImportError(f"{where}: wildcards combined with |{mods[0]} are not supported")
-    inner = value
-    core = inner.strip("*")
-    if not _WILDCARD.search(core):
-        plain = _unescape(core)
-        if inner.startswith("*") and inner.endswith("*") and len(inner) > 1:
-            return "|".join([path, "contains", *mods]), plain
-        if inner.endswith("*"):
-            return "|".join([path, "startswith", *mods]), plain
-        if inner.startswith("*"):
-            return "|".join([path, "endswith", *mods]), plain
-    parts = re.split(r"((?<!\\)[*?])", inner)
-    rx = "".join(".*" if p == "*" else "." if p == "?" else re.escape(_unescape(p)) for p in parts)
+def _sigma_string(value: str) -> list[str | None]:
+    """A Sigma string as literal chunks (non-empty) and wildcards (``None`` for ``*``, ``""`` for ``?``).
+
+    ``\\*``, ``\\?`` and ``\\\\`` are escapes; a backslash before anything else is a plain backslash
+    (sigma-rules-specification.md, "Escape Character").
+    """
+    out: list[str | None] = []
+    lit, i = "", 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\" and i + 1 < len(value) and value[i + 1] in "*?\\":
+            lit, i = lit + value[i + 1], i + 2
+            continue
+        if c in "*?":
+            if lit:
+                out.append(lit)
+            out.append(None if c == "*" else "")
+            lit = ""
+        else:
+            lit += c
+        i += 1
+    return [*out, lit] if lit else out
+
+
+def _convert_value(path: str, mods: list[str], value: Any, regex: bool) -> tuple[str, Any]:
+    """One Sigma value as (our key, our value); ``regex`` forces the anchored-regex form."""
+    if not isinstance(value, str) or {"re", "cidr"} & set(mods):
+        return "|".join([path, *mods]), value  # regex and CIDR values are not Sigma strings: no unescaping
+    parts = _sigma_string(value)
+    kind = next((m for m in mods if m in ("contains", "startswith", "endswith")), "")
+    wild = [p for p in parts if p is None or p == ""]
+    if not wild and not regex:
+        return "|".join([path, *mods]), "".join(p for p in parts if p)
+    lits = [p for p in parts if p]
+    if not kind and not regex and len(lits) == 1 and all(p is None for p in wild) and len(parts) > 1:
+        inner = {(True, True): "contains", (False, True): "startswith", (True, False): "endswith"}
+        shape = (parts[0] is None, parts[-1] is None)
+        if shape in inner and len(parts) == 1 + sum(shape):
+            return "|".join([path, inner[shape], *mods]), lits[0]
+    body = "".join(".*" if p is None else "." if p == "" else re.escape(p) for p in parts)
+    head = "" if kind in ("contains", "endswith") else "^"
+    tail = "" if kind in ("contains", "startswith") else "$"
+    rest = [m for m in mods if m not in ("contains", "startswith", "endswith", "cased")]
     flags = [] if "cased" in mods else ["i"]
-    return "|".join([path, "re", *[m for m in mods if m != "cased"], *flags]), f"^{rx}$"
-
-
-def _unescape(value: Any) -> Any:
-    if isinstance(value, str):
-        return re.sub(r"\\([*?\\])", r"\1", value)
-    return value
+    return "|".join([path, "re", *rest, *flags]), f"{head}{body}{tail}"
 
 
 def _import_selection(body: Any, where: str) -> Any:
     if isinstance(body, list) and body and all(isinstance(b, Mapping) for b in body):
         return [_import_selection(b, f"{where}.{i}") for i, b in enumerate(body)]
-    if not isinstance(body, Mapping):
+    if not isinstance(body, Mapping) or any(str(k).startswith("|") for k in body):
         raise SigmaImportError(f"{where}: keyword (field-less) searches have no Event v1 field")
     out: dict[str, Any] = {}
     for key, value in body.items():
@@ -204,15 +255,45 @@ def _import_selection(body: Any, where: str) -> Any:
         values = value if isinstance(value, list) else [value]
         if any(isinstance(v, Mapping | list) for v in values):
             raise SigmaImportError(f"{where}.{key}: values must be plain (strings, numbers, booleans, null)")
-        converted = [_glob_to_value(path, mods, v, f"{where}.{key}") for v in values]
-        keys = {k for k, _ in converted}
-        if len(keys) == 1:
-            k = keys.pop()
-            vals = [v for _, v in converted]
-            out[k] = vals if isinstance(value, list) else vals[0]
-        else:  # mixed wildcards in one list: split into alternatives is not expressible in one mapping
-            raise SigmaImportError(f"{where}.{key}: a list mixing different wildcard shapes is not supported")
+        if "all" in mods and len(values) < 2:
+            raise SigmaImportError(f"{where}.{key}: |all needs a list of two or more values (Sigma forbids it "
+                                   "on a single value)")  # fmt: skip
+        if isinstance(value, list) and len(values) > 1 and any(v is None for v in values):
+            raise SigmaImportError(f"{where}.{key}: null cannot be part of a list of values (Sigma: make it "
+                                   "its own selection)")  # fmt: skip
+        converted = [_convert_value(path, mods, v, False) for v in values]
+        if len({k for k, _ in converted}) > 1:  # mixed shapes in one list: all as anchored regexes
+            if not all(isinstance(v, str) for v in values):
+                raise SigmaImportError(f"{where}.{key}: a list mixing wildcards with non-strings is not supported")
+            converted = [_convert_value(path, mods, v, True) for v in values]
+        vals = [v for _, v in converted]
+        out[converted[0][0]] = vals if isinstance(value, list) else vals[0]
     return out
+
+
+_OF = re.compile(r"\b(1|any|all) of ([A-Za-z0-9_*]+)")
+
+
+def _expand_of(cond: str, names: list[str], expand: Callable[[str], bool], sigma_them: bool = True) -> str:
+    """Replace each ``1|all of <pattern>`` for which ``expand(pattern)`` is true by its explicit selections.
+
+    ``them`` is every selection in our rules and every one not starting with ``_`` in Sigma's
+    (sigma-rules-specification.md, Condition); ``sigma_them`` says which is meant.
+    """
+
+    def one(m: re.Match[str]) -> str:
+        quant, pattern = m.group(1), m.group(2)
+        if not expand(pattern):
+            return m.group(0)
+        if pattern == "them":
+            matched = [n for n in names if not (sigma_them and n.startswith("_"))]
+        else:
+            matched = fnmatch.filter(names, pattern)
+        if not matched:
+            return m.group(0)  # compile_detection names the empty pattern
+        return "(" + (" and " if quant == "all" else " or ").join(matched) + ")"
+
+    return _OF.sub(one, cond)
 
 
 def rule_id_for(doc: Mapping[str, Any], prefix: str = "sigma") -> str:
@@ -233,6 +314,8 @@ def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
         raise SigmaImportError("not a Sigma rule (expected a mapping)")
     if "correlation" in doc or "filter" in doc or "action" in doc:
         raise SigmaImportError("correlation, filter and collection documents are not imported")
+    if doc.get("status") == "unsupported":
+        raise SigmaImportError("status unsupported: the rule cannot be used in its current state")
     for need in ("title", "logsource", "detection"):
         if need not in doc:
             raise SigmaImportError(f"missing {need!r}")
@@ -244,17 +327,20 @@ def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
     if not isinstance(det, Mapping):
         raise SigmaImportError("detection must be a mapping")
     cond = det.get("condition")
-    if isinstance(cond, list):
-        if len(cond) != 1:
-            raise SigmaImportError("several conditions in one rule are not supported")
-        cond = cond[0]
+    if cond is None:
+        raise SigmaImportError("detection.condition is missing (Sigma requires it)")
+    if isinstance(cond, list):  # a list of conditions is their OR (sigma-rules-specification.md, Condition)
+        if not cond or not all(isinstance(c, str) for c in cond):
+            raise SigmaImportError("condition must be a string or a non-empty list of strings")
+        cond = cond[0] if len(cond) == 1 else " or ".join(f"({c})" for c in cond)
     if isinstance(cond, str) and ("|" in cond or re.search(r"\bnear\b", cond)):
         raise SigmaImportError("aggregations (| count() ...) and near are not supported; use correlation rules")
     if "timeframe" in det:
         raise SigmaImportError("timeframe belongs to correlations; single-event rules have none")
     detection = {str(k): _import_selection(v, f"detection.{k}") for k, v in det.items() if k != "condition"}
-    if cond is not None:
-        detection["condition"] = str(cond)
+    names = list(detection)
+    hidden = any(n.startswith("_") for n in names)  # Sigma's "them" leaves out _-prefixed identifiers
+    detection["condition"] = _expand_of(str(cond), names, lambda p: p == "them" and hidden)
     try:
         compile_detection(detection)
     except RuleSyntaxError as err:
@@ -274,4 +360,19 @@ def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
         "attack": attack,
         "types": ["*"],
         "detection": detection,
+        **_lifecycle(doc),
     }
+
+
+def _lifecycle(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The Sigma lifecycle keys our rules share: status, author, references, falsepositives."""
+    out: dict[str, Any] = {}
+    if doc.get("status") in SIGMA_STATUSES:
+        out["status"] = doc["status"]
+    if isinstance(doc.get("author"), str) and doc["author"].strip():
+        out["author"] = doc["author"].strip()
+    for key in ("references", "falsepositives"):
+        items = doc.get(key)
+        if isinstance(items, list) and items and all(isinstance(i, str) for i in items):
+            out[key] = list(items)
+    return out

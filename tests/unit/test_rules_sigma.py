@@ -18,7 +18,7 @@ from connectors.instantly.rules import PACK
 from pipeline.cli.main import main
 from pipeline.clock import FakeClock, parse_time
 from pipeline.rules.engine import RulesEngine
-from pipeline.rules.sigma import SigmaImportError, import_rule, sigma_id
+from pipeline.rules.sigma import SigmaImportError, import_rule, sigma_filename, sigma_id
 from pipeline.rules.testing import make_event
 from schemas.event import Event, WorkspaceRef
 
@@ -36,17 +36,24 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def _rule_id(f: Path) -> str:
+    """The rule id an exported file names in its first line."""
+    m = re.match(r"# instantly-audit rule (\S+), exported as Sigma\.", f.read_text(encoding="utf-8"))
+    assert m is not None, f.name
+    return m.group(1)
+
+
 def test_every_exported_file_is_a_valid_sigma_rule(exported: Path) -> None:
     """pySigma parses each file without errors and its offline validators report no issue."""
     files = sorted(exported.glob("*.yml"))
-    assert {f.stem for f in files} >= {"auth.mfa_disabled", "auth.recovery_code_used", "api_key.all_scope"}
+    assert {_rule_id(f) for f in files} >= {"auth.mfa_disabled", "auth.recovery_code_used", "api_key.all_scope"}
     for f in files:
         coll = SigmaCollection.from_yaml(f.read_text(encoding="utf-8"))
         assert len(coll.rules) == 1 and not coll.errors, f.name
         rule = coll.rules[0]
         assert isinstance(rule, SigmaRule)
         assert not rule.errors, (f.name, rule.errors)
-        assert str(rule.id) == sigma_id(f.stem)
+        assert str(rule.id) == sigma_id(_rule_id(f))
         assert rule.logsource.product == "instantly" and rule.logsource.service == "audit"
         assert rule.level is not None and rule.status is not None and rule.falsepositives
         assert rule.tags and all(
@@ -62,7 +69,7 @@ def test_stateful_python_rules_are_listed_as_skipped(exported: Path) -> None:
     """Rules with state, thresholds or ticks are not exported; README.md names each with the reason."""
     readme = (exported / "README.md").read_text(encoding="utf-8")
     for rid in ("auth.mfa_attack", "data.lead_export", "api_key.stale"):
-        assert not (exported / f"{rid}.yml").exists()
+        assert not (exported / sigma_filename(rid)).exists()
         assert f"`{rid}`: stateful Python rule" in readme
     assert "Event v1 paths" in readme
 
@@ -91,7 +98,7 @@ def test_import_of_an_export_detects_the_same_events(exported: Path, tmp_path: P
     cfg = {"files": [str(rules_file)]}
     checked, opened = 0, 0
     for f, new in zip(sorted(exported.glob("*.yml")), imported, strict=True):
-        orig = f.stem
+        orig = _rule_id(f)
         for ev in _case_events(orig):
             was = _opens({}, orig, ev)
             assert was == _opens(cfg, new["id"], ev), (orig, ev.type, ev.attributes)
@@ -139,3 +146,77 @@ def test_import_exit_code_and_messages(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["rules", "import", str(src)]) == 1
     out, err = capsys.readouterr()
     assert "sigma.tor_login" in out and "mixed.yml#1: rejected" in err and "EventID" in err
+
+
+def test_exported_files_follow_the_sigma_file_name_rules(exported: Path) -> None:
+    """sigma-rules-specification.md "Yaml File": lower-case letters, digits and _, 10 to 70 characters, .yml."""
+    names = [f.name for f in exported.glob("*.yml")]
+    assert names and all(re.fullmatch(r"[a-z0-9_]{6,66}\.yml", n) for n in names), names
+    assert "api_key_all_scope.yml" in names
+    assert sigma_filename("a.b") == "instantly_a_b.yml"
+    long_a, long_b = "x." + "y" * 90 + ".a", "x." + "y" * 90 + ".b"
+    assert len(sigma_filename(long_a)) <= 70 and sigma_filename(long_a) != sigma_filename(long_b)
+
+
+def test_export_carries_author_references_and_typed_related(tmp_path: Path) -> None:
+    """A YAML rule's lifecycle keys become Sigma's author, references and related (UUID + relation type)."""
+    rule = {"id": "custom.one", "title": "One", "severity": "low", "types": ["audit.*"], "author": "Sec team",
+            "references": ["https://developer.instantly.ai/"],
+            "related": [{"id": "auth.mfa_disabled", "type": "derived"}],
+            "detection": {"s": {"actor.ip": "1.2.3.4"}, "condition": "s"}}  # fmt: skip
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"rules": [rule]}), encoding="utf-8")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"rules": {"files": [str(tmp_path / "r.yaml")]}}), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["rules", "export", "--format", "sigma", "--output", str(out), "--rules", str(cfg)]) == 0
+    doc = yaml.safe_load((out / "custom_one.yml").read_text(encoding="utf-8"))
+    assert doc["author"] == "Sec team" and doc["references"] == ["https://developer.instantly.ai/"]
+    assert doc["related"] == [{"id": sigma_id("auth.mfa_disabled"), "type": "derived"}]
+
+
+def test_export_keeps_them_to_the_rules_own_selections() -> None:
+    """``1 of them`` must not reach the rule_types selection export adds, nor lose _-prefixed selections."""
+    from pipeline.rules.sigma import _export_detection
+
+    det = _export_detection({"a": {"actor.ip": "1.1.1.1"}, "_b": {"actor.ip": "2.2.2.2"}, "condition": "1 of them"},
+                            ["audit.*"], None)  # fmt: skip
+    assert det["condition"] == "((a or _b)) and rule_types"
+
+
+def test_import_follows_sigma_detection_semantics() -> None:
+    """Condition lists are ORed, "them" skips _-prefixed identifiers, wildcards work inside |contains,
+    and regex values are taken verbatim (no wildcard unescaping)."""
+    rule = import_rule(_doc({"a": {"type": "audit.login"}, "b": {"type": "audit.logout"}, "condition": ["a", "b"]}))
+    assert rule["detection"]["condition"] == "(a) or (b)"
+    rule = import_rule(_doc({"a": {"type": "x"}, "b": {"actor.ip": "1.1.1.1"}, "_h": {"target.id": "z"},
+                             "condition": "all of them"}))  # fmt: skip
+    assert rule["detection"]["condition"] == "(a and b)"
+    sel = {"actor.user_agent|contains": "python*requests", "target.name|endswith": "\\*x", "target.id|re": "a\\\\b\\*c"}
+    got = import_rule(_doc({"s": sel, "condition": "s"}))["detection"]["s"]
+    assert got == {
+        "actor.user_agent|re|i": "python.*requests",
+        "target.name|endswith": "*x",
+        "target.id|re": "a\\\\b\\*c",
+    }
+    mixed = import_rule(_doc({"s": {"target.name": ["exact", "pre*"]}, "condition": "s"}))["detection"]["s"]
+    assert mixed == {"target.name|re|i": ["^exact$", "^pre.*$"]}
+    full = import_rule(_doc({"s": {"type": "a"}, "condition": "s"}, status="test", author="A", falsepositives=["fp"]))
+    assert (full["status"], full["author"], full["falsepositives"]) == ("test", "A", ["fp"])
+
+
+@pytest.mark.parametrize(
+    ("doc", "reason"),
+    [
+        (_doc({"k": {"|all": ["a", "b"]}, "condition": "k"}), "keyword"),
+        (_doc({"s": {"actor.ip|contains|all": "x"}, "condition": "s"}), "|all needs a list"),
+        (_doc({"s": {"actor.ip": ["", None]}, "condition": "s"}), "null cannot be part of a list"),
+        (_doc({"s": {"actor.ip": "1.1.1.1"}}), "condition is missing"),
+        (_doc({"s": {"actor.ip": "1.1.1.1"}, "condition": "s"}, status="unsupported"), "unsupported"),
+        (_doc({"s": {"actor.user_name|expand": "%Administrators%"}, "condition": "s"}), "|expand"),
+        (_doc({"s": {"actor.ip|neq": "1.1.1.1"}, "condition": "s"}), "|neq"),
+    ],
+)  # fmt: skip
+def test_import_rejects_what_sigma_forbids_or_we_cannot_express(doc: dict[str, Any], reason: str) -> None:
+    """sigma-rules-specification.md and the modifiers appendix: each rejection names the reason."""
+    with pytest.raises(SigmaImportError, match=re.escape(reason)):
+        import_rule(doc)
