@@ -25,10 +25,12 @@ import yaml
 
 from pipeline.errors import ConfigError
 from pipeline.rules.config import parse_rules_config
+from pipeline.rules.correlation import CorrelationSpec
 from pipeline.rules.navigator import build_layer, read_emulations
 from pipeline.rules.packs import rule_packs
 from pipeline.rules.rules_file import EXIT_FAIL, EXIT_OK, EXIT_USAGE, read_rules_file
-from pipeline.rules.sigma import FIELD_NOTE, SigmaImportError, export_rule, import_rule, sigma_filename
+from pipeline.rules.sigma import FIELD_NOTE, export_rule, sigma_filename
+from pipeline.rules.sigma_correlation import export_correlation, import_collection
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -48,14 +50,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     written, skipped = [], []
     written_files: dict[str, str] = {}
     for rule in ruleset.rules:
-        ex = export_rule(rule)
+        ex = export_correlation(rule) if isinstance(getattr(rule, "spec", None), CorrelationSpec) else export_rule(rule)
         if ex.document is None:
             skipped.append((ex.rule_id, ex.skipped))
             continue
         header = f"# instantly-audit rule {ex.rule_id}, exported as Sigma.\n" + "".join(
             f"# {line}\n" for line in textwrap.wrap(FIELD_NOTE, 98)
         )
-        text = yaml.safe_dump(ex.document, sort_keys=False, width=100, allow_unicode=True)
+        docs = [ex.document, *ex.base]
+        text = yaml.safe_dump_all(docs, sort_keys=False, width=100, allow_unicode=True, explicit_start=len(docs) > 1)
         name = sigma_filename(ex.rule_id)
         if name in written_files:
             print(f"rules export: {ex.rule_id} and {written_files[name]} both map to {name}", file=sys.stderr)
@@ -77,24 +80,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Convert Sigma rule files to our YAML rules; reject, with the reason, what does not map."""
-    accepted: list[dict[str, Any]] = []
-    rejected = 0
+    collection: list[tuple[str, Any]] = []
     for name in args.files:
         try:
-            docs = list(yaml.safe_load_all(Path(name).read_text(encoding="utf-8")))
+            docs = [d for d in yaml.safe_load_all(Path(name).read_text(encoding="utf-8")) if d is not None]
         except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
             print(f"rules import: {name}: cannot read ({type(err).__name__})", file=sys.stderr)
             return EXIT_USAGE
-        for i, doc in enumerate(d for d in docs if d is not None):
-            where = name if len(docs) == 1 else f"{name}#{i}"
-            try:
-                rule = import_rule(doc, prefix=args.prefix)
-            except SigmaImportError as err:
-                print(f"rules import: {where}: rejected: {err}", file=sys.stderr)
-                rejected += 1
-                continue
+        collection += [(name if len(docs) == 1 else f"{name}#{i}", doc) for i, doc in enumerate(docs)]
+    accepted: list[dict[str, Any]] = []
+    rejected = 0
+    for where, rule, message in import_collection(collection, prefix=args.prefix):
+        print(f"rules import: {where}: {message}", file=sys.stderr)
+        if rule is not None:
             accepted.append(rule)
-            print(f"rules import: {where}: imported as {rule['id']}", file=sys.stderr)
+        rejected += message.startswith("rejected")
     text = yaml.safe_dump({"rules": accepted}, sort_keys=False, width=100, allow_unicode=True)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")

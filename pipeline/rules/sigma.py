@@ -102,7 +102,7 @@ def _types_selection(types: list[str]) -> Any:
     return alts[0] if len(alts) == 1 else alts
 
 
-def _export_detection(detection: Mapping[str, Any], types: list[str], codes: list[int] | None) -> dict[str, Any]:
+def export_detection(detection: Mapping[str, Any], types: list[str], codes: list[int] | None) -> dict[str, Any]:
     sels = {str(k): _export_selection(v) for k, v in detection.items() if k != "condition"}
     cond = detection.get("condition")
     if cond is None:
@@ -124,11 +124,12 @@ def _export_detection(detection: Mapping[str, Any], types: list[str], codes: lis
 
 @dataclass(frozen=True, slots=True)
 class Exported:
-    """One export outcome: the Sigma document, or why the rule was skipped."""
+    """One export outcome: the Sigma document (and a correlation's base rules), or why the rule was skipped."""
 
     rule_id: str
     document: dict[str, Any] | None
     skipped: str = ""
+    base: tuple[dict[str, Any], ...] = ()
 
 
 def export_rule(rule: Rule) -> Exported:
@@ -141,7 +142,7 @@ def export_rule(rule: Rule) -> Exported:
                                        "change meaning (Sigma correlation export is not implemented)")  # fmt: skip
     if spec is not None:
         types, codes = list(spec.types), (list(spec.activity_codes) if spec.activity_codes is not None else None)
-        detection = _export_detection(spec.detection, types, codes)
+        detection = export_detection(spec.detection, types, codes)
         if spec.resolve is not None:
             resolve_note = " Resolution (a later event that clears the alert) is not expressed in Sigma."
     else:
@@ -151,7 +152,7 @@ def export_rule(rule: Rule) -> Exported:
                                            "no single-event Sigma detection expresses it")  # fmt: skip
         types = [t for t in meta.event_types] or ["*"]
         codes = sorted(meta.activity_codes) if meta.activity_codes is not None else None
-        detection = _export_detection(native, types, codes)
+        detection = export_detection(native, types, codes)
     status = getattr(meta, "status", None)
     fps = list(getattr(meta, "falsepositives", None) or ()) or ["Intended administrative changes (see the runbook)"]
     description = (meta.description or meta.title).strip().rstrip(".") + "."
@@ -360,11 +361,11 @@ def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
         "attack": attack,
         "types": ["*"],
         "detection": detection,
-        **_lifecycle(doc),
+        **lifecycle_keys(doc),
     }
 
 
-def _lifecycle(doc: Mapping[str, Any]) -> dict[str, Any]:
+def lifecycle_keys(doc: Mapping[str, Any]) -> dict[str, Any]:
     """The Sigma lifecycle keys our rules share: status, author, references, falsepositives."""
     out: dict[str, Any] = {}
     if doc.get("status") in SIGMA_STATUSES:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from sigma.collection import SigmaCollection
+from sigma.correlations import SigmaCorrelationRule
 from sigma.rule import SigmaRule
 from sigma.validation import SigmaValidator
 from sigma.validators.core import validators
@@ -18,7 +19,7 @@ from connectors.instantly.rules import PACK
 from pipeline.cli.main import main
 from pipeline.clock import FakeClock, parse_time
 from pipeline.rules.engine import RulesEngine
-from pipeline.rules.sigma import SigmaImportError, import_rule, sigma_filename, sigma_id
+from pipeline.rules.sigma import SigmaImportError, export_detection, import_rule, sigma_filename, sigma_id
 from pipeline.rules.testing import make_event
 from schemas.event import Event, WorkspaceRef
 
@@ -44,24 +45,32 @@ def _rule_id(f: Path) -> str:
 
 
 def test_every_exported_file_is_a_valid_sigma_rule(exported: Path) -> None:
-    """pySigma parses each file without errors and its offline validators report no issue."""
+    """pySigma parses each file without errors and its offline validators report no issue; a correlation
+    file holds the Sigma correlation (resolved against its base rules) and nothing else alerts."""
     files = sorted(exported.glob("*.yml"))
-    assert {_rule_id(f) for f in files} >= {"auth.mfa_disabled", "auth.recovery_code_used", "api_key.all_scope"}
+    ids = {_rule_id(f) for f in files}
+    assert ids >= {"auth.mfa_disabled", "auth.recovery_code_used", "api_key.all_scope", "corr.privilege_grant_burst"}
     for f in files:
         coll = SigmaCollection.from_yaml(f.read_text(encoding="utf-8"))
-        assert len(coll.rules) == 1 and not coll.errors, f.name
-        rule = coll.rules[0]
-        assert isinstance(rule, SigmaRule)
+        assert coll.rules and not coll.errors, f.name
+        rule = next(r for r in coll.rules if str(r.id) == sigma_id(_rule_id(f)))
+        others = [r for r in coll.rules if r is not rule]
         assert not rule.errors, (f.name, rule.errors)
-        assert str(rule.id) == sigma_id(_rule_id(f))
-        assert rule.logsource.product == "instantly" and rule.logsource.service == "audit"
         assert rule.level is not None and rule.status is not None and rule.falsepositives
         assert rule.tags and all(
             re.fullmatch(r"t\d{4}(\.\d{3})?", t.name) for t in rule.tags if t.namespace == "attack"
         )
-    parsed = [r for r in SigmaCollection.load_ruleset([str(f) for f in files]) if isinstance(r, SigmaRule)]
-    assert len(parsed) == len(files)
-    issues = SigmaValidator(OFFLINE_VALIDATORS).validate_rules(iter(parsed))
+        if isinstance(rule, SigmaCorrelationRule):
+            assert [r.rule for r in rule.rules or []] == others and "workspace.id" in (rule.group_by or [])
+            assert all(isinstance(b, SigmaRule) and b.level is None and b.name for b in others)
+        else:
+            assert len(coll.rules) == 1, f.name
+        for r in coll.rules:
+            if isinstance(r, SigmaRule):
+                assert r.logsource.product == "instantly" and r.logsource.service == "audit"
+    parsed = list(SigmaCollection.load_ruleset([str(f) for f in files]))
+    assert sum(isinstance(r, SigmaCorrelationRule) for r in parsed) == 2
+    issues = SigmaValidator(OFFLINE_VALIDATORS).validate_rules(iter(parsed))  # type: ignore[arg-type]
     assert issues == []
 
 
@@ -176,9 +185,7 @@ def test_export_carries_author_references_and_typed_related(tmp_path: Path) -> N
 
 def test_export_keeps_them_to_the_rules_own_selections() -> None:
     """``1 of them`` must not reach the rule_types selection export adds, nor lose _-prefixed selections."""
-    from pipeline.rules.sigma import _export_detection
-
-    det = _export_detection({"a": {"actor.ip": "1.1.1.1"}, "_b": {"actor.ip": "2.2.2.2"}, "condition": "1 of them"},
+    det = export_detection({"a": {"actor.ip": "1.1.1.1"}, "_b": {"actor.ip": "2.2.2.2"}, "condition": "1 of them"},
                             ["audit.*"], None)  # fmt: skip
     assert det["condition"] == "((a or _b)) and rule_types"
 
@@ -220,3 +227,105 @@ def test_import_rejects_what_sigma_forbids_or_we_cannot_express(doc: dict[str, A
     """sigma-rules-specification.md and the modifiers appendix: each rejection names the reason."""
     with pytest.raises(SigmaImportError, match=re.escape(reason)):
         import_rule(doc)
+
+
+def _opened_per_case(cfg: dict[str, Any], rule_id: str, case_rule: str) -> list[bool]:
+    """For each case of ``case_rule``'s case file: does ``rule_id`` open when the case's events play in order?"""
+    assert PACK.cases_dir is not None
+    doc = yaml.safe_load((PACK.cases_dir / f"{case_rule}.yaml").read_text(encoding="utf-8"))
+    out = []
+    for case in doc["cases"]:
+        engine = RulesEngine.from_config(cfg, clock=FakeClock(T0))
+        opened = False
+        for n, r in enumerate(case["events"]):
+            ev = make_event(r["type"], time=r.get("time", T0 + n), actor=r.get("actor"), target=r.get("target"),
+                            change=r.get("change"), attributes=r.get("attributes"))  # fmt: skip
+            opened |= any(a.rule.id == rule_id and a.status == "open" for a in engine.evaluate([ev]).alerts)
+        out.append(opened)
+    return out
+
+
+@pytest.mark.parametrize("rule_id", ["corr.privilege_grant_burst", "corr.lead_export_spread"])
+def test_correlation_export_imports_back_to_the_same_alerts(exported: Path, tmp_path: Path, rule_id: str) -> None:
+    """An exported Sigma correlation, imported back, opens on exactly the cases the original opens on."""
+    out = tmp_path / "imported.yaml"
+    assert main(["rules", "import", str(exported / sigma_filename(rule_id)), "--output", str(out)]) == 0
+    (new,) = yaml.safe_load(out.read_text(encoding="utf-8"))["rules"]
+    assert new["correlation"]["type"] in ("event_count", "value_count")
+    want = _opened_per_case({}, rule_id, rule_id)
+    assert True in want and False in want
+    assert _opened_per_case({"files": [str(out)]}, new["id"], rule_id) == want
+
+
+def _base(name: str, sel: dict[str, Any]) -> dict[str, Any]:
+    return {"title": name, "name": name, "logsource": {"product": "instantly"},
+            "detection": {"s": sel, "condition": "s"}}  # fmt: skip
+
+
+def test_import_of_spec_shaped_correlations() -> None:
+    """sigma-correlation-rules-specification.md examples with Event v1 fields: rules by name or id, group-by,
+    timespan, condition; the base rules are used by the correlation, not imported alone (unless generate)."""
+    from pipeline.rules.sigma_correlation import import_collection
+
+    failed = _base("failed_login", {"type": "audit.login_failed"}) | {"id": "5638f7c0-ac70-491d-8465-2a65075e0d86"}
+    ok = _base("successful_login", {"type": "audit.login"})
+    count = {
+        "title": "Many failed logins",
+        "level": "high",
+        "tags": ["attack.t1110"],
+        "correlation": {
+            "type": "event_count",
+            "rules": ["5638f7c0-ac70-491d-8465-2a65075e0d86"],
+            "group-by": ["actor.user_id"],
+            "timespan": "1h",
+            "condition": {"gte": 100},
+        },
+    }
+    ordered = {"title": "Failed then success", "generate": True,
+               "correlation": {"type": "temporal_ordered", "rules": ["failed_login", "successful_login"],
+                               "group-by": ["actor.user_id"], "timespan": "90m"}}  # fmt: skip
+    res = import_collection([("a", failed), ("b", ok), ("c", count), ("d", ordered)])
+    by = {w: (r, m) for w, r, m in res}
+    assert by["a"][1].startswith("imported") and by["b"][1].startswith("imported")  # generate: true on "d"
+    c = by["c"][0]
+    assert c is not None and c["severity"] == "high" and c["attack"] == ["T1110"]
+    assert c["correlation"] | {"rules": None} == {"type": "event_count", "rules": None, "group-by": ["actor.user_id"],
+                                                  "timespan": "1h", "condition": {"gte": 100}}  # fmt: skip
+    d = by["d"][0]
+    assert d is not None and [e["name"] for e in d["correlation"]["rules"]] == ["failed_login", "successful_login"]
+    res = import_collection([("a", failed), ("c", count)])
+    assert res[0] == ("a", None, "used by correlation 'Many failed logins'")
+
+
+@pytest.mark.parametrize(
+    ("corr", "reason"),
+    [
+        ({"type": "value_sum", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "1h",
+          "condition": {"field": "attributes.bytes", "gt": 1}}, "value_sum"),
+        ({"type": "event_count", "rules": ["b"], "aliases": {"ip": {"b": "actor.ip"}}, "group-by": ["ip"],
+          "timespan": "1h", "condition": {"gte": 2}}, "aliases"),
+        ({"type": "event_count", "rules": ["nope"], "group-by": ["actor.ip"], "timespan": "1h",
+          "condition": {"gte": 2}}, "names no rule"),
+        ({"type": "event_count", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "1h",
+          "condition": {"neq": 2}}, "no neq"),
+        ({"type": "value_count", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "1h",
+          "condition": {"gte": 2}}, "condition.field"),
+        ({"type": "event_count", "rules": ["b"], "group-by": ["ComputerName"], "timespan": "1h",
+          "condition": {"gte": 2}}, "does not map to Event v1"),
+        ({"type": "temporal", "rules": ["b", "b2"], "group-by": ["actor.ip"], "timespan": "1h",
+          "condition": {"gte": 1}}, "other than all 2 rules"),
+        ({"type": "event_count", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "1 hour",
+          "condition": {"gte": 2}}, "timespan"),
+    ],
+)  # fmt: skip
+def test_import_rejects_correlations_we_cannot_express(corr: dict[str, Any], reason: str) -> None:
+    """Each rejected correlation names the reason; its base rules are then not imported either."""
+    from pipeline.rules.sigma_correlation import import_collection
+
+    docs = [
+        ("b", _base("b", {"type": "x"})),
+        ("b2", _base("b2", {"type": "y"})),
+        ("c", {"title": "C", "correlation": corr}),
+    ]
+    res = {w: (r, m) for w, r, m in import_collection(docs)}
+    assert res["c"][0] is None and res["c"][1].startswith("rejected") and reason in res["c"][1], res["c"][1]
