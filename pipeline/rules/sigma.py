@@ -41,6 +41,7 @@ FIELD_NOTE = (
 )
 _SIGMA_MODS = frozenset({"contains", "startswith", "endswith", "re", "cidr", "gt", "gte", "lt", "lte", "exists",
                          "all", "cased", "i", "m", "s"})  # fmt: skip
+DEFAULT_FP = "Intended administrative changes (see the runbook)"
 _DROP_ON_EXPORT = frozenset({"in", "eq"})  # a list is already "any of"; eq is the default
 _WILDCARD = re.compile(r"(?<!\\)[*?]")
 
@@ -66,8 +67,8 @@ def sigma_filename(rule_id: str) -> str:
 
 
 def attack_tags(attack: tuple[str, ...] | list[str]) -> list[str]:
-    """``T1098.001`` → ``attack.t1098.001``."""
-    return [f"attack.{t.lower()}" for t in attack]
+    """``T1098.001`` → ``attack.t1098.001`` (each once: Sigma tags are unique)."""
+    return list(dict.fromkeys(f"attack.{t.lower()}" for t in attack))
 
 
 # ---- export ----------------------------------------------------------------------------------
@@ -154,7 +155,7 @@ def export_rule(rule: Rule) -> Exported:
         codes = sorted(meta.activity_codes) if meta.activity_codes is not None else None
         detection = export_detection(native, types, codes)
     status = getattr(meta, "status", None)
-    fps = list(getattr(meta, "falsepositives", None) or ()) or ["Intended administrative changes (see the runbook)"]
+    fps = list(dict.fromkeys(getattr(meta, "falsepositives", None) or ())) or [DEFAULT_FP]  # unique, as Sigma asks
     description = (meta.description or meta.title).strip().rstrip(".") + "."
     if meta.basic:
         description += f" Security basic: {meta.basic}."
@@ -224,6 +225,8 @@ def _convert_value(path: str, mods: list[str], value: Any, regex: bool) -> tuple
     wild = [p for p in parts if p is None or p == ""]
     if not wild and not regex:
         return "|".join([path, *mods]), "".join(p for p in parts if p)
+    if parts == [None] and not kind and not regex and not mods:
+        return f"{path}|exists", True  # a lone "*": any value
     lits = [p for p in parts if p]
     if not kind and not regex and len(lits) == 1 and all(p is None for p in wild) and len(parts) > 1:
         inner = {(True, True): "contains", (False, True): "startswith", (True, False): "endswith"}

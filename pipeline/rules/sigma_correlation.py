@@ -29,12 +29,14 @@ from pipeline.rules.correlation import CorrelationSpec, EntrySpec
 from pipeline.rules.lifecycle import parse_duration
 from pipeline.rules.matcher import RuleSyntaxError, getter
 from pipeline.rules.sigma import (
+    DEFAULT_FP,
     LEVELS,
     PRODUCT,
     SERVICE,
     SEVERITIES,
     Exported,
     SigmaImportError,
+    attack_tags,
     export_detection,
     import_rule,
     lifecycle_keys,
@@ -91,7 +93,10 @@ def export_correlation(rule: Rule) -> Exported:
             continue
         bases.append(_entry_doc(spec, entry, i))
         refs.append(bases[-1]["name"])
-    corr: dict[str, Any] = {"type": body.type, "rules": refs, "group-by": ["workspace.id", *body.group_by]}
+    if len(set(refs)) != len(refs):
+        return Exported(rid, None, "the same rule twice in one correlation: Sigma's rules are unique")
+    group = list(dict.fromkeys(["workspace.id", *body.group_by]))
+    corr: dict[str, Any] = {"type": body.type, "rules": refs, "group-by": group}
     corr["timespan"] = _timespan(parse_duration(body.timespan, "correlation.timespan"))
     if body.type in ("event_count", "value_count"):
         if any(v != int(v) for v in body.condition.values()):
@@ -109,11 +114,11 @@ def export_correlation(rule: Rule) -> Exported:
         "author": meta.author or "instantly-audit",
         **({"references": list(dict.fromkeys(meta.references))} if meta.references else {}),
         "correlation": corr,
-        "falsepositives": list(meta.falsepositives) or ["Intended administrative changes (see the runbook)"],
+        "falsepositives": list(dict.fromkeys(meta.falsepositives)) or [DEFAULT_FP],
         "level": LEVELS[str(rule.params.severity or meta.severity)],
     }
     if meta.attack:
-        doc["tags"] = [f"attack.{t.lower()}" for t in meta.attack]
+        doc["tags"] = attack_tags(meta.attack)
     return Exported(rid, doc, base=tuple(bases))
 
 
