@@ -17,15 +17,15 @@ modifier (``a*`` → ``startswith``; anything else → ``re``). Anything else is
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.rules.base import Rule
 from pipeline.rules.matcher import MatchRuleSpec, RuleSyntaxError, compile_detection, getter
+from pipeline.rules.sigma_condition import plain_identifiers, rename_in_condition, rewrite_of
 
 NAMESPACE = uuid.UUID("5b0ce7a2-6f5e-4c39-9d5b-2f1f8d0b9a41")
 """UUIDv5 namespace of exported rule ids (never change it: ids must stay stable)."""
@@ -108,12 +108,10 @@ def export_detection(detection: Mapping[str, Any], types: list[str], codes: list
     cond = detection.get("condition")
     if cond is None:
         cond = next(iter(sels))
-    cond = re.sub(r"\bany of\b", "1 of", str(cond))
     extra = [n for n, need in (("rule_types", "*" not in types), ("rule_activity_codes", codes is not None)) if need]
     names = list(sels)
-    # Our "them" covers every selection, Sigma's leaves out _-prefixed ones; neither may reach the added ones.
-    cond = _expand_of(cond, names, lambda p: (p == "them" and (bool(extra) or any(n.startswith("_") for n in names)))
-                      or any(fnmatch.fnmatch(e, p) for e in extra), sigma_them=False)  # fmt: skip
+    # our patterns reach _-prefixed selections and never the added ones; Sigma's may differ
+    cond = rewrite_of(str(cond), names, [*names, *extra], to_sigma=True)
     if "*" not in types:
         sels["rule_types"] = _types_selection(types)
     if codes is not None:
@@ -275,31 +273,6 @@ def _import_selection(body: Any, where: str) -> Any:
     return out
 
 
-_OF = re.compile(r"\b(1|any|all) of ([A-Za-z0-9_*]+)")
-
-
-def _expand_of(cond: str, names: list[str], expand: Callable[[str], bool], sigma_them: bool = True) -> str:
-    """Replace each ``1|all of <pattern>`` for which ``expand(pattern)`` is true by its explicit selections.
-
-    ``them`` is every selection in our rules and every one not starting with ``_`` in Sigma's
-    (sigma-rules-specification.md, Condition); ``sigma_them`` says which is meant.
-    """
-
-    def one(m: re.Match[str]) -> str:
-        quant, pattern = m.group(1), m.group(2)
-        if not expand(pattern):
-            return m.group(0)
-        if pattern == "them":
-            matched = [n for n in names if not (sigma_them and n.startswith("_"))]
-        else:
-            matched = fnmatch.filter(names, pattern)
-        if not matched:
-            return m.group(0)  # compile_detection names the empty pattern
-        return "(" + (" and " if quant == "all" else " or ").join(matched) + ")"
-
-    return _OF.sub(one, cond)
-
-
 def rule_id_for(doc: Mapping[str, Any], prefix: str = "sigma") -> str:
     """Our rule id for an imported Sigma rule: ``<prefix>.<title as snake case>``."""
     slug = re.sub(r"[^a-z0-9]+", "_", str(doc.get("title", "")).lower()).strip("_") or "rule"
@@ -343,8 +316,10 @@ def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
         raise SigmaImportError("timeframe belongs to correlations; single-event rules have none")
     detection = {str(k): _import_selection(v, f"detection.{k}") for k, v in det.items() if k != "condition"}
     names = list(detection)
-    hidden = any(n.startswith("_") for n in names)  # Sigma's "them" leaves out _-prefixed identifiers
-    detection["condition"] = _expand_of(str(cond), names, lambda p: p == "them" and hidden)
+    renames = plain_identifiers(names)  # Sigma's patterns skip _-prefixed names; renaming could widen one
+    cond = rewrite_of(str(cond), names, names, to_sigma=False, force=bool(renames))
+    detection = {renames.get(k, k): v for k, v in detection.items()}
+    detection["condition"] = rename_in_condition(cond, renames)
     try:
         compile_detection(detection)
     except RuleSyntaxError as err:

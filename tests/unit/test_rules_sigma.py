@@ -331,3 +331,21 @@ def test_import_rejects_correlations_we_cannot_express(corr: dict[str, Any], rea
     ]
     res = {w: (r, m) for w, r, m in import_collection(docs)}
     assert res["c"][0] is None and res["c"][1].startswith("rejected") and reason in res["c"][1], res["c"][1]
+
+
+def test_import_reads_patterns_and_identifiers_as_pysigma_does() -> None:
+    """pySigma leaves _-prefixed identifiers out of any pattern not starting with _ (``1 of *`` too), and
+    accepts ``-`` in identifiers; the imported condition reaches the same selections."""
+    det = {"sel-a": {"type": "x"}, "sel-b": {"type": "y"}, "_f": {"actor.ip": "1.1.1.1"},
+           "condition": "1 of sel* and not 1 of *"}  # fmt: skip
+    got = import_rule(_doc(det))["detection"]
+    assert got["condition"] == "(sel_a or sel_b) and not (sel_a or sel_b)"
+    assert set(got) == {"sel_a", "sel_b", "_f", "condition"}
+    det = {"sel_x": {"type": "x"}, "sel-a": {"type": "y"}, "condition": "1 of sel_*"}  # sel-a is not sel_*
+    assert import_rule(_doc(det))["detection"]["condition"] == "(sel_x)"
+    got = import_rule(_doc({"a-1": {"type": "x"}, "condition": "a-1"}))["detection"]
+    assert got == {"a_1": {"type": "x"}, "condition": "a_1"}
+    assert (
+        import_rule(_doc({"_f": {"type": "x"}, "s": {"type": "y"}, "condition": "1 of _*"}))["detection"]["condition"]
+        == "1 of _*"
+    )
