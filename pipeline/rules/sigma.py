@@ -85,6 +85,8 @@ def _export_selection(body: Any) -> Any:
     for key, value in body.items():
         path, *mods = str(key).split("|")
         kept = [m for m in mods if m not in _DROP_ON_EXPORT]
+        if "all" in kept and not (isinstance(value, list) and len(value) > 1):
+            kept.remove("all")  # Sigma forbids |all on a single value; for one value it changes nothing
         literal = not ({"re", "cidr"} & set(kept))
         v = ([_escape(x) for x in value] if isinstance(value, list) else _escape(value)) if literal else value
         out["|".join([path, *kept])] = v
@@ -92,14 +94,19 @@ def _export_selection(body: Any) -> Any:
 
 
 def _types_selection(types: list[str]) -> Any:
-    """Event type globs as Sigma: ``audit.*`` → ``type|startswith: audit.``, other globs stay wildcards."""
-    prefixes = [t[:-1] for t in types if t.endswith("*") and not _WILDCARD.search(t[:-1])]
-    others = [t for t in types if not (t.endswith("*") and not _WILDCARD.search(t[:-1]))]
-    alts: list[dict[str, Any]] = []
-    if others:
-        alts.append({"type": others[0] if len(others) == 1 else others})
-    if prefixes:
-        alts.append({"type|startswith": prefixes[0] if len(prefixes) == 1 else prefixes})
+    """Event type globs as Sigma, modifiers before wildcards (pySigma's ``wildcards_instead_of_modifiers``):
+    ``audit.*`` → ``type|startswith: audit.``, ``*.deleted`` → ``endswith``, ``*key*`` → ``contains``."""
+    shapes: dict[str, list[str]] = {}
+    for t in types:
+        core = t.strip("*")
+        if _WILDCARD.search(core) or not core:
+            key, value = "type", t
+        else:
+            key = {(True, True): "type|contains", (False, True): "type|startswith", (True, False): "type|endswith",
+                   (False, False): "type"}[(t.startswith("*"), t.endswith("*"))]  # fmt: skip
+            value = core
+        shapes.setdefault(key, []).append(value)
+    alts = [{k: v[0] if len(v) == 1 else v} for k, v in shapes.items()]
     return alts[0] if len(alts) == 1 else alts
 
 

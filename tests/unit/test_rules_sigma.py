@@ -349,3 +349,13 @@ def test_import_reads_patterns_and_identifiers_as_pysigma_does() -> None:
         import_rule(_doc({"_f": {"type": "x"}, "s": {"type": "y"}, "condition": "1 of _*"}))["detection"]["condition"]
         == "1 of _*"
     )
+
+
+def test_export_uses_modifiers_not_wildcards_for_type_globs() -> None:
+    """pySigma's wildcards_instead_of_modifiers: type globs become startswith/endswith/contains;
+    ``|all`` on a single value (invalid in Sigma) is dropped."""
+    det = export_detection({"s": {"actor.user_agent|contains|all": ["x"]}, "condition": "s"},
+                           ["audit.*", "*.deleted", "*key*", "member.invited", "a*b"], None)  # fmt: skip
+    assert det["s"] == {"actor.user_agent|contains": ["x"]}
+    assert det["rule_types"] == [{"type|startswith": "audit."}, {"type|endswith": ".deleted"},
+                                 {"type|contains": "key"}, {"type": ["member.invited", "a*b"]}]  # fmt: skip
