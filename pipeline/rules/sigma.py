@@ -175,6 +175,8 @@ def export_rule(rule: Rule) -> Exported:
         "falsepositives": fps,
         "level": LEVELS[str(rule.params.severity or meta.severity)],
     }
+    if shown := list(dict.fromkeys(getattr(spec, "fields", None) or ())):
+        doc["fields"] = shown
     if refs := list(dict.fromkeys(getattr(meta, "references", None) or ())):
         doc["references"] = refs
     if related := _related(rule):
@@ -347,7 +349,23 @@ def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
         "types": ["*"],
         "detection": detection,
         **lifecycle_keys(doc),
+        **_display_fields(doc),
     }
+
+
+def _display_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Sigma ``fields`` (shown to the analyst) that are Event v1 paths, as our ``fields``."""
+    fields = doc.get("fields")
+    if not isinstance(fields, list):
+        return {}
+    out = []
+    for f in fields:
+        try:
+            getter(str(f))
+        except RuleSyntaxError:
+            continue
+        out.append(str(f))
+    return {"fields": list(dict.fromkeys(out))} if out else {}
 
 
 def lifecycle_keys(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -170,7 +170,7 @@ def test_exported_files_follow_the_sigma_file_name_rules(exported: Path) -> None
 def test_export_carries_author_references_and_typed_related(tmp_path: Path) -> None:
     """A YAML rule's lifecycle keys become Sigma's author, references and related (UUID + relation type)."""
     rule = {"id": "custom.one", "title": "One", "severity": "low", "types": ["audit.*"], "author": "Sec team",
-            "references": ["https://developer.instantly.ai/"],
+            "references": ["https://developer.instantly.ai/"], "fields": ["actor.ip"],
             "related": [{"id": "auth.mfa_disabled", "type": "derived"}],
             "detection": {"s": {"actor.ip": "1.2.3.4"}, "condition": "s"}}  # fmt: skip
     (tmp_path / "r.yaml").write_text(yaml.safe_dump({"rules": [rule]}), encoding="utf-8")
@@ -181,6 +181,7 @@ def test_export_carries_author_references_and_typed_related(tmp_path: Path) -> N
     doc = yaml.safe_load((out / "custom_one.yml").read_text(encoding="utf-8"))
     assert doc["author"] == "Sec team" and doc["references"] == ["https://developer.instantly.ai/"]
     assert doc["related"] == [{"id": sigma_id("auth.mfa_disabled"), "type": "derived"}]
+    assert doc["fields"] == ["actor.ip"]
 
 
 def test_export_keeps_them_to_the_rules_own_selections() -> None:
@@ -209,8 +210,10 @@ def test_import_follows_sigma_detection_semantics() -> None:
     assert anything == {"actor.ip|exists": True}
     mixed = import_rule(_doc({"s": {"target.name": ["exact", "pre*"]}, "condition": "s"}))["detection"]["s"]
     assert mixed == {"target.name|re|i": ["^exact$", "^pre.*$"]}
-    full = import_rule(_doc({"s": {"type": "a"}, "condition": "s"}, status="test", author="A", falsepositives=["fp"]))
+    full = import_rule(_doc({"s": {"type": "a"}, "condition": "s"}, status="test", author="A", falsepositives=["fp"],
+                            fields=["actor.ip", "CommandLine"]))  # fmt: skip
     assert (full["status"], full["author"], full["falsepositives"]) == ("test", "A", ["fp"])
+    assert full["fields"] == ["actor.ip"]
 
 
 @pytest.mark.parametrize(
