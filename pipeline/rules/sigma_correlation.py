@@ -6,15 +6,15 @@ Sigma rule per inline entry (``name`` ``<rule id>_<entry name>``, referenced by 
 An entry naming one of our YAML match rules references that rule's exported Sigma id (load
 the export directory as one collection). ``group-by`` starts with ``workspace.id``: our
 correlations always count per workspace. ``absence`` and ``new_terms`` correlations, entries
-with ``new_terms`` or their own ``group-by`` (Sigma's ``aliases``) and fractional thresholds
-have no Sigma equivalent and are skipped with the reason.
+with ``new_terms`` and fractional thresholds have no Sigma equivalent and are skipped with the
+reason. Entries with their own ``group-by`` become Sigma field name ``aliases``.
 
 **Import** (:func:`import_collection`). Sigma documents of one or more files, taken together:
 a correlation whose ``rules`` name (by ``name`` or ``id``) plain Sigma rules of the collection
 becomes one of our correlations with those rules inline; the rules it uses are not imported on
-their own unless it says ``generate: true``. Chained correlations, ``aliases``, ``value_sum``,
-``value_avg``, ``value_percentile``, ``neq`` and a ``temporal`` condition other than "all
-rules" are rejected with the reason.
+their own unless it says ``generate: true``; ``aliases`` become per-entry ``group-by``.
+Chained correlations, ``value_sum``, ``value_avg``, ``value_percentile``, ``neq`` and a
+``temporal`` condition other than "all rules" are rejected with the reason.
 """
 
 from __future__ import annotations
@@ -83,11 +83,12 @@ def export_correlation(rule: Rule) -> Exported:
         return Exported(rid, None, f"{body.type} correlation: Sigma correlations have no {body.type} type")
     bases: list[dict[str, Any]] = []
     refs: list[str] = []
+    groups: list[list[str]] = []
     for i, raw in enumerate(body.rules):
         entry = EntrySpec(rule=raw) if isinstance(raw, str) else raw
-        if entry.new_terms or entry.group_by is not None:
-            why = "new_terms" if entry.new_terms else "its own group-by (Sigma aliases are not exported)"
-            return Exported(rid, None, f"correlation entry {i} uses {why}")
+        if entry.new_terms:
+            return Exported(rid, None, f"correlation entry {i} uses new_terms (Sigma has no new-terms correlation)")
+        groups.append(list(entry.group_by if entry.group_by is not None else body.group_by))
         if entry.rule is not None:
             refs.append(sigma_id(entry.rule))
             continue
@@ -95,8 +96,18 @@ def export_correlation(rule: Rule) -> Exported:
         refs.append(bases[-1]["name"])
     if len(set(refs)) != len(refs):
         return Exported(rid, None, "the same rule twice in one correlation: Sigma's rules are unique")
-    group = list(dict.fromkeys(["workspace.id", *body.group_by]))
-    corr: dict[str, Any] = {"type": body.type, "rules": refs, "group-by": group}
+    if len({len(g) for g in groups}) != 1:
+        return Exported(rid, None, "entries group by different numbers of fields (Sigma aliases pair them)")
+    group, aliases = ["workspace.id"], {}
+    for j, fields in enumerate(zip(*groups, strict=True)):
+        if len(set(fields)) == 1:
+            group.append(fields[0])
+        else:  # an entry's own group-by: Sigma's field name aliases
+            aliases[f"group_{j + 1}"] = dict(zip(refs, fields, strict=True))
+            group.append(f"group_{j + 1}")
+    corr: dict[str, Any] = {"type": body.type, "rules": refs, "group-by": list(dict.fromkeys(group))}
+    if aliases:
+        corr["aliases"] = aliases
     corr["timespan"] = _timespan(parse_duration(body.timespan, "correlation.timespan"))
     if body.type in ("event_count", "value_count"):
         if any(v != int(v) for v in body.condition.values()):
@@ -130,6 +141,23 @@ def _span_seconds(value: Any) -> float:
     return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}[m.group(2)]
 
 
+def _entry_group(
+    group: list[str], aliases: Mapping[str, Mapping[str, Any]], base: Mapping[str, Any], ref: str
+) -> list[str]:
+    """One entry's own group-by: each alias resolved to the field it names for this rule."""
+    keys = {ref, str(base.get("name")), str(base.get("id"))}
+    out = []
+    for g in group:
+        if g in aliases:
+            hit = [str(f) for k, f in aliases[g].items() if str(k) in keys]
+            if not hit:
+                raise SigmaImportError(f"correlation.aliases.{g} names no field for rule {ref!r}")
+            g = hit[0]
+        if g != "workspace.id":
+            out.append(g)
+    return out
+
+
 def _correlation(doc: Mapping[str, Any], by_ref: Mapping[str, Mapping[str, Any]], prefix: str) -> dict[str, Any]:
     """One Sigma correlation (its rules looked up in ``by_ref``) as one of our correlation rules."""
     body = doc.get("correlation")
@@ -138,12 +166,14 @@ def _correlation(doc: Mapping[str, Any], by_ref: Mapping[str, Mapping[str, Any]]
     kind = body.get("type")
     if kind not in SIGMA_TYPES:
         raise SigmaImportError(f"correlation type {kind!r} is not supported (supported: {', '.join(SIGMA_TYPES)})")
-    if "aliases" in body:
-        raise SigmaImportError("correlation aliases are not supported")
+    aliases = body.get("aliases") or {}
+    if not isinstance(aliases, Mapping) or not all(isinstance(v, Mapping) for v in aliases.values()):
+        raise SigmaImportError("correlation.aliases must map each alias to {rule name: field}")
     names = body.get("rules")
     if not isinstance(names, list) or not names:
         raise SigmaImportError("correlation.rules must list the correlated rules")
     entries: list[dict[str, Any]] = []
+    group = [str(g) for g in body.get("group-by") or []]
     for ref in names:
         base = by_ref.get(str(ref))
         if base is None:
@@ -158,14 +188,17 @@ def _correlation(doc: Mapping[str, Any], by_ref: Mapping[str, Mapping[str, Any]]
             raise SigmaImportError(f"correlation.rules: {ref!r}: {err}") from None
         entries.append({"name": re.sub(r"[^A-Za-z0-9_]+", "_", str(base.get("name") or ref)),
                         "types": rule["types"], "detection": rule["detection"]})  # fmt: skip
-    group = [str(g) for g in body.get("group-by") or []]
-    for g in group:
+        if aliases:
+            entries[-1]["group-by"] = _entry_group(group, aliases, base, str(ref))
+    for g in [g for g in group if g not in aliases] + [g for e in entries for g in e.get("group-by", [])]:
         try:
             getter(g, "correlation.group-by")
         except RuleSyntaxError as err:
             raise SigmaImportError(f"{err} — the field does not map to Event v1") from None
     cond = body.get("condition")
     out: dict[str, Any] = {"type": kind, "rules": entries, "group-by": [g for g in group if g != "workspace.id"]}
+    if aliases:
+        out["group-by"] = []
     span = str(body.get("timespan"))
     out["timespan"] = span if re.fullmatch(r"\d+[smhd]", span) else f"{_span_seconds(span)}s"
     if isinstance(cond, Mapping):

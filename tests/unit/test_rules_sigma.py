@@ -307,8 +307,8 @@ def test_import_of_spec_shaped_correlations() -> None:
     [
         ({"type": "value_sum", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "1h",
           "condition": {"field": "attributes.bytes", "gt": 1}}, "value_sum"),
-        ({"type": "event_count", "rules": ["b"], "aliases": {"ip": {"b": "actor.ip"}}, "group-by": ["ip"],
-          "timespan": "1h", "condition": {"gte": 2}}, "aliases"),
+        ({"type": "event_count", "rules": ["b"], "aliases": {"ip": {"other": "actor.ip"}}, "group-by": ["ip"],
+          "timespan": "1h", "condition": {"gte": 2}}, "names no field for rule 'b'"),
         ({"type": "event_count", "rules": ["nope"], "group-by": ["actor.ip"], "timespan": "1h",
           "condition": {"gte": 2}}, "names no rule"),
         ({"type": "event_count", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "1h",
@@ -362,3 +362,36 @@ def test_export_uses_modifiers_not_wildcards_for_type_globs() -> None:
     assert det["s"] == {"actor.user_agent|contains": ["x"]}
     assert det["rule_types"] == [{"type|startswith": "audit."}, {"type|endswith": ".deleted"},
                                  {"type|contains": "key"}, {"type": ["member.invited", "a*b"]}]  # fmt: skip
+
+
+def test_field_name_aliases_both_ways(tmp_path: Path) -> None:
+    """sigma-correlation-rules-specification.md "Field Name Aliases": an entry's own group-by is exported as
+    an alias (pySigma resolves it) and Sigma aliases import as per-entry group-by."""
+    from pipeline.rules.sigma_correlation import import_collection
+
+    corr = {"id": "custom.key_then_use", "title": "Key created then used", "severity": "medium",
+            "correlation": {"type": "temporal_ordered", "timespan": "1h", "rules": [
+                {"name": "created", "types": ["api_key.created"], "detection": {"s": {"type": "api_key.created"}},
+                 "group-by": ["target.id"]},
+                {"name": "used", "types": ["audit.*"], "detection": {"s": {"actor.api_key_id|exists": True}},
+                 "group-by": ["actor.api_key_id"]}]}}  # fmt: skip
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"rules": [corr]}), encoding="utf-8")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"rules": {"files": [str(tmp_path / "r.yaml")]}}), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["rules", "export", "--format", "sigma", "--output", str(out), "--rules", str(cfg)]) == 0
+    text = (out / "custom_key_then_use.yml").read_text(encoding="utf-8")
+    coll = SigmaCollection.from_yaml(text)
+    (sc,) = [r for r in coll.rules if isinstance(r, SigmaCorrelationRule)]
+    assert not coll.errors and sc.group_by == ["workspace.id", "group_1"] and sc.aliases is not None
+    docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    (back,) = [r for _, r, _ in import_collection([(str(i), d) for i, d in enumerate(docs)]) if r is not None]
+    assert [e["group-by"] for e in back["correlation"]["rules"]] == [["target.id"], ["actor.api_key_id"]]
+    spec_shaped = {"title": "Error then connection", "correlation": {
+        "type": "temporal", "rules": ["internal_error", "new_network_connection"],
+        "group-by": ["internal_ip"], "timespan": "10s",
+        "aliases": {"internal_ip": {"internal_error": "target.id", "new_network_connection": "actor.ip"}}}}  # fmt: skip
+    docs2 = [("a", _base("internal_error", {"type": "x"})), ("b", _base("new_network_connection", {"type": "y"})),
+             ("c", spec_shaped)]  # fmt: skip
+    (got,) = [r for _, r, _ in import_collection(docs2) if r is not None]
+    assert [e["group-by"] for e in got["correlation"]["rules"]] == [["target.id"], ["actor.ip"]]
