@@ -7,12 +7,14 @@ severity the ``level`` and its ATT&CK ids the ``attack.tNNNN`` tags. The ``id`` 
 the rule id, so it is stable across exports. A ``resolve`` block has no Sigma equivalent and is
 only mentioned in the description. A Python rule is exported only when it declares an
 equivalent single-event detection (``sigma_detection``); the others are stateful (thresholds,
-windows, inventories, ticks) and are reported as skipped with that reason.
+windows, inventories, ticks) and are reported as skipped with that reason. Correlation rules
+are exported by :mod:`pipeline.rules.sigma_correlation`.
 
 **Import** (:func:`import_rule`). A Sigma rule is accepted when its ``logsource.product`` is
 ``instantly`` (or absent), it is not a correlation or filter, every field maps to an Event v1 path,
-every modifier is one the matcher knows and values are plain. Wildcards become the matching
-modifier (``a*`` → ``startswith``; anything else → ``re``). Anything else is rejected with the reason.
+every modifier is one the matcher knows and values are plain (:mod:`pipeline.rules.sigma_values`:
+wildcards, escapes). Conditions are read as pySigma reads them
+(:mod:`pipeline.rules.sigma_condition`). Anything else is rejected with the reason.
 """
 
 from __future__ import annotations
