@@ -1,7 +1,8 @@
 """``instantly-audit rules export|import|coverage``: Sigma out and in, ATT&CK Navigator layer.
 
-* ``rules export --format sigma --output DIR [--rules FILE]`` — one ``<rule id>.yml`` per
-  expressible rule, plus ``README.md`` (field mapping, skipped rules and why);
+* ``rules export --format sigma --output DIR [--rules FILE]`` — one ``<rule_id>.yml`` per
+  expressible rule (:func:`~pipeline.rules.sigma.sigma_filename`), plus ``README.md`` (field
+  mapping, file → rule id, skipped rules and why);
 * ``rules import FILE... [--output FILE] [--prefix P]`` — Sigma rules → our YAML rules (stdout
   or FILE); each rejected rule is named on stderr with the reason;
 * ``rules coverage --navigator FILE [--rules FILE] [--emulations DIR]`` — the layer of the
@@ -24,10 +25,12 @@ import yaml
 
 from pipeline.errors import ConfigError
 from pipeline.rules.config import parse_rules_config
+from pipeline.rules.correlation import CorrelationSpec
 from pipeline.rules.navigator import build_layer, read_emulations
 from pipeline.rules.packs import rule_packs
 from pipeline.rules.rules_file import EXIT_FAIL, EXIT_OK, EXIT_USAGE, read_rules_file
-from pipeline.rules.sigma import FIELD_NOTE, SigmaImportError, export_rule, import_rule
+from pipeline.rules.sigma import FIELD_NOTE, export_rule, sigma_filename
+from pipeline.rules.sigma_correlation import export_correlation, import_collection
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -45,18 +48,26 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"rules export: cannot create {out} ({err.strerror})", file=sys.stderr)
         return EXIT_USAGE
     written, skipped = [], []
+    written_files: dict[str, str] = {}
     for rule in ruleset.rules:
-        ex = export_rule(rule)
+        ex = export_correlation(rule) if isinstance(getattr(rule, "spec", None), CorrelationSpec) else export_rule(rule)
         if ex.document is None:
             skipped.append((ex.rule_id, ex.skipped))
             continue
         header = f"# instantly-audit rule {ex.rule_id}, exported as Sigma.\n" + "".join(
             f"# {line}\n" for line in textwrap.wrap(FIELD_NOTE, 98)
         )
-        text = yaml.safe_dump(ex.document, sort_keys=False, width=100, allow_unicode=True)
-        (out / f"{ex.rule_id}.yml").write_text(header + text, encoding="utf-8")
+        docs = [ex.document, *ex.base]
+        text = yaml.safe_dump_all(docs, sort_keys=False, width=100, allow_unicode=True, explicit_start=len(docs) > 1)
+        name = sigma_filename(ex.rule_id)
+        if name in written_files:
+            print(f"rules export: {ex.rule_id} and {written_files[name]} both map to {name}", file=sys.stderr)
+            return EXIT_USAGE
+        (out / name).write_text(header + text, encoding="utf-8")
         written.append(ex.rule_id)
+        written_files[name] = ex.rule_id
     lines = ["# instantly-audit rules as Sigma", "", FIELD_NOTE, "", f"Exported: {len(written)} rules.", ""]
+    lines += [f"- `{name}`: `{rid}`" for name, rid in written_files.items()] + [""]
     if skipped:
         lines += ["Skipped (not expressible as a single-event Sigma rule):", ""]
         lines += [f"- `{rid}`: {why}" for rid, why in skipped]
@@ -69,24 +80,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Convert Sigma rule files to our YAML rules; reject, with the reason, what does not map."""
-    accepted: list[dict[str, Any]] = []
-    rejected = 0
+    collection: list[tuple[str, Any]] = []
     for name in args.files:
         try:
-            docs = list(yaml.safe_load_all(Path(name).read_text(encoding="utf-8")))
+            docs = [d for d in yaml.safe_load_all(Path(name).read_text(encoding="utf-8")) if d is not None]
         except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
             print(f"rules import: {name}: cannot read ({type(err).__name__})", file=sys.stderr)
             return EXIT_USAGE
-        for i, doc in enumerate(d for d in docs if d is not None):
-            where = name if len(docs) == 1 else f"{name}#{i}"
-            try:
-                rule = import_rule(doc, prefix=args.prefix)
-            except SigmaImportError as err:
-                print(f"rules import: {where}: rejected: {err}", file=sys.stderr)
-                rejected += 1
-                continue
+        collection += [(name if len(docs) == 1 else f"{name}#{i}", doc) for i, doc in enumerate(docs)]
+    accepted: list[dict[str, Any]] = []
+    rejected = 0
+    for where, rule, message in import_collection(collection, prefix=args.prefix):
+        print(f"rules import: {where}: {message}", file=sys.stderr)
+        if rule is not None:
             accepted.append(rule)
-            print(f"rules import: {where}: imported as {rule['id']}", file=sys.stderr)
+        rejected += message.startswith("rejected")
     text = yaml.safe_dump({"rules": accepted}, sort_keys=False, width=100, allow_unicode=True)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")

@@ -10,7 +10,9 @@ A technique enters the layer only when an enabled rule claims it *and* an emulat
 technique names one of those rules. Its score is the number of claiming rules with an
 emulation; the comment names the emulated rules and their scenarios (and the claiming rules
 without an emulation).
-Claimed techniques without any emulation are returned as ``unproven``.
+Claimed techniques without any emulation are returned as ``unproven``. A technique whose
+sub-techniques are in the layer has ``showSubtechniques``, and the layout expands annotated
+sub-techniques, so a sub-technique score is visible without opening its parent by hand.
 """
 
 from __future__ import annotations
@@ -94,6 +96,10 @@ def build_layer(rules: Iterable[Rule], emulations: Iterable[Emulation], name: st
         if rest := [r for r in claims[tech] if r not in proven]:
             comment += f"; also claimed, not emulated: {', '.join(rest)}"
         techniques.append({"techniqueID": tech, "score": len(proven), "comment": comment, "enabled": True})
+    in_layer = {str(item["techniqueID"]) for item in techniques}
+    for item in techniques:  # a parent with scored sub-techniques opens on them (layerformat.md v4.5)
+        if any(x.startswith(f"{item['techniqueID']}.") for x in in_layer):
+            item["showSubtechniques"] = True
     top = max((len(r) for r in cov.proven.values()), default=1)
     cov.layer = {
         "name": f"{name} detections (emulated)",
@@ -102,6 +108,8 @@ def build_layer(rules: Iterable[Rule], emulations: Iterable[Emulation], name: st
         "description": "Techniques detected by instantly-audit rules, each proven by an emulated attack played "
         "through the pipeline in CI. Score = rules whose emulation of the technique passes.",
         "sorting": 3,
+        # sub-techniques are collapsed under their parent by default; show the annotated ones
+        "layout": {"layout": "side", "showID": True, "showName": True, "expandedSubtechniques": "annotated"},
         "hideDisabled": False,
         "techniques": techniques,
         "gradient": {"colors": ["#c6dbef", "#08519c"], "minValue": 0, "maxValue": max(top, 1)},

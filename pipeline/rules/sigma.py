@@ -7,12 +7,14 @@ severity the ``level`` and its ATT&CK ids the ``attack.tNNNN`` tags. The ``id`` 
 the rule id, so it is stable across exports. A ``resolve`` block has no Sigma equivalent and is
 only mentioned in the description. A Python rule is exported only when it declares an
 equivalent single-event detection (``sigma_detection``); the others are stateful (thresholds,
-windows, inventories, ticks) and are reported as skipped with that reason.
+windows, inventories, ticks) and are reported as skipped with that reason. Correlation rules
+are exported by :mod:`pipeline.rules.sigma_correlation`.
 
 **Import** (:func:`import_rule`). A Sigma rule is accepted when its ``logsource.product`` is
 ``instantly`` (or absent), it is not a correlation or filter, every field maps to an Event v1 path,
-every modifier is one the matcher knows and values are plain. Wildcards become the matching
-modifier (``a*`` → ``startswith``; anything else → ``re``). Anything else is rejected with the reason.
+every modifier is one the matcher knows and values are plain (:mod:`pipeline.rules.sigma_values`:
+wildcards, escapes). Conditions are read as pySigma reads them
+(:mod:`pipeline.rules.sigma_condition`). Anything else is rejected with the reason.
 """
 
 from __future__ import annotations
@@ -25,20 +27,23 @@ from typing import Any
 
 from pipeline.rules.base import Rule
 from pipeline.rules.matcher import MatchRuleSpec, RuleSyntaxError, compile_detection, getter
+from pipeline.rules.sigma_condition import plain_identifiers, rename_in_condition, rewrite_of
+from pipeline.rules.sigma_values import SigmaImportError as SigmaImportError  # re-exported: callers import it here
+from pipeline.rules.sigma_values import import_selection
 
 NAMESPACE = uuid.UUID("5b0ce7a2-6f5e-4c39-9d5b-2f1f8d0b9a41")
 """UUIDv5 namespace of exported rule ids (never change it: ids must stay stable)."""
 PRODUCT, SERVICE = "instantly", "audit"
 LEVELS = {"info": "informational", "low": "low", "medium": "medium", "high": "high", "critical": "critical"}
 SEVERITIES = {v: k for k, v in LEVELS.items()}
-SIGMA_STATUSES = ("stable", "test", "experimental", "deprecated", "unsupported")
+SIGMA_STATUSES = ("stable", "test", "experimental", "deprecated")
+"""Sigma statuses our rules share (Sigma's fifth, ``unsupported``, is never exported and is rejected on import)."""
 FIELD_NOTE = (
     "Field names are instantly-audit Event v1 paths (schemas/event.v1.json): type, time, workspace.id, "
     "source.kind, actor.user_id, actor.ip, actor.api_key_id, target.id, change.after.<field>, "
     "attributes.<name>, raw.<name>. Map them to your SIEM's field names with a pySigma processing pipeline."
 )
-_SIGMA_MODS = frozenset({"contains", "startswith", "endswith", "re", "cidr", "gt", "gte", "lt", "lte", "exists",
-                         "all", "cased", "i", "m", "s"})  # fmt: skip
+DEFAULT_FP = "Intended administrative changes (see the runbook)"
 _DROP_ON_EXPORT = frozenset({"in", "eq"})  # a list is already "any of"; eq is the default
 _WILDCARD = re.compile(r"(?<!\\)[*?]")
 
@@ -48,9 +53,24 @@ def sigma_id(rule_id: str) -> str:
     return str(uuid.uuid5(NAMESPACE, rule_id))
 
 
+def sigma_filename(rule_id: str) -> str:
+    """The exported file name: lower-case letters, digits and ``_``, 10 to 70 characters, ``.yml``.
+
+    sigma-rules-specification.md ("Yaml File") asks for that shape; ``api_key.all_scope`` →
+    ``api_key_all_scope.yml``, a short id gets an ``instantly_`` prefix, a long one is cut and
+    ends with 8 hex digits of its Sigma id so it stays unique.
+    """
+    stem = re.sub(r"[^a-z0-9]+", "_", rule_id.lower()).strip("_")
+    if len(stem) < 6:
+        stem = f"instantly_{stem}"
+    if len(stem) > 66:
+        stem = f"{stem[:57].rstrip('_')}_{sigma_id(rule_id)[:8]}"
+    return f"{stem}.yml"
+
+
 def attack_tags(attack: tuple[str, ...] | list[str]) -> list[str]:
-    """``T1098.001`` → ``attack.t1098.001``."""
-    return [f"attack.{t.lower()}" for t in attack]
+    """``T1098.001`` → ``attack.t1098.001`` (each once: Sigma tags are unique)."""
+    return list(dict.fromkeys(f"attack.{t.lower()}" for t in attack))
 
 
 # ---- export ----------------------------------------------------------------------------------
@@ -67,6 +87,8 @@ def _export_selection(body: Any) -> Any:
     for key, value in body.items():
         path, *mods = str(key).split("|")
         kept = [m for m in mods if m not in _DROP_ON_EXPORT]
+        if "all" in kept and not (isinstance(value, list) and len(value) > 1):
+            kept.remove("all")  # Sigma forbids |all on a single value; for one value it changes nothing
         literal = not ({"re", "cidr"} & set(kept))
         v = ([_escape(x) for x in value] if isinstance(value, list) else _escape(value)) if literal else value
         out["|".join([path, *kept])] = v
@@ -74,30 +96,35 @@ def _export_selection(body: Any) -> Any:
 
 
 def _types_selection(types: list[str]) -> Any:
-    """Event type globs as Sigma: ``audit.*`` → ``type|startswith: audit.``, other globs stay wildcards."""
-    prefixes = [t[:-1] for t in types if t.endswith("*") and not _WILDCARD.search(t[:-1])]
-    others = [t for t in types if not (t.endswith("*") and not _WILDCARD.search(t[:-1]))]
-    alts: list[dict[str, Any]] = []
-    if others:
-        alts.append({"type": others[0] if len(others) == 1 else others})
-    if prefixes:
-        alts.append({"type|startswith": prefixes[0] if len(prefixes) == 1 else prefixes})
+    """Event type globs as Sigma, modifiers before wildcards (pySigma's ``wildcards_instead_of_modifiers``):
+    ``audit.*`` → ``type|startswith: audit.``, ``*.deleted`` → ``endswith``, ``*key*`` → ``contains``."""
+    shapes: dict[str, list[str]] = {}
+    for t in types:
+        core = t.strip("*")
+        if _WILDCARD.search(core) or not core:
+            key, value = "type", t
+        else:
+            key = {(True, True): "type|contains", (False, True): "type|startswith", (True, False): "type|endswith",
+                   (False, False): "type"}[(t.startswith("*"), t.endswith("*"))]  # fmt: skip
+            value = core
+        shapes.setdefault(key, []).append(value)
+    alts = [{k: v[0] if len(v) == 1 else v} for k, v in shapes.items()]
     return alts[0] if len(alts) == 1 else alts
 
 
-def _export_detection(detection: Mapping[str, Any], types: list[str], codes: list[int] | None) -> dict[str, Any]:
+def export_detection(detection: Mapping[str, Any], types: list[str], codes: list[int] | None) -> dict[str, Any]:
     sels = {str(k): _export_selection(v) for k, v in detection.items() if k != "condition"}
     cond = detection.get("condition")
     if cond is None:
         cond = next(iter(sels))
-    cond = re.sub(r"\bany of\b", "1 of", str(cond))
-    extra = []
+    extra = [n for n, need in (("rule_types", "*" not in types), ("rule_activity_codes", codes is not None)) if need]
+    names = list(sels)
+    # our patterns reach _-prefixed selections and never the added ones; Sigma's may differ
+    cond = rewrite_of(str(cond), names, [*names, *extra], to_sigma=True)
     if "*" not in types:
         sels["rule_types"] = _types_selection(types)
-        extra.append("rule_types")
     if codes is not None:
         sels["rule_activity_codes"] = {"attributes.activity_code": codes[0] if len(codes) == 1 else list(codes)}
-        extra.append("rule_activity_codes")
     if extra:
         cond = f"({cond}) and " + " and ".join(extra)
     return {**sels, "condition": cond}
@@ -105,11 +132,12 @@ def _export_detection(detection: Mapping[str, Any], types: list[str], codes: lis
 
 @dataclass(frozen=True, slots=True)
 class Exported:
-    """One export outcome: the Sigma document, or why the rule was skipped."""
+    """One export outcome: the Sigma document (and a correlation's base rules), or why the rule was skipped."""
 
     rule_id: str
     document: dict[str, Any] | None
     skipped: str = ""
+    base: tuple[dict[str, Any], ...] = ()
 
 
 def export_rule(rule: Rule) -> Exported:
@@ -122,7 +150,7 @@ def export_rule(rule: Rule) -> Exported:
                                        "change meaning (Sigma correlation export is not implemented)")  # fmt: skip
     if spec is not None:
         types, codes = list(spec.types), (list(spec.activity_codes) if spec.activity_codes is not None else None)
-        detection = _export_detection(spec.detection, types, codes)
+        detection = export_detection(spec.detection, types, codes)
         if spec.resolve is not None:
             resolve_note = " Resolution (a later event that clears the alert) is not expressed in Sigma."
     else:
@@ -132,9 +160,9 @@ def export_rule(rule: Rule) -> Exported:
                                            "no single-event Sigma detection expresses it")  # fmt: skip
         types = [t for t in meta.event_types] or ["*"]
         codes = sorted(meta.activity_codes) if meta.activity_codes is not None else None
-        detection = _export_detection(native, types, codes)
+        detection = export_detection(native, types, codes)
     status = getattr(meta, "status", None)
-    fps = list(getattr(meta, "falsepositives", None) or ()) or ["Intended administrative changes (see the runbook)"]
+    fps = list(dict.fromkeys(getattr(meta, "falsepositives", None) or ())) or [DEFAULT_FP]  # unique, as Sigma asks
     description = (meta.description or meta.title).strip().rstrip(".") + "."
     if meta.basic:
         description += f" Security basic: {meta.basic}."
@@ -143,78 +171,32 @@ def export_rule(rule: Rule) -> Exported:
         "id": sigma_id(meta.id),
         "status": status if status in SIGMA_STATUSES else "experimental",
         "description": f"{description}{resolve_note} instantly-audit rule {meta.id} v{meta.version}. {FIELD_NOTE}",
-        "author": "instantly-audit",
+        "author": getattr(meta, "author", "") or "instantly-audit",
         "logsource": {"product": PRODUCT, "service": SERVICE},
         "detection": detection,
         "falsepositives": fps,
         "level": LEVELS[str(rule.params.severity or meta.severity)],
     }
+    if shown := list(dict.fromkeys(getattr(spec, "fields", None) or ())):
+        doc["fields"] = shown
+    if refs := list(dict.fromkeys(getattr(meta, "references", None) or ())):
+        doc["references"] = refs
+    if related := _related(rule):
+        doc["related"] = related
     if meta.attack:
         doc["tags"] = attack_tags(meta.attack)
     return Exported(meta.id, doc)
 
 
+def _related(rule: Rule) -> list[dict[str, str]]:
+    """Sigma ``related`` entries: the related rule's exported id and the relation (``similar`` if unstated)."""
+    spec = getattr(rule, "spec", None)
+    typed = [(r.id, r.type) for r in getattr(spec, "related", None) or ()]
+    pairs = typed or [(rid, "similar") for rid in getattr(rule.meta, "related", None) or ()]
+    return [{"id": sigma_id(rid), "type": kind} for rid, kind in pairs]
+
+
 # ---- import ----------------------------------------------------------------------------------
-class SigmaImportError(ValueError):
-    """A Sigma rule cannot become one of our rules; the message says why."""
-
-
-def _glob_to_value(path: str, mods: list[str], value: Any, where: str) -> tuple[str, Any]:
-    if not isinstance(value, str) or not _WILDCARD.search(value) or {"re", "cidr"} & set(mods):
-        return "|".join([path, *mods]), _unescape(value)
-    if any(m in ("contains", "startswith", "endswith") for m in mods):
-        raise SigmaImportError(f"{where}: wildcards combined with |{mods[0]} are not supported")
-    inner = value
-    core = inner.strip("*")
-    if not _WILDCARD.search(core):
-        plain = _unescape(core)
-        if inner.startswith("*") and inner.endswith("*") and len(inner) > 1:
-            return "|".join([path, "contains", *mods]), plain
-        if inner.endswith("*"):
-            return "|".join([path, "startswith", *mods]), plain
-        if inner.startswith("*"):
-            return "|".join([path, "endswith", *mods]), plain
-    parts = re.split(r"((?<!\\)[*?])", inner)
-    rx = "".join(".*" if p == "*" else "." if p == "?" else re.escape(_unescape(p)) for p in parts)
-    flags = [] if "cased" in mods else ["i"]
-    return "|".join([path, "re", *[m for m in mods if m != "cased"], *flags]), f"^{rx}$"
-
-
-def _unescape(value: Any) -> Any:
-    if isinstance(value, str):
-        return re.sub(r"\\([*?\\])", r"\1", value)
-    return value
-
-
-def _import_selection(body: Any, where: str) -> Any:
-    if isinstance(body, list) and body and all(isinstance(b, Mapping) for b in body):
-        return [_import_selection(b, f"{where}.{i}") for i, b in enumerate(body)]
-    if not isinstance(body, Mapping):
-        raise SigmaImportError(f"{where}: keyword (field-less) searches have no Event v1 field")
-    out: dict[str, Any] = {}
-    for key, value in body.items():
-        path, *mods = str(key).split("|")
-        bad = [m for m in mods if m not in _SIGMA_MODS]
-        if bad:
-            raise SigmaImportError(f"{where}.{key}: modifier |{bad[0]} has no equivalent in the rule language")
-        try:
-            getter(path, f"{where}.{key}")
-        except RuleSyntaxError as err:
-            raise SigmaImportError(f"{err} — the field does not map to Event v1") from None
-        values = value if isinstance(value, list) else [value]
-        if any(isinstance(v, Mapping | list) for v in values):
-            raise SigmaImportError(f"{where}.{key}: values must be plain (strings, numbers, booleans, null)")
-        converted = [_glob_to_value(path, mods, v, f"{where}.{key}") for v in values]
-        keys = {k for k, _ in converted}
-        if len(keys) == 1:
-            k = keys.pop()
-            vals = [v for _, v in converted]
-            out[k] = vals if isinstance(value, list) else vals[0]
-        else:  # mixed wildcards in one list: split into alternatives is not expressible in one mapping
-            raise SigmaImportError(f"{where}.{key}: a list mixing different wildcard shapes is not supported")
-    return out
-
-
 def rule_id_for(doc: Mapping[str, Any], prefix: str = "sigma") -> str:
     """Our rule id for an imported Sigma rule: ``<prefix>.<title as snake case>``."""
     slug = re.sub(r"[^a-z0-9]+", "_", str(doc.get("title", "")).lower()).strip("_") or "rule"
@@ -233,6 +215,8 @@ def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
         raise SigmaImportError("not a Sigma rule (expected a mapping)")
     if "correlation" in doc or "filter" in doc or "action" in doc:
         raise SigmaImportError("correlation, filter and collection documents are not imported")
+    if doc.get("status") == "unsupported":
+        raise SigmaImportError("status unsupported: the rule cannot be used in its current state")
     for need in ("title", "logsource", "detection"):
         if need not in doc:
             raise SigmaImportError(f"missing {need!r}")
@@ -244,17 +228,22 @@ def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
     if not isinstance(det, Mapping):
         raise SigmaImportError("detection must be a mapping")
     cond = det.get("condition")
-    if isinstance(cond, list):
-        if len(cond) != 1:
-            raise SigmaImportError("several conditions in one rule are not supported")
-        cond = cond[0]
+    if cond is None:
+        raise SigmaImportError("detection.condition is missing (Sigma requires it)")
+    if isinstance(cond, list):  # a list of conditions is their OR (sigma-rules-specification.md, Condition)
+        if not cond or not all(isinstance(c, str) for c in cond):
+            raise SigmaImportError("condition must be a string or a non-empty list of strings")
+        cond = cond[0] if len(cond) == 1 else " or ".join(f"({c})" for c in cond)
     if isinstance(cond, str) and ("|" in cond or re.search(r"\bnear\b", cond)):
         raise SigmaImportError("aggregations (| count() ...) and near are not supported; use correlation rules")
     if "timeframe" in det:
         raise SigmaImportError("timeframe belongs to correlations; single-event rules have none")
-    detection = {str(k): _import_selection(v, f"detection.{k}") for k, v in det.items() if k != "condition"}
-    if cond is not None:
-        detection["condition"] = str(cond)
+    detection = {str(k): import_selection(v, f"detection.{k}") for k, v in det.items() if k != "condition"}
+    names = list(detection)
+    renames = plain_identifiers(names)  # Sigma's patterns skip _-prefixed names; renaming could widen one
+    cond = rewrite_of(str(cond), names, names, to_sigma=False, force=bool(renames))
+    detection = {renames.get(k, k): v for k, v in detection.items()}
+    detection["condition"] = rename_in_condition(cond, renames)
     try:
         compile_detection(detection)
     except RuleSyntaxError as err:
@@ -274,4 +263,35 @@ def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
         "attack": attack,
         "types": ["*"],
         "detection": detection,
+        **lifecycle_keys(doc),
+        **_display_fields(doc),
     }
+
+
+def _display_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Sigma ``fields`` (shown to the analyst) that are Event v1 paths, as our ``fields``."""
+    fields = doc.get("fields")
+    if not isinstance(fields, list):
+        return {}
+    out = []
+    for f in fields:
+        try:
+            getter(str(f))
+        except RuleSyntaxError:
+            continue
+        out.append(str(f))
+    return {"fields": list(dict.fromkeys(out))} if out else {}
+
+
+def lifecycle_keys(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The Sigma lifecycle keys our rules share: status, author, references, falsepositives."""
+    out: dict[str, Any] = {}
+    if doc.get("status") in SIGMA_STATUSES:
+        out["status"] = doc["status"]
+    if isinstance(doc.get("author"), str) and doc["author"].strip():
+        out["author"] = doc["author"].strip()
+    for key in ("references", "falsepositives"):
+        items = doc.get(key)
+        if isinstance(items, list) and items and all(isinstance(i, str) for i in items):
+            out[key] = list(items)
+    return out

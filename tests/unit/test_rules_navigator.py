@@ -36,3 +36,36 @@ def test_read_emulations_checks_the_block(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("emulation: {technique: '1110', rule: auth.mfa_attack}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="technique: T####"):
         read_emulations([tmp_path])
+
+
+def test_layer_shows_scored_sub_techniques_and_its_schema_accepts_the_spec_example() -> None:
+    """layerformat.md v4.5: sub-techniques are collapsed by default; the parent opens on them and the layout
+    expands annotated ones. The shipped schema accepts the format's own example (8-digit colours, links,
+    metadata dividers, filters, layout)."""
+    ruleset = parse_rules_config({})
+    emus = [Emulation("T1078", "auth.recovery_code_used", "a"), Emulation("T1078.004", "auth.login_new_ip", "b")]
+    layer = build_layer(ruleset.rules, emus).layer
+    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    jsonschema.validate(layer, schema)
+    by_id = {t["techniqueID"]: t for t in layer["techniques"]}
+    assert by_id["T1078"]["showSubtechniques"] is True and "showSubtechniques" not in by_id["T1078.004"]
+    assert layer["layout"]["expandedSubtechniques"] == "annotated"
+    assert layer["gradient"]["maxValue"] > layer["gradient"]["minValue"]
+    example = {
+        "name": "example layer", "versions": {"attack": "13", "navigator": "5.1.0", "layer": "4.5"},
+        "domain": "enterprise-attack", "filters": {"platforms": ["Windows", "macOS"]}, "sorting": 2,
+        "layout": {"layout": "side", "showAggregateScores": True, "aggregateFunction": "average",
+                   "expandedSubtechniques": "annotated"},
+        "techniques": [
+            {"techniqueID": "T1110", "score": 0, "color": "#fd8d3c", "showSubtechniques": True},
+            {"techniqueID": "T1134", "tactic": "defense-evasion", "score": 75,
+             "links": [{"label": "Navigator GitHub", "url": "https://github.com/mitre-attack/attack-navigator"}]},
+            {"techniqueID": "T1053", "tactic": "privilege-escalation",
+             "metadata": [{"name": "m", "value": "v"}, {"divider": True}]},
+        ],
+        "gradient": {"colors": ["#ff6666ff", "#ffe766ff", "#8ec843ff"], "minValue": 0, "maxValue": 100},
+        "legendItems": [{"label": "Legend Item Label", "color": "#FF00FF"}],
+        "metadata": [{"name": "layer metadata 1", "value": "layer metadata 1 value"}, {"divider": True}],
+        "showTacticRowBackground": False, "tacticRowBackground": "#dddddd", "selectVisibleTechniques": False,
+    }  # fmt: skip
+    jsonschema.validate(example, schema)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from sigma.collection import SigmaCollection
+from sigma.correlations import SigmaCorrelationRule
 from sigma.rule import SigmaRule
 from sigma.validation import SigmaValidator
 from sigma.validators.core import validators
@@ -18,7 +19,7 @@ from connectors.instantly.rules import PACK
 from pipeline.cli.main import main
 from pipeline.clock import FakeClock, parse_time
 from pipeline.rules.engine import RulesEngine
-from pipeline.rules.sigma import SigmaImportError, import_rule, sigma_id
+from pipeline.rules.sigma import SigmaImportError, export_detection, import_rule, sigma_filename, sigma_id
 from pipeline.rules.testing import make_event
 from schemas.event import Event, WorkspaceRef
 
@@ -36,25 +37,40 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def _rule_id(f: Path) -> str:
+    """The rule id an exported file names in its first line."""
+    m = re.match(r"# instantly-audit rule (\S+), exported as Sigma\.", f.read_text(encoding="utf-8"))
+    assert m is not None, f.name
+    return m.group(1)
+
+
 def test_every_exported_file_is_a_valid_sigma_rule(exported: Path) -> None:
-    """pySigma parses each file without errors and its offline validators report no issue."""
+    """pySigma parses each file without errors and its offline validators report no issue; a correlation
+    file holds the Sigma correlation (resolved against its base rules) and nothing else alerts."""
     files = sorted(exported.glob("*.yml"))
-    assert {f.stem for f in files} >= {"auth.mfa_disabled", "auth.recovery_code_used", "api_key.all_scope"}
+    ids = {_rule_id(f) for f in files}
+    assert ids >= {"auth.mfa_disabled", "auth.recovery_code_used", "api_key.all_scope", "corr.privilege_grant_burst"}
     for f in files:
         coll = SigmaCollection.from_yaml(f.read_text(encoding="utf-8"))
-        assert len(coll.rules) == 1 and not coll.errors, f.name
-        rule = coll.rules[0]
-        assert isinstance(rule, SigmaRule)
+        assert coll.rules and not coll.errors, f.name
+        rule = next(r for r in coll.rules if str(r.id) == sigma_id(_rule_id(f)))
+        others = [r for r in coll.rules if r is not rule]
         assert not rule.errors, (f.name, rule.errors)
-        assert str(rule.id) == sigma_id(f.stem)
-        assert rule.logsource.product == "instantly" and rule.logsource.service == "audit"
         assert rule.level is not None and rule.status is not None and rule.falsepositives
         assert rule.tags and all(
             re.fullmatch(r"t\d{4}(\.\d{3})?", t.name) for t in rule.tags if t.namespace == "attack"
         )
-    parsed = [r for r in SigmaCollection.load_ruleset([str(f) for f in files]) if isinstance(r, SigmaRule)]
-    assert len(parsed) == len(files)
-    issues = SigmaValidator(OFFLINE_VALIDATORS).validate_rules(iter(parsed))
+        if isinstance(rule, SigmaCorrelationRule):
+            assert [r.rule for r in rule.rules or []] == others and "workspace.id" in (rule.group_by or [])
+            assert all(isinstance(b, SigmaRule) and b.level is None and b.name for b in others)
+        else:
+            assert len(coll.rules) == 1, f.name
+        for r in coll.rules:
+            if isinstance(r, SigmaRule):
+                assert r.logsource.product == "instantly" and r.logsource.service == "audit"
+    parsed = list(SigmaCollection.load_ruleset([str(f) for f in files]))
+    assert sum(isinstance(r, SigmaCorrelationRule) for r in parsed) == 2
+    issues = SigmaValidator(OFFLINE_VALIDATORS).validate_rules(iter(parsed))  # type: ignore[arg-type]
     assert issues == []
 
 
@@ -62,7 +78,7 @@ def test_stateful_python_rules_are_listed_as_skipped(exported: Path) -> None:
     """Rules with state, thresholds or ticks are not exported; README.md names each with the reason."""
     readme = (exported / "README.md").read_text(encoding="utf-8")
     for rid in ("auth.mfa_attack", "data.lead_export", "api_key.stale"):
-        assert not (exported / f"{rid}.yml").exists()
+        assert not (exported / sigma_filename(rid)).exists()
         assert f"`{rid}`: stateful Python rule" in readme
     assert "Event v1 paths" in readme
 
@@ -91,7 +107,7 @@ def test_import_of_an_export_detects_the_same_events(exported: Path, tmp_path: P
     cfg = {"files": [str(rules_file)]}
     checked, opened = 0, 0
     for f, new in zip(sorted(exported.glob("*.yml")), imported, strict=True):
-        orig = f.stem
+        orig = _rule_id(f)
         for ev in _case_events(orig):
             was = _opens({}, orig, ev)
             assert was == _opens(cfg, new["id"], ev), (orig, ev.type, ev.attributes)
@@ -139,3 +155,243 @@ def test_import_exit_code_and_messages(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["rules", "import", str(src)]) == 1
     out, err = capsys.readouterr()
     assert "sigma.tor_login" in out and "mixed.yml#1: rejected" in err and "EventID" in err
+
+
+def test_exported_files_follow_the_sigma_file_name_rules(exported: Path) -> None:
+    """sigma-rules-specification.md "Yaml File": lower-case letters, digits and _, 10 to 70 characters, .yml."""
+    names = [f.name for f in exported.glob("*.yml")]
+    assert names and all(re.fullmatch(r"[a-z0-9_]{6,66}\.yml", n) for n in names), names
+    assert "api_key_all_scope.yml" in names
+    assert sigma_filename("a.b") == "instantly_a_b.yml"
+    long_a, long_b = "x." + "y" * 90 + ".a", "x." + "y" * 90 + ".b"
+    assert len(sigma_filename(long_a)) <= 70 and sigma_filename(long_a) != sigma_filename(long_b)
+
+
+def test_export_carries_author_references_and_typed_related(tmp_path: Path) -> None:
+    """A YAML rule's lifecycle keys become Sigma's author, references and related (UUID + relation type)."""
+    rule = {"id": "custom.one", "title": "One", "severity": "low", "types": ["audit.*"], "author": "Sec team",
+            "references": ["https://developer.instantly.ai/"], "fields": ["actor.ip"],
+            "related": [{"id": "auth.mfa_disabled", "type": "derived"}],
+            "detection": {"s": {"actor.ip": "1.2.3.4"}, "condition": "s"}}  # fmt: skip
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"rules": [rule]}), encoding="utf-8")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"rules": {"files": [str(tmp_path / "r.yaml")]}}), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["rules", "export", "--format", "sigma", "--output", str(out), "--rules", str(cfg)]) == 0
+    doc = yaml.safe_load((out / "custom_one.yml").read_text(encoding="utf-8"))
+    assert doc["author"] == "Sec team" and doc["references"] == ["https://developer.instantly.ai/"]
+    assert doc["related"] == [{"id": sigma_id("auth.mfa_disabled"), "type": "derived"}]
+    assert doc["fields"] == ["actor.ip"]
+
+
+def test_export_keeps_them_to_the_rules_own_selections() -> None:
+    """``1 of them`` must not reach the rule_types selection export adds, nor lose _-prefixed selections."""
+    det = export_detection({"a": {"actor.ip": "1.1.1.1"}, "_b": {"actor.ip": "2.2.2.2"}, "condition": "1 of them"},
+                            ["audit.*"], None)  # fmt: skip
+    assert det["condition"] == "((a or _b)) and rule_types"
+
+
+def test_import_follows_sigma_detection_semantics() -> None:
+    """Condition lists are ORed, "them" skips _-prefixed identifiers, wildcards work inside |contains,
+    and regex values are taken verbatim (no wildcard unescaping)."""
+    rule = import_rule(_doc({"a": {"type": "audit.login"}, "b": {"type": "audit.logout"}, "condition": ["a", "b"]}))
+    assert rule["detection"]["condition"] == "(a) or (b)"
+    rule = import_rule(_doc({"a": {"type": "x"}, "b": {"actor.ip": "1.1.1.1"}, "_h": {"target.id": "z"},
+                             "condition": "all of them"}))  # fmt: skip
+    assert rule["detection"]["condition"] == "(a and b)"
+    sel = {"actor.user_agent|contains": "python*requests", "target.name|endswith": "\\*x", "target.id|re": "a\\\\b\\*c"}
+    got = import_rule(_doc({"s": sel, "condition": "s"}))["detection"]["s"]
+    assert got == {
+        "actor.user_agent|re|i": "python.*requests",
+        "target.name|endswith": "*x",
+        "target.id|re": "a\\\\b\\*c",
+    }
+    anything = import_rule(_doc({"s": {"actor.ip": "*"}, "condition": "s"}))["detection"]["s"]
+    assert anything == {"actor.ip|exists": True}
+    mixed = import_rule(_doc({"s": {"target.name": ["exact", "pre*"]}, "condition": "s"}))["detection"]["s"]
+    assert mixed == {"target.name|re|i": ["^exact$", "^pre.*$"]}
+    full = import_rule(_doc({"s": {"type": "a"}, "condition": "s"}, status="test", author="A", falsepositives=["fp"],
+                            fields=["actor.ip", "CommandLine"]))  # fmt: skip
+    assert (full["status"], full["author"], full["falsepositives"]) == ("test", "A", ["fp"])
+    assert full["fields"] == ["actor.ip"]
+
+
+@pytest.mark.parametrize(
+    ("doc", "reason"),
+    [
+        (_doc({"k": {"|all": ["a", "b"]}, "condition": "k"}), "keyword"),
+        (_doc({"s": {"actor.ip|contains|all": "x"}, "condition": "s"}), "|all needs a list"),
+        (_doc({"s": {"actor.ip": ["", None]}, "condition": "s"}), "null cannot be part of a list"),
+        (_doc({"s": {"actor.ip": "1.1.1.1"}}), "condition is missing"),
+        (_doc({"s": {"actor.ip": "1.1.1.1"}, "condition": "s"}, status="unsupported"), "unsupported"),
+        (_doc({"s": {"actor.user_name|expand": "%Administrators%"}, "condition": "s"}), "|expand"),
+        (_doc({"s": {"actor.ip|neq": "1.1.1.1"}, "condition": "s"}), "|neq"),
+    ],
+)  # fmt: skip
+def test_import_rejects_what_sigma_forbids_or_we_cannot_express(doc: dict[str, Any], reason: str) -> None:
+    """sigma-rules-specification.md and the modifiers appendix: each rejection names the reason."""
+    with pytest.raises(SigmaImportError, match=re.escape(reason)):
+        import_rule(doc)
+
+
+def _opened_per_case(cfg: dict[str, Any], rule_id: str, case_rule: str) -> list[bool]:
+    """For each case of ``case_rule``'s case file: does ``rule_id`` open when the case's events play in order?"""
+    assert PACK.cases_dir is not None
+    doc = yaml.safe_load((PACK.cases_dir / f"{case_rule}.yaml").read_text(encoding="utf-8"))
+    out = []
+    for case in doc["cases"]:
+        engine = RulesEngine.from_config(cfg, clock=FakeClock(T0))
+        opened = False
+        for n, r in enumerate(case["events"]):
+            ev = make_event(r["type"], time=r.get("time", T0 + n), actor=r.get("actor"), target=r.get("target"),
+                            change=r.get("change"), attributes=r.get("attributes"))  # fmt: skip
+            opened |= any(a.rule.id == rule_id and a.status == "open" for a in engine.evaluate([ev]).alerts)
+        out.append(opened)
+    return out
+
+
+@pytest.mark.parametrize("rule_id", ["corr.privilege_grant_burst", "corr.lead_export_spread"])
+def test_correlation_export_imports_back_to_the_same_alerts(exported: Path, tmp_path: Path, rule_id: str) -> None:
+    """An exported Sigma correlation, imported back, opens on exactly the cases the original opens on."""
+    out = tmp_path / "imported.yaml"
+    assert main(["rules", "import", str(exported / sigma_filename(rule_id)), "--output", str(out)]) == 0
+    (new,) = yaml.safe_load(out.read_text(encoding="utf-8"))["rules"]
+    assert new["correlation"]["type"] in ("event_count", "value_count")
+    want = _opened_per_case({}, rule_id, rule_id)
+    assert True in want and False in want
+    assert _opened_per_case({"files": [str(out)]}, new["id"], rule_id) == want
+
+
+def _base(name: str, sel: dict[str, Any]) -> dict[str, Any]:
+    return {"title": name, "name": name, "logsource": {"product": "instantly"},
+            "detection": {"s": sel, "condition": "s"}}  # fmt: skip
+
+
+def test_import_of_spec_shaped_correlations() -> None:
+    """sigma-correlation-rules-specification.md examples with Event v1 fields: rules by name or id, group-by,
+    timespan, condition; the base rules are used by the correlation, not imported alone (unless generate)."""
+    from pipeline.rules.sigma_correlation import import_collection
+
+    failed = _base("failed_login", {"type": "audit.login_failed"}) | {"id": "5638f7c0-ac70-491d-8465-2a65075e0d86"}
+    ok = _base("successful_login", {"type": "audit.login"})
+    count = {
+        "title": "Many failed logins",
+        "level": "high",
+        "tags": ["attack.t1110"],
+        "correlation": {
+            "type": "event_count",
+            "rules": ["5638f7c0-ac70-491d-8465-2a65075e0d86"],
+            "group-by": ["actor.user_id"],
+            "timespan": "1h",
+            "condition": {"gte": 100},
+        },
+    }
+    ordered = {"title": "Failed then success", "generate": True,
+               "correlation": {"type": "temporal_ordered", "rules": ["failed_login", "successful_login"],
+                               "group-by": ["actor.user_id"], "timespan": "90m"}}  # fmt: skip
+    res = import_collection([("a", failed), ("b", ok), ("c", count), ("d", ordered)])
+    by = {w: (r, m) for w, r, m in res}
+    assert by["a"][1].startswith("imported") and by["b"][1].startswith("imported")  # generate: true on "d"
+    c = by["c"][0]
+    assert c is not None and c["severity"] == "high" and c["attack"] == ["T1110"]
+    assert c["correlation"] | {"rules": None} == {"type": "event_count", "rules": None, "group-by": ["actor.user_id"],
+                                                  "timespan": "1h", "condition": {"gte": 100}}  # fmt: skip
+    d = by["d"][0]
+    assert d is not None and [e["name"] for e in d["correlation"]["rules"]] == ["failed_login", "successful_login"]
+    res = import_collection([("a", failed), ("c", count)])
+    assert res[0] == ("a", None, "used by correlation 'Many failed logins'")
+
+
+@pytest.mark.parametrize(
+    ("corr", "reason"),
+    [
+        ({"type": "value_sum", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "1h",
+          "condition": {"field": "attributes.bytes", "gt": 1}}, "value_sum"),
+        ({"type": "event_count", "rules": ["b"], "aliases": {"ip": {"other": "actor.ip"}}, "group-by": ["ip"],
+          "timespan": "1h", "condition": {"gte": 2}}, "names no field for rule 'b'"),
+        ({"type": "event_count", "rules": ["nope"], "group-by": ["actor.ip"], "timespan": "1h",
+          "condition": {"gte": 2}}, "names no rule"),
+        ({"type": "event_count", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "1h",
+          "condition": {"neq": 2}}, "no neq"),
+        ({"type": "value_count", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "1h",
+          "condition": {"gte": 2}}, "condition.field"),
+        ({"type": "event_count", "rules": ["b"], "group-by": ["ComputerName"], "timespan": "1h",
+          "condition": {"gte": 2}}, "does not map to Event v1"),
+        ({"type": "temporal", "rules": ["b", "b2"], "group-by": ["actor.ip"], "timespan": "1h",
+          "condition": {"gte": 1}}, "other than all 2 rules"),
+        ({"type": "event_count", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "1 hour",
+          "condition": {"gte": 2}}, "timespan"),
+    ],
+)  # fmt: skip
+def test_import_rejects_correlations_we_cannot_express(corr: dict[str, Any], reason: str) -> None:
+    """Each rejected correlation names the reason; its base rules are then not imported either."""
+    from pipeline.rules.sigma_correlation import import_collection
+
+    docs = [
+        ("b", _base("b", {"type": "x"})),
+        ("b2", _base("b2", {"type": "y"})),
+        ("c", {"title": "C", "correlation": corr}),
+    ]
+    res = {w: (r, m) for w, r, m in import_collection(docs)}
+    assert res["c"][0] is None and res["c"][1].startswith("rejected") and reason in res["c"][1], res["c"][1]
+
+
+def test_import_reads_patterns_and_identifiers_as_pysigma_does() -> None:
+    """pySigma leaves _-prefixed identifiers out of any pattern not starting with _ (``1 of *`` too), and
+    accepts ``-`` in identifiers; the imported condition reaches the same selections."""
+    det = {"sel-a": {"type": "x"}, "sel-b": {"type": "y"}, "_f": {"actor.ip": "1.1.1.1"},
+           "condition": "1 of sel* and not 1 of *"}  # fmt: skip
+    got = import_rule(_doc(det))["detection"]
+    assert got["condition"] == "(sel_a or sel_b) and not (sel_a or sel_b)"
+    assert set(got) == {"sel_a", "sel_b", "_f", "condition"}
+    det = {"sel_x": {"type": "x"}, "sel-a": {"type": "y"}, "condition": "1 of sel_*"}  # sel-a is not sel_*
+    assert import_rule(_doc(det))["detection"]["condition"] == "(sel_x)"
+    got = import_rule(_doc({"a-1": {"type": "x"}, "condition": "a-1"}))["detection"]
+    assert got == {"a_1": {"type": "x"}, "condition": "a_1"}
+    assert (
+        import_rule(_doc({"_f": {"type": "x"}, "s": {"type": "y"}, "condition": "1 of _*"}))["detection"]["condition"]
+        == "1 of _*"
+    )
+
+
+def test_export_uses_modifiers_not_wildcards_for_type_globs() -> None:
+    """pySigma's wildcards_instead_of_modifiers: type globs become startswith/endswith/contains;
+    ``|all`` on a single value (invalid in Sigma) is dropped."""
+    det = export_detection({"s": {"actor.user_agent|contains|all": ["x"]}, "condition": "s"},
+                           ["audit.*", "*.deleted", "*key*", "member.invited", "a*b"], None)  # fmt: skip
+    assert det["s"] == {"actor.user_agent|contains": ["x"]}
+    assert det["rule_types"] == [{"type|startswith": "audit."}, {"type|endswith": ".deleted"},
+                                 {"type|contains": "key"}, {"type": ["member.invited", "a*b"]}]  # fmt: skip
+
+
+def test_field_name_aliases_both_ways(tmp_path: Path) -> None:
+    """sigma-correlation-rules-specification.md "Field Name Aliases": an entry's own group-by is exported as
+    an alias (pySigma resolves it) and Sigma aliases import as per-entry group-by."""
+    from pipeline.rules.sigma_correlation import import_collection
+
+    corr = {"id": "custom.key_then_use", "title": "Key created then used", "severity": "medium",
+            "correlation": {"type": "temporal_ordered", "timespan": "1h", "rules": [
+                {"name": "created", "types": ["api_key.created"], "detection": {"s": {"type": "api_key.created"}},
+                 "group-by": ["target.id"]},
+                {"name": "used", "types": ["audit.*"], "detection": {"s": {"actor.api_key_id|exists": True}},
+                 "group-by": ["actor.api_key_id"]}]}}  # fmt: skip
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"rules": [corr]}), encoding="utf-8")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"rules": {"files": [str(tmp_path / "r.yaml")]}}), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["rules", "export", "--format", "sigma", "--output", str(out), "--rules", str(cfg)]) == 0
+    text = (out / "custom_key_then_use.yml").read_text(encoding="utf-8")
+    coll = SigmaCollection.from_yaml(text)
+    (sc,) = [r for r in coll.rules if isinstance(r, SigmaCorrelationRule)]
+    assert not coll.errors and sc.group_by == ["workspace.id", "group_1"] and sc.aliases is not None
+    docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    (back,) = [r for _, r, _ in import_collection([(str(i), d) for i, d in enumerate(docs)]) if r is not None]
+    assert [e["group-by"] for e in back["correlation"]["rules"]] == [["target.id"], ["actor.api_key_id"]]
+    spec_shaped = {"title": "Error then connection", "correlation": {
+        "type": "temporal", "rules": ["internal_error", "new_network_connection"],
+        "group-by": ["internal_ip"], "timespan": "10s",
+        "aliases": {"internal_ip": {"internal_error": "target.id", "new_network_connection": "actor.ip"}}}}  # fmt: skip
+    docs2 = [("a", _base("internal_error", {"type": "x"})), ("b", _base("new_network_connection", {"type": "y"})),
+             ("c", spec_shaped)]  # fmt: skip
+    (got,) = [r for _, r, _ in import_collection(docs2) if r is not None]
+    assert [e["group-by"] for e in got["correlation"]["rules"]] == [["target.id"], ["actor.ip"]]

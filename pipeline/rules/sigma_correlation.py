@@ -1,0 +1,284 @@
+"""Sigma correlation rules (sigma-correlation-rules-specification.md) out of and into our correlations.
+
+**Export** (:func:`export_correlation`). An ``event_count``, ``value_count``, ``temporal`` or
+``temporal_ordered`` correlation becomes one multi-document file: the correlation, then one
+Sigma rule per inline entry (``name`` ``<rule id>_<entry name>``, referenced by that name).
+An entry naming one of our YAML match rules references that rule's exported Sigma id (load
+the export directory as one collection). ``group-by`` starts with ``workspace.id``: our
+correlations always count per workspace. ``absence`` and ``new_terms`` correlations, entries
+with ``new_terms`` and fractional thresholds have no Sigma equivalent and are skipped with the
+reason. Entries with their own ``group-by`` become Sigma field name ``aliases``.
+
+**Import** (:func:`import_collection`). Sigma documents of one or more files, taken together:
+a correlation whose ``rules`` name (by ``name`` or ``id``) plain Sigma rules of the collection
+becomes one of our correlations with those rules inline; the rules it uses are not imported on
+their own unless it says ``generate: true``; ``aliases`` become per-entry ``group-by``.
+Chained correlations, ``value_sum``, ``value_avg``, ``value_percentile``, ``neq`` and a
+``temporal`` condition other than "all rules" are rejected with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pipeline.rules.base import Rule
+from pipeline.rules.correlation import CorrelationSpec, EntrySpec
+from pipeline.rules.lifecycle import parse_duration
+from pipeline.rules.matcher import RuleSyntaxError, getter
+from pipeline.rules.sigma import (
+    DEFAULT_FP,
+    LEVELS,
+    PRODUCT,
+    SERVICE,
+    SEVERITIES,
+    Exported,
+    SigmaImportError,
+    attack_tags,
+    export_detection,
+    import_rule,
+    lifecycle_keys,
+    rule_id_for,
+    sigma_id,
+)
+
+SIGMA_TYPES = ("event_count", "value_count", "temporal", "temporal_ordered")
+_UNITS = (("d", 86_400), ("h", 3600), ("m", 60), ("s", 1))
+_SPAN = re.compile(r"^(\d+)([smhdw])$")
+
+
+# ---- export ----------------------------------------------------------------------------------
+def _timespan(seconds: float) -> str:
+    """Seconds as Sigma's ``number + lower-case letter``, in the largest whole unit."""
+    whole = max(1, math.ceil(seconds))
+    for unit, size in _UNITS:
+        if whole % size == 0:
+            return f"{whole // size}{unit}"
+    return f"{whole}s"  # pragma: no cover - the "s" unit always divides
+
+
+def _entry_doc(spec: CorrelationSpec, entry: EntrySpec, i: int) -> dict[str, Any]:
+    name = f"{re.sub(r'[^a-z0-9]+', '_', spec.id.lower())}_{entry.name or f'rule{i}'}"
+    types, codes = list(entry.types or ["*"]), entry.activity_codes
+    return {
+        "title": f"{spec.title}: {entry.name or f'rule {i}'}",
+        "id": sigma_id(f"{spec.id}#{entry.name or i}"),
+        "name": name,
+        "description": f"Event {i + 1} of the instantly-audit correlation {spec.id}; it does not alert on its own.",
+        "logsource": {"product": PRODUCT, "service": SERVICE},
+        "detection": export_detection(entry.detection or {}, types, list(codes) if codes is not None else None),
+    }
+
+
+def export_correlation(rule: Rule) -> Exported:
+    """Our correlation rule as a Sigma correlation plus its base rules, or skipped with the reason."""
+    spec = getattr(rule, "spec", None)
+    rid = rule.meta.id
+    if not isinstance(spec, CorrelationSpec):
+        return Exported(rid, None, "not a correlation rule")
+    body = spec.correlation
+    if body.type not in SIGMA_TYPES:
+        return Exported(rid, None, f"{body.type} correlation: Sigma correlations have no {body.type} type")
+    bases: list[dict[str, Any]] = []
+    refs: list[str] = []
+    groups: list[list[str]] = []
+    for i, raw in enumerate(body.rules):
+        entry = EntrySpec(rule=raw) if isinstance(raw, str) else raw
+        if entry.new_terms:
+            return Exported(rid, None, f"correlation entry {i} uses new_terms (Sigma has no new-terms correlation)")
+        groups.append(list(entry.group_by if entry.group_by is not None else body.group_by))
+        if entry.rule is not None:
+            refs.append(sigma_id(entry.rule))
+            continue
+        bases.append(_entry_doc(spec, entry, i))
+        refs.append(bases[-1]["name"])
+    if len(set(refs)) != len(refs):
+        return Exported(rid, None, "the same rule twice in one correlation: Sigma's rules are unique")
+    if len({len(g) for g in groups}) != 1:
+        return Exported(rid, None, "entries group by different numbers of fields (Sigma aliases pair them)")
+    group, aliases = ["workspace.id"], {}
+    for j, fields in enumerate(zip(*groups, strict=True)):
+        if len(set(fields)) == 1:
+            group.append(fields[0])
+        else:  # an entry's own group-by: Sigma's field name aliases
+            aliases[f"group_{j + 1}"] = dict(zip(refs, fields, strict=True))
+            group.append(f"group_{j + 1}")
+    corr: dict[str, Any] = {"type": body.type, "rules": refs, "group-by": list(dict.fromkeys(group))}
+    if aliases:
+        corr["aliases"] = aliases
+    corr["timespan"] = _timespan(parse_duration(body.timespan, "correlation.timespan"))
+    if body.type in ("event_count", "value_count"):
+        if any(v != int(v) for v in body.condition.values()):
+            return Exported(rid, None, "fractional correlation threshold: Sigma conditions are integers")
+        corr["condition"] = {op: int(v) for op, v in body.condition.items()}
+        if body.field:
+            corr["condition"]["field"] = body.field
+    meta = rule.meta
+    description = (meta.description or meta.title).strip().rstrip(".") + "."
+    doc: dict[str, Any] = {
+        "title": meta.title,
+        "id": sigma_id(rid),
+        "status": meta.status,
+        "description": f"{description} instantly-audit correlation {rid} v{meta.version}.",
+        "author": meta.author or "instantly-audit",
+        **({"references": list(dict.fromkeys(meta.references))} if meta.references else {}),
+        "correlation": corr,
+        "falsepositives": list(dict.fromkeys(meta.falsepositives)) or [DEFAULT_FP],
+        "level": LEVELS[str(rule.params.severity or meta.severity)],
+    }
+    if meta.attack:
+        doc["tags"] = attack_tags(meta.attack)
+    return Exported(rid, doc, base=tuple(bases))
+
+
+# ---- import ----------------------------------------------------------------------------------
+def _span_seconds(value: Any) -> float:
+    m = _SPAN.match(str(value))
+    if m is None:
+        raise SigmaImportError(f"timespan {value!r} is not a number and one of s, m, h, d, w")
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}[m.group(2)]
+
+
+def _entry_group(
+    group: list[str], aliases: Mapping[str, Mapping[str, Any]], base: Mapping[str, Any], ref: str
+) -> list[str]:
+    """One entry's own group-by: each alias resolved to the field it names for this rule."""
+    keys = {ref, str(base.get("name")), str(base.get("id"))}
+    out = []
+    for g in group:
+        if g in aliases:
+            hit = [str(f) for k, f in aliases[g].items() if str(k) in keys]
+            if not hit:
+                raise SigmaImportError(f"correlation.aliases.{g} names no field for rule {ref!r}")
+            g = hit[0]
+        if g != "workspace.id":
+            out.append(g)
+    return out
+
+
+def _correlation(doc: Mapping[str, Any], by_ref: Mapping[str, Mapping[str, Any]], prefix: str) -> dict[str, Any]:
+    """One Sigma correlation (its rules looked up in ``by_ref``) as one of our correlation rules."""
+    body = doc.get("correlation")
+    if not isinstance(body, Mapping):
+        raise SigmaImportError("correlation must be a mapping")
+    kind = body.get("type")
+    if kind not in SIGMA_TYPES:
+        raise SigmaImportError(f"correlation type {kind!r} is not supported (supported: {', '.join(SIGMA_TYPES)})")
+    aliases = body.get("aliases") or {}
+    if not isinstance(aliases, Mapping) or not all(isinstance(v, Mapping) for v in aliases.values()):
+        raise SigmaImportError("correlation.aliases must map each alias to {rule name: field}")
+    names = body.get("rules")
+    if not isinstance(names, list) or not names:
+        raise SigmaImportError("correlation.rules must list the correlated rules")
+    entries: list[dict[str, Any]] = []
+    group = [str(g) for g in body.get("group-by") or []]
+    for ref in names:
+        base = by_ref.get(str(ref))
+        if base is None:
+            raise SigmaImportError(f"correlation.rules: {ref!r} names no rule of the imported files")
+        if "correlation" in base:
+            raise SigmaImportError(
+                f"correlation.rules: {ref!r} is a correlation (chained correlations are not supported)"
+            )
+        try:
+            rule = import_rule(base, prefix)
+        except SigmaImportError as err:
+            raise SigmaImportError(f"correlation.rules: {ref!r}: {err}") from None
+        entries.append({"name": re.sub(r"[^A-Za-z0-9_]+", "_", str(base.get("name") or ref)),
+                        "types": rule["types"], "detection": rule["detection"]})  # fmt: skip
+        if aliases:
+            entries[-1]["group-by"] = _entry_group(group, aliases, base, str(ref))
+    for g in [g for g in group if g not in aliases] + [g for e in entries for g in e.get("group-by", [])]:
+        try:
+            getter(g, "correlation.group-by")
+        except RuleSyntaxError as err:
+            raise SigmaImportError(f"{err} — the field does not map to Event v1") from None
+    cond = body.get("condition")
+    out: dict[str, Any] = {"type": kind, "rules": entries, "group-by": [g for g in group if g != "workspace.id"]}
+    if aliases:
+        out["group-by"] = []
+    span = str(body.get("timespan"))
+    out["timespan"] = span if re.fullmatch(r"\d+[smhd]", span) else f"{_span_seconds(span)}s"
+    if isinstance(cond, Mapping):
+        ops = {k: v for k, v in cond.items() if k != "field"}
+        if kind in ("temporal", "temporal_ordered"):
+            if ops and ops not in ({"gte": len(entries)}, {"eq": len(entries)}):
+                raise SigmaImportError(f"a {kind} condition other than all {len(entries)} rules is not supported")
+        else:
+            bad = [k for k in ops if k not in ("gt", "gte", "lt", "lte", "eq")]
+            if bad or not ops or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in ops.values()):
+                raise SigmaImportError(f"condition {dict(cond)} needs numeric gt, gte, lt, lte or eq (no neq)")
+            out["condition"] = dict(ops)
+        if "field" in cond:
+            field = cond["field"]
+            if not isinstance(field, str):
+                raise SigmaImportError("condition.field must be one field")
+            getter(field, "correlation.condition.field")
+            out["field"] = field
+    elif kind in ("event_count", "value_count"):
+        raise SigmaImportError(f"{kind} needs a condition")
+    if kind == "value_count" and "field" not in out:
+        raise SigmaImportError("value_count needs condition.field")
+    level = str(doc.get("level", "medium"))
+    if level not in SEVERITIES:
+        raise SigmaImportError(f"unknown level {level!r}")
+    tags = [str(t).lower() for t in doc.get("tags") or []]
+    return {
+        "id": rule_id_for(doc, prefix),
+        "title": str(doc.get("title", "")),
+        "severity": SEVERITIES[level],
+        "description": f"{' '.join(str(doc.get('description') or '').split())} "
+        f"Imported from Sigma correlation {doc.get('id', '(no id)')}.".strip(),
+        "attack": [t.split(".", 1)[1].upper() for t in tags if re.fullmatch(r"attack\.t\d{4}(\.\d{3})?", t)],
+        "correlation": out,
+        **lifecycle_keys(doc),
+    }
+
+
+def import_collection(
+    docs: Sequence[tuple[str, Any]], prefix: str = "sigma"
+) -> list[tuple[str, dict[str, Any] | None, str]]:
+    """Every document of a Sigma collection as (where, our rule or None, message).
+
+    A correlation's base rules are resolved by ``name`` or ``id`` across all ``docs``; they are
+    reported as used by it and not imported alone unless a correlation using them has
+    ``generate: true``.
+    """
+    by_ref: dict[str, Mapping[str, Any]] = {}
+    for _, doc in docs:
+        if isinstance(doc, Mapping):
+            for key in ("name", "id"):
+                if doc.get(key) is not None:
+                    by_ref[str(doc[key])] = doc
+    used: dict[int, str] = {}
+    generated: set[int] = set()
+    for _, doc in docs:
+        if isinstance(doc, Mapping) and isinstance(doc.get("correlation"), Mapping):
+            for ref in doc["correlation"].get("rules") or []:
+                if (base := by_ref.get(str(ref))) is not None and "correlation" not in base:
+                    if doc.get("generate") is True:
+                        generated.add(id(base))
+                    else:
+                        used.setdefault(id(base), str(doc.get("title", "")))
+    used = {k: v for k, v in used.items() if k not in generated}
+    out: list[tuple[str, dict[str, Any] | None, str]] = []
+    for where, doc in docs:
+        try:
+            if isinstance(doc, Mapping) and "correlation" in doc:
+                rule = _correlation(doc, by_ref, prefix)
+                CorrelationSpec.model_validate(rule)
+            elif id(doc) in used:
+                out.append((where, None, f"used by correlation {used[id(doc)]!r}"))
+                continue
+            else:
+                rule = import_rule(doc, prefix)
+        except SigmaImportError as err:
+            out.append((where, None, f"rejected: {err}"))
+            continue
+        except (RuleSyntaxError, ValueError) as err:
+            out.append((where, None, f"rejected: {err}"))
+            continue
+        out.append((where, rule, f"imported as {rule['id']}"))
+    return out
