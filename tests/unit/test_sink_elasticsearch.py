@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -132,6 +133,15 @@ async def test_bad_api_key_is_fatal_and_secret_free(es: FakeElasticsearch) -> No
             await s.send([ev(1)])
     assert not info.value.retriable and "security_exception" in str(info.value)
     assert "d3JvbmctaWQ6d3Jvbmcta2V5" not in repr(info.value)
+
+
+async def test_api_key_as_id_and_key_is_base64_encoded() -> None:
+    """``Authorization: ApiKey`` carries base64(id:api_key); an ``id:api_key`` value is encoded, not sent raw."""
+    raw = "VuaCfGcBCdbkQm-e5aOx:ui2lp2axTNmsyakw9tvNnw"
+    async with FakeElasticsearch(api_key=base64.b64encode(raw.encode()).decode()) as server:
+        async with ElasticsearchSink("es", es_cfg(server.url, api_key=EnvValue(raw))) as s:
+            assert (await s.send([ev(1)])).ok
+        assert server.docs
 
 
 async def test_basic_auth() -> None:
