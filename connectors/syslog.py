@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import ssl
 from collections.abc import Sequence
@@ -47,6 +48,7 @@ from pipeline.formats.syslog5424 import (
     frame,
 )
 
+_PRIVATE_SD_ID = re.compile(r"^[^@]+@[0-9]+(\.[0-9]+)*$")
 _ALERT_SEVERITY = {"critical": 2, "high": 3, "medium": 4, "low": 5, "info": 6}
 
 
@@ -128,7 +130,10 @@ class SyslogSinkConfig(SinkConfig):
     @field_validator("sd_id")
     @classmethod
     def _sd_id(cls, v: str) -> str:
-        return check_sd_name(v)
+        check_sd_name(v)
+        if not _PRIVATE_SD_ID.match(v):  # RFC 5424 §6.3.2: names without "@" are reserved for IANA
+            raise ValueError("must be name@<private enterprise number>, e.g. instantly@32473 (RFC 5424 §6.3.2)")
+        return v
 
 
 def _describe(err: BaseException) -> str:

@@ -141,6 +141,11 @@ def test_config_validation(tmp_path: Path) -> None:
             cfg(514, **bad)
     with pytest.raises(ValidationError):
         cfg(0)
+    with pytest.raises(ValidationError, match="private enterprise number"):
+        cfg(514, sd_id="instantly")  # RFC 5424 §6.3.2: an SD-ID without "@" is reserved for IANA
+    with pytest.raises(ValidationError):
+        cfg(514, sd_id="instantly@acme")
+    assert cfg(514, sd_id="acme@1234.5").sd_id == "acme@1234.5"
     with pytest.raises(ConfigError, match=r"sinks\.siem\.tls: cannot load certificates"):
         SyslogSink("siem", cfg(6514, tls={"cafile": str(tmp_path / "missing.pem")}))
 
