@@ -117,7 +117,8 @@ def timestamp(value: float | str | None) -> str:
     """An RFC 5424 TIMESTAMP from epoch seconds or RFC 3339 text (``-`` when unknown).
 
     RFC 3339 text is put in RFC 5424's stricter form (§6.2.3): upper-case ``T`` and ``Z`` and
-    at most 6 fractional digits (more are truncated, not rounded); other text becomes ``-``.
+    at most 6 fractional digits (more are truncated, not rounded); other text, an impossible date
+    or time, or a leap second becomes ``-``.
     """
     if value is None:
         return NIL
@@ -126,6 +127,12 @@ def timestamp(value: float | str | None) -> str:
         if m is None:
             return NIL
         day, clock, frac, zone = m.groups()
+        try:  # a real date and time, no leap second (RFC 5424 §6.2.3.1: "MUST NOT be used")
+            datetime.fromisoformat(f"{day}T{clock}")
+        except ValueError:
+            return NIL
+        if zone[0] in "+-" and (int(zone[1:3]) > 23 or int(zone[4:6]) > 59):
+            return NIL
         return f"{day}T{clock}{'.' + frac[:6] if frac else ''}{zone.upper()}"
     dt = datetime.fromtimestamp(value, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond:06d}Z"

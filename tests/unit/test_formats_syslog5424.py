@@ -176,6 +176,13 @@ def test_rfc3339_text_becomes_an_rfc5424_timestamp() -> None:
     assert timestamp("2026-03-05T23:09:47.337123456Z") == "2026-03-05T23:09:47.337123Z"
     assert timestamp("2026-03-05t23:09:47.5z") == "2026-03-05T23:09:47.5Z"
     assert timestamp("2026-03-05 23:09:47.1234567-05:00") == "2026-03-05T23:09:47.123456-05:00"
+    for impossible in (
+        "2026-02-30T10:00:00Z",
+        "2026-03-05T24:00:00Z",
+        "2016-12-31T23:59:60Z",
+        "2026-03-05T10:00:00+25:00",
+    ):
+        assert timestamp(impossible) == "-", impossible
     data = format_message(facility=13, severity=6, msg="m", time="2026-03-05T23:09:47.3371234Z")
     assert parse_5424(data).timestamp == "2026-03-05T23:09:47.337123Z"
 
