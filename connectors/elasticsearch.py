@@ -58,8 +58,12 @@ _PART = re.compile(r"\{([^{}]*)\}")
 _TOKENS = (("yyyy", "%Y"), ("yy", "%y"), ("MM", "%m"), ("dd", "%d"), ("HH", "%H"))
 _DATA_STREAM = re.compile(r"^(logs|metrics|traces)-([^-]+)-([^-]+)$")
 _BAD_INDEX_CHARS = re.compile(r'[\\/*?"<>|,# :A-Z{}]')
-# How Elasticsearch and OpenSearch begin a bulk answer in which every item succeeded.
-_ALL_CREATED = re.compile(rb'\{\s*"took"\s*:\s*\d+\s*,\s*(?:"ingest_took"\s*:\s*\d+\s*,\s*)?"errors"\s*:\s*false\s*,')
+# How Elasticsearch and OpenSearch begin a bulk answer in which every item succeeded: "took" first
+# (Elasticsearch 7, OpenSearch) or "errors" first (Elasticsearch 8's chunked BulkResponse).
+_ALL_CREATED = re.compile(
+    rb'\{\s*(?:"errors"\s*:\s*false\s*,'
+    rb'|"took"\s*:\s*\d+\s*,\s*(?:"ingest_took"\s*:\s*\d+\s*,\s*)?"errors"\s*:\s*false\s*,)'
+)
 
 
 def index_namer(pattern: str) -> Callable[[float], str]:

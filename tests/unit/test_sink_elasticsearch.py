@@ -144,6 +144,21 @@ async def test_api_key_as_id_and_key_is_base64_encoded() -> None:
         assert server.docs
 
 
+def test_all_created_answer_is_recognised_in_both_field_orders() -> None:
+    """Elasticsearch 8 writes ``errors`` before ``took``, 7.x and OpenSearch after: both mean "all created"."""
+    from connectors.elasticsearch import _ALL_CREATED
+
+    item = b'{"create":{"_index":"i","_id":"a","status":201}}'
+    for head in (
+        b'{"errors":false,"took":3,',
+        b'{"took":3,"errors":false,',
+        b'{"took":3,"ingest_took":0,"errors":false,',
+    ):
+        assert _ALL_CREATED.match(head + b'"items":[' + item + b"]}")
+    for head in (b'{"errors":true,"took":3,', b'{"took":3,"errors":true,'):
+        assert not _ALL_CREATED.match(head + b'"items":[' + item + b"]}")
+
+
 async def test_basic_auth() -> None:
     """username + password authenticate with HTTP Basic."""
     async with FakeElasticsearch(basic=("elastic", "pw-123")) as es:
