@@ -178,7 +178,7 @@ def test_cut_text_never_ends_in_half_an_entity() -> None:
         assert body.replace("&amp;", "").count("&") == 0, text
     entity_heavy = {"summary": "<" * 2000, "entities": [{"kind": "member", "id": "m", "name": "&" * 900}] * 5}
     for block in alert_message(entity_heavy)["blocks"]:
-        texts = [block.get("text") or {}] + list(block.get("fields") or []) + list(block.get("elements") or [])
+        texts = [block.get("text") or {}, *(block.get("fields") or []), *(block.get("elements") or [])]
         for t in texts:
             if t.get("type") == "mrkdwn":
                 assert not re.search(r"&(?:a|am|amp|l|lt|g|gt)?…", t["text"]), t["text"][-20:]
