@@ -3,9 +3,9 @@
 * Transport: TCP with RFC 6587 octet counting, or TLS per RFC 5425 (``tls:`` block; server
   certificate verified against ``cafile`` or the system store, optional client certificate).
 * Body: the record as JSON (``format: native|ecs|ocsf|splunk``, or ``format: json`` with
-  ``json_format``, the older spelling) or as a CEF line (``format: cef``). A JSON MSG that is
-  not pure US-ASCII starts with the UTF-8 BOM, as RFC 5424 §6.4 requires of a UTF-8 MSG
-  (``utf8_bom: true|false`` forces it on or off; CEF gets none unless asked); an SD element
+  ``json_format``, the older spelling) or as a CEF line (``format: cef``). The MSG is UTF-8
+  without the BOM RFC 5424 §6.4 asks for (rsyslog keeps a BOM in ``msg``, where it breaks JSON
+  and CEF parsing); ``utf8_bom: true`` adds it for collectors that strip it; an SD element
   ``[instantly@32473 id=… type=… workspace=… kind=…]`` carries the stable record id, so a
   collector can de-duplicate replays.
 * One persistent connection per sink, opened on first use; a task watches it for EOF/reset,
@@ -83,10 +83,10 @@ class SyslogSinkConfig(SinkConfig):
     app_name: str = "instantly-audit"
     hostname: str | None = Field(None, description="HOSTNAME field (default: this machine's name)")
     sd_id: str = Field("instantly@32473", description="SD-ID; 32473 is the documentation enterprise number")
-    utf8_bom: bool | None = Field(
-        None,
-        description="start MSG with a BOM (RFC 5424 §6.4); default: for a JSON MSG that is not pure US-ASCII "
-        "(a CEF MSG never: CEF parsers expect 'CEF:' first)",
+    utf8_bom: bool = Field(
+        False,
+        description="start MSG with a BOM (RFC 5424 §6.4 asks it of a UTF-8 MSG); off by default: rsyslog "
+        "keeps it in msg, which breaks JSON parsing there, and CEF parsers expect 'CEF:' first",
     )
     max_message_bytes: int = Field(8192, ge=480, le=16 * 1024 * 1024, description="larger records go to dead letters")
     connect_timeout_secs: float = Field(10.0, gt=0)
@@ -257,7 +257,7 @@ class SyslogSink:
             app_name=cfg.app_name,
             msgid=msgid,
             sd=[SDElement(cfg.sd_id, tuple((k, v) for k, v in params if v))],
-            bom=cfg.utf8_bom if cfg.utf8_bom is not None else fmt != "cef" and not msg.isascii(),
+            bom=cfg.utf8_bom,
         )
 
     # ------------------------------------------------------------------ connection

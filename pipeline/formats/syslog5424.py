@@ -9,9 +9,9 @@
 * SD-PARAM values escape ``"``, ``\\`` and ``]`` with a backslash (RFC 5424 §6.3.3);
   SD-IDs and PARAM-NAMEs are 1-32 PRINTUSASCII without ``=``, space, ``]`` or ``"``.
 * MSG is UTF-8; with ``bom=True`` it starts with the BOM as RFC 5424 §6.4 asks for a
-  UTF-8 MSG (MSG-UTF8). Without it the MSG is RFC 5424's MSG-ANY, right for US-ASCII text
-  and for CEF collectors that expect the message to begin with ``CEF:``; the sink decides
-  per message (``utf8_bom``).
+  UTF-8 MSG. rsyslog keeps a BOM in its ``msg`` property (JSON and CEF parsing there then
+  fail) and many CEF collectors expect the message to begin with ``CEF:``, so the sink
+  leaves the BOM off by default (the MSG is then RFC 5424's MSG-ANY).
 * :func:`frame` prefixes ``MSG-LEN SP`` (octet counting, RFC 6587 §3.4.1 / RFC 5425 §4.3),
   so a message may contain any byte, including LF, without breaking the stream.
 """
