@@ -20,8 +20,9 @@
   413 halves the request (a lone document too large is dead-lettered); another 4xx on the
   whole request (bad credentials, wrong URL, malformed request) is not retried soon and opens
   the runner's circuit, since it is about the setup, not one record.
-* Auth: ``api_key`` (``Authorization: ApiKey <encoded key>``) or ``username`` + ``password``
-  (HTTP Basic). ``healthcheck()`` is ``GET /``.
+* Auth: ``api_key`` (``Authorization: ApiKey <encoded key>``: the ``encoded`` value of the
+  create-API-key answer, or ``id:api_key``, which the sink base64-encodes) or ``username`` +
+  ``password`` (HTTP Basic). ``healthcheck()`` is ``GET /``.
 """
 
 from __future__ import annotations
@@ -57,8 +58,12 @@ _PART = re.compile(r"\{([^{}]*)\}")
 _TOKENS = (("yyyy", "%Y"), ("yy", "%y"), ("MM", "%m"), ("dd", "%d"), ("HH", "%H"))
 _DATA_STREAM = re.compile(r"^(logs|metrics|traces)-([^-]+)-([^-]+)$")
 _BAD_INDEX_CHARS = re.compile(r'[\\/*?"<>|,# :A-Z{}]')
-# How Elasticsearch and OpenSearch begin a bulk answer in which every item succeeded.
-_ALL_CREATED = re.compile(rb'\{\s*"took"\s*:\s*\d+\s*,\s*(?:"ingest_took"\s*:\s*\d+\s*,\s*)?"errors"\s*:\s*false\s*,')
+# How Elasticsearch and OpenSearch begin a bulk answer in which every item succeeded: "took" first
+# (Elasticsearch 7, OpenSearch) or "errors" first (Elasticsearch 8's chunked BulkResponse).
+_ALL_CREATED = re.compile(
+    rb'\{\s*(?:"errors"\s*:\s*false\s*,'
+    rb'|"took"\s*:\s*\d+\s*,\s*(?:"ingest_took"\s*:\s*\d+\s*,\s*)?"errors"\s*:\s*false\s*,)'
+)
 
 
 def index_namer(pattern: str) -> Callable[[float], str]:
@@ -155,6 +160,10 @@ class ElasticsearchSink:
         if config.api_key is not None:
             key = config.api_key.get_secret_value()
             register_secret(key)
+            if ":" in key:  # "id:api_key" as the create-API-key answer gives them; the header wants base64
+                register_secret(key.partition(":")[2])
+                key = base64.b64encode(key.encode()).decode("ascii")
+                register_secret(key)
             headers["Authorization"] = f"ApiKey {key}"
         elif config.username is not None and config.password is not None:
             password = config.password.get_secret_value()

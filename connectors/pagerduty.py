@@ -14,7 +14,8 @@
   ``custom_details`` (the whole alert; with ``format: ecs|ocsf|splunk`` the alert rendered
   in that format), plus the runbook as a link; bodies over PagerDuty's
   512 KB are trimmed (event ids, attributes) or dead-lettered.
-* Answers: 202 accepted (final); 400 → that record is poison (dead letter); 413 → poison;
+* Answers: 202 accepted (final); 400 → that record is poison (dead letter), unless its
+  ``errors`` name the routing key (then no event can pass: the batch fails, as below); 413 → poison;
   429 and 5xx/timeouts → that record and the rest of the batch are retriable failures
   (``Retry-After`` or ``rate_limited_retry_secs``), records already accepted stay confirmed;
   401/403/404 and redirects mean a wrong URL or key: the batch fails without retrying soon.
@@ -203,11 +204,23 @@ class PagerDutySink:
         parts = [str(doc.get("message") or doc.get("status") or "")] + [str(e) for e in doc.get("errors") or []]
         return redact_text("; ".join(p for p in parts if p))[:500].replace(self._key, "<redacted>")
 
+    @staticmethod
+    def _key_refused(resp: HttpResponse) -> bool:
+        """Whether a 400 is about the routing key (the integration), not this event."""
+        try:
+            doc = orjson.loads(resp.body)
+        except orjson.JSONDecodeError:
+            return False
+        errors = doc.get("errors") if isinstance(doc, dict) else None
+        texts = [str(e).lower() for e in errors] if isinstance(errors, list) else []
+        return any("routing_key" in t or "routing key" in t for t in texts)
+
     async def send(self, batch: Sequence[Delivery]) -> SendResult:
         """Send one Events API request per dedup key (the batch's last record for that key).
 
         Raises:
-            SinkError: 401/403/404 or a redirect (wrong URL or routing key), not retriable;
+            SinkError: 401/403/404, a redirect or a 400 about the routing key (wrong URL or
+                key), not retriable;
                 a transport error before anything was accepted (retriable).
         """
         result = SendResult()
@@ -236,6 +249,8 @@ class PagerDutySink:
                 break
             if resp.status in (200, 201, 202):
                 result.duplicates += len(group) - 1  # superseded by the last record for this key
+            elif resp.status == 400 and self._key_refused(resp):
+                raise status_error(self._name, f"POST {ENQUEUE_PATH}", resp, self._message(resp))
             elif resp.status in (400, 413):
                 reason = f"{self._name}: PagerDuty rejected the event: HTTP {resp.status} {self._message(resp)}"
                 result.failures += [Failure(d, reason, retriable=False) for d in group]

@@ -10,9 +10,11 @@
 * At most one message per ``min_interval_secs`` (1 s, Slack's limit for a webhook), paced
   locally. HTTP 429 defers the next post by ``Retry-After`` and raises
   :class:`BackpressureError` (the runner retries the batch no sooner). 5xx and transport
-  errors raise a retriable :class:`SinkError`. Any other 4xx (400 ``invalid_payload``,
-  403 ``invalid_token``, 404 ``no_service``, 410 ``channel_is_archived``) is a
-  non-retriable failure of that record (dead letter).
+  errors raise a retriable :class:`SinkError`. 403 (``action_prohibited``, ``invalid_token``),
+  404 (``no_service``, ``channel_not_found``) and 410 (``channel_is_archived``) are about the
+  webhook, not the message: a non-retriable :class:`SinkError` (nothing is dead-lettered, the
+  runner's circuit opens). Any other 4xx (400 ``invalid_payload``, ``no_text``,
+  ``invalid_blocks``) is a non-retriable failure of that record (dead letter).
 * Slack has no de-duplication key: a ledger of the last ``sent_ledger_size`` record ids
   posted by this process skips records already posted when a batch is retried.
 * Subscribes to ``alerts`` by default; events, if subscribed, get a compact message.
@@ -23,6 +25,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
@@ -47,6 +50,10 @@ EMOJI = {"critical": "🔴", "high": "🟠", "medium": "🟡", "low": "🔵", "i
 RESOLVED = "✅"
 DEFAULT_RETRY_AFTER_SECS = 30.0
 HEADER_MAX, SECTION_MAX, FIELD_MAX, TEXT_MAX = 150, 3000, 2000, 3000
+# Slack's answers about the webhook rather than the message: 403 action_prohibited/invalid_token,
+# 404 no_service/channel_not_found/no_team, 410 channel_is_archived/team_disabled.
+ENDPOINT_ERRORS = frozenset({403, 404, 410})
+_PARTIAL_ENTITY = re.compile(r"&(?:a|am|amp|l|lt|g|gt)?$")
 
 
 def _default_topics() -> list[Literal["events", "alerts"]]:
@@ -94,8 +101,14 @@ class SlackSinkConfig(SinkConfig):
 
 def mrkdwn(text: Any, limit: int = SECTION_MAX) -> str:
     """Escape untrusted text for Slack mrkdwn (``&``, ``<``, ``>``) and cut it to ``limit``."""
-    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return s if len(s) <= limit else s[: limit - 1] + "…"
+    return cut_mrkdwn(str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"), limit)
+
+
+def cut_mrkdwn(text: str, limit: int) -> str:
+    """Cut escaped mrkdwn to ``limit`` characters without leaving half an entity (``&am…``)."""
+    if len(text) <= limit:
+        return text
+    return _PARTIAL_ENTITY.sub("", text[: limit - 1]) + "…"
 
 
 def plain(text: Any, limit: int) -> str:
@@ -107,7 +120,7 @@ def plain(text: Any, limit: int) -> str:
 def _link(url: Any, label: str) -> str:
     """A mrkdwn link for a safe http(s) URL, else the escaped text."""
     if isinstance(url, str) and url.startswith(("https://", "http://")) and not any(c in url for c in "|<> \n"):
-        return f"<{url}|{label}>"
+        return f"<{url.replace('&', '&amp;')}|{label}>"  # Slack decodes &amp; back inside the link
     return mrkdwn(url, 500)
 
 
@@ -136,7 +149,7 @@ def alert_message(body: Mapping[str, Any], *, max_entities: int = 10) -> dict[st
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": plain(head, HEADER_MAX), "emoji": True}},
         {"type": "section", "text": {"type": "mrkdwn", "text": mrkdwn(body.get("summary") or title)}},
-        {"type": "section", "fields": [{"type": "mrkdwn", "text": plain(f, FIELD_MAX)} for f in fields]},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": cut_mrkdwn(f, FIELD_MAX)} for f in fields]},
     ]
     entities = [e for e in body.get("entities") or [] if isinstance(e, Mapping)]
     if entities:
@@ -147,7 +160,7 @@ def alert_message(body: Mapping[str, Any], *, max_entities: int = 10) -> dict[st
         ]
         if len(entities) > max_entities:
             lines.append(f"…and {len(entities) - max_entities} more")
-        entity_text = plain("*Entities*\n" + "\n".join(lines), SECTION_MAX)
+        entity_text = cut_mrkdwn("*Entities*\n" + "\n".join(lines), SECTION_MAX)
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": entity_text}})
     context = []
     if rule.get("runbook"):
@@ -155,7 +168,9 @@ def alert_message(body: Mapping[str, Any], *, max_entities: int = 10) -> dict[st
     if rule.get("attack"):
         context.append("ATT&amp;CK " + ", ".join(mrkdwn(a, 20) for a in rule.get("attack") or []))
     context.append(f"Alert `{mrkdwn(body.get('id'), 64)}`")
-    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": plain(c, FIELD_MAX)} for c in context]})
+    blocks.append(
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": cut_mrkdwn(c, FIELD_MAX)} for c in context]}
+    )
     ws = body.get("workspace") or {}
     fallback = f"{emoji} [{severity.upper()}] {title} — {ws.get('name') or ws.get('id')}"
     return {"text": mrkdwn(fallback, TEXT_MAX), "blocks": blocks, "unfurl_links": False, "unfurl_media": False}
@@ -178,8 +193,8 @@ def event_message(body: Mapping[str, Any]) -> dict[str, Any]:
     ids = f"`{mrkdwn(body.get('type'), 128)}` · event `{mrkdwn(body.get('id'), 64)}`"
     blocks = [
         {"type": "header", "text": {"type": "plain_text", "text": head, "emoji": True}},
-        {"type": "section", "fields": [{"type": "mrkdwn", "text": plain(f, FIELD_MAX)} for f in fields]},
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": plain(ids, FIELD_MAX)}]},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": cut_mrkdwn(f, FIELD_MAX)} for f in fields]},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": cut_mrkdwn(ids, FIELD_MAX)}]},
     ]
     ws = body.get("workspace") or {}
     return {
@@ -281,7 +296,8 @@ class SlackSink:
 
         Raises:
             BackpressureError: Slack answered 429 (``retry_after`` = its Retry-After).
-            SinkError: 5xx, a redirect or a transport error (retriable except redirects).
+            SinkError: 5xx or a transport error (retriable); a redirect, or 403/404/410 (the
+                webhook is revoked or its channel gone), not retriable.
         """
         result = SendResult()
         for d in batch:
@@ -307,6 +323,10 @@ class SlackSink:
                 raise SinkError(reason, retriable=True, retry_after=retry_after)
             elif 300 <= status < 400:
                 raise SinkError(f"{self._name}: unexpected redirect (HTTP {status}); check webhook_url")
+            elif status in ENDPOINT_ERRORS:
+                # the webhook itself is revoked, disabled or its channel gone: every record would fail
+                # the same way, so nothing is dead-lettered and the runner's circuit opens instead
+                raise SinkError(f"{self._name}: Slack refused the webhook: HTTP {status} {self._clean(text)}")
             else:
                 reason = f"{self._name}: Slack refused the message: HTTP {status} {self._clean(text)}"
                 result.failures.append(Failure(d, reason, retriable=False))

@@ -3,7 +3,9 @@
 * Transport: TCP with RFC 6587 octet counting, or TLS per RFC 5425 (``tls:`` block; server
   certificate verified against ``cafile`` or the system store, optional client certificate).
 * Body: the record as JSON (``format: native|ecs|ocsf|splunk``, or ``format: json`` with
-  ``json_format``, the older spelling) or as a CEF line (``format: cef``); an SD element
+  ``json_format``, the older spelling) or as a CEF line (``format: cef``). The MSG is UTF-8
+  without the BOM RFC 5424 §6.4 asks for (rsyslog keeps a BOM in ``msg``, where it breaks JSON
+  and CEF parsing); ``utf8_bom: true`` adds it for collectors that strip it; an SD element
   ``[instantly@32473 id=… type=… workspace=… kind=…]`` carries the stable record id, so a
   collector can de-duplicate replays.
 * One persistent connection per sink, opened on first use; a task watches it for EOF/reset,
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import ssl
 from collections.abc import Sequence
@@ -45,6 +48,7 @@ from pipeline.formats.syslog5424 import (
     frame,
 )
 
+_PRIVATE_SD_ID = re.compile(r"^[^@]+@[0-9]+(\.[0-9]+)*$")
 _ALERT_SEVERITY = {"critical": 2, "high": 3, "medium": 4, "low": 5, "info": 6}
 
 
@@ -79,7 +83,11 @@ class SyslogSinkConfig(SinkConfig):
     app_name: str = "instantly-audit"
     hostname: str | None = Field(None, description="HOSTNAME field (default: this machine's name)")
     sd_id: str = Field("instantly@32473", description="SD-ID; 32473 is the documentation enterprise number")
-    utf8_bom: bool = Field(False, description="start MSG with a BOM (RFC 5424 §6.4); many CEF parsers dislike it")
+    utf8_bom: bool = Field(
+        False,
+        description="start MSG with a BOM (RFC 5424 §6.4 asks it of a UTF-8 MSG); off by default: rsyslog "
+        "keeps it in msg, which breaks JSON parsing there, and CEF parsers expect 'CEF:' first",
+    )
     max_message_bytes: int = Field(8192, ge=480, le=16 * 1024 * 1024, description="larger records go to dead letters")
     connect_timeout_secs: float = Field(10.0, gt=0)
     write_timeout_secs: float = Field(30.0, gt=0)
@@ -122,7 +130,10 @@ class SyslogSinkConfig(SinkConfig):
     @field_validator("sd_id")
     @classmethod
     def _sd_id(cls, v: str) -> str:
-        return check_sd_name(v)
+        check_sd_name(v)
+        if not _PRIVATE_SD_ID.match(v):  # RFC 5424 §6.3.2: names without "@" are reserved for IANA
+            raise ValueError("must be name@<private enterprise number>, e.g. instantly@32473 (RFC 5424 §6.3.2)")
+        return v
 
 
 def _describe(err: BaseException) -> str:

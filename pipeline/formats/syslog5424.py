@@ -9,7 +9,8 @@
 * SD-PARAM values escape ``"``, ``\\`` and ``]`` with a backslash (RFC 5424 §6.3.3);
   SD-IDs and PARAM-NAMEs are 1-32 PRINTUSASCII without ``=``, space, ``]`` or ``"``.
 * MSG is UTF-8; with ``bom=True`` it starts with the BOM as RFC 5424 §6.4 asks for a
-  UTF-8 MSG. Many CEF collectors expect the message to begin with ``CEF:``, so the sink
+  UTF-8 MSG. rsyslog keeps a BOM in its ``msg`` property (JSON and CEF parsing there then
+  fail) and many CEF collectors expect the message to begin with ``CEF:``, so the sink
   leaves the BOM off by default (the MSG is then RFC 5424's MSG-ANY).
 * :func:`frame` prefixes ``MSG-LEN SP`` (octet counting, RFC 6587 §3.4.1 / RFC 5425 §4.3),
   so a message may contain any byte, including LF, without breaking the stream.
@@ -38,7 +39,7 @@ LIMITS = {"hostname": 255, "app_name": 48, "procid": 128, "msgid": 32}
 _NOT_PRINTUSASCII = re.compile(r"[^\x21-\x7e]")
 _SD_NAME = re.compile(r"^[\x21-\x7e]{1,32}$")
 _SD_NAME_FORBIDDEN = re.compile(r'[= \]"]')
-_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$")
+_TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +116,24 @@ def structured_data(elements: Sequence[SDElement]) -> str:
 def timestamp(value: float | str | None) -> str:
     """An RFC 5424 TIMESTAMP from epoch seconds or RFC 3339 text (``-`` when unknown).
 
-    Text that is not a valid RFC 5424 timestamp (at most 6 fractional digits) becomes ``-``.
+    RFC 3339 text is put in RFC 5424's stricter form (§6.2.3): upper-case ``T`` and ``Z`` and
+    at most 6 fractional digits (more are truncated, not rounded); other text, an impossible date
+    or time, or a leap second becomes ``-``.
     """
     if value is None:
         return NIL
     if isinstance(value, str):
-        return value if _TIMESTAMP.match(value) else NIL
+        m = _TIMESTAMP.match(value)
+        if m is None:
+            return NIL
+        day, clock, frac, zone = m.groups()
+        try:  # a real date and time, no leap second (RFC 5424 §6.2.3.1: "MUST NOT be used")
+            datetime.fromisoformat(f"{day}T{clock}")
+        except ValueError:
+            return NIL
+        if zone[0] in "+-" and (int(zone[1:3]) > 23 or int(zone[4:6]) > 59):
+            return NIL
+        return f"{day}T{clock}{'.' + frac[:6] if frac else ''}{zone.upper()}"
     dt = datetime.fromtimestamp(value, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond:06d}Z"
 

@@ -166,3 +166,15 @@ async def test_large_message_arrives_intact(rsyslog: Rsyslog) -> None:
     (got,) = await rsyslog.wait_for(1)
     assert len(message) > 60_000
     assert got["raw"].encode("utf-8") == message
+
+
+async def test_rsyslog_keeps_a_bom_in_msg(rsyslog: Rsyslog) -> None:
+    """Why `utf8_bom` is off by default: rsyslog keeps the RFC 5424 §6.4 BOM in `msg`; JSON parsing there fails."""
+    d = deliveries()[-1]  # an alert whose summary holds "ü": a UTF-8 MSG
+    async with SyslogSink("siem", tcp_config(rsyslog, utf8_bom=True)) as sink:
+        await _send_all(sink, [d])
+    (got,) = await rsyslog.wait_for(1)
+    assert got["msg"].startswith("\ufeff{")
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(got["msg"])
+    assert orjson.loads(got["msg"][1:]) == d.body

@@ -159,11 +159,32 @@ def test_sd_param_escaping() -> None:
 
 
 def test_timestamps() -> None:
-    """Epoch seconds render with microseconds and Z; RFC 3339 text passes; anything else is nil."""
+    """Epoch seconds render with microseconds and Z; RFC 3339 text passes in RFC 5424's form; else nil."""
     assert timestamp(0.25) == "1970-01-01T00:00:00.250000Z"
     assert timestamp("2026-03-05T23:09:47.337Z") == "2026-03-05T23:09:47.337Z"
-    assert timestamp("2026-03-05T23:09:47.3371234Z") == "-"
+    assert timestamp("2026-03-05T23:09:47+01:00") == "2026-03-05T23:09:47+01:00"
     assert timestamp("yesterday") == "-"
+    assert timestamp("2026-03-05T23:09:47.Z") == "-"
+
+
+def test_rfc3339_text_becomes_an_rfc5424_timestamp() -> None:
+    """RFC 5424 §6.2.3: TIME-SECFRAC is 1-6 digits and T/Z are upper case; RFC 3339 allows more.
+
+    Nanosecond text is truncated to microseconds (not dropped to nil, which would lose the time),
+    and lower-case ``t``/``z`` or RFC 3339's space separator are normalised.
+    """
+    assert timestamp("2026-03-05T23:09:47.337123456Z") == "2026-03-05T23:09:47.337123Z"
+    assert timestamp("2026-03-05t23:09:47.5z") == "2026-03-05T23:09:47.5Z"
+    assert timestamp("2026-03-05 23:09:47.1234567-05:00") == "2026-03-05T23:09:47.123456-05:00"
+    for impossible in (
+        "2026-02-30T10:00:00Z",
+        "2026-03-05T24:00:00Z",
+        "2016-12-31T23:59:60Z",
+        "2026-03-05T10:00:00+25:00",
+    ):
+        assert timestamp(impossible) == "-", impossible
+    data = format_message(facility=13, severity=6, msg="m", time="2026-03-05T23:09:47.3371234Z")
+    assert parse_5424(data).timestamp == "2026-03-05T23:09:47.337123Z"
 
 
 def test_bom_marks_utf8_msg() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -136,6 +137,30 @@ async def test_bad_api_key_is_fatal_and_secret_free(es: FakeElasticsearch) -> No
             await s.send([ev(1)])
     assert not info.value.retriable and "security_exception" in str(info.value)
     assert "d3JvbmctaWQ6d3Jvbmcta2V5" not in repr(info.value)
+
+
+async def test_api_key_as_id_and_key_is_base64_encoded() -> None:
+    """``Authorization: ApiKey`` carries base64(id:api_key); an ``id:api_key`` value is encoded, not sent raw."""
+    raw = "VuaCfGcBCdbkQm-e5aOx:ui2lp2axTNmsyakw9tvNnw"
+    async with FakeElasticsearch(api_key=base64.b64encode(raw.encode()).decode()) as server:
+        async with ElasticsearchSink("es", es_cfg(server.url, api_key=EnvValue(raw))) as s:
+            assert (await s.send([ev(1)])).ok
+        assert server.docs
+
+
+def test_all_created_answer_is_recognised_in_both_field_orders() -> None:
+    """Elasticsearch 8 writes ``errors`` before ``took``, 7.x and OpenSearch after: both mean "all created"."""
+    from connectors.elasticsearch import _ALL_CREATED
+
+    item = b'{"create":{"_index":"i","_id":"a","status":201}}'
+    for head in (
+        b'{"errors":false,"took":3,',
+        b'{"took":3,"errors":false,',
+        b'{"took":3,"ingest_took":0,"errors":false,',
+    ):
+        assert _ALL_CREATED.match(head + b'"items":[' + item + b"]}")
+    for head in (b'{"errors":true,"took":3,', b'{"took":3,"errors":true,'):
+        assert not _ALL_CREATED.match(head + b'"items":[' + item + b"]}")
 
 
 async def test_basic_auth() -> None:

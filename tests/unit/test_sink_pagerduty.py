@@ -149,6 +149,22 @@ async def test_wrong_url_or_unreachable(pd: FakePagerDuty) -> None:
         assert err.value.retriable
 
 
+async def test_a_refused_routing_key_fails_the_batch_instead_of_dead_lettering(pd: FakePagerDuty) -> None:
+    """PagerDuty's 400 naming the routing key is about the integration: nothing is dead-lettered, no retry soon.
+
+    A 400 about the event itself (here: an unknown severity the fake refuses) stays that record's dead letter.
+    """
+    async with PagerDutySink("pd", pd_cfg(pd.url, key="z" * 31)) as sink:
+        with pytest.raises(SinkError, match="routing_key") as err:
+            await sink.send([alert_delivery(0, dedup_key="a"), alert_delivery(1, dedup_key="b")])
+    assert not err.value.retriable and len(pd.received) == 1
+    pd.script = [(400, {"status": "invalid event", "message": "Event object is invalid",
+                        "errors": ["'payload.severity' is invalid"]})]  # fmt: skip
+    async with PagerDutySink("pd", pd_cfg(pd.url)) as sink:
+        result = await sink.send([alert_delivery(0, dedup_key="a"), alert_delivery(1, dedup_key="b")])
+    assert [f.retriable for f in result.failures] == [False] and len(pd.accepted) == 1
+
+
 async def test_events_are_refused_and_long_fields_cut(pd: FakePagerDuty) -> None:
     """An event is dead-lettered; a 5000-character summary is cut to 1024; a 300-character dedup key is hashed."""
     ev = decode(Record(EVENTS_TOPIC, 0, 0, 0, b"", sample_events()["login"].to_json()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from connectors.slack import SlackSink, SlackSinkConfig, alert_message
+from connectors.slack import SlackSink, SlackSinkConfig, alert_message, mrkdwn
 from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Record
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.config.base import EnvValue, validate_block
@@ -135,10 +136,60 @@ async def test_429_retry_after_is_honoured(slack: FakeSlack) -> None:
 
 
 async def test_wrong_webhook_path_is_no_service(slack: FakeSlack) -> None:
-    """A revoked/unknown webhook answers 404 no_service: the record is dead-lettered, not retried."""
+    """A revoked/unknown webhook answers 404 no_service: the batch fails for good (circuit), nothing dead-lettered."""
     async with SlackSink("s", slack_cfg(slack.url + "/services/T/B/revoked", min_interval_secs=0.01)) as sink:
-        result = await sink.send([alert_delivery()])
-    assert not result.failures[0].retriable and "no_service" in result.failures[0].error
+        with pytest.raises(SinkError, match="no_service") as err:
+            await sink.send([alert_delivery(0), alert_delivery(1)])
+    assert not err.value.retriable
+    assert len(slack.received) == 1, "the second alert is not posted to a dead webhook"
+
+
+@pytest.mark.parametrize(
+    ("status", "text"),
+    [(403, "action_prohibited"), (404, "channel_not_found"), (410, "channel_is_archived"), (403, "invalid_token")],
+)
+async def test_webhook_level_errors_open_the_circuit(slack: FakeSlack, status: int, text: str) -> None:
+    """Slack's answers about the webhook (403/404/410) raise a non-retriable error after the posted alerts."""
+    slack.script = [(200, "ok", None), (status, text, None)]
+    items = [alert_delivery(i) for i in range(3)]
+    async with SlackSink("s", slack_cfg(slack.hook_url, min_interval_secs=0.01)) as sink:
+        with pytest.raises(SinkError, match=text) as err:
+            await sink.send(items)
+        assert not err.value.retriable
+        assert (await sink.send(items)).duplicates == 1, "the alert Slack accepted is not posted again"
+    assert [r.status for r in slack.received] == [200, status, 200, 200]
+
+
+async def test_bad_message_is_dead_lettered(slack: FakeSlack) -> None:
+    """400 invalid_payload is about that message: it is a dead letter and the rest of the batch goes on."""
+    slack.script = [(400, "invalid_payload", None)]
+    async with SlackSink("s", slack_cfg(slack.hook_url, min_interval_secs=0.01)) as sink:
+        result = await sink.send([alert_delivery(0), alert_delivery(1)])
+    assert [f.retriable for f in result.failures] == [False] and "invalid_payload" in result.failures[0].error
+    assert len(slack.posted) == 1
+
+
+def test_cut_text_never_ends_in_half_an_entity() -> None:
+    """Escaped text cut at a limit does not end in a broken entity such as ``&am`` (Slack shows it raw)."""
+    for pad in range(6):
+        text = mrkdwn("x" * pad + "&" * 10, 8)
+        assert len(text) <= 8 and text.endswith("…")
+        body = text[:-1]
+        assert body.replace("&amp;", "").count("&") == 0, text
+    entity_heavy = {"summary": "<" * 2000, "entities": [{"kind": "member", "id": "m", "name": "&" * 900}] * 5}
+    for block in alert_message(entity_heavy)["blocks"]:
+        texts = [block.get("text") or {}, *(block.get("fields") or []), *(block.get("elements") or [])]
+        for t in texts:
+            if t.get("type") == "mrkdwn":
+                assert not re.search(r"&(?:a|am|amp|l|lt|g|gt)?…", t["text"]), t["text"][-20:]
+
+
+def test_runbook_link_escapes_ampersands() -> None:
+    """A runbook URL with a query string is a link whose ``&`` is escaped, as Slack requires in mrkdwn."""
+    alert = sample_alert().to_dict()
+    alert["rule"]["runbook"] = "https://wiki.example.com/view?page=1&section=keys"
+    context = str(alert_message(alert)["blocks"][-1])
+    assert "<https://wiki.example.com/view?page=1&amp;section=keys|open the runbook>" in context
 
 
 async def test_healthcheck(slack: FakeSlack) -> None:

@@ -141,8 +141,25 @@ def test_config_validation(tmp_path: Path) -> None:
             cfg(514, **bad)
     with pytest.raises(ValidationError):
         cfg(0)
+    with pytest.raises(ValidationError, match="private enterprise number"):
+        cfg(514, sd_id="instantly")  # RFC 5424 §6.3.2: an SD-ID without "@" is reserved for IANA
+    with pytest.raises(ValidationError):
+        cfg(514, sd_id="instantly@acme")
+    assert cfg(514, sd_id="acme@1234.5").sd_id == "acme@1234.5"
     with pytest.raises(ConfigError, match=r"sinks\.siem\.tls: cannot load certificates"):
         SyslogSink("siem", cfg(6514, tls={"cafile": str(tmp_path / "missing.pem")}))
+
+
+def test_bom_only_when_asked() -> None:
+    """A UTF-8 JSON MSG has no BOM by default (rsyslog keeps it in msg); ``utf8_bom: true`` adds it (RFC 5424 §6.4)."""
+    accented = sample_events()["login"].to_dict()
+    accented["actor"]["user_name"] = "Zoë Ångström"
+    d = decode(Record(EVENTS_TOPIC, 0, 1, 0, WS.id.encode(), orjson.dumps(accented)))
+    assert not isinstance(d, str)
+    plain = parse_5424(SyslogSink("siem", cfg(514, hostname="h", format="native")).message(d)).msg
+    assert orjson.loads(plain)["actor"]["user_name"] == "Zoë Ångström"
+    marked = parse_5424(SyslogSink("siem", cfg(514, hostname="h", format="native", utf8_bom=True)).message(d)).msg
+    assert marked.startswith(b"\xef\xbb\xbf{") and marked[3:] == plain
 
 
 def test_messages_have_stable_ids_for_dedup() -> None:
