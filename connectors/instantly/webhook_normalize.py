@@ -2,6 +2,9 @@
 
 * Type ``webhook_delivery.<slug(event_type)>``: documented types, undocumented ones and custom
   workspace labels all become events; the original label stays in ``attributes.event_label``.
+  A click is one event under both of its names: Instantly subscribes to it as
+  ``email_link_clicked`` (``POST /api/v2/webhooks`` enum) but delivers ``link_clicked`` (guide
+  "Webhook events"), so both become ``webhook_delivery.link_clicked`` (:data:`EVENT_TYPE_ALIASES`).
 * Id: hash of (workspace, ``webhook_<source>``, SHA-256 of the raw body), so a redelivery of the
   same bytes gets the same id and every sink can de-duplicate, whatever the receiver remembers.
 * Lead data is kept only as configured (:meth:`SourceConfig.kept_fields`): by default ids and event
@@ -83,6 +86,9 @@ KNOWN_EVENT_TYPES: frozenset[str] = frozenset(
 )
 """Payload ``event_type`` values documented by Instantly (anything else is a custom label)."""
 
+EVENT_TYPE_ALIASES: Mapping[str, str] = {"email_link_clicked": "link_clicked"}
+"""Subscription names of an event whose deliveries carry another name: the delivered name wins."""
+
 _STANDARD_ATTRS = tuple(f for f in DEFAULT_KEPT_FIELDS if f not in ("event_type", "timestamp", "workspace"))
 _SLIM_FIELDS = frozenset({"event_type", "timestamp", "workspace", "campaign_id", "email_id", "step", "variant"})
 _META = frozenset({"event_label", "custom_label", "body_sha256", "body_bytes", "dropped_fields", "dropped_field_count"})
@@ -148,8 +154,9 @@ def event_time(value: Any) -> str | None:
 
 
 def event_type_for(label: str) -> str:
-    """``webhook_delivery.<slug>`` for a payload ``event_type`` (custom labels included)."""
-    return f"{TYPE_PREFIX}.{slug(label)}"
+    """``webhook_delivery.<slug>`` for a payload ``event_type`` (custom labels included; the
+    subscription name ``email_link_clicked`` gives the delivered name's type, ``link_clicked``)."""
+    return f"{TYPE_PREFIX}.{slug(EVENT_TYPE_ALIASES.get(label, label))}"
 
 
 @functools.lru_cache(maxsize=4096)

@@ -117,6 +117,30 @@ def test_event_types_and_custom_labels(label: str, etype: str, custom: bool) -> 
     assert schema_errors("event", e.to_dict()) == []
 
 
+GUIDE_EVENT_TYPES = (
+    "email_sent", "email_opened", "reply_received", "auto_reply_received", "link_clicked", "email_bounced",
+    "lead_unsubscribed", "account_error", "campaign_completed", "lead_neutral", "lead_interested",
+    "lead_not_interested", "lead_meeting_booked", "lead_meeting_completed", "lead_closed", "lead_out_of_office",
+    "lead_wrong_person",
+)  # fmt: skip
+"""The payload ``event_type`` values of developer.instantly.ai, guide "Webhook events"."""
+
+
+@pytest.mark.parametrize("label", GUIDE_EVENT_TYPES)
+def test_documented_event_types_are_standard(label: str) -> None:
+    """Each documented delivery type keeps its name as the event type and is not a custom label."""
+    e = norm(delivery(1, event_type=label))
+    assert e.type == f"webhook_delivery.{label}" and e.attributes["custom_label"] is False
+
+
+def test_click_is_one_event_type_under_both_names() -> None:
+    """Subscribed as ``email_link_clicked`` (webhook enum), delivered as ``link_clicked`` (guide): one type."""
+    sub, dlv = norm(delivery(1, event_type="email_link_clicked")), norm(delivery(1, event_type="link_clicked"))
+    assert sub.type == dlv.type == "webhook_delivery.link_clicked"
+    assert sub.attributes["event_label"] == "email_link_clicked" and sub.attributes["custom_label"] is False
+    assert schema_errors("event", sub.to_dict()) == []
+
+
 def test_secret_looking_kept_fields_are_redacted() -> None:
     """A kept custom field holding secret-like keys is redacted (the event schema would refuse it)."""
     policy = FieldPolicy(frozenset(DEFAULT_KEPT_FIELDS) | {"crm", "api_key"})

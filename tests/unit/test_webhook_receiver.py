@@ -307,8 +307,30 @@ async def test_bad_json_is_400(sqlite_bus: SqliteBus, body: bytes, reason: str) 
     r = WebhookReceiver(make_config(), sqlite_bus)
     async with serve(r) as c:
         resp = await c.post(PATH, data=body, headers=hdrs())
-        assert resp.status == 400 and await resp.read() == b'{"error":"bad request"}'
+        assert resp.status == 400
+        answer = orjson.loads(await resp.read())
+    assert answer["error"] == "bad request" and answer["reason"] == reason and answer["message"]
     assert r.rejections[reason] == 1 and await events_of(sqlite_bus) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "headers", "body", "status", "reason"),
+    [
+        ({"max_body_bytes": 1024}, hdrs(), delivery(1, pad="x" * 2000), 413, "body_too_large"),
+        ({}, {**hdrs(), "Content-Type": "text/plain"}, delivery(1), 415, "unsupported_media_type"),
+        ({}, {**hdrs(), "Content-Encoding": "gzip"}, delivery(1), 415, "unsupported_media_type"),
+    ],
+)
+async def test_refusals_name_their_reason(
+    sqlite_bus: SqliteBus, kwargs: dict[str, Any], headers: dict[str, str], body: bytes, status: int, reason: str
+) -> None:
+    """Oversized and wrongly typed bodies: the answer says why, in fixed words that never quote the request."""
+    async with serve(WebhookReceiver(make_config(**kwargs), sqlite_bus)) as c:
+        resp = await c.post(PATH, data=body, headers=headers)
+        assert resp.status == status
+        answer = orjson.loads(await resp.read())
+    assert answer["reason"] == reason and set(answer) == {"error", "reason", "message"}
+    assert SECRET_A not in answer["message"] and "xxxx" not in answer["message"]
 
 
 @pytest.mark.parametrize(

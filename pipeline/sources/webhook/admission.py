@@ -9,6 +9,7 @@ import ipaddress
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 
+import orjson
 from aiohttp import web
 from pydantic import SecretStr
 
@@ -28,6 +29,7 @@ _BODIES = {
     405: b'{"error":"method not allowed"}',
     413: b'{"error":"payload too large"}',
     415: b'{"error":"unsupported media type"}',
+    422: b'{"error":"unprocessable entity"}',
     500: b'{"error":"internal error"}',
     503: b'{"error":"unavailable, retry later"}',
 }
@@ -118,9 +120,23 @@ def authenticate(values: Sequence[str], checker: SecretChecker) -> int:
     return slot
 
 
-def response(status: int, *, headers: Mapping[str, str] | None = None, force_close: bool = False) -> web.Response:
-    """The fixed JSON answer for ``status`` (never an echo of the request)."""
+def response(
+    status: int,
+    *,
+    headers: Mapping[str, str] | None = None,
+    force_close: bool = False,
+    rejected: WebhookRejected | None = None,
+) -> web.Response:
+    """The fixed JSON answer for ``status`` (never an echo of the request).
+
+    With ``rejected`` (any status but 401), the answer also names the refusal: ``reason`` (the
+    counter name, e.g. ``malformed_json``) and ``message`` (a fixed sentence of our own), so a
+    sender can tell a malformed body from an oversized one. A 401 never says which check failed.
+    """
     body = _BODIES.get(status, b"{}")
+    if rejected is not None and status != 401:
+        error = orjson.loads(body).get("error", "refused")
+        body = orjson.dumps({"error": error, "reason": rejected.reason, "message": rejected.message})
     resp = web.Response(status=status, body=body, content_type="application/json", headers=headers)
     if force_close:
         resp.force_close()

@@ -410,7 +410,7 @@ class WebhookReceiver:
         headers = {"Retry-After": str(self.config.retry_after_secs)} if rej.status == 503 else None
         if rej.status == 405:
             headers = {"Allow": "GET, HEAD" if src is None else "POST"}
-        return response(rej.status, headers=headers, force_close=rej.status != 503)
+        return response(rej.status, headers=headers, force_close=rej.status != 503, rejected=rej)
 
     def _may_log(self, reason: str, per_window: int = 20, window_secs: float = 10.0) -> bool:
         """At most ``per_window`` log lines per reason per window (a public endpoint can be flooded)."""
