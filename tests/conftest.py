@@ -20,7 +20,8 @@ from pipeline.bus.base import Bus
 from pipeline.bus.factory import open_bus
 from pipeline.config.model import KafkaBusConfig, SqliteBusConfig
 
-_kafka_ran: list[str] = []
+_kafka_ran: set[str] = set()
+"""Tests that reached the broker (any that called :func:`kafka_bootstrap` with it set)."""
 _opensearch_ran: list[str] = []
 
 
@@ -31,6 +32,9 @@ def kafka_bootstrap() -> str:
         if os.environ.get("CI") == "true":
             pytest.fail("KAFKA_BOOTSTRAP is not set under CI=true: Kafka tests must run, not skip")
         pytest.skip("KAFKA_BOOTSTRAP not set (make test starts a local broker)")
+    current = os.environ.get("PYTEST_CURRENT_TEST", "")  # "nodeid (setup|call)" while a test runs
+    if current:
+        _kafka_ran.add(current.rsplit(" ", 1)[0])
     return boot
 
 
@@ -76,7 +80,7 @@ def bus_kind(request: pytest.FixtureRequest) -> str:
     """Each contract test runs once per bus implementation."""
     if request.param == "kafka":
         kafka_bootstrap()
-        _kafka_ran.append(request.node.nodeid)
+        _kafka_ran.add(request.node.nodeid)
     return str(request.param)
 
 

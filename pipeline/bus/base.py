@@ -107,6 +107,8 @@ class TopicSpec:
     compacted: bool = False
     retention_ms: int | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+    fixed_partitions: bool = False
+    """The pipeline relies on exactly ``partitions`` (a topic made beforehand with another count is refused)."""
 
 
 def partition_for(key: bytes | None, partitions: int) -> int:
@@ -284,11 +286,17 @@ def default_topics(partitions: int = 1, events_retention_ms: int | None = None) 
         TopicSpec(EVENTS_TOPIC, partitions, retention_ms=events_retention_ms),
         TopicSpec(ALERTS_TOPIC, partitions, retention_ms=events_retention_ms),
         TopicSpec(DEADLETTER_TOPIC, partitions, retention_ms=events_retention_ms),
-        TopicSpec(STATE_TOPIC, 1, compacted=True, extra={"max.message.bytes": str(STATE_TOPIC_MESSAGE_BYTES)}),
+        TopicSpec(
+            STATE_TOPIC,
+            1,
+            compacted=True,
+            extra={"max.message.bytes": str(STATE_TOPIC_MESSAGE_BYTES)},
+            fixed_partitions=True,
+        ),
         TopicSpec(RECEIPTS_TOPIC, partitions, compacted=True),
     ]
 
 
 def control_topics() -> list[TopicSpec]:
     """The topics only a Kafka bus has: the compacted workspace registry that poller replicas share."""
-    return [TopicSpec(CONTROL_TOPIC, CONTROL_PARTITIONS, compacted=True)]
+    return [TopicSpec(CONTROL_TOPIC, CONTROL_PARTITIONS, compacted=True, fixed_partitions=True)]

@@ -1,7 +1,8 @@
 """Topics and group offsets on the Kafka cluster, through one admin client.
 
 Creates missing topics with their configs (compaction for state, retention for data),
-waits until every new partition has a leader, caches partition counts and reads a
+checks topics that exist already (:mod:`~pipeline.bus.kafka_topic_check`), waits until every
+new partition has a leader, caches partition counts and reads a
 group's committed offsets.
 """
 
@@ -12,13 +13,20 @@ import contextlib
 from collections.abc import Sequence
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
 from pipeline.bus.base import TopicPartition, TopicSpec
 from pipeline.bus.kafka_client import KafkaConnection, retrying, wrap_error
+from pipeline.bus.kafka_topic_check import creation_configs, problems
 from pipeline.errors import BusError
+from pipeline.observability.logs import get_logger
+
+log = get_logger("bus")
 
 TOPIC_EXISTS = 36
+INVALID_REPLICATION_FACTOR = 38
+INVALID_CONFIG = 40
 
 
 class KafkaTopics:
@@ -60,22 +68,22 @@ class KafkaTopics:
         return self._admin
 
     async def ensure(self, specs: Sequence[TopicSpec]) -> None:
-        """Create missing topics with their configs (compaction, retention).
+        """Create missing topics with their configs; check the ones that exist already.
 
         Raises:
-            BusError: the cluster refused a topic or its partitions got no leader in time.
+            BusError: the cluster refused a topic (the error names the topic and the setting), a
+                topic made beforehand cannot serve (see :mod:`~pipeline.bus.kafka_topic_check`), or
+                new partitions got no leader in time.
         """
         admin = self.client()
         existing = set(await admin.list_topics())
         new = []
+        present = []
         for s in specs:
             if self.conn.phys(s.name) in existing:
+                present.append(s)
                 continue
-            configs: dict[str, str] = dict(s.extra)
-            if s.compacted:
-                configs["cleanup.policy"] = "compact"
-            elif s.retention_ms is not None:
-                configs["retention.ms"] = str(s.retention_ms)
+            configs = creation_configs(s, self.replication_factor)
             new.append(NewTopic(self.conn.phys(s.name), s.partitions, self.replication_factor, topic_configs=configs))
         if new:
             try:
@@ -84,11 +92,60 @@ class KafkaTopics:
                 raise wrap_error(err, "creating topics") from None
             for item in getattr(resp, "topic_errors", []):
                 name, code = item[0], item[1]
-                if code not in (0, TOPIC_EXISTS):
-                    raise BusError(f"kafka could not create topic {name}: error code {code}")
+                if code == TOPIC_EXISTS:  # created meanwhile by another process: check it like the others
+                    present += [s for s in specs if self.conn.phys(s.name) == name]
+                elif code != 0:
+                    raise BusError(self._creation_error(name, code, item[2] if len(item) > 2 else None))
             await self._wait_leaders([t.name for t in new])
+        if present:
+            await self._check_existing(present)
         for s in specs:
             self._partitions.pop(s.name, None)
+
+    def _creation_error(self, name: str, code: int, message: str | None) -> str:
+        detail = f" ({message})" if message else ""
+        if code == INVALID_REPLICATION_FACTOR:
+            return (
+                f"kafka could not create topic {name}: replication factor {self.replication_factor} "
+                f"(bus.replication_factor) is more than the cluster's brokers{detail}"
+            )
+        if code == INVALID_CONFIG:
+            return f"kafka could not create topic {name}: a topic config was refused{detail}"
+        return f"kafka could not create topic {name}: error code {code}{detail}"
+
+    async def _check_existing(self, specs: Sequence[TopicSpec]) -> None:
+        """Refuse topics made beforehand that cannot serve; what the cluster will not describe is skipped.
+
+        A principal without ``Describe``/``DescribeConfigs`` on a topic gets an error code for it,
+        not an empty answer: that topic is left unchecked (with a warning), never judged by defaults.
+        """
+        admin = self.client()
+        names = [self.conn.phys(s.name) for s in specs]
+        counts: dict[str, int] = {}
+        configs: dict[str, dict[str, str]] = {}
+        try:
+            for t in await admin.describe_topics(names):
+                if not t.get("error_code"):
+                    counts[t["topic"]] = len(t.get("partitions") or ())
+            answers = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
+            for answer in answers:
+                for res in answer.resources:
+                    if res[0] == 0:
+                        configs[res[3]] = {str(e[0]): str(e[1]) for e in res[4] if e[1] is not None}
+        except KafkaError as err:
+            log.warning("Kafka topics made beforehand were not checked", extra={"error": type(err).__name__})
+            return
+        unchecked = sorted(n for n in names if n not in counts or n not in configs)
+        if unchecked:
+            log.warning("Kafka topics the cluster would not describe were not checked", extra={"topics": unchecked})
+        found = [
+            p
+            for s, n in zip(specs, names, strict=True)
+            if n in counts and n in configs
+            for p in problems(s, n, counts[n], configs[n])
+        ]
+        if found:
+            raise BusError("; ".join(found) + " (fix or delete the topic, or set bus.topic_prefix)")
 
     async def _wait_leaders(self, names: list[str], limit_s: float = 30.0) -> None:
         loop = asyncio.get_running_loop()

@@ -1,0 +1,68 @@
+"""Topic configs the Kafka bus sets on creation, and its verdict on topics made beforehand."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from pipeline.bus.base import default_topics
+from pipeline.bus.kafka_admin import KafkaTopics
+from pipeline.bus.kafka_client import KafkaConnection
+from pipeline.bus.kafka_topic_check import creation_configs, min_insync_replicas, problems
+
+
+def test_min_insync_replicas_follows_kafkas_durable_setup() -> None:
+    assert [min_insync_replicas(rf) for rf in (1, 2, 3, 5)] == [1, 1, 2, 2]
+
+
+def test_creation_configs_set_min_insync_replicas_and_policy() -> None:
+    events, _, _, state, receipts = default_topics(3, 1000)
+    assert creation_configs(events, 3) == {"retention.ms": "1000", "min.insync.replicas": "2"}
+    assert creation_configs(state, 1)["cleanup.policy"] == "compact"
+    assert creation_configs(state, 1)["min.insync.replicas"] == "1"
+    assert creation_configs(receipts, 1)["cleanup.policy"] == "compact"
+
+
+def test_compact_delete_keeps_keyed_topics_and_data_partitions_are_free() -> None:
+    events, _, _, state, _ = default_topics(3, 1000)
+    assert problems(state, "s", 1, {"cleanup.policy": "compact,delete"}) == []
+    assert problems(events, "e", 7, {"cleanup.policy": "delete"}) == []
+    assert problems(events, "e", 7, {}) == []
+    assert problems(state, "s", 1, {}) == [
+        "topic s: cleanup.policy=delete but it must be compact (it holds the newest value per key)"
+    ]
+
+
+class _AdminAnswering:
+    """Answers like aiokafka's admin client for a principal allowed to list topics but not to describe them.
+
+    Per topic, Kafka answers ``TOPIC_AUTHORIZATION_FAILED`` (29) with no partitions and no configs.
+    """
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+
+    async def list_topics(self) -> list[str]:
+        return self.names
+
+    async def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
+        return [{"error_code": 29, "topic": n, "partitions": []} for n in names]
+
+    async def describe_configs(self, resources: list[Any]) -> list[Any]:
+        answer = SimpleNamespace(resources=[(29, "denied", 2, r.name, []) for r in resources])
+        return [answer]
+
+
+async def test_topics_the_cluster_will_not_describe_are_skipped_not_judged_by_defaults(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An empty answer must not read as 'cleanup.policy=delete, 0 partitions': the start goes on, with a warning."""
+    specs = default_topics(3, 1000)
+    topics = KafkaTopics(KafkaConnection(["127.0.0.1:1"], topic_prefix="p."))
+    topics._admin = _AdminAnswering(["p." + s.name for s in specs])  # type: ignore[assignment]
+    with caplog.at_level(logging.WARNING):
+        await topics.ensure(specs)
+    assert any("would not describe" in r.getMessage() for r in caplog.records)
