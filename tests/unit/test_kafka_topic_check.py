@@ -62,7 +62,7 @@ async def test_topics_the_cluster_will_not_describe_are_skipped_not_judged_by_de
     """An empty answer must not read as 'cleanup.policy=delete, 0 partitions': the start goes on, with a warning."""
     specs = default_topics(3, 1000)
     topics = KafkaTopics(KafkaConnection(["127.0.0.1:1"], topic_prefix="p."))
-    topics._admin = _AdminAnswering(["p." + s.name for s in specs])  # type: ignore[assignment]
+    topics._admin = _AdminAnswering(["p." + s.name for s in specs])
     with caplog.at_level(logging.WARNING):
         await topics.ensure(specs)
     assert any("would not describe" in r.getMessage() for r in caplog.records)
