@@ -108,7 +108,7 @@ class KafkaBus:
 
     # ---- topics ---------------------------------------------------------------------
     async def ensure_topics(self, specs: Sequence[TopicSpec]) -> None:
-        """Create missing topics with their configs (compaction, retention)."""
+        """Create missing topics with their configs; refuse existing ones that cannot serve."""
         await self._topics.ensure(specs)
 
     async def partitions(self, topic: str) -> int:

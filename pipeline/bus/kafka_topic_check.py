@@ -18,8 +18,6 @@ from collections.abc import Mapping
 
 from pipeline.bus.base import TopicSpec
 
-FIXED_PARTITIONS_NOTE = "the pipeline needs exactly this many"
-
 
 def min_insync_replicas(replication_factor: int) -> int:
     """``min.insync.replicas`` for a topic of this replication factor.
@@ -46,16 +44,13 @@ def problems(spec: TopicSpec, phys: str, partitions: int, configs: Mapping[str, 
     """Why the existing topic ``phys`` (``partitions``, its ``configs``) cannot serve as ``spec`` (empty: it can)."""
     out: list[str] = []
     policy = {p.strip() for p in configs.get("cleanup.policy", "delete").split(",") if p.strip()}
-    if spec.compacted and "compact" not in policy:
-        out.append(
-            f"topic {phys}: cleanup.policy={','.join(sorted(policy))} but it must be compact "
-            "(it holds the newest value per key)"
+    if spec.compacted != ("compact" in policy):
+        want, why = (
+            ("compact", "it holds the newest value per key")
+            if spec.compacted
+            else ("delete", "compaction would keep one record per workspace")
         )
-    if not spec.compacted and "compact" in policy:
-        out.append(
-            f"topic {phys}: cleanup.policy={','.join(sorted(policy))} but it must be delete "
-            "(compaction would keep one record per workspace)"
-        )
+        out.append(f"topic {phys}: cleanup.policy={','.join(sorted(policy))} but it must be {want} ({why})")
     if spec.fixed_partitions and partitions != spec.partitions:
-        out.append(f"topic {phys}: partitions={partitions} but {FIXED_PARTITIONS_NOTE}: {spec.partitions}")
+        out.append(f"topic {phys}: partitions={partitions} but the pipeline needs exactly this many: {spec.partitions}")
     return out

@@ -20,19 +20,20 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_SECRET_HEADER_BYTES = 4096
 
-_BODIES = {
-    400: b'{"error":"bad request"}',
-    408: b'{"error":"request timeout"}',
-    401: b'{"error":"unauthorized"}',
-    403: b'{"error":"forbidden"}',
-    404: b'{"error":"not found"}',
-    405: b'{"error":"method not allowed"}',
-    413: b'{"error":"payload too large"}',
-    415: b'{"error":"unsupported media type"}',
-    422: b'{"error":"unprocessable entity"}',
-    500: b'{"error":"internal error"}',
-    503: b'{"error":"unavailable, retry later"}',
+_ERRORS = {
+    400: "bad request",
+    408: "request timeout",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not found",
+    405: "method not allowed",
+    413: "payload too large",
+    415: "unsupported media type",
+    422: "unprocessable entity",
+    500: "internal error",
+    503: "unavailable, retry later",
 }
+_BODIES = {status: orjson.dumps({"error": error}) for status, error in _ERRORS.items()}
 
 
 # ------------------------------------------------------------------------------- client address
@@ -135,7 +136,7 @@ def response(
     """
     body = _BODIES.get(status, b"{}")
     if rejected is not None and status != 401:
-        error = orjson.loads(body).get("error", "refused")
+        error = _ERRORS.get(status, "refused")
         body = orjson.dumps({"error": error, "reason": rejected.reason, "message": rejected.message})
     resp = web.Response(status=status, body=body, content_type="application/json", headers=headers)
     if force_close:
