@@ -109,7 +109,31 @@ def unique() -> str:
     return uuid.uuid4().hex[:10]
 
 
+_SERVICE = "real_service"
+_services_ran: dict[str, set[str]] = {"kafka": set(), "opensearch": set()}
+"""Per real service, the tests that reached it, as the reports say (so xdist workers' count too)."""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Mark the teardown report of a test that reached a real service (reports travel to the xdist controller)."""
+    if call.when == "teardown":
+        if item.nodeid in _kafka_ran:
+            item.user_properties.append((_SERVICE, "kafka"))
+        if item.nodeid in _opensearch_ran:
+            item.user_properties.append((_SERVICE, "opensearch"))
+    yield
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Collect the marks (in the process that prints the summary: the controller under xdist)."""
+    if report.when == "teardown":
+        for name, value in report.user_properties:
+            if name == _SERVICE and value in _services_ran:
+                _services_ran[value].add(report.nodeid)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Say how many Kafka and OpenSearch tests ran, so a silent skip cannot hide."""
-    terminalreporter.write_line(f"Kafka tests run against a real broker: {len(_kafka_ran)}")
-    terminalreporter.write_line(f"OpenSearch tests run against a real node: {len(_opensearch_ran)}")
+    terminalreporter.write_line(f"Kafka tests run against a real broker: {len(_services_ran['kafka'])}")
+    terminalreporter.write_line(f"OpenSearch tests run against a real node: {len(_services_ran['opensearch'])}")

@@ -31,7 +31,9 @@ $PY deploy/opensearch/node.py up --state-dir "$OS_STATE" || { echo "opensearch n
 set -a; . "$OS_STATE/env"; set +a
 
 echo "== pytest (KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP OPENSEARCH_URL=$OPENSEARCH_URL)"
-$PY -m pytest "$@"
+# Two workers by default (PYTEST_WORKERS=0 runs in one process): the slowest Kafka tests spend
+# most of their time waiting for session timeouts and rebalances, so the rest of the suite runs beside them.
+$PY -m pytest -n "${PYTEST_WORKERS:-2}" --dist worksteal "$@"
 rc=$?
 if [ "$rc" = 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi
 exit $rc
