@@ -35,7 +35,7 @@ check: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q tests/unit tests/contract -m "not kafka and not rsyslog and not slow"
+	$(PY) -m pytest -q -n "$${PYTEST_WORKERS:-2}" tests/unit tests/contract -m "not kafka and not rsyslog and not slow"
 
 ## lock: re-resolve requirements/*.lock from pyproject.toml (LOCK_FLAGS=--upgrade to move every pin)
 lock: $(VENV)/.installed
