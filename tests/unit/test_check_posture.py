@@ -255,10 +255,29 @@ async def test_rotation_days_and_disabled_rules() -> None:
 
 
 async def test_unknown_workspace_filter_is_a_config_error() -> None:
-    """--workspace naming a workspace that is not configured is refused."""
-    cfg = parse_config("workspaces: {a: {api_key: '${K}'}}", env={"K": "k"})
-    with pytest.raises(ConfigError, match="nope"):
+    """--workspace naming a workspace that is not configured is refused at once: a name that is not
+    UUID-shaped cannot be an Instantly workspace id, so no API is asked (the key here reaches nothing)."""
+    cfg = parse_config("workspaces: {a: {api_key: '${K}', base_url: 'http://127.0.0.1:9/api/v2'}}", env={"K": "k"})
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ConfigError, match="nope") as err:
         await check_workspaces(cfg, PostureSettings(), clock=FakeClock(T0), only=["nope"])
+    assert asyncio.get_running_loop().time() - started < 2.0
+    assert "known aliases: a" in str(err.value) and "could not be asked" not in str(err.value)
+
+
+async def test_unknown_workspace_id_names_the_workspaces_it_could_not_ask() -> None:
+    """A UUID-shaped name is looked up through each key; when the API cannot answer, the error says so."""
+    cfg = parse_config(
+        "workspaces: {a: {api_key: '${K}', base_url: 'http://127.0.0.1:9/api/v2', max_retries: 0}}", env={"K": "k"}
+    )
+    wid = "0193c2a4-7d1e-7b3a-9c4f-2e8d5a6b7c10"
+
+    async def no_wait(_: float) -> None:
+        return None
+
+    with pytest.raises(ConfigError, match=wid) as err:
+        await check_workspaces(cfg, PostureSettings(), clock=FakeClock(T0), only=[wid], sleep=no_wait)
+    assert "the API could not be asked for the id of: a" in str(err.value)
 
 
 def test_settings_errors_name_the_key() -> None:

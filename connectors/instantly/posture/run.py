@@ -8,6 +8,7 @@ of the live API keys so committed keys can be matched (:mod:`.cross_reference`).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ from pipeline.observability.logs import get_logger
 from pipeline.rules.config import RuleSet
 
 log = get_logger("instantly.posture")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+"""The shape of an Instantly workspace id."""
 
 
 def evaluate_workspace(snap: WorkspaceSnapshot, ruleset: RuleSet, settings: PostureSettings) -> list[CheckResult]:
@@ -73,7 +76,9 @@ async def select_workspaces(
     """The aliases ``only`` names (each an alias, or an Instantly workspace id), in config order.
 
     An id is matched against ``as_workspace``, then against the id each remaining workspace's key
-    reports (``GET /workspaces/current``, asked only when an id is not found otherwise).
+    reports (``GET /workspaces/current``, asked only when an id is not found otherwise). Instantly
+    workspace ids are UUIDs, so a name of another shape that is no alias is refused at once,
+    without asking the API.
 
     Raises:
         ConfigError: a name is neither a configured alias nor the id of a configured workspace.
@@ -85,8 +90,9 @@ async def select_workspaces(
     ids = {wcfg.as_workspace: a for a, wcfg in configured.items() if wcfg.as_workspace}
     rest = wanted - chosen - {i for i in wanted if i in ids}
     chosen |= {ids[i] for i in wanted if i in ids}
+    unasked: list[str] = []
     for alias, wcfg in configured.items():
-        if not rest:
+        if not any(_UUID.match(r) for r in rest):
             break
         if alias in chosen or wcfg.as_workspace:
             continue
@@ -94,15 +100,18 @@ async def select_workspaces(
             try:
                 ws = await client.get(api.WORKSPACE.path)
             except SourceError:
+                unasked.append(alias)
                 continue
         if ws.get("id") in rest:
             rest.discard(ws["id"])
             chosen.add(alias)
     if rest:
         known = ", ".join(configured) or "none"
+        why = (f"; the API could not be asked for the id of: {', '.join(unasked)}"
+               if unasked and any(_UUID.match(r) for r in rest) else "")  # fmt: skip
         raise ConfigError(
             f"--workspace {', '.join(sorted(rest))}: neither an alias in the config nor the id of a configured "
-            f"workspace (known aliases: {known})"
+            f"workspace (known aliases: {known}){why}"
         )
     return [a for a in configured if a in chosen]
 
