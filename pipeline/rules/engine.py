@@ -204,7 +204,10 @@ def _expire(st: RuleState, window: float, now: float) -> None:
     """Forget non-resolvable conditions quiet for a whole window (tracks are oldest-first).
 
     The scan stops at the first non-resolvable condition still inside its window and remembers
-    its ``last`` in ``expire_block``. Until the tracks change (``_apply`` clears it), every earlier
+    its ``last`` in ``expire_block``. Until a non-resolvable track changes, comes or goes (``_apply``
+    clears it then; resolvable tracks are skipped here, so adding, moving or resolving them changes
+    nothing this scan sees, and a workspace holding thousands of open resolvable conditions does not
+    rescan them all for each new one), every earlier
     non-resolvable condition is gone, so a later call would stop at the same one, removing
     nothing, while it is still inside the window: that call returns at once (the same test, so
     the same answer).
@@ -416,7 +419,8 @@ class RulesEngine:
                 return
             del st.tracks[f.key]
             st.tracks_dirty = True
-            st.expire_block = None
+            if not tr.resolvable:  # (expiry never looks at resolvable tracks: see _expire)
+                st.expire_block = None
             batch.open.pop(bkey, None)
             tr.last = max(tr.last, t)
             sev = cast(Severity, tr.severity) if severity_rank(tr.severity) >= 0 else b.rule.meta.severity
@@ -433,12 +437,14 @@ class RulesEngine:
             _expire(st, b.suppress, t)
             while len(st.tracks) >= MAX_TRACKS:
                 del st.tracks[next(iter(st.tracks))]
+                st.expire_block = None
             tr = AlertTrack(opened=t, first=t, last=t, resolvable=f.resolvable)
         else:
             del st.tracks[f.key]  # re-inserted below: most recently updated last
         st.tracks[f.key] = tr
         st.tracks_dirty = True
-        st.expire_block = None
+        if not tr.resolvable:  # a resolvable track (staying so) leaves expiry's answer as it was
+            st.expire_block = None
         tr.enc = None  # changed below: encode it again on the next flush
         tr.count = max(1, tr.count + f.count)
         tr.last = max(tr.last, t)

@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from benchmarks.bench_rules import CONFIG, generate
@@ -149,15 +149,25 @@ def _plain_expire(st: RuleState, window: float, now: float) -> None:
 
 
 TRACK = st.tuples(st.sampled_from(["a", "b", "c", "d", "e"]), st.floats(0, 500), st.booleans())
-STEP = st.one_of(st.tuples(st.just("expire"), st.floats(0, 1000)), st.tuples(st.just("touch"), TRACK))
+STEP = st.one_of(
+    st.tuples(st.just("expire"), st.floats(0, 1000)),
+    st.tuples(st.just("touch"), TRACK),
+    st.tuples(st.just("resolve"), st.sampled_from(["a", "b", "c", "d", "e"])),
+)
 
 
 @settings(max_examples=300, deadline=None)
 @given(tracks=st.lists(TRACK, max_size=6), steps=st.lists(STEP, max_size=20), window=st.sampled_from([0.0, 60.0]))
+@example(  # the blocking track resolved: an older-timed one behind it must expire on the next scan
+    tracks=[("a", 100.0, False), ("b", 50.0, False)],
+    steps=[("expire", 120.0), ("resolve", "a"), ("expire", 130.0)],
+    window=60.0,
+)
 def test_expiry_shortcut_removes_what_the_scan_removes(
     tracks: list[tuple[str, float, bool]], steps: list[tuple[str, Any]], window: float
 ) -> None:
-    """Expiry at any times (also going back), with tracks changed between as ``_apply`` changes them."""
+    """Expiry at any times (also going back), with tracks changed or resolved between as ``_apply`` does it
+    (the shortcut is kept when only resolvable tracks change)."""
     fast = RuleState("r.x", WorkspaceRef("ws"))
     for key, last, res in tracks:
         fast.tracks[key] = AlertTrack(last, last, last, resolvable=res)
@@ -166,13 +176,20 @@ def test_expiry_shortcut_removes_what_the_scan_removes(
         if what == "expire":
             _expire(fast, window, arg)
             _plain_expire(plain, window, arg)
+        elif what == "resolve":
+            for state in (fast, plain):
+                tr = state.tracks.pop(arg, None)
+                if tr is not None and not tr.resolvable:
+                    state.expire_block = None  # what _apply does when a resolution removes a track
         else:
             key, last, res = arg
             for state in (fast, plain):
-                tr = state.tracks.pop(key, None) or AlertTrack(last, last, last)
+                old = state.tracks.pop(key, None)
+                tr = old or AlertTrack(last, last, last, resolvable=res)
+                if not tr.resolvable:
+                    state.expire_block = None  # what _apply does when it changes a non-resolvable track
                 tr.last, tr.resolvable = max(tr.last, last), tr.resolvable or res
                 state.tracks[key] = tr
-                state.expire_block = None  # what _apply does when it changes the tracks
         assert list(fast.tracks) == list(plain.tracks)
         assert fast.tracks_dirty == plain.tracks_dirty
 
