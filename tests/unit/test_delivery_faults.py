@@ -209,11 +209,16 @@ async def test_one_dead_sink_does_not_slow_another(bus: SqliteBus) -> None:
         assert set(live.ids()) == set(ids)
         return elapsed
 
+    # Alternating rounds, best of each: a wall-clock comparison on a shared machine (make test runs
+    # two pytest workers) must not read the other worker's busy moment as the dead sink's doing.
+    solo: list[float] = []
+    pair: list[float] = []
     async with dead.server, live.server:
-        alone = await deliver_all("solo", with_dead=False)
-        beside_dead = await deliver_all("pair", with_dead=True)
+        for i in range(3):
+            solo.append(await deliver_all(f"solo{i}", with_dead=False))
+            pair.append(await deliver_all(f"pair{i}", with_dead=True))
     assert dead.ids() == [] and dead.server.requests >= 1
-    assert beside_dead < alone * 1.5 + 0.25, (alone, beside_dead)
+    assert min(pair) < min(solo) * 1.5 + 0.25, (solo, pair)
 
 
 async def test_secrets_never_reach_logs_exceptions_or_dead_letters(
