@@ -108,6 +108,15 @@ def read_scopes(names: Iterable[str]) -> list[str]:
     return sorted({BY_NAME[n].scope for n in names})
 
 
+# --------------------------------------------------------------------------------------------- ids
+_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+
+
+def is_id(text: str) -> bool:
+    """Whether ``text`` has the shape of an Instantly id (workspaces, keys, members...: UUIDs)."""
+    return _ID.match(text) is not None
+
+
 # ------------------------------------------------------------------------------------------ scopes
 SCOPE_ACTIONS = ("all", "create", "read", "update", "delete")
 _SCOPE = re.compile(rf"^[a-z_-]+:({'|'.join(SCOPE_ACTIONS)})$")

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 
+from connectors.instantly.api import is_id
 from pipeline.redaction.registry import register_shape
 
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 B64_RUN = r"(?<![A-Za-z0-9+/=_-])(?:[A-Za-z0-9+/]{40,}={0,2}|[A-Za-z0-9_-]{40,}={0,2})(?![A-Za-z0-9+/=_-])"
 """A base64 (or URL-safe base64) run of 40+ characters: the candidates :func:`instantly_key_shape` checks."""
 
@@ -29,7 +28,7 @@ def instantly_key_shape(candidate: str) -> bool:
     except (binascii.Error, ValueError, UnicodeDecodeError):
         return False
     uid, sep, token = decoded.partition(":")
-    return bool(sep) and bool(_UUID.match(uid.lower())) and 6 <= len(token) <= 128 and token.isalnum()
+    return bool(sep) and is_id(uid) and 6 <= len(token) <= 128 and token.isalnum()
 
 
 register_shape("instantly_api_key", B64_RUN, instantly_key_shape)

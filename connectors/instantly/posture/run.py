@@ -8,7 +8,6 @@ of the live API keys so committed keys can be matched (:mod:`.cross_reference`).
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +32,6 @@ from pipeline.observability.logs import get_logger
 from pipeline.rules.config import RuleSet
 
 log = get_logger("instantly.posture")
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
-"""The shape of an Instantly workspace id."""
 
 
 def evaluate_workspace(snap: WorkspaceSnapshot, ruleset: RuleSet, settings: PostureSettings) -> list[CheckResult]:
@@ -90,9 +87,10 @@ async def select_workspaces(
     ids = {wcfg.as_workspace: a for a, wcfg in configured.items() if wcfg.as_workspace}
     rest = wanted - chosen - {i for i in wanted if i in ids}
     chosen |= {ids[i] for i in wanted if i in ids}
+    lookup = {r for r in rest if api.is_id(r)}  # only these can be a workspace id a key reports
     unasked: list[str] = []
     for alias, wcfg in configured.items():
-        if not any(_UUID.match(r) for r in rest):
+        if not lookup:
             break
         if alias in chosen or wcfg.as_workspace:
             continue
@@ -102,13 +100,13 @@ async def select_workspaces(
             except SourceError:
                 unasked.append(alias)
                 continue
-        if ws.get("id") in rest:
+        if ws.get("id") in lookup:
+            lookup.discard(ws["id"])
             rest.discard(ws["id"])
             chosen.add(alias)
     if rest:
         known = ", ".join(configured) or "none"
-        why = (f"; the API could not be asked for the id of: {', '.join(unasked)}"
-               if unasked and any(_UUID.match(r) for r in rest) else "")  # fmt: skip
+        why = f"; the API could not be asked for the id of: {', '.join(unasked)}" if unasked and lookup else ""
         raise ConfigError(
             f"--workspace {', '.join(sorted(rest))}: neither an alias in the config nor the id of a configured "
             f"workspace (known aliases: {known}){why}"
