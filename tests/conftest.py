@@ -20,9 +20,9 @@ from pipeline.bus.base import Bus
 from pipeline.bus.factory import open_bus
 from pipeline.config.model import KafkaBusConfig, SqliteBusConfig
 
-_kafka_ran: set[str] = set()
-"""Tests that reached the broker (any that called :func:`kafka_bootstrap` with it set)."""
-_opensearch_ran: list[str] = []
+_reached: dict[str, set[str]] = {"kafka": set(), "opensearch": set()}
+"""Per real service, the tests of this process that reached it (a Kafka test: any that called
+:func:`kafka_bootstrap` with it set). The summary counts them from the test reports."""
 
 
 def kafka_bootstrap() -> str:
@@ -34,7 +34,7 @@ def kafka_bootstrap() -> str:
         pytest.skip("KAFKA_BOOTSTRAP not set (make test starts a local broker)")
     current = os.environ.get("PYTEST_CURRENT_TEST", "")  # "nodeid (setup|call)" while a test runs
     if current:
-        _kafka_ran.add(current.rsplit(" ", 1)[0])
+        _reached["kafka"].add(current.rsplit(" ", 1)[0])
     return boot
 
 
@@ -52,7 +52,7 @@ def opensearch_base_url() -> str:
 def opensearch_url(request: pytest.FixtureRequest) -> str:
     """Base URL of the real OpenSearch node (``OPENSEARCH_URL``); counted in the session summary."""
     url = opensearch_base_url()
-    _opensearch_ran.append(request.node.nodeid)
+    _reached["opensearch"].add(request.node.nodeid)
     return url
 
 
@@ -80,7 +80,6 @@ def bus_kind(request: pytest.FixtureRequest) -> str:
     """Each contract test runs once per bus implementation."""
     if request.param == "kafka":
         kafka_bootstrap()
-        _kafka_ran.add(request.node.nodeid)
     return str(request.param)
 
 
@@ -118,10 +117,7 @@ _services_ran: dict[str, set[str]] = {"kafka": set(), "opensearch": set()}
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """Mark the teardown report of a test that reached a real service (reports travel to the xdist controller)."""
     if call.when == "teardown":
-        if item.nodeid in _kafka_ran:
-            item.user_properties.append((_SERVICE, "kafka"))
-        if item.nodeid in _opensearch_ran:
-            item.user_properties.append((_SERVICE, "opensearch"))
+        item.user_properties += [(_SERVICE, service) for service, ids in _reached.items() if item.nodeid in ids]
     yield
 
 
