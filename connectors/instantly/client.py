@@ -150,28 +150,38 @@ class InstantlyClient:
         """Yield the ``items`` of each page, following ``next_starting_after`` as ``starting_after``.
 
         Stops after an empty page or when the cursor is absent or empty (the last page may
-        still carry one; the next page is then empty).
+        still carry one; the next page is then empty). Each item (by its ``id``) is yielded once:
+        a page bringing no item not seen before, or a cursor already followed, ends the listing
+        (with a warning), because asking again would only bring the same page. Instantly's own
+        documented examples answer every page with the same fixed cursor, so a server doing that
+        is read as a one-page listing rather than refused.
 
         Raises:
-            UpstreamError: a page has no ``items`` list, a cursor repeats, or more than
-                ``max_pages`` pages were read; plus everything :meth:`get` raises.
+            UpstreamError: a page has no ``items`` list or more than ``max_pages`` pages were
+                read; plus everything :meth:`get` raises.
         """
         query = dict(params or {})
         query["limit"] = limit
-        seen: set[str] = set()
+        followed: set[str] = set()
+        ids: set[str] = set()
         for _ in range(self.max_pages):
             page = await self._call("GET", path, params=query, validate=require_items, retry_writes=False)
             assert isinstance(page, dict)
             items: list[JSONDict] = page["items"]
             if not items:
                 return
-            yield items
+            fresh = [i for i in items if not _seen(ids, i)]
+            if not fresh:
+                log.warning("Instantly pagination repeated a page; the listing ends here.", extra={"path": path, "items": len(ids)})
+                return
+            yield fresh
             cursor = page.get("next_starting_after")
             if not isinstance(cursor, str) or not cursor:
                 return
-            if cursor in seen:
-                raise UpstreamError(f"GET {path}: pagination cursor repeated; refusing to loop")
-            seen.add(cursor)
+            if cursor in followed:
+                log.warning("Instantly pagination cursor repeated; the listing ends here.", extra={"path": path, "items": len(ids)})
+                return
+            followed.add(cursor)
             query["starting_after"] = cursor
         raise UpstreamError(f"GET {path}: more than {self.max_pages} pages; listing abandoned")
 
@@ -315,3 +325,14 @@ def _retry_reason(status: int | None, err: SourceError) -> str:
     if status is None:
         return "timeout" if "timed out" in err.message else "connection"
     return f"http_{status}" if status >= 300 else "malformed"
+
+
+def _seen(ids: set[str], item: JSONDict) -> bool:
+    """Whether ``item``'s string ``id`` was already listed; records it. Items without one count as new."""
+    i = item.get("id")
+    if not isinstance(i, str):
+        return False
+    if i in ids:
+        return True
+    ids.add(i)
+    return False

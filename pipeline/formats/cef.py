@@ -88,8 +88,8 @@ def cef_line(
     Raises:
         ValueError: severity outside 0-10, or an extension key not in :data:`EXTENSION_KEYS`.
     """
-    if not 0 <= severity <= 10:
-        raise ValueError(f"CEF severity must be 0-10, got {severity}")
+    if type(severity) is not int or not 0 <= severity <= 10:
+        raise ValueError(f"CEF severity must be an integer 0-10, got {severity!r}")
     header = [
         _cut(vendor, HEADER_LIMITS["vendor"]),
         _cut(product, HEADER_LIMITS["product"]),

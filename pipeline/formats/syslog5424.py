@@ -39,7 +39,8 @@ LIMITS = {"hostname": 255, "app_name": 48, "procid": 128, "msgid": 32}
 _NOT_PRINTUSASCII = re.compile(r"[^\x21-\x7e]")
 _SD_NAME = re.compile(r"^[\x21-\x7e]{1,32}$")
 _SD_NAME_FORBIDDEN = re.compile(r'[= \]"]')
-_TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$")
+_TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$", re.ASCII)
+"""RFC 3339 as events carry it; ASCII digits only (a bare ``\\d`` would take any Unicode digit)."""
 
 
 @dataclass(frozen=True, slots=True)

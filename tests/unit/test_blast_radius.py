@@ -48,6 +48,10 @@ def test_grants_and_used_scopes() -> None:
     assert not grants("leads:read", "leads:create") and not grants("campaigns:all", "leads:create")
     assert used_scopes(["leads:all", "webhooks:create", "campaigns:update"], [9, 9]) == {"leads:all"}
     assert all(":" in s for s in ACTIVITY_SCOPES.values())
+    # every scope an audited activity maps to is one the spec's table names (35 is plural there)
+    named = {s for o in operations() for s in o.scopes}
+    assert set(ACTIVITY_SCOPES.values()) <= named, set(ACTIVITY_SCOPES.values()) - named
+    assert used_scopes(["supersearch_enrichments:all", "leads:read"], [35]) == {"supersearch_enrichments:all"}
 
 
 def test_check_findings() -> None:

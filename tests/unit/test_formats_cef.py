@@ -235,6 +235,9 @@ def test_keys_and_severity_are_restricted() -> None:
         cef_line(signature_id="s", name="n", severity=1, extension=[("customThing", "x")])
     with pytest.raises(ValueError, match="0-10"):
         cef_line(signature_id="s", name="n", severity=11, extension=[])
+    for odd in ("High", 5.0, True):  # a clear error, not a TypeError from comparing a str with an int
+        with pytest.raises(ValueError, match="integer 0-10"):
+            cef_line(signature_id="s", name="n", severity=odd, extension=[])  # type: ignore[arg-type]
     assert all(re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", k) for k in EXTENSION_KEYS)
 
 

@@ -165,6 +165,9 @@ def test_timestamps() -> None:
     assert timestamp("2026-03-05T23:09:47+01:00") == "2026-03-05T23:09:47+01:00"
     assert timestamp("yesterday") == "-"
     assert timestamp("2026-03-05T23:09:47.Z") == "-"
+    # RFC 5424 DIGIT is ASCII: other Unicode digits in the fraction or offset make no timestamp
+    assert timestamp("2026-03-05T23:09:47.\u0661\u0662Z") == "-"
+    assert timestamp("2026-03-05T23:09:47+\uff10\uff15:\uff13\uff10") == "-"
 
 
 def test_rfc3339_text_becomes_an_rfc5424_timestamp() -> None:

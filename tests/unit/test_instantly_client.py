@@ -102,16 +102,35 @@ async def test_empty_listing_is_one_request(fake: FakeInstantly) -> None:
     assert len(fake.calls) == 1
 
 
-async def test_repeated_cursor_is_an_error(fake: FakeInstantly) -> None:
-    """A server that repeats its cursor cannot make the client loop forever."""
+async def test_repeated_cursor_ends_the_listing(fake: FakeInstantly, caplog: pytest.LogCaptureFixture) -> None:
+    """A server answering every page with one fixed cursor (as Instantly's documented examples do)
+    gives its items once and ends the listing with a warning: no loop, no failure, no duplicate."""
 
     def stuck(records: list[dict[str, Any]], query: Any) -> web.Response:
-        return web.json_response({"items": [{"id": "w1"}], "next_starting_after": "w1"})
+        return web.json_response({"items": [{"id": "w1"}, {"id": "w2"}], "next_starting_after": "019cc043-e2f1"})
 
     fake._page = stuck  # type: ignore[method-assign]
     async with client_for(fake) as client:
-        with pytest.raises(UpstreamError, match="cursor repeated"):
-            await client.get_all("/api/v2/webhooks")
+        assert [i["id"] for i in await client.get_all("/api/v2/webhooks")] == ["w1", "w2"]
+    assert len(fake.calls) == 2
+    assert "repeated a page" in caplog.text
+
+
+async def test_cursor_repeating_after_new_items_ends_the_listing(fake: FakeInstantly) -> None:
+    """A cursor already followed ends the listing after the page that brought it, new items kept once each."""
+    pages = iter([["a", "b"], ["b", "c"], ["c", "d"], ["x"]])
+
+    def cycling(records: list[dict[str, Any]], query: Any) -> web.Response:
+        cursor = "c1" if query.get("starting_after") != "c1" else "c2"
+        if query.get("starting_after") == "c2":
+            cursor = "c1"
+        return web.json_response({"items": [{"id": i} for i in next(pages)], "next_starting_after": cursor})
+
+    fake._page = cycling  # type: ignore[method-assign]
+    async with client_for(fake) as client:
+        got = [i["id"] for i in await client.get_all("/api/v2/webhooks")]
+    assert got == ["a", "b", "c", "d"]
+    assert [c.query.get("starting_after") for c in fake.calls] == [None, "c1", "c2"]
 
 
 async def test_429_storm_exhausts_retries_with_full_jitter(fake: FakeInstantly) -> None:

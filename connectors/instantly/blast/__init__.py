@@ -29,7 +29,7 @@ ACTIVITY_SCOPES: dict[int, str] = {
     6: "accounts:create", 7: "accounts:delete", 8: "leads:update", 9: "leads:create", 10: "leads:update",
     11: "campaigns:update", 12: "subsequences:update", 18: "webhooks:create", 19: "webhooks:update",
     21: "webhooks:update", 32: "leads:create", 33: "leads:create", 34: "leads:read",
-    35: "supersearch_enrichment:create", 36: "accounts:update", 37: "api_keys:create", 38: "api_keys:delete",
+    35: "supersearch_enrichments:create", 36: "accounts:update", 37: "api_keys:create", 38: "api_keys:delete",
 }  # fmt: skip
 """Audit activity type → the scope its API call most likely used (login, MFA and system codes: none)."""
 
