@@ -8,7 +8,8 @@
   event's deterministic id makes delivery idempotent: a replayed event answers 409
   ``version_conflict_engine_exception``, counted as a duplicate (already delivered), so an
   index (a data stream's current backing index) never holds a record twice; a replay after a
-  rollover lands in the new backing index (ids are unique per backing index, not per data stream). ``create`` is also what data streams require.
+  rollover lands in the new backing index (ids are unique per backing index, not per data
+  stream). ``create`` is also what data streams require.
 * ``index`` (events) and ``alert_index`` (alerts; default ``index``) are a data stream or
   index name, or a pattern with date parts from the record's time: ``audit-{yyyy.MM.dd}``
   (tokens ``yyyy``, ``yy``, ``MM``, ``dd``, ``HH``; UTC).

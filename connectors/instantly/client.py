@@ -172,14 +172,20 @@ class InstantlyClient:
                 return
             fresh = [i for i in items if not _seen(ids, i)]
             if not fresh:
-                log.warning("Instantly pagination repeated a page; the listing ends here.", extra={"path": path, "items": len(ids)})
+                log.warning(
+                    "Instantly pagination repeated a page; the listing ends here.",
+                    extra={"path": path, "items": len(ids)},
+                )
                 return
             yield fresh
             cursor = page.get("next_starting_after")
             if not isinstance(cursor, str) or not cursor:
                 return
             if cursor in followed:
-                log.warning("Instantly pagination cursor repeated; the listing ends here.", extra={"path": path, "items": len(ids)})
+                log.warning(
+                    "Instantly pagination cursor repeated; the listing ends here.",
+                    extra={"path": path, "items": len(ids)},
+                )
                 return
             followed.add(cursor)
             query["starting_after"] = cursor
