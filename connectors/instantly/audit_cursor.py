@@ -39,8 +39,10 @@ Because the threshold uses the ``high_water`` left by the last full re-read, a r
 behind the cursor (back-dated id) whose timestamp was within ``overlap`` of the high-water mark
 when it appeared is still inside the window at the next full re-read, and the ``seen`` set makes
 it published exactly once. A record with a new id and an older timestamp comes after ``last_id``
-and is published by the next incremental read. One older than the threshold is counted as
-``too_old`` and not published (it may have been published before its id left ``seen``).
+and is published by the next incremental read, however old: no earlier read reached past
+``last_id``, so it cannot have been published. A full re-read counts a record older than the
+threshold as ``too_old`` and does not publish it (it may have been published before its id left
+``seen``); the late-record sweep publishes those.
 ``seen`` therefore holds at most ``overlap`` plus the time since the last full re-read (at most
 about ``2 * overlap``) of ids.
 
@@ -212,13 +214,20 @@ class AuditCursor:
         self._prune(overlap_secs)
 
     # ---- selection ------------------------------------------------------------------------
-    def select(self, records: Iterable[JSONDict], *, overlap_secs: float, now: float) -> Selection:
+    def select(
+        self, records: Iterable[JSONDict], *, overlap_secs: float, now: float, keep_old: bool = False
+    ) -> Selection:
         """Split a page into new records (with their timestamps), duplicates and too-old ones.
 
-        Records without a usable timestamp are dated ``now`` for de-duplication.
+        Records without a usable timestamp are dated ``now`` for de-duplication. ``keep_old``
+        (an incremental read): nothing is too old. Its pages continue after ``last_id`` in a
+        listing checked ascending, and every earlier read ended at or before ``last_id``, so a
+        record there was never listed, however old its timestamp (Instantly inserted it late). A
+        full re-read cannot say that of a record older than the threshold: it may have been
+        published before its id left ``seen``.
         Pure: the cursor changes only through :meth:`mark` and :meth:`advance`.
         """
-        threshold = self.threshold(overlap_secs)
+        threshold = None if keep_old else self.threshold(overlap_secs)
         out = Selection()
         batch: set[str] = set()
         for record in records:

@@ -2,7 +2,8 @@
 
 For every UTC hour (by the audit record's own ``timestamp``) the poller counts the distinct ids it
 listed and accounted for (``seen``), how many it published, dead-lettered, or listed too late to
-publish (``late``: an incremental read found a new id older than the cursor's threshold), and the
+publish (``late``: ledgers written before 2026-12-07, when an incremental read counted a new id
+older than the cursor's threshold here; it now publishes it), and the
 XOR of the ids' 64-bit hashes (:func:`connectors.instantly.ledger.id_hash`). Each hour's ledger is
 the state key ``cursor/{source}/audit_logs/receipt/{YYYYMMDDTHH}Z`` (a few hundred bytes; at most
 :data:`MAX_LATE_IDS` late ids are remembered), written in the transaction of the page that changed
@@ -170,7 +171,7 @@ class HourReceipts:
         """Count records just published (``dead``: to the dead letters instead) in their hours."""
         for rid, ts, dead in items:
             ledger = self._hour(int(ts // BUCKET_SECS), now)
-            if rid in ledger.late_ids:  # listed late before, published now (by the sweep)
+            if rid in ledger.late_ids:  # counted late by a version before 2026-12-07, published now
                 ledger.late_ids.discard(rid)
                 ledger.late -= 1
             else:
@@ -180,18 +181,6 @@ class HourReceipts:
                 ledger.dead_lettered += 1
             else:
                 ledger.published += 1
-
-    def late(self, items: Iterable[tuple[str, float]], *, now: float) -> None:
-        """Count records listed after the cursor had passed them (not published)."""
-        for rid, ts in items:
-            ledger = self._hour(int(ts // BUCKET_SECS), now)
-            if rid in ledger.late_ids:
-                continue
-            if len(ledger.late_ids) < MAX_LATE_IDS:
-                ledger.late_ids.add(rid)
-            ledger.seen += 1
-            ledger.late += 1
-            ledger.id_hash ^= id_hash(rid)
 
     def close(self, threshold: float | None, *, now: float, retention_secs: float) -> None:
         """Close the hours that end at or before ``threshold``; forget those ``retention_secs`` older."""

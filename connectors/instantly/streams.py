@@ -500,17 +500,16 @@ async def _publish_audit_page(
 
     Returns the newest timestamp among the page's new records. ``counts['audit_logs']`` and the
     telemetry counts move when the transaction has committed. With receipts on, the hour ledgers
-    the page changed are published in the same transaction; an incremental read also counts its
-    too-old records as ``late`` (their ids are new: they were listed after the cursor passed them).
+    the page changed are published in the same transaction. An incremental read publishes every
+    new id, however old its timestamp (:meth:`AuditCursor.select`, ``keep_old``): a record Instantly
+    inserted hours late is seen at the next poll, and its closed hour's receipt gets a revision.
     """
-    selection = cursor.select(page, overlap_secs=window.overlap_secs, now=window.now)
+    selection = cursor.select(page, overlap_secs=window.overlap_secs, now=window.now, keep_old=incremental)
     if selection.no_id:
         log.warning("Audit records without an id were skipped.", extra={"count": len(selection.no_id)})
     dropped = {"no_id": len(selection.no_id), "duplicate": selection.already_seen, "too_old": selection.too_old}
     receipts = _receipts(window, cursor)
-    if receipts is not None and incremental and selection.old:
-        receipts.late(selection.old, now=window.now)
-    elif not selection.new:
+    if not selection.new:
         pub.count(AUDIT_LOGS.name, len(page), 0, dropped)
         return None
     batch = await prepare_audit_batch(pub, (r for r, _ts in selection.new), observed_at, line)

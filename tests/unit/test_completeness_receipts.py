@@ -15,7 +15,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from connectors.instantly.ledger import id_hash
-from connectors.instantly.receipts import HourReceipts
+from connectors.instantly.receipts import HourLedger, HourReceipts
 from pipeline.bus.base import RECEIPTS_TOPIC
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.cli.exit_codes import Exit
@@ -77,12 +77,14 @@ def test_hours_from_json_reads_the_gaps_document_and_refuses_others() -> None:
 
 
 def test_hour_ledgers_count_dead_letters_late_records_and_interruptions() -> None:
-    """Counts per hour, XOR hash, a late id counted once, the sweep moving it to published, and an
-    interruption marking every hour from the last poll to now; state round-trips."""
+    """Counts per hour, XOR hash, a late id (in a ledger written before incremental reads published
+    late records) moved to published when published, and an interruption marking every hour from
+    the last poll to now; state round-trips."""
     rc = HourReceipts("cursor/acme/audit_logs/")
     h0 = 500_000 * HOUR
+    earlier = HourLedger(seen=1, late=1, id_hash=id_hash("d"), late_ids={"d"})
+    rc.load({rc.key(500_000): earlier.to_bytes()})
     rc.record([("a", h0 + 1, False), ("b", h0 + 2, True), ("c", h0 + HOUR, False)], now=h0 + 5)
-    rc.late([("d", h0 + 3), ("d", h0 + 3)], now=h0 + 5)
     rc.polled(h0 + 10, persist_every=100)
     state = rc.flush().state
     led = rc.hours[500_000]
@@ -108,9 +110,10 @@ async def receipts_of(bus: SqliteBus) -> list[Receipt]:
 
 
 async def test_closed_hour_revisions_survive_restarts(tmp_path: Path) -> None:
-    """An hour closes at revision 1; a late record listed after the cursor passed it is revision 2
-    (late, not published), the sweep publishing it revision 3; restarts re-read the window without
-    a new revision, and gaps lists the hour as changed after close."""
+    """An hour closes at revision 1; a record Instantly inserted late (a new id after the cursor,
+    its timestamp in the closed hour) is published by the next incremental read and makes revision
+    2; restarts and the sweep re-read it without publishing it again or adding a revision, and gaps
+    lists the hour as changed after close."""
     fake = FakeInstantly(api_key="k" * 24)
     seed(fake)
     clock = FakeClock()
@@ -128,17 +131,17 @@ async def test_closed_hour_revisions_survive_restarts(tmp_path: Path) -> None:
             closed = [r for r in await receipts_of(bus) if r.hour == hour]
             assert [r.revision for r in closed][-1] == 1 and closed[-1].first_closed_at is not None
             clock.advance(60)
-            fake.audit.append(audit_record("r4", t0 - 50))  # a new id in the closed hour: too late to publish
-            assert (await poller.poll_once())["audit_logs"] == 0
+            fake.audit.append(audit_record("r4", t0 - 50))  # a new id in the closed hour, 3 h late
+            assert (await poller.poll_once())["audit_logs"] == 1  # seen at the next poll, not a day later
         last = [r for r in await receipts_of(bus) if r.hour == hour][-1]
-        assert (last.revision, last.seen, last.published, last.late) == (2, 4, 3, 1)
+        assert (last.revision, last.seen, last.published, last.late) == (2, 4, 4, 0)
         async with make_poller(fake, bus, clock, **opts) as restarted:
             clock.advance(60)
             await restarted.poll_once()
             clock.advance(DAY)
-            assert (await restarted.poll_once())["audit_logs"] == 1  # the sweep publishes r4
+            assert (await restarted.poll_once())["audit_logs"] == 0  # the sweep finds nothing missing
         mine = [r for r in await receipts_of(bus) if r.hour == hour]
-        assert (mine[-1].revision, mine[-1].seen, mine[-1].published, mine[-1].late) == (3, 4, 4, 0)
+        assert (mine[-1].revision, mine[-1].seen, mine[-1].published, mine[-1].late) == (2, 4, 4, 0)
         assert mine[-1].id_hash == f"{reduce(lambda a, b: a ^ b, (id_hash(f'r{i}') for i in (0, 1, 2, 4))):016x}"
         assert mine[-1].first_closed_at == closed[-1].first_closed_at
         count = len(mine)
