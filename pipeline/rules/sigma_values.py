@@ -92,6 +92,8 @@ def import_selection(body: Any, where: str) -> Any:
         except RuleSyntaxError as err:
             raise SigmaImportError(f"{err} — the field does not map to Event v1") from None
         values = value if isinstance(value, list) else [value]
+        if not values:  # Sigma has no meaning for it (pySigma reads it as null); say so instead of guessing
+            raise SigmaImportError(f"{where}.{key}: the list of values is empty")
         if any(isinstance(v, Mapping | list) for v in values):
             raise SigmaImportError(f"{where}.{key}: values must be plain (strings, numbers, booleans, null)")
         if "all" in mods and len(values) < 2:

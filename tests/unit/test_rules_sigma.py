@@ -226,6 +226,7 @@ def test_import_follows_sigma_detection_semantics() -> None:
         (_doc({"s": {"actor.ip": "1.1.1.1"}, "condition": "s"}, status="unsupported"), "unsupported"),
         (_doc({"s": {"actor.user_name|expand": "%Administrators%"}, "condition": "s"}), "|expand"),
         (_doc({"s": {"actor.ip|neq": "1.1.1.1"}, "condition": "s"}), "|neq"),
+        (_doc({"s": {"target.name": []}, "condition": "s"}), "detection.s.target.name: the list of values is empty"),
     ],
 )  # fmt: skip
 def test_import_rejects_what_sigma_forbids_or_we_cannot_express(doc: dict[str, Any], reason: str) -> None:
