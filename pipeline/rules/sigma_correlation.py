@@ -264,6 +264,7 @@ def import_collection(
                         used.setdefault(id(base), str(doc.get("title", "")))
     used = {k: v for k, v in used.items() if k not in generated}
     out: list[tuple[str, dict[str, Any] | None, str]] = []
+    taken: set[str] = set()
     for where, doc in docs:
         try:
             if isinstance(doc, Mapping) and "correlation" in doc:
@@ -280,5 +281,22 @@ def import_collection(
         except (RuleSyntaxError, ValueError) as err:
             out.append((where, None, f"rejected: {err}"))
             continue
+        rule["id"] = _unique_id(rule["id"], doc, taken)
+        taken.add(rule["id"])
         out.append((where, rule, f"imported as {rule['id']}"))
     return out
+
+
+def _unique_id(rule_id: str, doc: Mapping[str, Any], taken: set[str]) -> str:
+    """``rule_id``, or when an earlier rule of the import has it (two Sigma rules with one title), the
+    id with the first 8 characters of the Sigma ``id`` appended (``_2``, ``_3``... without one): our ids
+    must be unique or the imported file does not load."""
+    if rule_id not in taken:
+        return rule_id
+    sid = re.sub(r"[^a-z0-9]", "", str(doc.get("id") or "").lower())[:8]
+    suffixes = ([sid] if sid else []) + [str(n) for n in range(2, len(taken) + 3)]
+    for suffix in suffixes:
+        new = f"{rule_id[: 99 - len(suffix)].rstrip('_')}_{suffix}"
+        if new not in taken:
+            return new
+    raise AssertionError("unreachable: more suffixes than taken ids")  # pragma: no cover

@@ -396,3 +396,20 @@ def test_field_name_aliases_both_ways(tmp_path: Path) -> None:
              ("c", spec_shaped)]  # fmt: skip
     (got,) = [r for _, r, _ in import_collection(docs2) if r is not None]
     assert [e["group-by"] for e in got["correlation"]["rules"]] == [["target.id"], ["actor.ip"]]
+
+
+def test_import_gives_rules_with_one_title_distinct_ids_that_load(tmp_path: Path) -> None:
+    """Two Sigma rules titled alike get distinct ids (the second one suffixed with its Sigma id), so the
+    imported file loads; without a Sigma id a counter is the suffix."""
+    first = _doc({"s": {"actor.ip|cidr": "10.0.0.0/8"}, "condition": "s"}, title="Suspicious login",
+                 id="11111111-1111-4111-8111-111111111111")  # fmt: skip
+    second = _doc({"s": {"actor.ip|cidr": "192.168.0.0/16"}, "condition": "s"}, title="Suspicious login",
+                  id="22222222-2222-4222-8222-222222222222")  # fmt: skip
+    third = _doc({"s": {"actor.ip": "1.2.3.4"}, "condition": "s"}, title="Suspicious login")
+    src, out = tmp_path / "dup.yml", tmp_path / "imported.yaml"
+    src.write_text(yaml.safe_dump_all([first, second, third]), encoding="utf-8")
+    assert main(["rules", "import", str(src), "--output", str(out)]) == 0
+    ids = [r["id"] for r in yaml.safe_load(out.read_text(encoding="utf-8"))["rules"]]
+    assert ids == ["sigma.suspicious_login", "sigma.suspicious_login_22222222", "sigma.suspicious_login_2"]
+    engine = RulesEngine.from_config({"files": [str(out)]}, clock=FakeClock(T0))
+    assert {r.meta.id for r in engine.ruleset.rules} >= set(ids)
