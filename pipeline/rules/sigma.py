@@ -38,6 +38,8 @@ LEVELS = {"info": "informational", "low": "low", "medium": "medium", "high": "hi
 SEVERITIES = {v: k for k, v in LEVELS.items()}
 SIGMA_STATUSES = ("stable", "test", "experimental", "deprecated")
 """Sigma statuses our rules share (Sigma's fifth, ``unsupported``, is never exported and is rejected on import)."""
+RELATED_TYPES = ("derived", "obsolete", "merged", "renamed", "similar")
+"""sigma-rules-specification.md, "Related": the relation types a ``related`` entry may name."""
 FIELD_NOTE = (
     "Field names are instantly-audit Event v1 paths (schemas/event.v1.json): type, time, workspace.id, "
     "source.kind, actor.user_id, actor.ip, actor.api_key_id, target.id, change.after.<field>, "
@@ -215,8 +217,7 @@ def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
         raise SigmaImportError("not a Sigma rule (expected a mapping)")
     if "correlation" in doc or "filter" in doc or "action" in doc:
         raise SigmaImportError("correlation, filter and collection documents are not imported")
-    if doc.get("status") == "unsupported":
-        raise SigmaImportError("status unsupported: the rule cannot be used in its current state")
+    check_metadata(doc)
     for need in ("title", "logsource", "detection"):
         if need not in doc:
             raise SigmaImportError(f"missing {need!r}")
@@ -266,6 +267,43 @@ def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
         **lifecycle_keys(doc),
         **_display_fields(doc),
     }
+
+
+def check_metadata(doc: Mapping[str, Any]) -> None:
+    """Reject what the Sigma specification forbids in ``status``, ``id`` and ``related`` (pySigma does too).
+
+    Raises:
+        SigmaImportError: naming the key and what is wrong with it.
+    """
+    status = doc.get("status")
+    if status == "unsupported":
+        raise SigmaImportError("status unsupported: the rule cannot be used in its current state")
+    if status is not None and status not in SIGMA_STATUSES:
+        raise SigmaImportError(f"status {status!r} is not a Sigma status (one of: {', '.join(SIGMA_STATUSES)}, "
+                               "unsupported)")  # fmt: skip
+    if "id" in doc and not _is_uuid(doc["id"]):
+        raise SigmaImportError(f"id {doc['id']!r} is not a UUID (Sigma rule ids are UUIDs)")
+    related = doc.get("related")
+    if related is None:
+        return
+    if not isinstance(related, list):
+        raise SigmaImportError("related must be a list of {id, type} entries")
+    for i, rel in enumerate(related):
+        if not isinstance(rel, Mapping) or not _is_uuid(rel.get("id")):
+            raise SigmaImportError(f"related.{i}: needs an id that is a UUID")
+        if rel.get("type") not in RELATED_TYPES:
+            raise SigmaImportError(f"related.{i}.type {rel.get('type')!r} is not a Sigma relation (one of: "
+                                   f"{', '.join(RELATED_TYPES)})")  # fmt: skip
+
+
+def _is_uuid(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _display_fields(doc: Mapping[str, Any]) -> dict[str, Any]:

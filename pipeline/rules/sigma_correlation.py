@@ -37,6 +37,7 @@ from pipeline.rules.sigma import (
     Exported,
     SigmaImportError,
     attack_tags,
+    check_metadata,
     export_detection,
     import_rule,
     lifecycle_keys,
@@ -46,7 +47,7 @@ from pipeline.rules.sigma import (
 
 SIGMA_TYPES = ("event_count", "value_count", "temporal", "temporal_ordered")
 _UNITS = (("d", 86_400), ("h", 3600), ("m", 60), ("s", 1))
-_SPAN = re.compile(r"^(\d+)([smhdw])$")
+_SPAN = re.compile(r"^(\d+)([smhd])$")  # sigma-correlation-rules-specification.md, "Time Selection"
 
 
 # ---- export ----------------------------------------------------------------------------------
@@ -137,8 +138,8 @@ def export_correlation(rule: Rule) -> Exported:
 def _span_seconds(value: Any) -> float:
     m = _SPAN.match(str(value))
     if m is None:
-        raise SigmaImportError(f"timespan {value!r} is not a number and one of s, m, h, d, w")
-    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}[m.group(2)]
+        raise SigmaImportError(f"timespan {value!r} is not a number and one of s, m, h, d")
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86_400}[m.group(2)]
 
 
 def _entry_group(
@@ -163,6 +164,7 @@ def _correlation(doc: Mapping[str, Any], by_ref: Mapping[str, Mapping[str, Any]]
     body = doc.get("correlation")
     if not isinstance(body, Mapping):
         raise SigmaImportError("correlation must be a mapping")
+    check_metadata(doc)
     kind = body.get("type")
     if kind not in SIGMA_TYPES:
         raise SigmaImportError(f"correlation type {kind!r} is not supported (supported: {', '.join(SIGMA_TYPES)})")
@@ -200,7 +202,8 @@ def _correlation(doc: Mapping[str, Any], by_ref: Mapping[str, Mapping[str, Any]]
     if aliases:
         out["group-by"] = []
     span = str(body.get("timespan"))
-    out["timespan"] = span if re.fullmatch(r"\d+[smhd]", span) else f"{_span_seconds(span)}s"
+    _span_seconds(span)  # a number and one of s, m, h, d, or rejected
+    out["timespan"] = span
     if isinstance(cond, Mapping):
         ops = {k: v for k, v in cond.items() if k != "field"}
         if kind in ("temporal", "temporal_ordered"):

@@ -87,6 +87,10 @@ def import_selection(body: Any, where: str) -> Any:
         bad = [m for m in mods if m not in _SIGMA_MODS]
         if bad:
             raise SigmaImportError(f"{where}.{key}: modifier |{bad[0]} has no equivalent in the rule language")
+        flags = [m for m in mods if m in ("i", "m", "s")]
+        if flags and "re" not in mods:
+            raise SigmaImportError(f"{where}.{key}: |{flags[0]} is a regular expression flag; it needs |re "
+                                   "(modifiers appendix)")  # fmt: skip
         try:
             getter(path, f"{where}.{key}")
         except RuleSyntaxError as err:

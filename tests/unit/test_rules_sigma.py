@@ -211,7 +211,10 @@ def test_import_follows_sigma_detection_semantics() -> None:
     mixed = import_rule(_doc({"s": {"target.name": ["exact", "pre*"]}, "condition": "s"}))["detection"]["s"]
     assert mixed == {"target.name|re|i": ["^exact$", "^pre.*$"]}
     full = import_rule(_doc({"s": {"type": "a"}, "condition": "s"}, status="test", author="A", falsepositives=["fp"],
-                            fields=["actor.ip", "CommandLine"]))  # fmt: skip
+                            fields=["actor.ip", "CommandLine"], id="929a690e-bef0-4204-a928-ef5e620d6fcc",
+                            related=[{"id": "929a690e-bef0-4204-a928-ef5e620d6fcd", "type": "derived"}]))  # fmt: skip
+    cased = import_rule(_doc({"s": {"target.name|contains|cased": "Adm"}, "condition": "s"}))["detection"]["s"]
+    assert cased == {"target.name|contains|cased": "Adm"}
     assert (full["status"], full["author"], full["falsepositives"]) == ("test", "A", ["fp"])
     assert full["fields"] == ["actor.ip"]
 
@@ -227,6 +230,15 @@ def test_import_follows_sigma_detection_semantics() -> None:
         (_doc({"s": {"actor.user_name|expand": "%Administrators%"}, "condition": "s"}), "|expand"),
         (_doc({"s": {"actor.ip|neq": "1.1.1.1"}, "condition": "s"}), "|neq"),
         (_doc({"s": {"target.name": []}, "condition": "s"}), "detection.s.target.name: the list of values is empty"),
+        (_doc({"s": {"type": "x"}, "condition": "s"}, status="production"), "status 'production' is not a Sigma"),
+        (_doc({"s": {"type": "x"}, "condition": "s"}, id="not-a-uuid"), "id 'not-a-uuid' is not a UUID"),
+        (_doc({"s": {"type": "x"}, "condition": "s"},
+              related=[{"id": "929a690e-bef0-4204-a928-ef5e620d6fcc", "type": "copied"}]),
+         "related.0.type 'copied' is not a Sigma relation"),
+        (_doc({"s": {"target.name|i": "a"}, "condition": "s"}), "|i is a regular expression flag; it needs |re"),
+        (_doc({"s": {"target.name|contains|m": "a"}, "condition": "s"}), "|m is a regular expression flag"),
+        (_doc({"_a": {"type": "x"}, "condition": "1 of them"}), "'1 of them' doesn't match any detection"),
+        (_doc({"a": {"type": "x"}, "condition": "a or all of x*"}), "'all of x*' doesn't match any detection"),
     ],
 )  # fmt: skip
 def test_import_rejects_what_sigma_forbids_or_we_cannot_express(doc: dict[str, Any], reason: str) -> None:
@@ -322,6 +334,8 @@ def test_import_of_spec_shaped_correlations() -> None:
           "condition": {"gte": 1}}, "other than all 2 rules"),
         ({"type": "event_count", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "1 hour",
           "condition": {"gte": 2}}, "timespan"),
+        ({"type": "event_count", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "1w",
+          "condition": {"gte": 2}}, "timespan '1w' is not a number and one of s, m, h, d"),
     ],
 )  # fmt: skip
 def test_import_rejects_correlations_we_cannot_express(corr: dict[str, Any], reason: str) -> None:
