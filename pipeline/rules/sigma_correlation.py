@@ -24,8 +24,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipeline.rules.base import Rule
-from pipeline.rules.correlation import CorrelationSpec, EntrySpec
+from pipeline.rules.base import Rule, RuleParams
+from pipeline.rules.correlation import CorrelationSpec, EntrySpec, compile_correlation
 from pipeline.rules.lifecycle import parse_duration
 from pipeline.rules.matcher import RuleSyntaxError, getter
 from pipeline.rules.sigma import (
@@ -272,7 +272,8 @@ def import_collection(
         try:
             if isinstance(doc, Mapping) and "correlation" in doc:
                 rule = _correlation(doc, by_ref, prefix)
-                CorrelationSpec.model_validate(rule)
+                # compiled as the engine will load it: a one-rule temporal or a 0s timespan is refused there
+                compile_correlation(CorrelationSpec.model_validate(rule), RuleParams(), {})
             elif id(doc) in used:
                 out.append((where, None, f"used by correlation {used[id(doc)]!r}"))
                 continue

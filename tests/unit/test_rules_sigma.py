@@ -427,3 +427,28 @@ def test_import_gives_rules_with_one_title_distinct_ids_that_load(tmp_path: Path
     assert ids == ["sigma.suspicious_login", "sigma.suspicious_login_22222222", "sigma.suspicious_login_2"]
     engine = RulesEngine.from_config({"files": [str(out)]}, clock=FakeClock(T0))
     assert {r.meta.id for r in engine.ruleset.rules} >= set(ids)
+
+
+@pytest.mark.parametrize(
+    ("corr", "reason"),
+    [
+        ({"type": "temporal", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "0s"},
+         "correlation.timespan: must be greater than 0"),
+        ({"type": "temporal", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "1h"},
+         "temporal needs at least 2 entries"),
+        ({"type": "event_count", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "0s",
+          "condition": {"gte": 3}}, "correlation.timespan: must be greater than 0"),
+    ],
+)  # fmt: skip
+def test_import_rejects_a_correlation_the_engine_would_not_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], corr: dict[str, Any], reason: str
+) -> None:
+    """Import compiles each correlation as the engine loads it: what the engine refuses is rejected with the
+    compile error (exit 1), never reported as imported into a file that then fails to load."""
+    src, out = tmp_path / "c.yml", tmp_path / "imported.yaml"
+    src.write_text(yaml.safe_dump_all([{"title": "C", "correlation": corr}, _base("b", {"type": "x"})]),
+                   encoding="utf-8")  # fmt: skip
+    assert main(["rules", "import", str(src), "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "c.yml#0: rejected" in err and reason in err, err
+    assert yaml.safe_load(out.read_text(encoding="utf-8"))["rules"] == []
