@@ -13,8 +13,8 @@ reason. Entries with their own ``group-by`` become Sigma field name ``aliases``.
 a correlation whose ``rules`` name (by ``name`` or ``id``) plain Sigma rules of the collection
 becomes one of our correlations with those rules inline; the rules it uses are not imported on
 their own unless it says ``generate: true``; ``aliases`` become per-entry ``group-by``.
-Chained correlations, ``value_sum``, ``value_avg``, ``value_percentile``, ``neq`` and a
-``temporal`` condition other than "all rules" are rejected with the reason.
+Chained correlations, ``value_sum``, ``value_avg``, ``value_percentile`` and a ``temporal``
+condition other than "all rules" are rejected with the reason.
 """
 
 from __future__ import annotations
@@ -210,9 +210,9 @@ def _correlation(doc: Mapping[str, Any], by_ref: Mapping[str, Mapping[str, Any]]
             if ops and ops not in ({"gte": len(entries)}, {"eq": len(entries)}):
                 raise SigmaImportError(f"a {kind} condition other than all {len(entries)} rules is not supported")
         else:
-            bad = [k for k in ops if k not in ("gt", "gte", "lt", "lte", "eq")]
+            bad = [k for k in ops if k not in ("gt", "gte", "lt", "lte", "eq", "neq")]
             if bad or not ops or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in ops.values()):
-                raise SigmaImportError(f"condition {dict(cond)} needs numeric gt, gte, lt, lte or eq (no neq)")
+                raise SigmaImportError(f"condition {dict(cond)} needs numeric gt, gte, lt, lte, eq or neq")
             out["condition"] = dict(ops)
         if "field" in cond:
             field = cond["field"]

@@ -313,6 +313,9 @@ def test_import_of_spec_shaped_correlations() -> None:
     assert d is not None and [e["name"] for e in d["correlation"]["rules"]] == ["failed_login", "successful_login"]
     res = import_collection([("a", failed), ("c", count)])
     assert res[0] == ("a", None, "used by correlation 'Many failed logins'")
+    neq = dict(count, correlation=dict(count["correlation"], condition={"neq": 3}))
+    (_, c, _) = import_collection([("a", failed), ("c", neq)])[1]
+    assert c is not None and c["correlation"]["condition"] == {"neq": 3}  # Sigma 2.1; loads: see test below
 
 
 @pytest.mark.parametrize(
@@ -325,7 +328,7 @@ def test_import_of_spec_shaped_correlations() -> None:
         ({"type": "event_count", "rules": ["nope"], "group-by": ["actor.ip"], "timespan": "1h",
           "condition": {"gte": 2}}, "names no rule"),
         ({"type": "event_count", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "1h",
-          "condition": {"neq": 2}}, "no neq"),
+          "condition": {"ne": 2}}, "needs numeric gt, gte, lt, lte, eq or neq"),
         ({"type": "value_count", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "1h",
           "condition": {"gte": 2}}, "condition.field"),
         ({"type": "event_count", "rules": ["b"], "group-by": ["ComputerName"], "timespan": "1h",
