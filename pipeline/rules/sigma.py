@@ -29,7 +29,7 @@ from pipeline.rules.base import Rule
 from pipeline.rules.matcher import MatchRuleSpec, RuleSyntaxError, compile_detection, getter
 from pipeline.rules.sigma_condition import plain_identifiers, rename_in_condition, rewrite_of
 from pipeline.rules.sigma_values import SigmaImportError as SigmaImportError  # re-exported: callers import it here
-from pipeline.rules.sigma_values import import_selection
+from pipeline.rules.sigma_values import import_selection, split_neq
 
 NAMESPACE = uuid.UUID("5b0ce7a2-6f5e-4c39-9d5b-2f1f8d0b9a41")
 """UUIDv5 namespace of exported rule ids (never change it: ids must stay stable)."""
@@ -239,10 +239,14 @@ def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
         raise SigmaImportError("aggregations (| count() ...) and near are not supported; use correlation rules")
     if "timeframe" in det:
         raise SigmaImportError("timeframe belongs to correlations; single-event rules have none")
-    detection = {str(k): import_selection(v, f"detection.{k}") for k, v in det.items() if k != "condition"}
-    names = list(detection)
-    renames = plain_identifiers(names)  # Sigma's patterns skip _-prefixed names; renaming could widen one
-    cond = rewrite_of(str(cond), names, names, to_sigma=False, force=bool(renames))
+    raw = {str(k): v for k, v in det.items() if k != "condition"}
+    names = list(raw)
+    split, negated = split_neq(raw)  # |neq items become selections the condition negates
+    detection = {k: import_selection(v, f"detection.{origin}") for k, (origin, v) in split.items()}
+    renames = plain_identifiers(list(detection))
+    # Sigma's patterns skip _-prefixed names; renaming or splitting could widen one: write them all out
+    cond = rewrite_of(str(cond), names, names, to_sigma=False, force=bool(renames or negated))
+    cond = rename_in_condition(cond, negated)
     detection = {renames.get(k, k): v for k, v in detection.items()}
     detection["condition"] = rename_in_condition(cond, renames)
     try:

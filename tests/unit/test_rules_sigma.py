@@ -228,7 +228,6 @@ def test_import_follows_sigma_detection_semantics() -> None:
         (_doc({"s": {"actor.ip": "1.1.1.1"}}), "condition is missing"),
         (_doc({"s": {"actor.ip": "1.1.1.1"}, "condition": "s"}, status="unsupported"), "unsupported"),
         (_doc({"s": {"actor.user_name|expand": "%Administrators%"}, "condition": "s"}), "|expand"),
-        (_doc({"s": {"actor.ip|neq": "1.1.1.1"}, "condition": "s"}), "|neq"),
         (_doc({"s": {"target.name": []}, "condition": "s"}), "detection.s.target.name: the list of values is empty"),
         (_doc({"s": {"type": "x"}, "condition": "s"}, status="production"), "status 'production' is not a Sigma"),
         (_doc({"s": {"type": "x"}, "condition": "s"}, id="not-a-uuid"), "id 'not-a-uuid' is not a UUID"),
@@ -455,3 +454,28 @@ def test_import_rejects_a_correlation_the_engine_would_not_load(
     err = capsys.readouterr().err
     assert "c.yml#0: rejected" in err and reason in err, err
     assert yaml.safe_load(out.read_text(encoding="utf-8"))["rules"] == []
+
+
+def test_import_of_neq_negates_the_field_item_as_pysigma_does() -> None:
+    """Modifiers appendix 2.1 ``neq``: the field differs from the values. pySigma negates the whole item
+    (``not (f contains a or f contains b)``); import makes each ``neq`` item a selection the condition
+    negates, in a mapping and in one mapping of a list."""
+    from pipeline.rules.matcher import compile_detection
+
+    det = {"s": {"type": "audit.login", "target.name|contains|neq": ["adm", "root"]}, "t": {"type": "audit.x"},
+           "condition": "1 of *"}  # fmt: skip
+    got = import_rule(_doc(det))["detection"]
+    assert got == {"s": {"type": "audit.login"}, "s_not": {"target.name|contains": ["adm", "root"]},
+                   "t": {"type": "audit.x"}, "condition": "((s and not s_not) or t)"}  # fmt: skip
+    match = compile_detection(got)
+    login = {"target": {"kind": "user", "name": "bob"}}
+    assert match(make_event("audit.login", time=T0, **login))
+    assert not match(make_event("audit.login", time=T0, target={"kind": "user", "name": "ADMIN"}))
+    assert match(make_event("audit.login", time=T0))  # no name: it differs (pySigma: not (name = ...))
+    alts = {"s": [{"type": "audit.login", "actor.ip|neq": "10.0.0.1"}, {"type": "audit.x"}], "condition": "s"}
+    got = import_rule(_doc(alts))["detection"]
+    assert got["condition"] == "(s or (s_0 and not s_0_not))"
+    match = compile_detection(got)
+    assert match(make_event("audit.login", time=T0, actor={"ip": "10.0.0.2"}))
+    assert not match(make_event("audit.login", time=T0, actor={"ip": "10.0.0.1"}))
+    assert match(make_event("audit.x", time=T0, actor={"ip": "10.0.0.1"}))
