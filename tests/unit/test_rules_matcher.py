@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
 from pipeline.clock import FakeClock, parse_time
@@ -90,6 +91,28 @@ def test_conditions(condition: str, expected: bool) -> None:
         "condition": condition,
     }
     assert match(det) is expected
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [
+        ("attributes.note|exists", True),  # present with value null: it exists (modifiers appendix)
+        ("attributes.missing|exists", False),
+        ("raw.note|exists", True),
+        ("raw.missing|exists", False),
+        ("change.after.role|exists", True),
+        ("change.before.role|exists", False),  # change.before is null: nothing under it exists
+        ("attributes.nested.inner|exists", True),
+        ("actor.api_key_id|exists", False),  # a fixed Event v1 field: null is absent (what shipped rules rely on)
+        ("actor.ip|exists", True),
+    ],
+)
+def test_exists_is_presence_of_a_key_even_when_its_value_is_null(field: str, expected: bool) -> None:
+    """``|exists`` on a mapping-backed path tests the key, not the value; ``|exists: false`` is its negation."""
+    e = ev(attributes={"note": None, "nested": {"inner": None}}, change={"before": None, "after": {"role": None}})
+    e = msgspec.structs.replace(e, raw={"note": None})
+    assert match({"sel": {field: True}}, e) is expected
+    assert match({"sel": {field: False}}, e) is not expected
 
 
 def test_a_list_of_mappings_is_an_or() -> None:
