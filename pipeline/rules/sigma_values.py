@@ -3,7 +3,8 @@
 A plain Sigma string has the wildcards ``*`` and ``?`` and the escapes ``\\*``, ``\\?``, ``\\\\``
 ("Escape Character"); a backslash before anything else is a plain backslash. ``re`` and
 ``cidr`` values are not Sigma strings and stay verbatim. Wildcards become ``startswith`` /
-``endswith`` / ``contains`` when they can, else an anchored case-insensitive regex.
+``endswith`` / ``contains`` when they can, else an anchored case-insensitive regex (``re|i|s``: a
+wildcard matches newlines too, and the end is ``\\Z``, the end of the value).
 """
 
 from __future__ import annotations
@@ -65,10 +66,12 @@ def _convert_value(path: str, mods: list[str], value: Any, regex: bool) -> tuple
         if shape in inner and len(parts) == 1 + sum(shape):
             return "|".join([path, inner[shape], *mods]), lits[0]
     body = "".join(".*" if p is None else "." if p == "" else re.escape(p) for p in parts)
+    # a Sigma wildcard matches any character, a newline too (s: DOTALL), and the value ends at the end
+    # of the field: \Z, since $ also matches before a trailing newline
     head = "" if kind in ("contains", "endswith") else "^"
-    tail = "" if kind in ("contains", "startswith") else "$"
+    tail = "" if kind in ("contains", "startswith") else "\\Z"
     rest = [m for m in mods if m not in ("contains", "startswith", "endswith", "cased")]
-    flags = [] if "cased" in mods else ["i"]
+    flags = ["s"] if "cased" in mods else ["i", "s"]
     return "|".join([path, "re", *rest, *flags]), f"{head}{body}{tail}"
 
 

@@ -143,7 +143,8 @@ def test_import_turns_wildcards_into_modifiers() -> None:
     sel = {"type": "audit.mfa_*", "actor.user_agent": "*curl*", "target.name": "a*b?"}
     rule = import_rule(_doc({"s": sel, "condition": "s"}, level="high", tags=["attack.t1078", "attack.initial_access"]))
     sel = rule["detection"]["s"]
-    assert sel == {"type|startswith": "audit.mfa_", "actor.user_agent|contains": "curl", "target.name|re|i": "^a.*b.$"}
+    assert sel == {"type|startswith": "audit.mfa_", "actor.user_agent|contains": "curl",
+                   "target.name|re|i|s": "^a.*b.\\Z"}  # fmt: skip
     assert rule["severity"] == "high" and rule["attack"] == ["T1078"] and rule["id"] == "sigma.t"
 
 
@@ -202,14 +203,14 @@ def test_import_follows_sigma_detection_semantics() -> None:
     sel = {"actor.user_agent|contains": "python*requests", "target.name|endswith": "\\*x", "target.id|re": "a\\\\b\\*c"}
     got = import_rule(_doc({"s": sel, "condition": "s"}))["detection"]["s"]
     assert got == {
-        "actor.user_agent|re|i": "python.*requests",
+        "actor.user_agent|re|i|s": "python.*requests",
         "target.name|endswith": "*x",
         "target.id|re": "a\\\\b\\*c",
     }
     anything = import_rule(_doc({"s": {"actor.ip": "*"}, "condition": "s"}))["detection"]["s"]
     assert anything == {"actor.ip|exists": True}
     mixed = import_rule(_doc({"s": {"target.name": ["exact", "pre*"]}, "condition": "s"}))["detection"]["s"]
-    assert mixed == {"target.name|re|i": ["^exact$", "^pre.*$"]}
+    assert mixed == {"target.name|re|i|s": ["^exact\\Z", "^pre.*\\Z"]}
     full = import_rule(_doc({"s": {"type": "a"}, "condition": "s"}, status="test", author="A", falsepositives=["fp"],
                             fields=["actor.ip", "CommandLine"], id="929a690e-bef0-4204-a928-ef5e620d6fcc",
                             related=[{"id": "929a690e-bef0-4204-a928-ef5e620d6fcd", "type": "derived"}]))  # fmt: skip
@@ -479,3 +480,21 @@ def test_import_of_neq_negates_the_field_item_as_pysigma_does() -> None:
     assert match(make_event("audit.login", time=T0, actor={"ip": "10.0.0.2"}))
     assert not match(make_event("audit.login", time=T0, actor={"ip": "10.0.0.1"}))
     assert match(make_event("audit.x", time=T0, actor={"ip": "10.0.0.1"}))
+
+
+def test_import_wildcards_span_newlines_and_anchor_at_the_very_end() -> None:
+    """A Sigma ``*`` matches any characters, newlines included, and the value must end there: ``a*z`` matches
+    "a\\nz" and not "az\\n" (a regex ending in ``$`` matched before a trailing newline)."""
+    from pipeline.rules.matcher import compile_detection
+
+    det = import_rule(_doc({"s": {"target.name": "a*z"}, "condition": "s"}))["detection"]
+    match = compile_detection(det)
+
+    def named(name: str) -> Event:
+        return make_event("audit.x", time=T0, target={"kind": "user", "name": name})
+
+    assert match(named("a\nz")) and match(named("AbcZ"))
+    assert not match(named("az\n")) and not match(named("abzq"))
+    cased = import_rule(_doc({"s": {"target.name|cased": "A?z"}, "condition": "s"}))["detection"]["s"]
+    assert cased == {"target.name|re|s": "^A.z\\Z"}
+    assert compile_detection({"s": cased})(named("A\nz"))
