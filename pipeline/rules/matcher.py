@@ -171,7 +171,8 @@ def _value_pred(kind: str, expected: Any, mods: set[str], where: str) -> Callabl
             rx = re.compile(expected, flags)
         except re.error as err:
             raise RuleSyntaxError(where, f"|re: invalid pattern: {err}") from None
-        return lambda v: isinstance(v, str) and rx.search(v) is not None
+        # numbers as their string form, as the string modifiers read them (Sigma values are strings)
+        return lambda v: (t := _text(v, True)) is not None and rx.search(t) is not None
     if expected is None:
         if kind != "eq":
             raise RuleSyntaxError(where, f"|{kind} cannot compare with null")

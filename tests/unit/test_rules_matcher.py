@@ -44,6 +44,8 @@ def match(detection: dict[str, Any], event: Event | None = None) -> bool:
         ("actor.ip|re", r"^203\.0\.113\.\d+$", True),
         ("attributes.label|re|i", "^lead exported$", True),
         ("attributes.label|re", "^lead exported$", False),
+        ("attributes.affected_count|re", "^15..$", True),  # a number matches as its string form
+        ("actor.via_api|re", "^false$", False),  # booleans have no string form (as with contains)
         ("attributes.affected_count|gte", 1500, True),
         ("attributes.affected_count|gt", 1500, False),
         ("attributes.affected_count|lt", 2000, True),

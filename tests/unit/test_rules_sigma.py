@@ -498,3 +498,15 @@ def test_import_wildcards_span_newlines_and_anchor_at_the_very_end() -> None:
     cased = import_rule(_doc({"s": {"target.name|cased": "A?z"}, "condition": "s"}))["detection"]["s"]
     assert cased == {"target.name|re|s": "^A.z\\Z"}
     assert compile_detection({"s": cased})(named("A\nz"))
+
+
+def test_import_wildcards_as_regex_match_numbers_as_strings() -> None:
+    """Sigma compares values as strings: ``'2?'`` (a regex once imported) matches the integer 26 as ``'2*'``
+    (startswith) already did."""
+    from pipeline.rules.matcher import compile_detection
+
+    def code(value: str) -> bool:
+        det = import_rule(_doc({"s": {"attributes.activity_code": value}, "condition": "s"}))["detection"]
+        return compile_detection(det)(make_event("audit.x", time=T0, attributes={"activity_code": 26}))
+
+    assert code("2?") and code("2*") and code("*6") and not code("2?7")
