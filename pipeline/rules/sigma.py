@@ -19,6 +19,7 @@ wildcards, escapes). Conditions are read as pySigma reads them
 
 from __future__ import annotations
 
+import itertools
 import re
 import uuid
 from collections.abc import Mapping
@@ -82,19 +83,44 @@ def _escape(value: Any) -> Any:
     return value
 
 
+def _export_item(path: str, kept: list[str], value: Any) -> tuple[str, Any]:
+    if "all" in kept and not (isinstance(value, list) and len(value) > 1):
+        kept = [m for m in kept if m != "all"]  # Sigma forbids |all on a single value; for one it changes nothing
+    literal = not ({"re", "cidr"} & set(kept))
+    v = ([_escape(x) for x in value] if isinstance(value, list) else _escape(value)) if literal else value
+    return "|".join([path, *kept]), v
+
+
 def _export_selection(body: Any) -> Any:
+    """One selection as Sigma. ``null`` cannot be part of a Sigma value list (sigma-rules-specification.md):
+    ``{f: [null, a, b]}`` ("f is missing, a or b") becomes the list of mappings ``[{f: null}, {f: [a, b]}]``,
+    each with the selection's other fields; with ``|all`` the null and the rest go in one mapping."""
     if isinstance(body, list):
-        return [_export_selection(b) for b in body]
+        flat: list[Any] = []
+        for b in body:
+            got = _export_selection(b)
+            flat += got if isinstance(got, list) else [got]  # an OR inside an OR
+        return flat
     out: dict[str, Any] = {}
+    alternatives: list[list[tuple[str, Any]]] = []  # per field with null in its list: its OR
     for key, value in body.items():
         path, *mods = str(key).split("|")
         kept = [m for m in mods if m not in _DROP_ON_EXPORT]
-        if "all" in kept and not (isinstance(value, list) and len(value) > 1):
-            kept.remove("all")  # Sigma forbids |all on a single value; for one value it changes nothing
-        literal = not ({"re", "cidr"} & set(kept))
-        v = ([_escape(x) for x in value] if isinstance(value, list) else _escape(value)) if literal else value
-        out["|".join([path, *kept])] = v
-    return out
+        if isinstance(value, list) and None in value and len(value) > 1:
+            rest = [x for x in value if x is not None]
+            if not rest or "all" in kept:  # every value: null and each of the rest (|all needs two)
+                out[path] = None
+                if rest:
+                    k, v = _export_item(path, kept, rest if len(rest) > 1 else rest * 2)
+                    out[k] = v
+            else:
+                alternatives.append([(path, None), _export_item(path, kept, rest if len(rest) > 1 else rest[0])])
+            continue
+        k, v = _export_item(path, kept, value)
+        out[k] = v
+    if not alternatives:
+        return out
+    return [out | dict(combo) for combo in itertools.product(*alternatives)]
 
 
 def _types_selection(types: list[str]) -> Any:

@@ -510,3 +510,34 @@ def test_import_wildcards_as_regex_match_numbers_as_strings() -> None:
         return compile_detection(det)(make_event("audit.x", time=T0, attributes={"activity_code": 26}))
 
     assert code("2?") and code("2*") and code("*6") and not code("2?7")
+
+
+def _export_user_rules(tmp_path: Path, rules: list[dict[str, Any]]) -> Path:
+    """``rules export --format sigma`` of the given YAML rules (with the built-in ones) into tmp_path/out."""
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"rules": rules}), encoding="utf-8")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"rules": {"files": [str(tmp_path / "r.yaml")]}}), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["rules", "export", "--format", "sigma", "--output", str(out), "--rules", str(cfg)]) == 0
+    return out
+
+
+def test_export_writes_null_in_a_value_list_as_a_list_of_mappings(tmp_path: Path) -> None:
+    """Sigma forbids null inside a value list: ``{actor.ip: [null, 1.2.3.4], type: x}`` is exported as
+    ``[{actor.ip: null, ...}, {actor.ip: 1.2.3.4, ...}]`` (the same OR), pySigma parses it, and the import of
+    the export matches the same events."""
+    rule = {"id": "custom.nulllist", "title": "null list rule", "severity": "low",
+            "detection": {"s": {"actor.ip": [None, "1.2.3.4"], "type": "audit.x"}, "condition": "s"}}  # fmt: skip
+    out = _export_user_rules(tmp_path, [rule])
+    text = (out / "custom_nulllist.yml").read_text(encoding="utf-8")
+    doc = yaml.safe_load(text)
+    assert doc["detection"]["s"] == [{"type": "audit.x", "actor.ip": None}, {"type": "audit.x", "actor.ip": "1.2.3.4"}]
+    coll = SigmaCollection.from_yaml(text)
+    assert not coll.errors and not coll.rules[0].errors
+    imported = tmp_path / "imported.yaml"
+    assert main(["rules", "import", str(out / "custom_nulllist.yml"), "--output", str(imported)]) == 0
+    (new,) = yaml.safe_load(imported.read_text(encoding="utf-8"))["rules"]
+    for actor, want in (({}, True), ({"ip": "1.2.3.4"}, True), ({"ip": "9.9.9.9"}, False)):
+        ev = make_event("audit.x", time=T0, actor=actor)
+        assert _opens({"files": [str(tmp_path / "r.yaml")]}, "custom.nulllist", ev) is want
+        assert _opens({"files": [str(imported)]}, new["id"], ev) is want
