@@ -140,19 +140,31 @@ def _types_selection(types: list[str]) -> Any:
     return alts[0] if len(alts) == 1 else alts
 
 
+def _free_name(base: str, taken: list[str]) -> str:
+    """``base``, or ``base_2``, ``base_3``... when the rule has a selection of that name already."""
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    return name
+
+
 def export_detection(detection: Mapping[str, Any], types: list[str], codes: list[int] | None) -> dict[str, Any]:
     sels = {str(k): _export_selection(v) for k, v in detection.items() if k != "condition"}
     cond = detection.get("condition")
     if cond is None:
         cond = next(iter(sels))
-    extra = [n for n, need in (("rule_types", "*" not in types), ("rule_activity_codes", codes is not None)) if need]
     names = list(sels)
+    added: dict[str, Any] = {}
+    if "*" not in types:
+        added[_free_name("rule_types", names)] = _types_selection(types)
+    if codes is not None:
+        added[_free_name("rule_activity_codes", names)] = {
+            "attributes.activity_code": codes[0] if len(codes) == 1 else list(codes)}  # fmt: skip
+    extra = list(added)
     # our patterns reach _-prefixed selections and never the added ones; Sigma's may differ
     cond = rewrite_of(str(cond), names, [*names, *extra], to_sigma=True)
-    if "*" not in types:
-        sels["rule_types"] = _types_selection(types)
-    if codes is not None:
-        sels["rule_activity_codes"] = {"attributes.activity_code": codes[0] if len(codes) == 1 else list(codes)}
+    sels.update(added)
     if extra:
         cond = f"({cond}) and " + " and ".join(extra)
     return {**sels, "condition": cond}

@@ -541,3 +541,15 @@ def test_export_writes_null_in_a_value_list_as_a_list_of_mappings(tmp_path: Path
         ev = make_event("audit.x", time=T0, actor=actor)
         assert _opens({"files": [str(tmp_path / "r.yaml")]}, "custom.nulllist", ev) is want
         assert _opens({"files": [str(imported)]}, new["id"], ev) is want
+
+
+def test_export_adds_its_selections_under_names_the_rule_does_not_use() -> None:
+    """A rule's own ``rule_types`` / ``rule_activity_codes`` selections are kept; the added ones take free names."""
+    det = export_detection({"rule_types": {"target.name": "evil"}, "rule_activity_codes": {"target.id": "x"},
+                            "condition": "rule_types or rule_activity_codes"}, ["audit.*"], [3])  # fmt: skip
+    assert det["rule_types"] == {"target.name": "evil"} and det["rule_activity_codes"] == {"target.id": "x"}
+    assert det["rule_types_2"] == {"type|startswith": "audit."}
+    assert det["rule_activity_codes_2"] == {"attributes.activity_code": 3}
+    assert det["condition"] == "(rule_types or rule_activity_codes) and rule_types_2 and rule_activity_codes_2"
+    them = export_detection({"rule_types": {"target.name": "evil"}, "condition": "1 of rule*"}, ["audit.*"], None)
+    assert them["condition"] == "((rule_types)) and rule_types_2"  # the pattern must not reach the added one
