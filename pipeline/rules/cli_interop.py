@@ -49,8 +49,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     written, skipped = [], []
     written_files: dict[str, str] = {}
+    by_id = {r.meta.id: r for r in ruleset.rules}
     for rule in ruleset.rules:
-        ex = export_correlation(rule) if isinstance(getattr(rule, "spec", None), CorrelationSpec) else export_rule(rule)
+        if isinstance(getattr(rule, "spec", None), CorrelationSpec):
+            ex = export_correlation(rule, by_id)
+        else:
+            ex = export_rule(rule)
         if ex.document is None:
             skipped.append((ex.rule_id, ex.skipped))
             continue

@@ -553,3 +553,56 @@ def test_export_adds_its_selections_under_names_the_rule_does_not_use() -> None:
     assert det["condition"] == "(rule_types or rule_activity_codes) and rule_types_2 and rule_activity_codes_2"
     them = export_detection({"rule_types": {"target.name": "evil"}, "condition": "1 of rule*"}, ["audit.*"], None)
     assert them["condition"] == "((rule_types)) and rule_types_2"  # the pattern must not reach the added one
+
+
+def test_every_exported_file_stands_alone_and_references_rules_by_name(tmp_path: Path) -> None:
+    """A correlation entry ``rule: <id>`` is exported inside the correlation's file (a named copy), so pySigma
+    resolves each file loaded alone; aliases key by that ``name`` (correlation spec, "Field Name Aliases");
+    ``generate: true`` is set when the referenced rule alerts on its own (enabled), not otherwise. The
+    import of the export opens on the same events."""
+    created = {"id": "custom.key_created", "title": "Key created", "severity": "low", "types": ["api_key.created"],
+               "detection": {"s": {"target.kind": "api_key"}}}  # fmt: skip
+    quiet = {"id": "custom.key_quiet", "title": "Key updated", "severity": "low", "types": ["api_key.updated"],
+             "enabled": False, "detection": {"s": {"target.kind": "api_key"}}}  # fmt: skip
+    used = {"name": "used", "types": ["audit.*"], "detection": {"u": {"actor.api_key_id|exists": True}},
+            "group-by": ["actor.api_key_id"]}  # fmt: skip
+    ref = {"id": "custom.created_then_used", "title": "Key created then used", "severity": "high",
+           "correlation": {"type": "temporal", "rules": [{"rule": "custom.key_created"}, used],
+                           "group-by": ["target.id"], "timespan": "1h"}}  # fmt: skip
+    burst = {"id": "custom.quiet_burst", "title": "Updates", "severity": "medium",
+             "correlation": {"type": "event_count", "rules": ["custom.key_quiet"], "group-by": ["actor.user_id"],
+                             "timespan": "1h", "condition": {"neq": 1}}}  # fmt: skip
+    out = _export_user_rules(tmp_path, [created, quiet, ref, burst])
+    for f in sorted(out.glob("*.yml")):
+        coll = SigmaCollection.from_yaml(f.read_text(encoding="utf-8"))
+        coll.resolve_rule_references()  # raises SigmaRuleNotFoundError for a rule outside the file
+        assert not coll.errors and not any(r.errors for r in coll.rules), f.name
+    docs = list(yaml.safe_load_all((out / "custom_created_then_used.yml").read_text(encoding="utf-8")))
+    corr, bases = docs[0], docs[1:]
+    names = [b["name"] for b in bases]
+    assert corr["correlation"]["rules"] == names == ["custom_created_then_used_custom_key_created",
+                                                      "custom_created_then_used_used"]  # fmt: skip
+    assert corr["correlation"]["aliases"] == {"group_1": dict(zip(names, ["target.id", "actor.api_key_id"]))}
+    assert corr["generate"] is True and corr["correlation"]["generate"] is True
+    assert bases[0]["detection"]["s"] == {"target.kind": "api_key"} and bases[0]["level"] == "low"
+    assert bases[0]["id"] != sigma_id("custom.key_created")  # the stand-alone file keeps that id
+    (quiet_corr, quiet_base) = yaml.safe_load_all((out / "custom_quiet_burst.yml").read_text(encoding="utf-8"))
+    assert "generate" not in quiet_corr and "generate" not in quiet_corr["correlation"]
+    assert quiet_corr["correlation"]["condition"] == {"neq": 1} and "level" not in quiet_base
+    (sc,) = [r for r in SigmaCollection.from_yaml(yaml.safe_dump_all([quiet_corr, quiet_base])).rules
+             if isinstance(r, SigmaCorrelationRule)]  # fmt: skip
+    assert sc.condition.op.name == "NEQ" and not sc.generate
+    whole = SigmaCollection.load_ruleset([str(f) for f in sorted(out.glob("*.yml"))])
+    whole.resolve_rule_references()
+    imported = tmp_path / "imported.yaml"
+    assert main(["rules", "import", str(out / "custom_created_then_used.yml"), "--output", str(imported)]) == 0
+    back = yaml.safe_load(imported.read_text(encoding="utf-8"))["rules"]
+    assert [r["id"] for r in back] == ["sigma.key_created_then_used", "sigma.key_created_then_used_key_created",
+                                       "sigma.key_created_then_used_used"]  # generate: the bases on their own too
+    for key, want in (("K1", True), ("K2", False)):
+        evs = [make_event("api_key.created", time=T0, target={"kind": "api_key", "id": "K1"}),
+               make_event("audit.x", time=T0 + 5, actor={"api_key_id": key})]  # fmt: skip
+        for cfg, rid in (({"files": [str(tmp_path / "r.yaml")]}, "custom.created_then_used"),
+                         ({"files": [str(imported)]}, "sigma.key_created_then_used")):  # fmt: skip
+            res = RulesEngine.from_config(cfg, clock=FakeClock(T0)).evaluate(evs)
+            assert any(a.rule.id == rid and a.status == "open" for a in res.alerts) is want, (rid, key)
