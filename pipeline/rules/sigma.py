@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from pipeline.rules.base import Rule
 from pipeline.rules.matcher import MatchRuleSpec, RuleSyntaxError, compile_detection, getter
 from pipeline.rules.sigma_condition import plain_identifiers, rename_in_condition, rewrite_of
@@ -49,6 +51,20 @@ FIELD_NOTE = (
 DEFAULT_FP = "Intended administrative changes (see the runbook)"
 _DROP_ON_EXPORT = frozenset({"in", "eq"})  # a list is already "any of"; eq is the default
 _WILDCARD = re.compile(r"(?<!\\)[*?]")
+
+
+class _SigmaDumper(yaml.SafeDumper):
+    """Block YAML indented by 4 spaces, lists too (``references:\n    - ...``), as the Sigma rules
+    specification asks ("Yaml File": indentation of 4 spaces)."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)
+
+
+def dump_sigma(docs: list[dict[str, Any]]) -> str:
+    """Sigma documents as one YAML text (``---`` between several), 4-space indentation, block style."""
+    return yaml.dump_all(docs, Dumper=_SigmaDumper, sort_keys=False, width=100, allow_unicode=True, indent=4,
+                         default_flow_style=False, explicit_start=len(docs) > 1)  # fmt: skip
 
 
 def sigma_id(rule_id: str) -> str:

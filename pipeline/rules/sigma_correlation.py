@@ -137,8 +137,6 @@ def export_correlation(rule: Rule, rules: Mapping[str, Rule] | None = None) -> E
             aliases[f"group_{j + 1}"] = dict(zip(refs, fields, strict=True))
             group.append(f"group_{j + 1}")
     corr: dict[str, Any] = {"type": body.type, "rules": refs, "group-by": list(dict.fromkeys(group))}
-    if generate:  # pySigma reads it here; the specification's JSON schema at the top (written there too)
-        corr["generate"] = True
     if aliases:
         corr["aliases"] = aliases
     corr["timespan"] = _timespan(parse_duration(body.timespan, "correlation.timespan"))
@@ -148,6 +146,8 @@ def export_correlation(rule: Rule, rules: Mapping[str, Rule] | None = None) -> E
         corr["condition"] = {op: int(v) for op, v in body.condition.items()}
         if body.field:
             corr["condition"]["field"] = body.field
+    if generate:  # pySigma reads it here; the specification's JSON schema at the top (written there too)
+        corr["generate"] = True
     meta = rule.meta
     description = (meta.description or meta.title).strip().rstrip(".") + "."
     doc: dict[str, Any] = {

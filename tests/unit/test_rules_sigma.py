@@ -606,3 +606,13 @@ def test_every_exported_file_stands_alone_and_references_rules_by_name(tmp_path:
                          ({"files": [str(imported)]}, "sigma.key_created_then_used")):  # fmt: skip
             res = RulesEngine.from_config(cfg, clock=FakeClock(T0)).evaluate(evs)
             assert any(a.rule.id == rid and a.status == "open" for a in res.alerts) is want, (rid, key)
+
+
+def test_exported_files_are_indented_by_four_spaces(exported: Path) -> None:
+    """sigma-rules-specification.md "Yaml File": indentation of 4 spaces (block style, lists indented too)."""
+    for f in sorted(exported.glob("*.yml")):
+        lines = [ln for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+        assert all((len(ln) - len(ln.lstrip(" "))) % 4 == 0 for ln in lines), f.name
+    text = (exported / "auth_mfa_disabled.yml").read_text(encoding="utf-8")
+    assert "\nlogsource:\n    product: instantly\n    service: audit\n" in text
+    assert "\nfalsepositives:\n    - " in text and "\ntags:\n    - attack." in text
