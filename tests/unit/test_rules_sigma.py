@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from sigma.collection import SigmaCollection
-from sigma.correlations import SigmaCorrelationRule
+from sigma.correlations import SigmaCorrelationCondition, SigmaCorrelationRule
 from sigma.rule import SigmaRule
 from sigma.validation import SigmaValidator
 from sigma.validators.core import validators
@@ -287,7 +287,7 @@ def test_import_of_spec_shaped_correlations() -> None:
 
     failed = _base("failed_login", {"type": "audit.login_failed"}) | {"id": "5638f7c0-ac70-491d-8465-2a65075e0d86"}
     ok = _base("successful_login", {"type": "audit.login"})
-    count = {
+    count: dict[str, Any] = {
         "title": "Many failed logins",
         "level": "high",
         "tags": ["attack.t1110"],
@@ -313,9 +313,9 @@ def test_import_of_spec_shaped_correlations() -> None:
     assert d is not None and [e["name"] for e in d["correlation"]["rules"]] == ["failed_login", "successful_login"]
     res = import_collection([("a", failed), ("c", count)])
     assert res[0] == ("a", None, "used by correlation 'Many failed logins'")
-    neq = dict(count, correlation=dict(count["correlation"], condition={"neq": 3}))
-    (_, c, _) = import_collection([("a", failed), ("c", neq)])[1]
-    assert c is not None and c["correlation"]["condition"] == {"neq": 3}  # Sigma 2.1; loads: see test below
+    neq = count | {"correlation": {**count["correlation"], "condition": {"neq": 3}}}
+    (_, c, msg) = import_collection([("a", failed), ("c", neq)])[1]
+    assert c is not None and c["correlation"]["condition"] == {"neq": 3}, msg  # Sigma 2.1 (compiled on import)
 
 
 @pytest.mark.parametrize(
@@ -469,8 +469,7 @@ def test_import_of_neq_negates_the_field_item_as_pysigma_does() -> None:
     assert got == {"s": {"type": "audit.login"}, "s_not": {"target.name|contains": ["adm", "root"]},
                    "t": {"type": "audit.x"}, "condition": "((s and not s_not) or t)"}  # fmt: skip
     match = compile_detection(got)
-    login = {"target": {"kind": "user", "name": "bob"}}
-    assert match(make_event("audit.login", time=T0, **login))
+    assert match(make_event("audit.login", time=T0, target={"kind": "user", "name": "bob"}))
     assert not match(make_event("audit.login", time=T0, target={"kind": "user", "name": "ADMIN"}))
     assert match(make_event("audit.login", time=T0))  # no name: it differs (pySigma: not (name = ...))
     alts = {"s": [{"type": "audit.login", "actor.ip|neq": "10.0.0.1"}, {"type": "audit.x"}], "condition": "s"}
@@ -582,7 +581,7 @@ def test_every_exported_file_stands_alone_and_references_rules_by_name(tmp_path:
     names = [b["name"] for b in bases]
     assert corr["correlation"]["rules"] == names == ["custom_created_then_used_custom_key_created",
                                                       "custom_created_then_used_used"]  # fmt: skip
-    assert corr["correlation"]["aliases"] == {"group_1": dict(zip(names, ["target.id", "actor.api_key_id"]))}
+    assert corr["correlation"]["aliases"] == {"group_1": {names[0]: "target.id", names[1]: "actor.api_key_id"}}
     assert corr["generate"] is True and corr["correlation"]["generate"] is True
     assert bases[0]["detection"]["s"] == {"target.kind": "api_key"} and bases[0]["level"] == "low"
     assert bases[0]["id"] != sigma_id("custom.key_created")  # the stand-alone file keeps that id
@@ -591,14 +590,15 @@ def test_every_exported_file_stands_alone_and_references_rules_by_name(tmp_path:
     assert quiet_corr["correlation"]["condition"] == {"neq": 1} and "level" not in quiet_base
     (sc,) = [r for r in SigmaCollection.from_yaml(yaml.safe_dump_all([quiet_corr, quiet_base])).rules
              if isinstance(r, SigmaCorrelationRule)]  # fmt: skip
-    assert sc.condition.op.name == "NEQ" and not sc.generate
+    assert isinstance(sc.condition, SigmaCorrelationCondition) and sc.condition.op.name == "NEQ" and not sc.generate
     whole = SigmaCollection.load_ruleset([str(f) for f in sorted(out.glob("*.yml"))])
     whole.resolve_rule_references()
     imported = tmp_path / "imported.yaml"
     assert main(["rules", "import", str(out / "custom_created_then_used.yml"), "--output", str(imported)]) == 0
     back = yaml.safe_load(imported.read_text(encoding="utf-8"))["rules"]
-    assert [r["id"] for r in back] == ["sigma.key_created_then_used", "sigma.key_created_then_used_key_created",
-                                       "sigma.key_created_then_used_used"]  # generate: the bases on their own too
+    want_ids = ["sigma.key_created_then_used", "sigma.key_created_then_used_key_created",
+                "sigma.key_created_then_used_used"]  # fmt: skip
+    assert [r["id"] for r in back] == want_ids  # generate: the bases are imported on their own too
     for key, want in (("K1", True), ("K2", False)):
         evs = [make_event("api_key.created", time=T0, target={"kind": "api_key", "id": "K1"}),
                make_event("audit.x", time=T0 + 5, actor={"api_key_id": key})]  # fmt: skip
