@@ -29,7 +29,7 @@ from pipeline.rules.correlation import CorrelationSpec
 from pipeline.rules.navigator import build_layer, read_emulations
 from pipeline.rules.packs import rule_packs
 from pipeline.rules.rules_file import EXIT_FAIL, EXIT_OK, EXIT_USAGE, read_rules_file
-from pipeline.rules.sigma import FIELD_NOTE, export_rule, sigma_filename
+from pipeline.rules.sigma import FIELD_NOTE, dump_sigma, export_rule, sigma_filename
 from pipeline.rules.sigma_correlation import export_correlation, import_collection
 
 
@@ -49,8 +49,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     written, skipped = [], []
     written_files: dict[str, str] = {}
+    by_id = {r.meta.id: r for r in ruleset.rules}
     for rule in ruleset.rules:
-        ex = export_correlation(rule) if isinstance(getattr(rule, "spec", None), CorrelationSpec) else export_rule(rule)
+        if isinstance(getattr(rule, "spec", None), CorrelationSpec):
+            ex = export_correlation(rule, by_id)
+        else:
+            ex = export_rule(rule)
         if ex.document is None:
             skipped.append((ex.rule_id, ex.skipped))
             continue
@@ -58,7 +62,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"# {line}\n" for line in textwrap.wrap(FIELD_NOTE, 98)
         )
         docs = [ex.document, *ex.base]
-        text = yaml.safe_dump_all(docs, sort_keys=False, width=100, allow_unicode=True, explicit_start=len(docs) > 1)
+        text = dump_sigma(docs)
         name = sigma_filename(ex.rule_id)
         if name in written_files:
             print(f"rules export: {ex.rule_id} and {written_files[name]} both map to {name}", file=sys.stderr)

@@ -16,7 +16,7 @@
           detection: {sel: {type: api_key.deleted}, condition: sel}
       group-by: [target.id]      # per entry too (Sigma's aliases): {group-by: [actor.api_key_id]}
       timespan: 1h
-      condition: {gte: 3}        # event_count / value_count: gt gte lt lte eq (all must hold)
+      condition: {gte: 3}        # event_count / value_count: gt gte lt lte eq neq (all must hold)
       field: attributes.list_id  # value_count / new_terms: the field whose values count
       grace: 10m                 # late events accepted this long after a window closes
       max_groups: 10000          # per rule and workspace; least recently active dropped beyond
@@ -64,7 +64,8 @@ from schemas.alert import Entity, Severity
 from schemas.event import Event
 
 CorrelationType = Literal["event_count", "value_count", "temporal", "temporal_ordered", "absence", "new_terms"]
-_OPS = {"gt": float.__gt__, "gte": float.__ge__, "lt": float.__lt__, "lte": float.__le__, "eq": float.__eq__}
+_OPS = {"gt": float.__gt__, "gte": float.__ge__, "lt": float.__lt__, "lte": float.__le__, "eq": float.__eq__,
+        "neq": float.__ne__}  # fmt: skip
 MAX_TERMS = 5000
 """Terms remembered per new-terms history (the least recently seen are forgotten first)."""
 MAX_ENTRIES = 1000

@@ -26,7 +26,9 @@ A rule file holds one rule, a list of rules, or ``{rules: [...]}``::
 Detection semantics (as in Sigma): a selection is a mapping (all fields must match) or a list
 of mappings (any). A list of values means any of them (``|all``: every one). Strings compare
 case-insensitively unless ``|cased``. A field that holds a list matches when any element does.
-``null`` matches a missing field. Field paths start at an Event v1 field: ``type``, ``time``,
+``null`` matches a missing field. ``|exists`` tests presence: a key under ``attributes``, ``raw`` or
+``change.before/after`` exists even with the value null; a fixed Event v1 field (``actor.ip``) exists
+when not null. Field paths start at an Event v1 field: ``type``, ``time``,
 ``workspace.id``, ``source.kind``, ``actor.ip``, ``target.id``, ``change.after.role``,
 ``attributes.<name>``, ``raw.<name>``. Modifiers: ``contains startswith endswith re cidr
 gt gte lt lte exists in all cased`` (``re`` also takes ``i``, ``m``, ``s``). Conditions use
@@ -105,6 +107,27 @@ def getter(path: str, where: str = "field") -> Getter:
     return get
 
 
+def _presence(path: str) -> Callable[[Event], bool]:
+    """Whether ``path`` is present: a key of a mapping (``attributes``, ``raw``, ``change.after``...) is
+    present even when its value is null (modifiers appendix: ``exists`` "only verifies the presence of a
+    field, not its value, be it empty or null"); a fixed Event v1 field is present when not null."""
+    head, *rest = path.split(".")
+    if not rest:
+        return lambda ev: getattr(ev, head) is not None
+
+    def present(ev: Event) -> bool:
+        v: Any = getattr(ev, head)
+        for s in rest[:-1]:
+            if v is None:
+                return False
+            v = v.get(s) if isinstance(v, dict) else getattr(v, s, None)
+        if isinstance(v, dict):
+            return rest[-1] in v
+        return getattr(v, rest[-1], None) is not None
+
+    return present
+
+
 # ---- value predicates ------------------------------------------------------------------------
 def _num(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool)
@@ -148,7 +171,8 @@ def _value_pred(kind: str, expected: Any, mods: set[str], where: str) -> Callabl
             rx = re.compile(expected, flags)
         except re.error as err:
             raise RuleSyntaxError(where, f"|re: invalid pattern: {err}") from None
-        return lambda v: isinstance(v, str) and rx.search(v) is not None
+        # numbers as their string form, as the string modifiers read them (Sigma values are strings)
+        return lambda v: (t := _text(v, True)) is not None and rx.search(t) is not None
     if expected is None:
         if kind != "eq":
             raise RuleSyntaxError(where, f"|{kind} cannot compare with null")
@@ -190,10 +214,12 @@ def _field_pred(spec: str, expected: Any, where: str) -> Pred:
             raise RuleSyntaxError(where, "|exists needs true or false")
         head, _, sub = path.partition(".")
         if sub and "." not in sub and head not in ("attributes", "raw"):  # getter's two-step form, inlined
+            # a fixed Event v1 field (actor.ip): absent and null are the same thing there
             if expected:
                 return lambda ev: getattr(getattr(ev, head), sub, None) is not None
             return lambda ev: getattr(getattr(ev, head), sub, None) is None
-        return lambda ev: (get(ev) is not None) is expected
+        present = _presence(path)
+        return lambda ev: present(ev) is expected
     values = list(expected) if isinstance(expected, list) else [expected]
     if "in" in mods and not isinstance(expected, list):
         raise RuleSyntaxError(where, "|in needs a list of values")

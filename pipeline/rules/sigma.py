@@ -19,17 +19,20 @@ wildcards, escapes). Conditions are read as pySigma reads them
 
 from __future__ import annotations
 
+import itertools
 import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from pipeline.rules.base import Rule
 from pipeline.rules.matcher import MatchRuleSpec, RuleSyntaxError, compile_detection, getter
 from pipeline.rules.sigma_condition import plain_identifiers, rename_in_condition, rewrite_of
 from pipeline.rules.sigma_values import SigmaImportError as SigmaImportError  # re-exported: callers import it here
-from pipeline.rules.sigma_values import import_selection
+from pipeline.rules.sigma_values import import_selection, split_neq
 
 NAMESPACE = uuid.UUID("5b0ce7a2-6f5e-4c39-9d5b-2f1f8d0b9a41")
 """UUIDv5 namespace of exported rule ids (never change it: ids must stay stable)."""
@@ -38,6 +41,8 @@ LEVELS = {"info": "informational", "low": "low", "medium": "medium", "high": "hi
 SEVERITIES = {v: k for k, v in LEVELS.items()}
 SIGMA_STATUSES = ("stable", "test", "experimental", "deprecated")
 """Sigma statuses our rules share (Sigma's fifth, ``unsupported``, is never exported and is rejected on import)."""
+RELATED_TYPES = ("derived", "obsolete", "merged", "renamed", "similar")
+"""sigma-rules-specification.md, "Related": the relation types a ``related`` entry may name."""
 FIELD_NOTE = (
     "Field names are instantly-audit Event v1 paths (schemas/event.v1.json): type, time, workspace.id, "
     "source.kind, actor.user_id, actor.ip, actor.api_key_id, target.id, change.after.<field>, "
@@ -46,6 +51,20 @@ FIELD_NOTE = (
 DEFAULT_FP = "Intended administrative changes (see the runbook)"
 _DROP_ON_EXPORT = frozenset({"in", "eq"})  # a list is already "any of"; eq is the default
 _WILDCARD = re.compile(r"(?<!\\)[*?]")
+
+
+class _SigmaDumper(yaml.SafeDumper):
+    """Block YAML indented by 4 spaces, lists too (``references:\n    - ...``), as the Sigma rules
+    specification asks ("Yaml File": indentation of 4 spaces)."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)
+
+
+def dump_sigma(docs: list[dict[str, Any]]) -> str:
+    """Sigma documents as one YAML text (``---`` between several), 4-space indentation, block style."""
+    return yaml.dump_all(docs, Dumper=_SigmaDumper, sort_keys=False, width=100, allow_unicode=True, indent=4,
+                         default_flow_style=False, explicit_start=len(docs) > 1)  # fmt: skip
 
 
 def sigma_id(rule_id: str) -> str:
@@ -80,19 +99,44 @@ def _escape(value: Any) -> Any:
     return value
 
 
+def _export_item(path: str, kept: list[str], value: Any) -> tuple[str, Any]:
+    if "all" in kept and not (isinstance(value, list) and len(value) > 1):
+        kept = [m for m in kept if m != "all"]  # Sigma forbids |all on a single value; for one it changes nothing
+    literal = not ({"re", "cidr"} & set(kept))
+    v = ([_escape(x) for x in value] if isinstance(value, list) else _escape(value)) if literal else value
+    return "|".join([path, *kept]), v
+
+
 def _export_selection(body: Any) -> Any:
+    """One selection as Sigma. ``null`` cannot be part of a Sigma value list (sigma-rules-specification.md):
+    ``{f: [null, a, b]}`` ("f is missing, a or b") becomes the list of mappings ``[{f: null}, {f: [a, b]}]``,
+    each with the selection's other fields; with ``|all`` the null and the rest go in one mapping."""
     if isinstance(body, list):
-        return [_export_selection(b) for b in body]
+        flat: list[Any] = []
+        for b in body:
+            got = _export_selection(b)
+            flat += got if isinstance(got, list) else [got]  # an OR inside an OR
+        return flat
     out: dict[str, Any] = {}
+    alternatives: list[list[tuple[str, Any]]] = []  # per field with null in its list: its OR
     for key, value in body.items():
         path, *mods = str(key).split("|")
         kept = [m for m in mods if m not in _DROP_ON_EXPORT]
-        if "all" in kept and not (isinstance(value, list) and len(value) > 1):
-            kept.remove("all")  # Sigma forbids |all on a single value; for one value it changes nothing
-        literal = not ({"re", "cidr"} & set(kept))
-        v = ([_escape(x) for x in value] if isinstance(value, list) else _escape(value)) if literal else value
-        out["|".join([path, *kept])] = v
-    return out
+        if isinstance(value, list) and None in value and len(value) > 1:
+            rest = [x for x in value if x is not None]
+            if not rest or "all" in kept:  # every value: null and each of the rest (|all needs two)
+                out[path] = None
+                if rest:
+                    k, v = _export_item(path, kept, rest if len(rest) > 1 else rest * 2)
+                    out[k] = v
+            else:
+                alternatives.append([(path, None), _export_item(path, kept, rest if len(rest) > 1 else rest[0])])
+            continue
+        k, v = _export_item(path, kept, value)
+        out[k] = v
+    if not alternatives:
+        return out
+    return [out | dict(combo) for combo in itertools.product(*alternatives)]
 
 
 def _types_selection(types: list[str]) -> Any:
@@ -112,19 +156,31 @@ def _types_selection(types: list[str]) -> Any:
     return alts[0] if len(alts) == 1 else alts
 
 
+def _free_name(base: str, taken: list[str]) -> str:
+    """``base``, or ``base_2``, ``base_3``... when the rule has a selection of that name already."""
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    return name
+
+
 def export_detection(detection: Mapping[str, Any], types: list[str], codes: list[int] | None) -> dict[str, Any]:
     sels = {str(k): _export_selection(v) for k, v in detection.items() if k != "condition"}
     cond = detection.get("condition")
     if cond is None:
         cond = next(iter(sels))
-    extra = [n for n, need in (("rule_types", "*" not in types), ("rule_activity_codes", codes is not None)) if need]
     names = list(sels)
+    added: dict[str, Any] = {}
+    if "*" not in types:
+        added[_free_name("rule_types", names)] = _types_selection(types)
+    if codes is not None:
+        added[_free_name("rule_activity_codes", names)] = {
+            "attributes.activity_code": codes[0] if len(codes) == 1 else list(codes)}  # fmt: skip
+    extra = list(added)
     # our patterns reach _-prefixed selections and never the added ones; Sigma's may differ
     cond = rewrite_of(str(cond), names, [*names, *extra], to_sigma=True)
-    if "*" not in types:
-        sels["rule_types"] = _types_selection(types)
-    if codes is not None:
-        sels["rule_activity_codes"] = {"attributes.activity_code": codes[0] if len(codes) == 1 else list(codes)}
+    sels.update(added)
     if extra:
         cond = f"({cond}) and " + " and ".join(extra)
     return {**sels, "condition": cond}
@@ -215,8 +271,7 @@ def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
         raise SigmaImportError("not a Sigma rule (expected a mapping)")
     if "correlation" in doc or "filter" in doc or "action" in doc:
         raise SigmaImportError("correlation, filter and collection documents are not imported")
-    if doc.get("status") == "unsupported":
-        raise SigmaImportError("status unsupported: the rule cannot be used in its current state")
+    check_metadata(doc)
     for need in ("title", "logsource", "detection"):
         if need not in doc:
             raise SigmaImportError(f"missing {need!r}")
@@ -238,10 +293,14 @@ def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
         raise SigmaImportError("aggregations (| count() ...) and near are not supported; use correlation rules")
     if "timeframe" in det:
         raise SigmaImportError("timeframe belongs to correlations; single-event rules have none")
-    detection = {str(k): import_selection(v, f"detection.{k}") for k, v in det.items() if k != "condition"}
-    names = list(detection)
-    renames = plain_identifiers(names)  # Sigma's patterns skip _-prefixed names; renaming could widen one
-    cond = rewrite_of(str(cond), names, names, to_sigma=False, force=bool(renames))
+    raw = {str(k): v for k, v in det.items() if k != "condition"}
+    names = list(raw)
+    split, negated = split_neq(raw)  # |neq items become selections the condition negates
+    detection = {k: import_selection(v, f"detection.{origin}") for k, (origin, v) in split.items()}
+    renames = plain_identifiers(list(detection))
+    # Sigma's patterns skip _-prefixed names; renaming or splitting could widen one: write them all out
+    cond = rewrite_of(str(cond), names, names, to_sigma=False, force=bool(renames or negated))
+    cond = rename_in_condition(cond, negated)
     detection = {renames.get(k, k): v for k, v in detection.items()}
     detection["condition"] = rename_in_condition(cond, renames)
     try:
@@ -266,6 +325,43 @@ def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
         **lifecycle_keys(doc),
         **_display_fields(doc),
     }
+
+
+def check_metadata(doc: Mapping[str, Any]) -> None:
+    """Reject what the Sigma specification forbids in ``status``, ``id`` and ``related`` (pySigma does too).
+
+    Raises:
+        SigmaImportError: naming the key and what is wrong with it.
+    """
+    status = doc.get("status")
+    if status == "unsupported":
+        raise SigmaImportError("status unsupported: the rule cannot be used in its current state")
+    if status is not None and status not in SIGMA_STATUSES:
+        raise SigmaImportError(f"status {status!r} is not a Sigma status (one of: {', '.join(SIGMA_STATUSES)}, "
+                               "unsupported)")  # fmt: skip
+    if "id" in doc and not _is_uuid(doc["id"]):
+        raise SigmaImportError(f"id {doc['id']!r} is not a UUID (Sigma rule ids are UUIDs)")
+    related = doc.get("related")
+    if related is None:
+        return
+    if not isinstance(related, list):
+        raise SigmaImportError("related must be a list of {id, type} entries")
+    for i, rel in enumerate(related):
+        if not isinstance(rel, Mapping) or not _is_uuid(rel.get("id")):
+            raise SigmaImportError(f"related.{i}: needs an id that is a UUID")
+        if rel.get("type") not in RELATED_TYPES:
+            raise SigmaImportError(f"related.{i}.type {rel.get('type')!r} is not a Sigma relation (one of: "
+                                   f"{', '.join(RELATED_TYPES)})")  # fmt: skip
+
+
+def _is_uuid(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _display_fields(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,8 @@ import fnmatch
 import re
 from collections.abc import Mapping, Sequence
 
+from pipeline.rules.sigma_values import SigmaImportError
+
 _OF = re.compile(r"\b(1|any|all) of ([A-Za-z0-9_*-]+)")
 _IDENT = re.compile(r"[A-Za-z0-9_*-]+")
 
@@ -33,12 +35,18 @@ def rewrite_of(cond: str, ours: Sequence[str], sigmas: Sequence[str], *, to_sigm
     ``ours`` are the selection names in our rule, ``sigmas`` those in the Sigma rule (export adds
     selections). ``to_sigma``: our reading is kept (export); else Sigma's is (import). ``force``
     writes out every pattern (before :func:`rename_in_condition`, which could widen one).
+
+    Raises:
+        SigmaImportError: on import, a pattern reaches no identifier as Sigma reads it.
     """
 
     def one(m: re.Match[str]) -> str:
         quant, pattern = m.group(1), m.group(2)
         mine, theirs = of_names(pattern, ours, sigma=False), of_names(pattern, sigmas, sigma=True)
         keep = mine if to_sigma else theirs
+        if not keep and not to_sigma:  # pySigma refuses it; our reading may still reach _-prefixed names
+            raise SigmaImportError(f"condition: {m.group(0)!r} doesn't match any detection (Sigma leaves "
+                                   "_-prefixed identifiers out of it)")  # fmt: skip
         if (mine == theirs and not force) or not keep:
             return "1 of " + pattern if quant == "any" and to_sigma else m.group(0)
         return "(" + (" and " if quant == "all" else " or ").join(keep) + ")"

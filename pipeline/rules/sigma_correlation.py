@@ -2,9 +2,9 @@
 
 **Export** (:func:`export_correlation`). An ``event_count``, ``value_count``, ``temporal`` or
 ``temporal_ordered`` correlation becomes one multi-document file: the correlation, then one
-Sigma rule per inline entry (``name`` ``<rule id>_<entry name>``, referenced by that name).
-An entry naming one of our YAML match rules references that rule's exported Sigma id (load
-the export directory as one collection). ``group-by`` starts with ``workspace.id``: our
+Sigma rule per entry (``name`` ``<rule id>_<entry name>``, referenced by that name), so each file
+stands alone. An entry naming one of our YAML match rules gets a copy of that rule; when the rule
+alerts on its own, the correlation says ``generate: true``. ``group-by`` starts with ``workspace.id``: our
 correlations always count per workspace. ``absence`` and ``new_terms`` correlations, entries
 with ``new_terms`` and fractional thresholds have no Sigma equivalent and are skipped with the
 reason. Entries with their own ``group-by`` become Sigma field name ``aliases``.
@@ -13,8 +13,8 @@ reason. Entries with their own ``group-by`` become Sigma field name ``aliases``.
 a correlation whose ``rules`` name (by ``name`` or ``id``) plain Sigma rules of the collection
 becomes one of our correlations with those rules inline; the rules it uses are not imported on
 their own unless it says ``generate: true``; ``aliases`` become per-entry ``group-by``.
-Chained correlations, ``value_sum``, ``value_avg``, ``value_percentile``, ``neq`` and a
-``temporal`` condition other than "all rules" are rejected with the reason.
+Chained correlations, ``value_sum``, ``value_avg``, ``value_percentile`` and a ``temporal``
+condition other than "all rules" are rejected with the reason.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipeline.rules.base import Rule
-from pipeline.rules.correlation import CorrelationSpec, EntrySpec
+from pipeline.rules.base import Rule, RuleParams
+from pipeline.rules.correlation import CorrelationSpec, EntrySpec, compile_correlation
 from pipeline.rules.lifecycle import parse_duration
-from pipeline.rules.matcher import RuleSyntaxError, getter
+from pipeline.rules.matcher import MatchRuleSpec, RuleSyntaxError, getter
 from pipeline.rules.sigma import (
     DEFAULT_FP,
     LEVELS,
@@ -37,6 +37,7 @@ from pipeline.rules.sigma import (
     Exported,
     SigmaImportError,
     attack_tags,
+    check_metadata,
     export_detection,
     import_rule,
     lifecycle_keys,
@@ -46,7 +47,7 @@ from pipeline.rules.sigma import (
 
 SIGMA_TYPES = ("event_count", "value_count", "temporal", "temporal_ordered")
 _UNITS = (("d", 86_400), ("h", 3600), ("m", 60), ("s", 1))
-_SPAN = re.compile(r"^(\d+)([smhdw])$")
+_SPAN = re.compile(r"^(\d+)([smhd])$")  # sigma-correlation-rules-specification.md, "Time Selection"
 
 
 # ---- export ----------------------------------------------------------------------------------
@@ -59,21 +60,46 @@ def _timespan(seconds: float) -> str:
     return f"{whole}s"  # pragma: no cover - the "s" unit always divides
 
 
-def _entry_doc(spec: CorrelationSpec, entry: EntrySpec, i: int) -> dict[str, Any]:
-    name = f"{re.sub(r'[^a-z0-9]+', '_', spec.id.lower())}_{entry.name or f'rule{i}'}"
-    types, codes = list(entry.types or ["*"]), entry.activity_codes
-    return {
-        "title": f"{spec.title}: {entry.name or f'rule {i}'}",
-        "id": sigma_id(f"{spec.id}#{entry.name or i}"),
-        "name": name,
-        "description": f"Event {i + 1} of the instantly-audit correlation {spec.id}; it does not alert on its own.",
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def _entry_doc(spec: CorrelationSpec, entry: EntrySpec, i: int, ref: Rule | None) -> dict[str, Any]:
+    """The Sigma rule of one correlation entry, named ``<correlation id>_<entry>`` so the correlation and its
+    aliases can name it. An entry referencing one of our rules (``ref``) gets a copy of that rule's
+    detection: the file must stand alone (pySigma resolves references within what it loads)."""
+    label = entry.name or entry.rule or f"rule{i}"
+    where = f"Event {i + 1} of the instantly-audit correlation {spec.id}"
+    ref_spec = getattr(ref, "spec", None)
+    if isinstance(ref_spec, MatchRuleSpec) and ref is not None:
+        types, codes, detection = list(ref_spec.types), ref_spec.activity_codes, ref_spec.detection
+        title = f"{spec.title}: {entry.name or ref.meta.title}"
+        description = f"{where}: a copy of the instantly-audit rule {ref.meta.id} (also exported on its own)"
+        description += "; that rule alerts on its own too (generate: true)." if ref.params.enabled else "."
+    else:
+        types, codes, detection = list(entry.types or ["*"]), entry.activity_codes, entry.detection or {}
+        title = f"{spec.title}: {entry.name or f'rule {i}'}"
+        description = f"{where}; it does not alert on its own."
+    doc = {
+        "title": title,
+        "id": sigma_id(f"{spec.id}#{entry.name or entry.rule or i}"),
+        "name": f"{_slug(spec.id)}_{_slug(label)}",
+        "description": description,
         "logsource": {"product": PRODUCT, "service": SERVICE},
-        "detection": export_detection(entry.detection or {}, types, list(codes) if codes is not None else None),
+        "detection": export_detection(detection, types, list(codes) if codes is not None else None),
     }
+    if ref is not None and ref.params.enabled:  # generated on its own: with its own level
+        doc["level"] = LEVELS[str(ref.params.severity or ref.meta.severity)]
+    return doc
 
 
-def export_correlation(rule: Rule) -> Exported:
-    """Our correlation rule as a Sigma correlation plus its base rules, or skipped with the reason."""
+def export_correlation(rule: Rule, rules: Mapping[str, Rule] | None = None) -> Exported:
+    """Our correlation rule as a Sigma correlation plus its base rules, or skipped with the reason.
+
+    ``rules`` are the rules of the export by id: an entry ``rule: <id>`` is written as a base rule of the
+    file (a copy of that rule's detection), and when that rule alerts on its own (it is enabled) the
+    correlation says ``generate: true``, so Sigma tools convert the referenced rules on their own too.
+    """
     spec = getattr(rule, "spec", None)
     rid = rule.meta.id
     if not isinstance(spec, CorrelationSpec):
@@ -84,15 +110,20 @@ def export_correlation(rule: Rule) -> Exported:
     bases: list[dict[str, Any]] = []
     refs: list[str] = []
     groups: list[list[str]] = []
+    generate = False
     for i, raw in enumerate(body.rules):
         entry = EntrySpec(rule=raw) if isinstance(raw, str) else raw
         if entry.new_terms:
             return Exported(rid, None, f"correlation entry {i} uses new_terms (Sigma has no new-terms correlation)")
         groups.append(list(entry.group_by if entry.group_by is not None else body.group_by))
+        ref = None
         if entry.rule is not None:
-            refs.append(sigma_id(entry.rule))
-            continue
-        bases.append(_entry_doc(spec, entry, i))
+            ref = (rules or {}).get(entry.rule)
+            if not isinstance(getattr(ref, "spec", None), MatchRuleSpec) or ref is None:
+                return Exported(rid, None, f"correlation entry {i} references {entry.rule!r}, not a YAML match "
+                                           "rule of this export")  # fmt: skip
+            generate = generate or ref.params.enabled
+        bases.append(_entry_doc(spec, entry, i, ref))
         refs.append(bases[-1]["name"])
     if len(set(refs)) != len(refs):
         return Exported(rid, None, "the same rule twice in one correlation: Sigma's rules are unique")
@@ -115,6 +146,8 @@ def export_correlation(rule: Rule) -> Exported:
         corr["condition"] = {op: int(v) for op, v in body.condition.items()}
         if body.field:
             corr["condition"]["field"] = body.field
+    if generate:  # pySigma reads it here; the specification's JSON schema at the top (written there too)
+        corr["generate"] = True
     meta = rule.meta
     description = (meta.description or meta.title).strip().rstrip(".") + "."
     doc: dict[str, Any] = {
@@ -124,6 +157,7 @@ def export_correlation(rule: Rule) -> Exported:
         "description": f"{description} instantly-audit correlation {rid} v{meta.version}.",
         "author": meta.author or "instantly-audit",
         **({"references": list(dict.fromkeys(meta.references))} if meta.references else {}),
+        **({"generate": True} if generate else {}),
         "correlation": corr,
         "falsepositives": list(dict.fromkeys(meta.falsepositives)) or [DEFAULT_FP],
         "level": LEVELS[str(rule.params.severity or meta.severity)],
@@ -137,8 +171,8 @@ def export_correlation(rule: Rule) -> Exported:
 def _span_seconds(value: Any) -> float:
     m = _SPAN.match(str(value))
     if m is None:
-        raise SigmaImportError(f"timespan {value!r} is not a number and one of s, m, h, d, w")
-    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}[m.group(2)]
+        raise SigmaImportError(f"timespan {value!r} is not a number and one of s, m, h, d")
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86_400}[m.group(2)]
 
 
 def _entry_group(
@@ -163,6 +197,7 @@ def _correlation(doc: Mapping[str, Any], by_ref: Mapping[str, Mapping[str, Any]]
     body = doc.get("correlation")
     if not isinstance(body, Mapping):
         raise SigmaImportError("correlation must be a mapping")
+    check_metadata(doc)
     kind = body.get("type")
     if kind not in SIGMA_TYPES:
         raise SigmaImportError(f"correlation type {kind!r} is not supported (supported: {', '.join(SIGMA_TYPES)})")
@@ -200,16 +235,17 @@ def _correlation(doc: Mapping[str, Any], by_ref: Mapping[str, Mapping[str, Any]]
     if aliases:
         out["group-by"] = []
     span = str(body.get("timespan"))
-    out["timespan"] = span if re.fullmatch(r"\d+[smhd]", span) else f"{_span_seconds(span)}s"
+    _span_seconds(span)  # a number and one of s, m, h, d, or rejected
+    out["timespan"] = span
     if isinstance(cond, Mapping):
         ops = {k: v for k, v in cond.items() if k != "field"}
         if kind in ("temporal", "temporal_ordered"):
             if ops and ops not in ({"gte": len(entries)}, {"eq": len(entries)}):
                 raise SigmaImportError(f"a {kind} condition other than all {len(entries)} rules is not supported")
         else:
-            bad = [k for k in ops if k not in ("gt", "gte", "lt", "lte", "eq")]
+            bad = [k for k in ops if k not in ("gt", "gte", "lt", "lte", "eq", "neq")]
             if bad or not ops or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in ops.values()):
-                raise SigmaImportError(f"condition {dict(cond)} needs numeric gt, gte, lt, lte or eq (no neq)")
+                raise SigmaImportError(f"condition {dict(cond)} needs numeric gt, gte, lt, lte, eq or neq")
             out["condition"] = dict(ops)
         if "field" in cond:
             field = cond["field"]
@@ -256,19 +292,23 @@ def import_collection(
     generated: set[int] = set()
     for _, doc in docs:
         if isinstance(doc, Mapping) and isinstance(doc.get("correlation"), Mapping):
+            # the JSON schema puts generate beside correlation; pySigma reads it inside: either counts
+            gen = doc.get("generate") is True or doc["correlation"].get("generate") is True
             for ref in doc["correlation"].get("rules") or []:
                 if (base := by_ref.get(str(ref))) is not None and "correlation" not in base:
-                    if doc.get("generate") is True:
+                    if gen:
                         generated.add(id(base))
                     else:
                         used.setdefault(id(base), str(doc.get("title", "")))
     used = {k: v for k, v in used.items() if k not in generated}
     out: list[tuple[str, dict[str, Any] | None, str]] = []
+    taken: set[str] = set()
     for where, doc in docs:
         try:
             if isinstance(doc, Mapping) and "correlation" in doc:
                 rule = _correlation(doc, by_ref, prefix)
-                CorrelationSpec.model_validate(rule)
+                # compiled as the engine will load it: a one-rule temporal or a 0s timespan is refused there
+                compile_correlation(CorrelationSpec.model_validate(rule), RuleParams(), {})
             elif id(doc) in used:
                 out.append((where, None, f"used by correlation {used[id(doc)]!r}"))
                 continue
@@ -280,5 +320,22 @@ def import_collection(
         except (RuleSyntaxError, ValueError) as err:
             out.append((where, None, f"rejected: {err}"))
             continue
+        rule["id"] = _unique_id(rule["id"], doc, taken)
+        taken.add(rule["id"])
         out.append((where, rule, f"imported as {rule['id']}"))
     return out
+
+
+def _unique_id(rule_id: str, doc: Mapping[str, Any], taken: set[str]) -> str:
+    """``rule_id``, or when an earlier rule of the import has it (two Sigma rules with one title), the
+    id with the first 8 characters of the Sigma ``id`` appended (``_2``, ``_3``... without one): our ids
+    must be unique or the imported file does not load."""
+    if rule_id not in taken:
+        return rule_id
+    sid = re.sub(r"[^a-z0-9]", "", str(doc.get("id") or "").lower())[:8]
+    suffixes = ([sid] if sid else []) + [str(n) for n in range(2, len(taken) + 3)]
+    for suffix in suffixes:
+        new = f"{rule_id[: 99 - len(suffix)].rstrip('_')}_{suffix}"
+        if new not in taken:
+            return new
+    raise AssertionError("unreachable: more suffixes than taken ids")  # pragma: no cover

@@ -3,7 +3,8 @@
 A plain Sigma string has the wildcards ``*`` and ``?`` and the escapes ``\\*``, ``\\?``, ``\\\\``
 ("Escape Character"); a backslash before anything else is a plain backslash. ``re`` and
 ``cidr`` values are not Sigma strings and stay verbatim. Wildcards become ``startswith`` /
-``endswith`` / ``contains`` when they can, else an anchored case-insensitive regex.
+``endswith`` / ``contains`` when they can, else an anchored case-insensitive regex (``re|i|s``: a
+wildcard matches newlines too, and the end is ``\\Z``, the end of the value).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pipeline.rules.matcher import RuleSyntaxError, getter
 
 _SIGMA_MODS = frozenset({"contains", "startswith", "endswith", "re", "cidr", "gt", "gte", "lt", "lte", "exists",
                          "all", "cased", "i", "m", "s"})  # fmt: skip
+"""The modifiers a selection may keep (``neq`` is taken out before, by :func:`split_neq`)."""
 
 
 class SigmaImportError(ValueError):
@@ -64,11 +66,70 @@ def _convert_value(path: str, mods: list[str], value: Any, regex: bool) -> tuple
         if shape in inner and len(parts) == 1 + sum(shape):
             return "|".join([path, inner[shape], *mods]), lits[0]
     body = "".join(".*" if p is None else "." if p == "" else re.escape(p) for p in parts)
+    # a Sigma wildcard matches any character, a newline too (s: DOTALL), and the value ends at the end
+    # of the field: \Z, since $ also matches before a trailing newline
     head = "" if kind in ("contains", "endswith") else "^"
-    tail = "" if kind in ("contains", "startswith") else "$"
+    tail = "" if kind in ("contains", "startswith") else "\\Z"
     rest = [m for m in mods if m not in ("contains", "startswith", "endswith", "cased")]
-    flags = [] if "cased" in mods else ["i"]
+    flags = ["s"] if "cased" in mods else ["i", "s"]
     return "|".join([path, "re", *rest, *flags]), f"{head}{body}{tail}"
+
+
+def _has_neq(body: Any) -> bool:
+    return isinstance(body, Mapping) and any("neq" in str(k).split("|")[1:] for k in body)
+
+
+def split_neq(selections: Mapping[str, Any]) -> tuple[dict[str, tuple[str, Any]], dict[str, str]]:
+    """Sigma's ``|neq`` (modifiers appendix, 2.1: the field differs from the values) as negated selections.
+
+    pySigma negates the whole field item, values and other modifiers included (``f|contains|neq: [a, b]``
+    is ``not (f contains a or f contains b)``), which is exactly ``not`` of the selection ``{f|contains:
+    [a, b]}``. A mapping with ``neq`` items becomes its other items (if any) and one selection per
+    ``neq`` item; a list of mappings, one such group per mapping that has them. Returns the new
+    selections (name → (the Sigma selection it came from, body)) and, per original name whose
+    meaning moved into the condition, the expression that replaces it there (``(s and not s_not1)``).
+    """
+    taken = set(selections)
+    out: dict[str, tuple[str, Any]] = {}
+    exprs: dict[str, str] = {}
+
+    def fresh(base: str) -> str:
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}{n}"
+        taken.add(name)
+        return name
+
+    def one(name: str, origin: str, body: Mapping[str, Any], keep_name: bool) -> str:
+        pos = {k: v for k, v in body.items() if "neq" not in str(k).split("|")[1:]}
+        terms = []
+        if pos:
+            pname = name if keep_name else fresh(name)
+            out[pname] = (origin, pos)
+            terms.append(pname)
+        for k, v in body.items():
+            path, *mods = str(k).split("|")
+            if "neq" in mods:
+                nname = fresh(f"{name}_not")
+                out[nname] = (origin, {"|".join([path, *(m for m in mods if m != "neq")]): v})
+                terms.append(f"not {nname}")
+        return "(" + " and ".join(terms) + ")"
+
+    for name, body in selections.items():
+        if _has_neq(body):
+            exprs[name] = one(name, name, body, True)
+        elif isinstance(body, list) and any(_has_neq(b) for b in body):
+            plain = [b for b in body if not _has_neq(b)]
+            parts = []
+            if plain:
+                out[name] = (name, plain)
+                parts.append(name)
+            parts += [one(f"{name}_{i}", name, b, False) for i, b in enumerate(body) if _has_neq(b)]
+            exprs[name] = "(" + " or ".join(parts) + ")"
+        else:
+            out[name] = (name, body)
+    return out, exprs
 
 
 def import_selection(body: Any, where: str) -> Any:
@@ -87,11 +148,17 @@ def import_selection(body: Any, where: str) -> Any:
         bad = [m for m in mods if m not in _SIGMA_MODS]
         if bad:
             raise SigmaImportError(f"{where}.{key}: modifier |{bad[0]} has no equivalent in the rule language")
+        flags = [m for m in mods if m in ("i", "m", "s")]
+        if flags and "re" not in mods:
+            raise SigmaImportError(f"{where}.{key}: |{flags[0]} is a regular expression flag; it needs |re "
+                                   "(modifiers appendix)")  # fmt: skip
         try:
             getter(path, f"{where}.{key}")
         except RuleSyntaxError as err:
             raise SigmaImportError(f"{err} — the field does not map to Event v1") from None
         values = value if isinstance(value, list) else [value]
+        if not values:  # Sigma has no meaning for it (pySigma reads it as null); say so instead of guessing
+            raise SigmaImportError(f"{where}.{key}: the list of values is empty")
         if any(isinstance(v, Mapping | list) for v in values):
             raise SigmaImportError(f"{where}.{key}: values must be plain (strings, numbers, booleans, null)")
         if "all" in mods and len(values) < 2:

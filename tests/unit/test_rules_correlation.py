@@ -64,6 +64,16 @@ def test_event_count_fires_at_the_threshold_then_restarts() -> None:
     assert late == ()
 
 
+def test_neq_condition_fires_when_the_count_differs() -> None:
+    """Sigma 2.1's ``neq``: with ``{gte: 2, neq: 3}`` the second match fires (2), a lone match does not (1)."""
+    e = _engine(_rule(dict(COUNT, condition={"gte": 2, "neq": 3})))
+    assert e.evaluate([_login("u1", T0)]).alerts == ()
+    assert [a.dedup_key for a in e.evaluate([_login("u1", T0 + 60)]).alerts] == ["custom.corr:ws-1:u1"]
+    e = _engine(_rule(dict(COUNT, condition={"neq": 1})))
+    assert e.evaluate([_login("u2", T0)]).alerts == ()
+    assert len(e.evaluate([_login("u2", T0 + 1)]).alerts) == 1
+
+
 def test_a_rule_id_reference_uses_that_rules_detection() -> None:
     """`rules: [<id>]` correlates the matches of a YAML match rule."""
     base = {"id": "custom.mfa_off", "title": "MFA off", "severity": "low", "types": ["audit.*"],

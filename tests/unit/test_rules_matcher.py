@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
 from pipeline.clock import FakeClock, parse_time
@@ -43,6 +44,8 @@ def match(detection: dict[str, Any], event: Event | None = None) -> bool:
         ("actor.ip|re", r"^203\.0\.113\.\d+$", True),
         ("attributes.label|re|i", "^lead exported$", True),
         ("attributes.label|re", "^lead exported$", False),
+        ("attributes.affected_count|re", "^15..$", True),  # a number matches as its string form
+        ("actor.via_api|re", "^false$", False),  # booleans have no string form (as with contains)
         ("attributes.affected_count|gte", 1500, True),
         ("attributes.affected_count|gt", 1500, False),
         ("attributes.affected_count|lt", 2000, True),
@@ -90,6 +93,28 @@ def test_conditions(condition: str, expected: bool) -> None:
         "condition": condition,
     }
     assert match(det) is expected
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [
+        ("attributes.note|exists", True),  # present with value null: it exists (modifiers appendix)
+        ("attributes.missing|exists", False),
+        ("raw.note|exists", True),
+        ("raw.missing|exists", False),
+        ("change.after.role|exists", True),
+        ("change.before.role|exists", False),  # change.before is null: nothing under it exists
+        ("attributes.nested.inner|exists", True),
+        ("actor.api_key_id|exists", False),  # a fixed Event v1 field: null is absent (what shipped rules rely on)
+        ("actor.ip|exists", True),
+    ],
+)
+def test_exists_is_presence_of_a_key_even_when_its_value_is_null(field: str, expected: bool) -> None:
+    """``|exists`` on a mapping-backed path tests the key, not the value; ``|exists: false`` is its negation."""
+    e = ev(attributes={"note": None, "nested": {"inner": None}}, change={"before": None, "after": {"role": None}})
+    e = msgspec.structs.replace(e, raw={"note": None})
+    assert match({"sel": {field: True}}, e) is expected
+    assert match({"sel": {field: False}}, e) is not expected
 
 
 def test_a_list_of_mappings_is_an_or() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from sigma.collection import SigmaCollection
-from sigma.correlations import SigmaCorrelationRule
+from sigma.correlations import SigmaCorrelationCondition, SigmaCorrelationRule
 from sigma.rule import SigmaRule
 from sigma.validation import SigmaValidator
 from sigma.validators.core import validators
@@ -143,7 +143,8 @@ def test_import_turns_wildcards_into_modifiers() -> None:
     sel = {"type": "audit.mfa_*", "actor.user_agent": "*curl*", "target.name": "a*b?"}
     rule = import_rule(_doc({"s": sel, "condition": "s"}, level="high", tags=["attack.t1078", "attack.initial_access"]))
     sel = rule["detection"]["s"]
-    assert sel == {"type|startswith": "audit.mfa_", "actor.user_agent|contains": "curl", "target.name|re|i": "^a.*b.$"}
+    assert sel == {"type|startswith": "audit.mfa_", "actor.user_agent|contains": "curl",
+                   "target.name|re|i|s": "^a.*b.\\Z"}  # fmt: skip
     assert rule["severity"] == "high" and rule["attack"] == ["T1078"] and rule["id"] == "sigma.t"
 
 
@@ -202,16 +203,19 @@ def test_import_follows_sigma_detection_semantics() -> None:
     sel = {"actor.user_agent|contains": "python*requests", "target.name|endswith": "\\*x", "target.id|re": "a\\\\b\\*c"}
     got = import_rule(_doc({"s": sel, "condition": "s"}))["detection"]["s"]
     assert got == {
-        "actor.user_agent|re|i": "python.*requests",
+        "actor.user_agent|re|i|s": "python.*requests",
         "target.name|endswith": "*x",
         "target.id|re": "a\\\\b\\*c",
     }
     anything = import_rule(_doc({"s": {"actor.ip": "*"}, "condition": "s"}))["detection"]["s"]
     assert anything == {"actor.ip|exists": True}
     mixed = import_rule(_doc({"s": {"target.name": ["exact", "pre*"]}, "condition": "s"}))["detection"]["s"]
-    assert mixed == {"target.name|re|i": ["^exact$", "^pre.*$"]}
+    assert mixed == {"target.name|re|i|s": ["^exact\\Z", "^pre.*\\Z"]}
     full = import_rule(_doc({"s": {"type": "a"}, "condition": "s"}, status="test", author="A", falsepositives=["fp"],
-                            fields=["actor.ip", "CommandLine"]))  # fmt: skip
+                            fields=["actor.ip", "CommandLine"], id="929a690e-bef0-4204-a928-ef5e620d6fcc",
+                            related=[{"id": "929a690e-bef0-4204-a928-ef5e620d6fcd", "type": "derived"}]))  # fmt: skip
+    cased = import_rule(_doc({"s": {"target.name|contains|cased": "Adm"}, "condition": "s"}))["detection"]["s"]
+    assert cased == {"target.name|contains|cased": "Adm"}
     assert (full["status"], full["author"], full["falsepositives"]) == ("test", "A", ["fp"])
     assert full["fields"] == ["actor.ip"]
 
@@ -225,7 +229,16 @@ def test_import_follows_sigma_detection_semantics() -> None:
         (_doc({"s": {"actor.ip": "1.1.1.1"}}), "condition is missing"),
         (_doc({"s": {"actor.ip": "1.1.1.1"}, "condition": "s"}, status="unsupported"), "unsupported"),
         (_doc({"s": {"actor.user_name|expand": "%Administrators%"}, "condition": "s"}), "|expand"),
-        (_doc({"s": {"actor.ip|neq": "1.1.1.1"}, "condition": "s"}), "|neq"),
+        (_doc({"s": {"target.name": []}, "condition": "s"}), "detection.s.target.name: the list of values is empty"),
+        (_doc({"s": {"type": "x"}, "condition": "s"}, status="production"), "status 'production' is not a Sigma"),
+        (_doc({"s": {"type": "x"}, "condition": "s"}, id="not-a-uuid"), "id 'not-a-uuid' is not a UUID"),
+        (_doc({"s": {"type": "x"}, "condition": "s"},
+              related=[{"id": "929a690e-bef0-4204-a928-ef5e620d6fcc", "type": "copied"}]),
+         "related.0.type 'copied' is not a Sigma relation"),
+        (_doc({"s": {"target.name|i": "a"}, "condition": "s"}), "|i is a regular expression flag; it needs |re"),
+        (_doc({"s": {"target.name|contains|m": "a"}, "condition": "s"}), "|m is a regular expression flag"),
+        (_doc({"_a": {"type": "x"}, "condition": "1 of them"}), "'1 of them' doesn't match any detection"),
+        (_doc({"a": {"type": "x"}, "condition": "a or all of x*"}), "'all of x*' doesn't match any detection"),
     ],
 )  # fmt: skip
 def test_import_rejects_what_sigma_forbids_or_we_cannot_express(doc: dict[str, Any], reason: str) -> None:
@@ -274,7 +287,7 @@ def test_import_of_spec_shaped_correlations() -> None:
 
     failed = _base("failed_login", {"type": "audit.login_failed"}) | {"id": "5638f7c0-ac70-491d-8465-2a65075e0d86"}
     ok = _base("successful_login", {"type": "audit.login"})
-    count = {
+    count: dict[str, Any] = {
         "title": "Many failed logins",
         "level": "high",
         "tags": ["attack.t1110"],
@@ -300,6 +313,9 @@ def test_import_of_spec_shaped_correlations() -> None:
     assert d is not None and [e["name"] for e in d["correlation"]["rules"]] == ["failed_login", "successful_login"]
     res = import_collection([("a", failed), ("c", count)])
     assert res[0] == ("a", None, "used by correlation 'Many failed logins'")
+    neq = count | {"correlation": {**count["correlation"], "condition": {"neq": 3}}}
+    (_, c, msg) = import_collection([("a", failed), ("c", neq)])[1]
+    assert c is not None and c["correlation"]["condition"] == {"neq": 3}, msg  # Sigma 2.1 (compiled on import)
 
 
 @pytest.mark.parametrize(
@@ -312,7 +328,7 @@ def test_import_of_spec_shaped_correlations() -> None:
         ({"type": "event_count", "rules": ["nope"], "group-by": ["actor.ip"], "timespan": "1h",
           "condition": {"gte": 2}}, "names no rule"),
         ({"type": "event_count", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "1h",
-          "condition": {"neq": 2}}, "no neq"),
+          "condition": {"ne": 2}}, "needs numeric gt, gte, lt, lte, eq or neq"),
         ({"type": "value_count", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "1h",
           "condition": {"gte": 2}}, "condition.field"),
         ({"type": "event_count", "rules": ["b"], "group-by": ["ComputerName"], "timespan": "1h",
@@ -321,6 +337,8 @@ def test_import_of_spec_shaped_correlations() -> None:
           "condition": {"gte": 1}}, "other than all 2 rules"),
         ({"type": "event_count", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "1 hour",
           "condition": {"gte": 2}}, "timespan"),
+        ({"type": "event_count", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "1w",
+          "condition": {"gte": 2}}, "timespan '1w' is not a number and one of s, m, h, d"),
     ],
 )  # fmt: skip
 def test_import_rejects_correlations_we_cannot_express(corr: dict[str, Any], reason: str) -> None:
@@ -395,3 +413,206 @@ def test_field_name_aliases_both_ways(tmp_path: Path) -> None:
              ("c", spec_shaped)]  # fmt: skip
     (got,) = [r for _, r, _ in import_collection(docs2) if r is not None]
     assert [e["group-by"] for e in got["correlation"]["rules"]] == [["target.id"], ["actor.ip"]]
+
+
+def test_import_gives_rules_with_one_title_distinct_ids_that_load(tmp_path: Path) -> None:
+    """Two Sigma rules titled alike get distinct ids (the second one suffixed with its Sigma id), so the
+    imported file loads; without a Sigma id a counter is the suffix."""
+    first = _doc({"s": {"actor.ip|cidr": "10.0.0.0/8"}, "condition": "s"}, title="Suspicious login",
+                 id="11111111-1111-4111-8111-111111111111")  # fmt: skip
+    second = _doc({"s": {"actor.ip|cidr": "192.168.0.0/16"}, "condition": "s"}, title="Suspicious login",
+                  id="22222222-2222-4222-8222-222222222222")  # fmt: skip
+    third = _doc({"s": {"actor.ip": "1.2.3.4"}, "condition": "s"}, title="Suspicious login")
+    src, out = tmp_path / "dup.yml", tmp_path / "imported.yaml"
+    src.write_text(yaml.safe_dump_all([first, second, third]), encoding="utf-8")
+    assert main(["rules", "import", str(src), "--output", str(out)]) == 0
+    ids = [r["id"] for r in yaml.safe_load(out.read_text(encoding="utf-8"))["rules"]]
+    assert ids == ["sigma.suspicious_login", "sigma.suspicious_login_22222222", "sigma.suspicious_login_2"]
+    engine = RulesEngine.from_config({"files": [str(out)]}, clock=FakeClock(T0))
+    assert {r.meta.id for r in engine.ruleset.rules} >= set(ids)
+
+
+@pytest.mark.parametrize(
+    ("corr", "reason"),
+    [
+        ({"type": "temporal", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "0s"},
+         "correlation.timespan: must be greater than 0"),
+        ({"type": "temporal", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "1h"},
+         "temporal needs at least 2 entries"),
+        ({"type": "event_count", "rules": ["b"], "group-by": ["actor.ip"], "timespan": "0s",
+          "condition": {"gte": 3}}, "correlation.timespan: must be greater than 0"),
+    ],
+)  # fmt: skip
+def test_import_rejects_a_correlation_the_engine_would_not_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], corr: dict[str, Any], reason: str
+) -> None:
+    """Import compiles each correlation as the engine loads it: what the engine refuses is rejected with the
+    compile error (exit 1), never reported as imported into a file that then fails to load."""
+    src, out = tmp_path / "c.yml", tmp_path / "imported.yaml"
+    src.write_text(yaml.safe_dump_all([{"title": "C", "correlation": corr}, _base("b", {"type": "x"})]),
+                   encoding="utf-8")  # fmt: skip
+    assert main(["rules", "import", str(src), "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "c.yml#0: rejected" in err and reason in err, err
+    assert yaml.safe_load(out.read_text(encoding="utf-8"))["rules"] == []
+
+
+def test_import_of_neq_negates_the_field_item_as_pysigma_does() -> None:
+    """Modifiers appendix 2.1 ``neq``: the field differs from the values. pySigma negates the whole item
+    (``not (f contains a or f contains b)``); import makes each ``neq`` item a selection the condition
+    negates, in a mapping and in one mapping of a list."""
+    from pipeline.rules.matcher import compile_detection
+
+    det = {"s": {"type": "audit.login", "target.name|contains|neq": ["adm", "root"]}, "t": {"type": "audit.x"},
+           "condition": "1 of *"}  # fmt: skip
+    got = import_rule(_doc(det))["detection"]
+    assert got == {"s": {"type": "audit.login"}, "s_not": {"target.name|contains": ["adm", "root"]},
+                   "t": {"type": "audit.x"}, "condition": "((s and not s_not) or t)"}  # fmt: skip
+    match = compile_detection(got)
+    assert match(make_event("audit.login", time=T0, target={"kind": "user", "name": "bob"}))
+    assert not match(make_event("audit.login", time=T0, target={"kind": "user", "name": "ADMIN"}))
+    assert match(make_event("audit.login", time=T0))  # no name: it differs (pySigma: not (name = ...))
+    alts = {"s": [{"type": "audit.login", "actor.ip|neq": "10.0.0.1"}, {"type": "audit.x"}], "condition": "s"}
+    got = import_rule(_doc(alts))["detection"]
+    assert got["condition"] == "(s or (s_0 and not s_0_not))"
+    match = compile_detection(got)
+    assert match(make_event("audit.login", time=T0, actor={"ip": "10.0.0.2"}))
+    assert not match(make_event("audit.login", time=T0, actor={"ip": "10.0.0.1"}))
+    assert match(make_event("audit.x", time=T0, actor={"ip": "10.0.0.1"}))
+
+
+def test_import_wildcards_span_newlines_and_anchor_at_the_very_end() -> None:
+    """A Sigma ``*`` matches any characters, newlines included, and the value must end there: ``a*z`` matches
+    "a\\nz" and not "az\\n" (a regex ending in ``$`` matched before a trailing newline)."""
+    from pipeline.rules.matcher import compile_detection
+
+    det = import_rule(_doc({"s": {"target.name": "a*z"}, "condition": "s"}))["detection"]
+    match = compile_detection(det)
+
+    def named(name: str) -> Event:
+        return make_event("audit.x", time=T0, target={"kind": "user", "name": name})
+
+    assert match(named("a\nz")) and match(named("AbcZ"))
+    assert not match(named("az\n")) and not match(named("abzq"))
+    cased = import_rule(_doc({"s": {"target.name|cased": "A?z"}, "condition": "s"}))["detection"]["s"]
+    assert cased == {"target.name|re|s": "^A.z\\Z"}
+    assert compile_detection({"s": cased})(named("A\nz"))
+
+
+def test_import_wildcards_as_regex_match_numbers_as_strings() -> None:
+    """Sigma compares values as strings: ``'2?'`` (a regex once imported) matches the integer 26 as ``'2*'``
+    (startswith) already did."""
+    from pipeline.rules.matcher import compile_detection
+
+    def code(value: str) -> bool:
+        det = import_rule(_doc({"s": {"attributes.activity_code": value}, "condition": "s"}))["detection"]
+        return compile_detection(det)(make_event("audit.x", time=T0, attributes={"activity_code": 26}))
+
+    assert code("2?") and code("2*") and code("*6") and not code("2?7")
+
+
+def _export_user_rules(tmp_path: Path, rules: list[dict[str, Any]]) -> Path:
+    """``rules export --format sigma`` of the given YAML rules (with the built-in ones) into tmp_path/out."""
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"rules": rules}), encoding="utf-8")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"rules": {"files": [str(tmp_path / "r.yaml")]}}), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["rules", "export", "--format", "sigma", "--output", str(out), "--rules", str(cfg)]) == 0
+    return out
+
+
+def test_export_writes_null_in_a_value_list_as_a_list_of_mappings(tmp_path: Path) -> None:
+    """Sigma forbids null inside a value list: ``{actor.ip: [null, 1.2.3.4], type: x}`` is exported as
+    ``[{actor.ip: null, ...}, {actor.ip: 1.2.3.4, ...}]`` (the same OR), pySigma parses it, and the import of
+    the export matches the same events."""
+    rule = {"id": "custom.nulllist", "title": "null list rule", "severity": "low",
+            "detection": {"s": {"actor.ip": [None, "1.2.3.4"], "type": "audit.x"}, "condition": "s"}}  # fmt: skip
+    out = _export_user_rules(tmp_path, [rule])
+    text = (out / "custom_nulllist.yml").read_text(encoding="utf-8")
+    doc = yaml.safe_load(text)
+    assert doc["detection"]["s"] == [{"type": "audit.x", "actor.ip": None}, {"type": "audit.x", "actor.ip": "1.2.3.4"}]
+    coll = SigmaCollection.from_yaml(text)
+    assert not coll.errors and not coll.rules[0].errors
+    imported = tmp_path / "imported.yaml"
+    assert main(["rules", "import", str(out / "custom_nulllist.yml"), "--output", str(imported)]) == 0
+    (new,) = yaml.safe_load(imported.read_text(encoding="utf-8"))["rules"]
+    for actor, want in (({}, True), ({"ip": "1.2.3.4"}, True), ({"ip": "9.9.9.9"}, False)):
+        ev = make_event("audit.x", time=T0, actor=actor)
+        assert _opens({"files": [str(tmp_path / "r.yaml")]}, "custom.nulllist", ev) is want
+        assert _opens({"files": [str(imported)]}, new["id"], ev) is want
+
+
+def test_export_adds_its_selections_under_names_the_rule_does_not_use() -> None:
+    """A rule's own ``rule_types`` / ``rule_activity_codes`` selections are kept; the added ones take free names."""
+    det = export_detection({"rule_types": {"target.name": "evil"}, "rule_activity_codes": {"target.id": "x"},
+                            "condition": "rule_types or rule_activity_codes"}, ["audit.*"], [3])  # fmt: skip
+    assert det["rule_types"] == {"target.name": "evil"} and det["rule_activity_codes"] == {"target.id": "x"}
+    assert det["rule_types_2"] == {"type|startswith": "audit."}
+    assert det["rule_activity_codes_2"] == {"attributes.activity_code": 3}
+    assert det["condition"] == "(rule_types or rule_activity_codes) and rule_types_2 and rule_activity_codes_2"
+    them = export_detection({"rule_types": {"target.name": "evil"}, "condition": "1 of rule*"}, ["audit.*"], None)
+    assert them["condition"] == "((rule_types)) and rule_types_2"  # the pattern must not reach the added one
+
+
+def test_every_exported_file_stands_alone_and_references_rules_by_name(tmp_path: Path) -> None:
+    """A correlation entry ``rule: <id>`` is exported inside the correlation's file (a named copy), so pySigma
+    resolves each file loaded alone; aliases key by that ``name`` (correlation spec, "Field Name Aliases");
+    ``generate: true`` is set when the referenced rule alerts on its own (enabled), not otherwise. The
+    import of the export opens on the same events."""
+    created = {"id": "custom.key_created", "title": "Key created", "severity": "low", "types": ["api_key.created"],
+               "detection": {"s": {"target.kind": "api_key"}}}  # fmt: skip
+    quiet = {"id": "custom.key_quiet", "title": "Key updated", "severity": "low", "types": ["api_key.updated"],
+             "enabled": False, "detection": {"s": {"target.kind": "api_key"}}}  # fmt: skip
+    used = {"name": "used", "types": ["audit.*"], "detection": {"u": {"actor.api_key_id|exists": True}},
+            "group-by": ["actor.api_key_id"]}  # fmt: skip
+    ref = {"id": "custom.created_then_used", "title": "Key created then used", "severity": "high",
+           "correlation": {"type": "temporal", "rules": [{"rule": "custom.key_created"}, used],
+                           "group-by": ["target.id"], "timespan": "1h"}}  # fmt: skip
+    burst = {"id": "custom.quiet_burst", "title": "Updates", "severity": "medium",
+             "correlation": {"type": "event_count", "rules": ["custom.key_quiet"], "group-by": ["actor.user_id"],
+                             "timespan": "1h", "condition": {"neq": 1}}}  # fmt: skip
+    out = _export_user_rules(tmp_path, [created, quiet, ref, burst])
+    for f in sorted(out.glob("*.yml")):
+        coll = SigmaCollection.from_yaml(f.read_text(encoding="utf-8"))
+        coll.resolve_rule_references()  # raises SigmaRuleNotFoundError for a rule outside the file
+        assert not coll.errors and not any(r.errors for r in coll.rules), f.name
+    docs = list(yaml.safe_load_all((out / "custom_created_then_used.yml").read_text(encoding="utf-8")))
+    corr, bases = docs[0], docs[1:]
+    names = [b["name"] for b in bases]
+    assert corr["correlation"]["rules"] == names == ["custom_created_then_used_custom_key_created",
+                                                      "custom_created_then_used_used"]  # fmt: skip
+    assert corr["correlation"]["aliases"] == {"group_1": {names[0]: "target.id", names[1]: "actor.api_key_id"}}
+    assert corr["generate"] is True and corr["correlation"]["generate"] is True
+    assert bases[0]["detection"]["s"] == {"target.kind": "api_key"} and bases[0]["level"] == "low"
+    assert bases[0]["id"] != sigma_id("custom.key_created")  # the stand-alone file keeps that id
+    (quiet_corr, quiet_base) = yaml.safe_load_all((out / "custom_quiet_burst.yml").read_text(encoding="utf-8"))
+    assert "generate" not in quiet_corr and "generate" not in quiet_corr["correlation"]
+    assert quiet_corr["correlation"]["condition"] == {"neq": 1} and "level" not in quiet_base
+    (sc,) = [r for r in SigmaCollection.from_yaml(yaml.safe_dump_all([quiet_corr, quiet_base])).rules
+             if isinstance(r, SigmaCorrelationRule)]  # fmt: skip
+    assert isinstance(sc.condition, SigmaCorrelationCondition) and sc.condition.op.name == "NEQ" and not sc.generate
+    whole = SigmaCollection.load_ruleset([str(f) for f in sorted(out.glob("*.yml"))])
+    whole.resolve_rule_references()
+    imported = tmp_path / "imported.yaml"
+    assert main(["rules", "import", str(out / "custom_created_then_used.yml"), "--output", str(imported)]) == 0
+    back = yaml.safe_load(imported.read_text(encoding="utf-8"))["rules"]
+    want_ids = ["sigma.key_created_then_used", "sigma.key_created_then_used_key_created",
+                "sigma.key_created_then_used_used"]  # fmt: skip
+    assert [r["id"] for r in back] == want_ids  # generate: the bases are imported on their own too
+    for key, want in (("K1", True), ("K2", False)):
+        evs = [make_event("api_key.created", time=T0, target={"kind": "api_key", "id": "K1"}),
+               make_event("audit.x", time=T0 + 5, actor={"api_key_id": key})]  # fmt: skip
+        for cfg, rid in (({"files": [str(tmp_path / "r.yaml")]}, "custom.created_then_used"),
+                         ({"files": [str(imported)]}, "sigma.key_created_then_used")):  # fmt: skip
+            res = RulesEngine.from_config(cfg, clock=FakeClock(T0)).evaluate(evs)
+            assert any(a.rule.id == rid and a.status == "open" for a in res.alerts) is want, (rid, key)
+
+
+def test_exported_files_are_indented_by_four_spaces(exported: Path) -> None:
+    """sigma-rules-specification.md "Yaml File": indentation of 4 spaces (block style, lists indented too)."""
+    for f in sorted(exported.glob("*.yml")):
+        lines = [ln for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+        assert all((len(ln) - len(ln.lstrip(" "))) % 4 == 0 for ln in lines), f.name
+    text = (exported / "auth_mfa_disabled.yml").read_text(encoding="utf-8")
+    assert "\nlogsource:\n    product: instantly\n    service: audit\n" in text
+    assert "\nfalsepositives:\n    - " in text and "\ntags:\n    - attack." in text
