@@ -499,7 +499,8 @@ def _finding(body: dict[str, Any]) -> dict[str, Any]:
     )
     first = epoch_ms(p.take("first_seen"))
     last = epoch_ms(p.take("last_seen"))
-    out["time"] = last or first or 0
+    # OCSF finding time: when the finding was first generated (start_time of an aggregate), not its last event
+    out["time"] = first if first is not None else last if last is not None else 0
     if first is not None:
         out["start_time"] = first
     if last is not None:

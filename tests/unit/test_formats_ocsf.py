@@ -327,6 +327,21 @@ def test_alert_is_detection_finding(over: dict[str, Any], activity: int, status:
     assert dropped(alert.to_dict(), doc, "unmapped") == []
 
 
+def test_finding_time_is_when_it_was_first_generated() -> None:
+    """Detection Finding ``time`` is the finding's creation time (first_seen, the start of an aggregate),
+    not its latest event; end_time and last_seen_time keep last_seen; last_seen stands in when first_seen is
+    unreadable."""
+    alert = sample_alert(count=3)
+    doc = to_ocsf(alert)
+    assert (doc["time"], doc["start_time"], doc["end_time"]) == (epoch_ms(T0), epoch_ms(T0), epoch_ms(SEEN))
+    assert (doc["finding_info"]["first_seen_time"], doc["finding_info"]["last_seen_time"]) == (
+        epoch_ms(T0), epoch_ms(SEEN),
+    )  # fmt: skip
+    only_last = to_ocsf({**alert.to_dict(), "first_seen": "not a time"})
+    assert only_last["time"] == epoch_ms(SEEN) and "start_time" not in only_last
+    assert ocsf_errors(doc) == [] and ocsf_errors(only_last) == []
+
+
 @pytest.mark.parametrize(("severity", "sev_id"), [("info", 1), ("low", 2), ("medium", 3), ("high", 4)])
 def test_alert_severity_mapping(severity: str, sev_id: int) -> None:
     """Alert severities map onto OCSF severity_id 1-5."""
