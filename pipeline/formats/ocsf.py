@@ -495,8 +495,9 @@ def _finding(body: dict[str, Any]) -> dict[str, Any]:
         status=status_name,
         risk_level_id=risk_id,
         risk_level=risk_name,
-        is_alert=True,
     )
+    if activity_id != 3:  # a Close is no alertable signal: OCSF says omit is_alert (or set it false) there
+        out["is_alert"] = True
     first = epoch_ms(p.take("first_seen"))
     last = epoch_ms(p.take("last_seen"))
     # OCSF finding time: when the finding was first generated (start_time of an aggregate), not its last event

@@ -327,6 +327,16 @@ def test_alert_is_detection_finding(over: dict[str, Any], activity: int, status:
     assert dropped(alert.to_dict(), doc, "unmapped") == []
 
 
+def test_closed_finding_is_no_alert() -> None:
+    """is_alert is true on a new or updated finding and left out on a Close (resolved): OCSF's Detection
+    Finding says a Close is likely no alertable signal and omits the attribute or sets it false."""
+    assert to_ocsf(sample_alert())["is_alert"] is True
+    assert to_ocsf(sample_alert(count=3))["is_alert"] is True
+    closed = to_ocsf(sample_alert(status="resolved"))
+    assert (closed["activity_id"], closed["status"]) == (3, "Resolved")
+    assert "is_alert" not in closed
+
+
 def test_finding_time_is_when_it_was_first_generated() -> None:
     """Detection Finding ``time`` is the finding's creation time (first_seen, the start of an aggregate),
     not its latest event; end_time and last_seen_time keep last_seen; last_seen stands in when first_seen is
