@@ -479,7 +479,7 @@ def _finding(body: dict[str, Any]) -> dict[str, Any]:
     p = Picker(body)
     severity = str(p.take("rule.severity") or "info")
     status = str(p.get("status") or "open")  # stays in unmapped too: OCSF's status names differ
-    count = p.take("count")
+    count = p.get("count")
     if status == "resolved":
         activity_id, status_id, status_name = 3, 4, "Resolved"
     else:
@@ -506,7 +506,8 @@ def _finding(body: dict[str, Any]) -> dict[str, Any]:
         out["start_time"] = first
     if last is not None:
         out["end_time"] = last
-    if isinstance(count, int):
+    if isinstance(count, int) and count > 1:  # OCSF: count is only populated for aggregate events
+        p.take("count")
         out["count"] = count
     if summary := p.take_str("summary"):
         out["message"] = summary

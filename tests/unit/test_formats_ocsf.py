@@ -337,6 +337,16 @@ def test_closed_finding_is_no_alert() -> None:
     assert "is_alert" not in closed
 
 
+def test_count_only_on_aggregate_findings() -> None:
+    """count is set only when the finding aggregates several events (OCSF: "Only populate for aggregate
+    events"); a single-event alert's count of 1 stays under unmapped, so nothing is lost."""
+    single = to_ocsf(sample_alert())
+    assert "count" not in single and single["unmapped"]["count"] == 1
+    repeated = to_ocsf(sample_alert(count=3))
+    assert repeated["count"] == 3 and "count" not in repeated.get("unmapped", {})
+    assert {"start_time", "end_time"} <= set(repeated)  # the aggregation window goes with count
+
+
 def test_finding_time_is_when_it_was_first_generated() -> None:
     """Detection Finding ``time`` is the finding's creation time (first_seen, the start of an aggregate),
     not its latest event; end_time and last_seen_time keep last_seen; last_seen stands in when first_seen is
