@@ -9,7 +9,9 @@ MFA settings (TOTP 22-26, recovery codes 27)            3007 User Management (12
 API key created/deleted (audit 37/38, snapshots)        3007 User Management (18/19 Add/Remove
                                                         Programmatic Credentials; user = workspace)
 audit webhook 18-21; other ``api_key.*``,               3004 Entity Management (1 Create,
-``webhook.*``, ``block_list.*``, other ``workspace.*``   3 Update, 4 Delete, 9 Disable, 13 Resume)
+``webhook.*``, ``block_list.*``, other ``workspace.*``   3 Update, 4 Delete, 8/9 Enable/Disable,
+                                                        12/13 Suspend/Resume: a webhook marked as
+                                                        error is suspended, then resumed)
 ``member.invited/accepted/removed``                     3006 Group Management (group = workspace,
                                                         the member in ``users``)
 ``workspace_group.*``                                   3006 Group Management (7/8 Add/Remove Subgroup)
@@ -70,6 +72,7 @@ _CLASSES: dict[int, tuple[str, int, dict[int, str]]] = {
             4: "Delete",
             8: "Enable",
             9: "Disable",
+            12: "Suspend",
             13: "Resume",
             99: "Other",
         },
@@ -130,7 +133,11 @@ _RISK_LEVEL = {
     "critical": (4, "Critical"),
 }
 _VERB_ACTIVITY = {"create": 1, "read": 2, "update": 3, "delete": 4}
-_ENTITY_ACTIVITY = {"create": 1, "read": 2, "update": 3, "delete": 4, "enable": 13, "disable": 9}
+_ENTITY_ACTIVITY = {"create": 1, "read": 2, "update": 3, "delete": 4, "enable": 8, "disable": 9}
+# OCSF pairs 8 Enable with 9 Disable and 12 Suspend with 13 Resume: a webhook Instantly marks as error
+# (audit 20) is suspended until it is resumed (audit 21), not disabled.
+_SUSPEND_RESUME_CODE = {20: 12, 21: 13}
+_SUSPEND_RESUME_ACTION = {"marked_error": 12, "marked_as_error": 12, "suspended": 12, "resumed": 13}
 # The OCSF schema's own email pattern: only addresses that match go to email_addr.
 _EMAIL = re.compile(r"^[a-zA-Z0-9!#$%&'*+\-/=?^_`{|}~.]+@[a-zA-Z0-9-]+\.[a-zA-Z0-9-.]+$")
 _ATTACK_ID = re.compile(r"^(T\d{4})(?:\.(\d{3}))?$")
@@ -268,7 +275,7 @@ def _event(body: dict[str, Any]) -> dict[str, Any]:
     elif etype in ("member.role_changed", "member.permissions_changed", "workspace.owner_changed"):
         out = _user_privileges(p, act, body)
     elif act.family in ("api_key", "webhook", "block_list", "workspace"):
-        out = _entity_management(p, act)
+        out = _entity_management(p, act, etype)
     elif act.family in ("member", "workspace_group"):
         out = _group_management(p, act, body)
     elif act.family == "audit":
@@ -363,8 +370,18 @@ def _entity(p: Picker, entity_type: str, data: Any) -> dict[str, Any]:
     return entity
 
 
-def _entity_management(p: Picker, act: Activity) -> dict[str, Any]:
-    out = _head(3004, _ENTITY_ACTIVITY.get(act.verb, 99), None if act.verb in _ENTITY_ACTIVITY else act.label)
+def _entity_activity(act: Activity, event_type: str) -> int:
+    """Entity Management activity_id: Suspend/Resume for a webhook marked as error and resumed, else by verb."""
+    if act.code is not None:  # an audit record: by its activity_type
+        suspend_resume = _SUSPEND_RESUME_CODE.get(act.code)
+    else:  # a snapshot change: by its action name
+        suspend_resume = _SUSPEND_RESUME_ACTION.get(event_type.partition(".")[2])
+    return suspend_resume or _ENTITY_ACTIVITY.get(act.verb, 99)
+
+
+def _entity_management(p: Picker, act: Activity, event_type: str) -> dict[str, Any]:
+    activity_id = _entity_activity(act, event_type)
+    out = _head(3004, activity_id, None if activity_id != 99 else act.label)
     kind = p.get("target.kind")
     if not isinstance(kind, str) or not kind:
         kind = "block_list_entry" if act.family == "block_list" else act.family

@@ -30,7 +30,7 @@ EXPECTED: dict[str, tuple[int, int]] = {
     "totp_enabled": (3007, 12),
     "recovery_codes": (3007, 99),
     "audit_webhook_created": (3004, 1),
-    "audit_webhook_error": (3004, 9),
+    "audit_webhook_error": (3004, 12),
     "audit_key_created": (3007, 18),
     "audit_key_deleted": (3007, 19),
     "campaign_deleted": (6003, 4),
@@ -263,6 +263,27 @@ def test_mfa_disable_is_user_management() -> None:
                                        attributes={**event.attributes, "activity_type": 26})  # fmt: skip
     doc = to_ocsf(disabled)
     assert (doc["class_uid"], doc["activity_id"], doc["type_uid"]) == (3007, 13, 300713)
+    assert ocsf_errors(doc) == []
+
+
+@pytest.mark.parametrize(
+    ("etype", "code", "activity"),
+    [("audit.webhook_marked_as_error", 20, (12, "Suspend")), ("audit.webhook_resumed", 21, (13, "Resume")),
+     ("webhook.marked_error", None, (12, "Suspend")), ("webhook.suspended", None, (12, "Suspend")),
+     ("webhook.resumed", None, (13, "Resume")), ("webhook.disabled", None, (9, "Disable")),
+     ("webhook.enabled", None, (8, "Enable"))],
+)  # fmt: skip
+def test_entity_activities_pair_as_in_ocsf(etype: str, code: int | None, activity: tuple[int, str]) -> None:
+    """Entity Management pairs 12 Suspend with 13 Resume and 9 Disable with 8 Enable: a webhook marked as
+    error (audit 20) is suspended, so its resumption (audit 21) is the matching Resume."""
+    event = sample_events()["audit_webhook_error"]
+    attributes = {**event.attributes, "activity_type": code} if code is not None else {}
+    changed = msgspec.structs.replace(event, type=etype, attributes=attributes)
+    if code is None:  # a snapshot record: no audit raw that would carry an activity_type
+        changed = msgspec.structs.replace(changed, source=Source("snapshot", "webhooks", "w-1"), raw=None)
+    doc = to_ocsf(changed)
+    assert (doc["class_uid"], doc["activity_id"], doc["activity_name"]) == (3004, *activity)
+    assert doc["type_name"] == f"Entity Management: {activity[1]}"
     assert ocsf_errors(doc) == []
 
 
