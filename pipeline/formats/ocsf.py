@@ -13,7 +13,7 @@ audit webhook 18-21; other ``api_key.*``,               3004 Entity Management (
                                                         12/13 Suspend/Resume: a webhook marked as
                                                         error is suspended, then resumed)
 ``member.invited/accepted/removed``                     3006 Group Management (group = workspace,
-                                                        the member in ``users``)
+                                                        the member in ``users``, its role unmapped)
 ``workspace_group.*``                                   3006 Group Management (7/8 Add/Remove Subgroup)
 ``member.role_changed/permissions_changed``,            3007 User Management (14 Assign / 15 Remove
 ``workspace.owner_changed``                             Privileges; the workspace in ``resources``)
@@ -277,7 +277,7 @@ def _event(body: dict[str, Any]) -> dict[str, Any]:
     elif act.family in ("api_key", "webhook", "block_list", "workspace"):
         out = _entity_management(p, act, etype)
     elif act.family in ("member", "workspace_group"):
-        out = _group_management(p, act, body)
+        out = _group_management(p, act)
     elif act.family == "audit":
         out = _api_activity(p, act)
     else:  # pipeline.*, webhook_delivery.*, unknown families: everything else stays unmapped
@@ -433,7 +433,7 @@ def _user_privileges(p: Picker, act: Activity, body: Mapping[str, Any]) -> dict[
     return out
 
 
-def _group_management(p: Picker, act: Activity, body: Mapping[str, Any]) -> dict[str, Any]:
+def _group_management(p: Picker, act: Activity) -> dict[str, Any]:
     if act.family == "workspace_group":
         activity_id = {"create": 7, "delete": 8}.get(act.verb, 99)
         out = _head(3006, activity_id, None if activity_id != 99 else act.label)
@@ -450,9 +450,8 @@ def _group_management(p: Picker, act: Activity, body: Mapping[str, Any]) -> dict
     out = _head(3006, activity_id, None if activity_id != 99 else act.label)
     out["users"] = [_target_user(p)]  # group_management.user is deprecated since 1.9.0
     out["group"] = _workspace_org(p)
-    _old, new = role_change(body)
-    if new and activity_id != 4:
-        out["privileges"] = [new]
+    # No privileges: OCSF's are those of the group; the member's role (no user attribute holds one) stays
+    # in unmapped, under change.after.role / attributes.role as in the source record.
     return out
 
 

@@ -329,6 +329,18 @@ def test_role_changes_assign_or_revoke() -> None:
     assert invited["users"][0]["email_addr"] == "mallory@example.com"
 
 
+def test_group_membership_has_no_group_privileges() -> None:
+    """Group Management privileges are "privileges assigned to the group": an invited member's role is not
+    one, so it is left out and the role stays in unmapped where the source record had it."""
+    for name in ("member_invited", "member_accepted", "member_removed"):
+        doc = to_ocsf(sample_events()[name])
+        assert doc["class_uid"] == 3006 and "privileges" not in doc, name
+        assert ocsf_errors(doc) == [], name
+    invited = to_ocsf(sample_events()["member_invited"])
+    assert invited["unmapped"]["change"]["after"]["role"] == "admin"
+    assert invited["unmapped"]["attributes"]["role"] == "admin"
+
+
 @pytest.mark.parametrize(
     ("over", "activity", "status"),
     [({}, 1, 1), ({"count": 3}, 2, 1), ({"status": "resolved"}, 3, 4)],
