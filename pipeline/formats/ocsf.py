@@ -172,7 +172,11 @@ def _head(class_uid: int, activity_id: int, activity_name: str | None = None) ->
     }
 
 
-def _metadata(p: Picker, *, product: dict[str, Any]) -> dict[str, Any]:
+def _metadata(p: Picker, *, product: dict[str, Any], code: int | None = None) -> dict[str, Any]:
+    """OCSF metadata. ``event_code`` is the original event's identifier: the Instantly audit
+    ``activity_type`` when the record has one (the event type then stays in unmapped), else the event
+    type. ``observed_at`` (when the pipeline saw the record) is ``processed_time``, the time an
+    intermediate system processed it; ``logged_time`` is left to the final destination."""
     meta: dict[str, Any] = {
         "version": OCSF_VERSION,
         "product": product,
@@ -180,15 +184,15 @@ def _metadata(p: Picker, *, product: dict[str, Any]) -> dict[str, Any]:
     }
     optional = {
         "uid": p.take_str("id"),
-        "event_code": p.take_str("type"),
+        "event_code": str(code) if code is not None else p.take_str("type"),
         "tenant_uid": p.take_str("workspace.id"),
         "original_event_uid": p.take_str("source.record_id"),
         "log_name": p.take_str("source.stream"),
         "log_source": p.take_str("source.kind"),
         "log_version": p.take_str("schema"),
-        "logged_time": epoch_ms(p.get("observed_at")),
+        "processed_time": epoch_ms(p.get("observed_at")),
     }
-    if optional["logged_time"] is not None:
+    if optional["processed_time"] is not None:
         p.take("observed_at")
     meta.update({k: v for k, v in optional.items() if v is not None})
     return meta
@@ -292,7 +296,7 @@ def _event(body: dict[str, Any]) -> dict[str, Any]:
         time_ms = epoch_ms(body.get("observed_at")) or 0
     out["time"] = time_ms
     out["message"] = act.label
-    out["metadata"] = _metadata(p, product={"name": "Instantly", "vendor_name": "Instantly.ai"})
+    out["metadata"] = _metadata(p, product={"name": "Instantly", "vendor_name": "Instantly.ai"}, code=act.code)
     if out["class_uid"] != 0:
         if "actor" not in out and (user := _actor_user(p)) is not None:
             out["actor"] = {"user": user}

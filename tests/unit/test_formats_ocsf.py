@@ -240,6 +240,25 @@ def test_real_normalizer_events_map_validate_and_drop_nothing() -> None:
         assert "sk_live_canary" not in json.dumps(doc)
 
 
+def test_metadata_event_code_and_processed_time() -> None:
+    """metadata.event_code is the original event's identifier, the Instantly activity_type of an audit record
+    (its event type then stays in unmapped), else the event type; observed_at, when the pipeline handled the
+    record, is processed_time (an intermediate system), not logged_time (the final destination's)."""
+    events = sample_events()
+    login = to_ocsf(events["login"])
+    assert login["metadata"]["event_code"] == "1"
+    assert login["unmapped"]["type"] == "audit.user_login"
+    assert login["metadata"]["processed_time"] == epoch_ms(SEEN) and "logged_time" not in login["metadata"]
+    assert to_ocsf(events["audit_unknown"])["metadata"]["event_code"] == "99"
+    key = to_ocsf(events["key_created"])  # a snapshot change has no activity_type: the event type
+    assert key["metadata"]["event_code"] == "api_key.created" and "type" not in key.get("unmapped", {})
+    assert "logged_time" not in to_ocsf(sample_alert())["metadata"]
+    for event in normalizer_events():
+        code = event.attributes.get("activity_code")
+        if isinstance(code, int):
+            assert to_ocsf(event)["metadata"]["event_code"] == str(code), event.type
+
+
 def test_login_and_mfa_details() -> None:
     """Logins carry the user, source IP, user agent and MFA flag; failed MFA challenges are failures."""
     events = sample_events()
