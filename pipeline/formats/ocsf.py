@@ -141,6 +141,8 @@ _SUSPEND_RESUME_ACTION = {"marked_error": 12, "marked_as_error": 12, "suspended"
 # The OCSF schema's own email pattern: only addresses that match go to email_addr.
 _EMAIL = re.compile(r"^[a-zA-Z0-9!#$%&'*+\-/=?^_`{|}~.]+@[a-zA-Z0-9-]+\.[a-zA-Z0-9-.]+$")
 _ATTACK_ID = re.compile(r"^(T\d{4})(?:\.(\d{3}))?$")
+# programmatic_credential.type: free text; OCSF's own example spelling for an API key, used everywhere
+_API_KEY_CREDENTIAL = "API Key"
 
 
 def to_ocsf(record: Any) -> dict[str, Any]:
@@ -215,7 +217,7 @@ def _actor_user(p: Picker) -> dict[str, Any] | None:
     if name := p.take_str("actor.user_name"):
         user["name"] = name
     if key_id := p.take_str("actor.api_key_id"):
-        user["programmatic_credentials"] = [{"uid": key_id, "type": "api_key"}]
+        user["programmatic_credentials"] = [{"uid": key_id, "type": _API_KEY_CREDENTIAL}]
         if "uid" not in user and "name" not in user:
             user["uid"] = key_id  # an API key acting alone: the key is the principal
     return user or None
@@ -345,7 +347,7 @@ def _user_management_key(p: Picker, act: Activity) -> dict[str, Any]:
     if isinstance(key_id, str) and key_id:
         p.take("target.id")
         p.take("target.kind")
-        workspace["programmatic_credentials"] = [{"uid": key_id, "type": "API Key"}]
+        workspace["programmatic_credentials"] = [{"uid": key_id, "type": _API_KEY_CREDENTIAL}]
         resource: dict[str, Any] = {"uid": key_id, "type": "api_key"}
         if key_name := p.take_str("target.name"):
             resource["name"] = key_name

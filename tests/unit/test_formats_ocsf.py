@@ -324,7 +324,7 @@ def test_api_key_entity_and_programmatic_credential() -> None:
     assert (doc["class_uid"], doc["activity_name"]) == (3007, "Add Programmatic Credentials")
     assert doc["user"]["type"] == "Workspace" and doc["user"]["uid"] == doc["metadata"]["tenant_uid"]
     assert doc["actor"]["user"]["programmatic_credentials"] == [
-        {"uid": "3f9e0c1a-2b4d-4e6f-8a0b-1c2d3e4f5a6b", "type": "api_key"}
+        {"uid": "3f9e0c1a-2b4d-4e6f-8a0b-1c2d3e4f5a6b", "type": "API Key"}
     ]
     created = to_ocsf(sample_events()["key_created"])
     (resource,) = created["resources"]
@@ -335,6 +335,18 @@ def test_api_key_entity_and_programmatic_credential() -> None:
     changed = to_ocsf(sample_events()["key_scopes"])
     assert changed["entity"]["data"]["scopes"] == ["all:all"]
     assert changed["updated_entity"]["data"]["scopes"] == ["leads:read"]
+
+
+def test_programmatic_credential_type_is_one_spelling() -> None:
+    """Every programmatic credential (an API key acting, a key created or deleted) is typed "API Key", the
+    spelling of OCSF's own example, so one query finds the key wherever it appears."""
+    types = set()
+    for event in [*normalizer_events(), *sample_events().values()]:
+        doc = to_ocsf(event)
+        for holder in (doc.get("user"), (doc.get("actor") or {}).get("user")):
+            for cred in (holder or {}).get("programmatic_credentials", []):
+                types.add(cred["type"])
+    assert types == {"API Key"}
 
 
 def test_role_changes_assign_or_revoke() -> None:
