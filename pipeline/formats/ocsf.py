@@ -23,6 +23,10 @@ anything else (``pipeline.*``, ``webhook_delivery.*``)  0 Base Event
 alerts                                                  2004 Detection Finding
 =====================================================  =====================================
 
+``observables`` list the IPs, user names, email addresses, user agents, hostnames and (redacted)
+webhook URLs the document carries, each named by its attribute path (``src_endpoint.ip``,
+``users[0].email_addr``), each value once.
+
 Nothing is dropped: every field of the source record that no OCSF attribute carries is
 kept under ``unmapped`` at its original path, and the redacted source record travels in
 ``raw_data`` (JSON text). Validated in the tests against the OCSF 1.9.0 schema
@@ -35,7 +39,6 @@ the caption of ``type_uid`` (``<class>: Other`` for activity 99, whose own label
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -53,6 +56,7 @@ from pipeline.formats._common import (
     role_change,
 )
 from pipeline.formats.native import dumps
+from pipeline.formats.ocsf_observables import EMAIL, observables, valid_ip
 
 OCSF_VERSION = "1.9.0"
 
@@ -138,8 +142,6 @@ _ENTITY_ACTIVITY = {"create": 1, "read": 2, "update": 3, "delete": 4, "enable": 
 # (audit 20) is suspended until it is resumed (audit 21), not disabled.
 _SUSPEND_RESUME_CODE = {20: 12, 21: 13}
 _SUSPEND_RESUME_ACTION = {"marked_error": 12, "marked_as_error": 12, "suspended": 12, "resumed": 13}
-# The OCSF schema's own email pattern: only addresses that match go to email_addr.
-_EMAIL = re.compile(r"^[a-zA-Z0-9!#$%&'*+\-/=?^_`{|}~.]+@[a-zA-Z0-9-]+\.[a-zA-Z0-9-.]+$")
 _ATTACK_ID = re.compile(r"^(T\d{4})(?:\.(\d{3}))?$")
 # programmatic_credential.type: free text; OCSF's own example spelling for an API key, used everywhere
 _API_KEY_CREDENTIAL = "API Key"
@@ -200,16 +202,6 @@ def _metadata(p: Picker, *, product: dict[str, Any], code: int | None = None) ->
     return meta
 
 
-def _valid_ip(value: Any) -> str | None:
-    if not isinstance(value, str) or len(value) > 40:
-        return None
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return None
-    return value
-
-
 def _actor_user(p: Picker) -> dict[str, Any] | None:
     user: dict[str, Any] = {}
     if uid := p.take_str("actor.user_id"):
@@ -225,7 +217,7 @@ def _actor_user(p: Picker) -> dict[str, Any] | None:
 
 def _endpoint_parts(p: Picker, out: dict[str, Any]) -> None:
     """src_endpoint.ip and http_request.user_agent from the actor."""
-    ip = _valid_ip(p.get("actor.ip"))
+    ip = valid_ip(p.get("actor.ip"))
     if ip is not None:
         p.take("actor.ip")
         out["src_endpoint"] = {"ip": ip}
@@ -234,6 +226,8 @@ def _endpoint_parts(p: Picker, out: dict[str, Any]) -> None:
 
 
 def _finish(p: Picker, out: dict[str, Any]) -> dict[str, Any]:
+    if found := observables(out):
+        out["observables"] = found
     raw = p.take("raw")
     if raw is not None:
         out["raw_data"] = dumps(raw).decode("utf-8")
@@ -255,7 +249,7 @@ def _target_user(p: Picker) -> dict[str, Any]:
         user["uid"] = uid
     if name := p.take_str("target.name"):
         user["name"] = name
-        if _EMAIL.match(name):
+        if EMAIL.match(name):
             user["email_addr"] = name
     return user or {"name": "unknown"}
 

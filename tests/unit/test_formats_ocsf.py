@@ -259,6 +259,75 @@ def test_metadata_event_code_and_processed_time() -> None:
             assert to_ocsf(event)["metadata"]["event_code"] == str(code), event.type
 
 
+def _resolve(doc: dict[str, Any], name: str) -> Any:
+    """The value at an observable name such as ``users[0].email_addr`` or ``entity.data.target_hook_url``."""
+    node: Any = doc
+    for part in name.split("."):
+        key, _, index = part.partition("[")
+        node = node[key]
+        if index:
+            node = node[int(index.rstrip("]"))]
+    return node
+
+
+def test_observables_name_typed_values_of_the_document() -> None:
+    """observables (recommended for every class) list the IPs, user names, email addresses, user agents and URLs
+    of the document, each named by its attribute path with the OCSF observable type, each value once."""
+    events = sample_events()
+    assert to_ocsf(events["login"])["observables"] == [
+        {"name": "src_endpoint.ip", "type_id": 2, "type": "IP Address", "value": "203.0.113.9"},
+        {"name": "actor.user.name", "type_id": 4, "type": "User Name", "value": "Jane Doe"},
+        {"name": "http_request.user_agent", "type_id": 16, "type": "HTTP User-Agent",
+         "value": "Mozilla/5.0 (X11; Linux x86_64)"},
+    ]  # fmt: skip
+    invited = to_ocsf(events["member_invited"])  # the member's name is its email address: listed once, as one
+    assert invited["observables"] == [
+        {"name": "users[0].email_addr", "type_id": 5, "type": "Email Address", "value": "mallory@example.com"}
+    ]
+    hook = to_ocsf(events["webhook_created"])
+    assert {"name": "entity.data.target_hook_url", "type_id": 6, "type": "URL String",
+            "value": "https://hooks.example.com/x"} in hook["observables"]  # fmt: skip
+    key = to_ocsf(events["audit_key_created"])  # the workspace standing in as the key's user is no user name
+    assert [o["name"] for o in key["observables"]] == ["src_endpoint.ip"]
+    assert "observables" not in to_ocsf(events["poller_unauthorized"])
+
+
+def test_finding_observables_from_its_entities() -> None:
+    """A finding's entities become observables: an IP, a domain, a user name or a member's email address."""
+    from schemas import Entity
+
+    ents = (Entity("ip", "198.51.100.7", None), Entity("domain", "competitor.example", None),
+            Entity("member", "m-1", "eve@example.com"), Entity("user", "u-1", "Jane Doe"),
+            Entity("api_key", "k", "CRM"))  # fmt: skip
+    doc = to_ocsf(sample_alert(entities=ents))
+    assert [(o["name"], o["type_id"], o["value"]) for o in doc["observables"]] == [
+        ("resources[0].uid", 2, "198.51.100.7"),
+        ("resources[1].uid", 1, "competitor.example"),
+        ("resources[2].name", 5, "eve@example.com"),
+        ("resources[3].name", 4, "Jane Doe"),
+    ]
+    assert ocsf_errors(doc) == []
+
+
+def test_every_observable_points_at_its_value() -> None:
+    """Across every record the pipeline produces, each observable's name resolves to its value in the same
+    document, values are unique, the order is stable, and nothing secret (the canary key) is listed."""
+    from tests.unit.test_formats_mapping import corpus
+
+    records = [*corpus(), *(e.to_dict() for e in normalizer_events())]
+    counted = 0
+    for record in records:
+        doc = to_ocsf(record)
+        observables = doc.get("observables", [])
+        counted += len(observables)
+        for obs in observables:
+            assert _resolve(doc, obs["name"]) == obs["value"], obs
+        assert len({o["value"] for o in observables}) == len(observables)
+        assert to_ocsf(record).get("observables", []) == observables
+        assert "sk_live_canary" not in json.dumps(observables)
+    assert counted > 0
+
+
 def test_login_and_mfa_details() -> None:
     """Logins carry the user, source IP, user agent and MFA flag; failed MFA challenges are failures."""
     events = sample_events()
