@@ -8,7 +8,8 @@ with ``group``+the activity; webhooks → ``configuration``),
 ``event.outcome`` (success/failure; absent where ECS says not to populate it: ``event.type``
 ``info`` that succeeded, outcomes nobody knows), ``user.*`` (the actor), ``user.target.*``
 (a member acted upon, old role in ``user.target.roles``, new role in ``user.changes.roles``
-as in the ECS user-usage guide), ``source.ip``, ``user_agent.original``, ``organization.*``
+as in the ECS user-usage guide; with no actor user, e.g. a snapshot change, the member is also
+``user.id/name/email``, the one user the event mentions), ``source.ip``, ``user_agent.original``, ``organization.*``
 (the workspace), ``related.*`` and ``labels``. Alerts: ``event.kind=alert``, ``rule.*``, ``threat.technique.*``.
 
 Snapshot baselines (``*.baseline``) describe what exists, not a change: ``event.kind=state``,
@@ -181,8 +182,12 @@ def _event(body: dict[str, Any]) -> dict[str, Any]:
         tid, tname = p.take_str("target.id"), p.take_str("target.name")
         _put(doc, "user.target.id", tid)
         _put(doc, "user.target.name", tname)
-        if tname and "@" in tname:
-            _put(doc, "user.target.email", tname)
+        email = tname if tname and "@" in tname else None
+        _put(doc, "user.target.email", email)
+        if not uid and not uname:  # no actor user: the one user the event mentions goes at the root too
+            _put(doc, "user.id", tid)  # (ECS user usage guide, "User fields at the Root of an Event")
+            _put(doc, "user.name", tname)
+            _put(doc, "user.email", email)
         related_users += [u for u in (tname, tid) if u]
         old, new = role_change(body)
         if event_type == "workspace.owner_changed":

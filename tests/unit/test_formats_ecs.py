@@ -117,6 +117,24 @@ def test_iam_events_have_two_types() -> None:
     assert all(len(types) == 2 for types in pairs.values()), pairs
 
 
+def test_one_user_events_have_root_user_fields() -> None:
+    """An event with no actor user (a snapshot member change) mentions one user, the member: ECS's user usage
+    guide puts that user in the root user.* fields, so it is user.id/name/email as well as user.target.*;
+    with an actor the root stays the actor."""
+    doc = to_ecs(sample_events()["role_up"])
+    assert doc["user"]["id"] == doc["user"]["target"]["id"] == "5d6e7f80-9a0b-4c1d-8e2f-3a4b5c6d7e8f"
+    assert doc["user"]["name"] == doc["user"]["email"] == "mallory@example.com"
+    owner = to_ecs(sample_events()["owner_changed"])  # a name that is no email address: no user.email
+    assert (owner["user"]["id"], owner["user"]["name"]) == ("u-new-owner", "Eve") and "email" not in owner["user"]
+    acted = to_ecs({**sample_events()["role_up"].to_dict(), "actor": {"user_id": "u-1", "user_name": "Jane Doe"}})
+    assert (acted["user"]["id"], acted["user"]["name"]) == ("u-1", "Jane Doe") and "email" not in acted["user"]
+    assert acted["user"]["target"]["email"] == "mallory@example.com"
+    for event in normalizer_events():
+        doc = to_ecs(event)
+        if "target" in doc.get("user", {}):
+            assert doc["user"].get("id") or doc["user"].get("name"), event.type
+
+
 def test_alert_fields() -> None:
     """An alert is event.kind=alert with rule.*, threat.technique.* and a risk score."""
     alert = sample_alert()
