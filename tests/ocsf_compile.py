@@ -4,9 +4,13 @@ The export is the shape ``ocsf_json_schema`` reads (``dictionary``, ``classes``,
 ``version``; the OCSF server's ``/export/schema``): every class and object with its attributes
 resolved — ``extends`` chains merged parent first, ``$include`` of profiles (attributes then
 carry ``profiles: [name]``) and includes, dictionary entries filled in, object-typed
-attributes as ``object_t`` + ``object_type``, and ``class_uid``/``category_uid``/``type_uid``
-enums as the server derives them. Only the classes asked for and the objects they reach are
-written. Used once to produce ``tests/fixtures/ocsf-1.9.0/schema.json`` (see its README)::
+attributes as ``object_t`` + ``object_type``, ``class_uid``/``category_uid``/``type_uid``
+enums as the server derives them, and the ``observable.type_id`` enum built from the
+``observable`` markers across the whole source (dictionary attributes and types first, then
+objects and their attributes, then event class attributes; the first definition of an id wins),
+as the OCSF server and ocsf-lib compile it. Only the classes asked for and the objects they
+reach are written. Used once to produce ``tests/fixtures/ocsf-1.9.0/schema.json`` (see its
+README)::
 
     python -m tests.ocsf_compile SRC_DIR OUT.json base_event detection_finding authentication ...
 """
@@ -100,6 +104,37 @@ class Compiler:
         }
         return cls
 
+    def _first_marked(self, table: dict[str, JSON], name: str, attr: str | None) -> JSON:
+        """The ancestor (root first) of ``name`` that introduced the observable marker."""
+        for part in self._chain(table, name):
+            spec = part if attr is None else part.get("attributes", {}).get(attr)
+            if isinstance(spec, dict) and "observable" in spec:
+                return part
+        return table[name]
+
+    def observable_types(self) -> JSON:
+        """The ``observable.type_id`` enum: every observable id the source defines, with its caption."""
+        enum: JSON = {}
+
+        def add(ident: Any, caption: str) -> None:
+            enum.setdefault(str(ident), {"caption": caption})
+
+        for attrs in (self.dictionary["attributes"], self.dictionary["types"]["attributes"]):
+            for spec in attrs.values():
+                if "observable" in spec:
+                    add(spec["observable"], spec["caption"])
+        for table, label in ((self.objects, "Object"), (self.events, "Event")):
+            for name in sorted(table):
+                raw = table[name]
+                if label == "Object" and "observable" in raw:
+                    base = self._first_marked(table, name, None)
+                    add(base["observable"], base["caption"])
+                for attr, spec in sorted(raw.get("attributes", {}).items()):
+                    if isinstance(spec, dict) and "observable" in spec:
+                        base = self._first_marked(table, name, attr)
+                        add(spec["observable"], f"{base['caption']} {label}: {attr}")
+        return dict(sorted(enum.items(), key=lambda kv: int(kv[0])))
+
     def export(self, class_names: list[str]) -> JSON:
         """The export document: the classes asked for and every object they reach."""
         classes = {n: self.resolve_class(n) for n in class_names}
@@ -111,6 +146,10 @@ class Compiler:
                 continue
             objects[name] = obj = self._resolve(self.objects, name)
             todo += [a["object_type"] for a in obj["attributes"].values() if "object_type" in a]
+        if "observable" in objects:  # its own 0 Unknown and 99 Other, then every id the source marks
+            type_id = objects["observable"]["attributes"]["type_id"]
+            derived = {k: v for k, v in self.observable_types().items() if k not in type_id["enum"]}
+            type_id["enum"] = {**type_id["enum"], **derived}
         version = json.loads((self.src / "version.json").read_text())["version"]
         return {"version": version, "dictionary": {"types": self.dictionary["types"]}, "classes": classes,
                 "objects": objects}  # fmt: skip

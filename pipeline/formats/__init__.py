@@ -2,6 +2,7 @@
 
 * :mod:`~pipeline.formats.native` — the bus JSON itself (``schemas/*.v1.json``).
 * :mod:`~pipeline.formats.ocsf` — OCSF 1.9.0 (Security Lake, OpenSearch, Splunk add-on).
+* :mod:`~pipeline.formats.ocsf_observables` — the OCSF ``observables`` of a finished document.
 * :mod:`~pipeline.formats.ecs` — Elastic Common Schema (Elastic Security).
 * :mod:`~pipeline.formats.cim` — CIM-friendly JSON for Splunk HEC (format ``splunk``).
 * :mod:`~pipeline.formats.registry` — name → format, behind every sink's ``format:`` option.

@@ -1,18 +1,21 @@
 """Event v1 / Alert v1 → Elastic Common Schema (ECS 8.17) documents for Elastic Security.
 
 Events: ``@timestamp``, ``event.kind=event``, ``event.category/type`` from the allowed ECS
-values per family (login → ``authentication``/``start``; API keys → ``iam``+``configuration``;
-members → ``iam`` with ``user``+``creation|deletion|change``; webhooks → ``configuration``),
+values per family (login → ``authentication``/``start``; API keys → ``iam``+``configuration``
+and members → ``iam``, both with ``user``+``creation|deletion|change``; workspace groups → ``iam``
+with ``group``+the activity; webhooks → ``configuration``),
 ``event.action`` (``api-key-created``), ``event.id`` (the stable event id, also the ES ``_id``),
 ``event.outcome`` (success/failure; absent where ECS says not to populate it: ``event.type``
 ``info`` that succeeded, outcomes nobody knows), ``user.*`` (the actor), ``user.target.*``
 (a member acted upon, old role in ``user.target.roles``, new role in ``user.changes.roles``
-as in the ECS user-usage guide), ``source.ip``, ``user_agent.original``, ``organization.*``
+as in the ECS user-usage guide; with no actor user, e.g. a snapshot change, the member is also
+``user.id/name/email``, the one user the event mentions), ``source.ip``, ``user_agent.original``, ``organization.*``
 (the workspace), ``related.*`` and ``labels``. Alerts: ``event.kind=alert``, ``rule.*``, ``threat.technique.*``.
 
 Snapshot baselines (``*.baseline``) describe what exists, not a change: ``event.kind=state``,
-``event.type=info``. The raw Instantly record travels as a JSON string in ``event.original``
-(not again as ``change.after`` when that is the same record). ``event.provider`` is
+``event.type=info`` (an IAM baseline also ``user``/``group``: ``["user", "info"]``). The raw
+Instantly record travels as a JSON string in ``event.original`` (not again as ``change.after``
+when that is the same record). ``event.provider`` is
 ``instantly-audit`` for events and alerts alike.
 
 Whatever ECS has no field for is kept under ``instantly.details`` at its original path (mapped
@@ -62,7 +65,12 @@ def to_ecs(record: Any) -> dict[str, Any]:
 
 
 def _types(act: Activity, event_type: str) -> tuple[list[str], list[str]]:
-    """(event.category, event.type) — only combinations ECS allows."""
+    """(event.category, event.type) — only combinations ECS allows.
+
+    An IAM event has two types (ECS user usage guide, Categorization): the activity and what it is about,
+    ``group`` for a workspace group, ``user`` otherwise (a member, MFA, the owner, an API key: a credential
+    of a user), baselines included (``["user", "info"]``), in the guide's order (``["group", "creation"]``).
+    """
     category = _CATEGORY.get(act.family, ["configuration"])
     if act.family == "auth":
         return category, ["start"] if act.verb == "login" else ["info"]
@@ -70,14 +78,17 @@ def _types(act: Activity, event_type: str) -> tuple[list[str], list[str]]:
         return category, ["info"]
     if act.family in ("pipeline", "other"):
         return ["configuration"], ["info"]
-    change = _CHANGE_TYPE.get(act.verb, "change" if act.verb != "other" else "info")
+    activity = _CHANGE_TYPE.get(act.verb, "change" if act.verb != "other" else "info")
     if act.family in ("member", "mfa") or event_type == "workspace.owner_changed":
-        return ["iam"], ["user", change if change != "access" else "info"]
-    if act.family == "workspace_group":
-        return category, ["group", change if change != "access" else "info"]
-    if act.family == "api_key" and change in ("access", "info"):
-        change = "change"
-    return category, [change]
+        category = ["iam"]
+    if act.family == "api_key" and activity in ("access", "info"):
+        activity = "change"
+    if event_type.endswith("baseline"):  # what exists, not a change
+        activity = "info"
+    if "iam" not in category:
+        return category, [activity]
+    subject = "group" if act.family == "workspace_group" else "user"
+    return category, [subject, activity if activity != "access" else "info"]
 
 
 def _action(event_type: str) -> str:
@@ -123,8 +134,6 @@ def _event(body: dict[str, Any]) -> dict[str, Any]:
     category, types = _types(act, event_type)
     doc: dict[str, Any] = {"@timestamp": p.take("time"), "ecs": {"version": ECS_VERSION}, "message": act.label}
     baseline = event_type.endswith("baseline")
-    if baseline:
-        types = ["info"]
     event: dict[str, Any] = {
         "kind": "state" if baseline else "event",
         "category": category,
@@ -136,9 +145,10 @@ def _event(body: dict[str, Any]) -> dict[str, Any]:
         "provider": PROVIDER,
         "dataset": f"instantly.{p.get('source.stream') or 'events'}",
     }
-    if act.outcome == "failure" or (act.outcome == "success" and types != ["info"]):
-        # ECS: not populated for type info or where an outcome makes no sense; "unknown" is only for
-        # an attempt whose result the producer cannot see, which no Instantly record is.
+    if act.outcome == "failure" or (act.outcome == "success" and types != ["info"] and not baseline):
+        # ECS: not populated for type info or where an outcome makes no sense (a baseline states what
+        # exists); "unknown" is only for an attempt whose result the producer cannot see, which no
+        # Instantly record is.
         event["outcome"] = act.outcome
     if act.code is not None:
         event["code"] = str(act.code)
@@ -172,8 +182,12 @@ def _event(body: dict[str, Any]) -> dict[str, Any]:
         tid, tname = p.take_str("target.id"), p.take_str("target.name")
         _put(doc, "user.target.id", tid)
         _put(doc, "user.target.name", tname)
-        if tname and "@" in tname:
-            _put(doc, "user.target.email", tname)
+        email = tname if tname and "@" in tname else None
+        _put(doc, "user.target.email", email)
+        if not uid and not uname:  # no actor user: the one user the event mentions goes at the root too
+            _put(doc, "user.id", tid)  # (ECS user usage guide, "User fields at the Root of an Event")
+            _put(doc, "user.name", tname)
+            _put(doc, "user.email", email)
         related_users += [u for u in (tname, tid) if u]
         old, new = role_change(body)
         if event_type == "workspace.owner_changed":

@@ -9,9 +9,11 @@ MFA settings (TOTP 22-26, recovery codes 27)            3007 User Management (12
 API key created/deleted (audit 37/38, snapshots)        3007 User Management (18/19 Add/Remove
                                                         Programmatic Credentials; user = workspace)
 audit webhook 18-21; other ``api_key.*``,               3004 Entity Management (1 Create,
-``webhook.*``, ``block_list.*``, other ``workspace.*``   3 Update, 4 Delete, 9 Disable, 13 Resume)
+``webhook.*``, ``block_list.*``, other ``workspace.*``   3 Update, 4 Delete, 8/9 Enable/Disable,
+                                                        12/13 Suspend/Resume: a webhook marked as
+                                                        error is suspended, then resumed)
 ``member.invited/accepted/removed``                     3006 Group Management (group = workspace,
-                                                        the member in ``users``)
+                                                        the member in ``users``, its role unmapped)
 ``workspace_group.*``                                   3006 Group Management (7/8 Add/Remove Subgroup)
 ``member.role_changed/permissions_changed``,            3007 User Management (14 Assign / 15 Remove
 ``workspace.owner_changed``                             Privileges; the workspace in ``resources``)
@@ -20,6 +22,10 @@ every other audit record (``audit.*``)                  6003 API Activity (Creat
 anything else (``pipeline.*``, ``webhook_delivery.*``)  0 Base Event
 alerts                                                  2004 Detection Finding
 =====================================================  =====================================
+
+``observables`` list the IPs, user names, email addresses, user agents, hostnames and (redacted)
+webhook URLs the document carries, each named by its attribute path (``src_endpoint.ip``,
+``users[0].email_addr``), each value once.
 
 Nothing is dropped: every field of the source record that no OCSF attribute carries is
 kept under ``unmapped`` at its original path, and the redacted source record travels in
@@ -33,7 +39,6 @@ the caption of ``type_uid`` (``<class>: Other`` for activity 99, whose own label
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -51,6 +56,7 @@ from pipeline.formats._common import (
     role_change,
 )
 from pipeline.formats.native import dumps
+from pipeline.formats.ocsf_observables import EMAIL, observables, valid_ip
 
 OCSF_VERSION = "1.9.0"
 
@@ -70,6 +76,7 @@ _CLASSES: dict[int, tuple[str, int, dict[int, str]]] = {
             4: "Delete",
             8: "Enable",
             9: "Disable",
+            12: "Suspend",
             13: "Resume",
             99: "Other",
         },
@@ -130,10 +137,14 @@ _RISK_LEVEL = {
     "critical": (4, "Critical"),
 }
 _VERB_ACTIVITY = {"create": 1, "read": 2, "update": 3, "delete": 4}
-_ENTITY_ACTIVITY = {"create": 1, "read": 2, "update": 3, "delete": 4, "enable": 13, "disable": 9}
-# The OCSF schema's own email pattern: only addresses that match go to email_addr.
-_EMAIL = re.compile(r"^[a-zA-Z0-9!#$%&'*+\-/=?^_`{|}~.]+@[a-zA-Z0-9-]+\.[a-zA-Z0-9-.]+$")
+_ENTITY_ACTIVITY = {"create": 1, "read": 2, "update": 3, "delete": 4, "enable": 8, "disable": 9}
+# OCSF pairs 8 Enable with 9 Disable and 12 Suspend with 13 Resume: a webhook Instantly marks as error
+# (audit 20) is suspended until it is resumed (audit 21), not disabled.
+_SUSPEND_RESUME_CODE = {20: 12, 21: 13}
+_SUSPEND_RESUME_ACTION = {"marked_error": 12, "marked_as_error": 12, "suspended": 12, "resumed": 13}
 _ATTACK_ID = re.compile(r"^(T\d{4})(?:\.(\d{3}))?$")
+# programmatic_credential.type: free text; OCSF's own example spelling for an API key, used everywhere
+_API_KEY_CREDENTIAL = "API Key"
 
 
 def to_ocsf(record: Any) -> dict[str, Any]:
@@ -165,7 +176,11 @@ def _head(class_uid: int, activity_id: int, activity_name: str | None = None) ->
     }
 
 
-def _metadata(p: Picker, *, product: dict[str, Any]) -> dict[str, Any]:
+def _metadata(p: Picker, *, product: dict[str, Any], code: int | None = None) -> dict[str, Any]:
+    """OCSF metadata. ``event_code`` is the original event's identifier: the Instantly audit
+    ``activity_type`` when the record has one (the event type then stays in unmapped), else the event
+    type. ``observed_at`` (when the pipeline saw the record) is ``processed_time``, the time an
+    intermediate system processed it; ``logged_time`` is left to the final destination."""
     meta: dict[str, Any] = {
         "version": OCSF_VERSION,
         "product": product,
@@ -173,28 +188,18 @@ def _metadata(p: Picker, *, product: dict[str, Any]) -> dict[str, Any]:
     }
     optional = {
         "uid": p.take_str("id"),
-        "event_code": p.take_str("type"),
+        "event_code": str(code) if code is not None else p.take_str("type"),
         "tenant_uid": p.take_str("workspace.id"),
         "original_event_uid": p.take_str("source.record_id"),
         "log_name": p.take_str("source.stream"),
         "log_source": p.take_str("source.kind"),
         "log_version": p.take_str("schema"),
-        "logged_time": epoch_ms(p.get("observed_at")),
+        "processed_time": epoch_ms(p.get("observed_at")),
     }
-    if optional["logged_time"] is not None:
+    if optional["processed_time"] is not None:
         p.take("observed_at")
     meta.update({k: v for k, v in optional.items() if v is not None})
     return meta
-
-
-def _valid_ip(value: Any) -> str | None:
-    if not isinstance(value, str) or len(value) > 40:
-        return None
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return None
-    return value
 
 
 def _actor_user(p: Picker) -> dict[str, Any] | None:
@@ -204,7 +209,7 @@ def _actor_user(p: Picker) -> dict[str, Any] | None:
     if name := p.take_str("actor.user_name"):
         user["name"] = name
     if key_id := p.take_str("actor.api_key_id"):
-        user["programmatic_credentials"] = [{"uid": key_id, "type": "api_key"}]
+        user["programmatic_credentials"] = [{"uid": key_id, "type": _API_KEY_CREDENTIAL}]
         if "uid" not in user and "name" not in user:
             user["uid"] = key_id  # an API key acting alone: the key is the principal
     return user or None
@@ -212,7 +217,7 @@ def _actor_user(p: Picker) -> dict[str, Any] | None:
 
 def _endpoint_parts(p: Picker, out: dict[str, Any]) -> None:
     """src_endpoint.ip and http_request.user_agent from the actor."""
-    ip = _valid_ip(p.get("actor.ip"))
+    ip = valid_ip(p.get("actor.ip"))
     if ip is not None:
         p.take("actor.ip")
         out["src_endpoint"] = {"ip": ip}
@@ -221,6 +226,8 @@ def _endpoint_parts(p: Picker, out: dict[str, Any]) -> None:
 
 
 def _finish(p: Picker, out: dict[str, Any]) -> dict[str, Any]:
+    if found := observables(out):
+        out["observables"] = found
     raw = p.take("raw")
     if raw is not None:
         out["raw_data"] = dumps(raw).decode("utf-8")
@@ -242,7 +249,7 @@ def _target_user(p: Picker) -> dict[str, Any]:
         user["uid"] = uid
     if name := p.take_str("target.name"):
         user["name"] = name
-        if _EMAIL.match(name):
+        if EMAIL.match(name):
             user["email_addr"] = name
     return user or {"name": "unknown"}
 
@@ -268,9 +275,9 @@ def _event(body: dict[str, Any]) -> dict[str, Any]:
     elif etype in ("member.role_changed", "member.permissions_changed", "workspace.owner_changed"):
         out = _user_privileges(p, act, body)
     elif act.family in ("api_key", "webhook", "block_list", "workspace"):
-        out = _entity_management(p, act)
+        out = _entity_management(p, act, etype)
     elif act.family in ("member", "workspace_group"):
-        out = _group_management(p, act, body)
+        out = _group_management(p, act)
     elif act.family == "audit":
         out = _api_activity(p, act)
     else:  # pipeline.*, webhook_delivery.*, unknown families: everything else stays unmapped
@@ -285,7 +292,7 @@ def _event(body: dict[str, Any]) -> dict[str, Any]:
         time_ms = epoch_ms(body.get("observed_at")) or 0
     out["time"] = time_ms
     out["message"] = act.label
-    out["metadata"] = _metadata(p, product={"name": "Instantly", "vendor_name": "Instantly.ai"})
+    out["metadata"] = _metadata(p, product={"name": "Instantly", "vendor_name": "Instantly.ai"}, code=act.code)
     if out["class_uid"] != 0:
         if "actor" not in out and (user := _actor_user(p)) is not None:
             out["actor"] = {"user": user}
@@ -334,7 +341,7 @@ def _user_management_key(p: Picker, act: Activity) -> dict[str, Any]:
     if isinstance(key_id, str) and key_id:
         p.take("target.id")
         p.take("target.kind")
-        workspace["programmatic_credentials"] = [{"uid": key_id, "type": "API Key"}]
+        workspace["programmatic_credentials"] = [{"uid": key_id, "type": _API_KEY_CREDENTIAL}]
         resource: dict[str, Any] = {"uid": key_id, "type": "api_key"}
         if key_name := p.take_str("target.name"):
             resource["name"] = key_name
@@ -363,8 +370,18 @@ def _entity(p: Picker, entity_type: str, data: Any) -> dict[str, Any]:
     return entity
 
 
-def _entity_management(p: Picker, act: Activity) -> dict[str, Any]:
-    out = _head(3004, _ENTITY_ACTIVITY.get(act.verb, 99), None if act.verb in _ENTITY_ACTIVITY else act.label)
+def _entity_activity(act: Activity, event_type: str) -> int:
+    """Entity Management activity_id: Suspend/Resume for a webhook marked as error and resumed, else by verb."""
+    if act.code is not None:  # an audit record: by its activity_type
+        suspend_resume = _SUSPEND_RESUME_CODE.get(act.code)
+    else:  # a snapshot change: by its action name
+        suspend_resume = _SUSPEND_RESUME_ACTION.get(event_type.partition(".")[2])
+    return suspend_resume or _ENTITY_ACTIVITY.get(act.verb, 99)
+
+
+def _entity_management(p: Picker, act: Activity, event_type: str) -> dict[str, Any]:
+    activity_id = _entity_activity(act, event_type)
+    out = _head(3004, activity_id, None if activity_id != 99 else act.label)
     kind = p.get("target.kind")
     if not isinstance(kind, str) or not kind:
         kind = "block_list_entry" if act.family == "block_list" else act.family
@@ -416,7 +433,7 @@ def _user_privileges(p: Picker, act: Activity, body: Mapping[str, Any]) -> dict[
     return out
 
 
-def _group_management(p: Picker, act: Activity, body: Mapping[str, Any]) -> dict[str, Any]:
+def _group_management(p: Picker, act: Activity) -> dict[str, Any]:
     if act.family == "workspace_group":
         activity_id = {"create": 7, "delete": 8}.get(act.verb, 99)
         out = _head(3006, activity_id, None if activity_id != 99 else act.label)
@@ -433,9 +450,8 @@ def _group_management(p: Picker, act: Activity, body: Mapping[str, Any]) -> dict
     out = _head(3006, activity_id, None if activity_id != 99 else act.label)
     out["users"] = [_target_user(p)]  # group_management.user is deprecated since 1.9.0
     out["group"] = _workspace_org(p)
-    _old, new = role_change(body)
-    if new and activity_id != 4:
-        out["privileges"] = [new]
+    # No privileges: OCSF's are those of the group; the member's role (no user attribute holds one) stays
+    # in unmapped, under change.after.role / attributes.role as in the source record.
     return out
 
 
@@ -479,7 +495,7 @@ def _finding(body: dict[str, Any]) -> dict[str, Any]:
     p = Picker(body)
     severity = str(p.take("rule.severity") or "info")
     status = str(p.get("status") or "open")  # stays in unmapped too: OCSF's status names differ
-    count = p.take("count")
+    count = p.get("count")
     if status == "resolved":
         activity_id, status_id, status_name = 3, 4, "Resolved"
     else:
@@ -495,16 +511,19 @@ def _finding(body: dict[str, Any]) -> dict[str, Any]:
         status=status_name,
         risk_level_id=risk_id,
         risk_level=risk_name,
-        is_alert=True,
     )
+    if activity_id != 3:  # a Close is no alertable signal: OCSF says omit is_alert (or set it false) there
+        out["is_alert"] = True
     first = epoch_ms(p.take("first_seen"))
     last = epoch_ms(p.take("last_seen"))
-    out["time"] = last or first or 0
+    # OCSF finding time: when the finding was first generated (start_time of an aggregate), not its last event
+    out["time"] = first if first is not None else last if last is not None else 0
     if first is not None:
         out["start_time"] = first
     if last is not None:
         out["end_time"] = last
-    if isinstance(count, int):
+    if isinstance(count, int) and count > 1:  # OCSF: count is only populated for aggregate events
+        p.take("count")
         out["count"] = count
     if summary := p.take_str("summary"):
         out["message"] = summary

@@ -26,11 +26,17 @@ TOP_LEVEL = {"@timestamp", "ecs", "message", "event", "user", "source", "user_ag
 
 
 def _check_shape(doc: dict[str, Any]) -> None:
+    """Every event.type is one some event.category of the document expects (two categories share one type
+    list, as Kibana's categorization check reads it), and every category gets a type it expects."""
     assert set(doc) <= TOP_LEVEL, set(doc) - TOP_LEVEL
     event = doc["event"]
     assert event["kind"] in KINDS
+    expected = set().union(*(ALLOWED_TYPES[c] for c in event["category"]))
+    assert set(event["type"]) <= expected, (event["category"], event["type"])
     for category in event["category"]:
-        assert set(event["type"]) <= ALLOWED_TYPES[category], (category, event["type"])
+        assert set(event["type"]) & ALLOWED_TYPES[category], (category, event["type"])
+    if "iam" in event["category"]:  # ECS user usage guide: the subject (user or group) and the activity
+        assert len(event["type"]) == 2 and len({"user", "group"} & set(event["type"])) == 1, event["type"]
     assert event.get("outcome", "unknown") in ("success", "failure", "unknown")
     assert all(isinstance(v, str) for v in doc.get("labels", {}).values()), "ECS labels are keywords"
     assert doc["ecs"]["version"].startswith("8.")
@@ -68,7 +74,7 @@ def test_api_key_fields() -> None:
     """API key creation is iam+configuration/creation with key details under instantly.api_key."""
     doc = to_ecs(sample_events()["key_created"])
     assert doc["event"]["category"] == ["iam", "configuration"]
-    assert doc["event"]["type"] == ["creation"]
+    assert doc["event"]["type"] == ["user", "creation"]
     assert doc["event"]["action"] == "api-key-created"
     assert doc["instantly"]["api_key"] == {
         "id": "3f9e0c1a-2b4d-4e6f-8a0b-1c2d3e4f5a6b",
@@ -76,7 +82,7 @@ def test_api_key_fields() -> None:
         "scopes": ["all:all"],
         "fingerprint": "sha256:0123abcd",
     }
-    assert to_ecs(sample_events()["key_deleted"])["event"]["type"] == ["deletion"]
+    assert to_ecs(sample_events()["key_deleted"])["event"]["type"] == ["user", "deletion"]
 
 
 def test_member_role_change_fields() -> None:
@@ -91,6 +97,42 @@ def test_member_role_change_fields() -> None:
     invited = to_ecs(sample_events()["member_invited"])
     assert invited["event"]["type"] == ["user", "creation"]
     assert invited["user"]["target"]["roles"] == ["admin"]
+
+
+def test_iam_events_have_two_types() -> None:
+    """Every IAM event carries the activity and its subject (ECS user usage guide, Categorization): API keys
+    (a credential of a user) and members "user", workspace groups "group", baselines included."""
+    from tests.unit.test_formats_mapping import corpus
+
+    pairs: dict[str, list[str]] = {}
+    for record in corpus():
+        event = to_ecs(record)["event"]
+        if "iam" in event["category"]:
+            pairs[str(record.get("type"))] = event["type"]
+    assert pairs["api_key.created"] == pairs["audit.api_key_created"] == ["user", "creation"]
+    assert pairs["api_key.scopes_changed"] == ["user", "change"]
+    assert pairs["member.baseline"] == ["user", "info"]
+    assert pairs["workspace_group.member_baseline"] == ["group", "info"]
+    assert pairs["workspace_group.member_added"] == ["group", "creation"]
+    assert all(len(types) == 2 for types in pairs.values()), pairs
+
+
+def test_one_user_events_have_root_user_fields() -> None:
+    """An event with no actor user (a snapshot member change) mentions one user, the member: ECS's user usage
+    guide puts that user in the root user.* fields, so it is user.id/name/email as well as user.target.*;
+    with an actor the root stays the actor."""
+    doc = to_ecs(sample_events()["role_up"])
+    assert doc["user"]["id"] == doc["user"]["target"]["id"] == "5d6e7f80-9a0b-4c1d-8e2f-3a4b5c6d7e8f"
+    assert doc["user"]["name"] == doc["user"]["email"] == "mallory@example.com"
+    owner = to_ecs(sample_events()["owner_changed"])  # a name that is no email address: no user.email
+    assert (owner["user"]["id"], owner["user"]["name"]) == ("u-new-owner", "Eve") and "email" not in owner["user"]
+    acted = to_ecs({**sample_events()["role_up"].to_dict(), "actor": {"user_id": "u-1", "user_name": "Jane Doe"}})
+    assert (acted["user"]["id"], acted["user"]["name"]) == ("u-1", "Jane Doe") and "email" not in acted["user"]
+    assert acted["user"]["target"]["email"] == "mallory@example.com"
+    for event in normalizer_events():
+        doc = to_ecs(event)
+        if "target" in doc.get("user", {}):
+            assert doc["user"].get("id") or doc["user"].get("name"), event.type
 
 
 def test_alert_fields() -> None:
@@ -122,14 +164,19 @@ def test_real_normalizer_events() -> None:
 
 
 def test_baselines_are_state_and_raw_is_event_original() -> None:
-    """A snapshot baseline is event.kind=state/type=info; the raw record is event.original, a JSON string."""
+    """A snapshot baseline is event.kind=state/type=info (an IAM one also user or group, with no outcome);
+    the raw record is event.original, a JSON string."""
     import json
 
     events = [e for e in normalizer_events() if e.type.endswith("baseline")]
     assert events
+    subjects = {"api_key.baseline": ["user", "info"], "member.baseline": ["user", "info"],
+                "workspace_group.member_baseline": ["group", "info"]}  # fmt: skip
     for event in events:
         doc = to_ecs(event)
-        assert doc["event"]["kind"] == "state" and doc["event"]["type"] == ["info"], event.type
+        assert doc["event"]["kind"] == "state", event.type
+        assert doc["event"]["type"] == subjects.get(event.type, ["info"]), event.type
+        assert "outcome" not in doc["event"], event.type
         if event.raw is not None:
             assert json.loads(doc["event"]["original"]) == event.raw
             assert "raw" not in doc.get("instantly", {}).get("details", {})

@@ -30,7 +30,7 @@ EXPECTED: dict[str, tuple[int, int]] = {
     "totp_enabled": (3007, 12),
     "recovery_codes": (3007, 99),
     "audit_webhook_created": (3004, 1),
-    "audit_webhook_error": (3004, 9),
+    "audit_webhook_error": (3004, 12),
     "audit_key_created": (3007, 18),
     "audit_key_deleted": (3007, 19),
     "campaign_deleted": (6003, 4),
@@ -240,6 +240,94 @@ def test_real_normalizer_events_map_validate_and_drop_nothing() -> None:
         assert "sk_live_canary" not in json.dumps(doc)
 
 
+def test_metadata_event_code_and_processed_time() -> None:
+    """metadata.event_code is the original event's identifier, the Instantly activity_type of an audit record
+    (its event type then stays in unmapped), else the event type; observed_at, when the pipeline handled the
+    record, is processed_time (an intermediate system), not logged_time (the final destination's)."""
+    events = sample_events()
+    login = to_ocsf(events["login"])
+    assert login["metadata"]["event_code"] == "1"
+    assert login["unmapped"]["type"] == "audit.user_login"
+    assert login["metadata"]["processed_time"] == epoch_ms(SEEN) and "logged_time" not in login["metadata"]
+    assert to_ocsf(events["audit_unknown"])["metadata"]["event_code"] == "99"
+    key = to_ocsf(events["key_created"])  # a snapshot change has no activity_type: the event type
+    assert key["metadata"]["event_code"] == "api_key.created" and "type" not in key.get("unmapped", {})
+    assert "logged_time" not in to_ocsf(sample_alert())["metadata"]
+    for event in normalizer_events():
+        code = event.attributes.get("activity_code")
+        if isinstance(code, int):
+            assert to_ocsf(event)["metadata"]["event_code"] == str(code), event.type
+
+
+def _resolve(doc: dict[str, Any], name: str) -> Any:
+    """The value at an observable name such as ``users[0].email_addr`` or ``entity.data.target_hook_url``."""
+    node: Any = doc
+    for part in name.split("."):
+        key, _, index = part.partition("[")
+        node = node[key]
+        if index:
+            node = node[int(index.rstrip("]"))]
+    return node
+
+
+def test_observables_name_typed_values_of_the_document() -> None:
+    """observables (recommended for every class) list the IPs, user names, email addresses, user agents and URLs
+    of the document, each named by its attribute path with the OCSF observable type, each value once."""
+    events = sample_events()
+    assert to_ocsf(events["login"])["observables"] == [
+        {"name": "src_endpoint.ip", "type_id": 2, "type": "IP Address", "value": "203.0.113.9"},
+        {"name": "actor.user.name", "type_id": 4, "type": "User Name", "value": "Jane Doe"},
+        {"name": "http_request.user_agent", "type_id": 16, "type": "HTTP User-Agent",
+         "value": "Mozilla/5.0 (X11; Linux x86_64)"},
+    ]  # fmt: skip
+    invited = to_ocsf(events["member_invited"])  # the member's name is its email address: listed once, as one
+    assert invited["observables"] == [
+        {"name": "users[0].email_addr", "type_id": 5, "type": "Email Address", "value": "mallory@example.com"}
+    ]
+    hook = to_ocsf(events["webhook_created"])
+    assert {"name": "entity.data.target_hook_url", "type_id": 6, "type": "URL String",
+            "value": "https://hooks.example.com/x"} in hook["observables"]  # fmt: skip
+    key = to_ocsf(events["audit_key_created"])  # the workspace standing in as the key's user is no user name
+    assert [o["name"] for o in key["observables"]] == ["src_endpoint.ip"]
+    assert "observables" not in to_ocsf(events["poller_unauthorized"])
+
+
+def test_finding_observables_from_its_entities() -> None:
+    """A finding's entities become observables: an IP, a domain, a user name or a member's email address."""
+    from schemas import Entity
+
+    ents = (Entity("ip", "198.51.100.7", None), Entity("domain", "competitor.example", None),
+            Entity("member", "m-1", "eve@example.com"), Entity("user", "u-1", "Jane Doe"),
+            Entity("api_key", "k", "CRM"))  # fmt: skip
+    doc = to_ocsf(sample_alert(entities=ents))
+    assert [(o["name"], o["type_id"], o["value"]) for o in doc["observables"]] == [
+        ("resources[0].uid", 2, "198.51.100.7"),
+        ("resources[1].uid", 1, "competitor.example"),
+        ("resources[2].name", 5, "eve@example.com"),
+        ("resources[3].name", 4, "Jane Doe"),
+    ]
+    assert ocsf_errors(doc) == []
+
+
+def test_every_observable_points_at_its_value() -> None:
+    """Across every record the pipeline produces, each observable's name resolves to its value in the same
+    document, values are unique, the order is stable, and nothing secret (the canary key) is listed."""
+    from tests.unit.test_formats_mapping import corpus
+
+    records = [*corpus(), *(e.to_dict() for e in normalizer_events())]
+    counted = 0
+    for record in records:
+        doc = to_ocsf(record)
+        observables = doc.get("observables", [])
+        counted += len(observables)
+        for obs in observables:
+            assert _resolve(doc, obs["name"]) == obs["value"], obs
+        assert len({o["value"] for o in observables}) == len(observables)
+        assert to_ocsf(record).get("observables", []) == observables
+        assert "sk_live_canary" not in json.dumps(observables)
+    assert counted > 0
+
+
 def test_login_and_mfa_details() -> None:
     """Logins carry the user, source IP, user agent and MFA flag; failed MFA challenges are failures."""
     events = sample_events()
@@ -266,6 +354,27 @@ def test_mfa_disable_is_user_management() -> None:
     assert ocsf_errors(doc) == []
 
 
+@pytest.mark.parametrize(
+    ("etype", "code", "activity"),
+    [("audit.webhook_marked_as_error", 20, (12, "Suspend")), ("audit.webhook_resumed", 21, (13, "Resume")),
+     ("webhook.marked_error", None, (12, "Suspend")), ("webhook.suspended", None, (12, "Suspend")),
+     ("webhook.resumed", None, (13, "Resume")), ("webhook.disabled", None, (9, "Disable")),
+     ("webhook.enabled", None, (8, "Enable"))],
+)  # fmt: skip
+def test_entity_activities_pair_as_in_ocsf(etype: str, code: int | None, activity: tuple[int, str]) -> None:
+    """Entity Management pairs 12 Suspend with 13 Resume and 9 Disable with 8 Enable: a webhook marked as
+    error (audit 20) is suspended, so its resumption (audit 21) is the matching Resume."""
+    event = sample_events()["audit_webhook_error"]
+    attributes = {**event.attributes, "activity_type": code} if code is not None else {}
+    changed = msgspec.structs.replace(event, type=etype, attributes=attributes)
+    if code is None:  # a snapshot record: no audit raw that would carry an activity_type
+        changed = msgspec.structs.replace(changed, source=Source("snapshot", "webhooks", "w-1"), raw=None)
+    doc = to_ocsf(changed)
+    assert (doc["class_uid"], doc["activity_id"], doc["activity_name"]) == (3004, *activity)
+    assert doc["type_name"] == f"Entity Management: {activity[1]}"
+    assert ocsf_errors(doc) == []
+
+
 def test_api_call_with_a_key_names_the_token() -> None:
     """An audit record made through an API key carries it as api.token (OCSF 1.9 token object, API Token)."""
     for event in normalizer_events():
@@ -284,7 +393,7 @@ def test_api_key_entity_and_programmatic_credential() -> None:
     assert (doc["class_uid"], doc["activity_name"]) == (3007, "Add Programmatic Credentials")
     assert doc["user"]["type"] == "Workspace" and doc["user"]["uid"] == doc["metadata"]["tenant_uid"]
     assert doc["actor"]["user"]["programmatic_credentials"] == [
-        {"uid": "3f9e0c1a-2b4d-4e6f-8a0b-1c2d3e4f5a6b", "type": "api_key"}
+        {"uid": "3f9e0c1a-2b4d-4e6f-8a0b-1c2d3e4f5a6b", "type": "API Key"}
     ]
     created = to_ocsf(sample_events()["key_created"])
     (resource,) = created["resources"]
@@ -297,6 +406,18 @@ def test_api_key_entity_and_programmatic_credential() -> None:
     assert changed["updated_entity"]["data"]["scopes"] == ["leads:read"]
 
 
+def test_programmatic_credential_type_is_one_spelling() -> None:
+    """Every programmatic credential (an API key acting, a key created or deleted) is typed "API Key", the
+    spelling of OCSF's own example, so one query finds the key wherever it appears."""
+    types = set()
+    for event in [*normalizer_events(), *sample_events().values()]:
+        doc = to_ocsf(event)
+        for holder in (doc.get("user"), (doc.get("actor") or {}).get("user")):
+            for cred in (holder or {}).get("programmatic_credentials", []):
+                types.add(cred["type"])
+    assert types == {"API Key"}
+
+
 def test_role_changes_assign_or_revoke() -> None:
     """A promotion assigns the new role; a demotion revokes the old one; added permissions are assigned."""
     events = sample_events()
@@ -306,6 +427,18 @@ def test_role_changes_assign_or_revoke() -> None:
     invited = to_ocsf(events["member_invited"])
     assert invited["group"]["uid"] == WS.id
     assert invited["users"][0]["email_addr"] == "mallory@example.com"
+
+
+def test_group_membership_has_no_group_privileges() -> None:
+    """Group Management privileges are "privileges assigned to the group": an invited member's role is not
+    one, so it is left out and the role stays in unmapped where the source record had it."""
+    for name in ("member_invited", "member_accepted", "member_removed"):
+        doc = to_ocsf(sample_events()[name])
+        assert doc["class_uid"] == 3006 and "privileges" not in doc, name
+        assert ocsf_errors(doc) == [], name
+    invited = to_ocsf(sample_events()["member_invited"])
+    assert invited["unmapped"]["change"]["after"]["role"] == "admin"
+    assert invited["unmapped"]["attributes"]["role"] == "admin"
 
 
 @pytest.mark.parametrize(
@@ -325,6 +458,41 @@ def test_alert_is_detection_finding(over: dict[str, Any], activity: int, status:
     assert (doc["severity_id"], doc["risk_level_id"]) == (5, 4)
     assert doc["remediation"]["references"] == [alert.rule.runbook]
     assert dropped(alert.to_dict(), doc, "unmapped") == []
+
+
+def test_closed_finding_is_no_alert() -> None:
+    """is_alert is true on a new or updated finding and left out on a Close (resolved): OCSF's Detection
+    Finding says a Close is likely no alertable signal and omits the attribute or sets it false."""
+    assert to_ocsf(sample_alert())["is_alert"] is True
+    assert to_ocsf(sample_alert(count=3))["is_alert"] is True
+    closed = to_ocsf(sample_alert(status="resolved"))
+    assert (closed["activity_id"], closed["status"]) == (3, "Resolved")
+    assert "is_alert" not in closed
+
+
+def test_count_only_on_aggregate_findings() -> None:
+    """count is set only when the finding aggregates several events (OCSF: "Only populate for aggregate
+    events"); a single-event alert's count of 1 stays under unmapped, so nothing is lost."""
+    single = to_ocsf(sample_alert())
+    assert "count" not in single and single["unmapped"]["count"] == 1
+    repeated = to_ocsf(sample_alert(count=3))
+    assert repeated["count"] == 3 and "count" not in repeated.get("unmapped", {})
+    assert {"start_time", "end_time"} <= set(repeated)  # the aggregation window goes with count
+
+
+def test_finding_time_is_when_it_was_first_generated() -> None:
+    """Detection Finding ``time`` is the finding's creation time (first_seen, the start of an aggregate),
+    not its latest event; end_time and last_seen_time keep last_seen; last_seen stands in when first_seen is
+    unreadable."""
+    alert = sample_alert(count=3)
+    doc = to_ocsf(alert)
+    assert (doc["time"], doc["start_time"], doc["end_time"]) == (epoch_ms(T0), epoch_ms(T0), epoch_ms(SEEN))
+    assert (doc["finding_info"]["first_seen_time"], doc["finding_info"]["last_seen_time"]) == (
+        epoch_ms(T0), epoch_ms(SEEN),
+    )  # fmt: skip
+    only_last = to_ocsf({**alert.to_dict(), "first_seen": "not a time"})
+    assert only_last["time"] == epoch_ms(SEEN) and "start_time" not in only_last
+    assert ocsf_errors(doc) == [] and ocsf_errors(only_last) == []
 
 
 @pytest.mark.parametrize(("severity", "sev_id"), [("info", 1), ("low", 2), ("medium", 3), ("high", 4)])

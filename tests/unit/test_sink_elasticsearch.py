@@ -252,8 +252,9 @@ ECS_TYPES = {
     "keyword": (
         "ecs.version", "event.kind", "event.category", "event.type", "event.action", "event.id", "event.outcome",
         "event.module", "event.provider", "event.dataset", "event.code", "event.reference", "event.original",
-        "organization.id", "organization.name", "user.id", "user.name", "user.target.id", "user.target.name",
-        "user.target.email", "user.target.roles", "user.changes.roles", "related.user", "user_agent.original",
+        "organization.id", "organization.name", "user.id", "user.name", "user.email", "user.target.id",
+        "user.target.name", "user.target.email", "user.target.roles", "user.changes.roles", "related.user",
+        "user_agent.original",
         "rule.id", "rule.name", "rule.version", "rule.description", "rule.reference", "rule.ruleset",
         "threat.framework", "threat.technique.id", "threat.technique.subtechnique.id",
     ),
