@@ -28,9 +28,11 @@ _SCHEME = re.compile(
     r"(?!<redacted>)((?=[A-Za-z0-9._~+/=-]*[0-9=+/_~.-])[A-Za-z0-9._~+/=-]{6,}|[A-Za-z0-9._~+/=-]{16,})"
 )
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+_UUID_VALUE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(?![^\s\"',;&}])"
 _ASSIGNED = re.compile(
-    r"(?i)((?:api[-_ ]?key|x-api-key|access[-_ ]?key|secret[-_ ]?key|private[-_ ]?key|key|token|secret|password"
-    r"|passwd|pwd|passphrase|credentials?|authorization|cookie|sig|signature)[\"']?\s*[:=]\s*[\"']?)"
+    r"(?i)((?:api[-_ ]?key|x-api-key|access[-_ ]?key|secret[-_ ]?key|private[-_ ]?key|(?P<bare>key)|token|secret"
+    r"|password|passwd|pwd|passphrase|credentials?|authorization|cookie|sig|signature)[\"']?\s*[:=]\s*[\"']?)"
+    rf"(?(bare)(?!{_UUID_VALUE}))"  # a bare ``key:<uuid>`` names a key by its id (an alert's dedup key): kept
     r"(?!<redacted>|sha256:)([^\s\"',;&}]{4,})"
 )
 _NEAR_WORD = re.compile(

@@ -26,7 +26,7 @@ from pipeline.redaction import (
     register_secret,
     set_url_path_hosts,
 )
-from pipeline.redaction.gate import MAX_DEPTH, gated_event_bytes, redact_tree, secret_problems
+from pipeline.redaction.gate import MAX_DEPTH, gate_alert, gated_event_bytes, redact_tree, secret_problems
 from schemas.deadletter import DeadLetter
 from schemas.event import Actor, Event, Source, WorkspaceRef
 from schemas.ids import fingerprint_secret
@@ -104,6 +104,23 @@ def test_key_ids_in_free_text_stay_readable() -> None:
     """A uuid after "key" is an id, not a secret: descriptions keep naming the key."""
     text = "API key 019a41ff-4c08-7280-ba65-d965cf873b40 was created"
     assert redact_text(text) == text
+
+
+def test_alert_dedup_keys_keep_the_key_id() -> None:
+    """``<rule>:<workspace>:key:<uuid>`` names a key by its id: redacting it merged two keys' alerts into
+    one PagerDuty incident (and resolving one resolved the other). A bare ``key:`` before anything
+    but a whole uuid, and ``api_key:``/``token=`` before a uuid, are still redacted."""
+    ids = ("019a41ff-4c08-7280-ba65-d965cf873b40", "019a41ff-4c08-7280-ba65-d965cf873b41")
+    alerts = [
+        msgspec.structs.replace(make_alert(i), dedup_key=f"api_key.all_scope:ws-1:key:{kid}")
+        for i, kid in enumerate(ids)
+    ]
+    gated = [gate_alert(a) for a in alerts]
+    assert [a.dedup_key for a in gated] == [f"api_key.all_scope:ws-1:key:{kid}" for kid in ids]
+    assert redact_text(f"key: {ids[0]}") == f"key: {ids[0]}"
+    assert redact_text(f"key:{ids[0]}x9") == "key:<redacted>"
+    assert redact_text(f"api_key: {ids[0]}") == "api_key: <redacted>"
+    assert redact_text(f"token={ids[0]}") == "token=<redacted>"
 
 
 def test_the_connector_contributes_the_instantly_key_shape() -> None:
