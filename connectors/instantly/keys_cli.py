@@ -92,8 +92,9 @@ def build_rotation(
         raise ConfigError(f"where should the new key go? --destination file:PATH|vault:REF or "
                           f"rotation.keys.{args.name}.destination")  # fmt: skip
     managers = dict(getattr(cfg, "secret_managers", None) or {})
+    # a path on the command line is relative to where the command runs; one in the config to the config file
     destination = parse_destination(dest_spec, vault=(lambda: vault_settings(managers)) if managers else None,
-                                    base_dir=base_dir)  # fmt: skip
+                                    base_dir=Path.cwd() if args.destination else base_dir)  # fmt: skip
     scopes = [s.strip() for s in args.scopes.split(",") if s.strip()] if args.scopes else (
         key_cfg.scopes if key_cfg else None)  # fmt: skip
     jdir = settings.journal_dir if settings.journal_dir.is_absolute() else base_dir / settings.journal_dir

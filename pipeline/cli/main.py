@@ -49,7 +49,15 @@ def _cmd_config_validate(args: argparse.Namespace) -> int:
     from pipeline.config.loader import load_config, resolve_nothing
 
     path = config_path(args.file)
-    cfg = load_config(path, resolve=resolve_nothing if args.no_environment else None)
+    try:
+        cfg = load_config(path, resolve=resolve_nothing if args.no_environment else None)
+    except ConfigError as err:
+        if args.format != "json":
+            raise
+        doc = {"file": str(path), "valid": False, "environment": not args.no_environment,
+               "errors": str(err).splitlines()}  # fmt: skip
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        return EXIT_USAGE
     warnings = (
         []
         if (cfg.sections or cfg.sinks or cfg.webhook) and any_source(cfg)

@@ -65,6 +65,18 @@ def test_config_validate_json(cfg_file: Path, capsys: pytest.CaptureFixture[str]
     assert doc["valid"] is True and doc["environment"] is False and "1 workspace" in doc["summary"]
 
 
+def test_config_validate_json_invalid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An invalid config with ``--format json`` still prints one JSON document, ``valid: false`` with
+    one error per problem (a script reading stdout got nothing before), and exits 2."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(CONFIG.replace("path: out/events.jsonl", "pathh: out/events.jsonl"))
+    assert main(["config", "validate", str(bad), "--no-environment", "--format", "json"]) == Exit.USAGE
+    out = capsys.readouterr()
+    doc = json.loads(out.out)
+    assert doc["valid"] is False and doc["file"] == str(bad)
+    assert doc["errors"] == ["sinks.archive.pathh: unknown key (did you mean 'path'?)"]
+
+
 def test_empty_config_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An empty file validates (all defaults) but says nothing will be polled or delivered."""
     empty = tmp_path / "empty.yaml"

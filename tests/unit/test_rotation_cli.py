@@ -69,6 +69,21 @@ def test_cli_rotation_with_confirm(setup: dict[str, Any], capsys: pytest.Capture
         assert s not in out and s not in err and s not in (setup["dir"] / "journal.json").read_text()
 
 
+def test_cli_destination_path_is_relative_to_the_working_directory(
+    setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``--destination file:REL`` lands under the directory the command runs in, like every other
+    command-line path (it was resolved against the config file's directory: ``file:sim/x`` with
+    ``-c sim/cfg.yaml`` wrote ``sim/sim/x``)."""
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert cli.main(rotate(setup, "--destination", "file:out/zapier.key", "--confirm")) == 0
+    (new_id,) = named(setup["sim"], setup["ws"])
+    assert (work / "out" / "zapier.key").read_text().strip() == setup["sim"].state.api_keys[new_id].key
+    assert not (setup["dir"] / "out").exists()
+
+
 def test_cli_dry_run_then_pending_then_confirm(setup: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     """--dry-run changes nothing (0); --no-wait stops after storing (3); --confirm finishes (0)."""
     dest = f"file:{setup['dir'] / 'secrets' / 'zapier'}"
@@ -146,4 +161,5 @@ def test_rotation_section_errors(setup: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match=r"secret_managers\.vault"):
         keys_cli.build_rotation(_args(destination="vault:secret/a#b"), no_vault, base_dir=setup["dir"])
     rot = keys_cli.build_rotation(_args(destination="file:rel/key"), no_vault, base_dir=setup["dir"])
-    assert isinstance(rot.destination, FileDestination) and rot.destination.path == setup["dir"] / "rel" / "key"
+    # a --destination path is relative to the working directory, not to the config file (base_dir)
+    assert isinstance(rot.destination, FileDestination) and rot.destination.path == Path.cwd() / "rel" / "key"
