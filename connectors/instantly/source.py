@@ -51,11 +51,20 @@ from connectors.instantly.streams import (
 from connectors.instantly.sweep import SweepSettings
 from pipeline.bus.base import Bus
 from pipeline.clock import Clock, format_time
-from pipeline.errors import AuthError, BusError, NotFoundError, PaymentRequiredError, ScopeError, SourceError
+from pipeline.errors import (
+    AuthError,
+    BusError,
+    NotFoundError,
+    PaymentRequiredError,
+    ScopeError,
+    SourceError,
+    UpstreamError,
+)
 from pipeline.observability.health import HealthRegistry, get_health
 from pipeline.observability.logs import get_logger
 from pipeline.observability.metrics import ID, KIND, STREAM, TYPE, WORKSPACE, WORKSPACE_ID
 from pipeline.observability.telemetry import Telemetry, get_telemetry
+from pipeline.redaction import redact_text
 from pipeline.sources.backpressure import Backpressure
 from pipeline.sources.base import status_key
 from pipeline.sources.poll_loop import poll_until_stopped
@@ -69,10 +78,15 @@ POLL_JITTER = 0.1
 
 
 def _reason(err: SourceError) -> str:
-    """A short, secret-free reason: ``refused: HTTP 401 (AuthError)``."""
+    """A short, secret-free reason: ``refused: HTTP 401 (AuthError)``; without an HTTP status, the
+    client's own words (``failed: GET /api/v2/api-keys: request failed (ClientConnectorError)``), which
+    name the request and the failure but never a URL, a header or a response body."""
     status = getattr(err, "status", None)
     refused = isinstance(err, AuthError | PaymentRequiredError | ScopeError | NotFoundError)
-    return f"{'refused' if refused else 'failed'}: {f'HTTP {status} ' if status else ''}({type(err).__name__})"
+    verdict = "refused" if refused else "failed"
+    if status is None and isinstance(err, UpstreamError):
+        return f"{verdict}: {redact_text(str(err))[:300]}"
+    return f"{verdict}: {f'HTTP {status} ' if status else ''}({type(err).__name__})"
 
 
 def identity_key(source_id: str) -> str:

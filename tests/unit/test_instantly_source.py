@@ -23,7 +23,7 @@ from connectors.instantly.streams import load_cursor
 from pipeline.bus.base import DATA_TOPICS, EVENTS_TOPIC, Record, iter_records
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.clock import FakeClock, format_time, parse_time
-from pipeline.errors import SourceError
+from pipeline.errors import AuthError, SourceError, UpstreamError
 from pipeline.sources.base import status_key
 from schemas.validate import schema_errors
 from tests.unit.test_instantly_fake_api import FakeInstantly, load_fixture, serve
@@ -437,3 +437,15 @@ async def test_run_polls_until_stopped(env: tuple[FakeInstantly, SqliteBus]) -> 
     await asyncio.wait_for(task, timeout=5)
     assert len(fake.calls_to("/workspaces/current")) == 1
     assert [e["type"] for e in await events(bus)] == ["api_key.baseline"]
+
+
+def test_failure_reasons_name_the_request_but_no_response_text() -> None:
+    """A failure without an HTTP status says what failed in the client's own words (``run --once``
+    printed only ``failed: (UpstreamError)`` for an unreachable API); an HTTP refusal or failure
+    keeps to its status and class, since its message may quote the response body."""
+    from connectors.instantly.source import _reason
+
+    down = UpstreamError("GET /api/v2/api-keys: request failed (ClientConnectorError)")
+    assert _reason(down) == "failed: GET /api/v2/api-keys: request failed (ClientConnectorError)"
+    assert _reason(UpstreamError("body echo s3cr3t-token-value", status=502)) == "failed: HTTP 502 (UpstreamError)"
+    assert _reason(AuthError("Invalid API key abc")) == "refused: HTTP 401 (AuthError)"
