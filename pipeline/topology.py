@@ -446,7 +446,9 @@ async def _serve(
             if cfg.service.enabled:
                 service = ServiceServer(telemetry, health, cfg.service.host, cfg.service.port, clock=clock)
                 await service.start()
-                log.info("Service port open", extra={"url": f"http://{cfg.service.host}:{service.port}/metrics"})
+                # host and port, not a URL: the log redaction fingerprints URL paths (``/metrics`` became a hash)
+                log.info("Service port open", extra={"host": cfg.service.host, "port": service.port,
+                                                     "paths": "/metrics /healthz /readyz"})  # fmt: skip
             return await _run_forever(pipe, stop, config_path)
     finally:
         if service is not None:

@@ -141,7 +141,12 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
     cfg = load_config(config_path(args.config), resolve=resolve_nothing)
     host = "127.0.0.1" if cfg.service.host in ("0.0.0.0", "::", "") else cfg.service.host  # noqa: S104 - matched, not bound
-    url = f"http://{host}:{cfg.service.port}/{args.check}"
+    port = args.port or cfg.service.port
+    if not port:
+        print("health: service.port is 0 in the config (the running process chose a free port and logged it as "
+              "'Service port open'); give that port with --port", file=sys.stderr)  # fmt: skip
+        return Exit.USAGE
+    url = f"http://{host}:{port}/{args.check}"
     try:
         with urllib.request.urlopen(url, timeout=args.timeout) as resp:
             ok = resp.status == 200
@@ -221,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--config", "-c", help=CONFIG_HELP)
     health.add_argument("--check", choices=["healthz", "readyz"], default="healthz")
     health.add_argument("--timeout", type=float, default=4.0)
+    health.add_argument("--port", type=int, help="the service port (default: service.port of the config)")
     health.set_defaults(func=_cmd_health)
 
     comp = sub.add_parser(

@@ -3,6 +3,7 @@ anchored at the config file, a default config path, JSON output and shell comple
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -222,3 +223,33 @@ def test_sigterm_while_starting_is_a_clean_stop(tmp_path: Path, delay: float) ->
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
     assert "Traceback" not in err
+
+
+def test_health_with_port_zero_asks_for_the_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``service.port: 0`` (what ``simulate --write-config`` writes) names no port to probe: ``health``
+    says so in one line (exit 2) instead of probing port 0; ``--port`` probes the one given."""
+    from aiohttp import web  # a real HTTP server on loopback answering /healthz
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("service: {port: 0}\n")
+    assert main(["health", "-c", str(cfg)]) == Exit.USAGE
+    assert "service.port is 0" in capsys.readouterr().err
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def serve_and_probe() -> int:
+        app = web.Application()
+        app.router.add_get("/healthz", healthz)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            return await asyncio.to_thread(main, ["health", "-c", str(cfg), "--port", str(port)])
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(serve_and_probe()) == Exit.OK
+    assert "ok" in capsys.readouterr().out
