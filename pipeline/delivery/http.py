@@ -42,6 +42,7 @@ from pipeline.config.transport import plaintext_url, refuse_unless_allowed
 from pipeline.delivery.backoff import MAX_RETRY_AFTER_SECS
 from pipeline.delivery.base import Delivery, SinkConfig
 from pipeline.errors import BackpressureError, ConfigError, SinkError
+from pipeline.observability.logs import redact_text
 
 USER_AGENT = f"instantly-audit/{__version__}"
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
@@ -236,9 +237,29 @@ class HttpResponse:
             raise SinkError(f"{what}: HTTP {self.status} with a body that is not JSON", retriable=True) from None
 
     def text(self, limit: int = 300) -> str:
-        """The start of the body as text, for error messages."""
-        snippet = self.body[:limit].decode("utf-8", "replace").strip()
+        """The start of the body as text, for error messages: redacted (:func:`upstream_text`).
+
+        Destinations echo what they were sent (``invalid token Splunk <token>``, ``ApiKey <key>``,
+        the request URL): the body is never put into a message as-is.
+        """
+        snippet = upstream_text(self.body[: limit + _REDACT_MARGIN].decode("utf-8", "replace").strip(), limit)
         return snippet + ("…" if len(self.body) > limit else "")
+
+
+def upstream_text(text: str, limit: int | None = None) -> str:
+    """Text a destination chose (a body, a JSON ``text``/``reason`` field) fit for an error message.
+
+    The log redaction (registered secrets in every form, credential shapes, URLs) runs before the
+    cut at ``limit`` characters, so a secret straddling the cut is not left half-shown: every HTTP
+    sink quotes upstream text through here.
+    """
+    if limit is None:
+        return redact_text(text)
+    return redact_text(text[: limit + _REDACT_MARGIN])[:limit]
+
+
+_REDACT_MARGIN = 1024
+"""Characters past a cut that are redacted with the text (a secret straddling the cut is recognised whole)."""
 
 
 def ssl_context(cfg: HttpSinkConfig) -> ssl.SSLContext | bool:

@@ -6,14 +6,24 @@ and asserts the canary is absent from everything captured.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
+import threading
+from pathlib import Path
 
 import pytest
+from aiohttp import web
 
+from pipeline.cli.main import main
 from pipeline.clock import FakeClock
+from pipeline.config.base import EnvValue
+from pipeline.delivery.registry import build_sink
+from pipeline.errors import PipelineError
 from pipeline.observability.health import HealthRegistry
 from pipeline.redaction import registry
 from pipeline.redaction.registry import register_secret
+from tests.unit.test_sink_splunk_hec import ev
 
 
 @pytest.fixture(autouse=True)
@@ -39,3 +49,120 @@ def test_readyz_reasons_lose_sink_tokens_and_the_instantly_key() -> None:
     body = json.dumps(h.report().to_dict())
     assert "CANARY" not in body
     assert "circuit open" in body and "ScopeError" in body
+
+
+class EchoServer:
+    """A destination on loopback, on its own thread, that answers every request with ``status`` and
+    a body echoing the ``Authorization`` header (plain text, or HEC/ES-shaped JSON)."""
+
+    def __init__(self, status: int, shape: str = "text") -> None:
+        self.status, self.shape = status, shape
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.url = ""
+
+    async def _handle(self, req: web.Request) -> web.Response:
+        await req.read()
+        auth = req.headers.get("Authorization", "")
+        token = auth.split(" ", 1)[-1]
+        if self.shape == "json":
+            doc = {"text": f"denied token={token} ({auth})", "code": 4,
+                   "error": {"type": "security_exception", "reason": f"denied {auth}"}}  # fmt: skip
+            return web.json_response(doc, status=self.status)
+        return web.Response(text=f"Cannot {req.method} {req.path_qs} denied token={token} [{auth}]", status=self.status)
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    def __enter__(self) -> EchoServer:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+HEC_TOKEN = "CANARY-hectok-BBB222"
+ES_KEY = "CANARY-eskey-CCC333"
+ES_PASSWORD = "CANARY-espw-DDD444"
+
+
+def sink_config(tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("C_HEC", HEC_TOKEN)
+    monkeypatch.setenv("C_ES", ES_KEY)
+    monkeypatch.setenv("C_ESPW", ES_PASSWORD)
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"bus: {{type: sqlite, path: {tmp_path}/bus.db}}\n"
+        "sinks:\n"
+        f"  hec: {{type: splunk_hec, url: '{url}', token: '${{C_HEC}}'}}\n"
+        f"  es: {{type: elasticsearch, url: '{url}', api_key: '${{C_ES}}'}}\n"
+        f"  es2: {{type: elasticsearch, url: '{url}', username: elastic, password: '${{C_ESPW}}'}}\n"
+    )
+    return path
+
+
+def _canaries() -> list[str]:
+    basic = base64.b64encode(f"elastic:{ES_PASSWORD}".encode()).decode()
+    return ["CANARY", basic, base64.b64encode(ES_KEY.encode()).decode()]
+
+
+@pytest.mark.parametrize("shape", ["text", "json"])
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_check_sinks_output_loses_echoed_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], shape: str, fmt: str
+) -> None:
+    with EchoServer(401, shape) as srv:
+        cfg = sink_config(tmp_path, srv.url, monkeypatch)
+        code = main(["config", "validate", str(cfg), "--check-sinks", "--format", fmt])
+    out, err = capsys.readouterr()
+    assert code == 1, (out, err)
+    assert "hec" in out + err and "es2" in out + err
+    for canary in _canaries():
+        assert canary not in out + err
+
+
+@pytest.mark.parametrize("shape", ["text", "json"])
+def test_sinks_setup_es_output_loses_echoed_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], shape: str
+) -> None:
+    with EchoServer(403, shape) as srv:
+        cfg = sink_config(tmp_path, srv.url, monkeypatch)
+        for sink in ("es", "es2"):
+            assert main(["sinks", "setup", sink, "--config", str(cfg)]) != 0
+    out, err = capsys.readouterr()
+    assert "HTTP 403" in err
+    for canary in _canaries():
+        assert canary not in out + err
+
+
+@pytest.mark.parametrize("status", [400, 401, 500])
+async def test_hec_and_es_failures_lose_echoed_credentials(tmp_path: Path, status: int) -> None:
+    """What a failed delivery says (the run log, the dead letter, replay's output) quotes no credential."""
+    with EchoServer(status, "json") as srv:
+        for sink_id, scfg in (
+            ("hec", {"type": "splunk_hec", "url": srv.url, "token": EnvValue(HEC_TOKEN)}),
+            ("es", {"type": "elasticsearch", "url": srv.url, "api_key": EnvValue(ES_KEY), "check_setup": False}),
+        ):
+            sink = build_sink(sink_id, scfg)
+            said: list[str] = []
+            async with sink:
+                try:
+                    result = await sink.send([ev(1)])
+                    said += [f.error for f in result.failures]
+                except PipelineError as err:
+                    said.append(str(err))
+            assert said
+            for text in said:
+                assert "CANARY" not in text, text
