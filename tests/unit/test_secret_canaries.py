@@ -11,6 +11,8 @@ import base64
 import json
 import threading
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import pytest
 from aiohttp import web
@@ -22,7 +24,9 @@ from pipeline.delivery.registry import build_sink
 from pipeline.errors import PipelineError
 from pipeline.observability.health import HealthRegistry
 from pipeline.redaction import registry
+from pipeline.observability.logs import redact_text as log_redact_text
 from pipeline.redaction.registry import register_secret
+from pipeline.redaction.text import redact_text
 from tests.unit.test_sink_splunk_hec import ev
 
 
@@ -55,8 +59,8 @@ class EchoServer:
     """A destination on loopback, on its own thread, that answers every request with ``status`` and
     a body echoing the ``Authorization`` header (plain text, or HEC/ES-shaped JSON)."""
 
-    def __init__(self, status: int, shape: str = "text") -> None:
-        self.status, self.shape = status, shape
+    def __init__(self, status: int, shape: str = "text", handler: Any = None) -> None:
+        self.status, self.shape, self.handler = status, shape, handler
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.url = ""
@@ -73,7 +77,7 @@ class EchoServer:
 
     async def _start(self) -> None:
         app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        app.router.add_route("*", "/{tail:.*}", self.handler or self._handle)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -166,3 +170,96 @@ async def test_hec_and_es_failures_lose_echoed_credentials(tmp_path: Path, statu
             assert said
             for text in said:
                 assert "CANARY" not in text, text
+
+
+KEY_UUID = "019a4a4a-1111-7222-8333-944444444444"
+KEY_TOKEN = "CANARYtokPart99"
+INSTANTLY_KEY = base64.b64encode(f"{KEY_UUID}:{KEY_TOKEN}".encode()).decode()
+
+
+def key_forms() -> dict[str, str]:
+    """How a server may echo the key: raw, URL-encoded, decoded, its token part alone."""
+    return {
+        "raw": INSTANTLY_KEY,
+        "quoted": quote(INSTANTLY_KEY, safe=""),
+        "decoded": f"{KEY_UUID}:{KEY_TOKEN}",
+        "token": KEY_TOKEN,
+    }
+
+
+@pytest.mark.parametrize("form", ["raw", "quoted", "decoded", "token"])
+def test_registered_instantly_key_is_redacted_in_every_form(form: str) -> None:
+    import connectors.instantly.key_shape  # noqa: F401 - the connector teaches the runtime its key
+
+    register_secret(INSTANTLY_KEY)
+    text = f"Insufficient scope for key {key_forms()[form]} on GET /api/v2/audit-logs"
+    assert "CANARY" not in redact_text(text)
+    assert "CANARY" not in log_redact_text(text)
+    assert KEY_UUID not in INSTANTLY_KEY  # the key id alone is no secret (kept readable)
+
+
+def test_decoded_key_does_not_pass_the_publish_gate() -> None:
+    """``pipeline.audit_log_unavailable`` quotes the server message: the gate removes the decoded key."""
+    from connectors.instantly.normalize import pipeline_event
+    from pipeline.redaction.gate import encode_event
+    from schemas.event import WorkspaceRef
+
+    register_secret(INSTANTLY_KEY)
+    for form in key_forms().values():
+        event = pipeline_event(
+            type="pipeline.audit_log_unavailable",
+            workspace=WorkspaceRef("ws-1", None),
+            observed_at="2026-01-01T00:00:00.000Z",
+            stream="audit_logs",
+            natural_key=(403, 0),
+            attributes={"stream": "audit_logs", "status": 403, "message": f"Forbidden: key {form} rejected"},
+        )
+        assert b"CANARY" not in encode_event(event)
+
+
+def test_secret_with_a_trailing_newline_is_redacted_escaped_and_stripped() -> None:
+    register_secret("CANARY-nl-secret-77\n")
+    for text in ("value 'CANARY-nl-secret-77\\n' refused", "value CANARY-nl-secret-77 refused"):
+        assert "CANARY" not in redact_text(text)
+
+
+async def _instantly_echo(req: web.Request) -> web.Response:
+    """A fake Instantly API: the workspace answers; every other path refuses, echoing the key in some form."""
+    await req.read()
+    key = req.headers.get("Authorization", "").split(" ", 1)[-1]
+    decoded = base64.b64decode(key).decode()
+    if req.path.endswith("workspaces/current"):
+        return web.json_response({"id": "019a457d-eaaf-73ad-b6fe-f2ea659d5203", "name": "Acme"})
+    if "audit" in req.path:
+        msg = f"key {decoded} rejected"
+    elif "api-keys" in req.path:
+        msg = f"token part {decoded.split(':')[-1]} invalid"
+    else:
+        msg = f"key {quote(key, safe='')} invalid"
+    return web.json_response({"statusCode": 403, "error": "Forbidden", "message": msg}, status=403)
+
+
+def instantly_config(tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("C_IK", INSTANTLY_KEY)
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"bus: {{type: sqlite, path: {tmp_path}/bus.db}}\n"
+        f"workspaces:\n  acme: {{base_url: '{url}', api_key: '${{C_IK}}', max_retries: 0}}\n"
+        "service: {enabled: false}\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["check", "--format", "json"], ["check"], ["webhooks", "check"], ["webhooks", "check", "--format", "json"]],
+)
+def test_check_commands_lose_every_form_of_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    with EchoServer(403, handler=_instantly_echo) as srv:
+        cfg = instantly_config(tmp_path, srv.url, monkeypatch)
+        main([*argv, "--config", str(cfg)])
+    out, err = capsys.readouterr()
+    assert "403" in out + err or "Forbidden" in out + err, (out, err)
+    assert "CANARY" not in out + err
