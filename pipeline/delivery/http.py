@@ -38,7 +38,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pipeline import __version__
 from pipeline.clock import SYSTEM_CLOCK, Clock, parse_time
-from pipeline.config.transport import plaintext_url, refuse_unless_allowed
+from pipeline.config.transport import clean_http_url, plaintext_url, refuse_unless_allowed
 from pipeline.delivery.backoff import MAX_RETRY_AFTER_SECS
 from pipeline.delivery.base import Delivery, SinkConfig
 from pipeline.errors import BackpressureError, ConfigError, SinkError
@@ -83,14 +83,7 @@ class HttpSinkConfig(SinkConfig):
     @field_validator("url")
     @classmethod
     def _check_url(cls, v: str) -> str:
-        parts = urlsplit(v.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http(s) URL such as https://host:port")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("must not carry credentials; use the sink's secret fields")
-        if parts.query or parts.fragment:
-            raise ValueError("must not carry a query string or fragment")
-        return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+        return clean_http_url(v, "https://host:port", credentials="use the sink's secret fields")
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
