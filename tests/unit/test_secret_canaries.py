@@ -263,3 +263,87 @@ def test_check_commands_lose_every_form_of_the_key(
     out, err = capsys.readouterr()
     assert "403" in out + err or "Forbidden" in out + err, (out, err)
     assert "CANARY" not in out + err
+
+
+def _config_error(text: str, env: dict[str, str]) -> str:
+    from pipeline.config.loader import parse_config
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, env=env)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://u:CANARY-otlp-pw@127.0.0.1:1/x",
+        "http://127.0.0.1:1/CANARY-path?code=CANARY-q",
+        "http://127.0.0.1:1/x#CANARY-frag",
+        "http://127.0.0.1:CANARY/x",
+    ],
+)
+def test_otlp_endpoint_refuses_userinfo_query_fragment_without_echo(endpoint: str) -> None:
+    text = f"telemetry:\n  otlp:\n    endpoint: '{endpoint}'\n"
+    msg = _config_error(text, {})
+    assert "telemetry.otlp.endpoint" in msg
+    assert "CANARY" not in msg
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["http://u:CANARY-pw@127.0.0.1:1", "https://api.instantly.ai/?token=CANARY-q", "https://h.example/#CANARY"],
+)
+def test_instantly_base_url_refuses_userinfo_and_query_in_one_line(base_url: str) -> None:
+    text = f"workspaces:\n  acme: {{base_url: '{base_url}', api_key: '${{K}}'}}\n"
+    msg = _config_error(text, {"K": INSTANTLY_KEY})
+    assert "workspaces.acme.base_url" in msg and len(msg.splitlines()) == 1
+    assert "CANARY" not in msg
+
+
+def test_env_secret_with_a_trailing_newline_is_stripped_and_an_inner_newline_refused() -> None:
+    from connectors.instantly.config import workspaces
+    from pipeline.config.loader import parse_config
+
+    text = "workspaces:\n  acme: {base_url: 'https://api.instantly.ai', api_key: '${K}'}\n"
+    cfg = parse_config(text, env={"K": INSTANTLY_KEY + "\n"})
+    assert workspaces(cfg)["acme"].api_key.get_secret_value() == INSTANTLY_KEY
+    msg = _config_error(text, {"K": "CANARY-inner\nnewline-secret"})
+    assert "workspaces.acme.api_key" in msg and "control character" in msg
+    assert "CANARY" not in msg
+
+
+async def test_client_turns_a_request_aiohttp_refuses_into_a_source_error() -> None:
+    """A value aiohttp will not send (a newline in the key header) is a SourceError naming no value."""
+    from pydantic import SecretStr
+
+    from connectors.instantly.budget import RequestBudget
+    from connectors.instantly.client import InstantlyClient
+    from connectors.instantly.config import WorkspaceConfig
+    from pipeline.errors import SourceError
+
+    with EchoServer(200) as srv:
+        cfg = WorkspaceConfig.model_construct(
+            **{**WorkspaceConfig(api_key=SecretStr("x" * 8), base_url=srv.url).__dict__,
+               "api_key": SecretStr("CANARY-key\nX-Evil: 1"), "max_retries": 0}  # fmt: skip
+        )
+        async with InstantlyClient(cfg, budget=RequestBudget(1000, 6000)) as client:
+            with pytest.raises(SourceError) as info:
+                await client.get("/api/v2/workspaces/current")
+    assert "CANARY" not in str(info.value) and "malformed" in str(info.value)
+    assert not info.value.retriable
+
+
+@pytest.mark.parametrize(
+    ("text", "env"),
+    [
+        ("webhook:\n  sources:\n    crm: {path: /hooks/x, secrets: 123456789012345678901234567}\n", {}),
+        ("telemetry:\n  otlp: {endpoint: 'http://127.0.0.1:4318', headers: {x-api: 123456789012345678901234567}}\n", {}),
+        ("telemetry:\n  otlp: {endpoint: 'otel:4318/?k=${OT}'}\n", {"OT": "123456789012345678901234567"}),
+        ("webhook:\n  sources:\n    crm: {path: 'hooks/${OT}', secrets: ['${S}']}\n",
+         {"OT": "123456789012345678901234567", "S": "s" * 32}),
+    ],
+)  # fmt: skip
+def test_config_errors_do_not_echo_secret_paths_or_interpolated_values(text: str, env: dict[str, str]) -> None:
+    msg = _config_error(text, env)
+    assert "123456789012345678901234567" not in msg, msg
