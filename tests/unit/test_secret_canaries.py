@@ -23,8 +23,8 @@ from pipeline.config.base import EnvValue
 from pipeline.delivery.registry import build_sink
 from pipeline.errors import PipelineError
 from pipeline.observability.health import HealthRegistry
-from pipeline.redaction import registry
 from pipeline.observability.logs import redact_text as log_redact_text
+from pipeline.redaction import registry
 from pipeline.redaction.registry import register_secret
 from pipeline.redaction.text import redact_text
 from tests.unit.test_sink_splunk_hec import ev
@@ -323,10 +323,9 @@ async def test_client_turns_a_request_aiohttp_refuses_into_a_source_error() -> N
     from pipeline.errors import SourceError
 
     with EchoServer(200) as srv:
-        cfg = WorkspaceConfig.model_construct(
-            **{**WorkspaceConfig(api_key=SecretStr("x" * 8), base_url=srv.url).__dict__,
-               "api_key": SecretStr("CANARY-key\nX-Evil: 1"), "max_retries": 0}  # fmt: skip
-        )
+        valid = WorkspaceConfig(api_key=SecretStr("x" * 8), base_url=srv.url).__dict__
+        bad = {**valid, "api_key": SecretStr("CANARY-key\nX-Evil: 1"), "max_retries": 0}
+        cfg = WorkspaceConfig.model_construct(**bad)
         async with InstantlyClient(cfg, budget=RequestBudget(1000, 6000)) as client:
             with pytest.raises(SourceError) as info:
                 await client.get("/api/v2/workspaces/current")
@@ -338,7 +337,7 @@ async def test_client_turns_a_request_aiohttp_refuses_into_a_source_error() -> N
     ("text", "env"),
     [
         ("webhook:\n  sources:\n    crm: {path: /hooks/x, secrets: 123456789012345678901234567}\n", {}),
-        ("telemetry:\n  otlp: {endpoint: 'http://127.0.0.1:4318', headers: {x-api: 123456789012345678901234567}}\n", {}),
+        ("telemetry:\n  otlp: {endpoint: 'http://127.0.0.1:4318', headers: {x: 123456789012345678901234567}}\n", {}),
         ("telemetry:\n  otlp: {endpoint: 'otel:4318/?k=${OT}'}\n", {"OT": "123456789012345678901234567"}),
         ("webhook:\n  sources:\n    crm: {path: 'hooks/${OT}', secrets: ['${S}']}\n",
          {"OT": "123456789012345678901234567", "S": "s" * 32}),
@@ -347,3 +346,36 @@ async def test_client_turns_a_request_aiohttp_refuses_into_a_source_error() -> N
 def test_config_errors_do_not_echo_secret_paths_or_interpolated_values(text: str, env: dict[str, str]) -> None:
     msg = _config_error(text, env)
     assert "123456789012345678901234567" not in msg, msg
+
+
+async def _cannot_post(req: web.Request) -> web.Response:
+    await req.read()
+    return web.Response(text=f"Cannot {req.method} {req.path_qs}", status=500)
+
+
+async def test_signed_webhook_path_is_not_shown_in_failures(tmp_path: Path) -> None:
+    """A Zapier/n8n hook path is the credential: ``Cannot POST <path>`` and URL-bearing errors lose it."""
+    from pipeline.observability.logs import redact_text as log_redact
+
+    with EchoServer(404, handler=_cannot_post) as srv:
+        url = f"{srv.url}/hooks/catch/123/CANARY-whpath-PPP666"
+        scfg = {"type": "webhook", "url": url, "secret": EnvValue("whsec_" + base64.b64encode(b"k" * 24).decode())}
+        sink = build_sink("wh", scfg)
+        said: list[str] = []
+        async with sink:
+            for call in (sink.healthcheck(), sink.send([ev(1)])):
+                try:
+                    result = await call
+                    said += [f.error for f in getattr(result, "failures", [])]
+                except PipelineError as err:
+                    said.append(str(err))
+    assert said
+    for text in said:
+        assert "CANARY" not in log_redact(text), text
+        assert "CANARY" not in redact_text(text), text
+
+
+def test_rules_worker_logger_is_under_the_redacting_tree() -> None:
+    from pipeline.rules import worker
+
+    assert worker.log.logger.name.startswith("instantly_audit.")
