@@ -51,6 +51,7 @@ from pipeline.delivery.http import (
     record_time,
     request_body,
     status_error,
+    upstream_text,
 )
 from pipeline.errors import SinkError
 from pipeline.formats import dumps, get_format
@@ -327,8 +328,8 @@ class ElasticsearchSink:
             return resp.text(120)
         error = body.get("error") if isinstance(body, dict) else None
         if isinstance(error, dict):
-            return f"{error.get('type', '')}: {str(error.get('reason', ''))[:200]}"
-        return str(error)[:200] if error else ""
+            return upstream_text(f"{error.get('type', '')}: {str(error.get('reason', ''))[:200]}")
+        return upstream_text(str(error), 200) if error else ""
 
     async def setup(self) -> list[str]:
         """Install the shipped index templates and lifecycle policies (idempotent); what was done.

@@ -37,10 +37,10 @@ from pydantic import Field, field_validator
 from pipeline.clock import SYSTEM_CLOCK, Clock
 from pipeline.config.base import Secret
 from pipeline.delivery.base import Delivery, Failure, SendResult, SinkConfig
-from pipeline.delivery.http import HttpClient, HttpResponse, HttpSinkConfig, status_error
+from pipeline.delivery.http import HttpClient, HttpResponse, HttpSinkConfig, status_error, upstream_text
 from pipeline.errors import SinkError
 from pipeline.formats import render
-from pipeline.observability.logs import redact_text, register_secret
+from pipeline.observability.logs import register_secret
 
 ENQUEUE_PATH = "/v2/enqueue"
 SEVERITY = {"critical": "critical", "high": "error", "medium": "warning", "low": "info", "info": "info"}
@@ -198,11 +198,11 @@ class PagerDutySink:
         try:
             doc = orjson.loads(resp.body)
         except orjson.JSONDecodeError:
-            return redact_text(resp.text(200))
+            return resp.text(200)
         if not isinstance(doc, dict):
-            return redact_text(resp.text(200))
+            return resp.text(200)
         parts = [str(doc.get("message") or doc.get("status") or "")] + [str(e) for e in doc.get("errors") or []]
-        return redact_text("; ".join(p for p in parts if p))[:500].replace(self._key, "<redacted>")
+        return upstream_text("; ".join(p for p in parts if p), 500).replace(self._key, "<redacted>")
 
     @staticmethod
     def _key_refused(resp: HttpResponse) -> bool:

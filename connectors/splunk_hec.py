@@ -45,7 +45,15 @@ from pydantic import Field, field_validator
 from pipeline.clock import SYSTEM_CLOCK, Clock
 from pipeline.config.base import Secret
 from pipeline.delivery.base import Delivery, Failure, PreparedBatch, SendResult, SinkConfig
-from pipeline.delivery.http import HttpClient, HttpResponse, HttpSinkConfig, millis_time, record_time, request_body
+from pipeline.delivery.http import (
+    HttpClient,
+    HttpResponse,
+    HttpSinkConfig,
+    millis_time,
+    record_time,
+    request_body,
+    upstream_text,
+)
 from pipeline.errors import SinkError
 from pipeline.formats import dumps, get_format
 from pipeline.observability.logs import register_secret
@@ -264,7 +272,7 @@ class SplunkHecSink:
         code, text, invalid = body.get("code"), body.get("text"), body.get("invalid-event-number")
         return (
             code if isinstance(code, int) else None,
-            str(text)[:200] if text is not None else "",
+            upstream_text(str(text), 200) if text is not None else "",
             invalid if isinstance(invalid, int) else None,
         )
 

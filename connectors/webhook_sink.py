@@ -24,6 +24,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, Literal
+from urllib.parse import urlsplit
 
 import orjson
 from pydantic import Field, SecretStr, field_validator
@@ -124,6 +125,21 @@ class SignedWebhookConfig(HttpSinkConfig):
         return v
 
 
+HOOK_PATH_MIN_CHARS = 12
+"""A shorter path (``/webhook``, ``/ingest``) names an endpoint, not a credential: it stays readable."""
+
+
+def register_hook_path(url: str) -> None:
+    """Register the path of the endpoint's URL as a secret: a Zapier or n8n hook URL *is* the credential.
+
+    Servers answer ``Cannot POST <path>``, and HTTP errors name the URL with its path: every log
+    line, dead letter and CLI line loses it (the query string is refused by the URL check).
+    """
+    path = urlsplit(url).path
+    if len(path.strip("/")) >= HOOK_PATH_MIN_CHARS:
+        register_secret(path.rstrip("/"))
+
+
 class SignedWebhookSink:
     """POST signed events and alerts to an HTTP endpoint."""
 
@@ -133,6 +149,7 @@ class SignedWebhookSink:
         self.sink_id = sink_id
         self.config = config
         register_secret(config.secret.get_secret_value())
+        register_hook_path(config.url)
         self._key = decode_secret(config.secret)
         self._clock = clock
         self._http = HttpClient(config, name=f"webhook {sink_id}", headers={"Content-Type": "application/json"})

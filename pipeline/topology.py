@@ -32,7 +32,7 @@ from pipeline.clock import SYSTEM_CLOCK, Clock
 from pipeline.config.model import PipelineConfig
 from pipeline.errors import BusError, ConfigError, PipelineError
 from pipeline.observability.health import HealthRegistry, get_health, set_health
-from pipeline.observability.logs import get_logger, register_secret, setup_logging
+from pipeline.observability.logs import get_logger, redact_text, register_secret, setup_logging
 from pipeline.observability.telemetry import Telemetry, get_telemetry, set_telemetry, setup_telemetry
 from pipeline.redaction.urls import set_url_path_hosts
 from pipeline.sources.base import Pausable, source_plugins
@@ -83,7 +83,8 @@ async def check_sinks(cfg: PipelineConfig) -> list[str]:
             problems += str(err).splitlines()
         except PipelineError as err:
             problems.append(f"sinks.{sid}: health check failed: {err}")
-    return problems
+    # Printed as-is (text and ``--format json``): a health check may quote a destination's body.
+    return [redact_text(p) for p in problems]
 
 
 class Pipeline:

@@ -51,6 +51,7 @@ from pipeline.checks.report import EXIT_USAGE, CheckResult, FailOn, exit_code
 from pipeline.clock import SYSTEM_CLOCK, Clock
 from pipeline.config.loader import load_config
 from pipeline.errors import ConfigError
+from pipeline.redaction.text import replace_registered
 from schemas.alert import SEVERITIES
 
 
@@ -134,11 +135,13 @@ def handler(args: argparse.Namespace) -> int:
     cfg, section = _load(args)
     run = asyncio.run(run_check(args, clock=clock, cfg=cfg, section=section))
     now = clock.now()
+    # Findings quote server messages: a last pass removes every registered secret form from the report.
     text = render(run, args.format, now=now, config_path=_config_label(args.config))
+    text = replace_registered(text, fingerprint=False)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
         if args.format != "table":
-            print(render(run, "table", now=now, config_path=None), end="")
+            print(replace_registered(render(run, "table", now=now, config_path=None), fingerprint=False), end="")
     else:
         print(text, end="")
     return exit_code(run.results, run.fail_on)

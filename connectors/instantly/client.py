@@ -297,7 +297,7 @@ class InstantlyClient:
         if self._session is None:
             raise RuntimeError("InstantlyClient is not open; use 'async with'")
         body = None if json is None else orjson.dumps(json)
-        failure: UpstreamError | None = None
+        failure: SourceError | None = None
         self.requests += 1
         try:
             async with self._session.request(
@@ -315,6 +315,15 @@ class InstantlyClient:
         except (aiohttp.ClientError, TimeoutError) as err:
             kind = "timed out" if isinstance(err, TimeoutError) else "failed"
             failure = UpstreamError(f"{method} {path}: request {kind} ({type(err).__name__})")
+        except ValueError as err:
+            # aiohttp refuses to build the request: a header value with a control character (the
+            # API key) or a URL it cannot send. Its message quotes the value: only the class is kept,
+            # and the error is not retriable (the same request would be refused again).
+            failure = SourceError(
+                f"{method} {path}: request not sent: the base_url or the API key is malformed "
+                f"({type(err).__name__}; check workspaces.<alias>.base_url and the key's env var or file)",
+                retriable=False,
+            )
         tel, wid, alias = self.telemetry, self.workspace_id, self.source_id
         if failure is None:
             tel.api_requests(wid, status, workspace=alias)

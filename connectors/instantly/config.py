@@ -14,14 +14,13 @@ loader validates it with the rest of the file.
 
 from __future__ import annotations
 
-import re
-
 from pydantic import Field, RootModel, field_validator
 
 from connectors.instantly.api import AUDIT_LOGS, StreamName, page_limit
 from connectors.instantly.api import STREAMS as _TABLE
 from pipeline.config.base import Model, Secret
 from pipeline.config.model import PipelineConfig
+from pipeline.config.transport import clean_http_url
 
 # ---------------------------------------------------------------------------------- sources
 STREAMS: tuple[StreamName, ...] = tuple(s.name for s in _TABLE)
@@ -84,9 +83,9 @@ class WorkspaceConfig(Model):
     @field_validator("base_url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^\s/]+", v):
-            raise ValueError("must be an http(s) URL such as https://api.instantly.ai")
-        return v.rstrip("/")
+        # aiohttp refuses a URL with userinfo when it builds the request (an uncaught ValueError
+        # at poll time); the key goes in api_key, and a query or fragment would hide in logs.
+        return clean_http_url(v, "https://api.instantly.ai", credentials="the key goes in api_key")
 
 
 class WorkspacesSection(RootModel[dict[str, WorkspaceConfig]]):

@@ -12,23 +12,39 @@ import base64
 import binascii
 
 from connectors.instantly.api import is_id
-from pipeline.redaction.registry import register_shape
+from pipeline.redaction.registry import register_deriver, register_shape
 
 B64_RUN = r"(?<![A-Za-z0-9+/=_-])(?:[A-Za-z0-9+/]{40,}={0,2}|[A-Za-z0-9_-]{40,}={0,2})(?![A-Za-z0-9+/=_-])"
 """A base64 (or URL-safe base64) run of 40+ characters: the candidates :func:`instantly_key_shape` checks."""
 
 
-def instantly_key_shape(candidate: str) -> bool:
-    """Whether ``candidate`` is base64 of ``<uuid>:<token>`` — the shape of Instantly keys in public examples."""
+def _decode(candidate: str) -> tuple[str, str] | None:
+    """``(decoded, token)`` when ``candidate`` is base64 of ``<uuid>:<token>``, else None."""
     text = candidate.strip()
     try:
         raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_" if ("-" in text or "_" in text) else None,
                                validate=True)  # fmt: skip
         decoded = raw.decode("ascii")
     except (binascii.Error, ValueError, UnicodeDecodeError):
-        return False
+        return None
     uid, sep, token = decoded.partition(":")
-    return bool(sep) and is_id(uid) and 6 <= len(token) <= 128 and token.isalnum()
+    return (decoded, token) if sep and is_id(uid) and 6 <= len(token) <= 128 and token.isalnum() else None
+
+
+def instantly_key_shape(candidate: str) -> bool:
+    """Whether ``candidate`` is base64 of ``<uuid>:<token>`` — the shape of Instantly keys in public examples."""
+    return _decode(candidate) is not None
+
+
+def instantly_key_parts(value: str) -> tuple[str, ...]:
+    """For a registered Instantly key: its decoded ``<uuid>:<token>`` text and the token (both secret).
+
+    An error body may echo the key decoded, or only its token part; the uuid alone is the key's id
+    and stays readable.
+    """
+    parts = _decode(value)
+    return parts if parts is not None else ()
 
 
 register_shape("instantly_api_key", B64_RUN, instantly_key_shape)
+register_deriver("instantly_api_key", instantly_key_parts)

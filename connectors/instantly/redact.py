@@ -17,6 +17,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from connectors.instantly import key_shape as _key_shape  # noqa: F401 - registers the key shape with the gate
+from connectors.instantly.key_shape import instantly_key_parts
+from pipeline.redaction.registry import text_forms
+from pipeline.redaction.text import redact_text
 from pipeline.redaction.urls import redact_url as _redact_url
 from schemas.ids import fingerprint_secret
 from schemas.secret_names import HEADERS_NAME, SECRET_NAME, is_secret_name
@@ -131,8 +134,16 @@ def redact_webhook(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def scrub_text(text: str, secrets: Iterable[str]) -> str:
-    """Replace every occurrence of each known secret in ``text`` (e.g. a server message) by ``<redacted>``."""
+    """Replace every occurrence of each known secret in ``text`` (e.g. a server message) by ``<redacted>``.
+
+    Then the runtime's text pass: every registered secret in every form (URL-encoded, the key
+    decoded to ``<uuid>:<token>``, its token alone), credential shapes and URL credentials.
+    """
     for secret in secrets:
         if secret and len(secret) >= 4:
-            text = text.replace(secret, REDACTED)
-    return re.sub(r"(?i)(bearer\s+)[^\s\"',;]+", r"\1" + REDACTED, text)
+            for form in text_forms(secret):
+                text = text.replace(form, REDACTED)
+            for part in instantly_key_parts(secret):
+                text = text.replace(part, REDACTED)
+    text = re.sub(r"(?i)(bearer\s+)[^\s\"',;]+", r"\1" + REDACTED, text)
+    return redact_text(text)

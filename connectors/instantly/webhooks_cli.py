@@ -35,6 +35,7 @@ from pipeline.config.loader import load_config
 from pipeline.config.model import PipelineConfig
 from pipeline.errors import ConfigError, SourceError
 from pipeline.observability.logs import register_secret
+from pipeline.redaction.text import replace_registered
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_FAILED = Exit.OK, Exit.FINDINGS, Exit.USAGE, Exit.INCOMPLETE
 """Findings 1; a workspace whose webhooks could not be listed 3 (the shared contract, pipeline/cli/exit_codes.py)."""
@@ -101,10 +102,12 @@ def run_check(args: argparse.Namespace) -> int:
         raise ConfigError("the config has no workspaces to check")
     reports = asyncio.run(check_workspaces(cfg, selected))
     out = sys.stdout
+    # A workspace error quotes the server's message: a last pass removes every registered secret form.
     if args.format == "json":
-        out.write(orjson.dumps(_json(reports), option=orjson.OPT_INDENT_2).decode() + "\n")
+        doc = orjson.dumps(_json(reports), option=orjson.OPT_INDENT_2).decode()
+        out.write(replace_registered(doc, fingerprint=False) + "\n")
     else:
-        out.write(_table(reports))
+        out.write(replace_registered(_table(reports), fingerprint=False))
     if any(r.error for r in reports):
         return EXIT_FAILED
     return EXIT_FINDINGS if any(h.findings for r in reports for h in r.webhooks) else EXIT_OK

@@ -24,7 +24,7 @@ from pipeline.cli.exit_codes import Exit
 from pipeline.completeness import cli as gaps_cli
 from pipeline.config.model import PipelineConfig
 from pipeline.errors import BusError, ConfigError, PipelineError
-from pipeline.observability.logs import setup_logging
+from pipeline.observability.logs import RedactingStream, redact_registered, setup_logging
 from pipeline.replay import cli as replay_cli
 from pipeline.rules import cli as rules_cli
 from pipeline.sources.base import source_plugins
@@ -242,7 +242,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
+    """Entry point; returns the exit code.
+
+    Everything a command prints to stderr (its error lines) goes through the log redaction
+    (:class:`RedactingStream`): no upstream text quoted in an error reaches the terminal as-is.
+    """
+    err = sys.stderr
+    sys.stderr = RedactingStream(err)
+    try:
+        return _main(argv)
+    finally:
+        sys.stderr = err
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -256,8 +269,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
         return code
     except ConfigError as err:
+        # Config errors name key paths (``….api_key: environment variable … is not set``), which
+        # the assigned-value shape would eat: they lose registered values and URL credentials only
+        # (they never quote a secret-named value, pipeline/config/base.py).
+        out = sys.stderr.raw if isinstance(sys.stderr, RedactingStream) else sys.stderr
         for line in str(err).splitlines():
-            print(f"config error: {line}", file=sys.stderr)
+            print(f"config error: {redact_registered(line)}", file=out)
         return EXIT_USAGE
     except BusError as err:
         print(f"bus error: {err}", file=sys.stderr)

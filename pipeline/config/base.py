@@ -20,10 +20,17 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationError
 
 from pipeline.errors import ConfigError
+from schemas.secret_names import is_secret_name
 
 
 class EnvValue(str):
     """A string that came whole from an environment variable (allowed for secrets)."""
+
+    __slots__ = ()
+
+
+class InterpolatedValue(str):
+    """A string with ``${VAR}`` references inside it replaced (not allowed for secrets; never echoed)."""
 
     __slots__ = ()
 
@@ -57,9 +64,15 @@ def _secret(v: Any) -> Any:
             "use ${VAR} or a <field>_file path"
         )
     if isinstance(v, EnvValue | FileValue):
-        if not str(v):
+        # An env var or file ending in a newline (``echo`` into a k8s secret) is the common case:
+        # the surrounding whitespace is dropped. A control character left inside is refused (it
+        # would break the HTTP header, and be logged escaped, unlike the registered value).
+        value = str(v).strip()
+        if not value:
             raise ValueError("the secret is empty")
-        return SecretStr(str(v))
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("the secret holds a control character (a newline or tab inside the value)")
+        return SecretStr(value)
     if isinstance(v, str):
         raise ValueError(
             "a literal secret in the config file is refused; use a ${ENV_VAR} reference or a <field>_file path"
@@ -104,13 +117,25 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel], extra_keys: tuple[
     msg = _our_words(err)
     inp = err.get("input")
     shown = ""
-    refused_secret = "secret" in msg.lower()
-    if not refused_secret and (
-        isinstance(inp, int | float | bool)
-        or (isinstance(inp, str) and not isinstance(inp, EnvValue | FileValue) and not _SECRETISH.search(where))
-    ):
+    if _may_echo(inp, full, where, msg):
         shown = f" (got {inp!r})" if len(repr(inp)) < 80 else ""
     return f"{where}: {msg}{shown}"
+
+
+def _may_echo(inp: Any, loc: tuple[Any, ...], where: str, msg: str) -> bool:
+    """Whether a config error may quote the value it refused.
+
+    Never under a secret-ish path (``…secrets``, ``…headers.…``, ``…token``; numbers too: a secret
+    list given as one number is still the secret), never a value that came from the environment or
+    a file, whole or in part, and never a URL (its userinfo, path or query may be a credential).
+    """
+    if "secret" in msg.lower() or _SECRETISH.search(where) or any(is_secret_name(str(p)) for p in loc):
+        return False
+    if isinstance(inp, bool | int | float):
+        return True
+    if not isinstance(inp, str) or isinstance(inp, EnvValue | FileValue | InterpolatedValue):
+        return False
+    return "://" not in inp and "@" not in inp
 
 
 def _our_words(err: Mapping[str, Any]) -> str:

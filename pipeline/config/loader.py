@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.config.base import DefaultedEnvValue, EnvValue, FileValue, Unresolved, _path
+from pipeline.config.base import DefaultedEnvValue, EnvValue, FileValue, InterpolatedValue, Unresolved, _path
 from pipeline.config.model import PipelineConfig, compose
 from pipeline.config.vault import resolve_managed_secrets
 from pipeline.errors import ConfigError
@@ -71,17 +71,22 @@ def _interpolate(value: str, where: tuple[Any, ...], env: Mapping[str, str], res
             return EnvValue(env[name])
         raise ConfigError(f"{_path(where)}: environment variable {name} is not set")
 
+    read: list[str] = []
+
     def sub(m: re.Match[str]) -> str:
         if m.group(0) == "$${":
             return "${"
         name, default = m.group(1), m.group(2)
         if name in env:
+            read.append(name)
             return env[name]
         if default is not None:
             return default
         raise ConfigError(f"{_path(where)}: environment variable {name} is not set")
 
-    return _REF.sub(sub, value)
+    out = _REF.sub(sub, value)
+    # Part of the string came from the environment: a config error must not quote it.
+    return InterpolatedValue(out) if read else out
 
 
 def _resolve(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterable
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 log = logging.getLogger("instantly_audit.transport")
 
@@ -35,6 +35,30 @@ def is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(h).is_loopback
     except ValueError:
         return False
+
+
+def clean_http_url(value: str, example: str, *, credentials: str = "use the block's secret fields") -> str:
+    """``value`` checked as an http(s) base URL with no userinfo, query or fragment; trailing ``/`` dropped.
+
+    Sinks, the OTLP endpoint, Vault and Instantly ``base_url`` share it: a URL is logged and shown in
+    errors (as scheme, host and port at most), so it must hold no credential. No message quotes
+    ``value`` or a part of it (the port too: ``http://h:<secret>`` is a typo away).
+
+    Raises:
+        ValueError: the problem, in words (pydantic turns it into a config error naming the key).
+    """
+    try:
+        parts = urlsplit(value.strip())
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        raise ValueError(f"must be an http(s) URL such as {example}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in value.strip()):
+        raise ValueError(f"must be an http(s) URL such as {example}")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise ValueError(f"must not carry credentials; {credentials}")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise ValueError("must not carry a query string or fragment")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
 def plaintext_url(url: str) -> bool:

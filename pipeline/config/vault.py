@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.config.base import FileValue, Model, Secret, validation_error_lines
-from pipeline.config.transport import plaintext_url, refuse_unless_allowed, warn_insecure
+from pipeline.config.transport import clean_http_url, plaintext_url, refuse_unless_allowed, warn_insecure
 from pipeline.errors import ConfigError, PipelineError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; hvac is an optional extra
@@ -149,9 +149,7 @@ class VaultSettings(Model):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^\s/]+", v):
-            raise ValueError("must be an http(s) URL such as https://vault.internal:8200")
-        return v.rstrip("/")
+        return clean_http_url(v, "https://vault.internal:8200", credentials="the token goes in token")
 
     def insecure_transport(self) -> list[str]:
         """What is insecure about this Vault address (empty: nothing)."""

@@ -38,10 +38,11 @@ from pydantic import Field, field_validator, model_validator
 
 from pipeline import __version__
 from pipeline.clock import SYSTEM_CLOCK, Clock, parse_time
-from pipeline.config.transport import plaintext_url, refuse_unless_allowed
+from pipeline.config.transport import clean_http_url, plaintext_url, refuse_unless_allowed
 from pipeline.delivery.backoff import MAX_RETRY_AFTER_SECS
 from pipeline.delivery.base import Delivery, SinkConfig
 from pipeline.errors import BackpressureError, ConfigError, SinkError
+from pipeline.observability.logs import redact_text
 
 USER_AGENT = f"instantly-audit/{__version__}"
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
@@ -82,14 +83,7 @@ class HttpSinkConfig(SinkConfig):
     @field_validator("url")
     @classmethod
     def _check_url(cls, v: str) -> str:
-        parts = urlsplit(v.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http(s) URL such as https://host:port")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("must not carry credentials; use the sink's secret fields")
-        if parts.query or parts.fragment:
-            raise ValueError("must not carry a query string or fragment")
-        return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+        return clean_http_url(v, "https://host:port", credentials="use the sink's secret fields")
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -236,9 +230,29 @@ class HttpResponse:
             raise SinkError(f"{what}: HTTP {self.status} with a body that is not JSON", retriable=True) from None
 
     def text(self, limit: int = 300) -> str:
-        """The start of the body as text, for error messages."""
-        snippet = self.body[:limit].decode("utf-8", "replace").strip()
+        """The start of the body as text, for error messages: redacted (:func:`upstream_text`).
+
+        Destinations echo what they were sent (``invalid token Splunk <token>``, ``ApiKey <key>``,
+        the request URL): the body is never put into a message as-is.
+        """
+        snippet = upstream_text(self.body[: limit + _REDACT_MARGIN].decode("utf-8", "replace").strip(), limit)
         return snippet + ("…" if len(self.body) > limit else "")
+
+
+def upstream_text(text: str, limit: int | None = None) -> str:
+    """Text a destination chose (a body, a JSON ``text``/``reason`` field) fit for an error message.
+
+    The log redaction (registered secrets in every form, credential shapes, URLs) runs before the
+    cut at ``limit`` characters, so a secret straddling the cut is not left half-shown: every HTTP
+    sink quotes upstream text through here.
+    """
+    if limit is None:
+        return redact_text(text)
+    return redact_text(text[: limit + _REDACT_MARGIN])[:limit]
+
+
+_REDACT_MARGIN = 1024
+"""Characters past a cut that are redacted with the text (a secret straddling the cut is recognised whole)."""
 
 
 def ssl_context(cfg: HttpSinkConfig) -> ssl.SSLContext | bool:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from pipeline.clock import SYSTEM_CLOCK, Clock
+from pipeline.observability.logs import redact_text
 from pipeline.observability.telemetry import Telemetry, get_telemetry
 
 CircuitStateName = Literal["closed", "open", "half_open"]
@@ -192,7 +193,10 @@ class HealthRegistry:
                 detail = f": {why}" if why else ""
                 checks.append(Check(f"sink:{sink}", state != "open", f"circuit {state}{detail}"))
             checks += [self._checks[k] for k in sorted(self._checks)]
-        return HealthReport(tuple(checks))
+        # Reasons quote upstream error bodies (a sink echoing its token, an API echoing the key):
+        # every reason goes through the same redaction as the logs, at read time, so a secret
+        # registered after the error was reported is removed too.
+        return HealthReport(tuple(Check(c.name, c.ok, redact_text(c.reason)) for c in checks))
 
     def _bus_check(self, now: float) -> Iterator[Check]:
         if not self._bus_expected:

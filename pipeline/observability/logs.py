@@ -23,9 +23,10 @@ import orjson
 
 from pipeline.redaction import text as _text
 from pipeline.redaction.registry import register_secret
+from pipeline.redaction.urls import redact_urls_in
 from schemas.secret_names import is_secret_name
 
-__all__ = ["get_logger", "redact_text", "register_secret", "setup_logging"]
+__all__ = ["RedactingStream", "get_logger", "redact_registered", "redact_text", "register_secret", "setup_logging"]
 
 _PATTERNS = [
     re.compile(r"(?i)(bearer|basic|splunk|apikey)\s+[A-Za-z0-9._~+/=-]{6,}"),
@@ -43,6 +44,36 @@ def redact_text(text: str) -> str:
     text = _PATTERNS[0].sub(lambda m: f"{m.group(1)} <redacted>", text)
     text = _PATTERNS[1].sub(lambda m: f"{m.group(1)}{m.group(2)}<redacted>", text)
     return _PATTERNS[2].sub("<redacted>", text)
+
+
+def redact_registered(text: str) -> str:
+    """Registered secrets (every form) and URL credentials/paths removed, no shape pass.
+
+    For text made of key paths and fixed words (config errors), where ``api_key: environment
+    variable … is not set`` would lose its words to the assigned-value shape.
+    """
+    text = _text.replace_registered(text, fingerprint=False)
+    return redact_urls_in(text) if "://" in text else text
+
+
+class RedactingStream:
+    """A text stream whose every write goes through :func:`redact_text` (the CLI's stderr).
+
+    A last line of defence: whatever a command prints about a failure (an upstream body quoted
+    in an exception, a sink check, a replay failure) loses registered secrets and credential
+    shapes even when the code that built the message forgot to redact it.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    def write(self, text: str) -> int:
+        """Write ``text`` redacted."""
+        self.raw.write(redact_text(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
 
 
 class RedactingFilter(logging.Filter):
@@ -166,6 +197,8 @@ class ConsoleFormatter(logging.Formatter):
 def setup_logging(fmt: str = "auto", level: str = "INFO", stream: Any = None) -> None:
     """Configure the ``instantly_audit`` loggers (idempotent)."""
     stream = stream or sys.stderr
+    if isinstance(stream, RedactingStream):  # log lines are redacted field by field already
+        stream = stream.raw
     tty = hasattr(stream, "isatty") and stream.isatty()
     handler = logging.StreamHandler(stream)
     use_json = fmt == "json" or (fmt == "auto" and not tty)

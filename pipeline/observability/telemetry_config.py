@@ -26,12 +26,12 @@ telemetry:
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import Field, field_validator
 
 from pipeline.config.base import Model, Secret
+from pipeline.config.transport import clean_http_url
 
 
 class OtlpConfig(Model):
@@ -48,9 +48,9 @@ class OtlpConfig(Model):
     @field_validator("endpoint")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^\s/]+", v):
-            raise ValueError("must be an http(s) URL such as http://otel-collector:4318")
-        return v.rstrip("/")
+        # The exporter logs the endpoint's path and query without a scheme (no URL pass fires):
+        # credentials, a query or a fragment are refused here, as on sink URLs.
+        return clean_http_url(v, "http://otel-collector:4318", credentials="put credentials in otlp.headers")
 
     def signal_url(self, signal: Literal["traces", "metrics"]) -> str:
         """The full URL for one signal (``<endpoint>/v1/<signal>``)."""

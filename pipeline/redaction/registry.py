@@ -4,6 +4,13 @@
   sink credentials). The value pass replaces it wherever it appears, raw or URL-encoded.
 * :func:`register_shape` — a connector teaches the runtime what its credentials look like (the
   Instantly connector registers its API-key shape), so ``pipeline/`` hard-codes no vendor format.
+* :func:`register_deriver` — a connector teaches the runtime which other values a secret implies
+  (an Instantly key is base64 of ``<uuid>:<token>``: the decoded text and the token are secret too).
+
+A value is registered in the forms it takes in text: raw, URL-encoded (``quote`` with no safe
+characters, ``quote_plus``, ``quote`` keeping ``/``), and ``repr``-escaped when it holds control
+characters; a value with surrounding whitespace (an env var ending in a newline) registers its
+stripped core as well.
 
 Registering (and changing the URL host allowlist, :func:`bump`) clears the memo of strings already
 found clean (:func:`generation`).
@@ -13,7 +20,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import quote, quote_plus
 
@@ -49,6 +56,7 @@ class Shape:
 _LOCK = threading.Lock()
 _SECRETS: dict[str, KnownSecret] = {}
 _SHAPES: dict[str, Shape] = {}
+_DERIVERS: dict[str, Callable[[str], Iterable[str]]] = {}
 _STATE = {"generation": 0}
 STATE = _STATE
 """Read only: ``STATE["generation"]`` is :func:`generation` without a call (the gate's fast path)."""
@@ -65,17 +73,48 @@ def _needle(encoded: tuple[bytes, ...]) -> bytes:
     return first[:n] if n >= 8 else b""
 
 
+def text_forms(value: str) -> tuple[str, ...]:
+    """``value`` as it may appear in text: raw, URL-encoded three ways, ``repr``-escaped."""
+    escaped = repr(value)[1:-1]
+    return tuple(
+        dict.fromkeys((value, quote(value, safe=""), quote_plus(value, safe=""), quote(value, safe="/"), escaped))
+    )
+
+
 def register_secret(value: str) -> None:
-    """Remember a secret value: every log line and every published record loses it."""
+    """Remember a secret value: every log line and every published record loses it.
+
+    Also registers the stripped value (when ``value`` has surrounding whitespace) and what the
+    registered derivers (:func:`register_deriver`) say ``value`` implies.
+    """
     if not value or len(value) < MIN_SECRET_CHARS:
         return
-    forms = tuple(dict.fromkeys((value, quote(value, safe=""), quote_plus(value, safe=""), quote(value, safe="/"))))
     with _LOCK:
         if value in _SECRETS:
             return
+        forms = text_forms(value)
         encoded = tuple(dict.fromkeys(orjson.dumps(f)[1:-1] for f in forms))
         _SECRETS[value] = KnownSecret(forms, fingerprint_secret(value), _needle(encoded), encoded)
         _resort()
+        derivers = list(_DERIVERS.values())
+    if value.strip() != value:
+        register_secret(value.strip())
+    for derive in derivers:
+        for derived in derive(value):
+            register_secret(derived)
+
+
+def register_deriver(name: str, derive: Callable[[str], Iterable[str]]) -> None:
+    """Add (or replace) a deriver: for a registered secret, the other values it makes secret.
+
+    Applied to every value registered later and, at once, to those registered already.
+    """
+    with _LOCK:
+        _DERIVERS[name] = derive
+        existing = list(_SECRETS)
+    for value in existing:
+        for derived in derive(value):
+            register_secret(derived)
 
 
 def register_shape(name: str, pattern: str, check: Callable[[str], bool] | None = None) -> None:

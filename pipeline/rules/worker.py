@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import secrets
 import time
 from collections import Counter
@@ -47,7 +46,7 @@ from pipeline.bus.base import (
 from pipeline.clock import Clock, format_time
 from pipeline.errors import BusError, PipelineError
 from pipeline.observability.latency import SOURCE_TIME, header_secs, source_time_header
-from pipeline.observability.logs import redact_text
+from pipeline.observability.logs import get_logger, redact_text
 from pipeline.observability.metrics import ID, KIND, TYPE
 from pipeline.observability.telemetry import Telemetry, get_telemetry
 from pipeline.redaction.gate import GateRejected, encode_alert, rejected_letter
@@ -57,7 +56,9 @@ from schemas import deadletter
 from schemas.alert import Alert
 from schemas.event import Event
 
-log = logging.getLogger(__name__)
+# Under the instantly_audit tree: its handler carries the redaction filter (a logger named after
+# the module sat outside it, and its lines went through Python's last-resort handler unredacted).
+log = get_logger("rules.worker")
 COMPONENT = "rules"
 
 
