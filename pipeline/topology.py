@@ -178,6 +178,10 @@ class Pipeline:
 
             base_dir = self.config_dir or cfg.config_dir
             self.rules = RulesWorker(bus, cfg.rules, clock=clock, base_dir=base_dir, telemetry=tel)
+            # run() closes its consumer when it ends, run_once() keeps it for the next call: close it
+            # with the topology, or `run --once` leaves an unclosed consumer and a group member that
+            # the next run's join waits for (a whole session timeout).
+            self._stack.push_async_callback(self.rules.close)
             await bus.fence(self.rules.txn_id)
         if "sinks" in self.roles:
             from pipeline.delivery.registry import build_sink
