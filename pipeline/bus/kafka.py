@@ -49,12 +49,14 @@ class KafkaBus:
         max_txn_attempts: int = 5,
         create_topics: bool = True,
         topic_prefix: str = "",
+        read_only: bool = False,
     ):
         self.conn = KafkaConnection(list(bootstrap_servers), dict(client_args or {}), request_timeout_ms, topic_prefix)
         self.bootstrap = self.conn.bootstrap
         self.default_partitions = partitions
         self.retention_ms = retention_ms
-        self._create_topics = create_topics
+        self._create_topics = create_topics and not read_only
+        self.read_only = read_only
         self._topics = KafkaTopics(self.conn, replication_factor=replication_factor)
         self._writers = KafkaWriters(
             self.conn, self._topics, prefix=transactional_id_prefix, max_txn_attempts=max_txn_attempts
@@ -70,8 +72,8 @@ class KafkaBus:
         return self.conn.logical(topic)
 
     @classmethod
-    def from_config(cls, cfg: KafkaBusConfig) -> KafkaBus:
-        """Build from the validated config."""
+    def from_config(cls, cfg: KafkaBusConfig, *, read_only: bool = False) -> KafkaBus:
+        """Build from the validated config (``read_only``: a reader that creates no topic)."""
         return cls(
             cfg.bootstrap_servers,
             client_args=client_args_from_config(cfg),
@@ -81,18 +83,23 @@ class KafkaBus:
             retention_ms=int(cfg.retention_days * DAY_MS),
             request_timeout_ms=int(cfg.request_timeout_secs * 1000),
             topic_prefix=cfg.topic_prefix,
+            read_only=read_only,
         )
 
     # ---- lifecycle -------------------------------------------------------------------
     async def __aenter__(self) -> KafkaBus:
-        """Connect and create the default topics.
+        """Connect and create the default topics (read-only: check that they exist, create nothing).
 
         Raises:
-            BusError: the cluster cannot be reached or refuses the topics.
+            BusError: the cluster cannot be reached or refuses the topics; read-only: a topic is missing.
         """
         try:
             await self._topics.start()
-            if self._create_topics:
+            if self.read_only:
+                # status, replay and gaps only read: a wrong topic_prefix or cluster must say so,
+                # not create an empty set of topics and report nothing found
+                await self._topics.require([s.name for s in default_topics()])
+            elif self._create_topics:
                 await self.ensure_topics(default_topics(self.default_partitions, self.retention_ms) + control_topics())
         except KafkaError as err:
             await self.__aexit__(None, None, None)

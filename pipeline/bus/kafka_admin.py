@@ -102,6 +102,24 @@ class KafkaTopics:
         for s in specs:
             self._partitions.pop(s.name, None)
 
+    async def require(self, topics: Sequence[str]) -> None:
+        """Check that the logical ``topics`` exist (a read-only open creates nothing).
+
+        Raises:
+            BusError: one or more are missing (one line naming them, the prefix and the cluster).
+            KafkaError: the cluster cannot be reached (the caller wraps it).
+        """
+        existing = set(await self.client().list_topics())
+        missing = [self.conn.phys(t) for t in topics if self.conn.phys(t) not in existing]
+        if missing:
+            more = f" (and {len(missing) - 1} more of the pipeline's topics)" if len(missing) > 1 else ""
+            prefix = f"bus.topic_prefix {self.conn.topic_prefix!r}" if self.conn.topic_prefix else "no bus.topic_prefix"
+            raise BusError(
+                f"kafka topic {missing[0]}{more} does not exist on {','.join(self.conn.bootstrap)} ({prefix};"
+                " readers create no topics: check bus.topic_prefix and bus.bootstrap_servers)",
+                retriable=False,
+            )
+
     def _creation_error(self, name: str, code: int, message: str | None) -> str:
         detail = f" ({message})" if message else ""
         if code == INVALID_REPLICATION_FACTOR:

@@ -5,17 +5,23 @@ Each test uses its own ``topic_prefix`` on the shared session broker (one node).
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from pipeline.bus.base import CONTROL_TOPIC, EVENTS_TOPIC, RECEIPTS_TOPIC, STATE_TOPIC
 from pipeline.errors import BusError
 from tests.conftest import kafka_bootstrap, make_bus
+from tests.integration.helpers import REPO, cli_command
 
 pytestmark = [pytest.mark.kafka]
 
@@ -104,3 +110,39 @@ async def test_replication_factor_above_the_brokers_names_the_setting() -> None:
             pass
     assert prefix in str(err.value)
     assert "bus.replication_factor" in str(err.value)
+
+
+@pytest.mark.parametrize("command", [["replay", "--since", "30d"], ["status"], ["gaps", "--since", "7d"]])
+def test_read_only_commands_create_no_topics(tmp_path: Path, command: list[str]) -> None:
+    """A reader on a prefix that holds nothing (a typo) fails in one line naming the topic, exit 1;
+    it creates nothing (it used to create the six topics and report "0 matched of 0 scanned")."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    config = tmp_path / "typo.yaml"
+    config.write_text(yaml.safe_dump({"bus": _cfg(prefix)}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INSTANTLY_")}
+    done = subprocess.run(
+        [*cli_command(), *command, "--config", str(config)], cwd=REPO, env=env, capture_output=True, timeout=60
+    )
+    err = done.stderr.decode()
+    assert done.returncode == 1, (done.stdout, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert f"kafka topic {prefix}instantly." in lines[0]
+    assert "does not exist" in lines[0]
+    assert not [t for t in asyncio.run(_topics()) if t.startswith(prefix)]
+
+
+async def test_read_only_bus_opens_existing_topics() -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    async with make_bus(_cfg(prefix)):
+        pass
+    async with make_bus(_cfg(prefix), read_only=True) as bus:
+        assert await bus.partitions(EVENTS_TOPIC) == 2
+
+
+async def _topics() -> list[str]:
+    admin = await _admin()
+    try:
+        return list(await admin.list_topics())
+    finally:
+        await admin.close()
