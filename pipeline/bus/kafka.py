@@ -21,7 +21,7 @@ from pipeline.bus.base import OutRecord, StartPolicy, TopicPartition, TopicSpec,
 from pipeline.bus.kafka_admin import KafkaTopics
 from pipeline.bus.kafka_assignor import Weights
 from pipeline.bus.kafka_client import DAY_MS, KafkaConnection, client_args_from_config, wrap_error
-from pipeline.bus.kafka_consumer import KafkaConsumer
+from pipeline.bus.kafka_consumer import KafkaConsumer, RecordCounter
 from pipeline.bus.kafka_membership import Callback, KafkaMembership, RecordsCallback
 from pipeline.bus.kafka_state import OPEN_TXN_WAIT_SECS, KafkaState
 from pipeline.bus.kafka_writer import KafkaWriters
@@ -62,6 +62,7 @@ class KafkaBus:
             self.conn, self._topics, prefix=transactional_id_prefix, max_txn_attempts=max_txn_attempts
         )
         self._state = KafkaState(self.conn)
+        self._counter = RecordCounter(self.conn)
 
     def phys(self, topic: str) -> str:
         """The cluster's name for a logical topic (``topic_prefix`` + name)."""
@@ -110,6 +111,7 @@ class KafkaBus:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self._counter.close()
         await self._writers.close()
         await self._topics.close()
 
@@ -197,6 +199,16 @@ class KafkaBus:
     async def committed(self, group: str, topic: str) -> dict[TopicPartition, int]:
         """A group's committed offsets on ``topic``."""
         return await self._topics.committed(group, topic)
+
+    async def lags(self, ranges: Mapping[TopicPartition, tuple[int, int]]) -> dict[TopicPartition, int]:
+        """Per partition, the committed data records in ``[committed, end)``: transaction markers
+        take offsets but are not records, so a fully read partition has lag 0 (see
+        :class:`~pipeline.bus.kafka_consumer.RecordCounter`).
+
+        Raises:
+            BusError: the cluster cannot be read.
+        """
+        return await self._counter.lags(ranges)
 
     async def enforce_retention(self) -> int:
         """The broker applies retention itself."""
