@@ -37,6 +37,7 @@ class KafkaTopics:
         self.replication_factor = replication_factor
         self._admin: AIOKafkaAdminClient | None = None
         self._partitions: dict[str, int] = {}
+        self._max_bytes: dict[str, int | None] = {}
 
     async def start(self) -> None:
         """Connect the admin client.
@@ -101,6 +102,7 @@ class KafkaTopics:
             await self._check_existing(present)
         for s in specs:
             self._partitions.pop(s.name, None)
+            self._max_bytes.pop(s.name, None)
 
     async def require(self, topics: Sequence[str]) -> None:
         """Check that the logical ``topics`` exist (a read-only open creates nothing).
@@ -200,6 +202,27 @@ class KafkaTopics:
                 raise BusError(f"topic {topic!r} does not exist on the Kafka cluster")
             self._partitions[topic] = len(desc[0]["partitions"])
         return self._partitions[topic]
+
+    async def max_message_bytes(self, topic: str) -> int | None:
+        """The topic's ``max.message.bytes`` (cached; None: the cluster would not describe it).
+
+        Raises:
+            BusError: the cluster cannot be reached.
+        """
+        if topic not in self._max_bytes:
+            name = self.conn.phys(topic)
+            try:
+                answers = await self.client().describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+            except KafkaError as err:
+                raise wrap_error(err, f"describing the configs of {name}") from None
+            found: int | None = None
+            for answer in answers:
+                for res in answer.resources:
+                    if res[0] == 0 and res[3] == name:
+                        value = {str(e[0]): e[1] for e in res[4]}.get("max.message.bytes")
+                        found = int(value) if value is not None else None
+            self._max_bytes[topic] = found
+        return self._max_bytes[topic]
 
     async def committed(self, group: str, topic: str) -> dict[TopicPartition, int]:
         """A group's committed offsets on ``topic``.

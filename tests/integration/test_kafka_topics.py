@@ -18,7 +18,7 @@ import yaml
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from pipeline.bus.base import CONTROL_TOPIC, EVENTS_TOPIC, RECEIPTS_TOPIC, STATE_TOPIC
+from pipeline.bus.base import CONTROL_TOPIC, EVENTS_TOPIC, RECEIPTS_TOPIC, STATE_TOPIC, OutRecord, iter_records
 from pipeline.errors import BusError
 from tests.conftest import kafka_bootstrap, make_bus
 from tests.integration.helpers import REPO, cli_command
@@ -146,3 +146,37 @@ async def _topics() -> list[str]:
         return list(await admin.list_topics())
     finally:
         await admin.close()
+
+
+async def test_record_over_max_message_bytes_fails_its_transaction_with_a_clear_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A record over its topic's max.message.bytes: refused before sending, naming size, topic and
+    limit; not retried, not logged as "broker unreachable"; nothing of the transaction written.
+    A batch of small records over the limit, refused by the broker, gets the same treatment."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    await _precreate(prefix + EVENTS_TOPIC, 2, {"max.message.bytes": "4000"})
+    caplog.set_level("INFO", logger="instantly_audit.bus.kafka")
+    async with make_bus(_cfg(prefix)) as bus:
+        with pytest.raises(BusError) as big:
+            async with bus.transaction("w") as txn:
+                txn.send(EVENTS_TOPIC, b"x" * 5000, key=b"ws")
+                txn.put_state("k", b"v")
+        msg = str(big.value)
+        assert not big.value.retriable
+        assert f"{prefix}{EVENTS_TOPIC}" in msg and "max.message.bytes of 4,000" in msg, msg
+        assert "5,0" in msg, msg  # the record's size on the broker (value + overhead)
+
+        with pytest.raises(BusError) as batch:  # 3 records of 2 KB: each fits, their batch does not
+            await bus.publish([OutRecord(EVENTS_TOPIC, b"y" * 2000, key=b"ws") for _ in range(3)])
+        assert "a batch of records" in str(batch.value) and "max.message.bytes of 4,000" in str(batch.value)
+        assert not batch.value.retriable
+
+        await bus.publish([OutRecord(EVENTS_TOPIC, b"small", key=b"ws")])  # the writer works on
+        assert await bus.get_state("k") is None
+        async with bus.consumer([EVENTS_TOPIC], start="earliest") as c:
+            values = [r.value async for batch_ in iter_records(c) for r in batch_]
+        assert values == [b"small"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("unreachable" in m for m in messages), messages
+    assert sum("refused; not retried" in m for m in messages) == 2, messages
