@@ -18,7 +18,7 @@ from aiokafka.errors import KafkaError
 
 from pipeline.bus.base import TopicPartition, TopicSpec
 from pipeline.bus.kafka_client import KafkaConnection, retrying, wrap_error
-from pipeline.bus.kafka_topic_check import creation_configs, problems
+from pipeline.bus.kafka_topic_check import creation_configs, problems, warnings
 from pipeline.errors import BusError
 from pipeline.observability.logs import get_logger
 
@@ -166,6 +166,9 @@ class KafkaTopics:
         ]
         if found:
             raise BusError("; ".join(found) + " (fix or delete the topic, or set bus.topic_prefix)")
+        for s, n in zip(specs, names, strict=True):
+            for w in warnings(s, n, configs.get(n, {})):
+                log.warning("Kafka topic made beforehand has a lower limit", extra={"problem": w})
 
     async def _wait_leaders(self, names: list[str], limit_s: float = 30.0) -> None:
         loop = asyncio.get_running_loop()

@@ -180,3 +180,18 @@ async def test_record_over_max_message_bytes_fails_its_transaction_with_a_clear_
     messages = [r.getMessage() for r in caplog.records]
     assert not any("unreachable" in m for m in messages), messages
     assert sum("refused; not retried" in m for m in messages) == 2, messages
+
+
+async def test_precreated_state_topic_with_default_message_size_is_used_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A state topic made by an earlier version (Kafka's 1 MB default) still serves, but start says so."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    await _precreate(prefix + STATE_TOPIC, 1, {"cleanup.policy": "compact"})
+    caplog.set_level("WARNING", logger="instantly_audit.bus")
+    async with make_bus(_cfg(prefix)) as bus, bus.transaction("w") as txn:
+        txn.put_state("k", b"v")
+    problems = [str(getattr(r, "problem", "")) for r in caplog.records]
+    hits = [p for p in problems if f"topic {prefix}{STATE_TOPIC}: max.message.bytes=" in p]
+    assert len(hits) == 1, problems
+    assert "below the 5242880" in hits[0] and "--bootstrap-server" in hits[0]
