@@ -1,8 +1,9 @@
 """A consumer of the Kafka bus: ``read_committed``, auto-commit off, groups or plain assignment.
 
-A consumer with a group joins it (partitions are shared among the group's members, so
-rules and sinks scale out by partitions); one without a group is assigned every partition
-and never commits. See :mod:`pipeline.bus.base` for the semantics every consumer honours.
+A consumer with a group joins it (partitions are shared among the group's members; the rules
+and each sink still run one active process, since they commit with one transactional id each);
+one without a group is assigned every partition and never commits. See :mod:`pipeline.bus.base`
+for the semantics every consumer honours.
 """
 
 from __future__ import annotations
