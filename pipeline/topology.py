@@ -26,7 +26,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-from pipeline.bus.base import EVENTS_TOPIC, Bus, Consumer
+from pipeline.bus.base import EVENTS_TOPIC, Bus, Consumer, consumer_lags
 from pipeline.bus.factory import open_bus
 from pipeline.clock import SYSTEM_CLOCK, Clock
 from pipeline.config.model import PipelineConfig
@@ -179,6 +179,10 @@ class Pipeline:
 
             base_dir = self.config_dir or cfg.config_dir
             self.rules = RulesWorker(bus, cfg.rules, clock=clock, base_dir=base_dir, telemetry=tel)
+            # run() closes its consumer when it ends, run_once() keeps it for the next call: close it
+            # with the topology, or `run --once` leaves an unclosed consumer and a group member that
+            # the next run's join waits for (a whole session timeout).
+            self._stack.push_async_callback(self.rules.close)
             await bus.fence(self.rules.txn_id)
         if "sinks" in self.roles:
             from pipeline.delivery.registry import build_sink
@@ -308,9 +312,10 @@ async def monitor_bus(
     health: HealthRegistry | None = None,
     refresh: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Every ``interval_secs`` until ``stop``: set each group's consumer lag per partition (end offset -
-    committed offset), report the bus reachable or not to the health registry, and call ``refresh``
-    (the topology re-reads the workspace aliases there).
+    """Every ``interval_secs`` until ``stop``: set each group's consumer lag per partition (the
+    records not read yet: :func:`~pipeline.bus.base.consumer_lags`), report the bus reachable or
+    not to the health registry, and call ``refresh`` (the topology re-reads the workspace aliases
+    there).
 
     One group-less consumer stays open for the end offsets (it never reads and never commits);
     it is reopened after a bus error. ``telemetry`` and ``health`` default to the process's current
@@ -333,10 +338,8 @@ async def monitor_bus(
                 operation = "committed"
                 for group, group_topics in groups:
                     for topic in group_topics:
-                        committed = await bus.committed(group, topic)
-                        for tp, end in ends.items():
-                            if tp.topic == topic:
-                                tel.consumer_lag(group, topic, tp.partition, max(0, end - committed.get(tp, 0)))
+                        for tp, lag in (await consumer_lags(bus, group, topic, ends)).items():
+                            tel.consumer_lag(group, topic, tp.partition, lag)
                 if refresh is not None:
                     operation = "state"
                     await refresh()

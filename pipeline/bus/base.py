@@ -250,6 +250,27 @@ class Bus(Protocol):
         ...
 
 
+async def consumer_lags(
+    bus: Bus, group: str, topic: str, ends: Mapping[TopicPartition, int]
+) -> dict[TopicPartition, int]:
+    """A group's lag on ``topic`` per partition: the committed records it has not read up to ``ends``.
+
+    On the embedded bus that is the end offset minus the committed one. On Kafka transaction
+    markers take offsets too, so the bus counts the records in between (its ``lags`` method):
+    a partition read to the end has lag 0, not 1 per transaction.
+
+    Raises:
+        BusError: the bus cannot be read.
+    """
+    committed = await bus.committed(group, topic)
+    ranges = {tp: (committed.get(tp, 0), end) for tp, end in ends.items() if tp.topic == topic}
+    count = getattr(bus, "lags", None)
+    if count is not None:
+        counted: dict[TopicPartition, int] = await count(ranges)
+        return counted
+    return {tp: max(0, end - start) for tp, (start, end) in ranges.items()}
+
+
 async def iter_records(
     consumer: Consumer, *, until: Mapping[TopicPartition, int] | None = None, batch: int = 1000
 ) -> AsyncIterator[list[Record]]:

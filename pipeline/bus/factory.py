@@ -29,4 +29,4 @@ def open_bus(cfg: BusConfig, *, read_only: bool = False) -> Bus:
     assert isinstance(cfg, KafkaBusConfig)
     from pipeline.bus.kafka import KafkaBus
 
-    return KafkaBus.from_config(cfg)
+    return KafkaBus.from_config(cfg, read_only=read_only)

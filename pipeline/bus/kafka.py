@@ -21,7 +21,7 @@ from pipeline.bus.base import OutRecord, StartPolicy, TopicPartition, TopicSpec,
 from pipeline.bus.kafka_admin import KafkaTopics
 from pipeline.bus.kafka_assignor import Weights
 from pipeline.bus.kafka_client import DAY_MS, KafkaConnection, client_args_from_config, wrap_error
-from pipeline.bus.kafka_consumer import KafkaConsumer
+from pipeline.bus.kafka_consumer import KafkaConsumer, RecordCounter
 from pipeline.bus.kafka_membership import Callback, KafkaMembership, RecordsCallback
 from pipeline.bus.kafka_state import OPEN_TXN_WAIT_SECS, KafkaState
 from pipeline.bus.kafka_writer import KafkaWriters
@@ -49,17 +49,20 @@ class KafkaBus:
         max_txn_attempts: int = 5,
         create_topics: bool = True,
         topic_prefix: str = "",
+        read_only: bool = False,
     ):
         self.conn = KafkaConnection(list(bootstrap_servers), dict(client_args or {}), request_timeout_ms, topic_prefix)
         self.bootstrap = self.conn.bootstrap
         self.default_partitions = partitions
         self.retention_ms = retention_ms
-        self._create_topics = create_topics
+        self._create_topics = create_topics and not read_only
+        self.read_only = read_only
         self._topics = KafkaTopics(self.conn, replication_factor=replication_factor)
         self._writers = KafkaWriters(
             self.conn, self._topics, prefix=transactional_id_prefix, max_txn_attempts=max_txn_attempts
         )
         self._state = KafkaState(self.conn)
+        self._counter = RecordCounter(self.conn)
 
     def phys(self, topic: str) -> str:
         """The cluster's name for a logical topic (``topic_prefix`` + name)."""
@@ -70,8 +73,8 @@ class KafkaBus:
         return self.conn.logical(topic)
 
     @classmethod
-    def from_config(cls, cfg: KafkaBusConfig) -> KafkaBus:
-        """Build from the validated config."""
+    def from_config(cls, cfg: KafkaBusConfig, *, read_only: bool = False) -> KafkaBus:
+        """Build from the validated config (``read_only``: a reader that creates no topic)."""
         return cls(
             cfg.bootstrap_servers,
             client_args=client_args_from_config(cfg),
@@ -81,18 +84,23 @@ class KafkaBus:
             retention_ms=int(cfg.retention_days * DAY_MS),
             request_timeout_ms=int(cfg.request_timeout_secs * 1000),
             topic_prefix=cfg.topic_prefix,
+            read_only=read_only,
         )
 
     # ---- lifecycle -------------------------------------------------------------------
     async def __aenter__(self) -> KafkaBus:
-        """Connect and create the default topics.
+        """Connect and create the default topics (read-only: check that they exist, create nothing).
 
         Raises:
-            BusError: the cluster cannot be reached or refuses the topics.
+            BusError: the cluster cannot be reached or refuses the topics; read-only: a topic is missing.
         """
         try:
             await self._topics.start()
-            if self._create_topics:
+            if self.read_only:
+                # status, replay and gaps only read: a wrong topic_prefix or cluster must say so,
+                # not create an empty set of topics and report nothing found
+                await self._topics.require([s.name for s in default_topics()])
+            elif self._create_topics:
                 await self.ensure_topics(default_topics(self.default_partitions, self.retention_ms) + control_topics())
         except KafkaError as err:
             await self.__aexit__(None, None, None)
@@ -103,6 +111,7 @@ class KafkaBus:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self._counter.close()
         await self._writers.close()
         await self._topics.close()
 
@@ -190,6 +199,16 @@ class KafkaBus:
     async def committed(self, group: str, topic: str) -> dict[TopicPartition, int]:
         """A group's committed offsets on ``topic``."""
         return await self._topics.committed(group, topic)
+
+    async def lags(self, ranges: Mapping[TopicPartition, tuple[int, int]]) -> dict[TopicPartition, int]:
+        """Per partition, the committed data records in ``[committed, end)``: transaction markers
+        take offsets but are not records, so a fully read partition has lag 0 (see
+        :class:`~pipeline.bus.kafka_consumer.RecordCounter`).
+
+        Raises:
+            BusError: the cluster cannot be read.
+        """
+        return await self._counter.lags(ranges)
 
     async def enforce_retention(self) -> int:
         """The broker applies retention itself."""

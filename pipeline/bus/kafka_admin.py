@@ -18,7 +18,7 @@ from aiokafka.errors import KafkaError
 
 from pipeline.bus.base import TopicPartition, TopicSpec
 from pipeline.bus.kafka_client import KafkaConnection, retrying, wrap_error
-from pipeline.bus.kafka_topic_check import creation_configs, problems
+from pipeline.bus.kafka_topic_check import creation_configs, problems, warnings
 from pipeline.errors import BusError
 from pipeline.observability.logs import get_logger
 
@@ -37,6 +37,7 @@ class KafkaTopics:
         self.replication_factor = replication_factor
         self._admin: AIOKafkaAdminClient | None = None
         self._partitions: dict[str, int] = {}
+        self._max_bytes: dict[str, int | None] = {}
 
     async def start(self) -> None:
         """Connect the admin client.
@@ -101,6 +102,25 @@ class KafkaTopics:
             await self._check_existing(present)
         for s in specs:
             self._partitions.pop(s.name, None)
+            self._max_bytes.pop(s.name, None)
+
+    async def require(self, topics: Sequence[str]) -> None:
+        """Check that the logical ``topics`` exist (a read-only open creates nothing).
+
+        Raises:
+            BusError: one or more are missing (one line naming them, the prefix and the cluster).
+            KafkaError: the cluster cannot be reached (the caller wraps it).
+        """
+        existing = set(await self.client().list_topics())
+        missing = [self.conn.phys(t) for t in topics if self.conn.phys(t) not in existing]
+        if missing:
+            more = f" (and {len(missing) - 1} more of the pipeline's topics)" if len(missing) > 1 else ""
+            prefix = f"bus.topic_prefix {self.conn.topic_prefix!r}" if self.conn.topic_prefix else "no bus.topic_prefix"
+            raise BusError(
+                f"kafka topic {missing[0]}{more} does not exist on {','.join(self.conn.bootstrap)} ({prefix};"
+                " readers create no topics: check bus.topic_prefix and bus.bootstrap_servers)",
+                retriable=False,
+            )
 
     def _creation_error(self, name: str, code: int, message: str | None) -> str:
         detail = f" ({message})" if message else ""
@@ -146,6 +166,9 @@ class KafkaTopics:
         ]
         if found:
             raise BusError("; ".join(found) + " (fix or delete the topic, or set bus.topic_prefix)")
+        for s, n in zip(specs, names, strict=True):
+            for w in warnings(s, n, configs.get(n, {})):
+                log.warning("Kafka topic made beforehand has a lower limit", extra={"problem": w})
 
     async def _wait_leaders(self, names: list[str], limit_s: float = 30.0) -> None:
         loop = asyncio.get_running_loop()
@@ -182,6 +205,27 @@ class KafkaTopics:
                 raise BusError(f"topic {topic!r} does not exist on the Kafka cluster")
             self._partitions[topic] = len(desc[0]["partitions"])
         return self._partitions[topic]
+
+    async def max_message_bytes(self, topic: str) -> int | None:
+        """The topic's ``max.message.bytes`` (cached; None: the cluster would not describe it).
+
+        Raises:
+            BusError: the cluster cannot be reached.
+        """
+        if topic not in self._max_bytes:
+            name = self.conn.phys(topic)
+            try:
+                answers = await self.client().describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+            except KafkaError as err:
+                raise wrap_error(err, f"describing the configs of {name}") from None
+            found: int | None = None
+            for answer in answers:
+                for res in answer.resources:
+                    if res[0] == 0 and res[3] == name:
+                        value = {str(e[0]): e[1] for e in res[4]}.get("max.message.bytes")
+                        found = int(value) if value is not None else None
+            self._max_bytes[topic] = found
+        return self._max_bytes[topic]
 
     async def committed(self, group: str, topic: str) -> dict[TopicPartition, int]:
         """A group's committed offsets on ``topic``.

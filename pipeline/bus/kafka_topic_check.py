@@ -10,6 +10,10 @@ with an error naming the topic and the setting, when using it would lose or misp
   key, and the key is the workspace id: every other event of the workspace would vanish);
 * a topic whose partition count is fixed by design (the state topic: 1; the control topic:
   ``CONTROL_PARTITIONS``, since a workspace's owner is its key's hash modulo that number).
+
+A topic whose ``max.message.bytes`` is below what the bus sets at creation (the state topic's
+5 MiB) is used with a warning (:func:`warnings`): it works until a value outgrows the limit, and
+a state topic made by an earlier version has Kafka's 1 MB default.
 """
 
 from __future__ import annotations
@@ -53,4 +57,18 @@ def problems(spec: TopicSpec, phys: str, partitions: int, configs: Mapping[str, 
         out.append(f"topic {phys}: cleanup.policy={','.join(sorted(policy))} but it must be {want} ({why})")
     if spec.fixed_partitions and partitions != spec.partitions:
         out.append(f"topic {phys}: partitions={partitions} but the pipeline needs exactly this many: {spec.partitions}")
+    return out
+
+
+def warnings(spec: TopicSpec, phys: str, configs: Mapping[str, str]) -> list[str]:
+    """Settings of the existing topic ``phys`` below what the bus would create it with (it still serves)."""
+    out: list[str] = []
+    want = spec.extra.get("max.message.bytes")
+    have = configs.get("max.message.bytes")
+    if want is not None and have is not None and have.isdigit() and int(have) < int(want):
+        out.append(
+            f"topic {phys}: max.message.bytes={have}, below the {want} the pipeline creates it with:"
+            " a larger value fails its transaction (raise it with kafka-configs.sh --bootstrap-server <broker>"
+            f" --alter --entity-type topics --entity-name {phys} --add-config max.message.bytes={want})"
+        )
     return out

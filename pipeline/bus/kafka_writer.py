@@ -6,7 +6,11 @@
   together. A second process using the same writer id fences the first (``ProducerFenced``
   → a non-retriable :class:`BusError`).
 * A failed transaction is aborted, its producer replaced, and retried while the error is
-  retriable; a transaction slower than :data:`STALL_SECS` is reported once per outage.
+  retriable; a transaction slower than :data:`STALL_SECS` is reported once per outage. An error
+  no retry can fix (a record over the topic's ``max.message.bytes``, a refused config) fails the
+  transaction at once with its own message — it is not an outage. A record larger than its
+  topic's ``max.message.bytes`` (read from the cluster, cached) is refused before anything is
+  sent, with an error naming its size, topic and the limit (:class:`RecordTooLarge`).
 * aiokafka issue #1004: Kafka's error code 13 (NETWORK_EXCEPTION, retriable) is read by
   aiokafka as ``StaleLeaderEpochCodeError`` and fails ``TxnOffsetCommit``; a small shim
   (installed on import) retries it.
@@ -29,8 +33,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka import TopicPartition as KTP
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced, RecordTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import OffsetAndMetadata
 
 from pipeline.bus.base import STATE_MAX_BYTES, STATE_TOPIC, Header
@@ -100,6 +105,28 @@ def _install_concurrent_txn_shim() -> None:
 
 
 _install_concurrent_txn_shim()
+
+
+class RecordTooLarge(BusError):
+    """A record (or record batch) is over its topic's ``max.message.bytes``: the transaction is not
+    committed, and retrying cannot help until the topic's limit is raised."""
+
+    def __init__(self, topic: str, size: int, limit: int | None, *, batch: bool = False):
+        self.topic, self.size, self.limit = topic, size, limit
+        what = "a batch of records" if batch else "a record"
+        cap = f"its max.message.bytes of {limit:,}" if limit is not None else "its max.message.bytes"
+        super().__init__(
+            f"{what} of {size:,} bytes for kafka topic {topic} is over {cap}: the transaction is not committed"
+            " (raise the topic's max.message.bytes to accept it)",
+            retriable=False,
+        )
+
+
+def record_batch_bytes(key: bytes | None, value: bytes | None, headers: list[Header], timestamp: int | None) -> int:
+    """The bytes a batch holding only this record takes on the broker (what ``max.message.bytes`` limits)."""
+    builder = DefaultRecordBatchBuilder(2, 0, 1, -1, -1, 0, batch_size=1 << 31)
+    builder.append(0, timestamp, key, value, headers)
+    return int(builder.size())
 
 
 class KafkaWriters:
@@ -197,21 +224,31 @@ class KafkaWriters:
                         f"writer {txn_id} was fenced: another process now uses the same transactional id",
                         retriable=False,
                     ) from None
-                except BusError as err:  # starting the producer failed (broker unreachable)
+                except BusError as err:  # starting the producer failed (broker unreachable), or refused
+                    if not err.retriable:  # a record over its topic's limit (maybe a transaction begun)
+                        held = self.producers.get(txn_id)
+                        if held is not None:
+                            await self._abort_and_replace(txn_id, held)
+                        self._refused(txn_id, err)
+                        raise
                     self._failed(txn_id, err)
-                    if not err.retriable or attempt == self.max_txn_attempts:
+                    if attempt == self.max_txn_attempts:
                         raise
                     await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
                     continue
                 except (TimeoutError, KafkaError) as err:
                     wrapped = wrap_error(err, f"transaction of {txn_id}")
+                    if not wrapped.retriable:  # no retry can fix it: not an outage, say what it is
+                        await self._abort_and_replace(txn_id, p)
+                        self._refused(txn_id, wrapped)
+                        raise wrapped from None
                     self._failed(txn_id, err)
                     log.warning(
                         "Kafka transaction failed; aborted",
                         extra={"writer": txn_id, "attempt": attempt, "error": type(err).__name__},
                     )
                     await self._abort_and_replace(txn_id, p)
-                    if not wrapped.retriable or attempt == self.max_txn_attempts:
+                    if attempt == self.max_txn_attempts:
                         raise wrapped from None
                     await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
 
@@ -221,10 +258,17 @@ class KafkaWriters:
         phys = self.conn.phys
         groups: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, int | None, list[Header]]]] = {}
         parts_of: dict[str, list[int]] = {}
+        limits: dict[str, int | None] = {}
         for r in txn.records:
             parts = parts_of.get(r.topic)
             if parts is None:
                 parts = parts_of[r.topic] = list(range(await self.topics.partitions(r.topic)))
+                limits[r.topic] = await self.topics.max_message_bytes(r.topic)
+            limit = limits[r.topic]
+            if limit is not None and len(r.value or b"") + len(r.key or b"") > limit - 4096:  # near: exact size
+                size = record_batch_bytes(r.key, r.value, list(r.headers), r.timestamp_ms)
+                if size > limit:
+                    raise RecordTooLarge(phys(r.topic), size, limit)
             part = self._partitioner(r.key, parts)
             groups.setdefault((phys(r.topic), part), []).append((r.key, r.value, r.timestamp_ms, list(r.headers)))
         for k, v in txn.state.items():
@@ -249,16 +293,26 @@ class KafkaWriters:
         # sender adds only the partitions queued so far to the transaction — each later partition
         # (the state record's) then cost another AddPartitionsToTxn round trip.
         futures = []
+        sent: list[tuple[str, int]] = []
         for depth in range(max((len(built) for _t, _p, built in batches), default=0)):  # none: offsets only
             for topic, part, built in batches:
                 if depth < len(built):
                     futures.append(await p.send_batch(built[depth], topic, partition=part))
+                    sent.append((topic, built[depth]._builder.size()))
         by_group: dict[str, dict[KTP, OffsetAndMetadata]] = defaultdict(dict)
         for (group, tp), off in txn.offsets.items():
             by_group[group][KTP(phys(tp.topic), tp.partition)] = OffsetAndMetadata(off, "")
         for group, offsets in by_group.items():
             await p.send_offsets_to_transaction(offsets, group)
-        await asyncio.gather(*futures)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for (topic, size), result in zip(sent, results, strict=True):
+            if isinstance(result, MessageSizeTooLargeError | RecordTooLargeError):
+                raise RecordTooLarge(
+                    topic, size, await self.topics.max_message_bytes(self.conn.logical(topic)), batch=True
+                )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         await p.commit_transaction()
 
     async def _watched(self, txn_id: str, work: Awaitable[None]) -> None:
@@ -286,6 +340,11 @@ class KafkaWriters:
                 "Kafka broker unreachable; publishing paused",
                 extra={"writer": txn_id, "bootstrap": ",".join(self.conn.bootstrap), "error": type(err).__name__},
             )
+
+    def _refused(self, txn_id: str, err: BusError) -> None:
+        """Count and log a transaction the cluster refused for good (no retry, no outage)."""
+        self._telemetry.bus_errors("transaction", type(err).__name__)
+        log.error("Kafka transaction refused; not retried", extra={"writer": txn_id, "error": err.message})
 
     def _recovered(self, txn_id: str) -> None:
         if self._outage_since is not None:

@@ -2,11 +2,12 @@
 
 With ``bus.max_consumer_lag: N`` (default: off) the process that runs the pollers measures, every
 ``bus.backpressure_check_secs``, the lag of the rules group and of each enabled sink's group
-(end offset minus committed offset, summed over partitions — what ``instantly-audit status``
-shows). While any group's lag is at least ``N``, every poller waits before its next poll; when
-all are below ``N`` again, polling resumes. A paused poller keeps its cursor (nothing is read, so
-nothing is skipped) and the poll in flight when the bound is passed finishes — a poll's pages are
-each one transaction, so the lag can pass ``N`` by at most one poll's records.
+(the committed records not read yet, summed over partitions — what ``instantly-audit status``
+shows; transaction markers on Kafka take offsets but do not count). While any group's lag is at
+least ``N``, every poller waits before its next poll; when all are below ``N`` again, polling
+resumes. A paused poller keeps its cursor (nothing is read, so nothing is skipped) and the poll
+in flight when the bound is passed finishes — a poll's pages are each one transaction, so the
+lag can pass ``N`` by at most one poll's records.
 
 The state is on ``/metrics`` (``pipeline_source_paused{consumer_group}``: 1 for each group over
 the bound) and in ``instantly-audit status`` (computed there from the same lags and bound). The
@@ -22,7 +23,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.bus.base import DATA_TOPICS, EVENTS_TOPIC, Bus
+from pipeline.bus.base import DATA_TOPICS, EVENTS_TOPIC, Bus, consumer_lags
 from pipeline.errors import BusError
 from pipeline.observability.logs import get_logger
 from pipeline.observability.telemetry import Telemetry, get_telemetry
@@ -44,7 +45,8 @@ def watched_groups(cfg: Any) -> list[tuple[str, list[str]]]:
 
 
 async def measure_lags(bus: Bus, groups: Groups, ends: dict[Any, int] | None = None) -> list[dict[str, Any]]:
-    """``[{group, lag, topics: {topic: lag}}]``: end offset minus committed, summed over partitions.
+    """``[{group, lag, topics: {topic: lag}}]``: the records not read yet, summed over partitions
+    (end offset minus committed; on Kafka without the transaction markers: :func:`consumer_lags`).
 
     Raises:
         BusError: the bus cannot be read.
@@ -56,8 +58,7 @@ async def measure_lags(bus: Bus, groups: Groups, ends: dict[Any, int] | None = N
     for group, topics in groups:
         per_topic: dict[str, int] = {}
         for topic in topics:
-            committed = await bus.committed(group, topic)
-            per_topic[topic] = sum(max(0, end - committed.get(tp, 0)) for tp, end in ends.items() if tp.topic == topic)
+            per_topic[topic] = sum((await consumer_lags(bus, group, topic, ends)).values())
         out.append({"group": group, "lag": sum(per_topic.values()), "topics": per_topic})
     return out
 

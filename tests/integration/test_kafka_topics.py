@@ -5,17 +5,23 @@ Each test uses its own ``topic_prefix`` on the shared session broker (one node).
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from pipeline.bus.base import CONTROL_TOPIC, EVENTS_TOPIC, RECEIPTS_TOPIC, STATE_TOPIC
+from pipeline.bus.base import CONTROL_TOPIC, EVENTS_TOPIC, RECEIPTS_TOPIC, STATE_TOPIC, OutRecord, iter_records
 from pipeline.errors import BusError
 from tests.conftest import kafka_bootstrap, make_bus
+from tests.integration.helpers import REPO, cli_command
 
 pytestmark = [pytest.mark.kafka]
 
@@ -104,3 +110,88 @@ async def test_replication_factor_above_the_brokers_names_the_setting() -> None:
             pass
     assert prefix in str(err.value)
     assert "bus.replication_factor" in str(err.value)
+
+
+@pytest.mark.parametrize("command", [["replay", "--since", "30d"], ["status"], ["gaps", "--since", "7d"]])
+def test_read_only_commands_create_no_topics(tmp_path: Path, command: list[str]) -> None:
+    """A reader on a prefix that holds nothing (a typo) fails in one line naming the topic, exit 1;
+    it creates nothing (it used to create the six topics and report "0 matched of 0 scanned")."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    config = tmp_path / "typo.yaml"
+    config.write_text(yaml.safe_dump({"bus": _cfg(prefix)}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INSTANTLY_")}
+    done = subprocess.run(
+        [*cli_command(), *command, "--config", str(config)], cwd=REPO, env=env, capture_output=True, timeout=60
+    )
+    err = done.stderr.decode()
+    assert done.returncode == 1, (done.stdout, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert f"kafka topic {prefix}instantly." in lines[0]
+    assert "does not exist" in lines[0]
+    assert not [t for t in asyncio.run(_topics()) if t.startswith(prefix)]
+
+
+async def test_read_only_bus_opens_existing_topics() -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    async with make_bus(_cfg(prefix)):
+        pass
+    async with make_bus(_cfg(prefix), read_only=True) as bus:
+        assert await bus.partitions(EVENTS_TOPIC) == 2
+
+
+async def _topics() -> list[str]:
+    admin = await _admin()
+    try:
+        return list(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def test_record_over_max_message_bytes_fails_its_transaction_with_a_clear_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A record over its topic's max.message.bytes: refused before sending, naming size, topic and
+    limit; not retried, not logged as "broker unreachable"; nothing of the transaction written.
+    A batch of small records over the limit, refused by the broker, gets the same treatment."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    await _precreate(prefix + EVENTS_TOPIC, 2, {"max.message.bytes": "4000"})
+    caplog.set_level("INFO", logger="instantly_audit.bus.kafka")
+    async with make_bus(_cfg(prefix)) as bus:
+        with pytest.raises(BusError) as big:
+            async with bus.transaction("w") as txn:
+                txn.send(EVENTS_TOPIC, b"x" * 5000, key=b"ws")
+                txn.put_state("k", b"v")
+        msg = str(big.value)
+        assert not big.value.retriable
+        assert f"{prefix}{EVENTS_TOPIC}" in msg and "max.message.bytes of 4,000" in msg, msg
+        assert "5,0" in msg, msg  # the record's size on the broker (value + overhead)
+
+        with pytest.raises(BusError) as batch:  # 3 records of 2 KB: each fits, their batch does not
+            await bus.publish([OutRecord(EVENTS_TOPIC, b"y" * 2000, key=b"ws") for _ in range(3)])
+        assert "a batch of records" in str(batch.value) and "max.message.bytes of 4,000" in str(batch.value)
+        assert not batch.value.retriable
+
+        await bus.publish([OutRecord(EVENTS_TOPIC, b"small", key=b"ws")])  # the writer works on
+        assert await bus.get_state("k") is None
+        async with bus.consumer([EVENTS_TOPIC], start="earliest") as c:
+            values = [r.value async for batch_ in iter_records(c) for r in batch_]
+        assert values == [b"small"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("unreachable" in m for m in messages), messages
+    assert sum("refused; not retried" in m for m in messages) == 2, messages
+
+
+async def test_precreated_state_topic_with_default_message_size_is_used_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A state topic made by an earlier version (Kafka's 1 MB default) still serves, but start says so."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    await _precreate(prefix + STATE_TOPIC, 1, {"cleanup.policy": "compact"})
+    caplog.set_level("WARNING", logger="instantly_audit.bus")
+    async with make_bus(_cfg(prefix)) as bus, bus.transaction("w") as txn:
+        txn.put_state("k", b"v")
+    problems = [str(getattr(r, "problem", "")) for r in caplog.records]
+    hits = [p for p in problems if f"topic {prefix}{STATE_TOPIC}: max.message.bytes=" in p]
+    assert len(hits) == 1, problems
+    assert "below the 5242880" in hits[0] and "--bootstrap-server" in hits[0]

@@ -253,7 +253,9 @@ def test_one_deployment_per_role_hardened_and_probed() -> None:
         mounts = {m["mountPath"] for m in c["volumeMounts"]}
         assert {"/etc/instantly-audit", "/tmp"} <= mounts
         assert ("/run/secrets/instantly-audit" in mounts) == (role != "rules"), role  # the rules read no secret
-    assert deps["pollers"]["spec"]["replicas"] == 1 and deps["pollers"]["spec"]["strategy"]["type"] == "Recreate"
+    # pollers share workspaces (a rolling update hands them over); rules and each sink: one active writer
+    assert deps["pollers"]["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert deps["rules"]["spec"]["replicas"] == 1 and deps["sinks"]["spec"]["replicas"] == 1
     assert {p["name"] for p in deps["webhook"]["spec"]["template"]["spec"]["containers"][0]["ports"]} == {
         "service",
         "webhook",

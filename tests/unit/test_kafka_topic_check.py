@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.bus.base import default_topics
+from pipeline.bus.base import EVENTS_TOPIC, STATE_TOPIC, default_topics
 from pipeline.bus.kafka_admin import KafkaTopics
 from pipeline.bus.kafka_client import KafkaConnection
 from pipeline.bus.kafka_topic_check import creation_configs, min_insync_replicas, problems
@@ -66,3 +66,14 @@ async def test_topics_the_cluster_will_not_describe_are_skipped_not_judged_by_de
     with caplog.at_level(logging.WARNING):
         await topics.ensure(specs)
     assert any("would not describe" in r.getMessage() for r in caplog.records)
+
+
+def test_warnings_name_a_max_message_bytes_below_the_created_one() -> None:
+    from pipeline.bus.kafka_topic_check import warnings
+
+    state = next(s for s in default_topics() if s.name == STATE_TOPIC)
+    [w] = warnings(state, "p." + STATE_TOPIC, {"max.message.bytes": "1048588"})
+    assert f"topic p.{STATE_TOPIC}: max.message.bytes=1048588" in w and "5242880" in w
+    assert warnings(state, STATE_TOPIC, {"max.message.bytes": "5242880"}) == []
+    events = next(s for s in default_topics() if s.name == EVENTS_TOPIC)
+    assert warnings(events, EVENTS_TOPIC, {"max.message.bytes": "1048588"}) == []
