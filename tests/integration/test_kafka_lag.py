@@ -8,25 +8,20 @@ written partition per transaction, and a small ``bus.max_consumer_lag`` paused t
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipeline.bus.base import EVENTS_TOPIC, Bus, OutRecord, TopicPartition, iter_records
 from pipeline.sources.backpressure import measure_lags
-from tests.conftest import kafka_bootstrap, make_bus
+from tests.conftest import bus_config, make_bus
 
 pytestmark = [pytest.mark.kafka]
 
 
 def _cfg() -> dict[str, Any]:
-    return {
-        "type": "kafka",
-        "bootstrap_servers": [kafka_bootstrap()],
-        "partitions": 2,
-        "transactional_id_prefix": f"test-{uuid.uuid4().hex[:8]}",
-        "topic_prefix": f"t{uuid.uuid4().hex[:8]}.",
-    }
+    return bus_config("kafka", Path())  # a fresh topic prefix and transactional id prefix each call
 
 
 async def _consume_and_commit(bus: Bus, group: str, txn_id: str) -> int:
