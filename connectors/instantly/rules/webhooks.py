@@ -27,6 +27,9 @@ from pipeline.rules.base import (
 from schemas.alert import Entity
 from schemas.event import Event
 
+MAX_HOOKS = 5000
+"""Webhooks whose host ``webhook.insecure_target`` remembers per workspace (least recently changed dropped)."""
+
 _AUDIT_WEBHOOK_ERROR = 20
 _AUDIT_WEBHOOK_RESUMED = 21
 
@@ -97,7 +100,7 @@ class InsecureWebhookTargetRule(CatalogRule[RuleParams]):
     meta = RuleMeta(
         id="webhook.insecure_target", title="Webhook sends lead data to an insecure or unknown target",
         severity="medium", attack=("T1020", "T1567"), basic=Basic.WEBHOOK_AUTH, event_types=("webhook.*",),
-        suppress_secs=DAY,
+        suppress_secs=DAY, version=2,
         runbook=(
             "1. http:// sends lead data and the secret header in clear text: switch the target to https://.\n"
             "2. An unknown host may be exfiltration: check who created or changed the webhook, then either\n"
@@ -106,16 +109,19 @@ class InsecureWebhookTargetRule(CatalogRule[RuleParams]):
     )  # fmt: skip
 
     def on_event(self, ctx: RuleContext, event: Event) -> Iterable[Finding]:
-        """Open on http or an unexpected host; resolve when fixed or deleted."""
+        """Open on http or an unexpected host; resolve when fixed or deleted. A webhook moved to another
+        host alerts high (unless the new host is allowlisted), allowlist or not: lead data now goes there."""
         hid = target_id(event)
         if not hid:
             return ()
         key = f"hook:{hid}"
         scheme, host = host_of(event)
         if event.type == "webhook.deleted":
+            ctx.drop_sub(hid)
             return (resolved(key, f"Webhook {hid} was deleted", event_id=event.id),) if ctx.is_open(key) else ()
         if scheme is None and host is None:
             return ()
+        moved = self._moved(ctx, event, hid, host)
         problems = []
         if scheme == "http":
             problems.append("uses plain http://")
@@ -124,15 +130,36 @@ class InsecureWebhookTargetRule(CatalogRule[RuleParams]):
         if problems:
             summary = f"Webhook {hook_label(event, hid)} {' and '.join(problems)}"
             ents = (hook_entity(event, hid), Entity("host", host, None))
-            return (Finding(key, summary, ents, event.id, severity="high" if scheme == "http" else "medium",
-                            resolvable=True, attributes={"url_scheme": scheme, "host": host}),)  # fmt: skip
+            return (*moved, Finding(key, summary, ents, event.id, severity="high" if scheme == "http" else "medium",
+                                    resolvable=True, attributes={"url_scheme": scheme, "host": host}))  # fmt: skip
         if ctx.is_open(key):
             return (
+                *moved,
                 resolved(
                     key, f"Webhook {hook_label(event, hid)} now targets an expected https host", event_id=event.id
                 ),
             )
-        return ()
+        return moved
+
+    def _moved(self, ctx: RuleContext, event: Event, hid: str, host: str | None) -> tuple[Finding, ...]:
+        """Remember each webhook's host (a small document per webhook, bounded); a change of host is a finding."""
+        if host is None:
+            return ()
+        doc = ctx.peek_sub(hid)
+        before = doc.get("host") if doc is not None else None
+        if before == host:
+            return ()
+        d = ctx.sub(hid) if doc is not None else None
+        if d is None:
+            d = ctx.new_sub(hid)
+        d["host"] = host
+        ctx.trim_subs(MAX_HOOKS)
+        if before is None or (self.lists.webhook_hosts and self.lists.host_allowed(host)):
+            return ()  # first sight (baseline, creation: judged above), or moved to an allowed host
+        summary = f"Webhook {hook_label(event, hid)} was repointed from {before} to {host}"
+        ents = (hook_entity(event, hid), Entity("host", host, None), Entity("host", before, None))
+        return (Finding(f"moved:{hid}:{host}", summary, ents, event.id, severity="high",
+                        attributes={"host": host, "previous_host": before}),)  # fmt: skip
 
 
 class FailingWebhookRule(CatalogRule[RuleParams]):
