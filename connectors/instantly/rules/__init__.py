@@ -10,7 +10,11 @@ from pathlib import Path
 from connectors.instantly.rules.api_keys import AllScopeKeyRule, BroadScopeKeyRule, RotationIncompleteRule, StaleKeyRule
 from connectors.instantly.rules.auth import LoginNewIpRule, MfaAttackRule
 from connectors.instantly.rules.blast_radius import UnauditedReachRule
-from connectors.instantly.rules.block_list import InternalDomainMissingRule, ProtectedDomainRemovedRule
+from connectors.instantly.rules.block_list import (
+    EntryRemovedRule,
+    InternalDomainMissingRule,
+    ProtectedDomainRemovedRule,
+)
 from connectors.instantly.rules.data import LeadExportRule, MassDeletionRule
 from connectors.instantly.rules.members import PrivilegedMemberRule, UnexpectedMemberRule
 from connectors.instantly.rules.pipeline_health import SourceSilentRule, UntrackedChangeRule
@@ -32,6 +36,7 @@ RULES = (
     MfaAttackRule,
     LoginNewIpRule,
     ProtectedDomainRemovedRule,
+    EntryRemovedRule,
     InternalDomainMissingRule,
     LeadExportRule,
     MassDeletionRule,

@@ -1,4 +1,4 @@
-"""Block list rules: protected (internal / competitor) domains removed from or missing on the block list.
+"""Block list rules: entries (any, and protected internal / competitor domains) removed, protected domains missing.
 
 Snapshot events ``block_list.entry_baseline|entry_added|entry_removed`` carry ``value``
 (an email or a domain) and ``is_domain``. The protected domains come from
@@ -51,6 +51,39 @@ class ProtectedDomainRemovedRule(CatalogRule[RuleParams]):
             return ()
         summary = f"Protected domain {d} was removed from the block list"
         return (Finding(f"domain:{d}", summary, (Entity("domain", d, None), *actor_entities(event)), event.id),)
+
+
+class EntryRemovedRule(CatalogRule[RuleParams]):
+    """``block_list.entry_removed``: any other entry taken off the block list (low).
+
+    A protected domain's removal is ``block_list.protected_domain_removed`` (medium); this one covers
+    every other entry, so a removal is seen even when ``rules.protected_domains`` is not configured:
+    the block list keeps campaigns away from competitors, customers' legal contacts and opt-outs.
+    """
+
+    meta = RuleMeta(
+        id="block_list.entry_removed", title="Entry removed from the block list", severity="low",
+        attack=("T1562",), basic=Basic.BLOCK_LIST, event_types=("block_list.entry_removed",),
+        runbook=(
+            "Campaigns can now email this address or domain again.\n"
+            "1. Check who removed it and why (audit log around the time; the team's change log).\n"
+            '2. If it was not intended, re-add it: POST /api/v2/block-lists-entries {"bl_value": "<value>"}.\n'
+            "3. Add the domains that must never be emailed to rules.protected_domains (medium alerts)."
+        ),
+    )  # fmt: skip
+
+    def on_event(self, ctx: RuleContext, event: Event) -> Iterable[Finding]:
+        """Report the removal of an entry that is not a protected domain (those have their own rule)."""
+        v = attr(event, "value")
+        if not isinstance(v, str) or not v.strip():
+            return ()
+        d = entry_domain(event)
+        if d is not None and d in self.lists.protected_domains:
+            return ()
+        value = v.strip().lower()
+        kind = "domain" if d is not None else "email"
+        summary = f"Block list entry {value} was removed"
+        return (Finding(f"{kind}:{value}", summary, (Entity(kind, value, None), *actor_entities(event)), event.id),)
 
 
 class MissingParams(RuleParams):
