@@ -102,8 +102,6 @@ class Selection:
     already_seen: int = 0
     too_old: int = 0
     no_id: list[JSONDict] = field(default_factory=list)
-    old: list[tuple[str, float]] = field(default_factory=list)
-    """The ids (and timestamps) of the too-old records."""
 
 
 def record_id(record: Mapping[str, Any]) -> str | None:
@@ -242,7 +240,6 @@ class AuditCursor:
             ts = now if ts is None else ts
             if threshold is not None and ts < threshold:
                 out.too_old += 1
-                out.old.append((key, ts))
                 continue
             batch.add(key)
             out.new.append((record, ts))

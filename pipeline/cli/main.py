@@ -55,7 +55,7 @@ def _cmd_config_validate(args: argparse.Namespace) -> int:
         if args.format != "json":
             raise
         doc = {"file": str(path), "valid": False, "environment": not args.no_environment,
-               "errors": str(err).splitlines()}  # fmt: skip
+               "errors": _config_error_lines(err)}  # fmt: skip
         print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
         return EXIT_USAGE
     warnings = (
@@ -81,6 +81,13 @@ def _cmd_config_validate(args: argparse.Namespace) -> int:
             print(f"sink check failed: {problem}", file=sys.stderr)
         print(f"{path}: ok{' (structure only: no secret read)' if args.no_environment else ''} — {summary}")
     return Exit.FINDINGS if problems else Exit.OK
+
+
+def _config_error_lines(err: ConfigError) -> list[str]:
+    """One line per problem, with registered secrets and URL credentials removed (no shape pass:
+    ``….api_key: environment variable … is not set`` keeps its words; config errors never quote a
+    secret-named value, pipeline/config/base.py)."""
+    return [redact_registered(line) for line in str(err).splitlines()]
 
 
 def any_source(cfg: PipelineConfig) -> bool:
@@ -269,12 +276,10 @@ def _main(argv: Sequence[str] | None) -> int:
         code: int = args.func(args)
         return code
     except ConfigError as err:
-        # Config errors name key paths (``….api_key: environment variable … is not set``), which
-        # the assigned-value shape would eat: they lose registered values and URL credentials only
-        # (they never quote a secret-named value, pipeline/config/base.py).
+        # straight to the terminal: the stream's shape pass would eat the key paths' words
         out = sys.stderr.raw if isinstance(sys.stderr, RedactingStream) else sys.stderr
-        for line in str(err).splitlines():
-            print(f"config error: {redact_registered(line)}", file=out)
+        for line in _config_error_lines(err):
+            print(f"config error: {line}", file=out)
         return EXIT_USAGE
     except BusError as err:
         print(f"bus error: {err}", file=sys.stderr)
