@@ -29,7 +29,7 @@ STREAM_CHECKS: dict[str, str] = {
 """The stream rules the check reports on (pass or fail), with the listing each one judges."""
 PASS_MESSAGES = {
     "api_key.all_scope": "no API key holds all:all",
-    "api_key.broad_scope": "no API key holds wildcard, sensitive :all or key-minting scopes",
+    "api_key.broad_scope": "no API key holds wildcard, sensitive :all, key-minting or access-granting scopes",
     "api_key.stale": "every API key is younger than the rotation period",
     "webhook.unauthenticated": "every webhook sends an authentication header",
     "webhook.insecure_target": "every webhook targets an https URL (on the allowed hosts, when listed)",

@@ -31,6 +31,12 @@ from schemas.event import Event
 SENSITIVE_RESOURCES = ("api_keys", "workspace_members", "workspaces", "workspace_billing",
                        "workspace_group_members", "accounts", "webhooks")  # fmt: skip
 MINT_SCOPES = frozenset({"api_keys:create", "api_keys:all", "all:create"})
+GRANT_SCOPES = frozenset({"workspace_members:create", "workspace_members:update",
+                          "workspace_group_members:create", "workspace_group_members:update"})  # fmt: skip
+"""Scopes that grant access: invite a member or change a role (``POST``/``PATCH /workspace-members``),
+link another workspace into the agency group (``/workspace-group-members``). A key holding one can
+make anyone an admin, so they count as broad although they name one action on one resource."""
+MINT_OR_GRANT = MINT_SCOPES | GRANT_SCOPES
 MAX_KEYS = 1000
 """API keys remembered per workspace by the inventory rules."""
 MAX_ROTATIONS = 100
@@ -139,32 +145,34 @@ class AllScopeKeyRule(_ScopeRule):
 
 
 class BroadScopeKeyRule(_ScopeRule):
-    """``api_key.broad_scope``: wildcard actions, ``:all`` on sensitive resources, or key minting.
+    """``api_key.broad_scope``: wildcard actions, ``:all`` on sensitive resources, key minting or access granting.
 
     Keys holding ``all:all`` are left to ``api_key.all_scope`` (one alert per key).
     """
 
     meta = RuleMeta(
-        id="api_key.broad_scope", title="API key with broad scopes", severity="high",
+        id="api_key.broad_scope", title="API key with broad scopes", severity="high", version=2,
         attack=("T1098.001",), basic=Basic.SCOPED_KEYS, event_types=("api_key.*",), suppress_secs=DAY,
         runbook=(
             "1. List what the integration behind the key really calls.\n"
             "2. Replace all:<action> and <resource>:all scopes on api_keys, workspace_members, workspaces,\n"
             "   workspace_billing, workspace_group_members, accounts and webhooks with exact scopes.\n"
-            "3. Only a key-management tool should hold api_keys:create; rotate to a narrowed key, delete this one."
+            "3. Only a key-management tool should hold api_keys:create, and only a provisioning tool\n"
+            "   workspace_members:create|update or workspace_group_members:create|update (they make anyone an admin);\n"
+            "   rotate to a narrowed key, delete this one."
         ),
     )  # fmt: skip
 
     what = "broad scopes"
 
     def risky(self, scopes: list[str]) -> list[str]:
-        """``all:<action>``, ``<sensitive>:all`` and the scopes that can create keys."""
+        """``all:<action>``, ``<sensitive>:all``, the scopes that create keys and those that grant access."""
         if "all:all" in scopes:
             return []
         out = []
         for s in scopes:
             res, _, action = s.partition(":")
-            if res == "all" or (action == "all" and res in SENSITIVE_RESOURCES) or s in MINT_SCOPES:
+            if res == "all" or (action == "all" and res in SENSITIVE_RESOURCES) or s in MINT_OR_GRANT:
                 out.append(s)
         return out
 
