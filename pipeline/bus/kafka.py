@@ -167,7 +167,7 @@ class KafkaBus:
         return KafkaMembership(
             self.conn,
             topic,
-            self.conn.phys(group),
+            self.conn.group(group),
             assigned=assigned,
             revoked=revoked,
             records=records,
@@ -176,7 +176,7 @@ class KafkaBus:
 
     async def describe_group(self, group: str) -> dict[str, list[tuple[str, int]]]:
         """Each member of ``group`` (client id and host) → the partitions it owns, per topic."""
-        return await self._topics.describe_group(self.conn.phys(group))
+        return await self._topics.describe_group(self.conn.group(group))
 
     async def refresh_state(self, max_wait_secs: float = OPEN_TXN_WAIT_SECS) -> None:
         """Read the state topic again (other processes wrote since this one loaded it), waiting at
@@ -198,7 +198,7 @@ class KafkaBus:
 
     async def committed(self, group: str, topic: str) -> dict[TopicPartition, int]:
         """A group's committed offsets on ``topic``."""
-        return await self._topics.committed(group, topic)
+        return await self._topics.committed(self.conn.group(group), topic)
 
     async def lags(self, ranges: Mapping[TopicPartition, tuple[int, int]]) -> dict[TopicPartition, int]:
         """Per partition, the committed data records in ``[committed, end)``: transaction markers

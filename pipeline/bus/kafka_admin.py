@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
+from aiokafka import TopicPartition as KTP
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
@@ -227,19 +228,25 @@ class KafkaTopics:
             self._max_bytes[topic] = found
         return self._max_bytes[topic]
 
-    async def committed(self, group: str, topic: str) -> dict[TopicPartition, int]:
-        """A group's committed offsets on ``topic``.
+    async def group_offsets(self, group: str) -> dict[KTP, int]:
+        """Every offset ``group`` (its name on the cluster) committed, by cluster partition.
 
         Raises:
             BusError: the offsets cannot be read.
         """
         admin = self.client()
         offsets = await retrying(lambda: admin.list_consumer_group_offsets(group), f"reading offsets of group {group}")
-        return {
-            TopicPartition(topic, tp.partition): meta.offset
-            for tp, meta in offsets.items()
-            if tp.topic == self.conn.phys(topic) and meta.offset >= 0
-        }
+        return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+    async def committed(self, group: str, topic: str) -> dict[TopicPartition, int]:
+        """A group's (its name on the cluster) committed offsets on ``topic``.
+
+        Raises:
+            BusError: the offsets cannot be read.
+        """
+        name = self.conn.phys(topic)
+        return {TopicPartition(topic, tp.partition): off for tp, off in (await self.group_offsets(group)).items()
+                if tp.topic == name}  # fmt: skip
 
     async def describe_group(self, group: str) -> dict[str, list[tuple[str, int]]]:
         """Each member of ``group`` (``client_id@host member_id``) → its assigned (topic, partition) pairs.

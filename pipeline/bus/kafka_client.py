@@ -39,6 +39,20 @@ class KafkaConnection:
         """The cluster's name for a logical topic (``topic_prefix`` + name)."""
         return self.topic_prefix + topic
 
+    def group(self, group: str) -> str:
+        """The cluster's name for a consumer group (``topic_prefix`` + name), so two environments
+        sharing a cluster under different prefixes never join each other's groups."""
+        return self.topic_prefix + group
+
+    def txn_id(self, prefix: str, writer: str) -> str:
+        """The transactional id of a writer: ``<transactional_id_prefix>-<topic_prefix><writer>``.
+
+        With the topic prefix in it, two environments on one cluster (``topic_prefix`` ``prod.``
+        and ``staging.``, the same ``transactional_id_prefix``) no longer fence each other's
+        ``rules`` or poller producers.
+        """
+        return f"{prefix}-{self.topic_prefix}{writer}"
+
     def logical(self, topic: str) -> str:
         """The logical name of a cluster topic."""
         p = self.topic_prefix

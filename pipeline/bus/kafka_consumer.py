@@ -4,6 +4,10 @@ A consumer with a group joins it (partitions are shared among the group's member
 and each sink still run one active process, since they commit with one transactional id each);
 one without a group is assigned every partition and never commits. See :mod:`pipeline.bus.base`
 for the semantics every consumer honours.
+
+Group names carry ``topic_prefix`` on the cluster (``staging.rules``), as the topics do. A prefixed
+group that has committed nothing yet adopts the offsets its unprefixed name committed (versions
+before 2026-12-07 used the bare name), so an upgrade neither re-reads nor skips a record.
 """
 
 from __future__ import annotations
@@ -15,11 +19,15 @@ from collections.abc import Mapping
 from aiokafka import AIOKafkaConsumer
 from aiokafka import TopicPartition as KTP
 from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
 
 from pipeline.bus.base import Record, StartPolicy, TopicPartition
 from pipeline.bus.kafka_admin import KafkaTopics
 from pipeline.bus.kafka_client import FETCH_PARTITION_BYTES, KafkaConnection, wrap_error
 from pipeline.errors import BusError
+from pipeline.observability.logs import get_logger
+
+log = get_logger("bus")
 
 
 class KafkaConsumer:
@@ -32,6 +40,7 @@ class KafkaConsumer:
         self._admin = topics_admin
         self._topics = topics
         self.group = group
+        self._group_id = conn.group(group) if group is not None else None
         self._start = start
         self._c: AIOKafkaConsumer | None = None
         self._pos: dict[TopicPartition, int] = {}
@@ -40,7 +49,7 @@ class KafkaConsumer:
         reset = "latest" if self._start == "latest" else "earliest"
         self._c = AIOKafkaConsumer(
             bootstrap_servers=self._conn.bootstrap,
-            group_id=self.group,
+            group_id=self._group_id,
             enable_auto_commit=False,
             isolation_level="read_committed",
             auto_offset_reset=reset,
@@ -50,6 +59,8 @@ class KafkaConsumer:
             **self._conn.client_args,
         )
         try:
+            if self._start == "committed":
+                await self._adopt_unprefixed_offsets()
             await self._c.start()
             if self.group is None:
                 tps = []
@@ -78,13 +89,50 @@ class KafkaConsumer:
             raise
         return self
 
+    async def _adopt_unprefixed_offsets(self) -> None:
+        """Commit, for a prefixed group with no offsets yet, the offsets of its unprefixed name.
+
+        The commit goes in as a stand-alone consumer's (generation -1), which the broker accepts
+        only while the group has no member: a replica already running under the new name keeps
+        its own offsets.
+        """
+        group, new = self.group, self._group_id
+        if group is None or new is None or new == group:
+            return
+        mine = {self._conn.phys(t) for t in self._topics}
+        if any(tp.topic in mine for tp in await self._admin.group_offsets(new)):
+            return
+        old = {tp: off for tp, off in (await self._admin.group_offsets(group)).items() if tp.topic in mine}
+        if not old:
+            return
+        c = AIOKafkaConsumer(
+            bootstrap_servers=self._conn.bootstrap,
+            group_id=new,
+            enable_auto_commit=False,
+            request_timeout_ms=self._conn.request_timeout_ms,
+            **self._conn.client_args,
+        )
+        try:
+            await c.start()
+            c.assign(list(old))
+            await c.commit({tp: OffsetAndMetadata(off, "") for tp, off in old.items()})
+        except KafkaError as err:
+            log.warning("consumer group %s: offsets of %s not adopted (%s); it starts from its own", new, group,
+                        type(err).__name__)  # fmt: skip
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                await c.stop()
+        log.info("consumer group %s adopted the offsets of %s on %d partitions", new, group, len(old))
+
     async def _wait_assignment(self, limit_s: float = 60.0) -> None:
         c = self._client()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit_s
         while not c.assignment():
             if loop.time() > deadline:
-                raise BusError(f"consumer group {self.group} got no partitions within {limit_s:.0f}s", retriable=True)
+                msg = f"consumer group {self._group_id} got no partitions within {limit_s:.0f}s"
+                raise BusError(msg, retriable=True)
             await asyncio.sleep(0.05)
 
     async def __aexit__(self, *exc: object) -> None:
@@ -166,7 +214,7 @@ class KafkaConsumer:
         try:
             await self._client().commit({self._ktp(tp): off for tp, off in offs.items()})
         except KafkaError as err:
-            raise wrap_error(err, f"committing offsets of {self.group}") from None
+            raise wrap_error(err, f"committing offsets of {self._group_id}") from None
 
     async def seek(self, tp: TopicPartition, offset: int) -> None:
         """Read ``tp`` from ``offset`` next."""

@@ -1,6 +1,6 @@
 """Transactional writers on Kafka: one producer per writer id, fencing, retries, outage reporting.
 
-* One transactional producer per writer id (``<prefix>-<txn_id>``), idempotent, ``acks=all``:
+* One transactional producer per writer id (``<prefix>-<topic_prefix><txn_id>``), idempotent, ``acks=all``:
   a transaction's records, its state records (compacted ``instantly.state.v1``, key = state
   key, ``None`` = tombstone) and consumer offsets (``send_offsets_to_transaction``) commit
   together. A second process using the same writer id fences the first (``ProducerFenced``
@@ -157,7 +157,7 @@ class KafkaWriters:
         if p is None:
             p = AIOKafkaProducer(
                 bootstrap_servers=self.conn.bootstrap,
-                transactional_id=f"{self.prefix}-{txn_id}",
+                transactional_id=self.conn.txn_id(self.prefix, txn_id),
                 enable_idempotence=True,
                 acks="all",
                 request_timeout_ms=self.conn.request_timeout_ms,
@@ -303,7 +303,7 @@ class KafkaWriters:
         for (group, tp), off in txn.offsets.items():
             by_group[group][KTP(phys(tp.topic), tp.partition)] = OffsetAndMetadata(off, "")
         for group, offsets in by_group.items():
-            await p.send_offsets_to_transaction(offsets, group)
+            await p.send_offsets_to_transaction(offsets, self.conn.group(group))
         results = await asyncio.gather(*futures, return_exceptions=True)
         for (topic, size), result in zip(sent, results, strict=True):
             if isinstance(result, MessageSizeTooLargeError | RecordTooLargeError):

@@ -99,7 +99,9 @@ def test_restart_claims_its_writer_ids_before_reading_state(tmp_path: Path) -> N
         runner = PipelineRunner(config, tmp_path / "logs", sim.key)
         _first_run(runner)
         _leave_transaction_open(
-            bootstrap, f"{bus['transactional_id_prefix']}-rules", f"{bus['topic_prefix']}instantly.state.v1"
+            bootstrap,
+            f"{bus['transactional_id_prefix']}-{bus['topic_prefix']}rules",
+            f"{bus['topic_prefix']}instantly.state.v1",
         )
         t0 = time.monotonic()
         with _started(runner):
