@@ -150,20 +150,24 @@ class InstantlyClient:
         """Yield the ``items`` of each page, following ``next_starting_after`` as ``starting_after``.
 
         Stops after an empty page or when the cursor is absent or empty (the last page may
-        still carry one; the next page is then empty). Each item (by its ``id``) is yielded once:
-        a page bringing no item not seen before, or a cursor already followed, ends the listing
-        (with a warning), because asking again would only bring the same page. Instantly's own
-        documented examples answer every page with the same fixed cursor, so a server doing that
-        is read as a one-page listing rather than refused.
+        still carry one; the next page is then empty). Each item (by its ``id``) is yielded once.
+        A page bringing no item not seen before, or a cursor already followed, after a *short*
+        page (fewer than ``limit`` items: the listing could end there) ends the listing with a
+        warning: Instantly's own documented examples answer every page with the same fixed cursor,
+        so a server doing that is read as a one-page listing rather than refused. After a *full*
+        page the same repetition means the rest of the listing was not delivered: that raises,
+        because a snapshot diffed against a cut-short listing reads as mass deletions.
 
         Raises:
-            UpstreamError: a page has no ``items`` list or more than ``max_pages`` pages were
-                read; plus everything :meth:`get` raises.
+            UpstreamError: a page has no ``items`` list, a full page was followed by a repeated
+                page or cursor, or more than ``max_pages`` pages were read; plus everything
+                :meth:`get` raises.
         """
         query = dict(params or {})
         query["limit"] = limit
         followed: set[str] = set()
         ids: set[str] = set()
+        full = False  # the page whose cursor led here held `limit` items: more may follow
         for _ in range(self.max_pages):
             page = await self._call("GET", path, params=query, validate=require_items, retry_writes=False)
             assert isinstance(page, dict)
@@ -172,24 +176,35 @@ class InstantlyClient:
                 return
             fresh = [i for i in items if not _seen(ids, i)]
             if not fresh:
-                log.warning(
-                    "Instantly pagination repeated a page; the listing ends here.",
-                    extra={"path": path, "items": len(ids)},
-                )
+                self._repeated(path, "page", len(ids), incomplete=full)
                 return
             yield fresh
+            full = len(items) >= limit
             cursor = page.get("next_starting_after")
             if not isinstance(cursor, str) or not cursor:
                 return
             if cursor in followed:
-                log.warning(
-                    "Instantly pagination cursor repeated; the listing ends here.",
-                    extra={"path": path, "items": len(ids)},
-                )
+                self._repeated(path, "cursor", len(ids), incomplete=full)
                 return
             followed.add(cursor)
             query["starting_after"] = cursor
         raise UpstreamError(f"GET {path}: more than {self.max_pages} pages; listing abandoned")
+
+    @staticmethod
+    def _repeated(path: str, what: str, seen: int, *, incomplete: bool) -> None:
+        """A repeated page or cursor: the end of a listing after a short page, an error after a full one.
+
+        Raises:
+            UpstreamError: ``incomplete``.
+        """
+        if incomplete:
+            raise UpstreamError(
+                f"GET {path}: the server repeated a {what} after a full page ({seen} items so far); "
+                "the rest of the listing was not delivered, so this listing is abandoned"
+            )
+        log.warning(
+            f"Instantly pagination repeated a {what}; the listing ends here.", extra={"path": path, "items": seen}
+        )
 
     async def get_all(self, path: str, params: Mapping[str, Any] | None = None, limit: int = 100) -> list[JSONDict]:
         """Every item of a paginated listing (all pages or an error — never a partial list).

@@ -133,6 +133,30 @@ async def test_cursor_repeating_after_new_items_ends_the_listing(fake: FakeInsta
     assert [c.query.get("starting_after") for c in fake.calls] == [None, "c1", "c2"]
 
 
+@pytest.mark.parametrize("repeat", ["page", "cursor"])
+async def test_repetition_after_a_full_page_abandons_the_listing(fake: FakeInstantly, repeat: str) -> None:
+    """A full page (``limit`` items) followed by a repeated page or cursor means the rest of the
+    listing was not delivered: raising keeps a snapshot from reading the missing items as deleted
+    (a cut-short listing of 250 keys became 150 ``api_key.deleted`` events)."""
+    served: list[str | None] = []
+
+    def skipping(records: list[dict[str, Any]], query: Any) -> web.Response:
+        after = query.get("starting_after")
+        served.append(after)
+        if repeat == "page" and after == "c1":  # ignores the cursor once: page 1 again
+            return web.json_response({"items": [{"id": f"k{i}"} for i in range(3)], "next_starting_after": "c2"})
+        start = 0 if after is None else 3  # ("cursor": page 2 hands out c1 again)
+        return web.json_response({"items": [{"id": f"k{i}"} for i in range(start, start + 3)],
+                                  "next_starting_after": "c1"})  # fmt: skip
+
+    fake._page = skipping  # type: ignore[method-assign]
+    async with client_for(fake) as client:
+        with pytest.raises(UpstreamError, match=f"repeated a {repeat} after a full page") as info:
+            await client.get_all("/api/v2/api-keys", limit=3)
+    assert "listing is abandoned" in str(info.value)
+    assert served[:2] == [None, "c1"]
+
+
 async def test_429_storm_exhausts_retries_with_full_jitter(fake: FakeInstantly) -> None:
     """A 429 storm costs exactly 1 + max_retries attempts with full-jitter exponential delays."""
     fake.fail("/api-keys", 429, times=100)
