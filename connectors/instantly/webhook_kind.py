@@ -6,7 +6,7 @@ webhook:
   sources:
     crm:
       workspace_id: 019cc043-e2f1-7def-8b07-0aab88328dad
-      secrets: [${HOOK_SECRET_A}]
+      secrets: ["${HOOK_SECRET_A}"]
       keep_lead_fields: [company_name]                # custom lead variables to keep
       drop_fields: [lead_email]                       # default fields to drop
 ```

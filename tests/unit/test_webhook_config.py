@@ -29,7 +29,7 @@ def error_of(b: dict[str, Any]) -> str:
 def test_defaults() -> None:
     """Defaults: 127.0.0.1:8088, 1 MiB, /hooks/<name>, X-Webhook-Secret, the documented kept fields."""
     cfg = parse_webhook_config(block())
-    assert (cfg.host, cfg.port, cfg.max_body_bytes) == ("127.0.0.1", 8088, 1 << 20)
+    assert (cfg.host, cfg.port, cfg.max_body_bytes) == ("127.0.0.1", 8088, 16 << 20)
     assert cfg.source_path("crm") == "/hooks/crm"
     src = cfg.sources["crm"]
     assert src.header_name == "X-Webhook-Secret"

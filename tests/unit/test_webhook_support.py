@@ -136,7 +136,7 @@ def test_make_config_defaults() -> None:
     cfg = make_config()
     assert cfg.source_path("crm") == "/hooks/crm"
     assert cfg.sources["crm"].header_name == "X-Webhook-Secret"
-    assert cfg.max_body_bytes == 1 << 20
+    assert cfg.max_body_bytes == 16 << 20
 
 
 def test_delivery_bodies_are_unique() -> None:

@@ -4,7 +4,7 @@
 webhook:
   host: 0.0.0.0
   port: 8088
-  max_body_bytes: 1048576          # default 1 MiB; larger deliveries get 413
+  max_body_bytes: 16777216         # default 16 MiB; larger deliveries get 413
   allow_ips: [203.0.113.0/24]      # optional; defence in depth only (Instantly publishes no IPs)
   trusted_proxies: [10.0.0.0/8]    # X-Forwarded-For is honoured only from these peers
   header_timeout_secs: 10          # request line + headers must arrive within this of the accept
@@ -18,7 +18,7 @@ webhook:
       path: /hooks/crm             # default /hooks/<name>
       workspace_id: 019cc043-e2f1-7def-8b07-0aab88328dad
       header_name: X-Webhook-Secret
-      secrets: [${HOOK_SECRET_A}, ${HOOK_SECRET_B}]   # 1 or 2; both valid during rotation
+      secrets: ["${HOOK_SECRET_A}", "${HOOK_SECRET_B}"]   # 1 or 2; both valid during rotation
       keep_lead_fields: [company_name]                # custom lead variables to keep
       drop_fields: [lead_email]                       # default fields to drop
 ```
@@ -190,7 +190,7 @@ class WebhookConfig(Model):
 
     host: str = "127.0.0.1"
     port: int = Field(8088, ge=0, le=65535)
-    max_body_bytes: int = Field(MIB, ge=1024, le=64 * MIB)
+    max_body_bytes: int = Field(16 * MIB, ge=1024, le=64 * MIB)
     sources: dict[str, SourceConfig] = Field(min_length=1)
     allow_ips: list[Cidr] | None = None
     trusted_proxies: list[Cidr] = Field(default_factory=list)
