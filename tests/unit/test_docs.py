@@ -150,3 +150,21 @@ def test_repo_path_scanner_expands_braces_and_skips_prose() -> None:
     assert _expand("pipeline/config/{base,loader}.py") == ["pipeline/config/base.py", "pipeline/config/loader.py"]
     assert _slug("Rotating any Instantly key (`keys rotate`)") == "rotating-any-instantly-key-keys-rotate"
     assert _slug("The pipeline's own key") == "the-pipelines-own-key"
+
+
+def test_every_yaml_block_in_the_docs_parses() -> None:
+    """A config snippet copied from README or docs/ loads (``secrets: [${HOOK_SECRET}]`` did not:
+    a ``{`` inside a flow list)."""
+    import yaml
+
+    blocks = 0
+    for page in [README, *DOCS]:
+        text = page.read_text(encoding="utf-8")
+        for m in re.finditer(r"```ya?ml\n(.*?)```", text, re.S):
+            blocks += 1
+            try:
+                yaml.safe_load(m.group(1))
+            except yaml.YAMLError as err:
+                line = text[: m.start()].count("\n") + 1
+                pytest.fail(f"{page.relative_to(ROOT)}:{line}: {str(err).splitlines()[0]}")
+    assert blocks >= 10
