@@ -145,10 +145,10 @@ def _event(body: dict[str, Any]) -> dict[str, Any]:
         "provider": PROVIDER,
         "dataset": f"instantly.{p.get('source.stream') or 'events'}",
     }
-    if act.outcome == "failure" or (act.outcome == "success" and types != ["info"] and not baseline):
-        # ECS: not populated for type info or where an outcome makes no sense (a baseline states what
-        # exists); "unknown" is only for an attempt whose result the producer cannot see, which no
-        # Instantly record is.
+    if act.outcome == "failure" or (act.outcome == "success" and "info" not in types and not baseline):
+        # ECS: not populated for a successful event.type info (also ["user", "info"]) or where an
+        # outcome makes no sense (a baseline states what exists); "unknown" is only for an attempt
+        # whose result the producer cannot see, which no Instantly record is.
         event["outcome"] = act.outcome
     if act.code is not None:
         event["code"] = str(act.code)

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from pipeline.formats import to_ecs
+from pipeline.rules.testing import make_event
 from tests.unit.test_formats_native import SEEN, T0, WS, normalizer_events, sample_alert, sample_events
 from tests.unit.test_formats_ocsf import dropped
 
@@ -198,8 +199,11 @@ def test_outcome_only_where_ecs_populates_it() -> None:
         event = to_ecs(record)["event"]
         outcomes.add(event.get("outcome"))
         assert event.get("outcome") != "unknown", record.get("type")
-        if event["type"] == ["info"] or event["kind"] != "event":
+        if "info" in event["type"] or event["kind"] != "event":  # also ["user", "info"]
             assert event.get("outcome") in (None, "failure"), record.get("type")
     assert {"success", "failure", None} <= outcomes
+    started = make_event("audit.mfa_totp_enrollment_started", time=T0, attributes={"activity_code": 22})
+    enrollment = to_ecs(started)["event"]
+    assert enrollment["type"] == ["user", "info"] and "outcome" not in enrollment
     assert "outcome" not in to_ecs(sample_events()["reply"])["event"]
     assert to_ecs(sample_events()["poller_unauthorized"])["event"]["outcome"] == "failure"
