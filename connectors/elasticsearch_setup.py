@@ -66,6 +66,8 @@ ECS_FIELDS: dict[str, dict[str, Any]] = {
     "data_stream.type": _K, "data_stream.dataset": _K, "data_stream.namespace": _K,
 }  # fmt: skip
 OPAQUE = "instantly.details"
+MULTI_TEXT = ("organization.name", "user.name", "user.target.name", "user_agent.original")
+"""Fields ecs_flat.yml gives a ``text`` multi-field (``user.name.text``: full-text search on a keyword)."""
 
 
 def _nest(fields: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -83,6 +85,9 @@ def component_template(flavor: Flavor) -> dict[str, Any]:
     """The shared mappings (component template body) for ``flavor``."""
     fields = dict(ECS_FIELDS)
     fields[OPAQUE] = {"type": "flattened"} if flavor == "elasticsearch" else {"type": "flat_object"}
+    text = "match_only_text" if flavor == "elasticsearch" else "text"  # OpenSearch lacks match_only_text
+    for path in MULTI_TEXT:
+        fields[path] = {**fields[path], "fields": {"text": {"type": text}}}
     if flavor == "elasticsearch":  # ECS maps message as match_only_text, which OpenSearch lacks (text there)
         fields["message"] = {"type": "match_only_text"}
         for name in ("type", "dataset", "namespace"):

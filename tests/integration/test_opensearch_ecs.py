@@ -136,6 +136,10 @@ async def test_scripted_incident_and_every_event_type_in_ecs(
             assert category in doc["event"]["category"] and etype in doc["event"]["type"], doc["event"]
     ip = login[0]["source"]["ip"]
     assert await count(opensearch_url, streams[0], {"term": {"source.ip": ip}}) >= 1
+    # ECS multi-fields: one word of a user's or workspace's name finds the document through `.text`.
+    word = str(login[0]["user"]["name"]).split()[-1].lower()
+    assert await count(opensearch_url, streams[0], {"match": {"user.name.text": word}}) >= 1
+    assert await count(opensearch_url, streams[0], {"match": {"organization.name.text": "outreach"}}) >= 1
     alert_docs = await search(opensearch_url, streams[1], {"term": {"event.kind": "alert"}})
     assert len(alert_docs) == len(alerts) and all(d["rule"]["id"] for d in alert_docs)
     assert await count(opensearch_url, streams[0], {"term": {"event.kind": "state"}}) >= 1  # baselines

@@ -280,3 +280,11 @@ def test_template_maps_ecs_fields_with_their_ecs_types(flavor: str) -> None:
     for ecs_type, paths in ECS_TYPES.items():
         want = OPENSEARCH_TYPE.get(ecs_type, ecs_type) if flavor == "opensearch" else ecs_type
         assert {p: mapped(p) for p in paths} == dict.fromkeys(paths, want)
+    # ecs_flat.yml's multi_fields: a `text` sub-field (match_only_text) under these keywords.
+    text = "match_only_text" if flavor == "elasticsearch" else "text"
+    for path in ("organization.name", "user.name", "user.target.name", "user_agent.original"):
+        node = props
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node[part]["properties"]
+        assert node[leaf]["type"] == "keyword" and node[leaf]["fields"] == {"text": {"type": text}}, path
