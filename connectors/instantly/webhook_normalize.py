@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import orjson
 
 from pipeline.clock import format_time, parse_time
 from pipeline.errors import WebhookRejected
+from pipeline.sources.webhook.dedup import body_digest as body_digest  # the idempotency key of a delivery
 from schemas.event import Event, Source, Target, WorkspaceRef, slug
 from schemas.secret_names import HEADERS_NAME, is_secret_name
 
@@ -101,11 +101,6 @@ class FieldPolicy:
     """Which payload fields an event keeps."""
 
     kept: frozenset[str]
-
-
-def body_digest(body: bytes) -> str:
-    """SHA-256 hex of the raw body: the idempotency key of a delivery."""
-    return hashlib.sha256(body).hexdigest()
 
 
 def reject(status: int, reason: str, message: str) -> WebhookRejected:

@@ -73,6 +73,23 @@ async def test_valid_delivery_is_published_once_then_recognised(sqlite_bus: Sqli
     assert r.secret_matches("crm") == [2]
 
 
+async def test_reserialized_retry_is_the_same_delivery(sqlite_bus: SqliteBus) -> None:
+    """A retry carrying the same JSON serialized again (other key order, spacing) is a duplicate, not a
+    second event with another id; a delivery whose content differs is new."""
+    first = delivery(1)
+    doc = orjson.loads(first)
+    reordered = orjson.dumps(dict(reversed(list(doc.items()))), option=orjson.OPT_INDENT_2)
+    assert reordered != first
+    r = WebhookReceiver(make_config(), sqlite_bus)
+    async with serve(r) as c:
+        a = await (await c.post(PATH, data=first, headers=hdrs())).json()
+        b = await c.post(PATH, data=reordered, headers=hdrs())
+        assert b.status == 200 and (await b.json()) == {"status": "duplicate", "id": a["id"]}
+        other = await c.post(PATH, data=orjson.dumps({**doc, "step": 2}), headers=hdrs())
+        assert (await other.json())["status"] != "duplicate"
+    assert len(await events_of(sqlite_bus)) == 2
+
+
 async def test_dedup_survives_restart(sqlite_bus: SqliteBus) -> None:
     """The dedup window is bus state: a new receiver on the same bus still recognises the delivery."""
     async with serve(WebhookReceiver(make_config(), sqlite_bus)) as c:

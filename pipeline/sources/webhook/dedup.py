@@ -1,15 +1,33 @@
-"""The duplicate-delivery window of one source, kept in bus state (``webhook/seen/<source>/<slot>``)."""
+"""The duplicate-delivery window of one source, kept in bus state (``webhook/seen/<source>/<slot>``),
+and the key it holds: the delivery's body digest."""
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Iterable, Mapping
+
+import orjson
 
 SEEN_PREFIX = "webhook/seen/"
 SEEN_SLOTS = 2048
 """Hash shards of a source's dedup window; a commit rewrites only the shards it touches."""
 _SEEN_VERSION = 1
 _ENTRY = struct.Struct(">16sI")
+
+
+def body_digest(body: bytes) -> str:
+    """SHA-256 of the delivery's canonical JSON (keys sorted, no whitespace), or of the raw bytes
+    when it does not parse (the normalizer refuses it then).
+
+    The duplicate window and the event id both come from it, so a retry whose JSON was serialized
+    again — other key order or spacing, the same content — is the same delivery, not a second event.
+    """
+    try:
+        canonical = orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError, RecursionError, TypeError):
+        canonical = body
+    return hashlib.sha256(canonical).hexdigest()
 
 
 # --------------------------------------------------------------------------------- dedup window

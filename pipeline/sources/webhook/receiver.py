@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -74,7 +73,7 @@ from pipeline.sources.webhook.admission import (
 )
 from pipeline.sources.webhook.config import SourceConfig, WebhookConfig
 from pipeline.sources.webhook.connections import ConnectionGuard
-from pipeline.sources.webhook.dedup import SeenWindow
+from pipeline.sources.webhook.dedup import SeenWindow, body_digest
 from pipeline.sources.webhook.group_commit import GroupCommitter
 from pipeline.sources.webhook.kind import WebhookKind, webhook_kind
 from pipeline.sources.webhook.listener import listen
@@ -318,7 +317,7 @@ class WebhookReceiver:
             raise WebhookRejected(408, "body_timeout", "the body did not arrive in time") from None
         if self.committer.pending >= self.config.max_pending:
             raise WebhookRejected(503, "overloaded", "too many deliveries waiting for the bus")
-        digest = hashlib.sha256(body).hexdigest()
+        digest = body_digest(body)
         try:
             event = src.kind.normalize(
                 body,
