@@ -34,12 +34,12 @@ from typing import Any
 import orjson
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from connectors.instantly.api import AUDIT_LOGS, BY_NAME, page_limit
+from connectors.instantly.api import AUDIT_LOGS, BY_NAME, GROUP_ADMIN_PATH, GROUP_MEMBERS, page_limit
 from connectors.instantly.api import WORKSPACE as WORKSPACE_STREAM
 from connectors.instantly.budget import RequestBudget
 from connectors.instantly.client import InstantlyClient, SessionFactory
 from connectors.instantly.config import WorkspaceConfig
-from connectors.instantly.normalize import pipeline_event
+from connectors.instantly.normalize import admin_link_item, pipeline_event, with_admin_link
 from connectors.instantly.receipts import ReceiptSettings
 from connectors.instantly.streams import (
     AuditWindow,
@@ -290,6 +290,8 @@ class InstantlyWorkspacePoller:
                         )
                     else:
                         items = await self._client.get_all(spec.path, limit=page_limit(spec))
+                        if spec is GROUP_MEMBERS:
+                            items = with_admin_link(items, await self._admin_link())
                         listed = format_time(self.clock.now())  # after the listing: nothing in it is newer
                         counts[stream] += await publish_snapshot(
                             pub, stream, items, observed_at=listed, clock=self.clock
@@ -397,6 +399,19 @@ class InstantlyWorkspacePoller:
         await self._open()
         spec = BY_NAME["group_members"]
         return await self._client.get_all(spec.path, limit=page_limit(spec))
+
+    async def _admin_link(self) -> dict[str, Any] | None:
+        """This workspace's own agency link as a ``group_members`` item (``None``: no admin workspace).
+
+        ``GET /workspace-group-members/admin`` is how a sub-workspace sees the agency that can act
+        as it; the list endpoint shows that link only to the admin side. A 404 reads as "none";
+        any other failure fails the stream (a snapshot without the link would read as its removal).
+        """
+        try:
+            body = await self._client.get(GROUP_ADMIN_PATH)
+        except NotFoundError:
+            return None
+        return admin_link_item(body, self._client.workspace_id or None, self.workspace.name)
 
     # ---- identity ---------------------------------------------------------------------------
     async def _load_identity(self) -> None:
