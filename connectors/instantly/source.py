@@ -246,6 +246,8 @@ class InstantlyWorkspacePoller:
             return counts
         except SourceError as err:
             ws_error = err
+            if not self._client.workspace_id:
+                await self._identity_from_audit(err)
         triggered: set[str] = set()
         self.last_triggered = set()
         ordered = sorted(self.streams, key=lambda s: BY_NAME[s].kind != "audit")
@@ -414,6 +416,44 @@ class InstantlyWorkspacePoller:
         return admin_link_item(body, self._client.workspace_id or None, self.workspace.name)
 
     # ---- identity ---------------------------------------------------------------------------
+    async def _identity_from_audit(self, err: SourceError) -> None:
+        """``GET /workspaces/current`` failed and the workspace id was never learned: take it from
+        the audit log (``organization_id``, a required field of every audit record) with a
+        one-record read, so this poll's events already carry it; else report the poll's events
+        as carrying the config alias (``last_failures['identity']``, a ``run --once`` problem).
+
+        Costs one request per poll only while the id is unknown (it is kept in state once learned).
+        """
+        org: str | None = None
+        if AUDIT_LOGS.name in self.streams:
+            try:
+                page = await self._client.get(AUDIT_LOGS.path, {"limit": 1})
+            except SourceError:
+                page = {}  # the audit stream reports its own failure
+            items = page.get("items")
+            for record in items if isinstance(items, list) else []:
+                value = record.get("organization_id") if isinstance(record, dict) else None
+                if isinstance(value, str) and value.strip():
+                    org = value.strip()
+                    break
+        if org is not None:
+            log.warning(
+                "GET /workspaces/current was refused; the workspace id comes from the audit log. "
+                "Grant the key workspaces:read for the workspace name and a health check.",
+                extra={"source": self.source_id, "workspace": org, "status": getattr(err, "status", None)},
+            )
+            await self._remember_identity({"id": org})
+            return
+        self.last_failures["identity"] = (
+            f"unknown: GET /workspaces/current {_reason(err)}; events carry the alias {self.source_id!r} "
+            "instead of the workspace id until an audit record brings it (grant the key workspaces:read)"
+        )
+        log.warning(
+            "The workspace id is unknown: events carry the config alias until GET /workspaces/current is "
+            "allowed (scope workspaces:read) or an audit record brings the id.",
+            extra={"source": self.source_id, "status": getattr(err, "status", None)},
+        )
+
     async def _load_identity(self) -> None:
         if self._identity_loaded:
             return

@@ -528,3 +528,52 @@ async def test_admin_endpoint_failure_publishes_no_removal(env: tuple[FakeInstan
         assert (await poller.poll_once())["group_members"] == 0
         assert "group_members" in poller.last_failures
     assert [e["type"] for e in await events(bus)] == ["workspace_group.member_baseline"]
+
+
+# ------------------------------------------------------------- identity without workspaces:read
+ORG_ID = "019cc043-af79-73db-a904-000000000001"
+
+
+async def test_workspace_id_from_audit_records_when_workspaces_read_is_refused(
+    env: tuple[FakeInstantly, SqliteBus],
+) -> None:
+    """A key without workspaces:read (403 on /workspaces/current) and streams [audit_logs]: the events carry the
+    audit records' organization_id, not the config alias, and the id is kept for later polls."""
+    fake, bus = env
+    clock = FakeClock()
+    fake.fail("/workspaces/current", 403, times=100)
+    fake.audit = [{**audit_record("a1", clock.now() - 60), "organization_id": ORG_ID}]
+    async with make_poller(fake, bus, clock, streams=["audit_logs"]) as poller:
+        counts = await poller.poll_once()
+        assert counts == {"audit_logs": 1, "pipeline": 0} and poller.last_failures == {}
+        fake.audit.append({**audit_record("a2", clock.now() - 30), "organization_id": ORG_ID})
+        clock.advance(60)
+        assert (await poller.poll_once())["audit_logs"] == 1
+    identity_reads = [c for c in fake.calls_to("/audit-logs") if c.query == {"limit": "1"}]
+    assert len(identity_reads) == 1  # none once the id is known
+    evs = await events(bus)
+    assert [e["workspace"]["id"] for e in evs] == [ORG_ID, ORG_ID]
+    assert all(schema_errors("event", e) == [] for e in evs)
+    async with make_poller(fake, bus, clock, streams=["audit_logs"]) as later:  # a restart: the id is in state
+        await later.poll_once()
+        assert later.workspace.id == ORG_ID and later.last_failures == {}
+
+
+async def test_unknown_identity_is_a_problem_until_an_audit_record_brings_it(
+    env: tuple[FakeInstantly, SqliteBus],
+) -> None:
+    """403 on /workspaces/current and an empty audit log: last_failures names the unknown identity and the
+    missing scope (a run --once problem line); the first audit record then fixes the id."""
+    fake, bus = env
+    clock = FakeClock()
+    fake.fail("/workspaces/current", 403, times=100)
+    async with make_poller(fake, bus, clock, streams=["audit_logs"]) as poller:
+        await poller.poll_once()
+        reason = poller.last_failures["identity"]
+        assert "403" in reason and "workspaces:read" in reason and "'acme'" in reason
+        fake.audit = [{**audit_record("a1", clock.now() - 10), "organization_id": ORG_ID}]
+        clock.advance(60)
+        assert (await poller.poll_once())["audit_logs"] == 1
+        assert poller.last_failures == {}
+    [ev] = await events(bus)
+    assert ev["workspace"]["id"] == ORG_ID
