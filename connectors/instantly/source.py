@@ -1,7 +1,8 @@
 """The poller of one Instantly workspace: streams → Event v1 → bus, exactly once.
 
 Each poll first reads ``GET /workspaces/current`` (the workspace id and name, and a health
-check), then runs every configured stream once:
+check; while it fails and the id was never learned, the id comes from an audit record's
+``organization_id``), then runs every configured stream once:
 
 * snapshot streams list everything first and publish only if the whole listing succeeded (a
   failed page must not read as "everything was deleted"); their events and the new snapshot
@@ -438,7 +439,7 @@ class InstantlyWorkspacePoller:
                     break
         if org is not None:
             log.warning(
-                "GET /workspaces/current was refused; the workspace id comes from the audit log. "
+                "GET /workspaces/current failed; the workspace id comes from the audit log. "
                 "Grant the key workspaces:read for the workspace name and a health check.",
                 extra={"source": self.source_id, "workspace": org, "status": getattr(err, "status", None)},
             )
