@@ -62,6 +62,10 @@ API_KEYS = BY_NAME["api_keys"]
 WEBHOOKS = BY_NAME["webhooks"]
 WORKSPACE = BY_NAME["workspace"]
 """``GET /workspaces/current``: the workspace itself, read first on every poll (id, name, health)."""
+GROUP_MEMBERS = BY_NAME["group_members"]
+GROUP_ADMIN_PATH = f"{API_PREFIX}/workspace-group-members/admin"
+"""``GET``: the admin workspace of the current one, if any (``group_members`` reads it too, same scope):
+the list endpoint shows an admin workspace its sub-workspaces, never a sub-workspace its admin."""
 SNAPSHOT_STREAMS: tuple[Stream, ...] = tuple(s for s in STREAMS if s.kind == "snapshot")
 LISTED_STREAMS: tuple[Stream, ...] = tuple(s for s in SNAPSHOT_STREAMS if s.page_size is not None)
 """The snapshot streams read as paginated listings (all but the workspace object)."""

@@ -294,6 +294,48 @@ def group_member_attributes(r: Mapping[str, Any], workspace_id: str) -> JSONDict
     }
 
 
+ADMIN_LINK_ID = "admin_workspace"
+"""The snapshot id of an admin link whose ``GET /workspace-group-members/admin`` answer names no link id."""
+
+
+def admin_link_item(body: Mapping[str, Any], workspace_id: str | None, workspace_name: str | None) -> JSONDict | None:
+    """The ``GET /workspace-group-members/admin`` answer as a ``group_members`` item, or ``None`` without an admin.
+
+    The answer (``{workspace_name, has_admin_workspace, workspace_group_member_id}``) is what a
+    sub-workspace sees of its agency: the list endpoint shows only an admin workspace its subs.
+    The item has the list's shape with this workspace as the sub (``relation: admin_workspace``
+    when ``workspace_id`` is known), the admin's name, and status ``accepted`` (the endpoint
+    reports the current admin); the admin's id is not in the answer. ``has_admin_workspace:
+    false`` (or absent with no link id) means none; other fields are ignored.
+    """
+    has = body.get("has_admin_workspace")
+    link_id = _str(body.get("workspace_group_member_id"))
+    if has is False or (has is not True and not link_id):
+        return None
+    return {
+        "id": link_id or ADMIN_LINK_ID,
+        "admin_workspace_id": None,
+        "admin_workspace_name": _str(body.get("workspace_name")),
+        "sub_workspace_id": workspace_id or None,
+        "sub_workspace_name": workspace_name,
+        "status": "accepted",
+    }
+
+
+def with_admin_link(items: list[JSONDict], link: JSONDict | None) -> list[JSONDict]:
+    """``items`` (the listed links) plus ``link`` unless the listing already has it (same id, or an
+    accepted link whose sub-workspace is this one)."""
+    if link is None:
+        return items
+    sub = link.get("sub_workspace_id")
+    for r in items:
+        if str(r.get("id")) == link["id"]:
+            return items
+        if sub is not None and r.get("sub_workspace_id") == sub and r.get("status") == "accepted":
+            return items
+    return [*items, link]
+
+
 def block_list_attributes(r: Mapping[str, Any]) -> JSONDict:
     """A block-list entry: the blocked value and whether it is a domain."""
     value = _str(r.get("bl_value"))

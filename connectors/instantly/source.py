@@ -1,7 +1,8 @@
 """The poller of one Instantly workspace: streams → Event v1 → bus, exactly once.
 
 Each poll first reads ``GET /workspaces/current`` (the workspace id and name, and a health
-check), then runs every configured stream once:
+check; while it fails and the id was never learned, the id comes from an audit record's
+``organization_id``), then runs every configured stream once:
 
 * snapshot streams list everything first and publish only if the whole listing succeeded (a
   failed page must not read as "everything was deleted"); their events and the new snapshot
@@ -34,12 +35,12 @@ from typing import Any
 import orjson
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from connectors.instantly.api import AUDIT_LOGS, BY_NAME, page_limit
+from connectors.instantly.api import AUDIT_LOGS, BY_NAME, GROUP_ADMIN_PATH, GROUP_MEMBERS, page_limit
 from connectors.instantly.api import WORKSPACE as WORKSPACE_STREAM
 from connectors.instantly.budget import RequestBudget
 from connectors.instantly.client import InstantlyClient, SessionFactory
 from connectors.instantly.config import WorkspaceConfig
-from connectors.instantly.normalize import pipeline_event
+from connectors.instantly.normalize import admin_link_item, pipeline_event, with_admin_link
 from connectors.instantly.receipts import ReceiptSettings
 from connectors.instantly.streams import (
     AuditWindow,
@@ -246,6 +247,8 @@ class InstantlyWorkspacePoller:
             return counts
         except SourceError as err:
             ws_error = err
+            if not self._client.workspace_id:
+                await self._identity_from_audit(err)
         triggered: set[str] = set()
         self.last_triggered = set()
         ordered = sorted(self.streams, key=lambda s: BY_NAME[s].kind != "audit")
@@ -290,6 +293,8 @@ class InstantlyWorkspacePoller:
                         )
                     else:
                         items = await self._client.get_all(spec.path, limit=page_limit(spec))
+                        if spec is GROUP_MEMBERS:
+                            items = with_admin_link(items, await self._admin_link())
                         listed = format_time(self.clock.now())  # after the listing: nothing in it is newer
                         counts[stream] += await publish_snapshot(
                             pub, stream, items, observed_at=listed, clock=self.clock
@@ -398,7 +403,58 @@ class InstantlyWorkspacePoller:
         spec = BY_NAME["group_members"]
         return await self._client.get_all(spec.path, limit=page_limit(spec))
 
+    async def _admin_link(self) -> dict[str, Any] | None:
+        """This workspace's own agency link as a ``group_members`` item (``None``: no admin workspace).
+
+        ``GET /workspace-group-members/admin`` is how a sub-workspace sees the agency that can act
+        as it; the list endpoint shows that link only to the admin side. A 404 reads as "none";
+        any other failure fails the stream (a snapshot without the link would read as its removal).
+        """
+        try:
+            body = await self._client.get(GROUP_ADMIN_PATH)
+        except NotFoundError:
+            return None
+        return admin_link_item(body, self._client.workspace_id or None, self.workspace.name)
+
     # ---- identity ---------------------------------------------------------------------------
+    async def _identity_from_audit(self, err: SourceError) -> None:
+        """``GET /workspaces/current`` failed and the workspace id was never learned: take it from
+        the audit log (``organization_id``, a required field of every audit record) with a
+        one-record read, so this poll's events already carry it; else report the poll's events
+        as carrying the config alias (``last_failures['identity']``, a ``run --once`` problem).
+
+        Costs one request per poll only while the id is unknown (it is kept in state once learned).
+        """
+        org: str | None = None
+        if AUDIT_LOGS.name in self.streams:
+            try:
+                page = await self._client.get(AUDIT_LOGS.path, {"limit": 1})
+            except SourceError:
+                page = {}  # the audit stream reports its own failure
+            items = page.get("items")
+            for record in items if isinstance(items, list) else []:
+                value = record.get("organization_id") if isinstance(record, dict) else None
+                if isinstance(value, str) and value.strip():
+                    org = value.strip()
+                    break
+        if org is not None:
+            log.warning(
+                "GET /workspaces/current failed; the workspace id comes from the audit log. "
+                "Grant the key workspaces:read for the workspace name and a health check.",
+                extra={"source": self.source_id, "workspace": org, "status": getattr(err, "status", None)},
+            )
+            await self._remember_identity({"id": org})
+            return
+        self.last_failures["identity"] = (
+            f"unknown: GET /workspaces/current {_reason(err)}; events carry the alias {self.source_id!r} "
+            "instead of the workspace id until an audit record brings it (grant the key workspaces:read)"
+        )
+        log.warning(
+            "The workspace id is unknown: events carry the config alias until GET /workspaces/current is "
+            "allowed (scope workspaces:read) or an audit record brings the id.",
+            extra={"source": self.source_id, "status": getattr(err, "status", None)},
+        )
+
     async def _load_identity(self) -> None:
         if self._identity_loaded:
             return

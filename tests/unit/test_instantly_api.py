@@ -111,6 +111,8 @@ def test_simulator_routes_serve_each_table_path_with_its_scope() -> None:
         path = s.path.removeprefix(api.API_PREFIX)
         assert path in gets, s
         assert ":".join(gets[path]) == s.scope, s
+    admin = api.GROUP_ADMIN_PATH.removeprefix(api.API_PREFIX)  # read by group_members, under its scope
+    assert ":".join(gets[admin]) == api.GROUP_MEMBERS.scope
 
 
 async def _read(cfg: WorkspaceConfig, s: api.Stream) -> None:

@@ -79,6 +79,8 @@ class FakeInstantly:
         self.workspace: dict[str, Any] = load_fixture("workspace.current.json")
         self.collections: dict[str, list[dict[str, Any]]] = {name: [] for name in COLLECTIONS}
         self.audit: list[dict[str, Any]] = []
+        self.admin_workspace: dict[str, Any] | None = None
+        """The body of ``GET /workspace-group-members/admin`` (``None``: 404)."""
         self.audit_order = "desc"
         """``desc``: newest timestamp first; ``asc``: ascending by id (the simulator's order)."""
         self.trailing_cursor = True
@@ -130,6 +132,8 @@ class FakeInstantly:
         tail = request.path.removeprefix("/api/v2/")
         if request.method == "GET" and tail == "workspaces/current":
             return web.json_response(self.workspace)
+        if request.method == "GET" and tail == "workspace-group-members/admin" and self.admin_workspace is not None:
+            return web.json_response(self.admin_workspace)
         if request.method == "GET" and tail == "audit-logs":
             return self._page(self._audit_view(request.query), request.query)
         if request.method == "GET" and tail in self.collections:

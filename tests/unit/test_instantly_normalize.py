@@ -230,3 +230,32 @@ def test_audit_events_equal_event_build(fixture: str) -> None:
         )
         assert event == built and type(event) is Event
         assert event.to_json() == built.to_json()
+
+
+def test_admin_endpoint_answer_becomes_a_group_members_item() -> None:
+    """GET /workspace-group-members/admin → the list's item shape with this workspace as the sub; no admin
+    (``has_admin_workspace: false``, the documented ``Undefined`` name) → None; unknown fields are ignored."""
+    from connectors.instantly.normalize import ADMIN_LINK_ID, admin_link_item, group_member_attributes, with_admin_link
+
+    link = "019cc043-e416-7bfb-a570-dda14f46c967"
+    body = {"workspace_name": "Evil Agency", "has_admin_workspace": True, "workspace_group_member_id": link, "x": 1}
+    item = admin_link_item(body, WS.id, WS.name)
+    assert item == {
+        "id": link, "admin_workspace_id": None, "admin_workspace_name": "Evil Agency",
+        "sub_workspace_id": WS.id, "sub_workspace_name": "My Workspace", "status": "accepted",
+    }  # fmt: skip
+    assert group_member_attributes(item, WS.id)["relation"] == "admin_workspace"
+    assert admin_link_item({"workspace_name": "Undefined", "has_admin_workspace": False}, WS.id, None) is None
+    assert admin_link_item({"workspace_name": "Undefined"}, WS.id, None) is None
+    no_id = admin_link_item({"workspace_name": "A", "has_admin_workspace": True}, None, None)
+    assert no_id is not None and no_id["id"] == ADMIN_LINK_ID and no_id["sub_workspace_id"] is None
+    listed = {"id": "other", "admin_workspace_id": "a", "sub_workspace_id": WS.id, "status": "accepted"}
+    assert with_admin_link([listed], item) == [listed]  # the listing already shows this workspace's admin
+    assert with_admin_link([{**listed, "status": "pending"}], item)[-1] is item
+    assert with_admin_link([{**listed, "id": link, "sub_workspace_id": "z"}], item) == [
+        {**listed, "id": link, "sub_workspace_id": "z"}
+    ]
+    assert with_admin_link([], None) == []
+    [event] = diff_snapshots("group_members", None, build_snapshot("group_members", [item])[0], workspace=WS,
+                             observed_at=OBSERVED)  # fmt: skip
+    assert valid(event)["type"] == "workspace_group.member_baseline"

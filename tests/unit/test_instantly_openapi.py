@@ -39,7 +39,8 @@ from pipeline.clock import FakeClock
 from tests.unit.test_instantly_fake_api import FIXTURES, load_fixture
 
 SPEC: dict[str, Any] = json.loads((FIXTURES / "openapi.v2.get-operations.json").read_text())
-LISTS = [p for p in SPEC["paths"] if p != "/api/v2/workspaces/current"]
+ADMIN = "/api/v2/workspace-group-members/admin"
+LISTS = [p for p in SPEC["paths"] if p not in ("/api/v2/workspaces/current", ADMIN)]
 
 
 def validator(schema: Mapping[str, Any]) -> jsonschema.Draft202012Validator:
@@ -83,6 +84,11 @@ async def test_simulator_bodies_match_the_documented_schemas() -> None:
                 assert problems(path, 200, body) == [], path
             status, body = await _get(session, sim.url + "/api/v2/workspaces/current")
             assert status == 200 and problems("/api/v2/workspaces/current", 200, body) == []
+            status, body = await _get(session, sim.url + ADMIN)
+            assert (status, body["has_admin_workspace"], problems(ADMIN, 200, body)) == (200, False, [])
+            sub = {"x-as-workspace": sim.state.workspace("sub-01").id}
+            status, body = await _get(session, sim.url + ADMIN, headers=sub)
+            assert (status, body["has_admin_workspace"], problems(ADMIN, 200, body)) == (200, True, [])
             status, body = await _get(session, sim.url + "/api/v2/api-keys", headers={"Authorization": "Bearer nope"})
             assert status == 401 and problems("/api/v2/api-keys", 401, body) == []
             status, body = await _get(session, sim.url + "/api/v2/webhooks/019f0000-0000-7000-8000-000000000000")

@@ -449,3 +449,131 @@ def test_failure_reasons_name_the_request_but_no_response_text() -> None:
     assert _reason(down) == "failed: GET /api/v2/api-keys: request failed (ClientConnectorError)"
     assert _reason(UpstreamError("body echo s3cr3t-token-value", status=502)) == "failed: HTTP 502 (UpstreamError)"
     assert _reason(AuthError("Invalid API key abc")) == "refused: HTTP 401 (AuthError)"
+
+
+# ------------------------------------------------------------------ agency link seen from the sub side
+ADMIN_LINK_ID = "019cc043-e416-7bfb-a570-dda14f46c967"
+ADMIN_LINK = {"workspace_name": "Evil Agency", "has_admin_workspace": True, "workspace_group_member_id": ADMIN_LINK_ID}
+
+
+async def rule_alerts(bus: SqliteBus, rule: str) -> list[dict[str, Any]]:
+    from pipeline.bus.base import ALERTS_TOPIC
+    from pipeline.rules.worker import RulesWorker
+
+    await RulesWorker(bus, {}, clock=FakeClock()).run_once()
+    alerts = [orjson.loads(r.value) for r in await records(bus, (ALERTS_TOPIC,))]
+    return [a for a in alerts if a["rule"]["id"] == rule]
+
+
+async def test_sub_workspace_sees_its_admin_link_through_the_admin_endpoint(
+    env: tuple[FakeInstantly, SqliteBus],
+) -> None:
+    """The list endpoint shows only an admin workspace its subs; a watched workspace that joined an agency
+    learns it from GET /workspace-group-members/admin: a baseline with relation admin_workspace and the
+    workspace_group.change alert; the link gone later is member_removed."""
+    fake, bus = env
+    clock = FakeClock()
+    fake.collections["workspace-group-members"] = []
+    fake.admin_workspace = {**ADMIN_LINK, "new_field_2027": {"x": 1}}
+    async with make_poller(fake, bus, clock, streams=["group_members"]) as poller:
+        assert (await poller.poll_once())["group_members"] == 1
+        [baseline] = await events(bus)
+        assert baseline["type"] == "workspace_group.member_baseline" and schema_errors("event", baseline) == []
+        assert baseline["workspace"]["id"] == WS_ID and baseline["target"]["id"] == ADMIN_LINK_ID
+        attrs = baseline["attributes"]
+        assert (attrs["admin_workspace_name"], attrs["sub_workspace_id"], attrs["status"], attrs["relation"]) == (
+            "Evil Agency", WS_ID, "accepted", "admin_workspace"
+        )  # fmt: skip
+        [alert] = await rule_alerts(bus, "workspace_group.change")
+        assert alert["rule"]["severity"] == "high" and alert["workspace"]["id"] == WS_ID
+        assert schema_errors("alert", alert) == []
+        assert await poller.poll_once() == {"group_members": 0, "pipeline": 0}
+        fake.admin_workspace = {"workspace_name": "Undefined", "has_admin_workspace": False}
+        assert (await poller.poll_once())["group_members"] == 1
+    assert [e["type"] for e in await events(bus)] == [
+        "workspace_group.member_baseline",
+        "workspace_group.member_removed",
+    ]
+    assert len(fake.calls_to("/workspace-group-members/admin")) == 3
+
+
+async def test_admin_link_also_listed_is_one_item_and_404_means_none(env: tuple[FakeInstantly, SqliteBus]) -> None:
+    """A listing that already holds the admin link (same id) is not doubled; a 404 on /admin reads as no admin."""
+    fake, bus = env
+    clock = FakeClock()
+    listed = load_fixture("workspace_group_members.list.json")["items"][0]
+    link = {**listed, "id": ADMIN_LINK_ID, "sub_workspace_id": WS_ID}
+    fake.collections["workspace-group-members"] = [link]
+    fake.admin_workspace = ADMIN_LINK
+    async with make_poller(fake, bus, clock, streams=["group_members"]) as poller:
+        assert (await poller.poll_once())["group_members"] == 1
+        fake.collections["workspace-group-members"] = []
+        fake.admin_workspace = None  # 404
+        assert (await poller.poll_once())["group_members"] == 1
+        assert poller.last_failures == {}
+    evs = await events(bus)
+    assert [e["type"] for e in evs] == ["workspace_group.member_baseline", "workspace_group.member_removed"]
+    assert evs[0]["attributes"]["admin_workspace_id"] == link["admin_workspace_id"]
+
+
+async def test_admin_endpoint_failure_publishes_no_removal(env: tuple[FakeInstantly, SqliteBus]) -> None:
+    """A 5xx on /admin fails the stream for this poll: the snapshot is kept (no member_removed)."""
+    fake, bus = env
+    clock = FakeClock()
+    fake.collections["workspace-group-members"] = []
+    fake.admin_workspace = ADMIN_LINK
+    async with make_poller(fake, bus, clock, streams=["group_members"], max_retries=0) as poller:
+        await poller.poll_once()
+        fake.fail("/workspace-group-members/admin", 503, times=10)
+        assert (await poller.poll_once())["group_members"] == 0
+        assert "group_members" in poller.last_failures
+    assert [e["type"] for e in await events(bus)] == ["workspace_group.member_baseline"]
+
+
+# ------------------------------------------------------------- identity without workspaces:read
+ORG_ID = "019cc043-af79-73db-a904-000000000001"
+
+
+async def test_workspace_id_from_audit_records_when_workspaces_read_is_refused(
+    env: tuple[FakeInstantly, SqliteBus],
+) -> None:
+    """A key without workspaces:read (403 on /workspaces/current) and streams [audit_logs]: the events carry the
+    audit records' organization_id, not the config alias, and the id is kept for later polls."""
+    fake, bus = env
+    clock = FakeClock()
+    fake.fail("/workspaces/current", 403, times=100)
+    fake.audit = [{**audit_record("a1", clock.now() - 60), "organization_id": ORG_ID}]
+    async with make_poller(fake, bus, clock, streams=["audit_logs"]) as poller:
+        counts = await poller.poll_once()
+        assert counts == {"audit_logs": 1, "pipeline": 0} and poller.last_failures == {}
+        fake.audit.append({**audit_record("a2", clock.now() - 30), "organization_id": ORG_ID})
+        clock.advance(60)
+        assert (await poller.poll_once())["audit_logs"] == 1
+    identity_reads = [c for c in fake.calls_to("/audit-logs") if c.query == {"limit": "1"}]
+    assert len(identity_reads) == 1  # none once the id is known
+    evs = await events(bus)
+    assert [e["workspace"]["id"] for e in evs] == [ORG_ID, ORG_ID]
+    assert all(schema_errors("event", e) == [] for e in evs)
+    async with make_poller(fake, bus, clock, streams=["audit_logs"]) as later:  # a restart: the id is in state
+        await later.poll_once()
+        assert later.workspace.id == ORG_ID and later.last_failures == {}
+
+
+async def test_unknown_identity_is_a_problem_until_an_audit_record_brings_it(
+    env: tuple[FakeInstantly, SqliteBus],
+) -> None:
+    """403 on /workspaces/current and an empty audit log: last_failures names the unknown identity and the
+    missing scope (a run --once problem line); the first audit record then fixes the id."""
+    fake, bus = env
+    clock = FakeClock()
+    fake.fail("/workspaces/current", 403, times=100)
+    async with make_poller(fake, bus, clock, streams=["audit_logs"]) as poller:
+        await poller.poll_once()
+        reason = poller.last_failures["identity"]
+        assert "403" in reason and "workspaces:read" in reason and "'acme'" in reason
+        fake.audit = [{**audit_record("a1", clock.now() - 10), "organization_id": ORG_ID}]
+        clock.advance(60)
+        assert (await poller.poll_once())["audit_logs"] == 1
+        assert poller.last_failures == {}
+    [ev] = await events(bus)
+    assert ev["workspace"]["id"] == ORG_ID

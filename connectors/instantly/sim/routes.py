@@ -258,7 +258,7 @@ def cancel_removal(ctx: Ctx) -> JSON:
 
 
 def list_group_members(ctx: Ctx) -> JSON:
-    """``GET /workspace-group-members``: links where this workspace is admin or sub."""
+    """``GET /workspace-group-members``: this workspace's sub-workspaces (its own admin: ``/admin``)."""
     return ctx.page(ctx.state.group_members_of(ctx.ws), ctx.state.group_member_json)
 
 

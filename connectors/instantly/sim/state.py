@@ -177,10 +177,10 @@ class SimState:
         return sorted((e for e in self.block_list.values() if e.workspace_id == workspace_id), key=_by_id)
 
     def group_members_of(self, workspace_id: str) -> list[GroupMember]:
-        """Group links where the workspace is the admin or the sub."""
+        """Group links where the workspace is the admin (its sub-workspaces, any status); a sub-workspace
+        sees its own admin through :meth:`admin_link_of` only, as the public docs describe."""
         links = self.group_members.values()
-        mine = (g for g in links if workspace_id in (g.admin_workspace_id, g.sub_workspace_id))
-        return sorted(mine, key=_by_id)
+        return sorted((g for g in links if g.admin_workspace_id == workspace_id), key=_by_id)
 
     def accounts_of(self, workspace_id: str) -> list[Account]:
         """Sending accounts of a workspace, ordered by their ``timestamp_created&email`` cursor."""
