@@ -169,6 +169,8 @@ class Pipeline:
                 backpressure=self.backpressure,
             )
         elif "pollers" in self.roles:
+            if self.once and _shares_pollers(cfg, bus):
+                await _refuse_beside_running_pollers(bus)
             for plugin in source_plugins().values():
                 for source in plugin.build(cfg, bus, clock, telemetry=tel, health=health):
                     if self.backpressure is not None and isinstance(source, Pausable):
@@ -265,6 +267,25 @@ class Pipeline:
         for r in self.runners:
             out.append((f"sink:{r.sink_id}", functools.partial(r.run, stop)))
         return out
+
+
+async def _refuse_beside_running_pollers(bus: Bus) -> None:
+    """``run --once`` polls every workspace itself: beside live replicas of the poller group it would
+    claim their writer ids (each would fail its next transaction and reclaim its workspace after a
+    backoff). Refuse instead, naming what runs.
+
+    Raises:
+        PipelineError: the poller group has members.
+    """
+    from pipeline.sources.assignment import CONTROL_GROUP
+
+    members = await bus.describe_group(CONTROL_GROUP)  # type: ignore[attr-defined]  # _shares_pollers checked
+    if members:
+        raise PipelineError(
+            f"{len(members)} running replica(s) of the poller group poll these workspaces "
+            f"({', '.join(sorted(m.split(' ')[0] for m in members))}); `run --once` would fence their writers. "
+            "Stop them first, run `--once --role rules` or `--role sinks` only, or read `instantly-audit status`"
+        )
 
 
 def _shares_pollers(cfg: PipelineConfig, bus: Bus) -> bool:

@@ -207,13 +207,13 @@ class KafkaTopics:
             self._partitions[topic] = len(desc[0]["partitions"])
         return self._partitions[topic]
 
-    async def max_message_bytes(self, topic: str) -> int | None:
-        """The topic's ``max.message.bytes`` (cached; None: the cluster would not describe it).
+    async def max_message_bytes(self, topic: str, *, fresh: bool = False) -> int | None:
+        """The topic's ``max.message.bytes`` (cached unless ``fresh``; None: the cluster would not describe it).
 
         Raises:
             BusError: the cluster cannot be reached.
         """
-        if topic not in self._max_bytes:
+        if fresh or topic not in self._max_bytes:
             name = self.conn.phys(topic)
             try:
                 answers = await self.client().describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])

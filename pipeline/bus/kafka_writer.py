@@ -267,8 +267,10 @@ class KafkaWriters:
             limit = limits[r.topic]
             if limit is not None and len(r.value or b"") + len(r.key or b"") > limit - 4096:  # near: exact size
                 size = record_batch_bytes(r.key, r.value, list(r.headers), r.timestamp_ms)
-                if size > limit:
-                    raise RecordTooLarge(phys(r.topic), size, limit)
+                if size > limit:  # the limit is cached: ask the broker again (an operator may have raised it)
+                    limit = limits[r.topic] = await self.topics.max_message_bytes(r.topic, fresh=True)
+                    if limit is not None and size > limit:
+                        raise RecordTooLarge(phys(r.topic), size, limit)
             part = self._partitioner(r.key, parts)
             groups.setdefault((phys(r.topic), part), []).append((r.key, r.value, r.timestamp_ms, list(r.headers)))
         for k, v in txn.state.items():

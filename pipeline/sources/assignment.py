@@ -24,9 +24,13 @@ its plugin (``build_discovered``: credentials come from the parent's config, nev
 topic) and taken over exactly like a configured one (fence, re-read state, owner record); a
 tombstone stops it and clears its ``owner``/``status`` rows.
 
-A poller whose writer was fenced (a newer owner exists) stops and is not restarted here; the
-rebalance that follows revokes it. The embedded bus never uses this module: one process polls
-every workspace.
+A poller that fails in a way no retry of its own can fix — its writer fenced while this replica
+still holds the workspace (a ``run --once`` or a stray process claimed ``poller-<id>``), a record
+over its topic's ``max.message.bytes`` — restarts after a backoff (:data:`FENCED_DELAY_SECS`
+doubling to :data:`MAX_FENCED_DELAY_SECS`) for as long as the workspace stays assigned here: the
+restart claims the writer id again. A workspace revoked by a rebalance stops at once (its new
+owner fenced the writer). The embedded bus never uses this module: one process polls every
+workspace.
 """
 
 from __future__ import annotations
@@ -54,6 +58,10 @@ CONTROL_GROUP = "pollers"
 REVOKE_GRACE_SECS = 10.0
 """How long a revoked poller may take to finish its current poll before it is cancelled."""
 RESTART_DELAY_SECS = 1.0
+FENCED_DELAY_SECS = 5.0
+"""First wait before a poller whose failure is not retriable restarts (a fence: long enough for a
+rebalance that moved the workspace to revoke it here first)."""
+MAX_FENCED_DELAY_SECS = 60.0
 
 
 def owner_key(source_id: str) -> str:
@@ -389,23 +397,53 @@ class WorkspaceAssignment:
             with contextlib.suppress(BusError):
                 await self.bus.release(txn_id)
 
+    def _owned_elsewhere(self, owner_record: bytes | None) -> bool:
+        """The workspace's owner record names another replica (it took the workspace over)."""
+        owner = _owner_of(owner_record)
+        return owner is not None and owner != self.replica
+
     async def _poll(self, run: _Running) -> None:
-        """Run one poller until revoked; restart it after a crash, never after its writer was fenced."""
+        """Run one poller until revoked, restarting it after any failure while it stays assigned here."""
         sid = run.source.source_id
+        fenced_delay = FENCED_DELAY_SECS
+        reclaim = False
         while not run.stop.is_set():
+            delay = RESTART_DELAY_SECS
             try:
+                if reclaim:  # as a takeover: claim the writer id, then read what the other writer committed
+                    await self.bus.refresh_state(max_wait_secs=TAKEOVER_STATE_WAIT_SECS)
+                    if self._owned_elsewhere(await self.bus.get_state(owner_key(sid))):
+                        log.warning("Poller stopped: another replica owns the workspace now", extra={"source": sid})
+                        return  # the rebalance that gave it away revokes it here
+                    await self._close(run.source)
+                    await run.source.__aenter__()
+                    await self.bus.refresh_state(max_wait_secs=TAKEOVER_STATE_WAIT_SECS)
+                    reclaim = False
+                    log.warning("Poller reclaimed its workspace", extra={"source": sid})
                 await run.source.run(run.stop)
             except asyncio.CancelledError:
                 raise
             except BusError as err:
-                if not err.retriable:
-                    log.warning("Poller stopped: another replica owns the workspace now", extra={"source": sid})
-                    return
-                log.error("Poller crashed; restarting", extra={"source": sid, "error": str(err)})
+                if not err.retriable or reclaim:
+                    # Still assigned here (a rebalance would have set run.stop first): nobody else
+                    # polls this workspace, so stopping would leave it unwatched. Claim it again.
+                    reclaim = True
+                    delay, fenced_delay = fenced_delay, min(fenced_delay * 2, MAX_FENCED_DELAY_SECS)
+                    log.error("Poller failed; restarting while the workspace stays assigned here",
+                              extra={"source": sid, "error": str(err), "retry_in_secs": delay})  # fmt: skip
+                else:
+                    log.error("Poller crashed; restarting", extra={"source": sid, "error": str(err)})
             except Exception as err:  # noqa: BLE001 - one workspace's crash must not stop the replica
                 log.error("Poller crashed; restarting", extra={"source": sid, "error": f"{type(err).__name__}: {err}"})
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(run.stop.wait(), timeout=RESTART_DELAY_SECS)
+                await asyncio.wait_for(run.stop.wait(), timeout=delay)
+
+
+def _owner_of(value: bytes | None) -> str | None:
+    """The replica an ``owner`` state record names (None: no record, or not one)."""
+    doc = _control_doc(value)
+    replica = doc.get("replica") if doc is not None else None
+    return replica if isinstance(replica, str) else None
 
 
 def _control_doc(value: bytes | None) -> dict[str, object] | None:

@@ -341,3 +341,50 @@ def test_stalled_replica_is_fenced_when_it_wakes(
     ]
     print(f"\n[pollers] zombie: taken over after {took - stopped:.1f} s, fenced pollers {len(fenced)}")
     _finish_and_count(sim, bus, replicas, once)
+
+
+def _fence(bus: dict[str, Any], txn_id: str) -> None:
+    """Claim a writer id the way another process would (InitProducerId), then go away."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    async def claim() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=bus["bootstrap_servers"], transactional_id=txn_id)
+        await p.start()
+        await p.stop()
+
+    asyncio.run(claim())
+
+
+def test_fenced_poller_reclaims_its_workspace_and_run_once_beside_replicas_is_refused(
+    cluster: tuple[Sim, dict[str, Any], list[Replica], Replica],
+) -> None:
+    """A poller whose writer another process claimed while its replica still holds the workspace
+    reclaims it after a backoff (it used to stop for good, leaving the workspace unwatched while
+    `status` said ok); `run --once` beside a running replica is refused instead of fencing every
+    poller. Every record still lands exactly once."""
+    sim, bus, replicas, once = cluster
+    replica = replicas[0]
+    replica.start()
+    assert _covering([replica], 90), replica.last_log(1500)
+
+    assert once.run_once() == 1
+    assert "running replica(s) of the poller group" in once.last_log(), once.last_log()
+
+    victim = "ws03"
+    fenced_at = time.time()
+    _fence(bus, f"{bus['transactional_id_prefix']}-{bus['topic_prefix']}poller-{victim}")
+
+    def polled_again() -> bool:
+        records = replica.log_records()
+        mine = [r for r in records if r.get("source") == victim]
+        reclaimed = [r for r in mine if r.get("msg") == "Poller reclaimed its workspace"]
+        return bool(reclaimed) and any(
+            r.get("msg") == "Poll finished." and log_time(r) > log_time(reclaimed[-1]) for r in mine
+        )
+
+    assert wait_for(polled_again, 60, step=0.5), replica.last_log(3000)
+    assert not [r for r in replica.log_records() if "another replica owns" in str(r.get("msg"))]
+    print(f"\n[pollers] fenced {victim}: reclaimed and polling again {time.time() - fenced_at:.1f} s later")
+    _finish_and_count(sim, bus, replicas, once)

@@ -182,6 +182,30 @@ async def test_record_over_max_message_bytes_fails_its_transaction_with_a_clear_
     assert sum("refused; not retried" in m for m in messages) == 2, messages
 
 
+async def test_raising_max_message_bytes_at_runtime_lets_the_record_through() -> None:
+    """The documented recovery for an oversized record — raise the topic's max.message.bytes — works
+    without a restart: the cached limit is asked again before a record is refused."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    topic = prefix + EVENTS_TOPIC
+    await _precreate(topic, 2, {"max.message.bytes": "4000"})
+    async with make_bus(_cfg(prefix)) as bus:
+        with pytest.raises(BusError, match=r"max\.message\.bytes of 4,000"):
+            await bus.publish([OutRecord(EVENTS_TOPIC, b"x" * 5000, key=b"ws")])
+        admin = await _admin()
+        try:
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": "65536"})])
+        finally:
+            await admin.close()
+        for _ in range(50):  # the broker applies a config change within a moment
+            if (await _configs([topic]))[topic]["max.message.bytes"] == "65536":
+                break
+            await asyncio.sleep(0.1)
+        await bus.publish([OutRecord(EVENTS_TOPIC, b"x" * 5000, key=b"ws")])  # the same process, no restart
+        async with bus.consumer([EVENTS_TOPIC], start="earliest") as c:
+            values = [r.value async for batch_ in iter_records(c) for r in batch_]
+        assert values == [b"x" * 5000]
+
+
 async def test_precreated_state_topic_with_default_message_size_is_used_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
