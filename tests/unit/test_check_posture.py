@@ -32,7 +32,9 @@ SPEC: dict[str, Any] = yaml.safe_load(FIXTURES.read_text(encoding="utf-8"))
 DAY = 86_400.0
 T0 = 1_790_000_000.0
 PIPELINE_KEY = "security-poller"
-NEEDED = needed_scopes(("audit_logs", "api_keys", "members", "webhooks", "workspace", "group_members", "block_list"))
+NEEDED = needed_scopes(
+    ("audit_logs", "api_keys", "members", "webhooks", "workspace", "group_members", "block_list", "accounts")
+)
 ALL_CHECKS = (*STREAM_CHECKS, *OWN_CHECKS, *BLAST_CHECKS)
 
 

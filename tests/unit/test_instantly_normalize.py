@@ -29,6 +29,7 @@ SNAPSHOT_FIXTURES = [
     ("webhooks", "webhooks.list.json"),
     ("group_members", "workspace_group_members.list.json"),
     ("block_list", "block_list_entries.list.json"),
+    ("accounts", "accounts.list.json"),
 ]
 SECRETS = [b"a1b2c3d4e5f6g7h8i9j0", b"dXNlcm5hbWU6cGFzc3dvcmQ="]
 
