@@ -169,6 +169,8 @@ def _account_changes(b: JSONDict, a: JSONDict, fields: frozenset[str]) -> list[C
     if status:
         previous = {"previous_status": b.get("status"), "previous_warmup_status": b.get("warmup_status")}
         out.append(("status_changed", status, previous))
+    if out:  # who made the change moves with it: not a second, separate event
+        used.add("modified_by")
     return out + _rest(fields, used)
 
 

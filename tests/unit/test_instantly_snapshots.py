@@ -302,6 +302,8 @@ def test_account_changes() -> None:
     assert ev.attributes["warmup_status_label"] == "banned"
     assert types(diff("accounts", [google], [{**google, "warmup_status": 0}])) == ["account.status_changed"]
     assert types(diff("accounts", [google], [{**google, "modified_by": "someone-else"}])) == ["account.updated"]
+    by_other = {**redirected, "modified_by": "someone-else"}
+    assert types(diff("accounts", [google], [by_other])) == ["account.reply_to_changed"]
     assert types(diff("accounts", [google], [{**google, "tracking_domain_status": "pending"}])) == ["account.updated"]
 
 
