@@ -537,6 +537,41 @@ class SimState:
         self.accounts[email] = account
         return account
 
+    def account(self, email: str, workspace_id: str | None = None) -> Account:
+        """The sending account with this email (case-insensitive; within ``workspace_id`` when given).
+
+        Raises:
+            ApiError: 404 when there is none.
+        """
+        wanted = email.strip().lower()
+        found = next(
+            (a for a in self.accounts.values()
+             if a.email.lower() == wanted and (workspace_id is None or a.workspace_id == workspace_id)),
+            None,
+        )  # fmt: skip
+        if found is None:
+            raise not_found()
+        return found
+
+    def update_account(self, email: str, fields: dict[str, Any], *, modified_by: str | None = None) -> Account:
+        """Change an account's attributes (``reply_to``, ``tracking_domain_name``, ``status``...), as
+        ``PATCH /accounts/{email}`` does; ``timestamp_updated`` and ``modified_by`` move with it."""
+        account = self.account(email)
+        for key, value in fields.items():
+            if not hasattr(account, key) or key in ("email", "workspace_id", "timestamp_created"):
+                raise bad_request(f"body must NOT have additional properties ({key})")
+            setattr(account, key, value)
+        account.timestamp_updated = self.now()
+        if modified_by is not None:
+            account.modified_by = modified_by
+        return account
+
+    def remove_account(self, email: str) -> Account:
+        """Take a sending account out of its workspace (deleted, or moved away: the list no longer shows it)."""
+        account = self.account(email)
+        del self.accounts[account.email]
+        return account
+
     # ---- audit log ------------------------------------------------------------------------
 
     def insert_audit(
