@@ -49,6 +49,8 @@ class ResourceKind:
     baseline: str = "baseline"
     identity: Callable[[Mapping[str, Any]], str | None] | None = None
     """A record's key in the snapshot (``None``: its ``id``); accounts use their lower-cased email."""
+    removal: str | None = None
+    """Attribute ``removal`` of the removed event: what a disappearance can mean (accounts: deleted or moved)."""
 
 
 def _comparable(value: Any, field: str = "") -> Any:
@@ -185,13 +187,16 @@ def _kind(
     classify: Callable[[JSONDict, JSONDict, frozenset[str]], list[ChangeSpec]],
     *,
     identity: Callable[[Mapping[str, Any]], str | None] | None = None,
+    removal: str | None = None,
     **suffixes: str,
 ) -> ResourceKind:
     """A snapshot stream's diff behaviour; its name and event prefix come from the stream table."""
     spec = api.stream(stream)
     if spec.kind != "snapshot":
         raise ValueError(f"{stream} is not a snapshot stream")
-    return ResourceKind(spec.name, spec.resource, redact, attributes, classify, identity=identity, **suffixes)
+    return ResourceKind(
+        spec.name, spec.resource, redact, attributes, classify, identity=identity, removal=removal, **suffixes
+    )
 
 
 KINDS: dict[str, ResourceKind] = {
@@ -234,6 +239,7 @@ KINDS: dict[str, ResourceKind] = {
             added="added",
             removed="removed",
             identity=n.account_id,
+            removal="deleted, or moved to another workspace (POST /accounts/move leaves no audit record)",
         ),
     )
 }
@@ -329,7 +335,7 @@ def diff_snapshots(
         if stream == "members" and a.get("accepted") is True:
             emit("accepted", rid, None, a, ("accepted",), {}, None)
     for rid in sorted(previous.keys() - current.keys()):
-        emit(kind.removed, rid, previous[rid], None, (), {}, None)
+        emit(kind.removed, rid, previous[rid], None, (), {"removal": kind.removal} if kind.removal else {}, None)
     for rid in sorted(current.keys() & previous.keys()):
         b, a = previous[rid], current[rid]
         fields = changed_fields(b, a)

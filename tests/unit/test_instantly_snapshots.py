@@ -278,6 +278,10 @@ def test_account_changes() -> None:
     removed = one(diff("accounts", [google, microsoft], [google]), "account.removed")
     assert removed.target is not None and removed.target.id == "sales@example.com" and removed.change is not None
     assert removed.change.after is None and removed.change.before is not None
+    assert (
+        "moved to another workspace" in removed.attributes["removal"]
+        and "no audit record" in removed.attributes["removal"]
+    )
 
     redirected = {**google, "reply_to": "Collect@Attacker.example"}
     ev = one(diff("accounts", [google], [redirected]), "account.reply_to_changed")

@@ -94,7 +94,22 @@ def demo_world(state: SimState) -> DemoWorld:
             {"tracking_domain_name": "track.acmeoutreach-mail.com", "tracking_domain_status": "active"},
         ),
         ("sales@acmeoutreach-mail.com", 45, {"reply_to": "replies@acmeoutreach-mail.com"}),  # in-domain: no alert
-        ("lee@acmeoutreach-mail.com", 20, {"provider_code": 3, "warmup_status": 0}),
+        (
+            "lee@acmeoutreach-mail.com",
+            20,
+            {
+                "provider_code": 3,
+                "warmup_status": 0,
+                "status": -1,
+                "status_message": {
+                    "code": "EAUTH",
+                    "command": "AUTH XOAUTH2",
+                    "response": "535 5.7.3 Authentication unsuccessful",
+                    "e_message": "Invalid login: 535 5.7.3 Authentication unsuccessful",
+                    "responseCode": 535,
+                },
+            },
+        ),
     ):
         state.add_account(ws.id, email, created_at=now - age * DAY, added_by=owner_id, first_name="Acme", **extra)
     _history(state, ws, legacy, now)
