@@ -36,6 +36,7 @@ STREAM_FIXTURES = (
     ("block_list", "block_list_entries.list.json"),
     ("members", "workspace_members.list.json"),
     ("group_members", "workspace_group_members.list.json"),
+    ("accounts", "accounts.list.json"),
 )
 
 

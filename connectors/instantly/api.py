@@ -21,7 +21,9 @@ from types import MappingProxyType
 from typing import Literal
 
 API_PREFIX = "/api/v2"
-StreamName = Literal["audit_logs", "api_keys", "members", "webhooks", "workspace", "group_members", "block_list"]
+StreamName = Literal[
+    "audit_logs", "api_keys", "members", "webhooks", "workspace", "group_members", "block_list", "accounts"
+]
 """The stream names a workspace config may list (a typing aid; a test keeps it equal to :data:`STREAMS`)."""
 StreamKind = Literal["audit", "snapshot"]
 
@@ -53,8 +55,12 @@ STREAMS: tuple[Stream, ...] = (
            "snapshot", "workspace_group"),
     Stream("block_list", f"{API_PREFIX}/block-lists-entries", "block_list_entries:read", 100, "snapshot",
            "block_list"),
+    Stream("accounts", f"{API_PREFIX}/accounts", "accounts:read", 100, "snapshot", "account"),
 )  # fmt: skip
-"""Every stream, in the order a poll runs them by default (API reference sections 3 to 8)."""
+"""Every stream, in the order a poll runs them by default (API reference sections 3 to 9).
+
+``accounts`` (the sending mailboxes) is keyed by lower-cased ``email``, not ``id``; its cursor is
+``timestamp_created&email``, passed back as ``next_starting_after`` like every other listing."""
 
 BY_NAME: Mapping[str, Stream] = MappingProxyType({s.name: s for s in STREAMS})
 AUDIT_LOGS = BY_NAME["audit_logs"]

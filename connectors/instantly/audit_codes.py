@@ -73,14 +73,16 @@ SNAPSHOT_TRIGGERS: dict[str, str] = {
     "webhook": "webhooks",
     "member": "members",
     "block_list": "block_list",
+    "sending_account": "accounts",
 }
 """Audit category → the snapshot stream whose resources such a record says changed.
 
 A record of one of these categories makes the poller list that stream in the same poll
 (:func:`triggered_stream`), so the snapshot's diff event (e.g. ``api_key.created`` after code 37)
 follows within seconds instead of at the next snapshot interval. The Aug 2026 spec has codes
-for API keys (37, 38) and webhooks (18-21) only; ``member`` and ``block_list`` are here for the
-codes a later spec may add (no documented code has those categories yet)."""
+for API keys (37, 38), webhooks (18-21) and sending accounts (6, 7, 36: added, deleted, updated);
+``member`` and ``block_list`` are here for the codes a later spec may add (no documented code has
+those categories yet)."""
 
 
 def triggered_stream(activity_type: Any) -> str | None:

@@ -358,10 +358,14 @@ def _retry_reason(status: int | None, err: SourceError) -> str:
 
 
 def _seen(ids: set[str], item: JSONDict) -> bool:
-    """Whether ``item``'s string ``id`` was already listed; records it. Items without one count as new."""
+    """Whether ``item``'s string ``id`` (accounts: its lower-cased ``email``) was already listed; records it.
+    Items without either count as new."""
     i = item.get("id")
     if not isinstance(i, str):
-        return False
+        email = item.get("email")
+        if not isinstance(email, str) or not email:
+            return False
+        i = f"email:{email.strip().lower()}"
     if i in ids:
         return True
     ids.add(i)

@@ -346,6 +346,99 @@ def block_list_attributes(r: Mapping[str, Any]) -> JSONDict:
     }
 
 
+# ------------------------------------------------------------------------------------ accounts
+ACCOUNT_FIELDS = (
+    "email", "status", "warmup_status", "provider_code", "added_by", "modified_by", "reply_to",
+    "tracking_domain_name", "tracking_domain_status", "setup_pending", "is_managed_account", "timestamp_created",
+)  # fmt: skip
+"""The sending-account fields a snapshot keeps: stable and security-relevant. Everything else is
+dropped before storing: ``status_message`` (the last SMTP/IMAP server response), warmup statistics,
+daily limits and ``timestamp_*`` that move on every send, and anything password-like."""
+
+ACCOUNT_STATUS = {1: "active", 2: "paused", 3: "maintenance", -1: "connection_error", -2: "soft_bounce_error",
+                  -3: "sending_error"}  # fmt: skip
+WARMUP_STATUS = {0: "paused", 1: "active", -1: "banned", -2: "spam_folder_unknown", -3: "permanent_suspension"}
+PROVIDER = {1: "custom_imap_smtp", 2: "google", 3: "microsoft", 4: "aws", 8: "airmail", 11: "airmail_instant"}
+"""Instantly's account enums (API reference §9); every enum is open: another number is labelled ``unknown``."""
+
+
+def account_id(r: Mapping[str, Any]) -> str | None:
+    """An account's identity: its ``email``, trimmed and lower-cased (``None`` without a usable one)."""
+    email = r.get("email")
+    if not isinstance(email, str) or "@" not in email.strip():
+        return None
+    return email.strip().lower()
+
+
+def _enum(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _label(table: Mapping[int, str], value: Any) -> str | None:
+    code = _enum(value)
+    if code is None:
+        return None if value is None else "unknown"
+    return table.get(code, "unknown")
+
+
+def redact_account(r: Mapping[str, Any]) -> JSONDict:
+    """A sending account reduced to :data:`ACCOUNT_FIELDS` (email lower-cased), then redacted as usual.
+
+    Missing optional fields stay absent, extra fields are dropped, so routine churn (warmup
+    scores, sending limits, SMTP responses) never shows up as a change.
+    """
+    kept = {k: r[k] for k in ACCOUNT_FIELDS if k in r}
+    email = account_id(r)
+    if email is not None:
+        kept["email"] = email
+    if isinstance(kept.get("reply_to"), str):
+        kept["reply_to"] = kept["reply_to"].strip().lower() or None
+    return redact_record(kept)
+
+
+def email_domain(value: Any) -> str | None:
+    """The domain of an email address, lower-cased (``None`` when it is not one)."""
+    if not isinstance(value, str) or "@" not in value:
+        return None
+    domain = value.strip().lower().rpartition("@")[2].rstrip(".")
+    return domain or None
+
+
+def account_attributes(r: Mapping[str, Any]) -> JSONDict:
+    """What rules need about a sending account: the kept fields, enum labels and the two domains."""
+
+    def flag(name: str) -> bool | None:
+        v = r.get(name)
+        return v if isinstance(v, bool) else None
+
+    reply_to = _str(r.get("reply_to")) or None
+    return {
+        "email": account_id(r),
+        "domain": email_domain(r.get("email")),
+        "status": _enum(r.get("status")),
+        "status_label": _label(ACCOUNT_STATUS, r.get("status")),
+        "warmup_status": _enum(r.get("warmup_status")),
+        "warmup_status_label": _label(WARMUP_STATUS, r.get("warmup_status")),
+        "provider_code": _enum(r.get("provider_code")),
+        "provider_label": _label(PROVIDER, r.get("provider_code")),
+        "added_by": _str(r.get("added_by")),
+        "modified_by": _str(r.get("modified_by")),
+        "reply_to": reply_to,
+        "reply_to_domain": email_domain(reply_to),
+        "tracking_domain_name": _str(r.get("tracking_domain_name")) or None,
+        "tracking_domain_status": _str(r.get("tracking_domain_status")),
+        "setup_pending": flag("setup_pending"),
+        "is_managed_account": flag("is_managed_account"),
+        "created_at": iso_time(r.get("timestamp_created")),
+    }
+
+
 def target_for(stream: str, r: Mapping[str, Any], resource_id: str) -> Target:
     """The event target of a snapshot record of ``stream``."""
     name_field = {
@@ -355,6 +448,7 @@ def target_for(stream: str, r: Mapping[str, Any], resource_id: str) -> Target:
         "workspace": "name",
         "group_members": "sub_workspace_name",
         "block_list": "bl_value",
+        "accounts": "email",
     }.get(stream, "name")
     kind = {
         "api_keys": "api_key",
@@ -363,6 +457,7 @@ def target_for(stream: str, r: Mapping[str, Any], resource_id: str) -> Target:
         "workspace": "workspace",
         "group_members": "workspace_group_member",
         "block_list": "block_list_entry",
+        "accounts": "account",
     }.get(stream, stream)
     return Target(kind, resource_id, _str(r.get(name_field)))
 

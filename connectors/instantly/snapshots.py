@@ -1,6 +1,8 @@
-"""Snapshot diffing: what changed in API keys, members, webhooks, the workspace, agency links and the block list.
+"""Snapshot diffing: what changed in API keys, members, webhooks, the workspace, agency links, the block list
+and the sending accounts.
 
-Instantly's audit log has no member, scope or block-list events, so these resources are listed
+Instantly's audit log has no member, scope or block-list events (and nothing for an account's
+``reply_to``, its tracking domain or ``POST /accounts/move``), so these resources are listed
 in full on every poll and compared with the last published snapshot (a dict id → redacted
 record). The first snapshot of a workspace yields one ``*.baseline`` event per resource so
 rules can judge what already exists; later ones yield ``created``/``deleted`` and specific
@@ -45,6 +47,10 @@ class ResourceKind:
     added: str = "created"
     removed: str = "deleted"
     baseline: str = "baseline"
+    identity: Callable[[Mapping[str, Any]], str | None] | None = None
+    """A record's key in the snapshot (``None``: its ``id``); accounts use their lower-cased email."""
+    removal: str | None = None
+    """Attribute ``removal`` of the removed event: what a disappearance can mean (accounts: deleted or moved)."""
 
 
 def _comparable(value: Any, field: str = "") -> Any:
@@ -148,6 +154,28 @@ def _block_list_changes(b: JSONDict, a: JSONDict, fields: frozenset[str]) -> lis
     return _rest(fields, (), "entry_updated")
 
 
+def _account_changes(b: JSONDict, a: JSONDict, fields: frozenset[str]) -> list[ChangeSpec]:
+    out: list[ChangeSpec] = []
+    used = {"reply_to", "tracking_domain_name", "status", "warmup_status"}
+    if "reply_to" in fields:
+        out.append(("reply_to_changed", ("reply_to",), {"previous_reply_to": b.get("reply_to")}))
+    if "tracking_domain_name" in fields:
+        tracking = tuple(sorted({"tracking_domain_name", "tracking_domain_status"} & fields))
+        used |= set(tracking)
+        previous = {
+            "previous_tracking_domain_name": b.get("tracking_domain_name"),
+            "previous_tracking_domain_status": b.get("tracking_domain_status"),
+        }
+        out.append(("tracking_domain_changed", tracking, previous))
+    status = tuple(sorted({"status", "warmup_status"} & fields))
+    if status:
+        previous = {"previous_status": b.get("status"), "previous_warmup_status": b.get("warmup_status")}
+        out.append(("status_changed", status, previous))
+    if out:  # who made the change moves with it: not a second, separate event
+        used.add("modified_by")
+    return out + _rest(fields, used)
+
+
 def _ignore_ws(fn: Callable[[Mapping[str, Any]], JSONDict]) -> Callable[[Mapping[str, Any], str], JSONDict]:
     return lambda r, _ws: fn(r)
 
@@ -157,13 +185,18 @@ def _kind(
     redact: Callable[[Mapping[str, Any]], JSONDict],
     attributes: Callable[[Mapping[str, Any], str], JSONDict],
     classify: Callable[[JSONDict, JSONDict, frozenset[str]], list[ChangeSpec]],
+    *,
+    identity: Callable[[Mapping[str, Any]], str | None] | None = None,
+    removal: str | None = None,
     **suffixes: str,
 ) -> ResourceKind:
     """A snapshot stream's diff behaviour; its name and event prefix come from the stream table."""
     spec = api.stream(stream)
     if spec.kind != "snapshot":
         raise ValueError(f"{stream} is not a snapshot stream")
-    return ResourceKind(spec.name, spec.resource, redact, attributes, classify, **suffixes)
+    return ResourceKind(
+        spec.name, spec.resource, redact, attributes, classify, identity=identity, removal=removal, **suffixes
+    )
 
 
 KINDS: dict[str, ResourceKind] = {
@@ -198,6 +231,16 @@ KINDS: dict[str, ResourceKind] = {
             removed="entry_removed",
             baseline="entry_baseline",
         ),
+        _kind(
+            "accounts",
+            n.redact_account,
+            _ignore_ws(n.account_attributes),
+            _account_changes,
+            added="added",
+            removed="removed",
+            identity=n.account_id,
+            removal="deleted, or moved to another workspace (POST /accounts/move leaves no audit record)",
+        ),
     )
 }
 """Snapshot kinds by stream name (the ``streams`` names of the workspace config)."""
@@ -205,12 +248,13 @@ KINDS: dict[str, ResourceKind] = {
 
 # ------------------------------------------------------------------------------------- public
 def build_snapshot(stream: str, records: Iterable[Mapping[str, Any]]) -> tuple[Snapshot, int]:
-    """Redact ``records`` and key them by id; return (snapshot, number of records without an id)."""
+    """Redact ``records`` and key them by id (accounts: lower-cased email); return (snapshot, number of
+    records without one)."""
     kind = KINDS[stream]
     snap: Snapshot = {}
     skipped = 0
     for record in records:
-        rid = record.get("id")
+        rid = record.get("id") if kind.identity is None else kind.identity(record)
         if not isinstance(rid, str | int) or isinstance(rid, bool) or rid == "":
             skipped += 1
             continue
@@ -285,12 +329,13 @@ def diff_snapshots(
         return events
     for rid in sorted(current.keys() - previous.keys()):
         a = current[rid]
-        actor = Actor(user_id=a["issuer_id"]) if stream == "members" and isinstance(a.get("issuer_id"), str) else None
+        by = {"members": "issuer_id", "accounts": "added_by"}.get(stream)
+        actor = Actor(user_id=a[by]) if by is not None and isinstance(a.get(by), str) else None
         emit(kind.added, rid, None, a, (), {}, n.iso_time(a.get("timestamp_created")), actor)
         if stream == "members" and a.get("accepted") is True:
             emit("accepted", rid, None, a, ("accepted",), {}, None)
     for rid in sorted(previous.keys() - current.keys()):
-        emit(kind.removed, rid, previous[rid], None, (), {}, None)
+        emit(kind.removed, rid, previous[rid], None, (), {"removal": kind.removal} if kind.removal else {}, None)
     for rid in sorted(current.keys() & previous.keys()):
         b, a = previous[rid], current[rid]
         fields = changed_fields(b, a)

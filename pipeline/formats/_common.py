@@ -20,7 +20,7 @@ from schemas.event import slug
 RecordKind = Literal["event", "alert"]
 Family = Literal[
     "auth", "mfa", "api_key", "webhook", "member", "workspace", "workspace_group",
-    "block_list", "audit", "webhook_delivery", "pipeline", "other",
+    "block_list", "account", "audit", "webhook_delivery", "pipeline", "other",
 ]  # fmt: skip
 Verb = Literal["create", "update", "delete", "read", "login", "enable", "disable", "accept", "other"]
 Outcome = Literal["success", "failure", "unknown"]
@@ -186,7 +186,7 @@ _AUDIT_BY_SLUG = {slug(label): code for code, (label, *_rest) in AUDIT_ACTIVITIE
 
 _FAMILIES: dict[str, Family] = {
     "api_key": "api_key", "webhook": "webhook", "member": "member", "workspace": "workspace",
-    "workspace_group": "workspace_group", "block_list": "block_list", "audit": "audit",
+    "workspace_group": "workspace_group", "block_list": "block_list", "account": "account", "audit": "audit",
     "webhook_delivery": "webhook_delivery", "pipeline": "pipeline", "auth": "auth", "mfa": "mfa",
 }  # fmt: skip
 _FAILURE_WORDS = ("unauthorized", "failed", "failure", "error", "denied", "forbidden", "rejected")

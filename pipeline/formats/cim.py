@@ -6,7 +6,7 @@ so nothing is lost and ``deploy/splunk/`` (eventtypes + tags) only has to tag th
 
 * Authentication (logins, MFA challenges): ``action`` (success|failure), ``app``, ``user``,
   ``src``, ``dest``, ``signature``, ``signature_id``, ``authentication_method``.
-* Change (API keys, members, groups, webhooks, MFA settings, workspace, audit changes):
+* Change (API keys, members, groups, webhooks, sending accounts, MFA settings, workspace, audit changes):
   ``action`` (created|deleted|modified|read), ``change_type``, ``object``, ``object_id``,
   ``object_category``, ``object_attrs``, ``status``, ``user`` (the account changed, or the
   actor when no account is), ``src_user`` (the actor), ``src``.
@@ -32,7 +32,7 @@ VENDOR_PRODUCT = "Instantly"
 _CHANGE_ACTION = {"create": "created", "delete": "deleted", "read": "read"}
 _OBJECT_CATEGORY = {
     "api_key": "api_key", "member": "user", "mfa": "user", "workspace_group": "group",
-    "webhook": "webhook", "workspace": "workspace", "block_list": "block_list",
+    "webhook": "webhook", "workspace": "workspace", "block_list": "block_list", "account": "account",
 }  # fmt: skip
 _CIM_SEVERITY = {"info": "informational", "low": "low", "medium": "medium", "high": "high", "critical": "critical"}
 

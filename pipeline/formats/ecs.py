@@ -45,6 +45,7 @@ _CATEGORY: dict[str, list[str]] = {
     "member": ["iam"],
     "workspace_group": ["iam"],
     "block_list": ["configuration"],
+    "account": ["configuration"],
     "workspace": ["configuration"],
     "audit": ["configuration"],
     "webhook_delivery": ["email"],

@@ -9,9 +9,9 @@ MFA settings (TOTP 22-26, recovery codes 27)            3007 User Management (12
 API key created/deleted (audit 37/38, snapshots)        3007 User Management (18/19 Add/Remove
                                                         Programmatic Credentials; user = workspace)
 audit webhook 18-21; other ``api_key.*``,               3004 Entity Management (1 Create,
-``webhook.*``, ``block_list.*``, other ``workspace.*``   3 Update, 4 Delete, 8/9 Enable/Disable,
-                                                        12/13 Suspend/Resume: a webhook marked as
-                                                        error is suspended, then resumed)
+``webhook.*``, ``block_list.*``, ``account.*``,         3 Update, 4 Delete, 8/9 Enable/Disable,
+other ``workspace.*`` (an ``account`` is a sending      12/13 Suspend/Resume: a webhook marked as
+mailbox, not a user: entity type ``account``)           error is suspended, then resumed)
 ``member.invited/accepted/removed``                     3006 Group Management (group = workspace,
                                                         the member in ``users``, its role unmapped)
 ``workspace_group.*``                                   3006 Group Management (7/8 Add/Remove Subgroup)
@@ -274,7 +274,7 @@ def _event(body: dict[str, Any]) -> dict[str, Any]:
         out = _user_management_key(p, act)
     elif etype in ("member.role_changed", "member.permissions_changed", "workspace.owner_changed"):
         out = _user_privileges(p, act, body)
-    elif act.family in ("api_key", "webhook", "block_list", "workspace"):
+    elif act.family in ("api_key", "webhook", "block_list", "account", "workspace"):
         out = _entity_management(p, act, etype)
     elif act.family in ("member", "workspace_group"):
         out = _group_management(p, act)

@@ -54,7 +54,7 @@ AUDIT_CODES: dict[str, int] = {
 """Names the Instantly connector gives the audit codes the rules use (any code also works as
 ``audit.activity_<n>``; rules match ``attributes.activity_code``, not the name)."""
 _STREAMS = {"api_key": "api_keys", "member": "members", "webhook": "webhooks", "workspace": "workspace",
-            "workspace_group": "group_members", "block_list": "block_list"}  # fmt: skip
+            "workspace_group": "group_members", "block_list": "block_list", "account": "accounts"}  # fmt: skip
 _ACTIVITY = re.compile(r"^audit\.activity_(\d+)$")
 DEFAULT_START = "2026-01-01T00:00:00.000Z"
 

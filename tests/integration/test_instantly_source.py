@@ -128,7 +128,8 @@ async def test_demo_world_first_poll_and_quiet_second_poll(env: Env) -> None:
     counts = await env.poller.poll_once()
     assert counts["audit_logs"] == len(env.sim.state.audit_of(env.world.workspace.id)) == 10
     assert counts["api_keys"] == 2 and counts["members"] == 3 and counts["webhooks"] == 1
-    assert counts["workspace"] == 1 and counts["block_list"] == 2 and counts["pipeline"] == 0
+    assert counts["workspace"] == 1 and counts["block_list"] == 2 and counts["accounts"] == 3
+    assert counts["pipeline"] == 0
     evs = await bus_events(env.bus)
     assert all(schema_errors("event", e) == [] for e in evs)
     assert {e["workspace"]["id"] for e in evs} == {env.world.workspace.id}
@@ -159,6 +160,71 @@ async def test_changes_reach_the_bus_once(env: Env) -> None:
     assert types["audit.webhook_marked_error"] == 1
     created = next(e for e in evs if e["type"] == "api_key.created")
     assert created["target"]["id"] == rogue.id and created["attributes"]["scopes"] == ["all:all"]
+
+
+async def test_sending_account_changes_reach_the_bus(env: Env) -> None:
+    """Accounts listed over several pages (cursor timestamp_created&email) and diffed: added, reply_to and
+    tracking domain changed, a status change, and a mailbox moved away with no audit record."""
+    from connectors.instantly.sim.scenario import Scenario, apply_step
+
+    await env.poller.poll_once()
+    state, ws = env.sim.state, env.world.workspace.id
+    served = state.account("lee@acmeoutreach-mail.com").to_json()
+    for i in range(150):
+        state.add_account(ws, f"bulk{i:03d}@acmeoutreach-mail.com", created_at=env.clock.now() - 1000 + i)
+    steps = Scenario.from_yaml(
+        "workspace: acme\n"
+        "steps:\n"
+        "  - {at: 0, action: add_account, email: New.Box@acmeoutreach-mail.com, as: legacy-key}\n"
+        "  - {at: 0, action: set_account_reply_to, account: sales@acmeoutreach-mail.com, reply_to: x@proton.me}\n"
+        "  - {at: 0, action: set_account_tracking_domain, account: dana@acmeoutreach-mail.com,"
+        " tracking_domain_name: clicks.evil.example}\n"
+        "  - {at: 0, action: remove_account, account: lee@acmeoutreach-mail.com, moved: true}\n"
+    ).steps
+    for step in steps:
+        apply_step(state, step)
+    state.update_account("dana@acmeoutreach-mail.com", {"status": -1, "stat_warmup_score": 3})
+    audit_before = len(state.audit_of(ws))
+    env.clock.advance(60)
+    counts = await env.poller.poll_once()
+    assert len(state.audit_of(ws)) == audit_before  # the poll itself writes nothing
+    env.clock.advance(60)
+    assert (await env.poller.poll_once())["accounts"] == 0
+    pages = [q for p, q in env.requests.sent if p == "/api/v2/accounts"]
+    assert any("&" in q.get("starting_after", "") for q in pages) and all(q["limit"] == "100" for q in pages)
+    evs = await bus_events(env.bus)
+    assert all(schema_errors("event", e) == [] for e in evs)
+    acc = Counter(e["type"] for e in evs if e["type"].startswith("account."))
+    assert counts["accounts"] == 150 + 1 + 1 + 1 + 1 + 1
+    assert acc == {
+        "account.baseline": 3,
+        "account.added": 151,
+        "account.reply_to_changed": 1,
+        "account.tracking_domain_changed": 1,
+        "account.status_changed": 1,
+        "account.removed": 1,
+    }
+    by_type = {e["type"]: e for e in evs}
+    assert by_type["account.reply_to_changed"]["change"]["after"]["reply_to"] == "x@proton.me"
+    assert by_type["account.reply_to_changed"]["change"]["before"]["reply_to"] == "replies@acmeoutreach-mail.com"
+    assert by_type["account.removed"]["target"]["id"] == "lee@acmeoutreach-mail.com"
+    new = next(e for e in evs if e["type"] == "account.added" and e["target"]["id"].startswith("new.box"))
+    box = "new.box@acmeoutreach-mail.com"
+    assert new["target"] == {"kind": "account", "id": box, "name": box}
+    assert "status_message" in served  # served by the API, never kept
+    assert not any("status_message" in str(e) or "535 5.7.3" in str(e) or "stat_warmup_score" in str(e) for e in evs)
+
+
+async def test_key_without_accounts_scope_reports_the_stream(env: Env) -> None:
+    """A poller key without accounts:read gets pipeline.stream_unavailable for accounts; the rest goes on."""
+    state = env.sim.state
+    key = state.api_keys[env.world.poller_key.id]
+    key.scopes = [s for s in key.scopes if s != "accounts:read"]
+    counts = await env.poller.poll_once()
+    assert counts["accounts"] == 0 and counts["api_keys"] == 2 and counts["pipeline"] == 1
+    evs = await bus_events(env.bus)
+    gone = [e for e in evs if e["type"] == "pipeline.stream_unavailable"]
+    assert len(gone) == 1 and gone[0]["target"]["id"] == "accounts"
 
 
 async def test_late_audit_record_is_published_once(env: Env) -> None:

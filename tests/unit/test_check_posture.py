@@ -32,7 +32,9 @@ SPEC: dict[str, Any] = yaml.safe_load(FIXTURES.read_text(encoding="utf-8"))
 DAY = 86_400.0
 T0 = 1_790_000_000.0
 PIPELINE_KEY = "security-poller"
-NEEDED = needed_scopes(("audit_logs", "api_keys", "members", "webhooks", "workspace", "group_members", "block_list"))
+NEEDED = needed_scopes(
+    ("audit_logs", "api_keys", "members", "webhooks", "workspace", "group_members", "block_list", "accounts")
+)
 ALL_CHECKS = (*STREAM_CHECKS, *OWN_CHECKS, *BLAST_CHECKS)
 
 
@@ -47,9 +49,10 @@ class Built:
 
 
 def variant(extra: dict[str, Any]) -> dict[str, Any]:
-    """The base workspace with a variant's additions (api_keys, members, usage add; webhooks, block_list replace)."""
+    """The base workspace with a variant's additions (api_keys, members, usage, accounts add; webhooks, block_list
+    replace)."""
     spec: dict[str, Any] = copy.deepcopy(SPEC["base"])
-    for field in ("api_keys", "members", "usage"):
+    for field in ("api_keys", "members", "usage", "accounts"):
         spec[field] = [*spec.get(field, []), *extra.get(field, [])]
     for field in ("webhooks", "block_list", "pipeline_scopes"):
         if field in extra:
@@ -75,6 +78,8 @@ def build_workspace(sim: InstantlySimulator, source_id: str, spec: dict[str, Any
             st.mark_webhook_error(hook.id)
     for value in spec.get("block_list", []):
         st.add_block_list_entry(ws.id, value, created_at=now - 10 * DAY)
+    for a in spec.get("accounts", []):
+        st.add_account(ws.id, a["email"], created_at=now - 30 * DAY, reply_to=a.get("reply_to"))
     for u in spec.get("usage", []):
         key = st.api_keys[keys[u["key"]]]
         st.insert_audit(ws.id, 9, timestamp=now - u["days_ago"] * DAY,
@@ -205,6 +210,7 @@ def test_stream_rule_severities(outcome: Any) -> None:
     assert sev("api_key.stale:fail", "api_key.stale") == "medium"
     assert sev("webhook.insecure_target:fail", "webhook.insecure_target") == "high"
     assert sev("webhook.unauthenticated:fail", "webhook.unauthenticated") == "high"
+    assert sev("account.reply_redirect:fail", "account.reply_redirect") == "high"
 
 
 def test_results_hold_no_secret(outcome: Any) -> None:

@@ -189,6 +189,9 @@ def normalizer_events() -> list[Event]:
               "permissions": ["dashboard.view"], "timestamp_created": T0, "workspace_id": WS.id}  # fmt: skip
     hook = {"id": "w-1", "name": "Zap", "target_hook_url": "https://x.example/h", "headers": {"X-S": "v"}}
     group = {"id": "g-1", "admin_workspace_id": WS.id, "sub_workspace_id": "s-1", "status": "pending"}
+    account = {"email": "Sales@Example.com", "status": 1, "warmup_status": 1, "provider_code": 2,
+               "tracking_domain_name": "t.example.com", "tracking_domain_status": "active", "added_by": "u-1",
+               "setup_pending": False, "modified_by": "u-1", "timestamp_created": T0}  # fmt: skip
     changes: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {
         "api_keys": ([key], [{**key, "scopes": ["all:all"]}, {**key, "id": "k-2"}]),
         "members": ([member], [{**member, "role": "admin", "accepted": True, "permissions": []}]),
@@ -199,6 +202,20 @@ def normalizer_events() -> list[Event]:
             [{**group, "status": "accepted"}, {**group, "id": "g-2", "sub_workspace_id": "s-2"}],
         ),
         "block_list": ([{"id": "b-1", "bl_value": "x.example"}], []),
+        "accounts": (
+            [account],
+            [
+                {
+                    **account,
+                    "reply_to": "eve@elsewhere.example",
+                    "tracking_domain_name": "t.elsewhere.example",
+                    "status": -1,
+                    "modified_by": "u-2",
+                    "first_name": "ignored",
+                },
+                {**account, "email": "new@example.com"},
+            ],
+        ),
     }
     for stream, (before, after) in changes.items():
         events += diff_snapshots(stream, None, build_snapshot(stream, before)[0], workspace=WS, observed_at=SEEN)

@@ -77,7 +77,8 @@ def test_snapshot_kinds_are_the_tables_snapshot_streams() -> None:
     ws = WorkspaceRef("ws-1", "Acme")
     for s in api.SNAPSHOT_STREAMS:
         assert snapshots.KINDS[s.name].prefix == s.resource
-        current, _ = snapshots.build_snapshot(s.name, [{"id": "r1", "name": "x"}])
+        record = {"id": "r1", "name": "x", "email": "x@example.com"}  # accounts are keyed by email
+        current, _ = snapshots.build_snapshot(s.name, [record])
         (event,) = snapshots.diff_snapshots(s.name, None, current, workspace=ws, observed_at="2026-12-01T00:00:00.000Z")
         assert event.type.split(".", 1)[0] == s.resource
         assert event.source.stream == s.name

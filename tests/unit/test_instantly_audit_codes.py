@@ -60,9 +60,10 @@ def test_malformed_codes_still_get_a_type(value: Any) -> None:
 
 
 def test_snapshot_triggers() -> None:
-    """Key and webhook codes name the snapshot stream they change; other codes trigger nothing."""
+    """Key, webhook and sending-account codes name the snapshot stream they change; other codes trigger nothing."""
     from connectors.instantly.audit_codes import triggered_stream
 
     assert triggered_stream(37) == triggered_stream("38") == "api_keys"
     assert {triggered_stream(c) for c in (18, 19, 20, 21)} == {"webhooks"}
+    assert {triggered_stream(c) for c in (6, 7, "36")} == {"accounts"}  # account added, deleted, updated
     assert triggered_stream(1) is None and triggered_stream(99) is None and triggered_stream(None) is None

@@ -32,7 +32,9 @@ ERRORS = {
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
-COLLECTIONS = ("api-keys", "workspace-members", "webhooks", "workspace-group-members", "block-lists-entries")
+COLLECTIONS = (
+    "api-keys", "workspace-members", "webhooks", "workspace-group-members", "block-lists-entries", "accounts"
+)  # fmt: skip
 
 
 def load_fixture(name: str) -> Any:
@@ -137,7 +139,7 @@ class FakeInstantly:
         if request.method == "GET" and tail == "audit-logs":
             return self._page(self._audit_view(request.query), request.query)
         if request.method == "GET" and tail in self.collections:
-            return self._page(sorted(self.collections[tail], key=lambda r: str(r["id"])), request.query)
+            return self._page(sorted(self.collections[tail], key=_cursor), request.query)
         if request.method == "POST" and tail == "api-keys":
             doc = json.loads(body)
             return web.json_response({"id": "new", "name": doc["name"], "scopes": doc["scopes"], "key": "k"})
@@ -159,14 +161,21 @@ class FakeInstantly:
         start = 0
         after = query.get("starting_after")
         if after is not None:
-            ids = [str(r["id"]) for r in records]
+            ids = [_cursor(r) for r in records]
             start = ids.index(after) + 1 if after in ids else len(records)
         items = records[start : start + limit]
         out: dict[str, Any] = {"items": copy.deepcopy(items)}
         more = start + limit < len(records)
         if items and (more or self.trailing_cursor):
-            out["next_starting_after"] = str(items[-1]["id"])
+            out["next_starting_after"] = _cursor(items[-1])
         return web.json_response(out)
+
+
+def _cursor(record: dict[str, Any]) -> str:
+    """A record's cursor: its id; an account (no id) has ``timestamp_created&email`` as Instantly's does."""
+    if "id" in record:
+        return str(record["id"])
+    return f"{record.get('timestamp_created')}&{record.get('email')}"
 
 
 @asynccontextmanager

@@ -112,6 +112,7 @@ async def test_simulator_bodies_match_the_documented_schemas() -> None:
         ("webhooks.list.json", "/api/v2/webhooks"),
         ("workspace_group_members.list.json", "/api/v2/workspace-group-members"),
         ("block_list_entries.list.json", "/api/v2/block-lists-entries"),
+        ("accounts.list.json", "/api/v2/accounts"),
         ("workspace.current.json", "/api/v2/workspaces/current"),
     ],
 )

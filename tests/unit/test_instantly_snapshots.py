@@ -223,6 +223,94 @@ def test_block_list_added_removed() -> None:
     assert removed.attributes == {"value": "example.com", "is_domain": True}
 
 
+# ------------------------------------------------------------------------------------ accounts
+def test_account_snapshot_keeps_only_stable_fields() -> None:
+    """Accounts are keyed by lower-cased email and keep only the listed fields: no status_message (SMTP
+    responses), no warmup statistics, no timestamp_updated; extra, missing and null fields are tolerated."""
+    google, microsoft = items("accounts.list.json")
+    snap, skipped = build_snapshot("accounts", [google, microsoft, {"first_name": "no email"}, {"email": 7}])
+    assert skipped == 2 and sorted(snap) == ["sales@example.com", "user@example.com"]
+    assert set(snap["user@example.com"]) == {
+        "email", "status", "warmup_status", "provider_code", "added_by", "modified_by", "tracking_domain_name",
+        "tracking_domain_status", "setup_pending", "is_managed_account", "timestamp_created",
+    }  # fmt: skip
+    assert snap["sales@example.com"]["reply_to"] == "replies@example.com"
+    data = encode_snapshot(snap)
+    assert b"status_message" not in data and b"550-5.4.5" not in data and b"warmup_custom_ftag" not in data
+    assert b"timestamp_updated" not in data and b"stat_warmup_score" not in data
+    churn = {**google, "timestamp_updated": "2026-12-01T00:00:00.000Z", "stat_warmup_score": 42,
+             "status_message": {"code": "ETIMEDOUT"}, "timestamp_last_used": "2026-12-01T00:00:00.000Z",
+             "daily_limit": 30, "warmup": {"limit": 5}, "brand_new_field": True}  # fmt: skip
+    assert diff("accounts", [google], [churn]) == []
+    assert diff("accounts", [google], [{**google, "email": "USER@example.com "}]) == []
+
+
+def test_account_baseline_attributes_label_enums() -> None:
+    """A baseline names the account (target kind account, id = name = email) with enum labels; unknown
+    enum numbers and missing optional fields do not fail."""
+    google, microsoft = items("accounts.list.json")
+    odd = {"email": "odd@example.org", "status": 99, "warmup_status": None, "provider_code": "x"}
+    cur, _ = build_snapshot("accounts", [google, microsoft, odd])
+    events = {e.source.record_id: e for e in diff_snapshots("accounts", None, cur, workspace=WS, observed_at=T0)}
+    assert {e.type for e in events.values()} == {"account.baseline"}
+    ms = events["sales@example.com"]
+    assert ms.target is not None and (ms.target.kind, ms.target.name) == ("account", "sales@example.com")
+    assert ms.attributes["provider_label"] == "microsoft" and ms.attributes["status_label"] == "paused"
+    assert ms.attributes["warmup_status_label"] == "paused"
+    assert ms.attributes["reply_to"] == "replies@example.com" and ms.attributes["reply_to_domain"] == "example.com"
+    g = events["user@example.com"].attributes
+    assert g["reply_to"] is None and g["tracking_domain_name"] == "example.com" and g["provider_label"] == "google"
+    o = events["odd@example.org"].attributes
+    assert (o["status"], o["status_label"], o["warmup_status_label"], o["provider_label"]) == (99, "unknown", None,
+                                                                                               "unknown")  # fmt: skip
+    for e in events.values():
+        assert "status_message" not in orjson.dumps(e.to_dict()).decode()
+
+
+def test_account_changes() -> None:
+    """added (actor = added_by), removed, reply_to_changed, tracking_domain_changed, status_changed (status or
+    warmup_status), each with change.before/after and the previous value; other kept fields → updated."""
+    google, microsoft = items("accounts.list.json")
+    added = one(diff("accounts", [google], [google, microsoft]), "account.added")
+    assert added.target is not None and added.target.id == "sales@example.com" and added.actor is not None
+    assert added.actor.user_id == "019d9c5f-9677-78ed-b2c4-298d410e72fb"
+    assert added.time == "2026-04-18T09:12:01.120Z" and added.change is not None and added.change.before is None
+    removed = one(diff("accounts", [google, microsoft], [google]), "account.removed")
+    assert removed.target is not None and removed.target.id == "sales@example.com" and removed.change is not None
+    assert removed.change.after is None and removed.change.before is not None
+    assert (
+        "moved to another workspace" in removed.attributes["removal"]
+        and "no audit record" in removed.attributes["removal"]
+    )
+
+    redirected = {**google, "reply_to": "Collect@Attacker.example"}
+    ev = one(diff("accounts", [google], [redirected]), "account.reply_to_changed")
+    assert ev.change is not None and ev.change.fields == ("reply_to",)
+    assert ev.change.before is not None and "reply_to" not in ev.change.before
+    assert ev.change.after is not None and ev.change.after["reply_to"] == "collect@attacker.example"
+    assert ev.attributes["previous_reply_to"] is None and ev.attributes["reply_to_domain"] == "attacker.example"
+    cleared = one(diff("accounts", [redirected], [{**redirected, "reply_to": None}]), "account.reply_to_changed")
+    assert cleared.attributes["previous_reply_to"] == "collect@attacker.example"
+    assert cleared.attributes["reply_to"] is None
+
+    moved = {**google, "tracking_domain_name": "track.attacker.example", "tracking_domain_status": "pending"}
+    ev = one(diff("accounts", [google], [moved]), "account.tracking_domain_changed")
+    assert ev.change is not None and ev.change.fields == ("tracking_domain_name", "tracking_domain_status")
+    assert ev.attributes["previous_tracking_domain_name"] == "example.com"
+    assert ev.attributes["tracking_domain_name"] == "track.attacker.example"
+
+    broken = {**google, "status": -1, "warmup_status": -1}
+    ev = one(diff("accounts", [google], [broken]), "account.status_changed")
+    assert ev.change is not None and ev.change.fields == ("status", "warmup_status")
+    assert ev.attributes["previous_status"] == 1 and ev.attributes["status_label"] == "connection_error"
+    assert ev.attributes["warmup_status_label"] == "banned"
+    assert types(diff("accounts", [google], [{**google, "warmup_status": 0}])) == ["account.status_changed"]
+    assert types(diff("accounts", [google], [{**google, "modified_by": "someone-else"}])) == ["account.updated"]
+    by_other = {**redirected, "modified_by": "someone-else"}
+    assert types(diff("accounts", [google], [by_other])) == ["account.reply_to_changed"]
+    assert types(diff("accounts", [google], [{**google, "tracking_domain_status": "pending"}])) == ["account.updated"]
+
+
 # ------------------------------------------------------------------------------------- general
 @pytest.mark.parametrize(
     ("stream", "fixture", "baseline"),
@@ -233,6 +321,7 @@ def test_block_list_added_removed() -> None:
         ("workspace", "workspace.current.json", "workspace.baseline"),
         ("group_members", "workspace_group_members.list.json", "workspace_group.member_baseline"),
         ("block_list", "block_list_entries.list.json", "block_list.entry_baseline"),
+        ("accounts", "accounts.list.json", "account.baseline"),
     ],
 )
 def test_first_snapshot_is_baselines(stream: str, fixture: str, baseline: str) -> None:
@@ -269,7 +358,7 @@ def test_snapshot_state_roundtrip() -> None:
     assert b"a1b2c3d4e5f6g7h8i9j0" not in data
     assert decode_snapshot(data) == snap
     assert decode_snapshot(b"not json") is None and decode_snapshot(None) is None
-    assert set(KINDS) == {"api_keys", "members", "webhooks", "workspace", "group_members", "block_list"}
+    assert set(KINDS) == {"api_keys", "members", "webhooks", "workspace", "group_members", "block_list", "accounts"}
 
 
 def test_plain_headers_do_not_count_as_authentication() -> None:

@@ -56,6 +56,7 @@ def seed(fake: FakeInstantly) -> None:
     fake.collections["webhooks"] = load_fixture("webhooks.list.json")["items"]
     fake.collections["workspace-group-members"] = load_fixture("workspace_group_members.list.json")["items"]
     fake.collections["block-lists-entries"] = load_fixture("block_list_entries.list.json")["items"]
+    fake.collections["accounts"] = load_fixture("accounts.list.json")["items"]
 
 
 def audit_record(rid: str, ts: float, code: int = 1) -> dict[str, Any]:
@@ -116,10 +117,11 @@ async def test_first_poll_publishes_baselines_and_audit(env: tuple[FakeInstantly
         "workspace": 1,
         "group_members": 1,
         "block_list": 2,
+        "accounts": 2,
         "pipeline": 0,
     }
     recs = await records(bus)
-    assert len(recs) == 9
+    assert len(recs) == 11
     for rec in recs:
         event = orjson.loads(rec.value)
         assert schema_errors("event", event) == []
@@ -138,6 +140,8 @@ async def test_first_poll_publishes_baselines_and_audit(env: tuple[FakeInstantly
             "workspace_group.member_baseline",
             "block_list.entry_baseline",
             "block_list.entry_baseline",
+            "account.baseline",
+            "account.baseline",
         ]
     )
     state = await bus.state_items()
@@ -149,6 +153,7 @@ async def test_first_poll_publishes_baselines_and_audit(env: tuple[FakeInstantly
         "snapshot/acme/workspace/meta",
         "snapshot/acme/group_members/meta",
         "snapshot/acme/block_list/meta",
+        "snapshot/acme/accounts/meta",
         "identity/acme",
     } <= set(state)
     assert not {"cursor/acme/audit_logs", "snapshot/acme/api_keys"} & set(state)  # no single values
@@ -205,14 +210,26 @@ async def test_changes_between_polls(env: tuple[FakeInstantly, SqliteBus]) -> No
         fake.collections["workspace-members"] = []
         fake.collections["webhooks"][0] = {**fake.collections["webhooks"][0], "status": -1}
         fake.workspace = {**fake.workspace, "owner": "someone-else"}
+        google, _microsoft = fake.collections["accounts"]
+        fake.collections["accounts"] = [
+            {**google, "reply_to": "collect@attacker.example", "stat_warmup_score": 12, "status_message": None}
+        ]
         clock.advance(60)
         counts = await poller.poll_once()
         assert set((await poller.poll_once()).values()) == {0}
     assert counts["api_keys"] == counts["members"] == counts["webhooks"] == counts["workspace"] == 1
+    assert counts["accounts"] == 2
     evs = await events(bus)
     assert_once(evs)
     new_types = {e["type"] for e in evs} - {e["type"] for e in evs if e["type"].endswith("baseline")}
-    assert new_types == {"api_key.created", "member.removed", "webhook.status_changed", "workspace.owner_changed"}
+    assert new_types == {"api_key.created", "member.removed", "webhook.status_changed", "workspace.owner_changed",
+                         "account.reply_to_changed", "account.removed"}  # fmt: skip
+    redirect = next(e for e in evs if e["type"] == "account.reply_to_changed")
+    assert redirect["target"] == {"kind": "account", "id": "user@example.com", "name": "user@example.com"}
+    assert redirect["change"]["after"]["reply_to"] == "collect@attacker.example"
+    removed = next(e for e in evs if e["type"] == "account.removed")
+    assert removed["target"]["id"] == "sales@example.com"
+    assert not any("status_message" in orjson.dumps(e).decode() for e in evs)
 
 
 async def test_backdated_record_behind_cursor_is_published_once(env: tuple[FakeInstantly, SqliteBus]) -> None:

@@ -117,3 +117,39 @@ def test_pipeline_events_and_block_list() -> None:
     alerts = run([unauthorized, *removed], {"protected_domains": ["rival.io"]})
     assert ("pipeline.poller_unauthorized", "critical", "open") in rules(alerts)
     assert ("block_list.protected_domain_removed", "medium", "open") in rules(alerts)
+
+
+def mailbox(email: str, **fields: Any) -> dict[str, Any]:
+    return {"email": email, "organization": "ws-1", "status": 1, "warmup_status": 1, "provider_code": 2,
+            "timestamp_created": "2026-01-01T00:00:00Z", "timestamp_updated": "2026-01-01T00:00:00Z",
+            "status_message": {"code": "EAUTH", "response": "535 auth failed"}, **fields}  # fmt: skip
+
+
+def test_account_snapshots_drive_the_account_rules() -> None:
+    """A reply_to outside the mailbox's domain (already at baseline, or set later) alerts high and resolves when
+    cleared; a new tracking domain and a mailbox gone (deleted or moved) alert medium; in-domain is quiet."""
+    base_accounts = [
+        mailbox("Dana@Acme.io", reply_to="dana.private@gmail.com"),
+        mailbox("sales@acme.io", reply_to="replies@acme.io", tracking_domain_name="t.acme.io"),
+        mailbox("ops@acme.io"),
+    ]
+    base = diff("accounts", None, base_accounts, T0)
+    later = [
+        mailbox("Dana@Acme.io", reply_to=None),
+        mailbox("sales@acme.io", reply_to="x@attacker.example", tracking_domain_name="t.attacker.example"),
+    ]
+    changed = diff("accounts", base_accounts, later, T0 + 60)
+    assert {e.type for e in changed} == {"account.reply_to_changed", "account.tracking_domain_changed",
+                                         "account.removed"}  # fmt: skip
+    alerts = run(base + changed)
+    assert rules(alerts) == [
+        ("account.removed", "medium", "open"),
+        ("account.reply_redirect", "high", "open"),
+        ("account.reply_redirect", "high", "open"),
+        ("account.reply_redirect", "high", "resolved"),
+        ("account.tracking_domain_changed", "medium", "open"),
+    ]
+    by_key = {(a.dedup_key, a.status) for a in alerts}
+    assert ("account.reply_redirect:ws-1:account:dana@acme.io:reply_to:dana.private@gmail.com", "resolved") in by_key
+    assert ("account.reply_redirect:ws-1:account:sales@acme.io:reply_to:x@attacker.example", "open") in by_key
+    assert ("account.removed:ws-1:account:ops@acme.io", "open") in by_key

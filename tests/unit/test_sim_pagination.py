@@ -183,6 +183,33 @@ async def test_accounts_cursor_is_timestamp_and_email(sim: InstantlySimulator, s
     cursor = quote(first["next_starting_after"], safe="")
     _, rest = await get(session, sim, key, f"/accounts?limit=2&starting_after={cursor}")
     assert [a["email"] for a in rest["items"]] == ["c@mail.example"]
+    _, legacy = await get(session, sim, key, "/accounts?limit=5&starting_after=2026-05-28T20:25:00.500Z")
+    assert [a["email"] for a in legacy["items"]] == ["b@mail.example", "c@mail.example"]  # a bare timestamp cursor
+
+
+async def test_poller_reads_every_account_page(sim: InstantlySimulator, tmp_path: Any) -> None:
+    """The poller follows the accounts cursor (limit 100) through 250 mailboxes and baselines each once."""
+    from pydantic import SecretStr
+
+    from connectors.instantly.config import BudgetConfig, WorkspaceConfig
+    from connectors.instantly.source import InstantlyWorkspacePoller
+    from pipeline.bus.sqlite import SqliteBus
+
+    ws = sim.add_workspace("Mail")
+    key = sim.add_api_key(ws.id, ["accounts:read", "workspaces:read"])
+    for i in range(250):
+        sim.state.add_account(ws.id, f"box{i:03d}@mail.example", created_at=START - 1000 + i // 3)
+    cfg = WorkspaceConfig(
+        api_key=SecretStr(key.key), base_url=sim.url, streams=["accounts"],
+        budget=BudgetConfig(requests_per_second=100, requests_per_minute=6000),
+    )  # fmt: skip
+    async with (
+        SqliteBus(tmp_path / "bus.db") as bus,
+        InstantlyWorkspacePoller("mail", cfg, bus, clock=FakeClock(START)) as poller,
+    ):
+        counts = await poller.poll_once()
+        assert counts["accounts"] == 250
+        assert (await poller.poll_once())["accounts"] == 0
 
 
 @pytest.mark.parametrize("trailing", [True, False])

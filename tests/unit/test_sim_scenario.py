@@ -102,6 +102,43 @@ def test_create_workspace_and_group_steps() -> None:
     assert client.scheduled_for_removal_at == clock.now() + 86_400
 
 
+def test_sending_account_steps() -> None:
+    """Accounts are added (audit 6), redirected, given a tracking domain, moved away (no audit record) and
+    deleted (audit 7) by email, case-insensitively; the listing shows what changed."""
+    clock = FakeClock(1_780_000_000.0)
+    state = SimState(clock.now)
+    world = demo_world(state)
+    ws = world.workspace.id
+    before = len(state.audit_of(ws))
+    scenario = Scenario.from_yaml(
+        """
+        workspace: acme
+        steps:
+          - {at: 0, action: add_account, email: new@acmeoutreach-mail.com, provider_code: 3, as: legacy-key}
+          - {at: 1, action: set_account_reply_to, account: SALES@acmeoutreach-mail.com, reply_to: x@proton.me}
+          - {at: 2, action: set_account_tracking_domain, account: dana@acmeoutreach-mail.com,
+             tracking_domain_name: clicks.evil.example, status: pending}
+          - {at: 3, action: remove_account, account: lee@acmeoutreach-mail.com, moved: true}
+          - {at: 4, action: remove_account, account: new@acmeoutreach-mail.com}
+          - {at: 5, action: set_account_reply_to, account: sales@acmeoutreach-mail.com, reply_to: null}
+        """
+    )
+    runner = ScenarioRunner(scenario, state, clock.now)
+    clock.advance(1.5)
+    runner.apply_due()
+    sales = state.account("sales@acmeoutreach-mail.com").to_json()
+    assert sales["reply_to"] == "x@proton.me" and sales["modified_by"] == state.workspace(ws).owner
+    clock.advance(10)
+    runner.apply_due()
+    assert runner.errors == []
+    listed = {a.email: a.to_json() for a in state.accounts_of(ws)}
+    assert sorted(listed) == ["dana@acmeoutreach-mail.com", "sales@acmeoutreach-mail.com"]
+    assert listed["dana@acmeoutreach-mail.com"]["tracking_domain_name"] == "clicks.evil.example"
+    assert listed["dana@acmeoutreach-mail.com"]["tracking_domain_status"] == "pending"
+    assert listed["sales@acmeoutreach-mail.com"]["reply_to"] is None
+    assert [r.activity_type for r in state.audit_of(ws)[before:]] == [6, 7]  # no record for the move or the edits
+
+
 def test_refused_step_is_recorded_and_run_goes_on() -> None:
     """A step the state refuses lands in ``errors`` and later steps still run."""
     clock = FakeClock(1_780_000_000.0)

@@ -2,7 +2,8 @@
 
 For each configured workspace, with its own (read-only) key:
 
-1. read ``GET /workspaces/current`` and list API keys, members, webhooks and the block list
+1. read ``GET /workspaces/current`` and list API keys, members, webhooks, the block list and the
+   sending accounts
    (plus agency links when that stream is configured), then the audit log of the last
    ``shared_key_window_days`` (who used which key) — :mod:`.snapshot`;
 2. turn the listings into the poller's baseline events (:func:`~connectors.instantly.snapshots.diff_snapshots`

@@ -24,6 +24,7 @@ STREAM_CHECKS: dict[str, str] = {
     "webhook.failing": "webhooks",
     "member.unexpected": "members",
     "block_list.internal_domain_missing": "block_list",
+    "account.reply_redirect": "accounts",
     "pipeline.audit_log_unavailable": "audit_logs",
 }
 """The stream rules the check reports on (pass or fail), with the listing each one judges."""
@@ -36,6 +37,7 @@ PASS_MESSAGES = {
     "webhook.failing": "no webhook is disabled after delivery failures",
     "member.unexpected": "every member is on the member allowlist",
     "block_list.internal_domain_missing": "every protected domain is on the block list",
+    "account.reply_redirect": "no sending account sends its replies outside its own domain (or the member domains)",
     "pipeline.audit_log_unavailable": "the audit log can be read",
 }
 

@@ -7,6 +7,7 @@ Registered as the ``instantly`` entry of the ``instantly_audit.rule_packs`` grou
 
 from pathlib import Path
 
+from connectors.instantly.rules.accounts import AccountRemovedRule, ReplyRedirectRule, TrackingDomainChangedRule
 from connectors.instantly.rules.api_keys import AllScopeKeyRule, BroadScopeKeyRule, RotationIncompleteRule, StaleKeyRule
 from connectors.instantly.rules.auth import LoginNewIpRule, MfaAttackRule
 from connectors.instantly.rules.blast_radius import UnauditedReachRule
@@ -47,6 +48,9 @@ RULES = (
     UnauthenticatedWebhookRule,
     InsecureWebhookTargetRule,
     FailingWebhookRule,
+    ReplyRedirectRule,
+    AccountRemovedRule,
+    TrackingDomainChangedRule,
 )
 """Every built-in Python rule of the pack, in catalog order."""
 

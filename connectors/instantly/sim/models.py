@@ -343,6 +343,12 @@ class Account:
     modified_by: str | None = None
     reply_to: str | None = None
     stat_warmup_score: float | None = None
+    tracking_domain_name: str | None = None
+    tracking_domain_status: str | None = None
+    setup_pending: bool = False
+    is_managed_account: bool = False
+    status_message: JSON | None = None
+    """The last SMTP/IMAP error (``code``, ``command``, ``response``, ``e_message``, ``responseCode``)."""
 
     @property
     def cursor(self) -> str:
@@ -363,11 +369,12 @@ class Account:
             "modified_by": self.modified_by,
             "timestamp_created": iso(self.timestamp_created),
             "timestamp_updated": iso(self.timestamp_updated),
-            "setup_pending": False,
-            "is_managed_account": False,
+            "setup_pending": self.setup_pending,
+            "is_managed_account": self.is_managed_account,
             "autofix_failed": False,
             "stat_warmup_score": self.stat_warmup_score,
-            "tracking_domain_name": None,
-            "tracking_domain_status": None,
+            "tracking_domain_name": self.tracking_domain_name,
+            "tracking_domain_status": self.tracking_domain_status,
             "reply_to": self.reply_to,
+            **({"status_message": dict(self.status_message)} if self.status_message is not None else {}),
         }

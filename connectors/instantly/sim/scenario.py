@@ -14,7 +14,11 @@ Objects are named by alias (``ref:`` registers one), id, or email/value where na
 workspace owner acts in the web app. ``ip`` and ``user_agent`` set the audit fields.
 ``add_group_member`` links an already *accepted* sub-workspace unless ``status`` says
 otherwise, and ``remove_group_member`` takes it out of the group (it leaves); ``audit`` with
-``late_by: <secs>`` records a late-arriving entry.
+``late_by: <secs>`` records a late-arriving entry. Sending accounts are named by email:
+``add_account`` records audit 6 and ``remove_account`` audit 7, unless ``moved: true`` (``POST
+/accounts/move`` to another workspace leaves no audit record); ``set_account_reply_to`` (``null``
+clears it) and ``set_account_tracking_domain`` change the account with no audit record, as Instantly
+does, so only the ``accounts`` snapshot sees them.
 """
 
 from __future__ import annotations
@@ -56,6 +60,10 @@ _PARAMS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "resume_webhook": (frozenset({"webhook"}), _ACTOR),
     "add_block_list_entry": (frozenset({"value"}), frozenset({"ref"})),
     "delete_block_list_entry": (frozenset({"entry"}), frozenset()),
+    "add_account": (frozenset({"email"}), _ACTOR | {"provider_code", "reply_to", "tracking_domain_name"}),
+    "remove_account": (frozenset({"account"}), _ACTOR | {"moved"}),
+    "set_account_reply_to": (frozenset({"account", "reply_to"}), _ACTOR),
+    "set_account_tracking_domain": (frozenset({"account", "tracking_domain_name"}), _ACTOR | {"status"}),
     "add_group_member": (frozenset({"sub_workspace"}), frozenset({"status", "ref"})),
     "set_group_member_status": (frozenset({"link", "status"}), frozenset()),
     "remove_group_member": (frozenset({"sub_workspace"}), frozenset()),
@@ -289,6 +297,32 @@ def _invite(state: SimState, ws: str, p: Mapping[str, Any]) -> None:
     )
 
 
+def _add_account(state: SimState, ws: str, p: Mapping[str, Any]) -> None:
+    actor = _actor(state, ws, p)
+    fields = {k: p[k] for k in ("provider_code", "reply_to", "tracking_domain_name") if k in p}
+    if fields.get("tracking_domain_name"):
+        fields["tracking_domain_status"] = "active"
+    state.add_account(ws, p["email"], added_by=actor.user_id, **fields)
+    state.insert_audit(ws, 6, actor=actor)
+
+
+def _remove_account(state: SimState, ws: str, p: Mapping[str, Any]) -> None:
+    state.remove_account(state.account(p["account"], ws).email)
+    if not p.get("moved", False):
+        state.insert_audit(ws, 7, actor=_actor(state, ws, p))
+
+
+def _update_account(state: SimState, ws: str, p: Mapping[str, Any], fields: dict[str, Any]) -> None:
+    account = state.account(p["account"], ws)
+    state.update_account(account.email, fields, modified_by=_actor(state, ws, p).user_id)
+
+
+def _set_tracking_domain(state: SimState, ws: str, p: Mapping[str, Any]) -> None:
+    name = p["tracking_domain_name"]
+    status = p.get("status", "active" if name else None)
+    _update_account(state, ws, p, {"tracking_domain_name": name, "tracking_domain_status": status})
+
+
 def _create_webhook(state: SimState, ws: str, p: Mapping[str, Any]) -> None:
     fields = _webhook_fields(p)
     url = fields.pop("target_hook_url")
@@ -315,6 +349,10 @@ _HANDLERS: dict[str, _Handler] = {
     "resume_webhook": lambda s, ws, p: s.resume_webhook(s.webhook(p["webhook"], ws).id, actor=_actor(s, ws, p)),
     "add_block_list_entry": lambda s, ws, p: s.add_block_list_entry(ws, p["value"], alias=p.get("ref")),
     "delete_block_list_entry": lambda s, ws, p: s.delete_block_list_entry(s.block_list_entry(p["entry"], ws).id),
+    "add_account": _add_account,
+    "remove_account": _remove_account,
+    "set_account_reply_to": lambda s, ws, p: _update_account(s, ws, p, {"reply_to": p["reply_to"]}),
+    "set_account_tracking_domain": _set_tracking_domain,
     "add_group_member": lambda s, ws, p: s.add_group_member(
         ws, s.workspace(p["sub_workspace"]).id, status=p.get("status", "accepted"), alias=p.get("ref")
     ),

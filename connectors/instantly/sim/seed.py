@@ -2,7 +2,8 @@
 
 :func:`demo_world` fills a :class:`~.state.SimState` with an owner and two members, a
 least-privilege poller key, a 200-day-old ``all:all`` key, an authenticated webhook, block
-list entries, two sending accounts and a week of audit history. Aliases (``acme``,
+list entries, three sending accounts (one with an in-domain ``reply_to``, one with a tracking
+domain) and a week of audit history. Aliases (``acme``,
 ``owner``, ``poller-key``, ``legacy-key``, ``crm-webhook``, ...) let scenarios refer to them;
 ``scenarios/demo_incident.yaml`` plays an incident on top of it.
 """
@@ -86,8 +87,31 @@ def demo_world(state: SimState) -> DemoWorld:
     )
     state.add_block_list_entry(ws.id, "competitor-outreach.io", alias="bl-competitor", created_at=now - 60 * DAY)
     state.add_block_list_entry(ws.id, "legal@bigprospect.com", alias="bl-legal", created_at=now - 30 * DAY)
-    for email, age in (("dana@acmeoutreach-mail.com", 120), ("sales@acmeoutreach-mail.com", 45)):
-        state.add_account(ws.id, email, created_at=now - age * DAY, added_by=owner_id, first_name="Acme")
+    for email, age, extra in (
+        (
+            "dana@acmeoutreach-mail.com",
+            120,
+            {"tracking_domain_name": "track.acmeoutreach-mail.com", "tracking_domain_status": "active"},
+        ),
+        ("sales@acmeoutreach-mail.com", 45, {"reply_to": "replies@acmeoutreach-mail.com"}),  # in-domain: no alert
+        (
+            "lee@acmeoutreach-mail.com",
+            20,
+            {
+                "provider_code": 3,
+                "warmup_status": 0,
+                "status": -1,
+                "status_message": {
+                    "code": "EAUTH",
+                    "command": "AUTH XOAUTH2",
+                    "response": "535 5.7.3 Authentication unsuccessful",
+                    "e_message": "Invalid login: 535 5.7.3 Authentication unsuccessful",
+                    "responseCode": 535,
+                },
+            },
+        ),
+    ):
+        state.add_account(ws.id, email, created_at=now - age * DAY, added_by=owner_id, first_name="Acme", **extra)
     _history(state, ws, legacy, now)
     return DemoWorld(
         ws,

@@ -529,13 +529,32 @@ class SimState:
         return entry
 
     def add_account(self, workspace_id: str, email: str, *, created_at: float | None = None, **fields: Any) -> Account:
-        """Add a sending mailbox (``fields``: any other Account attribute)."""
+        """Add a sending mailbox, keyed by its lower-cased email (``fields``: any other Account attribute)."""
         at = self.now() if created_at is None else created_at
-        account = Account(email, self.workspace(workspace_id).id, at, at)
+        account = self.accounts[email.strip().lower()] = Account(email, self.workspace(workspace_id).id, at, at)
         for key, value in fields.items():
             setattr(account, key, value)
-        self.accounts[email] = account
         return account
+
+    def account(self, email: str, workspace_id: str | None = None) -> Account:
+        """The sending account with this email, any case (in ``workspace_id`` when given); ApiError 404 if none."""
+        return _owned(_get(self.accounts, email.strip().lower()), workspace_id)
+
+    def update_account(self, email: str, fields: dict[str, Any], *, modified_by: str | None = None) -> Account:
+        """Change an account as ``PATCH /accounts/{email}`` does (``reply_to``, ``tracking_domain_name``, ...);
+        ``timestamp_updated`` and ``modified_by`` move with it. ApiError 400 for a field it has not."""
+        account = self.account(email)
+        for key, value in fields.items():
+            if not hasattr(account, key) or key in ("email", "workspace_id", "timestamp_created"):
+                raise bad_request(f"body must NOT have additional properties ({key})")
+            setattr(account, key, value)
+        account.timestamp_updated = self.now()
+        account.modified_by = account.modified_by if modified_by is None else modified_by
+        return account
+
+    def remove_account(self, email: str) -> Account:
+        """Take a sending account out of its workspace (deleted, or moved away: the list no longer shows it)."""
+        return self.accounts.pop(self.account(email).email.lower())
 
     # ---- audit log ------------------------------------------------------------------------
 
