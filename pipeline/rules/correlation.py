@@ -16,7 +16,7 @@
           detection: {sel: {type: api_key.deleted}, condition: sel}
       group-by: [target.id]      # per entry too (Sigma's aliases): {group-by: [actor.api_key_id]}
       timespan: 1h
-      condition: {gte: 3}        # event_count / value_count: gt gte lt lte eq neq (all must hold)
+      condition: {gte: 3}        # event_count / value_count: gt or gte (both may be given)
       field: attributes.list_id  # value_count / new_terms: the field whose values count
       grace: 10m                 # late events accepted this long after a window closes
       max_groups: 10000          # per rule and workspace; least recently active dropped beyond
@@ -66,6 +66,11 @@ from schemas.event import Event
 CorrelationType = Literal["event_count", "value_count", "temporal", "temporal_ordered", "absence", "new_terms"]
 _OPS = {"gt": float.__gt__, "gte": float.__ge__, "lt": float.__lt__, "lte": float.__le__, "eq": float.__eq__,
         "neq": float.__ne__}  # fmt: skip
+UPPER_BOUND_OPS = frozenset({"lt", "lte", "eq", "neq"})
+"""Conditions with an upper bound: only the count over a whole window decides them (Sigma backends count
+the window), while the stream fires as soon as the count holds, so they are refused."""
+UPPER_BOUND_REASON = ("conditions with an upper bound (lt, lte, eq, neq) are not supported: they need the count "
+                      "over the whole window, and a streaming correlation fires as soon as the count first holds")
 MAX_TERMS = 5000
 """Terms remembered per new-terms history (the least recently seen are forgotten first)."""
 MAX_ENTRIES = 1000
@@ -197,6 +202,8 @@ class CorrelationRule:
         bad = sorted(set(body.condition) - set(_OPS))
         if bad:
             raise RuleSyntaxError("correlation.condition", f"unknown operator {bad[0]!r} (known: {', '.join(_OPS)})")
+        if upper := sorted(set(body.condition) & UPPER_BOUND_OPS):
+            raise RuleSyntaxError(f"correlation.condition.{upper[0]}", UPPER_BOUND_REASON)
         self.condition = [(_OPS[k], float(v)) for k, v in body.condition.items()]
         if body.type in ("value_count", "new_terms") and not body.field:
             raise RuleSyntaxError("correlation.field", f"{body.type} needs the field whose values count")

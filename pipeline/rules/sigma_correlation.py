@@ -25,7 +25,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipeline.rules.base import Rule, RuleParams
-from pipeline.rules.correlation import CorrelationSpec, EntrySpec, compile_correlation
+from pipeline.rules.correlation import (
+    UPPER_BOUND_OPS,
+    UPPER_BOUND_REASON,
+    CorrelationSpec,
+    EntrySpec,
+    compile_correlation,
+)
 from pipeline.rules.lifecycle import parse_duration
 from pipeline.rules.matcher import MatchRuleSpec, RuleSyntaxError, getter
 from pipeline.rules.sigma import (
@@ -141,6 +147,9 @@ def export_correlation(rule: Rule, rules: Mapping[str, Rule] | None = None) -> E
         corr["aliases"] = aliases
     corr["timespan"] = _timespan(parse_duration(body.timespan, "correlation.timespan"))
     if body.type in ("event_count", "value_count"):
+        if len(body.condition) != 1:  # pySigma refuses a condition with more than one operator
+            return Exported(rid, None, f"condition {body.condition} has {len(body.condition)} operators: a Sigma "
+                                       "correlation condition has exactly one")  # fmt: skip
         if any(v != int(v) for v in body.condition.values()):
             return Exported(rid, None, "fractional correlation threshold: Sigma conditions are integers")
         corr["condition"] = {op: int(v) for op, v in body.condition.items()}
@@ -208,7 +217,12 @@ def _correlation(doc: Mapping[str, Any], by_ref: Mapping[str, Mapping[str, Any]]
     if not isinstance(names, list) or not names:
         raise SigmaImportError("correlation.rules must list the correlated rules")
     entries: list[dict[str, Any]] = []
-    group = [str(g) for g in body.get("group-by") or []]
+    raw_group = body.get("group-by") or []
+    if isinstance(raw_group, str):  # pySigma reads a plain string as a one-field list
+        raw_group = [raw_group]
+    if not isinstance(raw_group, list):
+        raise SigmaImportError("correlation.group-by must be a field or a list of fields")
+    group = [str(g) for g in raw_group]
     for ref in names:
         base = by_ref.get(str(ref))
         if base is None:
@@ -231,6 +245,12 @@ def _correlation(doc: Mapping[str, Any], by_ref: Mapping[str, Mapping[str, Any]]
         except RuleSyntaxError as err:
             raise SigmaImportError(f"{err} — the field does not map to Event v1") from None
     cond = body.get("condition")
+    if cond is not None and not isinstance(cond, Mapping):
+        if isinstance(cond, str) and kind in ("temporal", "temporal_ordered"):
+            # pySigma reads it as a boolean expression over the rules (key_created and not key_deleted);
+            # dropping it would alert on exactly what it excludes
+            raise SigmaImportError(f"condition {cond!r}: extended temporal conditions are not supported")
+        raise SigmaImportError(f"correlation.condition {cond!r} is not a mapping of one operator to a number")
     out: dict[str, Any] = {"type": kind, "rules": entries, "group-by": [g for g in group if g != "workspace.id"]}
     if aliases:
         out["group-by"] = []
@@ -246,6 +266,11 @@ def _correlation(doc: Mapping[str, Any], by_ref: Mapping[str, Mapping[str, Any]]
             bad = [k for k in ops if k not in ("gt", "gte", "lt", "lte", "eq", "neq")]
             if bad or not ops or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in ops.values()):
                 raise SigmaImportError(f"condition {dict(cond)} needs numeric gt, gte, lt, lte, eq or neq")
+            if len(ops) > 1:  # pySigma: "exactly one condition operator"
+                raise SigmaImportError(f"condition {dict(cond)}: a Sigma correlation condition has exactly one "
+                                       "operator")  # fmt: skip
+            if upper := [k for k in ops if k in UPPER_BOUND_OPS]:
+                raise SigmaImportError(f"condition {upper[0]}: {UPPER_BOUND_REASON}")
             out["condition"] = dict(ops)
         if "field" in cond:
             field = cond["field"]

@@ -1,0 +1,180 @@
+"""Sigma interop where a reading differs from pySigma's: each case either means the same on both sides or is
+refused with a one-line reason naming the construct (never silently read another way)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sigma.collection import SigmaCollection
+
+from pipeline.cli.main import main
+from pipeline.clock import FakeClock, parse_time
+from pipeline.rules.engine import RulesEngine
+from pipeline.rules.matcher import compile_detection
+from pipeline.rules.sigma import SigmaImportError, import_rule
+from pipeline.rules.sigma_correlation import import_collection
+from pipeline.rules.testing import make_event
+from schemas.event import Event
+
+T0 = parse_time("2026-03-01T00:00:00Z")
+
+
+def _base(name: str, sel: dict[str, Any]) -> dict[str, Any]:
+    return {"title": name, "name": name, "logsource": {"product": "instantly"},
+            "detection": {"s": sel, "condition": "s"}}  # fmt: skip
+
+
+def _doc(detection: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"title": "T", "logsource": {"product": "instantly"}, "detection": detection, **extra}
+
+
+def _ev(type_: str = "audit.x", **kw: Any) -> Event:
+    return make_event(type_, time=T0, **kw)
+
+
+def _attrs(**a: Any) -> Event:
+    return _ev(attributes=a)
+
+
+def _name(n: str) -> Event:
+    return _ev(target={"kind": "user", "name": n})
+
+
+def _pred(doc: dict[str, Any]) -> Any:
+    return compile_detection(import_rule(doc)["detection"])
+
+
+def _corr(corr: dict[str, Any], *bases: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    docs = [(b["name"], b) for b in bases] + [("c", {"title": "C", "correlation": corr})]
+    return {w: (r, m) for w, r, m in import_collection(docs)}["c"]
+
+
+# ---- 1. temporal conditions --------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["temporal", "temporal_ordered"])
+def test_an_extended_temporal_condition_is_refused_not_dropped(kind: str) -> None:
+    """pySigma parses ``key_created and not key_deleted`` as an extended condition; reading only a mapping
+    imported "created and deleted" — alerting on exactly the case the rule excludes."""
+    corr = {"type": kind, "rules": ["key_created", "key_deleted"], "group-by": ["target.id"], "timespan": "10m",
+            "condition": "key_created and not key_deleted"}  # fmt: skip
+    rule, msg = _corr(corr, _base("key_created", {"type": "api_key.created"}),
+                      _base("key_deleted", {"type": "api_key.deleted"}))  # fmt: skip
+    assert rule is None and "extended temporal conditions are not supported" in msg, msg
+    for odd in (["gte", 2], 2, True):
+        rule, msg = _corr(dict(corr, condition=odd), _base("key_created", {"type": "api_key.created"}),
+                          _base("key_deleted", {"type": "api_key.deleted"}))  # fmt: skip
+        assert rule is None and "is not a mapping" in msg, msg
+
+
+def test_the_reviewers_extended_condition_file_is_rejected(tmp_path: Path) -> None:
+    """The whole file through the CLI: the correlation is rejected (exit 1), nothing imported opens."""
+    text = """title: Key created and NOT deleted within 10m
+correlation:
+    type: temporal
+    rules: [key_created, key_deleted]
+    group-by: [target.id]
+    timespan: 10m
+    condition: key_created and not key_deleted
+level: high
+---
+title: key created
+name: key_created
+logsource: {product: instantly}
+detection: {selection: {type: api_key.created}, condition: selection}
+---
+title: key deleted
+name: key_deleted
+logsource: {product: instantly}
+detection: {selection: {type: api_key.deleted}, condition: selection}
+"""
+    f = tmp_path / "ext.yml"
+    f.write_text(text, encoding="utf-8")
+    out = tmp_path / "out.yaml"
+    assert main(["rules", "import", str(f), "--output", str(out)]) == 1
+    assert yaml.safe_load(out.read_text(encoding="utf-8"))["rules"] == []
+
+
+# ---- 2. quantifiers with any whitespace ---------------------------------------------------------
+@pytest.mark.parametrize("cond", ["1  of them", "1 of\tthem", "all  of sel*", "any\t of them"])
+def test_quantifiers_with_extra_whitespace_leave_out_underscore_identifiers(cond: str) -> None:
+    """pySigma's parser takes any whitespace between ``1``/``all``, ``of`` and the pattern; its reading
+    (``_``-prefixed identifiers left out) must apply to those spellings too."""
+    det = {"sel_a": {"attributes.a": 1}, "_sel_f": {"attributes.b": 1}, "condition": cond}
+    if cond.startswith("any"):
+        cond = cond.replace("any", "1")
+    sigma = SigmaCollection.from_yaml(yaml.safe_dump(_doc(dict(det, condition=cond)))).rules[0]
+    assert not sigma.errors
+    p = _pred(_doc(det))
+    assert p(_attrs(a=1)) and not p(_attrs(b=1))
+
+
+def test_neq_split_under_a_spaced_quantifier_keeps_its_meaning() -> None:
+    """``1  of sel*`` over a selection with a ``|neq`` item: the split selections stay one AND."""
+    det = {"sel": {"attributes.a": 1, "attributes.b|neq": 2}, "condition": "1  of sel*"}
+    p = _pred(_doc(det))
+    assert not p(_attrs(a=1, b=2)) and not p(_attrs(a=5, b=2)) and p(_attrs(a=1, b=3))
+
+
+def test_export_writes_out_spaced_quantifiers_too() -> None:
+    """Export: ``1  of them`` over a rule with a ``_`` selection is written out as our reading."""
+    from pipeline.rules.sigma import export_detection
+
+    det = export_detection({"a": {"attributes.x": 1}, "_b": {"attributes.y": 2}, "condition": "all  of them"},
+                           ["*"], None)  # fmt: skip
+    assert det["condition"] == "(a and _b)"
+
+
+# ---- 6/7. upper-bound and multi-operator correlation conditions -----------------------------------
+@pytest.mark.parametrize("cond", [{"lt": 5}, {"lte": 5}, {"eq": 3}, {"neq": 3}])
+def test_upper_bound_correlation_conditions_are_refused_on_import(cond: dict[str, int]) -> None:
+    corr = {"type": "event_count", "rules": ["b"], "group-by": ["actor.user_id"], "timespan": "1h", "condition": cond}
+    rule, msg = _corr(corr, _base("b", {"type": "audit.login"}))
+    assert rule is None and f"condition {next(iter(cond))}: conditions with an upper bound" in msg, msg
+
+
+def test_a_condition_with_two_operators_is_refused_as_pysigma_does() -> None:
+    corr = {"type": "event_count", "rules": ["b"], "group-by": ["actor.user_id"], "timespan": "1h",
+            "condition": {"gt": 2, "gte": 4}}  # fmt: skip
+    rule, msg = _corr(corr, _base("b", {"type": "audit.login"}))
+    assert rule is None and "exactly one operator" in msg, msg
+
+
+def test_a_two_operator_correlation_is_skipped_on_export(tmp_path: Path) -> None:
+    """pySigma cannot parse a condition with two operators: the rule is skipped with the reason."""
+    rule = {"id": "custom.range_corr", "title": "Range", "severity": "medium",
+            "correlation": {"type": "event_count", "group-by": ["actor.user_id"], "timespan": "1h",
+                            "condition": {"gt": 2, "gte": 4},
+                            "rules": [{"name": "c", "types": ["api_key.created"],
+                                       "detection": {"s": {"type": "api_key.created"}, "condition": "s"}}]}}  # fmt: skip
+    out = _export(tmp_path, [rule])
+    assert not (out / "custom_range_corr.yml").exists()
+    assert "`custom.range_corr`: condition" in (out / "README.md").read_text(encoding="utf-8")
+
+
+def test_group_by_as_one_string_is_one_field() -> None:
+    """pySigma reads ``group-by: actor.user_id`` as ``[actor.user_id]``; it was read letter by letter."""
+    corr = {"type": "event_count", "rules": ["b"], "group-by": "actor.user_id", "timespan": "1h",
+            "condition": {"gte": 2}}  # fmt: skip
+    rule, msg = _corr(corr, _base("b", {"type": "audit.login"}))
+    assert rule is not None and rule["correlation"]["group-by"] == ["actor.user_id"], msg
+
+
+def _export(tmp_path: Path, rules: list[dict[str, Any]], *extra: str) -> Path:
+    cfg = tmp_path / "rules.yaml"
+    cfg.write_text(yaml.safe_dump({"rules": {"defaults": {"enabled": True}, "custom": rules}}), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["rules", "export", "--format", "sigma", "--output", str(out), "--rules", str(cfg), *extra]) == 0
+    return out
+
+
+def _engine_opens(rules_file: Path, rule_id: str, events: list[Event]) -> list[bool]:
+    engine = RulesEngine.from_config({"files": [str(rules_file)]}, clock=FakeClock(T0))
+    return [any(a.rule.id == rule_id and a.status == "open" for a in engine.evaluate([e]).alerts) for e in events]
+
+
+def _raises(doc: dict[str, Any], reason: str) -> None:
+    with pytest.raises(SigmaImportError) as info:
+        import_rule(doc)
+    assert reason in str(info.value), str(info.value)
