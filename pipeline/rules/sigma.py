@@ -32,7 +32,7 @@ from pipeline.rules.base import Rule
 from pipeline.rules.matcher import MatchRuleSpec, RuleSyntaxError, compile_detection, getter
 from pipeline.rules.sigma_condition import plain_identifiers, rename_in_condition, rewrite_of
 from pipeline.rules.sigma_values import SigmaImportError as SigmaImportError  # re-exported: callers import it here
-from pipeline.rules.sigma_values import import_selection, split_neq
+from pipeline.rules.sigma_values import import_selection, split_collisions, split_neq, star_not_null
 
 NAMESPACE = uuid.UUID("5b0ce7a2-6f5e-4c39-9d5b-2f1f8d0b9a41")
 """UUIDv5 namespace of exported rule ids (never change it: ids must stay stable)."""
@@ -295,12 +295,14 @@ def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
         raise SigmaImportError("timeframe belongs to correlations; single-event rules have none")
     raw = {str(k): v for k, v in det.items() if k != "condition"}
     names = list(raw)
-    split, negated = split_neq(raw)  # |neq items become selections the condition negates
-    detection = {k: import_selection(v, f"detection.{origin}") for k, (origin, v) in split.items()}
+    # items of one mapping that would share a key of ours become selections ANDed in the condition
+    parted, collided = split_collisions(star_not_null(raw))
+    split, negated = split_neq({k: v for k, (_, v) in parted.items()})  # |neq items: selections negated
+    detection = {k: import_selection(v, f"detection.{parted.get(o, (o,))[0]}") for k, (o, v) in split.items()}
     renames = plain_identifiers(list(detection))
     # Sigma's patterns skip _-prefixed names; renaming or splitting could widen one: write them all out
-    cond = rewrite_of(str(cond), names, names, to_sigma=False, force=bool(renames or negated))
-    cond = rename_in_condition(cond, negated)
+    cond = rewrite_of(str(cond), names, names, to_sigma=False, force=bool(renames or negated or collided))
+    cond = rename_in_condition(rename_in_condition(cond, collided), negated)
     detection = {renames.get(k, k): v for k, v in detection.items()}
     detection["condition"] = rename_in_condition(cond, renames)
     try:

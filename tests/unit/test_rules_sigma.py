@@ -207,8 +207,8 @@ def test_import_follows_sigma_detection_semantics() -> None:
         "target.name|endswith": "*x",
         "target.id|re": "a\\\\b\\*c",
     }
-    anything = import_rule(_doc({"s": {"actor.ip": "*"}, "condition": "s"}))["detection"]["s"]
-    assert anything == {"actor.ip|exists": True}
+    anything = import_rule(_doc({"s": {"actor.ip": "*"}, "condition": "s"}))["detection"]
+    assert anything == {"s_not": {"actor.ip": None}, "condition": "(not s_not)"}  # any value, not null
     mixed = import_rule(_doc({"s": {"target.name": ["exact", "pre*"]}, "condition": "s"}))["detection"]["s"]
     assert mixed == {"target.name|re|i|s": ["^exact\\Z", "^pre.*\\Z"]}
     full = import_rule(_doc({"s": {"type": "a"}, "condition": "s"}, status="test", author="A", falsepositives=["fp"],

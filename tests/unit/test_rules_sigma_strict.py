@@ -178,3 +178,32 @@ def _raises(doc: dict[str, Any], reason: str) -> None:
     with pytest.raises(SigmaImportError) as info:
         import_rule(doc)
     assert reason in str(info.value), str(info.value)
+
+
+# ---- 3. two items of one mapping that become one key ------------------------------------------------
+def test_items_converting_to_one_key_are_all_kept() -> None:
+    """Sigma ANDs a mapping's items: ``{f: 'adm*', f|startswith: x}`` matches nothing; both become
+    ``f|startswith`` and the second overwrote the first (matching every ``x…``)."""
+    p = _pred(_doc({"s": {"target.name": "adm*", "target.name|startswith": "x"}, "condition": "s"}))
+    assert [p(_name(n)) for n in ("adm_svc", "x1", "admx")] == [False, False, False]
+    p = _pred(_doc({"s": {"target.name": "adm*", "target.name|startswith": "ad", "type": "audit.x"},
+                    "condition": "s"}))  # fmt: skip
+    assert [p(_name(n)) for n in ("adm_svc", "ad", "x")] == [True, False, False]
+    alts = {"s": [{"target.name": "adm*", "target.name|startswith": "x"}, {"target.name": "root"}],
+            "t": {"type": "audit.x"}, "condition": "s and t"}  # fmt: skip
+    p = _pred(_doc(alts))
+    assert [p(_name(n)) for n in ("adm1", "x1", "root")] == [False, False, True]
+    both = {"s": {"target.name": "adm*", "target.name|startswith": "a", "target.name|neq": "adm_svc"},
+            "condition": "1 of them"}  # fmt: skip
+    p = _pred(_doc(both))
+    assert [p(_name(n)) for n in ("adm1", "adm_svc", "bob")] == [True, False, False]
+
+
+# ---- 10. a lone "*" ---------------------------------------------------------------------------------
+def test_a_lone_wildcard_matches_any_value_but_not_null() -> None:
+    """Sigma backends' ``f=*`` does not match a null field; ``|exists: true`` did."""
+    p = _pred(_doc({"s": {"attributes.f": "*"}, "condition": "s"}))
+    assert [p(_attrs(f=None)), p(_attrs()), p(_attrs(f=True)), p(_attrs(f="")), p(_attrs(f="x"))] == [
+        False, False, True, True, True]  # fmt: skip
+    p = _pred(_doc({"s": {"target.name": "*", "target.name|exists": False}, "condition": "s"}))
+    assert not p(_name("a")) and not p(_ev())
