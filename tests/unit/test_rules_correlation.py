@@ -147,3 +147,38 @@ def test_a_restart_keeps_a_window_in_progress_across_ticks() -> None:
     second.load_state(first.state_items())
     second.tick(T0 + 3500)
     assert [a.dedup_key for a in second.evaluate([_login("u1", T0 + 3550)]).alerts] == ["custom.corr:ws-1:u1"]
+
+
+ORDERED = dict(ABSENCE, type="temporal_ordered", timespan="10m",
+               rules=[*ABSENCE["rules"], {"types": ["audit.*"], "detection": {"s": {"attributes.activity_code": 5}}}])  # fmt: skip
+
+
+def test_temporal_ordered_keeps_a_chain_when_its_first_step_repeats() -> None:
+    """A→A→B→C, A→B→A→C: a repeated first step starts another chain without throwing away the one already
+    past it (the second sequence raised nothing); the chain that started last is extended."""
+    for codes in ([26, 26, 23, 5], [26, 23, 26, 5], [26, 23, 23, 5]):
+        e = _engine(_rule(ORDERED))
+        res = e.evaluate([_login("u1", T0 + 60 * n, code=c) for n, c in enumerate(codes)])
+        assert [a.dedup_key for a in res.alerts] == ["custom.corr:ws-1:u1"], codes
+    e = _engine(_rule(ORDERED))
+    assert e.evaluate([_login("u1", T0 + 60 * n, code=c) for n, c in enumerate([23, 26, 5, 5])]).alerts == ()
+    # B then C more than 10 min after the first A but within 10 min of a later A: that later A's chain
+    e = _engine(_rule(ORDERED))
+    res = e.evaluate([_login("u1", T0, code=26), _login("u1", T0 + 300, code=23), _login("u1", T0 + 500, code=26),
+                      _login("u1", T0 + 700, code=23), _login("u1", T0 + 1000, code=5)])  # fmt: skip
+    assert len(res.alerts) == 1
+    e = _engine(_rule(ORDERED))  # only the first A reached B; C is 11 min after it
+    assert e.evaluate([_login("u1", T0, code=26), _login("u1", T0 + 300, code=23), _login("u1", T0 + 500, code=26),
+                       _login("u1", T0 + 660, code=5)]).alerts == ()  # fmt: skip
+
+
+def test_temporal_ordered_reads_the_state_written_before_chains() -> None:
+    """State stored by the previous version (``s``: step → time, the start at "0") continues after an upgrade."""
+    e = _engine(_rule(ORDERED))
+    e.evaluate([_login("u1", T0, code=26)])
+    key = next(k for k in e.state_items() if "/s/" in k)
+    items = dict(e.state_items())
+    items[key] = b'{"t":%.1f,"d":{"s":{"0":%.1f,"1":%.1f}}}' % (T0, T0, T0 + 60)
+    e = _engine(_rule(ORDERED))
+    e.load_state(items)
+    assert len(e.evaluate([_login("u1", T0 + 120, code=5)]).alerts) == 1

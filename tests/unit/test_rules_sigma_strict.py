@@ -207,3 +207,43 @@ def test_a_lone_wildcard_matches_any_value_but_not_null() -> None:
         False, False, True, True, True]  # fmt: skip
     p = _pred(_doc({"s": {"target.name": "*", "target.name|exists": False}, "condition": "s"}))
     assert not p(_name("a")) and not p(_ev())
+
+
+# ---- 5. temporal_ordered with a repeated first step, end to end ------------------------------------
+ORDERED = """title: Login then key created then webhook created
+correlation:
+    type: temporal_ordered
+    rules: [step_a, step_b, step_c]
+    group-by: [actor.user_id]
+    timespan: 10m
+level: high
+---
+title: a
+name: step_a
+logsource: {product: instantly}
+detection: {s: {type: audit.login}, condition: s}
+---
+title: b
+name: step_b
+logsource: {product: instantly}
+detection: {s: {type: api_key.created}, condition: s}
+---
+title: c
+name: step_c
+logsource: {product: instantly}
+detection: {s: {type: webhook.created}, condition: s}
+"""
+
+
+def test_imported_temporal_ordered_fires_when_a_login_repeats_mid_sequence(tmp_path: Path) -> None:
+    """login, key created, login, webhook created within 10 min: the sequence login → key → webhook happened
+    (Sigma backends alert); the second login threw the chain away."""
+    src = tmp_path / "ord.yml"
+    src.write_text(ORDERED, encoding="utf-8")
+    out = tmp_path / "rules.yaml"
+    assert main(["rules", "import", str(src), "--output", str(out)]) == 0
+    actor = {"user_id": "u1"}
+    evs = [make_event(t, time=T0 + 60 * n, actor=actor, target={"kind": "api_key", "id": "K1"})
+           for n, t in enumerate(["audit.login", "api_key.created", "audit.login", "webhook.created"])]  # fmt: skip
+    rid = "sigma.login_then_key_created_then_webhook_created"
+    assert _engine_opens(out, rid, evs) == [False, False, False, True]
