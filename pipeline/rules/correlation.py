@@ -70,8 +70,10 @@ _OPS = {"gt": float.__gt__, "gte": float.__ge__, "lt": float.__lt__, "lte": floa
 UPPER_BOUND_OPS = frozenset({"lt", "lte", "eq", "neq"})
 """Conditions with an upper bound: only the count over a whole window decides them (Sigma backends count
 the window), while the stream fires as soon as the count holds, so they are refused."""
-UPPER_BOUND_REASON = ("conditions with an upper bound (lt, lte, eq, neq) are not supported: they need the count "
-                      "over the whole window, and a streaming correlation fires as soon as the count first holds")
+UPPER_BOUND_REASON = (
+    "conditions with an upper bound (lt, lte, eq, neq) are not supported: they need the count "
+    "over the whole window, and a streaming correlation fires as soon as the count first holds"
+)
 MAX_TERMS = 5000
 """Terms remembered per new-terms history (the least recently seen are forgotten first)."""
 MAX_CHAINS = 32

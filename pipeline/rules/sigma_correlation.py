@@ -50,6 +50,7 @@ from pipeline.rules.sigma import (
     rule_id_for,
     sigma_id,
 )
+from pipeline.rules.sigma_filter import SigmaFilter, applies, apply_filter, named_refs, names_rule, parse_filter
 
 SIGMA_TYPES = ("event_count", "value_count", "temporal", "temporal_ordered")
 _UNITS = (("d", 86_400), ("h", 3600), ("m", 60), ("s", 1))
@@ -201,8 +202,11 @@ def _entry_group(
     return out
 
 
-def _correlation(doc: Mapping[str, Any], by_ref: Mapping[str, Mapping[str, Any]], prefix: str) -> dict[str, Any]:
-    """One Sigma correlation (its rules looked up in ``by_ref``) as one of our correlation rules."""
+def _correlation(
+    doc: Mapping[str, Any], by_ref: Mapping[str, Mapping[str, Any]], prefix: str, refused: Mapping[int, str]
+) -> dict[str, Any]:
+    """One Sigma correlation (its rules looked up in ``by_ref``) as one of our correlation rules; ``refused``:
+    why a rule document may not be used (by ``id`` of the document)."""
     body = doc.get("correlation")
     if not isinstance(body, Mapping):
         raise SigmaImportError("correlation must be a mapping")
@@ -231,6 +235,8 @@ def _correlation(doc: Mapping[str, Any], by_ref: Mapping[str, Mapping[str, Any]]
             raise SigmaImportError(
                 f"correlation.rules: {ref!r} is a correlation (chained correlations are not supported)"
             )
+        if id(base) in refused:
+            raise SigmaImportError(f"correlation.rules: {ref!r}: {refused[id(base)]}")
         try:
             rule = import_rule(base, prefix)
         except SigmaImportError as err:
@@ -307,6 +313,7 @@ def import_collection(
     reported as used by it and not imported alone unless a correlation using them has
     ``generate: true``.
     """
+    docs, notes, refused = _apply_filters(docs)
     by_ref: dict[str, Mapping[str, Any]] = {}
     for _, doc in docs:
         if isinstance(doc, Mapping):
@@ -329,9 +336,15 @@ def import_collection(
     out: list[tuple[str, dict[str, Any] | None, str]] = []
     taken: set[str] = set()
     for where, doc in docs:
+        if id(doc) in notes:
+            out.append((where, None, notes[id(doc)]))
+            continue
+        if id(doc) in refused:
+            out.append((where, None, f"rejected: {refused[id(doc)]}"))
+            continue
         try:
             if isinstance(doc, Mapping) and "correlation" in doc:
-                rule = _correlation(doc, by_ref, prefix)
+                rule = _correlation(doc, by_ref, prefix, refused)
                 # compiled as the engine will load it: a one-rule temporal or a 0s timespan is refused there
                 compile_correlation(CorrelationSpec.model_validate(rule), RuleParams(), {})
             elif id(doc) in used:
@@ -347,8 +360,61 @@ def import_collection(
             continue
         rule["id"] = _unique_id(rule["id"], doc, taken)
         taken.add(rule["id"])
-        out.append((where, rule, f"imported as {rule['id']}"))
+        out.append((where, rule, f"imported as {rule['id']}{notes.get(-id(doc), '')}"))
     return out
+
+
+def _apply_filters(
+    docs: Sequence[tuple[str, Any]],
+) -> tuple[list[tuple[str, Any]], dict[int, str], dict[int, str]]:
+    """The documents with every Sigma filter applied to the rules it applies to, as pySigma does.
+
+    Returns the documents (a filtered rule replaced by its filtered copy), messages by ``id`` of a
+    document (for a filter; under ``-id`` the note an imported rule carries) and, by ``id`` of a
+    rule document, why it is refused (a filter naming it cannot be read).
+    """
+    parsed: list[tuple[int, SigmaFilter | None, str, list[str]]] = []
+    for n, (_, doc) in enumerate(docs):
+        if isinstance(doc, Mapping) and "filter" in doc:
+            try:
+                parsed.append((n, parse_filter(doc), "", named_refs(doc)))
+            except SigmaImportError as bad:
+                parsed.append((n, None, str(bad), named_refs(doc)))
+    if not parsed:
+        return list(docs), {}, {}
+    out = list(docs)
+    notes: dict[int, str] = {}
+    refused: dict[int, str] = {}
+    hits = {n: 0 for n, *_ in parsed}
+    for k, (where, doc) in enumerate(docs):
+        if not isinstance(doc, Mapping) or any(key in doc for key in ("filter", "correlation", "action")):
+            continue
+        applied = []
+        for n, f, why, refs in parsed:
+            if f is None:
+                if names_rule(refs, doc):
+                    refused[id(doc)] = (f"filter {docs[n][0]} names this rule and cannot be applied ({why}); "
+                                        "without it the rule would match what the filter excludes")  # fmt: skip
+                    hits[n] += 1
+            elif applies(f, doc):
+                doc = apply_filter(f, doc, n)
+                applied.append(f.title or docs[n][0])
+                hits[n] += 1
+        if id(docs[k][1]) in refused:
+            continue
+        if applied:
+            out[k] = (where, doc)
+            notes[-id(doc)] = " (filtered by " + ", ".join(repr(a) for a in applied) + ")"
+    for n, f, why, _ in parsed:
+        doc = docs[n][1]
+        if f is None:
+            notes[id(doc)] = f"rejected: {why}"
+        elif hits[n]:
+            notes[id(doc)] = f"filter applied to {hits[n]} rule(s)"
+        else:
+            notes[id(doc)] = ("rejected: the filter applies to no rule of the imported files (import it with "
+                              "the rules it filters)")  # fmt: skip
+    return out, notes, refused
 
 
 def _unique_id(rule_id: str, doc: Mapping[str, Any], taken: set[str]) -> str:

@@ -64,7 +64,9 @@ def test_event_count_fires_at_the_threshold_then_restarts() -> None:
     assert late == ()
 
 
-@pytest.mark.parametrize("cond", [{"neq": 1}, {"gte": 2, "neq": 3}, {"lt": 5}, {"lte": 2}, {"eq": 3}, {"gt": 2, "lte": 4}])
+@pytest.mark.parametrize(
+    "cond", [{"neq": 1}, {"gte": 2, "neq": 3}, {"lt": 5}, {"lte": 2}, {"eq": 3}, {"gt": 2, "lte": 4}]
+)
 def test_upper_bound_conditions_are_refused(cond: dict[str, float]) -> None:
     """An upper bound (lt, lte, eq, neq) is decided by the count over the whole window (Sigma backends count
     the window); the stream fires as soon as the count first holds (``lt: 5`` on the first event), so such a
@@ -149,8 +151,8 @@ def test_a_restart_keeps_a_window_in_progress_across_ticks() -> None:
     assert [a.dedup_key for a in second.evaluate([_login("u1", T0 + 3550)]).alerts] == ["custom.corr:ws-1:u1"]
 
 
-ORDERED = dict(ABSENCE, type="temporal_ordered", timespan="10m",
-               rules=[*ABSENCE["rules"], {"types": ["audit.*"], "detection": {"s": {"attributes.activity_code": 5}}}])  # fmt: skip
+STEP_C = {"types": ["audit.*"], "detection": {"s": {"attributes.activity_code": 5}}}
+ORDERED = dict(ABSENCE, type="temporal_ordered", timespan="10m", rules=[*ABSENCE["rules"], STEP_C])
 
 
 def test_temporal_ordered_keeps_a_chain_when_its_first_step_repeats() -> None:

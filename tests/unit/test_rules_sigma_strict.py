@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 from sigma.collection import SigmaCollection
+from sigma.rule import SigmaRule
 
 from pipeline.cli.main import main
 from pipeline.clock import FakeClock, parse_time
@@ -147,7 +148,7 @@ def test_a_two_operator_correlation_is_skipped_on_export(tmp_path: Path) -> None
             "correlation": {"type": "event_count", "group-by": ["actor.user_id"], "timespan": "1h",
                             "condition": {"gt": 2, "gte": 4},
                             "rules": [{"name": "c", "types": ["api_key.created"],
-                                       "detection": {"s": {"type": "api_key.created"}, "condition": "s"}}]}}  # fmt: skip
+                                       "detection": {"s": {"type": "api_key.created"}}}]}}  # fmt: skip
     out = _export(tmp_path, [rule])
     assert not (out / "custom_range_corr.yml").exists()
     assert "`custom.range_corr`: condition" in (out / "README.md").read_text(encoding="utf-8")
@@ -247,3 +248,67 @@ def test_imported_temporal_ordered_fires_when_a_login_repeats_mid_sequence(tmp_p
            for n, t in enumerate(["audit.login", "api_key.created", "audit.login", "webhook.created"])]  # fmt: skip
     rid = "sigma.login_then_key_created_then_webhook_created"
     assert _engine_opens(out, rid, evs) == [False, False, False, True]
+
+
+# ---- 4. filters ----------------------------------------------------------------------------------
+KEY_DET = {"selection": {"type": "api_key.created"}, "_x": {"target.id": "K9"}, "condition": "1 of them"}
+KEY_RULE = {"title": "API key created", "id": "6f3e2987-db24-4c78-a860-b4f4095a7095", "name": "key_created",
+            "logsource": {"product": "instantly"}, "detection": KEY_DET, "level": "high"}  # fmt: skip
+KEYS_CORR = {"type": "event_count", "rules": ["key_created"], "group-by": ["actor.user_id"], "timespan": "1h",
+             "condition": {"gte": 1}}  # fmt: skip
+
+
+def _filter(rules: Any, cond: str = "not selection", **extra: Any) -> dict[str, Any]:
+    return {"title": "Not the automation account", "logsource": {"product": "instantly"},
+            "filter": {"rules": rules, "selection": {"actor.user_id|startswith": "svc_"}, "condition": cond},
+            **extra}  # fmt: skip
+
+
+def _key_event(user: str) -> Event:
+    return make_event("api_key.created", time=T0, actor={"user_id": user}, target={"kind": "api_key", "id": "K1"})
+
+
+@pytest.mark.parametrize("rules", [["6f3e2987-db24-4c78-a860-b4f4095a7095"], ["key_created"], "any", []])
+def test_a_filter_is_applied_to_the_rules_it_names_as_pysigma_does(rules: Any) -> None:
+    """The rule was imported without its filter (alerting on what the filter excludes); now the filter's
+    condition is ANDed in with its selections prefixed, and ``1 of them`` of the rule does not reach them."""
+    res = import_collection([("r", KEY_RULE), ("f", _filter(rules))])
+    (rule, msg), (none, fmsg) = [(r, m) for _, r, m in res]
+    assert rule is not None and "filtered by 'Not the automation account'" in msg, msg
+    assert none is None and fmsg == "filter applied to 1 rule(s)"
+    text = yaml.safe_dump({"title": "x", **KEY_RULE}) + "---\n" + yaml.safe_dump(_filter(rules))
+    sigma = SigmaCollection.from_yaml(text).rules[0]
+    p = compile_detection(rule["detection"])
+    assert isinstance(sigma, SigmaRule) and sigma.detection.condition[0].endswith("_selection)")
+    assert [p(_key_event("alice")), p(_key_event("svc_ci"))] == [True, False]
+
+
+def test_a_filter_for_another_log_source_or_rule_does_not_apply() -> None:
+    other = _filter("any", logsource={"product": "windows"})
+    res = import_collection([("r", KEY_RULE), ("f", other)])
+    assert res[0][2] == "imported as sigma.api_key_created"
+    assert res[1][2].startswith("rejected: the filter applies to no rule")
+    res = import_collection([("r", KEY_RULE), ("f", _filter(["other_rule"]))])
+    assert res[0][2] == "imported as sigma.api_key_created" and res[1][2].startswith("rejected")
+
+
+def test_a_filter_that_cannot_be_read_refuses_the_rules_it_names() -> None:
+    """Without the filter the rule would match what it excludes: both are rejected, and so is a correlation
+    using the rule."""
+    bad = _filter(["key_created"], cond=["not selection", "selection"])  # type: ignore[arg-type]
+    corr = {"title": "Keys", "correlation": KEYS_CORR}
+    res = {w: (r, m) for w, r, m in import_collection([("r", KEY_RULE), ("f", bad), ("c", corr)])}
+    assert res["r"][0] is None and "filter f names this rule and cannot be applied" in res["r"][1], res["r"][1]
+    assert res["f"][1].startswith("rejected: filter.condition must be one string")
+    assert res["c"][0] is None and "cannot be applied" in res["c"][1]
+
+
+def test_a_correlation_counts_the_filtered_rule(tmp_path: Path) -> None:
+    """pySigma filters the rule objects the correlation references: the imported correlation uses the
+    filtered selection too."""
+    corr = {"title": "Keys", "correlation": KEYS_CORR}
+    res = {w: (r, m) for w, r, m in import_collection([("r", KEY_RULE), ("f", _filter("any")), ("c", corr)])}
+    c = res["c"][0]
+    assert c is not None
+    p = compile_detection(c["correlation"]["rules"][0]["detection"])
+    assert [p(_key_event("alice")), p(_key_event("svc_ci"))] == [True, False]
