@@ -85,15 +85,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     """Convert Sigma rule files to our YAML rules; reject, with the reason, what does not map."""
     collection: list[tuple[str, Any]] = []
+    rejected = 0
     for name in args.files:
         try:
             docs = [d for d in yaml.safe_load_all(Path(name).read_text(encoding="utf-8")) if d is not None]
         except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
             print(f"rules import: {name}: cannot read ({type(err).__name__})", file=sys.stderr)
             return EXIT_USAGE
+        actions = sorted({str(d["action"]) for d in docs if isinstance(d, dict) and "action" in d})
+        if actions:  # its documents only mean something merged (global, reset, repeat): none alone
+            print(f"rules import: {name}: rejected: a Sigma collection file (action: {', '.join(actions)}) is not "
+                  f"supported; none of its {len(docs)} documents is imported", file=sys.stderr)  # fmt: skip
+            rejected += 1
+            continue
         collection += [(name if len(docs) == 1 else f"{name}#{i}", doc) for i, doc in enumerate(docs)]
     accepted: list[dict[str, Any]] = []
-    rejected = 0
     for where, rule, message in import_collection(collection, prefix=args.prefix):
         print(f"rules import: {where}: {message}", file=sys.stderr)
         if rule is not None:

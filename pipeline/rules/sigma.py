@@ -19,6 +19,7 @@ wildcards, escapes). Conditions are read as pySigma reads them
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import re
 import uuid
@@ -309,7 +310,7 @@ def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
         compile_detection(detection)
     except RuleSyntaxError as err:
         raise SigmaImportError(str(err)) from None
-    level = str(doc.get("level", "medium"))
+    level = str(doc.get("level", "medium")).lower()  # pySigma reads the level in any case
     if level not in SEVERITIES:
         raise SigmaImportError(f"unknown level {level!r}")
     tags = [str(t) for t in doc.get("tags") or []]
@@ -335,6 +336,7 @@ def check_metadata(doc: Mapping[str, Any]) -> None:
     Raises:
         SigmaImportError: naming the key and what is wrong with it.
     """
+    _check_common(doc)
     status = doc.get("status")
     if status == "unsupported":
         raise SigmaImportError("status unsupported: the rule cannot be used in its current state")
@@ -354,6 +356,40 @@ def check_metadata(doc: Mapping[str, Any]) -> None:
         if rel.get("type") not in RELATED_TYPES:
             raise SigmaImportError(f"related.{i}.type {rel.get('type')!r} is not a Sigma relation (one of: "
                                    f"{', '.join(RELATED_TYPES)})")  # fmt: skip
+
+
+_DATE = (re.compile(r"[1-3]\d{3}-[01]\d-[0-3]\d"), re.compile(r"[1-3]\d{3}/[01]?\d/[0-3]?\d"))
+_TYPED = (("title", str, "a string"), ("author", str, "a string"), ("description", str, "a string"),
+          ("license", str, "a string"), ("name", str, "a string"), ("taxonomy", str, "a string"),
+          ("level", str, "a string"), ("status", str, "a string"), ("tags", list, "a list"),
+          ("references", list, "a list"), ("falsepositives", list, "a list"), ("fields", list, "a list"),
+          ("scope", list, "a list"))  # fmt: skip
+"""The common keys pySigma's ``from_dict_common_params`` types (a wrong type is an error there, not ignored)."""
+
+
+def _check_common(doc: Mapping[str, Any]) -> None:
+    """What pySigma refuses in the common keys: types, a title over 256 characters, tags without a namespace,
+    dates it cannot read."""
+    for key, kind, name in _TYPED:
+        if doc.get(key) is not None and not isinstance(doc[key], kind):
+            raise SigmaImportError(f"{key} must be {name} (got {type(doc[key]).__name__})")
+    if len(str(doc.get("title") or "")) > 256:
+        raise SigmaImportError("title is longer than 256 characters (Sigma's limit)")
+    for tag in doc.get("tags") or ():
+        if not isinstance(tag, str) or not re.fullmatch(r"[^.\s]+\.\S.*", tag):
+            raise SigmaImportError(f"tag {tag!r} is not <namespace>.<name> (such as attack.t1078)")
+    for key in ("date", "modified"):
+        value = doc.get(key)
+        if value is None or isinstance(value, datetime.date):
+            continue
+        m = next((m for rx in _DATE if (m := rx.fullmatch(str(value)))), None)
+        try:
+            if m is None:
+                raise ValueError
+            y, mo, d = (int(x) for x in re.split(r"[-/]", m.group(0)))
+            datetime.date(y, mo, d)
+        except ValueError:
+            raise SigmaImportError(f"{key} {value!r} is not a date (yyyy-mm-dd)") from None
 
 
 def _is_uuid(value: Any) -> bool:

@@ -288,7 +288,7 @@ def _correlation(
         raise SigmaImportError(f"{kind} needs a condition")
     if kind == "value_count" and "field" not in out:
         raise SigmaImportError("value_count needs condition.field")
-    level = str(doc.get("level", "medium"))
+    level = str(doc.get("level", "medium")).lower()  # pySigma reads the level in any case
     if level not in SEVERITIES:
         raise SigmaImportError(f"unknown level {level!r}")
     tags = [str(t).lower() for t in doc.get("tags") or []]

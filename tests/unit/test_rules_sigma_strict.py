@@ -312,3 +312,57 @@ def test_a_correlation_counts_the_filtered_rule(tmp_path: Path) -> None:
     assert c is not None
     p = compile_detection(c["correlation"]["rules"][0]["detection"])
     assert [p(_key_event("alice")), p(_key_event("svc_ci"))] == [True, False]
+
+
+# ---- 11. metadata as strict as pySigma; collection files ---------------------------------------------
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        ({"tags": "attack.t1078"}, "tags must be a list"),
+        ({"tags": ["Attack T1078"]}, "tag 'Attack T1078' is not <namespace>.<name>"),
+        ({"modified": "yesterday"}, "modified 'yesterday' is not a date"),
+        ({"date": "2023/13/01"}, "date '2023/13/01' is not a date"),
+        ({"author": ["a", "b"]}, "author must be a string"),
+        ({"falsepositives": "admins"}, "falsepositives must be a list"),
+        ({"references": "https://x"}, "references must be a list"),
+        ({"title": "x" * 257}, "title is longer than 256 characters"),
+    ],
+)
+def test_metadata_pysigma_refuses_is_refused(extra: dict[str, Any], reason: str) -> None:
+    doc = _doc({"s": {"type": "audit.login"}, "condition": "s"}, **extra)
+    with pytest.raises(Exception) as info:
+        SigmaCollection.from_yaml(yaml.safe_dump(doc)).rules[0]
+    assert info.value
+    _raises(doc, reason)
+
+
+def test_metadata_pysigma_accepts_is_accepted() -> None:
+    import datetime
+
+    doc = _doc({"s": {"type": "audit.login"}, "condition": "s"}, level="High", date="2023/1/5",
+               modified=datetime.date(2024, 2, 1), license="MIT", tags=["attack.t1078", "cve.2021-1234"])  # fmt: skip
+    assert not SigmaCollection.from_yaml(yaml.safe_dump(doc)).rules[0].errors
+    rule = import_rule(doc)
+    assert rule["severity"] == "high" and rule["attack"] == ["T1078"]
+
+
+def test_a_collection_file_is_refused_as_a_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """action: global merges into the documents after it (here the level and tags); imported one by one they
+    lost them or, with a global detection, part of their condition."""
+    text = """action: global
+logsource: {product: instantly}
+level: critical
+tags: [attack.t1098]
+---
+title: Webhook deleted
+logsource: {product: instantly}
+detection: {selection: {type: webhook.deleted}, condition: selection}
+"""
+    f = tmp_path / "glob.yml"
+    f.write_text(text, encoding="utf-8")
+    out = tmp_path / "out.yaml"
+    assert main(["rules", "import", str(f), "--output", str(out)]) == 1
+    assert yaml.safe_load(out.read_text(encoding="utf-8"))["rules"] == []
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"rules import: {f}: rejected: a Sigma collection file (action: global) is not supported; none "
+                   "of its 2 documents is imported"]  # fmt: skip
