@@ -332,7 +332,7 @@ def test_metadata_pysigma_refuses_is_refused(extra: dict[str, Any], reason: str)
     doc = _doc({"s": {"type": "audit.login"}, "condition": "s"}, **extra)
     with pytest.raises(Exception) as info:
         SigmaCollection.from_yaml(yaml.safe_dump(doc)).rules[0]
-    assert info.value
+    assert str(info.value)
     _raises(doc, reason)
 
 
