@@ -166,11 +166,71 @@ def _free_name(base: str, taken: list[str]) -> str:
     return name
 
 
+def _exported_keys(key: str, value: Any) -> set[str]:
+    got = _export_selection({key: value})
+    return {str(k) for m in (got if isinstance(got, list) else [got]) for k in m}
+
+
+def _layers(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A mapping's items in parts whose exported keys do not collide (``f|in: [a, b]`` and ``f|eq: b`` both
+    become ``f``); each item goes to the first part that has none of its keys yet."""
+    parts: list[tuple[set[str], dict[str, Any]]] = []
+    for k, v in body.items():
+        keys = _exported_keys(str(k), v)
+        part = next((p for p in parts if not keys & p[0]), None)
+        if part is None:
+            parts.append(part := (set(), {}))
+        part[0].update(keys)
+        part[1][k] = v
+    return [b for _, b in parts]
+
+
+def _split_collisions(detection: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Our selections with items whose exported keys collide split into selections ANDed in the condition
+    (a Sigma mapping holds one value per key, and ANDs its items): ``s`` → ``(s and s_and)``, in a list
+    (an OR) ``s`` → ``(s or (s_1 and s_1_and))``. Returns the selections and the names' replacements."""
+    taken = [str(k) for k in detection]
+    out: dict[str, Any] = {}
+    exprs: dict[str, str] = {}
+
+    def group(name: str, layers: list[dict[str, Any]], keep: bool) -> str:
+        names = [name if keep else _free_name(name, taken)]
+        taken.append(names[0])
+        for _ in layers[1:]:
+            names.append(_free_name(f"{name}_and", taken))
+            taken.append(names[-1])
+        out.update(zip(names, layers, strict=True))
+        return "(" + " and ".join(names) + ")"
+
+    for k, body in detection.items():
+        name = str(k)
+        if k == "condition":
+            continue
+        if isinstance(body, Mapping) and len(layers := _layers(body)) > 1:
+            exprs[name] = group(name, layers, True)
+        elif isinstance(body, list) and any(isinstance(b, Mapping) and len(_layers(b)) > 1 for b in body):
+            split = [_layers(b) if isinstance(b, Mapping) else [b] for b in body]
+            plain = [b for b, x in zip(body, split, strict=True) if len(x) == 1]
+            terms = []
+            if plain:
+                out[name] = plain
+                terms.append(name)
+            terms += [group(f"{name}_{i}", x, False) for i, x in enumerate(split) if len(x) > 1]
+            exprs[name] = "(" + " or ".join(terms) + ")"
+        else:
+            out[name] = body
+    return out, exprs
+
+
 def export_detection(detection: Mapping[str, Any], types: list[str], codes: list[int] | None) -> dict[str, Any]:
-    sels = {str(k): _export_selection(v) for k, v in detection.items() if k != "condition"}
     cond = detection.get("condition")
     if cond is None:
-        cond = next(iter(sels))
+        cond = next(k for k in detection if k != "condition")
+    names = [str(k) for k in detection if k != "condition"]
+    parted, collided = _split_collisions(detection)
+    if collided:  # patterns written out as our reading first: the split names must not widen one
+        cond = rename_in_condition(rewrite_of(str(cond), names, names, to_sigma=True, force=True), collided)
+    sels = {k: _export_selection(v) for k, v in parted.items()}
     names = list(sels)
     added: dict[str, Any] = {}
     if "*" not in types:

@@ -170,9 +170,15 @@ def _export(tmp_path: Path, rules: list[dict[str, Any]], *extra: str) -> Path:
     return out
 
 
-def _engine_opens(rules_file: Path, rule_id: str, events: list[Event]) -> list[bool]:
-    engine = RulesEngine.from_config({"files": [str(rules_file)]}, clock=FakeClock(T0))
-    return [any(a.rule.id == rule_id and a.status == "open" for a in engine.evaluate([e]).alerts) for e in events]
+def _engine_opens(rules_file: Path, rule_id: str, events: list[Event], fresh: bool = False) -> list[bool]:
+    """Per event: did it open an alert of the rule (``fresh``: each event on its own engine, no dedup)."""
+
+    def new() -> RulesEngine:
+        return RulesEngine.from_config({"files": [str(rules_file)]}, clock=FakeClock(T0))
+
+    engine = new()
+    return [any(a.rule.id == rule_id and a.status == "open" for a in (new() if fresh else engine).evaluate([e]).alerts)
+            for e in events]  # fmt: skip
 
 
 def _raises(doc: dict[str, Any], reason: str) -> None:
@@ -385,3 +391,35 @@ def test_export_skips_rules_the_configuration_disables(tmp_path: Path, capsys: p
     doc = yaml.safe_load((both / "auth_mfa_disabled.yml").read_text(encoding="utf-8"))
     assert doc["description"].endswith("Disabled in the exporting configuration.")
     assert (out / "auth_recovery_code_used.yml").exists()
+
+
+# ---- 8. export: two keys that become one ------------------------------------------------------------
+COLLIDE = {"id": "custom.export_collision", "title": "Export collision", "severity": "high", "types": ["audit.login"],
+           "detection": {"s": {"target.name|in": ["alice", "bob"], "target.name|eq": "bob",
+                               "attributes.x|contains|all": ["foo"], "attributes.x|contains": "bar"},
+                         "t": [{"target.id|in": ["1", "2"], "target.id": "2"}, {"target.id": "9"}],
+                         "condition": "s and t"}}  # fmt: skip
+
+
+def test_export_keeps_items_whose_keys_collide(tmp_path: Path) -> None:
+    """``f|in`` and ``f|eq`` both export as ``f``; ``|all`` on one value is dropped: the second item overwrote
+    the first (``foo`` was lost). Each colliding item is an extra selection ANDed in; importing the export
+    opens on exactly the events the rule opens on."""
+    out = _export(tmp_path, [COLLIDE])
+    text = (out / "custom_export_collision.yml").read_text(encoding="utf-8")
+    (sigma,) = SigmaCollection.from_yaml(text).rules
+    assert not sigma.errors
+    back = tmp_path / "back.yaml"
+    assert main(["rules", "import", str(out / "custom_export_collision.yml"), "--output", str(back)]) == 0
+    orig = tmp_path / "orig.yaml"
+    orig.write_text(yaml.safe_dump({"rules": [COLLIDE]}), encoding="utf-8")
+
+    def login(name: str, x: str, tid: str) -> Event:
+        return make_event("audit.login", time=T0, target={"kind": "user", "name": name, "id": tid},
+                          attributes={"x": x})  # fmt: skip
+
+    evs = [login("bob", "foo bar", "2"), login("bob", "bar", "2"), login("bob", "foo", "2"),
+           login("alice", "foo bar", "2"), login("bob", "foo bar", "1"), login("bob", "foo bar", "9")]  # fmt: skip
+    want = [True, False, False, False, False, True]
+    assert _engine_opens(orig, "custom.export_collision", evs, fresh=True) == want
+    assert _engine_opens(back, "sigma.export_collision", evs, fresh=True) == want
