@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import math
 import re
 import uuid
 from collections.abc import Mapping
@@ -140,11 +141,57 @@ def _export_selection(body: Any) -> Any:
     return [out | dict(combo) for combo in itertools.product(*alternatives)]
 
 
+class SigmaExportError(ValueError):
+    """One of our rules has no Sigma form; the message says why (the rule is skipped with it)."""
+
+
+MAX_GLOB_EXPANSION = 64
+"""Event types one glob with ``[...]`` classes may expand to on export."""
+
+
+def expand_classes(glob: str) -> list[str]:
+    """An fnmatch glob's ``[...]`` classes as the alternatives they stand for (Sigma has no classes):
+    ``api_key.[cd]*`` → ``api_key.c*``, ``api_key.d*``. An unclosed ``[`` is a literal, as in fnmatch.
+
+    Raises:
+        SigmaExportError: a negated class ``[!...]``, a class holding a wildcard character, or more
+            than :data:`MAX_GLOB_EXPANSION` alternatives.
+    """
+    parts: list[list[str]] = []
+    i = 0
+    while i < len(glob):
+        end = glob.find("]", i + 2) if glob[i] == "[" else -1  # "[]" : a "]" first in a class is a member
+        if end == -1:
+            parts.append([glob[i]])
+            i += 1
+            continue
+        body = glob[i + 1 : end]
+        if body.startswith("!"):
+            raise SigmaExportError(f"event type glob {glob!r}: a negated class [!...] has no Sigma form")
+        chars: set[str] = set()
+        j = 0
+        while j < len(body):
+            if j + 2 < len(body) and body[j + 1] == "-":
+                chars.update(chr(c) for c in range(ord(body[j]), ord(body[j + 2]) + 1))
+                j += 3
+            else:
+                chars.add(body[j])
+                j += 1
+        if chars & set("*?\\"):
+            raise SigmaExportError(f"event type glob {glob!r}: a class holding a wildcard character has no Sigma form")
+        parts.append(sorted(chars))
+        i = end + 1
+    if math.prod(len(p) for p in parts) > MAX_GLOB_EXPANSION:
+        raise SigmaExportError(f"event type glob {glob!r} stands for more than {MAX_GLOB_EXPANSION} patterns")
+    return ["".join(p) for p in itertools.product(*parts)]
+
+
 def _types_selection(types: list[str]) -> Any:
     """Event type globs as Sigma, modifiers before wildcards (pySigma's ``wildcards_instead_of_modifiers``):
-    ``audit.*`` → ``type|startswith: audit.``, ``*.deleted`` → ``endswith``, ``*key*`` → ``contains``."""
+    ``audit.*`` → ``type|startswith: audit.``, ``*.deleted`` → ``endswith``, ``*key*`` → ``contains``;
+    ``[...]`` classes expanded (:func:`expand_classes`)."""
     shapes: dict[str, list[str]] = {}
-    for t in types:
+    for t in dict.fromkeys(x for g in types for x in expand_classes(g)):
         core = t.strip("*")
         if _WILDCARD.search(core) or not core:
             key, value = "type", t
@@ -265,19 +312,22 @@ def export_rule(rule: Rule) -> Exported:
     if spec is not None and not isinstance(spec, MatchRuleSpec):
         return Exported(meta.id, None, "correlation rule: exported as a single-event Sigma rule it would "
                                        "change meaning (Sigma correlation export is not implemented)")  # fmt: skip
-    if spec is not None:
-        types, codes = list(spec.types), (list(spec.activity_codes) if spec.activity_codes is not None else None)
-        detection = export_detection(spec.detection, types, codes)
-        if spec.resolve is not None:
-            resolve_note = " Resolution (a later event that clears the alert) is not expressed in Sigma."
-    else:
-        native = getattr(rule, "sigma_detection", None)
-        if not isinstance(native, Mapping):
-            return Exported(meta.id, None, "stateful Python rule (state, thresholds, windows or ticks): "
-                                           "no single-event Sigma detection expresses it")  # fmt: skip
-        types = [t for t in meta.event_types] or ["*"]
-        codes = sorted(meta.activity_codes) if meta.activity_codes is not None else None
-        detection = export_detection(native, types, codes)
+    try:
+        if spec is not None:
+            types, codes = list(spec.types), (list(spec.activity_codes) if spec.activity_codes is not None else None)
+            detection = export_detection(spec.detection, types, codes)
+            if spec.resolve is not None:
+                resolve_note = " Resolution (a later event that clears the alert) is not expressed in Sigma."
+        else:
+            native = getattr(rule, "sigma_detection", None)
+            if not isinstance(native, Mapping):
+                return Exported(meta.id, None, "stateful Python rule (state, thresholds, windows or ticks): "
+                                               "no single-event Sigma detection expresses it")  # fmt: skip
+            types = [t for t in meta.event_types] or ["*"]
+            codes = sorted(meta.activity_codes) if meta.activity_codes is not None else None
+            detection = export_detection(native, types, codes)
+    except SigmaExportError as err:
+        return Exported(meta.id, None, str(err))
     status = getattr(meta, "status", None)
     fps = list(dict.fromkeys(getattr(meta, "falsepositives", None) or ())) or [DEFAULT_FP]  # unique, as Sigma asks
     description = (meta.description or meta.title).strip().rstrip(".") + "."

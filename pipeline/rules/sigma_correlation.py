@@ -41,6 +41,7 @@ from pipeline.rules.sigma import (
     SERVICE,
     SEVERITIES,
     Exported,
+    SigmaExportError,
     SigmaImportError,
     attack_tags,
     check_metadata,
@@ -130,7 +131,10 @@ def export_correlation(rule: Rule, rules: Mapping[str, Rule] | None = None) -> E
                 return Exported(rid, None, f"correlation entry {i} references {entry.rule!r}, not a YAML match "
                                            "rule of this export")  # fmt: skip
             generate = generate or ref.params.enabled
-        bases.append(_entry_doc(spec, entry, i, ref))
+        try:
+            bases.append(_entry_doc(spec, entry, i, ref))
+        except SigmaExportError as err:
+            return Exported(rid, None, f"correlation entry {i}: {err}")
         refs.append(bases[-1]["name"])
     if len(set(refs)) != len(refs):
         return Exported(rid, None, "the same rule twice in one correlation: Sigma's rules are unique")

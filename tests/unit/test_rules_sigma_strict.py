@@ -423,3 +423,25 @@ def test_export_keeps_items_whose_keys_collide(tmp_path: Path) -> None:
     want = [True, False, False, False, False, True]
     assert _engine_opens(orig, "custom.export_collision", evs, fresh=True) == want
     assert _engine_opens(back, "sigma.export_collision", evs, fresh=True) == want
+
+
+# ---- 9. type globs with classes -------------------------------------------------------------------------
+def test_type_glob_classes_are_expanded_or_the_rule_skipped(tmp_path: Path) -> None:
+    """``api_key.[cd]*`` was exported as the literal ``type|startswith: api_key.[cd]`` (matching nothing)."""
+    rule = {"id": "custom.key_cd", "title": "Key created or deleted", "severity": "low",
+            "types": ["audit.login", "api_key.[cd]*"], "detection": {"s": {"target.kind": "api_key"}}}  # fmt: skip
+    negated = dict(rule, id="custom.key_not_u", types=["api_key.[!u]*"])
+    out = _export(tmp_path, [rule, negated])
+    doc = yaml.safe_load((out / "custom_key_cd.yml").read_text(encoding="utf-8"))
+    assert doc["detection"]["rule_types"] == [{"type": "audit.login"}, {"type|startswith": ["api_key.c", "api_key.d"]}]
+    readme = (out / "README.md").read_text(encoding="utf-8")
+    assert "`custom.key_not_u`: event type glob 'api_key.[!u]*': a negated class [!...] has no Sigma form" in readme
+    back = tmp_path / "back.yaml"
+    assert main(["rules", "import", str(out / "custom_key_cd.yml"), "--output", str(back)]) == 0
+    orig = tmp_path / "orig.yaml"
+    orig.write_text(yaml.safe_dump({"rules": [rule]}), encoding="utf-8")
+    types = ("api_key.created", "api_key.deleted", "api_key.updated", "audit.login", "audit.logout")
+    evs = [make_event(t, time=T0, target={"kind": "api_key", "id": "K"}) for t in types]
+    want = [True, True, False, True, False]
+    assert _engine_opens(orig, "custom.key_cd", evs, fresh=True) == want
+    assert _engine_opens(back, "sigma.key_created_or_deleted", evs, fresh=True) == want
