@@ -13,8 +13,10 @@ are exported by :mod:`pipeline.rules.sigma_correlation`.
 **Import** (:func:`import_rule`). A Sigma rule is accepted when its ``logsource.product`` is
 ``instantly`` (or absent), it is not a correlation or filter, every field maps to an Event v1 path,
 every modifier is one the matcher knows and values are plain (:mod:`pipeline.rules.sigma_values`:
-wildcards, escapes). Conditions are read as pySigma reads them
-(:mod:`pipeline.rules.sigma_condition`). Anything else is rejected with the reason.
+wildcards, escapes), and its common keys are what pySigma accepts. Conditions are read as pySigma
+reads them (:mod:`pipeline.rules.sigma_condition`); items of one mapping that would share a key of
+ours become selections ANDed in the condition. Filters are applied on the way in
+(:mod:`pipeline.rules.sigma_filter`). Anything else is rejected with the reason.
 """
 
 from __future__ import annotations

@@ -13,8 +13,10 @@ reason. Entries with their own ``group-by`` become Sigma field name ``aliases``.
 a correlation whose ``rules`` name (by ``name`` or ``id``) plain Sigma rules of the collection
 becomes one of our correlations with those rules inline; the rules it uses are not imported on
 their own unless it says ``generate: true``; ``aliases`` become per-entry ``group-by``.
-Chained correlations, ``value_sum``, ``value_avg``, ``value_percentile`` and a ``temporal``
-condition other than "all rules" are rejected with the reason.
+Chained correlations, ``value_sum``, ``value_avg``, ``value_percentile``, a ``temporal``
+condition other than "all rules" (an extended, text condition included), a condition with an upper
+bound or more than one operator are rejected with the reason. Sigma filters in the collection are
+applied to the rules they name first (:mod:`pipeline.rules.sigma_filter`).
 """
 
 from __future__ import annotations
