@@ -1,8 +1,9 @@
 """``instantly-audit rules export|import|coverage``: Sigma out and in, ATT&CK Navigator layer.
 
-* ``rules export --format sigma --output DIR [--rules FILE]`` — one ``<rule_id>.yml`` per
-  expressible rule (:func:`~pipeline.rules.sigma.sigma_filename`), plus ``README.md`` (field
-  mapping, file → rule id, skipped rules and why);
+* ``rules export --format sigma --output DIR [--rules FILE] [--include-disabled]`` — one
+  ``<rule_id>.yml`` per expressible enabled rule (:func:`~pipeline.rules.sigma.sigma_filename`), plus
+  ``README.md`` (field mapping, file → rule id, skipped rules and why: disabled rules are skipped
+  unless ``--include-disabled``);
 * ``rules import FILE... [--output FILE] [--prefix P]`` — Sigma rules → our YAML rules (stdout
   or FILE); each rejected rule is named on stderr with the reason;
 * ``rules coverage --navigator FILE [--rules FILE] [--emulations DIR]`` — the layer of the
@@ -50,7 +51,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     written, skipped = [], []
     written_files: dict[str, str] = {}
     by_id = {r.meta.id: r for r in ruleset.rules}
+    disabled = 0
     for rule in ruleset.rules:
+        if not rule.params.enabled and not args.include_disabled:
+            # Sigma has no "disabled": written out, the rule would read as in use (status: stable)
+            skipped.append((rule.meta.id, "disabled in this configuration (--include-disabled exports it)"))
+            disabled += 1
+            continue
         if isinstance(getattr(rule, "spec", None), CorrelationSpec):
             ex = export_correlation(rule, by_id)
         else:
@@ -61,6 +68,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         header = f"# instantly-audit rule {ex.rule_id}, exported as Sigma.\n" + "".join(
             f"# {line}\n" for line in textwrap.wrap(FIELD_NOTE, 98)
         )
+        if not rule.params.enabled:  # --include-disabled: say so where a reader looks
+            ex.document["description"] = f"{ex.document['description']} Disabled in the exporting configuration."
         docs = [ex.document, *ex.base]
         text = dump_sigma(docs)
         name = sigma_filename(ex.rule_id)
@@ -73,10 +82,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     lines = ["# instantly-audit rules as Sigma", "", FIELD_NOTE, "", f"Exported: {len(written)} rules.", ""]
     lines += [f"- `{name}`: `{rid}`" for name, rid in written_files.items()] + [""]
     if skipped:
-        lines += ["Skipped (not expressible as a single-event Sigma rule):", ""]
+        lines += ["Skipped (disabled, or not expressible as a Sigma rule):", ""]
         lines += [f"- `{rid}`: {why}" for rid, why in skipped]
     (out / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"rules export: {len(written)} Sigma rules written to {out}; {len(skipped)} skipped (see README.md)")
+    print(f"rules export: {len(written)} Sigma rules written to {out}; {len(skipped)} skipped, {disabled} of them "
+          "disabled (see README.md)")  # fmt: skip
     for rid, why in skipped:
         print(f"  skipped {rid}: {why}")
     return EXIT_OK
@@ -85,15 +95,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     """Convert Sigma rule files to our YAML rules; reject, with the reason, what does not map."""
     collection: list[tuple[str, Any]] = []
+    rejected = 0
     for name in args.files:
         try:
             docs = [d for d in yaml.safe_load_all(Path(name).read_text(encoding="utf-8")) if d is not None]
         except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
             print(f"rules import: {name}: cannot read ({type(err).__name__})", file=sys.stderr)
             return EXIT_USAGE
+        actions = sorted({str(d["action"]) for d in docs if isinstance(d, dict) and "action" in d})
+        if actions:  # its documents only mean something merged (global, reset, repeat): none alone
+            print(f"rules import: {name}: rejected: a Sigma collection file (action: {', '.join(actions)}) is not "
+                  f"supported; none of its {len(docs)} documents is imported", file=sys.stderr)  # fmt: skip
+            rejected += 1
+            continue
         collection += [(name if len(docs) == 1 else f"{name}#{i}", doc) for i, doc in enumerate(docs)]
     accepted: list[dict[str, Any]] = []
-    rejected = 0
     for where, rule, message in import_collection(collection, prefix=args.prefix):
         print(f"rules import: {where}: {message}", file=sys.stderr)
         if rule is not None:
@@ -139,6 +155,8 @@ def register_interop(sub: Any) -> None:
     ex.add_argument("--format", choices=["sigma"], required=True, help="output format")
     ex.add_argument("--output", metavar="DIR", required=True, help="directory to write the rule files to")
     ex.add_argument("--rules", metavar="FILE", help=rules_help)
+    ex.add_argument("--include-disabled", action="store_true",
+                    help="also export the rules the configuration disables (skipped by default)")  # fmt: skip
     ex.set_defaults(func=cmd_export)
     im = sub.add_parser(
         "import", help="convert Sigma rules whose fields are Event v1 paths",

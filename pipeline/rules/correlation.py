@@ -16,7 +16,7 @@
           detection: {sel: {type: api_key.deleted}, condition: sel}
       group-by: [target.id]      # per entry too (Sigma's aliases): {group-by: [actor.api_key_id]}
       timespan: 1h
-      condition: {gte: 3}        # event_count / value_count: gt gte lt lte eq neq (all must hold)
+      condition: {gte: 3}        # event_count / value_count: gt or gte (both may be given)
       field: attributes.list_id  # value_count / new_terms: the field whose values count
       grace: 10m                 # late events accepted this long after a window closes
       max_groups: 10000          # per rule and workspace; least recently active dropped beyond
@@ -26,7 +26,8 @@ Semantics, all at event time:
 * ``event_count`` / ``value_count``: events (distinct ``field`` values) of any entry within
   ``timespan`` of the current event, per group; fires when ``condition`` holds, then restarts.
 * ``temporal``: every entry matched within ``timespan`` (any order); ``temporal_ordered``: in the
-  listed order. Fires once per completed set, then restarts.
+  listed order (a repeated first step starts another chain; the chains in progress stay). Fires once
+  per completed set, then restarts.
 * ``absence``: the first entry opens a window of ``timespan``; any later entry matching in the
   window (by event time) closes it. A window still open fires on the first tick at or after
   ``window end + grace`` (the alert's time is the window end).
@@ -66,8 +67,17 @@ from schemas.event import Event
 CorrelationType = Literal["event_count", "value_count", "temporal", "temporal_ordered", "absence", "new_terms"]
 _OPS = {"gt": float.__gt__, "gte": float.__ge__, "lt": float.__lt__, "lte": float.__le__, "eq": float.__eq__,
         "neq": float.__ne__}  # fmt: skip
+UPPER_BOUND_OPS = frozenset({"lt", "lte", "eq", "neq"})
+"""Conditions with an upper bound: only the count over a whole window decides them (Sigma backends count
+the window), while the stream fires as soon as the count holds, so they are refused."""
+UPPER_BOUND_REASON = (
+    "conditions with an upper bound (lt, lte, eq, neq) are not supported: they need the count "
+    "over the whole window, and a streaming correlation fires as soon as the count first holds"
+)
 MAX_TERMS = 5000
 """Terms remembered per new-terms history (the least recently seen are forgotten first)."""
+MAX_CHAINS = 32
+"""Chains in progress remembered per temporal_ordered step and group (those that started last are kept)."""
 MAX_ENTRIES = 1000
 """Matches remembered per event_count / value_count group (the oldest are forgotten first)."""
 
@@ -87,6 +97,7 @@ def _last_match(doc: Mapping[str, Any], default: float) -> float:
     """The latest match time a group document holds (its stored last-use time is rounded to the hour)."""
     times = [float(x[0]) for x in doc.get("e") or ()]
     times += [float(v) for key in ("s", "h") for v in (doc.get(key) or {}).values()]
+    times += [float(c[1]) for cs in (doc.get("q") or {}).values() for c in cs]
     return max(times, default=default)
 
 
@@ -197,6 +208,8 @@ class CorrelationRule:
         bad = sorted(set(body.condition) - set(_OPS))
         if bad:
             raise RuleSyntaxError("correlation.condition", f"unknown operator {bad[0]!r} (known: {', '.join(_OPS)})")
+        if upper := sorted(set(body.condition) & UPPER_BOUND_OPS):
+            raise RuleSyntaxError(f"correlation.condition.{upper[0]}", UPPER_BOUND_REASON)
         self.condition = [(_OPS[k], float(v)) for k, v in body.condition.items()]
         if body.type in ("value_count", "new_terms") and not body.field:
             raise RuleSyntaxError("correlation.field", f"{body.type} needs the field whose values count")
@@ -392,8 +405,8 @@ class CorrelationRule:
                 doc["e"] = []
                 return self._finding(key, ev, count=n)
             return None
-        seen: dict[str, float] = doc.setdefault("s", {})
         if k == "temporal":
+            seen: dict[str, float] = doc.setdefault("s", {})
             seen[str(i)] = max(t, seen.get(str(i), t))
             latest = max(seen.values())
             for name in [n for n, ts in seen.items() if latest - ts > span]:
@@ -402,15 +415,39 @@ class CorrelationRule:
                 doc["s"] = {}
                 return self._finding(key, ev)
             return None
-        # temporal_ordered: seen maps step index -> time of the chain's steps so far
+        return self._ordered(ctx, doc, i, key, ev)
+
+    def _ordered(self, ctx: RuleContext, doc: dict[str, Any], i: int, key: str, ev: Event) -> Finding | None:
+        """temporal_ordered: ``q`` maps each step to the chains that reached it, as ``[start, time]`` pairs.
+
+        A first step adds a chain start and leaves the chains in progress alone (a repeated first step
+        used to throw away a chain already at step 2). Step ``i`` extends, among the chains at step
+        ``i - 1`` reached at or before its time, the one that started last, if the event is within
+        ``timespan`` of that start. Each step keeps the :data:`MAX_CHAINS` chains that started last.
+        """
+        t, span = ctx.now, self.timespan
+        q: dict[str, list[list[float]]] = doc.get("q") or {}
+        if "s" in doc:  # state written before q: one chain, each step's time, the start at "0"
+            old = doc.pop("s")
+            q = {k: [[float(old["0"]), float(v)]] for k, v in old.items()} if "0" in old else q
+        doc["q"] = q
         if i == 0:
-            doc["s"] = {"0": t}
-            return None
-        if str(i - 1) in seen and len(seen) == i and seen[str(i - 1)] <= t and t - seen["0"] <= span:
-            seen[str(i)] = t
-            if len(seen) == len(self.entries):
-                doc["s"] = {}
+            q.setdefault("0", []).append([t, t])
+        else:
+            starts = [c[0] for c in q.get(str(i - 1), ()) if c[1] <= t and t - c[0] <= span]
+            if not starts:
+                return None
+            if i == len(self.entries) - 1:
+                doc["q"] = {}
                 return self._finding(key, ev)
+            q.setdefault(str(i), []).append([max(starts), t])
+        latest = max(c[1] for cs in q.values() for c in cs)
+        for step, cs in list(q.items()):
+            kept = sorted((c for c in cs if latest - c[0] <= span + self.grace), key=lambda c: (c[0], -c[1]))
+            if kept:
+                q[step] = kept[-MAX_CHAINS:]
+            else:
+                del q[step]
         return None
 
     def on_tick(self, ctx: RuleContext) -> Iterable[Finding]:

@@ -13,13 +13,17 @@ are exported by :mod:`pipeline.rules.sigma_correlation`.
 **Import** (:func:`import_rule`). A Sigma rule is accepted when its ``logsource.product`` is
 ``instantly`` (or absent), it is not a correlation or filter, every field maps to an Event v1 path,
 every modifier is one the matcher knows and values are plain (:mod:`pipeline.rules.sigma_values`:
-wildcards, escapes). Conditions are read as pySigma reads them
-(:mod:`pipeline.rules.sigma_condition`). Anything else is rejected with the reason.
+wildcards, escapes), and its common keys are what pySigma accepts. Conditions are read as pySigma
+reads them (:mod:`pipeline.rules.sigma_condition`); items of one mapping that would share a key of
+ours become selections ANDed in the condition. Filters are applied on the way in
+(:mod:`pipeline.rules.sigma_filter`). Anything else is rejected with the reason.
 """
 
 from __future__ import annotations
 
+import datetime
 import itertools
+import math
 import re
 import uuid
 from collections.abc import Mapping
@@ -32,7 +36,7 @@ from pipeline.rules.base import Rule
 from pipeline.rules.matcher import MatchRuleSpec, RuleSyntaxError, compile_detection, getter
 from pipeline.rules.sigma_condition import plain_identifiers, rename_in_condition, rewrite_of
 from pipeline.rules.sigma_values import SigmaImportError as SigmaImportError  # re-exported: callers import it here
-from pipeline.rules.sigma_values import import_selection, split_neq
+from pipeline.rules.sigma_values import import_selection, split_collisions, split_neq, star_not_null
 
 NAMESPACE = uuid.UUID("5b0ce7a2-6f5e-4c39-9d5b-2f1f8d0b9a41")
 """UUIDv5 namespace of exported rule ids (never change it: ids must stay stable)."""
@@ -139,11 +143,57 @@ def _export_selection(body: Any) -> Any:
     return [out | dict(combo) for combo in itertools.product(*alternatives)]
 
 
+class SigmaExportError(ValueError):
+    """One of our rules has no Sigma form; the message says why (the rule is skipped with it)."""
+
+
+MAX_GLOB_EXPANSION = 64
+"""Event types one glob with ``[...]`` classes may expand to on export."""
+
+
+def expand_classes(glob: str) -> list[str]:
+    """An fnmatch glob's ``[...]`` classes as the alternatives they stand for (Sigma has no classes):
+    ``api_key.[cd]*`` → ``api_key.c*``, ``api_key.d*``. An unclosed ``[`` is a literal, as in fnmatch.
+
+    Raises:
+        SigmaExportError: a negated class ``[!...]``, a class holding a wildcard character, or more
+            than :data:`MAX_GLOB_EXPANSION` alternatives.
+    """
+    parts: list[list[str]] = []
+    i = 0
+    while i < len(glob):
+        end = glob.find("]", i + 2) if glob[i] == "[" else -1  # "[]" : a "]" first in a class is a member
+        if end == -1:
+            parts.append([glob[i]])
+            i += 1
+            continue
+        body = glob[i + 1 : end]
+        if body.startswith("!"):
+            raise SigmaExportError(f"event type glob {glob!r}: a negated class [!...] has no Sigma form")
+        chars: set[str] = set()
+        j = 0
+        while j < len(body):
+            if j + 2 < len(body) and body[j + 1] == "-":
+                chars.update(chr(c) for c in range(ord(body[j]), ord(body[j + 2]) + 1))
+                j += 3
+            else:
+                chars.add(body[j])
+                j += 1
+        if chars & set("*?\\"):
+            raise SigmaExportError(f"event type glob {glob!r}: a class holding a wildcard character has no Sigma form")
+        parts.append(sorted(chars))
+        i = end + 1
+    if math.prod(len(p) for p in parts) > MAX_GLOB_EXPANSION:
+        raise SigmaExportError(f"event type glob {glob!r} stands for more than {MAX_GLOB_EXPANSION} patterns")
+    return ["".join(p) for p in itertools.product(*parts)]
+
+
 def _types_selection(types: list[str]) -> Any:
     """Event type globs as Sigma, modifiers before wildcards (pySigma's ``wildcards_instead_of_modifiers``):
-    ``audit.*`` → ``type|startswith: audit.``, ``*.deleted`` → ``endswith``, ``*key*`` → ``contains``."""
+    ``audit.*`` → ``type|startswith: audit.``, ``*.deleted`` → ``endswith``, ``*key*`` → ``contains``;
+    ``[...]`` classes expanded (:func:`expand_classes`)."""
     shapes: dict[str, list[str]] = {}
-    for t in types:
+    for t in dict.fromkeys(x for g in types for x in expand_classes(g)):
         core = t.strip("*")
         if _WILDCARD.search(core) or not core:
             key, value = "type", t
@@ -165,11 +215,71 @@ def _free_name(base: str, taken: list[str]) -> str:
     return name
 
 
+def _exported_keys(key: str, value: Any) -> set[str]:
+    got = _export_selection({key: value})
+    return {str(k) for m in (got if isinstance(got, list) else [got]) for k in m}
+
+
+def _layers(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A mapping's items in parts whose exported keys do not collide (``f|in: [a, b]`` and ``f|eq: b`` both
+    become ``f``); each item goes to the first part that has none of its keys yet."""
+    parts: list[tuple[set[str], dict[str, Any]]] = []
+    for k, v in body.items():
+        keys = _exported_keys(str(k), v)
+        part = next((p for p in parts if not keys & p[0]), None)
+        if part is None:
+            parts.append(part := (set(), {}))
+        part[0].update(keys)
+        part[1][k] = v
+    return [b for _, b in parts]
+
+
+def _split_collisions(detection: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Our selections with items whose exported keys collide split into selections ANDed in the condition
+    (a Sigma mapping holds one value per key, and ANDs its items): ``s`` → ``(s and s_and)``, in a list
+    (an OR) ``s`` → ``(s or (s_1 and s_1_and))``. Returns the selections and the names' replacements."""
+    taken = [str(k) for k in detection]
+    out: dict[str, Any] = {}
+    exprs: dict[str, str] = {}
+
+    def group(name: str, layers: list[dict[str, Any]], keep: bool) -> str:
+        names = [name if keep else _free_name(name, taken)]
+        taken.append(names[0])
+        for _ in layers[1:]:
+            names.append(_free_name(f"{name}_and", taken))
+            taken.append(names[-1])
+        out.update(zip(names, layers, strict=True))
+        return "(" + " and ".join(names) + ")"
+
+    for k, body in detection.items():
+        name = str(k)
+        if k == "condition":
+            continue
+        if isinstance(body, Mapping) and len(layers := _layers(body)) > 1:
+            exprs[name] = group(name, layers, True)
+        elif isinstance(body, list) and any(isinstance(b, Mapping) and len(_layers(b)) > 1 for b in body):
+            split = [_layers(b) if isinstance(b, Mapping) else [b] for b in body]
+            plain = [b for b, x in zip(body, split, strict=True) if len(x) == 1]
+            terms = []
+            if plain:
+                out[name] = plain
+                terms.append(name)
+            terms += [group(f"{name}_{i}", x, False) for i, x in enumerate(split) if len(x) > 1]
+            exprs[name] = "(" + " or ".join(terms) + ")"
+        else:
+            out[name] = body
+    return out, exprs
+
+
 def export_detection(detection: Mapping[str, Any], types: list[str], codes: list[int] | None) -> dict[str, Any]:
-    sels = {str(k): _export_selection(v) for k, v in detection.items() if k != "condition"}
     cond = detection.get("condition")
     if cond is None:
-        cond = next(iter(sels))
+        cond = next(k for k in detection if k != "condition")
+    names = [str(k) for k in detection if k != "condition"]
+    parted, collided = _split_collisions(detection)
+    if collided:  # patterns written out as our reading first: the split names must not widen one
+        cond = rename_in_condition(rewrite_of(str(cond), names, names, to_sigma=True, force=True), collided)
+    sels = {k: _export_selection(v) for k, v in parted.items()}
     names = list(sels)
     added: dict[str, Any] = {}
     if "*" not in types:
@@ -204,19 +314,22 @@ def export_rule(rule: Rule) -> Exported:
     if spec is not None and not isinstance(spec, MatchRuleSpec):
         return Exported(meta.id, None, "correlation rule: exported as a single-event Sigma rule it would "
                                        "change meaning (Sigma correlation export is not implemented)")  # fmt: skip
-    if spec is not None:
-        types, codes = list(spec.types), (list(spec.activity_codes) if spec.activity_codes is not None else None)
-        detection = export_detection(spec.detection, types, codes)
-        if spec.resolve is not None:
-            resolve_note = " Resolution (a later event that clears the alert) is not expressed in Sigma."
-    else:
-        native = getattr(rule, "sigma_detection", None)
-        if not isinstance(native, Mapping):
-            return Exported(meta.id, None, "stateful Python rule (state, thresholds, windows or ticks): "
-                                           "no single-event Sigma detection expresses it")  # fmt: skip
-        types = [t for t in meta.event_types] or ["*"]
-        codes = sorted(meta.activity_codes) if meta.activity_codes is not None else None
-        detection = export_detection(native, types, codes)
+    try:
+        if spec is not None:
+            types, codes = list(spec.types), (list(spec.activity_codes) if spec.activity_codes is not None else None)
+            detection = export_detection(spec.detection, types, codes)
+            if spec.resolve is not None:
+                resolve_note = " Resolution (a later event that clears the alert) is not expressed in Sigma."
+        else:
+            native = getattr(rule, "sigma_detection", None)
+            if not isinstance(native, Mapping):
+                return Exported(meta.id, None, "stateful Python rule (state, thresholds, windows or ticks): "
+                                               "no single-event Sigma detection expresses it")  # fmt: skip
+            types = [t for t in meta.event_types] or ["*"]
+            codes = sorted(meta.activity_codes) if meta.activity_codes is not None else None
+            detection = export_detection(native, types, codes)
+    except SigmaExportError as err:
+        return Exported(meta.id, None, str(err))
     status = getattr(meta, "status", None)
     fps = list(dict.fromkeys(getattr(meta, "falsepositives", None) or ())) or [DEFAULT_FP]  # unique, as Sigma asks
     description = (meta.description or meta.title).strip().rstrip(".") + "."
@@ -295,19 +408,21 @@ def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
         raise SigmaImportError("timeframe belongs to correlations; single-event rules have none")
     raw = {str(k): v for k, v in det.items() if k != "condition"}
     names = list(raw)
-    split, negated = split_neq(raw)  # |neq items become selections the condition negates
-    detection = {k: import_selection(v, f"detection.{origin}") for k, (origin, v) in split.items()}
+    # items of one mapping that would share a key of ours become selections ANDed in the condition
+    parted, collided = split_collisions(star_not_null(raw))
+    split, negated = split_neq({k: v for k, (_, v) in parted.items()})  # |neq items: selections negated
+    detection = {k: import_selection(v, f"detection.{parted.get(o, (o,))[0]}") for k, (o, v) in split.items()}
     renames = plain_identifiers(list(detection))
     # Sigma's patterns skip _-prefixed names; renaming or splitting could widen one: write them all out
-    cond = rewrite_of(str(cond), names, names, to_sigma=False, force=bool(renames or negated))
-    cond = rename_in_condition(cond, negated)
+    cond = rewrite_of(str(cond), names, names, to_sigma=False, force=bool(renames or negated or collided))
+    cond = rename_in_condition(rename_in_condition(cond, collided), negated)
     detection = {renames.get(k, k): v for k, v in detection.items()}
     detection["condition"] = rename_in_condition(cond, renames)
     try:
         compile_detection(detection)
     except RuleSyntaxError as err:
         raise SigmaImportError(str(err)) from None
-    level = str(doc.get("level", "medium"))
+    level = str(doc.get("level", "medium")).lower()  # pySigma reads the level in any case
     if level not in SEVERITIES:
         raise SigmaImportError(f"unknown level {level!r}")
     tags = [str(t) for t in doc.get("tags") or []]
@@ -333,6 +448,7 @@ def check_metadata(doc: Mapping[str, Any]) -> None:
     Raises:
         SigmaImportError: naming the key and what is wrong with it.
     """
+    _check_common(doc)
     status = doc.get("status")
     if status == "unsupported":
         raise SigmaImportError("status unsupported: the rule cannot be used in its current state")
@@ -352,6 +468,40 @@ def check_metadata(doc: Mapping[str, Any]) -> None:
         if rel.get("type") not in RELATED_TYPES:
             raise SigmaImportError(f"related.{i}.type {rel.get('type')!r} is not a Sigma relation (one of: "
                                    f"{', '.join(RELATED_TYPES)})")  # fmt: skip
+
+
+_DATE = (re.compile(r"[1-3]\d{3}-[01]\d-[0-3]\d"), re.compile(r"[1-3]\d{3}/[01]?\d/[0-3]?\d"))
+_TYPED = (("title", str, "a string"), ("author", str, "a string"), ("description", str, "a string"),
+          ("license", str, "a string"), ("name", str, "a string"), ("taxonomy", str, "a string"),
+          ("level", str, "a string"), ("status", str, "a string"), ("tags", list, "a list"),
+          ("references", list, "a list"), ("falsepositives", list, "a list"), ("fields", list, "a list"),
+          ("scope", list, "a list"))  # fmt: skip
+"""The common keys pySigma's ``from_dict_common_params`` types (a wrong type is an error there, not ignored)."""
+
+
+def _check_common(doc: Mapping[str, Any]) -> None:
+    """What pySigma refuses in the common keys: types, a title over 256 characters, tags without a namespace,
+    dates it cannot read."""
+    for key, kind, name in _TYPED:
+        if doc.get(key) is not None and not isinstance(doc[key], kind):
+            raise SigmaImportError(f"{key} must be {name} (got {type(doc[key]).__name__})")
+    if len(str(doc.get("title") or "")) > 256:
+        raise SigmaImportError("title is longer than 256 characters (Sigma's limit)")
+    for tag in doc.get("tags") or ():
+        if not isinstance(tag, str) or not re.fullmatch(r"[^.\s]+\.\S.*", tag):
+            raise SigmaImportError(f"tag {tag!r} is not <namespace>.<name> (such as attack.t1078)")
+    for key in ("date", "modified"):
+        value = doc.get(key)
+        if value is None or isinstance(value, datetime.date):
+            continue
+        m = next((m for rx in _DATE if (m := rx.fullmatch(str(value)))), None)
+        try:
+            if m is None:
+                raise ValueError
+            y, mo, d = (int(x) for x in re.split(r"[-/]", m.group(0)))
+            datetime.date(y, mo, d)
+        except ValueError:
+            raise SigmaImportError(f"{key} {value!r} is not a date (yyyy-mm-dd)") from None
 
 
 def _is_uuid(value: Any) -> bool:

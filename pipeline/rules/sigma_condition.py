@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 from pipeline.rules.sigma_values import SigmaImportError
 
-_OF = re.compile(r"\b(1|any|all) of ([A-Za-z0-9_*-]+)")
+_OF = re.compile(r"\b(1|any|all)\s+of\s+([A-Za-z0-9_*-]+)")  # any whitespace between, as pySigma's parser
 _IDENT = re.compile(r"[A-Za-z0-9_*-]+")
 
 

@@ -13,8 +13,10 @@ reason. Entries with their own ``group-by`` become Sigma field name ``aliases``.
 a correlation whose ``rules`` name (by ``name`` or ``id``) plain Sigma rules of the collection
 becomes one of our correlations with those rules inline; the rules it uses are not imported on
 their own unless it says ``generate: true``; ``aliases`` become per-entry ``group-by``.
-Chained correlations, ``value_sum``, ``value_avg``, ``value_percentile`` and a ``temporal``
-condition other than "all rules" are rejected with the reason.
+Chained correlations, ``value_sum``, ``value_avg``, ``value_percentile``, a ``temporal``
+condition other than "all rules" (an extended, text condition included), a condition with an upper
+bound or more than one operator are rejected with the reason. Sigma filters in the collection are
+applied to the rules they name first (:mod:`pipeline.rules.sigma_filter`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipeline.rules.base import Rule, RuleParams
-from pipeline.rules.correlation import CorrelationSpec, EntrySpec, compile_correlation
+from pipeline.rules.correlation import (
+    UPPER_BOUND_OPS,
+    UPPER_BOUND_REASON,
+    CorrelationSpec,
+    EntrySpec,
+    compile_correlation,
+)
 from pipeline.rules.lifecycle import parse_duration
 from pipeline.rules.matcher import MatchRuleSpec, RuleSyntaxError, getter
 from pipeline.rules.sigma import (
@@ -35,6 +43,7 @@ from pipeline.rules.sigma import (
     SERVICE,
     SEVERITIES,
     Exported,
+    SigmaExportError,
     SigmaImportError,
     attack_tags,
     check_metadata,
@@ -44,6 +53,7 @@ from pipeline.rules.sigma import (
     rule_id_for,
     sigma_id,
 )
+from pipeline.rules.sigma_filter import SigmaFilter, applies, apply_filter, named_refs, names_rule, parse_filter
 
 SIGMA_TYPES = ("event_count", "value_count", "temporal", "temporal_ordered")
 _UNITS = (("d", 86_400), ("h", 3600), ("m", 60), ("s", 1))
@@ -123,7 +133,10 @@ def export_correlation(rule: Rule, rules: Mapping[str, Rule] | None = None) -> E
                 return Exported(rid, None, f"correlation entry {i} references {entry.rule!r}, not a YAML match "
                                            "rule of this export")  # fmt: skip
             generate = generate or ref.params.enabled
-        bases.append(_entry_doc(spec, entry, i, ref))
+        try:
+            bases.append(_entry_doc(spec, entry, i, ref))
+        except SigmaExportError as err:
+            return Exported(rid, None, f"correlation entry {i}: {err}")
         refs.append(bases[-1]["name"])
     if len(set(refs)) != len(refs):
         return Exported(rid, None, "the same rule twice in one correlation: Sigma's rules are unique")
@@ -141,6 +154,9 @@ def export_correlation(rule: Rule, rules: Mapping[str, Rule] | None = None) -> E
         corr["aliases"] = aliases
     corr["timespan"] = _timespan(parse_duration(body.timespan, "correlation.timespan"))
     if body.type in ("event_count", "value_count"):
+        if len(body.condition) != 1:  # pySigma refuses a condition with more than one operator
+            return Exported(rid, None, f"condition {body.condition} has {len(body.condition)} operators: a Sigma "
+                                       "correlation condition has exactly one")  # fmt: skip
         if any(v != int(v) for v in body.condition.values()):
             return Exported(rid, None, "fractional correlation threshold: Sigma conditions are integers")
         corr["condition"] = {op: int(v) for op, v in body.condition.items()}
@@ -192,8 +208,11 @@ def _entry_group(
     return out
 
 
-def _correlation(doc: Mapping[str, Any], by_ref: Mapping[str, Mapping[str, Any]], prefix: str) -> dict[str, Any]:
-    """One Sigma correlation (its rules looked up in ``by_ref``) as one of our correlation rules."""
+def _correlation(
+    doc: Mapping[str, Any], by_ref: Mapping[str, Mapping[str, Any]], prefix: str, refused: Mapping[int, str]
+) -> dict[str, Any]:
+    """One Sigma correlation (its rules looked up in ``by_ref``) as one of our correlation rules; ``refused``:
+    why a rule document may not be used (by ``id`` of the document)."""
     body = doc.get("correlation")
     if not isinstance(body, Mapping):
         raise SigmaImportError("correlation must be a mapping")
@@ -208,7 +227,12 @@ def _correlation(doc: Mapping[str, Any], by_ref: Mapping[str, Mapping[str, Any]]
     if not isinstance(names, list) or not names:
         raise SigmaImportError("correlation.rules must list the correlated rules")
     entries: list[dict[str, Any]] = []
-    group = [str(g) for g in body.get("group-by") or []]
+    raw_group = body.get("group-by") or []
+    if isinstance(raw_group, str):  # pySigma reads a plain string as a one-field list
+        raw_group = [raw_group]
+    if not isinstance(raw_group, list):
+        raise SigmaImportError("correlation.group-by must be a field or a list of fields")
+    group = [str(g) for g in raw_group]
     for ref in names:
         base = by_ref.get(str(ref))
         if base is None:
@@ -217,6 +241,8 @@ def _correlation(doc: Mapping[str, Any], by_ref: Mapping[str, Mapping[str, Any]]
             raise SigmaImportError(
                 f"correlation.rules: {ref!r} is a correlation (chained correlations are not supported)"
             )
+        if id(base) in refused:
+            raise SigmaImportError(f"correlation.rules: {ref!r}: {refused[id(base)]}")
         try:
             rule = import_rule(base, prefix)
         except SigmaImportError as err:
@@ -231,6 +257,12 @@ def _correlation(doc: Mapping[str, Any], by_ref: Mapping[str, Mapping[str, Any]]
         except RuleSyntaxError as err:
             raise SigmaImportError(f"{err} — the field does not map to Event v1") from None
     cond = body.get("condition")
+    if cond is not None and not isinstance(cond, Mapping):
+        if isinstance(cond, str) and kind in ("temporal", "temporal_ordered"):
+            # pySigma reads it as a boolean expression over the rules (key_created and not key_deleted);
+            # dropping it would alert on exactly what it excludes
+            raise SigmaImportError(f"condition {cond!r}: extended temporal conditions are not supported")
+        raise SigmaImportError(f"correlation.condition {cond!r} is not a mapping of one operator to a number")
     out: dict[str, Any] = {"type": kind, "rules": entries, "group-by": [g for g in group if g != "workspace.id"]}
     if aliases:
         out["group-by"] = []
@@ -246,6 +278,11 @@ def _correlation(doc: Mapping[str, Any], by_ref: Mapping[str, Mapping[str, Any]]
             bad = [k for k in ops if k not in ("gt", "gte", "lt", "lte", "eq", "neq")]
             if bad or not ops or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in ops.values()):
                 raise SigmaImportError(f"condition {dict(cond)} needs numeric gt, gte, lt, lte, eq or neq")
+            if len(ops) > 1:  # pySigma: "exactly one condition operator"
+                raise SigmaImportError(f"condition {dict(cond)}: a Sigma correlation condition has exactly one "
+                                       "operator")  # fmt: skip
+            if upper := [k for k in ops if k in UPPER_BOUND_OPS]:
+                raise SigmaImportError(f"condition {upper[0]}: {UPPER_BOUND_REASON}")
             out["condition"] = dict(ops)
         if "field" in cond:
             field = cond["field"]
@@ -257,7 +294,7 @@ def _correlation(doc: Mapping[str, Any], by_ref: Mapping[str, Mapping[str, Any]]
         raise SigmaImportError(f"{kind} needs a condition")
     if kind == "value_count" and "field" not in out:
         raise SigmaImportError("value_count needs condition.field")
-    level = str(doc.get("level", "medium"))
+    level = str(doc.get("level", "medium")).lower()  # pySigma reads the level in any case
     if level not in SEVERITIES:
         raise SigmaImportError(f"unknown level {level!r}")
     tags = [str(t).lower() for t in doc.get("tags") or []]
@@ -282,6 +319,7 @@ def import_collection(
     reported as used by it and not imported alone unless a correlation using them has
     ``generate: true``.
     """
+    docs, notes, refused = _apply_filters(docs)
     by_ref: dict[str, Mapping[str, Any]] = {}
     for _, doc in docs:
         if isinstance(doc, Mapping):
@@ -304,9 +342,15 @@ def import_collection(
     out: list[tuple[str, dict[str, Any] | None, str]] = []
     taken: set[str] = set()
     for where, doc in docs:
+        if id(doc) in notes:
+            out.append((where, None, notes[id(doc)]))
+            continue
+        if id(doc) in refused:
+            out.append((where, None, f"rejected: {refused[id(doc)]}"))
+            continue
         try:
             if isinstance(doc, Mapping) and "correlation" in doc:
-                rule = _correlation(doc, by_ref, prefix)
+                rule = _correlation(doc, by_ref, prefix, refused)
                 # compiled as the engine will load it: a one-rule temporal or a 0s timespan is refused there
                 compile_correlation(CorrelationSpec.model_validate(rule), RuleParams(), {})
             elif id(doc) in used:
@@ -322,8 +366,61 @@ def import_collection(
             continue
         rule["id"] = _unique_id(rule["id"], doc, taken)
         taken.add(rule["id"])
-        out.append((where, rule, f"imported as {rule['id']}"))
+        out.append((where, rule, f"imported as {rule['id']}{notes.get(-id(doc), '')}"))
     return out
+
+
+def _apply_filters(
+    docs: Sequence[tuple[str, Any]],
+) -> tuple[list[tuple[str, Any]], dict[int, str], dict[int, str]]:
+    """The documents with every Sigma filter applied to the rules it applies to, as pySigma does.
+
+    Returns the documents (a filtered rule replaced by its filtered copy), messages by ``id`` of a
+    document (for a filter; under ``-id`` the note an imported rule carries) and, by ``id`` of a
+    rule document, why it is refused (a filter naming it cannot be read).
+    """
+    parsed: list[tuple[int, SigmaFilter | None, str, list[str]]] = []
+    for n, (_, doc) in enumerate(docs):
+        if isinstance(doc, Mapping) and "filter" in doc:
+            try:
+                parsed.append((n, parse_filter(doc), "", named_refs(doc)))
+            except SigmaImportError as bad:
+                parsed.append((n, None, str(bad), named_refs(doc)))
+    if not parsed:
+        return list(docs), {}, {}
+    out = list(docs)
+    notes: dict[int, str] = {}
+    refused: dict[int, str] = {}
+    hits = {n: 0 for n, *_ in parsed}
+    for k, (where, doc) in enumerate(docs):
+        if not isinstance(doc, Mapping) or any(key in doc for key in ("filter", "correlation", "action")):
+            continue
+        applied = []
+        for n, f, why, refs in parsed:
+            if f is None:
+                if names_rule(refs, doc):
+                    refused[id(doc)] = (f"filter {docs[n][0]} names this rule and cannot be applied ({why}); "
+                                        "without it the rule would match what the filter excludes")  # fmt: skip
+                    hits[n] += 1
+            elif applies(f, doc):
+                doc = apply_filter(f, doc, n)
+                applied.append(f.title or docs[n][0])
+                hits[n] += 1
+        if id(docs[k][1]) in refused:
+            continue
+        if applied:
+            out[k] = (where, doc)
+            notes[-id(doc)] = " (filtered by " + ", ".join(repr(a) for a in applied) + ")"
+    for n, f, why, _ in parsed:
+        doc = docs[n][1]
+        if f is None:
+            notes[id(doc)] = f"rejected: {why}"
+        elif hits[n]:
+            notes[id(doc)] = f"filter applied to {hits[n]} rule(s)"
+        else:
+            notes[id(doc)] = ("rejected: the filter applies to no rule of the imported files (import it with "
+                              "the rules it filters)")  # fmt: skip
+    return out, notes, refused
 
 
 def _unique_id(rule_id: str, doc: Mapping[str, Any], taken: set[str]) -> str:

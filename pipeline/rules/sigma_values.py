@@ -132,6 +132,89 @@ def split_neq(selections: Mapping[str, Any]) -> tuple[dict[str, tuple[str, Any]]
     return out, exprs
 
 
+def star_not_null(selections: Mapping[str, Any]) -> dict[str, Any]:
+    """A lone ``f: '*'`` as ``f|neq: null``: Sigma backends' ``f=*`` match any value but not null, while
+    ``|exists: true`` (the matcher's presence test) also holds for a field present as null."""
+
+    def one(body: Any) -> Any:
+        if isinstance(body, list):
+            return [one(b) for b in body]
+        if not isinstance(body, Mapping):
+            return body
+        out: dict[Any, Any] = {}
+        for k, v in body.items():
+            if "|" not in str(k) and (v == "*" or v == ["*"]):
+                out[f"{k}|neq"] = None
+            else:
+                out[k] = v
+        return out
+
+    return {k: one(v) for k, v in selections.items()}
+
+
+def split_collisions(selections: Mapping[str, Any]) -> tuple[dict[str, tuple[str, Any]], dict[str, str]]:
+    """Items of one mapping that become the same key of ours, as extra selections ANDed in the condition.
+
+    Sigma ANDs the items of a mapping (``{f: 'adm*', f|startswith: x}``: both), but both convert to
+    ``f|startswith`` and a mapping holds one value per key. Each item goes to the first part of its
+    mapping that does not have its key yet: ``s`` → ``(s and s_and)``; in a list of mappings (an OR),
+    a mapping with such items becomes its own group: ``s`` → ``(s or (s_1 and s_1_and))``. ``neq``
+    items are left in the first part (:func:`split_neq` makes each its own selection). Returns the
+    selections (name → (the Sigma selection it came from, body)) and the expressions that replace
+    the names whose meaning moved into the condition.
+    """
+    taken = set(selections)
+    out: dict[str, tuple[str, Any]] = {}
+    exprs: dict[str, str] = {}
+
+    def fresh(base: str) -> str:
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}{n}"
+        taken.add(name)
+        return name
+
+    def parts(body: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+        layers: list[tuple[set[str], dict[str, Any]]] = []
+        for k, v in body.items():
+            mods = str(k).split("|")[1:]
+            key = None if "neq" in mods else next(iter(import_selection({k: v}, where)))
+            layer = next((x for x in layers if key is None or key not in x[0]), None)
+            if layer is None:
+                layers.append(layer := (set(), {}))
+            if key is not None:
+                layer[0].add(key)
+            layer[1][k] = v
+        return [b for _, b in layers]
+
+    def group(name: str, origin: str, layers: list[dict[str, Any]], keep_name: bool) -> str:
+        names = [name if keep_name else fresh(name)] + [fresh(f"{name}_and") for _ in layers[1:]]
+        for n, b in zip(names, layers, strict=True):
+            out[n] = (origin, b)
+        return "(" + " and ".join(names) + ")"
+
+    for name, body in selections.items():
+        where = f"detection.{name}"
+        if isinstance(body, Mapping) and len(layers := parts(body, where)) > 1:
+            exprs[name] = group(name, name, layers, True)
+        elif isinstance(body, list) and all(isinstance(b, Mapping) for b in body):
+            split = [parts(b, f"{where}.{i}") for i, b in enumerate(body)]
+            if all(len(x) == 1 for x in split):
+                out[name] = (name, body)
+                continue
+            plain = [b for b, x in zip(body, split, strict=True) if len(x) == 1]
+            terms = []
+            if plain:
+                out[name] = (name, plain)
+                terms.append(name)
+            terms += [group(f"{name}_{i}", name, x, False) for i, x in enumerate(split) if len(x) > 1]
+            exprs[name] = "(" + " or ".join(terms) + ")"
+        else:
+            out[name] = (name, body)
+    return out, exprs
+
+
 def import_selection(body: Any, where: str) -> Any:
     """One Sigma search identifier (a mapping or a list of mappings) as our selection.
 

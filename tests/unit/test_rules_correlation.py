@@ -64,14 +64,16 @@ def test_event_count_fires_at_the_threshold_then_restarts() -> None:
     assert late == ()
 
 
-def test_neq_condition_fires_when_the_count_differs() -> None:
-    """Sigma 2.1's ``neq``: with ``{gte: 2, neq: 3}`` the second match fires (2), a lone match does not (1)."""
-    e = _engine(_rule(dict(COUNT, condition={"gte": 2, "neq": 3})))
-    assert e.evaluate([_login("u1", T0)]).alerts == ()
-    assert [a.dedup_key for a in e.evaluate([_login("u1", T0 + 60)]).alerts] == ["custom.corr:ws-1:u1"]
-    e = _engine(_rule(dict(COUNT, condition={"neq": 1})))
-    assert e.evaluate([_login("u2", T0)]).alerts == ()
-    assert len(e.evaluate([_login("u2", T0 + 1)]).alerts) == 1
+@pytest.mark.parametrize(
+    "cond", [{"neq": 1}, {"gte": 2, "neq": 3}, {"lt": 5}, {"lte": 2}, {"eq": 3}, {"gt": 2, "lte": 4}]
+)
+def test_upper_bound_conditions_are_refused(cond: dict[str, float]) -> None:
+    """An upper bound (lt, lte, eq, neq) is decided by the count over the whole window (Sigma backends count
+    the window); the stream fires as soon as the count first holds (``lt: 5`` on the first event), so such a
+    rule does not load, with the reason."""
+    with pytest.raises(ConfigError) as info:
+        _engine(_rule(dict(COUNT, condition=cond)))
+    assert "correlation.condition." in str(info.value) and "upper bound" in str(info.value)
 
 
 def test_a_rule_id_reference_uses_that_rules_detection() -> None:
@@ -147,3 +149,38 @@ def test_a_restart_keeps_a_window_in_progress_across_ticks() -> None:
     second.load_state(first.state_items())
     second.tick(T0 + 3500)
     assert [a.dedup_key for a in second.evaluate([_login("u1", T0 + 3550)]).alerts] == ["custom.corr:ws-1:u1"]
+
+
+STEP_C = {"types": ["audit.*"], "detection": {"s": {"attributes.activity_code": 5}}}
+ORDERED = dict(ABSENCE, type="temporal_ordered", timespan="10m", rules=[*ABSENCE["rules"], STEP_C])
+
+
+def test_temporal_ordered_keeps_a_chain_when_its_first_step_repeats() -> None:
+    """A→A→B→C, A→B→A→C: a repeated first step starts another chain without throwing away the one already
+    past it (the second sequence raised nothing); the chain that started last is extended."""
+    for codes in ([26, 26, 23, 5], [26, 23, 26, 5], [26, 23, 23, 5]):
+        e = _engine(_rule(ORDERED))
+        res = e.evaluate([_login("u1", T0 + 60 * n, code=c) for n, c in enumerate(codes)])
+        assert [a.dedup_key for a in res.alerts] == ["custom.corr:ws-1:u1"], codes
+    e = _engine(_rule(ORDERED))
+    assert e.evaluate([_login("u1", T0 + 60 * n, code=c) for n, c in enumerate([23, 26, 5, 5])]).alerts == ()
+    # B then C more than 10 min after the first A but within 10 min of a later A: that later A's chain
+    e = _engine(_rule(ORDERED))
+    res = e.evaluate([_login("u1", T0, code=26), _login("u1", T0 + 300, code=23), _login("u1", T0 + 500, code=26),
+                      _login("u1", T0 + 700, code=23), _login("u1", T0 + 1000, code=5)])  # fmt: skip
+    assert len(res.alerts) == 1
+    e = _engine(_rule(ORDERED))  # only the first A reached B; C is 11 min after it
+    assert e.evaluate([_login("u1", T0, code=26), _login("u1", T0 + 300, code=23), _login("u1", T0 + 500, code=26),
+                       _login("u1", T0 + 660, code=5)]).alerts == ()  # fmt: skip
+
+
+def test_temporal_ordered_reads_the_state_written_before_chains() -> None:
+    """State stored by the previous version (``s``: step → time, the start at "0") continues after an upgrade."""
+    e = _engine(_rule(ORDERED))
+    e.evaluate([_login("u1", T0, code=26)])
+    key = next(k for k in e.state_items() if "/s/" in k)
+    items = dict(e.state_items())
+    items[key] = b'{"t":%.1f,"d":{"s":{"0":%.1f,"1":%.1f}}}' % (T0, T0, T0 + 60)
+    e = _engine(_rule(ORDERED))
+    e.load_state(items)
+    assert len(e.evaluate([_login("u1", T0 + 120, code=5)]).alerts) == 1

@@ -207,8 +207,8 @@ def test_import_follows_sigma_detection_semantics() -> None:
         "target.name|endswith": "*x",
         "target.id|re": "a\\\\b\\*c",
     }
-    anything = import_rule(_doc({"s": {"actor.ip": "*"}, "condition": "s"}))["detection"]["s"]
-    assert anything == {"actor.ip|exists": True}
+    anything = import_rule(_doc({"s": {"actor.ip": "*"}, "condition": "s"}))["detection"]
+    assert anything == {"s_not": {"actor.ip": None}, "condition": "(not s_not)"}  # any value, not null
     mixed = import_rule(_doc({"s": {"target.name": ["exact", "pre*"]}, "condition": "s"}))["detection"]["s"]
     assert mixed == {"target.name|re|i|s": ["^exact\\Z", "^pre.*\\Z"]}
     full = import_rule(_doc({"s": {"type": "a"}, "condition": "s"}, status="test", author="A", falsepositives=["fp"],
@@ -313,9 +313,9 @@ def test_import_of_spec_shaped_correlations() -> None:
     assert d is not None and [e["name"] for e in d["correlation"]["rules"]] == ["failed_login", "successful_login"]
     res = import_collection([("a", failed), ("c", count)])
     assert res[0] == ("a", None, "used by correlation 'Many failed logins'")
-    neq = count | {"correlation": {**count["correlation"], "condition": {"neq": 3}}}
-    (_, c, msg) = import_collection([("a", failed), ("c", neq)])[1]
-    assert c is not None and c["correlation"]["condition"] == {"neq": 3}, msg  # Sigma 2.1 (compiled on import)
+    gt = count | {"correlation": {**count["correlation"], "condition": {"gt": 3}}}
+    (_, c, msg) = import_collection([("a", failed), ("c", gt)])[1]
+    assert c is not None and c["correlation"]["condition"] == {"gt": 3}, msg  # compiled on import
 
 
 @pytest.mark.parametrize(
@@ -570,7 +570,7 @@ def test_every_exported_file_stands_alone_and_references_rules_by_name(tmp_path:
                            "group-by": ["target.id"], "timespan": "1h"}}  # fmt: skip
     burst = {"id": "custom.quiet_burst", "title": "Updates", "severity": "medium",
              "correlation": {"type": "event_count", "rules": ["custom.key_quiet"], "group-by": ["actor.user_id"],
-                             "timespan": "1h", "condition": {"neq": 1}}}  # fmt: skip
+                             "timespan": "1h", "condition": {"gt": 1}}}  # fmt: skip
     out = _export_user_rules(tmp_path, [created, quiet, ref, burst])
     for f in sorted(out.glob("*.yml")):
         coll = SigmaCollection.from_yaml(f.read_text(encoding="utf-8"))
@@ -587,10 +587,10 @@ def test_every_exported_file_stands_alone_and_references_rules_by_name(tmp_path:
     assert bases[0]["id"] != sigma_id("custom.key_created")  # the stand-alone file keeps that id
     (quiet_corr, quiet_base) = yaml.safe_load_all((out / "custom_quiet_burst.yml").read_text(encoding="utf-8"))
     assert "generate" not in quiet_corr and "generate" not in quiet_corr["correlation"]
-    assert quiet_corr["correlation"]["condition"] == {"neq": 1} and "level" not in quiet_base
+    assert quiet_corr["correlation"]["condition"] == {"gt": 1} and "level" not in quiet_base
     (sc,) = [r for r in SigmaCollection.from_yaml(yaml.safe_dump_all([quiet_corr, quiet_base])).rules
              if isinstance(r, SigmaCorrelationRule)]  # fmt: skip
-    assert isinstance(sc.condition, SigmaCorrelationCondition) and sc.condition.op.name == "NEQ" and not sc.generate
+    assert isinstance(sc.condition, SigmaCorrelationCondition) and sc.condition.op.name == "GT" and not sc.generate
     whole = SigmaCollection.load_ruleset([str(f) for f in sorted(out.glob("*.yml"))])
     whole.resolve_rule_references()
     imported = tmp_path / "imported.yaml"
