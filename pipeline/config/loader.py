@@ -58,7 +58,23 @@ def placeholder(name: str) -> Unresolved:
     return Unresolved(f"unresolved-{hashlib.sha256(name.encode()).hexdigest()[:24]}")
 
 
-def _interpolate(value: str, where: tuple[Any, ...], env: Mapping[str, str], resolve: Resolve | None = None) -> str:
+def _missing(where: tuple[Any, ...], name: str, problems: list[str] | None) -> Unresolved:
+    """A missing variable: raised (``problems`` is None) or recorded, leaving a placeholder so that
+    the rest of the file is still checked and nothing reports the placeholder again."""
+    message = f"{_path(where)}: environment variable {name} is not set"
+    if problems is None:
+        raise ConfigError(message)
+    problems.append(message)
+    return placeholder(f"{_path(where)}:{name}")
+
+
+def _interpolate(
+    value: str,
+    where: tuple[Any, ...],
+    env: Mapping[str, str],
+    resolve: Resolve | None = None,
+    problems: list[str] | None = None,
+) -> str:
     if resolve is not None and not resolve(where) and "${" in value:
         whole = _WHOLE.match(value)
         return placeholder(whole.group(1) if whole else value)
@@ -69,9 +85,10 @@ def _interpolate(value: str, where: tuple[Any, ...], env: Mapping[str, str], res
             return DefaultedEnvValue(env.get(name, default))
         if name in env:
             return EnvValue(env[name])
-        raise ConfigError(f"{_path(where)}: environment variable {name} is not set")
+        return _missing(where, name, problems)
 
     read: list[str] = []
+    missing: list[str] = []
 
     def sub(m: re.Match[str]) -> str:
         if m.group(0) == "$${":
@@ -82,41 +99,73 @@ def _interpolate(value: str, where: tuple[Any, ...], env: Mapping[str, str], res
             return env[name]
         if default is not None:
             return default
-        raise ConfigError(f"{_path(where)}: environment variable {name} is not set")
+        if name not in missing:
+            missing.append(name)
+        return ""
 
     out = _REF.sub(sub, value)
+    if missing:
+        stand_in = _missing(where, missing[0], problems)
+        for name in missing[1:]:
+            _missing(where, name, problems)
+        return stand_in
     # Part of the string came from the environment: a config error must not quote it.
     return InterpolatedValue(out) if read else out
 
 
 def _resolve(
-    node: Any, where: tuple[Any, ...], env: Mapping[str, str], base: Path, resolve: Resolve | None = None
+    node: Any,
+    where: tuple[Any, ...],
+    env: Mapping[str, str],
+    base: Path,
+    resolve: Resolve | None = None,
+    problems: list[str] | None = None,
 ) -> Any:
+    """``node`` with references read. With ``problems`` (a list), a missing variable or an unreadable
+    secret file is recorded there and its value becomes a placeholder, so every problem of the file
+    is found in one pass; without it, the first one raises."""
     if isinstance(node, dict):
         out: dict[str, Any] = {}
         for k, v in node.items():
             if not isinstance(k, str):
-                raise ConfigError(f"{_path((*where, k))}: keys must be strings")
+                _problem(f"{_path((*where, k))}: keys must be strings", problems)
+                continue
             here = (*where, k)
             if k.endswith(("_file", "_vault")) and len(k) > 6 and k not in PATH_FIELDS:
                 field = k[: k.rindex("_")]
                 if k.endswith("_vault") and (field in node or resolve is None or resolve(here)):
-                    out[k] = _resolve(v, here, env, base, resolve)  # pipeline.config.vault reads it
+                    out[k] = _resolve(v, here, env, base, resolve, problems)  # pipeline.config.vault reads it
                     continue
                 if field in node:
-                    raise ConfigError(f"{_path(here)}: give either {field} or {k}, not both")
+                    _problem(f"{_path(here)}: give either {field} or {k}, not both", problems)
+                    continue
                 if resolve is not None and not resolve(here):
                     out[field] = placeholder(_path(here))
-                else:
-                    out[field] = _read_secret_file(_resolve(v, here, env, base, resolve), here, base)
+                    continue
+                before = len(problems) if problems is not None else 0
+                path = _resolve(v, here, env, base, resolve, problems)
+                if problems is not None and len(problems) > before:
+                    out[field] = placeholder(_path(here))  # the path itself was the problem (a missing variable)
+                    continue
+                try:
+                    out[field] = _read_secret_file(path, here, base)
+                except ConfigError as err:
+                    _problem(str(err), problems)
+                    out[field] = placeholder(_path(here))
             else:
-                out[k] = _resolve(v, here, env, base, resolve)
+                out[k] = _resolve(v, here, env, base, resolve, problems)
         return out
     if isinstance(node, list):
-        return [_resolve(v, (*where, i), env, base, resolve) for i, v in enumerate(node)]
+        return [_resolve(v, (*where, i), env, base, resolve, problems) for i, v in enumerate(node)]
     if isinstance(node, str):
-        return _interpolate(node, where, env, resolve)
+        return _interpolate(node, where, env, resolve, problems)
     return node
+
+
+def _problem(message: str, problems: list[str] | None) -> None:
+    if problems is None:
+        raise ConfigError(message)
+    problems.append(message)
 
 
 def _read_secret_file(value: Any, where: tuple[Any, ...], base: Path) -> FileValue:
@@ -221,8 +270,18 @@ def parse_config(
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config must be a mapping of sections, got {type(data).__name__}")
-    resolved = _resolve(data, (), os.environ if env is None else env, base_dir or Path.cwd(), resolve)
-    return compose(resolve_managed_secrets(resolved), base_dir=base_dir)
+    # Every problem of the file in one pass: a missing variable or secret file leaves a placeholder
+    # (ignored by the validation) and its line is reported with the model's.
+    problems: list[str] = []
+    resolved = _resolve(data, (), os.environ if env is None else env, base_dir or Path.cwd(), resolve, problems)
+    resolved = resolve_managed_secrets(resolved, problems=problems, stand_in=placeholder, offline=bool(problems))
+    try:
+        cfg = compose(resolved, base_dir=base_dir)
+    except ConfigError as err:
+        raise ConfigError("\n".join([*problems, *str(err).splitlines()])) from None
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return cfg
 
 
 def teach_redaction(cfg: PipelineConfig) -> None:

@@ -317,24 +317,46 @@ def _has_refs(node: Any) -> bool:
     return False
 
 
-def resolve_managed_secrets(tree: Mapping[str, Any], *, client_factory: ClientFactory | None = None) -> dict[str, Any]:
+def resolve_managed_secrets(
+    tree: Mapping[str, Any],
+    *,
+    client_factory: ClientFactory | None = None,
+    problems: list[str] | None = None,
+    stand_in: Callable[[str], str] | None = None,
+    offline: bool = False,
+) -> dict[str, Any]:
     """Replace every ``<field>_vault`` reference in an already env/file-resolved config tree.
 
     Settings come from ``tree["secret_managers"]["vault"]``; Vault is contacted only when a
     reference exists, once per secret (several fields of one secret cost one read).
 
+    With ``problems`` (a list) the problems are appended there instead of raised, and a reference
+    that could not be read becomes ``stand_in(key path)`` (a placeholder the validation ignores), so
+    the caller reports them with the rest of the file's. ``offline``: contact no Vault (the file
+    already has a problem, e.g. the token's variable is unset); references are only parsed.
+
     Raises:
         ConfigError: a reference is malformed or duplicated, the settings are invalid, hvac is
-            not installed, or Vault refused a read (one line per problem, naming the key path).
+            not installed, or Vault refused a read (one line per problem, naming the key path);
+            only when ``problems`` is None.
     """
     if not _has_refs(tree):
         return dict(tree)
-    kv = VaultKV(vault_settings(tree.get("secret_managers")), client_factory=client_factory)
-    cache: dict[tuple[str, str, int | None], dict[str, Any]] = {}
     errors: list[str] = []
+    kv: VaultKV | None = None
+    if not offline:
+        try:
+            kv = VaultKV(vault_settings(tree.get("secret_managers")), client_factory=client_factory)
+        except ConfigError as err:
+            if problems is None or stand_in is None:
+                raise
+            errors += str(err).splitlines()
+    cache: dict[tuple[str, str, int | None], dict[str, Any]] = {}
 
     def fetch(ref: VaultRef) -> str:
         key = (ref.mount, ref.path, ref.version)
+        if kv is None:
+            raise _Skipped
         if key not in cache:
             cache[key] = kv.read_data(ref)[0]
         value = cache[key].get(ref.field)
@@ -354,10 +376,15 @@ def resolve_managed_secrets(tree: Mapping[str, Any], *, client_factory: ClientFa
                         continue
                     try:
                         out[field] = ManagedValue(fetch(parse_vault_ref(v)))
+                        continue
                     except ValueError as err:
                         errors.append(f"{here}: {err}")
                     except SecretSourceError as err:
                         errors.append(f"{here}: {err.message}")
+                    except _Skipped:
+                        pass
+                    if stand_in is not None:
+                        out[field] = stand_in(here)
                 else:
                     out[k] = walk(v, (*where, k))
             return out
@@ -367,6 +394,12 @@ def resolve_managed_secrets(tree: Mapping[str, Any], *, client_factory: ClientFa
 
     resolved = walk(tree, ())
     if errors:
-        raise ConfigError("\n".join(errors))
+        if problems is None:
+            raise ConfigError("\n".join(errors))
+        problems += errors
     assert isinstance(resolved, dict)
     return resolved
+
+
+class _Skipped(Exception):
+    """A reference not read: Vault is not contacted (offline, or its settings are invalid)."""
