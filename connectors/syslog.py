@@ -34,9 +34,10 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.config.base import Model
+from pipeline.config.tls import TlsFiles, tls_context
 from pipeline.config.transport import is_loopback, refuse_unless_allowed
 from pipeline.delivery.base import Delivery, Failure, SendResult, SinkConfig
-from pipeline.errors import ConfigError, SinkError
+from pipeline.errors import SinkError
 from pipeline.formats import classify, render_bytes, to_cef
 from pipeline.formats.syslog5424 import (
     FACILITIES,
@@ -54,6 +55,8 @@ _ALERT_SEVERITY = {"critical": 2, "high": 3, "medium": 4, "low": 5, "info": 6}
 
 class SyslogTlsConfig(Model):
     """TLS for RFC 5425 (``tls: {cafile, certfile, keyfile, verify: true}``)."""
+
+    tls_files: ClassVar[TlsFiles] = TlsFiles("cafile", "certfile", "keyfile")
 
     cafile: Path | None = Field(None, description="CA bundle for the server certificate (default: system store)")
     certfile: Path | None = Field(None, description="client certificate (PEM) for mutual TLS")
@@ -204,16 +207,16 @@ class SyslogSink:
         self.connects = 0  # how many connections were opened (observability, tests)
 
     def _ssl_context(self, tls: SyslogTlsConfig) -> ssl.SSLContext:
-        try:
-            ctx = ssl.create_default_context(cafile=str(tls.cafile) if tls.cafile else None)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            if not tls.verify:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            if tls.certfile is not None:
-                ctx.load_cert_chain(str(tls.certfile), str(tls.keyfile) if tls.keyfile else None)
-        except (OSError, ssl.SSLError) as err:
-            raise ConfigError(f"sinks.{self.sink_id}.tls: cannot load certificates ({_describe(err)})") from None
+        ctx = tls_context(
+            f"sinks.{self.sink_id}.tls",
+            ca=("cafile", tls.cafile),
+            cert=("certfile", tls.certfile),
+            key=("keyfile", tls.keyfile),
+        )
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if not tls.verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
         return ctx
 
     async def __aenter__(self) -> SyslogSink:

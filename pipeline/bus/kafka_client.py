@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber, StaleLeaderEpo
 from aiokafka.helpers import create_ssl_context
 
 from pipeline.config.model import KafkaBusConfig
+from pipeline.config.tls import loading, no_password
 from pipeline.errors import BusError
 
 T = TypeVar("T")
@@ -64,11 +65,14 @@ def client_args_from_config(cfg: KafkaBusConfig) -> dict[str, Any]:
     sec = cfg.security
     args: dict[str, Any] = {"client_id": cfg.client_id, "security_protocol": sec.protocol}
     if sec.protocol in ("SSL", "SASL_SSL"):
-        ctx = create_ssl_context(
-            cafile=str(sec.ssl_cafile) if sec.ssl_cafile else None,
-            certfile=str(sec.ssl_certfile) if sec.ssl_certfile else None,
-            keyfile=str(sec.ssl_keyfile) if sec.ssl_keyfile else None,
-        )
+        files = {"ssl_cafile": sec.ssl_cafile, "ssl_certfile": sec.ssl_certfile, "ssl_keyfile": sec.ssl_keyfile}
+        with loading("bus.security", files):  # a failure names the key path and the files
+            ctx = create_ssl_context(
+                cafile=str(sec.ssl_cafile) if sec.ssl_cafile else None,
+                certfile=str(sec.ssl_certfile) if sec.ssl_certfile else None,
+                keyfile=str(sec.ssl_keyfile) if sec.ssl_keyfile else None,
+                password=no_password,
+            )
         ctx.check_hostname = sec.ssl_check_hostname
         if not sec.ssl_check_hostname:
             ctx.verify_mode = ssl.CERT_REQUIRED

@@ -31,10 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from pipeline.config.base import DefaultedEnvValue, EnvValue, FileValue, InterpolatedValue, Unresolved, _path
 from pipeline.config.model import PipelineConfig, compose
-from pipeline.config.vault import resolve_managed_secrets
+from pipeline.config.tls import tls_problems
+from pipeline.config.vault import VaultSettings, resolve_managed_secrets
 from pipeline.errors import ConfigError
 from pipeline.redaction.config import secret_values
 from pipeline.redaction.registry import register_secret
@@ -274,14 +276,51 @@ def parse_config(
     # (ignored by the validation) and its line is reported with the model's.
     problems: list[str] = []
     resolved = _resolve(data, (), os.environ if env is None else env, base_dir or Path.cwd(), resolve, problems)
+    base = base_dir or Path.cwd()
+    check_files = resolve if resolve is not None else _everything
+    _anchor_vault_paths(resolved, base)
+    problems += _vault_tls_problems(resolved, base, check_files)
     resolved = resolve_managed_secrets(resolved, problems=problems, stand_in=placeholder, offline=bool(problems))
     try:
-        cfg = compose(resolved, base_dir=base_dir)
+        cfg = compose(resolved, base_dir=base_dir, check_files=check_files)
     except ConfigError as err:
         raise ConfigError("\n".join([*problems, *str(err).splitlines()])) from None
     if problems:
         raise ConfigError("\n".join(problems))
     return cfg
+
+
+def _everything(where: tuple[Any, ...]) -> bool:
+    return True
+
+
+def _vault_block(tree: Mapping[str, Any]) -> dict[str, Any] | None:
+    managers = tree.get("secret_managers")
+    block = managers.get("vault") if isinstance(managers, dict) else None
+    return block if isinstance(block, dict) else None
+
+
+def _anchor_vault_paths(tree: Mapping[str, Any], base: Path) -> None:
+    """Make ``secret_managers.vault``'s TLS paths relative to the config file, like every other path
+    (the section stays a mapping: Vault settings are validated where they are used)."""
+    block = _vault_block(tree)
+    for name in PATH_FIELDS if block is not None else ():
+        value = block.get(name)  # type: ignore[union-attr]  # block is not None here
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            block[name] = type(value)(str(base / value))  # type: ignore[index]
+
+
+def _vault_tls_problems(tree: Mapping[str, Any], base: Path, check: Resolve) -> list[str]:
+    """The problems with ``secret_managers.vault``'s TLS files (none when its settings are invalid:
+    those are reported by :func:`~pipeline.config.vault.resolve_managed_secrets` when it is used)."""
+    block = _vault_block(tree)
+    if block is None:
+        return []
+    try:
+        settings = VaultSettings.model_validate(block)
+    except ValidationError:
+        return []
+    return tls_problems(settings, ("secret_managers", "vault"), base, check)
 
 
 def teach_redaction(cfg: PipelineConfig) -> None:

@@ -10,14 +10,16 @@ a command would.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from pipeline.config.base import Model, Secret, validation_error_lines
 from pipeline.config.paths import anchor_paths
+from pipeline.config.tls import TlsFiles, tls_problems
 from pipeline.delivery.base import SinkConfig
 from pipeline.delivery.registry import validate_sink
 from pipeline.errors import ConfigError
@@ -55,6 +57,8 @@ class SqliteBusConfig(Model):
 
 class KafkaSecurityConfig(Model):
     """How to authenticate to Kafka."""
+
+    tls_files: ClassVar[TlsFiles] = TlsFiles("ssl_cafile", "ssl_certfile", "ssl_keyfile")
 
     protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
@@ -197,10 +201,18 @@ def _typed_components(core: dict[str, Any], base_dir: Path | None, problems: lis
             problems += _lines(err)
 
 
-def compose(data: Mapping[str, Any], *, base_dir: Path | None = None) -> PipelineConfig:
+def compose(
+    data: Mapping[str, Any],
+    *,
+    base_dir: Path | None = None,
+    check_files: Callable[[tuple[Any, ...]], bool] | None = None,
+) -> PipelineConfig:
     """Validate a resolved config mapping: the runtime's keys by their components' models, every
     other top-level key by the connector model registered for it; all problems at once. Relative
     paths are anchored at ``base_dir`` (the config file's directory).
+
+    ``check_files`` (a predicate on the key path) turns on the TLS file checks
+    (:func:`pipeline.config.tls.tls_problems`) for the key paths it accepts.
 
     Raises:
         ConfigError: one line per problem, each naming its key path; an unknown top-level key
@@ -224,12 +236,28 @@ def compose(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Pipelin
             problems += [f"{key}.{line}" if not line.startswith("<root>") else f"{key}{line[6:]}"
                          for line in validation_error_lines(err, model)]  # fmt: skip
     _typed_components(core, base_dir, problems)
+    files: list[str] = []
+
+    def check(node: Any, where: tuple[Any, ...]) -> None:
+        if check_files is not None:
+            files.extend(tls_problems(node, where, base_dir, check_files))
+
+    for key, part in parts.items():
+        check(part, (key,))
+    for sid, sink in (core.get("sinks") or {}).items():
+        check(sink, ("sinks", sid))
+    if isinstance(core.get("webhook"), BaseModel):
+        check(core["webhook"], ("webhook",))
     try:
         cfg = PipelineConfig.model_validate(core)
     except ValidationError as err:
         lines = validation_error_lines(err, PipelineConfig, extra_keys=tuple(owned))
-        raise ConfigError("\n".join([*lines, *problems])) from None
-    if problems:
-        raise ConfigError("\n".join(problems))
+        if "bus" in core:
+            with contextlib.suppress(ValidationError):  # the bus's TLS files, even when another key is wrong
+                check(PipelineConfig.model_validate({"bus": core["bus"]}).bus, ("bus",))
+        raise ConfigError("\n".join([*lines, *problems, *files])) from None
+    check(cfg.bus, ("bus",))
+    if problems or files:
+        raise ConfigError("\n".join([*problems, *files]))
     cfg = anchor_paths(cfg, base_dir)
     return cfg.model_copy(update={"sections": parts, "config_dir": base_dir})

@@ -35,11 +35,12 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.config.base import FileValue, Model, Secret, validation_error_lines
+from pipeline.config.tls import TlsFiles
 from pipeline.config.transport import clean_http_url, plaintext_url, refuse_unless_allowed, warn_insecure
 from pipeline.errors import ConfigError, PipelineError
 
@@ -136,6 +137,8 @@ def parse_vault_ref(value: Any) -> VaultRef:
 # ------------------------------------------------------------------------------------- settings
 class VaultSettings(Model):
     """``secret_managers.vault``: where Vault is and how to authenticate (token auth)."""
+
+    tls_files: ClassVar[TlsFiles] = TlsFiles("ca_file", "client_cert_file", "client_key_file")
 
     url: str
     token: Secret

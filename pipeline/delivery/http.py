@@ -38,10 +38,11 @@ from pydantic import Field, field_validator, model_validator
 
 from pipeline import __version__
 from pipeline.clock import SYSTEM_CLOCK, Clock, parse_time
+from pipeline.config.tls import TlsFiles, tls_context
 from pipeline.config.transport import clean_http_url, plaintext_url, refuse_unless_allowed
 from pipeline.delivery.backoff import MAX_RETRY_AFTER_SECS
 from pipeline.delivery.base import Delivery, SinkConfig
-from pipeline.errors import BackpressureError, ConfigError, SinkError
+from pipeline.errors import BackpressureError, SinkError
 from pipeline.observability.logs import redact_text
 
 USER_AGENT = f"instantly-audit/{__version__}"
@@ -62,6 +63,7 @@ class HttpSinkConfig(SinkConfig):
     max_connections: int = Field(8, ge=1, le=256)
 
     CREDENTIAL_FIELDS: ClassVar[tuple[str, ...]] = ()
+    tls_files: ClassVar[TlsFiles] = TlsFiles("ca_file", "client_cert_file", "client_key_file")
     """The sink's fields whose value travels with each request (a token, a key, a signing secret)."""
 
     def insecure_transport(self) -> list[str]:
@@ -255,27 +257,27 @@ _REDACT_MARGIN = 1024
 """Characters past a cut that are redacted with the text (a secret straddling the cut is recognised whole)."""
 
 
-def ssl_context(cfg: HttpSinkConfig) -> ssl.SSLContext | bool:
+def ssl_context(cfg: HttpSinkConfig, where: str = "sinks.<sink>") -> ssl.SSLContext | bool:
     """The TLS setting for ``cfg``: False (no verification), a context with ``ca_file`` and the
-    client certificate, or True (system CAs).
+    client certificate, or True (system CAs). ``where`` is the block's key path (``sinks.<id>``).
 
     Raises:
-        ConfigError: a CA or certificate file cannot be loaded (the message names the field).
+        ConfigError: a CA or certificate file cannot be loaded (the message names the key path and
+            the file, :func:`pipeline.config.tls.tls_context`).
     """
     if not cfg.tls_verify and cfg.client_cert_file is None:
         return False
     if cfg.ca_file is None and cfg.client_cert_file is None:
         return True
-    try:
-        ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file is not None else None)
-        if not cfg.tls_verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        if cfg.client_cert_file is not None:
-            key = cfg.client_key_file
-            ctx.load_cert_chain(str(cfg.client_cert_file), str(key) if key is not None else None)
-    except (OSError, ssl.SSLError) as err:
-        raise ConfigError(f"TLS files cannot be loaded (ca_file/client_cert_file/client_key_file): {err}") from None
+    ctx = tls_context(
+        where,
+        ca=("ca_file", cfg.ca_file),
+        cert=("client_cert_file", cfg.client_cert_file),
+        key=("client_key_file", cfg.client_key_file),
+    )
+    if not cfg.tls_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
     return ctx
 
 
@@ -289,9 +291,12 @@ class HttpClient:
         name: str,
         headers: Mapping[str, str] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        where: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.name = name
+        self.where = where or f"sinks.{name.rsplit(' ', 1)[-1]}"
+        """The config key path of the block (``sinks.<id>``), named by a TLS file error."""
         self.base_url = cfg.url
         self._headers = {"User-Agent": USER_AGENT, **(headers or {})}
         self._clock = clock
@@ -303,7 +308,7 @@ class HttpClient:
             timeout = aiohttp.ClientTimeout(
                 total=self.cfg.request_timeout_secs, sock_connect=self.cfg.connect_timeout_secs
             )
-            connector = aiohttp.TCPConnector(ssl=ssl_context(self.cfg), limit=self.cfg.max_connections)
+            connector = aiohttp.TCPConnector(ssl=ssl_context(self.cfg, self.where), limit=self.cfg.max_connections)
             self._session = aiohttp.ClientSession(
                 headers=self._headers, timeout=timeout, connector=connector, trust_env=False
             )

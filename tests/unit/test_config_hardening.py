@@ -20,6 +20,7 @@ from pipeline.delivery.http import HttpSinkConfig
 from pipeline.delivery.registry import build_sink, validate_sink
 from pipeline.errors import ConfigError, SinkError
 from tests.fakes import make_event
+from tests.fakes.rsyslog import make_certs
 
 BOMB = """a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
 b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
@@ -57,7 +58,8 @@ def test_a_yaml_alias_bomb_fails_fast_with_a_config_error() -> None:
 
 
 def test_tls_path_fields_are_paths_not_secret_files(tmp_path: Path) -> None:
-    """ca_file / client_cert_file / client_key_file are kept as paths (a missing one is not read at load)."""
+    """ca_file / client_cert_file / client_key_file are kept as paths (checked and loaded as PEM at load,
+    tests/unit/test_config_tls_files.py; never read as a secret)."""
     assert {"ca_file", "client_cert_file", "client_key_file"} == PATH_FIELDS
     block = {"type": "splunk_hec", "url": "https://splunk.example:8088", "token": EnvValue("t" * 20),
              "ca_file": "/etc/ssl/private-ca.pem", "client_cert_file": "/etc/ssl/me.pem",
@@ -70,6 +72,7 @@ def test_tls_path_fields_are_paths_not_secret_files(tmp_path: Path) -> None:
         "    token_file: tok\n    ca_file: ca.pem\n"
     )
     (tmp_path / "tok").write_text("hec-token-0000\n")
+    (tmp_path / "ca.pem").write_bytes(make_certs(tmp_path / "pki")[0].read_bytes())
     loaded = parse_config(doc, base_dir=tmp_path)
     hec = loaded.sinks["hec"]
     assert isinstance(hec, HttpSinkConfig)

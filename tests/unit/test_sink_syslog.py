@@ -19,6 +19,7 @@ from pipeline.delivery.base import Delivery, Sink
 from pipeline.delivery.registry import register_sink, sink_class, unregister_sink
 from pipeline.delivery.runner import decode
 from pipeline.errors import ConfigError, SinkError
+from tests.fakes.rsyslog import make_certs
 from tests.fakes.syslog_tcp import SyslogListener
 from tests.unit.test_formats_native import WS, sample_alert, sample_events
 from tests.unit.test_formats_syslog5424 import parse_5424
@@ -146,7 +147,7 @@ def test_config_validation(tmp_path: Path) -> None:
     with pytest.raises(ValidationError):
         cfg(514, sd_id="instantly@acme")
     assert cfg(514, sd_id="acme@1234.5").sd_id == "acme@1234.5"
-    with pytest.raises(ConfigError, match=r"sinks\.siem\.tls: cannot load certificates"):
+    with pytest.raises(ConfigError, match=r"sinks\.siem\.tls\.cafile: file .*missing\.pem does not exist"):
         SyslogSink("siem", cfg(6514, tls={"cafile": str(tmp_path / "missing.pem")}))
 
 
@@ -172,13 +173,14 @@ def test_messages_have_stable_ids_for_dedup() -> None:
 
 def test_yaml_config_example(tmp_path: Path) -> None:
     """The documented YAML example validates through the registry."""
+    ca, cert, key = make_certs(tmp_path)
     text = f"""
 sinks:
   qradar:
     type: syslog
     host: siem.example.com
     port: 6514
-    tls: {{cafile: {tmp_path}/ca.pem, certfile: {tmp_path}/client.pem, keyfile: {tmp_path}/client.key}}
+    tls: {{cafile: {ca}, certfile: {cert}, keyfile: {key}}}
     format: cef
     facility: log_audit
     app_name: instantly-audit

@@ -36,11 +36,12 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BeforeValidator, Field, SecretStr, field_validator
 
 from pipeline.config.base import Model, Secret, validate_block
+from pipeline.config.tls import TlsFiles
 from pipeline.errors import ConfigError
 from pipeline.sources.webhook.kind import default_kind, webhook_kind
 
@@ -180,6 +181,8 @@ class DedupConfig(Model):
 
 class TlsConfig(Model):
     """Serve HTTPS directly (else terminate TLS at a proxy listed in ``trusted_proxies``)."""
+
+    tls_files: ClassVar[TlsFiles] = TlsFiles(None, "certfile", "keyfile")
 
     certfile: Path
     keyfile: Path

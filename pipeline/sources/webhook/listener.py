@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pipeline.config.tls import tls_context
 from pipeline.errors import PipelineError
 from pipeline.observability.logs import get_logger
 from pipeline.sources.webhook.config import WebhookConfig
@@ -103,7 +104,18 @@ async def listen(app: web.Application, cfg: WebhookConfig) -> tuple[web.AppRunne
 
     Raises:
         PipelineError: the address cannot be bound (retriable).
+        ConfigError: a TLS file cannot be loaded (naming ``webhook.tls.<key>`` and the file).
     """
+    # First: a TLS file error (naming webhook.tls.<key> and the file) leaves nothing set up.
+    ctx: ssl.SSLContext | None = None
+    if cfg.tls is not None:
+        ctx = tls_context(
+            "webhook.tls",
+            purpose=ssl.Purpose.CLIENT_AUTH,
+            cert=("certfile", cfg.tls.certfile),
+            key=("keyfile", cfg.tls.keyfile),
+        )
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     runner = web.AppRunner(
         app,
         access_log=None,
@@ -115,11 +127,6 @@ async def listen(app: web.Application, cfg: WebhookConfig) -> tuple[web.AppRunne
         max_headers=MAX_HEADERS,
     )
     await runner.setup()
-    ctx: ssl.SSLContext | None = None
-    if cfg.tls is not None:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(str(cfg.tls.certfile), str(cfg.tls.keyfile))
     site = GuardedSite(
         runner,
         cfg.host,
