@@ -8,7 +8,10 @@ then validation into the composed :class:`~pipeline.config.model.PipelineConfig`
   a sibling ``<field>_file`` path whose content is read at start (Docker/Kubernetes secrets),
   or a sibling ``<field>_vault`` reference read from HashiCorp Vault (``secret_managers.vault``).
   Every key ending in ``_file`` is such a secret file reference, except the TLS path fields
-  :data:`PATH_FIELDS` (``ca_file``, ``client_cert_file``, ``client_key_file``), which stay paths.
+  :data:`PATH_FIELDS` (``ca_file``, ``client_cert_file``, ``client_key_file``), which stay paths
+  (checked, with every other TLS file of the config, by :mod:`pipeline.config.tls`).
+* Every problem is reported at once: a missing variable or an unreadable secret file is recorded,
+  its value becomes a placeholder (below), and the lines come out with the model's errors.
 * YAML aliases are expanded with a bound (:data:`MAX_NODES`): a few hundred bytes of nested
   aliases ("billion laughs") fail fast with a ConfigError instead of taking minutes and gigabytes.
 
