@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -253,3 +254,56 @@ def test_health_with_port_zero_asks_for_the_port(tmp_path: Path, capsys: pytest.
 
     assert asyncio.run(serve_and_probe()) == Exit.OK
     assert "ok" in capsys.readouterr().out
+
+
+UNUSED_SECRETS_CONFIG = """\
+workspaces:
+  acme:
+    api_key: ${INSTANTLY_KEY}
+    base_url: "http://127.0.0.1:9"
+webhook:
+  sources:
+    acme:
+      workspace_id: 019cc043-e2f1-7def-8b07-0aab88328dad
+      secrets: ["${HOOK_SECRET}"]
+sinks:
+  es: {type: elasticsearch, url: "https://es.example:9200", api_key: "${ES_API_KEY}"}
+"""
+
+
+@pytest.mark.parametrize("command", ["check", "webhooks check", "keys rotate"])
+def test_workspace_commands_do_not_read_receiver_or_sink_secrets(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``check``, ``webhooks check`` and ``keys rotate`` read the workspaces' keys, never the webhook
+    receiver's secret nor a sink's: with those unset they reach the API instead of a config error."""
+    import connectors.instantly.check_cli as check_cli
+    import connectors.instantly.keys_cli as keys_cli
+    import connectors.instantly.webhooks_cli as webhooks_cli
+
+    cfg_path = tmp_path / "pipeline.yaml"
+    cfg_path.write_text(UNUSED_SECRETS_CONFIG)
+    monkeypatch.setenv("INSTANTLY_KEY", "instantly-key-0000000000000000")
+    monkeypatch.delenv("HOOK_SECRET", raising=False)
+    monkeypatch.delenv("ES_API_KEY", raising=False)
+    seen: list[str] = []
+
+    class Reached(Exception):
+        pass
+
+    def reached(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(workspaces(cfg)["acme"].api_key.get_secret_value())
+        raise Reached
+
+    async def reached_async(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+        return reached(cfg)
+
+    monkeypatch.setattr(check_cli, "check_workspaces", reached_async)
+    monkeypatch.setattr(webhooks_cli, "check_workspaces", reached_async)
+    monkeypatch.setattr(keys_cli, "build_rotation", lambda args, cfg, **kw: reached(cfg))
+    argv = {"check": ["check", "-c", str(cfg_path)], "webhooks check": ["webhooks", "check", "-c", str(cfg_path)],
+            "keys rotate": ["keys", "rotate", "old", "-c", str(cfg_path)]}[command]  # fmt: skip
+    with pytest.raises(Reached):
+        main(argv)
+    assert seen == ["instantly-key-0000000000000000"]
+    assert "is not set" not in capsys.readouterr().err
