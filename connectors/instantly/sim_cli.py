@@ -12,12 +12,14 @@ import argparse
 import asyncio
 import errno
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from connectors.instantly import api
 from connectors.instantly.demo import run_demo
 from connectors.instantly.sim.server import Rehearsal, serve
+from pipeline.cli.exit_codes import Exit
 from pipeline.errors import ConfigError, PipelineError
 
 POLLER_KEY_FILE = "simulator-poller.key"
@@ -37,10 +39,31 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
+CONFIG_HEADER = "# Written by `instantly-audit simulate --write-config`"
+"""The first line of every config the simulator writes: a file that starts otherwise is not ours."""
+
+
+def refuse_overwrite(path: Path) -> str | None:
+    """Why ``--write-config PATH`` must not write (``PATH`` exists and the simulator did not write it), or None."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(CONFIG_HEADER.encode()))
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return f"--write-config {path}: cannot read it ({err.strerror or type(err).__name__})"
+    if head == CONFIG_HEADER.encode():
+        return None
+    return (
+        f"--write-config {path}: the file exists and the simulator did not write it; "
+        f"refusing to replace it and the {POLLER_KEY_FILE} / {ADMIN_KEY_FILE} beside it (--force to replace)"
+    )
+
+
 def config_text(r: Rehearsal) -> str:
     """A ready config for the simulator (keys read from files beside it)."""
     ws = r.world.workspace
-    return f"""# Written by `instantly-audit simulate --write-config` for the local simulator at {r.base_url}.
+    return f"""{CONFIG_HEADER} for the local simulator at {r.base_url}.
 # Paths are relative to this file. Next:
 #   instantly-audit config validate <this file>
 #   instantly-audit run -c <this file> --once
@@ -99,6 +122,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if scenario is not None and not scenario.exists():
         raise ConfigError(f"scenario file {scenario} does not exist")
     target = Path(args.write_config) if args.write_config else None
+    if target is not None and not args.force and (why := refuse_overwrite(target)):
+        print(f"simulate: {why}", file=sys.stderr)
+        return int(Exit.USAGE)
 
     def ready(r: Rehearsal) -> None:
         if target is not None:
@@ -148,7 +174,10 @@ def register(sub: Any) -> None:
         help="serve an agency: N sub-workspaces in the workspace's group (a --scenario adds and removes more)",
     )
     sim.add_argument("--write-config", metavar="PATH", help="write a config for this simulator (and its key files)")
+    sim.add_argument(
+        "--force", action="store_true", help="let --write-config replace a file the simulator did not write"
+    )
     sim.set_defaults(func=_cmd_simulate)
 
 
-__all__ = ["banner", "config_text", "register", "write_config"]
+__all__ = ["banner", "config_text", "refuse_overwrite", "register", "write_config"]
