@@ -15,9 +15,11 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = Exit.OK, Exit.FINDINGS, Exit.USAGE
 
 def is_pipeline_config(data: dict[str, Any]) -> bool:
     """Whether ``data`` (a YAML mapping) is a pipeline config rather than a bare rules section."""
-    from pipeline.config.model import RUNTIME_KEYS, config_sections
+    from pipeline.config.model import RUNTIME_KEYS
+    from pipeline.registry import config_sections
 
-    return any(isinstance(k, str) and (k in RUNTIME_KEYS or k in config_sections()) for k in data)
+    sections = RUNTIME_KEYS | set(config_sections())
+    return any(k in sections for k in data)
 
 
 def read_rules_file(path: str | None) -> tuple[dict[str, Any], Path | None]:

@@ -192,5 +192,5 @@ def test_disk_errors_are_told_from_damage(err: sqlite3.Error, disk: bool) -> Non
 
     assert is_disk_error(err) is disk
     coded = sqlite3.OperationalError("unrelated words")
-    coded.sqlite_errorcode = sqlite3.SQLITE_IOERR | (4 << 8)  # type: ignore[attr-defined]  # SQLITE_IOERR_SHORT_READ
+    coded.sqlite_errorcode = sqlite3.SQLITE_IOERR | (4 << 8)  # SQLITE_IOERR_SHORT_READ
     assert is_disk_error(coded)
