@@ -1,7 +1,8 @@
 """The ``instantly-audit`` command line: the runtime's commands plus those connectors register.
 
 Exit codes follow one contract (:mod:`pipeline.cli.exit_codes`): 0 ok, 1 findings or a failed
-run, 2 usage or configuration error, 3 could not run to the end, 130 interrupted. Expected
+run, 2 usage or configuration error, 3 could not run to the end, 130 interrupted, 143
+terminated (SIGTERM). Expected
 conditions (a bad config, an unreadable secret file, a corrupt or locked bus file, a busy port)
 print one line naming the problem, never a traceback.
 """
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 import orjson
 
 from pipeline import __version__
-from pipeline.cli import sinks_cli, status_cli
+from pipeline.cli import sinks_cli, status_cli, terminate
 from pipeline.cli.base import CONFIG_HELP, command_plugins, config_path, describe_section
 from pipeline.cli.exit_codes import Exit
 from pipeline.completeness import cli as gaps_cli
@@ -272,8 +273,12 @@ def _main(argv: Sequence[str] | None) -> int:
         args.log_level = "DEBUG" if args.verbose > 1 else "INFO"
     if args.log_level and args.command != "run":  # run configures logging from the config (overridden)
         setup_logging("auto", args.log_level)
+    if _runs_to_an_end(args):
+        terminate.install()
     try:
         code: int = args.func(args)
+        if terminate.terminated():
+            return _terminated()
         return code
     except ConfigError as err:
         # straight to the terminal: the stream's shape pass would eat the key paths' words
@@ -292,8 +297,25 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"error: {err.strerror or type(err).__name__}{where}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:
+        if terminate.terminated():
+            return _terminated()
         print("interrupted", file=sys.stderr)
         return Exit.INTERRUPTED
+
+
+ENDING_COMMANDS = frozenset({"replay", "check", "gaps", "status", "webhooks", "keys"})
+"""Commands that run to an end (``run --once`` too): SIGTERM stops them like Ctrl-C (exit 143)."""
+
+
+def _runs_to_an_end(args: argparse.Namespace) -> bool:
+    if args.command == "run":
+        return bool(getattr(args, "once", False))
+    return args.command in ENDING_COMMANDS
+
+
+def _terminated() -> int:
+    print("terminated", file=sys.stderr)
+    return Exit.TERMINATED
 
 
 if __name__ == "__main__":  # pragma: no cover

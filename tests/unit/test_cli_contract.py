@@ -36,8 +36,8 @@ def cfg_file(tmp_path: Path) -> Path:
 
 
 def test_exit_codes_are_one_contract() -> None:
-    """0 ok, 1 findings/failed run, 2 usage, 3 could not run to the end, 130 interrupted."""
-    assert [int(e) for e in Exit] == [0, 1, 2, 3, 130]
+    """0 ok, 1 findings/failed run, 2 usage, 3 could not run to the end, 130 interrupted, 143 terminated."""
+    assert [int(e) for e in Exit] == [0, 1, 2, 3, 130, 143]
 
 
 def test_no_environment_checks_structure_without_secrets(
@@ -307,3 +307,41 @@ def test_workspace_commands_do_not_read_receiver_or_sink_secrets(
         main(argv)
     assert seen == ["instantly-key-0000000000000000"]
     assert "is not set" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["run", "--once"], ["check"]])
+def test_sigterm_in_a_command_that_runs_to_an_end_says_terminated(tmp_path: Path, command: list[str]) -> None:
+    """SIGTERM while ``run --once`` / ``check`` wait on the API stops them like Ctrl-C: one line
+    ``terminated``, exit 143 — not a silent death by signal (-15) with no output."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as server:  # an API that accepts the connection and never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        server.settimeout(60)
+        port = server.getsockname()[1]
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(
+            "service: {enabled: false}\nbus: {type: sqlite, path: data/bus.db}\n"
+            f'workspaces:\n  acme: {{api_key: "${{INSTANTLY_KEY}}", base_url: "http://127.0.0.1:{port}"}}\n'
+        )
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "INSTANTLY_KEY": "k" * 32}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", *command, "-c", str(cfg)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        conn, _ = server.accept()  # the command is now inside its event loop, waiting for an answer
+        with conn:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 == int(Exit.TERMINATED), err[-2000:]
+    assert err.strip().splitlines()[-1] == "terminated"
+    assert "Traceback" not in err
