@@ -147,9 +147,12 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
     from pipeline.config.loader import load_config, resolve_nothing
 
-    cfg = load_config(config_path(args.config), resolve=resolve_nothing)
-    host = "127.0.0.1" if cfg.service.host in ("0.0.0.0", "::", "") else cfg.service.host  # noqa: S104 - matched, not bound
-    port = args.port or cfg.service.port
+    if args.port and not args.config:  # the port is all it needs: no config to find (127.0.0.1)
+        host, port = "127.0.0.1", args.port
+    else:
+        cfg = load_config(config_path(args.config), resolve=resolve_nothing)
+        host = "127.0.0.1" if cfg.service.host in ("0.0.0.0", "::", "") else cfg.service.host  # noqa: S104 - matched, not bound
+        port = args.port or cfg.service.port
     if not port:
         print("health: service.port is 0 in the config (the running process chose a free port and logged it as "
               "'Service port open'); give that port with --port", file=sys.stderr)  # fmt: skip
@@ -234,7 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--config", "-c", help=CONFIG_HELP)
     health.add_argument("--check", choices=["healthz", "readyz"], default="healthz")
     health.add_argument("--timeout", type=float, default=4.0)
-    health.add_argument("--port", type=int, help="the service port (default: service.port of the config)")
+    health.add_argument(
+        "--port",
+        type=int,
+        help="the service port (default: service.port of the config); without --config, "
+        "probe 127.0.0.1:PORT and read no config",
+    )
     health.set_defaults(func=_cmd_health)
 
     comp = sub.add_parser(

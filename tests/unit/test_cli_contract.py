@@ -226,13 +226,16 @@ def test_sigterm_while_starting_is_a_clean_stop(tmp_path: Path, delay: float) ->
     assert "Traceback" not in err
 
 
-def test_health_with_port_zero_asks_for_the_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_health_with_port_zero_asks_for_the_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``service.port: 0`` (what ``simulate --write-config`` writes) names no port to probe: ``health``
     says so in one line (exit 2) instead of probing port 0; ``--port`` probes the one given."""
     from aiohttp import web  # a real HTTP server on loopback answering /healthz
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("service: {port: 0}\n")
+    (tmp_path / "empty").mkdir()
     assert main(["health", "-c", str(cfg)]) == Exit.USAGE
     assert "service.port is 0" in capsys.readouterr().err
 
@@ -248,12 +251,18 @@ def test_health_with_port_zero_asks_for_the_port(tmp_path: Path, capsys: pytest.
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         try:
-            return await asyncio.to_thread(main, ["health", "-c", str(cfg), "--port", str(port)])
+            with_config = await asyncio.to_thread(main, ["health", "-c", str(cfg), "--port", str(port)])
+            # --port alone needs no config at all (none here: no $INSTANTLY_AUDIT_CONFIG, no ./instantly-audit.yaml)
+            without = await asyncio.to_thread(main, ["health", "--port", str(port)])
+            return max(with_config, without)
         finally:
             await runner.cleanup()
 
+    monkeypatch.chdir(tmp_path / "empty")
+    monkeypatch.delenv("INSTANTLY_AUDIT_CONFIG", raising=False)
     assert asyncio.run(serve_and_probe()) == Exit.OK
-    assert "ok" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert out.count(": ok") == 2 and "config error" not in err
 
 
 UNUSED_SECRETS_CONFIG = """\
