@@ -354,3 +354,31 @@ def test_sigterm_in_a_command_that_runs_to_an_end_says_terminated(tmp_path: Path
     assert proc.returncode == 143 == int(Exit.TERMINATED), err[-2000:]
     assert err.strip().splitlines()[-1] == "terminated"
     assert "Traceback" not in err
+
+
+def test_a_busy_service_port_is_named(tmp_path: Path) -> None:
+    """``run`` on a taken ``service.port`` says which port and which setting, in one line (exit 1) —
+    not aiohttp's "error while attempting to bind on address …"."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"service: {{port: {port}}}\nsinks:\n  a: {{type: jsonl, path: out.jsonl}}\n")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        r = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "run", "-c", str(cfg)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert r.returncode == Exit.FINDINGS, r.stderr[-2000:]
+    assert f"service port 127.0.0.1:{port} (service.port) is already in use" in r.stderr
+    assert "error while attempting to bind" not in r.stderr and "Traceback" not in r.stderr
