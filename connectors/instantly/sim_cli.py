@@ -19,6 +19,7 @@ from typing import Any
 from connectors.instantly import api
 from connectors.instantly.demo import run_demo
 from connectors.instantly.sim.server import Rehearsal, serve
+from pipeline.cli.base import program_name
 from pipeline.cli.exit_codes import Exit
 from pipeline.errors import ConfigError, PipelineError
 
@@ -99,8 +100,8 @@ def write_config(path: Path, r: Rehearsal) -> None:
         raise PipelineError(f"--write-config {path}: cannot write ({err.strerror or type(err).__name__})") from None
 
 
-def banner(r: Rehearsal, written: Path | None) -> str:
-    """What ``simulate`` prints once it listens."""
+def banner(r: Rehearsal, written: Path | None, prog: str = "instantly-audit") -> str:
+    """What ``simulate`` prints once it listens (``prog``: how to type this command, in the hint)."""
     ws = r.world.workspace
     lines = [
         f"Instantly API v2 simulator listening on {r.base_url}{api.API_PREFIX}",
@@ -110,9 +111,9 @@ def banner(r: Rehearsal, written: Path | None) -> str:
     ]
     if written is not None:
         lines.append(f"  config     {written} (keys in {POLLER_KEY_FILE}, {ADMIN_KEY_FILE} beside it)")
-        lines.append(f"Next: instantly-audit run -c {written} --once")
+        lines.append(f"Next: {prog} run -c {written} --once")
     else:
-        lines.append("Next: instantly-audit simulate --write-config sim/instantly-audit.yaml (a ready config)")
+        lines.append(f"Next: {prog} simulate --write-config sim/instantly-audit.yaml (a ready config)")
     lines.append("Stop with Ctrl-C.")
     return "\n".join(lines)
 
@@ -129,7 +130,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     def ready(r: Rehearsal) -> None:
         if target is not None:
             write_config(target, r)
-        print(banner(r, target), flush=True)
+        print(banner(r, target, program_name()), flush=True)
 
     try:
         asyncio.run(serve(args.host, args.port, scenario, args.seed, on_ready=ready, agency=args.agency))
