@@ -281,8 +281,15 @@ def _main(argv: Sequence[str] | None) -> int:
         args.log_level = "DEBUG" if args.verbose > 1 else "INFO"
     if args.log_level and args.command != "run":  # run configures logging from the config (overridden)
         setup_logging("auto", args.log_level)
-    if _runs_to_an_end(args):
-        terminate.install()
+    previous = terminate.install() if _runs_to_an_end(args) else None
+    try:
+        return _run_command(args)
+    finally:
+        if previous is not None:
+            terminate.uninstall(previous)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         code: int = args.func(args)
         if terminate.terminated():

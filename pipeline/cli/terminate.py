@@ -9,7 +9,9 @@ it flushes, stops and exits 0.
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 _state = {"terminated": False}
 
@@ -33,12 +35,22 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def install() -> None:
-    """Handle SIGTERM like SIGINT from now on (main thread only).
+Handler = Callable[[int, FrameType | None], Any] | int | None
+
+
+def install() -> Handler:
+    """Handle SIGTERM like SIGINT until :func:`uninstall` (main thread only); return the previous handler.
 
     A supervisor may start us with SIGTERM blocked (the mask is inherited): unblock it, so a stop
     sent while starting is handled rather than never.
     """
     _state["terminated"] = False
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    return previous
+
+
+def uninstall(previous: Handler) -> None:
+    """Put back the SIGTERM handler :func:`install` replaced (the command ended; main() may be called again)."""
+    _state["terminated"] = False
+    signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

@@ -382,3 +382,35 @@ def test_a_busy_service_port_is_named(tmp_path: Path) -> None:
     assert r.returncode == Exit.FINDINGS, r.stderr[-2000:]
     assert f"service port 127.0.0.1:{port} (service.port) is already in use" in r.stderr
     assert "error while attempting to bind" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sigterm_in_replay_says_terminated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``replay`` takes SIGTERM as it takes Ctrl-C (it stops its scan and prints its summary), then says
+    ``terminated`` and exits 143; the process's SIGTERM handler is put back afterwards."""
+    import os
+    import signal
+
+    import pipeline.replay.cli as replay_cli
+    from pipeline.bus.sqlite import SqliteBus
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("bus: {type: sqlite, path: bus.db}\n")
+
+    async def make_bus() -> None:
+        async with SqliteBus(str(tmp_path / "bus.db")):
+            pass
+
+    asyncio.run(make_bus())
+
+    async def scan_values(*args: Any, **kwargs: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(30)
+        yield [b"{}"]
+
+    monkeypatch.setattr(replay_cli, "scan_values", scan_values)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["replay", "-c", str(cfg), "--format", "jsonl", "--no-progress"]) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "terminated"
+    assert signal.getsignal(signal.SIGTERM) == before
