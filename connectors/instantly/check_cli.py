@@ -49,7 +49,7 @@ from connectors.instantly.posture.settings import PostureSettings, settings_from
 from pipeline.checks.render import format_json, format_sarif, format_table
 from pipeline.checks.report import EXIT_USAGE, CheckResult, FailOn, exit_code
 from pipeline.clock import SYSTEM_CLOCK, Clock
-from pipeline.config.loader import load_config
+from pipeline.config.loader import load_config, resolve_under
 from pipeline.errors import ConfigError
 from pipeline.redaction.text import replace_registered
 from schemas.alert import SEVERITIES
@@ -72,6 +72,10 @@ def _config_label(path: str | None) -> str | None:
         return p.name
 
 
+CHECK_SECTIONS: tuple[tuple[str, ...], ...] = (("workspaces",), ("secret_managers",), ("check",))
+"""The config sections whose secrets ``check`` reads."""
+
+
 @dataclass
 class CheckRun:
     """What one ``check`` produced."""
@@ -85,7 +89,9 @@ def _load(args: argparse.Namespace) -> tuple[Any, PostureSettings | None]:
     """The config (or None) and its ``check`` section."""
     if not args.config:
         return None, None
-    cfg = load_config(args.config)
+    # check reads the workspaces' keys (Vault through secret_managers) and its own section: no
+    # webhook receiver secret, no sink token
+    cfg = load_config(args.config, resolve=resolve_under(*CHECK_SECTIONS))
     return cfg, cfg.section("check", PostureSettings)
 
 

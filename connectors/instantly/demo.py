@@ -25,6 +25,7 @@ from rich.table import Table
 from connectors.instantly.config import BudgetConfig, WorkspaceConfig
 from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Consumer
 from pipeline.bus.sqlite import SqliteBus
+from pipeline.cli.base import program_name
 from pipeline.clock import SYSTEM_CLOCK, Clock
 from pipeline.config.base import EnvValue
 from pipeline.observability.logs import register_secret, setup_logging
@@ -111,7 +112,7 @@ async def run_demo(speed: float = 1.0, workdir: Path | None = None, console: Con
             )
             console.rule("[bold]instantly-audit demo[/] — a leaked key becomes an incident")
             console.print(
-                f"Simulator: {sim.url} (workspace [bold]Acme Outreach[/]); bus: {workdir / 'bus.db'}\n"
+                f"Simulator: {sim.url} (workspace [bold]Acme Outreach[/]); {_bus_line(workdir, kept=tmp is None)}\n"
                 "First poll: baseline of what already exists, then the scripted incident plays out.\n"
             )
             rules = RulesWorker(bus, DEMO_RULES, clock=clock)
@@ -128,6 +129,7 @@ async def run_demo(speed: float = 1.0, workdir: Path | None = None, console: Con
                     await sim.scenario_done()
                     await _cycle(poller, rules, ev_c, al_c, events, alerts, console)
             _summary(console, events, alerts, time.monotonic() - started)
+            console.print(next_steps(program_name(), workdir if tmp is None else None))
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -170,7 +172,22 @@ def _summary(console: Console, events: list[dict[str, Any]], alerts: list[dict[s
     for (sev, rid), n in sorted(by_rule.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1])):
         t.add_row(f"[{SEV_STYLE.get(sev, '')}]{sev}[/]", rid, str(n))
     console.print(t)
-    console.print(
-        "Next: [bold]instantly-audit replay[/] over a real config, or point a config at "
-        "[bold]instantly-audit simulate[/] to rehearse. See README."
-    )
+
+
+def _bus_line(workdir: Path, *, kept: bool) -> str:
+    if kept:
+        return f"bus: {workdir / 'bus.db'}"
+    return "bus: a temporary directory, deleted at exit (--workdir DIR keeps it)"
+
+
+def next_steps(prog: str, kept: Path | None) -> str:
+    """The closing hint: commands that work when pasted (``prog`` is how this executable is typed)."""
+    lines = [
+        f"Next: [bold]{prog} simulate --write-config sim/instantly-audit.yaml[/] serves this world for a rehearsal "
+        f"([bold]{prog} run -c sim/instantly-audit.yaml --once[/], then [bold]replay[/], [bold]check[/]); see README.",
+    ]
+    if kept is None:
+        lines.append(f"The demo's bus is gone: [bold]{prog} demo --workdir DIR[/] keeps it in DIR/bus.db.")
+    else:
+        lines.append(f"The demo's bus is kept in {kept / 'bus.db'}.")
+    return "\n".join(lines)

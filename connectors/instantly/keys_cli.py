@@ -121,10 +121,11 @@ def build_rotation(
 
 def cmd_rotate(args: argparse.Namespace) -> int:
     """Run (or plan) the rotation; return the exit code."""
-    from pipeline.config.loader import load_config
+    from pipeline.config.loader import load_config, resolve_under
 
     path = config_path(args.config)
-    cfg = load_config(path)
+    # the workspaces' keys, the rotation settings (an admin key) and Vault: no receiver or sink secret
+    cfg = load_config(path, resolve=resolve_under(("workspaces",), ("rotation",), ("secret_managers",)))
     rotation = build_rotation(args, cfg, base_dir=path.resolve().parent)
     outcome = asyncio.run(rotation.plan() if args.dry_run else rotation.run())
     return EXIT_PENDING if outcome.status == "pending" else EXIT_OK

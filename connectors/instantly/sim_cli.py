@@ -12,12 +12,15 @@ import argparse
 import asyncio
 import errno
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from connectors.instantly import api
 from connectors.instantly.demo import run_demo
 from connectors.instantly.sim.server import Rehearsal, serve
+from pipeline.cli.base import program_name
+from pipeline.cli.exit_codes import Exit
 from pipeline.errors import ConfigError, PipelineError
 
 POLLER_KEY_FILE = "simulator-poller.key"
@@ -37,10 +40,31 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
+CONFIG_HEADER = "# Written by `instantly-audit simulate --write-config`"
+"""The first line of every config the simulator writes: a file that starts otherwise is not ours."""
+
+
+def refuse_overwrite(path: Path) -> str | None:
+    """Why ``--write-config PATH`` must not write (``PATH`` exists and the simulator did not write it), or None."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(CONFIG_HEADER.encode()))
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return f"--write-config {path}: cannot read it ({err.strerror or type(err).__name__})"
+    if head == CONFIG_HEADER.encode():
+        return None
+    return (
+        f"--write-config {path}: the file exists and the simulator did not write it; "
+        f"refusing to replace it and the {POLLER_KEY_FILE} / {ADMIN_KEY_FILE} beside it (--force to replace)"
+    )
+
+
 def config_text(r: Rehearsal) -> str:
     """A ready config for the simulator (keys read from files beside it)."""
     ws = r.world.workspace
-    return f"""# Written by `instantly-audit simulate --write-config` for the local simulator at {r.base_url}.
+    return f"""{CONFIG_HEADER} for the local simulator at {r.base_url}.
 # Paths are relative to this file. Next:
 #   instantly-audit config validate <this file>
 #   instantly-audit run -c <this file> --once
@@ -76,8 +100,8 @@ def write_config(path: Path, r: Rehearsal) -> None:
         raise PipelineError(f"--write-config {path}: cannot write ({err.strerror or type(err).__name__})") from None
 
 
-def banner(r: Rehearsal, written: Path | None) -> str:
-    """What ``simulate`` prints once it listens."""
+def banner(r: Rehearsal, written: Path | None, prog: str = "instantly-audit") -> str:
+    """What ``simulate`` prints once it listens (``prog``: how to type this command, in the hint)."""
     ws = r.world.workspace
     lines = [
         f"Instantly API v2 simulator listening on {r.base_url}{api.API_PREFIX}",
@@ -87,9 +111,9 @@ def banner(r: Rehearsal, written: Path | None) -> str:
     ]
     if written is not None:
         lines.append(f"  config     {written} (keys in {POLLER_KEY_FILE}, {ADMIN_KEY_FILE} beside it)")
-        lines.append(f"Next: instantly-audit run -c {written} --once")
+        lines.append(f"Next: {prog} run -c {written} --once")
     else:
-        lines.append("Next: instantly-audit simulate --write-config sim/instantly-audit.yaml (a ready config)")
+        lines.append(f"Next: {prog} simulate --write-config sim/instantly-audit.yaml (a ready config)")
     lines.append("Stop with Ctrl-C.")
     return "\n".join(lines)
 
@@ -99,11 +123,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if scenario is not None and not scenario.exists():
         raise ConfigError(f"scenario file {scenario} does not exist")
     target = Path(args.write_config) if args.write_config else None
+    if target is not None and not args.force and (why := refuse_overwrite(target)):
+        print(f"simulate: {why}", file=sys.stderr)
+        return int(Exit.USAGE)
 
     def ready(r: Rehearsal) -> None:
         if target is not None:
             write_config(target, r)
-        print(banner(r, target), flush=True)
+        print(banner(r, target, program_name()), flush=True)
 
     try:
         asyncio.run(serve(args.host, args.port, scenario, args.seed, on_ready=ready, agency=args.agency))
@@ -148,7 +175,10 @@ def register(sub: Any) -> None:
         help="serve an agency: N sub-workspaces in the workspace's group (a --scenario adds and removes more)",
     )
     sim.add_argument("--write-config", metavar="PATH", help="write a config for this simulator (and its key files)")
+    sim.add_argument(
+        "--force", action="store_true", help="let --write-config replace a file the simulator did not write"
+    )
     sim.set_defaults(func=_cmd_simulate)
 
 
-__all__ = ["banner", "config_text", "register", "write_config"]
+__all__ = ["banner", "config_text", "refuse_overwrite", "register", "write_config"]

@@ -31,7 +31,7 @@ from connectors.instantly.normalize import webhook_attributes
 from connectors.instantly.redact import redact_url
 from pipeline.cli.base import CONFIG_HELP, config_path
 from pipeline.cli.exit_codes import Exit
-from pipeline.config.loader import load_config
+from pipeline.config.loader import load_config, resolve_under
 from pipeline.config.model import PipelineConfig
 from pipeline.errors import ConfigError, SourceError
 from pipeline.observability.logs import register_secret
@@ -90,7 +90,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     """The ``webhooks check`` command."""
-    cfg = load_config(config_path(args.config))
+    # the workspaces' keys (Vault through secret_managers); the receiver's sources are read for
+    # their header names only, never their secrets
+    cfg = load_config(config_path(args.config), resolve=resolve_under(("workspaces",), ("secret_managers",)))
     for ws in workspaces(cfg).values():
         register_secret(ws.api_key.get_secret_value())
     selected = list(args.workspace) or list(workspaces(cfg))

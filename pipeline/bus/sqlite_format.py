@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.bus.base import Header
-from pipeline.errors import BusCorruptError
+from pipeline.errors import BusCorruptError, BusError
 
 OFFSET_BITS = 40
 PART_BITS = 10
@@ -60,6 +60,29 @@ def rowid(tp: int, offset: int) -> int:
     return (tp << OFFSET_BITS) | offset
 
 
+_DISK_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR})
+_DISK_MESSAGES = ("database or disk is full", "disk i/o error")
+
+
+def is_disk_error(err: sqlite3.Error) -> bool:
+    """Whether ``err`` is a full disk or an I/O error (SQLITE_FULL, SQLITE_IOERR): the device
+    failed, not the bus file, which must never then be reported as damaged."""
+    code = getattr(err, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF in _DISK_CODES:  # extended codes keep the primary in the low byte
+        return True
+    msg = str(err).lower()
+    return any(m in msg for m in _DISK_MESSAGES)
+
+
+def disk_error(where: str, err: sqlite3.Error) -> BusError:
+    """The error to raise for a full disk or an I/O error on the bus file ``where``."""
+    return BusError(
+        f"cannot write the bus {where}: disk full / I/O error (the bus file is not damaged; "
+        f"free space and run again): {err}",
+        retriable="full" in str(err).lower(),
+    )
+
+
 def check_format(db: sqlite3.Connection, where: str, *, create: bool) -> None:
     """Stamp a new bus file, or verify an existing one's stamp.
 
@@ -69,6 +92,8 @@ def check_format(db: sqlite3.Connection, where: str, *, create: bool) -> None:
     try:
         rows = dict(db.execute("SELECT k, v FROM meta").fetchall())
     except sqlite3.OperationalError as err:
+        if is_disk_error(err):
+            raise disk_error(where, err) from err
         raise BusCorruptError(f"bus file {where} has no bus tables ({err}); refusing to touch it") from err
     if not rows and create:
         db.execute("BEGIN IMMEDIATE")

@@ -34,7 +34,9 @@ from pipeline.bus.sqlite_format import (
     StoredTopic,
     check_format,
     decode_headers,
+    disk_error,
     encode_headers,
+    is_disk_error,
     rowid,
 )
 from pipeline.bus.txn import BufferedTxn
@@ -145,6 +147,8 @@ class SqliteStore:
                 raise BusError(f"bus file {where} is locked by another process: {msg}", retriable=True) from err
             if "readonly" in msg or "read-only" in msg or "unable to open" in msg:
                 raise BusError(f"bus file {where} is not writable: {msg}") from err
+            if is_disk_error(err):
+                raise disk_error(where, err) from err
             raise BusCorruptError(f"bus file {where} is not a valid SQLite bus ({msg}); refusing to touch it") from err
         except BaseException:
             self.close()
@@ -253,6 +257,8 @@ class SqliteStore:
         except sqlite3.Error as err:
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            if is_disk_error(err):
+                raise disk_error(str(self.path), err) from err
             msg = str(err)
             retriable = "locked" in msg or "busy" in msg or "full" in msg
             raise BusError(f"bus write to {self.path} failed: {msg}", retriable=retriable) from err

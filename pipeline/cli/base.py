@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -16,6 +18,37 @@ SubParsers = argparse._SubParsersAction  # argparse's own type for ``add_subpars
 CONFIG_ENV = "INSTANTLY_AUDIT_CONFIG"
 DEFAULT_CONFIG = Path("instantly-audit.yaml")
 CONFIG_HELP = f"YAML config file (default: ${CONFIG_ENV}, else ./{DEFAULT_CONFIG})"
+
+
+PROGRAM = "instantly-audit"
+
+
+def program_name(argv0: str | None = None, *, cwd: str | None = None) -> str:
+    """How to type this command again, for a "Next: …" hint that works when pasted.
+
+    ``instantly-audit`` when that is what ``PATH`` finds; else the executable's path, relative when
+    it is under the working directory (``.venv/bin/instantly-audit`` after ``make demo``), else
+    absolute; ``python -m pipeline.cli`` when started as a module.
+    """
+    arg = sys.argv[0] if argv0 is None else argv0
+    if not arg or os.path.basename(arg) in ("__main__.py", "main.py", "-c"):
+        return f"{_as_typed(sys.executable or 'python', cwd)} -m pipeline.cli"
+    return _as_typed(arg, cwd)
+
+
+def _as_typed(arg: str, cwd: str | None) -> str:
+    name = os.path.basename(arg)
+    if os.sep not in arg:  # found on PATH by the shell
+        return arg
+    path = os.path.abspath(arg)
+    found = shutil.which(name)
+    if found and os.path.abspath(found) == path:
+        return name
+    here = os.path.abspath(cwd or os.getcwd())
+    if path.startswith(here + os.sep):
+        rel = os.path.relpath(path, here)
+        return rel if os.sep in rel else f".{os.sep}{rel}"
+    return path
 
 
 def config_path(given: str | None) -> Path:

@@ -12,6 +12,7 @@ code    meaning
         (a check that could not run, a workspace whose webhooks could not be listed, a key
         rotation waiting for its grace period)
 130     interrupted (Ctrl-C)
+143     terminated (SIGTERM) in a command that runs to an end (``run --once``, ``replay``, ``check``…)
 ======  =====================================================================================
 """
 
@@ -28,6 +29,7 @@ class Exit(IntEnum):
     USAGE = 2
     INCOMPLETE = 3
     INTERRUPTED = 130
+    TERMINATED = 143
 
 
 FAILED = Exit.FINDINGS

@@ -1,7 +1,8 @@
 """The ``instantly-audit`` command line: the runtime's commands plus those connectors register.
 
 Exit codes follow one contract (:mod:`pipeline.cli.exit_codes`): 0 ok, 1 findings or a failed
-run, 2 usage or configuration error, 3 could not run to the end, 130 interrupted. Expected
+run, 2 usage or configuration error, 3 could not run to the end, 130 interrupted, 143
+terminated (SIGTERM). Expected
 conditions (a bad config, an unreadable secret file, a corrupt or locked bus file, a busy port)
 print one line naming the problem, never a traceback.
 """
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 import orjson
 
 from pipeline import __version__
-from pipeline.cli import sinks_cli, status_cli
+from pipeline.cli import sinks_cli, status_cli, terminate
 from pipeline.cli.base import CONFIG_HELP, command_plugins, config_path, describe_section
 from pipeline.cli.exit_codes import Exit
 from pipeline.completeness import cli as gaps_cli
@@ -146,9 +147,12 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
     from pipeline.config.loader import load_config, resolve_nothing
 
-    cfg = load_config(config_path(args.config), resolve=resolve_nothing)
-    host = "127.0.0.1" if cfg.service.host in ("0.0.0.0", "::", "") else cfg.service.host  # noqa: S104 - matched, not bound
-    port = args.port or cfg.service.port
+    if args.port and not args.config:  # the port is all it needs: no config to find (127.0.0.1)
+        host, port = "127.0.0.1", args.port
+    else:
+        cfg = load_config(config_path(args.config), resolve=resolve_nothing)
+        host = "127.0.0.1" if cfg.service.host in ("0.0.0.0", "::", "") else cfg.service.host  # noqa: S104 - matched, not bound
+        port = args.port or cfg.service.port
     if not port:
         print("health: service.port is 0 in the config (the running process chose a free port and logged it as "
               "'Service port open'); give that port with --port", file=sys.stderr)  # fmt: skip
@@ -233,7 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--config", "-c", help=CONFIG_HELP)
     health.add_argument("--check", choices=["healthz", "readyz"], default="healthz")
     health.add_argument("--timeout", type=float, default=4.0)
-    health.add_argument("--port", type=int, help="the service port (default: service.port of the config)")
+    health.add_argument(
+        "--port",
+        type=int,
+        help="the service port (default: service.port of the config); without --config, "
+        "probe 127.0.0.1:PORT and read no config",
+    )
     health.set_defaults(func=_cmd_health)
 
     comp = sub.add_parser(
@@ -272,8 +281,19 @@ def _main(argv: Sequence[str] | None) -> int:
         args.log_level = "DEBUG" if args.verbose > 1 else "INFO"
     if args.log_level and args.command != "run":  # run configures logging from the config (overridden)
         setup_logging("auto", args.log_level)
+    previous = terminate.install() if _runs_to_an_end(args) else None
+    try:
+        return _run_command(args)
+    finally:
+        if previous is not None:
+            terminate.uninstall(previous)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         code: int = args.func(args)
+        if terminate.terminated():
+            return _terminated()
         return code
     except ConfigError as err:
         # straight to the terminal: the stream's shape pass would eat the key paths' words
@@ -292,8 +312,25 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"error: {err.strerror or type(err).__name__}{where}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:
+        if terminate.terminated():
+            return _terminated()
         print("interrupted", file=sys.stderr)
         return Exit.INTERRUPTED
+
+
+ENDING_COMMANDS = frozenset({"replay", "check", "gaps", "status", "webhooks", "keys"})
+"""Commands that run to an end (``run --once`` too): SIGTERM stops them like Ctrl-C (exit 143)."""
+
+
+def _runs_to_an_end(args: argparse.Namespace) -> bool:
+    if args.command == "run":
+        return bool(getattr(args, "once", False))
+    return args.command in ENDING_COMMANDS
+
+
+def _terminated() -> int:
+    print("terminated", file=sys.stderr)
+    return Exit.TERMINATED
 
 
 if __name__ == "__main__":  # pragma: no cover

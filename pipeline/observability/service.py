@@ -16,6 +16,8 @@ Usage::
 
 from __future__ import annotations
 
+import errno
+
 import orjson
 from aiohttp import web
 
@@ -82,9 +84,13 @@ class ServiceServer:
         site = web.TCPSite(runner, self.host, self._requested_port, reuse_address=True)
         try:
             await site.start()
-        except OSError:
+        except OSError as err:
             await runner.cleanup()
-            raise
+            # aiohttp's words ("error while attempting to bind on address …") name neither the setting nor the fix
+            where = f"{self.host}:{self._requested_port}"
+            if err.errno == errno.EADDRINUSE:
+                raise OSError(err.errno, f"service port {where} (service.port) is already in use") from None
+            raise OSError(err.errno, f"service port {where} (service.port) cannot be opened: {err.strerror}") from None
         self._runner = runner
         addresses = runner.addresses
         self._port = int(addresses[0][1]) if addresses else self._requested_port

@@ -14,6 +14,7 @@ from typing import IO, Any
 import orjson
 
 from pipeline.bus.base import EVENTS_TOPIC, Record
+from pipeline.cli import terminate
 from pipeline.cli.base import CONFIG_HELP, config_path
 from pipeline.clock import SYSTEM_CLOCK
 from pipeline.errors import ConfigError
@@ -141,6 +142,14 @@ async def _run(args: argparse.Namespace, cfg: Any, sel: Selection) -> int:
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGINT, lambda: task.cancel() if task else None)
+
+    def on_sigterm() -> None:
+        terminate.mark_terminated()  # the CLI then says "terminated" and exits 143
+        if task:
+            task.cancel()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     out: IO[bytes] = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115, ASYNC230 - opened once before the loop
     table = args.format == "table" or (args.format == "auto" and not args.output and sys.stdout.isatty())
     progress = _Progress(enabled=not args.no_progress and sys.stderr.isatty())

@@ -110,11 +110,25 @@ def register(subparsers: Any) -> None:
         description="Run every case file under DIR (default: the cases every installed rule pack ships).",
     )  # fmt: skip
     t.add_argument("dir", metavar="DIR", nargs="?", help="a case file or a directory of case files")
-    t.add_argument("--rules", metavar="FILE", help="rules config (a config file or its rules section)")
+    t.add_argument(
+        "--rules",
+        "--config",
+        "-c",
+        dest="rules",
+        metavar="FILE",
+        help="rules config (a config file or its rules section)",
+    )
     t.add_argument("--format", choices=["text", "json"], default="text")
     t.set_defaults(func=cmd_test)
     ls = sub.add_parser("list", help="list the rules, their severity and whether they run")
-    ls.add_argument("--rules", metavar="FILE", help="rules config (a config file or its rules section)")
+    ls.add_argument(
+        "--rules",
+        "--config",
+        "-c",
+        dest="rules",
+        metavar="FILE",
+        help="rules config (a config file or its rules section)",
+    )
     ls.add_argument("--format", choices=["text", "json"], default="text")
     ls.set_defaults(func=cmd_list)
     register_interop(sub)

@@ -154,7 +154,7 @@ def register_interop(sub: Any) -> None:
     )  # fmt: skip
     ex.add_argument("--format", choices=["sigma"], required=True, help="output format")
     ex.add_argument("--output", metavar="DIR", required=True, help="directory to write the rule files to")
-    ex.add_argument("--rules", metavar="FILE", help=rules_help)
+    ex.add_argument("--rules", "--config", "-c", dest="rules", metavar="FILE", help=rules_help)
     ex.add_argument("--include-disabled", action="store_true",
                     help="also export the rules the configuration disables (skipped by default)")  # fmt: skip
     ex.set_defaults(func=cmd_export)
@@ -170,7 +170,7 @@ def register_interop(sub: Any) -> None:
                          description="Write a Navigator layer (format 4.5) of the techniques whose rules have a "
                                      "passing emulation.")  # fmt: skip
     cov.add_argument("--navigator", metavar="FILE", required=True, help="the layer file to write (JSON)")
-    cov.add_argument("--rules", metavar="FILE", help=rules_help)
+    cov.add_argument("--rules", "--config", "-c", dest="rules", metavar="FILE", help=rules_help)
     cov.add_argument("--emulations", metavar="DIR", action="append",
                      help="emulation scenario directory (default: the installed rule packs')")  # fmt: skip
     cov.set_defaults(func=cmd_coverage)

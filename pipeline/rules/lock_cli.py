@@ -77,6 +77,13 @@ def add_lock_parser(sub: Any, read_rules_file: Callable[[str | None], tuple[dict
         "without a version bump or the lock is out of date.",
     )  # fmt: skip
     lk.add_argument("--check", action="store_true", help="compare with the lock file, write nothing")
-    lk.add_argument("--rules", metavar="FILE", help="lock the user's rules of this rules config instead of the packs")
+    lk.add_argument(
+        "--rules",
+        "--config",
+        "-c",
+        dest="rules",
+        metavar="FILE",
+        help="lock the user's rules of this rules config instead of the packs",
+    )
     lk.add_argument("--output", metavar="PATH", help="lock file for --rules (default: rules.lock.json beside FILE)")
     lk.set_defaults(func=cmd_lock, read_rules_file=read_rules_file)

@@ -13,6 +13,15 @@ from pipeline.errors import ConfigError
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = Exit.OK, Exit.FINDINGS, Exit.USAGE
 
 
+def is_pipeline_config(data: dict[str, Any]) -> bool:
+    """Whether ``data`` (a YAML mapping) is a pipeline config rather than a bare rules section."""
+    from pipeline.config.model import RUNTIME_KEYS
+    from pipeline.registry import config_sections
+
+    sections = RUNTIME_KEYS | set(config_sections())
+    return any(k in sections for k in data)
+
+
 def read_rules_file(path: str | None) -> tuple[dict[str, Any], Path | None]:
     """The rules section from ``--rules FILE`` and the directory to resolve its paths against.
 
@@ -31,8 +40,9 @@ def read_rules_file(path: str | None) -> tuple[dict[str, Any], Path | None]:
     data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"--rules {p}: must be a mapping (a config file or its rules section)")
-    # A rules section never has a "rules" key (its keys are settings and dotted rule ids).
-    section = (data["rules"] or {}) if "rules" in data else data
+    # A rules section never has a "rules" key nor a pipeline section's (its keys are settings and
+    # dotted rule ids): a file with either is a pipeline config, its rules section empty when absent.
+    section = (data.get("rules") or {}) if is_pipeline_config(data) else data
     if not isinstance(section, dict):
         raise ConfigError(f"--rules {p}: the rules section must be a mapping")
     return section, p.resolve().parent

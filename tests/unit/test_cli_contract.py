@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,8 +36,8 @@ def cfg_file(tmp_path: Path) -> Path:
 
 
 def test_exit_codes_are_one_contract() -> None:
-    """0 ok, 1 findings/failed run, 2 usage, 3 could not run to the end, 130 interrupted."""
-    assert [int(e) for e in Exit] == [0, 1, 2, 3, 130]
+    """0 ok, 1 findings/failed run, 2 usage, 3 could not run to the end, 130 interrupted, 143 terminated."""
+    assert [int(e) for e in Exit] == [0, 1, 2, 3, 130, 143]
 
 
 def test_no_environment_checks_structure_without_secrets(
@@ -225,13 +226,16 @@ def test_sigterm_while_starting_is_a_clean_stop(tmp_path: Path, delay: float) ->
     assert "Traceback" not in err
 
 
-def test_health_with_port_zero_asks_for_the_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_health_with_port_zero_asks_for_the_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``service.port: 0`` (what ``simulate --write-config`` writes) names no port to probe: ``health``
     says so in one line (exit 2) instead of probing port 0; ``--port`` probes the one given."""
     from aiohttp import web  # a real HTTP server on loopback answering /healthz
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("service: {port: 0}\n")
+    (tmp_path / "empty").mkdir()
     assert main(["health", "-c", str(cfg)]) == Exit.USAGE
     assert "service.port is 0" in capsys.readouterr().err
 
@@ -247,9 +251,166 @@ def test_health_with_port_zero_asks_for_the_port(tmp_path: Path, capsys: pytest.
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         try:
-            return await asyncio.to_thread(main, ["health", "-c", str(cfg), "--port", str(port)])
+            with_config = await asyncio.to_thread(main, ["health", "-c", str(cfg), "--port", str(port)])
+            # --port alone needs no config at all (none here: no $INSTANTLY_AUDIT_CONFIG, no ./instantly-audit.yaml)
+            without = await asyncio.to_thread(main, ["health", "--port", str(port)])
+            return max(with_config, without)
         finally:
             await runner.cleanup()
 
+    monkeypatch.chdir(tmp_path / "empty")
+    monkeypatch.delenv("INSTANTLY_AUDIT_CONFIG", raising=False)
     assert asyncio.run(serve_and_probe()) == Exit.OK
-    assert "ok" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert out.count(": ok") == 2 and "config error" not in err
+
+
+UNUSED_SECRETS_CONFIG = """\
+workspaces:
+  acme:
+    api_key: ${INSTANTLY_KEY}
+    base_url: "http://127.0.0.1:9"
+webhook:
+  sources:
+    acme:
+      workspace_id: 019cc043-e2f1-7def-8b07-0aab88328dad
+      secrets: ["${HOOK_SECRET}"]
+sinks:
+  es: {type: elasticsearch, url: "https://es.example:9200", api_key: "${ES_API_KEY}"}
+"""
+
+
+@pytest.mark.parametrize("command", ["check", "webhooks check", "keys rotate"])
+def test_workspace_commands_do_not_read_receiver_or_sink_secrets(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``check``, ``webhooks check`` and ``keys rotate`` read the workspaces' keys, never the webhook
+    receiver's secret nor a sink's: with those unset they reach the API instead of a config error."""
+    import connectors.instantly.check_cli as check_cli
+    import connectors.instantly.keys_cli as keys_cli
+    import connectors.instantly.webhooks_cli as webhooks_cli
+
+    cfg_path = tmp_path / "pipeline.yaml"
+    cfg_path.write_text(UNUSED_SECRETS_CONFIG)
+    monkeypatch.setenv("INSTANTLY_KEY", "instantly-key-0000000000000000")
+    monkeypatch.delenv("HOOK_SECRET", raising=False)
+    monkeypatch.delenv("ES_API_KEY", raising=False)
+    seen: list[str] = []
+
+    class Reached(Exception):
+        pass
+
+    def reached(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(workspaces(cfg)["acme"].api_key.get_secret_value())
+        raise Reached
+
+    async def reached_async(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+        return reached(cfg)
+
+    monkeypatch.setattr(check_cli, "check_workspaces", reached_async)
+    monkeypatch.setattr(webhooks_cli, "check_workspaces", reached_async)
+    monkeypatch.setattr(keys_cli, "build_rotation", lambda args, cfg, **kw: reached(cfg))
+    argv = {"check": ["check", "-c", str(cfg_path)], "webhooks check": ["webhooks", "check", "-c", str(cfg_path)],
+            "keys rotate": ["keys", "rotate", "old", "-c", str(cfg_path)]}[command]  # fmt: skip
+    with pytest.raises(Reached):
+        main(argv)
+    assert seen == ["instantly-key-0000000000000000"]
+    assert "is not set" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["run", "--once"], ["check"]])
+def test_sigterm_in_a_command_that_runs_to_an_end_says_terminated(tmp_path: Path, command: list[str]) -> None:
+    """SIGTERM while ``run --once`` / ``check`` wait on the API stops them like Ctrl-C: one line
+    ``terminated``, exit 143 — not a silent death by signal (-15) with no output."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as server:  # an API that accepts the connection and never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        server.settimeout(60)
+        port = server.getsockname()[1]
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(
+            "service: {enabled: false}\nbus: {type: sqlite, path: data/bus.db}\n"
+            f'workspaces:\n  acme: {{api_key: "${{INSTANTLY_KEY}}", base_url: "http://127.0.0.1:{port}"}}\n'
+        )
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "INSTANTLY_KEY": "k" * 32}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", *command, "-c", str(cfg)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        conn, _ = server.accept()  # the command is now inside its event loop, waiting for an answer
+        with conn:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 == int(Exit.TERMINATED), err[-2000:]
+    assert err.strip().splitlines()[-1] == "terminated"
+    assert "Traceback" not in err
+
+
+def test_a_busy_service_port_is_named(tmp_path: Path) -> None:
+    """``run`` on a taken ``service.port`` says which port and which setting, in one line (exit 1) —
+    not aiohttp's "error while attempting to bind on address …"."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"service: {{port: {port}}}\nsinks:\n  a: {{type: jsonl, path: out.jsonl}}\n")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        r = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "run", "-c", str(cfg)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert r.returncode == Exit.FINDINGS, r.stderr[-2000:]
+    assert f"service port 127.0.0.1:{port} (service.port) is already in use" in r.stderr
+    assert "error while attempting to bind" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sigterm_in_replay_says_terminated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``replay`` takes SIGTERM as it takes Ctrl-C (it stops its scan and prints its summary), then says
+    ``terminated`` and exits 143; the process's SIGTERM handler is put back afterwards."""
+    import os
+    import signal
+
+    import pipeline.replay.cli as replay_cli
+    from pipeline.bus.sqlite import SqliteBus
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("bus: {type: sqlite, path: bus.db}\n")
+
+    async def make_bus() -> None:
+        async with SqliteBus(str(tmp_path / "bus.db")):
+            pass
+
+    asyncio.run(make_bus())
+
+    async def scan_values(*args: Any, **kwargs: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(30)
+        yield [b"{}"]
+
+    monkeypatch.setattr(replay_cli, "scan_values", scan_values)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["replay", "-c", str(cfg), "--format", "jsonl", "--no-progress"]) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "terminated"
+    assert signal.getsignal(signal.SIGTERM) == before

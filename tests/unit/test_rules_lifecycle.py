@@ -126,3 +126,38 @@ def test_a_rule_without_a_negative_case_fails_the_run(tmp_path: Path, capsys: py
     assert _run("rules", "test", str(tmp_path / "rules"), "--rules", str(cfg)) == 1
     out = capsys.readouterr().out
     assert "rule custom.ip_login has 1 positive and 0 negative test cases" in out
+
+
+PIPELINE_CONFIG_WITHOUT_RULES = """\
+bus: {type: sqlite, path: data/bus.db}
+workspaces:
+  acme: {api_key: "${INSTANTLY_KEY}"}
+webhook:
+  sources:
+    acme: {workspace_id: 019cc043-e2f1-7def-8b07-0aab88328dad, secrets: ["${HOOK_SECRET}"]}
+"""
+
+
+@pytest.mark.parametrize("flag", ["--rules", "--config", "-c"])
+def test_a_pipeline_config_without_rules_has_an_empty_rules_section(
+    flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file with pipeline sections but no ``rules:`` is a pipeline config (docs/rules.md), not a
+    rules section whose keys would be ``bus``, ``workspaces``…; ``-c/--config`` reads it as ``--rules``."""
+    from pipeline.rules.rules_file import read_rules_file
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(PIPELINE_CONFIG_WITHOUT_RULES)
+    assert read_rules_file(str(cfg)) == ({}, tmp_path.resolve())
+    assert _run("rules", "lock", "--check", flag, str(cfg)) == 0
+    assert _run("rules", "list", flag, str(cfg)) == 0
+    assert "unknown key" not in capsys.readouterr().err
+
+
+def test_a_bare_rules_section_is_still_read_as_one(tmp_path: Path) -> None:
+    """A file of rule settings alone (no pipeline section) is the rules section itself."""
+    from pipeline.rules.rules_file import read_rules_file
+
+    f = tmp_path / "rules.yaml"
+    f.write_text("protected_domains: [acme.example]\n")
+    assert read_rules_file(str(f))[0] == {"protected_domains": ["acme.example"]}

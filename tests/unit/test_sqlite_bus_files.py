@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pipeline.bus.base import EVENTS_TOPIC, OutRecord, iter_records
 from pipeline.bus.sqlite import SqliteBus
-from pipeline.errors import BusError
+from pipeline.errors import BusCorruptError, BusError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -150,3 +152,45 @@ def test_a_second_run_says_who_holds_the_bus_in_one_line(tmp_path: Path, holder:
     assert run.stderr.splitlines() == [
         f"bus error: bus {tmp_path / 'data' / 'bus.db'} is in use by pid {holder.pid} (another `instantly-audit run`?)"
     ]
+
+
+class _FullDisk(sqlite3.Connection):
+    """A connection on a full device: the first write (switching to WAL) fails as SQLite reports it."""
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql.startswith("PRAGMA journal_mode"):
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().execute(sql, *args)
+
+
+async def test_a_full_disk_is_not_reported_as_a_corrupt_bus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLITE_FULL at open says the disk is full and the file undamaged — never "not a valid SQLite bus",
+    which would invite an operator to delete the bus."""
+    real_connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **kw: real_connect(*a, **kw, factory=_FullDisk))
+    path = tmp_path / "data" / "bus.db"
+    with pytest.raises(BusError) as info:
+        async with SqliteBus(str(path)):
+            pass
+    assert not isinstance(info.value, BusCorruptError)
+    assert f"cannot write the bus {path}: disk full / I/O error (the bus file is not damaged" in str(info.value)
+    assert "not a valid SQLite bus" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("err", "disk"),
+    [
+        (sqlite3.OperationalError("database or disk is full"), True),
+        (sqlite3.OperationalError("disk I/O error"), True),
+        (sqlite3.DatabaseError("file is not a database"), False),
+        (sqlite3.OperationalError("no such table: meta"), False),
+    ],
+)
+def test_disk_errors_are_told_from_damage(err: sqlite3.Error, disk: bool) -> None:
+    """The classifier reads SQLite's (extended) error code when it has one, else its message."""
+    from pipeline.bus.sqlite_format import is_disk_error
+
+    assert is_disk_error(err) is disk
+    coded = sqlite3.OperationalError("unrelated words")
+    coded.sqlite_errorcode = sqlite3.SQLITE_IOERR | (4 << 8)  # SQLITE_IOERR_SHORT_READ
+    assert is_disk_error(coded)
