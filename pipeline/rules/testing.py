@@ -19,7 +19,8 @@ A case file (``*.yaml`` under the directory given to ``instantly-audit rules tes
              entity: {kind: api_key, id: k1}, summary_contains: all:all}
 
 Events need only ``type``; the rest is filled in (source kind and stream from the type, the
-activity code from a named ``audit.*`` type, a deterministic id). Every case runs all enabled
+activity code from a named ``audit.*`` type, a deterministic id; ``observed_at`` defaults to
+``time``, give it to play a record read late, as a history backfill does). Every case runs all enabled
 rules on a fresh engine with a fake clock; produced alerts are also checked against the Alert
 v1 JSON Schema when ``jsonschema`` is installed.
 """
@@ -45,7 +46,8 @@ from schemas.event import Actor, Change, Event, Source, SourceKind, Target, Work
 from schemas.ids import deterministic_id
 
 AUDIT_CODES: dict[str, int] = {
-    "audit.user_login": 1, "audit.lead_deleted": 2, "audit.campaign_deleted": 3, "audit.webhook_marked_error": 20,
+    "audit.user_login": 1, "audit.lead_deleted": 2, "audit.campaign_deleted": 3, "audit.webhook_created": 18,
+    "audit.webhook_marked_error": 20,
     "audit.webhook_resumed": 21, "audit.mfa_totp_enabled": 23, "audit.mfa_totp_disabled": 26,
     "audit.mfa_recovery_codes_generated": 27, "audit.mfa_recovery_code_used": 28, "audit.mfa_challenge_failed": 29,
     "audit.mfa_challenge_failed_too_many": 30, "audit.mfa_login_succeeded": 31, "audit.lead_exported": 34,
@@ -241,8 +243,13 @@ def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _observed(value: Any) -> str | None:
+    """A case event's ``observed_at`` (when the pipeline read it; default: its ``time``) as RFC 3339."""
+    return None if value is None else format_time(parse_time(str(value)))
+
+
 def _event(raw: Mapping[str, Any], default_ws: WorkspaceRef, t: float, where: str) -> Event:
-    unknown = set(raw) - {"type", "time", "workspace", "actor", "target", "change", "attributes", "id"}
+    unknown = set(raw) - {"type", "time", "observed_at", "workspace", "actor", "target", "change", "attributes", "id"}
     if unknown:
         raise ValueError(f"{where}: unknown event field {sorted(unknown)[0]!r}")
     if not isinstance(raw.get("type"), str):
@@ -253,6 +260,7 @@ def _event(raw: Mapping[str, Any], default_ws: WorkspaceRef, t: float, where: st
         return make_event(
             raw["type"], time=t, workspace=ws_ref, actor=raw.get("actor"), target=raw.get("target"),
             change=raw.get("change"), attributes=raw.get("attributes"), event_id=raw.get("id"),
+            observed_at=_observed(raw.get("observed_at")),
         )  # fmt: skip
     except (TypeError, ValueError) as err:
         raise ValueError(f"{where}: {err}") from None

@@ -19,6 +19,7 @@ from connectors.instantly.rules.block_list import (
 from connectors.instantly.rules.data import LeadExportRule, MassDeletionRule
 from connectors.instantly.rules.members import PrivilegedMemberRule, UnexpectedMemberRule
 from connectors.instantly.rules.pipeline_health import SourceSilentRule, UntrackedChangeRule
+from connectors.instantly.rules.unseen import UnseenCreationRule
 from connectors.instantly.rules.webhooks import (
     FailingWebhookRule,
     InsecureWebhookTargetRule,
@@ -45,6 +46,7 @@ RULES = (
     PrivilegedMemberRule,
     SourceSilentRule,
     UntrackedChangeRule,
+    UnseenCreationRule,
     UnauthenticatedWebhookRule,
     InsecureWebhookTargetRule,
     FailingWebhookRule,
