@@ -10,8 +10,9 @@ check; while it fails and the id was never learned, the id comes from an audit r
 * the audit log publishes page by page, events and cursor together (:mod:`connectors.instantly.streams`).
 
 The audit log runs first. Snapshot streams run every poll, or at most every
-``snapshot_interval_secs`` when set — except that an audit record committed in this poll that
-says a resource changed (API key created/deleted, webhook created/updated/…; see
+:meth:`WorkspaceConfig.snapshot_interval` seconds (``block_list`` and ``accounts`` by default,
+``snapshot_intervals`` / ``snapshot_interval_secs`` when set) — except that an audit record
+committed in this poll that says a resource changed (API key created/deleted, webhook created/updated/…; see
 :data:`connectors.instantly.audit_codes.SNAPSHOT_TRIGGERS`) makes its stream run in this same
 poll (``audit_triggers_snapshots``), so ``api_key.created`` follows audit code 37 within the
 poll, through the same request budget.
@@ -151,7 +152,7 @@ class InstantlyWorkspacePoller:
             self.telemetry.name_workspace(cfg.as_workspace, source_id)
         self._identity_loaded = False
         self._snapshot_ok: dict[str, float] = {}
-        """When each snapshot stream last completed (for ``snapshot_interval_secs``)."""
+        """When each snapshot stream last completed (for its snapshot interval)."""
         self.last_triggered: set[str] = set()
         self._workspace_read = False
         self._sweep = (
@@ -191,9 +192,19 @@ class InstantlyWorkspacePoller:
             await self.bus.fence(self.txn_id)
             await self._client.__aenter__()
             self._opened = True
-            stale_after = max(3 * self.cfg.poll_interval_secs, 300.0)
             for stream in self.streams:
-                self.health.watch_stream(self.source_id, stream, stale_after_secs=stale_after)
+                self.health.watch_stream(self.source_id, stream, stale_after_secs=self.stale_after(stream))
+
+    def stale_after(self, stream: str) -> float:
+        """Readiness: ``stream`` is stale when it has not succeeded for this long.
+
+        Three times the longer of the poll interval and the stream's own snapshot interval, at
+        least 300 s (a stream listed every 300 s must not flap stale between listings).
+        """
+        every = self.cfg.poll_interval_secs
+        if BY_NAME[stream].kind == "snapshot":
+            every = max(every, self.cfg.snapshot_interval(stream) or 0.0)
+        return max(3 * every, 300.0)
 
     async def aclose(self) -> None:
         """Close the HTTP session."""
@@ -343,11 +354,12 @@ class InstantlyWorkspacePoller:
     def _workspace_due(self) -> bool:
         """Whether this poll reads ``GET /workspaces/current`` first (identity and health check).
 
-        Every poll by default; with ``snapshot_interval_secs``, only when the ``workspace`` stream
-        is due or the workspace was never read by this process, so a poll of a quiet audit log
-        costs one request (a 401 then surfaces on the audit read).
+        Every poll by default; with an interval for the ``workspace`` stream
+        (``snapshot_intervals`` or ``snapshot_interval_secs``), only when that stream is due or the
+        workspace was never read by this process, so a poll of a quiet audit log can cost one
+        request (a 401 then surfaces on the audit read).
         """
-        if self.cfg.snapshot_interval_secs is None or not self._workspace_read:
+        if self.cfg.snapshot_interval(WORKSPACE_STREAM.name) is None or not self._workspace_read:
             return True
         return WORKSPACE_STREAM.name in self.streams and self._snapshot_due(
             WORKSPACE_STREAM.name, self.clock.now(), set()
@@ -362,7 +374,7 @@ class InstantlyWorkspacePoller:
                 extra={"source": self.source_id, "workspace": self.workspace.id, "stream": stream},
             )
             return True
-        last, interval = self._snapshot_ok.get(stream), self.cfg.snapshot_interval_secs
+        last, interval = self._snapshot_ok.get(stream), self.cfg.snapshot_interval(stream)
         return interval is None or last is None or now - last >= interval
 
     async def _write_status(self, counts: dict[str, int]) -> None:

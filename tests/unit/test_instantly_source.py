@@ -594,3 +594,59 @@ async def test_unknown_identity_is_a_problem_until_an_audit_record_brings_it(
         assert poller.last_failures == {}
     [ev] = await events(bus)
     assert ev["workspace"]["id"] == ORG_ID
+
+
+def listed(fake: FakeInstantly, path: str) -> int:
+    """Listings of ``path`` started (first pages only)."""
+    return sum(1 for c in fake.calls_to(path) if "starting_after" not in c.query)
+
+
+async def test_default_intervals_small_streams_every_poll_large_ones_less_often(
+    env: tuple[FakeInstantly, SqliteBus],
+) -> None:
+    """Defaults: poll every 5 s; keys, members, webhooks, workspace and group links every poll, so a
+    member invited as admin is published by the next poll; accounts every 60 s, the block list every 300 s."""
+    fake, bus = env
+    clock = FakeClock()
+    async with make_poller(fake, bus, clock) as poller:
+        assert poller.cfg.poll_interval_secs == 5.0
+        await poller.poll_once()
+        small = ("/api-keys", "/workspace-members", "/webhooks", "/workspace-group-members", "/workspaces/current")
+        before = {p: listed(fake, p) for p in (*small, "/block-lists-entries", "/accounts")}
+        fake.collections["workspace-members"].append(
+            {**fake.collections["workspace-members"][0], "id": "m-new", "email": "new@evil.example", "role": "admin"}
+        )
+        clock.advance(5)
+        counts = await poller.poll_once()
+        assert counts["members"] == 1
+        assert all(listed(fake, p) == before[p] + 1 for p in small)
+        assert listed(fake, "/block-lists-entries") == before["/block-lists-entries"]
+        assert listed(fake, "/accounts") == before["/accounts"]
+        calls = len(fake.calls)
+        clock.advance(5)
+        await poller.poll_once()
+        assert len(fake.calls) - calls == 11  # a quiet poll (docs/completeness.md "Snapshot intervals")
+        clock.advance(50)
+        await poller.poll_once()
+        assert listed(fake, "/accounts") == before["/accounts"] + 1
+        assert listed(fake, "/block-lists-entries") == before["/block-lists-entries"]
+        clock.advance(240)
+        await poller.poll_once()
+        assert listed(fake, "/block-lists-entries") == before["/block-lists-entries"] + 1
+        # readiness: a stream listed every 300 s is not stale between listings
+        assert poller.stale_after("block_list") == 900 and poller.stale_after("members") == 300
+    assert any(e["type"] == "member.invited" for e in await events(bus))
+
+
+def test_snapshot_interval_precedence_and_validation() -> None:
+    """snapshot_intervals[stream] wins over snapshot_interval_secs, which wins over the built-in defaults."""
+    base = {"api_key": SecretStr("k" * 20)}
+    default = WorkspaceConfig(**base)
+    assert [default.snapshot_interval(s) for s in ("members", "accounts", "block_list")] == [None, 60.0, 300.0]
+    cfg = WorkspaceConfig(**base, snapshot_interval_secs=300, snapshot_intervals={"members": None, "block_list": 900})
+    assert cfg.snapshot_interval("members") is None  # every poll despite the global 300
+    assert cfg.snapshot_interval("api_keys") == 300 and cfg.snapshot_interval("accounts") == 300
+    assert cfg.snapshot_interval("block_list") == 900
+    for bad in ({"audit_logs": 60}, {"block_list": 0.5}, {"nope": 60}):
+        with pytest.raises(ValueError, match=r"audit_logs|at least 1|nope|literal"):
+            WorkspaceConfig(**base, snapshot_intervals=bad)
