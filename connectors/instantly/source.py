@@ -23,12 +23,13 @@ and ends this poll; 402/403/404 on a stream publish ``pipeline.audit_log_unavail
 log) or ``pipeline.stream_unavailable`` and the other streams go on. These pipeline events have
 ids that include the hour, and a state marker keeps each from being published again within it.
 Transient failures (5xx, timeouts, 429 after retries) are logged and retried next poll; a stream
-failing that way in :data:`OUTAGE_POLLS` polls in a row spanning at least :data:`OUTAGE_SECS`
-publishes ``pipeline.stream_unavailable`` with ``transient: true`` and a plain ``cause`` (rule
-``pipeline.stream_failing``). When a stream whose ``pipeline.stream_unavailable`` (refused or
-transient) was published reads again, ``pipeline.stream_recovered`` resolves those alerts.
-A workspace found unreachable (timeout, connection refused, DNS) after a request's retries fails
-its remaining streams of the poll at once with the same cause (:class:`UnreachableError`).
+failing that way in 3 polls in a row spanning at least 60 s publishes
+``pipeline.stream_unavailable`` with ``transient: true`` and a plain ``cause`` (rule
+``pipeline.stream_failing``; :mod:`connectors.instantly.stream_events`). When a stream whose
+``pipeline.stream_unavailable`` (refused or transient) was published reads again,
+``pipeline.stream_recovered`` resolves those alerts. A workspace found unreachable (timeout,
+connection refused, DNS) after a request's retries fails its remaining streams of the poll at
+once with the same cause (:class:`~connectors.instantly.client.UnreachableError`).
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ from connectors.instantly.api import WORKSPACE as WORKSPACE_STREAM
 from connectors.instantly.budget import RequestBudget
 from connectors.instantly.client import InstantlyClient, SessionFactory, TransportError, cause_of
 from connectors.instantly.config import WorkspaceConfig
-from connectors.instantly.normalize import admin_link_item, pipeline_event, with_admin_link
+from connectors.instantly.normalize import admin_link_item, with_admin_link
 from connectors.instantly.receipts import ReceiptSettings
+from connectors.instantly.stream_events import UNAVAILABLE, StreamEvents
+from connectors.instantly.stream_events import marker_key as marker_key
 from connectors.instantly.streams import (
     AuditWindow,
     CursorCache,
@@ -83,14 +86,6 @@ log = get_logger("instantly.poller")
 Sleep = Callable[[float], Awaitable[None]]
 POLL_JITTER = 0.1
 """Each wait between polls is ``poll_interval_secs`` * uniform(0.9, 1.1)."""
-OUTAGE_POLLS = 3
-OUTAGE_SECS = 60.0
-"""A stream failing transiently in ``OUTAGE_POLLS`` polls in a row, the first at least ``OUTAGE_SECS``
-before the last, is reported unavailable (at a 60 s poll: 3 polls, 120 s; at 5 s: 13 polls, 60 s)."""
-UNAVAILABLE = "pipeline.stream_unavailable"
-RECOVERED = "pipeline.stream_recovered"
-_RECOVERED_MARK = b"recovered:"
-"""Prefix of an unavailability marker after ``pipeline.stream_recovered`` (then the recovery event's id)."""
 
 
 def _reason(err: SourceError) -> str:
@@ -110,11 +105,6 @@ def _reason(err: SourceError) -> str:
 def identity_key(source_id: str) -> str:
     """State key of the last known workspace id and name: ``identity/{source_id}``."""
     return f"identity/{source_id}"
-
-
-def marker_key(source_id: str, event_type: str, stream: str) -> str:
-    """State key remembering the last pipeline event of a kind: ``pipeline/{source_id}/{type}/{stream}``."""
-    return f"pipeline/{source_id}/{event_type}/{stream}"
 
 
 class InstantlyWorkspacePoller:
@@ -186,11 +176,8 @@ class InstantlyWorkspacePoller:
             else None
         )
         """Completeness receipts: a gap between polls beyond ``2 * poll interval + overlap`` is an interruption."""
-        self._outages: dict[str, tuple[float, int]] = {}
-        """Streams failing transiently: (when the first failure in a row was seen, failed polls in a row)."""
-        self._down: set[str] | None = None
-        """Streams with a published ``pipeline.stream_unavailable`` not yet followed by
-        ``pipeline.stream_recovered`` (loaded from the markers in state once)."""
+        self._stream_events = StreamEvents(bus, source_id, self.streams)
+        """``pipeline.stream_unavailable`` / ``pipeline.stream_recovered`` bookkeeping."""
         self._audit_cache = CursorCache()
         """The audit cursor between polls (reloaded from the bus after a failed poll)."""
         self._started_at = clock.now()
@@ -343,7 +330,7 @@ class InstantlyWorkspacePoller:
                     _failed(span, err)
                     health.stream_error(self.source_id, stream, err)
                     self.last_failures[stream] = _reason(err)
-                    self._outages.pop(stream, None)
+                    self._stream_events.outages.pop(stream, None)
                     kind = "pipeline.audit_log_unavailable" if spec is AUDIT_LOGS else UNAVAILABLE
                     counts["pipeline"] += await self._pipeline_event(kind, stream, err)
                 except SourceError as err:
@@ -525,114 +512,19 @@ class InstantlyWorkspacePoller:
         self.telemetry.name_workspace(workspace_id, self.source_id)
 
     # ---- pipeline events --------------------------------------------------------------------
-    async def _transient_failure(self, stream: str, err: SourceError, now: float) -> int:
-        """Count a transient failure of ``stream``; report it unavailable once the outage is long enough.
+    def _publisher(self) -> Publisher:
+        return Publisher(
+            self.bus, self.txn_id, self.source_id, self.workspace, self.telemetry, self._client.workspace_id
+        )
 
-        Raises:
-            BusError: publishing failed.
-        """
-        since, polls = self._outages.get(stream, (now, 0))
-        polls += 1
-        self._outages[stream] = (since, polls)
-        if polls < OUTAGE_POLLS or now - since < OUTAGE_SECS:
-            return 0
-        outage = {"transient": True, "failing_since": format_time(since), "failed_polls": polls}
-        return await self._pipeline_event(UNAVAILABLE, stream, err, outage=outage)
+    async def _pipeline_event(self, event_type: str, stream: str, err: SourceError) -> int:
+        return await self._stream_events.unavailable(self._publisher(), event_type, stream, err, self.clock.now())
+
+    async def _transient_failure(self, stream: str, err: SourceError, now: float) -> int:
+        return await self._stream_events.failed(self._publisher(), stream, err, now)
 
     async def _stream_read(self, stream: str) -> int:
-        """``stream`` was read: end its outage, and publish ``pipeline.stream_recovered`` if it was
-        reported unavailable (refused or failing), which resolves the alert.
-
-        Raises:
-            BusError: publishing failed.
-        """
-        outage = self._outages.pop(stream, None)
-        if self._down is None:
-            self._down = set()
-            for name in self.streams:
-                marker = await self.bus.get_state(marker_key(self.source_id, UNAVAILABLE, name))
-                if marker and not marker.startswith(_RECOVERED_MARK):
-                    self._down.add(name)
-        if stream not in self._down:
-            return 0
-        now = self.clock.now()
-        attributes: dict[str, Any] = {"stream": stream}
-        if outage is not None:
-            attributes |= {"failing_since": format_time(outage[0]), "failed_polls": outage[1]}
-        event = pipeline_event(
-            type=RECOVERED,
-            workspace=self.workspace,
-            observed_at=format_time(now),
-            stream=stream,
-            natural_key=(RECOVERED, now),
-            attributes=attributes,
-        )
-        log.info(
-            "An Instantly stream reported unavailable is read again.",
-            extra={"source": self.source_id, "workspace": self.workspace.id, "stream": stream},
-        )
-        pub = Publisher(
-            self.bus, self.txn_id, self.source_id, self.workspace, self.telemetry, self._client.workspace_id
-        )
-        with self.telemetry.span("bus.publish", {KIND: "source", ID: self.source_id, STREAM: stream}):
-            async with self.bus.transaction(self.txn_id) as tx:
-                pub.send(tx, event)
-                tx.put_state(marker_key(self.source_id, UNAVAILABLE, stream), _RECOVERED_MARK + event.id.encode())
-        self._down.discard(stream)
-        pub.count(stream, 0, 1, {})
-        return 1
-
-    async def _pipeline_event(
-        self, event_type: str, stream: str, err: SourceError, *, outage: dict[str, Any] | None = None
-    ) -> int:
-        now = self.clock.now()
-        hour = int(now // 3600) * 3600
-        status = getattr(err, "status", None)
-        key = marker_key(self.source_id, event_type, stream)
-        marker = await self.bus.get_state(key) or b""
-        natural_key: tuple[Any, ...] = (event_type, status, hour) if outage is None else (event_type, "transient", hour)
-        if marker.startswith(_RECOVERED_MARK):  # unavailable again: not the id of the event before the recovery
-            natural_key = (*natural_key, marker.decode("ascii", "replace"))
-        event = pipeline_event(
-            type=event_type,
-            workspace=self.workspace,
-            observed_at=format_time(now),
-            stream=stream,
-            natural_key=natural_key,
-            attributes={
-                "stream": stream,
-                "status": status,
-                "error": type(err).__name__,
-                "cause": cause_of(err),
-                "message": err.message,
-                "hour": format_time(hour),
-                **(outage or {}),
-            },
-        )
-        log.warning(
-            "Instantly stream unavailable." if outage else "Instantly refused a stream.",
-            extra={
-                "source": self.source_id,
-                "workspace": self.workspace.id,
-                "stream": stream,
-                "status": status,
-                "cause": cause_of(err),
-                "event_type": event_type,
-            },
-        )
-        if event_type == UNAVAILABLE and self._down is not None:
-            self._down.add(stream)
-        if marker == event.id.encode():
-            return 0
-        pub = Publisher(
-            self.bus, self.txn_id, self.source_id, self.workspace, self.telemetry, self._client.workspace_id
-        )
-        with self.telemetry.span("bus.publish", {KIND: "source", ID: self.source_id, STREAM: stream}):
-            async with self.bus.transaction(self.txn_id) as tx:
-                pub.send(tx, event)
-                tx.put_state(key, event.id.encode())
-        pub.count(stream, 0, 1, {})
-        return 1
+        return await self._stream_events.read(self._publisher(), stream, self.clock.now())
 
 
 def _failed(span: Span, err: SourceError) -> None:
