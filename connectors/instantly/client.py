@@ -19,6 +19,14 @@
   to ``max_retries``; 401/402/403/404 are never retried. Writes are not idempotent on
   Instantly, so they are retried only after a 429 (the request was refused, not processed).
 * Every attempt first takes a token from the workspace's :class:`RequestBudget`.
+* A request that fails as unreachable (timeout, connection refused or reset, DNS: an
+  :class:`UnreachableError`) after its retries marks the workspace unreachable: every later call
+  fails at once with the same error, sending nothing, until :meth:`InstantlyClient.new_poll`
+  (the poller calls it at the start of each poll). A host that accepts connections but never
+  answers so costs one request's retries per poll, not every stream's.
+* The retry log line names the workspace (``source``: the config alias, ``workspace``: its id
+  once known) and a plain ``cause`` (``HTTP 503``, ``timeout``, ``connection refused``, ``DNS``…);
+  never a URL query, a header or a body.
 """
 
 from __future__ import annotations
@@ -48,7 +56,15 @@ from pipeline.errors import RateLimitedError, SourceError, UpstreamError
 from pipeline.observability.logs import get_logger
 from pipeline.observability.telemetry import Telemetry, get_telemetry
 
-__all__ = ["USER_AGENT", "ClientRequestError", "InstantlyClient", "SessionFactory"]
+__all__ = [
+    "USER_AGENT",
+    "ClientRequestError",
+    "InstantlyClient",
+    "SessionFactory",
+    "TransportError",
+    "UnreachableError",
+    "cause_of",
+]
 
 log = get_logger("instantly.client")
 
@@ -56,6 +72,53 @@ USER_AGENT = f"instantly-audit/{__version__}"
 SessionFactory = Callable[[], aiohttp.ClientSession]
 Sleep = Callable[[float], Awaitable[None]]
 JSONDict = dict[str, Any]
+
+
+class TransportError(UpstreamError):
+    """The request got no HTTP answer; ``cause`` says why in plain words (``disconnected``, …)."""
+
+    def __init__(self, message: str, cause: str):
+        super().__init__(message)
+        self.cause = cause
+
+
+class UnreachableError(TransportError):
+    """The server could not be reached: the request timed out, the connection was refused or
+    failed, DNS failed, or TLS did (``cause``: ``timeout``, ``connection refused``,
+    ``connection failed``, ``DNS``, ``TLS``)."""
+
+
+def cause_of(err: SourceError) -> str:
+    """A plain cause for logs and pipeline events: ``HTTP 503``, ``timeout``, ``connection refused``,
+    ``DNS``, …; ``malformed response`` or the error class otherwise (never a URL, a header or a body)."""
+    if isinstance(err, TransportError):
+        return err.cause
+    status = getattr(err, "status", None)
+    if isinstance(status, int):
+        return f"HTTP {status}"
+    if isinstance(err, UpstreamError):
+        return "malformed response"
+    return type(err).__name__
+
+
+def _transport_error(method: str, path: str, err: BaseException) -> TransportError:
+    """The secret-free error for an aiohttp failure: :class:`UnreachableError` when the server could
+    not be reached at all, else a :class:`TransportError` (it answered something, then failed)."""
+    name = type(err).__name__
+    if isinstance(err, TimeoutError):  # aiohttp's ServerTimeoutError and ConnectionTimeoutError too
+        return UnreachableError(f"{method} {path}: request timed out ({name})", "timeout")
+    if isinstance(err, aiohttp.ClientConnectorError):
+        if isinstance(err, aiohttp.ClientConnectorDNSError):
+            cause = "DNS"
+        elif isinstance(err, aiohttp.ClientSSLError):
+            cause = "TLS"
+        elif isinstance(err.os_error, ConnectionRefusedError):
+            cause = "connection refused"
+        else:
+            cause = "connection failed"
+        return UnreachableError(f"{method} {path}: request failed ({name})", cause)
+    cause = "disconnected" if isinstance(err, aiohttp.ClientConnectionError) else "bad response"
+    return TransportError(f"{method} {path}: request failed ({name})", cause)
 
 
 def _query(params: Mapping[str, Any] | None) -> dict[str, str]:
@@ -109,6 +172,13 @@ class InstantlyClient:
         the ``workspace`` label is ``source_id``, the config alias."""
         self.telemetry = telemetry if telemetry is not None else get_telemetry()
         """Where the request and retry metrics go (default: the process's telemetry when built)."""
+        self.unreachable: UnreachableError | None = None
+        """Set when a request failed as unreachable after its retries: every call fails at once with
+        it, sending nothing, until :meth:`new_poll`."""
+
+    def new_poll(self) -> None:
+        """Start a poll: try the server again even if it was unreachable in the last one."""
+        self.unreachable = None
 
     def __repr__(self) -> str:
         return f"InstantlyClient(base_url={self.base_url!r})"
@@ -274,6 +344,12 @@ class InstantlyClient:
         validate: Callable[[str, Any], None] | None = None,
         retry_writes: bool,
     ) -> Any:
+        if self.unreachable is not None:
+            raise UnreachableError(
+                f"{method} {path}: not sent: the server was unreachable earlier in this poll "
+                f"({self.unreachable.cause})",
+                self.unreachable.cause,
+            )
         attempt = 0
         while True:
             await self.budget.acquire()
@@ -289,14 +365,19 @@ class InstantlyClient:
             except SourceError as err:
                 retriable = isinstance(err, RateLimitedError) if retry_writes else err.retriable
                 if not retriable or attempt >= self.max_retries:
+                    if isinstance(err, UnreachableError):
+                        self.unreachable = err
                     raise
                 delay = self.backoff_delay(attempt, err.retry_after)
                 log.warning(
                     "Instantly request failed; retrying.",
                     extra={
+                        "source": self.source_id,
+                        "workspace": self.workspace_id or self.source_id,
                         "method": method,
                         "path": path,
                         "error": type(err).__name__,
+                        "cause": cause_of(err),
                         "attempt": attempt + 1,
                         "delay_secs": round(delay, 3),
                     },
@@ -328,8 +409,7 @@ class InstantlyClient:
                 status = resp.status
                 retry_after = retry_after_from(resp.headers)
         except (aiohttp.ClientError, TimeoutError) as err:
-            kind = "timed out" if isinstance(err, TimeoutError) else "failed"
-            failure = UpstreamError(f"{method} {path}: request {kind} ({type(err).__name__})")
+            failure = _transport_error(method, path, err)
         except ValueError as err:
             # aiohttp refuses to build the request: a header value with a control character (the
             # API key) or a URL it cannot send. Its message quotes the value: only the class is kept,

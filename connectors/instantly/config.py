@@ -5,8 +5,20 @@ workspaces:
   acme:
     api_key: ${INSTANTLY_API_KEY}     # read-only scopes are enough
     name: Acme Outreach
-    poll_interval_secs: 60
+    poll_interval_secs: 5            # the audit log and the small snapshot streams
+    snapshot_intervals: {block_list: 600}   # optional, per stream (see below)
 ```
+
+How often a snapshot stream is listed (:meth:`WorkspaceConfig.snapshot_interval`), first match wins:
+
+1. ``snapshot_intervals[stream]`` (a number of seconds; ``null`` = every poll);
+2. ``snapshot_interval_secs``, the older global setting, for every stream not named there;
+3. the built-in :data:`DEFAULT_SNAPSHOT_INTERVALS`: the streams that can be large (``block_list``:
+   one request per 100 entries; ``accounts``: per 100 mailboxes) every 300 s and 60 s; every
+   other stream (one or two requests each) every poll.
+
+An audit record saying a stream's resources changed lists it in the same poll anyway
+(``audit_triggers_snapshots``).
 
 Registered as the ``workspaces`` section (entry point group ``instantly_audit.sections``), so the
 loader validates it with the rest of the file.
@@ -32,6 +44,16 @@ def _all_streams() -> list[StreamName]:
     return list(STREAMS)
 
 
+DEFAULT_POLL_INTERVAL_SECS = 5.0
+DEFAULT_SNAPSHOT_INTERVALS: dict[str, float] = {"block_list": 300.0, "accounts": 60.0}
+"""Snapshot streams listed less often than every poll unless configured otherwise.
+
+Both can be large: a 20,000-entry block list is 200 requests, which at a 5 s poll would be 2,400
+requests a minute on their own (the local budget allows 300). Every 300 s that is 40 a minute;
+hundreds of mailboxes every 60 s are a few. Account changes have audit codes (6, 7, 36) that list
+``accounts`` in the same poll; block-list entries have none."""
+
+
 class BudgetConfig(Model):
     """The local request budget per workspace (Instantly allows 100/s and 6,000/min, shared)."""
 
@@ -46,13 +68,19 @@ class WorkspaceConfig(Model):
     name: str | None = None
     base_url: str = "https://api.instantly.ai"
     as_workspace: str | None = Field(None, description="x-as-workspace: act on an agency sub-workspace")
-    poll_interval_secs: float = Field(60.0, ge=1)
+    poll_interval_secs: float = Field(DEFAULT_POLL_INTERVAL_SECS, ge=1)
     streams: list[StreamName] = Field(default_factory=_all_streams)
     snapshot_interval_secs: float | None = Field(
         None,
         ge=1,
-        description="list snapshot streams at most this often (default: every poll); an audit record "
-        "saying a key or webhook changed lists that stream in the same poll anyway",
+        description="list every snapshot stream not named in snapshot_intervals at most this often "
+        "(default: the built-in per-stream intervals); an audit record saying a key, webhook or "
+        "account changed lists that stream in the same poll anyway",
+    )
+    snapshot_intervals: dict[StreamName, float | None] = Field(
+        default_factory=dict,
+        description="per snapshot stream: list it at most this often (seconds, >= 1; null = every poll); "
+        "wins over snapshot_interval_secs",
     )
     audit_triggers_snapshots: bool = Field(
         True, description="list a snapshot stream in the same poll when an audit record says it changed"
@@ -79,6 +107,28 @@ class WorkspaceConfig(Model):
         False, description="agency key: also poll every accepted sub-workspace of its group (x-as-workspace)"
     )
     discovery_interval_secs: float = Field(300.0, ge=0, description="how often the group's members are listed")
+
+    @field_validator("snapshot_intervals")
+    @classmethod
+    def _intervals(cls, v: dict[StreamName, float | None]) -> dict[StreamName, float | None]:
+        for name, secs in v.items():
+            if name == AUDIT_LOGS.name:
+                raise ValueError("audit_logs is read every poll (poll_interval_secs), not a snapshot stream")
+            if secs is not None and secs < 1:
+                raise ValueError(f"{name}: an interval is at least 1 second (null = every poll)")
+        return v
+
+    def snapshot_interval(self, stream: str) -> float | None:
+        """How often the snapshot ``stream`` is listed at most (``None``: every poll).
+
+        ``snapshot_intervals[stream]`` wins, then ``snapshot_interval_secs``, then
+        :data:`DEFAULT_SNAPSHOT_INTERVALS`.
+        """
+        if stream in self.snapshot_intervals:
+            return self.snapshot_intervals[stream]
+        if self.snapshot_interval_secs is not None:
+            return self.snapshot_interval_secs
+        return DEFAULT_SNAPSHOT_INTERVALS.get(stream)
 
     @field_validator("base_url")
     @classmethod

@@ -97,6 +97,7 @@ async def run_emulation(path: Path, workdir: Path | None = None) -> EmulationRes
             cfg = WorkspaceConfig(
                 api_key=EnvValue(world.poller_key.key), name="Acme Outreach", base_url=sim.url, poll_interval_secs=1,
                 budget=BudgetConfig(requests_per_second=50, requests_per_minute=3000), max_retries=0,
+                snapshot_intervals={"block_list": None, "accounts": None},  # every step's poll lists everything
             )  # fmt: skip
             rules = RulesWorker(bus, block.get("rules") or {}, clock=SYSTEM_CLOCK)
             async with InstantlyWorkspacePoller("acme", cfg, bus, clock=SYSTEM_CLOCK, audit_backfill_secs=0) as poller:

@@ -10,8 +10,9 @@ check; while it fails and the id was never learned, the id comes from an audit r
 * the audit log publishes page by page, events and cursor together (:mod:`connectors.instantly.streams`).
 
 The audit log runs first. Snapshot streams run every poll, or at most every
-``snapshot_interval_secs`` when set — except that an audit record committed in this poll that
-says a resource changed (API key created/deleted, webhook created/updated/…; see
+:meth:`WorkspaceConfig.snapshot_interval` seconds (``block_list`` and ``accounts`` by default,
+``snapshot_intervals`` / ``snapshot_interval_secs`` when set) — except that an audit record
+committed in this poll that says a resource changed (API key created/deleted, webhook created/updated/…; see
 :data:`connectors.instantly.audit_codes.SNAPSHOT_TRIGGERS`) makes its stream run in this same
 poll (``audit_triggers_snapshots``), so ``api_key.created`` follows audit code 37 within the
 poll, through the same request budget.
@@ -21,7 +22,14 @@ key = workspace id and header ``event_type``. A 401 publishes ``pipeline.poller_
 and ends this poll; 402/403/404 on a stream publish ``pipeline.audit_log_unavailable`` (audit
 log) or ``pipeline.stream_unavailable`` and the other streams go on. These pipeline events have
 ids that include the hour, and a state marker keeps each from being published again within it.
-Transient failures (5xx, timeouts, 429 after retries) are logged and retried next poll.
+Transient failures (5xx, timeouts, 429 after retries) are logged and retried next poll; a stream
+failing that way in 3 polls in a row spanning at least 60 s publishes
+``pipeline.stream_unavailable`` with ``transient: true`` and a plain ``cause`` (rule
+``pipeline.stream_failing``; :mod:`connectors.instantly.stream_events`). When a stream whose
+``pipeline.stream_unavailable`` (refused or transient) was published reads again,
+``pipeline.stream_recovered`` resolves those alerts. A workspace found unreachable (timeout,
+connection refused, DNS) after a request's retries fails its remaining streams of the poll at
+once with the same cause (:class:`~connectors.instantly.client.UnreachableError`).
 """
 
 from __future__ import annotations
@@ -38,10 +46,12 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from connectors.instantly.api import AUDIT_LOGS, BY_NAME, GROUP_ADMIN_PATH, GROUP_MEMBERS, page_limit
 from connectors.instantly.api import WORKSPACE as WORKSPACE_STREAM
 from connectors.instantly.budget import RequestBudget
-from connectors.instantly.client import InstantlyClient, SessionFactory
+from connectors.instantly.client import InstantlyClient, SessionFactory, TransportError, cause_of
 from connectors.instantly.config import WorkspaceConfig
-from connectors.instantly.normalize import admin_link_item, pipeline_event, with_admin_link
+from connectors.instantly.normalize import admin_link_item, with_admin_link
 from connectors.instantly.receipts import ReceiptSettings
+from connectors.instantly.stream_events import UNAVAILABLE, StreamEvents
+from connectors.instantly.stream_events import marker_key as marker_key
 from connectors.instantly.streams import (
     AuditWindow,
     CursorCache,
@@ -85,6 +95,8 @@ def _reason(err: SourceError) -> str:
     status = getattr(err, "status", None)
     refused = isinstance(err, AuthError | PaymentRequiredError | ScopeError | NotFoundError)
     verdict = "refused" if refused else "failed"
+    if isinstance(err, TransportError):  # "failed: timeout: GET /api/v2/api-keys: request timed out (TimeoutError)"
+        return f"{verdict}: {err.cause}: {redact_text(str(err))[:300]}"
     if status is None and isinstance(err, UpstreamError):
         return f"{verdict}: {redact_text(str(err))[:300]}"
     return f"{verdict}: {f'HTTP {status} ' if status else ''}({type(err).__name__})"
@@ -93,11 +105,6 @@ def _reason(err: SourceError) -> str:
 def identity_key(source_id: str) -> str:
     """State key of the last known workspace id and name: ``identity/{source_id}``."""
     return f"identity/{source_id}"
-
-
-def marker_key(source_id: str, event_type: str, stream: str) -> str:
-    """State key remembering the last pipeline event of a kind: ``pipeline/{source_id}/{type}/{stream}``."""
-    return f"pipeline/{source_id}/{event_type}/{stream}"
 
 
 class InstantlyWorkspacePoller:
@@ -151,7 +158,7 @@ class InstantlyWorkspacePoller:
             self.telemetry.name_workspace(cfg.as_workspace, source_id)
         self._identity_loaded = False
         self._snapshot_ok: dict[str, float] = {}
-        """When each snapshot stream last completed (for ``snapshot_interval_secs``)."""
+        """When each snapshot stream last completed (for its snapshot interval)."""
         self.last_triggered: set[str] = set()
         self._workspace_read = False
         self._sweep = (
@@ -169,6 +176,8 @@ class InstantlyWorkspacePoller:
             else None
         )
         """Completeness receipts: a gap between polls beyond ``2 * poll interval + overlap`` is an interruption."""
+        self._stream_events = StreamEvents(bus, source_id, self.streams)
+        """``pipeline.stream_unavailable`` / ``pipeline.stream_recovered`` bookkeeping."""
         self._audit_cache = CursorCache()
         """The audit cursor between polls (reloaded from the bus after a failed poll)."""
         self._started_at = clock.now()
@@ -191,9 +200,19 @@ class InstantlyWorkspacePoller:
             await self.bus.fence(self.txn_id)
             await self._client.__aenter__()
             self._opened = True
-            stale_after = max(3 * self.cfg.poll_interval_secs, 300.0)
             for stream in self.streams:
-                self.health.watch_stream(self.source_id, stream, stale_after_secs=stale_after)
+                self.health.watch_stream(self.source_id, stream, stale_after_secs=self.stale_after(stream))
+
+    def stale_after(self, stream: str) -> float:
+        """Readiness: ``stream`` is stale when it has not succeeded for this long.
+
+        Three times the longer of the poll interval and the stream's own snapshot interval, at
+        least 300 s (a stream listed every 300 s must not flap stale between listings).
+        """
+        every = self.cfg.poll_interval_secs
+        if BY_NAME[stream].kind == "snapshot":
+            every = max(every, self.cfg.snapshot_interval(stream) or 0.0)
+        return max(3 * every, 300.0)
 
     async def aclose(self) -> None:
         """Close the HTTP session."""
@@ -227,6 +246,7 @@ class InstantlyWorkspacePoller:
             BusError: writing to the bus failed (nothing of the failed stream was committed).
         """
         await self._open()
+        self._client.new_poll()
         self.last_failures = {}
         counts = {s: 0 for s in self.streams}
         counts["pipeline"] = 0
@@ -310,7 +330,8 @@ class InstantlyWorkspacePoller:
                     _failed(span, err)
                     health.stream_error(self.source_id, stream, err)
                     self.last_failures[stream] = _reason(err)
-                    kind = "pipeline.audit_log_unavailable" if spec is AUDIT_LOGS else "pipeline.stream_unavailable"
+                    self._stream_events.outages.pop(stream, None)
+                    kind = "pipeline.audit_log_unavailable" if spec is AUDIT_LOGS else UNAVAILABLE
                     counts["pipeline"] += await self._pipeline_event(kind, stream, err)
                 except SourceError as err:
                     _failed(span, err)
@@ -320,16 +341,20 @@ class InstantlyWorkspacePoller:
                         "Instantly stream failed; it is retried next poll.",
                         extra={
                             "source": self.source_id,
+                            "workspace": self.workspace.id,
                             "stream": stream,
                             "error": type(err).__name__,
                             "status": getattr(err, "status", None),
+                            "cause": cause_of(err),
                         },
                     )
+                    counts["pipeline"] += await self._transient_failure(stream, err, now)
                 except BusError as err:
                     health.stream_error(self.source_id, stream, err)
                     raise
                 else:
                     health.stream_ok(self.source_id, stream)
+                    counts["pipeline"] += await self._stream_read(stream)
                     tel.cursor_age_seconds(self._client.workspace_id, stream, now, workspace=self.source_id)
                     if spec.kind == "snapshot":
                         self._snapshot_ok[stream] = now
@@ -343,11 +368,12 @@ class InstantlyWorkspacePoller:
     def _workspace_due(self) -> bool:
         """Whether this poll reads ``GET /workspaces/current`` first (identity and health check).
 
-        Every poll by default; with ``snapshot_interval_secs``, only when the ``workspace`` stream
-        is due or the workspace was never read by this process, so a poll of a quiet audit log
-        costs one request (a 401 then surfaces on the audit read).
+        Every poll by default; with an interval for the ``workspace`` stream
+        (``snapshot_intervals`` or ``snapshot_interval_secs``), only when that stream is due or the
+        workspace was never read by this process, so a poll of a quiet audit log can cost one
+        request (a 401 then surfaces on the audit read).
         """
-        if self.cfg.snapshot_interval_secs is None or not self._workspace_read:
+        if self.cfg.snapshot_interval(WORKSPACE_STREAM.name) is None or not self._workspace_read:
             return True
         return WORKSPACE_STREAM.name in self.streams and self._snapshot_due(
             WORKSPACE_STREAM.name, self.clock.now(), set()
@@ -362,7 +388,7 @@ class InstantlyWorkspacePoller:
                 extra={"source": self.source_id, "workspace": self.workspace.id, "stream": stream},
             )
             return True
-        last, interval = self._snapshot_ok.get(stream), self.cfg.snapshot_interval_secs
+        last, interval = self._snapshot_ok.get(stream), self.cfg.snapshot_interval(stream)
         return interval is None or last is None or now - last >= interval
 
     async def _write_status(self, counts: dict[str, int]) -> None:
@@ -486,46 +512,19 @@ class InstantlyWorkspacePoller:
         self.telemetry.name_workspace(workspace_id, self.source_id)
 
     # ---- pipeline events --------------------------------------------------------------------
-    async def _pipeline_event(self, event_type: str, stream: str, err: SourceError) -> int:
-        now = self.clock.now()
-        hour = int(now // 3600) * 3600
-        status = getattr(err, "status", None)
-        event = pipeline_event(
-            type=event_type,
-            workspace=self.workspace,
-            observed_at=format_time(now),
-            stream=stream,
-            natural_key=(event_type, status, hour),
-            attributes={
-                "stream": stream,
-                "status": status,
-                "error": type(err).__name__,
-                "message": err.message,
-                "hour": format_time(hour),
-            },
-        )
-        key = marker_key(self.source_id, event_type, stream)
-        log.warning(
-            "Instantly refused a stream.",
-            extra={
-                "source": self.source_id,
-                "workspace": self.workspace.id,
-                "stream": stream,
-                "status": status,
-                "event_type": event_type,
-            },
-        )
-        if await self.bus.get_state(key) == event.id.encode():
-            return 0
-        pub = Publisher(
+    def _publisher(self) -> Publisher:
+        return Publisher(
             self.bus, self.txn_id, self.source_id, self.workspace, self.telemetry, self._client.workspace_id
         )
-        with self.telemetry.span("bus.publish", {KIND: "source", ID: self.source_id, STREAM: stream}):
-            async with self.bus.transaction(self.txn_id) as tx:
-                pub.send(tx, event)
-                tx.put_state(key, event.id.encode())
-        pub.count(stream, 0, 1, {})
-        return 1
+
+    async def _pipeline_event(self, event_type: str, stream: str, err: SourceError) -> int:
+        return await self._stream_events.unavailable(self._publisher(), event_type, stream, err, self.clock.now())
+
+    async def _transient_failure(self, stream: str, err: SourceError, now: float) -> int:
+        return await self._stream_events.failed(self._publisher(), stream, err, now)
+
+    async def _stream_read(self, stream: str) -> int:
+        return await self._stream_events.read(self._publisher(), stream, self.clock.now())
 
 
 def _failed(span: Span, err: SourceError) -> None:

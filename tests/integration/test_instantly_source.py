@@ -279,6 +279,7 @@ async def test_lost_paid_plan_is_reported_per_stream(env: Env) -> None:
     """402 everywhere: audit_log_unavailable for the audit log, stream_unavailable for the others, once."""
     await env.poller.poll_once()
     env.sim.state.set_paid_plan(env.world.workspace.id, False)
+    env.clock.advance(301)  # block_list and accounts are listed every 300 s / 60 s by default
     counts = await env.poller.poll_once()
     assert counts["pipeline"] == len(env.poller.streams)
     assert (await env.poller.poll_once())["pipeline"] == 0

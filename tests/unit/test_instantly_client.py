@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import traceback
@@ -310,3 +311,85 @@ async def test_closed_client_refuses_requests() -> None:
     with pytest.raises(RuntimeError, match="not open"):
         await client.get("/api/v2/workspaces/current")
     assert CANARY not in repr(client)
+
+
+def test_transport_failures_have_plain_causes() -> None:
+    """Each aiohttp failure maps to a plain cause; only failures to reach the server are unreachable."""
+    import aiohttp
+    from aiohttp.client_reqrep import ConnectionKey
+
+    from connectors.instantly.client import TransportError, UnreachableError, _transport_error, cause_of
+
+    key = ConnectionKey("api.example", 443, True, True, None, None, None)
+    cases = {
+        "timeout": TimeoutError(),
+        "DNS": aiohttp.ClientConnectorDNSError(key, OSError(-2, "Name or service not known")),
+        "connection refused": aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "refused")),
+        "connection failed": aiohttp.ClientConnectorError(key, OSError(113, "no route")),
+    }
+    for cause, exc in cases.items():
+        err = _transport_error("GET", "/api/v2/api-keys", exc)
+        assert isinstance(err, UnreachableError) and cause_of(err) == cause, cause
+        assert "api.example" not in str(err)
+    dropped = _transport_error("GET", "/api/v2/api-keys", aiohttp.ServerDisconnectedError())
+    assert type(dropped) is TransportError  # the server answered, then dropped: not unreachable
+    assert cause_of(dropped) == "disconnected"
+    assert cause_of(UpstreamError("x", status=503)) == "HTTP 503"
+
+
+async def test_unreachable_server_fails_the_rest_of_the_poll_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A host that accepts connections and never answers: one request's retries, then every other
+    call of the poll fails at once with the same cause; new_poll() tries again. The retry line names
+    the workspace and the cause, not the URL."""
+    import asyncio
+
+    writers: list[asyncio.StreamWriter] = []
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        try:
+            await reader.read()  # never answers; returns when the client gives up
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cfg = make_cfg(f"http://127.0.0.1:{port}", CANARY, request_timeout_secs=0.2, max_retries=2)
+    try:
+        async with InstantlyClient(cfg, budget=RequestBudget(1000, 6000), sleep=Sleeps(), source_id="acme") as client:
+            client.workspace_id = "ws-1"
+            with caplog.at_level("WARNING"), pytest.raises(UpstreamError, match="timed out") as first:
+                await client.get("/api/v2/workspaces/current")
+            assert client.requests == 3
+            for path in ("/api/v2/audit-logs", "/api/v2/api-keys"):
+                with pytest.raises(UpstreamError, match=r"unreachable earlier in this poll \(timeout\)"):
+                    await client.get_all(path)
+            assert client.requests == 3  # nothing more was sent
+            client.new_poll()
+            with pytest.raises(UpstreamError):
+                await client.get("/api/v2/api-keys")
+            assert client.requests == 6
+    finally:
+        server.close()
+        for w in writers:
+            w.close()
+            with contextlib.suppress(OSError):
+                await w.wait_closed()
+        await server.wait_closed()
+    assert len(writers) == 6
+    assert getattr(first.value, "cause", None) == "timeout"
+    retries = [r for r in caplog.records if r.getMessage() == "Instantly request failed; retrying."]
+    fields = [(r.__dict__.get("workspace"), r.__dict__.get("source"), r.__dict__.get("cause")) for r in retries]
+    assert fields and set(fields) == {("ws-1", "acme", "timeout")}
+    assert all(str(port) not in str(r.__dict__) for r in retries)
+
+
+async def test_refused_connection_cause() -> None:
+    """A closed port is 'connection refused' in the error."""
+    from connectors.instantly.client import cause_of
+
+    cfg = make_cfg(f"http://127.0.0.1:{free_port()}", CANARY, max_retries=0)
+    async with InstantlyClient(cfg, budget=RequestBudget(1000, 6000), sleep=Sleeps()) as client:
+        with pytest.raises(UpstreamError) as info:
+            await client.get("/api/v2/workspaces/current")
+    assert cause_of(info.value) == "connection refused"

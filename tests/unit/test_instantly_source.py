@@ -16,7 +16,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from connectors.instantly.client import InstantlyClient
+from connectors.instantly.client import InstantlyClient, UnreachableError
 from connectors.instantly.config import BudgetConfig, WorkspaceConfig
 from connectors.instantly.source import InstantlyWorkspacePoller
 from connectors.instantly.streams import load_cursor
@@ -466,6 +466,8 @@ def test_failure_reasons_name_the_request_but_no_response_text() -> None:
     assert _reason(down) == "failed: GET /api/v2/api-keys: request failed (ClientConnectorError)"
     assert _reason(UpstreamError("body echo s3cr3t-token-value", status=502)) == "failed: HTTP 502 (UpstreamError)"
     assert _reason(AuthError("Invalid API key abc")) == "refused: HTTP 401 (AuthError)"
+    hung = UnreachableError("GET /api/v2/api-keys: request timed out (TimeoutError)", "timeout")
+    assert _reason(hung) == "failed: timeout: GET /api/v2/api-keys: request timed out (TimeoutError)"
 
 
 # ------------------------------------------------------------------ agency link seen from the sub side
@@ -594,3 +596,148 @@ async def test_unknown_identity_is_a_problem_until_an_audit_record_brings_it(
         assert poller.last_failures == {}
     [ev] = await events(bus)
     assert ev["workspace"]["id"] == ORG_ID
+
+
+def listed(fake: FakeInstantly, path: str) -> int:
+    """Listings of ``path`` started (first pages only)."""
+    return sum(1 for c in fake.calls_to(path) if "starting_after" not in c.query)
+
+
+async def test_default_intervals_small_streams_every_poll_large_ones_less_often(
+    env: tuple[FakeInstantly, SqliteBus],
+) -> None:
+    """Defaults: poll every 5 s; keys, members, webhooks, workspace and group links every poll, so a
+    member invited as admin is published by the next poll; accounts every 60 s, the block list every 300 s."""
+    fake, bus = env
+    clock = FakeClock()
+    async with make_poller(fake, bus, clock) as poller:
+        assert poller.cfg.poll_interval_secs == 5.0
+        await poller.poll_once()
+        small = ("/api-keys", "/workspace-members", "/webhooks", "/workspace-group-members", "/workspaces/current")
+        before = {p: listed(fake, p) for p in (*small, "/block-lists-entries", "/accounts")}
+        fake.collections["workspace-members"].append(
+            {**fake.collections["workspace-members"][0], "id": "m-new", "email": "new@evil.example", "role": "admin"}
+        )
+        clock.advance(5)
+        counts = await poller.poll_once()
+        assert counts["members"] == 1
+        assert all(listed(fake, p) == before[p] + 1 for p in small)
+        assert listed(fake, "/block-lists-entries") == before["/block-lists-entries"]
+        assert listed(fake, "/accounts") == before["/accounts"]
+        calls = len(fake.calls)
+        clock.advance(5)
+        await poller.poll_once()
+        assert len(fake.calls) - calls == 11  # a quiet poll (docs/completeness.md "Snapshot intervals")
+        clock.advance(50)
+        await poller.poll_once()
+        assert listed(fake, "/accounts") == before["/accounts"] + 1
+        assert listed(fake, "/block-lists-entries") == before["/block-lists-entries"]
+        clock.advance(240)
+        await poller.poll_once()
+        assert listed(fake, "/block-lists-entries") == before["/block-lists-entries"] + 1
+        # readiness: a stream listed every 300 s is not stale between listings
+        assert poller.stale_after("block_list") == 900 and poller.stale_after("members") == 300
+    assert any(e["type"] == "member.invited" for e in await events(bus))
+
+
+def test_snapshot_interval_precedence_and_validation() -> None:
+    """snapshot_intervals[stream] wins over snapshot_interval_secs, which wins over the built-in defaults."""
+    base = {"api_key": SecretStr("k" * 20)}
+    default = WorkspaceConfig(**base)
+    assert [default.snapshot_interval(s) for s in ("members", "accounts", "block_list")] == [None, 60.0, 300.0]
+    cfg = WorkspaceConfig(**base, snapshot_interval_secs=300, snapshot_intervals={"members": None, "block_list": 900})
+    assert cfg.snapshot_interval("members") is None  # every poll despite the global 300
+    assert cfg.snapshot_interval("api_keys") == 300 and cfg.snapshot_interval("accounts") == 300
+    assert cfg.snapshot_interval("block_list") == 900
+    for bad in ({"audit_logs": 60}, {"block_list": 0.5}, {"nope": 60}):
+        with pytest.raises(ValueError, match=r"audit_logs|at least 1|nope|literal"):
+            WorkspaceConfig(**base, snapshot_intervals=bad)
+
+
+async def test_audit_log_outage_is_reported_once_and_resolved(env: tuple[FakeInstantly, SqliteBus]) -> None:
+    """5xx on the audit log for 3+ polls over 60 s publishes one pipeline.stream_unavailable (transient,
+    with the status as cause, no URL); the first good read publishes pipeline.stream_recovered."""
+    fake, bus = env
+    clock = FakeClock()
+    async with make_poller(fake, bus, clock, streams=["audit_logs", "api_keys"]) as poller:
+        await poller.poll_once()
+        fake.fail("/audit-logs", 503, times=1000)
+        published = []
+        for _ in range(14):  # 5 s polls over 65 s
+            clock.advance(5)
+            published.append((await poller.poll_once())["pipeline"])
+        assert published == [0] * 12 + [1, 0]  # the 13th failed poll is the first 60 s after the first
+        fake.faults.clear()
+        clock.advance(5)
+        assert (await poller.poll_once())["pipeline"] == 1
+        clock.advance(5)
+        assert (await poller.poll_once())["pipeline"] == 0
+        fake.fail("/audit-logs", 502, times=1000)  # a second outage in the same hour is reported again
+        for _ in range(13):
+            clock.advance(5)
+            await poller.poll_once()
+    evs = [e for e in await events(bus) if e["type"].startswith("pipeline.")]
+    assert [e["type"] for e in evs] == [
+        "pipeline.stream_unavailable", "pipeline.stream_recovered", "pipeline.stream_unavailable"
+    ]  # fmt: skip
+    down, up, again = evs
+    assert down["attributes"]["stream"] == "audit_logs" and down["attributes"]["transient"] is True
+    assert down["attributes"]["status"] == 503 and down["attributes"]["cause"] == "HTTP 503"
+    assert down["attributes"]["failed_polls"] == 13 and "127.0.0.1" not in orjson.dumps(down).decode()  # no URL
+    assert up["attributes"]["stream"] == "audit_logs" and up["attributes"]["failed_polls"] == 14
+    assert again["id"] != down["id"] and again["attributes"]["cause"] == "HTTP 502"
+    assert all(schema_errors("event", e) == [] for e in evs)
+
+
+async def test_refused_stream_recovers(env: tuple[FakeInstantly, SqliteBus]) -> None:
+    """A 403'd snapshot stream that lists again publishes pipeline.stream_recovered, also after a restart."""
+    fake, bus = env
+    clock = FakeClock()
+    async with make_poller(fake, bus, clock, streams=["members"]) as poller:
+        await poller.poll_once()
+        fake.fail("/workspace-members", 403, times=1)
+        assert (await poller.poll_once())["pipeline"] == 1
+    async with make_poller(fake, bus, clock, streams=["members"]) as poller:  # a restart in between
+        assert (await poller.poll_once())["pipeline"] == 1
+        assert (await poller.poll_once())["pipeline"] == 0
+        fake.fail("/workspace-members", 403, times=1)  # refused again within the hour: a new event
+        assert (await poller.poll_once())["pipeline"] == 1
+    evs = [e for e in await events(bus) if e["type"].startswith("pipeline.")]
+    assert [e["type"] for e in evs] == [
+        "pipeline.stream_unavailable", "pipeline.stream_recovered", "pipeline.stream_unavailable"
+    ]  # fmt: skip
+    assert evs[0]["id"] != evs[2]["id"]
+
+
+async def test_unreachable_workspace_fails_its_poll_after_one_requests_retries(tmp_path: Path) -> None:
+    """A host that accepts connections and never answers: the poll sends one request and its retries,
+    then every stream fails at once with the cause (before: every stream waited out its own retries)."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        try:
+            await reader.read()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cfg = WorkspaceConfig(
+        api_key=SecretStr(CANARY_KEY), base_url=f"http://127.0.0.1:{port}", request_timeout_secs=0.2, max_retries=1
+    )
+    try:
+        async with SqliteBus(tmp_path / "bus.db") as bus:
+            poller = InstantlyWorkspacePoller("acme", cfg, bus, clock=FakeClock(), sleep=no_sleep)
+            async with poller:
+                await poller.poll_once()
+                assert poller._client.requests == 2
+                assert set(poller.last_failures) >= set(poller.streams)
+                assert all("timeout" in poller.last_failures[s] for s in poller.streams)
+                await poller.poll_once()  # the next poll tries again
+                assert poller._client.requests == 4
+    finally:
+        server.close()
+        for w in writers:
+            w.close()
+        await server.wait_closed()
