@@ -291,6 +291,8 @@ def group_member_attributes(r: Mapping[str, Any], workspace_id: str) -> JSONDict
         "sub_workspace_name": _str(r.get("sub_workspace_name")),
         "status": _str(r.get("status")),
         "relation": relation,
+        # only when true, so links stored before this attribute existed do not read as changed
+        **({"admin_is_key_owner": True} if r.get("admin_is_key_owner") is True else {}),
     }
 
 
@@ -298,7 +300,9 @@ ADMIN_LINK_ID = "admin_workspace"
 """The snapshot id of an admin link whose ``GET /workspace-group-members/admin`` answer names no link id."""
 
 
-def admin_link_item(body: Mapping[str, Any], workspace_id: str | None, workspace_name: str | None) -> JSONDict | None:
+def admin_link_item(
+    body: Mapping[str, Any], workspace_id: str | None, workspace_name: str | None, *, key_owner: bool = False
+) -> JSONDict | None:
     """The ``GET /workspace-group-members/admin`` answer as a ``group_members`` item, or ``None`` without an admin.
 
     The answer (``{workspace_name, has_admin_workspace, workspace_group_member_id}``) is what a
@@ -306,7 +310,9 @@ def admin_link_item(body: Mapping[str, Any], workspace_id: str | None, workspace
     The item has the list's shape with this workspace as the sub (``relation: admin_workspace``
     when ``workspace_id`` is known), the admin's name, and status ``accepted`` (the endpoint
     reports the current admin); the admin's id is not in the answer. ``has_admin_workspace:
-    false`` (or absent with no link id) means none; other fields are ignored.
+    false`` (or absent with no link id) means none; other fields are ignored. ``key_owner``: this
+    workspace is polled with the admin workspace's own key (``as_workspace``), so the link is the
+    access the pipeline itself uses (``admin_is_key_owner``).
     """
     has = body.get("has_admin_workspace")
     link_id = _str(body.get("workspace_group_member_id"))
@@ -319,6 +325,7 @@ def admin_link_item(body: Mapping[str, Any], workspace_id: str | None, workspace
         "sub_workspace_id": workspace_id or None,
         "sub_workspace_name": workspace_name,
         "status": "accepted",
+        **({"admin_is_key_owner": True} if key_owner else {}),
     }
 
 

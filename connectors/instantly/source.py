@@ -440,7 +440,9 @@ class InstantlyWorkspacePoller:
             body = await self._client.get(GROUP_ADMIN_PATH)
         except NotFoundError:
             return None
-        return admin_link_item(body, self._client.workspace_id or None, self.workspace.name)
+        return admin_link_item(
+            body, self._client.workspace_id or None, self.workspace.name, key_owner=bool(self.cfg.as_workspace)
+        )
 
     # ---- identity ---------------------------------------------------------------------------
     async def _identity_from_audit(self, err: SourceError) -> None:

@@ -516,6 +516,27 @@ async def test_sub_workspace_sees_its_admin_link_through_the_admin_endpoint(
     assert len(fake.calls_to("/workspace-group-members/admin")) == 3
 
 
+async def test_sub_polled_with_its_agency_key_reports_the_link_without_an_alert(
+    env: tuple[FakeInstantly, SqliteBus],
+) -> None:
+    """A sub-workspace polled with its agency's own key (as_workspace, as discovered subs are) sees that
+    agency through /admin: the baseline says admin_is_key_owner and raises no workspace_group.change
+    (the agency's own listing reports the link); its removal still alerts."""
+    fake, bus = env
+    clock = FakeClock()
+    fake.collections["workspace-group-members"] = []
+    fake.admin_workspace = dict(ADMIN_LINK)
+    async with make_poller(fake, bus, clock, streams=["group_members"], as_workspace=WS_ID) as poller:
+        assert (await poller.poll_once())["group_members"] == 1
+        [baseline] = await events(bus)
+        assert baseline["attributes"]["admin_is_key_owner"] is True
+        assert await rule_alerts(bus, "workspace_group.change") == []
+        fake.admin_workspace = {"workspace_name": "Undefined", "has_admin_workspace": False}
+        assert (await poller.poll_once())["group_members"] == 1
+    [alert] = await rule_alerts(bus, "workspace_group.change")
+    assert "member_removed" in alert["dedup_key"]
+
+
 async def test_admin_link_also_listed_is_one_item_and_404_means_none(env: tuple[FakeInstantly, SqliteBus]) -> None:
     """A listing that already holds the admin link (same id) is not doubled; a 404 on /admin reads as no admin."""
     fake, bus = env
