@@ -4,7 +4,9 @@
 * path, ``;params`` and query become ``/sha256:<8 hex>`` of path + params + query — a Slack,
   Zapier, Make or n8n hook URL *is* its credential, and a signature can hide under any query
   name — unless the host is on the operator's allowlist (``redaction.url_path_hosts``): there
-  the path stays and only the query is fingerprinted.
+  the path stays and only the query is fingerprinted; and unless the whole path is one the
+  pipeline builds itself (:data:`PUBLIC_PATHS`: ``/healthz``, ``/_bulk``, the HEC endpoints…)
+  with no query.
 
 Rules that read the scheme and the host (``webhook.insecure_target``) see them unchanged, and the
 same URL always gets the same fingerprint, so a rule can still say "the same target".
@@ -24,6 +26,15 @@ _HOST = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-
 _URL_IN_TEXT = re.compile(r"(?i)\b[a-z][a-z0-9+.-]{1,15}://[^\s\"'<>]+")
 _FINGERPRINT_PATH = re.compile(r"^/sha256:[0-9a-f]{8,64}$")
 _STATE: dict[str, frozenset[str]] = {"hosts": frozenset()}
+PUBLIC_PATHS = frozenset({
+    "/healthz", "/readyz", "/metrics",  # this process's service port
+    "/_bulk", "/",  # Elasticsearch / OpenSearch
+    "/services/collector", "/services/collector/event", "/services/collector/raw", "/services/collector/health",
+    "/services/collector/health/1.0",  # Splunk HEC
+    "/v2/enqueue",  # PagerDuty Events API v2 (the routing key travels in the body)
+})  # fmt: skip
+"""Fixed paths the pipeline itself builds on any host, no credential in them: kept readable when the
+URL has no query (``POST http://es:9200/_bulk failed`` rather than a fingerprint)."""
 
 
 def validate_hosts(hosts: Iterable[str]) -> list[str]:
@@ -95,7 +106,8 @@ def redact_url(url: str) -> str:
         rest = path[len(tail) :] + (f"?{query}" if query else "")
         return base + tail + (f"/{fingerprint_secret(rest)}" if rest else "")
     secret_part = path + (f"?{query}" if query else "")
-    if secret_part in ("", "/") or _FINGERPRINT_PATH.match(secret_part):  # nothing left, or already redacted
+    if secret_part in PUBLIC_PATHS or secret_part == "" or _FINGERPRINT_PATH.match(secret_part):
+        # nothing left, a fixed public path with no query, or already redacted
         return base + secret_part
     return f"{base}/{fingerprint_secret(secret_part)}"
 

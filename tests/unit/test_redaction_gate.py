@@ -139,6 +139,18 @@ def test_urls_keep_scheme_host_port_and_fingerprint_the_rest() -> None:
     assert redact_url("https://u:pw@h.example/") == "https://h.example/"
 
 
+def test_fixed_paths_the_pipeline_builds_stay_readable() -> None:
+    """/_bulk, /healthz, the HEC endpoints… carry no credential: an operator reads `POST http://es:9201/_bulk
+    failed`, not a fingerprint; with a query, or under another path, they are fingerprinted as before."""
+    for path in ("/_bulk", "/healthz", "/services/collector/event", "/services/collector/health", "/v2/enqueue"):
+        assert redact_url(f"http://127.0.0.1:9201{path}") == f"http://127.0.0.1:9201{path}"
+        assert redact_text(f"POST http://es.internal:9201{path} failed") == f"POST http://es.internal:9201{path} failed"
+    assert redact_url("http://es:9201/_bulk?token=x") == "http://es:9201/" + fingerprint_secret("/_bulk?token=x")
+    assert redact_url("https://hooks.example/abc/_bulk") == "https://hooks.example/" + fingerprint_secret("/abc/_bulk")
+    slack = "https://hooks.slack.com/services/T0/B0/secretpart"
+    assert "secretpart" not in redact_url(slack)
+
+
 def test_allowlisted_hosts_keep_their_paths_but_not_their_queries() -> None:
     set_url_path_hosts(["api.example.com", "*.internal.example"])
     try:
