@@ -20,7 +20,7 @@ from pipeline.errors import ConfigError
 from pipeline.rules.cli_interop import register_interop
 from pipeline.rules.config import parse_rules_config
 from pipeline.rules.lock_cli import add_lock_parser
-from pipeline.rules.rules_file import EXIT_FAIL, EXIT_OK, EXIT_USAGE, read_rules_file
+from pipeline.rules.rules_file import EXIT_FAIL, EXIT_OK, EXIT_USAGE, add_rules_file_arg, read_rules_file
 
 __all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "read_rules_file", "register"]
 
@@ -110,25 +110,11 @@ def register(subparsers: Any) -> None:
         description="Run every case file under DIR (default: the cases every installed rule pack ships).",
     )  # fmt: skip
     t.add_argument("dir", metavar="DIR", nargs="?", help="a case file or a directory of case files")
-    t.add_argument(
-        "--rules",
-        "--config",
-        "-c",
-        dest="rules",
-        metavar="FILE",
-        help="rules config (a config file or its rules section)",
-    )
+    add_rules_file_arg(t)
     t.add_argument("--format", choices=["text", "json"], default="text")
     t.set_defaults(func=cmd_test)
     ls = sub.add_parser("list", help="list the rules, their severity and whether they run")
-    ls.add_argument(
-        "--rules",
-        "--config",
-        "-c",
-        dest="rules",
-        metavar="FILE",
-        help="rules config (a config file or its rules section)",
-    )
+    add_rules_file_arg(ls)
     ls.add_argument("--format", choices=["text", "json"], default="text")
     ls.set_defaults(func=cmd_list)
     register_interop(sub)

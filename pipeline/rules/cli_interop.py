@@ -29,7 +29,7 @@ from pipeline.rules.config import parse_rules_config
 from pipeline.rules.correlation import CorrelationSpec
 from pipeline.rules.navigator import build_layer, read_emulations
 from pipeline.rules.packs import rule_packs
-from pipeline.rules.rules_file import EXIT_FAIL, EXIT_OK, EXIT_USAGE, read_rules_file
+from pipeline.rules.rules_file import EXIT_FAIL, EXIT_OK, EXIT_USAGE, add_rules_file_arg, read_rules_file
 from pipeline.rules.sigma import FIELD_NOTE, dump_sigma, export_rule, sigma_filename
 from pipeline.rules.sigma_correlation import export_correlation, import_collection
 
@@ -147,14 +147,13 @@ def cmd_coverage(args: argparse.Namespace) -> int:
 
 def register_interop(sub: Any) -> None:
     """Add ``export``, ``import`` and ``coverage`` to the ``rules`` subcommands."""
-    rules_help = "rules config (a config file or its rules section)"
     ex = sub.add_parser(
         "export", help="export the rules as Sigma rules, one file each",
         description="Write every rule expressible in Sigma to DIR (README.md lists the rest).",
     )  # fmt: skip
     ex.add_argument("--format", choices=["sigma"], required=True, help="output format")
     ex.add_argument("--output", metavar="DIR", required=True, help="directory to write the rule files to")
-    ex.add_argument("--rules", "--config", "-c", dest="rules", metavar="FILE", help=rules_help)
+    add_rules_file_arg(ex)
     ex.add_argument("--include-disabled", action="store_true",
                     help="also export the rules the configuration disables (skipped by default)")  # fmt: skip
     ex.set_defaults(func=cmd_export)
@@ -170,7 +169,7 @@ def register_interop(sub: Any) -> None:
                          description="Write a Navigator layer (format 4.5) of the techniques whose rules have a "
                                      "passing emulation.")  # fmt: skip
     cov.add_argument("--navigator", metavar="FILE", required=True, help="the layer file to write (JSON)")
-    cov.add_argument("--rules", "--config", "-c", dest="rules", metavar="FILE", help=rules_help)
+    add_rules_file_arg(cov)
     cov.add_argument("--emulations", metavar="DIR", action="append",
                      help="emulation scenario directory (default: the installed rule packs')")  # fmt: skip
     cov.set_defaults(func=cmd_coverage)

@@ -18,6 +18,7 @@ from pipeline.errors import ConfigError
 from pipeline.rules.config import parse_rules_config
 from pipeline.rules.lock import Locked, check, current, read_lock, unbumped, write_lock
 from pipeline.rules.packs import rule_packs
+from pipeline.rules.rules_file import add_rules_file_arg
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -77,13 +78,6 @@ def add_lock_parser(sub: Any, read_rules_file: Callable[[str | None], tuple[dict
         "without a version bump or the lock is out of date.",
     )  # fmt: skip
     lk.add_argument("--check", action="store_true", help="compare with the lock file, write nothing")
-    lk.add_argument(
-        "--rules",
-        "--config",
-        "-c",
-        dest="rules",
-        metavar="FILE",
-        help="lock the user's rules of this rules config instead of the packs",
-    )
+    add_rules_file_arg(lk, help="lock the user's rules of this rules config instead of the packs")
     lk.add_argument("--output", metavar="PATH", help="lock file for --rules (default: rules.lock.json beside FILE)")
     lk.set_defaults(func=cmd_lock, read_rules_file=read_rules_file)

@@ -22,6 +22,14 @@ def is_pipeline_config(data: dict[str, Any]) -> bool:
     return any(k in sections for k in data)
 
 
+RULES_FILE_HELP = "rules config (a config file or its rules section)"
+
+
+def add_rules_file_arg(parser: Any, help: str = RULES_FILE_HELP) -> None:
+    """``--rules FILE`` (also ``-c``/``--config``, as every other command names its config)."""
+    parser.add_argument("--rules", "--config", "-c", dest="rules", metavar="FILE", help=help)
+
+
 def read_rules_file(path: str | None) -> tuple[dict[str, Any], Path | None]:
     """The rules section from ``--rules FILE`` and the directory to resolve its paths against.
 

@@ -10,7 +10,7 @@ wildcard matches newlines too, and the end is ``\\Z``, the end of the value).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pipeline.rules.matcher import RuleSyntaxError, getter
@@ -79,6 +79,20 @@ def _has_neq(body: Any) -> bool:
     return isinstance(body, Mapping) and any("neq" in str(k).split("|")[1:] for k in body)
 
 
+def _namer(taken: set[str]) -> Callable[[str], str]:
+    """A function giving ``base``, else ``base2``, ``base3``… — a selection name not in ``taken`` (then taken)."""
+
+    def fresh(base: str) -> str:
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}{n}"
+        taken.add(name)
+        return name
+
+    return fresh
+
+
 def split_neq(selections: Mapping[str, Any]) -> tuple[dict[str, tuple[str, Any]], dict[str, str]]:
     """Sigma's ``|neq`` (modifiers appendix, 2.1: the field differs from the values) as negated selections.
 
@@ -93,13 +107,7 @@ def split_neq(selections: Mapping[str, Any]) -> tuple[dict[str, tuple[str, Any]]
     out: dict[str, tuple[str, Any]] = {}
     exprs: dict[str, str] = {}
 
-    def fresh(base: str) -> str:
-        name, n = base, 1
-        while name in taken:
-            n += 1
-            name = f"{base}{n}"
-        taken.add(name)
-        return name
+    fresh = _namer(taken)
 
     def one(name: str, origin: str, body: Mapping[str, Any], keep_name: bool) -> str:
         pos = {k: v for k, v in body.items() if "neq" not in str(k).split("|")[1:]}
@@ -167,13 +175,7 @@ def split_collisions(selections: Mapping[str, Any]) -> tuple[dict[str, tuple[str
     out: dict[str, tuple[str, Any]] = {}
     exprs: dict[str, str] = {}
 
-    def fresh(base: str) -> str:
-        name, n = base, 1
-        while name in taken:
-            n += 1
-            name = f"{base}{n}"
-        taken.add(name)
-        return name
+    fresh = _namer(taken)
 
     def parts(body: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
         layers: list[tuple[set[str], dict[str, Any]]] = []
