@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from pipeline.config.base import Model, Secret, validation_error_lines
 from pipeline.config.paths import anchor_paths
@@ -68,6 +68,19 @@ class KafkaSecurityConfig(Model):
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     ssl_check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaSecurityConfig:
+        """SASL without a user or password crashed every command inside aiokafka; a mechanism
+        under a protocol without SASL would be ignored silently."""
+        if self.protocol.startswith("SASL_"):
+            missing = [name for name in ("username", "password") if getattr(self, name) is None]
+            if missing:
+                need = " and ".join(missing)
+                raise ValueError(f"protocol {self.protocol} needs {need} (SASL PLAIN/SCRAM credentials)")
+        elif self.sasl_mechanism is not None:
+            raise ValueError(f"sasl_mechanism {self.sasl_mechanism} needs protocol SASL_PLAINTEXT or SASL_SSL")
+        return self
 
 
 class KafkaBusConfig(Model):

@@ -136,3 +136,24 @@ def test_example_config_is_valid(tmp_path: Path) -> None:
     assert isinstance(cfg, PipelineConfig)
     assert set(workspaces(cfg)) == {"acme", "client-b"}
     assert set(cfg.sinks) and all(s.type for s in cfg.sinks.values())
+
+
+@pytest.mark.parametrize(
+    ("security", "message"),
+    [
+        ({"protocol": "SASL_PLAINTEXT", "username": "alice"}, "protocol SASL_PLAINTEXT needs password"),
+        ({"protocol": "SASL_SSL"}, "protocol SASL_SSL needs username and password"),
+        ({"protocol": "SSL", "sasl_mechanism": "SCRAM-SHA-512"}, "sasl_mechanism SCRAM-SHA-512 needs protocol SASL_"),
+    ],
+)
+def test_kafka_sasl_settings_are_checked_at_validate(security: dict[str, str], message: str) -> None:
+    """SASL without credentials passed `config validate` and then crashed every command inside aiokafka
+    (AttributeError: 'NoneType' object has no attribute 'encode'); a mechanism without SASL was ignored."""
+    from pipeline.config.model import KafkaSecurityConfig
+
+    with pytest.raises(ValidationError, match=message):
+        KafkaSecurityConfig.model_validate(security)
+    from pydantic import SecretStr
+
+    ok = KafkaSecurityConfig.model_validate({"protocol": "SASL_SSL", "username": "u", "password": SecretStr("pw")})
+    assert ok.sasl_mechanism is None  # SCRAM-SHA-512 is used when none is named
