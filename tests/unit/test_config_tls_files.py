@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,12 +125,21 @@ def test_directory_and_special_file(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_file(tmp_path: Path) -> None:
-    """A file the process may not read is named as such."""
+def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file the process may not read is named as such (as root, which reads any file, the OS's
+    refusal is played by ``open``)."""
     ca = tmp_path / "ca.pem"
     ca.write_text("x")
     ca.chmod(0)
+    if os.geteuid() == 0:
+        real_open = Path.open
+
+        def refusing_open(self: Path, *args: Any, **kwargs: Any) -> Any:
+            if self.name == "ca.pem":
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_open(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "open", refusing_open)
     text = "sinks:\n  es:\n    type: elasticsearch\n    url: https://es.example:9200\n    ca_file: ca.pem\n"
     with pytest.raises(ConfigError, match=r"sinks\.es\.ca_file: file .*ca\.pem is not readable"):
         parse_config(text, env={}, base_dir=tmp_path)
