@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 from pipeline.bus.base import OutRecord, StartPolicy, TopicPartition, TopicSpec, control_topics, default_topics
 from pipeline.bus.kafka_admin import KafkaTopics
 from pipeline.bus.kafka_assignor import Weights
-from pipeline.bus.kafka_client import DAY_MS, KafkaConnection, client_args_from_config, wrap_error
+from pipeline.bus.kafka_client import DAY_MS, BrokerReasons, KafkaConnection, client_args_from_config, wrap_error
 from pipeline.bus.kafka_consumer import KafkaConsumer, RecordCounter
 from pipeline.bus.kafka_membership import Callback, KafkaMembership, RecordsCallback
 from pipeline.bus.kafka_state import OPEN_TXN_WAIT_SECS, KafkaState
@@ -94,8 +94,10 @@ class KafkaBus:
         Raises:
             BusError: the cluster cannot be reached or refuses the topics; read-only: a topic is missing.
         """
+        reasons = BrokerReasons()
         try:
-            await self._topics.start()
+            with reasons.installed():
+                await self._topics.start()
             if self.read_only:
                 # status, replay and gaps only read: a wrong topic_prefix or cluster must say so,
                 # not create an empty set of topics and report nothing found
@@ -104,7 +106,7 @@ class KafkaBus:
                 await self.ensure_topics(default_topics(self.default_partitions, self.retention_ms) + control_topics())
         except KafkaError as err:
             await self.__aexit__(None, None, None)
-            raise wrap_error(err, f"connecting to {','.join(self.bootstrap)}") from None
+            raise reasons.explain(wrap_error(err, f"connecting to {','.join(self.bootstrap)}")) from None
         except BaseException:
             await self.__aexit__(None, None, None)
             raise

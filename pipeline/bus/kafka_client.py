@@ -9,8 +9,10 @@ topic names to the cluster's. :func:`wrap_error` turns an aiokafka error into a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -82,6 +84,46 @@ def client_args_from_config(cfg: KafkaBusConfig) -> dict[str, Any]:
         args["sasl_plain_username"] = sec.username
         args["sasl_plain_password"] = sec.password.get_secret_value() if sec.password else None
     return args
+
+
+class BrokerReasons(logging.Handler):
+    """While installed on the ``aiokafka`` logger, keeps why each broker connection failed.
+
+    aiokafka logs the cause of a failed bootstrap (``Unable connect to "host:port": [Error 58]
+    SaslAuthenticationFailed: … invalid credentials …``) and then raises only ``Unable to
+    bootstrap``; :meth:`explain` puts the cause back into the error the user reads.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.reasons: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("Unable connect to"):
+            self.reasons.append(msg.split(": ", 1)[1].strip() if ": " in msg else "")
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[BrokerReasons]:
+        """Listen on the ``aiokafka`` logger for the duration of the block."""
+        logger = logging.getLogger("aiokafka")
+        logger.addHandler(self)
+        try:
+            yield self
+        finally:
+            logger.removeHandler(self)
+
+    def explain(self, err: BusError) -> BusError:
+        """``err`` with the broker's last stated reason (or a hint when it gave none)."""
+        if not self.reasons:
+            return err
+        reason = self.reasons[-1]
+        said = (
+            f"the broker said: {reason}"
+            if reason
+            else "no reason given: is bus.security.protocol (TLS, SASL) the one this listener speaks?"
+        )
+        return BusError(f"{err} ({said})", retriable=err.retriable)
 
 
 def wrap_error(err: BaseException, what: str) -> BusError:
