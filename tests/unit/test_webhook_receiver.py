@@ -27,6 +27,7 @@ from tests.unit.test_webhook_support import (
     delivery,
     events_of,
     hdrs,
+    letters_of,
     make_config,
     serve,
 )
@@ -319,15 +320,22 @@ async def test_custom_header_name(sqlite_bus: SqliteBus) -> None:
         (delivery(1, workspace="another-workspace"), "workspace_mismatch"),
     ],
 )
-async def test_bad_json_is_400(sqlite_bus: SqliteBus, body: bytes, reason: str) -> None:
-    """Authenticated but malformed deliveries are 400 with a reason; nothing published."""
+async def test_authenticated_invalid_body_is_dead_lettered(sqlite_bus: SqliteBus, body: bytes, reason: str) -> None:
+    """An authenticated body that is no valid delivery: no retry of Instantly's can fix it, so it is
+    stored in the dead-letter topic with its reason and answered 200 (a 4xx made Instantly retry and
+    then disable the webhook); its retry is a duplicate; no event is published."""
     r = WebhookReceiver(make_config(), sqlite_bus)
     async with serve(r) as c:
         resp = await c.post(PATH, data=body, headers=hdrs())
-        assert resp.status == 400
+        assert resp.status == 200
         answer = orjson.loads(await resp.read())
-    assert answer["error"] == "bad request" and answer["reason"] == reason and answer["message"]
-    assert r.rejections[reason] == 1 and await events_of(sqlite_bus) == []
+        again = orjson.loads(await (await c.post(PATH, data=body, headers=hdrs())).read())
+    assert answer["status"] == "dead_lettered" and again == {"status": "duplicate", "id": answer["id"]}
+    assert r.rejections[reason] == 2 and await events_of(sqlite_bus) == []
+    [letter] = await letters_of(sqlite_bus)
+    got = (letter["id"], letter["stage"], letter["reason"], letter["component"])
+    assert got == (answer["id"], "source", reason, "crm")
+    assert letter["original"]["value"] == body.decode()  # kept for a re-delivery once the cause is fixed
 
 
 @pytest.mark.parametrize(

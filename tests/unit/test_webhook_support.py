@@ -70,6 +70,17 @@ def hdrs(secret: str | None = SECRET_A, header: str = "X-Webhook-Secret") -> dic
     return {**JSON, header: secret} if secret is not None else dict(JSON)
 
 
+async def letters_of(bus: Bus) -> list[dict[str, Any]]:
+    """The dead letters on the bus (authenticated bodies that were no valid delivery)."""
+    from pipeline.bus.base import DEADLETTER_TOPIC
+
+    out: list[dict[str, Any]] = []
+    async with bus.consumer([DEADLETTER_TOPIC], start="earliest") as consumer:
+        async for batch in iter_records(consumer):
+            out.extend(orjson.loads(r.value) for r in batch)
+    return out
+
+
 async def events_of(bus: Bus, workspace: str = WS) -> list[Record]:
     """Every event record on the bus keyed by ``workspace``."""
     out: list[Record] = []

@@ -39,6 +39,7 @@ class _Pending:
     key: bytes
     headers: tuple[tuple[str, bytes], ...]
     future: asyncio.Future[bool] = field(repr=False)
+    topic: str = EVENTS_TOPIC
 
 
 class GroupCommitter:
@@ -119,15 +120,22 @@ class GroupCommitter:
                 p.future.set_exception(err)
 
     def submit(
-        self, source: str, digest: bytes, value: bytes, key: bytes, headers: tuple[tuple[str, bytes], ...]
+        self,
+        source: str,
+        digest: bytes,
+        value: bytes,
+        key: bytes,
+        headers: tuple[tuple[str, bytes], ...],
+        topic: str = EVENTS_TOPIC,
     ) -> asyncio.Future[bool]:
-        """Queue one delivery."""
+        """Queue one delivery (its event, or on ``DEADLETTER_TOPIC`` the dead letter of a body that
+        authenticated but is no valid delivery; the duplicate window covers both)."""
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         fut.add_done_callback(_consume_exception)
         if self._closing or not self.running:
             fut.set_exception(BusError("the webhook receiver is not accepting deliveries", retriable=True))
             return fut
-        self._queue.append(_Pending(source, digest, value, key, headers, fut))
+        self._queue.append(_Pending(source, digest, value, key, headers, fut, topic))
         self._wake.set()
         waiting = len(self._queue)
         self._peak = max(self._peak, waiting + self._inflight)
@@ -206,7 +214,7 @@ class GroupCommitter:
             with tel.span("bus.publish", {KIND: "webhook", "batch.size": len(publish)}, links=links):
                 async with self.bus.transaction(self.writer_id) as tx:
                     for p in publish:
-                        tx.send(EVENTS_TOPIC, p.value, key=p.key, headers=p.headers)
+                        tx.send(p.topic, p.value, key=p.key, headers=p.headers)
                     for (src, slot), content in staged.items():
                         tx.put_state(self.windows[src].key(slot), SeenWindow.encode(content))
         except asyncio.CancelledError:

@@ -52,7 +52,7 @@ from aiohttp import web
 from opentelemetry.trace import SpanKind
 from pydantic import SecretStr
 
-from pipeline.bus.base import Bus
+from pipeline.bus.base import DEADLETTER_TOPIC, Bus
 from pipeline.clock import SYSTEM_CLOCK, Clock, format_time
 from pipeline.errors import BusError, WebhookRejected
 from pipeline.observability.health import HealthRegistry, get_health
@@ -78,12 +78,18 @@ from pipeline.sources.webhook.group_commit import GroupCommitter
 from pipeline.sources.webhook.kind import WebhookKind, webhook_kind
 from pipeline.sources.webhook.listener import listen
 from pipeline.sources.webhook.readiness import Readiness
+from schemas import deadletter
 from schemas.event import WorkspaceRef
 
 log = get_logger("webhook")
 
 
 # ------------------------------------------------------------------------------------ receiver
+MAX_LETTER_BODY = 256 * 1024
+"""Largest body kept in a dead letter (larger ones are recorded without it: a dead letter must fit
+the topic's message size, or the whole group commit would fail)."""
+
+
 @dataclass
 class _Source:
     name: str
@@ -330,7 +336,12 @@ class WebhookReceiver:
             value = gated_event_bytes(event)
         except (RecursionError, orjson.JSONDecodeError, orjson.JSONEncodeError):
             # nesting deeper than the parser (1024), the encoder (255) or Python's stack allows
-            raise WebhookRejected(400, "too_deep", "the body is nested too deeply") from None
+            rej = WebhookRejected(400, "too_deep", "the body is nested too deeply")
+            return await self._dead_letter(src, body, digest, rej, slot)
+        except WebhookRejected as rej:
+            if rej.status != 400:
+                raise
+            return await self._dead_letter(src, body, digest, rej, slot)
         tel = self.telemetry
         labels = ("webhook", src.kind.component_type, src.name, src.workspace.id)
         attrs = {
@@ -380,6 +391,43 @@ class WebhookReceiver:
             },
         )
         body_out = orjson.dumps({"status": "accepted" if published else "duplicate", "id": event.id})
+        return web.Response(body=body_out, content_type="application/json")
+
+    async def _dead_letter(
+        self, src: _Source, body: bytes, digest: str, rej: WebhookRejected, slot: int
+    ) -> web.StreamResponse:
+        """An authenticated body that is no valid delivery (malformed JSON, a wrong shape, another
+        workspace, too deep): no retry of Instantly's can fix it, so it is stored in the dead-letter
+        topic (redacted; not kept above :data:`MAX_LETTER_BODY` bytes) and answered 200
+        ``dead_lettered`` — a 4xx would only make Instantly retry and then disable the webhook.
+
+        Raises:
+            WebhookRejected: 503 when the bus did not take the dead letter.
+        """
+        kept = redact_text(body.decode("utf-8", "replace")).encode() if len(body) <= MAX_LETTER_BODY else None
+        letter = deadletter.build(
+            stage="source", component=src.name, component_type=src.kind.component_type, reason=rej.reason,
+            error=f"{rej.reason}: {rej}" + ("" if kept is not None else f" (body of {len(body):,} bytes not kept)"),
+            failed_at=format_time(self.clock.now()), value=kept, stream=f"webhook_{src.name}",
+            key=src.workspace.id.encode(),
+        )  # fmt: skip
+        fut = self.committer.submit(
+            src.name, bytes.fromhex(digest)[:16], letter.to_json(), src.workspace.id.encode(),
+            (("stage", b"source"), ("reason", rej.reason.encode())), topic=DEADLETTER_TOPIC,
+        )  # fmt: skip
+        try:
+            published = await asyncio.wait_for(asyncio.shield(fut), self.config.ack_timeout_secs)
+        except TimeoutError:
+            raise WebhookRejected(503, "bus_timeout", "the bus did not confirm in time") from None
+        except BusError:
+            raise WebhookRejected(503, "bus_unavailable", "the bus refused the delivery") from None
+        src.matches[slot] += 1
+        self.rejections[rej.reason] += 1
+        self.telemetry.webhook_rejections(src.name, rej.reason)
+        if published:
+            log.warning("Webhook delivery dead-lettered", extra={"source": src.name, "reason": rej.reason,
+                                                                 "dead_letter_id": letter.id})  # fmt: skip
+        body_out = orjson.dumps({"status": "dead_lettered" if published else "duplicate", "id": letter.id})
         return web.Response(body=body_out, content_type="application/json")
 
     def _client(self, request: web.Request) -> Address | None:
