@@ -13,7 +13,7 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from pipeline.bus.base import Bus
+from pipeline.bus.base import DEADLETTER_TOPIC, Bus, iter_records
 from pipeline.sources.webhook.receiver import WebhookReceiver
 from tests.unit.test_webhook_support import (
     JSON,
@@ -55,7 +55,8 @@ async def test_publish_dedup_and_restart(bus: Bus, bus_factory: Callable[[], Bus
 
 
 async def test_rejections_leave_nothing_in_the_bus(bus: Bus) -> None:
-    """Every kind of bad request is refused and writes neither events nor dedup state."""
+    """Every kind of refused request writes neither events nor dedup state; the two authenticated
+    bodies that are no valid delivery become dead letters (answered 200), on both buses."""
     source, ws = unique_names()
     path = f"/hooks/{source}"
     r = WebhookReceiver(make_config(source=source, workspace=ws, max_body_bytes=2048), bus)
@@ -70,15 +71,22 @@ async def test_rejections_leave_nothing_in_the_bus(bus: Bus) -> None:
         (f"{path}?secret={SECRET_A}", dict(JSON), delivery(1, workspace=ws), 401),
         (path, {"Content-Type": "text/plain", "X-Webhook-Secret": SECRET_A}, delivery(1, workspace=ws), 415),
         (path, hdrs(), delivery(1, workspace=ws, pad="x" * 4096), 413),
-        (path, hdrs(), b"{nope", 400),
-        (path, hdrs(), delivery(1), 400),  # another workspace
     ]
+    letters = [b"{nope", delivery(1)]  # malformed; another workspace
     async with serve(r) as c:
         for p, headers, body, status in cases:
             assert (await c.post(p, data=body, headers=headers)).status == status  # type: ignore[arg-type]
+        assert await events_of(bus, ws) == []
+        assert await bus.state_items(f"webhook/seen/{source}/") == {}
+        for body in letters:
+            answer = await c.post(path, data=body, headers=hdrs())
+            assert answer.status == 200 and (await answer.json())["status"] == "dead_lettered"
     assert await events_of(bus, ws) == []
-    assert await bus.state_items(f"webhook/seen/{source}/") == {}
-    assert sum(r.rejections.values()) == len(cases) and r.accepted == 0
+    async with bus.consumer([DEADLETTER_TOPIC], start="earliest") as consumer:
+        found = [orjson.loads(x.value) async for batch in iter_records(consumer) for x in batch]
+    mine = [x for x in found if x["component"] == source]
+    assert sorted(x["reason"] for x in mine) == ["malformed_json", "workspace_mismatch"]
+    assert sum(r.rejections.values()) == len(cases) + len(letters) and r.accepted == 0
 
 
 async def test_bus_failure_answers_503_and_acknowledges_nothing(bus: Bus) -> None:
