@@ -418,7 +418,7 @@ class WorkspaceAssignment:
                     await self._close(run.source)
                     await run.source.__aenter__()
                     await self.bus.refresh_state(max_wait_secs=TAKEOVER_STATE_WAIT_SECS)
-                    reclaim = False
+                    reclaim, fenced_delay = False, FENCED_DELAY_SECS
                     log.warning("Poller reclaimed its workspace", extra={"source": sid})
                 await run.source.run(run.stop)
             except asyncio.CancelledError:
