@@ -129,8 +129,12 @@ class StreamEvents:
         key = marker_key(self.source_id, event_type, stream)
         marker = await self.bus.get_state(key) or b""
         natural_key: tuple[Any, ...] = (event_type, status, hour) if outage is None else (event_type, "transient", hour)
-        if marker.startswith(_RECOVERED_MARK):  # unavailable again: not the id of the event before the recovery
-            natural_key = (*natural_key, marker.decode("ascii", "replace"))
+        # Unavailable again after a recovery: the ids must differ from those before it, for the whole
+        # outage — the recovery's token is carried in the marker (``<event id>|<token>``).
+        published, _, carried = marker.partition(b"|")
+        token = marker if marker.startswith(_RECOVERED_MARK) else carried
+        if token:
+            natural_key = (*natural_key, token.decode("ascii", "replace"))
         event = pipeline_event(
             type=event_type,
             workspace=pub.workspace,
@@ -147,6 +151,10 @@ class StreamEvents:
                 **(outage or {}),
             },
         )
+        if event_type == UNAVAILABLE and self._down is not None:
+            self._down.add(stream)
+        if published == event.id.encode():
+            return 0  # this hour's is out already (the poll's own failure line says it again)
         log.warning(
             "Instantly stream unavailable." if outage else "Instantly refused a stream.",
             extra={
@@ -158,11 +166,7 @@ class StreamEvents:
                 "event_type": event_type,
             },
         )
-        if event_type == UNAVAILABLE and self._down is not None:
-            self._down.add(stream)
-        if marker == event.id.encode():
-            return 0
-        await self._publish(pub, stream, event, key, event.id.encode())
+        await self._publish(pub, stream, event, key, event.id.encode() + (b"|" + token if token else b""))
         return 1
 
     async def _publish(self, pub: Publisher, stream: str, event: Event, key: str, marker: bytes) -> None:

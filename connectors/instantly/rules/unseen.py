@@ -101,7 +101,7 @@ class UnseenCreationRule(CatalogRule[UnseenParams]):
         id="pipeline.unseen_creation", title="API key or webhook created and gone before any snapshot saw it",
         severity="high", attack=("T1098.001", "T1078.004"), basic=Basic.AUDIT_LOGS,
         event_types=("audit.*", "api_key.*", "webhook.*", "pipeline.stream_unavailable",
-                     "pipeline.poller_unauthorized"),
+                     "pipeline.stream_recovered", "pipeline.poller_unauthorized"), version=2,
         activity_codes=frozenset({WEBHOOK_CREATED, API_KEY_CREATED, API_KEY_DELETED}), ticks=True,
         status="test", related=("pipeline.untracked_change",),
         falsepositives=(
@@ -143,6 +143,10 @@ class UnseenCreationRule(CatalogRule[UnseenParams]):
             down = _KINDS.get(str(attr(event, "stream")))
             if down is not None:
                 self._kind(d, down)["down"] = now
+        elif event.type == "pipeline.stream_recovered":  # reads again: an unchanged list makes no snapshot event
+            up = _KINDS.get(str(attr(event, "stream")))
+            if up is not None and up in d and d[up]["down"] is not None and now >= d[up]["down"]:
+                d[up]["down"] = None
         return self._judge(ctx, d.get("hi", 0.0))
 
     def on_tick(self, ctx: RuleContext) -> Iterable[Finding]:
