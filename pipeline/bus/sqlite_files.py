@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -121,6 +122,28 @@ def acquire_writer_lock(path: Path) -> str:
         return key
 
 
+def writer_pid(path: Path) -> int | None:
+    """The pid of the live process holding the writer lock of the bus at ``path`` (None: nobody runs).
+
+    Reads the pid the holder wrote into ``<bus>.lock`` and checks that process exists, without
+    taking the lock (a ``run`` starting meanwhile must never find it held by a reader).
+    """
+    try:
+        text = side_file(path, ".lock").read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return None
+    if not text.isdigit():
+        return None
+    pid = int(text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # a crashed writer's pid stays in the file
+    except PermissionError:
+        return pid  # alive, another user's
+    return pid
+
+
 def release_writer_lock(key: str) -> None:
     """Drop one opener's share of the lock; the last one in the process releases it."""
     with _held_guard:
@@ -132,4 +155,6 @@ def release_writer_lock(key: str) -> None:
             _held[key] = (fd, count - 1)
             return
         del _held[key]
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)  # no pid left behind: `status` reads a pid there as the running writer
         os.close(fd)  # closing the descriptor releases the flock

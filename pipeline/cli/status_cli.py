@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -82,7 +83,8 @@ async def collect(cfg: PipelineConfig, now: float | None = None) -> JSON:
         state = await bus.state_items()
         ids = _source_ids(cfg, bus) | {k.split("/", 1)[1] for k in state if k.startswith("status/")}
         members = await _control_members(bus)
-        workspaces = [_workspace(sid, state, members, bus, now) for sid in sorted(ids)]
+        embedded = _embedded_owner(bus) if members is None else ""
+        workspaces = [_workspace(sid, state, members, bus, now, embedded) for sid in sorted(ids)]
         groups = await measure_lags(bus, watched_groups(cfg))
     bound = getattr(cfg.bus, "max_consumer_lag", None)
     over = over_bound(groups, bound)
@@ -108,12 +110,25 @@ async def _control_members(bus: Bus) -> dict[int, str] | None:
     return out
 
 
-def _workspace(sid: str, state: dict[str, bytes], members: dict[int, str] | None, bus: Bus, now: float) -> JSON:
+def _embedded_owner(bus: Bus) -> str:
+    """Who polls on the embedded bus: the ``run`` holding its writer lock, or nobody."""
+    from pipeline.bus.sqlite_files import writer_pid
+
+    path = getattr(bus, "path", None)
+    pid = writer_pid(path) if isinstance(path, Path) else None
+    if pid is None:
+        return "no process running (embedded bus: `run` polls every workspace)"
+    return f"pid {pid} (embedded bus: one process polls every workspace)"
+
+
+def _workspace(
+    sid: str, state: dict[str, bytes], members: dict[int, str] | None, bus: Bus, now: float, embedded: str = ""
+) -> JSON:
     status = _doc(state.get(status_key(sid)))
     owner_doc = _doc(state.get(f"owner/{sid}"))
     row: JSON = {"source_id": sid}
     if members is None:
-        row["owner"] = "this process (embedded bus: one process polls every workspace)"
+        row["owner"] = embedded
     else:
         part = bus.partition_of(sid.encode(), CONTROL_PARTITIONS)  # type: ignore[attr-defined]
         member = members.get(part)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import pytest
 
 from pipeline.bus.base import EVENTS_TOPIC, OutRecord, TopicPartition
 from pipeline.bus.sqlite import SqliteBus
+from pipeline.bus.sqlite_files import acquire_writer_lock, release_writer_lock
 from pipeline.cli.main import main
 from pipeline.sources.base import status_key
 
@@ -56,7 +60,7 @@ def test_status_json_reads_the_bus(tmp_path: Path, capsys: pytest.CaptureFixture
     assert 89 <= acme["cursor_age_secs"] <= 120 and 29 <= acme["last_poll_age_secs"] <= 60
     assert acme["last_poll"] == "failed: members refused: HTTP 403 (ScopeError)"
     assert acme["published"] == 4 and acme["requests_last_minute"] == 7
-    assert acme["owner"].startswith("this process")
+    assert acme["owner"].startswith("no process running")  # nothing holds the bus: the seeding closed it
     assert beta["last_poll"] == "never" and beta["cursor_age_secs"] is None
     lags = {g["group"]: g for g in doc["groups"]}
     assert lags["rules"]["lag"] == 2
@@ -91,3 +95,22 @@ def test_status_shows_backpressure(
         assert "backpressure" not in text
     else:
         assert ("polling paused (sink-file at or over)" in text) is paused
+
+
+def test_status_names_the_run_holding_the_embedded_bus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """While a `run` holds the bus's writer lock, status names its pid; a crashed writer's stale pid
+    (left in the lock file) reads as no process running."""
+    cfg = write_config(tmp_path)
+    asyncio.run(_seed(tmp_path / "bus.db", time.time()))
+
+    key = acquire_writer_lock(tmp_path / "bus.db")  # what a running `run` holds
+    try:
+        assert main(["status", "--config", str(cfg), "--format", "json"]) == 0
+    finally:
+        release_writer_lock(key)
+    held = orjson.loads(capsys.readouterr().out)["workspaces"][0]["owner"]
+    assert held.startswith(f"pid {os.getpid()} "), held
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "bus.db.lock").write_text(dead.stdout)
+    assert main(["status", "--config", str(cfg), "--format", "json"]) == 0
+    assert orjson.loads(capsys.readouterr().out)["workspaces"][0]["owner"].startswith("no process running")
