@@ -365,12 +365,7 @@ class WebhookReceiver:
                     *tel.trace_headers(),
                 ),
             )
-            try:
-                published = await asyncio.wait_for(asyncio.shield(fut), self.config.ack_timeout_secs)
-            except TimeoutError:
-                raise WebhookRejected(503, "bus_timeout", "the bus did not confirm in time") from None
-            except BusError:
-                raise WebhookRejected(503, "bus_unavailable", "the bus refused the delivery") from None
+            published = await self._confirmed(fut)
         src.matches[slot] += 1
         tel.records_received(*labels)
         if published:
@@ -392,6 +387,19 @@ class WebhookReceiver:
         )
         body_out = orjson.dumps({"status": "accepted" if published else "duplicate", "id": event.id})
         return web.Response(body=body_out, content_type="application/json")
+
+    async def _confirmed(self, fut: asyncio.Future[bool]) -> bool:
+        """Wait for the group commit holding a delivery: True published, False a duplicate.
+
+        Raises:
+            WebhookRejected: 503 when the bus refused it or did not confirm within ``ack_timeout_secs``.
+        """
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), self.config.ack_timeout_secs)
+        except TimeoutError:
+            raise WebhookRejected(503, "bus_timeout", "the bus did not confirm in time") from None
+        except BusError:
+            raise WebhookRejected(503, "bus_unavailable", "the bus refused the delivery") from None
 
     async def _dead_letter(
         self, src: _Source, body: bytes, digest: str, rej: WebhookRejected, slot: int
@@ -415,12 +423,7 @@ class WebhookReceiver:
             src.name, bytes.fromhex(digest)[:16], letter.to_json(), src.workspace.id.encode(),
             (("stage", b"source"), ("reason", rej.reason.encode())), topic=DEADLETTER_TOPIC,
         )  # fmt: skip
-        try:
-            published = await asyncio.wait_for(asyncio.shield(fut), self.config.ack_timeout_secs)
-        except TimeoutError:
-            raise WebhookRejected(503, "bus_timeout", "the bus did not confirm in time") from None
-        except BusError:
-            raise WebhookRejected(503, "bus_unavailable", "the bus refused the delivery") from None
+        published = await self._confirmed(fut)
         src.matches[slot] += 1
         self.rejections[rej.reason] += 1
         self.telemetry.webhook_rejections(src.name, rej.reason)
