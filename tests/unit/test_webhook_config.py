@@ -171,3 +171,44 @@ def test_secret_of_24_characters_is_accepted() -> None:
     """The minimum length is 24: a random 24-character secret passes."""
     cfg = parse_webhook_config(block(secrets=[EnvValue("k3Q9v_T2mZ8xW1pL6nR4sB0y")]))
     assert len(cfg.sources["crm"].secrets[0].get_secret_value()) == 24
+
+
+# --------------------------------------------------------------------------------- public_urls
+def test_public_urls_name_the_source_a_delivery_url_belongs_to() -> None:
+    """``public_urls`` (a string or a list) say which source a delivery log URL is: scheme and host in
+    any case, the default port spelled or not, a trailing slash, a query are the same URL; others are not."""
+    cfg = parse_webhook_config(block(public_urls="https://Hooks.Example.com/hooks/crm"))
+    assert cfg.sources["crm"].public_urls == ["https://Hooks.Example.com/hooks/crm"]
+    for same in ("https://hooks.example.com/hooks/crm", "HTTPS://hooks.example.com:443/hooks/crm/",
+                 "https://hooks.example.com/hooks/crm?from=instantly"):  # fmt: skip
+        assert cfg.source_for_url(same) == "crm", same
+    others = ("http://hooks.example.com/hooks/crm", "https://hooks.example.com:8443/hooks/crm",
+              "https://hooks.example.com/hooks/crm2", "https://evil.example/hooks/crm", "not a url", "")  # fmt: skip
+    for other in others:
+        assert cfg.source_for_url(other) is None, other
+    assert parse_webhook_config(block()).source_for_url("https://hooks.example.com/hooks/crm") is None
+
+
+@pytest.mark.parametrize(
+    ("urls", "expected"),
+    [
+        (["ftp://hooks.example.com/x"], "must be an http(s) URL"),
+        (["https://user:pw@hooks.example.com/x"], "must not carry credentials"),
+        (["https://hooks.example.com/x?token=abc"], "must not carry a query string"),
+        (["https://hooks.example.com/x", "https://HOOKS.example.com/x/"], "a URL is listed twice"),
+    ],
+)
+def test_bad_public_urls_are_refused_naming_the_key(urls: list[str], expected: str) -> None:
+    """Each bad URL is a config error naming ``webhook.sources.<name>.public_urls`` and never quoting it."""
+    err = error_of(block(public_urls=urls))
+    assert "webhook.sources.crm.public_urls" in err and expected in err
+    assert "pw@" not in err and "token=abc" not in err
+
+
+def test_a_public_url_belongs_to_one_source() -> None:
+    """Two sources cannot claim the same URL: the error names the second source's key and the first source."""
+    b = block(public_urls=["https://hooks.example.com/hooks/crm"])
+    b["sources"]["other"] = {"workspace_id": WS, "secrets": [EnvValue(SECRET_B)],
+                             "public_urls": ["https://hooks.example.com/hooks/crm/"]}  # fmt: skip
+    err = error_of(b)
+    assert "webhook.sources.other.public_urls.0" in err and "'crm'" in err

@@ -21,7 +21,13 @@ webhook:
       secrets: ["${HOOK_SECRET_A}", "${HOOK_SECRET_B}"]   # 1 or 2; both valid during rotation
       keep_lead_fields: [company_name]                # custom lead variables to keep
       drop_fields: [lead_email]                       # default fields to drop
+      public_urls: [https://hooks.example.com/hooks/crm]   # optional: the URL(s) Instantly posts to
 ```
+
+``public_urls`` are the webhook's ``target_hook_url`` as Instantly knows it (through any proxy):
+a poller stream that reads Instantly's delivery log (``webhook_deliveries``) recognises the
+deliveries meant for this source by them (:meth:`WebhookConfig.source_for_url`). Each must be an
+http(s) URL without credentials, query or fragment, and belongs to one source only.
 
 Secrets follow :data:`pipeline.config.Secret`: only ``${ENV}`` references or a ``secrets_file``
 path (one secret per line, two during a rotation; re-read on SIGHUP) are accepted. A secret must
@@ -37,11 +43,13 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, SecretStr, field_validator
 
 from pipeline.config.base import Model, Secret, validate_block
 from pipeline.config.tls import TlsFiles
+from pipeline.config.transport import clean_http_url
 from pipeline.errors import ConfigError
 from pipeline.sources.webhook.kind import default_kind, webhook_kind
 
@@ -99,6 +107,24 @@ def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         raise ValueError(f"not a network in CIDR form ({err})") from None
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def url_key(url: str) -> tuple[str, str, int, str] | None:
+    """What identifies a receiver URL: (scheme, host, port, path), lower-cased scheme and host, the
+    default port filled in, trailing ``/`` dropped; query and fragment ignored (the receiver routes
+    by path alone). ``None`` for a string that is not an http(s) URL with a host."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except (ValueError, AttributeError):
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme], parts.path.rstrip("/") or "/"
+
+
 Cidr = Annotated[str, BeforeValidator(lambda v: str(_network(v)))]
 """A network in CIDR form (host bits must be zero), normalised."""
 
@@ -114,6 +140,12 @@ class SourceConfig(Model):
     kind: str = Field(
         "", pattern=r"^([a-z][a-z0-9_]{0,47})?$", description="the webhook kind (default: the one installed)"
     )
+    public_urls: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="the URL(s) Instantly posts this source's deliveries to (its target_hook_url), "
+        "for recovering lost deliveries from the delivery log",
+    )
     options: Any = None
     """The kind's own options (every other key of the source block), validated by ``kind.Options``."""
 
@@ -125,6 +157,20 @@ class SourceConfig(Model):
                 "must be an absolute path like /hooks/crm (letters, digits, . _ ~ -), not /healthz, /readyz"
             )
         return v
+
+    @field_validator("public_urls", mode="before")
+    @classmethod
+    def _one_url_or_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("public_urls")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        out = [clean_http_url(u, "https://hooks.example.com/hooks/crm", credentials="the secret goes in secrets")
+               for u in v]  # fmt: skip
+        if len({url_key(u) for u in out}) != len(out):
+            raise ValueError("a URL is listed twice")
+        return out
 
     @field_validator("header_name")
     @classmethod
@@ -220,6 +266,13 @@ class WebhookConfig(Model):
         """The URL path of source ``name``."""
         return self.sources[name].path or f"/hooks/{name}"
 
+    def source_for_url(self, url: str) -> str | None:
+        """The source whose ``public_urls`` hold ``url`` (compared by :func:`url_key`), else ``None``."""
+        key = url_key(url)
+        if key is None:
+            return None
+        return next((n for n, s in self.sources.items() if any(url_key(u) == key for u in s.public_urls)), None)
+
     def networks(self, which: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:
         """``allow_ips`` or ``trusted_proxies`` as networks (``None``: no allowlist)."""
         items: list[str] | None = getattr(self, which)
@@ -271,7 +324,12 @@ def parse_webhook_config(block: Mapping[str, Any], where: str = "webhook") -> We
     assert isinstance(cfg, WebhookConfig)
     paths: dict[str, str] = {}
     owner: dict[str, str] = {}
+    urls: dict[tuple[str, str, int, str] | None, str] = {}
     for name, src in cfg.sources.items():
+        for i, u in enumerate(src.public_urls):
+            other = urls.setdefault(url_key(u), name)
+            if other != name:
+                problems.append(f"{where}.sources.{name}.public_urls.{i}: this URL is already source {other!r}'s")
         if not _SOURCE_NAME.match(name):
             problems.append(f"{where}.sources.{name}: source names must be lower_snake_case (a-z, 0-9, _), max 48")
         path = cfg.source_path(name)

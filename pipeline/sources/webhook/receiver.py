@@ -412,13 +412,7 @@ class WebhookReceiver:
         Raises:
             WebhookRejected: 503 when the bus did not take the dead letter.
         """
-        kept = redact_text(body.decode("utf-8", "replace")).encode() if len(body) <= MAX_LETTER_BODY else None
-        letter = deadletter.build(
-            stage="source", component=src.name, component_type=src.kind.component_type, reason=rej.reason,
-            error=f"{rej.reason}: {rej}" + ("" if kept is not None else f" (body of {len(body):,} bytes not kept)"),
-            failed_at=format_time(self.clock.now()), value=kept, stream=f"webhook_{src.name}",
-            key=src.workspace.id.encode(),
-        )  # fmt: skip
+        letter = delivery_letter(src.name, src.kind, src.workspace, body, rej, format_time(self.clock.now()))
         fut = self.committer.submit(
             src.name, bytes.fromhex(digest)[:16], letter.to_json(), src.workspace.id.encode(),
             (("stage", b"source"), ("reason", rej.reason.encode())), topic=DEADLETTER_TOPIC,
@@ -470,6 +464,19 @@ class WebhookReceiver:
             start, n = now, 0
         self._log_budget[reason] = (start, n + 1)
         return n < per_window
+
+
+def delivery_letter(
+    source: str, kind: WebhookKind, workspace: WorkspaceRef, body: bytes, rej: WebhookRejected, failed_at: str
+) -> deadletter.DeadLetter:
+    """The dead letter of an authenticated body that is no valid delivery of ``source``: the body
+    redacted (not kept above :data:`MAX_LETTER_BODY` bytes), the reason, never a header."""
+    kept = redact_text(body.decode("utf-8", "replace")).encode() if len(body) <= MAX_LETTER_BODY else None
+    return deadletter.build(
+        stage="source", component=source, component_type=kind.component_type, reason=rej.reason,
+        error=f"{rej.reason}: {rej}" + ("" if kept is not None else f" (body of {len(body):,} bytes not kept)"),
+        failed_at=failed_at, value=kept, stream=f"webhook_{source}", key=workspace.id.encode(),
+    )  # fmt: skip
 
 
 def summary(receiver: WebhookReceiver) -> dict[str, Any]:
