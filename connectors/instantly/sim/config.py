@@ -29,6 +29,10 @@ class SimConfig:
         audit_order: ``GET /audit-logs`` lists ``asc`` (oldest first, by UUIDv7 id) or ``desc``
             (newest first); the reference documents no order, so a client must handle both.
         rate_limit_per_second / rate_limit_per_minute: per-workspace limits (None disables).
+        webhook_retries / webhook_retry_delay_secs / webhook_timeout_secs: the webhook delivery policy
+            (:mod:`.delivery`; undocumented by Instantly): retries after a failed first attempt, the
+            delay between attempts, and how long an attempt may take.
+        webhook_events_order: ``GET /webhook-events`` lists ``asc`` or ``desc`` by id (undocumented).
     """
 
     trailing_cursor: bool = True
@@ -39,3 +43,7 @@ class SimConfig:
     audit_order: AuditOrder = "asc"
     rate_limit_per_second: int | None = 100
     rate_limit_per_minute: int | None = 6000
+    webhook_retries: int = 3
+    webhook_retry_delay_secs: float = 30.0
+    webhook_timeout_secs: float = 10.0
+    webhook_events_order: AuditOrder = "asc"

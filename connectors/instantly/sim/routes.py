@@ -340,13 +340,20 @@ def resume_webhook(ctx: Ctx) -> JSON:
 
 
 def list_webhook_events(ctx: Ctx) -> JSON:
-    """``GET /webhook-events`` with the ``success`` filter (often an empty list)."""
-    success = query_bool(ctx.query, "success")
-    return ctx.page(
-        ctx.state.webhook_events_of(ctx.ws),
-        lambda e: e.to_json(),
-        keep=lambda e: success is None or e.success == success,
-    )
+    """``GET /webhook-events``: ``success``, ``from``/``to`` (dates of ``timestamp_created``, inclusive) and
+    ``search`` (the exact webhook URL or lead email); by id, in :attr:`SimConfig.webhook_events_order`."""
+    q = ctx.query
+    success = query_bool(q, "success")
+    start, end = _date_param(q, "from", end=False), _date_param(q, "to", end=True)
+    needle = q.get("search")
+
+    def keep(e: Any) -> bool:
+        if (success is not None and e.success != success) or (needle and needle not in (e.webhook_url, e.lead_email)):
+            return False
+        return (start is None or e.timestamp_created >= start) and (end is None or e.timestamp_created <= end)
+
+    descending = ctx.config.webhook_events_order == "desc"
+    return ctx.page(ctx.state.webhook_events_of(ctx.ws), lambda e: e.to_json(), keep=keep, descending=descending)
 
 
 # ---- block list -----------------------------------------------------------------------------

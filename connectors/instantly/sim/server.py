@@ -26,6 +26,7 @@ from .agency import agency_world
 from .app import API_PREFIX, Call, SimApp
 from .clock import Clock, system_clock
 from .config import SimConfig
+from .delivery import WebhookDelivery
 from .faults import Faults
 from .models import ApiKey, Workspace
 from .ratelimit import RateLimiter
@@ -46,6 +47,8 @@ class InstantlySimulator:
         limiter: the per-workspace rate limiter (its limits are mutable).
         calls: every answered request as :class:`~.app.Call` (method, path, status, workspace_id, time).
         runner: the scenario runner once a scenario was started.
+        deliveries: webhook delivery to the webhooks' URLs, logged in ``webhook-events``
+            (:class:`~.delivery.WebhookDelivery`; retries in the background after :meth:`start_delivery_retries`).
     """
 
     def __init__(
@@ -68,6 +71,8 @@ class InstantlySimulator:
         self.runner: ScenarioRunner | None = None
         self._runner: web.AppRunner | None = None
         self._scenario_task: asyncio.Task[None] | None = None
+        self.deliveries = WebhookDelivery(self.state, self.config, clock)
+        self._retry_task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -91,7 +96,12 @@ class InstantlySimulator:
             self.start_scenario(self.scenario)
 
     async def stop(self) -> None:
-        """Stop the scenario and the server."""
+        """Stop the scenario, the webhook retries and the server."""
+        if self._retry_task is not None:
+            self._retry_task.cancel()
+            await asyncio.gather(self._retry_task, return_exceptions=True)
+            self._retry_task = None
+        await self.deliveries.aclose()
         if self._scenario_task is not None:
             self._scenario_task.cancel()
             await asyncio.gather(self._scenario_task, return_exceptions=True)
@@ -115,6 +125,11 @@ class InstantlySimulator:
         self.runner = ScenarioRunner(loaded, self.state, self.clock, start=self.clock())
         self._scenario_task = asyncio.get_running_loop().create_task(self.runner.run(poll_interval))
         return self.runner
+
+    def start_delivery_retries(self, interval: float = 0.05) -> None:
+        """Make due webhook retries in the background (every ``interval`` seconds) until :meth:`stop`."""
+        if self._retry_task is None:
+            self._retry_task = asyncio.get_running_loop().create_task(self.deliveries.run(interval))
 
     async def scenario_done(self) -> None:
         """Wait until the running scenario has applied every step."""
