@@ -22,10 +22,18 @@ from typing import Literal
 
 API_PREFIX = "/api/v2"
 StreamName = Literal[
-    "audit_logs", "api_keys", "members", "webhooks", "workspace", "group_members", "block_list", "accounts"
+    "audit_logs",
+    "api_keys",
+    "members",
+    "webhooks",
+    "workspace",
+    "group_members",
+    "block_list",
+    "accounts",
+    "webhook_deliveries",
 ]
 """The stream names a workspace config may list (a typing aid; a test keeps it equal to :data:`STREAMS`)."""
-StreamKind = Literal["audit", "snapshot"]
+StreamKind = Literal["audit", "snapshot", "delivery_log"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +48,13 @@ class Stream:
     page_size: int | None
     """The ``limit`` asked for (the API's maximum); ``None`` for a single object that is not paginated."""
     kind: StreamKind
-    """``audit``: read incrementally behind a cursor; ``snapshot``: listed in full and diffed."""
+    """``audit``: read incrementally behind a cursor; ``snapshot``: listed in full and diffed;
+    ``delivery_log``: Instantly's webhook delivery log, read over a look-back window for the
+    deliveries to the pipeline's own receiver that Instantly gave up on."""
     resource: str
     """The prefix of the event types the stream emits (``api_key`` → ``api_key.created``)."""
+    opt_in: bool = False
+    """Not in a workspace's default ``streams``: polled only when listed there."""
 
 
 STREAMS: tuple[Stream, ...] = (
@@ -56,11 +68,17 @@ STREAMS: tuple[Stream, ...] = (
     Stream("block_list", f"{API_PREFIX}/block-lists-entries", "block_list_entries:read", 100, "snapshot",
            "block_list"),
     Stream("accounts", f"{API_PREFIX}/accounts", "accounts:read", 100, "snapshot", "account"),
+    Stream("webhook_deliveries", f"{API_PREFIX}/webhook-events", "webhook_events:read", 100, "delivery_log",
+           "webhook_delivery", opt_in=True),
 )  # fmt: skip
 """Every stream, in the order a poll runs them by default (API reference sections 3 to 9).
 
 ``accounts`` (the sending mailboxes) is keyed by lower-cased ``email``, not ``id``; its cursor is
-``timestamp_created&email``, passed back as ``next_starting_after`` like every other listing."""
+``timestamp_created&email``, passed back as ``next_starting_after`` like every other listing.
+
+``webhook_deliveries`` (opt-in: its scope reads every delivery's payload, lead data included)
+republishes what Instantly failed to deliver to the pipeline's webhook receiver
+(:mod:`connectors.instantly.deliveries`); its events are the receiver's ``webhook_delivery.*``."""
 
 BY_NAME: Mapping[str, Stream] = MappingProxyType({s.name: s for s in STREAMS})
 AUDIT_LOGS = BY_NAME["audit_logs"]
@@ -69,6 +87,9 @@ WEBHOOKS = BY_NAME["webhooks"]
 WORKSPACE = BY_NAME["workspace"]
 """``GET /workspaces/current``: the workspace itself, read first on every poll (id, name, health)."""
 GROUP_MEMBERS = BY_NAME["group_members"]
+WEBHOOK_DELIVERIES = BY_NAME["webhook_deliveries"]
+DEFAULT_STREAMS: tuple[Stream, ...] = tuple(s for s in STREAMS if not s.opt_in)
+"""A workspace's ``streams`` when its config lists none."""
 GROUP_ADMIN_PATH = f"{API_PREFIX}/workspace-group-members/admin"
 """``GET``: the admin workspace of the current one, if any (``group_members`` reads it too, same scope):
 the list endpoint shows an admin workspace its sub-workspaces, never a sub-workspace its admin."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from pydantic import Field, RootModel, field_validator
 
-from connectors.instantly.api import AUDIT_LOGS, StreamName, page_limit
+from connectors.instantly.api import AUDIT_LOGS, BY_NAME, DEFAULT_STREAMS, StreamName, page_limit
 from connectors.instantly.api import STREAMS as _TABLE
 from pipeline.config.base import Model, Secret
 from pipeline.config.model import PipelineConfig
@@ -40,18 +40,20 @@ STREAMS: tuple[StreamName, ...] = tuple(s.name for s in _TABLE)
 _AUDIT_PAGE_MAX = page_limit(AUDIT_LOGS)
 
 
-def _all_streams() -> list[StreamName]:
-    return list(STREAMS)
+def _default_streams() -> list[StreamName]:
+    """Every stream but the opt-in ones (``webhook_deliveries``)."""
+    return [s.name for s in DEFAULT_STREAMS]
 
 
 DEFAULT_POLL_INTERVAL_SECS = 5.0
-DEFAULT_SNAPSHOT_INTERVALS: dict[str, float] = {"block_list": 300.0, "accounts": 60.0}
-"""Snapshot streams listed less often than every poll unless configured otherwise.
+DEFAULT_SNAPSHOT_INTERVALS: dict[str, float] = {"block_list": 300.0, "accounts": 60.0, "webhook_deliveries": 300.0}
+"""Streams listed less often than every poll unless configured otherwise.
 
 Both can be large: a 20,000-entry block list is 200 requests, which at a 5 s poll would be 2,400
 requests a minute on their own (the local budget allows 300). Every 300 s that is 40 a minute;
 hundreds of mailboxes every 60 s are a few. Account changes have audit codes (6, 7, 36) that list
-``accounts`` in the same poll; block-list entries have none."""
+``accounts`` in the same poll; block-list entries have none. ``webhook_deliveries`` lists every
+failed delivery of its look-back window (a customer's broken endpoint can fill many pages)."""
 
 
 class BudgetConfig(Model):
@@ -69,7 +71,7 @@ class WorkspaceConfig(Model):
     base_url: str = "https://api.instantly.ai"
     as_workspace: str | None = Field(None, description="x-as-workspace: act on an agency sub-workspace")
     poll_interval_secs: float = Field(DEFAULT_POLL_INTERVAL_SECS, ge=1)
-    streams: list[StreamName] = Field(default_factory=_all_streams)
+    streams: list[StreamName] = Field(default_factory=_default_streams)
     snapshot_interval_secs: float | None = Field(
         None,
         ge=1,
@@ -79,8 +81,8 @@ class WorkspaceConfig(Model):
     )
     snapshot_intervals: dict[StreamName, float | None] = Field(
         default_factory=dict,
-        description="per snapshot stream: list it at most this often (seconds, >= 1; null = every poll); "
-        "wins over snapshot_interval_secs",
+        description="per snapshot stream (and webhook_deliveries): list it at most this often "
+        "(seconds, >= 1; null = every poll); wins over snapshot_interval_secs",
     )
     audit_triggers_snapshots: bool = Field(
         True, description="list a snapshot stream in the same poll when an audit record says it changed"
@@ -100,6 +102,13 @@ class WorkspaceConfig(Model):
         "(read by instantly-audit gaps)",
     )
     audit_page_size: int = Field(_AUDIT_PAGE_MAX, ge=1, le=_AUDIT_PAGE_MAX)
+    webhook_deliveries_lookback_days: float = Field(
+        2.0,
+        gt=0,
+        le=30,
+        description="webhook_deliveries: how far back its first read goes (later reads start one day "
+        "before the day of the last complete read)",
+    )
     request_timeout_secs: float = Field(30.0, gt=0)
     max_retries: int = Field(6, ge=0, le=20)
     budget: BudgetConfig = BudgetConfig()
@@ -126,7 +135,7 @@ class WorkspaceConfig(Model):
         """
         if stream in self.snapshot_intervals:
             return self.snapshot_intervals[stream]
-        if self.snapshot_interval_secs is not None:
+        if self.snapshot_interval_secs is not None and BY_NAME[stream].kind == "snapshot":
             return self.snapshot_interval_secs
         return DEFAULT_SNAPSHOT_INTERVALS.get(stream)
 

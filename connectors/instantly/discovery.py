@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from connectors.instantly.config import WorkspaceConfig
+from connectors.instantly.deliveries import ReceiverTargets
 from connectors.instantly.source import InstantlyWorkspacePoller
 from pipeline.bus.base import CONTROL_TOPIC, Bus
 from pipeline.clock import Clock
@@ -57,11 +58,12 @@ def child_poller(
     clock: Clock,
     telemetry: Telemetry | None = None,
     health: HealthRegistry | None = None,
+    receivers: ReceiverTargets | None = None,
 ) -> InstantlyWorkspacePoller:
     """The poller of sub-workspace ``sub`` of the agency ``agency_id`` (its key, ``x-as-workspace: sub``)."""
     sub_cfg = cfg.model_copy(update={"as_workspace": sub, "discover_subworkspaces": False, "name": name})
     return InstantlyWorkspacePoller(
-        child_id(agency_id, sub), sub_cfg, bus, clock=clock, telemetry=telemetry, health=health
+        child_id(agency_id, sub), sub_cfg, bus, clock=clock, telemetry=telemetry, health=health, receivers=receivers
     )
 
 
@@ -77,15 +79,19 @@ class AgencyPoller:
         clock: Clock,
         telemetry: Telemetry | None = None,
         health: HealthRegistry | None = None,
+        receivers: ReceiverTargets | None = None,
     ):
         self.source_id = source_id
+        self.receivers = receivers
         self.backpressure: Backpressure | None = None
         """Set by the runtime with ``bus.max_consumer_lag``: wait there before each poll."""
         self.cfg = cfg
         self.bus = bus
         self.clock = clock
         self.telemetry, self.health = telemetry, health
-        self.agency = InstantlyWorkspacePoller(source_id, cfg, bus, clock=clock, telemetry=telemetry, health=health)
+        self.agency = InstantlyWorkspacePoller(
+            source_id, cfg, bus, clock=clock, telemetry=telemetry, health=health, receivers=receivers
+        )
         self.txn_id = self.agency.txn_id
         self.children: dict[str, InstantlyWorkspacePoller] = {}
         """Sub-workspace id → its poller."""
@@ -182,6 +188,7 @@ class AgencyPoller:
                 clock=self.clock,
                 telemetry=self.telemetry,
                 health=self.health,
+                receivers=self.receivers,
             )
             await child.__aenter__()
             self.children[sub] = child

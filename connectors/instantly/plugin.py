@@ -11,6 +11,7 @@ from typing import ClassVar
 import orjson
 
 from connectors.instantly.config import workspaces
+from connectors.instantly.deliveries import receiver_targets
 from connectors.instantly.discovery import AgencyPoller, child_poller
 from connectors.instantly.source import InstantlyWorkspacePoller, identity_key
 from pipeline.bus.base import Bus
@@ -36,11 +37,15 @@ class InstantlySources:
         telemetry: Telemetry | None = None,
         health: HealthRegistry | None = None,
     ) -> list[Source]:
-        """One poller per configured workspace (an :class:`AgencyPoller` where ``discover_subworkspaces`` is on)."""
+        """One poller per configured workspace (an :class:`AgencyPoller` where ``discover_subworkspaces`` is on).
+
+        Each learns the webhook receiver's ``public_urls`` (for ``webhook_deliveries``) from ``cfg.webhook``.
+        """
+        rx = receiver_targets(cfg.webhook)
         return [
-            AgencyPoller(sid, wcfg, bus, clock=clock, telemetry=telemetry, health=health)
+            AgencyPoller(sid, wcfg, bus, clock=clock, telemetry=telemetry, health=health, receivers=rx)
             if wcfg.discover_subworkspaces
-            else InstantlyWorkspacePoller(sid, wcfg, bus, clock=clock, telemetry=telemetry, health=health)
+            else InstantlyWorkspacePoller(sid, wcfg, bus, clock=clock, telemetry=telemetry, health=health, receivers=rx)
             for sid, wcfg in workspaces(cfg).items()
         ]
 

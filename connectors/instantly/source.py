@@ -43,11 +43,19 @@ from typing import Any
 import orjson
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from connectors.instantly.api import AUDIT_LOGS, BY_NAME, GROUP_ADMIN_PATH, GROUP_MEMBERS, page_limit
+from connectors.instantly.api import (
+    AUDIT_LOGS,
+    BY_NAME,
+    GROUP_ADMIN_PATH,
+    GROUP_MEMBERS,
+    WEBHOOK_DELIVERIES,
+    page_limit,
+)
 from connectors.instantly.api import WORKSPACE as WORKSPACE_STREAM
 from connectors.instantly.budget import RequestBudget
 from connectors.instantly.client import InstantlyClient, SessionFactory, TransportError, cause_of
 from connectors.instantly.config import WorkspaceConfig
+from connectors.instantly.deliveries import ReceiverTargets, publish_deliveries
 from connectors.instantly.normalize import admin_link_item, with_admin_link
 from connectors.instantly.receipts import ReceiptSettings
 from connectors.instantly.stream_events import UNAVAILABLE, StreamEvents
@@ -127,6 +135,7 @@ class InstantlyWorkspacePoller:
         audit_backfill_secs: float | None = None,
         telemetry: Telemetry | None = None,
         health: HealthRegistry | None = None,
+        receivers: ReceiverTargets | None = None,
     ):
         self.source_id = source_id
         self.backpressure: Backpressure | None = None
@@ -138,6 +147,15 @@ class InstantlyWorkspacePoller:
         self.clock = clock
         self.txn_id = f"poller-{source_id}"
         self.streams: tuple[str, ...] = tuple(dict.fromkeys(cfg.streams))
+        self.receivers = receivers
+        """The webhook receiver's sources with ``public_urls`` (``webhook_deliveries`` is off without them)."""
+        if WEBHOOK_DELIVERIES.name in self.streams and receivers is None:
+            log.warning(
+                "webhook_deliveries is off: no webhook source names its public_urls, so no delivery in "
+                "Instantly's delivery log can be told to be the pipeline's (see docs/webhook-receiver.md).",
+                extra={"source": source_id, "stream": WEBHOOK_DELIVERIES.name},
+            )
+            self.streams = tuple(s for s in self.streams if s != WEBHOOK_DELIVERIES.name)
         self.audit_backfill_secs = audit_backfill_secs
         """First poll only: how far back to read the audit log (``None`` = all the API returns)."""
         self.telemetry = telemetry if telemetry is not None else get_telemetry()
@@ -210,7 +228,7 @@ class InstantlyWorkspacePoller:
         least 300 s (a stream listed every 300 s must not flap stale between listings).
         """
         every = self.cfg.poll_interval_secs
-        if BY_NAME[stream].kind == "snapshot":
+        if BY_NAME[stream].kind != "audit":
             every = max(every, self.cfg.snapshot_interval(stream) or 0.0)
         return max(3 * every, 300.0)
 
@@ -276,7 +294,7 @@ class InstantlyWorkspacePoller:
             spec = BY_NAME[stream]
             pub = Publisher(self.bus, self.txn_id, self.source_id, self.workspace, tel, self._client.workspace_id)
             now = self.clock.now()
-            if spec.kind == "snapshot" and not self._snapshot_due(stream, now, triggered):
+            if spec.kind != "audit" and not self._snapshot_due(stream, now, triggered):
                 continue
             attrs = {
                 KIND: "source",
@@ -303,6 +321,13 @@ class InstantlyWorkspacePoller:
                             await publish_audit_log(pub, self._client, window, counts, self._audit_cache)
                         finally:
                             triggered |= window.triggered  # what committed, even when a later page failed
+                    elif spec is WEBHOOK_DELIVERIES and self.receivers is not None:
+                        recovered, summaries = await publish_deliveries(
+                            pub, self._client, self.receivers, now=now,
+                            lookback_days=self.cfg.webhook_deliveries_lookback_days,
+                        )  # fmt: skip
+                        counts[stream] += recovered
+                        counts["pipeline"] += summaries
                     elif spec is WORKSPACE_STREAM:
                         if ws_error is not None:
                             raise ws_error
@@ -356,7 +381,7 @@ class InstantlyWorkspacePoller:
                     health.stream_ok(self.source_id, stream)
                     counts["pipeline"] += await self._stream_read(stream)
                     tel.cursor_age_seconds(self._client.workspace_id, stream, now, workspace=self.source_id)
-                    if spec.kind == "snapshot":
+                    if spec.kind != "audit":
                         self._snapshot_ok[stream] = now
         log.info(
             "Poll finished.",

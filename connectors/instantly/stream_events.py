@@ -10,7 +10,8 @@
   reads again (also after a restart: the marker says so); it resolves both rules' alerts. The marker
   then holds ``recovered:<event id>``, so an unavailability in the same hour gets a new event id.
 
-Attributes carry the status, the error class, a plain ``cause`` (``HTTP 503``, ``timeout``,
+Attributes carry the status, the error class, for a 403 the stream's read ``scope`` (the one the key
+lacks, from the stream table), a plain ``cause`` (``HTTP 503``, ``timeout``,
 ``connection refused``, ``DNS``; :func:`connectors.instantly.client.cause_of`) and the client's
 message, which names the request but never a URL, a header or a response body.
 """
@@ -19,12 +20,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from connectors.instantly.api import BY_NAME
 from connectors.instantly.client import cause_of
 from connectors.instantly.normalize import pipeline_event
 from connectors.instantly.streams import Publisher
 from pipeline.bus.base import Bus
 from pipeline.clock import format_time
-from pipeline.errors import SourceError
+from pipeline.errors import ScopeError, SourceError
 from pipeline.observability.logs import get_logger
 from pipeline.observability.metrics import ID, KIND, STREAM
 from schemas.event import Event
@@ -149,6 +151,7 @@ class StreamEvents:
                 "message": err.message,
                 "hour": format_time(hour),
                 **(outage or {}),
+                **({"scope": BY_NAME[stream].scope} if isinstance(err, ScopeError) and stream in BY_NAME else {}),
             },
         )
         if event_type == UNAVAILABLE and self._down is not None:

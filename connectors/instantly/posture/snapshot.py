@@ -36,8 +36,10 @@ MAX_AUDIT_RECORDS = 50_000
 """Audit records read per workspace for the shared-key check (the newest window is enough)."""
 OPTIONAL_STREAMS = frozenset({"group_members"})
 """Streams ``check`` reads only when the workspace's config lists them (agency links)."""
-CHECK_STREAMS: tuple[str, ...] = tuple(s.name for s in api.STREAMS if s.name not in OPTIONAL_STREAMS)
-"""What ``check`` itself reads (its key needs these scopes too)."""
+CHECK_STREAMS: tuple[str, ...] = tuple(
+    s.name for s in api.STREAMS if s.name not in OPTIONAL_STREAMS and s.kind != "delivery_log"
+)
+"""What ``check`` itself reads (its key needs these scopes too; never the webhook delivery log)."""
 
 
 @dataclass
