@@ -7,7 +7,9 @@ check; while it fails and the id was never learned, the id comes from an audit r
 * snapshot streams list everything first and publish only if the whole listing succeeded (a
   failed page must not read as "everything was deleted"); their events and the new snapshot
   are written in one bus transaction;
-* the audit log publishes page by page, events and cursor together (:mod:`connectors.instantly.streams`).
+* the audit log publishes page by page, events and cursor together (:mod:`connectors.instantly.streams`);
+* ``webhook_deliveries`` (opt-in; needs the receiver's ``public_urls``) republishes the receiver's
+  deliveries Instantly gave up on, from its delivery log (:mod:`connectors.instantly.deliveries`).
 
 The audit log runs first. Snapshot streams run every poll, or at most every
 :meth:`WorkspaceConfig.snapshot_interval` seconds (``block_list`` and ``accounts`` by default,
