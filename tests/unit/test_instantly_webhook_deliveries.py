@@ -97,6 +97,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     clock = FakeClock(START)
     async with InstantlySimulator(seed=3, clock=clock.now) as sim, SqliteBus(tmp_path / "bus.db") as bus:
         sim.config.webhook_retries, sim.config.webhook_retry_delay_secs = 2, RETRY
+        sim.config.webhook_timeout_secs = 2.0  # the customer URL does not resolve: fail fast wherever DNS is slow
         ws = sim.add_workspace("Acme").id
         key = sim.add_api_key(ws, ["webhook_events:read", "workspaces:read"]).key
         port = free_port()
