@@ -16,7 +16,8 @@ mailbox, not a user: entity type ``account``)           error is suspended, then
                                                         the member in ``users``, its role unmapped)
 ``workspace_group.*``                                   3006 Group Management (7/8 Add/Remove Subgroup)
 ``member.role_changed/permissions_changed``,            3007 User Management (14 Assign / 15 Remove
-``workspace.owner_changed``                             Privileges; the workspace in ``resources``)
+``workspace.owner_changed``                             Privileges; the workspace in ``resources``,
+                                                        the new owner in ``user``)
 every other audit record (``audit.*``)                  6003 API Activity (Create/Read/Update/Delete;
                                                         an API key caller in ``api.token``)
 anything else (``pipeline.*``, ``webhook_delivery.*``)  0 Base Event
@@ -51,6 +52,7 @@ from pipeline.formats._common import (
     as_dict,
     classify,
     epoch_ms,
+    owner_change,
     product_version,
     record_kind,
     role_change,
@@ -427,7 +429,11 @@ def _user_privileges(p: Picker, act: Activity, body: Mapping[str, Any]) -> dict[
     deprecated since OCSF 1.9.0 for it), the workspace in ``resources``."""
     activity_id, privileges = _privileges(body)
     out = _head(3007, activity_id, None if activity_id != 99 else act.label)
-    out["user"] = _target_user(p)
+    if body.get("type") == "workspace.owner_changed" and p.get("target.kind") not in ("member", "user"):
+        new = owner_change(body)[1]  # the target is the workspace (resources); the previous owner stays unmapped
+        out["user"] = {"uid": new} if new else {"name": "unknown"}
+    else:
+        out["user"] = _target_user(p)
     out["privileges"] = privileges
     out["resources"] = [{"type": "workspace", **{k: v for k, v in _workspace_org(p).items() if k != "type"}}]
     return out
