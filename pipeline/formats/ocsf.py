@@ -502,10 +502,12 @@ def _finding(body: dict[str, Any]) -> dict[str, Any]:
     severity = str(p.take("rule.severity") or "info")
     status = str(p.get("status") or "open")  # stays in unmapped too: OCSF's status names differ
     count = p.get("count")
+    emission = p.get("emission")  # stays in unmapped too: activity_id does not say which update
     if status == "resolved":
         activity_id, status_id, status_name = 3, 4, "Resolved"
-    else:
-        activity_id = 2 if isinstance(count, int) and count > 1 else 1
+    else:  # OCSF 1 Create when first generated, 2 Update later: the n-th alert (before emission: by count)
+        known = isinstance(emission, int) and not isinstance(emission, bool) and emission >= 1
+        activity_id = (1 if emission == 1 else 2) if known else (2 if isinstance(count, int) and count > 1 else 1)
         status_id, status_name = 1, "New"
     out = _head(2004, activity_id)
     sev_id = _ALERT_SEVERITY.get(severity, 0)

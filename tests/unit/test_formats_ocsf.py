@@ -475,6 +475,36 @@ def test_alert_is_detection_finding(over: dict[str, Any], activity: int, status:
     assert dropped(alert.to_dict(), doc, "unmapped") == []
 
 
+@pytest.mark.parametrize(
+    ("over", "activity"),
+    [
+        ({"emission": 1, "count": 2}, 1),  # a first alert folding two matches is created, not updated
+        ({"emission": 1}, 1),
+        ({"emission": 2}, 2),  # the condition alerted again after its suppression window
+        ({"emission": 3, "count": 9}, 2),
+        ({"emission": 2, "status": "resolved"}, 3),
+        ({"count": 2}, 2),  # no emission (a record written before Alert v1 had it): the count rule
+    ],
+)
+def test_finding_activity_follows_the_emission(over: dict[str, Any], activity: int) -> None:
+    """Detection Finding activity_id: 1 Create when the finding is first generated (emission 1, whatever its
+    count), 2 Update when an existing finding is raised again (emission > 1), 3 Close when resolved."""
+    doc = to_ocsf(sample_alert(**over))
+    assert doc["activity_id"] == activity and doc["type_uid"] == 200400 + activity
+    assert ocsf_errors(doc) == []
+
+
+def test_incident_findings_are_created_once() -> None:
+    """The scripted incident raises each finding once (one record per dedup key), member.unexpected with two
+    matches folded in (count 2): every one is a Create."""
+    from tests.event_corpus import incident_records
+
+    _, alerts = incident_records()
+    assert len({a["dedup_key"] for a in alerts}) == len(alerts)
+    assert any(a["count"] > 1 for a in alerts)
+    assert {to_ocsf(a)["activity_id"] for a in alerts} == {1}
+
+
 def test_closed_finding_is_no_alert() -> None:
     """is_alert is true on a new or updated finding and left out on a Close (resolved): OCSF's Detection
     Finding says a Close is likely no alertable signal and omits the attribute or sets it false."""
