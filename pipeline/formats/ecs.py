@@ -12,7 +12,9 @@ as in the ECS user-usage guide; with no actor user, e.g. a snapshot change, the 
 ``user.id/name/email``, the one user the event mentions; a workspace owner change: the new owner
 in ``user.target.id`` with ``user.changes.roles: ["owner"]``, the previous one in ``related.user``,
 the workspace only in ``organization.*``), ``source.ip``, ``user_agent.original``, ``organization.*``
-(the workspace), ``related.*`` and ``labels``. Alerts: ``event.kind=alert``, ``rule.*``, ``threat.technique.*``.
+(the workspace), ``related.*`` and ``labels``. Alerts: ``event.kind=alert``, ``rule.*``, ``threat.technique.*``,
+``@timestamp`` their latest event, ``event.start/end`` the events' range, ``event.created`` when the rules engine
+raised them (``raised_at``).
 
 Snapshot baselines (``*.baseline``) describe what exists, not a change: ``event.kind=state``,
 ``event.type=info`` (an IAM baseline also ``user``/``group``: ``["user", "info"]``). The raw
@@ -258,6 +260,9 @@ def _alert(body: dict[str, Any]) -> dict[str, Any]:
         "provider": PROVIDER,
         "dataset": "instantly.alerts",
     }
+    # ECS: event.created is when the pipeline created the event, for an alert when the rules engine raised it
+    # (absent from records written before Alert v1 had raised_at); @timestamp stays its latest activity
+    _put(doc, "event.created", p.take_str("raised_at"))
     _common(p, doc)
     _put(doc, "labels.severity", severity)
     _put(doc, "labels.status", status)

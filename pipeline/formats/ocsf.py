@@ -524,8 +524,11 @@ def _finding(body: dict[str, Any]) -> dict[str, Any]:
         out["is_alert"] = True
     first = epoch_ms(p.take("first_seen"))
     last = epoch_ms(p.take("last_seen"))
-    # OCSF finding time: when the finding was first generated (start_time of an aggregate), not its last event
-    out["time"] = first if first is not None else last if last is not None else 0
+    if (raised := epoch_ms(p.get("raised_at"))) is not None:
+        p.take("raised_at")
+    # OCSF finding time: when it was generated (the engine raised it), not when its events happened (those are
+    # start_time/end_time); a record from before raised_at falls back to its first event
+    out["time"] = raised if raised is not None else first if first is not None else last if last is not None else 0
     if first is not None:
         out["start_time"] = first
     if last is not None:
@@ -556,6 +559,8 @@ def _finding(body: dict[str, Any]) -> dict[str, Any]:
         info["first_seen_time"] = first
     if last is not None:
         info["last_seen_time"] = last
+    if raised is not None:  # a condition's first alert creates the finding, a later one or its close modifies it
+        info["created_time" if activity_id == 1 and emission == 1 else "modified_time"] = raised
     event_ids = p.take("event_ids") or []
     if event_ids:
         info["related_events"] = [{"uid": str(e)} for e in event_ids]

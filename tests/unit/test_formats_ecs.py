@@ -137,6 +137,16 @@ def test_one_user_events_have_root_user_fields() -> None:
             assert doc["user"].get("id") or doc["user"].get("name"), event.type
 
 
+def test_alert_event_created_is_when_the_engine_raised_it() -> None:
+    """ECS event.created is when the pipeline created the event: an alert's raised_at (absent without one);
+    @timestamp stays the latest activity (last_seen), event.start/end the events' range."""
+    raised = "2026-03-05T23:15:00.250Z"
+    doc = to_ecs(sample_alert(raised_at=raised, emission=1))
+    assert doc["event"]["created"] == raised and "raised_at" not in doc.get("instantly", {}).get("details", {})
+    assert (doc["@timestamp"], doc["event"]["start"], doc["event"]["end"]) == (SEEN, T0, SEEN)
+    assert "created" not in to_ecs(sample_alert())["event"]
+
+
 def test_alert_fields() -> None:
     """An alert is event.kind=alert with rule.*, threat.technique.* and a risk score."""
     alert = sample_alert()
