@@ -1,12 +1,18 @@
 """Alert v1: a rule's finding (see ``alert.v1.json``), as immutable msgspec structs.
 
 ``dedup_key`` is stable for one condition (rule + workspace + entity), so replays and
-retries never page twice; ``id`` hashes the dedup key and the first event that raised it.
+retries never page twice; ``id`` hashes the dedup key, the status and the occurrence (the
+first event that raised it, or the engine's open time and emission number).
+
+``emission`` (the n-th alert raised for the condition since it opened; a resolved alert
+carries the last one) and ``raised_at`` (when the rules engine raised it, by its clock) are
+optional: records written before they existed decode with ``None`` and are written back
+without them, byte for byte. Neither enters ``id``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import orjson
@@ -67,6 +73,8 @@ class Alert(msgspec.Struct, frozen=True, gc=False):
     last_seen: str
     count: int = 1
     attributes: dict[str, Any] = msgspec.field(default_factory=dict)
+    emission: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    raised_at: str | None = None
     schema: Literal["instantly.alert.v1"] = SCHEMA
 
     @classmethod
@@ -85,11 +93,14 @@ class Alert(msgspec.Struct, frozen=True, gc=False):
         status: Literal["open", "resolved"] = "open",
         attributes: dict[str, Any] | None = None,
         occurrence: str = "",
+        emission: int | None = None,
+        raised_at: str | None = None,
     ) -> Alert:
         """Build an alert whose id hashes the dedup key, the status and ``occurrence``.
 
         ``occurrence`` separates distinct firings of one condition (e.g. the period of a
-        stale-key reminder); the first event id is used when it is empty.
+        stale-key reminder); the first event id is used when it is empty. ``emission`` and
+        ``raised_at`` (RFC 3339 UTC) are carried as given and never change the id.
         """
         occ = occurrence or (event_ids[0] if event_ids else first_seen)
         return cls(
@@ -105,12 +116,14 @@ class Alert(msgspec.Struct, frozen=True, gc=False):
             last_seen=last_seen,
             count=count,
             attributes=attributes or {},
+            emission=emission,
+            raised_at=raised_at,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (nested dicts are shared, not copied)."""
+        """JSON-ready dict (nested dicts are shared, not copied); ``emission``/``raised_at`` only when set."""
         r = self.rule
-        return {
+        d: dict[str, Any] = {
             "schema": self.schema,
             "id": self.id,
             "status": self.status,
@@ -133,14 +146,20 @@ class Alert(msgspec.Struct, frozen=True, gc=False):
             "count": self.count,
             "attributes": self.attributes,
         }
+        if self.emission is not None:
+            d["emission"] = self.emission
+        if self.raised_at is not None:
+            d["raised_at"] = self.raised_at
+        return d
 
     def to_json(self) -> bytes:
-        """Serialise to the bus bytes: orjson, fields in declaration order (``schema`` last).
+        """Serialise to the bus bytes: orjson, fields in declaration order (``schema`` last), an unset
+        ``emission``/``raised_at`` left out (so an alert without them is written as before they existed).
 
         Raises:
             orjson.JSONEncodeError: ``attributes`` hold a value JSON cannot represent.
         """
-        return orjson.dumps(self, default=msgspec.structs.asdict)
+        return orjson.dumps(self, default=_asdict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Alert:
@@ -165,6 +184,17 @@ class Alert(msgspec.Struct, frozen=True, gc=False):
             return ALERT_DECODER.decode(data) if cls is Alert else msgspec.json.decode(data, type=cls)
         except msgspec.DecodeError as err:
             raise decode_error("an Alert v1", err) from None
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    """orjson's ``default``: a struct as a dict; an Alert without its unset optional fields."""
+    d = msgspec.structs.asdict(obj)
+    if obj.__class__ is Alert:
+        if d["emission"] is None:
+            del d["emission"]
+        if d["raised_at"] is None:
+            del d["raised_at"]
+    return d
 
 
 ALERT_DECODER = msgspec.json.Decoder(Alert)

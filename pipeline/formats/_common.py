@@ -267,5 +267,24 @@ def role_change(event: Mapping[str, Any]) -> tuple[str | None, str | None]:
     return (old if isinstance(old, str) else None, new if isinstance(new, str) else None)
 
 
+def owner_change(event: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(previous owner, new owner) user ids of a ``workspace.owner_changed`` event.
+
+    The event's target is the workspace (a snapshot diff of the workspace record); the owners are user
+    ids: the new one in ``change.after.owner`` (also ``attributes.owner``), the previous one in
+    ``attributes.previous_owner`` (also ``change.before.owner``).
+    """
+    change = event.get("change")
+    change = change if isinstance(change, Mapping) else {}
+    before, after = change.get("before"), change.get("after")
+    attrs = event.get("attributes")
+    attrs = attrs if isinstance(attrs, Mapping) else {}
+    new = after.get("owner") if isinstance(after, Mapping) else None
+    new = new if isinstance(new, str) and new else attrs.get("owner")
+    old = attrs.get("previous_owner")
+    old = old if isinstance(old, str) and old else (before.get("owner") if isinstance(before, Mapping) else None)
+    return (old if isinstance(old, str) and old else None, new if isinstance(new, str) and new else None)
+
+
 ROLE_RANK = {"view": 1, "client": 1, "editor": 2, "admin": 3, "owner": 4}
 SEVERITY_RANK = {"info": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}

@@ -9,8 +9,12 @@ with ``group``+the activity; webhooks → ``configuration``),
 ``info`` that succeeded, outcomes nobody knows), ``user.*`` (the actor), ``user.target.*``
 (a member acted upon, old role in ``user.target.roles``, new role in ``user.changes.roles``
 as in the ECS user-usage guide; with no actor user, e.g. a snapshot change, the member is also
-``user.id/name/email``, the one user the event mentions), ``source.ip``, ``user_agent.original``, ``organization.*``
-(the workspace), ``related.*`` and ``labels``. Alerts: ``event.kind=alert``, ``rule.*``, ``threat.technique.*``.
+``user.id/name/email``, the one user the event mentions; a workspace owner change: the new owner
+in ``user.target.id`` with ``user.changes.roles: ["owner"]``, the previous one in ``related.user``,
+the workspace only in ``organization.*``), ``source.ip``, ``user_agent.original``, ``organization.*``
+(the workspace), ``related.*`` and ``labels``. Alerts: ``event.kind=alert``, ``rule.*``, ``threat.technique.*``,
+``@timestamp`` their latest event, ``event.start/end`` the events' range, ``event.created`` when the rules engine
+raised them (``raised_at``).
 
 Snapshot baselines (``*.baseline``) describe what exists, not a change: ``event.kind=state``,
 ``event.type=info`` (an IAM baseline also ``user``/``group``: ``["user", "info"]``). The raw
@@ -32,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.formats._common import Activity, Picker, as_dict, classify, record_kind, role_change
+from pipeline.formats._common import Activity, Picker, as_dict, classify, owner_change, record_kind, role_change
 
 ECS_VERSION = "8.17.0"
 PROVIDER = "instantly-audit"
@@ -179,7 +183,9 @@ def _event(body: dict[str, Any]) -> dict[str, Any]:
     _put(doc, "user_agent.original", p.take_str("actor.user_agent"))
 
     kind = p.get("target.kind")
-    if kind in ("member", "user") or event_type == "workspace.owner_changed":
+    if event_type == "workspace.owner_changed":
+        related_users += _owner_change(p, body, doc, actor=bool(uid or uname))
+    elif kind in ("member", "user"):
         tid, tname = p.take_str("target.id"), p.take_str("target.name")
         _put(doc, "user.target.id", tid)
         _put(doc, "user.target.name", tname)
@@ -191,8 +197,6 @@ def _event(body: dict[str, Any]) -> dict[str, Any]:
             _put(doc, "user.email", email)
         related_users += [u for u in (tname, tid) if u]
         old, new = role_change(body)
-        if event_type == "workspace.owner_changed":
-            old, new = None, "owner"
         if old is not None and new is not None and old != new:
             _put(doc, "user.target.roles", [old])
             _put(doc, "user.changes.roles", [new])
@@ -209,6 +213,23 @@ def _event(body: dict[str, Any]) -> dict[str, Any]:
     if related_users:
         _put(doc, "related.user", list(dict.fromkeys(related_users)))
     return _finish(p, doc)
+
+
+def _owner_change(p: Picker, body: Mapping[str, Any], doc: dict[str, Any], *, actor: bool) -> list[str]:
+    """``workspace.owner_changed``: the target is the workspace (already ``organization.*``); the user affected
+    is the new owner, ``user.target.id`` (ECS user usage guide: ``user.target`` is the user's prior state,
+    ``user.changes`` only what changed: ``roles: ["owner"]``), the previous owner is in ``related.user``.
+    Returns the users for ``related.user``."""
+    previous, new = owner_change(body)
+    for path, value in (("attributes.owner", new), ("attributes.previous_owner", previous)):
+        if value is not None and p.get(path) == value:
+            p.take(path)
+    _put(doc, "user.target.id", new)
+    if new is not None:
+        _put(doc, "user.changes.roles", ["owner"])
+        if not actor:  # no actor user: the user the change is about goes at the root too, as for a member
+            _put(doc, "user.id", new)
+    return [u for u in (new, previous) if u]
 
 
 def _finish(p: Picker, doc: dict[str, Any]) -> dict[str, Any]:
@@ -239,6 +260,9 @@ def _alert(body: dict[str, Any]) -> dict[str, Any]:
         "provider": PROVIDER,
         "dataset": "instantly.alerts",
     }
+    # ECS: event.created is when the pipeline created the event, for an alert when the rules engine raised it
+    # (absent from records written before Alert v1 had raised_at); @timestamp stays its latest activity
+    _put(doc, "event.created", p.take_str("raised_at"))
     _common(p, doc)
     _put(doc, "labels.severity", severity)
     _put(doc, "labels.status", status)

@@ -16,7 +16,8 @@ mailbox, not a user: entity type ``account``)           error is suspended, then
                                                         the member in ``users``, its role unmapped)
 ``workspace_group.*``                                   3006 Group Management (7/8 Add/Remove Subgroup)
 ``member.role_changed/permissions_changed``,            3007 User Management (14 Assign / 15 Remove
-``workspace.owner_changed``                             Privileges; the workspace in ``resources``)
+``workspace.owner_changed``                             Privileges; the workspace in ``resources``,
+                                                        the new owner in ``user``)
 every other audit record (``audit.*``)                  6003 API Activity (Create/Read/Update/Delete;
                                                         an API key caller in ``api.token``)
 anything else (``pipeline.*``, ``webhook_delivery.*``)  0 Base Event
@@ -51,6 +52,7 @@ from pipeline.formats._common import (
     as_dict,
     classify,
     epoch_ms,
+    owner_change,
     product_version,
     record_kind,
     role_change,
@@ -427,7 +429,11 @@ def _user_privileges(p: Picker, act: Activity, body: Mapping[str, Any]) -> dict[
     deprecated since OCSF 1.9.0 for it), the workspace in ``resources``."""
     activity_id, privileges = _privileges(body)
     out = _head(3007, activity_id, None if activity_id != 99 else act.label)
-    out["user"] = _target_user(p)
+    if body.get("type") == "workspace.owner_changed" and p.get("target.kind") not in ("member", "user"):
+        new = owner_change(body)[1]  # the target is the workspace (resources); the previous owner stays unmapped
+        out["user"] = {"uid": new} if new else {"name": "unknown"}
+    else:
+        out["user"] = _target_user(p)
     out["privileges"] = privileges
     out["resources"] = [{"type": "workspace", **{k: v for k, v in _workspace_org(p).items() if k != "type"}}]
     return out
@@ -496,10 +502,12 @@ def _finding(body: dict[str, Any]) -> dict[str, Any]:
     severity = str(p.take("rule.severity") or "info")
     status = str(p.get("status") or "open")  # stays in unmapped too: OCSF's status names differ
     count = p.get("count")
+    emission = p.get("emission")  # stays in unmapped too: activity_id does not say which update
     if status == "resolved":
         activity_id, status_id, status_name = 3, 4, "Resolved"
-    else:
-        activity_id = 2 if isinstance(count, int) and count > 1 else 1
+    else:  # OCSF 1 Create when first generated, 2 Update later: the n-th alert (before emission: by count)
+        known = isinstance(emission, int) and not isinstance(emission, bool) and emission >= 1
+        activity_id = (1 if emission == 1 else 2) if known else (2 if isinstance(count, int) and count > 1 else 1)
         status_id, status_name = 1, "New"
     out = _head(2004, activity_id)
     sev_id = _ALERT_SEVERITY.get(severity, 0)
@@ -516,8 +524,11 @@ def _finding(body: dict[str, Any]) -> dict[str, Any]:
         out["is_alert"] = True
     first = epoch_ms(p.take("first_seen"))
     last = epoch_ms(p.take("last_seen"))
-    # OCSF finding time: when the finding was first generated (start_time of an aggregate), not its last event
-    out["time"] = first if first is not None else last if last is not None else 0
+    if (raised := epoch_ms(p.get("raised_at"))) is not None:
+        p.take("raised_at")
+    # OCSF finding time: when it was generated (the engine raised it), not when its events happened (those are
+    # start_time/end_time); a record from before raised_at falls back to its first event
+    out["time"] = raised if raised is not None else first if first is not None else last if last is not None else 0
     if first is not None:
         out["start_time"] = first
     if last is not None:
@@ -548,6 +559,8 @@ def _finding(body: dict[str, Any]) -> dict[str, Any]:
         info["first_seen_time"] = first
     if last is not None:
         info["last_seen_time"] = last
+    if raised is not None:  # a condition's first alert creates the finding, a later one or its close modifies it
+        info["created_time" if activity_id == 1 and emission == 1 else "modified_time"] = raised
     event_ids = p.take("event_ids") or []
     if event_ids:
         info["related_events"] = [{"uid": str(e)} for e in event_ids]

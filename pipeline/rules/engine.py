@@ -1,7 +1,8 @@
 """The pure rules engine: events (or a tick) + rule state in, Alert v1 records + state changes out.
 
 No I/O and no wall clock: time comes from each event's ``time`` and from the ``now`` given to
-:meth:`RulesEngine.tick` (the injected clock when omitted). The worker
+:meth:`RulesEngine.tick` (the injected clock when omitted); an alert's ``raised_at`` is the injected
+clock, read once per ``evaluate``/``tick`` call. The worker
 (:mod:`pipeline.rules.worker`) wraps it with the bus; replay reuses it as is.
 
 Alert semantics, owned here so every rule gets them alike:
@@ -17,7 +18,11 @@ Alert semantics, owned here so every rule gets them alike:
   a ``resolved`` alert with the same dedup key goes out; other conditions are forgotten after
   a quiet window;
 * **alert ids** hash (dedup key, status, open time, n-th alert), so a retried or replayed batch
-  builds the same ids.
+  builds the same ids;
+* **emission / raised_at**: each alert carries its emission number (the n-th alert of the
+  condition since it opened; a resolved alert the last one) and when the engine raised it, the
+  injected clock read once per :meth:`RulesEngine.evaluate` / :meth:`RulesEngine.tick` call;
+  neither enters the id.
 
 A rule that raises is reported in :attr:`Evaluation.failures`; the other rules still run.
 """
@@ -182,22 +187,32 @@ class _Pending:
         tr = self.track
         self.count, self.first, self.last = tr.count, tr.first, tr.last
 
-    def build(self) -> Alert:
+    def build(self, raised_at: str) -> Alert:
         tr, st = self.track, self.state
         return Alert.build(
             rule=self.bound.ref(self.severity), workspace=st.workspace, summary=self.summary[:MAX_SUMMARY],
             dedup_key=dedup_key(self.bound.id, st.workspace.id, self.key), event_ids=tuple(self.event_ids),
             entities=self.entities, first_seen=format_time(self.first), last_seen=format_time(self.last),
             count=self.count, attributes=self.attributes, occurrence=f"{round(tr.opened * 1000)}:{self.emission}",
+            emission=self.emission if self.emission >= 1 else None, raised_at=raised_at,
         )  # fmt: skip
 
 
 @dataclass(slots=True)
 class _Batch:
+    now: float
+    """The injected clock, read once for the whole evaluate()/tick() call: the alerts' ``raised_at``."""
     items: list[_Pending | Alert] = field(default_factory=list)
     open: dict[tuple[str, str, str], _Pending] = field(default_factory=dict)
     failures: list[RuleFailure] = field(default_factory=list)
     suppressed: int = 0
+    _raised_at: str | None = None
+
+    def raised_at(self) -> str:
+        """``now`` as RFC 3339 (formatted once, when the batch raises its first alert)."""
+        if self._raised_at is None:
+            self._raised_at = format_time(self.now)
+        return self._raised_at
 
 
 def _expire(st: RuleState, window: float, now: float) -> None:
@@ -281,7 +296,7 @@ class RulesEngine:
         through a cached :class:`_Plan`; ``tests/unit/test_rules_equivalence.py`` checks that this
         gives exactly what the plain loop (route, look up the context, call) gives.
         """
-        batch = _Batch()
+        batch = _Batch(self._clock.now())
         failures = batch.failures
         apply = self._apply
         plans = self._plans
@@ -333,8 +348,9 @@ class RulesEngine:
 
     def tick(self, now: float | None = None) -> Evaluation:
         """Evaluate time-based conditions at ``now`` (default: the injected clock) for every workspace."""
-        t = self._clock.now() if now is None else now
-        batch = _Batch()
+        clock_now = self._clock.now()  # once per call: the alerts' raised_at, and the tick time by default
+        t = clock_now if now is None else now
+        batch = _Batch(clock_now)
         by_id, touched = self._by_id, self._store.touched
         for st in list(self._store.states.values()):
             b = by_id.get(st.rule_id)
@@ -430,6 +446,7 @@ class RulesEngine:
                 dedup_key=dedup_key(b.id, st.workspace.id, f.key), event_ids=eids,
                 entities=f.entities, first_seen=format_time(tr.first), last_seen=format_time(t), count=tr.count,
                 status="resolved", attributes=dict(f.attributes), occurrence=f"{round(tr.opened * 1000)}",
+                emission=tr.emissions if tr.emissions >= 1 else None, raised_at=batch.raised_at(),
             ))  # fmt: skip
             return
         severity: Severity = b.severity or f.severity or b.rule.meta.severity
@@ -467,5 +484,5 @@ class RulesEngine:
     def _finish(self, batch: _Batch, n: int) -> Evaluation:
         changes, enc_failures = self._store.flush()
         batch.failures.extend(RuleFailure(rid, None, None, msg) for rid, msg in enc_failures)
-        alerts = tuple(x.build() if isinstance(x, _Pending) else x for x in batch.items)
+        alerts = tuple(x.build(batch.raised_at()) if isinstance(x, _Pending) else x for x in batch.items)
         return Evaluation(alerts, changes, tuple(batch.failures), batch.suppressed, n)

@@ -125,8 +125,9 @@ def test_one_user_events_have_root_user_fields() -> None:
     doc = to_ecs(sample_events()["role_up"])
     assert doc["user"]["id"] == doc["user"]["target"]["id"] == "5d6e7f80-9a0b-4c1d-8e2f-3a4b5c6d7e8f"
     assert doc["user"]["name"] == doc["user"]["email"] == "mallory@example.com"
-    owner = to_ecs(sample_events()["owner_changed"])  # a name that is no email address: no user.email
-    assert (owner["user"]["id"], owner["user"]["name"]) == ("u-new-owner", "Eve") and "email" not in owner["user"]
+    owner = to_ecs(sample_events()["owner_changed"])  # the new owner, a user id: no name, no email
+    assert owner["user"]["id"] == owner["user"]["target"]["id"] == "u-new-owner"
+    assert "name" not in owner["user"] and "email" not in owner["user"]
     acted = to_ecs({**sample_events()["role_up"].to_dict(), "actor": {"user_id": "u-1", "user_name": "Jane Doe"}})
     assert (acted["user"]["id"], acted["user"]["name"]) == ("u-1", "Jane Doe") and "email" not in acted["user"]
     assert acted["user"]["target"]["email"] == "mallory@example.com"
@@ -134,6 +135,16 @@ def test_one_user_events_have_root_user_fields() -> None:
         doc = to_ecs(event)
         if "target" in doc.get("user", {}):
             assert doc["user"].get("id") or doc["user"].get("name"), event.type
+
+
+def test_alert_event_created_is_when_the_engine_raised_it() -> None:
+    """ECS event.created is when the pipeline created the event: an alert's raised_at (absent without one);
+    @timestamp stays the latest activity (last_seen), event.start/end the events' range."""
+    raised = "2026-03-05T23:15:00.250Z"
+    doc = to_ecs(sample_alert(raised_at=raised, emission=1))
+    assert doc["event"]["created"] == raised and "raised_at" not in doc.get("instantly", {}).get("details", {})
+    assert (doc["@timestamp"], doc["event"]["start"], doc["event"]["end"]) == (SEEN, T0, SEEN)
+    assert "created" not in to_ecs(sample_alert())["event"]
 
 
 def test_alert_fields() -> None:

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 
 from connectors.elasticsearch_setup import ECS_FIELDS, OPAQUE
-from pipeline.formats import get_format, json_format_names, render
+from pipeline.formats import get_format, json_format_names, render, to_cef, to_ecs, to_ocsf, to_splunk
 from tests.event_corpus import fixture_events, incident_records, webhook_events
-from tests.unit.test_formats_native import sample_alert
+from tests.unit.test_formats_cef import parse_cef
+from tests.unit.test_formats_native import normalizer_events, sample_alert, sample_events
 
 
 @functools.cache
@@ -102,3 +103,33 @@ def test_ecs_template_maps_every_emitted_field() -> None:
     leaves = {p.replace("[]", "") for p, ts in seen.items() if ts - {"object", "array"} and p}
     unmapped = sorted(p for p in leaves if p not in ECS_FIELDS and not p.startswith(OPAQUE))
     assert unmapped == []
+
+
+def test_owner_change_user_is_the_new_owner_not_the_workspace() -> None:
+    """workspace.owner_changed targets the workspace; the user it is about is the new owner (change.after.owner).
+
+    ECS (user usage guide: ``user.target`` is the affected user's prior state, ``user.changes`` only what
+    changed): the new owner in ``user.target.id``, ``user.changes.roles: ["owner"]``, the previous owner in
+    ``related.user``; OCSF User Management ``user.uid`` is the new owner. No format names the workspace as a user.
+    """
+    records = [r for r in corpus() if r.get("type") == "workspace.owner_changed"]
+    records += [e.to_dict() for e in normalizer_events() if e.type == "workspace.owner_changed"]
+    records.append(sample_events()["owner_changed"].to_dict())
+    assert len(records) >= 3
+    for record in records:
+        new, previous = record["change"]["after"]["owner"], record["attributes"]["previous_owner"]
+        workspace = {record["workspace"]["id"], record["workspace"]["name"], record["target"]["id"]}
+        assert record["target"]["kind"] == "workspace" and new and previous and new != previous
+        ecs = to_ecs(record)
+        assert ecs["user"]["target"] == {"id": new}  # the new owner's prior role is unknown: no roles
+        assert ecs["user"]["changes"] == {"roles": ["owner"]}
+        assert set(ecs["related"]["user"]) == {new, previous}
+        ecs_users = {v for k, v in ecs["user"].items() if isinstance(v, str)} | set(ecs["user"]["target"].values())
+        assert not ecs_users & workspace
+        assert ecs["organization"]["id"] == record["workspace"]["id"]
+        ocsf = to_ocsf(record)
+        assert ocsf["user"] == {"uid": new} and ocsf["privileges"] == ["owner"]
+        assert ocsf["resources"][0]["uid"] == record["workspace"]["id"]
+        assert to_splunk(record)["user"] not in workspace  # CIM: the changer (unknown for a snapshot diff)
+        cef = dict(parse_cef(to_cef(record))[1])
+        assert not {cef.get("duid"), cef.get("duser"), cef.get("suid"), cef.get("suser")} & workspace

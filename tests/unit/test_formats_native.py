@@ -123,9 +123,9 @@ def sample_events() -> dict[str, Event]:
             "member.permissions_changed", MEMBER, {"permissions": ["dashboard.view"]},
             {"permissions": ["dashboard.view", "organization.billing"]}, ("permissions",),
         ),
-        "owner_changed": _snap(
-            "workspace.owner_changed", Target("user", "u-new-owner", "Eve"), {"owner": "u-old"},
-            {"owner": "u-new-owner"}, ("owner",),
+        "owner_changed": _snap(  # as the connector makes it: the target is the workspace, the owners user ids
+            "workspace.owner_changed", Target("workspace", WS.id, WS.name), {"owner": "u-old"},
+            {"owner": "u-new-owner"}, ("owner",), owner="u-new-owner", previous_owner="u-old",
         ),
         "workspace_renamed": _snap(
             "workspace.renamed", Target("workspace", WS.id, "Acme 2"), {"name": "Acme"}, {"name": "Acme 2"}, ("name",)

@@ -475,6 +475,36 @@ def test_alert_is_detection_finding(over: dict[str, Any], activity: int, status:
     assert dropped(alert.to_dict(), doc, "unmapped") == []
 
 
+@pytest.mark.parametrize(
+    ("over", "activity"),
+    [
+        ({"emission": 1, "count": 2}, 1),  # a first alert folding two matches is created, not updated
+        ({"emission": 1}, 1),
+        ({"emission": 2}, 2),  # the condition alerted again after its suppression window
+        ({"emission": 3, "count": 9}, 2),
+        ({"emission": 2, "status": "resolved"}, 3),
+        ({"count": 2}, 2),  # no emission (a record written before Alert v1 had it): the count rule
+    ],
+)
+def test_finding_activity_follows_the_emission(over: dict[str, Any], activity: int) -> None:
+    """Detection Finding activity_id: 1 Create when the finding is first generated (emission 1, whatever its
+    count), 2 Update when an existing finding is raised again (emission > 1), 3 Close when resolved."""
+    doc = to_ocsf(sample_alert(**over))
+    assert doc["activity_id"] == activity and doc["type_uid"] == 200400 + activity
+    assert ocsf_errors(doc) == []
+
+
+def test_incident_findings_are_created_once() -> None:
+    """The scripted incident raises each finding once (one record per dedup key), member.unexpected with two
+    matches folded in (count 2): every one is a Create."""
+    from tests.event_corpus import incident_records
+
+    _, alerts = incident_records()
+    assert len({a["dedup_key"] for a in alerts}) == len(alerts)
+    assert any(a["count"] > 1 for a in alerts)
+    assert {to_ocsf(a)["activity_id"] for a in alerts} == {1}
+
+
 def test_closed_finding_is_no_alert() -> None:
     """is_alert is true on a new or updated finding and left out on a Close (resolved): OCSF's Detection
     Finding says a Close is likely no alertable signal and omits the attribute or sets it false."""
@@ -496,9 +526,9 @@ def test_count_only_on_aggregate_findings() -> None:
 
 
 def test_finding_time_is_when_it_was_first_generated() -> None:
-    """Detection Finding ``time`` is the finding's creation time (first_seen, the start of an aggregate),
-    not its latest event; end_time and last_seen_time keep last_seen; last_seen stands in when first_seen is
-    unreadable."""
+    """Without raised_at (a record written before Alert v1 had it), Detection Finding ``time`` falls back to
+    first_seen (the start of an aggregate), not its latest event; end_time and last_seen_time keep last_seen;
+    last_seen stands in when first_seen is unreadable."""
     alert = sample_alert(count=3)
     doc = to_ocsf(alert)
     assert (doc["time"], doc["start_time"], doc["end_time"]) == (epoch_ms(T0), epoch_ms(T0), epoch_ms(SEEN))
@@ -508,6 +538,27 @@ def test_finding_time_is_when_it_was_first_generated() -> None:
     only_last = to_ocsf({**alert.to_dict(), "first_seen": "not a time"})
     assert only_last["time"] == epoch_ms(SEEN) and "start_time" not in only_last
     assert ocsf_errors(doc) == [] and ocsf_errors(only_last) == []
+
+
+def test_finding_time_is_when_the_engine_raised_it() -> None:
+    """With raised_at (when the rules engine raised the alert) the finding ``time`` is that, "not when the
+    underlying activity occurred": the events' range stays start_time/end_time. A condition's first alert
+    creates the finding (finding_info.created_time), a later one or its close modifies it (modified_time)."""
+    raised = "2026-03-05T23:15:00.250Z"
+    for over, stamp in (({"emission": 1}, "created_time"), ({"emission": 2}, "modified_time"),
+                        ({"emission": 1, "status": "resolved"}, "modified_time")):  # fmt: skip
+        alert = sample_alert(count=3, raised_at=raised, **over)
+        doc = to_ocsf(alert)
+        assert (doc["time"], doc["start_time"], doc["end_time"]) == (epoch_ms(raised), epoch_ms(T0), epoch_ms(SEEN))
+        info = doc["finding_info"]
+        assert info[stamp] == epoch_ms(raised) and {"created_time", "modified_time"} - {stamp} - set(info)
+        assert "raised_at" not in doc.get("unmapped", {}) and doc["unmapped"]["emission"] == over["emission"]
+        assert ocsf_errors(doc) == [] and dropped(alert.to_dict(), doc, "unmapped") == []
+    from tests.event_corpus import incident_records
+
+    _, alerts = incident_records()  # the real engine: time is when it raised the alert, not the first event
+    assert all(to_ocsf(a)["time"] == epoch_ms(a["raised_at"]) for a in alerts)
+    assert any(epoch_ms(a["raised_at"]) != epoch_ms(a["first_seen"]) for a in alerts)
 
 
 @pytest.mark.parametrize(("severity", "sev_id"), [("info", 1), ("low", 2), ("medium", 3), ("high", 4)])

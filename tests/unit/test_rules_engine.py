@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.clock import FakeClock, parse_time
+from pipeline.clock import FakeClock, format_time, parse_time
 from pipeline.rules.engine import MAX_EVENT_IDS, Evaluation, RulesEngine, dedup_key
 from pipeline.rules.state import main_key, tracks_key
 from pipeline.rules.testing import make_event
@@ -160,6 +160,67 @@ def test_alert_ids_are_the_same_on_replay() -> None:
     a = valid(engine().evaluate(evs))
     b = valid(engine().evaluate(evs))
     assert [x.to_dict() for x in a] == [x.to_dict() for x in b] and a
+
+
+class CountingClock(FakeClock):
+    """A FakeClock that counts its now() reads."""
+
+    def __init__(self, start: float):
+        super().__init__(start)
+        self.reads = 0
+
+    def now(self) -> float:
+        self.reads += 1
+        return super().now()
+
+
+def test_alerts_carry_their_emission_and_when_the_engine_raised_them() -> None:
+    """emission: the n-th alert of the condition since it opened (a first alert folding two matches is 1, the
+    next after the window 2, the resolution carries the last: 2); raised_at: the injected clock at that
+    evaluate/tick call, not the events' time (first_seen/last_seen)."""
+    clock = FakeClock(T0 + 30 * HOUR)
+    e = RulesEngine.from_config({}, clock=clock)
+    [first] = of(valid(e.evaluate([key_event("baseline", T0), key_event("baseline", T0 + 1)])), "api_key.all_scope")
+    clock.advance(60)
+    assert of(valid(e.evaluate([key_event("baseline", T0 + HOUR)])), "api_key.all_scope") == []
+    clock.advance(60)
+    [second] = of(valid(e.evaluate([key_event("baseline", T0 + 25 * HOUR)])), "api_key.all_scope")
+    clock.advance(60)
+    [resolved] = of(valid(e.evaluate([key_event("deleted", T0 + 26 * HOUR)])), "api_key.all_scope")
+    assert (first.count, first.emission, first.raised_at) == (2, 1, format_time(T0 + 30 * HOUR))
+    assert first.first_seen == format_time(T0) != first.raised_at
+    assert (second.emission, second.raised_at) == (2, format_time(T0 + 30 * HOUR + 120))
+    assert (resolved.status, resolved.emission) == ("resolved", 2)
+    assert resolved.raised_at == format_time(T0 + 30 * HOUR + 180)
+    ticked = RulesEngine.from_config({}, clock=FakeClock(T0 + 5))
+    valid(ticked.evaluate([key_event("created", T0, scopes=("leads:read",), created_at="2026-03-01T00:00:00Z")]))
+    [stale] = valid(ticked.tick(T0 + 91 * 86_400))  # tick(now): raised_at is still the injected clock
+    assert (stale.rule.id, stale.emission, stale.raised_at) == ("api_key.stale", 1, format_time(T0 + 5))
+
+
+def test_the_clock_is_read_once_per_call() -> None:
+    """evaluate() and tick() read the injected clock once each, however many alerts they raise."""
+    clock = CountingClock(T0)
+    e = RulesEngine.from_config({}, clock=clock)
+    alerts = valid(e.evaluate([key_event("baseline", T0, kid=f"k{i}") for i in range(5)]))
+    assert len(alerts) >= 5 and {a.raised_at for a in alerts} == {format_time(T0)} and clock.reads == 1
+    e.tick()
+    assert clock.reads == 2
+
+
+def test_alert_ids_do_not_depend_on_when_they_were_raised() -> None:
+    """The same events on engines whose clocks differ: the same ids, other raised_at (ids hash the dedup key,
+    status and occurrence only); Alert.build gives one id with or without emission and raised_at."""
+    evs = [key_event("baseline", T0), login(T0 + 1), key_event("deleted", T0 + 2)]
+    a = valid(engine(start=T0).evaluate(evs))
+    b = valid(engine(start=T0 + 7 * HOUR).evaluate(evs))
+    assert [x.id for x in a] == [x.id for x in b] and a
+    assert all(x.raised_at != y.raised_at for x, y in zip(a, b, strict=True))
+    plain = msgspec.structs.replace(a[0], emission=None, raised_at=None)
+    kw = {k: getattr(plain, k) for k in ("rule", "workspace", "summary", "dedup_key", "event_ids", "entities",
+                                         "first_seen", "last_seen", "count", "status", "attributes")}  # fmt: skip
+    bare = Alert.build(**kw, occurrence="1:1")
+    assert Alert.build(**kw, occurrence="1:1", emission=3, raised_at="2030-01-01T00:00:00.000Z").id == bare.id
 
 
 def test_state_round_trip_continues_where_it_stopped() -> None:

@@ -212,7 +212,7 @@ def scripts(draw: st.DrawFn) -> list[Event | float]:
 
 def reference_evaluate(engine: RulesEngine, events: Iterable[Event]) -> Evaluation:
     """The plain loop the plans replace (the engine's ``evaluate`` before them)."""
-    batch = _Batch()
+    batch = _Batch(engine._clock.now())
     n = 0
     touched = engine._store.touched
     for ev in events:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -83,6 +84,29 @@ def test_round_trip_through_json() -> None:
     assert Event.from_json(e.to_json()) == e
     a = _alert()
     assert Alert.from_json(a.to_json()) == a
+
+
+def test_alert_emission_and_raised_at_are_optional() -> None:
+    """emission and raised_at: written (before ``schema``) and validated when set; an alert without them is
+    written and read as before they existed; neither changes the id; a bad value is refused."""
+    from schemas.errors import RecordError
+
+    old = _alert()
+    assert (old.emission, old.raised_at) == (None, None)
+    assert b'"emission"' not in old.to_json() and "emission" not in old.to_dict() and "raised_at" not in old.to_dict()
+    new = msgspec.structs.replace(old, emission=2, raised_at="2026-03-05T23:10:01.500Z")
+    assert new.id == old.id
+    assert new.to_json().endswith(
+        b'"attributes":{},"emission":2,"raised_at":"2026-03-05T23:10:01.500Z","schema":"instantly.alert.v1"}'
+    )
+    assert Alert.from_json(new.to_json()) == new and Alert.from_dict(new.to_dict()) == new
+    assert (new.to_dict()["emission"], new.to_dict()["raised_at"]) == (2, "2026-03-05T23:10:01.500Z")
+    assert schema_errors("alert", new.to_dict()) == []
+    assert Alert.from_json(old.to_json()) == old
+    for field, bad in (("emission", 0), ("emission", "1"), ("raised_at", "yesterday")):
+        assert schema_errors("alert", {**new.to_dict(), field: bad}), (field, bad)
+    with pytest.raises(RecordError, match=r"\$\.emission"):
+        Alert.from_json(json.dumps({**new.to_dict(), "emission": 0}).encode())
 
 
 @pytest.mark.parametrize(

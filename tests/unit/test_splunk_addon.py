@@ -10,14 +10,18 @@ from __future__ import annotations
 import configparser
 import csv
 import functools
+import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipeline.formats import to_splunk
+from pipeline.formats._common import audit_code
+from pipeline.rules.testing import make_event
 from tests.event_corpus import fixture_events, incident_records, webhook_events
-from tests.unit.test_formats_native import sample_alert, sample_events
+from tests.unit.test_formats_native import normalizer_events, sample_alert, sample_events
 
 ADDON = Path(__file__).resolve().parents[2] / "deploy" / "splunk" / "TA-instantly-audit"
 SOURCETYPE = {"event": "instantly:audit:event", "alert": "instantly:audit:alert"}
@@ -127,3 +131,149 @@ def test_addon_files_are_complete() -> None:
     for section in transforms.sections():
         assert (ADDON / "lookups" / transforms[section]["filename"]).is_file()
     assert conf("app.conf")["package"]["id"] == "TA-instantly-audit"
+
+
+# ---- the props.conf EVALs, evaluated ----------------------------------------------------------------------
+_TOKEN = re.compile(r"""\s*(?:(?P<str>"[^"]*")|(?P<field>'[^']*')|(?P<op>==|!=|[(),=])|(?P<word>[A-Za-z_][\w.]*))""")
+
+
+def _field(doc: dict[str, Any], path: str) -> str | None:
+    """A field as KV_MODE=json extracts it: the dotted path of a scalar, as text (JSON null, "" and objects
+    make no field)."""
+    node: Any = doc
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    if node is None or isinstance(node, dict | list) or node == "":
+        return None
+    return node if isinstance(node, str) else json.dumps(node)
+
+
+def spl_eval(expr: str, doc: dict[str, Any]) -> Any:
+    """Evaluate an eval expression of the subset props.conf uses: coalesce, case, if, match, null, true,
+    isnull, isnotnull, AND/OR/NOT, ==/=/!=, "strings", 'fields' and bare field names. Null is None."""
+    tokens: list[tuple[str | None, str]] = []
+    at = 0
+    while expr[at:].strip():
+        m = _TOKEN.match(expr, at)
+        assert m is not None and m.lastgroup, f"cannot read {expr[at : at + 20]!r}"
+        tokens.append((m.lastgroup, m.group(m.lastgroup)))
+        at = m.end()
+    pos = 0
+
+    def peek() -> str:
+        return tokens[pos][1] if pos < len(tokens) else ""
+
+    def take(expected: str | None = None) -> tuple[str | None, str]:
+        nonlocal pos
+        kind, text = tokens[pos]
+        assert expected is None or text == expected, (expected, text, expr)
+        pos += 1
+        return kind, text
+
+    def disjunction() -> Any:
+        value = conjunction()
+        while peek() == "OR":
+            take()
+            right = conjunction()
+            value = bool(value) or bool(right)
+        return value
+
+    def conjunction() -> Any:
+        value = negation()
+        while peek() == "AND":
+            take()
+            right = negation()
+            value = bool(value) and bool(right)
+        return value
+
+    def negation() -> Any:
+        if peek() == "NOT":
+            take()
+            return not negation()
+        left = primary()
+        if peek() in ("==", "=", "!="):
+            op = take()[1]
+            right = primary()
+            return None if left is None or right is None else (left == right) == (op != "!=")
+        return left
+
+    def primary() -> Any:
+        kind, text = take()
+        if text == "(":
+            value = disjunction()
+            take(")")
+            return value
+        if kind == "str":
+            return text[1:-1]
+        if kind == "field":
+            return _field(doc, text[1:-1])
+        if peek() != "(":
+            return _field(doc, text)
+        take("(")
+        args: list[Any] = []
+        while peek() != ")":
+            args.append(disjunction())
+            if peek() == ",":
+                take(",")
+        take(")")
+        return _call(text, args)
+
+    value = disjunction()
+    assert pos == len(tokens), (tokens[pos:], expr)
+    return value
+
+
+def _call(name: str, args: list[Any]) -> Any:
+    if name == "coalesce":
+        return next((a for a in args if a is not None), None)
+    if name == "case":
+        return next((args[i + 1] for i in range(0, len(args), 2) if args[i] is True), None)
+    if name == "if":
+        return args[1] if args[0] is True else args[2]
+    if name == "match":
+        return None if args[0] is None else re.search(args[1], args[0]) is not None
+    if name in ("isnull", "isnotnull"):
+        return (args[0] is None) == (name == "isnull")
+    if name in ("null", "true"):
+        return None if name == "null" else True
+    raise AssertionError(f"eval function {name} is not modelled")
+
+
+def lookup_types() -> set[str]:
+    with (ADDON / "lookups" / "instantly_audit_types.csv").open() as f:
+        return {row["type"] for row in csv.DictReader(f)}
+
+
+def event_records() -> list[dict[str, Any]]:
+    """Every event the pipeline makes (fixtures, webhook receiver, incident, the samples, the normalizer), and
+    each type the add-on maps with an actor named or only by id or none, a target named or only by id."""
+    records = [r for r in corpus() if "rule" not in r]
+    records += [e.to_dict() for e in [*sample_events().values(), *normalizer_events()]]
+    actors = ({"user_id": "u-7", "user_name": "Dana"}, {"user_id": "u-7"}, None)
+    targets = ({"kind": "thing", "id": "t-1", "name": "Thing one"}, {"kind": "thing", "id": "t-1"}, None)
+    for t in sorted(lookup_types()):
+        code = audit_code({"type": t})  # the connector gives every audit record its activity_code
+        attrs = {"activity_code": code} if code is not None else None
+        records += [
+            make_event(t, time=0, actor=a, target=g, attributes=attrs).to_dict() for a in actors for g in targets
+        ]
+    return records
+
+
+def test_native_user_is_what_format_splunk_chooses() -> None:
+    """props.conf's EVAL-user gives a format: native record the CIM user format: splunk gives it, for every
+    event type: the account changed only when the target is a user (a member, a user's MFA), else the changer
+    ("unknown" when a snapshot diff names none), never a webhook, key, mailbox, domain or workspace name.
+    Format: splunk records keep their own user (or none) under the same EVAL."""
+    expr = conf("props.conf")[SOURCETYPE["event"]]["EVAL-user"]
+    assert spl_eval('coalesce(a, "x")', {}) == "x" and spl_eval("match('t.k', \"^2[2-7]$\")", {"t": {"k": 23}})
+    by_type: dict[str, int] = {}
+    for record in event_records():
+        splunk = to_splunk(record)
+        want = splunk.get("user")
+        assert spl_eval(expr, record) == want, (record["type"], record.get("target"), record.get("actor"))
+        assert spl_eval(expr, splunk) == want, record["type"]
+        by_type[record["type"]] = by_type.get(record["type"], 0) + 1
+    assert lookup_types() <= set(by_type)  # every type the add-on maps
+    assert {"audit.mfa_totp_enabled", "member.role_changed", "audit.user_login", "pipeline.poller_unauthorized",
+            "webhook_delivery.reply_received"} <= set(by_type)  # fmt: skip
