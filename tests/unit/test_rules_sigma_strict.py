@@ -445,3 +445,25 @@ def test_type_glob_classes_are_expanded_or_the_rule_skipped(tmp_path: Path) -> N
     want = [True, True, False, True, False]
     assert _engine_opens(orig, "custom.key_cd", evs, fresh=True) == want
     assert _engine_opens(back, "sigma.key_created_or_deleted", evs, fresh=True) == want
+
+
+def test_import_of_a_lone_star_and_its_neq_agree_with_not() -> None:
+    """``f|neq: '*'`` is ``not (f: '*')``: a lone ``*`` is any value but not a missing or null field, so its
+    ``neq`` holds on a null or missing field and not on a value; ``{f: '*', f|neq: a}`` keeps both tests (the
+    lone ``*`` was rewritten to the key ``f|neq`` and one of the two overwrote the other)."""
+
+    def opens(det: dict[str, Any], ev: Event) -> bool:
+        return compile_detection(import_rule(_doc(det))["detection"])(ev)
+
+    star = {"s": {"attributes.s": "*"}, "condition": "s"}
+    forms = ({"s": {"attributes.s": "*"}, "condition": "not s"}, {"s": {"attributes.s|neq": "*"}, "condition": "s"},
+             {"s": {"attributes.s|neq": ["*"]}, "condition": "s"})  # fmt: skip
+    for attrs, present in (({"s": "x"}, True), ({"s": 0}, True), ({"s": None}, False), ({}, False)):
+        ev = _attrs(**attrs)
+        assert opens(star, ev) is present, attrs
+        assert [opens(f, ev) for f in forms] == [not present] * 3, attrs
+    both = {"s": {"attributes.s": "*", "attributes.s|neq": "a"}, "condition": "s"}
+    flipped = {"s": {"attributes.s|neq": "a", "attributes.s": "*"}, "condition": "s"}
+    for det in (both, flipped):
+        assert opens(det, _attrs(s="b"))
+        assert not opens(det, _attrs(s="a")) and not opens(det, _attrs(s=None)) and not opens(det, _attrs())
