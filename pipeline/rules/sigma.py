@@ -125,7 +125,7 @@ def _export_regex(path: str, mods: list[str], pattern: Any) -> Any:
     flags = "".join(m for m in mods if m in ("i", "m", "s"))
     out = portable_end(pattern, flags)
     if problem := re2_problem(out, flags):
-        raise SigmaExportError(f"{path}|re {pattern!r}: {problem}; pySigma refuses it")
+        raise SigmaExportError(f"{path}|re {pattern!r}: RE2, pySigma's regex engine, cannot compile it: {problem}")
     return out
 
 

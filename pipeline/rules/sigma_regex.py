@@ -56,7 +56,7 @@ def re2_problem(pattern: str, flags: str = "") -> str | None:
             re2.compile(f"(?{prefix}){pattern}" if prefix else pattern, options)
         except re2.error as err:
             detail = err.args[0] if err.args else err
-            return f"RE2 cannot compile it ({detail.decode() if isinstance(detail, bytes) else detail})"
+            return str(detail.decode() if isinstance(detail, bytes) else detail)
         return None
     return lacking(pattern)
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pipeline.rules.matcher import RuleSyntaxError, getter
+from pipeline.rules.sigma_regex import re2_problem
 
 _SIGMA_MODS = frozenset({"contains", "startswith", "endswith", "re", "cidr", "gt", "gte", "lt", "lte", "exists",
                          "all", "cased", "i", "m", "s"})  # fmt: skip
@@ -244,6 +245,7 @@ def import_selection(body: Any, where: str) -> Any:
         if isinstance(value, list) and len(values) > 1 and any(v is None for v in values):
             raise SigmaImportError(f"{where}.{key}: null cannot be part of a list of values (Sigma: make it "
                                    "its own selection)")  # fmt: skip
+        _check_types(f"{where}.{key}", mods, values)
         converted = [_convert_value(path, mods, v, False) for v in values]
         if len({k for k, _ in converted}) > 1:  # mixed shapes in one list: all as anchored regexes
             if not all(isinstance(v, str) for v in values):
@@ -252,3 +254,26 @@ def import_selection(body: Any, where: str) -> Any:
         vals = [v for _, v in converted]
         out[converted[0][0]] = vals if isinstance(value, list) else vals[0]
     return out
+
+
+_STRING_MODS = ("contains", "startswith", "endswith", "cased")
+
+
+def _check_types(where: str, mods: list[str], values: list[Any]) -> None:
+    """What pySigma refuses in a value: a number, boolean or null under a string modifier (``SigmaTypeError``),
+    and a regex RE2 cannot compile (``SigmaRegularExpressionError``: pySigma 2 compiles with RE2).
+
+    Raises:
+        SigmaImportError: naming the field, the modifier and the value.
+    """
+    for mod in (m for m in _STRING_MODS if m in mods):
+        bad = next((v for v in values if not isinstance(v, str)), "")
+        if not isinstance(bad, str):
+            got = "null" if bad is None else repr(bad)
+            raise SigmaImportError(f"{where}: |{mod} needs a string, got {got} (pySigma refuses other types; quote "
+                                   "the value)")  # fmt: skip
+    if "re" in mods:
+        flags = "".join(m for m in mods if m in ("i", "m", "s"))
+        for v in values:
+            if isinstance(v, str) and (problem := re2_problem(v, flags)):
+                raise SigmaImportError(f"{where}: RE2, pySigma's regex engine, cannot compile {v!r}: {problem}")
