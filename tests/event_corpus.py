@@ -117,3 +117,33 @@ def incident_records() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         return events, alerts
 
     return asyncio.run(go())
+
+
+def rule_case_events() -> dict[str, list[Event]]:
+    """The events of every shipped rule's test cases (``connectors/instantly/rules/cases``), per rule id, as
+    ``rules test`` builds them."""
+    from connectors.instantly.rules import PACK
+    from pipeline.clock import parse_time
+    from pipeline.rules.testing import _event, load_case_file
+
+    assert PACK.cases_dir is not None
+    out: dict[str, list[Event]] = {}
+    for path in sorted(PACK.cases_dir.glob("*.yaml")):
+        cf = load_case_file(path)
+        w = cf.workspace
+        ws = WorkspaceRef(w) if isinstance(w, str) else WorkspaceRef(w.id, w.name)
+        t = parse_time(cf.start)
+        for case in cf.cases:
+            for i, raw in enumerate(case.events):
+                if set(raw) != {"tick"}:
+                    t += 1.0
+                    out.setdefault(cf.rule, []).append(_event(raw, ws, t, f"{path.name}: {case.name}: {i}"))
+    return out
+
+
+@functools.cache
+def sigma_mapping_corpus() -> list[dict[str, Any]]:
+    """What :mod:`pipeline.rules.sigma_fieldmap` derives the shipped Sigma pipelines from: every event the
+    pipeline can produce (normalizer, webhooks, the incident) and every rule test case event, as dicts."""
+    cases = [e for evs in rule_case_events().values() for e in evs]
+    return [e.to_dict() for e in fixture_events() + webhook_events() + cases] + incident_records()[0]

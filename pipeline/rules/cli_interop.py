@@ -3,7 +3,8 @@
 * ``rules export --format sigma --output DIR [--rules FILE] [--include-disabled]`` — one
   ``<rule_id>.yml`` per expressible enabled rule (:func:`~pipeline.rules.sigma.sigma_filename`), plus
   ``README.md`` (field mapping, file → rule id, skipped rules and why: disabled rules are skipped
-  unless ``--include-disabled``);
+  unless ``--include-disabled``), and the pySigma field mapping pipelines for our ECS and Splunk outputs
+  (``instantly_ecs.yaml``, ``instantly_splunk.yaml``: :mod:`pipeline.rules.sigma_fieldmap`);
 * ``rules import FILE... [--output FILE] [--prefix P]`` — Sigma rules → our YAML rules (stdout
   or FILE); each rejected rule is named on stderr with the reason;
 * ``rules coverage --navigator FILE [--rules FILE] [--emulations DIR]`` — the layer of the
@@ -32,6 +33,7 @@ from pipeline.rules.packs import rule_packs
 from pipeline.rules.rules_file import EXIT_FAIL, EXIT_OK, EXIT_USAGE, add_rules_file_arg, read_rules_file
 from pipeline.rules.sigma import FIELD_NOTE, dump_sigma, export_rule, sigma_filename
 from pipeline.rules.sigma_correlation import export_correlation, import_collection
+from pipeline.rules.sigma_fieldmap import TARGETS, header_notes, shipped_pipelines
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -66,7 +68,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             skipped.append((ex.rule_id, ex.skipped))
             continue
         header = f"# instantly-audit rule {ex.rule_id}, exported as Sigma.\n" + "".join(
-            f"# {line}\n" for line in textwrap.wrap(FIELD_NOTE, 98)
+            f"# {line}\n" for line in textwrap.wrap(f"{FIELD_NOTE} {PIPELINES_NOTE}", 98)
         )
         if not rule.params.enabled:  # --include-disabled: say so where a reader looks
             ex.document["description"] = f"{ex.document['description']} Disabled in the exporting configuration."
@@ -83,13 +85,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     lines += [f"- `{name}`: `{rid}`" for name, rid in written_files.items()] + [""]
     if skipped:
         lines += ["Skipped (disabled, or not expressible as a Sigma rule):", ""]
-        lines += [f"- `{rid}`: {why}" for rid, why in skipped]
-    (out / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        lines += [f"- `{rid}`: {why}" for rid, why in skipped] + [""]
+    lines += _write_pipelines(out)
+    (out / "README.md").write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
     print(f"rules export: {len(written)} Sigma rules written to {out}; {len(skipped)} skipped, {disabled} of them "
           "disabled (see README.md)")  # fmt: skip
     for rid, why in skipped:
         print(f"  skipped {rid}: {why}")
     return EXIT_OK
+
+
+PIPELINES_NOTE = "For our own outputs use instantly_ecs.yaml or instantly_splunk.yaml beside this file (see README.md)."
+
+
+def _write_pipelines(out: Path) -> list[str]:
+    """Write the shipped pySigma pipelines (:mod:`pipeline.rules.sigma_fieldmap`) to ``out``; their README lines."""
+    lines = ["## Field mapping pipelines", "",
+             "pySigma processing pipelines renaming the Event v1 fields to where our sinks put them, for rules "
+             "with `logsource.product: instantly`:", ""]  # fmt: skip
+    texts = shipped_pipelines()
+    for target in TARGETS:
+        (out / target.file).write_text(texts[target.file], encoding="utf-8")
+        lines.append(f"- `{target.file}`: {target.title}. `{target.usage}`")
+    for target in TARGETS:
+        notes = header_notes(texts[target.file])
+        if notes:
+            lines += ["", f"`{target.file}` leaves unmapped (a rule using them finds nothing there as is) or maps "
+                          "with a caveat:", ""]  # fmt: skip
+            lines += [f"- {note}" for note in notes]
+    return [*lines, ""]
 
 
 def cmd_import(args: argparse.Namespace) -> int:

@@ -35,8 +35,9 @@ import yaml
 from pipeline.rules.base import Rule
 from pipeline.rules.matcher import MatchRuleSpec, RuleSyntaxError, compile_detection, getter
 from pipeline.rules.sigma_condition import plain_identifiers, rename_in_condition, rewrite_of
+from pipeline.rules.sigma_regex import portable_end, re2_problem
 from pipeline.rules.sigma_values import SigmaImportError as SigmaImportError  # re-exported: callers import it here
-from pipeline.rules.sigma_values import import_selection, split_collisions, split_neq, star_not_null
+from pipeline.rules.sigma_values import import_selection, split_collisions, split_neq
 
 NAMESPACE = uuid.UUID("5b0ce7a2-6f5e-4c39-9d5b-2f1f8d0b9a41")
 """UUIDv5 namespace of exported rule ids (never change it: ids must stay stable)."""
@@ -108,7 +109,24 @@ def _export_item(path: str, kept: list[str], value: Any) -> tuple[str, Any]:
         kept = [m for m in kept if m != "all"]  # Sigma forbids |all on a single value; for one it changes nothing
     literal = not ({"re", "cidr"} & set(kept))
     v = ([_escape(x) for x in value] if isinstance(value, list) else _escape(value)) if literal else value
+    if "re" in kept:
+        v = [_export_regex(path, kept, x) for x in value] if isinstance(value, list) else _export_regex(path, kept, v)
     return "|".join([path, *kept]), v
+
+
+def _export_regex(path: str, mods: list[str], pattern: Any) -> Any:
+    """A regex as RE2 (pySigma's engine) reads it: ``\\Z`` (imported wildcards end with it) written as ``$``.
+
+    Raises:
+        SigmaExportError: RE2 cannot compile the pattern even so (a lookaround, a backreference...).
+    """
+    if not isinstance(pattern, str):
+        return pattern
+    flags = "".join(m for m in mods if m in ("i", "m", "s"))
+    out = portable_end(pattern, flags)
+    if problem := re2_problem(out, flags):
+        raise SigmaExportError(f"{path}|re {pattern!r}: RE2, pySigma's regex engine, cannot compile it: {problem}")
+    return out
 
 
 def _export_selection(body: Any) -> Any:
@@ -409,8 +427,8 @@ def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
     raw = {str(k): v for k, v in det.items() if k != "condition"}
     names = list(raw)
     # items of one mapping that would share a key of ours become selections ANDed in the condition
-    parted, collided = split_collisions(star_not_null(raw))
-    split, negated = split_neq({k: v for k, (_, v) in parted.items()})  # |neq items: selections negated
+    parted, collided = split_collisions(raw)
+    split, negated = split_neq({k: v for k, (_, v) in parted.items()})  # |neq items, lone '*': own selections
     detection = {k: import_selection(v, f"detection.{parted.get(o, (o,))[0]}") for k, (o, v) in split.items()}
     renames = plain_identifiers(list(detection))
     # Sigma's patterns skip _-prefixed names; renaming or splitting could widen one: write them all out

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pipeline.rules.matcher import RuleSyntaxError, getter
+from pipeline.rules.sigma_regex import re2_problem
 
 _SIGMA_MODS = frozenset({"contains", "startswith", "endswith", "re", "cidr", "gt", "gte", "lt", "lte", "exists",
                          "all", "cased", "i", "m", "s"})  # fmt: skip
@@ -75,8 +76,13 @@ def _convert_value(path: str, mods: list[str], value: Any, regex: bool) -> tuple
     return "|".join([path, "re", *rest, *flags]), f"{head}{body}{tail}"
 
 
+def _star(key: Any, value: Any) -> bool:
+    """A lone ``*`` (``f: '*'`` or ``f|neq: '*'``): any value, but not a missing or null field."""
+    return str(key).split("|")[1:] in ([], ["neq"]) and (value == "*" or value == ["*"])
+
+
 def _has_neq(body: Any) -> bool:
-    return isinstance(body, Mapping) and any("neq" in str(k).split("|")[1:] for k in body)
+    return isinstance(body, Mapping) and any("neq" in str(k).split("|")[1:] or _star(k, v) for k, v in body.items())
 
 
 def _namer(taken: set[str]) -> Callable[[str], str]:
@@ -99,7 +105,10 @@ def split_neq(selections: Mapping[str, Any]) -> tuple[dict[str, tuple[str, Any]]
     pySigma negates the whole field item, values and other modifiers included (``f|contains|neq: [a, b]``
     is ``not (f contains a or f contains b)``), which is exactly ``not`` of the selection ``{f|contains:
     [a, b]}``. A mapping with ``neq`` items becomes its other items (if any) and one selection per
-    ``neq`` item; a list of mappings, one such group per mapping that has them. Returns the new
+    ``neq`` item; a list of mappings, one such group per mapping that has them. A lone ``*`` (any value
+    but not a missing or null field, as Sigma backends read ``f=*``; ``|exists`` would also hold for a
+    null) is its own selection ``{f: null}``: negated for ``f: '*'``, as is for ``f|neq: '*'`` (``not (f:
+    '*')``: the field is missing or null). Returns the new
     selections (name → (the Sigma selection it came from, body)) and, per original name whose
     meaning moved into the condition, the expression that replaces it there (``(s and not s_not1)``).
     """
@@ -110,7 +119,7 @@ def split_neq(selections: Mapping[str, Any]) -> tuple[dict[str, tuple[str, Any]]
     fresh = _namer(taken)
 
     def one(name: str, origin: str, body: Mapping[str, Any], keep_name: bool) -> str:
-        pos = {k: v for k, v in body.items() if "neq" not in str(k).split("|")[1:]}
+        pos = {k: v for k, v in body.items() if "neq" not in str(k).split("|")[1:] and not _star(k, v)}
         terms = []
         if pos:
             pname = name if keep_name else fresh(name)
@@ -118,7 +127,11 @@ def split_neq(selections: Mapping[str, Any]) -> tuple[dict[str, tuple[str, Any]]
             terms.append(pname)
         for k, v in body.items():
             path, *mods = str(k).split("|")
-            if "neq" in mods:
+            if _star(k, v):  # f: '*' is not (f is null); f|neq: '*' is not that: f is null (or missing)
+                nname = fresh(f"{name}_not" if not mods else f"{name}_null")
+                out[nname] = (origin, {path: None})
+                terms.append(f"not {nname}" if not mods else nname)
+            elif "neq" in mods:
                 nname = fresh(f"{name}_not")
                 out[nname] = (origin, {"|".join([path, *(m for m in mods if m != "neq")]): v})
                 terms.append(f"not {nname}")
@@ -140,26 +153,6 @@ def split_neq(selections: Mapping[str, Any]) -> tuple[dict[str, tuple[str, Any]]
     return out, exprs
 
 
-def star_not_null(selections: Mapping[str, Any]) -> dict[str, Any]:
-    """A lone ``f: '*'`` as ``f|neq: null``: Sigma backends' ``f=*`` match any value but not null, while
-    ``|exists: true`` (the matcher's presence test) also holds for a field present as null."""
-
-    def one(body: Any) -> Any:
-        if isinstance(body, list):
-            return [one(b) for b in body]
-        if not isinstance(body, Mapping):
-            return body
-        out: dict[Any, Any] = {}
-        for k, v in body.items():
-            if "|" not in str(k) and (v == "*" or v == ["*"]):
-                out[f"{k}|neq"] = None
-            else:
-                out[k] = v
-        return out
-
-    return {k: one(v) for k, v in selections.items()}
-
-
 def split_collisions(selections: Mapping[str, Any]) -> tuple[dict[str, tuple[str, Any]], dict[str, str]]:
     """Items of one mapping that become the same key of ours, as extra selections ANDed in the condition.
 
@@ -167,7 +160,7 @@ def split_collisions(selections: Mapping[str, Any]) -> tuple[dict[str, tuple[str
     ``f|startswith`` and a mapping holds one value per key. Each item goes to the first part of its
     mapping that does not have its key yet: ``s`` → ``(s and s_and)``; in a list of mappings (an OR),
     a mapping with such items becomes its own group: ``s`` → ``(s or (s_1 and s_1_and))``. ``neq``
-    items are left in the first part (:func:`split_neq` makes each its own selection). Returns the
+    items and lone ``*`` are left in the first part (:func:`split_neq` makes each its own selection). Returns the
     selections (name → (the Sigma selection it came from, body)) and the expressions that replace
     the names whose meaning moved into the condition.
     """
@@ -181,7 +174,7 @@ def split_collisions(selections: Mapping[str, Any]) -> tuple[dict[str, tuple[str
         layers: list[tuple[set[str], dict[str, Any]]] = []
         for k, v in body.items():
             mods = str(k).split("|")[1:]
-            key = None if "neq" in mods else next(iter(import_selection({k: v}, where)))
+            key = None if "neq" in mods or _star(k, v) else next(iter(import_selection({k: v}, where)))
             layer = next((x for x in layers if key is None or key not in x[0]), None)
             if layer is None:
                 layers.append(layer := (set(), {}))
@@ -252,6 +245,7 @@ def import_selection(body: Any, where: str) -> Any:
         if isinstance(value, list) and len(values) > 1 and any(v is None for v in values):
             raise SigmaImportError(f"{where}.{key}: null cannot be part of a list of values (Sigma: make it "
                                    "its own selection)")  # fmt: skip
+        _check_types(f"{where}.{key}", mods, values)
         converted = [_convert_value(path, mods, v, False) for v in values]
         if len({k for k, _ in converted}) > 1:  # mixed shapes in one list: all as anchored regexes
             if not all(isinstance(v, str) for v in values):
@@ -260,3 +254,26 @@ def import_selection(body: Any, where: str) -> Any:
         vals = [v for _, v in converted]
         out[converted[0][0]] = vals if isinstance(value, list) else vals[0]
     return out
+
+
+_STRING_MODS = ("contains", "startswith", "endswith", "cased")
+
+
+def _check_types(where: str, mods: list[str], values: list[Any]) -> None:
+    """What pySigma refuses in a value: a number, boolean or null under a string modifier (``SigmaTypeError``),
+    and a regex RE2 cannot compile (``SigmaRegularExpressionError``: pySigma 2 compiles with RE2).
+
+    Raises:
+        SigmaImportError: naming the field, the modifier and the value.
+    """
+    for mod in (m for m in _STRING_MODS if m in mods):
+        bad = next((v for v in values if not isinstance(v, str)), "")
+        if not isinstance(bad, str):
+            got = "null" if bad is None else repr(bad)
+            raise SigmaImportError(f"{where}: |{mod} needs a string, got {got} (pySigma refuses other types; quote "
+                                   "the value)")  # fmt: skip
+    if "re" in mods:
+        flags = "".join(m for m in mods if m in ("i", "m", "s"))
+        for v in values:
+            if isinstance(v, str) and (problem := re2_problem(v, flags)):
+                raise SigmaImportError(f"{where}: RE2, pySigma's regex engine, cannot compile {v!r}: {problem}")

@@ -616,3 +616,32 @@ def test_exported_files_are_indented_by_four_spaces(exported: Path) -> None:
     text = (exported / "auth_mfa_disabled.yml").read_text(encoding="utf-8")
     assert "\nlogsource:\n    product: instantly\n    service: audit\n" in text
     assert "\nfalsepositives:\n    - " in text and "\ntags:\n    - attack." in text
+
+
+def test_export_writes_regexes_re2_compiles(tmp_path: Path) -> None:
+    """A mid-value wildcard imports as ``re`` ending in ``\\Z`` (the very end of the value, for Python); RE2,
+    which pySigma 2 compiles regexes with, has no ``\\Z``: the export writes ``$`` (RE2's end of text without
+    ``m``), ``(?-m:$)`` with ``m``, and pySigma loads the file. A regex RE2 cannot read at all (a lookahead)
+    skips the rule with the reason."""
+    from pipeline.rules.matcher import compile_detection
+
+    imported = import_rule(_doc({"s": {"target.name": "adm*n"}, "condition": "s"}))
+    assert imported["detection"]["s"] == {"target.name|re|i|s": "^adm.*n\\Z"}
+    multi = {"id": "custom.multiline", "title": "m flag", "severity": "low",
+             "detection": {"s": {"target.name|re|m": "^x\\Z|\\\\Z[Z]"}, "condition": "s"}}  # fmt: skip
+    ahead = {"id": "custom.lookahead", "title": "lookahead", "severity": "low",
+             "detection": {"s": {"target.name|re": "^(?!svc-)"}, "condition": "s"}}  # fmt: skip
+    out = _export_user_rules(tmp_path, [imported, multi, ahead])
+    for name, want in ((sigma_filename(imported["id"]), "^adm.*n$"), ("custom_multiline.yml", "^x(?-m:$)|\\\\Z[Z]")):
+        text = (out / name).read_text(encoding="utf-8")
+        (value,) = yaml.safe_load(text)["detection"]["s"].values()
+        assert value == want
+        coll = SigmaCollection.from_yaml(text)
+        assert not coll.errors and not coll.rules[0].errors, name
+    assert not (out / "custom_lookahead.yml").exists()
+    readme = (out / "README.md").read_text(encoding="utf-8")
+    assert "`custom.lookahead`: target.name|re '^(?!svc-)'" in readme and "RE2" in readme
+    again = import_rule(yaml.safe_load((out / sigma_filename(imported["id"])).read_text(encoding="utf-8")))
+    match = compile_detection(again["detection"])
+    assert match(make_event("audit.x", time=T0, target={"kind": "user", "name": "ADMIN"}))
+    assert not match(make_event("audit.x", time=T0, target={"kind": "user", "name": "admins"}))

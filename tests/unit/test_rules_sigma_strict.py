@@ -3,6 +3,7 @@ refused with a one-line reason naming the construct (never silently read another
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -445,3 +446,92 @@ def test_type_glob_classes_are_expanded_or_the_rule_skipped(tmp_path: Path) -> N
     want = [True, True, False, True, False]
     assert _engine_opens(orig, "custom.key_cd", evs, fresh=True) == want
     assert _engine_opens(back, "sigma.key_created_or_deleted", evs, fresh=True) == want
+
+
+def test_import_of_a_lone_star_and_its_neq_agree_with_not() -> None:
+    """``f|neq: '*'`` is ``not (f: '*')``: a lone ``*`` is any value but not a missing or null field, so its
+    ``neq`` holds on a null or missing field and not on a value; ``{f: '*', f|neq: a}`` keeps both tests (the
+    lone ``*`` was rewritten to the key ``f|neq`` and one of the two overwrote the other)."""
+
+    def opens(det: dict[str, Any], ev: Event) -> bool:
+        return compile_detection(import_rule(_doc(det))["detection"])(ev)
+
+    star = {"s": {"attributes.s": "*"}, "condition": "s"}
+    forms = ({"s": {"attributes.s": "*"}, "condition": "not s"}, {"s": {"attributes.s|neq": "*"}, "condition": "s"},
+             {"s": {"attributes.s|neq": ["*"]}, "condition": "s"})  # fmt: skip
+    for attrs, present in (({"s": "x"}, True), ({"s": 0}, True), ({"s": None}, False), ({}, False)):
+        ev = _attrs(**attrs)
+        assert opens(star, ev) is present, attrs
+        assert [opens(f, ev) for f in forms] == [not present] * 3, attrs
+    both = {"s": {"attributes.s": "*", "attributes.s|neq": "a"}, "condition": "s"}
+    flipped = {"s": {"attributes.s|neq": "a", "attributes.s": "*"}, "condition": "s"}
+    for det in (both, flipped):
+        assert opens(det, _attrs(s="b"))
+        assert not opens(det, _attrs(s="a")) and not opens(det, _attrs(s=None)) and not opens(det, _attrs())
+
+
+# ---- values pySigma refuses ----------------------------------------------------------------------
+_RE2_REFUSES = ["(?!svc-)x", "(?<=a)b", "(a)\\1", "(?P<n>a)(?P=n)", "(?>a)", "a*+", "a{2}+", "(?x)a b", "(?#c)a",
+                "a\\Z", "\\u0041", "[\\b]", "a{1001}", "(a{100}){11}", "(a)(?(1)a|b)"]  # fmt: skip
+_RE2_TAKES = ["^adm.*n$", "(?i-s:a)", "\\d{3}\\s\\w+", "[]a\\]]", "\\\\Z", "\\123", "a{1000}", "(a{100}){10}",
+              "(?P<x>a)b", "a*?b+?c??", "\\x41[\\x00-\\x7f]", "\\t\\n\\r\\f\\v\\a",
+              "(a*){1000}", "\\Ax\\b\\B"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("item", "reason"),
+    [
+        ({"attributes.code|startswith": 5}, "attributes.code|startswith: |startswith needs a string, got 5"),
+        ({"target.name|contains": [1, "a"]}, "target.name|contains: |contains needs a string, got 1"),
+        ({"target.name|endswith": 2.5}, "target.name|endswith: |endswith needs a string, got 2.5"),
+        ({"target.name|contains|all": [1, 2]}, "target.name|contains|all: |contains needs a string, got 1"),
+        ({"target.name|cased": 5}, "target.name|cased: |cased needs a string, got 5"),
+        ({"target.name|cased": True}, "target.name|cased: |cased needs a string, got True"),
+        ({"target.name|cased": None}, "target.name|cased: |cased needs a string, got null"),
+        ({"target.name|re": "^(?!svc-)"}, "target.name|re: RE2, pySigma's regex engine, cannot compile '^(?!svc-)'"),
+        ({"target.name|re|i": "adm\\Z"}, "target.name|re|i: RE2, pySigma's regex engine, cannot compile"),
+    ],
+)
+def test_values_pysigma_refuses_are_refused(item: dict[str, Any], reason: str) -> None:
+    """pySigma 2.0.1 raises ``SigmaTypeError`` for a non-string under ``contains``/``startswith``/``endswith``/
+    ``cased`` and ``SigmaRegularExpressionError`` for a regex RE2 cannot compile; those were imported."""
+    with pytest.raises(SigmaImportError, match=re.escape(f"detection.s.{reason}")):
+        import_rule(_doc({"s": item, "condition": "s"}))
+    text = yaml.safe_dump(_doc({"s": item, "condition": "s"}))
+    with pytest.raises(Exception, match=r"incompatible to value type|is invalid"):  # pySigma agrees
+        coll = SigmaCollection.from_yaml(text)
+        raise coll.errors[0] if coll.errors else coll.rules[0].errors[0]
+
+
+def test_values_pysigma_takes_are_taken() -> None:
+    """The same modifiers with values pySigma accepts: an empty ``cased`` string, regexes RE2 compiles."""
+    for item in ({"target.name|cased": ""}, {"target.name|startswith|cased": "Adm"}, {"target.name|re": "^adm.*n$"}):
+        import_rule(_doc({"s": item, "condition": "s"}))
+
+
+@pytest.mark.parametrize("without_re2", [False, True])
+def test_regexes_re2_refuses_with_or_without_google_re2(monkeypatch: pytest.MonkeyPatch, without_re2: bool) -> None:
+    """With ``google-re2`` installed (it comes with pySigma) RE2 itself judges; without it, the constructs RE2
+    lacks are found in the pattern. Both agree with RE2 on each pattern here."""
+    import re2  # type: ignore[import-untyped]
+
+    from pipeline.rules import sigma_regex
+
+    if without_re2:
+        monkeypatch.setattr(sigma_regex, "_re2_module", lambda: None)
+    options = re2.Options()
+    options.log_errors = False
+    for pattern in _RE2_REFUSES + _RE2_TAKES:
+        try:
+            re2.compile(pattern, options)
+            compiles = True
+        except re2.error:
+            compiles = False
+        assert compiles is (pattern in _RE2_TAKES), pattern
+        assert (sigma_regex.re2_problem(pattern) is None) is compiles, pattern
+        doc = _doc({"s": {"target.name|re": pattern}, "condition": "s"})
+        if compiles:
+            import_rule(doc)
+        else:
+            with pytest.raises(SigmaImportError, match="RE2, pySigma's regex engine, cannot compile"):
+                import_rule(doc)
