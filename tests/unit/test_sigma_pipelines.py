@@ -93,6 +93,15 @@ def _renamed(text: str, pipeline_text: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def _leaves(node: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted path, value) of each non-object value below ``node``."""
+    out: list[tuple[str, Any]] = []
+    for k, v in node.items():
+        path = f"{prefix}{k}"
+        out += _leaves(v, f"{path}.") if isinstance(v, dict) else [(path, v)]
+    return out
+
+
 def _native(doc: dict[str, Any], path: str) -> Any:
     node: Any = doc
     for part in path.split("."):
@@ -132,6 +141,13 @@ def test_every_mapped_field_of_every_exported_rule_holds_its_value(exported: Pat
                 got = target.fields(target.render(ev)).get(new)
                 if want is None:
                     assert got is None or old in caveats, (f.name, old, new, ev["type"], got)
+                    continue
+                if isinstance(want, dict):  # an object field (a rule's ``fields``): its leaves sit below ``new``
+                    doc = target.fields(target.render(ev))
+                    for sub, leaf in _leaves(want):
+                        got = doc.get(f"{new}.{sub}")
+                        assert got == (leaf if isinstance(leaf, list) else [leaf]), (f.name, old, new, sub, got)
+                    held += 1
                     continue
                 assert got == (want if isinstance(want, list) else [want]), (f.name, old, new, ev["type"], got)
                 held += 1
