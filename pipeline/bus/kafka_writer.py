@@ -338,7 +338,9 @@ class KafkaWriters:
         for depth in range(max((len(built) for _t, _p, built in batches), default=0)):  # none: offsets only
             for topic, part, built in batches:
                 if depth < len(built):
-                    futures.append(await p.send_batch(built[depth], topic, partition=part))
+                    fut = await p.send_batch(built[depth], topic, partition=part)
+                    fut.add_done_callback(_retrieved)  # a failure below leaves it unawaited
+                    futures.append(fut)
                     sent.append((topic, built[depth]._builder.size()))
         by_group: dict[str, dict[KTP, OffsetAndMetadata]] = defaultdict(dict)
         for (group, tp), off in txn.offsets.items():
@@ -419,6 +421,15 @@ class KafkaWriters:
             _consume_failures(p)
             with contextlib.suppress(Exception):
                 await p.stop()
+
+
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    """Mark a batch's delivery failure as retrieved: when the transaction fails before its
+    futures are gathered (fenced while adding the offsets, say), nothing else reads them, and
+    each would be logged as "Future exception was never retrieved" when collected (see
+    :func:`_consume_failures` for why that is worse than noise)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _sender_failure(p: AIOKafkaProducer) -> BaseException | None:
