@@ -288,3 +288,20 @@ def test_unfiltered_jsonl_is_every_record_once(
     assert sorted(g["id"] for g in got) == sorted(e.id for e in events)
     for ws in ("ws-a", "ws-b"):
         assert [g["id"] for g in got if g["workspace"]["id"] == ws] == [e.id for e in events if e.workspace.id == ws]
+
+
+def test_an_offset_on_a_partition_the_topic_lacks_is_a_one_line_usage_error(
+    bus_cfg: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--from-offset 5:0`` (a traceback on Kafka) or ``--to-offset 7:3`` (silently ignored) on a
+    topic with fewer partitions: exit 2, one line naming the partition and the partition count."""
+    asyncio.run(_publish(bus_cfg, _events()[:5]))
+    cfg = _config(tmp_path, bus_cfg)
+    n = bus_cfg.get("partitions", 1)
+    for flag, spec, part in (("--from-offset", "5:0", 5), ("--to-offset", "7:3", 7), ("--from-offset", "0:0,5:1", 5)):
+        code = main(["replay", "-c", str(cfg), "--format", "jsonl", "--no-progress", flag, spec])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"has no partition {part}" in err and f"it has {n} partition" in err, err
+    assert main(["replay", "-c", str(cfg), "--from-offset", "0:-1"]) == 2
+    assert "is not an offset spec" in capsys.readouterr().err
