@@ -10,7 +10,9 @@ or after ``since`` (a record is always published after its event happened, so no
 range is skipped) and each record's event time is then checked against ``since``/``until``.
 
 Offset selection: a partition the topic does not have is a usage error (:class:`ConfigError`,
-naming the partition and the topic's partition count).
+naming the partition and the topic's partition count). A start below the first retained
+offset (records deleted by retention, or Kafka's ``deleteRecords``) starts at that offset and
+is reported (:attr:`ReplayStats.deleted`), never passed over in silence.
 """
 
 from __future__ import annotations
@@ -187,11 +189,32 @@ class ReplayStats:
     undecodable: int = 0
     started: float = field(default_factory=time.monotonic)
     interrupted: bool = False
+    deleted: dict[TopicPartition, int] = field(default_factory=dict)
+    """Partitions where ``--from-offset`` asked for records that no longer exist: the first
+    retained offset, where the replay started instead."""
+    warn: Callable[[str], None] | None = None
+    """Told each warning as it is found (the CLI prints it on stderr)."""
 
     @property
     def rate(self) -> float:
         """Records scanned per second."""
         return self.scanned / max(time.monotonic() - self.started, 1e-9)
+
+    def note_deleted(self, tp: TopicPartition, first: int) -> None:
+        """Record (and say) that offsets before ``first`` on ``tp`` were deleted."""
+        self.deleted[tp] = first
+        if self.warn is not None:
+            self.warn(
+                f"offsets before {first} on partition {tp.partition} of {tp.topic} no longer exist "
+                f"(deleted by retention); starting at {first}"
+            )
+
+    def deleted_note(self) -> str:
+        """For a summary line: where the range began after deleted records ('' when nowhere)."""
+        if not self.deleted:
+            return ""
+        where = ", ".join(f"partition {tp.partition} before {first}" for tp, first in sorted(self.deleted.items()))
+        return f"; offsets deleted by retention, not replayed: {where}"
 
 
 def _check_partitions(sel: Selection, parts: set[TopicPartition]) -> None:
@@ -210,7 +233,7 @@ def _check_partitions(sel: Selection, parts: set[TopicPartition]) -> None:
                 )
 
 
-async def _position(c: Consumer, sel: Selection) -> tuple[dict[TopicPartition, int], int]:
+async def _position(c: Consumer, sel: Selection, stats: ReplayStats) -> tuple[dict[TopicPartition, int], int]:
     """Seek ``c`` to the selection's start; return the end offsets (fixed now) and the record count.
 
     Raises:
@@ -218,13 +241,16 @@ async def _position(c: Consumer, sel: Selection) -> tuple[dict[TopicPartition, i
     """
     parts = c.assignment()
     _check_partitions(sel, parts)
+    await c.seek_to_beginning()
+    first = c.positions()  # the first retained offsets: what retention left
     if sel.since is not None:
         await c.seek_to_time(int(sel.since * 1000))
-    else:
-        await c.seek_to_beginning()
     for tp, off in sel.from_offsets.items():
-        for t in parts if tp.partition == -1 else {tp}:
-            await c.seek(t, off)
+        for t in sorted(parts) if tp.partition == -1 else [tp]:
+            start = first.get(t, 0)
+            if off < start:  # else the consumer would start at the log start without a word
+                stats.note_deleted(t, start)
+            await c.seek(t, max(off, start))
     ends = await c.end_offsets()
     for tp, off in sel.to_offsets.items():
         for t in parts if tp.partition == -1 else {tp}:
@@ -250,7 +276,7 @@ async def scan(
     needs_decode = decode or sel.filters_content
     empty: dict[str, Any] = {}
     async with bus.consumer([sel.topic], start="earliest") as c:
-        ends, total = await _position(c, sel)
+        ends, total = await _position(c, sel, stats)
         while True:
             pos = c.positions()
             if all(pos.get(tp, 0) >= end for tp, end in ends.items()):
@@ -302,7 +328,7 @@ async def scan_values(
             fallback = True
         else:
             fallback = False
-            ends, total = await _position(c, sel)
+            ends, total = await _position(c, sel, stats)
             while True:
                 pos = c.positions()
                 if all(pos.get(tp, 0) >= end for tp, end in ends.items()):
