@@ -26,7 +26,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-from pipeline.bus.base import EVENTS_TOPIC, Bus, Consumer, consumer_lags
+from pipeline.bus.base import EVENTS_TOPIC, Bus, Consumer, consumer_lags, reclaiming
 from pipeline.bus.factory import open_bus
 from pipeline.clock import SYSTEM_CLOCK, Clock
 from pipeline.config.model import PipelineConfig
@@ -257,7 +257,7 @@ class Pipeline:
         """The long-running loops of the selected roles."""
         out: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         for p in self.pollers:
-            out.append((f"poller:{p.source_id}", functools.partial(p.run, stop)))
+            out.append((f"poller:{p.source_id}", reclaiming(self.bus, getattr(p, "txn_id", None), p.run, stop)))
         if self.assignment is not None:
             out.append(("pollers:assignment", functools.partial(self.assignment.run, stop)))
         if self.backpressure is not None:

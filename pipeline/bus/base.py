@@ -21,8 +21,9 @@ Semantics, stated once:
 
 from __future__ import annotations
 
+import asyncio
 import zlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Protocol, runtime_checkable
@@ -248,6 +249,42 @@ class Bus(Protocol):
     async def enforce_retention(self) -> int:
         """Apply retention now; return how many records were removed (Kafka: 0, the broker does it)."""
         ...
+
+
+async def claim_writer(bus: Bus, txn_id: str) -> None:
+    """Take the writer id ``txn_id`` over and see what its other holder committed: fence first
+    (no other process can commit under the id afterwards, and what one left open is aborted), then
+    re-read the state on a bus that caches it (Kafka; the embedded bus reads its file each time).
+
+    Call whenever a component (re)loads what it keeps in state after a fence, a restart or a
+    rebalance: reading before the fence could miss a commit the other made in between.
+
+    Raises:
+        BusError: the writer cannot be started or the state cannot be read.
+    """
+    await bus.fence(txn_id)
+    refresh = getattr(bus, "refresh_state", None)
+    if refresh is not None:
+        await refresh()
+
+
+def reclaiming(
+    bus: Bus, txn_id: str | None, run: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event
+) -> Callable[[], Awaitable[None]]:
+    """A task body that runs ``run(stop)``; when the supervisor restarts it (it failed: fenced by
+    another process, say), it first claims its writer id ``txn_id`` again and re-reads the bus state
+    (:func:`claim_writer`), so it goes on from what the other process committed,
+    not from the copy of the state this process read before."""
+    started = False
+
+    async def body() -> None:
+        nonlocal started
+        if started and txn_id is not None:
+            await claim_writer(bus, txn_id)
+        started = True
+        await run(stop)
+
+    return body
 
 
 async def consumer_lags(

@@ -222,8 +222,15 @@ class KafkaConsumer:
             raise wrap_error(err, f"committing offsets of {self._group_id}") from None
 
     async def seek(self, tp: TopicPartition, offset: int) -> None:
-        """Read ``tp`` from ``offset`` next."""
-        self._client().seek(self._ktp(tp), offset)
+        """Read ``tp`` from ``offset`` next.
+
+        Raises:
+            BusError: ``tp`` is not assigned to this consumer (aiokafka: ``IllegalStateError``).
+        """
+        c, ktp = self._client(), self._ktp(tp)
+        if ktp not in c.assignment():
+            raise BusError(f"{tp.topic}[{tp.partition}] is not assigned to this consumer")
+        c.seek(ktp, offset)
         self._pos[tp] = offset
 
     async def seek_to_time(self, timestamp_ms: int) -> None:

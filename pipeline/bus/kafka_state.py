@@ -4,8 +4,12 @@ At first use the topic is read from the beginning (``read_committed``), tombston
 keys, up to the high watermark seen when the read began — not only to the last stable offset:
 a transaction another process holds open would otherwise hide every commit after its start.
 Afterwards the bus applies each of its own committed state writes, so reads are served from
-memory. :meth:`KafkaState.refresh` reads the topic again: a poller replica does so after it was
-assigned workspaces (and fenced their previous owners), whose cursors other replicas moved.
+memory. :meth:`KafkaState.refresh` reads the topic again: whoever claims a writer id another
+process may have used since this one read the state (a poller replica assigned workspaces, a
+rules worker or poller restarted after it was fenced) fences it first, then refreshes, so it sees
+everything the other committed (see :func:`pipeline.bus.base.claim_writer`). One read runs at a
+time; while a refresh reads, the state read before is served, and this process's own commits
+made meanwhile are kept over what the read found.
 """
 
 from __future__ import annotations
@@ -38,10 +42,33 @@ class KafkaState:
         self.conn = conn
         self._state: dict[str, bytes] = {}
         self._loaded = False
+        self._lock = asyncio.Lock()
+        self._pending: dict[str, bytes | None] | None = None
+        """Own commits applied while a read runs (newer than what it reads)."""
 
     async def _load(self, max_wait_secs: float = OPEN_TXN_WAIT_SECS) -> None:
         if self._loaded:
             return
+        async with self._lock:
+            if not self._loaded:
+                await self._read(max_wait_secs)
+
+    async def _read(self, max_wait_secs: float) -> None:
+        """Read the topic (holding the lock) and replace the map, own commits made meanwhile on top."""
+        self._pending = {}
+        try:
+            state = await self._read_topic(max_wait_secs)
+        finally:
+            pending, self._pending = self._pending, None
+        for k, v in pending.items():
+            if v is None:
+                state.pop(k, None)
+            else:
+                state[k] = v
+        self._state = state
+        self._loaded = True
+
+    async def _read_topic(self, max_wait_secs: float) -> dict[str, bytes]:
         c = AIOKafkaConsumer(
             bootstrap_servers=self.conn.bootstrap,
             group_id=None,
@@ -83,10 +110,7 @@ class KafkaState:
         finally:
             with contextlib.suppress(Exception):
                 await c.stop()
-        # Own commits made while loading are newer than what was read.
-        state.update(self._state)
-        self._state = state
-        self._loaded = True
+        return state
 
     async def _high_watermark(self, tp: KTP) -> int:
         """The end of the state partition including open transactions (read_uncommitted)."""
@@ -106,17 +130,17 @@ class KafkaState:
                 await c.stop()
 
     async def refresh(self, max_wait_secs: float = OPEN_TXN_WAIT_SECS) -> None:
-        """Read the whole state topic again (others wrote since): call with no writer of this process busy.
+        """Read the whole state topic again (others wrote since), committed records up to its end.
 
-        ``max_wait_secs`` bounds the wait behind transactions open when the read began (then
-        :class:`BusError`, retriable).
+        Meanwhile reads get the state read before; own commits made during the read are kept
+        over what it found. ``max_wait_secs`` bounds the wait behind transactions open when the
+        read began (then :class:`BusError`, retriable, and the state read before stays).
 
         Raises:
             BusError: the state topic cannot be read.
         """
-        self._state = {}
-        self._loaded = False
-        await self._load(max_wait_secs)
+        async with self._lock:
+            await self._read(max_wait_secs)
 
     async def get(self, key: str) -> bytes | None:
         """Current value of a state key.
@@ -143,3 +167,5 @@ class KafkaState:
                 self._state.pop(k, None)
             else:
                 self._state[k] = v
+        if self._pending is not None:
+            self._pending.update(changes)

@@ -6,7 +6,11 @@
   together. A second process using the same writer id fences the first (``ProducerFenced``
   → a non-retriable :class:`BusError`).
 * A failed transaction is aborted, its producer replaced, and retried while the error is
-  retriable; a transaction slower than :data:`STALL_SECS` is reported once per outage. An error
+  retriable. Any failure replaces the producer, not only a ``KafkaError``: once its sender task
+  died (fenced mid-transaction) aiokafka keeps it in ``FATAL_ERROR`` and answers every later
+  call with ``IllegalOperation`` or an ``AssertionError`` of its state machine; a producer whose
+  sender died or whose transaction was left open (a cancelled commit) is never reused. A
+  transaction slower than :data:`STALL_SECS` is reported once per outage. An error
   no retry can fix (a record over the topic's ``max.message.bytes``, a refused config) fails the
   transaction at once with its own message — it is not an outage. A record larger than its
   topic's ``max.message.bytes`` (read from the cluster, cached) is refused before anything is
@@ -154,6 +158,9 @@ class KafkaWriters:
 
     async def _producer(self, txn_id: str) -> AIOKafkaProducer:
         p = self.producers.get(txn_id)
+        if p is not None and not _ready(p):  # never begin a transaction on a dead or half-used producer
+            await self._drop_producer(txn_id)
+            p = None
         if p is None:
             p = AIOKafkaProducer(
                 bootstrap_servers=self.conn.bootstrap,
@@ -171,6 +178,10 @@ class KafkaWriters:
                 with contextlib.suppress(Exception):
                     await p.stop()
                 raise wrap_error(err, f"starting the transactional producer {txn_id}") from None
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await p.stop()
+                raise
             self.producers[txn_id] = p
         return p
 
@@ -251,6 +262,34 @@ class KafkaWriters:
                     if attempt == self.max_txn_attempts:
                         raise wrapped from None
                     await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+                except Exception as err:  # noqa: BLE001 - aiokafka's own state errors: never keep that producer
+                    # After its sender task died (fenced mid-transaction, say) aiokafka answers
+                    # IllegalOperation ("Can't send messages while not in transaction"), and a later
+                    # begin_transaction an AssertionError (FATAL_ERROR -> IN_TRANSACTION) for good.
+                    held = self.producers.get(txn_id)
+                    cause = _sender_failure(held) if held is not None else None
+                    if held is not None:
+                        await self._abort_and_replace(txn_id, held)
+                    if isinstance(cause, ProducerFenced):
+                        raise BusError(
+                            f"writer {txn_id} was fenced: another process now uses the same transactional id",
+                            retriable=False,
+                        ) from None
+                    if isinstance(cause, KafkaError) and not wrap_error(cause, "").retriable:
+                        refused = wrap_error(cause, f"transaction of {txn_id}")  # e.g. not authorized
+                        self._refused(txn_id, refused)
+                        raise refused from None
+                    wrapped = BusError(  # a new producer's InitProducerId aborts what this one left open
+                        f"kafka transaction of {txn_id} failed: {type(err).__name__}: {err}", retriable=True
+                    )
+                    self._failed(txn_id, err)
+                    log.warning(
+                        "Kafka transaction failed; producer replaced",
+                        extra={"writer": txn_id, "attempt": attempt, "error": f"{type(err).__name__}: {err}"},
+                    )
+                    if attempt == self.max_txn_attempts:
+                        raise wrapped from None
+                    await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
 
     async def _send_txn(self, p: AIOKafkaProducer, txn: BufferedTxn) -> None:
         # Group by partition (Kafka's murmur2 default partitioner) and hand aiokafka whole
@@ -299,7 +338,9 @@ class KafkaWriters:
         for depth in range(max((len(built) for _t, _p, built in batches), default=0)):  # none: offsets only
             for topic, part, built in batches:
                 if depth < len(built):
-                    futures.append(await p.send_batch(built[depth], topic, partition=part))
+                    fut = await p.send_batch(built[depth], topic, partition=part)
+                    fut.add_done_callback(_retrieved)  # a failure below leaves it unawaited
+                    futures.append(fut)
                     sent.append((topic, built[depth]._builder.size()))
         by_group: dict[str, dict[KTP, OffsetAndMetadata]] = defaultdict(dict)
         for (group, tp), off in txn.offsets.items():
@@ -380,6 +421,37 @@ class KafkaWriters:
             _consume_failures(p)
             with contextlib.suppress(Exception):
                 await p.stop()
+
+
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    """Mark a batch's delivery failure as retrieved: when the transaction fails before its
+    futures are gathered (fenced while adding the offsets, say), nothing else reads them, and
+    each would be logged as "Future exception was never retrieved" when collected (see
+    :func:`_consume_failures` for why that is worse than noise)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _sender_failure(p: AIOKafkaProducer) -> BaseException | None:
+    """The exception the producer's sender task died of (aiokafka then puts the transaction
+    manager in FATAL_ERROR for good), or None while it runs."""
+    task = getattr(getattr(p, "_sender", None), "sender_task", None)
+    if isinstance(task, asyncio.Future) and task.done() and not task.cancelled():
+        return task.exception()
+    return None
+
+
+def _ready(p: AIOKafkaProducer) -> bool:
+    """Whether a kept producer can begin a transaction: its sender runs and no transaction is open
+    or failed (a commit cancelled midway leaves IN_TRANSACTION, a fence FATAL_ERROR: either makes
+    every later ``begin_transaction`` fail its state check)."""
+    from aiokafka.producer.transaction_manager import TransactionState
+
+    task = getattr(getattr(p, "_sender", None), "sender_task", None)
+    if isinstance(task, asyncio.Future) and task.done():
+        return False
+    state = getattr(getattr(p, "_txn_manager", None), "state", None)
+    return state is None or state == TransactionState.READY
 
 
 def _consume_failures(p: AIOKafkaProducer) -> None:

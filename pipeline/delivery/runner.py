@@ -32,6 +32,13 @@ How a batch moves:
    group commit), so a slow fsync never holds delivery back. Commits stay in order.
 
 Each runner is its own task with its own consumer, so a slow or dead sink never delays another.
+
+Taking over: the runner claims its writer id (``sink-<name>``, fencing a previous holder) before
+its consumer reads the group's committed offsets, and a commit that fails for good (fenced: another
+process took the id) closes the consumer and forgets what was read or queued: the next run claims
+the id again and starts at the offsets committed then. Going on from its own position instead, its
+next commit would move the offsets past the records of the failed one, whose dead letters were
+never written.
 """
 
 from __future__ import annotations
@@ -173,6 +180,7 @@ class SinkRunner:
         stack = AsyncExitStack()
         try:
             await stack.enter_async_context(self.sink)
+            await self.bus.fence(self.group)  # before reading offsets: nobody else commits them afterwards
             self._consumer = await stack.enter_async_context(self.bus.consumer(self.topics, group=self.group))
             self._reader.consumer = self._consumer
         except BaseException:
@@ -251,6 +259,9 @@ class SinkRunner:
                 await self._commit_soon(batch, stats)
                 self._reader.release_later(batch)
             await self._settle_commit()
+        except BusError as err:
+            await self._forget_if_fenced(err)
+            raise
         finally:
             self._reader.release_now()
             self.totals.add(stats)
@@ -285,9 +296,26 @@ class SinkRunner:
                     await self._commit_soon(batch, self.totals)
                     self._reader.release_later(batch)
             await self._settle_commit()
+        except BusError as err:
+            await self._forget_if_fenced(err)
+            raise
         finally:
             self._reader.release_now()
             self._stop = None
+
+    async def _forget_if_fenced(self, err: BusError) -> None:
+        """After a commit that failed for good, close: what was read or queued is forgotten, and the
+        next run claims the writer id again and reads from the offsets committed then."""
+        if err.retriable or self._stack is None:
+            return
+        log.warning("Sink commit failed for good; reopening at the committed offsets.",
+                    extra={"sink": self.sink_id, "error": err.message})  # fmt: skip
+        committing, self._committing = self._committing, None
+        if committing is not None:
+            committing.cancel()
+            await asyncio.gather(committing, return_exceptions=True)
+        self._queued, self._batch = None, None
+        await self.__aexit__(None, None, None)
 
     # ---- reading ---------------------------------------------------------------------------
     def _require_consumer(self) -> Consumer:

@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace, cfg: Any, sel: Selection) -> int:
     from pipeline.bus.factory import open_bus
 
-    stats = ReplayStats()
+    stats = ReplayStats(warn=lambda line: print(f"replay: warning: {line}", file=sys.stderr))
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -233,7 +233,8 @@ def _summary(stats: ReplayStats) -> None:
     word = "interrupted" if stats.interrupted else "done"
     extra = f", {stats.undecodable} undecodable" if stats.undecodable else ""
     print(
-        f"replay {word}: {stats.matched} matched of {stats.scanned} scanned ({stats.rate:,.0f} records/s){extra}",
+        f"replay {word}: {stats.matched} matched of {stats.scanned} scanned ({stats.rate:,.0f} records/s){extra}"
+        + stats.deleted_note(),
         file=sys.stderr,
     )
 

@@ -78,7 +78,7 @@ async def redeliver(
             failed += len(pending)
     print(
         f"replay --to {sink_id}: delivered {delivered} (of which {duplicates} already present), failed {failed}, "
-        f"filtered out by the sink's types/min_severity {filtered}",
+        f"filtered out by the sink's types/min_severity {filtered}" + stats.deleted_note(),
         file=sys.stderr,
     )
     return 1 if failed else 0

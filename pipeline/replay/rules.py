@@ -169,7 +169,8 @@ async def replay_rules(
     print(
         f"replay --rules: {len(ids)} events, {len(now)} alerts now, {len(then)} recorded; "
         f"same {len(d['same'])}, new {len(d['new'])}, missing {len(d['missing'])}, rule errors {failures}"
-        + ("" if args.deliver else " (not delivered; add --deliver to send them to alert sinks)"),
+        + ("" if args.deliver else " (not delivered; add --deliver to send them to alert sinks)")
+        + stats.deleted_note(),
         file=sys.stderr,
     )
     return 0

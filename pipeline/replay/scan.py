@@ -8,6 +8,11 @@ consistent snapshot and finishes.
 Time selection is by the *event* time: the scan starts at the first record published at
 or after ``since`` (a record is always published after its event happened, so nothing in
 range is skipped) and each record's event time is then checked against ``since``/``until``.
+
+Offset selection: a partition the topic does not have is a usage error (:class:`ConfigError`,
+naming the partition and the topic's partition count). A start below the first retained
+offset (records deleted by retention, or Kafka's ``deleteRecords``) starts at that offset and
+is reported (:attr:`ReplayStats.deleted`), never passed over in silence.
 """
 
 from __future__ import annotations
@@ -57,15 +62,20 @@ def parse_offsets(spec: str, topic: str) -> dict[TopicPartition, int]:
     """Parse ``0:120,1:80`` (partition:offset) or a bare ``120`` (every partition).
 
     Raises:
-        ConfigError: malformed.
+        ConfigError: malformed, or a negative partition or offset.
     """
     out: dict[TopicPartition, int] = {}
     try:
         if ":" not in spec:
-            return {TopicPartition(topic, -1): int(spec)}
-        for part in spec.split(","):
-            p, o = part.split(":")
-            out[TopicPartition(topic, int(p))] = int(o)
+            out[TopicPartition(topic, -1)] = int(spec)
+        else:
+            for part in spec.split(","):
+                p, o = part.split(":")
+                if int(p) < 0:
+                    raise ValueError(p)
+                out[TopicPartition(topic, int(p))] = int(o)
+        if any(o < 0 for o in out.values()):
+            raise ValueError(spec)
     except ValueError:
         raise ConfigError(f"'{spec}' is not an offset spec: use OFFSET or PARTITION:OFFSET[,...]") from None
     return out
@@ -179,25 +189,71 @@ class ReplayStats:
     undecodable: int = 0
     started: float = field(default_factory=time.monotonic)
     interrupted: bool = False
+    deleted: dict[TopicPartition, int] = field(default_factory=dict)
+    """Partitions where ``--from-offset`` asked for records that no longer exist: the first
+    retained offset, where the replay started instead."""
+    warn: Callable[[str], None] | None = None
+    """Told each warning as it is found (the CLI prints it on stderr)."""
 
     @property
     def rate(self) -> float:
         """Records scanned per second."""
         return self.scanned / max(time.monotonic() - self.started, 1e-9)
 
+    def note_deleted(self, tp: TopicPartition, first: int) -> None:
+        """Record (and say) that offsets before ``first`` on ``tp`` were deleted."""
+        self.deleted[tp] = first
+        if self.warn is not None:
+            self.warn(
+                f"offsets before {first} on partition {tp.partition} of {tp.topic} no longer exist "
+                f"(deleted by retention); starting at {first}"
+            )
 
-async def _position(c: Consumer, sel: Selection) -> tuple[dict[TopicPartition, int], int]:
-    """Seek ``c`` to the selection's start; return the end offsets (fixed now) and the record count."""
+    def deleted_note(self) -> str:
+        """For a summary line: where the range began after deleted records ('' when nowhere)."""
+        if not self.deleted:
+            return ""
+        where = ", ".join(f"partition {tp.partition} before {first}" for tp, first in sorted(self.deleted.items()))
+        return f"; offsets deleted by retention, not replayed: {where}"
+
+
+def _check_partitions(sel: Selection, parts: set[TopicPartition]) -> None:
+    """Every partition named by ``--from-offset`` / ``--to-offset`` exists.
+
+    Raises:
+        ConfigError: one does not (names it and the topic's partition count).
+    """
+    for flag, offsets in (("--from-offset", sel.from_offsets), ("--to-offset", sel.to_offsets)):
+        for tp, off in offsets.items():
+            if tp.partition != -1 and tp not in parts:
+                n = len(parts)
+                raise ConfigError(
+                    f"{flag} {tp.partition}:{off}: {tp.topic} has no partition {tp.partition}; "
+                    f"it has {n} partition{'s' if n != 1 else ''} ({'0' if n == 1 else f'0-{n - 1}'})"
+                )
+
+
+async def _position(c: Consumer, sel: Selection, stats: ReplayStats) -> tuple[dict[TopicPartition, int], int]:
+    """Seek ``c`` to the selection's start; return the end offsets (fixed now) and the record count.
+
+    Raises:
+        ConfigError: an offset names a partition the topic does not have.
+    """
+    parts = c.assignment()
+    _check_partitions(sel, parts)
+    await c.seek_to_beginning()
+    first = c.positions()  # the first retained offsets: what retention left
     if sel.since is not None:
         await c.seek_to_time(int(sel.since * 1000))
-    else:
-        await c.seek_to_beginning()
     for tp, off in sel.from_offsets.items():
-        for t in c.assignment() if tp.partition == -1 else {tp}:
-            await c.seek(t, off)
+        for t in sorted(parts) if tp.partition == -1 else [tp]:
+            start = first.get(t, 0)
+            if off < start:  # else the consumer would start at the log start without a word
+                stats.note_deleted(t, start)
+            await c.seek(t, max(off, start))
     ends = await c.end_offsets()
     for tp, off in sel.to_offsets.items():
-        for t in c.assignment() if tp.partition == -1 else {tp}:
+        for t in parts if tp.partition == -1 else {tp}:
             ends[t] = min(ends.get(t, 0), off + 1)
     starts = c.positions()
     return ends, sum(max(0, ends[tp] - starts.get(tp, 0)) for tp in ends)
@@ -220,7 +276,7 @@ async def scan(
     needs_decode = decode or sel.filters_content
     empty: dict[str, Any] = {}
     async with bus.consumer([sel.topic], start="earliest") as c:
-        ends, total = await _position(c, sel)
+        ends, total = await _position(c, sel, stats)
         while True:
             pos = c.positions()
             if all(pos.get(tp, 0) >= end for tp, end in ends.items()):
@@ -272,7 +328,7 @@ async def scan_values(
             fallback = True
         else:
             fallback = False
-            ends, total = await _position(c, sel)
+            ends, total = await _position(c, sel, stats)
             while True:
                 pos = c.positions()
                 if all(pos.get(tp, 0) >= end for tp, end in ends.items()):

@@ -16,6 +16,10 @@ evaluated again from the same state and yields the same alerts (same ids) once.
 
 The commit marker (``rules/_workers/<group>``) tells a worker that another one committed since
 it loaded (a restart elsewhere, a second worker taking over): it then reloads before going on.
+Every (re)load first claims the writer id and re-reads the bus state
+(:func:`~pipeline.bus.base.claim_writer`): Kafka serves state from a copy read once, so a worker
+fenced by another process and restarted on the same bus would otherwise reload the rule state
+from before the other's commits (an alert suppressed there raised again, a count lost).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from pipeline.bus.base import (
     Header,
     Record,
     TopicPartition,
+    claim_writer,
     iter_records,
 )
 from pipeline.clock import Clock, format_time
@@ -261,6 +266,7 @@ class RulesWorker:
             log.info("Another rules worker committed; reloading rule state.", extra={"group": self.group})
             await self._reset()
         if not self._loaded:
+            await claim_writer(self.bus, self.txn_id)
             items = await self.bus.state_items(PREFIX)
             problems = self.engine.load_state(items)
             for p in problems:

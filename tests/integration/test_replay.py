@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -288,3 +289,76 @@ def test_unfiltered_jsonl_is_every_record_once(
     assert sorted(g["id"] for g in got) == sorted(e.id for e in events)
     for ws in ("ws-a", "ws-b"):
         assert [g["id"] for g in got if g["workspace"]["id"] == ws] == [e.id for e in events if e.workspace.id == ws]
+
+
+def test_an_offset_on_a_partition_the_topic_lacks_is_a_one_line_usage_error(
+    bus_cfg: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--from-offset 5:0`` (a traceback on Kafka) or ``--to-offset 7:3`` (silently ignored) on a
+    topic with fewer partitions: exit 2, one line naming the partition and the partition count."""
+    asyncio.run(_publish(bus_cfg, _events()[:5]))
+    cfg = _config(tmp_path, bus_cfg)
+    n = bus_cfg.get("partitions", 1)
+    for flag, spec, part in (("--from-offset", "5:0", 5), ("--to-offset", "7:3", 7), ("--from-offset", "0:0,5:1", 5)):
+        code = main(["replay", "-c", str(cfg), "--format", "jsonl", "--no-progress", flag, spec])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"has no partition {part}" in err and f"it has {n} partition" in err, err
+    assert main(["replay", "-c", str(cfg), "--from-offset", "0:-1"]) == 2
+    assert "is not an offset spec" in capsys.readouterr().err
+
+
+async def _delete_before(bus_cfg: dict[str, Any], cut: int) -> dict[TopicPartition, int]:
+    """Delete every partition's records before ``cut`` (Kafka: deleteRecords; the embedded bus: its
+    retention, which drops the ``cut`` records dated past it); return each partition's new first offset."""
+    if bus_cfg["type"] == "kafka":
+        from aiokafka import TopicPartition as KTP
+        from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+        async with make_bus(bus_cfg, read_only=True) as bus, bus.consumer([EVENTS_TOPIC]) as c:
+            ends = await c.end_offsets()
+        admin = AIOKafkaAdminClient(bootstrap_servers=bus_cfg["bootstrap_servers"])
+        await admin.start()
+        try:
+            todo = {tp: min(cut, end) for tp, end in ends.items() if end}
+            phys = bus_cfg["topic_prefix"] + EVENTS_TOPIC
+            await admin.delete_records({KTP(phys, tp.partition): RecordsToDelete(off) for tp, off in todo.items()})
+        finally:
+            await admin.close()
+        return todo
+    from pipeline.bus.sqlite import SqliteBus
+
+    async with SqliteBus(bus_cfg["path"]) as bus:
+        assert await bus.enforce_retention() == cut
+    return {TopicPartition(EVENTS_TOPIC, 0): cut}
+
+
+def test_a_range_starting_at_deleted_records_says_so(
+    bus_cfg: dict[str, Any], tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """Offsets before the first retained one (deleted by retention): replay starts there, and says
+    so in a warning line and in its summary, instead of silently starting at the log start."""
+    events = _events()
+    now_ms = int(time.time() * 1000)
+
+    async def publish() -> None:
+        async with make_bus(bus_cfg) as bus, bus.transaction("replay-test") as tx:
+            for i, e in enumerate(
+                events
+            ):  # the first 20 dated 40 days ago: the embedded bus's retention (30) drops them
+                ts = now_ms - (40 * 86_400_000 if i < 20 else 0)
+                tx.send(EVENTS_TOPIC, e.to_json(), key=e.workspace.id.encode(), timestamp_ms=ts)
+
+    asyncio.run(publish())
+    firsts = asyncio.run(_delete_before(bus_cfg, 20 if bus_cfg["type"] == "sqlite" else 5))
+    cfg = _config(tmp_path, bus_cfg)
+    code = main(["replay", "-c", str(cfg), "--format", "jsonl", "--no-progress", "--from-offset", "0"])
+    out = capsysbinary.readouterr()
+    assert code == 0
+    err = out.err.decode()
+    for tp, first in firsts.items():
+        assert f"offsets before {first} on partition {tp.partition} of {EVENTS_TOPIC} no longer exist" in err, err
+        assert f"partition {tp.partition} before {first}" in err.splitlines()[-1], err
+    got = [orjson.loads(line)["id"] for line in out.out.splitlines() if line.strip()]
+    assert len(got) == len(events) - sum(firsts.values())
+    assert set(got) <= {e.id for e in events}

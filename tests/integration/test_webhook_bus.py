@@ -8,13 +8,16 @@ import asyncio
 import gc
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 import pytest
 from multidict import CIMultiDict
 
 from pipeline.bus.base import DEADLETTER_TOPIC, Bus, iter_records
+from pipeline.sources.webhook.dedup import SeenWindow, body_digest
 from pipeline.sources.webhook.receiver import WebhookReceiver
+from tests.conftest import make_bus
 from tests.unit.test_webhook_support import (
     JSON,
     SECRET_A,
@@ -139,6 +142,47 @@ async def test_kafka_commit_failure_fails_the_whole_group(
         assert {x.status for x in retries} == {200}
         assert {(await x.json())["status"] for x in retries} == {"accepted"}
     assert await numbers_in_bus(bus, ws) == Counter(range(25))
+
+
+@pytest.mark.parametrize("bus_kind", [pytest.param("kafka", marks=pytest.mark.kafka)], indirect=True)
+async def test_two_replicas_with_the_default_config_never_fence_each_other(
+    bus_cfg: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two receivers (two processes: own bus objects, own host names) behind a load balancer take
+    deliveries alternately: each has its own writer id by default, so none is fenced, nothing gets
+    503, /readyz stays 200; each delivery is in the bus once, and a third replica started later
+    knows every one of them as a duplicate (it loads both writers' windows). The two replicas'
+    deliveries are paired in the same window slots: had they written shared slot keys, each
+    write would have dropped the other replica's entries."""
+    source, ws = unique_names()
+    path = f"/hooks/{source}"
+    by_slot: dict[int, list[int]] = {}
+    for n in range(5000):
+        by_slot.setdefault(SeenWindow.slot_of(bytes.fromhex(body_digest(delivery(n, workspace=ws)))[:16]), []).append(n)
+    pairs = [ns[:2] for ns in by_slot.values() if len(ns) >= 2][:15]
+    numbers = [n for pair in pairs for n in pair]  # a's, b's, a's, ...: each pair shares a slot
+    configs = []
+    for host in ("instantly-audit-webhook-5f7d9c-a1b2c", "instantly-audit-webhook-5f7d9c-d3e4f", "replica-3"):
+        monkeypatch.setenv("HOSTNAME", host)
+        configs.append(make_config(source=source, workspace=ws))
+    assert len({c.writer_id for c in configs}) == 3
+    async with make_bus(bus_cfg) as bus_a, make_bus(bus_cfg) as bus_b:
+        a, b = WebhookReceiver(configs[0], bus_a), WebhookReceiver(configs[1], bus_b)
+        async with serve(a) as ca, serve(b) as cb:
+            status = []
+            for i, n in enumerate(numbers):
+                resp = await (ca, cb)[i % 2].post(path, data=delivery(n, workspace=ws), headers=hdrs())
+                status.append(resp.status)
+            assert status == [200] * 30
+            assert [(await c.get("/readyz")).status for c in (ca, cb)] == [200, 200]
+            assert (a.accepted, b.accepted) == (15, 15)
+        assert await numbers_in_bus(bus_a, ws) == Counter(numbers)
+    async with make_bus(bus_cfg) as bus_c:
+        c3 = WebhookReceiver(configs[2], bus_c)
+        async with serve(c3) as cc:
+            resps = [await cc.post(path, data=delivery(n, workspace=ws), headers=hdrs()) for n in numbers]
+            assert [(await x.json())["status"] for x in resps] == ["duplicate"] * 30
+        assert await numbers_in_bus(bus_c, ws) == Counter(numbers)
 
 
 async def numbers_in_bus(bus: Bus, ws: str) -> Counter[int]:

@@ -37,6 +37,29 @@ def test_defaults() -> None:
     assert cfg.allow_ips is None and cfg.trusted_proxies == []
 
 
+@pytest.mark.parametrize(
+    ("host", "expect"),
+    [
+        ("instantly-audit-webhook-7d9f8c6b5d-x2kz9", "webhook-instantly-audit-webhook-7d9f8c6b5d-x2kz9"),
+        ("web 1/a", "webhook-web-1-a"),
+        ("---", "webhook"),
+    ],
+)
+def test_writer_id_defaults_to_the_host_name(monkeypatch: pytest.MonkeyPatch, host: str, expect: str) -> None:
+    """Each replica its own writer id (Kubernetes sets HOSTNAME to the pod name); an explicit one wins."""
+    monkeypatch.setenv("HOSTNAME", host)
+    assert parse_webhook_config(block()).writer_id == expect
+    assert parse_webhook_config({**block(), "writer_id": "edge-1"}).writer_id == "edge-1"
+
+
+def test_writer_id_from_a_long_host_name_stays_valid_and_distinct(monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = set()
+    for tail in ("a", "b"):
+        monkeypatch.setenv("HOSTNAME", "x" * 70 + tail)
+        ids.add(parse_webhook_config(block()).writer_id)
+    assert len(ids) == 2 and all(len(i) == 64 and i.startswith("webhook-xxx") for i in ids)
+
+
 def test_from_yaml_with_env_references() -> None:
     """A YAML file with ${ENV} secrets parses; the PipelineConfig keeps the block for this module."""
     text = """

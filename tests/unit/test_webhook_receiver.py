@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.sources.webhook.admission import SecretChecker, client_address
-from pipeline.sources.webhook.dedup import SEEN_SLOTS, SeenWindow
+from pipeline.sources.webhook.dedup import SEEN_SLOTS, SeenWindow, stale_keys
 from pipeline.sources.webhook.receiver import WebhookReceiver
 from schemas.validate import schema_errors
 from tests.unit.test_webhook_support import (
@@ -422,10 +422,11 @@ async def test_slow_bus_times_out_then_retry_is_duplicate(sqlite_bus: SqliteBus)
 
 async def test_health_endpoints(sqlite_bus: SqliteBus) -> None:
     """/healthz and /readyz answer 200 on a healthy receiver and write a heartbeat."""
-    async with serve(WebhookReceiver(make_config(), sqlite_bus)) as c:
+    cfg = make_config()
+    async with serve(WebhookReceiver(cfg, sqlite_bus)) as c:
         assert (await c.get("/healthz")).status == 200
         assert (await c.get("/readyz")).status == 200
-    assert await sqlite_bus.get_state("webhook/heartbeat/webhook") is not None
+    assert await sqlite_bus.get_state(f"webhook/heartbeat/{cfg.writer_id}") is not None
 
 
 async def test_start_and_stop_on_a_real_port(sqlite_bus: SqliteBus) -> None:
@@ -490,6 +491,49 @@ def test_seen_window_bounds_and_round_trip() -> None:
     w2 = SeenWindow("crm", window_secs=100, max_entries=SEEN_SLOTS * 2)
     w2.load({w.key(slot): SeenWindow.encode(content)})
     assert w2.contains(same_slot[2], 1011)
+
+
+def test_seen_window_keys_are_per_writer_and_load_from_every_writer() -> None:
+    """A window writes only its writer's keys and loads every writer's (and the older shared layout's)."""
+    a = SeenWindow("crm", window_secs=100, max_entries=SEEN_SLOTS * 2, writer="webhook-a")
+    h1, h2, h3 = (bytes([i]) * 16 for i in (1, 2, 3))
+    assert a.key(5) == "webhook/seen/crm/webhook-a/005"
+    assert SeenWindow("crm", 100, SEEN_SLOTS * 2).key(5) == "webhook/seen/crm/005"
+    a.load(
+        {
+            "webhook/seen/crm/webhook-b/001": SeenWindow.encode({h1: 1000}),
+            "webhook/seen/crm/002": SeenWindow.encode({h2: 1000}),
+            "webhook/seen/crm/webhook-a/003": SeenWindow.encode({h3: 990, h1: 1001}),
+        }
+    )
+    assert all(a.contains(h, 1050) for h in (h1, h2, h3))
+    assert a.slots[SeenWindow.slot_of(h1)][h1] == 1001  # held by two writers: the latest time
+
+
+def test_stale_keys_name_only_writers_gone_for_longer_than_the_window() -> None:
+    """A writer's keys go when all of them, in every source, and its heartbeat are older than the window."""
+    old, new = SeenWindow.encode({bytes(16): 1000}), SeenWindow.encode({bytes(16): 1000, b"x" * 16: 5000})
+    state = {
+        "webhook/seen/crm/gone/001": old,  # every key and its heartbeat expired: deleted
+        "webhook/seen/other/gone/002": old,
+        "webhook/heartbeat/gone": b"1970-01-01T00:16:40.000Z",
+        "webhook/seen/crm/busy/001": old,  # one fresh key in another source keeps all of it
+        "webhook/seen/other/busy/003": new,
+        "webhook/seen/crm/idle/001": old,  # idle but its heartbeat is fresh
+        "webhook/heartbeat/idle": b"1970-01-01T01:23:00.000Z",
+        "webhook/heartbeat/left": b"1970-01-01T00:00:00.000Z",  # only a heartbeat: deleted
+        "webhook/seen/crm/me/001": old,  # the caller's own keys, never
+        "webhook/seen/crm/00a": old,  # the layout before writer ids, per source: all expired
+        "webhook/seen/other/00b": old,
+        "webhook/seen/other/00c": new,
+    }
+    assert stale_keys(state, writer="me", window_secs=3600, now=5100) == [
+        "webhook/heartbeat/gone",
+        "webhook/heartbeat/left",
+        "webhook/seen/crm/00a",
+        "webhook/seen/crm/gone/001",
+        "webhook/seen/other/gone/002",
+    ]
 
 
 # ------------------------------------------------------------------------------ operations

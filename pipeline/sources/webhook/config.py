@@ -38,8 +38,11 @@ problem names its path, e.g. ``webhook.sources.crm.header_name: ...``.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import os
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -218,6 +221,25 @@ class SourceConfig(Model):
         return v
 
 
+WRITER_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def default_writer_id() -> str:
+    """``webhook-<host name>``: one writer id per replica, so replicas never fence each other.
+
+    The host name is ``HOSTNAME`` (Kubernetes sets it to the pod name) or the system's; characters
+    a writer id cannot hold become ``-``, and a name too long keeps its start plus a hash of the whole.
+    """
+    host = os.environ.get("HOSTNAME", "").strip() or socket.gethostname()
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", host).strip("-.")
+    if not clean:
+        return "webhook"
+    wid = f"webhook-{clean}"
+    if len(wid) > 64:
+        wid = f"{wid[:55]}-{hashlib.sha256(host.encode()).hexdigest()[:8]}"
+    return wid
+
+
 class DedupConfig(Model):
     """The duplicate-delivery window (per source, persisted in bus state with each event)."""
 
@@ -251,7 +273,11 @@ class WebhookConfig(Model):
     )
     max_pending: int = Field(4096, ge=1, le=1_000_000, description="queued deliveries before answering 503")
     body_timeout_secs: float = Field(30.0, gt=0, le=600, description="time to receive an authenticated body")
-    writer_id: str = Field("webhook", pattern=r"^[A-Za-z0-9._-]{1,64}$", description="bus writer id of this receiver")
+    writer_id: str = Field(
+        default_factory=default_writer_id,
+        pattern=WRITER_ID.pattern,
+        description="bus writer id of this receiver, unique per replica (default webhook-<host name>)",
+    )
     dedup: DedupConfig = DedupConfig()
     tls: TlsConfig | None = None
     shutdown_timeout_secs: float = Field(10.0, ge=0, le=300)

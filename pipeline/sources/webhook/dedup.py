@@ -1,15 +1,30 @@
-"""The duplicate-delivery window of one source, kept in bus state (``webhook/seen/<source>/<slot>``),
-and the key it holds: the delivery's body digest."""
+"""The duplicate-delivery window of one source, kept in bus state, and the key it holds: the
+delivery's body digest.
+
+Each receiver writes only its own keys, ``webhook/seen/<source>/<writer id>/<slot>``: replicas
+of the receiver (one writer id each) would otherwise overwrite each other's slots with their own
+view and lose entries. A receiver loads the window from every writer's keys (and from the
+``webhook/seen/<source>/<slot>`` keys of releases before writer-scoped keys), so a delivery
+committed before it started is a duplicate whichever replica took it. Writer ids that changed
+(a replica's id is its host name by default: a new pod, a new id) leave keys behind;
+:func:`stale_keys` names those of writers gone for longer than the window, which the receiver
+deletes when it opens.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import struct
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
 import orjson
 
+from pipeline.clock import parse_time
+
 SEEN_PREFIX = "webhook/seen/"
+HEARTBEAT_PREFIX = "webhook/heartbeat/"
+"""A receiver's readiness heartbeat, ``webhook/heartbeat/<writer id>`` (:mod:`.readiness`)."""
 SEEN_SLOTS = 2048
 """Hash shards of a source's dedup window; a commit rewrites only the shards it touches."""
 _SEEN_VERSION = 1
@@ -34,24 +49,27 @@ def body_digest(body: bytes) -> str:
 class SeenWindow:
     """The recently published body hashes of one source (bounded by age and count).
 
-    Stored as :data:`SEEN_SLOTS` state keys ``webhook/seen/<source>/<slot>``; each holds up to
+    Stored as :data:`SEEN_SLOTS` state keys ``webhook/seen/<source>/<writer>/<slot>`` (without a
+    ``writer``: ``webhook/seen/<source>/<slot>``, as before writer-scoped keys); each holds up to
     ``ceil(max_entries / SEEN_SLOTS)`` entries of (16-byte hash prefix, epoch seconds), oldest first.
     """
 
-    def __init__(self, source: str, window_secs: float, max_entries: int):
+    def __init__(self, source: str, window_secs: float, max_entries: int, *, writer: str | None = None):
         self.source = source
+        self.writer = writer
         self.window_secs = window_secs
         self.slot_cap = max(1, -(-max_entries // SEEN_SLOTS))
         self.slots: dict[int, dict[bytes, int]] = {}
 
     @property
     def prefix(self) -> str:
-        """The state key prefix of this source."""
+        """The state key prefix of this source (every writer's keys)."""
         return f"{SEEN_PREFIX}{self.source}/"
 
     def key(self, slot: int) -> str:
-        """The state key of ``slot``."""
-        return f"{self.prefix}{slot:03x}"
+        """The state key of ``slot`` written by this window's writer."""
+        own = f"{self.writer}/" if self.writer else ""
+        return f"{self.prefix}{own}{slot:03x}"
 
     @staticmethod
     def slot_of(h: bytes) -> int:
@@ -95,8 +113,43 @@ class SeenWindow:
         return dict(_ENTRY.iter_unpack(data[1:]))
 
     def load(self, items: Mapping[str, bytes]) -> None:
-        """Fill from state entries (any slot layout: entries are re-sharded by hash)."""
+        """Fill from state entries (any writer, any slot layout: entries are re-sharded by hash;
+        a hash several writers hold keeps its latest time)."""
         self.slots = {}
         for value in items.values():
             for h, ts in self.decode(value).items():
-                self.slots.setdefault(self.slot_of(h), {})[h] = ts
+                slot = self.slots.setdefault(self.slot_of(h), {})
+                if ts >= slot.get(h, ts):
+                    slot.pop(h, None)
+                    slot[h] = ts  # kept oldest first: the cap evicts from the front
+
+
+def stale_keys(state: Mapping[str, bytes], *, writer: str, window_secs: float, now: float) -> list[str]:
+    """The keys of other writers that are gone, from ``state`` (every ``webhook/`` state entry).
+
+    A writer is gone when each of its window keys, in every source, holds only entries older than
+    ``window_secs`` (nothing a duplicate check would still find) and its heartbeat, if any, is that
+    old too: a live receiver writes a slot with each delivery and its heartbeat while idle. Keys of
+    the layout before writer ids are judged the same way, per source. ``writer``'s own keys are
+    never named.
+    """
+    groups: defaultdict[str, list[str]] = defaultdict(list)
+    fresh: set[str] = set()
+    for key, value in state.items():
+        if key.startswith(SEEN_PREFIX):
+            parts = key[len(SEEN_PREFIX) :].split("/")
+            owner = parts[1] if len(parts) == 3 else f"/{parts[0]}"  # "/<source>": the old shared layout
+            entries = SeenWindow.decode(value).values()
+            live = any(now - ts < window_secs for ts in entries)
+        elif key.startswith(HEARTBEAT_PREFIX):
+            owner = key[len(HEARTBEAT_PREFIX) :]
+            try:
+                live = now - parse_time(value.decode()) < window_secs
+            except (UnicodeDecodeError, ValueError):
+                live = False
+        else:
+            continue
+        groups[owner].append(key)
+        if live:
+            fresh.add(owner)
+    return sorted(k for owner, keys in groups.items() if owner != writer and owner not in fresh for k in keys)

@@ -23,7 +23,7 @@ from pipeline.errors import BusError
 from pipeline.observability.logs import get_logger
 from pipeline.observability.metrics import KIND
 from pipeline.observability.telemetry import Telemetry, get_telemetry
-from pipeline.sources.webhook.dedup import SeenWindow
+from pipeline.sources.webhook.dedup import HEARTBEAT_PREFIX, SEEN_PREFIX, SeenWindow, stale_keys
 
 log = get_logger("webhook")
 
@@ -100,6 +100,34 @@ class GroupCommitter:
     def running(self) -> bool:
         """Whether the commit loop is alive."""
         return self._task is not None and not self._task.done()
+
+    async def load_windows(self) -> None:
+        """Load each source's window from bus state (every writer's keys), then delete the keys of
+        writers gone for longer than the window (:func:`~pipeline.sources.webhook.dedup.stale_keys`;
+        a failure to delete is logged, the next start tries again).
+
+        Raises:
+            BusError: the state cannot be read.
+        """
+        state = await self.bus.state_items(SEEN_PREFIX)
+        for name, window in self.windows.items():
+            window.load({k: v for k, v in state.items() if k.startswith(window.prefix)})
+            log.info("Webhook dedup window loaded", extra={"source": name, "entries": len(window)})
+        state.update(await self.bus.state_items(HEARTBEAT_PREFIX))
+        span = max((w.window_secs for w in self.windows.values()), default=0.0)
+        stale = stale_keys(state, writer=self.writer_id, window_secs=span, now=self.clock.now())
+        if not stale:
+            return
+        try:
+            async with self.bus.transaction(self.writer_id) as tx:
+                for key in stale:
+                    tx.put_state(key, None)
+        except BusError as err:
+            log.warning("Dedup keys of gone webhook writers not deleted", extra={"error": err.message})
+            return
+        log.info(
+            "Deleted the dedup keys of webhook writers gone for longer than the window", extra={"keys": len(stale)}
+        )
 
     def start(self) -> None:
         """Start the commit loop."""

@@ -8,11 +8,13 @@ import asyncio
 from pipeline.bus.base import Bus
 from pipeline.clock import Clock, format_time
 from pipeline.observability.logs import get_logger
+from pipeline.sources.webhook.dedup import HEARTBEAT_PREFIX
 from pipeline.sources.webhook.group_commit import GroupCommitter
+
+__all__ = ["HEARTBEAT_PREFIX", "Readiness"]
 
 log = get_logger("webhook")
 
-HEARTBEAT_PREFIX = "webhook/heartbeat/"
 READY_FRESH_SECS = 5.0
 READY_PROBE_TIMEOUT_SECS = 2.0
 

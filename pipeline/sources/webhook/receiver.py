@@ -25,14 +25,15 @@ names the reason, the path and the peer, never a header value, the query or the 
    or at once when ``max_pending`` deliveries already wait for the bus.
 
 Duplicates: the body's SHA-256 is the idempotency key. Each source keeps a window of seen keys
-in bus state (``webhook/seen/<source>/<slot>``, hash-sharded so a commit rewrites only the
-slots it touches) written in the *same* transaction as the events, so a crash can neither lose
-an acknowledged delivery nor publish a retried one twice; the event id is also derived from
-the body hash, so sinks de-duplicate whatever the window forgot.
+in bus state (``webhook/seen/<source>/<writer_id>/<slot>``, hash-sharded so a commit rewrites
+only the slots it touches; loaded from every writer's keys) written in the *same* transaction
+as the events, so a crash can neither lose an acknowledged delivery nor publish a retried one
+twice; the event id is also derived from the body hash, so sinks de-duplicate whatever the
+window forgot.
 
 Group commit: concurrent deliveries are batched into one bus transaction (up to
 ``max_batch``); each request is answered only after its batch committed. One receiver process
-per ``writer_id`` (Kafka fences a second one).
+per ``writer_id`` (Kafka fences a second one): by default ``webhook-<host name>``, one per replica.
 
 ``/healthz`` answers 200 while the server and its committer run; ``/readyz`` 200 when the bus
 committed recently or a heartbeat state write succeeds now.
@@ -149,7 +150,9 @@ class WebhookReceiver:
         self._allow = config.networks("allow_ips")
         self._trusted = config.networks("trusted_proxies") or ()
         self.windows = {
-            name: SeenWindow(name, config.dedup.window_hours * 3600.0, config.dedup.max_entries)
+            name: SeenWindow(
+                name, config.dedup.window_hours * 3600.0, config.dedup.max_entries, writer=config.writer_id
+            )
             for name in config.sources
         }
         types = {s.name: s.kind.component_type for s in self._sources.values()}
@@ -201,9 +204,7 @@ class WebhookReceiver:
         if self._opened:
             return
         await self.bus.fence(self.config.writer_id)
-        for name, window in self.windows.items():
-            window.load(await self.bus.state_items(window.prefix))
-            log.info("Webhook dedup window loaded", extra={"source": name, "entries": len(window)})
+        await self.committer.load_windows()
         self.committer.start()
         self._opened = True
 
