@@ -79,7 +79,7 @@ class ReceiverSource:
     kind: WebhookKind
     policy: Any
     window: SeenWindow
-    """Only to name its state keys (``webhook/seen/<source>/<slot>``); never written here."""
+    """Only for its state key prefix (every writer's ``webhook/seen/<source>/...`` keys); never written here."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,8 @@ class _Result:
     dead_lettered: int = 0
     keys: list[str] = field(default_factory=list)
     """The state keys this read handled or counted (the summary's natural key)."""
+    windows: dict[str, dict[bytes, int]] = field(default_factory=dict)
+    """Per source, the receivers' duplicate window (every writer's keys), loaded once per read."""
 
 
 async def publish_deliveries(
@@ -238,7 +240,7 @@ async def _recover(
         return
     cursor.handle(handled, attempts.gave_up_at)
     result.keys.append(handled)
-    if body and await _received(pub, src, digest):
+    if body and await _received(pub, src, digest, result.windows):
         result.already_received += 1
         return
     spub = Publisher(pub.bus, pub.txn_id, pub.source_id, src.workspace, pub.telemetry, pub.metric_workspace_id)
@@ -288,11 +290,19 @@ def _letter_record(letter: Any, src: ReceiverSource, reason: str) -> Out:
     )
 
 
-async def _received(pub: Publisher, src: ReceiverSource, digest: str) -> bool:
-    """Whether the receiver published this body (its hash is in the source's duplicate window)."""
-    h = bytes.fromhex(digest)[:16]
-    raw = await pub.bus.get_state(src.window.key(SeenWindow.slot_of(h)))
-    return raw is not None and h in SeenWindow.decode(raw)
+async def _received(pub: Publisher, src: ReceiverSource, digest: str, windows: dict[str, dict[bytes, int]]) -> bool:
+    """Whether a receiver published this body (its hash is in the source's duplicate window).
+
+    Each receiver replica writes its own keys (``webhook/seen/<source>/<writer>/<slot>``, before
+    writer-scoped keys ``webhook/seen/<source>/<slot>``): the window is every writer's entries, read
+    once per delivery-log read.
+    """
+    seen = windows.get(src.name)
+    if seen is None:
+        seen = windows[src.name] = {}
+        for value in (await pub.bus.state_items(src.window.prefix)).values():
+            seen.update(SeenWindow.decode(value))
+    return bytes.fromhex(digest)[:16] in seen
 
 
 def _summary(
