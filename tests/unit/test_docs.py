@@ -197,3 +197,14 @@ def test_every_case_file_example_in_the_docs_passes_rules_test(where: str, block
 
 def test_the_docs_hold_a_case_file_example() -> None:
     assert _case_file_examples()
+
+
+def test_cli_md_names_every_command() -> None:
+    """docs/cli.md's opening list names every command ``instantly-audit --help`` lists (``health`` was missing)."""
+    import argparse
+
+    from pipeline.cli.main import build_parser
+
+    [sub] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    opening = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8").split("\n\n")[1]
+    assert sorted(c for c in sub.choices if f"`{c}`" not in opening) == []
