@@ -53,6 +53,11 @@ class ConfigError(PipelineError, ValueError):
 class SourceError(PipelineError):
     """A source (the Instantly API) failed."""
 
+    hint: str | None = None
+    """Where to look, set by the connector that raised it: the host and the config key that
+    supplies what was refused or unreachable (``cannot resolve the host … (workspaces.acme.base_url)``);
+    never a secret."""
+
 
 class UpstreamError(SourceError):
     """The upstream API answered 5xx, timed out or could not be reached."""

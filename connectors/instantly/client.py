@@ -52,7 +52,7 @@ from connectors.instantly.responses import (
     retry_after_from,
 )
 from pipeline import __version__
-from pipeline.errors import RateLimitedError, SourceError, UpstreamError
+from pipeline.errors import AuthError, RateLimitedError, SourceError, UpstreamError
 from pipeline.observability.logs import get_logger
 from pipeline.observability.telemetry import Telemetry, get_telemetry
 
@@ -167,6 +167,9 @@ class InstantlyClient:
         """Attempts that were retried."""
         self.source_id = source_id
         """The config key of the workspace (``component.id`` of the retry metric)."""
+        self.config_alias = source_id.removesuffix(f"--{cfg.as_workspace}") if cfg.as_workspace else source_id
+        """The ``workspaces`` key whose settings this client uses (a discovered sub-workspace,
+        ``<alias>--<sub id>``, uses its agency's key and base_url)."""
         self.workspace_id = cfg.as_workspace or ""
         """The ``workspace_id`` label of the request metrics (the poller sets it once the id is known);
         the ``workspace`` label is ``source_id``, the config alias."""
@@ -326,6 +329,13 @@ class InstantlyClient:
             headers["Content-Type"] = "application/json"
         return headers
 
+    def _hint(self, err: SourceError) -> str | None:
+        """Where to look for a refused key: the config key."""
+        where = f"workspaces.{self.config_alias}"
+        if isinstance(err, AuthError):
+            return f"Instantly refused the API key ({where}.api_key, or the variable or file it names)"
+        return None
+
     def backoff_delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Full-jitter delay before retry number ``attempt + 1`` (at least ``Retry-After`` if given)."""
         cap = min(self.backoff_max_secs, self.backoff_base_secs * (2**attempt))
@@ -365,6 +375,7 @@ class InstantlyClient:
             except SourceError as err:
                 retriable = isinstance(err, RateLimitedError) if retry_writes else err.retriable
                 if not retriable or attempt >= self.max_retries:
+                    err.hint = err.hint or self._hint(err)
                     if isinstance(err, UnreachableError):
                         self.unreachable = err
                     raise

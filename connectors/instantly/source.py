@@ -91,7 +91,9 @@ POLL_JITTER = 0.1
 def _reason(err: SourceError) -> str:
     """A short, secret-free reason: ``refused: HTTP 401 (AuthError)``; without an HTTP status, the
     client's own words (``failed: GET /api/v2/api-keys: request failed (ClientConnectorError)``), which
-    name the request and the failure but never a URL, a header or a response body."""
+    name the request and the failure but never a URL, a header or a response body. The client's
+    ``hint`` (a refused key: the config key) follows, the same for every stream of the workspace,
+    so ``run --once`` says it once."""
     status = getattr(err, "status", None)
     refused = isinstance(err, AuthError | PaymentRequiredError | ScopeError | NotFoundError)
     verdict = "refused" if refused else "failed"
@@ -99,7 +101,8 @@ def _reason(err: SourceError) -> str:
         return f"{verdict}: {err.cause}: {redact_text(str(err))[:300]}"
     if status is None and isinstance(err, UpstreamError):
         return f"{verdict}: {redact_text(str(err))[:300]}"
-    return f"{verdict}: {f'HTTP {status} ' if status else ''}({type(err).__name__})"
+    hint = f": {err.hint}" if err.hint else ""
+    return f"{verdict}: {f'HTTP {status} ' if status else ''}({type(err).__name__}){hint}"
 
 
 def identity_key(source_id: str) -> str:

@@ -762,3 +762,33 @@ async def test_unreachable_workspace_fails_its_poll_after_one_requests_retries(t
         for w in writers:
             w.close()
         await server.wait_closed()
+
+
+# ------------------------------------------------------------- a refused key: said once
+async def test_a_refused_key_is_said_once_naming_its_config_key(tmp_path: Path) -> None:
+    """A 401 fails every stream with the same reason, which says the key was refused and names
+    ``workspaces.<alias>.api_key``: ``run --once`` prints one line, not one bare line per stream."""
+    from pipeline.sources.base import failure_lines
+
+    fake = FakeInstantly(api_key=CANARY_KEY)
+    fake.revoked = True
+    async with serve(fake), SqliteBus(tmp_path / "bus.db") as bus:
+        poller = make_poller(fake, bus, FakeClock(), "acme")
+        async with poller:
+            await poller.poll_once()
+            failures = dict(poller.last_failures)
+    assert len(failures) == len(poller.streams) > 1
+    [line] = failure_lines(failures)
+    assert line == (
+        f"{', '.join(sorted(poller.streams))} refused: HTTP 401 (AuthError): Instantly refused the API key "
+        "(workspaces.acme.api_key, or the variable or file it names)"
+    )
+    assert CANARY_KEY not in line
+
+
+def test_a_discovered_sub_workspace_names_its_agency_config_key() -> None:
+    """A sub-workspace's poller (``<alias>--<sub>``) uses the agency's key and base_url: its hints name those."""
+    cfg = WorkspaceConfig(api_key=SecretStr(CANARY_KEY), as_workspace="sub-1")
+    assert InstantlyClient(cfg, source_id="acme--sub-1").config_alias == "acme"
+    assert InstantlyClient(cfg, source_id="acme").config_alias == "acme"
+    assert InstantlyClient(cfg.model_copy(update={"as_workspace": None}), source_id="a--b").config_alias == "a--b"
