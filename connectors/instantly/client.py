@@ -36,6 +36,7 @@ import random
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -330,11 +331,21 @@ class InstantlyClient:
         return headers
 
     def _hint(self, err: SourceError) -> str | None:
-        """Where to look for a refused key: the config key."""
-        where = f"workspaces.{self.config_alias}"
+        """Where to look for a refused key or an unreachable server: the host and the config key."""
+        where = f"workspaces.{self.config_alias or '<alias>'}"
         if isinstance(err, AuthError):
             return f"Instantly refused the API key ({where}.api_key, or the variable or file it names)"
-        return None
+        if not isinstance(err, UnreachableError):
+            return None
+        url = urlsplit(self.base_url)  # no credentials: the config refuses them in base_url
+        host = url.netloc or self.base_url
+        what = {
+            "DNS": f"cannot resolve the host {url.hostname or host}",
+            "connection refused": f"{host} refused the connection",
+            "TLS": f"the TLS handshake with {host} failed",
+            "timeout": f"{host} did not answer in time",
+        }.get(err.cause, f"cannot reach {host}")
+        return f"{what} ({where}.base_url)"
 
     def backoff_delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Full-jitter delay before retry number ``attempt + 1`` (at least ``Retry-After`` if given)."""
@@ -355,11 +366,13 @@ class InstantlyClient:
         retry_writes: bool,
     ) -> Any:
         if self.unreachable is not None:
-            raise UnreachableError(
+            skipped = UnreachableError(
                 f"{method} {path}: not sent: the server was unreachable earlier in this poll "
                 f"({self.unreachable.cause})",
                 self.unreachable.cause,
             )
+            skipped.hint = self.unreachable.hint
+            raise skipped
         attempt = 0
         while True:
             await self.budget.acquire()

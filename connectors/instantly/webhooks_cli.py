@@ -158,10 +158,10 @@ async def check_workspace(
     """The report of one workspace."""
     report = WorkspaceReport(name)
     try:
-        async with InstantlyClient(wcfg) as client:
+        async with InstantlyClient(wcfg, source_id=name) as client:
             hooks = await client.get_all(WEBHOOKS.path, limit=page_limit(WEBHOOKS))
     except SourceError as err:
-        report.error = f"{type(err).__name__}: {err}"
+        report.error = f"{type(err).__name__}: {err}" + (f" — {err.hint}" if err.hint else "")
         return report
     for hook in hooks:
         report.webhooks.append(judge(hook, expected or {}))

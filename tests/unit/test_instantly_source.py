@@ -764,7 +764,7 @@ async def test_unreachable_workspace_fails_its_poll_after_one_requests_retries(t
         await server.wait_closed()
 
 
-# ------------------------------------------------------------- a refused key: said once
+# ------------------------------------------------------------- a refused key, an unreachable host: said once
 async def test_a_refused_key_is_said_once_naming_its_config_key(tmp_path: Path) -> None:
     """A 401 fails every stream with the same reason, which says the key was refused and names
     ``workspaces.<alias>.api_key``: ``run --once`` prints one line, not one bare line per stream."""
@@ -784,6 +784,31 @@ async def test_a_refused_key_is_said_once_naming_its_config_key(tmp_path: Path) 
         "(workspaces.acme.api_key, or the variable or file it names)"
     )
     assert CANARY_KEY not in line
+
+
+@pytest.mark.parametrize(
+    ("base_url", "says"),
+    [("https://api.instantlyy.invalid", "failed: DNS: cannot resolve the host api.instantlyy.invalid"),
+     ("http://127.0.0.1:9", "failed: connection refused: 127.0.0.1:9 refused the connection")],
+)  # fmt: skip
+async def test_an_unreachable_server_names_its_host_and_config_key(tmp_path: Path, base_url: str, says: str) -> None:
+    """DNS failing on a typo'd ``base_url`` named neither the host nor the config key, and the identity
+    line advised granting ``workspaces:read``, which no scope fixes: every stream and the identity now
+    name the host and ``workspaces.<alias>.base_url``, without scope advice."""
+    from pipeline.sources.base import failure_lines
+
+    cfg = WorkspaceConfig(api_key=SecretStr(CANARY_KEY), base_url=base_url, max_retries=0,
+                          streams=["audit_logs", "api_keys", "members"])  # fmt: skip
+    async with (
+        SqliteBus(tmp_path / "bus.db") as bus,
+        InstantlyWorkspacePoller("acme", cfg, bus, clock=FakeClock(), sleep=no_sleep) as poller,
+    ):
+        await poller.poll_once()
+        failures = dict(poller.last_failures)
+    identity = failures.pop("identity")
+    assert failure_lines(failures) == [f"api_keys, audit_logs, members {says} (workspaces.acme.base_url)"]
+    assert f"{says.removeprefix('failed: ')} (workspaces.acme.base_url)" in identity
+    assert "workspaces:read" not in identity
 
 
 def test_a_discovered_sub_workspace_names_its_agency_config_key() -> None:

@@ -144,6 +144,7 @@ async def test_api_failure_is_reported_per_workspace(world: dict[str, Any], caps
     doc = orjson.loads(out)
     assert doc["summary"]["failed_workspaces"] == ["broken_key"]
     assert "AuthError" in doc["workspaces"][1]["error"]
+    assert "Instantly refused the API key (workspaces.broken_key.api_key" in doc["workspaces"][1]["error"]
     assert len(doc["workspaces"][0]["webhooks"]) == 4
     assert world["key"] not in out
 
