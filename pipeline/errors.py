@@ -50,6 +50,11 @@ class ConfigError(PipelineError, ValueError):
     """The configuration is invalid; names the key path and the problem."""
 
 
+class UsageError(ConfigError):
+    """A command-line argument is wrong (not the config file): the CLI reports it as argparse does,
+    ``instantly-audit replay: error: argument --since: …`` (exit 2, like every configuration error)."""
+
+
 class SourceError(PipelineError):
     """A source (the Instantly API) failed."""
 

@@ -24,7 +24,7 @@ from pipeline.cli.base import CONFIG_HELP, command_plugins, config_path, describ
 from pipeline.cli.exit_codes import Exit
 from pipeline.completeness import cli as gaps_cli
 from pipeline.config.model import PipelineConfig
-from pipeline.errors import BusError, ConfigError, PipelineError
+from pipeline.errors import BusError, ConfigError, PipelineError, UsageError
 from pipeline.observability.logs import RedactingStream, redact_registered, setup_logging
 from pipeline.replay import cli as replay_cli
 from pipeline.rules import cli as rules_cli
@@ -302,6 +302,9 @@ def _run_command(args: argparse.Namespace) -> int:
         if terminate.terminated():
             return _terminated()
         return code
+    except UsageError as err:  # an argument, not the config file: said as argparse says it
+        print(f"instantly-audit {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except ConfigError as err:
         # straight to the terminal: the stream's shape pass would eat the key paths' words
         out = sys.stderr.raw if isinstance(sys.stderr, RedactingStream) else sys.stderr
