@@ -31,7 +31,7 @@ from pipeline.replay.scan import (
     sort_timeline,
 )
 from pipeline.replay.table import print_table
-from pipeline.sources.base import configured_workspace_ids
+from pipeline.sources.base import configured_workspace_ids, source_plugins
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -174,11 +174,15 @@ async def _run(args: argparse.Namespace, cfg: Any, sel: Selection) -> int:
             if args.rules:
                 from pipeline.replay.rules import replay_rules
 
-                return await replay_rules(bus, cfg, sel, stats, args, progress.update)
+                code = await replay_rules(bus, cfg, sel, stats, args, progress.update)
+                _unmatched_workspaces(args.workspace, cfg, stats)
+                return code
             if args.to_sink:
                 from pipeline.replay.deliver import redeliver
 
-                return await redeliver(bus, cfg, sel, stats, args.to_sink, progress.update)
+                code = await redeliver(bus, cfg, sel, stats, args.to_sink, progress.update)
+                _unmatched_workspaces(args.workspace, cfg, stats)
+                return code
             if args.timeline:
                 sel = replace(sel, aliases=await identity_aliases(bus, args.timeline))
             if not (table or args.timeline):
@@ -202,6 +206,8 @@ async def _run(args: argparse.Namespace, cfg: Any, sel: Selection) -> int:
         else:
             sys.stdout.flush()
     _summary(stats, sel)
+    if not stats.interrupted:
+        _unmatched_workspaces(args.workspace, cfg, stats)
     return 130 if stats.interrupted else 0
 
 
@@ -231,6 +237,35 @@ async def identity_aliases(bus: Any, entity: str) -> frozenset[str]:
         for _, body in batch:
             index.learn(body)
     return index.aliases(entity)
+
+
+def _unmatched_workspaces(names: list[str], cfg: Any, stats: ReplayStats) -> None:
+    """Nothing matched: say which ``--workspace`` values are neither an alias of the config nor a
+    workspace id in the scanned range (a typo; ``check`` refuses those, replay also takes the id of a
+    sub-workspace the config does not name, so it says so and goes on)."""
+    if stats.matched or not names:
+        return
+    aliases = configured_aliases(cfg)
+    unknown = [n for n in names if n not in aliases and n not in stats.workspaces_seen]
+    if unknown:
+        known = ", ".join(sorted(aliases)) or "none"
+        print(
+            f"replay: --workspace {', '.join(map(repr, unknown))}: not a workspace of the config (known: {known}) "
+            "nor a workspace id in the scanned range",
+            file=sys.stderr,
+        )
+
+
+def configured_aliases(cfg: Any) -> set[str]:
+    """The workspace aliases the config names (the keys of every source plugin's sections)."""
+    out: set[str] = set()
+    for plugin in source_plugins().values():
+        for key in plugin.sections:
+            section = getattr(cfg, "sections", {}).get(key)
+            names = getattr(section, "root", section)
+            if isinstance(names, dict):
+                out |= set(names)
+    return out
 
 
 def _summary(stats: ReplayStats, sel: Selection | None = None) -> None:

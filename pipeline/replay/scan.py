@@ -186,6 +186,8 @@ class ReplayStats:
     undecodable: int = 0
     started: float = field(default_factory=time.monotonic)
     interrupted: bool = False
+    workspaces_seen: set[str] = field(default_factory=set)
+    """With a ``--workspace`` filter: the workspace ids of the records scanned (to tell a typo)."""
 
     @property
     def rate(self) -> float:
@@ -248,6 +250,8 @@ async def scan(
                     except RecordError:
                         stats.undecodable += 1
                         continue
+                if sel.workspaces:
+                    stats.workspaces_seen.add(str((body.get("workspace") or {}).get("id")))
                 if not needs_decode or sel.matches(body):
                     stats.matched += 1
                     out.append((r, body))

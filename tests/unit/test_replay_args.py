@@ -1,6 +1,7 @@
 """``replay``'s time arguments and ``--workspace`` as a newcomer meets them: a zone-less time is UTC
 (in any local zone) and the summary says the range used; a bad time is an argument error naming the
-flag, not a "config error"."""
+flag, not a "config error"; a ``--workspace`` that matches nothing and is neither a configured alias
+nor a workspace id of the scanned range is said in one line."""
 
 from __future__ import annotations
 
@@ -115,3 +116,24 @@ def test_gaps_reports_a_bad_time_as_an_argument_error(tmp_path: Path, capfd: pyt
     assert main(["gaps", "-c", str(_config(tmp_path)), "--since", "21:00"]) == 2
     err = capfd.readouterr().err
     assert "instantly-audit gaps: error: argument --since: '21:00' is not a time" in err and "config error" not in err
+
+
+def test_an_unknown_workspace_that_matches_nothing_is_said(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """``--workspace bogus`` gave "0 matched", exit 0, nothing else; ``check`` refuses it. Replay also
+    takes ids the config does not name (sub-workspaces), so it says it in one line and exits 0."""
+    cfg = _config(tmp_path)
+    _publish(tmp_path)
+    code, out, err = _replay(cfg, capfd, "--workspace", "bogus", "--workspace", "nope")
+    assert code == 0 and out == []
+    assert (
+        "replay: --workspace 'bogus', 'nope': not a workspace of the config (known: alpha, beta) "
+        "nor a workspace id in the scanned range"
+    ) in err
+    code, out, err = _replay(cfg, capfd, "--workspace", "ws-a")  # an id the config does not name: matches
+    assert code == 0 and len(out) == 2 and "not a workspace of the config" not in err
+    code, out, err = _replay(cfg, capfd, "--workspace", "beta")  # configured, never polled: no events, no complaint
+    assert code == 0 and out == [] and "not a workspace of the config" not in err
+    code, out, err = _replay(
+        cfg, capfd, "--workspace", "ws-b", "--since", "2026-11-01T20:30Z", "--until", "2026-11-01T21:30Z"
+    )
+    assert code == 0 and out == [] and "not a workspace of the config" not in err  # seen in the range, filtered out
