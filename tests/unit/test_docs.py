@@ -208,3 +208,12 @@ def test_cli_md_names_every_command() -> None:
     [sub] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     opening = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8").split("\n\n")[1]
     assert sorted(c for c in sub.choices if f"`{c}`" not in opening) == []
+
+
+def test_security_and_receiver_pages_agree_on_an_authenticated_bad_body() -> None:
+    """docs/security.md said a bad JSON shape gets a 400; the receiver (and webhook-receiver.md)
+    answer 200 ``dead_lettered``: each page's JSON-shape step says the same."""
+    for name in ("security.md", "webhook-receiver.md"):
+        text = (ROOT / "docs" / name).read_text(encoding="utf-8")
+        [step] = re.findall(r"^\d+\. JSON shape.*?(?=^\d+\. |^$)", text, re.S | re.M)
+        assert "dead_lettered" in step and "`200`" in step and "(400)" not in step, name
