@@ -50,8 +50,18 @@ class ConfigError(PipelineError, ValueError):
     """The configuration is invalid; names the key path and the problem."""
 
 
+class UsageError(ConfigError):
+    """A command-line argument is wrong (not the config file): the CLI reports it as argparse does,
+    ``instantly-audit replay: error: argument --since: …`` (exit 2, like every configuration error)."""
+
+
 class SourceError(PipelineError):
     """A source (the Instantly API) failed."""
+
+    hint: str | None = None
+    """Where to look, set by the connector that raised it: the host and the config key that
+    supplies what was refused or unreachable (``cannot resolve the host … (workspaces.acme.base_url)``);
+    never a secret."""
 
 
 class UpstreamError(SourceError):

@@ -35,7 +35,7 @@ from pipeline.observability.health import HealthRegistry, get_health, set_health
 from pipeline.observability.logs import get_logger, redact_text, register_secret, setup_logging
 from pipeline.observability.telemetry import Telemetry, get_telemetry, set_telemetry, setup_telemetry
 from pipeline.redaction.urls import set_url_path_hosts
-from pipeline.sources.base import Pausable, source_plugins
+from pipeline.sources.base import Pausable, failure_lines, source_plugins
 
 log = get_logger("topology")
 ROLES = ("pollers", "rules", "sinks", "webhook")
@@ -234,8 +234,7 @@ class Pipeline:
                 log.error("Poll failed", extra={"workspace": p.source_id, "error": str(err)})
                 summary["published"][p.source_id] = {"error": str(err)}
                 problems.append(f"workspace {p.source_id}: poll failed: {err}")
-            for stream, reason in sorted(getattr(p, "last_failures", {}).items()):
-                problems.append(f"workspace {p.source_id}: {stream} {reason}")
+            problems += [f"workspace {p.source_id}: {line}" for line in failure_lines(getattr(p, "last_failures", {}))]
         if self.rules is not None:
             summary["alerts"] = await self.rules.run_once()
         for r in self.runners:

@@ -47,18 +47,11 @@ from connectors.instantly.posture.cross_reference import cross_reference
 from connectors.instantly.posture.run import check_workspaces
 from connectors.instantly.posture.settings import PostureSettings, settings_from
 from pipeline.checks.render import format_json, format_sarif, format_table
-from pipeline.checks.report import EXIT_USAGE, CheckResult, FailOn, exit_code
+from pipeline.checks.report import EXIT_USAGE, FAIL_ON_HELP, CheckResult, FailOn, exit_code, fail_on_arg
 from pipeline.clock import SYSTEM_CLOCK, Clock
 from pipeline.config.loader import load_config, resolve_under
 from pipeline.errors import ConfigError
 from pipeline.redaction.text import replace_registered
-from schemas.alert import SEVERITIES
-
-
-def _fail_on(value: str) -> FailOn:
-    if value not in (*SEVERITIES, "none"):
-        raise argparse.ArgumentTypeError(f"must be one of {', '.join((*SEVERITIES, 'none'))}")
-    return value  # type: ignore[return-value]
 
 
 def _config_label(path: str | None) -> str | None:
@@ -172,8 +165,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--format", choices=["table", "json", "sarif"], default="table")
     p.add_argument("--output", "-o", metavar="FILE", help="write the report here (the table still goes to stdout)")
-    p.add_argument("--fail-on", type=_fail_on, default=None, metavar="SEVERITY",
-                   help="exit 1 when a check of this severity or above fails: info|low|medium|high|critical|none "
+    p.add_argument("--fail-on", type=fail_on_arg, default=None, metavar="SEVERITY",
+                   help=f"exit 1 when a check of this severity or above fails: {FAIL_ON_HELP} "
                    "(default: check.fail_on or high)")  # fmt: skip
     p.add_argument("--allowed-admin", action="append", metavar="EMAIL_OR_DOMAIN",
                    help="a member allowed to be owner/admin (repeatable; '*.acme.com' for subdomains)")  # fmt: skip

@@ -36,6 +36,7 @@ import random
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -52,7 +53,7 @@ from connectors.instantly.responses import (
     retry_after_from,
 )
 from pipeline import __version__
-from pipeline.errors import RateLimitedError, SourceError, UpstreamError
+from pipeline.errors import AuthError, RateLimitedError, SourceError, UpstreamError
 from pipeline.observability.logs import get_logger
 from pipeline.observability.telemetry import Telemetry, get_telemetry
 
@@ -167,6 +168,9 @@ class InstantlyClient:
         """Attempts that were retried."""
         self.source_id = source_id
         """The config key of the workspace (``component.id`` of the retry metric)."""
+        self.config_alias = source_id.removesuffix(f"--{cfg.as_workspace}") if cfg.as_workspace else source_id
+        """The ``workspaces`` key whose settings this client uses (a discovered sub-workspace,
+        ``<alias>--<sub id>``, uses its agency's key and base_url)."""
         self.workspace_id = cfg.as_workspace or ""
         """The ``workspace_id`` label of the request metrics (the poller sets it once the id is known);
         the ``workspace`` label is ``source_id``, the config alias."""
@@ -326,6 +330,23 @@ class InstantlyClient:
             headers["Content-Type"] = "application/json"
         return headers
 
+    def _hint(self, err: SourceError) -> str | None:
+        """Where to look for a refused key or an unreachable server: the host and the config key."""
+        where = f"workspaces.{self.config_alias or '<alias>'}"
+        if isinstance(err, AuthError):
+            return f"Instantly refused the API key ({where}.api_key, or the variable or file it names)"
+        if not isinstance(err, UnreachableError):
+            return None
+        url = urlsplit(self.base_url)  # no credentials: the config refuses them in base_url
+        host = url.netloc or self.base_url
+        what = {
+            "DNS": f"cannot resolve the host {url.hostname or host}",
+            "connection refused": f"{host} refused the connection",
+            "TLS": f"the TLS handshake with {host} failed",
+            "timeout": f"{host} did not answer in time",
+        }.get(err.cause, f"cannot reach {host}")
+        return f"{what} ({where}.base_url)"
+
     def backoff_delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Full-jitter delay before retry number ``attempt + 1`` (at least ``Retry-After`` if given)."""
         cap = min(self.backoff_max_secs, self.backoff_base_secs * (2**attempt))
@@ -345,11 +366,13 @@ class InstantlyClient:
         retry_writes: bool,
     ) -> Any:
         if self.unreachable is not None:
-            raise UnreachableError(
+            skipped = UnreachableError(
                 f"{method} {path}: not sent: the server was unreachable earlier in this poll "
                 f"({self.unreachable.cause})",
                 self.unreachable.cause,
             )
+            skipped.hint = self.unreachable.hint
+            raise skipped
         attempt = 0
         while True:
             await self.budget.acquire()
@@ -365,6 +388,7 @@ class InstantlyClient:
             except SourceError as err:
                 retriable = isinstance(err, RateLimitedError) if retry_writes else err.retriable
                 if not retriable or attempt >= self.max_retries:
+                    err.hint = err.hint or self._hint(err)
                     if isinstance(err, UnreachableError):
                         self.unreachable = err
                     raise

@@ -18,7 +18,7 @@ from typing import Any
 
 from connectors.instantly import api
 from connectors.instantly.demo import run_demo
-from connectors.instantly.sim.server import Rehearsal, serve
+from connectors.instantly.sim.server import Rehearsal, bind, serve
 from pipeline.cli.base import program_name
 from pipeline.cli.exit_codes import Exit
 from pipeline.errors import ConfigError, PipelineError
@@ -127,21 +127,28 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         print(f"simulate: {why}", file=sys.stderr)
         return int(Exit.USAGE)
 
-    def ready(r: Rehearsal) -> None:
-        if target is not None:
-            write_config(target, r)
-        print(banner(r, target, program_name()), flush=True)
-
-    try:
-        asyncio.run(serve(args.host, args.port, scenario, args.seed, on_ready=ready, agency=args.agency))
-    except KeyboardInterrupt:
-        return 0
+    try:  # the port first: a busy one is said before any other work
+        sock = bind(args.host, args.port)
     except OSError as err:
         if err.errno == errno.EADDRINUSE:
             raise PipelineError(
                 f"port {args.port} on {args.host} is already in use; pick another with --port"
             ) from None
         raise PipelineError(f"cannot serve on {args.host}:{args.port} ({err.strerror or err})") from None
+
+    def ready(r: Rehearsal) -> None:
+        if target is not None:
+            write_config(target, r)
+        print(banner(r, target, program_name()), flush=True)
+
+    try:
+        asyncio.run(serve(args.host, args.port, scenario, args.seed, on_ready=ready, agency=args.agency, sock=sock))
+    except KeyboardInterrupt:
+        return 0
+    except OSError as err:
+        raise PipelineError(f"cannot serve on {args.host}:{args.port} ({err.strerror or err})") from None
+    finally:
+        sock.close()
     return 0
 
 

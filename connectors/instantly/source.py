@@ -101,15 +101,18 @@ POLL_JITTER = 0.1
 def _reason(err: SourceError) -> str:
     """A short, secret-free reason: ``refused: HTTP 401 (AuthError)``; without an HTTP status, the
     client's own words (``failed: GET /api/v2/api-keys: request failed (ClientConnectorError)``), which
-    name the request and the failure but never a URL, a header or a response body."""
+    name the request and the failure but never a URL, a header or a response body. The client's
+    ``hint`` (a refused key, an unreachable server: the host and the config key) replaces the request,
+    so every stream of the workspace gives the same reason and ``run --once`` says it once."""
     status = getattr(err, "status", None)
     refused = isinstance(err, AuthError | PaymentRequiredError | ScopeError | NotFoundError)
     verdict = "refused" if refused else "failed"
     if isinstance(err, TransportError):  # "failed: timeout: GET /api/v2/api-keys: request timed out (TimeoutError)"
-        return f"{verdict}: {err.cause}: {redact_text(str(err))[:300]}"
+        return f"{verdict}: {err.cause}: {err.hint or redact_text(str(err))[:300]}"
     if status is None and isinstance(err, UpstreamError):
         return f"{verdict}: {redact_text(str(err))[:300]}"
-    return f"{verdict}: {f'HTTP {status} ' if status else ''}({type(err).__name__})"
+    hint = f": {err.hint}" if err.hint else ""
+    return f"{verdict}: {f'HTTP {status} ' if status else ''}({type(err).__name__}){hint}"
 
 
 def identity_key(source_id: str) -> str:
@@ -500,13 +503,16 @@ class InstantlyWorkspacePoller:
             )
             await self._remember_identity({"id": org})
             return
+        scope = isinstance(err, ScopeError)  # a network or server failure is not fixed by a scope
         self.last_failures["identity"] = (
             f"unknown: GET /workspaces/current {_reason(err)}; events carry the alias {self.source_id!r} "
-            "instead of the workspace id until an audit record brings it (grant the key workspaces:read)"
+            "instead of the workspace id until an audit record brings it"
+            + (" (grant the key workspaces:read)" if scope else "")
         )
         log.warning(
-            "The workspace id is unknown: events carry the config alias until GET /workspaces/current is "
-            "allowed (scope workspaces:read) or an audit record brings the id.",
+            "The workspace id is unknown: events carry the config alias until GET /workspaces/current "
+            + ("is allowed (scope workspaces:read)" if scope else "answers")
+            + " or an audit record brings the id.",
             extra={"source": self.source_id, "status": getattr(err, "status", None)},
         )
 

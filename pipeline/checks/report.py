@@ -11,6 +11,7 @@ check could not run (2 is the CLI's usage/configuration error).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,6 +22,25 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3  # = pipeline.cli.e
 Status = Literal["pass", "fail", "warn", "skip", "error"]
 STATUSES: tuple[Status, ...] = ("fail", "error", "warn", "pass", "skip")
 FailOn = Literal["info", "low", "medium", "high", "critical", "none"]
+FAIL_ON_HELP = "info|low|medium|high|critical|none"
+
+
+def fail_on_arg(value: str) -> FailOn:
+    """``--fail-on`` as argparse reads it (``check`` and ``webhooks check``).
+
+    Raises:
+        argparse.ArgumentTypeError: not a severity nor ``none``.
+    """
+    if value not in (*SEVERITIES, "none"):
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join((*SEVERITIES, 'none'))}")
+    return value  # type: ignore[return-value]
+
+
+def at_or_above(severity: str, fail_on: FailOn) -> bool:
+    """True when a finding of ``severity`` fails a run with ``--fail-on fail_on``."""
+    return fail_on != "none" and severity_rank(severity) >= severity_rank(fail_on)
+
+
 OTHER = "Other checks"
 """The group of results whose ``checklist`` item is not in the connector's checklist."""
 
@@ -97,10 +117,7 @@ class CheckResult:
 
 def failing(results: Iterable[CheckResult], fail_on: FailOn) -> list[CheckResult]:
     """The failed results at or above ``fail_on`` (none for ``"none"``)."""
-    if fail_on == "none":
-        return []
-    floor = severity_rank(fail_on)
-    return [r for r in results if r.status == "fail" and severity_rank(r.severity) >= floor]
+    return [r for r in results if r.status == "fail" and at_or_above(r.severity, fail_on)]
 
 
 def exit_code(results: Sequence[CheckResult], fail_on: FailOn) -> int:

@@ -24,7 +24,7 @@ from pipeline.cli.base import CONFIG_HELP, command_plugins, config_path, describ
 from pipeline.cli.exit_codes import Exit
 from pipeline.completeness import cli as gaps_cli
 from pipeline.config.model import PipelineConfig
-from pipeline.errors import BusError, ConfigError, PipelineError
+from pipeline.errors import BusError, ConfigError, PipelineError, UsageError
 from pipeline.observability.logs import RedactingStream, redact_registered, setup_logging
 from pipeline.replay import cli as replay_cli
 from pipeline.rules import cli as rules_cli
@@ -147,16 +147,21 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
     from pipeline.config.loader import load_config, resolve_nothing
 
+    if args.port is not None and not 0 < args.port < 65536:
+        print(f"health: --port {args.port}: give the port the running process listens on (1-65535)", file=sys.stderr)
+        return Exit.USAGE
     if args.port and not args.config:  # the port is all it needs: no config to find (127.0.0.1)
         host, port = "127.0.0.1", args.port
     else:
-        cfg = load_config(config_path(args.config), resolve=resolve_nothing)
+        path = config_path(args.config)
+        cfg = load_config(path, resolve=resolve_nothing)
         host = "127.0.0.1" if cfg.service.host in ("0.0.0.0", "::", "") else cfg.service.host  # noqa: S104 - matched, not bound
         port = args.port or cfg.service.port
-    if not port:
-        print("health: service.port is 0 in the config (the running process chose a free port and logged it as "
-              "'Service port open'); give that port with --port", file=sys.stderr)  # fmt: skip
-        return Exit.USAGE
+        if not port:
+            print(f"health: no port to probe: service.port is 0 in {path}, so the running process listens on a "
+                  "free port it picks at each start (its log line 'Service port open' gives it as \"port\"); "
+                  "give it with --port N", file=sys.stderr)  # fmt: skip
+            return Exit.USAGE
     url = f"http://{host}:{port}/{args.check}"
     try:
         with urllib.request.urlopen(url, timeout=args.timeout) as resp:
@@ -232,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     health = sub.add_parser(
         "health", help="check the running process's /healthz (or /readyz) on the port its config names",
-        description="Exit 0 when the service port answers 200 (the container HEALTHCHECK), 1 otherwise.",
+        description="GET /healthz (or /readyz) of a running process (the container HEALTHCHECK). Exit 0: it "
+        "answered 200; 1: it did not answer, or answered another status (/readyz: 503 while not ready); 2: usage or "
+        "configuration error (an invalid config, or service.port 0 with no --port: the process picked a free port).",
     )  # fmt: skip
     health.add_argument("--config", "-c", help=CONFIG_HELP)
     health.add_argument("--check", choices=["healthz", "readyz"], default="healthz")
@@ -295,6 +302,9 @@ def _run_command(args: argparse.Namespace) -> int:
         if terminate.terminated():
             return _terminated()
         return code
+    except UsageError as err:  # an argument, not the config file: said as argparse says it
+        print(f"instantly-audit {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except ConfigError as err:
         # straight to the terminal: the stream's shape pass would eat the key paths' words
         out = sys.stderr.raw if isinstance(sys.stderr, RedactingStream) else sys.stderr

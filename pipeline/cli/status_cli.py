@@ -30,7 +30,7 @@ from pipeline.cli.base import CONFIG_HELP, config_path
 from pipeline.clock import SYSTEM_CLOCK
 from pipeline.config.model import PipelineConfig
 from pipeline.sources.backpressure import measure_lags, over_bound, watched_groups
-from pipeline.sources.base import source_plugins, status_key
+from pipeline.sources.base import failure_lines, source_plugins, status_key
 
 JSON = dict[str, Any]
 CONTROL_GROUP = "pollers"  # pipeline.sources.assignment.CONTROL_GROUP (not imported: no cycle via topology)
@@ -139,11 +139,7 @@ def _workspace(
     row["last_poll_age_secs"] = round(now - at, 1) if isinstance(at, int | float) else None
     row["cursor_age_secs"] = round(now - cursor_at, 1) if isinstance(cursor_at, int | float) else None
     failures = status.get("failures") or {}
-    row["last_poll"] = (
-        ("failed: " + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())))
-        if failures
-        else ("ok" if status else "never")
-    )
+    row["last_poll"] = ("failed: " + "; ".join(failure_lines(failures))) if failures else ("ok" if status else "never")
     published = status.get("published") or {}
     row["published"] = sum(v for v in published.values() if isinstance(v, int))
     row["requests_last_minute"] = status.get("requests_last_minute")

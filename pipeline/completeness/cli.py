@@ -49,8 +49,8 @@ def time_range(args: argparse.Namespace) -> tuple[float | None, float | None]:
     Raises:
         ConfigError: a bad time, or ``--until`` not after ``--since``.
     """
-    since = parse_when(args.since, SYSTEM_CLOCK) if args.since else None
-    until = parse_when(args.until, SYSTEM_CLOCK) if args.until else None
+    since = parse_when(args.since, SYSTEM_CLOCK, "--since") if args.since else None
+    until = parse_when(args.until, SYSTEM_CLOCK, "--until") if args.until else None
     if since is not None and until is not None and until <= since:
         raise ConfigError("--until must be after --since")
     if since is not None:

@@ -16,11 +16,12 @@ import orjson
 from pipeline.bus.base import EVENTS_TOPIC, Record
 from pipeline.cli import terminate
 from pipeline.cli.base import CONFIG_HELP, config_path
-from pipeline.clock import SYSTEM_CLOCK
-from pipeline.errors import ConfigError
+from pipeline.clock import SYSTEM_CLOCK, format_time
+from pipeline.errors import ConfigError, UsageError
 from pipeline.replay.identity import IdentityIndex
 from pipeline.replay.scan import (
     TOPICS,
+    WHEN_FORMS,
     ReplayStats,
     Selection,
     parse_offsets,
@@ -30,7 +31,7 @@ from pipeline.replay.scan import (
     sort_timeline,
 )
 from pipeline.replay.table import print_table
-from pipeline.sources.base import configured_workspace_ids
+from pipeline.sources.base import configured_workspace_ids, source_plugins
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,12 +41,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="replay a range of a topic: look at it, re-deliver it to a sink, or re-run the rules",
         description=(
             "Replay what the bus holds. Never moves the running pipeline's consumer offsets. "
-            "Time filters use the event time; --since also accepts 7d, 12h, 30m."
+            "Time filters use the event time; --since also accepts 7d, 12h, 30m; a time without Z or an "
+            "offset is UTC."
         ),
     )
     p.add_argument("--config", "-c", help=f"the pipeline's YAML config (for the bus and sinks); {CONFIG_HELP}")
     p.add_argument("--topic", choices=sorted(TOPICS), default="events")
-    p.add_argument("--since", help="start time: 2026-11-01T00:00Z, 2026-11-01, or relative 7d/12h/30m")
+    p.add_argument("--since", help=f"start time (event time): {WHEN_FORMS}")
     p.add_argument("--until", help="end time (exclusive), same forms as --since")
     p.add_argument("--from-offset", help="OFFSET or PARTITION:OFFSET[,...] to start at")
     p.add_argument("--to-offset", help="OFFSET or PARTITION:OFFSET[,...] to stop at (inclusive)")
@@ -80,13 +82,15 @@ def selection_from_args(args: argparse.Namespace) -> Selection:
     """Build the selection from the command line.
 
     Raises:
-        ConfigError: a bad time or offset.
+        ConfigError: a bad offset; UsageError: a bad time.
     """
     topic = TOPICS[args.topic]
-    since = parse_when(args.since, SYSTEM_CLOCK) if args.since else None
-    until = parse_when(args.until, SYSTEM_CLOCK) if args.until else None
+    since = parse_when(args.since, SYSTEM_CLOCK, "--since") if args.since else None
+    until = parse_when(args.until, SYSTEM_CLOCK, "--until") if args.until else None
     if since is not None and until is not None and until <= since:
-        raise ConfigError("--until must be after --since")
+        raise UsageError(
+            f"argument --until must be after --since ({format_time(until)} is not after {format_time(since)})"
+        )
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be at least 1")
     return Selection(
@@ -170,11 +174,15 @@ async def _run(args: argparse.Namespace, cfg: Any, sel: Selection) -> int:
             if args.rules:
                 from pipeline.replay.rules import replay_rules
 
-                return await replay_rules(bus, cfg, sel, stats, args, progress.update)
+                code = await replay_rules(bus, cfg, sel, stats, args, progress.update)
+                _unmatched_workspaces(args.workspace, cfg, stats)
+                return code
             if args.to_sink:
                 from pipeline.replay.deliver import redeliver
 
-                return await redeliver(bus, cfg, sel, stats, args.to_sink, progress.update)
+                code = await redeliver(bus, cfg, sel, stats, args.to_sink, progress.update)
+                _unmatched_workspaces(args.workspace, cfg, stats)
+                return code
             if args.timeline:
                 sel = replace(sel, aliases=await identity_aliases(bus, args.timeline))
             if not (table or args.timeline):
@@ -197,7 +205,9 @@ async def _run(args: argparse.Namespace, cfg: Any, sel: Selection) -> int:
             out.close()
         else:
             sys.stdout.flush()
-    _summary(stats)
+    _summary(stats, sel)
+    if not stats.interrupted:
+        _unmatched_workspaces(args.workspace, cfg, stats)
     return 130 if stats.interrupted else 0
 
 
@@ -229,11 +239,45 @@ async def identity_aliases(bus: Any, entity: str) -> frozenset[str]:
     return index.aliases(entity)
 
 
-def _summary(stats: ReplayStats) -> None:
+def _unmatched_workspaces(names: list[str], cfg: Any, stats: ReplayStats) -> None:
+    """Nothing matched: say which ``--workspace`` values are neither an alias of the config nor a
+    workspace id in the scanned range (a typo; ``check`` refuses those, replay also takes the id of a
+    sub-workspace the config does not name, so it says so and goes on)."""
+    if stats.matched or not names:
+        return
+    aliases = configured_aliases(cfg)
+    unknown = [n for n in names if n not in aliases and n not in stats.workspaces_seen]
+    if unknown:
+        known = ", ".join(sorted(aliases)) or "none"
+        print(
+            f"replay: --workspace {', '.join(map(repr, unknown))}: not a workspace of the config (known: {known}) "
+            "nor a workspace id in the scanned range",
+            file=sys.stderr,
+        )
+
+
+def configured_aliases(cfg: Any) -> set[str]:
+    """The workspace aliases the config names (the keys of every source plugin's sections)."""
+    out: set[str] = set()
+    for plugin in source_plugins().values():
+        for key in plugin.sections:
+            section = getattr(cfg, "sections", {}).get(key)
+            names = getattr(section, "root", section)
+            if isinstance(names, dict):
+                out |= set(names)
+    return out
+
+
+def _summary(stats: ReplayStats, sel: Selection | None = None) -> None:
     word = "interrupted" if stats.interrupted else "done"
     extra = f", {stats.undecodable} undecodable" if stats.undecodable else ""
+    span = ""
+    if sel is not None and (sel.since is not None or sel.until is not None):
+        start = format_time(sel.since) if sel.since is not None else "the start"
+        end = format_time(sel.until) if sel.until is not None else "now"
+        span = f"; event time {start} to {end} (UTC, end excluded)"
     print(
-        f"replay {word}: {stats.matched} matched of {stats.scanned} scanned ({stats.rate:,.0f} records/s){extra}"
+        f"replay {word}: {stats.matched} matched of {stats.scanned} scanned ({stats.rate:,.0f} records/s){extra}{span}"
         + stats.deleted_note(),
         file=sys.stderr,
     )

@@ -26,7 +26,7 @@ from typing import Any
 
 from pipeline.bus.base import ALERTS_TOPIC, DEADLETTER_TOPIC, EVENTS_TOPIC, Bus, Consumer, Record, TopicPartition
 from pipeline.clock import Clock, parse_time
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, UsageError
 from schemas.alert import severity_rank
 from schemas.codec import decode_document
 from schemas.errors import RecordError
@@ -36,11 +36,19 @@ _REL = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_when(text: str, clock: Clock) -> float:
+WHEN_FORMS = (
+    "2026-11-01T21:00Z, 2026-11-01T21:00+02:00, 2026-11-01 or a relative 7d/12h/30m; without Z or an offset, UTC"
+)
+"""The forms ``--since``/``--until`` take (their help and the error say it)."""
+
+
+def parse_when(text: str, clock: Clock, flag: str | None = None) -> float:
     """Parse ``2026-11-01T00:00Z``, ``2026-11-01``, or a relative ``7d``/``12h``/``30m`` (before now).
 
+    A time without ``Z`` or an offset (``2026-12-07 21:00``) is UTC, whatever the local zone.
+
     Raises:
-        ConfigError: the text is neither.
+        UsageError: the text is neither (naming ``flag``, the argument it came from, when given).
     """
     t = text.strip()
     m = _REL.match(t)
@@ -53,9 +61,8 @@ def parse_when(text: str, clock: Clock) -> float:
             t = t.replace("Z", ":00Z") if t.endswith("Z") else t[:16] + ":00" + t[16:]
         return parse_time(t)
     except ValueError:
-        raise ConfigError(
-            f"'{text}' is not a time: use 2026-11-01T00:00Z, 2026-11-01 or a relative 7d/12h/30m"
-        ) from None
+        where = f"argument {flag}: " if flag else ""
+        raise UsageError(f"{where}'{text}' is not a time: use {WHEN_FORMS}") from None
 
 
 def parse_offsets(spec: str, topic: str) -> dict[TopicPartition, int]:
@@ -194,6 +201,8 @@ class ReplayStats:
     retained offset, where the replay started instead."""
     warn: Callable[[str], None] | None = None
     """Told each warning as it is found (the CLI prints it on stderr)."""
+    workspaces_seen: set[str] = field(default_factory=set)
+    """With a ``--workspace`` filter: the workspace ids of the records scanned (to tell a typo)."""
 
     @property
     def rate(self) -> float:
@@ -297,6 +306,8 @@ async def scan(
                     except RecordError:
                         stats.undecodable += 1
                         continue
+                if sel.workspaces:
+                    stats.workspaces_seen.add(str((body.get("workspace") or {}).get("id")))
                 if not needs_decode or sel.matches(body):
                     stats.matched += 1
                     out.append((r, body))

@@ -102,10 +102,19 @@ def unbumped(now: Mapping[str, Locked], locked: Mapping[str, Locked]) -> list[st
     ]
 
 
-def check(now: Mapping[str, Locked], locked: Mapping[str, Locked], lock_path: Path) -> list[str]:
-    """Every difference between the rules and their lock, one line each (empty: in sync)."""
+def check(
+    now: Mapping[str, Locked],
+    locked: Mapping[str, Locked],
+    lock_path: Path,
+    command: str = "instantly-audit rules lock",
+) -> list[str]:
+    """Every difference between the rules and their lock, one line each (empty: in sync).
+
+    ``command`` is the one that updates this lock (the user's rules need their ``--rules FILE``:
+    without it ``rules lock`` locks the installed packs instead).
+    """
     out = unbumped(now, locked)
-    fix = f"run `instantly-audit rules lock` to update {lock_path}"
+    fix = f"run `{command}` to update {lock_path}"
     for rid, e in now.items():
         old = locked.get(rid)
         if old is None:

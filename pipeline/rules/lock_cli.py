@@ -9,6 +9,7 @@ a version bump or (``--check``) the lock differs, 2 usage or configuration error
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,16 @@ def _targets(args: argparse.Namespace) -> list[tuple[Path, dict[str, Locked]]]:
     return targets
 
 
+def _lock_command(args: argparse.Namespace) -> str:
+    """The ``rules lock`` command that writes the lock ``args`` checked (same ``--rules``/``--output``)."""
+    argv = ["instantly-audit", "rules", "lock"]
+    if args.rules:
+        argv += ["--rules", args.rules]
+        if args.output:
+            argv += ["--output", args.output]
+    return shlex.join(argv)
+
+
 def cmd_lock(args: argparse.Namespace) -> int:
     """Write (or with ``--check`` verify) the rule lock files."""
     try:
@@ -52,7 +63,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
         for path, now in targets:
             locked = read_lock(path)
             if args.check:
-                problems += [f"{path}: {line}" for line in check(now, locked, path)]
+                problems += [f"{path}: {line}" for line in check(now, locked, path, _lock_command(args))]
                 continue
             bad = unbumped(now, locked)
             if bad:

@@ -30,11 +30,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from pipeline.clock import FakeClock, format_time, parse_time
 from pipeline.config.base import Model, validation_error_lines
@@ -177,6 +178,22 @@ class CaseFile(Model):
     start: str = DEFAULT_START
     config: dict[str, Any] = Field(default_factory=dict)
     cases: list[Case] = Field(min_length=1)
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _start_time(cls, value: Any) -> Any:
+        """An unquoted ``start: 2026-01-01T00:00:00Z`` is a datetime to YAML (a date without the
+        time): take it as event ``time:`` and ``tick:`` are, a zone-less one as UTC."""
+        if isinstance(value, datetime):
+            return format_time((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp())
+        if isinstance(value, date):
+            return format_time(datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp())
+        if isinstance(value, str):
+            try:
+                parse_time(value)
+            except ValueError:
+                raise ValueError(f"not a time: {value!r} (give e.g. 2026-01-01T00:00:00Z)") from None
+        return value
 
 
 @dataclass(slots=True)

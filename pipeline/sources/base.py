@@ -10,6 +10,7 @@ for an expected upstream condition: it reports it as a pipeline event and keeps 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 
 import orjson
@@ -83,6 +84,15 @@ def status_key(source_id: str) -> str:
     succeeded), ``requests_last_minute``.
     """
     return f"status/{source_id}"
+
+
+def failure_lines(failures: Mapping[str, str]) -> list[str]:
+    """``last_failures`` as ``streams reason`` lines, the streams sharing a reason on one line: a
+    refused key or an unreachable server is said once, not once per stream."""
+    by_reason: dict[str, list[str]] = {}
+    for stream, reason in sorted(failures.items()):
+        by_reason.setdefault(reason, []).append(stream)
+    return [f"{', '.join(streams)} {reason}" for reason, streams in by_reason.items()]
 
 
 def source_plugins() -> dict[str, SourcePlugin]:

@@ -237,7 +237,10 @@ def test_health_with_port_zero_asks_for_the_port(
     cfg.write_text("service: {port: 0}\n")
     (tmp_path / "empty").mkdir()
     assert main(["health", "-c", str(cfg)]) == Exit.USAGE
-    assert "service.port is 0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"service.port is 0 in {cfg}" in err and "'Service port open'" in err and "--port N" in err
+    assert main(["health", "--port", "0"]) == Exit.USAGE
+    assert "health: --port 0: give the port the running process listens on" in capsys.readouterr().err
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -414,3 +417,12 @@ def test_sigterm_in_replay_says_terminated(
     assert main(["replay", "-c", str(cfg), "--format", "jsonl", "--no-progress"]) == 143
     assert capsys.readouterr().err.strip().splitlines()[-1] == "terminated"
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_health_help_states_every_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    """``health --help`` names exit 0, 1 and 2 (it said "0 … 1 otherwise" and exited 2 on ``service.port: 0``)."""
+    with pytest.raises(SystemExit):
+        main(["health", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Exit 0: it answered 200; 1: it did not answer" in text and "2: usage or configuration error" in text
+    assert "service.port 0 with no --port" in text

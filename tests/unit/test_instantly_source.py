@@ -762,3 +762,58 @@ async def test_unreachable_workspace_fails_its_poll_after_one_requests_retries(t
         for w in writers:
             w.close()
         await server.wait_closed()
+
+
+# ------------------------------------------------------------- a refused key, an unreachable host: said once
+async def test_a_refused_key_is_said_once_naming_its_config_key(tmp_path: Path) -> None:
+    """A 401 fails every stream with the same reason, which says the key was refused and names
+    ``workspaces.<alias>.api_key``: ``run --once`` prints one line, not one bare line per stream."""
+    from pipeline.sources.base import failure_lines
+
+    fake = FakeInstantly(api_key=CANARY_KEY)
+    fake.revoked = True
+    async with serve(fake), SqliteBus(tmp_path / "bus.db") as bus:
+        poller = make_poller(fake, bus, FakeClock(), "acme")
+        async with poller:
+            await poller.poll_once()
+            failures = dict(poller.last_failures)
+    assert len(failures) == len(poller.streams) > 1
+    [line] = failure_lines(failures)
+    assert line == (
+        f"{', '.join(sorted(poller.streams))} refused: HTTP 401 (AuthError): Instantly refused the API key "
+        "(workspaces.acme.api_key, or the variable or file it names)"
+    )
+    assert CANARY_KEY not in line
+
+
+@pytest.mark.parametrize(
+    ("base_url", "says"),
+    [("https://api.instantlyy.invalid", "failed: DNS: cannot resolve the host api.instantlyy.invalid"),
+     ("http://127.0.0.1:9", "failed: connection refused: 127.0.0.1:9 refused the connection")],
+)  # fmt: skip
+async def test_an_unreachable_server_names_its_host_and_config_key(tmp_path: Path, base_url: str, says: str) -> None:
+    """DNS failing on a typo'd ``base_url`` named neither the host nor the config key, and the identity
+    line advised granting ``workspaces:read``, which no scope fixes: every stream and the identity now
+    name the host and ``workspaces.<alias>.base_url``, without scope advice."""
+    from pipeline.sources.base import failure_lines
+
+    cfg = WorkspaceConfig(api_key=SecretStr(CANARY_KEY), base_url=base_url, max_retries=0,
+                          streams=["audit_logs", "api_keys", "members"])  # fmt: skip
+    async with (
+        SqliteBus(tmp_path / "bus.db") as bus,
+        InstantlyWorkspacePoller("acme", cfg, bus, clock=FakeClock(), sleep=no_sleep) as poller,
+    ):
+        await poller.poll_once()
+        failures = dict(poller.last_failures)
+    identity = failures.pop("identity")
+    assert failure_lines(failures) == [f"api_keys, audit_logs, members {says} (workspaces.acme.base_url)"]
+    assert f"{says.removeprefix('failed: ')} (workspaces.acme.base_url)" in identity
+    assert "workspaces:read" not in identity
+
+
+def test_a_discovered_sub_workspace_names_its_agency_config_key() -> None:
+    """A sub-workspace's poller (``<alias>--<sub>``) uses the agency's key and base_url: its hints name those."""
+    cfg = WorkspaceConfig(api_key=SecretStr(CANARY_KEY), as_workspace="sub-1")
+    assert InstantlyClient(cfg, source_id="acme--sub-1").config_alias == "acme"
+    assert InstantlyClient(cfg, source_id="acme").config_alias == "acme"
+    assert InstantlyClient(cfg.model_copy(update={"as_workspace": None}), source_id="a--b").config_alias == "a--b"

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from connectors.instantly.rules import PACK
+from pipeline.errors import ConfigError
 from pipeline.rules import cli
 from pipeline.rules.config import parse_rules_config
 from pipeline.rules.testing import load_case_file, run_case, run_cases
@@ -103,3 +104,23 @@ def test_cli_lists_the_rules(capsys: pytest.CaptureFixture[str]) -> None:
     assert _run("rules", "list") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:4] == ["RULE", "SEVERITY", "KIND", "ENABLED"] and len(lines) == 38
+
+
+@pytest.mark.parametrize(
+    ("start", "expected"),
+    [("2026-01-01T00:00:00Z", "2026-01-01T00:00:00.000Z"), ("2026-01-01T02:00:00+02:00", "2026-01-01T00:00:00.000Z"),
+     ("2026-01-01T00:00:00", "2026-01-01T00:00:00.000Z"), ("2026-01-01", "2026-01-01T00:00:00.000Z"),
+     ('"2026-01-01T00:00:00Z"', "2026-01-01T00:00:00Z")],
+)  # fmt: skip
+def test_start_takes_an_unquoted_yaml_time(tmp_path: Path, start: str, expected: str) -> None:
+    """YAML makes an unquoted ``start:`` a datetime (or a date): it is taken like ``time:``/``tick:``."""
+    f = tmp_path / "c.yaml"
+    f.write_text(f"rule: api_key.all_scope\nstart: {start}\ncases: [{{name: n, events: [{{type: x}}], expect: []}}]\n")
+    assert load_case_file(f).start == expected
+
+
+def test_a_start_that_is_not_a_time_names_the_key(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("rule: api_key.all_scope\nstart: soon\ncases: [{name: n, events: [{type: x}], expect: []}]\n")
+    with pytest.raises(ConfigError, match=r"start.*not a time: 'soon'"):
+        load_case_file(f)

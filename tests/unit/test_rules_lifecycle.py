@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,30 @@ def test_a_changed_rule_needs_a_version_bump(tmp_path: Path, capsys: pytest.Capt
     assert _run("rules", "lock", "--check", "--rules", str(cfg)) == 1  # bumped but not yet recorded
     assert _run("rules", "lock", "--rules", str(cfg)) == 0
     assert _run("rules", "lock", "--check", "--rules", str(cfg)) == 0
+
+
+@pytest.mark.parametrize("flag", ["--rules", "-c"])
+def test_the_lock_check_hint_repeats_the_rules_file(
+    flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``rules lock --check --rules FILE`` tells to run ``rules lock --rules FILE`` (with ``--output``
+    when given): a bare ``rules lock`` would lock the installed packs, not the user's rules."""
+    cfg = _user_rules(tmp_path, RULE)
+    assert _run("rules", "lock", "--check", flag, str(cfg)) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"custom.ip_login: not in the lock (run `instantly-audit rules lock --rules {shlex.quote(str(cfg))}` to update"
+        in err
+    )
+    out = tmp_path / "my lock.json"
+    assert _run("rules", "lock", "--check", flag, str(cfg), "--output", str(out)) == 1
+    assert (
+        f"(run `instantly-audit rules lock --rules {shlex.quote(str(cfg))} --output '{out}'` to update {out})"
+        in capsys.readouterr().err
+    )
+    from pipeline.rules.lock import Locked, check
+
+    assert "(run `instantly-audit rules lock` to update" in check({"r": Locked(1, "h")}, {}, tmp_path)[0]
 
 
 def test_cases_beside_the_rule_run_and_are_not_loaded_as_rules(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,14 +19,18 @@ REAL_CONFIG = "bus: {type: sqlite, path: data/bus.db}\nworkspaces:\n  prod: {api
 
 @pytest.fixture
 def fake_serve(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """``serve`` that only calls ``on_ready`` with fake keys (no port opened); returns the base URLs served."""
+    """``serve`` that only calls ``on_ready`` with fake keys (the port is bound, never served); returns the
+    base URLs served."""
     served: list[str] = []
 
-    async def serve(host: str, port: int, scenario: Any, seed: int, *, on_ready: Any, agency: int) -> None:
+    async def serve(
+        host: str, port: int, scenario: Any, seed: int, *, on_ready: Any, agency: int, sock: socket.socket
+    ) -> None:
+        url = f"http://{host}:{sock.getsockname()[1]}"
         world = SimpleNamespace(workspace=SimpleNamespace(id="ws-1", name="Acme Outreach"),
                                 poller_key=SimpleNamespace(key="poller-fake"))  # fmt: skip
-        on_ready(SimpleNamespace(base_url=f"http://{host}:{port}", world=world, admin_key=SimpleNamespace(key="adm")))
-        served.append(f"http://{host}:{port}")
+        on_ready(SimpleNamespace(base_url=url, world=world, admin_key=SimpleNamespace(key="adm")))
+        served.append(url)
 
     monkeypatch.setattr(sim_cli, "serve", serve)
     return served
@@ -47,13 +53,14 @@ def test_a_foreign_file_is_not_replaced(
 def test_its_own_file_is_replaced_and_force_replaces_any(tmp_path: Path, fake_serve: list[str]) -> None:
     """A config the simulator wrote (its header) is rewritten on the next start; ``--force`` replaces any file."""
     cfg = tmp_path / "sim" / "instantly-audit.yaml"
-    assert main(["simulate", "--port", "1", "--write-config", str(cfg)]) == Exit.OK
-    assert cfg.read_text().startswith(sim_cli.CONFIG_HEADER) and "127.0.0.1:1" in cfg.read_text()
-    assert main(["simulate", "--port", "2", "--write-config", str(cfg)]) == Exit.OK
-    assert "127.0.0.1:2" in cfg.read_text()
+    assert main(["simulate", "--port", "0", "--write-config", str(cfg)]) == Exit.OK
+    assert cfg.read_text().startswith(sim_cli.CONFIG_HEADER) and f"base_url: {fake_serve[-1]}" in cfg.read_text()
+    assert main(["simulate", "--port", "0", "--write-config", str(cfg)]) == Exit.OK
+    assert f"base_url: {fake_serve[-1]}" in cfg.read_text() and fake_serve[0] != fake_serve[1]
     cfg.write_text(REAL_CONFIG)
-    assert main(["simulate", "--port", "3", "--write-config", str(cfg), "--force"]) == Exit.OK
-    assert "127.0.0.1:3" in cfg.read_text() and (cfg.parent / sim_cli.ADMIN_KEY_FILE).read_text() == "adm\n"
+    assert main(["simulate", "--port", "0", "--write-config", str(cfg), "--force"]) == Exit.OK
+    assert f"base_url: {fake_serve[-1]}" in cfg.read_text()
+    assert (cfg.parent / sim_cli.ADMIN_KEY_FILE).read_text() == "adm\n"
 
 
 def test_hints_name_the_executable_as_it_can_be_typed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -93,3 +100,28 @@ def test_simulate_banner_uses_the_real_executable() -> None:
     r = SimpleNamespace(base_url="http://127.0.0.1:1", world=world, admin_key=SimpleNamespace(key="a"))
     text = sim_cli.banner(r, Path("sim/x.yaml"), ".venv/bin/instantly-audit")  # type: ignore[arg-type]
     assert "Next: .venv/bin/instantly-audit run -c sim/x.yaml --once" in text
+
+
+def test_a_busy_port_is_said_before_any_other_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``simulate`` on a busy port binds first: one line, exit 1, at once — the simulator (its world, the
+    written config) is never started (it bound inside ``serve``, after the rest was set up)."""
+    started: list[str] = []
+
+    async def serve(*args: Any, **kwargs: Any) -> None:
+        started.append("serve")
+
+    monkeypatch.setattr(sim_cli, "serve", serve)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        t0 = time.monotonic()
+        code = main(["simulate", "--port", str(port), "--write-config", str(tmp_path / "sim.yaml")])
+        took = time.monotonic() - t0
+    err = capsys.readouterr().err.strip()
+    assert (
+        code == Exit.FINDINGS and err == f"error: port {port} on 127.0.0.1 is already in use; pick another with --port"
+    )
+    assert started == [] and not (tmp_path / "sim.yaml").exists() and took < 2.0

@@ -114,3 +114,19 @@ def test_status_names_the_run_holding_the_embedded_bus(tmp_path: Path, capsys: p
     (tmp_path / "bus.db.lock").write_text(dead.stdout)
     assert main(["status", "--config", str(cfg), "--format", "json"]) == 0
     assert orjson.loads(capsys.readouterr().out)["workspaces"][0]["owner"].startswith("no process running")
+
+
+def test_status_says_a_shared_failure_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Streams failing for the same reason (a refused key: every stream) share one mention of it."""
+    cfg = write_config(tmp_path)
+    refused = "refused: HTTP 401 (AuthError): Instantly refused the API key (workspaces.acme.api_key, …)"
+    doc = {"at": time.time(), "failures": {"members": refused, "api_keys": refused, "webhooks": "failed: HTTP 502"}}
+
+    async def seed() -> None:
+        async with SqliteBus(tmp_path / "bus.db", partitions=1) as bus, bus.transaction("poller-acme") as tx:
+            tx.put_state(status_key("acme"), orjson.dumps(doc))
+
+    asyncio.run(seed())
+    assert main(["status", "--config", str(cfg), "--format", "json"]) == 0
+    [acme] = [w for w in orjson.loads(capsys.readouterr().out)["workspaces"] if w["source_id"] == "acme"]
+    assert acme["last_poll"] == f"failed: api_keys, members {refused}; webhooks failed: HTTP 502"

@@ -85,7 +85,8 @@ webhook:
 
 
 async def test_json_report_flags_each_weakness(world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    """Each webhook gets the findings the rules use; exit 3 when any exist; no header value or key printed."""
+    """Each webhook gets the findings the rules use, with their severity; exit 1 for a high one; no header
+    value or key printed."""
     code, out = await run(
         ["webhooks", "check", "--config", world["cfg"], "--workspace", "acme", "--format", "json"], capsys
     )
@@ -98,7 +99,15 @@ async def test_json_report_flags_each_weakness(world: dict[str, Any], capsys: py
     assert hooks[ids["broken"]]["findings"] == ["in_error"]
     assert hooks[ids["wrong"]]["findings"] == ["receiver_header_missing"]
     assert hooks[ids["good"]]["header_names"] == ["X-Webhook-Secret"]
-    assert doc["summary"] == {"webhooks": 4, "with_findings": 3, "failed_workspaces": []}
+    assert [hooks[ids[n]]["severity"] for n in ("good", "plain", "broken", "wrong")] == [
+        None,
+        "high",
+        "medium",
+        "medium",
+    ]
+    assert doc["summary"] == {
+        "webhooks": 4, "with_findings": 3, "failed_workspaces": [], "fail_on": "high", "exit_code": 1,
+    }  # fmt: skip
     for leak in (HOOK_HEADER_VALUE, world["key"], "abc123secret", SECRET_A):
         assert leak not in out
 
@@ -107,7 +116,8 @@ async def test_table_report(world: dict[str, Any], capsys: pytest.CaptureFixture
     """The table lists every webhook with its findings and a summary line."""
     code, out = await run(["webhooks", "check", "--config", world["cfg"], "--workspace", "acme"], capsys)
     assert code == EXIT_FINDINGS
-    assert "no_auth_header,insecure_url" in out and "in_error" in out and "4 webhook(s), 3 with findings" in out
+    assert "no_auth_header,insecure_url" in out and "in_error" in out
+    assert "4 webhook(s), 3 with findings — FAILING (--fail-on high)" in out
     assert HOOK_HEADER_VALUE not in out and world["key"] not in out
 
 
@@ -127,12 +137,14 @@ async def test_clean_workspace_exits_0(
 
 
 async def test_api_failure_is_reported_per_workspace(world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    """A workspace whose key is refused is reported as failed (exit 1); the others are still checked."""
+    """A workspace whose key is refused is reported as failed; the others are still checked (their high
+    findings make the exit 1, as in ``check``: findings win over a part that could not run)."""
     code, out = await run(["webhooks", "check", "--config", world["cfg"], "--format", "json"], capsys)
-    assert code == EXIT_FAILED
+    assert code == EXIT_FINDINGS
     doc = orjson.loads(out)
     assert doc["summary"]["failed_workspaces"] == ["broken_key"]
     assert "AuthError" in doc["workspaces"][1]["error"]
+    assert "Instantly refused the API key (workspaces.broken_key.api_key" in doc["workspaces"][1]["error"]
     assert len(doc["workspaces"][0]["webhooks"]) == 4
     assert world["key"] not in out
 
@@ -141,3 +153,57 @@ async def test_unknown_workspace_is_a_config_error(world: dict[str, Any], capsys
     """--workspace must name a configured workspace."""
     with pytest.raises(ConfigError, match="'nope' is not in the config's workspaces"):
         await run(["webhooks", "check", "--config", world["cfg"], "--workspace", "nope"], capsys)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [([], EXIT_FINDINGS), (["--fail-on", "high"], EXIT_FINDINGS), (["--fail-on", "medium"], EXIT_FINDINGS),
+     (["--fail-on", "critical"], EXIT_OK), (["--fail-on", "none"], EXIT_OK),
+     (["--workspace", "broken_key"], EXIT_FAILED), (["--workspace", "broken_key", "--fail-on", "medium"], EXIT_FAILED),
+     (["--workspace", "broken_key", "--workspace", "acme", "--fail-on", "critical"], EXIT_FAILED)],
+)  # fmt: skip
+async def test_exit_codes_follow_fail_on_as_check_does(
+    world: dict[str, Any], capsys: pytest.CaptureFixture[str], argv: list[str], expected: int
+) -> None:
+    """Exit as ``check``: 1 a finding at or above ``--fail-on`` (default high), else 3 a workspace whose
+    webhooks could not be listed, else 0 (the help said 3 for findings and 1 for an API failure)."""
+    if "--workspace" not in argv:
+        argv = [*argv, "--workspace", "acme"]
+    code, out = await run(["webhooks", "check", "--config", world["cfg"], *argv], capsys)
+    assert code == expected
+    verdict = {0: "passing", 1: "FAILING", 3: "INCOMPLETE"}[expected]
+    assert f"— {verdict} (--fail-on " in out
+
+
+async def test_fail_on_only_medium_findings(
+    world: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A workspace with only medium findings (a disabled webhook) passes the default threshold, fails
+    ``--fail-on medium``, and the config's ``check.fail_on`` sets the default."""
+    async with InstantlySimulator() as sim:
+        ws = sim.add_workspace("Medium")
+        key = sim.add_api_key(ws.id)
+        hook = sim.state.create_webhook(ws.id, "https://x.example/h", fields={"headers": {"X-Webhook-Secret": "v"}})
+        sim.state.mark_webhook_error(hook.id)
+        (tmp_path / "key").write_text(key.key)
+        cfg = tmp_path / "medium.yaml"
+        cfg.write_text(f"workspaces:\n  m:\n    api_key_file: key\n    base_url: {sim.url}\n")
+        assert (await run(["webhooks", "check", "-c", str(cfg)], capsys))[0] == EXIT_OK
+        assert (await run(["webhooks", "check", "-c", str(cfg), "--fail-on", "medium"], capsys))[0] == EXIT_FINDINGS
+        cfg.write_text(cfg.read_text() + "check: {fail_on: medium}\n")
+        assert (await run(["webhooks", "check", "-c", str(cfg)], capsys))[0] == EXIT_FINDINGS
+        assert (await run(["webhooks", "check", "-c", str(cfg), "--fail-on", "high"], capsys))[0] == EXIT_OK
+
+
+def test_fail_on_takes_check_values(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--fail-on`` takes what ``check``'s takes; anything else is a usage error (exit 2)."""
+    with pytest.raises(SystemExit) as exc:
+        parser().parse_args(["webhooks", "check", "--fail-on", "severe"])
+    assert exc.value.code == 2 and "info, low, medium, high, critical, none" in capsys.readouterr().err
+
+
+def test_help_states_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parser().parse_args(["webhooks", "check", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Exit 0: no finding at or above --fail-on; 1: some finding is;" in text and "1: API failure" not in text

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +61,11 @@ class InstantlySimulator:
         clock: Clock = system_clock,
         config: SimConfig | None = None,
         scenario: Scenario | str | Path | None = None,
+        sock: socket.socket | None = None,
     ):
         self.host, self.port, self.clock = host, port, clock
+        self._sock = sock
+        """A socket already bound to (host, port) to serve on (``simulate`` binds before anything else)."""
         self.config = config or SimConfig()
         self.state = SimState(clock, seed)
         self.faults = Faults(seed=seed)
@@ -89,7 +93,11 @@ class InstantlySimulator:
         app = SimApp(self.state, self.config, self.faults, self.limiter, self.calls, self.clock).build()
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site: web.BaseSite = (
+            web.SockSite(self._runner, self._sock)
+            if self._sock is not None
+            else web.TCPSite(self._runner, self.host, self.port)
+        )
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         if self.scenario is not None:
@@ -190,6 +198,23 @@ class Rehearsal:
     admin_key: ApiKey
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host``:``port`` (the first address ``host`` resolves to), not yet listening.
+
+    Raises:
+        OSError: the port cannot be bound (``EADDRINUSE``: already in use).
+    """
+    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp's TCPSite: TIME_WAIT is not "in use"
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 async def serve(
     host: str = "127.0.0.1",
     port: int = 8787,
@@ -197,6 +222,7 @@ async def serve(
     seed: int = 0,
     on_ready: Callable[[Rehearsal], None] | None = None,
     agency: int = 0,
+    sock: socket.socket | None = None,
 ) -> None:
     """Run the simulator with the demo world (and an optional scenario) until cancelled.
 
@@ -204,11 +230,12 @@ async def serve(
     scenario can add and remove more (an agency script).
 
     ``on_ready`` is called once the port is open, with the URL and the keys (fake secrets).
+    ``sock``: serve on this socket, already bound to ``host``/``port`` (see :func:`bind`).
 
     Raises:
         OSError: the port cannot be bound (e.g. already in use).
     """
-    async with InstantlySimulator(host, port, seed=seed) as sim:
+    async with InstantlySimulator(host, port, seed=seed, sock=sock) as sim:
         world = demo_world(sim.state)
         agency_world(sim.state, world.workspace.id, agency)
         admin = sim.state.create_api_key(
