@@ -43,6 +43,25 @@ class Unresolved(EnvValue):
     __slots__ = ()
 
 
+class NotRead(Unresolved):
+    """An :class:`Unresolved` reference left unread on purpose (not one that failed to read, whose
+    problem is reported by the loader): when only such values are wrong, their lines say so."""
+
+    __slots__ = ()
+
+
+class UnresolvedSecret(SecretStr):
+    """A :data:`Secret` field holding an :class:`Unresolved` placeholder: a check of the value
+    that only the real secret can decide (a URL's form, a key's encoding) passes it
+    (:func:`is_unresolved`), so the block is still validated structurally and kept."""
+
+
+def is_unresolved(value: Any) -> bool:
+    """Whether ``value`` stands for a reference that was not read (a placeholder, or a secret
+    holding one): a value check skips it; the real value is checked by the command that reads it."""
+    return isinstance(value, Unresolved | UnresolvedSecret)
+
+
 class DefaultedEnvValue(EnvValue):
     """A whole ``${VAR:-default}`` reference: never accepted for a secret (the default is a literal)."""
 
@@ -58,6 +77,8 @@ class FileValue(str):
 def _secret(v: Any) -> Any:
     if isinstance(v, SecretStr):
         return v
+    if isinstance(v, Unresolved):
+        return UnresolvedSecret(str(v))
     if isinstance(v, DefaultedEnvValue):
         raise ValueError(
             "a secret cannot have a default value (${VAR:-...}): the default is a literal in the file; "
@@ -103,7 +124,7 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel], extra_keys: tuple[
     # Drop pydantic's discriminator tags (e.g. 'sqlite') from the path shown.
     if len(loc) >= 2 and loc[0] == "bus" and loc[1] in ("sqlite", "kafka"):
         loc = (loc[0], *loc[2:])
-    where = _path(loc)
+    where = _shown_path(full)
     kind = err.get("type", "")
     if kind == "extra_forbidden":
         known = _known_keys(model, full[:-1])
@@ -201,22 +222,44 @@ def _inner_model(annotation: Any) -> Any:
     return None
 
 
+UNREAD = (
+    "its value comes from a reference this command does not read, and it cannot be checked without that "
+    "value (config validate without --no-environment reads it)"
+)
+"""The line for a value that only failed because its reference was not read, when nothing else is wrong."""
+
+
 def validation_error_lines(
     err: ValidationError, model: type[BaseModel], *, extra_keys: tuple[str, ...] = ()
 ) -> list[str]:
     """One line per problem, each naming the key path.
 
+    An error about an unread reference's placeholder is not reported (the command that reads it
+    checks the value), unless nothing else is wrong: then it is named (:data:`UNREAD`), so an
+    invalid block never comes out with no line at all (silently dropped, or an empty message).
+
     ``extra_keys`` are further top-level keys that are valid elsewhere (connector sections): they
     are offered in "did you mean" for an unknown top-level key.
     """
-    return [_describe(e, model, extra_keys) for e in err.errors() if not _about_placeholder(e.get("input"))]
+    errors = err.errors()
+    lines = [_describe(e, model, extra_keys) for e in errors if not _about_placeholder(e.get("input"))]
+    if lines:
+        return lines
+    unread = (e for e in errors if _about_placeholder(e.get("input"), NotRead))
+    return list(dict.fromkeys(f"{_shown_path(tuple(e.get('loc', ())))}: {UNREAD}" for e in unread))
 
 
-def _about_placeholder(value: Any) -> bool:
-    if isinstance(value, Unresolved):
+def _shown_path(loc: tuple[Any, ...]) -> str:
+    if len(loc) >= 2 and loc[0] == "bus" and loc[1] in ("sqlite", "kafka"):
+        loc = (loc[0], *loc[2:])
+    return _path(loc)
+
+
+def _about_placeholder(value: Any, kind: type[Unresolved] = Unresolved) -> bool:
+    if isinstance(value, kind):
         return True
     if isinstance(value, list | tuple):
-        return any(isinstance(v, Unresolved) for v in value)
+        return any(isinstance(v, kind) for v in value)
     return False
 
 
@@ -229,5 +272,26 @@ def validate_block(model: type[Model], block: Mapping[str, Any], where: str) -> 
     try:
         return model.model_validate(dict(block))
     except ValidationError as err:
+        kept = _keep_unread(model, block, err)
+        if kept is not None:
+            return kept
         lines = [f"{where}.{line}" for line in validation_error_lines(err, model)]
         raise ConfigError("\n".join(lines)) from None
+
+
+def _keep_unread(model: type[Model], block: Mapping[str, Any], err: ValidationError) -> Model | None:
+    """The block, when its only errors are about unread references' placeholders in its own keys
+    (``batch_max_records: ${N}``, ``url: ${URL}`` under ``config validate --no-environment``, or
+    a command that does not read the sinks' references): validated without those keys, then
+    holding their placeholders again. The value is checked by the command that reads it; the block
+    stays configured (listed, its consumer group measured). None when anything else is wrong, or
+    a required key is unread (its :data:`UNREAD` line is reported instead)."""
+    errors = err.errors()
+    if not errors or not all(len(e.get("loc", ())) == 1 and _about_placeholder(e.get("input")) for e in errors):
+        return None
+    unread = {str(e["loc"][0]) for e in errors}
+    try:
+        partial = model.model_validate({k: v for k, v in block.items() if k not in unread})
+    except ValidationError:
+        return None
+    return partial.model_copy(update={k: block[k] for k in unread if k in block})
