@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping
-from typing import Annotated, Any
+from collections.abc import Mapping, MutableMapping, Sequence
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, RootModel, SecretStr, ValidationError
 
 from pipeline.errors import ConfigError
 from schemas.secret_names import is_secret_name
@@ -177,23 +178,63 @@ def _our_words(err: Mapping[str, Any]) -> str:
 
 
 def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at ``loc`` (a path of keys and list indexes below ``model``), or none.
+
+    Walks the annotations, so the keys under a dict of models (``workspaces.<alias>``,
+    ``webhook.sources.<name>``), a list of models, an optional model, a root model or a
+    discriminated union (``bus``: pydantic's path holds the tag) are found like any other.
+    """
     current: Any = model
     for part in loc:
-        tagged = _tagged_model(current, part)
-        if tagged is not None:
-            current = tagged
-        elif isinstance(current, type) and issubclass(current, BaseModel):
-            f = current.model_fields.get(str(part))
-            if f is None:
-                return []
-            current = f.annotation if _tagged_model(f.annotation, "sqlite") else _inner_model(f.annotation)
-        elif isinstance(current, dict):
-            current = current.get("value")
-        else:
-            current = _inner_model(current)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return sorted(current.model_fields)
-    return []
+        current = _step(current, part)
+        if current is None:
+            return []
+    found = _model_in(current)
+    return sorted(found.model_fields) if found is not None else []
+
+
+def _step(annotation: Any, part: Any) -> Any:
+    """The annotation of the value at key (or index, or union tag) ``part`` below ``annotation``."""
+    tagged = _tagged_model(annotation, part)
+    if tagged is not None:
+        return tagged
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if issubclass(annotation, RootModel):
+            return _step(annotation.model_fields["root"].annotation, part)
+        field = annotation.model_fields.get(str(part))
+        return field.annotation if field is not None else None
+    origin = get_origin(annotation)
+    args = get_args(annotation)
+    if origin is Annotated:
+        return _step(args[0], part)
+    if origin in (dict, Mapping, MutableMapping) and len(args) == 2:
+        return args[1]  # ``part`` is a key of the dict
+    if origin in (list, tuple, set, frozenset, Sequence) and args and isinstance(part, int):
+        return args[0]
+    if origin in (Union, UnionType):
+        for member in args:
+            if isinstance(member, type) and member.__name__ == part:
+                return member  # pydantic names the union member it tried
+        for member in args:
+            if member is not type(None):
+                found = _step(member, part)
+                if found is not None:
+                    return found
+    return None
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model an annotation stands for (through Annotated, Optional), or None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = get_origin(annotation)
+    args = get_args(annotation)
+    if origin is Annotated:
+        return _model_in(args[0])
+    if origin in (Union, UnionType):
+        models = [m for m in (_model_in(a) for a in args if a is not type(None)) if m is not None]
+        return models[0] if len(models) == 1 else None
+    return None
 
 
 def _tagged_model(annotation: Any, tag: Any) -> Any:
@@ -207,18 +248,6 @@ def _tagged_model(annotation: Any, tag: Any) -> Any:
                 and m.model_fields["type"].default == tag
             ):
                 return m
-    return None
-
-
-def _inner_model(annotation: Any) -> Any:
-    """Find the model type inside Optional[...] / dict[str, Model] / Annotated[...] annotations."""
-    args = getattr(annotation, "__args__", ())
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for a in reversed(args):
-        found = _inner_model(a)
-        if found is not None:
-            return found
     return None
 
 
