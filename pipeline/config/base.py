@@ -271,10 +271,10 @@ def validation_error_lines(
     are offered in "did you mean" for an unknown top-level key.
     """
     errors = err.errors()
-    lines = [_describe(e, model, extra_keys) for e in errors if not _about_placeholder(e.get("input"))]
+    lines = [_describe(e, model, extra_keys) for e in errors if not _about_placeholder(e)]
     if lines:
         return lines
-    unread = (e for e in errors if _about_placeholder(e.get("input"), NotRead))
+    unread = (e for e in errors if _about_placeholder(e, NotRead))
     return list(dict.fromkeys(f"{_shown_path(tuple(e.get('loc', ())))}: {UNREAD}" for e in unread))
 
 
@@ -284,7 +284,11 @@ def _shown_path(loc: tuple[Any, ...]) -> str:
     return _path(loc)
 
 
-def _about_placeholder(value: Any, kind: type[Unresolved] = Unresolved) -> bool:
+def _about_placeholder(err: Mapping[str, Any], kind: type[Unresolved] = Unresolved) -> bool:
+    """Whether ``err`` is about a placeholder's value (an unknown key is wrong whatever its value)."""
+    if err.get("type") == "extra_forbidden":
+        return False
+    value = err.get("input")
     if isinstance(value, kind):
         return True
     if isinstance(value, list | tuple):
@@ -316,7 +320,7 @@ def _keep_unread(model: type[Model], block: Mapping[str, Any], err: ValidationEr
     stays configured (listed, its consumer group measured). None when anything else is wrong, or
     a required key is unread (its :data:`UNREAD` line is reported instead)."""
     errors = err.errors()
-    if not errors or not all(len(e.get("loc", ())) == 1 and _about_placeholder(e.get("input")) for e in errors):
+    if not errors or not all(len(e.get("loc", ())) == 1 and _about_placeholder(e) for e in errors):
         return None
     unread = {str(e["loc"][0]) for e in errors}
     try:

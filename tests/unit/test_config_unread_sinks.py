@@ -138,3 +138,24 @@ def test_an_unread_value_that_cannot_be_kept_is_named(tmp_path: Path, capsys: py
     assert main(["config", "validate", str(path), "--no-environment"]) == Exit.USAGE
     err = capsys.readouterr().err
     assert "service.port: its value comes from a reference this command does not read" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (
+            'sinks:\n  siem: {type: splunk_hec, url: "https://s.example:8088", token: "${T}", tokn: "${T}"}\n',
+            "sinks.siem.tokn: unknown key",
+        ),
+        ('sinks:\n  sl: {type: slack, webhok_url: "${SLK}"}\n', "sinks.sl.webhok_url: unknown key"),
+        ("service:\n  prot: ${PORT}\n", "service.prot: unknown key"),
+    ],
+)
+def test_an_unknown_key_is_reported_whatever_its_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, line: str
+) -> None:
+    """A misspelt key whose value is an unread ``${VAR}`` is still an unknown key (it was hidden)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert main(["config", "validate", str(path), "--no-environment"]) == Exit.USAGE
+    assert line in capsys.readouterr().err
