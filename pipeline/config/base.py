@@ -296,8 +296,13 @@ def _about_placeholder(err: Mapping[str, Any], kind: type[Unresolved] = Unresolv
     return False
 
 
-def validate_block(model: type[Model], block: Mapping[str, Any], where: str) -> Model:
+def validate_block(
+    model: type[Model], block: Mapping[str, Any], where: str, *, extra_keys: tuple[str, ...] = ()
+) -> Model:
     """Validate a component block (e.g. a sink) with its own model; errors name ``where``.
+
+    ``extra_keys``: further keys valid in the same block but validated elsewhere (a webhook
+    source's generic keys beside its kind's options), offered for an unknown key with the model's.
 
     Raises:
         ConfigError: the block is invalid.
@@ -308,7 +313,7 @@ def validate_block(model: type[Model], block: Mapping[str, Any], where: str) -> 
         kept = _keep_unread(model, block, err)
         if kept is not None:
             return kept
-        lines = [f"{where}.{line}" for line in validation_error_lines(err, model)]
+        lines = [f"{where}.{line}" for line in validation_error_lines(err, model, extra_keys=extra_keys)]
         raise ConfigError("\n".join(lines)) from None
 
 

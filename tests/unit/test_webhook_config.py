@@ -171,3 +171,15 @@ def test_secret_of_24_characters_is_accepted() -> None:
     """The minimum length is 24: a random 24-character secret passes."""
     cfg = parse_webhook_config(block(secrets=[EnvValue("k3Q9v_T2mZ8xW1pL6nR4sB0y")]))
     assert len(cfg.sources["crm"].secrets[0].get_secret_value()) == 24
+
+
+def test_unknown_source_key_names_every_key_of_a_source() -> None:
+    """A misspelt generic key is offered the real one; the allowed list is a source's keys with its
+    kind's options (it named the options only: 'allowed: drop_fields, keep_lead_fields')."""
+    lines = error_of(block(secret=[EnvValue(SECRET_B)], header="X-A")).splitlines()
+    assert "webhook.sources.crm.secret: unknown key (did you mean 'secrets'?)" in lines
+    assert "webhook.sources.crm.header: unknown key (did you mean 'header_name'?)" in lines
+    [other] = error_of(block(colour="red")).splitlines()
+    assert other.startswith("webhook.sources.crm.colour: unknown key (allowed: ")
+    for key in ("secrets", "header_name", "workspace_id", "path", "kind", "drop_fields", "keep_lead_fields"):
+        assert key in other
