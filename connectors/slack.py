@@ -56,6 +56,11 @@ ENDPOINT_ERRORS = frozenset({403, 404, 410})
 _PARTIAL_ENTITY = re.compile(r"&(?:a|am|amp|l|lt|g|gt)?$")
 
 
+URL_EXPECTED = "must be the https URL of a Slack incoming webhook (host hooks.slack.com, path /services/…)"
+"""In words, not as an example URL: error output is redacted, and an example's path would be
+fingerprinted like a real webhook's (``https://hooks.slack.com/sha256:…``)."""
+
+
 def _default_topics() -> list[Literal["events", "alerts"]]:
     return ["alerts"]
 
@@ -95,9 +100,9 @@ class SlackSinkConfig(SinkConfig):
         try:
             parts = urlsplit(v.get_secret_value())
         except ValueError:
-            raise ValueError("must be an https URL such as https://hooks.slack.com/services/…") from None
+            raise ValueError(URL_EXPECTED) from None
         if parts.scheme not in ("https", "http") or not parts.hostname or not parts.path.strip("/"):
-            raise ValueError("must be an https URL such as https://hooks.slack.com/services/…")
+            raise ValueError(URL_EXPECTED)
         return v
 
 
