@@ -26,13 +26,15 @@ loader validates it with the rest of the file.
 
 from __future__ import annotations
 
-from pydantic import Field, RootModel, field_validator
+from typing import Any
+
+from pydantic import Field, RootModel, ValidatorFunctionWrapHandler, field_validator
 
 from connectors.instantly.api import AUDIT_LOGS, BY_NAME, DEFAULT_STREAMS, StreamName, page_limit
 from connectors.instantly.api import STREAMS as _TABLE
 from pipeline.config.base import Model, Secret
 from pipeline.config.model import PipelineConfig
-from pipeline.config.transport import clean_http_url
+from pipeline.config.transport import checked_url
 
 # ---------------------------------------------------------------------------------- sources
 STREAMS: tuple[StreamName, ...] = tuple(s.name for s in _TABLE)
@@ -139,12 +141,12 @@ class WorkspaceConfig(Model):
             return self.snapshot_interval_secs
         return DEFAULT_SNAPSHOT_INTERVALS.get(stream)
 
-    @field_validator("base_url")
+    @field_validator("base_url", mode="wrap")
     @classmethod
-    def _url(cls, v: str) -> str:
+    def _url(cls, v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         # aiohttp refuses a URL with userinfo when it builds the request (an uncaught ValueError
         # at poll time); the key goes in api_key, and a query or fragment would hide in logs.
-        return clean_http_url(v, "https://api.instantly.ai", credentials="the key goes in api_key")
+        return checked_url(v, handler, "https://api.instantly.ai", credentials="the key goes in api_key")
 
 
 class WorkspacesSection(RootModel[dict[str, WorkspaceConfig]]):

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping
-from typing import Annotated, Any
+from collections.abc import Mapping, MutableMapping, Sequence
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, RootModel, SecretStr, ValidationError
 
 from pipeline.errors import ConfigError
 from schemas.secret_names import is_secret_name
@@ -43,6 +44,25 @@ class Unresolved(EnvValue):
     __slots__ = ()
 
 
+class NotRead(Unresolved):
+    """An :class:`Unresolved` reference left unread on purpose (not one that failed to read, whose
+    problem is reported by the loader): when only such values are wrong, their lines say so."""
+
+    __slots__ = ()
+
+
+class UnresolvedSecret(SecretStr):
+    """A :data:`Secret` field holding an :class:`Unresolved` placeholder: a check of the value
+    that only the real secret can decide (a URL's form, a key's encoding) passes it
+    (:func:`is_unresolved`), so the block is still validated structurally and kept."""
+
+
+def is_unresolved(value: Any) -> bool:
+    """Whether ``value`` stands for a reference that was not read (a placeholder, or a secret
+    holding one): a value check skips it; the real value is checked by the command that reads it."""
+    return isinstance(value, Unresolved | UnresolvedSecret)
+
+
 class DefaultedEnvValue(EnvValue):
     """A whole ``${VAR:-default}`` reference: never accepted for a secret (the default is a literal)."""
 
@@ -58,6 +78,8 @@ class FileValue(str):
 def _secret(v: Any) -> Any:
     if isinstance(v, SecretStr):
         return v
+    if isinstance(v, Unresolved):
+        return UnresolvedSecret(str(v))
     if isinstance(v, DefaultedEnvValue):
         raise ValueError(
             "a secret cannot have a default value (${VAR:-...}): the default is a literal in the file; "
@@ -103,7 +125,7 @@ def _describe(err: Mapping[str, Any], model: type[BaseModel], extra_keys: tuple[
     # Drop pydantic's discriminator tags (e.g. 'sqlite') from the path shown.
     if len(loc) >= 2 and loc[0] == "bus" and loc[1] in ("sqlite", "kafka"):
         loc = (loc[0], *loc[2:])
-    where = _path(loc)
+    where = _shown_path(full)
     kind = err.get("type", "")
     if kind == "extra_forbidden":
         known = _known_keys(model, full[:-1])
@@ -156,23 +178,63 @@ def _our_words(err: Mapping[str, Any]) -> str:
 
 
 def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at ``loc`` (a path of keys and list indexes below ``model``), or none.
+
+    Walks the annotations, so the keys under a dict of models (``workspaces.<alias>``,
+    ``webhook.sources.<name>``), a list of models, an optional model, a root model or a
+    discriminated union (``bus``: pydantic's path holds the tag) are found like any other.
+    """
     current: Any = model
     for part in loc:
-        tagged = _tagged_model(current, part)
-        if tagged is not None:
-            current = tagged
-        elif isinstance(current, type) and issubclass(current, BaseModel):
-            f = current.model_fields.get(str(part))
-            if f is None:
-                return []
-            current = f.annotation if _tagged_model(f.annotation, "sqlite") else _inner_model(f.annotation)
-        elif isinstance(current, dict):
-            current = current.get("value")
-        else:
-            current = _inner_model(current)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return sorted(current.model_fields)
-    return []
+        current = _step(current, part)
+        if current is None:
+            return []
+    found = _model_in(current)
+    return sorted(found.model_fields) if found is not None else []
+
+
+def _step(annotation: Any, part: Any) -> Any:
+    """The annotation of the value at key (or index, or union tag) ``part`` below ``annotation``."""
+    tagged = _tagged_model(annotation, part)
+    if tagged is not None:
+        return tagged
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if issubclass(annotation, RootModel):
+            return _step(annotation.model_fields["root"].annotation, part)
+        field = annotation.model_fields.get(str(part))
+        return field.annotation if field is not None else None
+    origin = get_origin(annotation)
+    args = get_args(annotation)
+    if origin is Annotated:
+        return _step(args[0], part)
+    if origin in (dict, Mapping, MutableMapping) and len(args) == 2:
+        return args[1]  # ``part`` is a key of the dict
+    if origin in (list, tuple, set, frozenset, Sequence) and args and isinstance(part, int):
+        return args[0]
+    if origin in (Union, UnionType):
+        for member in args:
+            if isinstance(member, type) and member.__name__ == part:
+                return member  # pydantic names the union member it tried
+        for member in args:
+            if member is not type(None):
+                found = _step(member, part)
+                if found is not None:
+                    return found
+    return None
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model an annotation stands for (through Annotated, Optional), or None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = get_origin(annotation)
+    args = get_args(annotation)
+    if origin is Annotated:
+        return _model_in(args[0])
+    if origin in (Union, UnionType):
+        models = [m for m in (_model_in(a) for a in args if a is not type(None)) if m is not None]
+        return models[0] if len(models) == 1 else None
+    return None
 
 
 def _tagged_model(annotation: Any, tag: Any) -> Any:
@@ -189,16 +251,11 @@ def _tagged_model(annotation: Any, tag: Any) -> Any:
     return None
 
 
-def _inner_model(annotation: Any) -> Any:
-    """Find the model type inside Optional[...] / dict[str, Model] / Annotated[...] annotations."""
-    args = getattr(annotation, "__args__", ())
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for a in reversed(args):
-        found = _inner_model(a)
-        if found is not None:
-            return found
-    return None
+UNREAD = (
+    "its value comes from a reference this command does not read, and it cannot be checked without that "
+    "value (config validate without --no-environment reads it)"
+)
+"""The line for a value that only failed because its reference was not read, when nothing else is wrong."""
 
 
 def validation_error_lines(
@@ -206,22 +263,46 @@ def validation_error_lines(
 ) -> list[str]:
     """One line per problem, each naming the key path.
 
+    An error about an unread reference's placeholder is not reported (the command that reads it
+    checks the value), unless nothing else is wrong: then it is named (:data:`UNREAD`), so an
+    invalid block never comes out with no line at all (silently dropped, or an empty message).
+
     ``extra_keys`` are further top-level keys that are valid elsewhere (connector sections): they
     are offered in "did you mean" for an unknown top-level key.
     """
-    return [_describe(e, model, extra_keys) for e in err.errors() if not _about_placeholder(e.get("input"))]
+    errors = err.errors()
+    lines = [_describe(e, model, extra_keys) for e in errors if not _about_placeholder(e)]
+    if lines:
+        return lines
+    unread = (e for e in errors if _about_placeholder(e, NotRead))
+    return list(dict.fromkeys(f"{_shown_path(tuple(e.get('loc', ())))}: {UNREAD}" for e in unread))
 
 
-def _about_placeholder(value: Any) -> bool:
-    if isinstance(value, Unresolved):
+def _shown_path(loc: tuple[Any, ...]) -> str:
+    if len(loc) >= 2 and loc[0] == "bus" and loc[1] in ("sqlite", "kafka"):
+        loc = (loc[0], *loc[2:])
+    return _path(loc)
+
+
+def _about_placeholder(err: Mapping[str, Any], kind: type[Unresolved] = Unresolved) -> bool:
+    """Whether ``err`` is about a placeholder's value (an unknown key is wrong whatever its value)."""
+    if err.get("type") == "extra_forbidden":
+        return False
+    value = err.get("input")
+    if isinstance(value, kind):
         return True
     if isinstance(value, list | tuple):
-        return any(isinstance(v, Unresolved) for v in value)
+        return any(isinstance(v, kind) for v in value)
     return False
 
 
-def validate_block(model: type[Model], block: Mapping[str, Any], where: str) -> Model:
+def validate_block(
+    model: type[Model], block: Mapping[str, Any], where: str, *, extra_keys: tuple[str, ...] = ()
+) -> Model:
     """Validate a component block (e.g. a sink) with its own model; errors name ``where``.
+
+    ``extra_keys``: further keys valid in the same block but validated elsewhere (a webhook
+    source's generic keys beside its kind's options), offered for an unknown key with the model's.
 
     Raises:
         ConfigError: the block is invalid.
@@ -229,5 +310,26 @@ def validate_block(model: type[Model], block: Mapping[str, Any], where: str) -> 
     try:
         return model.model_validate(dict(block))
     except ValidationError as err:
-        lines = [f"{where}.{line}" for line in validation_error_lines(err, model)]
+        kept = _keep_unread(model, block, err)
+        if kept is not None:
+            return kept
+        lines = [f"{where}.{line}" for line in validation_error_lines(err, model, extra_keys=extra_keys)]
         raise ConfigError("\n".join(lines)) from None
+
+
+def _keep_unread(model: type[Model], block: Mapping[str, Any], err: ValidationError) -> Model | None:
+    """The block, when its only errors are about unread references' placeholders in its own keys
+    (``batch_max_records: ${N}``, ``url: ${URL}`` under ``config validate --no-environment``, or
+    a command that does not read the sinks' references): validated without those keys, then
+    holding their placeholders again. The value is checked by the command that reads it; the block
+    stays configured (listed, its consumer group measured). None when anything else is wrong, or
+    a required key is unread (its :data:`UNREAD` line is reported instead)."""
+    errors = err.errors()
+    if not errors or not all(len(e.get("loc", ())) == 1 and _about_placeholder(e) for e in errors):
+        return None
+    unread = {str(e["loc"][0]) for e in errors}
+    try:
+        partial = model.model_validate({k: v for k, v in block.items() if k not in unread})
+    except ValidationError:
+        return None
+    return partial.model_copy(update={k: block[k] for k in unread if k in block})

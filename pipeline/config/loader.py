@@ -16,10 +16,12 @@ then validation into the composed :class:`~pipeline.config.model.PipelineConfig`
   aliases ("billion laughs") fail fast with a ConfigError instead of taking minutes and gigabytes.
 
 Commands resolve only the secrets they use: ``resolve`` (a predicate on the key path) says
-which references to read; every other ``${VAR}``, ``*_file`` and ``*_vault`` value becomes an
-:class:`~pipeline.config.base.Unresolved` placeholder that passes the secret checks, and
-validation errors caused by a placeholder are not reported (``config validate --no-environment``
-reads none at all).
+which references to read; every other ``${VAR}``, ``*_file`` and ``*_vault`` value becomes a
+:class:`~pipeline.config.base.NotRead` placeholder that passes the secret checks and the value
+checks only the real value can decide (a Slack URL's form, a ``whsec_`` secret, an http(s) URL);
+validation errors caused by a placeholder are not reported, and a block whose only errors are
+such keeps its place (:func:`~pipeline.config.base.validate_block`): a sink is never dropped
+because its secret was not read (``config validate --no-environment`` reads none at all).
 
 This module is the only one that reads the environment.
 """
@@ -36,7 +38,15 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from pipeline.config.base import DefaultedEnvValue, EnvValue, FileValue, InterpolatedValue, Unresolved, _path
+from pipeline.config.base import (
+    DefaultedEnvValue,
+    EnvValue,
+    FileValue,
+    InterpolatedValue,
+    NotRead,
+    Unresolved,
+    _path,
+)
 from pipeline.config.model import PipelineConfig, compose
 from pipeline.config.tls import tls_problems
 from pipeline.config.vault import VaultSettings, resolve_managed_secrets
@@ -59,8 +69,14 @@ Resolve = Callable[[tuple[Any, ...]], bool]
 
 
 def placeholder(name: str) -> Unresolved:
-    """A stand-in for an unread reference: printable, 32+ characters, unique per name."""
+    """A stand-in for a reference that could not be read (its problem is reported): printable,
+    32+ characters, unique per name."""
     return Unresolved(f"unresolved-{hashlib.sha256(name.encode()).hexdigest()[:24]}")
+
+
+def not_read(name: str) -> NotRead:
+    """A stand-in for a reference this command does not read (:func:`placeholder`'s form)."""
+    return NotRead(placeholder(name))
 
 
 def _missing(where: tuple[Any, ...], name: str, problems: list[str] | None) -> Unresolved:
@@ -82,7 +98,7 @@ def _interpolate(
 ) -> str:
     if resolve is not None and not resolve(where) and "${" in value:
         whole = _WHOLE.match(value)
-        return placeholder(whole.group(1) if whole else value)
+        return not_read(whole.group(1) if whole else value)
     whole = _WHOLE.match(value)
     if whole:
         name, default = whole.group(1), whole.group(2)
@@ -145,7 +161,7 @@ def _resolve(
                     _problem(f"{_path(here)}: give either {field} or {k}, not both", problems)
                     continue
                 if resolve is not None and not resolve(here):
-                    out[field] = placeholder(_path(here))
+                    out[field] = not_read(_path(here))
                     continue
                 before = len(problems) if problems is not None else 0
                 path = _resolve(v, here, env, base, resolve, problems)

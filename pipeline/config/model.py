@@ -115,6 +115,16 @@ class KafkaBusConfig(Model):
 
 BusConfig = Annotated[SqliteBusConfig | KafkaBusConfig, Field(discriminator="type")]
 
+_KAFKA_ONLY = frozenset(KafkaBusConfig.model_fields) - frozenset(SqliteBusConfig.model_fields)
+
+
+def _bus_type_default(v: Any) -> Any:
+    """``bus.type`` defaults to ``sqlite`` (docs/configuration.md): ``bus: {path: x}`` is the embedded
+    bus. A block with a Kafka-only key and no ``type`` still needs one (it is not guessed)."""
+    if isinstance(v, Mapping) and "type" not in v and not (set(v) & _KAFKA_ONLY):
+        return {"type": "sqlite", **v}
+    return v
+
 
 # ------------------------------------------------------------------------------------ rest
 class ServiceConfig(Model):
@@ -160,6 +170,11 @@ class PipelineConfig(Model):
     """Validated sections owned by connectors, by top-level key (see :func:`compose`)."""
     config_dir: Path | None = None
     """The directory of the config file: relative paths in the file are relative to it."""
+
+    @field_validator("bus", mode="before")
+    @classmethod
+    def _bus_type(cls, v: Any) -> Any:
+        return _bus_type_default(v)
 
     def section(self, key: str, kind: type[M]) -> M:
         """The validated connector section ``key`` (its default when the file leaves it out).

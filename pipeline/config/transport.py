@@ -17,7 +17,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import ValidatorFunctionWrapHandler
+
+from pipeline.config.base import is_unresolved
 
 log = logging.getLogger("instantly_audit.transport")
 
@@ -59,6 +64,15 @@ def clean_http_url(value: str, example: str, *, credentials: str = "use the bloc
     if parts.query or parts.fragment or "?" in value or "#" in value:
         raise ValueError("must not carry a query string or fragment")
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def checked_url(value: Any, handler: ValidatorFunctionWrapHandler, example: str, *, credentials: str) -> Any:
+    """:func:`clean_http_url` for a ``mode="wrap"`` field validator: the placeholder of a reference
+    the command does not read (``url: ${SPLUNK_URL}`` under ``config validate --no-environment``)
+    passes unchanged, since only the real value can be checked (by the command that reads it)."""
+    if is_unresolved(value):
+        return value
+    return clean_http_url(handler(value), example, credentials=credentials)
 
 
 def plaintext_url(url: str) -> bool:

@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidatorFunctionWrapHandler, field_validator, model_validator
 
 from pipeline.config.base import FileValue, Model, Secret, validation_error_lines
 from pipeline.config.tls import TlsFiles
-from pipeline.config.transport import clean_http_url, plaintext_url, refuse_unless_allowed, warn_insecure
+from pipeline.config.transport import checked_url, plaintext_url, refuse_unless_allowed, warn_insecure
 from pipeline.errors import ConfigError, PipelineError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; hvac is an optional extra
@@ -149,10 +149,10 @@ class VaultSettings(Model):
     timeout_secs: float = Field(10.0, gt=0, le=300)
     allow_insecure: bool = Field(False, description="accept an http:// Vault (the token would travel in plaintext)")
 
-    @field_validator("url")
+    @field_validator("url", mode="wrap")
     @classmethod
-    def _url(cls, v: str) -> str:
-        return clean_http_url(v, "https://vault.internal:8200", credentials="the token goes in token")
+    def _url(cls, v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        return checked_url(v, handler, "https://vault.internal:8200", credentials="the token goes in token")
 
     def insecure_transport(self) -> list[str]:
         """What is insecure about this Vault address (empty: nothing)."""

@@ -34,12 +34,12 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import orjson
 from multidict import CIMultiDict
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidatorFunctionWrapHandler, field_validator, model_validator
 
 from pipeline import __version__
 from pipeline.clock import SYSTEM_CLOCK, Clock, parse_time
 from pipeline.config.tls import TlsFiles, tls_context
-from pipeline.config.transport import clean_http_url, plaintext_url, refuse_unless_allowed
+from pipeline.config.transport import checked_url, plaintext_url, refuse_unless_allowed
 from pipeline.delivery.backoff import MAX_RETRY_AFTER_SECS
 from pipeline.delivery.base import Delivery, SinkConfig
 from pipeline.errors import BackpressureError, SinkError
@@ -82,10 +82,10 @@ class HttpSinkConfig(SinkConfig):
         refuse_unless_allowed(self.insecure_transport(), self.allow_insecure)
         return self
 
-    @field_validator("url")
+    @field_validator("url", mode="wrap")
     @classmethod
-    def _check_url(cls, v: str) -> str:
-        return clean_http_url(v, "https://host:port", credentials="use the sink's secret fields")
+    def _check_url(cls, v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        return checked_url(v, handler, "https://host:port", credentials="use the sink's secret fields")
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

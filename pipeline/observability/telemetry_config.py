@@ -26,12 +26,12 @@ telemetry:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidatorFunctionWrapHandler, field_validator
 
 from pipeline.config.base import Model, Secret
-from pipeline.config.transport import clean_http_url
+from pipeline.config.transport import checked_url
 
 
 class OtlpConfig(Model):
@@ -45,12 +45,12 @@ class OtlpConfig(Model):
     timeout_secs: float = Field(10.0, gt=0, le=120)
     compression: Literal["none", "gzip"] = "gzip"
 
-    @field_validator("endpoint")
+    @field_validator("endpoint", mode="wrap")
     @classmethod
-    def _url(cls, v: str) -> str:
+    def _url(cls, v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         # The exporter logs the endpoint's path and query without a scheme (no URL pass fires):
         # credentials, a query or a fragment are refused here, as on sink URLs.
-        return clean_http_url(v, "http://otel-collector:4318", credentials="put credentials in otlp.headers")
+        return checked_url(v, handler, "http://otel-collector:4318", credentials="put credentials in otlp.headers")
 
     def signal_url(self, signal: Literal["traces", "metrics"]) -> str:
         """The full URL for one signal (``<endpoint>/v1/<signal>``)."""

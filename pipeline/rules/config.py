@@ -37,7 +37,7 @@ from pipeline.errors import ConfigError
 from pipeline.rules.base import DAY, CatalogRule, Rule, RulePack, RuleParams
 from pipeline.rules.correlation import CorrelationSpec, compile_correlation
 from pipeline.rules.lists import SharedLists
-from pipeline.rules.matcher import MatchRuleSpec, RuleSyntaxError, compile_rule
+from pipeline.rules.matcher import MatchRuleSpec, RuleSyntaxError, compile_rule, rule_problems
 from pipeline.rules.packs import rule_packs
 
 
@@ -188,6 +188,8 @@ def _spec(raw: Any, where: str, errors: list[str]) -> AnySpec | None:
         rid = raw.get("id")
         label = f"{where} ({rid})" if isinstance(rid, str) else where
         errors.extend(f"{label}.{line}" for line in validation_error_lines(err, model))
+        if model is MatchRuleSpec:  # and what compiling it would say: every problem of the rule in one run
+            errors.extend(line for problem in rule_problems(raw) for line in problem.lines(f"{label}."))
         return None
 
 
@@ -282,7 +284,7 @@ def parse_rules_config(
             else:
                 rules.append(compile_rule(spec, p))
         except RuleSyntaxError as err:
-            errors.append(f"{where} ({spec.id}).{err}")
+            errors.extend(err.lines(f"{where} ({spec.id})."))
     if errors:
         raise ConfigError("\n".join(errors))
     pack_ids = frozenset([*python, *(s.id for s, where, b in specs if b and known.get(s.id) == where)])

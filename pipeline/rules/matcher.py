@@ -48,11 +48,12 @@ from pydantic import Field, StringConstraints
 from pipeline.config.base import Model
 from pipeline.rules.base import ATTACK_PATTERN, RULE_ID_PATTERN, Finding, RuleContext, RuleMeta, RuleParams, resolved
 from pipeline.rules.lifecycle import LifecycleSpec
+from pipeline.rules.syntax import NEVER, NO_TEXT, NOTHING, Problems, Template
+from pipeline.rules.syntax import Getter as Getter
+from pipeline.rules.syntax import Pred as Pred
+from pipeline.rules.syntax import RuleSyntaxError as RuleSyntaxError  # re-exported: the rule language's error
 from schemas.alert import Entity, Severity
 from schemas.event import Event
-
-Pred = Callable[[Event], bool]
-Getter = Callable[[Event], Any]
 
 _SUBFIELDS: dict[str, frozenset[str] | None] = {
     "id": frozenset(), "type": frozenset(), "time": frozenset(), "observed_at": frozenset(), "schema": frozenset(),
@@ -66,14 +67,6 @@ _SUBFIELDS: dict[str, frozenset[str] | None] = {
 _MODIFIERS = frozenset({"contains", "startswith", "endswith", "re", "cidr", "gt", "gte", "lt", "lte", "exists",
                         "in", "all", "cased", "eq", "i", "m", "s"})  # fmt: skip
 _KINDS = ("contains", "startswith", "endswith", "re", "cidr", "gt", "gte", "lt", "lte", "exists", "eq")
-
-
-class RuleSyntaxError(ValueError):
-    """A YAML rule does not compile; ``where`` is the path inside the rule."""
-
-    def __init__(self, where: str, message: str):
-        super().__init__(f"{where}: {message}")
-        self.where = where
 
 
 # ---- field access ----------------------------------------------------------------------------
@@ -199,16 +192,17 @@ def _value_pred(kind: str, expected: Any, mods: set[str], where: str) -> Callabl
 def _field_pred(spec: str, expected: Any, where: str) -> Pred:
     path, *mod_list = spec.split("|")
     mods = set(mod_list)
-    unknown = mods - _MODIFIERS
-    if unknown:
-        raise RuleSyntaxError(
-            where, f"unknown modifier {sorted(unknown)[0]!r} (known: {', '.join(sorted(_MODIFIERS))})"
+    problems = Problems()
+    get = problems.check(getter, path, where, fallback=NOTHING)
+    for bad in sorted(mods - _MODIFIERS):
+        problems.found.append(
+            RuleSyntaxError(where, f"unknown modifier {bad!r} (known: {', '.join(sorted(_MODIFIERS))})")
         )
     kinds = [m for m in mod_list if m in _KINDS]
     if len(kinds) > 1:
-        raise RuleSyntaxError(where, f"modifiers {kinds} cannot be combined")
+        problems.found.append(RuleSyntaxError(where, f"modifiers {kinds} cannot be combined"))
+    problems.raise_any()
     kind = kinds[0] if kinds else "eq"
-    get = getter(path, where)
     if kind == "exists":
         if not isinstance(expected, bool):
             raise RuleSyntaxError(where, "|exists needs true or false")
@@ -244,12 +238,16 @@ def _selection(body: Any, where: str) -> Pred:
     if isinstance(body, Mapping):
         if not body:
             raise RuleSyntaxError(where, "a selection needs at least one field")
-        preds = [_field_pred(str(k), v, f"{where}.{k}") for k, v in body.items()]
+        problems = Problems()
+        preds = [problems.check(_field_pred, str(k), v, f"{where}.{k}", fallback=NEVER) for k, v in body.items()]
+        problems.raise_any()
         if len(preds) == 1:
             return preds[0]
         return lambda ev: all(p(ev) for p in preds)
     if isinstance(body, list) and body and all(isinstance(b, Mapping) for b in body):
-        alts = [_selection(b, f"{where}.{i}") for i, b in enumerate(body)]
+        problems = Problems()
+        alts = [problems.check(_selection, b, f"{where}.{i}", fallback=NEVER) for i, b in enumerate(body)]
+        problems.raise_any()
         return lambda ev: any(p(ev) for p in alts)
     raise RuleSyntaxError(where, "a selection is a mapping of field: value, or a list of such mappings")
 
@@ -343,29 +341,42 @@ def compile_detection(detection: Mapping[str, Any], where: str = "detection") ->
     if not isinstance(detection, Mapping):
         raise RuleSyntaxError(where, "must be a mapping of selections and a condition")
     cond = detection.get("condition")
-    sels = {str(k): _selection(v, f"{where}.{k}") for k, v in detection.items() if k != "condition"}
+    problems = Problems()
+    # A selection with a problem still counts as defined, so the condition is checked too.
+    sels = {
+        str(k): problems.check(_selection, v, f"{where}.{k}", fallback=NEVER)
+        for k, v in detection.items()
+        if k != "condition"
+    }
     if not sels:
-        raise RuleSyntaxError(where, "needs at least one selection")
-    if cond is None:
+        problems.found.append(RuleSyntaxError(where, "needs at least one selection"))
+    elif cond is None:
         if len(sels) != 1:
-            raise RuleSyntaxError(f"{where}.condition", "required when there is more than one selection")
-        return next(iter(sels.values()))
-    if not isinstance(cond, str) or not cond.strip():
-        raise RuleSyntaxError(f"{where}.condition", "must be a non-empty string")
-    return _Parser(cond, sels, f"{where}.condition").parse()
+            problems.found.append(
+                RuleSyntaxError(f"{where}.condition", "required when there is more than one selection")
+            )
+    elif not isinstance(cond, str) or not cond.strip():
+        problems.found.append(RuleSyntaxError(f"{where}.condition", "must be a non-empty string"))
+    else:
+        pred = problems.check(lambda: _Parser(cond, sels, f"{where}.condition").parse(), fallback=NEVER)
+        problems.raise_any()
+        return pred
+    problems.raise_any()
+    return next(iter(sels.values()))
 
 
 # ---- templates -------------------------------------------------------------------------------
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 
 
-def compile_template(text: str, where: str) -> Callable[[Event], tuple[str, bool]]:
+def compile_template(text: str, where: str) -> Template:
     """Compile ``"{actor.user_name|actor.user_id} from {actor.ip}"``; returns (text, all fields found).
 
     Raises:
         RuleSyntaxError: a placeholder names an unknown field.
     """
     parts: list[str | list[Getter]] = []
+    problems = Problems()
     pos = 0
     for m in _PLACEHOLDER.finditer(text):
         parts.append(text[pos : m.start()])
@@ -373,9 +384,10 @@ def compile_template(text: str, where: str) -> Callable[[Event], tuple[str, bool
             parts.append(m.group(0)[0])
         else:
             alts = [a.strip() for a in (m.group(1) or "").split("|")]
-            parts.append([getter(a, where) for a in alts])
+            parts.append([problems.check(getter, a, where, fallback=NOTHING) for a in alts])
         pos = m.end()
     parts.append(text[pos:])
+    problems.raise_any()
 
     def render(ev: Event) -> tuple[str, bool]:
         out: list[str] = []
@@ -444,16 +456,11 @@ class MatchRule:
             references=tuple(spec.references), falsepositives=tuple(spec.falsepositives),
             related=tuple(r.id for r in spec.related),
         )  # fmt: skip
-        self._detect = compile_detection(spec.detection, "detection")
-        self._resolve = compile_detection(spec.resolve, "resolve") if spec.resolve is not None else None
-        self._group = [getter(g, f"group_by.{i}") for i, g in enumerate(spec.group_by)]
-        self._summary = compile_template(spec.summary or spec.title, "summary")
-        self._entities = [
-            (e.kind, compile_template(e.id, f"entities.{i}.id") if e.id else None,
-             compile_template(e.name, f"entities.{i}.name") if e.name else None)
-            for i, e in enumerate(spec.entities)
-        ]  # fmt: skip
-        self._fields = [(f, getter(f, f"fields.{i}")) for i, f in enumerate(spec.fields)]
+        parts = _compile_parts(
+            spec.detection, spec.resolve, spec.group_by, spec.summary or spec.title,
+            [(e.kind, e.id, e.name) for e in spec.entities], spec.fields,
+        )  # fmt: skip
+        self._detect, self._resolve, self._group, self._summary, self._entities, self._fields = parts
         self._resolve_types = tuple(spec.resolve_types or spec.types)
         self._routes: dict[str, tuple[bool, bool]] = {}  # event type -> (detect?, resolve?)
 
@@ -512,6 +519,71 @@ class MatchRule:
     def on_tick(self, ctx: RuleContext) -> Iterable[Finding]:
         """YAML rules have no time-based conditions."""
         return ()
+
+
+_Parts = tuple[
+    Pred,
+    Pred | None,
+    list[Getter],
+    Template,
+    list[tuple[str, Template | None, Template | None]],
+    list[tuple[str, Getter]],
+]
+
+
+def _compile_parts(
+    detection: Any,
+    resolve: Any,
+    group_by: Sequence[str],
+    summary: str,
+    entities: Sequence[tuple[str, str | None, str | None]],
+    fields: Sequence[str],
+) -> _Parts:
+    """Compile every part of a rule (``detection`` None: not compiled), then raise all their problems at once.
+
+    Raises:
+        RuleSyntaxError: one part or more is invalid (every problem inside).
+    """
+    problems = Problems()
+    detect = NEVER if detection is None else problems.check(compile_detection, detection, "detection", fallback=NEVER)
+    res = None if resolve is None else problems.check(compile_detection, resolve, "resolve", fallback=NEVER)
+    group = [problems.check(getter, g, f"group_by.{i}", fallback=NOTHING) for i, g in enumerate(group_by)]
+    text = problems.check(compile_template, summary, "summary", fallback=NO_TEXT)
+    ents = [
+        (kind, problems.check(compile_template, eid, f"entities.{i}.id", fallback=NO_TEXT) if eid else None,
+         problems.check(compile_template, name, f"entities.{i}.name", fallback=NO_TEXT) if name else None)
+        for i, (kind, eid, name) in enumerate(entities)
+    ]  # fmt: skip
+    picked = [(f, problems.check(getter, f, f"fields.{i}", fallback=NOTHING)) for i, f in enumerate(fields)]
+    problems.raise_any()
+    return detect, res, group, text, ents, picked
+
+
+def rule_problems(raw: Mapping[str, Any]) -> list[RuleSyntaxError]:
+    """The compile problems of a raw rule whose spec did not validate: every part of the right
+    shape is compiled anyway (the shapes are the spec's errors), so one run names every typo."""
+
+    def strings(key: str) -> list[str]:
+        v = raw.get(key)
+        return [x for x in v if isinstance(x, str)] if isinstance(v, list) else []
+
+    detection, resolve, listed = raw.get("detection"), raw.get("resolve"), raw.get("entities")
+    summary = raw.get("summary") or raw.get("title")
+    entities = [
+        (str(e.get("kind")), e.get("id") if isinstance(e.get("id"), str) else None,
+         e.get("name") if isinstance(e.get("name"), str) else None)
+        for e in (listed if isinstance(listed, list) else [])
+        if isinstance(e, Mapping)
+    ]  # fmt: skip
+    try:
+        _compile_parts(
+            detection if isinstance(detection, Mapping) else None,
+            resolve if isinstance(resolve, Mapping) else None,
+            strings("group_by"), summary if isinstance(summary, str) else "", entities, strings("fields"),
+        )  # fmt: skip
+    except RuleSyntaxError as err:
+        return list(err.problems)
+    return []
 
 
 def compile_rule(spec: MatchRuleSpec, params: RuleParams) -> MatchRule:

@@ -157,3 +157,13 @@ def test_kafka_sasl_settings_are_checked_at_validate(security: dict[str, str], m
 
     ok = KafkaSecurityConfig.model_validate({"protocol": "SASL_SSL", "username": "u", "password": SecretStr("pw")})
     assert ok.sasl_mechanism is None  # SCRAM-SHA-512 is used when none is named
+
+
+def test_bus_type_defaults_to_sqlite() -> None:
+    """``bus: {path: x}`` is the embedded bus, as documented (it failed: "bus: needs a 'type'"); a
+    block with Kafka keys and no type is not guessed."""
+    cfg = parse_config("bus: {path: x.db, partitions: 2}\n", env={})
+    assert isinstance(cfg.bus, SqliteBusConfig)
+    assert (cfg.bus.path.name, cfg.bus.partitions) == ("x.db", 2)
+    assert _err("bus: {pathh: x.db}\n") == "bus.pathh: unknown key (did you mean 'path'?)"
+    assert _err("bus: {bootstrap_servers: [k:9092]}\n") == "bus: needs a 'type'"

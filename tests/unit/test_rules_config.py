@@ -117,3 +117,45 @@ def test_custom_rules_can_be_disabled_and_built_ins_enabled_one_by_one() -> None
     """defaults.enabled: false leaves only the rules enabled explicitly."""
     rs = parse_rules_config({"defaults": {"enabled": False}, "auth.mfa_disabled": {"enabled": True}})
     assert [r.meta.id for r in rs.enabled] == ["auth.mfa_disabled"]
+
+
+FIVE_TYPOS = """\
+id: custom.export_via_api
+title: Lead export through the API
+severity: hgh
+types: ["audit.*"]
+activity_codes: [34]
+detection:
+  api: {actor.via_api: true, actor.ip|contians: "10."}
+  ip: {actor.ipp: 10.0.0.1}
+  small: {attributes.affected_count|lt: 100}
+  condition: (api or ip) and not smal
+group_by: [actor.api_key_idd]
+summary: "Key {actor.api_key_id} exported {attributes.affected_count} leads from {actor.ipp}"
+"""
+
+
+def test_every_problem_of_a_rule_file_in_one_run(tmp_path: Path) -> None:
+    """A rule with five typos names all five (and the summary's) at once; it took a run per typo, the
+    severity's hiding the compile problems and each compile problem the next."""
+    (tmp_path / "export.yaml").write_text(FIVE_TYPOS)
+    with pytest.raises(ConfigError) as ei:
+        parse_rules_config({"files": ["export.yaml"]}, base_dir=tmp_path)
+    prefix = f"rules.files.0: {tmp_path / 'export.yaml'}: rules[0] (custom.export_via_api)."
+    lines = str(ei.value).splitlines()
+    assert all(line.startswith(prefix) for line in lines)
+    assert [line[len(prefix) :].split(": ", 1)[0] for line in lines] == [
+        "severity",
+        "detection.api.actor.ip|contians",
+        "detection.ip.actor.ipp",
+        "detection.condition",
+        "group_by.0",
+        "summary",
+    ]
+    assert "'hgh'" in lines[0] and "'contians'" in lines[1] and "'actor.ipp'" in lines[2]
+    assert "'smal'" in lines[3] and "'actor.api_key_idd'" in lines[4] and "'actor.ipp'" in lines[5]
+    # Valid but for the compile problems: the same lines, without the severity's.
+    (tmp_path / "export.yaml").write_text(FIVE_TYPOS.replace("hgh", "high"))
+    with pytest.raises(ConfigError) as ei:
+        parse_rules_config({"files": ["export.yaml"]}, base_dir=tmp_path)
+    assert str(ei.value).splitlines() == lines[1:]

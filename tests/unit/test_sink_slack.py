@@ -284,3 +284,18 @@ sinks:
     assert cls is SlackSink
     assert isinstance(sink_cfg, SlackSinkConfig)
     assert sink_cfg.topics == ["alerts"] and sink_cfg.min_interval_secs == 1.0
+
+
+def test_a_bad_webhook_url_error_reads_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The error's example survives the output redaction (it read 'https://hooks.slack.com/sha256:6e26df2e')."""
+    from pipeline.cli.main import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text('sinks:\n  sl: {type: slack, webhook_url: "${SLACK_URL_UNDER_TEST}"}\n')
+    monkeypatch.setenv("SLACK_URL_UNDER_TEST", "not-a-url")
+    assert main(["config", "validate", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "sinks.sl.webhook_url: must be the https URL of a Slack incoming webhook" in err
+    assert "(host hooks.slack.com, path /services/…)" in err and "sha256" not in err

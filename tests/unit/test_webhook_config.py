@@ -235,3 +235,15 @@ def test_a_public_url_belongs_to_one_source() -> None:
                              "public_urls": ["https://hooks.example.com/hooks/crm/"]}  # fmt: skip
     err = error_of(b)
     assert "webhook.sources.other.public_urls.0" in err and "'crm'" in err
+
+
+def test_unknown_source_key_names_every_key_of_a_source() -> None:
+    """A misspelt generic key is offered the real one; the allowed list is a source's keys with its
+    kind's options (it named the options only: 'allowed: drop_fields, keep_lead_fields')."""
+    lines = error_of(block(secret=[EnvValue(SECRET_B)], header="X-A")).splitlines()
+    assert "webhook.sources.crm.secret: unknown key (did you mean 'secrets'?)" in lines
+    assert "webhook.sources.crm.header: unknown key (did you mean 'header_name'?)" in lines
+    [other] = error_of(block(colour="red")).splitlines()
+    assert other.startswith("webhook.sources.crm.colour: unknown key (allowed: ")
+    for key in ("secrets", "header_name", "workspace_id", "path", "kind", "drop_fields", "keep_lead_fields"):
+        assert key in other

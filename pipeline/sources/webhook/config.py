@@ -326,7 +326,11 @@ def _split_kind_options(block: Mapping[str, Any], where: str) -> tuple[dict[str,
             kind_name = generic.get("kind") or default_kind()
             generic["kind"] = kind_name
             kind = webhook_kind(str(kind_name))
-            generic["options"] = validate_block(kind.Options, extra, f"{where}.sources.{name}")
+            # An unknown key is offered every key of a source, not only the kind's options
+            # ("secret" → "secrets", "header" → "header_name").
+            generic["options"] = validate_block(
+                kind.Options, extra, f"{where}.sources.{name}", extra_keys=tuple(sorted(_GENERIC))
+            )
         except ConfigError as err:
             problems += str(err).splitlines()
         fixed[name] = generic
