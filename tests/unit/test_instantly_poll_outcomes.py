@@ -1,0 +1,84 @@
+"""What a poll records when ``GET /workspaces/current`` goes wrong: a 401, a 200 whose body is an error.
+
+Real poller against the aiohttp fake of the documented Instantly shapes, the embedded bus, and
+the real ``instantly-audit status`` command reading what the poller wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline.bus.sqlite import SqliteBus
+from pipeline.cli.main import main
+from pipeline.clock import FakeClock
+from pipeline.sources.base import status_key
+from tests.unit.test_instantly_fake_api import FakeInstantly, serve
+from tests.unit.test_instantly_source import audit_record, events, make_poller, seed
+
+KEY_ENV = "POLL_OUTCOME_TEST_KEY"
+
+
+def status_of(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """``instantly-audit status --format json`` for the workspace ``acme`` on ``tmp_path/bus.db``."""
+    cfg = tmp_path / "c.yaml"
+    bus = f"bus:\n  type: sqlite\n  path: {tmp_path}/bus.db\n"
+    cfg.write_text(f"{bus}workspaces:\n  acme:\n    api_key: ${{{KEY_ENV}}}\n")
+    monkeypatch.setenv(KEY_ENV, "not-used-by-status-123456")
+    capsys.readouterr()
+    assert main(["status", "--config", str(cfg), "--format", "json"]) == 0
+    (acme,) = [w for w in orjson.loads(capsys.readouterr().out)["workspaces"] if w["source_id"] == "acme"]
+    return dict(acme)
+
+
+async def _poll(tmp_path: Path, fake: FakeInstantly, clock: FakeClock, *, revoke_after_first: bool) -> None:
+    async with serve(fake), SqliteBus(tmp_path / "bus.db") as bus:
+        async with make_poller(fake, bus, clock) as poller:
+            if revoke_after_first:
+                await poller.poll_once()
+                clock.advance(60)
+                fake.revoked = True
+            counts = await poller.poll_once()
+            assert counts["pipeline"] == 1  # pipeline.poller_unauthorized, as before
+        assert [e["type"] for e in await events(bus)][-1] == "pipeline.poller_unauthorized"
+        doc = orjson.loads((await bus.state_items())[status_key("acme")])
+        assert doc["at"] == clock.now()
+        assert doc["failures"]["workspace"] == "refused: HTTP 401 (AuthError)"
+        assert doc["failures"]["audit_logs"] == "refused: HTTP 401 (AuthError)"
+
+
+def test_a_401_on_the_first_poll_is_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key refused from the start: ``status`` shows the failed poll with the 401, not ``never``."""
+    fake = FakeInstantly()
+    fake.revoked = True
+    asyncio.run(_poll(tmp_path, fake, FakeClock(), revoke_after_first=False))
+    acme = status_of(tmp_path, capsys, monkeypatch)
+    assert acme["last_poll"].startswith("failed: ") and "HTTP 401" in acme["last_poll"]
+    assert acme["last_poll_age_secs"] is not None and acme["cursor_age_secs"] is None
+
+
+def test_a_key_revoked_later_moves_the_last_poll_and_keeps_the_cursor_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After good polls, a 401 is the last poll (not the last good one forever); the cursor age stays
+    that of the last good audit read."""
+    fake = FakeInstantly()
+    seed(fake)
+    clock = FakeClock()
+    fake.audit = [audit_record("a1", clock.now() - 30)]
+    good = clock.now()
+    asyncio.run(_poll(tmp_path, fake, clock, revoke_after_first=True))
+
+    async def cursor_at() -> Any:
+        async with SqliteBus(tmp_path / "bus.db") as bus:
+            return orjson.loads((await bus.state_items())[status_key("acme")])["cursor_at"]
+
+    assert asyncio.run(cursor_at()) == good
+    acme = status_of(tmp_path, capsys, monkeypatch)
+    assert "workspace refused: HTTP 401 (AuthError)" in acme["last_poll"]
