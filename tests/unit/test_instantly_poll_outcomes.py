@@ -82,3 +82,52 @@ def test_a_key_revoked_later_moves_the_last_poll_and_keeps_the_cursor_time(
     assert asyncio.run(cursor_at()) == good
     acme = status_of(tmp_path, capsys, monkeypatch)
     assert "workspace refused: HTTP 401 (AuthError)" in acme["last_poll"]
+
+
+ERROR_BODIES = [
+    {"error": "ACC_UNKNOWN_ERROR"},
+    {"statusCode": 500, "error": "Internal Server Error", "message": "oops"},
+    {"name": "a workspace without its required id"},
+]
+
+
+@pytest.mark.parametrize("body", ERROR_BODIES)
+async def test_workspace_answered_200_with_an_error_body_fails_like_a_5xx(tmp_path: Path, body: dict[str, Any]) -> None:
+    """``GET /workspaces/current`` answering 200 with an error in the body (reference §1.3) is retried
+    and fails the workspace stream for the poll; it is never diffed (no workspace.deleted, then no
+    workspace.created when the real answer comes back) and the identity stays."""
+    fake = FakeInstantly()
+    seed(fake)
+    clock = FakeClock()
+    good = fake.workspace
+    async with serve(fake), SqliteBus(tmp_path / "bus.db") as bus:
+        async with make_poller(fake, bus, clock, streams=["workspace"]) as poller:
+            assert (await poller.poll_once())["workspace"] == 1
+            fake.workspace = body
+            sent = len(fake.calls_to("/workspaces/current"))
+            clock.advance(60)
+            assert (await poller.poll_once())["workspace"] == 0
+            assert len(fake.calls_to("/workspaces/current")) - sent == 2  # retried (max_retries=1)
+            assert poller.last_failures["workspace"].startswith("failed: ")
+            assert "HTTP 200 without the workspace's id" in poller.last_failures["workspace"]
+            assert poller.workspace.id == good["id"]
+            fake.workspace = good
+            clock.advance(60)
+            assert (await poller.poll_once())["workspace"] == 0
+            assert poller.last_failures == {}
+        assert [e["type"] for e in await events(bus)] == ["workspace.baseline"]
+
+
+async def test_admin_endpoint_answered_200_with_an_error_body_publishes_no_removal(tmp_path: Path) -> None:
+    """The other single object the poller diffs, ``GET /workspace-group-members/admin``: an error body at
+    200 fails the group_members stream (no workspace_group.member_removed for the agency link)."""
+    fake = FakeInstantly()
+    clock = FakeClock()
+    fake.admin_workspace = {"workspace_name": "Agency", "has_admin_workspace": True, "workspace_group_member_id": "l1"}
+    async with serve(fake), SqliteBus(tmp_path / "bus.db") as bus:
+        async with make_poller(fake, bus, clock, streams=["group_members"]) as poller:
+            assert (await poller.poll_once())["group_members"] == 1
+            fake.admin_workspace = {"error": "ACC_UNKNOWN_ERROR"}
+            assert (await poller.poll_once())["group_members"] == 0
+            assert "ACC_UNKNOWN_ERROR" in poller.last_failures["group_members"]
+        assert [e["type"] for e in await events(bus)] == ["workspace_group.member_baseline"]
