@@ -129,6 +129,24 @@ async def test_identical_concurrent_deliveries_publish_once(sqlite_bus: SqliteBu
     assert (r.accepted, r.duplicates) == (1, 19)
 
 
+async def test_custom_label_named_like_a_real_event_is_its_own_type(sqlite_bus: SqliteBus) -> None:
+    """A workspace label ``Email Sent`` and the real ``email_sent``: two event types on the bus, the
+    label's under ``webhook_delivery.label.``; both still map to the webhook-delivery family in ECS."""
+    from pipeline.formats.registry import render
+
+    r = WebhookReceiver(make_config(), sqlite_bus)
+    async with serve(r) as c:
+        for n, label in enumerate(["email_sent", "Email Sent", "Интерес", "Встреча"]):
+            assert (await c.post(PATH, data=delivery(n, event_type=label), headers=hdrs())).status == 200
+    evs = [orjson.loads(x.value) for x in await events_of(sqlite_bus)]
+    types = [e["type"] for e in evs]
+    assert types[0] == "webhook_delivery.email_sent" and len(set(types)) == 4
+    assert all(t.startswith("webhook_delivery.label.") for t in types[1:])
+    assert [e["attributes"]["event_label"] for e in evs] == ["email_sent", "Email Sent", "Интерес", "Встреча"]
+    ecs = render(evs[1], "ecs")
+    assert isinstance(ecs, dict) and ecs["event"]["category"] == ["email"]
+
+
 # ----------------------------------------------------------------------------------- rejected
 @pytest.mark.parametrize(
     ("method", "path", "status", "reason"),
