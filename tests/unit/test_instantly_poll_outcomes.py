@@ -7,6 +7,8 @@ the real ``instantly-audit status`` command reading what the poller wrote.
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from pipeline.cli.main import main
 from pipeline.clock import FakeClock
 from pipeline.sources.base import status_key
 from tests.unit.test_instantly_fake_api import FakeInstantly, serve
+from tests.unit.test_instantly_late_inserts import pipeline_logs
 from tests.unit.test_instantly_source import audit_record, events, make_poller, seed
 
 KEY_ENV = "POLL_OUTCOME_TEST_KEY"
@@ -131,3 +134,53 @@ async def test_admin_endpoint_answered_200_with_an_error_body_publishes_no_remov
             assert (await poller.poll_once())["group_members"] == 0
             assert "ACC_UNKNOWN_ERROR" in poller.last_failures["group_members"]
         assert [e["type"] for e in await events(bus)] == ["workspace_group.member_baseline"]
+
+
+CANARY_KEY_ID = "019cc043-5eed-7c0d-9a11-cafe00c0ffee"
+CANARY_TOKEN = "CANARYtok3nZZ9x8y7w6v5u4t3s2r1q0"
+CANARY_INSTANTLY_KEY = base64.b64encode(f"{CANARY_KEY_ID}:{CANARY_TOKEN}".encode()).decode()
+
+
+def pieces(secret: str, k: int = 12) -> set[str]:
+    """Every run of ``k`` characters of ``secret`` that is not made of hex digits and dashes alone."""
+    return {secret[i : i + k] for i in range(len(secret) - k + 1)} - {
+        p for p in (secret[i : i + k] for i in range(len(secret) - k + 1)) if not p.strip("0123456789abcdef-:")
+    }
+
+
+def test_a_key_echoed_cut_by_the_server_leaves_no_piece_on_the_bus_or_in_the_logs(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 401 whose message quotes the key cut (first 24 characters, last 20, the decoded token's first
+    16, a run across the decoded ``<uuid>:<token>``): no run of 12 of its characters reaches the bus file,
+    the logs, the poll status or ``status``; the key's id (the uuid) stays readable."""
+    key, decoded = CANARY_INSTANTLY_KEY, f"{CANARY_KEY_ID}:{CANARY_TOKEN}"
+    fake = FakeInstantly(api_key=key)
+    cut = f"{key[:24]} ... {key[-20:]} token {CANARY_TOKEN[:16]} for {decoded[20:52]}"
+    fake.fail(
+        "/workspaces/current", 401, times=5, message=f"Invalid authorization header {cut} (api key id {CANARY_KEY_ID})"
+    )
+
+    async def poll() -> dict[str, Any]:
+        async with serve(fake), SqliteBus(tmp_path / "bus.db") as bus:
+            async with make_poller(fake, bus, FakeClock(), streams=["workspace", "audit_logs"]) as poller:
+                assert (await poller.poll_once())["pipeline"] == 1
+            [event] = await events(bus)
+            return event
+
+    with pipeline_logs(caplog, logging.DEBUG):
+        event = asyncio.run(poll())
+    message = event["attributes"]["message"]
+    assert "HTTP 401" in message and CANARY_KEY_ID in message  # the key's id stays readable
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert "pipeline.poller_unauthorized" in logged  # the logs were captured
+    status = orjson.dumps(status_of(tmp_path, capsys, monkeypatch)).decode()
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("bus.db*"))
+    secret_pieces = pieces(key) | pieces(CANARY_TOKEN) | (pieces(decoded) - pieces(CANARY_KEY_ID))
+    assert secret_pieces
+    for piece in secret_pieces:
+        assert piece not in message and piece not in logged and piece not in status, piece
+        assert piece.encode() not in stored, piece
