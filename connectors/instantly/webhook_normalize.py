@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -63,7 +64,9 @@ LABEL_PREFIX = f"{TYPE_PREFIX}.label"
 """Namespace of the types of labels Instantly does not document (custom workspace labels)."""
 LABEL_HASH_CHARS = 8
 REDACTED = "<redacted>"
-MAX_EVENT_TYPE_CHARS = 256
+MAX_EVENT_TYPE_CHARS = 4096
+"""Longest ``event_type`` (label) accepted; its event type is cut to a 64-character slug plus a hash,
+the label itself is kept whole in ``attributes.event_label``."""
 MAX_DROPPED_NAMES = 64
 MAX_EVENT_BYTES = 256 * 1024
 """Above this the kept custom fields are left out of ``raw`` (the bus and SIEMs take small records)."""
@@ -101,6 +104,9 @@ _STANDARD_ATTRS = tuple(f for f in DEFAULT_KEPT_FIELDS if f not in ("event_type"
 _SLIM_FIELDS = frozenset({"event_type", "timestamp", "workspace", "campaign_id", "email_id", "step", "variant"})
 _META = frozenset({"event_label", "custom_label", "body_sha256", "body_bytes", "dropped_fields", "dropped_field_count"})
 _MAX_NAME = 128
+_INT_ATTRS = frozenset({"step", "variant"})
+"""Numbers in the payload that may arrive as digit strings (``"2"``): attributes carry them as ints."""
+_DIGITS = re.compile(r"[0-9]{1,9}")
 _MAX_SLIM_VALUE = 1024
 
 
@@ -198,6 +204,11 @@ def redact_value(value: Any, name: str = "") -> Any:
     return value
 
 
+def _as_int(value: Any) -> Any:
+    """A decimal digit string (``"2"``, at most 9 digits) as its int; anything else as it is."""
+    return int(value) if isinstance(value, str) and _DIGITS.fullmatch(value) else value
+
+
 def _str(value: Any) -> str | None:
     if isinstance(value, str) and value:
         return value if len(value) <= _MAX_SLIM_VALUE else None
@@ -237,7 +248,7 @@ def normalize_delivery(
     }
     for name in _STANDARD_ATTRS:
         if name in kept:
-            attributes[name] = kept[name]
+            attributes[name] = _as_int(kept[name]) if name in _INT_ATTRS else kept[name]
     campaign_id, account = _str(kept.get("campaign_id")), _str(kept.get("email_account"))
     target: Target | None = None
     if campaign_id:

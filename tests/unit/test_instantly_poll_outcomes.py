@@ -184,3 +184,19 @@ def test_a_key_echoed_cut_by_the_server_leaves_no_piece_on_the_bus_or_in_the_log
     for piece in secret_pieces:
         assert piece not in message and piece not in logged and piece not in status, piece
         assert piece.encode() not in stored, piece
+
+
+async def test_audit_record_at_a_leap_second_keeps_its_own_time(tmp_path: Path) -> None:
+    """An audit record stamped ``…T23:59:60Z`` (valid RFC 3339) is published at ``23:59:59.999Z`` of
+    its minute, not at the poll's observed_at."""
+    fake = FakeInstantly()
+    clock = FakeClock()
+    fake.audit = [
+        {**audit_record("leap1", clock.now() - 60), "timestamp": "2026-06-30T23:59:60.000Z"},  # Instantly's shape
+        {**audit_record("leap2", clock.now() - 50), "timestamp": "2016-12-31T23:59:60Z"},
+    ]
+    async with serve(fake), SqliteBus(tmp_path / "bus.db") as bus:
+        async with make_poller(fake, bus, clock, streams=["audit_logs"]) as poller:
+            assert (await poller.poll_once())["audit_logs"] == 2
+        evs = await events(bus)
+    assert sorted(e["time"] for e in evs) == ["2016-12-31T23:59:59.999Z", "2026-06-30T23:59:59.999Z"]

@@ -147,6 +147,38 @@ async def test_custom_label_named_like_a_real_event_is_its_own_type(sqlite_bus: 
     assert isinstance(ecs, dict) and ecs["event"]["category"] == ["email"]
 
 
+async def test_valid_inputs_at_the_edges_are_published(sqlite_bus: SqliteBus) -> None:
+    """A leap second (valid RFC 3339) is clamped to :59.999 of its minute; a custom label of 300
+    characters keeps its whole label with a cut type; ``step``/``variant`` sent as digit strings are ints
+    in the attributes (the raw payload keeps what was sent). None of them is dead-lettered."""
+    label = "Follow-up " + " ".join(f"stage{i}" for i in range(45))  # 300+ characters, nothing repeated
+    assert len(label) > 300
+    bodies = [
+        delivery(1, timestamp="2016-12-31T23:59:60Z"),
+        delivery(2, timestamp="2016-12-31T18:59:60.5-05:00"),
+        delivery(3, event_type=label),
+        delivery(4, step="2", variant="01"),
+        delivery(5, step="2.5", variant=3),
+    ]
+    r = WebhookReceiver(make_config(), sqlite_bus)
+    async with serve(r) as c:
+        for body in bodies:
+            resp = await c.post(PATH, data=body, headers=hdrs())
+            assert resp.status == 200 and (await resp.json())["status"] == "accepted"
+    assert await letters_of(sqlite_bus) == []
+    leap, leap_offset, long_label, digits, other = (orjson.loads(x.value) for x in await events_of(sqlite_bus))
+    assert leap["time"] == leap_offset["time"] == "2016-12-31T23:59:59.999Z"
+    assert long_label["attributes"]["event_label"] == label
+    assert (
+        long_label["type"].startswith("webhook_delivery.label.follow_up_stage0_stage1")
+        and len(long_label["type"]) <= 128
+    )
+    assert (digits["attributes"]["step"], digits["attributes"]["variant"]) == (2, 1)
+    assert (digits["raw"]["step"], digits["raw"]["variant"]) == ("2", "01")
+    assert (other["attributes"]["step"], other["attributes"]["variant"]) == ("2.5", 3)
+    assert all(schema_errors("event", e) == [] for e in (leap, long_label, digits))
+
+
 # ----------------------------------------------------------------------------------- rejected
 @pytest.mark.parametrize(
     ("method", "path", "status", "reason"),
