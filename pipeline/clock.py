@@ -6,6 +6,7 @@ Times are UTC; ``format_time`` renders RFC 3339 with milliseconds and ``Z`` like
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 from typing import Protocol
@@ -65,8 +66,15 @@ def format_time(epoch: float) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
+_LEAP_SECOND = re.compile(r"(?<=\d\d:\d\d):60(?:[.,]\d+)?(?=(?:[+-]\d\d(?::?\d\d)?)?$)")
+"""Seconds ``60`` (a leap second, valid RFC 3339) with any fraction, before the offset."""
+
+
 def parse_time(text: str) -> float:
     """Parse an ISO 8601 / RFC 3339 timestamp (``Z`` or offset) into epoch seconds.
+
+    A leap second (``…T23:59:60Z``, valid RFC 3339; Python's datetime has no second 60) is clamped
+    to ``:59.999`` of its minute: the event keeps its own minute instead of being refused.
 
     Raises:
         ValueError: the text is not a timestamp.
@@ -74,7 +82,13 @@ def parse_time(text: str) -> float:
     t = text.strip()
     if t.endswith(("Z", "z")):
         t = t[:-1] + "+00:00"
-    dt = datetime.fromisoformat(t)
+    try:
+        dt = datetime.fromisoformat(t)
+    except ValueError:
+        clamped = _LEAP_SECOND.sub(":59.999", t, count=1)
+        if clamped == t:
+            raise
+        dt = datetime.fromisoformat(clamped)
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()

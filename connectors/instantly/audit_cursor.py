@@ -10,7 +10,8 @@ timezone and inclusivity undocumented) are not documented, so the cursor keeps
 * ``last_full_read`` / ``full_mark`` — when the last full overlap re-read finished (epoch
   seconds, poll time) and the ``high_water`` it left;
 * ``seen`` — the ids published whose timestamp is at or after the *threshold*
-  ``min(high_water, full_mark) - overlap``.
+  ``min(high_water, full_mark) - overlap``, and those greater than ``last_id`` whatever their
+  timestamp (until ``last_id`` passes them).
 
 **Order assumption.** The simulator lists audit logs ascending by id, and ids are UUIDv7 (time
 ordered), so "everything after ``last_id``" is "everything new". The real API's order is
@@ -39,12 +40,17 @@ Because the threshold uses the ``high_water`` left by the last full re-read, a r
 behind the cursor (back-dated id) whose timestamp was within ``overlap`` of the high-water mark
 when it appeared is still inside the window at the next full re-read, and the ``seen`` set makes
 it published exactly once. A record with a new id and an older timestamp comes after ``last_id``
-and is published by the next incremental read, however old: no earlier read reached past
-``last_id``, so it cannot have been published. A full re-read counts a record older than the
-threshold as ``too_old`` and does not publish it (it may have been published before its id left
-``seen``); the late-record sweep publishes those.
+and is published by the next read, however old: an incremental read lists only what lies past
+``last_id``, and a full re-read keeps every record whose id is greater than ``last_id`` — also on
+the first poll of a process (``run --once``, a restart). Such a record cannot have been published
+unless its id is in ``seen``: a read that published ids past ``last_id`` without moving
+``last_id`` past them (a full re-read that failed on a later page, a sweep) left them there, and
+``seen`` keeps every id greater than ``last_id`` until ``last_id`` passes it. A full re-read
+counts a record at or before ``last_id`` older than the threshold as ``too_old`` (logged with a
+count) and does not publish it (it may have been published before its id left ``seen``); the
+late-record sweep publishes those.
 ``seen`` therefore holds at most ``overlap`` plus the time since the last full re-read (at most
-about ``2 * overlap``) of ids.
+about ``2 * overlap``) of ids, plus the ids published past ``last_id`` since the last read ended.
 
 **State layout** (format 2). The cursor is several bounded state keys under the prefix
 ``cursor/{source_id}/audit_logs/``: ``head`` holds everything but the ids
@@ -218,14 +224,16 @@ class AuditCursor:
         """Split a page into new records (with their timestamps), duplicates and too-old ones.
 
         Records without a usable timestamp are dated ``now`` for de-duplication. ``keep_old``
-        (an incremental read): nothing is too old. Its pages continue after ``last_id`` in a
-        listing checked ascending, and every earlier read ended at or before ``last_id``, so a
-        record there was never listed, however old its timestamp (Instantly inserted it late). A
-        full re-read cannot say that of a record older than the threshold: it may have been
-        published before its id left ``seen``.
+        (an incremental read): nothing is too old. Otherwise (a full re-read) a record whose id is
+        past ``last_id`` is not too old either, however old its timestamp (Instantly inserted it
+        late): every id published past ``last_id`` is still in ``seen`` (:meth:`_prune` keeps
+        them until ``last_id`` passes them), so one not there was never published. A full re-read
+        cannot say that of a record at or before ``last_id`` older than the threshold: it may have
+        been published before its id left ``seen``.
         Pure: the cursor changes only through :meth:`mark` and :meth:`advance`.
         """
         threshold = None if keep_old else self.threshold(overlap_secs)
+        after = self.last_id
         out = Selection()
         batch: set[str] = set()
         for record in records:
@@ -238,7 +246,7 @@ class AuditCursor:
                 continue
             ts = record_time(record)
             ts = now if ts is None else ts
-            if threshold is not None and ts < threshold:
+            if threshold is not None and ts < threshold and (after is None or key <= after):
                 out.too_old += 1
                 continue
             batch.add(key)
@@ -267,11 +275,14 @@ class AuditCursor:
         self._prune(overlap_secs)
 
     def _prune(self, overlap_secs: float) -> None:
+        """Forget ids below the threshold, except those past ``last_id``: a read continuing after
+        ``last_id`` (or a full re-read keeping what lies past it) lists them again."""
         t = self.threshold(overlap_secs)
         if t is not None:
-            self.seen = {rid: ts for rid, ts in self.seen.items() if ts >= t}
+            after = self.last_id
+            self.seen = {rid: ts for rid, ts in self.seen.items() if ts >= t or (after is not None and rid > after)}
             if self.chunks is not None:
-                self.chunks.prune(t)
+                self.chunks.prune(t, keep_after=after)
 
     # ---- state: split layout -----------------------------------------------------------------
     def head_bytes(self) -> bytes:

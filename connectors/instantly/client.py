@@ -41,15 +41,17 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from connectors.instantly.api import api_root
+from connectors.instantly.api import GROUP_ADMIN_PATH, WORKSPACE, api_root
 from connectors.instantly.budget import RequestBudget
 from connectors.instantly.config import WorkspaceConfig
 from connectors.instantly.responses import (
     ClientRequestError,
     decode_body,
     error_for,
+    require_admin_answer,
     require_items,
     require_object,
+    require_workspace,
     retry_after_from,
 )
 from pipeline import __version__
@@ -73,6 +75,12 @@ USER_AGENT = f"instantly-audit/{__version__}"
 SessionFactory = Callable[[], aiohttp.ClientSession]
 Sleep = Callable[[float], Awaitable[None]]
 JSONDict = dict[str, Any]
+OBJECT_CHECKS: Mapping[str, Callable[[str, Any], None]] = {
+    WORKSPACE.path: require_workspace,
+    GROUP_ADMIN_PATH: require_admin_answer,
+}
+"""The single objects :meth:`InstantlyClient.get` checks beyond "a JSON object": a 200 whose body is
+an error (API reference §1.3) must fail like a 5xx, never be diffed as the resource."""
 
 
 class TransportError(UpstreamError):
@@ -211,10 +219,13 @@ class InstantlyClient:
         Raises:
             AuthError, PaymentRequiredError, ScopeError, NotFoundError: 401/402/403/404.
             RateLimitedError: still 429 after ``max_retries`` retries.
-            UpstreamError: 5xx, timeout, connection error or a body that is not a JSON object.
+            UpstreamError: 5xx, timeout, connection error or a body that is not a JSON object — or,
+                for the single objects of :data:`OBJECT_CHECKS`, not that object (a 200 with an
+                error in the body).
             ClientRequestError: another 4xx.
         """
-        value = await self._call("GET", path, params=params, validate=require_object, retry_writes=False)
+        validate = OBJECT_CHECKS.get(path, require_object)
+        value = await self._call("GET", path, params=params, validate=validate, retry_writes=False)
         assert isinstance(value, dict)
         return value
 

@@ -116,11 +116,15 @@ class SeenChunks:
                 ids[rid] = ts
                 self._dirty.add((bucket, n))
 
-    def prune(self, threshold: float | None) -> None:
-        """Delete every chunk of the buckets that end at or before ``threshold``."""
+    def prune(self, threshold: float | None, *, keep_after: str | None = None) -> None:
+        """Delete every chunk of the buckets that end at or before ``threshold``, except a chunk
+        holding an id greater than ``keep_after`` (the cursor's ``last_id``: still needed)."""
         if threshold is None:
             return
-        for chunk in [c for c in self.chunks if (c[0] + 1) * BUCKET_SECS <= threshold]:
+        old = [c for c in self.chunks if (c[0] + 1) * BUCKET_SECS <= threshold]
+        if keep_after is not None:
+            old = [c for c in old if all(rid <= keep_after for rid in self.chunks[c])]
+        for chunk in old:
             del self.chunks[chunk]
             self._dirty.discard(chunk)
             self._deleted.add(self.key(chunk))

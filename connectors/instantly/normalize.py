@@ -45,6 +45,8 @@ def iso_time(value: Any) -> str | None:
             )  # fmt: skip
             return value
         except ValueError:
+            if value[17:19] == "60":  # a leap second (valid RFC 3339): :59.999 of its minute, as parse_time
+                return iso_time(f"{value[:17]}59.999Z")
             return None
     try:
         return format_time(parse_time(value))

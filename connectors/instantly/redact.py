@@ -19,7 +19,7 @@ from typing import Any
 from connectors.instantly import key_shape as _key_shape  # noqa: F401 - registers the key shape with the gate
 from connectors.instantly.key_shape import instantly_key_parts
 from pipeline.redaction.registry import text_forms
-from pipeline.redaction.text import redact_text
+from pipeline.redaction.text import fragment_index, redact_text, registered_fragments, replace_fragments
 from pipeline.redaction.urls import redact_url as _redact_url
 from schemas.ids import fingerprint_secret
 from schemas.secret_names import HEADERS_NAME, SECRET_NAME, is_secret_name
@@ -137,13 +137,14 @@ def scrub_text(text: str, secrets: Iterable[str]) -> str:
     """Replace every occurrence of each known secret in ``text`` (e.g. a server message) by ``<redacted>``.
 
     Then the runtime's text pass: every registered secret in every form (URL-encoded, the key
-    decoded to ``<uuid>:<token>``, its token alone), credential shapes and URL credentials.
+    decoded to ``<uuid>:<token>``, its token alone), credential shapes and URL credentials. Last,
+    any run of 12 or more consecutive characters of one of those forms (of ``secrets`` or of a
+    registered secret; :func:`~pipeline.redaction.text.replace_fragments`): a server that echoes
+    the key cut (``Invalid key Q0FOQVJZLWtleS1kby1ub3Qt…``) leaks no piece of it that long.
     """
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            for form in text_forms(secret):
-                text = text.replace(form, REDACTED)
-            for part in instantly_key_parts(secret):
-                text = text.replace(part, REDACTED)
+    forms = [f for s in secrets if s and len(s) >= 4 for f in (*text_forms(s), *instantly_key_parts(s))]
+    for form in forms:
+        text = text.replace(form, REDACTED)
     text = re.sub(r"(?i)(bearer\s+)[^\s\"',;]+", r"\1" + REDACTED, text)
-    return redact_text(text)
+    text = redact_text(text)
+    return replace_fragments(text, registered_fragments() | fragment_index(forms))

@@ -6,6 +6,7 @@ kept in the message (trimmed, with known secrets and ``Bearer`` values scrubbed)
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -26,6 +27,7 @@ from pipeline.errors import (
 )
 
 MAX_MESSAGE = 300
+_ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 EPOCH_RESET_FLOOR = 1e9
 """A reset value above this (2001-09-09 as epoch seconds) is a date, not a delay."""
 
@@ -141,6 +143,39 @@ def require_object(where: str, value: Any) -> None:
     """
     if not isinstance(value, dict):
         raise UpstreamError(f"{where}: expected a JSON object, got {type(value).__name__}")
+
+
+def _error_code(value: dict[str, Any]) -> str:
+    """`` (error: ACC_UNKNOWN_ERROR)`` when the object carries a short upper-case error code, else ``""``."""
+    code = value.get("error")
+    return f" (error: {code})" if isinstance(code, str) and _ERROR_CODE.fullmatch(code) else ""
+
+
+def require_workspace(where: str, value: Any) -> None:
+    """Check a ``GET /workspaces/current`` answer: an object with the required ``id`` (a non-empty string).
+
+    Some endpoints answer 200 with an error in the body (``{"error": "ACC_UNKNOWN_ERROR"}``, API
+    reference §1.3); diffed as the workspace, it would read as the workspace deleted, then created.
+
+    Raises:
+        UpstreamError: it is not a workspace object (retriable, like a 5xx).
+    """
+    require_object(where, value)
+    wid = value.get("id")
+    if not isinstance(wid, str) or not wid:
+        raise UpstreamError(f"{where}: HTTP 200 without the workspace's id{_error_code(value)}")
+
+
+def require_admin_answer(where: str, value: Any) -> None:
+    """Check a ``GET /workspace-group-members/admin`` answer: an object with the required boolean
+    ``has_admin_workspace`` (an error body at 200 would read as the agency link removed).
+
+    Raises:
+        UpstreamError: it is not that answer (retriable, like a 5xx).
+    """
+    require_object(where, value)
+    if not isinstance(value.get("has_admin_workspace"), bool):
+        raise UpstreamError(f"{where}: HTTP 200 without a boolean has_admin_workspace{_error_code(value)}")
 
 
 def require_items(where: str, value: Any) -> None:

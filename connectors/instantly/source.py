@@ -287,6 +287,7 @@ class InstantlyWorkspacePoller:
                 health.stream_error(self.source_id, stream, err)
                 self.last_failures[stream] = _reason(err)
             counts["pipeline"] += await self._pipeline_event("pipeline.poller_unauthorized", WORKSPACE_STREAM.name, err)
+            await self._write_status(counts)  # the failed poll is a poll: `status` shows it with the 401
             return counts
         except SourceError as err:
             ws_error = err

@@ -501,13 +501,26 @@ async def _publish_audit_page(
     Returns the newest timestamp among the page's new records. ``counts['audit_logs']`` and the
     telemetry counts move when the transaction has committed. With receipts on, the hour ledgers
     the page changed are published in the same transaction. An incremental read publishes every
-    new id, however old its timestamp (:meth:`AuditCursor.select`, ``keep_old``): a record Instantly
-    inserted hours late is seen at the next poll, and its closed hour's receipt gets a revision.
+    new id, however old its timestamp (:meth:`AuditCursor.select`, ``keep_old``), and a full re-read
+    every id past the cursor's ``last_id``: a record Instantly inserted hours late is seen at the
+    next poll, also the first poll of a process, and its closed hour's receipt gets a revision.
     """
     selection = cursor.select(page, overlap_secs=window.overlap_secs, now=window.now, keep_old=incremental)
     if selection.no_id:
         log.warning("Audit records without an id were skipped.", extra={"count": len(selection.no_id)})
     dropped = {"no_id": len(selection.no_id), "duplicate": selection.already_seen, "too_old": selection.too_old}
+    if selection.too_old:
+        log.info(
+            "Audit records older than the overlap window and at or before the cursor were not published "
+            "(the late-record sweep publishes those never published, when on).",
+            extra={
+                "source": pub.source_id,
+                "workspace": pub.workspace.id,
+                "count": selection.too_old,
+                "threshold": _iso_or_none(cursor.threshold(window.overlap_secs)),
+                "last_id": cursor.last_id,
+            },
+        )
     receipts = _receipts(window, cursor)
     if not selection.new:
         pub.count(AUDIT_LOGS.name, len(page), 0, dropped)
@@ -529,3 +542,7 @@ async def _publish_audit_page(
 
     await line.submit(TxnWrite([*batch.records, *extra.records], state | extra.state, committed))
     return max((ts for _r, ts in selection.new), default=None)
+
+
+def _iso_or_none(value: float | None) -> str | None:
+    return format_time(value) if value is not None else None

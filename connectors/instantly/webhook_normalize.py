@@ -1,7 +1,11 @@
 """Instantly webhook deliveries → Event v1 (pure functions: no I/O, no clock reads).
 
-* Type ``webhook_delivery.<slug(event_type)>``: documented types, undocumented ones and custom
-  workspace labels all become events; the original label stays in ``attributes.event_label``.
+* Type ``webhook_delivery.<event_type>`` for the documented types; any other label (a custom
+  workspace label, or a type Instantly added since) gets its own namespace,
+  ``webhook_delivery.label.<slug>``, so ``Email Sent`` can never pass for ``email_sent``; when the
+  slug is not the label itself (other case, spaces, non-Latin letters, over 64 characters) it ends
+  in ``_`` and 8 hex digits of the label's SHA-256, so distinct labels stay distinct types
+  (:func:`event_type_for`). The label as sent stays in ``attributes.event_label``.
   A click is one event under both of its names: Instantly subscribes to it as
   ``email_link_clicked`` (``POST /api/v2/webhooks`` enum) but delivers ``link_clicked`` (guide
   "Webhook events"), so both become ``webhook_delivery.link_clicked`` (:data:`EVENT_TYPE_ALIASES`).
@@ -16,7 +20,9 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -54,8 +60,13 @@ REQUIRED_FIELDS: frozenset[str] = frozenset({"event_type", "timestamp", "workspa
 """Fields every delivery must carry; they cannot be dropped."""
 
 TYPE_PREFIX = "webhook_delivery"
+LABEL_PREFIX = f"{TYPE_PREFIX}.label"
+"""Namespace of the types of labels Instantly does not document (custom workspace labels)."""
+LABEL_HASH_CHARS = 8
 REDACTED = "<redacted>"
-MAX_EVENT_TYPE_CHARS = 256
+MAX_EVENT_TYPE_CHARS = 4096
+"""Longest ``event_type`` (label) accepted; its event type is cut to a 64-character slug plus a hash,
+the label itself is kept whole in ``attributes.event_label``."""
 MAX_DROPPED_NAMES = 64
 MAX_EVENT_BYTES = 256 * 1024
 """Above this the kept custom fields are left out of ``raw`` (the bus and SIEMs take small records)."""
@@ -93,6 +104,9 @@ _STANDARD_ATTRS = tuple(f for f in DEFAULT_KEPT_FIELDS if f not in ("event_type"
 _SLIM_FIELDS = frozenset({"event_type", "timestamp", "workspace", "campaign_id", "email_id", "step", "variant"})
 _META = frozenset({"event_label", "custom_label", "body_sha256", "body_bytes", "dropped_fields", "dropped_field_count"})
 _MAX_NAME = 128
+_INT_ATTRS = frozenset({"step", "variant"})
+"""Numbers in the payload that may arrive as digit strings (``"2"``): attributes carry them as ints."""
+_DIGITS = re.compile(r"[0-9]{1,9}")
 _MAX_SLIM_VALUE = 1024
 
 
@@ -149,9 +163,25 @@ def event_time(value: Any) -> str | None:
 
 
 def event_type_for(label: str) -> str:
-    """``webhook_delivery.<slug>`` for a payload ``event_type`` (custom labels included; the
-    subscription name ``email_link_clicked`` gives the delivered name's type, ``link_clicked``)."""
-    return f"{TYPE_PREFIX}.{slug(EVENT_TYPE_ALIASES.get(label, label))}"
+    """The event type of a payload ``event_type``: ``webhook_delivery.<name>`` for a documented one
+    (the subscription name ``email_link_clicked`` gives the delivered name's type, ``link_clicked``),
+    else ``webhook_delivery.label.<slug>`` (:func:`label_slug`)."""
+    name = EVENT_TYPE_ALIASES.get(label, label)
+    if name in KNOWN_EVENT_TYPES:
+        return f"{TYPE_PREFIX}.{name}"
+    return f"{LABEL_PREFIX}.{label_slug(label)}"
+
+
+def label_slug(label: str) -> str:
+    """A custom label as a type segment: the label itself when it already is one (``hot_lead``), else
+    its slug plus ``_`` and the first 8 hex digits of the label's SHA-256 (``Hot Lead!`` →
+    ``hot_lead_<hash>``, ``Интерес`` → ``unnamed_<hash>``): the slug alone would merge labels that
+    differ in case, punctuation or script. At most 64 characters."""
+    s = slug(label)
+    if s == label:
+        return s
+    digest = hashlib.sha256(label.encode("utf-8", "surrogatepass")).hexdigest()[:LABEL_HASH_CHARS]
+    return f"{s[: 64 - LABEL_HASH_CHARS - 1]}_{digest}"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -172,6 +202,11 @@ def redact_value(value: Any, name: str = "") -> Any:
     if isinstance(value, list):
         return [redact_value(v) for v in value]
     return value
+
+
+def _as_int(value: Any) -> Any:
+    """A decimal digit string (``"2"``, at most 9 digits) as its int; anything else as it is."""
+    return int(value) if isinstance(value, str) and _DIGITS.fullmatch(value) else value
 
 
 def _str(value: Any) -> str | None:
@@ -213,7 +248,7 @@ def normalize_delivery(
     }
     for name in _STANDARD_ATTRS:
         if name in kept:
-            attributes[name] = kept[name]
+            attributes[name] = _as_int(kept[name]) if name in _INT_ATTRS else kept[name]
     campaign_id, account = _str(kept.get("campaign_id")), _str(kept.get("email_account"))
     target: Target | None = None
     if campaign_id:

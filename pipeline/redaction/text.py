@@ -10,12 +10,18 @@
 5. URLs lose userinfo, fragment, and their path/query become a fingerprint (:mod:`.urls`).
 
 :func:`looks_clean` is the fast path: ids, timestamps and addresses cannot hold any of these.
+
+:func:`replace_fragments` is for short upstream text that may echo a secret *cut* (an error body
+quoting the first 24 characters of the key): any run of :data:`FRAGMENT_CHARS` or more consecutive
+characters of a secret is removed. It is not one of the gate's passes (a scan per string would
+cost the gate more than all its passes, see ``docs/redaction.md``).
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable, Set
 
 from pipeline.redaction import registry
 from pipeline.redaction.urls import redact_urls_in
@@ -131,3 +137,50 @@ def redact_text(text: str, *, fingerprint: bool = False) -> str:
     if "://" in text:
         text = redact_urls_in(text)
     return replace_shapes(text)
+
+
+FRAGMENT_CHARS = 12
+"""The shortest run of a secret's characters :func:`replace_fragments` removes."""
+
+
+def fragment_index(values: Iterable[str], k: int = FRAGMENT_CHARS) -> frozenset[str]:
+    """Every ``k``-character substring of ``values``, except those made of :data:`CLEAN_CHARS` alone
+    (hex digits, ``-``, ``:``, ...): a run of an id or a time inside a secret — the uuid an Instantly
+    key decodes to is the key's readable id — is not taken for a piece of it."""
+    return frozenset(gram for v in values for i in range(len(v) - k + 1) if (gram := v[i : i + k]).strip(CLEAN_CHARS))
+
+
+def replace_fragments(text: str, index: Set[str], k: int = FRAGMENT_CHARS) -> str:
+    """``text`` with every run of ``k`` or more characters found in ``index`` (:func:`fragment_index`)
+    replaced by ``<redacted>``: a secret cut anywhere still loses every piece of ``k`` characters or more.
+
+    Linear in ``len(text)`` (one set lookup per position); meant for short text (error messages).
+    """
+    if len(text) < k or not index:
+        return text
+    spans: list[list[int]] = []
+    for i in range(len(text) - k + 1):
+        if text[i : i + k] in index:
+            if spans and i <= spans[-1][1]:
+                spans[-1][1] = i + k
+            else:
+                spans.append([i, i + k])
+    if not spans:
+        return text
+    out, prev = [], 0
+    for start, end in spans:
+        out += [text[prev:start], REDACTED]
+        prev = end
+    out.append(text[prev:])
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=4)
+def _registered_index(generation: int) -> frozenset[str]:
+    del generation  # the cache key: the registry moved, the index is rebuilt
+    return fragment_index(form for secret in registry.known_secrets() for form in secret.forms)
+
+
+def registered_fragments() -> frozenset[str]:
+    """:func:`fragment_index` of every form of every registered secret (rebuilt when the registry moves)."""
+    return _registered_index(registry.generation())

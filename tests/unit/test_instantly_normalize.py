@@ -203,7 +203,9 @@ def test_pipeline_event_is_valid() -> None:
         ("0000-01-01T00:00:00.000Z", None),
         ("2026-03-05T24:00:00.000Z", None),
         ("2026-03-05T23:60:00.000Z", None),
-        ("2026-03-05T23:59:60.000Z", None),  # strptime's %S takes 60 and 61; datetime does not
+        ("2026-03-05T23:59:60.000Z", "2026-03-05T23:59:59.999Z"),  # a leap second: :59.999 of its minute
+        ("2026-03-05T23:59:61.000Z", None),  # strptime's %S takes 60 and 61; RFC 3339 only 60
+        ("2026-02-30T23:59:60.000Z", None),
         ("2026-03-05T23:09:47Z", "2026-03-05T23:09:47.000Z"),
         ("garbage", None),
         ("", None),

@@ -112,3 +112,19 @@ def test_non_string_keys_and_repeated_names() -> None:
             "Headers": {"X-Key": REDACTED},
             "nested": [{"Secret": REDACTED}, 2],
         }
+
+
+def test_scrub_text_removes_every_run_of_12_characters_of_the_key() -> None:
+    """A key echoed cut (its first 24 characters, its tail, a piece of its decoded token) loses every
+    run of 12 or more of its characters; 11 stay (the stated limit); the key's uuid id stays readable."""
+    import base64
+
+    from connectors.instantly.redact import scrub_text
+
+    key_id, token = "019cc043-5eed-7c0d-9a11-cafe00c0ffee", "CANARYtok3nZZ9x8y7w6v5u4t3s2r1q0"
+    key = base64.b64encode(f"{key_id}:{token}".encode()).decode()
+    text = f"bad key {key[:24]}, tail {key[-12:]}, token {token[3:19]}, id {key_id}, short {key[:11]}"
+    out = scrub_text(text, [key])
+    assert out == f"bad key <redacted>, tail <redacted>, token <redacted>, id {key_id}, short {key[:11]}"
+    assert scrub_text(f"x{key[5:30]}{key[30:45]}y", [key]) == "x<redacted>y"  # adjacent runs: one marker
+    assert scrub_text("nothing secret in this sentence at all", [key]) == "nothing secret in this sentence at all"

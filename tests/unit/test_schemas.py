@@ -181,10 +181,12 @@ def test_ids_stable_across_processes() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(label=st.text(max_size=40), code=st.integers(min_value=0, max_value=10_000))
+@given(label=st.text(max_size=300), code=st.integers(min_value=0, max_value=10_000))
 def test_any_label_or_code_builds_a_valid_type(label: str, code: int) -> None:
     """Any custom webhook label or unknown activity code yields a schema-valid event type."""
-    for t in (f"webhook_delivery.{slug(label)}", f"audit.activity_{code}"):
+    from connectors.instantly.webhook_normalize import event_type_for
+
+    for t in (f"webhook_delivery.{slug(label)}", event_type_for(label), f"audit.activity_{code}"):
         e = _event(type=t)
         assert schema_errors("event", e.to_dict()) == []
 

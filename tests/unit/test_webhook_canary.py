@@ -61,7 +61,12 @@ async def test_secret_never_leaks(tmp_path: Path, caplog: pytest.LogCaptureFixtu
             (PATH, dup, delivery(3)),
             (f"{PATH}?secret={SECRET_A}", dict(JSON), delivery(3)),
             (f"/nowhere?secret={SECRET_A}", hdrs(SECRET_A), delivery(3)),
-            (PATH, {"Content-Type": "text/plain", "X-Webhook-Secret": SECRET_A}, delivery(3)),
+            (PATH, {"Content-Type": "text/plain", "X-Webhook-Secret": SECRET_A[1:]}, delivery(3)),
+            (
+                PATH,
+                {"Content-Type": "application/json", "Content-Encoding": "gzip", "X-Webhook-Secret": SECRET_A},
+                delivery(3),
+            ),
             (PATH, hdrs(SECRET_A), b"{broken " + SECRET_A.encode()),
             (PATH, hdrs(SECRET_A), delivery(4, workspace="other")),
         ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import orjson
@@ -9,6 +10,7 @@ import pytest
 
 from connectors.instantly.webhook_normalize import (
     DEFAULT_KEPT_FIELDS,
+    KNOWN_EVENT_TYPES,
     MAX_EVENT_BYTES,
     FieldPolicy,
     body_digest,
@@ -23,6 +25,11 @@ from schemas.validate import schema_errors
 from tests.unit.test_webhook_support import WS, delivery, make_config
 
 DEFAULT = FieldPolicy(frozenset(DEFAULT_KEPT_FIELDS))
+
+
+def sha(label: str) -> str:
+    """The 8 hex digits a custom label's type ends in when its slug is not the label itself."""
+    return hashlib.sha256(label.encode()).hexdigest()[:8]
 
 
 def norm(body: bytes, policy: FieldPolicy = DEFAULT, source: str = "crm") -> Any:
@@ -102,19 +109,43 @@ def test_id_is_deterministic_from_source_and_body() -> None:
         ("email_sent", "webhook_delivery.email_sent", False),
         ("link_clicked", "webhook_delivery.link_clicked", False),
         ("auto_reply_received", "webhook_delivery.auto_reply_received", False),
-        ("Hot Lead!", "webhook_delivery.hot_lead", True),
-        ("42 Interested", "webhook_delivery.x42_interested", True),
-        ("Ünïcode 🔥", "webhook_delivery.n_code", True),
-        ("!!!", "webhook_delivery.unnamed", True),
-        ("some_future_type", "webhook_delivery.some_future_type", True),
+        ("Hot Lead!", f"webhook_delivery.label.hot_lead_{sha('Hot Lead!')}", True),
+        ("hot_lead", "webhook_delivery.label.hot_lead", True),
+        ("42 Interested", f"webhook_delivery.label.x42_interested_{sha('42 Interested')}", True),
+        ("Ünïcode 🔥", f"webhook_delivery.label.n_code_{sha('Ünïcode 🔥')}", True),
+        ("!!!", f"webhook_delivery.label.unnamed_{sha('!!!')}", True),
+        ("some_future_type", "webhook_delivery.label.some_future_type", True),
     ],
 )
 def test_event_types_and_custom_labels(label: str, etype: str, custom: bool) -> None:
-    """Every label becomes a valid dotted type; the original label is kept."""
+    """Every label becomes a valid dotted type (custom ones under ``webhook_delivery.label.``, with a
+    hash of the label when the slug is not the label itself); the original label is kept."""
     e = norm(delivery(1, event_type=label))
     assert e.type == etype == event_type_for(label)
     assert e.attributes["event_label"] == label and e.attributes["custom_label"] is custom
     assert schema_errors("event", e.to_dict()) == []
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        ["Email Sent", "email sent", "EMAIL_SENT", "Email-Sent"],  # custom labels named like a real event
+        ["Интерес", "Интересно", "Встреча", "関心あり", "🔥", "!!!"],  # no Latin letter: the slug is empty
+        ["Hot Lead", "hot lead", "Hot  Lead", "HOT LEAD!", "hot_lead"],  # one slug, five labels
+    ],
+)
+def test_custom_labels_never_collide_with_each_other_or_with_real_events(labels: list[str]) -> None:
+    """A custom label never takes a documented event's type (``Email Sent`` is not ``email_sent``), and
+    labels that slug alike keep distinct, stable types; the raw label stays in the attributes."""
+    events = [norm(delivery(1, event_type=label)) for label in labels]
+    types = [e.type for e in events]
+    assert len(set(types)) == len(labels)
+    assert all(t.startswith("webhook_delivery.label.") for t in types)
+    assert not {t.removeprefix("webhook_delivery.") for t in types} & KNOWN_EVENT_TYPES
+    assert types == [norm(delivery(2, event_type=label)).type for label in labels]  # stable
+    assert [e.attributes["event_label"] for e in events] == labels
+    assert all(e.attributes["custom_label"] is True and schema_errors("event", e.to_dict()) == [] for e in events)
+    assert norm(delivery(1, event_type="email_sent")).type == "webhook_delivery.email_sent"
 
 
 GUIDE_EVENT_TYPES = (

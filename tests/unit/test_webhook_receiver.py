@@ -129,6 +129,56 @@ async def test_identical_concurrent_deliveries_publish_once(sqlite_bus: SqliteBu
     assert (r.accepted, r.duplicates) == (1, 19)
 
 
+async def test_custom_label_named_like_a_real_event_is_its_own_type(sqlite_bus: SqliteBus) -> None:
+    """A workspace label ``Email Sent`` and the real ``email_sent``: two event types on the bus, the
+    label's under ``webhook_delivery.label.``; both still map to the webhook-delivery family in ECS."""
+    from pipeline.formats.registry import render
+
+    r = WebhookReceiver(make_config(), sqlite_bus)
+    async with serve(r) as c:
+        for n, label in enumerate(["email_sent", "Email Sent", "Интерес", "Встреча"]):
+            assert (await c.post(PATH, data=delivery(n, event_type=label), headers=hdrs())).status == 200
+    evs = [orjson.loads(x.value) for x in await events_of(sqlite_bus)]
+    types = [e["type"] for e in evs]
+    assert types[0] == "webhook_delivery.email_sent" and len(set(types)) == 4
+    assert all(t.startswith("webhook_delivery.label.") for t in types[1:])
+    assert [e["attributes"]["event_label"] for e in evs] == ["email_sent", "Email Sent", "Интерес", "Встреча"]
+    ecs = render(evs[1], "ecs")
+    assert isinstance(ecs, dict) and ecs["event"]["category"] == ["email"]
+
+
+async def test_valid_inputs_at_the_edges_are_published(sqlite_bus: SqliteBus) -> None:
+    """A leap second (valid RFC 3339) is clamped to :59.999 of its minute; a custom label of 300
+    characters keeps its whole label with a cut type; ``step``/``variant`` sent as digit strings are ints
+    in the attributes (the raw payload keeps what was sent). None of them is dead-lettered."""
+    label = "Follow-up " + " ".join(f"stage{i}" for i in range(45))  # 300+ characters, nothing repeated
+    assert len(label) > 300
+    bodies = [
+        delivery(1, timestamp="2016-12-31T23:59:60Z"),
+        delivery(2, timestamp="2016-12-31T18:59:60.5-05:00"),
+        delivery(3, event_type=label),
+        delivery(4, step="2", variant="01"),
+        delivery(5, step="2.5", variant=3),
+    ]
+    r = WebhookReceiver(make_config(), sqlite_bus)
+    async with serve(r) as c:
+        for body in bodies:
+            resp = await c.post(PATH, data=body, headers=hdrs())
+            assert resp.status == 200 and (await resp.json())["status"] == "accepted"
+    assert await letters_of(sqlite_bus) == []
+    leap, leap_offset, long_label, digits, other = (orjson.loads(x.value) for x in await events_of(sqlite_bus))
+    assert leap["time"] == leap_offset["time"] == "2016-12-31T23:59:59.999Z"
+    assert long_label["attributes"]["event_label"] == label
+    assert (
+        long_label["type"].startswith("webhook_delivery.label.follow_up_stage0_stage1")
+        and len(long_label["type"]) <= 128
+    )
+    assert (digits["attributes"]["step"], digits["attributes"]["variant"]) == (2, 1)
+    assert (digits["raw"]["step"], digits["raw"]["variant"]) == ("2", "01")
+    assert (other["attributes"]["step"], other["attributes"]["variant"]) == ("2.5", 3)
+    assert all(schema_errors("event", e) == [] for e in (leap, long_label, digits))
+
+
 # ----------------------------------------------------------------------------------- rejected
 @pytest.mark.parametrize(
     ("method", "path", "status", "reason"),
@@ -157,17 +207,68 @@ async def test_method_and_path(sqlite_bus: SqliteBus, method: str, path: str, st
     "headers",
     [
         {"Content-Type": "text/plain"},
+        {"Content-Type": "text/plain;charset=UTF-8"},
         {"Content-Type": "application/x-www-form-urlencoded"},
         {"Content-Type": "application/json; charset=latin-1"},
-        {"Content-Type": "application/json", "Content-Encoding": "gzip"},
-        {},
+        {"Content-Type": "application/octet-stream"},
     ],
 )
-async def test_wrong_content_type_is_415(sqlite_bus: SqliteBus, headers: dict[str, str]) -> None:
-    """Anything but application/json (utf-8, uncompressed) is 415, checked before the secret."""
+async def test_any_content_type_of_an_authenticated_delivery_is_read_as_json(
+    sqlite_bus: SqliteBus, headers: dict[str, str]
+) -> None:
+    """Instantly documents no Content-Type: an authenticated JSON delivery is published whatever its
+    header says (a 415 made Instantly retry, then disable the webhook)."""
     r = WebhookReceiver(make_config(), sqlite_bus)
     async with serve(r) as c:
         resp = await c.post(PATH, data=delivery(1), headers={**headers, "X-Webhook-Secret": SECRET_A})
+        assert resp.status == 200 and (await resp.json())["status"] == "accepted"
+    assert len(await events_of(sqlite_bus)) == 1 and not r.rejections
+
+
+async def test_delivery_without_content_type_is_read_as_json(sqlite_bus: SqliteBus) -> None:
+    """No Content-Type header at all (raw HTTP: clients add one): published."""
+    r = WebhookReceiver(make_config(), sqlite_bus)
+    body = delivery(1)
+    async with serve(r) as c:
+        assert c.server.port is not None
+        head = (
+            f"POST {PATH} HTTP/1.1\r\nHost: x\r\nX-Webhook-Secret: {SECRET_A}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        answer = await raw_http("127.0.0.1", c.server.port, head, body)
+        assert answer.startswith(b"HTTP/1.1 200") and b'"accepted"' in answer
+    assert len(await events_of(sqlite_bus)) == 1
+
+
+async def test_authenticated_non_json_body_is_a_dead_letter_whatever_its_content_type(sqlite_bus: SqliteBus) -> None:
+    """A form body with a form Content-Type, authenticated: no 4xx, a dead letter (malformed_json) and 200."""
+    r = WebhookReceiver(make_config(), sqlite_bus)
+    form = {"Content-Type": "application/x-www-form-urlencoded", "X-Webhook-Secret": SECRET_A}
+    async with serve(r) as c:
+        resp = await c.post(PATH, data=b"event_type=email_sent&workspace=x", headers=form)
+        assert resp.status == 200 and (await resp.json())["status"] == "dead_lettered"
+    assert [x["reason"] for x in await letters_of(sqlite_bus)] == ["malformed_json"]
+    assert await events_of(sqlite_bus) == []
+
+
+@pytest.mark.parametrize("headers", [{"Content-Type": "text/plain"}, {"Content-Type": "application/json"}, {}])
+async def test_unauthenticated_requests_get_401_whatever_their_content_type(
+    sqlite_bus: SqliteBus, headers: dict[str, str]
+) -> None:
+    """Without the secret the answer is the same 401 as before (the content type changes nothing)."""
+    r = WebhookReceiver(make_config(), sqlite_bus)
+    async with serve(r) as c:
+        resp = await c.post(PATH, data=delivery(1), headers={**headers, "X-Webhook-Secret": "wrong-wrong-wrong"})
+        assert resp.status == 401 and (await resp.json()) == {"error": "unauthorized"}
+    assert r.rejections["wrong_secret"] == 1 and await events_of(sqlite_bus) == []
+    assert await letters_of(sqlite_bus) == []
+
+
+async def test_compressed_body_is_415(sqlite_bus: SqliteBus) -> None:
+    """A Content-Encoding other than identity is still refused (415) before the secret."""
+    r = WebhookReceiver(make_config(), sqlite_bus)
+    async with serve(r) as c:
+        resp = await c.post(PATH, data=delivery(1), headers={**hdrs(), "Content-Encoding": "gzip"})
         assert resp.status == 415
     assert r.rejections["unsupported_media_type"] == 1 and await events_of(sqlite_bus) == []
 
@@ -342,7 +443,6 @@ async def test_authenticated_invalid_body_is_dead_lettered(sqlite_bus: SqliteBus
     ("kwargs", "headers", "body", "status", "reason"),
     [
         ({"max_body_bytes": 1024}, hdrs(), delivery(1, pad="x" * 2000), 413, "body_too_large"),
-        ({}, {**hdrs(), "Content-Type": "text/plain"}, delivery(1), 415, "unsupported_media_type"),
         ({}, {**hdrs(), "Content-Encoding": "gzip"}, delivery(1), 415, "unsupported_media_type"),
     ],
 )
@@ -361,7 +461,8 @@ async def test_refusals_name_their_reason(
 @pytest.mark.parametrize(
     ("kwargs", "headers", "body", "status"),
     [
-        ({}, {"Content-Type": "text/plain"}, delivery(1), 415),  # content type before the secret
+        ({}, {"Content-Type": "text/plain"}, delivery(1), 401),  # the secret before the content type (unchecked)
+        ({}, {**hdrs(None), "Content-Encoding": "gzip"}, delivery(1), 415),  # encoding before the secret
         ({"max_body_bytes": 1024}, hdrs(None), delivery(1, pad="x" * 2000), 413),  # size before the secret
         ({"allow_ips": ["192.0.2.0/24"]}, hdrs("wrong-wrong-wrong-wrong"), delivery(1), 403),  # IP before secret
         ({}, hdrs("wrong-wrong-wrong-wrong"), b"{broken", 401),  # secret before JSON
@@ -370,7 +471,7 @@ async def test_refusals_name_their_reason(
 async def test_check_order(
     sqlite_bus: SqliteBus, kwargs: dict[str, Any], headers: dict[str, str], body: bytes, status: int
 ) -> None:
-    """Checks run in the documented order: type, size, IP, secret, JSON."""
+    """Checks run in the documented order: encoding, size, IP, secret, JSON (the content type is not checked)."""
     async with serve(WebhookReceiver(make_config(**kwargs), sqlite_bus)) as c:
         assert (await c.post(PATH, data=body, headers=headers)).status == status
 

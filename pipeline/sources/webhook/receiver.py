@@ -9,7 +9,8 @@ checks, in order, and the first failure answers (``receiver.rejections[reason]``
 names the reason, the path and the peer, never a header value, the query or the body):
 
 1. method and path → 405 / 404
-2. ``Content-Type: application/json`` (charset utf-8 if given) → 415
+2. a ``Content-Encoding`` other than ``identity`` → 415 (``Content-Type`` is not checked: the body
+   of an authenticated request is parsed as JSON whatever it says, see 6)
 3. declared ``Content-Length`` above ``max_body_bytes`` → 413 before any byte of the body is read
 4. IP allowlist (``X-Forwarded-For`` honoured only from ``trusted_proxies``) → 403
 5. exactly one secret header, compared in constant time (HMAC-SHA256 of both sides with a
@@ -17,8 +18,9 @@ names the reason, the path and the peer, never a header value, the query or the 
    early exit → 401; missing, duplicated, wrong or over-long all get the same 401 body. A secret
    in the query string is never looked at.
 6. body read with a streaming cap (chunked bodies) → 413, within ``body_timeout_secs`` → 408;
-   JSON object with ``event_type``, ``timestamp``, ``workspace`` (this source's workspace) → 400;
-   nesting deeper than the JSON parser, encoder or stack allows → 400 (``too_deep``)
+   JSON object with ``event_type``, ``timestamp``, ``workspace`` (this source's workspace) and
+   not nested deeper than the JSON parser, encoder or stack allows, else a dead letter answered
+   200 (``malformed_json``, ``bad_shape``, ``workspace_mismatch``, ``too_deep``)
 7. normalize to Event v1 and hand it to the group committer → 200 once the bus transaction that
    holds it committed; 503 with ``Retry-After`` if the bus failed or did not confirm within
    ``ack_timeout_secs`` (Instantly retries; the retry is de-duplicated if the commit landed late),
@@ -304,8 +306,9 @@ class WebhookReceiver:
     async def _handle(self, request: web.Request, src: _Source, started: float) -> web.StreamResponse:
         if request.method != "POST":
             raise WebhookRejected(405, "method_not_allowed", "only POST is accepted")
-        if request.content_type != "application/json" or (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
-            raise WebhookRejected(415, "unsupported_media_type", "Content-Type must be application/json")
+        # No Content-Type check: Instantly documents none, and a 4xx makes it retry, then disable the
+        # webhook. An authenticated body is parsed as JSON whatever it says; one that is not JSON is
+        # a dead letter (200), as any other invalid body.
         if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
             raise WebhookRejected(415, "unsupported_media_type", "compressed bodies are not accepted")
         limit = self.config.max_body_bytes
