@@ -50,8 +50,8 @@ async def _poll(tmp_path: Path, fake: FakeInstantly, clock: FakeClock, *, revoke
         assert [e["type"] for e in await events(bus)][-1] == "pipeline.poller_unauthorized"
         doc = orjson.loads((await bus.state_items())[status_key("acme")])
         assert doc["at"] == clock.now()
-        assert doc["failures"]["workspace"] == "refused: HTTP 401 (AuthError)"
-        assert doc["failures"]["audit_logs"] == "refused: HTTP 401 (AuthError)"
+        assert doc["failures"]["workspace"].startswith("refused: HTTP 401 (AuthError): Instantly refused the API key")
+        assert doc["failures"]["audit_logs"].startswith("refused: HTTP 401 (AuthError): Instantly refused the API key")
 
 
 def test_a_401_on_the_first_poll_is_recorded(
