@@ -80,6 +80,7 @@ class InstantlySources:
             clock=clock,
             telemetry=telemetry,
             health=health,
+            receivers=receiver_targets(cfg.webhook),  # as the agency's own pollers (webhook_deliveries)
         )
 
     async def workspace_ids(self, cfg: PipelineConfig, bus: Bus) -> dict[str, str]:

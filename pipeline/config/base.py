@@ -63,6 +63,23 @@ def is_unresolved(value: Any) -> bool:
     return isinstance(value, Unresolved | UnresolvedSecret)
 
 
+def unresolved_paths(node: Any, path: str) -> list[str]:
+    """The key paths below ``path`` holding a reference that was not read (:func:`is_unresolved`)."""
+    if is_unresolved(node):
+        return [path]
+    out: list[str] = []
+    if isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            out += unresolved_paths(getattr(node, name), f"{path}.{name}")
+    elif isinstance(node, Mapping):
+        for k, v in node.items():
+            out += unresolved_paths(v, f"{path}.{k}")
+    elif isinstance(node, list | tuple):
+        for i, v in enumerate(node):
+            out += unresolved_paths(v, f"{path}.{i}")
+    return out
+
+
 class DefaultedEnvValue(EnvValue):
     """A whole ``${VAR:-default}`` reference: never accepted for a secret (the default is a literal)."""
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any, cast
 
-from pipeline.config.base import validate_block
+from pipeline.config.base import unresolved_paths, validate_block
 from pipeline.config.transport import warn_insecure
 from pipeline.delivery.base import Sink, SinkConfig
 from pipeline.errors import ConfigError
@@ -86,12 +86,17 @@ def build_sink(sink_id: str, block: SinkConfig | Mapping[str, Any]) -> Sink:
     """Build (not yet open) the sink ``sink_id`` from its validated config (or a raw block).
 
     Raises:
-        ConfigError: see :func:`validate_sink`.
+        ConfigError: see :func:`validate_sink`; or a value of the block is a reference that was not
+            read (``config validate --no-environment``): no placeholder ever reaches a destination.
     """
     if isinstance(block, SinkConfig):
         cls, config = sink_class(block.type, f"sinks.{sink_id}"), block
     else:
         cls, config = validate_sink(sink_id, block)
+    unread = unresolved_paths(config, f"sinks.{sink_id}")
+    if unread:
+        raise ConfigError("\n".join(f"{p}: not read (a ${{...}} reference or *_file this command did not resolve): "
+                                     "the sink cannot be built without it" for p in unread))  # fmt: skip
     insecure = getattr(config, "insecure_transport", None)
     if callable(insecure):
         warn_insecure(f"sinks.{sink_id}", insecure())

@@ -426,3 +426,47 @@ def test_health_help_states_every_exit_code(capsys: pytest.CaptureFixture[str]) 
     text = " ".join(capsys.readouterr().out.split())
     assert "Exit 0: it answered 200; 1: it did not answer" in text and "2: usage or configuration error" in text
     assert "service.port 0 with no --port" in text
+
+
+def test_check_sinks_never_calls_a_sink_with_an_unread_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--no-environment --check-sinks``: a sink holding an unread reference is not built (each unread
+    key named, exit 1) — no placeholder token reaches the destination, and the signed webhook sink's
+    secret check does not crash on the placeholder (it raised a ValueError with a traceback)."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization", ""))
+            self.send_response(200)
+            self.end_headers()
+
+        do_POST = do_GET
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    for name in ("UNREAD_T", "UNREAD_W"):
+        monkeypatch.setenv(name, "would-be-read-only-with-the-environment")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "sinks:\n"
+        f'  siem: {{type: splunk_hec, url: "{url}", token: "${{UNREAD_T}}", allow_insecure: true}}\n'
+        f'  hook: {{type: webhook, url: "{url}", secret: "${{UNREAD_W}}", allow_insecure: true}}\n'
+    )
+    try:
+        code = main(["config", "validate", str(cfg), "--no-environment", "--check-sinks"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err
+    assert code == Exit.FINDINGS and seen == []
+    assert "sinks.siem.token: not read" in err and "sinks.hook.secret: not read" in err
+    assert "Traceback" not in err and "whsec_" not in err

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
@@ -390,3 +390,28 @@ async def test_a_lost_payload_the_receiver_would_refuse_becomes_its_dead_letter(
     ]
     [summary] = of_type(await bus_events(world.bus), SUMMARY)
     assert (summary["attributes"]["lost"], summary["attributes"]["dead_lettered"]) == (1, 1)
+
+
+def test_a_discovered_sub_workspace_poller_learns_the_receivers_public_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shared pollers build a discovered sub-workspace's poller from the control topic: it gets the
+    receiver's ``public_urls`` like the agency's own poller (it got none and dropped webhook_deliveries)."""
+    from connectors.instantly.plugin import SOURCE
+    from pipeline.clock import FakeClock
+    from pipeline.config.loader import parse_config
+
+    monkeypatch.setenv("DISC_K", "a" * 40)
+    monkeypatch.setenv("DISC_S", "s" * 40)
+    cfg = parse_config(
+        "workspaces:\n  agency:\n    api_key: ${DISC_K}\n    discover_subworkspaces: true\n"
+        "    streams: [audit_logs, webhook_deliveries]\n"
+        "webhook:\n  sources:\n    crm:\n      workspace_id: sub-1\n      secrets: ['${DISC_S}']\n"
+        "      public_urls: [https://hooks.example.com/hooks/crm]\n"
+    )
+    record: dict[str, object] = {
+        "plugin": "instantly",
+        "parent": "agency",
+        "spec": {"as_workspace": "sub-1", "name": "Sub"},
+    }
+    sub: Any = SOURCE.build_discovered(cfg, cast(Any, None), FakeClock(), record)
+    assert sub is not None and sub.receivers is not None and "crm" in sub.receivers.sources
+    assert "webhook_deliveries" in sub.streams
