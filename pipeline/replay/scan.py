@@ -158,8 +158,8 @@ class Selection:
 
 
 def event_time(body: dict[str, Any]) -> float | None:
-    """When the event happened (alerts: last_seen)."""
-    t = body.get("time") or body.get("last_seen")
+    """When the event happened (alerts: last_seen; dead letters: failed_at, when the stage refused it)."""
+    t = body.get("time") or body.get("last_seen") or body.get("failed_at")
     if not isinstance(t, str):
         return None
     try:

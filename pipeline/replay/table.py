@@ -49,7 +49,7 @@ NARROW = 100
 
 
 def _when(body: dict[str, Any], narrow: bool) -> str:
-    when = str(body.get("time") or body.get("last_seen") or "")[:19].replace("T", " ")
+    when = str(body.get("time") or body.get("last_seen") or body.get("failed_at") or "")[:19].replace("T", " ")
     return when[:16] if narrow else when  # narrow: no seconds
 
 

@@ -137,3 +137,25 @@ def test_an_unknown_workspace_that_matches_nothing_is_said(tmp_path: Path, capfd
         cfg, capfd, "--workspace", "ws-b", "--since", "2026-11-01T20:30Z", "--until", "2026-11-01T21:30Z"
     )
     assert code == 0 and out == [] and "not a workspace of the config" not in err  # seen in the range, filtered out
+
+
+def test_dead_letters_are_filtered_by_when_they_failed(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """``--topic deadletter --since``: a dead letter has no event time; it is filtered (and sorted)
+    by ``failed_at`` — every letter was "0 matched" under any time filter."""
+    from pipeline.bus.base import DEADLETTER_TOPIC
+    from schemas.deadletter import build
+
+    async def go() -> None:
+        async with make_bus({"type": "sqlite", "path": str(tmp_path / "bus.db")}) as bus, bus.transaction("t") as tx:
+            for i, hours_ago in enumerate((48, 2)):
+                letter = build(stage="source", component="crm", component_type="instantly_webhook", reason="bad_shape",
+                               error="bad_shape: no event_type", failed_at=format_time(time.time() - hours_ago * 3600),
+                               value=f'{{"n": {i}}}'.encode(), stream="webhook_crm")  # fmt: skip
+                tx.send(DEADLETTER_TOPIC, letter.to_json(), key=b"ws-a")
+
+    asyncio.run(go())
+    cfg = _config(tmp_path)
+    code, lines, err = _replay(cfg, capfd, "--topic", "deadletter", "--since", "1d")
+    assert code == 0 and len(lines) == 1 and '\\"n\\": 1' in lines[0], err
+    code, lines, _ = _replay(cfg, capfd, "--topic", "deadletter", "--since", "3d")
+    assert len(lines) == 2
