@@ -125,6 +125,12 @@ async def listen(app: web.Application, cfg: WebhookConfig) -> tuple[web.AppRunne
         max_line_size=MAX_HEADER_LINE_BYTES,
         max_field_size=MAX_HEADER_LINE_BYTES,
         max_headers=MAX_HEADERS,
+        # A refused request's unread body is not drained: the connection closes right after the
+        # answer (aiohttp would otherwise read it for up to 10 s, holding a connection slot).
+        lingering_time=0,
+        # Never decode a body: a Content-Encoding other than identity is refused (415) anyway, and a
+        # discarded compressed body would otherwise be decompressed while it is drained.
+        auto_decompress=False,
     )
     await runner.setup()
     site = GuardedSite(
