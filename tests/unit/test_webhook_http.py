@@ -89,3 +89,35 @@ async def test_keepalive_delivery_still_works(tmp_path: Path) -> None:
             await reader.readexactly(length)
         await shut(writer)
         assert rx.accepted == 2
+
+
+@pytest.mark.parametrize(
+    "codings",
+    [("identity", "gzip"), ("identity", "br"), ("identity, gzip",), ("gzip, identity",), ("IDENTITY", " Deflate ")],
+    ids=["identity+gzip", "identity+br", "list", "list_gzip_first", "case"],
+)
+async def test_every_content_encoding_value_is_checked(tmp_path: Path, codings: tuple[str, ...]) -> None:
+    """Any coding but identity, in any header or list item, is 415 (never a decoded body, 400 or 500)."""
+    body = gzip.compress(delivery(1))
+    lines = [f"Content-Encoding: {c}" for c in codings]
+    async with listening(tmp_path) as rx:
+        assert rx.port is not None
+        out = await exchange(
+            rx.port, head(f"X-Webhook-Secret: {SECRET_A}", f"Content-Length: {len(body)}", *lines) + body
+        )
+        assert out.split(b" ")[1] == b"415", out[:200]
+        assert rx.accepted == 0 and rx.rejections["unsupported_media_type"] == 1
+
+
+async def test_identity_content_encoding_is_accepted(tmp_path: Path) -> None:
+    """``identity`` (repeated too) is no coding: the delivery is accepted."""
+    body = delivery(2)
+    lines = ["Content-Encoding: identity", "Content-Encoding: identity"]
+    async with listening(tmp_path) as rx:
+        assert rx.port is not None
+        out = await exchange(
+            rx.port,
+            head(f"X-Webhook-Secret: {SECRET_A}", f"Content-Length: {len(body)}", "Connection: close", *lines) + body,
+        )
+        assert out.split(b" ")[1] == b"200", out[:200]
+        assert rx.accepted == 1

@@ -9,8 +9,9 @@ checks, in order, and the first failure answers (``receiver.rejections[reason]``
 names the reason, the path and the peer, never a header value, the query or the body):
 
 1. method and path → 405 / 404
-2. a ``Content-Encoding`` other than ``identity`` → 415 (``Content-Type`` is not checked: the body
-   of an authenticated request is parsed as JSON whatever it says, see 6)
+2. a ``Content-Encoding`` other than ``identity`` (in any of its headers and list items) → 415
+   (``Content-Type`` is not checked: the body of an authenticated request is parsed as JSON
+   whatever it says, see 6)
 3. declared ``Content-Length`` above ``max_body_bytes`` → 413 before any byte of the body is read
 4. IP allowlist (``X-Forwarded-For`` honoured only from ``trusted_proxies``) → 403
 5. exactly one secret header, compared in constant time (HMAC-SHA256 of both sides with a
@@ -309,7 +310,8 @@ class WebhookReceiver:
         # No Content-Type check: Instantly documents none, and a 4xx makes it retry, then disable the
         # webhook. An authenticated body is parsed as JSON whatever it says; one that is not JSON is
         # a dead letter (200), as any other invalid body.
-        if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        codings = ",".join(request.headers.getall("Content-Encoding", [])).split(",")
+        if any(c.strip().lower() not in ("", "identity") for c in codings):  # every header, every list item
             raise WebhookRejected(415, "unsupported_media_type", "compressed bodies are not accepted")
         limit = self.config.max_body_bytes
         declared = request.content_length
