@@ -1,15 +1,20 @@
 """The receiver's HTTP layer on a real loopback listener, over raw sockets: refusals close the
-connection at once (no lingering read of the discarded body, never decompressed)."""
+connection at once (no lingering read of the discarded body, never decompressed), every
+Content-Encoding value is checked, and parser errors answer the fixed JSON and log no request bytes."""
 
 from __future__ import annotations
 
 import asyncio
 import gzip
+import io
+import logging
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
+from pipeline.observability.logs import setup_logging
 from tests.unit.test_webhook_hardening import PATH, closed_after, listening, shut
 from tests.unit.test_webhook_support import SECRET_A, delivery
 
@@ -121,3 +126,84 @@ async def test_identity_content_encoding_is_accepted(tmp_path: Path) -> None:
         )
         assert out.split(b" ")[1] == b"200", out[:200]
         assert rx.accepted == 1
+
+
+ECHO_CASES = {
+    "space_before_colon": head(f"X-Webhook-Secret : {SECRET_A}", "Content-Length: 2") + b"{}",
+    "obs_fold": head("X-Webhook-Secret:", f" {SECRET_A}", "Content-Length: 2") + b"{}",
+    "bare_lf": (head(f"X-Webhook-Secret: {SECRET_A}", f"Content-Length: {len(delivery(7))}") + delivery(7)).replace(
+        b"\r\n", b"\n"
+    ),
+    "http10_no_length": f"POST {PATH} HTTP/1.0\r\nX-Webhook-Secret: {SECRET_A}\r\n\r\n".encode() + delivery(7),
+    "options_star": b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+    "connect": b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("data", ECHO_CASES.values(), ids=ECHO_CASES.keys())
+async def test_parser_errors_answer_the_fixed_json(tmp_path: Path, data: bytes) -> None:
+    """A request aiohttp's parser or router refuses gets a fixed JSON body quoting nothing of it,
+    without a ``Server`` header; the log names the error class, never the request's bytes."""
+    buf = io.StringIO()
+    setup_logging("json", "DEBUG", buf)
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(f"{record.getMessage()} {record.exc_info!r} {record.__dict__}")  # type: ignore[method-assign]
+    logging.getLogger("aiohttp").addHandler(handler)
+    try:
+        async with listening(tmp_path) as rx:
+            assert rx.port is not None
+            out = await exchange(rx.port, data)
+    finally:
+        logging.getLogger("aiohttp").removeHandler(handler)
+        logging.getLogger("instantly_audit").handlers.clear()
+    head_, _, body = out.partition(b"\r\n\r\n")
+    assert head_.split(b" ")[1] in (b"400", b"404"), out[:300]
+    assert orjson.loads(body)["error"] in ("bad request", "not found"), out[:300]
+    assert b"application/json" in head_ and b"\nserver:" not in head_.lower(), head_
+    logged = buf.getvalue() + "".join(seen)
+    for text in (out.decode("latin1"), logged):
+        assert SECRET_A not in text and "lead7@example.com" not in text, text[:500]
+    assert rx.accepted == 0
+
+
+async def test_no_response_names_the_server_software(tmp_path: Path) -> None:
+    """Deliveries, health answers and refusals carry no ``Server`` header."""
+    body = delivery(3)
+    async with listening(tmp_path) as rx:
+        assert rx.port is not None
+        for data in (
+            head(f"X-Webhook-Secret: {SECRET_A}", f"Content-Length: {len(body)}", "Connection: close") + body,
+            head("Content-Length: 0"),
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ):
+            out = await exchange(rx.port, data)
+            head_ = out.partition(b"\r\n\r\n")[0]
+            assert head_.startswith(b"HTTP/1.1 "), out[:200]
+            assert b"\nserver:" not in head_.lower(), head_
+
+
+async def test_parser_errors_log_no_request_bytes(tmp_path: Path) -> None:
+    """A malformed request is logged as one fixed line naming the error class: no traceback, no
+    header value, no body (aiohttp logged the exception quoting the request at ERROR)."""
+    body = delivery(8, lead_email="victim.lead@customer-corp.example")
+    data = head("Authorization: Bearer sk_live_NOT_REGISTERED_abc123", f"Content-Length: {len(body)}") + body
+    buf = io.StringIO()
+    setup_logging("json", "DEBUG", buf)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign,assignment]
+    logging.getLogger("aiohttp").addHandler(handler)
+    try:
+        async with listening(tmp_path) as rx:
+            assert rx.port is not None
+            out = await exchange(rx.port, data.replace(b"\r\n", b"\n"))
+    finally:
+        logging.getLogger("aiohttp").removeHandler(handler)
+        logging.getLogger("instantly_audit").handlers.clear()
+    assert out.split(b" ")[1] == b"400", out[:200]
+    logged = buf.getvalue() + "".join(logging.Formatter().format(r) for r in records)
+    assert "victim.lead" not in logged and "sk_live_NOT_REGISTERED" not in logged, logged[:2000]
+    assert not any(r.levelno >= logging.WARNING for r in records)
+    line = orjson.loads(next(x for x in buf.getvalue().splitlines() if "refused by the HTTP parser" in x))
+    assert line["status"] == 400 and line["error"] in ("BadHttpMessage", "BadStatusLine"), line

@@ -1,6 +1,12 @@
 """Binding the receiver: aiohttp's runner with its header limits and idle keep-alive timeout, a
 TCP site whose connections pass through the :class:`~.connections.ConnectionGuard`, and TLS.
 
+Each connection is served by :class:`ReceiverRequestHandler`: a request aiohttp's parser refuses
+(a malformed line or header, bad chunking, bytes after a body it did not expect) is answered with
+the fixed JSON body of its status and logged as one line naming the error class. aiohttp's own
+handler answers a text page quoting the offending bytes (a secret header, the body) and logs the
+exception, whose text quotes them too, at ERROR. No response carries aiohttp's ``Server`` header.
+
 The connection cap is kept ``backlog`` + :data:`FD_RESERVE` below the process's file-descriptor
 limit (``RLIMIT_NOFILE``), so the accept loop itself never runs out of descriptors (asyncio
 would then log a traceback per attempt and real deliveries would time out).
@@ -11,13 +17,19 @@ from __future__ import annotations
 import asyncio
 import resource
 import ssl
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_server import Server
 
 from pipeline.config.tls import tls_context
 from pipeline.errors import PipelineError
 from pipeline.observability.logs import get_logger
+from pipeline.sources.webhook.admission import response
 from pipeline.sources.webhook.config import WebhookConfig
 from pipeline.sources.webhook.connections import ConnectionGuard
 
@@ -39,6 +51,74 @@ def effective_cap(max_connections: int, backlog: int) -> int:
     if soft == resource.RLIM_INFINITY:
         return max_connections
     return max(1, min(max_connections, soft - FD_RESERVE - backlog))
+
+
+class UnbrandedResponse(web.Response):
+    """A response without aiohttp's ``Server`` header (it is added while the headers are prepared)."""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        self.headers.popall(hdrs.SERVER, None)
+
+
+async def drop_server_header(_request: web.Request, resp: web.StreamResponse) -> None:
+    """``on_response_prepare`` hook: no response names the server software."""
+    resp.headers.popall(hdrs.SERVER, None)
+
+
+@web.middleware
+async def fixed_http_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """An error aiohttp's router raises (e.g. 404 for ``OPTIONS *`` or ``CONNECT host:port``, which
+    match no path) answers the fixed JSON body of its status, not aiohttp's text page."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return response(exc.status, force_close=True)
+
+
+class ReceiverRequestHandler(RequestHandler):
+    """aiohttp's connection handler, whose error answers never quote the request (module docstring)."""
+
+    _log_window: tuple[float, int] = (0.0, 0)
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """The fixed JSON answer for ``status``; ``exc`` and ``message`` (which quote the request) unused.
+
+        Raises:
+            ConnectionError: part of a response was sent already (as aiohttp's own handler).
+        """
+        now = time.monotonic()
+        start, n = ReceiverRequestHandler._log_window
+        if now - start >= 10.0:
+            start, n = now, 0
+        ReceiverRequestHandler._log_window = (start, n + 1)
+        if n < 20:  # a public endpoint can be flooded with garbage
+            log.info("Webhook request refused by the HTTP parser", extra={"status": status,
+                                                                          "error": type(exc).__name__})  # fmt: skip
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response was sent already, the error cannot be answered")
+        fixed = response(status)
+        resp = UnbrandedResponse(status=status, body=fixed.body, content_type="application/json")
+        resp.force_close()
+        return resp
+
+
+def handler_factory(server: Server) -> Callable[[], RequestHandler]:
+    """Makes a :class:`ReceiverRequestHandler` per connection with the runner's handler options
+    (what ``server()`` does with ``RequestHandler``; aiohttp keeps those options in ``_kwargs``)."""
+    options: dict[str, Any] = server._kwargs
+    loop = asyncio.get_running_loop()
+    return lambda: ReceiverRequestHandler(server, loop=loop, **options)
 
 
 class GuardedSite(web.BaseSite):
@@ -87,7 +167,7 @@ class GuardedSite(web.BaseSite):
                     "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
                 },
             )
-        self.guard = ConnectionGuard(server, max_connections=cap, header_timeout_secs=header_timeout)
+        self.guard = ConnectionGuard(handler_factory(server), max_connections=cap, header_timeout_secs=header_timeout)
         extra: dict[str, Any] = {}
         if self._ssl_context is not None:
             extra["ssl_handshake_timeout"] = header_timeout  # the handshake comes before any header

@@ -80,7 +80,7 @@ from pipeline.sources.webhook.connections import ConnectionGuard
 from pipeline.sources.webhook.dedup import SeenWindow, body_digest
 from pipeline.sources.webhook.group_commit import GroupCommitter
 from pipeline.sources.webhook.kind import WebhookKind, webhook_kind
-from pipeline.sources.webhook.listener import listen
+from pipeline.sources.webhook.listener import drop_server_header, fixed_http_errors, listen
 from pipeline.sources.webhook.readiness import Readiness
 from schemas import deadletter
 from schemas.event import WorkspaceRef
@@ -180,12 +180,13 @@ class WebhookReceiver:
     # ---- lifecycle --------------------------------------------------------------------------
     def make_app(self) -> web.Application:
         """The aiohttp application (routes + bus open/close on startup/cleanup)."""
-        app = web.Application(client_max_size=self.config.max_body_bytes)
+        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[fixed_http_errors])
         app.router.add_route("*", "/healthz", self._healthz)
         app.router.add_route("*", "/readyz", self._readyz)
         for src in self._sources.values():
             app.router.add_route("*", src.path, self._handler_for(src))
         app.router.add_route("*", "/{tail:.*}", self._not_found)
+        app.on_response_prepare.append(drop_server_header)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)  # after in-flight requests finished
         return app
