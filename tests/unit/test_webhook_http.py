@@ -1,6 +1,7 @@
 """The receiver's HTTP layer on a real loopback listener, over raw sockets: refusals close the
 connection at once (no lingering read of the discarded body, never decompressed), every
-Content-Encoding value is checked, and parser errors answer the fixed JSON and log no request bytes."""
+Content-Encoding value is checked, parser errors answer the fixed JSON and log no request bytes,
+and ``Expect: 100-continue`` gets the refusal instead of 100."""
 
 from __future__ import annotations
 
@@ -207,3 +208,50 @@ async def test_parser_errors_log_no_request_bytes(tmp_path: Path) -> None:
     assert not any(r.levelno >= logging.WARNING for r in records)
     line = orjson.loads(next(x for x in buf.getvalue().splitlines() if "refused by the HTTP parser" in x))
     assert line["status"] == 400 and line["error"] in ("BadHttpMessage", "BadStatusLine"), line
+
+
+@pytest.mark.parametrize(
+    ("lines", "path", "status"),
+    [
+        (("Content-Length: 200",), PATH, b"401"),
+        ((f"X-Webhook-Secret: {SECRET_A}", "Content-Length: 70000000"), PATH, b"413"),
+        ((f"X-Webhook-Secret: {SECRET_A}", "Content-Length: 200", "Content-Encoding: gzip"), PATH, b"415"),
+        ((f"X-Webhook-Secret: {SECRET_A}", "Content-Length: 200"), "/nope", b"404"),
+    ],
+    ids=["401", "413", "415", "404"],
+)
+async def test_expect_continue_gets_the_refusal_not_100(
+    tmp_path: Path, lines: tuple[str, ...], path: str, status: bytes
+) -> None:
+    """A request refused before its body is answered with the refusal, never ``100 Continue``."""
+    async with listening(tmp_path, max_body_bytes=1 << 20) as rx:
+        assert rx.port is not None
+        out = await exchange(rx.port, head(*lines, "Expect: 100-continue", path=path))
+        assert out.split(b" ")[1] == status, out[:200]
+        assert b" 100 " not in out
+        assert orjson.loads(out.partition(b"\r\n\r\n")[2])["error"]
+
+
+async def test_expect_continue_then_delivery(tmp_path: Path) -> None:
+    """An authenticated request gets ``100 Continue``, then its body is accepted."""
+    body = delivery(9)
+    async with listening(tmp_path) as rx:
+        assert rx.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", rx.port)
+        writer.write(head(f"X-Webhook-Secret: {SECRET_A}", f"Content-Length: {len(body)}", "Expect: 100-continue"))
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 100 ")
+        assert await reader.readline() == b"\r\n"
+        writer.write(body)
+        assert (await asyncio.wait_for(reader.readline(), 5)).split(b" ")[1] == b"200"
+        await shut(writer)
+        assert rx.accepted == 1
+
+
+async def test_unknown_expectation_is_417_without_echo(tmp_path: Path) -> None:
+    """An expectation other than 100-continue is refused with the fixed JSON (aiohttp quoted it)."""
+    async with listening(tmp_path) as rx:
+        assert rx.port is not None
+        out = await exchange(rx.port, head(f"X-Webhook-Secret: {SECRET_A}", "Content-Length: 2", f"Expect: {SECRET_A}"))
+        assert out.split(b" ")[1] == b"417", out[:200]
+        assert SECRET_A.encode() not in out
+        assert orjson.loads(out.partition(b"\r\n\r\n")[2])["error"] == "expectation failed"

@@ -29,6 +29,7 @@ _ERRORS = {
     405: "method not allowed",
     413: "payload too large",
     415: "unsupported media type",
+    417: "expectation failed",
     422: "unprocessable entity",
     500: "internal error",
     503: "unavailable, retry later",

@@ -184,8 +184,8 @@ class WebhookReceiver:
         app.router.add_route("*", "/healthz", self._healthz)
         app.router.add_route("*", "/readyz", self._readyz)
         for src in self._sources.values():
-            app.router.add_route("*", src.path, self._handler_for(src))
-        app.router.add_route("*", "/{tail:.*}", self._not_found)
+            app.router.add_route("*", src.path, self._handler_for(src), expect_handler=self._expect_for(src))
+        app.router.add_route("*", "/{tail:.*}", self._not_found, expect_handler=self._expect_for(None))
         app.on_response_prepare.append(drop_server_header)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)  # after in-flight requests finished
@@ -196,6 +196,12 @@ class WebhookReceiver:
             return await self._delivery(request, src)
 
         return handler
+
+    def _expect_for(self, src: _Source | None) -> Callable[[web.Request], Awaitable[web.StreamResponse | None]]:
+        async def expect(request: web.Request) -> web.StreamResponse | None:
+            return await self._expect(request, src)
+
+        return expect
 
     async def _on_startup(self, _app: web.Application) -> None:
         await self.open()
@@ -306,26 +312,10 @@ class WebhookReceiver:
             return response(500, force_close=True)
 
     async def _handle(self, request: web.Request, src: _Source, started: float) -> web.StreamResponse:
-        if request.method != "POST":
-            raise WebhookRejected(405, "method_not_allowed", "only POST is accepted")
-        # No Content-Type check: Instantly documents none, and a 4xx makes it retry, then disable the
-        # webhook. An authenticated body is parsed as JSON whatever it says; one that is not JSON is
-        # a dead letter (200), as any other invalid body.
-        codings = ",".join(request.headers.getall("Content-Encoding", [])).split(",")
-        if any(c.strip().lower() not in ("", "identity") for c in codings):  # every header, every list item
-            raise WebhookRejected(415, "unsupported_media_type", "compressed bodies are not accepted")
-        limit = self.config.max_body_bytes
-        declared = request.content_length
-        if declared is not None and declared > limit:
-            raise WebhookRejected(413, "body_too_large", "declared Content-Length above the limit")
-        if self._allow is not None:
-            ip = self._client(request)
-            if ip is None or not in_any(ip, self._allow):
-                raise WebhookRejected(403, "ip_not_allowed", "client address not in allow_ips")
-        slot = authenticate(request.headers.getall(src.cfg.header_name, []), src.checker)
+        slot = self._admit(request, src)
         try:
             async with asyncio.timeout(self.config.body_timeout_secs):
-                body = await read_capped(request, limit)
+                body = await read_capped(request, self.config.max_body_bytes)
         except TimeoutError:
             raise WebhookRejected(408, "body_timeout", "the body did not arrive in time") from None
         if self.committer.pending >= self.config.max_pending:
@@ -394,6 +384,47 @@ class WebhookReceiver:
         )
         body_out = orjson.dumps({"status": "accepted" if published else "duplicate", "id": event.id})
         return web.Response(body=body_out, content_type="application/json")
+
+    def _admit(self, request: web.Request, src: _Source) -> int:
+        """The checks that need no body (1-5 of the module docstring): the secret slot that matched.
+
+        Raises:
+            WebhookRejected: the first check that failed.
+        """
+        if request.method != "POST":
+            raise WebhookRejected(405, "method_not_allowed", "only POST is accepted")
+        # No Content-Type check: Instantly documents none, and a 4xx makes it retry, then disable the
+        # webhook. An authenticated body is parsed as JSON whatever it says; one that is not JSON is
+        # a dead letter (200), as any other invalid body.
+        codings = ",".join(request.headers.getall("Content-Encoding", [])).split(",")
+        if any(c.strip().lower() not in ("", "identity") for c in codings):  # every header, every list item
+            raise WebhookRejected(415, "unsupported_media_type", "compressed bodies are not accepted")
+        limit = self.config.max_body_bytes
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            raise WebhookRejected(413, "body_too_large", "declared Content-Length above the limit")
+        if self._allow is not None:
+            ip = self._client(request)
+            if ip is None or not in_any(ip, self._allow):
+                raise WebhookRejected(403, "ip_not_allowed", "client address not in allow_ips")
+        return authenticate(request.headers.getall(src.cfg.header_name, []), src.checker)
+
+    async def _expect(self, request: web.Request, src: _Source | None) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: the checks that need no body run first, and a refusal is the
+        final answer instead of ``100 Continue`` (RFC 9110 §10.1.1); an unknown expectation is 417."""
+        if request.version < (1, 1):
+            return None  # an HTTP/1.0 client expects nothing
+        try:
+            if request.headers.get("Expect", "").strip().lower() != "100-continue":
+                raise WebhookRejected(417, "expectation_failed", "only 100-continue is understood")
+            if src is None:
+                raise WebhookRejected(404, "not_found", "no such path")
+            self._admit(request, src)
+        except WebhookRejected as rej:
+            return self._reject(request, src, rej)
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the final answer is still to come
+        return None
 
     async def _confirmed(self, fut: asyncio.Future[bool]) -> bool:
         """Wait for the group commit holding a delivery: True published, False a duplicate.
