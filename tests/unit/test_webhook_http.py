@@ -9,15 +9,22 @@ import asyncio
 import gzip
 import io
 import logging
+import sqlite3
 import time
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 
+from pipeline.bus.sqlite import SqliteBus
+from pipeline.observability.health import HealthRegistry
 from pipeline.observability.logs import setup_logging
+from pipeline.observability.service import ServiceServer
+from pipeline.observability.telemetry import Telemetry
+from pipeline.sources.webhook.receiver import WebhookReceiver
 from tests.unit.test_webhook_hardening import PATH, closed_after, listening, shut
-from tests.unit.test_webhook_support import SECRET_A, delivery
+from tests.unit.test_webhook_support import SECRET_A, delivery, hdrs, make_config
 
 
 def head(*lines: str, path: str = PATH) -> bytes:
@@ -255,3 +262,37 @@ async def test_unknown_expectation_is_417_without_echo(tmp_path: Path) -> None:
         assert out.split(b" ")[1] == b"417", out[:200]
         assert SECRET_A.encode() not in out
         assert orjson.loads(out.partition(b"\r\n\r\n")[2])["error"] == "expectation failed"
+
+
+async def test_bus_failures_turn_the_service_readyz_503_and_back(tmp_path: Path) -> None:
+    """A delivery the bus does not confirm fails the service port's ``/readyz`` (the readiness probe);
+    once the bus takes writes again it turns 200 without any further delivery."""
+    health = HealthRegistry()
+    async with SqliteBus(tmp_path / "bus.db") as bus:
+        rx = WebhookReceiver(make_config(host="127.0.0.1", ack_timeout_secs=0.5), bus, health=health)
+        await rx.open()
+        await rx.start()
+        srv = ServiceServer(Telemetry.disabled(), health, "127.0.0.1", 0)
+        await srv.start()
+        lock = sqlite3.connect(tmp_path / "bus.db", timeout=1, isolation_level=None)
+        try:
+            async with aiohttp.ClientSession() as http:
+
+                async def readyz() -> int:
+                    async with http.get(f"http://127.0.0.1:{srv.port}/readyz") as resp:
+                        return resp.status
+
+                assert await readyz() == 200
+                lock.execute("BEGIN EXCLUSIVE")
+                async with http.post(f"http://127.0.0.1:{rx.port}{PATH}", data=delivery(11), headers=hdrs()) as resp:
+                    assert resp.status == 503
+                assert await readyz() == 503
+                lock.execute("ROLLBACK")
+                deadline = time.monotonic() + 10
+                while await readyz() != 200:
+                    assert time.monotonic() < deadline, health.report().to_dict()
+                    await asyncio.sleep(0.2)
+        finally:
+            lock.close()
+            await srv.stop()
+            await rx.stop()

@@ -39,7 +39,10 @@ Group commit: concurrent deliveries are batched into one bus transaction (up to
 per ``writer_id`` (Kafka fences a second one): by default ``webhook-<host name>``, one per replica.
 
 ``/healthz`` answers 200 while the server and its committer run; ``/readyz`` 200 when the bus
-committed recently or a heartbeat state write succeeds now.
+committed recently or a heartbeat state write succeeds now. A delivery answered 503 because the bus
+refused or did not confirm its commit also fails the health check ``webhook_bus`` (the service
+port's ``/readyz``, the pod's readiness probe) until a commit or a heartbeat write, retried every
+:data:`BUS_RECHECK_SECS`, succeeds again.
 """
 
 from __future__ import annotations
@@ -89,6 +92,8 @@ log = get_logger("webhook")
 
 
 # ------------------------------------------------------------------------------------ receiver
+BUS_RECHECK_SECS = 1.0
+"""While the ``webhook_bus`` health check fails, how often the receiver's readiness is checked again."""
 MAX_LETTER_BODY = 256 * 1024
 """Largest body kept in a dead letter (larger ones are recorded without it: a dead letter must fit
 the topic's message size, or the whole group commit would fail)."""
@@ -173,6 +178,7 @@ class WebhookReceiver:
         self._opened = False
         self.readiness = Readiness(bus, self.committer, config.writer_id, clock)
         self._log_budget: dict[str, tuple[float, int]] = {}
+        self._bus_recheck: asyncio.Task[None] | None = None
         self.port: int | None = None
         self.guard: ConnectionGuard | None = None
         """The connection guard of the listener (after :meth:`start`)."""
@@ -220,6 +226,11 @@ class WebhookReceiver:
 
     async def close(self) -> None:
         """Commit queued deliveries and stop the committer."""
+        if self._bus_recheck is not None:
+            self._bus_recheck.cancel()
+            await asyncio.gather(self._bus_recheck, return_exceptions=True)
+            self._bus_recheck = None
+        self.health.remove_check("webhook_bus")
         await self.readiness.close()
         if self._opened:
             await self.committer.close()
@@ -435,9 +446,25 @@ class WebhookReceiver:
         try:
             return await asyncio.wait_for(asyncio.shield(fut), self.config.ack_timeout_secs)
         except TimeoutError:
+            self._bus_failed(f"the bus did not confirm a delivery within {self.config.ack_timeout_secs:g}s")
             raise WebhookRejected(503, "bus_timeout", "the bus did not confirm in time") from None
-        except BusError:
+        except BusError as err:
+            self._bus_failed(f"the bus refused a delivery ({type(err).__name__})")
             raise WebhookRejected(503, "bus_unavailable", "the bus refused the delivery") from None
+
+    def _bus_failed(self, reason: str) -> None:
+        """Fail the ``webhook_bus`` health check until :meth:`ready` holds again (checked every
+        :data:`BUS_RECHECK_SECS`: a pod taken out of the service gets no delivery to commit)."""
+        self.health.set_check("webhook_bus", False, reason)
+        if self._bus_recheck is None or self._bus_recheck.done():
+            self._bus_recheck = asyncio.get_running_loop().create_task(self._recheck_bus())
+
+    async def _recheck_bus(self) -> None:
+        while True:
+            await asyncio.sleep(BUS_RECHECK_SECS)
+            if await self.ready():
+                self.health.set_check("webhook_bus", True, "the bus takes commits again")
+                return
 
     async def _dead_letter(
         self, src: _Source, body: bytes, digest: str, rej: WebhookRejected, slot: int
