@@ -1,0 +1,82 @@
+"""Canaries for the leaks the review of the redaction reproduced: each test seeds ``CNRY…`` values,
+drives the surface, and greps everything captured (bus file with its state and dead letters, logs,
+stdout) for them."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from connectors.instantly.snapshots import KINDS, build_snapshot, encode_snapshot
+from connectors.instantly.streams import Publisher, publish_snapshot
+from pipeline.bus.sqlite import SqliteBus
+from pipeline.redaction import registry
+from schemas.event import WorkspaceRef
+
+WS = WorkspaceRef("019a41ff-4c08-7280-ba65-d965cf873b40", "Acme")
+OBSERVED = "2026-12-07T12:00:00.000Z"
+CANARY = b"CNRY"
+
+
+@pytest.fixture(autouse=True)
+def _clean_registry() -> None:
+    registry.forget_secrets()
+
+
+def _files(d: Path) -> list[bytes]:
+    """Every file under ``d`` (the bus database, its WAL and journal)."""
+    return [f.read_bytes() for f in sorted(d.rglob("*")) if f.is_file()]
+
+
+def _workspace() -> dict[str, Any]:
+    return {
+        "id": WS.id, "name": "Acme", "owner": "019a41ff-0000-7280-ba65-d965cf873b41",
+        "org_client_domain": "https://admin:CNRYdom01pw@portal.example.com/",
+        "org_logo_url": "https://b.s3.amazonaws.com/logo.png?X-Amz-Credential=AKIACNRY02EXAMPLE&X-Amz-Signature=CNRYsig03",
+    }  # fmt: skip
+
+
+def _webhook() -> dict[str, Any]:
+    return {
+        "id": "019cc043-b005-72ef-8501-678c9a77be6f",
+        "name": "zap https://hooks.zapier.com/hooks/catch/1/CNRYzap04/ Bearer CNRYbearer05xyz",
+        "target_hook_url": "https://hooks.zapier.com/hooks/catch/1/CNRYzap06/",
+        "event_type": "all_events", "headers": {"Authorization": "CNRYhdr07"}, "status": 1,
+    }  # fmt: skip
+
+
+async def _poll(bus_path: Path, stream: str, records: list[dict[str, Any]]) -> tuple[int, dict[str, bytes]]:
+    async with SqliteBus(bus_path) as bus:
+        n = await publish_snapshot(Publisher(bus, "t", "acme", WS), stream, records, observed_at=OBSERVED)
+        return n, await bus.state_items("snapshot/")
+
+
+@pytest.mark.parametrize(("stream", "record"), [("workspace", _workspace), ("webhooks", _webhook)])
+def test_snapshot_state_holds_what_the_events_hold(tmp_path: Path, stream: str, record: Any) -> None:
+    n, state = asyncio.run(_poll(tmp_path / "bus.db", stream, [record()]))
+    assert n == 1  # the baseline
+    assert state and all(CANARY not in v for v in state.values())
+    assert all(CANARY not in blob for blob in _files(tmp_path))
+    # a second poll of the same listing: no spurious diff (the URL fingerprints are deterministic)
+    assert asyncio.run(_poll(tmp_path / "bus.db", stream, [record()]))[0] == 0
+
+
+@pytest.mark.parametrize(("stream", "record"), [("workspace", _workspace), ("webhooks", _webhook)])
+def test_snapshot_stored_by_an_older_version_is_rebaselined_silently(tmp_path: Path, stream: str, record: Any) -> None:
+    """A shard written before the gate ran on snapshots (name pass only) makes no ``*.updated`` event."""
+    old = {str(record()["id"]): KINDS[stream].redact(record())}
+    assert CANARY in encode_snapshot(old)
+
+    async def seed() -> None:
+        async with SqliteBus(tmp_path / "bus.db") as bus, bus.transaction("t") as tx:
+            tx.put_state(f"snapshot/acme/{stream}", encode_snapshot(old))  # the single value of format 1
+
+    asyncio.run(seed())
+    n, state = asyncio.run(_poll(tmp_path / "bus.db", stream, [record()]))
+    assert n == 0
+    assert state and all(CANARY not in v for v in state.values())
+    assert orjson.loads(state[f"snapshot/acme/{stream}/shard/0000"])["records"] == build_snapshot(stream, [record()])[0]
