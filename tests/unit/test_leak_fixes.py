@@ -5,6 +5,7 @@ stdout) for them."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,12 @@ import pytest
 from connectors.instantly.snapshots import KINDS, build_snapshot, encode_snapshot
 from connectors.instantly.streams import Publisher, publish_snapshot
 from pipeline.bus.sqlite import SqliteBus
+from pipeline.errors import WebhookRejected
 from pipeline.redaction import registry
+from pipeline.sources.webhook.kind import webhook_kind
+from pipeline.sources.webhook.receiver import WebhookReceiver, delivery_letter
 from schemas.event import WorkspaceRef
+from tests.unit.test_webhook_support import SECRET_A, delivery, hdrs, letters_of, make_config, serve
 
 WS = WorkspaceRef("019a41ff-4c08-7280-ba65-d965cf873b40", "Acme")
 OBSERVED = "2026-12-07T12:00:00.000Z"
@@ -80,3 +85,40 @@ def test_snapshot_stored_by_an_older_version_is_rebaselined_silently(tmp_path: P
     assert n == 0
     assert state and all(CANARY not in v for v in state.values())
     assert orjson.loads(state[f"snapshot/acme/{stream}/shard/0000"])["records"] == build_snapshot(stream, [record()])[0]
+
+
+async def test_receiver_dead_letter_redacts_a_json_body_by_field_name(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dead-lettered JSON body takes the name pass: a secret-named field loses its whole value,
+    whatever the text pass would have left after a quote, a comma or a space."""
+    caplog.set_level(logging.DEBUG)
+    fields = {
+        "password": "correct horse CNRYpw62 staple",
+        "api_token": 'abc"CNRYesc63',
+        "client_secret": "xyz,CNRYsec65",
+        "note": "see https://u:CNRYurl67@hooks.example.com/x?sig=CNRYsig68",
+    }
+    responses = []
+    async with SqliteBus(tmp_path / "bus.db") as bus:
+        r = WebhookReceiver(make_config((SECRET_A,)), bus)
+        async with serve(r) as c:
+            for body in (delivery(4, workspace="other", **fields), delivery(5, timestamp="not a time", **fields)):
+                resp = await c.post("/hooks/crm", data=body, headers=hdrs(SECRET_A))
+                responses.append(f"{resp.status} {await resp.text()}")
+        letters = await letters_of(bus)
+    assert len(letters) == 2
+    for letter in letters:
+        doc = orjson.loads(letter["original"]["value"])
+        assert doc["password"] == "<redacted>" and doc["client_secret"] == "<redacted>"
+        assert doc["note"].startswith("see https://hooks.example.com/sha256:")
+    logged = " ".join(f"{rec.getMessage()} {rec.__dict__}" for rec in caplog.records)
+    assert "CNRY" not in logged and "CNRY" not in " ".join(responses)
+    assert all(CANARY not in blob for blob in _files(tmp_path))
+
+
+def test_receiver_dead_letter_of_a_body_that_is_not_json_keeps_the_text_redaction() -> None:
+    rej = WebhookRejected(400, "bad_json", "the body is not JSON")
+    body = b'{"event_type":"x","password":"CNRYmal41", broken'
+    letter = delivery_letter("crm", webhook_kind("instantly"), WS, body, rej, OBSERVED)
+    assert letter.original_bytes() is not None and CANARY not in letter.to_json()
