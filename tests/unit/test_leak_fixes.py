@@ -5,10 +5,12 @@ stdout) for them."""
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 
@@ -16,10 +18,14 @@ from connectors.instantly.snapshots import KINDS, build_snapshot, encode_snapsho
 from connectors.instantly.streams import Publisher, publish_snapshot
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.errors import WebhookRejected
-from pipeline.redaction import registry
+from pipeline.observability.logs import JsonFormatter, RedactingFilter
+from pipeline.redaction import encode_event, registry
+from pipeline.redaction.text import redact_text
 from pipeline.sources.webhook.kind import webhook_kind
 from pipeline.sources.webhook.receiver import WebhookReceiver, delivery_letter
 from schemas.event import WorkspaceRef
+from schemas.secret_names import is_secret_name
+from tests.fakes import make_event
 from tests.unit.test_webhook_support import SECRET_A, delivery, hdrs, letters_of, make_config, serve
 
 WS = WorkspaceRef("019a41ff-4c08-7280-ba65-d965cf873b40", "Acme")
@@ -122,3 +128,60 @@ def test_receiver_dead_letter_of_a_body_that_is_not_json_keeps_the_text_redactio
     body = b'{"event_type":"x","password":"CNRYmal41", broken'
     letter = delivery_letter("crm", webhook_kind("instantly"), WS, body, rej, OBSERVED)
     assert letter.original_bytes() is not None and CANARY not in letter.to_json()
+
+
+SECRET_NAMES = [
+    "pass", "pw", "PW", "smtp_pass", "smtpPass", "db-pw", "passcode", "secrets", "passwords", "tokens",
+    "apikeys", "api_keys", "recovery_codes", "backup_codes", "session", "auth_header", "x-signature",
+]  # fmt: skip
+READABLE_NAMES = [
+    "passenger", "bypass", "compass", "passed", "signature", "email_signature", "sessionId", "session_id",
+    "api_key_id", "public_key", "dedup_keys", "sort_keys", "status", "name", "ACC_FILTER_PW_ACCOUNTS",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SECRET_NAMES)
+def test_common_secret_names_are_secret(name: str) -> None:
+    assert is_secret_name(name)
+
+
+@pytest.mark.parametrize("name", READABLE_NAMES)
+def test_instantly_and_ordinary_field_names_stay_readable(name: str) -> None:
+    assert not is_secret_name(name)
+
+
+def test_secret_named_fields_lose_their_values_in_events_dead_letters_and_logs(tmp_path: Path) -> None:
+    attrs = {name: f"CNRY{i:02d}value" for i, name in enumerate(SECRET_NAMES)}
+    ev = msgspec.structs.replace(make_event(1), attributes=attrs)
+    captured: list[bytes] = [encode_event(ev)]
+    body = orjson.dumps({"event_type": "x", **attrs})
+    rej = WebhookRejected(400, "bad_shape", "no")
+    captured.append(delivery_letter("crm", webhook_kind("instantly"), WS, body, rej, OBSERVED).to_json())
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactingFilter())
+    lg = logging.getLogger("leak.names")
+    lg.handlers, lg.propagate = [handler], False
+    lg.warning("cfg", extra={"cfg": {"pass": "CNRYlog01", "pw": "CNRYlog02", "session": "CNRYlog03"}})
+    captured.append(buf.getvalue().encode())
+    assert all(CANARY not in blob for blob in captured)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "reset smtp pass to CNRYauditpass09",
+        "pass=CNRYrecvform43&pw=CNRYrecvform44&password=CNRYrecvform45",
+        "cfg pw: CNRYpw12345",
+        "tokens=CNRYtok01 secrets: CNRYsec02 passcode=CNRYcode03",
+        "Cookie: session=CNRYrecvcookie34",
+    ],
+)
+def test_free_text_pass_pw_and_plurals_are_redacted(text: str) -> None:
+    assert "CNRY" not in redact_text(text)
+
+
+def test_prose_with_pass_stays_readable() -> None:
+    text = "bypass=foo compass=north; pass to the next step; session_id=019a41ff"
+    assert redact_text(text) == text
