@@ -48,11 +48,12 @@ _NEAR_WORD = re.compile(
     r"(?=[A-Za-z0-9+/=_-]*[0-9])(?=[A-Za-z0-9+/=_-]*[A-Za-z])([A-Za-z0-9+/=_-]{16,})"
 )
 _PASS_NEAR = re.compile(
-    r"(?i)(?<![A-Za-z0-9])(pass(?:word|wd|code|phrase)?|pw|pwd)(\s+(?:is|was|to|now|(?:set|reset|changed)\s+to)\s+)"
-    r"(?!<redacted>|sha256:)(?=\S*[0-9!@#$%^&*])([^\s\"',;]{6,})"
+    r"(?i)(?<![A-Za-z0-9])(pass(?:word|wd|code|phrase)?|pw|pwd)(\s+(?:(?:is|was|to|now|(?:set|reset|changed)\s+to)\s+)?)"
+    r"(?!<redacted>|sha256:)(?=\S*[0-9!@#$%^&*])(?=\S*[A-Za-z])([^\s\"',;]{8,})"
 )
-"""``reset smtp pass to Hunter2!x``: a password named in prose, shorter than :data:`_NEAR_WORD` needs, kept
-when it holds a digit or a symbol (``pass to the next step`` stays readable)."""
+"""``reset smtp pass to Hunter2!x``, ``pass CNRYabc123``: a password named in prose, shorter than
+:data:`_NEAR_WORD` needs, when it has 8 or more characters, a letter and a digit or a symbol
+(``pass to the next step``, ``pass 2 tests`` stay readable)."""
 _PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(-----END [A-Z ]*PRIVATE KEY-----|$)")
 CLEAN_CHARS = "0123456789abcdefABCDEF-:.TZ+ "
 """Ids, uuids, timestamps and IP addresses are made of these alone (no shape can hide in them)."""

@@ -26,7 +26,7 @@ from pipeline.sources.webhook.receiver import WebhookReceiver, delivery_letter
 from schemas.event import WorkspaceRef
 from schemas.secret_names import is_secret_name
 from tests.fakes import make_event
-from tests.unit.test_webhook_support import SECRET_A, delivery, hdrs, letters_of, make_config, serve
+from tests.unit.test_webhook_support import SECRET_A, delivery, events_of, hdrs, letters_of, make_config, serve
 
 WS = WorkspaceRef("019a41ff-4c08-7280-ba65-d965cf873b40", "Acme")
 OBSERVED = "2026-12-07T12:00:00.000Z"
@@ -185,3 +185,29 @@ def test_free_text_pass_pw_and_plurals_are_redacted(text: str) -> None:
 def test_prose_with_pass_stays_readable() -> None:
     text = "bypass=foo compass=north; pass to the next step; session_id=019a41ff"
     assert redact_text(text) == text
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        "token=CNRYrecvlabel38 pass CNRYrecvlabel39",
+        "https://hooks.zapier.com/hooks/catch/1/CNRYrecvlabel40/",
+        "Bearer CNRYlabel41abcdef",
+    ],
+)
+async def test_a_custom_label_holding_a_secret_is_not_slugged_into_the_type(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, label: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with SqliteBus(tmp_path / "bus.db") as bus:
+        r = WebhookReceiver(make_config((SECRET_A,)), bus)
+        async with serve(r) as c:
+            resp = await c.post("/hooks/crm", data=delivery(7, event_type=label), headers=hdrs(SECRET_A))
+            text = await resp.text()
+        events = await events_of(bus)
+    assert resp.status < 300 and "CNRY" not in text
+    assert all(orjson.loads(e.value)["type"].startswith("webhook_delivery.label.redacted_") for e in events)
+    assert len(events) == 1
+    logged = " ".join(f"{rec.getMessage()} {rec.__dict__}" for rec in caplog.records)
+    assert "cnry" not in logged.lower()  # the slug is lower-cased
+    assert all(b"cnry" not in blob.lower() for blob in _files(tmp_path))
