@@ -36,7 +36,8 @@ _SCHEME = re.compile(
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 _UUID_VALUE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(?![^\s\"',;&}])"
 _ASSIGNED = re.compile(
-    r"(?i)((?:api[-_ ]?keys?|x-api-key|access[-_ ]?key|secret[-_ ]?key|private[-_ ]?key|(?P<bare>key)|tokens?|secrets?"
+    # no plural ``api_keys:``/``tokens:``: Instantly scopes (``api_keys:read``, ``security_tokens:all``) read so
+    r"(?i)((?:api[-_ ]?key|x-api-key|access[-_ ]?key|secret[-_ ]?key|private[-_ ]?key|(?P<bare>key)|token|secrets?"
     r"|passwords?|passwd|pwd|passphrase|passcode|credentials?|authorization|cookie|sig|signature"
     r"|(?<![A-Za-z0-9])(?:pass|pw|session))[\"']?\s*[:=]\s*[\"']?)"
     rf"(?(bare)(?!{_UUID_VALUE}))"  # a bare ``key:<uuid>`` names a key by its id (an alert's dedup key): kept

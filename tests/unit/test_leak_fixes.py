@@ -174,7 +174,7 @@ def test_secret_named_fields_lose_their_values_in_events_dead_letters_and_logs(t
         "reset smtp pass to CNRYauditpass09",
         "pass=CNRYrecvform43&pw=CNRYrecvform44&password=CNRYrecvform45",
         "cfg pw: CNRYpw12345",
-        "tokens=CNRYtok01 secrets: CNRYsec02 passcode=CNRYcode03",
+        "secrets: CNRYsec02 passcode=CNRYcode03 passwords=CNRYpws04",
         "Cookie: session=CNRYrecvcookie34",
     ],
 )
@@ -182,8 +182,10 @@ def test_free_text_pass_pw_and_plurals_are_redacted(text: str) -> None:
     assert "CNRY" not in redact_text(text)
 
 
-def test_prose_with_pass_stays_readable() -> None:
-    text = "bypass=foo compass=north; pass to the next step; session_id=019a41ff"
+def test_prose_with_pass_and_scopes_stay_readable() -> None:
+    text = (
+        "bypass=foo compass=north; pass to the next step; session_id=019a41ff; drop api_keys:all security_tokens:read"
+    )
     assert redact_text(text) == text
 
 
