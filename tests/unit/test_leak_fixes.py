@@ -19,7 +19,7 @@ from connectors.instantly.streams import Publisher, publish_snapshot
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.errors import WebhookRejected
 from pipeline.observability.logs import JsonFormatter, RedactingFilter
-from pipeline.redaction import encode_event, registry
+from pipeline.redaction import encode_event
 from pipeline.redaction.text import redact_text
 from pipeline.sources.webhook.kind import webhook_kind
 from pipeline.sources.webhook.receiver import WebhookReceiver, delivery_letter
@@ -31,11 +31,6 @@ from tests.unit.test_webhook_support import SECRET_A, delivery, events_of, hdrs,
 WS = WorkspaceRef("019a41ff-4c08-7280-ba65-d965cf873b40", "Acme")
 OBSERVED = "2026-12-07T12:00:00.000Z"
 CANARY = b"CNRY"
-
-
-@pytest.fixture(autouse=True)
-def _clean_registry() -> None:
-    registry.forget_secrets()
 
 
 def _files(d: Path) -> list[bytes]:
