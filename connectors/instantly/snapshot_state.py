@@ -13,6 +13,11 @@ Now it is split by a stable hash of the record id (CRC-32 of the id, modulo the 
 shrinks (a shrinking list would otherwise rewrite every shard). A change writes only the shards
 whose bytes changed, and deletes (``None``) the shards that became empty.
 
+**Redaction.** Records are stored after the publish gate's passes; a stored snapshot is passed
+through the gate again when loaded (:func:`~connectors.instantly.snapshots.gate_snapshot`), so
+shards written by older versions (name pass only) compare equal to the new listing and are
+rewritten once, without ``*.updated`` events.
+
 **Migration.** The single value of format 1 (key ``snapshot/{source_id}/{stream}``) is read when
 no ``meta`` exists; the first write stores the shards and deletes the old key.
 """
@@ -25,7 +30,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from connectors.instantly.snapshots import Snapshot, decode_snapshot, encode_snapshot
+from connectors.instantly.snapshots import Snapshot, decode_snapshot, encode_snapshot, gate_snapshot
 
 META_VERSION = 2
 SHARD_TARGET_BYTES = 256 * 1024
@@ -55,12 +60,13 @@ class StoredSnapshot:
         raw = {k: v for k, v in items.items() if k.startswith(prefix)}
         meta = _meta(raw.get(f"{prefix}meta"))
         if meta is None:
-            return cls(prefix, decode_snapshot(legacy), 1, raw, legacy is not None)
+            old = decode_snapshot(legacy)
+            return cls(prefix, None if old is None else gate_snapshot(old), 1, raw, legacy is not None)
         snap: Snapshot = {}
         for key, value in raw.items():
             if key.startswith(f"{prefix}shard/"):
                 snap.update(decode_snapshot(value) or {})
-        return cls(prefix, snap, meta, raw, legacy is not None)
+        return cls(prefix, gate_snapshot(snap), meta, raw, legacy is not None)
 
     def writes(self, current: Snapshot) -> dict[str, bytes | None]:
         """The state writes that store ``current`` in place of what is stored (``{}`` when unchanged)."""

@@ -24,6 +24,7 @@ import orjson
 from connectors.instantly import api
 from connectors.instantly import normalize as n
 from connectors.instantly.redact import header_names, redact_api_key, redact_record, redact_webhook
+from pipeline.redaction.gate import GateRejected, redact_tree
 from schemas.event import Actor, Event, WorkspaceRef
 
 JSONDict = dict[str, Any]
@@ -246,10 +247,37 @@ KINDS: dict[str, ResourceKind] = {
 """Snapshot kinds by stream name (the ``streams`` names of the workspace config)."""
 
 
+def _gated(record: JSONDict) -> JSONDict | None:
+    """``record`` after the publish gate's passes (name, value, shape, URL): what its events will hold.
+
+    ``None`` when the gate refuses it (nested deeper than the gate allows).
+    """
+    try:
+        out = redact_tree(record)
+    except GateRejected:
+        return None
+    return out if isinstance(out, dict) else None
+
+
+def gate_snapshot(snapshot: Snapshot) -> Snapshot:
+    """A stored snapshot passed through the publish gate again, so it compares with a new one record by record.
+
+    Snapshots stored by older versions hold records redacted by name only (a URL with userinfo, a
+    presigned link, a bearer token in a name); re-gating them on load keeps the first poll after
+    an upgrade from reporting those fields as changed. The gate is idempotent: an already gated
+    record comes back equal.
+    """
+    return {rid: g for rid, rec in snapshot.items() if (g := _gated(rec)) is not None}
+
+
 # ------------------------------------------------------------------------------------- public
 def build_snapshot(stream: str, records: Iterable[Mapping[str, Any]]) -> tuple[Snapshot, int]:
     """Redact ``records`` and key them by id (accounts: lower-cased email); return (snapshot, number of
-    records without one)."""
+    records without one, or that the gate refuses).
+
+    Each record takes its kind's redaction, then the publish gate's passes
+    (:func:`pipeline.redaction.gate.redact_tree`): the state store holds exactly what the events hold.
+    """
     kind = KINDS[stream]
     snap: Snapshot = {}
     skipped = 0
@@ -258,7 +286,11 @@ def build_snapshot(stream: str, records: Iterable[Mapping[str, Any]]) -> tuple[S
         if not isinstance(rid, str | int) or isinstance(rid, bool) or rid == "":
             skipped += 1
             continue
-        snap[str(rid)] = kind.redact(record)
+        gated = _gated(kind.redact(record))
+        if gated is None:
+            skipped += 1
+            continue
+        snap[str(rid)] = gated
     return snap, skipped
 
 

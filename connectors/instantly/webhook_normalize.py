@@ -31,6 +31,7 @@ import orjson
 
 from pipeline.clock import format_time, parse_time
 from pipeline.errors import WebhookRejected
+from pipeline.redaction.text import redact_text
 from pipeline.sources.webhook.dedup import body_digest as body_digest  # the idempotency key of a delivery
 from schemas.event import Event, Source, Target, WorkspaceRef, slug
 from schemas.secret_names import HEADERS_NAME, is_secret_name
@@ -165,10 +166,17 @@ def event_time(value: Any) -> str | None:
 def event_type_for(label: str) -> str:
     """The event type of a payload ``event_type``: ``webhook_delivery.<name>`` for a documented one
     (the subscription name ``email_link_clicked`` gives the delivered name's type, ``link_clicked``),
-    else ``webhook_delivery.label.<slug>`` (:func:`label_slug`)."""
+    else ``webhook_delivery.label.<slug>`` (:func:`label_slug`).
+
+    A label the text redaction changes (a registered secret, ``token=…``, a bearer token, a URL)
+    becomes ``webhook_delivery.label.redacted_<hash>``: its slug would carry the secret past the
+    gate, which never rewrites a type. The hash still tells one such label from another."""
     name = EVENT_TYPE_ALIASES.get(label, label)
     if name in KNOWN_EVENT_TYPES:
         return f"{TYPE_PREFIX}.{name}"
+    if redact_text(label) != label:
+        digest = hashlib.sha256(label.encode("utf-8", "surrogatepass")).hexdigest()[:LABEL_HASH_CHARS]
+        return f"{LABEL_PREFIX}.redacted_{digest}"
     return f"{LABEL_PREFIX}.{label_slug(label)}"
 
 

@@ -43,7 +43,7 @@ from pipeline.config.loader import load_config, resolve_under
 from pipeline.config.model import PipelineConfig
 from pipeline.errors import ConfigError, SourceError
 from pipeline.observability.logs import register_secret
-from pipeline.redaction.text import replace_registered
+from pipeline.redaction.text import redact_text, replace_registered
 from schemas.alert import Severity, severity_rank
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_FAILED = Exit.OK, Exit.FINDINGS, Exit.USAGE, Exit.INCOMPLETE
@@ -172,9 +172,10 @@ def judge(hook: dict[str, Any], expected: dict[tuple[str, str], str]) -> HookRep
     """The findings of one Webhook object."""
     attrs = webhook_attributes(hook)
     target = attrs.get("target_hook_url")
+    name = attrs.get("name")
     rep = HookReport(
         id=str(hook.get("id")),
-        name=attrs.get("name"),
+        name=redact_text(name) if isinstance(name, str) else name,  # a name may quote a hook URL or a token
         target=redact_url(target) if target else None,
         url_scheme=attrs.get("url_scheme"),
         header_names=list(attrs.get("header_names") or []),

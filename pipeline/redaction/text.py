@@ -36,8 +36,10 @@ _SCHEME = re.compile(
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 _UUID_VALUE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(?![^\s\"',;&}])"
 _ASSIGNED = re.compile(
-    r"(?i)((?:api[-_ ]?key|x-api-key|access[-_ ]?key|secret[-_ ]?key|private[-_ ]?key|(?P<bare>key)|token|secret"
-    r"|password|passwd|pwd|passphrase|credentials?|authorization|cookie|sig|signature)[\"']?\s*[:=]\s*[\"']?)"
+    # no plural ``api_keys:``/``tokens:``: Instantly scopes (``api_keys:read``, ``security_tokens:all``) read so
+    r"(?i)((?:api[-_ ]?key|x-api-key|access[-_ ]?key|secret[-_ ]?key|private[-_ ]?key|(?P<bare>key)|token|secrets?"
+    r"|passwords?|passwd|pwd|passphrase|passcode|credentials?|authorization|cookie|sig|signature"
+    r"|(?<![A-Za-z0-9])(?:pass|pw|session))[\"']?\s*[:=]\s*[\"']?)"
     rf"(?(bare)(?!{_UUID_VALUE}))"  # a bare ``key:<uuid>`` names a key by its id (an alert's dedup key): kept
     r"(?!<redacted>|sha256:)([^\s\"',;&}]{4,})"
 )
@@ -46,6 +48,13 @@ _NEAR_WORD = re.compile(
     r"(?![0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b)"  # a key *id* (uuid) stays readable
     r"(?=[A-Za-z0-9+/=_-]*[0-9])(?=[A-Za-z0-9+/=_-]*[A-Za-z])([A-Za-z0-9+/=_-]{16,})"
 )
+_PASS_NEAR = re.compile(
+    r"(?i)(?<![A-Za-z0-9])(pass(?:word|wd|code|phrase)?|pw|pwd)(\s+(?:(?:is|was|to|now|(?:set|reset|changed)\s+to)\s+)?)"
+    r"(?!<redacted>|sha256:)(?=\S*[0-9!@#$%^&*])(?=\S*[A-Za-z])([^\s\"',;]{8,})"
+)
+"""``reset smtp pass to Hunter2!x``, ``pass CNRYabc123``: a password named in prose, shorter than
+:data:`_NEAR_WORD` needs, when it has 8 or more characters, a letter and a digit or a symbol
+(``pass to the next step``, ``pass 2 tests`` stay readable)."""
 _PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(-----END [A-Z ]*PRIVATE KEY-----|$)")
 CLEAN_CHARS = "0123456789abcdefABCDEF-:.TZ+ "
 """Ids, uuids, timestamps and IP addresses are made of these alone (no shape can hide in them)."""
@@ -72,11 +81,12 @@ def replace_registered(text: str, *, fingerprint: bool = True) -> str:
 
 
 _TRIGGERS = (
-    "key", "token", "secret", "pass", "pwd", "credential", "authoriz", "cookie", "sig",
+    "key", "token", "secret", "pass", "pw", "session", "credential", "authoriz", "cookie", "sig",
     "bearer", "basic", "digest", "negotiate",
 )  # fmt: skip
 """Lower-case words one of which every match of ``_SCHEME``, ``_ASSIGNED`` and ``_NEAR_WORD`` contains
-(``pass`` covers password/passwd/passphrase, ``key`` apikey and every ``*key``, ``sig`` signature)."""
+(``pass`` covers password/passwd/passphrase/passcode, ``pw`` pwd, ``key`` apikey and every ``*key``,
+``sig`` signature)."""
 
 
 def _no_trigger(text: str) -> bool:
@@ -117,6 +127,7 @@ def _all_shapes(text: str) -> str:
     for shape in registry.shapes():
         text = shape.pattern.sub(functools.partial(_shape_sub, shape), text)
     text = _ASSIGNED.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
+    text = _PASS_NEAR.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
     return _NEAR_WORD.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
 
 

@@ -207,3 +207,21 @@ def test_help_states_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
         parser().parse_args(["webhooks", "check", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "Exit 0: no finding at or above --fail-on; 1: some finding is;" in text and "1: API failure" not in text
+
+
+@pytest.mark.parametrize("fmt", ["json", "table"])
+async def test_a_webhook_name_quoting_a_hook_url_or_a_token_is_redacted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    async with InstantlySimulator() as sim:
+        ws = sim.add_workspace("Acme Outreach")
+        key = sim.add_api_key(ws.id)
+        name = "zap https://hooks.zapier.com/hooks/catch/1/CNRYzap04/ Bearer CNRYbearer05xyz token=CNRYtok06"
+        sim.state.create_webhook(ws.id, "https://hooks.acme.example/hooks/crm", fields={"name": name})
+        monkeypatch.setenv("SIM_KEY", key.key)
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(
+            f"workspaces:\n  acme:\n    api_key: ${{SIM_KEY}}\n    base_url: {sim.url}\n    max_retries: 0\n"
+        )
+        _, out = await run(["webhooks", "check", "--config", str(cfg), "--format", fmt], capsys)
+    assert "hooks.zapier.com" in out and "CNRY" not in out

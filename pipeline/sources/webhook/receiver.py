@@ -67,7 +67,7 @@ from pipeline.observability.latency import source_time_header
 from pipeline.observability.logs import get_logger, redact_text, register_secret
 from pipeline.observability.metrics import ID, KIND, SOURCE, TYPE, WORKSPACE_ID
 from pipeline.observability.telemetry import Telemetry, get_telemetry
-from pipeline.redaction.gate import gated_event_bytes
+from pipeline.redaction.gate import GateRejected, gated_event_bytes, redact_tree
 from pipeline.sources.webhook.access_log import install_access_log_filter
 from pipeline.sources.webhook.admission import (
     Address,
@@ -531,12 +531,26 @@ class WebhookReceiver:
         return n < per_window
 
 
+def redacted_body(body: bytes) -> bytes:
+    """``body`` as a dead letter may keep it.
+
+    A JSON body is parsed and takes the publish gate's passes on its tree
+    (:func:`pipeline.redaction.gate.redact_tree`: a secret-named field loses its whole value, as in
+    an event), then is serialised again; only a body that is not JSON (or that the gate refuses as
+    too deep) falls back to the text redaction, which sees assignments and shapes, not field names.
+    """
+    try:
+        return orjson.dumps(redact_tree(orjson.loads(body)))
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError, GateRejected, RecursionError):
+        return redact_text(body.decode("utf-8", "replace")).encode()
+
+
 def delivery_letter(
     source: str, kind: WebhookKind, workspace: WorkspaceRef, body: bytes, rej: WebhookRejected, failed_at: str
 ) -> deadletter.DeadLetter:
     """The dead letter of an authenticated body that is no valid delivery of ``source``: the body
     redacted (not kept above :data:`MAX_LETTER_BODY` bytes), the reason, never a header."""
-    kept = redact_text(body.decode("utf-8", "replace")).encode() if len(body) <= MAX_LETTER_BODY else None
+    kept = redacted_body(body) if len(body) <= MAX_LETTER_BODY else None
     return deadletter.build(
         stage="source", component=source, component_type=kind.component_type, reason=rej.reason,
         error=f"{rej.reason}: {rej}" + ("" if kept is not None else f" (body of {len(body):,} bytes not kept)"),
