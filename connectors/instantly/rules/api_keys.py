@@ -94,6 +94,7 @@ class _ScopeRule(CatalogRule[KeyAllowParams]):
         key, name = f"key:{kid}", target_name(event)
         ent = (key_entity(kid, name),)
         if event.type == "api_key.deleted":
+            self._forget(ctx, kid)
             if ctx.is_open(key):
                 return (resolved(key, f"API key {key_label(kid, name)} was deleted", event_id=event.id, entities=ent),)
             return ()
@@ -103,11 +104,22 @@ class _ScopeRule(CatalogRule[KeyAllowParams]):
         bad = [] if kid in self.params.allowed_keys or name in self.params.allowed_keys else self.risky(scopes)
         if bad:
             summary = f"API key {key_label(kid, name)} has {self.what}: {', '.join(bad)}"
-            return (
-                Finding(
-                    key, summary, ent, event.id, resolvable=True, attributes={"scopes": scopes, "risky_scopes": bad}
-                ),
+            main = Finding(
+                key, summary, ent, event.id, resolvable=True, attributes={"scopes": scopes, "risky_scopes": bad}
             )
+            seen = ctx.state.data.get("risky") or {}
+            before = seen.get(kid)
+            if before is not None and set(before) >= set(bad):
+                return (main,)
+            _remember(ctx.data.setdefault("risky", {}), kid, sorted(set(bad) | set(before or ())))
+            added = sorted(set(bad) - set(before or ()))
+            if before is None or not ctx.is_open(key):
+                return (main,)
+            # The open alert is suppressed for the window: announce the escalation as its own alert.
+            grown = f"API key {key_label(kid, name)} gained {self.what}: {', '.join(added)} (now {', '.join(bad)})"
+            attrs = {"scopes": scopes, "risky_scopes": bad, "added_scopes": added}
+            return (main, Finding(f"grew:{kid}:{','.join(added)}", grown, ent, event.id, attributes=attrs))
+        self._forget(ctx, kid)
         if ctx.is_open(key):
             return (
                 resolved(
@@ -116,12 +128,18 @@ class _ScopeRule(CatalogRule[KeyAllowParams]):
             )
         return ()
 
+    @staticmethod
+    def _forget(ctx: RuleContext, kid: str) -> None:
+        seen = ctx.state.data.get("risky")
+        if seen and kid in seen:
+            del ctx.data["risky"][kid]
+
 
 class AllScopeKeyRule(_ScopeRule):
     """``api_key.all_scope``: a key with ``all:all`` (also on the baseline)."""
 
     meta = RuleMeta(
-        id="api_key.all_scope", title="API key with all:all scope", severity="critical", version=2,
+        id="api_key.all_scope", title="API key with all:all scope", severity="critical", version=3,
         attack=("T1098.001", "T1078.004"), basic=Basic.NO_ALL_ALL, event_types=("api_key.*",), suppress_secs=DAY,
         runbook=(
             "1. Find who owns the key (name, creation time, audit log 'API key created').\n"
@@ -151,7 +169,7 @@ class BroadScopeKeyRule(_ScopeRule):
     """
 
     meta = RuleMeta(
-        id="api_key.broad_scope", title="API key with broad scopes", severity="high", version=2,
+        id="api_key.broad_scope", title="API key with broad scopes", severity="high", version=3,
         attack=("T1098.001",), basic=Basic.SCOPED_KEYS, event_types=("api_key.*",), suppress_secs=DAY,
         runbook=(
             "1. List what the integration behind the key really calls.\n"
