@@ -74,7 +74,7 @@ def test_every_exported_file_is_a_valid_sigma_rule(exported: Path) -> None:
             if isinstance(r, SigmaRule):
                 assert r.logsource.product == "instantly" and r.logsource.service == "audit"
     parsed = list(SigmaCollection.load_ruleset([str(f) for f in files]))
-    assert sum(isinstance(r, SigmaCorrelationRule) for r in parsed) == 2
+    assert sum(isinstance(r, SigmaCorrelationRule) for r in parsed) == 3
     issues = SigmaValidator(OFFLINE_VALIDATORS).validate_rules(iter(parsed))  # type: ignore[arg-type]
     assert issues == []
 
