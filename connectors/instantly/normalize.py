@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from connectors.instantly.api import AUDIT_LOGS
 from connectors.instantly.audit_codes import describe_activity
-from connectors.instantly.redact import header_names, redact_record
+from connectors.instantly.redact import header_names, redact_record, set_header_names
 from pipeline.clock import format_time, parse_time
 from pipeline.errors import NormalizeError
 from schemas.event import Actor, Change, Event, Source, Target, WorkspaceRef
@@ -257,12 +257,14 @@ def webhook_attributes(r: Mapping[str, Any]) -> JSONDict:
         except ValueError:
             scheme = None
     names = header_names(r.get("headers"))
+    set_names = set_header_names(r.get("headers"))
     return {
         "name": _str(r.get("name")),
         "target_hook_url": url,
         "url_scheme": scheme,
         "header_names": names,
-        "has_auth_header": has_auth_header(names),
+        "has_auth_header": has_auth_header(set_names),
+        "empty_header_names": sorted(set(names) - set(set_names)),
         "status": r.get("status") if isinstance(r.get("status"), int | float) else None,
         "event_type": _str(r.get("event_type")),
         "campaign": _str(r.get("campaign")),

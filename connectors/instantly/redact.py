@@ -1,7 +1,10 @@
 """Remove secrets from Instantly records before they reach an event, a snapshot, a log or the bus.
 
 * An API key's ``key`` becomes its fingerprint ``sha256:<8 hex>`` (:func:`schemas.ids.fingerprint_secret`).
-* Webhook ``headers`` keep their names; every value becomes ``"<redacted>"``.
+* Webhook ``headers`` keep their names; every value becomes ``"<redacted>"``, except an empty one
+  (``null`` or only whitespace), which becomes :data:`EMPTY_HEADER`, the fingerprint of the empty
+  string: whether a header is set is not a secret, the snapshot diff must see an ``Authorization``
+  header emptied, and a fingerprint is still a redacted value to Event v1 and the publish gate.
 * Any field whose name looks secret (:mod:`schemas.secret_names`: ``password``, ``accessToken``,
   ``x-api-key``, ``*_key``, ...) becomes ``"<redacted>"`` at any depth — the rule the JSON Schemas
   and the publish gate (:mod:`pipeline.redaction.gate`) apply.
@@ -25,6 +28,8 @@ from schemas.ids import fingerprint_secret
 from schemas.secret_names import HEADERS_NAME, SECRET_NAME, is_secret_name
 
 REDACTED = "<redacted>"
+EMPTY_HEADER = fingerprint_secret("")
+"""A header value that was empty (``sha256:e3b0c442``)."""
 
 SECRET_FIELD = SECRET_NAME
 """Field names whose values are secrets: the one name rule (:mod:`schemas.secret_names`)."""
@@ -48,10 +53,22 @@ def fingerprint(value: Any) -> str | None:
 
 
 def redact_headers(headers: Any) -> dict[str, str] | None:
-    """Keep header names, replace every value with ``<redacted>``; non-objects become ``None``."""
+    """Keep header names, replace every set value with ``<redacted>`` and an empty one (``None``, ``""``,
+    whitespace) with :data:`EMPTY_HEADER`; non-objects become ``None``."""
     if not isinstance(headers, Mapping):
         return None
-    return {str(name): REDACTED for name in headers}
+    return {str(name): EMPTY_HEADER if _empty(value) else REDACTED for name, value in headers.items()}
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == EMPTY_HEADER or (isinstance(value, str) and not value.strip())
+
+
+def set_header_names(headers: Any) -> list[str]:
+    """The sorted names of the headers with a value (raw or redacted headers object)."""
+    if not isinstance(headers, Mapping):
+        return []
+    return sorted(str(name) for name, value in headers.items() if not _empty(value))
 
 
 def header_names(headers: Any) -> list[str]:

@@ -23,7 +23,7 @@ import orjson
 
 from connectors.instantly import api
 from connectors.instantly import normalize as n
-from connectors.instantly.redact import header_names, redact_api_key, redact_record, redact_webhook
+from connectors.instantly.redact import header_names, redact_api_key, redact_record, redact_webhook, set_header_names
 from pipeline.redaction.gate import GateRejected, redact_tree
 from schemas.event import Actor, Event, WorkspaceRef
 
@@ -121,8 +121,12 @@ def _webhook_changes(b: JSONDict, a: JSONDict, fields: frozenset[str]) -> list[C
         out.append(("status_changed", status_fields, {"previous_status": old, "status_change": kind}))
         used |= set(status_fields)
     old_names, new_names = set(header_names(b.get("headers"))), set(header_names(a.get("headers")))
-    if old_names != new_names:
-        out.append(("headers_changed", ("headers",), _delta("header_names", old_names, new_names)))
+    old_set, new_set = set(set_header_names(b.get("headers"))), set(set_header_names(a.get("headers")))
+    if old_names != new_names or old_set != new_set:
+        delta = _delta("header_names", old_names, new_names)
+        delta["header_values_emptied"] = sorted((old_set - new_set) & new_names)
+        delta["header_values_set"] = sorted((new_set - old_set) & old_names)
+        out.append(("headers_changed", ("headers",), delta))
     return out + _rest(fields, used)
 
 

@@ -49,7 +49,8 @@ from schemas.ids import deterministic_id
 AUDIT_CODES: dict[str, int] = {
     "audit.user_login": 1, "audit.lead_deleted": 2, "audit.campaign_deleted": 3, "audit.webhook_created": 18,
     "audit.webhook_marked_error": 20,
-    "audit.webhook_resumed": 21, "audit.mfa_totp_enabled": 23, "audit.mfa_totp_disabled": 26,
+    "audit.webhook_resumed": 21, "audit.mfa_totp_enabled": 23, "audit.mfa_totp_replacement_started": 24,
+    "audit.mfa_totp_replaced": 25, "audit.mfa_totp_disabled": 26,
     "audit.mfa_recovery_codes_generated": 27, "audit.mfa_recovery_code_used": 28, "audit.mfa_challenge_failed": 29,
     "audit.mfa_challenge_failed_too_many": 30, "audit.mfa_login_succeeded": 31, "audit.lead_exported": 34,
     "audit.api_key_created": 37, "audit.api_key_deleted": 38,

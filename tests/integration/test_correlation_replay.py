@@ -26,6 +26,7 @@ CORRELATIONS = (
     "corr.privilege_grant_burst",
     "corr.new_key_new_ip",
     "corr.lead_export_spread",
+    "corr.block_list_emptied",
 )
 RULES_CFG: dict[str, Any] = {"defaults": {"enabled": False}, **{r: {"enabled": True} for r in CORRELATIONS}}
 
@@ -58,6 +59,9 @@ def scenario() -> list[Event]:
           for i in range(3)],
         *[(400 + i * 60, "audit.lead_exported", {"actor": {"user_id": "u4"}, "attributes": {"list_id": "l0"}})
           for i in range(3)],
+        # the block list emptied: ten entries removed within a minute
+        *[(500 + i, "block_list.entry_removed", {"attributes": {"value": f"d{i}.example", "is_domain": True}})
+          for i in range(10)],
         # later activity: event time passes every window + grace
         (26 * 3600, "audit.user_login", {"actor": {"user_id": "u5"}}),
     ]  # fmt: skip
@@ -105,6 +109,7 @@ def test_shipped_correlations_fire_live_and_replay_agrees(
         ("corr.privilege_grant_burst", "corr.privilege_grant_burst:ws-1:boss"),
         ("corr.new_key_new_ip", "corr.new_key_new_ip:ws-1:k9"),
         ("corr.lead_export_spread", "corr.lead_export_spread:ws-1:u3"),
+        ("corr.block_list_emptied", "corr.block_list_emptied:ws-1:ws-1"),
     ])  # fmt: skip
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"bus": bus_cfg, "rules": RULES_CFG}))

@@ -10,10 +10,12 @@ from connectors.instantly.redact import (
     REDACTED,
     header_names,
     redact_api_key,
+    redact_headers,
     redact_record,
     redact_url,
     redact_webhook,
     scrub_text,
+    set_header_names,
 )
 from schemas.event import Event, Source, WorkspaceRef
 from schemas.ids import fingerprint_secret
@@ -60,6 +62,15 @@ def test_webhook_headers_keep_names_only() -> None:
     assert header_names(out["headers"]) == ["Authorization"]
     assert b"dXNlcm5hbWU6cGFzc3dvcmQ=" not in orjson.dumps(out)
     assert schema_errors("event", event_with_raw(out)) == []
+
+
+def test_empty_webhook_header_values_become_null() -> None:
+    """An empty (or whitespace) header value is the empty string's fingerprint, not ``<redacted>``: the
+    snapshot diff sees it emptied, and it is still a redacted value (idempotent)."""
+    e = fingerprint_secret("")
+    out = redact_headers({"Authorization": "", "X-A": "  ", "X-B": None, "X-C": "s3cret"})
+    assert out == {"Authorization": e, "X-A": e, "X-B": e, "X-C": REDACTED}
+    assert redact_headers(out) == out and set_header_names(out) == ["X-C"]
 
 
 def test_secret_fields_at_any_depth() -> None:

@@ -163,6 +163,20 @@ def test_webhook_headers_changed_names_only() -> None:
     assert gone.attributes["header_names_removed"] == ["Authorization"] and gone.attributes["has_auth_header"] is False
 
 
+def test_webhook_auth_header_emptied_is_a_change() -> None:
+    """Emptying the Authorization value (the name stays) is ``headers_changed`` with no auth header;
+    whether a value is set is recorded, never the value; setting it again is a change back."""
+    h = items("webhooks.list.json")[0]
+    emptied = {**h, "headers": {"Authorization": ""}}
+    ev = one(diff("webhooks", [h], [emptied]), "webhook.headers_changed")
+    assert ev.attributes["header_values_emptied"] == ["Authorization"] and ev.attributes["has_auth_header"] is False
+    assert ev.attributes["empty_header_names"] == ["Authorization"] and b"dXNlcm5h" not in ev.to_json()
+    spaces = {**h, "headers": {"Authorization": "  "}}
+    assert not [e for e in diff("webhooks", [emptied], [spaces]) if e.type == "webhook.headers_changed"]
+    back = one(diff("webhooks", [emptied], [h]), "webhook.headers_changed")
+    assert back.attributes["header_values_set"] == ["Authorization"] and back.attributes["has_auth_header"] is True
+
+
 # ----------------------------------------------------------------------------------- workspace
 def test_workspace_changes() -> None:
     """Owner, plan, removal scheduling and white-label domain changes each get their event."""

@@ -75,7 +75,7 @@ def test_all_problems_are_reported_together() -> None:
 def test_empty_config_enables_every_built_in_rule() -> None:
     """No config: the 37 built-in rules (Python, YAML and correlation) run with their defaults."""
     rs = parse_rules_config(None)
-    assert len(rs.enabled) == 37 and {r.meta.kind for r in rs.rules} == {"python", "yaml"}
+    assert len(rs.enabled) == 39 and {r.meta.kind for r in rs.rules} == {"python", "yaml"}
     stale = rs.get("api_key.stale")
     assert stale is not None and isinstance(stale.params, StaleParams) and stale.params.key_max_age_days == 90
 

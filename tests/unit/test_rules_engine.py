@@ -423,7 +423,7 @@ def test_login_fast_path_agrees_with_the_stored_state(steps: list[tuple[str, str
         assert [x.to_json() for x in ra.alerts] == [x.to_json() for x in rb.alerts]
         assert dict(ra.state) == dict(rb.state)
         items = a.state_items()
-        for st_ in a._store.states.values():
+        for st_ in a._store.for_rule("auth.login_new_ip"):
             for (user_, ip_), seen in st_.cache.items():
                 doc = orjson.loads(items[f"rules/auth.login_new_ip/ws-1/s/{user_}"])
                 assert doc["d"]["ips"][ip_] == seen

@@ -49,7 +49,12 @@ def test_every_exported_file_is_a_valid_sigma_rule(exported: Path) -> None:
     file holds the Sigma correlation (resolved against its base rules) and nothing else alerts."""
     files = sorted(exported.glob("*.yml"))
     ids = {_rule_id(f) for f in files}
-    assert ids >= {"auth.mfa_disabled", "auth.recovery_code_used", "api_key.all_scope", "corr.privilege_grant_burst"}
+    assert ids >= {
+        "workspace_group.change",
+        "auth.recovery_code_used",
+        "api_key.all_scope",
+        "corr.privilege_grant_burst",
+    }
     for f in files:
         coll = SigmaCollection.from_yaml(f.read_text(encoding="utf-8"))
         assert coll.rules and not coll.errors, f.name
@@ -69,7 +74,7 @@ def test_every_exported_file_is_a_valid_sigma_rule(exported: Path) -> None:
             if isinstance(r, SigmaRule):
                 assert r.logsource.product == "instantly" and r.logsource.service == "audit"
     parsed = list(SigmaCollection.load_ruleset([str(f) for f in files]))
-    assert sum(isinstance(r, SigmaCorrelationRule) for r in parsed) == 2
+    assert sum(isinstance(r, SigmaCorrelationRule) for r in parsed) == 3
     issues = SigmaValidator(OFFLINE_VALIDATORS).validate_rules(iter(parsed))  # type: ignore[arg-type]
     assert issues == []
 
@@ -613,7 +618,7 @@ def test_exported_files_are_indented_by_four_spaces(exported: Path) -> None:
     for f in sorted(exported.glob("*.yml")):
         lines = [ln for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
         assert all((len(ln) - len(ln.lstrip(" "))) % 4 == 0 for ln in lines), f.name
-    text = (exported / "auth_mfa_disabled.yml").read_text(encoding="utf-8")
+    text = (exported / "auth_recovery_code_used.yml").read_text(encoding="utf-8")
     assert "\nlogsource:\n    product: instantly\n    service: audit\n" in text
     assert "\nfalsepositives:\n    - " in text and "\ntags:\n    - attack." in text
 

@@ -379,19 +379,23 @@ detection: {selection: {type: webhook.deleted}, condition: selection}
 def test_export_skips_rules_the_configuration_disables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A rule disabled by config was exported as an ordinary (``status: stable``) Sigma rule."""
     cfg = tmp_path / "rules.yaml"
-    cfg.write_text(yaml.safe_dump({"rules": {"auth.mfa_disabled": {"enabled": False}}}), encoding="utf-8")
+    cfg.write_text(yaml.safe_dump({"rules": {"auth.recovery_code_used": {"enabled": False}}}), encoding="utf-8")
     out = tmp_path / "out"
     assert main(["rules", "export", "--format", "sigma", "--output", str(out), "--rules", str(cfg)]) == 0
-    assert not (out / "auth_mfa_disabled.yml").exists()
-    assert "`auth.mfa_disabled`: disabled in this configuration" in (out / "README.md").read_text(encoding="utf-8")
+    assert not (out / "auth_recovery_code_used.yml").exists()
+    assert "`auth.recovery_code_used`: disabled in this configuration" in (out / "README.md").read_text(
+        encoding="utf-8"
+    )
     printed = capsys.readouterr().out
-    assert "skipped auth.mfa_disabled: disabled in this configuration" in printed and "1 of them disabled" in printed
+    assert (
+        "skipped auth.recovery_code_used: disabled in this configuration" in printed and "1 of them disabled" in printed
+    )
     both = tmp_path / "both"
     assert main(["rules", "export", "--format", "sigma", "--output", str(both), "--rules", str(cfg),
                  "--include-disabled"]) == 0  # fmt: skip
-    doc = yaml.safe_load((both / "auth_mfa_disabled.yml").read_text(encoding="utf-8"))
+    doc = yaml.safe_load((both / "auth_recovery_code_used.yml").read_text(encoding="utf-8"))
     assert doc["description"].endswith("Disabled in the exporting configuration.")
-    assert (out / "auth_recovery_code_used.yml").exists()
+    assert (out / "workspace_group_change.yml").exists()
 
 
 # ---- 8. export: two keys that become one ------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from connectors.instantly.rules.accounts import AccountRemovedRule, ReplyRedirectRule, TrackingDomainChangedRule
 from connectors.instantly.rules.api_keys import AllScopeKeyRule, BroadScopeKeyRule, RotationIncompleteRule, StaleKeyRule
-from connectors.instantly.rules.auth import LoginNewIpRule, MfaAttackRule
+from connectors.instantly.rules.auth import LoginNewIpRule, MfaAttackRule, MfaDisabledRule, MfaFactorChangedRule
 from connectors.instantly.rules.blast_radius import UnauditedReachRule
 from connectors.instantly.rules.block_list import (
     EntryRemovedRule,
@@ -36,6 +36,8 @@ RULES = (
     UnauditedReachRule,
     RotationIncompleteRule,
     MfaAttackRule,
+    MfaDisabledRule,
+    MfaFactorChangedRule,
     LoginNewIpRule,
     ProtectedDomainRemovedRule,
     EntryRemovedRule,

@@ -94,6 +94,7 @@ class _ScopeRule(CatalogRule[KeyAllowParams]):
         key, name = f"key:{kid}", target_name(event)
         ent = (key_entity(kid, name),)
         if event.type == "api_key.deleted":
+            self._forget(ctx, kid)
             if ctx.is_open(key):
                 return (resolved(key, f"API key {key_label(kid, name)} was deleted", event_id=event.id, entities=ent),)
             return ()
@@ -103,11 +104,22 @@ class _ScopeRule(CatalogRule[KeyAllowParams]):
         bad = [] if kid in self.params.allowed_keys or name in self.params.allowed_keys else self.risky(scopes)
         if bad:
             summary = f"API key {key_label(kid, name)} has {self.what}: {', '.join(bad)}"
-            return (
-                Finding(
-                    key, summary, ent, event.id, resolvable=True, attributes={"scopes": scopes, "risky_scopes": bad}
-                ),
+            main = Finding(
+                key, summary, ent, event.id, resolvable=True, attributes={"scopes": scopes, "risky_scopes": bad}
             )
+            seen = ctx.state.data.get("risky") or {}
+            before = seen.get(kid)
+            if before is not None and set(before) >= set(bad):
+                return (main,)
+            _remember(ctx.data.setdefault("risky", {}), kid, sorted(set(bad) | set(before or ())))
+            added = sorted(set(bad) - set(before or ()))
+            if before is None or not ctx.is_open(key):
+                return (main,)
+            # The open alert is suppressed for the window: announce the escalation as its own alert.
+            grown = f"API key {key_label(kid, name)} gained {self.what}: {', '.join(added)} (now {', '.join(bad)})"
+            attrs = {"scopes": scopes, "risky_scopes": bad, "added_scopes": added}
+            return (main, Finding(f"grew:{kid}:{','.join(added)}", grown, ent, event.id, attributes=attrs))
+        self._forget(ctx, kid)
         if ctx.is_open(key):
             return (
                 resolved(
@@ -116,12 +128,18 @@ class _ScopeRule(CatalogRule[KeyAllowParams]):
             )
         return ()
 
+    @staticmethod
+    def _forget(ctx: RuleContext, kid: str) -> None:
+        seen = ctx.state.data.get("risky")
+        if seen and kid in seen:
+            del ctx.data["risky"][kid]
+
 
 class AllScopeKeyRule(_ScopeRule):
     """``api_key.all_scope``: a key with ``all:all`` (also on the baseline)."""
 
     meta = RuleMeta(
-        id="api_key.all_scope", title="API key with all:all scope", severity="critical", version=2,
+        id="api_key.all_scope", title="API key with all:all scope", severity="critical", version=3,
         attack=("T1098.001", "T1078.004"), basic=Basic.NO_ALL_ALL, event_types=("api_key.*",), suppress_secs=DAY,
         runbook=(
             "1. Find who owns the key (name, creation time, audit log 'API key created').\n"
@@ -151,7 +169,7 @@ class BroadScopeKeyRule(_ScopeRule):
     """
 
     meta = RuleMeta(
-        id="api_key.broad_scope", title="API key with broad scopes", severity="high", version=2,
+        id="api_key.broad_scope", title="API key with broad scopes", severity="high", version=3,
         attack=("T1098.001",), basic=Basic.SCOPED_KEYS, event_types=("api_key.*",), suppress_secs=DAY,
         runbook=(
             "1. List what the integration behind the key really calls.\n"
@@ -253,6 +271,11 @@ class StaleKeyRule(CatalogRule[StaleParams]):
         ]
 
 
+def _norm_name(name: Any) -> str:
+    """A key name compared for rotation pairing (case and surrounding space ignored; "" when none)."""
+    return name.strip().casefold() if isinstance(name, str) else ""
+
+
 class RotationParams(RuleParams):
     """Options of ``api_key.rotation_incomplete``."""
 
@@ -260,14 +283,15 @@ class RotationParams(RuleParams):
 
 
 class RotationIncompleteRule(CatalogRule[RotationParams]):
-    """``api_key.rotation_incomplete``: a new key repeats an old key's scopes, the old one outlives the grace period."""
+    """``api_key.rotation_incomplete``: a new key repeats an old key's scopes or name (``keys rotate --scopes``
+    narrows the scopes and keeps the name), and the old one outlives the grace period."""
 
     Params = RotationParams
     meta = RuleMeta(
-        id="api_key.rotation_incomplete", title="API key rotation not finished", severity="low",
+        id="api_key.rotation_incomplete", title="API key rotation not finished", severity="low", version=2,
         attack=("T1078.004",), basic=Basic.ROTATION, event_types=("api_key.*",), ticks=True, suppress_secs=7 * DAY,
         runbook=(
-            "A new key with the same scopes was created, but the key it replaces still exists.\n"
+            "A new key with the same scopes or the same name was created, but the key it replaces still exists.\n"
             "1. Confirm every deployment uses the new key (401s after deletion mean one does not).\n"
             "2. Delete the old key (DELETE /api/v2/api-keys/{id})."
         ),
@@ -299,7 +323,12 @@ class RotationIncompleteRule(CatalogRule[RotationParams]):
         created = created_at(event) or (prev[1] if prev else ctx.now)
         _remember(keys, kid, [scopes_sorted, created, target_name(event) or (prev[2] if prev else None)])
         if event.type == "api_key.created" and scopes_sorted is not None:
-            olds = [o for o, (s, c, _) in keys.items() if o != kid and s == scopes_sorted and c <= created]
+            name = _norm_name(target_name(event))
+            olds = [
+                o
+                for o, (s, c, n) in keys.items()
+                if o != kid and c <= created and (s == scopes_sorted or (name and _norm_name(n) == name))
+            ]
             if olds:
                 rot.pop(kid, None)
                 rot[kid] = {"old": olds[-MAX_OLDS:], "t": created}
@@ -332,10 +361,11 @@ class RotationIncompleteRule(CatalogRule[RotationParams]):
                     continue  # not ctx.due(f"old:{o}")
                 reported.add(o)
                 old_name = keys[o][2]
+                how = "same scopes" if keys[o][0] == keys.get(new_id, [None])[0] else "same name"
                 days = (ctx.now - r["t"]) / DAY
                 summary = (
                     f"API key {key_label(o, old_name)} is still present {days:.0f} days after "
-                    f"{key_label(new_id, new_name)} replaced it with the same scopes"
+                    f"{key_label(new_id, new_name)} replaced it ({how})"
                 )
                 ents = (key_entity(o, old_name), key_entity(new_id, new_name))
                 attrs = {"replacement_key_id": new_id, "rotation_started": format_time(r["t"])}

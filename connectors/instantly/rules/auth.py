@@ -1,6 +1,6 @@
-"""Authentication rules from the audit log: MFA attacks and logins from new IPs.
+"""Authentication rules from the audit log: MFA attacks, MFA changes and logins from new IPs.
 
-``auth.mfa_disabled`` and ``auth.recovery_code_used`` are YAML rules (``catalog/builtin.yaml``).
+``auth.recovery_code_used`` is a YAML rule (``builtin.yaml``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pipeline.rules.base import (
     actor_key,
     actor_label,
     forget_quiet,
+    resolved,
 )
 from schemas.alert import Entity
 from schemas.event import Event
@@ -29,6 +30,19 @@ from schemas.event import Event
 MFA_FAILED = 29
 MFA_FAILED_TOO_MANY = 30
 USER_LOGIN = 1
+TOTP_ENABLED = 23
+TOTP_REPLACEMENT_STARTED = 24
+TOTP_REPLACED = 25
+TOTP_DISABLED = 26
+RECOVERY_CODES_GENERATED = 27
+MFA_LOGIN_SUCCEEDED = 31
+LOGIN_CODES = frozenset({USER_LOGIN, MFA_LOGIN_SUCCEEDED})
+"""Audit codes that teach the MFA rules a user's IPs (a completed sign-in)."""
+FACTOR_CHANGES = {
+    TOTP_REPLACEMENT_STARTED: "started replacing their TOTP authenticator",
+    TOTP_REPLACED: "replaced their TOTP authenticator",
+    RECOVERY_CODES_GENERATED: "generated new MFA recovery codes",
+}
 MAX_TRACKED_USERS = 1000
 """Users with recent MFA failures remembered per workspace."""
 REFRESH_SECS = 7 * DAY
@@ -178,3 +192,146 @@ class LoginNewIpRule(CatalogRule[LoginNewIpParams]):
         ents = (Entity("user", user if a is None else a.user_id, a.user_name if a else None), Entity("ip", ip, None))
         return Finding(f"user:{user}:ip:{ip}", summary, ents, event.id,
                        attributes={"ip": ip, "user_agent": ua, "known_ips": known})  # fmt: skip
+
+
+class KnownIpParams(RuleParams):
+    """Options of the MFA rules that judge an event by the user's known sign-in IPs."""
+
+    min_ip_age_secs: float = Field(DAY, ge=0, le=90 * DAY)
+    max_ips_per_user: int = Field(20, ge=1, le=1000)
+    max_users: int = Field(10_000, ge=1, le=1_000_000)
+
+
+class _KnownIpRule(CatalogRule[KnownIpParams]):
+    """Learns each user's sign-in IPs (audit 1 and 31) itself: a rule cannot read another rule's state.
+
+    An IP is *known* for a user when a sign-in from it was seen at least ``min_ip_age_secs``
+    before the reference time (so an attacker's own sign-in minutes before an MFA change does
+    not vouch for it), or when it is inside ``allowlists.ip_networks``. State per workspace: at
+    most ``max_users`` users (least recently active dropped), each with at most
+    ``max_ips_per_user`` IPs and the time each was first seen (the oldest dropped first).
+    """
+
+    Params = KnownIpParams
+
+    def _learn(self, ctx: RuleContext, event: Event) -> None:
+        a = event.actor
+        if a is None or not a.ip or not (user := a.user_id or a.user_name):
+            return
+        known = ctx.state.cache
+        if (user, a.ip) in known:
+            return
+        if "since" not in ctx.state.data:
+            ctx.data["since"] = ctx.now
+        peek = ctx.peek_sub(user)
+        first = None if peek is None else (peek.get("ips") or {}).get(a.ip)
+        if first is not None:  # known, just not cached (after a restart): no state change
+            known[(user, a.ip)] = first
+            return
+        doc = ctx.sub(user)
+        if doc is None:
+            doc = ctx.new_sub(user)
+            for name, old in ctx.trim_subs(self.params.max_users):
+                for ip in old.get("ips") or ():
+                    known.pop((name, ip), None)
+        ips: dict[str, Any] = doc.setdefault("ips", {})
+        ips.setdefault(a.ip, int(ctx.now))
+        known[(user, a.ip)] = ips[a.ip]
+        while len(ips) > self.params.max_ips_per_user:
+            del ips[oldest := next(iter(ips))]
+            known.pop((user, oldest), None)
+
+    def _known(self, ctx: RuleContext, user: str, ip: str, before: float) -> bool:
+        if self.lists.ip_networks and self.lists.ip_trusted(ip):
+            return True
+        doc = ctx.peek_sub(user)
+        first = None if doc is None else (doc.get("ips") or {}).get(ip)
+        return first is not None and first <= before - self.params.min_ip_age_secs
+
+
+class MfaDisabledRule(_KnownIpRule):
+    """``auth.mfa_disabled``: TOTP disabled (audit 26); re-enabling it (23) resolves only from a known IP.
+
+    An attacker who turns MFA off and enrols their own authenticator would otherwise clear the
+    alert themselves: the re-enable resolves only when its IP was known for the user (signed in
+    from at least ``min_ip_age_secs`` before the disable) or is allowlisted; otherwise the alert
+    stays open for a person to close. (Was a YAML rule that any audit 23 resolved.)
+    """
+
+    meta = RuleMeta(
+        id="auth.mfa_disabled", title="MFA (TOTP) disabled", severity="high", attack=("T1556.006",), version=2,
+        basic=Basic.AUDIT_LOGS, event_types=("audit.*",), status="stable",
+        activity_codes=frozenset({TOTP_DISABLED, TOTP_ENABLED, *LOGIN_CODES}),
+        runbook=(
+            "1. Ask the user whether they turned MFA off; an attacker with the password does this first.\n"
+            "2. If not them: reset the password, re-enrol TOTP, and review the audit log since the change.\n"
+            "3. Re-enabling TOTP (audit 23) resolves this alert only from an IP the user signed in from\n"
+            "   before the disable (or an allowlisted network); a re-enrolment from elsewhere keeps it open."
+        ),
+    )  # fmt: skip
+
+    def on_event(self, ctx: RuleContext, event: Event) -> Iterable[Finding]:
+        """Learn sign-in IPs; open on 26; resolve on 23 from a known IP."""
+        code = event.attributes.get("activity_code")
+        if code in LOGIN_CODES:
+            self._learn(ctx, event)
+            return ()
+        a = event.actor
+        key = a.user_id if a is not None and a.user_id else ""
+        ip = a.ip if a is not None else None
+        if code == TOTP_DISABLED:
+            summary = f"MFA (TOTP) was disabled for {actor_label(event)} from {ip}"
+            attrs = {"actor.ip": ip, "actor.user_agent": a.user_agent if a else None,
+                     "actor.via_api": a.via_api if a else None}  # fmt: skip
+            ents = (Entity("user", key or None, a.user_name if a else None), Entity("ip", ip, None))
+            return (Finding(key, summary, ents, event.id, resolvable=True, attributes=attrs),)
+        if code != TOTP_ENABLED or not ctx.is_open(key):
+            return ()
+        since = ctx.open_since(key)
+        if ip and self._known(ctx, key, ip, ctx.now if since is None else since):
+            return (resolved(key, f"Cleared: MFA (TOTP) re-enabled for {actor_label(event)} from known IP {ip}",
+                             event_id=event.id),)  # fmt: skip
+        return ()
+
+
+class MfaFactorChangedRule(_KnownIpRule):
+    """``auth.mfa_factor_changed``: TOTP replaced (24, 25) or recovery codes generated (27) from an unknown IP.
+
+    Someone holding a session who swaps the authenticator or mints recovery codes keeps access
+    past a password reset. Reported when the event's IP is not known for the user (see
+    :class:`_KnownIpRule`); during the first ``min_ip_age_secs`` of a workspace's history
+    nothing is known yet, so nothing is reported then.
+    """
+
+    meta = RuleMeta(
+        id="auth.mfa_factor_changed", title="MFA factor changed from an unknown IP", severity="medium",
+        attack=("T1556.006",), basic=Basic.AUDIT_LOGS, event_types=("audit.*",),
+        activity_codes=frozenset({*FACTOR_CHANGES, *LOGIN_CODES}),
+        runbook=(
+            "1. Ask the user whether they replaced their authenticator or generated recovery codes from this IP.\n"
+            "2. If not them: reset the password, re-enrol TOTP, regenerate recovery codes, end sessions.\n"
+            "3. Add office or VPN ranges to rules.allowlists.ip_networks to silence expected sources."
+        ),
+    )  # fmt: skip
+
+    def on_event(self, ctx: RuleContext, event: Event) -> Iterable[Finding]:
+        """Learn sign-in IPs; report a factor change from an IP not known for the user."""
+        code = event.attributes.get("activity_code")
+        if code in LOGIN_CODES:
+            self._learn(ctx, event)
+            return ()
+        a = event.actor
+        if not isinstance(code, int) or code not in FACTOR_CHANGES or a is None or not a.ip:
+            return ()
+        user = a.user_id or a.user_name
+        since = ctx.state.data.get("since")
+        if not user or since is None or ctx.now - since < self.params.min_ip_age_secs:
+            if "since" not in ctx.state.data:
+                ctx.data["since"] = ctx.now
+            return ()
+        if self._known(ctx, user, a.ip, ctx.now):
+            return ()
+        summary = f"{actor_label(event)} {FACTOR_CHANGES[code]} from {a.ip}, an IP not seen for them"
+        ents = (Entity("user", a.user_id, a.user_name), Entity("ip", a.ip, None))
+        attrs = {"ip": a.ip, "user_agent": a.user_agent, "activity_code": code}
+        return (Finding(f"user:{user}:ip:{a.ip}", summary, ents, event.id, attributes=attrs),)

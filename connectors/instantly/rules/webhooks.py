@@ -9,6 +9,7 @@ Alerts name the target *host* only: webhook URLs often carry secrets in their pa
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 from connectors.instantly.checklist import Basic
@@ -100,7 +101,7 @@ class InsecureWebhookTargetRule(CatalogRule[RuleParams]):
     meta = RuleMeta(
         id="webhook.insecure_target", title="Webhook sends lead data to an insecure or unknown target",
         severity="medium", attack=("T1020", "T1567"), basic=Basic.WEBHOOK_AUTH, event_types=("webhook.*",),
-        suppress_secs=DAY, version=2,
+        suppress_secs=DAY, version=3,
         runbook=(
             "1. http:// sends lead data and the secret header in clear text: switch the target to https://.\n"
             "2. An unknown host may be exfiltration: check who created or changed the webhook, then either\n"
@@ -121,12 +122,15 @@ class InsecureWebhookTargetRule(CatalogRule[RuleParams]):
             return (resolved(key, f"Webhook {hid} was deleted", event_id=event.id),) if ctx.is_open(key) else ()
         if scheme is None and host is None:
             return ()
+        fresh = self._new_host(ctx, event, hid, host)
         moved = self._moved(ctx, event, hid, host)
         problems = []
         if scheme == "http":
             problems.append("uses plain http://")
         if self.lists.webhook_hosts and host is not None and not self.lists.host_allowed(host):
             problems.append(f"targets {host}, which is not in allowlists.webhook_hosts")
+        if not problems:
+            moved = (*fresh, *moved)
         if problems:
             summary = f"Webhook {hook_label(event, hid)} {' and '.join(problems)}"
             ents = (hook_entity(event, hid), Entity("host", host, None))
@@ -140,6 +144,26 @@ class InsecureWebhookTargetRule(CatalogRule[RuleParams]):
                 ),
             )
         return moved
+
+    def _new_host(self, ctx: RuleContext, event: Event, hid: str, host: str | None) -> tuple[Finding, ...]:
+        """Remember every host the workspace's webhooks targeted (bounded); a webhook *created* (not first
+        seen in a baseline) for a host never seen before is a finding, like a move, when no allowlist is
+        configured (with one, an unlisted host is reported by the main finding)."""
+        if host is None:
+            return ()
+        seen = ctx.state.data.get("hosts")
+        if seen is not None and host in seen:
+            return ()
+        hosts: dict[str, Any] = ctx.data.setdefault("hosts", {})
+        hosts[host] = int(ctx.now)
+        while len(hosts) > MAX_HOOKS:
+            del hosts[next(iter(hosts))]
+        if event.type != "webhook.created" or self.lists.webhook_hosts:
+            return ()
+        label = hook_label(event, hid)
+        summary = f"New webhook {label}: {host} is a host no webhook of this workspace targeted before"
+        return (Finding(f"new:{hid}:{host}", summary, (hook_entity(event, hid), Entity("host", host, None)), event.id,
+                        severity="medium", attributes={"host": host}),)  # fmt: skip
 
     def _moved(self, ctx: RuleContext, event: Event, hid: str, host: str | None) -> tuple[Finding, ...]:
         """Remember each webhook's host (a small document per webhook, bounded); a change of host is a finding."""
