@@ -92,14 +92,15 @@ class PrivilegedMemberRule(CatalogRule[PrivilegedParams]):
 
     The first snapshot counts too: a member who already holds a privileged role or permission
     (``member.baseline``) alerts once — high, or low when the member allowlist names them — and
-    the owner at first sight (``workspace.baseline``) alerts once at low, so the inventory of
-    who holds power starts in the alert stream. Keys match the change alerts', so a later
+    the owner at first sight alerts once at low (``workspace.baseline`` and the owner's own
+    ``member.baseline`` share its key, so a fresh install gets one owner alert, not a high and a
+    low), so the inventory of who holds power starts in the alert stream. Keys match the change alerts', so a later
     grant of the same privilege folds into the same alert within the suppression window.
     """
 
     Params = PrivilegedParams
     meta = RuleMeta(
-        id="member.privileged", title="Workspace member gained privileges", severity="high", version=2,
+        id="member.privileged", title="Workspace member gained privileges", severity="high", version=3,
         attack=("T1098.003",), basic=Basic.MEMBER_ROLES,
         event_types=("member.invited", "member.role_changed", "member.permissions_changed", "workspace.owner_changed",
                      "member.baseline", "workspace.baseline"),
@@ -165,6 +166,12 @@ class PrivilegedMemberRule(CatalogRule[PrivilegedParams]):
         who = email or mid
         note = " (on the member allowlist)" if allowed else ""
         attrs = {"role": role, "baseline": True, "allowlisted": allowed}
+        uid = attr(event, "user_id")
+        if role == "owner" and isinstance(uid, str) and uid:  # the owner at first sight: one low alert, shared
+            # with workspace.baseline's (same key), naming the member (it names the user id only)
+            summary = f"The workspace owner at first sight is {who}"
+            return (Finding(f"owner:{uid}", summary, (Entity("user", uid, email),), event.id, severity="low",
+                            attributes={"new_owner": uid, **attrs}),)  # fmt: skip
         if role in self.params.privileged_roles:
             return (Finding(f"member:{mid}:role:{role}", f"{who} holds the {role} role at first sight{note}", ents,
                             event.id, severity=sev, attributes=attrs),)  # fmt: skip
