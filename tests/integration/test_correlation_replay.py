@@ -73,6 +73,14 @@ async def _live(bus_cfg: dict[str, Any], events: list[Event]) -> list[Alert]:
         async with bus.transaction("corr-test") as tx:
             for e in events:
                 tx.send(EVENTS_TOPIC, e.to_json(), key=b"ws-1", headers=[("event_type", e.type.encode())])
+        # On Kafka a read_committed consumer sees the transaction once the broker wrote its markers,
+        # shortly after the commit returned; run_once reads up to the end offsets it sees at start
+        # (the last stable offset), so wait until they cover the events (missed alerts once, under load).
+        async with bus.consumer([EVENTS_TOPIC], start="earliest") as c:
+            for _ in range(150):
+                if sum((await c.end_offsets()).values()) >= len(events):
+                    break
+                await asyncio.sleep(0.1)
         worker = RulesWorker(bus, RULES_CFG, clock=_Clock(T0 + 26 * 3600))
         await worker.run_once()
         await worker.tick()
