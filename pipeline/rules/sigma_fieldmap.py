@@ -51,8 +51,8 @@ for a copy."""
 Fields = dict[str, list[Any]]
 
 
-def es_fields(doc: Any) -> Fields:
-    """The fields Elasticsearch/OpenSearch index for a document: dotted object paths (a list is its values)."""
+def _leaf_fields(doc: Any, list_suffix: str) -> Fields:
+    """Dotted object paths to the non-null leaf values of ``doc``; a list's items take its name plus ``list_suffix``."""
     out: Fields = {}
 
     def walk(value: Any, name: str) -> None:
@@ -61,30 +61,22 @@ def es_fields(doc: Any) -> Fields:
                 walk(v, f"{name}.{k}" if name else str(k))
         elif isinstance(value, list):
             for v in value:
-                walk(v, name)
+                walk(v, f"{name}{list_suffix}")
         elif value is not None:
             out.setdefault(name, []).append(value)
 
     walk(doc, "")
     return out
+
+
+def es_fields(doc: Any) -> Fields:
+    """The fields Elasticsearch/OpenSearch index for a document: dotted object paths (a list is its values)."""
+    return _leaf_fields(doc, "")
 
 
 def splunk_fields(doc: Any) -> Fields:
     """The fields Splunk extracts from a JSON event (``KV_MODE = json``): dotted paths, ``{}`` after a list."""
-    out: Fields = {}
-
-    def walk(value: Any, name: str) -> None:
-        if isinstance(value, Mapping):
-            for k, v in value.items():
-                walk(v, f"{name}.{k}" if name else str(k))
-        elif isinstance(value, list):
-            for v in value:
-                walk(v, f"{name}{{}}")
-        elif value is not None:
-            out.setdefault(name, []).append(value)
-
-    walk(doc, "")
-    return out
+    return _leaf_fields(doc, "{}")
 
 
 @dataclass(frozen=True, slots=True)
