@@ -116,9 +116,11 @@ def test_shipped_lookup_matches_the_formatter() -> None:
         seen += 1
         row = table[record["type"]]
         assert (row["cim_model"], row["action"]) == (doc["cim_model"], doc["action"]), record["type"]
-        assert (row["object_category"], row["change_type"]) == (
+        assert (row["object_category"], row["change_type"], row["dvc"], row["command"]) == (
             doc.get("object_category", ""),
             doc.get("change_type", ""),
+            doc.get("dvc", ""),
+            doc.get("command", ""),
         )
     assert seen
 
