@@ -1,6 +1,6 @@
 """Format ``splunk`` against Splunk's own CIM data model definitions (Authentication, Change, Alerts).
 
-``tests/data/splunk-cim`` holds the definitions Splunk's CIM compliance tester (pytest-splunk-addon)
+``tests/fixtures/splunk-cim`` holds the definitions Splunk's CIM compliance tester (pytest-splunk-addon)
 checks an add-on against. Every record the pipeline can produce (:mod:`tests.event_corpus`) is
 rendered in format ``splunk``, given the tags the shipped add-on's eventtypes give it, and checked
 in each data model and dataset those tags put it in: every field the model requires is there
@@ -20,7 +20,7 @@ from typing import Any
 from pipeline.formats import to_splunk
 from tests.unit.test_splunk_addon import SOURCETYPE, conf, corpus, event_records, spl_eval, tags
 
-CIM = Path(__file__).resolve().parents[1] / "data" / "splunk-cim"
+CIM = Path(__file__).resolve().parents[1] / "fixtures" / "splunk-cim"
 MODEL_OF_TAG = {"authentication": "Authentication", "change": "Change", "alert": "Alerts"}
 ROOT_CONSTRAINTS = {
     "Authentication": "tag=authentication NOT (action=success user=*$)",
