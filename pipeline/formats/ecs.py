@@ -25,6 +25,10 @@ when that is the same record). ``event.provider`` is
 Whatever ECS has no field for is kept under ``instantly.details`` at its original path (mapped
 ``flattened``/``flat_object`` by the shipped index templates, so stream-specific shapes never
 clash); API key details have explicit fields under ``instantly.api_key.*``. Nothing is dropped.
+Those mappings index every leaf as one term, and Lucene refuses a whole document with a term over
+32,766 UTF-8 bytes ("immense term"): a leftover string longer than :data:`MAX_INDEXED_BYTES` (or a
+list holding one) goes to ``instantly.unindexed`` at the same path instead, mapped ``enabled: false``
+(kept in ``_source``, not searchable, as a keyword past its ``ignore_above``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ from pipeline.formats._common import Activity, Picker, as_dict, classify, owner_
 
 ECS_VERSION = "8.17.0"
 PROVIDER = "instantly-audit"
+MAX_INDEXED_BYTES = 8191
+"""Longest leftover string (UTF-8 bytes) kept under ``instantly.details``: a ``flat_object`` leaf is also indexed
+as ``<path>=<value>``, so this leaves ~24 KB of Lucene's 32,766-byte term limit to the path."""
 
 _CATEGORY: dict[str, list[str]] = {
     "auth": ["authentication"],
@@ -234,9 +241,40 @@ def _owner_change(p: Picker, body: Mapping[str, Any], doc: dict[str, Any], *, ac
 
 def _finish(p: Picker, doc: dict[str, Any]) -> dict[str, Any]:
     rest = p.rest()
+    long = _split_long(rest)
     if rest:
         doc.setdefault("instantly", {})["details"] = rest
+    if long:
+        doc.setdefault("instantly", {})["unindexed"] = long
     return doc
+
+
+def _too_long(value: Any) -> bool:
+    """A string (anywhere in a list or object) too long to be indexed as one term."""
+    if value.__class__ is str:
+        return len(value) > MAX_INDEXED_BYTES // 4 and len(value.encode("utf-8", "surrogatepass")) > MAX_INDEXED_BYTES
+    if isinstance(value, list):
+        return any(_too_long(v) for v in value)
+    if isinstance(value, dict):
+        return any(_too_long(v) for v in value.values())
+    return False
+
+
+def _split_long(node: dict[str, Any]) -> dict[str, Any]:
+    """Move the leaves of ``node`` that :func:`_too_long` finds (a list as a whole) out of it, in place; return
+    them nested as they were. Objects left empty are removed."""
+    moved: dict[str, Any] = {}
+    for key in list(node):
+        value = node[key]
+        if isinstance(value, dict):
+            inner = _split_long(value)
+            if inner:
+                moved[key] = inner
+                if not value:
+                    del node[key]
+        elif _too_long(value):
+            moved[key] = node.pop(key)
+    return moved
 
 
 def _alert(body: dict[str, Any]) -> dict[str, Any]:
