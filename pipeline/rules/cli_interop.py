@@ -1,7 +1,8 @@
 """``instantly-audit rules export|import|coverage``: Sigma out and in, ATT&CK Navigator layer.
 
 * ``rules export --format sigma --output DIR [--rules FILE] [--include-disabled]`` — one
-  ``<rule_id>.yml`` per expressible enabled rule (:func:`~pipeline.rules.sigma.sigma_filename`), plus
+  ``<rule_id>.yml`` per expressible enabled rule (:func:`~pipeline.rules.sigma.sigma_filename`;
+  correlations under ``correlations/``), plus
   ``README.md`` (field mapping, file → rule id, skipped rules and why: disabled rules are skipped
   unless ``--include-disabled``), and the pySigma field mapping pipelines for our ECS and Splunk outputs
   (``instantly_ecs.yaml``, ``instantly_splunk.yaml``: :mod:`pipeline.rules.sigma_fieldmap`);
@@ -75,9 +76,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         docs = [ex.document, *ex.base]
         text = dump_sigma(docs)
         name = sigma_filename(ex.rule_id)
+        if "correlation" in ex.document:  # apart, so that DIR/*.yml is what a backend without correlations converts
+            name = f"{CORRELATIONS_DIR}/{name}"
         if name in written_files:
             print(f"rules export: {ex.rule_id} and {written_files[name]} both map to {name}", file=sys.stderr)
             return EXIT_USAGE
+        (out / name).parent.mkdir(exist_ok=True)
         (out / name).write_text(header + text, encoding="utf-8")
         written.append(ex.rule_id)
         written_files[name] = ex.rule_id
@@ -95,7 +99,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-PIPELINES_NOTE = "For our own outputs use instantly_ecs.yaml or instantly_splunk.yaml beside this file (see README.md)."
+PIPELINES_NOTE = (
+    "For our own outputs use instantly_ecs.yaml or instantly_splunk.yaml in the export directory (see README.md)."
+)
+
+CORRELATIONS_DIR = "correlations"
+"""Where correlation files go under the export directory: Lucene (``sigma convert -t lucene``) converts no
+correlation and sigma-cli stops at the first one, so ``DIR/*.yml`` holds the single-event rules alone."""
 
 
 def _write_pipelines(out: Path) -> list[str]:
@@ -107,6 +117,9 @@ def _write_pipelines(out: Path) -> list[str]:
     for target in TARGETS:
         (out / target.file).write_text(texts[target.file], encoding="utf-8")
         lines.append(f"- `{target.file}`: {target.title}. `{target.usage}`")
+    lines += ["", f"Correlations are under `{CORRELATIONS_DIR}/`: Lucene converts none (sigma-cli stops at the first "
+                  "one, converting nothing), so its command takes `DIR/*.yml`; give a directory (`DIR`) only to a "
+                  "backend that converts correlations, such as `splunk`."]  # fmt: skip
     for target in TARGETS:
         notes = header_notes(texts[target.file])
         if notes:

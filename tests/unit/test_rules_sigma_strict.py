@@ -151,7 +151,7 @@ def test_a_two_operator_correlation_is_skipped_on_export(tmp_path: Path) -> None
                             "rules": [{"name": "c", "types": ["api_key.created"],
                                        "detection": {"s": {"type": "api_key.created"}}}]}}  # fmt: skip
     out = _export(tmp_path, [rule])
-    assert not (out / "custom_range_corr.yml").exists()
+    assert not list(out.rglob("custom_range_corr.yml"))
     assert "`custom.range_corr`: condition" in (out / "README.md").read_text(encoding="utf-8")
 
 
