@@ -392,6 +392,7 @@ def _apply_filters(
     notes: dict[int, str] = {}
     refused: dict[int, str] = {}
     hits = {n: 0 for n, *_ in parsed}
+    other_source: dict[int, list[str]] = {n: [] for n, *_ in parsed}  # named rules of another log source
     for k, (where, doc) in enumerate(docs):
         if not isinstance(doc, Mapping) or any(key in doc for key in ("filter", "correlation", "action")):
             continue
@@ -406,6 +407,8 @@ def _apply_filters(
                 doc = apply_filter(f, doc, n)
                 applied.append(f.title or docs[n][0])
                 hits[n] += 1
+            elif f.refs is not None and names_rule(f.refs, doc):
+                other_source[n].append(f"{where}: {dict(doc.get('logsource') or {})}")
         if id(docs[k][1]) in refused:
             continue
         if applied:
@@ -417,6 +420,11 @@ def _apply_filters(
             notes[id(doc)] = f"rejected: {why}"
         elif hits[n]:
             notes[id(doc)] = f"filter applied to {hits[n]} rule(s)"
+        elif f is not None and other_source[n]:
+            which = "the rule it names" if len(other_source[n]) == 1 else "the rules it names"
+            notes[id(doc)] = (f"rejected: the filter's logsource {dict(f.logsource)} is not that of {which} "
+                              f"({'; '.join(other_source[n])}); pySigma applies a filter only to rules of its "
+                              "log source")  # fmt: skip
         else:
             notes[id(doc)] = ("rejected: the filter applies to no rule of the imported files (import it with "
                               "the rules it filters)")  # fmt: skip

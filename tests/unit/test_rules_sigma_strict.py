@@ -299,6 +299,18 @@ def test_a_filter_for_another_log_source_or_rule_does_not_apply() -> None:
     assert res[0][2] == "imported as sigma.api_key_created" and res[1][2].startswith("rejected")
 
 
+def test_a_filter_naming_a_rule_of_another_log_source_says_so() -> None:
+    """The filter names the rule, but pySigma applies a filter only to rules of its log source: the rejection
+    names that mismatch and the rule, not "applies to no rule of the imported files" (the rule is there)."""
+    other = _filter(["6f3e2987-db24-4c78-a860-b4f4095a7095"], logsource={"product": "windows"})
+    res = import_collection([("r", KEY_RULE), ("f", other)])
+    assert res[0][2] == "imported as sigma.api_key_created"
+    assert res[1][2] == (
+        "rejected: the filter's logsource {'product': 'windows'} is not that of the rule it names "
+        "(r: {'product': 'instantly'}); pySigma applies a filter only to rules of its log source"
+    ), res[1][2]
+
+
 def test_a_filter_that_cannot_be_read_refuses_the_rules_it_names() -> None:
     """Without the filter the rule would match what it excludes: both are rejected, and so is a correlation
     using the rule."""
