@@ -420,7 +420,7 @@ def _apply_filters(
             notes[id(doc)] = f"rejected: {why}"
         elif hits[n]:
             notes[id(doc)] = f"filter applied to {hits[n]} rule(s)"
-        elif f is not None and other_source[n]:
+        elif other_source[n]:
             which = "the rule it names" if len(other_source[n]) == 1 else "the rules it names"
             notes[id(doc)] = (f"rejected: the filter's logsource {dict(f.logsource)} is not that of {which} "
                               f"({'; '.join(other_source[n])}); pySigma applies a filter only to rules of its "
