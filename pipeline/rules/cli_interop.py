@@ -119,7 +119,8 @@ def _write_pipelines(out: Path) -> list[str]:
         lines.append(f"- `{target.file}`: {target.title}. `{target.usage}`")
     lines += ["", f"Correlations are under `{CORRELATIONS_DIR}/`: Lucene converts none (sigma-cli stops at the first "
                   "one, converting nothing), so its command takes `DIR/*.yml`; give a directory (`DIR`) only to a "
-                  "backend that converts correlations, such as `splunk`."]  # fmt: skip
+                  "backend that converts every correlation in it (the Splunk backend has no `temporal_ordered`, "
+                  "ES|QL no `aliases`), else convert the correlation files one by one."]  # fmt: skip
     for target in TARGETS:
         notes = header_notes(texts[target.file])
         if notes:
