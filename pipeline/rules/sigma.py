@@ -72,6 +72,20 @@ def dump_sigma(docs: list[dict[str, Any]]) -> str:
                          default_flow_style=False, explicit_start=len(docs) > 1)  # fmt: skip
 
 
+TITLE_MAX = 256
+"""sigma-detection-rule-schema.json's ``maxLength`` for ``title``; pySigma refuses a longer one."""
+
+
+def sigma_title(title: str) -> str:
+    """``title`` as Sigma takes it: cut to :data:`TITLE_MAX` characters, ending with "…" when cut."""
+    return title if len(title) <= TITLE_MAX else title[: TITLE_MAX - 1].rstrip() + "…"
+
+
+def title_note(title: str) -> str:
+    """What opens a description when :func:`sigma_title` cut the title: the whole title; else nothing."""
+    return f"{' '.join(title.split()).rstrip('.')}. " if len(title) > TITLE_MAX else ""
+
+
 def sigma_id(rule_id: str) -> str:
     """The stable Sigma ``id`` of one of our rules."""
     return str(uuid.uuid5(NAMESPACE, rule_id))
@@ -354,10 +368,11 @@ def export_rule(rule: Rule) -> Exported:
     if meta.basic:
         description += f" Security basic: {meta.basic}."
     doc: dict[str, Any] = {
-        "title": meta.title,
+        "title": sigma_title(meta.title),
         "id": sigma_id(meta.id),
         "status": status if status in SIGMA_STATUSES else "experimental",
-        "description": f"{description}{resolve_note} instantly-audit rule {meta.id} v{meta.version}. {FIELD_NOTE}",
+        "description": f"{title_note(meta.title) if meta.description else ''}{description}{resolve_note} "
+        f"instantly-audit rule {meta.id} v{meta.version}. {FIELD_NOTE}",
         "author": getattr(meta, "author", "") or "instantly-audit",
         "logsource": {"product": PRODUCT, "service": SERVICE},
         "detection": detection,

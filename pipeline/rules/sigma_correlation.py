@@ -52,6 +52,8 @@ from pipeline.rules.sigma import (
     lifecycle_keys,
     rule_id_for,
     sigma_id,
+    sigma_title,
+    title_note,
 )
 from pipeline.rules.sigma_filter import SigmaFilter, applies, apply_filter, named_refs, names_rule, parse_filter
 
@@ -91,10 +93,10 @@ def _entry_doc(spec: CorrelationSpec, entry: EntrySpec, i: int, ref: Rule | None
         title = f"{spec.title}: {entry.name or f'rule {i}'}"
         description = f"{where}; it does not alert on its own."
     doc = {
-        "title": title,
+        "title": sigma_title(title),
         "id": sigma_id(f"{spec.id}#{entry.name or entry.rule or i}"),
         "name": f"{_slug(spec.id)}_{_slug(label)}",
-        "description": description,
+        "description": title_note(title) + description,
         "logsource": {"product": PRODUCT, "service": SERVICE},
         "detection": export_detection(detection, types, list(codes) if codes is not None else None),
     }
@@ -167,10 +169,11 @@ def export_correlation(rule: Rule, rules: Mapping[str, Rule] | None = None) -> E
     meta = rule.meta
     description = (meta.description or meta.title).strip().rstrip(".") + "."
     doc: dict[str, Any] = {
-        "title": meta.title,
+        "title": sigma_title(meta.title),
         "id": sigma_id(rid),
         "status": meta.status,
-        "description": f"{description} instantly-audit correlation {rid} v{meta.version}.",
+        "description": f"{title_note(meta.title) if meta.description else ''}{description} "
+        f"instantly-audit correlation {rid} v{meta.version}.",
         "author": meta.author or "instantly-audit",
         **({"references": list(dict.fromkeys(meta.references))} if meta.references else {}),
         **({"generate": True} if generate else {}),

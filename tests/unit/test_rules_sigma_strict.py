@@ -551,3 +551,27 @@ def test_regexes_re2_refuses_with_or_without_google_re2(monkeypatch: pytest.Monk
         else:
             with pytest.raises(SigmaImportError, match="RE2, pySigma's regex engine, cannot compile"):
                 import_rule(doc)
+
+
+def test_a_long_title_is_cut_to_what_sigma_allows(tmp_path: Path) -> None:
+    """sigma-detection-rule-schema.json and pySigma cap ``title`` at 256 characters (pySigma refuses the
+    file: "Sigma rule title length must not exceed 256 characters"). A longer title of ours, and the title of
+    a correlation's base rules (``<correlation title>: <entry>``), is cut to 256 with "…"; the full title
+    opens the description."""
+    long = "Key created from an unexpected network by someone " * 6
+    single = {"id": "custom.long_single", "title": long, "severity": "low", "types": ["audit.*"],
+              "detection": {"s": {"actor.ip": "1.2.3.4"}, "condition": "s"}}  # fmt: skip
+    entry = {"name": "created_somewhere", "types": ["audit.*"], "detection": {"s": {"actor.ip": "1.2.3.4"}}}
+    corr = {"id": "custom.long_corr", "title": long[:250], "severity": "medium",
+            "correlation": {"type": "event_count", "group-by": ["actor.user_id"], "timespan": "1h",
+                            "condition": {"gte": 2}, "rules": [entry]}}  # fmt: skip
+    out = _export(tmp_path, [single, corr])
+    for f in (out / "custom_long_single.yml", out / "correlations" / "custom_long_corr.yml"):
+        text = f.read_text(encoding="utf-8")
+        coll = SigmaCollection.from_yaml(text, collect_errors=True)
+        assert not coll.errors and not any(r.errors for r in coll.rules), (f.name, coll.errors)
+        for doc in yaml.safe_load_all(text):
+            assert len(doc["title"]) <= 256, (f.name, len(doc["title"]))
+    (doc,) = yaml.safe_load_all((out / "custom_long_single.yml").read_text(encoding="utf-8"))
+    assert len(doc["title"]) == 256 and doc["title"].endswith("…") and long.startswith(doc["title"][:-1])
+    assert doc["description"].startswith(f"{long.strip()}.")
