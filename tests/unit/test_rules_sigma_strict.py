@@ -3,12 +3,14 @@ refused with a one-line reason naming the construct (never silently read another
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from jsonschema import Draft202012Validator
 from sigma.collection import SigmaCollection
 from sigma.rule import SigmaRule
 
@@ -575,3 +577,45 @@ def test_a_long_title_is_cut_to_what_sigma_allows(tmp_path: Path) -> None:
     (doc,) = yaml.safe_load_all((out / "custom_long_single.yml").read_text(encoding="utf-8"))
     assert len(doc["title"]) == 256 and doc["title"].endswith("…") and long.startswith(doc["title"][:-1])
     assert doc["description"].startswith(f"{long.strip()}.")
+
+
+SPEC_SCHEMAS = Path(__file__).resolve().parents[1] / "fixtures" / "sigma-specification"
+
+
+def test_every_exported_document_passes_the_specification_json_schemas(tmp_path: Path) -> None:
+    """The shipped pack and user rules using every exportable feature (lists of mappings with null, regex
+    flags, cidr, exists, numbers, related, fields, a long title, disabled rules, the four correlation types
+    with aliases) export to documents the specification's own JSON schemas accept (detection rules and
+    correlations; tests/fixtures/sigma-specification)."""
+    schemas = {kind: json.loads((SPEC_SCHEMAS / f"sigma-{kind}-schema.json").read_text(encoding="utf-8"))
+               for kind in ("detection-rule", "correlation-rules")}  # fmt: skip
+    check = {kind: Draft202012Validator(s, format_checker=Draft202012Validator.FORMAT_CHECKER)
+             for kind, s in schemas.items()}  # fmt: skip
+    sel = {"s": [{"actor.ip": None, "type": "audit.x"}, {"actor.ip|cidr": ["10.0.0.0/8"], "type": "audit.x"}],
+           "r": {"target.name|re|i|m": "^adm.*$", "attributes.affected_count|gte": 5, "actor.api_key_id|exists": True},
+           "condition": "1 of them"}  # fmt: skip
+    entry = {"types": ["audit.*"], "detection": {"x": {"attributes.activity_code": 1}}}
+    rules: list[dict[str, Any]] = [
+        {"id": "custom.all_features", "title": "All features " * 30, "severity": "info", "types": ["audit.*"],
+         "detection": sel, "fields": ["actor.ip"], "references": ["https://example.com/a"],
+         "related": [{"id": "api_key.all_scope", "type": "similar"}], "status": "deprecated", "author": "A"},
+        {"id": "custom.off", "title": "Disabled", "severity": "low", "enabled": False, "types": ["audit.*"],
+         "detection": {"s": {"actor.ip": "1.2.3.4"}, "condition": "s"}},
+    ]  # fmt: skip
+    for kind, extra in (("event_count", {"condition": {"gte": 3}}),
+                        ("value_count", {"condition": {"gt": 2}, "field": "actor.ip"}),
+                        ("temporal", {}), ("temporal_ordered", {})):  # fmt: skip
+        two = kind.startswith("temporal")
+        entries = [{"name": "a", **entry, "group-by": ["actor.user_id"]},
+                   {"name": "b", **entry, "group-by": ["target.id"]}] if two else [{"name": "a", **entry}]  # fmt: skip
+        body = {"type": kind, "timespan": "15m", "rules": entries, **({} if two else {"group-by": ["actor.ip"]})}
+        rules.append({"id": f"custom.c_{kind}", "title": f"Correlation {kind}", "severity": "high",
+                      "correlation": {**body, **extra}})  # fmt: skip
+    out = _export(tmp_path, rules, "--include-disabled")  # the shipped pack is exported too
+    files = sorted(out.rglob("*.yml"))
+    assert len(files) >= 18 and len(list((out / "correlations").glob("*.yml"))) >= 7
+    for f in files:
+        for doc in yaml.safe_load_all(f.read_text(encoding="utf-8")):
+            v = check["correlation-rules" if "correlation" in doc else "detection-rule"]
+            errors = [f"{list(e.absolute_path)}: {e.message[:120]}" for e in v.iter_errors(doc)]
+            assert not errors, (f.name, doc.get("title"), errors)
