@@ -281,11 +281,11 @@ def _correlation(
             bad = [k for k in ops if k not in ("gt", "gte", "lt", "lte", "eq", "neq")]
             if bad or not ops or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in ops.values()):
                 raise SigmaImportError(f"condition {dict(cond)} needs numeric gt, gte, lt, lte, eq or neq")
+            if upper := [k for k in ops if k in UPPER_BOUND_OPS]:  # first: the specification's ranges have one
+                raise SigmaImportError(f"condition {upper[0]}: {UPPER_BOUND_REASON}")
             if len(ops) > 1:  # pySigma: "exactly one condition operator"
                 raise SigmaImportError(f"condition {dict(cond)}: a Sigma correlation condition has exactly one "
                                        "operator")  # fmt: skip
-            if upper := [k for k in ops if k in UPPER_BOUND_OPS]:
-                raise SigmaImportError(f"condition {upper[0]}: {UPPER_BOUND_REASON}")
             out["condition"] = dict(ops)
         if "field" in cond:
             field = cond["field"]

@@ -138,6 +138,15 @@ def test_upper_bound_correlation_conditions_are_refused_on_import(cond: dict[str
     assert rule is None and f"condition {next(iter(cond))}: conditions with an upper bound" in msg, msg
 
 
+def test_the_specification_range_example_is_refused_for_its_upper_bound() -> None:
+    """sigma-correlation-rules-specification.md's range "101 to 200" (``gt: 100, lte: 200``) is valid Sigma:
+    the reason it cannot run here is its upper bound, not the number of operators."""
+    corr = {"type": "event_count", "rules": ["b"], "group-by": ["actor.user_id"], "timespan": "1h",
+            "condition": {"gt": 100, "lte": 200}}  # fmt: skip
+    rule, msg = _corr(corr, _base("b", {"type": "audit.login"}))
+    assert rule is None and "condition lte: conditions with an upper bound" in msg, msg
+
+
 def test_a_condition_with_two_operators_is_refused_as_pysigma_does() -> None:
     corr = {"type": "event_count", "rules": ["b"], "group-by": ["actor.user_id"], "timespan": "1h",
             "condition": {"gt": 2, "gte": 4}}  # fmt: skip
