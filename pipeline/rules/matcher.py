@@ -254,6 +254,9 @@ def _selection(body: Any, where: str) -> Pred:
 
 # ---- conditions ------------------------------------------------------------------------------
 _TOKEN = re.compile(r"\s*(\(|\)|[A-Za-z0-9_*]+)")
+MAX_NESTING = 64
+"""Parentheses and ``not`` nested deeper than this are refused: the parser and the compiled condition
+recurse once per level, and Python's stack would end in a ``RecursionError`` traceback."""
 
 
 class _Parser:
@@ -271,6 +274,7 @@ class _Parser:
             self.toks.append(m.group(1))
             pos = m.end()
         self.i = 0
+        self.depth = 0
 
     def peek(self) -> str | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -302,19 +306,28 @@ class _Parser:
             parts.append(self.not_())
         return parts[0] if len(parts) == 1 else (lambda ev: all(p(ev) for p in parts))
 
+    def _deeper(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise RuleSyntaxError(self.where, f"the condition nests parentheses or 'not' deeper than {MAX_NESTING}")
+
     def not_(self) -> Pred:
         if self.peek() == "not":
             self.take()
+            self._deeper()
             inner = self.not_()
+            self.depth -= 1
             return lambda ev: not inner(ev)
         return self.atom()
 
     def atom(self) -> Pred:
         tok = self.take()
         if tok == "(":
+            self._deeper()
             p = self.or_()
             if self.take() != ")":
                 raise RuleSyntaxError(self.where, "missing ')'")
+            self.depth -= 1
             return p
         if tok in ("1", "any", "all") and self.peek() == "of":
             self.take()
