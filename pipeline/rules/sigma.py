@@ -421,7 +421,11 @@ def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
     for need in ("title", "logsource", "detection"):
         if need not in doc:
             raise SigmaImportError(f"missing {need!r}")
-    ls = doc["logsource"] if isinstance(doc["logsource"], Mapping) else {}
+    ls = doc["logsource"]
+    if not isinstance(ls, Mapping):  # pySigma: "Sigma logsource must be a valid YAML map"
+        raise SigmaImportError(f"logsource must be a mapping (product: {PRODUCT}), got {type(ls).__name__}")
+    if not any(ls.get(k) is not None for k in ("product", "category", "service")):  # pySigma: "can't be empty"
+        raise SigmaImportError(f"logsource must name a product, category or service (product: {PRODUCT})")
     product = ls.get("product")
     if product not in (None, PRODUCT) or ls.get("category") is not None:
         raise SigmaImportError(f"logsource {dict(ls)} is not instantly-audit's (product: {PRODUCT})")

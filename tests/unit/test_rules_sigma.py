@@ -136,6 +136,11 @@ def _doc(detection: dict[str, Any], **extra: Any) -> dict[str, Any]:
         (_doc({"s": {"type": "audit.user_login"}, "condition": "s | count() > 5"}), "aggregations"),
         ({"title": "C", "correlation": {"type": "event_count"}}, "correlation"),
         (_doc({"s": {"actor.ip": "1.2.3.4"}, "condition": "s and other"}), "unknown selection"),
+        # pySigma: "Sigma logsource must be a valid YAML map", "Sigma log source can't be empty"
+        (_doc({"s": {"type": "x"}, "condition": "s"}, logsource="instantly"), "logsource must be a mapping"),
+        (_doc({"s": {"type": "x"}, "condition": "s"}, logsource=[{"product": "instantly"}]), "logsource must be a"),
+        (_doc({"s": {"type": "x"}, "condition": "s"}, logsource=None), "logsource must be a mapping"),
+        (_doc({"s": {"type": "x"}, "condition": "s"}, logsource={}), "logsource must name a product"),
     ],
 )  # fmt: skip
 def test_import_rejects_what_does_not_map(doc: dict[str, Any], reason: str) -> None:
