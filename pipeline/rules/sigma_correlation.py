@@ -226,7 +226,7 @@ def _correlation(
     aliases = body.get("aliases") or {}
     if not isinstance(aliases, Mapping) or not all(isinstance(v, Mapping) for v in aliases.values()):
         raise SigmaImportError("correlation.aliases must map each alias to {rule name: field}")
-    names = body.get("rules")
+    names = _rule_refs(body)
     if not isinstance(names, list) or not names:
         raise SigmaImportError("correlation.rules must list the correlated rules")
     entries: list[dict[str, Any]] = []
@@ -313,6 +313,12 @@ def _correlation(
     }
 
 
+def _rule_refs(body: Mapping[str, Any]) -> Any:
+    """``correlation.rules`` as pySigma reads it: one string is that one rule (like ``group-by``)."""
+    refs = body.get("rules")
+    return [refs] if isinstance(refs, str) else refs
+
+
 def import_collection(
     docs: Sequence[tuple[str, Any]], prefix: str = "sigma"
 ) -> list[tuple[str, dict[str, Any] | None, str]]:
@@ -335,7 +341,7 @@ def import_collection(
         if isinstance(doc, Mapping) and isinstance(doc.get("correlation"), Mapping):
             # the JSON schema puts generate beside correlation; pySigma reads it inside: either counts
             gen = doc.get("generate") is True or doc["correlation"].get("generate") is True
-            for ref in doc["correlation"].get("rules") or []:
+            for ref in _rule_refs(doc["correlation"]) or []:
                 if (base := by_ref.get(str(ref))) is not None and "correlation" not in base:
                     if gen:
                         generated.add(id(base))

@@ -138,6 +138,21 @@ def test_upper_bound_correlation_conditions_are_refused_on_import(cond: dict[str
     assert rule is None and f"condition {next(iter(cond))}: conditions with an upper bound" in msg, msg
 
 
+def test_rules_given_as_one_string_is_that_one_rule() -> None:
+    """pySigma reads ``rules: failed_login`` as ``[failed_login]`` (as it reads ``group-by``); the import
+    refused it ("must list the correlated rules") and its collection pass read the name letter by letter."""
+    corr = {"type": "event_count", "rules": "b", "group-by": ["actor.user_id"], "timespan": "1h",
+            "condition": {"gte": 3}}  # fmt: skip
+    base = _base("b", {"type": "audit.login"})
+    res = {w: (r, m) for w, r, m in import_collection([("b", base), ("c", {"title": "C", "correlation": corr})])}
+    rule, msg = res["c"]
+    assert rule is not None, msg
+    assert [e["name"] for e in rule["correlation"]["rules"]] == ["b"]
+    assert res["b"] == (None, "used by correlation 'C'")
+    text = yaml.safe_dump(base) + "---\n" + yaml.safe_dump({"title": "C", "correlation": corr})
+    assert not SigmaCollection.from_yaml(text).errors
+
+
 def test_the_specification_range_example_is_refused_for_its_upper_bound() -> None:
     """sigma-correlation-rules-specification.md's range "101 to 200" (``gt: 100, lte: 200``) is valid Sigma:
     the reason it cannot run here is its upper bound, not the number of operators."""
