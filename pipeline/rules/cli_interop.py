@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -85,6 +86,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         (out / name).write_text(header + text, encoding="utf-8")
         written.append(ex.rule_id)
         written_files[name] = ex.rule_id
+    removed = _remove_stale(out, set(written_files))
     lines = ["# instantly-audit rules as Sigma", "", FIELD_NOTE, "", f"Exported: {len(written)} rules.", ""]
     lines += [f"- `{name}`: `{rid}`" for name, rid in written_files.items()] + [""]
     if skipped:
@@ -96,7 +98,33 @@ def cmd_export(args: argparse.Namespace) -> int:
           "disabled (see README.md)")  # fmt: skip
     for rid, why in skipped:
         print(f"  skipped {rid}: {why}")
+    for name in removed:
+        print(f"  removed {name} (an earlier export's; not written now)")
     return EXIT_OK
+
+
+EXPORT_HEADER = re.compile(r"# instantly-audit rule \S+, exported as Sigma\.\n")
+"""The first line of every rule file the export writes (and how a file is known as one)."""
+
+
+def _remove_stale(out: Path, written: set[str]) -> list[str]:
+    """Delete the rule files an earlier export wrote in ``out`` that this one did not (a rule since disabled,
+    removed or moved under ``correlations/``): ``sigma convert DIR`` would read them as rules in use. Only
+    files starting with the export's header line are touched. Returns their names, relative to ``out``."""
+    removed = []
+    for path in sorted([*out.glob("*.yml"), *(out / CORRELATIONS_DIR).glob("*.yml")]):
+        name = path.relative_to(out).as_posix()
+        if name in written:
+            continue
+        try:
+            with path.open(encoding="utf-8") as fh:
+                first = fh.readline()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if EXPORT_HEADER.fullmatch(first):
+            path.unlink()
+            removed.append(name)
+    return removed
 
 
 PIPELINES_NOTE = (

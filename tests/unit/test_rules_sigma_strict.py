@@ -436,6 +436,29 @@ def test_export_skips_rules_the_configuration_disables(tmp_path: Path, capsys: p
     assert (out / "workspace_group_change.yml").exists()
 
 
+def test_re_export_removes_the_files_it_no_longer_writes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Exporting again into the same directory after disabling a rule left its earlier file there, read by
+    ``sigma convert DIR`` as a rule in use (and an earlier export's correlation beside the single-event rules
+    broke ``DIR/*.yml`` for Lucene). Files an export wrote and this one does not write are removed; any
+    other file is kept."""
+    out = tmp_path / "out"
+    assert main(["rules", "export", "--format", "sigma", "--output", str(out)]) == 0
+    (out / "corr_block_list_emptied.yml").write_text(  # as the export wrote it before correlations/
+        (out / "correlations" / "corr_block_list_emptied.yml").read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    (out / "mine.yml").write_text("title: my own rule\n", encoding="utf-8")
+    cfg = tmp_path / "rules.yaml"
+    cfg.write_text(yaml.safe_dump({"rules": {"auth.recovery_code_used": {"enabled": False}}}), encoding="utf-8")
+    assert main(["rules", "export", "--format", "sigma", "--output", str(out), "--rules", str(cfg)]) == 0
+    assert not (out / "auth_recovery_code_used.yml").exists()
+    assert not (out / "corr_block_list_emptied.yml").exists()
+    assert (out / "correlations" / "corr_block_list_emptied.yml").exists()
+    assert (out / "workspace_group_change.yml").exists()
+    assert (out / "mine.yml").read_text(encoding="utf-8") == "title: my own rule\n"
+    printed = capsys.readouterr().out
+    assert "removed auth_recovery_code_used.yml (an earlier export's; not written now)" in printed, printed
+
+
 # ---- 8. export: two keys that become one ------------------------------------------------------------
 COLLIDE = {"id": "custom.export_collision", "title": "Export collision", "severity": "high", "types": ["audit.login"],
            "detection": {"s": {"target.name|in": ["alice", "bob"], "target.name|eq": "bob",
