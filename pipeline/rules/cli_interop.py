@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.config.yaml_load import safe_load_all
 from pipeline.errors import ConfigError
 from pipeline.rules.config import parse_rules_config
 from pipeline.rules.correlation import CorrelationSpec
@@ -164,7 +165,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     rejected = 0
     for name in args.files:
         try:
-            docs = [d for d in yaml.safe_load_all(Path(name).read_text(encoding="utf-8")) if d is not None]
+            docs = [d for d in safe_load_all(Path(name).read_text(encoding="utf-8")) if d is not None]
         except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
             print(f"rules import: {name}: cannot read ({type(err).__name__})", file=sys.stderr)
             return EXIT_USAGE

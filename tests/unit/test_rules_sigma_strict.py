@@ -138,6 +138,16 @@ def test_upper_bound_correlation_conditions_are_refused_on_import(cond: dict[str
     assert rule is None and f"condition {next(iter(cond))}: conditions with an upper bound" in msg, msg
 
 
+def test_an_impossible_date_is_rejected_with_the_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Unquoted ``date: 2024-13-45`` made PyYAML raise ValueError while reading the file: ``rules import``
+    ended in a traceback. The value stays text and is rejected as the quoted form is."""
+    f = tmp_path / "d.yml"
+    f.write_text("title: D\ndate: 2024-13-45\nlogsource: {product: instantly}\n"
+                 "detection: {s: {type: audit.login}, condition: s}\n", encoding="utf-8")  # fmt: skip
+    assert main(["rules", "import", str(f)]) == 1
+    assert f"rules import: {f}: rejected: date '2024-13-45' is not a date" in capsys.readouterr().err
+
+
 def test_rules_given_as_one_string_is_that_one_rule() -> None:
     """pySigma reads ``rules: failed_login`` as ``[failed_login]`` (as it reads ``group-by``); the import
     refused it ("must list the correlated rules") and its collection pass read the name letter by letter."""
