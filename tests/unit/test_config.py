@@ -100,6 +100,13 @@ def test_malformed_yaml_one_line() -> None:
     assert msg.startswith("config is not valid YAML at line") and "\n" not in msg
 
 
+def test_yaml_nested_thousands_deep_is_one_line_not_a_crash() -> None:
+    """PyYAML composes nested collections recursively: 3,000 ``[`` ended ``config validate`` in a
+    RecursionError traceback."""
+    msg = _err("bus: " + "[" * 3000 + "]" * 3000 + "\n")
+    assert msg == "config is not valid YAML: collections nested too deep", msg
+
+
 def test_an_impossible_date_is_a_value_not_a_crash() -> None:
     """PyYAML builds ``2024-13-45`` as a date and raises ValueError, which is no YAMLError: ``config
     validate`` printed a traceback. The text stays a string and the key's own check names it."""

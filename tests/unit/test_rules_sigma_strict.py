@@ -148,6 +148,14 @@ def test_an_impossible_date_is_rejected_with_the_reason(tmp_path: Path, capsys: 
     assert f"rules import: {f}: rejected: date '2024-13-45' is not a date" in capsys.readouterr().err
 
 
+def test_yaml_nested_thousands_deep_cannot_be_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """3,000 nested ``[`` made PyYAML recurse past Python's limit: ``rules import`` crashed with a traceback."""
+    f = tmp_path / "deep.yml"
+    f.write_text("title: " + "[" * 3000 + "]" * 3000 + "\n", encoding="utf-8")
+    assert main(["rules", "import", str(f)]) == 2
+    assert capsys.readouterr().err == f"rules import: {f}: cannot read (YAMLNestingError)\n"
+
+
 def test_rules_given_as_one_string_is_that_one_rule() -> None:
     """pySigma reads ``rules: failed_login`` as ``[failed_login]`` (as it reads ``group-by``); the import
     refused it ("must list the correlated rules") and its collection pass read the name letter by letter."""
