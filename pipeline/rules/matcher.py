@@ -48,7 +48,7 @@ from pydantic import Field, StringConstraints
 from pipeline.config.base import Model
 from pipeline.rules.base import ATTACK_PATTERN, RULE_ID_PATTERN, Finding, RuleContext, RuleMeta, RuleParams, resolved
 from pipeline.rules.lifecycle import LifecycleSpec
-from pipeline.rules.syntax import NEVER, NO_TEXT, NOTHING, Problems, Template
+from pipeline.rules.syntax import NEVER, NO_TEXT, NOTHING, Problems, Template, check_nesting
 from pipeline.rules.syntax import Getter as Getter
 from pipeline.rules.syntax import Pred as Pred
 from pipeline.rules.syntax import RuleSyntaxError as RuleSyntaxError  # re-exported: the rule language's error
@@ -254,15 +254,11 @@ def _selection(body: Any, where: str) -> Pred:
 
 # ---- conditions ------------------------------------------------------------------------------
 _TOKEN = re.compile(r"\s*(\(|\)|[A-Za-z0-9_*]+)")
-MAX_NESTING = 64
-"""Parentheses and ``not`` nested deeper than this are refused: the parser and the compiled condition
-recurse once per level, and Python's stack would end in a ``RecursionError`` traceback."""
 
 
 class _Parser:
     def __init__(self, text: str, selections: Mapping[str, Pred], where: str):
-        self.where = where
-        self.sel = selections
+        self.where, self.sel = where, selections
         self.toks: list[str] = []
         pos = 0
         while pos < len(text):
@@ -273,8 +269,8 @@ class _Parser:
                 break
             self.toks.append(m.group(1))
             pos = m.end()
+        check_nesting(self.toks, where)
         self.i = 0
-        self.depth = 0
 
     def peek(self) -> str | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -306,28 +302,19 @@ class _Parser:
             parts.append(self.not_())
         return parts[0] if len(parts) == 1 else (lambda ev: all(p(ev) for p in parts))
 
-    def _deeper(self) -> None:
-        self.depth += 1
-        if self.depth > MAX_NESTING:
-            raise RuleSyntaxError(self.where, f"the condition nests parentheses or 'not' deeper than {MAX_NESTING}")
-
     def not_(self) -> Pred:
         if self.peek() == "not":
             self.take()
-            self._deeper()
             inner = self.not_()
-            self.depth -= 1
             return lambda ev: not inner(ev)
         return self.atom()
 
     def atom(self) -> Pred:
         tok = self.take()
         if tok == "(":
-            self._deeper()
             p = self.or_()
             if self.take() != ")":
                 raise RuleSyntaxError(self.where, "missing ')'")
-            self.depth -= 1
             return p
         if tok in ("1", "any", "all") and self.peek() == "of":
             self.take()
