@@ -229,6 +229,8 @@ def _correlation(
     names = _rule_refs(body)
     if not isinstance(names, list) or not names:
         raise SigmaImportError("correlation.rules must list the correlated rules")
+    if twice := next((str(n) for i, n in enumerate(names) if str(n) in map(str, names[:i])), None):
+        raise SigmaImportError(f"correlation.rules names {twice!r} more than once")  # the JSON schema: uniqueItems
     entries: list[dict[str, Any]] = []
     raw_group = body.get("group-by") or []
     if isinstance(raw_group, str):  # pySigma reads a plain string as a one-field list

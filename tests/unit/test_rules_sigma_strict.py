@@ -171,6 +171,16 @@ def test_rules_given_as_one_string_is_that_one_rule() -> None:
     assert not SigmaCollection.from_yaml(text).errors
 
 
+@pytest.mark.parametrize("kind", ["temporal", "temporal_ordered", "event_count"])
+def test_a_rule_named_twice_in_a_correlation_is_refused(kind: str) -> None:
+    """The specification's JSON schema has ``uniqueItems`` on ``correlation.rules``; imported, ``temporal``
+    with ``[login, login]`` opened on one single login (Splunk's conversion counts distinct rules: never)."""
+    corr = {"type": kind, "rules": ["b", "b"], "group-by": ["actor.user_id"], "timespan": "1h",
+            **({"condition": {"gte": 2}} if kind == "event_count" else {})}  # fmt: skip
+    rule, msg = _corr(corr, _base("b", {"type": "audit.login"}))
+    assert rule is None and msg == "rejected: correlation.rules names 'b' more than once", msg
+
+
 def test_the_specification_range_example_is_refused_for_its_upper_bound() -> None:
     """sigma-correlation-rules-specification.md's range "101 to 200" (``gt: 100, lte: 200``) is valid Sigma:
     the reason it cannot run here is its upper bound, not the number of operators."""
