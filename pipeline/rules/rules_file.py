@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from pipeline.cli.exit_codes import Exit
+from pipeline.config.yaml_load import safe_load
 from pipeline.errors import ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = Exit.OK, Exit.FINDINGS, Exit.USAGE
@@ -40,7 +41,7 @@ def read_rules_file(path: str | None) -> tuple[dict[str, Any], Path | None]:
         return {}, None
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = safe_load(p.read_text(encoding="utf-8"))
     except OSError as err:
         raise ConfigError(f"--rules {p}: cannot read ({err.strerror or type(err).__name__})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:

@@ -113,6 +113,16 @@ def test_a_broken_rule_file_names_the_file(tmp_path: Path) -> None:
         parse_rules_config({"files": ["bad.yaml"]}, base_dir=tmp_path)
 
 
+def test_an_impossible_date_in_a_rule_file_is_a_value_not_a_crash(tmp_path: Path) -> None:
+    """``modified: 2024-02-30`` made PyYAML raise ValueError (no YAMLError): ``rules test`` printed a
+    traceback. The text stays a string, and the rule's own check names the key."""
+    (tmp_path / "r.yaml").write_text(
+        "id: c.one\ntitle: One\nseverity: low\nmodified: 2024-02-30\ndetection: {s: {type: audit.user_login}}\n"
+    )
+    with pytest.raises(ConfigError, match="modified"):
+        parse_rules_config({"files": ["r.yaml"]}, base_dir=tmp_path)
+
+
 def test_custom_rules_can_be_disabled_and_built_ins_enabled_one_by_one() -> None:
     """defaults.enabled: false leaves only the rules enabled explicitly."""
     rs = parse_rules_config({"defaults": {"enabled": False}, "auth.mfa_disabled": {"enabled": True}})
