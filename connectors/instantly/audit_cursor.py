@@ -17,7 +17,9 @@ timezone and inclusivity undocumented) are not documented, so the cursor keeps
 ordered), so "everything after ``last_id``" is "everything new". The real API's order is
 undocumented, so each page is checked (:func:`page_is_ascending`): ids must increase within the
 page and from one page to the next (the first id after ``starting_after=last_id`` must be greater
-than ``last_id``; ids compared as strings, which orders UUIDv7 and 24-hex ids by time), and a page
+than ``last_id``; ids compared as strings, which orders UUIDv7 and 24-hex ids by time), a UUID must
+be of a time-ordered version (6 or 7: a listing sorted by random version-4 UUIDs is ascending by id,
+yet a new record lands anywhere in it, so every poll reads the window), and a page
 of three or more records must not have strictly decreasing timestamps. A page that fails the
 check makes that poll fall back to the windowed read below, and ``last_id`` is cleared until a
 windowed read confirms ascending order again.
@@ -68,6 +70,7 @@ of a version before format 2 does not read the new layout (it would start a new 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -118,13 +121,30 @@ def record_id(record: Mapping[str, Any]) -> str | None:
     return str(rid)
 
 
+_HEX = "[0-9a-fA-F]"
+_UUID_VERSION = re.compile(rf"{_HEX}{{8}}-{_HEX}{{4}}-({_HEX}){_HEX}{{3}}-{_HEX}{{4}}-{_HEX}{{12}}\Z")
+
+
+def time_ordered_id(rid: str) -> bool:
+    """False for a UUID of a version that does not start with its time (every version but 6 and 7):
+    such ids (random version 4 ones above all) sort in no time order, so a record created later may
+    get an id below ``last_id`` and a read continuing after it would never list that record.
+    Any other id (UUIDv7, 24-hex ObjectId, an opaque string) is taken as the listing orders it."""
+    m = _UUID_VERSION.match(rid)
+    return m is None or m.group(1) in "67"
+
+
 def page_is_ascending(page: Sequence[Mapping[str, Any]], after: str | None) -> bool:
     """Whether ``page`` is consistent with a listing ascending by id that continues after ``after``.
 
-    Ids (records without one are ignored) must strictly increase, starting above ``after``;
-    a page of three or more records whose timestamps strictly decrease is not ascending either.
+    Ids (records without one are ignored) must strictly increase, starting above ``after``, and be
+    time-ordered (:func:`time_ordered_id`: a listing sorted by random UUIDs is ascending by id but
+    not by creation); a page of three or more records whose timestamps strictly decrease is not
+    ascending either.
     """
     ids = [rid for rid in map(record_id, page) if rid is not None]
+    if not all(map(time_ordered_id, ids)):
+        return False
     previous = after
     for rid in ids:
         if previous is not None and rid <= previous:
