@@ -90,3 +90,76 @@ async def test_uuid4_audit_ids_are_not_read_as_time_ordered(env: tuple[PublicIns
             assert (await p.poll_once())["audit_logs"] == 1
     ids = [e["source"]["record_id"] for e in await bus_docs(bus)]
     assert Counter(ids) == Counter(r["id"] for r in fake.audit)
+
+
+# ------------------------------------------------------------------------- open enumerations
+def snapshot_records_with_new_values() -> dict[str, list[dict[str, Any]]]:
+    """One record per snapshot listing with a value Instantly's docs do not list (every enum is open),
+    beside one that holds only documented values; optional fields absent, extra fields present."""
+    t = "2026-01-01T00:00:00Z"
+    return {
+        "api-keys": [
+            {"id": "019c0000-0000-7000-8000-000000000101", "name": "ci", "scopes": ["leads:read", "voice_agents:all"],
+             "key": "masked****", "organization_id": WS, "timestamp_created": t, "timestamp_updated": t,
+             "last_used_ip": "203.0.113.5"},
+            {"id": "019c0000-0000-7000-8000-000000000102", "name": "ro", "scopes": ["all:read"], "key": "masked2****",
+             "organization_id": WS, "timestamp_created": t, "timestamp_updated": t},
+        ],
+        "workspace-members": [
+            {"id": "019c0000-0000-7000-8000-000000000201", "email": "new@acme.example", "user_id": "u1",
+             "role": "billing_admin", "permissions": ["dashboard.view", "apiKeys.manage"], "timestamp_created": t,
+             "workspace_id": WS, "accepted": True},
+            {"id": "019c0000-0000-7000-8000-000000000202", "email": "ed@acme.example", "user_id": "u2",
+             "role": "editor", "timestamp_created": t, "workspace_id": WS, "accepted": False},
+        ],
+        "webhooks": [
+            {"id": "019c0000-0000-7000-8000-000000000301", "organization": WS, "timestamp_created": t,
+             "target_hook_url": "https://hooks.acme.example/i", "event_type": "lead_ai_scored", "status": 2},
+        ],
+        "workspace-group-members": [
+            {"id": "019c0000-0000-7000-8000-000000000401", "admin_workspace_id": WS, "sub_workspace_id": "s1",
+             "status": "suspended", "timestamp_created": t, "timestamp_updated": t},
+        ],
+        "block-lists-entries": [],
+        "accounts": [
+            {"email": "Sender@Acme.example", "organization": WS, "status": 4, "warmup_status": 1, "provider_code": 12,
+             "timestamp_created": t, "timestamp_updated": t},
+        ],
+    }  # fmt: skip
+
+
+async def test_values_outside_the_documented_enums_are_flagged(env: tuple[PublicInstantly, SqliteBus]) -> None:
+    """A role, scope, permission, webhook event type or status Instantly does not (yet) document still
+    gives its event, and the event names the value in ``attributes.unknown_values``; before, a member
+    holding a new role looked like any other (nothing said the pipeline could not judge it)."""
+    fake, bus = env
+    fake.lists = snapshot_records_with_new_values()
+    clock = FakeClock()
+    async with poller(fake, bus, clock) as p:
+        counts = await p.poll_once()
+    assert p.last_failures == {}
+    assert counts["api_keys"] == 2 and counts["members"] == 2 and counts["accounts"] == 1
+    flags = {e["source"]["record_id"]: e["attributes"].get("unknown_values") for e in await bus_docs(bus)}
+    assert flags["019c0000-0000-7000-8000-000000000101"] == {"scopes": ["voice_agents:all"]}
+    assert flags["019c0000-0000-7000-8000-000000000102"] is None
+    assert flags["019c0000-0000-7000-8000-000000000201"] == {"role": "billing_admin", "permissions": ["apiKeys.manage"]}
+    assert flags["019c0000-0000-7000-8000-000000000202"] is None
+    assert flags["019c0000-0000-7000-8000-000000000301"] == {"event_type": "lead_ai_scored", "status": 2}
+    assert flags["019c0000-0000-7000-8000-000000000401"] == {"status": "suspended"}
+    assert flags["sender@acme.example"] == {"status": 4, "provider_code": 12}
+    assert flags[WS] is None  # the workspace: no enum
+
+
+def test_documented_enums_match_the_simulator_catalog() -> None:
+    """The client's lists (:mod:`connectors.instantly.enums`) and the simulator's are the same documented enums."""
+    from connectors.instantly import enums
+    from connectors.instantly.sim import catalog
+
+    assert set(catalog.SCOPES) == enums.SCOPES and len(enums.SCOPES) == 178
+    assert set(catalog.ROLES) == enums.ROLES
+    assert set(catalog.PERMISSIONS) == enums.PERMISSIONS
+    assert set(catalog.WEBHOOK_EVENT_TYPES) == enums.WEBHOOK_EVENT_TYPES
+    assert enums.unknown_values({"status": 1.0, "role": None}, {"status": enums.WEBHOOK_STATUSES}) == {}
+    assert enums.unknown_values(
+        {"status": True, "role": {"x": 1}}, {"status": enums.WEBHOOK_STATUSES, "role": enums.ROLES}
+    ) == {"status": True, "role": "<dict>"}
