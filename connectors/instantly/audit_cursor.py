@@ -70,6 +70,7 @@ of a version before format 2 does not read the new layout (it would start a new 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -111,6 +112,8 @@ class Selection:
     already_seen: int = 0
     too_old: int = 0
     no_id: list[JSONDict] = field(default_factory=list)
+    """The new records without a usable id (also in :attr:`new`, keyed by :func:`audit_key`: each
+    becomes a dead letter naming the problem)."""
 
 
 def record_id(record: Mapping[str, Any]) -> str | None:
@@ -132,6 +135,22 @@ def time_ordered_id(rid: str) -> bool:
     Any other id (UUIDv7, 24-hex ObjectId, an opaque string) is taken as the listing orders it."""
     m = _UUID_VERSION.match(rid)
     return m is None or m.group(1) in "67"
+
+
+NO_ID_PREFIX = "!no-id:"
+"""Start of the key of a record without a usable id (``!`` sorts before every id, so such a key never
+counts as lying past ``last_id``: it is forgotten with its hour like any other)."""
+
+
+def audit_key(record: Mapping[str, Any]) -> str:
+    """The key a record is de-duplicated by: its id (:func:`record_id`), or for a record without a
+    usable one :data:`NO_ID_PREFIX` and 32 hex digits of the SHA-256 of its canonical JSON (the same
+    record listed again has the same key, so its dead letter is published once)."""
+    rid = record_id(record)
+    if rid is not None:
+        return rid
+    canonical = orjson.dumps(record, option=orjson.OPT_SORT_KEYS, default=repr)
+    return NO_ID_PREFIX + hashlib.sha256(canonical).hexdigest()[:32]
 
 
 def page_is_ascending(page: Sequence[Mapping[str, Any]], after: str | None) -> bool:
@@ -258,9 +277,10 @@ class AuditCursor:
         batch: set[str] = set()
         for record in records:
             key = record_id(record)
-            if key is None:
-                out.no_id.append(record)
-                continue
+            if key is None:  # new like any record: normalizing it makes its dead letter, once
+                key = audit_key(record)
+                if key not in self.seen and key not in batch:
+                    out.no_id.append(record)
             if key in self.seen or key in batch:
                 out.already_seen += 1
                 continue

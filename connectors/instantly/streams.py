@@ -31,7 +31,7 @@ import orjson
 
 from connectors.instantly.api import AUDIT_LOGS
 from connectors.instantly.audit_codes import triggered_stream
-from connectors.instantly.audit_cursor import AuditCursor, last_page_id, page_is_ascending, record_id
+from connectors.instantly.audit_cursor import AuditCursor, audit_key, last_page_id, page_is_ascending, record_id
 from connectors.instantly.client import ClientRequestError, InstantlyClient
 from connectors.instantly.normalize import normalize_audit_record
 from connectors.instantly.receipt_publish import receipt_writes
@@ -305,7 +305,7 @@ async def _sweep(
     receipts = _receipts(window, cursor)
     if receipts is not None:
         receipts.record(
-            ((str(r["id"]), ts, str(r["id"]) in batch.dead_ids) for r, ts in result.records), now=window.now
+            ((audit_key(r), ts, audit_key(r) in batch.dead_ids) for r, ts in result.records), now=window.now
         )
     extra = receipt_writes(pub, receipts, now=window.now)
     published, events = await publish_late(
@@ -472,12 +472,12 @@ async def prepare_audit_batch(
                 stream=AUDIT_LOGS.name, key=key,
             )  # fmt: skip
             dead.append((DEADLETTER_TOPIC, letter.to_json(), key, (("error", b"normalize"), *trace)))
-            dead_ids.add(str(record.get("id")))
+            dead_ids.add(audit_key(record))
         else:
             rec = pub.record(event, trace)
             (out if rec[0] == EVENTS_TOPIC else dead).append(rec)
             if rec[0] != EVENTS_TOPIC:
-                dead_ids.add(str(record.get("id")))
+                dead_ids.add(audit_key(record))
         if n % YIELD_EVERY == 0:
             await line.pause()
     events = len(out)
@@ -507,8 +507,11 @@ async def _publish_audit_page(
     """
     selection = cursor.select(page, overlap_secs=window.overlap_secs, now=window.now, keep_old=incremental)
     if selection.no_id:
-        log.warning("Audit records without an id were skipped.", extra={"count": len(selection.no_id)})
-    dropped = {"no_id": len(selection.no_id), "duplicate": selection.already_seen, "too_old": selection.too_old}
+        log.warning(
+            "Audit records without a usable id went to the dead letters.",
+            extra={"source": pub.source_id, "workspace": pub.workspace.id, "count": len(selection.no_id)},
+        )
+    dropped = {"duplicate": selection.already_seen, "too_old": selection.too_old}
     if selection.too_old:
         log.info(
             "Audit records older than the overlap window and at or before the cursor were not published "
@@ -526,9 +529,9 @@ async def _publish_audit_page(
         pub.count(AUDIT_LOGS.name, len(page), 0, dropped)
         return None
     batch = await prepare_audit_batch(pub, (r for r, _ts in selection.new), observed_at, line)
-    cursor.mark((str(r["id"]), ts) for r, ts in selection.new)
+    cursor.mark((audit_key(r), ts) for r, ts in selection.new)
     if receipts is not None:
-        receipts.record(((str(r["id"]), ts, str(r["id"]) in batch.dead_ids) for r, ts in selection.new), now=window.now)
+        receipts.record(((audit_key(r), ts, audit_key(r) in batch.dead_ids) for r, ts in selection.new), now=window.now)
     triggers = {triggered_stream(r.get("activity_type")) for r, _ts in selection.new}
     state = cursor.state_writes()  # what pages up to this one changed: head, touched chunks, deleted buckets
     extra = receipt_writes(pub, receipts, now=window.now)

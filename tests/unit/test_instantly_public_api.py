@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from connectors.instantly.config import BudgetConfig, WorkspaceConfig
 from connectors.instantly.source import InstantlyWorkspacePoller
-from pipeline.bus.base import EVENTS_TOPIC
+from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.clock import FakeClock, format_time
 from tests.fakes.instantly_public import PublicInstantly
@@ -90,6 +90,35 @@ async def test_uuid4_audit_ids_are_not_read_as_time_ordered(env: tuple[PublicIns
             assert (await p.poll_once())["audit_logs"] == 1
     ids = [e["source"]["record_id"] for e in await bus_docs(bus)]
     assert Counter(ids) == Counter(r["id"] for r in fake.audit)
+
+
+async def test_an_audit_record_without_an_id_is_one_dead_letter(env: tuple[PublicInstantly, SqliteBus]) -> None:
+    """``id`` is required, yet a record without a usable one (absent, null, empty) was skipped with a
+    log line and a drop counter: nothing on the bus said a record was lost. It is now a dead letter
+    naming the problem, published once however many polls list it again; the records around it
+    are published once each."""
+    fake, bus = env
+    clock = FakeClock()
+    now = clock.now()
+    no_id = {k: v for k, v in audit_record("x", now - 30, 37).items() if k != "id"}
+    null_id = {**audit_record("x", now - 20, 38), "id": None}
+    fake.audit = [audit_record("019c0000-0000-7000-8000-000000000001", now - 40), no_id, null_id,
+                  audit_record("019c0000-0000-7000-8000-000000000002", now - 10)]  # fmt: skip
+    async with poller(fake, bus, clock, streams=["audit_logs"], audit_overlap_secs=120) as p:
+        assert (await p.poll_once())["audit_logs"] == 2
+        for _ in range(3):
+            clock.advance(60)
+            assert (await p.poll_once())["audit_logs"] == 0
+            assert p.last_failures == {}
+        assert any("start_date" in s.query for s in fake.requests_to("audit-logs")[1:]), "a window re-read ran"
+    letters = await bus_docs(bus, DEADLETTER_TOPIC)
+    assert len(letters) == 2, letters
+    for letter in letters:
+        assert letter["reason"] == "normalize" and "no usable 'id'" in letter["error"]
+        assert letter["original"]["stream"] == "audit_logs"
+    assert sorted(orjson.loads(x["original"]["value"])["activity_type"] for x in letters) == [37, 38]
+    ids = [e["source"]["record_id"] for e in await bus_docs(bus)]
+    assert sorted(ids) == ["019c0000-0000-7000-8000-000000000001", "019c0000-0000-7000-8000-000000000002"]
 
 
 # ------------------------------------------------------------------------- open enumerations
