@@ -93,8 +93,11 @@ HEAD_VERSION = 2
 JSONDict = dict[str, Any]
 
 
-def record_time(record: Mapping[str, Any]) -> float | None:
-    """The audit record's ``timestamp`` as epoch seconds, or ``None`` if absent or invalid."""
+def record_time(record: Any) -> float | None:
+    """The audit record's ``timestamp`` as epoch seconds, or ``None`` if absent or invalid (or the
+    record is no object: the audit read passes such items on to become dead letters)."""
+    if not isinstance(record, Mapping):
+        return None
     value = record.get("timestamp")
     if not isinstance(value, str):
         return None
@@ -116,8 +119,10 @@ class Selection:
     becomes a dead letter naming the problem)."""
 
 
-def record_id(record: Mapping[str, Any]) -> str | None:
-    """The record's id as a string, or ``None`` when absent, empty or not a string/int."""
+def record_id(record: Any) -> str | None:
+    """The record's id as a string, or ``None`` when absent, empty or not a string/int (or the record is no object)."""
+    if not isinstance(record, Mapping):
+        return None
     rid = record.get("id")
     if not isinstance(rid, str | int) or isinstance(rid, bool) or rid == "":
         return None
@@ -142,7 +147,7 @@ NO_ID_PREFIX = "!no-id:"
 counts as lying past ``last_id``: it is forgotten with its hour like any other)."""
 
 
-def audit_key(record: Mapping[str, Any]) -> str:
+def audit_key(record: Any) -> str:
     """The key a record is de-duplicated by: its id (:func:`record_id`), or for a record without a
     usable one :data:`NO_ID_PREFIX` and 32 hex digits of the SHA-256 of its canonical JSON (the same
     record listed again has the same key, so its dead letter is published once)."""

@@ -49,6 +49,7 @@ from connectors.instantly.responses import (
     decode_body,
     error_for,
     require_admin_answer,
+    require_item_list,
     require_items,
     require_object,
     require_workspace,
@@ -230,7 +231,7 @@ class InstantlyClient:
         return value
 
     async def paginate(
-        self, path: str, params: Mapping[str, Any] | None = None, limit: int = 100
+        self, path: str, params: Mapping[str, Any] | None = None, limit: int = 100, *, objects_only: bool = True
     ) -> AsyncGenerator[list[JSONDict], None]:
         """Yield the ``items`` of each page, following ``next_starting_after`` as ``starting_after``.
 
@@ -243,8 +244,12 @@ class InstantlyClient:
         page the same repetition means the rest of the listing was not delivered: that raises,
         because a snapshot diffed against a cut-short listing reads as mass deletions.
 
+        ``objects_only=False`` passes items that are no JSON object through (each counts as new) for
+        the caller to turn into dead letters, instead of refusing their page.
+
         Raises:
-            UpstreamError: a page has no ``items`` list, a full page was followed by a repeated
+            UpstreamError: a page has no ``items`` list (or, with ``objects_only``, one that holds a
+                non-object), a full page was followed by a repeated
                 page or cursor, or more than ``max_pages`` pages were read; plus everything
                 :meth:`get` raises.
         """
@@ -254,7 +259,8 @@ class InstantlyClient:
         ids: set[str] = set()
         full = False  # the page whose cursor led here held `limit` items: more may follow
         for _ in range(self.max_pages):
-            page = await self._call("GET", path, params=query, validate=require_items, retry_writes=False)
+            validate = require_items if objects_only else require_item_list
+            page = await self._call("GET", path, params=query, validate=validate, retry_writes=False)
             assert isinstance(page, dict)
             items: list[JSONDict] = page["items"]
             if not items:
@@ -472,9 +478,11 @@ def _retry_reason(status: int | None, err: SourceError) -> str:
     return f"http_{status}" if status >= 300 else "malformed"
 
 
-def _seen(ids: set[str], item: JSONDict) -> bool:
+def _seen(ids: set[str], item: Any) -> bool:
     """Whether ``item``'s string ``id`` (accounts: its lower-cased ``email``) was already listed; records it.
-    Items without either count as new."""
+    Items without either, or that are no object, count as new."""
+    if not isinstance(item, dict):
+        return False
     i = item.get("id")
     if not isinstance(i, str):
         email = item.get("email")

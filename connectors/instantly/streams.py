@@ -398,7 +398,7 @@ async def _read_audit(
     out = _AuditRead()
     after = cursor.last_id if incremental else None
     params = {"starting_after": after} if incremental and after else cursor.query(window.overlap_secs)
-    pages = client.paginate(AUDIT_LOGS.path, params, limit=window.page_size)
+    pages = client.paginate(AUDIT_LOGS.path, params, limit=window.page_size, objects_only=False)
     tel = pub.telemetry
     attrs = {
         KIND: "source",
@@ -441,10 +441,10 @@ class AuditBatch:
     """Ids of the input records that became dead letters."""
 
 
-def _safe_record(record: Mapping[str, Any]) -> Any:
-    """A record for a dead letter: connector redaction, then the gate's passes (a refusal keeps nothing)."""
+def _safe_record(record: Any) -> Any:
+    """A record for a dead letter: connector redaction (an object), then the gate's passes (a refusal keeps nothing)."""
     try:
-        return redact_tree(redact_record(record))
+        return redact_tree(redact_record(record) if isinstance(record, Mapping) else record)
     except GateRejected:
         return None
 
@@ -532,7 +532,7 @@ async def _publish_audit_page(
     cursor.mark((audit_key(r), ts) for r, ts in selection.new)
     if receipts is not None:
         receipts.record(((audit_key(r), ts, audit_key(r) in batch.dead_ids) for r, ts in selection.new), now=window.now)
-    triggers = {triggered_stream(r.get("activity_type")) for r, _ts in selection.new}
+    triggers = {triggered_stream(_activity_type(r)) for r, _ts in selection.new}
     state = cursor.state_writes()  # what pages up to this one changed: head, touched chunks, deleted buckets
     extra = receipt_writes(pub, receipts, now=window.now)
 
@@ -545,6 +545,11 @@ async def _publish_audit_page(
 
     await line.submit(TxnWrite([*batch.records, *extra.records], state | extra.state, committed))
     return max((ts for _r, ts in selection.new), default=None)
+
+
+def _activity_type(record: Any) -> Any:
+    """The record's ``activity_type`` (``None`` for an item that is no object: it becomes a dead letter)."""
+    return record.get("activity_type") if isinstance(record, Mapping) else None
 
 
 def _iso_or_none(value: float | None) -> str | None:

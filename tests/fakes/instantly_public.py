@@ -19,7 +19,8 @@ varies everything they leave open:
   insert or delete items mid-listing.
 
 Records are whatever the test puts in :attr:`lists`, :attr:`audit` and :attr:`workspace`, so
-optional fields can be absent or null, enums unknown and timestamps in any RFC 3339 spelling.
+optional fields can be absent or null, enums unknown, timestamps in any RFC 3339 spelling — or an
+item no object at all.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ class PublicInstantly(FakeServer):
         self.workspace: dict[str, Any] = {}
         self.lists: dict[str, list[dict[str, Any]]] = {}
         """Listing tail (``api-keys``, ``workspace-members``, ...) → items."""
-        self.audit: list[dict[str, Any]] = []
+        self.audit: list[Any] = []
+        """Audit records (anything: a test may serve an item that is no object)."""
         self.order: dict[str, Literal["asc", "desc"]] = {}
         self.last_cursor: Literal["absent", "null", "empty", "id"] = "absent"
         self.script: dict[str, list[Answer]] = {}
@@ -121,7 +123,7 @@ class PublicInstantly(FakeServer):
             return self._page(tail, self.lists[tail], request.query)
         return self.error(404, "Resource not found")
 
-    def _page(self, tail: str, items: list[dict[str, Any]], query: Any) -> web.Response:
+    def _page(self, tail: str, items: list[Any], query: Any) -> web.Response:
         try:
             limit = int(query.get("limit", DEFAULT_LIMIT))
         except ValueError:
@@ -134,17 +136,22 @@ class PublicInstantly(FakeServer):
         if after is not None and self.between_pages is not None:
             self.between_pages(tail, dict(query))
         desc = self.order.get(tail, "asc") == "desc"
-        ordered = sorted(items, key=lambda r: str(r.get("id", "")), reverse=desc)
+        ordered = sorted(items, key=_id, reverse=desc)
         if after is not None:
-            ordered = [r for r in ordered if (str(r.get("id", "")) < after if desc else str(r.get("id", "")) > after)]
+            ordered = [r for r in ordered if (_id(r) < after if desc else _id(r) > after)]
         page = ordered[:limit]
         out: dict[str, Any] = {"items": page}
         if len(ordered) > limit:
-            out["next_starting_after"] = str(page[-1]["id"])
+            out["next_starting_after"] = _id(page[-1])
         elif self.last_cursor == "null":
             out["next_starting_after"] = None
         elif self.last_cursor == "empty":
             out["next_starting_after"] = ""
         elif self.last_cursor == "id" and page:
-            out["next_starting_after"] = str(page[-1]["id"])
+            out["next_starting_after"] = _id(page[-1])
         return web.json_response(out)
+
+
+def _id(item: Any) -> str:
+    """An item's id as the listing orders it (an item that is no object, or has no id, sorts first)."""
+    return str(item.get("id", "")) if isinstance(item, dict) else ""

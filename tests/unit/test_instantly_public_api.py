@@ -121,6 +121,32 @@ async def test_an_audit_record_without_an_id_is_one_dead_letter(env: tuple[Publi
     assert sorted(ids) == ["019c0000-0000-7000-8000-000000000001", "019c0000-0000-7000-8000-000000000002"]
 
 
+async def test_a_non_object_in_the_audit_items_does_not_wedge_the_audit_log(
+    env: tuple[PublicInstantly, SqliteBus],
+) -> None:
+    """``items`` is an array of AuditLog objects; one ``null`` or string among them made the whole page
+    "malformed" and the audit log failed on every poll from then on (the records after it never
+    published, the cursor stuck). The bad item is a dead letter, the others are published, the log
+    goes on."""
+    fake, bus = env
+    clock = FakeClock()
+    now = clock.now()
+    fake.audit = [audit_record("019c0000-0000-7000-8000-000000000001", now - 40), None, "oops",
+                  audit_record("019c0000-0000-7000-8000-000000000002", now - 10)]  # fmt: skip
+    async with poller(fake, bus, clock, streams=["audit_logs"]) as p:
+        assert (await p.poll_once())["audit_logs"] == 2
+        assert p.last_failures == {}
+        clock.advance(60)
+        fake.audit.append(audit_record("019c0000-0000-7000-8000-000000000003", clock.now() - 1))
+        assert (await p.poll_once())["audit_logs"] == 1
+        assert p.last_failures == {}
+    letters = await bus_docs(bus, DEADLETTER_TOPIC)
+    assert sorted(x["original"]["value"] for x in letters) == ['"oops"', "null"]
+    assert all("not a JSON object" in x["error"] for x in letters)
+    ids = sorted(e["source"]["record_id"] for e in await bus_docs(bus))
+    assert ids == [f"019c0000-0000-7000-8000-00000000000{i}" for i in (1, 2, 3)]
+
+
 # ------------------------------------------------------------------------- open enumerations
 def snapshot_records_with_new_values() -> dict[str, list[dict[str, Any]]]:
     """One record per snapshot listing with a value Instantly's docs do not list (every enum is open),
