@@ -29,13 +29,16 @@ windowed read confirms ascending order again.
 * *Incremental* (steady state): ``starting_after=last_id``, no date filter: only the new pages
   (with ``limit=1000``: one request per 1,000 new records plus the final empty page).
 * *Full overlap re-read*: from ``start_date = date(threshold - 1 day)`` (the extra day absorbs the
-  coarse, timezone-unknown date filter), as every poll did before. It runs when no ``last_id`` is
-  known, when ``overlap`` seconds have passed since ``last_full_read``, on the first poll of a
-  poller process (``last_full_read`` older than the process start — records may have been
-  inserted behind the cursor while nothing was polling), whenever the order check fails, and —
-  for the rest of the process — once the API refused ``starting_after=last_id`` with a 400 or
-  404 (the reference documents the cursor as "the ID of the last item", but also shows
-  timestamp cursors; a server that accepts only its own must not wedge the audit log).
+  coarse, timezone-unknown date filter), as every poll did before. Without a ``last_id`` it can
+  publish nothing older than the threshold, so a listing newest first (timestamps never rising so
+  far) is read only down to the page that reaches the threshold (:mod:`connectors.instantly.streams`).
+  It runs when no ``last_id`` is known, when ``overlap`` seconds have passed since
+  ``last_full_read``, on the first poll of a poller process (``last_full_read`` older than the
+  process start — records may have been inserted behind the cursor while nothing was polling),
+  whenever the order check fails, and — for the rest of the process — once the API refused
+  ``starting_after=last_id`` with a 400 or 404 (the reference documents the cursor as "the ID of
+  the last item", but also shows timestamp cursors; a server that accepts only its own must not
+  wedge the audit log).
 
 Both keep a record when its id is not in ``seen`` and its timestamp is at or after the threshold.
 Because the threshold uses the ``high_water`` left by the last full re-read, a record inserted

@@ -31,7 +31,14 @@ import orjson
 
 from connectors.instantly.api import AUDIT_LOGS
 from connectors.instantly.audit_codes import triggered_stream
-from connectors.instantly.audit_cursor import AuditCursor, audit_key, last_page_id, page_is_ascending, record_id
+from connectors.instantly.audit_cursor import (
+    AuditCursor,
+    audit_key,
+    last_page_id,
+    page_is_ascending,
+    record_id,
+    record_time,
+)
 from connectors.instantly.client import ClientRequestError, InstantlyClient
 from connectors.instantly.normalize import normalize_audit_record
 from connectors.instantly.receipt_publish import receipt_writes
@@ -408,6 +415,10 @@ async def _read_audit(
         WORKSPACE: pub.source_id,
     }
     mode = "incremental" if incremental else "full"
+    # A full read that could publish nothing older than the window (no last_id: see AuditCursor.select)
+    # stops once a listing that has been newest first so far passes the window's start.
+    window_start = cursor.threshold(window.overlap_secs) if not incremental and cursor.last_id is None else None
+    newest_first, oldest = window_start is not None, None
     async with aclosing(pages), TxnPipeline(pub.bus, pub.txn_id) as line:
         async for page in pages:
             if out.ascending and not page_is_ascending(page, after):
@@ -427,7 +438,29 @@ async def _read_audit(
                 )
             if page_newest is not None:
                 out.newest = page_newest if out.newest is None else max(out.newest, page_newest)
+            if newest_first:
+                newest_first, oldest = _still_newest_first(page, oldest)
+                if newest_first and window_start is not None and oldest is not None and oldest < window_start:
+                    log.debug(
+                        "Newest-first audit listing passed the window; the older pages are not read.",
+                        extra={"source": pub.source_id, "workspace": pub.workspace.id, "records": out.ids},
+                    )
+                    break
     return out
+
+
+def _still_newest_first(page: Sequence[Any], oldest: float | None) -> tuple[bool, float | None]:
+    """Whether the listing is still newest first after ``page`` (timestamps never rising, within the
+    page and from the previous page's ``oldest``), and the oldest timestamp read so far. Records
+    without a usable timestamp are ignored."""
+    previous = oldest
+    for ts in map(record_time, page):
+        if ts is None:
+            continue
+        if previous is not None and ts > previous:
+            return False, oldest
+        previous = ts
+    return True, previous
 
 
 @dataclass
