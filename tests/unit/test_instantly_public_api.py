@@ -8,6 +8,7 @@ leave open. Each test names the documented freedom it exercises.
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
 from collections import Counter
@@ -24,7 +25,8 @@ from connectors.instantly.source import InstantlyWorkspacePoller
 from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.clock import FakeClock, format_time
-from tests.fakes.instantly_public import PublicInstantly
+from pipeline.redaction.registry import register_secret
+from tests.fakes.instantly_public import Answer, PublicInstantly
 from tests.unit.test_instantly_source import records
 
 KEY = "public-docs-key-3c9e71"
@@ -247,3 +249,39 @@ def test_documented_enums_match_the_simulator_catalog() -> None:
     assert enums.unknown_values(
         {"status": True, "role": {"x": 1}}, {"status": enums.WEBHOOK_STATUSES, "role": enums.ROLES}
     ) == {"status": True, "role": "<dict>"}
+
+
+async def test_no_secret_a_docs_shaped_answer_carries_reaches_the_bus_or_the_logs(
+    env: tuple[PublicInstantly, SqliteBus], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The docs say ``GET /api-keys`` returns ``key`` and ``GET /webhooks`` returns ``headers`` in clear;
+    an audit record's ``audit_metadata`` is free-form, and a stranger's error body may echo the bearer
+    key. Canaries in each: none reaches any topic or state value, nor a log line."""
+    fake, bus = env
+    register_secret(KEY)  # as the config loader does for the workspace's api_key
+    canaries = ["CANARYkeyvalue0a1b2c3d4e5f", "CANARYhookauth9z8y7x6w", "CANARYmetatoken5v4u3t"]
+    t = "2026-01-01T00:00:00Z"
+    fake.lists = {
+        "api-keys": [{"id": "019c0000-0000-7000-8000-000000000501", "name": "ci", "scopes": ["leads:read"],
+                      "key": canaries[0], "organization_id": WS, "timestamp_created": t, "timestamp_updated": t}],
+        "webhooks": [{"id": "019c0000-0000-7000-8000-000000000502", "organization": WS, "timestamp_created": t,
+                      "target_hook_url": "https://hooks.acme.example/in", "event_type": "all_events",
+                      "headers": {"Authorization": f"Bearer {canaries[1]}", "X-Note": canaries[1]}}],
+    }  # fmt: skip
+    clock = FakeClock()
+    fake.audit = [audit_record("019c0000-0000-7000-8000-000000000503", clock.now() - 5, 37,
+                               audit_metadata={"api_token": canaries[2], "note": f"token={canaries[2]}"})]  # fmt: skip
+    echo = {"statusCode": 403, "error": "Forbidden", "message": f"key {KEY} lacks workspace_members:read"}
+    fake.answer("workspace-members", Answer(403, body=echo))
+    with caplog.at_level(logging.DEBUG):
+        async with poller(fake, bus, clock) as p:
+            await p.poll_once()
+            assert "members" in p.last_failures and "api_keys" not in p.last_failures
+    dumped = [r.value for r in await records(bus, (EVENTS_TOPIC, DEADLETTER_TOPIC))]
+    dumped += list((await bus.state_items("")).values())
+    assert len(dumped) > 5
+    assert any(b"lacks workspace_members:read" in value for value in dumped), "the echoing message is published"
+    logs = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
+    for secret in [*canaries, KEY]:
+        assert not any(secret.encode() in value for value in dumped), secret
+        assert secret not in logs, secret
