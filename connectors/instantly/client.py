@@ -23,7 +23,10 @@
   :class:`UnreachableError`) after its retries marks the workspace unreachable: every later call
   fails at once with the same error, sending nothing, until :meth:`InstantlyClient.new_poll`
   (the poller calls it at the start of each poll). A host that accepts connections but never
-  answers so costs one request's retries per poll, not every stream's.
+  answers so costs one request's retries per poll, not every stream's. A timeout once the host
+  has answered something in the poll is one slow endpoint (a large audit page), not an
+  unreachable host: it fails only its own call, and a second timeout in the poll marks the
+  workspace unreachable (a host that stopped answering mid-poll costs two requests' retries).
 * The retry log line names the workspace (``source``: the config alias, ``workspace``: its id
   once known) and a plain ``cause`` (``HTTP 503``, ``timeout``, ``connection refused``, ``DNS``…);
   never a URL query, a header or a body.
@@ -188,10 +191,23 @@ class InstantlyClient:
         self.unreachable: UnreachableError | None = None
         """Set when a request failed as unreachable after its retries: every call fails at once with
         it, sending nothing, until :meth:`new_poll`."""
+        self._answered = False
+        """Some request of this poll got an HTTP answer (the host is reachable)."""
+        self._timed_out = False
+        """A request of this poll timed out after its retries although the host had answered."""
 
     def new_poll(self) -> None:
         """Start a poll: try the server again even if it was unreachable in the last one."""
         self.unreachable = None
+        self._answered = self._timed_out = False
+
+    def _mark_unreachable(self, err: UnreachableError) -> None:
+        """Fail the rest of the poll with ``err`` — unless it is the first timeout of a poll in which
+        the host answered: that is one slow endpoint, not an unreachable host."""
+        if err.cause == "timeout" and self._answered and not self._timed_out:
+            self._timed_out = True
+            return
+        self.unreachable = err
 
     def __repr__(self) -> str:
         return f"InstantlyClient(base_url={self.base_url!r})"
@@ -407,7 +423,7 @@ class InstantlyClient:
                 if not retriable or attempt >= self.max_retries:
                     err.hint = err.hint or self._hint(err)
                     if isinstance(err, UnreachableError):
-                        self.unreachable = err
+                        self._mark_unreachable(err)
                     raise
                 delay = self.backoff_delay(attempt, err.retry_after)
                 log.warning(
@@ -462,6 +478,7 @@ class InstantlyClient:
             )
         tel, wid, alias = self.telemetry, self.workspace_id, self.source_id
         if failure is None:
+            self._answered = True
             tel.api_requests(wid, status, workspace=alias)
             if status == 429:
                 tel.api_rate_limited(wid, workspace=alias)

@@ -178,6 +178,34 @@ async def test_a_non_object_in_the_audit_items_does_not_wedge_the_audit_log(
     assert ids == [f"019c0000-0000-7000-8000-00000000000{i}" for i in (1, 2, 3)]
 
 
+async def test_one_slow_endpoint_does_not_blind_the_other_streams(env: tuple[PublicInstantly, SqliteBus]) -> None:
+    """Large audit pages can be slow. A timeout on ``GET /audit-logs`` (the first stream of a poll) marked
+    the whole workspace unreachable, so every snapshot stream of the poll failed unsent ("not sent:
+    the server was unreachable earlier in this poll") although the host had just answered
+    ``/workspaces/current``: one slow endpoint blinded the watcher to keys, members and webhooks
+    on every poll. Only the slow stream fails now; a host that answered nothing in the poll still
+    fails the rest at once."""
+    fake, bus = env
+    fake.lists = {"api-keys": [], "workspace-members": [], "webhooks": [], "workspace-group-members": [],
+                  "block-lists-entries": [], "accounts": []}  # fmt: skip
+    fake.answer("audit-logs", *[Answer(200, body={"items": []}, delay_secs=1.0)] * 2)
+    clock = FakeClock()
+    async with poller(fake, bus, clock, request_timeout_secs=0.3) as p:
+        counts = await p.poll_once()
+        assert set(p.last_failures) == {"audit_logs"}, p.last_failures
+        assert "timeout" in p.last_failures["audit_logs"]
+        assert counts["workspace"] == 1
+        assert {s.tail for s in fake.seen} >= {"api-keys", "workspace-members", "webhooks", "accounts"}
+        # A second slow answer in the same poll: the host is taken as gone, the rest is not sent.
+        clock.advance(60)
+        fake.answer("audit-logs", *[Answer(200, body={"items": []}, delay_secs=1.0)] * 2)
+        fake.answer("api-keys", *[Answer(200, body={"items": []}, delay_secs=1.0)] * 2)
+        sent = len(fake.seen)
+        await p.poll_once()
+        assert {"audit_logs", "api_keys", "members", "webhooks"} <= set(p.last_failures)
+        assert "workspace-members" not in {s.tail for s in fake.seen[sent:]}
+
+
 # ------------------------------------------------------------------------- open enumerations
 def snapshot_records_with_new_values() -> dict[str, list[dict[str, Any]]]:
     """One record per snapshot listing with a value Instantly's docs do not list (every enum is open),
