@@ -43,9 +43,9 @@ from connectors.instantly.client import ClientRequestError, InstantlyClient
 from connectors.instantly.normalize import normalize_audit_record
 from connectors.instantly.receipt_publish import receipt_writes
 from connectors.instantly.receipts import HourReceipts, ReceiptSettings
-from connectors.instantly.redact import redact_record
+from connectors.instantly.rejects import rejected_letters, safe_record
 from connectors.instantly.snapshot_state import StoredSnapshot
-from connectors.instantly.snapshots import build_snapshot, diff_snapshots
+from connectors.instantly.snapshots import diff_snapshots, split_snapshot
 from connectors.instantly.sweep import SweepSettings, find_late, publish_late
 from connectors.instantly.txn_pipeline import YIELD_EVERY, TxnPipeline, TxnWrite
 from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC, Bus, Header, Transaction
@@ -55,7 +55,7 @@ from pipeline.observability.latency import sampled, source_time_header
 from pipeline.observability.logs import get_logger, redact_text
 from pipeline.observability.metrics import ID, KIND, STREAM, TYPE, WORKSPACE, WORKSPACE_ID
 from pipeline.observability.telemetry import Telemetry, get_telemetry
-from pipeline.redaction.gate import GateRejected, encode_event, redact_tree, rejected_letter
+from pipeline.redaction.gate import GateRejected, encode_event, rejected_letter
 from schemas import deadletter
 from schemas.event import Event, WorkspaceRef
 
@@ -182,21 +182,27 @@ async def publish_snapshot(
     Raises:
         BusError: the transaction failed (neither the events nor the snapshot were written).
     """
-    current, skipped = build_snapshot(stream, records)
-    if skipped:
-        log.warning("Records without an id were skipped.", extra={"stream": stream, "count": skipped})
+    current, skipped = split_snapshot(stream, records)
     stored = await load_snapshot(pub.bus, pub.source_id, stream)
     events = diff_snapshots(stream, stored.snapshot, current, workspace=pub.workspace, observed_at=observed_at)
     writes = stored.writes(current)
-    if events or writes:
+    letters, rejected = await rejected_letters(pub.bus, pub.source_id, pub.workspace.id, stream, skipped, observed_at)
+    if letters:
+        log.warning(
+            "Listed records left out of the snapshot went to the dead letters.",
+            extra={"source": pub.source_id, "workspace": pub.workspace.id, "stream": stream, "count": len(letters)},
+        )
+    if events or writes or rejected:
         trace = pub.telemetry.trace_headers()
         async with pub.bus.transaction(pub.txn_id) as tx:
             for event in events:
                 pub.send(tx, event, trace)
-            for k, v in writes.items():
+            for topic, value, key in letters:
+                tx.send(topic, value, key=key, headers=(("error", b"normalize"), *trace))
+            for k, v in (writes | rejected).items():
                 tx.put_state(k, v)
         _record_ages(pub, clock, [e.time for e in events if e.time != observed_at])
-    pub.count(stream, len(records), len(events), {"no_id": skipped})
+    pub.count(stream, len(records), len(events), {"dead_letter": len(letters)})
     return len(events)
 
 
@@ -474,14 +480,6 @@ class AuditBatch:
     """Ids of the input records that became dead letters."""
 
 
-def _safe_record(record: Any) -> Any:
-    """A record for a dead letter: connector redaction (an object), then the gate's passes (a refusal keeps nothing)."""
-    try:
-        return redact_tree(redact_record(record) if isinstance(record, Mapping) else record)
-    except GateRejected:
-        return None
-
-
 async def prepare_audit_batch(
     pub: Publisher, records: Iterable[Mapping[str, Any]], observed_at: str, line: TxnPipeline
 ) -> AuditBatch:
@@ -501,7 +499,7 @@ async def prepare_audit_batch(
         except NormalizeError as err:
             letter = deadletter.build(
                 stage="source", component=pub.source_id, component_type="instantly", reason="normalize",
-                error=redact_text(err.message), failed_at=observed_at, value=orjson.dumps(_safe_record(record)),
+                error=redact_text(err.message), failed_at=observed_at, value=orjson.dumps(safe_record(record)),
                 stream=AUDIT_LOGS.name, key=key,
             )  # fmt: skip
             dead.append((DEADLETTER_TOPIC, letter.to_json(), key, (("error", b"normalize"), *trace)))
