@@ -18,7 +18,12 @@
   ``X-RateLimit-Reset`` header — Instantly documents none, so none is needed) up
   to ``max_retries``; 401/402/403/404 are never retried. Writes are not idempotent on
   Instantly, so they are retried only after a 429 (the request was refused, not processed).
-* Every attempt first takes a token from the workspace's :class:`RequestBudget`.
+* Every attempt first takes a token from the workspace's :class:`RequestBudget`. A ``Retry-After``
+  (or reset header) on a 429/5xx is waited out before the retry; when the request gives up with
+  one, it holds the whole budget that long (:meth:`RequestBudget.hold`), so no request of the
+  workspace is sent before it passes. One longer than ``backoff_max_secs`` is not waited out
+  inside a poll: the request fails with :class:`RateLimitedError` at once, and so does every call
+  until the hold ends, without sending anything.
 * A request that fails as unreachable (timeout, connection refused or reset, DNS: an
   :class:`UnreachableError`) after its retries marks the workspace unreachable: every later call
   fails at once with the same error, sending nothing, until :meth:`InstantlyClient.new_poll`
@@ -406,6 +411,13 @@ class InstantlyClient:
             )
             skipped.hint = self.unreachable.hint
             raise skipped
+        held = self.budget.held_for()
+        if held > self.backoff_max_secs:
+            raise RateLimitedError(
+                f"{method} {path}: not sent: Instantly asked to wait {held:.0f} s more (Retry-After)",
+                status=429,
+                retry_after=held,
+            )
         attempt = 0
         while True:
             await self.budget.acquire()
@@ -420,7 +432,12 @@ class InstantlyClient:
                 return value
             except SourceError as err:
                 retriable = isinstance(err, RateLimitedError) if retry_writes else err.retriable
+                wait = err.retry_after if status is not None else None
+                if wait is not None and wait > self.backoff_max_secs:
+                    retriable = False
                 if not retriable or attempt >= self.max_retries:
+                    if wait is not None:  # the retry's own sleep honours it; giving up, every later call must
+                        self.budget.hold(wait)
                     err.hint = err.hint or self._hint(err)
                     if isinstance(err, UnreachableError):
                         self._mark_unreachable(err)

@@ -26,6 +26,7 @@ item no object at all.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -61,6 +62,8 @@ class Seen:
     tail: str
     query: dict[str, str]
     headers: dict[str, str]
+    at: float = 0.0
+    """When it arrived, on :attr:`PublicInstantly.now`'s clock."""
 
 
 class PublicInstantly(FakeServer):
@@ -79,6 +82,8 @@ class PublicInstantly(FakeServer):
         self.script: dict[str, list[Answer]] = {}
         self.between_pages: Callable[[str, dict[str, str]], None] | None = None
         self.seen: list[Seen] = []
+        self.now: Callable[[], float] = time.monotonic
+        """The clock requests are stamped with (a test's fake clock)."""
 
     def answer(self, tail: str, *answers: Answer) -> None:
         """Answer the next requests to ``tail`` with ``answers``, in order, before serving it normally."""
@@ -102,7 +107,7 @@ class PublicInstantly(FakeServer):
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         tail = request.match_info["tail"]
-        self.seen.append(Seen(request.method, tail, dict(request.query), dict(request.headers)))
+        self.seen.append(Seen(request.method, tail, dict(request.query), dict(request.headers), self.now()))
         if request.headers.get("Authorization") != f"Bearer {self.key}":
             return self.error(401, "Invalid authorization header")
         queued = self.script.get(tail)

@@ -20,12 +20,14 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
+from connectors.instantly.budget import RequestBudget
 from connectors.instantly.config import BudgetConfig, WorkspaceConfig
 from connectors.instantly.source import InstantlyWorkspacePoller
 from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.clock import FakeClock, format_time
 from pipeline.redaction.registry import register_secret
+from tests.fakes import FakeSleep
 from tests.fakes.instantly_public import Answer, PublicInstantly
 from tests.unit.test_instantly_source import records
 
@@ -235,6 +237,36 @@ async def test_one_slow_endpoint_does_not_blind_the_other_streams(env: tuple[Pub
         await p.poll_once()
         assert {"audit_logs", "api_keys", "members", "webhooks"} <= set(p.last_failures)
         assert "workspace-members" not in {s.tail for s in fake.seen[sent:]}
+
+
+async def test_no_request_before_a_long_retry_after_has_passed(env: tuple[PublicInstantly, SqliteBus]) -> None:
+    """A 429 may carry ``Retry-After`` (RFC 9110 §10.2.3: how long to wait before a follow-up request;
+    Instantly documents it for some endpoints). One above the client's 60 s backoff cap was cut to
+    60 s: the retry came 30 s early, and the next polls (every 5 s) asked again at once. Now no
+    request of the workspace is sent before the wait is over; the polls in between fail fast
+    (``pipeline.stream_unavailable`` after three of them) and the one after it reads everything."""
+    fake, bus = env
+    fake.lists = {"api-keys": [], "workspace-members": [], "webhooks": []}
+    clock = FakeClock()
+    fake.now = clock.now
+    fake.answer("api-keys", Answer(429, headers={"Retry-After": "90"}))
+    budget = RequestBudget(100, 6000, clock=clock, sleep=FakeSleep(clock))
+    cfg = WorkspaceConfig(
+        api_key=SecretStr(KEY), base_url=fake.url, max_retries=2, streams=["api_keys", "members", "webhooks"],
+        budget=BudgetConfig(requests_per_second=100, requests_per_minute=6000),
+    )  # fmt: skip
+    p = InstantlyWorkspacePoller("acme", cfg, bus, clock=clock, sleep=FakeSleep(clock), budget=budget,
+                                 rng=random.Random(1))  # fmt: skip
+    async with p:
+        await p.poll_once()
+        refused_at = fake.requests_to("api-keys")[0].at
+        assert "api_keys" in p.last_failures
+        while clock.now() < refused_at + 100:
+            clock.advance(5)
+            await p.poll_once()
+        assert p.last_failures == {}
+    after = [s for s in fake.seen if s.at > refused_at]
+    assert after and min(s.at for s in after) >= refused_at + 90, [(s.tail, s.at - refused_at) for s in after]
 
 
 # ------------------------------------------------------------------------- open enumerations
