@@ -71,6 +71,55 @@ async def bus_docs(bus: SqliteBus, topic: str = EVENTS_TOPIC) -> list[dict[str, 
     return [orjson.loads(r.value) for r in await records(bus, (topic,))]
 
 
+# ------------------------------------------------------------------------------ pagination
+@pytest.mark.parametrize("order", ["asc", "desc"])
+@pytest.mark.parametrize("last_cursor", ["absent", "null", "empty", "id"])
+async def test_listings_end_every_documented_way_and_survive_changes_between_pages(
+    env: tuple[PublicInstantly, SqliteBus], order: Any, last_cursor: Any
+) -> None:
+    """``next_starting_after`` is optional (absent, ``null``, ``""``, or still the last id on the last
+    page, then an empty page); the order is undocumented; items come and go between page requests
+    (the item the cursor names is deleted, a new one inserted). Every audit record is published
+    exactly once; a key deleted mid-listing is one ``api_key.deleted``, never a false one."""
+    fake, bus = env
+    fake.last_cursor = last_cursor
+    fake.order = {"audit-logs": order, "api-keys": order}
+    clock = FakeClock()
+    now = clock.now()
+
+    def rid(i: int) -> str:
+        return f"019c0000-0000-7000-8000-{i:012d}"
+
+    t = "2026-01-01T00:00:00Z"
+    fake.audit = [audit_record(rid(i), now - 3000 + i) for i in range(1500)]
+    fake.lists = {"api-keys": [{"id": rid(20_000 + i), "name": f"k{i}", "scopes": ["leads:read"], "key": f"k{i}****",
+                                "organization_id": WS, "timestamp_created": t, "timestamp_updated": t}
+                               for i in range(150)]}  # fmt: skip
+    deleted: list[str] = []
+    inserted = audit_record(rid(9_000), now - 1, 37)
+
+    def churn(tail: str, query: dict[str, str]) -> None:
+        if tail == "audit-logs" and inserted not in fake.audit:
+            fake.audit.append(inserted)
+        if tail == "api-keys" and not deleted:
+            deleted.append(query["starting_after"])
+            fake.lists["api-keys"] = [k for k in fake.lists["api-keys"] if k["id"] != deleted[0]]
+
+    fake.between_pages = churn
+    async with poller(fake, bus, clock, streams=["audit_logs", "api_keys"]) as p:
+        await p.poll_once()
+        fake.between_pages = None
+        for _ in range(2):
+            clock.advance(60)
+            await p.poll_once()
+            assert p.last_failures == {}
+    evs = await bus_docs(bus)
+    audit_ids = [e["source"]["record_id"] for e in evs if e["type"].startswith("audit.")]
+    assert Counter(audit_ids) == Counter(r["id"] for r in fake.audit)
+    assert [e["source"]["record_id"] for e in evs if e["type"] == "api_key.deleted"] == deleted
+    assert sum(e["type"] == "api_key.baseline" for e in evs) in (149, 150)
+
+
 # ------------------------------------------------------------------------------ audit log ids
 async def test_uuid4_audit_ids_are_not_read_as_time_ordered(env: tuple[PublicInstantly, SqliteBus]) -> None:
     """Ids are ``format: uuid`` and the cursor is "the ID of the last item"; nothing says a new record
