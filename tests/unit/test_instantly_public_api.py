@@ -425,3 +425,51 @@ async def test_no_secret_a_docs_shaped_answer_carries_reaches_the_bus_or_the_log
     for secret in [*canaries, KEY]:
         assert not any(secret.encode() in value for value in dumped), secret
         assert secret not in logs, secret
+
+
+# ------------------------------------------------------------------------------ webhook receiver
+GUIDE_EVENT_TYPES = (
+    "email_sent", "email_opened", "reply_received", "auto_reply_received", "link_clicked", "email_bounced",
+    "lead_unsubscribed", "account_error", "campaign_completed", "lead_neutral", "lead_interested",
+    "lead_not_interested", "lead_meeting_booked", "lead_meeting_completed", "lead_closed", "lead_out_of_office",
+    "lead_wrong_person",
+)  # fmt: skip
+"""The payload ``event_type`` values of the guide "Webhook events" (developer.instantly.ai)."""
+
+
+async def test_the_receiver_takes_every_payload_shape_the_guide_allows(tmp_path: Path) -> None:
+    """Base fields only (optional ones absent), optional fields ``null``, extra lead keys, every
+    documented ``event_type``, a custom label, ``timestamp`` with or without fractions and offset:
+    one event each, the label flagged ``custom_label``. A JSON array (a batch: the guide documents
+    one object per delivery) and a payload without ``workspace`` are dead letters naming the
+    problem, answered 200 so Instantly does not retry and disable the webhook."""
+    from pipeline.sources.webhook.receiver import WebhookReceiver
+    from tests.unit.test_webhook_support import WS as HOOK_WS
+    from tests.unit.test_webhook_support import events_of, hdrs, letters_of, make_config, serve
+
+    base = {"workspace": HOOK_WS, "campaign_id": "019c0000-0000-7000-8000-000000000701", "campaign_name": "Q3"}
+    stamps = ["2026-03-05T23:09:47.337Z", "2026-03-05T23:09:47Z", "2026-03-05T23:09:47+00:00"]
+    bodies: list[Any] = [
+        {**base, "event_type": et, "timestamp": stamps[i % 3], "n": i} for i, et in enumerate(GUIDE_EVENT_TYPES)
+    ]
+    bodies += [
+        {**base, "event_type": "Hot Lead", "timestamp": stamps[0]},
+        {"workspace": HOOK_WS, "event_type": "account_error", "timestamp": stamps[1], "email_account": "s@acme.io"},
+        {**base, "event_type": "reply_received", "timestamp": stamps[2], "lead_email": None, "step": None,
+         "unibox_url": None, "company_size": "51-200"},
+    ]  # fmt: skip
+    bad = [[{**base, "event_type": "email_sent", "timestamp": stamps[0]}] * 2,
+           {"event_type": "email_sent", "timestamp": stamps[0], "campaign_id": "c"}]  # fmt: skip
+    async with SqliteBus(tmp_path / "hooks.db") as bus:
+        receiver = WebhookReceiver(make_config(), bus)
+        async with serve(receiver) as c:
+            for body in [*bodies, *bad]:
+                resp = await c.post("/hooks/crm", data=orjson.dumps(body), headers=hdrs())
+                assert resp.status == 200, await resp.text()
+        evs = [orjson.loads(x.value) for x in await events_of(bus)]
+        letters = await letters_of(bus)
+    assert len(evs) == len(bodies)
+    assert {e["type"] for e in evs} >= {f"webhook_delivery.{et}" for et in GUIDE_EVENT_TYPES}
+    assert [e["attributes"]["custom_label"] for e in evs].count(True) == 1
+    assert sorted(x["error"] for x in letters) == ["bad_shape: the body must be a JSON object",
+                                                   "bad_shape: workspace must be a non-empty string"]  # fmt: skip
