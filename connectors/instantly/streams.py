@@ -22,7 +22,7 @@ write and deleted.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,16 +174,29 @@ async def publish_snapshot(
     *,
     observed_at: str,
     clock: Clock = SYSTEM_CLOCK,
+    relist: Callable[[], Awaitable[Sequence[dict[str, Any]]]] | None = None,
 ) -> int:
     """Diff a complete listing against the stored snapshot; write the events and the new snapshot atomically.
+
+    ``relist`` (a listing of several pages): called when the listing lacks a stored record; only what
+    both listings lack is deleted (a listing sorted by a changing field loses an item updated
+    between two page requests: the order is undocumented).
 
     Returns the number of events published (nothing is written when nothing changed).
 
     Raises:
         BusError: the transaction failed (neither the events nor the snapshot were written).
+        SourceError: ``relist`` failed (nothing was written).
     """
     current, skipped = split_snapshot(stream, records)
     stored = await load_snapshot(pub.bus, pub.source_id, stream)
+    missing = set(stored.snapshot or {}) - set(current)
+    if missing and relist is not None:
+        again, _ = split_snapshot(stream, await relist())
+        kept = {rid: again[rid] for rid in missing if rid in again}
+        if kept:
+            log.info("Records missing from a paged listing were in a second one.", extra={"stream": stream})
+            current.update(kept)
     events = diff_snapshots(stream, stored.snapshot, current, workspace=pub.workspace, observed_at=observed_at)
     writes = stored.writes(current)
     letters, rejected = await rejected_letters(pub.bus, pub.source_id, pub.workspace.id, stream, skipped, observed_at)

@@ -78,6 +78,10 @@ class PublicInstantly(FakeServer):
         self.audit: list[Any] = []
         """Audit records (anything: a test may serve an item that is no object)."""
         self.order: dict[str, Literal["asc", "desc"]] = {}
+        self.order_by: dict[str, str] = {}
+        """Listing tail → a field the listing is sorted by, newest first (``timestamp_updated``), instead
+        of the id: ``starting_after`` then continues after the cursor item's current place, so an
+        item updated between two pages moves to the top and out of this listing."""
         self.last_cursor: Literal["absent", "null", "empty", "id"] = "absent"
         self.script: dict[str, list[Answer]] = {}
         self.between_pages: Callable[[str, dict[str, str]], None] | None = None
@@ -141,9 +145,16 @@ class PublicInstantly(FakeServer):
         if after is not None and self.between_pages is not None:
             self.between_pages(tail, dict(query))
         desc = self.order.get(tail, "asc") == "desc"
-        ordered = sorted(items, key=_id, reverse=desc)
-        if after is not None:
-            ordered = [r for r in ordered if (_id(r) < after if desc else _id(r) > after)]
+        by = self.order_by.get(tail)
+        if by is not None:
+            ordered = sorted(items, key=lambda r: str(r.get(by, "")), reverse=True)
+            ids = [_id(r) for r in ordered]
+            if after is not None:
+                ordered = ordered[ids.index(after) + 1 :] if after in ids else ordered
+        else:
+            ordered = sorted(items, key=_id, reverse=desc)
+            if after is not None:
+                ordered = [r for r in ordered if (_id(r) < after if desc else _id(r) > after)]
         page = ordered[:limit]
         out: dict[str, Any] = {"items": page}
         if len(ordered) > limit:

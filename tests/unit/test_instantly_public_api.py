@@ -120,6 +120,41 @@ async def test_listings_end_every_documented_way_and_survive_changes_between_pag
     assert sum(e["type"] == "api_key.baseline" for e in evs) in (149, 150)
 
 
+async def test_an_item_updated_while_its_listing_is_paged_is_not_read_as_deleted(
+    env: tuple[PublicInstantly, SqliteBus],
+) -> None:
+    """The order of a listing is undocumented. Sorted by ``timestamp_updated`` (newest first), a key
+    updated while the pages are read moves ahead of the cursor and is missing from that listing:
+    the poller published a false ``api_key.deleted`` and, next poll, ``api_key.created`` (a removed
+    and re-invited member alerts the same way). A multi-page listing that would delete something is
+    listed once more, and only what is missing from both is deleted."""
+    fake, bus = env
+    t = "2026-01-01T00:00:00Z"
+    keys = [{"id": f"019c0000-0000-7000-8000-{i:012d}", "name": f"k{i}", "scopes": ["leads:read"], "key": "k****",
+             "organization_id": WS, "timestamp_created": t, "timestamp_updated": format_time(1_767_225_600 + i)}
+            for i in range(150)]  # fmt: skip
+    fake.lists = {"api-keys": keys}
+    fake.order_by = {"api-keys": "timestamp_updated"}
+    clock = FakeClock()
+
+    def touch(tail: str, query: dict[str, str]) -> None:  # key 10 (on page 2) is updated meanwhile
+        keys[10]["timestamp_updated"] = "2026-02-01T00:00:00Z"
+
+    async with poller(fake, bus, clock, streams=["api_keys"]) as p:
+        assert (await p.poll_once())["api_keys"] == 150
+        fake.between_pages = touch
+        clock.advance(60)
+        assert (await p.poll_once())["api_keys"] == 0
+        fake.between_pages = None
+        fake.lists["api-keys"] = keys[:-1]  # a real deletion is still one event
+        clock.advance(60)
+        assert (await p.poll_once())["api_keys"] == 1
+        clock.advance(60)
+        assert (await p.poll_once())["api_keys"] == 0
+    types = Counter(e["type"] for e in await bus_docs(bus))
+    assert types == {"api_key.baseline": 150, "api_key.deleted": 1}
+
+
 # ------------------------------------------------------------------------------ audit log ids
 async def test_uuid4_audit_ids_are_not_read_as_time_ordered(env: tuple[PublicInstantly, SqliteBus]) -> None:
     """Ids are ``format: uuid`` and the cursor is "the ID of the last item"; nothing says a new record
