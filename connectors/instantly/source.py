@@ -37,6 +37,7 @@ once with the same cause (:class:`~connectors.instantly.client.UnreachableError`
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -343,12 +344,15 @@ class InstantlyWorkspacePoller:
                             pub, stream, [ws_record], observed_at=format_time(now), clock=self.clock
                         )
                     else:
-                        items = await self._client.get_all(spec.path, limit=page_limit(spec))
+                        limit = page_limit(spec)
+                        items = await self._client.get_all(spec.path, limit=limit)
+                        paged = len(items) >= limit  # several pages: an item may have moved between them
                         if spec is GROUP_MEMBERS:
                             items = with_admin_link(items, await self._admin_link())
                         listed = format_time(self.clock.now())  # after the listing: nothing in it is newer
+                        relist = functools.partial(self._client.get_all, spec.path, limit=limit) if paged else None
                         counts[stream] += await publish_snapshot(
-                            pub, stream, items, observed_at=listed, clock=self.clock
+                            pub, stream, items, observed_at=listed, clock=self.clock, relist=relist
                         )
                 except AuthError as err:
                     _failed(span, err)
