@@ -7,7 +7,11 @@
   (names matching ``logs-*-*``) accept only ``create`` and need ``@timestamp``.
 * Failure modes: ``item_fault_rate`` (items answered 429 ``es_rejected_execution_exception``
   or 503), ``reject`` (items answered 400 ``document_parsing_exception``), ``overload_rate``
-  (whole request 429), and the shared :class:`Faults`.
+  (whole request 429), ``block`` (``"flood_stage"``: every item answered 429
+  ``cluster_block_exception``, the ``read_only_allow_delete`` block Elasticsearch puts on an index
+  past the disk flood-stage watermark; ``"cluster_read_only"``: the whole request answered 403
+  ``cluster_block_exception``, the global ``cluster.blocks.read_only`` block), and the shared
+  :class:`Faults`.
 * ``GET /`` answers the cluster banner.
 """
 
@@ -45,6 +49,7 @@ class FakeElasticsearch(FakeServer):
         overload_rate: float = 0.0,
         reject: Reject | None = None,
         data_streams: tuple[str, ...] = ("logs-*-*",),
+        block: str | None = None,
     ) -> None:
         super().__init__(faults)
         self.api_key = api_key
@@ -53,6 +58,8 @@ class FakeElasticsearch(FakeServer):
         self.overload_rate = overload_rate
         self.reject = reject
         self.data_streams = data_streams
+        self.block = block
+        self.blocked_items = 0
         # API path (``_index_template/NAME``, ``_ilm/policy/NAME``...) → body PUT; the shipped
         # index templates count as installed (clear ``setup`` for a fresh cluster).
         self.setup: dict[str, Any] = {f"_index_template/logs-instantly.{n}": {} for n in ("audit", "alerts")}
@@ -140,6 +147,8 @@ class FakeElasticsearch(FakeServer):
             resp = _err(429, "es_rejected_execution_exception", "rejected execution of coordinating operation")
             resp.headers.update(self.faults.headers())
             return resp
+        if self.block == "cluster_read_only":
+            return _err(403, "cluster_block_exception", "blocked by: [FORBIDDEN/6/cluster read-only (api)];")
         ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
         if ctype not in ("application/x-ndjson", "application/json"):
             return json_error(406, {"error": f"Content-Type header [{ctype}] is not supported", "status": 406})
@@ -182,6 +191,10 @@ class FakeElasticsearch(FakeServer):
             )
         if is_stream and "@timestamp" not in source:
             return fail(400, "document_parsing_exception", "data stream timestamp field [@timestamp] is missing")
+        if self.block == "flood_stage":
+            self.blocked_items += 1
+            return fail(429, "cluster_block_exception", f"index [{index}] blocked by: [TOO_MANY_REQUESTS/12/disk usage "
+                        "exceeded flood-stage watermark, index has read-only-allow-delete block];")  # fmt: skip
         if self.faults.rng.random() < self.item_fault_rate:
             self.item_faults += 1
             if self.faults.rng.random() < 0.5:

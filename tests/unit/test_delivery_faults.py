@@ -318,3 +318,29 @@ async def test_a_mistyped_record_in_a_cef_file_is_dead_lettered(bus: SqliteBus, 
     assert stats.delivered == 5 and stats.dead_lettered == 1 and len(lines) == 5
     assert all(any(f"externalId={i}" in line for line in lines) for i in good)
     assert not any(bad_id in line for line in lines)
+
+
+@pytest.mark.parametrize("block", ["flood_stage", "cluster_read_only"])
+async def test_elasticsearch_cluster_block_is_waited_out_never_dead_lettered(bus: SqliteBus, block: str) -> None:
+    """A write block (index read-only past the disk flood-stage watermark: item 429; a read-only cluster: whole
+    request 403, both ``cluster_block_exception``) is retried until it lifts: nothing dead-lettered, all once."""
+    ids = await workload(bus, 300)
+    t = make_target("es", block=block)
+    es = t.server
+    assert isinstance(es, FakeElasticsearch)
+    async with es:
+        sink, cfg = t.build(es.url, {"batch_max_records": 100})
+        runner = SinkRunner(bus, sink, cfg)
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        assert await eventually(lambda: es.requests >= 3, 10)
+        assert es.ids == []
+        es.block = None  # disk freed / the block removed: Elasticsearch lifts it
+        await eventually(lambda: len(es.ids) == len(ids), 15)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    ledger = Ledger.check(ids, es.ids)
+    assert ledger.lost == set() and ledger.duplicated == {} and ledger.phantom == set()
+    async with bus.consumer([DEADLETTER_TOPIC], start="earliest") as c:
+        assert await c.poll(10, timeout_s=0) == []
+    assert await lag(bus, "sink-elastic") == 0
