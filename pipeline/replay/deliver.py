@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline.bus.base import Bus
 from pipeline.delivery.base import CollapsingSink, Delivery
+from pipeline.delivery.batches import mistyped
 from pipeline.delivery.filters import SinkFilter
 from pipeline.delivery.registry import build_sink
 from pipeline.delivery.runner import decode
@@ -91,6 +92,18 @@ async def redeliver(
                         pending = []
                         break
                     await asyncio.sleep(min(err.retry_after or 0.5 * 2**attempt, 30))
+                    continue
+                except Exception:
+                    # A record that is not a valid Event/Alert (decode() leaves field types unchecked) can make
+                    # the sink's format raise: report it and send the rest; anything else is a sink bug.
+                    invalid = [(d, why) for d in pending if (why := mistyped(d)) is not None]
+                    if not invalid:
+                        raise
+                    for d, why in invalid:
+                        failed += 1
+                        print(f"replay --to {sink_id}: {d.id}: {why}", file=sys.stderr)
+                    dropped = {id(d) for d, _ in invalid}
+                    pending = [d for d in pending if id(d) not in dropped]
                     continue
                 duplicates += result.duplicates
                 bad = {id(f.delivery) for f in result.failures}

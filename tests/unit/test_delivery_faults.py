@@ -344,3 +344,25 @@ async def test_elasticsearch_cluster_block_is_waited_out_never_dead_lettered(bus
     async with bus.consumer([DEADLETTER_TOPIC], start="earliest") as c:
         assert await c.poll(10, timeout_s=0) == []
     assert await lag(bus, "sink-elastic") == 0
+
+
+async def test_replay_to_a_sink_reports_a_mistyped_record_and_delivers_the_rest(
+    bus: SqliteBus, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``replay --to`` meets the same record: it is reported as failed (exit 1) naming the field, the rest
+    delivered; before, the format's exception ended the replay with a traceback and nothing delivered."""
+    from types import SimpleNamespace
+
+    from pipeline.replay.deliver import redeliver
+    from pipeline.replay.scan import ReplayStats, Selection
+
+    good, bad_id = await _mistyped_workload(bus)
+    out = tmp_path / "out.cef"
+    cfg = JsonlConfig.model_validate({"type": "jsonl", "path": str(out), "format": "cef"})
+    assert len(good) == 5
+    code = await redeliver(bus, SimpleNamespace(sinks={"file": cfg}), Selection(), ReplayStats(), "file")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"{bad_id}: undecodable event" in err and "$.attributes" in err
+    assert "delivered 5 " in err and "failed 1," in err
+    assert len(out.read_text().splitlines()) == 5
