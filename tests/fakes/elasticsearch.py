@@ -12,6 +12,10 @@
   past the disk flood-stage watermark; ``"cluster_read_only"``: the whole request answered 403
   ``cluster_block_exception``, the global ``cluster.blocks.read_only`` block), and the shared
   :class:`Faults`.
+* Ingest pipelines: ``?pipeline=NAME`` on ``_bulk`` runs one of ``ingest_pipelines`` (each
+  document gets ``"ingested_by": NAME``); an unknown one answers every item 400
+  ``illegal_argument_exception`` "pipeline with id [NAME] does not exist", as Elasticsearch does;
+  ``GET /_ingest/pipeline/NAME`` answers 200 or 404 ``{}``.
 * ``GET /`` answers the cluster banner.
 """
 
@@ -50,6 +54,7 @@ class FakeElasticsearch(FakeServer):
         reject: Reject | None = None,
         data_streams: tuple[str, ...] = ("logs-*-*",),
         block: str | None = None,
+        ingest_pipelines: tuple[str, ...] = (),
     ) -> None:
         super().__init__(faults)
         self.api_key = api_key
@@ -59,6 +64,7 @@ class FakeElasticsearch(FakeServer):
         self.reject = reject
         self.data_streams = data_streams
         self.block = block
+        self.ingest_pipelines = set(ingest_pipelines)
         self.blocked_items = 0
         # API path (``_index_template/NAME``, ``_ilm/policy/NAME``...) → body PUT; the shipped
         # index templates count as installed (clear ``setup`` for a fresh cluster).
@@ -81,6 +87,7 @@ class FakeElasticsearch(FakeServer):
         app.router.add_get("/", self.banner)
         app.router.add_post("/_bulk", self.bulk)
         app.router.add_post("/{index}/_bulk", self.bulk)
+        app.router.add_get("/_ingest/pipeline/{name}", self.get_pipeline)
         for prefix in ("_index_template", "_component_template", "_ilm/policy"):
             app.router.add_get(f"/{prefix}/{{name}}", self.get_setup)
             app.router.add_put(f"/{prefix}/{{name}}", self.put_setup)
@@ -123,6 +130,16 @@ class FakeElasticsearch(FakeServer):
         self.setup_puts += 1
         self.setup[request.path.lstrip("/")] = json.loads(await request.read())
         return json_error(200, {"acknowledged": True})
+
+    async def get_pipeline(self, request: web.Request) -> web.Response:
+        """``GET /_ingest/pipeline/NAME``: 200 with its definition, 404 ``{}`` when it does not exist."""
+        denied = self._auth(request)
+        if denied is not None:
+            return denied
+        name = request.match_info["name"]
+        if name not in self.ingest_pipelines:
+            return json_error(404, {})
+        return json_error(200, {name: {"processors": []}})
 
     async def banner(self, request: web.Request) -> web.Response:
         """``GET /``."""
@@ -167,6 +184,14 @@ class FakeElasticsearch(FakeServer):
             except json.JSONDecodeError:
                 return _err(400, "x_content_parse_exception", "failed to parse")
             ((op, meta),) = action.items()
+            pipeline = request.query.get("pipeline")
+            if pipeline is not None and pipeline not in self.ingest_pipelines:
+                reason = f"pipeline with id [{pipeline}] does not exist"
+                base = {"_index": meta.get("_index") or default_index, "_id": meta.get("_id"), "status": 400}
+                items.append({op: {**base, "error": {"type": "illegal_argument_exception", "reason": reason}}})
+                continue
+            if pipeline is not None:
+                source = {**source, "ingested_by": pipeline}
             items.append({op: self._item(op, meta, source, default_index)})
         errors = any(v["status"] >= 300 for item in items for v in item.values())
         if fate == "after":
