@@ -177,3 +177,16 @@ async def test_unreachable_is_retriable() -> None:
     async with SplunkHecSink("s", hec_cfg(url)) as s:
         result = await s.send([ev(1)])
     assert result.failures[0].retriable and "ClientConnectorError" in result.failures[0].error
+
+
+async def test_token_with_indexer_ack_tells_to_turn_ack_on() -> None:
+    """A token with indexer acknowledgement needs the channel (400 code 10): sending and the health check fail for
+    good and say what to change (``ack: true``), instead of only quoting HEC's "Data channel is missing"."""
+    async with FakeHec(TOKEN, ack=True) as server, SplunkHecSink("s", hec_cfg(server.url)) as s:
+        with pytest.raises(SinkError) as sent:
+            await s.send([ev(1)])
+        with pytest.raises(SinkError) as checked:
+            await s.healthcheck()
+    for err in (sent.value, checked.value):
+        assert not err.retriable and "code 10" in str(err) and "set ack: true" in str(err), str(err)
+    assert server.events == []
