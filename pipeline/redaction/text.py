@@ -3,7 +3,9 @@
 :func:`redact_text` is the value + shape pass the logs and the gate share:
 
 1. every registered secret (raw or URL-encoded) becomes ``<redacted>`` or its fingerprint;
-2. ``Bearer|Basic|Token <value>`` keeps the scheme word, the value becomes ``<redacted>``;
+2. ``Bearer|Basic|Token <value>`` keeps the scheme word, the value becomes ``<redacted>`` (a
+   ``Basic`` value that decodes to ``user:password`` whatever its length, and the credentials
+   after any scheme in an ``Authorization: <scheme> <credentials>`` header);
 3. JWTs (``eyJ….….…``) and connector-registered shapes (the Instantly key) are replaced;
 4. a value after a secret-ish word (``token=…``, ``"api_key": "…"``, ``secret …`` when long and
    mixed) becomes ``<redacted>``;
@@ -19,6 +21,8 @@ cost the gate more than all its passes, see ``docs/redaction.md``).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import re
 from collections.abc import Iterable, Set
@@ -33,6 +37,14 @@ _SCHEME = re.compile(
     r"(?i)\b(bearer|basic|token|apikey|digest|negotiate)(\s+|%20|\+)"
     r"(?!<redacted>)((?=[A-Za-z0-9._~+/=-]*[0-9=+/_~.-])[A-Za-z0-9._~+/=-]{6,}|[A-Za-z0-9._~+/=-]{16,})"
 )
+_BASIC = re.compile(r"(?i)\b(basic)(\s+|%20|\+)(?!<redacted>)([A-Za-z0-9+/]{4,}={0,2})(?![A-Za-z0-9+/=])")
+"""``Basic <base64>``: any length, kept only when it does not decode to ``user:password`` (:func:`_basic_sub`)."""
+_AUTH_VALUE = re.compile(
+    r"(?i)(\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)([A-Za-z][A-Za-z0-9_.-]*)(\s+|%20|\+)"
+    r"(?!<redacted>|sha256:)([^\s\"',;&}]+)"
+)
+"""``Authorization: <scheme> <credentials>`` with any scheme (``Splunk``, ``SSWS``, ``Key``...): the
+credentials go, whatever their length."""
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 _UUID_VALUE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(?![^\s\"',;&}])"
 _ASSIGNED = re.compile(
@@ -72,12 +84,40 @@ def looks_clean(text: str) -> bool:
 
 
 def replace_registered(text: str, *, fingerprint: bool = True) -> str:
-    """Replace every registered secret in ``text`` (by its fingerprint, or ``<redacted>``)."""
+    """Replace every registered secret in ``text`` (by its fingerprint, or ``<redacted>``), in any
+    form the registry knows (raw, URL-, JSON- or ``repr``-escaped, base64)."""
     for secret in registry.known_secrets():
         for form in secret.forms:
             if form in text:
                 text = text.replace(form, secret.fingerprint if fingerprint else REDACTED)
+        for core, left, right in secret.b64:
+            if core in text:
+                text = _replace_b64(text, core, left, right, secret.fingerprint if fingerprint else REDACTED)
     return text
+
+
+_B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_")
+
+
+def _replace_b64(text: str, core: str, left: int, right: int, replacement: str) -> str:
+    """``text`` with each ``core`` (a base64 core, :func:`registry.base64_cores`) replaced together
+    with the up to ``left``/``right`` base64 characters beside it that also depend on the secret
+    (and the ``=`` padding after it)."""
+    out: list[str] = []
+    pos = 0
+    while (i := text.find(core, pos)) >= 0:
+        start = i
+        while start > pos and i - start < left and text[start - 1] in _B64_CHARS:
+            start -= 1
+        end = i + len(core)
+        while end < len(text) and end - i - len(core) < right and text[end] in _B64_CHARS:
+            end += 1
+        while end < len(text) and text[end] == "=":
+            end += 1
+        out += [text[pos:start], replacement]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
 
 
 _TRIGGERS = (
@@ -121,7 +161,9 @@ def _all_shapes(text: str) -> str:
     """Every shape pass, in order (:func:`replace_shapes` without the trigger-word shortcut)."""
     if "-----BEGIN" in text:
         text = _PRIVATE_KEY.sub(REDACTED, text)
+    text = _BASIC.sub(_basic_sub, text)
     text = _SCHEME.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    text = _AUTH_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3)}{REDACTED}", text)
     if "eyJ" in text:
         text = _JWT.sub(REDACTED, text)
     for shape in registry.shapes():
@@ -129,6 +171,16 @@ def _all_shapes(text: str) -> str:
     text = _ASSIGNED.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
     text = _PASS_NEAR.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
     return _NEAR_WORD.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+
+
+def _basic_sub(m: re.Match[str]) -> str:
+    """``Basic <value>`` with the value redacted when it decodes to ``user:password`` (HTTP Basic)."""
+    value = m.group(3)
+    try:
+        decoded = base64.b64decode(value.rstrip("=") + "=" * (-len(value.rstrip("=")) % 4), validate=True)
+    except (ValueError, binascii.Error):
+        return m.group(0)
+    return f"{m.group(1)}{m.group(2)}{REDACTED}" if b":" in decoded else m.group(0)
 
 
 def _shape_sub(shape: registry.Shape, m: re.Match[str]) -> str:
