@@ -65,8 +65,10 @@ def decoded_runs(text: str) -> list[bytes]:
 
 def assert_no_secret(text: str, secret: str) -> None:
     """Neither the secret nor any base64 encoding of it is in ``text`` (the message never quotes either)."""
-    assert secret not in text, "the raw secret is in the output"
-    assert not [d for d in decoded_runs(text) if secret.encode() in d], "a base64 form of the secret is in the output"
+    raw = secret in text  # computed first: a failing assert must not print the text it searched
+    encoded = any(secret.encode() in d for d in decoded_runs(text))
+    assert not raw, "the raw secret is in the output"
+    assert not encoded, "a base64 form of the secret is in the output"
 
 
 ENCODED = {
@@ -103,7 +105,8 @@ def test_any_secret_base64_encoded_anywhere_is_redacted(secret: str, prefix: str
     register_secret(secret)
     text = f"seen {b64(prefix + secret + suffix, urlsafe=urlsafe)} here"
     out = redact_text(text)
-    assert not [d for d in decoded_runs(out) if secret.encode() in d]
+    found = any(secret.encode() in d for d in decoded_runs(out))
+    assert not found
 
 
 def test_base64_cores_need_enough_bytes() -> None:
@@ -126,8 +129,8 @@ def test_json_escaped_and_lower_case_percent_forms_are_redacted() -> None:
     ]
     for text in texts:
         out = redact_text(text)
-        assert "xYzCanaryToken42" not in out and "T0CANARY" not in out
-        assert "w\\u00f6rd-Canary" not in out and "rd-Canary-42" not in out
+        found = [c for c in ("xYzCanaryToken42", "T0CANARY", "w\\u00f6rd-Canary", "rd-Canary-42") if c in out]
+        assert not found
 
 
 @pytest.mark.parametrize(
@@ -143,11 +146,12 @@ def test_json_escaped_and_lower_case_percent_forms_are_redacted() -> None:
 )
 def test_http_credentials_after_any_scheme_are_redacted(text: str) -> None:
     out = redact_text(text)
-    assert text.split()[-1].strip('"') not in out  # the credentials, whatever their length
+    kept = text.split()[-1].strip('"') in out  # the credentials, whatever their length
+    assert not kept
     for secret in ("user:pass", "bob:Summer", "a:b"):
         assert_no_secret(out, secret)
-    for secret in ("6c1e3a3f-1b2c-4d5e-8f90-0a1b2c3d4e5f", "00abcDEFghiJKL", "sk_live_abc"):
-        assert secret not in out
+    found = [s for s in ("6c1e3a3f-1b2c-4d5e-8f90-0a1b2c3d4e5f", "00abcDEFghiJKL", "sk_live_abc") if s in out]
+    assert not found
 
 
 def test_basic_prose_and_realms_stay_readable() -> None:
@@ -196,3 +200,35 @@ async def test_webhook_receiver_publishes_no_base64_form_of_its_secret(tmp_path:
     assert len(stored) == 2
     for text in stored:
         assert_no_secret(text, SECRET_A)
+
+
+def test_an_exception_leaving_a_span_is_exported_without_secrets() -> None:
+    """A span records an escaping exception (message, stack trace, status) for OTLP and the console:
+    the registered secret, its base64 form and a hook URL's token are not in what is exported."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    from pipeline.clock import FakeClock
+    from pipeline.observability.telemetry import Telemetry
+    from pipeline.observability.telemetry_config import TelemetryConfig
+
+    register_secret(CANARY)
+    spans, console = InMemorySpanExporter(), io.StringIO()
+    tel = Telemetry(
+        TelemetryConfig(console=True), role="pollers", clock=FakeClock(), span_exporters=[spans], console_stream=console
+    )
+    hook = "https://hooks.slack.com/services/T0/B0/CnRyHookTok3n42"
+    try:
+        with pytest.raises(RuntimeError), tel.span("poll.stream", {"stream": "webhooks"}):
+            raise RuntimeError(f"refused {CANARY} / Basic {b64('elastic:' + CANARY)} posting to {hook}")
+    finally:
+        tel.shutdown()
+    (span,) = spans.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.events and span.events[0].name == "exception"
+    exported = [span.to_json(), console.getvalue()]
+    assert "RuntimeError" in exported[0]
+    for text in exported:
+        assert_no_secret(text, CANARY)
+        hook_token = "CnRyHookTok3n42" in text
+        assert not hook_token
