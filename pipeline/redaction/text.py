@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterable, Set
 
 from pipeline.redaction import registry
-from pipeline.redaction.urls import redact_urls_in
+from pipeline.redaction.urls import has_url, redact_urls_in
 from schemas.ids import fingerprint_secret
 
 REDACTED = "<redacted>"
@@ -45,6 +45,10 @@ _AUTH_VALUE = re.compile(
 )
 """``Authorization: <scheme> <credentials>`` with any scheme (``Splunk``, ``SSWS``, ``Key``...): the
 credentials go, whatever their length."""
+_QUERY_NAMED = re.compile(r"(?i)([?&;](?:code|auth|sec|otp)=)(?!<redacted>|sha256:)([^\s\"'&#<>]{4,})")
+"""A query parameter of a relative URL (``/callback?code=…``, ``/hook?auth=…``) whose short name is a
+credential there (an OAuth authorization code, the name rule's ``auth`` and ``sec``, a one-time
+password) but too common in prose for the assigned-value pass; absolute URLs lose their whole query."""
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 _UUID_VALUE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(?![^\s\"',;&}])"
 _ASSIGNED = re.compile(
@@ -122,11 +126,11 @@ def _replace_b64(text: str, core: str, left: int, right: int, replacement: str) 
 
 _TRIGGERS = (
     "key", "token", "secret", "pass", "pw", "session", "credential", "authoriz", "cookie", "sig",
-    "bearer", "basic", "digest", "negotiate",
+    "bearer", "basic", "digest", "negotiate", "code=", "auth=", "sec=", "otp=",
 )  # fmt: skip
-"""Lower-case words one of which every match of ``_SCHEME``, ``_ASSIGNED`` and ``_NEAR_WORD`` contains
-(``pass`` covers password/passwd/passphrase/passcode, ``pw`` pwd, ``key`` apikey and every ``*key``,
-``sig`` signature)."""
+"""Lower-case words one of which every match of ``_SCHEME``, ``_ASSIGNED``, ``_QUERY_NAMED`` and
+``_NEAR_WORD`` contains (``pass`` covers password/passwd/passphrase/passcode, ``pw`` pwd, ``key`` apikey
+and every ``*key``, ``sig`` signature)."""
 
 
 def _no_trigger(text: str) -> bool:
@@ -169,6 +173,7 @@ def _all_shapes(text: str) -> str:
     for shape in registry.shapes():
         text = shape.pattern.sub(functools.partial(_shape_sub, shape), text)
     text = _ASSIGNED.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
+    text = _QUERY_NAMED.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
     text = _PASS_NEAR.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
     return _NEAR_WORD.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
 
@@ -197,7 +202,7 @@ def redact_text(text: str, *, fingerprint: bool = False) -> str:
     text = replace_registered(text, fingerprint=fingerprint)
     if looks_clean(text):
         return text
-    if "://" in text:
+    if has_url(text):
         text = redact_urls_in(text)
     return replace_shapes(text)
 

@@ -1,6 +1,8 @@
 """Canary: a configured secret never comes out *encoded* — base64 (alone, or inside ``user:<secret>``
 as an HTTP Basic header carries it, standard or URL-safe, padded or not), JSON-escaped, with
-lower-case percent escapes — nor as HTTP Basic credentials or ``Authorization: <scheme> <value>``.
+lower-case percent escapes — nor as HTTP Basic credentials or ``Authorization: <scheme> <value>``;
+a hook URL's token does not survive percent-encoded or JSON-escaped, nor a relative URL's
+``code``/``auth``/``sec`` parameter; an exception leaving a span is exported redacted.
 
 The check is independent of the redaction: every run of base64 characters left in the output is
 decoded at every alignment and searched for the secret.
@@ -232,3 +234,28 @@ def test_an_exception_leaving_a_span_is_exported_without_secrets() -> None:
         assert_no_secret(text, CANARY)
         hook_token = "CnRyHookTok3n42" in text
         assert not hook_token
+
+
+@pytest.mark.parametrize(
+    ("text", "token"),
+    [
+        ("forwarding to url=https%3A%2F%2Fhooks.slack.com%2Fservices%2FT0%2FB0%2FCnRyTok42&x=1", "CnRyTok42"),
+        ("redirect https%3a%2f%2fhooks.zapier.com%2fhooks%2fcatch%2f1%2fCnRyZap42", "CnRyZap42"),
+        ('{"error":"bad target https:\\/\\/hooks.zapier.com\\/hooks\\/catch\\/1\\/CnRyZap42"}', "CnRyZap42"),
+        ("Cannot POST /hooks/crm?auth=CnRyAuth42", "CnRyAuth42"),
+        ("GET /oauth/callback?code=4/0CnRyCode42&state=xyz", "CnRyCode42"),
+        ("GET /login?otp=918273&sec=CnRySec42", "CnRySec42"),
+    ],
+)
+def test_encoded_urls_and_query_credentials_of_relative_urls_are_redacted(text: str, token: str) -> None:
+    """Unregistered credentials (a hook URL carried percent-encoded or JSON-escaped, a relative URL's
+    ``code``/``auth``/``sec`` parameter) go like those of a plain absolute URL."""
+    out = redact_text(text)
+    found = token in out
+    assert not found
+    assert ("hooks." in out) == ("hooks." in text)  # the host of a hook URL stays readable
+
+
+def test_words_like_code_stay_readable_outside_a_query() -> None:
+    for text in ("exit code=1234 after 3 tries", "error code: E1234", "status code 404"):
+        assert redact_text(text) == text
