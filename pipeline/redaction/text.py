@@ -40,7 +40,7 @@ _SCHEME = re.compile(
 _BASIC = re.compile(r"(?i)\b(basic)(\s+|%20|\+)(?!<redacted>)([A-Za-z0-9+/]{4,}={0,2})(?![A-Za-z0-9+/=])")
 """``Basic <base64>``: any length, kept only when it does not decode to ``user:password`` (:func:`_basic_sub`)."""
 _AUTH_VALUE = re.compile(
-    r"(?i)(\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)([A-Za-z][A-Za-z0-9_.-]*)(\s+|%20|\+)"
+    r"(?i)(\b(?:proxy-)?authorization[\"']?[ \t]*[:=][ \t]*[\"']?)([A-Za-z][A-Za-z0-9_.-]*)([ \t]+|%20|\+)"
     r"(?!<redacted>|sha256:)([^\s\"',;&}]+)"
 )
 """``Authorization: <scheme> <credentials>`` with any scheme (``Splunk``, ``SSWS``, ``Key``...): the
