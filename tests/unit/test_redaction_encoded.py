@@ -259,3 +259,33 @@ def test_encoded_urls_and_query_credentials_of_relative_urls_are_redacted(text: 
 def test_words_like_code_stay_readable_outside_a_query() -> None:
     for text in ("exit code=1234 after 3 tries", "error code: E1234", "status code 404"):
         assert redact_text(text) == text
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "GET failed: see https://user:{secret}@hooks.example.com/services/T0/B0/CnRyHook42?x=1 now",
+        "POST https://n8n.example.com/webhook{secret}?x=CnRyHook42 failed",
+        "GET https://api.example.com/v1?a={secret}&b=CnRyHook42 done",
+        '{{"error": "bad target https:\\/\\/user:{secret}@hooks.example.com\\/x\\/CnRyHook42"}}',
+        "next=https%3A%2F%2Fhooks.example.com%2Fx%3Fa%3D{secret}%26b%3DCnRyHook42&y=1",
+    ],
+)
+def test_a_registered_secret_inside_a_url_does_not_cut_the_url_short(template: str) -> None:
+    """The registered-value pass runs first and leaves ``<redacted>`` inside a URL of a log line: the
+    URL pass still takes the whole URL, so the rest of its path and query (an unregistered hook
+    token) is fingerprinted too, and the userinfo goes."""
+    register_secret("CnRyPw-77xyz")
+    register_secret("/CnRyPath0123456")
+    for secret in ("CnRyPw-77xyz", "/CnRyPath0123456"):
+        text = template.format(secret=secret)
+        buf = io.StringIO()
+        handler = logging.StreamHandler(buf)
+        handler.addFilter(RedactingFilter())
+        lg = logging.getLogger("canary.url_cut")
+        lg.handlers, lg.propagate = [handler], False
+        lg.warning("%s", text)
+        for out in (redact_text(text), buf.getvalue()):
+            found = [t for t in ("CnRyHook42", "CnRyPw", "CnRyPath", "user:", "user<") if t in out]
+            assert not found
+            assert "example.com" in out
