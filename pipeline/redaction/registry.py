@@ -29,6 +29,7 @@ found clean (:func:`generation`).
 from __future__ import annotations
 
 import base64
+import bisect
 import json
 import re
 import threading
@@ -60,6 +61,30 @@ class KnownSecret:
     """Every form as it appears in JSON bytes (UTF-8, ``"`` and ``\\`` escaped)."""
     b64: tuple[tuple[str, int, int], ...] = ()
     """Base64 cores (:func:`base64_cores`): ``(core, left, right)``, the characters to take with it on each side."""
+    prefix: str = ""
+    """The longest prefix every text form shares: when it is not in a text, no form is (one ``in`` test)."""
+    b64_groups: tuple[tuple[str, tuple[tuple[str, int, int], ...]], ...] = ()
+    """:attr:`b64` grouped by the prefix the cores of one alignment share (standard and URL-safe differ
+    only from their first ``+``/``/``): one ``in`` test per alignment for a text holding none."""
+
+
+def _common_prefix(texts: Iterable[str]) -> str:
+    """The longest prefix every one of ``texts`` starts with."""
+    items = list(texts)
+    first = min(items, key=len) if items else ""
+    n = 0
+    while n < len(first) and all(t[n] == first[n] for t in items):
+        n += 1
+    return first[:n]
+
+
+def _b64_groups(
+    cores: tuple[tuple[str, int, int], ...],
+) -> tuple[tuple[str, tuple[tuple[str, int, int], ...]], ...]:
+    groups: dict[str, list[tuple[str, int, int]]] = {}
+    for core in cores:
+        groups.setdefault(core[0].translate(_B64_URLSAFE), []).append(core)  # one key per alignment
+    return tuple((_common_prefix(c[0] for c in group), tuple(group)) for group in groups.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +105,10 @@ STATE = _STATE
 """Read only: ``STATE["generation"]`` is :func:`generation` without a call (the gate's fast path)."""
 _SORTED: list[list[KnownSecret]] = [[]]
 _EXACT: list[dict[str, str]] = [{}]
+B64_GRAM = 4
+"""Length of the base64 index's keys and stride of a text's scan (:func:`base64_index`)."""
+_B64_INDEX: list[dict[str, tuple[tuple[KnownSecret, str, int, int], ...]]] = [{}]
+_B64_GROUPS = [0]
 
 
 def _needle(encoded: tuple[bytes, ...]) -> bytes:
@@ -137,11 +166,13 @@ def base64_cores(value: str) -> tuple[tuple[str, int, int], ...]:
     return tuple(out.values())
 
 
-def register_secret(value: str) -> None:
+def register_secret(value: str, *, with_base64: bool = True) -> None:
     """Remember a secret value: every log line and every published record loses it.
 
     Also registers the stripped value (when ``value`` has surrounding whitespace) and what the
-    registered derivers (:func:`register_deriver`) say ``value`` implies.
+    registered derivers (:func:`register_deriver`) say ``value`` implies. ``with_base64``: also find
+    the value base64-encoded (:func:`base64_cores`); derived values are registered without (the
+    value they derive from is what gets encoded: an Instantly key *is* base64 of its decoded text).
     """
     if not value or len(value) < MIN_SECRET_CHARS:
         return
@@ -150,15 +181,23 @@ def register_secret(value: str) -> None:
             return
         forms = text_forms(value)
         encoded = tuple(dict.fromkeys(orjson.dumps(f)[1:-1] for f in forms))
-        cores = base64_cores(value)
-        _SECRETS[value] = KnownSecret(forms, fingerprint_secret(value), _needle(encoded), encoded, cores)
-        _resort()
+        cores = base64_cores(value) if with_base64 else ()
+        _SECRETS[value] = KnownSecret(
+            forms,
+            fingerprint_secret(value),
+            _needle(encoded),
+            encoded,
+            cores,
+            _common_prefix(forms),
+            _b64_groups(cores),
+        )
+        _add(_SECRETS[value])
         derivers = list(_DERIVERS.values())
     if value.strip() != value:
-        register_secret(value.strip())
+        register_secret(value.strip(), with_base64=with_base64)
     for derive in derivers:
         for derived in derive(value):
-            register_secret(derived)
+            register_secret(derived, with_base64=False)
 
 
 def register_deriver(name: str, derive: Callable[[str], Iterable[str]]) -> None:
@@ -171,7 +210,7 @@ def register_deriver(name: str, derive: Callable[[str], Iterable[str]]) -> None:
         existing = list(_SECRETS)
     for value in existing:
         for derived in derive(value):
-            register_secret(derived)
+            register_secret(derived, with_base64=False)
 
 
 def register_shape(name: str, pattern: str, check: Callable[[str], bool] | None = None) -> None:
@@ -186,16 +225,60 @@ def register_shape(name: str, pattern: str, check: Callable[[str], bool] | None 
         _STATE["generation"] += 1
 
 
+def _index_base64(secret: KnownSecret) -> None:
+    """Under ``_LOCK``: add ``secret``'s base64 cores to :func:`base64_index` (in place: readers only look up)."""
+    index = _B64_INDEX[0]
+    for core, left, right in secret.b64:
+        entry = (secret, core, left, right)
+        for k in range(B64_GRAM):
+            gram = core[k : k + B64_GRAM]
+            index[gram] = (*index.get(gram, ()), entry)  # a repeat (a core "AAAA…") is only tested twice
+    _B64_GROUPS[0] += len(secret.b64_groups)
+
+
 def _resort() -> None:
     """Under ``_LOCK``: rebuild the longest-first list and move the generation."""
-    _SORTED[0] = sorted(_SECRETS.values(), key=lambda s: len(s.forms[0]), reverse=True)
+    _SORTED[0] = sorted(_SECRETS.values(), key=_longest_first)
     _EXACT[0] = {form: s.fingerprint for s in _SORTED[0] for form in (*s.forms, *(c[0] for c in s.b64))}
+    _STATE["generation"] += 1
+
+
+def _longest_first(secret: KnownSecret) -> int:
+    return -len(secret.forms[0])
+
+
+def _add(secret: KnownSecret) -> None:
+    """Under ``_LOCK``: :func:`_resort` for one new value, without sorting everything again.
+
+    Copy on write: a reader iterating the previous list or dict (another thread's log line) is
+    never disturbed. An agency registers thousands of values at start (three per workspace key).
+    """
+    ordered = list(_SORTED[0])
+    bisect.insort(ordered, secret, key=_longest_first)
+    exact = dict(_EXACT[0])
+    exact.update((form, secret.fingerprint) for form in (*secret.forms, *(c[0] for c in secret.b64)))
+    _SORTED[0], _EXACT[0] = ordered, exact
+    _index_base64(secret)
     _STATE["generation"] += 1
 
 
 def known_secrets() -> list[KnownSecret]:
     """The registered values, longest first (a secret containing another is replaced first)."""
     return _SORTED[0]
+
+
+def base64_index() -> dict[str, tuple[tuple[KnownSecret, str, int, int], ...]]:
+    """The base64 cores of every registered value by each of their first :data:`B64_GRAM` grams
+    (:data:`B64_GRAM` characters at offsets 0 to ``B64_GRAM - 1``): a core (8 characters or more)
+    found in a text covers a gram starting at a multiple of :data:`B64_GRAM`, so scanning a text
+    at that stride finds every candidate in ``len(text) / B64_GRAM`` lookups, however many values
+    are registered. Values: ``(secret, core, left, right)``."""
+    return _B64_INDEX[0]
+
+
+def base64_groups() -> int:
+    """How many alignment groups (:attr:`KnownSecret.b64_groups`) the registered values have in all."""
+    return _B64_GROUPS[0]
 
 
 def exact_forms() -> dict[str, str]:
@@ -224,4 +307,6 @@ def forget_secrets() -> None:
     """Drop every registered value (tests; a process reloading its configuration)."""
     with _LOCK:
         _SECRETS.clear()
+        _B64_INDEX[0] = {}
+        _B64_GROUPS[0] = 0
         _resort()

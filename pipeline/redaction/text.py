@@ -90,13 +90,28 @@ def looks_clean(text: str) -> bool:
 def replace_registered(text: str, *, fingerprint: bool = True) -> str:
     """Replace every registered secret in ``text`` (by its fingerprint, or ``<redacted>``), in any
     form the registry knows (raw, URL-, JSON- or ``repr``-escaped, base64)."""
-    for secret in registry.known_secrets():
-        for form in secret.forms:
-            if form in text:
-                text = text.replace(form, secret.fingerprint if fingerprint else REDACTED)
-        for core, left, right in secret.b64:
-            if core in text:
-                text = _replace_b64(text, core, left, right, secret.fingerprint if fingerprint else REDACTED)
+    secrets = registry.known_secrets()
+    for secret in secrets:
+        if secret.prefix in text:  # every form starts with it: one test for a text holding none
+            for form in secret.forms:
+                if form in text:
+                    text = text.replace(form, secret.fingerprint if fingerprint else REDACTED)
+    index = registry.base64_index()
+    if not index:
+        return text
+    gram = registry.B64_GRAM
+    hits: list[tuple[registry.KnownSecret, str, int, int]] = []
+    if len(text) < registry.base64_groups():  # a scan costs less than one test per alignment group
+        for i in range(0, len(text) - gram + 1, gram):
+            found = index.get(text[i : i + gram])
+            if found is not None:
+                hits += found
+    else:
+        hits = [(secret, *core) for secret in secrets for prefix, cores in secret.b64_groups if prefix in text
+                for core in cores]  # fmt: skip
+    for secret, core, left, right in hits:
+        if core in text:
+            text = _replace_b64(text, core, left, right, secret.fingerprint if fingerprint else REDACTED)
     return text
 
 

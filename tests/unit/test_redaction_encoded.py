@@ -289,3 +289,18 @@ def test_a_registered_secret_inside_a_url_does_not_cut_the_url_short(template: s
             found = [t for t in ("CnRyHook42", "CnRyPw", "CnRyPath", "user:", "user<") if t in out]
             assert not found
             assert "example.com" in out
+
+
+@pytest.mark.parametrize("padding", [0, 5000])
+def test_base64_forms_are_found_among_many_registered_values(padding: int) -> None:
+    """An agency registers hundreds of values: a short text is scanned through the base64 index, a
+    long one tested per value; both find every value's base64 form, at every alignment."""
+    values = [f"CnRy-agency-{i:03d}-s3cret" for i in range(120)]
+    for value in values:
+        register_secret(value)
+    assert registry.base64_groups() > 100
+    filler = "x" * padding
+    for value in values[::7]:
+        for user in ("", "a:", "ab:", "elastic:"):
+            text = f"{filler}seen {b64(user + value)} and {b64(value + '!', urlsafe=True)} here"
+            assert_no_secret(redact_text(text), value)
