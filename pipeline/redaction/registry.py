@@ -257,8 +257,8 @@ def _add(secret: KnownSecret) -> None:
     bisect.insort(ordered, secret, key=_longest_first)
     exact = dict(_EXACT[0])
     exact.update((form, secret.fingerprint) for form in (*secret.forms, *(c[0] for c in secret.b64)))
-    _SORTED[0], _EXACT[0] = ordered, exact
     _index_base64(secret)
+    _SORTED[0], _EXACT[0] = ordered, exact
     _STATE["generation"] += 1
 
 
