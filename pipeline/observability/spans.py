@@ -1,8 +1,12 @@
 """The span context managers behind :meth:`Telemetry.span <pipeline.observability.telemetry.Telemetry.span>`:
-a no-op one for a disabled instance (no allocation), and the real scope that links a batch's traces."""
+a no-op one for a disabled instance (no allocation), and the real scope that links a batch's traces.
+
+An exception leaving a span is recorded with its message and stack trace redacted
+(:func:`record_exception`): spans are exported to OTLP and the console, past the log redaction."""
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
@@ -12,6 +16,17 @@ from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, Stat
 from opentelemetry.util.types import AttributeValue
 
 from pipeline.observability.trace import Header, batch_trace_contexts
+from pipeline.redaction.text import redact_text
+
+
+def record_exception(span: Span, exc: BaseException) -> None:
+    """Record ``exc`` on ``span`` (the ``exception`` event and the ERROR status) with its message and
+    stack trace through the log redaction: spans go to OTLP collectors and the console, outside
+    every other redaction (an exception's text may quote a URL, a header or a secret)."""
+    message = redact_text(str(exc))
+    stack = redact_text("".join(traceback.format_exception(exc)))
+    span.record_exception(exc, {"exception.message": message, "exception.stacktrace": stack})
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {message}"))
 
 
 class NoopSpan:
@@ -83,8 +98,7 @@ class SpanScope:
         span = self._span
         try:
             if isinstance(exc, Exception) and span.is_recording():
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                record_exception(span, exc)
         finally:
             detach(self._token)  # type: ignore[arg-type]
             span.end()

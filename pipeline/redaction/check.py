@@ -3,7 +3,7 @@
 * :func:`secret_problems` — what the JSON Schemas' ``redacted_object`` demands, checked without
   ``jsonschema`` (a dev dependency): every secret-named field holds ``null`` or a redacted value,
   every ``headers`` map holds only redacted values, at any depth;
-* :func:`leaked_secret` — a registered value (any encoded form) left in the record's bytes;
+* :func:`leaked_secret` — a registered value (any encoded form, base64 cores included) left in the record's bytes;
 * :class:`GateRejected` and :func:`rejected_letter` — a refusal names the reason and the field
   path, never the value; its DeadLetter v1 keeps no value.
 """
@@ -55,6 +55,9 @@ def secret_problems(value: Any, path: str = "", depth: int = 0) -> list[str]:
 def leaked_secret(data: bytes) -> bool:
     """Whether a registered secret (any of its encoded forms) is in ``data``."""
     for secret in registry.known_secrets():
+        for core, _, _ in secret.b64:  # base64 characters: the same in JSON bytes
+            if core.encode() in data:
+                return True
         if secret.needle and secret.needle not in data:
             continue
         for form in secret.encoded:

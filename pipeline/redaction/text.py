@@ -3,7 +3,9 @@
 :func:`redact_text` is the value + shape pass the logs and the gate share:
 
 1. every registered secret (raw or URL-encoded) becomes ``<redacted>`` or its fingerprint;
-2. ``Bearer|Basic|Token <value>`` keeps the scheme word, the value becomes ``<redacted>``;
+2. ``Bearer|Basic|Token <value>`` keeps the scheme word, the value becomes ``<redacted>`` (a
+   ``Basic`` value that decodes to ``user:password`` whatever its length, and the credentials
+   after any scheme in an ``Authorization: <scheme> <credentials>`` header);
 3. JWTs (``eyJ….….…``) and connector-registered shapes (the Instantly key) are replaced;
 4. a value after a secret-ish word (``token=…``, ``"api_key": "…"``, ``secret …`` when long and
    mixed) becomes ``<redacted>``;
@@ -19,12 +21,14 @@ cost the gate more than all its passes, see ``docs/redaction.md``).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import re
 from collections.abc import Iterable, Set
 
 from pipeline.redaction import registry
-from pipeline.redaction.urls import redact_urls_in
+from pipeline.redaction.urls import has_url, redact_urls_in
 from schemas.ids import fingerprint_secret
 
 REDACTED = "<redacted>"
@@ -33,6 +37,18 @@ _SCHEME = re.compile(
     r"(?i)\b(bearer|basic|token|apikey|digest|negotiate)(\s+|%20|\+)"
     r"(?!<redacted>)((?=[A-Za-z0-9._~+/=-]*[0-9=+/_~.-])[A-Za-z0-9._~+/=-]{6,}|[A-Za-z0-9._~+/=-]{16,})"
 )
+_BASIC = re.compile(r"(?i)\b(basic)(\s+|%20|\+)(?!<redacted>)([A-Za-z0-9+/]{4,}={0,2})(?![A-Za-z0-9+/=])")
+"""``Basic <base64>``: any length, kept only when it does not decode to ``user:password`` (:func:`_basic_sub`)."""
+_AUTH_VALUE = re.compile(
+    r"(?i)(\b(?:proxy-)?authorization[\"']?[ \t]*[:=][ \t]*[\"']?)([A-Za-z][A-Za-z0-9_.-]*)([ \t]+|%20|\+)"
+    r"(?!<redacted>|sha256:)([^\s\"',;&}]+)"
+)
+"""``Authorization: <scheme> <credentials>`` with any scheme (``Splunk``, ``SSWS``, ``Key``...): the
+credentials go, whatever their length."""
+_QUERY_NAMED = re.compile(r"(?i)([?&;](?:code|auth|sec|otp)=)(?!<redacted>|sha256:)([^\s\"'&#<>]{4,})")
+"""A query parameter of a relative URL (``/callback?code=…``, ``/hook?auth=…``) whose short name is a
+credential there (an OAuth authorization code, the name rule's ``auth`` and ``sec``, a one-time
+password) but too common in prose for the assigned-value pass; absolute URLs lose their whole query."""
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 _UUID_VALUE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(?![^\s\"',;&}])"
 _ASSIGNED = re.compile(
@@ -72,21 +88,64 @@ def looks_clean(text: str) -> bool:
 
 
 def replace_registered(text: str, *, fingerprint: bool = True) -> str:
-    """Replace every registered secret in ``text`` (by its fingerprint, or ``<redacted>``)."""
-    for secret in registry.known_secrets():
-        for form in secret.forms:
-            if form in text:
-                text = text.replace(form, secret.fingerprint if fingerprint else REDACTED)
+    """Replace every registered secret in ``text`` (by its fingerprint, or ``<redacted>``), in any
+    form the registry knows (raw, URL-, JSON- or ``repr``-escaped, base64)."""
+    secrets = registry.known_secrets()
+    for secret in secrets:
+        if secret.prefix in text:  # every form starts with it: one test for a text holding none
+            for form in secret.forms:
+                if form in text:
+                    text = text.replace(form, secret.fingerprint if fingerprint else REDACTED)
+    index = registry.base64_index()
+    if not index:
+        return text
+    gram = registry.B64_GRAM
+    hits: list[tuple[registry.KnownSecret, str, int, int]] = []
+    if len(text) < registry.base64_groups():  # a scan costs less than one test per alignment group
+        for i in range(0, len(text) - gram + 1, gram):
+            found = index.get(text[i : i + gram])
+            if found is not None:
+                hits += found
+    else:
+        hits = [(secret, *core) for secret in secrets for prefix, cores in secret.b64_groups if prefix in text
+                for core in cores]  # fmt: skip
+    for secret, core, left, right in hits:
+        if core in text:
+            text = _replace_b64(text, core, left, right, secret.fingerprint if fingerprint else REDACTED)
     return text
+
+
+_B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_")
+
+
+def _replace_b64(text: str, core: str, left: int, right: int, replacement: str) -> str:
+    """``text`` with each ``core`` (a base64 core, :func:`registry.base64_cores`) replaced together
+    with the up to ``left``/``right`` base64 characters beside it that also depend on the secret
+    (and the ``=`` padding after it)."""
+    out: list[str] = []
+    pos = 0
+    while (i := text.find(core, pos)) >= 0:
+        start = i
+        while start > pos and i - start < left and text[start - 1] in _B64_CHARS:
+            start -= 1
+        end = i + len(core)
+        while end < len(text) and end - i - len(core) < right and text[end] in _B64_CHARS:
+            end += 1
+        while end < len(text) and text[end] == "=":
+            end += 1
+        out += [text[pos:start], replacement]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
 
 
 _TRIGGERS = (
     "key", "token", "secret", "pass", "pw", "session", "credential", "authoriz", "cookie", "sig",
-    "bearer", "basic", "digest", "negotiate",
+    "bearer", "basic", "digest", "negotiate", "code=", "auth=", "sec=", "otp=",
 )  # fmt: skip
-"""Lower-case words one of which every match of ``_SCHEME``, ``_ASSIGNED`` and ``_NEAR_WORD`` contains
-(``pass`` covers password/passwd/passphrase/passcode, ``pw`` pwd, ``key`` apikey and every ``*key``,
-``sig`` signature)."""
+"""Lower-case words one of which every match of ``_SCHEME``, ``_ASSIGNED``, ``_QUERY_NAMED`` and
+``_NEAR_WORD`` contains (``pass`` covers password/passwd/passphrase/passcode, ``pw`` pwd, ``key`` apikey
+and every ``*key``, ``sig`` signature)."""
 
 
 def _no_trigger(text: str) -> bool:
@@ -121,14 +180,27 @@ def _all_shapes(text: str) -> str:
     """Every shape pass, in order (:func:`replace_shapes` without the trigger-word shortcut)."""
     if "-----BEGIN" in text:
         text = _PRIVATE_KEY.sub(REDACTED, text)
+    text = _BASIC.sub(_basic_sub, text)
     text = _SCHEME.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    text = _AUTH_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3)}{REDACTED}", text)
     if "eyJ" in text:
         text = _JWT.sub(REDACTED, text)
     for shape in registry.shapes():
         text = shape.pattern.sub(functools.partial(_shape_sub, shape), text)
     text = _ASSIGNED.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
+    text = _QUERY_NAMED.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
     text = _PASS_NEAR.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
     return _NEAR_WORD.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+
+
+def _basic_sub(m: re.Match[str]) -> str:
+    """``Basic <value>`` with the value redacted when it decodes to ``user:password`` (HTTP Basic)."""
+    value = m.group(3)
+    try:
+        decoded = base64.b64decode(value.rstrip("=") + "=" * (-len(value.rstrip("=")) % 4), validate=True)
+    except (ValueError, binascii.Error):
+        return m.group(0)
+    return f"{m.group(1)}{m.group(2)}{REDACTED}" if b":" in decoded else m.group(0)
 
 
 def _shape_sub(shape: registry.Shape, m: re.Match[str]) -> str:
@@ -145,7 +217,7 @@ def redact_text(text: str, *, fingerprint: bool = False) -> str:
     text = replace_registered(text, fingerprint=fingerprint)
     if looks_clean(text):
         return text
-    if "://" in text:
+    if has_url(text):
         text = redact_urls_in(text)
     return replace_shapes(text)
 

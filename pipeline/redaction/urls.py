@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from pipeline.redaction import registry
 from schemas.ids import fingerprint_secret
 
 REDACTED = "<redacted>"
 _HOST = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
-_URL_IN_TEXT = re.compile(r"(?i)\b[a-z][a-z0-9+.-]{1,15}://[^\s\"'<>]+")
+_URL_IN_TEXT = re.compile(r"(?i)\b[a-z][a-z0-9+.-]{1,15}://[^\s\"'<>]*(?:<redacted>[^\s\"'<>]*)*")
+"""A URL in text, across the ``<redacted>`` the registered-value pass (which runs first) left in it:
+``https://host<redacted>?q=…`` is one URL, so its query after a registered path is fingerprinted too."""
 _FINGERPRINT_PATH = re.compile(r"^/sha256:[0-9a-f]{8,64}$")
 _STATE: dict[str, frozenset[str]] = {"hosts": frozenset()}
 PUBLIC_PATHS = frozenset({
@@ -112,8 +114,25 @@ def redact_url(url: str) -> str:
     return f"{base}/{fingerprint_secret(secret_part)}"
 
 
+_PCT_URL_IN_TEXT = re.compile(r"(?i)\b[a-z][a-z0-9+.-]{1,15}%3A%2F%2F[^\s\"'<>&]*(?:<redacted>[^\s\"'<>&]*)*")
+_JSON_URL_IN_TEXT = re.compile(r"(?i)\b[a-z][a-z0-9+.-]{1,15}:\\/\\/[^\s\"'<>]*(?:<redacted>[^\s\"'<>]*)*")
+
+
+def has_url(text: str) -> bool:
+    """Whether ``text`` may hold a URL: ``://``, its percent-encoded form or its JSON-escaped form (``:\\/\\/``)."""
+    return "://" in text or ":\\/\\/" in text or "%3A%2F%2F" in text or "%3a%2f%2f" in text
+
+
 def redact_urls_in(text: str) -> str:
-    """Every ``scheme://…`` URL inside free text passed through :func:`redact_url`."""
+    """Every ``scheme://…`` URL inside free text passed through :func:`redact_url`, also when it is
+    percent-encoded (``https%3A%2F%2Fhooks…``, a URL carried in a query) or JSON-escaped
+    (``https:\\/\\/hooks…``, as PHP and some JavaScript encoders write it); those keep their encoding."""
+    if ":\\/\\/" in text:
+        text = _JSON_URL_IN_TEXT.sub(lambda m: redact_url(m.group(0).replace("\\/", "/")).replace("/", "\\/"), text)
+    if "%3A%2F%2F" in text or "%3a%2f%2f" in text:
+        text = _PCT_URL_IN_TEXT.sub(lambda m: quote(redact_url(unquote(m.group(0))), safe=""), text)
+    if "://" not in text:
+        return text
     if text.startswith(("http://", "https://")) and not any(c.isspace() for c in text):
         return redact_url(text)
     return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)

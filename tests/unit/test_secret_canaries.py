@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -31,8 +32,14 @@ from tests.unit.test_sink_splunk_hec import ev
 
 
 @pytest.fixture(autouse=True)
-def _clean_registry() -> None:
+def _clean_registry() -> Iterator[None]:
+    """An empty registry for each test; what other modules registered at import is restored after."""
+    saved = [s.forms[0] for s in registry.known_secrets()]
     registry.forget_secrets()
+    yield
+    registry.forget_secrets()
+    for value in saved:
+        registry.register_secret(value)
 
 
 def test_readyz_reasons_lose_sink_tokens_and_the_instantly_key() -> None:
