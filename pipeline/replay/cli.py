@@ -174,7 +174,7 @@ async def _run(args: argparse.Namespace, cfg: Any, sel: Selection) -> int:
             if args.rules:
                 from pipeline.replay.rules import replay_rules
 
-                code = await replay_rules(bus, cfg, sel, stats, args, progress.update)
+                code = await replay_rules(bus, cfg, sel, stats, args, progress.update, out if args.output else None)
                 _unmatched_workspaces(args.workspace, cfg, stats)
                 return code
             if args.to_sink:

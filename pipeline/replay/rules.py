@@ -21,7 +21,7 @@ import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import yaml
@@ -140,8 +140,13 @@ async def replay_rules(
     stats: ReplayStats,
     args: argparse.Namespace,
     progress: Callable[[int, int], None] | None = None,
+    out: IO[bytes] | None = None,
 ) -> int:
-    """The ``replay --rules`` command body; returns the exit code."""
+    """The ``replay --rules`` command body; returns the exit code.
+
+    The diff goes to ``out`` (``--output``'s file; default stdout) as JSON Lines, or to the
+    terminal as tables when stdout is one and neither ``--output`` nor ``--format jsonl`` is given.
+    """
     if sel.topic != EVENTS_TOPIC:
         raise ConfigError("--rules replays events: use --topic events")
     rules_config = load_rules_file(args.rules_file) if args.rules_file else dict(cfg.rules)
@@ -151,10 +156,11 @@ async def replay_rules(
     d = diff(now, then)
     if args.deliver:
         await _deliver(cfg, alerts)
-    if args.format == "jsonl" or (args.format == "auto" and not sys.stdout.isatty()):
+    dest = sys.stdout.buffer if out is None else out
+    if args.format == "jsonl" or (args.format == "auto" and (out is not None or not sys.stdout.isatty())):
         for kind in ("same", "new", "missing"):
             for a in d[kind]:
-                sys.stdout.buffer.write(orjson.dumps({"diff": kind, "alert": a}) + b"\n")
+                dest.write(orjson.dumps({"diff": kind, "alert": a}) + b"\n")
     else:
         from pipeline.replay.table import print_table
 

@@ -188,6 +188,12 @@ def test_rules_rerun_matches_live(
     kinds = [r["diff"] for r in rows]
     assert kinds and set(kinds) == {"same"}, out.err.decode()[-500:]
     assert b"new 0, missing 0" in out.err
+    # -o FILE: the same diff goes to the file (it used to be ignored: everything went to stdout)
+    dest = tmp_path / "diff.jsonl"
+    assert main(["replay", "-c", str(cfg), "--rules", "-o", str(dest), "--no-progress"]) == 0
+    again = capsysbinary.readouterr()
+    assert again.out == b""
+    assert [orjson.loads(line) for line in dest.read_bytes().splitlines()] == rows
 
 
 class _EventTimeClock:
