@@ -27,6 +27,8 @@ indexer acknowledgment"):
   (index, channel, ack configuration) and redirects fail the whole batch without retrying
   soon, which opens the runner's circuit; 413 splits the request, and a single event too
   large for HEC is dead-lettered.
+* ``url`` is the collector's base; Splunk's own HEC URL (``…:8088/services/collector/event``,
+  ``/services/collector``, ``/raw``) is accepted and its endpoint path ignored.
 * ``healthcheck()`` calls ``GET /services/collector/health``, then checks the token with an
   empty ``POST`` (HEC answers code 5 "No data" to a valid token).
 """
@@ -34,10 +36,12 @@ indexer acknowledgment"):
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from pydantic import Field, field_validator
@@ -62,6 +66,9 @@ EVENT_PATH = "/services/collector/event"
 ACK_PATH = "/services/collector/ack"
 HEALTH_PATH = "/services/collector/health"
 CHANNEL_HEADER = "X-Splunk-Request-Channel"
+HEC_ENDPOINT_PATH = re.compile(r"/services/collector(?:/(?:event|raw|health)(?:/1\.0)?)?/?$")
+"""The endpoint path Splunk documents as *the* HEC URL (``https://<host>:8088/services/collector/event``):
+removed from ``url``, which is the collector's base (the sink adds each endpoint's path itself)."""
 INVALID_EVENT_CODES = frozenset({6, 12, 13, 15})
 CONFIG_CODES = frozenset({1, 2, 3, 4, 7, 10, 11, 14, 16})
 
@@ -88,6 +95,14 @@ class SplunkHecConfig(HttpSinkConfig):
     channel: str | None = Field(None, description="a GUID; default: a new one per process")
     ack_poll_interval_secs: float = Field(2.0, gt=0, description="longest wait between ack queries")
     ack_timeout_secs: float = Field(60.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        """``https://splunk:8088/services/collector/event`` (Splunk's HEC URL) → ``https://splunk:8088``."""
+        parts = urlsplit(v)
+        base = HEC_ENDPOINT_PATH.sub("", parts.path)
+        return v if base == parts.path else urlunsplit(parts._replace(path=base))
 
     @field_validator("channel")
     @classmethod

@@ -177,3 +177,28 @@ async def test_unreachable_is_retriable() -> None:
     async with SplunkHecSink("s", hec_cfg(url)) as s:
         result = await s.send([ev(1)])
     assert result.failures[0].retriable and "ClientConnectorError" in result.failures[0].error
+
+
+@pytest.mark.parametrize(
+    "suffix",
+    ["/services/collector", "/services/collector/event", "/services/collector/event/1.0", "/services/collector/raw/"],
+)
+async def test_the_hec_endpoint_url_splunk_documents_works_as_the_url(hec: FakeHec, suffix: str) -> None:
+    """Splunk documents HEC as ``https://<host>:8088/services/collector/event``; pasted as ``url``,
+    the sink appended its own paths (``…/services/collector/event/services/collector/health``) and
+    every request got a 404. The endpoint's path is accepted and ignored, as the base URL is meant."""
+    cfg = hec_cfg(hec.url + suffix)
+    assert cfg.url == hec.url
+    async with SplunkHecSink("s", cfg) as s:
+        await s.healthcheck()
+        assert (await s.send([ev(1)])).ok
+    assert hec.ids == [make_event(1).id]
+
+
+def test_a_path_before_the_hec_endpoint_is_kept() -> None:
+    """A proxy prefix stays: only Splunk's own endpoint path is removed."""
+    assert hec_cfg("https://proxy.example.com/splunk/services/collector/event").url == (
+        "https://proxy.example.com/splunk"
+    )
+    assert hec_cfg("https://splunk.example.com:8088").url == "https://splunk.example.com:8088"
+    assert hec_cfg("https://splunk.example.com:8088/services/collectors").url.endswith("/collectors")
