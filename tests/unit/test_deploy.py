@@ -340,7 +340,7 @@ def test_the_secret_example_creates_what_the_pods_mount() -> None:
     example = {d["metadata"]["name"]: set(d.get("stringData", {}) | d.get("data", {}))
                for d in docs(K8S / "secret.example.yaml")}  # fmt: skip
     assert example == want
-    commands = {}
+    commands: dict[str, set[str]] = {}
     for text in [(K8S / "secret.example.yaml").read_text(), (ROOT / "docs" / "operations.md").read_text()]:
         for m in re.finditer(r"create secret generic (\S+)((?:\s*\\?\s*--from-file=[\w-]+=\S+)+)", text):
             commands.setdefault(m.group(1), set()).update(re.findall(r"--from-file=([\w-]+)=", m.group(2)))
