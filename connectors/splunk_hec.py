@@ -55,6 +55,7 @@ from pipeline.delivery.http import (
     HttpSinkConfig,
     millis_time,
     record_time,
+    redact_url,
     request_body,
     upstream_text,
 )
@@ -345,6 +346,10 @@ class SplunkHecSink:
         """
         resp = await self._http.request("GET", HEALTH_PATH)
         code, text, _ = self._error_fields(resp)
+        if resp.status == 404:
+            raise SinkError(f"splunk_hec {self.sink_id}: health: HTTP 404: no HTTP Event Collector answers at "
+                            f"{redact_url(self._http.base_url)}{HEALTH_PATH} (url is the collector's base, "
+                            "https://<host>:8088; HEC may be off or on another port)")  # fmt: skip
         if resp.status != 200:
             raise SinkError(f"splunk_hec {self.sink_id}: health: HTTP {resp.status} code {code} ({text})",
                             retriable=resp.status >= 500)  # fmt: skip

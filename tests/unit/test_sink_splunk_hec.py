@@ -202,3 +202,14 @@ def test_a_path_before_the_hec_endpoint_is_kept() -> None:
     )
     assert hec_cfg("https://splunk.example.com:8088").url == "https://splunk.example.com:8088"
     assert hec_cfg("https://splunk.example.com:8088/services/collectors").url.endswith("/collectors")
+
+
+async def test_no_collector_at_the_url_is_named(hec: FakeHec) -> None:
+    """A URL where no HEC answers (another service, a proxy path that is not routed) said
+    ``health: HTTP 404 code None ()``; it says no collector answers there and what ``url`` is."""
+    async with SplunkHecSink("s", hec_cfg(hec.url + "/not-hec")) as s:
+        with pytest.raises(SinkError) as info:
+            await s.healthcheck()
+    msg = str(info.value)
+    assert "no HTTP Event Collector answers at" in msg and "url is the collector's base" in msg, msg
+    assert not info.value.retriable
