@@ -265,6 +265,21 @@ def _safe_load_bounded(text: str) -> Any:
         loader.dispose()
 
 
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-)?")
+
+
+def _quote_hint(text: str, mark: Any) -> str:
+    """For ``{…, token: ${VAR}}``: inside a flow block ``{`` opens a mapping, so the reference must
+    be quoted. Names the reference (a variable name, never its value)."""
+    if mark is None or mark.line >= len(lines := text.splitlines()):
+        return ""
+    ref = _REFERENCE.search(lines[mark.line], max(mark.column - 1, 0))
+    if ref is None or ref.start() > mark.column:
+        return ""
+    shown = "${" + ref.group(1) + (":-…}" if ref.group(2) else "}")  # a default is never echoed
+    return f' (inside {{…}} or […] quote the reference: "{shown}")'
+
+
 def parse_config(
     text: str,
     *,
@@ -286,7 +301,7 @@ def parse_config(
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or "malformed YAML"
-        raise ConfigError(f"config is not valid YAML{where}: {problem}") from None
+        raise ConfigError(f"config is not valid YAML{where}: {problem}{_quote_hint(text, mark)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

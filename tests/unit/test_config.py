@@ -100,6 +100,21 @@ def test_malformed_yaml_one_line() -> None:
     assert msg.startswith("config is not valid YAML at line") and "\n" not in msg
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sinks:\n  s: {type: splunk_hec, url: https://splunk:8088, token: ${HEC_TOKEN}}\n",
+        "webhook:\n  sources:\n    crm: {workspace_id: w, header_name: X-S, secrets: [${HOOK_SECRET}]}\n",
+    ],
+)
+def test_an_unquoted_reference_in_a_flow_block_says_to_quote_it(text: str) -> None:
+    """``{…, token: ${HEC_TOKEN}}`` is not YAML (``{`` opens a mapping inside the flow block); the error
+    was ``expected ',' or '}', but got '{'``, which does not say that quoting the reference fixes it."""
+    msg = _err(text)
+    assert msg.startswith("config is not valid YAML at line") and "\n" not in msg
+    assert 'quote the reference: "${' in msg, msg
+
+
 def test_unreadable_and_missing_secret_files(tmp_path: Path) -> None:
     """Missing, unreadable, empty and directory secret files each get a clear error."""
     assert "does not exist" in _err("workspaces:\n  a:\n    api_key_file: nope\n", base=tmp_path)
