@@ -262,6 +262,59 @@ def test_cli_md_names_every_command() -> None:
     assert sorted(c for c in sub.choices if f"`{c}`" not in opening) == []
 
 
+def _documented_commands() -> list[tuple[str, str]]:
+    """Every ``instantly-audit …`` command line in README and docs/: in a fenced shell block (one per
+    line, ``\\`` continuations joined) or in inline code, up to a comment, pipe or redirection."""
+    found = []
+    for page in [README, *DOCS]:
+        text = page.read_text(encoding="utf-8")
+        inline = _FENCE.sub("", text)
+        for m in re.finditer(r"^```(?:sh|bash|console)?\n(.*?)^```", text, re.S | re.M):
+            for line in m.group(1).replace("\\\n", " ").splitlines():
+                if c := re.search(r"(?:^|[\s(\"'$])(?:\S*/)?instantly-audit\s+(.*)", line):
+                    found.append((f"{page.relative_to(ROOT)}:{text[: m.start()].count(chr(10)) + 1}", c.group(1)))
+        for c in re.finditer(r"`(?:\S*/)?instantly-audit ([^`]+)`", inline):
+            found.append((f"{page.relative_to(ROOT)} `{c.group(1)[:40]}`", c.group(1)))
+    return found
+
+
+def test_every_documented_command_names_a_real_subcommand_and_flags() -> None:
+    """A command copied from the docs names a command ``instantly-audit --help`` lists and only flags
+    that command (or the top level) takes: a renamed flag or a retired subcommand fails here, not
+    in a reader's shell. Synopsis brackets and ``a|b`` alternatives are read as their parts."""
+    import argparse
+
+    from pipeline.cli.main import build_parser
+
+    def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+    def flags(parser: argparse.ArgumentParser) -> set[str]:
+        return {s for a in parser._actions for s in a.option_strings}
+
+    top = build_parser()
+    commands = _documented_commands()
+    assert len(commands) >= 60
+    problems = []
+    for where, line in commands:
+        line = re.split(r"\s#|\s\|\s|\s>|\s&&\s|;", line)[0]
+        tokens = re.findall(r"[^\s\[\]|]+", line)
+        if not tokens or tokens[0] in ("…", "COMMAND") or tokens[0].endswith(":"):
+            continue  # prose about commands, or a quoted message (`instantly-audit replay: error: …`)
+        parser, path = top, []
+        for tok in tokens:
+            if tok in subcommands(parser):
+                parser = subcommands(parser)[tok]
+                path.append(tok)
+            elif re.match(r"^--?[A-Za-z]", tok):
+                flag = tok.split("=")[0].rstrip(",.:)`")
+                if flag not in flags(parser) | flags(top):
+                    problems.append(f"{where}: `instantly-audit {' '.join(path)}` takes no {flag}")
+        if not path and not tokens[0].startswith("-"):
+            problems.append(f"{where}: `instantly-audit {tokens[0]}` is not a command")
+    assert problems == [], "\n".join(problems)
+
+
 def test_security_and_receiver_pages_agree_on_an_authenticated_bad_body() -> None:
     """docs/security.md said a bad JSON shape gets a 400; the receiver (and webhook-receiver.md)
     answer 200 ``dead_lettered``: each page's JSON-shape step says the same."""
