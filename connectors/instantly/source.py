@@ -51,6 +51,7 @@ from connectors.instantly.api import (
     GROUP_ADMIN_PATH,
     GROUP_MEMBERS,
     WEBHOOK_DELIVERIES,
+    Stream,
     page_limit,
 )
 from connectors.instantly.api import WORKSPACE as WORKSPACE_STREAM
@@ -113,6 +114,16 @@ def _reason(err: SourceError) -> str:
         return f"{verdict}: {redact_text(str(err))[:300]}"
     hint = f": {err.hint}" if err.hint else ""
     return f"{verdict}: {f'HTTP {status} ' if status else ''}({type(err).__name__}){hint}"
+
+
+def _scope_hint(alias: str, spec: Stream) -> str:
+    """What a 403 on ``spec`` means and the two ways out (the scope comes from the stream table;
+    ``alias`` is the config's, also for a discovered sub-workspace polled with the agency's key)."""
+    where = f"workspaces.{alias}"
+    return (
+        f": the API key lacks {spec.scope} (use a key with it in {where}.api_key, "
+        f"or drop {spec.name} from {where}.streams)"
+    )
 
 
 def identity_key(source_id: str) -> str:
@@ -360,7 +371,8 @@ class InstantlyWorkspacePoller:
                 except (PaymentRequiredError, ScopeError, NotFoundError) as err:
                     _failed(span, err)
                     health.stream_error(self.source_id, stream, err)
-                    self.last_failures[stream] = _reason(err)
+                    hint = _scope_hint(self._client.config_alias, spec) if isinstance(err, ScopeError) else ""
+                    self.last_failures[stream] = _reason(err) + hint
                     self._stream_events.outages.pop(stream, None)
                     kind = "pipeline.audit_log_unavailable" if spec is AUDIT_LOGS else UNAVAILABLE
                     counts["pipeline"] += await self._pipeline_event(kind, stream, err)
