@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -151,6 +153,47 @@ def test_example_config_is_valid(tmp_path: Path) -> None:
     assert isinstance(cfg, PipelineConfig)
     assert set(workspaces(cfg)) == {"acme", "client-b"}
     assert set(cfg.sinks) and all(s.type for s in cfg.sinks.values())
+
+
+def _set_apart_from_defaults(model: Any, example: Mapping[str, Any], where: str) -> list[str]:
+    """The options ``example`` sets to something other than ``model``'s field default (nested models too)."""
+    from pydantic import BaseModel
+
+    out = []
+    for key, value in example.items():
+        field = type(model).model_fields.get(key)
+        if field is None or field.is_required():
+            continue
+        current = getattr(model, key)
+        if isinstance(current, BaseModel) and isinstance(value, Mapping):
+            out += _set_apart_from_defaults(current, value, f"{where}.{key}")
+            continue
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel) or current == default or (value in ([], None) and not default):
+            continue
+        out.append(f"{where}.{key}: {value!r} (default {default!r})")
+    return out
+
+
+def test_example_config_shows_the_defaults_it_does_not_explain(tmp_path: Path) -> None:
+    """A newcomer copies deploy/config/example.yaml whole; the values it sets are the defaults
+    unless its comment says why. It set ``webhook.max_body_bytes: 1048576`` after the default
+    became 16 MiB because a long reply thread got 413 on every retry and Instantly then disables
+    the webhook: the copied example brought that failure back."""
+    import yaml
+
+    text = (ROOT / "deploy/config/example.yaml").read_text()
+    secret = tmp_path / "client_b"
+    secret.write_text("kkkk-2222\n")
+    cfg = parse_config(text.replace("/run/secrets/instantly_client_b", str(secret)), env=ENV)
+    doc = yaml.safe_load(text)
+    assert cfg.webhook is not None
+    found = _set_apart_from_defaults(cfg.bus, doc["bus"], "bus")
+    found += _set_apart_from_defaults(cfg.webhook, doc["webhook"], "webhook")
+    found += _set_apart_from_defaults(cfg.service, doc["service"], "service")
+    found += _set_apart_from_defaults(workspaces(cfg)["acme"], doc["workspaces"]["acme"], "workspaces.acme")
+    deliberate = {"workspaces.acme.name: 'Acme Outreach' (default None)"}  # an example value, not a setting
+    assert sorted(set(found) - deliberate) == []
 
 
 @pytest.mark.parametrize(
