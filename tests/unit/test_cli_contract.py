@@ -387,6 +387,37 @@ def test_a_busy_service_port_is_named(tmp_path: Path) -> None:
     assert "error while attempting to bind" not in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_busy_webhook_port_is_named(tmp_path: Path) -> None:
+    """``run`` on a taken ``webhook.port`` names the port and the setting, as for ``service.port``: it
+    said ``webhook receiver cannot listen on …: error while attempting to bind on address …``."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(
+            "service: {port: 0}\n"
+            f'webhook:\n  port: {port}\n  sources:\n    crm: {{workspace_id: ws-1, secrets: ["${{HS}}"]}}\n'
+        )
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "HS": "s" * 32}
+        r = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "run", "-c", str(cfg)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert r.returncode == Exit.FINDINGS, r.stderr[-2000:]
+    assert f"webhook port 127.0.0.1:{port} (webhook.port) is already in use" in r.stderr, r.stderr[-2000:]
+    assert "error while attempting to bind" not in r.stderr and "Traceback" not in r.stderr
+
+
 def test_sigterm_in_replay_says_terminated(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
