@@ -117,6 +117,21 @@ def test_an_unquoted_reference_in_a_flow_block_says_to_quote_it(text: str) -> No
     assert 'quote the reference: "${' in msg, msg
 
 
+@pytest.mark.parametrize(
+    "value", ["...", "REPLACE_ME", "replace-me-with-the-key", "<your Instantly API key>", "changeme"]
+)
+def test_a_placeholder_api_key_is_refused_without_echoing_it(value: str, tmp_path: Path) -> None:
+    """README's ``export INSTANTLY_API_KEY=...`` and the k8s example's ``REPLACE_ME`` passed ``config
+    validate`` ("ok") and every poll then got 401; the example even said "refused at start"."""
+    by_env = _err("workspaces:\n  acme: {api_key: '${K}'}\n", env={"K": value})
+    (tmp_path / "k").write_text(value + "\n")
+    by_file = _err("workspaces:\n  acme: {api_key_file: k}\n", base=tmp_path)
+    for msg in (by_env, by_file):
+        assert msg.startswith("workspaces.acme.api_key: is a placeholder") and "\n" not in msg, msg
+        assert value not in msg.replace("`...`", "").replace("REPLACE_ME,", "")
+    parse_config("workspaces:\n  acme: {api_key: '${K}'}\n", env={"K": "MDFhMjJmMjAtNjUxZTpHSUZBZUd0"})
+
+
 def test_unreadable_and_missing_secret_files(tmp_path: Path) -> None:
     """Missing, unreadable, empty and directory secret files each get a clear error."""
     assert "does not exist" in _err("workspaces:\n  a:\n    api_key_file: nope\n", base=tmp_path)
