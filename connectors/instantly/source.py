@@ -41,6 +41,7 @@ import random
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -116,13 +117,29 @@ def _reason(err: SourceError) -> str:
     return f"{verdict}: {f'HTTP {status} ' if status else ''}({type(err).__name__}){hint}"
 
 
-def _scope_hint(alias: str, spec: Stream) -> str:
-    """What a 403 on ``spec`` means and the two ways out (the scope comes from the stream table;
-    ``alias`` is the config's, also for a discovered sub-workspace polled with the agency's key)."""
+def _refusal_hint(alias: str, spec: Stream, err: SourceError, base_url: str) -> str:
+    """What a 402/403/404 on the list ``spec`` means and the way out (the scope comes from the stream
+    table; ``alias`` is the config's, also for a discovered sub-workspace polled with the agency's key)."""
     where = f"workspaces.{alias}"
+    if isinstance(err, ScopeError):
+        return (
+            f": the API key lacks {spec.scope} (use a key with it in {where}.api_key, "
+            f"or drop {spec.name} from {where}.streams)"
+        )
+    if isinstance(err, PaymentRequiredError):
+        return ": the workspace has no active paid plan, which Instantly's API needs"
+    if isinstance(err, NotFoundError):
+        return _not_found_hint(alias, base_url)
+    return ""
+
+
+def _not_found_hint(alias: str, base_url: str) -> str:
+    """A 404 on a path Instantly always serves: the base URL is not the API's root."""
+    parts = urlsplit(base_url)
+    where = (parts.netloc + parts.path.rstrip("/")) or base_url
     return (
-        f": the API key lacks {spec.scope} (use a key with it in {where}.api_key, "
-        f"or drop {spec.name} from {where}.streams)"
+        f": no Instantly API under {where} "
+        f"(workspaces.{alias}.base_url must be the API root: api.instantly.ai, no path)"
     )
 
 
@@ -371,7 +388,7 @@ class InstantlyWorkspacePoller:
                 except (PaymentRequiredError, ScopeError, NotFoundError) as err:
                     _failed(span, err)
                     health.stream_error(self.source_id, stream, err)
-                    hint = _scope_hint(self._client.config_alias, spec) if isinstance(err, ScopeError) else ""
+                    hint = _refusal_hint(self._client.config_alias, spec, err, self._client.base_url)
                     self.last_failures[stream] = _reason(err) + hint
                     self._stream_events.outages.pop(stream, None)
                     kind = "pipeline.audit_log_unavailable" if spec is AUDIT_LOGS else UNAVAILABLE
@@ -517,9 +534,10 @@ class InstantlyWorkspacePoller:
             await self._remember_identity({"id": org})
             return
         scope = isinstance(err, ScopeError)  # a network or server failure is not fixed by a scope
+        not_found = _not_found_hint(self._client.config_alias, self._client.base_url)
         self.last_failures["identity"] = (
-            f"unknown: GET /workspaces/current {_reason(err)}; events carry the alias {self.source_id!r} "
-            "instead of the workspace id until an audit record brings it"
+            f"unknown: GET /workspaces/current {_reason(err)}{not_found if isinstance(err, NotFoundError) else ''}; "
+            f"events carry the alias {self.source_id!r} instead of the workspace id until an audit record brings it"
             + (" (grant the key workspaces:read)" if scope else "")
         )
         log.warning(

@@ -217,6 +217,26 @@ async def test_a_missing_scope_names_the_scope_and_the_fix(env: tuple[FakeInstan
     assert any(line.startswith("audit_logs refused: HTTP 403") and "lacks audit_logs:read" in line for line in lines)
 
 
+async def test_a_base_url_that_is_not_the_api_root_says_so(env: tuple[FakeInstantly, SqliteBus]) -> None:
+    """``base_url: https://api.instantly.ai/api/v1`` (or any host that is not the API) got 404 on every
+    path, reported as ``refused: HTTP 404 (NotFoundError)``, naming neither the setting nor the fix."""
+    fake, bus = env
+    cfg = WorkspaceConfig(
+        api_key=SecretStr(fake.api_key),
+        base_url=fake.url + "/api/v1",
+        budget=BudgetConfig(requests_per_second=100, requests_per_minute=6000),
+        max_retries=0,
+    )
+    poller = InstantlyWorkspacePoller("acme", cfg, bus, clock=FakeClock(), sleep=no_sleep, rng=random.Random(1))
+    async with poller:
+        await poller.poll_once()
+    host = fake.url.removeprefix("http://")
+    hint = f"no Instantly API under {host}/api/v1 (workspaces.acme.base_url must be the API root"
+    lines = failure_lines(poller.last_failures)
+    assert all("HTTP 404 (NotFoundError)" in line and hint in line for line in lines), lines
+    assert any(line.startswith("identity unknown: GET /workspaces/current") for line in lines), lines
+
+
 async def test_changes_between_polls(env: tuple[FakeInstantly, SqliteBus]) -> None:
     """Upstream changes between polls become change events, each published once."""
     fake, bus = env
