@@ -59,7 +59,7 @@ def _event_line(e: dict[str, Any]) -> str:
         by += f" from {a['ip']}"
     if a.get("via_api"):
         by += " (API)"
-    return f"[dim]{str(e.get('time', ''))[11:19]}[/] [cyan]{t}[/] {what}{extra}{by}"
+    return f"[dim]{str(e.get('time', ''))[11:19]}[/] [cyan]{t}[/]" + (f" {what}" if what else "") + f"{extra}{by}"
 
 
 def _alert_line(a: dict[str, Any]) -> str:
