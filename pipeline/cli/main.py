@@ -163,13 +163,22 @@ def _cmd_health(args: argparse.Namespace) -> int:
                   "give it with --port N", file=sys.stderr)  # fmt: skip
             return Exit.USAGE
     url = f"http://{host}:{port}/{args.check}"
+    where = f"GET /{args.check} on {host}:{port}"  # not the URL: output redaction fingerprints its path
     try:
         with urllib.request.urlopen(url, timeout=args.timeout) as resp:
             ok = resp.status == 200
-    except (urllib.error.URLError, OSError) as err:
-        print(f"health: {url}: {getattr(err, 'reason', err)}", file=sys.stderr)
+    except urllib.error.HTTPError as err:  # answered, but not 200 (/readyz: 503 while a check fails)
+        print(f"health: {where}: HTTP {err.code}", file=sys.stderr)
         return Exit.FINDINGS
-    print(f"health: {url}: {'ok' if ok else 'not ok'}")
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        if isinstance(reason, ConnectionRefusedError):
+            reason = "nothing listens there (connection refused); is `instantly-audit run` up with this service port?"
+        elif isinstance(reason, TimeoutError):
+            reason = f"no answer within {args.timeout:g}s"
+        print(f"health: {where}: {reason}", file=sys.stderr)
+        return Exit.FINDINGS
+    print(f"health: {where}: {'ok' if ok else 'not ok'}")
     return Exit.OK if ok else Exit.FINDINGS
 
 

@@ -226,6 +226,50 @@ def test_sigterm_while_starting_is_a_clean_stop(tmp_path: Path, delay: float) ->
     assert "Traceback" not in err
 
 
+def test_health_names_the_path_and_the_cause_as_a_user_sees_them(tmp_path: Path) -> None:
+    """``health`` printed ``http://127.0.0.1:9464/sha256:3813715d [Errno 111] Connection refused``: the
+    output redaction turned ``/healthz`` into a fingerprint, and a refused port or a server that is not
+    ours (``File not found``) did not say what to check. Run as a user runs it, in a subprocess."""
+    import http.server
+    import os
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    def health(port: int) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", "health", "--port", str(port)],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    r = health(free)
+    assert r.returncode == Exit.FINDINGS
+    assert r.stderr.strip() == (
+        f"health: GET /healthz on 127.0.0.1:{free}: nothing listens there (connection refused); "
+        "is `instantly-audit run` up with this service port?"
+    ), r.stderr
+
+    class NotOurs(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(404)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotOurs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        r = health(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert r.returncode == Exit.FINDINGS and "sha256:" not in r.stdout + r.stderr
+    assert f"health: GET /healthz on 127.0.0.1:{server.server_address[1]}: HTTP 404" in r.stdout + r.stderr
+
+
 def test_health_with_port_zero_asks_for_the_port(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
