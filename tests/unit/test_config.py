@@ -132,6 +132,33 @@ def test_a_placeholder_api_key_is_refused_without_echoing_it(value: str, tmp_pat
     parse_config("workspaces:\n  acme: {api_key: '${K}'}\n", env={"K": "MDFhMjJmMjAtNjUxZTpHSUZBZUd0"})
 
 
+def test_a_repeated_key_is_an_error_naming_both_lines() -> None:
+    """YAML requires a mapping's keys to be unique; PyYAML keeps the last one silently. A second
+    ``sinks:`` pasted below README's config (every sinks.md example starts with one) dropped the
+    first block's sinks, and ``config validate`` said ``ok``."""
+    text = (
+        "bus: {type: sqlite, path: data/bus.db}\n"
+        "sinks:\n  archive: {type: jsonl, path: data/events.jsonl}\n"
+        "sinks:\n  copy: {type: jsonl, path: data/copy.jsonl}\n"
+    )
+    msg = _err(text)
+    assert msg == (
+        "config is not valid YAML at line 4, column 1: key 'sinks' repeated (first at line 2); "
+        "the later one would silently replace it: merge them"
+    ), msg
+    nested = _err("sinks:\n  a: {type: jsonl, path: a.jsonl}\n  a: {type: jsonl, path: b.jsonl}\n")
+    assert "line 3, column 3: key 'a' repeated (first at line 2)" in nested
+    # Merge keys and the same key in different mappings are not repeats.
+    parse_config("sinks:\n  a: &j {type: jsonl, path: a.jsonl}\n  b: {<<: *j, path: b.jsonl}\n", env=ENV)
+    parse_config("sinks:\n  a: {type: jsonl, path: a.jsonl}\n  b: {type: jsonl, path: a2.jsonl}\n", env=ENV)
+
+
+def test_a_tab_in_the_indentation_says_so() -> None:
+    """YAML indents with spaces; the error was ``found character '\\t' that cannot start any token``."""
+    msg = _err("workspaces:\n\tacme:\n\t\tapi_key: ${INSTANTLY_API_KEY}\n")
+    assert msg.startswith("config is not valid YAML at line 2, column 1:") and "indent with spaces, not tabs" in msg
+
+
 def test_unreadable_and_missing_secret_files(tmp_path: Path) -> None:
     """Missing, unreadable, empty and directory secret files each get a clear error."""
     assert "does not exist" in _err("workspaces:\n  a:\n    api_key_file: nope\n", base=tmp_path)
