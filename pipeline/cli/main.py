@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -43,7 +44,13 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
+        if message.startswith("unrecognized arguments:") and _GLOBAL_FLAG.search(message):
+            message += " (-v, -vv and --log-level go before the command: instantly-audit -v COMMAND …)"
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+_GLOBAL_FLAG = re.compile(r"(?<=[: ])(-v+|--verbose|--log-level(=\S*)?)(?= |$)")
+"""The top-level options a user tends to put after the command (``config validate f.yaml -v``)."""
 
 
 def _cmd_config_validate(args: argparse.Namespace) -> int:

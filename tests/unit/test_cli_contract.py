@@ -226,6 +226,21 @@ def test_sigterm_while_starting_is_a_clean_stop(tmp_path: Path, delay: float) ->
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("flag", [["-v"], ["-vv"], ["--log-level", "DEBUG"], ["--verbose"]])
+def test_a_global_flag_after_the_command_says_where_it_goes(
+    flag: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``instantly-audit config validate cfg.yaml -v`` said ``unrecognized arguments: -v`` only."""
+    with pytest.raises(SystemExit) as info:
+        main(["config", "validate", "cfg.yaml", *flag])
+    assert info.value.code == Exit.USAGE
+    err = capsys.readouterr().err
+    assert "go before the command: instantly-audit -v COMMAND" in err, err
+    with pytest.raises(SystemExit):
+        main(["config", "validate", "cfg.yaml", "--bogus"])
+    assert "go before the command" not in capsys.readouterr().err
+
+
 def test_health_names_the_path_and_the_cause_as_a_user_sees_them(tmp_path: Path) -> None:
     """``health`` printed ``http://127.0.0.1:9464/sha256:3813715d [Errno 111] Connection refused``: the
     output redaction turned ``/healthz`` into a fingerprint, and a refused port or a server that is not
