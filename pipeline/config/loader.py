@@ -50,6 +50,7 @@ from pipeline.config.base import (
 from pipeline.config.model import PipelineConfig, compose
 from pipeline.config.tls import tls_problems
 from pipeline.config.vault import VaultSettings, resolve_managed_secrets
+from pipeline.config.yaml_keys import repeated_key
 from pipeline.errors import ConfigError
 from pipeline.redaction.config import secret_values
 from pipeline.redaction.registry import register_secret
@@ -247,37 +248,6 @@ def _expanded_size(root: yaml.Node) -> int:
     return sizes.get(id(root), 1)
 
 
-def _unique_keys(root: yaml.Node) -> None:
-    """YAML requires a mapping's keys to be unique (YAML 1.2, 3.2.1.1); PyYAML keeps the last one
-    silently, so a second ``sinks:`` pasted below the first would drop the first block.
-
-    Raises:
-        ConfigError: a key repeats in one mapping (its line and column, and the first one's line).
-    """
-    seen_nodes: set[int] = set()
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen_nodes:
-            continue
-        seen_nodes.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            first: dict[str, yaml.Node] = {}
-            for key, value in node.value:
-                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
-                    if key.value in first:
-                        at, was = key.start_mark, first[key.value].start_mark
-                        raise ConfigError(
-                            f"config is not valid YAML at line {at.line + 1}, column {at.column + 1}: key "
-                            f"{key.value[:80]!r} repeated (first at line {was.line + 1}); the later one would "
-                            "silently replace it: merge them"
-                        )
-                    first[key.value] = key
-                stack += [key, value]
-        elif isinstance(node, yaml.SequenceNode):
-            stack += node.value
-
-
 def _safe_load_bounded(text: str) -> Any:
     """``yaml.safe_load`` with the alias expansion checked (:func:`_expanded_size`) before construction.
 
@@ -291,7 +261,8 @@ def _safe_load_bounded(text: str) -> Any:
         if node is None:
             return None
         _expanded_size(node)
-        _unique_keys(node)
+        if (repeated := repeated_key(node)) is not None:
+            raise ConfigError(f"config is not valid YAML at {repeated}")
         return loader.construct_document(node)
     finally:
         loader.dispose()

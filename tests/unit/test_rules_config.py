@@ -113,6 +113,19 @@ def test_a_broken_rule_file_names_the_file(tmp_path: Path) -> None:
         parse_rules_config({"files": ["bad.yaml"]}, base_dir=tmp_path)
 
 
+def test_a_repeated_key_in_a_rule_file_is_an_error(tmp_path: Path) -> None:
+    """A rule with two ``detection:`` blocks kept only the second (PyYAML's silent last-wins): the
+    first block's condition vanished from a rule that still validated and tested green."""
+    (tmp_path / "dup.yaml").write_text(
+        "id: c.dup\ntitle: Dup\nseverity: low\n"
+        "detection: {s: {type: audit.user_login}}\n"
+        "detection: {s: {type: audit.lead_exported}}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_rules_config({"files": ["dup.yaml"]}, base_dir=tmp_path)
+    assert "dup.yaml: not valid YAML at line 5, column 1: key 'detection' repeated (first at line 4)" in str(info.value)
+
+
 def test_custom_rules_can_be_disabled_and_built_ins_enabled_one_by_one() -> None:
     """defaults.enabled: false leaves only the rules enabled explicitly."""
     rs = parse_rules_config({"defaults": {"enabled": False}, "auth.mfa_disabled": {"enabled": True}})
