@@ -126,6 +126,17 @@ def test_a_repeated_key_in_a_rule_file_is_an_error(tmp_path: Path) -> None:
     assert "dup.yaml: not valid YAML at line 5, column 1: key 'detection' repeated (first at line 4)" in str(info.value)
 
 
+def test_a_repeated_key_in_a_rules_config_given_with_rules_is_an_error(tmp_path: Path) -> None:
+    """``--rules FILE`` (``rules list/test/lock``, ``replay --rules-file``) reads a config or a rules
+    section: a repeated ``rules:`` kept only the last one there too."""
+    from pipeline.rules.rules_file import read_rules_file
+
+    f = tmp_path / "pinned.yaml"
+    f.write_text("rules:\n  tick_interval_secs: 30\nrules:\n  tick_interval_secs: 60\n")
+    with pytest.raises(ConfigError, match=r"pinned\.yaml: not valid YAML at line 3, column 1: key 'rules' repeated"):
+        read_rules_file(str(f))
+
+
 def test_custom_rules_can_be_disabled_and_built_ins_enabled_one_by_one() -> None:
     """defaults.enabled: false leaves only the rules enabled explicitly."""
     rs = parse_rules_config({"defaults": {"enabled": False}, "auth.mfa_disabled": {"enabled": True}})
