@@ -5,7 +5,8 @@ What ``instantly-audit sinks setup NAME`` installs (idempotently) and the sink c
 * a component template ``instantly-audit@mappings`` with an explicit mapping for every field
   the ECS formatter emits (``dynamic: false``: anything else is kept in ``_source`` but not
   indexed) and the vendor leftovers ``instantly.details`` as ``flattened`` (Elasticsearch) or
-  ``flat_object`` (OpenSearch), so one index takes every stream's shapes;
+  ``flat_object`` (OpenSearch), so one index takes every stream's shapes; leftovers too long to
+  be one Lucene term, ``instantly.unindexed``, as an object with ``enabled: false`` (``_source`` only);
 * composable index templates ``logs-instantly.audit`` (``logs-instantly.audit-*``) and
   ``logs-instantly.alerts`` (``logs-instantly.alerts-*``), both data streams, priority 200
   (above the built-in ``logs`` template);
@@ -66,6 +67,7 @@ ECS_FIELDS: dict[str, dict[str, Any]] = {
     "data_stream.type": _K, "data_stream.dataset": _K, "data_stream.namespace": _K,
 }  # fmt: skip
 OPAQUE = "instantly.details"
+UNINDEXED = "instantly.unindexed"
 MULTI_TEXT = ("organization.name", "user.name", "user.target.name", "user_agent.original")
 """Fields ecs_flat.yml gives a ``text`` multi-field (``user.name.text``: full-text search on a keyword)."""
 
@@ -85,6 +87,7 @@ def component_template(flavor: Flavor) -> dict[str, Any]:
     """The shared mappings (component template body) for ``flavor``."""
     fields = dict(ECS_FIELDS)
     fields[OPAQUE] = {"type": "flattened"} if flavor == "elasticsearch" else {"type": "flat_object"}
+    fields[UNINDEXED] = {"type": "object", "enabled": False}  # leftovers too long for one term: _source only
     text = "match_only_text" if flavor == "elasticsearch" else "text"  # OpenSearch lacks match_only_text
     for path in MULTI_TEXT:
         fields[path] = {**fields[path], "fields": {"text": {"type": text}}}

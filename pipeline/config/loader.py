@@ -51,6 +51,7 @@ from pipeline.config.model import PipelineConfig, compose
 from pipeline.config.tls import tls_problems
 from pipeline.config.vault import VaultSettings, resolve_managed_secrets
 from pipeline.config.yaml_keys import repeated_key
+from pipeline.config.yaml_load import SafeLoader, YAMLNestingError
 from pipeline.errors import ConfigError
 from pipeline.redaction.config import secret_values
 from pipeline.redaction.registry import register_secret
@@ -255,7 +256,7 @@ def _safe_load_bounded(text: str) -> Any:
         yaml.YAMLError: the text is not valid YAML.
         ConfigError: the document expands past :data:`MAX_NODES` nodes.
     """
-    loader = yaml.SafeLoader(text)
+    loader = SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -264,6 +265,8 @@ def _safe_load_bounded(text: str) -> Any:
         if (repeated := repeated_key(node)) is not None:
             raise ConfigError(f"config is not valid YAML at {repeated}")
         return loader.construct_document(node)
+    except RecursionError:  # PyYAML composes and constructs recursively
+        raise YAMLNestingError() from None
     finally:
         loader.dispose()
 

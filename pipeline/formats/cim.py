@@ -5,11 +5,13 @@ at the top level of the HEC ``event`` and keeps the whole native record under ``
 so nothing is lost and ``deploy/splunk/`` (eventtypes + tags) only has to tag them:
 
 * Authentication (logins, MFA challenges): ``action`` (success|failure), ``app``, ``user``,
-  ``src``, ``dest``, ``signature``, ``signature_id``, ``authentication_method``.
+  ``src``, ``dest``, ``signature``, ``signature_id``, ``authentication_method``, ``user_agent``.
 * Change (API keys, members, groups, webhooks, sending accounts, MFA settings, workspace, audit changes):
   ``action`` (created|deleted|modified|read), ``change_type``, ``object``, ``object_id``,
   ``object_category``, ``object_attrs``, ``status``, ``user`` (the account changed, or the
-  actor when no account is), ``src_user`` (the actor), ``src``.
+  actor when no account is), ``src_user`` (the actor), ``src``, ``user_agent``, and the two the
+  model requires of every change: ``dvc`` (the system that reported it: ``instantly``) and
+  ``command`` (what made it: the event type, ``api_key.created``).
 * Snapshot baselines (what exists at the first poll) carry ``object*`` but no ``action`` and
   no data model: they are inventory, not changes.
 * Alerts: ``type=alert``, ``severity``, ``signature``, ``signature_id``, ``description``,
@@ -17,7 +19,8 @@ so nothing is lost and ``deploy/splunk/`` (eventtypes + tags) only has to tag th
 
 ``cim_model`` (``Authentication`` | ``Change``) names the data model a record belongs to; the
 add-on's eventtypes key on it. Every CIM field is a string (lists for ``object_attrs`` and
-``mitre_technique_id``).
+``mitre_technique_id``). Field names are those of Splunk's CIM definitions (checked against them by
+``tests/unit/test_splunk_cim.py``): the client is ``user_agent``, not Web's ``http_user_agent``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from typing import Any
 from pipeline.formats._common import AUDIT_ACTIVITIES, Activity, as_dict, classify, record_kind
 
 APP = "instantly"
+DVC = APP
+"""CIM Change ``dvc``, the device that reported the change: Instantly (its audit log or API), whatever the stream."""
 VENDOR_PRODUCT = "Instantly"
 _CHANGE_ACTION = {"create": "created", "delete": "deleted", "read": "read"}
 _OBJECT_CATEGORY = {
@@ -74,7 +79,7 @@ def _event(body: dict[str, Any], doc: dict[str, Any]) -> None:
     assert isinstance(actor, Mapping) and isinstance(target, Mapping)
     who = _str(actor.get("user_name")) or _str(actor.get("user_id"))
     _put(doc, "src", _str(actor.get("ip")))
-    _put(doc, "http_user_agent", _str(actor.get("user_agent")))
+    _put(doc, "user_agent", _str(actor.get("user_agent")))
     _put(doc, "dest", _workspace(body))
     _put(doc, "signature", act.label)
     _put(doc, "signature_id", str(act.code) if act.code is not None else _str(body.get("type")))
@@ -98,6 +103,8 @@ def _change(
     if not str(body.get("type", "")).endswith("baseline"):  # a baseline states what exists: no change
         doc["cim_model"] = "Change"
         doc["action"] = _CHANGE_ACTION.get(act.verb, "modified")
+        doc["dvc"] = DVC
+        _put(doc, "command", _str(body.get("type")))
     doc["status"] = "failure" if act.outcome == "failure" else "success"
     known = AUDIT_ACTIVITIES.get(act.code) if act.code is not None else None
     category = _OBJECT_CATEGORY.get(act.family) or (known[0].split(" ", 1)[0].lower() if known else "audit")

@@ -25,6 +25,12 @@ when that is the same record). ``event.provider`` is
 Whatever ECS has no field for is kept under ``instantly.details`` at its original path (mapped
 ``flattened``/``flat_object`` by the shipped index templates, so stream-specific shapes never
 clash); API key details have explicit fields under ``instantly.api_key.*``. Nothing is dropped.
+Those mappings index every leaf as one term, and Lucene refuses a whole document with a term over
+32,766 UTF-8 bytes ("immense term"): a leftover string longer than :data:`MAX_INDEXED_BYTES` (or a
+list holding one) goes to ``instantly.unindexed`` at the same path instead, mapped ``enabled: false``
+(kept in ``_source``, not searchable, as a keyword past its ``ignore_above``). So does an object
+nested deeper than :data:`MAX_INDEXED_DEPTH` levels: Elasticsearch's ``flattened`` refuses a document
+past its ``depth_limit`` (20 by default), and Event v1 allows 64.
 """
 
 from __future__ import annotations
@@ -40,6 +46,12 @@ from pipeline.formats._common import Activity, Picker, as_dict, classify, owner_
 
 ECS_VERSION = "8.17.0"
 PROVIDER = "instantly-audit"
+MAX_INDEXED_BYTES = 8191
+"""Longest leftover string (UTF-8 bytes) kept under ``instantly.details``: a ``flat_object`` leaf is also indexed
+as ``<path>=<value>``, so this leaves ~24 KB of Lucene's 32,766-byte term limit to the path."""
+MAX_INDEXED_DEPTH = 16
+"""Deepest object nesting kept under ``instantly.details`` (``details.a.b`` is 2), under ``flattened``'s default
+``depth_limit`` of 20."""
 
 _CATEGORY: dict[str, list[str]] = {
     "auth": ["authentication"],
@@ -234,9 +246,41 @@ def _owner_change(p: Picker, body: Mapping[str, Any], doc: dict[str, Any], *, ac
 
 def _finish(p: Picker, doc: dict[str, Any]) -> dict[str, Any]:
     rest = p.rest()
+    long = _split_long(rest)
     if rest:
         doc.setdefault("instantly", {})["details"] = rest
+    if long:
+        doc.setdefault("instantly", {})["unindexed"] = long
     return doc
+
+
+def _unindexable(value: Any, depth: int) -> bool:
+    """A string too long to be indexed as one term, or an object deeper than :data:`MAX_INDEXED_DEPTH`, anywhere
+    in ``value`` (found at nesting ``depth``)."""
+    if value.__class__ is str:
+        return len(value) > MAX_INDEXED_BYTES // 4 and len(value.encode("utf-8", "surrogatepass")) > MAX_INDEXED_BYTES
+    if isinstance(value, list):
+        return any(_unindexable(v, depth) for v in value)
+    if isinstance(value, dict):
+        return depth >= MAX_INDEXED_DEPTH or any(_unindexable(v, depth + 1) for v in value.values())
+    return False
+
+
+def _split_long(node: dict[str, Any], depth: int = 1) -> dict[str, Any]:
+    """Move what :func:`_unindexable` finds out of ``node`` (at nesting ``depth``), in place: a string, a list as a
+    whole, an object past the depth limit as a whole; return them nested as they were. Objects left empty go."""
+    moved: dict[str, Any] = {}
+    for key in list(node):
+        value = node[key]
+        if isinstance(value, dict) and depth < MAX_INDEXED_DEPTH:
+            inner = _split_long(value, depth + 1)
+            if inner:
+                moved[key] = inner
+                if not value:
+                    del node[key]
+        elif _unindexable(value, depth):
+            moved[key] = node.pop(key)
+    return moved
 
 
 def _alert(body: dict[str, Any]) -> dict[str, Any]:

@@ -86,7 +86,7 @@ for _builtin in (
     Format("native", to_native, description="Event v1 / Alert v1 as on the bus",
            opaque=("raw", "change.before", "change.after", "attributes", "entities")),
     Format("ecs", to_ecs, description="Elastic Common Schema 8.17 (Elasticsearch, OpenSearch, Elastic Security)",
-           opaque=("instantly.details",)),
+           opaque=("instantly.details", "instantly.unindexed")),
     Format("ocsf", to_ocsf, description="OCSF (Security Lake, OpenSearch Security Analytics)", opaque=("unmapped",)),
     Format("splunk", to_splunk, description="CIM-friendly JSON for Splunk HEC (Authentication, Change)",
            opaque=("instantly.raw", "instantly.change", "instantly.attributes", "instantly.entities")),

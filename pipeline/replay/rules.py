@@ -28,6 +28,7 @@ import yaml
 
 from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Bus, Record
 from pipeline.clock import parse_time
+from pipeline.config.yaml_load import safe_load
 from pipeline.errors import ConfigError
 from pipeline.replay.scan import ReplayStats, Selection, scan
 from pipeline.rules.engine import RulesEngine, decode_event
@@ -61,7 +62,7 @@ def load_rules_file(path: str) -> dict[str, Any]:
         ConfigError: unreadable or not a mapping.
     """
     try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        doc = safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError(f"--rules-file {path}: cannot read it ({type(err).__name__}: {err})") from None
     if doc is None:

@@ -1,7 +1,8 @@
 """``instantly-audit rules export|import|coverage``: Sigma out and in, ATT&CK Navigator layer.
 
 * ``rules export --format sigma --output DIR [--rules FILE] [--include-disabled]`` — one
-  ``<rule_id>.yml`` per expressible enabled rule (:func:`~pipeline.rules.sigma.sigma_filename`), plus
+  ``<rule_id>.yml`` per expressible enabled rule (:func:`~pipeline.rules.sigma.sigma_filename`;
+  correlations under ``correlations/``), plus
   ``README.md`` (field mapping, file → rule id, skipped rules and why: disabled rules are skipped
   unless ``--include-disabled``), and the pySigma field mapping pipelines for our ECS and Splunk outputs
   (``instantly_ecs.yaml``, ``instantly_splunk.yaml``: :mod:`pipeline.rules.sigma_fieldmap`);
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.config.yaml_load import safe_load_all
 from pipeline.errors import ConfigError
 from pipeline.rules.config import parse_rules_config
 from pipeline.rules.correlation import CorrelationSpec
@@ -75,12 +78,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         docs = [ex.document, *ex.base]
         text = dump_sigma(docs)
         name = sigma_filename(ex.rule_id)
+        if "correlation" in ex.document:  # apart, so that DIR/*.yml is what a backend without correlations converts
+            name = f"{CORRELATIONS_DIR}/{name}"
         if name in written_files:
             print(f"rules export: {ex.rule_id} and {written_files[name]} both map to {name}", file=sys.stderr)
             return EXIT_USAGE
+        (out / name).parent.mkdir(exist_ok=True)
         (out / name).write_text(header + text, encoding="utf-8")
         written.append(ex.rule_id)
         written_files[name] = ex.rule_id
+    removed = _remove_stale(out, set(written_files))
     lines = ["# instantly-audit rules as Sigma", "", FIELD_NOTE, "", f"Exported: {len(written)} rules.", ""]
     lines += [f"- `{name}`: `{rid}`" for name, rid in written_files.items()] + [""]
     if skipped:
@@ -92,10 +99,42 @@ def cmd_export(args: argparse.Namespace) -> int:
           "disabled (see README.md)")  # fmt: skip
     for rid, why in skipped:
         print(f"  skipped {rid}: {why}")
+    for name in removed:
+        print(f"  removed {name} (an earlier export's; not written now)")
     return EXIT_OK
 
 
-PIPELINES_NOTE = "For our own outputs use instantly_ecs.yaml or instantly_splunk.yaml beside this file (see README.md)."
+EXPORT_HEADER = re.compile(r"# instantly-audit rule \S+, exported as Sigma\.\n")
+"""The first line of every rule file the export writes (and how a file is known as one)."""
+
+
+def _remove_stale(out: Path, written: set[str]) -> list[str]:
+    """Delete the rule files an earlier export wrote in ``out`` that this one did not (a rule since disabled,
+    removed or moved under ``correlations/``): ``sigma convert DIR`` would read them as rules in use. Only
+    files starting with the export's header line are touched. Returns their names, relative to ``out``."""
+    removed = []
+    for path in sorted([*out.glob("*.yml"), *(out / CORRELATIONS_DIR).glob("*.yml")]):
+        name = path.relative_to(out).as_posix()
+        if name in written:
+            continue
+        try:
+            with path.open(encoding="utf-8") as fh:
+                first = fh.readline()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if EXPORT_HEADER.fullmatch(first):
+            path.unlink()
+            removed.append(name)
+    return removed
+
+
+PIPELINES_NOTE = (
+    "For our own outputs use instantly_ecs.yaml or instantly_splunk.yaml in the export directory (see README.md)."
+)
+
+CORRELATIONS_DIR = "correlations"
+"""Where correlation files go under the export directory: Lucene (``sigma convert -t lucene``) converts no
+correlation and sigma-cli stops at the first one, so ``DIR/*.yml`` holds the single-event rules alone."""
 
 
 def _write_pipelines(out: Path) -> list[str]:
@@ -107,6 +146,10 @@ def _write_pipelines(out: Path) -> list[str]:
     for target in TARGETS:
         (out / target.file).write_text(texts[target.file], encoding="utf-8")
         lines.append(f"- `{target.file}`: {target.title}. `{target.usage}`")
+    lines += ["", f"Correlations are under `{CORRELATIONS_DIR}/`: Lucene converts none (sigma-cli stops at the first "
+                  "one, converting nothing), so its command takes `DIR/*.yml`; give a directory (`DIR`) only to a "
+                  "backend that converts every correlation in it (the Splunk backend has no `temporal_ordered`, "
+                  "ES|QL no `aliases`), else convert the correlation files one by one."]  # fmt: skip
     for target in TARGETS:
         notes = header_notes(texts[target.file])
         if notes:
@@ -122,7 +165,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     rejected = 0
     for name in args.files:
         try:
-            docs = [d for d in yaml.safe_load_all(Path(name).read_text(encoding="utf-8")) if d is not None]
+            docs = [d for d in safe_load_all(Path(name).read_text(encoding="utf-8")) if d is not None]
         except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
             print(f"rules import: {name}: cannot read ({type(err).__name__})", file=sys.stderr)
             return EXIT_USAGE

@@ -48,7 +48,7 @@ from pydantic import Field, StringConstraints
 from pipeline.config.base import Model
 from pipeline.rules.base import ATTACK_PATTERN, RULE_ID_PATTERN, Finding, RuleContext, RuleMeta, RuleParams, resolved
 from pipeline.rules.lifecycle import LifecycleSpec
-from pipeline.rules.syntax import NEVER, NO_TEXT, NOTHING, Problems, Template
+from pipeline.rules.syntax import NEVER, NO_TEXT, NOTHING, Problems, Template, check_nesting
 from pipeline.rules.syntax import Getter as Getter
 from pipeline.rules.syntax import Pred as Pred
 from pipeline.rules.syntax import RuleSyntaxError as RuleSyntaxError  # re-exported: the rule language's error
@@ -258,8 +258,7 @@ _TOKEN = re.compile(r"\s*(\(|\)|[A-Za-z0-9_*]+)")
 
 class _Parser:
     def __init__(self, text: str, selections: Mapping[str, Pred], where: str):
-        self.where = where
-        self.sel = selections
+        self.where, self.sel = where, selections
         self.toks: list[str] = []
         pos = 0
         while pos < len(text):
@@ -270,6 +269,7 @@ class _Parser:
                 break
             self.toks.append(m.group(1))
             pos = m.end()
+        check_nesting(self.toks, where)
         self.i = 0
 
     def peek(self) -> str | None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.config.yaml_load import safe_load
 from pipeline.errors import ConfigError
 from pipeline.rules.base import ATTACK_PATTERN, Rule
 
@@ -51,7 +52,7 @@ def read_emulations(dirs: Iterable[Path]) -> list[Emulation]:
     for d in dirs:
         for path in sorted(Path(d).glob("*.yaml")):
             try:
-                doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+                doc = safe_load(path.read_text(encoding="utf-8"))
             except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
                 raise ConfigError(f"{path}: cannot read the emulation ({type(err).__name__})") from None
             block = doc.get("emulation") if isinstance(doc, dict) else None

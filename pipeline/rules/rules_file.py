@@ -9,6 +9,7 @@ import yaml
 
 from pipeline.cli.exit_codes import Exit
 from pipeline.config.yaml_keys import repeated_key
+from pipeline.config.yaml_load import safe_load
 from pipeline.errors import ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = Exit.OK, Exit.FINDINGS, Exit.USAGE
@@ -42,10 +43,10 @@ def read_rules_file(path: str | None) -> tuple[dict[str, Any], Path | None]:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
+        data = safe_load(text)  # first: it reports nesting too deep
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         if node is not None and (repeated := repeated_key(node)) is not None:
             raise ConfigError(f"--rules {p}: not valid YAML at {repeated}")
-        data = yaml.safe_load(text)
     except OSError as err:
         raise ConfigError(f"--rules {p}: cannot read ({err.strerror or type(err).__name__})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:

@@ -72,6 +72,20 @@ def dump_sigma(docs: list[dict[str, Any]]) -> str:
                          default_flow_style=False, explicit_start=len(docs) > 1)  # fmt: skip
 
 
+TITLE_MAX = 256
+"""sigma-detection-rule-schema.json's ``maxLength`` for ``title``; pySigma refuses a longer one."""
+
+
+def sigma_title(title: str) -> str:
+    """``title`` as Sigma takes it: cut to :data:`TITLE_MAX` characters, ending with "…" when cut."""
+    return title if len(title) <= TITLE_MAX else title[: TITLE_MAX - 1].rstrip() + "…"
+
+
+def title_note(title: str) -> str:
+    """What opens a description when :func:`sigma_title` cut the title: the whole title; else nothing."""
+    return f"{' '.join(title.split()).rstrip('.')}. " if len(title) > TITLE_MAX else ""
+
+
 def sigma_id(rule_id: str) -> str:
     """The stable Sigma ``id`` of one of our rules."""
     return str(uuid.uuid5(NAMESPACE, rule_id))
@@ -354,10 +368,11 @@ def export_rule(rule: Rule) -> Exported:
     if meta.basic:
         description += f" Security basic: {meta.basic}."
     doc: dict[str, Any] = {
-        "title": meta.title,
+        "title": sigma_title(meta.title),
         "id": sigma_id(meta.id),
         "status": status if status in SIGMA_STATUSES else "experimental",
-        "description": f"{description}{resolve_note} instantly-audit rule {meta.id} v{meta.version}. {FIELD_NOTE}",
+        "description": f"{title_note(meta.title) if meta.description else ''}{description}{resolve_note} "
+        f"instantly-audit rule {meta.id} v{meta.version}. {FIELD_NOTE}",
         "author": getattr(meta, "author", "") or "instantly-audit",
         "logsource": {"product": PRODUCT, "service": SERVICE},
         "detection": detection,
@@ -406,7 +421,11 @@ def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
     for need in ("title", "logsource", "detection"):
         if need not in doc:
             raise SigmaImportError(f"missing {need!r}")
-    ls = doc["logsource"] if isinstance(doc["logsource"], Mapping) else {}
+    ls = doc["logsource"]
+    if not isinstance(ls, Mapping):  # pySigma: "Sigma logsource must be a valid YAML map"
+        raise SigmaImportError(f"logsource must be a mapping (product: {PRODUCT}), got {type(ls).__name__}")
+    if not any(ls.get(k) is not None for k in ("product", "category", "service")):  # pySigma: "can't be empty"
+        raise SigmaImportError(f"logsource must name a product, category or service (product: {PRODUCT})")
     product = ls.get("product")
     if product not in (None, PRODUCT) or ls.get("category") is not None:
         raise SigmaImportError(f"logsource {dict(ls)} is not instantly-audit's (product: {PRODUCT})")

@@ -52,6 +52,8 @@ from pipeline.rules.sigma import (
     lifecycle_keys,
     rule_id_for,
     sigma_id,
+    sigma_title,
+    title_note,
 )
 from pipeline.rules.sigma_filter import SigmaFilter, applies, apply_filter, named_refs, names_rule, parse_filter
 
@@ -91,10 +93,10 @@ def _entry_doc(spec: CorrelationSpec, entry: EntrySpec, i: int, ref: Rule | None
         title = f"{spec.title}: {entry.name or f'rule {i}'}"
         description = f"{where}; it does not alert on its own."
     doc = {
-        "title": title,
+        "title": sigma_title(title),
         "id": sigma_id(f"{spec.id}#{entry.name or entry.rule or i}"),
         "name": f"{_slug(spec.id)}_{_slug(label)}",
-        "description": description,
+        "description": title_note(title) + description,
         "logsource": {"product": PRODUCT, "service": SERVICE},
         "detection": export_detection(detection, types, list(codes) if codes is not None else None),
     }
@@ -167,10 +169,11 @@ def export_correlation(rule: Rule, rules: Mapping[str, Rule] | None = None) -> E
     meta = rule.meta
     description = (meta.description or meta.title).strip().rstrip(".") + "."
     doc: dict[str, Any] = {
-        "title": meta.title,
+        "title": sigma_title(meta.title),
         "id": sigma_id(rid),
         "status": meta.status,
-        "description": f"{description} instantly-audit correlation {rid} v{meta.version}.",
+        "description": f"{title_note(meta.title) if meta.description else ''}{description} "
+        f"instantly-audit correlation {rid} v{meta.version}.",
         "author": meta.author or "instantly-audit",
         **({"references": list(dict.fromkeys(meta.references))} if meta.references else {}),
         **({"generate": True} if generate else {}),
@@ -223,9 +226,11 @@ def _correlation(
     aliases = body.get("aliases") or {}
     if not isinstance(aliases, Mapping) or not all(isinstance(v, Mapping) for v in aliases.values()):
         raise SigmaImportError("correlation.aliases must map each alias to {rule name: field}")
-    names = body.get("rules")
+    names = _rule_refs(body)
     if not isinstance(names, list) or not names:
         raise SigmaImportError("correlation.rules must list the correlated rules")
+    if twice := next((str(n) for i, n in enumerate(names) if str(n) in map(str, names[:i])), None):
+        raise SigmaImportError(f"correlation.rules names {twice!r} more than once")  # the JSON schema: uniqueItems
     entries: list[dict[str, Any]] = []
     raw_group = body.get("group-by") or []
     if isinstance(raw_group, str):  # pySigma reads a plain string as a one-field list
@@ -278,11 +283,11 @@ def _correlation(
             bad = [k for k in ops if k not in ("gt", "gte", "lt", "lte", "eq", "neq")]
             if bad or not ops or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in ops.values()):
                 raise SigmaImportError(f"condition {dict(cond)} needs numeric gt, gte, lt, lte, eq or neq")
+            if upper := [k for k in ops if k in UPPER_BOUND_OPS]:  # first: the specification's ranges have one
+                raise SigmaImportError(f"condition {upper[0]}: {UPPER_BOUND_REASON}")
             if len(ops) > 1:  # pySigma: "exactly one condition operator"
                 raise SigmaImportError(f"condition {dict(cond)}: a Sigma correlation condition has exactly one "
                                        "operator")  # fmt: skip
-            if upper := [k for k in ops if k in UPPER_BOUND_OPS]:
-                raise SigmaImportError(f"condition {upper[0]}: {UPPER_BOUND_REASON}")
             out["condition"] = dict(ops)
         if "field" in cond:
             field = cond["field"]
@@ -310,6 +315,12 @@ def _correlation(
     }
 
 
+def _rule_refs(body: Mapping[str, Any]) -> Any:
+    """``correlation.rules`` as pySigma reads it: one string is that one rule (like ``group-by``)."""
+    refs = body.get("rules")
+    return [refs] if isinstance(refs, str) else refs
+
+
 def import_collection(
     docs: Sequence[tuple[str, Any]], prefix: str = "sigma"
 ) -> list[tuple[str, dict[str, Any] | None, str]]:
@@ -332,7 +343,7 @@ def import_collection(
         if isinstance(doc, Mapping) and isinstance(doc.get("correlation"), Mapping):
             # the JSON schema puts generate beside correlation; pySigma reads it inside: either counts
             gen = doc.get("generate") is True or doc["correlation"].get("generate") is True
-            for ref in doc["correlation"].get("rules") or []:
+            for ref in _rule_refs(doc["correlation"]) or []:
                 if (base := by_ref.get(str(ref))) is not None and "correlation" not in base:
                     if gen:
                         generated.add(id(base))
@@ -392,6 +403,7 @@ def _apply_filters(
     notes: dict[int, str] = {}
     refused: dict[int, str] = {}
     hits = {n: 0 for n, *_ in parsed}
+    other_source: dict[int, list[str]] = {n: [] for n, *_ in parsed}  # named rules of another log source
     for k, (where, doc) in enumerate(docs):
         if not isinstance(doc, Mapping) or any(key in doc for key in ("filter", "correlation", "action")):
             continue
@@ -406,6 +418,8 @@ def _apply_filters(
                 doc = apply_filter(f, doc, n)
                 applied.append(f.title or docs[n][0])
                 hits[n] += 1
+            elif f.refs is not None and names_rule(f.refs, doc):
+                other_source[n].append(f"{where}: {dict(doc.get('logsource') or {})}")
         if id(docs[k][1]) in refused:
             continue
         if applied:
@@ -417,6 +431,11 @@ def _apply_filters(
             notes[id(doc)] = f"rejected: {why}"
         elif hits[n]:
             notes[id(doc)] = f"filter applied to {hits[n]} rule(s)"
+        elif other_source[n]:
+            which = "the rule it names" if len(other_source[n]) == 1 else "the rules it names"
+            notes[id(doc)] = (f"rejected: the filter's logsource {dict(f.logsource)} is not that of {which} "
+                              f"({'; '.join(other_source[n])}); pySigma applies a filter only to rules of its "
+                              "log source")  # fmt: skip
         else:
             notes[id(doc)] = ("rejected: the filter applies to no rule of the imported files (import it with "
                               "the rules it filters)")  # fmt: skip

@@ -93,7 +93,7 @@ class Target:
 
 TARGETS = (
     Target("ecs", "instantly_ecs.yaml", "format ecs (the Elasticsearch/OpenSearch sink's default)", to_ecs, es_fields,
-           "sigma convert -t lucene -p DIR/instantly_ecs.yaml DIR"),
+           "sigma convert -t lucene -p DIR/instantly_ecs.yaml DIR/*.yml"),
     Target("splunk", "instantly_splunk.yaml", "format splunk (the Splunk HEC sink's default)", to_splunk,
            splunk_fields, "sigma convert -t splunk -p DIR/instantly_splunk.yaml DIR"),
 )  # fmt: skip

@@ -23,6 +23,7 @@ import yaml
 from pydantic import ValidationError
 
 from pipeline.config.base import validation_error_lines
+from pipeline.config.yaml_load import safe_load_all
 from pipeline.errors import ConfigError
 from pipeline.rules.config import RuleSet, is_case_file
 from pipeline.rules.packs import rule_packs
@@ -32,7 +33,7 @@ from pipeline.rules.testing import CaseFile, CaseResult, TestReport, case_files,
 def _looks_like_rule(path: Path) -> bool:
     """Whether a YAML file holds rules rather than cases (a rules directory holds both)."""
     try:
-        docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        docs = safe_load_all(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
     return (

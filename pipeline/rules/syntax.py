@@ -3,6 +3,7 @@
 * :class:`RuleSyntaxError` — one problem (``where`` inside the rule, ``message``), or several.
 * :class:`Problems` — compiles each part of a rule, recording its problems and leaving a stand-in
   (:data:`NEVER`, :data:`NOTHING`, :data:`NO_TEXT`) so the rest is still compiled and checked.
+* :func:`check_nesting` — refuses a condition nested deeper than :data:`MAX_NESTING`.
 """
 
 from __future__ import annotations
@@ -60,6 +61,34 @@ class Problems:
         if self.found:
             first = self.found[0]
             raise RuleSyntaxError(first.where, first.message, self.found)
+
+
+MAX_NESTING = 64
+"""Parentheses and ``not`` nested deeper than this are refused: the condition parser and the compiled
+condition recurse once per level, and Python's stack would end in a ``RecursionError`` traceback."""
+
+
+def check_nesting(tokens: Sequence[str], where: str) -> None:
+    """Refuse a condition's tokens when open parentheses plus pending ``not`` pass :data:`MAX_NESTING`.
+
+    Raises:
+        RuleSyntaxError: nested too deep.
+    """
+    outer: list[int] = []  # per open parenthesis: the ``not`` run before it
+    run = deepest = 0
+    for tok in tokens:
+        if tok == "(":
+            outer.append(run)
+            run = 0
+        elif tok == "not":
+            run += 1
+        else:
+            run = 0
+            if tok == ")" and outer:
+                outer.pop()
+        deepest = max(deepest, len(outer) + sum(outer) + run)
+    if deepest > MAX_NESTING:
+        raise RuleSyntaxError(where, f"the condition nests parentheses or 'not' deeper than {MAX_NESTING}")
 
 
 def _false(ev: Event) -> bool:

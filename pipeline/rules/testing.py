@@ -39,6 +39,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from pipeline.clock import FakeClock, format_time, parse_time
 from pipeline.config.base import Model, validation_error_lines
+from pipeline.config.yaml_load import safe_load
 from pipeline.errors import ConfigError
 from pipeline.rules.base import RULE_ID_PATTERN
 from pipeline.rules.engine import RulesEngine
@@ -360,7 +361,7 @@ def load_case_file(path: Path) -> CaseFile:
         ConfigError: unreadable, not YAML, or not a case file (names the key path).
     """
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise ConfigError(f"{path}: cannot read the case file ({type(err).__name__}: {err})") from None
     try:

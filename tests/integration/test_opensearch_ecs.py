@@ -24,6 +24,7 @@ from pipeline.bus.base import ALERTS_TOPIC, DEADLETTER_TOPIC, EVENTS_TOPIC, Reco
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.delivery.base import Delivery
 from pipeline.delivery.runner import SinkRunner, decode
+from pipeline.rules.testing import make_event
 from tests.event_corpus import fixture_events, read_topic, run_incident, webhook_events
 from tests.fakes import FakeSleep, publish
 from tests.integration.test_opensearch import call, count
@@ -173,3 +174,26 @@ async def test_replay_to_opensearch_is_idempotent(
     assert await count(opensearch_url, streams[0]) == len({orjson.loads(v)["id"] for v in events})
     assert await count(opensearch_url, streams[1]) == len({orjson.loads(v)["id"] for v in alerts})
     assert await read_topic(bus_path, DEADLETTER_TOPIC) == []
+
+
+async def test_a_value_too_long_for_one_term_is_indexed_not_dead_lettered(
+    opensearch_url: str, streams: tuple[str, str]
+) -> None:
+    """Lucene refuses a term over 32,766 UTF-8 bytes, and ``flat_object`` (like ``flattened``) indexes every leaf
+    of ``instantly.details`` as one term: an audit record whose free-form ``audit_metadata`` holds a 40 KB text
+    (or a kept webhook field that long) was answered 400 "immense term" and dead-lettered. It is indexed now,
+    the long value kept in ``_source`` under ``instantly.unindexed``; short leftovers stay searchable."""
+    long_text, wide_text = "x" * 40_000, "é" * 20_000  # 40,000 and 40,000 UTF-8 bytes
+    event = make_event("audit.campaign_update", time=0, attributes={
+        "activity_code": 11, "audit_metadata": {"note": long_text, "short": "kept", "wide": [wide_text]}})  # fmt: skip
+    cfg = ecs_config(opensearch_url, streams)
+    async with ElasticsearchSink("os", cfg) as sink:
+        await sink.setup()
+        result = await sink.send(as_deliveries([event.to_json()], EVENTS_TOPIC))
+    assert result.ok, result.failures[:1]
+    [doc] = await search(opensearch_url, streams[0], {"term": {"event.id": event.id}})
+    metadata = doc["instantly"]["unindexed"]["attributes"]["audit_metadata"]
+    assert metadata == {"note": long_text, "wide": [wide_text]}
+    assert doc["instantly"]["details"]["attributes"]["audit_metadata"] == {"short": "kept"}
+    found = {"term": {"instantly.details.attributes.audit_metadata.short": "kept"}}
+    assert await count(opensearch_url, streams[0], found) == 1

@@ -159,6 +159,20 @@ def test_a_tab_in_the_indentation_says_so() -> None:
     assert msg.startswith("config is not valid YAML at line 2, column 1:") and "indent with spaces, not tabs" in msg
 
 
+def test_yaml_nested_thousands_deep_is_one_line_not_a_crash() -> None:
+    """PyYAML composes nested collections recursively: 3,000 ``[`` ended ``config validate`` in a
+    RecursionError traceback."""
+    msg = _err("bus: " + "[" * 3000 + "]" * 3000 + "\n")
+    assert msg == "config is not valid YAML: collections nested too deep", msg
+
+
+def test_an_impossible_date_is_a_value_not_a_crash() -> None:
+    """PyYAML builds ``2024-13-45`` as a date and raises ValueError, which is no YAMLError: ``config
+    validate`` printed a traceback. The text stays a string and the key's own check names it."""
+    msg = _err("bus: {type: sqlite, path: x.db}\nworkspaces: {}\nwhen: 2024-13-45\n")
+    assert "when" in msg and "\n" not in msg and "Traceback" not in msg, msg
+
+
 def test_unreadable_and_missing_secret_files(tmp_path: Path) -> None:
     """Missing, unreadable, empty and directory secret files each get a clear error."""
     assert "does not exist" in _err("workspaces:\n  a:\n    api_key_file: nope\n", base=tmp_path)

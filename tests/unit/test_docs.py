@@ -262,6 +262,25 @@ def test_cli_md_names_every_command() -> None:
     assert sorted(c for c in sub.choices if f"`{c}`" not in opening) == []
 
 
+def _shell_blocks(text: str) -> list[tuple[int, str]]:
+    """(line, body) of every fenced block that is shell (``sh``, ``bash``, ``console`` or no language),
+    fences paired in order (a closing fence never opens the next block)."""
+    out: list[tuple[int, str]] = []
+    lang: str | None = None
+    start, body = 0, list[str]()
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.startswith("```"):
+            if lang is None:
+                lang, start, body = line[3:].strip(), n, []
+            else:
+                if lang in ("", "sh", "bash", "console"):
+                    out.append((start, "\n".join(body)))
+                lang = None
+        elif lang is not None:
+            body.append(line)
+    return out
+
+
 def _documented_commands() -> list[tuple[str, str]]:
     """Every ``instantly-audit …`` command line in README and docs/: in a fenced shell block (one per
     line, ``\\`` continuations joined) or in inline code, up to a comment, pipe or redirection."""
@@ -269,10 +288,10 @@ def _documented_commands() -> list[tuple[str, str]]:
     for page in [README, *DOCS]:
         text = page.read_text(encoding="utf-8")
         inline = _FENCE.sub("", text)
-        for m in re.finditer(r"^```(?:sh|bash|console)?\n(.*?)^```", text, re.S | re.M):
-            for line in m.group(1).replace("\\\n", " ").splitlines():
+        for start, body in _shell_blocks(text):
+            for line in body.replace("\\\n", " ").splitlines():
                 if c := re.search(r"(?:^|[\s(\"'$])(?:\S*/)?instantly-audit\s+(.*)", line):
-                    found.append((f"{page.relative_to(ROOT)}:{text[: m.start()].count(chr(10)) + 1}", c.group(1)))
+                    found.append((f"{page.relative_to(ROOT)}:{start}", c.group(1)))
         for c in re.finditer(r"`(?:\S*/)?instantly-audit ([^`]+)`", inline):
             found.append((f"{page.relative_to(ROOT)} `{c.group(1)[:40]}`", c.group(1)))
     return found

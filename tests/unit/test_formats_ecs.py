@@ -218,3 +218,51 @@ def test_outcome_only_where_ecs_populates_it() -> None:
     assert enrollment["type"] == ["user", "info"] and "outcome" not in enrollment
     assert "outcome" not in to_ecs(sample_events()["reply"])["event"]
     assert to_ecs(sample_events()["poller_unauthorized"])["event"]["outcome"] == "failure"
+
+
+def test_leftovers_too_long_for_one_term_are_kept_unindexed() -> None:
+    """A leftover string over 8,191 UTF-8 bytes (a list holding one moves whole) goes to ``instantly.unindexed`` at
+    its path, mapped ``enabled: false`` by the shipped templates: under ``instantly.details`` (``flattened`` /
+    ``flat_object``, one term per leaf) Lucene's 32,766-byte term limit refused the whole document. Shorter
+    leftovers, including 2,730 three-byte characters (8,190 bytes), stay; nothing is dropped."""
+    from connectors.elasticsearch_setup import UNINDEXED, component_template
+    from pipeline.formats import get_format
+
+    near, long, wide = "€" * 2730, "x" * 8192, "é" * 4096  # 8,190 / 8,192 / 8,192 bytes
+    attrs = {"activity_code": 11, "audit_metadata": {"near": near, "long": long, "list": ["a", wide], "n": {"x": long}}}
+    event = make_event("audit.campaign_update", time=T0, attributes=attrs)
+    doc = to_ecs(event)
+    assert doc["instantly"]["unindexed"] == {"attributes": {"audit_metadata": {"long": long, "list": ["a", wide],
+                                                                               "n": {"x": long}}}}  # fmt: skip
+    assert doc["instantly"]["details"]["attributes"]["audit_metadata"] == {"near": near}
+    assert dropped(event.to_dict(), doc, "instantly", mixed=True) == []
+    assert "unindexed" not in to_ecs(make_event("audit.campaign_update", time=T0, attributes={"a": near}))["instantly"]
+    assert UNINDEXED in get_format("ecs").opaque
+    for flavor in ("elasticsearch", "opensearch"):
+        mapping = component_template(flavor)["template"]["mappings"]["properties"]["instantly"]["properties"]
+        assert mapping["unindexed"] == {"type": "object", "enabled": False}
+
+
+def test_leftovers_nested_past_the_flattened_depth_limit_are_kept_unindexed() -> None:
+    """Elasticsearch's ``flattened`` refuses a document nested past its ``depth_limit`` (20) and Event v1 allows 64
+    levels: the part of a leftover object below 16 levels of ``instantly.details`` goes to ``instantly.unindexed``
+    (a list holding such an object as a whole); what is shallower stays; nothing is dropped."""
+
+    def nest(levels: int) -> dict[str, Any]:
+        node: dict[str, Any] = {"leaf": "v"}
+        for _ in range(levels):
+            node = {"k": node}
+        return node
+
+    def depth(node: Any) -> int:
+        return 1 + max((depth(v) for v in node.values()), default=0) if isinstance(node, dict) else 0
+
+    attrs = {"activity_code": 11, "audit_metadata": {"deep": nest(30), "ok": nest(12), "list": [nest(30)]}}
+    event = make_event("audit.campaign_update", time=T0, attributes=attrs)
+    doc = to_ecs(event)
+    details, unindexed = doc["instantly"]["details"], doc["instantly"]["unindexed"]
+    assert depth(details) <= 16 and details["attributes"]["audit_metadata"]["ok"] == nest(12), depth(details)
+    assert unindexed["attributes"]["audit_metadata"]["list"] == [nest(30)]
+    assert unindexed["attributes"]["audit_metadata"]["deep"] == nest(30)
+    assert "deep" not in details["attributes"]["audit_metadata"]
+    assert dropped(event.to_dict(), doc, "instantly", mixed=True) == []

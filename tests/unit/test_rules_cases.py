@@ -119,6 +119,15 @@ def test_start_takes_an_unquoted_yaml_time(tmp_path: Path, start: str, expected:
     assert load_case_file(f).start == expected
 
 
+def test_an_impossible_unquoted_start_names_the_key(tmp_path: Path) -> None:
+    """``start: 2026-02-30`` made PyYAML raise ValueError (no YAMLError): ``rules test`` crashed with a
+    traceback. The text reaches the key's check, which names it."""
+    f = tmp_path / "c.yaml"
+    f.write_text("rule: api_key.all_scope\nstart: 2026-02-30\ncases: [{name: n, events: [{type: x}], expect: []}]\n")
+    with pytest.raises(ConfigError, match=r"start.*not a time: '2026-02-30'"):
+        load_case_file(f)
+
+
 def test_a_start_that_is_not_a_time_names_the_key(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text("rule: api_key.all_scope\nstart: soon\ncases: [{name: n, events: [{type: x}], expect: []}]\n")

@@ -137,6 +137,16 @@ def test_a_repeated_key_in_a_rules_config_given_with_rules_is_an_error(tmp_path:
         read_rules_file(str(f))
 
 
+def test_an_impossible_date_in_a_rule_file_is_a_value_not_a_crash(tmp_path: Path) -> None:
+    """``modified: 2024-02-30`` made PyYAML raise ValueError (no YAMLError): ``rules test`` printed a
+    traceback. The text stays a string, and the rule's own check names the key."""
+    (tmp_path / "r.yaml").write_text(
+        "id: c.one\ntitle: One\nseverity: low\nmodified: 2024-02-30\ndetection: {s: {type: audit.user_login}}\n"
+    )
+    with pytest.raises(ConfigError, match="modified"):
+        parse_rules_config({"files": ["r.yaml"]}, base_dir=tmp_path)
+
+
 def test_custom_rules_can_be_disabled_and_built_ins_enabled_one_by_one() -> None:
     """defaults.enabled: false leaves only the rules enabled explicitly."""
     rs = parse_rules_config({"defaults": {"enabled": False}, "auth.mfa_disabled": {"enabled": True}})

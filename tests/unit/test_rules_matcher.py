@@ -148,6 +148,16 @@ def test_invalid_detections_name_the_problem(detection: dict[str, Any], message:
         compile_detection(detection)
 
 
+@pytest.mark.parametrize("condition", ["(" * 300 + "s" + ")" * 300, "not " * 2000 + "s"])
+def test_a_condition_nested_too_deep_is_a_syntax_error_not_a_crash(condition: str) -> None:
+    """A condition nesting parentheses or ``not`` hundreds deep (``rules import`` takes Sigma rules from
+    outside) ended in a RecursionError traceback; it is refused with the reason, and 64 levels still work."""
+    with pytest.raises(RuleSyntaxError, match="nests parentheses or 'not' deeper than 64"):
+        compile_detection({"s": {"type": "x"}, "condition": condition})
+    assert match({"s": {"actor.ip": "203.0.113.7"}, "condition": "(" * 32 + "not " * 31 + "s" + ")" * 32}) is False
+    assert match({"s": {"actor.ip": "203.0.113.7"}, "condition": "(" * 64 + "s" + ")" * 64}) is True
+
+
 def test_templates_fall_back_and_escape() -> None:
     """Placeholders take the first non-empty alternative; missing ones render 'unknown'; {{ }} are literal."""
     render = compile_template("{actor.api_key_id|actor.user_name} from {actor.ip} {{x}} {attributes.nope}", "summary")

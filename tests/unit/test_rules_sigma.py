@@ -26,6 +26,7 @@ from schemas.event import Event, WorkspaceRef
 # attacktag and d3_fendtag download MITRE data at validation time (no network in CI); the tag
 # format is checked below instead.
 OFFLINE_VALIDATORS = [cls for name, cls in validators.items() if name not in ("attacktag", "d3_fendtag")]
+CORR = "correlations"  # where the export writes correlation files
 T0 = parse_time("2026-03-01T00:00:00Z")
 
 
@@ -47,7 +48,7 @@ def _rule_id(f: Path) -> str:
 def test_every_exported_file_is_a_valid_sigma_rule(exported: Path) -> None:
     """pySigma parses each file without errors and its offline validators report no issue; a correlation
     file holds the Sigma correlation (resolved against its base rules) and nothing else alerts."""
-    files = sorted(exported.glob("*.yml"))
+    files = sorted(exported.rglob("*.yml"))
     ids = {_rule_id(f) for f in files}
     assert ids >= {
         "workspace_group.change",
@@ -105,13 +106,13 @@ def _opens(cfg: dict[str, Any], rule_id: str, ev: Event, base: Path | None = Non
 def test_import_of_an_export_detects_the_same_events(exported: Path, tmp_path: Path) -> None:
     """Round trip: each exported rule, imported back, opens on exactly the case events the original opens on."""
     rules_file = tmp_path / "imported.yaml"
-    files = [str(f) for f in sorted(exported.glob("*.yml"))]
+    files = [str(f) for f in sorted(exported.rglob("*.yml"))]
     assert main(["rules", "import", *files, "--output", str(rules_file)]) == 0
     imported = yaml.safe_load(rules_file.read_text(encoding="utf-8"))["rules"]
     assert len(imported) == len(files)
     cfg = {"files": [str(rules_file)]}
     checked, opened = 0, 0
-    for f, new in zip(sorted(exported.glob("*.yml")), imported, strict=True):
+    for f, new in zip(sorted(exported.rglob("*.yml")), imported, strict=True):
         orig = _rule_id(f)
         for ev in _case_events(orig):
             was = _opens({}, orig, ev)
@@ -135,6 +136,11 @@ def _doc(detection: dict[str, Any], **extra: Any) -> dict[str, Any]:
         (_doc({"s": {"type": "audit.user_login"}, "condition": "s | count() > 5"}), "aggregations"),
         ({"title": "C", "correlation": {"type": "event_count"}}, "correlation"),
         (_doc({"s": {"actor.ip": "1.2.3.4"}, "condition": "s and other"}), "unknown selection"),
+        # pySigma: "Sigma logsource must be a valid YAML map", "Sigma log source can't be empty"
+        (_doc({"s": {"type": "x"}, "condition": "s"}, logsource="instantly"), "logsource must be a mapping"),
+        (_doc({"s": {"type": "x"}, "condition": "s"}, logsource=[{"product": "instantly"}]), "logsource must be a"),
+        (_doc({"s": {"type": "x"}, "condition": "s"}, logsource=None), "logsource must be a mapping"),
+        (_doc({"s": {"type": "x"}, "condition": "s"}, logsource={}), "logsource must name a product"),
     ],
 )  # fmt: skip
 def test_import_rejects_what_does_not_map(doc: dict[str, Any], reason: str) -> None:
@@ -165,7 +171,7 @@ def test_import_exit_code_and_messages(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_exported_files_follow_the_sigma_file_name_rules(exported: Path) -> None:
     """sigma-rules-specification.md "Yaml File": lower-case letters, digits and _, 10 to 70 characters, .yml."""
-    names = [f.name for f in exported.glob("*.yml")]
+    names = [f.name for f in exported.rglob("*.yml")]
     assert names and all(re.fullmatch(r"[a-z0-9_]{6,66}\.yml", n) for n in names), names
     assert "api_key_all_scope.yml" in names
     assert sigma_filename("a.b") == "instantly_a_b.yml"
@@ -272,7 +278,7 @@ def _opened_per_case(cfg: dict[str, Any], rule_id: str, case_rule: str) -> list[
 def test_correlation_export_imports_back_to_the_same_alerts(exported: Path, tmp_path: Path, rule_id: str) -> None:
     """An exported Sigma correlation, imported back, opens on exactly the cases the original opens on."""
     out = tmp_path / "imported.yaml"
-    assert main(["rules", "import", str(exported / sigma_filename(rule_id)), "--output", str(out)]) == 0
+    assert main(["rules", "import", str(exported / CORR / sigma_filename(rule_id)), "--output", str(out)]) == 0
     (new,) = yaml.safe_load(out.read_text(encoding="utf-8"))["rules"]
     assert new["correlation"]["type"] in ("event_count", "value_count")
     want = _opened_per_case({}, rule_id, rule_id)
@@ -403,7 +409,7 @@ def test_field_name_aliases_both_ways(tmp_path: Path) -> None:
     cfg.write_text(yaml.safe_dump({"rules": {"files": [str(tmp_path / "r.yaml")]}}), encoding="utf-8")
     out = tmp_path / "out"
     assert main(["rules", "export", "--format", "sigma", "--output", str(out), "--rules", str(cfg)]) == 0
-    text = (out / "custom_key_then_use.yml").read_text(encoding="utf-8")
+    text = (out / CORR / "custom_key_then_use.yml").read_text(encoding="utf-8")
     coll = SigmaCollection.from_yaml(text)
     (sc,) = [r for r in coll.rules if isinstance(r, SigmaCorrelationRule)]
     assert not coll.errors and sc.group_by == ["workspace.id", "group_1"] and sc.aliases is not None
@@ -577,11 +583,11 @@ def test_every_exported_file_stands_alone_and_references_rules_by_name(tmp_path:
              "correlation": {"type": "event_count", "rules": ["custom.key_quiet"], "group-by": ["actor.user_id"],
                              "timespan": "1h", "condition": {"gt": 1}}}  # fmt: skip
     out = _export_user_rules(tmp_path, [created, quiet, ref, burst])
-    for f in sorted(out.glob("*.yml")):
+    for f in sorted(out.rglob("*.yml")):
         coll = SigmaCollection.from_yaml(f.read_text(encoding="utf-8"))
         coll.resolve_rule_references()  # raises SigmaRuleNotFoundError for a rule outside the file
         assert not coll.errors and not any(r.errors for r in coll.rules), f.name
-    docs = list(yaml.safe_load_all((out / "custom_created_then_used.yml").read_text(encoding="utf-8")))
+    docs = list(yaml.safe_load_all((out / CORR / "custom_created_then_used.yml").read_text(encoding="utf-8")))
     corr, bases = docs[0], docs[1:]
     names = [b["name"] for b in bases]
     assert corr["correlation"]["rules"] == names == ["custom_created_then_used_custom_key_created",
@@ -590,16 +596,16 @@ def test_every_exported_file_stands_alone_and_references_rules_by_name(tmp_path:
     assert corr["generate"] is True and corr["correlation"]["generate"] is True
     assert bases[0]["detection"]["s"] == {"target.kind": "api_key"} and bases[0]["level"] == "low"
     assert bases[0]["id"] != sigma_id("custom.key_created")  # the stand-alone file keeps that id
-    (quiet_corr, quiet_base) = yaml.safe_load_all((out / "custom_quiet_burst.yml").read_text(encoding="utf-8"))
+    (quiet_corr, quiet_base) = yaml.safe_load_all((out / CORR / "custom_quiet_burst.yml").read_text(encoding="utf-8"))
     assert "generate" not in quiet_corr and "generate" not in quiet_corr["correlation"]
     assert quiet_corr["correlation"]["condition"] == {"gt": 1} and "level" not in quiet_base
     (sc,) = [r for r in SigmaCollection.from_yaml(yaml.safe_dump_all([quiet_corr, quiet_base])).rules
              if isinstance(r, SigmaCorrelationRule)]  # fmt: skip
     assert isinstance(sc.condition, SigmaCorrelationCondition) and sc.condition.op.name == "GT" and not sc.generate
-    whole = SigmaCollection.load_ruleset([str(f) for f in sorted(out.glob("*.yml"))])
+    whole = SigmaCollection.load_ruleset([str(f) for f in sorted(out.rglob("*.yml"))])
     whole.resolve_rule_references()
     imported = tmp_path / "imported.yaml"
-    assert main(["rules", "import", str(out / "custom_created_then_used.yml"), "--output", str(imported)]) == 0
+    assert main(["rules", "import", str(out / CORR / "custom_created_then_used.yml"), "--output", str(imported)]) == 0
     back = yaml.safe_load(imported.read_text(encoding="utf-8"))["rules"]
     want_ids = ["sigma.key_created_then_used", "sigma.key_created_then_used_key_created",
                 "sigma.key_created_then_used_used"]  # fmt: skip
@@ -615,7 +621,7 @@ def test_every_exported_file_stands_alone_and_references_rules_by_name(tmp_path:
 
 def test_exported_files_are_indented_by_four_spaces(exported: Path) -> None:
     """sigma-rules-specification.md "Yaml File": indentation of 4 spaces (block style, lists indented too)."""
-    for f in sorted(exported.glob("*.yml")):
+    for f in sorted(exported.rglob("*.yml")):
         lines = [ln for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
         assert all((len(ln) - len(ln.lstrip(" "))) % 4 == 0 for ln in lines), f.name
     text = (exported / "auth_recovery_code_used.yml").read_text(encoding="utf-8")

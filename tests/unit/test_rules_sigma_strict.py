@@ -3,12 +3,14 @@ refused with a one-line reason naming the construct (never silently read another
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from jsonschema import Draft202012Validator
 from sigma.collection import SigmaCollection
 from sigma.rule import SigmaRule
 
@@ -136,6 +138,58 @@ def test_upper_bound_correlation_conditions_are_refused_on_import(cond: dict[str
     assert rule is None and f"condition {next(iter(cond))}: conditions with an upper bound" in msg, msg
 
 
+def test_an_impossible_date_is_rejected_with_the_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Unquoted ``date: 2024-13-45`` made PyYAML raise ValueError while reading the file: ``rules import``
+    ended in a traceback. The value stays text and is rejected as the quoted form is."""
+    f = tmp_path / "d.yml"
+    f.write_text("title: D\ndate: 2024-13-45\nlogsource: {product: instantly}\n"
+                 "detection: {s: {type: audit.login}, condition: s}\n", encoding="utf-8")  # fmt: skip
+    assert main(["rules", "import", str(f)]) == 1
+    assert f"rules import: {f}: rejected: date '2024-13-45' is not a date" in capsys.readouterr().err
+
+
+def test_yaml_nested_thousands_deep_cannot_be_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """3,000 nested ``[`` made PyYAML recurse past Python's limit: ``rules import`` crashed with a traceback."""
+    f = tmp_path / "deep.yml"
+    f.write_text("title: " + "[" * 3000 + "]" * 3000 + "\n", encoding="utf-8")
+    assert main(["rules", "import", str(f)]) == 2
+    assert capsys.readouterr().err == f"rules import: {f}: cannot read (YAMLNestingError)\n"
+
+
+def test_rules_given_as_one_string_is_that_one_rule() -> None:
+    """pySigma reads ``rules: failed_login`` as ``[failed_login]`` (as it reads ``group-by``); the import
+    refused it ("must list the correlated rules") and its collection pass read the name letter by letter."""
+    corr = {"type": "event_count", "rules": "b", "group-by": ["actor.user_id"], "timespan": "1h",
+            "condition": {"gte": 3}}  # fmt: skip
+    base = _base("b", {"type": "audit.login"})
+    res = {w: (r, m) for w, r, m in import_collection([("b", base), ("c", {"title": "C", "correlation": corr})])}
+    rule, msg = res["c"]
+    assert rule is not None, msg
+    assert [e["name"] for e in rule["correlation"]["rules"]] == ["b"]
+    assert res["b"] == (None, "used by correlation 'C'")
+    text = yaml.safe_dump(base) + "---\n" + yaml.safe_dump({"title": "C", "correlation": corr})
+    assert not SigmaCollection.from_yaml(text).errors
+
+
+@pytest.mark.parametrize("kind", ["temporal", "temporal_ordered", "event_count"])
+def test_a_rule_named_twice_in_a_correlation_is_refused(kind: str) -> None:
+    """The specification's JSON schema has ``uniqueItems`` on ``correlation.rules``; imported, ``temporal``
+    with ``[login, login]`` opened on one single login (Splunk's conversion counts distinct rules: never)."""
+    corr = {"type": kind, "rules": ["b", "b"], "group-by": ["actor.user_id"], "timespan": "1h",
+            **({"condition": {"gte": 2}} if kind == "event_count" else {})}  # fmt: skip
+    rule, msg = _corr(corr, _base("b", {"type": "audit.login"}))
+    assert rule is None and msg == "rejected: correlation.rules names 'b' more than once", msg
+
+
+def test_the_specification_range_example_is_refused_for_its_upper_bound() -> None:
+    """sigma-correlation-rules-specification.md's range "101 to 200" (``gt: 100, lte: 200``) is valid Sigma:
+    the reason it cannot run here is its upper bound, not the number of operators."""
+    corr = {"type": "event_count", "rules": ["b"], "group-by": ["actor.user_id"], "timespan": "1h",
+            "condition": {"gt": 100, "lte": 200}}  # fmt: skip
+    rule, msg = _corr(corr, _base("b", {"type": "audit.login"}))
+    assert rule is None and "condition lte: conditions with an upper bound" in msg, msg
+
+
 def test_a_condition_with_two_operators_is_refused_as_pysigma_does() -> None:
     corr = {"type": "event_count", "rules": ["b"], "group-by": ["actor.user_id"], "timespan": "1h",
             "condition": {"gt": 2, "gte": 4}}  # fmt: skip
@@ -151,7 +205,7 @@ def test_a_two_operator_correlation_is_skipped_on_export(tmp_path: Path) -> None
                             "rules": [{"name": "c", "types": ["api_key.created"],
                                        "detection": {"s": {"type": "api_key.created"}}}]}}  # fmt: skip
     out = _export(tmp_path, [rule])
-    assert not (out / "custom_range_corr.yml").exists()
+    assert not list(out.rglob("custom_range_corr.yml"))
     assert "`custom.range_corr`: condition" in (out / "README.md").read_text(encoding="utf-8")
 
 
@@ -299,6 +353,18 @@ def test_a_filter_for_another_log_source_or_rule_does_not_apply() -> None:
     assert res[0][2] == "imported as sigma.api_key_created" and res[1][2].startswith("rejected")
 
 
+def test_a_filter_naming_a_rule_of_another_log_source_says_so() -> None:
+    """The filter names the rule, but pySigma applies a filter only to rules of its log source: the rejection
+    names that mismatch and the rule, not "applies to no rule of the imported files" (the rule is there)."""
+    other = _filter(["6f3e2987-db24-4c78-a860-b4f4095a7095"], logsource={"product": "windows"})
+    res = import_collection([("r", KEY_RULE), ("f", other)])
+    assert res[0][2] == "imported as sigma.api_key_created"
+    assert res[1][2] == (
+        "rejected: the filter's logsource {'product': 'windows'} is not that of the rule it names "
+        "(r: {'product': 'instantly'}); pySigma applies a filter only to rules of its log source"
+    ), res[1][2]
+
+
 def test_a_filter_that_cannot_be_read_refuses_the_rules_it_names() -> None:
     """Without the filter the rule would match what it excludes: both are rejected, and so is a correlation
     using the rule."""
@@ -396,6 +462,29 @@ def test_export_skips_rules_the_configuration_disables(tmp_path: Path, capsys: p
     doc = yaml.safe_load((both / "auth_recovery_code_used.yml").read_text(encoding="utf-8"))
     assert doc["description"].endswith("Disabled in the exporting configuration.")
     assert (out / "workspace_group_change.yml").exists()
+
+
+def test_re_export_removes_the_files_it_no_longer_writes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Exporting again into the same directory after disabling a rule left its earlier file there, read by
+    ``sigma convert DIR`` as a rule in use (and an earlier export's correlation beside the single-event rules
+    broke ``DIR/*.yml`` for Lucene). Files an export wrote and this one does not write are removed; any
+    other file is kept."""
+    out = tmp_path / "out"
+    assert main(["rules", "export", "--format", "sigma", "--output", str(out)]) == 0
+    (out / "corr_block_list_emptied.yml").write_text(  # as the export wrote it before correlations/
+        (out / "correlations" / "corr_block_list_emptied.yml").read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    (out / "mine.yml").write_text("title: my own rule\n", encoding="utf-8")
+    cfg = tmp_path / "rules.yaml"
+    cfg.write_text(yaml.safe_dump({"rules": {"auth.recovery_code_used": {"enabled": False}}}), encoding="utf-8")
+    assert main(["rules", "export", "--format", "sigma", "--output", str(out), "--rules", str(cfg)]) == 0
+    assert not (out / "auth_recovery_code_used.yml").exists()
+    assert not (out / "corr_block_list_emptied.yml").exists()
+    assert (out / "correlations" / "corr_block_list_emptied.yml").exists()
+    assert (out / "workspace_group_change.yml").exists()
+    assert (out / "mine.yml").read_text(encoding="utf-8") == "title: my own rule\n"
+    printed = capsys.readouterr().out
+    assert "removed auth_recovery_code_used.yml (an earlier export's; not written now)" in printed, printed
 
 
 # ---- 8. export: two keys that become one ------------------------------------------------------------
@@ -539,3 +628,69 @@ def test_regexes_re2_refuses_with_or_without_google_re2(monkeypatch: pytest.Monk
         else:
             with pytest.raises(SigmaImportError, match="RE2, pySigma's regex engine, cannot compile"):
                 import_rule(doc)
+
+
+def test_a_long_title_is_cut_to_what_sigma_allows(tmp_path: Path) -> None:
+    """sigma-detection-rule-schema.json and pySigma cap ``title`` at 256 characters (pySigma refuses the
+    file: "Sigma rule title length must not exceed 256 characters"). A longer title of ours, and the title of
+    a correlation's base rules (``<correlation title>: <entry>``), is cut to 256 with "…"; the full title
+    opens the description."""
+    long = "Key created from an unexpected network by someone " * 6
+    single = {"id": "custom.long_single", "title": long, "severity": "low", "types": ["audit.*"],
+              "detection": {"s": {"actor.ip": "1.2.3.4"}, "condition": "s"}}  # fmt: skip
+    entry = {"name": "created_somewhere", "types": ["audit.*"], "detection": {"s": {"actor.ip": "1.2.3.4"}}}
+    corr = {"id": "custom.long_corr", "title": long[:250], "severity": "medium",
+            "correlation": {"type": "event_count", "group-by": ["actor.user_id"], "timespan": "1h",
+                            "condition": {"gte": 2}, "rules": [entry]}}  # fmt: skip
+    out = _export(tmp_path, [single, corr])
+    for f in (out / "custom_long_single.yml", out / "correlations" / "custom_long_corr.yml"):
+        text = f.read_text(encoding="utf-8")
+        coll = SigmaCollection.from_yaml(text, collect_errors=True)
+        assert not coll.errors and not any(r.errors for r in coll.rules), (f.name, coll.errors)
+        for doc in yaml.safe_load_all(text):
+            assert len(doc["title"]) <= 256, (f.name, len(doc["title"]))
+    (doc,) = yaml.safe_load_all((out / "custom_long_single.yml").read_text(encoding="utf-8"))
+    assert len(doc["title"]) == 256 and doc["title"].endswith("…") and long.startswith(doc["title"][:-1])
+    assert doc["description"].startswith(f"{long.strip()}.")
+
+
+SPEC_SCHEMAS = Path(__file__).resolve().parents[1] / "fixtures" / "sigma-specification"
+
+
+def test_every_exported_document_passes_the_specification_json_schemas(tmp_path: Path) -> None:
+    """The shipped pack and user rules using every exportable feature (lists of mappings with null, regex
+    flags, cidr, exists, numbers, related, fields, a long title, disabled rules, the four correlation types
+    with aliases) export to documents the specification's own JSON schemas accept (detection rules and
+    correlations; tests/fixtures/sigma-specification)."""
+    schemas = {kind: json.loads((SPEC_SCHEMAS / f"sigma-{kind}-schema.json").read_text(encoding="utf-8"))
+               for kind in ("detection-rule", "correlation-rules")}  # fmt: skip
+    check = {kind: Draft202012Validator(s, format_checker=Draft202012Validator.FORMAT_CHECKER)
+             for kind, s in schemas.items()}  # fmt: skip
+    sel = {"s": [{"actor.ip": None, "type": "audit.x"}, {"actor.ip|cidr": ["10.0.0.0/8"], "type": "audit.x"}],
+           "r": {"target.name|re|i|m": "^adm.*$", "attributes.affected_count|gte": 5, "actor.api_key_id|exists": True},
+           "condition": "1 of them"}  # fmt: skip
+    entry = {"types": ["audit.*"], "detection": {"x": {"attributes.activity_code": 1}}}
+    rules: list[dict[str, Any]] = [
+        {"id": "custom.all_features", "title": "All features " * 30, "severity": "info", "types": ["audit.*"],
+         "detection": sel, "fields": ["actor.ip"], "references": ["https://example.com/a"],
+         "related": [{"id": "api_key.all_scope", "type": "similar"}], "status": "deprecated", "author": "A"},
+        {"id": "custom.off", "title": "Disabled", "severity": "low", "enabled": False, "types": ["audit.*"],
+         "detection": {"s": {"actor.ip": "1.2.3.4"}, "condition": "s"}},
+    ]  # fmt: skip
+    for kind, extra in (("event_count", {"condition": {"gte": 3}}),
+                        ("value_count", {"condition": {"gt": 2}, "field": "actor.ip"}),
+                        ("temporal", {}), ("temporal_ordered", {})):  # fmt: skip
+        two = kind.startswith("temporal")
+        entries = [{"name": "a", **entry, "group-by": ["actor.user_id"]},
+                   {"name": "b", **entry, "group-by": ["target.id"]}] if two else [{"name": "a", **entry}]  # fmt: skip
+        body = {"type": kind, "timespan": "15m", "rules": entries, **({} if two else {"group-by": ["actor.ip"]})}
+        rules.append({"id": f"custom.c_{kind}", "title": f"Correlation {kind}", "severity": "high",
+                      "correlation": {**body, **extra}})  # fmt: skip
+    out = _export(tmp_path, rules, "--include-disabled")  # the shipped pack is exported too
+    files = sorted(out.rglob("*.yml"))
+    assert len(files) >= 18 and len(list((out / "correlations").glob("*.yml"))) >= 7
+    for f in files:
+        for doc in yaml.safe_load_all(f.read_text(encoding="utf-8")):
+            v = check["correlation-rules" if "correlation" in doc else "detection-rule"]
+            errors = [f"{list(e.absolute_path)}: {e.message[:120]}" for e in v.iter_errors(doc)]
+            assert not errors, (f.name, doc.get("title"), errors)

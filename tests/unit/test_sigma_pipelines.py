@@ -9,13 +9,16 @@ are what :mod:`pipeline.rules.sigma_fieldmap` derives from every record the pipe
 
 from __future__ import annotations
 
+import glob
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
+from sigma.backends.test.backend import TextQueryTestBackend
 from sigma.collection import SigmaCollection
 from sigma.correlations import SigmaCorrelationRule
 from sigma.processing.pipeline import ProcessingPipeline
@@ -128,7 +131,7 @@ def test_every_mapped_field_of_every_exported_rule_holds_its_value(exported: Pat
     caveats = {m.group(1) for n in notes if (m := re.match(r"Caveat: (\S+):", n))}
     cases = rule_case_events()
     held = 0
-    for f in sorted(exported.glob("*.yml")):
+    for f in sorted(exported.rglob("*.yml")):
         rule_id = re.match(r"# instantly-audit rule (\S+),", f.read_text(encoding="utf-8"))
         assert rule_id is not None
         events = [e.to_dict() for e in cases[rule_id.group(1)]]
@@ -152,6 +155,45 @@ def test_every_mapped_field_of_every_exported_rule_holds_its_value(exported: Pat
                 assert got == (want if isinstance(want, list) else [want]), (f.name, old, new, ev["type"], got)
                 held += 1
     assert held >= 100
+
+
+class _NoCorrelationBackend(TextQueryTestBackend):
+    """A text backend that converts no correlation rule, as pySigma-backend-elasticsearch's Lucene backend
+    (``-t lucene``): sigma-cli then stops on the first correlation it is given, converting nothing."""
+
+    correlation_methods: ClassVar[dict[str, str]] = None  # type: ignore[assignment]
+
+
+# sigma-cli targets whose backend converts correlations (Splunk does; Lucene does not)
+CORRELATING_TARGETS = {"splunk": True, "lucene": False}
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=[t.key for t in TARGETS])
+def test_the_documented_convert_command_converts_the_export(exported: Path, target: Target) -> None:
+    """Each pipeline's documented command (README.md, its header, docs/rules.md), given the export as sigma-cli
+    reads its inputs (the shell expands a glob, a directory is searched for ``**/*.yml``), converts every rule
+    it names with a backend like the target's: Lucene converts no correlation, so the command must leave the
+    correlations out (they are under ``correlations/``) and still reach every single-event rule."""
+    argv = shlex.split(target.usage.replace("DIR", str(exported)))
+    assert argv[:2] == ["sigma", "convert"] and argv[2] == "-t" and argv[4] == "-p", argv
+    backend_name, pipeline_file, inputs = argv[3], argv[5], argv[6:]
+    paths: list[str] = []
+    for arg in inputs:
+        paths += sorted(glob.glob(arg)) if glob.has_magic(arg) else [arg]
+    files = sorted(SigmaCollection.resolve_paths(paths))  # type: ignore[arg-type]
+    coll = SigmaCollection.load_ruleset(files)  # type: ignore[arg-type]
+    pipeline = ProcessingPipeline.from_yaml(Path(pipeline_file).read_text(encoding="utf-8"))
+    correlates = CORRELATING_TARGETS[backend_name]
+    backend = (TextQueryTestBackend if correlates else _NoCorrelationBackend)(processing_pipeline=pipeline)
+    queries = backend.convert(coll)
+    readme = (exported / "README.md").read_text(encoding="utf-8")
+    listed = dict(re.findall(r"^- `([a-z0-9_/]+\.yml)`: `([^`]+)`$", readme, flags=re.M))
+    corr_files = {name for name in listed if name.startswith("correlations/")}
+    assert len(corr_files) >= 3, listed
+    reached = {str(f.relative_to(exported)) for f in files}
+    want = set(listed) if correlates else set(listed) - corr_files
+    assert reached == want, (backend_name, reached ^ want)
+    assert len(queries) >= len(want)
 
 
 def test_the_index_templates_map_every_field_the_ecs_pipeline_targets() -> None:

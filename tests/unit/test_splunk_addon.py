@@ -116,10 +116,14 @@ def test_shipped_lookup_matches_the_formatter() -> None:
         seen += 1
         row = table[record["type"]]
         assert (row["cim_model"], row["action"]) == (doc["cim_model"], doc["action"]), record["type"]
-        assert (row["object_category"], row["change_type"]) == (
+        assert (row["object_category"], row["change_type"], row["dvc"], row["command"], row["status"]) == (
             doc.get("object_category", ""),
             doc.get("change_type", ""),
+            doc.get("dvc", ""),
+            doc.get("command", ""),
+            doc.get("status", "") if doc["cim_model"] == "Change" else "",
         )
+        assert row["src_user"] == ("unknown" if "src_user" in doc else "")  # the fallback when no actor is named
     assert seen
 
 
@@ -137,12 +141,18 @@ def test_addon_files_are_complete() -> None:
 _TOKEN = re.compile(r"""\s*(?:(?P<str>"[^"]*")|(?P<field>'[^']*')|(?P<op>==|!=|[(),=])|(?P<word>[A-Za-z_][\w.]*))""")
 
 
-def _field(doc: dict[str, Any], path: str) -> str | None:
+def _field(doc: dict[str, Any], path: str) -> str | list[str] | None:
     """A field as KV_MODE=json extracts it: the dotted path of a scalar, as text (JSON null, "" and objects
-    make no field)."""
+    make no field); ``name{}`` is the multivalue field of a list of scalars (None when empty)."""
     node: Any = doc
     for part in path.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
+        key, many = (part[:-2], True) if part.endswith("{}") else (part, False)
+        node = node.get(key) if isinstance(node, dict) else None
+        if many:
+            if not isinstance(node, list):
+                return None
+            values = [v if isinstance(v, str) else json.dumps(v) for v in node if not isinstance(v, dict | list)]
+            return values or None
     if node is None or isinstance(node, dict | list) or node == "":
         return None
     return node if isinstance(node, str) else json.dumps(node)
