@@ -18,10 +18,13 @@
   (``mapper_parsing_exception``, ``document_parsing_exception``, a missing index...) are
   dead-lettered (Logstash's classification); a 401/403 item means missing privileges and
   fails the batch without retry (circuit), except ``cluster_block_exception`` (disk
-  watermark), which is retried. A whole-request 429 raises :class:`BackpressureError`;
-  413 halves the request (a lone document too large is dead-lettered); another 4xx on the
-  whole request (bad credentials, wrong URL, malformed request) is not retried soon and opens
-  the runner's circuit, since it is about the setup, not one record.
+  watermark), which is retried. So does a 400 "pipeline with id [...] does not exist": the
+  ``pipeline`` option names an ingest pipeline the cluster lacks, which every record would hit
+  (``healthcheck()`` checks it with ``GET _ingest/pipeline/<name>``). A whole-request 429
+  raises :class:`BackpressureError`; 413 halves the request (a lone document too large is
+  dead-lettered); another 4xx on the whole request (bad credentials, wrong URL, malformed
+  request) is not retried soon and opens the runner's circuit, since it is about the setup,
+  not one record.
 * Auth: ``api_key`` (``Authorization: ApiKey <encoded key>``: the ``encoded`` value of the
   create-API-key answer, or ``id:api_key``, which the sink base64-encodes) or ``username`` +
   ``password`` (HTTP Basic). ``healthcheck()`` is ``GET /``.
@@ -35,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
+from urllib.parse import quote
 
 import orjson
 from pydantic import Field, field_validator, model_validator
@@ -60,6 +64,7 @@ from pipeline.observability.logs import register_secret
 _PART = re.compile(r"\{([^{}]*)\}")
 _TOKENS = (("yyyy", "%Y"), ("yy", "%y"), ("MM", "%m"), ("dd", "%d"), ("HH", "%H"))
 _DATA_STREAM = re.compile(r"^(logs|metrics|traces)-([^-]+)-([^-]+)$")
+_MISSING_PIPELINE = re.compile(r"pipeline with id \[[^\]]*\] does not exist")
 _BAD_INDEX_CHARS = re.compile(r'[\\/*?"<>|,# :A-Z{}]')
 # How Elasticsearch and OpenSearch begin a bulk answer in which every item succeeded: "took" first
 # (Elasticsearch 7, OpenSearch) or "errors" first (Elasticsearch 8's chunked BulkResponse).
@@ -312,6 +317,8 @@ class ElasticsearchSink:
             text = f"elasticsearch: item {status} {etype}: {str(reason)[:300]}".rstrip(": ")
             if status == 409:
                 out.duplicates += 1
+            elif status == 400 and _MISSING_PIPELINE.search(str(reason)):  # the setup: every record would fail
+                out.fatal = out.fatal or self._missing_pipeline()
             elif status in (401, 403) and etype != "cluster_block_exception":
                 out.fatal = out.fatal or SinkError(f"elasticsearch {self.sink_id}: {text}", retriable=False)
             elif status in (400, 404):
@@ -319,6 +326,13 @@ class ElasticsearchSink:
             else:
                 out.failures.append(Failure(d, text, retriable=True, retry_after=resp.retry_after))
         return out
+
+    def _missing_pipeline(self) -> SinkError:
+        return SinkError(
+            f"elasticsearch {self.sink_id}: ingest pipeline {self.config.pipeline!r} does not exist; create it "
+            "(PUT _ingest/pipeline/<name>) or change the sink's pipeline",
+            retriable=False,
+        )
 
     @staticmethod
     def _reason(resp: HttpResponse) -> str:
@@ -352,6 +366,10 @@ class ElasticsearchSink:
         info = resp.json(f"elasticsearch {self.sink_id}: GET /")
         if not isinstance(info, dict) or "version" not in info:
             raise SinkError(f"elasticsearch {self.sink_id}: GET / did not answer like Elasticsearch/OpenSearch")
+        if self.config.pipeline:
+            resp = await self._http.request("GET", f"/_ingest/pipeline/{quote(self.config.pipeline, safe='')}")
+            if resp.status == 404:  # another answer (no read_pipeline privilege...): delivery will tell
+                raise self._missing_pipeline()
         if self.config.check_setup:
             who = f"elasticsearch {self.sink_id}"
             needed = required_templates(self.config.index, self.config.alert_index)

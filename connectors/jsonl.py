@@ -10,6 +10,9 @@
 * ``fsync: true`` (default) makes a batch durable before it is confirmed, so the runner
   commits offsets only for lines that are on disk.
 * A failed write is cut back to the last whole batch, so a retry never leaves half a line.
+* Rotation by another tool is followed: before each batch, a ``path`` renamed away (logrotate),
+  deleted or replaced is opened again (created 0600), and a file truncated in place
+  (``copytruncate``) is appended from its real end, as ``tail -F`` and log shippers expect.
 
 A file cannot de-duplicate: a batch replayed after a crash appears twice (same ``id``).
 """
@@ -117,8 +120,13 @@ class JsonlSink:
 
     def _write_file(self, path: Path, data: bytes) -> None:
         try:
+            if self._fd is not None and self._moved(path):
+                self._close_quietly()  # rotated or deleted by another tool: write to the name, as tail -F reads it
             if self._fd is None:
                 self._open(path)
+            else:
+                assert self._fd is not None
+                self._size = os.fstat(self._fd).st_size  # truncated in place (copytruncate) or grown by another writer
             limit = self.config.rotate_bytes
             if limit is not None and self._size and self._size + len(data) > limit:
                 self._rotate(path)
@@ -139,6 +147,16 @@ class JsonlSink:
             self._close_quietly()
             raise SinkError(f"{self.sink_id}: writing {path} failed ({err.strerror or type(err).__name__})",
                             retriable=True) from None  # fmt: skip
+
+    def _moved(self, path: Path) -> bool:
+        """Whether ``path`` no longer names the open file (renamed by logrotate, deleted, replaced)."""
+        assert self._fd is not None
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return True
+        mine = os.fstat(self._fd)
+        return (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino)
 
     def _open(self, path: Path) -> None:
         """Open ``path`` for appending: created 0600 (its directory 0700), never through a symlink.

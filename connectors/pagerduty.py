@@ -7,7 +7,8 @@
   fold into the open PagerDuty alert and never page twice. ``event_action`` is ``trigger`` for
   open alerts and ``resolve`` for resolved ones. Within a batch only the last record per
   dedup key is sent (earlier ones are superseded and counted as duplicates), so a replayed
-  batch never re-triggers a condition it also resolves.
+  batch never re-triggers a condition it also resolves; ``replay --to`` applies the same rule
+  to its whole range (:class:`~pipeline.delivery.base.CollapsingSink`).
 * Severity: critical → critical, high → error, medium → warning, low/info → info. The
   payload carries ``summary`` (≤ 1024 characters), ``source`` (the workspace), ``component``
   (the first entity), ``group``, ``class`` (the rule id), ``timestamp`` and
@@ -214,6 +215,10 @@ class PagerDutySink:
         errors = doc.get("errors") if isinstance(doc, dict) else None
         texts = [str(e).lower() for e in errors] if isinstance(errors, list) else []
         return any("routing_key" in t or "routing key" in t for t in texts)
+
+    def collapse_key(self, d: Delivery) -> str | None:
+        """The PagerDuty dedup key of an alert (``replay --to`` sends only the range's last record per key)."""
+        return dedup_key(d.body) if d.kind == "alert" else None
 
     async def send(self, batch: Sequence[Delivery]) -> SendResult:
         """Send one Events API request per dedup key (the batch's last record for that key).

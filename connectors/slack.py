@@ -11,10 +11,10 @@
   locally. HTTP 429 defers the next post by ``Retry-After`` and raises
   :class:`BackpressureError` (the runner retries the batch no sooner). 5xx and transport
   errors raise a retriable :class:`SinkError`. 403 (``action_prohibited``, ``invalid_token``),
-  404 (``no_service``, ``channel_not_found``) and 410 (``channel_is_archived``) are about the
-  webhook, not the message: a non-retriable :class:`SinkError` (nothing is dead-lettered, the
-  runner's circuit opens). Any other 4xx (400 ``invalid_payload``, ``no_text``,
-  ``invalid_blocks``) is a non-retriable failure of that record (dead letter).
+  404 (``no_service``, ``channel_not_found``), 410 (``channel_is_archived``) and 400
+  ``user_not_found``/``no_service_id`` are about the webhook, not the message: a non-retriable
+  :class:`SinkError` (nothing is dead-lettered, the runner's circuit opens). Any other 4xx
+  (400 ``invalid_payload``, ``no_text``, ``invalid_blocks``) is a non-retriable failure of that record (dead letter).
 * Slack has no de-duplication key: a ledger of the last ``sent_ledger_size`` record ids
   posted by this process skips records already posted when a batch is retried.
 * Subscribes to ``alerts`` by default; events, if subscribed, get a compact message.
@@ -53,6 +53,10 @@ HEADER_MAX, SECTION_MAX, FIELD_MAX, TEXT_MAX = 150, 3000, 2000, 3000
 # Slack's answers about the webhook rather than the message: 403 action_prohibited/invalid_token,
 # 404 no_service/channel_not_found/no_team, 410 channel_is_archived/team_disabled.
 ENDPOINT_ERRORS = frozenset({403, 404, 410})
+# Slack's 400 answers about the webhook (its "Handling errors" table): the user a DM webhook posts
+# to is gone (user_not_found; our payloads name no user) or the URL lacks its service id. Every
+# message would get the same answer, so they are not the message's fault and must not dead-letter it.
+ENDPOINT_400_ERRORS = ("user_not_found", "no_service_id")
 _PARTIAL_ENTITY = re.compile(r"&(?:a|am|amp|l|lt|g|gt)?$")
 
 
@@ -331,7 +335,7 @@ class SlackSink:
                 raise SinkError(reason, retriable=True, retry_after=retry_after)
             elif 300 <= status < 400:
                 raise SinkError(f"{self._name}: unexpected redirect (HTTP {status}); check webhook_url")
-            elif status in ENDPOINT_ERRORS:
+            elif status in ENDPOINT_ERRORS or (status == 400 and text.strip() in ENDPOINT_400_ERRORS):
                 # the webhook itself is revoked, disabled or its channel gone: every record would fail
                 # the same way, so nothing is dead-lettered and the runner's circuit opens instead
                 raise SinkError(f"{self._name}: Slack refused the webhook: HTTP {status} {self._clean(text)}")

@@ -25,7 +25,8 @@ indexer acknowledgment"):
   are retried; events before it count as accepted unless ``ack`` is on, then they are
   resent); 401/403 (codes 1-4: token missing, disabled or invalid), 400 codes 7/10/11/14
   (index, channel, ack configuration) and redirects fail the whole batch without retrying
-  soon, which opens the runner's circuit; 413 splits the request, and a single event too
+  soon, which opens the runner's circuit, with what to change (``CONFIG_HINTS``: code 10, a
+  token with indexer acknowledgement, asks for ``ack: true``); 413 splits the request, and a single event too
   large for HEC is dead-lettered.
 * ``url`` is the collector's base; Splunk's own HEC URL (``…:8088/services/collector/event``,
   ``/services/collector``, ``/raw``) is accepted and its endpoint path ignored.
@@ -72,6 +73,16 @@ HEC_ENDPOINT_PATH = re.compile(r"/services/collector(?:/(?:event|raw|health)(?:/
 removed from ``url``, which is the collector's base (the sink adds each endpoint's path itself)."""
 INVALID_EVENT_CODES = frozenset({6, 12, 13, 15})
 CONFIG_CODES = frozenset({1, 2, 3, 4, 7, 10, 11, 14, 16})
+# What to change for HEC's answers about the setup (its status code table), said with the error.
+CONFIG_HINTS = {
+    1: "the token is disabled in Splunk",
+    4: "check the token",
+    7: "the token may not write to this index: add it to the token's allowed indexes or change index",
+    10: "the token has indexer acknowledgement on: set ack: true",
+    11: "channel must be a GUID",
+    14: "the token has indexer acknowledgement off: set ack: false or turn it on for the token",
+    16: "query-string authorization is off on the token",
+}
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -258,7 +269,7 @@ class SplunkHecSink:
         if resp.status == 413 or (resp.status == 400 and (code in INVALID_EVENT_CODES or code == 5)):
             return await self._isolate(items, resp.status, what, invalid)
         if resp.status in (401, 403) or code in CONFIG_CODES or 300 <= resp.status < 400 or resp.status == 404:
-            return _Outcome(fatal=SinkError(f"splunk_hec {self.sink_id}: {what}", retriable=False))
+            return _Outcome(fatal=SinkError(f"splunk_hec {self.sink_id}: {what}{self._hint(code)}", retriable=False))
         retriable = resp.status in (408, 429) or resp.status >= 500
         return _Outcome(failures=[
             Failure(d, f"splunk_hec: {what}", retriable=retriable, retry_after=resp.retry_after) for d in items
@@ -276,6 +287,12 @@ class SplunkHecSink:
                 f"splunk_hec {self.sink_id}: ack is on but HEC returned no ackId (is indexer acknowledgement "
                 "enabled on the token?)", retriable=False))  # fmt: skip
         return _Outcome(acks={ack_id: items})
+
+    def _hint(self, code: int | None) -> str:
+        hint = CONFIG_HINTS.get(code) if code is not None else None
+        if code == 10 and self.config.ack:
+            hint = None  # the channel header is sent: something in between dropped it
+        return f"; {hint}" if hint else ""
 
     @staticmethod
     def _error_fields(resp: HttpResponse) -> tuple[int | None, str, int | None]:
@@ -357,5 +374,5 @@ class SplunkHecSink:
         code, text, _ = self._error_fields(resp)
         if resp.status in (200, 400) and code in (0, 5):
             return
-        raise SinkError(f"splunk_hec {self.sink_id}: token check: HTTP {resp.status} code {code} ({text})",
-                        retriable=resp.status >= 500)  # fmt: skip
+        raise SinkError(f"splunk_hec {self.sink_id}: token check: HTTP {resp.status} code {code} ({text})"
+                        f"{self._hint(code)}", retriable=resp.status >= 500)  # fmt: skip

@@ -184,7 +184,10 @@ class SignedWebhookSink:
         if not batch:
             return SendResult()
         groups = [list(batch)] if self.config.batch_as_array else [[d] for d in batch]
-        results = await asyncio.gather(*(self._post(g) for g in groups))
+        # Every body is rendered before the first request goes out: a record its format cannot render
+        # raises here, not inside one of the concurrent posts while the others go on unobserved.
+        bodies = [self._body(g) for g in groups]
+        results = await asyncio.gather(*(self._post(g, body) for g, body in zip(groups, bodies, strict=True)))
         failures: list[Failure] = []
         for fatal, fails in results:
             if fatal is not None:
@@ -192,12 +195,15 @@ class SignedWebhookSink:
             failures.extend(fails)
         return SendResult(failures=failures)
 
-    async def _post(self, items: list[Delivery]) -> tuple[SinkError | None, list[Failure]]:
+    def _body(self, items: list[Delivery]) -> bytes:
         if self.config.batch_as_array:
-            body = b"[" + b",".join(self._json(d) for d in items) + b"]"
-            msg_id = "batch_" + deterministic_id(*(d.id for d in items))
-        else:
-            body, msg_id = self._json(items[0]), items[0].id
+            return b"[" + b",".join(self._json(d) for d in items) + b"]"
+        return self._json(items[0])
+
+    async def _post(self, items: list[Delivery], body: bytes | None = None) -> tuple[SinkError | None, list[Failure]]:
+        if body is None:
+            body = self._body(items)
+        msg_id = "batch_" + deterministic_id(*(d.id for d in items)) if self.config.batch_as_array else items[0].id
         async with self._limit:
             try:
                 resp = await self._http.request("POST", "", data=body, headers=self.signed_headers(msg_id, body))

@@ -17,7 +17,9 @@ timezone and inclusivity undocumented) are not documented, so the cursor keeps
 ordered), so "everything after ``last_id``" is "everything new". The real API's order is
 undocumented, so each page is checked (:func:`page_is_ascending`): ids must increase within the
 page and from one page to the next (the first id after ``starting_after=last_id`` must be greater
-than ``last_id``; ids compared as strings, which orders UUIDv7 and 24-hex ids by time), and a page
+than ``last_id``; ids compared as strings, which orders UUIDv7 and 24-hex ids by time), a UUID must
+be of a time-ordered version (6 or 7: a listing sorted by random version-4 UUIDs is ascending by id,
+yet a new record lands anywhere in it, so every poll reads the window), and a page
 of three or more records must not have strictly decreasing timestamps. A page that fails the
 check makes that poll fall back to the windowed read below, and ``last_id`` is cleared until a
 windowed read confirms ascending order again.
@@ -27,13 +29,16 @@ windowed read confirms ascending order again.
 * *Incremental* (steady state): ``starting_after=last_id``, no date filter: only the new pages
   (with ``limit=1000``: one request per 1,000 new records plus the final empty page).
 * *Full overlap re-read*: from ``start_date = date(threshold - 1 day)`` (the extra day absorbs the
-  coarse, timezone-unknown date filter), as every poll did before. It runs when no ``last_id`` is
-  known, when ``overlap`` seconds have passed since ``last_full_read``, on the first poll of a
-  poller process (``last_full_read`` older than the process start — records may have been
-  inserted behind the cursor while nothing was polling), whenever the order check fails, and —
-  for the rest of the process — once the API refused ``starting_after=last_id`` with a 400 or
-  404 (the reference documents the cursor as "the ID of the last item", but also shows
-  timestamp cursors; a server that accepts only its own must not wedge the audit log).
+  coarse, timezone-unknown date filter), as every poll did before. Without a ``last_id`` it can
+  publish nothing older than the threshold, so a listing newest first (timestamps never rising so
+  far) is read only down to the page that reaches the threshold (:mod:`connectors.instantly.streams`).
+  It runs when no ``last_id`` is known, when ``overlap`` seconds have passed since
+  ``last_full_read``, on the first poll of a poller process (``last_full_read`` older than the
+  process start — records may have been inserted behind the cursor while nothing was polling),
+  whenever the order check fails, and — for the rest of the process — once the API refused
+  ``starting_after=last_id`` with a 400 or 404 (the reference documents the cursor as "the ID of
+  the last item", but also shows timestamp cursors; a server that accepts only its own must not
+  wedge the audit log).
 
 Both keep a record when its id is not in ``seen`` and its timestamp is at or after the threshold.
 Because the threshold uses the ``high_water`` left by the last full re-read, a record inserted
@@ -68,6 +73,8 @@ of a version before format 2 does not read the new layout (it would start a new 
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -89,8 +96,11 @@ HEAD_VERSION = 2
 JSONDict = dict[str, Any]
 
 
-def record_time(record: Mapping[str, Any]) -> float | None:
-    """The audit record's ``timestamp`` as epoch seconds, or ``None`` if absent or invalid."""
+def record_time(record: Any) -> float | None:
+    """The audit record's ``timestamp`` as epoch seconds, or ``None`` if absent or invalid (or the
+    record is no object: the audit read passes such items on to become dead letters)."""
+    if not isinstance(record, Mapping):
+        return None
     value = record.get("timestamp")
     if not isinstance(value, str):
         return None
@@ -108,23 +118,60 @@ class Selection:
     already_seen: int = 0
     too_old: int = 0
     no_id: list[JSONDict] = field(default_factory=list)
+    """The new records without a usable id (also in :attr:`new`, keyed by :func:`audit_key`: each
+    becomes a dead letter naming the problem)."""
 
 
-def record_id(record: Mapping[str, Any]) -> str | None:
-    """The record's id as a string, or ``None`` when absent, empty or not a string/int."""
+def record_id(record: Any) -> str | None:
+    """The record's id as a string, or ``None`` when absent, empty or not a string/int (or the record is no object)."""
+    if not isinstance(record, Mapping):
+        return None
     rid = record.get("id")
     if not isinstance(rid, str | int) or isinstance(rid, bool) or rid == "":
         return None
     return str(rid)
 
 
+_HEX = "[0-9a-fA-F]"
+_UUID_VERSION = re.compile(rf"{_HEX}{{8}}-{_HEX}{{4}}-({_HEX}){_HEX}{{3}}-{_HEX}{{4}}-{_HEX}{{12}}\Z")
+
+
+def time_ordered_id(rid: str) -> bool:
+    """False for a UUID of a version that does not start with its time (every version but 6 and 7):
+    such ids (random version 4 ones above all) sort in no time order, so a record created later may
+    get an id below ``last_id`` and a read continuing after it would never list that record.
+    Any other id (UUIDv7, 24-hex ObjectId, an opaque string) is taken as the listing orders it."""
+    m = _UUID_VERSION.match(rid)
+    return m is None or m.group(1) in "67"
+
+
+NO_ID_PREFIX = "!no-id:"
+"""Start of the key of a record without a usable id (``!`` sorts before every id, so such a key never
+counts as lying past ``last_id``: it is forgotten with its hour like any other)."""
+
+
+def audit_key(record: Any) -> str:
+    """The key a record is de-duplicated by: its id (:func:`record_id`), or for a record without a
+    usable one :data:`NO_ID_PREFIX` and 32 hex digits of the SHA-256 of its canonical JSON (the same
+    record listed again has the same key, so its dead letter is published once)."""
+    rid = record_id(record)
+    if rid is not None:
+        return rid
+    canonical = orjson.dumps(record, option=orjson.OPT_SORT_KEYS, default=repr)
+    return NO_ID_PREFIX + hashlib.sha256(canonical).hexdigest()[:32]
+
+
 def page_is_ascending(page: Sequence[Mapping[str, Any]], after: str | None) -> bool:
     """Whether ``page`` is consistent with a listing ascending by id that continues after ``after``.
 
-    Ids (records without one are ignored) must strictly increase, starting above ``after``;
-    a page of three or more records whose timestamps strictly decrease is not ascending either.
+    Ids (records without one are ignored) must strictly increase, starting above ``after``, and be
+    time-ordered (:func:`time_ordered_id`: a listing sorted by random UUIDs is ascending by id but
+    not by creation); a page of three or more records whose timestamps strictly decrease is not
+    ascending either.
     """
     ids = [rid for rid in map(record_id, page) if rid is not None]
+    if not all(map(time_ordered_id, ids)):
+        return False
     previous = after
     for rid in ids:
         if previous is not None and rid <= previous:
@@ -238,9 +285,10 @@ class AuditCursor:
         batch: set[str] = set()
         for record in records:
             key = record_id(record)
-            if key is None:
-                out.no_id.append(record)
-                continue
+            if key is None:  # new like any record: normalizing it makes its dead letter, once
+                key = audit_key(record)
+                if key not in self.seen and key not in batch:
+                    out.no_id.append(record)
             if key in self.seen or key in batch:
                 out.already_seen += 1
                 continue

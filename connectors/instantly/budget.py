@@ -4,7 +4,9 @@ Instantly allows 100 requests/s and 6,000 requests/min per workspace, shared wit
 other integration and without rate-limit headers, so the poller keeps its own budget well
 under both: a token bucket for requests per second (burst 1 by default, so any half-open
 1 s window holds at most ``requests_per_second`` requests) and a sliding 60 s window for
-requests per minute. ``acquire()`` waits until both allow one more request.
+requests per minute. ``acquire()`` waits until both allow one more request — and until a
+``Retry-After`` the server sent has passed (:meth:`RequestBudget.hold`: the limit is the
+workspace's, so no stream asks before then).
 """
 
 from __future__ import annotations
@@ -53,6 +55,15 @@ class RequestBudget:
         self._lock = asyncio.Lock()
         self.waited_secs = 0.0
         """Total time spent waiting for the budget (for telemetry)."""
+        self._hold_until = 0.0
+
+    def hold(self, secs: float) -> None:
+        """No request before ``secs`` from now (the server's ``Retry-After``); a shorter hold never shortens one."""
+        self._hold_until = max(self._hold_until, self._clock.monotonic() + max(0.0, secs))
+
+    def held_for(self) -> float:
+        """Seconds until the current :meth:`hold` ends (0 without one)."""
+        return max(0.0, self._hold_until - self._clock.monotonic())
 
     @classmethod
     def from_config(
@@ -74,7 +85,7 @@ class RequestBudget:
         return sum(1 for t in self._window if t > now - WINDOW_SECS + _EPS)
 
     def _wait_needed(self, now: float) -> float:
-        wait = 0.0
+        wait = max(0.0, self._hold_until - now)
         if self._tokens < 1.0 - _EPS:
             wait = (1.0 - self._tokens) / self.rate
         if len(self._window) >= self.per_minute:

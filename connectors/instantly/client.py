@@ -18,12 +18,20 @@
   ``X-RateLimit-Reset`` header — Instantly documents none, so none is needed) up
   to ``max_retries``; 401/402/403/404 are never retried. Writes are not idempotent on
   Instantly, so they are retried only after a 429 (the request was refused, not processed).
-* Every attempt first takes a token from the workspace's :class:`RequestBudget`.
+* Every attempt first takes a token from the workspace's :class:`RequestBudget`. A ``Retry-After``
+  (or reset header) on a 429/5xx is waited out before the retry; when the request gives up with
+  one, it holds the whole budget that long (:meth:`RequestBudget.hold`), so no request of the
+  workspace is sent before it passes. One longer than ``backoff_max_secs`` is not waited out
+  inside a poll: the request fails with :class:`RateLimitedError` at once, and so does every call
+  until the hold ends, without sending anything.
 * A request that fails as unreachable (timeout, connection refused or reset, DNS: an
   :class:`UnreachableError`) after its retries marks the workspace unreachable: every later call
   fails at once with the same error, sending nothing, until :meth:`InstantlyClient.new_poll`
   (the poller calls it at the start of each poll). A host that accepts connections but never
-  answers so costs one request's retries per poll, not every stream's.
+  answers so costs one request's retries per poll, not every stream's. A timeout once the host
+  has answered something in the poll is one slow endpoint (a large audit page), not an
+  unreachable host: it fails only its own call, and a second timeout in the poll marks the
+  workspace unreachable (a host that stopped answering mid-poll costs two requests' retries).
 * The retry log line names the workspace (``source``: the config alias, ``workspace``: its id
   once known) and a plain ``cause`` (``HTTP 503``, ``timeout``, ``connection refused``, ``DNS``…);
   never a URL query, a header or a body.
@@ -49,6 +57,7 @@ from connectors.instantly.responses import (
     decode_body,
     error_for,
     require_admin_answer,
+    require_item_list,
     require_items,
     require_object,
     require_workspace,
@@ -187,10 +196,23 @@ class InstantlyClient:
         self.unreachable: UnreachableError | None = None
         """Set when a request failed as unreachable after its retries: every call fails at once with
         it, sending nothing, until :meth:`new_poll`."""
+        self._answered = False
+        """Some request of this poll got an HTTP answer (the host is reachable)."""
+        self._timed_out = False
+        """A request of this poll timed out after its retries although the host had answered."""
 
     def new_poll(self) -> None:
         """Start a poll: try the server again even if it was unreachable in the last one."""
         self.unreachable = None
+        self._answered = self._timed_out = False
+
+    def _mark_unreachable(self, err: UnreachableError) -> None:
+        """Fail the rest of the poll with ``err`` — unless it is the first timeout of a poll in which
+        the host answered: that is one slow endpoint, not an unreachable host."""
+        if err.cause == "timeout" and self._answered and not self._timed_out:
+            self._timed_out = True
+            return
+        self.unreachable = err
 
     def __repr__(self) -> str:
         return f"InstantlyClient(base_url={self.base_url!r})"
@@ -230,7 +252,7 @@ class InstantlyClient:
         return value
 
     async def paginate(
-        self, path: str, params: Mapping[str, Any] | None = None, limit: int = 100
+        self, path: str, params: Mapping[str, Any] | None = None, limit: int = 100, *, objects_only: bool = True
     ) -> AsyncGenerator[list[JSONDict], None]:
         """Yield the ``items`` of each page, following ``next_starting_after`` as ``starting_after``.
 
@@ -243,8 +265,12 @@ class InstantlyClient:
         page the same repetition means the rest of the listing was not delivered: that raises,
         because a snapshot diffed against a cut-short listing reads as mass deletions.
 
+        ``objects_only=False`` passes items that are no JSON object through (each counts as new) for
+        the caller to turn into dead letters, instead of refusing their page.
+
         Raises:
-            UpstreamError: a page has no ``items`` list, a full page was followed by a repeated
+            UpstreamError: a page has no ``items`` list (or, with ``objects_only``, one that holds a
+                non-object), a full page was followed by a repeated
                 page or cursor, or more than ``max_pages`` pages were read; plus everything
                 :meth:`get` raises.
         """
@@ -254,7 +280,8 @@ class InstantlyClient:
         ids: set[str] = set()
         full = False  # the page whose cursor led here held `limit` items: more may follow
         for _ in range(self.max_pages):
-            page = await self._call("GET", path, params=query, validate=require_items, retry_writes=False)
+            validate = require_items if objects_only else require_item_list
+            page = await self._call("GET", path, params=query, validate=validate, retry_writes=False)
             assert isinstance(page, dict)
             items: list[JSONDict] = page["items"]
             if not items:
@@ -384,6 +411,13 @@ class InstantlyClient:
             )
             skipped.hint = self.unreachable.hint
             raise skipped
+        held = self.budget.held_for()
+        if held > self.backoff_max_secs:
+            raise RateLimitedError(
+                f"{method} {path}: not sent: Instantly asked to wait {held:.0f} s more (Retry-After)",
+                status=429,
+                retry_after=held,
+            )
         attempt = 0
         while True:
             await self.budget.acquire()
@@ -398,10 +432,15 @@ class InstantlyClient:
                 return value
             except SourceError as err:
                 retriable = isinstance(err, RateLimitedError) if retry_writes else err.retriable
+                wait = err.retry_after if status is not None else None
+                if wait is not None and wait > self.backoff_max_secs:
+                    retriable = False
                 if not retriable or attempt >= self.max_retries:
+                    if wait is not None:  # the retry's own sleep honours it; giving up, every later call must
+                        self.budget.hold(wait)
                     err.hint = err.hint or self._hint(err)
                     if isinstance(err, UnreachableError):
-                        self.unreachable = err
+                        self._mark_unreachable(err)
                     raise
                 delay = self.backoff_delay(attempt, err.retry_after)
                 log.warning(
@@ -456,6 +495,7 @@ class InstantlyClient:
             )
         tel, wid, alias = self.telemetry, self.workspace_id, self.source_id
         if failure is None:
+            self._answered = True
             tel.api_requests(wid, status, workspace=alias)
             if status == 429:
                 tel.api_rate_limited(wid, workspace=alias)
@@ -472,9 +512,11 @@ def _retry_reason(status: int | None, err: SourceError) -> str:
     return f"http_{status}" if status >= 300 else "malformed"
 
 
-def _seen(ids: set[str], item: JSONDict) -> bool:
+def _seen(ids: set[str], item: Any) -> bool:
     """Whether ``item``'s string ``id`` (accounts: its lower-cased ``email``) was already listed; records it.
-    Items without either count as new."""
+    Items without either, or that are no object, count as new."""
+    if not isinstance(item, dict):
+        return False
     i = item.get("id")
     if not isinstance(i, str):
         email = item.get("email")

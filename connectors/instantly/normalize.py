@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from connectors.instantly import enums
 from connectors.instantly.api import AUDIT_LOGS
 from connectors.instantly.audit_codes import describe_activity
 from connectors.instantly.redact import header_names, redact_record, set_header_names
@@ -197,21 +198,35 @@ def snapshot_event(
     )
 
 
+_API_KEY_ENUMS: Mapping[str, enums.Known] = {"scopes": enums.SCOPES}
+_MEMBER_ENUMS: Mapping[str, enums.Known] = {"role": enums.ROLES, "permissions": enums.PERMISSIONS}
+_WEBHOOK_ENUMS: Mapping[str, enums.Known] = {"event_type": enums.WEBHOOK_EVENT_TYPES, "status": enums.WEBHOOK_STATUSES}
+_GROUP_ENUMS: Mapping[str, enums.Known] = {"status": enums.GROUP_STATUSES}
+_ACCOUNT_ENUMS: Mapping[str, enums.Known] = {
+    "status": enums.ACCOUNT_STATUSES,
+    "warmup_status": enums.WARMUP_STATUSES,
+    "provider_code": enums.PROVIDER_CODES,
+}
+"""The documented enums of each snapshot resource; a value outside them is named in
+``attributes.unknown_values`` (:func:`connectors.instantly.enums.flagged`)."""
+
+
 def api_key_attributes(r: Mapping[str, Any]) -> JSONDict:
     """What rules need about an API key (``key_fingerprint`` is the redacted ``key``)."""
     scopes = r.get("scopes")
-    return {
+    attributes = {
         "name": _str(r.get("name")),
         "scopes": [str(s) for s in scopes] if isinstance(scopes, list) else [],
         "created_at": iso_time(r.get("timestamp_created")),
         "key_fingerprint": _str(r.get("key")),
     }
+    return enums.flagged(attributes, r, _API_KEY_ENUMS)
 
 
 def member_attributes(r: Mapping[str, Any]) -> JSONDict:
     """What rules need about a workspace member."""
     perms = r.get("permissions")
-    return {
+    attributes = {
         "email": _str(r.get("email")),
         "role": _str(r.get("role")),
         "accepted": r.get("accepted") if isinstance(r.get("accepted"), bool) else None,
@@ -221,6 +236,7 @@ def member_attributes(r: Mapping[str, Any]) -> JSONDict:
         "issuer_id": _str(r.get("issuer_id")),
         "created_at": iso_time(r.get("timestamp_created")),
     }
+    return enums.flagged(attributes, r, _MEMBER_ENUMS)
 
 
 # Headers that carry no secret: a webhook whose only custom headers are these is unauthenticated.
@@ -258,7 +274,7 @@ def webhook_attributes(r: Mapping[str, Any]) -> JSONDict:
             scheme = None
     names = header_names(r.get("headers"))
     set_names = set_header_names(r.get("headers"))
-    return {
+    attributes = {
         "name": _str(r.get("name")),
         "target_hook_url": url,
         "url_scheme": scheme,
@@ -270,6 +286,7 @@ def webhook_attributes(r: Mapping[str, Any]) -> JSONDict:
         "campaign": _str(r.get("campaign")),
         "timestamp_error": iso_time(r.get("timestamp_error")),
     }
+    return enums.flagged(attributes, r, _WEBHOOK_ENUMS)
 
 
 def workspace_attributes(r: Mapping[str, Any]) -> JSONDict:
@@ -288,7 +305,7 @@ def group_member_attributes(r: Mapping[str, Any], workspace_id: str) -> JSONDict
     """An agency link; ``relation`` says whether the other side is our sub-workspace or our admin."""
     admin, sub = _str(r.get("admin_workspace_id")), _str(r.get("sub_workspace_id"))
     relation = "sub_workspace" if admin == workspace_id else ("admin_workspace" if sub == workspace_id else "unknown")
-    return {
+    attributes = {
         "admin_workspace_id": admin,
         "admin_workspace_name": _str(r.get("admin_workspace_name")),
         "sub_workspace_id": sub,
@@ -298,6 +315,7 @@ def group_member_attributes(r: Mapping[str, Any], workspace_id: str) -> JSONDict
         # only when true, so links stored before this attribute existed do not read as changed
         **({"admin_is_key_owner": True} if r.get("admin_is_key_owner") is True else {}),
     }
+    return enums.flagged(attributes, r, _GROUP_ENUMS)
 
 
 ADMIN_LINK_ID = "admin_workspace"
@@ -429,7 +447,7 @@ def account_attributes(r: Mapping[str, Any]) -> JSONDict:
         return v if isinstance(v, bool) else None
 
     reply_to = _str(r.get("reply_to")) or None
-    return {
+    attributes = {
         "email": account_id(r),
         "domain": email_domain(r.get("email")),
         "status": _enum(r.get("status")),
@@ -448,6 +466,7 @@ def account_attributes(r: Mapping[str, Any]) -> JSONDict:
         "is_managed_account": flag("is_managed_account"),
         "created_at": iso_time(r.get("timestamp_created")),
     }
+    return enums.flagged(attributes, r, _ACCOUNT_ENUMS)
 
 
 def target_for(stream: str, r: Mapping[str, Any], resource_id: str) -> Target:

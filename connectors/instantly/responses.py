@@ -178,15 +178,25 @@ def require_admin_answer(where: str, value: Any) -> None:
         raise UpstreamError(f"{where}: HTTP 200 without a boolean has_admin_workspace{_error_code(value)}")
 
 
+def require_item_list(where: str, value: Any) -> None:
+    """Check the list envelope ``{items: [...], ...}`` without judging the items (the audit log turns
+    an item that is no object into a dead letter instead of refusing the page).
+
+    Raises:
+        UpstreamError: ``items`` is missing or not a list (retriable).
+    """
+    require_object(where, value)
+    if not isinstance(value.get("items"), list):
+        raise UpstreamError(f"{where}: malformed page, 'items' is missing or not a list")
+
+
 def require_items(where: str, value: Any) -> None:
     """Check the list envelope ``{items: [object, ...], ...}``.
 
     Raises:
         UpstreamError: ``items`` is missing, not a list, or holds a non-object (retriable).
     """
-    require_object(where, value)
-    items = value.get("items")
-    if not isinstance(items, list):
-        raise UpstreamError(f"{where}: malformed page, 'items' is missing or not a list")
+    require_item_list(where, value)
+    items = value["items"]
     if not all(isinstance(i, dict) for i in items):
         raise UpstreamError(f"{where}: malformed page, 'items' holds a non-object")

@@ -29,6 +29,8 @@ from schemas.event import Actor, Event, WorkspaceRef
 
 JSONDict = dict[str, Any]
 Snapshot = dict[str, JSONDict]
+Rejected = tuple[Mapping[str, Any], str]
+"""A listed record the snapshot leaves out, and why (it becomes a dead letter)."""
 ChangeSpec = tuple[str, tuple[str, ...], JSONDict]
 """One classified change: (type suffix = change kind, changed fields, extra attributes)."""
 SNAPSHOT_VERSION = 1
@@ -276,23 +278,30 @@ def gate_snapshot(snapshot: Snapshot) -> Snapshot:
 
 # ------------------------------------------------------------------------------------- public
 def build_snapshot(stream: str, records: Iterable[Mapping[str, Any]]) -> tuple[Snapshot, int]:
-    """Redact ``records`` and key them by id (accounts: lower-cased email); return (snapshot, number of
-    records without one, or that the gate refuses).
+    """:func:`split_snapshot` with the number of records left out."""
+    snap, rejected = split_snapshot(stream, records)
+    return snap, len(rejected)
+
+
+def split_snapshot(stream: str, records: Iterable[Mapping[str, Any]]) -> tuple[Snapshot, list[Rejected]]:
+    """Redact ``records`` and key them by id (accounts: lower-cased email); return (snapshot, the
+    records left out: without a usable id, or refused by the gate, each with the reason).
 
     Each record takes its kind's redaction, then the publish gate's passes
     (:func:`pipeline.redaction.gate.redact_tree`): the state store holds exactly what the events hold.
     """
     kind = KINDS[stream]
     snap: Snapshot = {}
-    skipped = 0
+    skipped: list[Rejected] = []
     for record in records:
         rid = record.get("id") if kind.identity is None else kind.identity(record)
         if not isinstance(rid, str | int) or isinstance(rid, bool) or rid == "":
-            skipped += 1
+            what = "'id'" if kind.identity is None else "identity ('email')"
+            skipped.append((record, f"{stream} record has no usable {what}"))
             continue
         gated = _gated(kind.redact(record))
         if gated is None:
-            skipped += 1
+            skipped.append((record, f"{stream} record refused by the publish gate (nested too deep)"))
             continue
         snap[str(rid)] = gated
     return snap, skipped

@@ -37,11 +37,11 @@ once with the same cause (:class:`~connectors.instantly.client.UnreachableError`
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -52,7 +52,6 @@ from connectors.instantly.api import (
     GROUP_ADMIN_PATH,
     GROUP_MEMBERS,
     WEBHOOK_DELIVERIES,
-    Stream,
     page_limit,
 )
 from connectors.instantly.api import WORKSPACE as WORKSPACE_STREAM
@@ -62,6 +61,7 @@ from connectors.instantly.config import WorkspaceConfig
 from connectors.instantly.deliveries import ReceiverTargets, publish_deliveries
 from connectors.instantly.normalize import admin_link_item, with_admin_link
 from connectors.instantly.receipts import ReceiptSettings
+from connectors.instantly.refusals import not_found_hint, refusal_hint
 from connectors.instantly.stream_events import UNAVAILABLE, StreamEvents
 from connectors.instantly.stream_events import marker_key as marker_key
 from connectors.instantly.streams import (
@@ -115,32 +115,6 @@ def _reason(err: SourceError) -> str:
         return f"{verdict}: {redact_text(str(err))[:300]}"
     hint = f": {err.hint}" if err.hint else ""
     return f"{verdict}: {f'HTTP {status} ' if status else ''}({type(err).__name__}){hint}"
-
-
-def _refusal_hint(alias: str, spec: Stream, err: SourceError, base_url: str) -> str:
-    """What a 402/403/404 on the list ``spec`` means and the way out (the scope comes from the stream
-    table; ``alias`` is the config's, also for a discovered sub-workspace polled with the agency's key)."""
-    where = f"workspaces.{alias}"
-    if isinstance(err, ScopeError):
-        return (
-            f": the API key lacks {spec.scope} (use a key with it in {where}.api_key, "
-            f"or drop {spec.name} from {where}.streams)"
-        )
-    if isinstance(err, PaymentRequiredError):
-        return ": the workspace has no active paid plan, which Instantly's API needs"
-    if isinstance(err, NotFoundError):
-        return _not_found_hint(alias, base_url)
-    return ""
-
-
-def _not_found_hint(alias: str, base_url: str) -> str:
-    """A 404 on a path Instantly always serves: the base URL is not the API's root."""
-    parts = urlsplit(base_url)
-    where = (parts.netloc + parts.path.rstrip("/")) or base_url
-    return (
-        f": no Instantly API under {where} "
-        f"(workspaces.{alias}.base_url must be the API root: api.instantly.ai, no path)"
-    )
 
 
 def identity_key(source_id: str) -> str:
@@ -371,12 +345,15 @@ class InstantlyWorkspacePoller:
                             pub, stream, [ws_record], observed_at=format_time(now), clock=self.clock
                         )
                     else:
-                        items = await self._client.get_all(spec.path, limit=page_limit(spec))
+                        limit = page_limit(spec)
+                        items = await self._client.get_all(spec.path, limit=limit)
+                        paged = len(items) >= limit  # several pages: an item may have moved between them
                         if spec is GROUP_MEMBERS:
                             items = with_admin_link(items, await self._admin_link())
                         listed = format_time(self.clock.now())  # after the listing: nothing in it is newer
+                        relist = functools.partial(self._client.get_all, spec.path, limit=limit) if paged else None
                         counts[stream] += await publish_snapshot(
-                            pub, stream, items, observed_at=listed, clock=self.clock
+                            pub, stream, items, observed_at=listed, clock=self.clock, relist=relist
                         )
                 except AuthError as err:
                     _failed(span, err)
@@ -388,7 +365,7 @@ class InstantlyWorkspacePoller:
                 except (PaymentRequiredError, ScopeError, NotFoundError) as err:
                     _failed(span, err)
                     health.stream_error(self.source_id, stream, err)
-                    hint = _refusal_hint(self._client.config_alias, spec, err, self._client.base_url)
+                    hint = refusal_hint(self._client.config_alias, spec, err, self._client.base_url)
                     self.last_failures[stream] = _reason(err) + hint
                     self._stream_events.outages.pop(stream, None)
                     kind = "pipeline.audit_log_unavailable" if spec is AUDIT_LOGS else UNAVAILABLE
@@ -534,7 +511,7 @@ class InstantlyWorkspacePoller:
             await self._remember_identity({"id": org})
             return
         scope = isinstance(err, ScopeError)  # a network or server failure is not fixed by a scope
-        not_found = _not_found_hint(self._client.config_alias, self._client.base_url)
+        not_found = not_found_hint(self._client.config_alias, self._client.base_url)
         self.last_failures["identity"] = (
             f"unknown: GET /workspaces/current {_reason(err)}{not_found if isinstance(err, NotFoundError) else ''}; "
             f"events carry the alias {self.source_id!r} instead of the workspace id until an audit record brings it"

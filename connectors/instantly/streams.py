@@ -22,7 +22,7 @@ write and deleted.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,14 +31,21 @@ import orjson
 
 from connectors.instantly.api import AUDIT_LOGS
 from connectors.instantly.audit_codes import triggered_stream
-from connectors.instantly.audit_cursor import AuditCursor, last_page_id, page_is_ascending, record_id
+from connectors.instantly.audit_cursor import (
+    AuditCursor,
+    audit_key,
+    last_page_id,
+    page_is_ascending,
+    record_id,
+    record_time,
+)
 from connectors.instantly.client import ClientRequestError, InstantlyClient
 from connectors.instantly.normalize import normalize_audit_record
 from connectors.instantly.receipt_publish import receipt_writes
 from connectors.instantly.receipts import HourReceipts, ReceiptSettings
-from connectors.instantly.redact import redact_record
+from connectors.instantly.rejects import rejected_letters, safe_record
 from connectors.instantly.snapshot_state import StoredSnapshot
-from connectors.instantly.snapshots import build_snapshot, diff_snapshots
+from connectors.instantly.snapshots import diff_snapshots, split_snapshot
 from connectors.instantly.sweep import SweepSettings, find_late, publish_late
 from connectors.instantly.txn_pipeline import YIELD_EVERY, TxnPipeline, TxnWrite
 from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC, Bus, Header, Transaction
@@ -48,7 +55,7 @@ from pipeline.observability.latency import sampled, source_time_header
 from pipeline.observability.logs import get_logger, redact_text
 from pipeline.observability.metrics import ID, KIND, STREAM, TYPE, WORKSPACE, WORKSPACE_ID
 from pipeline.observability.telemetry import Telemetry, get_telemetry
-from pipeline.redaction.gate import GateRejected, encode_event, redact_tree, rejected_letter
+from pipeline.redaction.gate import GateRejected, encode_event, rejected_letter
 from schemas import deadletter
 from schemas.event import Event, WorkspaceRef
 
@@ -167,29 +174,48 @@ async def publish_snapshot(
     *,
     observed_at: str,
     clock: Clock = SYSTEM_CLOCK,
+    relist: Callable[[], Awaitable[Sequence[dict[str, Any]]]] | None = None,
 ) -> int:
     """Diff a complete listing against the stored snapshot; write the events and the new snapshot atomically.
+
+    ``relist`` (a listing of several pages): called when the listing lacks a stored record; only what
+    both listings lack is deleted (a listing sorted by a changing field loses an item updated
+    between two page requests: the order is undocumented).
 
     Returns the number of events published (nothing is written when nothing changed).
 
     Raises:
         BusError: the transaction failed (neither the events nor the snapshot were written).
+        SourceError: ``relist`` failed (nothing was written).
     """
-    current, skipped = build_snapshot(stream, records)
-    if skipped:
-        log.warning("Records without an id were skipped.", extra={"stream": stream, "count": skipped})
+    current, skipped = split_snapshot(stream, records)
     stored = await load_snapshot(pub.bus, pub.source_id, stream)
+    missing = set(stored.snapshot or {}) - set(current)
+    if missing and relist is not None:
+        again, _ = split_snapshot(stream, await relist())
+        kept = {rid: again[rid] for rid in missing if rid in again}
+        if kept:
+            log.info("Records missing from a paged listing were in a second one.", extra={"stream": stream})
+            current.update(kept)
     events = diff_snapshots(stream, stored.snapshot, current, workspace=pub.workspace, observed_at=observed_at)
     writes = stored.writes(current)
-    if events or writes:
+    letters, rejected = await rejected_letters(pub.bus, pub.source_id, pub.workspace.id, stream, skipped, observed_at)
+    if letters:
+        log.warning(
+            "Listed records left out of the snapshot went to the dead letters.",
+            extra={"source": pub.source_id, "workspace": pub.workspace.id, "stream": stream, "count": len(letters)},
+        )
+    if events or writes or rejected:
         trace = pub.telemetry.trace_headers()
         async with pub.bus.transaction(pub.txn_id) as tx:
             for event in events:
                 pub.send(tx, event, trace)
-            for k, v in writes.items():
+            for topic, value, key in letters:
+                tx.send(topic, value, key=key, headers=(("error", b"normalize"), *trace))
+            for k, v in (writes | rejected).items():
                 tx.put_state(k, v)
         _record_ages(pub, clock, [e.time for e in events if e.time != observed_at])
-    pub.count(stream, len(records), len(events), {"no_id": skipped})
+    pub.count(stream, len(records), len(events), {"dead_letter": len(letters)})
     return len(events)
 
 
@@ -305,7 +331,7 @@ async def _sweep(
     receipts = _receipts(window, cursor)
     if receipts is not None:
         receipts.record(
-            ((str(r["id"]), ts, str(r["id"]) in batch.dead_ids) for r, ts in result.records), now=window.now
+            ((audit_key(r), ts, audit_key(r) in batch.dead_ids) for r, ts in result.records), now=window.now
         )
     extra = receipt_writes(pub, receipts, now=window.now)
     published, events = await publish_late(
@@ -398,7 +424,7 @@ async def _read_audit(
     out = _AuditRead()
     after = cursor.last_id if incremental else None
     params = {"starting_after": after} if incremental and after else cursor.query(window.overlap_secs)
-    pages = client.paginate(AUDIT_LOGS.path, params, limit=window.page_size)
+    pages = client.paginate(AUDIT_LOGS.path, params, limit=window.page_size, objects_only=False)
     tel = pub.telemetry
     attrs = {
         KIND: "source",
@@ -408,6 +434,10 @@ async def _read_audit(
         WORKSPACE: pub.source_id,
     }
     mode = "incremental" if incremental else "full"
+    # A full read that could publish nothing older than the window (no last_id: see AuditCursor.select)
+    # stops once a listing that has been newest first so far passes the window's start.
+    window_start = cursor.threshold(window.overlap_secs) if not incremental and cursor.last_id is None else None
+    newest_first, oldest = window_start is not None, None
     async with aclosing(pages), TxnPipeline(pub.bus, pub.txn_id) as line:
         async for page in pages:
             if out.ascending and not page_is_ascending(page, after):
@@ -427,7 +457,29 @@ async def _read_audit(
                 )
             if page_newest is not None:
                 out.newest = page_newest if out.newest is None else max(out.newest, page_newest)
+            if newest_first:
+                newest_first, oldest = _still_newest_first(page, oldest)
+                if newest_first and window_start is not None and oldest is not None and oldest < window_start:
+                    log.debug(
+                        "Newest-first audit listing passed the window; the older pages are not read.",
+                        extra={"source": pub.source_id, "workspace": pub.workspace.id, "records": out.ids},
+                    )
+                    break
     return out
+
+
+def _still_newest_first(page: Sequence[Any], oldest: float | None) -> tuple[bool, float | None]:
+    """Whether the listing is still newest first after ``page`` (timestamps never rising, within the
+    page and from the previous page's ``oldest``), and the oldest timestamp read so far. Records
+    without a usable timestamp are ignored."""
+    previous = oldest
+    for ts in map(record_time, page):
+        if ts is None:
+            continue
+        if previous is not None and ts > previous:
+            return False, oldest
+        previous = ts
+    return True, previous
 
 
 @dataclass
@@ -439,14 +491,6 @@ class AuditBatch:
     dead_letters: int
     dead_ids: set[str] = field(default_factory=set)
     """Ids of the input records that became dead letters."""
-
-
-def _safe_record(record: Mapping[str, Any]) -> Any:
-    """A record for a dead letter: connector redaction, then the gate's passes (a refusal keeps nothing)."""
-    try:
-        return redact_tree(redact_record(record))
-    except GateRejected:
-        return None
 
 
 async def prepare_audit_batch(
@@ -468,16 +512,16 @@ async def prepare_audit_batch(
         except NormalizeError as err:
             letter = deadletter.build(
                 stage="source", component=pub.source_id, component_type="instantly", reason="normalize",
-                error=redact_text(err.message), failed_at=observed_at, value=orjson.dumps(_safe_record(record)),
+                error=redact_text(err.message), failed_at=observed_at, value=orjson.dumps(safe_record(record)),
                 stream=AUDIT_LOGS.name, key=key,
             )  # fmt: skip
             dead.append((DEADLETTER_TOPIC, letter.to_json(), key, (("error", b"normalize"), *trace)))
-            dead_ids.add(str(record.get("id")))
+            dead_ids.add(audit_key(record))
         else:
             rec = pub.record(event, trace)
             (out if rec[0] == EVENTS_TOPIC else dead).append(rec)
             if rec[0] != EVENTS_TOPIC:
-                dead_ids.add(str(record.get("id")))
+                dead_ids.add(audit_key(record))
         if n % YIELD_EVERY == 0:
             await line.pause()
     events = len(out)
@@ -507,8 +551,11 @@ async def _publish_audit_page(
     """
     selection = cursor.select(page, overlap_secs=window.overlap_secs, now=window.now, keep_old=incremental)
     if selection.no_id:
-        log.warning("Audit records without an id were skipped.", extra={"count": len(selection.no_id)})
-    dropped = {"no_id": len(selection.no_id), "duplicate": selection.already_seen, "too_old": selection.too_old}
+        log.warning(
+            "Audit records without a usable id went to the dead letters.",
+            extra={"source": pub.source_id, "workspace": pub.workspace.id, "count": len(selection.no_id)},
+        )
+    dropped = {"duplicate": selection.already_seen, "too_old": selection.too_old}
     if selection.too_old:
         log.info(
             "Audit records older than the overlap window and at or before the cursor were not published "
@@ -526,10 +573,10 @@ async def _publish_audit_page(
         pub.count(AUDIT_LOGS.name, len(page), 0, dropped)
         return None
     batch = await prepare_audit_batch(pub, (r for r, _ts in selection.new), observed_at, line)
-    cursor.mark((str(r["id"]), ts) for r, ts in selection.new)
+    cursor.mark((audit_key(r), ts) for r, ts in selection.new)
     if receipts is not None:
-        receipts.record(((str(r["id"]), ts, str(r["id"]) in batch.dead_ids) for r, ts in selection.new), now=window.now)
-    triggers = {triggered_stream(r.get("activity_type")) for r, _ts in selection.new}
+        receipts.record(((audit_key(r), ts, audit_key(r) in batch.dead_ids) for r, ts in selection.new), now=window.now)
+    triggers = {triggered_stream(_activity_type(r)) for r, _ts in selection.new}
     state = cursor.state_writes()  # what pages up to this one changed: head, touched chunks, deleted buckets
     extra = receipt_writes(pub, receipts, now=window.now)
 
@@ -542,6 +589,11 @@ async def _publish_audit_page(
 
     await line.submit(TxnWrite([*batch.records, *extra.records], state | extra.state, committed))
     return max((ts for _r, ts in selection.new), default=None)
+
+
+def _activity_type(record: Any) -> Any:
+    """The record's ``activity_type`` (``None`` for an item that is no object: it becomes a dead letter)."""
+    return record.get("activity_type") if isinstance(record, Mapping) else None
 
 
 def _iso_or_none(value: float | None) -> str | None:

@@ -10,7 +10,8 @@ the sink name.
 ``format`` names the record format (:mod:`pipeline.formats.registry`); each sink's ``Config``
 lists the formats it can carry in ``FORMATS`` and its default in ``DEFAULT_FORMAT``.
 
-A sink may also implement :class:`PreparingSink`: ``prepare()`` encodes a batch into its
+A sink may also implement :class:`CollapsingSink` (replays send only the last record of each of
+its keys) and :class:`PreparingSink`: ``prepare()`` encodes a batch into its
 request bodies (pure CPU, no I/O) and ``send_prepared()`` sends them. The runner then
 encodes the next batch while the previous request is in flight; ``send(batch)`` must stay
 equivalent to ``send_prepared(await prepare(batch))``.
@@ -167,6 +168,20 @@ class SettingUpSink(Protocol):
         Raises:
             SinkError: the destination refused.
         """
+        ...
+
+
+@runtime_checkable
+class CollapsingSink(Protocol):
+    """A sink whose destination keeps one state per key, the latest sent (PagerDuty: one alert per dedup key).
+
+    ``replay --to`` such a sink sends only the last record of each key in the whole range: an
+    earlier one (a trigger whose condition the range also resolves) would only reopen what a
+    later one closes.
+    """
+
+    def collapse_key(self, d: Delivery) -> str | None:
+        """The key the destination keeps ``d`` under (None: ``d`` is never superseded)."""
         ...
 
 

@@ -26,13 +26,13 @@ from pipeline.errors import BusError
 from pipeline.observability.logs import get_logger
 from pipeline.observability.telemetry import Telemetry, get_telemetry
 from schemas.alert import SCHEMA as ALERT_SCHEMA
-from schemas.codec import decode_document
+from schemas.codec import decode_alert, decode_document, decode_event
 from schemas.errors import RecordError
 from schemas.event import SCHEMA as EVENT_SCHEMA
 
 log = get_logger("delivery")
 
-__all__ = ["KINDS", "TOPICS", "Batch", "BatchReader", "decode"]
+__all__ = ["KINDS", "TOPICS", "Batch", "BatchReader", "decode", "mistyped"]
 
 TOPICS: dict[str, str] = {"events": EVENTS_TOPIC, "alerts": ALERTS_TOPIC}
 KINDS: dict[str, Kind] = {EVENTS_TOPIC: "event", ALERTS_TOPIC: "alert"}
@@ -85,6 +85,21 @@ def decode(record: Record) -> Delivery | str:
     if not (isinstance(rtype, str) and rtype):
         return f"undecodable {kind}: 'id' and '{field_name}' must be non-empty strings"
     return Delivery(record, kind, rid, rtype, body, record.value)
+
+
+def mistyped(d: Delivery) -> str | None:
+    """Why ``d`` is not a valid Event/Alert v1 (the typed decoder's words, naming the field), or None.
+
+    :func:`decode` leaves field types unchecked for speed; the runner calls this only after a
+    sink raised an unexpected exception, to tell a record no format can render (dead letter)
+    from a sink bug (retry).
+    """
+    check = decode_event if d.kind == "event" else decode_alert
+    try:
+        check(d.record.value)
+    except RecordError as err:
+        return f"undecodable {d.kind}: {err}"
+    return None
 
 
 class BatchReader:

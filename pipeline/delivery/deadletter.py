@@ -5,7 +5,8 @@ A dead letter is a DeadLetter v1 (``schemas/deadletter.v1.json``, built by
 the same bus transaction as the consumer-offset commit that moves past the record, so a
 poison record is never both skipped and missing from the dead-letter topic. For a sink it has
 ``stage: "sink"``, ``component``/``component_type`` the sink id and type, ``reason``
-``rejected`` (the destination refused it) or ``undecodable`` (not an Event/Alert), the
+``rejected`` (the destination refused it) or ``undecodable`` (not an Event/Alert: unreadable, or
+read but with a field of the wrong type, which no format could render), the
 redacted error, the event/alert id as ``record_id`` when it decoded, and the record's bytes in
 ``original``. The key and headers of the original record are kept on the dead letter's bus
 record, plus a ``deadletter.sink`` header, so a replay tool can route it back.
@@ -22,6 +23,8 @@ from schemas.codec import decode_deadletter
 SCHEMA = deadletter.SCHEMA
 MAX_ERROR_CHARS = deadletter.MAX_ERROR_CHARS
 SINK_HEADER = "deadletter.sink"
+UNDECODABLE = "undecodable "
+"""How the error of a record that is not a valid Event/Alert v1 begins (its reason is then ``undecodable``)."""
 
 
 def deadletter_record(
@@ -39,7 +42,7 @@ def deadletter_record(
         stage="sink",
         component=sink_id,
         component_type=sink_type,
-        reason="undecodable" if delivery is None else "rejected",
+        reason="undecodable" if delivery is None or error.startswith(UNDECODABLE) else "rejected",
         error=redact_text(error),
         failed_at=failed_at,
         record_id=None if delivery is None else delivery.id,

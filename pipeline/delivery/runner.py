@@ -59,7 +59,7 @@ from pipeline.bus.base import Bus, Consumer, Record, TopicPartition
 from pipeline.clock import SYSTEM_CLOCK, Clock, format_time
 from pipeline.delivery.backoff import Backoff, Circuit, CircuitState
 from pipeline.delivery.base import Delivery, PreparingSink, Sink, SinkConfig
-from pipeline.delivery.batches import KINDS, TOPICS, Batch, BatchReader, decode
+from pipeline.delivery.batches import KINDS, TOPICS, Batch, BatchReader, decode, mistyped
 from pipeline.delivery.deadletter import deadletter_record
 from pipeline.errors import BusError, SinkError
 from pipeline.observability.health import HealthRegistry, get_health
@@ -390,6 +390,8 @@ class SinkRunner:
                 tel.sink_errors(self.sink_id, batch.error_kind)
                 tel.component_errors("sink", self.config.type, self.sink_id, type(err).__name__)
                 span.set_status(Status(StatusCode.ERROR, type(err).__name__))
+                if self._drop_mistyped(batch):  # records no format can render: dead letters, retry the rest
+                    return None, False, None
                 return f"{self.sink_id}: send() raised {type(err).__name__}", False, None
         confirmed = len(pending) - len(result.failures)
         duplicates = min(max(result.duplicates, 0), max(confirmed, 0))
@@ -422,6 +424,21 @@ class SinkRunner:
         if retry and len(retry) == len(pending):
             return retry[0].error, False, retry_after
         return None, False, retry_after
+
+    def _drop_mistyped(self, batch: Batch) -> bool:
+        """Move the pending records that are not valid Events/Alerts to the dead letters; whether there were any.
+
+        Records are decoded without checking field types (:func:`decode`), so one written by
+        another producer (a shared Kafka topic, an older tool) can make a format raise. Without
+        this, that exception failed the batch at every attempt, for good: the sink stalled behind
+        it and the record never reached the dead letters.
+        """
+        bad = {id(d): why for d in batch.pending if (why := mistyped(d)) is not None}
+        if not bad:
+            return False
+        batch.dead += [(d.record, bad[id(d)], d) for d in batch.pending if id(d) in bad]
+        batch.pending = [d for d in batch.pending if id(d) not in bad]
+        return True
 
     def _record_latency(self, records: Sequence[Record]) -> None:
         """``bus_to_destination`` and ``end_to_end`` for records the destination just acknowledged."""

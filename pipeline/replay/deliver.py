@@ -4,17 +4,24 @@ Replay sends straight to the sink (no consumer group, no offsets): deliveries ca
 original event/alert ids, so destinations that de-duplicate (Elasticsearch ``_id``,
 PagerDuty ``dedup_key``, Splunk with the id field) keep exactly one copy. Failed
 deliveries are retried with backoff; what still fails is reported, never silently dropped.
+
+A sink whose destination keeps one state per key (:class:`~pipeline.delivery.base.CollapsingSink`:
+PagerDuty, one alert per dedup key) gets only the last record of each key in the whole range,
+in batches of its ``batch_max_records``: PagerDuty folds a trigger into an *open* alert only, so
+a condition's trigger replayed a batch before its resolve would open a new incident and page
+someone for a condition closed long ago. The others are counted as superseded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from pipeline.bus.base import Bus
-from pipeline.delivery.base import Delivery
+from pipeline.delivery.base import CollapsingSink, Delivery
+from pipeline.delivery.batches import mistyped
 from pipeline.delivery.filters import SinkFilter
 from pipeline.delivery.registry import build_sink
 from pipeline.delivery.runner import decode
@@ -40,17 +47,39 @@ async def redeliver(
               "nothing to deliver", file=sys.stderr)  # fmt: skip
         return 0
     sink = build_sink(sink_id, scfg)
-    delivered = duplicates = failed = filtered = 0
-    async with sink:
+    delivered = duplicates = failed = filtered = superseded = 0
+
+    async def selected() -> AsyncIterator[list[Delivery]]:
+        nonlocal filtered
         async for batch in scan(bus, sel, stats, progress=progress, batch=scfg.batch_max_records):
-            pending: list[Delivery] = []
+            kept: list[Delivery] = []
             for rec, _ in batch:
                 d = decode(rec)
                 if isinstance(d, Delivery):
                     if subscription.keep(d):
-                        pending.append(d)
+                        kept.append(d)
                     else:
                         filtered += 1
+            yield kept
+
+    async def batches() -> AsyncIterator[list[Delivery]]:
+        nonlocal superseded
+        if not isinstance(sink, CollapsingSink):
+            async for kept in selected():
+                yield kept
+            return
+        everything = [d async for kept in selected() for d in kept]
+        keys = [sink.collapse_key(d) for d in everything]
+        last = {key: i for i, key in enumerate(keys) if key is not None}
+        survivors = [
+            d for i, (d, key) in enumerate(zip(everything, keys, strict=True)) if key is None or last[key] == i
+        ]
+        superseded = len(everything) - len(survivors)
+        for start in range(0, len(survivors), scfg.batch_max_records):
+            yield survivors[start : start + scfg.batch_max_records]
+
+    async with sink:
+        async for pending in batches():
             for attempt in range(attempts):
                 if not pending:
                     break
@@ -64,6 +93,18 @@ async def redeliver(
                         break
                     await asyncio.sleep(min(err.retry_after or 0.5 * 2**attempt, 30))
                     continue
+                except Exception:
+                    # A record that is not a valid Event/Alert (decode() leaves field types unchecked) can make
+                    # the sink's format raise: report it and send the rest; anything else is a sink bug.
+                    invalid = [(d, why) for d in pending if (why := mistyped(d)) is not None]
+                    if not invalid:
+                        raise
+                    for d, why in invalid:
+                        failed += 1
+                        print(f"replay --to {sink_id}: {d.id}: {why}", file=sys.stderr)
+                    dropped = {id(d) for d, _ in invalid}
+                    pending = [d for d in pending if id(d) not in dropped]
+                    continue
                 duplicates += result.duplicates
                 bad = {id(f.delivery) for f in result.failures}
                 delivered += len(pending) - len(bad)
@@ -76,9 +117,10 @@ async def redeliver(
                 if pending:
                     await asyncio.sleep(0.5 * 2**attempt)
             failed += len(pending)
+    replaced = f", superseded by a later record of the same key {superseded}" if superseded else ""
     print(
         f"replay --to {sink_id}: delivered {delivered} (of which {duplicates} already present), failed {failed}, "
-        f"filtered out by the sink's types/min_severity {filtered}" + stats.deleted_note(),
+        f"filtered out by the sink's types/min_severity {filtered}{replaced}" + stats.deleted_note(),
         file=sys.stderr,
     )
     return 1 if failed else 0

@@ -7,7 +7,15 @@
   (names matching ``logs-*-*``) accept only ``create`` and need ``@timestamp``.
 * Failure modes: ``item_fault_rate`` (items answered 429 ``es_rejected_execution_exception``
   or 503), ``reject`` (items answered 400 ``document_parsing_exception``), ``overload_rate``
-  (whole request 429), and the shared :class:`Faults`.
+  (whole request 429), ``block`` (``"flood_stage"``: every item answered 429
+  ``cluster_block_exception``, the ``read_only_allow_delete`` block Elasticsearch puts on an index
+  past the disk flood-stage watermark; ``"cluster_read_only"``: the whole request answered 403
+  ``cluster_block_exception``, the global ``cluster.blocks.read_only`` block), and the shared
+  :class:`Faults`.
+* Ingest pipelines: ``?pipeline=NAME`` on ``_bulk`` runs one of ``ingest_pipelines`` (each
+  document gets ``"ingested_by": NAME``); an unknown one answers every item 400
+  ``illegal_argument_exception`` "pipeline with id [NAME] does not exist", as Elasticsearch does;
+  ``GET /_ingest/pipeline/NAME`` answers 200 or 404 ``{}``.
 * ``GET /`` answers the cluster banner.
 """
 
@@ -45,6 +53,8 @@ class FakeElasticsearch(FakeServer):
         overload_rate: float = 0.0,
         reject: Reject | None = None,
         data_streams: tuple[str, ...] = ("logs-*-*",),
+        block: str | None = None,
+        ingest_pipelines: tuple[str, ...] = (),
     ) -> None:
         super().__init__(faults)
         self.api_key = api_key
@@ -53,6 +63,9 @@ class FakeElasticsearch(FakeServer):
         self.overload_rate = overload_rate
         self.reject = reject
         self.data_streams = data_streams
+        self.block = block
+        self.ingest_pipelines = set(ingest_pipelines)
+        self.blocked_items = 0
         # API path (``_index_template/NAME``, ``_ilm/policy/NAME``...) → body PUT; the shipped
         # index templates count as installed (clear ``setup`` for a fresh cluster).
         self.setup: dict[str, Any] = {f"_index_template/logs-instantly.{n}": {} for n in ("audit", "alerts")}
@@ -74,6 +87,7 @@ class FakeElasticsearch(FakeServer):
         app.router.add_get("/", self.banner)
         app.router.add_post("/_bulk", self.bulk)
         app.router.add_post("/{index}/_bulk", self.bulk)
+        app.router.add_get("/_ingest/pipeline/{name}", self.get_pipeline)
         for prefix in ("_index_template", "_component_template", "_ilm/policy"):
             app.router.add_get(f"/{prefix}/{{name}}", self.get_setup)
             app.router.add_put(f"/{prefix}/{{name}}", self.put_setup)
@@ -117,6 +131,16 @@ class FakeElasticsearch(FakeServer):
         self.setup[request.path.lstrip("/")] = json.loads(await request.read())
         return json_error(200, {"acknowledged": True})
 
+    async def get_pipeline(self, request: web.Request) -> web.Response:
+        """``GET /_ingest/pipeline/NAME``: 200 with its definition, 404 ``{}`` when it does not exist."""
+        denied = self._auth(request)
+        if denied is not None:
+            return denied
+        name = request.match_info["name"]
+        if name not in self.ingest_pipelines:
+            return json_error(404, {})
+        return json_error(200, {name: {"processors": []}})
+
     async def banner(self, request: web.Request) -> web.Response:
         """``GET /``."""
         denied = self._auth(request)
@@ -140,6 +164,8 @@ class FakeElasticsearch(FakeServer):
             resp = _err(429, "es_rejected_execution_exception", "rejected execution of coordinating operation")
             resp.headers.update(self.faults.headers())
             return resp
+        if self.block == "cluster_read_only":
+            return _err(403, "cluster_block_exception", "blocked by: [FORBIDDEN/6/cluster read-only (api)];")
         ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
         if ctype not in ("application/x-ndjson", "application/json"):
             return json_error(406, {"error": f"Content-Type header [{ctype}] is not supported", "status": 406})
@@ -158,6 +184,14 @@ class FakeElasticsearch(FakeServer):
             except json.JSONDecodeError:
                 return _err(400, "x_content_parse_exception", "failed to parse")
             ((op, meta),) = action.items()
+            pipeline = request.query.get("pipeline")
+            if pipeline is not None and pipeline not in self.ingest_pipelines:
+                reason = f"pipeline with id [{pipeline}] does not exist"
+                base = {"_index": meta.get("_index") or default_index, "_id": meta.get("_id"), "status": 400}
+                items.append({op: {**base, "error": {"type": "illegal_argument_exception", "reason": reason}}})
+                continue
+            if pipeline is not None:
+                source = {**source, "ingested_by": pipeline}
             items.append({op: self._item(op, meta, source, default_index)})
         errors = any(v["status"] >= 300 for item in items for v in item.values())
         if fate == "after":
@@ -182,6 +216,10 @@ class FakeElasticsearch(FakeServer):
             )
         if is_stream and "@timestamp" not in source:
             return fail(400, "document_parsing_exception", "data stream timestamp field [@timestamp] is missing")
+        if self.block == "flood_stage":
+            self.blocked_items += 1
+            return fail(429, "cluster_block_exception", f"index [{index}] blocked by: [TOO_MANY_REQUESTS/12/disk usage "
+                        "exceeded flood-stage watermark, index has read-only-allow-delete block];")  # fmt: skip
         if self.faults.rng.random() < self.item_fault_rate:
             self.item_faults += 1
             if self.faults.rng.random() < 0.5:

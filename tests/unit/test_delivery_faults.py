@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from connectors.elasticsearch import ElasticsearchConfig, ElasticsearchSink
+from connectors.jsonl import JsonlConfig, JsonlSink
 from connectors.splunk_hec import SplunkHecConfig, SplunkHecSink
 from connectors.webhook_sink import SignedWebhookConfig, SignedWebhookSink
-from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC
+from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC, OutRecord
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.clock import FakeClock
 from pipeline.config.base import EnvValue
@@ -266,3 +268,101 @@ async def test_secrets_never_reach_logs_exceptions_or_dead_letters(
     assert "Sink batch not fully delivered" in blob  # the logs did capture the failures
     for secret in (HEC_TOKEN, ES_KEY, WH_SECRET, WH_SECRET.removeprefix("whsec_")):
         assert secret not in blob
+
+
+async def _mistyped_workload(bus: SqliteBus) -> tuple[list[str], str]:
+    """Six events, the fourth with ``attributes`` as a list: JSON with an id, so it decodes, but not an Event v1."""
+    good = [make_event(i) for i in range(6)]
+    bad = orjson.loads(good[3].to_json())
+    bad["attributes"] = ["not", "an", "object"]
+    records = [OutRecord(EVENTS_TOPIC, e.to_json(), key=b"ws") for e in good]
+    records[3] = OutRecord(EVENTS_TOPIC, orjson.dumps(bad), key=b"ws")
+    await bus.publish(records)
+    return [e.id for i, e in enumerate(good) if i != 3], good[3].id
+
+
+@pytest.mark.parametrize(("kind", "fmt"), [("es", "ecs"), ("es", "ocsf"), ("hec", "splunk"), ("webhook", "splunk")])
+async def test_a_mistyped_record_is_dead_lettered_not_a_stalled_sink(bus: SqliteBus, kind: str, fmt: str) -> None:
+    """A record the formatter cannot render (a field of the wrong type, e.g. written by another producer on a
+    shared Kafka topic) is a dead letter naming the field; the records around it are delivered once.
+
+    Before, the format's exception failed the whole batch on every attempt: the circuit opened and
+    the sink never delivered anything again, the bad record never reaching the dead letters.
+    """
+    good, bad_id = await _mistyped_workload(bus)
+    t = make_target(kind)
+    async with t.server:
+        sink, cfg = t.build(t.server.url, {"format": fmt, "circuit_failures": 3})
+        clock = FakeClock()
+        runner = SinkRunner(bus, sink, cfg, clock=clock, sleep=FakeSleep(clock))
+        stats = await runner.run_once()
+    ledger = Ledger.check(good, t.ids())
+    assert ledger.lost == set() and ledger.duplicated == {} and ledger.phantom == set()
+    assert stats.delivered == 5 and stats.dead_lettered == 1
+    assert runner.health().circuit is CircuitState.CLOSED
+    async with bus.consumer([DEADLETTER_TOPIC], start="earliest") as c:
+        (letter,) = [orjson.loads(r.value) for r in await c.poll(100, timeout_s=0)]
+    assert letter["record_id"] == bad_id and letter["reason"] == "undecodable"
+    assert "$.attributes" in letter["error"], letter["error"]
+
+
+async def test_a_mistyped_record_in_a_cef_file_is_dead_lettered(bus: SqliteBus, tmp_path: Path) -> None:
+    """The JSONL sink in ``format: cef`` (its own renderer): the record is dead-lettered, the rest written once."""
+    good, bad_id = await _mistyped_workload(bus)
+    out = tmp_path / "out.cef"
+    cfg = JsonlConfig.model_validate({"type": "jsonl", "path": str(out), "format": "cef", "retry_initial_secs": 0.01})
+    clock = FakeClock()
+    async with JsonlSink("file", cfg) as sink:
+        stats = await SinkRunner(bus, sink, cfg, clock=clock, sleep=FakeSleep(clock)).run_once()
+    lines = out.read_text().splitlines()
+    assert stats.delivered == 5 and stats.dead_lettered == 1 and len(lines) == 5
+    assert all(any(f"externalId={i}" in line for line in lines) for i in good)
+    assert not any(bad_id in line for line in lines)
+
+
+@pytest.mark.parametrize("block", ["flood_stage", "cluster_read_only"])
+async def test_elasticsearch_cluster_block_is_waited_out_never_dead_lettered(bus: SqliteBus, block: str) -> None:
+    """A write block (index read-only past the disk flood-stage watermark: item 429; a read-only cluster: whole
+    request 403, both ``cluster_block_exception``) is retried until it lifts: nothing dead-lettered, all once."""
+    ids = await workload(bus, 300)
+    t = make_target("es", block=block)
+    es = t.server
+    assert isinstance(es, FakeElasticsearch)
+    async with es:
+        sink, cfg = t.build(es.url, {"batch_max_records": 100})
+        runner = SinkRunner(bus, sink, cfg)
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        assert await eventually(lambda: es.requests >= 3, 10)
+        assert es.ids == []
+        es.block = None  # disk freed / the block removed: Elasticsearch lifts it
+        await eventually(lambda: len(es.ids) == len(ids), 15)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    ledger = Ledger.check(ids, es.ids)
+    assert ledger.lost == set() and ledger.duplicated == {} and ledger.phantom == set()
+    async with bus.consumer([DEADLETTER_TOPIC], start="earliest") as c:
+        assert await c.poll(10, timeout_s=0) == []
+    assert await lag(bus, "sink-elastic") == 0
+
+
+async def test_replay_to_a_sink_reports_a_mistyped_record_and_delivers_the_rest(
+    bus: SqliteBus, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``replay --to`` meets the same record: it is reported as failed (exit 1) naming the field, the rest
+    delivered; before, the format's exception ended the replay with a traceback and nothing delivered."""
+    from types import SimpleNamespace
+
+    from pipeline.replay.deliver import redeliver
+    from pipeline.replay.scan import ReplayStats, Selection
+
+    good, bad_id = await _mistyped_workload(bus)
+    out = tmp_path / "out.cef"
+    cfg = JsonlConfig.model_validate({"type": "jsonl", "path": str(out), "format": "cef"})
+    assert len(good) == 5
+    code = await redeliver(bus, SimpleNamespace(sinks={"file": cfg}), Selection(), ReplayStats(), "file")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"{bad_id}: undecodable event" in err and "$.attributes" in err
+    assert "delivered 5 " in err and "failed 1," in err
+    assert len(out.read_text().splitlines()) == 5

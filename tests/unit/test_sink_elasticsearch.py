@@ -288,3 +288,23 @@ def test_template_maps_ecs_fields_with_their_ecs_types(flavor: str) -> None:
         for part in parents:
             node = node[part]["properties"]
         assert node[leaf]["type"] == "keyword" and node[leaf]["fields"] == {"text": {"type": text}}, path
+
+
+async def test_missing_ingest_pipeline_opens_the_circuit_instead_of_dead_lettering_everything(
+    es: FakeElasticsearch,
+) -> None:
+    """``pipeline:`` naming an ingest pipeline the cluster lacks: Elasticsearch refuses every item with 400
+    "pipeline with id [...] does not exist". That is the setup, not the records: the batch fails for good
+    (the runner's circuit opens, nothing dead-lettered) and the health check names it; once it exists, all go."""
+    async with ElasticsearchSink("e", es_cfg(es.url, pipeline="instantly-enrich")) as sink:
+        with pytest.raises(SinkError) as sent:
+            await sink.send([ev(0), ev(1)])
+        with pytest.raises(SinkError) as checked:
+            await sink.healthcheck()
+        for err in (sent.value, checked.value):
+            assert not err.retriable and "instantly-enrich" in str(err) and "does not exist" in str(err), str(err)
+        es.ingest_pipelines.add("instantly-enrich")
+        await sink.healthcheck()
+        assert (await sink.send([ev(0), ev(1)])).ok
+    assert len(es.ids) == 2
+    assert all(doc["ingested_by"] == "instantly-enrich" for docs in es.docs.values() for doc in docs.values())

@@ -89,3 +89,56 @@ async def test_failed_write_leaves_no_half_line(tmp_path: Path, monkeypatch: pyt
         await s.send([delivery(1)])
     ns = [orjson.loads(x)["attributes"]["n"] for x in path.read_bytes().splitlines()]
     assert ns == [0, 1]
+
+
+@pytest.mark.parametrize("how", ["rename", "delete"])
+async def test_file_moved_away_by_logrotate_is_reopened(tmp_path: Path, how: str) -> None:
+    """logrotate (rename, then a new file with ``create``) or a deleted file: the next batch goes to ``path``.
+
+    Before, the sink kept writing to the file it had open: into ``audit.jsonl.1`` (which logrotate
+    deletes after ``rotate N`` cycles) or into a deleted file, while ``path`` stayed empty for a
+    ``tail -F`` or a shipper that follows the name.
+    """
+    path = tmp_path / "audit.jsonl"
+    async with sink(str(path)) as s:
+        await s.send([delivery(0), delivery(1)])
+        if how == "rename":
+            path.rename(tmp_path / "audit.jsonl.1")
+            path.touch(mode=0o600)  # logrotate's "create"
+        else:
+            path.unlink()
+        await s.send([delivery(2)])
+        await s.send([delivery(3)])
+    assert [orjson.loads(x)["attributes"]["n"] for x in path.read_bytes().splitlines()] == [2, 3]
+    if how == "rename":
+        rotated = (tmp_path / "audit.jsonl.1").read_bytes().splitlines()
+        assert [orjson.loads(x)["attributes"]["n"] for x in rotated] == [0, 1]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+async def test_file_truncated_by_copytruncate_is_appended_from_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """logrotate ``copytruncate`` empties the file in place: a write that then fails midway is cut back to the
+    file's real end, not to its size before the truncation (which filled the file with NULs up to it)."""
+    path = tmp_path / "audit.jsonl"
+    real_write = os.write
+    calls = {"n": 0}
+
+    def flaky(fd: int, data: Any) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            real_write(fd, bytes(data[:10]))
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    async with sink(str(path)) as s:
+        await s.send([delivery(0), delivery(1)])
+        os.truncate(path, 0)
+        monkeypatch.setattr(os, "write", flaky)
+        with pytest.raises(SinkError):
+            await s.send([delivery(2)])
+        await s.send([delivery(2)])
+    data = path.read_bytes()
+    assert b"\0" not in data
+    assert [orjson.loads(x)["attributes"]["n"] for x in data.splitlines()] == [2]

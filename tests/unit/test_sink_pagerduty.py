@@ -262,3 +262,33 @@ sinks:
     assert cls is PagerDutySink
     assert isinstance(sink_cfg, PagerDutySinkConfig)
     assert sink_cfg.routing_key.get_secret_value() == KEY and sink_cfg.min_severity == "high"
+
+
+async def test_replay_to_pagerduty_does_not_page_for_conditions_resolved_later_in_the_range(
+    pd: FakePagerDuty, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``replay --to`` PagerDuty sends only the last record of each dedup key in the whole range.
+
+    PagerDuty folds a trigger into an *open* alert only: a resolved condition's trigger, replayed in
+    an earlier batch than its resolve (batch_max_records apart), opened a new incident and paged
+    the on-call for something closed long ago (the docs promise one copy per dedup key).
+    """
+    from types import SimpleNamespace
+
+    from pipeline.replay.deliver import redeliver
+    from pipeline.replay.scan import ReplayStats, Selection
+
+    k1_open = sample_alert(dedup_key="k1")
+    k2_open = sample_alert(dedup_key="k2")
+    k1_resolved = sample_alert(dedup_key="k1", status="resolved")
+    async with SqliteBus(tmp_path / "bus.db") as bus:
+        await publish(bus, [k1_open, k2_open, k1_resolved])
+        cfg = pd_cfg(pd.url, batch_max_records=1, retry_initial_secs=0.01)
+        await SinkRunner(bus, PagerDutySink("pd", cfg), cfg, sleep=FakeSleep()).run_once()
+        assert pd.pages == 2 and set(pd.open) == {"k2"}
+        config = SimpleNamespace(sinks={"pd": cfg})
+        code = await redeliver(bus, config, Selection(topic=ALERTS_TOPIC), ReplayStats(), "pd")
+    assert code == 0
+    assert pd.pages == 2 and set(pd.open) == {"k2"}, "nobody is paged for k1, resolved later in the range"
+    assert [b["event_action"] for b in pd.accepted[3:]] == ["trigger", "resolve"]
+    assert "superseded by a later record of the same key 1" in capsys.readouterr().err

@@ -146,10 +146,20 @@ async def test_wrong_webhook_path_is_no_service(slack: FakeSlack) -> None:
 
 @pytest.mark.parametrize(
     ("status", "text"),
-    [(403, "action_prohibited"), (404, "channel_not_found"), (410, "channel_is_archived"), (403, "invalid_token")],
+    [
+        (403, "action_prohibited"),
+        (404, "channel_not_found"),
+        (410, "channel_is_archived"),
+        (403, "invalid_token"),
+        (400, "user_not_found"),  # the user a DM webhook posts to is gone: no message can pass
+        (400, "no_service_id"),  # the webhook URL lacks its service id
+    ],
 )
 async def test_webhook_level_errors_open_the_circuit(slack: FakeSlack, status: int, text: str) -> None:
-    """Slack's answers about the webhook (403/404/410) raise a non-retriable error after the posted alerts."""
+    """Slack's answers about the webhook (403/404/410, 400 user_not_found/no_service_id): a non-retriable error.
+
+    Raised after the alerts already posted, which are not posted again.
+    """
     slack.script = [(200, "ok", None), (status, text, None)]
     items = [alert_delivery(i) for i in range(3)]
     async with SlackSink("s", slack_cfg(slack.hook_url, min_interval_secs=0.01)) as sink:

@@ -213,3 +213,16 @@ async def test_no_collector_at_the_url_is_named(hec: FakeHec) -> None:
     msg = str(info.value)
     assert "no HTTP Event Collector answers at" in msg and "url is the collector's base" in msg, msg
     assert not info.value.retriable
+
+
+async def test_token_with_indexer_ack_tells_to_turn_ack_on() -> None:
+    """A token with indexer acknowledgement needs the channel (400 code 10): sending and the health check fail for
+    good and say what to change (``ack: true``), instead of only quoting HEC's "Data channel is missing"."""
+    async with FakeHec(TOKEN, ack=True) as server, SplunkHecSink("s", hec_cfg(server.url)) as s:
+        with pytest.raises(SinkError) as sent:
+            await s.send([ev(1)])
+        with pytest.raises(SinkError) as checked:
+            await s.healthcheck()
+    for err in (sent.value, checked.value):
+        assert not err.retriable and "code 10" in str(err) and "set ack: true" in str(err), str(err)
+    assert server.events == []

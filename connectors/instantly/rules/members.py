@@ -85,10 +85,30 @@ class PrivilegedParams(RuleParams):
 
     privileged_roles: list[str] = Field(default_factory=lambda: ["owner", "admin"], min_length=1)
     privileged_permissions: list[str] = Field(default_factory=lambda: list(PRIVILEGED_PERMISSIONS))
+    unknown_is_privileged: bool = Field(
+        True,
+        description="a role or permission Instantly does not document (the event's attributes.unknown_values) "
+        "counts as privileged: what it grants cannot be judged",
+    )
+
+
+def _unknown(event: Event, name: str) -> set[str]:
+    """The values of ``name`` (``role``, ``permissions``) the event flags as undocumented
+    (``attributes.unknown_values``)."""
+    flagged = attr(event, "unknown_values")
+    value = flagged.get(name) if isinstance(flagged, dict) else None
+    values = value if isinstance(value, list) else [value]
+    return {v for v in values if isinstance(v, str) and v}
+
+
+_UNKNOWN_ROLE = " (a role Instantly does not document: what it grants cannot be judged)"
 
 
 class PrivilegedMemberRule(CatalogRule[PrivilegedParams]):
     """``member.privileged``: someone was invited as or made admin, gained admin permissions, or the owner changed.
+
+    A role or permission Instantly does not document (``attributes.unknown_values``, e.g. a role added
+    since) counts as privileged unless ``unknown_is_privileged`` is off: what it grants cannot be judged.
 
     The first snapshot counts too: a member who already holds a privileged role or permission
     (``member.baseline``) alerts once — high, or low when the member allowlist names them — and
@@ -100,7 +120,7 @@ class PrivilegedMemberRule(CatalogRule[PrivilegedParams]):
 
     Params = PrivilegedParams
     meta = RuleMeta(
-        id="member.privileged", title="Workspace member gained privileges", severity="high", version=3,
+        id="member.privileged", title="Workspace member gained privileges", severity="high", version=4,
         attack=("T1098.003",), basic=Basic.MEMBER_ROLES,
         event_types=("member.invited", "member.role_changed", "member.permissions_changed", "workspace.owner_changed",
                      "member.baseline", "workspace.baseline"),
@@ -127,18 +147,21 @@ class PrivilegedMemberRule(CatalogRule[PrivilegedParams]):
             return ()
         who = email or mid
         ents = (Entity("member", mid, email), *actor_entities(event))
-        roles = self.params.privileged_roles
+        unknown = self.params.unknown_is_privileged
+        roles = [*self.params.privileged_roles, *(_unknown(event, "role") if unknown else ())]
         if event.type in ("member.invited", "member.role_changed"):
             after = _side(event, "after", "role") or attr(event, "role")
             before = _side(event, "before", "role") if event.type == "member.role_changed" else None
             if after in roles and before not in roles:
                 verb = "was invited as" if event.type == "member.invited" else f"was changed from {before} to"
-                return (Finding(f"member:{mid}:role:{after}", f"{who} {verb} {after}", ents, event.id,
+                note = _UNKNOWN_ROLE if after not in self.params.privileged_roles else ""
+                return (Finding(f"member:{mid}:role:{after}", f"{who} {verb} {after}{note}", ents, event.id,
                                 attributes={"role": after, "previous_role": before}),)  # fmt: skip
             return ()
         before_p = _side(event, "before", "permissions")
         after_p = _side(event, "after", "permissions") or attr(event, "permissions")
-        gained = sorted((set(after_p or []) - set(before_p or [])) & set(self.params.privileged_permissions))
+        privileged = set(self.params.privileged_permissions) | (_unknown(event, "permissions") if unknown else set())
+        gained = sorted((set(after_p or []) - set(before_p or [])) & privileged)
         if not gained:
             return ()
         summary = f"{who} gained privileged permissions: {', '.join(gained)}"
@@ -159,7 +182,10 @@ class PrivilegedMemberRule(CatalogRule[PrivilegedParams]):
             return ()
         role = attr(event, "role")
         perms = attr(event, "permissions")
-        held = sorted(set(perms if isinstance(perms, list) else []) & set(self.params.privileged_permissions))
+        unknown = self.params.unknown_is_privileged
+        privileged = set(self.params.privileged_permissions) | (_unknown(event, "permissions") if unknown else set())
+        held = sorted(set(perms if isinstance(perms, list) else []) & privileged)
+        unknown_role = unknown and isinstance(role, str) and role in _unknown(event, "role")
         allowed = email is not None and self.lists.has_member_allowlist and self.lists.member_allowed(email)
         sev: Severity = "low" if allowed else "high"
         ents = (Entity("member", mid, email),)
@@ -172,8 +198,9 @@ class PrivilegedMemberRule(CatalogRule[PrivilegedParams]):
             summary = f"The workspace owner at first sight is {who}"
             return (Finding(f"owner:{uid}", summary, (Entity("user", uid, email),), event.id, severity="low",
                             attributes={"new_owner": uid, **attrs}),)  # fmt: skip
-        if role in self.params.privileged_roles:
-            return (Finding(f"member:{mid}:role:{role}", f"{who} holds the {role} role at first sight{note}", ents,
+        if role in self.params.privileged_roles or unknown_role:
+            what = f"the {role} role{_UNKNOWN_ROLE if role not in self.params.privileged_roles else ''}"
+            return (Finding(f"member:{mid}:role:{role}", f"{who} holds {what} at first sight{note}", ents,
                             event.id, severity=sev, attributes=attrs),)  # fmt: skip
         if held:
             return (Finding(f"member:{mid}:perm:{','.join(held)}",
