@@ -330,8 +330,9 @@ def _run_command(args: argparse.Namespace) -> int:
     except BusError as err:
         print(f"bus error: {err}", file=sys.stderr)
         return EXIT_RUNTIME
-    except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except PipelineError as err:  # a SourceError's hint names the host and the setting to fix
+        hint = getattr(err, "hint", None)
+        print(f"error: {err}" + (f" — {hint}" if hint else ""), file=sys.stderr)
         return EXIT_RUNTIME
     except OSError as err:  # an expected OS error: a busy port, an unreadable file — one line, no traceback
         where = f" ({err.filename})" if err.filename else ""
