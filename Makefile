@@ -15,6 +15,7 @@ UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --universal --python-vers
 
 # hatch_build.py compiles the redaction gate's C accelerator at install: a change to it reinstalls
 $(VENV)/.installed: $(DEV_LOCK) pyproject.toml hatch_build.py pipeline/redaction/_fastgate.c
+	@$(PYTHON) deploy/dev/check_python.py "$(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --require-hashes -r $(DEV_LOCK)

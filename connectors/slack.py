@@ -39,7 +39,7 @@ from pipeline.clock import SYSTEM_CLOCK, Clock
 from pipeline.config.base import Secret, is_unresolved
 from pipeline.config.transport import plaintext_url, refuse_unless_allowed
 from pipeline.delivery.base import Delivery, Failure, SendResult, SinkConfig
-from pipeline.delivery.http import USER_AGENT, parse_retry_after
+from pipeline.delivery.http import USER_AGENT, parse_retry_after, transport_cause
 from pipeline.errors import BackpressureError, SinkError
 from pipeline.formats import classify
 from pipeline.observability.logs import redact_text, register_secret
@@ -297,7 +297,8 @@ class SlackSink:
             timeout = self.config.request_timeout_secs
             failure = SinkError(f"{self._name}: POST timed out after {timeout:g}s", retriable=True)
         except (aiohttp.ClientError, OSError, ValueError) as err:
-            failure = SinkError(f"{self._name}: POST failed ({type(err).__name__})", retriable=True)
+            cause = transport_cause(err, self._url)  # the host and port only: the path is the secret
+            failure = SinkError(f"{self._name}: POST failed: {cause} ({type(err).__name__})", retriable=True)
         # Raised outside the except block: aiohttp's error (which may hold the URL) is not chained.
         raise failure
 

@@ -28,6 +28,8 @@ indexer acknowledgment"):
   soon, which opens the runner's circuit, with what to change (``CONFIG_HINTS``: code 10, a
   token with indexer acknowledgement, asks for ``ack: true``); 413 splits the request, and a single event too
   large for HEC is dead-lettered.
+* ``url`` is the collector's base; Splunk's own HEC URL (``…:8088/services/collector/event``,
+  ``/services/collector``, ``/raw``) is accepted and its endpoint path ignored.
 * ``healthcheck()`` calls ``GET /services/collector/health``, then checks the token with an
   empty ``POST`` (HEC answers code 5 "No data" to a valid token).
 """
@@ -35,10 +37,12 @@ indexer acknowledgment"):
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from pydantic import Field, field_validator
@@ -52,6 +56,7 @@ from pipeline.delivery.http import (
     HttpSinkConfig,
     millis_time,
     record_time,
+    redact_url,
     request_body,
     upstream_text,
 )
@@ -63,6 +68,9 @@ EVENT_PATH = "/services/collector/event"
 ACK_PATH = "/services/collector/ack"
 HEALTH_PATH = "/services/collector/health"
 CHANNEL_HEADER = "X-Splunk-Request-Channel"
+HEC_ENDPOINT_PATH = re.compile(r"/services/collector(?:/(?:event|raw|health)(?:/1\.0)?)?/?$")
+"""The endpoint path Splunk documents as *the* HEC URL (``https://<host>:8088/services/collector/event``):
+removed from ``url``, which is the collector's base (the sink adds each endpoint's path itself)."""
 INVALID_EVENT_CODES = frozenset({6, 12, 13, 15})
 CONFIG_CODES = frozenset({1, 2, 3, 4, 7, 10, 11, 14, 16})
 # What to change for HEC's answers about the setup (its status code table), said with the error.
@@ -99,6 +107,14 @@ class SplunkHecConfig(HttpSinkConfig):
     channel: str | None = Field(None, description="a GUID; default: a new one per process")
     ack_poll_interval_secs: float = Field(2.0, gt=0, description="longest wait between ack queries")
     ack_timeout_secs: float = Field(60.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        """``https://splunk:8088/services/collector/event`` (Splunk's HEC URL) → ``https://splunk:8088``."""
+        parts = urlsplit(v)
+        base = HEC_ENDPOINT_PATH.sub("", parts.path)
+        return v if base == parts.path else urlunsplit(parts._replace(path=base))
 
     @field_validator("channel")
     @classmethod
@@ -347,6 +363,10 @@ class SplunkHecSink:
         """
         resp = await self._http.request("GET", HEALTH_PATH)
         code, text, _ = self._error_fields(resp)
+        if resp.status == 404:
+            raise SinkError(f"splunk_hec {self.sink_id}: health: HTTP 404: no HTTP Event Collector answers at "
+                            f"{redact_url(self._http.base_url)}{HEALTH_PATH} (url is the collector's base, "
+                            "https://<host>:8088; HEC may be off or on another port)")  # fmt: skip
         if resp.status != 200:
             raise SinkError(f"splunk_hec {self.sink_id}: health: HTTP {resp.status} code {code} ({text})",
                             retriable=resp.status >= 500)  # fmt: skip

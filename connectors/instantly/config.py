@@ -58,6 +58,10 @@ hundreds of mailboxes every 60 s are a few. Account changes have audit codes (6,
 failed delivery of its look-back window (a customer's broken endpoint can fill many pages)."""
 
 
+API_KEY_PLACEHOLDERS = ("replace_me", "replace-me", "replaceme", "changeme", "change_me", "your_", "your-", "<")
+"""An ``api_key`` starting with one of these (any case), or ``...``, is a placeholder left in place."""
+
+
 class BudgetConfig(Model):
     """The local request budget per workspace (Instantly allows 100/s and 6,000/min, shared)."""
 
@@ -140,6 +144,19 @@ class WorkspaceConfig(Model):
         if self.snapshot_interval_secs is not None and BY_NAME[stream].kind == "snapshot":
             return self.snapshot_interval_secs
         return DEFAULT_SNAPSHOT_INTERVALS.get(stream)
+
+    @field_validator("api_key")
+    @classmethod
+    def _not_a_placeholder(cls, v: Any) -> Any:
+        # README's `export INSTANTLY_API_KEY=...` or the k8s example's REPLACE_ME, copied as they
+        # stand, validated and then got 401 on every request. The value is never echoed.
+        text = v.get_secret_value().strip().lower() if hasattr(v, "get_secret_value") else ""
+        if text in ("...", "…") or text.startswith(API_KEY_PLACEHOLDERS):
+            raise ValueError(
+                "is a placeholder (`...`, REPLACE_ME, <your key>), not an Instantly API key: put a key with "
+                "the read scopes (docs/security.md) in the variable or file it names"
+            )
+        return v
 
     @field_validator("base_url", mode="wrap")
     @classmethod

@@ -59,7 +59,7 @@ def _event_line(e: dict[str, Any]) -> str:
         by += f" from {a['ip']}"
     if a.get("via_api"):
         by += " (API)"
-    return f"[dim]{str(e.get('time', ''))[11:19]}[/] [cyan]{t}[/] {what}{extra}{by}"
+    return f"[dim]{str(e.get('time', ''))[11:19]}[/] [cyan]{t}[/]" + (f" {what}" if what else "") + f"{extra}{by}"
 
 
 def _alert_line(a: dict[str, Any]) -> str:
@@ -129,7 +129,8 @@ async def run_demo(speed: float = 1.0, workdir: Path | None = None, console: Con
                     await sim.scenario_done()
                     await _cycle(poller, rules, ev_c, al_c, events, alerts, console)
             _summary(console, events, alerts, time.monotonic() - started)
-            console.print(next_steps(program_name(), workdir if tmp is None else None))
+        config = None if tmp is not None else _write_bus_config(workdir)
+        console.print(next_steps(program_name(), workdir if tmp is None else None, config))
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -180,7 +181,21 @@ def _bus_line(workdir: Path, *, kept: bool) -> str:
     return "bus: a temporary directory, deleted at exit (--workdir DIR keeps it)"
 
 
-def next_steps(prog: str, kept: Path | None) -> str:
+DEMO_CONFIG = "instantly-audit.yaml"
+DEMO_CONFIG_HEADER = "# Written by `instantly-audit demo --workdir`: the demo's bus, for replay and status.\n"
+
+
+def _write_bus_config(workdir: Path) -> Path | None:
+    """``DIR/instantly-audit.yaml`` naming the kept bus (every reader takes a config, not a bus path);
+    a file of that name the demo did not write is left alone (then ``None``)."""
+    path = workdir / DEMO_CONFIG
+    if path.exists() and not path.read_text(encoding="utf-8", errors="replace").startswith(DEMO_CONFIG_HEADER):
+        return None
+    path.write_text(DEMO_CONFIG_HEADER + "bus: {type: sqlite, path: bus.db}   # relative to this file\n", "utf-8")
+    return path
+
+
+def next_steps(prog: str, kept: Path | None, config: Path | None = None) -> str:
     """The closing hint: commands that work when pasted (``prog`` is how this executable is typed)."""
     lines = [
         f"Next: [bold]{prog} simulate --write-config sim/instantly-audit.yaml[/] serves this world for a rehearsal "
@@ -190,4 +205,6 @@ def next_steps(prog: str, kept: Path | None) -> str:
         lines.append(f"The demo's bus is gone: [bold]{prog} demo --workdir DIR[/] keeps it in DIR/bus.db.")
     else:
         lines.append(f"The demo's bus is kept in {kept / 'bus.db'}.")
+        if config is not None:
+            lines.append(f"Look at it again: [bold]{prog} replay -c {config} --topic alerts[/] (or events, status).")
     return "\n".join(lines)

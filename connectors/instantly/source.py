@@ -61,6 +61,7 @@ from connectors.instantly.config import WorkspaceConfig
 from connectors.instantly.deliveries import ReceiverTargets, publish_deliveries
 from connectors.instantly.normalize import admin_link_item, with_admin_link
 from connectors.instantly.receipts import ReceiptSettings
+from connectors.instantly.refusals import not_found_hint, refusal_hint
 from connectors.instantly.stream_events import UNAVAILABLE, StreamEvents
 from connectors.instantly.stream_events import marker_key as marker_key
 from connectors.instantly.streams import (
@@ -364,7 +365,8 @@ class InstantlyWorkspacePoller:
                 except (PaymentRequiredError, ScopeError, NotFoundError) as err:
                     _failed(span, err)
                     health.stream_error(self.source_id, stream, err)
-                    self.last_failures[stream] = _reason(err)
+                    hint = refusal_hint(self._client.config_alias, spec, err, self._client.base_url)
+                    self.last_failures[stream] = _reason(err) + hint
                     self._stream_events.outages.pop(stream, None)
                     kind = "pipeline.audit_log_unavailable" if spec is AUDIT_LOGS else UNAVAILABLE
                     counts["pipeline"] += await self._pipeline_event(kind, stream, err)
@@ -509,9 +511,10 @@ class InstantlyWorkspacePoller:
             await self._remember_identity({"id": org})
             return
         scope = isinstance(err, ScopeError)  # a network or server failure is not fixed by a scope
+        not_found = not_found_hint(self._client.config_alias, self._client.base_url)
         self.last_failures["identity"] = (
-            f"unknown: GET /workspaces/current {_reason(err)}; events carry the alias {self.source_id!r} "
-            "instead of the workspace id until an audit record brings it"
+            f"unknown: GET /workspaces/current {_reason(err)}{not_found if isinstance(err, NotFoundError) else ''}; "
+            f"events carry the alias {self.source_id!r} instead of the workspace id until an audit record brings it"
             + (" (grant the key workspaces:read)" if scope else "")
         )
         log.warning(

@@ -106,7 +106,8 @@ class KafkaBus:
                 await self.ensure_topics(default_topics(self.default_partitions, self.retention_ms) + control_topics())
         except KafkaError as err:
             await self.__aexit__(None, None, None)
-            raise reasons.explain(wrap_error(err, f"connecting to {','.join(self.bootstrap)}")) from None
+            where = f"connecting to {','.join(self.bootstrap)} (bus.bootstrap_servers)"
+            raise reasons.explain(wrap_error(err, where)) from None
         except BaseException:
             await self.__aexit__(None, None, None)
             raise

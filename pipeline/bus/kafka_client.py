@@ -131,7 +131,9 @@ def wrap_error(err: BaseException, what: str) -> BusError:
     retriable = bool(getattr(err, "retriable", False)) or isinstance(
         err, StaleLeaderEpochCodeError | OutOfOrderSequenceNumber | TimeoutError | ConnectionError
     )
-    return BusError(f"kafka {what} failed: {type(err).__name__}: {err}", retriable=retriable)
+    name, text = type(err).__name__, str(err)
+    said = text if text.startswith(name) else f"{name}: {text}"  # aiokafka's str() may lead with its class
+    return BusError(f"kafka {what} failed: {said}", retriable=retriable)
 
 
 async def retrying(call: Callable[[], Awaitable[T]], what: str, attempts: int = 40) -> T:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -43,7 +44,13 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
+        if message.startswith("unrecognized arguments:") and _GLOBAL_FLAG.search(message):
+            message += " (-v, -vv and --log-level go before the command: instantly-audit -v COMMAND …)"
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+_GLOBAL_FLAG = re.compile(r"(?<=[: ])(-v+|--verbose|--log-level(=\S*)?)(?= |$)")
+"""The top-level options a user tends to put after the command (``config validate f.yaml -v``)."""
 
 
 def _cmd_config_validate(args: argparse.Namespace) -> int:
@@ -163,13 +170,22 @@ def _cmd_health(args: argparse.Namespace) -> int:
                   "give it with --port N", file=sys.stderr)  # fmt: skip
             return Exit.USAGE
     url = f"http://{host}:{port}/{args.check}"
+    where = f"GET /{args.check} on {host}:{port}"  # not the URL: output redaction fingerprints its path
     try:
         with urllib.request.urlopen(url, timeout=args.timeout) as resp:
             ok = resp.status == 200
-    except (urllib.error.URLError, OSError) as err:
-        print(f"health: {url}: {getattr(err, 'reason', err)}", file=sys.stderr)
+    except urllib.error.HTTPError as err:  # answered, but not 200 (/readyz: 503 while a check fails)
+        print(f"health: {where}: HTTP {err.code}", file=sys.stderr)
         return Exit.FINDINGS
-    print(f"health: {url}: {'ok' if ok else 'not ok'}")
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        if isinstance(reason, ConnectionRefusedError):
+            reason = "nothing listens there (connection refused); is `instantly-audit run` up with this service port?"
+        elif isinstance(reason, TimeoutError):
+            reason = f"no answer within {args.timeout:g}s"
+        print(f"health: {where}: {reason}", file=sys.stderr)
+        return Exit.FINDINGS
+    print(f"health: {where}: {'ok' if ok else 'not ok'}")
     return Exit.OK if ok else Exit.FINDINGS
 
 
@@ -314,8 +330,9 @@ def _run_command(args: argparse.Namespace) -> int:
     except BusError as err:
         print(f"bus error: {err}", file=sys.stderr)
         return EXIT_RUNTIME
-    except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except PipelineError as err:  # a SourceError's hint names the host and the setting to fix
+        hint = getattr(err, "hint", None)
+        print(f"error: {err}" + (f" — {hint}" if hint else ""), file=sys.stderr)
         return EXIT_RUNTIME
     except OSError as err:  # an expected OS error: a busy port, an unreadable file — one line, no traceback
         where = f" ({err.filename})" if err.filename else ""

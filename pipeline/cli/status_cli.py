@@ -180,8 +180,9 @@ def _text(doc: JSON) -> str:
     ]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines += ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in [head, *rows]]
-    lines += ["", "GROUP  LAG"]
-    lines += [f"{g['group']}  {g['lag']}" for g in doc["groups"]]
+    groups = [("GROUP", "LAG"), *((str(g["group"]), str(g["lag"])) for g in doc["groups"])]
+    width = max(len(g) for g, _ in groups)
+    lines += ["", *(f"{g.ljust(width)}  {lag}" for g, lag in groups)]
     bp = doc.get("backpressure") or {}
     if bp.get("max_consumer_lag") is not None:
         state = f"polling paused ({', '.join(bp['groups_over'])} at or over)" if bp["paused"] else "polling runs"

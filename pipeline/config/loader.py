@@ -50,6 +50,7 @@ from pipeline.config.base import (
 from pipeline.config.model import PipelineConfig, compose
 from pipeline.config.tls import tls_problems
 from pipeline.config.vault import VaultSettings, resolve_managed_secrets
+from pipeline.config.yaml_keys import repeated_key
 from pipeline.config.yaml_load import SafeLoader, YAMLNestingError
 from pipeline.errors import ConfigError
 from pipeline.redaction.config import secret_values
@@ -261,11 +262,28 @@ def _safe_load_bounded(text: str) -> Any:
         if node is None:
             return None
         _expanded_size(node)
+        if (repeated := repeated_key(node)) is not None:
+            raise ConfigError(f"config is not valid YAML at {repeated}")
         return loader.construct_document(node)
     except RecursionError:  # PyYAML composes and constructs recursively
         raise YAMLNestingError() from None
     finally:
         loader.dispose()
+
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-)?")
+
+
+def _quote_hint(text: str, mark: Any) -> str:
+    """For ``{…, token: ${VAR}}``: inside a flow block ``{`` opens a mapping, so the reference must
+    be quoted. Names the reference (a variable name, never its value)."""
+    if mark is None or mark.line >= len(lines := text.splitlines()):
+        return ""
+    ref = _REFERENCE.search(lines[mark.line], max(mark.column - 1, 0))
+    if ref is None or ref.start() > mark.column:
+        return ""
+    shown = "${" + ref.group(1) + (":-…}" if ref.group(2) else "}")  # a default is never echoed
+    return f' (inside {{…}} or […] quote the reference: "{shown}")'
 
 
 def parse_config(
@@ -289,7 +307,9 @@ def parse_config(
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or "malformed YAML"
-        raise ConfigError(f"config is not valid YAML{where}: {problem}") from None
+        if "'\\t'" in problem:  # PyYAML: "found character '\\t' that cannot start any token"
+            problem += " (YAML: indent with spaces, not tabs)"
+        raise ConfigError(f"config is not valid YAML{where}: {problem}{_quote_hint(text, mark)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

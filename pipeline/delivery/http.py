@@ -7,8 +7,9 @@
   over ``http://`` are refused unless ``allow_insecure: true`` (:mod:`pipeline.config.transport`).
 * :class:`HttpClient` owns one ``ClientSession`` (connection pooling, timeouts, TLS) and
   turns every transport failure into a retriable :class:`SinkError` whose message holds
-  the method, the redacted URL and the exception's class name — never a header, a query
-  string or the exception's text. aiohttp errors are converted *outside* their ``except``
+  the method, the redacted URL, the cause in plain words (:func:`transport_cause`: refused,
+  DNS, TLS…) and the exception's class name — never a header, a query string or the
+  exception's text. aiohttp errors are converted *outside* their ``except``
   block, so they are neither the cause nor the context of what we raise (aiohttp puts
   request headers, ``Authorization`` included, into some of its errors).
 * :func:`parse_retry_after` reads ``Retry-After`` as delta-seconds or an HTTP date.
@@ -365,9 +366,35 @@ class HttpClient:
             )
         except (aiohttp.ClientError, OSError) as err:
             what = f"{self.name}: {method} {redact_url(url)}"
-            failure = SinkError(f"{what} failed ({type(err).__name__})", retriable=True)
+            failure = SinkError(f"{what} failed: {transport_cause(err, url)} ({type(err).__name__})", retriable=True)
         # Raised outside the except block: the aiohttp error is neither the cause nor the context.
         raise failure
+
+
+def transport_cause(err: BaseException, url: str) -> str:
+    """Why a request got no answer, in plain words naming the host (never a header, a query or the
+    exception's own text, which may hold them): refused, DNS, TLS, or the OS's reason."""
+    parts = urlsplit(url)
+    host = parts.hostname or "the host"
+    where = f"{host}:{parts.port}" if parts.port else host
+    if isinstance(err, aiohttp.ClientConnectorCertificateError):
+        return f"the TLS certificate of {where} was not accepted (ca_file, or tls_verify)"
+    if isinstance(err, aiohttp.ClientSSLError):
+        reason = getattr(getattr(err, "os_error", None), "reason", None)
+        if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
+            return f"the TLS handshake with {where} failed: it answers plain HTTP (use http://, or its TLS port)"
+        return f"the TLS handshake with {where} failed" + (f" ({reason})" if isinstance(reason, str) else "")
+    if isinstance(err, aiohttp.ClientConnectorDNSError):
+        return f"cannot resolve the host {host}"
+    if isinstance(err, aiohttp.ClientConnectorError):
+        if isinstance(err.os_error, ConnectionRefusedError):
+            return f"{where} refused the connection (nothing listens there?)"
+        return f"cannot connect to {where}" + (f" ({err.os_error.strerror})" if err.os_error.strerror else "")
+    if isinstance(err, aiohttp.ServerDisconnectedError):
+        return f"{where} closed the connection without answering"
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return "the request failed"
 
 
 def status_error(name: str, what: str, resp: HttpResponse, detail: str = "") -> SinkError:

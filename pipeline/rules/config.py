@@ -33,6 +33,7 @@ import yaml
 from pydantic import Field, IPvAnyNetwork, ValidationError, field_validator
 
 from pipeline.config.base import Model, validation_error_lines
+from pipeline.config.yaml_keys import repeated_key
 from pipeline.config.yaml_load import safe_load_all
 from pipeline.errors import ConfigError
 from pipeline.rules.base import DAY, CatalogRule, Rule, RulePack, RuleParams
@@ -143,7 +144,10 @@ def _docs_in(path: Path) -> list[tuple[str, Any]]:
     """
     try:
         text = path.read_text(encoding="utf-8")
-        docs = [d for d in safe_load_all(text) if d is not None]
+        docs = [d for d in safe_load_all(text) if d is not None]  # first: it reports nesting too deep
+        for node in yaml.compose_all(text, Loader=yaml.SafeLoader):
+            if (repeated := repeated_key(node)) is not None:
+                raise ConfigError(f"{path}: not valid YAML at {repeated}")
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the rule file ({err.strerror or type(err).__name__})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from pipeline.cli.exit_codes import Exit
+from pipeline.config.yaml_keys import repeated_key
 from pipeline.config.yaml_load import safe_load
 from pipeline.errors import ConfigError
 
@@ -41,7 +42,11 @@ def read_rules_file(path: str | None) -> tuple[dict[str, Any], Path | None]:
         return {}, None
     p = Path(path)
     try:
-        data = safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+        data = safe_load(text)  # first: it reports nesting too deep
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and (repeated := repeated_key(node)) is not None:
+            raise ConfigError(f"--rules {p}: not valid YAML at {repeated}")
     except OSError as err:
         raise ConfigError(f"--rules {p}: cannot read ({err.strerror or type(err).__name__})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:

@@ -91,6 +91,9 @@ def test_newcomer_path_from_simulate_to_check(simulator: tuple[Path, str, str], 
     chk = cli("check", "-c", str(config), cwd=elsewhere)
     assert chk.returncode == 1, chk.stderr  # the demo world holds an all:all key: a finding
     assert "No all:all keys in production" in chk.stdout and "FAILING" in chk.stdout
+    # The simulator's own poller key is what README asks for: check does not flag it (it held
+    # webhook_events:read, which only the opt-in webhook_deliveries stream reads: "drop …").
+    assert "holds exactly the read scopes it needs" in chk.stdout, chk.stdout
     assert key not in chk.stdout + chk.stderr + run.stdout + run.stderr + tl.stdout + tl.stderr
 
 

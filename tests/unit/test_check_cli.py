@@ -192,6 +192,31 @@ def test_unreachable_workspace_exits_3(world: dict[str, Any], capsys: pytest.Cap
     assert code == EXIT_INCOMPLETE and "ERROR" in out and "401" in out
 
 
+def test_an_unusable_workspace_says_what_to_fix(
+    world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``check`` said ``cannot check workspace acme: UnreachableError: GET /api/v2/workspaces/current:
+    request failed (ClientConnectorDNSError)`` where ``run --once`` names the host and the setting: the
+    client's hint is part of the finding (a refused key: the setting that holds it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "down.yaml"
+    cfg.write_text(f"workspaces:\n  acme: {{api_key_file: {world['dir'] / 'clean.key'}, "
+                   f"base_url: 'http://127.0.0.1:{port}', max_retries: 0}}\n")  # fmt: skip
+    code, out, _ = run_cli(["check", "--config", str(cfg), *ADMINS], capsys)
+    assert code == EXIT_INCOMPLETE
+    assert f"127.0.0.1:{port} refused the connection (workspaces.acme.base_url)" in out, out
+    sim: InstantlySimulator = world["sim"]
+    key = sim.state.key_by_secret((world["dir"] / "clean.key").read_text().strip())
+    assert key is not None
+    sim.state.delete_api_key(key.id)
+    code, out, _ = run_cli(["check", "--config", world["config"], "--workspace", "clean", *ADMINS], capsys)
+    assert code == EXIT_INCOMPLETE and "Instantly refused the API key (workspaces.clean.api_key" in out, out
+
+
 def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """No --config and no --repo, a missing repo or a missing config are usage errors (exit 2)."""
     assert run_cli(["check"], capsys)[0] == EXIT_USAGE

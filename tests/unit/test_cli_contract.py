@@ -226,6 +226,65 @@ def test_sigterm_while_starting_is_a_clean_stop(tmp_path: Path, delay: float) ->
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("flag", [["-v"], ["-vv"], ["--log-level", "DEBUG"], ["--verbose"]])
+def test_a_global_flag_after_the_command_says_where_it_goes(
+    flag: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``instantly-audit config validate cfg.yaml -v`` said ``unrecognized arguments: -v`` only."""
+    with pytest.raises(SystemExit) as info:
+        main(["config", "validate", "cfg.yaml", *flag])
+    assert info.value.code == Exit.USAGE
+    err = capsys.readouterr().err
+    assert "go before the command: instantly-audit -v COMMAND" in err, err
+    with pytest.raises(SystemExit):
+        main(["config", "validate", "cfg.yaml", "--bogus"])
+    assert "go before the command" not in capsys.readouterr().err
+
+
+def test_health_names_the_path_and_the_cause_as_a_user_sees_them(tmp_path: Path) -> None:
+    """``health`` printed ``http://127.0.0.1:9464/sha256:3813715d [Errno 111] Connection refused``: the
+    output redaction turned ``/healthz`` into a fingerprint, and a refused port or a server that is not
+    ours (``File not found``) did not say what to check. Run as a user runs it, in a subprocess."""
+    import http.server
+    import os
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    def health(port: int) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", "health", "--port", str(port)],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    r = health(free)
+    assert r.returncode == Exit.FINDINGS
+    assert r.stderr.strip() == (
+        f"health: GET /healthz on 127.0.0.1:{free}: nothing listens there (connection refused); "
+        "is `instantly-audit run` up with this service port?"
+    ), r.stderr
+
+    class NotOurs(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(404)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotOurs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        r = health(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert r.returncode == Exit.FINDINGS and "sha256:" not in r.stdout + r.stderr
+    assert f"health: GET /healthz on 127.0.0.1:{server.server_address[1]}: HTTP 404" in r.stdout + r.stderr
+
+
 def test_health_with_port_zero_asks_for_the_port(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -384,6 +443,37 @@ def test_a_busy_service_port_is_named(tmp_path: Path) -> None:
         )
     assert r.returncode == Exit.FINDINGS, r.stderr[-2000:]
     assert f"service port 127.0.0.1:{port} (service.port) is already in use" in r.stderr
+    assert "error while attempting to bind" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_busy_webhook_port_is_named(tmp_path: Path) -> None:
+    """``run`` on a taken ``webhook.port`` names the port and the setting, as for ``service.port``: it
+    said ``webhook receiver cannot listen on …: error while attempting to bind on address …``."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(
+            "service: {port: 0}\n"
+            f'webhook:\n  port: {port}\n  sources:\n    crm: {{workspace_id: ws-1, secrets: ["${{HS}}"]}}\n'
+        )
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "HS": "s" * 32}
+        r = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "run", "-c", str(cfg)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert r.returncode == Exit.FINDINGS, r.stderr[-2000:]
+    assert f"webhook port 127.0.0.1:{port} (webhook.port) is already in use" in r.stderr, r.stderr[-2000:]
     assert "error while attempting to bind" not in r.stderr and "Traceback" not in r.stderr
 
 

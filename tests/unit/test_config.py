@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -100,6 +102,63 @@ def test_malformed_yaml_one_line() -> None:
     assert msg.startswith("config is not valid YAML at line") and "\n" not in msg
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sinks:\n  s: {type: splunk_hec, url: https://splunk:8088, token: ${HEC_TOKEN}}\n",
+        "webhook:\n  sources:\n    crm: {workspace_id: w, header_name: X-S, secrets: [${HOOK_SECRET}]}\n",
+    ],
+)
+def test_an_unquoted_reference_in_a_flow_block_says_to_quote_it(text: str) -> None:
+    """``{…, token: ${HEC_TOKEN}}`` is not YAML (``{`` opens a mapping inside the flow block); the error
+    was ``expected ',' or '}', but got '{'``, which does not say that quoting the reference fixes it."""
+    msg = _err(text)
+    assert msg.startswith("config is not valid YAML at line") and "\n" not in msg
+    assert 'quote the reference: "${' in msg, msg
+
+
+@pytest.mark.parametrize(
+    "value", ["...", "REPLACE_ME", "replace-me-with-the-key", "<your Instantly API key>", "changeme"]
+)
+def test_a_placeholder_api_key_is_refused_without_echoing_it(value: str, tmp_path: Path) -> None:
+    """README's ``export INSTANTLY_API_KEY=...`` and the k8s example's ``REPLACE_ME`` passed ``config
+    validate`` ("ok") and every poll then got 401; the example even said "refused at start"."""
+    by_env = _err("workspaces:\n  acme: {api_key: '${K}'}\n", env={"K": value})
+    (tmp_path / "k").write_text(value + "\n")
+    by_file = _err("workspaces:\n  acme: {api_key_file: k}\n", base=tmp_path)
+    for msg in (by_env, by_file):
+        assert msg.startswith("workspaces.acme.api_key: is a placeholder") and "\n" not in msg, msg
+        assert value not in msg.replace("`...`", "").replace("REPLACE_ME,", "")
+    parse_config("workspaces:\n  acme: {api_key: '${K}'}\n", env={"K": "MDFhMjJmMjAtNjUxZTpHSUZBZUd0"})
+
+
+def test_a_repeated_key_is_an_error_naming_both_lines() -> None:
+    """YAML requires a mapping's keys to be unique; PyYAML keeps the last one silently. A second
+    ``sinks:`` pasted below README's config (every sinks.md example starts with one) dropped the
+    first block's sinks, and ``config validate`` said ``ok``."""
+    text = (
+        "bus: {type: sqlite, path: data/bus.db}\n"
+        "sinks:\n  archive: {type: jsonl, path: data/events.jsonl}\n"
+        "sinks:\n  copy: {type: jsonl, path: data/copy.jsonl}\n"
+    )
+    msg = _err(text)
+    assert msg == (
+        "config is not valid YAML at line 4, column 1: key 'sinks' repeated (first at line 2); "
+        "the later one would silently replace it: merge them"
+    ), msg
+    nested = _err("sinks:\n  a: {type: jsonl, path: a.jsonl}\n  a: {type: jsonl, path: b.jsonl}\n")
+    assert "line 3, column 3: key 'a' repeated (first at line 2)" in nested
+    # Merge keys and the same key in different mappings are not repeats.
+    parse_config("sinks:\n  a: &j {type: jsonl, path: a.jsonl}\n  b: {<<: *j, path: b.jsonl}\n", env=ENV)
+    parse_config("sinks:\n  a: {type: jsonl, path: a.jsonl}\n  b: {type: jsonl, path: a2.jsonl}\n", env=ENV)
+
+
+def test_a_tab_in_the_indentation_says_so() -> None:
+    """YAML indents with spaces; the error was ``found character '\\t' that cannot start any token``."""
+    msg = _err("workspaces:\n\tacme:\n\t\tapi_key: ${INSTANTLY_API_KEY}\n")
+    assert msg.startswith("config is not valid YAML at line 2, column 1:") and "indent with spaces, not tabs" in msg
+
+
 def test_yaml_nested_thousands_deep_is_one_line_not_a_crash() -> None:
     """PyYAML composes nested collections recursively: 3,000 ``[`` ended ``config validate`` in a
     RecursionError traceback."""
@@ -150,6 +209,47 @@ def test_example_config_is_valid(tmp_path: Path) -> None:
     assert isinstance(cfg, PipelineConfig)
     assert set(workspaces(cfg)) == {"acme", "client-b"}
     assert set(cfg.sinks) and all(s.type for s in cfg.sinks.values())
+
+
+def _set_apart_from_defaults(model: Any, example: Mapping[str, Any], where: str) -> list[str]:
+    """The options ``example`` sets to something other than ``model``'s field default (nested models too)."""
+    from pydantic import BaseModel
+
+    out = []
+    for key, value in example.items():
+        field = type(model).model_fields.get(key)
+        if field is None or field.is_required():
+            continue
+        current = getattr(model, key)
+        if isinstance(current, BaseModel) and isinstance(value, Mapping):
+            out += _set_apart_from_defaults(current, value, f"{where}.{key}")
+            continue
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel) or current == default or (value in ([], None) and not default):
+            continue
+        out.append(f"{where}.{key}: {value!r} (default {default!r})")
+    return out
+
+
+def test_example_config_shows_the_defaults_it_does_not_explain(tmp_path: Path) -> None:
+    """A newcomer copies deploy/config/example.yaml whole; the values it sets are the defaults
+    unless its comment says why. It set ``webhook.max_body_bytes: 1048576`` after the default
+    became 16 MiB because a long reply thread got 413 on every retry and Instantly then disables
+    the webhook: the copied example brought that failure back."""
+    import yaml
+
+    text = (ROOT / "deploy/config/example.yaml").read_text()
+    secret = tmp_path / "client_b"
+    secret.write_text("kkkk-2222\n")
+    cfg = parse_config(text.replace("/run/secrets/instantly_client_b", str(secret)), env=ENV)
+    doc = yaml.safe_load(text)
+    assert cfg.webhook is not None
+    found = _set_apart_from_defaults(cfg.bus, doc["bus"], "bus")
+    found += _set_apart_from_defaults(cfg.webhook, doc["webhook"], "webhook")
+    found += _set_apart_from_defaults(cfg.service, doc["service"], "service")
+    found += _set_apart_from_defaults(workspaces(cfg)["acme"], doc["workspaces"]["acme"], "workspaces.acme")
+    deliberate = {"workspaces.acme.name: 'Acme Outreach' (default None)"}  # an example value, not a setting
+    assert sorted(set(found) - deliberate) == []
 
 
 @pytest.mark.parametrize(

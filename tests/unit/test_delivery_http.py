@@ -127,6 +127,29 @@ async def test_client_transport_error_carries_no_secret() -> None:
     assert "CANARY-TOKEN-123" not in text
 
 
+async def test_client_transport_error_names_the_cause_in_plain_words() -> None:
+    """A sink that cannot be reached says why, as the Instantly client does: the error was the
+    aiohttp class alone (``failed (ClientConnectorError)``, ``(ClientConnectorDNSError)``,
+    ``(ClientConnectorSSLError)``), which names neither the problem nor what to change."""
+    srv = Echo()
+    await srv.start()
+    live, port = srv.url, srv.url.rsplit(":", 1)[1]
+    try:
+        cases = {
+            "http://127.0.0.1:1": "127.0.0.1:1 refused the connection (nothing listens there?)",
+            "https://sink.invalid:8088": "cannot resolve the host sink.invalid",
+            live.replace("http://", "https://"): f"the TLS handshake with 127.0.0.1:{port} failed: it answers plain "
+            "HTTP (use http://, or its TLS port)",
+        }
+        for url, cause in cases.items():
+            async with HttpClient(http_cfg(url, connect_timeout_secs=2), name="splunk_hec s") as client:
+                with pytest.raises(SinkError) as info:
+                    await client.request("GET", "/services/collector/health")
+            assert cause in str(info.value) and info.value.retriable, str(info.value)
+    finally:
+        await srv.stop()
+
+
 async def test_client_not_open_is_an_error() -> None:
     """Using the client outside 'async with' is a clear error."""
     with pytest.raises(SinkError, match="not open"):

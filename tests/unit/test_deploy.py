@@ -321,6 +321,34 @@ def test_each_role_mounts_only_its_own_secrets() -> None:
     assert len(names) == 3, names  # one Secret per role that reads one
 
 
+def mounted_secrets() -> dict[str, set[str]]:
+    """The Secrets the Deployments mount, by name, with the keys they mount (``items``)."""
+    out: dict[str, set[str]] = {}
+    for role in ROLES:
+        for vol in deployments()[role]["spec"]["template"]["spec"].get("volumes", []):
+            if "secret" in vol:
+                out.setdefault(vol["secret"]["secretName"], set()).update(i["key"] for i in vol["secret"]["items"])
+    return out
+
+
+def test_the_secret_example_creates_what_the_pods_mount() -> None:
+    """secret.example.yaml (and its ``kubectl create secret`` lines, and every page that names a Secret
+    to create) gives each Secret a pod mounts, with the keys it mounts. It described one
+    ``instantly-audit-secrets`` with ``webhook-secret`` that no pod mounted: followed as written,
+    every pod waited forever for ``instantly-audit-pollers`` / ``-webhook``."""
+    want = mounted_secrets()
+    example = {d["metadata"]["name"]: set(d.get("stringData", {}) | d.get("data", {}))
+               for d in docs(K8S / "secret.example.yaml")}  # fmt: skip
+    assert example == want
+    commands: dict[str, set[str]] = {}
+    for text in [(K8S / "secret.example.yaml").read_text(), (ROOT / "docs" / "operations.md").read_text()]:
+        for m in re.finditer(r"create secret generic (\S+)((?:\s*\\?\s*--from-file=[\w-]+=\S+)+)", text):
+            commands.setdefault(m.group(1), set()).update(re.findall(r"--from-file=([\w-]+)=", m.group(2)))
+    assert commands == want
+    for path in [K8S / "kustomization.yaml", ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        assert "instantly-audit-secrets" not in path.read_text(), f"{path.name}: no pod mounts instantly-audit-secrets"
+
+
 def test_kustomization_ships_no_secret() -> None:
     """``kubectl apply -k deploy/k8s`` never creates or overwrites a Secret (they are created with kubectl)."""
     (kust,) = docs(K8S / "kustomization.yaml")

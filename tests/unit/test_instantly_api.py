@@ -186,3 +186,16 @@ def test_no_client_module_spells_an_endpoint_or_a_read_scope(path: Path) -> None
         and (node.value.startswith(api.API_PREFIX) or _READ_SCOPE.match(node.value))
     ]
     assert copies == [], f"{path.relative_to(ROOT)} copies the stream table: {copies}"
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/security.md", "deploy/config/example.yaml"])
+def test_every_page_that_lists_the_pipeline_keys_scopes_lists_the_tables(page: str) -> None:
+    """README, security.md and example.yaml each spell out the key's scopes for a newcomer to create it
+    with; only instantly-connector.md's list was checked, so a stream added to the defaults (as
+    ``accounts`` was) could leave the others asking for a key that cannot read it."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    span = re.search(r"`([^`]*audit_logs:read[^`]*)`", text)  # the list as one code span
+    comment = re.search(r"(?:^#.*\n)*^#.*audit_logs:read.*\n(?:^#.*\n)*", text, re.M)  # a YAML comment block
+    para = span.group(1) if span else comment.group(0) if comment else ""
+    listed = re.findall(r"\b[a-z_]+:read\b", para)
+    assert sorted(listed) == api.read_scopes(s.name for s in api.DEFAULT_STREAMS), page

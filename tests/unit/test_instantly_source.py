@@ -24,7 +24,7 @@ from pipeline.bus.base import DATA_TOPICS, EVENTS_TOPIC, Record, iter_records
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.clock import FakeClock, format_time, parse_time
 from pipeline.errors import AuthError, SourceError, UpstreamError
-from pipeline.sources.base import status_key
+from pipeline.sources.base import failure_lines, status_key
 from schemas.validate import schema_errors
 from tests.unit.test_instantly_fake_api import FakeInstantly, load_fixture, serve
 
@@ -198,6 +198,43 @@ async def test_status_keeps_the_cursor_time_of_the_last_good_audit_read(env: tup
     assert status["at"] == good + 60
     assert status["cursor_at"] == good
     assert status["failures"]["audit_logs"].startswith("refused: HTTP 403")
+
+
+async def test_a_missing_scope_names_the_scope_and_the_fix(env: tuple[FakeInstantly, SqliteBus]) -> None:
+    """A key without a stream's scope (403) was reported as ``refused: HTTP 403 (ScopeError)``, naming
+    neither the scope nor what to change; ``run --once`` now says which scope and where to fix it."""
+    fake, bus = env
+    clock = FakeClock()
+    fake.fail("/api/v2/api-keys", 403)
+    fake.fail("/api/v2/audit-logs", 403)
+    async with make_poller(fake, bus, clock) as poller:
+        await poller.poll_once()
+    lines = failure_lines(poller.last_failures)
+    assert (
+        "api_keys refused: HTTP 403 (ScopeError): the API key lacks api_keys:read (use a key with it in "
+        "workspaces.acme.api_key, or drop api_keys from workspaces.acme.streams)"
+    ) in lines, lines
+    assert any(line.startswith("audit_logs refused: HTTP 403") and "lacks audit_logs:read" in line for line in lines)
+
+
+async def test_a_base_url_that_is_not_the_api_root_says_so(env: tuple[FakeInstantly, SqliteBus]) -> None:
+    """``base_url: https://api.instantly.ai/api/v1`` (or any host that is not the API) got 404 on every
+    path, reported as ``refused: HTTP 404 (NotFoundError)``, naming neither the setting nor the fix."""
+    fake, bus = env
+    cfg = WorkspaceConfig(
+        api_key=SecretStr(fake.api_key),
+        base_url=fake.url + "/api/v1",
+        budget=BudgetConfig(requests_per_second=100, requests_per_minute=6000),
+        max_retries=0,
+    )
+    poller = InstantlyWorkspacePoller("acme", cfg, bus, clock=FakeClock(), sleep=no_sleep, rng=random.Random(1))
+    async with poller:
+        await poller.poll_once()
+    host = fake.url.removeprefix("http://")
+    hint = f"no Instantly API under {host}/api/v1 (workspaces.acme.base_url must be the API root"
+    lines = failure_lines(poller.last_failures)
+    assert all("HTTP 404 (NotFoundError)" in line and hint in line for line in lines), lines
+    assert any(line.startswith("identity unknown: GET /workspaces/current") for line in lines), lines
 
 
 async def test_changes_between_polls(env: tuple[FakeInstantly, SqliteBus]) -> None:

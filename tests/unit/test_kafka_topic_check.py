@@ -77,3 +77,22 @@ def test_warnings_name_a_max_message_bytes_below_the_created_one() -> None:
     assert warnings(state, STATE_TOPIC, {"max.message.bytes": "5242880"}) == []
     events = next(s for s in default_topics() if s.name == EVENTS_TOPIC)
     assert warnings(events, EVENTS_TOPIC, {"max.message.bytes": "1048588"}) == []
+
+
+async def test_an_unreachable_broker_names_the_setting_once() -> None:
+    """Nothing listening at ``bus.bootstrap_servers``: the error named the address but not the
+    setting, and said the aiokafka class twice (``KafkaConnectionError: KafkaConnectionError: …``)."""
+    import socket
+
+    from pipeline.bus.kafka import KafkaBus
+    from pipeline.errors import BusError
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(BusError) as info:
+        async with KafkaBus([f"127.0.0.1:{port}"], request_timeout_ms=3000):
+            pass
+    msg = str(info.value)
+    assert f"127.0.0.1:{port} (bus.bootstrap_servers)" in msg, msg
+    assert "KafkaConnectionError: KafkaConnectionError" not in msg, msg

@@ -116,6 +116,24 @@ def test_cli_needs_a_destination_and_an_admin_key(setup: dict[str, Any], capsys:
     assert "admin key" in capsys.readouterr().err
 
 
+def test_cli_an_unreachable_instantly_names_the_host_and_setting(
+    setup: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``keys rotate`` against a base_url nothing listens on said ``error: GET /api/v2/workspaces/current:
+    request failed (ClientConnectorError)``; it adds the client's hint, with the workspace's alias."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    doc = {"workspaces": {"acme": {"api_key_file": "pipeline.key", "base_url": f"http://127.0.0.1:{port}",
+                                   "max_retries": 0}}}  # fmt: skip
+    (setup["dir"] / "pipeline.yaml").write_text(yaml.safe_dump(doc))
+    code = cli.main(rotate(setup, "--destination", f"file:{setup['dir'] / 'x'}", "--confirm"))
+    err = capsys.readouterr().err
+    assert code == 1 and f"127.0.0.1:{port} refused the connection (workspaces.acme.base_url)" in err, err
+
+
 def _args(**kw: Any) -> argparse.Namespace:
     base = {"name": NAME, "workspace": None, "scopes": None, "destination": None, "admin_key_file": None,
             "journal": None, "grace_period": None, "confirm": True, "no_wait": False, "dry_run": False}  # fmt: skip

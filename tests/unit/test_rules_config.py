@@ -113,6 +113,30 @@ def test_a_broken_rule_file_names_the_file(tmp_path: Path) -> None:
         parse_rules_config({"files": ["bad.yaml"]}, base_dir=tmp_path)
 
 
+def test_a_repeated_key_in_a_rule_file_is_an_error(tmp_path: Path) -> None:
+    """A rule with two ``detection:`` blocks kept only the second (PyYAML's silent last-wins): the
+    first block's condition vanished from a rule that still validated and tested green."""
+    (tmp_path / "dup.yaml").write_text(
+        "id: c.dup\ntitle: Dup\nseverity: low\n"
+        "detection: {s: {type: audit.user_login}}\n"
+        "detection: {s: {type: audit.lead_exported}}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_rules_config({"files": ["dup.yaml"]}, base_dir=tmp_path)
+    assert "dup.yaml: not valid YAML at line 5, column 1: key 'detection' repeated (first at line 4)" in str(info.value)
+
+
+def test_a_repeated_key_in_a_rules_config_given_with_rules_is_an_error(tmp_path: Path) -> None:
+    """``--rules FILE`` (``rules list/test/lock``, ``replay --rules-file``) reads a config or a rules
+    section: a repeated ``rules:`` kept only the last one there too."""
+    from pipeline.rules.rules_file import read_rules_file
+
+    f = tmp_path / "pinned.yaml"
+    f.write_text("rules:\n  tick_interval_secs: 30\nrules:\n  tick_interval_secs: 60\n")
+    with pytest.raises(ConfigError, match=r"pinned\.yaml: not valid YAML at line 3, column 1: key 'rules' repeated"):
+        read_rules_file(str(f))
+
+
 def test_an_impossible_date_in_a_rule_file_is_a_value_not_a_crash(tmp_path: Path) -> None:
     """``modified: 2024-02-30`` made PyYAML raise ValueError (no YAMLError): ``rules test`` printed a
     traceback. The text stays a string, and the rule's own check names the key."""

@@ -94,6 +94,17 @@ def test_demo_hint_says_the_bus_is_gone_and_how_to_keep_it(tmp_path: Path) -> No
     assert _bus_line(tmp_path, kept=True) == f"bus: {tmp_path / 'bus.db'}"
 
 
+def test_demo_event_line_without_a_target_has_no_double_space() -> None:
+    """Audit record 37 names no key: the line read ``audit.api_key_created  by Dana Whitfield``."""
+    from connectors.instantly.demo import _event_line
+
+    actor = {"user_name": "Dana Whitfield", "ip": "185.220.101.47", "via_api": True}
+    e = {"type": "audit.api_key_created", "time": "2026-12-08T01:02:13.000Z", "target": None, "actor": actor}
+    assert (
+        _event_line(e) == "[dim]01:02:13[/] [cyan]audit.api_key_created[/] by Dana Whitfield from 185.220.101.47 (API)"
+    )
+
+
 def test_simulate_banner_uses_the_real_executable() -> None:
     """``simulate``'s "Next:" line names the executable as it can be typed."""
     world = SimpleNamespace(workspace=SimpleNamespace(id="w", name="A"), poller_key=SimpleNamespace(key="p"))

@@ -8,6 +8,8 @@ import uuid
 
 import pytest
 
+from connectors.instantly import api
+from connectors.instantly.posture.keys import needed_scopes
 from connectors.instantly.sim import Faults, RateLimiter, Scenario, SimState, demo_world, uuid7_time
 from connectors.instantly.sim.catalog import POLLER_SCOPES, SCOPES
 from connectors.instantly.sim.errors import ApiError
@@ -108,7 +110,10 @@ def test_demo_world_has_the_documented_posture() -> None:
     assert world.workspace.name == "Acme Outreach"
     assert sorted(m.role for m in members) == ["editor", "owner", "view"]
     assert all(m.accepted for m in members)
-    assert world.poller_key.scopes == list(POLLER_SCOPES)
+    # Exactly what the default streams and check read (api.py's stream table), as README lists it:
+    # `check` then passes api_key.pipeline_scopes on the simulator's own key.
+    assert sorted(world.poller_key.scopes) == needed_scopes(s.name for s in api.DEFAULT_STREAMS)
+    assert set(world.poller_key.scopes) < set(POLLER_SCOPES)
     assert world.legacy_key.scopes == ["all:all"]
     assert START - world.legacy_key.timestamp_created > 120 * 86_400
     assert world.webhook.headers is not None

@@ -252,6 +252,17 @@ async def test_canary_webhook_url_never_leaks(slack: FakeSlack, caplog: pytest.L
         assert token not in text and "slackCanary" not in text
 
 
+async def test_an_unreachable_webhook_url_names_the_host_and_cause_never_the_path() -> None:
+    """Slack's transport error said ``POST failed (ClientConnectorError)``; it names the host and
+    what went wrong, and still never the URL's path (the secret)."""
+    sink = SlackSink("s", slack_cfg("http://127.0.0.1:1" + CANARY_PATH, min_interval_secs=0.01))
+    with pytest.raises(SinkError) as info:
+        await sink.healthcheck()
+    text = _texts(info.value)
+    assert "127.0.0.1:1 refused the connection" in str(info.value)
+    assert "TCANARY01" not in text and "slackCanaryToken" not in text
+
+
 def test_literal_webhook_url_in_config_is_not_echoed() -> None:
     """A webhook URL written literally in the config is refused without repeating it in the error."""
     with pytest.raises(ConfigError) as err:

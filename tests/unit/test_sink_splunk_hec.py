@@ -179,6 +179,42 @@ async def test_unreachable_is_retriable() -> None:
     assert result.failures[0].retriable and "ClientConnectorError" in result.failures[0].error
 
 
+@pytest.mark.parametrize(
+    "suffix",
+    ["/services/collector", "/services/collector/event", "/services/collector/event/1.0", "/services/collector/raw/"],
+)
+async def test_the_hec_endpoint_url_splunk_documents_works_as_the_url(hec: FakeHec, suffix: str) -> None:
+    """Splunk documents HEC as ``https://<host>:8088/services/collector/event``; pasted as ``url``,
+    the sink appended its own paths (``…/services/collector/event/services/collector/health``) and
+    every request got a 404. The endpoint's path is accepted and ignored, as the base URL is meant."""
+    cfg = hec_cfg(hec.url + suffix)
+    assert cfg.url == hec.url
+    async with SplunkHecSink("s", cfg) as s:
+        await s.healthcheck()
+        assert (await s.send([ev(1)])).ok
+    assert hec.ids == [make_event(1).id]
+
+
+def test_a_path_before_the_hec_endpoint_is_kept() -> None:
+    """A proxy prefix stays: only Splunk's own endpoint path is removed."""
+    assert hec_cfg("https://proxy.example.com/splunk/services/collector/event").url == (
+        "https://proxy.example.com/splunk"
+    )
+    assert hec_cfg("https://splunk.example.com:8088").url == "https://splunk.example.com:8088"
+    assert hec_cfg("https://splunk.example.com:8088/services/collectors").url.endswith("/collectors")
+
+
+async def test_no_collector_at_the_url_is_named(hec: FakeHec) -> None:
+    """A URL where no HEC answers (another service, a proxy path that is not routed) said
+    ``health: HTTP 404 code None ()``; it says no collector answers there and what ``url`` is."""
+    async with SplunkHecSink("s", hec_cfg(hec.url + "/not-hec")) as s:
+        with pytest.raises(SinkError) as info:
+            await s.healthcheck()
+    msg = str(info.value)
+    assert "no HTTP Event Collector answers at" in msg and "url is the collector's base" in msg, msg
+    assert not info.value.retriable
+
+
 async def test_token_with_indexer_ack_tells_to_turn_ack_on() -> None:
     """A token with indexer acknowledgement needs the channel (400 code 10): sending and the health check fail for
     good and say what to change (``ack: true``), instead of only quoting HEC's "Data channel is missing"."""

@@ -74,7 +74,11 @@ def test_status_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert main(["status", "--config", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "WORKSPACE" in out and "acme" in out and "beta" in out and "never" in out
-    assert "sink-file  3" in out and "rules  2" in out
+    assert "sink-file  3" in out
+    # The group table is aligned like the workspace table (and docs/scaling.md's example): the LAG
+    # column started wherever each group name ended ("GROUP  LAG" / "rules  2" / "sink-file  3").
+    group_table = out[out.index("GROUP") :].splitlines()
+    assert group_table[:3] == ["GROUP      LAG", "rules      2", "sink-file  3"], group_table
 
 
 @pytest.mark.parametrize(("bound", "paused", "over"), [(3, True, ["sink-file"]), (4, False, []), (None, False, [])])

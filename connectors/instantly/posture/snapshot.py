@@ -63,9 +63,11 @@ class WorkspaceSnapshot:
 
 
 def describe(err: SourceError) -> str:
-    """``ScopeError (HTTP 403): <message>``: an error as a finding states it."""
+    """``ScopeError (HTTP 403): <message>``: an error as a finding states it, with the client's hint
+    (a refused key or an unreachable server: the host and the setting to fix) when it has one."""
     status = getattr(err, "status", None)
-    return f"{type(err).__name__}{f' (HTTP {status})' if status else ''}: {err.message}"
+    hint = f" — {err.hint}" if err.hint else ""
+    return f"{type(err).__name__}{f' (HTTP {status})' if status else ''}: {err.message}{hint}"
 
 
 def identify_own_key(items: Sequence[Mapping[str, Any]], secret: str, name: str | None) -> tuple[tuple[str, ...], str]:
@@ -120,7 +122,7 @@ async def fetch_workspace(
     now = clock.now()
     streams = tuple(dict.fromkeys(cfg.streams))
     snap = WorkspaceSnapshot(source_id, WorkspaceRef(cfg.as_workspace or source_id, cfg.name), now, streams)
-    async with InstantlyClient(cfg, session_factory=session_factory, sleep=sleep) as client:
+    async with InstantlyClient(cfg, session_factory=session_factory, sleep=sleep, source_id=source_id) as client:
         try:
             ws = await client.get(api.WORKSPACE.path)
         except (AuthError, PaymentRequiredError, UpstreamError) as err:

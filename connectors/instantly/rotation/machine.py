@@ -99,7 +99,7 @@ class KeyRotation:
             update["max_retries"] = retries
         if update:
             cfg = cfg.model_copy(update=update)
-        return InstantlyClient(cfg, session_factory=self._session_factory, sleep=self._sleep)
+        return InstantlyClient(cfg, session_factory=self._session_factory, sleep=self._sleep, source_id=self.source_id)
 
     def _say(self, line: str) -> None:
         self._out(line)

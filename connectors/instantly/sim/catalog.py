@@ -41,6 +41,11 @@ POLLER_SCOPES: tuple[str, ...] = (
 )
 """The minimum read scopes of a security poller (API reference §4)."""
 
+DEMO_POLLER_SCOPES: tuple[str, ...] = tuple(s for s in POLLER_SCOPES if s != "webhook_events:read")
+"""The demo world's poller key: what the default streams and ``check`` read, as README lists it.
+``webhook_events:read`` serves only the opt-in ``webhook_deliveries`` stream, and ``check`` tells a
+key holding it without that stream to drop it (it did, on ``simulate --write-config``'s own key)."""
+
 ACTIVITY_TYPES: dict[int, str] = {
     1: "User login",
     2: "Lead deletion",

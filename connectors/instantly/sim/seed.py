@@ -80,7 +80,7 @@ def demo_world(state: SimState) -> DemoWorld:
     poller = state.create_api_key(
         ws.id,
         "security-poller",
-        list(catalog.POLLER_SCOPES),
+        list(catalog.DEMO_POLLER_SCOPES),
         user_id=owner_id,
         alias="poller-key",
         created_at=now - 7 * DAY,

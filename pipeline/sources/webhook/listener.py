@@ -15,6 +15,8 @@ would then log a traceback per attempt and real deliveries would time out).
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import resource
 import ssl
 import time
@@ -227,5 +229,10 @@ async def listen(app: web.Application, cfg: WebhookConfig) -> tuple[web.AppRunne
     except OSError as err:
         await runner.cleanup()
         where = f"{cfg.host}:{cfg.port}"
-        raise PipelineError(f"webhook receiver cannot listen on {where}: {err.strerror}", retriable=True) from None
+        if err.errno == errno.EADDRINUSE:  # aiohttp's text ("error while attempting to bind …") names no setting
+            raise PipelineError(f"webhook port {where} (webhook.port) is already in use", retriable=True) from None
+        reason = os.strerror(err.errno) if err.errno else err.strerror
+        raise PipelineError(
+            f"webhook receiver cannot listen on {where} (webhook.host, webhook.port): {reason}", retriable=True
+        ) from None
     return runner, site
