@@ -30,6 +30,7 @@ from pydantic import SecretStr
 
 from connectors.instantly.budget import RequestBudget
 from connectors.instantly.config import BudgetConfig, WorkspaceConfig
+from connectors.instantly.sim import catalog
 from connectors.instantly.sim import seed as sim_seed
 from connectors.instantly.sim.agency import agency_world
 from connectors.instantly.sim.server import InstantlySimulator
@@ -75,7 +76,10 @@ async def test_simulator_bodies_match_the_documented_schemas() -> None:
         ws = world.workspace.id
         agency_world(sim.state, ws, 2)
         sim.state.add_webhook_event(ws, "https://hooks.example.org/in", success=False, status_code=502)
-        headers = {"Authorization": f"Bearer {world.poller_key.key}"}
+        # every read scope, the opt-in delivery log's webhook_events:read included (the demo
+        # world's poller key holds only what the default streams read)
+        reader = sim.state.create_api_key(ws, "schema-reader", list(catalog.POLLER_SCOPES))
+        headers = {"Authorization": f"Bearer {reader.key}"}
         async with aiohttp.ClientSession(headers=headers) as session:
             for path in LISTS:
                 status, body = await _get(session, sim.url + path, params={"limit": "7"})

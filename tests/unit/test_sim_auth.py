@@ -49,13 +49,19 @@ async def test_missing_scope_is_403_naming_it(sim: InstantlySimulator, scopes: l
 
 
 async def test_poller_key_reads_everything_but_writes_nothing(sim: InstantlySimulator) -> None:
-    """The demo poller key reads every polled endpoint and is refused every write."""
+    """The demo poller key reads every endpoint the default streams poll and is refused every write.
+
+    It holds exactly README's minimal scopes: the delivery log (``/webhook-events``, the opt-in
+    ``webhook_deliveries`` stream) needs ``webhook_events:read``, which it does not hold.
+    """
     world = demo_world(sim.state)
     headers = sim.headers(world.poller_key)
     for path in ("/audit-logs", "/api-keys", "/workspace-members", "/workspaces/current", "/webhooks",
-                 "/webhook-events", "/block-lists-entries", "/workspace-group-members", "/accounts",
+                 "/block-lists-entries", "/workspace-group-members", "/accounts",
                  "/workspace-group-members/admin"):  # fmt: skip
         assert (await call(sim, "GET", path, headers))[0] == 200, path
+    status, body = await call(sim, "GET", "/webhook-events", headers)
+    assert status == 403 and "webhook_events:read" in body["message"]
     status, _ = await call(sim, "POST", "/api-keys", headers, json={"name": "x", "scopes": ["all:all"]})
     assert status == 403
     status, _ = await call(sim, "DELETE", f"/webhooks/{world.webhook.id}", headers)
