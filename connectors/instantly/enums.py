@@ -8,8 +8,9 @@ matchable (``attributes.unknown_values.role``) instead of passing as nothing in 
 Audit records say the same with ``activity_known`` (:mod:`connectors.instantly.audit_codes`).
 
 Sources: API reference §4.2 (scopes), §5.1 (roles, permissions), §6.2 (agency link status),
-§7.2 (webhook ``event_type`` and ``status``), §9 (account enums). The simulator keeps its own
-copy (:mod:`connectors.instantly.sim.catalog`); a test keeps the two equal.
+§7.2 (webhook ``event_type`` and ``status``), §9 (account enums). The simulator builds its scopes
+from these resources and actions and keeps its own copy of the other lists
+(:mod:`connectors.instantly.sim.catalog`); a test keeps the two equal.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-_ACTIONS = ("all", "create", "read", "update", "delete")
-_SCOPE_RESOURCES = (
+SCOPE_ACTIONS: tuple[str, ...] = ("all", "create", "read", "update", "delete")
+"""The actions of a scope (``<resource>:<action>``)."""
+SCOPE_RESOURCES: tuple[str, ...] = (
     "all", "ai_agents", "api_keys", "audit_logs", "custom_prompt_templates",
     "account_campaign_mappings", "campaigns", "inbox_placement_tests", "inbox_placement_analytics",
     "inbox_placement_reports", "lead_lists", "leads", "background-jobs", "custom_tags",
@@ -28,11 +30,12 @@ _SCOPE_RESOURCES = (
     "ai_inbox_manager_analytics", "sales_flows", "webhooks", "webhook_events", "security_tokens",
     "dfy_email_account_orders", "auth",
 )  # fmt: skip
+"""The resources of a scope, in the spec's order."""
 
 SCOPES: frozenset[str] = frozenset(
     f"{resource}:{action}"
-    for resource in _SCOPE_RESOURCES
-    for action in _ACTIONS
+    for resource in SCOPE_RESOURCES
+    for action in SCOPE_ACTIONS
     if resource != "email_verifications" or action in ("all", "create", "read")
 )
 """The 178 scopes an API key can be created with."""

@@ -1,6 +1,7 @@
 """Enumerations of the Instantly API v2 (Aug 2026 spec), used to validate request bodies.
 
-Sources: API reference §3.3 (audit activity types), §4.2 (scopes), §5 (roles, permissions),
+Sources: API reference §3.3 (audit activity types), §4.2 (scopes: the resources and actions are
+the connector's own, :mod:`connectors.instantly.enums`), §5 (roles, permissions),
 §7.2 (webhook event types). The simulator validates what it accepts against these lists;
 it may emit values outside them (e.g. unknown activity types) because clients must treat
 every enum as open.
@@ -8,22 +9,12 @@ every enum as open.
 
 from __future__ import annotations
 
-_ACTIONS = ("all", "create", "read", "update", "delete")
-_RESOURCES = (
-    "all", "ai_agents", "api_keys", "audit_logs", "custom_prompt_templates",
-    "account_campaign_mappings", "campaigns", "inbox_placement_tests", "inbox_placement_analytics",
-    "inbox_placement_reports", "lead_lists", "leads", "background-jobs", "custom_tags",
-    "custom_tag_mappings", "crm_actions", "accounts", "block_list_entries", "lead-labels",
-    "email_verifications", "emails", "email_templates", "workspaces", "workspace_billing",
-    "workspace_group_members", "workspace_members", "subsequences", "ai_sdr", "ai_sdr_replies",
-    "ai_inbox_manager_analytics", "sales_flows", "webhooks", "webhook_events", "security_tokens",
-    "dfy_email_account_orders", "auth",
-)  # fmt: skip
+from connectors.instantly.enums import SCOPE_ACTIONS, SCOPE_RESOURCES
 
 SCOPES: tuple[str, ...] = tuple(
     f"{resource}:{action}"
-    for resource in _RESOURCES
-    for action in _ACTIONS
+    for resource in SCOPE_RESOURCES
+    for action in SCOPE_ACTIONS
     if resource != "email_verifications" or action in ("all", "create", "read")
 )
 """The 178 creatable scopes, in the spec's order."""
