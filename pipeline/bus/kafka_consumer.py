@@ -315,9 +315,21 @@ class RecordCounter:
                 raise wrap_error(err, "counting unread records") from None
         return out
 
-    async def _count(
-        self, ranges: Mapping[TopicPartition, tuple[int, int]], limit_s: float
-    ) -> dict[TopicPartition, int]:
+    async def stable_offsets(self, parts: list[KTP]) -> dict[KTP, int]:
+        """The last stable offset (what ``read_committed`` readers see up to) of each partition.
+
+        Raises:
+            BusError: the cluster cannot be read.
+        """
+        async with self._lock:
+            try:
+                c = await self._reader()
+                return dict(await c.end_offsets(parts))
+            except KafkaError as err:
+                await self.close()
+                raise wrap_error(err, "reading last stable offsets") from None
+
+    async def _reader(self) -> AIOKafkaConsumer:
         if self._c is None:
             c = AIOKafkaConsumer(
                 bootstrap_servers=self._conn.bootstrap,
@@ -332,7 +344,12 @@ class RecordCounter:
             )
             await c.start()
             self._c = c
-        c = self._c
+        return self._c
+
+    async def _count(
+        self, ranges: Mapping[TopicPartition, tuple[int, int]], limit_s: float
+    ) -> dict[TopicPartition, int]:
+        c = await self._reader()
         parts = {KTP(self._conn.phys(tp.topic), tp.partition): tp for tp in ranges}
         counts = dict.fromkeys(parts, 0)
         c.assign(list(parts))
