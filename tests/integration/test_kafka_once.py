@@ -8,10 +8,14 @@ readable only once the broker wrote its markers, a moment after the commit retur
 waits for its own commits (``Bus.wait_visible``), so an alert raised by the run reaches the
 sinks in the same run, not the next one (a cron-driven ``--once`` every 15 minutes would hold it
 that long).
+
+A rules worker or sink that joins its group while a dead member still holds partitions waits for
+them (up to 30 s) before it reads, so a run never reports "everything read" with partitions left.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 from typing import Any
@@ -125,10 +129,68 @@ async def test_wait_visible_covers_every_own_commit(tmp_path: Path) -> None:
         await b.ensure_topics([TopicSpec("visible", 2)])
         assert await b.wait_visible() is True  # nothing written: returns at once
         async with b.consumer(["visible"], start="earliest") as c:
-            for i in range(100):
+            for i in range(60):
                 async with b.transaction("vis") as tx:
                     tx.send("visible", f"{i}".encode(), key=b"k")
                 assert await b.wait_visible(20.0)
                 ends = await c.end_offsets()
                 # one partition, each transaction one record and one marker: record i is at 2 * i
                 assert sum(ends.values()) >= 2 * i + 1, (i, ends)
+
+
+async def test_once_run_reads_partitions_a_stale_member_held(tmp_path: Path) -> None:
+    """A rules ``run_once`` that starts while another member of its group still holds partitions
+    (a killed run's member until its session times out) waits for them and reads every event.
+
+    The other member here is a live aiokafka consumer that leaves after 3 s; before the fix the
+    worker read the one partition it was handed, returned 0 unread and committed nothing for the
+    other (the cause of the flaky ``test_killed_transformer_is_exactly_once[kafka]``: a worker
+    killed while joining kept a partition in the next worker's generation).
+    """
+    from aiokafka import AIOKafkaConsumer
+
+    from pipeline.clock import SYSTEM_CLOCK
+    from pipeline.rules.worker import RulesWorker
+
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    bus = _bus(prefix)
+    rules_cfg = {"defaults": {"enabled": False}, "auth.recovery_code_used": {"enabled": True}}
+    async with make_bus(bus) as b:
+        events = [
+            make_event("audit.mfa_recovery_code_used", time=1_790_000_000.0 + i, workspace=f"ws-{i}",
+                       actor={"user_id": f"u{i}"})
+            for i in range(12)
+        ]  # fmt: skip
+        async with b.transaction("stale-feeder") as tx:
+            for e in events:
+                tx.send(EVENTS_TOPIC, e.to_json(), key=e.workspace.id.encode())
+        assert await b.wait_visible(20.0)
+        async with b.consumer([EVENTS_TOPIC], start="earliest") as c:
+            ends = await c.end_offsets()
+        assert all(off > 0 for off in ends.values()), "the events must reach both partitions"
+        stale = AIOKafkaConsumer(
+            bootstrap_servers=kafka_bootstrap(), group_id=f"{prefix}rules", enable_auto_commit=False
+        )
+        await stale.start()
+        stale.subscribe([f"{prefix}{EVENTS_TOPIC}"])
+        for _ in range(200):
+            if stale.assignment():
+                break
+            await asyncio.sleep(0.05)
+        assert stale.assignment()
+
+        async def leave_later() -> None:
+            await asyncio.sleep(3.0)
+            await stale.stop()
+
+        leaving = asyncio.create_task(leave_later())
+        try:
+            worker = RulesWorker(b, rules_cfg, clock=SYSTEM_CLOCK)
+            try:
+                alerts = await worker.run_once()
+            finally:
+                await worker.close()
+        finally:
+            await leaving
+        assert worker.last_consumed == len(events)
+        assert alerts == len(events)
