@@ -235,8 +235,15 @@ class Pipeline:
                 summary["published"][p.source_id] = {"error": str(err)}
                 problems.append(f"workspace {p.source_id}: poll failed: {err}")
             problems += [f"workspace {p.source_id}: {line}" for line in failure_lines(getattr(p, "last_failures", {}))]
+        # Each stage below reads up to the end it sees when it starts. On Kafka a commit becomes
+        # readable only once the broker wrote its markers, a moment after the commit returned:
+        # without waiting, the rules (or the sinks) of this very run could stop short of the last
+        # events (alerts) and leave them to the next run.
         if self.rules is not None:
+            await self.bus.wait_visible()
             summary["alerts"] = await self.rules.run_once()
+        if self.runners:
+            await self.bus.wait_visible()
         for r in self.runners:
             stats = await r.run_once()
             summary["delivered"][r.sink_id] = getattr(stats, "delivered", stats)

@@ -216,6 +216,11 @@ class Bus(Protocol):
         blocked behind it; on the embedded bus it is a no-op."""
         ...
 
+    async def wait_visible(self, max_wait_secs: float = 30.0) -> bool:
+        """Wait until every transaction this bus committed can be read by any consumer (Kafka: its
+        commit markers are written a moment after the commit returns); False if not in time."""
+        ...
+
     def transaction(self, txn_id: str) -> AbstractAsyncContextManager[Transaction]:
         """An atomic unit of work; ``txn_id`` identifies the writer (Kafka fences zombies by it)."""
         ...

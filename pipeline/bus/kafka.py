@@ -11,6 +11,8 @@ retention itself.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -29,6 +31,10 @@ from pipeline.bus.txn import BufferedTxn
 from pipeline.config.model import KafkaBusConfig
 
 __all__ = ["KafkaBus", "KafkaConsumer"]
+
+log = logging.getLogger("instantly_audit.bus.kafka")
+VISIBLE_WAIT_SECS = 30.0
+"""How long :meth:`KafkaBus.wait_visible` waits for the commit markers of this bus's transactions."""
 
 
 class KafkaBus:
@@ -147,6 +153,38 @@ class KafkaBus:
     async def _commit(self, txn_id: str, txn: BufferedTxn) -> None:
         await self._writers.commit(txn_id, txn)
         self._state.apply(txn.state)
+
+    async def wait_visible(self, max_wait_secs: float = VISIBLE_WAIT_SECS) -> bool:
+        """Wait until everything this bus committed is readable by ``read_committed`` consumers.
+
+        Kafka writes a transaction's commit markers after the commit returned; until then the last
+        stable offset stops before the transaction, and a reader that reads "up to the end" (a
+        ``run --once`` rules worker or sink, ``replay``) stops short of it. Returns False when the
+        markers were not written within ``max_wait_secs`` (then logged; nothing is lost, a later
+        read sees the records).
+
+        Raises:
+            BusError: the cluster cannot be read.
+        """
+        targets = dict(self._writers.written)
+        if not targets:
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait_secs
+        pause = 0.005
+        while True:
+            ends = await self._counter.stable_offsets(list(targets))
+            targets = {tp: off for tp, off in targets.items() if ends.get(tp, 0) < off}
+            if not targets:
+                return True
+            if loop.time() >= deadline:
+                log.warning(
+                    "Own commits not visible to readers in time",
+                    extra={"partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in targets)},
+                )
+                return False
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.2)
 
     async def release(self, txn_id: str) -> None:
         """Stop the writer ``txn_id`` (its workspace moved to another replica)."""

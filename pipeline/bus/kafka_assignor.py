@@ -8,7 +8,11 @@ workspaces it knows per control partition (the configured ones, and the discover
 read); the group leader takes the largest count per partition over the members, then hands out
 partitions heaviest first, each to the member with the least load so far (workspaces, then
 partitions, then member id: the longest-processing-time greedy rule). Partitions with no known
-workspace are spread by count, so a workspace announced later still lands on some member.
+workspace come last, each to the member with the fewest partitions (then the least load): the
+workspaces an agency announces later hash over every partition alike, so those partitions are
+spread by count. (Handed out by load like the others, they all went to whichever member had the
+least load: at a fresh start with only the agency configured, one replica took partition 0 with
+the agency and the other the 11 empty ones, and then 183 of the 200 sub-workspaces.)
 
 Members list this assignor first and round-robin second, so a group that still has a member
 of an older version (round-robin only) agrees on round-robin until that member is gone.
@@ -36,7 +40,10 @@ def balance(partitions: Iterable[int], weights: Mapping[int, int], members: Iter
         return out
     load = {m: 0 for m in names}
     for p in sorted(partitions, key=lambda p: (-weights.get(p, 0), p)):
-        m = min(names, key=lambda m: (load[m], len(out[m]), m))
+        if weights.get(p, 0) > 0:
+            m = min(names, key=lambda m: (load[m], len(out[m]), m))
+        else:  # no workspace known yet: what is announced later lands on every partition alike
+            m = min(names, key=lambda m: (len(out[m]), load[m], m))
         load[m] += weights.get(p, 0)
         out[m].append(p)
     return {m: sorted(ps) for m, ps in out.items()}

@@ -2,8 +2,11 @@
 
 A consumer with a group joins it (partitions are shared among the group's members; the rules
 and each sink still run one active process, since they commit with one transactional id each);
-one without a group is assigned every partition and never commits. See :mod:`pipeline.bus.base`
-for the semantics every consumer honours.
+one without a group is assigned every partition and never commits. A group consumer starts
+once it holds every partition of its topics, waiting up to :data:`WHOLE_ASSIGNMENT_WAIT_SECS`
+for a member that still holds some (a killed process's, until its session times out), so a
+``run_once`` never reports "everything read" while skipping partitions. See
+:mod:`pipeline.bus.base` for the semantics every consumer honours.
 
 Group names carry ``topic_prefix`` on the cluster (``staging.rules``), as the topics do. A prefixed
 group that has committed nothing yet adopts the offsets its unprefixed name committed (versions
@@ -28,6 +31,10 @@ from pipeline.errors import BusError
 from pipeline.observability.logs import get_logger
 
 log = get_logger("bus")
+
+WHOLE_ASSIGNMENT_WAIT_SECS = 30.0
+"""How long a group consumer waits, when it starts, for the partitions another member still holds:
+a dead member's session (10 s) and the rebalance that follows fit in it."""
 
 
 class KafkaConsumer:
@@ -130,14 +137,39 @@ class KafkaConsumer:
                 await c.stop()
         log.info("consumer group %s adopted the offsets of %s on %d partitions", new, group, len(old))
 
-    async def _wait_assignment(self, limit_s: float = 60.0) -> None:
+    async def _wait_assignment(self, limit_s: float = 60.0, whole_s: float = WHOLE_ASSIGNMENT_WAIT_SECS) -> None:
+        """Wait for partitions; then, up to ``whole_s``, for every partition of the topics.
+
+        The rules and each sink run one active process per group, and ``run_once`` reads "every
+        record committed so far" of the partitions it holds. A member of a process killed while it
+        joined (a ``run --once`` killed by a timeout, a crashed replica) can be handed partitions
+        in the generation the next process joins, and keeps them until its session times out
+        (10 s): reading at once would skip those partitions and report success. Past ``whole_s``
+        the consumer goes on with what it holds (a live second member: the rest is read by it).
+        """
         c = self._client()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + limit_s
+        started = loop.time()
         while not c.assignment():
-            if loop.time() > deadline:
+            if loop.time() > started + limit_s:
                 msg = f"consumer group {self._group_id} got no partitions within {limit_s:.0f}s"
                 raise BusError(msg, retriable=True)
+            await asyncio.sleep(0.05)
+        expected = {KTP(self._conn.phys(t), p) for t in self._topics for p in range(await self._admin.partitions(t))}
+        waited = False
+        while not expected <= c.assignment():
+            if loop.time() > started + whole_s:
+                log.warning(
+                    "consumer group %s holds %d of %d partitions after %.0fs; another member holds the rest",
+                    self._group_id, len(expected & c.assignment()), len(expected), whole_s,
+                )  # fmt: skip
+                return
+            if not waited:
+                waited = True
+                log.info(
+                    "consumer group %s: another member holds partitions; waiting for it to leave or time out",
+                    self._group_id,
+                )
             await asyncio.sleep(0.05)
 
     async def __aexit__(self, *exc: object) -> None:
@@ -315,9 +347,21 @@ class RecordCounter:
                 raise wrap_error(err, "counting unread records") from None
         return out
 
-    async def _count(
-        self, ranges: Mapping[TopicPartition, tuple[int, int]], limit_s: float
-    ) -> dict[TopicPartition, int]:
+    async def stable_offsets(self, parts: list[KTP]) -> dict[KTP, int]:
+        """The last stable offset (what ``read_committed`` readers see up to) of each partition.
+
+        Raises:
+            BusError: the cluster cannot be read.
+        """
+        async with self._lock:
+            try:
+                c = await self._reader()
+                return dict(await c.end_offsets(parts))
+            except KafkaError as err:
+                await self.close()
+                raise wrap_error(err, "reading last stable offsets") from None
+
+    async def _reader(self) -> AIOKafkaConsumer:
         if self._c is None:
             c = AIOKafkaConsumer(
                 bootstrap_servers=self._conn.bootstrap,
@@ -332,7 +376,12 @@ class RecordCounter:
             )
             await c.start()
             self._c = c
-        c = self._c
+        return self._c
+
+    async def _count(
+        self, ranges: Mapping[TopicPartition, tuple[int, int]], limit_s: float
+    ) -> dict[TopicPartition, int]:
+        c = await self._reader()
         parts = {KTP(self._conn.phys(tp.topic), tp.partition): tp for tp in ranges}
         counts = dict.fromkeys(parts, 0)
         c.assign(list(parts))

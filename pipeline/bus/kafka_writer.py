@@ -23,6 +23,9 @@
   20 ms before asking again — more than the whole transaction costs on a healthy cluster (a
   sequential writer made ~80 transactions/s instead of ~300). A second shim retries after 1 ms,
   doubling per consecutive refusal up to aiokafka's 20 ms (:func:`concurrent_txn_backoff`).
+  The same delay hides a commit from ``read_committed`` readers for a moment (the last stable
+  offset stops before it); :attr:`KafkaWriters.written` keeps, per partition, where this bus's
+  commits end, so a one-shot run can wait until what it wrote is readable.
 """
 
 from __future__ import annotations
@@ -147,6 +150,10 @@ class KafkaWriters:
         self._partition_cache: dict[tuple[bytes, int], int] = {}
         self._outage_since: float | None = None
         self._failed_attempts = 0
+        self.written: dict[KTP, int] = {}
+        """Per partition, the first offset past this bus's last committed batch there: a
+        ``read_committed`` reader sees every commit of this bus once the last stable offset has
+        reached it (see :meth:`pipeline.bus.kafka.KafkaBus.wait_visible`)."""
         self._telemetry = get_telemetry()  # read once: the composition root sets it before opening the bus
 
     async def close(self) -> None:
@@ -357,6 +364,12 @@ class KafkaWriters:
             if isinstance(result, BaseException):
                 raise result
         await p.commit_transaction()
+        for result in results:  # RecordMetadata of each batch: its base offset (failures raised above)
+            if isinstance(result, BaseException):
+                continue
+            ktp, base = result.topic_partition, int(result.offset)
+            if base + 1 > self.written.get(ktp, 0):
+                self.written[ktp] = base + 1
 
     async def _watched(self, txn_id: str, work: Awaitable[None]) -> None:
         """Run a transaction; if it has not finished after ``STALL_SECS`` (aiokafka retries a dead

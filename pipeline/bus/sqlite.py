@@ -91,6 +91,10 @@ class SqliteBus:
         """No-op: SQLite's write lock already serialises writers."""
         return None
 
+    async def wait_visible(self, max_wait_secs: float = 30.0) -> bool:
+        """True at once: a committed SQLite transaction is visible to every reader."""
+        return True
+
     @asynccontextmanager
     async def transaction(self, txn_id: str) -> AsyncIterator[BufferedTxn]:
         """Buffer writes; commit them atomically when the block exits without an error."""

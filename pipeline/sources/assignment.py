@@ -86,6 +86,8 @@ worst waits out a dead member: the rebalance timeout (25 s). Seen twice in ~26 l
 agency test: a replica started, logged nothing more and was never given its partitions while the
 others rebalanced around it; the watchdog turns that into a logged rejoin instead of an unwatched
 workspace."""
+TAKEOVER_CONCURRENCY = 16
+"""Workspaces fenced (and given their owner record) at once when a replica takes partitions over."""
 TAKEOVER_STATE_WAIT_SECS = 20.0
 """How long a takeover's state reload waits behind transactions open when it began. The new
 owners fence the previous owners' writers first, so only a writer nobody has claimed yet — a
@@ -313,16 +315,29 @@ class WorkspaceAssignment:
     async def _start(self, sources: list[Source]) -> dict[str, object]:
         """Enter ``sources`` (fencing previous owners), re-read state, write owner records, start polling."""
         t0 = time.monotonic()
-        entered: list[Source] = []
-        for src in sources:
+        gate = asyncio.Semaphore(TAKEOVER_CONCURRENCY)
+
+        async def enter(src: Source) -> Source | None:
             if self.backpressure is not None and isinstance(src, Pausable):
                 src.backpressure = self.backpressure
             if isinstance(src, Discoverer):
                 src.share_discovered()  # its finds go to the control topic, shared like configured ones
-            try:
-                entered.append(await src.__aenter__())  # fences ``poller-<id>``: a zombie's transaction is aborted
-            except BusError as err:
-                log.error("Could not take over a workspace", extra={"source": src.source_id, "error": str(err)})
+            async with gate:
+                try:
+                    return await src.__aenter__()  # fences ``poller-<id>``: a zombie's transaction is aborted
+                except BusError as err:
+                    log.error("Could not take over a workspace", extra={"source": src.source_id, "error": str(err)})
+                    return None
+
+        # Concurrently: each fence is a new transactional producer's round trips (~100 ms), and one
+        # after the other they took 23 s for 117 sub-workspaces of an agency before the first poll.
+        results = await asyncio.gather(*(enter(src) for src in sources), return_exceptions=True)
+        entered = [r for r in results if r is not None and not isinstance(r, BaseException)]
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            for src in entered:
+                await self._close(src)
+            raise failed[0]
         if entered:
             try:
                 # After fencing: the cursors the previous owners committed last. For a discovered
@@ -337,13 +352,18 @@ class WorkspaceAssignment:
                 self._broken = err
                 self._inner.set()
                 return {"workspaces": []}
-        for src in entered:
+
+        async def own(src: Source) -> None:
             txn_id = getattr(src, "txn_id", None)
             if isinstance(txn_id, str):
                 doc = {"replica": self.replica, "since": time.time()}
-                with contextlib.suppress(BusError):
-                    async with self.bus.transaction(txn_id) as tx:
-                        tx.put_state(owner_key(src.source_id), orjson.dumps(doc))
+                async with gate:
+                    with contextlib.suppress(BusError):
+                        async with self.bus.transaction(txn_id) as tx:
+                            tx.put_state(owner_key(src.source_id), orjson.dumps(doc))
+
+        await asyncio.gather(*(own(src) for src in entered))
+        for src in entered:
             run = _Running(src)
             run.task = asyncio.create_task(self._poll(run), name=f"poller:{src.source_id}")
             self.running[src.source_id] = run

@@ -42,6 +42,21 @@ def test_empty_partitions_spread_by_count() -> None:
     assert balance(PARTS, {}, []) == {}
 
 
+def test_unknown_partitions_spread_by_count_beside_known_ones() -> None:
+    """Only the agency is configured (one workspace, one partition): the 11 partitions where its
+    sub-workspaces will be announced are spread by count, not all given to the other member."""
+    part = DefaultPartitioner()
+    agency = part(b"agency", PARTS, PARTS)
+    two = balance(PARTS, {agency: 1}, ["a", "b"])
+    assert sorted(len(ps) for ps in two.values()) == [6, 6]
+    three = balance(PARTS, {agency: 1}, ["a", "b", "c"])
+    assert sorted(len(ps) for ps in three.values()) == [4, 4, 4]
+    subs = Counter(part(f"agency--sub-{i:03d}".encode(), PARTS, PARTS) for i in range(200))
+    shares = sorted(sum(subs[p] for p in ps) for ps in two.values())
+    assert shares[0] >= 60, shares  # was [17, 183] by this hash: one replica polled almost everything
+    assert sorted(p for ps in three.values() for p in ps) == PARTS
+
+
 def test_assign_uses_the_largest_count_any_member_reports() -> None:
     """Members report what they know; the leader takes the largest per partition and balances on it."""
     weights = {0: 6, 1: 1, 2: 1, 3: 1, 4: 1, 5: 1, 6: 1}
