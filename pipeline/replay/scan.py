@@ -21,7 +21,7 @@ import fnmatch
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -382,6 +382,14 @@ async def scan(
     """
     needs_decode = decode or sel.filters_content
     empty: dict[str, Any] = {}
+    # An alert that resolves a condition often names no entity (the rule knows only the condition's
+    # key): with --target/--timeline it is kept when its dedup key is one of an alert that matched.
+    unpaired = (
+        replace(sel, entity=None, target=None, aliases=frozenset())
+        if sel.topic == ALERTS_TOPIC and (sel.entity is not None or sel.target is not None)
+        else None
+    )
+    paired: set[str] = set()
     async with bus.consumer([sel.topic], start="earliest") as c:
         ends, total = await _position(c, sel, stats)
         while True:
@@ -412,11 +420,15 @@ async def scan(
                     if w.path not in stats.paths_seen and field_values(body, w.path) is not None:
                         stats.paths_seen.add(w.path)
                 if not needs_decode or sel.matches(body):
-                    stats.matched += 1
-                    out.append((r, body))
-                    if sel.limit is not None and stats.matched >= sel.limit:
-                        yield out
-                        return
+                    if unpaired is not None and isinstance(body.get("dedup_key"), str):
+                        paired.add(body["dedup_key"])
+                elif not (unpaired is not None and body.get("dedup_key") in paired and unpaired.matches(body)):
+                    continue
+                stats.matched += 1
+                out.append((r, body))
+                if sel.limit is not None and stats.matched >= sel.limit:
+                    yield out
+                    return
             if progress is not None:
                 progress(stats.scanned, total)
             if out:

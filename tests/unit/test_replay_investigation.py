@@ -188,3 +188,37 @@ def test_tables_show_the_key_and_ip_and_the_timeline_shows_alert_rows_and_ids() 
     assert EVENTS[2].id in out
     narrow = _render([EVENTS[2], RESOLVED], "timeline", 80)
     assert max(len(line) for line in narrow.splitlines()) <= 80 and "resolved" in narrow
+
+
+def test_a_resolution_naming_no_entity_follows_its_alert(cfg: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Most rules resolve with no entity (``webhook.unauthenticated`` on a deleted webhook): ``--timeline``
+    and ``--target`` showed the alert open, never resolved. The resolution shares the alert's dedup key."""
+    rule = RuleRef("api_key.all_scope", 1, "all:all key", "critical")
+    opened = Alert.build(
+        rule=rule, workspace=WS, summary="API key 'backup-sync' has unrestricted access", dedup_key="k-rogue",
+        event_ids=(EVENTS[1].id,), entities=(Entity("api_key", "key-rogue", "backup-sync"),),
+        first_seen=format_time(T0 + 600), last_seen=format_time(T0 + 600),
+    )  # fmt: skip
+    closed = Alert.build(
+        rule=rule, workspace=WS, summary="API key was deleted", dedup_key="k-rogue", event_ids=(EVENTS[2].id,),
+        entities=(), status="resolved", first_seen=format_time(T0 + 600), last_seen=format_time(T0 + 3600),
+    )  # fmt: skip
+    other = Alert.build(
+        rule=rule, workspace=WS, summary="another condition resolved", dedup_key="k-other", event_ids=(),
+        entities=(), status="resolved", first_seen=format_time(T0), last_seen=format_time(T0 + 3600),
+    )  # fmt: skip
+
+    bus = yaml.safe_load(cfg.read_text())["bus"]
+
+    async def go() -> None:
+        async with make_bus(bus) as b, b.transaction("t") as tx:
+            for a in (opened, closed, other):
+                tx.send(ALERTS_TOPIC, a.to_json(), key=WS.id.encode())
+
+    asyncio.run(go())
+    _, got, _ = _replay(cfg, capfd, "--timeline", "key-rogue")
+    assert [g["id"] for g in got] == [opened.id, closed.id]
+    _, got, _ = _replay(cfg, capfd, "--topic", "alerts", "--target", "key-rogue")
+    assert [(g["id"], g["status"]) for g in got] == [(opened.id, "open"), (closed.id, "resolved")]
+    _, got, _ = _replay(cfg, capfd, "--topic", "alerts", "--target", "key-rogue", "--where", "status=open")
+    assert [g["id"] for g in got] == [opened.id]  # the other filters still apply to the resolution
