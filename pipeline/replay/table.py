@@ -87,7 +87,7 @@ def print_table(
         return
     alerts = "alerts" in topic
     t = Table(header_style="bold", pad_edge=not narrow, box=None if narrow else HEAVY_HEAD)
-    t.add_column("time", no_wrap=True)
+    t.add_column("time (UTC)", no_wrap=True)
     if alerts:
         t.add_column("severity", no_wrap=True)
         t.add_column("status", no_wrap=True)
@@ -127,7 +127,7 @@ def _print_timeline(items: list[tuple[Record, dict[str, Any]]], console: Console
 
     wide = console.width >= WIDE
     t = Table(header_style="bold", pad_edge=not narrow, box=None if narrow else HEAVY_HEAD)
-    t.add_column("time", no_wrap=True)
+    t.add_column("time (UTC)", no_wrap=True)
     t.add_column("event / alert", overflow="fold")
     t.add_column("actor", overflow="fold")
     t.add_column("target", overflow="fold")

@@ -181,6 +181,7 @@ def _render(items: list[Any], topic: str, width: int) -> str:
 
 def test_tables_show_the_key_and_ip_and_the_timeline_shows_alert_rows_and_ids() -> None:
     out = _render([EVENTS[1]], EVENTS_TOPIC, 200)
+    assert "time (UTC)" in out and "2026-12-03 14:10:00" in out  # the times are UTC: the header says it
     assert f"Dana key {LEAKED} from 185.220.101.47" in out  # the table showed "Dana" alone
     out = _render([EVENTS[2], RESOLVED], "timeline", 200)
     row = next(line for line in out.splitlines() if "webhook.unauthenticated" in line)
