@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import difflib
 import fnmatch
 import signal
 import sys
@@ -276,8 +277,10 @@ def _unmatched_filters(args: argparse.Namespace, stats: ReplayStats) -> None:
         return
     for glob in args.type:
         if not any(fnmatch.fnmatchcase(t, glob) for t in stats.types_seen):
+            close = difflib.get_close_matches(glob, sorted(stats.types_seen), n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
             seen = ", ".join(sorted(stats.types_seen)[:12]) + (", …" if len(stats.types_seen) > 12 else "")
-            print(f"replay: --type {glob!r}: no record in the scanned range has such a type (seen: {seen})",
+            print(f"replay: --type {glob!r}: no record in the scanned range has such a type{hint} (seen: {seen})",
                   file=sys.stderr)  # fmt: skip
     for clause in getattr(args, "where", []):
         path = tuple(clause.partition("=")[0].rstrip("!").strip().split("."))

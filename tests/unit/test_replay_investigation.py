@@ -149,8 +149,10 @@ def test_a_misspelled_type_or_field_is_said_not_reported_as_no_activity(
     assert "has such a type" not in err
     code, got, err = _replay(cfg, capfd, "--type", "audit.lead_export")
     assert code == 0 and got == []
-    assert "replay: --type 'audit.lead_export': no record in the scanned range has such a type (seen: " in err
-    assert "audit.lead_exported" in err
+    assert (
+        "replay: --type 'audit.lead_export': no record in the scanned range has such a type; "
+        "did you mean 'audit.lead_exported'? (seen: "
+    ) in err
     code, got, err = _replay(cfg, capfd, "--where", "actor.ip_address=185.220.101.47")
     assert code == 0 and got == []
     assert "replay: --where 'actor.ip_address=185.220.101.47': no record in the scanned range has the field" in err
