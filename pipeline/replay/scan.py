@@ -221,7 +221,7 @@ class Selection:
         """Apply the content filters (they compose with AND)."""
         if self.workspaces and (body.get("workspace") or {}).get("id") not in self.workspaces:
             return False
-        kind = body.get("type") or (body.get("rule") or {}).get("id") or ""
+        kind = record_kind(body)
         if self.types and not any(fnmatch.fnmatchcase(kind, g) for g in self.types):
             return False
         when = event_time(body)
@@ -243,12 +243,21 @@ class Selection:
             if self.target != t.get("id") and self.target not in ents:
                 return False
         if self.min_severity is not None:
-            sev = (body.get("rule") or {}).get("severity")
+            rule = body.get("rule")
+            sev = rule.get("severity") if isinstance(rule, dict) else None
             if sev is None or severity_rank(sev) < severity_rank(self.min_severity):
                 return False
         if not all(w.matches(body) for w in self.where):
             return False
         return self.entity is None or touches(body, self.entity, self.aliases)
+
+
+def record_kind(body: dict[str, Any]) -> str:
+    """What ``--type`` matches: an event's type, an alert's rule id, a dead letter's rule (a rule id
+    string, for a ``rule_error``) or else its reason."""
+    rule = body.get("rule")
+    kind = body.get("type") or (rule.get("id") if isinstance(rule, dict) else rule) or body.get("reason")
+    return str(kind or "")
 
 
 def event_time(body: dict[str, Any]) -> float | None:
@@ -415,7 +424,7 @@ async def scan(
                 if sel.workspaces:
                     stats.workspaces_seen.add(str((body.get("workspace") or {}).get("id")))
                 if sel.types:
-                    stats.types_seen.add(str(body.get("type") or (body.get("rule") or {}).get("id") or ""))
+                    stats.types_seen.add(record_kind(body))
                 for w in sel.where:
                     if w.path not in stats.paths_seen and field_values(body, w.path) is not None:
                         stats.paths_seen.add(w.path)

@@ -8,6 +8,7 @@ from rich.box import HEAVY_HEAD
 from rich.markup import escape
 
 from pipeline.bus.base import Record
+from pipeline.replay.scan import record_kind
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -42,6 +43,8 @@ def describe(body: dict[str, Any]) -> str:
     """A one-line summary of an event or alert."""
     if "summary" in body:
         return str(body["summary"])
+    if "stage" in body and "error" in body:  # a dead letter
+        return f"{body['stage']} {body.get('component') or ''}: {body['error']}"
     attrs = body.get("attributes") or {}
     bits = []
     for k in ("activity_label", "email", "role", "scopes", "target_hook_url", "value", "affected_count"):
@@ -99,7 +102,7 @@ def print_table(
         t.add_column("target", overflow="fold")
     t.add_column("summary", overflow="fold", ratio=1)
     for _, b in items:
-        rule = b.get("rule") or {}
+        rule = b.get("rule") if isinstance(b.get("rule"), dict) else {}
         row: list[str] = [_when(b, narrow)]
         if alerts:
             sev = str(rule.get("severity") or "")
@@ -108,7 +111,7 @@ def print_table(
             row += [f"[{style}]{sev}[/]" if style else sev, f"[dim]{status}[/]" if status == "resolved" else status]
             row.append(escape(str(rule.get("id") or "?")))
         else:
-            row += [escape(str(b.get("type") or "?")), escape(_actor(b, narrow))]
+            row += [escape(record_kind(b) or "?"), escape(_actor(b, narrow))]
         if not (alerts and narrow):
             row.append(escape(_target(b)))
         row.append(escape(describe(b)))
@@ -135,7 +138,7 @@ def _print_timeline(items: list[tuple[Record, dict[str, Any]]], console: Console
     if wide:
         t.add_column("id", no_wrap=True)
     for _, b in items:
-        rule = b.get("rule") or {}
+        rule = b.get("rule") if isinstance(b.get("rule"), dict) else {}
         if rule:
             sev = str(rule.get("severity") or "")
             style = SEV_STYLE.get(sev, "")

@@ -225,3 +225,47 @@ def test_a_resolution_naming_no_entity_follows_its_alert(cfg: Path, capfd: pytes
     assert [(g["id"], g["status"]) for g in got] == [(opened.id, "open"), (closed.id, "resolved")]
     _, got, _ = _replay(cfg, capfd, "--topic", "alerts", "--target", "key-rogue", "--where", "status=open")
     assert [g["id"] for g in got] == [opened.id]  # the other filters still apply to the resolution
+
+
+def test_a_rule_error_dead_letter_is_filtered_not_a_traceback(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A ``rule_error`` dead letter names its rule as a string: any filter on ``--topic deadletter``
+    (``--since 1d``) ended in ``AttributeError: 'str' object has no attribute 'get'``, a traceback."""
+    from pipeline.bus.base import DEADLETTER_TOPIC
+    from schemas.deadletter import build
+
+    bus = {"type": "sqlite", "path": str(tmp_path / "bus.db")}
+    letters = [
+        build(stage="rules", component="rules", component_type="rules", reason="rule_error", rule="api_key.all_scope",
+              error="rule_error: boom", failed_at=format_time(T0), value=b'{"n": 1}'),
+        build(stage="source", component="crm", component_type="instantly_webhook", reason="bad_shape",
+              error="bad_shape: no event_type", failed_at=format_time(T0 + 60), value=b'{"n": 2}'),
+    ]  # fmt: skip
+
+    async def go() -> None:
+        async with make_bus(bus) as b, b.transaction("t") as tx:
+            for letter in letters:
+                tx.send(DEADLETTER_TOPIC, letter.to_json(), key=b"ws-a")
+
+    asyncio.run(go())
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"bus": bus}))
+    code, got, err = _replay(cfg, capfd, "--topic", "deadletter", "--since", "2026-12-03")
+    assert code == 0 and len(got) == 2, err
+    _, got, _ = _replay(cfg, capfd, "--topic", "deadletter", "--type", "api_key.*")  # the rule of a rule_error
+    assert [g["reason"] for g in got] == ["rule_error"]
+    _, got, _ = _replay(cfg, capfd, "--topic", "deadletter", "--type", "bad_shape")  # else the reason
+    assert [g["reason"] for g in got] == ["bad_shape"]
+    out = _render_letters(letters)
+    assert "api_key.all_scope" in out and "rules rules: rule_error: boom" in out
+
+
+def _render_letters(letters: list[Any]) -> str:
+    from pipeline.bus.base import DEADLETTER_TOPIC
+
+    buf = io.StringIO()
+    rec = Record(DEADLETTER_TOPIC, 0, 0, 0, None, b"")
+    items = [(rec, orjson.loads(x.to_json())) for x in letters]
+    print_table(items, DEADLETTER_TOPIC, console=Console(file=buf, width=200))
+    return buf.getvalue()
