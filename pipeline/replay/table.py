@@ -102,7 +102,7 @@ def print_table(
         t.add_column("target", overflow="fold")
     t.add_column("summary", overflow="fold", ratio=1)
     for _, b in items:
-        rule = b.get("rule") if isinstance(b.get("rule"), dict) else {}
+        rule: dict[str, Any] = b["rule"] if isinstance(b.get("rule"), dict) else {}
         row: list[str] = [_when(b, narrow)]
         if alerts:
             sev = str(rule.get("severity") or "")
@@ -138,7 +138,7 @@ def _print_timeline(items: list[tuple[Record, dict[str, Any]]], console: Console
     if wide:
         t.add_column("id", no_wrap=True)
     for _, b in items:
-        rule = b.get("rule") if isinstance(b.get("rule"), dict) else {}
+        rule: dict[str, Any] = b["rule"] if isinstance(b.get("rule"), dict) else {}
         if rule:
             sev = str(rule.get("severity") or "")
             style = SEV_STYLE.get(sev, "")
