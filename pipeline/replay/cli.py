@@ -102,6 +102,11 @@ def selection_from_args(args: argparse.Namespace) -> Selection:
         raise UsageError(
             f"argument --until must be after --since ({format_time(until)} is not after {format_time(since)})"
         )
+    if args.severity and topic != ALERTS_TOPIC and not merges_alerts(args):
+        raise UsageError(
+            f"argument --severity: only alerts have a severity, the {args.topic or 'events'} topic has none: "
+            "use --topic alerts (or --timeline, which merges the alerts with the events)"
+        )
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be at least 1")
     return Selection(

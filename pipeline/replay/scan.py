@@ -242,9 +242,9 @@ class Selection:
             ents = {e.get("id") for e in body.get("entities") or []}
             if self.target != t.get("id") and self.target not in ents:
                 return False
-        if self.min_severity is not None:
-            rule = body.get("rule")
-            sev = rule.get("severity") if isinstance(rule, dict) else None
+        rule = body.get("rule")
+        if self.min_severity is not None and isinstance(rule, dict):  # alerts (a merged timeline keeps events)
+            sev = rule.get("severity")
             if sev is None or severity_rank(sev) < severity_rank(self.min_severity):
                 return False
         if not all(w.matches(body) for w in self.where):

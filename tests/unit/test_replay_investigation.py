@@ -269,3 +269,15 @@ def _render_letters(letters: list[Any]) -> str:
     items = [(rec, orjson.loads(x.to_json())) for x in letters]
     print_table(items, DEADLETTER_TOPIC, console=Console(file=buf, width=200))
     return buf.getvalue()
+
+
+def test_severity_is_an_alert_filter(cfg: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """``--severity high`` on the events topic (the default) gave "0 matched", and ``--rules`` or
+    ``--to`` with it re-ran or re-sent nothing: events have no severity."""
+    code, got, err = _replay(cfg, capfd, "--severity", "high")
+    assert code == 2 and got == []
+    assert "argument --severity: only alerts have a severity, the events topic has none: use --topic alerts" in err
+    _, got, _ = _replay(cfg, capfd, "--topic", "alerts", "--severity", "high")
+    assert [g["id"] for g in got] == [RESOLVED.id]
+    _, got, _ = _replay(cfg, capfd, "--timeline", "185.220.101.47", "--severity", "high")  # events kept, alert dropped
+    assert [g["id"] for g in got] == [EVENTS[1].id, EVENTS[3].id]
