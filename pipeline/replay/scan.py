@@ -233,14 +233,15 @@ class Selection:
             return False
         if self.until is not None and (when is None or when >= self.until):
             return False
-        if self.actor is not None:
+        if self.actor is not None:  # names and emails as people type them: case-insensitive, like --timeline
             a = body.get("actor") or {}
-            if self.actor not in (a.get("user_id"), a.get("user_name"), a.get("ip"), a.get("api_key_id")):
+            who = (a.get("user_id"), a.get("user_name"), a.get("ip"), a.get("api_key_id"))
+            if not any(isinstance(x, str) and x.casefold() == self.actor.casefold() for x in who):
                 return False
         if self.target is not None:
             t = body.get("target") or {}
-            ents = {e.get("id") for e in body.get("entities") or []}
-            if self.target != t.get("id") and self.target not in ents:
+            ids = [t.get("id")] + [e.get("id") for e in body.get("entities") or []]
+            if not any(isinstance(x, str) and x.casefold() == self.target.casefold() for x in ids):
                 return False
         rule = body.get("rule")
         if self.min_severity is not None and isinstance(rule, dict):  # alerts (a merged timeline keeps events)

@@ -281,3 +281,14 @@ def test_severity_is_an_alert_filter(cfg: Path, capfd: pytest.CaptureFixture[str
     assert [g["id"] for g in got] == [RESOLVED.id]
     _, got, _ = _replay(cfg, capfd, "--timeline", "185.220.101.47", "--severity", "high")  # events kept, alert dropped
     assert [g["id"] for g in got] == [EVENTS[1].id, EVENTS[3].id]
+
+
+def test_actor_and_target_match_whatever_the_case(cfg: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """``--actor 'dana'`` for the user name ``Dana`` (or a key id pasted upper-case) gave "0 matched";
+    ``--timeline`` already ignored case."""
+    _, got, _ = _replay(cfg, capfd, "--actor", "dana", "--type", "audit.lead_exported")
+    assert [g["id"] for g in got] == [EVENTS[3].id]
+    _, got, _ = _replay(cfg, capfd, "--actor", LEAKED.upper())
+    assert [g["id"] for g in got] == [e.id for e in EVENTS[1:4]]
+    _, got, _ = _replay(cfg, capfd, "--topic", "alerts", "--target", "WH-1")
+    assert [g["id"] for g in got] == [RESOLVED.id]
