@@ -212,9 +212,9 @@ async def _run(args: argparse.Namespace, cfg: Any, sel: Selection) -> int:
                 return code
             if args.timeline:
                 sel = replace(sel, aliases=await identity_aliases(bus, args.timeline))
-            merged = merges_alerts(args)
+            merged, limit = merges_alerts(args), sel.limit
             if merged:  # the limit is then the first N in time order, applied once both topics are read
-                limit, sel = sel.limit, replace(sel, limit=None)
+                sel = replace(sel, limit=None)
                 async for batch in scan(bus, replace(sel, topic=ALERTS_TOPIC), stats, progress=progress.update):
                     collected.extend(batch)
             if not (table or args.timeline):
