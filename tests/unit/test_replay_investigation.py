@@ -292,3 +292,38 @@ def test_actor_and_target_match_whatever_the_case(cfg: Path, capfd: pytest.Captu
     assert [g["id"] for g in got] == [e.id for e in EVENTS[1:4]]
     _, got, _ = _replay(cfg, capfd, "--topic", "alerts", "--target", "WH-1")
     assert [g["id"] for g in got] == [RESOLVED.id]
+
+
+async def test_redelivery_says_when_the_destination_cannot_deduplicate(
+    cfg: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Re-sending a window to a JSONL (or Splunk HEC, syslog) sink said "(of which 0 already present)"
+    while the file then held every record twice; an Elasticsearch sink can tell, and says how many."""
+    from pipeline.cli.main import build_parser
+    from pipeline.config.loader import load_config
+    from pipeline.replay.cli import _run, selection_from_args
+    from tests.fakes.elasticsearch import FakeElasticsearch
+
+    doc = yaml.safe_load(await asyncio.to_thread(cfg.read_text))
+    del doc["workspaces"]  # its key is an unset variable: load_config resolves every secret
+    fake = FakeElasticsearch()
+    async with fake:
+        doc["sinks"] = {
+            "archive": {"type": "jsonl", "path": str(tmp_path / "out.jsonl"), "topics": ["events"]},
+            "es": {"type": "elasticsearch", "url": fake.url, "index": "ia", "topics": ["events"]},
+        }
+        await asyncio.to_thread(cfg.write_text, yaml.safe_dump(doc))
+        errs: dict[str, list[str]] = {"archive": [], "es": []}
+        for sink in ("archive", "archive", "es", "es"):
+            args = build_parser().parse_args(["replay", "-c", str(cfg), "--since", "2026-12-03", "--to", sink])
+            assert await _run(args, load_config(cfg), selection_from_args(args)) == 0
+            errs[sink].append(capfd.readouterr().err)
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * len(EVENTS)  # what the summary now says
+    assert "already present" not in errs["archive"][1]
+    assert (
+        "replay --to archive: delivered 5, failed 0, filtered out by the sink's types/min_severity 0; jsonl does "
+        "not de-duplicate by id: records it already had are there twice (de-duplicate on the id field when searching)"
+    ) in errs["archive"][1]
+    assert "replay --to es: delivered 5 (of which 5 already present)" in errs["es"][1]
+    assert "does not de-duplicate" not in errs["es"][1]
