@@ -32,6 +32,7 @@ from pipeline.replay.scan import (
     scan,
     scan_values,
     sort_timeline,
+    where_path,
 )
 from pipeline.replay.table import print_table
 from pipeline.sources.base import configured_workspace_ids, source_plugins
@@ -288,7 +289,7 @@ def _unmatched_filters(args: argparse.Namespace, stats: ReplayStats) -> None:
             print(f"replay: --type {glob!r}: no record in the scanned range has such a type{hint} (seen: {seen})",
                   file=sys.stderr)  # fmt: skip
     for clause in getattr(args, "where", []):
-        path = tuple(clause.partition("=")[0].rstrip("!").strip().split("."))
+        path = where_path(clause)
         if path not in stats.paths_seen:
             print(f"replay: --where {clause!r}: no record in the scanned range has the field {'.'.join(path)}",
                   file=sys.stderr)  # fmt: skip

@@ -142,8 +142,8 @@ def parse_where(text: str, topics: Sequence[str]) -> Where:
         UsageError: no ``=``, an empty path, or a first segment that is not a field of the topics' contract.
     """
     path_text, sep, value = text.partition("=")
-    negate = path_text.endswith("!")
-    path = tuple(p for p in path_text.rstrip("!").strip().split("."))
+    negate = path_text.strip().endswith("!")
+    path = where_path(text)
     if not sep or not all(path):
         raise UsageError(f"argument --where: '{text}' is not FIELD=VALUE (e.g. actor.ip=203.0.113.7, a dotted path)")
     known = [_top_fields(t) for t in topics]
@@ -151,7 +151,12 @@ def parse_where(text: str, topics: Sequence[str]) -> Where:
         titles = " / ".join(title for title, _ in known)
         names = ", ".join(sorted(set().union(*(f for _, f in known))))
         raise UsageError(f"argument --where: '{path[0]}' is not a field of {titles} (fields: {names})")
-    return Where(text, path, value, negate)
+    return Where(text, path, value.strip(), negate)  # "actor.ip = 1.2.3.4" as typed in a SIEM
+
+
+def where_path(text: str) -> tuple[str, ...]:
+    """The dotted path of a ``--where`` clause (``actor.ip`` of ``actor.ip != 1.2.3.4``)."""
+    return tuple(p.strip() for p in text.partition("=")[0].strip().rstrip("!").split("."))
 
 
 def field_values(body: Any, path: Sequence[str]) -> list[Any] | None:

@@ -116,6 +116,8 @@ def test_where_filters_on_any_field_of_the_record(cfg: Path, capfd: pytest.Captu
     assert [g["id"] for g in got] == [EVENTS[3].id]  # clauses compose (AND); a number matches as typed
     _, got, _ = _replay(cfg, capfd, "--where", "actor.ip=185.220.*")  # a glob
     assert [g["id"] for g in got] == [EVENTS[1].id, EVENTS[3].id]
+    _, got, _ = _replay(cfg, capfd, "--where", "actor.ip = 45.155.205.233")  # spaces around = as in a SIEM
+    assert [g["id"] for g in got] == [EVENTS[2].id]
     _, got, _ = _replay(cfg, capfd, "--where", "actor.via_api!=true")
     assert [g["id"] for g in got] == [EVENTS[0].id]
     _, got, _ = _replay(cfg, capfd, "--topic", "alerts", "--where", f"event_ids={EVENTS[3].id}")
