@@ -241,12 +241,12 @@ class Selection:
         if self.actor is not None:  # names and emails as people type them: case-insensitive, like --timeline
             a = body.get("actor") or {}
             who = (a.get("user_id"), a.get("user_name"), a.get("ip"), a.get("api_key_id"))
-            if not any(isinstance(x, str) and x.casefold() == self.actor.casefold() for x in who):
+            if self.actor not in who and not _any_casefold(who, self.actor):
                 return False
         if self.target is not None:
             t = body.get("target") or {}
             ids = [t.get("id")] + [e.get("id") for e in body.get("entities") or []]
-            if not any(isinstance(x, str) and x.casefold() == self.target.casefold() for x in ids):
+            if self.target not in ids and not _any_casefold(ids, self.target):
                 return False
         rule = body.get("rule")
         if self.min_severity is not None and isinstance(rule, dict):  # alerts (a merged timeline keeps events)
@@ -256,6 +256,12 @@ class Selection:
         if not all(w.matches(body) for w in self.where):
             return False
         return self.entity is None or touches(body, self.entity, self.aliases)
+
+
+def _any_casefold(values: Sequence[Any], wanted: str) -> bool:
+    """True when a string among ``values`` equals ``wanted`` ignoring case."""
+    folded = wanted.casefold()
+    return any(isinstance(x, str) and x.casefold() == folded for x in values)
 
 
 def record_kind(body: dict[str, Any]) -> str:
