@@ -160,6 +160,8 @@ class ElasticsearchSink:
     """Index events and alerts with the bulk API, idempotently."""
 
     Config: ClassVar[type[SinkConfig]] = ElasticsearchConfig
+    deduplicates_by_id: ClassVar[bool] = True
+    """``create`` with the record id as ``_id``: a record already indexed answers 409 (``replay --to`` says so)."""
 
     def __init__(self, sink_id: str, config: ElasticsearchConfig) -> None:
         self.sink_id = sink_id

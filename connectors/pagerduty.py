@@ -96,6 +96,8 @@ class PagerDutySink:
 
     Config: ClassVar[type[SinkConfig]] = PagerDutySinkConfig
     type: ClassVar[str] = "pagerduty"
+    deduplicates_by_id: ClassVar[bool] = True
+    """PagerDuty keeps one incident per ``dedup_key``: a re-sent alert folds into it (``replay --to``)."""
 
     def __init__(self, sink_id: str, config: SinkConfig, *, clock: Clock = SYSTEM_CLOCK) -> None:
         if not isinstance(config, PagerDutySinkConfig):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import difflib
+import fnmatch
 import signal
 import sys
 import time
@@ -13,7 +15,7 @@ from typing import IO, Any
 
 import orjson
 
-from pipeline.bus.base import EVENTS_TOPIC, Record
+from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, Record
 from pipeline.cli import terminate
 from pipeline.cli.base import CONFIG_HELP, config_path
 from pipeline.clock import SYSTEM_CLOCK, format_time
@@ -26,9 +28,11 @@ from pipeline.replay.scan import (
     Selection,
     parse_offsets,
     parse_when,
+    parse_where,
     scan,
     scan_values,
     sort_timeline,
+    where_path,
 )
 from pipeline.replay.table import print_table
 from pipeline.sources.base import configured_workspace_ids, source_plugins
@@ -46,7 +50,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ),
     )
     p.add_argument("--config", "-c", help=f"the pipeline's YAML config (for the bus and sinks); {CONFIG_HELP}")
-    p.add_argument("--topic", choices=sorted(TOPICS), default="events")
+    p.add_argument(
+        "--topic", choices=sorted(TOPICS),
+        help="the topic to read (default events; --timeline without --topic reads events and alerts, merged)",
+    )  # fmt: skip
     p.add_argument("--since", help=f"start time (event time): {WHEN_FORMS}")
     p.add_argument("--until", help="end time (exclusive), same forms as --since")
     p.add_argument("--from-offset", help="OFFSET or PARTITION:OFFSET[,...] to start at")
@@ -58,6 +65,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--type", action="append", default=[], help="event type or rule id glob, e.g. 'api_key.*'")
     p.add_argument("--actor", help="actor user id, user name, IP or API key id")
     p.add_argument("--target", help="target id (or alert entity id)")
+    p.add_argument(
+        "--where", action="append", default=[], metavar="FIELD=VALUE",
+        help="a field of the record by dotted path equals VALUE (FIELD!=VALUE: does not; * ? [ glob), e.g. "
+        "actor.api_key_id=ID, actor.ip=185.220.*, attributes.activity_code=34, event_ids=ID (repeatable, AND)",
+    )  # fmt: skip
     p.add_argument("--severity", choices=["info", "low", "medium", "high", "critical"], help="minimum alert severity")
     p.add_argument(
         "--timeline", metavar="ENTITY", help="everything that touched a user, key, member, IP or email, in order"
@@ -84,12 +96,17 @@ def selection_from_args(args: argparse.Namespace) -> Selection:
     Raises:
         ConfigError: a bad offset; UsageError: a bad time.
     """
-    topic = TOPICS[args.topic]
+    topic = TOPICS[args.topic or "events"]
     since = parse_when(args.since, SYSTEM_CLOCK, "--since") if args.since else None
     until = parse_when(args.until, SYSTEM_CLOCK, "--until") if args.until else None
     if since is not None and until is not None and until <= since:
         raise UsageError(
             f"argument --until must be after --since ({format_time(until)} is not after {format_time(since)})"
+        )
+    if args.severity and topic != ALERTS_TOPIC and not merges_alerts(args):
+        raise UsageError(
+            f"argument --severity: only alerts have a severity, the {args.topic or 'events'} topic has none: "
+            "use --topic alerts (or --timeline, which merges the alerts with the events)"
         )
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be at least 1")
@@ -104,8 +121,17 @@ def selection_from_args(args: argparse.Namespace) -> Selection:
         actor=args.actor,
         target=args.target,
         min_severity=args.severity,
+        where=tuple(parse_where(w, [topic, ALERTS_TOPIC] if merges_alerts(args) else [topic]) for w in args.where),
         entity=args.timeline,
         limit=args.limit,
+    )
+
+
+def merges_alerts(args: argparse.Namespace) -> bool:
+    """``--timeline`` without ``--topic`` (nor offsets, which name one topic's positions) shows the
+    alerts too, merged with the events in time order: what happened and what it raised, in one view."""
+    return bool(
+        args.timeline and args.topic is None and not (args.from_offset or args.to_offset or args.gaps or args.hours)
     )
 
 
@@ -176,15 +202,22 @@ async def _run(args: argparse.Namespace, cfg: Any, sel: Selection) -> int:
 
                 code = await replay_rules(bus, cfg, sel, stats, args, progress.update, out if args.output else None)
                 _unmatched_workspaces(args.workspace, cfg, stats)
+                _unmatched_filters(args, stats)
                 return code
             if args.to_sink:
                 from pipeline.replay.deliver import redeliver
 
                 code = await redeliver(bus, cfg, sel, stats, args.to_sink, progress.update)
                 _unmatched_workspaces(args.workspace, cfg, stats)
+                _unmatched_filters(args, stats)
                 return code
             if args.timeline:
                 sel = replace(sel, aliases=await identity_aliases(bus, args.timeline))
+            merged, limit = merges_alerts(args), sel.limit
+            if merged:  # the limit is then the first N in time order, applied once both topics are read
+                sel = replace(sel, limit=None)
+                async for batch in scan(bus, replace(sel, topic=ALERTS_TOPIC), stats, progress=progress.update):
+                    collected.extend(batch)
             if not (table or args.timeline):
                 async for values in scan_values(bus, sel, stats, progress=progress.update):
                     out.write(b"\n".join(values) + b"\n")
@@ -193,8 +226,11 @@ async def _run(args: argparse.Namespace, cfg: Any, sel: Selection) -> int:
                     collected.extend(batch)
             if args.timeline:
                 collected = sort_timeline(collected)
+            if merged and limit is not None and len(collected) > limit:
+                collected = collected[:limit]
+                stats.matched = limit
             if table:
-                print_table(collected, sel.topic)
+                print_table(collected, "timeline" if merged else sel.topic)
             elif collected:
                 out.write(b"".join(orjson.dumps(b) + b"\n" for _, b in collected))
     except asyncio.CancelledError:
@@ -208,6 +244,7 @@ async def _run(args: argparse.Namespace, cfg: Any, sel: Selection) -> int:
     _summary(stats, sel)
     if not stats.interrupted:
         _unmatched_workspaces(args.workspace, cfg, stats)
+        _unmatched_filters(args, stats)
     return 130 if stats.interrupted else 0
 
 
@@ -237,6 +274,25 @@ async def identity_aliases(bus: Any, entity: str) -> frozenset[str]:
         for _, body in batch:
             index.learn(body)
     return index.aliases(entity)
+
+
+def _unmatched_filters(args: argparse.Namespace, stats: ReplayStats) -> None:
+    """Nothing matched: say which ``--type`` glob or ``--where`` field no scanned record has (a typo
+    such as ``api_key.create`` or ``actor.ip_address`` otherwise reads as "the key did nothing")."""
+    if stats.matched or not stats.scanned:
+        return
+    for glob in args.type:
+        if not any(fnmatch.fnmatchcase(t, glob) for t in stats.types_seen):
+            close = difflib.get_close_matches(glob, sorted(stats.types_seen), n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+            seen = ", ".join(sorted(stats.types_seen)[:12]) + (", …" if len(stats.types_seen) > 12 else "")
+            print(f"replay: --type {glob!r}: no record in the scanned range has such a type{hint} (seen: {seen})",
+                  file=sys.stderr)  # fmt: skip
+    for clause in getattr(args, "where", []):
+        path = where_path(clause)
+        if path not in stats.paths_seen:
+            print(f"replay: --where {clause!r}: no record in the scanned range has the field {'.'.join(path)}",
+                  file=sys.stderr)  # fmt: skip
 
 
 def _unmatched_workspaces(names: list[str], cfg: Any, stats: ReplayStats) -> None:

@@ -118,9 +118,20 @@ async def redeliver(
                     await asyncio.sleep(0.5 * 2**attempt)
             failed += len(pending)
     replaced = f", superseded by a later record of the same key {superseded}" if superseded else ""
+    if getattr(sink, "deduplicates_by_id", False):  # a sink that can tell says so (Elasticsearch 409s, …)
+        present = f" (of which {duplicates} already present)"
+        twice = ""
+    else:  # JSONL, Splunk HEC, syslog, a webhook: "0 already present" would be a guess
+        present = ""
+        twice = (
+            f"; {scfg.type} does not de-duplicate by id: records it already had are there twice "
+            "(de-duplicate on the id field when searching)"
+            if delivered
+            else ""
+        )
     print(
-        f"replay --to {sink_id}: delivered {delivered} (of which {duplicates} already present), failed {failed}, "
-        f"filtered out by the sink's types/min_severity {filtered}{replaced}" + stats.deleted_note(),
+        f"replay --to {sink_id}: delivered {delivered}{present}, failed {failed}, "
+        f"filtered out by the sink's types/min_severity {filtered}{replaced}{twice}" + stats.deleted_note(),
         file=sys.stderr,
     )
     return 1 if failed else 0

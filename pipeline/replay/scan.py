@@ -21,8 +21,11 @@ import fnmatch
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 from pipeline.bus.base import ALERTS_TOPIC, DEADLETTER_TOPIC, EVENTS_TOPIC, Bus, Consumer, Record, TopicPartition
 from pipeline.clock import Clock, parse_time
@@ -34,16 +37,20 @@ from schemas.errors import RecordError
 TOPICS = {"events": EVENTS_TOPIC, "alerts": ALERTS_TOPIC, "deadletter": DEADLETTER_TOPIC}
 _REL = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_EPOCH = re.compile(r"^(\d{9,10}|\d{12,13})(?:\.\d+)?$")
 
 
 WHEN_FORMS = (
-    "2026-11-01T21:00Z, 2026-11-01T21:00+02:00, 2026-11-01 or a relative 7d/12h/30m; without Z or an offset, UTC"
+    "2026-11-01T21:00Z, 2026-11-01T21:00+02:00, 2026-11-01, epoch seconds or milliseconds (1793566800), now "
+    "or a relative 7d/12h/30m; without Z or an offset, UTC"
 )
 """The forms ``--since``/``--until`` take (their help and the error say it)."""
 
 
 def parse_when(text: str, clock: Clock, flag: str | None = None) -> float:
-    """Parse ``2026-11-01T00:00Z``, ``2026-11-01``, or a relative ``7d``/``12h``/``30m`` (before now).
+    """Parse ``2026-11-01T00:00Z``, ``2026-11-01``, epoch seconds (``1793566800``, a fraction allowed)
+    or milliseconds (13 digits, as Splunk, Elastic and browsers print them), ``now``, or a relative
+    ``7d``/``12h``/``30m`` (before now).
 
     A time without ``Z`` or an offset (``2026-12-07 21:00``) is UTC, whatever the local zone.
 
@@ -54,6 +61,11 @@ def parse_when(text: str, clock: Clock, flag: str | None = None) -> float:
     m = _REL.match(t)
     if m:
         return clock.now() - float(m.group(1)) * _UNIT[m.group(2)]
+    if t.lower() == "now":
+        return clock.now()
+    m = _EPOCH.match(t)
+    if m:  # 9-10 digits: seconds (2001-2286); 12-13: milliseconds. A bare year or 20261201 is not one.
+        return float(t) / (1000.0 if len(m.group(1)) >= 12 else 1.0)
     try:
         if re.match(r"^\d{4}-\d{2}-\d{2}$", t):
             t += "T00:00:00Z"
@@ -88,6 +100,88 @@ def parse_offsets(spec: str, topic: str) -> dict[TopicPartition, int]:
     return out
 
 
+_SCHEMA_FIELDS: dict[str, tuple[str, frozenset[str]]] = {}
+
+
+def _top_fields(topic: str) -> tuple[str, frozenset[str]]:
+    """The contract a topic carries and its top-level fields (from the JSON Schema files)."""
+    if not _SCHEMA_FIELDS:
+        import schemas
+
+        here = Path(schemas.__file__).parent
+        for t, name, title in ((EVENTS_TOPIC, "event", "Event v1"), (ALERTS_TOPIC, "alert", "Alert v1"),
+                               (DEADLETTER_TOPIC, "deadletter", "DeadLetter v1")):  # fmt: skip
+            doc = orjson.loads((here / f"{name}.v1.json").read_bytes())
+            _SCHEMA_FIELDS[t] = (title, frozenset(doc.get("properties") or {}))
+    return _SCHEMA_FIELDS.get(topic, ("record", frozenset()))
+
+
+@dataclass(frozen=True)
+class Where:
+    """One ``--where PATH=VALUE`` (or ``PATH!=VALUE``) clause on a record's fields."""
+
+    text: str
+    path: tuple[str, ...]
+    value: str
+    negate: bool = False
+
+    def matches(self, body: dict[str, Any]) -> bool:
+        """True when a value at the path equals (or, with ``*?[``, glob-matches) the value; ``!=`` inverts."""
+        found = field_values(body, self.path)
+        glob = any(c in self.value for c in "*?[")
+        hit = found is not None and any(
+            fnmatch.fnmatchcase(t, self.value) if glob else t == self.value for t in map(_as_text, found)
+        )
+        return hit != self.negate
+
+
+def parse_where(text: str, topics: Sequence[str]) -> Where:
+    """Parse ``actor.ip=185.220.101.47`` / ``source.kind!=snapshot`` for records of ``topics``.
+
+    Raises:
+        UsageError: no ``=``, an empty path, or a first segment that is not a field of the topics' contract.
+    """
+    path_text, sep, value = text.partition("=")
+    negate = path_text.strip().endswith("!")
+    path = where_path(text)
+    if not sep or not all(path):
+        raise UsageError(f"argument --where: '{text}' is not FIELD=VALUE (e.g. actor.ip=203.0.113.7, a dotted path)")
+    known = [_top_fields(t) for t in topics]
+    if not any(path[0] in fields for _, fields in known):
+        titles = " / ".join(title for title, _ in known)
+        names = ", ".join(sorted(set().union(*(f for _, f in known))))
+        raise UsageError(f"argument --where: '{path[0]}' is not a field of {titles} (fields: {names})")
+    return Where(text, path, value.strip(), negate)  # "actor.ip = 1.2.3.4" as typed in a SIEM
+
+
+def where_path(text: str) -> tuple[str, ...]:
+    """The dotted path of a ``--where`` clause (``actor.ip`` of ``actor.ip != 1.2.3.4``)."""
+    return tuple(p.strip() for p in text.partition("=")[0].strip().rstrip("!").split("."))
+
+
+def field_values(body: Any, path: Sequence[str]) -> list[Any] | None:
+    """The values at a dotted path (a list on the way is searched element by element and a list at
+    the end gives its elements); ``None`` when no object on the way has the last key."""
+    cur: list[Any] = [body]
+    for i, seg in enumerate(path):
+        nxt: list[Any] = []
+        present = False
+        for c in cur:
+            if isinstance(c, dict) and seg in c:
+                present = True
+                v = c[seg]
+                nxt.extend(v if isinstance(v, list) else [v])
+        if not present:
+            return None
+        cur = nxt if i == len(path) - 1 else [x for x in nxt if isinstance(x, (dict, list))]
+    return cur
+
+
+def _as_text(v: Any) -> str:
+    """A field value as the analyst types it: strings as they are, JSON for the rest (true, null, 34)."""
+    return v if isinstance(v, str) else orjson.dumps(v).decode()
+
+
 @dataclass(frozen=True)
 class Selection:
     """What to replay."""
@@ -105,6 +199,8 @@ class Selection:
     entity: str | None = None
     aliases: frozenset[str] = frozenset()
     """The entity's other identifiers (``--timeline``: see :mod:`pipeline.replay.identity`)."""
+    where: tuple[Where, ...] = ()
+    """``--where``: field clauses, all of which must hold."""
     limit: int | None = None
     hours: frozenset[tuple[str, str, int]] | None = None
     """``--gaps`` / ``--hours``: only events whose (workspace id, source stream, event time // 3600)
@@ -123,13 +219,14 @@ class Selection:
             or self.min_severity is not None
             or self.entity is not None
             or self.hours is not None
+            or bool(self.where)
         )
 
     def matches(self, body: dict[str, Any]) -> bool:
         """Apply the content filters (they compose with AND)."""
         if self.workspaces and (body.get("workspace") or {}).get("id") not in self.workspaces:
             return False
-        kind = body.get("type") or (body.get("rule") or {}).get("id") or ""
+        kind = record_kind(body)
         if self.types and not any(fnmatch.fnmatchcase(kind, g) for g in self.types):
             return False
         when = event_time(body)
@@ -141,20 +238,38 @@ class Selection:
             return False
         if self.until is not None and (when is None or when >= self.until):
             return False
-        if self.actor is not None:
+        if self.actor is not None:  # names and emails as people type them: case-insensitive, like --timeline
             a = body.get("actor") or {}
-            if self.actor not in (a.get("user_id"), a.get("user_name"), a.get("ip"), a.get("api_key_id")):
+            who = (a.get("user_id"), a.get("user_name"), a.get("ip"), a.get("api_key_id"))
+            if self.actor not in who and not _any_casefold(who, self.actor):
                 return False
         if self.target is not None:
             t = body.get("target") or {}
-            ents = {e.get("id") for e in body.get("entities") or []}
-            if self.target != t.get("id") and self.target not in ents:
+            ids = [t.get("id")] + [e.get("id") for e in body.get("entities") or []]
+            if self.target not in ids and not _any_casefold(ids, self.target):
                 return False
-        if self.min_severity is not None:
-            sev = (body.get("rule") or {}).get("severity")
+        rule = body.get("rule")
+        if self.min_severity is not None and isinstance(rule, dict):  # alerts (a merged timeline keeps events)
+            sev = rule.get("severity")
             if sev is None or severity_rank(sev) < severity_rank(self.min_severity):
                 return False
+        if not all(w.matches(body) for w in self.where):
+            return False
         return self.entity is None or touches(body, self.entity, self.aliases)
+
+
+def _any_casefold(values: Sequence[Any], wanted: str) -> bool:
+    """True when a string among ``values`` equals ``wanted`` ignoring case."""
+    folded = wanted.casefold()
+    return any(isinstance(x, str) and x.casefold() == folded for x in values)
+
+
+def record_kind(body: dict[str, Any]) -> str:
+    """What ``--type`` matches: an event's type, an alert's rule id, a dead letter's rule (a rule id
+    string, for a ``rule_error``) or else its reason."""
+    rule = body.get("rule")
+    kind = body.get("type") or (rule.get("id") if isinstance(rule, dict) else rule) or body.get("reason")
+    return str(kind or "")
 
 
 def event_time(body: dict[str, Any]) -> float | None:
@@ -203,6 +318,10 @@ class ReplayStats:
     """Told each warning as it is found (the CLI prints it on stderr)."""
     workspaces_seen: set[str] = field(default_factory=set)
     """With a ``--workspace`` filter: the workspace ids of the records scanned (to tell a typo)."""
+    types_seen: set[str] = field(default_factory=set)
+    """With a ``--type`` filter: the event types / rule ids of the records scanned (to tell a typo)."""
+    paths_seen: set[tuple[str, ...]] = field(default_factory=set)
+    """With ``--where``: the clause paths some scanned record has (a path none has is a typo)."""
 
     @property
     def rate(self) -> float:
@@ -284,6 +403,14 @@ async def scan(
     """
     needs_decode = decode or sel.filters_content
     empty: dict[str, Any] = {}
+    # An alert that resolves a condition often names no entity (the rule knows only the condition's
+    # key): with --target/--timeline it is kept when its dedup key is one of an alert that matched.
+    unpaired = (
+        replace(sel, entity=None, target=None, aliases=frozenset())
+        if sel.topic == ALERTS_TOPIC and (sel.entity is not None or sel.target is not None)
+        else None
+    )
+    paired: set[str] = set()
     async with bus.consumer([sel.topic], start="earliest") as c:
         ends, total = await _position(c, sel, stats)
         while True:
@@ -308,12 +435,21 @@ async def scan(
                         continue
                 if sel.workspaces:
                     stats.workspaces_seen.add(str((body.get("workspace") or {}).get("id")))
+                if sel.types:
+                    stats.types_seen.add(record_kind(body))
+                for w in sel.where:
+                    if w.path not in stats.paths_seen and field_values(body, w.path) is not None:
+                        stats.paths_seen.add(w.path)
                 if not needs_decode or sel.matches(body):
-                    stats.matched += 1
-                    out.append((r, body))
-                    if sel.limit is not None and stats.matched >= sel.limit:
-                        yield out
-                        return
+                    if unpaired is not None and isinstance(body.get("dedup_key"), str):
+                        paired.add(body["dedup_key"])
+                elif not (unpaired is not None and body.get("dedup_key") in paired and unpaired.matches(body)):
+                    continue
+                stats.matched += 1
+                out.append((r, body))
+                if sel.limit is not None and stats.matched >= sel.limit:
+                    yield out
+                    return
             if progress is not None:
                 progress(stats.scanned, total)
             if out:
@@ -357,5 +493,11 @@ async def scan_values(
 
 
 def sort_timeline(items: Sequence[tuple[Record, dict[str, Any]]]) -> list[tuple[Record, dict[str, Any]]]:
-    """Order by event time, then publish order — the investigator's first view."""
-    return sorted(items, key=lambda it: (event_time(it[1]) or 0.0, it[0].timestamp_ms, it[0].partition, it[0].offset))
+    """Order by event time, then publish order — the investigator's first view. At one instant an
+    event comes before an alert (which it raised), whatever order the two topics were read in."""
+    return sorted(
+        items,
+        key=lambda it: (
+            event_time(it[1]) or 0.0, it[0].topic == ALERTS_TOPIC, it[0].timestamp_ms, it[0].partition, it[0].offset
+        ),
+    )  # fmt: skip

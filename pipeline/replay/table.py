@@ -8,6 +8,7 @@ from rich.box import HEAVY_HEAD
 from rich.markup import escape
 
 from pipeline.bus.base import Record
+from pipeline.replay.scan import record_kind
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -15,9 +16,19 @@ if TYPE_CHECKING:
 SEV_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan", "info": "dim"}
 
 
-def _actor(body: dict[str, Any]) -> str:
+def _actor(body: dict[str, Any], narrow: bool = False) -> str:
+    """Who, then the API key and the IP they acted with: an investigation pivots on those two. Below
+    :data:`NARROW` columns only the first of user name, user id, key id, IP (JSON Lines has them all)."""
     a = body.get("actor") or {}
-    return str(a.get("user_name") or a.get("user_id") or a.get("api_key_id") or a.get("ip") or "")
+    who = a.get("user_name") or a.get("user_id")
+    if narrow:
+        return str(who or a.get("api_key_id") or a.get("ip") or "")
+    parts = [str(who)] if who else []
+    if a.get("api_key_id"):
+        parts.append(f"key {a['api_key_id']}")
+    if a.get("ip"):
+        parts.append(f"from {a['ip']}")
+    return " ".join(parts)
 
 
 def _target(body: dict[str, Any]) -> str:
@@ -32,6 +43,8 @@ def describe(body: dict[str, Any]) -> str:
     """A one-line summary of an event or alert."""
     if "summary" in body:
         return str(body["summary"])
+    if "stage" in body and "error" in body:  # a dead letter
+        return f"{body['stage']} {body.get('component') or ''}: {body['error']}"
     attrs = body.get("attributes") or {}
     bits = []
     for k in ("activity_label", "email", "role", "scopes", "target_hook_url", "value", "affected_count"):
@@ -72,9 +85,12 @@ def print_table(
 
     console = console or (Console(file=file) if file is not None else Console())
     narrow = console.width < NARROW
+    if topic == "timeline":
+        _print_timeline(items, console, narrow)
+        return
     alerts = "alerts" in topic
     t = Table(header_style="bold", pad_edge=not narrow, box=None if narrow else HEAVY_HEAD)
-    t.add_column("time", no_wrap=True)
+    t.add_column("time (UTC)", no_wrap=True)
     if alerts:
         t.add_column("severity", no_wrap=True)
         t.add_column("status", no_wrap=True)
@@ -86,7 +102,7 @@ def print_table(
         t.add_column("target", overflow="fold")
     t.add_column("summary", overflow="fold", ratio=1)
     for _, b in items:
-        rule = b.get("rule") or {}
+        rule: dict[str, Any] = b["rule"] if isinstance(b.get("rule"), dict) else {}
         row: list[str] = [_when(b, narrow)]
         if alerts:
             sev = str(rule.get("severity") or "")
@@ -95,9 +111,45 @@ def print_table(
             row += [f"[{style}]{sev}[/]" if style else sev, f"[dim]{status}[/]" if status == "resolved" else status]
             row.append(escape(str(rule.get("id") or "?")))
         else:
-            row += [escape(str(b.get("type") or "?")), escape(_actor(b))]
+            row += [escape(record_kind(b) or "?"), escape(_actor(b, narrow))]
         if not (alerts and narrow):
             row.append(escape(_target(b)))
         row.append(escape(describe(b)))
+        t.add_row(*row)
+    console.print(t)
+
+
+WIDE = 150
+"""From this console width the timeline table also shows each record's id (to pivot on)."""
+
+
+def _print_timeline(items: list[tuple[Record, dict[str, Any]]], console: Console, narrow: bool) -> None:
+    """Events and alerts in one table, in the order given: an alert's row reads ``alert <rule id>`` with
+    its severity and status before its summary, and names its entities as the target."""
+    from rich.table import Table
+
+    wide = console.width >= WIDE
+    t = Table(header_style="bold", pad_edge=not narrow, box=None if narrow else HEAVY_HEAD)
+    t.add_column("time (UTC)", no_wrap=True)
+    t.add_column("event / alert", overflow="fold")
+    t.add_column("actor", overflow="fold")
+    t.add_column("target", overflow="fold")
+    t.add_column("summary", overflow="fold", ratio=1)
+    if wide:
+        t.add_column("id", no_wrap=True)
+    for _, b in items:
+        rule: dict[str, Any] = b["rule"] if isinstance(b.get("rule"), dict) else {}
+        if rule:
+            sev = str(rule.get("severity") or "")
+            style = SEV_STYLE.get(sev, "")
+            status = str(b.get("status") or "")
+            head = f"[{style}]{escape(sev)}[/]" if style else escape(sev)
+            what = f"[bold]alert[/] {escape(str(rule.get('id') or '?'))}"
+            summary = f"{head} {escape(status)}: {escape(describe(b))}"
+        else:
+            what, summary = escape(str(b.get("type") or "?")), escape(describe(b))
+        row = [_when(b, narrow), what, escape(_actor(b, narrow)), escape(_target(b)), summary]
+        if wide:
+            row.append(escape(str(b.get("id") or "")))
         t.add_row(*row)
     console.print(t)

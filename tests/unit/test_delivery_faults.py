@@ -364,5 +364,5 @@ async def test_replay_to_a_sink_reports_a_mistyped_record_and_delivers_the_rest(
     err = capsys.readouterr().err
     assert code == 1
     assert f"{bad_id}: undecodable event" in err and "$.attributes" in err
-    assert "delivered 5 " in err and "failed 1," in err
+    assert "delivered 5," in err and "failed 1," in err
     assert len(out.read_text().splitlines()) == 5
