@@ -165,6 +165,8 @@ class Publisher:
         for reason, n in dropped.items():
             if n:
                 tel.records_dropped(*labels, n, reason=reason, workspace=alias)
+        if dropped.get("dead_letter"):
+            tel.dead_letters(*labels, dropped["dead_letter"], workspace=alias)
 
 
 async def publish_snapshot(

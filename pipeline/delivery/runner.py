@@ -531,6 +531,7 @@ class SinkRunner:
         tel = self.telemetry
         if pending.dead:
             tel.records_dropped("sink", sink_type, self.sink_id, "", len(pending.dead), reason="dead_letter")
+            tel.dead_letters("sink", sink_type, self.sink_id, "", len(pending.dead))
         if pending.filtered:
             tel.records_dropped("sink", sink_type, self.sink_id, "", pending.filtered, reason="filtered")
         stats = pending.stats

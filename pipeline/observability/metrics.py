@@ -93,6 +93,14 @@ RECORDS_SENT = MetricSpec(
 RECORDS_DROPPED = MetricSpec(
     "pipeline.component.events.dropped", "counter", "{event}", "Records deliberately dropped, by reason.", (*_C, REASON)
 )
+DEAD_LETTERS = MetricSpec(
+    "pipeline.dead_letters",
+    "counter",
+    "{record}",
+    "Records written to the dead-letter topic instead of the events or alerts topic, or instead of a "
+    "destination (counted once their transaction committed); read them with replay --topic deadletter.",
+    _C,
+)
 COMPONENT_ERRORS = MetricSpec(
     "pipeline.component.errors", "counter", "{error}", "Errors a component met, by error type.", (*_C, ERROR_TYPE)
 )
@@ -183,6 +191,7 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     RECORDS_RECEIVED,
     RECORDS_SENT,
     RECORDS_DROPPED,
+    DEAD_LETTERS,
     COMPONENT_ERRORS,
     ALERTS_RAISED,
     API_REQUESTS,

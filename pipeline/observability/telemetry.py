@@ -65,6 +65,7 @@ from pipeline.observability.metrics import (
     COMPONENT_ERRORS,
     CONSUMER_LAG,
     CURSOR_AGE,
+    DEAD_LETTERS,
     GAP_HOURS,
     ID,
     LATENCY,
@@ -245,6 +246,7 @@ class Telemetry:
         self._received = series[RECORDS_RECEIVED.name]
         self._sent = series[RECORDS_SENT.name]
         self._dropped = series[RECORDS_DROPPED.name]
+        self._dead_letters = series[DEAD_LETTERS.name]
         self._errors = series[COMPONENT_ERRORS.name]
         self._alerts = series[ALERTS_RAISED.name]
         self._api = series[API_REQUESTS.name]
@@ -339,6 +341,17 @@ class Telemetry:
         """Count records deliberately dropped (duplicate, filtered, unparseable → dead letter)."""
         if self.enabled:
             self._dropped.add((kind, type, id, workspace_id, workspace, reason), n)
+
+    def dead_letters(
+        self, kind: str, type: str, id: str, workspace_id: str = "", n: int = 1, *, workspace: str = ""
+    ) -> None:
+        """Count records a component wrote to the dead-letter topic (after their transaction committed).
+
+        Not every drop is a dead letter (a duplicate, a filtered or too old record is dropped on
+        purpose): only this counter says records wait in ``instantly.deadletter.v1``.
+        """
+        if self.enabled:
+            self._dead_letters.add((kind, type, id, workspace_id, workspace), n)
 
     def component_errors(
         self, kind: str, type: str, id: str, error_type: str, workspace_id: str = "", *, workspace: str = ""

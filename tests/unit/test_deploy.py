@@ -438,6 +438,17 @@ def test_alerts_cover_the_pipeline_failures() -> None:
     assert 'http_response_status_code="401"' in by_name["InstantlyAuditPollerUnauthorized"]
 
 
+def test_dead_letter_alert_counts_dead_letters_not_deliberate_drops() -> None:
+    """DeadLettersGrowing reads the dead-letter counter: records dropped on purpose (an audit record
+    older than the overlap window at a restart's full re-read, ``too_old``; a delivery outside the
+    window; a duplicate) are no dead letters, and a process's first dead letter (a new series, which
+    ``increase()`` alone cannot see) fires it too."""
+    expr = {r["alert"]: r["expr"] for r in alert_rules()}["InstantlyAuditDeadLettersGrowing"]
+    names, _labels = references(expr)
+    assert names == {"pipeline_dead_letters_total"}, names
+    assert "offset" in expr and "unless" in expr
+
+
 def test_alerts_name_workspaces_by_alias_and_id() -> None:
     """An alert on a workspace metric keeps both workspace labels and its summary shows both."""
     workspace_series = {m.series for m in METRICS if "workspace" in m.labels}

@@ -101,6 +101,7 @@ async def test_scrape_every_helper_shows_its_series(tel: Telemetry, server: Serv
     tel.records_received("sink", "splunk_hec", "soc", n=3)
     tel.records_published("sink", "splunk_hec", "soc", n=3)
     tel.records_dropped("source", "instantly_audit_logs", "acme", "ws-1", 2, reason="duplicate")
+    tel.dead_letters("sink", "splunk_hec", "soc", n=4)
     tel.component_errors("sink", "splunk_hec", "soc", "SinkError")
     tel.alerts_raised("all_scope_key", "high", "ws-1")
     tel.api_requests("ws-1", 401)
@@ -120,6 +121,7 @@ async def test_scrape_every_helper_shows_its_series(tel: Telemetry, server: Serv
     tel.gap_hours("acme", "ws-1", "interrupted", 2)
     got = await scrape(server)
     assert value(got, "pipeline_component_events_dropped_total", reason="duplicate") == 2
+    assert value(got, "pipeline_dead_letters_total", component_kind="sink", component_id="soc") == 4
     assert value(got, "pipeline_component_errors_total", component_id="soc", error_type="SinkError") == 1
     assert value(got, "pipeline_alerts_raised_total", rule_id="all_scope_key", severity="high") == 1
     assert value(got, "pipeline_instantly_api_requests_total", http_response_status_code="401") == 1
