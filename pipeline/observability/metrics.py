@@ -125,6 +125,14 @@ API_RATE_LIMITED = MetricSpec(
     "Instantly API 429 answers.",
     (WORKSPACE_ID, WORKSPACE),
 )
+API_BUDGET_WAIT = MetricSpec(
+    "pipeline.instantly.api.budget_wait",
+    "counter",
+    "s",
+    "Seconds requests to the Instantly API waited for the local request budget (budget.requests_per_second, "
+    "requests_per_minute) or a Retry-After before being sent.",
+    (WORKSPACE_ID, WORKSPACE),
+)
 RETRIES = MetricSpec("pipeline.retries", "counter", "{retry}", "Retried operations, by reason.", (KIND, ID, REASON))
 SINK_DELIVERIES = MetricSpec(
     "pipeline.sink.deliveries", "counter", "{record}", "Records a destination confirmed.", (SINK,)
@@ -196,6 +204,7 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     ALERTS_RAISED,
     API_REQUESTS,
     API_RATE_LIMITED,
+    API_BUDGET_WAIT,
     RETRIES,
     SINK_DELIVERIES,
     SINK_ERRORS,

@@ -59,6 +59,7 @@ from pipeline import __version__
 from pipeline.clock import SYSTEM_CLOCK, Clock
 from pipeline.observability.metrics import (
     ALERTS_RAISED,
+    API_BUDGET_WAIT,
     API_RATE_LIMITED,
     API_REQUESTS,
     BUS_ERRORS,
@@ -251,6 +252,7 @@ class Telemetry:
         self._alerts = series[ALERTS_RAISED.name]
         self._api = series[API_REQUESTS.name]
         self._rate_limited = series[API_RATE_LIMITED.name]
+        self._budget_wait = series[API_BUDGET_WAIT.name]
         self._retries = series[RETRIES.name]
         self._deliveries = series[SINK_DELIVERIES.name]
         self._sink_errors = series[SINK_ERRORS.name]
@@ -376,6 +378,11 @@ class Telemetry:
         """Count one 429 from Instantly."""
         if self.enabled:
             self._rate_limited.add((workspace_id, workspace), 1)
+
+    def api_budget_wait(self, workspace_id: str, seconds: float, *, workspace: str = "") -> None:
+        """Count seconds a request to the vendor's API waited for the local budget (or a Retry-After)."""
+        if self.enabled:
+            self._budget_wait.add((workspace_id, workspace), seconds)
 
     def retries(self, component: str, reason: str, *, kind: str = "") -> None:
         """Count one retry of ``component`` (its id) for ``reason`` (e.g. ``http_503``, ``timeout``)."""

@@ -107,6 +107,8 @@ async def test_scrape_every_helper_shows_its_series(tel: Telemetry, server: Serv
     tel.api_requests("ws-1", 401)
     tel.api_requests("ws-1", 200)
     tel.api_rate_limited("ws-1")
+    tel.api_budget_wait("ws-1", 0.25)
+    tel.api_budget_wait("ws-1", 0.5)
     tel.retries("acme", "http_503", kind="source")
     tel.sink_deliveries("soc", 40)
     tel.sink_errors("soc", "timeout")
@@ -126,6 +128,7 @@ async def test_scrape_every_helper_shows_its_series(tel: Telemetry, server: Serv
     assert value(got, "pipeline_alerts_raised_total", rule_id="all_scope_key", severity="high") == 1
     assert value(got, "pipeline_instantly_api_requests_total", http_response_status_code="401") == 1
     assert value(got, "pipeline_instantly_api_rate_limited_total", workspace_id="ws-1") == 1
+    assert value(got, "pipeline_instantly_api_budget_wait_seconds_total", workspace_id="ws-1") == 0.75
     assert value(got, "pipeline_retries_total", component_id="acme", reason="http_503", component_kind="source") == 1
     assert value(got, "pipeline_sink_deliveries_total", sink="soc") == 40
     assert value(got, "pipeline_sink_errors_total", sink="soc", error_type="timeout") == 1
