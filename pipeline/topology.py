@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import random
 import signal
 import sys
@@ -26,6 +27,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+from pipeline import __version__
 from pipeline.bus.base import EVENTS_TOPIC, Bus, Consumer, consumer_lags, reclaiming
 from pipeline.bus.factory import open_bus
 from pipeline.clock import SYSTEM_CLOCK, Clock
@@ -575,7 +577,8 @@ async def _run_forever(pipe: Pipeline, stop: asyncio.Event | None, config_path: 
         refresh=pipe.name_workspaces,
     )
     monitor_task = asyncio.create_task(supervise("bus-monitor", monitor, stop), name="bus-monitor")
-    log.info("Pipeline running", extra={"roles": sorted(pipe.roles), "tasks": len(tasks)})
+    log.info("Pipeline running", extra=_banner(pipe, len(tasks)))
+    started = loop.time()
     await stop.wait()
     log.info("Stopping: finishing in-flight batches")
     with contextlib.suppress(TimeoutError, asyncio.CancelledError):
@@ -589,4 +592,26 @@ async def _run_forever(pipe: Pipeline, stop: asyncio.Event | None, config_path: 
     for t in done:
         if not t.cancelled() and t.exception() is not None:
             log.error("Task ended with an error", extra={"task": t.get_name(), "error": str(t.exception())})
+    log.info(
+        "Pipeline stopped",
+        extra={"uptime_secs": round(loop.time() - started, 1), "unfinished_tasks": len(pending)},
+    )
     return 0
+
+
+def _banner(pipe: Pipeline, tasks: int) -> dict[str, Any]:
+    """What ``Pipeline running`` says about this process: version, roles, bus and components (no secret;
+    the service and webhook ports are logged when they listen)."""
+    cfg = pipe.cfg
+    fields: dict[str, Any] = {
+        "version": __version__,
+        "pid": os.getpid(),
+        "roles": sorted(pipe.roles),
+        "tasks": tasks,
+        "bus": cfg.bus.type,
+        "sources": sorted({str(getattr(p, "source_id", "")) for p in pipe.pollers} - {""}),
+        "sinks": sorted(r.sink_id for r in pipe.runners),
+    }
+    if pipe.receiver is not None and cfg.webhook is not None:
+        fields["webhook_sources"] = sorted(cfg.webhook.sources)
+    return fields
