@@ -226,6 +226,33 @@ def test_sigterm_while_starting_is_a_clean_stop(tmp_path: Path, delay: float) ->
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("section", "example"),
+    [
+        ('sinks:\n  s: {type: splunk_hec, url: "ftp://x", token: "${T}"}\n', "https://siem.example.com:8088"),
+        ('sinks:\n  s: {type: elasticsearch, url: "siem:9200", index: x}\n', "https://siem.example.com:8088"),
+        ('workspaces:\n  acme: {api_key: "${T}", base_url: "api.instantly.ai"}\n', "https://api.instantly.ai"),
+        ("telemetry:\n  otlp: {endpoint: otel:4318}\n", "http://otel-collector:4318"),
+        (
+            "webhook:\n  sources:\n    crm: {path: /hooks/crm, secrets: ['${T}'], public_urls: [hooks/crm]}\n",
+            "https://hooks.example.com followed by the source's path (/hooks/crm)",
+        ),
+    ],
+)
+def test_a_bad_url_error_shows_its_example(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, section: str, example: str
+) -> None:
+    """``must be an http(s) URL such as …`` shows a usable example: the sinks' one (``https://host:port``)
+    looked like a credential to the output redaction and was printed as ``<redacted>``."""
+    monkeypatch.setenv("T", "tok-0123456789abcdef")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(section)
+    assert main(["config", "validate", str(cfg)]) == Exit.USAGE
+    err = capsys.readouterr().err
+    assert f"must be an http(s) URL such as {example}" in err, err
+    assert "<redacted>" not in err
+
+
 def test_run_logs_a_start_banner_and_a_stop_line(tmp_path: Path) -> None:
     """``run`` says at start which version runs with which roles, bus and components (as Vector's
     "Vector has started" does: the first thing to check after a deploy), and after SIGTERM that it
