@@ -149,6 +149,7 @@ class RulesWorker:
         self.tick_interval_secs = self.engine.ruleset.settings.tick_interval_secs
         self.stats = WorkerStats()
         self.telemetry = telemetry if telemetry is not None else get_telemetry()
+        self.telemetry.dead_letters(COMPONENT, COMPONENT, group, "", 0)  # shown at 0 until the first one
         self._clock = clock
         self._consumer: Consumer | None = None
         self._loaded = False

@@ -223,6 +223,24 @@ async def test_poison_goes_to_dead_letter_with_error_and_sink(bus: SqliteBus) ->
     assert await committed(bus) == 3
 
 
+async def test_a_sinks_counters_are_shown_at_zero_from_the_start(bus: SqliteBus) -> None:
+    """Before anything was delivered or dead-lettered, /metrics shows the sink's delivery and
+    dead-letter counters at 0: ``increase()`` needs a sample before the first increment, and an alert
+    on ``rate(pipeline_sink_deliveries_total[…]) == 0`` needs the series to exist at all."""
+    tel = Telemetry()
+    runner(bus, ScriptedSink(), cfg(), telemetry=tel)
+    assert dead_letter_samples(tel) == [("sink", "s1", 0.0)]
+    text = tel.render_prometheus()[0].decode()
+    delivered = [
+        (s.labels["sink"], s.value)
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "pipeline_sink_deliveries_total"
+    ]
+    tel.shutdown()
+    assert delivered == [("s1", 0.0)]
+
+
 async def test_undecodable_record_goes_to_dead_letter(bus: SqliteBus) -> None:
     """A record that is not an event (bad JSON, missing fields) is dead-lettered with its bytes."""
     await bus.publish([OutRecord(EVENTS_TOPIC, b"\xff not json", key=b"ws-1"),
