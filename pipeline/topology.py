@@ -530,6 +530,14 @@ def reload_webhook_secrets(pipe: Pipeline, config_path: Path) -> int:
     return n
 
 
+MONITOR_STOP_SECS = 5
+"""After SIGTERM/SIGINT, how long the bus monitor may take to stop."""
+TASKS_STOP_SECS = 30
+"""Then how long the tasks may take to finish their batches before they are cancelled. A supervisor's
+grace period (Kubernetes ``terminationGracePeriodSeconds``, compose ``stop_grace_period``) must be
+longer than both together plus closing the bus, or it kills a process still committing."""
+
+
 def _catch_stop_signals(stop: asyncio.Event) -> None:
     """SIGTERM and SIGINT set ``stop`` (on the running loop)."""
     loop = asyncio.get_running_loop()
@@ -582,10 +590,10 @@ async def _run_forever(pipe: Pipeline, stop: asyncio.Event | None, config_path: 
     await stop.wait()
     log.info("Stopping: finishing in-flight batches")
     with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-        await asyncio.wait_for(monitor_task, timeout=5)
+        await asyncio.wait_for(monitor_task, timeout=MONITOR_STOP_SECS)
     if not tasks:  # e.g. --role webhook: the receiver is closed with the pipeline's stack
         return 0
-    done, pending = await asyncio.wait(tasks, timeout=30)
+    done, pending = await asyncio.wait(tasks, timeout=TASKS_STOP_SECS)
     for t in pending:
         t.cancel()
     await asyncio.gather(*pending, return_exceptions=True)

@@ -154,6 +154,22 @@ def validate_pipeline_config(text: str, tmp: Path) -> None:
     assert cfg.config_dir == tmp  # every section was validated at load
 
 
+def test_supervisors_wait_longer_than_a_clean_stop() -> None:
+    """compose's stop_grace_period and each Deployment's terminationGracePeriodSeconds leave the process
+    the time ``run`` takes to stop cleanly (monitor, then the tasks' batches) plus a margin to close the
+    bus: a SIGKILL before that cuts a commit short, and the batch is delivered again after the restart."""
+    from pipeline.topology import MONITOR_STOP_SECS, TASKS_STOP_SECS
+
+    needed = MONITOR_STOP_SECS + TASKS_STOP_SECS + 5
+    services = compose()["services"]
+    for role in ROLES:
+        grace = services[role]["stop_grace_period"]
+        assert re.fullmatch(r"\d+s", grace) and int(grace[:-1]) >= needed, (role, grace)
+    for role in ROLES:
+        (dep,) = docs(K8S / f"deployment-{role}.yaml")
+        assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= needed, role
+
+
 def test_compose_config_is_valid(tmp_path: Path) -> None:
     """deploy/compose/config.yaml passes the pipeline's own validation."""
     validate_pipeline_config((DEPLOY / "compose" / "config.yaml").read_text(), tmp_path)
