@@ -221,6 +221,14 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
 )
 
 
+PROCESS_SERIES: Final = frozenset({
+    "process_cpu_seconds_total", "process_resident_memory_bytes", "process_virtual_memory_bytes",
+    "process_start_time_seconds", "process_open_fds", "process_max_fds",
+})  # fmt: skip
+"""The standard process metrics every Prometheus client library exports (``prometheus_client``'s
+``ProcessCollector``, read from ``/proc``: absent where there is none)."""
+
+
 def prometheus_series() -> frozenset[str]:
     """Every sample name ``/metrics`` can show (what PromQL and dashboards may reference)."""
-    return frozenset(s for m in METRICS for s in m.samples) | {"target_info"}
+    return frozenset(s for m in METRICS for s in m.samples) | {"target_info"} | PROCESS_SERIES

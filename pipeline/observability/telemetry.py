@@ -205,9 +205,12 @@ class Telemetry:
         readers: list[MetricReader] = list(metric_readers)
         if cfg.prometheus:
             from opentelemetry.exporter.prometheus import PrometheusMetricReader
-            from prometheus_client import CollectorRegistry
+            from prometheus_client import CollectorRegistry, ProcessCollector
 
             self._registry = CollectorRegistry(auto_describe=False)
+            # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, … as every
+            # Prometheus client exports them: what the sizing guidance is checked against.
+            ProcessCollector(registry=self._registry)
             readers.append(PrometheusMetricReader(scope_info_enabled=False, registry=self._registry))
         if cfg.otlp is not None and cfg.otlp.metrics:
             readers.append(

@@ -19,7 +19,7 @@ from pipeline.config.base import EnvValue
 from pipeline.config.loader import parse_config
 from pipeline.config.model import PipelineConfig
 from pipeline.observability.health import HealthRegistry
-from pipeline.observability.metrics import METRICS, WORKSPACE, WORKSPACE_ID, prometheus_series
+from pipeline.observability.metrics import METRICS, PROCESS_SERIES, WORKSPACE, WORKSPACE_ID, prometheus_series
 from pipeline.observability.service import ServiceServer
 from pipeline.observability.telemetry import Telemetry, get_telemetry, set_telemetry, setup_telemetry
 from pipeline.observability.telemetry_config import TelemetryConfig
@@ -147,6 +147,8 @@ async def test_scrape_every_helper_shows_its_series(tel: Telemetry, server: Serv
     assert value(got, "pipeline_latency_seconds_bucket", le="0.25", **e2e) == 2
     names = {n for n, _ in got}
     assert names - {"target_info"} <= prometheus_series(), "a series is not in METRICS"
+    assert names >= PROCESS_SERIES, "the standard process metrics are missing"
+    assert value(got, "process_resident_memory_bytes") > 0 and value(got, "process_open_fds") > 0
     assert {m.series for m in METRICS} - {"pipeline_readiness"} <= names, "a METRICS entry did not appear"
 
 
