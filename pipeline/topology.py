@@ -511,12 +511,15 @@ def reload_webhook_secrets(pipe: Pipeline, config_path: Path) -> int:
     Only secrets change: a rotation adds the new secret as the second entry, reloads, changes the
     header value in Instantly, then removes the old one and reloads again — no restart, no
     rejected delivery. Anything else that changed in the file needs a restart.
+
+    Only the ``webhook`` section's secrets are read, whatever the roles: a webhook pod mounts only its
+    own Secret (docs/operations.md), so reading the Instantly key or a sink token would refuse the reload.
     """
-    from pipeline.config.loader import load_config
+    from pipeline.config.loader import load_config, resolve_under
 
     if pipe.receiver is None:
         return 0
-    fresh = load_config(config_path)
+    fresh = load_config(config_path, resolve=resolve_under(("webhook",)))
     if fresh.webhook is None:
         return 0
     wcfg = fresh.webhook
@@ -564,6 +567,9 @@ async def _run_forever(pipe: Pipeline, stop: asyncio.Event | None, config_path: 
 
     def on_hup() -> None:
         if config_path is None:
+            return
+        if pipe.receiver is None:
+            log.info("SIGHUP ignored: it re-reads only the webhook secrets, and this process runs no webhook receiver")
             return
         try:
             n = reload_webhook_secrets(pipe, config_path)
