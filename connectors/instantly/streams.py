@@ -344,6 +344,8 @@ async def _sweep(
         extra_records=extra.records, extra_state=extra.state,
     )  # fmt: skip
     extra.committed()
+    if result.records:  # what the sweep found counts like a read's records (published, dead letters)
+        pub.count(AUDIT_LOGS.name, len(result.records), published, {"dead_letter": batch.dead_letters})
     counts[AUDIT_LOGS.name] = counts.get(AUDIT_LOGS.name, 0) + published
     counts["pipeline"] = counts.get("pipeline", 0) + events
 
