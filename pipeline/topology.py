@@ -296,8 +296,13 @@ def _shares_pollers(cfg: PipelineConfig, bus: Bus) -> bool:
     return bool(getattr(cfg.bus, "share_pollers", False)) and can_share(bus)
 
 
-async def supervise(name: str, body: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
-    """Run ``body`` until ``stop``; restart it with backoff when it crashes."""
+async def supervise(
+    name: str, body: Callable[[], Awaitable[None]], stop: asyncio.Event, *, telemetry: Telemetry | None = None
+) -> None:
+    """Run ``body`` until ``stop``; restart it with backoff when it crashes, counting each restart in
+    ``pipeline_task_restarts_total{task=name}`` (at 0 from the start, so the first crash is an increase)."""
+    tel = telemetry if telemetry is not None else get_telemetry()
+    tel.task_restarts(name, 0)
     delay = 1.0
     loop = asyncio.get_running_loop()
     while not stop.is_set():
@@ -319,6 +324,7 @@ async def supervise(name: str, body: Callable[[], Awaitable[None]], stop: asynci
             )
             if not retriable and isinstance(err, ConfigError):
                 raise
+            tel.task_restarts(name)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=delay * (0.5 + random.random()))  # noqa: S311
         delay = min(delay * 2, 60.0)
@@ -580,7 +586,8 @@ async def _run_forever(pipe: Pipeline, stop: asyncio.Event | None, config_path: 
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         loop.add_signal_handler(signal.SIGUSR1, _log_task_stacks)
-    tasks = [asyncio.create_task(supervise(n, b, stop), name=n) for n, b in pipe.tasks(stop)]
+    tel = pipe.telemetry
+    tasks = [asyncio.create_task(supervise(n, b, stop, telemetry=tel), name=n) for n, b in pipe.tasks(stop)]
     monitor = functools.partial(
         monitor_bus,
         pipe.bus,
@@ -590,7 +597,7 @@ async def _run_forever(pipe: Pipeline, stop: asyncio.Event | None, config_path: 
         health=pipe.health,
         refresh=pipe.name_workspaces,
     )
-    monitor_task = asyncio.create_task(supervise("bus-monitor", monitor, stop), name="bus-monitor")
+    monitor_task = asyncio.create_task(supervise("bus-monitor", monitor, stop, telemetry=tel), name="bus-monitor")
     log.info("Pipeline running", extra=_banner(pipe, len(tasks)))
     started = loop.time()
     await stop.wait()

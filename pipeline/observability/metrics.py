@@ -193,6 +193,15 @@ GAP_HOURS = MetricSpec(
     "interrupted (the source did not poll during part of it).",
     (ID, WORKSPACE_ID, WORKSPACE, REASON),
 )
+TASK = "task"
+TASK_RESTARTS = MetricSpec(
+    "pipeline.task.restarts",
+    "counter",
+    "{restart}",
+    "Restarts of a long-running task after it crashed (poller:<workspace>, rules, sink:<id>, bus-monitor, …); "
+    "shown at 0 from the start.",
+    (TASK,),
+)
 READINESS = MetricSpec("pipeline.readiness", "gauge", "1", "1 when a readiness check passes, else 0.", (CHECK,))
 
 METRICS: Final[tuple[MetricSpec, ...]] = (
@@ -214,6 +223,7 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     CURSOR_AGE,
     WEBHOOK_REJECTIONS,
     BUS_ERRORS,
+    TASK_RESTARTS,
     READINESS,
     LATENCY,
     RECEIPTS,

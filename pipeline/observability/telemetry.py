@@ -84,6 +84,7 @@ from pipeline.observability.metrics import (
     SINK_ERRORS,
     SOURCE_PAUSED,
     STREAM,
+    TASK_RESTARTS,
     WEBHOOK_REJECTIONS,
     WORKSPACE,
     WORKSPACE_ID,
@@ -261,6 +262,7 @@ class Telemetry:
         self._sink_errors = series[SINK_ERRORS.name]
         self._webhook_rejections = series[WEBHOOK_REJECTIONS.name]
         self._bus_errors = series[BUS_ERRORS.name]
+        self._task_restarts = series[TASK_RESTARTS.name]
         self._circuit = series[SINK_CIRCUIT_OPEN.name]
         self._lag = series[CONSUMER_LAG.name]
         self._paused = series[SOURCE_PAUSED.name]
@@ -411,6 +413,11 @@ class Telemetry:
         """Count one failed bus operation (``operation``: publish, poll, commit, state, ...)."""
         if self.enabled:
             self._bus_errors.add((operation, error_type), 1)
+
+    def task_restarts(self, task: str, n: int = 1) -> None:
+        """Count restarts of the supervised task ``task`` after a crash (``n=0`` shows the series)."""
+        if self.enabled:
+            self._task_restarts.add((task,), n)
 
     def receipts_published(self, source: str, workspace_id: str, n: int, *, workspace: str = "") -> None:
         """Count completeness receipts ``source`` published."""

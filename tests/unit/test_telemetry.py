@@ -118,6 +118,7 @@ async def test_scrape_every_helper_shows_its_series(tel: Telemetry, server: Serv
     tel.cursor_age_seconds("ws-1", "audit_logs", clock.now() - 90)
     tel.webhook_rejections("instantly", "bad_secret")
     tel.bus_errors("publish", "KafkaTimeoutError")
+    tel.task_restarts("rules")
     tel.latency("end_to_end", "soc", [0.2, 3.5, -1.0])
     tel.receipts_published("acme", "ws-1", 3)
     tel.gap_hours("acme", "ws-1", "interrupted", 2)
@@ -139,6 +140,7 @@ async def test_scrape_every_helper_shows_its_series(tel: Telemetry, server: Serv
     assert value(got, "pipeline_source_cursor_age_seconds", workspace_id="ws-1", stream="audit_logs") == 90
     assert value(got, "pipeline_webhook_rejections_total", source="instantly", reason="bad_secret") == 1
     assert value(got, "pipeline_bus_errors_total", operation="publish", error_type="KafkaTimeoutError") == 1
+    assert value(got, "pipeline_task_restarts_total", task="rules") == 1
     assert value(got, "pipeline_completeness_receipts_total", component_id="acme", workspace_id="ws-1") == 3
     assert value(got, "pipeline_completeness_gap_hours_total", reason="interrupted", workspace_id="ws-1") == 2
     e2e = {"leg": "end_to_end", "component_id": "soc"}
