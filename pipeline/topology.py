@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import random
 import signal
 import sys
@@ -26,6 +27,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+from pipeline import __version__
 from pipeline.bus.base import EVENTS_TOPIC, Bus, Consumer, consumer_lags, reclaiming
 from pipeline.bus.factory import open_bus
 from pipeline.clock import SYSTEM_CLOCK, Clock
@@ -301,8 +303,13 @@ def _shares_pollers(cfg: PipelineConfig, bus: Bus) -> bool:
     return bool(getattr(cfg.bus, "share_pollers", False)) and can_share(bus)
 
 
-async def supervise(name: str, body: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
-    """Run ``body`` until ``stop``; restart it with backoff when it crashes."""
+async def supervise(
+    name: str, body: Callable[[], Awaitable[None]], stop: asyncio.Event, *, telemetry: Telemetry | None = None
+) -> None:
+    """Run ``body`` until ``stop``; restart it with backoff when it crashes, counting each restart in
+    ``pipeline_task_restarts_total{task=name}`` (at 0 from the start, so the first crash is an increase)."""
+    tel = telemetry if telemetry is not None else get_telemetry()
+    tel.task_restarts(name, 0)
     delay = 1.0
     loop = asyncio.get_running_loop()
     while not stop.is_set():
@@ -324,6 +331,7 @@ async def supervise(name: str, body: Callable[[], Awaitable[None]], stop: asynci
             )
             if not retriable and isinstance(err, ConfigError):
                 raise
+            tel.task_restarts(name)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=delay * (0.5 + random.random()))  # noqa: S311
         delay = min(delay * 2, 60.0)
@@ -516,12 +524,15 @@ def reload_webhook_secrets(pipe: Pipeline, config_path: Path) -> int:
     Only secrets change: a rotation adds the new secret as the second entry, reloads, changes the
     header value in Instantly, then removes the old one and reloads again — no restart, no
     rejected delivery. Anything else that changed in the file needs a restart.
+
+    Only the ``webhook`` section's secrets are read, whatever the roles: a webhook pod mounts only its
+    own Secret (docs/operations.md), so reading the Instantly key or a sink token would refuse the reload.
     """
-    from pipeline.config.loader import load_config
+    from pipeline.config.loader import load_config, resolve_under
 
     if pipe.receiver is None:
         return 0
-    fresh = load_config(config_path)
+    fresh = load_config(config_path, resolve=resolve_under(("webhook",)))
     if fresh.webhook is None:
         return 0
     wcfg = fresh.webhook
@@ -533,6 +544,14 @@ def reload_webhook_secrets(pipe: Pipeline, config_path: Path) -> int:
         except KeyError:
             log.warning("Webhook source added in the file needs a restart", extra={"source": name})
     return n
+
+
+MONITOR_STOP_SECS = 5
+"""After SIGTERM/SIGINT, how long the bus monitor may take to stop."""
+TASKS_STOP_SECS = 30
+"""Then how long the tasks may take to finish their batches before they are cancelled. A supervisor's
+grace period (Kubernetes ``terminationGracePeriodSeconds``, compose ``stop_grace_period``) must be
+longer than both together plus closing the bus, or it kills a process still committing."""
 
 
 def _catch_stop_signals(stop: asyncio.Event) -> None:
@@ -562,6 +581,9 @@ async def _run_forever(pipe: Pipeline, stop: asyncio.Event | None, config_path: 
     def on_hup() -> None:
         if config_path is None:
             return
+        if pipe.receiver is None:
+            log.info("SIGHUP ignored: it re-reads only the webhook secrets, and this process runs no webhook receiver")
+            return
         try:
             n = reload_webhook_secrets(pipe, config_path)
             log.info("Reloaded webhook secrets", extra={"sources": n})
@@ -571,7 +593,8 @@ async def _run_forever(pipe: Pipeline, stop: asyncio.Event | None, config_path: 
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         loop.add_signal_handler(signal.SIGUSR1, _log_task_stacks)
-    tasks = [asyncio.create_task(supervise(n, b, stop), name=n) for n, b in pipe.tasks(stop)]
+    tel = pipe.telemetry
+    tasks = [asyncio.create_task(supervise(n, b, stop, telemetry=tel), name=n) for n, b in pipe.tasks(stop)]
     monitor = functools.partial(
         monitor_bus,
         pipe.bus,
@@ -581,19 +604,42 @@ async def _run_forever(pipe: Pipeline, stop: asyncio.Event | None, config_path: 
         health=pipe.health,
         refresh=pipe.name_workspaces,
     )
-    monitor_task = asyncio.create_task(supervise("bus-monitor", monitor, stop), name="bus-monitor")
-    log.info("Pipeline running", extra={"roles": sorted(pipe.roles), "tasks": len(tasks)})
+    monitor_task = asyncio.create_task(supervise("bus-monitor", monitor, stop, telemetry=tel), name="bus-monitor")
+    log.info("Pipeline running", extra=_banner(pipe, len(tasks)))
+    started = loop.time()
     await stop.wait()
     log.info("Stopping: finishing in-flight batches")
     with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-        await asyncio.wait_for(monitor_task, timeout=5)
+        await asyncio.wait_for(monitor_task, timeout=MONITOR_STOP_SECS)
     if not tasks:  # e.g. --role webhook: the receiver is closed with the pipeline's stack
         return 0
-    done, pending = await asyncio.wait(tasks, timeout=30)
+    done, pending = await asyncio.wait(tasks, timeout=TASKS_STOP_SECS)
     for t in pending:
         t.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
     for t in done:
         if not t.cancelled() and t.exception() is not None:
             log.error("Task ended with an error", extra={"task": t.get_name(), "error": str(t.exception())})
+    log.info(
+        "Pipeline stopped",
+        extra={"uptime_secs": round(loop.time() - started, 1), "unfinished_tasks": len(pending)},
+    )
     return 0
+
+
+def _banner(pipe: Pipeline, tasks: int) -> dict[str, Any]:
+    """What ``Pipeline running`` says about this process: version, roles, bus and components (no secret;
+    the service and webhook ports are logged when they listen)."""
+    cfg = pipe.cfg
+    fields: dict[str, Any] = {
+        "version": __version__,
+        "pid": os.getpid(),
+        "roles": sorted(pipe.roles),
+        "tasks": tasks,
+        "bus": cfg.bus.type,
+        "sources": sorted({str(getattr(p, "source_id", "")) for p in pipe.pollers} - {""}),
+        "sinks": sorted(r.sink_id for r in pipe.runners),
+    }
+    if pipe.receiver is not None and cfg.webhook is not None:
+        fields["webhook_sources"] = sorted(cfg.webhook.sources)
+    return fields

@@ -92,8 +92,13 @@ class RequestBudget:
             wait = max(wait, self._window[0] + WINDOW_SECS - now)
         return wait
 
-    async def acquire(self) -> None:
-        """Wait until one more request fits both limits, then take it (FIFO between waiters)."""
+    async def acquire(self) -> float:
+        """Wait until one more request fits both limits, then take it (FIFO between waiters).
+
+        Returns the seconds this call slept for the budget (0.0 when a request fitted at once).
+        Waiters sleep one at a time, so the sum over calls is the time the budget held requests back.
+        """
+        slept = 0.0
         async with self._lock:
             while True:
                 now = self._clock.monotonic()
@@ -102,6 +107,7 @@ class RequestBudget:
                 if wait <= _EPS:
                     self._tokens = max(0.0, self._tokens - 1.0)
                     self._window.append(now)
-                    return
+                    return slept
                 self.waited_secs += wait
+                slept += wait
                 await self._sleep(wait)

@@ -420,7 +420,9 @@ class InstantlyClient:
             )
         attempt = 0
         while True:
-            await self.budget.acquire()
+            waited = await self.budget.acquire()
+            if waited > 0:
+                self.telemetry.api_budget_wait(self.workspace_id, waited, workspace=self.source_id)
             status: int | None = None
             try:
                 status, raw, retry_after = await self._send(method, path, params, json)

@@ -16,7 +16,7 @@ from connectors.instantly.cursor_state import BUCKET_SECS
 from connectors.instantly.receipts import HourLedger, HourReceipts
 from pipeline.bus.base import RECEIPTS_TOPIC, Header
 from pipeline.clock import format_time
-from schemas.receipt import Receipt, ReceiptSource, hour_label
+from schemas.receipt import CHANGED_AFTER_CLOSE, INTERRUPTED, Receipt, ReceiptSource, hour_label
 
 BusRecord = tuple[str, bytes, bytes | None, tuple[Header, ...]]
 
@@ -66,7 +66,9 @@ def receipt_writes(pub: Any, receipts: HourReceipts | None, *, now: float) -> Re
     def committed() -> None:
         if out:
             tel.receipts_published(pub.source_id, wid, len(out), workspace=pub.source_id)
-        for reason, n in flushed.gaps.items():
-            tel.gap_hours(pub.source_id, wid, reason, n, workspace=pub.source_id)
+        # Every reason is shown from the first receipt on, at 0 until a gap: a series born at 1 has
+        # no earlier sample, and `increase(…[24h]) > 0` would never see a workspace's first gap.
+        for reason in {CHANGED_AFTER_CLOSE: 0, INTERRUPTED: 0, **flushed.gaps}:
+            tel.gap_hours(pub.source_id, wid, reason, flushed.gaps.get(reason, 0), workspace=pub.source_id)
 
     return ReceiptWrites(out, flushed.state, committed)

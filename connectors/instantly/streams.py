@@ -119,15 +119,17 @@ class Publisher:
     """The ``workspace_id`` label of the counts (None: ``workspace.id``); the poller gives ``""``
     until it has read the workspace's id, so its counts never carry the alias as an id."""
 
-    def send(self, tx: Transaction, event: Event, trace: Sequence[Header] | None = None) -> None:
+    def send(self, tx: Transaction, event: Event, trace: Sequence[Header] | None = None) -> bool:
         """Buffer one event: topic ``instantly.events.v1``, key = workspace id, headers ``event_type``
         and ``traceparent``.
 
         ``trace``: the trace headers to attach, computed once per transaction by the caller
-        (default: those of the current span).
+        (default: those of the current span). Returns True when the gate refused the event and its
+        dead letter was buffered instead.
         """
         topic, value, key, headers = self.record(event, self.telemetry.trace_headers() if trace is None else trace)
         tx.send(topic, value, key=key, headers=headers)
+        return topic == DEADLETTER_TOPIC
 
     def record(self, event: Event, trace: Sequence[Header]) -> tuple[str, bytes, bytes, tuple[Header, ...]]:
         """What :meth:`send` buffers for ``event``: (topic, value, key, headers), after the redaction gate.
@@ -165,6 +167,8 @@ class Publisher:
         for reason, n in dropped.items():
             if n:
                 tel.records_dropped(*labels, n, reason=reason, workspace=alias)
+        if dropped.get("dead_letter"):
+            tel.dead_letters(*labels, dropped["dead_letter"], workspace=alias)
 
 
 async def publish_snapshot(
@@ -205,17 +209,18 @@ async def publish_snapshot(
             "Listed records left out of the snapshot went to the dead letters.",
             extra={"source": pub.source_id, "workspace": pub.workspace.id, "stream": stream, "count": len(letters)},
         )
+    refused = 0  # events the gate turned into dead letters
     if events or writes or rejected:
         trace = pub.telemetry.trace_headers()
         async with pub.bus.transaction(pub.txn_id) as tx:
             for event in events:
-                pub.send(tx, event, trace)
+                refused += pub.send(tx, event, trace)
             for topic, value, key in letters:
                 tx.send(topic, value, key=key, headers=(("error", b"normalize"), *trace))
             for k, v in (writes | rejected).items():
                 tx.put_state(k, v)
         _record_ages(pub, clock, [e.time for e in events if e.time != observed_at])
-    pub.count(stream, len(records), len(events), {"dead_letter": len(letters)})
+    pub.count(stream, len(records), len(events) - refused, {"dead_letter": len(letters) + refused})
     return len(events)
 
 
@@ -339,6 +344,8 @@ async def _sweep(
         extra_records=extra.records, extra_state=extra.state,
     )  # fmt: skip
     extra.committed()
+    if result.records:  # what the sweep found counts like a read's records (published, dead letters)
+        pub.count(AUDIT_LOGS.name, len(result.records), published, {"dead_letter": batch.dead_letters})
     counts[AUDIT_LOGS.name] = counts.get(AUDIT_LOGS.name, 0) + published
     counts["pipeline"] = counts.get("pipeline", 0) + events
 

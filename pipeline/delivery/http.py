@@ -86,7 +86,7 @@ class HttpSinkConfig(SinkConfig):
     @field_validator("url", mode="wrap")
     @classmethod
     def _check_url(cls, v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        return checked_url(v, handler, "https://host:port", credentials="use the sink's secret fields")
+        return checked_url(v, handler, "https://siem.example.com:8088", credentials="use the sink's secret fields")
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

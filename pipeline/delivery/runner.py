@@ -172,6 +172,10 @@ class SinkRunner:
         self._stop: asyncio.Event | None = None
         self._reported: CircuitState | None = None  # the circuit state last reported to health
         self.totals = RunStats()
+        # The sink's counters show 0 from the start: a series born at its first increment has no
+        # earlier sample, so `increase()` misses that increment and `rate(…) == 0` sees nothing.
+        self.telemetry.sink_deliveries(self.sink_id, 0)
+        self.telemetry.dead_letters("sink", config.type, self.sink_id, "", 0)
 
     # ---- lifecycle -------------------------------------------------------------------
     async def __aenter__(self) -> SinkRunner:
@@ -531,6 +535,7 @@ class SinkRunner:
         tel = self.telemetry
         if pending.dead:
             tel.records_dropped("sink", sink_type, self.sink_id, "", len(pending.dead), reason="dead_letter")
+            tel.dead_letters("sink", sink_type, self.sink_id, "", len(pending.dead))
         if pending.filtered:
             tel.records_dropped("sink", sink_type, self.sink_id, "", pending.filtered, reason="filtered")
         stats = pending.stats

@@ -121,12 +121,18 @@ class HealthRegistry:
 
     # ---------------------------------------------------------------------------- streams
     def watch_stream(self, workspace: str, stream: str, *, stale_after_secs: float) -> None:
-        """Expect ``stream`` to succeed at least every ``stale_after_secs`` (counted from now)."""
+        """Expect ``stream`` to succeed at least every ``stale_after_secs`` (counted from now).
+
+        Watching a stream watched already (its poller restarted after a crash) keeps its first
+        registration time: a poller crashing before its first success (a full disk under the bus)
+        would otherwise get a fresh grace period at every restart and stay ready for ever.
+        :meth:`forget_stream` ends the watch (the workspace moved away); a later watch starts anew.
+        """
         with self._lock:
             prev = self._streams.get((workspace, stream))
             self._streams[(workspace, stream)] = _Stream(
                 stale_after_secs,
-                self._clock.now(),
+                prev.registered_at if prev else self._clock.now(),
                 prev.last_ok if prev else None,
                 prev.last_error if prev else None,
             )

@@ -93,6 +93,14 @@ RECORDS_SENT = MetricSpec(
 RECORDS_DROPPED = MetricSpec(
     "pipeline.component.events.dropped", "counter", "{event}", "Records deliberately dropped, by reason.", (*_C, REASON)
 )
+DEAD_LETTERS = MetricSpec(
+    "pipeline.dead_letters",
+    "counter",
+    "{record}",
+    "Records written to the dead-letter topic instead of the events or alerts topic, or instead of a "
+    "destination (counted once their transaction committed); read them with replay --topic deadletter.",
+    _C,
+)
 COMPONENT_ERRORS = MetricSpec(
     "pipeline.component.errors", "counter", "{error}", "Errors a component met, by error type.", (*_C, ERROR_TYPE)
 )
@@ -115,6 +123,14 @@ API_RATE_LIMITED = MetricSpec(
     "counter",
     "{response}",
     "Instantly API 429 answers.",
+    (WORKSPACE_ID, WORKSPACE),
+)
+API_BUDGET_WAIT = MetricSpec(
+    "pipeline.instantly.api.budget_wait",
+    "counter",
+    "s",
+    "Seconds requests to the Instantly API waited for the local request budget (budget.requests_per_second, "
+    "requests_per_minute) or a Retry-After before being sent.",
     (WORKSPACE_ID, WORKSPACE),
 )
 RETRIES = MetricSpec("pipeline.retries", "counter", "{retry}", "Retried operations, by reason.", (KIND, ID, REASON))
@@ -177,16 +193,27 @@ GAP_HOURS = MetricSpec(
     "interrupted (the source did not poll during part of it).",
     (ID, WORKSPACE_ID, WORKSPACE, REASON),
 )
+TASK = "task"
+TASK_RESTARTS = MetricSpec(
+    "pipeline.task.restarts",
+    "counter",
+    "{restart}",
+    "Restarts of a long-running task after it crashed (poller:<workspace>, rules, sink:<id>, bus-monitor, …); "
+    "shown at 0 from the start.",
+    (TASK,),
+)
 READINESS = MetricSpec("pipeline.readiness", "gauge", "1", "1 when a readiness check passes, else 0.", (CHECK,))
 
 METRICS: Final[tuple[MetricSpec, ...]] = (
     RECORDS_RECEIVED,
     RECORDS_SENT,
     RECORDS_DROPPED,
+    DEAD_LETTERS,
     COMPONENT_ERRORS,
     ALERTS_RAISED,
     API_REQUESTS,
     API_RATE_LIMITED,
+    API_BUDGET_WAIT,
     RETRIES,
     SINK_DELIVERIES,
     SINK_ERRORS,
@@ -196,6 +223,7 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     CURSOR_AGE,
     WEBHOOK_REJECTIONS,
     BUS_ERRORS,
+    TASK_RESTARTS,
     READINESS,
     LATENCY,
     RECEIPTS,
@@ -203,6 +231,14 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
 )
 
 
+PROCESS_SERIES: Final = frozenset({
+    "process_cpu_seconds_total", "process_resident_memory_bytes", "process_virtual_memory_bytes",
+    "process_start_time_seconds", "process_open_fds", "process_max_fds",
+})  # fmt: skip
+"""The standard process metrics every Prometheus client library exports (``prometheus_client``'s
+``ProcessCollector``, read from ``/proc``: absent where there is none)."""
+
+
 def prometheus_series() -> frozenset[str]:
     """Every sample name ``/metrics`` can show (what PromQL and dashboards may reference)."""
-    return frozenset(s for m in METRICS for s in m.samples) | {"target_info"}
+    return frozenset(s for m in METRICS for s in m.samples) | {"target_info"} | PROCESS_SERIES

@@ -59,12 +59,14 @@ from pipeline import __version__
 from pipeline.clock import SYSTEM_CLOCK, Clock
 from pipeline.observability.metrics import (
     ALERTS_RAISED,
+    API_BUDGET_WAIT,
     API_RATE_LIMITED,
     API_REQUESTS,
     BUS_ERRORS,
     COMPONENT_ERRORS,
     CONSUMER_LAG,
     CURSOR_AGE,
+    DEAD_LETTERS,
     GAP_HOURS,
     ID,
     LATENCY,
@@ -82,6 +84,7 @@ from pipeline.observability.metrics import (
     SINK_ERRORS,
     SOURCE_PAUSED,
     STREAM,
+    TASK_RESTARTS,
     WEBHOOK_REJECTIONS,
     WORKSPACE,
     WORKSPACE_ID,
@@ -203,9 +206,12 @@ class Telemetry:
         readers: list[MetricReader] = list(metric_readers)
         if cfg.prometheus:
             from opentelemetry.exporter.prometheus import PrometheusMetricReader
-            from prometheus_client import CollectorRegistry
+            from prometheus_client import CollectorRegistry, ProcessCollector
 
             self._registry = CollectorRegistry(auto_describe=False)
+            # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, … as every
+            # Prometheus client exports them: what the sizing guidance is checked against.
+            ProcessCollector(registry=self._registry)
             readers.append(PrometheusMetricReader(scope_info_enabled=False, registry=self._registry))
         if cfg.otlp is not None and cfg.otlp.metrics:
             readers.append(
@@ -245,15 +251,18 @@ class Telemetry:
         self._received = series[RECORDS_RECEIVED.name]
         self._sent = series[RECORDS_SENT.name]
         self._dropped = series[RECORDS_DROPPED.name]
+        self._dead_letters = series[DEAD_LETTERS.name]
         self._errors = series[COMPONENT_ERRORS.name]
         self._alerts = series[ALERTS_RAISED.name]
         self._api = series[API_REQUESTS.name]
         self._rate_limited = series[API_RATE_LIMITED.name]
+        self._budget_wait = series[API_BUDGET_WAIT.name]
         self._retries = series[RETRIES.name]
         self._deliveries = series[SINK_DELIVERIES.name]
         self._sink_errors = series[SINK_ERRORS.name]
         self._webhook_rejections = series[WEBHOOK_REJECTIONS.name]
         self._bus_errors = series[BUS_ERRORS.name]
+        self._task_restarts = series[TASK_RESTARTS.name]
         self._circuit = series[SINK_CIRCUIT_OPEN.name]
         self._lag = series[CONSUMER_LAG.name]
         self._paused = series[SOURCE_PAUSED.name]
@@ -340,6 +349,17 @@ class Telemetry:
         if self.enabled:
             self._dropped.add((kind, type, id, workspace_id, workspace, reason), n)
 
+    def dead_letters(
+        self, kind: str, type: str, id: str, workspace_id: str = "", n: int = 1, *, workspace: str = ""
+    ) -> None:
+        """Count records a component wrote to the dead-letter topic (after their transaction committed).
+
+        Not every drop is a dead letter (a duplicate, a filtered or too old record is dropped on
+        purpose): only this counter says records wait in ``instantly.deadletter.v1``.
+        """
+        if self.enabled:
+            self._dead_letters.add((kind, type, id, workspace_id, workspace), n)
+
     def component_errors(
         self, kind: str, type: str, id: str, error_type: str, workspace_id: str = "", *, workspace: str = ""
     ) -> None:
@@ -363,6 +383,11 @@ class Telemetry:
         """Count one 429 from Instantly."""
         if self.enabled:
             self._rate_limited.add((workspace_id, workspace), 1)
+
+    def api_budget_wait(self, workspace_id: str, seconds: float, *, workspace: str = "") -> None:
+        """Count seconds a request to the vendor's API waited for the local budget (or a Retry-After)."""
+        if self.enabled:
+            self._budget_wait.add((workspace_id, workspace), seconds)
 
     def retries(self, component: str, reason: str, *, kind: str = "") -> None:
         """Count one retry of ``component`` (its id) for ``reason`` (e.g. ``http_503``, ``timeout``)."""
@@ -388,6 +413,11 @@ class Telemetry:
         """Count one failed bus operation (``operation``: publish, poll, commit, state, ...)."""
         if self.enabled:
             self._bus_errors.add((operation, error_type), 1)
+
+    def task_restarts(self, task: str, n: int = 1) -> None:
+        """Count restarts of the supervised task ``task`` after a crash (``n=0`` shows the series)."""
+        if self.enabled:
+            self._task_restarts.add((task,), n)
 
     def receipts_published(self, source: str, workspace_id: str, n: int, *, workspace: str = "") -> None:
         """Count completeness receipts ``source`` published."""

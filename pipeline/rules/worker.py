@@ -149,6 +149,7 @@ class RulesWorker:
         self.tick_interval_secs = self.engine.ruleset.settings.tick_interval_secs
         self.stats = WorkerStats()
         self.telemetry = telemetry if telemetry is not None else get_telemetry()
+        self.telemetry.dead_letters(COMPONENT, COMPONENT, group, "", 0)  # shown at 0 until the first one
         self._clock = clock
         self._consumer: Consumer | None = None
         self._loaded = False
@@ -204,7 +205,9 @@ class RulesWorker:
         try:
             result = self.engine.tick(t)
             if result.alerts or result.state:
-                await self._commit(result, [], {})
+                rejected = await self._commit(result, [], {})
+                if rejected:
+                    self.telemetry.dead_letters(COMPONENT, COMPONENT, self.group, "", rejected)
         except BaseException:
             await self._reset()
             raise
@@ -308,7 +311,9 @@ class RulesWorker:
             offsets[rec.tp] = max(offsets.get(rec.tp, 0), rec.offset + 1)
         undecodable = len(batch) - result.events
         origins = _origins(result.alerts, by_id)
-        await self._commit(result, dead, offsets, origins)
+        rejected_alerts = await self._commit(result, dead, offsets, origins)
+        if dead or rejected_alerts:
+            self.telemetry.dead_letters(COMPONENT, COMPONENT, self.group, "", len(dead) + rejected_alerts)
         _record_latency(self.telemetry, self.group, origins.values())
         self.stats.batches += 1
         self.stats.undecodable += undecodable
@@ -325,9 +330,10 @@ class RulesWorker:
         dead: Sequence[tuple[Record, list[Header]]],
         offsets: Mapping[TopicPartition, int],
         origins: Mapping[str, tuple[float, float | None]] | None = None,
-    ) -> None:
+    ) -> int:
         """Write the batch's alerts, dead letters, rule state and offsets in one transaction.
 
+        Returns the number of alerts the publish gate refused (written as dead letters instead).
         ``origins``: per alert id, (append time of its newest event on the bus, that event's
         source time): the alert carries the source time as ``source_ms``.
 
@@ -337,6 +343,7 @@ class RulesWorker:
         self._seq += 1
         marker = f"{self._token}:{self._seq}".encode()
         trace = self.telemetry.trace_headers() if result.alerts else ()
+        rejected = 0
         async with self.bus.transaction(self.txn_id) as txn:
             failed_at = format_time(self._clock.now())
             for alert in result.alerts:
@@ -348,6 +355,7 @@ class RulesWorker:
                                              failed_at=failed_at, record_id=alert.id, key=alert_key)  # fmt: skip
                     txn.send(DEADLETTER_TOPIC, letter.to_json(), key=alert_key,
                              headers=[("dlq.reason", b"secret_rejected")])  # fmt: skip
+                    rejected += 1
                     continue
                 origin = (origins or {}).get(alert.id)
                 stamp = [source_time_header(origin[1])] if origin is not None and origin[1] is not None else []
@@ -364,6 +372,7 @@ class RulesWorker:
             if offsets:
                 txn.commit_offsets(self.group, offsets)
         self._marker = marker
+        return rejected
 
     def _count(self, result: Evaluation) -> None:
         self.stats.events += result.events

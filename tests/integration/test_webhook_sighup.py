@@ -10,9 +10,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,8 +57,21 @@ async def _wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise AssertionError("receiver not ready")
 
 
-async def test_sighup_rotates_secrets_without_restart(tmp_path: Path) -> None:
-    """old only → [old, new] → new only, each applied by SIGHUP: nothing valid is rejected, the retired one is."""
+OTHER_ROLES = {
+    "workspaces": {"acme": {"api_key_file": "/run/secrets/instantly-api-key"}},
+    "sinks": {"siem": {"type": "splunk_hec", "url": "https://splunk.example:8088", "token": "${HEC_TOKEN_UNSET}"}},
+}
+"""What a shared config holds for the other roles, whose secrets the webhook pod does not mount."""
+
+
+@pytest.mark.parametrize("others", [{}, OTHER_ROLES], ids=["webhook-only", "shared-config"])
+async def test_sighup_rotates_secrets_without_restart(tmp_path: Path, others: dict[str, Any]) -> None:
+    """old only → [old, new] → new only, each applied by SIGHUP: nothing valid is rejected, the retired one is.
+
+    With a config shared by every role (docs/operations.md: each pod mounts only its own Secret), the
+    reload reads only the webhook section's secrets, as the start did: it used to read them all and
+    refuse the reload (``Reload refused; keeping the current secrets``) for the Instantly key file the
+    webhook pod does not have, so the new secret got 401."""
     port = _free_port()
     secrets = tmp_path / "hook_secret"
     secrets.write_text(OLD + "\n")
@@ -69,6 +84,7 @@ async def test_sighup_rotates_secrets_without_restart(tmp_path: Path) -> None:
             "port": port,
             "sources": {"crm": {"workspace_id": "ws-1", "secrets_file": str(secrets)}},
         },
+        **others,
     }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -98,5 +114,5 @@ async def test_sighup_rotates_secrets_without_restart(tmp_path: Path) -> None:
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out.decode()[-2000:]
     text = out.decode()
-    assert "Reloaded webhook secrets" in text
+    assert "Reloaded webhook secrets" in text and "Reload refused" not in text
     assert OLD not in text and NEW not in text

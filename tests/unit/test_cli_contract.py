@@ -226,6 +226,76 @@ def test_sigterm_while_starting_is_a_clean_stop(tmp_path: Path, delay: float) ->
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("section", "example"),
+    [
+        ('sinks:\n  s: {type: splunk_hec, url: "ftp://x", token: "${T}"}\n', "https://siem.example.com:8088"),
+        ('sinks:\n  s: {type: elasticsearch, url: "siem:9200", index: x}\n', "https://siem.example.com:8088"),
+        ('workspaces:\n  acme: {api_key: "${T}", base_url: "api.instantly.ai"}\n', "https://api.instantly.ai"),
+        ("telemetry:\n  otlp: {endpoint: otel:4318}\n", "http://otel-collector:4318"),
+        (
+            "webhook:\n  sources:\n    crm: {path: /hooks/crm, secrets: ['${T}'], public_urls: [hooks/crm]}\n",
+            "https://hooks.example.com followed by the source's path (/hooks/crm)",
+        ),
+    ],
+)
+def test_a_bad_url_error_shows_its_example(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, section: str, example: str
+) -> None:
+    """``must be an http(s) URL such as …`` shows a usable example: the sinks' one (``https://host:port``)
+    looked like a credential to the output redaction and was printed as ``<redacted>``."""
+    monkeypatch.setenv("T", "tok-0123456789abcdef")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(section)
+    assert main(["config", "validate", str(cfg)]) == Exit.USAGE
+    err = capsys.readouterr().err
+    assert f"must be an http(s) URL such as {example}" in err, err
+    assert "<redacted>" not in err
+
+
+def test_run_logs_a_start_banner_and_a_stop_line(tmp_path: Path) -> None:
+    """``run`` says at start which version runs with which roles, bus and components (as Vector's
+    "Vector has started" does: the first thing to check after a deploy), and after SIGTERM that it
+    stopped and how long it ran; JSON log lines (stderr is no terminal), exit 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pipeline import __version__
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("service: {enabled: false}\nsinks:\n  archive: {type: jsonl, path: out.jsonl}\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", "-c", str(cfg)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    lines: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(x.get("msg") == "Pipeline running" for x in lines):
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(json.loads(line))
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=60)
+    lines += [json.loads(x) for x in rest.splitlines() if x.strip()]
+    assert proc.returncode == 0, lines[-5:]
+    (banner,) = [x for x in lines if x["msg"] == "Pipeline running"]
+    assert banner["version"] == __version__ and banner["pid"] == proc.pid and banner["level"] == "info"
+    assert (banner["bus"], banner["sinks"], banner["sources"]) == ("sqlite", ["archive"], [])
+    assert banner["roles"] == ["pollers", "rules", "sinks", "webhook"] and banner["component"] == "topology"
+    assert lines[-1]["msg"] == "Pipeline stopped" and lines[-1]["unfinished_tasks"] == 0
+    assert lines[-1]["uptime_secs"] >= 0
+
+
 @pytest.mark.parametrize("flag", [["-v"], ["-vv"], ["--log-level", "DEBUG"], ["--verbose"]])
 def test_a_global_flag_after_the_command_says_where_it_goes(
     flag: list[str], capsys: pytest.CaptureFixture[str]

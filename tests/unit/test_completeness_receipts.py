@@ -13,6 +13,7 @@ import msgspec
 import orjson
 import pytest
 from jsonschema import Draft202012Validator
+from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.instantly.ledger import id_hash
 from connectors.instantly.receipts import HourLedger, HourReceipts
@@ -23,6 +24,7 @@ from pipeline.cli.main import main
 from pipeline.clock import FakeClock
 from pipeline.completeness.gaps import find_gaps, hours_from_json, read_receipts
 from pipeline.errors import ConfigError
+from pipeline.observability.telemetry import Telemetry, set_telemetry
 from schemas.errors import RecordError
 from schemas.event import WorkspaceRef
 from schemas.receipt import Receipt, ReceiptSource, hour_label
@@ -153,6 +155,34 @@ async def test_closed_hour_revisions_survive_restarts(tmp_path: Path) -> None:
         assert gaps.pop(hour) == ["changed_after_close", "interrupted"]  # polls 3 h and a day apart: interrupted too
         assert gaps and set(map(tuple, gaps.values())) == {("interrupted",)}
         assert all(schema_errors("receipt", r.to_dict()) == [] for r in await receipts_of(bus))
+
+
+async def test_gap_hours_series_exist_at_zero_before_the_first_gap(tmp_path: Path) -> None:
+    """From the first receipt on, /metrics shows ``pipeline_completeness_gap_hours_total`` at 0 for
+    each reason: the documented ``increase(…[24h]) > 0`` alert needs a sample before the first gap
+    (a series that appears at 1 has none, so a workspace's first gap hour would never fire it)."""
+    fake = FakeInstantly(api_key="k" * 24)
+    seed(fake)
+    clock = FakeClock()
+    fake.audit = [audit_record(f"r{i}", clock.now() - 100 + i) for i in range(3)]
+    tel = Telemetry()
+    previous = set_telemetry(tel)
+    try:
+        async with serve(fake), SqliteBus(tmp_path / "bus.db") as bus:
+            async with make_poller(fake, bus, clock, streams=["audit_logs"]) as poller:
+                assert (await poller.poll_once())["audit_logs"] == 3
+            assert await receipts_of(bus)
+    finally:
+        set_telemetry(previous)
+    text = tel.render_prometheus()[0].decode()
+    gaps = {
+        (s.labels["component_id"], s.labels["reason"]): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "pipeline_completeness_gap_hours_total"
+    }
+    tel.shutdown()
+    assert gaps == {("acme", "changed_after_close"): 0.0, ("acme", "interrupted"): 0.0}
 
 
 async def test_receipts_can_be_turned_off(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.bus.base import ALERTS_TOPIC, DEADLETTER_TOPIC, EVENTS_TOPIC, OutRecord, TopicPartition
 from pipeline.bus.sqlite import SqliteBus
@@ -17,6 +18,7 @@ from pipeline.delivery.base import Delivery, Failure, SendResult, SinkConfig
 from pipeline.delivery.deadletter import original_value
 from pipeline.delivery.runner import CircuitState, SinkRunner, decode
 from pipeline.errors import BackpressureError, SinkError
+from pipeline.observability.telemetry import Telemetry
 from schemas.alert import Alert
 from schemas.codec import validate
 from schemas.event import Event
@@ -86,6 +88,17 @@ async def dead_letters(bus: SqliteBus) -> list[dict[str, Any]]:
     async with bus.consumer([DEADLETTER_TOPIC], start="earliest") as c:
         recs = await c.poll(10_000, timeout_s=0)
     return [orjson.loads(r.value) for r in recs]
+
+
+def dead_letter_samples(tel: Telemetry) -> list[tuple[str, str, float]]:
+    """(component_kind, component_id, value) of each ``pipeline_dead_letters_total`` series /metrics shows."""
+    text = tel.render_prometheus()[0].decode()
+    return [
+        (s.labels["component_kind"], s.labels["component_id"], s.value)
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "pipeline_dead_letters_total"
+    ]
 
 
 def runner(bus: SqliteBus, sink: ScriptedSink, config: ScriptedConfig, **kw: Any) -> SinkRunner:
@@ -196,8 +209,11 @@ async def test_poison_goes_to_dead_letter_with_error_and_sink(bus: SqliteBus) ->
         bad = [d for d in batch if d.id == items[1].id]
         return SendResult(failures=[Failure(bad[0], "item 400 mapper_parsing_exception", retriable=False)])
 
-    stats = await runner(bus, ScriptedSink(script=script), cfg()).run_once()
+    tel = Telemetry()
+    stats = await runner(bus, ScriptedSink(script=script), cfg(), telemetry=tel).run_once()
     assert (stats.delivered, stats.dead_lettered, stats.committed) == (2, 1, 3)
+    assert dead_letter_samples(tel) == [("sink", "s1", 1.0)]  # what the DeadLettersGrowing alert reads
+    tel.shutdown()
     (dl,) = await dead_letters(bus)
     assert validate(dl) == [] and dl["schema"] == "instantly.deadletter.v1"
     assert (dl["stage"], dl["component"], dl["component_type"], dl["reason"]) == ("sink", "s1", "scripted", "rejected")
@@ -205,6 +221,24 @@ async def test_poison_goes_to_dead_letter_with_error_and_sink(bus: SqliteBus) ->
     assert dl["original"]["topic"] == EVENTS_TOPIC and dl["original"]["encoding"] == "utf-8"
     assert original_value(orjson.dumps(dl)) == items[1].to_json()
     assert await committed(bus) == 3
+
+
+async def test_a_sinks_counters_are_shown_at_zero_from_the_start(bus: SqliteBus) -> None:
+    """Before anything was delivered or dead-lettered, /metrics shows the sink's delivery and
+    dead-letter counters at 0: ``increase()`` needs a sample before the first increment, and an alert
+    on ``rate(pipeline_sink_deliveries_total[…]) == 0`` needs the series to exist at all."""
+    tel = Telemetry()
+    runner(bus, ScriptedSink(), cfg(), telemetry=tel)
+    assert dead_letter_samples(tel) == [("sink", "s1", 0.0)]
+    text = tel.render_prometheus()[0].decode()
+    delivered = [
+        (s.labels["sink"], s.value)
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "pipeline_sink_deliveries_total"
+    ]
+    tel.shutdown()
+    assert delivered == [("s1", 0.0)]
 
 
 async def test_undecodable_record_goes_to_dead_letter(bus: SqliteBus) -> None:

@@ -154,6 +154,22 @@ def validate_pipeline_config(text: str, tmp: Path) -> None:
     assert cfg.config_dir == tmp  # every section was validated at load
 
 
+def test_supervisors_wait_longer_than_a_clean_stop() -> None:
+    """compose's stop_grace_period and each Deployment's terminationGracePeriodSeconds leave the process
+    the time ``run`` takes to stop cleanly (monitor, then the tasks' batches) plus a margin to close the
+    bus: a SIGKILL before that cuts a commit short, and the batch is delivered again after the restart."""
+    from pipeline.topology import MONITOR_STOP_SECS, TASKS_STOP_SECS
+
+    needed = MONITOR_STOP_SECS + TASKS_STOP_SECS + 5
+    services = compose()["services"]
+    for role in ROLES:
+        grace = services[role]["stop_grace_period"]
+        assert re.fullmatch(r"\d+s", grace) and int(grace[:-1]) >= needed, (role, grace)
+    for role in ROLES:
+        (dep,) = docs(K8S / f"deployment-{role}.yaml")
+        assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= needed, role
+
+
 def test_compose_config_is_valid(tmp_path: Path) -> None:
     """deploy/compose/config.yaml passes the pipeline's own validation."""
     validate_pipeline_config((DEPLOY / "compose" / "config.yaml").read_text(), tmp_path)
@@ -436,6 +452,17 @@ def test_alerts_cover_the_pipeline_failures() -> None:
     for alert, metric in wanted.items():
         assert metric in references(by_name[alert])[0], alert
     assert 'http_response_status_code="401"' in by_name["InstantlyAuditPollerUnauthorized"]
+
+
+def test_dead_letter_alert_counts_dead_letters_not_deliberate_drops() -> None:
+    """DeadLettersGrowing reads the dead-letter counter: records dropped on purpose (an audit record
+    older than the overlap window at a restart's full re-read, ``too_old``; a delivery outside the
+    window; a duplicate) are no dead letters, and a process's first dead letter (a new series, which
+    ``increase()`` alone cannot see) fires it too."""
+    expr = {r["alert"]: r["expr"] for r in alert_rules()}["InstantlyAuditDeadLettersGrowing"]
+    names, _labels = references(expr)
+    assert names == {"pipeline_dead_letters_total"}, names
+    assert "offset" in expr and "unless" in expr
 
 
 def test_alerts_name_workspaces_by_alias_and_id() -> None:

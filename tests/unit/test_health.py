@@ -124,6 +124,23 @@ async def test_stream_never_polled_becomes_not_ready(health: HealthRegistry, clo
     assert health.report().ready
 
 
+async def test_a_crash_looping_poller_keeps_its_grace_period(health: HealthRegistry, clock: FakeClock) -> None:
+    """A poller that crashes before its first success (seen with the bus on a full disk: `Task
+    crashed; restarting` with a growing backoff) watches its streams again at each restart; the grace
+    period still counts from the first watch, so readiness fails once it is over — before, /readyz
+    said `waiting for the first poll (10s of 300s)` for ever. Forgetting the stream starts anew."""
+    for _ in range(5):  # restarts every 60 s (the supervisor's longest backoff)
+        health.watch_stream("acme", "members", stale_after_secs=300)
+        clock.advance(60)
+    health.watch_stream("acme", "members", stale_after_secs=300)
+    clock.advance(1)
+    (c,) = health.report().checks
+    assert not c.ok and c.reason == "no successful poll in 301s (threshold 300s)"
+    health.forget_stream("acme", "members")  # the workspace moved to another replica
+    health.watch_stream("acme", "members", stale_after_secs=300)
+    assert health.report().ready
+
+
 async def test_bus_failure_and_recovery(server: ServiceServer, health: HealthRegistry, clock: FakeClock) -> None:
     """A failed bus operation makes /readyz 503 naming the error; the next success restores it."""
     health.expect_bus()

@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from connectors.instantly.budget import RequestBudget
 from connectors.instantly.client import USER_AGENT, ClientRequestError, InstantlyClient
 from connectors.instantly.config import WorkspaceConfig
+from pipeline.clock import FakeClock
 from pipeline.errors import (
     AuthError,
     NotFoundError,
@@ -25,6 +27,7 @@ from pipeline.errors import (
     SourceError,
     UpstreamError,
 )
+from pipeline.observability.telemetry import Telemetry
 from tests.unit.test_instantly_fake_api import FakeInstantly, load_fixture, serve
 
 CANARY = "CANARY-bearer-7f3c1d9e5a2b4c6d8e0f"
@@ -393,3 +396,29 @@ async def test_refused_connection_cause() -> None:
         with pytest.raises(UpstreamError) as info:
             await client.get("/api/v2/workspaces/current")
     assert cause_of(info.value) == "connection refused"
+
+
+async def test_time_held_back_by_the_local_budget_is_exported(fake: FakeInstantly) -> None:
+    """Requests the local budget holds back add their wait to
+    ``pipeline_instantly_api_budget_wait_seconds_total`` on /metrics: an operator sees that the budget,
+    not Instantly, slows the polls (a stale cursor with no 429) before lowering or raising it."""
+    clock = FakeClock()
+
+    async def sleep(delay: float) -> None:
+        clock.advance(delay)
+
+    tel = Telemetry()
+    cfg = make_cfg(fake.url, fake.api_key, as_workspace="ws-1")
+    budget = RequestBudget(2, 6000, clock=clock, sleep=sleep)  # 2/s: the 2nd and 3rd request wait 0.5 s each
+    async with InstantlyClient(cfg, budget=budget, source_id="acme", telemetry=tel) as client:
+        for _ in range(3):
+            await client.get("/api/v2/workspaces/current")
+    text = tel.render_prometheus()[0].decode()
+    waits = {
+        (s.labels["workspace"], s.labels["workspace_id"]): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "pipeline_instantly_api_budget_wait_seconds_total"
+    }
+    tel.shutdown()
+    assert waits == {("acme", "ws-1"): pytest.approx(1.0)}

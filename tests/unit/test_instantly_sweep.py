@@ -6,9 +6,12 @@ import random
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from connectors.instantly.ledger import Sketch, id_hash
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.clock import FakeClock
+from pipeline.observability.telemetry import Telemetry, set_telemetry
 from tests.unit.test_instantly_fake_api import FakeInstantly, serve
 from tests.unit.test_instantly_source import audit_record, events, make_poller, seed
 
@@ -72,6 +75,42 @@ async def test_late_record_published_once_after_the_sweep(tmp_path: Path) -> Non
     attrs = late[0]["attributes"]
     assert attrs["count"] == 1 and attrs["undecodable_hours"] == [] and attrs["truncated"] is False
     assert attrs["max_late_secs"] > DAY and attrs["max_behind_high_water_secs"] > HOUR
+
+
+async def test_records_the_sweep_publishes_are_counted(tmp_path: Path) -> None:
+    """A late record the sweep publishes shows in ``pipeline_component_events_sent_total`` (and would
+    show in ``pipeline_dead_letters_total`` had it failed), like a record a read published: before,
+    the sweep's publications were missing from every counter."""
+    fake = FakeInstantly(api_key="k" * 24)
+    seed(fake)
+    clock = FakeClock()
+    t0 = clock.now()
+    fake.audit = [audit_record(f"r{i}", t0 - 100 + i) for i in range(3)]
+    opts: dict[str, Any] = {"streams": ["audit_logs"], "audit_sweep_interval_secs": DAY}
+    tel = Telemetry()
+    previous = set_telemetry(tel)
+    try:
+        async with serve(fake), SqliteBus(tmp_path / "bus.db") as bus, make_poller(fake, bus, clock, **opts) as poller:
+            await poller.poll_once()
+            clock.advance(3 * HOUR)
+            fake.audit.append(audit_record("r3", clock.now() - 10))
+            assert (await poller.poll_once())["audit_logs"] == 1
+            clock.advance(60)
+            fake.audit.append(audit_record("late", t0 + HOUR))  # too old for the window: the sweep's
+            assert (await poller.poll_once())["audit_logs"] == 0
+            clock.advance(DAY)
+            assert (await poller.poll_once())["audit_logs"] == 1
+    finally:
+        set_telemetry(previous)
+    text = tel.render_prometheus()[0].decode()
+    sent = sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "pipeline_component_events_sent_total" and s.labels["component_type"] == "instantly_audit_logs"
+    )
+    tel.shutdown()
+    assert sent == 5  # r0…r3 by the reads, late by the sweep
 
 
 async def test_sweep_is_on_by_default_daily_and_never_repeats_the_first_read(tmp_path: Path) -> None:

@@ -13,12 +13,14 @@ from typing import Any
 import msgspec
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.instantly.snapshots import KINDS, build_snapshot, encode_snapshot
 from connectors.instantly.streams import Publisher, publish_snapshot
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.errors import WebhookRejected
-from pipeline.observability.logs import JsonFormatter, RedactingFilter
+from pipeline.observability.logs import JsonFormatter, RedactingFilter, register_secret
+from pipeline.observability.telemetry import Telemetry
 from pipeline.redaction import encode_event
 from pipeline.redaction.text import redact_text
 from pipeline.sources.webhook.kind import webhook_kind
@@ -59,6 +61,32 @@ async def _poll(bus_path: Path, stream: str, records: list[dict[str, Any]]) -> t
     async with SqliteBus(bus_path) as bus:
         n = await publish_snapshot(Publisher(bus, "t", "acme", WS), stream, records, observed_at=OBSERVED)
         return n, await bus.state_items("snapshot/")
+
+
+def test_a_snapshot_event_the_gate_refuses_is_counted_as_a_dead_letter(tmp_path: Path) -> None:
+    """A listed record whose id is a known secret: its event goes to the dead letters (the gate never
+    rewrites ids), and the stream counts it there — ``pipeline_dead_letters_total``, which the
+    DeadLettersGrowing alert reads — not as published."""
+    register_secret("CNRYidsecret08-0123456789")
+    tel = Telemetry()
+
+    async def poll() -> None:
+        async with SqliteBus(tmp_path / "bus.db") as bus:
+            pub = Publisher(bus, "t", "acme", WS, telemetry=tel)
+            await publish_snapshot(pub, "webhooks", [_webhook() | {"id": "CNRYidsecret08-0123456789"}],
+                                   observed_at=OBSERVED)  # fmt: skip
+
+    asyncio.run(poll())
+    text = tel.render_prometheus()[0].decode()
+    got = {
+        (s.name, s.labels.get("reason", "")): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.labels.get("component_type") == "instantly_webhooks"
+    }
+    tel.shutdown()
+    assert got.get(("pipeline_dead_letters_total", "")) == 1.0, got
+    assert got.get(("pipeline_component_events_sent_total", ""), 0.0) == 0.0, got
 
 
 @pytest.mark.parametrize(("stream", "record"), [("workspace", _workspace), ("webhooks", _webhook)])

@@ -15,12 +15,14 @@ from pipeline.bus.base import ALERTS_TOPIC, DEADLETTER_TOPIC, EVENTS_TOPIC, OutR
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.clock import FakeClock, parse_time
 from pipeline.errors import BusError
+from pipeline.observability.telemetry import Telemetry
 from pipeline.rules.testing import make_event
 from pipeline.rules.worker import RulesWorker
 from schemas.alert import Alert
 from schemas.codec import decode_deadletter, validate
 from schemas.event import Event
 from schemas.validate import schema_errors
+from tests.unit.test_delivery_runner import dead_letter_samples
 
 T0 = parse_time("2026-03-01T00:00:00Z")
 
@@ -162,8 +164,11 @@ async def test_undecodable_records_go_to_the_dead_letter_topic(bus: SqliteBus) -
     await publish(
         bus, b"{not json", orjson.dumps({"schema": "instantly.event.v1", "type": "x"}), key_event("baseline", T0)
     )
-    w = worker(bus)
+    tel = Telemetry()
+    w = RulesWorker(bus, {}, clock=FakeClock(T0), telemetry=tel)
     await w.run_once()
+    assert dead_letter_samples(tel) == [("rules", "rules", 2.0)]  # what the DeadLettersGrowing alert reads
+    tel.shutdown()
     dead = await read(bus, DEADLETTER_TOPIC)
     letters = [decode_deadletter(d.value) for d in dead]
     assert letters[0].original_bytes() == b"{not json" and len(dead) == 2

@@ -19,7 +19,7 @@ from pipeline.config.base import EnvValue
 from pipeline.config.loader import parse_config
 from pipeline.config.model import PipelineConfig
 from pipeline.observability.health import HealthRegistry
-from pipeline.observability.metrics import METRICS, WORKSPACE, WORKSPACE_ID, prometheus_series
+from pipeline.observability.metrics import METRICS, PROCESS_SERIES, WORKSPACE, WORKSPACE_ID, prometheus_series
 from pipeline.observability.service import ServiceServer
 from pipeline.observability.telemetry import Telemetry, get_telemetry, set_telemetry, setup_telemetry
 from pipeline.observability.telemetry_config import TelemetryConfig
@@ -101,11 +101,14 @@ async def test_scrape_every_helper_shows_its_series(tel: Telemetry, server: Serv
     tel.records_received("sink", "splunk_hec", "soc", n=3)
     tel.records_published("sink", "splunk_hec", "soc", n=3)
     tel.records_dropped("source", "instantly_audit_logs", "acme", "ws-1", 2, reason="duplicate")
+    tel.dead_letters("sink", "splunk_hec", "soc", n=4)
     tel.component_errors("sink", "splunk_hec", "soc", "SinkError")
     tel.alerts_raised("all_scope_key", "high", "ws-1")
     tel.api_requests("ws-1", 401)
     tel.api_requests("ws-1", 200)
     tel.api_rate_limited("ws-1")
+    tel.api_budget_wait("ws-1", 0.25)
+    tel.api_budget_wait("ws-1", 0.5)
     tel.retries("acme", "http_503", kind="source")
     tel.sink_deliveries("soc", 40)
     tel.sink_errors("soc", "timeout")
@@ -115,15 +118,18 @@ async def test_scrape_every_helper_shows_its_series(tel: Telemetry, server: Serv
     tel.cursor_age_seconds("ws-1", "audit_logs", clock.now() - 90)
     tel.webhook_rejections("instantly", "bad_secret")
     tel.bus_errors("publish", "KafkaTimeoutError")
+    tel.task_restarts("rules")
     tel.latency("end_to_end", "soc", [0.2, 3.5, -1.0])
     tel.receipts_published("acme", "ws-1", 3)
     tel.gap_hours("acme", "ws-1", "interrupted", 2)
     got = await scrape(server)
     assert value(got, "pipeline_component_events_dropped_total", reason="duplicate") == 2
+    assert value(got, "pipeline_dead_letters_total", component_kind="sink", component_id="soc") == 4
     assert value(got, "pipeline_component_errors_total", component_id="soc", error_type="SinkError") == 1
     assert value(got, "pipeline_alerts_raised_total", rule_id="all_scope_key", severity="high") == 1
     assert value(got, "pipeline_instantly_api_requests_total", http_response_status_code="401") == 1
     assert value(got, "pipeline_instantly_api_rate_limited_total", workspace_id="ws-1") == 1
+    assert value(got, "pipeline_instantly_api_budget_wait_seconds_total", workspace_id="ws-1") == 0.75
     assert value(got, "pipeline_retries_total", component_id="acme", reason="http_503", component_kind="source") == 1
     assert value(got, "pipeline_sink_deliveries_total", sink="soc") == 40
     assert value(got, "pipeline_sink_errors_total", sink="soc", error_type="timeout") == 1
@@ -134,6 +140,7 @@ async def test_scrape_every_helper_shows_its_series(tel: Telemetry, server: Serv
     assert value(got, "pipeline_source_cursor_age_seconds", workspace_id="ws-1", stream="audit_logs") == 90
     assert value(got, "pipeline_webhook_rejections_total", source="instantly", reason="bad_secret") == 1
     assert value(got, "pipeline_bus_errors_total", operation="publish", error_type="KafkaTimeoutError") == 1
+    assert value(got, "pipeline_task_restarts_total", task="rules") == 1
     assert value(got, "pipeline_completeness_receipts_total", component_id="acme", workspace_id="ws-1") == 3
     assert value(got, "pipeline_completeness_gap_hours_total", reason="interrupted", workspace_id="ws-1") == 2
     e2e = {"leg": "end_to_end", "component_id": "soc"}
@@ -142,6 +149,8 @@ async def test_scrape_every_helper_shows_its_series(tel: Telemetry, server: Serv
     assert value(got, "pipeline_latency_seconds_bucket", le="0.25", **e2e) == 2
     names = {n for n, _ in got}
     assert names - {"target_info"} <= prometheus_series(), "a series is not in METRICS"
+    assert names >= PROCESS_SERIES, "the standard process metrics are missing"
+    assert value(got, "process_resident_memory_bytes") > 0 and value(got, "process_open_fds") > 0
     assert {m.series for m in METRICS} - {"pipeline_readiness"} <= names, "a METRICS entry did not appear"
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.errors import BusError
+from pipeline.observability.telemetry import Telemetry
 from pipeline.topology import Pipeline, supervise
 
 
@@ -58,3 +60,36 @@ async def test_a_restarted_poller_claims_its_writer_then_refreshes_state(monkeyp
     monkeypatch.setattr("pipeline.topology.random.random", lambda: 0.0)  # restart after 0.5 s
     await asyncio.wait_for(supervise(name, body, stop), 10)
     assert bus.calls == ["run 1", "fence poller-ws", "refresh", "run 2"]
+
+
+async def test_each_restart_of_a_task_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pipeline_task_restarts_total{task}`` shows the task at 0 from its start and counts each
+    restart after a crash (the TaskCrashLooping alert reads it: a crash-looping rules worker or sink
+    on a quiet workspace never builds the lag ConsumerLagGrowing needs)."""
+    tel = Telemetry()
+    stop = asyncio.Event()
+    crashes = 0
+
+    async def body() -> None:
+        nonlocal crashes
+        text = tel.render_prometheus()[0].decode()
+        seen.append(restarts(text))
+        if crashes < 2:
+            crashes += 1
+            raise BusError("cannot write the bus: disk full")
+        stop.set()
+
+    def restarts(text: str) -> float | None:
+        found = [
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "pipeline_task_restarts_total" and s.labels == {"task": "rules"}
+        ]
+        return found[0] if found else None
+
+    seen: list[float | None] = []
+    monkeypatch.setattr("pipeline.topology.random.random", lambda: 0.0)  # restarts after 0.5 s, then 1 s
+    await asyncio.wait_for(supervise("rules", body, stop, telemetry=tel), 10)
+    assert seen == [0.0, 1.0, 2.0]
+    tel.shutdown()

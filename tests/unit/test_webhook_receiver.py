@@ -11,9 +11,11 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from pipeline.bus.sqlite import SqliteBus
+from pipeline.observability.telemetry import Telemetry
 from pipeline.sources.webhook.admission import SecretChecker, client_address
 from pipeline.sources.webhook.dedup import SEEN_SLOTS, SeenWindow, stale_keys
 from pipeline.sources.webhook.receiver import WebhookReceiver
@@ -437,6 +439,25 @@ async def test_authenticated_invalid_body_is_dead_lettered(sqlite_bus: SqliteBus
     got = (letter["id"], letter["stage"], letter["reason"], letter["component"])
     assert got == (answer["id"], "source", reason, "crm")
     assert letter["original"]["value"] == body.decode()  # kept for a re-delivery once the cause is fixed
+
+
+async def test_a_dead_letter_is_counted_in_pipeline_dead_letters_total(sqlite_bus: SqliteBus) -> None:
+    """The dead letter shows as ``pipeline_dead_letters_total`` on /metrics (what the DeadLettersGrowing
+    alert reads), once: its retry is a duplicate, not a second dead letter, and an accepted delivery
+    or a duplicate of it counts none."""
+    tel = Telemetry()
+    r = WebhookReceiver(make_config(), sqlite_bus, telemetry=tel)
+    async with serve(r) as c:
+        for body in (b"{not json", b"{not json", delivery(1), delivery(1)):
+            assert (await c.post(PATH, data=body, headers=hdrs())).status == 200
+    text = tel.render_prometheus()[0].decode()
+    dead = [
+        s for f in text_string_to_metric_families(text) for s in f.samples if s.name == "pipeline_dead_letters_total"
+    ]
+    assert [
+        (s.labels["component_kind"], s.labels["component_id"], s.labels["workspace_id"], s.value) for s in dead
+    ] == [("webhook", "crm", WS, 1.0)]
+    tel.shutdown()
 
 
 @pytest.mark.parametrize(

@@ -169,8 +169,9 @@ class SourceConfig(Model):
     @field_validator("public_urls")
     @classmethod
     def _urls(cls, v: list[str]) -> list[str]:
-        out = [clean_http_url(u, "https://hooks.example.com/hooks/crm", credentials="the secret goes in secrets")
-               for u in v]  # fmt: skip
+        # The example keeps its path apart: the output redaction fingerprints a URL's path.
+        example = "https://hooks.example.com followed by the source's path (/hooks/crm)"
+        out = [clean_http_url(u, example, credentials="the secret goes in secrets") for u in v]
         if len({url_key(u) for u in out}) != len(out):
             raise ValueError("a URL is listed twice")
         return out

@@ -487,6 +487,7 @@ class WebhookReceiver:
         self.rejections[rej.reason] += 1
         self.telemetry.webhook_rejections(src.name, rej.reason)
         if published:
+            self.telemetry.dead_letters("webhook", src.kind.component_type, src.name, src.workspace.id)
             log.warning("Webhook delivery dead-lettered", extra={"source": src.name, "reason": rej.reason,
                                                                  "dead_letter_id": letter.id})  # fmt: skip
         body_out = orjson.dumps({"status": "dead_lettered" if published else "duplicate", "id": letter.id})
