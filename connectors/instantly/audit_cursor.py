@@ -181,6 +181,20 @@ def page_is_ascending(page: Sequence[Mapping[str, Any]], after: str | None) -> b
     return not (len(times) >= 3 and all(a > b for a, b in pairwise(times)))
 
 
+def still_newest_first(page: Sequence[Any], oldest: float | None) -> tuple[bool, float | None]:
+    """Whether the listing is still newest first after ``page`` (timestamps never rising, within the
+    page and from the previous page's ``oldest``), and the oldest timestamp read so far. Records
+    without a usable timestamp are ignored."""
+    previous = oldest
+    for ts in map(record_time, page):
+        if ts is None:
+            continue
+        if previous is not None and ts > previous:
+            return False, oldest
+        previous = ts
+    return True, previous
+
+
 def last_page_id(page: Sequence[Mapping[str, Any]]) -> str | None:
     """The id of the last record of ``page`` that has one."""
     for record in reversed(page):

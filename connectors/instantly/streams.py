@@ -37,7 +37,7 @@ from connectors.instantly.audit_cursor import (
     last_page_id,
     page_is_ascending,
     record_id,
-    record_time,
+    still_newest_first,
 )
 from connectors.instantly.client import ClientRequestError, InstantlyClient
 from connectors.instantly.normalize import normalize_audit_record
@@ -465,7 +465,7 @@ async def _read_audit(
             if page_newest is not None:
                 out.newest = page_newest if out.newest is None else max(out.newest, page_newest)
             if newest_first:
-                newest_first, oldest = _still_newest_first(page, oldest)
+                newest_first, oldest = still_newest_first(page, oldest)
                 if newest_first and window_start is not None and oldest is not None and oldest < window_start:
                     log.debug(
                         "Newest-first audit listing passed the window; the older pages are not read.",
@@ -473,20 +473,6 @@ async def _read_audit(
                     )
                     break
     return out
-
-
-def _still_newest_first(page: Sequence[Any], oldest: float | None) -> tuple[bool, float | None]:
-    """Whether the listing is still newest first after ``page`` (timestamps never rising, within the
-    page and from the previous page's ``oldest``), and the oldest timestamp read so far. Records
-    without a usable timestamp are ignored."""
-    previous = oldest
-    for ts in map(record_time, page):
-        if ts is None:
-            continue
-        if previous is not None and ts > previous:
-            return False, oldest
-        previous = ts
-    return True, previous
 
 
 @dataclass

@@ -30,7 +30,7 @@ from pipeline.observability.telemetry import Telemetry, set_telemetry
 from pipeline.observability.telemetry_config import TelemetryConfig
 from pipeline.rules.worker import RulesWorker
 from pipeline.sources.webhook.receiver import WebhookReceiver
-from pipeline.topology import monitor_bus
+from pipeline.supervision import monitor_bus
 from tests.unit.test_webhook_support import delivery, hdrs, make_config, serve
 
 Points = dict[str, list[tuple[dict[str, object], float]]]

@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.errors import BusError
 from pipeline.observability.telemetry import Telemetry
-from pipeline.topology import Pipeline, supervise
+from pipeline.supervision import supervise
+from pipeline.topology import Pipeline
 
 
 class RecordingBus:
@@ -57,7 +58,7 @@ async def test_a_restarted_poller_claims_its_writer_then_refreshes_state(monkeyp
     pipe = Pipeline(None, bus, set())  # type: ignore[arg-type]  # nothing built: only its tasks are used
     pipe.pollers = [FencedOncePoller(bus)]
     [(name, body)] = pipe.tasks(stop)
-    monkeypatch.setattr("pipeline.topology.random.random", lambda: 0.0)  # restart after 0.5 s
+    monkeypatch.setattr("pipeline.supervision.random.random", lambda: 0.0)  # restart after 0.5 s
     await asyncio.wait_for(supervise(name, body, stop), 10)
     assert bus.calls == ["run 1", "fence poller-ws", "refresh", "run 2"]
 
@@ -89,7 +90,7 @@ async def test_each_restart_of_a_task_is_counted(monkeypatch: pytest.MonkeyPatch
         return found[0] if found else None
 
     seen: list[float | None] = []
-    monkeypatch.setattr("pipeline.topology.random.random", lambda: 0.0)  # restarts after 0.5 s, then 1 s
+    monkeypatch.setattr("pipeline.supervision.random.random", lambda: 0.0)  # restarts after 0.5 s, then 1 s
     await asyncio.wait_for(supervise("rules", body, stop, telemetry=tel), 10)
     assert seen == [0.0, 1.0, 2.0]
     tel.shutdown()
