@@ -197,10 +197,13 @@ class AllScopeKeyRule(_ScopeRule):
     what = "unrestricted access"
     sigma_detection: ClassVar[dict[str, Any]] = {
         "all_scope": {"attributes.scopes": "all:all"},
+        "every_action": {"attributes.scopes|contains|all": [f"all:{a}" for a in CRUD]},
+        "every_resource": {"attributes.scopes|contains|all": [f"{r}:all" for r in _RESOURCES]},
         "deleted": {"type": "api_key.deleted"},
-        "condition": "all_scope and not deleted",
+        "condition": "(all_scope or every_action or every_resource) and not deleted",
     }
-    """The open condition as a single-event detection (``rules export --format sigma``)."""
+    """The open condition as a single-event detection (``rules export --format sigma``); a key that mixes
+    wildcards with per-resource scopes to the same effect is found by the rule only."""
 
     def risky(self, scopes: list[str]) -> list[str]:
         """``all:all``, or the scopes that together grant every permission it grants (:func:`unrestricted`)."""
