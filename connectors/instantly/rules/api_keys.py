@@ -6,6 +6,7 @@ They read the snapshot events ``api_key.baseline|created|deleted|scopes_changed|
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -328,6 +329,24 @@ def _norm_name(name: Any) -> str:
     return name.strip().casefold() if isinstance(name, str) else ""
 
 
+_ROTATION_WORDS = frozenset({"old", "new", "rotated", "rotation", "replacement", "copy", "key", "api", "v"})
+
+
+def _name_stem(name: Any) -> str:
+    """What is left of a key name without numbers, dates and rotation words (``crm-2026`` → ``crm``,
+    ``Zapier (new) v2`` → ``zapier``): two keys whose stems differ serve different integrations."""
+    words = re.findall(r"[^\W\d_]+", _norm_name(name))
+    return "".join(w for w in words if w not in _ROTATION_WORDS)
+
+
+def _may_replace(old_name: Any, new_name: Any) -> bool:
+    """Whether a key with the same scopes may be the replacement of another by their names: yes when the
+    stems match or a name says nothing (missing, only numbers); no for two named integrations
+    (``Looker dashboard`` and ``Client Globex reporting``: an agency keeps one read-only key per client)."""
+    a, b = _name_stem(old_name), _name_stem(new_name)
+    return not a or not b or a == b
+
+
 class RotationParams(RuleParams):
     """Options of ``api_key.rotation_incomplete``."""
 
@@ -335,12 +354,14 @@ class RotationParams(RuleParams):
 
 
 class RotationIncompleteRule(CatalogRule[RotationParams]):
-    """``api_key.rotation_incomplete``: a new key repeats an old key's scopes or name (``keys rotate --scopes``
-    narrows the scopes and keeps the name), and the old one outlives the grace period."""
+    """``api_key.rotation_incomplete``: a new key repeats an old key's name (``keys rotate --scopes`` narrows the
+    scopes and keeps the name) or its scopes under a name of the same stem (``crm-2025`` → ``crm-2026``; an
+    unnamed key), and the old one outlives the grace period. Keys with the same scopes for different
+    integrations (one read-only key per client) are no rotation."""
 
     Params = RotationParams
     meta = RuleMeta(
-        id="api_key.rotation_incomplete", title="API key rotation not finished", severity="low", version=2,
+        id="api_key.rotation_incomplete", title="API key rotation not finished", severity="low", version=3,
         attack=("T1078.004",), basic=Basic.ROTATION, event_types=("api_key.*",), ticks=True, suppress_secs=7 * DAY,
         runbook=(
             "A new key with the same scopes or the same name was created, but the key it replaces still exists.\n"
@@ -376,10 +397,13 @@ class RotationIncompleteRule(CatalogRule[RotationParams]):
         _remember(keys, kid, [scopes_sorted, created, target_name(event) or (prev[2] if prev else None)])
         if event.type == "api_key.created" and scopes_sorted is not None:
             name = _norm_name(target_name(event))
+            new_name = target_name(event)
             olds = [
                 o
                 for o, (s, c, n) in keys.items()
-                if o != kid and c <= created and (s == scopes_sorted or (name and _norm_name(n) == name))
+                if o != kid
+                and c <= created
+                and ((s == scopes_sorted and _may_replace(n, new_name)) or (name and _norm_name(n) == name))
             ]
             if olds:
                 rot.pop(kid, None)
