@@ -55,6 +55,26 @@ def _side(event: Event, side: str, name: str) -> Any:
     return doc.get(name) if isinstance(doc, dict) else None
 
 
+MAX_USERS = 5000
+"""Members' user id → email remembered per workspace by ``member.privileged`` (to name an owner change)."""
+
+
+def _learn_user(ctx: RuleContext, event: Event) -> None:
+    """Remember the member's email under its user id (the owner is a user id), bounded."""
+    uid = attr(event, "user_id")
+    email = member_ref(event)[1]
+    if not isinstance(uid, str) or not uid or email is None:
+        return
+    known = ctx.state.data.get("users")
+    if known is not None and known.get(uid) == email:
+        return
+    users: dict[str, Any] = ctx.data.setdefault("users", {})
+    users.pop(uid, None)
+    users[uid] = email
+    while len(users) > MAX_USERS:
+        del users[next(iter(users))]
+
+
 class UnexpectedMemberRule(CatalogRule[RuleParams]):
     """``member.unexpected``: a member whose email and domain are not allowed (only with an allowlist)."""
 
@@ -137,7 +157,7 @@ class PrivilegedMemberRule(CatalogRule[PrivilegedParams]):
 
     Params = PrivilegedParams
     meta = RuleMeta(
-        id="member.privileged", title="Workspace member gained privileges", severity="high", version=5,
+        id="member.privileged", title="Workspace member gained privileges", severity="high", version=6,
         attack=("T1098.003",), basic=Basic.MEMBER_ROLES,
         event_types=("member.invited", "member.role_changed", "member.permissions_changed", "workspace.owner_changed",
                      "member.baseline", "workspace.baseline"),
@@ -150,13 +170,21 @@ class PrivilegedMemberRule(CatalogRule[PrivilegedParams]):
 
     def on_event(self, ctx: RuleContext, event: Event) -> Iterable[Finding]:
         """Report the privilege the event grants (or, on a baseline, holds), if any."""
+        if event.type.startswith("member."):
+            _learn_user(ctx, event)
         if event.type.endswith(".baseline"):
             return self._baseline(event)
         if event.type == "workspace.owner_changed":
+            users = ctx.state.data.get("users") or {}
             before = _side(event, "before", "owner") or attr(event, "previous_owner")
             after = _side(event, "after", "owner") or attr(event, "owner")
-            ents = tuple(Entity("user", u, None) for u in (after, before) if isinstance(u, str)) + actor_entities(event)
-            summary = f"The workspace owner changed from {before or 'unknown'} to {after or 'unknown'}"
+            ents = tuple(Entity("user", u, users.get(u)) for u in (after, before) if isinstance(u, str))
+            ents += actor_entities(event)
+
+            def named(u: Any) -> str:
+                return f"{users[u]} ({u})" if isinstance(u, str) and u in users else (u or "unknown")
+
+            summary = f"The workspace owner changed from {named(before)} to {named(after)}"
             return (Finding(f"owner:{after}", summary, ents, event.id, severity="critical",
                             attributes={"previous_owner": before, "new_owner": after}),)  # fmt: skip
         mid, email = member_ref(event)
