@@ -542,6 +542,7 @@ async def test_sub_workspace_sees_its_admin_link_through_the_admin_endpoint(
         )  # fmt: skip
         [alert] = await rule_alerts(bus, "workspace_group.change")
         assert alert["rule"]["severity"] == "high" and alert["workspace"]["id"] == WS_ID
+        assert "admin workspace Evil Agency" in alert["summary"]  # the name /admin gives, not a missing id
         assert schema_errors("alert", alert) == []
         assert await poller.poll_once() == {"group_members": 0, "pipeline": 0}
         fake.admin_workspace = {"workspace_name": "Undefined", "has_admin_workspace": False}

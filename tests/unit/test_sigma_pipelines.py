@@ -76,7 +76,9 @@ def _fields(rule: SigmaRule | SigmaCorrelationRule) -> list[str]:
         for name in sorted(rule.detection.detections):
             _walk(rule.detection.detections[name], out)
     else:
-        out += list(rule.group_by or [])
+        aliases = rule.aliases.aliases
+        for g in rule.group_by or []:  # an alias names no field: the fields it maps each rule's events to do
+            out += [aliases[g].mapping[r] for r in sorted(aliases[g].mapping, key=str)] if g in aliases else [g]
         ref = getattr(rule.condition, "fieldref", None)
         out += ref if isinstance(ref, list) else [ref] if isinstance(ref, str) else []
     return out

@@ -6,12 +6,14 @@ They read the snapshot events ``api_key.baseline|created|deleted|scopes_changed|
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from pydantic import Field
 
 from connectors.instantly.checklist import Basic
+from connectors.instantly.enums import SCOPE_RESOURCES, SCOPES
 from pipeline.clock import format_time, parse_time
 from pipeline.rules.base import (
     DAY,
@@ -43,6 +45,46 @@ MAX_ROTATIONS = 100
 """Rotations in flight remembered per workspace (oldest dropped first)."""
 MAX_OLDS = 20
 """Old keys remembered per rotation."""
+
+
+CRUD = ("create", "read", "update", "delete")
+_RESOURCES = tuple(r for r in SCOPE_RESOURCES if r != "all")
+SHOWN_SCOPES = 8
+"""Risky scopes named in an alert summary (the alert's ``risky_scopes`` attribute holds them all)."""
+
+
+def unrestricted(scopes: Iterable[str]) -> list[str]:
+    """The scopes that give the key every permission ``all:all`` gives, or ``[]`` when it lacks one.
+
+    Instantly allows an operation to ``{resource}:{action}``, ``{resource}:all``, ``all:{action}`` or
+    ``all:all`` (API reference §4.2), so ``all:create`` + ``all:read`` + ``all:update`` + ``all:delete``,
+    or ``<resource>:all`` on every resource, reach everything ``all:all`` reaches (the 27 operations
+    whose scope the spec does not name aside) and must be judged like it.
+    """
+    held = set(scopes)
+    if "all:all" in held:
+        return ["all:all"]
+    used: set[str] = set()
+    for action in CRUD:
+        if f"all:{action}" in held:
+            used.add(f"all:{action}")
+            continue
+        for r in _RESOURCES:
+            if f"{r}:{action}" not in SCOPES:
+                continue  # email_verifications has no update/delete
+            if f"{r}:all" in held:
+                used.add(f"{r}:all")
+            elif f"{r}:{action}" in held:
+                used.add(f"{r}:{action}")
+            else:
+                return []
+    return sorted(used)
+
+
+def shown(scopes: list[str]) -> str:
+    """Scopes for a summary: the first :data:`SHOWN_SCOPES`, then how many more."""
+    more = len(scopes) - SHOWN_SCOPES
+    return ", ".join(scopes[:SHOWN_SCOPES]) + (f" and {more} more" if more > 0 else "")
 
 
 def scopes_of(event: Event) -> list[str] | None:
@@ -86,6 +128,10 @@ class _ScopeRule(CatalogRule[KeyAllowParams]):
         """The scopes that make the key match."""
         raise NotImplementedError
 
+    def note(self, bad: list[str]) -> str:
+        """Text after the scopes in the summary."""
+        return ""
+
     def on_event(self, ctx: RuleContext, event: Event) -> Iterable[Finding]:
         """Open on a risky key, resolve when it is deleted or loses the scopes."""
         kid = target_id(event)
@@ -103,7 +149,7 @@ class _ScopeRule(CatalogRule[KeyAllowParams]):
             return ()
         bad = [] if kid in self.params.allowed_keys or name in self.params.allowed_keys else self.risky(scopes)
         if bad:
-            summary = f"API key {key_label(kid, name)} has {self.what}: {', '.join(bad)}"
+            summary = f"API key {key_label(kid, name)} has {self.what}: {shown(bad)}{self.note(bad)}"
             main = Finding(
                 key, summary, ent, event.id, resolvable=True, attributes={"scopes": scopes, "risky_scopes": bad}
             )
@@ -116,7 +162,7 @@ class _ScopeRule(CatalogRule[KeyAllowParams]):
             if before is None or not ctx.is_open(key):
                 return (main,)
             # The open alert is suppressed for the window: announce the escalation as its own alert.
-            grown = f"API key {key_label(kid, name)} gained {self.what}: {', '.join(added)} (now {', '.join(bad)})"
+            grown = f"API key {key_label(kid, name)} gained {self.what}: {shown(added)} (now {shown(bad)})"
             attrs = {"scopes": scopes, "risky_scopes": bad, "added_scopes": added}
             return (main, Finding(f"grew:{kid}:{','.join(added)}", grown, ent, event.id, attributes=attrs))
         self._forget(ctx, kid)
@@ -136,10 +182,10 @@ class _ScopeRule(CatalogRule[KeyAllowParams]):
 
 
 class AllScopeKeyRule(_ScopeRule):
-    """``api_key.all_scope``: a key with ``all:all`` (also on the baseline)."""
+    """``api_key.all_scope``: a key with ``all:all``, or scopes that together grant the same (also on the baseline)."""
 
     meta = RuleMeta(
-        id="api_key.all_scope", title="API key with all:all scope", severity="critical", version=3,
+        id="api_key.all_scope", title="API key with all:all scope", severity="critical", version=4,
         attack=("T1098.001", "T1078.004"), basic=Basic.NO_ALL_ALL, event_types=("api_key.*",), suppress_secs=DAY,
         runbook=(
             "1. Find who owns the key (name, creation time, audit log 'API key created').\n"
@@ -152,24 +198,31 @@ class AllScopeKeyRule(_ScopeRule):
     what = "unrestricted access"
     sigma_detection: ClassVar[dict[str, Any]] = {
         "all_scope": {"attributes.scopes": "all:all"},
+        "every_action": {"attributes.scopes|contains|all": [f"all:{a}" for a in CRUD]},
+        "every_resource": {"attributes.scopes|contains|all": [f"{r}:all" for r in _RESOURCES]},
         "deleted": {"type": "api_key.deleted"},
-        "condition": "all_scope and not deleted",
+        "condition": "(all_scope or every_action or every_resource) and not deleted",
     }
-    """The open condition as a single-event detection (``rules export --format sigma``)."""
+    """The open condition as a single-event detection (``rules export --format sigma``); a key that mixes
+    wildcards with per-resource scopes to the same effect is found by the rule only."""
 
     def risky(self, scopes: list[str]) -> list[str]:
-        """``all:all`` only."""
-        return ["all:all"] if "all:all" in scopes else []
+        """``all:all``, or the scopes that together grant every permission it grants (:func:`unrestricted`)."""
+        return unrestricted(scopes)
+
+    def note(self, bad: list[str]) -> str:
+        """Say when the key is all:all in effect, not by name."""
+        return "" if bad == ["all:all"] else " (together equivalent to all:all)"
 
 
 class BroadScopeKeyRule(_ScopeRule):
     """``api_key.broad_scope``: wildcard actions, ``:all`` on sensitive resources, key minting or access granting.
 
-    Keys holding ``all:all`` are left to ``api_key.all_scope`` (one alert per key).
+    Keys holding ``all:all``, or scopes equivalent to it, are left to ``api_key.all_scope`` (one alert per key).
     """
 
     meta = RuleMeta(
-        id="api_key.broad_scope", title="API key with broad scopes", severity="high", version=3,
+        id="api_key.broad_scope", title="API key with broad scopes", severity="high", version=4,
         attack=("T1098.001",), basic=Basic.SCOPED_KEYS, event_types=("api_key.*",), suppress_secs=DAY,
         runbook=(
             "1. List what the integration behind the key really calls.\n"
@@ -185,7 +238,7 @@ class BroadScopeKeyRule(_ScopeRule):
 
     def risky(self, scopes: list[str]) -> list[str]:
         """``all:<action>``, ``<sensitive>:all``, the scopes that create keys and those that grant access."""
-        if "all:all" in scopes:
+        if unrestricted(scopes):
             return []
         out = []
         for s in scopes:
@@ -276,6 +329,24 @@ def _norm_name(name: Any) -> str:
     return name.strip().casefold() if isinstance(name, str) else ""
 
 
+_ROTATION_WORDS = frozenset({"old", "new", "rotated", "rotation", "replacement", "copy", "key", "api", "v"})
+
+
+def _name_stem(name: Any) -> str:
+    """What is left of a key name without numbers, dates and rotation words (``crm-2026`` → ``crm``,
+    ``Zapier (new) v2`` → ``zapier``): two keys whose stems differ serve different integrations."""
+    words = re.findall(r"[^\W\d_]+", _norm_name(name))
+    return "".join(w for w in words if w not in _ROTATION_WORDS)
+
+
+def _may_replace(old_name: Any, new_name: Any) -> bool:
+    """Whether a key with the same scopes may be the replacement of another by their names: yes when the
+    stems match or a name says nothing (missing, only numbers); no for two named integrations
+    (``Looker dashboard`` and ``Client Globex reporting``: an agency keeps one read-only key per client)."""
+    a, b = _name_stem(old_name), _name_stem(new_name)
+    return not a or not b or a == b
+
+
 class RotationParams(RuleParams):
     """Options of ``api_key.rotation_incomplete``."""
 
@@ -283,12 +354,14 @@ class RotationParams(RuleParams):
 
 
 class RotationIncompleteRule(CatalogRule[RotationParams]):
-    """``api_key.rotation_incomplete``: a new key repeats an old key's scopes or name (``keys rotate --scopes``
-    narrows the scopes and keeps the name), and the old one outlives the grace period."""
+    """``api_key.rotation_incomplete``: a new key repeats an old key's name (``keys rotate --scopes`` narrows the
+    scopes and keeps the name) or its scopes under a name of the same stem (``crm-2025`` → ``crm-2026``; an
+    unnamed key), and the old one outlives the grace period. Keys with the same scopes for different
+    integrations (one read-only key per client) are no rotation."""
 
     Params = RotationParams
     meta = RuleMeta(
-        id="api_key.rotation_incomplete", title="API key rotation not finished", severity="low", version=2,
+        id="api_key.rotation_incomplete", title="API key rotation not finished", severity="low", version=3,
         attack=("T1078.004",), basic=Basic.ROTATION, event_types=("api_key.*",), ticks=True, suppress_secs=7 * DAY,
         runbook=(
             "A new key with the same scopes or the same name was created, but the key it replaces still exists.\n"
@@ -324,10 +397,13 @@ class RotationIncompleteRule(CatalogRule[RotationParams]):
         _remember(keys, kid, [scopes_sorted, created, target_name(event) or (prev[2] if prev else None)])
         if event.type == "api_key.created" and scopes_sorted is not None:
             name = _norm_name(target_name(event))
+            new_name = target_name(event)
             olds = [
                 o
                 for o, (s, c, n) in keys.items()
-                if o != kid and c <= created and (s == scopes_sorted or (name and _norm_name(n) == name))
+                if o != kid
+                and c <= created
+                and ((s == scopes_sorted and _may_replace(n, new_name)) or (name and _norm_name(n) == name))
             ]
             if olds:
                 rot.pop(kid, None)

@@ -259,7 +259,7 @@ class MfaDisabledRule(_KnownIpRule):
     """
 
     meta = RuleMeta(
-        id="auth.mfa_disabled", title="MFA (TOTP) disabled", severity="high", attack=("T1556.006",), version=2,
+        id="auth.mfa_disabled", title="MFA (TOTP) disabled", severity="high", attack=("T1556.006",), version=3,
         basic=Basic.AUDIT_LOGS, event_types=("audit.*",), status="stable",
         activity_codes=frozenset({TOTP_DISABLED, TOTP_ENABLED, *LOGIN_CODES}),
         runbook=(
@@ -277,13 +277,16 @@ class MfaDisabledRule(_KnownIpRule):
             self._learn(ctx, event)
             return ()
         a = event.actor
-        key = a.user_id if a is not None and a.user_id else ""
+        key = actor_key(event)  # the user, else the acting API key: records without a user are not one condition
         ip = a.ip if a is not None else None
         if code == TOTP_DISABLED:
-            summary = f"MFA (TOTP) was disabled for {actor_label(event)} from {ip}"
+            kid = a.api_key_id if a is not None else None
+            who = actor_label(event)
+            via = f" through API key {kid}" if kid and not who.startswith("API key") else ""
+            summary = f"MFA (TOTP) was disabled for {who}{via} from {ip}"
             attrs = {"actor.ip": ip, "actor.user_agent": a.user_agent if a else None,
-                     "actor.via_api": a.via_api if a else None}  # fmt: skip
-            ents = (Entity("user", key or None, a.user_name if a else None), Entity("ip", ip, None))
+                     "actor.via_api": a.via_api if a else None, "actor.api_key_id": kid}  # fmt: skip
+            ents = actor_entities(event) or (Entity("ip", ip, None),)
             return (Finding(key, summary, ents, event.id, resolvable=True, attributes=attrs),)
         if code != TOTP_ENABLED or not ctx.is_open(key):
             return ()

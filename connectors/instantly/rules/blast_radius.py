@@ -4,7 +4,8 @@ Instantly writes no audit record for forwarding an email, moving mailboxes, shar
 campaign, ordering paid mailboxes, changing the owner, scheduling the workspace's removal
 or bulk-reading leads. A key that can do them could be abused without a trace, so the
 scopes themselves are the signal. The table behind it is :mod:`connectors.instantly.blast`
-(derived from the OpenAPI v2 spec). Keys holding ``all:all`` are left to ``api_key.all_scope``.
+(derived from the OpenAPI v2 spec). Keys holding ``all:all``, or scopes equivalent to it, are left to
+``api_key.all_scope``.
 
 A plain ``x:read`` scope reaching a bulk read (``leads:read`` → ``POST /leads/list``) does not
 alert unless ``include_reads: true``: nearly every integration reads leads, and ``check``
@@ -21,7 +22,7 @@ from pydantic import Field
 
 from connectors.instantly.blast import is_read_only, unaudited_reach
 from connectors.instantly.checklist import Basic
-from connectors.instantly.rules.api_keys import KeyAllowParams, _ScopeRule
+from connectors.instantly.rules.api_keys import KeyAllowParams, _ScopeRule, unrestricted
 from pipeline.rules.base import DAY, Finding, RuleContext, RuleMeta
 from schemas.event import Event
 
@@ -39,7 +40,7 @@ class UnauditedReachRule(_ScopeRule):
 
     meta = RuleMeta(
         id="api_key.unaudited_reach", title="API key can call operations that leave no audit record",
-        severity="medium", attack=("T1098.001", "T1114.003"), basic=Basic.SCOPED_KEYS,
+        severity="medium", attack=("T1098.001", "T1114.003"), basic=Basic.SCOPED_KEYS, version=2,
         event_types=("api_key.created", "api_key.baseline", "api_key.scopes_changed", "api_key.deleted"),
         suppress_secs=DAY,
         runbook=(
@@ -54,8 +55,8 @@ class UnauditedReachRule(_ScopeRule):
     what: ClassVar[str] = "scopes reaching unaudited operations"
 
     def risky(self, scopes: list[str]) -> list[str]:
-        """The scopes that reach at least one unaudited high-impact operation (none for all:all keys)."""
-        if "all:all" in scopes:
+        """The scopes that reach at least one unaudited high-impact operation (none for all:all and its equals)."""
+        if unrestricted(scopes):
             return []
         return sorted({s for via in self._reach(scopes).values() for s in via})
 

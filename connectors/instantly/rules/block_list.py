@@ -53,21 +53,38 @@ class ProtectedDomainRemovedRule(CatalogRule[RuleParams]):
         return (Finding(f"domain:{d}", summary, (Entity("domain", d, None), *actor_entities(event)), event.id),)
 
 
-class EntryRemovedRule(CatalogRule[RuleParams]):
+class EntryRemovedParams(RuleParams):
+    """Options of ``block_list.entry_removed``."""
+
+    max_alerts_per_window: int = Field(
+        10, ge=1, le=10_000, description="removals alerted one by one per window; the rest fold into one alert"
+    )
+    window_secs: float = Field(600.0, gt=0, le=86_400)
+
+
+class EntryRemovedRule(CatalogRule[EntryRemovedParams]):
     """``block_list.entry_removed``: any other entry taken off the block list (low).
 
     A protected domain's removal is ``block_list.protected_domain_removed`` (medium); this one covers
     every other entry, so a removal is seen even when ``rules.protected_domains`` is not configured:
     the block list keeps campaigns away from competitors, customers' legal contacts and opt-outs.
+
+    Instantly empties the whole list in one call (``DELETE /api/v2/block-lists-entries``), which the
+    next snapshot turns into one event per entry. The first ``max_alerts_per_window`` removals of a
+    workspace within ``window_secs`` alert one by one; the rest fold into one ``bulk`` alert (its count
+    grows) beside ``corr.block_list_emptied``, instead of one notification per entry.
     """
 
+    Params = EntryRemovedParams
     meta = RuleMeta(
-        id="block_list.entry_removed", title="Entry removed from the block list", severity="low",
+        id="block_list.entry_removed", title="Entry removed from the block list", severity="low", version=2,
         attack=("T1562",), basic=Basic.BLOCK_LIST, event_types=("block_list.entry_removed",),
         runbook=(
             "Campaigns can now email this address or domain again.\n"
             "1. Check who removed it and why (audit log around the time; the team's change log).\n"
-            '2. If it was not intended, re-add it: POST /api/v2/block-lists-entries {"bl_value": "<value>"}.\n'
+            '2. If it was not intended, re-add it: POST /api/v2/block-lists-entries {"bl_value": "<value>"}\n'
+            '   (many at once: POST /api/v2/block-lists-entries/bulk-create {"bl_values": [...]}; the removed\n'
+            "   values are the block_list.entry_removed events: replay --type block_list.entry_removed).\n"
             "3. Add the domains that must never be emailed to rules.protected_domains (medium alerts)."
         ),
     )  # fmt: skip
@@ -82,6 +99,19 @@ class EntryRemovedRule(CatalogRule[RuleParams]):
             return ()
         value = v.strip().lower()
         kind = "domain" if d is not None else "email"
+        p = self.params
+        recent = [t for t in ctx.state.data.get("recent", ()) if ctx.now - t < p.window_secs]
+        recent.append(ctx.now)
+        ctx.data["recent"] = recent[-(p.max_alerts_per_window + 1) :]
+        if len(recent) > p.max_alerts_per_window:
+            ws = event.workspace
+            summary = (
+                f"More than {p.max_alerts_per_window} block-list entries were removed from workspace "
+                f"{ws.name or ws.id} within {p.window_secs / 60:g} min (from {value} on, removals are counted here, "
+                "not alerted one by one; the block_list.entry_removed events list them)"
+            )
+            ents = (Entity("workspace", ws.id, ws.name), *actor_entities(event))
+            return (Finding("bulk", summary, ents, event.id, attributes={"first_folded": value}),)
         summary = f"Block list entry {value} was removed"
         return (Finding(f"{kind}:{value}", summary, (Entity(kind, value, None), *actor_entities(event)), event.id),)
 

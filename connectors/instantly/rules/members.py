@@ -40,6 +40,14 @@ def member_ref(event: Event) -> tuple[str | None, str | None]:
     return target_id(event) or email, email
 
 
+def account_email(event: Event, email: str | None) -> str | None:
+    """The email of the Instantly account that holds the membership (``user_email``), when it is not the
+    invited address: an invitation to an allowed address can be accepted by an account elsewhere."""
+    u = attr(event, "user_email")
+    u = u.strip().lower() if isinstance(u, str) and u.strip() else None
+    return u if u != email else None
+
+
 def _side(event: Event, side: str, name: str) -> Any:
     if event.change is None:
         return None
@@ -47,14 +55,35 @@ def _side(event: Event, side: str, name: str) -> Any:
     return doc.get(name) if isinstance(doc, dict) else None
 
 
+MAX_USERS = 5000
+"""Members' user id → email remembered per workspace by ``member.privileged`` (to name an owner change)."""
+
+
+def _learn_user(ctx: RuleContext, event: Event) -> None:
+    """Remember the member's email under its user id (the owner is a user id), bounded."""
+    uid = attr(event, "user_id")
+    email = member_ref(event)[1]
+    if not isinstance(uid, str) or not uid or email is None:
+        return
+    known = ctx.state.data.get("users")
+    if known is not None and known.get(uid) == email:
+        return
+    users: dict[str, Any] = ctx.data.setdefault("users", {})
+    users.pop(uid, None)
+    users[uid] = email
+    while len(users) > MAX_USERS:
+        del users[next(iter(users))]
+
+
 class UnexpectedMemberRule(CatalogRule[RuleParams]):
     """``member.unexpected``: a member whose email and domain are not allowed (only with an allowlist)."""
 
     meta = RuleMeta(
-        id="member.unexpected", title="Workspace member outside the allowlist", severity="high",
+        id="member.unexpected", title="Workspace member outside the allowlist", severity="high", version=2,
         attack=("T1136.003", "T1098"), basic=Basic.MEMBER_ROLES, event_types=("member.*",), suppress_secs=DAY,
         runbook=(
-            "1. Ask the workspace owner whether this person should have access.\n"
+            "1. Ask the workspace owner whether this person should have access (an allowed invited address\n"
+            "   joined from another account: the access sits with that account, outside your offboarding).\n"
             "2. If not: DELETE /api/v2/workspace-members/{id}, then review the audit log for what they did.\n"
             "3. If yes: add the email or domain to rules.allowlists.member_emails / member_domains."
         ),
@@ -68,16 +97,24 @@ class UnexpectedMemberRule(CatalogRule[RuleParams]):
         if not mid:
             return ()
         key = f"member:{mid}"
-        if event.type == "member.removed" or (email is not None and self.lists.member_allowed(email)):
+        account = account_email(event, email)
+        outside = account is not None and not self.lists.member_allowed(account)
+        if event.type == "member.removed" or (email is not None and self.lists.member_allowed(email) and not outside):
             if ctx.is_open(key):
                 return (resolved(key, f"Member {email or mid} was removed or is now allowed", event_id=event.id),)
             return ()
         if email is None:
             return ()
         role = attr(event, "role")
-        summary = f"{email} is a member of the workspace (role {role or 'unknown'}) but is not on the allowlist"
+        member = f"is a member of the workspace (role {role or 'unknown'})"
+        if outside and self.lists.member_allowed(email):
+            summary = f"{email} {member} through the account {account}, which is not on the allowlist"
+        else:
+            via = f" (account {account})" if account else ""
+            summary = f"{email}{via} {member} but is not on the allowlist"
         return (Finding(key, summary, (Entity("member", mid, email),), event.id, resolvable=True,
-                        attributes={"role": role, "accepted": attr(event, "accepted")}),)  # fmt: skip
+                        attributes={"role": role, "accepted": attr(event, "accepted"),
+                                    "user_email": account}),)  # fmt: skip
 
 
 class PrivilegedParams(RuleParams):
@@ -120,7 +157,7 @@ class PrivilegedMemberRule(CatalogRule[PrivilegedParams]):
 
     Params = PrivilegedParams
     meta = RuleMeta(
-        id="member.privileged", title="Workspace member gained privileges", severity="high", version=4,
+        id="member.privileged", title="Workspace member gained privileges", severity="high", version=6,
         attack=("T1098.003",), basic=Basic.MEMBER_ROLES,
         event_types=("member.invited", "member.role_changed", "member.permissions_changed", "workspace.owner_changed",
                      "member.baseline", "workspace.baseline"),
@@ -133,13 +170,21 @@ class PrivilegedMemberRule(CatalogRule[PrivilegedParams]):
 
     def on_event(self, ctx: RuleContext, event: Event) -> Iterable[Finding]:
         """Report the privilege the event grants (or, on a baseline, holds), if any."""
+        if event.type.startswith("member."):
+            _learn_user(ctx, event)
         if event.type.endswith(".baseline"):
             return self._baseline(event)
         if event.type == "workspace.owner_changed":
+            users = ctx.state.data.get("users") or {}
             before = _side(event, "before", "owner") or attr(event, "previous_owner")
             after = _side(event, "after", "owner") or attr(event, "owner")
-            ents = tuple(Entity("user", u, None) for u in (after, before) if isinstance(u, str)) + actor_entities(event)
-            summary = f"The workspace owner changed from {before or 'unknown'} to {after or 'unknown'}"
+            ents = tuple(Entity("user", u, users.get(u)) for u in (after, before) if isinstance(u, str))
+            ents += actor_entities(event)
+
+            def named(u: Any) -> str:
+                return f"{users[u]} ({u})" if isinstance(u, str) and u in users else (u or "unknown")
+
+            summary = f"The workspace owner changed from {named(before)} to {named(after)}"
             return (Finding(f"owner:{after}", summary, ents, event.id, severity="critical",
                             attributes={"previous_owner": before, "new_owner": after}),)  # fmt: skip
         mid, email = member_ref(event)
@@ -186,7 +231,9 @@ class PrivilegedMemberRule(CatalogRule[PrivilegedParams]):
         privileged = set(self.params.privileged_permissions) | (_unknown(event, "permissions") if unknown else set())
         held = sorted(set(perms if isinstance(perms, list) else []) & privileged)
         unknown_role = unknown and isinstance(role, str) and role in _unknown(event, "role")
-        allowed = email is not None and self.lists.has_member_allowlist and self.lists.member_allowed(email)
+        account = account_email(event, email)
+        allowed = (email is not None and self.lists.has_member_allowlist and self.lists.member_allowed(email)
+                   and (account is None or self.lists.member_allowed(account)))  # fmt: skip
         sev: Severity = "low" if allowed else "high"
         ents = (Entity("member", mid, email),)
         who = email or mid

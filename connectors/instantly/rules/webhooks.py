@@ -190,7 +190,7 @@ class FailingWebhookRule(CatalogRule[RuleParams]):
     """``webhook.failing``: Instantly disabled the webhook after delivery errors (status -1 or audit 20)."""
 
     meta = RuleMeta(
-        id="webhook.failing", title="Webhook disabled after delivery failures", severity="medium",
+        id="webhook.failing", title="Webhook disabled after delivery failures", severity="medium", version=2,
         attack=("T1562",), basic=Basic.WEBHOOK_AUTH, event_types=("webhook.*", "audit.*"),
         activity_codes=frozenset({_AUDIT_WEBHOOK_ERROR, _AUDIT_WEBHOOK_RESUMED}), suppress_secs=DAY,
         runbook=(
@@ -209,6 +209,8 @@ class FailingWebhookRule(CatalogRule[RuleParams]):
             failing = event.attributes.get("activity_code") == _AUDIT_WEBHOOK_ERROR
         else:
             hid = target_id(event)
+            if hid:
+                self._learn(ctx, event, hid)
             status = attr(event, "status")
             failing = status in (-1, "-1") and event.type != "webhook.deleted"
             if event.type != "webhook.deleted" and not failing and status not in (1, "1"):
@@ -217,11 +219,31 @@ class FailingWebhookRule(CatalogRule[RuleParams]):
             return ()
         key = f"hook:{hid}"
         if failing:
-            summary = f"Webhook {hook_label(event, hid)} was disabled by Instantly after delivery failures"
-            return (Finding(key, summary, (Entity("webhook", hid, target_name(event)),), event.id, resolvable=True),)
+            known = (ctx.state.data.get("labels") or {}).get(hid)
+            label, name = known if known and event.source.kind == "audit_log" else (hook_label(event, hid),
+                                                                                      target_name(event))  # fmt: skip
+            summary = f"Webhook {label} was disabled by Instantly after delivery failures"
+            return (Finding(key, summary, (Entity("webhook", hid, name),), event.id, resolvable=True),)
         if ctx.is_open(key):
             return (resolved(key, f"Webhook {hid} is delivering again (or was deleted)", event_id=event.id),)
         return ()
+
+    @staticmethod
+    def _learn(ctx: RuleContext, event: Event, hid: str) -> None:
+        """Remember each webhook's label from the snapshots (the audit record names only its id), bounded."""
+        known = ctx.state.data.get("labels")
+        if event.type == "webhook.deleted":
+            if known and hid in known:
+                del ctx.data["labels"][hid]
+            return
+        label = [hook_label(event, hid), target_name(event)]
+        if label[0] == hid or (known is not None and known.get(hid) == label):
+            return
+        labels: dict[str, Any] = ctx.data.setdefault("labels", {})
+        labels.pop(hid, None)
+        labels[hid] = label
+        while len(labels) > MAX_HOOKS:
+            del labels[next(iter(labels))]
 
     @staticmethod
     def _audit_hook(event: Event) -> str | None:
