@@ -10,18 +10,40 @@
 
 Rules that read the scheme and the host (``webhook.insecure_target``) see them unchanged, and the
 same URL always gets the same fingerprint, so a rule can still say "the same target".
+
+URLs are split as WHATWG URL parsers (browsers, Node.js: what a webhook sender uses) split them,
+not as :func:`urllib.parse.urlsplit` alone does: for the special schemes a backslash is a path
+separator and ASCII tab and newline are removed (:func:`split_url`). ``https://evil.io\\@hooks.ok.com/x``
+goes to ``evil.io``; ``urlsplit`` would name ``hooks.ok.com`` and hide the real destination.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 from pipeline.redaction import registry
 from schemas.ids import fingerprint_secret
 
 REDACTED = "<redacted>"
+_SPECIAL_SCHEMES = ("http:", "https:", "ws:", "wss:", "ftp:", "file:")
+_TAB_NEWLINE = str.maketrans("", "", "\t\n\r")
+
+
+def split_url(url: str) -> SplitResult:
+    """``urlsplit`` of ``url`` as a WHATWG URL parser reads it: surrounding whitespace and every ASCII
+    tab/newline removed, and for a special scheme (http, https, ws, wss, ftp, file) ``\\`` read as ``/``.
+
+    Raises:
+        ValueError: ``urlsplit`` cannot split it (e.g. an invalid IPv6 host).
+    """
+    url = url.strip().translate(_TAB_NEWLINE)
+    if url[:6].lower().startswith(_SPECIAL_SCHEMES) and "\\" in url:
+        url = url.replace("\\", "/")
+    return urlsplit(url)
+
+
 _HOST = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 _URL_IN_TEXT = re.compile(r"(?i)\b[a-z][a-z0-9+.-]{1,15}://[^\s\"'<>]*(?:<redacted>[^\s\"'<>]*)*")
 """A URL in text, across the ``<redacted>`` the registered-value pass (which runs first) left in it:
@@ -90,7 +112,7 @@ def redact_url(url: str) -> str:
     if "://" not in url:
         return url
     try:
-        parts = urlsplit(url.strip())
+        parts = split_url(url)
         host = (parts.hostname or "").lower()
         port = parts.port
     except ValueError:

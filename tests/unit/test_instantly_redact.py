@@ -107,6 +107,15 @@ def test_urls_lose_credentials() -> None:
     assert redact_url(None) is None
 
 
+def test_urls_keep_the_host_a_whatwg_parser_sends_to() -> None:
+    """A backslash ends the host for http(s), tabs and newlines vanish, as in browsers and Node.js:
+    the redacted URL (what rules and SIEMs see) names the real destination, not the decoy after it."""
+    out = redact_url("https://evil.io\\@hooks.zapier.com/x")
+    assert out == "https://evil.io/" + fingerprint_secret("/@hooks.zapier.com/x")
+    assert redact_url("https://hooks.za\tpier.com/x").startswith("https://hooks.zapier.com/")
+    assert redact_url("mailto-like://a\\@b.example/x").startswith("mailto-like://b.example/")  # not a special scheme
+
+
 def test_scrub_text_removes_known_secrets_and_bearer_values() -> None:
     """Known secret values and any ``Bearer <token>`` are replaced in free text."""
     text = scrub_text("bad key SECRET-123 in Bearer abc.def", ["SECRET-123"])

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit
 
 from connectors.instantly.checklist import Basic
+from pipeline.redaction.urls import split_url
 from pipeline.rules.base import (
     DAY,
     CatalogRule,
@@ -42,7 +42,7 @@ def host_of(event: Event) -> tuple[str | None, str | None]:
     if not isinstance(url, str):
         return (scheme if isinstance(scheme, str) else None), None
     try:
-        parts = urlsplit(url.strip())
+        parts = split_url(url)  # as Instantly's sender reads it: ``\\`` ends the host
         host = parts.hostname
     except ValueError:
         return None, None
@@ -101,7 +101,7 @@ class InsecureWebhookTargetRule(CatalogRule[RuleParams]):
     meta = RuleMeta(
         id="webhook.insecure_target", title="Webhook sends lead data to an insecure or unknown target",
         severity="medium", attack=("T1020", "T1567"), basic=Basic.WEBHOOK_AUTH, event_types=("webhook.*",),
-        suppress_secs=DAY, version=3,
+        suppress_secs=DAY, version=4,
         runbook=(
             "1. http:// sends lead data and the secret header in clear text: switch the target to https://.\n"
             "2. An unknown host may be exfiltration: check who created or changed the webhook, then either\n"
