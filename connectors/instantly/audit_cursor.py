@@ -181,18 +181,23 @@ def page_is_ascending(page: Sequence[Mapping[str, Any]], after: str | None) -> b
     return not (len(times) >= 3 and all(a > b for a, b in pairwise(times)))
 
 
-def still_newest_first(page: Sequence[Any], oldest: float | None) -> tuple[bool, float | None]:
+def still_newest_first(page: Sequence[Any], oldest: float | None) -> tuple[bool, float | None, bool]:
     """Whether the listing is still newest first after ``page`` (timestamps never rising, within the
-    page and from the previous page's ``oldest``), and the oldest timestamp read so far. Records
-    without a usable timestamp are ignored."""
+    page and from the previous page's ``oldest``), the oldest timestamp read so far, and whether a
+    timestamp strictly fell in this page (only that proves a newest-first order: one record, or
+    records sharing one timestamp, fit an ascending listing as well). Records without a usable
+    timestamp are ignored."""
     previous = oldest
+    fell = False
     for ts in map(record_time, page):
         if ts is None:
             continue
-        if previous is not None and ts > previous:
-            return False, oldest
+        if previous is not None:
+            if ts > previous:
+                return False, oldest, fell
+            fell = fell or ts < previous
         previous = ts
-    return True, previous
+    return True, previous, fell
 
 
 def last_page_id(page: Sequence[Mapping[str, Any]]) -> str | None:

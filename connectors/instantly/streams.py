@@ -442,9 +442,9 @@ async def _read_audit(
     }
     mode = "incremental" if incremental else "full"
     # A full read that could publish nothing older than the window (no last_id: see AuditCursor.select)
-    # stops once a listing that has been newest first so far passes the window's start.
+    # stops once a listing proven newest first so far (a timestamp fell, none rose) passes the window's start.
     window_start = cursor.threshold(window.overlap_secs) if not incremental and cursor.last_id is None else None
-    newest_first, oldest = window_start is not None, None
+    newest_first, oldest, proven = window_start is not None, None, False
     async with aclosing(pages), TxnPipeline(pub.bus, pub.txn_id) as line:
         async for page in pages:
             if out.ascending and not page_is_ascending(page, after):
@@ -465,8 +465,15 @@ async def _read_audit(
             if page_newest is not None:
                 out.newest = page_newest if out.newest is None else max(out.newest, page_newest)
             if newest_first:
-                newest_first, oldest = still_newest_first(page, oldest)
-                if newest_first and window_start is not None and oldest is not None and oldest < window_start:
+                newest_first, oldest, fell = still_newest_first(page, oldest)
+                proven = proven or fell  # a one-record page or equal timestamps prove no order
+                if (
+                    newest_first
+                    and proven
+                    and window_start is not None
+                    and oldest is not None
+                    and oldest < window_start
+                ):
                     log.debug(
                         "Newest-first audit listing passed the window; the older pages are not read.",
                         extra={"source": pub.source_id, "workspace": pub.workspace.id, "records": out.ids},

@@ -209,6 +209,33 @@ async def test_a_newest_first_audit_log_is_read_down_to_the_window_only(env: tup
     assert Counter(ids) == Counter(r["id"] for r in fake.audit)
 
 
+@pytest.mark.parametrize("page_size", [1, 3])
+async def test_an_ascending_listing_is_not_cut_short_as_newest_first(
+    env: tuple[PublicInstantly, SqliteBus], page_size: int
+) -> None:
+    """The early stop needs proof of a newest-first order: a timestamp that fell. A page of one
+    record (``audit_page_size: 1``) or of records sharing one timestamp (a bulk burst) proves
+    nothing; with version-4-shaped ids (no ``last_id``: every poll a full read of the window) an
+    ascending listing was taken for newest first, its read stopped after the first page, and the
+    records added later were never published (101 of 103)."""
+    fake, bus = env
+    clock = FakeClock()
+    now = clock.now()
+
+    def rid(i: int) -> str:  # version-4 shaped: not time-ordered, so no incremental read
+        return f"019c0000-0000-4000-8000-{i:012d}"
+
+    fake.audit = [audit_record(rid(i), now - 200_000 + (0 if i < 3 else 20 * i)) for i in range(100)]
+    async with poller(fake, bus, clock, streams=["audit_logs"], audit_page_size=page_size) as p:
+        await p.poll_once()
+        for k in range(3):
+            clock.advance(60)
+            fake.audit.append(audit_record(rid(5000 + k), clock.now() - 1, 37))
+            await p.poll_once()
+    ids = [e["source"]["record_id"] for e in await bus_docs(bus)]
+    assert Counter(ids) == Counter(r["id"] for r in fake.audit)
+
+
 async def test_an_audit_record_without_an_id_is_one_dead_letter(env: tuple[PublicInstantly, SqliteBus]) -> None:
     """``id`` is required, yet a record without a usable one (absent, null, empty) was skipped with a
     log line and a drop counter: nothing on the bus said a record was lost. It is now a dead letter
