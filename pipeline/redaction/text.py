@@ -200,7 +200,14 @@ def _basic_sub(m: re.Match[str]) -> str:
         decoded = base64.b64decode(value.rstrip("=") + "=" * (-len(value.rstrip("=")) % 4), validate=True)
     except (ValueError, binascii.Error):
         return m.group(0)
-    return f"{m.group(1)}{m.group(2)}{REDACTED}" if b":" in decoded else m.group(0)
+    try:
+        text = decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        return m.group(0)  # "Basic Outreach": a word, not credentials (they are text, "user:password")
+    user, colon, password = text.partition(":")
+    # credentials: "user:password" (or ":<token>" as Azure DevOps sends a PAT); "Basic Only" is b":yr"
+    credentials = colon and text.isprintable() and (user or len(password) >= 8)
+    return f"{m.group(1)}{m.group(2)}{REDACTED}" if credentials else m.group(0)
 
 
 def _shape_sub(shape: registry.Shape, m: re.Match[str]) -> str:

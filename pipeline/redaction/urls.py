@@ -45,7 +45,9 @@ def split_url(url: str) -> SplitResult:
 
 
 _HOST = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
-_URL_IN_TEXT = re.compile(r"(?i)\b[a-z][a-z0-9+.-]{1,15}://[^\s\"'<>]*(?:<redacted>[^\s\"'<>]*)*")
+_URL_IN_TEXT = re.compile(
+    r"(?i)\b[a-z][a-z0-9+.-]{1,15}://(?=[^\s\"'<>]|<redacted>)[^\s\"'<>]*(?:<redacted>[^\s\"'<>]*)*"
+)
 """A URL in text, across the ``<redacted>`` the registered-value pass (which runs first) left in it:
 ``https://host<redacted>?q=…`` is one URL, so its query after a registered path is fingerprinted too."""
 _FINGERPRINT_PATH = re.compile(r"^/sha256:[0-9a-f]{8,64}$")
@@ -136,8 +138,12 @@ def redact_url(url: str) -> str:
     return f"{base}/{fingerprint_secret(secret_part)}"
 
 
-_PCT_URL_IN_TEXT = re.compile(r"(?i)\b[a-z][a-z0-9+.-]{1,15}%3A%2F%2F[^\s\"'<>&]*(?:<redacted>[^\s\"'<>&]*)*")
-_JSON_URL_IN_TEXT = re.compile(r"(?i)\b[a-z][a-z0-9+.-]{1,15}:\\/\\/[^\s\"'<>]*(?:<redacted>[^\s\"'<>]*)*")
+_PCT_URL_IN_TEXT = re.compile(
+    r"(?i)\b[a-z][a-z0-9+.-]{1,15}%3A%2F%2F(?=[^\s\"'<>&]|<redacted>)[^\s\"'<>&]*(?:<redacted>[^\s\"'<>&]*)*"
+)
+_JSON_URL_IN_TEXT = re.compile(
+    r"(?i)\b[a-z][a-z0-9+.-]{1,15}:\\/\\/(?=[^\s\"'<>]|<redacted>)[^\s\"'<>]*(?:<redacted>[^\s\"'<>]*)*"
+)
 
 
 def has_url(text: str) -> bool:

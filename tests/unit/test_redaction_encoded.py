@@ -161,6 +161,25 @@ def test_basic_prose_and_realms_stay_readable() -> None:
         assert redact_text(text) == text
 
 
+def test_words_after_basic_that_decode_to_no_credentials_stay() -> None:
+    """``Basic <word>`` is redacted only when the word decodes to credentials (printable
+    ``user:password``, or ``:<token>`` of 8+ characters): "Outreach" (bytes with a colon, not text)
+    and "Only" (``:yr``) are a campaign's and a sentence's words, kept; real credentials still go."""
+    for text in ("Basic Outreach Q3", "Open the Basic Options tab", "the Basic Only plan", "Basic Operations"):
+        assert redact_text(text) == text
+    for cred in ("u:p", "user:pass", ":" + "t" * 52):
+        assert redact_text(f"Authorization: Basic {b64(cred)}").endswith("<redacted>")
+        assert redact_text(f"basic {b64(cred)}") == "basic <redacted>"
+
+
+def test_a_bare_scheme_in_prose_is_not_a_url() -> None:
+    """``http://`` with nothing after it names a scheme, not a URL: left as written."""
+    for text in ("Callback URL must start with http:// or https://", "redirect to https://<host>/x",
+                 "percent-encoded https%3A%2F%2F or escaped https:\\/\\/ alone"):  # fmt: skip
+        assert redact_text(text) == text
+    assert redact_text("https://u:pw@hooks.example.com/services/T/B/x").startswith("https://hooks.example.com/sha256:")
+
+
 def test_publish_gate_and_logs_drop_the_base64_of_a_secret() -> None:
     register_secret(CANARY)
     basic = b64(f"elastic:{CANARY}")
