@@ -8,9 +8,8 @@ matchable (``attributes.unknown_values.role``) instead of passing as nothing in 
 Audit records say the same with ``activity_known`` (:mod:`connectors.instantly.audit_codes`).
 
 Sources: API reference §4.2 (scopes), §5.1 (roles, permissions), §6.2 (agency link status),
-§7.2 (webhook ``event_type`` and ``status``), §9 (account enums). The simulator builds its scopes
-from these resources and actions and keeps its own copy of the other lists
-(:mod:`connectors.instantly.sim.catalog`); a test keeps the two equal.
+§7.2 (webhook ``event_type`` and ``status``), §9 (account enums). The simulator's enums
+(:mod:`connectors.instantly.sim.catalog`) are these lists, in the same order.
 """
 
 from __future__ import annotations
@@ -40,32 +39,32 @@ SCOPES: frozenset[str] = frozenset(
 )
 """The 178 scopes an API key can be created with."""
 
-ROLES: frozenset[str] = frozenset({"owner", "admin", "editor", "view", "client"})
-"""A workspace member's ``role``."""
+ROLE_ORDER: tuple[str, ...] = ("owner", "admin", "editor", "view", "client")
+"""A workspace member's ``role``, in the spec's order (the simulator's enum)."""
+ROLES: frozenset[str] = frozenset(ROLE_ORDER)
 
-PERMISSIONS: frozenset[str] = frozenset(
-    {
-        "dashboard.view", "campaigns.view", "campaigns.create", "campaigns.edit", "campaigns.delete",
-        "organization.manage", "organization.integrations", "organization.billing",
-        "organization.users.manage", "leadFinder.view", "customLeadLabels.create", "customLeadLabels.edit",
-        "customLeadLabels.delete", "unibox.all", "analytics.view", "websiteChat.view", "websiteChat.manage",
-        "agency.manage", "accounts.view", "accounts.manage", "leadManagement.view", "leads.move", "crm.view",
-        "websiteVisitors.view", "blocklist.manage", "preferences.manage", "inboxPlacement.view",
-        "aiAgents.manage", "workspaceGroupMembers.invite", "workspaceGroupMembers.remove",
-        "workspaceGroupMembers.leave",
-    }
+PERMISSION_ORDER: tuple[str, ...] = (
+    "dashboard.view", "campaigns.view", "campaigns.create", "campaigns.edit", "campaigns.delete",
+    "organization.manage", "organization.integrations", "organization.billing",
+    "organization.users.manage", "leadFinder.view", "customLeadLabels.create", "customLeadLabels.edit",
+    "customLeadLabels.delete", "unibox.all", "analytics.view", "websiteChat.view", "websiteChat.manage",
+    "agency.manage", "accounts.view", "accounts.manage", "leadManagement.view", "leads.move", "crm.view",
+    "websiteVisitors.view", "blocklist.manage", "preferences.manage", "inboxPlacement.view",
+    "aiAgents.manage", "workspaceGroupMembers.invite", "workspaceGroupMembers.remove",
+    "workspaceGroupMembers.leave",
 )  # fmt: skip
-"""A workspace member's in-app ``permissions``."""
+"""A workspace member's in-app ``permissions``, in the spec's order."""
+PERMISSIONS: frozenset[str] = frozenset(PERMISSION_ORDER)
 
-WEBHOOK_EVENT_TYPES: frozenset[str] = frozenset(
-    {
-        "all_events", "email_sent", "email_opened", "email_link_clicked", "reply_received", "email_bounced",
-        "lead_unsubscribed", "campaign_completed", "account_error", "lead_neutral", "lead_interested",
-        "lead_not_interested", "lead_meeting_booked", "lead_meeting_completed", "lead_closed",
-        "lead_out_of_office", "lead_wrong_person", "lead_no_show", "supersearch_enrichment_completed",
-    }
+WEBHOOK_EVENT_TYPE_ORDER: tuple[str, ...] = (
+    "all_events", "email_sent", "email_opened", "email_link_clicked", "reply_received", "email_bounced",
+    "lead_unsubscribed", "campaign_completed", "account_error", "lead_neutral", "lead_interested",
+    "lead_not_interested", "lead_meeting_booked", "lead_meeting_completed", "lead_closed",
+    "lead_out_of_office", "lead_wrong_person", "lead_no_show", "supersearch_enrichment_completed",
 )  # fmt: skip
-"""A webhook subscription's ``event_type`` (``null`` is documented too: a custom-label subscription)."""
+"""A webhook subscription's ``event_type``, in the spec's order (``null`` is documented too: a custom-label
+subscription)."""
+WEBHOOK_EVENT_TYPES: frozenset[str] = frozenset(WEBHOOK_EVENT_TYPE_ORDER)
 
 WEBHOOK_STATUSES: frozenset[int] = frozenset({1, -1})
 GROUP_STATUSES: frozenset[str] = frozenset({"pending", "accepted", "rejected"})

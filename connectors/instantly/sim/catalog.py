@@ -9,7 +9,13 @@ every enum as open.
 
 from __future__ import annotations
 
-from connectors.instantly.enums import SCOPE_ACTIONS, SCOPE_RESOURCES
+from connectors.instantly.enums import (
+    PERMISSION_ORDER,
+    ROLE_ORDER,
+    SCOPE_ACTIONS,
+    SCOPE_RESOURCES,
+    WEBHOOK_EVENT_TYPE_ORDER,
+)
 
 SCOPES: tuple[str, ...] = tuple(
     f"{resource}:{action}"
@@ -82,27 +88,13 @@ AUDIT_LEAD_EXPORTED = 34
 AUDIT_API_KEY_CREATED = 37
 AUDIT_API_KEY_DELETED = 38
 
-ROLES: tuple[str, ...] = ("owner", "admin", "editor", "view", "client")
+ROLES: tuple[str, ...] = ROLE_ORDER
 ASSIGNABLE_ROLES: tuple[str, ...] = ("admin", "editor", "view")
 """``owner`` is only the creator (or via change-owner); ``client`` is not available in the API."""
 
-PERMISSIONS: tuple[str, ...] = (
-    "dashboard.view", "campaigns.view", "campaigns.create", "campaigns.edit", "campaigns.delete",
-    "organization.manage", "organization.integrations", "organization.billing",
-    "organization.users.manage", "leadFinder.view", "customLeadLabels.create", "customLeadLabels.edit",
-    "customLeadLabels.delete", "unibox.all", "analytics.view", "websiteChat.view", "websiteChat.manage",
-    "agency.manage", "accounts.view", "accounts.manage", "leadManagement.view", "leads.move", "crm.view",
-    "websiteVisitors.view", "blocklist.manage", "preferences.manage", "inboxPlacement.view",
-    "aiAgents.manage", "workspaceGroupMembers.invite", "workspaceGroupMembers.remove",
-    "workspaceGroupMembers.leave",
-)  # fmt: skip
+PERMISSIONS: tuple[str, ...] = PERMISSION_ORDER
 
-WEBHOOK_EVENT_TYPES: tuple[str, ...] = (
-    "all_events", "email_sent", "email_opened", "email_link_clicked", "reply_received", "email_bounced",
-    "lead_unsubscribed", "campaign_completed", "account_error", "lead_neutral", "lead_interested",
-    "lead_not_interested", "lead_meeting_booked", "lead_meeting_completed", "lead_closed",
-    "lead_out_of_office", "lead_wrong_person", "lead_no_show", "supersearch_enrichment_completed",
-)  # fmt: skip
+WEBHOOK_EVENT_TYPES: tuple[str, ...] = WEBHOOK_EVENT_TYPE_ORDER
 """Subscribable event types (19); the list filter accepts only the first 17."""
 
 WEBHOOK_LIST_FILTER_TYPES: tuple[str, ...] = WEBHOOK_EVENT_TYPES[:17]
