@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import pytest
 from pipeline.bus.base import Bus
 from pipeline.bus.factory import open_bus
 from pipeline.config.model import KafkaBusConfig, SqliteBusConfig
+from pipeline.redaction import registry as secret_registry
 
 _reached: dict[str, set[str]] = {"kafka": set(), "opensearch": set()}
 """Per real service, the tests of this process that reached it (a Kafka test: any that called
@@ -133,3 +134,15 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Say how many Kafka and OpenSearch tests ran, so a silent skip cannot hide."""
     terminalreporter.write_line(f"Kafka tests run against a real broker: {len(_services_ran['kafka'])}")
     terminalreporter.write_line(f"OpenSearch tests run against a real node: {len(_services_ran['opensearch'])}")
+
+
+@pytest.fixture
+def clean_secret_registry() -> Iterator[None]:
+    """An empty secret registry for the test; what modules registered at import is restored after
+    (a test that empties it must not leave later tests without those values)."""
+    saved = [s.forms[0] for s in secret_registry.known_secrets()]
+    secret_registry.forget_secrets()
+    yield
+    secret_registry.forget_secrets()
+    for value in saved:
+        secret_registry.register_secret(value)

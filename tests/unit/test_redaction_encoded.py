@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -35,15 +34,7 @@ CANARY = "CnRy-Enc0ded-s3cret_9Qx"
 _RUN = re.compile(r"[A-Za-z0-9+/_-]{6,}={0,2}")
 
 
-@pytest.fixture(autouse=True)
-def _clean_registry() -> Iterator[None]:
-    """An empty registry for each test; what other modules registered at import is restored after."""
-    saved = [s.forms[0] for s in registry.known_secrets()]
-    registry.forget_secrets()
-    yield
-    registry.forget_secrets()
-    for value in saved:
-        registry.register_secret(value)
+pytestmark = pytest.mark.usefixtures("clean_secret_registry")
 
 
 def b64(text: str, *, urlsafe: bool = False, pad: bool = True) -> str:

@@ -10,7 +10,6 @@ import asyncio
 import base64
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -25,21 +24,11 @@ from pipeline.delivery.registry import build_sink
 from pipeline.errors import PipelineError
 from pipeline.observability.health import HealthRegistry
 from pipeline.observability.logs import redact_text as log_redact_text
-from pipeline.redaction import registry
 from pipeline.redaction.registry import register_secret
 from pipeline.redaction.text import redact_text
 from tests.unit.test_sink_splunk_hec import ev
 
-
-@pytest.fixture(autouse=True)
-def _clean_registry() -> Iterator[None]:
-    """An empty registry for each test; what other modules registered at import is restored after."""
-    saved = [s.forms[0] for s in registry.known_secrets()]
-    registry.forget_secrets()
-    yield
-    registry.forget_secrets()
-    for value in saved:
-        registry.register_secret(value)
+pytestmark = pytest.mark.usefixtures("clean_secret_registry")
 
 
 def test_readyz_reasons_lose_sink_tokens_and_the_instantly_key() -> None:

@@ -67,9 +67,8 @@ async def test_rotation_keeps_the_configured_number_of_files(tmp_path: Path) -> 
     assert kept == list(range(40 - len(kept), 40))
 
 
-async def test_failed_write_leaves_no_half_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A write that fails midway is cut back and reported retriable; the retry writes whole lines."""
-    path = tmp_path / "audit.jsonl"
+def fail_the_next_write_midway(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the next ``os.write`` write 10 bytes, then fail with ENOSPC; later writes go through."""
     real_write = os.write
     calls = {"n": 0}
 
@@ -80,9 +79,15 @@ async def test_failed_write_leaves_no_half_line(tmp_path: Path, monkeypatch: pyt
             raise OSError(28, "No space left on device")
         return real_write(fd, data)
 
+    monkeypatch.setattr(os, "write", flaky)
+
+
+async def test_failed_write_leaves_no_half_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails midway is cut back and reported retriable; the retry writes whole lines."""
+    path = tmp_path / "audit.jsonl"
     async with sink(str(path)) as s:
         await s.send([delivery(0)])
-        monkeypatch.setattr(os, "write", flaky)
+        fail_the_next_write_midway(monkeypatch)
         with pytest.raises(SinkError) as info:
             await s.send([delivery(1)])
         assert info.value.retriable and "No space left" in str(info.value)
@@ -122,20 +127,10 @@ async def test_file_truncated_by_copytruncate_is_appended_from_its_end(
     """logrotate ``copytruncate`` empties the file in place: a write that then fails midway is cut back to the
     file's real end, not to its size before the truncation (which filled the file with NULs up to it)."""
     path = tmp_path / "audit.jsonl"
-    real_write = os.write
-    calls = {"n": 0}
-
-    def flaky(fd: int, data: Any) -> int:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            real_write(fd, bytes(data[:10]))
-            raise OSError(28, "No space left on device")
-        return real_write(fd, data)
-
     async with sink(str(path)) as s:
         await s.send([delivery(0), delivery(1)])
         os.truncate(path, 0)
-        monkeypatch.setattr(os, "write", flaky)
+        fail_the_next_write_midway(monkeypatch)
         with pytest.raises(SinkError):
             await s.send([delivery(2)])
         await s.send([delivery(2)])
