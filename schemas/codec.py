@@ -26,7 +26,7 @@ import orjson
 
 from schemas.alert import ALERT_DECODER, Alert
 from schemas.alert import SCHEMA as ALERT_SCHEMA
-from schemas.deadletter import DEADLETTER_DECODER, DeadLetter
+from schemas.deadletter import DEADLETTER_DECODER, DeadLetter, from_legacy, is_legacy
 from schemas.deadletter import SCHEMA as DEADLETTER_SCHEMA
 from schemas.errors import RecordError, decode_error
 from schemas.event import EVENT_DECODER, Event
@@ -114,7 +114,19 @@ def decode_deadletter(data: bytes) -> DeadLetter:
     try:
         return _decode_deadletter(data)
     except _DecodeError as err:
+        legacy = _legacy_deadletter(data)
+        if legacy is not None:
+            return from_legacy(legacy)
         raise decode_error("a DeadLetter v1", err) from None
+
+
+def _legacy_deadletter(data: bytes) -> dict[str, Any] | None:
+    """The dict of a dead letter in the shape of releases up to 2026-11-27, else None."""
+    try:
+        d = _loads(data)
+    except _JSONDecodeError:
+        return None
+    return d if is_legacy(d) else None
 
 
 def decode_record(data: bytes) -> Record:

@@ -10,6 +10,11 @@ Every producer writes this one shape to ``instantly.deadletter.v1`` through :fun
 ``original`` keeps the record's bytes (as text when UTF-8, else base64) with where it came from,
 so a fix can re-publish it unchanged (:meth:`DeadLetter.original_bytes`). The id hashes the stage,
 component, reason, rule, position and the bytes: a retried or replayed failure gets the same id.
+
+Dead letters written by releases up to 2026-11-27 carry the same ``schema`` in an earlier shape
+(``sink``, ``sink_type``, the position at the top level, the record as ``body`` or
+``record_value_b64``); :func:`from_legacy` reads them as DeadLetter v1 (stage ``sink``), so they
+stay readable and filterable after an upgrade.
 """
 
 from __future__ import annotations
@@ -199,3 +204,56 @@ def build(
     did = deterministic_id("deadletter", stage, component, reason, rule, topic, partition, offset, stream, digest)
     original = Original(topic, partition, offset, timestamp_ms, stream, _text(key), _headers(headers), encoding, text)
     return DeadLetter(did, stage, component, component_type, reason, error, rule, record_id, failed_at, original)
+
+
+LEGACY_FIELDS = frozenset({"schema", "sink", "sink_type", "error", "failed_at"})
+"""The fields every pre-2026-12 sink dead letter has (and a DeadLetter v1 has not: ``sink``)."""
+
+
+def is_legacy(doc: Any) -> bool:
+    """Whether ``doc`` is a dead letter in the shape of releases up to 2026-11-27."""
+    return isinstance(doc, dict) and doc.get("schema") == SCHEMA and "stage" not in doc and doc.keys() >= LEGACY_FIELDS
+
+
+def from_legacy(doc: dict[str, Any], headers: Iterable[tuple[str, bytes]] = ()) -> DeadLetter:
+    """The DeadLetter v1 of a dead letter written by a release up to 2026-11-27 (see :func:`is_legacy`).
+
+    Its ``body`` (the decoded Event/Alert) becomes ``original`` as JSON, reason ``rejected``; its
+    ``record_value_b64`` (a record the sink could not decode) the bytes, reason ``undecodable``.
+    ``headers`` are the dead letter's own bus headers (the old shape kept them only there).
+
+    Raises:
+        RecordError: a field has the wrong type, or ``record_value_b64`` is not base64.
+    """
+    try:
+        value: bytes | None
+        if "body" in doc:
+            value, reason = orjson.dumps(doc["body"]), "rejected"
+        elif isinstance(doc.get("record_value_b64"), str):
+            value, reason = base64.b64decode(doc["record_value_b64"], validate=True), "undecodable"
+        else:
+            value, reason = None, "undecodable"
+        record_id = doc.get("id")
+        return build(
+            stage="sink",
+            component=str(doc["sink"]),
+            component_type=str(doc["sink_type"]),
+            reason=reason,
+            error=str(doc["error"]),
+            failed_at=str(doc["failed_at"]),
+            value=value,
+            topic=_opt(doc.get("topic"), str),
+            partition=_opt(doc.get("partition"), int),
+            offset=_opt(doc.get("offset"), int),
+            timestamp_ms=_opt(doc.get("timestamp_ms"), int),
+            headers=[h for h in headers if h[0] != "deadletter.sink"],
+            record_id=record_id if isinstance(record_id, str) else None,
+        )
+    except (binascii.Error, TypeError, ValueError) as err:
+        raise RecordError(f"not a DeadLetter v1 (an earlier dead letter that cannot be read: {err})") from None
+
+
+def _opt(v: Any, kind: type) -> Any:
+    if v is None or (isinstance(v, kind) and not isinstance(v, bool)):
+        return v
+    raise TypeError(f"{v!r} is not {kind.__name__}")

@@ -5,6 +5,14 @@ A record's rowid is ``(topic_partition << 40) | offset`` and a topic-partition i
 scan and no secondary index is needed. ``tp_meta`` holds each partition's next offset,
 first retained offset, last timestamp and size. The ``meta`` table stamps the file with
 :data:`FORMAT` and :data:`FORMAT_VERSION`; a file without them is never touched.
+
+Format versions: ``1`` is the tables above with the state keys of releases up to 2026-11-27
+(one ``cursor/<source>/audit_logs`` and one ``snapshot/<source>/<stream>`` value each); ``2`` is the
+same tables with the state split into bounded keys (``…/head``, ``…/seen/…``, ``…/shard/…``), which
+those releases do not read: they would start over and publish everything again. A writable open
+of a version 1 file stamps it 2 (the keys migrate on the poller's next write), so an older release
+opened on it afterwards refuses it in one line ("has format version 2, this build reads 1")
+instead of duplicating the bus. A version newer than this build's is refused the same way.
 """
 
 from __future__ import annotations
@@ -22,7 +30,9 @@ PART_BITS = 10
 OFFSET_MASK = (1 << OFFSET_BITS) - 1
 PART_MASK = (1 << PART_BITS) - 1
 FORMAT = "instantly-audit-bus"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+READABLE_VERSIONS = ("1", "2")
+"""Versions this build opens; a writable open stamps an older one :data:`FORMAT_VERSION`."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -83,11 +93,15 @@ def disk_error(where: str, err: sqlite3.Error) -> BusError:
     )
 
 
-def check_format(db: sqlite3.Connection, where: str, *, create: bool) -> None:
-    """Stamp a new bus file, or verify an existing one's stamp.
+def check_format(db: sqlite3.Connection, where: str, *, create: bool) -> str | None:
+    """Stamp a new bus file, or verify an existing one's stamp (and, when ``create``, bring an
+    older readable version up to :data:`FORMAT_VERSION`).
+
+    Returns:
+        The version the file had when this call stamped it newer, else ``None``.
 
     Raises:
-        BusCorruptError: the file has no bus tables, another format or another version.
+        BusCorruptError: the file has no bus tables, another format or a version this build does not read.
     """
     try:
         rows = dict(db.execute("SELECT k, v FROM meta").fetchall())
@@ -99,13 +113,22 @@ def check_format(db: sqlite3.Connection, where: str, *, create: bool) -> None:
         db.execute("BEGIN IMMEDIATE")
         db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?), ('version', ?)", (FORMAT, FORMAT_VERSION))
         db.execute("COMMIT")
-        return
+        return None
     if rows.get("format") != FORMAT:
         raise BusCorruptError(f"bus file {where} was not written by instantly-audit; refusing to touch it")
-    if rows.get("version") != FORMAT_VERSION:
+    version = rows.get("version")
+    if version not in READABLE_VERSIONS:
         raise BusCorruptError(
-            f"bus file {where} has format version {rows.get('version')}, this build reads {FORMAT_VERSION}"
+            f"bus file {where} has format version {version}, this build reads {', '.join(READABLE_VERSIONS)}: "
+            "it was written by a newer instantly-audit, and going back is not supported; run that release "
+            "again, or restore the copy of the bus taken before the upgrade (docs/operations.md, Upgrading)"
         )
+    if version != FORMAT_VERSION and create:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("UPDATE meta SET v=? WHERE k='version'", (FORMAT_VERSION,))
+        db.execute("COMMIT")
+        return str(version)
+    return None
 
 
 _ENCODE_CACHE: dict[tuple[Header, ...], bytes] = {}

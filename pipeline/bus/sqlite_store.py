@@ -27,6 +27,7 @@ from pipeline.bus.sqlite_files import (
     release_writer_lock,
 )
 from pipeline.bus.sqlite_format import (
+    FORMAT_VERSION,
     OFFSET_BITS,
     OFFSET_MASK,
     PART_BITS,
@@ -41,8 +42,10 @@ from pipeline.bus.sqlite_format import (
 )
 from pipeline.bus.txn import BufferedTxn
 from pipeline.errors import BusCorruptError, BusError
+from pipeline.observability.logs import get_logger
 
 T = TypeVar("T")
+log = get_logger("bus")
 
 
 class SqliteStore:
@@ -139,7 +142,13 @@ class SqliteStore:
                     raise BusError(f"bus file {where}: cannot switch to WAL mode (got {mode})")
                 db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
                 db.executescript(SCHEMA)
-            check_format(db, where, create=not self.read_only)
+            upgraded = check_format(db, where, create=not self.read_only)
+            if upgraded is not None:
+                log.info(
+                    "Bus file upgraded to a newer format version; releases that read only the old one now "
+                    "refuse it (see docs/operations.md, Upgrading).",
+                    extra={"path": where, "from_version": upgraded, "to_version": FORMAT_VERSION},
+                )
         except sqlite3.DatabaseError as err:
             self.close()
             msg = str(err)

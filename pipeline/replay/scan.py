@@ -32,6 +32,7 @@ from pipeline.clock import Clock, parse_time
 from pipeline.errors import ConfigError, UsageError
 from schemas.alert import severity_rank
 from schemas.codec import decode_document
+from schemas.deadletter import from_legacy, is_legacy
 from schemas.errors import RecordError
 
 TOPICS = {"events": EVENTS_TOPIC, "alerts": ALERTS_TOPIC, "deadletter": DEADLETTER_TOPIC}
@@ -402,6 +403,7 @@ async def scan(
     ``{}``): the fast path for JSON Lines output, which writes the record bytes as they are.
     """
     needs_decode = decode or sel.filters_content
+    legacy_letters = sel.topic == DEADLETTER_TOPIC
     empty: dict[str, Any] = {}
     # An alert that resolves a condition often names no entity (the rule knows only the condition's
     # key): with --target/--timeline it is kept when its dedup key is one of an alert that matched.
@@ -430,6 +432,8 @@ async def scan(
                 if needs_decode:
                     try:
                         body = decode_document(r.value)
+                        if legacy_letters and is_legacy(body):  # written by a release up to 2026-11-27
+                            body = from_legacy(body, r.headers).to_dict()
                     except RecordError:
                         stats.undecodable += 1
                         continue
@@ -486,10 +490,30 @@ async def scan_values(
                 if progress is not None:
                     progress(stats.scanned, total)
                 if values:
-                    yield values
+                    yield _current_letters(values) if sel.topic == DEADLETTER_TOPIC else values
     if fallback:
         async for items in scan(bus, sel, stats, progress=progress, decode=False):
-            yield [r.value for r, _ in items]
+            values = [r.value for r, _ in items]
+            yield _current_letters(values) if sel.topic == DEADLETTER_TOPIC else values
+
+
+def _current_letters(values: list[bytes]) -> list[bytes]:
+    """Dead letters written by a release up to 2026-11-27 as DeadLetter v1 (the rest unchanged).
+
+    The values-only read has no headers: an upgraded letter then keeps none of the failed record's."""
+    out = values
+    for i, v in enumerate(values):
+        if b'"stage"' in v:
+            continue
+        try:
+            doc = orjson.loads(v)
+            if is_legacy(doc):
+                if out is values:
+                    out = list(values)
+                out[i] = from_legacy(doc).to_json()
+        except (orjson.JSONDecodeError, RecordError):
+            continue
+    return out
 
 
 def sort_timeline(items: Sequence[tuple[Record, dict[str, Any]]]) -> list[tuple[Record, dict[str, Any]]]:

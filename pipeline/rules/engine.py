@@ -39,7 +39,7 @@ from pipeline.clock import Clock, format_time, parse_time
 from pipeline.rules.base import AlertTrack, Finding, Rule, RuleContext, RuleState
 from pipeline.rules.config import RuleSet, parse_rules_config
 from pipeline.rules.matcher import type_matches
-from pipeline.rules.state import StateProblem, StateStore
+from pipeline.rules.state import StateProblem, StateReset, StateStore
 from schemas.alert import Alert, RuleRef, Severity, severity_rank
 from schemas.codec import decode_event as decode_event  # re-exported: the rules decode with the codec
 from schemas.event import Event, WorkspaceRef
@@ -262,6 +262,8 @@ class RulesEngine:
         self._serial = 0  # evaluations so far
         self._name_gen = 0  # bumped whenever a rule state's workspace (name) is replaced
         self.state_problems: list[StateProblem] = []
+        self.state_resets: list[StateReset] = []
+        """Rules whose stored state the last :meth:`load_state` started over (their version changed)."""
         if state:
             self.load_state(state)
 
@@ -282,6 +284,7 @@ class RulesEngine:
         self._ctxs.clear()
         self._plans.clear()
         self.state_problems = self._store.load(items)
+        self.state_resets = self._store.resets
         return self.state_problems
 
     def state_items(self) -> dict[str, bytes]:

@@ -8,7 +8,9 @@ Keys (in ``instantly.state.v1``; workspace ids and entity names are percent-enco
 
 Keys starting with ``rules/_`` belong to the worker (its commit marker), not to a rule.
 A rule whose version changed starts with empty ``data``/``subs`` (its open alert conditions are
-kept so they can still resolve). A blob that cannot be decoded is skipped and reported.
+kept so they can still resolve, and are not raised again); :attr:`StateStore.resets` lists each
+such rule and workspace so the worker can say so. A blob that cannot be decoded is skipped and
+reported.
 
 :class:`StateStore` holds every :class:`RuleState` in memory, remembers a hash of what it
 last wrote per key (for entity documents, in their state's ``sub_written`` with the key, so a
@@ -92,6 +94,19 @@ class StateProblem:
     error: str
 
 
+@dataclass(frozen=True, slots=True)
+class StateReset:
+    """A rule whose stored state was written by another version of the rule (an upgrade changed
+    it): its data and entity documents start over, its open alert conditions are kept."""
+
+    rule_id: str
+    workspace_id: str
+    stored_version: Any
+    version: int
+    entities: int
+    """Entity documents dropped with it."""
+
+
 @dataclass(slots=True)
 class StateStore:
     """All rule states in memory, plus what was last persisted (see the module docstring)."""
@@ -100,6 +115,8 @@ class StateStore:
     states: dict[tuple[str, str], RuleState] = field(default_factory=dict)
     hashes: dict[str, int] = field(default_factory=dict)
     touched: set[RuleState] = field(default_factory=set)
+    resets: list[StateReset] = field(default_factory=list)
+    """What the last :meth:`load` started over because the rule's version changed."""
 
     def get(self, rule_id: str, workspace: WorkspaceRef) -> RuleState:
         """The state of ``rule_id`` for ``workspace`` (created empty on first use)."""
@@ -127,8 +144,9 @@ class StateStore:
         self.states.clear()
         self.hashes.clear()
         self.touched.clear()
+        self.resets = []
         problems: list[StateProblem] = []
-        stale: set[RuleState] = set()
+        stale: dict[RuleState, Any] = {}  # state -> the rule version that wrote it
         subs: list[tuple[str, RuleState, str, dict[str, Any], float]] = []
         tracks: list[tuple[str, RuleState, bytes]] = []
         # Main documents first: they carry the workspace name and the rule version.
@@ -144,7 +162,7 @@ class StateStore:
                 ws_id = unquote(parts[1])
                 if len(parts) == 2:
                     if not self._load_main(rule_id, ws_id, value):
-                        stale.add(self.states[(rule_id, ws_id)])
+                        stale[self.states[(rule_id, ws_id)]] = orjson.loads(value).get("rv")
                 else:
                     st = self.states.get((rule_id, ws_id)) or self._new(rule_id, ws_id, None)
                     if len(parts) == 3 and parts[2] == "alerts":
@@ -177,9 +195,13 @@ class StateStore:
                 continue
             st.subs[name] = doc
             st.sub_time[name] = t
-        for st in stale:
+        for st, written in stale.items():
             st.data_touched = True
             self.touched.add(st)
+            self.resets.append(
+                StateReset(st.rule_id, st.workspace.id, written, self.versions[st.rule_id], len(st.subs_removed))
+            )
+        self.resets.sort(key=lambda r: (r.rule_id, r.workspace_id))
         return problems
 
     def _new(self, rule_id: str, ws_id: str, ws_name: str | None) -> RuleState:

@@ -56,7 +56,7 @@ from pipeline.observability.metrics import ID, KIND, TYPE
 from pipeline.observability.telemetry import Telemetry, get_telemetry
 from pipeline.redaction.gate import GateRejected, encode_alert, rejected_letter
 from pipeline.rules.engine import Evaluation, RulesEngine, decode_event
-from pipeline.rules.state import PREFIX
+from pipeline.rules.state import PREFIX, StateReset
 from schemas import deadletter
 from schemas.alert import Alert
 from schemas.event import Event
@@ -274,6 +274,7 @@ class RulesWorker:
             problems = self.engine.load_state(items)
             for p in problems:
                 log.warning("Rule state entry skipped.", extra={"key": p.key, "error": p.error})
+            self._log_resets()
             self._marker = items.get(self._marker_key)
             self._loaded = True
             self.stats.reloads += 1
@@ -281,6 +282,24 @@ class RulesWorker:
             c = self.bus.consumer([EVENTS_TOPIC], group=self.group, start="committed")
             self._consumer = await c.__aenter__()
         return self._consumer
+
+    def _log_resets(self) -> None:
+        """One line per rule whose stored state another version of it wrote (after an upgrade)."""
+        by_rule: dict[str, list[StateReset]] = {}
+        for r in self.engine.state_resets:
+            by_rule.setdefault(r.rule_id, []).append(r)
+        for rule_id, resets in by_rule.items():
+            log.warning(
+                "Rule state reset: the stored state was written by another version of the rule; its "
+                "baseline starts over (alerts it already raised stay open and are not raised again).",
+                extra={
+                    "rule": rule_id,
+                    "stored_version": sorted({r.stored_version for r in resets}, key=str),
+                    "version": resets[0].version,
+                    "workspaces": len(resets),
+                    "entities_dropped": sum(r.entities for r in resets),
+                },
+            )
 
     async def _reset(self) -> None:
         self._loaded = False
