@@ -6,7 +6,8 @@ sink offsets, and dead letters in that release's shape. Each test runs this code
 against the same simulated Instantly world and checks what a user expects of an upgrade: the
 cursor continues (no event twice, none lost), conditions already alerted are not alerted again,
 a rule that starts over says so, old dead letters stay readable, and the old release refuses the
-upgraded file instead of publishing everything again.
+upgraded file instead of publishing everything again. ``webhook-2c72a02.json`` is that release's
+webhook dedup state after one delivery: the same delivery sent again after the upgrade is a duplicate.
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ import pytest
 
 from pipeline.bus.sqlite import SqliteBus
 from pipeline.cli.main import main
+from pipeline.clock import FakeClock
 from pipeline.delivery.deadletter import original_value
 from pipeline.errors import BusCorruptError
+from pipeline.sources.webhook.receiver import WebhookReceiver
 from schemas.codec import decode_deadletter, validate
 from tests.fixtures.upgrade.make_fixture import HOOK_SECRET, serve_world, write_config
+from tests.unit.test_webhook_support import events_of, hdrs, make_config, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "upgrade" / "bus-2c72a02.db.gz"
@@ -156,3 +160,32 @@ def test_replay_reads_and_filters_the_old_dead_letters(tmp_path: Path, capsys: p
     assert filtered == plain
     assert all(validate(d) == [] and d["reason"] == "rejected" for d in plain)
     assert _meta_version(bus) == "1"
+
+
+WEBHOOK = orjson.loads((ROOT / "tests" / "fixtures" / "upgrade" / "webhook-2c72a02.json").read_bytes())
+
+
+async def test_a_webhook_delivery_the_old_release_published_is_a_duplicate_after_the_upgrade(tmp_path: Path) -> None:
+    """The old receiver committed the delivery while stopping; Instantly, which saw no 200, sends it
+    again to the new one. The old window keyed it by the raw body's SHA-256, this release by the
+    canonical JSON's: it was a second event with another id, which no sink can de-duplicate."""
+    stored = {k: bytes.fromhex(v) for k, v in WEBHOOK["state"].items()}
+    (value,) = stored.values()
+    committed_at = int.from_bytes(value[-4:], "big")  # the old entry's epoch seconds
+    clock = FakeClock(committed_at + 60)
+    body = WEBHOOK["body"].encode()
+    async with SqliteBus(tmp_path / "bus.db") as bus:
+        async with bus.transaction("old-receiver") as tx:
+            for k, v in stored.items():
+                tx.put_state(k, v)
+        receiver = WebhookReceiver(make_config(workspace=WEBHOOK["workspace_id"]), bus, clock=clock)
+        path = "/hooks/" + WEBHOOK["source"]
+        async with serve(receiver) as client:
+            again = await client.post(path, data=body, headers=hdrs())
+            assert again.status == 200 and (await again.json())["status"] == "duplicate"
+            other = body.replace(b"Sounds good", b"Call me")  # a new delivery is still published, once
+            assert (await (await client.post(path, data=other, headers=hdrs())).json())["status"] == "accepted"
+            assert (await (await client.post(path, data=other, headers=hdrs())).json())["status"] == "duplicate"
+        events = await events_of(bus, WEBHOOK["workspace_id"])
+    assert len(events) == 1, [e.value for e in events]
+    assert receiver.duplicates == 2 and receiver.accepted == 1

@@ -60,6 +60,9 @@ class SeenWindow:
         self.window_secs = window_secs
         self.slot_cap = max(1, -(-max_entries // SEEN_SLOTS))
         self.slots: dict[int, dict[bytes, int]] = {}
+        self.unscoped = False
+        """Whether :meth:`load` found entries under keys without a writer (releases before
+        writer-scoped keys; up to 2026-11-27 these hold digests of the raw body, not the canonical JSON)."""
 
     @property
     def prefix(self) -> str:
@@ -116,8 +119,12 @@ class SeenWindow:
         """Fill from state entries (any writer, any slot layout: entries are re-sharded by hash;
         a hash several writers hold keeps its latest time)."""
         self.slots = {}
-        for value in items.values():
-            for h, ts in self.decode(value).items():
+        self.unscoped = False
+        for key, value in items.items():
+            entries = self.decode(value)
+            if entries and "/" not in key[len(self.prefix) :]:
+                self.unscoped = True
+            for h, ts in entries.items():
                 slot = self.slots.setdefault(self.slot_of(h), {})
                 if ts >= slot.get(h, ts):
                     slot.pop(h, None)

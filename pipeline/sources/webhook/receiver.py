@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -140,6 +141,9 @@ class WebhookReceiver:
         self.rejections: collections.Counter[str] = collections.Counter()
         self.accepted = 0
         self.duplicates = 0
+        self._legacy_until: dict[str, float] = {}
+        """Per source, until when the window may hold raw-body digests of an older release (see
+        :meth:`_seen_by_older_release`)."""
         self._sources: dict[str, _Source] = {}
         for name, src in config.sources.items():
             for s in src.secrets:
@@ -221,8 +225,29 @@ class WebhookReceiver:
             return
         await self.bus.fence(self.config.writer_id)
         await self.committer.load_windows()
+        now = self.clock.now()
+        self._legacy_until = {name: now + w.window_secs for name, w in self.windows.items() if w.unscoped}
         self.committer.start()
         self._opened = True
+
+    def _seen_by_older_release(self, source: str, body: bytes, digest: str) -> bool:
+        """Whether a release up to 2026-11-27 published this delivery within the dedup window.
+
+        Those keyed the window by the SHA-256 of the raw body, this one by that of the canonical
+        JSON: a delivery the old process committed while stopping, which Instantly sends again to
+        the new one (its 200 was lost), would otherwise be a second event with another id. Only
+        entries loaded at open from keys without a writer id can be of that kind, so the check runs
+        only when there were some, and ends one window after the open.
+        """
+        until = self._legacy_until.get(source)
+        if until is None:
+            return False
+        now = self.clock.now()
+        if now >= until:
+            del self._legacy_until[source]
+            return False
+        raw = hashlib.sha256(body).digest()[:16]
+        return raw != bytes.fromhex(digest)[:16] and self.windows[source].contains(raw, int(now))
 
     async def close(self) -> None:
         """Commit queued deliveries and stop the committer."""
@@ -361,19 +386,22 @@ class WebhookReceiver:
         }
         arrived = self.clock.now() - (time.perf_counter() - started)
         with tel.span("webhook.delivery", attrs, kind=SpanKind.SERVER):
-            fut = self.committer.submit(
-                src.name,
-                bytes.fromhex(digest)[:16],
-                value,
-                src.workspace.id.encode(),
-                (
-                    ("event_type", event.type.encode()),
-                    ("event_id", event.id.encode()),
-                    source_time_header(arrived),
-                    *tel.trace_headers(),
-                ),
-            )
-            published = await self._confirmed(fut)
+            if self._legacy_until and self._seen_by_older_release(src.name, body, digest):
+                published = False
+            else:
+                fut = self.committer.submit(
+                    src.name,
+                    bytes.fromhex(digest)[:16],
+                    value,
+                    src.workspace.id.encode(),
+                    (
+                        ("event_type", event.type.encode()),
+                        ("event_id", event.id.encode()),
+                        source_time_header(arrived),
+                        *tel.trace_headers(),
+                    ),
+                )
+                published = await self._confirmed(fut)
         src.matches[slot] += 1
         tel.records_received(*labels)
         if published:
