@@ -63,6 +63,19 @@ def _meta_version(bus: Path) -> str:
         db.close()
 
 
+async def _run_once(config: Path) -> str:
+    """This checkout's ``run --once`` on ``config`` in a process of its own; its output."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "UPGRADE_HOOK_SECRET": HOOK_SECRET}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pipeline.cli", "run", "-c", str(config), "--once",
+        cwd=config.parent, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    log = (out + err).decode()
+    assert proc.returncode == 0, log[-3000:]
+    return log
+
+
 async def test_run_after_upgrade_continues_without_duplicates_or_repeated_alerts(tmp_path: Path) -> None:
     bus = _unpack(tmp_path)
     old_events = _values(bus, "instantly.events.v1")
@@ -70,17 +83,13 @@ async def test_run_after_upgrade_continues_without_duplicates_or_repeated_alerts
     assert old_events and old_alerts and _meta_version(bus) == "1"
     async with serve_world() as (sim, world, hook_url):
         config = write_config(tmp_path, sim, world, hook_url)
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "UPGRADE_HOOK_SECRET": HOOK_SECRET}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pipeline.cli", "run", "-c", str(config), "--once",
-            cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, err = await proc.communicate()
-    log = (out + err).decode()
-    assert proc.returncode == 0, log[-3000:]
-    assert world.poller_key.key not in log
+        log = await _run_once(config)
+        events = _values(bus, "instantly.events.v1")
+        after_upgrade = len(_values(bus, "instantly.alerts.v1"))
+        sim.state.delete_api_key(world.legacy_key.id)  # the key the old release alerted on goes
+        second = await _run_once(config)
+    assert world.poller_key.key not in log + second
 
-    events = _values(bus, "instantly.events.v1")
     ids = [e["id"] for e in events]
     assert len(ids) == len(set(ids)), "an event was published twice"
     assert events[: len(old_events)] == old_events
@@ -88,7 +97,7 @@ async def test_run_after_upgrade_continues_without_duplicates_or_repeated_alerts
     assert new_streams <= {"accounts"}, f"the cursor or a snapshot started over: {new_streams}"
 
     already = {a["dedup_key"] for a in old_alerts if a.get("status") == "open"}
-    new_alerts = _values(bus, "instantly.alerts.v1")[len(old_alerts) :]
+    new_alerts = _values(bus, "instantly.alerts.v1")[len(old_alerts) : after_upgrade]
     again = [a["dedup_key"] for a in new_alerts if a["dedup_key"] in already]
     assert not again, f"alerted again after the upgrade: {again}"
 
@@ -101,6 +110,14 @@ async def test_run_after_upgrade_continues_without_duplicates_or_repeated_alerts
     assert by_rule["api_key.rotation_incomplete"]["version"] > 1
     assert "Bus file upgraded" in log
     assert _meta_version(bus) == "2"  # 2c72a02 compares this to "1" and refuses the file
+    assert "Rule state reset" not in second and "Bus file upgraded" not in second  # said once
+
+    # The alerts the old release raised on the deleted key resolve (their conditions were kept).
+    resolved = {
+        a["dedup_key"] for a in _values(bus, "instantly.alerts.v1")[after_upgrade:] if a["status"] == "resolved"
+    }
+    on_legacy_key = {a["dedup_key"] for a in old_alerts if world.legacy_key.id in a["dedup_key"]}
+    assert on_legacy_key and on_legacy_key <= resolved, (on_legacy_key, resolved)
 
 
 async def test_the_upgraded_file_is_refused_by_a_release_that_reads_only_version_1(tmp_path: Path) -> None:
