@@ -164,6 +164,21 @@ def test_dead_letters_of_the_old_release_decode_as_deadletter_v1(tmp_path: Path)
         assert validate(letter.to_dict()) == []
 
 
+def test_an_undecodable_record_dead_lettered_by_the_old_release_keeps_its_bytes() -> None:
+    """The old shape's ``record_value_b64`` (made by 2c72a02's ``deadletter_record`` for the bytes
+    ``b"\\xff not json"``) becomes ``original`` in base64, reason ``undecodable``."""
+    raw = (ROOT / "tests" / "fixtures" / "upgrade" / "deadletter-undecodable-2c72a02.json").read_bytes().strip()
+    letter = decode_deadletter(raw)
+    assert (letter.stage, letter.component, letter.component_type, letter.reason) == (
+        "sink", "siem", "elasticsearch", "undecodable",
+    )  # fmt: skip
+    assert (letter.original.topic, letter.original.offset, letter.original.encoding) == (
+        "instantly.events.v1", 7, "base64",
+    )  # fmt: skip
+    assert original_value(raw) == b"\xff not json" and letter.record_id is None
+    assert validate(letter.to_dict()) == []
+
+
 def test_replay_reads_and_filters_the_old_dead_letters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bus = _unpack(tmp_path)
     config = tmp_path / "replay.yaml"
