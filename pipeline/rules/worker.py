@@ -294,7 +294,9 @@ class RulesWorker:
                 "baseline starts over (alerts it already raised stay open and are not raised again).",
                 extra={
                     "rule": rule_id,
-                    "stored_version": sorted({r.stored_version for r in resets}, key=str),
+                    "stored_version": sorted(
+                        {str(r.stored_version): r.stored_version for r in resets}.values(), key=str
+                    ),
                     "version": resets[0].version,
                     "workspaces": len(resets),
                     "entities_dropped": sum(r.entities for r in resets),

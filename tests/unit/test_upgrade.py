@@ -28,6 +28,7 @@ from pipeline.cli.main import main
 from pipeline.clock import FakeClock
 from pipeline.delivery.deadletter import original_value
 from pipeline.errors import BusCorruptError
+from pipeline.rules.worker import RulesWorker
 from pipeline.sources.webhook.receiver import WebhookReceiver
 from schemas.codec import decode_deadletter, validate
 from tests.fixtures.upgrade.make_fixture import HOOK_SECRET, serve_world, write_config
@@ -118,6 +119,26 @@ async def test_run_after_upgrade_continues_without_duplicates_or_repeated_alerts
     }
     on_legacy_key = {a["dedup_key"] for a in old_alerts if world.legacy_key.id in a["dedup_key"]}
     assert on_legacy_key and on_legacy_key <= resolved, (on_legacy_key, resolved)
+
+
+async def test_a_rule_state_of_any_other_version_is_reset_and_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the worker logs takes any stored ``rv`` (even one that is not a number) without failing."""
+    async with SqliteBus(tmp_path / "bus.db") as bus:
+        async with bus.transaction("old") as tx:
+            tx.put_state("rules/api_key.all_scope/ws-1", b'{"v":1,"rv":[1],"wn":"Acme","d":{"k":1}}')
+            tx.put_state("rules/api_key.all_scope/ws-2", b'{"v":1,"rv":1,"wn":"Beta","d":{}}')
+            tx.put_state("rules/api_key.all_scope/ws-2/s/key-9", b'{"t":0,"d":{"x":1}}')
+        worker = RulesWorker(bus, {}, clock=FakeClock(1_796_702_400.0), idle_secs=0.01)
+        await worker.run_once()
+        await worker.close()
+    lines = [r for r in caplog.records if r.getMessage().startswith("Rule state reset")]
+    assert len(lines) == 1
+    fields = lines[0].__dict__
+    assert fields["rule"] == "api_key.all_scope" and fields["workspaces"] == 2
+    assert fields["stored_version"] == [1, [1]] and fields["entities_dropped"] == 1
+    assert fields["version"] > 1
 
 
 async def test_the_upgraded_file_is_refused_by_a_release_that_reads_only_version_1(tmp_path: Path) -> None:
