@@ -98,7 +98,11 @@ class Finding:
 
 
 def resolved(key: str, summary: str, *, event_id: str | None = None, entities: tuple[Entity, ...] = ()) -> Finding:
-    """A finding that clears the open condition ``key`` (ignored when nothing is open)."""
+    """A finding that clears the open condition ``key`` (ignored when nothing is open).
+
+    ``summary`` says what cleared; the engine appends what it closes (the opening alert's summary)
+    and, when ``entities`` is empty, gives the resolved alert the entities the condition's alerts named.
+    """
     return Finding(key=key, summary=summary, entities=entities, event_id=event_id, status="resolved")
 
 
