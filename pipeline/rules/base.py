@@ -120,6 +120,9 @@ MAX_TRACK_ENTITIES = 10
 """Entities a resolvable condition remembers for its resolved alert (the first ones its alerts named)."""
 MAX_TRACK_SUMMARY = 300
 """Characters of the opening alert's summary a resolvable condition remembers for its resolved alert."""
+MAX_TRACK_ENTITY_TEXT = 256
+"""Longest entity kind, id or name a condition remembers: a longer name is cut, an entity with a longer id
+or kind is not remembered (a cut id would name something else)."""
 
 
 @dataclass(slots=True)
@@ -152,7 +155,7 @@ class AlertTrack:
             self.summary = summary[:MAX_TRACK_SUMMARY]
         if entities and len(self.entities) < MAX_TRACK_ENTITIES:
             have = self.entities
-            new = tuple(e for e in dict.fromkeys(entities) if e not in have)
+            new = tuple(b for e in dict.fromkeys(entities) if (b := _bounded(e)) is not None and b not in have)
             if new:
                 self.entities = (have + new)[:MAX_TRACK_ENTITIES]
 
@@ -185,6 +188,14 @@ class AlertTrack:
             tr.entities = tuple(_entity(e) for e in ents[:MAX_TRACK_ENTITIES])
             tr.summary = summary[:MAX_TRACK_SUMMARY]
         return tr
+
+
+def _bounded(e: Entity) -> Entity | None:
+    """``e`` with its name cut to :data:`MAX_TRACK_ENTITY_TEXT`; None when its kind or id is longer."""
+    n = MAX_TRACK_ENTITY_TEXT
+    if len(e.kind) > n or (e.id is not None and len(e.id) > n):
+        return None
+    return e if e.name is None or len(e.name) <= n else Entity(e.kind, e.id, e.name[:n])
 
 
 def _entity(v: Any) -> Entity:

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from pipeline.clock import FakeClock, parse_time
-from pipeline.rules.base import MAX_TRACK_ENTITIES, MAX_TRACK_SUMMARY, AlertTrack
+from pipeline.rules.base import MAX_TRACK_ENTITIES, MAX_TRACK_ENTITY_TEXT, MAX_TRACK_SUMMARY, AlertTrack
 from pipeline.rules.engine import Evaluation, RulesEngine
 from pipeline.rules.state import tracks_key
 from pipeline.rules.testing import make_event
@@ -174,3 +174,14 @@ def test_track_round_trip() -> None:
     """to_list/from_list keep entities (None ids and names too) and the summary."""
     tr = AlertTrack(1.0, 1.0, 2.0, 2, 1.5, 1, True, "high", (Entity("user", "u1", None), Entity("ip", None, "x")), "s")
     assert AlertTrack.from_list(orjson.loads(orjson.dumps(tr.to_list()))) == tr
+
+
+def test_remembered_entities_are_bounded_in_size() -> None:
+    """A long name is cut; an entity whose id (or kind) is too long to keep whole is not remembered at all."""
+    n = MAX_TRACK_ENTITY_TEXT
+    tr = AlertTrack(0.0, 0.0, 0.0, resolvable=True)
+    tr.remember((Entity("user", "u1", "N" * (n + 50)), Entity("webhook", "h" * (n + 1), None),
+                 Entity("k" * (n + 1), "x", None), Entity("ip", "192.0.2.1", None)), "s")  # fmt: skip
+    assert tr.entities == (Entity("user", "u1", "N" * n), Entity("ip", "192.0.2.1", None))
+    tr.remember((Entity("user", "u1", "N" * (n + 50)),), "later")
+    assert len(tr.entities) == 2 and tr.summary == "s"
