@@ -183,5 +183,6 @@ def test_remembered_entities_are_bounded_in_size() -> None:
     tr.remember((Entity("user", "u1", "N" * (n + 50)), Entity("webhook", "h" * (n + 1), None),
                  Entity("k" * (n + 1), "x", None), Entity("ip", "192.0.2.1", None)), "s")  # fmt: skip
     assert tr.entities == (Entity("user", "u1", "N" * n), Entity("ip", "192.0.2.1", None))
-    tr.remember((Entity("user", "u1", "N" * (n + 50)),), "later")
-    assert len(tr.entities) == 2 and tr.summary == "s"
+    tr.remember((Entity("user", "u1", "N" * (n + 50)),), "later")  # the same entity, cut the same way: no repeat
+    assert tr.entities == (Entity("user", "u1", "N" * n), Entity("ip", "192.0.2.1", None))
+    assert tr.summary == "s"
