@@ -5,7 +5,7 @@ IP she signed in from before), so the test covers the whole way: the engine keep
 entities, and each receiver shows them on the close — OCSF Detection Finding ``Close`` with its
 resources, ECS ``related.*``, Splunk CIM ``user``/``src``, CEF ``cs6``, a Slack message whose
 notification text says "RESOLVED" and whom, and a PagerDuty Events v2 ``resolve`` for the trigger's
-dedup key (PagerDuty reads only ``routing_key``, ``event_action`` and ``dedup_key`` on a resolve).
+dedup key (all Events v2 needs on a resolve: ``routing_key``, ``event_action``, ``dedup_key``).
 """
 
 from __future__ import annotations
