@@ -28,6 +28,8 @@ from pipeline.rules.testing import make_event
 from schemas.alert import Alert
 from tests.fakes.pagerduty import FakePagerDuty
 from tests.fakes.slack import FakeSlack
+from tests.unit.test_formats_ecs_schema import ecs_problems
+from tests.unit.test_formats_ocsf import ocsf_errors
 
 T0 = parse_time("2026-01-03T09:00:00Z")
 KEY = "R0UTINGKEYCANARY0123456789abcdef"
@@ -62,10 +64,12 @@ def test_every_format_names_the_user_and_ip_on_the_close() -> None:
     assert {"type": "user", "uid": "u1", "name": "Ann"} in ocsf["resources"]
     assert {"type": "ip", "uid": "198.51.100.7"} in ocsf["resources"]
     assert "it closes: MFA (TOTP) was disabled for Ann" in ocsf["message"]
+    assert ocsf_errors(ocsf) == []
     ecs = render(body, "ecs")
     assert isinstance(ecs, dict)
     assert ecs["event"]["action"] == "alert-resolved"
     assert ecs["related"] == {"user": ["Ann"], "ip": ["198.51.100.7"]}
+    assert ecs_problems(ecs) == []
     splunk = render(body, "splunk")
     assert isinstance(splunk, dict)
     assert (splunk["status"], splunk["user"], splunk["src"]) == ("resolved", "Ann", "198.51.100.7")
