@@ -186,3 +186,18 @@ def test_remembered_entities_are_bounded_in_size() -> None:
     tr.remember((Entity("user", "u1", "N" * (n + 50)),), "later")  # the same entity, cut the same way: no repeat
     assert tr.entities == (Entity("user", "u1", "N" * n), Entity("ip", "192.0.2.1", None))
     assert tr.summary == "s"
+
+
+def test_an_upgraded_condition_remembers_its_first_match_after_the_upgrade() -> None:
+    """An 8-value track has nothing to say; a match folded into it after the upgrade fills it in."""
+    one = engine()
+    alerts(one.evaluate([login(T0)]))
+    items = one.state_items()
+    doc = orjson.loads(items[tracks_key(RULE, "ws-1")])
+    items[tracks_key(RULE, "ws-1")] = orjson.dumps({"v": 1, "a": {k: v[:8] for k, v in doc["a"].items()}})
+    two = engine()
+    two.load_state(items)
+    assert alerts(two.evaluate([login(T0 + 60, ip="203.0.113.5")])) == []  # folded: inside the window
+    [res] = alerts(two.evaluate([enabled(T0 + 120)]))
+    assert res.entities == (Entity("user", "u1", "Ann"), Entity("ip", "203.0.113.5", None))
+    assert res.summary.endswith("it closes: Ann logged in from 203.0.113.5")
