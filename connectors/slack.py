@@ -183,7 +183,11 @@ def alert_message(body: Mapping[str, Any], *, max_entities: int = 10) -> dict[st
         {"type": "context", "elements": [{"type": "mrkdwn", "text": cut_mrkdwn(c, FIELD_MAX)} for c in context]}
     )
     ws = body.get("workspace") or {}
-    fallback = f"{emoji} [{severity.upper()}] {title} — {ws.get('name') or ws.get('id')}"
+    # the text is all a mobile notification shows: it says "resolved" in words and whom the alert is about
+    fallback = f"{emoji} [{'RESOLVED' if resolved else severity.upper()}] {title} — {ws.get('name') or ws.get('id')}"
+    if entities:
+        first = entities[0]
+        fallback += f" — {first.get('kind')}: {first.get('name') or first.get('id')}"
     return {"text": mrkdwn(fallback, TEXT_MAX), "blocks": blocks, "unfurl_links": False, "unfurl_media": False}
 
 

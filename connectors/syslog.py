@@ -7,7 +7,10 @@
   without the BOM RFC 5424 §6.4 asks for (rsyslog keeps a BOM in ``msg``, where it breaks JSON
   and CEF parsing); ``utf8_bom: true`` adds it for collectors that strip it; an SD element
   ``[instantly@32473 id=… type=… workspace=… kind=…]`` carries the stable record id, so a
-  collector can de-duplicate replays.
+  collector can de-duplicate replays (an alert's also ``status=open|resolved``).
+* PRI severity: an open alert's follows its rule severity (critical 2, high 3, medium 4, low 5,
+  info 6); a resolved alert is 5 Notice whatever its rule's severity (the condition is over: a
+  ``*.crit`` route must not page on the all-clear); events 6, or 4 for a failure.
 * One persistent connection per sink, opened on first use; a task watches it for EOF/reset,
   so a receiver restart while idle is noticed and the next batch reconnects first.
 
@@ -242,15 +245,22 @@ class SyslogSink:
             msg = delivery.raw  # the record exactly as it is on the bus
         else:
             msg = render_bytes(body, fmt)
+        status = None
         if delivery.kind == "alert":
-            severity = _ALERT_SEVERITY.get(str(delivery.severity), SEVERITIES["informational"])
+            status = "resolved" if body.get("status") == "resolved" else "open"
+            severity = (
+                SEVERITIES["notice"]
+                if status == "resolved"
+                else _ALERT_SEVERITY.get(str(delivery.severity), SEVERITIES["informational"])
+            )
             when, msgid, type_ = body.get("last_seen"), "alert", str((body.get("rule") or {}).get("id", ""))
         else:
             failed = classify(body).outcome == "failure"
             severity = SEVERITIES["warning"] if failed else SEVERITIES["informational"]
             when, msgid, type_ = body.get("time"), delivery.type, delivery.type
         workspace = str((body.get("workspace") or {}).get("id", ""))
-        params = (("id", delivery.id), ("kind", delivery.kind), ("type", type_), ("workspace", workspace))
+        params = (("id", delivery.id), ("kind", delivery.kind), ("type", type_), ("workspace", workspace),
+                  ("status", status))  # fmt: skip
         return format_message(
             facility=cfg.facility,
             severity=severity,

@@ -14,7 +14,9 @@ Escaping (ArcSight "Implementing CEF", rev. 25):
 
 Signature id: the event type with its first dot as a colon (``api_key:created``,
 ``member:role_changed``, ``audit:user_login``) or ``alert:<rule id>``. Severity 0-10: events 1
-(5 when they record a failure); alerts info 1, low 3, medium 5, high 8, critical 10.
+(5 when they record a failure); open alerts info 1, low 3, medium 5, high 8, critical 10; a resolved
+alert 3 whatever its rule's severity (an all-clear is not a high-importance event: a severity-routed
+rule must not fire on it), the rule's severity in ``flexString2`` (``ruleSeverity``) on every alert.
 Custom slots are labelled per record (``cs1Label=workspaceId`` …). CEF carries the mapped
 fields only; the complete record travels in the JSON formats.
 """
@@ -54,6 +56,8 @@ _KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _VALUE_CONTROL = re.compile(r"[\x00-\x09\x0b\x0c\x0e-\x1f\x7f]")
 _ALERT_SEVERITY = {"info": 1, "low": 3, "medium": 5, "high": 8, "critical": 10}
+RESOLVED_SEVERITY = 3
+"""A resolved alert's CEF severity (Low), whatever its rule's: the all-clear of a condition."""
 _ACT = {"create": "created", "delete": "deleted", "update": "updated", "login": "login", "enable": "enabled",
         "disable": "disabled", "read": "read", "accept": "accepted", "other": "other"}  # fmt: skip
 
@@ -234,12 +238,15 @@ def _alert(body: Mapping[str, Any]) -> str:
         *_labelled("cs5", "runbook", rule.get("runbook")),
         *_labelled("cs6", "entities", "; ".join(entities)),
         *_labelled("flexString1", "eventIds", ",".join(map(str, body.get("event_ids") or []))),
+        *_labelled("flexString2", "ruleSeverity", rule.get("severity")),
         ("reason", rule.get("basic")),
         ("msg", body.get("summary")),
     ]
     return cef_line(
         signature_id=f"alert:{rule.get('id', 'unknown')}",
         name=str(rule.get("title") or "Alert"),
-        severity=_ALERT_SEVERITY.get(str(rule.get("severity")), 1),
+        severity=RESOLVED_SEVERITY
+        if body.get("status") == "resolved"
+        else _ALERT_SEVERITY.get(str(rule.get("severity")), 1),
         extension=ext,
     )

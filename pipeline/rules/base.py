@@ -98,7 +98,11 @@ class Finding:
 
 
 def resolved(key: str, summary: str, *, event_id: str | None = None, entities: tuple[Entity, ...] = ()) -> Finding:
-    """A finding that clears the open condition ``key`` (ignored when nothing is open)."""
+    """A finding that clears the open condition ``key`` (ignored when nothing is open).
+
+    ``summary`` says what cleared; the engine appends what it closes (the opening alert's summary)
+    and, when ``entities`` is empty, gives the resolved alert the entities the condition's alerts named.
+    """
     return Finding(key=key, summary=summary, entities=entities, event_id=event_id, status="resolved")
 
 
@@ -112,9 +116,24 @@ class RuleParams(Model):
     )
 
 
+MAX_TRACK_ENTITIES = 10
+"""Entities a resolvable condition remembers for its resolved alert (the first ones its alerts named)."""
+MAX_TRACK_SUMMARY = 300
+"""Characters of the opening alert's summary a resolvable condition remembers for its resolved alert."""
+MAX_TRACK_ENTITY_TEXT = 256
+"""Longest entity kind, id or name a condition remembers: a longer name is cut, an entity with a longer id
+or kind is not remembered (a cut id would name something else)."""
+
+
 @dataclass(slots=True)
 class AlertTrack:
-    """The engine's record of one alert condition (open or recently alerted)."""
+    """The engine's record of one alert condition (open or recently alerted).
+
+    A resolvable condition also remembers what its alerts were about, so the ``resolved`` alert
+    can say what cleared even when the resolving finding names nothing: ``entities`` (the first
+    :data:`MAX_TRACK_ENTITIES` its alerts named, the opening alert's first) and ``summary`` (the
+    opening alert's, cut to :data:`MAX_TRACK_SUMMARY` characters). Other conditions keep neither.
+    """
 
     opened: float
     first: float
@@ -124,28 +143,73 @@ class AlertTrack:
     emissions: int = 0
     resolvable: bool = False
     severity: str = ""
+    entities: tuple[Entity, ...] = ()
+    summary: str = ""
     enc: bytes | None = field(default=None, compare=False, repr=False)
     """The engine's cache of this track's encoded ``"<key>":[...]`` member of the tracks document
     (:meth:`pipeline.rules.state.StateStore.flush`); the engine clears it whenever it changes the track."""
 
+    def remember(self, entities: tuple[Entity, ...], summary: str) -> None:
+        """Keep an alert's entities (bounded, no repeats) and, the first time, its summary."""
+        if not self.summary:
+            self.summary = summary[:MAX_TRACK_SUMMARY]
+        if entities and len(self.entities) < MAX_TRACK_ENTITIES:
+            have = self.entities
+            new = tuple(b for e in dict.fromkeys(entities) if (b := _bounded(e)) is not None and b not in have)
+            if new:
+                self.entities = (have + new)[:MAX_TRACK_ENTITIES]
+
     def to_list(self) -> list[Any]:
-        """Compact JSON form."""
-        return [
+        """Compact JSON form: 8 values, plus entities and summary (10) when the track remembers any."""
+        v: list[Any] = [
             self.opened, self.first, self.last, self.count, self.emitted, self.emissions,
             int(self.resolvable), self.severity,
         ]  # fmt: skip
+        if self.entities or self.summary:
+            v.append([[e.kind, e.id, e.name] for e in self.entities])
+            v.append(self.summary)
+        return v
 
     @classmethod
     def from_list(cls, v: Any) -> AlertTrack:
-        """Inverse of :meth:`to_list`.
+        """Inverse of :meth:`to_list`; reads the 8-value form written before entities were kept.
 
         Raises:
             ValueError: the list has the wrong shape.
         """
-        if not isinstance(v, list) or len(v) != 8:
-            raise ValueError("alert track must be a list of 8 values")
-        return cls(float(v[0]), float(v[1]), float(v[2]), int(v[3]),
-                   None if v[4] is None else float(v[4]), int(v[5]), bool(v[6]), str(v[7]))  # fmt: skip
+        if not isinstance(v, list) or len(v) not in (8, 10):
+            raise ValueError("alert track must be a list of 8 or 10 values")
+        tr = cls(float(v[0]), float(v[1]), float(v[2]), int(v[3]),
+                 None if v[4] is None else float(v[4]), int(v[5]), bool(v[6]), str(v[7]))  # fmt: skip
+        if len(v) == 10:
+            ents, summary = v[8], v[9]
+            if not isinstance(ents, list) or not isinstance(summary, str):
+                raise ValueError("alert track entities must be a list and its summary a string")
+            tr.entities = tuple(_entity(e) for e in ents[:MAX_TRACK_ENTITIES])
+            tr.summary = summary[:MAX_TRACK_SUMMARY]
+        return tr
+
+
+def _bounded(e: Entity) -> Entity | None:
+    """``e`` with its name cut to :data:`MAX_TRACK_ENTITY_TEXT`; None when its kind or id is longer."""
+    n = MAX_TRACK_ENTITY_TEXT
+    if len(e.kind) > n or (e.id is not None and len(e.id) > n):
+        return None
+    return e if e.name is None or len(e.name) <= n else Entity(e.kind, e.id, e.name[:n])
+
+
+def _entity(v: Any) -> Entity:
+    """An entity stored as ``[kind, id, name]``.
+
+    Raises:
+        ValueError: not that shape.
+    """
+    if (
+        not isinstance(v, list) or len(v) != 3 or not isinstance(v[0], str)
+        or not all(x is None or isinstance(x, str) for x in v[1:])
+    ):  # fmt: skip
+        raise ValueError("alert track entity must be [kind, id, name]")
+    return Entity(v[0], v[1], v[2])
 
 
 class RuleState:

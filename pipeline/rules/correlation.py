@@ -28,9 +28,9 @@ Semantics, all at event time:
 * ``temporal``: every entry matched within ``timespan`` (any order); ``temporal_ordered``: in the
   listed order (a repeated first step starts another chain; the chains in progress stay). Fires once
   per completed set, then restarts.
-* ``absence``: the first entry opens a window of ``timespan``; any later entry matching in the
-  window (by event time) closes it. A window still open fires on the first tick at or after
-  ``window end + grace`` (the alert's time is the window end).
+* ``absence``: the first entry (or every entry with ``opens: true``) opens a window of
+  ``timespan``; any other entry matching in the window (by event time) closes it. A window still
+  open fires on the first tick at or after ``window end + grace`` (the alert's time is the window end).
 * ``new_terms``: fires when ``field`` has a value not seen for the group within ``timespan``.
   An entry may also carry ``new_terms: <field>``: it then matches only events whose value is new
   for the workspace within ``history`` (default 30 d); every matching event feeds that history.
@@ -111,6 +111,8 @@ class EntrySpec(Model):
     detection: dict[str, Any] | None = None
     group_by: list[str] | None = Field(None, alias="group-by")
     new_terms: str | None = None
+    opens: bool = False
+    """absence only: this entry opens a window (default: the first entry alone opens)."""
 
 
 class CorrelationBody(Model):
@@ -148,12 +150,13 @@ class CorrelationSpec(LifecycleSpec):
 class _Entry:
     """One compiled entry: routing, predicate, group key, optional new-terms field."""
 
-    __slots__ = ("codes", "detect", "group", "index", "name", "nt_field", "types")
+    __slots__ = ("codes", "detect", "group", "index", "name", "nt_field", "opens", "types")
 
     def __init__(self, index: int, name: str, types: tuple[str, ...], codes: frozenset[int] | None, detect: Pred,
                  group: list[Getter], nt_field: Getter | None):  # fmt: skip
         self.index, self.name, self.types, self.codes, self.detect = index, name, types, codes, detect
         self.group, self.nt_field = group, nt_field
+        self.opens = False  # absence: whether a match opens a window (else it closes one)
 
     def key(self, ev: Event) -> str | None:
         """The group key (None when a group-by field is missing: the event cannot correlate)."""
@@ -205,6 +208,17 @@ class CorrelationRule:
         need = {"absence": 2, "temporal": 2, "temporal_ordered": 2}.get(body.type, 1)
         if len(self.entries) < need:
             raise RuleSyntaxError("correlation.rules", f"{body.type} needs at least {need} entries")
+        opens = [i for i, r in enumerate(body.rules) if isinstance(r, EntrySpec) and r.opens]
+        if opens and body.type != "absence":
+            raise RuleSyntaxError(
+                f"correlation.rules.{opens[0]}.opens", "only an absence correlation has opening entries"
+            )
+        for i in opens or [0]:
+            self.entries[i].opens = body.type == "absence"
+        if body.type == "absence" and len(opens) == len(self.entries):
+            raise RuleSyntaxError(
+                "correlation.rules", "absence needs an entry that closes the window (not opens: true)"
+            )
         bad = sorted(set(body.condition) - set(_OPS))
         if bad:
             raise RuleSyntaxError("correlation.condition", f"unknown operator {bad[0]!r} (known: {', '.join(_OPS)})")
@@ -364,7 +378,7 @@ class CorrelationRule:
         t, k = ctx.now, self.kind
         span = self.timespan
         if k == "absence":
-            if i == 0:
+            if self.entries[i].opens:
                 doc = self._group(ctx, key)
                 if "open" not in doc:
                     s, ents = self._render(ev)

@@ -16,7 +16,10 @@ Alert semantics, owned here so every rule gets them alike:
 * **count / first_seen / last_seen** cover the condition since it opened;
 * **resolution**: a resolvable condition stays tracked until the rule reports it cleared, then
   a ``resolved`` alert with the same dedup key goes out; other conditions are forgotten after
-  a quiet window;
+  a quiet window. The resolved alert names the condition's entities (those its alerts named,
+  remembered in the track, bounded; the resolving finding's own when it names any) and its
+  summary says what cleared and what it closes (``<what cleared> — it closes: <opening summary>``),
+  so a receiver needs no other record to know what went away;
 * **alert ids** hash (dedup key, status, open time, n-th alert), so a retried or replayed batch
   builds the same ids;
 * **emission / raised_at**: each alert carries its emission number (the n-th alert of the
@@ -51,6 +54,8 @@ MAX_EVENT_IDS = 50
 """Event ids carried by one alert."""
 MAX_SUMMARY = 1024
 """PagerDuty's summary limit."""
+RESOLVED_JOIN = "— it closes:"
+"""Joins a resolved alert's summary (what cleared) to the opening alert's (what it was)."""
 _ROUTE_CACHE = 4096
 _PLAN_CACHE = 16_384
 _EMPTY: tuple[()] = ()
@@ -444,10 +449,13 @@ class RulesEngine:
             tr.last = max(tr.last, t)
             sev = cast(Severity, tr.severity) if severity_rank(tr.severity) >= 0 else b.rule.meta.severity
             eids = (f.event_id,) if f.event_id else ()
+            summary = f.summary
+            if tr.summary and tr.summary != summary:
+                summary = f"{summary} {RESOLVED_JOIN} {tr.summary}" if summary else tr.summary
             batch.items.append(Alert.build(
-                rule=b.ref(sev), workspace=st.workspace, summary=f.summary[:MAX_SUMMARY],
-                dedup_key=dedup_key(b.id, st.workspace.id, f.key), event_ids=eids,
-                entities=f.entities, first_seen=format_time(tr.first), last_seen=format_time(t), count=tr.count,
+                rule=b.ref(sev), workspace=st.workspace, summary=summary[:MAX_SUMMARY],
+                dedup_key=dedup_key(b.id, st.workspace.id, f.key), event_ids=eids, entities=f.entities or tr.entities,
+                first_seen=format_time(tr.first), last_seen=format_time(t), count=tr.count,
                 status="resolved", attributes=dict(f.attributes), occurrence=f"{round(tr.opened * 1000)}",
                 emission=tr.emissions if tr.emissions >= 1 else None, raised_at=batch.raised_at(),
             ))  # fmt: skip
@@ -472,12 +480,16 @@ class RulesEngine:
         # Alert when the window has passed or the severity rose; otherwise fold the match into this
         # batch's alert for the condition (same emission), or count it as suppressed.
         if tr.emitted is None or t - tr.emitted >= b.suppress or severity_rank(severity) > severity_rank(tr.severity):
+            if tr.resolvable:  # what its resolved alert will say it closes
+                tr.remember(f.entities, f.summary)
             tr.emitted = t
             tr.emissions += 1
             tr.severity = severity
             pending = batch.open[bkey] = _Pending(b, st, f, tr, severity)
             batch.items.append(pending)
             return
+        if tr.resolvable and not tr.summary:  # became resolvable without alerting: remember this match
+            tr.remember(f.entities, f.summary)
         folded = batch.open.get(bkey)
         if folded is not None and folded.emission == tr.emissions:
             folded.add(f)

@@ -7,8 +7,9 @@ writing and fails when a rule changed but kept its version, when a rule is not l
 when the lock is stale (a bumped or removed rule not recorded).
 
 The hash of a YAML rule covers its validated content except ``version``, ``enabled`` and
-``tests``; the hash of a Python rule covers the syntax tree of its class (formatting and
-comments do not count, the code and its metadata do).
+``tests`` (and options added to the language later while they keep their default); the hash of a
+Python rule covers the syntax tree of its class (formatting and comments do not count, the code
+and its metadata do).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def content_hash(rule: Rule) -> str:
     spec = getattr(rule, "spec", None)
     if spec is not None and hasattr(spec, "model_dump"):
         doc = spec.model_dump(mode="json", by_alias=True, exclude={"version", "enabled", "tests"})
+        _drop_later_defaults(doc)
         data = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
     else:
         try:
@@ -53,6 +55,15 @@ def content_hash(rule: Rule) -> str:
             raise ConfigError(f"rule {rule.meta.id}: cannot read its source to lock it ({err})") from None
         data = ast.dump(ast.parse(src), include_attributes=False).encode()
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _drop_later_defaults(doc: dict[str, Any]) -> None:
+    """Leave out options added to the rule language after rules were locked while they keep their default
+    (a correlation entry's ``opens: false``), so adding an option changes no existing rule's hash."""
+    corr = doc.get("correlation")
+    for entry in corr.get("rules") or () if isinstance(corr, dict) else ():
+        if isinstance(entry, dict) and entry.get("opens") is False:
+            del entry["opens"]
 
 
 def current(rules: Iterable[Rule]) -> dict[str, Locked]:

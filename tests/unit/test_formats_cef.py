@@ -188,6 +188,15 @@ def test_alert_line() -> None:
     assert int(ext["start"]) == epoch_ms(T0) and int(ext["end"]) == epoch_ms(SEEN)
 
 
+def test_a_resolved_alert_is_low_severity_with_its_rules_severity_labelled() -> None:
+    """The all-clear of a critical condition is not a Very-High event (a severity-routed SIEM rule would fire on
+    it): header severity 3; the rule's severity stays in flexString2 (ruleSeverity), on open alerts too."""
+    opened, res = (dict(parse_cef(to_cef(sample_alert(status=s)))[1]) for s in ("open", "resolved"))
+    assert parse_cef(to_cef(sample_alert(status="resolved")))[0][6] == "3"
+    assert (res["act"], res["flexString2Label"], res["flexString2"]) == ("resolved", "ruleSeverity", "critical")
+    assert (opened["act"], opened["flexString2"]) == ("open", "critical")
+
+
 @pytest.mark.parametrize("text", HOSTILE)
 def test_hostile_values_round_trip(text: str) -> None:
     """Pipes, equals, backslashes, newlines, unicode and controls survive in header and extension."""

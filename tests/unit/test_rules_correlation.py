@@ -22,9 +22,11 @@ def _engine(*rules: dict[str, Any]) -> RulesEngine:
     return RulesEngine.from_config({"defaults": {"enabled": False}, "custom": list(rules)}, clock=FakeClock(T0))
 
 
-COUNT = {"type": "event_count", "rules": [{"types": ["audit.*"], "detection": {"s": {"actor.ip|exists": True}}}],
-         "group-by": ["actor.user_id"], "timespan": "10m", "condition": {"gte": 3}}  # fmt: skip
-ABSENCE = {
+COUNT: dict[str, Any] = {
+    "type": "event_count", "rules": [{"types": ["audit.*"], "detection": {"s": {"actor.ip|exists": True}}}],
+    "group-by": ["actor.user_id"], "timespan": "10m", "condition": {"gte": 3},
+}  # fmt: skip
+ABSENCE: dict[str, Any] = {
     "type": "absence", "group-by": ["actor.user_id"], "timespan": "1h", "grace": "5m",
     "rules": [{"types": ["audit.*"], "detection": {"s": {"attributes.activity_code": 26}}},
               {"types": ["audit.*"], "detection": {"s": {"attributes.activity_code": 23}}}],
@@ -42,6 +44,14 @@ ABSENCE = {
         (dict(COUNT, rules=[{"types": ["audit.*"]}]), "correlation.rules.0: an entry needs either rule"),
         (dict(COUNT, **{"group-by": ["actor.mail"]}), "correlation.rules.0.group-by.0: unknown field 'actor.mail'"),
         (dict(COUNT, type="sequence"), "correlation.type"),
+        (
+            dict(COUNT, rules=[dict(COUNT["rules"][0], opens=True)]),
+            "correlation.rules.0.opens: only an absence correlation has opening entries",
+        ),
+        (
+            dict(ABSENCE, rules=[dict(r, opens=True) for r in ABSENCE["rules"]]),
+            "correlation.rules: absence needs an entry that closes the window",
+        ),
     ],
 )
 def test_compile_errors_name_the_path(corr: dict[str, Any], message: str) -> None:
@@ -184,3 +194,43 @@ def test_temporal_ordered_reads_the_state_written_before_chains() -> None:
     e = _engine(_rule(ORDERED))
     e.load_state(items)
     assert len(e.evaluate([_login("u1", T0 + 120, code=5)]).alerts) == 1
+
+
+def test_absence_entries_marked_opens_each_open_a_window() -> None:
+    """``opens: true`` makes an entry open windows too (a disable by an API key, grouped by the key): each group
+    fires unless a closing entry of the same group came; an opener matching again does not close it."""
+    by_key = {"types": ["audit.*"], "detection": {"s": {"attributes.activity_code": 26, "actor.user_id": None}},
+              "group-by": ["actor.api_key_id"], "opens": True}  # fmt: skip
+    key_closes = {"types": ["audit.*"], "detection": {"s": {"attributes.activity_code": 23, "actor.user_id": None}},
+                  "group-by": ["actor.api_key_id"]}  # fmt: skip
+    opener, closer = ABSENCE["rules"]
+    corr = dict(ABSENCE, rules=[dict(opener, opens=True), by_key, closer, key_closes])
+    e = _engine(_rule(corr))
+
+    def key_event(kid: str, t: float, code: int) -> Any:
+        return make_event(f"audit.activity_{code}", time=t, actor={"api_key_id": kid})
+
+    e.evaluate([_login("u1", T0, code=26), key_event("k1", T0, 26), key_event("k2", T0, 26), key_event("k2", T0, 26)])
+    e.evaluate([key_event("k2", T0 + 60, 23), _login("u1", T0 + 120, code=26)])
+    alerts = e.tick(T0 + 3600 + 301).alerts
+    assert sorted(a.dedup_key for a in alerts) == ["custom.corr:ws-1:k1", "custom.corr:ws-1:u1"]
+
+
+def test_the_lock_hash_covers_opens_only_when_set() -> None:
+    """``opens: true`` changes a rule's content hash (a bump is due); an entry without it hashes as before the
+    option existed, so adding the option did not change the locked hashes of the other correlations."""
+    from pipeline.rules.lock import content_hash
+
+    first, second = ABSENCE["rules"]
+
+    def rule(entries: list[dict[str, Any]]) -> Any:
+        r = _engine(_rule(dict(ABSENCE, rules=entries))).ruleset.get("custom.corr")
+        assert r is not None
+        return r
+
+    plain = rule([first, second])
+    explicit = rule([dict(first, opens=False), dict(second, opens=False)])
+    marked = rule([first, dict(second, opens=True), dict(second, name="closer")])
+    unmarked = rule([first, second, dict(second, name="closer")])
+    assert content_hash(plain) == content_hash(explicit)
+    assert content_hash(marked) != content_hash(unmarked)

@@ -73,6 +73,20 @@ async def test_frames_carry_rfc5424_messages(listener: SyslogListener) -> None:
     assert parse_5424(frames[0]).pri % 8 == 6
 
 
+async def test_a_resolved_alert_is_a_notice_not_its_rules_severity(listener: SyslogListener) -> None:
+    """RFC 5424 severity is the message's: a critical condition's all-clear is 5 Notice (a ``*.crit`` route must not
+    page on it), the open alert stays 2 Critical; the SD element says which (``status``)."""
+    items = [delivery(sample_alert(), 1), delivery(sample_alert(status="resolved"), 2)]
+    async with SyslogSink("siem", cfg(listener.port)) as sink:
+        assert (await sink.send(items)).ok
+    opened, res = (parse_5424(f) for f in await listener.wait_frames(2))
+    assert (opened.msgid, opened.pri % 8, dict(opened.sd[0][1])["status"]) == ("alert", 2, "open")
+    assert (res.msgid, res.pri % 8, dict(res.sd[0][1])["status"]) == ("alert", 5, "resolved")
+    assert "status" not in dict(
+        parse_5424(SyslogSink("s", cfg(514)).message(delivery(sample_events()["login"]))).sd[0][1]
+    )
+
+
 async def test_cef_body_and_bom(listener: SyslogListener) -> None:
     """format: cef puts the CEF line in MSG; utf8_bom prefixes the BOM."""
     d = delivery(sample_events()["login"])
