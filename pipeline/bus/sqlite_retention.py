@@ -1,8 +1,11 @@
 """Retention of the embedded bus: drop records past a topic's age or beyond the partition size cap.
 
-Compacted topics (state) are never trimmed. Each partition is trimmed from its start in one
-transaction, and ``tp_meta.log_start`` moves past the removed records, so consumers that
-had not read them resume at the first retained record.
+Compacted topics (state) are never trimmed. Each partition is trimmed from its start, at most
+``limit`` records per call and transaction, and ``tp_meta.log_start`` moves past the removed
+records, so consumers that had not read them resume at the first retained record. The caller
+(:meth:`pipeline.bus.sqlite.SqliteBus.enforce_retention`) calls again until less than ``limit``
+went, so the store's one thread is never held long by a large backlog (a first trim after
+weeks): the pipeline's own commits run between the calls.
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ from pipeline.bus.sqlite_format import rowid
 from pipeline.bus.sqlite_store import SqliteStore
 
 
-def enforce_retention(store: SqliteStore, retention_ms: int | None, max_bytes: int | None) -> int:
-    """Delete expired or over-cap records on every non-compacted topic; return how many (store thread only).
+def enforce_retention(
+    store: SqliteStore, retention_ms: int | None, max_bytes: int | None, limit: int | None = None
+) -> int:
+    """Delete expired or over-cap records on every non-compacted topic, at most ``limit`` of them (no
+    limit: all); return how many (store thread only).
 
     ``retention_ms`` applies to topics without their own retention.
     """
@@ -32,6 +38,8 @@ def enforce_retention(store: SqliteStore, retention_ms: int | None, max_bytes: i
             if max_bytes is not None:
                 cut = max(cut, _size_cut(store, tp_id, start=cut, end=end, cap=max_bytes))
             cut = min(cut, end)
+            if limit is not None:
+                cut = min(cut, start + max(0, limit - removed))
             if cut <= start:
                 continue
             lo, hi = rowid(tp_id, start), rowid(tp_id, cut)

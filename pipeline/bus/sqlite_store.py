@@ -172,8 +172,10 @@ class SqliteStore:
         rows = self.conn().execute("SELECT id, name, partitions, compacted, retention_ms FROM topics").fetchall()
         self.topics = {r[1]: StoredTopic(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows}
 
-    def ensure_topics(self, specs: list[TopicSpec]) -> None:
-        """Create missing topics and their partitions' metadata.
+    def ensure_topics(self, specs: list[TopicSpec], set_retention: bool = False) -> None:
+        """Create missing topics and their partitions' metadata; with ``set_retention``, give the
+        existing non-compacted ones the specs' retention too (the configured one: a changed
+        ``retention.max_age_days`` applies from the next start, not only to a new file).
 
         Raises:
             BusError: a spec asks for an impossible partition count.
@@ -188,6 +190,11 @@ class SqliteStore:
                     "INSERT OR IGNORE INTO topics (name, partitions, compacted, retention_ms) VALUES (?,?,?,?)",
                     (spec.name, spec.partitions, int(spec.compacted), spec.retention_ms),
                 )
+                if set_retention:
+                    db.execute(
+                        "UPDATE topics SET retention_ms=? WHERE name=? AND compacted=0 AND retention_ms IS NOT ?",
+                        (spec.retention_ms, spec.name, spec.retention_ms),
+                    )
                 tid, parts = db.execute("SELECT id, partitions FROM topics WHERE name=?", (spec.name,)).fetchone()
                 for p in range(parts):
                     db.execute("INSERT OR IGNORE INTO tp_meta VALUES (?, 0, 0, 0, 0)", ((tid << PART_BITS) | p,))
