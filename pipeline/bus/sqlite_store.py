@@ -64,6 +64,9 @@ class SqliteStore:
         self.clock = clock
         self.executor: ThreadPoolExecutor | None = None
         self.topics: dict[str, StoredTopic] = {}
+        self.compacted: dict[int, tuple[int, int]] = {}
+        """Per compacted topic-partition: the end offset of its last compaction and the records it kept
+        (:mod:`~pipeline.bus.sqlite_retention`)."""
         self.changed = asyncio.Event()
         self._db: sqlite3.Connection | None = None
         self._lock_key: str | None = None
@@ -332,7 +335,10 @@ class SqliteStore:
         lo, hi = self.bounds(tp_id)
         while lo < hi:
             mid = (lo + hi) // 2
-            row = db.execute("SELECT ts FROM records WHERE id=?", (rowid(tp_id, mid),)).fetchone()
+            row = db.execute(  # the first record at or after ``mid``: a compacted partition has holes
+                "SELECT ts FROM records WHERE id>=? AND id<? ORDER BY id LIMIT 1",
+                (rowid(tp_id, mid), rowid(tp_id, hi)),
+            ).fetchone()
             if row is None or row[0] < ts_ms:
                 lo = mid + 1
             else:

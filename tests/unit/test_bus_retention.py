@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, OutRecord
+from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, RECEIPTS_TOPIC, OutRecord, TopicPartition, iter_records
 from pipeline.bus.factory import DAY_MS
 from pipeline.bus.sqlite import RETENTION_STEP, SqliteBus
 from pipeline.bus.sqlite_retention import enforce_retention
@@ -133,3 +133,36 @@ async def test_a_large_backlog_is_trimmed_in_bounded_steps(tmp_path: Path) -> No
         assert await bus.enforce_retention() == old - RETENTION_STEP + 1  # + the old alert
         assert await bus.enforce_retention() == 0
     assert _left(path)["starts"][EVENTS_TOPIC] == old
+
+
+async def test_the_receipts_topic_is_compacted_to_the_newest_record_per_key(tmp_path: Path) -> None:
+    """``instantly.receipts.v1`` is compacted: a receipt is rewritten at every poll that changes its
+    hour (about one a second on a busy workspace polled every 2 s), and the embedded bus kept every
+    revision forever (never trimmed, never compacted). Now the newest record of each key stays, the
+    older ones go, readers skip the holes, and a time seek still finds the first record at or after."""
+    path = tmp_path / "bus.db"
+    now_ms = int(time.time() * 1000)
+    keys, revisions = 12, 250
+    async with SqliteBus(path, retention_ms=30 * DAY_MS) as bus:
+        for r in range(revisions):
+            await bus.publish(
+                [
+                    OutRecord(RECEIPTS_TOPIC, b"rev-%d" % r, key=b"ws/%d" % k, timestamp_ms=now_ms + r)
+                    for k in range(keys)
+                ]
+            )
+        assert await bus.enforce_retention() == keys * (revisions - 1)
+        async with bus.consumer([RECEIPTS_TOPIC], start="earliest") as c:
+            left = [(rec.key, rec.value) for batch in [x async for x in iter_records(c)] for rec in batch]
+        assert sorted(left) == sorted((b"ws/%d" % k, b"rev-%d" % (revisions - 1)) for k in range(keys))
+        tp = TopicPartition(RECEIPTS_TOPIC, 0)
+        async with bus.consumer([RECEIPTS_TOPIC], start="earliest") as c:
+            await c.seek_to_time(now_ms + revisions - 1)
+            assert c.positions()[tp] <= keys * (revisions - 1)
+            assert len([rec for batch in [x async for x in iter_records(c)] for rec in batch]) == keys
+        # nothing new written: the next rounds do not scan again, and a few more revisions do not either
+        assert await bus.enforce_retention() == 0
+    db = sqlite3.connect(path)
+    (n,) = db.execute("SELECT COUNT(*) FROM records").fetchone()
+    db.close()
+    assert n == keys
