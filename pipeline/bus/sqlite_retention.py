@@ -45,14 +45,14 @@ def enforce_retention(
         for p in range(t.partitions):
             tp_id = t.tp_id(p)
             start, end = store.bounds(tp_id)
+            if limit is not None:  # this step's reach: never scan past what it may delete
+                end = min(end, start + max(0, limit - removed))
             cut = start
             if age is not None:
                 cut = max(cut, store.offset_for_time(tp_id, now_ms - age))
             if max_bytes is not None:
                 cut = max(cut, _size_cut(store, tp_id, start=cut, end=end, cap=max_bytes))
             cut = min(cut, end)
-            if limit is not None:
-                cut = min(cut, start + max(0, limit - removed))
             if cut <= start:
                 continue
             lo, hi = rowid(tp_id, start), rowid(tp_id, cut)
