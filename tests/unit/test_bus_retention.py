@@ -5,11 +5,13 @@ retention applies from the next start. Before, nothing called the retention: the
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from pipeline.bus.base import ALERTS_TOPIC, EVENTS_TOPIC, RECEIPTS_TOPIC, OutRecord, TopicPartition, iter_records
@@ -166,3 +168,25 @@ async def test_the_receipts_topic_is_compacted_to_the_newest_record_per_key(tmp_
     (n,) = db.execute("SELECT COUNT(*) FROM records").fetchone()
     db.close()
     assert n == keys
+
+
+async def test_a_group_that_had_not_read_what_the_retention_deleted_is_told(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sink down longer than the retention loses what was deleted (as on Kafka): its consumer group
+    starts at the first retained record, and now logs which offsets it never read, instead of
+    skipping them silently. A group-less reader (replay) says it its own way and logs nothing here."""
+    path = tmp_path / "bus.db"
+    await _seed(path)
+    async with SqliteBus(path, retention_ms=30 * DAY_MS) as bus:
+        async with bus.transaction("sink-archive") as tx:
+            tx.commit_offsets("sink-archive", {TopicPartition(EVENTS_TOPIC, 0): 10})
+        assert await bus.enforce_retention() == OLD + 1
+        with caplog.at_level(logging.WARNING, logger="instantly_audit.bus"):
+            async with bus.consumer([EVENTS_TOPIC], group="sink-archive") as c:
+                assert c.positions()[TopicPartition(EVENTS_TOPIC, 0)] == OLD
+            async with bus.consumer([EVENTS_TOPIC], start="earliest") as c:
+                assert len(await c.poll(100, timeout_s=0)) == NEW
+    lines = [r for r in caplog.records if "deleted by the bus retention" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in caplog.records]
+    assert (lines[0].group, lines[0].first_offset, lines[0].records) == ("sink-archive", 10, OLD - 10)  # type: ignore[attr-defined]
