@@ -22,7 +22,7 @@ from pipeline.bus.base import OutRecord, StartPolicy, TopicPartition, TopicSpec,
 from pipeline.bus.sqlite_consumer import SqliteConsumer
 from pipeline.bus.sqlite_format import PART_BITS, PART_MASK
 from pipeline.bus.sqlite_retention import enforce_retention
-from pipeline.bus.sqlite_store import SqliteStore
+from pipeline.bus.sqlite_store import WAL_LIMIT_BYTES, SqliteStore
 from pipeline.bus.txn import BufferedTxn
 
 RETENTION_STEP = 5_000
@@ -48,9 +48,11 @@ class SqliteBus:
         busy_timeout_ms: int = 10_000,
         create_topics: bool = True,
         clock: Callable[[], float] = time.time,
+        wal_limit_bytes: int = WAL_LIMIT_BYTES,
     ):
         """``retention_ms`` is the data topics' age limit (None: keep forever), written to the file's
-        topics at open; left out, the file keeps the one its topics were created with."""
+        topics at open; left out, the file keeps the one its topics were created with.
+        ``wal_limit_bytes``: the size the WAL file is cut back to after a checkpoint."""
         self.path = Path(path)
         self.default_partitions = partitions
         self.retention_ms = retention_ms
@@ -58,7 +60,12 @@ class SqliteBus:
         self.read_only = read_only
         self._create_topics = create_topics
         self._store = SqliteStore(
-            self.path, synchronous=synchronous, read_only=read_only, busy_timeout_ms=busy_timeout_ms, clock=clock
+            self.path,
+            synchronous=synchronous,
+            read_only=read_only,
+            busy_timeout_ms=busy_timeout_ms,
+            clock=clock,
+            wal_limit_bytes=wal_limit_bytes,
         )
 
     # ---- lifecycle -------------------------------------------------------------------

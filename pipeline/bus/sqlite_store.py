@@ -44,6 +44,11 @@ from pipeline.errors import BusCorruptError, BusError
 
 T = TypeVar("T")
 
+WAL_LIMIT_BYTES = 64 * 1024 * 1024
+"""``PRAGMA journal_size_limit``: after a checkpoint the WAL file is cut back to this size. Without
+it the WAL keeps the largest size it ever reached, e.g. everything written while a long ``replay``
+held a read snapshot in another process, until the pipeline stops."""
+
 
 class SqliteStore:
     """One bus file, its connection and its thread (see module docstring)."""
@@ -56,11 +61,13 @@ class SqliteStore:
         read_only: bool,
         busy_timeout_ms: int,
         clock: Callable[[], float] = time.time,
+        wal_limit_bytes: int = WAL_LIMIT_BYTES,
     ):
         self.path = path
         self.synchronous = synchronous
         self.read_only = read_only
         self.busy_timeout_ms = busy_timeout_ms
+        self.wal_limit_bytes = wal_limit_bytes
         self.clock = clock
         self.executor: ThreadPoolExecutor | None = None
         self.topics: dict[str, StoredTopic] = {}
@@ -141,6 +148,7 @@ class SqliteStore:
                 if str(mode).lower() != "wal":
                     raise BusError(f"bus file {where}: cannot switch to WAL mode (got {mode})")
                 db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+                db.execute(f"PRAGMA journal_size_limit={int(self.wal_limit_bytes)}")
                 db.executescript(SCHEMA)
             check_format(db, where, create=not self.read_only)
         except sqlite3.DatabaseError as err:

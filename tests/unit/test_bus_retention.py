@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -49,6 +50,10 @@ def _left(path: Path) -> dict[str, Any]:
         return {"values": values, "starts": starts, "state": state}
     finally:
         db.close()
+
+
+def _size(path: str) -> int:
+    return os.stat(path).st_size
 
 
 def _config(tmp_path: Path, retention: dict[str, Any]) -> Any:
@@ -190,3 +195,28 @@ async def test_a_group_that_had_not_read_what_the_retention_deleted_is_told(
     lines = [r for r in caplog.records if "deleted by the bus retention" in r.getMessage()]
     assert len(lines) == 1, [r.getMessage() for r in caplog.records]
     assert (lines[0].group, lines[0].first_offset, lines[0].records) == ("sink-archive", 10, OLD - 10)  # type: ignore[attr-defined]
+
+
+async def test_the_wal_file_is_cut_back_after_a_long_reader(tmp_path: Path) -> None:
+    """While another process holds a read snapshot (a long ``replay``), SQLite cannot restart the WAL
+    and it grows by everything written; once the reader is gone the WAL restarts, and is now cut
+    back to the limit (64 MiB by default; 256 KiB here). It kept its largest size until the pipeline
+    stopped (measured: 28 MiB after 20 MB written beside a reader, 28 MiB still after it closed)."""
+    path = tmp_path / "bus.db"
+    wal = f"{path}-wal"
+    limit = 256 * 1024
+    async with SqliteBus(path, synchronous="normal", wal_limit_bytes=limit) as bus:
+        await bus.publish([OutRecord(EVENTS_TOPIC, b"x", key=b"ws")])
+        reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            reader.execute("BEGIN")
+            reader.execute("SELECT COUNT(*) FROM records").fetchone()
+            for i in range(20):  # 6 MB: past the 1,000-page auto-checkpoint, which cannot restart the WAL
+                await bus.publish([OutRecord(EVENTS_TOPIC, b"%d" % i * 300, key=b"ws") for _ in range(1000)])
+            assert _size(wal) > 6_000_000
+            reader.execute("COMMIT")
+        finally:
+            reader.close()
+        for _ in range(3):  # the next commits checkpoint, restart the WAL and cut it back
+            await bus.publish([OutRecord(EVENTS_TOPIC, b"y" * 300, key=b"ws") for _ in range(1000)])
+        assert _size(wal) <= 2_000_000, _size(wal)  # the limit + the commits since
