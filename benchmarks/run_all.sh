@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 STATE=.bench/kafka
-KNOWN=(bus kafka connector rules sinks webhook telemetry replay agency)
+KNOWN=(bus kafka connector rules sinks webhook telemetry replay agency soak)
 
 modest_args() {  # the modest defaults, per benchmark
   [ "${BENCH_FULL:-0}" = 1 ] && return
@@ -26,6 +26,7 @@ modest_args() {  # the modest defaults, per benchmark
     sinks) echo "--events 5000 --webhook-events 1000 --rounds 1 --outage-secs 10" ;;
     telemetry) echo "--events 10000 --rounds 5" ;;
     webhook) echo "--duration 2 --connections 1,16" ;;
+    soak) echo "--events 10000" ;;
     *) echo "" ;;
   esac
 }

@@ -3,8 +3,10 @@
 :func:`supervise` runs a task until stop, restarting it after a crash with jittered exponential
 backoff (1 s doubling to 60 s, back to 1 s after a healthy run) and counting each restart in
 ``pipeline_task_restarts_total``; :func:`monitor_bus` sets the consumer-lag gauges, reports the
-bus's reachability to the health registry and refreshes what the topology re-reads. Split out of
-:mod:`pipeline.topology`, which wires them.
+bus's reachability to the health registry and refreshes what the topology re-reads;
+:func:`apply_retention` trims the bus to its retention (the embedded bus: records older than
+``bus.retention.max_age_days`` or beyond ``max_bytes_per_partition``; Kafka's broker does its own).
+Split out of :mod:`pipeline.topology`, which wires them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ log = get_logger("topology")  # the same component as before the split: log quer
 
 HEALTHY_RUN_SECS = 60.0  # a task that ran this long before crashing restarts after 1 s again
 LAG_INTERVAL_SECS = 15.0
+RETENTION_INTERVAL_SECS = 60.0
+"""How often a running pipeline applies the bus's retention (and once at start)."""
 
 
 async def supervise(
@@ -124,10 +128,53 @@ async def monitor_bus(
             await _close_quietly(consumer)
 
 
+async def apply_retention(
+    bus: Bus,
+    stop: asyncio.Event,
+    interval_secs: float = RETENTION_INTERVAL_SECS,
+    *,
+    telemetry: Telemetry | None = None,
+) -> None:
+    """At once and then every ``interval_secs`` until ``stop``: apply the bus's retention
+    (:meth:`~pipeline.bus.base.Bus.enforce_retention`), logging how many records went when some did.
+
+    Without it the embedded bus file only grows: nothing else deletes records. A bus error is
+    logged and counted (``pipeline_bus_errors_total{operation="retention"}``) and the next round
+    tries again.
+    """
+    tel = telemetry if telemetry is not None else get_telemetry()
+    while not stop.is_set():
+        await trim_bus(bus, tel)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval_secs)
+
+
+async def trim_bus(bus: Bus, telemetry: Telemetry) -> int:
+    """Apply the bus's retention once; return the records removed (0 after a bus error, which is
+    logged and counted: a trim that failed is tried again next time, it never fails a run)."""
+    try:
+        removed = await bus.enforce_retention()
+    except BusError as err:
+        telemetry.bus_errors("retention", type(err).__name__)
+        log.warning("Bus retention failed; trying again later", extra={"error": err.message})
+        return 0
+    if removed:
+        log.info("Bus retention removed old records", extra={"records": removed})
+    return removed
+
+
 async def _close_quietly(consumer: Consumer, limit_s: float = 5.0) -> None:
     """Close a consumer without hanging on a dead broker (aiokafka's fetcher can block on close)."""
     with contextlib.suppress(Exception):
         await asyncio.wait_for(consumer.__aexit__(None, None, None), timeout=limit_s)
 
 
-__all__ = ["HEALTHY_RUN_SECS", "LAG_INTERVAL_SECS", "monitor_bus", "supervise"]
+__all__ = [
+    "HEALTHY_RUN_SECS",
+    "LAG_INTERVAL_SECS",
+    "RETENTION_INTERVAL_SECS",
+    "apply_retention",
+    "monitor_bus",
+    "supervise",
+    "trim_bus",
+]

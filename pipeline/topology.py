@@ -37,7 +37,7 @@ from pipeline.observability.logs import get_logger, redact_text, register_secret
 from pipeline.observability.telemetry import Telemetry, get_telemetry, set_telemetry, setup_telemetry
 from pipeline.redaction.urls import set_url_path_hosts
 from pipeline.sources.base import Pausable, failure_lines, source_plugins
-from pipeline.supervision import monitor_bus, supervise
+from pipeline.supervision import apply_retention, monitor_bus, supervise, trim_bus
 
 log = get_logger("topology")
 ROLES = ("pollers", "rules", "sinks", "webhook")
@@ -249,6 +249,7 @@ class Pipeline:
             summary["delivered"][r.sink_id] = getattr(stats, "delivered", stats)
             if not r.confirmed_all():
                 problems.append(f"sink {r.sink_id}: not everything was confirmed (destination failing; see the log)")
+        await trim_bus(self.bus, self.telemetry)  # a `run --once` from cron keeps the bus to its retention too
         return summary
 
     def consumer_groups(self) -> list[tuple[str, list[str]]]:
@@ -499,12 +500,16 @@ async def _run_forever(pipe: Pipeline, stop: asyncio.Event | None, config_path: 
         refresh=pipe.name_workspaces,
     )
     monitor_task = asyncio.create_task(supervise("bus-monitor", monitor, stop, telemetry=tel), name="bus-monitor")
+    retention = functools.partial(apply_retention, pipe.bus, stop, telemetry=tel)
+    retention_task = asyncio.create_task(
+        supervise("bus-retention", retention, stop, telemetry=tel), name="bus-retention"
+    )
     log.info("Pipeline running", extra=_banner(pipe, len(tasks)))
     started = loop.time()
     await stop.wait()
     log.info("Stopping: finishing in-flight batches")
     with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-        await asyncio.wait_for(monitor_task, timeout=MONITOR_STOP_SECS)
+        await asyncio.wait_for(asyncio.gather(monitor_task, retention_task), timeout=MONITOR_STOP_SECS)
     if not tasks:  # e.g. --role webhook: the receiver is closed with the pipeline's stack
         return 0
     done, pending = await asyncio.wait(tasks, timeout=TASKS_STOP_SECS)

@@ -215,10 +215,12 @@ class InstantlyWorkspacePoller:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        """Close the session and stop watching the streams' health (the workspace may have moved to another replica)."""
+        """Close the session and stop watching the streams' health and reporting their cursor ages (the
+        workspace may have moved to another replica, or left its agency)."""
         await self.aclose()
         for stream in self.streams:
             self.health.forget_stream(self.source_id, stream)
+        self.telemetry.forget_cursor_ages(self.source_id)
 
     async def _open(self) -> None:
         if not self._opened:

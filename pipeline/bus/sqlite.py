@@ -15,14 +15,18 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import EllipsisType
 from typing import Literal
 
 from pipeline.bus.base import OutRecord, StartPolicy, TopicPartition, TopicSpec, default_topics
 from pipeline.bus.sqlite_consumer import SqliteConsumer
 from pipeline.bus.sqlite_format import PART_BITS, PART_MASK
 from pipeline.bus.sqlite_retention import enforce_retention
-from pipeline.bus.sqlite_store import SqliteStore
+from pipeline.bus.sqlite_store import WAL_LIMIT_BYTES, SqliteStore
 from pipeline.bus.txn import BufferedTxn
+
+RETENTION_STEP = 5_000
+"""Records :meth:`SqliteBus.enforce_retention` deletes per transaction."""
 
 __all__ = ["SqliteBus", "SqliteConsumer"]
 
@@ -37,14 +41,18 @@ class SqliteBus:
         path: str | Path,
         *,
         partitions: int = 1,
-        retention_ms: int | None = None,
+        retention_ms: int | EllipsisType | None = ...,
         max_bytes_per_partition: int | None = None,
         synchronous: Literal["full", "normal"] = "full",
         read_only: bool = False,
         busy_timeout_ms: int = 10_000,
         create_topics: bool = True,
         clock: Callable[[], float] = time.time,
+        wal_limit_bytes: int = WAL_LIMIT_BYTES,
     ):
+        """``retention_ms`` is the data topics' age limit (None: keep forever), written to the file's
+        topics at open; left out, the file keeps the one its topics were created with.
+        ``wal_limit_bytes``: the size the WAL file is cut back to after a checkpoint."""
         self.path = Path(path)
         self.default_partitions = partitions
         self.retention_ms = retention_ms
@@ -52,7 +60,12 @@ class SqliteBus:
         self.read_only = read_only
         self._create_topics = create_topics
         self._store = SqliteStore(
-            self.path, synchronous=synchronous, read_only=read_only, busy_timeout_ms=busy_timeout_ms, clock=clock
+            self.path,
+            synchronous=synchronous,
+            read_only=read_only,
+            busy_timeout_ms=busy_timeout_ms,
+            clock=clock,
+            wal_limit_bytes=wal_limit_bytes,
         )
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -67,7 +80,9 @@ class SqliteBus:
         try:
             await self._store.run(self._store.open)
             if self._create_topics and not self.read_only:
-                await self.ensure_topics(default_topics(self.default_partitions, self.retention_ms))
+                given = self.retention_ms is not ...
+                specs = default_topics(self.default_partitions, self._retention())
+                await self._store.run(self._store.ensure_topics, specs, given)
             await self._store.run(self._store.load_topics)
         except BaseException:
             await self.__aexit__(None, None, None)
@@ -154,6 +169,22 @@ class SqliteBus:
         """A consumer over ``topics`` (all partitions)."""
         return SqliteConsumer(self._store, list(topics), group, start)
 
+    def _retention(self) -> int | None:
+        """The retention this process was given (None: none given, or keep forever)."""
+        return None if isinstance(self.retention_ms, EllipsisType) else self.retention_ms
+
     async def enforce_retention(self) -> int:
-        """Delete records older than the retention age or beyond the size cap; return the count."""
-        return await self._store.run(enforce_retention, self._store, self.retention_ms, self.max_bytes_per_partition)
+        """Delete records older than the retention age or beyond the size cap; return the count.
+
+        In steps of :data:`RETENTION_STEP` records, each its own transaction and its own turn on the
+        store's thread, so the pipeline's commits (a webhook's acknowledgement) wait for one step at
+        most, never for a whole backlog.
+        """
+        removed = 0
+        while True:
+            n = await self._store.run(
+                enforce_retention, self._store, self._retention(), self.max_bytes_per_partition, RETENTION_STEP
+            )
+            removed += n
+            if n < RETENTION_STEP:
+                return removed

@@ -17,6 +17,9 @@ from pipeline.bus.sqlite_format import OFFSET_MASK, rowid
 from pipeline.bus.sqlite_store import SqliteStore
 from pipeline.bus.txn import BufferedTxn
 from pipeline.errors import BusError
+from pipeline.observability.logs import get_logger
+
+log = get_logger("bus")
 
 _Fetched = tuple[list[Record], dict[TopicPartition, int], int]
 
@@ -65,6 +68,17 @@ class SqliteConsumer:
                 if pos is None:
                     pos = end if self._start == "latest" else start
                 self._pos[tp] = max(pos, start)
+                self._note_skipped(tp, pos, start)
+
+    def _note_skipped(self, tp: TopicPartition, pos: int, start: int) -> None:
+        """A group that had not read ``pos`` … ``start - 1`` before the retention deleted them says so:
+        those records are lost to it (a sink down longer than ``bus.retention``), never silently."""
+        if self.group is not None and pos < start:
+            log.warning(
+                "Records were deleted by the bus retention before this consumer group read them",
+                extra={"group": self.group, "topic": tp.topic, "partition": tp.partition,
+                       "first_offset": pos, "records": start - pos},
+            )  # fmt: skip
 
     def assignment(self) -> set[TopicPartition]:
         """All partitions of the subscribed topics."""
@@ -119,6 +133,7 @@ class SqliteConsumer:
             tp_id = self._ids[tp]
             start, _ = self._store.bounds(tp_id)
             if pos[tp] < start:
+                self._note_skipped(tp, pos[tp], start)
                 pos[tp] = start  # retention removed what we had not read
             recs = self._store.fetch(tp_id, tp.topic, tp.partition, pos[tp], max_records - len(out))
             if recs:

@@ -1,18 +1,35 @@
-"""Retention of the embedded bus: drop records past a topic's age or beyond the partition size cap.
+"""Retention of the embedded bus: drop records past a topic's age or beyond the partition size cap,
+and compact the compacted topics.
 
-Compacted topics (state) are never trimmed. Each partition is trimmed from its start in one
-transaction, and ``tp_meta.log_start`` moves past the removed records, so consumers that
-had not read them resume at the first retained record.
+Compacted topics (receipts) are never trimmed by age or size: like Kafka's log compaction, each
+partition keeps the newest record of every key and loses the older ones (a completeness receipt is
+rewritten at every poll that changes its hour, so its topic otherwise grew by thousands of records a
+day per workspace). Offsets are not renumbered: a compacted partition has holes, which readers skip.
+A partition is compacted once its records written since the last compaction reach
+:data:`COMPACT_MIN_DIRTY` and the number it kept (a cost proportional to what was written).
+
+Other topics are trimmed from their start, at most
+``limit`` records per call and transaction, and ``tp_meta.log_start`` moves past the removed
+records, so consumers that had not read them resume at the first retained record. The caller
+(:meth:`pipeline.bus.sqlite.SqliteBus.enforce_retention`) calls again until less than ``limit``
+went, so the store's one thread is never held long by a large backlog (a first trim after
+weeks): the pipeline's own commits run between the calls.
 """
 
 from __future__ import annotations
 
-from pipeline.bus.sqlite_format import rowid
+from pipeline.bus.sqlite_format import StoredTopic, rowid
 from pipeline.bus.sqlite_store import SqliteStore
 
+COMPACT_MIN_DIRTY = 1_000
+"""Records written to a compacted partition since its last compaction before it is compacted again."""
 
-def enforce_retention(store: SqliteStore, retention_ms: int | None, max_bytes: int | None) -> int:
-    """Delete expired or over-cap records on every non-compacted topic; return how many (store thread only).
+
+def enforce_retention(
+    store: SqliteStore, retention_ms: int | None, max_bytes: int | None, limit: int | None = None
+) -> int:
+    """Delete expired or over-cap records on every non-compacted topic and superseded ones on the
+    compacted topics, at most ``limit`` of them (no limit: all); return how many (store thread only).
 
     ``retention_ms`` applies to topics without their own retention.
     """
@@ -21,11 +38,15 @@ def enforce_retention(store: SqliteStore, retention_ms: int | None, max_bytes: i
     removed = 0
     for t in list(store.topics.values()):
         if t.compacted:
+            for p in range(t.partitions):
+                removed += _compact(store, t, p, None if limit is None else max(0, limit - removed))
             continue
         age = t.retention_ms if t.retention_ms is not None else retention_ms
         for p in range(t.partitions):
             tp_id = t.tp_id(p)
             start, end = store.bounds(tp_id)
+            if limit is not None:  # this step's reach: never scan past what it may delete
+                end = min(end, start + max(0, limit - removed))
             cut = start
             if age is not None:
                 cut = max(cut, store.offset_for_time(tp_id, now_ms - age))
@@ -70,3 +91,39 @@ def _size_cut(store: SqliteStore, tp_id: int, *, start: int, end: int, cap: int)
         excess -= length
         cut += 1
     return cut
+
+
+def _compact(store: SqliteStore, t: StoredTopic, partition: int, budget: int | None) -> int:
+    """Delete up to ``budget`` records of a compacted partition that a newer record of the same key
+    supersedes (records without a key are kept); return how many."""
+    if budget == 0:
+        return 0
+    db = store.conn()
+    tp_id = t.tp_id(partition)
+    start, end = store.bounds(tp_id)
+    clean_end, live = store.compacted.get(tp_id, (0, 0))
+    if end - clean_end < max(COMPACT_MIN_DIRTY, live):
+        return 0
+    rows = db.execute(
+        "SELECT id, key, length(value)+COALESCE(length(key),0)+COALESCE(length(headers),0) FROM records"
+        " WHERE id>=? AND id<? ORDER BY id",
+        (rowid(tp_id, start), rowid(tp_id, end)),
+    ).fetchall()
+    newest: dict[bytes, int] = {}
+    for rid, key, _ in rows:
+        if key is not None:
+            newest[bytes(key)] = rid
+    stale = [(rid, size) for rid, key, size in rows if key is not None and newest[bytes(key)] != rid]
+    batch = stale if budget is None else stale[:budget]
+    if batch:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("DELETE FROM records WHERE id=?", [(rid,) for rid, _ in batch])
+            db.execute("UPDATE tp_meta SET bytes=bytes-? WHERE tp=?", (sum(size for _, size in batch), tp_id))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    if len(batch) == len(stale):
+        store.compacted[tp_id] = (end, len(rows) - len(stale))
+    return len(batch)

@@ -47,6 +47,11 @@ from pipeline.observability.logs import get_logger
 T = TypeVar("T")
 log = get_logger("bus")
 
+WAL_LIMIT_BYTES = 64 * 1024 * 1024
+"""``PRAGMA journal_size_limit``: after a checkpoint the WAL file is cut back to this size. Without
+it the WAL keeps the largest size it ever reached, e.g. everything written while a long ``replay``
+held a read snapshot in another process, until the pipeline stops."""
+
 
 class SqliteStore:
     """One bus file, its connection and its thread (see module docstring)."""
@@ -59,14 +64,19 @@ class SqliteStore:
         read_only: bool,
         busy_timeout_ms: int,
         clock: Callable[[], float] = time.time,
+        wal_limit_bytes: int = WAL_LIMIT_BYTES,
     ):
         self.path = path
         self.synchronous = synchronous
         self.read_only = read_only
         self.busy_timeout_ms = busy_timeout_ms
+        self.wal_limit_bytes = wal_limit_bytes
         self.clock = clock
         self.executor: ThreadPoolExecutor | None = None
         self.topics: dict[str, StoredTopic] = {}
+        self.compacted: dict[int, tuple[int, int]] = {}
+        """Per compacted topic-partition: the end offset of its last compaction and the records it kept
+        (:mod:`~pipeline.bus.sqlite_retention`)."""
         self.changed = asyncio.Event()
         self._db: sqlite3.Connection | None = None
         self._lock_key: str | None = None
@@ -141,6 +151,7 @@ class SqliteStore:
                 if str(mode).lower() != "wal":
                     raise BusError(f"bus file {where}: cannot switch to WAL mode (got {mode})")
                 db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+                db.execute(f"PRAGMA journal_size_limit={int(self.wal_limit_bytes)}")
                 db.executescript(SCHEMA)
             upgraded = check_format(db, where, create=not self.read_only)
             if upgraded is not None:
@@ -181,8 +192,10 @@ class SqliteStore:
         rows = self.conn().execute("SELECT id, name, partitions, compacted, retention_ms FROM topics").fetchall()
         self.topics = {r[1]: StoredTopic(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows}
 
-    def ensure_topics(self, specs: list[TopicSpec]) -> None:
-        """Create missing topics and their partitions' metadata.
+    def ensure_topics(self, specs: list[TopicSpec], set_retention: bool = False) -> None:
+        """Create missing topics and their partitions' metadata; with ``set_retention``, give the
+        existing non-compacted ones the specs' retention too (the configured one: a changed
+        ``retention.max_age_days`` applies from the next start, not only to a new file).
 
         Raises:
             BusError: a spec asks for an impossible partition count.
@@ -197,6 +210,11 @@ class SqliteStore:
                     "INSERT OR IGNORE INTO topics (name, partitions, compacted, retention_ms) VALUES (?,?,?,?)",
                     (spec.name, spec.partitions, int(spec.compacted), spec.retention_ms),
                 )
+                if set_retention:
+                    db.execute(
+                        "UPDATE topics SET retention_ms=? WHERE name=? AND compacted=0 AND retention_ms IS NOT ?",
+                        (spec.retention_ms, spec.name, spec.retention_ms),
+                    )
                 tid, parts = db.execute("SELECT id, partitions FROM topics WHERE name=?", (spec.name,)).fetchone()
                 for p in range(parts):
                     db.execute("INSERT OR IGNORE INTO tp_meta VALUES (?, 0, 0, 0, 0)", ((tid << PART_BITS) | p,))
@@ -334,7 +352,10 @@ class SqliteStore:
         lo, hi = self.bounds(tp_id)
         while lo < hi:
             mid = (lo + hi) // 2
-            row = db.execute("SELECT ts FROM records WHERE id=?", (rowid(tp_id, mid),)).fetchone()
+            row = db.execute(  # the first record at or after ``mid``: a compacted partition has holes
+                "SELECT ts FROM records WHERE id>=? AND id<? ORDER BY id LIMIT 1",
+                (rowid(tp_id, mid), rowid(tp_id, hi)),
+            ).fetchone()
             if row is None or row[0] < ts_ms:
                 lo = mid + 1
             else:

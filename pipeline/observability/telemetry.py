@@ -464,6 +464,15 @@ class Telemetry:
                 if workspace_id and workspace:  # the id is known now: drop the series kept under the alias alone
                     self._cursors.pop(("", workspace, stream), None)
 
+    def forget_cursor_ages(self, workspace: str) -> None:
+        """Stop exporting the cursor ages of the source ``workspace`` (its alias): its poller stopped for
+        good here (a sub-workspace that left its agency, a workspace now polled by another replica).
+        Kept, the series would grow at every scrape and raise a stale-cursor alert for a workspace
+        that is polled elsewhere or not at all."""
+        with self._lock:
+            for key in [k for k in self._cursors if k[1] == workspace]:
+                del self._cursors[key]
+
     def sink_circuit(self, sink: str, is_open: bool) -> None:
         """Set whether a sink's circuit is open."""
         if self.enabled:

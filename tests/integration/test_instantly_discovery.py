@@ -169,3 +169,53 @@ async def test_agency_script_join_and_leave(tmp_path: Path) -> None:
             if a.get("rule", {}).get("id") == "workspace_group.change" and gone in orjson.dumps(a).decode()
         ]
         assert removed, [a.get("rule") for a in alerts]
+
+
+async def test_a_dropped_subworkspace_leaves_no_cursor_age_series(tmp_path: Path) -> None:
+    """A sub-workspace that left the group is no longer polled: its ``pipeline_source_cursor_age_seconds``
+    series goes with its poller. It stayed, growing at every scrape, so ``InstantlyAuditCursorStale``
+    fired 15 min later for a workspace nobody polls any more (the same on a Kafka poller replica whose
+    workspace moved to another replica), and an agency's churn grew the series without bound."""
+    from pipeline.observability.telemetry import Telemetry
+    from pipeline.observability.telemetry_config import TelemetryConfig
+
+    clock = FakeClock()
+    tel = Telemetry(TelemetryConfig(), clock=clock)
+
+    def ages() -> dict[str, float]:
+        text = tel.render_prometheus()[0].decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("pipeline_source_cursor_age_seconds{") and 'stream="audit_logs"' in line:
+                ws = line.split('workspace_id="', 1)[1].split('"', 1)[0]
+                out[ws] = float(line.rsplit(" ", 1)[1])
+        return out
+
+    try:
+        async with InstantlySimulator(seed=2, clock=clock.now) as sim, SqliteBus(tmp_path / "bus.db") as bus:
+            world = sim_seed.demo_world(sim.state)
+            cfg = WorkspaceConfig(
+                api_key=SecretStr(world.poller_key.key),
+                base_url=sim.url,
+                budget=BudgetConfig(requests_per_second=100, requests_per_minute=6000),
+                streams=["audit_logs", "group_members"],
+                discover_subworkspaces=True,
+                discovery_interval_secs=60,
+                max_retries=1,
+            )
+            async with AgencyPoller("agency", cfg, bus, clock=clock, telemetry=tel) as poller:
+                admin = world.workspace.id
+                first, first_link = sub_workspace(sim, admin, "Client One")
+                second, _ = sub_workspace(sim, admin, "Client Two")
+                await poller.poll_once()
+                assert {admin, first, second} <= set(ages())
+                sim.state.delete_group_member(first_link)
+                clock.advance(61)
+                await poller.poll_once()
+                assert set(poller.children) == {second}
+                clock.advance(3600)
+                left = ages()
+                assert first not in left, f"a dropped sub-workspace still reports a cursor age of {left.get(first)} s"
+                assert {admin, second} <= set(left)
+    finally:
+        tel.shutdown()

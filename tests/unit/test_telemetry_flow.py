@@ -127,11 +127,15 @@ async def poll(bus: SqliteBus, sim: InstantlySimulator, world: DemoWorld) -> Ins
     async with poller:
         await poller.poll_once()
         OPEN_REPORTS.append(poller.health.report())  # a closed poller stops reporting its streams
+        OPEN_SCRAPES.append(scrape(poller.telemetry))  # ... and their cursor ages
+    assert not any(n == "pipeline_source_cursor_age_seconds" for n, _, _ in scrape(poller.telemetry))
     return poller
 
 
 OPEN_REPORTS: list[Any] = []
 """Health reports taken while a poller was open (see :func:`poll`)."""
+OPEN_SCRAPES: list[Samples] = []
+"""``/metrics`` taken while a poller was open (see :func:`poll`)."""
 
 
 async def test_trace_context_travels_from_poll_to_sink(
@@ -175,7 +179,7 @@ async def test_trace_context_travels_from_poll_to_sink(
     assert total(got, "pipeline_alerts_raised_total", rule_id="api_key.all_scope", **both) >= 1
     assert total(got, "pipeline_instantly_api_requests_total", http_response_status_code="200") > 0
     assert total(got, "pipeline_sink_deliveries_total", sink="archive") == len(events) + len(alerts)
-    assert total(got, "pipeline_source_cursor_age_seconds", **both, stream="audit_logs") < 60
+    assert total(OPEN_SCRAPES[-1], "pipeline_source_cursor_age_seconds", **both, stream="audit_logs") < 60
     report = {c.name: c for c in health.report().checks}
     while_polling = {c.name: c for c in OPEN_REPORTS[-1].checks}
     assert while_polling["stream:acme/audit_logs"].ok and report["sink:archive"].ok
@@ -198,7 +202,7 @@ async def test_api_statuses_rate_limits_and_retries_are_counted(
     assert total(got, "pipeline_instantly_api_rate_limited_total") == 1
     assert total(got, "pipeline_retries_total", component_id="acme", reason="http_429", component_kind="source") == 1
     assert total(got, "pipeline_retries_total", component_id="acme", reason="http_503") == 1
-    ages = {ls["stream"] for n, ls, _ in got if n == "pipeline_source_cursor_age_seconds"}
+    ages = {ls["stream"] for n, ls, _ in OPEN_SCRAPES[-1] if n == "pipeline_source_cursor_age_seconds"}
     assert "audit_logs" not in ages and "api_keys" in ages
     (unavailable,) = [
         r for r in await read_all(bus, EVENTS_TOPIC) if r.header("event_type") == b"pipeline.audit_log_unavailable"
