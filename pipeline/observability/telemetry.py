@@ -9,9 +9,8 @@ consistent (``component.kind``, ``component.type``, ``component.id``, ``workspac
         t.records_received("source", "instantly_audit_logs", "acme", ws_id, len(page), workspace="acme")
         headers = (("event_type", b"audit.user_login"), *t.trace_headers())
 
-Components take the instance at construction (``telemetry=``, default: the process's current
-one, read once) and keep it; only the composition root (:mod:`pipeline.topology`) and tests call
-:func:`set_telemetry`/:func:`setup_telemetry`.
+Components take the instance at construction (``telemetry=``, default: the process's current one)
+and keep it; only :mod:`pipeline.topology` and tests call :func:`set_telemetry`/:func:`setup_telemetry`.
 
 Workspace labels: every metric with a workspace dimension carries ``workspace_id`` (the vendor's
 id) and ``workspace`` (the config alias). An emitter that knows only the id (the rules, the
@@ -453,11 +452,8 @@ class Telemetry:
             self._paused.set((group,), 1 if paused else 0)
 
     def cursor_age_seconds(self, workspace_id: str, stream: str, complete_until: float, *, workspace: str = "") -> None:
-        """Report the epoch time up to which ``stream`` is known complete (the last good poll).
-
-        The exported gauge is ``now - complete_until``, computed at every collection, so it
-        keeps growing when a poller stalls.
-        """
+        """Report when ``stream`` is known complete until (the last good poll); the exported gauge is
+        ``now - complete_until`` at every collection, so it keeps growing when a poller stalls."""
         if self.enabled:
             with self._lock:
                 self._cursors[(workspace_id, workspace, stream)] = complete_until
@@ -465,10 +461,8 @@ class Telemetry:
                     self._cursors.pop(("", workspace, stream), None)
 
     def forget_cursor_ages(self, workspace: str) -> None:
-        """Stop exporting the cursor ages of the source ``workspace`` (its alias): its poller stopped for
-        good here (a sub-workspace that left its agency, a workspace now polled by another replica).
-        Kept, the series would grow at every scrape and raise a stale-cursor alert for a workspace
-        that is polled elsewhere or not at all."""
+        """Drop the cursor ages of ``workspace`` (alias), whose poller stopped here for good: else a
+        workspace now polled elsewhere (or left its agency) keeps a series that ages into an alert."""
         with self._lock:
             for key in [k for k in self._cursors if k[1] == workspace]:
                 del self._cursors[key]
