@@ -15,6 +15,13 @@ URLs are split as WHATWG URL parsers (browsers, Node.js: what a webhook sender u
 not as :func:`urllib.parse.urlsplit` alone does: for the special schemes a backslash is a path
 separator and ASCII tab and newline are removed (:func:`split_url`). ``https://evil.io\\@hooks.ok.com/x``
 goes to ``evil.io``; ``urlsplit`` would name ``hooks.ok.com`` and hide the real destination.
+
+URLs written **without a scheme** (:func:`redact_bare_urls`) go the same way when they are one
+of two kinds: a protocol-relative URL (``//host.tld/path?…``: a full URL but for its scheme) and a
+webhook service's hook URL, whose path is its credential (``hooks.slack.com/services/…``,
+``hooks.zapier.com/hooks/…``, :data:`HOOK_PATHS`). Any other ``host/path`` in prose
+(``docs.example.com/guide``) is a relative reference: its path stays, its query loses only the
+values of credential names (the shape pass).
 """
 
 from __future__ import annotations
@@ -164,3 +171,48 @@ def redact_urls_in(text: str) -> str:
     if text.startswith(("http://", "https://")) and not any(c.isspace() for c in text):
         return redact_url(text)
     return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+
+
+HOOK_PATHS = (
+    r"hooks\.slack\.com/(?:services|workflows|triggers)/",  # Slack incoming webhooks, Workflow Builder triggers
+    r"hooks\.zapier\.com/hooks/",  # Zapier catch hooks
+    r"hook\.(?:[a-z0-9-]+\.)?(?:make|integromat)\.com/",  # Make (Integromat): hook.eu1.make.com/<token>
+    r"events\.(?:eu\.)?pagerduty\.com/(?:integration|generic)/",  # Events API v1: the integration key is the path
+    r"(?:[a-z0-9-]+\.)?discord(?:app)?\.com/api/webhooks/",  # Discord: /api/webhooks/<id>/<token>
+    r"[a-z0-9-]+\.webhook\.office\.com/webhookb2/",  # Microsoft Teams incoming webhooks
+    r"outlook\.office(?:365)?\.com/webhook/",
+)
+"""Hosts and path starts of webhook services whose hook URL *is* the credential, recognised without a scheme."""
+_BARE_HOOK = re.compile(r"(?i)(?<![\w.@%\\-])(?:" + "|".join(HOOK_PATHS) + r")[^\s\"'<>]*")
+_HOOK_HOSTS = ("slack.com/", "zapier.com/", "make.com/", "integromat.com/", "pagerduty.com/", "discord", "office")
+"""A word of every :data:`HOOK_PATHS` host (lower case): text holding none of them skips the pattern."""
+_PROTOCOL_RELATIVE = re.compile(
+    r"(?i)(?<![\w:/.@%\\-])//[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
+    r"\.[a-z]{2,63}(?::[0-9]{1,5})?(?=[/?#])[^\s\"'<>]*"
+)
+"""``//host.tld/…``: a host name with a dot and a letter TLD (``//`` in prose, or a UNC path
+``//server/share``, is not one)."""
+
+
+def _bare(prefix: str, url: str) -> str:
+    """``url`` (``prefix`` + host + path, no scheme) through :func:`redact_url`, the prefix kept."""
+    out = redact_url("https://" + url[len(prefix) :])
+    return prefix + out[len("https://") :] if out.startswith("https://") else out
+
+
+def redact_bare_urls(text: str) -> str:
+    """URLs written without a scheme whose path is a credential, as :func:`redact_url` leaves them
+    (the host kept, path and query fingerprinted, the same fingerprint as with ``https://``):
+
+    * a protocol-relative URL, ``//host.tld/path?query`` → ``//host.tld/sha256:…``;
+    * a webhook service's hook URL (:data:`HOOK_PATHS`), ``hooks.slack.com/services/T/B/x`` →
+      ``hooks.slack.com/sha256:…``.
+    """
+    if "/" not in text:
+        return text
+    if "//" in text and "//" in text.replace("://", ""):  # a ``//`` that is no scheme's
+        text = _PROTOCOL_RELATIVE.sub(lambda m: _bare("//", m.group(0)), text)
+    low = text.lower()
+    if ".com/" in low and any(host in low for host in _HOOK_HOSTS):
+        text = _BARE_HOOK.sub(lambda m: _bare("", m.group(0)), text)
+    return text
