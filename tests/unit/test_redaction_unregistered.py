@@ -48,8 +48,9 @@ GITHUB_FINE = "github" + "_pat_11CNRY0000Abc9Def8Ghi7_JklMnoPqrStuVwxYz012345678
 AWS_ID = "AKIA" + "CNRY7EXAMPLE2QXY"
 AWS_SECRET = "CnRy9AwsSecret/K7MDENG+bPxRfiCYEXAMPLEKY"
 SLACK_HOOK_TOKEN = "CnRyHookToken9xZ7wLmP4vDq"
+BARE_SLACK = f"hooks.slack.com/services/T0CNRY001/B0CNRY002/{SLACK_HOOK_TOKEN}"
 HOOKS = {
-    f"hooks.slack.com/services/T0CNRY001/B0CNRY002/{SLACK_HOOK_TOKEN}": SLACK_HOOK_TOKEN,
+    BARE_SLACK: SLACK_HOOK_TOKEN,
     "hooks.slack.com/workflows/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": "CnRyWorkflowSecret77",
     "hooks.slack.com/triggers/T0CNRY001/4242424242/CnRyTriggerSecret9x": "CnRyTriggerSecret9x",
     "hooks.zapier.com/hooks/catch/4242424/CnRyZap9x/": "CnRyZap9x",
@@ -71,6 +72,12 @@ TOKENS = {
     f"aws access key {AWS_ID}, secret {AWS_SECRET}": AWS_SECRET,
     "shop.acme-widgets.com/auth/callback?shop=acme&hmac=CnRyHmac0a1b2c3d4e5f": "CnRyHmac0a1b2c3d4e5f",
     **HOOKS,
+    # encoded: twice (a login redirect's next= inside another query), escapes in mixed case, a bare hook
+    # percent-encoded in a query, a bare hook JSON-escaped
+    "/login?next=" + quote(quote(f"https://{BARE_SLACK}", safe=""), safe=""): SLACK_HOOK_TOKEN,
+    "/r?u=" + quote(f"https://{BARE_SLACK}", safe="").replace("%3A%2F%2F", "%3a%2F%2f"): SLACK_HOOK_TOKEN,
+    "/cb?url=" + quote(BARE_SLACK, safe="") + "&state=1": SLACK_HOOK_TOKEN,
+    BARE_SLACK.replace("/", "\\/"): SLACK_HOOK_TOKEN,
 }
 """A text quoting an unregistered secret → the secret part that must not survive."""
 CONTEXTS = ("{}", "posting to {} failed: 404", 'config {{"target": "{}"}}', "see <{}>.")
