@@ -48,6 +48,8 @@ GITHUB_FINE = "github" + "_pat_11CNRY0000Abc9Def8Ghi7_JklMnoPqrStuVwxYz012345678
 AWS_ID = "AKIA" + "CNRY7EXAMPLE2QXY"
 AWS_SECRET = "CnRy9AwsSecret/K7MDENG+bPxRfiCYEXAMPLEKY"
 SLACK_HOOK_TOKEN = "CnRyHookToken9xZ7wLmP4vDq"
+OTHER_INSTANTLY_KEY = base64.b64encode(b"019cc043-aecb-75c1-808d-e4737be353c3:CnRyOtherWs42x").decode()
+"""Another workspace's Instantly key (base64 of ``<uuid>:<token>``), which this pipeline never registered."""
 BARE_SLACK = f"hooks.slack.com/services/T0CNRY001/B0CNRY002/{SLACK_HOOK_TOKEN}"
 HOOKS = {
     BARE_SLACK: SLACK_HOOK_TOKEN,
@@ -71,6 +73,9 @@ TOKENS = {
     f"{AWS_ID} {AWS_SECRET}": AWS_SECRET,
     f"aws access key {AWS_ID}, secret {AWS_SECRET}": AWS_SECRET,
     "shop.acme-widgets.com/auth/callback?shop=acme&hmac=CnRyHmac0a1b2c3d4e5f": "CnRyHmac0a1b2c3d4e5f",
+    f"x-instantly-key: {OTHER_INSTANTLY_KEY}": OTHER_INSTANTLY_KEY,
+    f"api.acme-widgets.com/sync/{OTHER_INSTANTLY_KEY}/run": OTHER_INSTANTLY_KEY,
+    "/sync?k=" + quote(OTHER_INSTANTLY_KEY, safe=""): OTHER_INSTANTLY_KEY[:-4],
     **HOOKS,
     # encoded: twice (a login redirect's next= inside another query), escapes in mixed case, a bare hook
     # percent-encoded in a query, a bare hook JSON-escaped
@@ -243,3 +248,15 @@ def test_config_errors_lose_a_hook_url_written_without_a_scheme() -> None:
     bare = f"hooks.slack.com/services/T0CNRY001/B0CNRY002/{SLACK_HOOK_TOKEN}"
     out = redact_registered(f"sinks.alerts.webhook_url: expected an https:// URL, got {bare}")
     assert SLACK_HOOK_TOKEN not in out and "sinks.alerts.webhook_url" in out and "hooks.slack.com/sha256:" in out
+
+
+def test_repo_scan_finds_an_instantly_key_inside_a_url_path_or_query() -> None:
+    """``check --repo`` takes its candidates from the same key shape: a key in a committed URL is found."""
+    from connectors.instantly.repo_scan import InstantlyKeyShapeDetector
+
+    detector = InstantlyKeyShapeDetector()
+    for line in (
+        f"SYNC_URL=https://api.acme-widgets.com/sync/{OTHER_INSTANTLY_KEY}/run",
+        f"url: /sync?k={OTHER_INSTANTLY_KEY}",
+    ):
+        assert list(detector.analyze_string(line)) == [OTHER_INSTANTLY_KEY]
