@@ -9,7 +9,8 @@
   (an Instantly key is base64 of ``<uuid>:<token>``: the decoded text and the token are secret too).
 
 A value is registered in the forms it takes in text: raw, URL-encoded (``quote`` with no safe
-characters, ``quote_plus``, ``quote`` keeping ``/``; upper- and lower-case escapes; each encoded
+characters, ``quote_plus``, ``quote`` keeping ``/``, JavaScript's ``encodeURIComponent`` keeping
+``!'()*``, the WHATWG form encoding keeping ``*``; upper- and lower-case escapes; each encoded
 a second time, as a URL carried in another URL's query is),
 ``repr``-escaped when it holds control characters, JSON-escaped (``\\uXXXX``, ``\\/``) when it holds
 characters JSON escapes; a value with surrounding whitespace (an env var ending in a newline)
@@ -130,10 +131,15 @@ def _lower_escapes(text: str) -> str:
 
 
 def text_forms(value: str) -> tuple[str, ...]:
-    """``value`` as it may appear in text: raw, URL-encoded three ways (upper- and lower-case
+    """``value`` as it may appear in text: raw, URL-encoded five ways (Python's ``quote`` and
+    ``quote_plus``, JavaScript's ``encodeURIComponent``, the WHATWG form encoding; upper- and lower-case
     escapes) and each of those URL-encoded again (``%252F``, ``%252f``), ``repr``-escaped,
     JSON-escaped (``\\uXXXX`` for non-ASCII, and ``\\/`` as some encoders write a ``/``)."""
-    encoded = (quote(value, safe=""), quote_plus(value, safe=""), quote(value, safe="/"))
+    encoded = (
+        quote(value, safe=""), quote_plus(value, safe=""), quote(value, safe="/"),
+        quote(value, safe="!'()*"),  # JavaScript's encodeURIComponent
+        quote_plus(value, safe="*"),  # WHATWG form encoding (URLSearchParams, HTML forms), Java URLEncoder
+    )  # fmt: skip
     once = (*encoded, *(_lower_escapes(e) for e in encoded))
     twice = (quote(e, safe="") for e in once if e != value)  # a URL inside another URL's query: %252F, %252f
     as_json = json.dumps(value)[1:-1]

@@ -19,7 +19,7 @@ import io
 import logging
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import orjson
 import pytest
@@ -260,3 +260,22 @@ def test_repo_scan_finds_an_instantly_key_inside_a_url_path_or_query() -> None:
         f"url: /sync?k={OTHER_INSTANTLY_KEY}",
     ):
         assert list(detector.analyze_string(line)) == [OTHER_INSTANTLY_KEY]
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda v: quote(v, safe="!'()*"),  # JavaScript's encodeURIComponent
+        lambda v: quote_plus(v, safe="*"),  # URLSearchParams / HTML forms / Java's URLEncoder
+    ],
+    ids=["encodeURIComponent", "form-urlencoded"],
+)
+def test_a_registered_password_encoded_as_a_browser_or_node_encodes_it_is_redacted(encode: Any) -> None:
+    """``encodeURIComponent`` keeps ``!'()*``: a password with ``!`` and ``/`` is ``Hunter2!x%2Fy`` in a URL
+    a browser or Node.js built, a form none of Python's ``quote`` calls gives."""
+    password = "CnRy2!x/y(z)*w q"
+    register_secret(password)
+    form = encode(password)
+    event = normalize_audit_record(_audit_record(f"/login?user=sam&pw={form}&next=/"), WS, OBSERVED)
+    for out in (encode_event(event), encode_event_full(event), redact_text(f"GET /x?p={form}").encode()):
+        assert form.encode() not in out and b"CnRy2" not in out
