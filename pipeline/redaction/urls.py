@@ -232,7 +232,7 @@ def redact_bare_urls(text: str) -> str:
     * a webhook service's hook URL (:data:`HOOK_PATHS`), ``hooks.slack.com/services/T/B/x`` →
       ``hooks.slack.com/sha256:…``, also JSON-escaped or percent-encoded (kept so).
     """
-    if "/" not in text:
+    if "/" not in text and "%2" not in text:  # no path, plain or percent-encoded (%2F, %2f)
         return text
     if "//" in text and "//" in text.replace("://", ""):  # a ``//`` that is no scheme's
         text = _PROTOCOL_RELATIVE.sub(lambda m: _bare("//", m.group(0)), text)

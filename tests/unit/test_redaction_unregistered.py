@@ -82,6 +82,7 @@ TOKENS = {
     "/login?next=" + quote(quote(f"https://{BARE_SLACK}", safe=""), safe=""): SLACK_HOOK_TOKEN,
     "/r?u=" + quote(f"https://{BARE_SLACK}", safe="").replace("%3A%2F%2F", "%3a%2F%2f"): SLACK_HOOK_TOKEN,
     "/cb?url=" + quote(BARE_SLACK, safe="") + "&state=1": SLACK_HOOK_TOKEN,
+    quote(BARE_SLACK, safe=""): SLACK_HOOK_TOKEN,  # a query value on its own (an attribute): no "/" left
     BARE_SLACK.replace("/", "\\/"): SLACK_HOOK_TOKEN,
 }
 """A text quoting an unregistered secret → the secret part that must not survive."""
