@@ -72,6 +72,7 @@ TOKENS = {
     GITHUB_FINE: GITHUB_FINE,
     f"{AWS_ID} {AWS_SECRET}": AWS_SECRET,
     f"aws access key {AWS_ID}, secret {AWS_SECRET}": AWS_SECRET,
+    f"/assume?id={AWS_ID}&s={AWS_SECRET}": AWS_SECRET,
     "shop.acme-widgets.com/auth/callback?shop=acme&hmac=CnRyHmac0a1b2c3d4e5f": "CnRyHmac0a1b2c3d4e5f",
     f"x-instantly-key: {OTHER_INSTANTLY_KEY}": OTHER_INSTANTLY_KEY,
     f"api.acme-widgets.com/sync/{OTHER_INSTANTLY_KEY}/run": OTHER_INSTANTLY_KEY,
