@@ -14,8 +14,14 @@ import binascii
 from connectors.instantly.api import is_id
 from pipeline.redaction.registry import register_deriver, register_shape
 
-B64_RUN = r"(?<![A-Za-z0-9+/=_-])(?:[A-Za-z0-9+/]{40,}={0,2}|[A-Za-z0-9_-]{40,}={0,2})(?![A-Za-z0-9+/=_-])"
-"""A base64 (or URL-safe base64) run of 40+ characters: the candidates :func:`instantly_key_shape` checks."""
+B64_RUN = r"(?<![A-Za-z0-9])[A-Za-z0-9]{40,}={0,2}(?![A-Za-z0-9])"
+"""A run of 40+ letters and digits (and its ``=`` padding): the candidates :func:`instantly_key_shape` checks.
+
+Base64 of ``<uuid>:<token>`` (hex digits, ``-``, ``:``, then letters and digits) has no ``+``, ``/``,
+``-`` or ``_``: no 6-bit group of those bytes reaches 62 or 63. So the candidate ends at any other
+character, and a key between two ``/`` of a URL path (``/sync/<key>/run``) or after ``=`` in a
+query (``?k=<key>``) is the whole candidate, not a piece of a longer base64-looking run that fails
+the check (the standard and URL-safe alphabets need no separate runs)."""
 
 
 def _decode(candidate: str) -> tuple[str, str] | None:

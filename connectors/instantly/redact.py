@@ -23,6 +23,7 @@ from connectors.instantly import key_shape as _key_shape  # noqa: F401 - registe
 from connectors.instantly.key_shape import instantly_key_parts
 from pipeline.redaction.registry import text_forms
 from pipeline.redaction.text import fragment_index, redact_text, registered_fragments, replace_fragments
+from pipeline.redaction.urls import redact_bare_urls
 from pipeline.redaction.urls import redact_url as _redact_url
 from schemas.ids import fingerprint_secret
 from schemas.secret_names import HEADERS_NAME, SECRET_NAME, is_secret_name
@@ -80,10 +81,11 @@ def header_names(headers: Any) -> list[str]:
 
 def redact_url(url: Any) -> Any:
     """A URL reduced to scheme, host and port plus a fingerprint of its path and query
-    (:func:`pipeline.redaction.urls.redact_url`); other values pass."""
-    if not isinstance(url, str) or "://" not in url:
+    (:func:`pipeline.redaction.urls.redact_url`); a hook URL or a protocol-relative URL written without
+    a scheme likewise (:func:`pipeline.redaction.urls.redact_bare_urls`); other values pass."""
+    if not isinstance(url, str):
         return url
-    return _redact_url(url)
+    return _redact_url(url) if "://" in url else redact_bare_urls(url)
 
 
 _KINDS: dict[str, int] = {}

@@ -23,7 +23,7 @@ import orjson
 
 from pipeline.redaction import text as _text
 from pipeline.redaction.registry import register_secret
-from pipeline.redaction.urls import has_url, redact_urls_in
+from pipeline.redaction.urls import has_url, redact_bare_urls, redact_urls_in
 from schemas.secret_names import is_secret_name
 
 __all__ = ["RedactingStream", "get_logger", "redact_registered", "redact_text", "register_secret", "setup_logging"]
@@ -47,13 +47,14 @@ def redact_text(text: str) -> str:
 
 
 def redact_registered(text: str) -> str:
-    """Registered secrets (every form) and URL credentials/paths removed, no shape pass.
+    """Registered secrets (every form) and URL credentials/paths (hook URLs without a scheme too)
+    removed, no shape pass.
 
     For text made of key paths and fixed words (config errors), where ``api_key: environment
     variable … is not set`` would lose its words to the assigned-value shape.
     """
     text = _text.replace_registered(text, fingerprint=False)
-    return redact_urls_in(text) if has_url(text) else text
+    return redact_bare_urls(redact_urls_in(text) if has_url(text) else text)
 
 
 class RedactingStream:

@@ -9,7 +9,9 @@
   (an Instantly key is base64 of ``<uuid>:<token>``: the decoded text and the token are secret too).
 
 A value is registered in the forms it takes in text: raw, URL-encoded (``quote`` with no safe
-characters, ``quote_plus``, ``quote`` keeping ``/``; upper- and lower-case escapes),
+characters, ``quote_plus``, ``quote`` keeping ``/``, JavaScript's ``encodeURIComponent`` keeping
+``!'()*``, the WHATWG form encoding keeping ``*``; upper- and lower-case escapes; each encoded
+a second time, as a URL carried in another URL's query is),
 ``repr``-escaped when it holds control characters, JSON-escaped (``\\uXXXX``, ``\\/``) when it holds
 characters JSON escapes; a value with surrounding whitespace (an env var ending in a newline)
 registers its stripped core as well.
@@ -43,9 +45,12 @@ from schemas.ids import fingerprint_secret
 
 MIN_SECRET_CHARS = 4
 """Shorter values are not registered (they would match everywhere)."""
-MIN_B64_BYTES = 8
-"""Shorter values register no base64 form (from 8 bytes on, the core of every alignment has 8
-characters or more; shorter runs could match by chance)."""
+MIN_B64_BYTES = 6
+"""Shorter values register no base64 form. A core (:func:`base64_cores`) is kept only from 8
+characters on (48 bits: a chance match in unrelated base64 text is ~1 in 10^14 per position; 4
+characters, all a 4- or 5-byte value can give, would be ~1 in 10^7). From 8 bytes on every alignment
+has such a core; a 6-byte value has one at 1 alignment of 3 (the value encoded alone, or after a
+prefix of 3n bytes such as ``admin:``), a 7-byte value at 2 of 3."""
 _B64_URLSAFE = str.maketrans("+/", "-_")
 
 
@@ -126,15 +131,21 @@ def _lower_escapes(text: str) -> str:
 
 
 def text_forms(value: str) -> tuple[str, ...]:
-    """``value`` as it may appear in text: raw, URL-encoded three ways (upper- and lower-case
-    escapes), ``repr``-escaped, JSON-escaped (``\\uXXXX`` for non-ASCII, and ``\\/`` as some
-    encoders write a ``/``)."""
-    encoded = (quote(value, safe=""), quote_plus(value, safe=""), quote(value, safe="/"))
+    """``value`` as it may appear in text: raw, URL-encoded five ways (Python's ``quote`` and
+    ``quote_plus``, JavaScript's ``encodeURIComponent``, the WHATWG form encoding; upper- and lower-case
+    escapes) and each of those URL-encoded again (``%252F``, ``%252f``), ``repr``-escaped,
+    JSON-escaped (``\\uXXXX`` for non-ASCII, and ``\\/`` as some encoders write a ``/``)."""
+    encoded = (
+        quote(value, safe=""), quote_plus(value, safe=""), quote(value, safe="/"),
+        quote(value, safe="!'()*"),  # JavaScript's encodeURIComponent
+        quote_plus(value, safe="*"),  # WHATWG form encoding (URLSearchParams, HTML forms), Java URLEncoder
+    )  # fmt: skip
+    once = (*encoded, *(_lower_escapes(e) for e in encoded))
+    twice = (quote(e, safe="") for e in once if e != value)  # a URL inside another URL's query: %252F, %252f
     as_json = json.dumps(value)[1:-1]
     return tuple(
         dict.fromkeys(
-            (value, *encoded, *(_lower_escapes(e) for e in encoded), repr(value)[1:-1], as_json,
-             as_json.replace("/", "\\/"))
+            (value, *once, *twice, repr(value)[1:-1], as_json, as_json.replace("/", "\\/"))
         )
     )  # fmt: skip
 

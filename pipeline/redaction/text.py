@@ -6,10 +6,13 @@
 2. ``Bearer|Basic|Token <value>`` keeps the scheme word, the value becomes ``<redacted>`` (a
    ``Basic`` value that decodes to ``user:password`` whatever its length, and the credentials
    after any scheme in an ``Authorization: <scheme> <credentials>`` header);
-3. JWTs (``eyJ….….…``) and connector-registered shapes (the Instantly key) are replaced;
+3. JWTs (``eyJ….….…``), connector-registered shapes (the Instantly key) and published token
+   formats (:data:`_TOKENS`: Slack ``xox?-``/``xapp-``, GitHub ``ghp_``/``github_pat_``, an AWS
+   secret access key beside its access key id) are replaced;
 4. a value after a secret-ish word (``token=…``, ``"api_key": "…"``, ``secret …`` when long and
    mixed) becomes ``<redacted>``;
-5. URLs lose userinfo, fragment, and their path/query become a fingerprint (:mod:`.urls`).
+5. URLs lose userinfo, fragment, and their path/query become a fingerprint (:mod:`.urls`), also
+   written without a scheme when protocol-relative or a webhook service's hook URL.
 
 :func:`looks_clean` is the fast path: ids, timestamps and addresses cannot hold any of these.
 
@@ -28,7 +31,7 @@ import re
 from collections.abc import Iterable, Set
 
 from pipeline.redaction import registry
-from pipeline.redaction.urls import has_url, redact_urls_in
+from pipeline.redaction.urls import has_url, redact_bare_urls, redact_urls_in
 from schemas.ids import fingerprint_secret
 
 REDACTED = "<redacted>"
@@ -45,10 +48,11 @@ _AUTH_VALUE = re.compile(
 )
 """``Authorization: <scheme> <credentials>`` with any scheme (``Splunk``, ``SSWS``, ``Key``...): the
 credentials go, whatever their length."""
-_QUERY_NAMED = re.compile(r"(?i)([?&;](?:code|auth|sec|otp)=)(?!<redacted>|sha256:)([^\s\"'&#<>]{4,})")
+_QUERY_NAMED = re.compile(r"(?i)([?&;](?:code|auth|sec|otp|hmac)=)(?!<redacted>|sha256:)([^\s\"'&#<>]{4,})")
 """A query parameter of a relative URL (``/callback?code=…``, ``/hook?auth=…``) whose short name is a
 credential there (an OAuth authorization code, the name rule's ``auth`` and ``sec``, a one-time
-password) but too common in prose for the assigned-value pass; absolute URLs lose their whole query."""
+password, a request HMAC as Shopify signs its callbacks) but too common in prose for the
+assigned-value pass; absolute URLs lose their whole query."""
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 _UUID_VALUE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(?![^\s\"',;&}])"
 _ASSIGNED = re.compile(
@@ -72,6 +76,22 @@ _PASS_NEAR = re.compile(
 :data:`_NEAR_WORD` needs, when it has 8 or more characters, a letter and a digit or a symbol
 (``pass to the next step``, ``pass 2 tests`` stay readable)."""
 _PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(-----END [A-Z ]*PRIVATE KEY-----|$)")
+_TOKENS = re.compile(
+    r"(?<![A-Za-z0-9_-])(?:"
+    r"(?:xox[abeoprs](?:\.xox[bp])?|xapp)-(?=[0-9A-Za-z-]*[0-9])[0-9A-Za-z][0-9A-Za-z-]{8,}"  # Slack
+    r"|gh[opsur]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{22,251}"  # GitHub
+    r")(?![A-Za-z0-9_])"
+)
+"""Tokens whose published prefix says what they are (what GitHub's secret scanning and gitleaks key
+on): Slack bot/user/app/refresh tokens (``xoxb-``, ``xoxp-``, ``xoxe.xoxp-``, ``xapp-``, with a digit)
+and GitHub tokens (``ghp_``/``gho_``/``ghu_``/``ghs_``/``ghr_`` + 36 or more, ``github_pat_``)."""
+_AWS_KEY_ID = re.compile(r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}(?![A-Za-z0-9])")
+"""An AWS access key id: an id (it names the key, as ``api_key_id`` does), readable; its presence makes
+a 40-character secret beside it (:data:`_AWS_SECRET`) the key's secret."""
+_AWS_SECRET = re.compile(
+    r"(?<![A-Za-z0-9/+])(?=[A-Za-z0-9/+]{0,39}[a-z])(?=[A-Za-z0-9/+]{0,39}[A-Z])(?=[A-Za-z0-9/+]{0,39}[0-9/+])"
+    r"[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"
+)
 CLEAN_CHARS = "0123456789abcdefABCDEF-:.TZ+ "
 """Ids, uuids, timestamps and IP addresses are made of these alone (no shape can hide in them)."""
 _SHORT = 6
@@ -141,7 +161,7 @@ def _replace_b64(text: str, core: str, left: int, right: int, replacement: str) 
 
 _TRIGGERS = (
     "key", "token", "secret", "pass", "pw", "session", "credential", "authoriz", "cookie", "sig",
-    "bearer", "basic", "digest", "negotiate", "code=", "auth=", "sec=", "otp=",
+    "bearer", "basic", "digest", "negotiate", "code=", "auth=", "sec=", "otp=", "hmac=",
 )  # fmt: skip
 """Lower-case words one of which every match of ``_SCHEME``, ``_ASSIGNED``, ``_QUERY_NAMED`` and
 ``_NEAR_WORD`` contains (``pass`` covers password/passwd/passphrase/passcode, ``pw`` pwd, ``key`` apikey
@@ -160,18 +180,27 @@ def _no_trigger(text: str) -> bool:
     return not any(word in low for word in _TRIGGERS)
 
 
+def _known_tokens(text: str) -> str:
+    """Published token formats (:data:`_TOKENS`) and an AWS secret key beside its key id → fingerprints."""
+    if ("-" in text and ("xox" in text or "xapp" in text)) or ("_" in text and ("gh" in text or "github" in text)):
+        text = _TOKENS.sub(lambda m: fingerprint_secret(m.group(0)), text)
+    if ("AKIA" in text or "ASIA" in text or "ABIA" in text or "ACCA" in text) and _AWS_KEY_ID.search(text):
+        text = _AWS_SECRET.sub(lambda m: fingerprint_secret(m.group(0)), text)
+    return text
+
+
 def replace_shapes(text: str) -> str:
     """Replace credential shapes (scheme tokens, JWTs, connector shapes, assigned and nearby secrets).
 
-    Text that holds no trigger word (:func:`_no_trigger`) only meets the connector shapes; when
-    none of them matches either, no pattern can (the result is ``text`` itself). Any match runs
-    every pass in order, as for any other text.
+    Text that holds no trigger word (:func:`_no_trigger`) only meets the connector shapes and the
+    published token formats (:func:`_known_tokens`); when none of them matches either, no pattern
+    can (the result is ``text`` itself). Any match runs every pass in order, as for any other text.
     """
     if _no_trigger(text):
         out = text
         for shape in registry.shapes():
             out = shape.pattern.sub(functools.partial(_shape_sub, shape), out)
-        if out == text:
+        if _known_tokens(out) == text:
             return text
     return _all_shapes(text)
 
@@ -187,6 +216,7 @@ def _all_shapes(text: str) -> str:
         text = _JWT.sub(REDACTED, text)
     for shape in registry.shapes():
         text = shape.pattern.sub(functools.partial(_shape_sub, shape), text)
+    text = _known_tokens(text)
     text = _ASSIGNED.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
     text = _QUERY_NAMED.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
     text = _PASS_NEAR.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
@@ -226,7 +256,7 @@ def redact_text(text: str, *, fingerprint: bool = False) -> str:
         return text
     if has_url(text):
         text = redact_urls_in(text)
-    return replace_shapes(text)
+    return replace_shapes(redact_bare_urls(text))
 
 
 FRAGMENT_CHARS = 12

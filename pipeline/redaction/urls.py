@@ -15,6 +15,13 @@ URLs are split as WHATWG URL parsers (browsers, Node.js: what a webhook sender u
 not as :func:`urllib.parse.urlsplit` alone does: for the special schemes a backslash is a path
 separator and ASCII tab and newline are removed (:func:`split_url`). ``https://evil.io\\@hooks.ok.com/x``
 goes to ``evil.io``; ``urlsplit`` would name ``hooks.ok.com`` and hide the real destination.
+
+URLs written **without a scheme** (:func:`redact_bare_urls`) go the same way when they are one
+of two kinds: a protocol-relative URL (``//host.tld/path?…``: a full URL but for its scheme) and a
+webhook service's hook URL, whose path is its credential (``hooks.slack.com/services/…``,
+``hooks.zapier.com/hooks/…``, :data:`HOOK_PATHS`). Any other ``host/path`` in prose
+(``docs.example.com/guide``) is a relative reference: its path stays, its query loses only the
+values of credential names (the shape pass).
 """
 
 from __future__ import annotations
@@ -141,26 +148,99 @@ def redact_url(url: str) -> str:
 _PCT_URL_IN_TEXT = re.compile(
     r"(?i)\b[a-z][a-z0-9+.-]{1,15}%3A%2F%2F(?=[^\s\"'<>&]|<redacted>)[^\s\"'<>&]*(?:<redacted>[^\s\"'<>&]*)*"
 )
+_PCT2_URL_IN_TEXT = re.compile(
+    r"(?i)\b[a-z][a-z0-9+.-]{1,15}%253A%252F%252F(?=[^\s\"'<>&]|<redacted>)[^\s\"'<>&]*(?:<redacted>[^\s\"'<>&]*)*"
+)
+"""A URL percent-encoded twice (``https%253A%252F%252F…``): in a query of a URL itself carried in a query."""
 _JSON_URL_IN_TEXT = re.compile(
     r"(?i)\b[a-z][a-z0-9+.-]{1,15}:\\/\\/(?=[^\s\"'<>]|<redacted>)[^\s\"'<>]*(?:<redacted>[^\s\"'<>]*)*"
 )
 
 
 def has_url(text: str) -> bool:
-    """Whether ``text`` may hold a URL: ``://``, its percent-encoded form or its JSON-escaped form (``:\\/\\/``)."""
-    return "://" in text or ":\\/\\/" in text or "%3A%2F%2F" in text or "%3a%2f%2f" in text
+    """Whether ``text`` may hold a URL: ``://``, its percent-encoded form (once or twice, escapes in any
+    case) or its JSON-escaped form (``:\\/\\/``)."""
+    if "://" in text or ":\\/\\/" in text:
+        return True
+    return "%" in text and ("%3a%2f%2f" in (low := text.lower()) or "%253a%252f%252f" in low)
 
 
 def redact_urls_in(text: str) -> str:
     """Every ``scheme://…`` URL inside free text passed through :func:`redact_url`, also when it is
-    percent-encoded (``https%3A%2F%2Fhooks…``, a URL carried in a query) or JSON-escaped
+    percent-encoded (``https%3A%2F%2Fhooks…``, a URL carried in a query; ``%253A%252F%252F`` when
+    encoded twice) or JSON-escaped
     (``https:\\/\\/hooks…``, as PHP and some JavaScript encoders write it); those keep their encoding."""
     if ":\\/\\/" in text:
         text = _JSON_URL_IN_TEXT.sub(lambda m: redact_url(m.group(0).replace("\\/", "/")).replace("/", "\\/"), text)
-    if "%3A%2F%2F" in text or "%3a%2f%2f" in text:
-        text = _PCT_URL_IN_TEXT.sub(lambda m: quote(redact_url(unquote(m.group(0))), safe=""), text)
+    if "%" in text:
+        low = text.lower()
+        if "%253a%252f%252f" in low:
+            text = _PCT2_URL_IN_TEXT.sub(
+                lambda m: quote(quote(redact_url(unquote(unquote(m.group(0)))), safe=""), safe=""), text
+            )
+        if "%3a%2f%2f" in low:
+            text = _PCT_URL_IN_TEXT.sub(lambda m: quote(redact_url(unquote(m.group(0))), safe=""), text)
     if "://" not in text:
         return text
     if text.startswith(("http://", "https://")) and not any(c.isspace() for c in text):
         return redact_url(text)
     return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+
+
+HOOK_PATHS = (
+    r"hooks\.slack\.com/(?:services|workflows|triggers)/",  # Slack incoming webhooks, Workflow Builder triggers
+    r"hooks\.zapier\.com/hooks/",  # Zapier catch hooks
+    r"hook\.(?:[a-z0-9-]+\.)?(?:make|integromat)\.com/",  # Make (Integromat): hook.eu1.make.com/<token>
+    r"events\.(?:eu\.)?pagerduty\.com/(?:integration|generic)/",  # Events API v1: the integration key is the path
+    r"(?:[a-z0-9-]+\.)?discord(?:app)?\.com/api/webhooks/",  # Discord: /api/webhooks/<id>/<token>
+    r"[a-z0-9-]+\.webhook\.office\.com/webhookb2/",  # Microsoft Teams incoming webhooks
+    r"outlook\.office(?:365)?\.com/webhook/",
+)
+"""Hosts and path starts of webhook services whose hook URL *is* the credential, recognised without a scheme."""
+_BARE_HOOK = re.compile(r"(?i)(?<![\w.@%\\-])(?:" + "|".join(HOOK_PATHS).replace("/", r"\\?/") + r")[^\s\"'<>]*")
+"""A hook URL written without a scheme, plain or JSON-escaped (``hooks.slack.com\\/services\\/…``)."""
+_BARE_HOOK_PCT = re.compile(r"(?i)(?<![\w.@%\\-])(?:" + "|".join(HOOK_PATHS).replace("/", "%2F") + r")[^\s\"'<>&]*")
+"""A hook URL written without a scheme, percent-encoded (``?url=hooks.slack.com%2Fservices%2F…``)."""
+_HOOK_HOSTS = ("slack.com", "zapier.com", "make.com", "integromat.com", "pagerduty.com", "discord", "office")
+"""A word of every :data:`HOOK_PATHS` host (lower case): text holding none of them skips the pattern."""
+_PROTOCOL_RELATIVE = re.compile(
+    r"(?i)(?<![\w:/.@%\\-])//[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
+    r"\.[a-z]{2,63}(?::[0-9]{1,5})?(?=[/?#])[^\s\"'<>]*"
+)
+"""``//host.tld/…``: a host name with a dot and a letter TLD (``//`` in prose, or a UNC path
+``//server/share``, is not one)."""
+
+
+def _bare(prefix: str, url: str) -> str:
+    """``url`` (``prefix`` + host + path, no scheme) through :func:`redact_url`, the prefix kept."""
+    out = redact_url("https://" + url[len(prefix) :])
+    return prefix + out[len("https://") :] if out.startswith("https://") else out
+
+
+def _bare_hook(url: str) -> str:
+    """:func:`_bare` for a hook URL, plain or JSON-escaped (kept so)."""
+    if "\\/" not in url:
+        return _bare("", url)
+    return _bare("", url.replace("\\/", "/")).replace("/", "\\/")
+
+
+def redact_bare_urls(text: str) -> str:
+    """URLs written without a scheme whose path is a credential, as :func:`redact_url` leaves them
+    (the host kept, path and query fingerprinted, the same fingerprint as with ``https://``):
+
+    * a protocol-relative URL, ``//host.tld/path?query`` → ``//host.tld/sha256:…``;
+    * a webhook service's hook URL (:data:`HOOK_PATHS`), ``hooks.slack.com/services/T/B/x`` →
+      ``hooks.slack.com/sha256:…``, also JSON-escaped or percent-encoded (kept so).
+    """
+    if "/" not in text and "%2" not in text:  # no path, plain or percent-encoded (%2F, %2f)
+        return text
+    if "//" in text and "//" in text.replace("://", ""):  # a ``//`` that is no scheme's
+        text = _PROTOCOL_RELATIVE.sub(lambda m: _bare("//", m.group(0)), text)
+    low = text.lower()
+    if not any(host in low for host in _HOOK_HOSTS):
+        return text
+    if ".com/" in low or ".com\\/" in low:
+        text = _BARE_HOOK.sub(lambda m: _bare_hook(m.group(0)), text)
+    if ".com%2f" in low:
+        text = _BARE_HOOK_PCT.sub(lambda m: quote(_bare("", unquote(m.group(0))), safe=""), text)
+    return text

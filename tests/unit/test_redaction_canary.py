@@ -3,8 +3,10 @@
 Hypothesis places canaries in an Instantly audit record and a webhook snapshot record: under
 camelCase, hyphenated, ``*_key`` and nested secret names; in free text (``Bearer <v>``,
 ``token=<v>``); the pipeline's own key (registered, Instantly-shaped) quoted in the audit record;
-a registered webhook secret echoed in a kept field; and credentials in every part of a webhook URL
-(userinfo, path, query, ``;params``, fragment). Every record goes through the publish gate
+a registered webhook secret echoed in a kept field; credentials in every part of a webhook URL
+(userinfo, path, query, ``;params``, fragment); and a credential nobody registered, known by its
+shape (a Slack or GitHub token, a Slack hook URL without a scheme, an AWS key pair, a
+protocol-relative URL). Every record goes through the publish gate
 (:class:`connectors.instantly.streams.Publisher`) onto a SQLite bus; then the bus file, every
 format a sink renders, a real sink's payload (Splunk HEC fake, JSONL file), both log formats,
 ``replay`` and the error messages are searched: 0 found. ``webhooks check`` and ``check`` run
@@ -54,6 +56,20 @@ HYPHEN = ("x-api-key", "client-secret", "auth-token", "X-Auth-Token")
 UNDERSCORE_KEY = ("secret_key", "private_key", "signing_key", "master_key", "aws_secret_access_key")
 TEXT_FIELDS = ("user_agent", "user_name", "description", "note")
 QUERY_NAMES = ("sig2", "hmac", "X-Amz-Signature", "code", "foo")
+VENDOR_KINDS = ("slack", "github", "hook", "aws", "protocol_relative")
+
+
+def vendor_text(kind: str, value: str) -> str:
+    """A credential nobody registered, recognisable by its shape, around the canary ``value``."""
+    if kind == "slack":
+        return "xox" + f"b-2718281828-3141592653589-{value}"
+    if kind == "github":
+        return "gh" + f"p_{value}{'x' * 12}"
+    if kind == "hook":
+        return f"hooks.slack.com/services/T0CNRY/B0CNRY/{value}"
+    if kind == "aws":
+        return f"AKIA{'Q' * 16} {(value + '/Ab1' * 10)[:40]}"
+    return f"//cdn.acme-widgets.com/export?access={value}"
 
 
 def token(prefix: str) -> st.SearchStrategy[str]:
@@ -84,13 +100,14 @@ def planted(draw: st.DrawFn) -> dict[str, Any]:
         "hook_at": draw(st.sampled_from(("campaign_name", "description", "note", "user_name"))),
         "url": {part: draw(token(part.upper()[:3])) for part in ("user", "path", "query", "param", "frag")},
         "query_name": draw(st.sampled_from(QUERY_NAMES)),
+        "vendor": (draw(st.sampled_from(TEXT_FIELDS)), draw(st.sampled_from(VENDOR_KINDS)), draw(token("VND"))),
     }
 
 
 def canaries(p: dict[str, Any]) -> list[str]:
     """Every planted value (what must never be found)."""
     out = [p["own_key"], p["hook_secret"], p["camel"][1], p["hyphen"][1], p["key"][1], p["nested"][2]]
-    out += [p["bearer"][2], p["assigned"][1], *p["url"].values()]
+    out += [p["bearer"][2], p["assigned"][1], *p["url"].values(), p["vendor"][2]]
     return out
 
 
@@ -129,6 +146,8 @@ def audit_record(p: dict[str, Any], rid: str = "01a24def-0c18-717d-8400-6deaa0d3
     _put(rec, where, f"retry token={value} failed")
     _put(rec, p["own_at"], f'the key "{p["own_key"]}" was used')
     _put(rec, p["hook_at"], f"echo {p['hook_secret']}")
+    where, kind, value = p["vendor"]
+    _put(rec, where, f"pasted {vendor_text(kind, value)} here")
     return rec
 
 
@@ -245,7 +264,7 @@ def fixed() -> dict[str, Any]:
         "assigned": ("description", "ASGq9z8x7w6v5u4t3s2r1p0"),
         "own_at": "description", "hook_at": "campaign_name",
         "url": {part: f"{part.upper()}q9z8x7w6v5u4t3s2r1p0" for part in ("user", "path", "query", "param", "frag")},
-        "query_name": "X-Amz-Signature",
+        "query_name": "X-Amz-Signature", "vendor": ("description", "hook", "VNDq9z8x7w6v5u4t3s2r1p0"),
     }  # fmt: skip
 
 

@@ -105,7 +105,11 @@ def test_any_secret_base64_encoded_anywhere_is_redacted(secret: str, prefix: str
 def test_base64_cores_need_enough_bytes() -> None:
     from pipeline.redaction.registry import base64_cores
 
-    assert base64_cores("abcdefg") == ()
+    # 4-5 bytes give cores of 4 characters at most (a chance match ~1 in 10^7): none
+    assert base64_cores("abcd") == () and base64_cores("abcde") == ()
+    # 6 bytes: an 8-character core at 1 alignment of 3, 7 bytes at 2 (standard = URL-safe alphabet here)
+    assert [(len(c), left) for c, left, _ in base64_cores("abcdef")] == [(8, 0)]
+    assert sorted(left for _, left, _ in base64_cores("abcdefg")) == [0, 4]
     cores = base64_cores("abcdefgh")
     assert len(cores) == 3 and all(len(core) >= 8 for core, _, _ in cores)
 

@@ -3,7 +3,8 @@
 :func:`pipeline.redaction.text.replace_shapes` skips the case-insensitive patterns for ASCII text
 that holds none of their words. Hypothesis builds texts around those words — in any case, with
 the Unicode letters ``(?i)`` folds onto ASCII ones (long s, Kelvin sign, dotless i), next to values
-the patterns take (``Bearer …``, ``token=…``, JWTs, PEM blocks, Instantly-shaped keys, URLs) —
+the patterns take (``Bearer …``, ``token=…``, JWTs, PEM blocks, Instantly-shaped keys, URLs, Slack
+and GitHub tokens, an AWS key pair) —
 and the shortcut must give exactly what :func:`pipeline.redaction.text._all_shapes` gives.
 """
 
@@ -38,7 +39,9 @@ def _spelled(word: str, data: st.DataObject) -> str:
 PIECES = st.sampled_from(
     [" ", "=", ": ", '"', "'", " is ", "\t", "%20", "+", "abc123def456ghi789", "Zx9Zx9Zx9Zx9Zx9Zx9", "hunter22",
      JWT, INSTANTLY_KEY, "-----BEGIN PRIVATE KEY-----\nMIIabc\n-----END PRIVATE KEY-----", "https://u:p@h.example/x",
-     "Mozilla/5.0 (X11; Linux x86_64)", "019a4219-ba36-7280-ba65-d965cf873b40", "<redacted>", "sha256:0a1b2c3d"]
+     "Mozilla/5.0 (X11; Linux x86_64)", "019a4219-ba36-7280-ba65-d965cf873b40", "<redacted>", "sha256:0a1b2c3d",
+     "xox" + "b-2718281828-3141592653589-Zx9Zx9Zx9Zx9", "gh" + "p_" + "Zx9" * 12, "AKIA" + "Z" * 16,
+     "Zx9/Zx9+" * 5, "hooks.slack.com/services/T0/B0/Zx9Zx9", "//h.example/x?a=1"]
 )  # fmt: skip
 
 
@@ -72,7 +75,8 @@ def test_arbitrary_text_too(text: str) -> None:
 @pytest.mark.parametrize(
     "text",
     ["my \u017fecret is Zx9Zx9Zx9Zx9Zx9Zx9", "TOKEN=hunter22", "\u212aey: abcdef", "Bearer abc123def456ghi", JWT,
-     f"id {INSTANTLY_KEY}", "pwd=hunter22", "SIG=0123abcd"],
+     f"id {INSTANTLY_KEY}", "pwd=hunter22", "SIG=0123abcd", "xox" + "b-2718281828-3141592653589-Zx9Zx9Zx9Zx9",
+     "gh" + "p_" + "Zx9" * 12, "AKIA" + "Z" * 16 + " " + "Zx9/Zx9+" * 5],
 )  # fmt: skip
 def test_text_with_a_secret_never_takes_the_shortcut_unchanged(text: str) -> None:
     assert replace_shapes(text) != text

@@ -225,3 +225,25 @@ async def test_a_webhook_name_quoting_a_hook_url_or_a_token_is_redacted(
         )
         _, out = await run(["webhooks", "check", "--config", str(cfg), "--format", fmt], capsys)
     assert "hooks.zapier.com" in out and "CNRY" not in out
+
+
+@pytest.mark.parametrize("fmt", ["json", "table"])
+async def test_a_token_or_hook_url_without_a_scheme_is_not_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    """Nobody registered them: a Slack token and a schemeless Zapier hook in the name, a Slack hook URL
+    without ``https://`` as the target. The report keeps the hosts, not the credentials."""
+    async with InstantlySimulator() as sim:
+        ws = sim.add_workspace("Acme Outreach")
+        key = sim.add_api_key(ws.id)
+        slack_token = "xox" + "b-2718281828-3141592653589-CNRYslackBot08xZ7wLmP4vD"
+        name = f"alerts {slack_token} via hooks.zapier.com/hooks/catch/1/CNRYzap09/"
+        target = "hooks.slack.com/services/T0CNRY001/B0CNRY002/CNRYslackHook10"
+        sim.state.create_webhook(ws.id, target, fields={"name": name})
+        monkeypatch.setenv("SIM_KEY", key.key)
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(
+            f"workspaces:\n  acme:\n    api_key: ${{SIM_KEY}}\n    base_url: {sim.url}\n    max_retries: 0\n"
+        )
+        _, out = await run(["webhooks", "check", "--config", str(cfg), "--format", fmt], capsys)
+    assert "hooks.zapier.com" in out and "hooks.slack.com" in out and "CNRY" not in out
