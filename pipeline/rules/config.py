@@ -157,8 +157,8 @@ def _docs_in(path: Path) -> list[tuple[str, Any]]:
         if is_case_file(d):
             continue  # test cases beside the rules (pipeline.rules.testing), not a rule
         items = d.get("rules") if isinstance(d, dict) and set(d) == {"rules"} else d
-        if isinstance(items, list):
-            out.extend((f"{path}: rules[{len(out) + i}]", r) for i, r in enumerate(items))
+        if isinstance(items, list):  # (the start first: len(out) grows while extend consumes the generator)
+            out.extend((f"{path}: rules[{i}]", r) for i, r in enumerate(items, start=len(out)))
         else:
             out.append((f"{path}: rules[{len(out)}]", items))
     return out

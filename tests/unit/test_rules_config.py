@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from connectors.instantly.rules.api_keys import StaleParams
 from pipeline.errors import ConfigError
@@ -151,6 +152,18 @@ def test_custom_rules_can_be_disabled_and_built_ins_enabled_one_by_one() -> None
     """defaults.enabled: false leaves only the rules enabled explicitly."""
     rs = parse_rules_config({"defaults": {"enabled": False}, "auth.mfa_disabled": {"enabled": True}})
     assert [r.meta.id for r in rs.enabled] == ["auth.mfa_disabled"]
+
+
+def test_a_problem_names_the_index_of_its_rule_in_the_file(tmp_path: Path) -> None:
+    """``rules[i]`` is the rule's index in the file's list (the docs' ``rules[0] (custom.x)...``): the
+    second rule was reported as ``rules[2]``, the third as ``rules[4]``, pointing at the wrong rule."""
+    ok = {"title": "T", "severity": "low", "detection": {"s": {"type": "audit.user_login"}}}
+    rules = [{**ok, "id": "custom.a"}, {**ok, "id": "custom.b"}, {**ok, "id": "custom.c", "severity": "hgh"}]
+    for doc in (rules, {"rules": rules}):
+        (tmp_path / "three.yaml").write_text(yaml.safe_dump(doc))
+        with pytest.raises(ConfigError) as ei:
+            parse_rules_config({"files": ["three.yaml"]}, base_dir=tmp_path)
+        assert str(ei.value).startswith(f"rules.files.0: {tmp_path / 'three.yaml'}: rules[2] (custom.c).severity:")
 
 
 FIVE_TYPOS = """\
