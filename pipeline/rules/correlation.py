@@ -60,6 +60,7 @@ from pipeline.rules.matcher import (
     compile_template,
     getter,
     type_matches,
+    unreachable,
 )
 from schemas.alert import Entity, Severity
 from schemas.event import Event
@@ -181,6 +182,8 @@ def _entry(raw: str | EntrySpec, i: int, body: CorrelationBody, refs: Mapping[st
         types, codes, detection = tuple(spec.types or ["*"]), spec.activity_codes, spec.detection
         name = spec.name or f"rule{i}"
     detect = compile_detection(detection, f"{where}.detection")
+    if spec.rule is None and (found := unreachable(detection, f"{where}.detection", types, codes, "types")):
+        raise RuleSyntaxError(found[0].where, found[0].message, found)  # (a referenced rule was checked itself)
     group_paths = spec.group_by if spec.group_by is not None else body.group_by
     group = [getter(g, f"{where}.group-by.{j}") for j, g in enumerate(group_paths)]
     nt = getter(spec.new_terms, f"{where}.new_terms") if spec.new_terms else None

@@ -16,7 +16,8 @@ A rule file holds one rule, a list of rules, or ``{rules: [...]}``::
         actor.ip|cidr: [203.0.113.0/24]
       condition: selection and not office
     resolve: {...}                        # optional: same shape; a match clears the open condition
-    resolve_types: [audit.*]              # optional: types only the resolve block needs (default: types)
+    resolve_types: [audit.*]              # optional: the types the resolve block sees (default: types and
+                                          # the ``type`` values its selections name)
     group_by: [actor.user_id]             # the condition key (dedup); empty: one per workspace
     summary: "{actor.user_name|actor.user_id} logged in from {actor.ip}"
     entities: [{kind: user, id: "{actor.user_id}", name: "{actor.user_name}"}]
@@ -447,21 +448,30 @@ class MatchRule:
     def __init__(self, spec: MatchRuleSpec, params: RuleParams):
         self.spec = spec
         self.params = params
+        # The resolve block sees resolve_types, by default the rule's types and the types its selections
+        # name (``resolve: {gone: {type: webhook.deleted}}`` needs no resolve_types to be reached).
+        named = [v.lower() for _, v in plain_values(spec.resolve, "resolve", "type") if isinstance(v, str)]
+        self._resolve_types = tuple(spec.resolve_types or dict.fromkeys([*spec.types, *named]))
         self.meta = RuleMeta(
             id=spec.id, title=spec.title, severity=spec.severity, version=spec.version, runbook=spec.runbook,
             attack=tuple(spec.attack), basic=spec.basic, description=spec.description,
-            event_types=tuple(dict.fromkeys([*spec.types, *(spec.resolve_types or ())])),
+            event_types=tuple(dict.fromkeys([*spec.types, *self._resolve_types])),
             activity_codes=frozenset(spec.activity_codes) if spec.activity_codes is not None else None,
             suppress_secs=spec.suppress_secs, kind="yaml", status=spec.status, author=spec.author,
             references=tuple(spec.references), falsepositives=tuple(spec.falsepositives),
             related=tuple(r.id for r in spec.related),
         )  # fmt: skip
-        parts = _compile_parts(
-            spec.detection, spec.resolve, spec.group_by, spec.summary or spec.title,
-            [(e.kind, e.id, e.name) for e in spec.entities], spec.fields,
+        problems = Problems()
+        parts = problems.check(
+            _compile_parts, spec.detection, spec.resolve, spec.group_by, spec.summary or spec.title,
+            [(e.kind, e.id, e.name) for e in spec.entities], spec.fields, fallback=None,
         )  # fmt: skip
+        problems.found += unreachable(spec.detection, "detection", spec.types, spec.activity_codes, "types")
+        problems.found += unreachable(spec.resolve, "resolve", self._resolve_types, spec.activity_codes,
+                                      "resolve_types" if spec.resolve_types else "types")  # fmt: skip
+        problems.raise_any()
+        assert parts is not None  # (raise_any raised otherwise)
         self._detect, self._resolve, self._group, self._summary, self._entities, self._fields = parts
-        self._resolve_types = tuple(spec.resolve_types or spec.types)
         self._routes: dict[str, tuple[bool, bool]] = {}  # event type -> (detect?, resolve?)
 
     def key(self, ev: Event) -> str:
@@ -584,6 +594,44 @@ def rule_problems(raw: Mapping[str, Any]) -> list[RuleSyntaxError]:
     except RuleSyntaxError as err:
         return list(err.problems)
     return []
+
+
+def plain_values(block: Any, where: str, field: str) -> list[tuple[str, Any]]:
+    """(key path, value) of every value a selection of a ``detection``/``resolve`` block gives ``field``
+    without a modifier (``{type: [a, b]}``: two), in selections and lists of selections alike."""
+    out: list[tuple[str, Any]] = []
+    if not isinstance(block, Mapping):
+        return out
+    for name, body in block.items():
+        if name == "condition":
+            continue
+        alts: list[tuple[str, Any]] = [(f"{where}.{name}", body)]
+        if isinstance(body, list):
+            alts = [(f"{where}.{name}.{i}", b) for i, b in enumerate(body)]
+        for at, sel in alts:
+            if isinstance(sel, Mapping) and field in sel:
+                v = sel[field]
+                out.extend((f"{at}.{field}", x) for x in (v if isinstance(v, list) else [v]))
+    return out
+
+
+def unreachable(
+    block: Any, where: str, types: Sequence[str], codes: Sequence[int] | None, types_key: str
+) -> list[RuleSyntaxError]:
+    """The ``type`` and ``attributes.activity_code`` values of a block's selections that no event routed to
+    the rule can have (outside ``types``/``activity_codes``): such a selection compiles and never matches."""
+    out: list[RuleSyntaxError] = []
+    for at, v in plain_values(block, where, "type"):
+        if isinstance(v, str) and not (type_matches(types, v) or type_matches(types, v.lower())):
+            out.append(RuleSyntaxError(at, f"{v!r} never reaches the rule: its {types_key} are "
+                                           f"{', '.join(types)} (add the type there)"))  # fmt: skip
+    if codes is not None:
+        for at, v in plain_values(block, where, "attributes.activity_code"):
+            n = v if _num(v) else int(v) if isinstance(v, str) and v.strip().isdigit() else None
+            if n is not None and n not in codes:
+                out.append(RuleSyntaxError(at, f"{v!r} never reaches the rule: its activity_codes are "
+                                               f"{', '.join(map(str, codes))} (add the code there)"))  # fmt: skip
+    return out
 
 
 def compile_rule(spec: MatchRuleSpec, params: RuleParams) -> MatchRule:

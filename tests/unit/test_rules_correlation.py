@@ -42,8 +42,16 @@ ABSENCE = {
         (dict(COUNT, rules=[{"types": ["audit.*"]}]), "correlation.rules.0: an entry needs either rule"),
         (dict(COUNT, **{"group-by": ["actor.mail"]}), "correlation.rules.0.group-by.0: unknown field 'actor.mail'"),
         (dict(COUNT, type="sequence"), "correlation.type"),
+        # an inline entry's selection on a type (or audit code) its own types (codes) never route to it
+        (dict(COUNT, rules=[{"types": ["audit.user_login"], "detection": {"s": {"type": "audit.user_logn"}}}]),
+         "correlation.rules.0.detection.s.type: 'audit.user_logn' never reaches the rule: its types are "
+         "audit.user_login"),
+        (dict(COUNT, rules=[{"types": ["audit.*"], "activity_codes": [26],
+                             "detection": {"s": {"attributes.activity_code": 23}}}]),
+         "correlation.rules.0.detection.s.attributes.activity_code: 23 never reaches the rule: its "
+         "activity_codes are 26"),
     ],
-)
+)  # fmt: skip
 def test_compile_errors_name_the_path(corr: dict[str, Any], message: str) -> None:
     """Each mistake is one ConfigError line starting with the rule's location and key path."""
     with pytest.raises(ConfigError) as info:

@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 from pipeline.clock import FakeClock, parse_time
+from pipeline.errors import ConfigError
 from pipeline.rules.engine import RulesEngine
 from pipeline.rules.matcher import RuleSyntaxError, compile_detection, compile_template
 from pipeline.rules.testing import make_event
@@ -207,3 +208,51 @@ def test_yaml_rule_types_restrict_routing() -> None:
     e = RulesEngine.from_config({"custom": [rule]}, clock=FakeClock(T0))
     hit = make_event("audit.lead_exported", time=T0, actor={"via_api": True}, attributes={"affected_count": 900})
     assert [a for a in e.evaluate([hit]).alerts if a.rule.id == "custom.export_via_api"] == []
+
+
+WEBHOOK_TO_TUNNEL: dict[str, Any] = {
+    "id": "custom.webhook_to_tunnel",
+    "title": "Webhook pointing to a tunnel",
+    "severity": "high",
+    "types": ["webhook.created", "webhook.updated"],
+    "detection": {"sel": {"change.after.target_hook_url|contains": ["ngrok", "webhook.site"]}},
+    "resolve": {"gone": {"type": "webhook.deleted"}, "condition": "gone"},
+    "group_by": ["target.id"],
+}
+
+
+def test_a_resolve_block_naming_its_event_type_resolves_without_resolve_types() -> None:
+    """``resolve: {gone: {type: webhook.deleted}}`` on a rule whose ``types`` lists only what opens it
+    resolves on ``webhook.deleted``: the resolve block was routed only the rule's ``types``, so it
+    compiled, passed validation and never matched (the alert stayed open forever)."""
+    e = RulesEngine.from_config({"custom": [WEBHOOK_TO_TUNNEL]}, clock=FakeClock(T0))
+    hook = {"kind": "webhook", "id": "w1"}
+    opened = make_event(
+        "webhook.created", time=T0, target=hook, change={"after": {"target_hook_url": "https://x.ngrok.io"}}
+    )
+    gone = make_event("webhook.deleted", time=T0 + 1, target=hook)
+    mine = [a for a in e.evaluate([opened, gone]).alerts if a.rule.id == WEBHOOK_TO_TUNNEL["id"]]
+    assert [a.status for a in mine] == ["open", "resolved"]
+
+
+@pytest.mark.parametrize(
+    ("rule", "where", "named"),
+    [
+        # a detection selection on a type the rule's types never route to it: it can never match
+        ({**WEBHOOK_TO_TUNNEL, "detection": {"sel": {"type": ["webhook.created", "webhook.delted"]}}},
+         "detection.sel.type", "'webhook.delted'"),
+        ({**WEBHOOK_TO_TUNNEL, "detection": {"a": [{"type": "audit.user_login"}], "condition": "a"}},
+         "detection.a.0.type", "'audit.user_login'"),
+        # an explicit resolve_types that leaves out the type the resolve block waits for
+        ({**WEBHOOK_TO_TUNNEL, "resolve_types": ["webhook.updated"]}, "resolve.gone.type", "'webhook.deleted'"),
+    ],
+)  # fmt: skip
+def test_a_selection_on_a_type_the_rule_is_never_routed_is_refused(
+    rule: dict[str, Any], where: str, named: str
+) -> None:
+    """A ``type`` value outside the rule's ``types`` (detection) or ``resolve_types`` (resolve) is an error
+    naming the key path and the types the rule does see, not a selection that silently never matches."""
+    with pytest.raises(ConfigError) as ei:
+        RulesEngine.from_config({"custom": [rule]}, clock=FakeClock(T0))
+    line = f"rules.custom.0 ({rule['id']}).{where}: {named} never reaches the rule"
+    assert str(ei.value).startswith(line), str(ei.value)
