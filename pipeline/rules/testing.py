@@ -48,16 +48,23 @@ from schemas.event import Actor, Change, Event, Source, SourceKind, Target, Work
 from schemas.ids import deterministic_id
 
 AUDIT_CODES: dict[str, int] = {
-    "audit.user_login": 1, "audit.lead_deleted": 2, "audit.campaign_deleted": 3, "audit.webhook_created": 18,
-    "audit.webhook_marked_error": 20,
-    "audit.webhook_resumed": 21, "audit.mfa_totp_enabled": 23, "audit.mfa_totp_replacement_started": 24,
-    "audit.mfa_totp_replaced": 25, "audit.mfa_totp_disabled": 26,
-    "audit.mfa_recovery_codes_generated": 27, "audit.mfa_recovery_code_used": 28, "audit.mfa_challenge_failed": 29,
-    "audit.mfa_challenge_failed_too_many": 30, "audit.mfa_login_succeeded": 31, "audit.lead_exported": 34,
-    "audit.api_key_created": 37, "audit.api_key_deleted": 38,
+    "audit.user_login": 1, "audit.lead_deleted": 2, "audit.campaign_deleted": 3, "audit.campaign_launched": 4,
+    "audit.campaign_paused": 5, "audit.account_added": 6, "audit.account_deleted": 7, "audit.lead_moved": 8,
+    "audit.lead_added": 9, "audit.lead_merged": 10, "audit.campaign_updated": 11,
+    "audit.subsequence_updated": 12, "audit.webhook_created": 18, "audit.webhook_updated": 19,
+    "audit.webhook_marked_error": 20, "audit.webhook_resumed": 21, "audit.mfa_totp_enrollment_started": 22,
+    "audit.mfa_totp_enabled": 23, "audit.mfa_totp_replacement_started": 24, "audit.mfa_totp_replaced": 25,
+    "audit.mfa_totp_disabled": 26, "audit.mfa_recovery_codes_generated": 27,
+    "audit.mfa_recovery_code_used": 28, "audit.mfa_challenge_failed": 29,
+    "audit.mfa_challenge_failed_too_many": 30, "audit.mfa_login_succeeded": 31,
+    "audit.subscriber_import_started": 32, "audit.subscriber_import_cancelled": 33, "audit.lead_exported": 34,
+    "audit.supersearch_enrichment_created": 35, "audit.account_updated": 36, "audit.api_key_created": 37,
+    "audit.api_key_deleted": 38,
 }  # fmt: skip
-"""Names the Instantly connector gives the audit codes the rules use (any code also works as
-``audit.activity_<n>``; rules match ``attributes.activity_code``, not the name)."""
+"""The names the Instantly connector gives every documented audit code (any code also works as
+``audit.activity_<n>``): a case event of a named type carries the code it has live, so a rule's
+``activity_codes`` route it as they do in the worker. ``tests/unit/test_rules_cases.py`` keeps this
+table equal to the connector's (``pipeline`` does not import connectors)."""
 _STREAMS = {"api_key": "api_keys", "member": "members", "webhook": "webhooks", "workspace": "workspace",
             "workspace_group": "group_members", "block_list": "block_list", "account": "accounts"}  # fmt: skip
 _ACTIVITY = re.compile(r"^audit\.activity_(\d+)$")

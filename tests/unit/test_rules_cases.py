@@ -10,7 +10,7 @@ import yaml
 
 from connectors.instantly.rules import PACK
 from pipeline.errors import ConfigError
-from pipeline.rules import cli
+from pipeline.rules import cli, testing
 from pipeline.rules.config import parse_rules_config
 from pipeline.rules.testing import load_case_file, run_case, run_cases
 
@@ -74,6 +74,25 @@ def test_runner_uses_the_rules_file(tmp_path: Path) -> None:
     """--rules FILE tunes the rules under test (here: a threshold that silences the positive case)."""
     (tmp_path / "rules.yaml").write_text("rules:\n  data.lead_export: {threshold: 100000}\n")
     assert _run("rules", "test", str(CASES / "data.lead_export.yaml"), "--rules", str(tmp_path / "rules.yaml")) == 1
+
+
+def test_a_case_event_gets_the_activity_code_the_connector_gives_its_type(tmp_path: Path) -> None:
+    """Case events of every named ``audit.*`` type carry the code the connector writes (docs/rules.md:
+    "the activity code from a named audit.* type"): 15 of the 33 (``audit.lead_added``, 9 …) had none, so a
+    rule on ``activity_codes: [9]`` failed ``rules test`` with a case it matches live."""
+    from connectors.instantly.audit_codes import AUDIT_CODES
+
+    assert {c.type: c.code for c in AUDIT_CODES.values()} == testing.AUDIT_CODES
+    rule = {"id": "custom.lead_added_via_api", "title": "Leads added through the API", "severity": "low",
+            "types": ["audit.*"], "activity_codes": [9], "detection": {"api": {"actor.via_api": True}}}  # fmt: skip
+    doc = {"rule": rule["id"], "cases": [
+        {"name": "api", "events": [{"type": "audit.lead_added", "actor": {"via_api": True}}], "expect": [{}]},
+        {"name": "ui", "events": [{"type": "audit.lead_added", "actor": {"via_api": False}}], "expect": []},
+    ]}  # fmt: skip
+    (tmp_path / "cases.yaml").write_text(yaml.safe_dump(doc))
+    cf = load_case_file(tmp_path / "cases.yaml")
+    results = [run_case(cf, case, {"custom": [rule]}, file="cases.yaml") for case in cf.cases]
+    assert [r.problems for r in results] == [[], []]
 
 
 @pytest.mark.parametrize(
