@@ -67,6 +67,8 @@ _SUBFIELDS: dict[str, frozenset[str] | None] = {
 }  # fmt: skip
 _MODIFIERS = frozenset({"contains", "startswith", "endswith", "re", "cidr", "gt", "gte", "lt", "lte", "exists",
                         "in", "all", "cased", "eq", "i", "m", "s"})  # fmt: skip
+BOOLEAN_FIELDS = frozenset({"actor.via_api"})
+"""The fixed Event v1 fields that hold a JSON boolean (a string value there can never match)."""
 _KINDS = ("contains", "startswith", "endswith", "re", "cidr", "gt", "gte", "lt", "lte", "exists", "eq")
 
 
@@ -216,6 +218,9 @@ def _field_pred(spec: str, expected: Any, where: str) -> Pred:
         present = _presence(path)
         return lambda ev: present(ev) is expected
     values = list(expected) if isinstance(expected, list) else [expected]
+    if kind == "eq" and path in BOOLEAN_FIELDS and (text := next((v for v in values if isinstance(v, str)), None)):
+        # Event v1 writes it as a JSON boolean, which no string equals: the selection would never match
+        raise RuleSyntaxError(where, f"{path} is a boolean: write true or false, unquoted (got {text!r})")
     if "in" in mods and not isinstance(expected, list):
         raise RuleSyntaxError(where, "|in needs a list of values")
     if not values:

@@ -138,6 +138,10 @@ def test_a_list_of_mappings_is_an_or() -> None:
         ({"s": {"attributes.n|re": "("}}, "invalid pattern"),
         ({"s": {"actor.ip|cidr": "nonsense"}}, "|cidr"),
         ({"s": {"type|contains|startswith": "x"}}, "cannot be combined"),
+        # Sigma habit: 'true' quoted; a string never equals the boolean Event v1 holds there (it loaded and
+        # never matched)
+        ({"s": {"actor.via_api": "true"}}, "actor.via_api is a boolean: write true or false, unquoted"),
+        ({"s": {"actor.via_api": [True, "false"]}}, "got 'false'"),
         ({"s": "keyword"}, "a selection is a mapping"),
         ({"s": {"type": []}}, "empty"),
         ({"s": {"type": "x"}, "condition": "s $ s"}, "unexpected character"),

@@ -159,6 +159,19 @@ def test_import_turns_wildcards_into_modifiers() -> None:
     assert rule["severity"] == "high" and rule["attack"] == ["T1078"] and rule["id"] == "sigma.t"
 
 
+def test_import_reads_a_quoted_boolean_on_a_boolean_field_as_the_boolean() -> None:
+    """``actor.via_api: 'true'`` (Sigma values are strings; Splunk and Elasticsearch match it against the JSON
+    boolean) imports as ``true`` and matches the API's events; it imported as the string, which no event
+    equals, and now would not load."""
+    det = {"s": {"type": "audit.lead_exported", "actor.via_api": ["TRUE"]}, "n": {"actor.via_api": "false"}}
+    rule = import_rule(_doc({**det, "condition": "s and not n"}))
+    assert rule["detection"]["s"]["actor.via_api"] == [True] and rule["detection"]["n"]["actor.via_api"] is False
+    engine = RulesEngine.from_config({"defaults": {"enabled": False}, "custom": [rule]}, clock=FakeClock(T0))
+    api = make_event("audit.lead_exported", time=T0, actor={"via_api": True})
+    ui = make_event("audit.lead_exported", time=T0 + 1, actor={"via_api": False})
+    assert [a.event_ids for a in engine.evaluate([api, ui]).alerts] == [(api.id,)]
+
+
 def test_import_exit_code_and_messages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A file with one good and one bad rule: the good one is written, the bad one named on stderr, exit 1."""
     src = tmp_path / "mixed.yml"
