@@ -327,6 +327,10 @@ def run_case(
     res.problems += _schema_problems(alerts)
     scope = set(case.rules or [cf.rule])
     _compare(res, case.expect, [a for a in alerts if a.rule.id in scope], cf.rule)
+    off = sorted(r for r in scope if (x := engine.ruleset.get(r)) is not None and not x.params.enabled)
+    if off and res.problems and case.expect:  # say why nothing came (a correlation's base rule is often off)
+        res.problems.append(f"{', '.join(off)} is disabled here (enabled: false): a positive case enables it in "
+                            f"its config, e.g. config: {{{off[0]}: {{enabled: true}}}}")  # fmt: skip
     return res
 
 

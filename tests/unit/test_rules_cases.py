@@ -95,6 +95,23 @@ def test_a_case_event_gets_the_activity_code_the_connector_gives_its_type(tmp_pa
     assert [r.problems for r in results] == [[], []]
 
 
+def test_a_positive_case_of_a_disabled_rule_says_the_rule_is_off(tmp_path: Path) -> None:
+    """A correlation's base rule is usually ``enabled: false`` (Sigma's ``generate: false``); its positive case
+    failed with only "no alert left". It now names the cause and the case config that enables it, which
+    passes."""
+    rule = {"id": "custom.login_any", "title": "Any login", "severity": "info", "enabled": False,
+            "types": ["audit.user_login"], "detection": {"login": {"type": "audit.user_login"}}}  # fmt: skip
+    case = {"name": "login", "events": [{"type": "audit.user_login", "actor": {"user_id": "u1"}}], "expect": [{}]}
+    (tmp_path / "cases.yaml").write_text(yaml.safe_dump({"rule": rule["id"], "cases": [case]}))
+    cf = load_case_file(tmp_path / "cases.yaml")
+    [problem, hint] = run_case(cf, cf.cases[0], {"custom": [rule]}, file="cases.yaml").problems
+    assert "no alert left" in problem
+    assert hint.startswith("custom.login_any is disabled here (enabled: false)")
+    assert "config: {custom.login_any: {enabled: true}}" in hint
+    enabled = cf.cases[0].model_copy(update={"config": {"custom.login_any": {"enabled": True}}})
+    assert run_case(cf, enabled, {"custom": [rule]}, file="cases.yaml").problems == []
+
+
 @pytest.mark.parametrize(
     "argv",
     [("rules",), ("rules", "test", "/does/not/exist")],
