@@ -172,6 +172,18 @@ def test_import_reads_a_quoted_boolean_on_a_boolean_field_as_the_boolean() -> No
     assert [a.event_ids for a in engine.evaluate([api, ui]).alerts] == [(api.id,)]
 
 
+UID = "5a2a3c9e-8a52-4b8c-9f6e-2f7b0c3d1e11"
+
+
+def test_an_imported_description_ends_its_sentence_before_the_origin() -> None:
+    """Sigma descriptions rarely end with a stop: "…corporate ranges Imported from Sigma rule …" read as one
+    sentence; the origin is now a sentence of its own."""
+    rule = import_rule(_doc({"s": {"type": "x"}, "condition": "s"}, description="Outside the ranges", id=UID))
+    assert rule["description"] == f"Outside the ranges. Imported from Sigma rule {UID}."
+    rule = import_rule(_doc({"s": {"type": "x"}, "condition": "s"}, description="Done.", id=UID))
+    assert rule["description"] == f"Done. Imported from Sigma rule {UID}."
+
+
 def test_import_exit_code_and_messages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A file with one good and one bad rule: the good one is written, the bad one named on stderr, exit 1."""
     src = tmp_path / "mixed.yml"
@@ -612,6 +624,10 @@ def test_every_exported_file_stands_alone_and_references_rules_by_name(tmp_path:
     (quiet_corr, quiet_base) = yaml.safe_load_all((out / CORR / "custom_quiet_burst.yml").read_text(encoding="utf-8"))
     assert "generate" not in quiet_corr and "generate" not in quiet_corr["correlation"]
     assert quiet_corr["correlation"]["condition"] == {"gt": 1} and "level" not in quiet_base
+    # a disabled rule is not exported on its own (README lists it as skipped): its copy must not say it is
+    assert "also exported on its own" in bases[0]["description"]
+    assert "also exported on its own" not in quiet_base["description"], quiet_base["description"]
+    assert "custom.key_quiet (disabled here: it does not alert on its own)" in quiet_base["description"]
     (sc,) = [r for r in SigmaCollection.from_yaml(yaml.safe_dump_all([quiet_corr, quiet_base])).rules
              if isinstance(r, SigmaCorrelationRule)]  # fmt: skip
     assert isinstance(sc.condition, SigmaCorrelationCondition) and sc.condition.op.name == "GT" and not sc.generate
