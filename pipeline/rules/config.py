@@ -192,10 +192,27 @@ def _spec(raw: Any, where: str, errors: list[str]) -> AnySpec | None:
     except ValidationError as err:
         rid = raw.get("id")
         label = f"{where} ({rid})" if isinstance(rid, str) else where
-        errors.extend(f"{label}.{line}" for line in validation_error_lines(err, model))
+        errors.extend(f"{label}.{_sigma_hint(line)}" for line in validation_error_lines(err, model))
         if model is MatchRuleSpec:  # and what compiling it would say: every problem of the rule in one run
             errors.extend(line for problem in rule_problems(raw) for line in problem.lines(f"{label}."))
         return None
+
+
+SIGMA_KEYS = {
+    "level": "Sigma's level is severity here (info, low, medium, high, critical)",
+    "tags": "ATT&CK techniques are attack: [T1078] here (Sigma's attack.t1078 tags)",
+    "logsource": "the events a rule reads are chosen by types: [...] (event type globs) here",
+    "timeframe": "a window is a correlation's timespan here (correlation: {type: event_count, ...})",
+}
+"""Sigma rule keys that a YAML rule spells otherwise: an unknown-key line says how, instead of a
+"did you mean" that guesses by spelling (``tags`` → ``status``). ``rules import`` converts whole Sigma rules."""
+
+
+def _sigma_hint(line: str) -> str:
+    key, sep, rest = line.partition(": ")
+    if sep and key in SIGMA_KEYS and rest.startswith("unknown key"):
+        return f"{key}: unknown key ({SIGMA_KEYS[key]}; `instantly-audit rules import` converts a Sigma rule)"
+    return line
 
 
 # ---- loading ---------------------------------------------------------------------------------

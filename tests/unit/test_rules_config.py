@@ -166,6 +166,21 @@ def test_a_problem_names_the_index_of_its_rule_in_the_file(tmp_path: Path) -> No
         assert str(ei.value).startswith(f"rules.files.0: {tmp_path / 'three.yaml'}: rules[2] (custom.c).severity:")
 
 
+def test_sigma_keys_say_how_a_yaml_rule_spells_them(tmp_path: Path) -> None:
+    """A Sigma author writes level, tags, logsource: each unknown key says what it is here (``tags`` offered
+    "did you mean 'status'?", ``level`` and ``logsource`` only the list of keys)."""
+    rule = {"id": "custom.k", "title": "T", "severity": "low", "level": "high", "tags": ["attack.t1078"],
+            "logsource": {"product": "instantly"}, "detection": {"s": {"type": "audit.user_login"}}}  # fmt: skip
+    (tmp_path / "sigmaish.yaml").write_text(yaml.safe_dump(rule))
+    with pytest.raises(ConfigError) as ei:
+        parse_rules_config({"files": ["sigmaish.yaml"]}, base_dir=tmp_path)
+    text = str(ei.value)
+    assert "(custom.k).level: unknown key (Sigma's level is severity here" in text
+    assert "(custom.k).tags: unknown key (ATT&CK techniques are attack: [T1078] here" in text
+    assert "(custom.k).logsource: unknown key (the events a rule reads are chosen by types: [...]" in text
+    assert "did you mean" not in text and text.count("rules import` converts a Sigma rule") == 3
+
+
 FIVE_TYPOS = """\
 id: custom.export_via_api
 title: Lead export through the API
