@@ -44,7 +44,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipeline.config.base import Model
 from pipeline.rules.base import RULE_ID_PATTERN, Finding, RuleContext, RuleMeta, RuleParams
@@ -126,6 +126,21 @@ class CorrelationBody(Model):
     grace: str | float = "10m"
     history: str | float = "30d"
     max_groups: int = Field(10_000, ge=1, le=1_000_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sigma_condition_field(cls, data: Any) -> Any:
+        """``condition: {gte: 3, field: actor.ip}``, where a Sigma correlation names the field of a
+        ``value_count``, is ``field: actor.ip`` beside the condition here (the same field in both is fine)."""
+        if not isinstance(data, Mapping) or not isinstance(cond := data.get("condition"), Mapping):
+            return data
+        if "field" not in cond:
+            return data
+        out = {**data, "condition": {k: v for k, v in cond.items() if k != "field"}}
+        if data.get("field", cond["field"]) != cond["field"]:
+            raise ValueError(f"condition.field {cond['field']!r} and field {data['field']!r} differ: give one")
+        out["field"] = cond["field"]
+        return out
 
 
 class CorrelationSpec(LifecycleSpec):

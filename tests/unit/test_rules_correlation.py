@@ -192,3 +192,21 @@ def test_temporal_ordered_reads_the_state_written_before_chains() -> None:
     e = _engine(_rule(ORDERED))
     e.load_state(items)
     assert len(e.evaluate([_login("u1", T0 + 120, code=5)]).alerts) == 1
+
+
+def test_a_value_count_takes_its_field_inside_the_condition_as_sigma_writes_it() -> None:
+    """Sigma's value_count names the field in the condition (``condition: {gte: 3, field: actor.ip}``); the block
+    "reads like a Sigma correlation" (docs/rules.md), yet that form was refused with "condition.field: Input
+    should be a valid number". It now counts as ``field:`` beside the condition does."""
+    base = {"type": "value_count", "rules": [{"types": ["audit.*"], "detection": {"s": {"actor.ip|exists": True}}}],
+            "group-by": ["actor.user_id"], "timespan": "1h"}  # fmt: skip
+    logins = [_login("u1", T0 + i, ip=f"198.51.100.{i % 3}") for i in range(4)]
+    sigma = _engine(_rule({**base, "condition": {"gte": 3, "field": "actor.ip"}}))
+    native = _engine(_rule({**base, "condition": {"gte": 3}, "field": "actor.ip"}))
+    fired = [[a.event_ids for a in e.evaluate(logins).alerts] for e in (sigma, native)]
+    assert fired[0] == fired[1] == [(logins[2].id,)]
+    with pytest.raises(ConfigError) as info:
+        _engine(_rule({**base, "condition": {"gte": 3, "field": "actor.ip"}, "field": "actor.user_agent"}))
+    assert "(custom.corr).correlation: condition.field 'actor.ip' and field 'actor.user_agent' differ" in str(
+        info.value
+    )
