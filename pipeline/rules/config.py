@@ -203,6 +203,8 @@ SIGMA_KEYS = {
     "tags": "ATT&CK techniques are attack: [T1078] here (Sigma's attack.t1078 tags)",
     "logsource": "the events a rule reads are chosen by types: [...] (event type globs) here",
     "timeframe": "a window is a correlation's timespan here (correlation: {type: event_count, ...})",
+    "generate": "a rule a correlation uses alerts on its own unless it has enabled: false (Sigma's generate)",
+    "name": "a correlation names the rules it uses by their id here",
 }
 """Sigma rule keys that a YAML rule spells otherwise: an unknown-key line says how, instead of a
 "did you mean" that guesses by spelling (``tags`` → ``status``). ``rules import`` converts whole Sigma rules."""

@@ -179,6 +179,13 @@ def test_sigma_keys_say_how_a_yaml_rule_spells_them(tmp_path: Path) -> None:
     assert "(custom.k).tags: unknown key (ATT&CK techniques are attack: [T1078] here" in text
     assert "(custom.k).logsource: unknown key (the events a rule reads are chosen by types: [...]" in text
     assert "did you mean" not in text and text.count("rules import` converts a Sigma rule") == 3
+    corr = {"id": "custom.c", "title": "C", "severity": "low", "generate": False, "name": "c",
+            "correlation": {"type": "event_count", "rules": ["custom.k"], "timespan": "1h"}}  # fmt: skip
+    (tmp_path / "sigmaish.yaml").write_text(yaml.safe_dump(corr))
+    with pytest.raises(ConfigError) as ei:
+        parse_rules_config({"files": ["sigmaish.yaml"]}, base_dir=tmp_path)
+    assert "(custom.c).generate: unknown key (a rule a correlation uses alerts on its own unless" in str(ei.value)
+    assert "(custom.c).name: unknown key (a correlation names the rules it uses by their id here" in str(ei.value)
 
 
 FIVE_TYPOS = """\
