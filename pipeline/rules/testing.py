@@ -27,8 +27,9 @@ v1 JSON Schema when ``jsonschema`` is installed.
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -274,10 +275,30 @@ def _observed(value: Any) -> str | None:
     return None if value is None else format_time(parse_time(str(value)))
 
 
+_EVENT_KEYS = ("type", "time", "observed_at", "workspace", "actor", "target", "change", "attributes", "id")
+_PARTS: dict[str, tuple[str, ...]] = {
+    "actor": Actor.__struct_fields__, "target": Target.__struct_fields__, "change": Change.__struct_fields__,
+    "workspace": WorkspaceRef.__struct_fields__,
+}  # fmt: skip
+
+
+def _unknown_key(keys: Iterable[Any], known: Sequence[str], where: str) -> str | None:
+    """``<where>.<key>: unknown field …`` for the first key outside ``known`` (with a "did you mean")."""
+    bad = sorted(str(k) for k in keys if k not in known)
+    if not bad:
+        return None
+    near = difflib.get_close_matches(bad[0], known, n=1)
+    tip = f"did you mean {near[0]!r}?" if near else f"fields: {', '.join(known)}"
+    return f"{where}.{bad[0]}: unknown event field ({tip})"
+
+
 def _event(raw: Mapping[str, Any], default_ws: WorkspaceRef, t: float, where: str) -> Event:
-    unknown = set(raw) - {"type", "time", "observed_at", "workspace", "actor", "target", "change", "attributes", "id"}
-    if unknown:
-        raise ValueError(f"{where}: unknown event field {sorted(unknown)[0]!r}")
+    problem = _unknown_key(raw, _EVENT_KEYS, where)
+    for part, known in _PARTS.items():
+        if problem is None and isinstance(raw.get(part), Mapping):
+            problem = _unknown_key(raw[part], known, f"{where}.{part}")
+    if problem is not None:  # (named by key path: msgspec said only "Unexpected keyword argument 'email'")
+        raise ValueError(problem)
     if not isinstance(raw.get("type"), str):
         raise ValueError(f"{where}: 'type' is required")
     ws = raw.get("workspace", default_ws)

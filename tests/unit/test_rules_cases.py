@@ -113,6 +113,25 @@ def test_a_positive_case_of_a_disabled_rule_says_the_rule_is_off(tmp_path: Path)
 
 
 @pytest.mark.parametrize(
+    ("event", "problem"),
+    [
+        ({"typ": "audit.user_login"}, "events.0.typ: unknown event field (did you mean 'type'?)"),
+        # a mistyped key inside actor/target said only "Unexpected keyword argument 'email'", with no path
+        ({"type": "audit.user_login", "actor": {"email": "a@b.c"}},
+         "events.0.actor.email: unknown event field (fields: user_id, user_name, api_key_id, ip, user_agent, via_api)"),
+        ({"type": "member.invited", "target": {"kind": "member", "idd": "m1"}},
+         "events.0.target.idd: unknown event field (did you mean 'id'?)"),
+    ],
+)  # fmt: skip
+def test_a_mistyped_case_event_key_is_named_by_its_path(tmp_path: Path, event: dict[str, object], problem: str) -> None:
+    """A case event's unknown key names where it is and what was expected."""
+    (tmp_path / "cases.yaml").write_text(yaml.safe_dump({"rule": "auth.login_new_ip", "cases": [
+        {"name": "x", "events": [event], "expect": []}]}))  # fmt: skip
+    cf = load_case_file(tmp_path / "cases.yaml")
+    assert run_case(cf, cf.cases[0], {}, file="cases.yaml").problems == [problem]
+
+
+@pytest.mark.parametrize(
     "argv",
     [("rules",), ("rules", "test", "/does/not/exist")],
 )
