@@ -58,6 +58,8 @@ from pipeline.rules.matcher import (
     RuleSyntaxError,
     compile_detection,
     compile_template,
+    default_types,
+    effective_types,
     getter,
     type_matches,
     unreachable,
@@ -189,12 +191,16 @@ def _entry(raw: str | EntrySpec, i: int, body: CorrelationBody, refs: Mapping[st
         ref = refs.get(spec.rule)
         if ref is None:
             raise RuleSyntaxError(f"{where}", f"unknown YAML rule {spec.rule!r} (correlations reference match rules)")
-        types, codes, detection = tuple(ref.types), ref.activity_codes, ref.detection
+        types, codes, detection = tuple(effective_types(ref)), ref.activity_codes, ref.detection
         name = spec.name or spec.rule
     else:
         if spec.detection is None:
             raise RuleSyntaxError(where, "an entry needs either rule: <id> or detection: {...}")
-        types, codes, detection = tuple(spec.types or ["*"]), spec.activity_codes, spec.detection
+        types, codes, detection = (
+            tuple(default_types(spec.types, spec.activity_codes)),
+            spec.activity_codes,
+            spec.detection,
+        )
         name = spec.name or f"rule{i}"
     detect = compile_detection(detection, f"{where}.detection")
     if spec.rule is None and (found := unreachable(detection, f"{where}.detection", types, codes, "types")):

@@ -455,12 +455,13 @@ class MatchRule:
         self.params = params
         # The resolve block sees resolve_types, by default the rule's types and the types its selections
         # name (``resolve: {gone: {type: webhook.deleted}}`` needs no resolve_types to be reached).
+        self._types = effective_types(spec)
         named = [v.lower() for _, v in plain_values(spec.resolve, "resolve", "type") if isinstance(v, str)]
-        self._resolve_types = tuple(spec.resolve_types or dict.fromkeys([*spec.types, *named]))
+        self._resolve_types = tuple(spec.resolve_types or dict.fromkeys([*self._types, *named]))
         self.meta = RuleMeta(
             id=spec.id, title=spec.title, severity=spec.severity, version=spec.version, runbook=spec.runbook,
             attack=tuple(spec.attack), basic=spec.basic, description=spec.description,
-            event_types=tuple(dict.fromkeys([*spec.types, *self._resolve_types])),
+            event_types=tuple(dict.fromkeys([*self._types, *self._resolve_types])),
             activity_codes=frozenset(spec.activity_codes) if spec.activity_codes is not None else None,
             suppress_secs=spec.suppress_secs, kind="yaml", status=spec.status, author=spec.author,
             references=tuple(spec.references), falsepositives=tuple(spec.falsepositives),
@@ -471,7 +472,7 @@ class MatchRule:
             _compile_parts, spec.detection, spec.resolve, spec.group_by, spec.summary or spec.title,
             [(e.kind, e.id, e.name) for e in spec.entities], spec.fields, fallback=None,
         )  # fmt: skip
-        problems.found += unreachable(spec.detection, "detection", spec.types, spec.activity_codes, "types")
+        problems.found += unreachable(spec.detection, "detection", self._types, spec.activity_codes, "types")
         problems.found += unreachable(spec.resolve, "resolve", self._resolve_types, spec.activity_codes,
                                       "resolve_types" if spec.resolve_types else "types")  # fmt: skip
         problems.raise_any()
@@ -497,7 +498,7 @@ class MatchRule:
     def _route(self, event_type: str) -> tuple[bool, bool]:
         r = self._routes.get(event_type)
         if r is None:
-            r = (type_matches(self.spec.types, event_type), type_matches(self._resolve_types, event_type))
+            r = (type_matches(self._types, event_type), type_matches(self._resolve_types, event_type))
             if len(self._routes) < 1024:
                 self._routes[event_type] = r
         return r
@@ -637,6 +638,21 @@ def unreachable(
                 out.append(RuleSyntaxError(at, f"{v!r} never reaches the rule: its activity_codes are "
                                                f"{', '.join(map(str, codes))} (add the code there)"))  # fmt: skip
     return out
+
+
+def default_types(types: Sequence[str] | None, codes: Sequence[int] | None) -> list[str]:
+    """The types a rule or correlation entry is routed: its ``types``; when it gives none, every type, or
+    with ``activity_codes`` the audit records (codes exist only there, and a code list means "these audit
+    records": without it, every snapshot, webhook and pipeline event passed the codes, as the rule's Sigma
+    export, which tests ``attributes.activity_code``, never did)."""
+    if types is not None:
+        return list(types)
+    return ["audit.*"] if codes is not None else ["*"]
+
+
+def effective_types(spec: MatchRuleSpec) -> list[str]:
+    """:func:`default_types` of a YAML match rule (its ``types`` unless not given)."""
+    return default_types(spec.types if "types" in spec.model_fields_set else None, spec.activity_codes)
 
 
 def compile_rule(spec: MatchRuleSpec, params: RuleParams) -> MatchRule:

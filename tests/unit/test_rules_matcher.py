@@ -260,3 +260,29 @@ def test_a_selection_on_a_type_the_rule_is_never_routed_is_refused(
         RulesEngine.from_config({"custom": [rule]}, clock=FakeClock(T0))
     line = f"rules.custom.0 ({rule['id']}).{where}: {named} never reaches the rule"
     assert str(ei.value).startswith(line), str(ei.value)
+
+
+def test_activity_codes_without_types_read_only_those_audit_records() -> None:
+    """``activity_codes: [34]`` with no ``types`` ("lead exports by a user") opened on a member invitation and a
+    pipeline event too: codes only filter audit records and ``types`` defaulted to every type. Such a rule
+    (and a correlation entry, or one referencing it) now reads audit records, as its Sigma export (which
+    tests ``attributes.activity_code``) always did; explicit ``types`` are kept as written."""
+    rule: dict[str, Any] = {"id": "custom.user_export", "title": "Export by a user", "severity": "low",
+                            "activity_codes": [34], "detection": {"s": {"actor.user_id|exists": True}}}  # fmt: skip
+    corr: dict[str, Any] = {"id": "custom.user_exports", "title": "Exports", "severity": "high",
+            "correlation": {"type": "event_count", "group-by": ["actor.user_id"], "timespan": "1h",
+                            "condition": {"gte": 2}, "rules": ["custom.user_export"]}}  # fmt: skip
+    entry = {k: rule[k] for k in ("activity_codes", "detection")}
+    inline = {**corr, "id": "custom.user_exports_inline", "correlation": {**corr["correlation"], "rules": [entry]}}
+    e = RulesEngine.from_config({"defaults": {"enabled": False}, "custom": [rule, corr, inline]}, clock=FakeClock(T0))
+    user = {"user_id": "u1"}
+    export = make_event("audit.lead_exported", time=T0, actor=user)
+    others = [
+        make_event(t, time=T0 + i + 1, actor=user)
+        for i, t in enumerate(["member.invited", "pipeline.stream_unavailable", "audit.user_login"])
+    ]
+    alerts = e.evaluate([export, *others]).alerts
+    assert [(a.rule.id, a.event_ids) for a in alerts] == [("custom.user_export", (export.id,))]
+    anything = RulesEngine.from_config({"defaults": {"enabled": False}, "custom": [{**rule, "types": ["*"]}]},
+                                       clock=FakeClock(T0))  # fmt: skip
+    assert len(anything.evaluate([export, *others]).alerts[0].event_ids) == 3  # explicit "*": as written
