@@ -136,32 +136,65 @@ class RuleSet:
 
 
 # ---- YAML rule files -------------------------------------------------------------------------
-def _docs_in(path: Path) -> list[tuple[str, Any]]:
-    """(where, raw rule) for every rule in a YAML file.
+def _docs_in(path: Path) -> list[tuple[str, Any, yaml.Node | None]]:
+    """(where, raw rule, its YAML node) for every rule in a YAML file.
 
     Raises:
         ConfigError: the file cannot be read or parsed.
     """
     try:
         text = path.read_text(encoding="utf-8")
-        docs = [d for d in safe_load_all(text) if d is not None]  # first: it reports nesting too deep
-        for node in yaml.compose_all(text, Loader=yaml.SafeLoader):
+        loaded = list(safe_load_all(text))  # first: it reports nesting too deep
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        for node in nodes:
             if (repeated := repeated_key(node)) is not None:
                 raise ConfigError(f"{path}: not valid YAML at {repeated}")
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the rule file ({err.strerror or type(err).__name__})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid YAML ({type(err).__name__}: {err})") from None
-    out: list[tuple[str, Any]] = []
-    for d in docs:
-        if is_case_file(d):
+    aligned: list[yaml.Node | None] = list(nodes) if len(nodes) == len(loaded) else [None] * len(loaded)
+    pairs = zip(loaded, aligned, strict=True)
+    out: list[tuple[str, Any, yaml.Node | None]] = []
+    for d, at in pairs:
+        if d is None or is_case_file(d):
             continue  # test cases beside the rules (pipeline.rules.testing), not a rule
         items = d.get("rules") if isinstance(d, dict) and set(d) == {"rules"} else d
-        if isinstance(items, list):  # (the start first: len(out) grows while extend consumes the generator)
-            out.extend((f"{path}: rules[{i}]", r) for i, r in enumerate(items, start=len(out)))
+        if items is not d and isinstance(at, yaml.MappingNode):
+            at = at.value[0][1]  # the node of `rules:`
+        if isinstance(items, list):
+            subs = at.value if isinstance(at, yaml.SequenceNode) and len(at.value) == len(items) else None
+            start = len(out)  # (first: len(out) grows while extend reads the generator)
+            out.extend((f"{path}: rules[{start + i}]", r, subs[i] if subs else None) for i, r in enumerate(items))
         else:
-            out.append((f"{path}: rules[{len(out)}]", items))
+            out.append((f"{path}: rules[{len(out)}]", items, at))
     return out
+
+
+def line_of(node: yaml.Node | None, keypath: str) -> int | None:
+    """The 1-based line of ``keypath`` (``detection.sel.actor.ip|contains``) inside a rule's YAML node: the
+    deepest key or item of the path found (keys may hold dots, so the longest key that prefixes the rest is
+    taken at each level); None without a node."""
+    if node is None:
+        return None
+    line, rest = node.start_mark.line, keypath
+    while rest:
+        if isinstance(node, yaml.MappingNode):
+            keys = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)]
+            fits = [(k, v) for k, v in keys if rest == k.value or rest.startswith(f"{k.value}.")]
+            if not fits:
+                break
+            k, node = max(fits, key=lambda kv: len(str(kv[0].value)))
+            line, rest = k.start_mark.line, rest[len(str(k.value)) + 1 :]
+        elif isinstance(node, yaml.SequenceNode):
+            head, _, tail = rest.partition(".")
+            if not head.isdigit() or int(head) >= len(node.value):
+                break
+            node, rest = node.value[int(head)], tail
+            line = node.start_mark.line
+        else:
+            break
+    return line + 1
 
 
 def is_case_file(doc: Any) -> bool:
@@ -182,19 +215,41 @@ def _rule_files(entry: str, base_dir: Path) -> list[Path]:
 AnySpec = MatchRuleSpec | CorrelationSpec
 
 
-def _spec(raw: Any, where: str, errors: list[str]) -> AnySpec | None:
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """Where a rule comes from: ``where`` names it in messages; a rule from a file has its ``file`` and
+    YAML ``node``, so each problem also names its line (``rules/x.yaml:12: rules[0] (custom.x).severity``)."""
+
+    where: str
+    raw: Any
+    builtin: bool
+    file: str | None = None
+    node: yaml.Node | None = None
+
+    def problem(self, rid: Any, keypath: str, message: str) -> str:
+        """One problem line of this rule: location (with the line of ``keypath``), id, key path, message."""
+        where = self.where
+        if self.file is not None and (n := line_of(self.node, keypath)) is not None:
+            where = where.replace(f"{self.file}: rules[", f"{self.file}:{n}: rules[", 1)
+        label = f"{where} ({rid})" if isinstance(rid, str) else where
+        return f"{label}.{keypath}: {message}"
+
+
+def _spec(src: _Source, errors: list[str]) -> AnySpec | None:
+    raw = src.raw
     if not isinstance(raw, dict):
-        errors.append(f"{where}: a rule must be a mapping")
+        errors.append(f"{src.where}: a rule must be a mapping")
         return None
     model: type[AnySpec] = CorrelationSpec if "correlation" in raw else MatchRuleSpec
     try:
         return model.model_validate(raw)
     except ValidationError as err:
         rid = raw.get("id")
-        label = f"{where} ({rid})" if isinstance(rid, str) else where
-        errors.extend(f"{label}.{_sigma_hint(line)}" for line in validation_error_lines(err, model))
+        for line in validation_error_lines(err, model):
+            keypath, _, message = _sigma_hint(line).partition(": ")
+            errors.append(src.problem(rid, keypath, message))
         if model is MatchRuleSpec:  # and what compiling it would say: every problem of the rule in one run
-            errors.extend(line for problem in rule_problems(raw) for line in problem.lines(f"{label}."))
+            errors.extend(src.problem(rid, p.where, p.message) for p in rule_problems(raw))
         return None
 
 
@@ -240,22 +295,24 @@ def parse_rules_config(
 
     # YAML rules: the shipped catalog, then files, then inline.
     specs: list[tuple[AnySpec, str, bool]] = []
-    sources: list[tuple[str, Any, bool]] = []
+    sources: list[_Source] = []
+    located: dict[str, _Source] = {}
     packs = rule_packs() if packs is None else packs
     for pack in packs:
         for f in pack.yaml_files:
-            sources.extend((w, r, True) for w, r in _docs_in(f))
+            sources.extend(_Source(w, r, True, str(f), n) for w, r, n in _docs_in(f))
     for i, entry in enumerate(settings.files):
         try:
             for f in _rule_files(entry, base_dir or Path.cwd()):
-                sources.extend((f"rules.files.{i}: {w}", r, False) for w, r in _docs_in(f))
+                sources.extend(_Source(f"rules.files.{i}: {w}", r, False, str(f), n) for w, r, n in _docs_in(f))
         except ConfigError as err:
             errors.append(f"rules.files.{i}: {err.message}")
-    sources.extend((f"rules.custom.{i}", r, False) for i, r in enumerate(settings.custom))
-    for where, rule_raw, builtin in sources:
-        spec = _spec(rule_raw, where, errors)
+    sources.extend(_Source(f"rules.custom.{i}", r, False) for i, r in enumerate(settings.custom))
+    for src in sources:
+        located[src.where] = src
+        spec = _spec(src, errors)
         if spec is not None:
-            specs.append((spec, where, builtin))
+            specs.append((spec, src.where, src.builtin))
 
     python: dict[str, type[CatalogRule[Any]]] = {}
     for pack in packs:
@@ -308,7 +365,7 @@ def parse_rules_config(
             else:
                 rules.append(compile_rule(spec, p))
         except RuleSyntaxError as err:
-            errors.extend(err.lines(f"{where} ({spec.id})."))
+            errors.extend(located[where].problem(spec.id, p.where, p.message) for p in err.problems)
     if errors:
         raise ConfigError("\n".join(errors))
     pack_ids = frozenset([*python, *(s.id for s, where, b in specs if b and known.get(s.id) == where)])
