@@ -229,6 +229,9 @@ class CorrelationRule:
         need = {"absence": 2, "temporal": 2, "temporal_ordered": 2}.get(body.type, 1)
         if len(self.entries) < need:
             raise RuleSyntaxError("correlation.rules", f"{body.type} needs at least {need} entries")
+        if body.type in ("event_count", "value_count") and "condition" not in body.model_fields_set:
+            # (Sigma requires one for these; the {gte: 1} default made every single match an alert)
+            raise RuleSyntaxError("correlation.condition", f"{body.type} needs a threshold, e.g. condition: {{gte: 5}}")
         bad = sorted(set(body.condition) - set(_OPS))
         if bad:
             raise RuleSyntaxError("correlation.condition", f"unknown operator {bad[0]!r} (known: {', '.join(_OPS)})")

@@ -42,6 +42,11 @@ ABSENCE = {
         (dict(COUNT, rules=[{"types": ["audit.*"]}]), "correlation.rules.0: an entry needs either rule"),
         (dict(COUNT, **{"group-by": ["actor.mail"]}), "correlation.rules.0.group-by.0: unknown field 'actor.mail'"),
         (dict(COUNT, type="sequence"), "correlation.type"),
+        # a count without a threshold alerted on every single match (the default was gte: 1)
+        ({k: v for k, v in COUNT.items() if k != "condition"},
+         "correlation.condition: event_count needs a threshold, e.g. condition: {gte: 5}"),
+        ({**{k: v for k, v in COUNT.items() if k != "condition"}, "type": "value_count", "field": "actor.ip"},
+         "correlation.condition: value_count needs a threshold"),
         # an inline entry's selection on a type (or audit code) its own types (codes) never route to it
         (dict(COUNT, rules=[{"types": ["audit.user_login"], "detection": {"s": {"type": "audit.user_logn"}}}]),
          "correlation.rules.0.detection.s.type: 'audit.user_logn' never reaches the rule: its types are "
