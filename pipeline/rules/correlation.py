@@ -237,6 +237,15 @@ class CorrelationRule:
             raise RuleSyntaxError("correlation.condition", f"unknown operator {bad[0]!r} (known: {', '.join(_OPS)})")
         if upper := sorted(set(body.condition) & UPPER_BOUND_OPS):
             raise RuleSyntaxError(f"correlation.condition.{upper[0]}", UPPER_BOUND_REASON)
+        every = {"gte": float(len(self.entries))}
+        if (
+            body.type not in ("event_count", "value_count")
+            and "condition" in body.model_fields_set
+            and (body.type not in ("temporal", "temporal_ordered") or body.condition != every)
+        ):  # it was ignored: a temporal's {gte: 2} of 3 entries (Sigma: 2 different rules) needed all 3
+            what = (f"every entry must match (only {{gte: {len(self.entries)}}}, all of them, is supported)"
+                    if body.type in ("temporal", "temporal_ordered") else "it has no count")  # fmt: skip
+            raise RuleSyntaxError("correlation.condition", f"{body.type} takes no condition here: {what}")
         self.condition = [(_OPS[k], float(v)) for k, v in body.condition.items()]
         if body.type in ("value_count", "new_terms") and not body.field:
             raise RuleSyntaxError("correlation.field", f"{body.type} needs the field whose values count")

@@ -42,6 +42,10 @@ ABSENCE = {
         (dict(COUNT, rules=[{"types": ["audit.*"]}]), "correlation.rules.0: an entry needs either rule"),
         (dict(COUNT, **{"group-by": ["actor.mail"]}), "correlation.rules.0.group-by.0: unknown field 'actor.mail'"),
         (dict(COUNT, type="sequence"), "correlation.type"),
+        # a condition where it means nothing here was ignored: Sigma's temporal {gte: 2} is "2 of the rules"
+        (dict(ABSENCE, type="temporal", condition={"gte": 1}),
+         "correlation.condition: temporal takes no condition here: every entry must match (only {gte: 2}"),
+        (dict(ABSENCE, condition={"gte": 2}), "correlation.condition: absence takes no condition here"),
         # a count without a threshold alerted on every single match (the default was gte: 1)
         ({k: v for k, v in COUNT.items() if k != "condition"},
          "correlation.condition: event_count needs a threshold, e.g. condition: {gte: 5}"),
