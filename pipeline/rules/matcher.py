@@ -456,13 +456,16 @@ class MatchRule:
         # The resolve block sees resolve_types, by default the rule's types and the types its selections
         # name (``resolve: {gone: {type: webhook.deleted}}`` needs no resolve_types to be reached).
         self._types = effective_types(spec)
+        # activity_codes select what opens an alert: the engine filters by them only a rule without a resolve
+        # block, whose clearing record has another code (TOTP disabled 26, re-enabled 23) and was never routed
+        self._codes = frozenset(spec.activity_codes) if spec.activity_codes is not None else None
         named = [v.lower() for _, v in plain_values(spec.resolve, "resolve", "type") if isinstance(v, str)]
         self._resolve_types = tuple(spec.resolve_types or dict.fromkeys([*self._types, *named]))
         self.meta = RuleMeta(
             id=spec.id, title=spec.title, severity=spec.severity, version=spec.version, runbook=spec.runbook,
             attack=tuple(spec.attack), basic=spec.basic, description=spec.description,
             event_types=tuple(dict.fromkeys([*self._types, *self._resolve_types])),
-            activity_codes=frozenset(spec.activity_codes) if spec.activity_codes is not None else None,
+            activity_codes=None if self._codes is None or spec.resolve is not None else self._codes,
             suppress_secs=spec.suppress_secs, kind="yaml", status=spec.status, author=spec.author,
             references=tuple(spec.references), falsepositives=tuple(spec.falsepositives),
             related=tuple(r.id for r in spec.related),
@@ -473,7 +476,7 @@ class MatchRule:
             [(e.kind, e.id, e.name) for e in spec.entities], spec.fields, fallback=None,
         )  # fmt: skip
         problems.found += unreachable(spec.detection, "detection", self._types, spec.activity_codes, "types")
-        problems.found += unreachable(spec.resolve, "resolve", self._resolve_types, spec.activity_codes,
+        problems.found += unreachable(spec.resolve, "resolve", self._resolve_types, None,  # (every code: above)
                                       "resolve_types" if spec.resolve_types else "types")  # fmt: skip
         problems.raise_any()
         assert parts is not None  # (raise_any raised otherwise)
@@ -514,6 +517,9 @@ class MatchRule:
     def on_event(self, ctx: RuleContext, event: Event) -> Iterable[Finding]:
         """Match the detection (open) or, when something is open, the resolve block."""
         detect, resolve = self._route(event.type)
+        if detect and self._codes is not None and self.meta.activity_codes is None and event.source.kind == "audit_log":
+            code = event.attributes.get("activity_code")
+            detect = (code if type(code) is int else -1) in self._codes  # as the engine reads the code
         if detect and self._detect(event):
             attrs = {}
             for name, get in self._fields:

@@ -286,3 +286,18 @@ def test_activity_codes_without_types_read_only_those_audit_records() -> None:
     anything = RulesEngine.from_config({"defaults": {"enabled": False}, "custom": [{**rule, "types": ["*"]}]},
                                        clock=FakeClock(T0))  # fmt: skip
     assert len(anything.evaluate([export, *others]).alerts[0].event_ids) == 3  # explicit "*": as written
+
+
+def test_a_resolve_block_sees_the_audit_records_activity_codes_leave_out() -> None:
+    """TOTP disabled (26) opens, re-enabled (23) resolves: with ``activity_codes: [26]`` the engine routed the rule
+    only records 26, so the resolve block never saw 23 and the alert stayed open. The codes still select what
+    opens: a login (1) matching the detection opens nothing."""
+    rule = {"id": "custom.mfa_off", "title": "MFA off", "severity": "high", "types": ["audit.*"],
+            "activity_codes": [26], "detection": {"s": {"actor.user_id|exists": True}},
+            "resolve": {"on": {"attributes.activity_code": 23}}, "group_by": ["actor.user_id"]}  # fmt: skip
+    e = RulesEngine.from_config({"defaults": {"enabled": False}, "custom": [rule]}, clock=FakeClock(T0))
+    user = {"user_id": "u1"}
+    off, login, on = (make_event(t, time=T0 + i, actor=user) for i, t in enumerate(
+        ["audit.mfa_totp_disabled", "audit.user_login", "audit.mfa_totp_enabled"]))  # fmt: skip
+    alerts = e.evaluate([off, login, on]).alerts
+    assert [(a.status, a.event_ids) for a in alerts] == [("open", (off.id,)), ("resolved", (on.id,))]
