@@ -24,6 +24,7 @@ Loading reads YAML rule files; nothing else here does I/O.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from pipeline.config.base import Model, validation_error_lines
 from pipeline.config.yaml_keys import repeated_key
 from pipeline.config.yaml_load import safe_load_all
 from pipeline.errors import ConfigError
-from pipeline.rules.base import DAY, CatalogRule, Rule, RulePack, RuleParams
+from pipeline.rules.base import ATTACK_PATTERN, DAY, RULE_ID_PATTERN, CatalogRule, Rule, RuleMeta, RulePack, RuleParams
 from pipeline.rules.correlation import CorrelationSpec, compile_correlation
 from pipeline.rules.lists import SharedLists
 from pipeline.rules.matcher import MatchRuleSpec, RuleSyntaxError, compile_rule, rule_problems
@@ -272,6 +273,29 @@ def _sigma_hint(line: str) -> str:
     return line
 
 
+_SEVERITIES = ("info", "low", "medium", "high", "critical")
+_STATUSES = ("experimental", "test", "stable", "deprecated")
+
+
+def meta_problems(meta: RuleMeta) -> list[str]:
+    """What is wrong with a Python rule's :class:`RuleMeta` (``<field>: <problem>``): a dataclass checks no
+    value, and an invalid id, severity or ATT&CK id loaded and made every alert of the rule fail Alert v1."""
+    out: list[str] = []
+    if not re.fullmatch(RULE_ID_PATTERN, str(meta.id)):
+        out.append(f"id: {meta.id!r} is not a dotted lower-case rule id (like acme.night_export)")
+    if meta.severity not in _SEVERITIES:
+        out.append(f"severity: {meta.severity!r} is not one of {', '.join(_SEVERITIES)}")
+    if meta.status not in _STATUSES:
+        out.append(f"status: {meta.status!r} is not one of {', '.join(_STATUSES)}")
+    if type(meta.version) is not int or meta.version < 1:
+        out.append(f"version: {meta.version!r} is not a whole number of 1 or more")
+    out += [f"attack: {a!r} is not an ATT&CK technique id (like T1078 or T1556.006)"
+            for a in meta.attack if not re.fullmatch(ATTACK_PATTERN, str(a))]  # fmt: skip
+    if not meta.title:
+        out.append("title: empty")
+    return out
+
+
 # ---- loading ---------------------------------------------------------------------------------
 def parse_rules_config(
     raw: Mapping[str, Any] | None, *, base_dir: Path | None = None, packs: tuple[RulePack, ...] | None = None
@@ -319,6 +343,7 @@ def parse_rules_config(
         for cls in pack.rules:
             if cls.meta.id in python and python[cls.meta.id] is not cls:
                 errors.append(f"rule packs: rule id {cls.meta.id!r} is defined twice (pack {pack.name!r})")
+            errors += [f"rule packs: {pack.name}: {cls.__name__}.meta.{p}" for p in meta_problems(cls.meta)]
             python[cls.meta.id] = cls
     known: dict[str, str] = {rid: "built-in" for rid in python}
     for spec, where, _ in specs:

@@ -226,3 +226,24 @@ def test_every_problem_of_a_rule_file_in_one_run(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as ei:
         parse_rules_config({"files": ["export.yaml"]}, base_dir=tmp_path)
     assert str(ei.value).splitlines() == lines[1:]
+
+
+def test_a_python_rule_with_an_invalid_meta_does_not_load() -> None:
+    """RuleMeta is a dataclass: a pack rule with id 'Acme Night', severity 'hgh' or attack 't1567' loaded, and
+    every alert it raised failed Alert v1 (dead letters live; in ``rules test`` the failures showed under other
+    rules' cases). The pack is refused, naming the class and field."""
+    from pipeline.rules.base import CatalogRule, RuleMeta, RulePack, RuleParams
+
+    class NightExport(CatalogRule[RuleParams]):
+        meta = RuleMeta(id="Acme Night", title="Lead export at night", severity="hgh", version=0,  # type: ignore[arg-type]
+                        event_types=("audit.*",), attack=("t1567", "T1567"))  # fmt: skip
+
+    with pytest.raises(ConfigError) as ei:
+        parse_rules_config({}, packs=(RulePack(name="acme", rules=(NightExport,)),))
+    assert str(ei.value).splitlines() == [
+        "rule packs: acme: NightExport.meta.id: 'Acme Night' is not a dotted lower-case rule id "
+        "(like acme.night_export)",
+        "rule packs: acme: NightExport.meta.severity: 'hgh' is not one of info, low, medium, high, critical",
+        "rule packs: acme: NightExport.meta.version: 0 is not a whole number of 1 or more",
+        "rule packs: acme: NightExport.meta.attack: 't1567' is not an ATT&CK technique id (like T1078 or T1556.006)",
+    ]
