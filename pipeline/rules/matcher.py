@@ -221,6 +221,8 @@ def _field_pred(spec: str, expected: Any, where: str) -> Pred:
     if kind == "eq" and path in BOOLEAN_FIELDS and (text := next((v for v in values if isinstance(v, str)), None)):
         # Event v1 writes it as a JSON boolean, which no string equals: the selection would never match
         raise RuleSyntaxError(where, f"{path} is a boolean: write true or false, unquoted (got {text!r})")
+    if kind == "eq" and (star := next((v for v in values if _sigma_star(v)), None)) is not None:
+        raise RuleSyntaxError(where, _star_hint(path, mods, star))
     if "in" in mods and not isinstance(expected, list):
         raise RuleSyntaxError(where, "|in needs a list of values")
     if not values:
@@ -238,6 +240,22 @@ def _field_pred(spec: str, expected: Any, where: str) -> Pred:
         p0 = preds[0]
         return lambda ev: one(get(ev), p0)
     return lambda ev: any(one(v, p) for v in (get(ev),) for p in preds)
+
+
+def _sigma_star(v: Any) -> bool:
+    """A plain value shaped like a Sigma wildcard (``*curl*``, ``adm*``, ``*.ru``): here it is literal text."""
+    return isinstance(v, str) and v.strip("*") != "" and (v.startswith("*") or v.endswith("*"))
+
+
+def _star_hint(path: str, mods: set[str], value: str) -> str:
+    inner = value.strip("*")
+    kind = {(True, True): "contains", (False, True): "startswith"}.get(
+        (value.startswith("*"), value.endswith("*")), "endswith")  # fmt: skip
+    extra = "".join(f"|{m}" for m in sorted(mods & {"all", "cased", "in"}))
+    return (
+        f"{value!r}: * is not a wildcard here (a value is literal text, which Sigma's is not); write "
+        f"{path}|{kind}{extra}: {inner!r} (`rules import` converts Sigma wildcards)"
+    )
 
 
 def _selection(body: Any, where: str) -> Pred:

@@ -56,8 +56,11 @@ def _convert_value(path: str, mods: list[str], value: Any, regex: bool) -> tuple
     parts = _sigma_string(value)
     kind = next((m for m in mods if m in ("contains", "startswith", "endswith")), "")
     wild = [p for p in parts if p is None or p == ""]
-    if not wild and not regex:
-        return "|".join([path, *mods]), "".join(p for p in parts if p)
+    literal = "".join(p for p in parts if p)
+    if not wild and not regex and (kind or not (literal.startswith("*") or literal.endswith("*"))):
+        return "|".join([path, *mods]), literal
+    if not wild and not regex:  # an escaped \* at an end: a plain value there reads as a wildcard, so refused
+        return _convert_value(path, mods, value, True)
     if parts == [None] and not kind and not regex and not mods:
         return f"{path}|exists", True  # a lone "*": any value
     lits = [p for p in parts if p]

@@ -138,6 +138,11 @@ def test_a_list_of_mappings_is_an_or() -> None:
         ({"s": {"attributes.n|re": "("}}, "invalid pattern"),
         ({"s": {"actor.ip|cidr": "nonsense"}}, "|cidr"),
         ({"s": {"type|contains|startswith": "x"}}, "cannot be combined"),
+        # Sigma wildcards in a plain value: literal text here, so '*curl*' never matched a curl user agent
+        ({"s": {"actor.user_agent": "*curl*"}}, "is not a wildcard here"),
+        ({"s": {"actor.user_agent": "*curl*"}}, "write actor.user_agent|contains: 'curl'"),
+        ({"s": {"target.name|cased": ["x", "adm*"]}}, "write target.name|startswith|cased: 'adm'"),
+        ({"s": {"actor.ip": "*.5"}}, "write actor.ip|endswith: '.5'"),
         # Sigma habit: 'true' quoted; a string never equals the boolean Event v1 holds there (it loaded and
         # never matched)
         ({"s": {"actor.via_api": "true"}}, "actor.via_api is a boolean: write true or false, unquoted"),

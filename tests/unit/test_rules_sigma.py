@@ -184,6 +184,17 @@ def test_an_imported_description_ends_its_sentence_before_the_origin() -> None:
     assert rule["description"] == f"Done. Imported from Sigma rule {UID}."
 
 
+def test_import_keeps_an_escaped_star_at_an_end_literal_and_loadable() -> None:
+    """Sigma's ``\\*admin`` is the literal text "*admin"; a plain value with a * at an end is refused by the rule
+    language (a Sigma habit that never matched), so it imports as an anchored regex that loads and matches it."""
+    rule = import_rule(_doc({"s": {"target.name": "\\*admin"}, "condition": "s"}))
+    assert rule["detection"]["s"] == {"target.name|re|i|s": "^\\*admin\\Z"}
+    engine = RulesEngine.from_config({"defaults": {"enabled": False}, "custom": [rule]}, clock=FakeClock(T0))
+    hit = make_event("member.invited", time=T0, target={"kind": "member", "id": "m1", "name": "*Admin"})
+    miss = make_event("member.invited", time=T0 + 1, target={"kind": "member", "id": "m2", "name": "xadmin"})
+    assert [a.event_ids for a in engine.evaluate([hit, miss]).alerts] == [(hit.id,)]
+
+
 def test_import_exit_code_and_messages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A file with one good and one bad rule: the good one is written, the bad one named on stderr, exit 1."""
     src = tmp_path / "mixed.yml"
