@@ -241,6 +241,11 @@ def _spec(src: _Source, errors: list[str]) -> AnySpec | None:
     if not isinstance(raw, dict):
         errors.append(f"{src.where}: a rule must be a mapping")
         return None
+    if "logsource" in raw and "severity" not in raw and isinstance(raw.get("detection"), dict):
+        # a whole Sigma rule dropped among ours: one line that says so, not one per Sigma key
+        errors.append(f"{src.where}: a Sigma rule (logsource, level), not a rule of this language: convert it with "
+                      f"`instantly-audit rules import {src.file or 'FILE'} --output FILE`")  # fmt: skip
+        return None
     model: type[AnySpec] = CorrelationSpec if "correlation" in raw else MatchRuleSpec
     try:
         return model.model_validate(raw)

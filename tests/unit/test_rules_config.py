@@ -180,6 +180,15 @@ def test_sigma_keys_say_how_a_yaml_rule_spells_them(tmp_path: Path) -> None:
     assert "(custom.k).tags: unknown key (ATT&CK techniques are attack: [T1078] here" in text
     assert "(custom.k).logsource: unknown key (the events a rule reads are chosen by types: [...]" in text
     assert "did you mean" not in text and text.count("rules import` converts a Sigma rule") == 3
+    # a whole Sigma rule dropped among the rule files: one line, naming the command that converts it
+    sigma = {"title": "T", "id": "5a2a3c9e-8a52-4b8c-9f6e-2f7b0c3d1e11", "logsource": {"product": "instantly"},
+             "detection": {"s": {"type": "audit.user_login"}, "condition": "s"}, "level": "high"}  # fmt: skip
+    (tmp_path / "dropped.yml").write_text(yaml.safe_dump(sigma))
+    with pytest.raises(ConfigError) as ei:
+        parse_rules_config({"files": ["dropped.yml"]}, base_dir=tmp_path)
+    assert str(ei.value) == (f"rules.files.0: {tmp_path / 'dropped.yml'}: rules[0]: a Sigma rule (logsource, level), "
+                             f"not a rule of this language: convert it with `instantly-audit rules import "
+                             f"{tmp_path / 'dropped.yml'} --output FILE`")  # fmt: skip
     corr = {"id": "custom.c", "title": "C", "severity": "low", "generate": False, "name": "c",
             "correlation": {"type": "event_count", "rules": ["custom.k"], "timespan": "1h"}}  # fmt: skip
     (tmp_path / "sigmaish.yaml").write_text(yaml.safe_dump(corr))
