@@ -328,6 +328,11 @@ def run_case(
     except ConfigError as err:
         res.problems.append(f"rules config: {err}")
         return res
+    known = [r.meta.id for r in engine.ruleset.rules]
+    if missing := [r for r in dict.fromkeys([cf.rule, *(case.rules or [])]) if r not in known]:
+        near = difflib.get_close_matches(missing[0], known, n=1)  # (a negative case passed, testing nothing)
+        res.problems.append(f"no rule {missing[0]!r} is loaded" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        return res
     w = cf.workspace
     ws = WorkspaceRef(w) if isinstance(w, str) else WorkspaceRef(w.id, w.name)
     t = parse_time(cf.start) - 1.0

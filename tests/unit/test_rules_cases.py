@@ -131,6 +131,19 @@ def test_a_mistyped_case_event_key_is_named_by_its_path(tmp_path: Path, event: d
     assert run_case(cf, cf.cases[0], {}, file="cases.yaml").problems == [problem]
 
 
+def test_a_case_for_a_rule_that_is_not_loaded_fails(tmp_path: Path) -> None:
+    """A case file whose ``rule:`` has a typo tested nothing, and its negative cases passed; every case of it
+    now fails, naming the id and the closest loaded one."""
+    case = {"name": "quiet", "events": [{"type": "audit.user_login"}], "expect": []}
+    (tmp_path / "cases.yaml").write_text(yaml.safe_dump({"rule": "auth.login_new_iq", "cases": [case]}))
+    cf = load_case_file(tmp_path / "cases.yaml")
+    [problem] = run_case(cf, cf.cases[0], {}, file="cases.yaml").problems
+    assert problem == "no rule 'auth.login_new_iq' is loaded (did you mean 'auth.login_new_ip'?)"
+    other = cf.cases[0].model_copy(update={"rules": ["auth.nope"]})
+    cf2 = cf.model_copy(update={"rule": "auth.login_new_ip"})
+    assert run_case(cf2, other, {}, file="cases.yaml").problems[0].startswith("no rule 'auth.nope' is loaded")
+
+
 @pytest.mark.parametrize(
     "argv",
     [("rules",), ("rules", "test", "/does/not/exist")],
