@@ -46,6 +46,9 @@ ABSENCE = {
         (dict(ABSENCE, type="temporal", condition={"gte": 1}),
          "correlation.condition: temporal takes no condition here: every entry must match (only {gte: 2}"),
         (dict(ABSENCE, condition={"gte": 2}), "correlation.condition: absence takes no condition here"),
+        # the match rules' spelling: the hint named the same wrong key ("did you mean 'group_by'?")
+        ({**{k: v for k, v in COUNT.items() if k != "group-by"}, "group_by": ["actor.user_id"]},
+         "correlation.group_by: unknown key (did you mean 'group-by'?)"),
         # a count without a threshold alerted on every single match (the default was gte: 1)
         ({k: v for k, v in COUNT.items() if k != "condition"},
          "correlation.condition: event_count needs a threshold, e.g. condition: {gte: 5}"),
