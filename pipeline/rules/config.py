@@ -251,7 +251,7 @@ def _spec(src: _Source, errors: list[str]) -> AnySpec | None:
         return model.model_validate(raw)
     except ValidationError as err:
         rid = raw.get("id")
-        for line in validation_error_lines(err, model):
+        for line in _entry_lines(validation_error_lines(err, model)):
             keypath, _, message = _sigma_hint(line).partition(": ")
             errors.append(src.problem(rid, keypath, message))
         if model is MatchRuleSpec:  # and what compiling it would say: every problem of the rule in one run
@@ -269,6 +269,20 @@ SIGMA_KEYS = {
 }
 """Sigma rule keys that a YAML rule spells otherwise: an unknown-key line says how, instead of a
 "did you mean" that guesses by spelling (``tags`` → ``status``). ``rules import`` converts whole Sigma rules."""
+
+
+def _entry_lines(lines: list[str]) -> list[str]:
+    """A correlation entry is a rule id or a mapping: pydantic reports a bad mapping under both members of the
+    union (``rules.0.str: Input should be a valid string`` and ``rules.0.EntrySpec.<key>: …``). Keep the
+    mapping's lines, without the member's name, and the string line only for an entry that is neither."""
+    mapped = {line.split(".EntrySpec.", 1)[0] for line in lines if ".EntrySpec." in line}
+    out = []
+    for line in lines:
+        at, sep, rest = line.partition(".str: ")
+        if sep and at in mapped and rest.startswith("Input should be a valid string"):
+            continue
+        out.append(line.replace(".EntrySpec.", ".", 1))
+    return out
 
 
 def _sigma_hint(line: str) -> str:

@@ -49,6 +49,8 @@ ABSENCE = {
         # the match rules' spelling: the hint named the same wrong key ("did you mean 'group_by'?")
         ({**{k: v for k, v in COUNT.items() if k != "group-by"}, "group_by": ["actor.user_id"]},
          "correlation.group_by: unknown key (did you mean 'group-by'?)"),
+        (dict(COUNT, rules=[{"types": ["audit.*"], "detection": {"s": {"type": "x"}}, "group_by": ["actor.ip"]}]),
+         "(custom.corr).correlation.rules.0.group_by: unknown key (did you mean 'group-by'?)"),
         # a count without a threshold alerted on every single match (the default was gte: 1)
         ({k: v for k, v in COUNT.items() if k != "condition"},
          "correlation.condition: event_count needs a threshold, e.g. condition: {gte: 5}"),
@@ -69,6 +71,7 @@ def test_compile_errors_name_the_path(corr: dict[str, Any], message: str) -> Non
     with pytest.raises(ConfigError) as info:
         _engine(_rule(corr))
     assert "rules.custom.0 (custom.corr)" in str(info.value) and message in str(info.value)
+    assert ".EntrySpec." not in str(info.value) and ".str: Input should be a valid string" not in str(info.value)
 
 
 def _login(user: str, t: float, code: int = 1, ip: str = "198.51.100.1", **attrs: Any) -> Any:
