@@ -207,7 +207,12 @@ def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         if current is None:
             return []
     found = _model_in(current)
-    return sorted(found.model_fields) if found is not None else []
+    return sorted(_keys(found)) if found is not None else []
+
+
+def _keys(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's fields by the key written in a file: the alias when there is one (``group-by``)."""
+    return {(f.alias or name): f for name, f in model.model_fields.items()}
 
 
 def _step(annotation: Any, part: Any) -> Any:
@@ -218,7 +223,7 @@ def _step(annotation: Any, part: Any) -> Any:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         if issubclass(annotation, RootModel):
             return _step(annotation.model_fields["root"].annotation, part)
-        field = annotation.model_fields.get(str(part))
+        field = _keys(annotation).get(str(part))
         return field.annotation if field is not None else None
     origin = get_origin(annotation)
     args = get_args(annotation)

@@ -55,8 +55,9 @@ class EventClock:
             self.t = max(self.t, parse_time(when))
 
 
-def load_rules_file(path: str) -> dict[str, Any]:
-    """Read a pinned rules config (the ``rules:`` section, or a whole config file with one).
+def load_rules_file(path: str) -> tuple[dict[str, Any], Path]:
+    """Read a pinned rules config (the ``rules:`` section, or a whole config file with one); return it
+    with the directory its relative paths (``files``) are read against: the file's own.
 
     Raises:
         ConfigError: unreadable or not a mapping.
@@ -65,12 +66,13 @@ def load_rules_file(path: str) -> dict[str, Any]:
         doc = safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError(f"--rules-file {path}: cannot read it ({type(err).__name__}: {err})") from None
+    base = Path(path).resolve().parent
     if doc is None:
-        return {}
+        return {}, base
     if not isinstance(doc, dict):
         raise ConfigError(f"--rules-file {path}: expected a mapping")
     inner = doc.get("rules")
-    return inner if isinstance(inner, dict) else doc
+    return (inner if isinstance(inner, dict) else doc), base
 
 
 def _key(a: dict[str, Any]) -> tuple[str, str, str]:
@@ -83,10 +85,15 @@ async def rerun(
     sel: Selection,
     stats: ReplayStats,
     progress: Callable[[int, int], None] | None = None,
+    base_dir: Path | None = None,
 ) -> tuple[list[Alert], set[str], int]:
-    """Evaluate the rules over the selection; return (alerts, replayed event ids, rule failures)."""
+    """Evaluate the rules over the selection; return (alerts, replayed event ids, rule failures).
+
+    ``base_dir`` is what relative ``files`` are read against, as the rules worker reads them (the
+    config file's directory), never the working directory.
+    """
     clock = EventClock()
-    engine = RulesEngine.from_config(rules_config, clock=clock)
+    engine = RulesEngine.from_config(rules_config, clock=clock, base_dir=base_dir)
     alerts: list[Alert] = []
     ids: set[str] = set()
     failures = 0
@@ -149,8 +156,11 @@ async def replay_rules(
     """
     if sel.topic != EVENTS_TOPIC:
         raise ConfigError("--rules replays events: use --topic events")
-    rules_config = load_rules_file(args.rules_file) if args.rules_file else dict(cfg.rules)
-    alerts, ids, failures = await rerun(bus, rules_config, sel, stats, progress)
+    if args.rules_file:
+        rules_config, base_dir = load_rules_file(args.rules_file)
+    else:  # relative rule files are the config file's, as the live rules worker reads them
+        rules_config, base_dir = dict(cfg.rules), cfg.config_dir
+    alerts, ids, failures = await rerun(bus, rules_config, sel, stats, progress, base_dir)
     now = [a.to_dict() for a in alerts]
     then = await recorded_alerts(bus, ids)
     d = diff(now, then)

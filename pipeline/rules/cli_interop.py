@@ -209,6 +209,8 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     print(f"rules coverage: {len(cov.proven)} techniques in the layer {args.navigator}")
     for tech, rules in sorted(cov.unproven.items()):
         print(f"  not in the layer (no passing emulation): {tech} ({', '.join(rules)})")
+    for why in cov.ignored:
+        print(f"  emulation ignored: {why}")
     return EXIT_OK
 
 

@@ -24,6 +24,7 @@ Loading reads YAML rule files; nothing else here does I/O.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from pipeline.config.base import Model, validation_error_lines
 from pipeline.config.yaml_keys import repeated_key
 from pipeline.config.yaml_load import safe_load_all
 from pipeline.errors import ConfigError
-from pipeline.rules.base import DAY, CatalogRule, Rule, RulePack, RuleParams
+from pipeline.rules.base import ATTACK_PATTERN, DAY, RULE_ID_PATTERN, CatalogRule, Rule, RuleMeta, RulePack, RuleParams
 from pipeline.rules.correlation import CorrelationSpec, compile_correlation
 from pipeline.rules.lists import SharedLists
 from pipeline.rules.matcher import MatchRuleSpec, RuleSyntaxError, compile_rule, rule_problems
@@ -136,32 +137,65 @@ class RuleSet:
 
 
 # ---- YAML rule files -------------------------------------------------------------------------
-def _docs_in(path: Path) -> list[tuple[str, Any]]:
-    """(where, raw rule) for every rule in a YAML file.
+def _docs_in(path: Path) -> list[tuple[str, Any, yaml.Node | None]]:
+    """(where, raw rule, its YAML node) for every rule in a YAML file.
 
     Raises:
         ConfigError: the file cannot be read or parsed.
     """
     try:
         text = path.read_text(encoding="utf-8")
-        docs = [d for d in safe_load_all(text) if d is not None]  # first: it reports nesting too deep
-        for node in yaml.compose_all(text, Loader=yaml.SafeLoader):
+        loaded = list(safe_load_all(text))  # first: it reports nesting too deep
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        for node in nodes:
             if (repeated := repeated_key(node)) is not None:
                 raise ConfigError(f"{path}: not valid YAML at {repeated}")
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the rule file ({err.strerror or type(err).__name__})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid YAML ({type(err).__name__}: {err})") from None
-    out: list[tuple[str, Any]] = []
-    for d in docs:
-        if is_case_file(d):
+    aligned: list[yaml.Node | None] = list(nodes) if len(nodes) == len(loaded) else [None] * len(loaded)
+    pairs = zip(loaded, aligned, strict=True)
+    out: list[tuple[str, Any, yaml.Node | None]] = []
+    for d, at in pairs:
+        if d is None or is_case_file(d):
             continue  # test cases beside the rules (pipeline.rules.testing), not a rule
         items = d.get("rules") if isinstance(d, dict) and set(d) == {"rules"} else d
+        if items is not d and isinstance(at, yaml.MappingNode):
+            at = at.value[0][1]  # the node of `rules:`
         if isinstance(items, list):
-            out.extend((f"{path}: rules[{len(out) + i}]", r) for i, r in enumerate(items))
+            subs = at.value if isinstance(at, yaml.SequenceNode) and len(at.value) == len(items) else None
+            start = len(out)  # (first: len(out) grows while extend reads the generator)
+            out.extend((f"{path}: rules[{start + i}]", r, subs[i] if subs else None) for i, r in enumerate(items))
         else:
-            out.append((f"{path}: rules[{len(out)}]", items))
+            out.append((f"{path}: rules[{len(out)}]", items, at))
     return out
+
+
+def line_of(node: yaml.Node | None, keypath: str) -> int | None:
+    """The 1-based line of ``keypath`` (``detection.sel.actor.ip|contains``) inside a rule's YAML node: the
+    deepest key or item of the path found (keys may hold dots, so the longest key that prefixes the rest is
+    taken at each level); None without a node."""
+    if node is None:
+        return None
+    line, rest = node.start_mark.line, keypath
+    while rest:
+        if isinstance(node, yaml.MappingNode):
+            keys = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)]
+            fits = [(k, v) for k, v in keys if rest == k.value or rest.startswith(f"{k.value}.")]
+            if not fits:
+                break
+            k, node = max(fits, key=lambda kv: len(str(kv[0].value)))
+            line, rest = k.start_mark.line, rest[len(str(k.value)) + 1 :]
+        elif isinstance(node, yaml.SequenceNode):
+            head, _, tail = rest.partition(".")
+            if not head.isdigit() or int(head) >= len(node.value):
+                break
+            node, rest = node.value[int(head)], tail
+            line = node.start_mark.line
+        else:
+            break
+    return line + 1
 
 
 def is_case_file(doc: Any) -> bool:
@@ -182,20 +216,103 @@ def _rule_files(entry: str, base_dir: Path) -> list[Path]:
 AnySpec = MatchRuleSpec | CorrelationSpec
 
 
-def _spec(raw: Any, where: str, errors: list[str]) -> AnySpec | None:
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """Where a rule comes from: ``where`` names it in messages; a rule from a file has its ``file`` and
+    YAML ``node``, so each problem also names its line (``rules/x.yaml:12: rules[0] (custom.x).severity``)."""
+
+    where: str
+    raw: Any
+    builtin: bool
+    file: str | None = None
+    node: yaml.Node | None = None
+
+    def problem(self, rid: Any, keypath: str, message: str) -> str:
+        """One problem line of this rule: location (with the line of ``keypath``), id, key path, message."""
+        where = self.where
+        if self.file is not None and (n := line_of(self.node, keypath)) is not None:
+            where = where.replace(f"{self.file}: rules[", f"{self.file}:{n}: rules[", 1)
+        label = f"{where} ({rid})" if isinstance(rid, str) else where
+        return f"{label}.{keypath}: {message}"
+
+
+def _spec(src: _Source, errors: list[str]) -> AnySpec | None:
+    raw = src.raw
     if not isinstance(raw, dict):
-        errors.append(f"{where}: a rule must be a mapping")
+        errors.append(f"{src.where}: a rule must be a mapping")
+        return None
+    if "logsource" in raw and "severity" not in raw and isinstance(raw.get("detection"), dict):
+        # a whole Sigma rule dropped among ours: one line that says so, not one per Sigma key
+        errors.append(f"{src.where}: a Sigma rule (logsource, level), not a rule of this language: convert it with "
+                      f"`instantly-audit rules import {src.file or 'FILE'} --output FILE`")  # fmt: skip
         return None
     model: type[AnySpec] = CorrelationSpec if "correlation" in raw else MatchRuleSpec
     try:
         return model.model_validate(raw)
     except ValidationError as err:
         rid = raw.get("id")
-        label = f"{where} ({rid})" if isinstance(rid, str) else where
-        errors.extend(f"{label}.{line}" for line in validation_error_lines(err, model))
+        for line in _entry_lines(validation_error_lines(err, model)):
+            keypath, _, message = _sigma_hint(line).partition(": ")
+            errors.append(src.problem(rid, keypath, message))
         if model is MatchRuleSpec:  # and what compiling it would say: every problem of the rule in one run
-            errors.extend(line for problem in rule_problems(raw) for line in problem.lines(f"{label}."))
+            errors.extend(src.problem(rid, p.where, p.message) for p in rule_problems(raw))
         return None
+
+
+SIGMA_KEYS = {
+    "level": "Sigma's level is severity here (info, low, medium, high, critical)",
+    "tags": "ATT&CK techniques are attack: [T1078] here (Sigma's attack.t1078 tags)",
+    "logsource": "the events a rule reads are chosen by types: [...] (event type globs) here",
+    "timeframe": "a window is a correlation's timespan here (correlation: {type: event_count, ...})",
+    "generate": "a rule a correlation uses alerts on its own unless it has enabled: false (Sigma's generate)",
+    "name": "a correlation names the rules it uses by their id here",
+}
+"""Sigma rule keys that a YAML rule spells otherwise: an unknown-key line says how, instead of a
+"did you mean" that guesses by spelling (``tags`` → ``status``). ``rules import`` converts whole Sigma rules."""
+
+
+def _entry_lines(lines: list[str]) -> list[str]:
+    """A correlation entry is a rule id or a mapping: pydantic reports a bad mapping under both members of the
+    union (``rules.0.str: Input should be a valid string`` and ``rules.0.EntrySpec.<key>: …``). Keep the
+    mapping's lines, without the member's name, and the string line only for an entry that is neither."""
+    mapped = {line.split(".EntrySpec.", 1)[0] for line in lines if ".EntrySpec." in line}
+    out = []
+    for line in lines:
+        at, sep, rest = line.partition(".str: ")
+        if sep and at in mapped and rest.startswith("Input should be a valid string"):
+            continue
+        out.append(line.replace(".EntrySpec.", ".", 1))
+    return out
+
+
+def _sigma_hint(line: str) -> str:
+    key, sep, rest = line.partition(": ")
+    if sep and key in SIGMA_KEYS and rest.startswith("unknown key"):
+        return f"{key}: unknown key ({SIGMA_KEYS[key]}; `instantly-audit rules import` converts a Sigma rule)"
+    return line
+
+
+_SEVERITIES = ("info", "low", "medium", "high", "critical")
+_STATUSES = ("experimental", "test", "stable", "deprecated")
+
+
+def meta_problems(meta: RuleMeta) -> list[str]:
+    """What is wrong with a Python rule's :class:`RuleMeta` (``<field>: <problem>``): a dataclass checks no
+    value, and an invalid id, severity or ATT&CK id loaded and made every alert of the rule fail Alert v1."""
+    out: list[str] = []
+    if not re.fullmatch(RULE_ID_PATTERN, str(meta.id)):
+        out.append(f"id: {meta.id!r} is not a dotted lower-case rule id (like acme.night_export)")
+    if meta.severity not in _SEVERITIES:
+        out.append(f"severity: {meta.severity!r} is not one of {', '.join(_SEVERITIES)}")
+    if meta.status not in _STATUSES:
+        out.append(f"status: {meta.status!r} is not one of {', '.join(_STATUSES)}")
+    if type(meta.version) is not int or meta.version < 1:
+        out.append(f"version: {meta.version!r} is not a whole number of 1 or more")
+    out += [f"attack: {a!r} is not an ATT&CK technique id (like T1078 or T1556.006)"
+            for a in meta.attack if not re.fullmatch(ATTACK_PATTERN, str(a))]  # fmt: skip
+    if not meta.title:
+        out.append("title: empty")
+    return out
 
 
 # ---- loading ---------------------------------------------------------------------------------
@@ -221,28 +338,31 @@ def parse_rules_config(
 
     # YAML rules: the shipped catalog, then files, then inline.
     specs: list[tuple[AnySpec, str, bool]] = []
-    sources: list[tuple[str, Any, bool]] = []
+    sources: list[_Source] = []
+    located: dict[str, _Source] = {}
     packs = rule_packs() if packs is None else packs
     for pack in packs:
         for f in pack.yaml_files:
-            sources.extend((w, r, True) for w, r in _docs_in(f))
+            sources.extend(_Source(w, r, True, str(f), n) for w, r, n in _docs_in(f))
     for i, entry in enumerate(settings.files):
         try:
             for f in _rule_files(entry, base_dir or Path.cwd()):
-                sources.extend((f"rules.files.{i}: {w}", r, False) for w, r in _docs_in(f))
+                sources.extend(_Source(f"rules.files.{i}: {w}", r, False, str(f), n) for w, r, n in _docs_in(f))
         except ConfigError as err:
             errors.append(f"rules.files.{i}: {err.message}")
-    sources.extend((f"rules.custom.{i}", r, False) for i, r in enumerate(settings.custom))
-    for where, rule_raw, builtin in sources:
-        spec = _spec(rule_raw, where, errors)
+    sources.extend(_Source(f"rules.custom.{i}", r, False) for i, r in enumerate(settings.custom))
+    for src in sources:
+        located[src.where] = src
+        spec = _spec(src, errors)
         if spec is not None:
-            specs.append((spec, where, builtin))
+            specs.append((spec, src.where, src.builtin))
 
     python: dict[str, type[CatalogRule[Any]]] = {}
     for pack in packs:
         for cls in pack.rules:
             if cls.meta.id in python and python[cls.meta.id] is not cls:
                 errors.append(f"rule packs: rule id {cls.meta.id!r} is defined twice (pack {pack.name!r})")
+            errors += [f"rule packs: {pack.name}: {cls.__name__}.meta.{p}" for p in meta_problems(cls.meta)]
             python[cls.meta.id] = cls
     known: dict[str, str] = {rid: "built-in" for rid in python}
     for spec, where, _ in specs:
@@ -289,7 +409,7 @@ def parse_rules_config(
             else:
                 rules.append(compile_rule(spec, p))
         except RuleSyntaxError as err:
-            errors.extend(err.lines(f"{where} ({spec.id})."))
+            errors.extend(located[where].problem(spec.id, p.where, p.message) for p in err.problems)
     if errors:
         raise ConfigError("\n".join(errors))
     pack_ids = frozenset([*python, *(s.id for s, where, b in specs if b and known.get(s.id) == where)])

@@ -44,7 +44,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipeline.config.base import Model
 from pipeline.rules.base import RULE_ID_PATTERN, Finding, RuleContext, RuleMeta, RuleParams
@@ -58,8 +58,11 @@ from pipeline.rules.matcher import (
     RuleSyntaxError,
     compile_detection,
     compile_template,
+    default_types,
+    effective_types,
     getter,
     type_matches,
+    unreachable,
 )
 from schemas.alert import Entity, Severity
 from schemas.event import Event
@@ -128,6 +131,21 @@ class CorrelationBody(Model):
     history: str | float = "30d"
     max_groups: int = Field(10_000, ge=1, le=1_000_000)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _sigma_condition_field(cls, data: Any) -> Any:
+        """``condition: {gte: 3, field: actor.ip}``, where a Sigma correlation names the field of a
+        ``value_count``, is ``field: actor.ip`` beside the condition here (the same field in both is fine)."""
+        if not isinstance(data, Mapping) or not isinstance(cond := data.get("condition"), Mapping):
+            return data
+        if "field" not in cond:
+            return data
+        out = {**data, "condition": {k: v for k, v in cond.items() if k != "field"}}
+        if data.get("field", cond["field"]) != cond["field"]:
+            raise ValueError(f"condition.field {cond['field']!r} and field {data['field']!r} differ: give one")
+        out["field"] = cond["field"]
+        return out
+
 
 class CorrelationSpec(LifecycleSpec):
     """A YAML correlation rule as written by a user."""
@@ -176,14 +194,20 @@ def _entry(raw: str | EntrySpec, i: int, body: CorrelationBody, refs: Mapping[st
         ref = refs.get(spec.rule)
         if ref is None:
             raise RuleSyntaxError(f"{where}", f"unknown YAML rule {spec.rule!r} (correlations reference match rules)")
-        types, codes, detection = tuple(ref.types), ref.activity_codes, ref.detection
+        types, codes, detection = tuple(effective_types(ref)), ref.activity_codes, ref.detection
         name = spec.name or spec.rule
     else:
         if spec.detection is None:
             raise RuleSyntaxError(where, "an entry needs either rule: <id> or detection: {...}")
-        types, codes, detection = tuple(spec.types or ["*"]), spec.activity_codes, spec.detection
+        types, codes, detection = (
+            tuple(default_types(spec.types, spec.activity_codes)),
+            spec.activity_codes,
+            spec.detection,
+        )
         name = spec.name or f"rule{i}"
     detect = compile_detection(detection, f"{where}.detection")
+    if spec.rule is None and (found := unreachable(detection, f"{where}.detection", types, codes, "types")):
+        raise RuleSyntaxError(found[0].where, found[0].message, found)  # (a referenced rule was checked itself)
     group_paths = spec.group_by if spec.group_by is not None else body.group_by
     group = [getter(g, f"{where}.group-by.{j}") for j, g in enumerate(group_paths)]
     nt = getter(spec.new_terms, f"{where}.new_terms") if spec.new_terms else None
@@ -219,11 +243,23 @@ class CorrelationRule:
             raise RuleSyntaxError(
                 "correlation.rules", "absence needs an entry that closes the window (not opens: true)"
             )
+        if body.type in ("event_count", "value_count") and "condition" not in body.model_fields_set:
+            # (Sigma requires one for these; the {gte: 1} default made every single match an alert)
+            raise RuleSyntaxError("correlation.condition", f"{body.type} needs a threshold, e.g. condition: {{gte: 5}}")
         bad = sorted(set(body.condition) - set(_OPS))
         if bad:
             raise RuleSyntaxError("correlation.condition", f"unknown operator {bad[0]!r} (known: {', '.join(_OPS)})")
         if upper := sorted(set(body.condition) & UPPER_BOUND_OPS):
             raise RuleSyntaxError(f"correlation.condition.{upper[0]}", UPPER_BOUND_REASON)
+        every = {"gte": float(len(self.entries))}
+        if (
+            body.type not in ("event_count", "value_count")
+            and "condition" in body.model_fields_set
+            and (body.type not in ("temporal", "temporal_ordered") or body.condition != every)
+        ):  # it was ignored: a temporal's {gte: 2} of 3 entries (Sigma: 2 different rules) needed all 3
+            what = (f"every entry must match (only {{gte: {len(self.entries)}}}, all of them, is supported)"
+                    if body.type in ("temporal", "temporal_ordered") else "it has no count")  # fmt: skip
+            raise RuleSyntaxError("correlation.condition", f"{body.type} takes no condition here: {what}")
         self.condition = [(_OPS[k], float(v)) for k, v in body.condition.items()]
         if body.type in ("value_count", "new_terms") and not body.field:
             raise RuleSyntaxError("correlation.field", f"{body.type} needs the field whose values count")

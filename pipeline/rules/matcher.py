@@ -16,7 +16,8 @@ A rule file holds one rule, a list of rules, or ``{rules: [...]}``::
         actor.ip|cidr: [203.0.113.0/24]
       condition: selection and not office
     resolve: {...}                        # optional: same shape; a match clears the open condition
-    resolve_types: [audit.*]              # optional: types only the resolve block needs (default: types)
+    resolve_types: [audit.*]              # optional: the types the resolve block sees (default: types and
+                                          # the ``type`` values its selections name)
     group_by: [actor.user_id]             # the condition key (dedup); empty: one per workspace
     summary: "{actor.user_name|actor.user_id} logged in from {actor.ip}"
     entities: [{kind: user, id: "{actor.user_id}", name: "{actor.user_name}"}]
@@ -66,6 +67,8 @@ _SUBFIELDS: dict[str, frozenset[str] | None] = {
 }  # fmt: skip
 _MODIFIERS = frozenset({"contains", "startswith", "endswith", "re", "cidr", "gt", "gte", "lt", "lte", "exists",
                         "in", "all", "cased", "eq", "i", "m", "s"})  # fmt: skip
+BOOLEAN_FIELDS = frozenset({"actor.via_api"})
+"""The fixed Event v1 fields that hold a JSON boolean (a string value there can never match)."""
 _KINDS = ("contains", "startswith", "endswith", "re", "cidr", "gt", "gte", "lt", "lte", "exists", "eq")
 
 
@@ -215,6 +218,11 @@ def _field_pred(spec: str, expected: Any, where: str) -> Pred:
         present = _presence(path)
         return lambda ev: present(ev) is expected
     values = list(expected) if isinstance(expected, list) else [expected]
+    if kind == "eq" and path in BOOLEAN_FIELDS and (text := next((v for v in values if isinstance(v, str)), None)):
+        # Event v1 writes it as a JSON boolean, which no string equals: the selection would never match
+        raise RuleSyntaxError(where, f"{path} is a boolean: write true or false, unquoted (got {text!r})")
+    if kind == "eq" and (star := next((v for v in values if _sigma_star(v)), None)) is not None:
+        raise RuleSyntaxError(where, _star_hint(path, mods, star))
     if "in" in mods and not isinstance(expected, list):
         raise RuleSyntaxError(where, "|in needs a list of values")
     if not values:
@@ -232,6 +240,22 @@ def _field_pred(spec: str, expected: Any, where: str) -> Pred:
         p0 = preds[0]
         return lambda ev: one(get(ev), p0)
     return lambda ev: any(one(v, p) for v in (get(ev),) for p in preds)
+
+
+def _sigma_star(v: Any) -> bool:
+    """A plain value shaped like a Sigma wildcard (``*curl*``, ``adm*``, ``*.ru``): here it is literal text."""
+    return isinstance(v, str) and v.strip("*") != "" and (v.startswith("*") or v.endswith("*"))
+
+
+def _star_hint(path: str, mods: set[str], value: str) -> str:
+    inner = value.strip("*")
+    kind = {(True, True): "contains", (False, True): "startswith"}.get(
+        (value.startswith("*"), value.endswith("*")), "endswith")  # fmt: skip
+    extra = "".join(f"|{m}" for m in sorted(mods & {"all", "cased", "in"}))
+    return (
+        f"{value!r}: * is not a wildcard here (a value is literal text, which Sigma's is not); write "
+        f"{path}|{kind}{extra}: {inner!r} (`rules import` converts Sigma wildcards)"
+    )
 
 
 def _selection(body: Any, where: str) -> Pred:
@@ -447,21 +471,34 @@ class MatchRule:
     def __init__(self, spec: MatchRuleSpec, params: RuleParams):
         self.spec = spec
         self.params = params
+        # The resolve block sees resolve_types, by default the rule's types and the types its selections
+        # name (``resolve: {gone: {type: webhook.deleted}}`` needs no resolve_types to be reached).
+        self._types = effective_types(spec)
+        # activity_codes select what opens an alert: the engine filters by them only a rule without a resolve
+        # block, whose clearing record has another code (TOTP disabled 26, re-enabled 23) and was never routed
+        self._codes = frozenset(spec.activity_codes) if spec.activity_codes is not None else None
+        named = [v.lower() for _, v in plain_values(spec.resolve, "resolve", "type") if isinstance(v, str)]
+        self._resolve_types = tuple(spec.resolve_types or dict.fromkeys([*self._types, *named]))
         self.meta = RuleMeta(
             id=spec.id, title=spec.title, severity=spec.severity, version=spec.version, runbook=spec.runbook,
             attack=tuple(spec.attack), basic=spec.basic, description=spec.description,
-            event_types=tuple(dict.fromkeys([*spec.types, *(spec.resolve_types or ())])),
-            activity_codes=frozenset(spec.activity_codes) if spec.activity_codes is not None else None,
+            event_types=tuple(dict.fromkeys([*self._types, *self._resolve_types])),
+            activity_codes=None if self._codes is None or spec.resolve is not None else self._codes,
             suppress_secs=spec.suppress_secs, kind="yaml", status=spec.status, author=spec.author,
             references=tuple(spec.references), falsepositives=tuple(spec.falsepositives),
             related=tuple(r.id for r in spec.related),
         )  # fmt: skip
-        parts = _compile_parts(
-            spec.detection, spec.resolve, spec.group_by, spec.summary or spec.title,
-            [(e.kind, e.id, e.name) for e in spec.entities], spec.fields,
+        problems = Problems()
+        parts = problems.check(
+            _compile_parts, spec.detection, spec.resolve, spec.group_by, spec.summary or spec.title,
+            [(e.kind, e.id, e.name) for e in spec.entities], spec.fields, fallback=None,
         )  # fmt: skip
+        problems.found += unreachable(spec.detection, "detection", self._types, spec.activity_codes, "types")
+        problems.found += unreachable(spec.resolve, "resolve", self._resolve_types, None,  # (every code: above)
+                                      "resolve_types" if spec.resolve_types else "types")  # fmt: skip
+        problems.raise_any()
+        assert parts is not None  # (raise_any raised otherwise)
         self._detect, self._resolve, self._group, self._summary, self._entities, self._fields = parts
-        self._resolve_types = tuple(spec.resolve_types or spec.types)
         self._routes: dict[str, tuple[bool, bool]] = {}  # event type -> (detect?, resolve?)
 
     def key(self, ev: Event) -> str:
@@ -482,7 +519,7 @@ class MatchRule:
     def _route(self, event_type: str) -> tuple[bool, bool]:
         r = self._routes.get(event_type)
         if r is None:
-            r = (type_matches(self.spec.types, event_type), type_matches(self._resolve_types, event_type))
+            r = (type_matches(self._types, event_type), type_matches(self._resolve_types, event_type))
             if len(self._routes) < 1024:
                 self._routes[event_type] = r
         return r
@@ -498,6 +535,9 @@ class MatchRule:
     def on_event(self, ctx: RuleContext, event: Event) -> Iterable[Finding]:
         """Match the detection (open) or, when something is open, the resolve block."""
         detect, resolve = self._route(event.type)
+        if detect and self._codes is not None and self.meta.activity_codes is None and event.source.kind == "audit_log":
+            code = event.attributes.get("activity_code")
+            detect = (code if type(code) is int else -1) in self._codes  # as the engine reads the code
         if detect and self._detect(event):
             attrs = {}
             for name, get in self._fields:
@@ -584,6 +624,59 @@ def rule_problems(raw: Mapping[str, Any]) -> list[RuleSyntaxError]:
     except RuleSyntaxError as err:
         return list(err.problems)
     return []
+
+
+def plain_values(block: Any, where: str, field: str) -> list[tuple[str, Any]]:
+    """(key path, value) of every value a selection of a ``detection``/``resolve`` block gives ``field``
+    without a modifier (``{type: [a, b]}``: two), in selections and lists of selections alike."""
+    out: list[tuple[str, Any]] = []
+    if not isinstance(block, Mapping):
+        return out
+    for name, body in block.items():
+        if name == "condition":
+            continue
+        alts: list[tuple[str, Any]] = [(f"{where}.{name}", body)]
+        if isinstance(body, list):
+            alts = [(f"{where}.{name}.{i}", b) for i, b in enumerate(body)]
+        for at, sel in alts:
+            if isinstance(sel, Mapping) and field in sel:
+                v = sel[field]
+                out.extend((f"{at}.{field}", x) for x in (v if isinstance(v, list) else [v]))
+    return out
+
+
+def unreachable(
+    block: Any, where: str, types: Sequence[str], codes: Sequence[int] | None, types_key: str
+) -> list[RuleSyntaxError]:
+    """The ``type`` and ``attributes.activity_code`` values of a block's selections that no event routed to
+    the rule can have (outside ``types``/``activity_codes``): such a selection compiles and never matches."""
+    out: list[RuleSyntaxError] = []
+    for at, v in plain_values(block, where, "type"):
+        if isinstance(v, str) and not (type_matches(types, v) or type_matches(types, v.lower())):
+            out.append(RuleSyntaxError(at, f"{v!r} never reaches the rule: its {types_key} are "
+                                           f"{', '.join(types)} (add the type there)"))  # fmt: skip
+    if codes is not None:
+        for at, v in plain_values(block, where, "attributes.activity_code"):
+            n = v if _num(v) else int(v) if isinstance(v, str) and v.strip().isdigit() else None
+            if n is not None and n not in codes:
+                out.append(RuleSyntaxError(at, f"{v!r} never reaches the rule: its activity_codes are "
+                                               f"{', '.join(map(str, codes))} (add the code there)"))  # fmt: skip
+    return out
+
+
+def default_types(types: Sequence[str] | None, codes: Sequence[int] | None) -> list[str]:
+    """The types a rule or correlation entry is routed: its ``types``; when it gives none, every type, or
+    with ``activity_codes`` the audit records (codes exist only there, and a code list means "these audit
+    records": without it, every snapshot, webhook and pipeline event passed the codes, as the rule's Sigma
+    export, which tests ``attributes.activity_code``, never did)."""
+    if types is not None:
+        return list(types)
+    return ["audit.*"] if codes is not None else ["*"]
+
+
+def effective_types(spec: MatchRuleSpec) -> list[str]:
+    """:func:`default_types` of a YAML match rule (its ``types`` unless not given)."""
+    return default_types(spec.types if "types" in spec.model_fields_set else None, spec.activity_codes)
 
 
 def compile_rule(spec: MatchRuleSpec, params: RuleParams) -> MatchRule:

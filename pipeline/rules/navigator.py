@@ -17,6 +17,7 @@ sub-techniques, so a sub-technique score is visible without opening its parent b
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -72,19 +73,33 @@ class Coverage:
     layer: dict[str, Any]
     proven: dict[str, list[str]] = field(default_factory=dict)
     unproven: dict[str, list[str]] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+    """Why each emulation that proves nothing does not (``<scenario>: <reason>``): an unknown or disabled
+    rule, or a rule that does not claim the emulation's technique."""
 
 
 def build_layer(rules: Iterable[Rule], emulations: Iterable[Emulation], name: str = "instantly-audit") -> Coverage:
     """The Navigator layer of the enabled ``rules``' techniques that have an emulation of a claiming rule."""
+    rules = list(rules)
     claims: dict[str, list[str]] = {}
     for r in rules:
         if r.params.enabled:
             for t in r.meta.attack:
                 claims.setdefault(t, []).append(r.meta.id)
     by_tech: dict[str, list[Emulation]] = {}
+    cov = Coverage(layer={})
+    by_id = {r.meta.id: r for r in rules}
     for e in emulations:
         by_tech.setdefault(e.technique, []).append(e)
-    cov = Coverage(layer={})
+        rule = by_id.get(e.rule)
+        if rule is None:
+            near = difflib.get_close_matches(e.rule, by_id, n=1)
+            cov.ignored.append(f"{e.scenario}: no rule {e.rule}" + (f" (did you mean {near[0]}?)" if near else ""))
+        elif not rule.params.enabled:
+            cov.ignored.append(f"{e.scenario}: rule {e.rule} is disabled")
+        elif e.technique not in rule.meta.attack:
+            claims_of = ", ".join(rule.meta.attack) or "none"
+            cov.ignored.append(f"{e.scenario}: rule {e.rule} does not claim {e.technique} (its attack: {claims_of})")
     techniques: list[dict[str, Any]] = []
     for tech in sorted(claims):
         emus = [e for e in by_tech.get(tech, []) if e.rule in claims[tech]]

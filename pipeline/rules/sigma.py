@@ -407,6 +407,14 @@ def rule_id_for(doc: Mapping[str, Any], prefix: str = "sigma") -> str:
     return f"{prefix}.{slug}"[:100].rstrip("_")
 
 
+def with_origin(description: str, origin: str) -> str:
+    """A Sigma description (often without a final stop) followed by the sentence naming its origin."""
+    text = " ".join(description.split())
+    if text and not text.endswith((".", "!", "?", ":")):
+        text += "."
+    return f"{text} {origin}".strip()
+
+
 def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
     """One Sigma rule document as one of our YAML rules (a mapping ready to dump).
 
@@ -470,7 +478,7 @@ def import_rule(doc: Any, prefix: str = "sigma") -> dict[str, Any]:
         "id": rule_id_for(doc, prefix),
         "title": str(doc["title"]),
         "severity": SEVERITIES[level],
-        "description": f"{desc} {origin}".strip(),
+        "description": with_origin(desc, origin),
         "attack": attack,
         "types": ["*"],
         "detection": detection,

@@ -54,6 +54,7 @@ from pipeline.rules.sigma import (
     sigma_id,
     sigma_title,
     title_note,
+    with_origin,
 )
 from pipeline.rules.sigma_filter import SigmaFilter, applies, apply_filter, named_refs, names_rule, parse_filter
 
@@ -86,8 +87,11 @@ def _entry_doc(spec: CorrelationSpec, entry: EntrySpec, i: int, ref: Rule | None
     if isinstance(ref_spec, MatchRuleSpec) and ref is not None:
         types, codes, detection = list(ref_spec.types), ref_spec.activity_codes, ref_spec.detection
         title = f"{spec.title}: {entry.name or ref.meta.title}"
-        description = f"{where}: a copy of the instantly-audit rule {ref.meta.id} (also exported on its own)"
-        description += "; that rule alerts on its own too (generate: true)." if ref.params.enabled else "."
+        description = f"{where}: a copy of the instantly-audit rule {ref.meta.id} " + (
+            "(also exported on its own); that rule alerts on its own too (generate: true)."
+            if ref.params.enabled  # a disabled rule is skipped by the export (unless --include-disabled)
+            else "(disabled here: it does not alert on its own)."
+        )
     else:
         types, codes, detection = list(entry.types or ["*"]), entry.activity_codes, entry.detection or {}
         title = f"{spec.title}: {entry.name or f'rule {i}'}"
@@ -303,12 +307,12 @@ def _correlation(
     if level not in SEVERITIES:
         raise SigmaImportError(f"unknown level {level!r}")
     tags = [str(t).lower() for t in doc.get("tags") or []]
+    cid = doc.get("id", "(no id)")
     return {
         "id": rule_id_for(doc, prefix),
         "title": str(doc.get("title", "")),
         "severity": SEVERITIES[level],
-        "description": f"{' '.join(str(doc.get('description') or '').split())} "
-        f"Imported from Sigma correlation {doc.get('id', '(no id)')}.".strip(),
+        "description": with_origin(str(doc.get("description") or ""), f"Imported from Sigma correlation {cid}."),
         "attack": [t.split(".", 1)[1].upper() for t in tags if re.fullmatch(r"attack\.t\d{4}(\.\d{3})?", t)],
         "correlation": out,
         **lifecycle_keys(doc),

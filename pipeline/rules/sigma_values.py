@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pipeline.rules.matcher import RuleSyntaxError, getter
+from pipeline.rules.matcher import BOOLEAN_FIELDS, RuleSyntaxError, getter
 from pipeline.rules.sigma_regex import re2_problem
 
 _SIGMA_MODS = frozenset({"contains", "startswith", "endswith", "re", "cidr", "gt", "gte", "lt", "lte", "exists",
@@ -56,8 +56,11 @@ def _convert_value(path: str, mods: list[str], value: Any, regex: bool) -> tuple
     parts = _sigma_string(value)
     kind = next((m for m in mods if m in ("contains", "startswith", "endswith")), "")
     wild = [p for p in parts if p is None or p == ""]
-    if not wild and not regex:
-        return "|".join([path, *mods]), "".join(p for p in parts if p)
+    literal = "".join(p for p in parts if p)
+    if not wild and not regex and (kind or not (literal.startswith("*") or literal.endswith("*"))):
+        return "|".join([path, *mods]), literal
+    if not wild and not regex:  # an escaped \* at an end: a plain value there reads as a wildcard, so refused
+        return _convert_value(path, mods, value, True)
     if parts == [None] and not kind and not regex and not mods:
         return f"{path}|exists", True  # a lone "*": any value
     lits = [p for p in parts if p]
@@ -245,6 +248,10 @@ def import_selection(body: Any, where: str) -> Any:
         if isinstance(value, list) and len(values) > 1 and any(v is None for v in values):
             raise SigmaImportError(f"{where}.{key}: null cannot be part of a list of values (Sigma: make it "
                                    "its own selection)")  # fmt: skip
+        if path in BOOLEAN_FIELDS and not mods:  # 'true' as Splunk and Elasticsearch match it: the boolean
+            values = [v.lower() == "true" if isinstance(v, str) and v.lower() in ("true", "false") else v
+                      for v in values]  # fmt: skip
+            value = values if isinstance(value, list) else values[0]
         _check_types(f"{where}.{key}", mods, values)
         converted = [_convert_value(path, mods, v, False) for v in values]
         if len({k for k, _ in converted}) > 1:  # mixed shapes in one list: all as anchored regexes

@@ -27,8 +27,9 @@ v1 JSON Schema when ``jsonschema`` is installed.
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -48,16 +49,23 @@ from schemas.event import Actor, Change, Event, Source, SourceKind, Target, Work
 from schemas.ids import deterministic_id
 
 AUDIT_CODES: dict[str, int] = {
-    "audit.user_login": 1, "audit.lead_deleted": 2, "audit.campaign_deleted": 3, "audit.webhook_created": 18,
-    "audit.webhook_marked_error": 20,
-    "audit.webhook_resumed": 21, "audit.mfa_totp_enabled": 23, "audit.mfa_totp_replacement_started": 24,
-    "audit.mfa_totp_replaced": 25, "audit.mfa_totp_disabled": 26,
-    "audit.mfa_recovery_codes_generated": 27, "audit.mfa_recovery_code_used": 28, "audit.mfa_challenge_failed": 29,
-    "audit.mfa_challenge_failed_too_many": 30, "audit.mfa_login_succeeded": 31, "audit.lead_exported": 34,
-    "audit.api_key_created": 37, "audit.api_key_deleted": 38,
+    "audit.user_login": 1, "audit.lead_deleted": 2, "audit.campaign_deleted": 3, "audit.campaign_launched": 4,
+    "audit.campaign_paused": 5, "audit.account_added": 6, "audit.account_deleted": 7, "audit.lead_moved": 8,
+    "audit.lead_added": 9, "audit.lead_merged": 10, "audit.campaign_updated": 11,
+    "audit.subsequence_updated": 12, "audit.webhook_created": 18, "audit.webhook_updated": 19,
+    "audit.webhook_marked_error": 20, "audit.webhook_resumed": 21, "audit.mfa_totp_enrollment_started": 22,
+    "audit.mfa_totp_enabled": 23, "audit.mfa_totp_replacement_started": 24, "audit.mfa_totp_replaced": 25,
+    "audit.mfa_totp_disabled": 26, "audit.mfa_recovery_codes_generated": 27,
+    "audit.mfa_recovery_code_used": 28, "audit.mfa_challenge_failed": 29,
+    "audit.mfa_challenge_failed_too_many": 30, "audit.mfa_login_succeeded": 31,
+    "audit.subscriber_import_started": 32, "audit.subscriber_import_cancelled": 33, "audit.lead_exported": 34,
+    "audit.supersearch_enrichment_created": 35, "audit.account_updated": 36, "audit.api_key_created": 37,
+    "audit.api_key_deleted": 38,
 }  # fmt: skip
-"""Names the Instantly connector gives the audit codes the rules use (any code also works as
-``audit.activity_<n>``; rules match ``attributes.activity_code``, not the name)."""
+"""The names the Instantly connector gives every documented audit code (any code also works as
+``audit.activity_<n>``): a case event of a named type carries the code it has live, so a rule's
+``activity_codes`` route it as they do in the worker. ``tests/unit/test_rules_cases.py`` keeps this
+table equal to the connector's (``pipeline`` does not import connectors)."""
 _STREAMS = {"api_key": "api_keys", "member": "members", "webhook": "webhooks", "workspace": "workspace",
             "workspace_group": "group_members", "block_list": "block_list", "account": "accounts"}  # fmt: skip
 _ACTIVITY = re.compile(r"^audit\.activity_(\d+)$")
@@ -267,10 +275,30 @@ def _observed(value: Any) -> str | None:
     return None if value is None else format_time(parse_time(str(value)))
 
 
+_EVENT_KEYS = ("type", "time", "observed_at", "workspace", "actor", "target", "change", "attributes", "id")
+_PARTS: dict[str, tuple[str, ...]] = {
+    "actor": Actor.__struct_fields__, "target": Target.__struct_fields__, "change": Change.__struct_fields__,
+    "workspace": WorkspaceRef.__struct_fields__,
+}  # fmt: skip
+
+
+def _unknown_key(keys: Iterable[Any], known: Sequence[str], where: str) -> str | None:
+    """``<where>.<key>: unknown field …`` for the first key outside ``known`` (with a "did you mean")."""
+    bad = sorted(str(k) for k in keys if k not in known)
+    if not bad:
+        return None
+    near = difflib.get_close_matches(bad[0], known, n=1)
+    tip = f"did you mean {near[0]!r}?" if near else f"fields: {', '.join(known)}"
+    return f"{where}.{bad[0]}: unknown event field ({tip})"
+
+
 def _event(raw: Mapping[str, Any], default_ws: WorkspaceRef, t: float, where: str) -> Event:
-    unknown = set(raw) - {"type", "time", "observed_at", "workspace", "actor", "target", "change", "attributes", "id"}
-    if unknown:
-        raise ValueError(f"{where}: unknown event field {sorted(unknown)[0]!r}")
+    problem = _unknown_key(raw, _EVENT_KEYS, where)
+    for part, known in _PARTS.items():
+        if problem is None and isinstance(raw.get(part), Mapping):
+            problem = _unknown_key(raw[part], known, f"{where}.{part}")
+    if problem is not None:  # (named by key path: msgspec said only "Unexpected keyword argument 'email'")
+        raise ValueError(problem)
     if not isinstance(raw.get("type"), str):
         raise ValueError(f"{where}: 'type' is required")
     ws = raw.get("workspace", default_ws)
@@ -300,6 +328,11 @@ def run_case(
     except ConfigError as err:
         res.problems.append(f"rules config: {err}")
         return res
+    known = [r.meta.id for r in engine.ruleset.rules]
+    if missing := [r for r in dict.fromkeys([cf.rule, *(case.rules or [])]) if r not in known]:
+        near = difflib.get_close_matches(missing[0], known, n=1)  # (a negative case passed, testing nothing)
+        res.problems.append(f"no rule {missing[0]!r} is loaded" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        return res
     w = cf.workspace
     ws = WorkspaceRef(w) if isinstance(w, str) else WorkspaceRef(w.id, w.name)
     t = parse_time(cf.start) - 1.0
@@ -320,6 +353,10 @@ def run_case(
     res.problems += _schema_problems(alerts)
     scope = set(case.rules or [cf.rule])
     _compare(res, case.expect, [a for a in alerts if a.rule.id in scope], cf.rule)
+    off = sorted(r for r in scope if (x := engine.ruleset.get(r)) is not None and not x.params.enabled)
+    if off and res.problems and case.expect:  # say why nothing came (a correlation's base rule is often off)
+        res.problems.append(f"{', '.join(off)} is disabled here (enabled: false): a positive case enables it in "
+                            f"its config, e.g. config: {{{off[0]}: {{enabled: true}}}}")  # fmt: skip
     return res
 
 

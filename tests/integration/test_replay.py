@@ -368,3 +368,31 @@ def test_a_range_starting_at_deleted_records_says_so(
     got = [orjson.loads(line)["id"] for line in out.out.splitlines() if line.strip()]
     assert len(got) == len(events) - sum(firsts.values())
     assert set(got) <= {e.id for e in events}
+
+
+def test_rules_rerun_reads_rule_files_relative_to_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """``rules.files`` is relative to the config file (docs/rules.md), as ``run`` and ``config validate`` read
+    it, for ``replay --rules`` and ``--rules-file`` too: replay run from another directory used to look for
+    the rule files under the working directory (failing, or loading an unrelated ``rules/`` found there)."""
+    bus_cfg: dict[str, Any] = {"type": "sqlite", "path": str(tmp_path / "bus.db")}
+    asyncio.run(_publish(bus_cfg, _events()))
+    conf = tmp_path / "conf"
+    (conf / "rules").mkdir(parents=True)
+    mine = {"id": "custom.export_seen", "title": "Export seen", "severity": "low", "types": ["audit.lead_exported"],
+            "detection": {"sel": {"type": "audit.lead_exported"}}, "group_by": ["actor.user_id"]}  # fmt: skip
+    (conf / "rules" / "mine.yaml").write_text(yaml.safe_dump(mine))
+    cfg = conf / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"bus": bus_cfg, "rules": {"files": ["rules/"]}}))
+    pinned = conf / "pinned.yaml"
+    pinned.write_text(yaml.safe_dump({"files": ["rules/mine.yaml"], "defaults": {"enabled": False}}))
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "rules").mkdir(parents=True)  # a decoy the working directory holds: never read
+    decoy = {**mine, "id": "custom.decoy", "title": "Decoy"}
+    (elsewhere / "rules" / "mine.yaml").write_text(yaml.safe_dump(decoy))
+    monkeypatch.chdir(elsewhere)
+    for extra in ([], ["--rules-file", str(pinned)]):
+        rows = _replay(capsysbinary, "-c", str(cfg), "--rules", *extra)
+        ids = {r["alert"]["rule"]["id"] for r in rows if r["diff"] == "new"}
+        assert "custom.export_seen" in ids and "custom.decoy" not in ids, (extra, ids)

@@ -10,7 +10,7 @@ import yaml
 
 from connectors.instantly.rules import PACK
 from pipeline.errors import ConfigError
-from pipeline.rules import cli
+from pipeline.rules import cli, testing
 from pipeline.rules.config import parse_rules_config
 from pipeline.rules.testing import load_case_file, run_case, run_cases
 
@@ -74,6 +74,74 @@ def test_runner_uses_the_rules_file(tmp_path: Path) -> None:
     """--rules FILE tunes the rules under test (here: a threshold that silences the positive case)."""
     (tmp_path / "rules.yaml").write_text("rules:\n  data.lead_export: {threshold: 100000}\n")
     assert _run("rules", "test", str(CASES / "data.lead_export.yaml"), "--rules", str(tmp_path / "rules.yaml")) == 1
+
+
+def test_a_case_event_gets_the_activity_code_the_connector_gives_its_type(tmp_path: Path) -> None:
+    """Case events of every named ``audit.*`` type carry the code the connector writes (docs/rules.md:
+    "the activity code from a named audit.* type"): 15 of the 33 (``audit.lead_added``, 9 …) had none, so a
+    rule on ``activity_codes: [9]`` failed ``rules test`` with a case it matches live."""
+    from connectors.instantly.audit_codes import AUDIT_CODES
+
+    assert {c.type: c.code for c in AUDIT_CODES.values()} == testing.AUDIT_CODES
+    rule = {"id": "custom.lead_added_via_api", "title": "Leads added through the API", "severity": "low",
+            "types": ["audit.*"], "activity_codes": [9], "detection": {"api": {"actor.via_api": True}}}  # fmt: skip
+    doc = {"rule": rule["id"], "cases": [
+        {"name": "api", "events": [{"type": "audit.lead_added", "actor": {"via_api": True}}], "expect": [{}]},
+        {"name": "ui", "events": [{"type": "audit.lead_added", "actor": {"via_api": False}}], "expect": []},
+    ]}  # fmt: skip
+    (tmp_path / "cases.yaml").write_text(yaml.safe_dump(doc))
+    cf = load_case_file(tmp_path / "cases.yaml")
+    results = [run_case(cf, case, {"custom": [rule]}, file="cases.yaml") for case in cf.cases]
+    assert [r.problems for r in results] == [[], []]
+
+
+def test_a_positive_case_of_a_disabled_rule_says_the_rule_is_off(tmp_path: Path) -> None:
+    """A correlation's base rule is usually ``enabled: false`` (Sigma's ``generate: false``); its positive case
+    failed with only "no alert left". It now names the cause and the case config that enables it, which
+    passes."""
+    rule = {"id": "custom.login_any", "title": "Any login", "severity": "info", "enabled": False,
+            "types": ["audit.user_login"], "detection": {"login": {"type": "audit.user_login"}}}  # fmt: skip
+    case = {"name": "login", "events": [{"type": "audit.user_login", "actor": {"user_id": "u1"}}], "expect": [{}]}
+    (tmp_path / "cases.yaml").write_text(yaml.safe_dump({"rule": rule["id"], "cases": [case]}))
+    cf = load_case_file(tmp_path / "cases.yaml")
+    [problem, hint] = run_case(cf, cf.cases[0], {"custom": [rule]}, file="cases.yaml").problems
+    assert "no alert left" in problem
+    assert hint.startswith("custom.login_any is disabled here (enabled: false)")
+    assert "config: {custom.login_any: {enabled: true}}" in hint
+    enabled = cf.cases[0].model_copy(update={"config": {"custom.login_any": {"enabled": True}}})
+    assert run_case(cf, enabled, {"custom": [rule]}, file="cases.yaml").problems == []
+
+
+@pytest.mark.parametrize(
+    ("event", "problem"),
+    [
+        ({"typ": "audit.user_login"}, "events.0.typ: unknown event field (did you mean 'type'?)"),
+        # a mistyped key inside actor/target said only "Unexpected keyword argument 'email'", with no path
+        ({"type": "audit.user_login", "actor": {"email": "a@b.c"}},
+         "events.0.actor.email: unknown event field (fields: user_id, user_name, api_key_id, ip, user_agent, via_api)"),
+        ({"type": "member.invited", "target": {"kind": "member", "idd": "m1"}},
+         "events.0.target.idd: unknown event field (did you mean 'id'?)"),
+    ],
+)  # fmt: skip
+def test_a_mistyped_case_event_key_is_named_by_its_path(tmp_path: Path, event: dict[str, object], problem: str) -> None:
+    """A case event's unknown key names where it is and what was expected."""
+    (tmp_path / "cases.yaml").write_text(yaml.safe_dump({"rule": "auth.login_new_ip", "cases": [
+        {"name": "x", "events": [event], "expect": []}]}))  # fmt: skip
+    cf = load_case_file(tmp_path / "cases.yaml")
+    assert run_case(cf, cf.cases[0], {}, file="cases.yaml").problems == [problem]
+
+
+def test_a_case_for_a_rule_that_is_not_loaded_fails(tmp_path: Path) -> None:
+    """A case file whose ``rule:`` has a typo tested nothing, and its negative cases passed; every case of it
+    now fails, naming the id and the closest loaded one."""
+    case = {"name": "quiet", "events": [{"type": "audit.user_login"}], "expect": []}
+    (tmp_path / "cases.yaml").write_text(yaml.safe_dump({"rule": "auth.login_new_iq", "cases": [case]}))
+    cf = load_case_file(tmp_path / "cases.yaml")
+    [problem] = run_case(cf, cf.cases[0], {}, file="cases.yaml").problems
+    assert problem == "no rule 'auth.login_new_iq' is loaded (did you mean 'auth.login_new_ip'?)"
+    other = cf.cases[0].model_copy(update={"rules": ["auth.nope"]})
+    cf2 = cf.model_copy(update={"rule": "auth.login_new_ip"})
+    assert run_case(cf2, other, {}, file="cases.yaml").problems[0].startswith("no rule 'auth.nope' is loaded")
 
 
 @pytest.mark.parametrize(

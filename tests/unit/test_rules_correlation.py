@@ -52,13 +52,36 @@ ABSENCE: dict[str, Any] = {
             dict(ABSENCE, rules=[dict(r, opens=True) for r in ABSENCE["rules"]]),
             "correlation.rules: absence needs an entry that closes the window",
         ),
+        # a condition where it means nothing here was ignored: Sigma's temporal {gte: 2} is "2 of the rules"
+        (dict(ABSENCE, type="temporal", condition={"gte": 1}),
+         "correlation.condition: temporal takes no condition here: every entry must match (only {gte: 2}"),
+        (dict(ABSENCE, condition={"gte": 2}), "correlation.condition: absence takes no condition here"),
+        # the match rules' spelling: the hint named the same wrong key ("did you mean 'group_by'?")
+        ({**{k: v for k, v in COUNT.items() if k != "group-by"}, "group_by": ["actor.user_id"]},
+         "correlation.group_by: unknown key (did you mean 'group-by'?)"),
+        (dict(COUNT, rules=[{"types": ["audit.*"], "detection": {"s": {"type": "x"}}, "group_by": ["actor.ip"]}]),
+         "(custom.corr).correlation.rules.0.group_by: unknown key (did you mean 'group-by'?)"),
+        # a count without a threshold alerted on every single match (the default was gte: 1)
+        ({k: v for k, v in COUNT.items() if k != "condition"},
+         "correlation.condition: event_count needs a threshold, e.g. condition: {gte: 5}"),
+        ({**{k: v for k, v in COUNT.items() if k != "condition"}, "type": "value_count", "field": "actor.ip"},
+         "correlation.condition: value_count needs a threshold"),
+        # an inline entry's selection on a type (or audit code) its own types (codes) never route to it
+        (dict(COUNT, rules=[{"types": ["audit.user_login"], "detection": {"s": {"type": "audit.user_logn"}}}]),
+         "correlation.rules.0.detection.s.type: 'audit.user_logn' never reaches the rule: its types are "
+         "audit.user_login"),
+        (dict(COUNT, rules=[{"types": ["audit.*"], "activity_codes": [26],
+                             "detection": {"s": {"attributes.activity_code": 23}}}]),
+         "correlation.rules.0.detection.s.attributes.activity_code: 23 never reaches the rule: its "
+         "activity_codes are 26"),
     ],
-)
+)  # fmt: skip
 def test_compile_errors_name_the_path(corr: dict[str, Any], message: str) -> None:
     """Each mistake is one ConfigError line starting with the rule's location and key path."""
     with pytest.raises(ConfigError) as info:
         _engine(_rule(corr))
     assert "rules.custom.0 (custom.corr)" in str(info.value) and message in str(info.value)
+    assert ".EntrySpec." not in str(info.value) and ".str: Input should be a valid string" not in str(info.value)
 
 
 def _login(user: str, t: float, code: int = 1, ip: str = "198.51.100.1", **attrs: Any) -> Any:
@@ -234,3 +257,21 @@ def test_the_lock_hash_covers_opens_only_when_set() -> None:
     unmarked = rule([first, second, dict(second, name="closer")])
     assert content_hash(plain) == content_hash(explicit)
     assert content_hash(marked) != content_hash(unmarked)
+
+
+def test_a_value_count_takes_its_field_inside_the_condition_as_sigma_writes_it() -> None:
+    """Sigma's value_count names the field in the condition (``condition: {gte: 3, field: actor.ip}``); the block
+    "reads like a Sigma correlation" (docs/rules.md), yet that form was refused with "condition.field: Input
+    should be a valid number". It now counts as ``field:`` beside the condition does."""
+    base = {"type": "value_count", "rules": [{"types": ["audit.*"], "detection": {"s": {"actor.ip|exists": True}}}],
+            "group-by": ["actor.user_id"], "timespan": "1h"}  # fmt: skip
+    logins = [_login("u1", T0 + i, ip=f"198.51.100.{i % 3}") for i in range(4)]
+    sigma = _engine(_rule({**base, "condition": {"gte": 3, "field": "actor.ip"}}))
+    native = _engine(_rule({**base, "condition": {"gte": 3}, "field": "actor.ip"}))
+    fired = [[a.event_ids for a in e.evaluate(logins).alerts] for e in (sigma, native)]
+    assert fired[0] == fired[1] == [(logins[2].id,)]
+    with pytest.raises(ConfigError) as info:
+        _engine(_rule({**base, "condition": {"gte": 3, "field": "actor.ip"}, "field": "actor.user_agent"}))
+    assert "(custom.corr).correlation: condition.field 'actor.ip' and field 'actor.user_agent' differ" in str(
+        info.value
+    )

@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 from pipeline.clock import FakeClock, parse_time
+from pipeline.errors import ConfigError
 from pipeline.rules.engine import RulesEngine
 from pipeline.rules.matcher import RuleSyntaxError, compile_detection, compile_template
 from pipeline.rules.testing import make_event
@@ -137,6 +138,15 @@ def test_a_list_of_mappings_is_an_or() -> None:
         ({"s": {"attributes.n|re": "("}}, "invalid pattern"),
         ({"s": {"actor.ip|cidr": "nonsense"}}, "|cidr"),
         ({"s": {"type|contains|startswith": "x"}}, "cannot be combined"),
+        # Sigma wildcards in a plain value: literal text here, so '*curl*' never matched a curl user agent
+        ({"s": {"actor.user_agent": "*curl*"}}, "is not a wildcard here"),
+        ({"s": {"actor.user_agent": "*curl*"}}, "write actor.user_agent|contains: 'curl'"),
+        ({"s": {"target.name|cased": ["x", "adm*"]}}, "write target.name|startswith|cased: 'adm'"),
+        ({"s": {"actor.ip": "*.5"}}, "write actor.ip|endswith: '.5'"),
+        # Sigma habit: 'true' quoted; a string never equals the boolean Event v1 holds there (it loaded and
+        # never matched)
+        ({"s": {"actor.via_api": "true"}}, "actor.via_api is a boolean: write true or false, unquoted"),
+        ({"s": {"actor.via_api": [True, "false"]}}, "got 'false'"),
         ({"s": "keyword"}, "a selection is a mapping"),
         ({"s": {"type": []}}, "empty"),
         ({"s": {"type": "x"}, "condition": "s $ s"}, "unexpected character"),
@@ -207,3 +217,92 @@ def test_yaml_rule_types_restrict_routing() -> None:
     e = RulesEngine.from_config({"custom": [rule]}, clock=FakeClock(T0))
     hit = make_event("audit.lead_exported", time=T0, actor={"via_api": True}, attributes={"affected_count": 900})
     assert [a for a in e.evaluate([hit]).alerts if a.rule.id == "custom.export_via_api"] == []
+
+
+WEBHOOK_TO_TUNNEL: dict[str, Any] = {
+    "id": "custom.webhook_to_tunnel",
+    "title": "Webhook pointing to a tunnel",
+    "severity": "high",
+    "types": ["webhook.created", "webhook.updated"],
+    "detection": {"sel": {"change.after.target_hook_url|contains": ["ngrok", "webhook.site"]}},
+    "resolve": {"gone": {"type": "webhook.deleted"}, "condition": "gone"},
+    "group_by": ["target.id"],
+}
+
+
+def test_a_resolve_block_naming_its_event_type_resolves_without_resolve_types() -> None:
+    """``resolve: {gone: {type: webhook.deleted}}`` on a rule whose ``types`` lists only what opens it
+    resolves on ``webhook.deleted``: the resolve block was routed only the rule's ``types``, so it
+    compiled, passed validation and never matched (the alert stayed open forever)."""
+    e = RulesEngine.from_config({"custom": [WEBHOOK_TO_TUNNEL]}, clock=FakeClock(T0))
+    hook = {"kind": "webhook", "id": "w1"}
+    opened = make_event(
+        "webhook.created", time=T0, target=hook, change={"after": {"target_hook_url": "https://x.ngrok.io"}}
+    )
+    gone = make_event("webhook.deleted", time=T0 + 1, target=hook)
+    mine = [a for a in e.evaluate([opened, gone]).alerts if a.rule.id == WEBHOOK_TO_TUNNEL["id"]]
+    assert [a.status for a in mine] == ["open", "resolved"]
+
+
+@pytest.mark.parametrize(
+    ("rule", "where", "named"),
+    [
+        # a detection selection on a type the rule's types never route to it: it can never match
+        ({**WEBHOOK_TO_TUNNEL, "detection": {"sel": {"type": ["webhook.created", "webhook.delted"]}}},
+         "detection.sel.type", "'webhook.delted'"),
+        ({**WEBHOOK_TO_TUNNEL, "detection": {"a": [{"type": "audit.user_login"}], "condition": "a"}},
+         "detection.a.0.type", "'audit.user_login'"),
+        # an explicit resolve_types that leaves out the type the resolve block waits for
+        ({**WEBHOOK_TO_TUNNEL, "resolve_types": ["webhook.updated"]}, "resolve.gone.type", "'webhook.deleted'"),
+    ],
+)  # fmt: skip
+def test_a_selection_on_a_type_the_rule_is_never_routed_is_refused(
+    rule: dict[str, Any], where: str, named: str
+) -> None:
+    """A ``type`` value outside the rule's ``types`` (detection) or ``resolve_types`` (resolve) is an error
+    naming the key path and the types the rule does see, not a selection that silently never matches."""
+    with pytest.raises(ConfigError) as ei:
+        RulesEngine.from_config({"custom": [rule]}, clock=FakeClock(T0))
+    line = f"rules.custom.0 ({rule['id']}).{where}: {named} never reaches the rule"
+    assert str(ei.value).startswith(line), str(ei.value)
+
+
+def test_activity_codes_without_types_read_only_those_audit_records() -> None:
+    """``activity_codes: [34]`` with no ``types`` ("lead exports by a user") opened on a member invitation and a
+    pipeline event too: codes only filter audit records and ``types`` defaulted to every type. Such a rule
+    (and a correlation entry, or one referencing it) now reads audit records, as its Sigma export (which
+    tests ``attributes.activity_code``) always did; explicit ``types`` are kept as written."""
+    rule: dict[str, Any] = {"id": "custom.user_export", "title": "Export by a user", "severity": "low",
+                            "activity_codes": [34], "detection": {"s": {"actor.user_id|exists": True}}}  # fmt: skip
+    corr: dict[str, Any] = {"id": "custom.user_exports", "title": "Exports", "severity": "high",
+            "correlation": {"type": "event_count", "group-by": ["actor.user_id"], "timespan": "1h",
+                            "condition": {"gte": 2}, "rules": ["custom.user_export"]}}  # fmt: skip
+    entry = {k: rule[k] for k in ("activity_codes", "detection")}
+    inline = {**corr, "id": "custom.user_exports_inline", "correlation": {**corr["correlation"], "rules": [entry]}}
+    e = RulesEngine.from_config({"defaults": {"enabled": False}, "custom": [rule, corr, inline]}, clock=FakeClock(T0))
+    user = {"user_id": "u1"}
+    export = make_event("audit.lead_exported", time=T0, actor=user)
+    others = [
+        make_event(t, time=T0 + i + 1, actor=user)
+        for i, t in enumerate(["member.invited", "pipeline.stream_unavailable", "audit.user_login"])
+    ]
+    alerts = e.evaluate([export, *others]).alerts
+    assert [(a.rule.id, a.event_ids) for a in alerts] == [("custom.user_export", (export.id,))]
+    anything = RulesEngine.from_config({"defaults": {"enabled": False}, "custom": [{**rule, "types": ["*"]}]},
+                                       clock=FakeClock(T0))  # fmt: skip
+    assert len(anything.evaluate([export, *others]).alerts[0].event_ids) == 3  # explicit "*": as written
+
+
+def test_a_resolve_block_sees_the_audit_records_activity_codes_leave_out() -> None:
+    """TOTP disabled (26) opens, re-enabled (23) resolves: with ``activity_codes: [26]`` the engine routed the rule
+    only records 26, so the resolve block never saw 23 and the alert stayed open. The codes still select what
+    opens: a login (1) matching the detection opens nothing."""
+    rule = {"id": "custom.mfa_off", "title": "MFA off", "severity": "high", "types": ["audit.*"],
+            "activity_codes": [26], "detection": {"s": {"actor.user_id|exists": True}},
+            "resolve": {"on": {"attributes.activity_code": 23}}, "group_by": ["actor.user_id"]}  # fmt: skip
+    e = RulesEngine.from_config({"defaults": {"enabled": False}, "custom": [rule]}, clock=FakeClock(T0))
+    user = {"user_id": "u1"}
+    off, login, on = (make_event(t, time=T0 + i, actor=user) for i, t in enumerate(
+        ["audit.mfa_totp_disabled", "audit.user_login", "audit.mfa_totp_enabled"]))  # fmt: skip
+    alerts = e.evaluate([off, login, on]).alerts
+    assert [(a.status, a.event_ids) for a in alerts] == [("open", (off.id,)), ("resolved", (on.id,))]

@@ -8,6 +8,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from pipeline.cli.main import main
 from pipeline.errors import ConfigError
 from pipeline.rules.config import parse_rules_config
 from pipeline.rules.navigator import SCHEMA_PATH, Emulation, build_layer, read_emulations
@@ -26,6 +27,29 @@ def test_only_emulated_claims_of_enabled_rules_are_scored() -> None:
     jsonschema.validate(cov.layer, json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
     assert [(t["techniqueID"], t["score"]) for t in cov.layer["techniques"]] == [("T1556.006", 1)]
     assert "T1485" in cov.unproven and "T1078" not in cov.proven and "T9999" not in cov.unproven
+
+
+def test_an_emulation_that_proves_nothing_says_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An emulation naming a rule id with a typo, a disabled rule, or a rule that does not claim its technique
+    counts for nothing; ``rules coverage`` printed no word of it (a user's new emulation just did not show)."""
+    ruleset = parse_rules_config({"auth.recovery_code_used": {"enabled": False}})
+    emus = [
+        Emulation("T1556.006", "auth.mfa_disabled", "mfa"),
+        Emulation("T1078", "auth.recovery_code_used", "recovery"),
+        Emulation("T1485", "auth.mfa_disabld", "typo"),
+        Emulation("T1136.003", "auth.mfa_disabled", "wrong-technique"),
+    ]
+    assert build_layer(ruleset.rules, emus).ignored == [
+        "recovery: rule auth.recovery_code_used is disabled",
+        "typo: no rule auth.mfa_disabld (did you mean auth.mfa_disabled?)",
+        "wrong-technique: rule auth.mfa_disabled does not claim T1136.003 (its attack: T1556.006)",
+    ]
+    (tmp_path / "emu").mkdir()
+    (tmp_path / "emu" / "typo.yaml").write_text("emulation: {technique: T1485, rule: auth.mfa_disabld}\n")
+    layer, emu = str(tmp_path / "l.json"), str(tmp_path / "emu")
+    assert main(["rules", "coverage", "--navigator", layer, "--emulations", emu]) == 0
+    out = capsys.readouterr().out
+    assert "  emulation ignored: typo: no rule auth.mfa_disabld (did you mean auth.mfa_disabled?)" in out
 
 
 def test_read_emulations_checks_the_block(tmp_path: Path) -> None:

@@ -159,6 +159,42 @@ def test_import_turns_wildcards_into_modifiers() -> None:
     assert rule["severity"] == "high" and rule["attack"] == ["T1078"] and rule["id"] == "sigma.t"
 
 
+def test_import_reads_a_quoted_boolean_on_a_boolean_field_as_the_boolean() -> None:
+    """``actor.via_api: 'true'`` (Sigma values are strings; Splunk and Elasticsearch match it against the JSON
+    boolean) imports as ``true`` and matches the API's events; it imported as the string, which no event
+    equals, and now would not load."""
+    det = {"s": {"type": "audit.lead_exported", "actor.via_api": ["TRUE"]}, "n": {"actor.via_api": "false"}}
+    rule = import_rule(_doc({**det, "condition": "s and not n"}))
+    assert rule["detection"]["s"]["actor.via_api"] == [True] and rule["detection"]["n"]["actor.via_api"] is False
+    engine = RulesEngine.from_config({"defaults": {"enabled": False}, "custom": [rule]}, clock=FakeClock(T0))
+    api = make_event("audit.lead_exported", time=T0, actor={"via_api": True})
+    ui = make_event("audit.lead_exported", time=T0 + 1, actor={"via_api": False})
+    assert [a.event_ids for a in engine.evaluate([api, ui]).alerts] == [(api.id,)]
+
+
+UID = "5a2a3c9e-8a52-4b8c-9f6e-2f7b0c3d1e11"
+
+
+def test_an_imported_description_ends_its_sentence_before_the_origin() -> None:
+    """Sigma descriptions rarely end with a stop: "…corporate ranges Imported from Sigma rule …" read as one
+    sentence; the origin is now a sentence of its own."""
+    rule = import_rule(_doc({"s": {"type": "x"}, "condition": "s"}, description="Outside the ranges", id=UID))
+    assert rule["description"] == f"Outside the ranges. Imported from Sigma rule {UID}."
+    rule = import_rule(_doc({"s": {"type": "x"}, "condition": "s"}, description="Done.", id=UID))
+    assert rule["description"] == f"Done. Imported from Sigma rule {UID}."
+
+
+def test_import_keeps_an_escaped_star_at_an_end_literal_and_loadable() -> None:
+    """Sigma's ``\\*admin`` is the literal text "*admin"; a plain value with a * at an end is refused by the rule
+    language (a Sigma habit that never matched), so it imports as an anchored regex that loads and matches it."""
+    rule = import_rule(_doc({"s": {"target.name": "\\*admin"}, "condition": "s"}))
+    assert rule["detection"]["s"] == {"target.name|re|i|s": "^\\*admin\\Z"}
+    engine = RulesEngine.from_config({"defaults": {"enabled": False}, "custom": [rule]}, clock=FakeClock(T0))
+    hit = make_event("member.invited", time=T0, target={"kind": "member", "id": "m1", "name": "*Admin"})
+    miss = make_event("member.invited", time=T0 + 1, target={"kind": "member", "id": "m2", "name": "xadmin"})
+    assert [a.event_ids for a in engine.evaluate([hit, miss]).alerts] == [(hit.id,)]
+
+
 def test_import_exit_code_and_messages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A file with one good and one bad rule: the good one is written, the bad one named on stderr, exit 1."""
     src = tmp_path / "mixed.yml"
@@ -599,6 +635,10 @@ def test_every_exported_file_stands_alone_and_references_rules_by_name(tmp_path:
     (quiet_corr, quiet_base) = yaml.safe_load_all((out / CORR / "custom_quiet_burst.yml").read_text(encoding="utf-8"))
     assert "generate" not in quiet_corr and "generate" not in quiet_corr["correlation"]
     assert quiet_corr["correlation"]["condition"] == {"gt": 1} and "level" not in quiet_base
+    # a disabled rule is not exported on its own (README lists it as skipped): its copy must not say it is
+    assert "also exported on its own" in bases[0]["description"]
+    assert "also exported on its own" not in quiet_base["description"], quiet_base["description"]
+    assert "custom.key_quiet (disabled here: it does not alert on its own)" in quiet_base["description"]
     (sc,) = [r for r in SigmaCollection.from_yaml(yaml.safe_dump_all([quiet_corr, quiet_base])).rules
              if isinstance(r, SigmaCorrelationRule)]  # fmt: skip
     assert isinstance(sc.condition, SigmaCorrelationCondition) and sc.condition.op.name == "GT" and not sc.generate
