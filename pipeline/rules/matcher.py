@@ -38,7 +38,6 @@ gt gte lt lte exists in all cased`` (``re`` also takes ``i``, ``m``, ``s``). Con
 
 from __future__ import annotations
 
-import fnmatch
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -48,8 +47,13 @@ from pydantic import Field, StringConstraints
 
 from pipeline.config.base import Model
 from pipeline.rules.base import ATTACK_PATTERN, RULE_ID_PATTERN, Finding, RuleContext, RuleMeta, RuleParams, resolved
+from pipeline.rules.conditions import ConditionParser
 from pipeline.rules.lifecycle import LifecycleSpec
-from pipeline.rules.syntax import NEVER, NO_TEXT, NOTHING, Problems, Template, check_nesting
+from pipeline.rules.reach import default_types as default_types
+from pipeline.rules.reach import plain_values as plain_values
+from pipeline.rules.reach import type_matches as type_matches
+from pipeline.rules.reach import unreachable as unreachable
+from pipeline.rules.syntax import NEVER, NO_TEXT, NOTHING, Problems, Template
 from pipeline.rules.syntax import Getter as Getter
 from pipeline.rules.syntax import Pred as Pred
 from pipeline.rules.syntax import RuleSyntaxError as RuleSyntaxError  # re-exported: the rule language's error
@@ -276,86 +280,7 @@ def _selection(body: Any, where: str) -> Pred:
     raise RuleSyntaxError(where, "a selection is a mapping of field: value, or a list of such mappings")
 
 
-# ---- conditions ------------------------------------------------------------------------------
-_TOKEN = re.compile(r"\s*(\(|\)|[A-Za-z0-9_*]+)")
-
-
-class _Parser:
-    def __init__(self, text: str, selections: Mapping[str, Pred], where: str):
-        self.where, self.sel = where, selections
-        self.toks: list[str] = []
-        pos = 0
-        while pos < len(text):
-            m = _TOKEN.match(text, pos)
-            if m is None:
-                if text[pos:].strip():
-                    raise RuleSyntaxError(where, f"unexpected character {text[pos:].strip()[0]!r}")
-                break
-            self.toks.append(m.group(1))
-            pos = m.end()
-        check_nesting(self.toks, where)
-        self.i = 0
-
-    def peek(self) -> str | None:
-        return self.toks[self.i] if self.i < len(self.toks) else None
-
-    def take(self) -> str:
-        tok = self.peek()
-        if tok is None:
-            raise RuleSyntaxError(self.where, "the condition ends too early")
-        self.i += 1
-        return tok
-
-    def parse(self) -> Pred:
-        p = self.or_()
-        if self.peek() is not None:
-            raise RuleSyntaxError(self.where, f"unexpected {self.peek()!r}")
-        return p
-
-    def or_(self) -> Pred:
-        parts = [self.and_()]
-        while self.peek() == "or":
-            self.take()
-            parts.append(self.and_())
-        return parts[0] if len(parts) == 1 else (lambda ev: any(p(ev) for p in parts))
-
-    def and_(self) -> Pred:
-        parts = [self.not_()]
-        while self.peek() == "and":
-            self.take()
-            parts.append(self.not_())
-        return parts[0] if len(parts) == 1 else (lambda ev: all(p(ev) for p in parts))
-
-    def not_(self) -> Pred:
-        if self.peek() == "not":
-            self.take()
-            inner = self.not_()
-            return lambda ev: not inner(ev)
-        return self.atom()
-
-    def atom(self) -> Pred:
-        tok = self.take()
-        if tok == "(":
-            p = self.or_()
-            if self.take() != ")":
-                raise RuleSyntaxError(self.where, "missing ')'")
-            return p
-        if tok in ("1", "any", "all") and self.peek() == "of":
-            self.take()
-            pattern = self.take()
-            names = list(self.sel) if pattern == "them" else fnmatch.filter(self.sel, pattern)
-            if not names:
-                raise RuleSyntaxError(self.where, f"no selection matches {pattern!r}")
-            preds = [self.sel[n] for n in names]
-            if tok == "all":
-                return lambda ev: all(p(ev) for p in preds)
-            return lambda ev: any(p(ev) for p in preds)
-        if tok in ("and", "or", "of", ")") or tok not in self.sel:
-            known = ", ".join(self.sel) or "none"
-            raise RuleSyntaxError(self.where, f"unknown selection {tok!r} (defined: {known})")
-        return self.sel[tok]
-
-
+# ---- conditions ----------------------------------------------------------------------------
 def compile_detection(detection: Mapping[str, Any], where: str = "detection") -> Pred:
     """Compile a ``detection`` block (named selections + ``condition``) into a predicate.
 
@@ -382,7 +307,7 @@ def compile_detection(detection: Mapping[str, Any], where: str = "detection") ->
     elif not isinstance(cond, str) or not cond.strip():
         problems.found.append(RuleSyntaxError(f"{where}.condition", "must be a non-empty string"))
     else:
-        pred = problems.check(lambda: _Parser(cond, sels, f"{where}.condition").parse(), fallback=NEVER)
+        pred = problems.check(lambda: ConditionParser(cond, sels, f"{where}.condition").parse(), fallback=NEVER)
         problems.raise_any()
         return pred
     problems.raise_any()
@@ -626,54 +551,6 @@ def rule_problems(raw: Mapping[str, Any]) -> list[RuleSyntaxError]:
     return []
 
 
-def plain_values(block: Any, where: str, field: str) -> list[tuple[str, Any]]:
-    """(key path, value) of every value a selection of a ``detection``/``resolve`` block gives ``field``
-    without a modifier (``{type: [a, b]}``: two), in selections and lists of selections alike."""
-    out: list[tuple[str, Any]] = []
-    if not isinstance(block, Mapping):
-        return out
-    for name, body in block.items():
-        if name == "condition":
-            continue
-        alts: list[tuple[str, Any]] = [(f"{where}.{name}", body)]
-        if isinstance(body, list):
-            alts = [(f"{where}.{name}.{i}", b) for i, b in enumerate(body)]
-        for at, sel in alts:
-            if isinstance(sel, Mapping) and field in sel:
-                v = sel[field]
-                out.extend((f"{at}.{field}", x) for x in (v if isinstance(v, list) else [v]))
-    return out
-
-
-def unreachable(
-    block: Any, where: str, types: Sequence[str], codes: Sequence[int] | None, types_key: str
-) -> list[RuleSyntaxError]:
-    """The ``type`` and ``attributes.activity_code`` values of a block's selections that no event routed to
-    the rule can have (outside ``types``/``activity_codes``): such a selection compiles and never matches."""
-    out: list[RuleSyntaxError] = []
-    for at, v in plain_values(block, where, "type"):
-        if isinstance(v, str) and not (type_matches(types, v) or type_matches(types, v.lower())):
-            out.append(RuleSyntaxError(at, f"{v!r} never reaches the rule: its {types_key} are "
-                                           f"{', '.join(types)} (add the type there)"))  # fmt: skip
-    if codes is not None:
-        for at, v in plain_values(block, where, "attributes.activity_code"):
-            n = v if _num(v) else int(v) if isinstance(v, str) and v.strip().isdigit() else None
-            if n is not None and n not in codes:
-                out.append(RuleSyntaxError(at, f"{v!r} never reaches the rule: its activity_codes are "
-                                               f"{', '.join(map(str, codes))} (add the code there)"))  # fmt: skip
-    return out
-
-
-def default_types(types: Sequence[str] | None, codes: Sequence[int] | None) -> list[str]:
-    """The types a rule or correlation entry is routed: its ``types``; when it gives none, every type, or
-    with ``activity_codes`` the audit records (codes exist only there, and a code list means "these audit
-    records": without it, every snapshot, webhook and pipeline event passed the codes, as the rule's Sigma
-    export, which tests ``attributes.activity_code``, never did)."""
-    if types is not None:
-        return list(types)
-    return ["audit.*"] if codes is not None else ["*"]
-
-
 def effective_types(spec: MatchRuleSpec) -> list[str]:
     """:func:`default_types` of a YAML match rule (its ``types`` unless not given)."""
     return default_types(spec.types if "types" in spec.model_fields_set else None, spec.activity_codes)
@@ -686,8 +563,3 @@ def compile_rule(spec: MatchRuleSpec, params: RuleParams) -> MatchRule:
         RuleSyntaxError: the detection, a template or a field path is invalid.
     """
     return MatchRule(spec, params)
-
-
-def type_matches(patterns: Sequence[str], event_type: str) -> bool:
-    """Whether ``event_type`` matches any of the glob ``patterns``."""
-    return any(p == event_type or fnmatch.fnmatchcase(event_type, p) for p in patterns)

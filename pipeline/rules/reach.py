@@ -1,0 +1,71 @@
+"""Which events reach a YAML rule: its routed types, and selections no routed event can satisfy.
+
+A selection on a ``type`` or an ``attributes.activity_code`` outside what the rule is routed
+compiles and never matches; :func:`unreachable` names each such value with its key path, so the
+rule is refused at load instead of staying silent.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pipeline.rules.syntax import RuleSyntaxError
+
+
+def _num(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def plain_values(block: Any, where: str, field: str) -> list[tuple[str, Any]]:
+    """(key path, value) of every value a selection of a ``detection``/``resolve`` block gives ``field``
+    without a modifier (``{type: [a, b]}``: two), in selections and lists of selections alike."""
+    out: list[tuple[str, Any]] = []
+    if not isinstance(block, Mapping):
+        return out
+    for name, body in block.items():
+        if name == "condition":
+            continue
+        alts: list[tuple[str, Any]] = [(f"{where}.{name}", body)]
+        if isinstance(body, list):
+            alts = [(f"{where}.{name}.{i}", b) for i, b in enumerate(body)]
+        for at, sel in alts:
+            if isinstance(sel, Mapping) and field in sel:
+                v = sel[field]
+                out.extend((f"{at}.{field}", x) for x in (v if isinstance(v, list) else [v]))
+    return out
+
+
+def unreachable(
+    block: Any, where: str, types: Sequence[str], codes: Sequence[int] | None, types_key: str
+) -> list[RuleSyntaxError]:
+    """The ``type`` and ``attributes.activity_code`` values of a block's selections that no event routed to
+    the rule can have (outside ``types``/``activity_codes``): such a selection compiles and never matches."""
+    out: list[RuleSyntaxError] = []
+    for at, v in plain_values(block, where, "type"):
+        if isinstance(v, str) and not (type_matches(types, v) or type_matches(types, v.lower())):
+            out.append(RuleSyntaxError(at, f"{v!r} never reaches the rule: its {types_key} are "
+                                           f"{', '.join(types)} (add the type there)"))  # fmt: skip
+    if codes is not None:
+        for at, v in plain_values(block, where, "attributes.activity_code"):
+            n = v if _num(v) else int(v) if isinstance(v, str) and v.strip().isdigit() else None
+            if n is not None and n not in codes:
+                out.append(RuleSyntaxError(at, f"{v!r} never reaches the rule: its activity_codes are "
+                                               f"{', '.join(map(str, codes))} (add the code there)"))  # fmt: skip
+    return out
+
+
+def default_types(types: Sequence[str] | None, codes: Sequence[int] | None) -> list[str]:
+    """The types a rule or correlation entry is routed: its ``types``; when it gives none, every type, or
+    with ``activity_codes`` the audit records (codes exist only there, and a code list means "these audit
+    records": without it, every snapshot, webhook and pipeline event passed the codes, as the rule's Sigma
+    export, which tests ``attributes.activity_code``, never did)."""
+    if types is not None:
+        return list(types)
+    return ["audit.*"] if codes is not None else ["*"]
+
+
+def type_matches(patterns: Sequence[str], event_type: str) -> bool:
+    """Whether ``event_type`` matches any of the glob ``patterns``."""
+    return any(p == event_type or fnmatch.fnmatchcase(event_type, p) for p in patterns)
