@@ -219,3 +219,36 @@ async def test_precreated_state_topic_with_default_message_size_is_used_with_a_w
     hits = [p for p in problems if f"topic {prefix}{STATE_TOPIC}: max.message.bytes=" in p]
     assert len(hits) == 1, problems
     assert "below the 5242880" in hits[0] and "--bootstrap-server" in hits[0]
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+async def test_compressed_topics_and_records_from_other_producers_are_read(codec: str) -> None:
+    """An operator sets ``compression.type`` on the topics (the broker then stores every batch in
+    that codec), or another tool writes compressed records: events and state are read back.
+
+    aiokafka decodes snappy, lz4 and zstd only with ``cramjam`` installed; without it every read of
+    such a batch failed (``UnsupportedCodecError: Libraries for zstd compression codec not found``)
+    and a sink, the rules or a poller loading its cursor could read nothing at all."""
+    from aiokafka import AIOKafkaProducer
+
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    await _precreate(prefix + EVENTS_TOPIC, 2, {"compression.type": codec})
+    state = {"compression.type": codec, "cleanup.policy": "compact", "max.message.bytes": "5242880"}
+    await _precreate(prefix + STATE_TOPIC, 1, state)
+    async with make_bus(_cfg(prefix)) as bus:
+        async with bus.transaction("w") as txn:
+            txn.send(EVENTS_TOPIC, b'{"from":"the pipeline"}' * 20, key=b"ws-1")
+            txn.put_state("cursor/ws-1", b'{"after":"c-42"}')
+        async with bus.consumer([EVENTS_TOPIC], group=None, start="earliest") as consumer:
+            assert len([r async for batch in iter_records(consumer) for r in batch]) == 1
+        other = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap(), compression_type=codec)
+        await other.start()
+        try:
+            await other.send_and_wait(prefix + EVENTS_TOPIC, b'{"from":"another tool"}' * 20, key=b"ws-x")
+        finally:
+            await other.stop()
+        async with bus.consumer([EVENTS_TOPIC], group=None, start="earliest") as consumer:
+            values = [r.value async for batch in iter_records(consumer) for r in batch]
+    assert sorted(v[:24] for v in values) == [b'{"from":"another tool"}{', b'{"from":"the pipeline"}{']
+    async with make_bus(_cfg(prefix), read_only=True) as reader:
+        assert await reader.get_state("cursor/ws-1") == b'{"after":"c-42"}'
