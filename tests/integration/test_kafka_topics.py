@@ -6,6 +6,7 @@ Each test uses its own ``topic_prefix`` on the shared session broker (one node).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import uuid
@@ -17,9 +18,12 @@ import pytest
 import yaml
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from pipeline.bus.base import CONTROL_TOPIC, EVENTS_TOPIC, RECEIPTS_TOPIC, STATE_TOPIC, OutRecord, iter_records
 from pipeline.errors import BusError
+from pipeline.observability.telemetry import Telemetry, set_telemetry
+from pipeline.observability.telemetry_config import TelemetryConfig
 from tests.conftest import kafka_bootstrap, make_bus
 from tests.integration.helpers import REPO, cli_command
 
@@ -252,3 +256,69 @@ async def test_compressed_topics_and_records_from_other_producers_are_read(codec
     assert sorted(v[:24] for v in values) == [b'{"from":"another tool"}{', b'{"from":"the pipeline"}{']
     async with make_bus(_cfg(prefix), read_only=True) as reader:
         assert await reader.get_state("cursor/ws-1") == b'{"after":"c-42"}'
+
+
+async def _delete_and_wait(name: str) -> None:
+    admin = await _admin()
+    try:
+        await admin.delete_topics([name])
+        for _ in range(100):
+            if name not in await admin.list_topics():
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+    raise AssertionError(f"{name} was not deleted")
+
+
+async def test_topic_deleted_while_running_is_named_counted_and_created_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An operator deletes a topic under a running pipeline (a cleanup script, a Terraform apply).
+
+    The next transaction writing to it used to hang for ever — aiokafka retries AddPartitionsToTxn
+    on UNKNOWN_TOPIC_OR_PARTITION without end — while the log said "Kafka broker unreachable". Now
+    the stalled transaction is aborted, an error names the topic, ``pipeline_bus_errors_total`` counts
+    it, and the topic is created again with the pipeline's configs (as ``run`` does at start), so the
+    record is committed once."""
+    reader = InMemoryMetricReader()
+    telemetry = Telemetry(TelemetryConfig(prometheus=False), metric_readers=[reader])
+    previous = set_telemetry(telemetry)
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    topic = prefix + EVENTS_TOPIC
+
+    async def scenario() -> list[bytes]:
+        async with make_bus(_cfg(prefix, request_timeout_secs=5)) as bus:
+            await bus.publish([OutRecord(EVENTS_TOPIC, b'{"n":1}', b"ws-1")])
+            await _delete_and_wait(topic)
+            with caplog.at_level(logging.WARNING, logger="instantly_audit"):
+                await bus.publish([OutRecord(EVENTS_TOPIC, b'{"n":2}', b"ws-1")])
+            async with bus.consumer([EVENTS_TOPIC], group=None, start="earliest") as consumer:
+                return [r.value async for batch in iter_records(consumer) for r in batch]
+
+    try:
+        run = asyncio.ensure_future(scenario())
+        done, _ = await asyncio.wait({run}, timeout=90)  # not wait_for: closing the bus hung too
+        if not done:
+            run.cancel()
+            pytest.fail(f"publishing to the deleted topic {topic} did not finish in 90 s")
+        assert run.result() == [b'{"n":2}']
+        got = (await _configs([topic]))[topic]
+        assert got["cleanup.policy"] == "delete" and got["retention.ms"] == str(30 * 86_400_000)
+        named = [r for r in caplog.records if topic in getattr(r, "topics", ())]
+        assert named and "deleted" in named[0].getMessage(), [r.getMessage() for r in caplog.records]
+        assert not any("broker unreachable" in r.getMessage() for r in caplog.records)
+        data = reader.get_metrics_data()
+        errors = [  # pipeline_bus_errors_total{error_type="TopicMissing"} on /metrics
+            getattr(p, "value", 0)
+            for rm in (data.resource_metrics if data else [])
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+            if m.name == "pipeline.bus.errors"
+            for p in m.data.data_points
+            if "TopicMissing" in dict(p.attributes or {}).values()
+        ]
+        assert sum(errors) >= 1
+    finally:
+        set_telemetry(previous)
+        telemetry.shutdown()
