@@ -578,8 +578,10 @@ def _consume_failures(p: AIOKafkaProducer) -> None:
     "AST constructor recursion depth mismatch" (seen when pytest rewrote a module after a fenced
     writer was dropped)."""
     futures: list[Any] = [getattr(getattr(p, "_txn_manager", None), "_transaction_waiter", None)]
-    for batches in getattr(getattr(p, "_message_accumulator", None), "_batches", {}).values():
-        futures.extend(getattr(b, "_drain_waiter", None) for b in batches)
+    accumulator = getattr(p, "_message_accumulator", None)
+    held = [b for batches in getattr(accumulator, "_batches", {}).values() for b in batches]
+    for b in [*held, *getattr(accumulator, "_pending_batches", ())]:  # pending: sent, unanswered
+        futures += [getattr(b, "_drain_waiter", None), getattr(b, "future", None)]
     for fut in futures:
         if isinstance(fut, asyncio.Future) and fut.done() and not fut.cancelled():
             fut.exception()
