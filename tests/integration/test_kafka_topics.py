@@ -87,6 +87,9 @@ async def test_precreated_data_topic_with_other_partitions_is_used() -> None:
     assert (await _configs([prefix + EVENTS_TOPIC]))[prefix + EVENTS_TOPIC]["retention.ms"] == "3600000"
 
 
+SIZE_LIMITED = {"cleanup.policy": "delete,compact", "retention.ms": "-1", "retention.bytes": "1000000"}
+
+
 @pytest.mark.parametrize(
     ("topic", "partitions", "configs", "setting"),
     [
@@ -94,6 +97,8 @@ async def test_precreated_data_topic_with_other_partitions_is_used() -> None:
         (RECEIPTS_TOPIC, 2, {}, "cleanup.policy=delete"),
         (EVENTS_TOPIC, 2, {"cleanup.policy": "compact"}, "cleanup.policy=compact"),
         (STATE_TOPIC, 3, {"cleanup.policy": "compact"}, "partitions=3"),
+        (STATE_TOPIC, 1, {"cleanup.policy": "compact,delete"}, "cleanup.policy=compact,delete with retention.ms="),
+        (CONTROL_TOPIC, 12, SIZE_LIMITED, "cleanup.policy=compact,delete with retention.bytes=1000000"),
         (CONTROL_TOPIC, 4, {"cleanup.policy": "compact"}, "partitions=4"),
     ],
 )
@@ -106,6 +111,15 @@ async def test_precreated_topic_that_cannot_serve_is_refused_naming_topic_and_se
         async with make_bus(_cfg(prefix)):
             pass
     assert f"topic {prefix}{topic}: {setting}" in str(err.value)
+
+
+async def test_precreated_keyed_topic_compacted_and_deleted_without_retention_is_used() -> None:
+    """``cleanup.policy=compact,delete`` with no time or size limit never expires a newest value: accepted."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    unlimited = {"cleanup.policy": "compact,delete", "retention.ms": "-1", "retention.bytes": "-1"}
+    await _precreate(prefix + STATE_TOPIC, 1, {**unlimited, "max.message.bytes": "5242880"})
+    async with make_bus(_cfg(prefix)) as bus:
+        assert await bus.partitions(STATE_TOPIC) == 1
 
 
 async def test_replication_factor_above_the_brokers_names_the_setting() -> None:
