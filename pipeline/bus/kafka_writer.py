@@ -455,8 +455,9 @@ class KafkaWriters:
                     reported = True
                     self._failed(txn_id, TimeoutError(f"transaction not confirmed after {STALL_SECS:.0f}s"))
         finally:
-            if not task.done():
+            if not task.done():  # this wait was cancelled: the transaction's work unwinds before we return
                 task.cancel()
+                await asyncio.wait({task})
 
     async def _missing(self, topics: Collection[str]) -> list[str]:
         """The cluster names of ``topics`` (logical) the cluster says do not exist (empty: all exist,
