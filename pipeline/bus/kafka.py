@@ -52,6 +52,7 @@ class KafkaBus:
         replication_factor: int = 1,
         retention_ms: int | None = 30 * DAY_MS,
         request_timeout_ms: int = 30_000,
+        compression_type: str = "none",
         max_txn_attempts: int = 5,
         create_topics: bool = True,
         topic_prefix: str = "",
@@ -71,6 +72,7 @@ class KafkaBus:
             prefix=transactional_id_prefix,
             max_txn_attempts=max_txn_attempts,
             recreate=self._recreate if self._create_topics else None,
+            compression_type=compression_type,
         )
         self._state = KafkaState(self.conn)
         self._counter = RecordCounter(self.conn)
@@ -94,6 +96,7 @@ class KafkaBus:
             replication_factor=cfg.replication_factor,
             retention_ms=int(cfg.retention_days * DAY_MS),
             request_timeout_ms=int(cfg.request_timeout_secs * 1000),
+            compression_type=cfg.compression_type,
             topic_prefix=cfg.topic_prefix,
             read_only=read_only,
         )

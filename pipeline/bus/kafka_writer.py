@@ -14,7 +14,9 @@
   no retry can fix (a record over the topic's ``max.message.bytes``, a refused config) fails the
   transaction at once with its own message — it is not an outage. A record larger than its
   topic's ``max.message.bytes`` (read from the cluster, cached) is refused before anything is
-  sent, with an error naming its size, topic and the limit (:class:`RecordTooLarge`).
+  sent, with an error naming its size, topic and the limit (:class:`RecordTooLarge`); with
+  ``compression_type`` set that check is left to the broker (the compressed batch is smaller than
+  the record), whose refusal fails the transaction the same way.
 * A topic deleted while the bus is open: aiokafka retries ``AddPartitionsToTxn`` on
   ``UNKNOWN_TOPIC_OR_PARTITION`` without end, so such a transaction (and closing its producer)
   hung for ever while the log said the broker was unreachable. A transaction stalled for
@@ -172,12 +174,15 @@ class KafkaWriters:
         prefix: str,
         max_txn_attempts: int = 5,
         recreate: Callable[[Sequence[str]], Awaitable[None]] | None = None,
+        compression_type: str = "none",
     ):
         self.conn = conn
         self.topics = topics
         self.prefix = prefix
         self.max_txn_attempts = max_txn_attempts
         self.recreate = recreate
+        self.compression = None if compression_type == "none" else compression_type
+        """aiokafka's ``compression_type`` of every producer (None: batches go uncompressed)."""
         """Creates logical topics found deleted again (None: a transaction to one fails with :class:`TopicMissing`)."""
         self.producers: dict[str, AIOKafkaProducer] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -212,6 +217,7 @@ class KafkaWriters:
                 request_timeout_ms=self.conn.request_timeout_ms,
                 max_batch_size=PRODUCER_BATCH_BYTES,
                 linger_ms=0,
+                compression_type=self.compression,
                 **self.conn.client_args,
             )
             try:
@@ -361,7 +367,12 @@ class KafkaWriters:
                 parts = parts_of[r.topic] = list(range(await self.topics.partitions(r.topic)))
                 limits[r.topic] = await self.topics.max_message_bytes(r.topic)
             limit = limits[r.topic]
-            if limit is not None and len(r.value or b"") + len(r.key or b"") > limit - 4096:  # near: exact size
+            # compressed, the batch as sent is smaller than this estimate: the broker alone can judge it
+            if (
+                self.compression is None
+                and limit is not None
+                and len(r.value or b"") + len(r.key or b"") > limit - 4096  # near the limit: compute the exact size
+            ):
                 size = record_batch_bytes(r.key, r.value, list(r.headers), r.timestamp_ms)
                 if size > limit:  # the limit is cached: ask the broker again (an operator may have raised it)
                     limit = limits[r.topic] = await self.topics.max_message_bytes(r.topic, fresh=True)

@@ -341,3 +341,20 @@ async def test_topic_deleted_while_running_is_named_counted_and_created_again(
     finally:
         set_telemetry(previous)
         telemetry.shutdown()
+
+
+async def test_compression_type_compresses_what_the_pipeline_produces() -> None:
+    """``bus.compression_type: zstd``: the producers compress their batches, so a record of 60 KB of
+    JSON goes into a topic whose ``max.message.bytes`` (20,000) it exceeds uncompressed — the limit
+    applies to the batch as sent. Uncompressed (the default) the same record is refused by name."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    await _precreate(prefix + EVENTS_TOPIC, 2, {"max.message.bytes": "20000"})
+    value = b'{"type":"audit.user_login","raw":' + b'{"field":"value"},' * 3_300 + b"{}}"
+    assert len(value) > 50_000
+    async with make_bus(_cfg(prefix)) as plain:
+        with pytest.raises(BusError, match=r"max\.message\.bytes of 20,000"):
+            await plain.publish([OutRecord(EVENTS_TOPIC, value, b"ws-1")])
+    async with make_bus(_cfg(prefix, compression_type="zstd")) as packed:
+        await packed.publish([OutRecord(EVENTS_TOPIC, value, b"ws-1")])
+        async with packed.consumer([EVENTS_TOPIC], group=None, start="earliest") as consumer:
+            assert [r.value async for batch in iter_records(consumer) for r in batch] == [value]
