@@ -181,9 +181,9 @@ class KafkaWriters:
         self.prefix = prefix
         self.max_txn_attempts = max_txn_attempts
         self.recreate = recreate
+        """Creates logical topics found deleted again (None: a transaction to one fails with :class:`TopicMissing`)."""
         self.compression = None if compression_type == "none" else compression_type
         """aiokafka's ``compression_type`` of every producer (None: batches go uncompressed)."""
-        """Creates logical topics found deleted again (None: a transaction to one fails with :class:`TopicMissing`)."""
         self.producers: dict[str, AIOKafkaProducer] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._default_partitioner = DefaultPartitioner()
