@@ -52,6 +52,7 @@ class KafkaBus:
         replication_factor: int = 1,
         retention_ms: int | None = 30 * DAY_MS,
         request_timeout_ms: int = 30_000,
+        compression_type: str = "none",
         max_txn_attempts: int = 5,
         create_topics: bool = True,
         topic_prefix: str = "",
@@ -64,8 +65,14 @@ class KafkaBus:
         self._create_topics = create_topics and not read_only
         self.read_only = read_only
         self._topics = KafkaTopics(self.conn, replication_factor=replication_factor)
+        self._specs: dict[str, TopicSpec] = {}
         self._writers = KafkaWriters(
-            self.conn, self._topics, prefix=transactional_id_prefix, max_txn_attempts=max_txn_attempts
+            self.conn,
+            self._topics,
+            prefix=transactional_id_prefix,
+            max_txn_attempts=max_txn_attempts,
+            recreate=self._recreate if self._create_topics else None,
+            compression_type=compression_type,
         )
         self._state = KafkaState(self.conn)
         self._counter = RecordCounter(self.conn)
@@ -89,6 +96,7 @@ class KafkaBus:
             replication_factor=cfg.replication_factor,
             retention_ms=int(cfg.retention_days * DAY_MS),
             request_timeout_ms=int(cfg.request_timeout_secs * 1000),
+            compression_type=cfg.compression_type,
             topic_prefix=cfg.topic_prefix,
             read_only=read_only,
         )
@@ -128,6 +136,12 @@ class KafkaBus:
     async def ensure_topics(self, specs: Sequence[TopicSpec]) -> None:
         """Create missing topics with their configs; refuse existing ones that cannot serve."""
         await self._topics.ensure(specs)
+        self._specs.update((s.name, s) for s in specs)
+
+    async def _recreate(self, topics: Sequence[str]) -> None:
+        """Create again, with the configs they were made with, the logical ``topics`` a transaction
+        found deleted while this bus was open (as ``run`` would at its next start)."""
+        await self._topics.ensure([self._specs[t] for t in topics if t in self._specs])
 
     async def partitions(self, topic: str) -> int:
         """Number of partitions of ``topic``."""

@@ -5,7 +5,9 @@ topic (events, alerts, dead letters) with any partition count and retention. It 
 with an error naming the topic and the setting, when using it would lose or misplace records:
 
 * a keyed topic (state, receipts, the control topic) whose ``cleanup.policy`` lacks ``compact``
-  (its newest value per key would expire with retention);
+  (its newest value per key would expire with retention), or has ``compact,delete`` with a time or
+  size limit (Kafka then discards old segments by ``retention.ms``/``retention.bytes`` and compacts
+  only what is left: a cursor or snapshot not rewritten within the limit would vanish);
 * a data topic whose ``cleanup.policy`` includes ``compact`` (compaction keeps one record per
   key, and the key is the workspace id: every other event of the workspace would vanish);
 * a topic whose partition count is fixed by design (the state topic: 1; the control topic:
@@ -55,6 +57,15 @@ def problems(spec: TopicSpec, phys: str, partitions: int, configs: Mapping[str, 
             else ("delete", "compaction would keep one record per workspace")
         )
         out.append(f"topic {phys}: cleanup.policy={','.join(sorted(policy))} but it must be {want} ({why})")
+    elif spec.compacted and "delete" in policy:
+        for limit in ("retention.ms", "retention.bytes"):
+            value = configs.get(limit, "-1")
+            if value.strip() != "-1":
+                out.append(
+                    f"topic {phys}: cleanup.policy={','.join(sorted(policy))} with {limit}={value}: the newest value"
+                    " of a key not written again within that limit would be deleted (set cleanup.policy=compact,"
+                    " or retention.ms=-1 and retention.bytes=-1)"
+                )
     if spec.fixed_partitions and partitions != spec.partitions:
         out.append(f"topic {phys}: partitions={partitions} but the pipeline needs exactly this many: {spec.partitions}")
     return out

@@ -14,7 +14,15 @@
   no retry can fix (a record over the topic's ``max.message.bytes``, a refused config) fails the
   transaction at once with its own message — it is not an outage. A record larger than its
   topic's ``max.message.bytes`` (read from the cluster, cached) is refused before anything is
-  sent, with an error naming its size, topic and the limit (:class:`RecordTooLarge`).
+  sent, with an error naming its size, topic and the limit (:class:`RecordTooLarge`); with
+  ``compression_type`` set that check is left to the broker (the compressed batch is smaller than
+  the record), whose refusal fails the transaction the same way.
+* A topic deleted while the bus is open: aiokafka retries ``AddPartitionsToTxn`` on
+  ``UNKNOWN_TOPIC_OR_PARTITION`` without end, so such a transaction (and closing its producer)
+  hung for ever while the log said the broker was unreachable. A transaction stalled for
+  :data:`STALL_SECS` asks the cluster which of its topics still exist; when one is gone the
+  transaction is abandoned with :class:`TopicMissing` naming it, counted, and — on a bus that
+  creates topics — the topic is created again with its configs and the transaction retried.
 * aiokafka issue #1004: Kafka's error code 13 (NETWORK_EXCEPTION, retriable) is read by
   aiokafka as ``StaleLeaderEpochCodeError`` and fails ``TxnOffsetCommit``; a small shim
   (installed on import) retries it.
@@ -35,12 +43,18 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka import TopicPartition as KTP
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced, RecordTooLargeError
+from aiokafka.errors import (
+    KafkaError,
+    MessageSizeTooLargeError,
+    ProducerFenced,
+    RecordTooLargeError,
+    UnknownTopicOrPartitionError,
+)
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import OffsetAndMetadata
@@ -129,6 +143,19 @@ class RecordTooLarge(BusError):
         )
 
 
+class TopicMissing(BusError):
+    """Topics a transaction writes to do not exist on the cluster (deleted while the bus was open):
+    the transaction is not committed; it can be once the topics exist again."""
+
+    def __init__(self, topics: Sequence[str]):
+        self.topics = list(topics)
+        super().__init__(
+            f"kafka topic {', '.join(self.topics)} does not exist on the cluster (deleted while the pipeline ran?):"
+            " the transaction is not committed",
+            retriable=True,
+        )
+
+
 def record_batch_bytes(key: bytes | None, value: bytes | None, headers: list[Header], timestamp: int | None) -> int:
     """The bytes a batch holding only this record takes on the broker (what ``max.message.bytes`` limits)."""
     builder = DefaultRecordBatchBuilder(2, 0, 1, -1, -1, 0, batch_size=1 << 31)
@@ -139,11 +166,24 @@ def record_batch_bytes(key: bytes | None, value: bytes | None, headers: list[Hea
 class KafkaWriters:
     """The transactional producers of one bus, keyed by writer id (see module docstring)."""
 
-    def __init__(self, conn: KafkaConnection, topics: KafkaTopics, *, prefix: str, max_txn_attempts: int = 5):
+    def __init__(
+        self,
+        conn: KafkaConnection,
+        topics: KafkaTopics,
+        *,
+        prefix: str,
+        max_txn_attempts: int = 5,
+        recreate: Callable[[Sequence[str]], Awaitable[None]] | None = None,
+        compression_type: str = "none",
+    ):
         self.conn = conn
         self.topics = topics
         self.prefix = prefix
         self.max_txn_attempts = max_txn_attempts
+        self.recreate = recreate
+        """Creates logical topics found deleted again (None: a transaction to one fails with :class:`TopicMissing`)."""
+        self.compression = None if compression_type == "none" else compression_type
+        """aiokafka's ``compression_type`` of every producer (None: batches go uncompressed)."""
         self.producers: dict[str, AIOKafkaProducer] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._default_partitioner = DefaultPartitioner()
@@ -177,6 +217,7 @@ class KafkaWriters:
                 request_timeout_ms=self.conn.request_timeout_ms,
                 max_batch_size=PRODUCER_BATCH_BYTES,
                 linger_ms=0,
+                compression_type=self.compression,
                 **self.conn.client_args,
             )
             try:
@@ -233,9 +274,24 @@ class KafkaWriters:
             for attempt in range(1, self.max_txn_attempts + 1):
                 try:
                     p = await self._producer(txn_id)
-                    await self._watched(txn_id, self._send_txn(p, txn))
+                    await self._watched(txn_id, self._send_txn(p, txn), _topics_of(txn))
                     self._recovered(txn_id)
                     return
+                except TopicMissing as err:
+                    await self._abandon(txn_id)
+                    self._telemetry.bus_errors("transaction", type(err).__name__)
+                    if self.recreate is None or attempt == self.max_txn_attempts:
+                        log.error(
+                            "Kafka topic deleted; transaction not committed",
+                            extra={"writer": txn_id, "topics": err.topics, "error": err.message},
+                        )
+                        raise
+                    log.error(
+                        "Kafka topic deleted while running; creating it again",
+                        extra={"writer": txn_id, "topics": err.topics, "error": err.message},
+                    )
+                    await self.recreate([self.conn.logical(t) for t in err.topics])
+                    continue
                 except ProducerFenced:
                     await self._drop_producer(txn_id)
                     raise BusError(
@@ -311,7 +367,12 @@ class KafkaWriters:
                 parts = parts_of[r.topic] = list(range(await self.topics.partitions(r.topic)))
                 limits[r.topic] = await self.topics.max_message_bytes(r.topic)
             limit = limits[r.topic]
-            if limit is not None and len(r.value or b"") + len(r.key or b"") > limit - 4096:  # near: exact size
+            # compressed, the batch as sent is smaller than this estimate: the broker alone can judge it
+            if (
+                self.compression is None
+                and limit is not None
+                and len(r.value or b"") + len(r.key or b"") > limit - 4096  # near the limit: compute the exact size
+            ):
                 size = record_batch_bytes(r.key, r.value, list(r.headers), r.timestamp_ms)
                 if size > limit:  # the limit is cached: ask the broker again (an operator may have raised it)
                     limit = limits[r.topic] = await self.topics.max_message_bytes(r.topic, fresh=True)
@@ -371,20 +432,66 @@ class KafkaWriters:
             if base + 1 > self.written.get(ktp, 0):
                 self.written[ktp] = base + 1
 
-    async def _watched(self, txn_id: str, work: Awaitable[None]) -> None:
+    async def _watched(self, txn_id: str, work: Awaitable[None], topics: Collection[str] = ()) -> None:
         """Run a transaction; if it has not finished after ``STALL_SECS`` (aiokafka retries a dead
-        broker internally, silently), say once that publishing is stalled — the recovery is then
-        logged when it completes."""
+        broker internally, silently), ask the cluster whether ``topics`` (logical) still exist, and
+        every ``STALL_SECS`` after: a missing one ends the transaction with :class:`TopicMissing`
+        (aiokafka would wait for it for ever). Else say once that publishing is stalled — the
+        recovery is then logged when it completes.
 
-        async def watchdog() -> None:
-            await asyncio.sleep(STALL_SECS)
-            self._failed(txn_id, TimeoutError(f"transaction not confirmed after {STALL_SECS:.0f}s"))
-
-        dog = asyncio.create_task(watchdog())
+        Raises:
+            TopicMissing: a topic of the transaction does not exist on the cluster.
+        """
+        task = asyncio.ensure_future(work)
+        reported = False
         try:
-            await work
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=STALL_SECS)
+                if done:
+                    try:
+                        task.result()
+                    except UnknownTopicOrPartitionError:  # a new producer found no metadata for it
+                        missing = await self._missing(topics)
+                        if missing:
+                            raise TopicMissing(missing) from None
+                        raise
+                    return
+                missing = await self._missing(topics)
+                if missing:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+                    raise TopicMissing(missing)
+                if not reported:
+                    reported = True
+                    self._failed(txn_id, TimeoutError(f"transaction not confirmed after {STALL_SECS:.0f}s"))
         finally:
-            dog.cancel()
+            if not task.done():  # this wait was cancelled: the transaction's work unwinds before we return
+                task.cancel()
+                await asyncio.wait({task})
+
+    async def _missing(self, topics: Collection[str]) -> list[str]:
+        """The cluster names of ``topics`` (logical) the cluster says do not exist (empty: all exist,
+        or the cluster did not answer within ``STALL_SECS`` — a broker down: nothing is known, and
+        the outage is reported without waiting longer)."""
+        if not topics:
+            return []
+        try:
+            existing = set(await asyncio.wait_for(self.topics.client().list_topics(), STALL_SECS))
+        except (KafkaError, BusError, TimeoutError, OSError):
+            return []
+        return sorted(self.conn.phys(t) for t in topics if self.conn.phys(t) not in existing)
+
+    async def _abandon(self, txn_id: str) -> None:
+        """Drop a producer whose transaction can never complete (its topic is gone): fail the
+        batches it still holds, so stopping it does not wait for their delivery for ever. The next
+        producer's ``InitProducerId`` aborts the transaction it left open."""
+        p = self.producers.get(txn_id)
+        if p is not None:
+            accumulator = getattr(p, "_message_accumulator", None)
+            if accumulator is not None:
+                accumulator.fail_all(KafkaError("the topic was deleted; transaction abandoned"))
+        await self._drop_producer(txn_id)
 
     def _failed(self, txn_id: str, err: BaseException) -> None:
         """Count a failed transaction; say once per outage that publishing is paused."""
@@ -436,6 +543,14 @@ class KafkaWriters:
                 await p.stop()
 
 
+def _topics_of(txn: BufferedTxn) -> set[str]:
+    """The logical topics a transaction writes records to (the state topic with its state)."""
+    topics = {r.topic for r in txn.records}
+    if txn.state:
+        topics.add(STATE_TOPIC)
+    return topics
+
+
 def _retrieved(fut: asyncio.Future[Any]) -> None:
     """Mark a batch's delivery failure as retrieved: when the transaction fails before its
     futures are gathered (fenced while adding the offsets, say), nothing else reads them, and
@@ -475,8 +590,10 @@ def _consume_failures(p: AIOKafkaProducer) -> None:
     "AST constructor recursion depth mismatch" (seen when pytest rewrote a module after a fenced
     writer was dropped)."""
     futures: list[Any] = [getattr(getattr(p, "_txn_manager", None), "_transaction_waiter", None)]
-    for batches in getattr(getattr(p, "_message_accumulator", None), "_batches", {}).values():
-        futures.extend(getattr(b, "_drain_waiter", None) for b in batches)
+    accumulator = getattr(p, "_message_accumulator", None)
+    held = [b for batches in getattr(accumulator, "_batches", {}).values() for b in batches]
+    for b in [*held, *getattr(accumulator, "_pending_batches", ())]:  # pending: sent, unanswered
+        futures += [getattr(b, "_drain_waiter", None), getattr(b, "future", None)]
     for fut in futures:
         if isinstance(fut, asyncio.Future) and fut.done() and not fut.cancelled():
             fut.exception()

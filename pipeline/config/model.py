@@ -95,6 +95,9 @@ class KafkaBusConfig(Model):
     replication_factor: int = Field(1, ge=1)
     retention_days: float = Field(30.0, gt=0)
     request_timeout_secs: float = Field(30.0, gt=0)
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "none", description="codec of the record batches the pipeline produces (every reader decodes all four)"
+    )
     share_pollers: bool = Field(
         True, description="poller replicas share the workspaces through a consumer group (each polled by one)"
     )

@@ -36,6 +36,20 @@ def test_compact_delete_keeps_keyed_topics_and_data_partitions_are_free() -> Non
     ]
 
 
+def test_compact_delete_with_a_retention_limit_is_refused_for_keyed_topics() -> None:
+    """Kafka's docs: with ``delete,compact`` "old segments will be discarded per the retention time and
+    size configuration" — a state value not rewritten within a week (the broker default) would vanish."""
+    _, _, _, state, receipts = default_topics(3, 1000)
+    weekly = {"cleanup.policy": "compact,delete", "retention.ms": "604800000", "retention.bytes": "-1"}
+    assert problems(state, "s", 1, weekly) == [
+        "topic s: cleanup.policy=compact,delete with retention.ms=604800000: the newest value of a key not written"
+        " again within that limit would be deleted (set cleanup.policy=compact, or retention.ms=-1 and"
+        " retention.bytes=-1)"
+    ]
+    assert len(problems(receipts, "r", 3, {**weekly, "retention.ms": "-1", "retention.bytes": "10"})) == 1
+    assert problems(state, "s", 1, {**weekly, "retention.ms": "-1"}) == []
+
+
 class _AdminAnswering:
     """Answers like aiokafka's admin client for a principal allowed to list topics but not to describe them.
 
