@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from pipeline.rules.syntax import Pred, RuleSyntaxError, check_nesting
 
@@ -92,3 +92,45 @@ class ConditionParser:
             known = ", ".join(self.sel) or "none"
             raise RuleSyntaxError(self.where, f"unknown selection {tok!r} (defined: {known})")
         return self.sel[tok]
+
+
+def positive_selections(text: object, names: Sequence[str]) -> set[str]:
+    """The selections ``names`` that ``text`` (a detection's condition) reaches outside any ``not``.
+
+    A selection reached only under ``not`` (``sel and not filter``) excludes events: one that no
+    routed event can satisfy is redundant, not a rule that never fires. With no condition the single
+    selection counts; a condition that does not parse counts every selection (the parser reports it).
+    """
+    if text is None:
+        return set(names)
+    if not isinstance(text, str):
+        return set(names)
+    toks = [m.group(1) for m in _TOKEN.finditer(text)]
+    out: set[str] = set()
+    stack = [False]  # negation of each open parenthesis level
+    pending = False  # a 'not' waiting for its operand
+    i = 0
+    while i < len(toks):
+        tok = toks[i]
+        neg = stack[-1] ^ pending
+        if tok == "not":
+            pending = not pending
+        elif tok == "(":
+            stack.append(neg)
+            pending = False
+        elif tok == ")":
+            if len(stack) == 1:
+                return set(names)
+            stack.pop()
+        elif tok in ("1", "any", "all") and i + 2 < len(toks) and toks[i + 1] == "of":
+            pattern = toks[i + 2]
+            if not neg:
+                out.update(names if pattern == "them" else fnmatch.filter(names, pattern))
+            pending = False
+            i += 2
+        elif tok not in ("and", "or"):
+            if not neg:
+                out.add(tok)
+            pending = False
+        i += 1
+    return out

@@ -11,6 +11,7 @@ import fnmatch
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pipeline.rules.conditions import positive_selections
 from pipeline.rules.syntax import RuleSyntaxError
 
 
@@ -20,12 +21,15 @@ def _num(x: Any) -> bool:
 
 def plain_values(block: Any, where: str, field: str) -> list[tuple[str, Any]]:
     """(key path, value) of every value a selection of a ``detection``/``resolve`` block gives ``field``
-    without a modifier (``{type: [a, b]}``: two), in selections and lists of selections alike."""
+    without a modifier (``{type: [a, b]}``: two), in selections and lists of selections alike; only the
+    selections its condition reaches outside a ``not`` (:func:`~pipeline.rules.conditions.positive_selections`)."""
     out: list[tuple[str, Any]] = []
     if not isinstance(block, Mapping):
         return out
+    names = [str(k) for k in block if k != "condition"]
+    positive = positive_selections(block.get("condition"), names)
     for name, body in block.items():
-        if name == "condition":
+        if name == "condition" or str(name) not in positive:  # (only negated: it excludes, never a dead rule)
             continue
         alts: list[tuple[str, Any]] = [(f"{where}.{name}", body)]
         if isinstance(body, list):

@@ -267,6 +267,38 @@ def test_a_selection_on_a_type_the_rule_is_never_routed_is_refused(
     assert str(ei.value).startswith(line), str(ei.value)
 
 
+@pytest.mark.parametrize(
+    ("condition", "refused"),
+    [
+        ("sel and not filter", False),  # the filter only excludes: redundant, not a rule that never fires
+        ("sel and not (filter or 1 of fil*)", False),
+        ("sel and not not filter", True),  # twice negated: the filter must match, and never can
+        ("sel or filter", True),
+        ("not (sel and not filter)", True),
+    ],
+)
+def test_an_unrouted_type_is_refused_only_where_the_condition_needs_it(condition: str, refused: bool) -> None:
+    """A selection on a type the rule never receives is an error only when the condition reaches it outside a
+    ``not``: ``sel and not filter`` with ``filter: {type: webhook.deleted}`` on a ``webhook.created`` rule loaded
+    before the unrouted-type check and must still load (it only excludes what never comes)."""
+    sel = WEBHOOK_TO_TUNNEL["detection"]["sel"]
+    rule = {
+        **WEBHOOK_TO_TUNNEL,
+        "detection": {"sel": sel, "filter": {"type": "webhook.deleted"}, "condition": condition},
+    }
+    if not refused:
+        e = RulesEngine.from_config({"custom": [rule]}, clock=FakeClock(T0))
+        hook = {"kind": "webhook", "id": "w1"}
+        ev = make_event(
+            "webhook.created", time=T0, target=hook, change={"after": {"target_hook_url": "https://x.ngrok.io"}}
+        )
+        assert [a.rule.id for a in e.evaluate([ev]).alerts if a.status == "open"] == [rule["id"]]
+        return
+    with pytest.raises(ConfigError) as ei:
+        RulesEngine.from_config({"custom": [rule]}, clock=FakeClock(T0))
+    assert "detection.filter.type: 'webhook.deleted' never reaches the rule" in str(ei.value)
+
+
 def test_activity_codes_without_types_read_only_those_audit_records() -> None:
     """``activity_codes: [34]`` with no ``types`` ("lead exports by a user") opened on a member invitation and a
     pipeline event too: codes only filter audit records and ``types`` defaulted to every type. Such a rule
