@@ -186,5 +186,5 @@ class SqliteBus:
                 enforce_retention, self._store, self._retention(), self.max_bytes_per_partition, RETENTION_STEP
             )
             removed += n
-            if n < RETENTION_STEP:
+            if n < RETENTION_STEP and not self._store.compacting:  # a compaction pass is resumed
                 return removed

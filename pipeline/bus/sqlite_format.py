@@ -20,7 +20,7 @@ from __future__ import annotations
 import sqlite3
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline.bus.base import Header
 from pipeline.errors import BusCorruptError, BusError
@@ -63,6 +63,21 @@ class StoredTopic:
     def tp_id(self, partition: int) -> int:
         """The topic-partition id of ``partition``."""
         return (self.id << PART_BITS) | partition
+
+
+@dataclass
+class CompactionPass:
+    """A compaction of one compacted topic-partition under way (:mod:`~pipeline.bus.sqlite_retention`):
+    it covers the offsets before ``end`` and has examined ``[cursor, end)``, newest first."""
+
+    end: int
+    """The partition's next offset when the pass began: later records wait for the next pass."""
+    cursor: int
+    """The oldest offset examined so far (records before it are examined next)."""
+    seen: set[bytes] = field(default_factory=set)
+    """The keys met so far: each one's newest record is kept, every older one is stale."""
+    kept: int = 0
+    """Records examined and kept (the newest of their key, or without a key)."""
 
 
 def rowid(tp: int, offset: int) -> int:

@@ -32,6 +32,7 @@ from pipeline.bus.sqlite_format import (
     OFFSET_MASK,
     PART_BITS,
     SCHEMA,
+    CompactionPass,
     StoredTopic,
     check_format,
     decode_headers,
@@ -77,6 +78,8 @@ class SqliteStore:
         self.compacted: dict[int, tuple[int, int]] = {}
         """Per compacted topic-partition: the end offset of its last compaction and the records it kept
         (:mod:`~pipeline.bus.sqlite_retention`)."""
+        self.compacting: dict[int, CompactionPass] = {}
+        """The compactions under way, per topic-partition (each step resumes where the last stopped)."""
         self.changed = asyncio.Event()
         self._db: sqlite3.Connection | None = None
         self._lock_key: str | None = None
