@@ -76,22 +76,44 @@ _PASS_NEAR = re.compile(
 :data:`_NEAR_WORD` needs, when it has 8 or more characters, a letter and a digit or a symbol
 (``pass to the next step``, ``pass 2 tests`` stay readable)."""
 _PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(-----END [A-Z ]*PRIVATE KEY-----|$)")
+_AFTER_ESCAPE = r"(?<=%[0-9A-Fa-f]{2})|(?<=%25[0-9A-Fa-f]{2})"
+"""Right after a percent-escape, once or twice encoded (``%20``, ``%3D``, ``%253D``): it ends in a hex
+digit, yet a token there starts a new word (``?text=Use%20xoxb-…``, ``slack%3Dxoxb-…``)."""
 _TOKENS = re.compile(
-    r"(?<![A-Za-z0-9_-])(?:"
-    r"(?:xox[abeoprs](?:\.xox[bp])?|xapp)-(?=[0-9A-Za-z-]*[0-9])[0-9A-Za-z][0-9A-Za-z-]{8,}"  # Slack
+    rf"(?:(?<![A-Za-z0-9_-])|{_AFTER_ESCAPE})(?:"
+    r"(?:xox[abprse](?:\.xox[bp])?|xapp)-(?=[0-9A-Za-z-]*[0-9])[0-9A-Za-z][0-9A-Za-z-]{8,}"  # Slack
+    r"|xoxo-[0-9]{6,}-[0-9]{6,}-[0-9]{6,}-[0-9a-fA-F]{8,}"  # Slack legacy token (``xoxo`` is also a word)
     r"|gh[opsur]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{22,251}"  # GitHub
     r")(?![A-Za-z0-9_])"
 )
 """Tokens whose published prefix says what they are (what GitHub's secret scanning and gitleaks key
-on): Slack bot/user/app/refresh tokens (``xoxb-``, ``xoxp-``, ``xoxe.xoxp-``, ``xapp-``, with a digit)
-and GitHub tokens (``ghp_``/``gho_``/``ghu_``/``ghs_``/``ghr_`` + 36 or more, ``github_pat_``)."""
-_AWS_KEY_ID = re.compile(r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}(?![A-Za-z0-9])")
+on): Slack bot/user/app/refresh tokens (``xoxb-``, ``xoxp-``, ``xoxa-``, ``xoxr-``, ``xoxs-``, ``xoxe-``,
+``xoxe.xoxp-``, ``xapp-``, with a digit), Slack's legacy ``xoxo-`` tokens only in their shape (three
+numeric ids and a hex tail: ``xoxo-2024-summer-sale`` is a campaign name) and GitHub tokens
+(``ghp_``/``gho_``/``ghu_``/``ghs_``/``ghr_`` + 36 or more, ``github_pat_``); also right after a
+percent-escape (:data:`_AFTER_ESCAPE`)."""
+_AWS_KEY_ID = re.compile(rf"(?:(?<![A-Za-z0-9])|{_AFTER_ESCAPE})(?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{{16}}(?![A-Za-z0-9])")
 """An AWS access key id: an id (it names the key, as ``api_key_id`` does), readable; its presence makes
 a 40-character secret beside it (:data:`_AWS_SECRET`) the key's secret."""
 _AWS_SECRET = re.compile(
-    r"(?<![A-Za-z0-9/+])(?=[A-Za-z0-9/+]{0,39}[a-z])(?=[A-Za-z0-9/+]{0,39}[A-Z])(?=[A-Za-z0-9/+]{0,39}[0-9/+])"
-    r"[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"
+    rf"(?:(?<![A-Za-z0-9/+%])|(?:{_AFTER_ESCAPE})(?<!%2[BbFf])(?<!%252[BbFf]))"  # not inside an encoded run
+    r"(?:[A-Za-z0-9/+]|%2[BbFf]|%252[BbFf]){40}"
+    r"(?![A-Za-z0-9/+=]|%(?:25)?(?:2[BbFf]|3[Dd]))"
 )
+"""40 characters of ``[A-Za-z0-9/+]``, ``/`` and ``+`` possibly percent-encoded (once or twice), also right
+after a percent-escape (``AKIA…%3AwJal…%2FK7…``); :func:`_aws_secret_sub` takes them when, decoded,
+they hold a lower- and an upper-case letter and a digit or ``/``/``+``."""
+_AWS_SECRET_KINDS = (re.compile("[a-z]"), re.compile("[A-Z]"), re.compile("[0-9/+]"))
+
+
+def _aws_secret_sub(m: re.Match[str]) -> str:
+    """The fingerprint of the secret :data:`_AWS_SECRET` matched (decoded: the same as written plainly)."""
+    found = m.group(0)
+    if "%" in found:
+        found = re.sub("%(?:25)?2[Bb]", "+", re.sub("%(?:25)?2[Ff]", "/", found))
+    return fingerprint_secret(found) if all(kind.search(found) for kind in _AWS_SECRET_KINDS) else m.group(0)
+
+
 CLEAN_CHARS = "0123456789abcdefABCDEF-:.TZ+ "
 """Ids, uuids, timestamps and IP addresses are made of these alone (no shape can hide in them)."""
 _SHORT = 6
@@ -185,7 +207,7 @@ def _known_tokens(text: str) -> str:
     if ("-" in text and ("xox" in text or "xapp" in text)) or ("_" in text and ("gh" in text or "github" in text)):
         text = _TOKENS.sub(lambda m: fingerprint_secret(m.group(0)), text)
     if ("AKIA" in text or "ASIA" in text or "ABIA" in text or "ACCA" in text) and _AWS_KEY_ID.search(text):
-        text = _AWS_SECRET.sub(lambda m: fingerprint_secret(m.group(0)), text)
+        text = _AWS_SECRET.sub(_aws_secret_sub, text)
     return text
 
 

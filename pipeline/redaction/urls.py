@@ -197,18 +197,27 @@ HOOK_PATHS = (
     r"outlook\.office(?:365)?\.com/webhook/",
 )
 """Hosts and path starts of webhook services whose hook URL *is* the credential, recognised without a scheme."""
-_BARE_HOOK = re.compile(r"(?i)(?<![\w.@%\\-])(?:" + "|".join(HOOK_PATHS).replace("/", r"\\?/") + r")[^\s\"'<>]*")
-"""A hook URL written without a scheme, plain or JSON-escaped (``hooks.slack.com\\/services\\/…``)."""
-_BARE_HOOK_PCT = re.compile(r"(?i)(?<![\w.@%\\-])(?:" + "|".join(HOOK_PATHS).replace("/", "%2F") + r")[^\s\"'<>&]*")
-"""A hook URL written without a scheme, percent-encoded (``?url=hooks.slack.com%2Fservices%2F…``)."""
+_BARE_HOOK = re.compile(r"(?i)(?<![\w.%\\-])(?:" + "|".join(HOOK_PATHS).replace("/", r"\\?/") + r")[^\s\"'<>]*")
+"""A hook URL written without a scheme, plain or JSON-escaped (``hooks.slack.com\\/services\\/…``); after
+an ``@``, its userinfo (:func:`_userinfo_start`) goes with it."""
+_BARE_HOOK_PCT = re.compile(
+    r"(?i)(?:(?<![\w.@%\\-])|(?<=%40))(?:" + "|".join(HOOK_PATHS).replace("/", "%2F") + r")[^\s\"'<>&]*"
+)
+"""A hook URL written without a scheme, percent-encoded (``?url=hooks.slack.com%2Fservices%2F…``); after
+``%40`` (an encoded ``@``), its userinfo goes with it."""
+_USERINFO_STOP = frozenset("\"'<>/?#\\")
+_USERINFO_STOP_PCT = frozenset("\"'<>/?#\\&=")
+_PCT_STOP = frozenset({"2F", "3F", "23", "5C"})
+"""Escapes (``/ ? # \\``) a percent-encoded userinfo cannot hold."""
 _HOOK_HOSTS = ("slack.com", "zapier.com", "make.com", "integromat.com", "pagerduty.com", "discord", "office")
 """A word of every :data:`HOOK_PATHS` host (lower case): text holding none of them skips the pattern."""
 _PROTOCOL_RELATIVE = re.compile(
-    r"(?i)(?<![\w:/.@%\\-])//[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
-    r"\.[a-z]{2,63}(?::[0-9]{1,5})?(?=[/?#])[^\s\"'<>]*"
+    r"(?i)(?<![\w:/.@%\\-])//(?P<userinfo>(?:[^\s\"'<>/?#\\]|<redacted>)*@)?"
+    r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
+    r"\.[a-z]{2,63}(?::[0-9]{1,5})?(?(userinfo)|(?=[/?#]))[^\s\"'<>]*(?:<redacted>[^\s\"'<>]*)*"
 )
 """``//host.tld/…``: a host name with a dot and a letter TLD (``//`` in prose, or a UNC path
-``//server/share``, is not one)."""
+``//server/share``, is not one); with userinfo (``//user:pass@host.tld``), also without a path."""
 
 
 def _bare(prefix: str, url: str) -> str:
@@ -222,6 +231,54 @@ def _bare_hook(url: str) -> str:
     if "\\/" not in url:
         return _bare("", url)
     return _bare("", url.replace("\\/", "/")).replace("/", "\\/")
+
+
+def _userinfo_start(text: str, at: int, pct: bool) -> int:
+    """Where the userinfo ending at ``text[at]`` (its ``@``, or ``%40`` when ``pct``) starts: back to a
+    space, quote or ``<>/?#\\`` (when ``pct`` also ``&``, ``=`` and their escapes ``%2F``, ``%3F``,
+    ``%23``, ``%5C``), over any ``<redacted>``. The user name (before the first ``:``) holds no ``=`` or
+    ``&``, so ``url=u:p@hooks…`` keeps ``url=``; the password keeps whatever it holds.
+
+    A scan back from each hook found, linear in the text (a pattern with an optional userinfo before
+    the hook would be tried again at every ``:`` of a long run).
+    """
+    stop = _USERINFO_STOP_PCT if pct else _USERINFO_STOP
+    i = at
+    while i > 0:
+        c = text[i - 1]
+        if c == ">" and text.endswith(REDACTED, 0, i):
+            i -= len(REDACTED)
+        elif c == "%" and pct:
+            if text[i : i + 2].upper() in _PCT_STOP:
+                return i + 2
+            i -= 1
+        elif c in stop or c.isspace():
+            break
+        else:
+            i -= 1
+    if pct:
+        return i
+    user = text[i:at].split(":", 1)[0]
+    return i + max(user.rfind("="), user.rfind("&")) + 1
+
+
+def _sub_hooks(pattern: re.Pattern[str], text: str, pct: bool) -> str:
+    """``text`` with every ``pattern`` match (and the userinfo before it, :func:`_userinfo_start`) as
+    :func:`redact_url` leaves it, scheme-less; percent-encoded again when ``pct``."""
+    at = "%40" if pct else "@"
+    out: list[str] = []
+    pos = 0
+    for m in pattern.finditer(text):
+        start = m.start()
+        if text.endswith(at, 0, start):
+            start = max(pos, _userinfo_start(text, start - len(at), pct))
+        url = text[start : m.end()]
+        out += [text[pos:start], quote(_bare("", unquote(url)), safe="") if pct else _bare_hook(url)]
+        pos = m.end()
+    if not out:
+        return text
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def redact_bare_urls(text: str) -> str:
@@ -240,7 +297,7 @@ def redact_bare_urls(text: str) -> str:
     if not any(host in low for host in _HOOK_HOSTS):
         return text
     if ".com/" in low or ".com\\/" in low:
-        text = _BARE_HOOK.sub(lambda m: _bare_hook(m.group(0)), text)
+        text = _sub_hooks(_BARE_HOOK, text, pct=False)
     if ".com%2f" in low:
-        text = _BARE_HOOK_PCT.sub(lambda m: quote(_bare("", unquote(m.group(0))), safe=""), text)
+        text = _sub_hooks(_BARE_HOOK_PCT, text, pct=True)
     return text

@@ -85,6 +85,21 @@ TOKENS = {
     "/cb?url=" + quote(BARE_SLACK, safe="") + "&state=1": SLACK_HOOK_TOKEN,
     quote(BARE_SLACK, safe=""): SLACK_HOOK_TOKEN,  # a query value on its own (an attribute): no "/" left
     BARE_SLACK.replace("/", "\\/"): SLACK_HOOK_TOKEN,
+    # userinfo before a URL written without a scheme: protocol-relative, a bare hook, percent-encoded
+    f"//cnry:{SLACK_HOOK_TOKEN}@db.acme-widgets.com/x": SLACK_HOOK_TOKEN,
+    f"//cnry:{SLACK_HOOK_TOKEN}@db.acme-widgets.com": SLACK_HOOK_TOKEN,
+    f"//u:p@hooks.slack.com/services/T0/B0/{SLACK_HOOK_TOKEN}": SLACK_HOOK_TOKEN,
+    f"u:{SLACK_HOOK_TOKEN}@{BARE_SLACK}": SLACK_HOOK_TOKEN,
+    "/cb?url=" + quote(f"u:p@{BARE_SLACK}", safe=""): SLACK_HOOK_TOKEN,
+    # a token right after a percent-escape (a query value, encoded once or twice)
+    f"text=Use%20{SLACK_BOT}%20here": SLACK_BOT,
+    f"slack%3D{SLACK_USER}": SLACK_USER,
+    f"next%253D{SLACK_APP}": SLACK_APP,
+    f"r=%2Fcb%3Fx%3D{GITHUB_CLASSIC}": GITHUB_CLASSIC,
+    f"r=%2Fcb%3Fx%3D{GITHUB_FINE}": GITHUB_FINE,
+    AWS_ID + quote(f":{AWS_SECRET}", safe=""): AWS_SECRET[-16:],
+    f"/assume?q=id%3D{AWS_ID}%26s%3D" + quote(AWS_SECRET, safe=""): AWS_SECRET[-16:],
+    f"{AWS_ID}%3A{AWS_SECRET}": AWS_SECRET,
 }
 """A text quoting an unregistered secret → the secret part that must not survive."""
 CONTEXTS = ("{}", "posting to {} failed: 404", 'config {{"target": "{}"}}', "see <{}>.")
@@ -95,6 +110,49 @@ CONTEXTS = ("{}", "posting to {} failed: 404", 'config {{"target": "{}"}}', "see
 def test_unregistered_token_or_bare_hook_url_is_redacted(text: str, secret: str, context: str) -> None:
     for fingerprint in (False, True):
         assert secret not in redact_text(context.format(text), fingerprint=fingerprint)
+
+
+def test_userinfo_before_a_url_without_a_scheme_goes_as_with_a_scheme() -> None:
+    """A full URL loses its userinfo; a protocol-relative URL or a bare hook URL with one does too, with
+    the fingerprint the same URL gets with ``https://`` (here, through the connector and the logs too)."""
+    from connectors.instantly.redact import redact_url as connector_redact_url
+    from pipeline.observability.logs import redact_registered
+    from pipeline.observability.logs import redact_text as log_redact_text
+
+    password, hook = "Zq7v" + "Lm2xCnRy", "secret" + "secretCnRy"
+    full = redact_url(f"https://admin:{password}@db.example.com/x").removeprefix("https:")
+    assert full.startswith("//db.example.com/sha256:")
+    slack = redact_url(f"https://hooks.slack.com/services/T0/B0/{hook}").removeprefix("https://")
+    for redact in (redact_text, connector_redact_url, log_redact_text, redact_registered):
+        assert redact(f"//admin:{password}@db.example.com/x") == full
+        assert redact(f"x //u:p@hooks.slack.com/services/T0/B0/{hook}") == f"x //{slack}"
+        assert redact(f"x u:{password}@hooks.slack.com/services/T0/B0/{hook}") == f"x {slack}"
+        assert redact(f"url=u:p@hooks.slack.com/services/T0/B0/{hook}") == f"url={slack}"
+    assert redact_text(f"//admin:{password}@db.example.com") == "//db.example.com"
+
+
+def test_a_token_right_after_a_percent_escape_is_redacted() -> None:
+    """``%20``/``%3D`` end in a hex digit: a token right after one is still a token, and an AWS secret
+    percent-encoded (``/`` as ``%2F``) beside its key id is still the key's secret."""
+    bot = "xox" + "b-123456789012-abcdefGHIJ1"
+    ghp = "gh" + "p_" + "Ab1" * 12
+    aws_id, aws_secret = "AKIA" + "IOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    for text in (f"text=Use%20{bot}%20here", f"slack%3D{bot}", f"r=%2Fcb%3Fx%3D{ghp}"):
+        out = redact_text(text)
+        assert bot not in out and ghp not in out and "sha256:" in out
+    out = redact_text(aws_id + quote(f":{aws_secret}", safe=""))
+    assert out == f"{aws_id}%3A{redact_text(f'{aws_id}:{aws_secret}').split(':', 1)[1]}"
+    assert redact_text(f"50%25{bot[:4]}") == f"50%25{bot[:4]}"
+
+
+def test_slack_prefixes_are_taken_and_a_xoxo_campaign_name_is_kept() -> None:
+    """Slack tokens are ``xox[abprs]-``, ``xoxe-``/``xoxe.xox[bp]-`` and ``xapp-``; ``xoxo-`` only in the
+    legacy token's shape (three numeric groups and a hex tail), not as a campaign name."""
+    tail = "2718281828-3141592653-1618033988-0a1b2c3d4e5f6071"
+    for prefix in ("xoxb", "xoxp", "xoxa", "xoxr", "xoxs", "xoxe", "xoxe.xoxp", "xapp", "xoxo"):
+        assert redact_text(f"{prefix}-{tail} here").startswith("sha256:")
+    for kept in ("xoxo-2024-summer-sale launched", "xoxo-2024-11-27 recap", "XOXO-2024 from the team"):
+        assert redact_text(kept) == kept
 
 
 def test_a_bare_hook_url_keeps_its_host_and_the_fingerprint_it_has_with_a_scheme() -> None:
@@ -202,6 +260,7 @@ CORPUS_VALUES = (
     "https://acme-widgets.com", "https://status.acme-widgets.com/",
     "www.acme-widgets.com/pricing?plan=pro&utm_source=mail",
     "app.instantly.ai/app/campaigns", "Q4 Outbound - EMEA founders (warm)", "xoxo from the team",
+    "xoxo-2024-summer-sale launched",
     "Follow-up #3 (gh_actions fix)", "AKIA is not a word", "and/or", "// TODO: retry",
     "copy to //fileserver/share/exports", "see acme.com/blog/2026/11/launch for details",
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36",
