@@ -60,6 +60,7 @@ from connectors.instantly.client import InstantlyClient, SessionFactory, Transpo
 from connectors.instantly.config import WorkspaceConfig
 from connectors.instantly.deliveries import ReceiverTargets, publish_deliveries
 from connectors.instantly.normalize import admin_link_item, with_admin_link
+from connectors.instantly.poll_log import PollLog
 from connectors.instantly.receipts import ReceiptSettings
 from connectors.instantly.refusals import not_found_hint, refusal_hint
 from connectors.instantly.stream_events import UNAVAILABLE, StreamEvents
@@ -209,6 +210,8 @@ class InstantlyWorkspacePoller:
         self._cursor_at: float | None = None
         """When the audit log was last read to the end (for ``status``); loaded from state once."""
         """Process start, for the audit log: its first poll here repeats an older full re-read."""
+        self._poll_log = PollLog(source_id, clock)
+        """``Poll finished.`` at INFO only when something changed, and the periodic ``Polls summary.``"""
 
     async def __aenter__(self) -> InstantlyWorkspacePoller:
         await self._open()
@@ -291,6 +294,7 @@ class InstantlyWorkspacePoller:
                 health.stream_error(self.source_id, stream, err)
                 self.last_failures[stream] = _reason(err)
             counts["pipeline"] += await self._pipeline_event("pipeline.poller_unauthorized", WORKSPACE_STREAM.name, err)
+            self._poll_log.finished(self.workspace.id, counts, self.last_failures)
             await self._write_status(counts)  # the failed poll is a poll: `status` shows it with the 401
             return counts
         except SourceError as err:
@@ -397,10 +401,7 @@ class InstantlyWorkspacePoller:
                     tel.cursor_age_seconds(self._client.workspace_id, stream, now, workspace=self.source_id)
                     if spec.kind != "audit":
                         self._snapshot_ok[stream] = now
-        log.info(
-            "Poll finished.",
-            extra={"source": self.source_id, "workspace": self.workspace.id, "published": dict(counts)},
-        )
+        self._poll_log.finished(self.workspace.id, counts, self.last_failures)
         await self._write_status(counts)
         return counts
 

@@ -172,7 +172,9 @@ def write_config(
                 "budget": {"requests_per_second": requests_per_second, "requests_per_minute": requests_per_minute},
             }
         },
-        "logging": {"format": "json", "level": "INFO"},
+        # DEBUG: the tests time and count every poll by its "Poll finished." line, which a poll that
+        # published nothing logs at DEBUG only (connectors/instantly/poll_log.py)
+        "logging": {"format": "json", "level": "DEBUG"},
         "service": {"port": 0},  # /metrics on an ephemeral port: never collide with another process
     }
     path.write_text(yaml.safe_dump(doc, sort_keys=False))

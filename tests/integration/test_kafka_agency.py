@@ -108,7 +108,8 @@ def _config(path: Path, sim: Sim, bus: dict[str, Any]) -> Path:
         "discover_subworkspaces": True,
         "discovery_interval_secs": DISCOVERY_SECS,
     }
-    doc = {"bus": bus, "workspaces": {"agency": agency}, "logging": {"format": "json", "level": "INFO"}}
+    # DEBUG: _first_poll waits for a "Poll finished." line, which a poll that published nothing logs at DEBUG only
+    doc = {"bus": bus, "workspaces": {"agency": agency}, "logging": {"format": "json", "level": "DEBUG"}}
     doc["service"] = {"port": 0}
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

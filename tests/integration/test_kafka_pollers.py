@@ -100,7 +100,7 @@ def _config(path: Path, sim: Sim, bus: dict[str, Any]) -> tuple[Path, dict[str, 
     doc = {
         "bus": bus,
         "workspaces": workspaces,
-        "logging": {"format": "json", "level": "INFO"},
+        "logging": {"format": "json", "level": "DEBUG"},  # every poll's "Poll finished.", quiet ones too
         "service": {"port": 0},
     }
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
