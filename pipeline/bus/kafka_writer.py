@@ -14,7 +14,8 @@
   no retry can fix (a record over the topic's ``max.message.bytes``, a refused config) fails the
   transaction at once with its own message — it is not an outage. A record larger than its
   topic's ``max.message.bytes`` (read from the cluster, cached) is refused before anything is
-  sent, with an error naming its size, topic and the limit (:class:`RecordTooLarge`); with
+  sent, with an error naming its size, topic and the limit (:class:`RecordTooLarge`) — except an
+  event, which is replaced by a dead letter in the same transaction (:mod:`pipeline.bus.oversize`); with
   ``compression_type`` set that check is left to the broker (the compressed batch is smaller than
   the record), whose refusal fails the transaction the same way.
 * A topic deleted while the bus is open: aiokafka retries ``AddPartitionsToTxn`` on
@@ -59,9 +60,11 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import OffsetAndMetadata
 
-from pipeline.bus.base import STATE_MAX_BYTES, STATE_TOPIC, Header
+from pipeline.bus import oversize
+from pipeline.bus.base import STATE_MAX_BYTES, STATE_TOPIC, Header, OutRecord
 from pipeline.bus.kafka_admin import KafkaTopics
 from pipeline.bus.kafka_client import PRODUCER_BATCH_BYTES, KafkaConnection, wrap_error
+from pipeline.bus.oversize import RecordTooLarge
 from pipeline.bus.txn import BufferedTxn
 from pipeline.errors import BusError
 from pipeline.observability.telemetry import get_telemetry
@@ -126,21 +129,6 @@ def _install_concurrent_txn_shim() -> None:
 
 
 _install_concurrent_txn_shim()
-
-
-class RecordTooLarge(BusError):
-    """A record (or record batch) is over its topic's ``max.message.bytes``: the transaction is not
-    committed, and retrying cannot help until the topic's limit is raised."""
-
-    def __init__(self, topic: str, size: int, limit: int | None, *, batch: bool = False):
-        self.topic, self.size, self.limit = topic, size, limit
-        what = "a batch of records" if batch else "a record"
-        cap = f"its max.message.bytes of {limit:,}" if limit is not None else "its max.message.bytes"
-        super().__init__(
-            f"{what} of {size:,} bytes for kafka topic {topic} is over {cap}: the transaction is not committed"
-            " (raise the topic's max.message.bytes to accept it)",
-            retriable=False,
-        )
 
 
 class TopicMissing(BusError):
@@ -274,7 +262,7 @@ class KafkaWriters:
             for attempt in range(1, self.max_txn_attempts + 1):
                 try:
                     p = await self._producer(txn_id)
-                    await self._watched(txn_id, self._send_txn(p, txn), _topics_of(txn))
+                    await self._watched(txn_id, self._send_txn(p, txn, txn_id), _topics_of(txn))
                     self._recovered(txn_id)
                     return
                 except TopicMissing as err:
@@ -354,13 +342,14 @@ class KafkaWriters:
                         raise wrapped from None
                     await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
 
-    async def _send_txn(self, p: AIOKafkaProducer, txn: BufferedTxn) -> None:
+    async def _send_txn(self, p: AIOKafkaProducer, txn: BufferedTxn, txn_id: str) -> None:
         # Group by partition (Kafka's murmur2 default partitioner) and hand aiokafka whole
         # record batches: per-message send() costs ~30 µs in Python, a batch append ~3 µs.
         phys = self.conn.phys
         groups: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, int | None, list[Header]]]] = {}
         parts_of: dict[str, list[int]] = {}
         limits: dict[str, int | None] = {}
+        letters: list[OutRecord] = []  # oversized events replaced by dead letters (pipeline.bus.oversize)
         for r in txn.records:
             parts = parts_of.get(r.topic)
             if parts is None:
@@ -377,7 +366,12 @@ class KafkaWriters:
                 if size > limit:  # the limit is cached: ask the broker again (an operator may have raised it)
                     limit = limits[r.topic] = await self.topics.max_message_bytes(r.topic, fresh=True)
                     if limit is not None and size > limit:
-                        raise RecordTooLarge(phys(r.topic), size, limit)
+                        if not oversize.replaceable(r):
+                            raise RecordTooLarge(phys(r.topic), size, limit)
+                        cap = f"the max.message.bytes of kafka topic {phys(r.topic)}"
+                        r = oversize.dead_letter(r, size=size, limit=limit, where=cap, writer=txn_id, bus="kafka")
+                        letters.append(r)
+                        parts = parts_of[r.topic] = list(range(await self.topics.partitions(r.topic)))
             part = self._partitioner(r.key, parts)
             groups.setdefault((phys(r.topic), part), []).append((r.key, r.value, r.timestamp_ms, list(r.headers)))
         for k, v in txn.state.items():
@@ -425,6 +419,7 @@ class KafkaWriters:
             if isinstance(result, BaseException):
                 raise result
         await p.commit_transaction()
+        oversize.report(letters, txn_id, "kafka")
         for result in results:  # RecordMetadata of each batch: its base offset (failures raised above)
             if isinstance(result, BaseException):
                 continue

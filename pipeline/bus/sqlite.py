@@ -18,6 +18,7 @@ from pathlib import Path
 from types import EllipsisType
 from typing import Literal
 
+from pipeline.bus import oversize
 from pipeline.bus.base import OutRecord, StartPolicy, TopicPartition, TopicSpec, default_topics
 from pipeline.bus.sqlite_consumer import SqliteConsumer
 from pipeline.bus.sqlite_format import PART_BITS, PART_MASK
@@ -49,14 +50,18 @@ class SqliteBus:
         create_topics: bool = True,
         clock: Callable[[], float] = time.time,
         wal_limit_bytes: int = WAL_LIMIT_BYTES,
+        max_record_bytes: int = oversize.SQLITE_RECORD_BYTES,
     ):
         """``retention_ms`` is the data topics' age limit (None: keep forever), written to the file's
         topics at open; left out, the file keeps the one its topics were created with.
-        ``wal_limit_bytes``: the size the WAL file is cut back to after a checkpoint."""
+        ``wal_limit_bytes``: the size the WAL file is cut back to after a checkpoint.
+        ``max_record_bytes``: an event larger than this (value, key and headers) is replaced by a
+        dead letter in its transaction (:mod:`pipeline.bus.oversize`)."""
         self.path = Path(path)
         self.default_partitions = partitions
         self.retention_ms = retention_ms
         self.max_bytes_per_partition = max_bytes_per_partition
+        self.max_record_bytes = max_record_bytes
         self.read_only = read_only
         self._create_topics = create_topics
         self._store = SqliteStore(
@@ -116,11 +121,18 @@ class SqliteBus:
         txn = BufferedTxn()
         yield txn
         if txn.records or txn.state or txn.offsets:
-            await self._store.commit(txn)
+            await self._commit(txn, txn_id)
 
     async def publish(self, records: Sequence[OutRecord]) -> None:
         """Publish ``records`` in one transaction."""
-        await self._store.commit(BufferedTxn(records=list(records)))
+        await self._commit(BufferedTxn(records=list(records)), "publish")
+
+    async def _commit(self, txn: BufferedTxn, txn_id: str) -> None:
+        """Commit ``txn``, its oversized events replaced by dead letters (reported once committed)."""
+        where = f"the embedded bus's record limit (max_record_bytes) in {self.path.name}"
+        letters = oversize.divert(txn.records, self.max_record_bytes, where=where, writer=txn_id, bus="sqlite")
+        await self._store.commit(txn)
+        oversize.report(letters, txn_id, "sqlite")
 
     # ---- state and offsets --------------------------------------------------------------
     async def get_state(self, key: str) -> bytes | None:

@@ -26,7 +26,8 @@ tombstone stops it and clears its ``owner``/``status`` rows.
 
 A poller that fails in a way no retry of its own can fix — its writer fenced while this replica
 still holds the workspace (a ``run --once`` or a stray process claimed ``poller-<id>``), a record
-over its topic's ``max.message.bytes`` — restarts after a backoff (:data:`FENCED_DELAY_SECS`
+other than an event over its topic's ``max.message.bytes`` (an oversized event is dead-lettered by
+the bus: :mod:`pipeline.bus.oversize`) — restarts after a backoff (:data:`FENCED_DELAY_SECS`
 doubling to :data:`MAX_FENCED_DELAY_SECS`) for as long as the workspace stays assigned here: the
 restart claims the writer id again. A workspace revoked by a rebalance stops at once (its new
 owner fenced the writer). The embedded bus never uses this module: one process polls every

@@ -21,7 +21,16 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from pipeline.bus.base import CONTROL_TOPIC, EVENTS_TOPIC, RECEIPTS_TOPIC, STATE_TOPIC, OutRecord, iter_records
+from pipeline.bus.base import (
+    ALERTS_TOPIC,
+    CONTROL_TOPIC,
+    DEADLETTER_TOPIC,
+    EVENTS_TOPIC,
+    RECEIPTS_TOPIC,
+    STATE_TOPIC,
+    OutRecord,
+    iter_records,
+)
 from pipeline.errors import BusError
 from pipeline.observability.telemetry import Telemetry, set_telemetry
 from pipeline.observability.telemetry_config import TelemetryConfig
@@ -172,18 +181,21 @@ async def test_record_over_max_message_bytes_fails_its_transaction_with_a_clear_
 ) -> None:
     """A record over its topic's max.message.bytes: refused before sending, naming size, topic and
     limit; not retried, not logged as "broker unreachable"; nothing of the transaction written.
-    A batch of small records over the limit, refused by the broker, gets the same treatment."""
+    A batch of small records over the limit, refused by the broker, gets the same treatment.
+    (An oversized *event* is dead-lettered instead: ``test_kafka_oversize.py``.)"""
     prefix = f"t{uuid.uuid4().hex[:8]}."
     await _precreate(prefix + EVENTS_TOPIC, 2, {"max.message.bytes": "4000"})
+    await _precreate(prefix + ALERTS_TOPIC, 2, {"max.message.bytes": "4000"})
     caplog.set_level("INFO", logger="instantly_audit.bus.kafka")
     async with make_bus(_cfg(prefix)) as bus:
         with pytest.raises(BusError) as big:
             async with bus.transaction("w") as txn:
-                txn.send(EVENTS_TOPIC, b"x" * 5000, key=b"ws")
+                txn.send(EVENTS_TOPIC, b"small", key=b"ws")
+                txn.send(ALERTS_TOPIC, b"x" * 5000, key=b"ws")
                 txn.put_state("k", b"v")
         msg = str(big.value)
         assert not big.value.retriable
-        assert f"{prefix}{EVENTS_TOPIC}" in msg and "max.message.bytes of 4,000" in msg, msg
+        assert f"{prefix}{ALERTS_TOPIC}" in msg and "max.message.bytes of 4,000" in msg, msg
         assert "5,0" in msg, msg  # the record's size on the broker (value + overhead)
 
         with pytest.raises(BusError) as batch:  # 3 records of 2 KB: each fits, their batch does not
@@ -203,13 +215,14 @@ async def test_record_over_max_message_bytes_fails_its_transaction_with_a_clear_
 
 async def test_raising_max_message_bytes_at_runtime_lets_the_record_through() -> None:
     """The documented recovery for an oversized record — raise the topic's max.message.bytes — works
-    without a restart: the cached limit is asked again before a record is refused."""
+    without a restart: the cached limit is asked again before a record is refused (or an event
+    dead-lettered)."""
     prefix = f"t{uuid.uuid4().hex[:8]}."
-    topic = prefix + EVENTS_TOPIC
+    topic = prefix + ALERTS_TOPIC
     await _precreate(topic, 2, {"max.message.bytes": "4000"})
     async with make_bus(_cfg(prefix)) as bus:
         with pytest.raises(BusError, match=r"max\.message\.bytes of 4,000"):
-            await bus.publish([OutRecord(EVENTS_TOPIC, b"x" * 5000, key=b"ws")])
+            await bus.publish([OutRecord(ALERTS_TOPIC, b"x" * 5000, key=b"ws")])
         admin = await _admin()
         try:
             await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": "65536"})])
@@ -219,8 +232,8 @@ async def test_raising_max_message_bytes_at_runtime_lets_the_record_through() ->
             if (await _configs([topic]))[topic]["max.message.bytes"] == "65536":
                 break
             await asyncio.sleep(0.1)
-        await bus.publish([OutRecord(EVENTS_TOPIC, b"x" * 5000, key=b"ws")])  # the same process, no restart
-        async with bus.consumer([EVENTS_TOPIC], start="earliest") as c:
+        await bus.publish([OutRecord(ALERTS_TOPIC, b"x" * 5000, key=b"ws")])  # the same process, no restart
+        async with bus.consumer([ALERTS_TOPIC], start="earliest") as c:
             values = [r.value async for batch_ in iter_records(c) for r in batch_]
         assert values == [b"x" * 5000]
 
@@ -346,14 +359,17 @@ async def test_topic_deleted_while_running_is_named_counted_and_created_again(
 async def test_compression_type_compresses_what_the_pipeline_produces() -> None:
     """``bus.compression_type: zstd``: the producers compress their batches, so a record of 60 KB of
     JSON goes into a topic whose ``max.message.bytes`` (20,000) it exceeds uncompressed — the limit
-    applies to the batch as sent. Uncompressed (the default) the same record is refused by name."""
+    applies to the batch as sent. Uncompressed (the default) the same event is dead-lettered (a
+    DeadLetter v1 naming the limit) instead."""
     prefix = f"t{uuid.uuid4().hex[:8]}."
     await _precreate(prefix + EVENTS_TOPIC, 2, {"max.message.bytes": "20000"})
     value = b'{"type":"audit.user_login","raw":' + b'{"field":"value"},' * 3_300 + b"{}}"
     assert len(value) > 50_000
     async with make_bus(_cfg(prefix)) as plain:
-        with pytest.raises(BusError, match=r"max\.message\.bytes of 20,000"):
-            await plain.publish([OutRecord(EVENTS_TOPIC, value, b"ws-1")])
+        await plain.publish([OutRecord(EVENTS_TOPIC, value, b"ws-1")])
+        async with plain.consumer([DEADLETTER_TOPIC], group=None, start="earliest") as consumer:
+            [letter] = [r.value async for batch in iter_records(consumer) for r in batch]
+        assert b"record_too_large" in letter and b"20,000 bytes" in letter
     async with make_bus(_cfg(prefix, compression_type="zstd")) as packed:
         await packed.publish([OutRecord(EVENTS_TOPIC, value, b"ws-1")])
         async with packed.consumer([EVENTS_TOPIC], group=None, start="earliest") as consumer:
