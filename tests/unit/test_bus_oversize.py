@@ -5,22 +5,26 @@ The Kafka side (a topic's ``max.message.bytes``) is in ``tests/integration/test_
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from pathlib import Path
 
 import orjson
 import pytest
+import yaml
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from pipeline.bus import oversize
 from pipeline.bus.base import DEADLETTER_TOPIC, EVENTS_TOPIC, OutRecord
 from pipeline.bus.sqlite import SqliteBus
+from pipeline.cli.main import main
 from pipeline.clock import FakeClock
 from pipeline.observability.metrics import KIND
 from pipeline.observability.telemetry import Telemetry, set_telemetry
 from pipeline.observability.telemetry_config import TelemetryConfig
 from schemas.deadletter import DeadLetter
+from schemas.validate import schema_errors
 from tests.unit.test_instantly_fake_api import FakeInstantly, serve
 from tests.unit.test_instantly_source import CANARY_KEY, audit_record, cursor_doc, make_poller, records, seed
 
@@ -104,6 +108,28 @@ async def test_only_events_are_replaced_and_the_letter_hashes_the_event() -> Non
     letters = oversize.divert(recs, 65_000, where="a limit", writer="w", bus="sqlite")
     assert [r.topic for r in recs] == [DEADLETTER_TOPIC, EVENTS_TOPIC, "instantly.alerts.v1"]
     assert letters == [recs[0]]
+    assert schema_errors("deadletter", orjson.loads(recs[0].value or b"")) == []
     letter = DeadLetter.from_json(recs[0].value or b"")
     assert letter.record_id == "e1" and hashlib.sha256(value).hexdigest() in letter.error
     assert letter.original.headers["size"] == str(len(value) + 2 + len("event_type") + len("audit.x"))
+
+
+def test_replay_finds_the_dead_letter_as_the_docs_say(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """``replay --topic deadletter --where reason=record_too_large`` (docs/operations.md) lists it."""
+    path = tmp_path / "bus.db"
+    value = orjson.dumps({"id": "e1", "type": "audit.x", "pad": "y" * 70_000})
+
+    async def go() -> None:
+        async with SqliteBus(path, max_record_bytes=65_000) as bus, bus.transaction("poller-acme") as tx:
+            tx.send(EVENTS_TOPIC, value, key=b"ws", headers=[("event_type", b"audit.x")])
+            tx.send(EVENTS_TOPIC, b'{"id":"e2"}', key=b"ws")
+
+    asyncio.run(go())
+    cfg = tmp_path / "cfg.yaml"
+    bus = {"type": "sqlite", "path": str(path)}
+    cfg.write_text(yaml.safe_dump({"bus": bus, "workspaces": {"acme": {"api_key": "${OVERSIZE_UNSET_KEY}"}}}))
+    args = ["--topic", "deadletter", "--where", "reason=record_too_large", "--format", "jsonl", "--no-progress"]
+    code = main(["replay", "-c", str(cfg), *args])
+    out, _err = capfd.readouterr()
+    got = [orjson.loads(line) for line in out.splitlines() if line.strip()]
+    assert code == 0 and [d["record_id"] for d in got] == ["e1"], out
