@@ -418,6 +418,10 @@ class RulePack:
     emulations_dir: Path | None = None
     lock_file: Path | None = None
     """Where ``instantly-audit rules lock`` records the content hash and version of each rule."""
+    event_types: tuple[str, ...] | None = None
+    """Every event type the pack's connector can emit (globs allowed: ``audit.activity_*``). A YAML rule's
+    ``types`` (or ``resolve_types``, or a correlation entry's ``types``) matching none of the loaded packs'
+    types is refused at load: a typo would load and never match. ``None``: no catalog (no check from it)."""
 
 
 # ---- small helpers shared by the catalog ---------------------------------------------------

@@ -38,10 +38,11 @@ from pipeline.config.yaml_keys import repeated_key
 from pipeline.config.yaml_load import safe_load_all
 from pipeline.errors import ConfigError
 from pipeline.rules.base import ATTACK_PATTERN, DAY, RULE_ID_PATTERN, CatalogRule, Rule, RuleMeta, RulePack, RuleParams
-from pipeline.rules.correlation import CorrelationSpec, compile_correlation
+from pipeline.rules.correlation import CorrelationSpec, EntrySpec, compile_correlation
 from pipeline.rules.lists import SharedLists
 from pipeline.rules.matcher import MatchRuleSpec, RuleSyntaxError, compile_rule, rule_problems
 from pipeline.rules.packs import rule_packs
+from pipeline.rules.reach import unknown_types
 
 
 def _norm_list(v: Any, *, strip_at: bool = False) -> Any:
@@ -292,6 +293,16 @@ def _sigma_hint(line: str) -> str:
     return line
 
 
+def _type_typos(spec: AnySpec, catalog: tuple[str, ...]) -> list[RuleSyntaxError]:
+    """The ``types``/``resolve_types`` patterns of a rule (and of its correlation's inline entries) that
+    match no event type of the loaded packs' catalog (:func:`~pipeline.rules.reach.unknown_types`)."""
+    if isinstance(spec, MatchRuleSpec):
+        return [*unknown_types(spec.types, "types", catalog),
+                *unknown_types(spec.resolve_types or (), "resolve_types", catalog)]  # fmt: skip
+    return [p for i, e in enumerate(spec.correlation.rules) if isinstance(e, EntrySpec)
+            for p in unknown_types(e.types or (), f"correlation.rules.{i}.types", catalog)]  # fmt: skip
+
+
 _SEVERITIES = ("info", "low", "medium", "high", "critical")
 _STATUSES = ("experimental", "test", "stable", "deprecated")
 
@@ -356,6 +367,11 @@ def parse_rules_config(
         spec = _spec(src, errors)
         if spec is not None:
             specs.append((spec, src.where, src.builtin))
+    catalogs = [p.event_types for p in packs if p.event_types is not None]
+    if catalogs:  # (no loaded pack declares its types: nothing to check against)
+        catalog = tuple(dict.fromkeys(t for c in catalogs for t in c))
+        for spec, where, _ in specs:
+            errors.extend(located[where].problem(spec.id, p.where, p.message) for p in _type_typos(spec, catalog))
 
     python: dict[str, type[CatalogRule[Any]]] = {}
     for pack in packs:

@@ -488,7 +488,8 @@ def test_re_export_removes_the_files_it_no_longer_writes(tmp_path: Path, capsys:
 
 
 # ---- 8. export: two keys that become one ------------------------------------------------------------
-COLLIDE = {"id": "custom.export_collision", "title": "Export collision", "severity": "high", "types": ["audit.login"],
+COLLIDE = {"id": "custom.export_collision", "title": "Export collision", "severity": "high",
+           "types": ["audit.user_login"],
            "detection": {"s": {"target.name|in": ["alice", "bob"], "target.name|eq": "bob",
                                "attributes.x|contains|all": ["foo"], "attributes.x|contains": "bar"},
                          "t": [{"target.id|in": ["1", "2"], "target.id": "2"}, {"target.id": "9"}],
@@ -509,7 +510,7 @@ def test_export_keeps_items_whose_keys_collide(tmp_path: Path) -> None:
     orig.write_text(yaml.safe_dump({"rules": [COLLIDE]}), encoding="utf-8")
 
     def login(name: str, x: str, tid: str) -> Event:
-        return make_event("audit.login", time=T0, target={"kind": "user", "name": name, "id": tid},
+        return make_event("audit.user_login", time=T0, target={"kind": "user", "name": name, "id": tid},
                           attributes={"x": x})  # fmt: skip
 
     evs = [login("bob", "foo bar", "2"), login("bob", "bar", "2"), login("bob", "foo", "2"),
@@ -523,18 +524,19 @@ def test_export_keeps_items_whose_keys_collide(tmp_path: Path) -> None:
 def test_type_glob_classes_are_expanded_or_the_rule_skipped(tmp_path: Path) -> None:
     """``api_key.[cd]*`` was exported as the literal ``type|startswith: api_key.[cd]`` (matching nothing)."""
     rule = {"id": "custom.key_cd", "title": "Key created or deleted", "severity": "low",
-            "types": ["audit.login", "api_key.[cd]*"], "detection": {"s": {"target.kind": "api_key"}}}  # fmt: skip
+            "types": ["audit.user_login", "api_key.[cd]*"], "detection": {"s": {"target.kind": "api_key"}}}  # fmt: skip
     negated = dict(rule, id="custom.key_not_u", types=["api_key.[!u]*"])
     out = _export(tmp_path, [rule, negated])
     doc = yaml.safe_load((out / "custom_key_cd.yml").read_text(encoding="utf-8"))
-    assert doc["detection"]["rule_types"] == [{"type": "audit.login"}, {"type|startswith": ["api_key.c", "api_key.d"]}]
+    want_types = [{"type": "audit.user_login"}, {"type|startswith": ["api_key.c", "api_key.d"]}]
+    assert doc["detection"]["rule_types"] == want_types
     readme = (out / "README.md").read_text(encoding="utf-8")
     assert "`custom.key_not_u`: event type glob 'api_key.[!u]*': a negated class [!...] has no Sigma form" in readme
     back = tmp_path / "back.yaml"
     assert main(["rules", "import", str(out / "custom_key_cd.yml"), "--output", str(back)]) == 0
     orig = tmp_path / "orig.yaml"
     orig.write_text(yaml.safe_dump({"rules": [rule]}), encoding="utf-8")
-    types = ("api_key.created", "api_key.deleted", "api_key.updated", "audit.login", "audit.logout")
+    types = ("api_key.created", "api_key.deleted", "api_key.updated", "audit.user_login", "audit.logout")
     evs = [make_event(t, time=T0, target={"kind": "api_key", "id": "K"}) for t in types]
     want = [True, True, False, True, False]
     assert _engine_opens(orig, "custom.key_cd", evs, fresh=True) == want

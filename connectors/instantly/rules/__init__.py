@@ -7,6 +7,7 @@ Registered as the ``instantly`` entry of the ``instantly_audit.rule_packs`` grou
 
 from pathlib import Path
 
+from connectors.instantly.event_catalog import EVENT_TYPES
 from connectors.instantly.rules.accounts import AccountRemovedRule, ReplyRedirectRule, TrackingDomainChangedRule
 from connectors.instantly.rules.api_keys import AllScopeKeyRule, BroadScopeKeyRule, RotationIncompleteRule, StaleKeyRule
 from connectors.instantly.rules.auth import LoginNewIpRule, MfaAttackRule, MfaDisabledRule, MfaFactorChangedRule
@@ -65,5 +66,6 @@ PACK = RulePack(
     cases_dir=HERE / "cases",
     lock_file=HERE / "rules.lock.json",
     emulations_dir=HERE.parent / "sim" / "scenarios" / "emulation",
+    event_types=EVENT_TYPES,
 )
 """The pack the runtime loads (entry point ``instantly_audit.rule_packs: instantly``)."""
