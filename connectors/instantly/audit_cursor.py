@@ -53,7 +53,11 @@ unless its id is in ``seen``: a read that published ids past ``last_id`` without
 ``seen`` keeps every id greater than ``last_id`` until ``last_id`` passes it. A full re-read
 counts a record at or before ``last_id`` older than the threshold as ``too_old`` (logged with a
 count) and does not publish it (it may have been published before its id left ``seen``); the
-late-record sweep publishes those.
+late-record sweep publishes those. Except when its id is greater than ``max_id``, the greatest id
+this cursor ever published (kept in the head by cursors started since 2026-12-08): such a record
+was never published, so it is published whatever its age. Without it, a full re-read with no
+``last_id`` (the first read saw a single record, so none was confirmed) counted new ids inserted
+hours late as too old and then confirmed ``last_id`` past them: only the sweep published them.
 ``seen`` therefore holds at most ``overlap`` plus the time since the last full re-read (at most
 about ``2 * overlap``) of ids, plus the ids published past ``last_id`` since the last read ended.
 
@@ -227,6 +231,11 @@ class AuditCursor:
     """Ledgers (late-record sweep) hold every id published with a timestamp at or after this."""
     last_sweep: float | None = None
     """Poll time of the last completed late-record sweep."""
+    max_id: str | None = None
+    """The greatest id ever published (as strings compare), tracked only when ``max_id_known``."""
+    max_id_known: bool = False
+    """``max_id`` covers every id this cursor ever published (a cursor started by this version, or
+    whose head stores it): an id greater than it was never published, however old its timestamp."""
     ledgers: HourLedgers | None = field(default=None, compare=False, repr=False)
     """Per-hour ledgers of the ids published (only when the sweep is on)."""
     receipts: HourReceipts | None = field(default=None, compare=False, repr=False)
@@ -313,18 +322,24 @@ class AuditCursor:
                 continue
             ts = record_time(record)
             ts = now if ts is None else ts
-            if threshold is not None and ts < threshold and (after is None or key <= after):
+            if threshold is not None and ts < threshold and (after is None or key <= after) and not self._new_id(key):
                 out.too_old += 1
                 continue
             batch.add(key)
             out.new.append((record, ts))
         return out
 
+    def _new_id(self, key: str) -> bool:
+        """Whether ``key`` is past every id ever published, so it never was (see ``max_id_known``)."""
+        return self.max_id_known and self.max_id is not None and key > self.max_id
+
     def mark(self, published: Iterable[tuple[str, float]]) -> None:
         """Remember published ids (called with the ids of the batch being committed)."""
         items = list(published)
         for rid, ts in items:
             self.seen[rid] = ts
+            if self.max_id_known and (self.max_id is None or rid > self.max_id):
+                self.max_id = rid
         if self.chunks is not None:
             self.chunks.add(items)
         if self.ledgers is not None:
@@ -366,6 +381,8 @@ class AuditCursor:
         }
         if self.covered_from is not None or self.last_sweep is not None:
             doc |= {"covered_from": self.covered_from, "last_sweep": self.last_sweep}
+        if self.max_id_known:
+            doc["max_id"] = self.max_id
         return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
     def enable_ledgers(self, *, overlap_secs: float) -> None:
@@ -402,6 +419,7 @@ class AuditCursor:
             cur = cls.from_bytes(legacy, floor=floor)
             cur.chunks = chunks
             cur.seen = {**chunks.load(items), **cur.seen}  # chunks without a head: kept, rewritten
+            cur.max_id_known = doc is None and legacy is None and not cur.seen  # new: it sees every publish
             chunks.add(cur.seen.items())
             chunks.mark_all_dirty()
             cur._legacy_key = legacy_key if legacy is not None else None
@@ -419,6 +437,8 @@ class AuditCursor:
             full_mark=_num(doc.get("full_mark")),
             covered_from=_num(doc.get("covered_from")),
             last_sweep=_num(doc.get("last_sweep")),
+            max_id=doc["max_id"] if isinstance(doc.get("max_id"), str) else None,
+            max_id_known="max_id" in doc,
             chunks=chunks,
             _head=head,
             _legacy_key=legacy_key if legacy is not None else None,

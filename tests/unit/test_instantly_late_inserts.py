@@ -111,3 +111,34 @@ async def test_late_insert_from_a_failed_full_read_is_not_published_again(tmp_pa
         evs = await events(bus)
     assert_once(evs)
     assert sorted(e["source"]["record_id"] for e in evs) == [f"r{i:02d}" for i in range(6)]
+
+
+async def test_late_ids_past_every_published_id_are_published_without_a_confirmed_cursor(tmp_path: Path) -> None:
+    """The first poll sees one record, so no ``last_id`` is confirmed; then four records with new ids and
+    timestamps 3-5 h old arrive, and the poller restarts. The full re-read had counted them too old (it
+    cannot tell an old record published long ago from a new one) and confirmed ``last_id`` past the
+    first: without the sweep it was never published (found by the property test in
+    test_instantly_cursor_state.py). An id past the greatest id the cursor ever published was never
+    published, so each is published once, and nothing again after another restart."""
+    fake = FakeInstantly()
+    seed(fake)
+    fake.audit_order = "asc"
+    clock = FakeClock()
+    t0 = clock.now()
+    fake.audit = [audit_record("001001", t0 - 1041)]
+    async with serve(fake), SqliteBus(tmp_path / "bus.db") as bus:
+        async with make_poller(fake, bus, clock, **OPTS) as first:
+            assert (await first.poll_once())["audit_logs"] == 1
+        assert (await load_cursor(bus, "acme")).last_id is None  # one record proves no order
+        clock.advance(40)
+        fake.audit += [audit_record(f"00100{i}", clock.now() - h * 3600) for i, h in ((2, 5), (3, 3.7), (4, 3), (5, 4))]
+        for _ in range(2):
+            async with make_poller(fake, bus, clock, **OPTS) as poller:
+                await poller.poll_once()
+                clock.advance(61)
+                await poller.poll_once()
+        evs = await events(bus)
+        assert_once(evs)
+        assert sorted(e["source"]["record_id"] for e in evs) == [f"00100{i}" for i in range(1, 6)]
+        cursor = await load_cursor(bus, "acme")
+        assert cursor.max_id_known and cursor.max_id == "001005"
