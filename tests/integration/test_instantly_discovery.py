@@ -33,20 +33,25 @@ async def events(bus: SqliteBus, topic: str = EVENTS_TOPIC) -> list[dict[str, An
     return out
 
 
+def agency_config(key: str, url: str) -> WorkspaceConfig:
+    """The admin workspace's config: audit log and group members, sub-workspaces discovered every minute."""
+    return WorkspaceConfig(
+        api_key=SecretStr(key),
+        base_url=url,
+        budget=BudgetConfig(requests_per_second=100, requests_per_minute=6000),
+        streams=["audit_logs", "group_members"],
+        discover_subworkspaces=True,
+        discovery_interval_secs=60,
+        max_retries=1,
+    )
+
+
 @pytest.fixture
 async def agency(tmp_path: Path) -> AsyncIterator[tuple[Any, Any, SqliteBus, FakeClock, AgencyPoller]]:
     clock = FakeClock()
     async with InstantlySimulator(seed=2, clock=clock.now) as sim, SqliteBus(tmp_path / "bus.db") as bus:
         world = sim_seed.demo_world(sim.state)
-        cfg = WorkspaceConfig(
-            api_key=SecretStr(world.poller_key.key),
-            base_url=sim.url,
-            budget=BudgetConfig(requests_per_second=100, requests_per_minute=6000),
-            streams=["audit_logs", "group_members"],
-            discover_subworkspaces=True,
-            discovery_interval_secs=60,
-            max_retries=1,
-        )
+        cfg = agency_config(world.poller_key.key, sim.url)
         async with AgencyPoller("agency", cfg, bus, clock=clock) as poller:
             yield sim, world, bus, clock, poller
 
@@ -132,15 +137,7 @@ async def test_agency_script_join_and_leave(tmp_path: Path) -> None:
         world = sim_seed.demo_world(sim.state)
         subs = agency_world(sim.state, world.workspace.id, 3)
         script = ScenarioRunner(Scenario.from_yaml(AGENCY_SCRIPT, "agency"), sim.state, clock.now)
-        cfg = WorkspaceConfig(
-            api_key=SecretStr(world.poller_key.key),
-            base_url=sim.url,
-            budget=BudgetConfig(requests_per_second=100, requests_per_minute=6000),
-            streams=["audit_logs", "group_members"],
-            discover_subworkspaces=True,
-            discovery_interval_secs=60,
-            max_retries=1,
-        )
+        cfg = agency_config(world.poller_key.key, sim.url)
         async with AgencyPoller("agency", cfg, bus, clock=clock) as poller:
             await poller.poll_once()
             assert set(poller.children) == {ws.id for ws in subs}
@@ -194,15 +191,7 @@ async def test_a_dropped_subworkspace_leaves_no_cursor_age_series(tmp_path: Path
     try:
         async with InstantlySimulator(seed=2, clock=clock.now) as sim, SqliteBus(tmp_path / "bus.db") as bus:
             world = sim_seed.demo_world(sim.state)
-            cfg = WorkspaceConfig(
-                api_key=SecretStr(world.poller_key.key),
-                base_url=sim.url,
-                budget=BudgetConfig(requests_per_second=100, requests_per_minute=6000),
-                streams=["audit_logs", "group_members"],
-                discover_subworkspaces=True,
-                discovery_interval_secs=60,
-                max_retries=1,
-            )
+            cfg = agency_config(world.poller_key.key, sim.url)
             async with AgencyPoller("agency", cfg, bus, clock=clock, telemetry=tel) as poller:
                 admin = world.workspace.id
                 first, first_link = sub_workspace(sim, admin, "Client One")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -30,6 +29,7 @@ from pipeline.config.loader import parse_config
 from pipeline.rules.testing import make_event
 from pipeline.topology import Pipeline, run_pipeline
 from tests.conftest import kafka_bootstrap, make_bus
+from tests.integration.test_kafka_topics import _cfg
 
 pytestmark = [pytest.mark.kafka]
 
@@ -76,16 +76,6 @@ async def test_once_run_leaves_no_group_member(tmp_path: Path) -> None:
     assert await _members_on(["rules", "sink-archive"], prefix) == {"rules": 0, "sink-archive": 0}
 
 
-def _bus(prefix: str) -> dict[str, Any]:
-    return {
-        "type": "kafka",
-        "bootstrap_servers": [kafka_bootstrap()],
-        "partitions": 2,
-        "transactional_id_prefix": f"test-{uuid.uuid4().hex[:8]}",
-        "topic_prefix": prefix,
-    }
-
-
 async def test_once_run_delivers_the_alerts_it_raised(tmp_path: Path) -> None:
     """Each one-shot run's alert is in the alert sink when the run returns (eight runs in a row).
 
@@ -95,7 +85,7 @@ async def test_once_run_delivers_the_alerts_it_raised(tmp_path: Path) -> None:
     empty fetch); ``run_once`` now waits for its own commits explicitly before each stage.
     """
     prefix = f"t{uuid.uuid4().hex[:8]}."
-    bus = _bus(prefix)
+    bus = _cfg(prefix)
     alerts_file = tmp_path / "alerts.jsonl"
     doc = {
         "bus": bus,
@@ -124,7 +114,7 @@ async def test_once_run_delivers_the_alerts_it_raised(tmp_path: Path) -> None:
 async def test_wait_visible_covers_every_own_commit(tmp_path: Path) -> None:
     """After ``wait_visible`` the end offsets of an open ``read_committed`` reader cover each commit
     (the reader is opened first, as a sink's is: without the wait ~1 read in 5 stopped short)."""
-    bus = _bus(f"t{uuid.uuid4().hex[:8]}.")
+    bus = _cfg(f"t{uuid.uuid4().hex[:8]}.")
     async with make_bus(bus) as b:
         await b.ensure_topics([TopicSpec("visible", 2)])
         assert await b.wait_visible() is True  # nothing written: returns at once
@@ -153,7 +143,7 @@ async def test_once_run_reads_partitions_a_stale_member_held(tmp_path: Path) -> 
     from pipeline.rules.worker import RulesWorker
 
     prefix = f"t{uuid.uuid4().hex[:8]}."
-    bus = _bus(prefix)
+    bus = _cfg(prefix)
     rules_cfg = {"defaults": {"enabled": False}, "auth.recovery_code_used": {"enabled": True}}
     async with make_bus(bus) as b:
         events = [
